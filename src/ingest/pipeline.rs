@@ -1,0 +1,387 @@
+//! The ingest pipeline's core: a batch of scan records and the time it
+//! arrived go in; archive rows and the gateway's ack come out. No I/O and
+//! no clock. Three steps:
+//!
+//! 1. prepare (parallel): fingerprint each record, check its fields, decode
+//!    its ride code, find the issuer key, look up the credential cache;
+//! 2. verify (parallel): every signature still to check, in chunks of
+//!    `verify_chunk_signatures`, each chunk one batch equation;
+//! 3. commit (in record order): drop re-deliveries, check lateness, windows,
+//!    freshness and the deny list, then claim the ride in the replay index.
+//!
+//! Nothing is inserted into the dedup indexes before step 3, so a forged
+//! record can never shadow a genuine one.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use rayon::prelude::*;
+use ring::digest;
+use thiserror::Error;
+
+use super::dedup::{DedupIndex, DedupSizes, Fingerprint, RideKey};
+use crate::clock::{UnixMillis, unix_secs_u32};
+use crate::config::{Config, ConfigError};
+use crate::ridecode::check::{
+    check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
+};
+use crate::ridecode::verify::{SignatureCheck, verify_batch};
+use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, Rejection, RideCode, SignatureFault};
+use crate::scan::{ArchivedScan, ScanStatus, TapKind};
+use crate::service_day::ServiceDayPolicy;
+use crate::wire::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, WireScanStatus};
+
+/// The pipeline's tunables, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub freshness: FreshnessPolicy,
+    pub accepted_lateness_secs: u32,
+    pub verify_chunk_signatures: usize,
+    pub batch_scans_max: usize,
+    pub service_day: ServiceDayPolicy,
+}
+
+impl PipelineConfig {
+    pub fn from_config(config: &Config) -> Result<PipelineConfig, ConfigError> {
+        Ok(PipelineConfig {
+            freshness: config.freshness_policy(),
+            accepted_lateness_secs: config.ingest.accepted_lateness_secs,
+            verify_chunk_signatures: config.ingest.verify_chunk_signatures,
+            batch_scans_max: config.wire.batch_scans_max,
+            service_day: config.service_day_policy()?,
+        })
+    }
+}
+
+/// A batch that cannot be processed at all; the gateway gets an error ack.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BatchError {
+    #[error("gateway_id is empty")]
+    MissingGatewayId,
+    #[error("batch has {count} scans, the limit is {max}")]
+    TooManyScans { count: usize, max: usize },
+}
+
+/// What one batch produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    /// One row per scan that was not a re-delivery, in record order.
+    pub rows: Vec<ArchivedScan>,
+    pub ack: BatchAck,
+}
+
+pub struct Pipeline {
+    config: PipelineConfig,
+    issuer_keys: RwLock<IssuerPublicKeys>,
+    deny_list: RwLock<HashSet<u64>>,
+    dedup: DedupIndex,
+}
+
+/// A scan's verdict before it is archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verdict {
+    status: ScanStatus,
+    reason: Option<String>,
+}
+
+impl From<Rejection> for Verdict {
+    fn from(rejection: Rejection) -> Verdict {
+        Verdict { status: rejection.status(), reason: Some(rejection.to_string()) }
+    }
+}
+
+impl Verdict {
+    fn malformed(reason: String) -> Verdict {
+        Verdict { status: ScanStatus::Malformed, reason: Some(reason) }
+    }
+}
+
+/// A record after step 1.
+struct Prepared {
+    fingerprint: Fingerprint,
+    tap_kind: Option<TapKind>,
+    code: Option<RideCode>,
+    /// Step 1's verdict when it already failed the record.
+    early: Result<SignatureWork, Verdict>,
+}
+
+/// Which signatures step 2 must check for one record.
+struct SignatureWork {
+    issuer_key: [u8; 32],
+    credential_cached: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SignatureResults {
+    issuer_valid: bool,
+    user_valid: bool,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig, issuer_keys: IssuerPublicKeys) -> Pipeline {
+        Pipeline {
+            config,
+            issuer_keys: RwLock::new(issuer_keys),
+            deny_list: RwLock::new(HashSet::new()),
+            dedup: DedupIndex::new(),
+        }
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Replaces the trusted issuer keys (after a rotation).
+    pub fn set_issuer_keys(&self, keys: IssuerPublicKeys) {
+        *self.issuer_keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+    }
+
+    /// Puts a card on the deny list or takes it off.
+    pub fn set_denied(&self, card_id: u64, denied: bool) {
+        let mut list = self.deny_list.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if denied {
+            list.insert(card_id);
+        } else {
+            list.remove(&card_id);
+        }
+    }
+
+    /// Forgets dedup entries that can no longer matter at `now`.
+    pub fn sweep(&self, now: UnixMillis) {
+        self.dedup.sweep(now);
+    }
+
+    pub fn dedup_sizes(&self) -> DedupSizes {
+        self.dedup.sizes()
+    }
+
+    /// Processes one batch that arrived at `received_at`.
+    pub fn process(&self, batch: &ScanBatch, received_at: UnixMillis) -> Result<BatchOutcome, BatchError> {
+        self.check_batch_shape(batch)?;
+        let prepared: Vec<Prepared> = {
+            let keys = self.issuer_keys.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            batch.scans.par_iter().map(|record| self.prepare(record, &keys)).collect()
+        };
+        let signatures = self.verify_signatures(&prepared);
+        Ok(self.commit(batch, prepared, signatures, received_at))
+    }
+
+    fn check_batch_shape(&self, batch: &ScanBatch) -> Result<(), BatchError> {
+        if batch.gateway_id.is_empty() {
+            return Err(BatchError::MissingGatewayId);
+        }
+        if batch.scans.len() > self.config.batch_scans_max {
+            return Err(BatchError::TooManyScans { count: batch.scans.len(), max: self.config.batch_scans_max });
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, record: &ScanRecord, keys: &IssuerPublicKeys) -> Prepared {
+        let fingerprint = fingerprint(record);
+        let tap_kind = record.wire_tap_kind();
+        let code = RideCode::decode(&record.ride_code);
+        let early = match (&code, tap_kind) {
+            _ if record.validator_id.is_empty() => Err(Verdict::malformed("validator_id is empty".into())),
+            (_, None) => Err(Verdict::malformed(format!("tap_kind {} is not entry, exit or single", record.tap_kind))),
+            (Err(error), _) => Err(Rejection::Malformed(*error).into()),
+            (Ok(code), Some(_)) => issuer_key_for(code, keys).map_err(Verdict::from).map(|issuer_key| SignatureWork {
+                issuer_key: *issuer_key,
+                credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
+            }),
+        };
+        Prepared { fingerprint, tap_kind, code: code.ok(), early }
+    }
+
+    /// Checks every signature step 1 left to check; one result per record.
+    fn verify_signatures(&self, prepared: &[Prepared]) -> Vec<SignatureResults> {
+        let mut checks: Vec<SignatureCheck> = Vec::with_capacity(prepared.len() * 2);
+        for p in prepared {
+            if let (Ok(work), Some(code)) = (&p.early, &p.code) {
+                if !work.credential_cached {
+                    checks.push(issuer_signature_check(code, &work.issuer_key));
+                }
+                checks.push(user_signature_check(code));
+            }
+        }
+        let chunk = self.config.verify_chunk_signatures;
+        let chunks: Vec<Vec<bool>> = checks.par_chunks(chunk).map(verify_batch).collect();
+        let mut valid = chunks.into_iter().flatten();
+        prepared
+            .iter()
+            .map(|p| match (&p.early, &p.code) {
+                (Ok(work), Some(_)) => {
+                    let issuer_valid = work.credential_cached || valid.next().unwrap_or(false);
+                    SignatureResults { issuer_valid, user_valid: valid.next().unwrap_or(false) }
+                }
+                _ => SignatureResults { issuer_valid: false, user_valid: false },
+            })
+            .collect()
+    }
+
+    fn commit(
+        &self,
+        batch: &ScanBatch,
+        prepared: Vec<Prepared>,
+        signatures: Vec<SignatureResults>,
+        received_at: UnixMillis,
+    ) -> BatchOutcome {
+        let mut ack = BatchAck {
+            gateway_id: batch.gateway_id.clone(),
+            batch_seq: batch.batch_seq,
+            status: AckStatus::Ok as i32,
+            ..BatchAck::default()
+        };
+        let mut rows = Vec::with_capacity(prepared.len());
+        let lateness_ms = i64::from(self.config.accepted_lateness_secs) * 1000;
+        let skew_ms = i64::from(self.config.freshness.clock_skew_secs) * 1000;
+        for (index, ((record, p), sigs)) in batch.scans.iter().zip(prepared).zip(signatures).enumerate() {
+            let scanned_at = record.validator_time_ms;
+            if !self.dedup.claim_delivery(p.fingerprint, scanned_at.saturating_add(lateness_ms + skew_ms)) {
+                ack.redelivered += 1;
+                continue;
+            }
+            let verdict = match &p.early {
+                Err(verdict) => verdict.clone(),
+                Ok(work) => self.judge(&p, work, sigs, scanned_at, received_at),
+            };
+            if verdict.status == ScanStatus::Accepted {
+                ack.accepted += 1;
+            } else {
+                ack.rejected += 1;
+                ack.rejections.push(RejectedScan {
+                    index: index as u32,
+                    status: WireScanStatus::from(verdict.status) as i32,
+                    reason: verdict.reason.clone().unwrap_or_default(),
+                });
+            }
+            rows.push(self.row(batch, record, &p, verdict, received_at));
+        }
+        BatchOutcome { rows, ack }
+    }
+
+    /// The verdict for a record whose code decoded and whose issuer key is known.
+    fn judge(
+        &self,
+        p: &Prepared,
+        work: &SignatureWork,
+        sigs: SignatureResults,
+        scanned_at: UnixMillis,
+        received_at: UnixMillis,
+    ) -> Verdict {
+        let (Some(code), Some(tap_kind)) = (&p.code, p.tap_kind) else {
+            return Verdict::malformed("internal: prepared record lost its code".into());
+        };
+        match self.check_signed_code(code, work, sigs, scanned_at, received_at) {
+            Err(rejection) => rejection.into(),
+            Ok(()) => self.claim_ride(code, tap_kind),
+        }
+    }
+
+    fn check_signed_code(
+        &self,
+        code: &RideCode,
+        work: &SignatureWork,
+        sigs: SignatureResults,
+        scanned_at: UnixMillis,
+        received_at: UnixMillis,
+    ) -> Result<(), Rejection> {
+        if !work.credential_cached {
+            check_credential_signature(code, &work.issuer_key, |_| sigs.issuer_valid)?;
+            let expires_at = i64::from(code.credential.claims.valid_until) * 1000
+                + i64::from(self.config.freshness.clock_skew_secs) * 1000;
+            self.dedup.remember_verified_credential(code.credential_bytes(), expires_at);
+        }
+        if !sigs.user_valid {
+            return Err(Rejection::BadSignature(SignatureFault::User));
+        }
+        self.check_arrival(code, scanned_at, received_at)?;
+        let deny_list = self.deny_list.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        check_claims(code, &*deny_list, &self.config.freshness, unix_secs_u32(scanned_at))
+    }
+
+    /// A scan must arrive within the accepted lateness (or its replays could
+    /// no longer be caught) and not from a validator clock running ahead.
+    fn check_arrival(&self, code: &RideCode, scanned_at: UnixMillis, received_at: UnixMillis) -> Result<(), Rejection> {
+        let lateness_ms = i64::from(self.config.accepted_lateness_secs) * 1000;
+        let skew_ms = i64::from(self.config.freshness.clock_skew_secs) * 1000;
+        let too_late = received_at.saturating_sub(scanned_at) > lateness_ms;
+        let from_future = scanned_at.saturating_sub(received_at) > skew_ms;
+        if too_late || from_future {
+            return Err(Rejection::StaleCode { created_at: code.created_at, at: unix_secs_u32(received_at) });
+        }
+        Ok(())
+    }
+
+    fn claim_ride(&self, code: &RideCode, tap_kind: TapKind) -> Verdict {
+        let claims = &code.credential.claims;
+        let key = RideKey { card_id: claims.card_id, created_at: code.created_at, counter: code.counter, tap_kind };
+        let policy = &self.config.freshness;
+        let horizon_secs =
+            i64::from(policy.code_validity_secs) + i64::from(policy.clock_skew_secs) + i64::from(self.config.accepted_lateness_secs);
+        let expires_at = (i64::from(code.created_at) + horizon_secs) * 1000;
+        if self.dedup.claim_ride(key, expires_at) {
+            Verdict { status: ScanStatus::Accepted, reason: None }
+        } else {
+            Verdict {
+                status: ScanStatus::Replay,
+                reason: Some(format!(
+                    "ride code of card {} made at {} (counter {}) was already used for a {} tap",
+                    claims.card_id,
+                    code.created_at,
+                    code.counter,
+                    tap_kind.as_str()
+                )),
+            }
+        }
+    }
+
+    fn row(
+        &self,
+        batch: &ScanBatch,
+        record: &ScanRecord,
+        p: &Prepared,
+        verdict: Verdict,
+        received_at: UnixMillis,
+    ) -> ArchivedScan {
+        let claims = p.code.as_ref().map(|code| (code.credential.claims, code.created_at, code.counter));
+        ArchivedScan {
+            scan_id: p.fingerprint,
+            gateway_id: batch.gateway_id.clone(),
+            validator_id: record.validator_id.clone(),
+            validator_seq: record.validator_seq,
+            route_id: record.route_id.clone(),
+            stop_id: record.stop_id.clone(),
+            tap_kind: p.tap_kind,
+            card_id: claims.map(|(c, _, _)| c.card_id),
+            issuer_key_id: claims.map(|(c, _, _)| c.issuer_key_id),
+            code_created_at: claims.map(|(_, created_at, _)| i64::from(created_at) * 1000),
+            code_counter: claims.map(|(_, _, counter)| counter),
+            scanned_at: record.validator_time_ms,
+            received_at,
+            status: verdict.status,
+            reason: verdict.reason,
+            service_date: self.config.service_day.service_date(record.validator_time_ms),
+        }
+    }
+}
+
+/// SHA-256 over every field of the record, each length-prefixed so no two
+/// records share an encoding; the first 16 bytes. The gateway id is left
+/// out: a scan re-sent through another gateway is still the same scan.
+pub fn fingerprint(record: &ScanRecord) -> Fingerprint {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
+    field(record.validator_id.as_bytes());
+    field(&record.validator_seq.to_be_bytes());
+    field(&record.validator_time_ms.to_be_bytes());
+    field(record.route_id.as_bytes());
+    field(record.stop_id.as_bytes());
+    field(&record.tap_kind.to_be_bytes());
+    field(&record.ride_code);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    out
+}

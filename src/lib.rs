@@ -1,0 +1,14 @@
+//! farestream: ingestion back end for pay-later transit ride codes.
+//!
+//! The crate is split as quinn is: a sans-IO core that decides (ride-code
+//! checks, replay and re-delivery decisions, the archive rows) and takes
+//! `now` as an argument, and a thin shell of QUIC, disk and threads around
+//! it. `ARCHITECTURE.md` has the code map.
+
+pub mod ridecode;
+pub mod scan;
+pub mod clock;
+pub mod config;
+pub mod ingest;
+pub mod service_day;
+pub mod wire;

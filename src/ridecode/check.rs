@@ -1,0 +1,227 @@
+//! The checks a ride code must pass, shared by the validator's offline check
+//! and the server's pipeline so that both decide alike. Pure functions:
+//! time is an argument, nothing here reads a clock.
+
+use std::collections::HashSet;
+
+use thiserror::Error;
+
+use super::format::{DecodeError, RideCode};
+use super::keys::IssuerPublicKeys;
+use super::verify::{SignatureCheck, is_weak_public_key, verify_single};
+use crate::scan::ScanStatus;
+
+/// How fresh a code must be, against the clock of whoever checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshnessPolicy {
+    /// How long a code is good after the phone made it. Phones refresh the
+    /// code on screen about every minute.
+    pub code_validity_secs: u32,
+    /// How far the phone's and the validator's clocks may disagree.
+    pub clock_skew_secs: u32,
+}
+
+/// Cards that must not ride. The server's list changes as arrears come and go.
+pub trait DenyList {
+    fn is_denied(&self, card_id: u64) -> bool;
+}
+
+impl DenyList for HashSet<u64> {
+    fn is_denied(&self, card_id: u64) -> bool {
+        self.contains(&card_id)
+    }
+}
+
+/// Which signature failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureFault {
+    Issuer,
+    User,
+    /// The credential names a user key that is not a safe point.
+    WeakUserKey,
+}
+
+/// Why a ride code is refused. Each maps to one archive status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum Rejection {
+    #[error("malformed ride code: {0}")]
+    Malformed(#[from] DecodeError),
+    #[error("issuer key {key_id} is not trusted")]
+    UnknownIssuerKey { key_id: u32 },
+    #[error("bad signature: {0:?}")]
+    BadSignature(SignatureFault),
+    #[error("credential valid [{valid_from}, {valid_until}) is not valid at {at}")]
+    ExpiredCredential { valid_from: u32, valid_until: u32, at: u32 },
+    #[error("code made at {created_at} is stale at {at}")]
+    StaleCode { created_at: u32, at: u32 },
+    #[error("card {card_id} is denied")]
+    Denied { card_id: u64 },
+}
+
+impl Rejection {
+    pub fn status(&self) -> ScanStatus {
+        match self {
+            Rejection::Malformed(_) => ScanStatus::Malformed,
+            Rejection::UnknownIssuerKey { .. } => ScanStatus::UnknownIssuerKey,
+            Rejection::BadSignature(_) => ScanStatus::BadSignature,
+            Rejection::ExpiredCredential { .. } => ScanStatus::ExpiredCredential,
+            Rejection::StaleCode { .. } => ScanStatus::StaleCode,
+            Rejection::Denied { .. } => ScanStatus::Denied,
+        }
+    }
+}
+
+/// The validator's offline check: decode, both signatures, the credential
+/// window, freshness against the validator clock, the deny list.
+pub fn check_offline(
+    input: &[u8],
+    issuer_keys: &IssuerPublicKeys,
+    deny_list: &impl DenyList,
+    policy: &FreshnessPolicy,
+    validator_now: u32,
+) -> Result<RideCode, Rejection> {
+    let code = RideCode::decode(input)?;
+    let issuer_key = issuer_key_for(&code, issuer_keys)?;
+    check_credential_signature(&code, issuer_key, verify_single)?;
+    if !verify_single(&user_signature_check(&code)) {
+        return Err(Rejection::BadSignature(SignatureFault::User));
+    }
+    check_claims(&code, deny_list, policy, validator_now)?;
+    Ok(code)
+}
+
+/// Finds the issuer key the credential names.
+pub fn issuer_key_for<'k>(code: &RideCode, issuer_keys: &'k IssuerPublicKeys) -> Result<&'k [u8; 32], Rejection> {
+    let key_id = code.credential.claims.issuer_key_id;
+    issuer_keys.get(key_id).ok_or(Rejection::UnknownIssuerKey { key_id })
+}
+
+/// The credential is sound when the issuer signed it and the user key it
+/// names is safe. `verify` is single or batch verification's answer.
+pub fn check_credential_signature(
+    code: &RideCode,
+    issuer_key: &[u8; 32],
+    verify: impl FnOnce(&SignatureCheck) -> bool,
+) -> Result<(), Rejection> {
+    if !verify(&issuer_signature_check(code, issuer_key)) {
+        return Err(Rejection::BadSignature(SignatureFault::Issuer));
+    }
+    if is_weak_public_key(&code.credential.claims.user_public_key) {
+        return Err(Rejection::BadSignature(SignatureFault::WeakUserKey));
+    }
+    Ok(())
+}
+
+pub fn issuer_signature_check(code: &RideCode, issuer_key: &[u8; 32]) -> SignatureCheck {
+    SignatureCheck {
+        public_key: *issuer_key,
+        signature: code.credential.issuer_signature,
+        message: code.issuer_message(),
+    }
+}
+
+pub fn user_signature_check(code: &RideCode) -> SignatureCheck {
+    SignatureCheck {
+        public_key: code.credential.claims.user_public_key,
+        signature: code.user_signature,
+        message: code.user_message(),
+    }
+}
+
+/// The checks after the signatures, in the order the statuses are documented:
+/// credential window, freshness, deny list. `at` is the validator's clock.
+pub fn check_claims(
+    code: &RideCode,
+    deny_list: &impl DenyList,
+    policy: &FreshnessPolicy,
+    at: u32,
+) -> Result<(), Rejection> {
+    let claims = &code.credential.claims;
+    let skew = policy.clock_skew_secs;
+    let window_open = claims.valid_from <= at.saturating_add(skew);
+    let window_not_closed = at < claims.valid_until.saturating_add(skew);
+    if !(window_open && window_not_closed) {
+        return Err(Rejection::ExpiredCredential { valid_from: claims.valid_from, valid_until: claims.valid_until, at });
+    }
+    let too_old = at > code.created_at.saturating_add(policy.code_validity_secs).saturating_add(skew);
+    let from_future = code.created_at > at.saturating_add(skew);
+    if too_old || from_future {
+        return Err(Rejection::StaleCode { created_at: code.created_at, at });
+    }
+    if deny_list.is_denied(claims.card_id) {
+        return Err(Rejection::Denied { card_id: claims.card_id });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ridecode::keys::{IssuerSigningKey, UserKey};
+
+    const POLICY: FreshnessPolicy = FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 };
+    const T0: u32 = 1_800_000_000;
+
+    struct Fixture {
+        keys: IssuerPublicKeys,
+        code: RideCode,
+    }
+
+    fn fixture() -> Fixture {
+        let issuer = IssuerSigningKey::from_seed(3, &[1; 32]).expect("issuer");
+        let user = UserKey::from_seed(&[2; 32]).expect("user");
+        let credential = issuer.issue(77, user.public_key(), T0, T0 + 86_400);
+        let mut keys = IssuerPublicKeys::new();
+        keys.insert(3, issuer.public_key());
+        Fixture { keys, code: user.make_code(&credential, T0 + 100, 1) }
+    }
+
+    fn check_at(f: &Fixture, bytes: &[u8], deny: &HashSet<u64>, at: u32) -> Result<RideCode, Rejection> {
+        check_offline(bytes, &f.keys, deny, &POLICY, at)
+    }
+
+    #[test]
+    fn a_fresh_code_passes() {
+        let f = fixture();
+        assert_eq!(check_at(&f, &f.code.bytes, &HashSet::new(), T0 + 120), Ok(f.code));
+    }
+
+    #[test]
+    fn each_rejection_has_its_own_reason() {
+        let f = fixture();
+        let none = HashSet::new();
+        let mut unknown = f.keys.clone();
+        unknown = {
+            let mut k = IssuerPublicKeys::new();
+            k.insert(4, *unknown.get(3).expect("key 3"));
+            k
+        };
+        assert_eq!(
+            check_offline(&f.code.bytes, &unknown, &none, &POLICY, T0 + 120),
+            Err(Rejection::UnknownIssuerKey { key_id: 3 })
+        );
+        let mut forged = f.code.bytes;
+        forged[188] ^= 1;
+        assert_eq!(check_at(&f, &forged, &none, T0 + 120), Err(Rejection::BadSignature(SignatureFault::User)));
+        assert!(matches!(check_at(&f, &f.code.bytes, &none, T0 + 200), Err(Rejection::StaleCode { .. })));
+        assert!(matches!(check_at(&f, &f.code.bytes, &none, T0 + 50), Err(Rejection::StaleCode { .. })));
+        assert!(matches!(
+            check_at(&f, &f.code.bytes, &none, T0 + 90_000),
+            Err(Rejection::ExpiredCredential { .. })
+        ));
+        let deny: HashSet<u64> = [77].into();
+        assert_eq!(check_at(&f, &f.code.bytes, &deny, T0 + 120), Err(Rejection::Denied { card_id: 77 }));
+        assert!(matches!(check_at(&f, &f.code.bytes[..10], &none, T0 + 120), Err(Rejection::Malformed(_))));
+    }
+
+    #[test]
+    fn freshness_edges_allow_skew() {
+        let f = fixture();
+        let none = HashSet::new();
+        // Made at T0+100, good for 60 s, 30 s of skew either way.
+        assert!(check_at(&f, &f.code.bytes, &none, T0 + 190).is_ok());
+        assert!(check_at(&f, &f.code.bytes, &none, T0 + 191).is_err());
+        assert!(check_at(&f, &f.code.bytes, &none, T0 + 70).is_ok());
+        assert!(check_at(&f, &f.code.bytes, &none, T0 + 69).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! The scan vocabulary shared by the wire, the pipeline and the archive.
+
+use std::fmt;
+
+/// What the validator saw the rider do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TapKind {
+    /// Metro gate on the way in.
+    Entry,
+    /// Metro gate on the way out.
+    Exit,
+    /// A bus or any flat-fare validator: one tap per ride.
+    Single,
+}
+
+impl TapKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TapKind::Entry => "entry",
+            TapKind::Exit => "exit",
+            TapKind::Single => "single",
+        }
+    }
+}
+
+/// The outcome of one scan, as archived. The names are the archive's
+/// `status` column values; analysts filter on them, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ScanStatus {
+    Accepted,
+    Replay,
+    BadSignature,
+    ExpiredCredential,
+    StaleCode,
+    Denied,
+    UnknownIssuerKey,
+    Malformed,
+}
+
+impl ScanStatus {
+    pub const ALL: [ScanStatus; 8] = [
+        ScanStatus::Accepted,
+        ScanStatus::Replay,
+        ScanStatus::BadSignature,
+        ScanStatus::ExpiredCredential,
+        ScanStatus::StaleCode,
+        ScanStatus::Denied,
+        ScanStatus::UnknownIssuerKey,
+        ScanStatus::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanStatus::Accepted => "accepted",
+            ScanStatus::Replay => "replay",
+            ScanStatus::BadSignature => "bad_signature",
+            ScanStatus::ExpiredCredential => "expired_credential",
+            ScanStatus::StaleCode => "stale_code",
+            ScanStatus::Denied => "denied",
+            ScanStatus::UnknownIssuerKey => "unknown_issuer_key",
+            ScanStatus::Malformed => "malformed",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ScanStatus> {
+        ScanStatus::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl fmt::Display for ScanStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One archive row: a scan as received, with the server's verdict. Fields
+/// taken from the ride code (`card_id`, `issuer_key_id`, `code_*`) are set
+/// whenever the code decoded, even when a check failed: an analyst looking
+/// at forgeries wants the card they claimed. Only `accepted` rows are
+/// trustworthy claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedScan {
+    /// Content fingerprint of the scan; the same scan always gets the same id.
+    pub scan_id: [u8; 16],
+    pub gateway_id: String,
+    pub validator_id: String,
+    pub validator_seq: u64,
+    pub route_id: String,
+    pub stop_id: String,
+    /// `None` when the record carried no valid tap kind (then it is malformed).
+    pub tap_kind: Option<TapKind>,
+    pub card_id: Option<u64>,
+    pub issuer_key_id: Option<u32>,
+    pub code_created_at: Option<crate::clock::UnixMillis>,
+    pub code_counter: Option<u32>,
+    /// The validator's clock when it read the code.
+    pub scanned_at: crate::clock::UnixMillis,
+    /// The server's clock when the batch arrived.
+    pub received_at: crate::clock::UnixMillis,
+    pub status: ScanStatus,
+    /// Why the scan got its status, for every status but `accepted`.
+    pub reason: Option<String>,
+    /// The service day of `scanned_at`.
+    pub service_date: chrono::NaiveDate,
+}
