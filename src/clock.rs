@@ -17,7 +17,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMillis {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
     }
 }
@@ -33,7 +35,11 @@ pub struct ScaledClock {
 
 impl ScaledClock {
     pub fn new(start_ms: UnixMillis, speedup: f64) -> ScaledClock {
-        ScaledClock { start_ms, wall_start: Instant::now(), speedup }
+        ScaledClock {
+            start_ms,
+            wall_start: Instant::now(),
+            speedup,
+        }
     }
 
     pub fn speedup(&self) -> f64 {
@@ -52,4 +58,29 @@ impl Clock for ScaledClock {
 /// 1970 or after 2106 clamp, and such codes fail their checks anyway.
 pub fn unix_secs_u32(at: UnixMillis) -> u32 {
     u32::try_from(at.div_euclid(1000)).unwrap_or(if at < 0 { 0 } else { u32::MAX })
+}
+
+/// A clock that only moves when told to: tests and benches.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now_ms: std::sync::atomic::AtomicI64,
+}
+
+impl ManualClock {
+    pub fn new(now_ms: UnixMillis) -> ManualClock {
+        ManualClock {
+            now_ms: std::sync::atomic::AtomicI64::new(now_ms),
+        }
+    }
+
+    pub fn set(&self, now_ms: UnixMillis) {
+        self.now_ms
+            .store(now_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> UnixMillis {
+        self.now_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

@@ -5,10 +5,18 @@
 //! `now` as an argument, and a thin shell of QUIC, disk and threads around
 //! it. `ARCHITECTURE.md` has the code map.
 
-pub mod ridecode;
-pub mod scan;
+pub mod archive;
 pub mod clock;
 pub mod config;
+pub mod demo;
+pub mod gateway;
 pub mod ingest;
+pub mod keystore;
+pub mod ridecode;
+pub mod scan;
+pub mod server;
 pub mod service_day;
+pub mod sim;
+pub mod telemetry;
+pub mod tls;
 pub mod wire;

@@ -1,0 +1,84 @@
+//! Reads the archive back: the demo's summary and the tests count what is
+//! really on disk, not what the server believes it wrote.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::schema::from_record_batch;
+use super::writer::ArchiveError;
+use crate::scan::{ArchivedScan, ScanStatus};
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + use<> {
+    let path = path.to_path_buf();
+    move |source| ArchiveError::Io { path, source }
+}
+
+/// Every complete archive file under `root`, sorted: `*.parquet` in
+/// `service_date=*` partitions. Temporary files start with a dot and are skipped.
+pub fn archive_files(root: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut files = Vec::new();
+    if !root.exists() {
+        return Ok(files);
+    }
+    for partition in fs::read_dir(root).map_err(io_error(root))? {
+        let partition = partition.map_err(io_error(root))?.path();
+        let is_partition = partition
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("service_date="));
+        if !partition.is_dir() || !is_partition {
+            continue;
+        }
+        for entry in fs::read_dir(&partition).map_err(io_error(&partition))? {
+            let path = entry.map_err(io_error(&partition))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".parquet") && !name.starts_with('.') {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// All rows of one archive file.
+pub fn read_file(path: &Path) -> Result<Vec<ArchivedScan>, ArchiveError> {
+    let parquet = |source| ArchiveError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet)?
+        .build()
+        .map_err(parquet)?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        rows.extend(from_record_batch(&batch?)?);
+    }
+    Ok(rows)
+}
+
+/// All rows under `root`.
+pub fn read_all(root: &Path) -> Result<Vec<ArchivedScan>, ArchiveError> {
+    let mut rows = Vec::new();
+    for path in archive_files(root)? {
+        rows.extend(read_file(&path)?);
+    }
+    Ok(rows)
+}
+
+/// Rows per status.
+pub fn count_by_status(rows: &[ArchivedScan]) -> BTreeMap<ScanStatus, u64> {
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        *counts.entry(row.status).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,339 @@
+//! `farestream demo`: a server on loopback and a simulated city in one
+//! process, running one service day compressed into about a minute. It
+//! ends by reading the Parquet files back and setting them beside what the
+//! fleet planned and what the server acknowledged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use indicatif::{ProgressBar, ProgressStyle};
+use thiserror::Error;
+
+use crate::archive::{self, ArchiveError};
+use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
+use crate::config::{Config, ConfigError};
+use crate::gateway::{GatewayClient, GatewaySettings};
+use crate::ingest::{Pipeline, PipelineConfig};
+use crate::keystore::{Keystore, KeystoreError};
+use crate::ridecode::KeyError;
+use crate::scan::ScanStatus;
+use crate::server::{Server, ServerError, ServerSettings};
+use crate::sim::{
+    AnomalyRates, FleetReport, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet,
+};
+use crate::tls::{ServerIdentity, TlsError};
+
+/// Simulated minutes between a gateway's uploads ("about once a minute").
+const UPLOAD_INTERVAL_SIM_MS: f64 = 60_000.0;
+/// Service runs from 05:00 to 01:00 local time: hours after the day starts.
+const FIRST_TRIP_AFTER_DAY_START_MS: i64 = 3_600_000;
+const LAST_TRIP_AFTER_DAY_START_MS: i64 = 20 * 3_600_000;
+/// The last metro exit comes up to 40 minutes after the last entry.
+const LAST_EXIT_MARGIN_MS: i64 = 45 * 60_000;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub data_dir: PathBuf,
+    pub config: Config,
+    pub riders: usize,
+    pub gateways: usize,
+    pub validators_per_gateway: usize,
+    /// Wall seconds the service day is compressed into.
+    pub day_secs: f64,
+    pub trips_per_rider: f64,
+    pub denied_riders_percent: f64,
+    pub redelivery_percent: f64,
+    pub seed: u64,
+    pub show_progress: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    pub service_date: NaiveDate,
+    pub time_zone: String,
+    pub riders: usize,
+    pub gateways: usize,
+    pub validators: usize,
+    pub fleet: FleetReport,
+    pub archived: BTreeMap<ScanStatus, u64>,
+    pub files: Vec<PathBuf>,
+    pub archive_root: PathBuf,
+    pub run_id: String,
+    pub wall: Duration,
+}
+
+pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
+    let started = Instant::now();
+    let config = &options.config;
+    let keystore = Keystore::open_or_create(&options.data_dir)?;
+    let trusted_keys = keystore.trusted_public_keys()?;
+    let identity = ServerIdentity::load_or_create(&options.data_dir)?;
+    let service_day = config.service_day_policy()?;
+    let today = service_day.service_date(SystemClock.now_ms());
+    let service_date = today.pred_opt().unwrap_or(today);
+    let day_start = service_day.day_start(service_date);
+    let (first_ms, last_ms) = (
+        day_start + FIRST_TRIP_AFTER_DAY_START_MS,
+        day_start + LAST_TRIP_AFTER_DAY_START_MS,
+    );
+    let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
+    let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);
+    let valid_from = unix_secs_u32(day_start);
+    let world = World::build(
+        &WorldSpec {
+            riders: options.riders,
+            gateways: options.gateways,
+            validators_per_gateway: options.validators_per_gateway,
+            denied_riders_percent: options.denied_riders_percent,
+            seed: options.seed,
+        },
+        keystore.active_signer()?,
+        trusted_keys.clone(),
+        valid_from,
+        valid_from.saturating_add(config.ride_code.credential_validity_secs),
+    )?;
+    let timetable = Timetable::ServiceDay { first_ms, last_ms };
+    let plan = plan_day(
+        &world,
+        timetable,
+        options.trips_per_rider,
+        AnomalyRates::DEMO,
+        options.seed,
+    );
+
+    let pipeline = Arc::new(Pipeline::new(
+        PipelineConfig::from_config(config)?,
+        trusted_keys,
+    ));
+    for card in &world.denied_cards {
+        pipeline.set_denied(*card, true);
+    }
+    let mut settings = ServerSettings::from_config(config, &options.data_dir);
+    settings.listen_addr = "127.0.0.1:0".parse().expect("literal address");
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(first_ms - 60_000, speedup));
+    let server = Server::start(settings, &identity, pipeline, Arc::clone(&clock)).await?;
+
+    let progress = progress_bar(plan.len() as u64, options.show_progress);
+    let fleet_settings = FleetSettings {
+        upload_tick: Duration::from_secs_f64(UPLOAD_INTERVAL_SIM_MS / speedup / 1000.0),
+        redelivery_percent: options.redelivery_percent,
+        batch_scans_max: config.wire.batch_scans_max,
+        freshness: config.freshness_policy(),
+        seed: options.seed,
+    };
+    let gateway_settings = GatewaySettings::from_config(config, server.local_addr());
+    let cert = identity.cert.clone();
+    let (validators, gateways) = (world.validators.len(), world.gateways.len());
+    let fleet = run_fleet(
+        Arc::new(world),
+        Arc::new(plan),
+        clock,
+        fleet_settings,
+        || GatewayClient::new(gateway_settings.clone(), &cert),
+        progress.clone(),
+    )
+    .await;
+    progress.finish_and_clear();
+
+    let run_id = server.run_id().to_string();
+    server.shutdown().await?;
+    let archive_root = archive::scans_root(&options.data_dir);
+    let files = run_files(&archive_root, &run_id)?;
+    let mut rows = Vec::new();
+    for file in &files {
+        rows.extend(archive::read::read_file(file)?);
+    }
+    Ok(DemoSummary {
+        service_date,
+        time_zone: config.service_day.time_zone.clone(),
+        riders: options.riders,
+        gateways,
+        validators,
+        fleet,
+        archived: archive::read::count_by_status(&rows),
+        files,
+        archive_root,
+        run_id,
+        wall: started.elapsed(),
+    })
+}
+
+/// This run's archive files: earlier demos in the same data dir are not counted.
+fn run_files(root: &Path, run_id: &str) -> Result<Vec<PathBuf>, ArchiveError> {
+    let prefix = format!("part-{run_id}-");
+    Ok(archive::read::archive_files(root)?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect())
+}
+
+fn progress_bar(len: u64, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{spinner} service day {bar:40} {pos}/{len} scans uploaded ({per_sec}, eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+impl DemoSummary {
+    /// Plan, acks and archive agree status by status, every re-delivery was
+    /// recognised, and no gateway gave up.
+    pub fn is_consistent(&self) -> bool {
+        let statuses_agree = ScanStatus::ALL.iter().all(|s| {
+            let planned = self.fleet.planned.get(s).copied().unwrap_or(0);
+            planned == self.fleet.acked.get(s).copied().unwrap_or(0)
+                && planned == self.archived.get(s).copied().unwrap_or(0)
+        });
+        statuses_agree
+            && self.fleet.redelivered_planned == self.fleet.redelivered_acked
+            && self.fleet.errors.is_empty()
+    }
+
+    /// The table printed at the end of the demo.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+        line(
+            &mut out,
+            format!(
+                "farestream demo: service day {} ({}), {} riders, {} gateways, {} validators, {:.1} s",
+                self.service_date,
+                self.time_zone,
+                self.riders,
+                self.gateways,
+                self.validators,
+                self.wall.as_secs_f64()
+            ),
+        );
+        line(&mut out, String::new());
+        line(
+            &mut out,
+            format!(
+                "  {:<22}{:>10}{:>10}{:>10}",
+                "status", "planned", "acked", "archived"
+            ),
+        );
+        let get =
+            |map: &BTreeMap<ScanStatus, u64>, s: &ScanStatus| map.get(s).copied().unwrap_or(0);
+        for status in ScanStatus::ALL {
+            let (p, a, r) = (
+                get(&self.fleet.planned, &status),
+                get(&self.fleet.acked, &status),
+                get(&self.archived, &status),
+            );
+            let mark = if p == a && a == r {
+                ""
+            } else {
+                "  <- MISMATCH"
+            };
+            line(
+                &mut out,
+                format!("  {:<22}{:>10}{:>10}{:>10}{mark}", status.as_str(), p, a, r),
+            );
+        }
+        let total = |map: &BTreeMap<ScanStatus, u64>| map.values().sum::<u64>();
+        line(
+            &mut out,
+            format!(
+                "  {:<22}{:>10}{:>10}{:>10}",
+                "total",
+                total(&self.fleet.planned),
+                total(&self.fleet.acked),
+                total(&self.archived)
+            ),
+        );
+        line(
+            &mut out,
+            format!(
+                "  {:<22}{:>10}{:>10}{:>10}  (dropped, no rows)",
+                "re-delivered", self.fleet.redelivered_planned, self.fleet.redelivered_acked, 0
+            ),
+        );
+        line(&mut out, String::new());
+        let scans = total(&self.fleet.planned);
+        line(
+            &mut out,
+            format!(
+                "  gates: {} opened, {} refused offline; {} batches acked, {} connections, {} retries",
+                self.fleet.gates_opened,
+                self.fleet.gates_refused,
+                self.fleet.batches_sent,
+                self.fleet.connects,
+                self.fleet.retries
+            ),
+        );
+        line(
+            &mut out,
+            format!(
+                "  throughput: {} scans in {:.1} s wall ({:.0} scans/s average, paced by the compressed day)",
+                scans,
+                self.wall.as_secs_f64(),
+                scans as f64 / self.wall.as_secs_f64().max(0.001)
+            ),
+        );
+        for error in &self.fleet.errors {
+            line(&mut out, format!("  gateway error: {error}"));
+        }
+        let glob = self
+            .archive_root
+            .join("*")
+            .join(format!("part-{}-*.parquet", self.run_id));
+        line(
+            &mut out,
+            format!(
+                "  archive: {} file(s) under {}",
+                self.files.len(),
+                self.archive_root.display()
+            ),
+        );
+        line(
+            &mut out,
+            format!(
+                "  query:   duckdb -c \"SELECT status, count(*) FROM read_parquet('{}') GROUP BY status ORDER BY 2 DESC\"",
+                glob.display()
+            ),
+        );
+        line(&mut out, String::new());
+        line(
+            &mut out,
+            if self.is_consistent() {
+                "  result: OK, plan, acks and archive agree for every status".to_string()
+            } else {
+                "  result: MISMATCH, see the rows marked above".to_string()
+            },
+        );
+        out
+    }
+}

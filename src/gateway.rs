@@ -1,0 +1,241 @@
+//! The gateway client: what a fleet gateway embeds to push scan batches.
+//! `push` returns only once the server has answered the batch; until then it
+//! reconnects and resends with exponential backoff, so a batch is either
+//! acknowledged or reported as an error, never dropped silently. Resending
+//! is safe: the server drops exact re-deliveries.
+//!
+//! The client is cheap to clone; clones share one QUIC connection, and
+//! concurrent pushes run on parallel streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::tls::{SERVER_NAME, TlsError, client_config};
+use crate::wire::{AckStatus, BatchAck, FrameError, ScanBatch, read_message, write_message};
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub server_addr: SocketAddr,
+    pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub retry_attempts_max: u32,
+    pub retry_backoff_initial: Duration,
+    pub retry_backoff_max: Duration,
+    /// The largest ack frame accepted from the server.
+    pub frame_bytes_max: u32,
+}
+
+impl GatewaySettings {
+    pub fn from_config(config: &Config, server_addr: SocketAddr) -> GatewaySettings {
+        let g = &config.gateway;
+        GatewaySettings {
+            server_addr,
+            connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+            ack_timeout: Duration::from_millis(g.ack_timeout_ms),
+            retry_attempts_max: g.retry_attempts_max.max(1),
+            retry_backoff_initial: Duration::from_millis(g.retry_backoff_ms_initial),
+            retry_backoff_max: Duration::from_millis(g.retry_backoff_ms_max),
+            frame_bytes_max: config.wire.frame_bytes_max,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open a local UDP socket: {0}")]
+    Socket(std::io::Error),
+    #[error("server refused batch {batch_seq} as malformed: {error}")]
+    Malformed { batch_seq: u64, error: String },
+    #[error("batch {batch_seq} not acknowledged after {attempts} attempts: {last_error}")]
+    GaveUp {
+        batch_seq: u64,
+        attempts: u32,
+        last_error: String,
+    },
+}
+
+/// Why one attempt failed; every kind is retried.
+#[derive(Debug, Error)]
+enum AttemptError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("no ack within {0:?}")]
+    AckTimeout(Duration),
+    #[error("ack unreadable: {0}")]
+    Ack(#[from] FrameError),
+    #[error("server asked to back off: {error}")]
+    Backoff {
+        error: String,
+        retry_after: Duration,
+    },
+}
+
+#[derive(Clone)]
+pub struct GatewayClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    settings: GatewaySettings,
+    connection: Mutex<Option<quinn::Connection>>,
+    connects: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl GatewayClient {
+    /// A client that trusts exactly `server_cert`. Connects on first push.
+    pub fn new(
+        settings: GatewaySettings,
+        server_cert: &CertificateDer<'static>,
+    ) -> Result<GatewayClient, GatewayError> {
+        let bind: SocketAddr = if settings.server_addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .expect("literal socket address");
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(GatewayError::Socket)?;
+        endpoint.set_default_client_config(client_config(server_cert)?);
+        let inner = Inner {
+            endpoint,
+            settings,
+            connection: Mutex::new(None),
+            connects: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        };
+        Ok(GatewayClient {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Sends one batch and returns the server's OK ack, retrying through
+    /// lost connections and back-off answers.
+    pub async fn push(&self, batch: &ScanBatch) -> Result<BatchAck, GatewayError> {
+        let settings = &self.inner.settings;
+        let mut backoff = settings.retry_backoff_initial;
+        let mut last_error = String::new();
+        for attempt in 1..=settings.retry_attempts_max {
+            if attempt > 1 {
+                self.inner.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.attempt(batch).await {
+                Ok(ack) if ack.ack_status() == AckStatus::Malformed => {
+                    return Err(GatewayError::Malformed {
+                        batch_seq: batch.batch_seq,
+                        error: ack.error,
+                    });
+                }
+                Ok(ack) => return Ok(ack),
+                Err(AttemptError::Backoff { error, retry_after }) => {
+                    last_error = error;
+                    tokio::time::sleep(retry_after.max(backoff)).await;
+                }
+                Err(error) => {
+                    last_error = error.to_string();
+                    self.forget_connection().await;
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+            backoff = (backoff * 2).min(settings.retry_backoff_max);
+        }
+        Err(GatewayError::GaveUp {
+            batch_seq: batch.batch_seq,
+            attempts: settings.retry_attempts_max,
+            last_error,
+        })
+    }
+
+    /// Connections made so far (1 unless the link dropped).
+    pub fn connects(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// Attempts beyond the first, over all pushes.
+    pub fn retries(&self) -> u64 {
+        self.inner.retries.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection politely and waits for the server to see it.
+    pub async fn close(&self) {
+        if let Some(connection) = self.inner.connection.lock().await.take() {
+            connection.close(0u32.into(), b"gateway done");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+
+    async fn attempt(&self, batch: &ScanBatch) -> Result<BatchAck, AttemptError> {
+        let connection = self.connection().await?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| AttemptError::Stream(e.to_string()))?;
+        // A write can fail because the server stopped reading a frame it
+        // refuses; its ack still explains why, so read it regardless.
+        let wrote = write_message(&mut send, batch).await;
+        let _ = send.finish();
+        let settings = &self.inner.settings;
+        let ack = tokio::time::timeout(
+            settings.ack_timeout,
+            read_message::<BatchAck, _>(&mut recv, settings.frame_bytes_max, "BatchAck"),
+        )
+        .await
+        .map_err(|_| AttemptError::AckTimeout(settings.ack_timeout))?;
+        let ack = match (ack, wrote) {
+            (Ok(ack), _) => ack,
+            (Err(_), Err(write_error)) => {
+                return Err(AttemptError::Stream(write_error.to_string()));
+            }
+            (Err(read_error), Ok(())) => return Err(read_error.into()),
+        };
+        if ack.ack_status() == AckStatus::Backoff {
+            let retry_after = Duration::from_millis(u64::from(ack.retry_after_ms));
+            return Err(AttemptError::Backoff {
+                error: ack.error,
+                retry_after,
+            });
+        }
+        Ok(ack)
+    }
+
+    async fn connection(&self) -> Result<quinn::Connection, AttemptError> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(connection.clone());
+        }
+        let settings = &self.inner.settings;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect(settings.server_addr, SERVER_NAME)
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
+        let connection = tokio::time::timeout(settings.connect_timeout, connecting)
+            .await
+            .map_err(|_| {
+                AttemptError::Connect(format!(
+                    "no handshake within {:?}",
+                    settings.connect_timeout
+                ))
+            })?
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
+        self.inner.connects.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn forget_connection(&self) {
+        self.inner.connection.lock().await.take();
+    }
+}

@@ -1,0 +1,326 @@
+//! The `farestream` command line: glue only; the work lives in the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use farestream::clock::{Clock, SystemClock, unix_secs_u32};
+use farestream::config::Config;
+use farestream::demo::{DemoOptions, run_demo};
+use farestream::gateway::{GatewayClient, GatewaySettings};
+use farestream::ingest::{Pipeline, PipelineConfig};
+use farestream::keystore::Keystore;
+use farestream::server::{Server, ServerSettings};
+use farestream::sim::{
+    AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet,
+};
+use farestream::tls::{ServerIdentity, cert_path, read_cert};
+
+#[derive(Parser)]
+#[command(
+    name = "farestream",
+    version,
+    about = "Ingestion back end for pay-later transit ride codes"
+)]
+struct Cli {
+    /// Where keys, the TLS certificate and the archive live.
+    #[arg(long, global = true, default_value = "./data")]
+    data_dir: PathBuf,
+    /// A TOML file overriding config/farestream.toml, key by key.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ingestion server (makes keys, certificate and data dir on first start).
+    Serve {
+        /// Overrides server.listen_addr.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Manage issuer keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Push a simulated fleet's traffic at a running server.
+    Simulate {
+        /// The server's QUIC address.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        server: SocketAddr,
+        #[command(flatten)]
+        city: CityArgs,
+        /// Seconds over which the scans are spread.
+        #[arg(long, default_value_t = 30.0)]
+        duration_secs: f64,
+    },
+    /// Run a server and a simulated city in one process: one service day in about a minute.
+    Demo {
+        #[command(flatten)]
+        city: CityArgs,
+        /// Wall seconds the service day is compressed into.
+        #[arg(long, default_value_t = 45.0)]
+        day_secs: f64,
+    },
+}
+
+#[derive(clap::Args)]
+struct CityArgs {
+    #[arg(long, default_value_t = 20_000)]
+    riders: usize,
+    #[arg(long, default_value_t = 4)]
+    gateways: usize,
+    #[arg(long, default_value_t = 16)]
+    validators_per_gateway: usize,
+    /// Mean trips per rider per day (a metro trip is two scans).
+    #[arg(long, default_value_t = 2.2)]
+    trips_per_rider: f64,
+    /// Riders in arrears, on the deny list (demo only: the server must know them).
+    #[arg(long, default_value_t = 1.0)]
+    denied_riders_percent: f64,
+    /// Batches sent twice, as when an ack is lost.
+    #[arg(long, default_value_t = 2.0)]
+    redelivery_percent: f64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// List issuer keys.
+    List,
+    /// Make a new issuer key and sign new credentials with it.
+    Rotate,
+    /// Stop trusting an issuer key.
+    Retire { key_id: u32 },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
+    init_logging(if quiet { "warn" } else { "info" });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { listen } => runtime.block_on(serve(&cli.data_dir, config, listen)),
+        Command::Keys { action } => keys(&cli.data_dir, action),
+        Command::Simulate {
+            server,
+            city,
+            duration_secs,
+        } => runtime.block_on(simulate(&cli.data_dir, config, server, city, duration_secs)),
+        Command::Demo { city, day_secs } => {
+            runtime.block_on(demo(cli.data_dir, config, city, day_secs))
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>) -> Result<()> {
+    let keystore = Keystore::open_or_create(data_dir).context("opening the key store")?;
+    let identity = ServerIdentity::load_or_create(data_dir).context("loading the TLS identity")?;
+    let pipeline = Arc::new(Pipeline::new(
+        PipelineConfig::from_config(&config)?,
+        keystore.trusted_public_keys()?,
+    ));
+    let mut settings = ServerSettings::from_config(&config, data_dir);
+    if let Some(listen) = listen {
+        settings.listen_addr = listen;
+    }
+    if !config.metrics.listen_addr.is_empty() {
+        let addr: SocketAddr = config
+            .metrics
+            .listen_addr
+            .parse()
+            .context("metrics.listen_addr")?;
+        farestream::telemetry::install_prometheus(addr)
+            .map_err(anyhow::Error::msg)
+            .context("starting the metrics endpoint")?;
+        tracing::info!(%addr, "Prometheus metrics at /metrics");
+    }
+    let server = Server::start(settings, &identity, pipeline, Arc::new(SystemClock)).await?;
+    println!(
+        "farestream serving on {} (certificate: {})",
+        server.local_addr(),
+        cert_path(data_dir).display()
+    );
+    shutdown_signal().await;
+    println!("shutting down: finishing in-flight batches and closing archive files");
+    server.shutdown().await?;
+    println!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}
+
+fn keys(data_dir: &Path, action: KeysAction) -> Result<()> {
+    let mut store = Keystore::open_or_create(data_dir)?;
+    match action {
+        KeysAction::List => {}
+        KeysAction::Rotate => println!("issuer key {} is now active", store.rotate()?),
+        KeysAction::Retire { key_id } => {
+            store.retire(key_id)?;
+            println!("issuer key {key_id} retired");
+        }
+    }
+    println!(
+        "{:>6}  {:<8}  {:<8}  created",
+        "key id", "active", "trusted"
+    );
+    for key in store.list() {
+        let active = if key.id == store.active_key_id() {
+            "yes"
+        } else {
+            ""
+        };
+        let trusted = if key.retired { "retired" } else { "yes" };
+        println!(
+            "{:>6}  {:<8}  {:<8}  {}",
+            key.id, active, trusted, key.created_at
+        );
+    }
+    Ok(())
+}
+
+async fn simulate(
+    data_dir: &Path,
+    config: Config,
+    server: SocketAddr,
+    city: CityArgs,
+    duration_secs: f64,
+) -> Result<()> {
+    let keystore = Keystore::open_or_create(data_dir)
+        .context("opening the key store shared with the server")?;
+    let cert = read_cert(&cert_path(data_dir))
+        .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
+    let now = SystemClock.now_ms();
+    let valid_from = unix_secs_u32(now - 3_600_000);
+    let spec = WorldSpec {
+        riders: city.riders,
+        gateways: city.gateways,
+        validators_per_gateway: city.validators_per_gateway,
+        // The server's deny list is its own; the simulator cannot predict it.
+        denied_riders_percent: 0.0,
+        seed: city.seed,
+    };
+    let world = World::build(
+        &spec,
+        keystore.active_signer()?,
+        keystore.trusted_public_keys()?,
+        valid_from,
+        valid_from + config.ride_code.credential_validity_secs,
+    )?;
+    let timetable = Timetable::Steady {
+        first_ms: now + 1_000,
+        last_ms: now + (duration_secs * 1000.0) as i64,
+    };
+    let plan = plan_day(
+        &world,
+        timetable,
+        city.trips_per_rider,
+        AnomalyRates::DEMO,
+        city.seed,
+    );
+    println!(
+        "simulating {} gateways, {} riders: {} scans over {duration_secs} s at {server}",
+        city.gateways,
+        city.riders,
+        plan.len()
+    );
+    let bar = indicatif::ProgressBar::new(plan.len() as u64);
+    let settings = FleetSettings {
+        upload_tick: Duration::from_millis(250),
+        redelivery_percent: city.redelivery_percent,
+        batch_scans_max: config.wire.batch_scans_max,
+        freshness: config.freshness_policy(),
+        seed: city.seed,
+    };
+    let gateway_settings = GatewaySettings::from_config(&config, server);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let report = run_fleet(
+        Arc::new(world),
+        Arc::new(plan),
+        clock,
+        settings,
+        || GatewayClient::new(gateway_settings.clone(), &cert),
+        bar.clone(),
+    )
+    .await;
+    bar.finish_and_clear();
+    println!("  {:<22}{:>10}{:>10}", "status", "planned", "acked");
+    for status in farestream::scan::ScanStatus::ALL {
+        let get = |m: &std::collections::BTreeMap<_, u64>| m.get(&status).copied().unwrap_or(0);
+        println!(
+            "  {:<22}{:>10}{:>10}",
+            status.as_str(),
+            get(&report.planned),
+            get(&report.acked)
+        );
+    }
+    println!(
+        "  {:<22}{:>10}{:>10}",
+        "re-delivered", report.redelivered_planned, report.redelivered_acked
+    );
+    for error in &report.errors {
+        println!("  gateway error: {error}");
+    }
+    if !report.errors.is_empty() {
+        bail!("{} gateway error(s)", report.errors.len());
+    }
+    Ok(())
+}
+
+async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) -> Result<()> {
+    let options = DemoOptions {
+        data_dir,
+        config,
+        riders: city.riders,
+        gateways: city.gateways,
+        validators_per_gateway: city.validators_per_gateway,
+        day_secs,
+        trips_per_rider: city.trips_per_rider,
+        denied_riders_percent: city.denied_riders_percent,
+        redelivery_percent: city.redelivery_percent,
+        seed: city.seed,
+        show_progress: true,
+    };
+    let summary = run_demo(options).await?;
+    print!("{}", summary.render());
+    if !summary.is_consistent() {
+        bail!("the archive does not match the acks; see the table above");
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The simulated fleet at run time: one task per gateway. Every upload
+//! interval a gateway collects the scans its validators read since the last
+//! upload (each checked at the gate with the same offline check the server
+//! uses), pushes them as one batch over QUIC, and tallies the ack. A few
+//! batches are sent twice, as when an ack is lost, to exercise re-delivery.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinSet;
+
+use super::plan::PlannedScan;
+use super::world::World;
+use crate::clock::{Clock, unix_secs_u32};
+use crate::gateway::{GatewayClient, GatewayError};
+use crate::ridecode::{FreshnessPolicy, check_offline};
+use crate::scan::ScanStatus;
+use crate::wire::{BatchAck, ScanBatch};
+
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Wall time between a gateway's uploads.
+    pub upload_tick: Duration,
+    /// Share of batches sent a second time.
+    pub redelivery_percent: f64,
+    pub batch_scans_max: usize,
+    pub freshness: FreshnessPolicy,
+    pub seed: u64,
+}
+
+/// What the fleet planned, saw at the gates, and was told by the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetReport {
+    pub planned: BTreeMap<ScanStatus, u64>,
+    pub acked: BTreeMap<ScanStatus, u64>,
+    /// Scans in batches sent twice: all must come back as re-delivered.
+    pub redelivered_planned: u64,
+    pub redelivered_acked: u64,
+    pub batches_sent: u64,
+    pub gates_opened: u64,
+    pub gates_refused: u64,
+    pub connects: u64,
+    pub retries: u64,
+    pub errors: Vec<String>,
+}
+
+impl FleetReport {
+    fn merge(&mut self, other: FleetReport) {
+        for (status, n) in other.planned {
+            *self.planned.entry(status).or_default() += n;
+        }
+        for (status, n) in other.acked {
+            *self.acked.entry(status).or_default() += n;
+        }
+        self.redelivered_planned += other.redelivered_planned;
+        self.redelivered_acked += other.redelivered_acked;
+        self.batches_sent += other.batches_sent;
+        self.gates_opened += other.gates_opened;
+        self.gates_refused += other.gates_refused;
+        self.connects += other.connects;
+        self.retries += other.retries;
+        self.errors.extend(other.errors);
+    }
+
+    fn tally_ack(&mut self, ack: &BatchAck) {
+        *self.acked.entry(ScanStatus::Accepted).or_default() += u64::from(ack.accepted);
+        for rejection in &ack.rejections {
+            let status = rejection.scan_status().unwrap_or(ScanStatus::Malformed);
+            *self.acked.entry(status).or_default() += 1;
+        }
+    }
+
+    pub fn planned_total(&self) -> u64 {
+        self.planned.values().sum()
+    }
+}
+
+/// Runs every gateway until its validators' planned scans are all acked.
+/// `client` makes one client per gateway.
+pub async fn run_fleet(
+    world: Arc<World>,
+    plan: Arc<Vec<PlannedScan>>,
+    clock: Arc<dyn Clock>,
+    settings: FleetSettings,
+    client: impl Fn() -> Result<GatewayClient, GatewayError>,
+    progress: ProgressBar,
+) -> FleetReport {
+    let mut tasks = JoinSet::new();
+    let mut report = FleetReport::default();
+    for gateway in 0..world.gateways.len() {
+        let scans: Vec<usize> = (0..plan.len())
+            .filter(|&i| world.validators[plan[i].validator].gateway == gateway)
+            .collect();
+        match client() {
+            Ok(client) => {
+                let gateway_run = GatewayRun {
+                    gateway,
+                    world: Arc::clone(&world),
+                    plan: Arc::clone(&plan),
+                    scans,
+                    clock: Arc::clone(&clock),
+                    settings: settings.clone(),
+                    progress: progress.clone(),
+                };
+                tasks.spawn(gateway_run.run(client));
+            }
+            Err(error) => report.errors.push(format!("gateway {gateway}: {error}")),
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(gateway_report) => report.merge(gateway_report),
+            Err(error) => report.errors.push(format!("gateway task failed: {error}")),
+        }
+    }
+    report
+}
+
+struct GatewayRun {
+    gateway: usize,
+    world: Arc<World>,
+    plan: Arc<Vec<PlannedScan>>,
+    /// This gateway's scans, indexes into `plan`, in time order.
+    scans: Vec<usize>,
+    clock: Arc<dyn Clock>,
+    settings: FleetSettings,
+    progress: ProgressBar,
+}
+
+impl GatewayRun {
+    async fn run(self, client: GatewayClient) -> FleetReport {
+        let mut report = FleetReport::default();
+        let mut rng = StdRng::seed_from_u64(self.settings.seed.wrapping_add(self.gateway as u64));
+        let mut batch_seq = 0u64;
+        let mut cursor = 0;
+        while cursor < self.scans.len() {
+            tokio::time::sleep(self.settings.upload_tick).await;
+            let now = self.clock.now_ms();
+            let due = self.scans[cursor..]
+                .iter()
+                .take_while(|&&i| self.plan[i].at_ms <= now)
+                .count();
+            for chunk in self.scans[cursor..cursor + due].chunks(self.settings.batch_scans_max) {
+                batch_seq += 1;
+                let batch = self.read_at_gates(chunk, batch_seq, &mut report).await;
+                if let Err(error) = self.push(&client, &batch, &mut report).await {
+                    report.errors.push(error.to_string());
+                    continue;
+                }
+                if rng.random_bool((self.settings.redelivery_percent / 100.0).clamp(0.0, 1.0)) {
+                    report.redelivered_planned += batch.scans.len() as u64;
+                    if let Err(error) = self.push(&client, &batch, &mut report).await {
+                        report.errors.push(error.to_string());
+                    }
+                }
+                self.progress.inc(chunk.len() as u64);
+            }
+            cursor += due;
+        }
+        report.connects = client.connects();
+        report.retries = client.retries();
+        client.close().await;
+        report
+    }
+
+    /// The validators read the codes (offline check at the gate) and the
+    /// gateway wraps their records into one batch.
+    async fn read_at_gates(
+        &self,
+        chunk: &[usize],
+        batch_seq: u64,
+        report: &mut FleetReport,
+    ) -> ScanBatch {
+        let world = Arc::clone(&self.world);
+        let plan = Arc::clone(&self.plan);
+        let chunk = chunk.to_vec();
+        let freshness = self.settings.freshness;
+        let gateway_id = self.world.gateways[self.gateway].id.clone();
+        let (batch, opened, planned) = tokio::task::spawn_blocking(move || {
+            let mut opened = 0u64;
+            let mut planned = BTreeMap::<ScanStatus, u64>::new();
+            let mut scans = Vec::with_capacity(chunk.len());
+            for &i in &chunk {
+                let scan = &plan[i];
+                let code = scan.ride_code(&world);
+                let gate = check_offline(
+                    &code,
+                    &world.trusted_keys,
+                    &world.denied_cards,
+                    &freshness,
+                    unix_secs_u32(scan.at_ms),
+                );
+                opened += u64::from(gate.is_ok());
+                *planned.entry(scan.expected).or_default() += 1;
+                scans.push(scan.record(&world, code));
+            }
+            (
+                ScanBatch {
+                    gateway_id,
+                    batch_seq,
+                    scans,
+                },
+                opened,
+                planned,
+            )
+        })
+        .await
+        .expect("gate simulation does not panic");
+        report.gates_opened += opened;
+        report.gates_refused += batch.scans.len() as u64 - opened;
+        for (status, n) in planned {
+            *report.planned.entry(status).or_default() += n;
+        }
+        batch
+    }
+
+    async fn push(
+        &self,
+        client: &GatewayClient,
+        batch: &ScanBatch,
+        report: &mut FleetReport,
+    ) -> Result<(), GatewayError> {
+        let ack = client.push(batch).await?;
+        report.batches_sent += 1;
+        report.redelivered_acked += u64::from(ack.redelivered);
+        report.tally_ack(&ack);
+        Ok(())
+    }
+}

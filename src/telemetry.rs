@@ -1,0 +1,64 @@
+//! Every metric farestream exports, in one place, named for Prometheus.
+//! Each function logs nothing and counts one thing; call sites stay short
+//! and the names cannot drift between them.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, gauge, histogram};
+
+use crate::archive::ClosedFile;
+use crate::ingest::dedup::DedupSizes;
+use crate::scan::ScanStatus;
+
+/// Starts the Prometheus scrape endpoint.
+pub fn install_prometheus(listen_addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(listen_addr)
+        .install()
+        .map_err(|e| e.to_string())
+}
+
+pub fn scans_archived(status: ScanStatus, count: u64) {
+    counter!("farestream_scans_total", "status" => status.as_str()).increment(count);
+}
+
+pub fn scans_redelivered(count: u64) {
+    counter!("farestream_scan_redeliveries_total").increment(count);
+}
+
+/// A batch answered: `outcome` is `ok`, `malformed` or `backoff`.
+pub fn batch_answered(outcome: &'static str, seconds: f64) {
+    counter!("farestream_batches_total", "outcome" => outcome).increment(1);
+    histogram!("farestream_batch_seconds", "outcome" => outcome).record(seconds);
+}
+
+/// A batch refused before processing; `reason` names the check that failed.
+pub fn batch_malformed(reason: &'static str) {
+    counter!("farestream_batch_errors_total", "reason" => reason).increment(1);
+}
+
+pub fn connection_opened() {
+    counter!("farestream_connections_total").increment(1);
+}
+
+pub fn connection_refused() {
+    counter!("farestream_connections_refused_total").increment(1);
+}
+
+pub fn archive_rows_written(rows: usize) {
+    counter!("farestream_archive_rows_total").increment(rows as u64);
+}
+
+pub fn archive_files_closed(closed: &[ClosedFile]) {
+    counter!("farestream_archive_files_total").increment(closed.len() as u64);
+}
+
+pub fn archive_failed() {
+    counter!("farestream_archive_failures_total").increment(1);
+}
+
+pub fn dedup_sizes(sizes: DedupSizes) {
+    gauge!("farestream_dedup_entries", "index" => "deliveries").set(sizes.deliveries as f64);
+    gauge!("farestream_dedup_entries", "index" => "rides").set(sizes.rides as f64);
+    gauge!("farestream_dedup_entries", "index" => "credentials").set(sizes.credentials as f64);
+}
