@@ -1,0 +1,7 @@
+//! Integration tests: one binary, as ripgrep does, so the release build
+//! links once.
+
+mod end_to_end;
+mod support;
+mod vectors;
+mod wire_errors;

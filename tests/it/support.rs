@@ -1,0 +1,130 @@
+//! A server in-process on 127.0.0.1:0 with a manual clock, and riders whose
+//! codes the tests make by hand.
+
+use std::sync::Arc;
+
+use farestream::archive::{read, scans_root};
+use farestream::clock::{ManualClock, UnixMillis};
+use farestream::config::Config;
+use farestream::gateway::{GatewayClient, GatewaySettings};
+use farestream::ingest::{Pipeline, PipelineConfig};
+use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
+use farestream::scan::{ArchivedScan, TapKind};
+use farestream::server::{Server, ServerSettings};
+use farestream::tls::ServerIdentity;
+use farestream::wire::{ScanBatch, ScanRecord, WireTapKind};
+
+/// 2025-11-20 10:00:00 in Shanghai, a Thursday morning.
+pub const T0_MS: UnixMillis = 1_763_604_000_000;
+pub const ISSUER_KEY_ID: u32 = 1;
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+    pub identity: ServerIdentity,
+    pub clock: Arc<ManualClock>,
+    pub issuer: IssuerSigningKey,
+    pub config: Config,
+}
+
+pub struct TestRider {
+    pub key: UserKey,
+    pub credential: Credential,
+}
+
+impl TestRider {
+    /// A code made five seconds before `at_ms`.
+    pub fn code_at(&self, at_ms: UnixMillis, counter: u32) -> Vec<u8> {
+        self.key
+            .make_code(&self.credential, secs(at_ms - 5_000), counter)
+            .bytes
+            .to_vec()
+    }
+}
+
+pub fn secs(at_ms: UnixMillis) -> u32 {
+    farestream::clock::unix_secs_u32(at_ms)
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(Config::defaults()).await
+    }
+
+    pub async fn start_with(config: Config) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
+        let mut keys = IssuerPublicKeys::new();
+        keys.insert(ISSUER_KEY_ID, issuer.public_key());
+        let pipeline = Arc::new(Pipeline::new(
+            PipelineConfig::from_config(&config).expect("pipeline"),
+            keys,
+        ));
+        let mut settings = ServerSettings::from_config(&config, dir.path());
+        settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
+        let identity = ServerIdentity::generate().expect("identity");
+        let clock = Arc::new(ManualClock::new(T0_MS + 60_000));
+        let server = Server::start(settings, &identity, pipeline, clock.clone())
+            .await
+            .expect("server");
+        Harness {
+            dir,
+            server,
+            identity,
+            clock,
+            issuer,
+            config,
+        }
+    }
+
+    pub fn client(&self) -> GatewayClient {
+        GatewayClient::new(
+            GatewaySettings::from_config(&self.config, self.server.local_addr()),
+            &self.identity.cert,
+        )
+        .expect("client")
+    }
+
+    pub fn rider(&self, card_id: u64) -> TestRider {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&card_id.to_be_bytes());
+        let key = UserKey::from_seed(&seed).expect("user key");
+        let valid_from = secs(T0_MS - 3_600_000);
+        let credential =
+            self.issuer
+                .issue(card_id, key.public_key(), valid_from, valid_from + 93_600);
+        TestRider { key, credential }
+    }
+
+    /// Closes the open archive files and reads every row back from disk.
+    pub async fn archive_rows(&self) -> Vec<ArchivedScan> {
+        self.server.flush_archive().await.expect("flush");
+        read::read_all(&scans_root(self.dir.path())).expect("read archive")
+    }
+}
+
+pub fn record(
+    validator: &str,
+    seq: u64,
+    at_ms: UnixMillis,
+    tap_kind: TapKind,
+    ride_code: Vec<u8>,
+) -> ScanRecord {
+    ScanRecord {
+        validator_id: validator.to_string(),
+        validator_seq: seq,
+        validator_time_ms: at_ms,
+        route_id: "metro-1".into(),
+        stop_id: "station-01".into(),
+        tap_kind: WireTapKind::from(tap_kind) as i32,
+        ride_code,
+    }
+}
+
+pub fn batch(gateway: &str, seq: u64, scans: Vec<ScanRecord>) -> ScanBatch {
+    ScanBatch {
+        gateway_id: gateway.to_string(),
+        batch_seq: seq,
+        scans,
+    }
+}
