@@ -54,7 +54,7 @@ impl ServerIdentity {
             let identity = ServerIdentity::generate()?;
             let dir = data_dir.join("tls");
             fs::create_dir_all(&dir).map_err(io(&dir))?;
-            fs::write(&key_file, identity.key.secret_pkcs8_der()).map_err(io(&key_file))?;
+            write_secret(&key_file, identity.key.secret_pkcs8_der()).map_err(io(&key_file))?;
             fs::write(&cert_file, identity.cert.as_ref()).map_err(io(&cert_file))?;
             return Ok(identity);
         }
@@ -125,6 +125,20 @@ pub fn client_config(
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// Writes a private key readable by its owner only.
+fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Reads the certificate a gateway pins.

@@ -224,3 +224,120 @@ fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::read::{archive_files, read_all};
+    use crate::scan::{ScanStatus, TapKind};
+
+    fn row(seq: u64, date: NaiveDate) -> ArchivedScan {
+        ArchivedScan {
+            scan_id: [seq as u8; 16],
+            gateway_id: "depot-01".into(),
+            validator_id: "bus-1".into(),
+            validator_seq: seq,
+            route_id: "bus-12".into(),
+            stop_id: "bus-12-stop-01".into(),
+            tap_kind: Some(TapKind::Single),
+            card_id: Some(seq),
+            issuer_key_id: Some(1),
+            code_created_at: Some(1_000),
+            code_counter: Some(3),
+            scanned_at: 2_000,
+            received_at: 3_000,
+            status: if seq % 2 == 0 {
+                ScanStatus::Accepted
+            } else {
+                ScanStatus::Replay
+            },
+            reason: (seq % 2 == 1).then(|| "replayed".to_string()),
+            service_date: date,
+        }
+    }
+
+    fn writer(root: &Path, file_bytes_max: u64, file_age_max: Duration) -> ArchiveWriter {
+        let config = ArchiveWriterConfig {
+            root: root.to_path_buf(),
+            file_bytes_max,
+            file_age_max,
+            row_group_rows_max: 1000,
+        };
+        ArchiveWriter::new(config, "run".into()).expect("writer")
+    }
+
+    #[test]
+    fn open_files_are_hidden_until_closed_and_rows_read_back_equal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (d1, d2) = (
+            NaiveDate::from_ymd_opt(2026, 11, 25).expect("d"),
+            NaiveDate::from_ymd_opt(2026, 11, 26).expect("d"),
+        );
+        let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(3600));
+        let rows: Vec<_> = (0..10)
+            .map(|i| row(i, if i < 6 { d1 } else { d2 }))
+            .collect();
+        assert!(w.append(&rows, Instant::now()).expect("append").is_empty());
+        assert!(
+            archive_files(dir.path()).expect("list").is_empty(),
+            "nothing visible while files are open"
+        );
+        let closed = w.close_all().expect("close");
+        assert_eq!(
+            closed
+                .iter()
+                .map(|c| (c.service_date, c.rows))
+                .collect::<Vec<_>>(),
+            vec![(d1, 6), (d2, 4)]
+        );
+        let mut back = read_all(dir.path()).expect("read");
+        back.sort_by_key(|r| r.validator_seq);
+        assert_eq!(back, rows);
+        let leftovers: Vec<_> = fs::read_dir(partition_dir(dir.path(), d1))
+            .expect("dir")
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn files_roll_at_their_size_and_age_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let date = NaiveDate::from_ymd_opt(2026, 11, 25).expect("d");
+        let mut by_size = writer(dir.path(), 1, Duration::from_secs(3600));
+        let start = Instant::now();
+        assert_eq!(
+            by_size
+                .append(&[row(1, date)], start)
+                .expect("append")
+                .len(),
+            1,
+            "one byte is over the limit"
+        );
+        assert_eq!(
+            by_size
+                .append(&[row(2, date)], start)
+                .expect("append")
+                .len(),
+            1
+        );
+        assert_eq!(archive_files(dir.path()).expect("list").len(), 2);
+
+        let aged_dir = tempfile::tempdir().expect("tempdir");
+        let mut by_age = writer(aged_dir.path(), u64::MAX, Duration::from_secs(300));
+        by_age.append(&[row(1, date)], start).expect("append");
+        assert!(
+            by_age
+                .roll_aged(start + Duration::from_secs(299))
+                .expect("roll")
+                .is_empty()
+        );
+        assert_eq!(
+            by_age
+                .roll_aged(start + Duration::from_secs(300))
+                .expect("roll")
+                .len(),
+            1
+        );
+        assert_eq!(by_age.open_rows(), 0);
+    }
+}
