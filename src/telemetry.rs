@@ -62,3 +62,16 @@ pub fn dedup_sizes(sizes: DedupSizes) {
     gauge!("farestream_dedup_entries", "index" => "rides").set(sizes.rides as f64);
     gauge!("farestream_dedup_entries", "index" => "credentials").set(sizes.credentials as f64);
 }
+
+pub fn wal_group_committed(bytes: usize) {
+    counter!("farestream_wal_fsyncs_total").increment(1);
+    counter!("farestream_wal_bytes_total").increment(bytes as u64);
+}
+
+pub fn wal_disk_full() {
+    counter!("farestream_wal_disk_full_total").increment(1);
+}
+
+pub fn wal_failed() {
+    counter!("farestream_wal_failures_total").increment(1);
+}

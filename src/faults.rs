@@ -1,0 +1,60 @@
+//! Failpoints for the durability code: fsync, rename and "disk full" can be
+//! made to fail on demand, so tests show what the server does when the
+//! kernel says no. Production code holds a `Faults` with nothing switched on;
+//! the checks cost one relaxed atomic load each.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Linux's ENOSPC, so an injected "disk full" looks exactly like a real one.
+const ENOSPC: i32 = 28;
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    fsync_fails: AtomicBool,
+    rename_fails: AtomicBool,
+    disk_full: AtomicBool,
+}
+
+impl Faults {
+    pub fn set_fsync_fails(&self, on: bool) {
+        self.fsync_fails.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_rename_fails(&self, on: bool) {
+        self.rename_fails.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_disk_full(&self, on: bool) {
+        self.disk_full.store(on, Ordering::Relaxed);
+    }
+
+    /// Call before every fsync.
+    pub fn before_fsync(&self) -> io::Result<()> {
+        if self.fsync_fails.load(Ordering::Relaxed) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+
+    /// Call before every rename.
+    pub fn before_rename(&self) -> io::Result<()> {
+        if self.rename_fails.load(Ordering::Relaxed) {
+            return Err(io::Error::other("injected rename failure"));
+        }
+        Ok(())
+    }
+
+    /// Call before every write that makes a file longer.
+    pub fn before_write(&self) -> io::Result<()> {
+        if self.disk_full.load(Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+/// True for the error a full disk gives: worth waiting out, not fatal.
+pub fn is_disk_full(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(ENOSPC)
+}
