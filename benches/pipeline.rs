@@ -52,11 +52,7 @@ fn fixture(scans: usize) -> Fixture {
             })
             .collect(),
     };
-    Fixture {
-        keys,
-        warm_up: batch(1, 1_000_000),
-        batch: batch(2, 0),
-    }
+    Fixture { keys, warm_up: batch(1, 1_000_000), batch: batch(2, 0) }
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -68,15 +64,7 @@ fn pipeline(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("cold", scans), &f, |b, f| {
             b.iter_batched(
                 || Pipeline::new(config.clone(), f.keys.clone()),
-                |p| {
-                    assert_eq!(
-                        p.process(&f.batch, AT_MS + 60_000)
-                            .expect("batch")
-                            .ack
-                            .accepted as usize,
-                        scans
-                    )
-                },
+                |p| assert_eq!(p.process(&f.batch, AT_MS + 60_000).expect("batch").ack.accepted as usize, scans),
                 BatchSize::LargeInput,
             )
         });
@@ -87,15 +75,7 @@ fn pipeline(c: &mut Criterion) {
                     p.process(&f.warm_up, AT_MS + 60_000).expect("warm-up");
                     p
                 },
-                |p| {
-                    assert_eq!(
-                        p.process(&f.batch, AT_MS + 60_000)
-                            .expect("batch")
-                            .ack
-                            .accepted as usize,
-                        scans
-                    )
-                },
+                |p| assert_eq!(p.process(&f.batch, AT_MS + 60_000).expect("batch").ack.accepted as usize, scans),
                 BatchSize::LargeInput,
             )
         });

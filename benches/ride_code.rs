@@ -8,9 +8,7 @@ use std::collections::HashSet;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::ridecode::check::user_signature_check;
 use farestream::ridecode::verify::{SignatureCheck, verify_batch, verify_single};
-use farestream::ridecode::{
-    FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey, check_offline,
-};
+use farestream::ridecode::{FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey, check_offline};
 
 const CREATED_AT: u32 = 1_763_604_000;
 
@@ -24,12 +22,7 @@ fn codes(n: usize) -> (IssuerPublicKeys, Vec<RideCode>) {
             let mut seed = [0u8; 32];
             seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
             let user = UserKey::from_seed(&seed).expect("user");
-            let credential = issuer.issue(
-                i as u64,
-                user.public_key(),
-                CREATED_AT - 3_600,
-                CREATED_AT + 90_000,
-            );
+            let credential = issuer.issue(i as u64, user.public_key(), CREATED_AT - 3_600, CREATED_AT + 90_000);
             user.make_code(&credential, CREATED_AT, 1)
         })
         .collect();
@@ -58,18 +51,13 @@ fn signature_verification(c: &mut Criterion) {
     let mut with_one_bad = checks[..64].to_vec();
     with_one_bad[17].signature[40] ^= 1;
     group.throughput(Throughput::Elements(64));
-    group.bench_function("batch_64_with_one_bad", |b| {
-        b.iter(|| verify_batch(&with_one_bad))
-    });
+    group.bench_function("batch_64_with_one_bad", |b| b.iter(|| verify_batch(&with_one_bad)));
     group.finish();
 }
 
 fn offline_check(c: &mut Criterion) {
     let (keys, codes) = codes(64);
-    let policy = FreshnessPolicy {
-        code_validity_secs: 60,
-        clock_skew_secs: 30,
-    };
+    let policy = FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 };
     let deny = HashSet::new();
     let mut group = c.benchmark_group("validator");
     group.throughput(Throughput::Elements(1));

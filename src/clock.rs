@@ -17,9 +17,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMillis {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
     }
 }
@@ -35,11 +33,7 @@ pub struct ScaledClock {
 
 impl ScaledClock {
     pub fn new(start_ms: UnixMillis, speedup: f64) -> ScaledClock {
-        ScaledClock {
-            start_ms,
-            wall_start: Instant::now(),
-            speedup,
-        }
+        ScaledClock { start_ms, wall_start: Instant::now(), speedup }
     }
 
     pub fn speedup(&self) -> f64 {
@@ -68,14 +62,11 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(now_ms: UnixMillis) -> ManualClock {
-        ManualClock {
-            now_ms: std::sync::atomic::AtomicI64::new(now_ms),
-        }
+        ManualClock { now_ms: std::sync::atomic::AtomicI64::new(now_ms) }
     }
 
     pub fn set(&self, now_ms: UnixMillis) {
-        self.now_ms
-            .store(now_ms, std::sync::atomic::Ordering::SeqCst);
+        self.now_ms.store(now_ms, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -17,15 +17,9 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/farestream.toml");
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {source}")]
-    Parse {
-        path: String,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: String, source: Box<toml::de::Error> },
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -112,8 +106,7 @@ pub struct GatewayConfig {
 impl Config {
     /// The embedded defaults.
     pub fn defaults() -> Config {
-        Config::from_toml_over_defaults("", "<defaults>")
-            .expect("embedded config/farestream.toml is valid")
+        Config::from_toml_over_defaults("", "<defaults>").expect("embedded config/farestream.toml is valid")
     }
 
     /// Defaults, overridden by `path` when one is given.
@@ -121,10 +114,8 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::defaults());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::from_toml_over_defaults(&text, &path.display().to_string())
     }
 
@@ -132,20 +123,13 @@ impl Config {
     pub fn from_toml_over_defaults(overrides: &str, origin: &str) -> Result<Config, ConfigError> {
         let parse = |text: &str, path: &str| {
             text.parse::<toml::Table>()
-                .map_err(|source| ConfigError::Parse {
-                    path: path.to_string(),
-                    source: Box::new(source),
-                })
+                .map_err(|source| ConfigError::Parse { path: path.to_string(), source: Box::new(source) })
         };
         let mut merged = parse(DEFAULT_CONFIG_TOML, "<defaults>")?;
         merge(&mut merged, parse(overrides, origin)?);
-        let config: Config =
-            toml::Value::Table(merged)
-                .try_into()
-                .map_err(|source| ConfigError::Parse {
-                    path: origin.to_string(),
-                    source: Box::new(source),
-                })?;
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|source| ConfigError::Parse { path: origin.to_string(), source: Box::new(source) })?;
         config.validate()?;
         Ok(config)
     }
@@ -153,33 +137,16 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.service_day_policy()?;
         if self.service_day.start_hour > 23 {
-            return Err(ConfigError::Invalid(
-                "service_day.start_hour must be 0-23".into(),
-            ));
+            return Err(ConfigError::Invalid("service_day.start_hour must be 0-23".into()));
         }
         let positive = [
             ("server.connections_max", self.server.connections_max as u64),
-            (
-                "server.streams_per_connection_max",
-                u64::from(self.server.streams_per_connection_max),
-            ),
-            (
-                "server.pipeline_batches_in_flight_max",
-                self.server.pipeline_batches_in_flight_max as u64,
-            ),
+            ("server.streams_per_connection_max", u64::from(self.server.streams_per_connection_max)),
+            ("server.pipeline_batches_in_flight_max", self.server.pipeline_batches_in_flight_max as u64),
             ("wire.batch_scans_max", self.wire.batch_scans_max as u64),
-            (
-                "ingest.verify_chunk_signatures",
-                self.ingest.verify_chunk_signatures as u64,
-            ),
-            (
-                "archive.queue_batches_max",
-                self.archive.queue_batches_max as u64,
-            ),
-            (
-                "archive.row_group_rows_max",
-                self.archive.row_group_rows_max as u64,
-            ),
+            ("ingest.verify_chunk_signatures", self.ingest.verify_chunk_signatures as u64),
+            ("archive.queue_batches_max", self.archive.queue_batches_max as u64),
+            ("archive.row_group_rows_max", self.archive.row_group_rows_max as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -197,16 +164,12 @@ impl Config {
     }
 
     pub fn service_day_policy(&self) -> Result<ServiceDayPolicy, ConfigError> {
-        let time_zone = self.service_day.time_zone.parse().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "unknown time zone {:?}",
-                self.service_day.time_zone
-            ))
-        })?;
-        Ok(ServiceDayPolicy {
-            time_zone,
-            start_hour: self.service_day.start_hour,
-        })
+        let time_zone = self
+            .service_day
+            .time_zone
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("unknown time zone {:?}", self.service_day.time_zone)))?;
+        Ok(ServiceDayPolicy { time_zone, start_hour: self.service_day.start_hour })
     }
 }
 
@@ -237,25 +200,15 @@ mod tests {
 
     #[test]
     fn an_override_file_changes_only_its_keys() {
-        let config = Config::from_toml_over_defaults("[wire]\nbatch_scans_max = 5\n", "test")
-            .expect("config");
+        let config = Config::from_toml_over_defaults("[wire]\nbatch_scans_max = 5\n", "test").expect("config");
         assert_eq!(config.wire.batch_scans_max, 5);
-        assert_eq!(
-            config.wire.frame_bytes_max,
-            Config::defaults().wire.frame_bytes_max
-        );
+        assert_eq!(config.wire.frame_bytes_max, Config::defaults().wire.frame_bytes_max);
     }
 
     #[test]
     fn typos_and_bad_values_are_errors() {
         assert!(Config::from_toml_over_defaults("[wire]\nbatch_scan_max = 5\n", "test").is_err());
-        assert!(
-            Config::from_toml_over_defaults(
-                "[service_day]\ntime_zone = \"Mars/Olympus\"\n",
-                "test"
-            )
-            .is_err()
-        );
+        assert!(Config::from_toml_over_defaults("[service_day]\ntime_zone = \"Mars/Olympus\"\n", "test").is_err());
         assert!(Config::from_toml_over_defaults("[wire]\nbatch_scans_max = 0\n", "test").is_err());
     }
 }

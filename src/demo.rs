@@ -21,9 +21,7 @@ use crate::keystore::{Keystore, KeystoreError};
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::server::{Server, ServerError, ServerSettings};
-use crate::sim::{
-    AnomalyRates, FleetReport, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet,
-};
+use crate::sim::{AnomalyRates, FleetReport, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
 use crate::tls::{ServerIdentity, TlsError};
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
@@ -91,10 +89,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let today = service_day.service_date(SystemClock.now_ms());
     let service_date = today.pred_opt().unwrap_or(today);
     let day_start = service_day.day_start(service_date);
-    let (first_ms, last_ms) = (
-        day_start + FIRST_TRIP_AFTER_DAY_START_MS,
-        day_start + LAST_TRIP_AFTER_DAY_START_MS,
-    );
+    let (first_ms, last_ms) = (day_start + FIRST_TRIP_AFTER_DAY_START_MS, day_start + LAST_TRIP_AFTER_DAY_START_MS);
     let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
     let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);
     let valid_from = unix_secs_u32(day_start);
@@ -112,18 +107,9 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         valid_from.saturating_add(config.ride_code.credential_validity_secs),
     )?;
     let timetable = Timetable::ServiceDay { first_ms, last_ms };
-    let plan = plan_day(
-        &world,
-        timetable,
-        options.trips_per_rider,
-        AnomalyRates::DEMO,
-        options.seed,
-    );
+    let plan = plan_day(&world, timetable, options.trips_per_rider, AnomalyRates::DEMO, options.seed);
 
-    let pipeline = Arc::new(Pipeline::new(
-        PipelineConfig::from_config(config)?,
-        trusted_keys,
-    ));
+    let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(config)?, trusted_keys));
     for card in &world.denied_cards {
         pipeline.set_denied(*card, true);
     }
@@ -182,11 +168,7 @@ fn run_files(root: &Path, run_id: &str) -> Result<Vec<PathBuf>, ArchiveError> {
     let prefix = format!("part-{run_id}-");
     Ok(archive::read::archive_files(root)?
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
         .collect())
 }
 
@@ -213,9 +195,7 @@ impl DemoSummary {
             planned == self.fleet.acked.get(s).copied().unwrap_or(0)
                 && planned == self.archived.get(s).copied().unwrap_or(0)
         });
-        statuses_agree
-            && self.fleet.redelivered_planned == self.fleet.redelivered_acked
-            && self.fleet.errors.is_empty()
+        statuses_agree && self.fleet.redelivered_planned == self.fleet.redelivered_acked && self.fleet.errors.is_empty()
     }
 
     /// The table printed at the end of the demo.
@@ -238,30 +218,13 @@ impl DemoSummary {
             ),
         );
         line(&mut out, String::new());
-        line(
-            &mut out,
-            format!(
-                "  {:<22}{:>10}{:>10}{:>10}",
-                "status", "planned", "acked", "archived"
-            ),
-        );
-        let get =
-            |map: &BTreeMap<ScanStatus, u64>, s: &ScanStatus| map.get(s).copied().unwrap_or(0);
+        line(&mut out, format!("  {:<22}{:>10}{:>10}{:>10}", "status", "planned", "acked", "archived"));
+        let get = |map: &BTreeMap<ScanStatus, u64>, s: &ScanStatus| map.get(s).copied().unwrap_or(0);
         for status in ScanStatus::ALL {
-            let (p, a, r) = (
-                get(&self.fleet.planned, &status),
-                get(&self.fleet.acked, &status),
-                get(&self.archived, &status),
-            );
-            let mark = if p == a && a == r {
-                ""
-            } else {
-                "  <- MISMATCH"
-            };
-            line(
-                &mut out,
-                format!("  {:<22}{:>10}{:>10}{:>10}{mark}", status.as_str(), p, a, r),
-            );
+            let (p, a, r) =
+                (get(&self.fleet.planned, &status), get(&self.fleet.acked, &status), get(&self.archived, &status));
+            let mark = if p == a && a == r { "" } else { "  <- MISMATCH" };
+            line(&mut out, format!("  {:<22}{:>10}{:>10}{:>10}{mark}", status.as_str(), p, a, r));
         }
         let total = |map: &BTreeMap<ScanStatus, u64>| map.values().sum::<u64>();
         line(
@@ -306,18 +269,8 @@ impl DemoSummary {
         for error in &self.fleet.errors {
             line(&mut out, format!("  gateway error: {error}"));
         }
-        let glob = self
-            .archive_root
-            .join("*")
-            .join(format!("part-{}-*.parquet", self.run_id));
-        line(
-            &mut out,
-            format!(
-                "  archive: {} file(s) under {}",
-                self.files.len(),
-                self.archive_root.display()
-            ),
-        );
+        let glob = self.archive_root.join("*").join(format!("part-{}-*.parquet", self.run_id));
+        line(&mut out, format!("  archive: {} file(s) under {}", self.files.len(), self.archive_root.display()));
         line(
             &mut out,
             format!(

@@ -56,11 +56,7 @@ pub enum GatewayError {
     #[error("server refused batch {batch_seq} as malformed: {error}")]
     Malformed { batch_seq: u64, error: String },
     #[error("batch {batch_seq} not acknowledged after {attempts} attempts: {last_error}")]
-    GaveUp {
-        batch_seq: u64,
-        attempts: u32,
-        last_error: String,
-    },
+    GaveUp { batch_seq: u64, attempts: u32, last_error: String },
 }
 
 /// Why one attempt failed; every kind is retried.
@@ -75,10 +71,7 @@ enum AttemptError {
     #[error("ack unreadable: {0}")]
     Ack(#[from] FrameError),
     #[error("server asked to back off: {error}")]
-    Backoff {
-        error: String,
-        retry_after: Duration,
-    },
+    Backoff { error: String, retry_after: Duration },
 }
 
 #[derive(Clone)]
@@ -100,13 +93,9 @@ impl GatewayClient {
         settings: GatewaySettings,
         server_cert: &CertificateDer<'static>,
     ) -> Result<GatewayClient, GatewayError> {
-        let bind: SocketAddr = if settings.server_addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()
-        .expect("literal socket address");
+        let bind: SocketAddr = if settings.server_addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("literal socket address");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(GatewayError::Socket)?;
         endpoint.set_default_client_config(client_config(server_cert)?);
         let inner = Inner {
@@ -116,9 +105,7 @@ impl GatewayClient {
             connects: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         };
-        Ok(GatewayClient {
-            inner: Arc::new(inner),
-        })
+        Ok(GatewayClient { inner: Arc::new(inner) })
     }
 
     /// Sends one batch and returns the server's OK ack, retrying through
@@ -133,10 +120,7 @@ impl GatewayClient {
             }
             match self.attempt(batch).await {
                 Ok(ack) if ack.ack_status() == AckStatus::Malformed => {
-                    return Err(GatewayError::Malformed {
-                        batch_seq: batch.batch_seq,
-                        error: ack.error,
-                    });
+                    return Err(GatewayError::Malformed { batch_seq: batch.batch_seq, error: ack.error });
                 }
                 Ok(ack) => return Ok(ack),
                 Err(AttemptError::Backoff { error, retry_after }) => {
@@ -151,11 +135,7 @@ impl GatewayClient {
             }
             backoff = (backoff * 2).min(settings.retry_backoff_max);
         }
-        Err(GatewayError::GaveUp {
-            batch_seq: batch.batch_seq,
-            attempts: settings.retry_attempts_max,
-            last_error,
-        })
+        Err(GatewayError::GaveUp { batch_seq: batch.batch_seq, attempts: settings.retry_attempts_max, last_error })
     }
 
     /// Connections made so far (1 unless the link dropped).
@@ -178,10 +158,7 @@ impl GatewayClient {
 
     async fn attempt(&self, batch: &ScanBatch) -> Result<BatchAck, AttemptError> {
         let connection = self.connection().await?;
-        let (mut send, mut recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| AttemptError::Stream(e.to_string()))?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| AttemptError::Stream(e.to_string()))?;
         // A write can fail because the server stopped reading a frame it
         // refuses; its ack still explains why, so read it regardless.
         let wrote = write_message(&mut send, batch).await;
@@ -202,10 +179,7 @@ impl GatewayClient {
         };
         if ack.ack_status() == AckStatus::Backoff {
             let retry_after = Duration::from_millis(u64::from(ack.retry_after_ms));
-            return Err(AttemptError::Backoff {
-                error: ack.error,
-                retry_after,
-            });
+            return Err(AttemptError::Backoff { error: ack.error, retry_after });
         }
         Ok(ack)
     }
@@ -223,12 +197,7 @@ impl GatewayClient {
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
         let connection = tokio::time::timeout(settings.connect_timeout, connecting)
             .await
-            .map_err(|_| {
-                AttemptError::Connect(format!(
-                    "no handshake within {:?}",
-                    settings.connect_timeout
-                ))
-            })?
+            .map_err(|_| AttemptError::Connect(format!("no handshake within {:?}", settings.connect_timeout)))?
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
         self.inner.connects.fetch_add(1, Ordering::Relaxed);
         *slot = Some(connection.clone());

@@ -18,10 +18,7 @@ use crate::ridecode::{IssuerPublicKeys, IssuerSigningKey, KeyError};
 #[derive(Debug, Error)]
 pub enum KeystoreError {
     #[error("key store I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid keyring: {reason}")]
     BadKeyring { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -57,28 +54,14 @@ impl Keystore {
         let dir = data_dir.join("keys");
         let ring_path = dir.join("keyring.toml");
         if ring_path.exists() {
-            let text = fs::read_to_string(&ring_path).map_err(|source| KeystoreError::Io {
-                path: ring_path.clone(),
-                source,
-            })?;
-            let ring: KeyringFile =
-                toml::from_str(&text).map_err(|e| KeystoreError::BadKeyring {
-                    path: ring_path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let text = fs::read_to_string(&ring_path)
+                .map_err(|source| KeystoreError::Io { path: ring_path.clone(), source })?;
+            let ring: KeyringFile = toml::from_str(&text)
+                .map_err(|e| KeystoreError::BadKeyring { path: ring_path.clone(), reason: e.to_string() })?;
             return Ok(Keystore { dir, ring });
         }
-        fs::create_dir_all(&dir).map_err(|source| KeystoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut store = Keystore {
-            dir,
-            ring: KeyringFile {
-                active_key_id: 0,
-                keys: Vec::new(),
-            },
-        };
+        fs::create_dir_all(&dir).map_err(|source| KeystoreError::Io { path: dir.clone(), source })?;
+        let mut store = Keystore { dir, ring: KeyringFile { active_key_id: 0, keys: Vec::new() } };
         store.rotate()?;
         Ok(store)
     }
@@ -88,11 +71,7 @@ impl Keystore {
         let id = self.ring.keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
         let (_, document) = IssuerSigningKey::generate(id)?;
         write_private(&self.key_path(id), &document)?;
-        self.ring.keys.push(KeyInfo {
-            id,
-            created_at: chrono::Utc::now().to_rfc3339(),
-            retired: false,
-        });
+        self.ring.keys.push(KeyInfo { id, created_at: chrono::Utc::now().to_rfc3339(), retired: false });
         self.ring.active_key_id = id;
         self.save()?;
         Ok(id)
@@ -103,12 +82,7 @@ impl Keystore {
         if id == self.ring.active_key_id {
             return Err(KeystoreError::RetiringActiveKey(id));
         }
-        let key = self
-            .ring
-            .keys
-            .iter_mut()
-            .find(|k| k.id == id)
-            .ok_or(KeystoreError::NoSuchKey(id))?;
+        let key = self.ring.keys.iter_mut().find(|k| k.id == id).ok_or(KeystoreError::NoSuchKey(id))?;
         key.retired = true;
         self.save()
     }
@@ -147,15 +121,10 @@ impl Keystore {
 
     fn save(&self) -> Result<(), KeystoreError> {
         let path = self.dir.join("keyring.toml");
-        let text = toml::to_string_pretty(&self.ring).map_err(|e| KeystoreError::BadKeyring {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let text = toml::to_string_pretty(&self.ring)
+            .map_err(|e| KeystoreError::BadKeyring { path: path.clone(), reason: e.to_string() })?;
         let tmp = self.dir.join(".keyring.toml.tmp");
-        fs::write(&tmp, text).map_err(|source| KeystoreError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+        fs::write(&tmp, text).map_err(|source| KeystoreError::Io { path: tmp.clone(), source })?;
         fs::rename(&tmp, &path).map_err(|source| KeystoreError::Io { path, source })
     }
 }
@@ -164,16 +133,8 @@ impl Keystore {
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| KeystoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
+    let io = |source| KeystoreError::Io { path: path.to_path_buf(), source };
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)
 }
@@ -190,26 +151,9 @@ mod tests {
         assert_eq!(store.rotate().expect("rotate"), 2);
         let reopened = Keystore::open_or_create(dir.path()).expect("reopen");
         assert_eq!(reopened.active_key_id(), 2);
-        assert_eq!(
-            reopened
-                .trusted_public_keys()
-                .expect("keys")
-                .key_ids()
-                .collect::<Vec<_>>(),
-            vec![1, 2]
-        );
-        assert!(matches!(
-            store.retire(2),
-            Err(KeystoreError::RetiringActiveKey(2))
-        ));
+        assert_eq!(reopened.trusted_public_keys().expect("keys").key_ids().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(matches!(store.retire(2), Err(KeystoreError::RetiringActiveKey(2))));
         store.retire(1).expect("retire");
-        assert_eq!(
-            store
-                .trusted_public_keys()
-                .expect("keys")
-                .key_ids()
-                .collect::<Vec<_>>(),
-            vec![2]
-        );
+        assert_eq!(store.trusted_public_keys().expect("keys").key_ids().collect::<Vec<_>>(), vec![2]);
     }
 }

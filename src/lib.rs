@@ -12,6 +12,7 @@ pub mod demo;
 pub mod faults;
 pub mod gateway;
 pub mod ingest;
+pub mod journal;
 pub mod keystore;
 pub mod ridecode;
 pub mod scan;

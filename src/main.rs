@@ -15,17 +15,11 @@ use farestream::gateway::{GatewayClient, GatewaySettings};
 use farestream::ingest::{Pipeline, PipelineConfig};
 use farestream::keystore::Keystore;
 use farestream::server::{Server, ServerSettings};
-use farestream::sim::{
-    AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet,
-};
+use farestream::sim::{AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
 use farestream::tls::{ServerIdentity, cert_path, read_cert};
 
 #[derive(Parser)]
-#[command(
-    name = "farestream",
-    version,
-    about = "Ingestion back end for pay-later transit ride codes"
-)]
+#[command(name = "farestream", version, about = "Ingestion back end for pay-later transit ride codes")]
 struct Cli {
     /// Where keys, the TLS certificate and the archive live.
     #[arg(long, global = true, default_value = "./data")]
@@ -107,60 +101,40 @@ fn main() -> Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
     init_logging(if quiet { "warn" } else { "info" });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve { listen } => runtime.block_on(serve(&cli.data_dir, config, listen)),
         Command::Keys { action } => keys(&cli.data_dir, action),
-        Command::Simulate {
-            server,
-            city,
-            duration_secs,
-        } => runtime.block_on(simulate(&cli.data_dir, config, server, city, duration_secs)),
-        Command::Demo { city, day_secs } => {
-            runtime.block_on(demo(cli.data_dir, config, city, day_secs))
+        Command::Simulate { server, city, duration_secs } => {
+            runtime.block_on(simulate(&cli.data_dir, config, server, city, duration_secs))
         }
+        Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
     }
 }
 
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>) -> Result<()> {
     let keystore = Keystore::open_or_create(data_dir).context("opening the key store")?;
     let identity = ServerIdentity::load_or_create(data_dir).context("loading the TLS identity")?;
-    let pipeline = Arc::new(Pipeline::new(
-        PipelineConfig::from_config(&config)?,
-        keystore.trusted_public_keys()?,
-    ));
+    let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(&config)?, keystore.trusted_public_keys()?));
     let mut settings = ServerSettings::from_config(&config, data_dir);
     if let Some(listen) = listen {
         settings.listen_addr = listen;
     }
     if !config.metrics.listen_addr.is_empty() {
-        let addr: SocketAddr = config
-            .metrics
-            .listen_addr
-            .parse()
-            .context("metrics.listen_addr")?;
+        let addr: SocketAddr = config.metrics.listen_addr.parse().context("metrics.listen_addr")?;
         farestream::telemetry::install_prometheus(addr)
             .map_err(anyhow::Error::msg)
             .context("starting the metrics endpoint")?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let server = Server::start(settings, &identity, pipeline, Arc::new(SystemClock)).await?;
-    println!(
-        "farestream serving on {} (certificate: {})",
-        server.local_addr(),
-        cert_path(data_dir).display()
-    );
+    println!("farestream serving on {} (certificate: {})", server.local_addr(), cert_path(data_dir).display());
     shutdown_signal().await;
     println!("shutting down: finishing in-flight batches and closing archive files");
     server.shutdown().await?;
@@ -172,11 +146,10 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -196,21 +169,11 @@ fn keys(data_dir: &Path, action: KeysAction) -> Result<()> {
             println!("issuer key {key_id} retired");
         }
     }
-    println!(
-        "{:>6}  {:<8}  {:<8}  created",
-        "key id", "active", "trusted"
-    );
+    println!("{:>6}  {:<8}  {:<8}  created", "key id", "active", "trusted");
     for key in store.list() {
-        let active = if key.id == store.active_key_id() {
-            "yes"
-        } else {
-            ""
-        };
+        let active = if key.id == store.active_key_id() { "yes" } else { "" };
         let trusted = if key.retired { "retired" } else { "yes" };
-        println!(
-            "{:>6}  {:<8}  {:<8}  {}",
-            key.id, active, trusted, key.created_at
-        );
+        println!("{:>6}  {:<8}  {:<8}  {}", key.id, active, trusted, key.created_at);
     }
     Ok(())
 }
@@ -222,8 +185,7 @@ async fn simulate(
     city: CityArgs,
     duration_secs: f64,
 ) -> Result<()> {
-    let keystore = Keystore::open_or_create(data_dir)
-        .context("opening the key store shared with the server")?;
+    let keystore = Keystore::open_or_create(data_dir).context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
         .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
     let now = SystemClock.now_ms();
@@ -243,17 +205,8 @@ async fn simulate(
         valid_from,
         valid_from + config.ride_code.credential_validity_secs,
     )?;
-    let timetable = Timetable::Steady {
-        first_ms: now + 1_000,
-        last_ms: now + (duration_secs * 1000.0) as i64,
-    };
-    let plan = plan_day(
-        &world,
-        timetable,
-        city.trips_per_rider,
-        AnomalyRates::DEMO,
-        city.seed,
-    );
+    let timetable = Timetable::Steady { first_ms: now + 1_000, last_ms: now + (duration_secs * 1000.0) as i64 };
+    let plan = plan_day(&world, timetable, city.trips_per_rider, AnomalyRates::DEMO, city.seed);
     println!(
         "simulating {} gateways, {} riders: {} scans over {duration_secs} s at {server}",
         city.gateways,
@@ -283,17 +236,9 @@ async fn simulate(
     println!("  {:<22}{:>10}{:>10}", "status", "planned", "acked");
     for status in farestream::scan::ScanStatus::ALL {
         let get = |m: &std::collections::BTreeMap<_, u64>| m.get(&status).copied().unwrap_or(0);
-        println!(
-            "  {:<22}{:>10}{:>10}",
-            status.as_str(),
-            get(&report.planned),
-            get(&report.acked)
-        );
+        println!("  {:<22}{:>10}{:>10}", status.as_str(), get(&report.planned), get(&report.acked));
     }
-    println!(
-        "  {:<22}{:>10}{:>10}",
-        "re-delivered", report.redelivered_planned, report.redelivered_acked
-    );
+    println!("  {:<22}{:>10}{:>10}", "re-delivered", report.redelivered_planned, report.redelivered_acked);
     for error in &report.errors {
         println!("  gateway error: {error}");
     }

@@ -56,9 +56,7 @@ impl ServerSettings {
             pipeline_batches_in_flight_max: config.server.pipeline_batches_in_flight_max,
             frame_bytes_max: config.wire.frame_bytes_max,
             frame_read_timeout: Duration::from_millis(config.wire.frame_read_timeout_ms),
-            dedup_sweep_interval: Duration::from_secs(
-                config.ingest.dedup_sweep_interval_secs.max(1),
-            ),
+            dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
             archive: ArchiveWriterConfig {
                 root: scans_root(data_dir),
                 file_bytes_max: config.archive.file_bytes_max,
@@ -73,10 +71,7 @@ impl ServerSettings {
 #[derive(Debug, Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -114,18 +109,11 @@ impl Server {
         pipeline: Arc<Pipeline>,
         clock: Arc<dyn Clock>,
     ) -> Result<Server, ServerError> {
-        let quic =
-            identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
-        let endpoint = quinn::Endpoint::server(quic, settings.listen_addr).map_err(|source| {
-            ServerError::Bind {
-                addr: settings.listen_addr,
-                source,
-            }
-        })?;
-        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
-            addr: settings.listen_addr,
-            source,
-        })?;
+        let quic = identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
+        let endpoint = quinn::Endpoint::server(quic, settings.listen_addr)
+            .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
+        let local_addr =
+            endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         // Wall time, not `clock`: a demo's scaled clock restarts at the same
         // simulated moment every run, and file names must not repeat.
         let run_id = format!("{:013}", SystemClock.now_ms().max(0));
@@ -143,13 +131,7 @@ impl Server {
         tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
         tokio::spawn(housekeeping(Arc::clone(&shared)));
         tracing::info!(%local_addr, "farestream listening");
-        Ok(Server {
-            endpoint,
-            local_addr,
-            run_id,
-            shared,
-            archive,
-        })
+        Ok(Server { endpoint, local_addr, run_id, shared, archive })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -172,12 +154,7 @@ impl Server {
     /// Graceful stop: no new batches, in-flight batches finish and are
     /// acked, archive files are closed, then the endpoint closes.
     pub async fn shutdown(self) -> Result<(), ServerError> {
-        let Server {
-            endpoint,
-            shared,
-            archive,
-            ..
-        } = self;
+        let Server { endpoint, shared, archive, .. } = self;
         shared.shutdown.cancel();
         shared.tasks.close();
         shared.tasks.wait().await;
@@ -235,18 +212,12 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             },
         };
         let shared_for_task = Arc::clone(&shared);
-        shared
-            .tasks
-            .spawn(handle_stream(send, recv, shared_for_task));
+        shared.tasks.spawn(handle_stream(send, recv, shared_for_task));
     }
 }
 
 /// One batch: read its frame, process it, write the ack.
-async fn handle_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    shared: Arc<Shared>,
-) {
+async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
     let started = Instant::now();
     let settings = &shared.settings;
     let read = tokio::time::timeout(
@@ -258,11 +229,7 @@ async fn handle_stream(
         Err(_) => {
             telemetry::batch_malformed("frame_read_timeout");
             let limit_ms = settings.frame_read_timeout.as_millis();
-            BatchAck::malformed(
-                "",
-                0,
-                format!("batch frame not received within {limit_ms} ms"),
-            )
+            BatchAck::malformed("", 0, format!("batch frame not received within {limit_ms} ms"))
         }
         Ok(Err(error)) => {
             telemetry::batch_malformed(frame_error_reason(&error));
@@ -318,9 +285,8 @@ impl Shared {
         rayon::spawn(move || {
             // A panic here is a bug, but one batch must not take the server
             // down with it (rayon aborts on an uncaught panic in `spawn`).
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pipeline.process(&batch, received_at)
-            }));
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.process(&batch, received_at)));
             if let Ok(result) = result {
                 let _ = reply.send(result);
             }

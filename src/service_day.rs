@@ -25,8 +25,7 @@ impl ServiceDayPolicy {
     /// The first moment of a service date, in UTC milliseconds. On a day
     /// when the start hour falls in a DST gap, the first valid moment after it.
     pub fn day_start(&self, date: NaiveDate) -> UnixMillis {
-        let mut local = date.and_hms_opt(0, 0, 0).unwrap_or_default()
-            + Duration::hours(i64::from(self.start_hour));
+        let mut local = date.and_hms_opt(0, 0, 0).unwrap_or_default() + Duration::hours(i64::from(self.start_hour));
         for _ in 0..4 {
             if let Some(start) = self.time_zone.from_local_datetime(&local).earliest() {
                 return start.timestamp_millis();
@@ -48,16 +47,11 @@ mod tests {
     use super::*;
 
     fn policy() -> ServiceDayPolicy {
-        ServiceDayPolicy {
-            time_zone: chrono_tz::Europe::Paris,
-            start_hour: 4,
-        }
+        ServiceDayPolicy { time_zone: chrono_tz::Europe::Paris, start_hour: 4 }
     }
 
     fn ms(rfc3339: &str) -> UnixMillis {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("time")
-            .timestamp_millis()
+        DateTime::parse_from_rfc3339(rfc3339).expect("time").timestamp_millis()
     }
 
     #[test]
@@ -66,18 +60,12 @@ mod tests {
         let friday = NaiveDate::from_ymd_opt(2026, 11, 27).expect("date");
         assert_eq!(p.service_date(ms("2026-11-28T01:30:00+01:00")), friday);
         assert_eq!(p.service_date(ms("2026-11-28T03:59:59+01:00")), friday);
-        assert_eq!(
-            p.service_date(ms("2026-11-28T04:00:00+01:00")),
-            friday.succ_opt().expect("next")
-        );
+        assert_eq!(p.service_date(ms("2026-11-28T04:00:00+01:00")), friday.succ_opt().expect("next"));
         assert_eq!(p.day_start(friday), ms("2026-11-27T04:00:00+01:00"));
     }
 
     #[test]
     fn date32_counts_from_the_epoch() {
-        assert_eq!(
-            days_since_epoch(NaiveDate::from_ymd_opt(1970, 1, 2).expect("date")),
-            1
-        );
+        assert_eq!(days_since_epoch(NaiveDate::from_ymd_opt(1970, 1, 2).expect("date")), 1);
     }
 }

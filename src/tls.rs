@@ -18,10 +18,7 @@ pub const SERVER_NAME: &str = "localhost";
 #[derive(Debug, Error)]
 pub enum TlsError {
     #[error("TLS file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("making a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -60,10 +57,7 @@ impl ServerIdentity {
         }
         let cert = fs::read(&cert_file).map_err(io(&cert_file))?;
         let key = fs::read(&key_file).map_err(io(&key_file))?;
-        Ok(ServerIdentity {
-            cert: CertificateDer::from(cert),
-            key: PrivatePkcs8KeyDer::from(key),
-        })
+        Ok(ServerIdentity { cert: CertificateDer::from(cert), key: PrivatePkcs8KeyDer::from(key) })
     }
 
     /// A fresh in-memory identity (tests).
@@ -86,21 +80,15 @@ impl ServerIdentity {
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
-            .with_single_cert(
-                vec![self.cert.clone()],
-                PrivateKeyDer::Pkcs8(self.key.clone_key()),
-            )?;
+            .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
         crypto.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto =
-            QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
+        let crypto = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(streams_per_connection_max.into());
         transport.max_concurrent_uni_streams(0u32.into());
         transport.max_idle_timeout(Some(
-            idle_timeout
-                .try_into()
-                .map_err(|_| TlsError::Quic("idle timeout too large".into()))?,
+            idle_timeout.try_into().map_err(|_| TlsError::Quic("idle timeout too large".into()))?,
         ));
         config.transport_config(Arc::new(transport));
         Ok(config)
@@ -108,9 +96,7 @@ impl ServerIdentity {
 }
 
 /// A QUIC client configuration that trusts exactly `server_cert`.
-pub fn client_config(
-    server_cert: &CertificateDer<'static>,
-) -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config(server_cert: &CertificateDer<'static>) -> Result<quinn::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server_cert.clone())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -131,21 +117,13 @@ pub fn client_config(
 fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
 
 /// Reads the certificate a gateway pins.
 pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    let bytes = fs::read(path).map_err(|source| TlsError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })?;
     Ok(CertificateDer::from(bytes))
 }

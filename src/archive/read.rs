@@ -25,10 +25,8 @@ pub fn archive_files(root: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
     }
     for partition in fs::read_dir(root).map_err(io_error(root))? {
         let partition = partition.map_err(io_error(root))?.path();
-        let is_partition = partition
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("service_date="));
+        let is_partition =
+            partition.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("service_date="));
         if !partition.is_dir() || !is_partition {
             continue;
         }
@@ -46,18 +44,9 @@ pub fn archive_files(root: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
 
 /// All rows of one archive file.
 pub fn read_file(path: &Path) -> Result<Vec<ArchivedScan>, ArchiveError> {
-    let parquet = |source| ArchiveError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(|source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(parquet)?
-        .build()
-        .map_err(parquet)?;
+    let parquet = |source| ArchiveError::Parquet { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.to_path_buf(), source })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?.build().map_err(parquet)?;
     let mut rows = Vec::new();
     for batch in reader {
         rows.extend(from_record_batch(&batch?)?);

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    Date32Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
-};
+use arrow_array::builder::{Date32Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -66,8 +64,7 @@ pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError>
     };
     let scan_ids: Vec<String> = rows.iter().map(|r| hex::encode(r.scan_id)).collect();
     let mut dates = Date32Builder::with_capacity(n);
-    rows.iter()
-        .for_each(|r| dates.append_value(days_since_epoch(r.service_date)));
+    rows.iter().for_each(|r| dates.append_value(days_since_epoch(r.service_date)));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(arrow_array::StringArray::from_iter_values(scan_ids.iter())),
         strings(&|r| Some(&r.gateway_id)),
@@ -93,37 +90,25 @@ pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError>
 /// of the pair assertion that what reaches disk is what was meant.
 pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, ArrowError> {
     let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| ArrowError::SchemaError(format!("archive file lacks column {name}")))
+        batch.column_by_name(name).ok_or_else(|| ArrowError::SchemaError(format!("archive file lacks column {name}")))
     };
     let string = |name: &str| column(name).map(|c| c.as_string::<i32>().clone());
     let u64s = |name: &str| column(name).map(|c| c.as_primitive::<UInt64Type>().clone());
     let u32s = |name: &str| column(name).map(|c| c.as_primitive::<UInt32Type>().clone());
-    let times =
-        |name: &str| column(name).map(|c| c.as_primitive::<TimestampMillisecondType>().clone());
-    let (scan_id, gateway, validator, route, stop) = (
-        string("scan_id")?,
-        string("gateway_id")?,
-        string("validator_id")?,
-        string("route_id")?,
-        string("stop_id")?,
-    );
+    let times = |name: &str| column(name).map(|c| c.as_primitive::<TimestampMillisecondType>().clone());
+    let (scan_id, gateway, validator, route, stop) =
+        (string("scan_id")?, string("gateway_id")?, string("validator_id")?, string("route_id")?, string("stop_id")?);
     let (tap_kind, status, reason) = (string("tap_kind")?, string("status")?, string("reason")?);
     let (validator_seq, card_id) = (u64s("validator_seq")?, u64s("card_id")?);
     let (issuer_key_id, code_counter) = (u32s("issuer_key_id")?, u32s("code_counter")?);
-    let (code_created_at, scanned_at, received_at) = (
-        times("code_created_at")?,
-        times("scanned_at")?,
-        times("received_at")?,
-    );
+    let (code_created_at, scanned_at, received_at) =
+        (times("code_created_at")?, times("scanned_at")?, times("received_at")?);
     let service_date = column("service_date")?.as_primitive::<Date32Type>().clone();
     let bad = |what: &str, row: usize| ArrowError::ParseError(format!("row {row}: bad {what}"));
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
     (0..batch.num_rows())
         .map(|i| {
-            let opt_str =
-                |a: &arrow_array::StringArray| a.is_valid(i).then(|| a.value(i).to_string());
+            let opt_str = |a: &arrow_array::StringArray| a.is_valid(i).then(|| a.value(i).to_string());
             let mut id = [0u8; 16];
             hex::decode_to_slice(scan_id.value(i), &mut id).map_err(|_| bad("scan_id", i))?;
             Ok(ArchivedScan {
@@ -138,9 +123,7 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, Arrow
                     .transpose()?,
                 card_id: card_id.is_valid(i).then(|| card_id.value(i)),
                 issuer_key_id: issuer_key_id.is_valid(i).then(|| issuer_key_id.value(i)),
-                code_created_at: code_created_at
-                    .is_valid(i)
-                    .then(|| code_created_at.value(i)),
+                code_created_at: code_created_at.is_valid(i).then(|| code_created_at.value(i)),
                 code_counter: code_counter.is_valid(i).then(|| code_counter.value(i)),
                 scanned_at: scanned_at.value(i),
                 received_at: received_at.value(i),
@@ -153,7 +136,5 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, Arrow
 }
 
 fn parse_tap_kind(name: &str) -> Option<TapKind> {
-    [TapKind::Entry, TapKind::Exit, TapKind::Single]
-        .into_iter()
-        .find(|k| k.as_str() == name)
+    [TapKind::Entry, TapKind::Exit, TapKind::Single].into_iter().find(|k| k.as_str() == name)
 }

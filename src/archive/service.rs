@@ -51,10 +51,7 @@ impl ArchiveService {
             .name("archive-writer".into())
             .spawn(move || run(writer, receiver, thread_failure))
             .expect("spawning the archive writer thread");
-        ArchiveService {
-            handle: ArchiveHandle { commands, failure },
-            thread,
-        }
+        ArchiveService { handle: ArchiveHandle { commands, failure }, thread }
     }
 
     pub fn handle(&self) -> ArchiveHandle {
@@ -78,19 +75,13 @@ impl ArchiveService {
 impl ArchiveHandle {
     /// Queues rows; waits while the queue is full.
     pub async fn append(&self, rows: Vec<ArchivedScan>) -> Result<(), ArchiveUnavailable> {
-        self.commands
-            .send(Command::Append(rows))
-            .await
-            .map_err(|_| self.unavailable())
+        self.commands.send(Command::Append(rows)).await.map_err(|_| self.unavailable())
     }
 
     /// Closes every open file so that all rows queued so far are readable.
     pub async fn flush(&self) -> Result<Vec<ClosedFile>, ArchiveUnavailable> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(reply))
-            .await
-            .map_err(|_| self.unavailable())?;
+        self.commands.send(Command::Flush(reply)).await.map_err(|_| self.unavailable())?;
         answer.await.map_err(|_| self.unavailable())
     }
 
@@ -106,18 +97,11 @@ impl ArchiveHandle {
     }
 
     fn unavailable(&self) -> ArchiveUnavailable {
-        ArchiveUnavailable(
-            self.failure()
-                .unwrap_or_else(|| "archive writer has shut down".into()),
-        )
+        ArchiveUnavailable(self.failure().unwrap_or_else(|| "archive writer has shut down".into()))
     }
 }
 
-fn run(
-    mut writer: ArchiveWriter,
-    mut commands: mpsc::Receiver<Command>,
-    failure: Arc<OnceLock<String>>,
-) {
+fn run(mut writer: ArchiveWriter, mut commands: mpsc::Receiver<Command>, failure: Arc<OnceLock<String>>) {
     while let Some(command) = commands.blocking_recv() {
         let result = match command {
             Command::Append(rows) => writer.append(&rows, Instant::now()).map(|closed| {

@@ -22,15 +22,9 @@ use crate::scan::ArchivedScan;
 #[derive(Debug, Error)]
 pub enum ArchiveError {
     #[error("archive I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("archive Parquet encoding for {path}: {source}")]
-    Parquet {
-        path: PathBuf,
-        source: parquet::errors::ParquetError,
-    },
+    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
     #[error("archive rows do not fit the schema: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
 }
@@ -72,31 +66,16 @@ impl ArchiveWriter {
     /// `run_id` must differ between runs that share a root (the server uses
     /// its start time).
     pub fn new(config: ArchiveWriterConfig, run_id: String) -> Result<ArchiveWriter, ArchiveError> {
-        fs::create_dir_all(&config.root).map_err(|source| ArchiveError::Io {
-            path: config.root.clone(),
-            source,
-        })?;
-        Ok(ArchiveWriter {
-            config,
-            run_id,
-            next_file_seq: 0,
-            open: BTreeMap::new(),
-        })
+        fs::create_dir_all(&config.root).map_err(|source| ArchiveError::Io { path: config.root.clone(), source })?;
+        Ok(ArchiveWriter { config, run_id, next_file_seq: 0, open: BTreeMap::new() })
     }
 
     /// Appends rows, each to its service date's open file. Returns the files
     /// that reached their size limit and were closed.
-    pub fn append(
-        &mut self,
-        rows: &[ArchivedScan],
-        now: Instant,
-    ) -> Result<Vec<ClosedFile>, ArchiveError> {
+    pub fn append(&mut self, rows: &[ArchivedScan], now: Instant) -> Result<Vec<ClosedFile>, ArchiveError> {
         let mut by_date: BTreeMap<NaiveDate, Vec<ArchivedScan>> = BTreeMap::new();
         for row in rows {
-            by_date
-                .entry(row.service_date)
-                .or_default()
-                .push(row.clone());
+            by_date.entry(row.service_date).or_default().push(row.clone());
         }
         let mut closed = Vec::new();
         for (date, rows) in by_date {
@@ -104,10 +83,7 @@ impl ArchiveWriter {
             let batch = to_record_batch(&rows)?;
             file.writer
                 .write(&batch)
-                .map_err(|source| ArchiveError::Parquet {
-                    path: file.tmp_path.clone(),
-                    source,
-                })?;
+                .map_err(|source| ArchiveError::Parquet { path: file.tmp_path.clone(), source })?;
             file.rows += rows.len() as u64;
             let size = (file.writer.bytes_written() + file.writer.in_progress_size()) as u64;
             if size >= self.config.file_bytes_max {
@@ -148,65 +124,29 @@ impl ArchiveWriter {
 
     fn create(&mut self, date: NaiveDate, now: Instant) -> Result<OpenFile, ArchiveError> {
         let dir = partition_dir(&self.config.root, date);
-        fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io { path: dir.clone(), source })?;
         let name = format!("part-{}-{:06}.parquet", self.run_id, self.next_file_seq);
         self.next_file_seq += 1;
         let tmp_path = dir.join(format!(".{name}.tmp"));
         let final_path = dir.join(name);
-        let file = File::create(&tmp_path).map_err(|source| ArchiveError::Io {
-            path: tmp_path.clone(),
-            source,
-        })?;
+        let file = File::create(&tmp_path).map_err(|source| ArchiveError::Io { path: tmp_path.clone(), source })?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(self.config.row_group_rows_max))
             .build();
-        let writer =
-            ArrowWriter::try_new(file, scan_schema(), Some(properties)).map_err(|source| {
-                ArchiveError::Parquet {
-                    path: tmp_path.clone(),
-                    source,
-                }
-            })?;
-        Ok(OpenFile {
-            writer,
-            tmp_path,
-            final_path,
-            opened_at: now,
-            rows: 0,
-        })
+        let writer = ArrowWriter::try_new(file, scan_schema(), Some(properties))
+            .map_err(|source| ArchiveError::Parquet { path: tmp_path.clone(), source })?;
+        Ok(OpenFile { writer, tmp_path, final_path, opened_at: now, rows: 0 })
     }
 
     fn close(&mut self, date: NaiveDate) -> Result<ClosedFile, ArchiveError> {
-        let file = self
-            .open
-            .remove(&date)
-            .expect("close is called for open dates");
+        let file = self.open.remove(&date).expect("close is called for open dates");
         let tmp = file.tmp_path;
-        let inner = file
-            .writer
-            .into_inner()
-            .map_err(|source| ArchiveError::Parquet {
-                path: tmp.clone(),
-                source,
-            })?;
-        inner.sync_all().map_err(|source| ArchiveError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &file.final_path).map_err(|source| ArchiveError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+        let inner = file.writer.into_inner().map_err(|source| ArchiveError::Parquet { path: tmp.clone(), source })?;
+        inner.sync_all().map_err(|source| ArchiveError::Io { path: tmp.clone(), source })?;
+        fs::rename(&tmp, &file.final_path).map_err(|source| ArchiveError::Io { path: tmp.clone(), source })?;
         sync_dir(file.final_path.parent().unwrap_or(Path::new(".")))?;
-        Ok(ClosedFile {
-            path: file.final_path,
-            rows: file.rows,
-            service_date: date,
-        })
+        Ok(ClosedFile { path: file.final_path, rows: file.rows, service_date: date })
     }
 }
 
@@ -217,12 +157,7 @@ pub fn partition_dir(root: &Path, date: NaiveDate) -> PathBuf {
 
 /// Makes a rename durable: the directory entry is data too.
 fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| ArchiveError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| ArchiveError::Io { path: dir.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -246,56 +181,33 @@ mod tests {
             code_counter: Some(3),
             scanned_at: 2_000,
             received_at: 3_000,
-            status: if seq % 2 == 0 {
-                ScanStatus::Accepted
-            } else {
-                ScanStatus::Replay
-            },
+            status: if seq % 2 == 0 { ScanStatus::Accepted } else { ScanStatus::Replay },
             reason: (seq % 2 == 1).then(|| "replayed".to_string()),
             service_date: date,
         }
     }
 
     fn writer(root: &Path, file_bytes_max: u64, file_age_max: Duration) -> ArchiveWriter {
-        let config = ArchiveWriterConfig {
-            root: root.to_path_buf(),
-            file_bytes_max,
-            file_age_max,
-            row_group_rows_max: 1000,
-        };
+        let config =
+            ArchiveWriterConfig { root: root.to_path_buf(), file_bytes_max, file_age_max, row_group_rows_max: 1000 };
         ArchiveWriter::new(config, "run".into()).expect("writer")
     }
 
     #[test]
     fn open_files_are_hidden_until_closed_and_rows_read_back_equal() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (d1, d2) = (
-            NaiveDate::from_ymd_opt(2026, 11, 25).expect("d"),
-            NaiveDate::from_ymd_opt(2026, 11, 26).expect("d"),
-        );
+        let (d1, d2) =
+            (NaiveDate::from_ymd_opt(2026, 11, 25).expect("d"), NaiveDate::from_ymd_opt(2026, 11, 26).expect("d"));
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(3600));
-        let rows: Vec<_> = (0..10)
-            .map(|i| row(i, if i < 6 { d1 } else { d2 }))
-            .collect();
+        let rows: Vec<_> = (0..10).map(|i| row(i, if i < 6 { d1 } else { d2 })).collect();
         assert!(w.append(&rows, Instant::now()).expect("append").is_empty());
-        assert!(
-            archive_files(dir.path()).expect("list").is_empty(),
-            "nothing visible while files are open"
-        );
+        assert!(archive_files(dir.path()).expect("list").is_empty(), "nothing visible while files are open");
         let closed = w.close_all().expect("close");
-        assert_eq!(
-            closed
-                .iter()
-                .map(|c| (c.service_date, c.rows))
-                .collect::<Vec<_>>(),
-            vec![(d1, 6), (d2, 4)]
-        );
+        assert_eq!(closed.iter().map(|c| (c.service_date, c.rows)).collect::<Vec<_>>(), vec![(d1, 6), (d2, 4)]);
         let mut back = read_all(dir.path()).expect("read");
         back.sort_by_key(|r| r.validator_seq);
         assert_eq!(back, rows);
-        let leftovers: Vec<_> = fs::read_dir(partition_dir(dir.path(), d1))
-            .expect("dir")
-            .collect();
+        let leftovers: Vec<_> = fs::read_dir(partition_dir(dir.path(), d1)).expect("dir").collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
     }
 
@@ -305,39 +217,15 @@ mod tests {
         let date = NaiveDate::from_ymd_opt(2026, 11, 25).expect("d");
         let mut by_size = writer(dir.path(), 1, Duration::from_secs(3600));
         let start = Instant::now();
-        assert_eq!(
-            by_size
-                .append(&[row(1, date)], start)
-                .expect("append")
-                .len(),
-            1,
-            "one byte is over the limit"
-        );
-        assert_eq!(
-            by_size
-                .append(&[row(2, date)], start)
-                .expect("append")
-                .len(),
-            1
-        );
+        assert_eq!(by_size.append(&[row(1, date)], start).expect("append").len(), 1, "one byte is over the limit");
+        assert_eq!(by_size.append(&[row(2, date)], start).expect("append").len(), 1);
         assert_eq!(archive_files(dir.path()).expect("list").len(), 2);
 
         let aged_dir = tempfile::tempdir().expect("tempdir");
         let mut by_age = writer(aged_dir.path(), u64::MAX, Duration::from_secs(300));
         by_age.append(&[row(1, date)], start).expect("append");
-        assert!(
-            by_age
-                .roll_aged(start + Duration::from_secs(299))
-                .expect("roll")
-                .is_empty()
-        );
-        assert_eq!(
-            by_age
-                .roll_aged(start + Duration::from_secs(300))
-                .expect("roll")
-                .len(),
-            1
-        );
+        assert!(by_age.roll_aged(start + Duration::from_secs(299)).expect("roll").is_empty());
+        assert_eq!(by_age.roll_aged(start + Duration::from_secs(300)).expect("roll").len(), 1);
         assert_eq!(by_age.open_rows(), 0);
     }
 }

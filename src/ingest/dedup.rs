@@ -68,11 +68,7 @@ impl DedupIndex {
     }
 
     /// Remembers a credential whose issuer signature verified, until it expires.
-    pub fn remember_verified_credential(
-        &self,
-        credential: [u8; CREDENTIAL_LEN],
-        expires_at: UnixMillis,
-    ) {
+    pub fn remember_verified_credential(&self, credential: [u8; CREDENTIAL_LEN], expires_at: UnixMillis) {
         self.credentials.insert(credential, expires_at);
     }
 
@@ -84,20 +80,12 @@ impl DedupIndex {
     }
 
     pub fn sizes(&self) -> DedupSizes {
-        DedupSizes {
-            deliveries: self.deliveries.len(),
-            rides: self.rides.len(),
-            credentials: self.credentials.len(),
-        }
+        DedupSizes { deliveries: self.deliveries.len(), rides: self.rides.len(), credentials: self.credentials.len() }
     }
 }
 
 /// Inserts `key` if absent; true when this call inserted it.
-fn claim<K: std::hash::Hash + Eq>(
-    map: &DashMap<K, UnixMillis>,
-    key: K,
-    expires_at: UnixMillis,
-) -> bool {
+fn claim<K: std::hash::Hash + Eq>(map: &DashMap<K, UnixMillis>, key: K, expires_at: UnixMillis) -> bool {
     match map.entry(key) {
         Entry::Vacant(slot) => {
             slot.insert(expires_at);
@@ -111,12 +99,7 @@ fn claim<K: std::hash::Hash + Eq>(
 mod tests {
     use super::*;
 
-    const RIDE: RideKey = RideKey {
-        card_id: 1,
-        created_at: 100,
-        counter: 2,
-        tap_kind: TapKind::Entry,
-    };
+    const RIDE: RideKey = RideKey { card_id: 1, created_at: 100, counter: 2, tap_kind: TapKind::Entry };
 
     #[test]
     fn a_delivery_is_claimed_once() {
@@ -131,13 +114,7 @@ mod tests {
         let index = DedupIndex::new();
         assert!(index.claim_ride(RIDE, 1_000));
         assert!(!index.claim_ride(RIDE, 1_000));
-        assert!(index.claim_ride(
-            RideKey {
-                tap_kind: TapKind::Exit,
-                ..RIDE
-            },
-            1_000
-        ));
+        assert!(index.claim_ride(RideKey { tap_kind: TapKind::Exit, ..RIDE }, 1_000));
     }
 
     #[test]
@@ -148,21 +125,8 @@ mod tests {
         index.claim_ride(RIDE, 500);
         index.remember_verified_credential([3; CREDENTIAL_LEN], 1_500);
         index.sweep(1_000);
-        assert_eq!(
-            index.sizes(),
-            DedupSizes {
-                deliveries: 1,
-                rides: 0,
-                credentials: 1
-            }
-        );
-        assert!(
-            index.claim_ride(RIDE, 2_000),
-            "an expired ride key no longer blocks"
-        );
-        assert!(
-            !index.claim_delivery([2; 16], 1_500),
-            "a live delivery key still blocks"
-        );
+        assert_eq!(index.sizes(), DedupSizes { deliveries: 1, rides: 0, credentials: 1 });
+        assert!(index.claim_ride(RIDE, 2_000), "an expired ride key no longer blocks");
+        assert!(!index.claim_delivery([2; 16], 1_500), "a live delivery key still blocks");
     }
 }

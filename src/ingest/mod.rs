@@ -3,4 +3,4 @@
 pub mod dedup;
 pub mod pipeline;
 
-pub use pipeline::{BatchError, BatchOutcome, Pipeline, PipelineConfig};
+pub use pipeline::{BatchError, BatchOutcome, Pipeline, PipelineConfig, VerifiedBatch};

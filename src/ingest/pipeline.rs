@@ -23,8 +23,7 @@ use super::dedup::{DedupIndex, DedupSizes, Fingerprint, RideKey};
 use crate::clock::{UnixMillis, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::ridecode::check::{
-    check_claims, check_credential_signature, issuer_key_for, issuer_signature_check,
-    user_signature_check,
+    check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
 };
 use crate::ridecode::verify::{SignatureCheck, verify_batch};
 use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, Rejection, RideCode, SignatureFault};
@@ -78,6 +77,12 @@ pub struct Pipeline {
     dedup: DedupIndex,
 }
 
+/// A batch after steps 1 and 2: ready for [`Pipeline::commit`].
+pub struct VerifiedBatch {
+    prepared: Vec<Prepared>,
+    signatures: Vec<SignatureResults>,
+}
+
 /// A scan's verdict before it is archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verdict {
@@ -87,19 +92,13 @@ struct Verdict {
 
 impl From<Rejection> for Verdict {
     fn from(rejection: Rejection) -> Verdict {
-        Verdict {
-            status: rejection.status(),
-            reason: Some(rejection.to_string()),
-        }
+        Verdict { status: rejection.status(), reason: Some(rejection.to_string()) }
     }
 }
 
 impl Verdict {
     fn malformed(reason: String) -> Verdict {
-        Verdict {
-            status: ScanStatus::Malformed,
-            reason: Some(reason),
-        }
+        Verdict { status: ScanStatus::Malformed, reason: Some(reason) }
     }
 }
 
@@ -140,18 +139,12 @@ impl Pipeline {
 
     /// Replaces the trusted issuer keys (after a rotation).
     pub fn set_issuer_keys(&self, keys: IssuerPublicKeys) {
-        *self
-            .issuer_keys
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        *self.issuer_keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
     }
 
     /// Puts a card on the deny list or takes it off.
     pub fn set_denied(&self, card_id: u64, denied: bool) {
-        let mut list = self
-            .deny_list
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut list = self.deny_list.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if denied {
             list.insert(card_id);
         } else {
@@ -168,26 +161,64 @@ impl Pipeline {
         self.dedup.sizes()
     }
 
-    /// Processes one batch that arrived at `received_at`.
-    pub fn process(
-        &self,
-        batch: &ScanBatch,
-        received_at: UnixMillis,
-    ) -> Result<BatchOutcome, BatchError> {
+    /// Processes one batch that arrived at `received_at`: [`Pipeline::verify`]
+    /// then [`Pipeline::commit`].
+    pub fn process(&self, batch: &ScanBatch, received_at: UnixMillis) -> Result<BatchOutcome, BatchError> {
+        let verified = self.verify(batch)?;
+        Ok(self.commit(batch, verified, received_at))
+    }
+
+    /// Steps 1 and 2: everything that needs no ordering between batches.
+    /// Touches no dedup index.
+    pub fn verify(&self, batch: &ScanBatch) -> Result<VerifiedBatch, BatchError> {
         self.check_batch_shape(batch)?;
         let prepared: Vec<Prepared> = {
-            let keys = self
-                .issuer_keys
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            batch
-                .scans
-                .par_iter()
-                .map(|record| self.prepare(record, &keys))
-                .collect()
+            let keys = self.issuer_keys.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            batch.scans.par_iter().map(|record| self.prepare(record, &keys)).collect()
         };
         let signatures = self.verify_signatures(&prepared);
-        Ok(self.commit(batch, prepared, signatures, received_at))
+        Ok(VerifiedBatch { prepared, signatures })
+    }
+
+    /// Rebuilds the dedup indexes from rows decided before a restart (read
+    /// from the archive and the write-ahead log), so a re-delivery or a
+    /// replay arriving after the restart is still caught. Entries that have
+    /// expired by `now` are skipped.
+    pub fn restore(&self, rows: &[ArchivedScan], now: UnixMillis) {
+        for row in rows {
+            let delivery_expiry = self.delivery_expiry(row.scanned_at);
+            if delivery_expiry > now {
+                self.dedup.claim_delivery(row.scan_id, delivery_expiry);
+            }
+            let claimed_a_ride = matches!(row.status, ScanStatus::Accepted | ScanStatus::Replay);
+            if let (true, Some(card_id), Some(created_ms), Some(counter), Some(tap_kind)) =
+                (claimed_a_ride, row.card_id, row.code_created_at, row.code_counter, row.tap_kind)
+            {
+                let created_at = unix_secs_u32(created_ms);
+                let expiry = self.ride_expiry(created_at);
+                if expiry > now {
+                    self.dedup.claim_ride(RideKey { card_id, created_at, counter, tap_kind }, expiry);
+                }
+            }
+        }
+    }
+
+    /// The last moment a re-delivery of a scan read at `scanned_at` could
+    /// matter: later ones are refused as too late anyway.
+    fn delivery_expiry(&self, scanned_at: UnixMillis) -> UnixMillis {
+        let lateness_ms = i64::from(self.config.accepted_lateness_secs) * 1000;
+        let skew_ms = i64::from(self.config.freshness.clock_skew_secs) * 1000;
+        scanned_at.saturating_add(lateness_ms + skew_ms)
+    }
+
+    /// The last moment a copy of a code made at `created_at` could arrive
+    /// and pass every other check.
+    fn ride_expiry(&self, created_at: u32) -> UnixMillis {
+        let policy = &self.config.freshness;
+        let horizon_secs = i64::from(policy.code_validity_secs)
+            + i64::from(policy.clock_skew_secs)
+            + i64::from(self.config.accepted_lateness_secs);
+        (i64::from(created_at) + horizon_secs) * 1000
     }
 
     fn check_batch_shape(&self, batch: &ScanBatch) -> Result<(), BatchError> {
@@ -195,10 +226,7 @@ impl Pipeline {
             return Err(BatchError::MissingGatewayId);
         }
         if batch.scans.len() > self.config.batch_scans_max {
-            return Err(BatchError::TooManyScans {
-                count: batch.scans.len(),
-                max: self.config.batch_scans_max,
-            });
+            return Err(BatchError::TooManyScans { count: batch.scans.len(), max: self.config.batch_scans_max });
         }
         Ok(())
     }
@@ -208,31 +236,15 @@ impl Pipeline {
         let tap_kind = record.wire_tap_kind();
         let code = RideCode::decode(&record.ride_code);
         let early = match (&code, tap_kind) {
-            _ if record.validator_id.is_empty() => {
-                Err(Verdict::malformed("validator_id is empty".into()))
-            }
-            (_, None) => Err(Verdict::malformed(format!(
-                "tap_kind {} is not entry, exit or single",
-                record.tap_kind
-            ))),
+            _ if record.validator_id.is_empty() => Err(Verdict::malformed("validator_id is empty".into())),
+            (_, None) => Err(Verdict::malformed(format!("tap_kind {} is not entry, exit or single", record.tap_kind))),
             (Err(error), _) => Err(Rejection::Malformed(*error).into()),
-            (Ok(code), Some(_)) => {
-                issuer_key_for(code, keys)
-                    .map_err(Verdict::from)
-                    .map(|issuer_key| SignatureWork {
-                        issuer_key: *issuer_key,
-                        credential_cached: self
-                            .dedup
-                            .credential_is_verified(&code.credential_bytes()),
-                    })
-            }
+            (Ok(code), Some(_)) => issuer_key_for(code, keys).map_err(Verdict::from).map(|issuer_key| SignatureWork {
+                issuer_key: *issuer_key,
+                credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
+            }),
         };
-        Prepared {
-            fingerprint,
-            tap_kind,
-            code: code.ok(),
-            early,
-        }
+        Prepared { fingerprint, tap_kind, code: code.ok(), early }
     }
 
     /// Checks every signature step 1 left to check; one result per record.
@@ -254,26 +266,17 @@ impl Pipeline {
             .map(|p| match (&p.early, &p.code) {
                 (Ok(work), Some(_)) => {
                     let issuer_valid = work.credential_cached || valid.next().unwrap_or(false);
-                    SignatureResults {
-                        issuer_valid,
-                        user_valid: valid.next().unwrap_or(false),
-                    }
+                    SignatureResults { issuer_valid, user_valid: valid.next().unwrap_or(false) }
                 }
-                _ => SignatureResults {
-                    issuer_valid: false,
-                    user_valid: false,
-                },
+                _ => SignatureResults { issuer_valid: false, user_valid: false },
             })
             .collect()
     }
 
-    fn commit(
-        &self,
-        batch: &ScanBatch,
-        prepared: Vec<Prepared>,
-        signatures: Vec<SignatureResults>,
-        received_at: UnixMillis,
-    ) -> BatchOutcome {
+    /// Step 3: claims in the dedup indexes and the verdicts. Batches that
+    /// must be logged in the order they claimed call this under one lock.
+    pub fn commit(&self, batch: &ScanBatch, verified: VerifiedBatch, received_at: UnixMillis) -> BatchOutcome {
+        let VerifiedBatch { prepared, signatures } = verified;
         let mut ack = BatchAck {
             gateway_id: batch.gateway_id.clone(),
             batch_seq: batch.batch_seq,
@@ -281,16 +284,9 @@ impl Pipeline {
             ..BatchAck::default()
         };
         let mut rows = Vec::with_capacity(prepared.len());
-        let lateness_ms = i64::from(self.config.accepted_lateness_secs) * 1000;
-        let skew_ms = i64::from(self.config.freshness.clock_skew_secs) * 1000;
-        for (index, ((record, p), sigs)) in
-            batch.scans.iter().zip(prepared).zip(signatures).enumerate()
-        {
+        for (index, ((record, p), sigs)) in batch.scans.iter().zip(prepared).zip(signatures).enumerate() {
             let scanned_at = record.validator_time_ms;
-            if !self.dedup.claim_delivery(
-                p.fingerprint,
-                scanned_at.saturating_add(lateness_ms + skew_ms),
-            ) {
+            if !self.dedup.claim_delivery(p.fingerprint, self.delivery_expiry(scanned_at)) {
                 ack.redelivered += 1;
                 continue;
             }
@@ -343,64 +339,34 @@ impl Pipeline {
             check_credential_signature(code, &work.issuer_key, |_| sigs.issuer_valid)?;
             let expires_at = i64::from(code.credential.claims.valid_until) * 1000
                 + i64::from(self.config.freshness.clock_skew_secs) * 1000;
-            self.dedup
-                .remember_verified_credential(code.credential_bytes(), expires_at);
+            self.dedup.remember_verified_credential(code.credential_bytes(), expires_at);
         }
         if !sigs.user_valid {
             return Err(Rejection::BadSignature(SignatureFault::User));
         }
         self.check_arrival(code, scanned_at, received_at)?;
-        let deny_list = self
-            .deny_list
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        check_claims(
-            code,
-            &*deny_list,
-            &self.config.freshness,
-            unix_secs_u32(scanned_at),
-        )
+        let deny_list = self.deny_list.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        check_claims(code, &*deny_list, &self.config.freshness, unix_secs_u32(scanned_at))
     }
 
     /// A scan must arrive within the accepted lateness (or its replays could
     /// no longer be caught) and not from a validator clock running ahead.
-    fn check_arrival(
-        &self,
-        code: &RideCode,
-        scanned_at: UnixMillis,
-        received_at: UnixMillis,
-    ) -> Result<(), Rejection> {
+    fn check_arrival(&self, code: &RideCode, scanned_at: UnixMillis, received_at: UnixMillis) -> Result<(), Rejection> {
         let lateness_ms = i64::from(self.config.accepted_lateness_secs) * 1000;
         let skew_ms = i64::from(self.config.freshness.clock_skew_secs) * 1000;
         let too_late = received_at.saturating_sub(scanned_at) > lateness_ms;
         let from_future = scanned_at.saturating_sub(received_at) > skew_ms;
         if too_late || from_future {
-            return Err(Rejection::StaleCode {
-                created_at: code.created_at,
-                at: unix_secs_u32(received_at),
-            });
+            return Err(Rejection::StaleCode { created_at: code.created_at, at: unix_secs_u32(received_at) });
         }
         Ok(())
     }
 
     fn claim_ride(&self, code: &RideCode, tap_kind: TapKind) -> Verdict {
         let claims = &code.credential.claims;
-        let key = RideKey {
-            card_id: claims.card_id,
-            created_at: code.created_at,
-            counter: code.counter,
-            tap_kind,
-        };
-        let policy = &self.config.freshness;
-        let horizon_secs = i64::from(policy.code_validity_secs)
-            + i64::from(policy.clock_skew_secs)
-            + i64::from(self.config.accepted_lateness_secs);
-        let expires_at = (i64::from(code.created_at) + horizon_secs) * 1000;
-        if self.dedup.claim_ride(key, expires_at) {
-            Verdict {
-                status: ScanStatus::Accepted,
-                reason: None,
-            }
+        let key = RideKey { card_id: claims.card_id, created_at: code.created_at, counter: code.counter, tap_kind };
+        if self.dedup.claim_ride(key, self.ride_expiry(code.created_at)) {
+            Verdict { status: ScanStatus::Accepted, reason: None }
         } else {
             Verdict {
                 status: ScanStatus::Replay,
@@ -423,10 +389,7 @@ impl Pipeline {
         verdict: Verdict,
         received_at: UnixMillis,
     ) -> ArchivedScan {
-        let claims = p
-            .code
-            .as_ref()
-            .map(|code| (code.credential.claims, code.created_at, code.counter));
+        let claims = p.code.as_ref().map(|code| (code.credential.claims, code.created_at, code.counter));
         ArchivedScan {
             scan_id: p.fingerprint,
             gateway_id: batch.gateway_id.clone(),
@@ -443,10 +406,7 @@ impl Pipeline {
             received_at,
             status: verdict.status,
             reason: verdict.reason,
-            service_date: self
-                .config
-                .service_day
-                .service_date(record.validator_time_ms),
+            service_date: self.config.service_day.service_date(record.validator_time_ms),
         }
     }
 }

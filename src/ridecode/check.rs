@@ -51,11 +51,7 @@ pub enum Rejection {
     #[error("bad signature: {0:?}")]
     BadSignature(SignatureFault),
     #[error("credential valid [{valid_from}, {valid_until}) is not valid at {at}")]
-    ExpiredCredential {
-        valid_from: u32,
-        valid_until: u32,
-        at: u32,
-    },
+    ExpiredCredential { valid_from: u32, valid_until: u32, at: u32 },
     #[error("code made at {created_at} is stale at {at}")]
     StaleCode { created_at: u32, at: u32 },
     #[error("card {card_id} is denied")]
@@ -95,14 +91,9 @@ pub fn check_offline(
 }
 
 /// Finds the issuer key the credential names.
-pub fn issuer_key_for<'k>(
-    code: &RideCode,
-    issuer_keys: &'k IssuerPublicKeys,
-) -> Result<&'k [u8; 32], Rejection> {
+pub fn issuer_key_for<'k>(code: &RideCode, issuer_keys: &'k IssuerPublicKeys) -> Result<&'k [u8; 32], Rejection> {
     let key_id = code.credential.claims.issuer_key_id;
-    issuer_keys
-        .get(key_id)
-        .ok_or(Rejection::UnknownIssuerKey { key_id })
+    issuer_keys.get(key_id).ok_or(Rejection::UnknownIssuerKey { key_id })
 }
 
 /// The credential is sound when the issuer signed it and the user key it
@@ -156,22 +147,13 @@ pub fn check_claims(
             at,
         });
     }
-    let too_old = at
-        > code
-            .created_at
-            .saturating_add(policy.code_validity_secs)
-            .saturating_add(skew);
+    let too_old = at > code.created_at.saturating_add(policy.code_validity_secs).saturating_add(skew);
     let from_future = code.created_at > at.saturating_add(skew);
     if too_old || from_future {
-        return Err(Rejection::StaleCode {
-            created_at: code.created_at,
-            at,
-        });
+        return Err(Rejection::StaleCode { created_at: code.created_at, at });
     }
     if deny_list.is_denied(claims.card_id) {
-        return Err(Rejection::Denied {
-            card_id: claims.card_id,
-        });
+        return Err(Rejection::Denied { card_id: claims.card_id });
     }
     Ok(())
 }
@@ -181,10 +163,7 @@ mod tests {
     use super::*;
     use crate::ridecode::keys::{IssuerSigningKey, UserKey};
 
-    const POLICY: FreshnessPolicy = FreshnessPolicy {
-        code_validity_secs: 60,
-        clock_skew_secs: 30,
-    };
+    const POLICY: FreshnessPolicy = FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 };
     const T0: u32 = 1_800_000_000;
 
     struct Fixture {
@@ -198,28 +177,17 @@ mod tests {
         let credential = issuer.issue(77, user.public_key(), T0, T0 + 86_400);
         let mut keys = IssuerPublicKeys::new();
         keys.insert(3, issuer.public_key());
-        Fixture {
-            keys,
-            code: user.make_code(&credential, T0 + 100, 1),
-        }
+        Fixture { keys, code: user.make_code(&credential, T0 + 100, 1) }
     }
 
-    fn check_at(
-        f: &Fixture,
-        bytes: &[u8],
-        deny: &HashSet<u64>,
-        at: u32,
-    ) -> Result<RideCode, Rejection> {
+    fn check_at(f: &Fixture, bytes: &[u8], deny: &HashSet<u64>, at: u32) -> Result<RideCode, Rejection> {
         check_offline(bytes, &f.keys, deny, &POLICY, at)
     }
 
     #[test]
     fn a_fresh_code_passes() {
         let f = fixture();
-        assert_eq!(
-            check_at(&f, &f.code.bytes, &HashSet::new(), T0 + 120),
-            Ok(f.code)
-        );
+        assert_eq!(check_at(&f, &f.code.bytes, &HashSet::new(), T0 + 120), Ok(f.code));
     }
 
     #[test]
@@ -238,31 +206,13 @@ mod tests {
         );
         let mut forged = f.code.bytes;
         forged[188] ^= 1;
-        assert_eq!(
-            check_at(&f, &forged, &none, T0 + 120),
-            Err(Rejection::BadSignature(SignatureFault::User))
-        );
-        assert!(matches!(
-            check_at(&f, &f.code.bytes, &none, T0 + 200),
-            Err(Rejection::StaleCode { .. })
-        ));
-        assert!(matches!(
-            check_at(&f, &f.code.bytes, &none, T0 + 50),
-            Err(Rejection::StaleCode { .. })
-        ));
-        assert!(matches!(
-            check_at(&f, &f.code.bytes, &none, T0 + 90_000),
-            Err(Rejection::ExpiredCredential { .. })
-        ));
+        assert_eq!(check_at(&f, &forged, &none, T0 + 120), Err(Rejection::BadSignature(SignatureFault::User)));
+        assert!(matches!(check_at(&f, &f.code.bytes, &none, T0 + 200), Err(Rejection::StaleCode { .. })));
+        assert!(matches!(check_at(&f, &f.code.bytes, &none, T0 + 50), Err(Rejection::StaleCode { .. })));
+        assert!(matches!(check_at(&f, &f.code.bytes, &none, T0 + 90_000), Err(Rejection::ExpiredCredential { .. })));
         let deny: HashSet<u64> = [77].into();
-        assert_eq!(
-            check_at(&f, &f.code.bytes, &deny, T0 + 120),
-            Err(Rejection::Denied { card_id: 77 })
-        );
-        assert!(matches!(
-            check_at(&f, &f.code.bytes[..10], &none, T0 + 120),
-            Err(Rejection::Malformed(_))
-        ));
+        assert_eq!(check_at(&f, &f.code.bytes, &deny, T0 + 120), Err(Rejection::Denied { card_id: 77 }));
+        assert!(matches!(check_at(&f, &f.code.bytes[..10], &none, T0 + 120), Err(Rejection::Malformed(_))));
     }
 
     #[test]

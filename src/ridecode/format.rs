@@ -109,31 +109,15 @@ impl Credential {
 impl RideCode {
     /// Assembles a code from its parts; `user_signature` must be over
     /// [`RideCode::unsigned_bytes`] of the same parts.
-    pub fn assemble(
-        credential: &Credential,
-        created_at: u32,
-        counter: u32,
-        user_signature: [u8; 64],
-    ) -> RideCode {
+    pub fn assemble(credential: &Credential, created_at: u32, counter: u32, user_signature: [u8; 64]) -> RideCode {
         let mut bytes = [0u8; RIDE_CODE_LEN];
-        bytes[..CODE_SIGNED_LEN]
-            .copy_from_slice(&Self::unsigned_bytes(credential, created_at, counter));
+        bytes[..CODE_SIGNED_LEN].copy_from_slice(&Self::unsigned_bytes(credential, created_at, counter));
         bytes[CODE_SIGNED_LEN..].copy_from_slice(&user_signature);
-        RideCode {
-            credential: *credential,
-            created_at,
-            counter,
-            user_signature,
-            bytes,
-        }
+        RideCode { credential: *credential, created_at, counter, user_signature, bytes }
     }
 
     /// The bytes a user signs (after the domain prefix).
-    pub fn unsigned_bytes(
-        credential: &Credential,
-        created_at: u32,
-        counter: u32,
-    ) -> [u8; CODE_SIGNED_LEN] {
+    pub fn unsigned_bytes(credential: &Credential, created_at: u32, counter: u32) -> [u8; CODE_SIGNED_LEN] {
         let mut out = [0u8; CODE_SIGNED_LEN];
         out[..CREDENTIAL_LEN].copy_from_slice(&credential.to_bytes());
         out[117..121].copy_from_slice(&created_at.to_be_bytes());
@@ -143,10 +127,7 @@ impl RideCode {
 
     /// The full message the user signs: domain prefix, then the code.
     pub fn signing_message_for(credential: &Credential, created_at: u32, counter: u32) -> Vec<u8> {
-        prefixed(
-            RIDE_CODE_DOMAIN,
-            &Self::unsigned_bytes(credential, created_at, counter),
-        )
+        prefixed(RIDE_CODE_DOMAIN, &Self::unsigned_bytes(credential, created_at, counter))
     }
 
     /// The message the user signature of this code must verify over.
@@ -175,9 +156,7 @@ impl RideCode {
             }
         }
         let bytes: [u8; RIDE_CODE_LEN] =
-            input.try_into().map_err(|_| DecodeError::WrongLength {
-                actual: input.len(),
-            })?;
+            input.try_into().map_err(|_| DecodeError::WrongLength { actual: input.len() })?;
         let claims = CredentialClaims {
             issuer_key_id: be_u32(&bytes[1..5]),
             card_id: u64::from_be_bytes(array(&bytes[5..13])),
@@ -186,10 +165,7 @@ impl RideCode {
             valid_until: be_u32(&bytes[49..53]),
         };
         Ok(RideCode {
-            credential: Credential {
-                claims,
-                issuer_signature: array(&bytes[53..117]),
-            },
+            credential: Credential { claims, issuer_signature: array(&bytes[53..117]) },
             created_at: be_u32(&bytes[117..121]),
             counter: be_u32(&bytes[121..125]),
             user_signature: array(&bytes[125..189]),
@@ -228,10 +204,7 @@ mod tests {
             valid_from: 1_000,
             valid_until: 2_000,
         };
-        let credential = Credential {
-            claims,
-            issuer_signature: [0x11; 64],
-        };
+        let credential = Credential { claims, issuer_signature: [0x11; 64] };
         RideCode::assemble(&credential, 1_500, 42, [0x22; 64])
     }
 
@@ -244,19 +217,10 @@ mod tests {
     #[test]
     fn decode_rejects_other_lengths_and_versions() {
         let code = sample();
-        assert_eq!(
-            RideCode::decode(&code.bytes[..188]),
-            Err(DecodeError::WrongLength { actual: 188 })
-        );
+        assert_eq!(RideCode::decode(&code.bytes[..188]), Err(DecodeError::WrongLength { actual: 188 }));
         let mut bumped = code.bytes;
         bumped[0] = 2;
-        assert_eq!(
-            RideCode::decode(&bumped),
-            Err(DecodeError::UnsupportedVersion(2))
-        );
-        assert_eq!(
-            RideCode::decode(&[]),
-            Err(DecodeError::WrongLength { actual: 0 })
-        );
+        assert_eq!(RideCode::decode(&bumped), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(RideCode::decode(&[]), Err(DecodeError::WrongLength { actual: 0 }));
     }
 }

@@ -29,25 +29,21 @@ pub struct IssuerSigningKey {
 impl IssuerSigningKey {
     /// Makes a new key and returns it with its PKCS#8 document for storage.
     pub fn generate(key_id: u32) -> Result<(IssuerSigningKey, Vec<u8>), KeyError> {
-        let document =
-            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
+        let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
         let key = IssuerSigningKey::from_pkcs8(key_id, document.as_ref())?;
         Ok((key, document.as_ref().to_vec()))
     }
 
     pub fn from_pkcs8(key_id: u32, document: &[u8]) -> Result<IssuerSigningKey, KeyError> {
-        let pair = Ed25519KeyPair::from_pkcs8(document).map_err(|e| KeyError::BadPkcs8 {
-            key_id,
-            reason: e.to_string(),
-        })?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(document).map_err(|e| KeyError::BadPkcs8 { key_id, reason: e.to_string() })?;
         Ok(IssuerSigningKey { key_id, pair })
     }
 
     /// Deterministic key from a 32-byte seed (RFC 8032 private key): used by
     /// the test vectors so an independent implementation can rebuild them.
     pub fn from_seed(key_id: u32, seed: &[u8; 32]) -> Result<IssuerSigningKey, KeyError> {
-        let pair = Ed25519KeyPair::from_seed_unchecked(seed)
-            .map_err(|e| KeyError::BadSeed(e.to_string()))?;
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| KeyError::BadSeed(e.to_string()))?;
         Ok(IssuerSigningKey { key_id, pair })
     }
 
@@ -60,25 +56,10 @@ impl IssuerSigningKey {
     }
 
     /// Issues one rider's credential for the window `[valid_from, valid_until)`.
-    pub fn issue(
-        &self,
-        card_id: u64,
-        user_public_key: [u8; 32],
-        valid_from: u32,
-        valid_until: u32,
-    ) -> Credential {
-        let claims = CredentialClaims {
-            issuer_key_id: self.key_id,
-            card_id,
-            user_public_key,
-            valid_from,
-            valid_until,
-        };
+    pub fn issue(&self, card_id: u64, user_public_key: [u8; 32], valid_from: u32, valid_until: u32) -> Credential {
+        let claims = CredentialClaims { issuer_key_id: self.key_id, card_id, user_public_key, valid_from, valid_until };
         let signature = self.pair.sign(&claims.signing_message());
-        Credential {
-            claims,
-            issuer_signature: signature_bytes(signature.as_ref()),
-        }
+        Credential { claims, issuer_signature: signature_bytes(signature.as_ref()) }
     }
 }
 
@@ -89,19 +70,14 @@ pub struct UserKey {
 
 impl UserKey {
     pub fn generate() -> Result<UserKey, KeyError> {
-        let document =
-            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
-        let pair =
-            Ed25519KeyPair::from_pkcs8(document.as_ref()).map_err(|e| KeyError::BadPkcs8 {
-                key_id: 0,
-                reason: e.to_string(),
-            })?;
+        let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
+        let pair = Ed25519KeyPair::from_pkcs8(document.as_ref())
+            .map_err(|e| KeyError::BadPkcs8 { key_id: 0, reason: e.to_string() })?;
         Ok(UserKey { pair })
     }
 
     pub fn from_seed(seed: &[u8; 32]) -> Result<UserKey, KeyError> {
-        let pair = Ed25519KeyPair::from_seed_unchecked(seed)
-            .map_err(|e| KeyError::BadSeed(e.to_string()))?;
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| KeyError::BadSeed(e.to_string()))?;
         Ok(UserKey { pair })
     }
 
@@ -113,12 +89,7 @@ impl UserKey {
     pub fn make_code(&self, credential: &Credential, created_at: u32, counter: u32) -> RideCode {
         let message = RideCode::signing_message_for(credential, created_at, counter);
         let signature = self.pair.sign(&message);
-        RideCode::assemble(
-            credential,
-            created_at,
-            counter,
-            signature_bytes(signature.as_ref()),
-        )
+        RideCode::assemble(credential, created_at, counter, signature_bytes(signature.as_ref()))
     }
 }
 

@@ -35,8 +35,7 @@ pub fn verify_single(check: &SignatureCheck) -> bool {
     let Ok(key) = VerificationKey::try_from(check.public_key) else {
         return false;
     };
-    key.verify(&Signature::from(check.signature), &check.message)
-        .is_ok()
+    key.verify(&Signature::from(check.signature), &check.message).is_ok()
 }
 
 /// Verifies many signatures at once and says which are valid. One batch
@@ -120,11 +119,7 @@ mod tests {
         public_key.copy_from_slice(ring::signature::KeyPair::public_key(&key).as_ref());
         let mut signature = [0u8; 64];
         signature.copy_from_slice(key.sign(message).as_ref());
-        SignatureCheck {
-            public_key,
-            signature,
-            message: message.to_vec(),
-        }
+        SignatureCheck { public_key, signature, message: message.to_vec() }
     }
 
     /// The identity point (0, 1): small order, canonical encoding.
@@ -137,8 +132,8 @@ mod tests {
     /// Adds the group order l to S, giving a non-canonical scalar encoding.
     fn with_s_plus_l(mut check: SignatureCheck) -> SignatureCheck {
         const L: [u8; 32] = [
-            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
-            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
         ];
         let mut carry = 0u16;
         for i in 0..32 {
@@ -195,11 +190,7 @@ mod tests {
         for i in 0..inputs.len() {
             for j in 0..inputs.len() {
                 let pair = [inputs[i].clone(), inputs[j].clone()];
-                assert_eq!(
-                    verify_batch(&pair),
-                    vec![single[i], single[j]],
-                    "pair {i},{j}"
-                );
+                assert_eq!(verify_batch(&pair), vec![single[i], single[j]], "pair {i},{j}");
             }
         }
     }

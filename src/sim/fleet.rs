@@ -92,9 +92,8 @@ pub async fn run_fleet(
     let mut tasks = JoinSet::new();
     let mut report = FleetReport::default();
     for gateway in 0..world.gateways.len() {
-        let scans: Vec<usize> = (0..plan.len())
-            .filter(|&i| world.validators[plan[i].validator].gateway == gateway)
-            .collect();
+        let scans: Vec<usize> =
+            (0..plan.len()).filter(|&i| world.validators[plan[i].validator].gateway == gateway).collect();
         match client() {
             Ok(client) => {
                 let gateway_run = GatewayRun {
@@ -140,10 +139,7 @@ impl GatewayRun {
         while cursor < self.scans.len() {
             tokio::time::sleep(self.settings.upload_tick).await;
             let now = self.clock.now_ms();
-            let due = self.scans[cursor..]
-                .iter()
-                .take_while(|&&i| self.plan[i].at_ms <= now)
-                .count();
+            let due = self.scans[cursor..].iter().take_while(|&&i| self.plan[i].at_ms <= now).count();
             for chunk in self.scans[cursor..cursor + due].chunks(self.settings.batch_scans_max) {
                 batch_seq += 1;
                 let batch = self.read_at_gates(chunk, batch_seq, &mut report).await;
@@ -169,12 +165,7 @@ impl GatewayRun {
 
     /// The validators read the codes (offline check at the gate) and the
     /// gateway wraps their records into one batch.
-    async fn read_at_gates(
-        &self,
-        chunk: &[usize],
-        batch_seq: u64,
-        report: &mut FleetReport,
-    ) -> ScanBatch {
+    async fn read_at_gates(&self, chunk: &[usize], batch_seq: u64, report: &mut FleetReport) -> ScanBatch {
         let world = Arc::clone(&self.world);
         let plan = Arc::clone(&self.plan);
         let chunk = chunk.to_vec();
@@ -198,15 +189,7 @@ impl GatewayRun {
                 *planned.entry(scan.expected).or_default() += 1;
                 scans.push(scan.record(&world, code));
             }
-            (
-                ScanBatch {
-                    gateway_id,
-                    batch_seq,
-                    scans,
-                },
-                opened,
-                planned,
-            )
+            (ScanBatch { gateway_id, batch_seq, scans }, opened, planned)
         })
         .await
         .expect("gate simulation does not panic");

@@ -82,15 +82,9 @@ impl AnomalyRates {
 #[derive(Debug, Clone, Copy)]
 pub enum Timetable {
     /// A service day from `first_ms` to `last_ms` with morning and evening peaks.
-    ServiceDay {
-        first_ms: UnixMillis,
-        last_ms: UnixMillis,
-    },
+    ServiceDay { first_ms: UnixMillis, last_ms: UnixMillis },
     /// Evenly spread between `first_ms` and `last_ms`: a steady load.
-    Steady {
-        first_ms: UnixMillis,
-        last_ms: UnixMillis,
-    },
+    Steady { first_ms: UnixMillis, last_ms: UnixMillis },
 }
 
 /// Plans every rider's trips. Sorted by validator time, with validator
@@ -136,13 +130,7 @@ fn pick(rng: &mut StdRng, from: &[usize]) -> usize {
     from[rng.random_range(0..from.len())]
 }
 
-fn tap(
-    rng: &mut StdRng,
-    rider: usize,
-    validator: usize,
-    tap_kind: TapKind,
-    at_ms: UnixMillis,
-) -> PlannedScan {
+fn tap(rng: &mut StdRng, rider: usize, validator: usize, tap_kind: TapKind, at_ms: UnixMillis) -> PlannedScan {
     PlannedScan {
         at_ms,
         validator,
@@ -157,13 +145,7 @@ fn tap(
     }
 }
 
-fn add_anomaly(
-    rng: &mut StdRng,
-    world: &World,
-    scans: &mut Vec<PlannedScan>,
-    index: usize,
-    rates: AnomalyRates,
-) {
+fn add_anomaly(rng: &mut StdRng, world: &World, scans: &mut Vec<PlannedScan>, index: usize, rates: AnomalyRates) {
     let roll = rng.random_range(0.0..100.0);
     let mut threshold = 0.0;
     let mut next = |percent: f64| {
@@ -174,16 +156,8 @@ fn add_anomaly(
     if next(rates.replay_percent) {
         let mut copy = scan.clone();
         let peers = world.validators_for(scan.tap_kind);
-        let others: Vec<usize> = peers
-            .iter()
-            .copied()
-            .filter(|&v| v != scan.validator)
-            .collect();
-        copy.validator = if others.is_empty() {
-            scan.validator
-        } else {
-            pick(rng, &others)
-        };
+        let others: Vec<usize> = peers.iter().copied().filter(|&v| v != scan.validator).collect();
+        copy.validator = if others.is_empty() { scan.validator } else { pick(rng, &others) };
         copy.at_ms = scan.at_ms + rng.random_range(2_000..20_000);
         copy.anomaly = Anomaly::Replay { of: index };
         scans.push(copy);
@@ -204,9 +178,7 @@ fn add_anomaly(
 /// The server checks in this order: decode, issuer key, signatures,
 /// credential window, freshness, deny list, replay.
 fn expected_status(world: &World, scan: &PlannedScan) -> ScanStatus {
-    let denied = world
-        .denied_cards
-        .contains(&world.riders[scan.rider].card_id);
+    let denied = world.denied_cards.contains(&world.riders[scan.rider].card_id);
     match scan.anomaly {
         Anomaly::Malformed => ScanStatus::Malformed,
         Anomaly::UnknownIssuer => ScanStatus::UnknownIssuerKey,
@@ -245,9 +217,7 @@ fn finish(mut scans: Vec<PlannedScan>) -> Vec<PlannedScan> {
 
 fn trip_time(rng: &mut StdRng, timetable: Timetable) -> UnixMillis {
     match timetable {
-        Timetable::Steady { first_ms, last_ms } => {
-            rng.random_range(first_ms..=last_ms.max(first_ms))
-        }
+        Timetable::Steady { first_ms, last_ms } => rng.random_range(first_ms..=last_ms.max(first_ms)),
         Timetable::ServiceDay { first_ms, last_ms } => {
             let span = (last_ms - first_ms).max(1) as f64;
             // Peaks at 15% and 70% of the service span (about 08:00 and
@@ -267,9 +237,7 @@ fn trip_time(rng: &mut StdRng, timetable: Timetable) -> UnixMillis {
 fn ride_duration(rng: &mut StdRng, timetable: Timetable) -> UnixMillis {
     match timetable {
         Timetable::ServiceDay { .. } => rng.random_range(8..40) * 60_000,
-        Timetable::Steady { first_ms, last_ms } => {
-            rng.random_range(0..=((last_ms - first_ms) / 10).max(1))
-        }
+        Timetable::Steady { first_ms, last_ms } => rng.random_range(0..=((last_ms - first_ms) / 10).max(1)),
     }
 }
 
@@ -303,11 +271,7 @@ impl PlannedScan {
             _ => rider.credential,
         };
         let created_at = crate::clock::unix_secs_u32(self.code_created_at_ms);
-        let mut bytes = rider
-            .key
-            .make_code(&credential, created_at, self.code_counter)
-            .bytes
-            .to_vec();
+        let mut bytes = rider.key.make_code(&credential, created_at, self.code_counter).bytes.to_vec();
         match self.anomaly {
             Anomaly::Forged => {
                 let last = bytes.len() - 1;

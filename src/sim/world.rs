@@ -96,11 +96,7 @@ impl World {
             if rng.random_bool((spec.denied_riders_percent / 100.0).clamp(0.0, 1.0)) {
                 denied_cards.insert(card_id);
             }
-            riders.push(Rider {
-                card_id,
-                key,
-                credential,
-            });
+            riders.push(Rider { card_id, key, credential });
         }
         let rogue_issuer = IssuerSigningKey::from_seed(ROGUE_ISSUER_KEY_ID, &rng.random())?;
         Ok(World {
@@ -122,9 +118,7 @@ impl World {
             TapKind::Single => GatewayKind::BusDepot,
             TapKind::Entry | TapKind::Exit => GatewayKind::MetroStation,
         };
-        (0..self.validators.len())
-            .filter(|&v| self.gateways[self.validators[v].gateway].kind == wanted)
-            .collect()
+        (0..self.validators.len()).filter(|&v| self.gateways[self.validators[v].gateway].kind == wanted).collect()
     }
 
     /// A credential for `rider` signed by a key nobody trusts.
@@ -139,16 +133,9 @@ impl World {
 
     /// Yesterday's credential for `rider`: genuine, but its window is over.
     pub fn expired_credential(&self, rider: &Rider) -> Credential {
-        let length = self
-            .credential_valid_until
-            .saturating_sub(self.credential_valid_from);
+        let length = self.credential_valid_until.saturating_sub(self.credential_valid_from);
         let until = self.credential_valid_from.saturating_sub(3_600);
-        self.issuer.issue(
-            rider.card_id,
-            rider.key.public_key(),
-            until.saturating_sub(length),
-            until,
-        )
+        self.issuer.issue(rider.card_id, rider.key.public_key(), until.saturating_sub(length), until)
     }
 }
 
@@ -158,11 +145,7 @@ fn topology(spec: &WorldSpec) -> (Vec<GatewaySpec>, Vec<ValidatorSpec>) {
     let mut gateways = Vec::new();
     let mut validators = Vec::new();
     for g in 0..spec.gateways.max(1) {
-        let kind = if g % 2 == 0 {
-            GatewayKind::BusDepot
-        } else {
-            GatewayKind::MetroStation
-        };
+        let kind = if g % 2 == 0 { GatewayKind::BusDepot } else { GatewayKind::MetroStation };
         let id = match kind {
             GatewayKind::BusDepot => format!("depot-{:02}", g / 2 + 1),
             GatewayKind::MetroStation => format!("station-{:02}", g / 2 + 1),
@@ -180,18 +163,9 @@ fn topology(spec: &WorldSpec) -> (Vec<GatewaySpec>, Vec<ValidatorSpec>) {
                 }
             };
             members.push(validators.len());
-            validators.push(ValidatorSpec {
-                id: validator_id,
-                gateway: g,
-                route_id,
-                station_id,
-            });
+            validators.push(ValidatorSpec { id: validator_id, gateway: g, route_id, station_id });
         }
-        gateways.push(GatewaySpec {
-            id,
-            kind,
-            validators: members,
-        });
+        gateways.push(GatewaySpec { id, kind, validators: members });
     }
     (gateways, validators)
 }

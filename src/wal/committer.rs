@@ -72,16 +72,9 @@ pub struct Committer {
 impl Committer {
     pub fn spawn(writer: WalWriter, record_bytes_max: u32, disk_full_retry: Duration) -> Committer {
         let end = writer.synced_lsn();
-        let (progress, _) = watch::channel(Progress {
-            durable_lsn: end,
-            state: WalState::Running,
-        });
+        let (progress, _) = watch::channel(Progress { durable_lsn: end, state: WalState::Running });
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                frames: Vec::new(),
-                tail_lsn: end,
-                stopping: false,
-            }),
+            queue: Mutex::new(Queue { frames: Vec::new(), tail_lsn: end, stopping: false }),
             wakeup: Condvar::new(),
             progress,
             record_bytes_max,
@@ -91,10 +84,7 @@ impl Committer {
             .name("wal-commit".into())
             .spawn(move || run(writer, thread_shared, disk_full_retry))
             .expect("spawning the WAL commit thread");
-        Committer {
-            handle: CommitHandle { shared },
-            thread,
-        }
+        Committer { handle: CommitHandle { shared }, thread }
     }
 
     pub fn handle(&self) -> CommitHandle {
@@ -116,10 +106,7 @@ impl CommitHandle {
     /// threads (the server's commit sequencer) calls this under its lock.
     pub fn enqueue(&self, payload: &[u8]) -> Result<u64, WalError> {
         if payload.len() > self.shared.record_bytes_max as usize {
-            return Err(WalError::RecordTooLarge {
-                len: payload.len(),
-                max: self.shared.record_bytes_max,
-            });
+            return Err(WalError::RecordTooLarge { len: payload.len(), max: self.shared.record_bytes_max });
         }
         let mut frame = Vec::with_capacity(payload.len() + 8);
         encode_record(payload, &mut frame);
@@ -164,9 +151,7 @@ impl CommitHandle {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .unwrap_or(Err(WaitError::Timeout(timeout)))
+        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(WaitError::Timeout(timeout)))
     }
 }
 
@@ -221,10 +206,7 @@ fn drop_written_frames(frames: &mut Vec<Vec<u8>>, written: u64) {
 fn set_state(shared: &Shared, state: WalState, durable_lsn: u64) {
     shared.progress.send_if_modified(|p| {
         let changed = p.state != state || p.durable_lsn != durable_lsn;
-        *p = Progress {
-            durable_lsn,
-            state: state.clone(),
-        };
+        *p = Progress { durable_lsn, state: state.clone() };
         changed
     });
 }
@@ -236,7 +218,5 @@ fn fail(shared: &Shared, error: WalError, durable_lsn: u64) {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

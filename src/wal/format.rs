@@ -42,18 +42,14 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
     if bytes[..8] != SEGMENT_MAGIC {
         return Err(HeaderError::Magic);
     }
-    if crc32c::crc32c(&bytes[..20])
-        != u32::from_be_bytes(bytes[20..24].try_into().expect("4 bytes"))
-    {
+    if crc32c::crc32c(&bytes[..20]) != u32::from_be_bytes(bytes[20..24].try_into().expect("4 bytes")) {
         return Err(HeaderError::Checksum);
     }
     let version = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != SEGMENT_VERSION {
         return Err(HeaderError::Version(version));
     }
-    Ok(u64::from_be_bytes(
-        bytes[12..20].try_into().expect("8 bytes"),
-    ))
+    Ok(u64::from_be_bytes(bytes[12..20].try_into().expect("8 bytes")))
 }
 
 /// Appends one record frame for `payload` to `out`.
@@ -106,35 +102,20 @@ mod tests {
         let mut damaged = header;
         damaged[13] ^= 1;
         assert_eq!(decode_segment_header(&damaged), Err(HeaderError::Checksum));
-        assert_eq!(
-            decode_segment_header(&header[..10]),
-            Err(HeaderError::Short(10))
-        );
+        assert_eq!(decode_segment_header(&header[..10]), Err(HeaderError::Short(10)));
     }
 
     #[test]
     fn records_round_trip_and_any_flipped_bit_is_caught() {
         let mut frame = Vec::new();
         encode_record(b"twelve bytes", &mut frame);
-        assert_eq!(
-            decode_record(&frame, 1024),
-            Frame::Valid {
-                payload: b"twelve bytes"
-            }
-        );
+        assert_eq!(decode_record(&frame, 1024), Frame::Valid { payload: b"twelve bytes" });
         for bit in 0..frame.len() * 8 {
             let mut flipped = frame.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(decode_record(&flipped, 1024), Frame::Invalid, "bit {bit}");
         }
-        assert_eq!(
-            decode_record(&frame[..frame.len() - 1], 1024),
-            Frame::Invalid
-        );
-        assert_eq!(
-            decode_record(&frame, 4),
-            Frame::Invalid,
-            "over the record limit"
-        );
+        assert_eq!(decode_record(&frame[..frame.len() - 1], 1024), Frame::Invalid);
+        assert_eq!(decode_record(&frame, 4), Frame::Invalid, "over the record limit");
     }
 }

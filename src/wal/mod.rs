@@ -85,28 +85,13 @@ pub struct WalConfig {
 #[derive(Debug, Error)]
 pub enum WalError {
     #[error("write-ahead log write to {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "write-ahead log fsync of {path} failed: {source}; stopping, recovery takes over on restart"
-    )]
-    Fsync {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("write-ahead log fsync of {path} failed: {source}; stopping, recovery takes over on restart")]
+    Fsync { path: PathBuf, source: std::io::Error },
     #[error("write-ahead log read of {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("write-ahead log is corrupt: {path} at byte {offset}: {what}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        what: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, what: String },
     #[error("record of {len} bytes is over wal.record_bytes_max ({max})")]
     RecordTooLarge { len: usize, max: u32 },
 }
@@ -124,18 +109,12 @@ pub fn segment_path(dir: &Path, start_lsn: u64) -> PathBuf {
 
 /// Segments in the directory, by start LSN (from their names).
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let read = |source| WalError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let read = |source| WalError::Read { path: dir.to_path_buf(), source };
     let mut segments = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read)? {
         let path = entry.map_err(read)?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let start = name
-            .strip_prefix("wal-")
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse::<u64>().ok());
+        let start = name.strip_prefix("wal-").and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok());
         if let Some(start) = start {
             segments.push((start, path));
         }

@@ -17,10 +17,7 @@ use crate::faults::Faults;
 enum Op {
     Append(Vec<usize>),
     Sync,
-    Crash {
-        keep_per_mille: u16,
-        garbage: Vec<u8>,
-    },
+    Crash { keep_per_mille: u16, garbage: Vec<u8> },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,11 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config(dir: &std::path::Path) -> WalConfig {
-    WalConfig {
-        dir: dir.to_path_buf(),
-        segment_bytes_max: 256,
-        record_bytes_max: 1024,
-    }
+    WalConfig { dir: dir.to_path_buf(), segment_bytes_max: 256, record_bytes_max: 1024 }
 }
 
 fn payload(index: usize, len: usize) -> Vec<u8> {
@@ -57,12 +50,7 @@ fn frames(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
 
 fn read_all(dir: &std::path::Path, first: u64, end: u64) -> Vec<Vec<u8>> {
     let mut cursor = WalCursor::new(dir.to_path_buf(), 1024, first);
-    cursor
-        .read_until(end)
-        .expect("read back")
-        .into_iter()
-        .map(|r| r.payload)
-        .collect()
+    cursor.read_until(end).expect("read back").into_iter().map(|r| r.payload).collect()
 }
 
 /// What a crash leaves of the last segment: everything synced, a prefix of
@@ -80,8 +68,7 @@ fn crash(writer: WalWriter, dir: &std::path::Path, keep_per_mille: u16, garbage:
     file.set_len(keep).expect("truncate");
     if keep < len {
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
-        file.write_all(&garbage[..garbage.len().min((len - keep) as usize)])
-            .expect("garbage");
+        file.write_all(&garbage[..garbage.len().min((len - keep) as usize)]).expect("garbage");
     }
 }
 
@@ -123,18 +110,11 @@ proptest! {
 #[test]
 fn corruption_before_a_good_record_is_an_error_with_its_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut writer = open(config(dir.path()), Arc::new(Faults::default()), 0)
-        .expect("open")
-        .writer;
-    writer
-        .append(&frames(&[payload(0, 20), payload(1, 20), payload(2, 20)]))
-        .expect("append");
+    let mut writer = open(config(dir.path()), Arc::new(Faults::default()), 0).expect("open").writer;
+    writer.append(&frames(&[payload(0, 20), payload(1, 20), payload(2, 20)])).expect("append");
     writer.sync().expect("sync");
     drop(writer);
-    let (_, path) = list_segments(dir.path())
-        .expect("list")
-        .pop()
-        .expect("segment");
+    let (_, path) = list_segments(dir.path()).expect("list").pop().expect("segment");
     let mut bytes = std::fs::read(&path).expect("read");
     let second_record = SEGMENT_HEADER_BYTES + 8 + 20;
     bytes[second_record + 10] ^= 0xff;
@@ -149,22 +129,13 @@ fn corruption_before_a_good_record_is_an_error_with_its_offset() {
 #[test]
 fn lsns_continue_across_reopen_and_segment_deletion() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut writer = open(config(dir.path()), Arc::new(Faults::default()), 0)
-        .expect("open")
-        .writer;
+    let mut writer = open(config(dir.path()), Arc::new(Faults::default()), 0).expect("open").writer;
     let many: Vec<Vec<u8>> = (0..20).map(|i| payload(i, 50)).collect();
     let end = writer.append(&frames(&many)).expect("append");
     writer.sync().expect("sync");
-    assert!(
-        list_segments(dir.path()).expect("list").len() > 3,
-        "small segments rolled"
-    );
+    assert!(list_segments(dir.path()).expect("list").len() > 3, "small segments rolled");
     writer.delete_segments_before(end).expect("delete");
-    assert_eq!(
-        list_segments(dir.path()).expect("list").len(),
-        1,
-        "only the open segment is kept"
-    );
+    assert_eq!(list_segments(dir.path()).expect("list").len(), 1, "only the open segment is kept");
     drop(writer);
     let recovered = open(config(dir.path()), Arc::new(Faults::default()), 0).expect("reopen");
     assert_eq!(recovered.end_lsn, end);

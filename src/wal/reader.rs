@@ -27,12 +27,7 @@ pub struct WalCursor {
 impl WalCursor {
     /// A cursor at `lsn`, which must be a record boundary.
     pub fn new(dir: PathBuf, record_bytes_max: u32, lsn: u64) -> WalCursor {
-        WalCursor {
-            dir,
-            record_bytes_max,
-            lsn,
-            segment: None,
-        }
+        WalCursor { dir, record_bytes_max, lsn, segment: None }
     }
 
     pub fn lsn(&self) -> u64 {
@@ -52,30 +47,16 @@ impl WalCursor {
             let want = (to_lsn.min(segment_end) - self.lsn) as usize;
             let offset = SEGMENT_HEADER_BYTES as u64 + (self.lsn - start);
             let mut bytes = vec![0u8; want];
-            file.read_exact_at(&mut bytes, offset)
-                .map_err(|source| WalError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+            file.read_exact_at(&mut bytes, offset).map_err(|source| WalError::Read { path: path.clone(), source })?;
             let mut at = 0;
             while at < bytes.len() {
-                let Frame::Valid { payload } = decode_record(&bytes[at..], self.record_bytes_max)
-                else {
-                    let what =
-                        "record fails its length or CRC32C check while reading back".to_string();
-                    return Err(WalError::Corrupt {
-                        path: path.clone(),
-                        offset: offset + at as u64,
-                        what,
-                    });
+                let Frame::Valid { payload } = decode_record(&bytes[at..], self.record_bytes_max) else {
+                    let what = "record fails its length or CRC32C check while reading back".to_string();
+                    return Err(WalError::Corrupt { path: path.clone(), offset: offset + at as u64, what });
                 };
                 let lsn = self.lsn + at as u64;
                 at += RECORD_HEADER_BYTES + payload.len();
-                records.push(WalRecord {
-                    lsn,
-                    end_lsn: self.lsn + at as u64,
-                    payload: payload.to_vec(),
-                });
+                records.push(WalRecord { lsn, end_lsn: self.lsn + at as u64, payload: payload.to_vec() });
             }
             self.lsn += want as u64;
         }
@@ -86,34 +67,22 @@ impl WalCursor {
     /// (the next segment's start, or the file's current end).
     fn open_segment_at_cursor(&mut self) -> Result<u64, WalError> {
         let segments = list_segments(&self.dir)?;
-        let index = segments
-            .iter()
-            .rposition(|(start, _)| *start <= self.lsn)
-            .ok_or_else(|| WalError::Corrupt {
-                path: self.dir.clone(),
-                offset: 0,
-                what: format!("no segment holds LSN {}", self.lsn),
-            })?;
+        let index = segments.iter().rposition(|(start, _)| *start <= self.lsn).ok_or_else(|| WalError::Corrupt {
+            path: self.dir.clone(),
+            offset: 0,
+            what: format!("no segment holds LSN {}", self.lsn),
+        })?;
         let (start, path) = &segments[index];
         let reopen = !matches!(&self.segment, Some((_, open, _)) if open == path);
         if reopen {
-            let file = File::open(path).map_err(|source| WalError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let file = File::open(path).map_err(|source| WalError::Read { path: path.clone(), source })?;
             self.segment = Some((file, path.clone(), *start));
         }
         match segments.get(index + 1) {
             Some((next_start, _)) => Ok(*next_start),
             None => {
                 let (file, path, _) = self.segment.as_ref().expect("opened above");
-                let len = file
-                    .metadata()
-                    .map_err(|source| WalError::Read {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .len();
+                let len = file.metadata().map_err(|source| WalError::Read { path: path.clone(), source })?.len();
                 Ok(start + len.saturating_sub(SEGMENT_HEADER_BYTES as u64))
             }
         }

@@ -50,10 +50,7 @@ impl WalWriter {
                 self.create_segment()?;
             }
             let room = self.room_in_segment();
-            let segment_is_empty = self
-                .segment
-                .as_ref()
-                .is_some_and(|s| s.len == SEGMENT_HEADER_BYTES as u64);
+            let segment_is_empty = self.segment.as_ref().is_some_and(|s| s.len == SEGMENT_HEADER_BYTES as u64);
             let mut take = 0;
             let mut bytes = 0u64;
             while let Some(frame) = frames.get(next + take) {
@@ -78,16 +75,8 @@ impl WalWriter {
     pub fn sync(&mut self) -> Result<u64, WalError> {
         if let Some(segment) = &self.segment {
             if self.synced_lsn < self.written_lsn {
-                self.faults
-                    .before_fsync()
-                    .map_err(|source| WalError::Fsync {
-                        path: segment.path.clone(),
-                        source,
-                    })?;
-                segment.file.sync_data().map_err(|source| WalError::Fsync {
-                    path: segment.path.clone(),
-                    source,
-                })?;
+                self.faults.before_fsync().map_err(|source| WalError::Fsync { path: segment.path.clone(), source })?;
+                segment.file.sync_data().map_err(|source| WalError::Fsync { path: segment.path.clone(), source })?;
             }
         }
         self.synced_lsn = self.written_lsn;
@@ -118,10 +107,7 @@ impl WalWriter {
             self.faults.before_write()?;
             segment.file.write_all_at(bytes, segment.len)
         };
-        write(segment).map_err(|source| WalError::Write {
-            path: segment.path.clone(),
-            source,
-        })?;
+        write(segment).map_err(|source| WalError::Write { path: segment.path.clone(), source })?;
         segment.len += bytes.len() as u64;
         self.written_lsn = segment.end_lsn();
         Ok(())
@@ -137,18 +123,9 @@ impl WalWriter {
     fn create_segment(&mut self) -> Result<(), WalError> {
         let start_lsn = self.written_lsn;
         let path = segment_path(&self.config.dir, start_lsn);
-        let io = |source| WalError::Write {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| WalError::Write { path: path.clone(), source };
         self.faults.before_write().map_err(io)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
+        let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).map_err(io)?;
         let header = encode_segment_header(start_lsn);
         if let Err(source) = file.write_all_at(&header, 0) {
             let _ = fs::remove_file(&path);
@@ -157,19 +134,11 @@ impl WalWriter {
         // The header and the directory entry are made durable at once, so
         // recovery never meets a segment without a valid header but for a
         // crash in these few lines (handled there).
-        let fsync = |source| WalError::Fsync {
-            path: path.clone(),
-            source,
-        };
+        let fsync = |source| WalError::Fsync { path: path.clone(), source };
         self.faults.before_fsync().map_err(fsync)?;
         file.sync_all().map_err(fsync)?;
         sync_dir(&self.config.dir, &self.faults)?;
-        self.segment = Some(OpenSegment {
-            file,
-            path,
-            start_lsn,
-            len: SEGMENT_HEADER_BYTES as u64,
-        });
+        self.segment = Some(OpenSegment { file, path, start_lsn, len: SEGMENT_HEADER_BYTES as u64 });
         Ok(())
     }
 
@@ -185,10 +154,7 @@ impl WalWriter {
             if Some(*start) == open_start || next_start > lsn {
                 continue;
             }
-            fs::remove_file(path).map_err(|source| WalError::Write {
-                path: path.clone(),
-                source,
-            })?;
+            fs::remove_file(path).map_err(|source| WalError::Write { path: path.clone(), source })?;
             deleted += 1;
         }
         if deleted > 0 {
@@ -199,10 +165,7 @@ impl WalWriter {
 }
 
 pub(super) fn sync_dir(dir: &Path, faults: &Faults) -> Result<(), WalError> {
-    let fsync = |source| WalError::Fsync {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let fsync = |source| WalError::Fsync { path: dir.to_path_buf(), source };
     faults.before_fsync().map_err(fsync)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(fsync)
 }

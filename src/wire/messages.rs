@@ -134,25 +134,19 @@ impl From<ScanStatus> for WireScanStatus {
 
 impl WireScanStatus {
     pub fn to_scan_status(self) -> Option<ScanStatus> {
-        ScanStatus::ALL
-            .into_iter()
-            .find(|s| WireScanStatus::from(*s) == self)
+        ScanStatus::ALL.into_iter().find(|s| WireScanStatus::from(*s) == self)
     }
 }
 
 impl ScanRecord {
     pub fn wire_tap_kind(&self) -> Option<TapKind> {
-        WireTapKind::try_from(self.tap_kind)
-            .ok()
-            .and_then(WireTapKind::to_tap_kind)
+        WireTapKind::try_from(self.tap_kind).ok().and_then(WireTapKind::to_tap_kind)
     }
 }
 
 impl RejectedScan {
     pub fn scan_status(&self) -> Option<ScanStatus> {
-        WireScanStatus::try_from(self.status)
-            .ok()
-            .and_then(WireScanStatus::to_scan_status)
+        WireScanStatus::try_from(self.status).ok().and_then(WireScanStatus::to_scan_status)
     }
 }
 
@@ -188,15 +182,9 @@ mod tests {
             let block = &block[..block.find("\n}").expect("block end")];
             let line = block
                 .lines()
-                .find(|l| {
-                    l.split_whitespace().nth(1) == Some(field)
-                        || l.split_whitespace().nth(2) == Some(field)
-                })
+                .find(|l| l.split_whitespace().nth(1) == Some(field) || l.split_whitespace().nth(2) == Some(field))
                 .unwrap_or_else(|| panic!("{message}.{field} missing from proto"));
-            assert!(
-                line.contains(&format!("= {tag};")),
-                "{message}.{field} should be tag {tag}: {line}"
-            );
+            assert!(line.contains(&format!("= {tag};")), "{message}.{field} should be tag {tag}: {line}");
         };
         for (field, tag) in [("gateway_id", 1), ("batch_seq", 2), ("scans", 3)] {
             expect("ScanBatch", field, tag);

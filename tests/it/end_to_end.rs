@@ -21,43 +21,15 @@ async fn each_status_lands_in_the_archive_with_the_right_count() {
     let mut forged = bob.code_at(at, 1);
     forged[150] ^= 0x10;
     let rogue = IssuerSigningKey::from_seed(42, &[42; 32]).expect("rogue");
-    let rogue_credential = rogue.issue(
-        2,
-        bob.key.public_key(),
-        secs(at - 1000),
-        secs(at + 86_400_000),
-    );
-    let unknown_issuer = bob
-        .key
-        .make_code(&rogue_credential, secs(at), 2)
-        .bytes
-        .to_vec();
-    let old_credential = h.issuer.issue(
-        2,
-        bob.key.public_key(),
-        secs(at - 200_000_000),
-        secs(at - 100_000_000),
-    );
-    let expired = bob
-        .key
-        .make_code(&old_credential, secs(at), 3)
-        .bytes
-        .to_vec();
-    let stale = bob
-        .key
-        .make_code(&bob.credential, secs(at - 600_000), 4)
-        .bytes
-        .to_vec();
+    let rogue_credential = rogue.issue(2, bob.key.public_key(), secs(at - 1000), secs(at + 86_400_000));
+    let unknown_issuer = bob.key.make_code(&rogue_credential, secs(at), 2).bytes.to_vec();
+    let old_credential = h.issuer.issue(2, bob.key.public_key(), secs(at - 200_000_000), secs(at - 100_000_000));
+    let expired = bob.key.make_code(&old_credential, secs(at), 3).bytes.to_vec();
+    let stale = bob.key.make_code(&bob.credential, secs(at - 600_000), 4).bytes.to_vec();
     let scans = vec![
         record("gate-1", 1, at, TapKind::Entry, alice_code.clone()),
         record("gate-1", 2, at, TapKind::Entry, bob.code_at(at, 5)),
-        record(
-            "gate-1",
-            3,
-            at + 900_000,
-            TapKind::Exit,
-            bob.code_at(at + 900_000, 6),
-        ),
+        record("gate-1", 3, at + 900_000, TapKind::Exit, bob.code_at(at + 900_000, 6)),
         record("gate-2", 1, at + 10_000, TapKind::Entry, alice_code),
         record("gate-2", 2, at, TapKind::Entry, forged),
         record("gate-2", 3, at, TapKind::Entry, expired),
@@ -66,83 +38,40 @@ async fn each_status_lands_in_the_archive_with_the_right_count() {
         record("gate-2", 6, at, TapKind::Entry, unknown_issuer),
         record("gate-2", 7, at, TapKind::Entry, vec![1, 2, 3]),
     ];
-    let ack = h
-        .client()
-        .push(&batch("station-01", 1, scans))
-        .await
-        .expect("ack");
+    let ack = h.client().push(&batch("station-01", 1, scans)).await.expect("ack");
     assert_eq!((ack.accepted, ack.rejected, ack.redelivered), (3, 7, 0));
-    let acked: BTreeMap<ScanStatus, usize> =
-        ack.rejections.iter().fold(BTreeMap::new(), |mut m, r| {
-            *m.entry(r.scan_status().expect("known status")).or_default() += 1;
-            m
-        });
+    let acked: BTreeMap<ScanStatus, usize> = ack.rejections.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.scan_status().expect("known status")).or_default() += 1;
+        m
+    });
     let rows = h.archive_rows().await;
     let counts = count_by_status(&rows);
-    let expected: BTreeMap<ScanStatus, u64> = ScanStatus::ALL
-        .into_iter()
-        .map(|s| (s, if s == ScanStatus::Accepted { 3 } else { 1 }))
-        .collect();
+    let expected: BTreeMap<ScanStatus, u64> =
+        ScanStatus::ALL.into_iter().map(|s| (s, if s == ScanStatus::Accepted { 3 } else { 1 })).collect();
     assert_eq!(counts, expected);
-    assert_eq!(
-        acked.len(),
-        7,
-        "one rejection of each kind in the ack: {acked:?}"
-    );
-    let malformed = rows
-        .iter()
-        .find(|r| r.status == ScanStatus::Malformed)
-        .expect("malformed row");
+    assert_eq!(acked.len(), 7, "one rejection of each kind in the ack: {acked:?}");
+    let malformed = rows.iter().find(|r| r.status == ScanStatus::Malformed).expect("malformed row");
     assert_eq!(malformed.card_id, None);
-    assert!(
-        malformed
-            .reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("3 bytes"),
-        "{malformed:?}"
-    );
+    assert!(malformed.reason.as_deref().unwrap_or("").contains("3 bytes"), "{malformed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_are_acked_but_create_no_rows() {
     let h = Harness::start().await;
     let rider = h.rider(7);
-    let scans: Vec<_> = (0..5)
-        .map(|i| {
-            record(
-                "bus-1",
-                i,
-                T0_MS + i as i64,
-                TapKind::Single,
-                rider.code_at(T0_MS, i as u32),
-            )
-        })
-        .collect();
+    let scans: Vec<_> =
+        (0..5).map(|i| record("bus-1", i, T0_MS + i as i64, TapKind::Single, rider.code_at(T0_MS, i as u32))).collect();
     let client = h.client();
-    let first = client
-        .push(&batch("depot-01", 1, scans.clone()))
-        .await
-        .expect("first");
-    let again = client
-        .push(&batch("depot-01", 1, scans.clone()))
-        .await
-        .expect("again");
+    let first = client.push(&batch("depot-01", 1, scans.clone())).await.expect("first");
+    let again = client.push(&batch("depot-01", 1, scans.clone())).await.expect("again");
     // The same scans through another gateway are still re-deliveries.
-    let elsewhere = h
-        .client()
-        .push(&batch("depot-02", 9, scans))
-        .await
-        .expect("elsewhere");
+    let elsewhere = h.client().push(&batch("depot-02", 9, scans)).await.expect("elsewhere");
     assert_eq!((first.accepted, first.redelivered), (5, 0));
     assert_eq!((again.accepted, again.redelivered), (0, 5));
     assert_eq!((elsewhere.accepted, elsewhere.redelivered), (0, 5));
     let rows = h.archive_rows().await;
     assert_eq!(rows.len(), 5);
-    assert!(
-        rows.iter()
-            .all(|r| r.status == ScanStatus::Accepted && r.gateway_id == "depot-01")
-    );
+    assert!(rows.iter().all(|r| r.status == ScanStatus::Accepted && r.gateway_id == "depot-01"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,46 +81,20 @@ async fn a_replay_at_another_validator_is_archived_as_replay() {
     let code = rider.code_at(T0_MS, 1);
     let client = h.client();
     client
-        .push(&batch(
-            "station-01",
-            1,
-            vec![record("gate-a", 1, T0_MS, TapKind::Entry, code.clone())],
-        ))
+        .push(&batch("station-01", 1, vec![record("gate-a", 1, T0_MS, TapKind::Entry, code.clone())]))
         .await
         .expect("first use");
     let ack = client
-        .push(&batch(
-            "station-02",
-            1,
-            vec![record("gate-b", 1, T0_MS + 20_000, TapKind::Entry, code)],
-        ))
+        .push(&batch("station-02", 1, vec![record("gate-b", 1, T0_MS + 20_000, TapKind::Entry, code)]))
         .await
         .expect("replay");
     assert_eq!((ack.accepted, ack.rejected), (0, 1));
     let rows = h.archive_rows().await;
-    let by_validator: BTreeMap<&str, ScanStatus> = rows
-        .iter()
-        .map(|r| (r.validator_id.as_str(), r.status))
-        .collect();
-    assert_eq!(
-        by_validator,
-        BTreeMap::from([
-            ("gate-a", ScanStatus::Accepted),
-            ("gate-b", ScanStatus::Replay)
-        ])
-    );
-    let replay = rows
-        .iter()
-        .find(|r| r.status == ScanStatus::Replay)
-        .expect("replay row");
+    let by_validator: BTreeMap<&str, ScanStatus> = rows.iter().map(|r| (r.validator_id.as_str(), r.status)).collect();
+    assert_eq!(by_validator, BTreeMap::from([("gate-a", ScanStatus::Accepted), ("gate-b", ScanStatus::Replay)]));
+    let replay = rows.iter().find(|r| r.status == ScanStatus::Replay).expect("replay row");
     assert_eq!(replay.card_id, Some(9));
-    assert!(
-        replay
-            .reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("already used")
-    );
+    assert!(replay.reason.as_deref().unwrap_or("").contains("already used"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,43 +106,20 @@ async fn archived_rows_carry_the_scan_fields_and_service_date() {
     h.clock.set(late_night + 60_000);
     let code = rider.code_at(late_night, 3);
     h.client()
-        .push(&batch(
-            "depot-01",
-            1,
-            vec![record("bus-9", 44, late_night, TapKind::Single, code)],
-        ))
+        .push(&batch("depot-01", 1, vec![record("bus-9", 44, late_night, TapKind::Single, code)]))
         .await
         .expect("ack");
     let rows = h.archive_rows().await;
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
     assert_eq!(row.service_date.to_string(), "2025-11-20");
-    assert_eq!(
-        (row.validator_id.as_str(), row.validator_seq, row.tap_kind),
-        ("bus-9", 44, Some(TapKind::Single))
-    );
-    assert_eq!(
-        (row.card_id, row.issuer_key_id, row.code_counter),
-        (Some(5), Some(1), Some(3))
-    );
-    assert_eq!(
-        row.code_created_at,
-        Some(i64::from(secs(late_night - 5_000)) * 1000)
-    );
-    assert_eq!(
-        (row.scanned_at, row.received_at),
-        (late_night, late_night + 60_000)
-    );
+    assert_eq!((row.validator_id.as_str(), row.validator_seq, row.tap_kind), ("bus-9", 44, Some(TapKind::Single)));
+    assert_eq!((row.card_id, row.issuer_key_id, row.code_counter), (Some(5), Some(1), Some(3)));
+    assert_eq!(row.code_created_at, Some(i64::from(secs(late_night - 5_000)) * 1000));
+    assert_eq!((row.scanned_at, row.received_at), (late_night, late_night + 60_000));
     assert_eq!(row.scan_id.len(), 16);
-    let file =
-        farestream::archive::read::archive_files(&farestream::archive::scans_root(h.dir.path()))
-            .expect("files");
-    assert!(
-        file[0]
-            .to_string_lossy()
-            .contains("service_date=2025-11-20"),
-        "{file:?}"
-    );
+    let file = farestream::archive::read::archive_files(&farestream::archive::scans_root(h.dir.path())).expect("files");
+    assert!(file[0].to_string_lossy().contains("service_date=2025-11-20"), "{file:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,17 +143,6 @@ async fn the_demo_summary_matches_the_parquet_rows() {
     let rows = farestream::archive::read::read_all(&summary.archive_root).expect("rows");
     assert_eq!(rows.len() as u64, summary.fleet.planned_total());
     assert_eq!(count_by_status(&rows), summary.archived);
-    assert!(
-        summary.fleet.redelivered_acked > 0,
-        "the run exercised re-delivery"
-    );
-    assert!(
-        summary
-            .archived
-            .get(&ScanStatus::Replay)
-            .copied()
-            .unwrap_or(0)
-            > 0,
-        "the run had replays"
-    );
+    assert!(summary.fleet.redelivered_acked > 0, "the run exercised re-delivery");
+    assert!(summary.archived.get(&ScanStatus::Replay).copied().unwrap_or(0) > 0, "the run had replays");
 }

@@ -35,10 +35,7 @@ pub struct TestRider {
 impl TestRider {
     /// A code made five seconds before `at_ms`.
     pub fn code_at(&self, at_ms: UnixMillis, counter: u32) -> Vec<u8> {
-        self.key
-            .make_code(&self.credential, secs(at_ms - 5_000), counter)
-            .bytes
-            .to_vec()
+        self.key.make_code(&self.credential, secs(at_ms - 5_000), counter).bytes.to_vec()
     }
 }
 
@@ -56,33 +53,18 @@ impl Harness {
         let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
         let mut keys = IssuerPublicKeys::new();
         keys.insert(ISSUER_KEY_ID, issuer.public_key());
-        let pipeline = Arc::new(Pipeline::new(
-            PipelineConfig::from_config(&config).expect("pipeline"),
-            keys,
-        ));
+        let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(&config).expect("pipeline"), keys));
         let mut settings = ServerSettings::from_config(&config, dir.path());
         settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
         let identity = ServerIdentity::generate().expect("identity");
         let clock = Arc::new(ManualClock::new(T0_MS + 60_000));
-        let server = Server::start(settings, &identity, pipeline, clock.clone())
-            .await
-            .expect("server");
-        Harness {
-            dir,
-            server,
-            identity,
-            clock,
-            issuer,
-            config,
-        }
+        let server = Server::start(settings, &identity, pipeline, clock.clone()).await.expect("server");
+        Harness { dir, server, identity, clock, issuer, config }
     }
 
     pub fn client(&self) -> GatewayClient {
-        GatewayClient::new(
-            GatewaySettings::from_config(&self.config, self.server.local_addr()),
-            &self.identity.cert,
-        )
-        .expect("client")
+        GatewayClient::new(GatewaySettings::from_config(&self.config, self.server.local_addr()), &self.identity.cert)
+            .expect("client")
     }
 
     pub fn rider(&self, card_id: u64) -> TestRider {
@@ -90,9 +72,7 @@ impl Harness {
         seed[..8].copy_from_slice(&card_id.to_be_bytes());
         let key = UserKey::from_seed(&seed).expect("user key");
         let valid_from = secs(T0_MS - 3_600_000);
-        let credential =
-            self.issuer
-                .issue(card_id, key.public_key(), valid_from, valid_from + 93_600);
+        let credential = self.issuer.issue(card_id, key.public_key(), valid_from, valid_from + 93_600);
         TestRider { key, credential }
     }
 
@@ -103,13 +83,7 @@ impl Harness {
     }
 }
 
-pub fn record(
-    validator: &str,
-    seq: u64,
-    at_ms: UnixMillis,
-    tap_kind: TapKind,
-    ride_code: Vec<u8>,
-) -> ScanRecord {
+pub fn record(validator: &str, seq: u64, at_ms: UnixMillis, tap_kind: TapKind, ride_code: Vec<u8>) -> ScanRecord {
     ScanRecord {
         validator_id: validator.to_string(),
         validator_seq: seq,
@@ -122,9 +96,5 @@ pub fn record(
 }
 
 pub fn batch(gateway: &str, seq: u64, scans: Vec<ScanRecord>) -> ScanBatch {
-    ScanBatch {
-        gateway_id: gateway.to_string(),
-        batch_seq: seq,
-        scans,
-    }
+    ScanBatch { gateway_id: gateway.to_string(), batch_seq: seq, scans }
 }

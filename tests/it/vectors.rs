@@ -8,20 +8,14 @@
 
 use std::collections::HashSet;
 
-use farestream::ridecode::format::{
-    CODE_SIGNED_LEN, CREDENTIAL_DOMAIN, CREDENTIAL_SIGNED_LEN, RIDE_CODE_DOMAIN,
-};
+use farestream::ridecode::format::{CODE_SIGNED_LEN, CREDENTIAL_DOMAIN, CREDENTIAL_SIGNED_LEN, RIDE_CODE_DOMAIN};
 use farestream::ridecode::{
-    Credential, FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey,
-    check_offline,
+    Credential, FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey, check_offline,
 };
 use farestream::scan::ScanStatus;
 use serde::{Deserialize, Serialize};
 
-const VECTORS_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/vectors/ride-code-v1.json"
-);
+const VECTORS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/ride-code-v1.json");
 /// RFC 8032 section 7.1, TEST 1 and TEST 2 secret keys: any Ed25519
 /// implementation can rebuild these keys.
 const ISSUER_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
@@ -33,10 +27,7 @@ const VALID_FROM: u32 = 1_763_582_400;
 const VALID_UNTIL: u32 = VALID_FROM + 93_600;
 /// 2025-11-20 10:00 in Shanghai.
 const CREATED_AT: u32 = 1_763_604_000;
-const POLICY: FreshnessPolicy = FreshnessPolicy {
-    code_validity_secs: 60,
-    clock_skew_secs: 30,
-};
+const POLICY: FreshnessPolicy = FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 };
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct VectorFile {
@@ -109,13 +100,8 @@ fn build() -> VectorFile {
         code
     };
     let rogue = IssuerSigningKey::from_seed(2, &seed(ROGUE_SEED)).expect("rogue");
-    let unknown = user
-        .make_code(
-            &rogue.issue(CARD_ID, user.public_key(), VALID_FROM, VALID_UNTIL),
-            CREATED_AT,
-            7,
-        )
-        .bytes;
+    let unknown =
+        user.make_code(&rogue.issue(CARD_ID, user.public_key(), VALID_FROM, VALID_UNTIL), CREATED_AT, 7).bytes;
     // The identity point is a small-order key; R = identity, S = 0 makes a
     // "signature" that ZIP-215 accepts for any message. The issuer signed
     // the credential, so only the weak-key rule stands in the way.
@@ -152,14 +138,7 @@ fn build() -> VectorFile {
             &[],
             ScanStatus::BadSignature,
         ),
-        vector(
-            "counter_flipped",
-            "Counter changed after signing.",
-            &flip(124),
-            at,
-            &[],
-            ScanStatus::BadSignature,
-        ),
+        vector("counter_flipped", "Counter changed after signing.", &flip(124), at, &[], ScanStatus::BadSignature),
         vector(
             "unknown_issuer_key",
             "Credential signed by issuer key 2, which the validator does not hold.",
@@ -208,22 +187,8 @@ fn build() -> VectorFile {
             &[],
             ScanStatus::BadSignature,
         ),
-        vector(
-            "truncated",
-            "The valid code less its last byte.",
-            &valid[..188],
-            at,
-            &[],
-            ScanStatus::Malformed,
-        ),
-        vector(
-            "version_two",
-            "Version byte 0x02.",
-            &version_two,
-            at,
-            &[],
-            ScanStatus::Malformed,
-        ),
+        vector("truncated", "The valid code less its last byte.", &valid[..188], at, &[], ScanStatus::Malformed),
+        vector("version_two", "Version byte 0x02.", &version_two, at, &[], ScanStatus::Malformed),
     ];
     VectorFile {
         format: "farestream ride code v1 (docs/ride-code.md)".into(),
@@ -279,44 +244,19 @@ fn every_vector_gets_its_expected_status() {
 fn ring_agrees_with_every_signature_in_the_vectors() {
     use ring::signature::{ED25519, UnparsedPublicKey};
     let file = load();
-    let issuer = UnparsedPublicKey::new(
-        &ED25519,
-        hex::decode(&file.issuer_public_key_hex).expect("hex"),
-    );
-    for v in file
-        .vectors
-        .iter()
-        .filter(|v| v.expected_status != "malformed" && v.name != "unknown_issuer_key")
-    {
+    let issuer = UnparsedPublicKey::new(&ED25519, hex::decode(&file.issuer_public_key_hex).expect("hex"));
+    for v in file.vectors.iter().filter(|v| v.expected_status != "malformed" && v.name != "unknown_issuer_key") {
         let code = hex::decode(&v.code_hex).expect("code hex");
-        let issuer_ok = issuer
-            .verify(
-                &hex::decode(&v.issuer_message_hex).expect("hex"),
-                &code[53..117],
-            )
-            .is_ok();
+        let issuer_ok = issuer.verify(&hex::decode(&v.issuer_message_hex).expect("hex"), &code[53..117]).is_ok();
         let user = UnparsedPublicKey::new(&ED25519, &code[13..45]);
-        let user_ok = user
-            .verify(
-                &hex::decode(&v.user_message_hex).expect("hex"),
-                &code[125..189],
-            )
-            .is_ok();
+        let user_ok = user.verify(&hex::decode(&v.user_message_hex).expect("hex"), &code[125..189]).is_ok();
         let signatures_hold = v.expected_status != "bad_signature";
         if v.name == "weak_user_key" {
             // Refused by policy before any signature question arises.
-            assert!(
-                issuer_ok,
-                "the weak-key credential is genuinely issuer-signed"
-            );
+            assert!(issuer_ok, "the weak-key credential is genuinely issuer-signed");
             continue;
         }
-        assert_eq!(
-            issuer_ok && user_ok,
-            signatures_hold,
-            "vector {}: ring issuer={issuer_ok} user={user_ok}",
-            v.name
-        );
+        assert_eq!(issuer_ok && user_ok, signatures_hold, "vector {}: ring issuer={issuer_ok} user={user_ok}", v.name);
     }
 }
 
@@ -331,42 +271,22 @@ fn every_single_bit_change_to_a_valid_code_is_rejected() {
     for bit in 0..code.len() * 8 {
         let mut flipped = code.clone();
         flipped[bit / 8] ^= 1 << (bit % 8);
-        let verdict = check_offline(
-            &flipped,
-            &keys,
-            &HashSet::new(),
-            &POLICY,
-            valid.validator_time,
-        );
-        assert!(
-            verdict.is_err(),
-            "bit {bit} flipped was accepted at the gate"
-        );
+        let verdict = check_offline(&flipped, &keys, &HashSet::new(), &POLICY, valid.validator_time);
+        assert!(verdict.is_err(), "bit {bit} flipped was accepted at the gate");
         flipped_codes.push(flipped);
     }
     // And through the server's batched path: not one of them is accepted.
     let pipeline = farestream::ingest::Pipeline::new(
-        farestream::ingest::PipelineConfig::from_config(&farestream::config::Config::defaults())
-            .expect("config"),
+        farestream::ingest::PipelineConfig::from_config(&farestream::config::Config::defaults()).expect("config"),
         keys,
     );
     let at_ms = i64::from(valid.validator_time) * 1000;
     let scans = flipped_codes
         .into_iter()
         .enumerate()
-        .map(|(i, c)| {
-            crate::support::record(
-                "gate-1",
-                i as u64,
-                at_ms,
-                farestream::scan::TapKind::Entry,
-                c,
-            )
-        })
+        .map(|(i, c)| crate::support::record("gate-1", i as u64, at_ms, farestream::scan::TapKind::Entry, c))
         .collect();
-    let outcome = pipeline
-        .process(&crate::support::batch("g", 1, scans), at_ms + 1000)
-        .expect("batch");
+    let outcome = pipeline.process(&crate::support::batch("g", 1, scans), at_ms + 1000).expect("batch");
     assert_eq!(outcome.ack.accepted, 0);
     assert_eq!(outcome.rows.len(), code.len() * 8);
 }
@@ -374,17 +294,10 @@ fn every_single_bit_change_to_a_valid_code_is_rejected() {
 #[test]
 fn the_valid_vector_decodes_to_its_documented_fields() {
     let file = load();
-    let code =
-        RideCode::decode(&hex::decode(&file.vectors[0].code_hex).expect("hex")).expect("decodes");
+    let code = RideCode::decode(&hex::decode(&file.vectors[0].code_hex).expect("hex")).expect("decodes");
     let Credential { claims, .. } = code.credential;
     assert_eq!((claims.issuer_key_id, claims.card_id), (1, CARD_ID));
-    assert_eq!(
-        (claims.valid_from, claims.valid_until),
-        (VALID_FROM, VALID_UNTIL)
-    );
+    assert_eq!((claims.valid_from, claims.valid_until), (VALID_FROM, VALID_UNTIL));
     assert_eq!((code.created_at, code.counter), (CREATED_AT, 7));
-    assert_eq!(
-        hex::encode(claims.user_public_key),
-        file.user_public_key_hex
-    );
+    assert_eq!(hex::encode(claims.user_public_key), file.user_public_key_hex);
 }

@@ -10,14 +10,9 @@ use crate::support::{Harness, T0_MS, batch, record};
 
 /// A raw QUIC connection, so the test can send what no client would.
 async fn connect(h: &Harness) -> quinn::Connection {
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     endpoint.set_default_client_config(client_config(&h.identity.cert).expect("client config"));
-    endpoint
-        .connect(h.server.local_addr(), SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("handshake")
+    endpoint.connect(h.server.local_addr(), SERVER_NAME).expect("connect").await.expect("handshake")
 }
 
 /// Sends `bytes` on a new stream and reads the ack.
@@ -25,24 +20,12 @@ async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> BatchAck {
     let (mut send, mut recv) = connection.open_bi().await.expect("stream");
     let _ = send.write_all(bytes).await;
     let _ = send.finish();
-    read_message::<BatchAck, _>(&mut recv, 1 << 20, "BatchAck")
-        .await
-        .expect("ack frame")
+    read_message::<BatchAck, _>(&mut recv, 1 << 20, "BatchAck").await.expect("ack frame")
 }
 
 fn valid_batch(h: &Harness, seq: u64) -> ScanBatch {
     let rider = h.rider(100 + seq);
-    batch(
-        "station-01",
-        seq,
-        vec![record(
-            "gate-1",
-            seq,
-            T0_MS,
-            TapKind::Entry,
-            rider.code_at(T0_MS, 1),
-        )],
-    )
+    batch("station-01", seq, vec![record("gate-1", seq, T0_MS, TapKind::Entry, rider.code_at(T0_MS, 1))])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,54 +39,23 @@ async fn malformed_batches_get_an_error_and_the_connection_carries_on() {
     let mut not_protobuf = 4u32.to_be_bytes().to_vec();
     not_protobuf.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
     let too_large = (1u32 << 30).to_be_bytes();
-    let too_many = batch(
-        "station-01",
-        1,
-        vec![valid_batch(&h, 1).scans[0].clone(); 4],
-    );
+    let too_many = batch("station-01", 1, vec![valid_batch(&h, 1).scans[0].clone(); 4]);
     let no_gateway = batch("", 1, valid_batch(&h, 1).scans);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("garbage", not_protobuf, "not a valid ScanBatch"),
-        (
-            "huge length",
-            too_large.to_vec(),
-            "over the limit of 65536 bytes",
-        ),
+        ("huge length", too_large.to_vec(), "over the limit of 65536 bytes"),
         ("truncated", vec![0, 0, 1], "stream ended inside a frame"),
-        (
-            "too many scans",
-            encode_frame(&too_many),
-            "batch has 4 scans, the limit is 3",
-        ),
-        (
-            "no gateway id",
-            encode_frame(&no_gateway),
-            "gateway_id is empty",
-        ),
+        ("too many scans", encode_frame(&too_many), "batch has 4 scans, the limit is 3"),
+        ("no gateway id", encode_frame(&no_gateway), "gateway_id is empty"),
     ];
     for (seq, (name, bytes, expected_error)) in cases.into_iter().enumerate() {
         let ack = exchange(&connection, &bytes).await;
         assert_eq!(ack.ack_status(), AckStatus::Malformed, "{name}");
-        assert!(
-            ack.error.contains(expected_error),
-            "{name}: {:?}",
-            ack.error
-        );
-        let good = exchange(
-            &connection,
-            &encode_frame(&valid_batch(&h, seq as u64 + 10)),
-        )
-        .await;
-        assert_eq!(
-            (good.ack_status(), good.accepted),
-            (AckStatus::Ok, 1),
-            "after {name}: {good:?}"
-        );
+        assert!(ack.error.contains(expected_error), "{name}: {:?}", ack.error);
+        let good = exchange(&connection, &encode_frame(&valid_batch(&h, seq as u64 + 10))).await;
+        assert_eq!((good.ack_status(), good.accepted), (AckStatus::Ok, 1), "after {name}: {good:?}");
     }
-    assert!(
-        h.archive_rows().await.len() == 5,
-        "only the good batches were archived"
-    );
+    assert!(h.archive_rows().await.len() == 5, "only the good batches were archived");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,9 +88,7 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
     let mut settings = farestream::server::ServerSettings::from_config(&config, dir.path());
     settings.listen_addr = addr;
     let server =
-        farestream::server::Server::start(settings, &h.identity, pipeline, h.clock.clone())
-            .await
-            .expect("restart");
+        farestream::server::Server::start(settings, &h.identity, pipeline, h.clock.clone()).await.expect("restart");
     let ack = push.await.expect("task").expect("acked after retries");
     assert_eq!(ack.accepted, 1);
     assert!(client.retries() >= 1, "the first attempts failed");

@@ -1,0 +1,184 @@
+//! What the write-ahead log records: one [`JournalBatch`] per processed
+//! batch, holding its archive rows with their verdicts. Schema in
+//! `proto/journal.proto`; encoded with prost. The first payload byte is a
+//! record kind, so later record kinds (charges) can share the log.
+
+use chrono::NaiveDate;
+use prost::Message;
+use thiserror::Error;
+
+use crate::scan::{ArchivedScan, TapKind};
+use crate::service_day::days_since_epoch;
+use crate::wire::{WireScanStatus, WireTapKind};
+
+/// Record kind byte: a batch of archive rows.
+pub const KIND_SCAN_ROWS: u8 = 1;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JournalBatch {
+    #[prost(string, tag = "1")]
+    pub gateway_id: String,
+    #[prost(uint64, tag = "2")]
+    pub batch_seq: u64,
+    #[prost(int64, tag = "3")]
+    pub received_at_ms: i64,
+    #[prost(message, repeated, tag = "4")]
+    pub rows: Vec<JournalRow>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JournalRow {
+    #[prost(bytes = "vec", tag = "1")]
+    pub scan_id: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub validator_id: String,
+    #[prost(uint64, tag = "3")]
+    pub validator_seq: u64,
+    #[prost(string, tag = "4")]
+    pub route_id: String,
+    #[prost(string, tag = "5")]
+    pub stop_id: String,
+    #[prost(int32, tag = "6")]
+    pub tap_kind: i32,
+    #[prost(uint64, optional, tag = "7")]
+    pub card_id: Option<u64>,
+    #[prost(uint32, optional, tag = "8")]
+    pub issuer_key_id: Option<u32>,
+    #[prost(int64, optional, tag = "9")]
+    pub code_created_at_ms: Option<i64>,
+    #[prost(uint32, optional, tag = "10")]
+    pub code_counter: Option<u32>,
+    #[prost(int64, tag = "11")]
+    pub scanned_at_ms: i64,
+    #[prost(int32, tag = "12")]
+    pub status: i32,
+    #[prost(string, optional, tag = "13")]
+    pub reason: Option<String>,
+    #[prost(int32, tag = "14")]
+    pub service_date: i32,
+}
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal record is empty")]
+    Empty,
+    #[error("journal record kind {0} is unknown")]
+    UnknownKind(u8),
+    #[error("journal record does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("journal row {index}: {what}")]
+    BadRow { index: usize, what: &'static str },
+}
+
+/// Encodes the rows of one batch (all from one gateway, received together).
+pub fn encode(rows: &[ArchivedScan], batch_seq: u64) -> Vec<u8> {
+    let first = rows.first();
+    let batch = JournalBatch {
+        gateway_id: first.map(|r| r.gateway_id.clone()).unwrap_or_default(),
+        batch_seq,
+        received_at_ms: first.map(|r| r.received_at).unwrap_or_default(),
+        rows: rows.iter().map(to_journal_row).collect(),
+    };
+    let mut out = Vec::with_capacity(1 + batch.encoded_len());
+    out.push(KIND_SCAN_ROWS);
+    batch.encode(&mut out).expect("a Vec grows to fit");
+    out
+}
+
+/// Decodes a record back into archive rows.
+pub fn decode(payload: &[u8]) -> Result<Vec<ArchivedScan>, JournalError> {
+    let (&kind, body) = payload.split_first().ok_or(JournalError::Empty)?;
+    if kind != KIND_SCAN_ROWS {
+        return Err(JournalError::UnknownKind(kind));
+    }
+    let batch = JournalBatch::decode(body)?;
+    batch.rows.iter().enumerate().map(|(index, row)| from_journal_row(&batch, row, index)).collect()
+}
+
+fn to_journal_row(row: &ArchivedScan) -> JournalRow {
+    JournalRow {
+        scan_id: row.scan_id.to_vec(),
+        validator_id: row.validator_id.clone(),
+        validator_seq: row.validator_seq,
+        route_id: row.route_id.clone(),
+        stop_id: row.stop_id.clone(),
+        tap_kind: row.tap_kind.map(|k| WireTapKind::from(k) as i32).unwrap_or(0),
+        card_id: row.card_id,
+        issuer_key_id: row.issuer_key_id,
+        code_created_at_ms: row.code_created_at,
+        code_counter: row.code_counter,
+        scanned_at_ms: row.scanned_at,
+        status: WireScanStatus::from(row.status) as i32,
+        reason: row.reason.clone(),
+        service_date: days_since_epoch(row.service_date),
+    }
+}
+
+fn from_journal_row(batch: &JournalBatch, row: &JournalRow, index: usize) -> Result<ArchivedScan, JournalError> {
+    let bad = |what| JournalError::BadRow { index, what };
+    let scan_id: [u8; 16] = row.scan_id.as_slice().try_into().map_err(|_| bad("scan_id is not 16 bytes"))?;
+    let tap_kind: Option<TapKind> = match row.tap_kind {
+        0 => None,
+        n => Some(
+            WireTapKind::try_from(n).ok().and_then(WireTapKind::to_tap_kind).ok_or_else(|| bad("unknown tap kind"))?,
+        ),
+    };
+    let status = WireScanStatus::try_from(row.status)
+        .ok()
+        .and_then(WireScanStatus::to_scan_status)
+        .ok_or_else(|| bad("unknown status"))?;
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    Ok(ArchivedScan {
+        scan_id,
+        gateway_id: batch.gateway_id.clone(),
+        validator_id: row.validator_id.clone(),
+        validator_seq: row.validator_seq,
+        route_id: row.route_id.clone(),
+        stop_id: row.stop_id.clone(),
+        tap_kind,
+        card_id: row.card_id,
+        issuer_key_id: row.issuer_key_id,
+        code_created_at: row.code_created_at_ms,
+        code_counter: row.code_counter,
+        scanned_at: row.scanned_at_ms,
+        received_at: batch.received_at_ms,
+        status,
+        reason: row.reason.clone(),
+        service_date: epoch + chrono::Duration::days(i64::from(row.service_date)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::ScanStatus;
+
+    #[test]
+    fn rows_round_trip_through_a_record() {
+        let row = |seq: u64, status: ScanStatus, tap_kind: Option<TapKind>| ArchivedScan {
+            scan_id: [seq as u8; 16],
+            gateway_id: "station-01".into(),
+            validator_id: "gate-3".into(),
+            validator_seq: seq,
+            route_id: "metro-1".into(),
+            stop_id: "station-01".into(),
+            tap_kind,
+            card_id: (status != ScanStatus::Malformed).then_some(42),
+            issuer_key_id: Some(1),
+            code_created_at: Some(1_763_604_000_000),
+            code_counter: Some(7),
+            scanned_at: 1_763_604_010_000,
+            received_at: 1_763_604_070_000,
+            status,
+            reason: (status != ScanStatus::Accepted).then(|| "why".to_string()),
+            service_date: NaiveDate::from_ymd_opt(2025, 11, 20).expect("date"),
+        };
+        let rows = vec![
+            row(1, ScanStatus::Accepted, Some(TapKind::Entry)),
+            row(2, ScanStatus::Malformed, None),
+            row(3, ScanStatus::Replay, Some(TapKind::Exit)),
+        ];
+        assert_eq!(decode(&encode(&rows, 9)).expect("decode"), rows);
+        assert!(matches!(decode(&[9, 1, 2]), Err(JournalError::UnknownKind(9))));
+    }
+}
