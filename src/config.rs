@@ -31,6 +31,7 @@ pub struct Config {
     pub wire: WireConfig,
     pub ride_code: RideCodeConfig,
     pub ingest: IngestConfig,
+    pub wal: WalConfigToml,
     pub archive: ArchiveConfig,
     pub service_day: ServiceDayConfig,
     pub metrics: MetricsConfig,
@@ -73,8 +74,19 @@ pub struct IngestConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct WalConfigToml {
+    pub segment_bytes_max: u64,
+    pub record_bytes_max: u32,
+    pub ack_wait_ms_max: u64,
+    pub disk_full_retry_ms: u64,
+    pub fsync_enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
-    pub queue_batches_max: usize,
+    pub poll_interval_ms: u64,
+    pub retry_after_error_ms: u64,
     pub file_bytes_max: u64,
     pub file_age_secs_max: u64,
     pub row_group_rows_max: usize,
@@ -145,13 +157,21 @@ impl Config {
             ("server.pipeline_batches_in_flight_max", self.server.pipeline_batches_in_flight_max as u64),
             ("wire.batch_scans_max", self.wire.batch_scans_max as u64),
             ("ingest.verify_chunk_signatures", self.ingest.verify_chunk_signatures as u64),
-            ("archive.queue_batches_max", self.archive.queue_batches_max as u64),
+            ("archive.poll_interval_ms", self.archive.poll_interval_ms),
+            ("wal.segment_bytes_max", self.wal.segment_bytes_max),
             ("archive.row_group_rows_max", self.archive.row_group_rows_max as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if u64::from(self.wal.record_bytes_max) < 2 * u64::from(self.wire.frame_bytes_max) {
+            // A batch's decisions must always fit one record: the server
+            // claims a batch's scans before it logs them.
+            return Err(ConfigError::Invalid(
+                "wal.record_bytes_max must be at least twice wire.frame_bytes_max".into(),
+            ));
         }
         Ok(())
     }

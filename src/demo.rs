@@ -4,7 +4,7 @@
 //! fleet planned and what the server acknowledged.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,6 @@ pub struct DemoSummary {
     pub archived: BTreeMap<ScanStatus, u64>,
     pub files: Vec<PathBuf>,
     pub archive_root: PathBuf,
-    pub run_id: String,
     pub wall: Duration,
 }
 
@@ -113,7 +112,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     for card in &world.denied_cards {
         pipeline.set_denied(*card, true);
     }
-    let mut settings = ServerSettings::from_config(config, &options.data_dir);
+    let mut settings = ServerSettings::from_config(config, &options.data_dir)?;
     settings.listen_addr = "127.0.0.1:0".parse().expect("literal address");
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(first_ms - 60_000, speedup));
     let server = Server::start(settings, &identity, pipeline, Arc::clone(&clock)).await?;
@@ -140,10 +139,10 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     .await;
     progress.finish_and_clear();
 
-    let run_id = server.run_id().to_string();
-    server.shutdown().await?;
+    let report = server.shutdown().await?;
     let archive_root = archive::scans_root(&options.data_dir);
-    let files = run_files(&archive_root, &run_id)?;
+    // This run's files only: earlier demos in the same data dir are not counted.
+    let files: Vec<PathBuf> = report.archiver.files.iter().map(|f| f.path.clone()).collect();
     let mut rows = Vec::new();
     for file in &files {
         rows.extend(archive::read::read_file(file)?);
@@ -158,18 +157,8 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         archived: archive::read::count_by_status(&rows),
         files,
         archive_root,
-        run_id,
         wall: started.elapsed(),
     })
-}
-
-/// This run's archive files: earlier demos in the same data dir are not counted.
-fn run_files(root: &Path, run_id: &str) -> Result<Vec<PathBuf>, ArchiveError> {
-    let prefix = format!("part-{run_id}-");
-    Ok(archive::read::archive_files(root)?
-        .into_iter()
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
-        .collect())
 }
 
 fn progress_bar(len: u64, visible: bool) -> ProgressBar {
@@ -269,13 +258,15 @@ impl DemoSummary {
         for error in &self.fleet.errors {
             line(&mut out, format!("  gateway error: {error}"));
         }
-        let glob = self.archive_root.join("*").join(format!("part-{}-*.parquet", self.run_id));
         line(&mut out, format!("  archive: {} file(s) under {}", self.files.len(), self.archive_root.display()));
+        for file in &self.files {
+            line(&mut out, format!("           {}", file.display()));
+        }
+        let list = self.files.iter().map(|f| format!("'{}'", f.display())).collect::<Vec<_>>().join(", ");
         line(
             &mut out,
             format!(
-                "  query:   duckdb -c \"SELECT status, count(*) FROM read_parquet('{}') GROUP BY status ORDER BY 2 DESC\"",
-                glob.display()
+                "  query:   duckdb -c \"SELECT status, count(*) FROM read_parquet([{list}]) GROUP BY ALL ORDER BY 2 DESC\""
             ),
         );
         line(&mut out, String::new());

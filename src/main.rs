@@ -122,7 +122,7 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>) -> R
     let keystore = Keystore::open_or_create(data_dir).context("opening the key store")?;
     let identity = ServerIdentity::load_or_create(data_dir).context("loading the TLS identity")?;
     let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(&config)?, keystore.trusted_public_keys()?));
-    let mut settings = ServerSettings::from_config(&config, data_dir);
+    let mut settings = ServerSettings::from_config(&config, data_dir)?;
     if let Some(listen) = listen {
         settings.listen_addr = listen;
     }
@@ -134,11 +134,30 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>) -> R
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let server = Server::start(settings, &identity, pipeline, Arc::new(SystemClock)).await?;
-    println!("farestream serving on {} (certificate: {})", server.local_addr(), cert_path(data_dir).display());
-    shutdown_signal().await;
-    println!("shutting down: finishing in-flight batches and closing archive files");
-    server.shutdown().await?;
-    println!("stopped cleanly");
+    let recovery = server.recovery();
+    println!(
+        "farestream serving on {} (certificate: {}); recovered log to LSN {}, archive checkpoint {}, {} rows back in the dedup indexes",
+        server.local_addr(),
+        cert_path(data_dir).display(),
+        recovery.wal_end_lsn,
+        recovery.checkpoint_lsn,
+        recovery.restored_rows
+    );
+    let failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = server.failed() => Some(reason),
+    };
+    if let Some(reason) = failure {
+        // Nothing more is acknowledged; what was acknowledged is in the log,
+        // and the next start recovers it.
+        bail!("stopped on a storage failure: {reason}");
+    }
+    println!("shutting down: finishing in-flight batches, flushing the log, closing archive files");
+    let report = server.shutdown().await?;
+    println!(
+        "stopped cleanly: log durable to LSN {}, archived to LSN {}",
+        report.wal.durable_lsn, report.archiver.archived_lsn
+    );
     Ok(())
 }
 

@@ -1,30 +1,46 @@
-//! The server shell: QUIC in, the pipeline, the archive writer out. It owns
-//! the sockets, the threads and the clock; every decision is the
-//! pipeline's. One bidirectional stream carries one batch and its ack.
+//! The server shell: QUIC in, the pipeline, the write-ahead log, the
+//! archiver. It owns the sockets, the threads and the clock; every decision
+//! is the pipeline's. One bidirectional stream carries one batch and its ack.
 //!
-//! Limits: `connections_max` (a semaphore; extra connections are refused),
-//! `streams_per_connection_max` (QUIC flow control), `frame_bytes_max`
-//! (checked before allocating), `frame_read_timeout_ms`, and
-//! `pipeline_batches_in_flight_max` (a semaphore in front of the verifier).
+//! The write path of one batch, in order:
+//! 1. read the frame (limits: `frame_bytes_max` before allocating,
+//!    `frame_read_timeout`), wait for a `pipeline_batches_in_flight_max` slot;
+//! 2. verify on rayon (no shared state touched);
+//! 3. under the commit lock: claim the batch's scans in the dedup indexes
+//!    and queue its record in the log, so log order is claim order;
+//! 4. wait until the log is durable up to that record (or, for a batch of
+//!    nothing but re-deliveries, up to everything queued before it: the
+//!    originals it refers to);
+//! 5. ack. The archiver writes Parquet from the log later.
+//!
+//! A full disk makes the server answer `BACKOFF` until space returns. A
+//! failed fsync or rename stops it: [`Server::failed`] resolves, `serve`
+//! exits non-zero, and recovery takes over on the next start.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::archive::service::{ArchiveHandle, ArchiveService, ArchiveUnavailable};
-use crate::archive::{ArchiveError, ArchiveWriter, ArchiveWriterConfig, ClosedFile, scans_root};
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::archive::checkpoint::{Cleanup, checkpoint_path, clean_after_crash, read_checkpoint};
+use crate::archive::{
+    ArchiveError, ArchiveWriter, ArchiveWriterConfig, Archiver, ArchiverSettings, ArchiverStatus, scans_root,
+};
+use crate::clock::{Clock, UnixMillis};
+use crate::config::{Config, ConfigError};
+use crate::faults::Faults;
 use crate::ingest::Pipeline;
-use crate::scan::ScanStatus;
+use crate::journal;
+use crate::scan::{ArchivedScan, ScanStatus};
 use crate::telemetry;
 use crate::tls::{ServerIdentity, TlsError};
+use crate::wal::committer::{CommitHandle, Committer, Progress, WaitError, WalState};
+use crate::wal::{WalConfig, WalCursor, WalError};
 use crate::wire::{AckStatus, BatchAck, FrameError, ScanBatch, read_message, write_message};
 
 /// How long a gateway is told to wait when the server cannot take a batch.
@@ -42,13 +58,29 @@ pub struct ServerSettings {
     pub frame_bytes_max: u32,
     pub frame_read_timeout: Duration,
     pub dedup_sweep_interval: Duration,
+    pub data_dir: PathBuf,
+    pub wal: WalConfig,
+    pub wal_ack_wait: Duration,
+    pub wal_disk_full_retry: Duration,
+    pub wal_fsync_enabled: bool,
     pub archive: ArchiveWriterConfig,
-    pub archive_queue_batches_max: usize,
+    pub archiver: ArchiverSettings,
+    /// How far back the dedup indexes must remember on restart.
+    pub restore_window: Duration,
+    pub faults: Arc<Faults>,
 }
 
 impl ServerSettings {
-    pub fn from_config(config: &Config, data_dir: &Path) -> ServerSettings {
-        ServerSettings {
+    pub fn from_config(config: &Config, data_dir: &Path) -> Result<ServerSettings, ConfigError> {
+        let wal = WalConfig {
+            dir: data_dir.join("wal"),
+            segment_bytes_max: config.wal.segment_bytes_max,
+            record_bytes_max: config.wal.record_bytes_max,
+        };
+        let lateness = Duration::from_secs(u64::from(config.ingest.accepted_lateness_secs));
+        let code_horizon =
+            Duration::from_secs(u64::from(config.ride_code.code_validity_secs + 2 * config.ride_code.clock_skew_secs));
+        Ok(ServerSettings {
             listen_addr: config.server.listen_addr,
             connections_max: config.server.connections_max,
             streams_per_connection_max: config.server.streams_per_connection_max,
@@ -57,14 +89,29 @@ impl ServerSettings {
             frame_bytes_max: config.wire.frame_bytes_max,
             frame_read_timeout: Duration::from_millis(config.wire.frame_read_timeout_ms),
             dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
+            data_dir: data_dir.to_path_buf(),
+            archiver: ArchiverSettings {
+                wal_dir: wal.dir.clone(),
+                record_bytes_max: wal.record_bytes_max,
+                checkpoint_path: checkpoint_path(data_dir),
+                poll_interval: Duration::from_millis(config.archive.poll_interval_ms),
+                retry_after_error: Duration::from_millis(config.archive.retry_after_error_ms),
+                service_day: config.service_day_policy()?,
+                accepted_lateness: lateness,
+            },
+            wal,
+            wal_ack_wait: Duration::from_millis(config.wal.ack_wait_ms_max),
+            wal_disk_full_retry: Duration::from_millis(config.wal.disk_full_retry_ms),
+            wal_fsync_enabled: config.wal.fsync_enabled,
             archive: ArchiveWriterConfig {
                 root: scans_root(data_dir),
                 file_bytes_max: config.archive.file_bytes_max,
                 file_age_max: Duration::from_secs(config.archive.file_age_secs_max),
                 row_group_rows_max: config.archive.row_group_rows_max,
             },
-            archive_queue_batches_max: config.archive.queue_batches_max,
-        }
+            restore_window: lateness + code_horizon,
+            faults: Arc::new(Faults::default()),
+        })
     }
 }
 
@@ -77,95 +124,227 @@ pub enum ServerError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
-    ArchiveStopped(#[from] ArchiveUnavailable),
+    Wal(#[from] WalError),
+    #[error("recovery: {0}")]
+    Recovery(String),
+}
+
+/// What start-up found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub checkpoint_lsn: u64,
+    pub wal_end_lsn: u64,
+    pub torn_bytes_cut: u64,
+    pub archive_cleanup: Cleanup,
+    /// Rows replayed into the dedup indexes (archive and log).
+    pub restored_rows: usize,
+}
+
+/// What a graceful shutdown left behind.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    pub archiver: ArchiverStatus,
+    pub wal: Progress,
 }
 
 /// What stream handlers share.
 struct Shared {
     pipeline: Arc<Pipeline>,
-    archive: ArchiveHandle,
+    wal: CommitHandle,
+    /// Held while a batch claims its scans and queues its log record.
+    commit_order: Mutex<()>,
     clock: Arc<dyn Clock>,
     settings: ServerSettings,
     batches_in_flight: Semaphore,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    failure: OnceLock<String>,
+    failed: Notify,
 }
 
-/// A running server. Dropping it without [`Server::shutdown`] aborts.
+/// A running server. Stop it with [`Server::shutdown`].
 pub struct Server {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    /// Names this run's archive files: `part-RUN_ID-SEQ.parquet`.
-    run_id: String,
+    recovery: RecoveryReport,
     shared: Arc<Shared>,
-    archive: ArchiveService,
+    committer: Committer,
+    archiver: Arc<Archiver>,
 }
 
 impl Server {
-    /// Binds the endpoint and starts accepting gateways.
+    /// Recovers the log and the archive, then binds and starts accepting.
     pub async fn start(
         settings: ServerSettings,
         identity: &ServerIdentity,
         pipeline: Arc<Pipeline>,
         clock: Arc<dyn Clock>,
     ) -> Result<Server, ServerError> {
+        let recovering = {
+            let (settings, pipeline, clock) = (settings.clone(), Arc::clone(&pipeline), Arc::clone(&clock));
+            tokio::task::spawn_blocking(move || recover(&settings, &pipeline, clock.now_ms()))
+        };
+        let (writer, recovery) =
+            recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
+        tracing::info!(?recovery, "recovered");
+        let committer = Committer::spawn(
+            writer,
+            settings.wal.record_bytes_max,
+            settings.wal_disk_full_retry,
+            settings.wal_fsync_enabled,
+        );
+        let archive_writer = ArchiveWriter::new(settings.archive.clone(), Arc::clone(&settings.faults))?;
+        let archiver = Arc::new(Archiver::spawn(
+            settings.archiver.clone(),
+            archive_writer,
+            recovery.checkpoint_lsn,
+            committer.handle().subscribe(),
+            Arc::clone(&clock),
+            Arc::clone(&settings.faults),
+        ));
         let quic = identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
         let endpoint = quinn::Endpoint::server(quic, settings.listen_addr)
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         let local_addr =
             endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
-        // Wall time, not `clock`: a demo's scaled clock restarts at the same
-        // simulated moment every run, and file names must not repeat.
-        let run_id = format!("{:013}", SystemClock.now_ms().max(0));
-        let writer = ArchiveWriter::new(settings.archive.clone(), run_id.clone())?;
-        let archive = ArchiveService::spawn(writer, settings.archive_queue_batches_max);
         let shared = Arc::new(Shared {
             pipeline,
-            archive: archive.handle(),
+            wal: committer.handle(),
+            commit_order: Mutex::new(()),
             clock,
             batches_in_flight: Semaphore::new(settings.pipeline_batches_in_flight_max),
             settings,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            failure: OnceLock::new(),
+            failed: Notify::new(),
         });
         tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
-        tokio::spawn(housekeeping(Arc::clone(&shared)));
+        tokio::spawn(housekeeping(Arc::clone(&shared), Arc::clone(&archiver)));
         tracing::info!(%local_addr, "farestream listening");
-        Ok(Server { endpoint, local_addr, run_id, shared, archive })
+        Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    pub fn run_id(&self) -> &str {
-        &self.run_id
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.shared.pipeline
     }
 
-    /// Closes every open archive file so everything archived so far is readable.
-    pub async fn flush_archive(&self) -> Result<Vec<ClosedFile>, ServerError> {
-        Ok(self.shared.archive.flush().await?)
+    /// The write-ahead log's durable position and state.
+    pub fn wal_progress(&self) -> Progress {
+        self.shared.wal.progress()
+    }
+
+    pub fn archiver_status(&self) -> ArchiverStatus {
+        self.archiver.status()
+    }
+
+    /// Archives everything acknowledged so far into closed files; returns
+    /// the archived LSN.
+    pub async fn flush_archive(&self) -> Result<u64, ServerError> {
+        self.archiver.flush().await.map_err(ServerError::Recovery)
+    }
+
+    /// Why the server stopped serving, once it has.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.get().cloned()
+    }
+
+    /// Resolves when a fatal error (fsync, rename, log damage) has stopped
+    /// the server from acknowledging anything.
+    pub async fn failed(&self) -> String {
+        loop {
+            let notified = self.shared.failed.notified();
+            if let Some(reason) = self.failure() {
+                return reason;
+            }
+            notified.await;
+        }
     }
 
     /// Graceful stop: no new batches, in-flight batches finish and are
-    /// acked, archive files are closed, then the endpoint closes.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
-        let Server { endpoint, shared, archive, .. } = self;
+    /// acked, the log is flushed, the archive cut and checkpointed.
+    pub async fn shutdown(self) -> Result<ShutdownReport, ServerError> {
+        let Server { endpoint, shared, committer, archiver, .. } = self;
         shared.shutdown.cancel();
         shared.tasks.close();
         shared.tasks.wait().await;
         endpoint.close(0u32.into(), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        drop(shared);
-        tokio::task::spawn_blocking(move || archive.close())
+        let wal = tokio::task::spawn_blocking(move || committer.close())
             .await
-            .map_err(|e| ArchiveUnavailable(format!("archive thread panicked: {e}")))??;
-        Ok(())
+            .map_err(|e| ServerError::Recovery(format!("log thread panicked: {e}")))?;
+        let archiver =
+            Arc::try_unwrap(archiver).map_err(|_| ServerError::Recovery("archiver still in use at shutdown".into()))?;
+        let archiver = tokio::task::spawn_blocking(move || archiver.close())
+            .await
+            .map_err(|e| ServerError::Recovery(format!("archiver thread panicked: {e}")))?;
+        Ok(ShutdownReport { archiver, wal })
     }
+}
+
+/// Start-up: the archive checkpoint, a clean archive, the log opened
+/// (torn tail cut), and the dedup indexes rebuilt from what was decided.
+fn recover(
+    settings: &ServerSettings,
+    pipeline: &Pipeline,
+    now: UnixMillis,
+) -> Result<(crate::wal::WalWriter, RecoveryReport), ServerError> {
+    let checkpoint_lsn = read_checkpoint(&settings.archiver.checkpoint_path)?;
+    let archive_cleanup = clean_after_crash(&settings.archive.root, checkpoint_lsn, &settings.faults)?;
+    let recovered = crate::wal::open(settings.wal.clone(), Arc::clone(&settings.faults), checkpoint_lsn)?;
+    if recovered.first_lsn > checkpoint_lsn || recovered.end_lsn < checkpoint_lsn {
+        return Err(ServerError::Recovery(format!(
+            "the log holds [{}, {}) but the archive checkpoint is at {checkpoint_lsn}: records are missing",
+            recovered.first_lsn, recovered.end_lsn
+        )));
+    }
+    let mut restored_rows = 0;
+    for rows in archived_rows_within(&settings.archive.root, now, settings.restore_window)? {
+        pipeline.restore(&rows, now);
+        restored_rows += rows.len();
+    }
+    let mut cursor = WalCursor::new(settings.wal.dir.clone(), settings.wal.record_bytes_max, checkpoint_lsn);
+    for record in cursor.read_until(recovered.end_lsn)? {
+        let rows = journal::decode(&record.payload).map_err(|e| ServerError::Recovery(e.to_string()))?;
+        pipeline.restore(&rows, now);
+        restored_rows += rows.len();
+    }
+    let report = RecoveryReport {
+        checkpoint_lsn,
+        wal_end_lsn: recovered.end_lsn,
+        torn_bytes_cut: recovered.torn_bytes_cut,
+        archive_cleanup,
+        restored_rows,
+    };
+    Ok((recovered.writer, report))
+}
+
+/// Rows of the partitions recent enough to matter for dedup: service days
+/// from `window` (plus a day for the service-day offset) before `now`.
+fn archived_rows_within(root: &Path, now: UnixMillis, window: Duration) -> Result<Vec<Vec<ArchivedScan>>, ServerError> {
+    let oldest_ms = now - window.as_millis() as i64 - 2 * 86_400_000;
+    let oldest = chrono::DateTime::from_timestamp_millis(oldest_ms).unwrap_or_default().date_naive();
+    let mut out = Vec::new();
+    for path in crate::archive::read::archive_files(root)? {
+        let date = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("service_date="))
+            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
+        if date.is_some_and(|d| d >= oldest) {
+            out.push(crate::archive::read::read_file(&path)?);
+        }
+    }
+    Ok(out)
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
@@ -238,7 +417,7 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
             }
             BatchAck::malformed("", 0, error.to_string())
         }
-        Ok(Ok(batch)) => shared.process(batch).await,
+        Ok(Ok(batch)) => process(&shared, batch).await,
     };
     let outcome = match ack.ack_status() {
         AckStatus::Ok => "ok",
@@ -260,54 +439,107 @@ fn frame_error_reason(error: &FrameError) -> &'static str {
     }
 }
 
-impl Shared {
-    async fn process(&self, batch: ScanBatch) -> BatchAck {
-        let (gateway_id, batch_seq) = (batch.gateway_id.clone(), batch.batch_seq);
-        let backoff = |error: String| BatchAck {
-            gateway_id: gateway_id.clone(),
-            batch_seq,
-            status: AckStatus::Backoff as i32,
-            error,
-            retry_after_ms: BACKOFF_RETRY_AFTER_MS,
-            ..BatchAck::default()
-        };
-        // Refuse before the dedup indexes see the batch, so a resend later
-        // is processed rather than taken for a re-delivery.
-        if let Some(reason) = self.archive.failure() {
-            return backoff(format!("archive unavailable: {reason}"));
+/// What the rayon task hands back.
+enum Committed {
+    /// Claimed and queued; durable once the log reaches `lsn`.
+    Queued {
+        outcome: crate::ingest::BatchOutcome,
+        lsn: u64,
+    },
+    Malformed(String),
+    /// Claimed but could not be logged: a bug; the server stops.
+    Unlogged(String),
+}
+
+async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
+    let (gateway_id, batch_seq) = (batch.gateway_id.clone(), batch.batch_seq);
+    let backoff = |error: String| BatchAck {
+        gateway_id: gateway_id.clone(),
+        batch_seq,
+        status: AckStatus::Backoff as i32,
+        error,
+        retry_after_ms: BACKOFF_RETRY_AFTER_MS,
+        ..BatchAck::default()
+    };
+    // Refuse before the dedup indexes see the batch, so its resend is
+    // processed rather than taken for a re-delivery.
+    if let Some(reason) = shared.failure.get() {
+        return backoff(format!("server stopping: {reason}"));
+    }
+    match shared.wal.progress().state {
+        WalState::DiskFull => return backoff("disk full: the write-ahead log cannot take the batch".into()),
+        WalState::Failed(reason) => return backoff(format!("write-ahead log stopped: {reason}")),
+        WalState::Running => {}
+    }
+    let Ok(_permit) = shared.batches_in_flight.acquire().await else {
+        return backoff("server is shutting down".into());
+    };
+    let received_at = shared.clock.now_ms();
+    let (reply, result) = oneshot::channel();
+    let task_shared = Arc::clone(shared);
+    rayon::spawn(move || {
+        // A panic here is a bug, but one batch must not take the server
+        // down with it (rayon aborts on an uncaught panic in `spawn`).
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            verify_and_commit(&task_shared, &batch, received_at)
+        }));
+        if let Ok(committed) = committed {
+            let _ = reply.send(committed);
         }
-        let Ok(_permit) = self.batches_in_flight.acquire().await else {
-            return backoff("server is shutting down".into());
-        };
-        let received_at = self.clock.now_ms();
-        let pipeline = Arc::clone(&self.pipeline);
-        let (reply, result) = oneshot::channel();
-        rayon::spawn(move || {
-            // A panic here is a bug, but one batch must not take the server
-            // down with it (rayon aborts on an uncaught panic in `spawn`).
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.process(&batch, received_at)));
-            if let Ok(result) = result {
-                let _ = reply.send(result);
-            }
-        });
-        let outcome = match result.await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(error)) => {
-                telemetry::batch_malformed("batch_shape");
-                return BatchAck::malformed(&gateway_id, batch_seq, error.to_string());
-            }
-            Err(_) => return backoff("internal error while verifying the batch".into()),
-        };
-        count_statuses(&outcome.rows, outcome.ack.redelivered);
-        if let Err(error) = self.archive.append(outcome.rows).await {
-            return backoff(error.to_string());
+    });
+    let (outcome, lsn) = match result.await {
+        Ok(Committed::Queued { outcome, lsn }) => (outcome, lsn),
+        Ok(Committed::Malformed(error)) => {
+            telemetry::batch_malformed("batch_shape");
+            return BatchAck::malformed(&gateway_id, batch_seq, error);
         }
-        outcome.ack
+        Ok(Committed::Unlogged(error)) => {
+            fail(shared, format!("a committed batch could not be logged: {error}"));
+            return backoff(error);
+        }
+        Err(_) => return backoff("internal error while verifying the batch".into()),
+    };
+    match shared.wal.wait_durable(lsn, shared.settings.wal_ack_wait).await {
+        Ok(()) => {
+            count_statuses(&outcome.rows, outcome.ack.redelivered);
+            outcome.ack
+        }
+        Err(WaitError::Timeout(limit)) => backoff(format!("batch not durable within {limit:?} (disk full?)")),
+        Err(WaitError::Failed(reason)) => {
+            fail(shared, reason.clone());
+            backoff(format!("write-ahead log stopped: {reason}"))
+        }
     }
 }
 
-fn count_statuses(rows: &[crate::scan::ArchivedScan], redelivered: u32) {
+/// Verification in parallel, then claims and the log record in one order.
+fn verify_and_commit(shared: &Shared, batch: &ScanBatch, received_at: UnixMillis) -> Committed {
+    let verified = match shared.pipeline.verify(batch) {
+        Ok(verified) => verified,
+        Err(error) => return Committed::Malformed(error.to_string()),
+    };
+    let _order = shared.commit_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let outcome = shared.pipeline.commit(batch, verified, received_at);
+    if outcome.rows.is_empty() {
+        // Nothing new; the re-delivered originals were queued before now.
+        return Committed::Queued { lsn: shared.wal.tail_lsn(), outcome };
+    }
+    match shared.wal.enqueue(&journal::encode(&outcome.rows, batch.batch_seq)) {
+        Ok(lsn) => Committed::Queued { outcome, lsn },
+        Err(error) => Committed::Unlogged(error.to_string()),
+    }
+}
+
+/// Stops the server for good: no more batches are accepted or acked.
+fn fail(shared: &Shared, reason: String) {
+    if shared.failure.set(reason.clone()).is_ok() {
+        tracing::error!(%reason, "stopping: recovery takes over on the next start");
+        shared.shutdown.cancel();
+        shared.failed.notify_waiters();
+    }
+}
+
+fn count_statuses(rows: &[ArchivedScan], redelivered: u32) {
     for status in ScanStatus::ALL {
         let count = rows.iter().filter(|r| r.status == status).count() as u64;
         if count > 0 {
@@ -317,10 +549,11 @@ fn count_statuses(rows: &[crate::scan::ArchivedScan], redelivered: u32) {
     telemetry::scans_redelivered(u64::from(redelivered));
 }
 
-/// Periodic work: sweep the dedup indexes, roll aged archive files.
-async fn housekeeping(shared: Arc<Shared>) {
+/// Periodic work: sweep the dedup indexes; notice a failed log or archiver.
+async fn housekeeping(shared: Arc<Shared>, archiver: Arc<Archiver>) {
     let mut sweep = tokio::time::interval(shared.settings.dedup_sweep_interval);
-    let mut roll = tokio::time::interval(Duration::from_secs(1));
+    let mut health = tokio::time::interval(Duration::from_millis(100));
+    let mut wal = shared.wal.subscribe();
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -335,7 +568,17 @@ async fn housekeeping(shared: Arc<Shared>) {
                     telemetry::dedup_sizes(sizes);
                 }
             }
-            _ = roll.tick() => shared.archive.roll_aged(),
+            _ = wal.changed() => {
+                let state = wal.borrow_and_update().state.clone();
+                if let WalState::Failed(reason) = state {
+                    fail(&shared, format!("write-ahead log: {reason}"));
+                }
+            }
+            _ = health.tick() => {
+                if let Some(reason) = archiver.status().failure {
+                    fail(&shared, format!("archiver: {reason}"));
+                }
+            }
         }
     }
 }

@@ -53,6 +53,10 @@ pub fn archive_files_closed(closed: &[ClosedFile]) {
     counter!("farestream_archive_files_total").increment(closed.len() as u64);
 }
 
+pub fn archive_retried() {
+    counter!("farestream_archive_retries_total").increment(1);
+}
+
 pub fn archive_failed() {
     counter!("farestream_archive_failures_total").increment(1);
 }

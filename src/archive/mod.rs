@@ -1,11 +1,13 @@
-//! The Parquet archive of every scan: schema, writer, reader, and the
-//! writer thread the server feeds.
+//! The Parquet archive of every scan: schema, writer, reader, checkpoint,
+//! and the archiver thread that fills it from the write-ahead log.
 
+pub mod archiver;
+pub mod checkpoint;
 pub mod read;
 pub mod schema;
-pub mod service;
 pub mod writer;
 
+pub use archiver::{Archiver, ArchiverSettings, ArchiverStatus};
 pub use writer::{ArchiveError, ArchiveWriter, ArchiveWriterConfig, ClosedFile};
 
 /// Where scans are archived under a data directory.

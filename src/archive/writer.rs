@@ -1,13 +1,19 @@
 //! Writes archive rows into Hive-style partitions,
-//! `ROOT/service_date=YYYY-MM-DD/part-RUN-SEQ.parquet`, one open file per
-//! service date. A file is written as `.part-RUN-SEQ.parquet.tmp` (hidden
-//! from `*.parquet` globs), then on close: Parquet footer, fsync, rename
-//! into place, fsync the directory. A reader therefore sees a file whole or
-//! not at all. Files roll at `file_bytes_max` or `file_age_secs_max`.
+//! `ROOT/service_date=YYYY-MM-DD/`, one open file per service date.
+//!
+//! Files are named after the write-ahead-log range they cover, which the
+//! archiver decides when it cuts: `part-FROM-TO.parquet`, where FROM and TO
+//! are LSNs (20 digits), or `late-FROM-TO.parquet` in a partition whose day
+//! was already closed (`_SUCCESS` present). Until then a file is
+//! `.open-SEQ.parquet.tmp`, hidden from `*.parquet` globs. Closing writes the
+//! footer, fsyncs, renames into place and fsyncs the directory, so a reader
+//! sees a file whole or not at all, and the name says exactly which log
+//! records are in it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -17,16 +23,32 @@ use parquet::file::properties::WriterProperties;
 use thiserror::Error;
 
 use super::schema::{scan_schema, to_record_batch};
+use crate::faults::Faults;
 use crate::scan::ArchivedScan;
+
+/// Marks a service day whose scans are all archived.
+pub const SUCCESS_MARKER: &str = "_SUCCESS";
 
 #[derive(Debug, Error)]
 pub enum ArchiveError {
     #[error("archive I/O on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("archive fsync of {path} failed: {source}")]
+    Fsync { path: PathBuf, source: std::io::Error },
+    #[error("archive rename of {path} failed: {source}")]
+    Rename { path: PathBuf, source: std::io::Error },
     #[error("archive Parquet encoding for {path}: {source}")]
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
     #[error("archive rows do not fit the schema: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+}
+
+impl ArchiveError {
+    /// A failed fsync or rename may have lost data the kernel held: never
+    /// retried. Anything else (a full disk) is retried from the checkpoint.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ArchiveError::Fsync { .. } | ArchiveError::Rename { .. })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,74 +66,83 @@ pub struct ClosedFile {
     pub path: PathBuf,
     pub rows: u64,
     pub service_date: NaiveDate,
+    /// Written into a day already closed.
+    pub late: bool,
 }
 
 struct OpenFile {
     writer: ArrowWriter<File>,
     tmp_path: PathBuf,
-    final_path: PathBuf,
     opened_at: Instant,
     rows: u64,
+    late: bool,
 }
 
 pub struct ArchiveWriter {
     config: ArchiveWriterConfig,
-    /// Distinguishes this process's files from every earlier run's.
-    run_id: String,
+    faults: Arc<Faults>,
     next_file_seq: u64,
     open: BTreeMap<NaiveDate, OpenFile>,
 }
 
 impl ArchiveWriter {
-    /// `run_id` must differ between runs that share a root (the server uses
-    /// its start time).
-    pub fn new(config: ArchiveWriterConfig, run_id: String) -> Result<ArchiveWriter, ArchiveError> {
+    pub fn new(config: ArchiveWriterConfig, faults: Arc<Faults>) -> Result<ArchiveWriter, ArchiveError> {
         fs::create_dir_all(&config.root).map_err(|source| ArchiveError::Io { path: config.root.clone(), source })?;
-        Ok(ArchiveWriter { config, run_id, next_file_seq: 0, open: BTreeMap::new() })
+        Ok(ArchiveWriter { config, faults, next_file_seq: 0, open: BTreeMap::new() })
     }
 
-    /// Appends rows, each to its service date's open file. Returns the files
-    /// that reached their size limit and were closed.
-    pub fn append(&mut self, rows: &[ArchivedScan], now: Instant) -> Result<Vec<ClosedFile>, ArchiveError> {
+    /// Appends rows, each to its service date's open file.
+    pub fn append(&mut self, rows: &[ArchivedScan], now: Instant) -> Result<(), ArchiveError> {
         let mut by_date: BTreeMap<NaiveDate, Vec<ArchivedScan>> = BTreeMap::new();
         for row in rows {
             by_date.entry(row.service_date).or_default().push(row.clone());
         }
-        let mut closed = Vec::new();
         for (date, rows) in by_date {
-            let file = self.open_file(date, now)?;
             let batch = to_record_batch(&rows)?;
+            let faults = Arc::clone(&self.faults);
+            let file = self.open_file(date, now)?;
+            faults.before_write().map_err(|source| ArchiveError::Io { path: file.tmp_path.clone(), source })?;
             file.writer
                 .write(&batch)
                 .map_err(|source| ArchiveError::Parquet { path: file.tmp_path.clone(), source })?;
             file.rows += rows.len() as u64;
-            let size = (file.writer.bytes_written() + file.writer.in_progress_size()) as u64;
-            if size >= self.config.file_bytes_max {
-                closed.push(self.close(date)?);
-            }
         }
-        Ok(closed)
+        Ok(())
     }
 
-    /// Closes files open longer than `file_age_max`.
-    pub fn roll_aged(&mut self, now: Instant) -> Result<Vec<ClosedFile>, ArchiveError> {
-        let aged: Vec<NaiveDate> = self
-            .open
-            .iter()
-            .filter(|(_, f)| now.duration_since(f.opened_at) >= self.config.file_age_max)
-            .map(|(date, _)| *date)
-            .collect();
-        aged.into_iter().map(|date| self.close(date)).collect()
+    /// True when a file reached its size or age limit.
+    pub fn cut_due(&self, now: Instant) -> bool {
+        self.open.values().any(|f| {
+            let size = (f.writer.bytes_written() + f.writer.in_progress_size()) as u64;
+            size >= self.config.file_bytes_max || now.duration_since(f.opened_at) >= self.config.file_age_max
+        })
     }
 
-    /// Closes every open file.
-    pub fn close_all(&mut self) -> Result<Vec<ClosedFile>, ArchiveError> {
-        let dates: Vec<NaiveDate> = self.open.keys().copied().collect();
-        dates.into_iter().map(|date| self.close(date)).collect()
+    pub fn has_open_files(&self) -> bool {
+        !self.open.is_empty()
     }
 
     pub fn open_rows(&self) -> u64 {
         self.open.values().map(|f| f.rows).sum()
+    }
+
+    /// Closes every open file, naming each after the log range
+    /// `[from_lsn, to_lsn)` that its rows came from.
+    pub fn close_all(&mut self, from_lsn: u64, to_lsn: u64) -> Result<Vec<ClosedFile>, ArchiveError> {
+        let mut closed = Vec::new();
+        while let Some((date, file)) = self.open.pop_first() {
+            closed.push(self.close(date, file, from_lsn, to_lsn)?);
+        }
+        Ok(closed)
+    }
+
+    /// Drops every open file unfinished (after a failed write): the rows
+    /// are still in the log and will be written again.
+    pub fn abandon(&mut self) {
+        while let Some((_, file)) = self.open.pop_first() {
+            drop(file.writer);
+            let _ = fs::remove_file(&file.tmp_path);
+        }
     }
 
     fn open_file(&mut self, date: NaiveDate, now: Instant) -> Result<&mut OpenFile, ArchiveError> {
@@ -125,28 +156,35 @@ impl ArchiveWriter {
     fn create(&mut self, date: NaiveDate, now: Instant) -> Result<OpenFile, ArchiveError> {
         let dir = partition_dir(&self.config.root, date);
         fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io { path: dir.clone(), source })?;
-        let name = format!("part-{}-{:06}.parquet", self.run_id, self.next_file_seq);
+        let tmp_path = dir.join(format!(".open-{:06}.parquet.tmp", self.next_file_seq));
         self.next_file_seq += 1;
-        let tmp_path = dir.join(format!(".{name}.tmp"));
-        let final_path = dir.join(name);
-        let file = File::create(&tmp_path).map_err(|source| ArchiveError::Io { path: tmp_path.clone(), source })?;
+        let io = |source| ArchiveError::Io { path: tmp_path.clone(), source };
+        self.faults.before_write().map_err(io)?;
+        let file = File::create(&tmp_path).map_err(io)?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(self.config.row_group_rows_max))
             .build();
         let writer = ArrowWriter::try_new(file, scan_schema(), Some(properties))
             .map_err(|source| ArchiveError::Parquet { path: tmp_path.clone(), source })?;
-        Ok(OpenFile { writer, tmp_path, final_path, opened_at: now, rows: 0 })
+        let late = dir.join(SUCCESS_MARKER).exists();
+        Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late })
     }
 
-    fn close(&mut self, date: NaiveDate) -> Result<ClosedFile, ArchiveError> {
-        let file = self.open.remove(&date).expect("close is called for open dates");
+    fn close(&self, date: NaiveDate, file: OpenFile, from_lsn: u64, to_lsn: u64) -> Result<ClosedFile, ArchiveError> {
         let tmp = file.tmp_path;
+        let kind = if file.late { "late" } else { "part" };
+        let final_path =
+            partition_dir(&self.config.root, date).join(format!("{kind}-{from_lsn:020}-{to_lsn:020}.parquet"));
         let inner = file.writer.into_inner().map_err(|source| ArchiveError::Parquet { path: tmp.clone(), source })?;
-        inner.sync_all().map_err(|source| ArchiveError::Io { path: tmp.clone(), source })?;
-        fs::rename(&tmp, &file.final_path).map_err(|source| ArchiveError::Io { path: tmp.clone(), source })?;
-        sync_dir(file.final_path.parent().unwrap_or(Path::new(".")))?;
-        Ok(ClosedFile { path: file.final_path, rows: file.rows, service_date: date })
+        let fsync = |source| ArchiveError::Fsync { path: tmp.clone(), source };
+        self.faults.before_fsync().map_err(fsync)?;
+        inner.sync_all().map_err(fsync)?;
+        let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };
+        self.faults.before_rename().map_err(rename)?;
+        fs::rename(&tmp, &final_path).map_err(rename)?;
+        sync_dir(final_path.parent().unwrap_or(Path::new(".")), &self.faults)?;
+        Ok(ClosedFile { path: final_path, rows: file.rows, service_date: date, late: file.late })
     }
 }
 
@@ -155,9 +193,19 @@ pub fn partition_dir(root: &Path, date: NaiveDate) -> PathBuf {
     root.join(format!("service_date={}", date.format("%Y-%m-%d")))
 }
 
-/// Makes a rename durable: the directory entry is data too.
-fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| ArchiveError::Io { path: dir.to_path_buf(), source })
+/// The log range `[from, to)` an archive file's name gives, if it is one.
+pub fn file_lsn_range(path: &Path) -> Option<(u64, u64)> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix("part-").or_else(|| name.strip_prefix("late-"))?.strip_suffix(".parquet")?;
+    let (from, to) = rest.split_once('-')?;
+    Some((from.parse().ok()?, to.parse().ok()?))
+}
+
+/// Makes a rename or a new file durable: the directory entry is data too.
+pub fn sync_dir(dir: &Path, faults: &Faults) -> Result<(), ArchiveError> {
+    let fsync = |source| ArchiveError::Fsync { path: dir.to_path_buf(), source };
+    faults.before_fsync().map_err(fsync)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(fsync)
 }
 
 #[cfg(test)]
@@ -190,7 +238,7 @@ mod tests {
     fn writer(root: &Path, file_bytes_max: u64, file_age_max: Duration) -> ArchiveWriter {
         let config =
             ArchiveWriterConfig { root: root.to_path_buf(), file_bytes_max, file_age_max, row_group_rows_max: 1000 };
-        ArchiveWriter::new(config, "run".into()).expect("writer")
+        ArchiveWriter::new(config, Arc::new(Faults::default())).expect("writer")
     }
 
     #[test]
@@ -200,10 +248,11 @@ mod tests {
             (NaiveDate::from_ymd_opt(2026, 11, 25).expect("d"), NaiveDate::from_ymd_opt(2026, 11, 26).expect("d"));
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(3600));
         let rows: Vec<_> = (0..10).map(|i| row(i, if i < 6 { d1 } else { d2 })).collect();
-        assert!(w.append(&rows, Instant::now()).expect("append").is_empty());
+        w.append(&rows, Instant::now()).expect("append");
         assert!(archive_files(dir.path()).expect("list").is_empty(), "nothing visible while files are open");
-        let closed = w.close_all().expect("close");
+        let closed = w.close_all(100, 250).expect("close");
         assert_eq!(closed.iter().map(|c| (c.service_date, c.rows)).collect::<Vec<_>>(), vec![(d1, 6), (d2, 4)]);
+        assert!(closed.iter().all(|c| file_lsn_range(&c.path) == Some((100, 250))), "{closed:?}");
         let mut back = read_all(dir.path()).expect("read");
         back.sort_by_key(|r| r.validator_seq);
         assert_eq!(back, rows);
@@ -212,20 +261,37 @@ mod tests {
     }
 
     #[test]
-    fn files_roll_at_their_size_and_age_limits() {
+    fn cuts_fall_due_at_the_size_and_age_limits() {
         let dir = tempfile::tempdir().expect("tempdir");
         let date = NaiveDate::from_ymd_opt(2026, 11, 25).expect("d");
-        let mut by_size = writer(dir.path(), 1, Duration::from_secs(3600));
         let start = Instant::now();
-        assert_eq!(by_size.append(&[row(1, date)], start).expect("append").len(), 1, "one byte is over the limit");
-        assert_eq!(by_size.append(&[row(2, date)], start).expect("append").len(), 1);
-        assert_eq!(archive_files(dir.path()).expect("list").len(), 2);
+        let mut by_size = writer(dir.path(), 1, Duration::from_secs(3600));
+        assert!(!by_size.cut_due(start), "nothing open, nothing due");
+        by_size.append(&[row(1, date)], start).expect("append");
+        assert!(by_size.cut_due(start), "one byte is over the limit");
 
-        let aged_dir = tempfile::tempdir().expect("tempdir");
-        let mut by_age = writer(aged_dir.path(), u64::MAX, Duration::from_secs(300));
+        let mut by_age = writer(dir.path(), u64::MAX, Duration::from_secs(300));
         by_age.append(&[row(1, date)], start).expect("append");
-        assert!(by_age.roll_aged(start + Duration::from_secs(299)).expect("roll").is_empty());
-        assert_eq!(by_age.roll_aged(start + Duration::from_secs(300)).expect("roll").len(), 1);
-        assert_eq!(by_age.open_rows(), 0);
+        assert!(!by_age.cut_due(start + Duration::from_secs(299)));
+        assert!(by_age.cut_due(start + Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn a_closed_day_gets_late_files_and_abandoned_files_leave_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let date = NaiveDate::from_ymd_opt(2026, 11, 25).expect("d");
+        fs::create_dir_all(partition_dir(dir.path(), date)).expect("dir");
+        fs::write(partition_dir(dir.path(), date).join(SUCCESS_MARKER), "").expect("marker");
+        let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(300));
+        w.append(&[row(1, date)], Instant::now()).expect("append");
+        let closed = w.close_all(0, 10).expect("close");
+        assert!(closed[0].late && closed[0].path.to_string_lossy().contains("late-"), "{closed:?}");
+        w.append(&[row(2, date)], Instant::now()).expect("append");
+        w.abandon();
+        let names: Vec<_> = fs::read_dir(partition_dir(dir.path(), date))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "the marker and the late file, no temporary file: {names:?}");
     }
 }

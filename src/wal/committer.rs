@@ -70,7 +70,9 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn spawn(writer: WalWriter, record_bytes_max: u32, disk_full_retry: Duration) -> Committer {
+    /// `fsync: false` publishes written bytes as durable without syncing:
+    /// only for measuring what durability costs.
+    pub fn spawn(writer: WalWriter, record_bytes_max: u32, disk_full_retry: Duration, fsync: bool) -> Committer {
         let end = writer.synced_lsn();
         let (progress, _) = watch::channel(Progress { durable_lsn: end, state: WalState::Running });
         let shared = Arc::new(Shared {
@@ -82,7 +84,7 @@ impl Committer {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("wal-commit".into())
-            .spawn(move || run(writer, thread_shared, disk_full_retry))
+            .spawn(move || run(writer, thread_shared, disk_full_retry, fsync))
             .expect("spawning the WAL commit thread");
         Committer { handle: CommitHandle { shared }, thread }
     }
@@ -155,7 +157,7 @@ impl CommitHandle {
     }
 }
 
-fn run(mut writer: WalWriter, shared: Arc<Shared>, disk_full_retry: Duration) {
+fn run(mut writer: WalWriter, shared: Arc<Shared>, disk_full_retry: Duration, fsync: bool) {
     loop {
         let mut frames = {
             let mut queue = lock(&shared.queue);
@@ -182,7 +184,8 @@ fn run(mut writer: WalWriter, shared: Arc<Shared>, disk_full_retry: Duration) {
                 Err(error) => return fail(&shared, error, writer.synced_lsn()),
             }
         }
-        match writer.sync() {
+        let synced = if fsync { writer.sync() } else { Ok(writer.skip_sync()) };
+        match synced {
             Ok(durable) => {
                 telemetry::wal_group_committed(group_bytes);
                 set_state(&shared, WalState::Running, durable);

@@ -103,6 +103,24 @@ impl WalError {
     }
 }
 
+/// Deletes sealed segments that end at or before `lsn` (everything in them
+/// is archived). The last segment, the one being written, is never deleted.
+pub fn delete_segments_before(dir: &Path, lsn: u64, faults: &crate::faults::Faults) -> Result<usize, WalError> {
+    let segments = list_segments(dir)?;
+    let mut deleted = 0;
+    for pair in segments.windows(2) {
+        let ((_, path), (next_start, _)) = (&pair[0], &pair[1]);
+        if *next_start <= lsn {
+            std::fs::remove_file(path).map_err(|source| WalError::Write { path: path.clone(), source })?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        writer::sync_dir(dir, faults)?;
+    }
+    Ok(deleted)
+}
+
 pub fn segment_path(dir: &Path, start_lsn: u64) -> PathBuf {
     dir.join(format!("wal-{start_lsn:020}.seg"))
 }

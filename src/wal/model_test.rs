@@ -10,7 +10,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::format::{SEGMENT_HEADER_BYTES, encode_record};
-use super::{WalConfig, WalCursor, WalError, WalWriter, list_segments, open};
+use super::{WalConfig, WalCursor, WalError, WalWriter, delete_segments_before, list_segments, open};
 use crate::faults::Faults;
 
 #[derive(Debug, Clone)]
@@ -134,7 +134,7 @@ fn lsns_continue_across_reopen_and_segment_deletion() {
     let end = writer.append(&frames(&many)).expect("append");
     writer.sync().expect("sync");
     assert!(list_segments(dir.path()).expect("list").len() > 3, "small segments rolled");
-    writer.delete_segments_before(end).expect("delete");
+    delete_segments_before(dir.path(), end, &Faults::default()).expect("delete");
     assert_eq!(list_segments(dir.path()).expect("list").len(), 1, "only the open segment is kept");
     drop(writer);
     let recovered = open(config(dir.path()), Arc::new(Faults::default()), 0).expect("reopen");

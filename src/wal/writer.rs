@@ -83,6 +83,13 @@ impl WalWriter {
         Ok(self.synced_lsn)
     }
 
+    /// Counts what is written as durable without an fsync. Benchmarks only:
+    /// it is what `wal.fsync_enabled = false` does.
+    pub fn skip_sync(&mut self) -> u64 {
+        self.synced_lsn = self.written_lsn;
+        self.synced_lsn
+    }
+
     pub fn written_lsn(&self) -> u64 {
         self.written_lsn
     }
@@ -140,27 +147,6 @@ impl WalWriter {
         sync_dir(&self.config.dir, &self.faults)?;
         self.segment = Some(OpenSegment { file, path, start_lsn, len: SEGMENT_HEADER_BYTES as u64 });
         Ok(())
-    }
-
-    /// Deletes sealed segments that end at or before `lsn`. The open segment
-    /// is never deleted.
-    pub fn delete_segments_before(&mut self, lsn: u64) -> Result<usize, WalError> {
-        let open_start = self.segment.as_ref().map(|s| s.start_lsn);
-        let segments = super::list_segments(&self.config.dir)?;
-        let mut deleted = 0;
-        for pair in segments.windows(2) {
-            let (start, path) = &pair[0];
-            let next_start = pair[1].0;
-            if Some(*start) == open_start || next_start > lsn {
-                continue;
-            }
-            fs::remove_file(path).map_err(|source| WalError::Write { path: path.clone(), source })?;
-            deleted += 1;
-        }
-        if deleted > 0 {
-            sync_dir(&self.config.dir, &self.faults)?;
-        }
-        Ok(deleted)
     }
 }
 

@@ -54,7 +54,7 @@ impl Harness {
         let mut keys = IssuerPublicKeys::new();
         keys.insert(ISSUER_KEY_ID, issuer.public_key());
         let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(&config).expect("pipeline"), keys));
-        let mut settings = ServerSettings::from_config(&config, dir.path());
+        let mut settings = ServerSettings::from_config(&config, dir.path()).expect("settings");
         settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
         let identity = ServerIdentity::generate().expect("identity");
         let clock = Arc::new(ManualClock::new(T0_MS + 60_000));

@@ -85,7 +85,7 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
         farestream::ingest::PipelineConfig::from_config(&config).expect("pipeline"),
         keys,
     ));
-    let mut settings = farestream::server::ServerSettings::from_config(&config, dir.path());
+    let mut settings = farestream::server::ServerSettings::from_config(&config, dir.path()).expect("settings");
     settings.listen_addr = addr;
     let server =
         farestream::server::Server::start(settings, &h.identity, pipeline, h.clock.clone()).await.expect("restart");

@@ -1,0 +1,281 @@
+//! The archiver thread: reads the write-ahead log forward from the archive
+//! checkpoint, up to what the commit thread has made durable, and writes
+//! the rows to Parquet. A *cut* closes every open file at once, names them
+//! after the log range they cover, then moves the checkpoint to the end of
+//! that range and deletes the log segments it has passed. After a cut it
+//! closes the service days that can no longer receive scans.
+//!
+//! Errors: a failed fsync or rename stops the archiver for good (the server
+//! stops with it). Any other error, a full disk most likely, abandons the
+//! open files, rewinds to the checkpoint and tries again after
+//! `archive.retry_after_error_ms`: the log still holds every row.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use super::checkpoint::write_checkpoint;
+use super::writer::{ArchiveError, ArchiveWriter, ClosedFile, SUCCESS_MARKER, partition_dir, sync_dir};
+use crate::clock::Clock;
+use crate::faults::Faults;
+use crate::journal;
+use crate::service_day::ServiceDayPolicy;
+use crate::telemetry;
+use crate::wal::committer::Progress;
+use crate::wal::{WalCursor, delete_segments_before};
+
+#[derive(Debug, Clone)]
+pub struct ArchiverSettings {
+    pub wal_dir: PathBuf,
+    pub record_bytes_max: u32,
+    pub checkpoint_path: PathBuf,
+    /// How often the log is read for new records.
+    pub poll_interval: Duration,
+    pub retry_after_error: Duration,
+    pub service_day: ServiceDayPolicy,
+    /// A day closes once this long has passed after its end.
+    pub accepted_lateness: Duration,
+}
+
+/// What the archiver has done, for the server and the demo.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiverStatus {
+    pub archived_lsn: u64,
+    /// Files this archiver closed, in order.
+    pub files: Vec<ClosedFile>,
+    /// Service days marked complete.
+    pub closed_days: Vec<chrono::NaiveDate>,
+    /// Set when the archiver stopped for good.
+    pub failure: Option<String>,
+}
+
+enum Command {
+    /// Archive everything durable now and cut; answer with the archived LSN.
+    Flush(oneshot::Sender<Result<u64, String>>),
+    Stop,
+}
+
+pub struct Archiver {
+    commands: mpsc::Sender<Command>,
+    status: Arc<Mutex<ArchiverStatus>>,
+    thread: JoinHandle<()>,
+}
+
+impl Archiver {
+    pub fn spawn(
+        settings: ArchiverSettings,
+        writer: ArchiveWriter,
+        archived_lsn: u64,
+        progress: watch::Receiver<Progress>,
+        clock: Arc<dyn Clock>,
+        faults: Arc<Faults>,
+    ) -> Archiver {
+        let (commands, receiver) = mpsc::channel();
+        let status = Arc::new(Mutex::new(ArchiverStatus { archived_lsn, ..ArchiverStatus::default() }));
+        let cursor = WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, archived_lsn);
+        let state =
+            State { settings, writer, cursor, archived_lsn, progress, clock, faults, status: Arc::clone(&status) };
+        let thread = std::thread::Builder::new()
+            .name("archiver".into())
+            .spawn(move || state.run(receiver))
+            .expect("spawning the archiver thread");
+        Archiver { commands, status, thread }
+    }
+
+    pub fn status(&self) -> ArchiverStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Archives everything durable so far and closes its files.
+    pub async fn flush(&self) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Flush(reply)).map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Archives everything durable, closes its files and ends the thread.
+    /// Call after the log's commit thread has closed.
+    pub fn close(self) -> ArchiverStatus {
+        let _ = self.commands.send(Command::Stop);
+        let _ = self.thread.join();
+        lock(&self.status).clone()
+    }
+
+    fn stopped(&self) -> String {
+        self.status().failure.unwrap_or_else(|| "archiver has stopped".into())
+    }
+}
+
+struct State {
+    settings: ArchiverSettings,
+    writer: ArchiveWriter,
+    cursor: WalCursor,
+    archived_lsn: u64,
+    progress: watch::Receiver<Progress>,
+    clock: Arc<dyn Clock>,
+    faults: Arc<Faults>,
+    status: Arc<Mutex<ArchiverStatus>>,
+}
+
+impl State {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            let command = match commands.recv_timeout(self.settings.poll_interval) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
+            };
+            let (reply, stop) = match command {
+                Some(Command::Flush(reply)) => (Some(reply), false),
+                Some(Command::Stop) => (None, true),
+                None => (None, false),
+            };
+            let force_cut = reply.is_some() || stop;
+            let result = self.step(force_cut);
+            if let Err(error) = &result {
+                if error.is_fatal() {
+                    tracing::error!(%error, "archiver failed; the server stops");
+                    telemetry::archive_failed();
+                    lock(&self.status).failure = Some(error.to_string());
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                    return;
+                }
+                tracing::warn!(%error, "archiving failed; retrying from the checkpoint");
+                telemetry::archive_retried();
+                self.rewind();
+            }
+            let failed = result.is_err();
+            if let Some(reply) = reply {
+                let _ = reply.send(result.map(|_| self.archived_lsn).map_err(|e| e.to_string()));
+            }
+            if stop {
+                return;
+            }
+            if failed {
+                std::thread::sleep(self.settings.retry_after_error);
+            }
+        }
+    }
+
+    /// Reads what is durable, appends it, and cuts when due or asked.
+    fn step(&mut self, force_cut: bool) -> Result<(), StepError> {
+        let durable = self.progress.borrow().durable_lsn;
+        let records = self.cursor.read_until(durable).map_err(StepError::fatal)?;
+        let now = Instant::now();
+        for record in &records {
+            let rows = journal::decode(&record.payload).map_err(StepError::fatal)?;
+            self.writer.append(&rows, now)?;
+            telemetry::archive_rows_written(rows.len());
+        }
+        let caught_up = self.cursor.lsn() >= durable;
+        if self.cursor.lsn() > self.archived_lsn && (force_cut || self.writer.cut_due(now)) {
+            self.cut()?;
+        }
+        if caught_up && self.cursor.lsn() == self.archived_lsn {
+            self.close_days()?;
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self) -> Result<(), ArchiveError> {
+        let to = self.cursor.lsn();
+        let closed = self.writer.close_all(self.archived_lsn, to)?;
+        write_checkpoint(&self.settings.checkpoint_path, to, &self.faults)?;
+        self.archived_lsn = to;
+        telemetry::archive_files_closed(&closed);
+        {
+            let mut status = lock(&self.status);
+            status.archived_lsn = to;
+            status.files.extend(closed);
+        }
+        // Everything before the checkpoint is in the archive: those log
+        // segments are no longer needed.
+        if let Err(error) = delete_segments_before(&self.settings.wal_dir, to, &self.faults) {
+            tracing::warn!(%error, "could not delete archived log segments; will try after the next cut");
+        }
+        Ok(())
+    }
+
+    /// Marks `_SUCCESS` in each partition whose day ended more than the
+    /// accepted lateness ago. Called only when everything durable is archived.
+    fn close_days(&mut self) -> Result<(), ArchiveError> {
+        let root = &self.writer_root();
+        let Ok(entries) = std::fs::read_dir(root) else { return Ok(()) };
+        let now = self.clock.now_ms();
+        let lateness_ms = self.settings.accepted_lateness.as_millis() as i64;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(date) = name.to_str().and_then(|n| n.strip_prefix("service_date=")).and_then(|d| d.parse().ok())
+            else {
+                continue;
+            };
+            let dir = partition_dir(root, date);
+            let Some(next_day) = chrono::NaiveDate::succ_opt(&date) else { continue };
+            let day_end = self.settings.service_day.day_start(next_day);
+            if dir.join(SUCCESS_MARKER).exists() || now < day_end + lateness_ms {
+                continue;
+            }
+            let marker = dir.join(SUCCESS_MARKER);
+            let io = |source| ArchiveError::Io { path: marker.clone(), source };
+            self.faults.before_write().map_err(io)?;
+            std::fs::write(&marker, format!("archived_lsn = {}\n", self.archived_lsn)).map_err(io)?;
+            sync_dir(&dir, &self.faults)?;
+            tracing::info!(%date, "service day closed: all its scans are archived");
+            lock(&self.status).closed_days.push(date);
+        }
+        Ok(())
+    }
+
+    fn writer_root(&self) -> PathBuf {
+        self.settings.checkpoint_path.parent().map(|p| p.join("scans")).unwrap_or_default()
+    }
+
+    fn rewind(&mut self) {
+        self.writer.abandon();
+        self.cursor = WalCursor::new(self.settings.wal_dir.clone(), self.settings.record_bytes_max, self.archived_lsn);
+    }
+}
+
+/// A step's failure: an archive error, or damage in the log (always fatal).
+enum StepError {
+    Archive(ArchiveError),
+    Fatal(String),
+}
+
+impl StepError {
+    fn fatal(error: impl std::fmt::Display) -> StepError {
+        StepError::Fatal(error.to_string())
+    }
+
+    fn is_fatal(&self) -> bool {
+        match self {
+            StepError::Archive(error) => error.is_fatal(),
+            StepError::Fatal(_) => true,
+        }
+    }
+}
+
+impl From<ArchiveError> for StepError {
+    fn from(error: ArchiveError) -> StepError {
+        StepError::Archive(error)
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Archive(error) => error.fmt(f),
+            StepError::Fatal(reason) => f.write_str(reason),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
