@@ -6,6 +6,7 @@ use std::sync::Arc;
 use farestream::archive::{read, scans_root};
 use farestream::clock::{ManualClock, UnixMillis};
 use farestream::config::Config;
+use farestream::faults::Faults;
 use farestream::gateway::{GatewayClient, GatewaySettings};
 use farestream::ingest::{Pipeline, PipelineConfig};
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
@@ -25,6 +26,7 @@ pub struct Harness {
     pub clock: Arc<ManualClock>,
     pub issuer: IssuerSigningKey,
     pub config: Config,
+    pub faults: Arc<Faults>,
 }
 
 pub struct TestRider {
@@ -50,16 +52,30 @@ impl Harness {
 
     pub async fn start_with(config: Config) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
-        let mut keys = IssuerPublicKeys::new();
-        keys.insert(ISSUER_KEY_ID, issuer.public_key());
-        let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(&config).expect("pipeline"), keys));
-        let mut settings = ServerSettings::from_config(&config, dir.path()).expect("settings");
-        settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
         let identity = ServerIdentity::generate().expect("identity");
         let clock = Arc::new(ManualClock::new(T0_MS + 60_000));
-        let server = Server::start(settings, &identity, pipeline, clock.clone()).await.expect("server");
-        Harness { dir, server, identity, clock, issuer, config }
+        let faults = Arc::new(Faults::default());
+        let server = start_server(&config, dir.path(), &identity, &clock, &faults).await;
+        let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
+        Harness { dir, server, identity, clock, issuer, config, faults }
+    }
+
+    /// Graceful stop, then a new server on the same data directory.
+    pub async fn restart(mut self) -> Harness {
+        self.server.shutdown().await.expect("shutdown");
+        self.server = start_server(&self.config, self.dir.path(), &self.identity, &self.clock, &self.faults).await;
+        self
+    }
+
+    /// The process "dies": the server is abandoned without a shutdown (its
+    /// threads idle on, its files stay as they are), `damage` runs, and a
+    /// new server recovers the same data directory.
+    pub async fn crash_and_recover(self, damage: impl FnOnce(&std::path::Path)) -> Harness {
+        let Harness { dir, server, identity, clock, issuer, config, faults } = self;
+        std::mem::forget(server);
+        damage(dir.path());
+        let server = start_server(&config, dir.path(), &identity, &clock, &faults).await;
+        Harness { dir, server, identity, clock, issuer, config, faults }
     }
 
     pub fn client(&self) -> GatewayClient {
@@ -81,6 +97,23 @@ impl Harness {
         self.server.flush_archive().await.expect("flush");
         read::read_all(&scans_root(self.dir.path())).expect("read archive")
     }
+}
+
+async fn start_server(
+    config: &Config,
+    dir: &std::path::Path,
+    identity: &ServerIdentity,
+    clock: &Arc<ManualClock>,
+    faults: &Arc<Faults>,
+) -> Server {
+    let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
+    let mut keys = IssuerPublicKeys::new();
+    keys.insert(ISSUER_KEY_ID, issuer.public_key());
+    let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(config).expect("pipeline"), keys));
+    let mut settings = ServerSettings::from_config(config, dir).expect("settings");
+    settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
+    settings.faults = Arc::clone(faults);
+    Server::start(settings, identity, pipeline, clock.clone()).await.expect("server")
 }
 
 pub fn record(validator: &str, seq: u64, at_ms: UnixMillis, tap_kind: TapKind, ride_code: Vec<u8>) -> ScanRecord {

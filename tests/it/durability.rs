@@ -1,0 +1,183 @@
+//! Nothing acknowledged is lost, nothing is archived twice: restarts,
+//! unclean stops, a torn log tail, and injected fsync, rename and
+//! disk-full failures, each checked against the rows read back from disk.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use farestream::archive::read::{archive_files, read_all};
+use farestream::archive::scans_root;
+use farestream::config::Config;
+use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
+use farestream::wal::committer::WalState;
+use farestream::wire::ScanBatch;
+
+use crate::support::{Harness, T0_MS, batch, record};
+
+/// `n` fresh scans by riders `first..first + n`.
+fn scans(h: &Harness, seq: u64, first: u64, n: u64) -> ScanBatch {
+    let records = (first..first + n)
+        .map(|card| record("gate-1", card, T0_MS + card as i64, TapKind::Entry, h.rider(card).code_at(T0_MS, 1)))
+        .collect();
+    batch("station-01", seq, records)
+}
+
+/// Every row once, by scan id.
+fn assert_each_once(rows: &[ArchivedScan], expected: usize) {
+    let ids: HashSet<[u8; 16]> = rows.iter().map(|r| r.scan_id).collect();
+    assert_eq!(ids.len(), rows.len(), "a scan is archived twice");
+    assert_eq!(rows.len(), expected, "rows archived");
+}
+
+fn quick_failures(mut config: Config) -> Config {
+    config.gateway.retry_attempts_max = 2;
+    config.gateway.retry_backoff_ms_initial = 10;
+    config.wal.ack_wait_ms_max = 300;
+    config.wal.disk_full_retry_ms = 50;
+    config.archive.retry_after_error_ms = 50;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_redeliveries_and_replays_are_still_caught() {
+    let h = Harness::start().await;
+    let first = scans(&h, 1, 1, 3);
+    assert_eq!(h.client().push(&first).await.expect("ack").accepted, 3);
+    let h = h.restart().await;
+    assert_eq!(h.server.recovery().restored_rows, 3, "{:?}", h.server.recovery());
+    let again = h.client().push(&first).await.expect("ack");
+    assert_eq!((again.accepted, again.redelivered), (0, 3));
+    let copy = record("gate-9", 1, T0_MS + 5_000, TapKind::Entry, h.rider(1).code_at(T0_MS, 1));
+    let replay = h.client().push(&batch("station-02", 1, vec![copy])).await.expect("ack");
+    assert_eq!(replay.rejections[0].scan_status(), Some(ScanStatus::Replay));
+    h.server.flush_archive().await.expect("flush");
+    let rows = read_all(&scans_root(h.dir.path())).expect("rows");
+    assert_each_once(&rows, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclean_stop_with_a_torn_log_tail_loses_nothing_acknowledged() {
+    let mut config = Config::defaults();
+    // No cut happens on its own: everything acked is only in the log.
+    config.archive.file_age_secs_max = 3_600;
+    let h = Harness::start_with(config).await;
+    for seq in 0..4 {
+        assert_eq!(h.client().push(&scans(&h, seq, 10 * seq + 1, 5)).await.expect("ack").accepted, 5);
+    }
+    let h = h
+        .crash_and_recover(|dir| {
+            // A write that was cut short: half a record at the end of the log.
+            let (_, segment) = farestream::wal::list_segments(&dir.join("wal")).expect("segments").pop().expect("one");
+            let mut bytes = std::fs::read(&segment).expect("read");
+            bytes.extend_from_slice(&[0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+            std::fs::write(&segment, bytes).expect("write");
+        })
+        .await;
+    let recovery = h.server.recovery().clone();
+    assert_eq!(recovery.torn_bytes_cut, 11, "{recovery:?}");
+    assert_eq!(recovery.checkpoint_lsn, 0, "nothing was archived before the crash");
+    h.server.flush_archive().await.expect("flush");
+    let rows = read_all(&scans_root(h.dir.path())).expect("rows");
+    assert_each_once(&rows, 20);
+    assert!(rows.iter().all(|r| r.status == ScanStatus::Accepted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_renamed_but_not_checkpointed_are_archived_again_once() {
+    let h = Harness::start().await;
+    h.client().push(&scans(&h, 1, 1, 4)).await.expect("ack");
+    h.server.flush_archive().await.expect("flush");
+    h.client().push(&scans(&h, 2, 5, 4)).await.expect("ack");
+    h.server.flush_archive().await.expect("flush");
+    let h = h
+        .crash_and_recover(|dir| {
+            // The crash came after the second cut's rename, before its
+            // checkpoint: roll the checkpoint back to the first cut.
+            let first_cut = archive_files(&scans_root(dir)).expect("files")[0].clone();
+            let (_, to) = farestream::archive::writer::file_lsn_range(&first_cut).expect("range");
+            std::fs::write(dir.join("archive/checkpoint"), format!("archived_lsn = {to}\n")).expect("checkpoint");
+        })
+        .await;
+    assert_eq!(h.server.recovery().archive_cleanup.uncheckpointed, 1);
+    h.server.flush_archive().await.expect("flush");
+    assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_the_server_and_recovery_keeps_every_ack() {
+    let h = Harness::start_with(quick_failures(Config::defaults())).await;
+    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    h.faults.set_fsync_fails(true);
+    let refused = h.client().push(&scans(&h, 2, 4, 3)).await;
+    assert!(refused.is_err(), "no ack without a durable log: {refused:?}");
+    let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
+    assert!(reason.contains("fsync"), "{reason}");
+    assert!(h.client().push(&scans(&h, 3, 7, 1)).await.is_err(), "a stopped server acks nothing");
+    h.faults.set_fsync_fails(false);
+    let h = h.crash_and_recover(|_| {}).await;
+    // The unacked batch is sent again, as its gateway would.
+    let resent = h.client().push(&scans(&h, 2, 4, 3)).await.expect("ack after recovery");
+    assert_eq!(resent.accepted + resent.redelivered, 3);
+    h.server.flush_archive().await.expect("flush");
+    assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rename_stops_the_server_and_recovery_archives_once() {
+    let h = Harness::start_with(quick_failures(Config::defaults())).await;
+    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    h.faults.set_rename_fails(true);
+    assert!(h.server.flush_archive().await.is_err(), "the cut cannot rename its file");
+    let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
+    assert!(reason.contains("rename"), "{reason}");
+    assert!(h.client().push(&scans(&h, 2, 4, 1)).await.is_err(), "a stopped server acks nothing");
+    h.faults.set_rename_fails(false);
+    let h = h.crash_and_recover(|_| {}).await;
+    h.server.flush_archive().await.expect("flush");
+    assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_answered_backoff_and_work_resumes_when_space_returns() {
+    let h = Harness::start_with(quick_failures(Config::defaults())).await;
+    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    h.faults.set_disk_full(true);
+    let refused = h.client().push(&scans(&h, 2, 4, 3)).await.expect_err("no ack while the disk is full");
+    assert!(refused.to_string().contains("disk full") || refused.to_string().contains("durable"), "{refused}");
+    assert_eq!(h.server.wal_progress().state, WalState::DiskFull);
+    assert!(h.server.failure().is_none(), "a full disk is not fatal");
+    h.faults.set_disk_full(false);
+    let resent = h.client().push(&scans(&h, 2, 4, 3)).await.expect("ack once space returns");
+    assert_eq!(resent.accepted + resent.redelivered, 3);
+    assert_eq!(h.server.wal_progress().state, WalState::Running);
+    h.server.flush_archive().await.expect("flush");
+    assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_day_gets_its_marker_and_late_scans_a_file_of_their_own() {
+    let mut config = Config::defaults();
+    config.ingest.accepted_lateness_secs = 3_600;
+    let h = Harness::start_with(config).await;
+    h.client().push(&scans(&h, 1, 1, 2)).await.expect("ack");
+    h.server.flush_archive().await.expect("flush");
+    let partition = scans_root(h.dir.path()).join("service_date=2025-11-20");
+    assert!(!partition.join("_SUCCESS").exists(), "the day is still open");
+    // 2025-11-21 04:00 Shanghai ends the day; an hour of lateness after that.
+    let day_end = T0_MS + 18 * 3_600_000;
+    h.clock.set(day_end + 3_600_000 + 1);
+    h.server.flush_archive().await.expect("flush");
+    assert!(partition.join("_SUCCESS").exists(), "closed once its lateness has passed");
+    let late = record("gate-2", 1, day_end - 60_000, TapKind::Entry, h.rider(50).code_at(day_end - 60_000, 1));
+    let ack = h.client().push(&batch("station-01", 9, vec![late])).await.expect("ack");
+    assert_eq!(ack.rejections[0].scan_status(), Some(ScanStatus::StaleCode), "too late to be charged");
+    h.server.flush_archive().await.expect("flush");
+    let late_files: Vec<_> = archive_files(&scans_root(h.dir.path()))
+        .expect("files")
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("late-")))
+        .collect();
+    assert_eq!(late_files.len(), 1, "{late_files:?}");
+    assert!(late_files[0].starts_with(&partition));
+    assert_eq!(farestream::archive::read::read_file(&late_files[0]).expect("rows").len(), 1);
+}
