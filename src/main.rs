@@ -54,6 +54,17 @@ enum Command {
         /// Seconds over which the scans are spread.
         #[arg(long, default_value_t = 30.0)]
         duration_secs: f64,
+        /// Write the scan_id of every acknowledged scan here, one per line
+        /// (for `audit`).
+        #[arg(long)]
+        acked_file: Option<PathBuf>,
+    },
+    /// Check the archive against the scans a gateway saw acknowledged:
+    /// every acked scan archived, none twice.
+    Audit {
+        /// A file of scan_ids, one per line, as `simulate --acked-file` writes.
+        #[arg(long)]
+        acked_file: PathBuf,
     },
     /// Run a server and a simulated city in one process: one service day in about a minute.
     Demo {
@@ -105,9 +116,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { listen } => runtime.block_on(serve(&cli.data_dir, config, listen)),
         Command::Keys { action } => keys(&cli.data_dir, action),
-        Command::Simulate { server, city, duration_secs } => {
-            runtime.block_on(simulate(&cli.data_dir, config, server, city, duration_secs))
+        Command::Simulate { server, city, duration_secs, acked_file } => {
+            runtime.block_on(simulate(&cli.data_dir, config, server, city, duration_secs, acked_file.as_deref()))
         }
+        Command::Audit { acked_file } => audit(&cli.data_dir, &acked_file),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
     }
 }
@@ -203,6 +215,7 @@ async fn simulate(
     server: SocketAddr,
     city: CityArgs,
     duration_secs: f64,
+    acked_file: Option<&Path>,
 ) -> Result<()> {
     let keystore = Keystore::open_or_create(data_dir).context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
@@ -261,8 +274,29 @@ async fn simulate(
     for error in &report.errors {
         println!("  gateway error: {error}");
     }
+    if let Some(path) = acked_file {
+        let lines: String = report.acked_scan_ids.iter().map(|id| format!("{}\n", hex::encode(id))).collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     if !report.errors.is_empty() {
         bail!("{} gateway error(s)", report.errors.len());
+    }
+    Ok(())
+}
+
+fn audit(data_dir: &Path, acked_file: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
+    let acked: std::collections::HashSet<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    for row in &rows {
+        *seen.entry(hex::encode(row.scan_id)).or_default() += 1;
+    }
+    let lost = acked.iter().filter(|id| !seen.contains_key(**id)).count();
+    let duplicated: u64 = seen.values().map(|n| n - 1).sum();
+    println!("acked={} archived={} lost={lost} duplicated={duplicated}", acked.len(), rows.len());
+    if lost > 0 || duplicated > 0 {
+        bail!("the archive does not hold every acknowledged scan exactly once");
     }
     Ok(())
 }

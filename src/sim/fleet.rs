@@ -17,6 +17,7 @@ use super::plan::PlannedScan;
 use super::world::World;
 use crate::clock::{Clock, unix_secs_u32};
 use crate::gateway::{GatewayClient, GatewayError};
+use crate::ingest::pipeline::fingerprint;
 use crate::ridecode::{FreshnessPolicy, check_offline};
 use crate::scan::ScanStatus;
 use crate::wire::{BatchAck, ScanBatch};
@@ -46,6 +47,9 @@ pub struct FleetReport {
     pub connects: u64,
     pub retries: u64,
     pub errors: Vec<String>,
+    /// `scan_id` of every scan in a batch the server acknowledged: what
+    /// must be in the archive, exactly once.
+    pub acked_scan_ids: Vec<[u8; 16]>,
 }
 
 impl FleetReport {
@@ -64,6 +68,7 @@ impl FleetReport {
         self.connects += other.connects;
         self.retries += other.retries;
         self.errors.extend(other.errors);
+        self.acked_scan_ids.extend(other.acked_scan_ids);
     }
 
     fn tally_ack(&mut self, ack: &BatchAck) {
@@ -211,6 +216,7 @@ impl GatewayRun {
         report.batches_sent += 1;
         report.redelivered_acked += u64::from(ack.redelivered);
         report.tally_ack(&ack);
+        report.acked_scan_ids.extend(batch.scans.iter().map(fingerprint));
         Ok(())
     }
 }

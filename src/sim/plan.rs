@@ -118,7 +118,7 @@ pub fn plan_day(
     }
     let originals = scans.len();
     for index in 0..originals {
-        add_anomaly(&mut rng, world, &mut scans, index, rates);
+        add_anomaly(&mut rng, world, &mut scans, index, rates, timetable);
     }
     for scan in &mut scans {
         scan.expected = expected_status(world, scan);
@@ -145,7 +145,14 @@ fn tap(rng: &mut StdRng, rider: usize, validator: usize, tap_kind: TapKind, at_m
     }
 }
 
-fn add_anomaly(rng: &mut StdRng, world: &World, scans: &mut Vec<PlannedScan>, index: usize, rates: AnomalyRates) {
+fn add_anomaly(
+    rng: &mut StdRng,
+    world: &World,
+    scans: &mut Vec<PlannedScan>,
+    index: usize,
+    rates: AnomalyRates,
+    timetable: Timetable,
+) {
     let roll = rng.random_range(0.0..100.0);
     let mut threshold = 0.0;
     let mut next = |percent: f64| {
@@ -158,7 +165,7 @@ fn add_anomaly(rng: &mut StdRng, world: &World, scans: &mut Vec<PlannedScan>, in
         let peers = world.validators_for(scan.tap_kind);
         let others: Vec<usize> = peers.iter().copied().filter(|&v| v != scan.validator).collect();
         copy.validator = if others.is_empty() { scan.validator } else { pick(rng, &others) };
-        copy.at_ms = scan.at_ms + rng.random_range(2_000..20_000);
+        copy.at_ms = scan.at_ms + replay_delay(rng, timetable);
         copy.anomaly = Anomaly::Replay { of: index };
         scans.push(copy);
     } else if next(rates.forged_percent) {
@@ -238,6 +245,16 @@ fn ride_duration(rng: &mut StdRng, timetable: Timetable) -> UnixMillis {
     match timetable {
         Timetable::ServiceDay { .. } => rng.random_range(8..40) * 60_000,
         Timetable::Steady { first_ms, last_ms } => rng.random_range(0..=((last_ms - first_ms) / 10).max(1)),
+    }
+}
+
+/// How long after the original a copy of a code is shown: seconds in a
+/// service day; within the load's last tenth for a steady load, so a short
+/// run is not stretched by its last replays.
+fn replay_delay(rng: &mut StdRng, timetable: Timetable) -> UnixMillis {
+    match timetable {
+        Timetable::ServiceDay { .. } => rng.random_range(2_000..20_000),
+        Timetable::Steady { first_ms, last_ms } => rng.random_range(0..=((last_ms - first_ms) / 10).clamp(1, 20_000)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, as ripgrep does, so the release build
 //! links once.
 
+mod crash;
 mod durability;
 mod end_to_end;
 mod support;

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Crash test: runs the server under load from the simulator, kills it with
+# SIGKILL at random moments, restarts it, and at the end checks the archive
+# against every ack the gateways received. Prints
+#   kills=N acked=N archived=N lost=0 duplicated=0
+# and exits non-zero otherwise.
+#
+#   CRASH_KILLS=100 scripts/crash-test.sh      # the full run (default 100 kills)
+#   CRASH_KILLS=3 scripts/crash-test.sh        # what the test suite runs
+#
+# FARESTREAM_BIN names the binary; without it the release build is used
+# (and built if missing). Traffic stays on 127.0.0.1.
+set -euo pipefail
+
+kills=${CRASH_KILLS:-100}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bin=${FARESTREAM_BIN:-}
+if [ -z "$bin" ]; then
+  (cd "$repo" && cargo build --release --quiet)
+  bin="${CARGO_TARGET_DIR:-$repo/target}/release/farestream"
+fi
+work=$(mktemp -d)
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -n "${CRASH_KEEP:-}" ] || rm -rf "$work"' EXIT
+port=$((20000 + RANDOM % 30000))
+
+# Short timeouts so a gateway notices a dead server fast, many retries so it
+# keeps trying through every restart, and frequent archive cuts so kills
+# land between rename and checkpoint too.
+cat > "$work/crash.toml" <<TOML
+[server]
+listen_addr = "127.0.0.1:$port"
+[metrics]
+listen_addr = ""
+[gateway]
+connect_timeout_ms = 1000
+ack_timeout_ms = 1500
+retry_attempts_max = 100000
+retry_backoff_ms_initial = 50
+retry_backoff_ms_max = 500
+[archive]
+file_age_secs_max = 1
+TOML
+
+# The binary runs directly (not in a function's subshell) so $! is its pid.
+args=(--data-dir "$work/data" --config "$work/crash.toml")
+
+start_server() {
+  : > "$work/server.log"
+  "$bin" "${args[@]}" serve >> "$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q "farestream serving on" "$work/server.log" && return 0
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "server failed to start:"; cat "$work/server.log"; exit 1
+    fi
+    sleep 0.1
+  done
+  echo "server did not start within 10 s:"; cat "$work/server.log"; exit 1
+}
+
+start_server
+duration=$(( kills + 3 ))
+"$bin" "${args[@]}" simulate --server "127.0.0.1:$port" --riders $(( kills * 60 + 300 )) --gateways 4 \
+  --validators-per-gateway 4 --duration-secs "$duration" --acked-file "$work/acked.txt" \
+  > "$work/simulate.log" 2>&1 &
+simulate_pid=$!
+
+for i in $(seq 1 "$kills"); do
+  sleep "0.$(( RANDOM % 8 + 2 ))"
+  kill -9 "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  start_server
+done
+
+simulate_status=0
+wait "$simulate_pid" || simulate_status=$?
+kill -TERM "$server_pid"
+wait "$server_pid" || true
+if [ "$simulate_status" -ne 0 ]; then
+  echo "note: the simulator reported errors (batches never acked are not counted):"
+  tail -5 "$work/simulate.log"
+fi
+
+audit_status=0
+result=$("$bin" "${args[@]}" audit --acked-file "$work/acked.txt") || audit_status=$?
+echo "kills=$kills $result"
+acked=$(sed -n 's/.*acked=\([0-9]*\).*/\1/p' <<< "$result")
+if [ "${acked:-0}" -eq 0 ]; then
+  echo "nothing was acknowledged: the run proves nothing"; exit 1
+fi
+exit "$audit_status"

@@ -1,0 +1,21 @@
+//! Runs `scripts/crash-test.sh` against the real binary: SIGKILL at random
+//! moments under load, restart, then every acked scan must be archived
+//! exactly once. A handful of kills here (`CRASH_KILLS`, default 3); the
+//! README shows the full hundred.
+
+#[test]
+fn the_crash_test_loses_and_duplicates_nothing() {
+    let kills = std::env::var("CRASH_KILLS").unwrap_or_else(|_| "3".into());
+    let output = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crash-test.sh"))
+        .env("CRASH_KILLS", &kills)
+        .env("FARESTREAM_BIN", env!("CARGO_BIN_EXE_farestream"))
+        .output()
+        .expect("running scripts/crash-test.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "crash test failed:\n{stdout}\n{stderr}");
+    let summary = stdout.lines().find(|l| l.starts_with("kills=")).unwrap_or_default();
+    assert!(summary.starts_with(&format!("kills={kills} ")), "{stdout}");
+    assert!(summary.ends_with("lost=0 duplicated=0"), "{stdout}");
+}
