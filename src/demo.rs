@@ -124,6 +124,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         batch_scans_max: config.wire.batch_scans_max,
         freshness: config.freshness_policy(),
         seed: options.seed,
+        backlog: false,
     };
     let gateway_settings = GatewaySettings::from_config(config, server.local_addr());
     let cert = identity.cert.clone();

@@ -54,6 +54,14 @@ enum Command {
         /// Seconds over which the scans are spread.
         #[arg(long, default_value_t = 30.0)]
         duration_secs: f64,
+        /// Send everything at once, as a fleet back from hours offline:
+        /// batches are built first, then pushed back to back; prints the
+        /// drain rate.
+        #[arg(long)]
+        backlog: bool,
+        /// Scans per batch (defaults to wire.batch_scans_max).
+        #[arg(long)]
+        batch_scans: Option<usize>,
         /// Write the scan_id of every acknowledged scan here, one per line
         /// (for `audit`).
         #[arg(long)]
@@ -97,6 +105,13 @@ struct CityArgs {
     seed: u64,
 }
 
+/// How `simulate` spreads its scans.
+struct Load {
+    duration_secs: f64,
+    backlog: bool,
+    batch_scans: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum KeysAction {
     /// List issuer keys.
@@ -116,8 +131,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { listen } => runtime.block_on(serve(&cli.data_dir, config, listen)),
         Command::Keys { action } => keys(&cli.data_dir, action),
-        Command::Simulate { server, city, duration_secs, acked_file } => {
-            runtime.block_on(simulate(&cli.data_dir, config, server, city, duration_secs, acked_file.as_deref()))
+        Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file } => {
+            let load = Load { duration_secs, backlog, batch_scans };
+            runtime.block_on(simulate(&cli.data_dir, config, server, city, load, acked_file.as_deref()))
         }
         Command::Audit { acked_file } => audit(&cli.data_dir, &acked_file),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
@@ -214,9 +230,10 @@ async fn simulate(
     config: Config,
     server: SocketAddr,
     city: CityArgs,
-    duration_secs: f64,
+    load: Load,
     acked_file: Option<&Path>,
 ) -> Result<()> {
+    let duration_secs = load.duration_secs;
     let keystore = Keystore::open_or_create(data_dir).context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
         .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
@@ -237,7 +254,12 @@ async fn simulate(
         valid_from,
         valid_from + config.ride_code.credential_validity_secs,
     )?;
-    let timetable = Timetable::Steady { first_ms: now + 1_000, last_ms: now + (duration_secs * 1000.0) as i64 };
+    let timetable = if load.backlog {
+        // Read at the gates over the last ten minutes, all due at once.
+        Timetable::Steady { first_ms: now - 600_000, last_ms: now - 60_000 }
+    } else {
+        Timetable::Steady { first_ms: now + 1_000, last_ms: now + (duration_secs * 1000.0) as i64 }
+    };
     let plan = plan_day(&world, timetable, city.trips_per_rider, AnomalyRates::DEMO, city.seed);
     println!(
         "simulating {} gateways, {} riders: {} scans over {duration_secs} s at {server}",
@@ -249,9 +271,10 @@ async fn simulate(
     let settings = FleetSettings {
         upload_tick: Duration::from_millis(250),
         redelivery_percent: city.redelivery_percent,
-        batch_scans_max: config.wire.batch_scans_max,
+        batch_scans_max: load.batch_scans.unwrap_or(config.wire.batch_scans_max).max(1),
         freshness: config.freshness_policy(),
         seed: city.seed,
+        backlog: load.backlog,
     };
     let gateway_settings = GatewaySettings::from_config(&config, server);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -271,6 +294,20 @@ async fn simulate(
         println!("  {:<22}{:>10}{:>10}", status.as_str(), get(&report.planned), get(&report.acked));
     }
     println!("  {:<22}{:>10}{:>10}", "re-delivered", report.redelivered_planned, report.redelivered_acked);
+    let acked: u64 = report.acked.values().sum();
+    println!(
+        "  ack latency: p50 {:.1} ms, p99 {:.1} ms over {} pushes",
+        report.ack_latency_ms(0.5),
+        report.ack_latency_ms(0.99),
+        report.ack_latencies_us.len()
+    );
+    if load.backlog {
+        println!(
+            "  backlog drained: {acked} scans in {:.2} s = {:.0} scans/s",
+            report.drain_secs,
+            acked as f64 / report.drain_secs.max(1e-9)
+        );
+    }
     for error in &report.errors {
         println!("  gateway error: {error}");
     }

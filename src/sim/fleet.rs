@@ -31,10 +31,14 @@ pub struct FleetSettings {
     pub batch_scans_max: usize,
     pub freshness: FreshnessPolicy,
     pub seed: u64,
+    /// Build every batch before sending any, then send them back to back:
+    /// a fleet reconnecting with a backlog. The push phase then measures the
+    /// server, not the simulator's signing.
+    pub backlog: bool,
 }
 
 /// What the fleet planned, saw at the gates, and was told by the server.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetReport {
     pub planned: BTreeMap<ScanStatus, u64>,
     pub acked: BTreeMap<ScanStatus, u64>,
@@ -50,6 +54,10 @@ pub struct FleetReport {
     /// `scan_id` of every scan in a batch the server acknowledged: what
     /// must be in the archive, exactly once.
     pub acked_scan_ids: Vec<[u8; 16]>,
+    /// Time from sending a batch to holding its OK ack, per push, in µs.
+    pub ack_latencies_us: Vec<u64>,
+    /// In backlog mode: the longest any gateway took to push its backlog.
+    pub drain_secs: f64,
 }
 
 impl FleetReport {
@@ -69,6 +77,18 @@ impl FleetReport {
         self.retries += other.retries;
         self.errors.extend(other.errors);
         self.acked_scan_ids.extend(other.acked_scan_ids);
+        self.ack_latencies_us.extend(other.ack_latencies_us);
+        self.drain_secs = self.drain_secs.max(other.drain_secs);
+    }
+
+    /// The `q` quantile (0..=1) of ack latency in milliseconds.
+    pub fn ack_latency_ms(&self, q: f64) -> f64 {
+        let mut sorted = self.ack_latencies_us.clone();
+        sorted.sort_unstable();
+        match sorted.len() {
+            0 => 0.0,
+            n => sorted[((n - 1) as f64 * q).round() as usize] as f64 / 1000.0,
+        }
     }
 
     fn tally_ack(&mut self, ack: &BatchAck) {
@@ -140,25 +160,27 @@ impl GatewayRun {
         let mut report = FleetReport::default();
         let mut rng = StdRng::seed_from_u64(self.settings.seed.wrapping_add(self.gateway as u64));
         let mut batch_seq = 0u64;
+        if self.settings.backlog {
+            let mut batches = Vec::new();
+            for chunk in self.scans.chunks(self.settings.batch_scans_max) {
+                batch_seq += 1;
+                batches.push(self.read_at_gates(chunk, batch_seq, &mut report).await);
+            }
+            let started = std::time::Instant::now();
+            for batch in &batches {
+                self.upload(&client, batch, &mut rng, &mut report).await;
+            }
+            report.drain_secs = started.elapsed().as_secs_f64();
+        }
         let mut cursor = 0;
-        while cursor < self.scans.len() {
+        while !self.settings.backlog && cursor < self.scans.len() {
             tokio::time::sleep(self.settings.upload_tick).await;
             let now = self.clock.now_ms();
             let due = self.scans[cursor..].iter().take_while(|&&i| self.plan[i].at_ms <= now).count();
             for chunk in self.scans[cursor..cursor + due].chunks(self.settings.batch_scans_max) {
                 batch_seq += 1;
                 let batch = self.read_at_gates(chunk, batch_seq, &mut report).await;
-                if let Err(error) = self.push(&client, &batch, &mut report).await {
-                    report.errors.push(error.to_string());
-                    continue;
-                }
-                if rng.random_bool((self.settings.redelivery_percent / 100.0).clamp(0.0, 1.0)) {
-                    report.redelivered_planned += batch.scans.len() as u64;
-                    if let Err(error) = self.push(&client, &batch, &mut report).await {
-                        report.errors.push(error.to_string());
-                    }
-                }
-                self.progress.inc(chunk.len() as u64);
+                self.upload(&client, &batch, &mut rng, &mut report).await;
             }
             cursor += due;
         }
@@ -206,13 +228,30 @@ impl GatewayRun {
         batch
     }
 
+    /// Pushes a batch, and sometimes pushes it again as if its ack was lost.
+    async fn upload(&self, client: &GatewayClient, batch: &ScanBatch, rng: &mut StdRng, report: &mut FleetReport) {
+        if let Err(error) = self.push(client, batch, report).await {
+            report.errors.push(error.to_string());
+            return;
+        }
+        if rng.random_bool((self.settings.redelivery_percent / 100.0).clamp(0.0, 1.0)) {
+            report.redelivered_planned += batch.scans.len() as u64;
+            if let Err(error) = self.push(client, batch, report).await {
+                report.errors.push(error.to_string());
+            }
+        }
+        self.progress.inc(batch.scans.len() as u64);
+    }
+
     async fn push(
         &self,
         client: &GatewayClient,
         batch: &ScanBatch,
         report: &mut FleetReport,
     ) -> Result<(), GatewayError> {
+        let sent = std::time::Instant::now();
         let ack = client.push(batch).await?;
+        report.ack_latencies_us.push(sent.elapsed().as_micros() as u64);
         report.batches_sent += 1;
         report.redelivered_acked += u64::from(ack.redelivered);
         report.tally_ack(&ack);
