@@ -219,8 +219,9 @@ impl Server {
             failure: OnceLock::new(),
             failed: Notify::new(),
         });
-        tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
-        tokio::spawn(housekeeping(Arc::clone(&shared), Arc::clone(&archiver)));
+        // Tracked, so shutdown waits for them to drop what they hold.
+        shared.tasks.spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        shared.tasks.spawn(housekeeping(Arc::clone(&shared), Arc::clone(&archiver)));
         tracing::info!(%local_addr, "farestream listening");
         Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver })
     }
