@@ -58,7 +58,8 @@ fn fixture(scans: usize) -> Fixture {
 fn pipeline(c: &mut Criterion) {
     let config = PipelineConfig::from_config(&Config::defaults()).expect("config");
     let mut group = c.benchmark_group("pipeline_batch");
-    for scans in [1_000usize] {
+    let scans = 1_000usize;
+    {
         let f = fixture(scans);
         group.throughput(Throughput::Elements(scans as u64));
         group.bench_with_input(BenchmarkId::new("cold", scans), &f, |b, f| {

@@ -140,10 +140,15 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     .await;
     progress.finish_and_clear();
 
-    let report = server.shutdown().await?;
+    // This run's files are those covering log records written after start:
+    // earlier demos in the same data dir are not counted.
+    let first_lsn = server.recovery().wal_end_lsn;
+    server.shutdown().await?;
     let archive_root = archive::scans_root(&options.data_dir);
-    // This run's files only: earlier demos in the same data dir are not counted.
-    let files: Vec<PathBuf> = report.archiver.files.iter().map(|f| f.path.clone()).collect();
+    let files: Vec<PathBuf> = archive::read::archive_files(&archive_root)?
+        .into_iter()
+        .filter(|path| archive::writer::file_lsn_range(path).is_some_and(|(from, _)| from >= first_lsn))
+        .collect();
     let mut rows = Vec::new();
     for file in &files {
         rows.extend(archive::read::read_file(file)?);

@@ -243,10 +243,6 @@ impl Server {
         self.shared.wal.progress()
     }
 
-    pub fn archiver_status(&self) -> ArchiverStatus {
-        self.archiver.status()
-    }
-
     /// Archives everything acknowledged so far into closed files; returns
     /// the archived LSN.
     pub async fn flush_archive(&self) -> Result<u64, ServerError> {
@@ -576,7 +572,7 @@ async fn housekeeping(shared: Arc<Shared>, archiver: Arc<Archiver>) {
                 }
             }
             _ = health.tick() => {
-                if let Some(reason) = archiver.status().failure {
+                if let Some(reason) = archiver.failure() {
                     fail(&shared, format!("archiver: {reason}"));
                 }
             }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::checkpoint::write_checkpoint;
-use super::writer::{ArchiveError, ArchiveWriter, ClosedFile, SUCCESS_MARKER, partition_dir, sync_dir};
+use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, partition_dir, sync_dir};
 use crate::clock::Clock;
 use crate::faults::Faults;
 use crate::journal;
@@ -45,8 +45,8 @@ pub struct ArchiverSettings {
 #[derive(Debug, Clone, Default)]
 pub struct ArchiverStatus {
     pub archived_lsn: u64,
-    /// Files this archiver closed, in order.
-    pub files: Vec<ClosedFile>,
+    /// Files this archiver has closed (a count: a server runs for months).
+    pub files_closed: u64,
     /// Service days marked complete.
     pub closed_days: Vec<chrono::NaiveDate>,
     /// Set when the archiver stopped for good.
@@ -90,6 +90,11 @@ impl Archiver {
         lock(&self.status).clone()
     }
 
+    /// Why the archiver stopped for good, if it did.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.status).failure.clone()
+    }
+
     /// Archives everything durable so far and closes its files.
     pub async fn flush(&self) -> Result<u64, String> {
         let (reply, answer) = oneshot::channel();
@@ -106,7 +111,7 @@ impl Archiver {
     }
 
     fn stopped(&self) -> String {
-        self.status().failure.unwrap_or_else(|| "archiver has stopped".into())
+        self.failure().unwrap_or_else(|| "archiver has stopped".into())
     }
 }
 
@@ -192,7 +197,7 @@ impl State {
         {
             let mut status = lock(&self.status);
             status.archived_lsn = to;
-            status.files.extend(closed);
+            status.files_closed += closed.len() as u64;
         }
         // Everything before the checkpoint is in the archive: those log
         // segments are no longer needed.
@@ -205,7 +210,7 @@ impl State {
     /// Marks `_SUCCESS` in each partition whose day ended more than the
     /// accepted lateness ago. Called only when everything durable is archived.
     fn close_days(&mut self) -> Result<(), ArchiveError> {
-        let root = &self.writer_root();
+        let root = &self.writer.root().to_path_buf();
         let Ok(entries) = std::fs::read_dir(root) else { return Ok(()) };
         let now = self.clock.now_ms();
         let lateness_ms = self.settings.accepted_lateness.as_millis() as i64;
@@ -230,10 +235,6 @@ impl State {
             lock(&self.status).closed_days.push(date);
         }
         Ok(())
-    }
-
-    fn writer_root(&self) -> PathBuf {
-        self.settings.checkpoint_path.parent().map(|p| p.join("scans")).unwrap_or_default()
     }
 
     fn rewind(&mut self) {

@@ -118,12 +118,9 @@ impl ArchiveWriter {
         })
     }
 
-    pub fn has_open_files(&self) -> bool {
-        !self.open.is_empty()
-    }
-
-    pub fn open_rows(&self) -> u64 {
-        self.open.values().map(|f| f.rows).sum()
+    /// `DATA_DIR/archive/scans`.
+    pub fn root(&self) -> &Path {
+        &self.config.root
     }
 
     /// Closes every open file, naming each after the log range
@@ -229,8 +226,8 @@ mod tests {
             code_counter: Some(3),
             scanned_at: 2_000,
             received_at: 3_000,
-            status: if seq % 2 == 0 { ScanStatus::Accepted } else { ScanStatus::Replay },
-            reason: (seq % 2 == 1).then(|| "replayed".to_string()),
+            status: if seq.is_multiple_of(2) { ScanStatus::Accepted } else { ScanStatus::Replay },
+            reason: (!seq.is_multiple_of(2)).then(|| "replayed".to_string()),
             service_date: date,
         }
     }

@@ -72,7 +72,8 @@ pub struct BatchOutcome {
 
 pub struct Pipeline {
     config: PipelineConfig,
-    issuer_keys: RwLock<IssuerPublicKeys>,
+    /// Fixed for the server's life: a rotation takes effect on restart.
+    issuer_keys: IssuerPublicKeys,
     deny_list: RwLock<HashSet<u64>>,
     dedup: DedupIndex,
 }
@@ -125,21 +126,11 @@ struct SignatureResults {
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, issuer_keys: IssuerPublicKeys) -> Pipeline {
-        Pipeline {
-            config,
-            issuer_keys: RwLock::new(issuer_keys),
-            deny_list: RwLock::new(HashSet::new()),
-            dedup: DedupIndex::new(),
-        }
+        Pipeline { config, issuer_keys, deny_list: RwLock::new(HashSet::new()), dedup: DedupIndex::new() }
     }
 
     pub fn config(&self) -> &PipelineConfig {
         &self.config
-    }
-
-    /// Replaces the trusted issuer keys (after a rotation).
-    pub fn set_issuer_keys(&self, keys: IssuerPublicKeys) {
-        *self.issuer_keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
     }
 
     /// Puts a card on the deny list or takes it off.
@@ -172,10 +163,8 @@ impl Pipeline {
     /// Touches no dedup index.
     pub fn verify(&self, batch: &ScanBatch) -> Result<VerifiedBatch, BatchError> {
         self.check_batch_shape(batch)?;
-        let prepared: Vec<Prepared> = {
-            let keys = self.issuer_keys.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            batch.scans.par_iter().map(|record| self.prepare(record, &keys)).collect()
-        };
+        let prepared: Vec<Prepared> =
+            batch.scans.par_iter().map(|record| self.prepare(record, &self.issuer_keys)).collect();
         let signatures = self.verify_signatures(&prepared);
         Ok(VerifiedBatch { prepared, signatures })
     }

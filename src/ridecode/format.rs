@@ -150,10 +150,10 @@ impl RideCode {
     pub fn decode(input: &[u8]) -> Result<RideCode, DecodeError> {
         // The version is checked first so a future longer format gets the
         // more useful error.
-        if let Some(&version) = input.first() {
-            if version != FORMAT_VERSION {
-                return Err(DecodeError::UnsupportedVersion(version));
-            }
+        if let Some(&version) = input.first()
+            && version != FORMAT_VERSION
+        {
+            return Err(DecodeError::UnsupportedVersion(version));
         }
         let bytes: [u8; RIDE_CODE_LEN] =
             input.try_into().map_err(|_| DecodeError::WrongLength { actual: input.len() })?;

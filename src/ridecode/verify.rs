@@ -136,9 +136,9 @@ mod tests {
             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
         ];
         let mut carry = 0u16;
-        for i in 0..32 {
-            let sum = check.signature[32 + i] as u16 + L[i] as u16 + carry;
-            check.signature[32 + i] = sum as u8;
+        for (s, l) in check.signature[32..].iter_mut().zip(L) {
+            let sum = *s as u16 + l as u16 + carry;
+            *s = sum as u8;
             carry = sum >> 8;
         }
         check

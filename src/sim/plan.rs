@@ -96,7 +96,7 @@ pub fn plan_day(
     rates: AnomalyRates,
     seed: u64,
 ) -> Vec<PlannedScan> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_da75);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fda);
     let bus = world.validators_for(TapKind::Single);
     let metro = world.validators_for(TapKind::Entry);
     let mut scans = Vec::new();

@@ -55,7 +55,9 @@ impl WalWriter {
             let mut bytes = 0u64;
             while let Some(frame) = frames.get(next + take) {
                 let fits = bytes + frame.len() as u64 <= room;
-                if !fits && !(segment_is_empty && take == 0) {
+                // An oversized frame still goes first into an empty segment.
+                let oversized_alone = segment_is_empty && take == 0;
+                if !(fits || oversized_alone) {
                     break;
                 }
                 bytes += frame.len() as u64;
@@ -73,11 +75,11 @@ impl WalWriter {
 
     /// Makes everything written so far durable.
     pub fn sync(&mut self) -> Result<u64, WalError> {
-        if let Some(segment) = &self.segment {
-            if self.synced_lsn < self.written_lsn {
-                self.faults.before_fsync().map_err(|source| WalError::Fsync { path: segment.path.clone(), source })?;
-                segment.file.sync_data().map_err(|source| WalError::Fsync { path: segment.path.clone(), source })?;
-            }
+        if let Some(segment) = &self.segment
+            && self.synced_lsn < self.written_lsn
+        {
+            self.faults.before_fsync().map_err(|source| WalError::Fsync { path: segment.path.clone(), source })?;
+            segment.file.sync_data().map_err(|source| WalError::Fsync { path: segment.path.clone(), source })?;
         }
         self.synced_lsn = self.written_lsn;
         Ok(self.synced_lsn)
