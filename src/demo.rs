@@ -71,6 +71,7 @@ pub struct DemoSummary {
     pub riders: usize,
     pub gateways: usize,
     pub validators: usize,
+    pub seed: u64,
     pub fleet: FleetReport,
     pub archived: BTreeMap<ScanStatus, u64>,
     pub files: Vec<PathBuf>,
@@ -159,6 +160,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         riders: options.riders,
         gateways,
         validators,
+        seed: options.seed,
         fleet,
         archived: archive::read::count_by_status(&rows),
         files,
@@ -203,12 +205,13 @@ impl DemoSummary {
         line(
             &mut out,
             format!(
-                "farestream demo: service day {} ({}), {} riders, {} gateways, {} validators, {:.1} s",
+                "farestream demo: service day {} ({}), {} riders, {} gateways, {} validators, seed {}, {:.1} s",
                 self.service_date,
                 self.time_zone,
                 self.riders,
                 self.gateways,
                 self.validators,
+                self.seed,
                 self.wall.as_secs_f64()
             ),
         );

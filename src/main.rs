@@ -101,8 +101,17 @@ struct CityArgs {
     /// Batches sent twice, as when an ack is lost.
     #[arg(long, default_value_t = 2.0)]
     redelivery_percent: f64,
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
+    /// Seed of the simulated city. By default a new one each run, so a
+    /// rerun in the same data dir is a new city, not a re-delivery of the
+    /// last one (which the server would rightly drop).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl CityArgs {
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| SystemClock.now_ms().unsigned_abs())
+    }
 }
 
 /// How `simulate` spreads its scans.
@@ -233,6 +242,7 @@ async fn simulate(
     load: Load,
     acked_file: Option<&Path>,
 ) -> Result<()> {
+    let seed = city.seed();
     let duration_secs = load.duration_secs;
     let keystore = Keystore::open_or_create(data_dir).context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
@@ -245,7 +255,7 @@ async fn simulate(
         validators_per_gateway: city.validators_per_gateway,
         // The server's deny list is its own; the simulator cannot predict it.
         denied_riders_percent: 0.0,
-        seed: city.seed,
+        seed,
     };
     let world = World::build(
         &spec,
@@ -260,7 +270,7 @@ async fn simulate(
     } else {
         Timetable::Steady { first_ms: now + 1_000, last_ms: now + (duration_secs * 1000.0) as i64 }
     };
-    let plan = plan_day(&world, timetable, city.trips_per_rider, AnomalyRates::DEMO, city.seed);
+    let plan = plan_day(&world, timetable, city.trips_per_rider, AnomalyRates::DEMO, seed);
     println!(
         "simulating {} gateways, {} riders: {} scans over {duration_secs} s at {server}",
         city.gateways,
@@ -273,7 +283,7 @@ async fn simulate(
         redelivery_percent: city.redelivery_percent,
         batch_scans_max: load.batch_scans.unwrap_or(config.wire.batch_scans_max).max(1),
         freshness: config.freshness_policy(),
-        seed: city.seed,
+        seed,
         backlog: load.backlog,
     };
     let gateway_settings = GatewaySettings::from_config(&config, server);
@@ -339,6 +349,7 @@ fn audit(data_dir: &Path, acked_file: &Path) -> Result<()> {
 }
 
 async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) -> Result<()> {
+    let seed = city.seed();
     let options = DemoOptions {
         data_dir,
         config,
@@ -349,7 +360,7 @@ async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) 
         trips_per_rider: city.trips_per_rider,
         denied_riders_percent: city.denied_riders_percent,
         redelivery_percent: city.redelivery_percent,
-        seed: city.seed,
+        seed,
         show_progress: true,
     };
     let summary = run_demo(options).await?;

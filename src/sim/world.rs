@@ -90,7 +90,7 @@ impl World {
         let mut riders = Vec::with_capacity(spec.riders);
         let mut denied_cards = HashSet::new();
         for index in 0..spec.riders {
-            let card_id = 1_000_000 + index as u64;
+            let card_id = first_card_id(spec.seed) + index as u64;
             let key = UserKey::from_seed(&rng.random())?;
             let credential = issuer.issue(card_id, key.public_key(), valid_from, valid_until);
             if rng.random_bool((spec.denied_riders_percent / 100.0).clamp(0.0, 1.0)) {
@@ -137,6 +137,12 @@ impl World {
         let until = self.credential_valid_from.saturating_sub(3_600);
         self.issuer.issue(rider.card_id, rider.key.public_key(), until.saturating_sub(length), until)
     }
+}
+
+/// Cities built from different seeds get different card numbers, so two
+/// demo runs in one data directory never share a rider.
+fn first_card_id(seed: u64) -> u64 {
+    (seed % 1_000_000 + 1) * 10_000_000
 }
 
 /// Half the gateways are bus depots, half metro stations (at least one of
