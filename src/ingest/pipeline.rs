@@ -420,3 +420,112 @@ pub fn fingerprint(record: &ScanRecord) -> Fingerprint {
     out.copy_from_slice(&ctx.finish().as_ref()[..16]);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ridecode::{IssuerSigningKey, UserKey};
+    use crate::wire::WireTapKind;
+
+    const AT_MS: UnixMillis = 1_763_604_000_000;
+
+    struct Fixture {
+        pipeline: Pipeline,
+        issuer: IssuerSigningKey,
+    }
+
+    fn fixture() -> Fixture {
+        let issuer = IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer");
+        let mut keys = IssuerPublicKeys::new();
+        keys.insert(1, issuer.public_key());
+        let config = PipelineConfig::from_config(&Config::defaults()).expect("config");
+        Fixture { pipeline: Pipeline::new(config, keys), issuer }
+    }
+
+    fn code(f: &Fixture, card: u64, counter: u32) -> Vec<u8> {
+        let user = UserKey::from_seed(&[card as u8; 32]).expect("user");
+        let at = unix_secs_u32(AT_MS);
+        let credential = f.issuer.issue(card, user.public_key(), at - 3_600, at + 90_000);
+        user.make_code(&credential, at - 5, counter).bytes.to_vec()
+    }
+
+    fn scan(seq: u64, at_ms: UnixMillis, code: Vec<u8>) -> ScanRecord {
+        ScanRecord {
+            validator_id: "gate-1".into(),
+            validator_seq: seq,
+            validator_time_ms: at_ms,
+            route_id: "metro-1".into(),
+            stop_id: "station-01".into(),
+            tap_kind: WireTapKind::Entry as i32,
+            ride_code: code,
+        }
+    }
+
+    fn statuses(outcome: &BatchOutcome) -> Vec<ScanStatus> {
+        outcome.rows.iter().map(|r| r.status).collect()
+    }
+
+    fn batch(scans: Vec<ScanRecord>) -> ScanBatch {
+        ScanBatch { gateway_id: "g".into(), batch_seq: 1, scans }
+    }
+
+    #[test]
+    fn a_second_scan_of_the_day_reuses_the_verified_credential_but_not_a_tampered_one() {
+        let f = fixture();
+        let first = f.pipeline.process(&batch(vec![scan(1, AT_MS, code(&f, 7, 1))]), AT_MS).expect("batch");
+        assert_eq!(statuses(&first), vec![ScanStatus::Accepted]);
+        assert_eq!(f.pipeline.dedup_sizes().credentials, 1);
+        let mut tampered = code(&f, 7, 2);
+        tampered[60] ^= 1; // inside the issuer signature: a different credential
+        let second = f.pipeline.process(&batch(vec![scan(2, AT_MS, code(&f, 7, 3)), scan(3, AT_MS, tampered)]), AT_MS);
+        assert_eq!(statuses(&second.expect("batch")), vec![ScanStatus::Accepted, ScanStatus::BadSignature]);
+        assert_eq!(f.pipeline.dedup_sizes().credentials, 1, "only verified credentials are cached");
+    }
+
+    #[test]
+    fn duplicates_inside_one_batch_are_caught_in_record_order() {
+        let f = fixture();
+        let c = code(&f, 8, 1);
+        let mut copy = scan(2, AT_MS + 1_000, c.clone());
+        copy.validator_id = "gate-2".into();
+        let outcome =
+            f.pipeline.process(&batch(vec![scan(1, AT_MS, c.clone()), scan(1, AT_MS, c), copy]), AT_MS + 2_000);
+        let outcome = outcome.expect("batch");
+        assert_eq!(statuses(&outcome), vec![ScanStatus::Accepted, ScanStatus::Replay]);
+        assert_eq!((outcome.ack.accepted, outcome.ack.redelivered, outcome.ack.rejected), (1, 1, 1));
+    }
+
+    #[test]
+    fn scans_too_late_or_from_a_clock_ahead_are_stale() {
+        let f = fixture();
+        let lateness_ms = i64::from(f.pipeline.config().accepted_lateness_secs) * 1000;
+        let too_late = f.pipeline.process(&batch(vec![scan(1, AT_MS, code(&f, 9, 1))]), AT_MS + lateness_ms + 1);
+        assert_eq!(statuses(&too_late.expect("batch")), vec![ScanStatus::StaleCode]);
+        let ahead = f.pipeline.process(&batch(vec![scan(2, AT_MS, code(&f, 9, 2))]), AT_MS - 31_000);
+        assert_eq!(statuses(&ahead.expect("batch")), vec![ScanStatus::StaleCode]);
+    }
+
+    #[test]
+    fn restored_rows_catch_redeliveries_and_replays_in_a_fresh_pipeline() {
+        let f = fixture();
+        let c = code(&f, 10, 1);
+        let first = f.pipeline.process(&batch(vec![scan(1, AT_MS, c.clone())]), AT_MS).expect("batch");
+        let restarted = fixture();
+        restarted.pipeline.restore(&first.rows, AT_MS);
+        let mut copy = scan(5, AT_MS + 1_000, c.clone());
+        copy.validator_id = "gate-2".into();
+        let again = restarted.pipeline.process(&batch(vec![scan(1, AT_MS, c), copy]), AT_MS + 2_000).expect("batch");
+        assert_eq!(again.ack.redelivered, 1);
+        assert_eq!(statuses(&again), vec![ScanStatus::Replay]);
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_or_without_a_gateway_is_refused_whole() {
+        let f = fixture();
+        let max = f.pipeline.config().batch_scans_max;
+        let records = vec![scan(1, AT_MS, vec![]); max + 1];
+        assert_eq!(f.pipeline.verify(&batch(records)).err(), Some(BatchError::TooManyScans { count: max + 1, max }));
+        let nameless = ScanBatch { gateway_id: String::new(), batch_seq: 1, scans: vec![] };
+        assert_eq!(f.pipeline.verify(&nameless).err(), Some(BatchError::MissingGatewayId));
+    }
+}

@@ -94,3 +94,29 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
     assert!(client.retries() >= 1, "the first attempts failed");
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_until_one_closes() {
+    let mut config = Config::defaults();
+    config.server.connections_max = 1;
+    config.gateway.retry_attempts_max = 2;
+    config.gateway.retry_backoff_ms_initial = 10;
+    config.gateway.connect_timeout_ms = 500;
+    let h = Harness::start_with(config).await;
+    let first = h.client();
+    assert_eq!(first.push(&valid_batch(&h, 1)).await.expect("first gateway").accepted, 1);
+    let second = h.client();
+    let refused = second.push(&valid_batch(&h, 2)).await.expect_err("over connections_max");
+    assert!(refused.to_string().contains("connect"), "{refused}");
+    first.close().await;
+    // The server notices the close; then the slot is free again.
+    let mut accepted = None;
+    for _ in 0..20 {
+        if let Ok(ack) = second.push(&valid_batch(&h, 2)).await {
+            accepted = Some(ack.accepted);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepted, Some(1), "the second gateway gets in once the first has left");
+}
