@@ -176,6 +176,11 @@ fn run(mut writer: WalWriter, shared: Arc<Shared>, disk_full_retry: Duration, fs
                 Ok(_) => frames.clear(),
                 Err(error) if error.is_disk_full() => {
                     drop_written_frames(&mut frames, writer.written_lsn() - before);
+                    if lock(&shared.queue).stopping {
+                        // Shutting down on a full disk: these records were
+                        // never acknowledged, and their gateways will resend.
+                        return fail(&shared, error, writer.synced_lsn());
+                    }
                     set_state(&shared, WalState::DiskFull, writer.synced_lsn());
                     telemetry::wal_disk_full();
                     tracing::warn!(%error, "disk full: not acknowledging until space returns");
