@@ -575,6 +575,7 @@ async fn housekeeping(shared: Arc<Shared>, archiver: Arc<Archiver>) {
                 if let Some(reason) = archiver.failure() {
                     fail(&shared, format!("archiver: {reason}"));
                 }
+                telemetry::archive_lag(shared.wal.progress().durable_lsn, archiver.archived_lsn());
             }
         }
     }

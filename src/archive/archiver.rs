@@ -90,6 +90,11 @@ impl Archiver {
         lock(&self.status).clone()
     }
 
+    /// Everything before this log position is in closed archive files.
+    pub fn archived_lsn(&self) -> u64 {
+        lock(&self.status).archived_lsn
+    }
+
     /// Why the archiver stopped for good, if it did.
     pub fn failure(&self) -> Option<String> {
         lock(&self.status).failure.clone()
