@@ -18,6 +18,7 @@
 //! exits non-zero, and recovery takes over on the next start.
 
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -475,14 +476,7 @@ async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
     let (reply, result) = oneshot::channel();
     let task_shared = Arc::clone(shared);
     rayon::spawn(move || {
-        // A panic here is a bug, but one batch must not take the server
-        // down with it (rayon aborts on an uncaught panic in `spawn`).
-        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            verify_and_commit(&task_shared, &batch, received_at)
-        }));
-        if let Ok(committed) = committed {
-            let _ = reply.send(committed);
-        }
+        let _ = reply.send(verify_and_commit(&task_shared, &batch, received_at));
     });
     let (outcome, lsn) = match result.await {
         Ok(Committed::Queued { outcome, lsn }) => (outcome, lsn),
@@ -494,7 +488,7 @@ async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
             fail(shared, format!("a committed batch could not be logged: {error}"));
             return backoff(error);
         }
-        Err(_) => return backoff("internal error while verifying the batch".into()),
+        Err(_) => return backoff("internal error: the batch was dropped unanswered".into()),
     };
     match shared.wal.wait_durable(lsn, shared.settings.wal_ack_wait).await {
         Ok(()) => {
@@ -510,21 +504,32 @@ async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
 }
 
 /// Verification in parallel, then claims and the log record in one order.
+///
+/// A panic is a bug either way, but where it happens decides what is safe:
+/// in verification nothing is claimed yet, so the batch is refused and the
+/// server carries on (bad input must not stop it); in commit the dedup
+/// indexes may hold claims the log never got, so the server must stop and
+/// let recovery rebuild them from what is durable. (Rayon would abort the
+/// process on an uncaught panic.)
 fn verify_and_commit(shared: &Shared, batch: &ScanBatch, received_at: UnixMillis) -> Committed {
-    let verified = match shared.pipeline.verify(batch) {
-        Ok(verified) => verified,
-        Err(error) => return Committed::Malformed(error.to_string()),
+    let verified = match catch_unwind(AssertUnwindSafe(|| shared.pipeline.verify(batch))) {
+        Ok(Ok(verified)) => verified,
+        Ok(Err(error)) => return Committed::Malformed(error.to_string()),
+        Err(_) => return Committed::Malformed("internal error while verifying the batch".into()),
     };
     let _order = shared.commit_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let outcome = shared.pipeline.commit(batch, verified, received_at);
-    if outcome.rows.is_empty() {
-        // Nothing new; the re-delivered originals were queued before now.
-        return Committed::Queued { lsn: shared.wal.tail_lsn(), outcome };
-    }
-    match shared.wal.enqueue(&journal::encode(&outcome.rows, batch.batch_seq)) {
-        Ok(lsn) => Committed::Queued { outcome, lsn },
-        Err(error) => Committed::Unlogged(error.to_string()),
-    }
+    let committed = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = shared.pipeline.commit(batch, verified, received_at);
+        if outcome.rows.is_empty() {
+            // Nothing new; the re-delivered originals were queued before now.
+            return Committed::Queued { lsn: shared.wal.tail_lsn(), outcome };
+        }
+        match shared.wal.enqueue(&journal::encode(&outcome.rows, batch.batch_seq)) {
+            Ok(lsn) => Committed::Queued { outcome, lsn },
+            Err(error) => Committed::Unlogged(error.to_string()),
+        }
+    }));
+    committed.unwrap_or_else(|_| Committed::Unlogged("internal error while committing the batch".into()))
 }
 
 /// Stops the server for good: no more batches are accepted or acked.
