@@ -89,6 +89,22 @@ pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError>
 /// Reads rows back from a record batch of the archive schema: the other half
 /// of the pair assertion that what reaches disk is what was meant.
 pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, ArrowError> {
+    // The typed casts below panic on a different type, and these files come
+    // from disk: check every column's type first.
+    for field in scan_schema().fields() {
+        match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => {}
+            Some(column) => {
+                return Err(ArrowError::SchemaError(format!(
+                    "archive column {} is {}, expected {}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                )));
+            }
+            None => return Err(ArrowError::SchemaError(format!("archive file lacks column {}", field.name()))),
+        }
+    }
     let column = |name: &str| {
         batch.column_by_name(name).ok_or_else(|| ArrowError::SchemaError(format!("archive file lacks column {name}")))
     };
@@ -137,4 +153,20 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, Arrow
 
 fn parse_tap_kind(name: &str) -> Option<TapKind> {
     [TapKind::Entry, TapKind::Exit, TapKind::Single].into_iter().find(|k| k.as_str() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_another_schema_is_an_error_not_a_panic() {
+        let foreign = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("scan_id", DataType::Int64, false)])),
+            vec![Arc::new(arrow_array::Int64Array::from(vec![1i64]))],
+        )
+        .expect("batch");
+        let error = from_record_batch(&foreign).expect_err("wrong type");
+        assert!(error.to_string().contains("scan_id is Int64"), "{error}");
+    }
 }
