@@ -528,4 +528,28 @@ mod tests {
         let nameless = ScanBatch { gateway_id: String::new(), batch_seq: 1, scans: vec![] };
         assert_eq!(f.pipeline.verify(&nameless).err(), Some(BatchError::MissingGatewayId));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Whatever bytes arrive as ride codes or tap kinds, the pipeline
+        /// answers every record, archives each once, and accepts none.
+        #[test]
+        fn arbitrary_records_are_answered_and_never_accepted(
+            codes in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..260), 1..8),
+            tap_kind in -2i32..6,
+        ) {
+            let f = fixture();
+            let scans: Vec<ScanRecord> = codes
+                .into_iter()
+                .enumerate()
+                .map(|(i, code)| ScanRecord { tap_kind, ..scan(i as u64, AT_MS, code) })
+                .collect();
+            let count = scans.len();
+            let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("a well-formed batch");
+            proptest::prop_assert_eq!(outcome.rows.len(), count);
+            proptest::prop_assert_eq!(outcome.ack.accepted, 0);
+            proptest::prop_assert_eq!(outcome.ack.rejections.len(), count);
+        }
+    }
 }
