@@ -310,10 +310,12 @@ fn recover(
         restored_rows += rows.len();
     }
     let mut cursor = WalCursor::new(settings.wal.dir.clone(), settings.wal.record_bytes_max, checkpoint_lsn);
-    for record in cursor.read_until(recovered.end_lsn)? {
-        let rows = journal::decode(&record.payload).map_err(|e| ServerError::Recovery(e.to_string()))?;
-        pipeline.restore(&rows, now);
-        restored_rows += rows.len();
+    while cursor.lsn() < recovered.end_lsn {
+        for record in cursor.read_next(recovered.end_lsn)? {
+            let rows = journal::decode(&record.payload).map_err(|e| ServerError::Recovery(e.to_string()))?;
+            pipeline.restore(&rows, now);
+            restored_rows += rows.len();
+        }
     }
     let report = RecoveryReport {
         checkpoint_lsn,

@@ -174,20 +174,26 @@ impl State {
     }
 
     /// Reads what is durable, appends it, and cuts when due or asked.
+    /// The log is read a segment at a time, so a long backlog (a restart
+    /// after hours of lag) never sits in memory whole.
     fn step(&mut self, force_cut: bool) -> Result<(), StepError> {
         let durable = self.progress.borrow().durable_lsn;
-        let records = self.cursor.read_until(durable).map_err(StepError::fatal)?;
-        let now = Instant::now();
-        for record in &records {
-            let rows = journal::decode(&record.payload).map_err(StepError::fatal)?;
-            self.writer.append(&rows, now)?;
-            telemetry::archive_rows_written(rows.len());
+        while self.cursor.lsn() < durable {
+            let records = self.cursor.read_next(durable).map_err(StepError::fatal)?;
+            let now = Instant::now();
+            for record in &records {
+                let rows = journal::decode(&record.payload).map_err(StepError::fatal)?;
+                self.writer.append(&rows, now)?;
+                telemetry::archive_rows_written(rows.len());
+            }
+            if self.writer.cut_due(now) {
+                self.cut()?;
+            }
         }
-        let caught_up = self.cursor.lsn() >= durable;
-        if self.cursor.lsn() > self.archived_lsn && (force_cut || self.writer.cut_due(now)) {
+        if self.cursor.lsn() > self.archived_lsn && (force_cut || self.writer.cut_due(Instant::now())) {
             self.cut()?;
         }
-        if caught_up && self.cursor.lsn() == self.archived_lsn {
+        if self.cursor.lsn() == self.archived_lsn {
             self.close_days()?;
         }
         Ok(())

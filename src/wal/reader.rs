@@ -38,8 +38,23 @@ impl WalCursor {
     pub fn read_until(&mut self, to_lsn: u64) -> Result<Vec<WalRecord>, WalError> {
         let mut records = Vec::new();
         while self.lsn < to_lsn {
-            let segment_end = self.open_segment_at_cursor()?;
+            records.extend(self.read_next(to_lsn)?);
+        }
+        Ok(records)
+    }
+
+    /// The records from the cursor up to `to_lsn` or the end of the cursor's
+    /// segment, whichever comes first: at most one segment in memory.
+    pub fn read_next(&mut self, to_lsn: u64) -> Result<Vec<WalRecord>, WalError> {
+        let mut records = Vec::new();
+        while self.lsn < to_lsn && records.is_empty() {
+            let (segment_end, is_last) = self.open_segment_at_cursor()?;
             if self.lsn >= segment_end {
+                if is_last {
+                    // Only a caller asking past the written log gets here.
+                    let what = format!("the log ends at LSN {segment_end}, before LSN {to_lsn}");
+                    return Err(WalError::Corrupt { path: self.dir.clone(), offset: 0, what });
+                }
                 self.segment = None;
                 continue;
             }
@@ -64,8 +79,9 @@ impl WalCursor {
     }
 
     /// Opens the segment holding the cursor; returns that segment's end LSN
-    /// (the next segment's start, or the file's current end).
-    fn open_segment_at_cursor(&mut self) -> Result<u64, WalError> {
+    /// (the next segment's start, or the file's current end) and whether it
+    /// is the last segment.
+    fn open_segment_at_cursor(&mut self) -> Result<(u64, bool), WalError> {
         let segments = list_segments(&self.dir)?;
         let index = segments.iter().rposition(|(start, _)| *start <= self.lsn).ok_or_else(|| WalError::Corrupt {
             path: self.dir.clone(),
@@ -79,11 +95,11 @@ impl WalCursor {
             self.segment = Some((file, path.clone(), *start));
         }
         match segments.get(index + 1) {
-            Some((next_start, _)) => Ok(*next_start),
+            Some((next_start, _)) => Ok((*next_start, false)),
             None => {
                 let (file, path, _) = self.segment.as_ref().expect("opened above");
                 let len = file.metadata().map_err(|source| WalError::Read { path: path.clone(), source })?.len();
-                Ok(start + len.saturating_sub(SEGMENT_HEADER_BYTES as u64))
+                Ok((start + len.saturating_sub(SEGMENT_HEADER_BYTES as u64), true))
             }
         }
     }

@@ -181,3 +181,26 @@ async fn a_closed_day_gets_its_marker_and_late_scans_a_file_of_their_own() {
     assert!(late_files[0].starts_with(&partition));
     assert_eq!(farestream::archive::read::read_file(&late_files[0]).expect("rows").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_segments_are_deleted_and_the_log_carries_on_across_restarts() {
+    let mut config = Config::defaults();
+    config.wal.segment_bytes_max = 700;
+    let h = Harness::start_with(config).await;
+    for seq in 0..8 {
+        h.client().push(&scans(&h, seq, 10 * seq + 1, 5)).await.expect("ack");
+    }
+    let wal_dir = h.dir.path().join("wal");
+    let before = farestream::wal::list_segments(&wal_dir).expect("segments").len();
+    assert!(before > 2, "small segments rolled: {before}");
+    let archived = h.server.flush_archive().await.expect("flush");
+    assert_eq!(archived, h.server.wal_progress().durable_lsn);
+    let after = farestream::wal::list_segments(&wal_dir).expect("segments");
+    assert_eq!(after.len(), 1, "only the segment being written is kept: {after:?}");
+    let h = h.crash_and_recover(|_| {}).await;
+    assert_eq!(h.server.recovery().checkpoint_lsn, archived);
+    assert_eq!(h.server.recovery().wal_end_lsn, archived, "LSNs carry on from where they were");
+    h.client().push(&scans(&h, 9, 100, 5)).await.expect("ack");
+    h.server.flush_archive().await.expect("flush");
+    assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 45);
+}
