@@ -13,12 +13,8 @@
 set -euo pipefail
 
 kills=${CRASH_KILLS:-100}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-bin=${FARESTREAM_BIN:-}
-if [ -z "$bin" ]; then
-  (cd "$repo" && cargo build --release --quiet)
-  bin="${CARGO_TARGET_DIR:-$repo/target}/release/farestream"
-fi
+source "$(dirname "$0")/lib.sh"
+resolve_farestream_bin
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -n "${CRASH_KEEP:-}" ] || rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 30000))
@@ -48,14 +44,7 @@ start_server() {
   : > "$work/server.log"
   "$bin" "${args[@]}" serve >> "$work/server.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 1 100); do
-    grep -q "farestream serving on" "$work/server.log" && return 0
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      echo "server failed to start:"; cat "$work/server.log"; exit 1
-    fi
-    sleep 0.1
-  done
-  echo "server did not start within 10 s:"; cat "$work/server.log"; exit 1
+  wait_until_serving "$work/server.log" "$server_pid"
 }
 
 start_server

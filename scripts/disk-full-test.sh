@@ -6,12 +6,8 @@
 # Needs root (it mounts a tmpfs). Traffic stays on 127.0.0.1.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
-bin=${FARESTREAM_BIN:-}
-if [ -z "$bin" ]; then
-  (cd "$repo" && cargo build --release --quiet)
-  bin="${CARGO_TARGET_DIR:-$repo/target}/release/farestream"
-fi
+source "$(dirname "$0")/lib.sh"
+resolve_farestream_bin
 work=$(mktemp -d)
 mount -t tmpfs -o size=3m tmpfs "$work"
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; umount "$work" 2>/dev/null; rm -rf "$work" "$work.toml" "$work.acked"' EXIT
@@ -21,7 +17,7 @@ args=(--data-dir "$work/data" --config "$work.toml")
 
 "$bin" "${args[@]}" serve > "$work.server.log" 2>&1 &
 server=$!
-for _ in $(seq 1 100); do grep -q "serving on" "$work.server.log" && break; sleep 0.1; done
+wait_until_serving "$work.server.log" "$server"
 dd if=/dev/zero of="$work/filler" bs=1k count=2500 2>/dev/null
 "$bin" "${args[@]}" simulate --server "127.0.0.1:$port" --riders 3000 --duration-secs 8 --acked-file "$work.acked" > "$work.sim.log" 2>&1 &
 simulate=$!

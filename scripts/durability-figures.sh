@@ -10,12 +10,8 @@
 #   RIDERS_STEADY=3000 RIDERS_BACKLOG=20000 BATCH_SCANS=500 scripts/durability-figures.sh
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
-bin=${FARESTREAM_BIN:-}
-if [ -z "$bin" ]; then
-  (cd "$repo" && cargo build --release --quiet)
-  bin="${CARGO_TARGET_DIR:-$repo/target}/release/farestream"
-fi
+source "$(dirname "$0")/lib.sh"
+resolve_farestream_bin
 riders_steady=${RIDERS_STEADY:-3000}
 riders_backlog=${RIDERS_BACKLOG:-20000}
 batch_scans=${BATCH_SCANS:-500}
@@ -30,7 +26,7 @@ measure() {
   local args=(--data-dir "$dir/data" --config "$dir/config.toml")
   "$bin" "${args[@]}" serve > "$dir/server.log" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 100); do grep -q "serving on" "$dir/server.log" && break; sleep 0.1; done
+  wait_until_serving "$dir/server.log" "$pid"
   "$bin" "${args[@]}" simulate --server "127.0.0.1:$port" --riders "$riders_steady" --duration-secs 20 \
     --redelivery-percent 0 > "$dir/steady.log"
   "$bin" "${args[@]}" simulate --server "127.0.0.1:$port" --riders "$riders_backlog" --backlog \

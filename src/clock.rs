@@ -35,10 +35,6 @@ impl ScaledClock {
     pub fn new(start_ms: UnixMillis, speedup: f64) -> ScaledClock {
         ScaledClock { start_ms, wall_start: Instant::now(), speedup }
     }
-
-    pub fn speedup(&self) -> f64 {
-        self.speedup
-    }
 }
 
 impl Clock for ScaledClock {

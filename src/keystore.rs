@@ -70,7 +70,8 @@ impl Keystore {
     pub fn rotate(&mut self) -> Result<u32, KeystoreError> {
         let id = self.ring.keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
         let (_, document) = IssuerSigningKey::generate(id)?;
-        write_private(&self.key_path(id), &document)?;
+        let path = self.key_path(id);
+        crate::files::write_private(&path, &document).map_err(|source| KeystoreError::Io { path, source })?;
         self.ring.keys.push(KeyInfo { id, created_at: chrono::Utc::now().to_rfc3339(), retired: false });
         self.ring.active_key_id = id;
         self.save()?;
@@ -128,17 +129,6 @@ impl Keystore {
         fs::rename(&tmp, &path).map_err(|source| KeystoreError::Io { path, source })
     }
 }
-
-/// Writes a secret readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| KeystoreError::Io { path: path.to_path_buf(), source };
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::archive::checkpoint::{Cleanup, checkpoint_path, clean_after_crash, read_checkpoint};
+use crate::archive::writer::partition_date;
 use crate::archive::{
     ArchiveError, ArchiveWriter, ArchiveWriterConfig, Archiver, ArchiverSettings, ArchiverStatus, scans_root,
 };
@@ -334,13 +335,7 @@ fn archived_rows_within(root: &Path, now: UnixMillis, window: Duration) -> Resul
     let oldest = chrono::DateTime::from_timestamp_millis(oldest_ms).unwrap_or_default().date_naive();
     let mut out = Vec::new();
     for path in crate::archive::read::archive_files(root)? {
-        let date = path
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("service_date="))
-            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
-        if date.is_some_and(|d| d >= oldest) {
+        if path.parent().and_then(partition_date).is_some_and(|d| d >= oldest) {
             out.push(crate::archive::read::read_file(&path)?);
         }
     }
@@ -519,7 +514,7 @@ fn verify_and_commit(shared: &Shared, batch: &ScanBatch, received_at: UnixMillis
         Ok(Err(error)) => return Committed::Malformed(error.to_string()),
         Err(_) => return Committed::Malformed("internal error while verifying the batch".into()),
     };
-    let _order = shared.commit_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _order = crate::sync::lock(&shared.commit_order);
     let committed = catch_unwind(AssertUnwindSafe(|| {
         let outcome = shared.pipeline.commit(batch, verified, received_at);
         if outcome.rows.is_empty() {

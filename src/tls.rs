@@ -51,7 +51,11 @@ impl ServerIdentity {
             let identity = ServerIdentity::generate()?;
             let dir = data_dir.join("tls");
             fs::create_dir_all(&dir).map_err(io(&dir))?;
-            write_secret(&key_file, identity.key.secret_pkcs8_der()).map_err(io(&key_file))?;
+            // A key left without its certificate is stale; a new pair replaces it.
+            if key_file.exists() {
+                fs::remove_file(&key_file).map_err(io(&key_file))?;
+            }
+            crate::files::write_private(&key_file, identity.key.secret_pkcs8_der()).map_err(io(&key_file))?;
             fs::write(&cert_file, identity.cert.as_ref()).map_err(io(&cert_file))?;
             return Ok(identity);
         }
@@ -112,16 +116,6 @@ pub fn client_config(server_cert: &CertificateDer<'static>) -> Result<quinn::Cli
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
-
-/// Writes a private key readable by its owner only.
-fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 /// Reads the certificate a gateway pins.
 pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
     let bytes = fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })?;

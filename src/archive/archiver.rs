@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::checkpoint::write_checkpoint;
-use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, partition_dir, sync_dir};
+use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, partition_date, sync_dir};
 use crate::clock::Clock;
 use crate::faults::Faults;
 use crate::journal;
 use crate::service_day::ServiceDayPolicy;
+use crate::sync::lock;
 use crate::telemetry;
 use crate::wal::committer::Progress;
 use crate::wal::{WalCursor, delete_segments_before};
@@ -226,12 +227,8 @@ impl State {
         let now = self.clock.now_ms();
         let lateness_ms = self.settings.accepted_lateness.as_millis() as i64;
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(date) = name.to_str().and_then(|n| n.strip_prefix("service_date=")).and_then(|d| d.parse().ok())
-            else {
-                continue;
-            };
-            let dir = partition_dir(root, date);
+            let dir = entry.path();
+            let Some(date) = partition_date(&dir) else { continue };
             let Some(next_day) = chrono::NaiveDate::succ_opt(&date) else { continue };
             let day_end = self.settings.service_day.day_start(next_day);
             if dir.join(SUCCESS_MARKER).exists() || now < day_end + lateness_ms {
@@ -286,8 +283,4 @@ impl std::fmt::Display for StepError {
             StepError::Fatal(reason) => f.write_str(reason),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

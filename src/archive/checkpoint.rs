@@ -37,8 +37,7 @@ pub fn write_checkpoint(path: &Path, archived_lsn: u64, faults: &Faults) -> Resu
     faults.before_write().map_err(io)?;
     fs::write(&tmp, format!("{KEY}{archived_lsn}\n")).map_err(io)?;
     let fsync = |source| ArchiveError::Fsync { path: tmp.clone(), source };
-    faults.before_fsync().map_err(fsync)?;
-    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(fsync)?;
+    fs::File::open(&tmp).and_then(|f| crate::files::fsync(&f, faults)).map_err(fsync)?;
     let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };
     faults.before_rename().map_err(rename)?;
     fs::rename(&tmp, path).map_err(rename)?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::schema::from_record_batch;
-use super::writer::ArchiveError;
+use super::writer::{ArchiveError, partition_date};
 use crate::scan::{ArchivedScan, ScanStatus};
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + use<> {
@@ -25,9 +25,7 @@ pub fn archive_files(root: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
     }
     for partition in fs::read_dir(root).map_err(io_error(root))? {
         let partition = partition.map_err(io_error(root))?.path();
-        let is_partition =
-            partition.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("service_date="));
-        if !partition.is_dir() || !is_partition {
+        if !partition.is_dir() || partition_date(&partition).is_none() {
             continue;
         }
         for entry in fs::read_dir(&partition).map_err(io_error(&partition))? {

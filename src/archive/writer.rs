@@ -175,8 +175,7 @@ impl ArchiveWriter {
             partition_dir(&self.config.root, date).join(format!("{kind}-{from_lsn:020}-{to_lsn:020}.parquet"));
         let inner = file.writer.into_inner().map_err(|source| ArchiveError::Parquet { path: tmp.clone(), source })?;
         let fsync = |source| ArchiveError::Fsync { path: tmp.clone(), source };
-        self.faults.before_fsync().map_err(fsync)?;
-        inner.sync_all().map_err(fsync)?;
+        crate::files::fsync(&inner, &self.faults).map_err(fsync)?;
         let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };
         self.faults.before_rename().map_err(rename)?;
         fs::rename(&tmp, &final_path).map_err(rename)?;
@@ -190,6 +189,11 @@ pub fn partition_dir(root: &Path, date: NaiveDate) -> PathBuf {
     root.join(format!("service_date={}", date.format("%Y-%m-%d")))
 }
 
+/// The service date a partition directory (`service_date=YYYY-MM-DD`) names.
+pub fn partition_date(dir: &Path) -> Option<NaiveDate> {
+    dir.file_name()?.to_str()?.strip_prefix("service_date=")?.parse().ok()
+}
+
 /// The log range `[from, to)` an archive file's name gives, if it is one.
 pub fn file_lsn_range(path: &Path) -> Option<(u64, u64)> {
     let name = path.file_name()?.to_str()?;
@@ -200,9 +204,7 @@ pub fn file_lsn_range(path: &Path) -> Option<(u64, u64)> {
 
 /// Makes a rename or a new file durable: the directory entry is data too.
 pub fn sync_dir(dir: &Path, faults: &Faults) -> Result<(), ArchiveError> {
-    let fsync = |source| ArchiveError::Fsync { path: dir.to_path_buf(), source };
-    faults.before_fsync().map_err(fsync)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(fsync)
+    crate::files::fsync_dir(dir, faults).map_err(|source| ArchiveError::Fsync { path: dir.to_path_buf(), source })
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl Pipeline {
 
     /// Puts a card on the deny list or takes it off.
     pub fn set_denied(&self, card_id: u64, denied: bool) {
-        let mut list = self.deny_list.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut list = crate::sync::write(&self.deny_list);
         if denied {
             list.insert(card_id);
         } else {
@@ -195,9 +195,15 @@ impl Pipeline {
     /// The last moment a re-delivery of a scan read at `scanned_at` could
     /// matter: later ones are refused as too late anyway.
     fn delivery_expiry(&self, scanned_at: UnixMillis) -> UnixMillis {
-        let lateness_ms = i64::from(self.config.accepted_lateness_secs) * 1000;
-        let skew_ms = i64::from(self.config.freshness.clock_skew_secs) * 1000;
-        scanned_at.saturating_add(lateness_ms + skew_ms)
+        scanned_at.saturating_add(self.lateness_ms() + self.skew_ms())
+    }
+
+    fn lateness_ms(&self) -> i64 {
+        i64::from(self.config.accepted_lateness_secs) * 1000
+    }
+
+    fn skew_ms(&self) -> i64 {
+        i64::from(self.config.freshness.clock_skew_secs) * 1000
     }
 
     /// The last moment a copy of a code made at `created_at` could arrive
@@ -334,17 +340,15 @@ impl Pipeline {
             return Err(Rejection::BadSignature(SignatureFault::User));
         }
         self.check_arrival(code, scanned_at, received_at)?;
-        let deny_list = self.deny_list.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let deny_list = crate::sync::read(&self.deny_list);
         check_claims(code, &*deny_list, &self.config.freshness, unix_secs_u32(scanned_at))
     }
 
     /// A scan must arrive within the accepted lateness (or its replays could
     /// no longer be caught) and not from a validator clock running ahead.
     fn check_arrival(&self, code: &RideCode, scanned_at: UnixMillis, received_at: UnixMillis) -> Result<(), Rejection> {
-        let lateness_ms = i64::from(self.config.accepted_lateness_secs) * 1000;
-        let skew_ms = i64::from(self.config.freshness.clock_skew_secs) * 1000;
-        let too_late = received_at.saturating_sub(scanned_at) > lateness_ms;
-        let from_future = scanned_at.saturating_sub(received_at) > skew_ms;
+        let too_late = received_at.saturating_sub(scanned_at) > self.lateness_ms();
+        let from_future = scanned_at.saturating_sub(received_at) > self.skew_ms();
         if too_late || from_future {
             return Err(Rejection::StaleCode { created_at: code.created_at, at: unix_secs_u32(received_at) });
         }

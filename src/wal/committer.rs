@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::format::{encode_record, record_bytes};
 use super::{WalError, WalWriter};
+use crate::sync::lock;
 use crate::telemetry;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,8 +224,4 @@ fn fail(shared: &Shared, error: WalError, durable_lsn: u64) {
     tracing::error!(%error, "write-ahead log failed; the server stops");
     telemetry::wal_failed();
     set_state(shared, WalState::Failed(error.to_string()), durable_lsn);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

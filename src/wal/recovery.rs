@@ -91,7 +91,6 @@ fn cut(path: &std::path::Path, len: u64, faults: &Faults) -> Result<(), WalError
         .open(path)
         .map_err(|source| WalError::Write { path: path.to_path_buf(), source })?;
     file.set_len(len).map_err(|source| WalError::Write { path: path.to_path_buf(), source })?;
-    faults.before_fsync().map_err(|source| WalError::Fsync { path: path.to_path_buf(), source })?;
-    file.sync_all().map_err(|source| WalError::Fsync { path: path.to_path_buf(), source })?;
+    crate::files::fsync(&file, faults).map_err(|source| WalError::Fsync { path: path.to_path_buf(), source })?;
     sync_dir(path.parent().unwrap_or(std::path::Path::new(".")), faults)
 }

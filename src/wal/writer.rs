@@ -144,8 +144,7 @@ impl WalWriter {
         // recovery never meets a segment without a valid header but for a
         // crash in these few lines (handled there).
         let fsync = |source| WalError::Fsync { path: path.clone(), source };
-        self.faults.before_fsync().map_err(fsync)?;
-        file.sync_all().map_err(fsync)?;
+        crate::files::fsync(&file, &self.faults).map_err(fsync)?;
         sync_dir(&self.config.dir, &self.faults)?;
         self.segment = Some(OpenSegment { file, path, start_lsn, len: SEGMENT_HEADER_BYTES as u64 });
         Ok(())
@@ -153,7 +152,5 @@ impl WalWriter {
 }
 
 pub(super) fn sync_dir(dir: &Path, faults: &Faults) -> Result<(), WalError> {
-    let fsync = |source| WalError::Fsync { path: dir.to_path_buf(), source };
-    faults.before_fsync().map_err(fsync)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(fsync)
+    crate::files::fsync_dir(dir, faults).map_err(|source| WalError::Fsync { path: dir.to_path_buf(), source })
 }
