@@ -46,6 +46,7 @@ pub struct ServerConfig {
     pub streams_per_connection_max: u32,
     pub idle_timeout_ms: u64,
     pub pipeline_batches_in_flight_max: usize,
+    pub frames_in_flight_bytes_max: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +54,7 @@ pub struct ServerConfig {
 pub struct WireConfig {
     pub frame_bytes_max: u32,
     pub batch_scans_max: usize,
+    pub id_bytes_max: usize,
     pub frame_read_timeout_ms: u64,
 }
 
@@ -156,6 +158,7 @@ impl Config {
             ("server.streams_per_connection_max", u64::from(self.server.streams_per_connection_max)),
             ("server.pipeline_batches_in_flight_max", self.server.pipeline_batches_in_flight_max as u64),
             ("wire.batch_scans_max", self.wire.batch_scans_max as u64),
+            ("wire.id_bytes_max", self.wire.id_bytes_max as u64),
             ("ingest.verify_chunk_signatures", self.ingest.verify_chunk_signatures as u64),
             ("archive.poll_interval_ms", self.archive.poll_interval_ms),
             ("wal.segment_bytes_max", self.wal.segment_bytes_max),
@@ -165,6 +168,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if self.server.frames_in_flight_bytes_max < u64::from(self.wire.frame_bytes_max) {
+            // Otherwise a frame at the limit could never be read.
+            return Err(ConfigError::Invalid(
+                "server.frames_in_flight_bytes_max must be at least wire.frame_bytes_max".into(),
+            ));
         }
         if u64::from(self.wal.record_bytes_max) < 2 * u64::from(self.wire.frame_bytes_max) {
             // A batch's decisions must always fit one record: the server

@@ -62,6 +62,8 @@ pub enum DemoError {
     Server(#[from] ServerError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error("the system clock ({0} ms) is outside the dates the demo can simulate")]
+    Clock(i64),
 }
 
 #[derive(Debug, Clone)]
@@ -86,9 +88,12 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let trusted_keys = keystore.trusted_public_keys()?;
     let identity = ServerIdentity::load_or_create(&options.data_dir)?;
     let service_day = config.service_day_policy()?;
-    let today = service_day.service_date(SystemClock.now_ms());
-    let service_date = today.pred_opt().unwrap_or(today);
-    let day_start = service_day.day_start(service_date);
+    let now_ms = SystemClock.now_ms();
+    let (service_date, day_start) = service_day
+        .service_date(now_ms)
+        .and_then(|today| today.pred_opt())
+        .and_then(|yesterday| Some((yesterday, service_day.day_start(yesterday)?)))
+        .ok_or(DemoError::Clock(now_ms))?;
     let (first_ms, last_ms) = (day_start + FIRST_TRIP_AFTER_DAY_START_MS, day_start + LAST_TRIP_AFTER_DAY_START_MS);
     let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
     let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);

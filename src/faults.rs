@@ -4,7 +4,8 @@
 //! the checks cost one relaxed atomic load each.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Linux's ENOSPC, so an injected "disk full" looks exactly like a real one.
 const ENOSPC: i32 = 28;
@@ -14,6 +15,9 @@ pub struct Faults {
     fsync_fails: AtomicBool,
     rename_fails: AtomicBool,
     disk_full: AtomicBool,
+    /// Milliseconds the next commit holds the commit gate before it
+    /// panics; 0 when off.
+    commit_panic_hold_ms: AtomicU64,
 }
 
 impl Faults {
@@ -27,6 +31,22 @@ impl Faults {
 
     pub fn set_disk_full(&self, on: bool) {
         self.disk_full.store(on, Ordering::Relaxed);
+    }
+
+    /// The next batch to commit holds the commit gate for `hold`, then
+    /// panics (once): a bug that strikes after its claims are made.
+    pub fn panic_in_next_commit(&self, hold: Duration) {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.commit_panic_hold_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Call inside the commit, after the claims.
+    pub fn during_commit(&self) {
+        let hold_ms = self.commit_panic_hold_ms.swap(0, Ordering::Relaxed);
+        if hold_ms > 0 {
+            std::thread::sleep(Duration::from_millis(hold_ms));
+            panic!("injected panic while committing");
+        }
     }
 
     /// Call before every fsync.

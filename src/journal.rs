@@ -3,12 +3,13 @@
 //! `proto/journal.proto`; encoded with prost. The first payload byte is a
 //! record kind, so later record kinds (charges) can share the log.
 
-use chrono::NaiveDate;
+use std::sync::Arc;
+
 use prost::Message;
 use thiserror::Error;
 
 use crate::scan::{ArchivedScan, TapKind};
-use crate::service_day::days_since_epoch;
+use crate::service_day::{date_from_days, days_since_epoch};
 use crate::wire::{WireScanStatus, WireTapKind};
 
 /// Record kind byte: a batch of archive rows.
@@ -74,7 +75,7 @@ pub enum JournalError {
 pub fn encode(rows: &[ArchivedScan], batch_seq: u64) -> Vec<u8> {
     let first = rows.first();
     let batch = JournalBatch {
-        gateway_id: first.map(|r| r.gateway_id.clone()).unwrap_or_default(),
+        gateway_id: first.map(|r| r.gateway_id.to_string()).unwrap_or_default(),
         batch_seq,
         received_at_ms: first.map(|r| r.received_at).unwrap_or_default(),
         rows: rows.iter().map(to_journal_row).collect(),
@@ -92,7 +93,8 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ArchivedScan>, JournalError> {
         return Err(JournalError::UnknownKind(kind));
     }
     let batch = JournalBatch::decode(body)?;
-    batch.rows.iter().enumerate().map(|(index, row)| from_journal_row(&batch, row, index)).collect()
+    let gateway_id: Arc<str> = Arc::from(batch.gateway_id.as_str());
+    batch.rows.iter().enumerate().map(|(index, row)| from_journal_row(&batch, &gateway_id, row, index)).collect()
 }
 
 fn to_journal_row(row: &ArchivedScan) -> JournalRow {
@@ -114,7 +116,12 @@ fn to_journal_row(row: &ArchivedScan) -> JournalRow {
     }
 }
 
-fn from_journal_row(batch: &JournalBatch, row: &JournalRow, index: usize) -> Result<ArchivedScan, JournalError> {
+fn from_journal_row(
+    batch: &JournalBatch,
+    gateway_id: &Arc<str>,
+    row: &JournalRow,
+    index: usize,
+) -> Result<ArchivedScan, JournalError> {
     let bad = |what| JournalError::BadRow { index, what };
     let scan_id: [u8; 16] = row.scan_id.as_slice().try_into().map_err(|_| bad("scan_id is not 16 bytes"))?;
     let tap_kind: Option<TapKind> = match row.tap_kind {
@@ -127,10 +134,10 @@ fn from_journal_row(batch: &JournalBatch, row: &JournalRow, index: usize) -> Res
         .ok()
         .and_then(WireScanStatus::to_scan_status)
         .ok_or_else(|| bad("unknown status"))?;
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    let service_date = date_from_days(row.service_date).ok_or_else(|| bad("service_date out of range"))?;
     Ok(ArchivedScan {
         scan_id,
-        gateway_id: batch.gateway_id.clone(),
+        gateway_id: Arc::clone(gateway_id),
         validator_id: row.validator_id.clone(),
         validator_seq: row.validator_seq,
         route_id: row.route_id.clone(),
@@ -144,7 +151,7 @@ fn from_journal_row(batch: &JournalBatch, row: &JournalRow, index: usize) -> Res
         received_at: batch.received_at_ms,
         status,
         reason: row.reason.clone(),
-        service_date: epoch + chrono::Duration::days(i64::from(row.service_date)),
+        service_date,
     })
 }
 
@@ -171,7 +178,7 @@ mod tests {
             received_at: 1_763_604_070_000,
             status,
             reason: (status != ScanStatus::Accepted).then(|| "why".to_string()),
-            service_date: NaiveDate::from_ymd_opt(2025, 11, 20).expect("date"),
+            service_date: chrono::NaiveDate::from_ymd_opt(2025, 11, 20).expect("date"),
         };
         let rows = vec![
             row(1, ScanStatus::Accepted, Some(TapKind::Entry)),

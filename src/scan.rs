@@ -82,7 +82,8 @@ impl fmt::Display for ScanStatus {
 pub struct ArchivedScan {
     /// Content fingerprint of the scan; the same scan always gets the same id.
     pub scan_id: [u8; 16],
-    pub gateway_id: String,
+    /// Shared by every row of a batch: one copy however many rows.
+    pub gateway_id: std::sync::Arc<str>,
     pub validator_id: String,
     pub validator_seq: u64,
     pub route_id: String,

@@ -23,32 +23,39 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use thiserror::Error;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, oneshot};
+use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::archive::checkpoint::{Cleanup, checkpoint_path, clean_after_crash, read_checkpoint};
 use crate::archive::writer::partition_date;
 use crate::archive::{
-    ArchiveError, ArchiveWriter, ArchiveWriterConfig, Archiver, ArchiverSettings, ArchiverStatus, scans_root,
+    ArchiveError, ArchiveWriter, ArchiveWriterConfig, Archiver, ArchiverSettings, ArchiverStatus, ArrivalMark,
+    Arrivals, scans_root,
 };
 use crate::clock::{Clock, UnixMillis};
 use crate::config::{Config, ConfigError};
 use crate::faults::Faults;
-use crate::ingest::Pipeline;
+use crate::ingest::{BatchError, Pipeline};
 use crate::journal;
 use crate::scan::{ArchivedScan, ScanStatus};
 use crate::telemetry;
 use crate::tls::{ServerIdentity, TlsError};
 use crate::wal::committer::{CommitHandle, Committer, Progress, WaitError, WalState};
 use crate::wal::{WalConfig, WalCursor, WalError};
-use crate::wire::{AckStatus, BatchAck, FrameError, ScanBatch, read_message, write_message};
+use crate::wire::{
+    AckStatus, BatchAck, FrameError, ScanBatch, count_field, read_frame_body, read_frame_len, write_message,
+};
 
 /// How long a gateway is told to wait when the server cannot take a batch.
 const BACKOFF_RETRY_AFTER_MS: u32 = 1000;
 /// QUIC application error code for "stop sending, the frame is too large".
 const STOP_FRAME_TOO_LARGE: u32 = 1;
+/// `ScanBatch.scans` in `proto/farestream.proto`.
+const SCAN_BATCH_SCANS_FIELD: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -57,6 +64,7 @@ pub struct ServerSettings {
     pub streams_per_connection_max: u32,
     pub idle_timeout: Duration,
     pub pipeline_batches_in_flight_max: usize,
+    pub frames_in_flight_bytes_max: usize,
     pub frame_bytes_max: u32,
     pub frame_read_timeout: Duration,
     pub dedup_sweep_interval: Duration,
@@ -67,8 +75,6 @@ pub struct ServerSettings {
     pub wal_fsync_enabled: bool,
     pub archive: ArchiveWriterConfig,
     pub archiver: ArchiverSettings,
-    /// How far back the dedup indexes must remember on restart.
-    pub restore_window: Duration,
     pub faults: Arc<Faults>,
 }
 
@@ -80,14 +86,15 @@ impl ServerSettings {
             record_bytes_max: config.wal.record_bytes_max,
         };
         let lateness = Duration::from_secs(u64::from(config.ingest.accepted_lateness_secs));
-        let code_horizon =
-            Duration::from_secs(u64::from(config.ride_code.code_validity_secs + 2 * config.ride_code.clock_skew_secs));
         Ok(ServerSettings {
             listen_addr: config.server.listen_addr,
             connections_max: config.server.connections_max,
             streams_per_connection_max: config.server.streams_per_connection_max,
             idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
             pipeline_batches_in_flight_max: config.server.pipeline_batches_in_flight_max,
+            frames_in_flight_bytes_max: usize::try_from(config.server.frames_in_flight_bytes_max)
+                .unwrap_or(usize::MAX)
+                .min(Semaphore::MAX_PERMITS),
             frame_bytes_max: config.wire.frame_bytes_max,
             frame_read_timeout: Duration::from_millis(config.wire.frame_read_timeout_ms),
             dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
@@ -111,7 +118,6 @@ impl ServerSettings {
                 file_age_max: Duration::from_secs(config.archive.file_age_secs_max),
                 row_group_rows_max: config.archive.row_group_rows_max,
             },
-            restore_window: lateness + code_horizon,
             faults: Arc::new(Faults::default()),
         })
     }
@@ -129,6 +135,23 @@ pub enum ServerError {
     Wal(#[from] WalError),
     #[error("recovery: {0}")]
     Recovery(String),
+}
+
+/// Claims and log records in one order, and the moment each batch is
+/// received read in that same order: so "every batch received before `at`
+/// is in the log before `lsn`" can be read off at any moment (the
+/// archiver closes a service day on it).
+struct CommitGate {
+    order: Mutex<()>,
+    clock: Arc<dyn Clock>,
+    wal: CommitHandle,
+}
+
+impl Arrivals for CommitGate {
+    fn mark(&self) -> ArrivalMark {
+        let _order = crate::sync::lock(&self.order);
+        ArrivalMark { at: self.clock.now_ms(), lsn: self.wal.tail_lsn() }
+    }
 }
 
 /// What start-up found and repaired.
@@ -153,11 +176,13 @@ pub struct ShutdownReport {
 struct Shared {
     pipeline: Arc<Pipeline>,
     wal: CommitHandle,
-    /// Held while a batch claims its scans and queues its log record.
-    commit_order: Mutex<()>,
-    clock: Arc<dyn Clock>,
+    /// Held while a batch reads its `received_at`, claims its scans and
+    /// queues its log record.
+    gate: Arc<CommitGate>,
     settings: ServerSettings,
     batches_in_flight: Semaphore,
+    /// Bytes of frames read or being read, across all streams.
+    frame_bytes: Semaphore,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     failure: OnceLock<String>,
@@ -196,12 +221,13 @@ impl Server {
             settings.wal_fsync_enabled,
         );
         let archive_writer = ArchiveWriter::new(settings.archive.clone(), Arc::clone(&settings.faults))?;
+        let gate = Arc::new(CommitGate { order: Mutex::new(()), clock: Arc::clone(&clock), wal: committer.handle() });
         let archiver = Arc::new(Archiver::spawn(
             settings.archiver.clone(),
             archive_writer,
             recovery.checkpoint_lsn,
             committer.handle().subscribe(),
-            Arc::clone(&clock),
+            Arc::clone(&gate) as Arc<dyn Arrivals>,
             Arc::clone(&settings.faults),
         ));
         let quic = identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
@@ -212,9 +238,9 @@ impl Server {
         let shared = Arc::new(Shared {
             pipeline,
             wal: committer.handle(),
-            commit_order: Mutex::new(()),
-            clock,
+            gate,
             batches_in_flight: Semaphore::new(settings.pipeline_batches_in_flight_max),
+            frame_bytes: Semaphore::new(settings.frames_in_flight_bytes_max),
             settings,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -305,11 +331,7 @@ fn recover(
             recovered.first_lsn, recovered.end_lsn
         )));
     }
-    let mut restored_rows = 0;
-    for rows in archived_rows_within(&settings.archive.root, now, settings.restore_window)? {
-        pipeline.restore(&rows, now);
-        restored_rows += rows.len();
-    }
+    let mut restored_rows = restore_from_archive(&settings.archive.root, pipeline, now)?;
     let mut cursor = WalCursor::new(settings.wal.dir.clone(), settings.wal.record_bytes_max, checkpoint_lsn);
     while cursor.lsn() < recovered.end_lsn {
         for record in cursor.read_next(recovered.end_lsn)? {
@@ -328,18 +350,23 @@ fn recover(
     Ok((recovered.writer, report))
 }
 
-/// Rows of the partitions recent enough to matter for dedup: service days
-/// from `window` (plus a day for the service-day offset) before `now`.
-fn archived_rows_within(root: &Path, now: UnixMillis, window: Duration) -> Result<Vec<Vec<ArchivedScan>>, ServerError> {
-    let oldest_ms = now - window.as_millis() as i64 - 2 * 86_400_000;
-    let oldest = chrono::DateTime::from_timestamp_millis(oldest_ms).unwrap_or_default().date_naive();
-    let mut out = Vec::new();
+/// Replays into the dedup indexes the archived rows that may still hold a
+/// live entry: those in partitions within the restore window
+/// ([`crate::ingest::Horizons`] says why that window suffices). One file at
+/// a time, so memory holds one file's rows, not days of them.
+fn restore_from_archive(root: &Path, pipeline: &Pipeline, now: UnixMillis) -> Result<usize, ServerError> {
+    let config = pipeline.config();
+    let oldest_ms = now.saturating_sub(config.horizons().restore_window_ms());
+    let oldest = config.service_day.service_date(oldest_ms).unwrap_or_default();
+    let mut restored = 0;
     for path in crate::archive::read::archive_files(root)? {
-        if path.parent().and_then(partition_date).is_some_and(|d| d >= oldest) {
-            out.push(crate::archive::read::read_file(&path)?);
+        if path.parent().and_then(partition_date).is_some_and(|date| date >= oldest) {
+            let rows = crate::archive::read::read_file(&path)?;
+            pipeline.restore(&rows, now);
+            restored += rows.len();
         }
     }
-    Ok(out)
+    Ok(restored)
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
@@ -393,26 +420,10 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
 /// One batch: read its frame, process it, write the ack.
 async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
     let started = Instant::now();
-    let settings = &shared.settings;
-    let read = tokio::time::timeout(
-        settings.frame_read_timeout,
-        read_message::<ScanBatch, _>(&mut recv, settings.frame_bytes_max, "ScanBatch"),
-    )
-    .await;
-    let ack = match read {
-        Err(_) => {
-            telemetry::batch_malformed("frame_read_timeout");
-            let limit_ms = settings.frame_read_timeout.as_millis();
-            BatchAck::malformed("", 0, format!("batch frame not received within {limit_ms} ms"))
-        }
-        Ok(Err(error)) => {
-            telemetry::batch_malformed(frame_error_reason(&error));
-            if matches!(error, FrameError::TooLarge { .. }) {
-                let _ = recv.stop(STOP_FRAME_TOO_LARGE.into());
-            }
-            BatchAck::malformed("", 0, error.to_string())
-        }
-        Ok(Ok(batch)) => process(&shared, batch).await,
+    let ack = match read_batch(&mut recv, &shared).await {
+        // The frame's bytes stay counted until the batch is answered.
+        Ok((batch, _frame_bytes)) => process(&shared, batch).await,
+        Err(ack) => ack,
     };
     let outcome = match ack.ack_status() {
         AckStatus::Ok => "ok",
@@ -426,11 +437,74 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
     let _ = send.finish();
 }
 
+/// Reads one batch within `frame_read_timeout`: the length prefix (checked
+/// against `frame_bytes_max`), room for the body among
+/// `frames_in_flight_bytes_max`, the body, its scan count (checked before
+/// decoding), then the decode. The error is the ack to send: a slow or
+/// crowded read is `BACKOFF` (the gateway resends), a bad frame `MALFORMED`.
+async fn read_batch<'a>(
+    recv: &mut quinn::RecvStream,
+    shared: &'a Shared,
+) -> Result<(ScanBatch, SemaphorePermit<'a>), BatchAck> {
+    let settings = &shared.settings;
+    let deadline = tokio::time::Instant::now() + settings.frame_read_timeout;
+    let limit_ms = settings.frame_read_timeout.as_millis();
+    let too_slow = |reason: &'static str, what: String| {
+        telemetry::batch_refused(reason);
+        backoff_ack("", 0, format!("{what} within {limit_ms} ms; resend the batch"))
+    };
+    let malformed = |error: FrameError| {
+        telemetry::batch_refused(frame_error_reason(&error));
+        BatchAck::malformed("", 0, error.to_string())
+    };
+    let len = match timeout_at(deadline, read_frame_len(recv, settings.frame_bytes_max)).await {
+        Err(_) => return Err(too_slow("frame_read_timeout", "batch frame length not received".into())),
+        Ok(Err(error)) => {
+            if matches!(error, FrameError::TooLarge { .. }) {
+                let _ = recv.stop(STOP_FRAME_TOO_LARGE.into());
+            }
+            return Err(malformed(error));
+        }
+        Ok(Ok(len)) => len,
+    };
+    let permit = match timeout_at(deadline, shared.frame_bytes.acquire_many(len)).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Err(backoff_ack("", 0, "server is shutting down".into())),
+        Err(_) => return Err(too_slow("frames_in_flight_full", format!("no room for a {len}-byte frame"))),
+    };
+    let body = match timeout_at(deadline, read_frame_body(recv, len)).await {
+        Err(_) => return Err(too_slow("frame_read_timeout", format!("{len}-byte batch frame not received"))),
+        Ok(Err(error)) => return Err(malformed(error)),
+        Ok(Ok(body)) => body,
+    };
+    let count = count_field(&body, SCAN_BATCH_SCANS_FIELD, "ScanBatch").map_err(malformed)?;
+    let max = shared.pipeline.config().batch_scans_max;
+    if count > max {
+        telemetry::batch_refused("batch_shape");
+        return Err(BatchAck::malformed("", 0, BatchError::TooManyScans { count, max }.to_string()));
+    }
+    let batch = ScanBatch::decode(body.as_slice())
+        .map_err(|source| malformed(FrameError::Decode { message: "ScanBatch", source }))?;
+    Ok((batch, permit))
+}
+
+/// An ack that tells the gateway to resend after a pause.
+fn backoff_ack(gateway_id: &str, batch_seq: u64, error: String) -> BatchAck {
+    BatchAck {
+        gateway_id: gateway_id.to_string(),
+        batch_seq,
+        status: AckStatus::Backoff as i32,
+        error,
+        retry_after_ms: BACKOFF_RETRY_AFTER_MS,
+        ..BatchAck::default()
+    }
+}
+
 fn frame_error_reason(error: &FrameError) -> &'static str {
     match error {
         FrameError::TooLarge { .. } => "frame_too_large",
         FrameError::Truncated(_) => "frame_truncated",
-        FrameError::Decode { .. } => "frame_not_protobuf",
+        FrameError::Decode { .. } | FrameError::Fields { .. } => "frame_not_protobuf",
     }
 }
 
@@ -442,20 +516,15 @@ enum Committed {
         lsn: u64,
     },
     Malformed(String),
-    /// Claimed but could not be logged: a bug; the server stops.
+    /// Not committed: the server has stopped.
+    Refused(String),
+    /// Claimed but could not be logged: a bug; the server has stopped.
     Unlogged(String),
 }
 
 async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
     let (gateway_id, batch_seq) = (batch.gateway_id.clone(), batch.batch_seq);
-    let backoff = |error: String| BatchAck {
-        gateway_id: gateway_id.clone(),
-        batch_seq,
-        status: AckStatus::Backoff as i32,
-        error,
-        retry_after_ms: BACKOFF_RETRY_AFTER_MS,
-        ..BatchAck::default()
-    };
+    let backoff = |error: String| backoff_ack(&gateway_id, batch_seq, error);
     // Refuse before the dedup indexes see the batch, so its resend is
     // processed rather than taken for a re-delivery.
     if let Some(reason) = shared.failure.get() {
@@ -469,22 +538,18 @@ async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
     let Ok(_permit) = shared.batches_in_flight.acquire().await else {
         return backoff("server is shutting down".into());
     };
-    let received_at = shared.clock.now_ms();
     let (reply, result) = oneshot::channel();
     let task_shared = Arc::clone(shared);
     rayon::spawn(move || {
-        let _ = reply.send(verify_and_commit(&task_shared, &batch, received_at));
+        let _ = reply.send(verify_and_commit(&task_shared, &batch));
     });
     let (outcome, lsn) = match result.await {
         Ok(Committed::Queued { outcome, lsn }) => (outcome, lsn),
         Ok(Committed::Malformed(error)) => {
-            telemetry::batch_malformed("batch_shape");
+            telemetry::batch_refused("batch_shape");
             return BatchAck::malformed(&gateway_id, batch_seq, error);
         }
-        Ok(Committed::Unlogged(error)) => {
-            fail(shared, format!("a committed batch could not be logged: {error}"));
-            return backoff(error);
-        }
+        Ok(Committed::Refused(error) | Committed::Unlogged(error)) => return backoff(error),
         Err(_) => return backoff("internal error: the batch was dropped unanswered".into()),
     };
     match shared.wal.wait_durable(lsn, shared.settings.wal_ack_wait).await {
@@ -500,23 +565,31 @@ async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
     }
 }
 
-/// Verification in parallel, then claims and the log record in one order.
+/// Verification in parallel, then, under the commit gate, the arrival
+/// time, the claims and the log record in one order.
 ///
 /// A panic is a bug either way, but where it happens decides what is safe:
 /// in verification nothing is claimed yet, so the batch is refused and the
 /// server carries on (bad input must not stop it); in commit the dedup
-/// indexes may hold claims the log never got, so the server must stop and
-/// let recovery rebuild them from what is durable. (Rayon would abort the
+/// indexes may hold claims the log never got, so the server stops and
+/// recovery rebuilds them from what is durable. The stop is recorded
+/// before the gate opens again, so no batch waiting on the gate can take
+/// such a claim for a re-delivery and be acked. (Rayon would abort the
 /// process on an uncaught panic.)
-fn verify_and_commit(shared: &Shared, batch: &ScanBatch, received_at: UnixMillis) -> Committed {
+fn verify_and_commit(shared: &Shared, batch: &ScanBatch) -> Committed {
     let verified = match catch_unwind(AssertUnwindSafe(|| shared.pipeline.verify(batch))) {
         Ok(Ok(verified)) => verified,
         Ok(Err(error)) => return Committed::Malformed(error.to_string()),
         Err(_) => return Committed::Malformed("internal error while verifying the batch".into()),
     };
-    let _order = crate::sync::lock(&shared.commit_order);
+    let _order = crate::sync::lock(&shared.gate.order);
+    if let Some(reason) = shared.failure.get() {
+        return Committed::Refused(format!("server stopping: {reason}"));
+    }
+    let received_at = shared.gate.clock.now_ms();
     let committed = catch_unwind(AssertUnwindSafe(|| {
         let outcome = shared.pipeline.commit(batch, verified, received_at);
+        shared.settings.faults.during_commit();
         if outcome.rows.is_empty() {
             // Nothing new; the re-delivered originals were queued before now.
             return Committed::Queued { lsn: shared.wal.tail_lsn(), outcome };
@@ -526,7 +599,12 @@ fn verify_and_commit(shared: &Shared, batch: &ScanBatch, received_at: UnixMillis
             Err(error) => Committed::Unlogged(error.to_string()),
         }
     }));
-    committed.unwrap_or_else(|_| Committed::Unlogged("internal error while committing the batch".into()))
+    let committed =
+        committed.unwrap_or_else(|_| Committed::Unlogged("internal error while committing the batch".into()));
+    if let Committed::Unlogged(error) = &committed {
+        fail(shared, format!("a committed batch could not be logged: {error}"));
+    }
+    committed
 }
 
 /// Stops the server for good: no more batches are accepted or acked.
@@ -558,7 +636,7 @@ async fn housekeeping(shared: Arc<Shared>, archiver: Arc<Archiver>) {
             _ = shared.shutdown.cancelled() => return,
             _ = sweep.tick() => {
                 let pipeline = Arc::clone(&shared.pipeline);
-                let now = shared.clock.now_ms();
+                let now = shared.gate.clock.now_ms();
                 let sizes = tokio::task::spawn_blocking(move || {
                     pipeline.sweep(now);
                     pipeline.dedup_sizes()

@@ -32,8 +32,9 @@ pub fn batch_answered(outcome: &'static str, seconds: f64) {
     histogram!("farestream_batch_seconds", "outcome" => outcome).record(seconds);
 }
 
-/// A batch refused before processing; `reason` names the check that failed.
-pub fn batch_malformed(reason: &'static str) {
+/// A batch refused before processing (answered `MALFORMED` or, for a slow
+/// or crowded read, `BACKOFF`); `reason` names the check that failed.
+pub fn batch_refused(reason: &'static str) {
     counter!("farestream_batch_errors_total", "reason" => reason).increment(1);
 }
 

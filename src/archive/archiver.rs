@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use super::checkpoint::write_checkpoint;
+use crate::clock::UnixMillis;
+
+use super::checkpoint::{clean_after_crash, write_checkpoint};
 use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, partition_date, sync_dir};
-use crate::clock::Clock;
 use crate::faults::Faults;
 use crate::journal;
 use crate::service_day::ServiceDayPolicy;
@@ -40,6 +41,21 @@ pub struct ArchiverSettings {
     pub service_day: ServiceDayPolicy,
     /// A day closes once this long has passed after its end.
     pub accepted_lateness: Duration,
+}
+
+/// A point in the order batches are received and logged: every batch
+/// received before `at` is in the log before `lsn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrivalMark {
+    pub at: UnixMillis,
+    pub lsn: u64,
+}
+
+/// Where the server's arrivals stand: the server reads the clock and the
+/// log's tail under its commit lock, so a mark is never ahead of a batch
+/// that was received but not yet logged.
+pub trait Arrivals: Send + Sync {
+    fn mark(&self) -> ArrivalMark;
 }
 
 /// What the archiver has done, for the server and the demo.
@@ -72,14 +88,23 @@ impl Archiver {
         writer: ArchiveWriter,
         archived_lsn: u64,
         progress: watch::Receiver<Progress>,
-        clock: Arc<dyn Clock>,
+        arrivals: Arc<dyn Arrivals>,
         faults: Arc<Faults>,
     ) -> Archiver {
         let (commands, receiver) = mpsc::channel();
         let status = Arc::new(Mutex::new(ArchiverStatus { archived_lsn, ..ArchiverStatus::default() }));
         let cursor = WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, archived_lsn);
-        let state =
-            State { settings, writer, cursor, archived_lsn, progress, clock, faults, status: Arc::clone(&status) };
+        let state = State {
+            settings,
+            writer,
+            cursor,
+            archived_lsn,
+            progress,
+            arrivals,
+            pending_mark: None,
+            faults,
+            status: Arc::clone(&status),
+        };
         let thread = std::thread::Builder::new()
             .name("archiver".into())
             .spawn(move || state.run(receiver))
@@ -127,7 +152,11 @@ struct State {
     cursor: WalCursor,
     archived_lsn: u64,
     progress: watch::Receiver<Progress>,
-    clock: Arc<dyn Clock>,
+    arrivals: Arc<dyn Arrivals>,
+    /// A mark taken earlier, usable once everything before its LSN is
+    /// archived: under steady traffic the log's tail is never archived, so
+    /// days close on a mark that is a little old rather than never.
+    pending_mark: Option<ArrivalMark>,
     faults: Arc<Faults>,
     status: Arc<Mutex<ArchiverStatus>>,
 }
@@ -146,20 +175,26 @@ impl State {
                 None => (None, false),
             };
             let force_cut = reply.is_some() || stop;
-            let result = self.step(force_cut);
-            if let Err(error) = &result {
-                if error.is_fatal() {
-                    tracing::error!(%error, "archiver failed; the server stops");
-                    telemetry::archive_failed();
-                    lock(&self.status).failure = Some(error.to_string());
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error.to_string()));
-                    }
-                    return;
-                }
+            let mut result = self.step(force_cut);
+            if let Err(error) = &result
+                && !error.is_fatal()
+            {
                 tracing::warn!(%error, "archiving failed; retrying from the checkpoint");
                 telemetry::archive_retried();
-                self.rewind();
+                if let Err(cleanup) = self.rewind() {
+                    result = Err(StepError::fatal(format!("{error}, then cleaning up after it: {cleanup}")));
+                }
+            }
+            if let Err(error) = &result
+                && error.is_fatal()
+            {
+                tracing::error!(%error, "archiver failed; the server stops");
+                telemetry::archive_failed();
+                lock(&self.status).failure = Some(error.to_string());
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+                return;
             }
             let failed = result.is_err();
             if let Some(reply) = reply {
@@ -220,18 +255,22 @@ impl State {
     }
 
     /// Marks `_SUCCESS` in each partition whose day ended more than the
-    /// accepted lateness ago. Called only when everything durable is archived.
+    /// accepted lateness ago, once every batch received before that
+    /// deadline is archived: a batch received in time but still being
+    /// verified or fsynced must not land after the marker. Called only when
+    /// everything durable is archived.
     fn close_days(&mut self) -> Result<(), ArchiveError> {
+        let Some(mark) = self.usable_mark() else { return Ok(()) };
         let root = &self.writer.root().to_path_buf();
         let Ok(entries) = std::fs::read_dir(root) else { return Ok(()) };
-        let now = self.clock.now_ms();
-        let lateness_ms = self.settings.accepted_lateness.as_millis() as i64;
+        let lateness_ms = i64::try_from(self.settings.accepted_lateness.as_millis()).unwrap_or(i64::MAX);
         for entry in entries.flatten() {
             let dir = entry.path();
             let Some(date) = partition_date(&dir) else { continue };
-            let Some(next_day) = chrono::NaiveDate::succ_opt(&date) else { continue };
-            let day_end = self.settings.service_day.day_start(next_day);
-            if dir.join(SUCCESS_MARKER).exists() || now < day_end + lateness_ms {
+            let Some(day_end) = date.succ_opt().and_then(|next| self.settings.service_day.day_start(next)) else {
+                continue;
+            };
+            if dir.join(SUCCESS_MARKER).exists() || mark.at < day_end.saturating_add(lateness_ms) {
                 continue;
             }
             let marker = dir.join(SUCCESS_MARKER);
@@ -245,9 +284,30 @@ impl State {
         Ok(())
     }
 
-    fn rewind(&mut self) {
+    /// The latest arrival mark whose batches are all archived, if any: a
+    /// fresh one when the archive has caught up with the log's tail, else
+    /// the one kept from an earlier poll.
+    fn usable_mark(&mut self) -> Option<ArrivalMark> {
+        let fresh = self.arrivals.mark();
+        let archived = |mark: &ArrivalMark| mark.lsn <= self.archived_lsn;
+        let usable = if archived(&fresh) { Some(fresh) } else { self.pending_mark.filter(archived) };
+        if self.pending_mark.is_none_or(|pending| archived(&pending)) {
+            self.pending_mark = Some(fresh);
+        }
+        usable
+    }
+
+    /// Back to the checkpoint after a retryable error, cleaned exactly as
+    /// recovery cleans after a crash: a cut that failed part-way (its
+    /// checkpoint, or a second day's footer, hit the full disk) may have
+    /// renamed files into place that the checkpoint does not cover, and
+    /// they would otherwise stay beside the files that archive the same
+    /// records again. An error here is fatal: a restart cleans the same way.
+    fn rewind(&mut self) -> Result<(), ArchiveError> {
         self.writer.abandon();
+        clean_after_crash(self.writer.root(), self.archived_lsn, &self.faults)?;
         self.cursor = WalCursor::new(self.settings.wal_dir.clone(), self.settings.record_bytes_max, self.archived_lsn);
+        Ok(())
     }
 }
 
@@ -282,5 +342,70 @@ impl std::fmt::Display for StepError {
             StepError::Archive(error) => error.fmt(f),
             StepError::Fatal(reason) => f.write_str(reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::archive::ArchiveWriterConfig;
+    use crate::archive::writer::partition_dir;
+    use crate::wal::committer::WalState;
+
+    /// Arrivals a test moves by hand.
+    struct ManualArrivals(Mutex<ArrivalMark>);
+
+    impl Arrivals for ManualArrivals {
+        fn mark(&self) -> ArrivalMark {
+            *lock(&self.0)
+        }
+    }
+
+    /// Suspected in the review: a day was closed on the clock alone, while
+    /// a batch received before its deadline was still being verified or
+    /// fsynced; that batch then landed after `_SUCCESS`, in a late file.
+    #[tokio::test]
+    async fn a_day_closes_only_once_every_batch_received_before_its_deadline_is_archived() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("scans");
+        let date = chrono::NaiveDate::from_ymd_opt(2025, 11, 20).expect("date");
+        std::fs::create_dir_all(partition_dir(&root, date)).expect("partition");
+        let service_day = ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 };
+        let lateness = Duration::from_secs(3_600);
+        let deadline = service_day.day_start(date.succ_opt().expect("next")).expect("start") + 3_600_000;
+        let settings = ArchiverSettings {
+            wal_dir: dir.path().join("wal"),
+            record_bytes_max: 1 << 20,
+            checkpoint_path: dir.path().join("checkpoint"),
+            poll_interval: Duration::from_secs(3_600),
+            retry_after_error: Duration::from_millis(10),
+            service_day,
+            accepted_lateness: lateness,
+        };
+        let faults = Arc::new(Faults::default());
+        let config = ArchiveWriterConfig {
+            root: root.clone(),
+            file_bytes_max: u64::MAX,
+            file_age_max: Duration::from_secs(3_600),
+            row_group_rows_max: 1_000,
+        };
+        let writer = ArchiveWriter::new(config, Arc::clone(&faults)).expect("writer");
+        let (_progress, watching) = watch::channel(Progress { durable_lsn: 0, state: WalState::Running });
+        // Past the deadline, but a batch received before it is queued at
+        // LSN 0 and not yet durable: the log's tail is at 100.
+        let arrivals = Arc::new(ManualArrivals(Mutex::new(ArrivalMark { at: deadline, lsn: 100 })));
+        let archiver = Archiver::spawn(settings, writer, 0, watching, arrivals.clone(), faults);
+        let marker = partition_dir(&root, date).join(SUCCESS_MARKER);
+        archiver.flush().await.expect("flush");
+        assert!(!marker.exists(), "a batch received before the deadline is not archived yet");
+        *lock(&arrivals.0) = ArrivalMark { at: deadline - 1, lsn: 0 };
+        archiver.flush().await.expect("flush");
+        assert!(!marker.exists(), "everything is archived, but the deadline has not passed");
+        *lock(&arrivals.0) = ArrivalMark { at: deadline, lsn: 0 };
+        archiver.flush().await.expect("flush");
+        assert!(marker.exists(), "past the deadline with everything received before it archived");
+        archiver.close();
     }
 }

@@ -7,7 +7,7 @@ pub mod read;
 pub mod schema;
 pub mod writer;
 
-pub use archiver::{Archiver, ArchiverSettings, ArchiverStatus};
+pub use archiver::{Archiver, ArchiverSettings, ArchiverStatus, ArrivalMark, Arrivals};
 pub use writer::{ArchiveError, ArchiveWriter, ArchiveWriterConfig, ClosedFile};
 
 /// Where scans are archived under a data directory.

@@ -8,10 +8,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
-use chrono::NaiveDate;
 
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
-use crate::service_day::days_since_epoch;
+use crate::service_day::{date_from_days, days_since_epoch};
 
 fn utc_millis() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -67,7 +66,7 @@ pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError>
     rows.iter().for_each(|r| dates.append_value(days_since_epoch(r.service_date)));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(arrow_array::StringArray::from_iter_values(scan_ids.iter())),
-        strings(&|r| Some(&r.gateway_id)),
+        strings(&|r| Some(&*r.gateway_id)),
         strings(&|r| Some(&r.validator_id)),
         u64s(&|r| Some(r.validator_seq)),
         strings(&|r| Some(&r.route_id)),
@@ -121,15 +120,19 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, Arrow
         (times("code_created_at")?, times("scanned_at")?, times("received_at")?);
     let service_date = column("service_date")?.as_primitive::<Date32Type>().clone();
     let bad = |what: &str, row: usize| ArrowError::ParseError(format!("row {row}: bad {what}"));
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    // A file holds few gateways: rows share one copy of each in a run.
+    let mut gateway_id: Arc<str> = Arc::from("");
     (0..batch.num_rows())
         .map(|i| {
+            if *gateway_id != *gateway.value(i) {
+                gateway_id = Arc::from(gateway.value(i));
+            }
             let opt_str = |a: &arrow_array::StringArray| a.is_valid(i).then(|| a.value(i).to_string());
             let mut id = [0u8; 16];
             hex::decode_to_slice(scan_id.value(i), &mut id).map_err(|_| bad("scan_id", i))?;
             Ok(ArchivedScan {
                 scan_id: id,
-                gateway_id: gateway.value(i).to_string(),
+                gateway_id: Arc::clone(&gateway_id),
                 validator_id: validator.value(i).to_string(),
                 validator_seq: validator_seq.value(i),
                 route_id: route.value(i).to_string(),
@@ -145,7 +148,7 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, Arrow
                 received_at: received_at.value(i),
                 status: ScanStatus::parse(status.value(i)).ok_or_else(|| bad("status", i))?,
                 reason: opt_str(&reason),
-                service_date: epoch + chrono::Duration::days(i64::from(service_date.value(i))),
+                service_date: date_from_days(service_date.value(i)).ok_or_else(|| bad("service_date", i))?,
             })
         })
         .collect()

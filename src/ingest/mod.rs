@@ -1,6 +1,8 @@
 //! The sans-IO ingest core: dedup indexes and the batch pipeline.
 
 pub mod dedup;
+pub mod horizon;
 pub mod pipeline;
 
+pub use horizon::Horizons;
 pub use pipeline::{BatchError, BatchOutcome, Pipeline, PipelineConfig, VerifiedBatch};

@@ -13,13 +13,14 @@
 //! record can never shadow a genuine one.
 
 use std::collections::HashSet;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use rayon::prelude::*;
 use ring::digest;
 use thiserror::Error;
 
 use super::dedup::{DedupIndex, DedupSizes, Fingerprint, RideKey};
+use super::horizon::{Horizons, SCAN_TIME_MS_MAX, SCAN_TIME_MS_MIN};
 use crate::clock::{UnixMillis, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::ridecode::check::{
@@ -38,6 +39,8 @@ pub struct PipelineConfig {
     pub accepted_lateness_secs: u32,
     pub verify_chunk_signatures: usize,
     pub batch_scans_max: usize,
+    /// Longest `gateway_id`, `validator_id`, `route_id` or `stop_id`.
+    pub id_bytes_max: usize,
     pub service_day: ServiceDayPolicy,
 }
 
@@ -48,8 +51,13 @@ impl PipelineConfig {
             accepted_lateness_secs: config.ingest.accepted_lateness_secs,
             verify_chunk_signatures: config.ingest.verify_chunk_signatures,
             batch_scans_max: config.wire.batch_scans_max,
+            id_bytes_max: config.wire.id_bytes_max,
             service_day: config.service_day_policy()?,
         })
+    }
+
+    pub fn horizons(&self) -> Horizons {
+        Horizons::new(self.freshness, self.accepted_lateness_secs)
     }
 }
 
@@ -58,6 +66,8 @@ impl PipelineConfig {
 pub enum BatchError {
     #[error("gateway_id is empty")]
     MissingGatewayId,
+    #[error("gateway_id is {len} bytes, the limit is {max}")]
+    GatewayIdTooLong { len: usize, max: usize },
     #[error("batch has {count} scans, the limit is {max}")]
     TooManyScans { count: usize, max: usize },
 }
@@ -72,6 +82,7 @@ pub struct BatchOutcome {
 
 pub struct Pipeline {
     config: PipelineConfig,
+    horizons: Horizons,
     /// Fixed for the server's life: a rotation takes effect on restart.
     issuer_keys: IssuerPublicKeys,
     deny_list: RwLock<HashSet<u64>>,
@@ -126,7 +137,8 @@ struct SignatureResults {
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, issuer_keys: IssuerPublicKeys) -> Pipeline {
-        Pipeline { config, issuer_keys, deny_list: RwLock::new(HashSet::new()), dedup: DedupIndex::new() }
+        let horizons = config.horizons();
+        Pipeline { config, horizons, issuer_keys, deny_list: RwLock::new(HashSet::new()), dedup: DedupIndex::new() }
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -175,7 +187,7 @@ impl Pipeline {
     /// expired by `now` are skipped.
     pub fn restore(&self, rows: &[ArchivedScan], now: UnixMillis) {
         for row in rows {
-            let delivery_expiry = self.delivery_expiry(row.scanned_at);
+            let delivery_expiry = self.horizons.delivery_expiry(row.scanned_at, row.received_at);
             if delivery_expiry > now {
                 self.dedup.claim_delivery(row.scan_id, delivery_expiry);
             }
@@ -184,7 +196,7 @@ impl Pipeline {
                 (claimed_a_ride, row.card_id, row.code_created_at, row.code_counter, row.tap_kind)
             {
                 let created_at = unix_secs_u32(created_ms);
-                let expiry = self.ride_expiry(created_at);
+                let expiry = self.horizons.ride_expiry(created_at);
                 if expiry > now {
                     self.dedup.claim_ride(RideKey { card_id, created_at, counter, tap_kind }, expiry);
                 }
@@ -192,33 +204,13 @@ impl Pipeline {
         }
     }
 
-    /// The last moment a re-delivery of a scan read at `scanned_at` could
-    /// matter: later ones are refused as too late anyway.
-    fn delivery_expiry(&self, scanned_at: UnixMillis) -> UnixMillis {
-        scanned_at.saturating_add(self.lateness_ms() + self.skew_ms())
-    }
-
-    fn lateness_ms(&self) -> i64 {
-        i64::from(self.config.accepted_lateness_secs) * 1000
-    }
-
-    fn skew_ms(&self) -> i64 {
-        i64::from(self.config.freshness.clock_skew_secs) * 1000
-    }
-
-    /// The last moment a copy of a code made at `created_at` could arrive
-    /// and pass every other check.
-    fn ride_expiry(&self, created_at: u32) -> UnixMillis {
-        let policy = &self.config.freshness;
-        let horizon_secs = i64::from(policy.code_validity_secs)
-            + i64::from(policy.clock_skew_secs)
-            + i64::from(self.config.accepted_lateness_secs);
-        (i64::from(created_at) + horizon_secs) * 1000
-    }
-
     fn check_batch_shape(&self, batch: &ScanBatch) -> Result<(), BatchError> {
         if batch.gateway_id.is_empty() {
             return Err(BatchError::MissingGatewayId);
+        }
+        let (len, max) = (batch.gateway_id.len(), self.config.id_bytes_max);
+        if len > max {
+            return Err(BatchError::GatewayIdTooLong { len, max });
         }
         if batch.scans.len() > self.config.batch_scans_max {
             return Err(BatchError::TooManyScans { count: batch.scans.len(), max: self.config.batch_scans_max });
@@ -230,16 +222,41 @@ impl Pipeline {
         let fingerprint = fingerprint(record);
         let tap_kind = record.wire_tap_kind();
         let code = RideCode::decode(&record.ride_code);
-        let early = match (&code, tap_kind) {
-            _ if record.validator_id.is_empty() => Err(Verdict::malformed("validator_id is empty".into())),
-            (_, None) => Err(Verdict::malformed(format!("tap_kind {} is not entry, exit or single", record.tap_kind))),
-            (Err(error), _) => Err(Rejection::Malformed(*error).into()),
-            (Ok(code), Some(_)) => issuer_key_for(code, keys).map_err(Verdict::from).map(|issuer_key| SignatureWork {
-                issuer_key: *issuer_key,
-                credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
-            }),
+        let early = match (self.check_fields(record), &code, tap_kind) {
+            (Err(verdict), _, _) => Err(verdict),
+            (_, _, None) => {
+                Err(Verdict::malformed(format!("tap_kind {} is not entry, exit or single", record.tap_kind)))
+            }
+            (_, Err(error), _) => Err(Rejection::Malformed(*error).into()),
+            (Ok(()), Ok(code), Some(_)) => {
+                issuer_key_for(code, keys).map_err(Verdict::from).map(|issuer_key| SignatureWork {
+                    issuer_key: *issuer_key,
+                    credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
+                })
+            }
         };
         Prepared { fingerprint, tap_kind, code: code.ok(), early }
+    }
+
+    /// The record's own fields, before its ride code: ids present and
+    /// bounded, a scan time that a ride code can be checked against.
+    fn check_fields(&self, record: &ScanRecord) -> Result<(), Verdict> {
+        if record.validator_id.is_empty() {
+            return Err(Verdict::malformed("validator_id is empty".into()));
+        }
+        let max = self.config.id_bytes_max;
+        let ids =
+            [("validator_id", &record.validator_id), ("route_id", &record.route_id), ("stop_id", &record.stop_id)];
+        if let Some((name, value)) = ids.into_iter().find(|(_, value)| value.len() > max) {
+            return Err(Verdict::malformed(format!("{name} is {} bytes, the limit is {max}", value.len())));
+        }
+        if !Horizons::scan_time_in_range(record.validator_time_ms) {
+            return Err(Verdict::malformed(format!(
+                "validator_time_ms {} is outside [{SCAN_TIME_MS_MIN}, {SCAN_TIME_MS_MAX}], the times a ride code can express",
+                record.validator_time_ms
+            )));
+        }
+        Ok(())
     }
 
     /// Checks every signature step 1 left to check; one result per record.
@@ -279,9 +296,11 @@ impl Pipeline {
             ..BatchAck::default()
         };
         let mut rows = Vec::with_capacity(prepared.len());
+        // One copy for the whole batch: rows share it.
+        let gateway_id: Arc<str> = Arc::from(batch.gateway_id.as_str());
         for (index, ((record, p), sigs)) in batch.scans.iter().zip(prepared).zip(signatures).enumerate() {
             let scanned_at = record.validator_time_ms;
-            if !self.dedup.claim_delivery(p.fingerprint, self.delivery_expiry(scanned_at)) {
+            if !self.dedup.claim_delivery(p.fingerprint, self.horizons.delivery_expiry(scanned_at, received_at)) {
                 ack.redelivered += 1;
                 continue;
             }
@@ -299,7 +318,7 @@ impl Pipeline {
                     reason: verdict.reason.clone().unwrap_or_default(),
                 });
             }
-            rows.push(self.row(batch, record, &p, verdict, received_at));
+            rows.push(self.row(&gateway_id, record, &p, verdict, received_at));
         }
         BatchOutcome { rows, ack }
     }
@@ -332,8 +351,7 @@ impl Pipeline {
     ) -> Result<(), Rejection> {
         if !work.credential_cached {
             check_credential_signature(code, &work.issuer_key, |_| sigs.issuer_valid)?;
-            let expires_at = i64::from(code.credential.claims.valid_until) * 1000
-                + i64::from(self.config.freshness.clock_skew_secs) * 1000;
+            let expires_at = self.horizons.credential_expiry(code.credential.claims.valid_until);
             self.dedup.remember_verified_credential(code.credential_bytes(), expires_at);
         }
         if !sigs.user_valid {
@@ -347,9 +365,7 @@ impl Pipeline {
     /// A scan must arrive within the accepted lateness (or its replays could
     /// no longer be caught) and not from a validator clock running ahead.
     fn check_arrival(&self, code: &RideCode, scanned_at: UnixMillis, received_at: UnixMillis) -> Result<(), Rejection> {
-        let too_late = received_at.saturating_sub(scanned_at) > self.lateness_ms();
-        let from_future = scanned_at.saturating_sub(received_at) > self.skew_ms();
-        if too_late || from_future {
+        if !self.horizons.on_time(scanned_at, received_at) {
             return Err(Rejection::StaleCode { created_at: code.created_at, at: unix_secs_u32(received_at) });
         }
         Ok(())
@@ -358,7 +374,7 @@ impl Pipeline {
     fn claim_ride(&self, code: &RideCode, tap_kind: TapKind) -> Verdict {
         let claims = &code.credential.claims;
         let key = RideKey { card_id: claims.card_id, created_at: code.created_at, counter: code.counter, tap_kind };
-        if self.dedup.claim_ride(key, self.ride_expiry(code.created_at)) {
+        if self.dedup.claim_ride(key, self.horizons.ride_expiry(code.created_at)) {
             Verdict { status: ScanStatus::Accepted, reason: None }
         } else {
             Verdict {
@@ -376,20 +392,22 @@ impl Pipeline {
 
     fn row(
         &self,
-        batch: &ScanBatch,
+        gateway_id: &Arc<str>,
         record: &ScanRecord,
         p: &Prepared,
         verdict: Verdict,
         received_at: UnixMillis,
     ) -> ArchivedScan {
         let claims = p.code.as_ref().map(|code| (code.credential.claims, code.created_at, code.counter));
+        let max = self.config.id_bytes_max;
+        let partition_time = self.horizons.partition_time(record.validator_time_ms, received_at);
         ArchivedScan {
             scan_id: p.fingerprint,
-            gateway_id: batch.gateway_id.clone(),
-            validator_id: record.validator_id.clone(),
+            gateway_id: Arc::clone(gateway_id),
+            validator_id: truncated(&record.validator_id, max),
             validator_seq: record.validator_seq,
-            route_id: record.route_id.clone(),
-            stop_id: record.stop_id.clone(),
+            route_id: truncated(&record.route_id, max),
+            stop_id: truncated(&record.stop_id, max),
             tap_kind: p.tap_kind,
             card_id: claims.map(|(c, _, _)| c.card_id),
             issuer_key_id: claims.map(|(c, _, _)| c.issuer_key_id),
@@ -399,9 +417,21 @@ impl Pipeline {
             received_at,
             status: verdict.status,
             reason: verdict.reason,
-            service_date: self.config.service_day.service_date(record.validator_time_ms),
+            // The server's clock is always a representable time; the
+            // default (1970-01-01) is only for a clock set beyond chrono.
+            service_date: self.config.service_day.service_date(partition_time).unwrap_or_default(),
         }
     }
+}
+
+/// At most `max` bytes of `value`, cut at a character boundary: an overlong
+/// id is archived (as `malformed`) in a bounded row, never whole.
+fn truncated(value: &str, max: usize) -> String {
+    let mut end = value.len().min(max);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_string()
 }
 
 /// SHA-256 over every field of the record, each length-prefixed so no two
@@ -531,6 +561,158 @@ mod tests {
         assert_eq!(f.pipeline.verify(&batch(records)).err(), Some(BatchError::TooManyScans { count: max + 1, max }));
         let nameless = ScanBatch { gateway_id: String::new(), batch_seq: 1, scans: vec![] };
         assert_eq!(f.pipeline.verify(&nameless).err(), Some(BatchError::MissingGatewayId));
+    }
+
+    fn fixture_in(time_zone: &str) -> Fixture {
+        let mut config = Config::defaults();
+        config.service_day.time_zone = time_zone.into();
+        let f = fixture();
+        let mut keys = IssuerPublicKeys::new();
+        keys.insert(1, f.issuer.public_key());
+        let config = PipelineConfig::from_config(&config).expect("config");
+        Fixture { pipeline: Pipeline::new(config, keys), issuer: f.issuer }
+    }
+
+    /// Review fault 1: a scan time at the top of chrono's range stopped the
+    /// server from inside commit. Every time outside what a ride code can
+    /// express is now malformed, filed under the day it arrived.
+    #[test]
+    fn scan_times_a_ride_code_cannot_express_are_malformed_not_a_panic() {
+        for zone in ["Asia/Shanghai", "America/Los_Angeles", "Pacific/Kiritimati"] {
+            let f = fixture_in(zone);
+            let times = [8_210_266_876_799_999, i64::MAX, i64::MIN, -1, SCAN_TIME_MS_MAX + 1];
+            let scans = times.iter().enumerate().map(|(i, &at)| scan(i as u64, at, code(&f, 11, i as u32))).collect();
+            let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("batch");
+            assert_eq!(statuses(&outcome), vec![ScanStatus::Malformed; times.len()], "{zone}");
+            let arrival_day = f.pipeline.config().service_day.service_date(AT_MS);
+            for row in &outcome.rows {
+                assert!(row.reason.as_deref().is_some_and(|r| r.contains("validator_time_ms")), "{row:?}");
+                assert_eq!(Some(row.service_date), arrival_day, "{zone}");
+            }
+        }
+        let f = fixture();
+        let edges = [SCAN_TIME_MS_MIN, SCAN_TIME_MS_MAX];
+        let scans = edges.iter().enumerate().map(|(i, &at)| scan(i as u64, at, code(&f, 12, i as u32))).collect();
+        let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("batch");
+        assert_eq!(statuses(&outcome), vec![ScanStatus::StaleCode; 2], "in range, but not on time");
+    }
+
+    /// Review fault 3: a copy scanned in the last millisecond of freshness
+    /// and received at the end of the accepted lateness was accepted twice,
+    /// after a sweep or a restore had dropped the replay key.
+    #[test]
+    fn a_replay_in_the_last_millisecond_of_freshness_is_caught_after_a_sweep_and_a_restore() {
+        let f = fixture();
+        let policy = f.pipeline.config().freshness;
+        let created = unix_secs_u32(AT_MS) - 5;
+        let last_ms = (i64::from(created + policy.code_validity_secs + policy.clock_skew_secs)) * 1000 + 999;
+        let received = last_ms + i64::from(f.pipeline.config().accepted_lateness_secs) * 1000;
+        let original = f.pipeline.process(&batch(vec![scan(1, last_ms, code(&f, 13, 1))]), received).expect("batch");
+        assert_eq!(statuses(&original), vec![ScanStatus::Accepted]);
+        let mut copy = scan(1, last_ms, code(&f, 13, 1));
+        copy.validator_id = "gate-2".into();
+        f.pipeline.sweep(received);
+        let again = f.pipeline.process(&batch(vec![copy.clone()]), received).expect("batch");
+        assert_eq!(statuses(&again), vec![ScanStatus::Replay], "after a sweep");
+        let restarted = fixture();
+        restarted.pipeline.restore(&original.rows, received);
+        let again = restarted.pipeline.process(&batch(vec![copy]), received).expect("batch");
+        assert_eq!(statuses(&again), vec![ScanStatus::Replay], "after a restore");
+    }
+
+    /// Review fault 4: the re-delivery entry followed the validator's clock,
+    /// so a stale scan resent 30 s later, or an accepted one resent after
+    /// lateness + skew, was archived again.
+    #[test]
+    fn a_resend_is_a_redelivery_for_lateness_plus_skew_after_it_arrived() {
+        let f = fixture();
+        let lateness_ms = i64::from(f.pipeline.config().accepted_lateness_secs) * 1000;
+        let skew_ms = i64::from(f.pipeline.config().freshness.clock_skew_secs) * 1000;
+        let old = scan(1, AT_MS - lateness_ms - 10_000, code(&f, 14, 1));
+        let at_the_edge = scan(2, AT_MS - lateness_ms, code(&f, 14, 2));
+        let refused = f.pipeline.process(&batch(vec![old, at_the_edge]), AT_MS).expect("batch");
+        assert_eq!(statuses(&refused), vec![ScanStatus::StaleCode, ScanStatus::ExpiredCredential]);
+        let fresh = scan(3, AT_MS - 1_000, code(&f, 14, 3));
+        let accepted = f.pipeline.process(&batch(vec![fresh.clone()]), AT_MS).expect("batch");
+        assert_eq!(statuses(&accepted), vec![ScanStatus::Accepted]);
+        let later = AT_MS + lateness_ms + skew_ms - 1;
+        f.pipeline.sweep(later);
+        let resend = batch(vec![
+            scan(1, AT_MS - lateness_ms - 10_000, code(&f, 14, 1)),
+            scan(2, AT_MS - lateness_ms, code(&f, 14, 2)),
+            fresh,
+        ]);
+        let again = f.pipeline.process(&resend, later).expect("batch");
+        assert_eq!((again.rows.len(), again.ack.redelivered), (0, 3), "{:?}", statuses(&again));
+        let restarted = fixture();
+        restarted.pipeline.restore(&[refused.rows, accepted.rows].concat(), later);
+        assert_eq!(restarted.pipeline.process(&resend, later).expect("batch").ack.redelivered, 3);
+    }
+
+    /// Review fault 5: a long gateway_id was copied into every row. Every
+    /// id is bounded, rows share the gateway id, overlong ids are cut.
+    #[test]
+    fn ids_are_bounded_and_rows_share_one_gateway_id() {
+        let f = fixture();
+        let max = f.pipeline.config().id_bytes_max;
+        let long_gateway = ScanBatch { gateway_id: "g".repeat(max + 1), batch_seq: 1, scans: vec![] };
+        assert_eq!(f.pipeline.verify(&long_gateway).err(), Some(BatchError::GatewayIdTooLong { len: max + 1, max }));
+        let mut long_ids = scan(1, AT_MS, code(&f, 15, 1));
+        long_ids.route_id = format!("{}é", "r".repeat(max - 1));
+        let mut longest = scan(2, AT_MS, code(&f, 15, 2));
+        longest.stop_id = "s".repeat(max);
+        let batch = ScanBatch { gateway_id: "g".repeat(max), batch_seq: 1, scans: vec![long_ids, longest] };
+        let outcome = f.pipeline.process(&batch, AT_MS).expect("batch");
+        assert_eq!(statuses(&outcome), vec![ScanStatus::Malformed, ScanStatus::Accepted]);
+        assert_eq!(
+            outcome.rows[0].reason.as_deref(),
+            Some(format!("route_id is {} bytes, the limit is {max}", max + 1).as_str())
+        );
+        assert_eq!(outcome.rows[0].route_id, "r".repeat(max - 1), "cut at a character boundary");
+        assert_eq!(outcome.rows[1].stop_id.len(), max);
+        assert!(Arc::ptr_eq(&outcome.rows[0].gateway_id, &outcome.rows[1].gateway_id));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Arbitrary times, id lengths, codes and arrival times: nothing
+        /// panics, every record is answered once (a row or a re-delivery),
+        /// and a row's size is bounded whatever the input's.
+        #[test]
+        fn arbitrary_times_and_lengths_are_answered_with_bounded_rows(
+            records in proptest::collection::vec(
+                (proptest::prelude::any::<i64>(), 0usize..300, 0usize..300, proptest::prelude::any::<bool>(), 0u64..4),
+                1..12,
+            ),
+            received_offset_ms in -400_000_000_000i64..400_000_000_000,
+        ) {
+            let f = fixture();
+            let max = f.pipeline.config().id_bytes_max;
+            let scans: Vec<ScanRecord> = records
+                .iter()
+                .enumerate()
+                .map(|(i, &(at, route_len, stop_len, valid_code, seq))| {
+                    let ride_code = if valid_code { code(&f, 20 + i as u64, 1) } else { vec![7; i] };
+                    let near_now = if at % 2 == 0 { AT_MS + at % 1_000_000_000 } else { at };
+                    ScanRecord {
+                        route_id: "é".repeat(route_len / 2),
+                        stop_id: "s".repeat(stop_len),
+                        ..scan(seq, near_now, ride_code)
+                    }
+                })
+                .collect();
+            let received = AT_MS + received_offset_ms;
+            let outcome = f.pipeline.process(&batch(scans.clone()), received).expect("a well-formed batch");
+            let ack = &outcome.ack;
+            proptest::prop_assert_eq!(outcome.rows.len() + ack.redelivered as usize, scans.len());
+            proptest::prop_assert_eq!((ack.accepted + ack.rejected) as usize, outcome.rows.len());
+            for row in &outcome.rows {
+                proptest::prop_assert!(row.validator_id.len() <= max && row.route_id.len() <= max);
+                proptest::prop_assert!(row.stop_id.len() <= max && row.gateway_id.len() <= max);
+                proptest::prop_assert!(row.reason.as_ref().is_none_or(|r| r.len() <= 256), "{:?}", row.reason);
+            }
+        }
     }
 
     proptest::proptest! {

@@ -23,20 +23,63 @@ pub enum FrameError {
     Truncated(std::io::Error),
     #[error("frame is not a valid {message}: {source}")]
     Decode { message: &'static str, source: prost::DecodeError },
+    #[error("frame is not a valid {message}: {reason}")]
+    Fields { message: &'static str, reason: String },
 }
 
 /// Reads one frame's body. The length is checked against `frame_bytes_max`
 /// before anything is allocated, so a hostile length costs nothing.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_max: u32) -> Result<Vec<u8>, FrameError> {
+    let len = read_frame_len(reader, frame_bytes_max).await?;
+    read_frame_body(reader, len).await
+}
+
+/// Reads a frame's length prefix and checks it against `frame_bytes_max`.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_max: u32) -> Result<u32, FrameError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     reader.read_exact(&mut header).await.map_err(FrameError::Truncated)?;
     let len = u32::from_be_bytes(header);
     if len > frame_bytes_max {
         return Err(FrameError::TooLarge { len, max: frame_bytes_max });
     }
+    Ok(len)
+}
+
+/// Reads a frame body of `len` bytes (already checked against the limit).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> Result<Vec<u8>, FrameError> {
     let mut body = vec![0u8; len as usize];
     reader.read_exact(&mut body).await.map_err(FrameError::Truncated)?;
     Ok(body)
+}
+
+/// Counts the top-level occurrences of field `field_number` in an encoded
+/// message without decoding it, so a repeated field's length can be checked
+/// before decoding allocates a struct per entry (an empty `ScanRecord` is
+/// two bytes on the wire and over a hundred in memory).
+pub fn count_field(mut body: &[u8], field_number: u32, message: &'static str) -> Result<usize, FrameError> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let invalid = |reason: String| FrameError::Fields { message, reason };
+    let mut count = 0;
+    while !body.is_empty() {
+        let (number, wire_type) = decode_key(&mut body).map_err(|e| invalid(e.to_string()))?;
+        if number == field_number {
+            count += 1;
+        }
+        let skip = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut body).map_err(|e| invalid(e.to_string()))?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => {
+                usize::try_from(decode_varint(&mut body).map_err(|e| invalid(e.to_string()))?).unwrap_or(usize::MAX)
+            }
+            WireType::StartGroup | WireType::EndGroup => return Err(invalid("groups are not used".into())),
+        };
+        body = body.get(skip..).ok_or_else(|| invalid("a field runs past the end of the frame".into()))?;
+    }
+    Ok(count)
 }
 
 /// Reads and decodes one frame holding a `M`.
@@ -72,6 +115,22 @@ mod tests {
         let frame = encode_frame(&batch);
         let back: ScanBatch = read_message(&mut frame.as_slice(), 1024, "ScanBatch").await.expect("frame");
         assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn repeated_fields_are_counted_without_decoding() {
+        let record = ScanRecord { validator_id: "v".into(), ride_code: vec![1; 300], ..ScanRecord::default() };
+        let batch = ScanBatch { gateway_id: "g".into(), batch_seq: u64::MAX, scans: vec![record; 5] };
+        let body = &encode_frame(&batch)[FRAME_HEADER_BYTES..];
+        assert_eq!(count_field(body, 3, "ScanBatch").expect("count"), 5);
+        assert_eq!(count_field(body, 1, "ScanBatch").expect("count"), 1);
+        assert_eq!(count_field(&[], 3, "ScanBatch").expect("empty"), 0);
+        assert!(count_field(&body[..body.len() - 1], 3, "ScanBatch").is_err(), "a truncated field is an error");
+        // A length prefix of 2^64 - 1 is refused, not added to a pointer.
+        assert!(
+            count_field(&[0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 3, "ScanBatch").is_err()
+        );
+        assert!(count_field(&[0x0b], 1, "ScanBatch").is_err(), "groups are refused");
     }
 
     #[tokio::test]

@@ -155,31 +155,77 @@ async fn a_full_disk_is_answered_backoff_and_work_resumes_when_space_returns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_day_gets_its_marker_and_late_scans_a_file_of_their_own() {
+async fn a_closed_day_gets_its_marker_and_a_scan_too_late_for_it_is_filed_under_its_arrival() {
     let mut config = Config::defaults();
     config.ingest.accepted_lateness_secs = 3_600;
     let h = Harness::start_with(config).await;
     h.client().push(&scans(&h, 1, 1, 2)).await.expect("ack");
     h.server.flush_archive().await.expect("flush");
-    let partition = scans_root(h.dir.path()).join("service_date=2025-11-20");
+    let root = scans_root(h.dir.path());
+    let partition = root.join("service_date=2025-11-20");
     assert!(!partition.join("_SUCCESS").exists(), "the day is still open");
     // 2025-11-21 04:00 Shanghai ends the day; an hour of lateness after that.
     let day_end = T0_MS + 18 * 3_600_000;
     h.clock.set(day_end + 3_600_000 + 1);
     h.server.flush_archive().await.expect("flush");
     assert!(partition.join("_SUCCESS").exists(), "closed once its lateness has passed");
+    let closed_files = archive_files(&root).expect("files");
     let late = record("gate-2", 1, day_end - 60_000, TapKind::Entry, h.rider(50).code_at(day_end - 60_000, 1));
     let ack = h.client().push(&batch("station-01", 9, vec![late])).await.expect("ack");
     assert_eq!(ack.rejections[0].scan_status(), Some(ScanStatus::StaleCode), "too late to be charged");
     h.server.flush_archive().await.expect("flush");
-    let late_files: Vec<_> = archive_files(&scans_root(h.dir.path()))
-        .expect("files")
-        .into_iter()
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("late-")))
-        .collect();
-    assert_eq!(late_files.len(), 1, "{late_files:?}");
-    assert!(late_files[0].starts_with(&partition));
-    assert_eq!(farestream::archive::read::read_file(&late_files[0]).expect("rows").len(), 1);
+    let files = archive_files(&root).expect("files");
+    let new_files: Vec<_> = files.iter().filter(|f| !closed_files.contains(f)).collect();
+    assert_eq!(new_files.len(), 1, "{files:?}");
+    assert!(new_files[0].starts_with(root.join("service_date=2025-11-21")), "filed under its arrival: {new_files:?}");
+    let rows = farestream::archive::read::read_file(new_files[0]).expect("rows");
+    assert_eq!(rows[0].scanned_at, day_end - 60_000, "the scan keeps its own time");
+    assert!(files.iter().all(|f| !f.to_string_lossy().contains("late-")), "a closed day gains no rows");
+}
+
+/// Review fault 2: the disk filled after a cut renamed its file and before
+/// its checkpoint landed; the archiver rewound and wrote the same records
+/// again beside the renamed file, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_between_a_cut_and_its_checkpoint_archives_each_row_once() {
+    let h = Harness::start_with(quick_failures(Config::defaults())).await;
+    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    // Let the archiver append the rows to an open file (it polls every 50 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.faults.set_disk_full(true);
+    let refused = h.server.flush_archive().await.expect_err("the checkpoint cannot be written");
+    assert!(refused.to_string().contains("checkpoint"), "{refused}");
+    assert_eq!(archive_files(&scans_root(h.dir.path())).expect("files"), Vec::<std::path::PathBuf>::new());
+    h.faults.set_disk_full(false);
+    h.server.flush_archive().await.expect("flush once space returns");
+    assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 3);
+    let h = h.restart().await;
+    assert_eq!(h.server.recovery().archive_cleanup, Default::default(), "nothing left for recovery to clean");
+    assert_each_once(&h.archive_rows().await, 3);
+}
+
+/// Suspected in the review: a commit that panicked after claiming its
+/// scans released the commit lock before the server was marked failed, so
+/// a batch waiting on the lock that re-delivered those scans was acked OK
+/// although they were never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_waiting_behind_a_panicked_commit_is_not_acked() {
+    let h = Harness::start_with(quick_failures(Config::defaults())).await;
+    let original = scans(&h, 1, 1, 2);
+    h.faults.panic_in_next_commit(Duration::from_millis(500));
+    let first = tokio::spawn({
+        let (client, original) = (h.client(), original.clone());
+        async move { client.push(&original).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let resent = h.client().push(&original).await;
+    assert!(resent.is_err(), "claimed but never logged, so never acked: {resent:?}");
+    assert!(first.await.expect("task").is_err());
+    let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
+    assert!(reason.contains("committing"), "{reason}");
+    let h = h.crash_and_recover(|_| {}).await;
+    assert_eq!(h.client().push(&original).await.expect("ack after recovery").accepted, 2);
+    assert_each_once(&h.archive_rows().await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,7 @@ async fn redeliveries_are_acked_but_create_no_rows() {
     assert_eq!((elsewhere.accepted, elsewhere.redelivered), (0, 5));
     let rows = h.archive_rows().await;
     assert_eq!(rows.len(), 5);
-    assert!(rows.iter().all(|r| r.status == ScanStatus::Accepted && r.gateway_id == "depot-01"));
+    assert!(rows.iter().all(|r| r.status == ScanStatus::Accepted && &*r.gateway_id == "depot-01"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
