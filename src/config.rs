@@ -34,6 +34,7 @@ pub struct Config {
     pub wal: WalConfigToml,
     pub archive: ArchiveConfig,
     pub service_day: ServiceDayConfig,
+    pub keys: KeysConfig,
     pub metrics: MetricsConfig,
     pub gateway: GatewayConfig,
 }
@@ -99,6 +100,12 @@ pub struct ArchiveConfig {
 pub struct ServiceDayConfig {
     pub time_zone: String,
     pub start_hour: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    pub lock_wait_ms_max: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,12 +17,12 @@ use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{GatewayClient, GatewaySettings};
 use crate::ingest::{Pipeline, PipelineConfig};
-use crate::keystore::{Keystore, KeystoreError};
+use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::server::{Server, ServerError, ServerSettings};
 use crate::sim::{AnomalyRates, FleetReport, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
-use crate::tls::{ServerIdentity, TlsError};
+use crate::tls::{NewIdentity, ServerIdentity, TlsError};
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
 const UPLOAD_INTERVAL_SIM_MS: f64 = 60_000.0;
@@ -84,9 +84,9 @@ pub struct DemoSummary {
 pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
     let config = &options.config;
-    let keystore = Keystore::open_or_create(&options.data_dir)?;
+    let keystore = Keystore::open_or_create(&options.data_dir, KeystoreOptions::from_config(config))?;
     let trusted_keys = keystore.trusted_public_keys()?;
-    let identity = ServerIdentity::load_or_create(&options.data_dir)?;
+    let identity = ServerIdentity::load_or_create(&options.data_dir, NewIdentity::OnFirstStart)?;
     let service_day = config.service_day_policy()?;
     let now_ms = SystemClock.now_ms();
     let (service_date, day_start) = service_day

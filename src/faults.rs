@@ -4,6 +4,7 @@
 //! the checks cost one relaxed atomic load each.
 
 use std::io;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub struct Faults {
     /// Milliseconds the next commit holds the commit gate before it
     /// panics; 0 when off.
     commit_panic_hold_ms: AtomicU64,
+    /// The named step after which the next `crash_point` stops the work.
+    crash_after: Mutex<Option<&'static str>>,
 }
 
 impl Faults {
@@ -47,6 +50,22 @@ impl Faults {
             std::thread::sleep(Duration::from_millis(hold_ms));
             panic!("injected panic while committing");
         }
+    }
+
+    /// The work stops right after `step`, as if the process died there:
+    /// once, with an error, leaving the disk as that step left it.
+    pub fn crash_after(&self, step: &'static str) {
+        *crate::sync::lock(&self.crash_after) = Some(step);
+    }
+
+    /// Call after each named step of a multi-step change.
+    pub fn crash_point(&self, step: &'static str) -> io::Result<()> {
+        let mut armed = crate::sync::lock(&self.crash_after);
+        if *armed == Some(step) {
+            *armed = None;
+            return Err(io::Error::other(format!("injected crash after {step}")));
+        }
+        Ok(())
     }
 
     /// Call before every fsync.

@@ -10,7 +10,17 @@ use crate::faults::Faults;
 /// Writes a secret (a private key) readable by its owner only, and syncs
 /// it. Never overwrites: an existing file is an error, not a lost key.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    write_new(path, bytes, 0o600)
+}
+
+/// Writes a file anyone may read (a certificate), and syncs it. Never
+/// overwrites.
+pub fn write_public(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_new(path, bytes, 0o644)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }

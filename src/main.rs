@@ -13,10 +13,10 @@ use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::{GatewayClient, GatewaySettings};
 use farestream::ingest::{Pipeline, PipelineConfig};
-use farestream::keystore::Keystore;
+use farestream::keystore::{Keystore, KeystoreOptions};
 use farestream::server::{Server, ServerSettings};
 use farestream::sim::{AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
-use farestream::tls::{ServerIdentity, cert_path, read_cert};
+use farestream::tls::{NewIdentity, ServerIdentity, cert_path, read_cert};
 
 #[derive(Parser)]
 #[command(name = "farestream", version, about = "Ingestion back end for pay-later transit ride codes")]
@@ -38,6 +38,10 @@ enum Command {
         /// Overrides server.listen_addr.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Make a new TLS certificate and key even though this data dir
+        /// had one: every gateway must then pin the new certificate.
+        #[arg(long)]
+        new_tls_identity: bool,
     },
     /// Manage issuer keys.
     Keys {
@@ -138,8 +142,11 @@ fn main() -> Result<()> {
     init_logging(if quiet { "warn" } else { "info" });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve { listen } => runtime.block_on(serve(&cli.data_dir, config, listen)),
-        Command::Keys { action } => keys(&cli.data_dir, action),
+        Command::Serve { listen, new_tls_identity } => {
+            let new = if new_tls_identity { NewIdentity::Replace } else { NewIdentity::OnFirstStart };
+            runtime.block_on(serve(&cli.data_dir, config, listen, new))
+        }
+        Command::Keys { action } => keys(&cli.data_dir, &config, action),
         Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file } => {
             let load = Load { duration_secs, backlog, batch_scans };
             runtime.block_on(simulate(&cli.data_dir, config, server, city, load, acked_file.as_deref()))
@@ -155,9 +162,10 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>) -> Result<()> {
-    let keystore = Keystore::open_or_create(data_dir).context("opening the key store")?;
-    let identity = ServerIdentity::load_or_create(data_dir).context("loading the TLS identity")?;
+async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new: NewIdentity) -> Result<()> {
+    let keystore =
+        Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config)).context("opening the key store")?;
+    let identity = ServerIdentity::load_or_create(data_dir, new).context("loading the TLS identity")?;
     let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(&config)?, keystore.trusted_public_keys()?));
     let mut settings = ServerSettings::from_config(&config, data_dir)?;
     if let Some(listen) = listen {
@@ -215,8 +223,8 @@ async fn shutdown_signal() {
     ctrl_c.await.unwrap_or(());
 }
 
-fn keys(data_dir: &Path, action: KeysAction) -> Result<()> {
-    let mut store = Keystore::open_or_create(data_dir)?;
+fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Result<()> {
+    let mut store = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(config))?;
     match action {
         KeysAction::List => {}
         KeysAction::Rotate => println!("issuer key {} is now active", store.rotate()?),
@@ -244,7 +252,8 @@ async fn simulate(
 ) -> Result<()> {
     let seed = city.seed();
     let duration_secs = load.duration_secs;
-    let keystore = Keystore::open_or_create(data_dir).context("opening the key store shared with the server")?;
+    let keystore = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config))
+        .context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
         .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
     let now = SystemClock.now_ms();

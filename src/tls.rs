@@ -25,6 +25,12 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("QUIC crypto configuration: {0}")]
     Quic(String),
+    #[error(
+        "the server's TLS identity is incomplete: {missing} is missing, and gateways pinned the certificate it \
+         belonged to. Restore it from a backup, or start with --new-tls-identity to make a new one (every gateway \
+         must then pin the new certificate, {cert})"
+    )]
+    Missing { missing: String, cert: String },
 }
 
 /// The server's certificate and key.
@@ -38,30 +44,56 @@ pub fn cert_path(data_dir: &Path) -> PathBuf {
     data_dir.join("tls").join("cert.der")
 }
 
+/// Whether `load_or_create` may replace an identity that gateways pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewIdentity {
+    /// Only on a data dir that never served: its first start.
+    OnFirstStart,
+    /// The operator asked for one (`serve --new-tls-identity`).
+    Replace,
+}
+
 impl ServerIdentity {
-    /// Loads `DATA_DIR/tls/{cert,key}.der`, making them on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<ServerIdentity, TlsError> {
+    /// Loads `DATA_DIR/tls/{cert,key}.der`. On a data dir's first start
+    /// (no certificate, no key, no write-ahead log yet) makes a new pair.
+    /// When only part of an identity is there, or none on a data dir that
+    /// has served, gateways pinned a certificate this server can no longer
+    /// present: that is an error naming what is missing, unless `new` says
+    /// to replace it.
+    pub fn load_or_create(data_dir: &Path, new: NewIdentity) -> Result<ServerIdentity, TlsError> {
         let cert_file = cert_path(data_dir);
         let key_file = data_dir.join("tls").join("key.der");
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TlsError::Io { path, source }
         };
-        if !cert_file.exists() || !key_file.exists() {
-            let identity = ServerIdentity::generate()?;
-            let dir = data_dir.join("tls");
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
-            // A key left without its certificate is stale; a new pair replaces it.
-            if key_file.exists() {
-                fs::remove_file(&key_file).map_err(io(&key_file))?;
-            }
-            crate::files::write_private(&key_file, identity.key.secret_pkcs8_der()).map_err(io(&key_file))?;
-            fs::write(&cert_file, identity.cert.as_ref()).map_err(io(&cert_file))?;
-            return Ok(identity);
+        let (has_cert, has_key) = (cert_file.exists(), key_file.exists());
+        if has_cert && has_key && new == NewIdentity::OnFirstStart {
+            let cert = fs::read(&cert_file).map_err(io(&cert_file))?;
+            let key = fs::read(&key_file).map_err(io(&key_file))?;
+            return Ok(ServerIdentity { cert: CertificateDer::from(cert), key: PrivatePkcs8KeyDer::from(key) });
         }
-        let cert = fs::read(&cert_file).map_err(io(&cert_file))?;
-        let key = fs::read(&key_file).map_err(io(&key_file))?;
-        Ok(ServerIdentity { cert: CertificateDer::from(cert), key: PrivatePkcs8KeyDer::from(key) })
+        let first_start = !has_cert && !has_key && !data_dir.join("wal").exists();
+        if !first_start && new == NewIdentity::OnFirstStart {
+            let missing = match (has_cert, has_key) {
+                (true, false) => key_file.display().to_string(),
+                (false, true) => cert_file.display().to_string(),
+                _ => format!("{} (this data dir has served before)", data_dir.join("tls").display()),
+            };
+            return Err(TlsError::Missing { missing, cert: cert_file.display().to_string() });
+        }
+        let identity = ServerIdentity::generate()?;
+        let dir = data_dir.join("tls");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        for stale in [&key_file, &cert_file] {
+            if stale.exists() {
+                fs::remove_file(stale).map_err(io(stale))?;
+            }
+        }
+        crate::files::write_private(&key_file, identity.key.secret_pkcs8_der()).map_err(io(&key_file))?;
+        crate::files::write_public(&cert_file, identity.cert.as_ref()).map_err(io(&cert_file))?;
+        crate::files::fsync_dir(&dir, &crate::faults::Faults::default()).map_err(io(&dir))?;
+        Ok(identity)
     }
 
     /// A fresh in-memory identity (tests).
@@ -120,4 +152,50 @@ pub fn client_config(server_cert: &CertificateDer<'static>) -> Result<quinn::Cli
 pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
     let bytes = fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })?;
     Ok(CertificateDer::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(dir: &Path, new: NewIdentity) -> Result<ServerIdentity, TlsError> {
+        ServerIdentity::load_or_create(dir, new)
+    }
+
+    #[test]
+    fn the_first_start_makes_an_identity_and_later_starts_load_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = load(dir.path(), NewIdentity::OnFirstStart).expect("first start");
+        let again = load(dir.path(), NewIdentity::OnFirstStart).expect("second start");
+        assert_eq!(first.cert, again.cert);
+    }
+
+    /// Review: a lost key file made `serve` silently make a new identity,
+    /// locking out every gateway that pinned the old certificate.
+    #[test]
+    fn a_lost_half_of_the_identity_refuses_to_start_unless_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = load(dir.path(), NewIdentity::OnFirstStart).expect("first start");
+        let (key, cert) = (dir.path().join("tls/key.der"), cert_path(dir.path()));
+        for lost in [&key, &cert] {
+            let kept = if lost == &key { &cert } else { &key };
+            let kept_bytes = fs::read(kept).expect("kept");
+            fs::remove_file(lost).expect("lose it");
+            let error = load(dir.path(), NewIdentity::OnFirstStart).err().expect("refused");
+            assert!(matches!(&error, TlsError::Missing { missing, .. } if missing == &lost.display().to_string()));
+            assert!(error.to_string().contains("--new-tls-identity"), "{error}");
+            assert_eq!(fs::read(kept).expect("kept"), kept_bytes, "nothing was replaced");
+            let replaced = load(dir.path(), NewIdentity::Replace).expect("told to");
+            assert_ne!(replaced.cert, first.cert);
+            assert_eq!(load(dir.path(), NewIdentity::OnFirstStart).expect("loads").cert, replaced.cert);
+        }
+    }
+
+    #[test]
+    fn a_data_dir_that_has_served_does_not_get_a_new_identity_silently() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("wal")).expect("wal");
+        assert!(matches!(load(dir.path(), NewIdentity::OnFirstStart), Err(TlsError::Missing { .. })));
+        assert!(load(dir.path(), NewIdentity::Replace).is_ok());
+    }
 }
