@@ -71,6 +71,23 @@ enum Command {
         #[arg(long)]
         acked_file: Option<PathBuf>,
     },
+    /// A hostile gateway: batches built to cost the server the most CPU,
+    /// pushed as fast as its streams allow, for a bounded time (run it
+    /// beside `simulate` to see what honest gateways suffer).
+    Flood {
+        /// The server's QUIC address.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        server: SocketAddr,
+        #[arg(long, value_enum, default_value = "bad-issuer-and-user")]
+        kind: farestream::sim::FloodKind,
+        #[arg(long, default_value_t = 2_048)]
+        batch_scans: usize,
+        /// Pushes in flight at once (defaults to server.streams_per_connection_max).
+        #[arg(long)]
+        streams: Option<usize>,
+        #[arg(long, default_value_t = 20.0)]
+        duration_secs: f64,
+    },
     /// Check the archive against the scans a gateway saw acknowledged:
     /// every acked scan archived, none twice.
     Audit {
@@ -138,7 +155,7 @@ enum KeysAction {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. } | Command::Flood { .. });
     init_logging(if quiet { "warn" } else { "info" });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
@@ -150,6 +167,15 @@ fn main() -> Result<()> {
         Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file } => {
             let load = Load { duration_secs, backlog, batch_scans };
             runtime.block_on(simulate(&cli.data_dir, config, server, city, load, acked_file.as_deref()))
+        }
+        Command::Flood { server, kind, batch_scans, streams, duration_secs } => {
+            let settings = farestream::sim::FloodSettings {
+                kind,
+                batch_scans: batch_scans.clamp(1, config.wire.batch_scans_max),
+                streams: streams.unwrap_or(config.server.streams_per_connection_max as usize),
+                duration: Duration::try_from_secs_f64(duration_secs).context("--duration-secs")?,
+            };
+            runtime.block_on(flood(&cli.data_dir, config, server, settings))
         }
         Command::Audit { acked_file } => audit(&cli.data_dir, &acked_file),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
@@ -337,6 +363,37 @@ async fn simulate(
     if !report.errors.is_empty() {
         bail!("{} gateway error(s)", report.errors.len());
     }
+    Ok(())
+}
+
+async fn flood(
+    data_dir: &Path,
+    config: Config,
+    server: SocketAddr,
+    settings: farestream::sim::FloodSettings,
+) -> Result<()> {
+    let keystore = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config))
+        .context("opening the key store shared with the server")?;
+    let cert = read_cert(&cert_path(data_dir))
+        .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
+    let codes =
+        farestream::sim::hostile_codes(settings.kind, &keystore.active_signer()?, settings.batch_scans, SystemClock.now_ms())?;
+    let mut gateway_settings = GatewaySettings::from_config(&config, server);
+    // A flood does not resend: each push is one attempt.
+    gateway_settings.retry_attempts_max = 1;
+    let client = GatewayClient::new(gateway_settings, &cert)?;
+    let started = std::time::Instant::now();
+    let report = farestream::sim::run_flood(client, Arc::new(codes), settings.clone()).await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "flood {:?}: {} batches ({} scans) acked, {} refused or failed, {:.1} MiB sent in {secs:.1} s ({:.0} scans/s acked)",
+        settings.kind,
+        report.batches_acked,
+        report.scans_acked,
+        report.errors,
+        report.wire_bytes as f64 / 1_048_576.0,
+        report.scans_acked as f64 / secs.max(1e-9)
+    );
     Ok(())
 }
 

@@ -3,9 +3,11 @@
 //! integration tests and the benches.
 
 pub mod fleet;
+pub mod flood;
 pub mod plan;
 pub mod world;
 
 pub use fleet::{FleetReport, FleetSettings, run_fleet};
+pub use flood::{FloodKind, FloodReport, FloodSettings, hostile_codes, run_flood};
 pub use plan::{Anomaly, AnomalyRates, PlannedScan, Timetable, plan_day};
 pub use world::{World, WorldSpec};
