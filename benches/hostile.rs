@@ -1,7 +1,8 @@
 //! What a batch costs the server to verify, honest or hostile: the figures
 //! behind the denial-of-service review. Each case is a 2 048-scan batch
-//! through `Pipeline::verify` (and, for a resent batch, the lookup that
-//! lets it skip verification). Throughput is in wire bytes, so criterion's
+//! through steps 1 and 2 of the pipeline, in the chunk size the server
+//! settles on for a connection sending such batches (its `ChunkSizer`,
+//! trained on the same kind of batch first). Throughput is in wire bytes, so criterion's
 //! bytes per second converts straight to CPU nanoseconds per wire byte;
 //! run on one core for the per-core figure:
 //!
@@ -9,13 +10,14 @@
 //!
 //! - `honest_cached`: riders' later scans, credentials already verified;
 //! - `honest_first_scan`: each rider's first scan of the day;
-//! - `one_bad_per_64`: first scans, every 64th with a wrong user signature;
+//! - `one_bad_per_64`: first scans (two signatures each), every 32nd with a
+//!   wrong user signature: one bad signature in every 64;
 //! - `bad_issuer_and_user`: wrong issuer and user signatures on valid points;
 //! - `resent`: an honest batch the server has already logged, sent again.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::config::Config;
-use farestream::ingest::{Pipeline, PipelineConfig};
+use farestream::ingest::{ChunkSizer, Pipeline, PipelineConfig};
 use farestream::ridecode::format::CODE_SIGNED_LEN;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::wire::{ScanBatch, ScanRecord, WireTapKind, encode_frame};
@@ -90,7 +92,7 @@ fn hostile(c: &mut Criterion) {
     let warm_up = batch(&f, 1, |_, _| {});
     let honest = batch(&f, 2, |_, _| {});
     let one_bad_per_64 = batch(&f, 2, |i, code| {
-        if i % 64 == 0 {
+        if i % 32 == 0 {
             code[CODE_SIGNED_LEN..].copy_from_slice(&foreign_signature(&f, i, CODE_SIGNED_LEN..189));
         }
     });
@@ -118,12 +120,24 @@ fn hostile(c: &mut Criterion) {
     ];
     let mut group = c.benchmark_group("verify_2048");
     for (name, batch, setup) in cases {
+        let chunk = settled_chunk(setup(), batch, config.verify_chunk_signatures);
+        println!("{name}: {chunk} signatures per batch equation");
         group.throughput(Throughput::Bytes(encode_frame(batch).len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), batch, |b, batch| {
-            b.iter_batched(setup, |p| p.verify(batch).expect("well-formed"), BatchSize::LargeInput)
+            b.iter_batched(setup, |p| p.verify_records(&batch.scans, chunk), BatchSize::LargeInput)
         });
     }
     group.finish();
+}
+
+/// The chunk size a connection's sizer settles on after a few such batches.
+fn settled_chunk(pipeline: Pipeline, batch: &ScanBatch, max: usize) -> usize {
+    let mut sizer = ChunkSizer::new(max, 0.0);
+    let (checked, failed) = pipeline.verify(batch).expect("well-formed").signature_counts();
+    for _ in 0..8 {
+        sizer.observe(checked, failed);
+    }
+    sizer.chunk_signatures()
 }
 
 criterion_group! {

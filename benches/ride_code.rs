@@ -41,7 +41,7 @@ fn signature_verification(c: &mut Criterion) {
             assert!(verify_single(&checks[i]));
         })
     });
-    for n in [16usize, 64, 256] {
+    for n in [2usize, 4, 8, 16, 32, 64, 256] {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("batch", n), &n, |b, &n| {
             b.iter(|| assert!(verify_batch(&checks[..n]).iter().all(|ok| *ok)))

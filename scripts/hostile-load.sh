@@ -6,6 +6,7 @@
 #
 #   scripts/hostile-load.sh
 #   KIND=one-bad-per-64 DURATION_SECS=20 RIDERS=2000 scripts/hostile-load.sh
+#   SERVER_TOML='verify_slices_in_flight_max = 2' scripts/hostile-load.sh   # [server] keys to try
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
@@ -17,7 +18,8 @@ work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 port=$((20000 + RANDOM % 30000))
-printf '[server]\nlisten_addr = "127.0.0.1:%s"\n[metrics]\nlisten_addr = ""\n' "$port" > "$work/config.toml"
+printf '[server]\nlisten_addr = "127.0.0.1:%s"\n%s\n[metrics]\nlisten_addr = ""\n' "$port" "${SERVER_TOML:-}" \
+  > "$work/config.toml"
 args=(--data-dir "$work/data" --config "$work/config.toml")
 "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
 pid=$!

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub streams_per_connection_max: u32,
     pub idle_timeout_ms: u64,
     pub pipeline_batches_in_flight_max: usize,
+    pub verify_slices_in_flight_max: usize,
+    pub verify_slice_scans_max: usize,
     pub frames_in_flight_bytes_max: u64,
 }
 
@@ -164,6 +166,8 @@ impl Config {
             ("server.connections_max", self.server.connections_max as u64),
             ("server.streams_per_connection_max", u64::from(self.server.streams_per_connection_max)),
             ("server.pipeline_batches_in_flight_max", self.server.pipeline_batches_in_flight_max as u64),
+            ("server.verify_slices_in_flight_max", self.server.verify_slices_in_flight_max as u64),
+            ("server.verify_slice_scans_max", self.server.verify_slice_scans_max as u64),
             ("wire.batch_scans_max", self.wire.batch_scans_max as u64),
             ("wire.id_bytes_max", self.wire.id_bytes_max as u64),
             ("ingest.verify_chunk_signatures", self.ingest.verify_chunk_signatures as u64),

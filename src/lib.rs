@@ -9,6 +9,7 @@ pub mod archive;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod fair;
 pub mod faults;
 pub mod files;
 pub mod gateway;

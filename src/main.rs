@@ -376,8 +376,12 @@ async fn flood(
         .context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
         .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
-    let codes =
-        farestream::sim::hostile_codes(settings.kind, &keystore.active_signer()?, settings.batch_scans, SystemClock.now_ms())?;
+    let codes = farestream::sim::hostile_codes(
+        settings.kind,
+        &keystore.active_signer()?,
+        settings.batch_scans,
+        SystemClock.now_ms(),
+    )?;
     let mut gateway_settings = GatewaySettings::from_config(&config, server);
     // A flood does not resend: each push is one attempt.
     gateway_settings.retry_attempts_max = 1;

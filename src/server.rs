@@ -38,8 +38,9 @@ use crate::archive::{
 };
 use crate::clock::{Clock, UnixMillis};
 use crate::config::{Config, ConfigError};
+use crate::fair::{FairTurns, Party};
 use crate::faults::Faults;
-use crate::ingest::{BatchError, Pipeline};
+use crate::ingest::{BatchError, ChunkSizer, Pipeline, VerifiedBatch};
 use crate::journal;
 use crate::scan::{ArchivedScan, ScanStatus};
 use crate::telemetry;
@@ -64,6 +65,8 @@ pub struct ServerSettings {
     pub streams_per_connection_max: u32,
     pub idle_timeout: Duration,
     pub pipeline_batches_in_flight_max: usize,
+    pub verify_slices_in_flight_max: usize,
+    pub verify_slice_scans_max: usize,
     pub frames_in_flight_bytes_max: usize,
     pub frame_bytes_max: u32,
     pub frame_read_timeout: Duration,
@@ -92,6 +95,8 @@ impl ServerSettings {
             streams_per_connection_max: config.server.streams_per_connection_max,
             idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
             pipeline_batches_in_flight_max: config.server.pipeline_batches_in_flight_max,
+            verify_slices_in_flight_max: config.server.verify_slices_in_flight_max,
+            verify_slice_scans_max: config.server.verify_slice_scans_max,
             frames_in_flight_bytes_max: usize::try_from(config.server.frames_in_flight_bytes_max)
                 .unwrap_or(usize::MAX)
                 .min(Semaphore::MAX_PERMITS),
@@ -183,6 +188,12 @@ struct Shared {
     batches_in_flight: Semaphore,
     /// Bytes of frames read or being read, across all streams.
     frame_bytes: Semaphore,
+    /// Turns at the verifier, taken fairly between connections.
+    verify_turns: FairTurns,
+    /// The failure rate over all connections, from which a new one starts
+    /// (so reconnecting does not reset a hostile peer's rate).
+    all_peers: Mutex<ChunkSizer>,
+    next_peer: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     failure: OnceLock<String>,
@@ -235,12 +246,16 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         let local_addr =
             endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
+        let pipeline_chunk_max = pipeline.config().verify_chunk_signatures;
         let shared = Arc::new(Shared {
             pipeline,
             wal: committer.handle(),
             gate,
             batches_in_flight: Semaphore::new(settings.pipeline_batches_in_flight_max),
             frame_bytes: Semaphore::new(settings.frames_in_flight_bytes_max),
+            verify_turns: FairTurns::new(settings.verify_slices_in_flight_max),
+            all_peers: Mutex::new(ChunkSizer::new(pipeline_chunk_max, 0.0)),
+            next_peer: std::sync::atomic::AtomicU64::new(0),
             settings,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -401,6 +416,10 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
     };
     telemetry::connection_opened();
+    let peer = Arc::new(Peer {
+        party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        sizer: Mutex::new(*crate::sync::lock(&shared.all_peers)),
+    });
     loop {
         let (send, recv) = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -413,16 +432,16 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             },
         };
         let shared_for_task = Arc::clone(&shared);
-        shared.tasks.spawn(handle_stream(send, recv, shared_for_task));
+        shared.tasks.spawn(handle_stream(send, recv, shared_for_task, Arc::clone(&peer)));
     }
 }
 
 /// One batch: read its frame, process it, write the ack.
-async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
+async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>, peer: Arc<Peer>) {
     let started = Instant::now();
     let ack = match read_batch(&mut recv, &shared).await {
         // The frame's bytes stay counted until the batch is answered.
-        Ok((batch, _frame_bytes)) => process(&shared, batch).await,
+        Ok((batch, _frame_bytes)) => process(&shared, &peer, batch).await,
         Err(ack) => ack,
     };
     let outcome = match ack.ack_status() {
@@ -508,21 +527,24 @@ fn frame_error_reason(error: &FrameError) -> &'static str {
     }
 }
 
-/// What the rayon task hands back.
+/// One connection's share of the verifier: its place in the rotation of
+/// turns, and the chunk size its own failure rate calls for.
+struct Peer {
+    party: Party,
+    sizer: Mutex<ChunkSizer>,
+}
+
+/// What the commit hands back.
 enum Committed {
     /// Claimed and queued; durable once the log reaches `lsn`.
-    Queued {
-        outcome: crate::ingest::BatchOutcome,
-        lsn: u64,
-    },
-    Malformed(String),
+    Queued { outcome: crate::ingest::BatchOutcome, lsn: u64 },
     /// Not committed: the server has stopped.
     Refused(String),
     /// Claimed but could not be logged: a bug; the server has stopped.
     Unlogged(String),
 }
 
-async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
+async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch) -> BatchAck {
     let (gateway_id, batch_seq) = (batch.gateway_id.clone(), batch.batch_seq);
     let backoff = |error: String| backoff_ack(&gateway_id, batch_seq, error);
     // Refuse before the dedup indexes see the batch, so its resend is
@@ -538,17 +560,22 @@ async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
     let Ok(_permit) = shared.batches_in_flight.acquire().await else {
         return backoff("server is shutting down".into());
     };
+    if let Err(error) = shared.pipeline.check_batch_shape(&batch) {
+        telemetry::batch_refused("batch_shape");
+        return BatchAck::malformed(&gateway_id, batch_seq, error.to_string());
+    }
+    let batch = Arc::new(batch);
+    let Some(verified) = verify_fairly(shared, peer, &batch).await else {
+        telemetry::batch_refused("verify_panicked");
+        return BatchAck::malformed(&gateway_id, batch_seq, "internal error while verifying the batch".into());
+    };
     let (reply, result) = oneshot::channel();
     let task_shared = Arc::clone(shared);
     rayon::spawn(move || {
-        let _ = reply.send(verify_and_commit(&task_shared, &batch));
+        let _ = reply.send(commit(&task_shared, &batch, verified));
     });
     let (outcome, lsn) = match result.await {
         Ok(Committed::Queued { outcome, lsn }) => (outcome, lsn),
-        Ok(Committed::Malformed(error)) => {
-            telemetry::batch_refused("batch_shape");
-            return BatchAck::malformed(&gateway_id, batch_seq, error);
-        }
         Ok(Committed::Refused(error) | Committed::Unlogged(error)) => return backoff(error),
         Err(_) => return backoff("internal error: the batch was dropped unanswered".into()),
     };
@@ -565,23 +592,45 @@ async fn process(shared: &Arc<Shared>, batch: ScanBatch) -> BatchAck {
     }
 }
 
-/// Verification in parallel, then, under the commit gate, the arrival
-/// time, the claims and the log record in one order.
+/// Steps 1 and 2 of the pipeline, a slice of `verify_slice_scans_max`
+/// scans at a time, each slice on rayon in a turn taken fairly between
+/// connections, in chunks sized by this connection's failure rate (which
+/// each slice updates). `None` when verification panicked: a bug some
+/// input triggers; nothing is claimed yet, so the batch is refused and
+/// the server carries on. (Rayon would abort the process on an uncaught
+/// panic.)
+async fn verify_fairly(shared: &Shared, peer: &Peer, batch: &Arc<ScanBatch>) -> Option<VerifiedBatch> {
+    let mut verified = VerifiedBatch::default();
+    let slice_scans = shared.settings.verify_slice_scans_max.max(1);
+    for start in (0..batch.scans.len()).step_by(slice_scans) {
+        let end = (start + slice_scans).min(batch.scans.len());
+        let _turn = shared.verify_turns.take(peer.party).await;
+        let chunk_signatures = crate::sync::lock(&peer.sizer).chunk_signatures();
+        let (reply, result) = oneshot::channel();
+        let (pipeline, batch) = (Arc::clone(&shared.pipeline), Arc::clone(batch));
+        rayon::spawn(move || {
+            let part =
+                catch_unwind(AssertUnwindSafe(|| pipeline.verify_records(&batch.scans[start..end], chunk_signatures)));
+            let _ = reply.send(part);
+        });
+        let part = result.await.ok()?.ok()?;
+        let (checked, failed) = part.signature_counts();
+        crate::sync::lock(&peer.sizer).observe(checked, failed);
+        crate::sync::lock(&shared.all_peers).observe(checked, failed);
+        verified.append(part);
+    }
+    Some(verified)
+}
+
+/// Step 3 under the commit gate: the arrival time, the claims and the log
+/// record in one order.
 ///
-/// A panic is a bug either way, but where it happens decides what is safe:
-/// in verification nothing is claimed yet, so the batch is refused and the
-/// server carries on (bad input must not stop it); in commit the dedup
-/// indexes may hold claims the log never got, so the server stops and
-/// recovery rebuilds them from what is durable. The stop is recorded
-/// before the gate opens again, so no batch waiting on the gate can take
-/// such a claim for a re-delivery and be acked. (Rayon would abort the
-/// process on an uncaught panic.)
-fn verify_and_commit(shared: &Shared, batch: &ScanBatch) -> Committed {
-    let verified = match catch_unwind(AssertUnwindSafe(|| shared.pipeline.verify(batch))) {
-        Ok(Ok(verified)) => verified,
-        Ok(Err(error)) => return Committed::Malformed(error.to_string()),
-        Err(_) => return Committed::Malformed("internal error while verifying the batch".into()),
-    };
+/// A panic here is a bug, and the dedup indexes may hold claims the log
+/// never got, so the server stops and recovery rebuilds them from what is
+/// durable. The stop is recorded before the gate opens again, so no batch
+/// waiting on the gate can take such a claim for a re-delivery and be
+/// acked.
+fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Committed {
     let _order = crate::sync::lock(&shared.gate.order);
     if let Some(reason) = shared.failure.get() {
         return Committed::Refused(format!("server stopping: {reason}"));

@@ -57,6 +57,12 @@ impl DedupIndex {
         claim(&self.deliveries, fingerprint, expires_at)
     }
 
+    /// True when a scan with this fingerprint was delivered before (a
+    /// look, not a claim: [`DedupIndex::claim_delivery`] decides).
+    pub fn delivery_seen(&self, fingerprint: &Fingerprint) -> bool {
+        self.deliveries.contains_key(fingerprint)
+    }
+
     /// Records the first use of a ride code; false when it was used before.
     pub fn claim_ride(&self, key: RideKey, expires_at: UnixMillis) -> bool {
         claim(&self.rides, key, expires_at)

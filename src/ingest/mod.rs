@@ -1,8 +1,10 @@
 //! The sans-IO ingest core: dedup indexes and the batch pipeline.
 
+pub mod chunk_sizer;
 pub mod dedup;
 pub mod horizon;
 pub mod pipeline;
 
+pub use chunk_sizer::ChunkSizer;
 pub use horizon::Horizons;
 pub use pipeline::{BatchError, BatchOutcome, Pipeline, PipelineConfig, VerifiedBatch};

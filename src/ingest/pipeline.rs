@@ -26,7 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::ridecode::check::{
     check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
 };
-use crate::ridecode::verify::{SignatureCheck, verify_batch};
+use crate::ridecode::verify::{SignatureCheck, verify_batch, verify_single};
 use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, Rejection, RideCode, SignatureFault};
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
@@ -90,9 +90,29 @@ pub struct Pipeline {
 }
 
 /// A batch after steps 1 and 2: ready for [`Pipeline::commit`].
+#[derive(Default)]
 pub struct VerifiedBatch {
     prepared: Vec<Prepared>,
     signatures: Vec<SignatureResults>,
+    signatures_checked: usize,
+    signatures_failed: usize,
+}
+
+impl VerifiedBatch {
+    /// Adds the next slice of the same batch's records, verified after
+    /// this one: slices appended in record order commit as the whole.
+    pub fn append(&mut self, next: VerifiedBatch) {
+        self.prepared.extend(next.prepared);
+        self.signatures.extend(next.signatures);
+        self.signatures_checked += next.signatures_checked;
+        self.signatures_failed += next.signatures_failed;
+    }
+
+    /// Signatures verified, and how many of them were bad: what a
+    /// [`super::ChunkSizer`] learns from.
+    pub fn signature_counts(&self) -> (usize, usize) {
+        (self.signatures_checked, self.signatures_failed)
+    }
 }
 
 /// A scan's verdict before it is archived.
@@ -117,10 +137,24 @@ impl Verdict {
 /// A record after step 1.
 struct Prepared {
     fingerprint: Fingerprint,
+    /// Its fingerprint was in the re-delivery index when step 1 looked:
+    /// a re-delivery, whose signatures step 2 need not check (they were
+    /// checked before its entry was made).
+    seen_before: bool,
     tap_kind: Option<TapKind>,
     code: Option<RideCode>,
     /// Step 1's verdict when it already failed the record.
     early: Result<SignatureWork, Verdict>,
+}
+
+impl Prepared {
+    /// The signatures step 2 must check for this record, if any.
+    fn signature_work(&self) -> Option<(&SignatureWork, &RideCode)> {
+        match (&self.early, &self.code) {
+            (Ok(work), Some(code)) if !self.seen_before => Some((work, code)),
+            _ => None,
+        }
+    }
 }
 
 /// Which signatures step 2 must check for one record.
@@ -172,13 +206,20 @@ impl Pipeline {
     }
 
     /// Steps 1 and 2: everything that needs no ordering between batches.
-    /// Touches no dedup index.
+    /// Claims nothing in the dedup indexes (it only looks).
     pub fn verify(&self, batch: &ScanBatch) -> Result<VerifiedBatch, BatchError> {
         self.check_batch_shape(batch)?;
+        Ok(self.verify_records(&batch.scans, self.config.verify_chunk_signatures))
+    }
+
+    /// Steps 1 and 2 for a slice of a batch whose shape was checked, with
+    /// `chunk_signatures` signatures per batch equation; see
+    /// [`VerifiedBatch::append`].
+    pub fn verify_records(&self, records: &[ScanRecord], chunk_signatures: usize) -> VerifiedBatch {
         let prepared: Vec<Prepared> =
-            batch.scans.par_iter().map(|record| self.prepare(record, &self.issuer_keys)).collect();
-        let signatures = self.verify_signatures(&prepared);
-        Ok(VerifiedBatch { prepared, signatures })
+            records.par_iter().map(|record| self.prepare(record, &self.issuer_keys)).collect();
+        let (signatures, checked, failed) = self.verify_signatures(&prepared, chunk_signatures.max(1));
+        VerifiedBatch { prepared, signatures, signatures_checked: checked, signatures_failed: failed }
     }
 
     /// Rebuilds the dedup indexes from rows decided before a restart (read
@@ -204,7 +245,8 @@ impl Pipeline {
         }
     }
 
-    fn check_batch_shape(&self, batch: &ScanBatch) -> Result<(), BatchError> {
+    /// What makes a batch malformed as a whole.
+    pub fn check_batch_shape(&self, batch: &ScanBatch) -> Result<(), BatchError> {
         if batch.gateway_id.is_empty() {
             return Err(BatchError::MissingGatewayId);
         }
@@ -235,7 +277,8 @@ impl Pipeline {
                 })
             }
         };
-        Prepared { fingerprint, tap_kind, code: code.ok(), early }
+        let seen_before = self.dedup.delivery_seen(&fingerprint);
+        Prepared { fingerprint, seen_before, tap_kind, code: code.ok(), early }
     }
 
     /// The record's own fields, before its ride code: ids present and
@@ -259,36 +302,48 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Checks every signature step 1 left to check; one result per record.
-    fn verify_signatures(&self, prepared: &[Prepared]) -> Vec<SignatureResults> {
+    /// Checks every signature step 1 left to check; one result per record,
+    /// and how many signatures were checked and failed.
+    fn verify_signatures(&self, prepared: &[Prepared], chunk: usize) -> (Vec<SignatureResults>, usize, usize) {
         let mut checks: Vec<SignatureCheck> = Vec::with_capacity(prepared.len() * 2);
-        for p in prepared {
-            if let (Ok(work), Some(code)) = (&p.early, &p.code) {
-                if !work.credential_cached {
-                    checks.push(issuer_signature_check(code, &work.issuer_key));
-                }
-                checks.push(user_signature_check(code));
+        for (work, code) in prepared.iter().filter_map(Prepared::signature_work) {
+            if !work.credential_cached {
+                checks.push(issuer_signature_check(code, &work.issuer_key));
             }
+            checks.push(user_signature_check(code));
         }
-        let chunk = self.config.verify_chunk_signatures;
         let chunks: Vec<Vec<bool>> = checks.par_chunks(chunk).map(verify_batch).collect();
+        let failed = chunks.iter().flatten().filter(|valid| !**valid).count();
         let mut valid = chunks.into_iter().flatten();
-        prepared
+        let results = prepared
             .iter()
-            .map(|p| match (&p.early, &p.code) {
-                (Ok(work), Some(_)) => {
+            .map(|p| match p.signature_work() {
+                Some((work, _)) => {
                     let issuer_valid = work.credential_cached || valid.next().unwrap_or(false);
                     SignatureResults { issuer_valid, user_valid: valid.next().unwrap_or(false) }
                 }
-                _ => SignatureResults { issuer_valid: false, user_valid: false },
+                None => SignatureResults { issuer_valid: false, user_valid: false },
             })
-            .collect()
+            .collect();
+        (results, checks.len(), failed)
+    }
+
+    /// One record's signatures, checked alone: for a record step 1 took for
+    /// a re-delivery whose entry then expired before step 3 claimed it.
+    fn verify_alone(p: &Prepared) -> SignatureResults {
+        match (&p.early, &p.code) {
+            (Ok(work), Some(code)) => SignatureResults {
+                issuer_valid: work.credential_cached || verify_single(&issuer_signature_check(code, &work.issuer_key)),
+                user_valid: verify_single(&user_signature_check(code)),
+            },
+            _ => SignatureResults { issuer_valid: false, user_valid: false },
+        }
     }
 
     /// Step 3: claims in the dedup indexes and the verdicts. Batches that
     /// must be logged in the order they claimed call this under one lock.
     pub fn commit(&self, batch: &ScanBatch, verified: VerifiedBatch, received_at: UnixMillis) -> BatchOutcome {
-        let VerifiedBatch { prepared, signatures } = verified;
+        let VerifiedBatch { prepared, signatures, .. } = verified;
         let mut ack = BatchAck {
             gateway_id: batch.gateway_id.clone(),
             batch_seq: batch.batch_seq,
@@ -304,6 +359,7 @@ impl Pipeline {
                 ack.redelivered += 1;
                 continue;
             }
+            let sigs = if p.seen_before { Pipeline::verify_alone(&p) } else { sigs };
             let verdict = match &p.early {
                 Err(verdict) => verdict.clone(),
                 Ok(work) => self.judge(&p, work, sigs, scanned_at, received_at),
@@ -671,6 +727,52 @@ mod tests {
         assert_eq!(outcome.rows[0].route_id, "r".repeat(max - 1), "cut at a character boundary");
         assert_eq!(outcome.rows[1].stop_id.len(), max);
         assert!(Arc::ptr_eq(&outcome.rows[0].gateway_id, &outcome.rows[1].gateway_id));
+    }
+
+    /// Review (denial of service): a resent frame was verified again in
+    /// full. A fingerprint already in the re-delivery index costs a lookup.
+    #[test]
+    fn a_redelivered_batch_checks_no_signature() {
+        let f = fixture();
+        let scans = vec![scan(1, AT_MS, code(&f, 16, 1)), scan(2, AT_MS, code(&f, 17, 1))];
+        let first = f.pipeline.verify(&batch(scans.clone())).expect("batch");
+        assert_eq!(first.signature_counts(), (4, 0), "two riders' first scans: issuer and user each");
+        f.pipeline.commit(&batch(scans.clone()), first, AT_MS);
+        let again = f.pipeline.verify(&batch(scans.clone())).expect("batch");
+        assert_eq!(again.signature_counts(), (0, 0));
+        assert_eq!(f.pipeline.commit(&batch(scans), again, AT_MS).ack.redelivered, 2);
+    }
+
+    /// If a re-delivery's entry expires between the look in step 1 and the
+    /// claim in step 3, its signatures are checked then, alone: a decision
+    /// never rests on a check that was skipped.
+    #[test]
+    fn a_redelivery_whose_entry_expires_before_commit_is_verified_then() {
+        let f = fixture();
+        let mut forged = code(&f, 18, 2);
+        forged[188] ^= 1;
+        let scans = vec![scan(1, AT_MS, code(&f, 18, 1)), scan(2, AT_MS, forged)];
+        f.pipeline.process(&batch(scans.clone()), AT_MS).expect("first delivery");
+        let again = f.pipeline.verify(&batch(scans.clone())).expect("batch");
+        assert_eq!(again.signature_counts(), (0, 0), "taken for re-deliveries");
+        f.pipeline.sweep(i64::MAX);
+        let outcome = f.pipeline.commit(&batch(scans), again, AT_MS);
+        assert_eq!(statuses(&outcome), vec![ScanStatus::Accepted, ScanStatus::BadSignature]);
+    }
+
+    /// Slices of a batch verified apart and appended commit as the whole.
+    #[test]
+    fn slices_appended_in_order_commit_as_the_whole_batch() {
+        let (whole, sliced) = (fixture(), fixture());
+        let mut forged = code(&whole, 19, 3);
+        forged[60] ^= 1;
+        let scans: Vec<ScanRecord> =
+            (0..5).map(|i| scan(i, AT_MS, if i == 3 { forged.clone() } else { code(&whole, 19 + i, 1) })).collect();
+        let expected = whole.pipeline.process(&batch(scans.clone()), AT_MS).expect("batch");
+        let mut verified = sliced.pipeline.verify_records(&scans[..2], 1);
+        verified.append(sliced.pipeline.verify_records(&scans[2..], 4));
+        assert_eq!(verified.signature_counts(), (10, 2), "the user signature covers the issuer's too");
+        assert_eq!(sliced.pipeline.commit(&batch(scans), verified, AT_MS), expected);
     }
 
     proptest::proptest! {
