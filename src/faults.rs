@@ -21,6 +21,8 @@ pub struct Faults {
     commit_panic_hold_ms: AtomicU64,
     /// The named step after which the next `crash_point` stops the work.
     crash_after: Mutex<Option<&'static str>>,
+    /// The named place where the next `panic_point` panics.
+    panic_at: Mutex<Option<&'static str>>,
 }
 
 impl Faults {
@@ -66,6 +68,21 @@ impl Faults {
             return Err(io::Error::other(format!("injected crash after {step}")));
         }
         Ok(())
+    }
+
+    /// The next `panic_point(step)` panics (once): a bug in a task.
+    pub fn panic_at(&self, step: &'static str) {
+        *crate::sync::lock(&self.panic_at) = Some(step);
+    }
+
+    /// Call where a test may need a task to panic.
+    pub fn panic_point(&self, step: &'static str) {
+        let mut armed = crate::sync::lock(&self.panic_at);
+        if *armed == Some(step) {
+            *armed = None;
+            drop(armed);
+            panic!("injected panic at {step}");
+        }
     }
 
     /// Call before every fsync.

@@ -57,6 +57,8 @@ pub enum GatewayError {
     Malformed { batch_seq: u64, error: String },
     #[error("batch {batch_seq} not acknowledged after {attempts} attempts: {last_error}")]
     GaveUp { batch_seq: u64, attempts: u32, last_error: String },
+    #[error("no farestream server answered at {addr}: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
 }
 
 /// Why one attempt failed; every kind is retried.
@@ -136,6 +138,14 @@ impl GatewayClient {
             backoff = (backoff * 2).min(settings.retry_backoff_max);
         }
         Err(GatewayError::GaveUp { batch_seq: batch.batch_seq, attempts: settings.retry_attempts_max, last_error })
+    }
+
+    /// Connects once, without retrying: a load generator's check that a
+    /// server is there before it builds its load, so a wrong address is
+    /// reported within `connect_timeout`, not after every retry.
+    pub async fn connect(&self) -> Result<(), GatewayError> {
+        let addr = self.inner.settings.server_addr;
+        self.connection().await.map(|_| ()).map_err(|e| GatewayError::Unreachable { addr, reason: e.to_string() })
     }
 
     /// Connections made so far (1 unless the link dropped).

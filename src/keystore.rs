@@ -67,6 +67,8 @@ pub enum KeystoreError {
     Busy { dir: PathBuf, waited_ms: u64 },
     #[error("issuer key ids are exhausted")]
     IdsExhausted,
+    #[error("no issuer keys under {0} yet: `farestream serve` or `farestream keys rotate` makes the first")]
+    Empty(PathBuf),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -123,6 +125,17 @@ impl Keystore {
             }
             Ok(())
         })?;
+        Ok(store)
+    }
+
+    /// Opens a key store that has keys; never makes one (`keys list` and
+    /// `keys retire` on a fresh data dir, a load generator that needs the
+    /// server's keys).
+    pub fn open(data_dir: &Path, options: KeystoreOptions) -> Result<Keystore, KeystoreError> {
+        let dir = data_dir.join("keys");
+        let empty = KeyringFile { active_key_id: 0, keys: Vec::new() };
+        let mut store = Keystore { dir, ring: empty, options };
+        store.ring = store.read_ring()?.ok_or_else(|| KeystoreError::Empty(store.dir.clone()))?;
         Ok(store)
     }
 

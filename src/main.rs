@@ -13,7 +13,7 @@ use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::{GatewayClient, GatewaySettings};
 use farestream::ingest::{Pipeline, PipelineConfig};
-use farestream::keystore::{Keystore, KeystoreOptions};
+use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::server::{Server, ServerSettings};
 use farestream::sim::{AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
 use farestream::tls::{NewIdentity, ServerIdentity, cert_path, read_cert};
@@ -56,15 +56,15 @@ enum Command {
         #[command(flatten)]
         city: CityArgs,
         /// Seconds over which the scans are spread.
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, default_value_t = 30.0, value_parser = within(0.1, 86_400.0))]
         duration_secs: f64,
         /// Send everything at once, as a fleet back from hours offline:
         /// batches are built first, then pushed back to back; prints the
         /// drain rate.
         #[arg(long)]
         backlog: bool,
-        /// Scans per batch (defaults to wire.batch_scans_max).
-        #[arg(long)]
+        /// Scans per batch (defaults to wire.batch_scans_max, and at most that).
+        #[arg(long, value_parser = within(1usize, 100_000))]
         batch_scans: Option<usize>,
         /// Write the scan_id of every acknowledged scan here, one per line
         /// (for `audit`).
@@ -80,12 +80,13 @@ enum Command {
         server: SocketAddr,
         #[arg(long, value_enum, default_value = "bad-issuer-and-user")]
         kind: farestream::sim::FloodKind,
-        #[arg(long, default_value_t = 2_048)]
+        /// Scans per batch (at most wire.batch_scans_max).
+        #[arg(long, default_value_t = 2_048, value_parser = within(1usize, 100_000))]
         batch_scans: usize,
         /// Pushes in flight at once (defaults to server.streams_per_connection_max).
-        #[arg(long)]
+        #[arg(long, value_parser = within(1usize, 1_024))]
         streams: Option<usize>,
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, default_value_t = 20.0, value_parser = within(0.1, 3_600.0))]
         duration_secs: f64,
     },
     /// Check the archive against the scans a gateway saw acknowledged:
@@ -100,33 +101,45 @@ enum Command {
         #[command(flatten)]
         city: CityArgs,
         /// Wall seconds the service day is compressed into.
-        #[arg(long, default_value_t = 45.0)]
+        #[arg(long, default_value_t = 45.0, value_parser = within(1.0, 3_600.0))]
         day_secs: f64,
     },
 }
 
 #[derive(clap::Args)]
 struct CityArgs {
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = within(1usize, 10_000_000))]
     riders: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = within(1usize, 1_024))]
     gateways: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = within(1usize, 1_024))]
     validators_per_gateway: usize,
     /// Mean trips per rider per day (a metro trip is two scans).
-    #[arg(long, default_value_t = 2.2)]
+    #[arg(long, default_value_t = 2.2, value_parser = within(0.1, 20.0))]
     trips_per_rider: f64,
     /// Riders in arrears, on the deny list (demo only: the server must know them).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = within(0.0, 100.0))]
     denied_riders_percent: f64,
     /// Batches sent twice, as when an ack is lost.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = within(0.0, 100.0))]
     redelivery_percent: f64,
     /// Seed of the simulated city. By default a new one each run, so a
     /// rerun in the same data dir is a new city, not a re-delivery of the
     /// last one (which the server would rightly drop).
     #[arg(long)]
     seed: Option<u64>,
+}
+
+/// A command-line number within `[min, max]`: a value outside is refused,
+/// naming the range, as config values are; nothing is clamped.
+fn within<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text| match text.parse::<T>() {
+        Ok(value) if min <= value && value <= max => Ok(value),
+        _ => Err(format!("must be a number from {min} to {max}")),
+    }
 }
 
 impl CityArgs {
@@ -169,9 +182,12 @@ fn main() -> Result<()> {
             runtime.block_on(simulate(&cli.data_dir, config, server, city, load, acked_file.as_deref()))
         }
         Command::Flood { server, kind, batch_scans, streams, duration_secs } => {
+            if batch_scans > config.wire.batch_scans_max {
+                bail!("--batch-scans {batch_scans} is over wire.batch_scans_max ({})", config.wire.batch_scans_max);
+            }
             let settings = farestream::sim::FloodSettings {
                 kind,
-                batch_scans: batch_scans.clamp(1, config.wire.batch_scans_max),
+                batch_scans,
                 streams: streams.unwrap_or(config.server.streams_per_connection_max as usize),
                 duration: Duration::try_from_secs_f64(duration_secs).context("--duration-secs")?,
             };
@@ -250,15 +266,26 @@ async fn shutdown_signal() {
 }
 
 fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Result<()> {
-    let mut store = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(config))?;
-    match action {
-        KeysAction::List => {}
-        KeysAction::Rotate => println!("issuer key {} is now active", store.rotate()?),
-        KeysAction::Retire { key_id } => {
+    let options = KeystoreOptions::from_config(config);
+    let store = match (Keystore::open(data_dir, options.clone()), action) {
+        (Ok(store), KeysAction::List) => store,
+        (Ok(mut store), KeysAction::Rotate) => {
+            println!("issuer key {} is now active", store.rotate()?);
+            store
+        }
+        (Ok(mut store), KeysAction::Retire { key_id }) => {
             store.retire(key_id)?;
             println!("issuer key {key_id} retired");
+            store
         }
-    }
+        // On a fresh data dir, the first key is the rotation.
+        (Err(KeystoreError::Empty(_)), KeysAction::Rotate) => {
+            let store = Keystore::open_or_create(data_dir, options)?;
+            println!("issuer key {} is now active", store.active_key_id());
+            store
+        }
+        (Err(error), _) => return Err(error.into()),
+    };
     println!("{:>6}  {:<8}  {:<8}  created", "key id", "active", "trusted");
     for key in store.list() {
         let active = if key.id == store.active_key_id() { "yes" } else { "" };
@@ -278,10 +305,15 @@ async fn simulate(
 ) -> Result<()> {
     let seed = city.seed();
     let duration_secs = load.duration_secs;
-    let keystore = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config))
+    if let Some(batch_scans) = load.batch_scans.filter(|n| *n > config.wire.batch_scans_max) {
+        bail!("--batch-scans {batch_scans} is over wire.batch_scans_max ({})", config.wire.batch_scans_max);
+    }
+    let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(&config))
         .context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
         .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
+    let gateway_settings = GatewaySettings::from_config(&config, server);
+    GatewayClient::new(gateway_settings.clone(), &cert)?.connect().await?;
     let now = SystemClock.now_ms();
     let valid_from = unix_secs_u32(now - 3_600_000);
     let spec = WorldSpec {
@@ -316,12 +348,11 @@ async fn simulate(
     let settings = FleetSettings {
         upload_tick: Duration::from_millis(250),
         redelivery_percent: city.redelivery_percent,
-        batch_scans_max: load.batch_scans.unwrap_or(config.wire.batch_scans_max).max(1),
+        batch_scans_max: load.batch_scans.unwrap_or(config.wire.batch_scans_max),
         freshness: config.freshness_policy(),
         seed,
         backlog: load.backlog,
     };
-    let gateway_settings = GatewaySettings::from_config(&config, server);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let report = run_fleet(
         Arc::new(world),
@@ -372,7 +403,7 @@ async fn flood(
     server: SocketAddr,
     settings: farestream::sim::FloodSettings,
 ) -> Result<()> {
-    let keystore = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config))
+    let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(&config))
         .context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
         .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
@@ -386,6 +417,7 @@ async fn flood(
     // A flood does not resend: each push is one attempt.
     gateway_settings.retry_attempts_max = 1;
     let client = GatewayClient::new(gateway_settings, &cert)?;
+    client.connect().await?;
     let started = std::time::Instant::now();
     let report = farestream::sim::run_flood(client, Arc::new(codes), settings.clone()).await;
     let secs = started.elapsed().as_secs_f64();

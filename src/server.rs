@@ -17,12 +17,14 @@
 //! failed fsync or rename stops it: [`Server::failed`] resolves, `serve`
 //! exits non-zero, and recovery takes over on the next start.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use prost::Message;
 use thiserror::Error;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, oneshot};
@@ -68,6 +70,8 @@ pub struct ServerSettings {
     pub verify_slices_in_flight_max: usize,
     pub verify_slice_scans_max: usize,
     pub frames_in_flight_bytes_max: usize,
+    /// How long in-flight batches may take to finish on shutdown.
+    pub shutdown_deadline: Duration,
     pub frame_bytes_max: u32,
     pub frame_read_timeout: Duration,
     pub dedup_sweep_interval: Duration,
@@ -100,6 +104,7 @@ impl ServerSettings {
             frames_in_flight_bytes_max: usize::try_from(config.server.frames_in_flight_bytes_max)
                 .unwrap_or(usize::MAX)
                 .min(Semaphore::MAX_PERMITS),
+            shutdown_deadline: Duration::from_millis(config.server.shutdown_deadline_ms),
             frame_bytes_max: config.wire.frame_bytes_max,
             frame_read_timeout: Duration::from_millis(config.wire.frame_read_timeout_ms),
             dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
@@ -140,6 +145,8 @@ pub enum ServerError {
     Wal(#[from] WalError),
     #[error("recovery: {0}")]
     Recovery(String),
+    #[error("{path} is not writable: {source}")]
+    NotWritable { path: PathBuf, source: std::io::Error },
 }
 
 /// Claims and log records in one order, and the moment each batch is
@@ -225,6 +232,9 @@ impl Server {
         let (writer, recovery) =
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
+        for dir in [&settings.wal.dir, &settings.archive.root] {
+            probe_writable(dir, &settings.faults)?;
+        }
         let committer = Committer::spawn(
             writer,
             settings.wal.record_bytes_max,
@@ -263,8 +273,8 @@ impl Server {
             failed: Notify::new(),
         });
         // Tracked, so shutdown waits for them to drop what they hold.
-        shared.tasks.spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
-        shared.tasks.spawn(housekeeping(Arc::clone(&shared), Arc::clone(&archiver)));
+        spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), Arc::clone(&archiver)));
         tracing::info!(%local_addr, "farestream listening");
         Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver })
     }
@@ -309,13 +319,19 @@ impl Server {
         }
     }
 
-    /// Graceful stop: no new batches, in-flight batches finish and are
-    /// acked, the log is flushed, the archive cut and checkpointed.
+    /// Graceful stop: no new batches; streams still being read are
+    /// answered BACKOFF; batches being processed finish and are acked
+    /// within `shutdown_deadline` (then their connections are closed and
+    /// their gateways resend); the log is flushed, the archive cut and
+    /// checkpointed.
     pub async fn shutdown(self) -> Result<ShutdownReport, ServerError> {
         let Server { endpoint, shared, committer, archiver, .. } = self;
         shared.shutdown.cancel();
         shared.tasks.close();
-        shared.tasks.wait().await;
+        let deadline = shared.settings.shutdown_deadline;
+        if tokio::time::timeout(deadline, shared.tasks.wait()).await.is_err() {
+            tracing::warn!(?deadline, "batches still in flight at the shutdown deadline; closing their connections");
+        }
         endpoint.close(0u32.into(), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         let wal = tokio::task::spawn_blocking(move || committer.close())
@@ -400,7 +416,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             continue;
         };
         let shared_for_task = Arc::clone(&shared);
-        shared.tasks.spawn(async move {
+        spawn_supervised(&shared, "a connection task", async move {
             handle_connection(incoming, shared_for_task).await;
             drop(permit);
         });
@@ -432,14 +448,19 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             },
         };
         let shared_for_task = Arc::clone(&shared);
-        shared.tasks.spawn(handle_stream(send, recv, shared_for_task, Arc::clone(&peer)));
+        spawn_supervised(&shared, "a stream task", handle_stream(send, recv, shared_for_task, Arc::clone(&peer)));
     }
 }
 
 /// One batch: read its frame, process it, write the ack.
 async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>, peer: Arc<Peer>) {
     let started = Instant::now();
-    let ack = match read_batch(&mut recv, &shared).await {
+    let read = tokio::select! {
+        read = read_batch(&mut recv, &shared) => read,
+        // A half-read batch does not hold up a shutdown: its gateway resends.
+        _ = shared.shutdown.cancelled() => Err(backoff_ack("", 0, "server is shutting down; resend the batch".into())),
+    };
+    let ack = match read {
         // The frame's bytes stay counted until the batch is answered.
         Ok((batch, _frame_bytes)) => process(&shared, &peer, batch).await,
         Err(ack) => ack,
@@ -454,6 +475,10 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
         tracing::debug!(%error, "could not deliver an ack; the gateway will resend");
     }
     let _ = send.finish();
+    // Until the gateway has the ack, closing the connection (a shutdown)
+    // would discard it; a gateway that stays silent costs one idle task
+    // for at most the frame read timeout.
+    let _ = tokio::time::timeout(shared.settings.frame_read_timeout, send.stopped()).await;
 }
 
 /// Reads one batch within `frame_read_timeout`: the length prefix (checked
@@ -656,6 +681,38 @@ fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Commit
     committed
 }
 
+/// Spawns a tracked task whose panic stops the server, with the panic's
+/// message, instead of vanishing with the task and leaving a server that
+/// says it serves but no longer accepts (or sweeps, or watches its log).
+fn spawn_supervised(shared: &Arc<Shared>, what: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+    let watcher = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            fail(&watcher, format!("{what} panicked: {message}"));
+        }
+    });
+}
+
+/// Writes, fsyncs and removes a file in `dir`, so a read-only mount or a
+/// full disk is found before the server says it serves, not at the first
+/// batch.
+fn probe_writable(dir: &Path, faults: &Faults) -> Result<(), ServerError> {
+    let probe = dir.join(".farestream-write-probe");
+    let not_writable = |source| ServerError::NotWritable { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(not_writable)?;
+    faults.before_write().map_err(not_writable)?;
+    let file = std::fs::File::create(&probe).map_err(not_writable)?;
+    std::io::Write::write_all(&mut &file, b"farestream").map_err(not_writable)?;
+    crate::files::fsync(&file, faults).map_err(not_writable)?;
+    std::fs::remove_file(&probe).map_err(not_writable)?;
+    crate::files::fsync_dir(dir, faults).map_err(not_writable)
+}
+
 /// Stops the server for good: no more batches are accepted or acked.
 fn fail(shared: &Shared, reason: String) {
     if shared.failure.set(reason.clone()).is_ok() {
@@ -681,6 +738,7 @@ async fn housekeeping(shared: Arc<Shared>, archiver: Arc<Archiver>) {
     let mut health = tokio::time::interval(Duration::from_millis(100));
     let mut wal = shared.wal.subscribe();
     loop {
+        shared.settings.faults.panic_point("housekeeping");
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = sweep.tick() => {

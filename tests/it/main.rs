@@ -4,6 +4,7 @@
 mod crash;
 mod durability;
 mod end_to_end;
+mod operator;
 mod support;
 mod vectors;
 mod wire_errors;

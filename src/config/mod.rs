@@ -1,0 +1,348 @@
+//! Configuration: `config/farestream.toml` is embedded as the defaults; a
+//! file given with `--config` is merged over it key by key, so an operator's
+//! file lists only what it changes. Unknown keys are errors, not silence;
+//! every numeric key has a range ([`ranges`]) and the keys that depend on
+//! each other are checked together.
+
+pub mod ranges;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::ridecode::FreshnessPolicy;
+use crate::service_day::ServiceDayPolicy;
+
+/// The defaults, as shipped in `config/farestream.toml`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/farestream.toml");
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {reason}")]
+    Parse { path: String, reason: String },
+    /// A key of the wrong type, or one that does not exist.
+    #[error("config file {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("config file {path}: {range}")]
+    OutOfRange { path: String, range: ranges::OutOfRange },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub wire: WireConfig,
+    pub ride_code: RideCodeConfig,
+    pub ingest: IngestConfig,
+    pub wal: WalConfigToml,
+    pub archive: ArchiveConfig,
+    pub service_day: ServiceDayConfig,
+    pub keys: KeysConfig,
+    pub metrics: MetricsConfig,
+    pub gateway: GatewayConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen_addr: SocketAddr,
+    pub connections_max: usize,
+    pub streams_per_connection_max: u32,
+    pub idle_timeout_ms: u64,
+    pub pipeline_batches_in_flight_max: usize,
+    pub verify_slices_in_flight_max: usize,
+    pub verify_slice_scans_max: usize,
+    pub frames_in_flight_bytes_max: u64,
+    pub shutdown_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireConfig {
+    pub frame_bytes_max: u32,
+    pub batch_scans_max: usize,
+    pub id_bytes_max: usize,
+    pub frame_read_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RideCodeConfig {
+    pub code_validity_secs: u32,
+    pub clock_skew_secs: u32,
+    pub credential_validity_secs: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub accepted_lateness_secs: u32,
+    pub verify_chunk_signatures: usize,
+    pub dedup_sweep_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfigToml {
+    pub segment_bytes_max: u64,
+    pub record_bytes_max: u32,
+    pub ack_wait_ms_max: u64,
+    pub disk_full_retry_ms: u64,
+    pub fsync_enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub poll_interval_ms: u64,
+    pub retry_after_error_ms: u64,
+    pub file_bytes_max: u64,
+    pub file_age_secs_max: u64,
+    pub row_group_rows_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDayConfig {
+    pub time_zone: String,
+    pub start_hour: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    pub lock_wait_ms_max: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub connect_timeout_ms: u64,
+    pub ack_timeout_ms: u64,
+    pub retry_attempts_max: u32,
+    pub retry_backoff_ms_initial: u64,
+    pub retry_backoff_ms_max: u64,
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn defaults() -> Config {
+        Config::from_toml_over_defaults("", "<defaults>").expect("embedded config/farestream.toml is valid")
+    }
+
+    /// Defaults, overridden by `path` when one is given.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::defaults());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml_over_defaults(&text, &path.display().to_string())
+    }
+
+    /// Merges `overrides` (TOML text) over the embedded defaults.
+    pub fn from_toml_over_defaults(overrides: &str, origin: &str) -> Result<Config, ConfigError> {
+        let parse = |text: &str, path: &str| {
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse { path: path.to_string(), reason: one_line(&e.to_string()) })
+        };
+        let mut merged = parse(DEFAULT_CONFIG_TOML, "<defaults>")?;
+        merge(&mut merged, parse(overrides, origin)?);
+        ranges::check(&merged).map_err(|range| ConfigError::OutOfRange { path: origin.to_string(), range })?;
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e| ConfigError::Key { path: origin.to_string(), reason: one_line(&e.to_string()) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The rules between keys; each key's own range was checked before.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.service_day_policy()?;
+        let at_least = |key: &str, value: u64, other: &str, floor: u64, why: &str| {
+            if value >= floor {
+                return Ok(());
+            }
+            Err(ConfigError::Invalid(format!("{key} = {value} must be at least {other} ({floor}): {why}")))
+        };
+        let (frame, record) = (u64::from(self.wire.frame_bytes_max), u64::from(self.wal.record_bytes_max));
+        at_least(
+            "wal.record_bytes_max",
+            record,
+            "twice wire.frame_bytes_max",
+            2 * frame,
+            "a batch's decisions must always fit one record, since its scans are claimed before they are logged",
+        )?;
+        at_least(
+            "wal.segment_bytes_max",
+            self.wal.segment_bytes_max,
+            "wal.record_bytes_max",
+            record,
+            "a segment must hold the largest record",
+        )?;
+        at_least(
+            "server.frames_in_flight_bytes_max",
+            self.server.frames_in_flight_bytes_max,
+            "wire.frame_bytes_max",
+            frame,
+            "a frame at the limit could never be read",
+        )?;
+        at_least(
+            "gateway.retry_backoff_ms_max",
+            self.gateway.retry_backoff_ms_max,
+            "gateway.retry_backoff_ms_initial",
+            self.gateway.retry_backoff_ms_initial,
+            "the backoff grows from the first to the largest",
+        )
+    }
+
+    pub fn freshness_policy(&self) -> FreshnessPolicy {
+        FreshnessPolicy {
+            code_validity_secs: self.ride_code.code_validity_secs,
+            clock_skew_secs: self.ride_code.clock_skew_secs,
+        }
+    }
+
+    pub fn service_day_policy(&self) -> Result<ServiceDayPolicy, ConfigError> {
+        let time_zone = self
+            .service_day
+            .time_zone
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("unknown time zone {:?}", self.service_day.time_zone)))?;
+        Ok(ServiceDayPolicy { time_zone, start_hour: self.service_day.start_hour })
+    }
+}
+
+/// An error message on one line: toml's span the key it names on a second.
+fn one_line(message: &str) -> String {
+    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// Overlays `overrides` onto `base`, table by table.
+fn merge(base: &mut toml::Table, overrides: toml::Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(override_table)) => {
+                merge(base_table, override_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let config = Config::defaults();
+        assert_eq!(config.ride_code.code_validity_secs, 60);
+        assert_eq!(config.service_day.start_hour, 4);
+    }
+
+    #[test]
+    fn an_override_file_changes_only_its_keys() {
+        let config = Config::from_toml_over_defaults("[wire]\nbatch_scans_max = 5\n", "test").expect("config");
+        assert_eq!(config.wire.batch_scans_max, 5);
+        assert_eq!(config.wire.frame_bytes_max, Config::defaults().wire.frame_bytes_max);
+    }
+
+    fn set(key: &str, value: &str) -> Result<Config, ConfigError> {
+        let (section, name) = key.split_once('.').expect("dotted key");
+        Config::from_toml_over_defaults(&format!("[{section}]\n{name} = {value}\n"), "test.toml")
+    }
+
+    /// The operator's walk from the review: every numeric key at zero, one
+    /// below and above its range, a negative number, the largest integer,
+    /// a float and a string is refused with a message naming the key; its
+    /// own minimum and maximum are taken (cross-key rules aside).
+    #[test]
+    fn every_key_is_refused_outside_its_range_by_name() {
+        for range in ranges::RANGES {
+            let key = range.key;
+            let mut refused = vec![i64::MAX.to_string(), (-1).to_string(), "1.5".into(), "\"x\"".into()];
+            refused.push((range.max + 1).to_string());
+            if range.min > 0 {
+                refused.extend([(range.min - 1).to_string(), "0".into()]);
+            }
+            for value in &refused {
+                let error = set(key, value).err().unwrap_or_else(|| panic!("{key} = {value} was accepted"));
+                let message = error.to_string();
+                assert!(message.contains(key.split('.').nth(1).expect("name")), "{key} = {value}: {message}");
+                assert_eq!(message.lines().count(), 1, "{message}");
+                if !value.contains(['.', '"']) {
+                    let bounds = format!("{} to {} {}", range.min, range.max, range.unit);
+                    assert!(message.contains(&bounds), "{key} = {value}: {message}");
+                }
+            }
+            for value in [range.min, range.max] {
+                match set(key, &value.to_string()) {
+                    Ok(_) | Err(ConfigError::Invalid(_)) => {}
+                    Err(error) => panic!("{key} = {value} refused: {error}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_config_file_states_every_range_the_code_checks() {
+        let mut section = "";
+        let mut comment = String::new();
+        let mut numeric_keys = 0;
+        for line in DEFAULT_CONFIG_TOML.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+            } else if let Some(text) = line.strip_prefix('#') {
+                comment.push_str(text);
+            } else if let Some((name, value)) = line.split_once(" = ") {
+                if value.parse::<i64>().is_ok() {
+                    numeric_keys += 1;
+                    let key = format!("{section}.{name}");
+                    let range = ranges::of(&key).unwrap_or_else(|| panic!("{key} has no range"));
+                    let stated = format!("Range: {} to {} {}.", range.min, range.max, range.unit);
+                    assert!(comment.contains(&stated), "{key}: the file does not say {stated:?}");
+                }
+                comment.clear();
+            }
+        }
+        assert_eq!(numeric_keys, ranges::RANGES.len(), "every range names a key in the file");
+    }
+
+    #[test]
+    fn misspelt_keys_wrong_types_and_cross_key_mistakes_are_refused_once_each() {
+        let cases = [
+            ("[wire]\nbatch_scan_max = 5\n", "batch_scan_max"),
+            ("[wires]\nbatch_scans_max = 5\n", "wires"),
+            ("[service_day]\ntime_zone = \"Mars/Olympus\"\n", "Mars/Olympus"),
+            ("[service_day]\ntime_zone = 4\n", "time_zone"),
+            ("[server]\nlisten_addr = \"nowhere\"\n", "listen_addr"),
+            ("[wal]\nfsync_enabled = \"yes\"\n", "fsync_enabled"),
+            ("[wire]\nframe_bytes_max = 67108864\n", "wal.record_bytes_max"),
+            ("[wal]\nrecord_bytes_max = 1073741824\n", "wal.segment_bytes_max"),
+            ("[server]\nframes_in_flight_bytes_max = 65536\n", "wire.frame_bytes_max"),
+            ("[gateway]\nretry_backoff_ms_initial = 600000\n", "retry_backoff_ms_max"),
+            ("not toml at all", "not valid TOML"),
+        ];
+        for (text, named) in cases {
+            let error = Config::from_toml_over_defaults(text, "test.toml").err().unwrap_or_else(|| panic!("{text}"));
+            let message = error.to_string();
+            assert!(message.contains(named), "{text}: {message}");
+            assert!(std::error::Error::source(&error).is_none(), "said once, not again as a cause: {message}");
+        }
+    }
+}

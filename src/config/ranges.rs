@@ -1,0 +1,98 @@
+//! The range of every numeric config key, with its unit: checked on the
+//! merged TOML before it becomes a [`super::Config`], so a value outside
+//! its range refuses to start, naming the key, the value and the range,
+//! and nothing is silently clamped. `config/farestream.toml` states each
+//! range next to its key; a test checks the two agree.
+
+use thiserror::Error;
+
+/// One key's allowed values, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRange {
+    pub key: &'static str,
+    pub min: i64,
+    pub max: i64,
+    pub unit: &'static str,
+}
+
+const fn range(key: &'static str, min: i64, max: i64, unit: &'static str) -> KeyRange {
+    KeyRange { key, min, max, unit }
+}
+
+const KIB: i64 = 1024;
+const MIB: i64 = 1024 * KIB;
+const GIB: i64 = 1024 * MIB;
+
+/// Every numeric key. The bounds are where the server still works as
+/// documented: below them it refuses everything, busy-loops or hangs;
+/// above them a wait becomes "never" or a count outgrows what it guards.
+pub const RANGES: &[KeyRange] = &[
+    range("server.connections_max", 1, 65_536, "connections"),
+    range("server.streams_per_connection_max", 1, 1_024, "streams"),
+    range("server.idle_timeout_ms", 1_000, 600_000, "ms"),
+    range("server.pipeline_batches_in_flight_max", 1, 4_096, "batches"),
+    range("server.verify_slices_in_flight_max", 1, 1_024, "slices"),
+    range("server.verify_slice_scans_max", 1, 100_000, "scans"),
+    range("server.frames_in_flight_bytes_max", 64 * KIB, 64 * GIB, "bytes"),
+    range("server.shutdown_deadline_ms", 100, 600_000, "ms"),
+    range("wire.frame_bytes_max", KIB, 64 * MIB, "bytes"),
+    range("wire.batch_scans_max", 1, 100_000, "scans"),
+    range("wire.id_bytes_max", 1, 1_024, "bytes"),
+    range("wire.frame_read_timeout_ms", 100, 600_000, "ms"),
+    range("ride_code.code_validity_secs", 1, 86_400, "s"),
+    range("ride_code.clock_skew_secs", 0, 3_600, "s"),
+    range("ride_code.credential_validity_secs", 60, 604_800, "s"),
+    range("ingest.accepted_lateness_secs", 60, 2_592_000, "s"),
+    range("ingest.verify_chunk_signatures", 1, 1_024, "signatures"),
+    range("ingest.dedup_sweep_interval_secs", 1, 3_600, "s"),
+    range("wal.segment_bytes_max", MIB, 64 * GIB, "bytes"),
+    range("wal.record_bytes_max", 2 * KIB, GIB, "bytes"),
+    range("wal.ack_wait_ms_max", 100, 60_000, "ms"),
+    range("wal.disk_full_retry_ms", 10, 60_000, "ms"),
+    range("archive.poll_interval_ms", 10, 60_000, "ms"),
+    range("archive.retry_after_error_ms", 10, 600_000, "ms"),
+    range("archive.file_bytes_max", 64 * KIB, 16 * GIB, "bytes"),
+    range("archive.file_age_secs_max", 1, 86_400, "s"),
+    range("archive.row_group_rows_max", 1_024, 10_000_000, "rows"),
+    range("service_day.start_hour", 0, 23, "h"),
+    range("keys.lock_wait_ms_max", 0, 600_000, "ms"),
+    range("gateway.connect_timeout_ms", 100, 600_000, "ms"),
+    range("gateway.ack_timeout_ms", 100, 600_000, "ms"),
+    range("gateway.retry_attempts_max", 1, 1_000_000, "attempts"),
+    range("gateway.retry_backoff_ms_initial", 1, 600_000, "ms"),
+    range("gateway.retry_backoff_ms_max", 1, 600_000, "ms"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{key} = {value} is outside its range, {min} to {max} {unit}")]
+pub struct OutOfRange {
+    pub key: &'static str,
+    pub value: i64,
+    pub min: i64,
+    pub max: i64,
+    pub unit: &'static str,
+}
+
+/// The first integer in `table` outside its key's range. Values of
+/// another type are left to deserialization, which names the key and the
+/// type it expected.
+pub fn check(table: &toml::Table) -> Result<(), OutOfRange> {
+    for range in RANGES {
+        let Some(toml::Value::Integer(value)) = lookup(table, range.key) else { continue };
+        if !(range.min..=range.max).contains(value) {
+            let KeyRange { key, min, max, unit } = *range;
+            return Err(OutOfRange { key, value: *value, min, max, unit });
+        }
+    }
+    Ok(())
+}
+
+fn lookup<'t>(table: &'t toml::Table, dotted: &str) -> Option<&'t toml::Value> {
+    let (section, key) = dotted.split_once('.')?;
+    table.get(section)?.as_table()?.get(key)
+}
+
+/// The range of `key`, if it is numeric.
+pub fn of(key: &str) -> Option<&'static KeyRange> {
+    RANGES.iter().find(|r| r.key == key)
+}

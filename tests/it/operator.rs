@@ -1,0 +1,173 @@
+//! What an operator can get wrong: config values at the ends of their
+//! ranges, a task that panics, a disk that cannot be written, a shutdown
+//! with half-read batches, and command lines pointed at nothing.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use farestream::config::Config;
+use farestream::config::ranges::RANGES;
+use farestream::scan::{ScanStatus, TapKind};
+use farestream::tls::{SERVER_NAME, client_config};
+use farestream::wire::{AckStatus, BatchAck, ScanRecord, encode_frame, read_message};
+
+use crate::support::{Harness, T0_MS, batch, record, secs};
+
+/// Every numeric key at its minimum (`at_max` false) or maximum, then the
+/// cross-key rules satisfied with the smallest change.
+fn config_at_extremes(at_max: bool) -> Config {
+    let mut text = String::new();
+    let mut section = "";
+    let mut keys: Vec<_> = RANGES.iter().collect();
+    keys.sort_by_key(|r| r.key);
+    for range in keys {
+        let (table, name) = range.key.split_once('.').expect("dotted");
+        if table != section {
+            text.push_str(&format!("[{table}]\n"));
+            section = table;
+        }
+        let value = match (at_max, range.key) {
+            // Cross-key rules: the record holds two frames, a segment the
+            // record, the frame budget a frame, and the gateway waits as
+            // long as the server may.
+            (false, "wal.record_bytes_max") => 2 * 1024,
+            (true, "wire.frame_bytes_max") => 64 * 1024 * 1024,
+            (false, "gateway.ack_timeout_ms") => 100,
+            (true, "gateway.retry_backoff_ms_initial") => 600_000,
+            // The service day starts at an hour either way.
+            (_, "service_day.start_hour") => 4,
+            (false, _) => range.min,
+            (true, _) => range.max,
+        };
+        text.push_str(&format!("{name} = {value}\n"));
+    }
+    Config::from_toml_over_defaults(&text, if at_max { "max.toml" } else { "min.toml" })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Review: the largest allowed values panicked at start or hung; the
+/// smallest accepted nothing. The server runs a short load with each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_serves_with_every_key_at_its_smallest_and_largest() {
+    for at_max in [false, true] {
+        let config = config_at_extremes(at_max);
+        let h = Harness::start_with(config).await;
+        let client = h.client();
+        let scanned = T0_MS + 60_000;
+        for seq in 0..3u64 {
+            let rider = h.rider(500 + seq);
+            // A code made at the very second it is scanned: at the smallest
+            // validity and skew nothing older passes.
+            let code = rider.key.make_code(&rider.credential, secs(scanned), 1).bytes.to_vec();
+            // One-byte ids: the smallest wire.id_bytes_max.
+            let scan = ScanRecord {
+                route_id: "r".into(),
+                stop_id: "s".into(),
+                ..record("v", seq, scanned, TapKind::Single, code)
+            };
+            let one = batch("d", seq, vec![scan]);
+            let ack = client.push(&one).await.unwrap_or_else(|e| panic!("at_max={at_max}: {e}"));
+            assert_eq!(ack.accepted, 1, "at_max={at_max}: {ack:?}");
+        }
+        let rows = h.archive_rows().await;
+        assert_eq!(rows.len(), 3, "at_max={at_max}");
+        assert!(rows.iter().all(|r| r.status == ScanStatus::Accepted));
+        h.server.shutdown().await.expect("shutdown");
+    }
+}
+
+/// Review: a panic in the accept task left a process that said it served,
+/// accepted nothing, and exited 0. A panic in any task stops the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_background_task_stops_the_server() {
+    let h = Harness::start().await;
+    h.faults.panic_at("housekeeping");
+    let reason = tokio::time::timeout(Duration::from_secs(10), h.server.failed()).await.expect("the server stops");
+    assert!(reason.contains("housekeeping panicked: injected panic at housekeeping"), "{reason}");
+}
+
+/// Review: a data dir that could not be written still printed "serving
+/// on" and died at the first batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_that_cannot_be_written_is_refused_before_serving() {
+    let h = Harness::start().await;
+    h.faults.set_disk_full(true);
+    let (dir, identity, faults) = (h.dir.path().to_path_buf(), h.identity, h.faults.clone());
+    h.server.shutdown().await.expect("shutdown");
+    let config = Config::defaults();
+    let pipeline = std::sync::Arc::new(farestream::ingest::Pipeline::new(
+        farestream::ingest::PipelineConfig::from_config(&config).expect("pipeline"),
+        farestream::ridecode::IssuerPublicKeys::new(),
+    ));
+    let mut settings = farestream::server::ServerSettings::from_config(&config, &dir).expect("settings");
+    settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
+    settings.faults = faults;
+    let clock = std::sync::Arc::new(farestream::clock::ManualClock::new(T0_MS));
+    let refused = farestream::server::Server::start(settings, &identity, pipeline, clock).await;
+    let error = refused.err().expect("not started").to_string();
+    assert!(error.contains("not writable") && error.contains("wal"), "{error}");
+}
+
+/// Review: with a half-read batch, SIGTERM took up to the QUIC idle
+/// timeout. A half-read batch is answered BACKOFF and shutdown goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_half_read_batches_and_does_not_wait_for_them() {
+    let mut config = Config::defaults();
+    config.wire.frame_read_timeout_ms = 600_000;
+    config.server.shutdown_deadline_ms = 200;
+    let h = Harness::start_with(config).await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(client_config(&h.identity.cert).expect("client config"));
+    let connection = endpoint.connect(h.server.local_addr(), SERVER_NAME).expect("connect").await.expect("handshake");
+    let rider = h.rider(600);
+    let frame = encode_frame(&batch("depot", 1, vec![record("g", 1, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1))]));
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&frame[..frame.len() / 2]).await.expect("half a frame");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    h.server.shutdown().await.expect("shutdown");
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown waited {:?}", started.elapsed());
+    let ack = read_message::<BatchAck, _>(&mut recv, 1 << 20, "BatchAck").await.expect("an answer");
+    assert_eq!(ack.ack_status(), AckStatus::Backoff, "{ack:?}");
+    assert!(ack.error.contains("shutting down"), "{ack:?}");
+}
+
+fn farestream(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_farestream")).args(args).output().expect("running farestream")
+}
+
+/// Review: `simulate --server` where nothing listens printed nothing for
+/// minutes; `keys retire 99` on a fresh data dir made a key first; `demo
+/// --day-secs 0` was clamped and then failed its own check.
+#[test]
+fn the_command_line_refuses_what_cannot_work_at_once_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let retire = farestream(&["--data-dir", data, "keys", "retire", "99"]);
+    assert!(!retire.status.success());
+    assert!(String::from_utf8_lossy(&retire.stderr).contains("no issuer keys"), "{retire:?}");
+    assert!(!dir.path().join("keys/keyring.toml").exists(), "no key was made");
+
+    let demo = farestream(&["--data-dir", data, "demo", "--day-secs", "0"]);
+    assert!(!demo.status.success());
+    assert!(String::from_utf8_lossy(&demo.stderr).contains("must be a number from 1 to 3600"), "{demo:?}");
+
+    farestream::keystore::Keystore::open_or_create(
+        dir.path(),
+        farestream::keystore::KeystoreOptions::from_config(&Config::defaults()),
+    )
+    .expect("keys");
+    farestream::tls::ServerIdentity::load_or_create(dir.path(), farestream::tls::NewIdentity::OnFirstStart)
+        .expect("tls");
+    let config = dir.path().join("quick.toml");
+    std::fs::write(&config, "[gateway]\nconnect_timeout_ms = 300\n").expect("config");
+    let nowhere = std::net::UdpSocket::bind("127.0.0.1:0").expect("a port nobody serves QUIC on");
+    let addr = nowhere.local_addr().expect("addr").to_string();
+    let started = Instant::now();
+    let config = config.to_str().expect("utf-8 path");
+    let simulate =
+        farestream(&["--data-dir", data, "--config", config, "simulate", "--server", &addr, "--riders", "10"]);
+    assert!(!simulate.status.success());
+    assert!(String::from_utf8_lossy(&simulate.stderr).contains("no farestream server answered"), "{simulate:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+}
