@@ -17,8 +17,9 @@
 //! in units of one single verification: the batch equation's share, plus
 //! the chance that the equation fails and every signature is checked
 //! alone. `BATCH_*` were fitted to `cargo bench --bench ride_code` on the
-//! 2-core development machine (batch of 64: 0.45 of a single check per
-//! signature; of 8: 0.52 to 0.56; of 2: 0.73 to 0.83).
+//! 2-core development machine (ed25519-zebra: a batch of 2 costs 0.75 of a
+//! single check per signature, of 4 0.59, of 8 0.52, of 16 to 64 0.46 to
+//! 0.47; the model gives 0.73, 0.59, 0.52, 0.48 to 0.46).
 
 /// Per-signature cost of a batch equation that does not depend on its size.
 const BATCH_FIXED: f64 = 0.45;

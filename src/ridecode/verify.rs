@@ -1,8 +1,9 @@
 //! Ed25519 signature verification, single and batched.
 //!
-//! We verify with `ed25519-consensus`, which implements ZIP-215: its batch
-//! verification accepts exactly what its single verification accepts, for
-//! every input, small-order and non-canonical ones included. That is the
+//! We verify with `ed25519-zebra` (on the maintained `curve25519-dalek` 4),
+//! which implements ZIP-215: its batch verification accepts exactly what
+//! its single verification accepts, for every input, small-order and
+//! non-canonical ones included. That is the
 //! property the pipeline needs: batching is an optimisation and must never
 //! change a decision. `ed25519-dalek`'s `verify_batch` does not promise it
 //! (its docs warn batch and single rules differ), so it is not used.
@@ -15,8 +16,8 @@
 //! (and ring's) on every input that honest signers produce. Small-order user
 //! keys are refused where credentials are checked ([`is_weak_public_key`]).
 
-use curve25519_dalek_ng::edwards::CompressedEdwardsY;
-use ed25519_consensus::{Signature, VerificationKey, VerificationKeyBytes, batch};
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use ed25519_zebra::{Signature, VerificationKey, VerificationKeyBytes, batch};
 use rand_core::OsRng;
 
 /// One signature to check: the key, the signature, and the exact message.

@@ -4,7 +4,7 @@
 //! with the file byte for byte, so any change to the format shows up as a
 //! diff. Set `FARESTREAM_WRITE_VECTORS=1` to rewrite the file on purpose.
 //! ring, an Ed25519 implementation independent of the one the server uses
-//! (ed25519-consensus), must agree on every signature in them.
+//! (ed25519-zebra), must agree on every signature in them.
 
 use std::collections::HashSet;
 
