@@ -237,7 +237,7 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
     if let Some(reason) = failure {
         // Nothing more is acknowledged; what was acknowledged is in the log,
         // and the next start recovers it.
-        bail!("stopped on a storage failure: {reason}");
+        bail!("stopped: {reason}");
     }
     println!("shutting down: finishing in-flight batches, flushing the log, closing archive files");
     let report = server.shutdown().await?;

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 
 use metrics::{counter, gauge, histogram};
 
-use crate::archive::ClosedFile;
 use crate::ingest::dedup::DedupSizes;
 use crate::scan::ScanStatus;
 
@@ -50,8 +49,8 @@ pub fn archive_rows_written(rows: usize) {
     counter!("farestream_archive_rows_total").increment(rows as u64);
 }
 
-pub fn archive_files_closed(closed: &[ClosedFile]) {
-    counter!("farestream_archive_files_total").increment(closed.len() as u64);
+pub fn archive_files_closed(files: usize) {
+    counter!("farestream_archive_files_total").increment(files as u64);
 }
 
 pub fn archive_retried() {

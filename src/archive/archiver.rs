@@ -240,7 +240,7 @@ impl State {
         let closed = self.writer.close_all(self.archived_lsn, to)?;
         write_checkpoint(&self.settings.checkpoint_path, to, &self.faults)?;
         self.archived_lsn = to;
-        telemetry::archive_files_closed(&closed);
+        telemetry::archive_files_closed(closed.len());
         {
             let mut status = lock(&self.status);
             status.archived_lsn = to;

@@ -9,6 +9,7 @@ use farestream::archive::read::{archive_files, read_all};
 use farestream::archive::scans_root;
 use farestream::config::Config;
 use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
+use farestream::server::Fatal;
 use farestream::wal::committer::WalState;
 use farestream::wire::ScanBatch;
 
@@ -111,7 +112,7 @@ async fn a_failed_fsync_stops_the_server_and_recovery_keeps_every_ack() {
     let refused = h.client().push(&scans(&h, 2, 4, 3)).await;
     assert!(refused.is_err(), "no ack without a durable log: {refused:?}");
     let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
-    assert!(reason.contains("fsync"), "{reason}");
+    assert!(matches!(&reason, Fatal::Wal(why) if why.contains("fsync")), "{reason}");
     assert!(h.client().push(&scans(&h, 3, 7, 1)).await.is_err(), "a stopped server acks nothing");
     h.faults.set_fsync_fails(false);
     let h = h.crash_and_recover(|_| {}).await;
@@ -129,7 +130,7 @@ async fn a_failed_rename_stops_the_server_and_recovery_archives_once() {
     h.faults.set_rename_fails(true);
     assert!(h.server.flush_archive().await.is_err(), "the cut cannot rename its file");
     let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
-    assert!(reason.contains("rename"), "{reason}");
+    assert!(matches!(&reason, Fatal::Archiver(why) if why.contains("rename")), "{reason}");
     assert!(h.client().push(&scans(&h, 2, 4, 1)).await.is_err(), "a stopped server acks nothing");
     h.faults.set_rename_fails(false);
     let h = h.crash_and_recover(|_| {}).await;
@@ -222,7 +223,7 @@ async fn a_redelivery_waiting_behind_a_panicked_commit_is_not_acked() {
     assert!(resent.is_err(), "claimed but never logged, so never acked: {resent:?}");
     assert!(first.await.expect("task").is_err());
     let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
-    assert!(reason.contains("committing"), "{reason}");
+    assert!(matches!(&reason, Fatal::Unlogged(why) if why.contains("committing")), "{reason}");
     let h = h.crash_and_recover(|_| {}).await;
     assert_eq!(h.client().push(&original).await.expect("ack after recovery").accepted, 2);
     assert_each_once(&h.archive_rows().await, 2);

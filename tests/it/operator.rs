@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use farestream::config::Config;
 use farestream::config::ranges::RANGES;
 use farestream::scan::{ScanStatus, TapKind};
+use farestream::server::Fatal;
 use farestream::tls::{SERVER_NAME, client_config};
 use farestream::wire::{AckStatus, BatchAck, ScanRecord, encode_frame, read_message};
 
@@ -83,7 +84,8 @@ async fn a_panic_in_a_background_task_stops_the_server() {
     let h = Harness::start().await;
     h.faults.panic_at("housekeeping");
     let reason = tokio::time::timeout(Duration::from_secs(10), h.server.failed()).await.expect("the server stops");
-    assert!(reason.contains("housekeeping panicked: injected panic at housekeeping"), "{reason}");
+    let expected = Fatal::TaskPanicked { task: "housekeeping", message: "injected panic at housekeeping".into() };
+    assert_eq!(reason, expected);
 }
 
 /// Review: a data dir that could not be written still printed "serving

@@ -1,0 +1,315 @@
+//! The server shell: QUIC in, the pipeline, the write-ahead log, the
+//! archiver. It owns the sockets, the threads and the clock; every decision
+//! is the pipeline's. One bidirectional stream carries one batch and its ack.
+//!
+//! The write path of one batch, in order:
+//! 1. read the frame (limits: `frame_bytes_max` before allocating,
+//!    `frame_read_timeout`), wait for a `pipeline_batches_in_flight_max` slot;
+//! 2. verify on rayon (no shared state touched);
+//! 3. under the commit lock: claim the batch's scans in the dedup indexes
+//!    and queue its record in the log, so log order is claim order;
+//! 4. wait until the log is durable up to that record (or, for a batch of
+//!    nothing but re-deliveries, up to everything queued before it: the
+//!    originals it refers to);
+//! 5. ack. The archiver writes Parquet from the log later.
+//!
+//! A full disk makes the server answer `BACKOFF` until space returns. A
+//! failed fsync or rename, or a panic in any task, stops it:
+//! [`Server::failed`] resolves with the [`Fatal`] reason, `serve` exits
+//! non-zero, and recovery takes over on the next start.
+//!
+//! By job: `settings` (from the config), `recovery` (start-up),
+//! `connections` (accept, streams, the frame read), `batch` (one batch from
+//! slot to ack), `housekeeping` (sweeps, gauges, health); this file holds
+//! the `Server` itself and its failure latch.
+
+mod batch;
+mod connections;
+mod housekeeping;
+mod recovery;
+mod settings;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use thiserror::Error;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use settings::ServerSettings;
+
+use connections::accept_loop;
+use housekeeping::housekeeping;
+use recovery::{probe_writable, recover};
+
+use crate::archive::checkpoint::Cleanup;
+use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, ArrivalMark, Arrivals};
+use crate::clock::Clock;
+use crate::fair::FairTurns;
+use crate::ingest::{ChunkSizer, Pipeline};
+use crate::tls::{ServerIdentity, TlsError};
+use crate::wal::WalError;
+use crate::wal::committer::{CommitHandle, Committer, Progress};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("recovery: {0}")]
+    Recovery(String),
+    #[error("{path} is not writable: {source}")]
+    NotWritable { path: PathBuf, source: std::io::Error },
+}
+
+/// Claims and log records in one order, and the moment each batch is
+/// received read in that same order: so "every batch received before `at`
+/// is in the log before `lsn`" can be read off at any moment (the
+/// archiver closes a service day on it).
+struct CommitGate {
+    order: Mutex<()>,
+    clock: Arc<dyn Clock>,
+    wal: CommitHandle,
+}
+
+impl Arrivals for CommitGate {
+    fn mark(&self) -> ArrivalMark {
+        let _order = crate::sync::lock(&self.order);
+        ArrivalMark { at: self.clock.now_ms(), lsn: self.wal.tail_lsn() }
+    }
+}
+
+/// Why the server stopped for good: it acknowledges nothing more, and the
+/// next start's recovery takes over from what is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Fatal {
+    /// The log failed an fsync or a write it cannot retry, or is damaged.
+    #[error("write-ahead log: {0}")]
+    Wal(String),
+    /// The archiver failed an fsync or a rename, or read a damaged log.
+    #[error("archiver: {0}")]
+    Archiver(String),
+    /// A batch claimed its scans but its log record was not queued (a bug).
+    #[error("a committed batch could not be logged: {0}")]
+    Unlogged(String),
+    /// A task panicked (a bug); what it was doing is left undone.
+    #[error("{task} panicked: {message}")]
+    TaskPanicked { task: &'static str, message: String },
+}
+
+/// What start-up found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub checkpoint_lsn: u64,
+    pub wal_end_lsn: u64,
+    pub torn_bytes_cut: u64,
+    pub archive_cleanup: Cleanup,
+    /// Rows replayed into the dedup indexes (archive and log).
+    pub restored_rows: usize,
+}
+
+/// What a graceful shutdown left behind.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    pub archiver: ArchiverStatus,
+    pub wal: Progress,
+}
+
+/// What stream handlers share.
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    wal: CommitHandle,
+    /// Held while a batch reads its `received_at`, claims its scans and
+    /// queues its log record.
+    gate: Arc<CommitGate>,
+    settings: ServerSettings,
+    batches_in_flight: Semaphore,
+    /// Bytes of frames read or being read, across all streams.
+    frame_bytes: Semaphore,
+    /// Turns at the verifier, taken fairly between connections.
+    verify_turns: FairTurns,
+    /// The failure rate over all connections, from which a new one starts
+    /// (so reconnecting does not reset a hostile peer's rate).
+    all_peers: Mutex<ChunkSizer>,
+    next_peer: std::sync::atomic::AtomicU64,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    failure: OnceLock<Fatal>,
+    failed: Notify,
+}
+
+/// A running server. Stop it with [`Server::shutdown`].
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    recovery: RecoveryReport,
+    shared: Arc<Shared>,
+    committer: Committer,
+    archiver: Arc<Archiver>,
+}
+
+impl Server {
+    /// Recovers the log and the archive, then binds and starts accepting.
+    pub async fn start(
+        settings: ServerSettings,
+        identity: &ServerIdentity,
+        pipeline: Arc<Pipeline>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Server, ServerError> {
+        let recovering = {
+            let (settings, pipeline, clock) = (settings.clone(), Arc::clone(&pipeline), Arc::clone(&clock));
+            tokio::task::spawn_blocking(move || recover(&settings, &pipeline, clock.now_ms()))
+        };
+        let (writer, recovery) =
+            recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
+        tracing::info!(?recovery, "recovered");
+        for dir in [&settings.wal.dir, &settings.archive.root] {
+            probe_writable(dir, &settings.faults)?;
+        }
+        let committer = Committer::spawn(
+            writer,
+            settings.wal.record_bytes_max,
+            settings.wal_disk_full_retry,
+            settings.wal_fsync_enabled,
+        );
+        let archive_writer = ArchiveWriter::new(settings.archive.clone(), Arc::clone(&settings.faults))?;
+        let gate = Arc::new(CommitGate { order: Mutex::new(()), clock: Arc::clone(&clock), wal: committer.handle() });
+        let archiver = Arc::new(Archiver::spawn(
+            settings.archiver.clone(),
+            archive_writer,
+            recovery.checkpoint_lsn,
+            committer.handle().subscribe(),
+            Arc::clone(&gate) as Arc<dyn Arrivals>,
+            Arc::clone(&settings.faults),
+        ));
+        let quic = identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
+        let endpoint = quinn::Endpoint::server(quic, settings.listen_addr)
+            .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
+        let local_addr =
+            endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
+        let pipeline_chunk_max = pipeline.config().verify_chunk_signatures;
+        let shared = Arc::new(Shared {
+            pipeline,
+            wal: committer.handle(),
+            gate,
+            batches_in_flight: Semaphore::new(settings.pipeline_batches_in_flight_max),
+            frame_bytes: Semaphore::new(settings.frames_in_flight_bytes_max),
+            verify_turns: FairTurns::new(settings.verify_slices_in_flight_max),
+            all_peers: Mutex::new(ChunkSizer::new(pipeline_chunk_max, 0.0)),
+            next_peer: std::sync::atomic::AtomicU64::new(0),
+            settings,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            failure: OnceLock::new(),
+            failed: Notify::new(),
+        });
+        // Tracked, so shutdown waits for them to drop what they hold.
+        spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), Arc::clone(&archiver)));
+        tracing::info!(%local_addr, "farestream listening");
+        Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.shared.pipeline
+    }
+
+    /// The write-ahead log's durable position and state.
+    pub fn wal_progress(&self) -> Progress {
+        self.shared.wal.progress()
+    }
+
+    /// Archives everything acknowledged so far into closed files; returns
+    /// the archived LSN.
+    pub async fn flush_archive(&self) -> Result<u64, ServerError> {
+        self.archiver.flush().await.map_err(ServerError::Recovery)
+    }
+
+    /// Why the server stopped serving, once it has.
+    pub fn failure(&self) -> Option<Fatal> {
+        self.shared.failure.get().cloned()
+    }
+
+    /// Resolves when a fatal error (fsync, rename, log damage) has stopped
+    /// the server from acknowledging anything.
+    pub async fn failed(&self) -> Fatal {
+        loop {
+            let notified = self.shared.failed.notified();
+            if let Some(reason) = self.failure() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+
+    /// Graceful stop: no new batches; streams still being read are
+    /// answered BACKOFF; batches being processed finish and are acked
+    /// within `shutdown_deadline` (then their connections are closed and
+    /// their gateways resend); the log is flushed, the archive cut and
+    /// checkpointed.
+    pub async fn shutdown(self) -> Result<ShutdownReport, ServerError> {
+        let Server { endpoint, shared, committer, archiver, .. } = self;
+        shared.shutdown.cancel();
+        shared.tasks.close();
+        let deadline = shared.settings.shutdown_deadline;
+        if tokio::time::timeout(deadline, shared.tasks.wait()).await.is_err() {
+            tracing::warn!(?deadline, "batches still in flight at the shutdown deadline; closing their connections");
+        }
+        endpoint.close(0u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        let wal = tokio::task::spawn_blocking(move || committer.close())
+            .await
+            .map_err(|e| ServerError::Recovery(format!("log thread panicked: {e}")))?;
+        let archiver =
+            Arc::try_unwrap(archiver).map_err(|_| ServerError::Recovery("archiver still in use at shutdown".into()))?;
+        let archiver = tokio::task::spawn_blocking(move || archiver.close())
+            .await
+            .map_err(|e| ServerError::Recovery(format!("archiver thread panicked: {e}")))?;
+        Ok(ShutdownReport { archiver, wal })
+    }
+}
+
+/// Spawns a tracked task whose panic stops the server, with the panic's
+/// message, instead of vanishing with the task and leaving a server that
+/// says it serves but no longer accepts (or sweeps, or watches its log).
+fn spawn_supervised(shared: &Arc<Shared>, what: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+    let watcher = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            fail(&watcher, Fatal::TaskPanicked { task: what, message });
+        }
+    });
+}
+
+/// Stops the server for good: no more batches are accepted or acked.
+fn fail(shared: &Shared, reason: Fatal) {
+    if shared.failure.set(reason.clone()).is_ok() {
+        tracing::error!(%reason, "stopping: recovery takes over on the next start");
+        shared.shutdown.cancel();
+        shared.failed.notify_waiters();
+    }
+}

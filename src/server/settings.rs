@@ -1,0 +1,87 @@
+//! The server's settings, taken from [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::archive::checkpoint::checkpoint_path;
+use crate::archive::{ArchiveWriterConfig, ArchiverSettings, scans_root};
+use crate::config::{Config, ConfigError};
+use crate::faults::Faults;
+use crate::wal::WalConfig;
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen_addr: SocketAddr,
+    pub connections_max: usize,
+    pub streams_per_connection_max: u32,
+    pub idle_timeout: Duration,
+    pub pipeline_batches_in_flight_max: usize,
+    pub verify_slices_in_flight_max: usize,
+    pub verify_slice_scans_max: usize,
+    pub frames_in_flight_bytes_max: usize,
+    /// How long in-flight batches may take to finish on shutdown.
+    pub shutdown_deadline: Duration,
+    pub frame_bytes_max: u32,
+    pub frame_read_timeout: Duration,
+    pub dedup_sweep_interval: Duration,
+    pub data_dir: PathBuf,
+    pub wal: WalConfig,
+    pub wal_ack_wait: Duration,
+    pub wal_disk_full_retry: Duration,
+    pub wal_fsync_enabled: bool,
+    pub archive: ArchiveWriterConfig,
+    pub archiver: ArchiverSettings,
+    pub faults: Arc<Faults>,
+}
+
+impl ServerSettings {
+    pub fn from_config(config: &Config, data_dir: &Path) -> Result<ServerSettings, ConfigError> {
+        let wal = WalConfig {
+            dir: data_dir.join("wal"),
+            segment_bytes_max: config.wal.segment_bytes_max,
+            record_bytes_max: config.wal.record_bytes_max,
+        };
+        let lateness = Duration::from_secs(u64::from(config.ingest.accepted_lateness_secs));
+        Ok(ServerSettings {
+            listen_addr: config.server.listen_addr,
+            connections_max: config.server.connections_max,
+            streams_per_connection_max: config.server.streams_per_connection_max,
+            idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
+            pipeline_batches_in_flight_max: config.server.pipeline_batches_in_flight_max,
+            verify_slices_in_flight_max: config.server.verify_slices_in_flight_max,
+            verify_slice_scans_max: config.server.verify_slice_scans_max,
+            frames_in_flight_bytes_max: usize::try_from(config.server.frames_in_flight_bytes_max)
+                .unwrap_or(usize::MAX)
+                .min(Semaphore::MAX_PERMITS),
+            shutdown_deadline: Duration::from_millis(config.server.shutdown_deadline_ms),
+            frame_bytes_max: config.wire.frame_bytes_max,
+            frame_read_timeout: Duration::from_millis(config.wire.frame_read_timeout_ms),
+            dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
+            data_dir: data_dir.to_path_buf(),
+            archiver: ArchiverSettings {
+                wal_dir: wal.dir.clone(),
+                record_bytes_max: wal.record_bytes_max,
+                checkpoint_path: checkpoint_path(data_dir),
+                poll_interval: Duration::from_millis(config.archive.poll_interval_ms),
+                retry_after_error: Duration::from_millis(config.archive.retry_after_error_ms),
+                service_day: config.service_day_policy()?,
+                accepted_lateness: lateness,
+            },
+            wal,
+            wal_ack_wait: Duration::from_millis(config.wal.ack_wait_ms_max),
+            wal_disk_full_retry: Duration::from_millis(config.wal.disk_full_retry_ms),
+            wal_fsync_enabled: config.wal.fsync_enabled,
+            archive: ArchiveWriterConfig {
+                root: scans_root(data_dir),
+                file_bytes_max: config.archive.file_bytes_max,
+                file_age_max: Duration::from_secs(config.archive.file_age_secs_max),
+                row_group_rows_max: config.archive.row_group_rows_max,
+            },
+            faults: Arc::new(Faults::default()),
+        })
+    }
+}
