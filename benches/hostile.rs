@@ -17,7 +17,7 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::config::Config;
-use farestream::ingest::{ChunkSizer, Pipeline, PipelineConfig};
+use farestream::ingest::{ChunkSizer, Pipeline};
 use farestream::ridecode::format::CODE_SIGNED_LEN;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::wire::{ScanBatch, ScanRecord, WireTapKind, encode_frame};
@@ -87,7 +87,7 @@ fn foreign_signature(f: &Fixture, i: usize, range: std::ops::Range<usize>) -> Ve
 }
 
 fn hostile(c: &mut Criterion) {
-    let config = PipelineConfig::from_config(&Config::defaults()).expect("config");
+    let config = Config::defaults().pipeline_config().expect("config");
     let f = fixture();
     let warm_up = batch(&f, 1, |_, _| {});
     let honest = batch(&f, 2, |_, _| {});

@@ -8,7 +8,7 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::config::Config;
-use farestream::ingest::{Pipeline, PipelineConfig};
+use farestream::ingest::Pipeline;
 use farestream::ridecode::{IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::wire::{ScanBatch, ScanRecord, WireTapKind};
 
@@ -56,7 +56,7 @@ fn fixture(scans: usize) -> Fixture {
 }
 
 fn pipeline(c: &mut Criterion) {
-    let config = PipelineConfig::from_config(&Config::defaults()).expect("config");
+    let config = Config::defaults().pipeline_config().expect("config");
     let mut group = c.benchmark_group("pipeline_batch");
     let scans = 1_000usize;
     {

@@ -4,8 +4,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch, UTC.
-pub type UnixMillis = i64;
+pub use farestream_core::clock::{UnixMillis, unix_secs_u32};
 
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> UnixMillis;
@@ -42,12 +41,6 @@ impl Clock for ScaledClock {
         let elapsed_ms = self.wall_start.elapsed().as_secs_f64() * 1000.0 * self.speedup;
         self.start_ms + elapsed_ms as i64
     }
-}
-
-/// Unix seconds as carried in ride codes, from milliseconds; times before
-/// 1970 or after 2106 clamp, and such codes fail their checks anyway.
-pub fn unix_secs_u32(at: UnixMillis) -> u32 {
-    u32::try_from(at.div_euclid(1000)).unwrap_or(if at < 0 { 0 } else { u32::MAX })
 }
 
 /// A clock that only moves when told to: tests and benches.

@@ -16,7 +16,7 @@ use crate::archive::{self, ArchiveError};
 use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{GatewayClient, GatewaySettings};
-use crate::ingest::{Pipeline, PipelineConfig};
+use crate::ingest::Pipeline;
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
@@ -114,7 +114,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let timetable = Timetable::ServiceDay { first_ms, last_ms };
     let plan = plan_day(&world, timetable, options.trips_per_rider, AnomalyRates::DEMO, options.seed);
 
-    let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(config)?, trusted_keys));
+    let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, trusted_keys));
     for card in &world.denied_cards {
         pipeline.set_denied(*card, true);
     }

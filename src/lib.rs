@@ -1,9 +1,14 @@
 //! farestream: ingestion back end for pay-later transit ride codes.
 //!
-//! The crate is split as quinn is: a sans-IO core that decides (ride-code
-//! checks, replay and re-delivery decisions, the archive rows) and takes
-//! `now` as an argument, and a thin shell of QUIC, disk and threads around
-//! it. `ARCHITECTURE.md` has the code map.
+//! Split as quinn is: the sans-IO core that decides (ride-code checks,
+//! replay and re-delivery decisions, the archive rows) with `now` as an
+//! argument is the `farestream-core` crate (`crates/core`), and this crate
+//! is the shell of QUIC, disk and threads around it, the simulator and the
+//! command line. The core's modules are re-exported under their own names,
+//! so `farestream::ridecode` is the core's. `ARCHITECTURE.md` has the code
+//! map.
+
+pub use farestream_core::{ingest, journal, ridecode, scan, service_day, sync};
 
 pub mod archive;
 pub mod clock;
@@ -13,15 +18,9 @@ pub mod fair;
 pub mod faults;
 pub mod files;
 pub mod gateway;
-pub mod ingest;
-pub mod journal;
 pub mod keystore;
-pub mod ridecode;
-pub mod scan;
 pub mod server;
-pub mod service_day;
 pub mod sim;
-pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod wal;

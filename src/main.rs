@@ -12,7 +12,7 @@ use farestream::clock::{Clock, SystemClock, unix_secs_u32};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::{GatewayClient, GatewaySettings};
-use farestream::ingest::{Pipeline, PipelineConfig};
+use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::server::{Server, ServerSettings};
 use farestream::sim::{AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
@@ -208,7 +208,7 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
     let keystore =
         Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config)).context("opening the key store")?;
     let identity = ServerIdentity::load_or_create(data_dir, new).context("loading the TLS identity")?;
-    let pipeline = Arc::new(Pipeline::new(PipelineConfig::from_config(&config)?, keystore.trusted_public_keys()?));
+    let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, keystore.trusted_public_keys()?));
     let mut settings = ServerSettings::from_config(&config, data_dir)?;
     if let Some(listen) = listen {
         settings.listen_addr = listen;

@@ -4,7 +4,7 @@
 pub mod archiver;
 pub mod checkpoint;
 pub mod read;
-pub mod schema;
+pub use farestream_core::archive::schema;
 pub mod writer;
 
 pub use archiver::{Archiver, ArchiverSettings, ArchiverStatus, ArrivalMark, Arrivals};

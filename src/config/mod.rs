@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::ingest::PipelineConfig;
 use crate::ridecode::FreshnessPolicy;
 use crate::service_day::ServiceDayPolicy;
 
@@ -206,6 +207,18 @@ impl Config {
             self.gateway.retry_backoff_ms_initial,
             "the backoff grows from the first to the largest",
         )
+    }
+
+    /// The pipeline's tunables.
+    pub fn pipeline_config(&self) -> Result<PipelineConfig, ConfigError> {
+        Ok(PipelineConfig {
+            freshness: self.freshness_policy(),
+            accepted_lateness_secs: self.ingest.accepted_lateness_secs,
+            verify_chunk_signatures: self.ingest.verify_chunk_signatures,
+            batch_scans_max: self.wire.batch_scans_max,
+            id_bytes_max: self.wire.id_bytes_max,
+            service_day: self.service_day_policy()?,
+        })
     }
 
     pub fn freshness_policy(&self) -> FreshnessPolicy {

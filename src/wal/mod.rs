@@ -62,7 +62,7 @@
 //! never deleted, so LSNs keep counting up across restarts.
 
 pub mod committer;
-pub mod format;
+pub use farestream_core::wal::format;
 mod reader;
 mod recovery;
 mod writer;

@@ -98,7 +98,7 @@ async fn a_data_dir_that_cannot_be_written_is_refused_before_serving() {
     h.server.shutdown().await.expect("shutdown");
     let config = Config::defaults();
     let pipeline = std::sync::Arc::new(farestream::ingest::Pipeline::new(
-        farestream::ingest::PipelineConfig::from_config(&config).expect("pipeline"),
+        config.pipeline_config().expect("pipeline"),
         farestream::ridecode::IssuerPublicKeys::new(),
     ));
     let mut settings = farestream::server::ServerSettings::from_config(&config, &dir).expect("settings");

@@ -277,7 +277,7 @@ fn every_single_bit_change_to_a_valid_code_is_rejected() {
     }
     // And through the server's batched path: not one of them is accepted.
     let pipeline = farestream::ingest::Pipeline::new(
-        farestream::ingest::PipelineConfig::from_config(&farestream::config::Config::defaults()).expect("config"),
+        farestream::config::Config::defaults().pipeline_config().expect("config"),
         keys,
     );
     let at_ms = i64::from(valid.validator_time) * 1000;

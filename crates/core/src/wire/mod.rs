@@ -1,12 +1,13 @@
-//! The gateway-to-server protocol: ALPN `farestream/1`, one bidirectional
-//! QUIC stream per batch, one length-prefixed protobuf frame each way.
+//! The gateway-to-server protocol, sans I/O: ALPN `farestream/1`, one
+//! bidirectional QUIC stream per batch, one length-prefixed protobuf frame
+//! each way. The messages, the frame's length check, encoding and decoding,
+//! and counting a repeated field before decoding; the shells do the reads.
 //! `docs/protocol.md` is the reference; `proto/farestream.proto` the schema.
 
 pub mod messages;
 
 use prost::Message;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use messages::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, WireScanStatus, WireTapKind};
 
@@ -27,17 +28,10 @@ pub enum FrameError {
     Fields { message: &'static str, reason: String },
 }
 
-/// Reads one frame's body. The length is checked against `frame_bytes_max`
-/// before anything is allocated, so a hostile length costs nothing.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_max: u32) -> Result<Vec<u8>, FrameError> {
-    let len = read_frame_len(reader, frame_bytes_max).await?;
-    read_frame_body(reader, len).await
-}
-
-/// Reads a frame's length prefix and checks it against `frame_bytes_max`.
-pub async fn read_frame_len<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_max: u32) -> Result<u32, FrameError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    reader.read_exact(&mut header).await.map_err(FrameError::Truncated)?;
+/// The body length a frame header announces, checked against
+/// `frame_bytes_max` before anything is allocated, so a hostile length
+/// costs nothing.
+pub fn frame_len(header: [u8; FRAME_HEADER_BYTES], frame_bytes_max: u32) -> Result<u32, FrameError> {
     let len = u32::from_be_bytes(header);
     if len > frame_bytes_max {
         return Err(FrameError::TooLarge { len, max: frame_bytes_max });
@@ -45,11 +39,9 @@ pub async fn read_frame_len<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_ma
     Ok(len)
 }
 
-/// Reads a frame body of `len` bytes (already checked against the limit).
-pub async fn read_frame_body<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> Result<Vec<u8>, FrameError> {
-    let mut body = vec![0u8; len as usize];
-    reader.read_exact(&mut body).await.map_err(FrameError::Truncated)?;
-    Ok(body)
+/// Decodes a frame body holding a `M`, named `name` in errors.
+pub fn decode_message<M: Message + Default>(body: &[u8], name: &'static str) -> Result<M, FrameError> {
+    M::decode(body).map_err(|source| FrameError::Decode { message: name, source })
 }
 
 /// Counts the top-level occurrences of field `field_number` in an encoded
@@ -82,16 +74,6 @@ pub fn count_field(mut body: &[u8], field_number: u32, message: &'static str) ->
     Ok(count)
 }
 
-/// Reads and decodes one frame holding a `M`.
-pub async fn read_message<M: Message + Default, R: AsyncRead + Unpin>(
-    reader: &mut R,
-    frame_bytes_max: u32,
-    name: &'static str,
-) -> Result<M, FrameError> {
-    let body = read_frame(reader, frame_bytes_max).await?;
-    M::decode(body.as_slice()).map_err(|source| FrameError::Decode { message: name, source })
-}
-
 /// Encodes a message as one frame: length, then body.
 pub fn encode_frame(message: &impl Message) -> Vec<u8> {
     let len = message.encoded_len();
@@ -101,20 +83,20 @@ pub fn encode_frame(message: &impl Message) -> Vec<u8> {
     frame
 }
 
-pub async fn write_message<W: AsyncWrite + Unpin>(writer: &mut W, message: &impl Message) -> std::io::Result<()> {
-    writer.write_all(&encode_frame(message)).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_frame_round_trips() {
+    #[test]
+    fn a_frame_round_trips_and_an_oversized_length_is_refused() {
         let batch = ScanBatch { gateway_id: "g1".into(), batch_seq: 9, scans: vec![] };
         let frame = encode_frame(&batch);
-        let back: ScanBatch = read_message(&mut frame.as_slice(), 1024, "ScanBatch").await.expect("frame");
-        assert_eq!(back, batch);
+        let (header, body) = frame.split_at(FRAME_HEADER_BYTES);
+        let header: [u8; FRAME_HEADER_BYTES] = header.try_into().expect("four bytes");
+        assert_eq!(frame_len(header, 1024).expect("fits") as usize, body.len());
+        assert_eq!(decode_message::<ScanBatch>(body, "ScanBatch").expect("decodes"), batch);
+        assert!(matches!(frame_len(5000u32.to_be_bytes(), 1024), Err(FrameError::TooLarge { len: 5000, max: 1024 })));
+        assert!(matches!(decode_message::<ScanBatch>(&[0xff; 3], "ScanBatch"), Err(FrameError::Decode { .. })));
     }
 
     #[test]
@@ -131,23 +113,5 @@ mod tests {
             count_field(&[0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 3, "ScanBatch").is_err()
         );
         assert!(count_field(&[0x0b], 1, "ScanBatch").is_err(), "groups are refused");
-    }
-
-    #[tokio::test]
-    async fn an_oversized_length_is_refused_before_reading_the_body() {
-        let frame = 5000u32.to_be_bytes();
-        let err = read_frame(&mut frame.as_slice(), 1024).await.expect_err("too large");
-        assert!(matches!(err, FrameError::TooLarge { len: 5000, max: 1024 }));
-    }
-
-    #[tokio::test]
-    async fn a_short_body_is_truncated_and_garbage_does_not_decode() {
-        let mut frame = 10u32.to_be_bytes().to_vec();
-        frame.extend_from_slice(&[1, 2, 3]);
-        assert!(matches!(read_frame(&mut frame.as_slice(), 1024).await, Err(FrameError::Truncated(_))));
-        let mut garbage = 3u32.to_be_bytes().to_vec();
-        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
-        let result: Result<ScanBatch, _> = read_message(&mut garbage.as_slice(), 1024, "ScanBatch").await;
-        assert!(matches!(result, Err(FrameError::Decode { .. })));
     }
 }

@@ -175,7 +175,7 @@ mod tests {
     /// against the tag prost encodes for the same field here.
     #[test]
     fn tags_match_the_proto_file() {
-        let proto = include_str!("../../proto/farestream.proto");
+        let proto = include_str!("../../../../proto/farestream.proto");
         let expect = |message: &str, field: &str, tag: u32| {
             let block_start = proto.find(&format!("message {message} {{")).expect(message);
             let block = &proto[block_start..];

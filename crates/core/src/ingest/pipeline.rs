@@ -22,7 +22,6 @@ use thiserror::Error;
 use super::dedup::{DedupIndex, DedupSizes, Fingerprint, RideKey};
 use super::horizon::{Horizons, SCAN_TIME_MS_MAX, SCAN_TIME_MS_MIN};
 use crate::clock::{UnixMillis, unix_secs_u32};
-use crate::config::{Config, ConfigError};
 use crate::ridecode::check::{
     check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
 };
@@ -32,7 +31,7 @@ use crate::scan::{ArchivedScan, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
 use crate::wire::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, WireScanStatus};
 
-/// The pipeline's tunables, taken from [`Config`].
+/// The pipeline's tunables (the shell builds them from its config).
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub freshness: FreshnessPolicy,
@@ -45,17 +44,6 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
-    pub fn from_config(config: &Config) -> Result<PipelineConfig, ConfigError> {
-        Ok(PipelineConfig {
-            freshness: config.freshness_policy(),
-            accepted_lateness_secs: config.ingest.accepted_lateness_secs,
-            verify_chunk_signatures: config.ingest.verify_chunk_signatures,
-            batch_scans_max: config.wire.batch_scans_max,
-            id_bytes_max: config.wire.id_bytes_max,
-            service_day: config.service_day_policy()?,
-        })
-    }
-
     pub fn horizons(&self) -> Horizons {
         Horizons::new(self.freshness, self.accepted_lateness_secs)
     }
@@ -524,12 +512,21 @@ mod tests {
         issuer: IssuerSigningKey,
     }
 
+    /// The shipped defaults of config/farestream.toml, in the service day's
+    /// `time_zone`.
+    fn config_in(time_zone: chrono_tz::Tz) -> PipelineConfig {
+        PipelineConfig {
+            freshness: FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 },
+            accepted_lateness_secs: 259_200,
+            verify_chunk_signatures: 64,
+            batch_scans_max: 10_000,
+            id_bytes_max: 128,
+            service_day: ServiceDayPolicy { time_zone, start_hour: 4 },
+        }
+    }
+
     fn fixture() -> Fixture {
-        let issuer = IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer");
-        let mut keys = IssuerPublicKeys::new();
-        keys.insert(1, issuer.public_key());
-        let config = PipelineConfig::from_config(&Config::defaults()).expect("config");
-        Fixture { pipeline: Pipeline::new(config, keys), issuer }
+        fixture_in(chrono_tz::Asia::Shanghai)
     }
 
     fn code(f: &Fixture, card: u64, counter: u32) -> Vec<u8> {
@@ -619,14 +616,11 @@ mod tests {
         assert_eq!(f.pipeline.verify(&nameless).err(), Some(BatchError::MissingGatewayId));
     }
 
-    fn fixture_in(time_zone: &str) -> Fixture {
-        let mut config = Config::defaults();
-        config.service_day.time_zone = time_zone.into();
-        let f = fixture();
+    fn fixture_in(time_zone: chrono_tz::Tz) -> Fixture {
+        let issuer = IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer");
         let mut keys = IssuerPublicKeys::new();
-        keys.insert(1, f.issuer.public_key());
-        let config = PipelineConfig::from_config(&config).expect("config");
-        Fixture { pipeline: Pipeline::new(config, keys), issuer: f.issuer }
+        keys.insert(1, issuer.public_key());
+        Fixture { pipeline: Pipeline::new(config_in(time_zone), keys), issuer }
     }
 
     /// Review fault 1: a scan time at the top of chrono's range stopped the
@@ -634,7 +628,7 @@ mod tests {
     /// express is now malformed, filed under the day it arrived.
     #[test]
     fn scan_times_a_ride_code_cannot_express_are_malformed_not_a_panic() {
-        for zone in ["Asia/Shanghai", "America/Los_Angeles", "Pacific/Kiritimati"] {
+        for zone in [chrono_tz::Asia::Shanghai, chrono_tz::America::Los_Angeles, chrono_tz::Pacific::Kiritimati] {
             let f = fixture_in(zone);
             let times = [8_210_266_876_799_999, i64::MAX, i64::MIN, -1, SCAN_TIME_MS_MAX + 1];
             let scans = times.iter().enumerate().map(|(i, &at)| scan(i as u64, at, code(&f, 11, i as u32))).collect();

@@ -1,0 +1,3 @@
+//! The archive row as Arrow sees it; the Parquet files are the shell's.
+
+pub mod schema;

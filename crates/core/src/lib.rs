@@ -1,0 +1,21 @@
+//! farestream's sans-IO core: every decision about ride codes, scans and
+//! their archive rows, with `now`, events and inputs as arguments. No
+//! async runtime, no files, no sockets, no clock: the `farestream` shell
+//! (QUIC, the write-ahead log, Parquet, the account store) does the I/O
+//! and calls in here. A test in this crate fails if one of those creeps
+//! into its dependencies.
+//!
+//! Data structures and data parallelism are allowed: the dedup indexes are
+//! `dashmap`s and verification runs on `rayon`, because both are
+//! computation, not I/O.
+
+pub mod archive;
+pub mod clock;
+pub mod ingest;
+pub mod journal;
+pub mod ridecode;
+pub mod scan;
+pub mod service_day;
+pub mod sync;
+pub mod wal;
+pub mod wire;
