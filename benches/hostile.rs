@@ -100,7 +100,7 @@ fn hostile(c: &mut Criterion) {
         code[ISSUER_SIGNATURE].copy_from_slice(&foreign_signature(&f, i, ISSUER_SIGNATURE));
         code[CODE_SIGNED_LEN..].copy_from_slice(&foreign_signature(&f, i, CODE_SIGNED_LEN..189));
     });
-    let fresh = || Pipeline::new(config.clone(), f.keys.clone());
+    let fresh = || Pipeline::new(config.clone(), f.keys.clone(), [1; 32]);
     let warmed = || {
         let p = fresh();
         p.process(&warm_up, AT_MS + 60_000).expect("warm-up");

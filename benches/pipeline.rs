@@ -64,7 +64,7 @@ fn pipeline(c: &mut Criterion) {
         group.throughput(Throughput::Elements(scans as u64));
         group.bench_with_input(BenchmarkId::new("cold", scans), &f, |b, f| {
             b.iter_batched(
-                || Pipeline::new(config.clone(), f.keys.clone()),
+                || Pipeline::new(config.clone(), f.keys.clone(), [1; 32]),
                 |p| assert_eq!(p.process(&f.batch, AT_MS + 60_000).expect("batch").ack.accepted as usize, scans),
                 BatchSize::LargeInput,
             )
@@ -72,7 +72,7 @@ fn pipeline(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("warm", scans), &f, |b, f| {
             b.iter_batched(
                 || {
-                    let p = Pipeline::new(config.clone(), f.keys.clone());
+                    let p = Pipeline::new(config.clone(), f.keys.clone(), [1; 32]);
                     p.process(&f.warm_up, AT_MS + 60_000).expect("warm-up");
                     p
                 },

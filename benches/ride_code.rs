@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::ridecode::check::user_signature_check;
-use farestream::ridecode::verify::{SignatureCheck, verify_batch, verify_single};
+use farestream::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
 use farestream::ridecode::{FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey, check_offline};
 
 const CREATED_AT: u32 = 1_763_604_000;
@@ -32,6 +32,7 @@ fn codes(n: usize) -> (IssuerPublicKeys, Vec<RideCode>) {
 fn signature_verification(c: &mut Criterion) {
     let (_, codes) = codes(256);
     let checks: Vec<SignatureCheck> = codes.iter().map(user_signature_check).collect();
+    let entropy = BatchEntropy::new([1; 32]);
     let mut group = c.benchmark_group("ed25519_per_signature");
     group.throughput(Throughput::Elements(1));
     group.bench_function("single", |b| {
@@ -44,14 +45,14 @@ fn signature_verification(c: &mut Criterion) {
     for n in [2usize, 4, 8, 16, 32, 64, 256] {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("batch", n), &n, |b, &n| {
-            b.iter(|| assert!(verify_batch(&checks[..n]).iter().all(|ok| *ok)))
+            b.iter(|| assert!(verify_batch(&checks[..n], entropy.rng()).iter().all(|ok| *ok)))
         });
     }
     // One bad signature in 64: the batch fails and each is checked alone.
     let mut with_one_bad = checks[..64].to_vec();
     with_one_bad[17].signature[40] ^= 1;
     group.throughput(Throughput::Elements(64));
-    group.bench_function("batch_64_with_one_bad", |b| b.iter(|| verify_batch(&with_one_bad)));
+    group.bench_function("batch_64_with_one_bad", |b| b.iter(|| verify_batch(&with_one_bad, entropy.rng())));
     group.finish();
 }
 

@@ -114,7 +114,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let timetable = Timetable::ServiceDay { first_ms, last_ms };
     let plan = plan_day(&world, timetable, options.trips_per_rider, AnomalyRates::DEMO, options.seed);
 
-    let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, trusted_keys));
+    let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, trusted_keys, crate::keystore::random_seed()?));
     for card in &world.denied_cards {
         pipeline.set_denied(*card, true);
     }

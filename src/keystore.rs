@@ -69,6 +69,16 @@ pub enum KeystoreError {
     IdsExhausted,
     #[error("no issuer keys under {0} yet: `farestream serve` or `farestream keys rotate` makes the first")]
     Empty(PathBuf),
+    #[error("the system random source failed")]
+    Rng,
+}
+
+/// 32 bytes from the OS random source: new keys, and the seed of batch
+/// verification's coefficients. The core draws no randomness itself.
+pub fn random_seed() -> Result<[u8; 32], KeystoreError> {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).map_err(|_| KeystoreError::Rng)?;
+    Ok(seed)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -196,9 +206,12 @@ impl Keystore {
     /// Step 1, then the keyring with the new key active.
     fn add_key(&mut self) -> Result<u32, KeystoreError> {
         let id = self.highest_id_on_disk()?.checked_add(1).ok_or(KeystoreError::IdsExhausted)?;
-        let (_, document) = IssuerSigningKey::generate(id)?;
+        let document = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| KeystoreError::Rng)?;
+        // Parsed before it is stored: a key file on disk always loads.
+        IssuerSigningKey::from_pkcs8(id, document.as_ref())?;
         let path = self.key_path(id);
-        crate::files::write_private(&path, &document).map_err(io(&path))?;
+        crate::files::write_private(&path, document.as_ref()).map_err(io(&path))?;
         crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
         self.options.faults.crash_point(STEP_KEY_WRITTEN).map_err(io(&path))?;
         self.ring.keys.push(KeyInfo { id, created_at: chrono::Utc::now().to_rfc3339(), retired: false });

@@ -208,7 +208,11 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
     let keystore =
         Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config)).context("opening the key store")?;
     let identity = ServerIdentity::load_or_create(data_dir, new).context("loading the TLS identity")?;
-    let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, keystore.trusted_public_keys()?));
+    let pipeline = Arc::new(Pipeline::new(
+        config.pipeline_config()?,
+        keystore.trusted_public_keys()?,
+        farestream::keystore::random_seed()?,
+    ));
     let mut settings = ServerSettings::from_config(&config, data_dir)?;
     if let Some(listen) = listen {
         settings.listen_addr = listen;

@@ -100,6 +100,7 @@ async fn a_data_dir_that_cannot_be_written_is_refused_before_serving() {
     let pipeline = std::sync::Arc::new(farestream::ingest::Pipeline::new(
         config.pipeline_config().expect("pipeline"),
         farestream::ridecode::IssuerPublicKeys::new(),
+        [1; 32],
     ));
     let mut settings = farestream::server::ServerSettings::from_config(&config, &dir).expect("settings");
     settings.listen_addr = "127.0.0.1:0".parse().expect("addr");

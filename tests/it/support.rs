@@ -109,7 +109,7 @@ async fn start_server(
     let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
     let mut keys = IssuerPublicKeys::new();
     keys.insert(ISSUER_KEY_ID, issuer.public_key());
-    let pipeline = Arc::new(Pipeline::new(config.pipeline_config().expect("pipeline"), keys));
+    let pipeline = Arc::new(Pipeline::new(config.pipeline_config().expect("pipeline"), keys, [1; 32]));
     let mut settings = ServerSettings::from_config(config, dir).expect("settings");
     settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
     settings.faults = Arc::clone(faults);

@@ -279,6 +279,7 @@ fn every_single_bit_change_to_a_valid_code_is_rejected() {
     let pipeline = farestream::ingest::Pipeline::new(
         farestream::config::Config::defaults().pipeline_config().expect("config"),
         keys,
+        [1; 32],
     );
     let at_ms = i64::from(valid.validator_time) * 1000;
     let scans = flipped_codes

@@ -83,8 +83,11 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut keys = farestream::ridecode::IssuerPublicKeys::new();
     keys.insert(crate::support::ISSUER_KEY_ID, h.issuer.public_key());
-    let pipeline =
-        std::sync::Arc::new(farestream::ingest::Pipeline::new(config.pipeline_config().expect("pipeline"), keys));
+    let pipeline = std::sync::Arc::new(farestream::ingest::Pipeline::new(
+        config.pipeline_config().expect("pipeline"),
+        keys,
+        [1; 32],
+    ));
     let mut settings = farestream::server::ServerSettings::from_config(&config, dir.path()).expect("settings");
     settings.listen_addr = addr;
     let server =

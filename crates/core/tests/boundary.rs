@@ -1,7 +1,8 @@
 //! The core's sans-IO boundary, enforced: its dependency tree holds no
 //! async runtime, socket, TLS, Parquet or SQL crate, and its source reads
-//! no clock and opens no file or socket. Time, events and inputs come in
-//! as arguments; the `farestream` shell does the I/O.
+//! no clock, draws no OS randomness and opens no file or socket. Time,
+//! randomness, events and inputs come in as arguments; the `farestream`
+//! shell does the I/O.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,9 +12,21 @@ use std::process::Command;
 const FORBIDDEN_CRATES: &[&str] =
     &["tokio", "mio", "quinn", "rustls", "parquet", "rusqlite", "axum", "reqwest", "hyper", "datafusion"];
 
-/// Source that reads a clock or touches files or sockets.
-const FORBIDDEN_SOURCE: &[&str] =
-    &["std::fs", "std::net", "std::time::SystemTime", "SystemTime::now", "Instant::now", "std::thread::sleep", "tokio"];
+/// Source that reads a clock, draws OS randomness, or touches files or
+/// sockets.
+const FORBIDDEN_SOURCE: &[&str] = &[
+    "std::fs",
+    "std::net",
+    "std::time::SystemTime",
+    "SystemTime::now",
+    "Instant::now",
+    "std::thread::sleep",
+    "tokio",
+    "OsRng",
+    "SystemRandom",
+    "getrandom",
+    "thread_rng",
+];
 
 #[test]
 fn the_core_depends_on_no_io_crate() {
@@ -33,10 +46,10 @@ fn the_core_depends_on_no_io_crate() {
 }
 
 #[test]
-fn the_core_source_reads_no_clock_and_opens_no_file_or_socket() {
+fn the_core_source_reads_no_clock_or_os_randomness_and_opens_no_file_or_socket() {
     let mut offences = Vec::new();
     scan(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut offences);
-    assert!(offences.is_empty(), "I/O or a clock in the core: {offences:#?}");
+    assert!(offences.is_empty(), "I/O, a clock or OS randomness in the core: {offences:#?}");
 }
 
 fn scan(dir: &Path, offences: &mut Vec<String>) {

@@ -25,7 +25,7 @@ use crate::clock::{UnixMillis, unix_secs_u32};
 use crate::ridecode::check::{
     check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
 };
-use crate::ridecode::verify::{SignatureCheck, verify_batch, verify_single};
+use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
 use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, Rejection, RideCode, SignatureFault};
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
@@ -75,6 +75,7 @@ pub struct Pipeline {
     issuer_keys: IssuerPublicKeys,
     deny_list: RwLock<HashSet<u64>>,
     dedup: DedupIndex,
+    entropy: BatchEntropy,
 }
 
 /// A batch after steps 1 and 2: ready for [`Pipeline::commit`].
@@ -158,9 +159,13 @@ struct SignatureResults {
 }
 
 impl Pipeline {
-    pub fn new(config: PipelineConfig, issuer_keys: IssuerPublicKeys) -> Pipeline {
+    /// `entropy` seeds batch verification's random coefficients: fill it
+    /// from the OS (the shell does), never from anything a peer can see.
+    pub fn new(config: PipelineConfig, issuer_keys: IssuerPublicKeys, entropy: [u8; 32]) -> Pipeline {
         let horizons = config.horizons();
-        Pipeline { config, horizons, issuer_keys, deny_list: RwLock::new(HashSet::new()), dedup: DedupIndex::new() }
+        let deny_list = RwLock::new(HashSet::new());
+        let entropy = BatchEntropy::new(entropy);
+        Pipeline { config, horizons, issuer_keys, deny_list, dedup: DedupIndex::new(), entropy }
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -300,7 +305,7 @@ impl Pipeline {
             }
             checks.push(user_signature_check(code));
         }
-        let chunks: Vec<Vec<bool>> = checks.par_chunks(chunk).map(verify_batch).collect();
+        let chunks: Vec<Vec<bool>> = checks.par_chunks(chunk).map(|c| verify_batch(c, self.entropy.rng())).collect();
         let failed = chunks.iter().flatten().filter(|valid| !**valid).count();
         let mut valid = chunks.into_iter().flatten();
         let results = prepared
@@ -620,7 +625,7 @@ mod tests {
         let issuer = IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer");
         let mut keys = IssuerPublicKeys::new();
         keys.insert(1, issuer.public_key());
-        Fixture { pipeline: Pipeline::new(config_in(time_zone), keys), issuer }
+        Fixture { pipeline: Pipeline::new(config_in(time_zone), keys, [5; 32]), issuer }
     }
 
     /// Review fault 1: a scan time at the top of chrono's range stopped the

@@ -1,10 +1,11 @@
 //! Signing keys: the issuer's (server side, one per key id, several alive at
 //! once so keys can rotate) and the rider's (on the phone). Signing uses
-//! ring; verification lives in [`super::verify`].
+//! ring; verification lives in [`super::verify`]. Keys come from seeds or
+//! stored PKCS#8 documents: making a new one draws OS randomness, which is
+//! the shell's (the key store).
 
 use std::collections::BTreeMap;
 
-use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use thiserror::Error;
 
@@ -16,8 +17,6 @@ pub enum KeyError {
     BadPkcs8 { key_id: u32, reason: String },
     #[error("Ed25519 seed rejected: {0}")]
     BadSeed(String),
-    #[error("could not generate a key: the system random source failed")]
-    Rng,
 }
 
 /// One issuer key: signs the daily credentials.
@@ -27,13 +26,6 @@ pub struct IssuerSigningKey {
 }
 
 impl IssuerSigningKey {
-    /// Makes a new key and returns it with its PKCS#8 document for storage.
-    pub fn generate(key_id: u32) -> Result<(IssuerSigningKey, Vec<u8>), KeyError> {
-        let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
-        let key = IssuerSigningKey::from_pkcs8(key_id, document.as_ref())?;
-        Ok((key, document.as_ref().to_vec()))
-    }
-
     pub fn from_pkcs8(key_id: u32, document: &[u8]) -> Result<IssuerSigningKey, KeyError> {
         let pair =
             Ed25519KeyPair::from_pkcs8(document).map_err(|e| KeyError::BadPkcs8 { key_id, reason: e.to_string() })?;
@@ -69,13 +61,6 @@ pub struct UserKey {
 }
 
 impl UserKey {
-    pub fn generate() -> Result<UserKey, KeyError> {
-        let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
-        let pair = Ed25519KeyPair::from_pkcs8(document.as_ref())
-            .map_err(|e| KeyError::BadPkcs8 { key_id: 0, reason: e.to_string() })?;
-        Ok(UserKey { pair })
-    }
-
     pub fn from_seed(seed: &[u8; 32]) -> Result<UserKey, KeyError> {
         let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| KeyError::BadSeed(e.to_string()))?;
         Ok(UserKey { pair })

@@ -18,7 +18,7 @@
 
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_zebra::{Signature, VerificationKey, VerificationKeyBytes, batch};
-use rand_core::OsRng;
+use rand_core::{CryptoRng, RngCore};
 
 /// One signature to check: the key, the signature, and the exact message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,9 @@ pub fn verify_single(check: &SignatureCheck) -> bool {
 /// Verifies many signatures at once and says which are valid. One batch
 /// equation covers them all; when it fails, each is verified alone to find
 /// the bad ones, so the answer is per signature and equals [`verify_single`].
-pub fn verify_batch(checks: &[SignatureCheck]) -> Vec<bool> {
+/// `rng` draws the equation's random coefficients: it must be unpredictable
+/// to whoever chose the signatures (see [`BatchEntropy`]).
+pub fn verify_batch(checks: &[SignatureCheck], rng: impl RngCore + CryptoRng) -> Vec<bool> {
     if let [check] = checks {
         // A batch equation over one signature costs more than a single
         // check, and a second one when it fails.
@@ -66,7 +68,7 @@ pub fn verify_batch(checks: &[SignatureCheck]) -> Vec<bool> {
     if queued.is_empty() {
         return valid;
     }
-    if verifier.verify(OsRng).is_ok() {
+    if verifier.verify(rng).is_ok() {
         for (index, _) in &queued {
             valid[*index] = true;
         }
@@ -76,6 +78,36 @@ pub fn verify_batch(checks: &[SignatureCheck]) -> Vec<bool> {
         }
     }
     valid
+}
+
+/// The secret from which batch verification draws its coefficients: a
+/// forger who could predict them could make a bad signature pass a batch
+/// equation. The shell fills it from the OS once at start; each batch
+/// equation then gets its own ChaCha20 stream of it.
+#[derive(Clone)]
+pub struct BatchEntropy {
+    seed: [u8; 32],
+    next_stream: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BatchEntropy {
+    pub fn new(seed: [u8; 32]) -> BatchEntropy {
+        BatchEntropy { seed, next_stream: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)) }
+    }
+
+    /// A generator no other batch equation shares.
+    pub fn rng(&self) -> rand_chacha::ChaCha20Rng {
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(self.seed);
+        rng.set_stream(self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        rng
+    }
+}
+
+impl std::fmt::Debug for BatchEntropy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchEntropy(..)")
+    }
 }
 
 fn encodings_are_canonical(check: &SignatureCheck) -> bool {
@@ -117,6 +149,10 @@ pub fn is_weak_public_key(public_key: &[u8; 32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entropy() -> BatchEntropy {
+        BatchEntropy::new([9; 32])
+    }
     use crate::ridecode::keys::UserKey;
 
     fn signed(seed: u8, message: &[u8]) -> SignatureCheck {
@@ -191,15 +227,15 @@ mod tests {
         let inputs = tricky_inputs();
         let single: Vec<bool> = inputs.iter().map(verify_single).collect();
         assert_eq!(single, vec![true, false, true, false, false, false, true]);
-        assert_eq!(verify_batch(&inputs), single);
+        assert_eq!(verify_batch(&inputs, entropy().rng()), single);
         for (i, input) in inputs.iter().enumerate() {
-            assert_eq!(verify_batch(std::slice::from_ref(input)), vec![single[i]], "alone {i}");
+            assert_eq!(verify_batch(std::slice::from_ref(input), entropy().rng()), vec![single[i]], "alone {i}");
         }
         // Every subset of two, so a lone bad item meets every good one.
         for i in 0..inputs.len() {
             for j in 0..inputs.len() {
                 let pair = [inputs[i].clone(), inputs[j].clone()];
-                assert_eq!(verify_batch(&pair), vec![single[i], single[j]], "pair {i},{j}");
+                assert_eq!(verify_batch(&pair, entropy().rng()), vec![single[i], single[j]], "pair {i},{j}");
             }
         }
     }
