@@ -15,49 +15,12 @@ use crate::wire::{WireScanStatus, WireTapKind};
 /// Record kind byte: a batch of archive rows.
 pub const KIND_SCAN_ROWS: u8 = 1;
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct JournalBatch {
-    #[prost(string, tag = "1")]
-    pub gateway_id: String,
-    #[prost(uint64, tag = "2")]
-    pub batch_seq: u64,
-    #[prost(int64, tag = "3")]
-    pub received_at_ms: i64,
-    #[prost(message, repeated, tag = "4")]
-    pub rows: Vec<JournalRow>,
+/// Generated from `proto/journal.proto` at build time (see `build.rs`).
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/farestream.journal.v1.rs"));
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct JournalRow {
-    #[prost(bytes = "vec", tag = "1")]
-    pub scan_id: Vec<u8>,
-    #[prost(string, tag = "2")]
-    pub validator_id: String,
-    #[prost(uint64, tag = "3")]
-    pub validator_seq: u64,
-    #[prost(string, tag = "4")]
-    pub route_id: String,
-    #[prost(string, tag = "5")]
-    pub stop_id: String,
-    #[prost(int32, tag = "6")]
-    pub tap_kind: i32,
-    #[prost(uint64, optional, tag = "7")]
-    pub card_id: Option<u64>,
-    #[prost(uint32, optional, tag = "8")]
-    pub issuer_key_id: Option<u32>,
-    #[prost(int64, optional, tag = "9")]
-    pub code_created_at_ms: Option<i64>,
-    #[prost(uint32, optional, tag = "10")]
-    pub code_counter: Option<u32>,
-    #[prost(int64, tag = "11")]
-    pub scanned_at_ms: i64,
-    #[prost(int32, tag = "12")]
-    pub status: i32,
-    #[prost(string, optional, tag = "13")]
-    pub reason: Option<String>,
-    #[prost(int32, tag = "14")]
-    pub service_date: i32,
-}
+pub use generated::{JournalBatch, JournalRow};
 
 #[derive(Debug, Error)]
 pub enum JournalError {
