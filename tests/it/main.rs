@@ -2,6 +2,7 @@
 //! links once.
 
 mod crash;
+mod dependencies;
 mod durability;
 mod end_to_end;
 mod operator;

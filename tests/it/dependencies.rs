@@ -1,0 +1,94 @@
+//! What the build pulls in, checked as `cargo deny` would (its advisory
+//! database needs the network, which CI does not have): no crate in two
+//! versions unless the list below says which dependencies force it, and
+//! only licenses from the allowed list. A new duplicate or licence fails
+//! here and is either avoided or added with its reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// Crates the tree holds in several versions, and the dependencies that
+/// force it. Keep it short: a duplicate costs build time on two cores.
+const ALLOWED_DUPLICATES: &[(&str, &str)] = &[
+    ("base64", "metrics-exporter-prometheus is on 0.22, parquet and pem on 0.23"),
+    ("cpufeatures", "curve25519-dalek and sha2 are on 0.2, chacha20 (quinn-proto's rand 0.10) on 0.3"),
+    ("getrandom", "ring is on 0.2, rand_core 0.9 on 0.3, rand 0.10 on 0.4"),
+    ("hashbrown", "dashmap is on 0.14, ed25519-zebra and metrics-util on 0.16, arrow and indexmap on 0.17"),
+    ("rand", "metrics-util (and the simulator with it) is on 0.9, quinn-proto on 0.10"),
+    ("rand_chacha", "ed25519-zebra 4 takes rand_core 0.6 generators (0.3), rand 0.9 brings 0.9"),
+    ("rand_core", "ed25519-zebra 4 is on 0.6, rand 0.9 on 0.9, rand 0.10 on 0.10"),
+    ("syn", "prost-derive and curve25519-dalek-derive are on 2, clap_derive and futures-macro on 3"),
+];
+
+/// SPDX identifiers a dependency's licence may be made of.
+const ALLOWED_LICENSES: &[&str] = &[
+    "Apache-2.0",
+    "MIT",
+    "BSD-2-Clause",
+    "BSD-3-Clause",
+    "ISC",
+    "Zlib",
+    "Unlicense",
+    "CC0-1.0",
+    "Unicode-3.0",
+    "LLVM-exception",
+];
+
+fn cargo(args: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(args)
+        .args(["--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "--offline"])
+        .output()
+        .expect("running cargo");
+    assert!(output.status.success(), "cargo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn no_crate_is_built_twice_unless_listed_with_its_reason() {
+    let tree = cargo(&["tree", "--workspace", "--duplicates", "--edges", "normal", "--depth", "0", "--prefix", "none"]);
+    let mut versions: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for line in tree.lines() {
+        if let Some((name, version)) = line.split_once(' ') {
+            versions.entry(name).or_default().insert(version.split_whitespace().next().unwrap_or(version));
+        }
+    }
+    let duplicated: BTreeSet<&str> = versions.iter().filter(|(_, v)| v.len() > 1).map(|(n, _)| *n).collect();
+    let allowed: BTreeSet<&str> = ALLOWED_DUPLICATES.iter().map(|(name, _)| *name).collect();
+    let new: Vec<_> = duplicated.difference(&allowed).collect();
+    assert!(new.is_empty(), "crates now built in several versions: {new:?} ({versions:?})");
+    let gone: Vec<_> = allowed.difference(&duplicated).collect();
+    assert!(gone.is_empty(), "no longer duplicated, take them off the list: {gone:?}");
+}
+
+#[test]
+fn every_dependency_has_an_allowed_license() {
+    let host = Command::new("rustc").arg("-vV").output().expect("rustc -vV");
+    let host = String::from_utf8_lossy(&host.stdout);
+    let triple = host.lines().find_map(|l| l.strip_prefix("host: ")).expect("host triple").to_string();
+    let metadata = cargo(&["metadata", "--format-version", "1", "--filter-platform", &triple]);
+    let metadata: serde_json::Value = serde_json::from_str(&metadata).expect("cargo metadata is JSON");
+    let resolved: BTreeSet<&str> =
+        metadata["resolve"]["nodes"].as_array().expect("nodes").iter().filter_map(|node| node["id"].as_str()).collect();
+    let mut refused = Vec::new();
+    for package in metadata["packages"].as_array().expect("packages") {
+        if !package["id"].as_str().is_some_and(|id| resolved.contains(id)) {
+            continue;
+        }
+        let name = package["name"].as_str().unwrap_or("?");
+        let Some(license) = package["license"].as_str() else {
+            refused.push(format!("{name}: no SPDX licence"));
+            continue;
+        };
+        let terms = license.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+        let unknown: Vec<&str> = terms
+            .filter(|t| !t.is_empty() && !["OR", "AND", "WITH"].contains(t))
+            .filter(|t| !ALLOWED_LICENSES.contains(t))
+            .collect();
+        if !unknown.is_empty() {
+            refused.push(format!("{name}: {license}"));
+        }
+    }
+    assert!(refused.is_empty(), "licences outside the allowed list: {refused:#?}");
+}
