@@ -21,6 +21,10 @@ impl TapKind {
             TapKind::Single => "single",
         }
     }
+
+    pub fn parse(name: &str) -> Option<TapKind> {
+        [TapKind::Entry, TapKind::Exit, TapKind::Single].into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// The outcome of one scan, as archived. The names are the archive's

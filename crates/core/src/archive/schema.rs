@@ -1,6 +1,11 @@
-//! The archive's Arrow schema and the conversions between rows and record
-//! batches. `docs/archive.md` documents each column for analysts.
+//! The archive row's columns, defined once: [`COLUMNS`] gives each column's
+//! name, Arrow type, nullability, and how it is read from and written to an
+//! [`ArchivedScan`]. The Arrow schema, the writer's record batches and the
+//! reader all follow that table, so a new column is one entry in it (plus
+//! its field in the journal, which is a format of its own).
+//! `docs/archive.md` documents each column for analysts.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{Date32Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
@@ -12,150 +17,336 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
 use crate::service_day::{date_from_days, days_since_epoch};
 
-fn utc_millis() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+type Row = ArchivedScan;
+
+/// How a column's values live in a row: a reader and a writer of one
+/// Arrow type. `None` is a null; a writer refuses a value it cannot take.
+enum Values {
+    Text(fn(&Row) -> Option<Cow<'_, str>>, fn(&mut Row, Option<&str>) -> Result<(), String>),
+    U64(fn(&Row) -> Option<u64>, fn(&mut Row, Option<u64>) -> Result<(), String>),
+    U32(fn(&Row) -> Option<u32>, fn(&mut Row, Option<u32>) -> Result<(), String>),
+    /// Milliseconds since the epoch, UTC.
+    Time(fn(&Row) -> Option<i64>, fn(&mut Row, Option<i64>) -> Result<(), String>),
+    /// Days since the epoch.
+    Date(fn(&Row) -> i32, fn(&mut Row, i32) -> Result<(), String>),
+}
+
+struct Column {
+    name: &'static str,
+    nullable: bool,
+    values: Values,
+}
+
+const fn column(name: &'static str, nullable: bool, values: Values) -> Column {
+    Column { name, nullable, values }
+}
+
+fn required<T>(value: Option<T>) -> Result<T, String> {
+    value.ok_or_else(|| "null in a column that has none".to_string())
+}
+
+/// The archive row, column by column in file order.
+const COLUMNS: &[Column] = &[
+    column(
+        "scan_id",
+        false,
+        Values::Text(
+            |r| Some(hex::encode(r.scan_id).into()),
+            |r, v| hex::decode_to_slice(required(v)?, &mut r.scan_id).map_err(|e| e.to_string()),
+        ),
+    ),
+    column(
+        "gateway_id",
+        false,
+        Values::Text(
+            |r| Some(Cow::Borrowed(&*r.gateway_id)),
+            |r, v| {
+                r.gateway_id = Arc::from(required(v)?);
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "validator_id",
+        false,
+        Values::Text(
+            |r| Some(Cow::Borrowed(&r.validator_id)),
+            |r, v| {
+                r.validator_id = required(v)?.into();
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "validator_seq",
+        false,
+        Values::U64(
+            |r| Some(r.validator_seq),
+            |r, v| {
+                r.validator_seq = required(v)?;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "route_id",
+        false,
+        Values::Text(
+            |r| Some(Cow::Borrowed(&r.route_id)),
+            |r, v| {
+                r.route_id = required(v)?.into();
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "stop_id",
+        false,
+        Values::Text(
+            |r| Some(Cow::Borrowed(&r.stop_id)),
+            |r, v| {
+                r.stop_id = required(v)?.into();
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "tap_kind",
+        true,
+        Values::Text(
+            |r| r.tap_kind.map(|k| Cow::Borrowed(k.as_str())),
+            |r, v| {
+                r.tap_kind =
+                    v.map(|name| TapKind::parse(name).ok_or(format!("unknown tap kind {name:?}"))).transpose()?;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "card_id",
+        true,
+        Values::U64(
+            |r| r.card_id,
+            |r, v| {
+                r.card_id = v;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "issuer_key_id",
+        true,
+        Values::U32(
+            |r| r.issuer_key_id,
+            |r, v| {
+                r.issuer_key_id = v;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "code_created_at",
+        true,
+        Values::Time(
+            |r| r.code_created_at,
+            |r, v| {
+                r.code_created_at = v;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "code_counter",
+        true,
+        Values::U32(
+            |r| r.code_counter,
+            |r, v| {
+                r.code_counter = v;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "scanned_at",
+        false,
+        Values::Time(
+            |r| Some(r.scanned_at),
+            |r, v| {
+                r.scanned_at = required(v)?;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "received_at",
+        false,
+        Values::Time(
+            |r| Some(r.received_at),
+            |r, v| {
+                r.received_at = required(v)?;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "status",
+        false,
+        Values::Text(
+            |r| Some(Cow::Borrowed(r.status.as_str())),
+            |r, v| {
+                let name = required(v)?;
+                r.status = ScanStatus::parse(name).ok_or(format!("unknown status {name:?}"))?;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "reason",
+        true,
+        Values::Text(
+            |r| r.reason.as_deref().map(Cow::Borrowed),
+            |r, v| {
+                r.reason = v.map(str::to_string);
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "service_date",
+        false,
+        Values::Date(
+            |r| days_since_epoch(r.service_date),
+            |r, days| {
+                r.service_date = date_from_days(days).ok_or(format!("day {days} is out of range"))?;
+                Ok(())
+            },
+        ),
+    ),
+];
+
+impl Values {
+    fn data_type(&self) -> DataType {
+        match self {
+            Values::Text(..) => DataType::Utf8,
+            Values::U64(..) => DataType::UInt64,
+            Values::U32(..) => DataType::UInt32,
+            Values::Time(..) => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            Values::Date(..) => DataType::Date32,
+        }
+    }
+
+    fn write(&self, rows: &[Row]) -> ArrayRef {
+        let n = rows.len();
+        match self {
+            Values::Text(get, _) => {
+                let mut b = StringBuilder::with_capacity(n, n * 16);
+                rows.iter().for_each(|r| b.append_option(get(r)));
+                Arc::new(b.finish())
+            }
+            Values::U64(get, _) => {
+                let mut b = UInt64Builder::with_capacity(n);
+                rows.iter().for_each(|r| b.append_option(get(r)));
+                Arc::new(b.finish())
+            }
+            Values::U32(get, _) => {
+                let mut b = UInt32Builder::with_capacity(n);
+                rows.iter().for_each(|r| b.append_option(get(r)));
+                Arc::new(b.finish())
+            }
+            Values::Time(get, _) => {
+                let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+                rows.iter().for_each(|r| b.append_option(get(r)));
+                Arc::new(b.finish())
+            }
+            Values::Date(get, _) => {
+                let mut b = Date32Builder::with_capacity(n);
+                rows.iter().for_each(|r| b.append_value(get(r)));
+                Arc::new(b.finish())
+            }
+        }
+    }
+
+    /// Sets this column in each row from `array` (already checked to be of
+    /// this column's type); the first bad value's row and reason on error.
+    fn read(&self, array: &dyn Array, rows: &mut [Row]) -> Result<(), (usize, String)> {
+        let at = |i: usize, result: Result<(), String>| result.map_err(|why| (i, why));
+        for (i, row) in rows.iter_mut().enumerate() {
+            let null = array.is_null(i);
+            match self {
+                Values::Text(_, set) => {
+                    let strings = array.as_string::<i32>();
+                    at(i, set(row, (!null).then(|| strings.value(i))))?
+                }
+                Values::U64(_, set) => at(i, set(row, (!null).then(|| array.as_primitive::<UInt64Type>().value(i))))?,
+                Values::U32(_, set) => at(i, set(row, (!null).then(|| array.as_primitive::<UInt32Type>().value(i))))?,
+                Values::Time(_, set) => {
+                    at(i, set(row, (!null).then(|| array.as_primitive::<TimestampMillisecondType>().value(i))))?
+                }
+                Values::Date(..) if null => at(i, Err("null in a column that has none".into()))?,
+                Values::Date(_, set) => at(i, set(row, array.as_primitive::<Date32Type>().value(i)))?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The archive schema, column by column in file order.
 pub fn scan_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("scan_id", DataType::Utf8, false),
-        Field::new("gateway_id", DataType::Utf8, false),
-        Field::new("validator_id", DataType::Utf8, false),
-        Field::new("validator_seq", DataType::UInt64, false),
-        Field::new("route_id", DataType::Utf8, false),
-        Field::new("stop_id", DataType::Utf8, false),
-        Field::new("tap_kind", DataType::Utf8, true),
-        Field::new("card_id", DataType::UInt64, true),
-        Field::new("issuer_key_id", DataType::UInt32, true),
-        Field::new("code_created_at", utc_millis(), true),
-        Field::new("code_counter", DataType::UInt32, true),
-        Field::new("scanned_at", utc_millis(), false),
-        Field::new("received_at", utc_millis(), false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("reason", DataType::Utf8, true),
-        Field::new("service_date", DataType::Date32, false),
-    ]))
+    let fields: Vec<Field> = COLUMNS.iter().map(|c| Field::new(c.name, c.values.data_type(), c.nullable)).collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// Builds one record batch from rows.
 pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError> {
-    let n = rows.len();
-    let strings = |f: &dyn Fn(&ArchivedScan) -> Option<&str>| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let u64s = |f: &dyn Fn(&ArchivedScan) -> Option<u64>| -> ArrayRef {
-        let mut b = UInt64Builder::with_capacity(n);
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let u32s = |f: &dyn Fn(&ArchivedScan) -> Option<u32>| -> ArrayRef {
-        let mut b = UInt32Builder::with_capacity(n);
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let times = |f: &dyn Fn(&ArchivedScan) -> Option<i64>| -> ArrayRef {
-        let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let scan_ids: Vec<String> = rows.iter().map(|r| hex::encode(r.scan_id)).collect();
-    let mut dates = Date32Builder::with_capacity(n);
-    rows.iter().for_each(|r| dates.append_value(days_since_epoch(r.service_date)));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(arrow_array::StringArray::from_iter_values(scan_ids.iter())),
-        strings(&|r| Some(&*r.gateway_id)),
-        strings(&|r| Some(&r.validator_id)),
-        u64s(&|r| Some(r.validator_seq)),
-        strings(&|r| Some(&r.route_id)),
-        strings(&|r| Some(&r.stop_id)),
-        strings(&|r| r.tap_kind.map(TapKind::as_str)),
-        u64s(&|r| r.card_id),
-        u32s(&|r| r.issuer_key_id),
-        times(&|r| r.code_created_at),
-        u32s(&|r| r.code_counter),
-        times(&|r| Some(r.scanned_at)),
-        times(&|r| Some(r.received_at)),
-        strings(&|r| Some(r.status.as_str())),
-        strings(&|r| r.reason.as_deref()),
-        Arc::new(dates.finish()),
-    ];
-    RecordBatch::try_new(scan_schema(), columns)
+    RecordBatch::try_new(scan_schema(), COLUMNS.iter().map(|c| c.values.write(rows)).collect())
 }
 
 /// Reads rows back from a record batch of the archive schema: the other half
-/// of the pair assertion that what reaches disk is what was meant.
+/// of the pair assertion that what reaches disk is what was meant. The
+/// files come from disk, so every column's presence and type is checked
+/// before its values are read, and a bad value is an error naming its row.
 pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, ArrowError> {
-    // The typed casts below panic on a different type, and these files come
-    // from disk: check every column's type first.
-    for field in scan_schema().fields() {
-        match batch.column_by_name(field.name()) {
-            Some(column) if column.data_type() == field.data_type() => {}
-            Some(column) => {
-                return Err(ArrowError::SchemaError(format!(
-                    "archive column {} is {}, expected {}",
-                    field.name(),
-                    column.data_type(),
-                    field.data_type()
-                )));
-            }
-            None => return Err(ArrowError::SchemaError(format!("archive file lacks column {}", field.name()))),
+    let mut rows = vec![blank_row(); batch.num_rows()];
+    for column in COLUMNS {
+        let array = batch
+            .column_by_name(column.name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("archive file lacks column {}", column.name)))?;
+        let expected = column.values.data_type();
+        if array.data_type() != &expected {
+            return Err(ArrowError::SchemaError(format!(
+                "archive column {} is {}, expected {expected}",
+                column.name,
+                array.data_type()
+            )));
         }
+        column
+            .values
+            .read(array.as_ref(), &mut rows)
+            .map_err(|(row, why)| ArrowError::ParseError(format!("row {row}: bad {}: {why}", column.name)))?;
     }
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| ArrowError::SchemaError(format!("archive file lacks column {name}")))
-    };
-    let string = |name: &str| column(name).map(|c| c.as_string::<i32>().clone());
-    let u64s = |name: &str| column(name).map(|c| c.as_primitive::<UInt64Type>().clone());
-    let u32s = |name: &str| column(name).map(|c| c.as_primitive::<UInt32Type>().clone());
-    let times = |name: &str| column(name).map(|c| c.as_primitive::<TimestampMillisecondType>().clone());
-    let (scan_id, gateway, validator, route, stop) =
-        (string("scan_id")?, string("gateway_id")?, string("validator_id")?, string("route_id")?, string("stop_id")?);
-    let (tap_kind, status, reason) = (string("tap_kind")?, string("status")?, string("reason")?);
-    let (validator_seq, card_id) = (u64s("validator_seq")?, u64s("card_id")?);
-    let (issuer_key_id, code_counter) = (u32s("issuer_key_id")?, u32s("code_counter")?);
-    let (code_created_at, scanned_at, received_at) =
-        (times("code_created_at")?, times("scanned_at")?, times("received_at")?);
-    let service_date = column("service_date")?.as_primitive::<Date32Type>().clone();
-    let bad = |what: &str, row: usize| ArrowError::ParseError(format!("row {row}: bad {what}"));
-    // A file holds few gateways: rows share one copy of each in a run.
-    let mut gateway_id: Arc<str> = Arc::from("");
-    (0..batch.num_rows())
-        .map(|i| {
-            if *gateway_id != *gateway.value(i) {
-                gateway_id = Arc::from(gateway.value(i));
-            }
-            let opt_str = |a: &arrow_array::StringArray| a.is_valid(i).then(|| a.value(i).to_string());
-            let mut id = [0u8; 16];
-            hex::decode_to_slice(scan_id.value(i), &mut id).map_err(|_| bad("scan_id", i))?;
-            Ok(ArchivedScan {
-                scan_id: id,
-                gateway_id: Arc::clone(&gateway_id),
-                validator_id: validator.value(i).to_string(),
-                validator_seq: validator_seq.value(i),
-                route_id: route.value(i).to_string(),
-                stop_id: stop.value(i).to_string(),
-                tap_kind: opt_str(&tap_kind)
-                    .map(|k| parse_tap_kind(&k).ok_or_else(|| bad("tap_kind", i)))
-                    .transpose()?,
-                card_id: card_id.is_valid(i).then(|| card_id.value(i)),
-                issuer_key_id: issuer_key_id.is_valid(i).then(|| issuer_key_id.value(i)),
-                code_created_at: code_created_at.is_valid(i).then(|| code_created_at.value(i)),
-                code_counter: code_counter.is_valid(i).then(|| code_counter.value(i)),
-                scanned_at: scanned_at.value(i),
-                received_at: received_at.value(i),
-                status: ScanStatus::parse(status.value(i)).ok_or_else(|| bad("status", i))?,
-                reason: opt_str(&reason),
-                service_date: date_from_days(service_date.value(i)).ok_or_else(|| bad("service_date", i))?,
-            })
-        })
-        .collect()
+    Ok(rows)
 }
 
-fn parse_tap_kind(name: &str) -> Option<TapKind> {
-    [TapKind::Entry, TapKind::Exit, TapKind::Single].into_iter().find(|k| k.as_str() == name)
+/// A row every column of [`COLUMNS`] overwrites when it is read.
+fn blank_row() -> ArchivedScan {
+    ArchivedScan {
+        scan_id: [0; 16],
+        gateway_id: Arc::from(""),
+        validator_id: String::new(),
+        validator_seq: 0,
+        route_id: String::new(),
+        stop_id: String::new(),
+        tap_kind: None,
+        card_id: None,
+        issuer_key_id: None,
+        code_created_at: None,
+        code_counter: None,
+        scanned_at: 0,
+        received_at: 0,
+        status: ScanStatus::Malformed,
+        reason: None,
+        service_date: chrono::NaiveDate::default(),
+    }
 }
 
 #[cfg(test)]
@@ -171,5 +362,42 @@ mod tests {
         .expect("batch");
         let error = from_record_batch(&foreign).expect_err("wrong type");
         assert!(error.to_string().contains("scan_id is Int64"), "{error}");
+    }
+
+    #[test]
+    fn every_field_of_a_row_survives_a_record_batch() {
+        let full = ArchivedScan {
+            scan_id: [7; 16],
+            gateway_id: Arc::from("depot-01"),
+            validator_id: "gate-3".into(),
+            validator_seq: u64::MAX,
+            route_id: "metro-1".into(),
+            stop_id: "station-09".into(),
+            tap_kind: Some(TapKind::Exit),
+            card_id: Some(u64::MAX),
+            issuer_key_id: Some(u32::MAX),
+            code_created_at: Some(i64::MIN),
+            code_counter: Some(0),
+            scanned_at: i64::MAX,
+            received_at: -1,
+            status: ScanStatus::Replay,
+            reason: Some(String::new()),
+            service_date: chrono::NaiveDate::from_ymd_opt(2106, 2, 7).expect("date"),
+        };
+        let sparse = ArchivedScan { reason: None, ..blank_row() };
+        let rows = vec![full, sparse];
+        assert_eq!(from_record_batch(&to_record_batch(&rows).expect("batch")).expect("rows"), rows);
+        assert_eq!(scan_schema().fields().len(), COLUMNS.len());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_column_and_row() {
+        let mut batch = to_record_batch(&[blank_row(), blank_row()]).expect("batch");
+        let mut columns = batch.columns().to_vec();
+        let status = COLUMNS.iter().position(|c| c.name == "status").expect("status column");
+        columns[status] = Arc::new(arrow_array::StringArray::from(vec!["accepted", "teleported"]));
+        batch = RecordBatch::try_new(scan_schema(), columns).expect("batch");
+        let error = from_record_batch(&batch).expect_err("unknown status").to_string();
+        assert!(error.contains("row 1: bad status: unknown status \"teleported\""), "{error}");
     }
 }
