@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::archive::{self, ArchiveError};
 use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
-use crate::gateway::{GatewayClient, GatewaySettings};
+use crate::gateway::GatewayClient;
 use crate::ingest::Pipeline;
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use crate::ridecode::KeyError;
@@ -132,7 +132,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         seed: options.seed,
         backlog: false,
     };
-    let gateway_settings = GatewaySettings::from_config(config, server.local_addr());
+    let gateway_settings = config.gateway_settings(server.local_addr());
     let cert = identity.cert.clone();
     let (validators, gateways) = (world.validators.len(), world.gateways.len());
     let fleet = run_fleet(

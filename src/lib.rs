@@ -1,27 +1,20 @@
 //! farestream: ingestion back end for pay-later transit ride codes.
 //!
-//! Split as quinn is: the sans-IO core that decides (ride-code checks,
-//! replay and re-delivery decisions, the archive rows) with `now` as an
-//! argument is the `farestream-core` crate (`crates/core`), and this crate
-//! is the shell of QUIC, disk and threads around it, the simulator and the
-//! command line. The core's modules are re-exported under their own names,
-//! so `farestream::ridecode` is the core's. `ARCHITECTURE.md` has the code
-//! map.
+//! The workspace is split as quinn is: the sans-IO core that decides
+//! (ride-code checks, replay and re-delivery decisions, the archive rows)
+//! with `now` as an argument is `farestream-core` (`crates/core`); the
+//! server shell of QUIC, disk and threads is `farestream-server`
+//! (`crates/server`); what a gateway embeds is `farestream-gateway`
+//! (`crates/gateway`). This crate is the `farestream` binary with the
+//! simulator, the load generators and the demo, and re-exports the other
+//! crates' modules under their own names (`farestream::ridecode`,
+//! `farestream::server`, `farestream::gateway`), so tests and benches use
+//! one path. `ARCHITECTURE.md` has the code map.
 
 pub use farestream_core::{ingest, journal, ridecode, scan, service_day, sync};
+pub use farestream_gateway as gateway;
+pub use farestream_gateway::wire;
+pub use farestream_server::{archive, clock, config, fair, faults, files, keystore, server, telemetry, tls, wal};
 
-pub mod archive;
-pub mod clock;
-pub mod config;
 pub mod demo;
-pub mod fair;
-pub mod faults;
-pub mod files;
-pub mod gateway;
-pub mod keystore;
-pub mod server;
 pub mod sim;
-pub mod telemetry;
-pub mod tls;
-pub mod wal;
-pub mod wire;

@@ -11,12 +11,13 @@ use clap::{Parser, Subcommand};
 use farestream::clock::{Clock, SystemClock, unix_secs_u32};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
-use farestream::gateway::{GatewayClient, GatewaySettings};
+use farestream::gateway::GatewayClient;
+use farestream::gateway::tls::read_cert;
 use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::server::{Server, ServerSettings};
 use farestream::sim::{AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
-use farestream::tls::{NewIdentity, ServerIdentity, cert_path, read_cert};
+use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
 
 #[derive(Parser)]
 #[command(name = "farestream", version, about = "Ingestion back end for pay-later transit ride codes")]
@@ -316,7 +317,7 @@ async fn simulate(
         .context("opening the key store shared with the server")?;
     let cert = read_cert(&cert_path(data_dir))
         .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
-    let gateway_settings = GatewaySettings::from_config(&config, server);
+    let gateway_settings = config.gateway_settings(server);
     GatewayClient::new(gateway_settings.clone(), &cert)?.connect().await?;
     let now = SystemClock.now_ms();
     let valid_from = unix_secs_u32(now - 3_600_000);
@@ -417,7 +418,7 @@ async fn flood(
         settings.batch_scans,
         SystemClock.now_ms(),
     )?;
-    let mut gateway_settings = GatewaySettings::from_config(&config, server);
+    let mut gateway_settings = config.gateway_settings(server);
     // A flood does not resend: each push is one attempt.
     gateway_settings.retry_attempts_max = 1;
     let client = GatewayClient::new(gateway_settings, &cert)?;

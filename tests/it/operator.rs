@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use farestream::config::Config;
 use farestream::config::ranges::RANGES;
+use farestream::gateway::tls::{SERVER_NAME, client_config};
 use farestream::scan::{ScanStatus, TapKind};
 use farestream::server::Fatal;
-use farestream::tls::{SERVER_NAME, client_config};
 use farestream::wire::{AckStatus, BatchAck, ScanRecord, encode_frame, read_message};
 
 use crate::support::{Harness, T0_MS, batch, record, secs};

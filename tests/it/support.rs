@@ -7,7 +7,7 @@ use farestream::archive::{read, scans_root};
 use farestream::clock::{ManualClock, UnixMillis};
 use farestream::config::Config;
 use farestream::faults::Faults;
-use farestream::gateway::{GatewayClient, GatewaySettings};
+use farestream::gateway::GatewayClient;
 use farestream::ingest::Pipeline;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::scan::{ArchivedScan, TapKind};
@@ -79,8 +79,7 @@ impl Harness {
     }
 
     pub fn client(&self) -> GatewayClient {
-        GatewayClient::new(GatewaySettings::from_config(&self.config, self.server.local_addr()), &self.identity.cert)
-            .expect("client")
+        GatewayClient::new(self.config.gateway_settings(self.server.local_addr()), &self.identity.cert).expect("client")
     }
 
     pub fn rider(&self, card_id: u64) -> TestRider {

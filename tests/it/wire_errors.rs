@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use farestream::config::Config;
+use farestream::gateway::tls::{SERVER_NAME, client_config};
 use farestream::scan::{ScanStatus, TapKind};
-use farestream::tls::{SERVER_NAME, client_config};
 use farestream::wire::{AckStatus, BatchAck, ScanBatch, encode_frame, read_message};
 
 use crate::support::{Harness, T0_MS, batch, record};
@@ -72,7 +72,7 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
     let batch = valid_batch(&h, 1);
     h.server.shutdown().await.expect("shutdown");
 
-    let settings = farestream::gateway::GatewaySettings::from_config(&config, addr);
+    let settings = config.gateway_settings(addr);
     let client = farestream::gateway::GatewayClient::new(settings, &cert).expect("client");
     let push = tokio::spawn({
         let client = client.clone();

@@ -9,6 +9,7 @@
 //! `dashmap`s and verification runs on `rayon`, because both are
 //! computation, not I/O.
 
+#[cfg(feature = "archive")]
 pub mod archive;
 pub mod clock;
 pub mod ingest;

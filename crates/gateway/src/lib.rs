@@ -6,6 +6,13 @@
 //!
 //! The client is cheap to clone; clones share one QUIC connection, and
 //! concurrent pushes run on parallel streams.
+//!
+//! This crate is what a gateway vendor embeds: the client, the wire
+//! protocol's reads and writes, TLS pinning. It has no Parquet, SQLite or
+//! server code in its tree.
+
+pub mod tls;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +23,19 @@ use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-use crate::config::Config;
-use crate::tls::{SERVER_NAME, TlsError, client_config};
+use crate::tls::{ClientTlsError, SERVER_NAME, client_config};
 use crate::wire::{AckStatus, BatchAck, FrameError, ScanBatch, read_message, write_message};
+
+/// The `[gateway]` section of the configuration: what a gateway tunes.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub connect_timeout_ms: u64,
+    pub ack_timeout_ms: u64,
+    pub retry_attempts_max: u32,
+    pub retry_backoff_ms_initial: u64,
+    pub retry_backoff_ms_max: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
@@ -33,8 +50,9 @@ pub struct GatewaySettings {
 }
 
 impl GatewaySettings {
-    pub fn from_config(config: &Config, server_addr: SocketAddr) -> GatewaySettings {
-        let g = &config.gateway;
+    /// Settings from the `[gateway]` section; `frame_bytes_max` bounds the
+    /// ack frames it reads.
+    pub fn from_config(g: &GatewayConfig, frame_bytes_max: u32, server_addr: SocketAddr) -> GatewaySettings {
         GatewaySettings {
             server_addr,
             connect_timeout: Duration::from_millis(g.connect_timeout_ms),
@@ -42,7 +60,7 @@ impl GatewaySettings {
             retry_attempts_max: g.retry_attempts_max.max(1),
             retry_backoff_initial: Duration::from_millis(g.retry_backoff_ms_initial),
             retry_backoff_max: Duration::from_millis(g.retry_backoff_ms_max),
-            frame_bytes_max: config.wire.frame_bytes_max,
+            frame_bytes_max,
         }
     }
 }
@@ -50,7 +68,7 @@ impl GatewaySettings {
 #[derive(Debug, Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Tls(#[from] ClientTlsError),
     #[error("cannot open a local UDP socket: {0}")]
     Socket(std::io::Error),
     #[error("server refused batch {batch_seq} as malformed: {error}")]

@@ -12,12 +12,15 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use farestream_gateway::GatewayConfig;
+use farestream_gateway::GatewaySettings;
+
 use crate::ingest::PipelineConfig;
 use crate::ridecode::FreshnessPolicy;
 use crate::service_day::ServiceDayPolicy;
 
 /// The defaults, as shipped in `config/farestream.toml`.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/farestream.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../../config/farestream.toml");
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -127,16 +130,6 @@ pub struct MetricsConfig {
     pub listen_addr: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayConfig {
-    pub connect_timeout_ms: u64,
-    pub ack_timeout_ms: u64,
-    pub retry_attempts_max: u32,
-    pub retry_backoff_ms_initial: u64,
-    pub retry_backoff_ms_max: u64,
-}
-
 impl Config {
     /// The embedded defaults.
     pub fn defaults() -> Config {
@@ -207,6 +200,11 @@ impl Config {
             self.gateway.retry_backoff_ms_initial,
             "the backoff grows from the first to the largest",
         )
+    }
+
+    /// The gateway client's settings for a server at `server_addr`.
+    pub fn gateway_settings(&self, server_addr: std::net::SocketAddr) -> GatewaySettings {
+        GatewaySettings::from_config(&self.gateway, self.wire.frame_bytes_max, server_addr)
     }
 
     /// The pipeline's tunables.

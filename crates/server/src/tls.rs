@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 
 use crate::wire::ALPN;
 
-/// The name in the self-signed certificate; clients connect with it.
-pub const SERVER_NAME: &str = "localhost";
+pub use farestream_gateway::tls::SERVER_NAME;
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -129,29 +128,6 @@ impl ServerIdentity {
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
-}
-
-/// A QUIC client configuration that trusts exactly `server_cert`.
-pub fn client_config(server_cert: &CertificateDer<'static>) -> Result<quinn::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(server_cert.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
-}
-/// Reads the certificate a gateway pins.
-pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    let bytes = fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })?;
-    Ok(CertificateDer::from(bytes))
 }
 
 #[cfg(test)]
