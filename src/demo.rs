@@ -15,13 +15,12 @@ use thiserror::Error;
 use crate::archive::{self, ArchiveError};
 use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
-use crate::gateway::GatewayClient;
 use crate::ingest::Pipeline;
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::server::{Server, ServerError, ServerSettings};
-use crate::sim::{AnomalyRates, FleetReport, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
+use crate::sim::{City, CitySpec, FleetReport, Target, Timetable, Uploads};
 use crate::tls::{NewIdentity, ServerIdentity, TlsError};
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
@@ -36,15 +35,9 @@ const LAST_EXIT_MARGIN_MS: i64 = 45 * 60_000;
 pub struct DemoOptions {
     pub data_dir: PathBuf,
     pub config: Config,
-    pub riders: usize,
-    pub gateways: usize,
-    pub validators_per_gateway: usize,
+    pub city: CitySpec,
     /// Wall seconds the service day is compressed into.
     pub day_secs: f64,
-    pub trips_per_rider: f64,
-    pub denied_riders_percent: f64,
-    pub redelivery_percent: f64,
-    pub seed: u64,
     pub show_progress: bool,
 }
 
@@ -97,25 +90,12 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let (first_ms, last_ms) = (day_start + FIRST_TRIP_AFTER_DAY_START_MS, day_start + LAST_TRIP_AFTER_DAY_START_MS);
     let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
     let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);
-    let valid_from = unix_secs_u32(day_start);
-    let world = World::build(
-        &WorldSpec {
-            riders: options.riders,
-            gateways: options.gateways,
-            validators_per_gateway: options.validators_per_gateway,
-            denied_riders_percent: options.denied_riders_percent,
-            seed: options.seed,
-        },
-        keystore.active_signer()?,
-        trusted_keys.clone(),
-        valid_from,
-        valid_from.saturating_add(config.ride_code.credential_validity_secs),
-    )?;
     let timetable = Timetable::ServiceDay { first_ms, last_ms };
-    let plan = plan_day(&world, timetable, options.trips_per_rider, AnomalyRates::DEMO, options.seed);
+    let signer = keystore.active_signer()?;
+    let city = City::plan(&options.city, config, signer, trusted_keys.clone(), unix_secs_u32(day_start), timetable)?;
 
     let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, trusted_keys, crate::keystore::random_seed()?));
-    for card in &world.denied_cards {
+    for card in &city.world.denied_cards {
         pipeline.set_denied(*card, true);
     }
     let mut settings = ServerSettings::from_config(config, &options.data_dir)?;
@@ -123,27 +103,15 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(first_ms - 60_000, speedup));
     let server = Server::start(settings, &identity, pipeline, Arc::clone(&clock)).await?;
 
-    let progress = progress_bar(plan.len() as u64, options.show_progress);
-    let fleet_settings = FleetSettings {
-        upload_tick: Duration::from_secs_f64(UPLOAD_INTERVAL_SIM_MS / speedup / 1000.0),
-        redelivery_percent: options.redelivery_percent,
+    let progress = progress_bar(city.plan.len() as u64, options.show_progress);
+    let uploads = Uploads {
+        tick: Duration::from_secs_f64(UPLOAD_INTERVAL_SIM_MS / speedup / 1000.0),
         batch_scans_max: config.wire.batch_scans_max,
-        freshness: config.freshness_policy(),
-        seed: options.seed,
         backlog: false,
     };
-    let gateway_settings = config.gateway_settings(server.local_addr());
-    let cert = identity.cert.clone();
-    let (validators, gateways) = (world.validators.len(), world.gateways.len());
-    let fleet = run_fleet(
-        Arc::new(world),
-        Arc::new(plan),
-        clock,
-        fleet_settings,
-        || GatewayClient::new(gateway_settings.clone(), &cert),
-        progress.clone(),
-    )
-    .await;
+    let target = Target { server: server.local_addr(), cert: identity.cert.clone() };
+    let (validators, gateways) = (city.world.validators.len(), city.world.gateways.len());
+    let fleet = city.run(config, &target, clock, uploads, progress.clone()).await;
     progress.finish_and_clear();
 
     // This run's files are those covering log records written after start:
@@ -162,10 +130,10 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     Ok(DemoSummary {
         service_date,
         time_zone: config.service_day.time_zone.clone(),
-        riders: options.riders,
+        riders: options.city.riders,
         gateways,
         validators,
-        seed: options.seed,
+        seed: options.city.seed,
         fleet,
         archived: archive::read::count_by_status(&rows),
         files,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use farestream::clock::{Clock, SystemClock, unix_secs_u32};
+use farestream::clock::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::GatewayClient;
@@ -16,7 +16,7 @@ use farestream::gateway::tls::read_cert;
 use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::server::{Server, ServerSettings};
-use farestream::sim::{AnomalyRates, FleetSettings, Timetable, World, WorldSpec, plan_day, run_fleet};
+use farestream::sim::{CitySpec, Load};
 use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
 
 #[derive(Parser)]
@@ -144,16 +144,17 @@ where
 }
 
 impl CityArgs {
-    fn seed(&self) -> u64 {
-        self.seed.unwrap_or_else(|| SystemClock.now_ms().unsigned_abs())
+    fn spec(&self) -> CitySpec {
+        CitySpec {
+            riders: self.riders,
+            gateways: self.gateways,
+            validators_per_gateway: self.validators_per_gateway,
+            trips_per_rider: self.trips_per_rider,
+            denied_riders_percent: self.denied_riders_percent,
+            redelivery_percent: self.redelivery_percent,
+            seed: self.seed.unwrap_or_else(|| SystemClock.now_ms().unsigned_abs()),
+        }
     }
-}
-
-/// How `simulate` spreads its scans.
-struct Load {
-    duration_secs: f64,
-    backlog: bool,
-    batch_scans: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -179,7 +180,7 @@ fn main() -> Result<()> {
         }
         Command::Keys { action } => keys(&cli.data_dir, &config, action),
         Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file } => {
-            let load = Load { duration_secs, backlog, batch_scans };
+            let load = Load { duration_secs, backlog, batch_scans: batch_scans.unwrap_or(config.wire.batch_scans_max) };
             runtime.block_on(simulate(&cli.data_dir, config, server, city, load, acked_file.as_deref()))
         }
         Command::Flood { server, kind, batch_scans, streams, duration_secs } => {
@@ -308,96 +309,20 @@ async fn simulate(
     load: Load,
     acked_file: Option<&Path>,
 ) -> Result<()> {
-    let seed = city.seed();
-    let duration_secs = load.duration_secs;
-    if let Some(batch_scans) = load.batch_scans.filter(|n| *n > config.wire.batch_scans_max) {
-        bail!("--batch-scans {batch_scans} is over wire.batch_scans_max ({})", config.wire.batch_scans_max);
-    }
-    let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(&config))
-        .context("opening the key store shared with the server")?;
-    let cert = read_cert(&cert_path(data_dir))
-        .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
-    let gateway_settings = config.gateway_settings(server);
-    GatewayClient::new(gateway_settings.clone(), &cert)?.connect().await?;
-    let now = SystemClock.now_ms();
-    let valid_from = unix_secs_u32(now - 3_600_000);
-    let spec = WorldSpec {
-        riders: city.riders,
-        gateways: city.gateways,
-        validators_per_gateway: city.validators_per_gateway,
-        // The server's deny list is its own; the simulator cannot predict it.
-        denied_riders_percent: 0.0,
-        seed,
-    };
-    let world = World::build(
-        &spec,
-        keystore.active_signer()?,
-        keystore.trusted_public_keys()?,
-        valid_from,
-        valid_from + config.ride_code.credential_validity_secs,
-    )?;
-    let timetable = if load.backlog {
-        // Read at the gates over the last ten minutes, all due at once.
-        Timetable::Steady { first_ms: now - 600_000, last_ms: now - 60_000 }
-    } else {
-        Timetable::Steady { first_ms: now + 1_000, last_ms: now + (duration_secs * 1000.0) as i64 }
-    };
-    let plan = plan_day(&world, timetable, city.trips_per_rider, AnomalyRates::DEMO, seed);
-    println!(
-        "simulating {} gateways, {} riders: {} scans over {duration_secs} s at {server}",
-        city.gateways,
-        city.riders,
-        plan.len()
-    );
-    let bar = indicatif::ProgressBar::new(plan.len() as u64);
-    let settings = FleetSettings {
-        upload_tick: Duration::from_millis(250),
-        redelivery_percent: city.redelivery_percent,
-        batch_scans_max: load.batch_scans.unwrap_or(config.wire.batch_scans_max),
-        freshness: config.freshness_policy(),
-        seed,
-        backlog: load.backlog,
-    };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let report = run_fleet(
-        Arc::new(world),
-        Arc::new(plan),
-        clock,
-        settings,
-        || GatewayClient::new(gateway_settings.clone(), &cert),
-        bar.clone(),
-    )
-    .await;
+    // The server's deny list is its own; the simulator cannot predict it.
+    let spec = CitySpec { denied_riders_percent: 0.0, ..city.spec() };
+    println!("simulating {} gateways, {} riders over {} s at {server}", spec.gateways, spec.riders, load.duration_secs);
+    let bar = indicatif::ProgressBar::new(0);
+    let report = farestream::sim::simulate(data_dir, &config, server, &spec, load, bar.clone()).await?;
     bar.finish_and_clear();
-    println!("  {:<22}{:>10}{:>10}", "status", "planned", "acked");
-    for status in farestream::scan::ScanStatus::ALL {
-        let get = |m: &std::collections::BTreeMap<_, u64>| m.get(&status).copied().unwrap_or(0);
-        println!("  {:<22}{:>10}{:>10}", status.as_str(), get(&report.planned), get(&report.acked));
-    }
-    println!("  {:<22}{:>10}{:>10}", "re-delivered", report.redelivered_planned, report.redelivered_acked);
-    let acked: u64 = report.acked.values().sum();
-    println!(
-        "  ack latency: p50 {:.1} ms, p99 {:.1} ms over {} pushes",
-        report.ack_latency_ms(0.5),
-        report.ack_latency_ms(0.99),
-        report.ack_latencies_us.len()
-    );
-    if load.backlog {
-        println!(
-            "  backlog drained: {acked} scans in {:.2} s = {:.0} scans/s",
-            report.drain_secs,
-            acked as f64 / report.drain_secs.max(1e-9)
-        );
-    }
-    for error in &report.errors {
-        println!("  gateway error: {error}");
-    }
+    println!("  {} scans planned", report.scans_planned);
+    print!("{}", report.render());
     if let Some(path) = acked_file {
-        let lines: String = report.acked_scan_ids.iter().map(|id| format!("{}\n", hex::encode(id))).collect();
-        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+        let ids: String = report.fleet.acked_scan_ids.iter().map(|id| format!("{}\n", hex::encode(id))).collect();
+        std::fs::write(path, ids).with_context(|| format!("writing {}", path.display()))?;
     }
-    if !report.errors.is_empty() {
-        bail!("{} gateway error(s)", report.errors.len());
+    if !report.fleet.errors.is_empty() {
+        bail!("{} gateway error(s)", report.fleet.errors.len());
     }
     Ok(())
 }
@@ -441,35 +366,16 @@ async fn flood(
 fn audit(data_dir: &Path, acked_file: &Path) -> Result<()> {
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
     let acked: std::collections::HashSet<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
-    let mut seen = std::collections::HashMap::<String, u64>::new();
-    for row in &rows {
-        *seen.entry(hex::encode(row.scan_id)).or_default() += 1;
-    }
-    let lost = acked.iter().filter(|id| !seen.contains_key(**id)).count();
-    let duplicated: u64 = seen.values().map(|n| n - 1).sum();
-    println!("acked={} archived={} lost={lost} duplicated={duplicated}", acked.len(), rows.len());
-    if lost > 0 || duplicated > 0 {
+    let report = farestream::archive::audit::audit(&farestream::archive::scans_root(data_dir), &acked)?;
+    println!("{report}");
+    if !report.is_clean() {
         bail!("the archive does not hold every acknowledged scan exactly once");
     }
     Ok(())
 }
 
 async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) -> Result<()> {
-    let seed = city.seed();
-    let options = DemoOptions {
-        data_dir,
-        config,
-        riders: city.riders,
-        gateways: city.gateways,
-        validators_per_gateway: city.validators_per_gateway,
-        day_secs,
-        trips_per_rider: city.trips_per_rider,
-        denied_riders_percent: city.denied_riders_percent,
-        redelivery_percent: city.redelivery_percent,
-        seed,
-        show_progress: true,
-    };
+    let options = DemoOptions { data_dir, config, city: city.spec(), day_secs, show_progress: true };
     let summary = run_demo(options).await?;
     print!("{}", summary.render());
     if !summary.is_consistent() {

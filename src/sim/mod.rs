@@ -2,12 +2,16 @@
 //! pushes real QUIC traffic at a server. Used by `simulate`, `demo`, the
 //! integration tests and the benches.
 
+pub mod city;
 pub mod fleet;
 pub mod flood;
+pub mod load;
 pub mod plan;
 pub mod world;
 
+pub use city::{City, CitySpec, Target, Uploads};
 pub use fleet::{FleetReport, FleetSettings, run_fleet};
 pub use flood::{FloodKind, FloodReport, FloodSettings, hostile_codes, run_flood};
+pub use load::{Load, SimulateError, SimulateReport, simulate};
 pub use plan::{Anomaly, AnomalyRates, PlannedScan, Timetable, plan_day};
 pub use world::{World, WorldSpec};

@@ -128,14 +128,16 @@ async fn the_demo_summary_matches_the_parquet_rows() {
     let options = farestream::demo::DemoOptions {
         data_dir: dir.path().to_path_buf(),
         config: farestream::config::Config::defaults(),
-        riders: 300,
-        gateways: 4,
-        validators_per_gateway: 3,
+        city: farestream::sim::CitySpec {
+            riders: 300,
+            gateways: 4,
+            validators_per_gateway: 3,
+            trips_per_rider: 2.0,
+            denied_riders_percent: 3.0,
+            redelivery_percent: 10.0,
+            seed: 11,
+        },
         day_secs: 3.0,
-        trips_per_rider: 2.0,
-        denied_riders_percent: 3.0,
-        redelivery_percent: 10.0,
-        seed: 11,
         show_progress: false,
     };
     let summary = farestream::demo::run_demo(options).await.expect("demo");

@@ -2,6 +2,7 @@
 //! and the archiver thread that fills it from the write-ahead log.
 
 pub mod archiver;
+pub mod audit;
 pub mod checkpoint;
 pub mod read;
 pub use farestream_core::archive::schema;

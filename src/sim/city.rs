@@ -1,0 +1,104 @@
+//! A simulated city, set up once for `demo` and `simulate` alike: riders
+//! with credentials, validators behind fleet gateways, a planned day of
+//! scans, and the fleet that pushes them at a server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use rustls::pki_types::CertificateDer;
+
+use super::{AnomalyRates, FleetReport, FleetSettings, PlannedScan, Timetable, World, WorldSpec, plan_day, run_fleet};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::gateway::GatewayClient;
+use crate::ridecode::{IssuerPublicKeys, IssuerSigningKey, KeyError};
+
+/// Who rides and how the fleet is laid out and behaves.
+#[derive(Debug, Clone)]
+pub struct CitySpec {
+    pub riders: usize,
+    pub gateways: usize,
+    pub validators_per_gateway: usize,
+    /// Mean trips per rider per day (a metro trip is two scans).
+    pub trips_per_rider: f64,
+    /// Riders on the deny list (only where the server is told of them).
+    pub denied_riders_percent: f64,
+    /// Batches sent a second time, as when an ack is lost.
+    pub redelivery_percent: f64,
+    pub seed: u64,
+}
+
+/// How the fleet uploads.
+#[derive(Debug, Clone, Copy)]
+pub struct Uploads {
+    /// Wall time between a gateway's uploads.
+    pub tick: Duration,
+    pub batch_scans_max: usize,
+    /// Build every batch first, then push them back to back (a fleet back
+    /// from hours offline).
+    pub backlog: bool,
+}
+
+/// A city's world, its planned day, and how its gateways behave.
+pub struct City {
+    pub world: World,
+    pub plan: Vec<PlannedScan>,
+    redelivery_percent: f64,
+    seed: u64,
+}
+
+/// The server a fleet pushes at, and the certificate its gateways pin.
+pub struct Target {
+    pub server: SocketAddr,
+    pub cert: CertificateDer<'static>,
+}
+
+impl City {
+    /// Riders whose credentials `issuer` signed, valid from `valid_from` for
+    /// the configured credential validity, and their day on `timetable`.
+    pub fn plan(
+        spec: &CitySpec,
+        config: &Config,
+        issuer: IssuerSigningKey,
+        trusted: IssuerPublicKeys,
+        valid_from: u32,
+        timetable: Timetable,
+    ) -> Result<City, KeyError> {
+        let world_spec = WorldSpec {
+            riders: spec.riders,
+            gateways: spec.gateways,
+            validators_per_gateway: spec.validators_per_gateway,
+            denied_riders_percent: spec.denied_riders_percent,
+            seed: spec.seed,
+        };
+        let valid_until = valid_from.saturating_add(config.ride_code.credential_validity_secs);
+        let world = World::build(&world_spec, issuer, trusted, valid_from, valid_until)?;
+        let plan = plan_day(&world, timetable, spec.trips_per_rider, AnomalyRates::DEMO, spec.seed);
+        Ok(City { world, plan, redelivery_percent: spec.redelivery_percent, seed: spec.seed })
+    }
+
+    /// Pushes the planned day at the target, one gateway client per
+    /// simulated gateway.
+    pub async fn run(
+        self,
+        config: &Config,
+        target: &Target,
+        clock: Arc<dyn Clock>,
+        uploads: Uploads,
+        progress: ProgressBar,
+    ) -> FleetReport {
+        let settings = FleetSettings {
+            upload_tick: uploads.tick,
+            redelivery_percent: self.redelivery_percent,
+            batch_scans_max: uploads.batch_scans_max,
+            freshness: config.freshness_policy(),
+            seed: self.seed,
+            backlog: uploads.backlog,
+        };
+        let gateway_settings = config.gateway_settings(target.server);
+        let client = || GatewayClient::new(gateway_settings.clone(), &target.cert);
+        run_fleet(Arc::new(self.world), Arc::new(self.plan), clock, settings, client, progress).await
+    }
+}

@@ -1,0 +1,124 @@
+//! `farestream simulate`: a simulated fleet pushing real QUIC traffic at a
+//! running server, steadily or as a backlog, and what it saw: planned
+//! against acknowledged, ack latency, the drain rate.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::city::{City, CitySpec, Target, Uploads};
+use super::{FleetReport, Timetable};
+use crate::clock::{Clock, SystemClock, unix_secs_u32};
+use crate::config::Config;
+use crate::gateway::tls::{ClientTlsError, read_cert};
+use crate::gateway::{GatewayClient, GatewayError};
+use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
+use crate::ridecode::KeyError;
+use crate::scan::ScanStatus;
+use crate::tls::cert_path;
+
+/// How `simulate` spreads its scans.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Seconds over which the scans are spread (steady load).
+    pub duration_secs: f64,
+    /// Everything at once, as a fleet back from hours offline.
+    pub backlog: bool,
+    /// Scans per batch; at most `wire.batch_scans_max`.
+    pub batch_scans: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum SimulateError {
+    #[error("the key store shared with the server: {0}")]
+    Keys(#[from] KeystoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("the server certificate (start `serve` with the same --data-dir first): {0}")]
+    Cert(#[from] ClientTlsError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("{batch_scans} scans per batch is over wire.batch_scans_max ({max})")]
+    BatchTooLarge { batch_scans: usize, max: usize },
+}
+
+/// What a run saw.
+pub struct SimulateReport {
+    pub scans_planned: usize,
+    pub load: Load,
+    pub fleet: FleetReport,
+}
+
+/// Runs the city against the server at `server`, with the keys and the
+/// certificate of the server's data dir. Says at once when no server
+/// answers, rather than after every retry.
+pub async fn simulate(
+    data_dir: &Path,
+    config: &Config,
+    server: SocketAddr,
+    spec: &CitySpec,
+    load: Load,
+    progress: indicatif::ProgressBar,
+) -> Result<SimulateReport, SimulateError> {
+    let max = config.wire.batch_scans_max;
+    if load.batch_scans > max {
+        return Err(SimulateError::BatchTooLarge { batch_scans: load.batch_scans, max });
+    }
+    let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
+    let target = Target { server, cert: read_cert(&cert_path(data_dir))? };
+    GatewayClient::new(config.gateway_settings(server), &target.cert)?.connect().await?;
+    let now = SystemClock.now_ms();
+    let timetable = if load.backlog {
+        // Read at the gates over the last ten minutes, all due at once.
+        Timetable::Steady { first_ms: now - 600_000, last_ms: now - 60_000 }
+    } else {
+        Timetable::Steady { first_ms: now + 1_000, last_ms: now + (load.duration_secs * 1000.0) as i64 }
+    };
+    let valid_from = unix_secs_u32(now - 3_600_000);
+    let city =
+        City::plan(spec, config, keystore.active_signer()?, keystore.trusted_public_keys()?, valid_from, timetable)?;
+    let scans_planned = city.plan.len();
+    progress.set_length(scans_planned as u64);
+    let uploads =
+        Uploads { tick: Duration::from_millis(250), batch_scans_max: load.batch_scans, backlog: load.backlog };
+    let fleet = city.run(config, &target, Arc::new(SystemClock), uploads, progress).await;
+    Ok(SimulateReport { scans_planned, load, fleet })
+}
+
+impl SimulateReport {
+    /// Planned against acknowledged, status by status, and the timings.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let fleet = &self.fleet;
+        out.push_str(&format!("  {:<22}{:>10}{:>10}\n", "status", "planned", "acked"));
+        for status in ScanStatus::ALL {
+            let get = |m: &std::collections::BTreeMap<_, u64>| m.get(&status).copied().unwrap_or(0);
+            out.push_str(&format!("  {:<22}{:>10}{:>10}\n", status.as_str(), get(&fleet.planned), get(&fleet.acked)));
+        }
+        out.push_str(&format!(
+            "  {:<22}{:>10}{:>10}\n",
+            "re-delivered", fleet.redelivered_planned, fleet.redelivered_acked
+        ));
+        out.push_str(&format!(
+            "  ack latency: p50 {:.1} ms, p99 {:.1} ms over {} pushes\n",
+            fleet.ack_latency_ms(0.5),
+            fleet.ack_latency_ms(0.99),
+            fleet.ack_latencies_us.len()
+        ));
+        if self.load.backlog {
+            let acked: u64 = fleet.acked.values().sum();
+            out.push_str(&format!(
+                "  backlog drained: {acked} scans in {:.2} s = {:.0} scans/s\n",
+                fleet.drain_secs,
+                acked as f64 / fleet.drain_secs.max(1e-9)
+            ));
+        }
+        for error in &fleet.errors {
+            out.push_str(&format!("  gateway error: {error}\n"));
+        }
+        out
+    }
+}
