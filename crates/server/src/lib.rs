@@ -7,7 +7,7 @@
 //! The core's modules and the gateway crate's `wire` are re-exported under
 //! their own names, so `crate::ridecode` here is the core's.
 
-pub use farestream_core::{ingest, journal, ridecode, scan, service_day, sync};
+pub use farestream_core::{fares, ingest, journal, ridecode, scan, service_day, sync};
 pub use farestream_gateway::wire;
 
 pub mod archive;

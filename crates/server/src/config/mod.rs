@@ -4,6 +4,7 @@
 //! every numeric key has a range ([`ranges`]) and the keys that depend on
 //! each other are checked together.
 
+pub mod fares;
 pub mod ranges;
 
 use std::net::SocketAddr;
@@ -237,7 +238,7 @@ impl Config {
 }
 
 /// An error message on one line: toml's span the key it names on a second.
-fn one_line(message: &str) -> String {
+pub(crate) fn one_line(message: &str) -> String {
     message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 

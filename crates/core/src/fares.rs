@@ -1,0 +1,305 @@
+//! Fares: what a rider's service day costs, from the taps the gates let
+//! through. Pure: the same taps give the same rides and the same money,
+//! whatever order they arrived in, because everything here follows
+//! `scanned_at` (ties broken by `scan_id`), never arrival.
+//!
+//! - A bus tap (`single`) is one ride at its route's flat fare.
+//! - A metro entry pairs with the rider's next exit within
+//!   `metro_exit_window_ms`; the trip costs the base fare plus a fare per
+//!   zone crossed. An entry with no such exit, and an exit with no entry,
+//!   each cost the maximum fare: the rider rode, and the gate cannot say how
+//!   far.
+//! - A tap at a route or station the table does not know costs the maximum
+//!   fare, flagged, so an incomplete table is visible in the rides rather
+//!   than free.
+//! - Capping, as London does it: each ride in `scanned_at` order is charged
+//!   what is left of the daily cap at most, so a day never costs more than
+//!   the cap, and costs exactly `min(sum of fares, cap)`.
+//!
+//! `docs/fares.md` describes the table (`config/fares.toml`) for operators.
+
+use std::collections::BTreeMap;
+
+use crate::clock::UnixMillis;
+use crate::scan::TapKind;
+
+/// Money in the currency's smallest unit (fen, cents).
+pub type Cents = u64;
+
+/// The operator's fare table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FareTable {
+    /// ISO 4217 code, e.g. "CNY".
+    pub currency: String,
+    /// A bus route's flat fare, by `route_id`.
+    pub bus_route_fares: BTreeMap<String, Cents>,
+    /// The fare of a bus route not listed above, if bus routes share one.
+    pub bus_default_fare: Option<Cents>,
+    /// A metro station's zone, by `stop_id`.
+    pub metro_station_zones: BTreeMap<String, u32>,
+    pub metro_base_fare: Cents,
+    pub metro_fare_per_zone: Cents,
+    /// What an incomplete trip costs: an entry with no exit, an exit with
+    /// no entry, a tap the table cannot price.
+    pub max_fare: Cents,
+    /// How long after an entry its exit may come.
+    pub metro_exit_window_ms: i64,
+    /// Most a rider pays in one service day.
+    pub daily_cap: Cents,
+}
+
+/// A tap the gate let through, of one rider on one service day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tap {
+    pub scan_id: [u8; 16],
+    pub scanned_at: UnixMillis,
+    pub kind: TapKind,
+    pub route_id: String,
+    pub stop_id: String,
+}
+
+/// How a ride was priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RideKind {
+    Bus,
+    /// An entry and its exit.
+    MetroTrip,
+    /// An entry with no exit in the window: the maximum fare.
+    MetroEntryWithoutExit,
+    /// An exit with no entry: the maximum fare.
+    MetroExitWithoutEntry,
+    /// A route or station the table does not know: the maximum fare.
+    Unpriceable,
+}
+
+/// One ride of the day and what it costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedRide {
+    /// The taps it prices (an entry and its exit, or one tap).
+    pub scan_ids: Vec<[u8; 16]>,
+    /// When it started: its first tap's `scanned_at`.
+    pub started_at: UnixMillis,
+    pub kind: RideKind,
+    /// The fare before the cap.
+    pub fare: Cents,
+    /// What is charged for it after the daily cap.
+    pub charged: Cents,
+}
+
+/// A rider's service day, priced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PricedDay {
+    pub rides: Vec<PricedRide>,
+    pub fares: Cents,
+    pub charged: Cents,
+}
+
+impl FareTable {
+    /// Prices one rider's taps of one service day, in any order.
+    pub fn price_day(&self, taps: &[Tap]) -> PricedDay {
+        let mut sorted: Vec<&Tap> = taps.iter().collect();
+        sorted.sort_by_key(|t| (t.scanned_at, t.scan_id));
+        let mut rides = self.pair(&sorted);
+        let mut left = self.daily_cap;
+        for ride in &mut rides {
+            ride.charged = ride.fare.min(left);
+            left -= ride.charged;
+        }
+        let fares = rides.iter().fold(0u64, |sum, r| sum.saturating_add(r.fare));
+        let charged = rides.iter().map(|r| r.charged).sum();
+        PricedDay { rides, fares, charged }
+    }
+
+    /// Taps in `scanned_at` order into rides, before the cap.
+    fn pair(&self, taps: &[&Tap]) -> Vec<PricedRide> {
+        let mut rides = Vec::new();
+        let mut open_entry: Option<&Tap> = None;
+        for &tap in taps {
+            // An entry whose window has passed before this tap stays unpaired.
+            if let Some(entry) =
+                open_entry.filter(|e| tap.scanned_at.saturating_sub(e.scanned_at) > self.metro_exit_window_ms)
+            {
+                rides.push(self.max_fare_ride(&[entry], RideKind::MetroEntryWithoutExit));
+                open_entry = None;
+            }
+            match tap.kind {
+                TapKind::Single => rides.push(self.bus_ride(tap)),
+                TapKind::Entry => {
+                    if let Some(earlier) = open_entry.replace(tap) {
+                        rides.push(self.max_fare_ride(&[earlier], RideKind::MetroEntryWithoutExit));
+                    }
+                }
+                TapKind::Exit => match open_entry.take() {
+                    Some(entry) => rides.push(self.metro_trip(entry, tap)),
+                    None => rides.push(self.max_fare_ride(&[tap], RideKind::MetroExitWithoutEntry)),
+                },
+            }
+        }
+        if let Some(entry) = open_entry {
+            rides.push(self.max_fare_ride(&[entry], RideKind::MetroEntryWithoutExit));
+        }
+        rides
+    }
+
+    fn bus_ride(&self, tap: &Tap) -> PricedRide {
+        match self.bus_route_fares.get(&tap.route_id).copied().or(self.bus_default_fare) {
+            Some(fare) => ride(&[tap], RideKind::Bus, fare),
+            None => self.max_fare_ride(&[tap], RideKind::Unpriceable),
+        }
+    }
+
+    fn metro_trip(&self, entry: &Tap, exit: &Tap) -> PricedRide {
+        let zones = (self.metro_station_zones.get(&entry.stop_id), self.metro_station_zones.get(&exit.stop_id));
+        let (Some(&from), Some(&to)) = zones else {
+            return self.max_fare_ride(&[entry, exit], RideKind::Unpriceable);
+        };
+        let crossed = Cents::from(from.abs_diff(to));
+        let fare = self.metro_base_fare.saturating_add(self.metro_fare_per_zone.saturating_mul(crossed));
+        ride(&[entry, exit], RideKind::MetroTrip, fare)
+    }
+
+    fn max_fare_ride(&self, taps: &[&Tap], kind: RideKind) -> PricedRide {
+        ride(taps, kind, self.max_fare)
+    }
+}
+
+fn ride(taps: &[&Tap], kind: RideKind, fare: Cents) -> PricedRide {
+    PricedRide {
+        scan_ids: taps.iter().map(|t| t.scan_id).collect(),
+        started_at: taps.first().map(|t| t.scanned_at).unwrap_or_default(),
+        kind,
+        fare,
+        charged: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000;
+
+    fn table() -> FareTable {
+        FareTable {
+            currency: "CNY".into(),
+            bus_route_fares: [("bus-12".to_string(), 250)].into(),
+            bus_default_fare: Some(200),
+            metro_station_zones: [("a".to_string(), 1), ("b".to_string(), 1), ("c".to_string(), 3)].into(),
+            metro_base_fare: 300,
+            metro_fare_per_zone: 100,
+            max_fare: 900,
+            metro_exit_window_ms: 180 * MINUTE,
+            daily_cap: 1_500,
+        }
+    }
+
+    fn tap(n: u8, minute: i64, kind: TapKind, stop: &str) -> Tap {
+        let route = if kind == TapKind::Single { stop } else { "metro-1" };
+        Tap { scan_id: [n; 16], scanned_at: minute * MINUTE, kind, route_id: route.into(), stop_id: stop.into() }
+    }
+
+    fn kinds_and_fares(day: &PricedDay) -> Vec<(RideKind, Cents, Cents)> {
+        day.rides.iter().map(|r| (r.kind, r.fare, r.charged)).collect()
+    }
+
+    #[test]
+    fn each_kind_of_ride_has_its_fare() {
+        let taps = [
+            tap(1, 0, TapKind::Single, "bus-12"),
+            tap(2, 10, TapKind::Single, "bus-99"),
+            tap(3, 20, TapKind::Entry, "a"),
+            tap(4, 50, TapKind::Exit, "c"),
+        ];
+        let day = table().price_day(&taps);
+        use RideKind::*;
+        assert_eq!(kinds_and_fares(&day), vec![(Bus, 250, 250), (Bus, 200, 200), (MetroTrip, 500, 500)]);
+        assert_eq!(day.rides[2].scan_ids, vec![[3; 16], [4; 16]]);
+        assert_eq!((day.fares, day.charged), (950, 950));
+    }
+
+    #[test]
+    fn incomplete_trips_cost_the_maximum_fare() {
+        use RideKind::*;
+        // An entry whose exit comes after the window, an exit alone, and two
+        // entries in a row.
+        let taps = [
+            tap(1, 0, TapKind::Entry, "a"),
+            tap(2, 181, TapKind::Exit, "b"),
+            tap(3, 300, TapKind::Entry, "a"),
+            tap(4, 310, TapKind::Entry, "b"),
+            tap(5, 320, TapKind::Exit, "b"),
+        ];
+        let mut no_cap = table();
+        no_cap.daily_cap = Cents::MAX;
+        let day = no_cap.price_day(&taps);
+        assert_eq!(
+            kinds_and_fares(&day),
+            vec![
+                (MetroEntryWithoutExit, 900, 900),
+                (MetroExitWithoutEntry, 900, 900),
+                (MetroEntryWithoutExit, 900, 900),
+                (MetroTrip, 300, 300),
+            ]
+        );
+        let window_edge = [tap(1, 0, TapKind::Entry, "a"), tap(2, 180, TapKind::Exit, "c")];
+        assert_eq!(kinds_and_fares(&no_cap.price_day(&window_edge)), vec![(MetroTrip, 500, 500)]);
+    }
+
+    #[test]
+    fn a_tap_the_table_cannot_price_is_flagged_at_the_maximum_fare() {
+        let mut strict = table();
+        strict.bus_default_fare = None;
+        let taps =
+            [tap(1, 0, TapKind::Single, "bus-77"), tap(2, 5, TapKind::Entry, "a"), tap(3, 9, TapKind::Exit, "zz")];
+        let day = strict.price_day(&taps);
+        assert_eq!(
+            day.rides.iter().map(|r| (r.kind, r.fare)).collect::<Vec<_>>(),
+            vec![(RideKind::Unpriceable, 900), (RideKind::Unpriceable, 900)]
+        );
+    }
+
+    #[test]
+    fn the_cap_charges_each_ride_what_is_left_in_scan_order() {
+        let taps: Vec<Tap> = (0..8).map(|n| tap(n, i64::from(n) * 30, TapKind::Single, "bus-12")).collect();
+        let day = table().price_day(&taps);
+        let charged: Vec<Cents> = day.rides.iter().map(|r| r.charged).collect();
+        assert_eq!(charged, vec![250, 250, 250, 250, 250, 250, 0, 0]);
+        assert_eq!((day.fares, day.charged), (2_000, 1_500));
+        assert_eq!(table().price_day(&[]), PricedDay::default());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// The property: however a rider's day arrives, it prices
+        /// the same, never above the cap, and at exactly min(fares, cap).
+        #[test]
+        fn any_arrival_order_prices_the_same_day_within_the_cap(
+            taps in proptest::collection::vec((0i64..1_440, 0u8..3, 0usize..4), 0..24),
+            shuffle_seed in proptest::prelude::any::<u64>(),
+        ) {
+            let stops = ["a", "b", "c", "bus-12"];
+            let kinds = [TapKind::Entry, TapKind::Exit, TapKind::Single];
+            let taps: Vec<Tap> = taps
+                .iter()
+                .enumerate()
+                .map(|(i, &(minute, kind, stop))| tap(i as u8, minute, kinds[usize::from(kind)], stops[stop]))
+                .collect();
+            let mut shuffled = taps.clone();
+            let mut state = shuffle_seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let t = table();
+            let (day, again) = (t.price_day(&taps), t.price_day(&shuffled));
+            proptest::prop_assert_eq!(&day, &again);
+            proptest::prop_assert!(day.charged <= t.daily_cap);
+            proptest::prop_assert_eq!(day.charged, day.fares.min(t.daily_cap));
+            let priced: usize = day.rides.iter().map(|r| r.scan_ids.len()).sum();
+            proptest::prop_assert_eq!(priced, taps.len(), "every tap is in exactly one ride");
+        }
+    }
+}
