@@ -13,8 +13,10 @@
 //!   fare, flagged, so an incomplete table is visible in the rides rather
 //!   than free.
 //! - Capping, as London does it: each ride in `scanned_at` order is charged
-//!   what is left of the daily cap at most, so a day never costs more than
-//!   the cap, and costs exactly `min(sum of fares, cap)`.
+//!   what is left of the daily cap at most. A maximum fare for an
+//!   incomplete trip is outside the cap: charged in full and not counted
+//!   toward it, so tapping out always pays. A day therefore costs exactly
+//!   `min(capped fares, cap) + incomplete-trip fares`.
 //!
 //! `docs/fares.md` describes the table (`config/fares.toml`) for operators.
 
@@ -68,8 +70,17 @@ pub enum RideKind {
     MetroEntryWithoutExit,
     /// An exit with no entry: the maximum fare.
     MetroExitWithoutEntry,
-    /// A route or station the table does not know: the maximum fare.
+    /// A route or station the table does not know: the maximum fare,
+    /// under the cap (the gap is the operator's, not the rider's).
     Unpriceable,
+}
+
+impl RideKind {
+    /// Whether the daily cap applies: not to an incomplete trip's maximum
+    /// fare, as London's capping excludes it.
+    pub fn capped(self) -> bool {
+        !matches!(self, RideKind::MetroEntryWithoutExit | RideKind::MetroExitWithoutEntry)
+    }
 }
 
 /// One ride of the day and what it costs.
@@ -101,12 +112,16 @@ impl FareTable {
         sorted.sort_by_key(|t| (t.scanned_at, t.scan_id));
         let mut rides = self.pair(&sorted);
         let mut left = self.daily_cap;
-        for ride in &mut rides {
-            ride.charged = ride.fare.min(left);
-            left -= ride.charged;
+        for ride in rides.iter_mut() {
+            if ride.kind.capped() {
+                ride.charged = ride.fare.min(left);
+                left -= ride.charged;
+            } else {
+                ride.charged = ride.fare;
+            }
         }
         let fares = rides.iter().fold(0u64, |sum, r| sum.saturating_add(r.fare));
-        let charged = rides.iter().map(|r| r.charged).sum();
+        let charged = rides.iter().fold(0u64, |sum, r| sum.saturating_add(r.charged));
         PricedDay { rides, fares, charged }
     }
 
@@ -259,6 +274,16 @@ mod tests {
     }
 
     #[test]
+    fn an_incomplete_trip_is_charged_in_full_outside_the_cap() {
+        let mut taps: Vec<Tap> = (0..7).map(|n| tap(n, i64::from(n) * 30, TapKind::Single, "bus-12")).collect();
+        taps.push(tap(9, 400, TapKind::Entry, "a"));
+        let day = table().price_day(&taps);
+        let last = day.rides.last().expect("the entry");
+        assert_eq!((last.kind, last.charged), (RideKind::MetroEntryWithoutExit, 900));
+        assert_eq!(day.charged, 1_500 + 900, "the bus rides are capped, the maximum fare is not");
+    }
+
+    #[test]
     fn the_cap_charges_each_ride_what_is_left_in_scan_order() {
         let taps: Vec<Tap> = (0..8).map(|n| tap(n, i64::from(n) * 30, TapKind::Single, "bus-12")).collect();
         let day = table().price_day(&taps);
@@ -272,7 +297,8 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
 
         /// The property: however a rider's day arrives, it prices
-        /// the same, never above the cap, and at exactly min(fares, cap).
+        /// the same; what the cap covers never exceeds it, and the day costs
+        /// exactly min(capped fares, cap) plus the incomplete trips.
         #[test]
         fn any_arrival_order_prices_the_same_day_within_the_cap(
             taps in proptest::collection::vec((0i64..1_440, 0u8..3, 0usize..4), 0..24),
@@ -296,8 +322,13 @@ mod tests {
             let t = table();
             let (day, again) = (t.price_day(&taps), t.price_day(&shuffled));
             proptest::prop_assert_eq!(&day, &again);
-            proptest::prop_assert!(day.charged <= t.daily_cap);
-            proptest::prop_assert_eq!(day.charged, day.fares.min(t.daily_cap));
+            let fares_of = |capped: bool| -> Cents {
+                day.rides.iter().filter(|r| r.kind.capped() == capped).map(|r| r.fare).sum()
+            };
+            let (under_cap, outside_cap) = (fares_of(true), fares_of(false));
+            proptest::prop_assert_eq!(day.charged, under_cap.min(t.daily_cap) + outside_cap);
+            let charged_under_cap: Cents = day.rides.iter().filter(|r| r.kind.capped()).map(|r| r.charged).sum();
+            proptest::prop_assert!(charged_under_cap <= t.daily_cap);
             let priced: usize = day.rides.iter().map(|r| r.scan_ids.len()).sum();
             proptest::prop_assert_eq!(priced, taps.len(), "every tap is in exactly one ride");
         }
