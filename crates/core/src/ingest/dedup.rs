@@ -16,15 +16,50 @@ use crate::scan::TapKind;
 /// It is also the archive's `scan_id`.
 pub type Fingerprint = [u8; 16];
 
-/// Identifies one ride code presented at one kind of gate. The tap kind is
-/// part of the key because a metro rider may show the same on-screen code at
-/// entry and at exit within a minute; a second entry is the replay.
+/// Identifies one ride code by its signed claims. One code pays for at
+/// most one ride: a metro rider may show the same on-screen code at entry
+/// and at exit within a minute, so an entry and an exit may share it;
+/// anything else (a second entry, a bus tap after an entry, a third use)
+/// is a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RideKey {
     pub card_id: u64,
     pub created_at: u32,
     pub counter: u32,
-    pub tap_kind: TapKind,
+}
+
+/// The tap kinds a ride code has paid for, and when its entry expires.
+#[derive(Debug, Clone, Copy)]
+struct RideUse {
+    expires_at: UnixMillis,
+    entry: bool,
+    exit: bool,
+    single: bool,
+}
+
+impl RideUse {
+    fn new(kind: TapKind, expires_at: UnixMillis) -> RideUse {
+        let mut used = RideUse { expires_at, entry: false, exit: false, single: false };
+        used.add(kind);
+        used
+    }
+
+    fn add(&mut self, kind: TapKind) {
+        match kind {
+            TapKind::Entry => self.entry = true,
+            TapKind::Exit => self.exit = true,
+            TapKind::Single => self.single = true,
+        }
+    }
+
+    /// Only the other half of an entry-and-exit pair may join a used code.
+    fn admits(&self, kind: TapKind) -> bool {
+        match kind {
+            TapKind::Entry => self.exit && !self.entry && !self.single,
+            TapKind::Exit => self.entry && !self.exit && !self.single,
+            TapKind::Single => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -33,7 +68,7 @@ pub struct DedupIndex {
     /// and sequence number: a forged record that reuses a real scan's
     /// sequence number cannot make the real one look like a re-delivery.
     deliveries: DashMap<Fingerprint, UnixMillis>,
-    rides: DashMap<RideKey, UnixMillis>,
+    rides: DashMap<RideKey, RideUse>,
     credentials: DashMap<[u8; CREDENTIAL_LEN], UnixMillis>,
 }
 
@@ -63,9 +98,27 @@ impl DedupIndex {
         self.deliveries.contains_key(fingerprint)
     }
 
-    /// Records the first use of a ride code; false when it was used before.
-    pub fn claim_ride(&self, key: RideKey, expires_at: UnixMillis) -> bool {
-        claim(&self.rides, key, expires_at)
+    /// Records a use of a ride code at a `kind` of gate; false when that
+    /// is a replay (see [`RideKey`]). Atomic: of two concurrent uses that
+    /// cannot both pay, exactly one sees true, whatever their order.
+    pub fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) -> bool {
+        match self.rides.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(RideUse::new(kind, expires_at));
+                true
+            }
+            Entry::Occupied(mut used) if used.get().admits(kind) => {
+                used.get_mut().add(kind);
+                true
+            }
+            Entry::Occupied(_) => false,
+        }
+    }
+
+    /// Re-records a use decided before a restart (an accepted row), in any
+    /// order: the uses of a code end up the same as when they were claimed.
+    pub fn restore_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) {
+        self.rides.entry(key).and_modify(|used| used.add(kind)).or_insert_with(|| RideUse::new(kind, expires_at));
     }
 
     /// True when this exact credential's issuer signature was verified before.
@@ -81,7 +134,7 @@ impl DedupIndex {
     /// Drops every entry whose expiry is at or before `now`.
     pub fn sweep(&self, now: UnixMillis) {
         self.deliveries.retain(|_, expires_at| *expires_at > now);
-        self.rides.retain(|_, expires_at| *expires_at > now);
+        self.rides.retain(|_, used| used.expires_at > now);
         self.credentials.retain(|_, expires_at| *expires_at > now);
     }
 
@@ -105,7 +158,7 @@ fn claim<K: std::hash::Hash + Eq>(map: &DashMap<K, UnixMillis>, key: K, expires_
 mod tests {
     use super::*;
 
-    const RIDE: RideKey = RideKey { card_id: 1, created_at: 100, counter: 2, tap_kind: TapKind::Entry };
+    const RIDE: RideKey = RideKey { card_id: 1, created_at: 100, counter: 2 };
 
     #[test]
     fn a_delivery_is_claimed_once() {
@@ -115,12 +168,35 @@ mod tests {
         assert!(index.claim_delivery([2; 16], 1_000));
     }
 
+    /// Which uses of one code after which first use: the example,
+    /// one code accepted as entry, exit and single, now pays once.
     #[test]
-    fn a_ride_is_claimed_once_and_exit_is_a_different_ride() {
-        let index = DedupIndex::new();
-        assert!(index.claim_ride(RIDE, 1_000));
-        assert!(!index.claim_ride(RIDE, 1_000));
-        assert!(index.claim_ride(RideKey { tap_kind: TapKind::Exit, ..RIDE }, 1_000));
+    fn a_code_pays_for_one_ride_an_entry_and_its_exit_share_it() {
+        use TapKind::{Entry, Exit, Single};
+        let cases: [(&[TapKind], &[bool]); 7] = [
+            (&[Entry, Exit, Single], &[true, true, false]),
+            (&[Exit, Entry, Exit], &[true, true, false]),
+            (&[Entry, Entry], &[true, false]),
+            (&[Exit, Exit], &[true, false]),
+            (&[Single, Single], &[true, false]),
+            (&[Single, Entry], &[true, false]),
+            (&[Entry, Single, Exit], &[true, false, true]),
+        ];
+        for (uses, expected) in cases {
+            let index = DedupIndex::new();
+            let got: Vec<bool> = uses.iter().map(|kind| index.claim_ride(RIDE, *kind, 1_000)).collect();
+            assert_eq!(got, expected, "{uses:?}");
+        }
+    }
+
+    #[test]
+    fn restored_uses_leave_the_same_state_in_any_order() {
+        use TapKind::{Entry, Exit};
+        for order in [[Entry, Exit], [Exit, Entry]] {
+            let index = DedupIndex::new();
+            order.iter().for_each(|kind| index.restore_ride(RIDE, *kind, 1_000));
+            assert!(!index.claim_ride(RIDE, Entry, 1_000) && !index.claim_ride(RIDE, Exit, 1_000), "{order:?}");
+        }
     }
 
     #[test]
@@ -128,11 +204,11 @@ mod tests {
         let index = DedupIndex::new();
         index.claim_delivery([1; 16], 500);
         index.claim_delivery([2; 16], 1_500);
-        index.claim_ride(RIDE, 500);
+        index.claim_ride(RIDE, TapKind::Entry, 500);
         index.remember_verified_credential([3; CREDENTIAL_LEN], 1_500);
         index.sweep(1_000);
         assert_eq!(index.sizes(), DedupSizes { deliveries: 1, rides: 0, credentials: 1 });
-        assert!(index.claim_ride(RIDE, 2_000), "an expired ride key no longer blocks");
+        assert!(index.claim_ride(RIDE, TapKind::Entry, 2_000), "an expired ride key no longer blocks");
         assert!(!index.claim_delivery([2; 16], 1_500), "a live delivery key still blocks");
     }
 }

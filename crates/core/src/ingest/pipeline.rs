@@ -225,14 +225,15 @@ impl Pipeline {
             if delivery_expiry > now {
                 self.dedup.claim_delivery(row.scan_id, delivery_expiry);
             }
-            let claimed_a_ride = matches!(row.status, ScanStatus::Accepted | ScanStatus::Replay);
+            // Only accepted rows paid for a use; a replay changed nothing.
+            let paid = row.status == ScanStatus::Accepted;
             if let (true, Some(card_id), Some(created_ms), Some(counter), Some(tap_kind)) =
-                (claimed_a_ride, row.card_id, row.code_created_at, row.code_counter, row.tap_kind)
+                (paid, row.card_id, row.code_created_at, row.code_counter, row.tap_kind)
             {
                 let created_at = unix_secs_u32(created_ms);
                 let expiry = self.horizons.ride_expiry(created_at);
                 if expiry > now {
-                    self.dedup.claim_ride(RideKey { card_id, created_at, counter, tap_kind }, expiry);
+                    self.dedup.restore_ride(RideKey { card_id, created_at, counter }, tap_kind, expiry);
                 }
             }
         }
@@ -422,14 +423,15 @@ impl Pipeline {
 
     fn claim_ride(&self, code: &RideCode, tap_kind: TapKind) -> Verdict {
         let claims = &code.credential.claims;
-        let key = RideKey { card_id: claims.card_id, created_at: code.created_at, counter: code.counter, tap_kind };
-        if self.dedup.claim_ride(key, self.horizons.ride_expiry(code.created_at)) {
+        let key = RideKey { card_id: claims.card_id, created_at: code.created_at, counter: code.counter };
+        if self.dedup.claim_ride(key, tap_kind, self.horizons.ride_expiry(code.created_at)) {
             Verdict { status: ScanStatus::Accepted, reason: None }
         } else {
             Verdict {
                 status: ScanStatus::Replay,
                 reason: Some(format!(
-                    "ride code of card {} made at {} (counter {}) was already used for a {} tap",
+                    "ride code of card {} made at {} (counter {}) was already used; shown again at a {} gate \
+                     (one code pays for one ride: an entry and its exit may share it)",
                     claims.card_id,
                     code.created_at,
                     code.counter,
@@ -626,6 +628,32 @@ mod tests {
         let mut keys = IssuerPublicKeys::new();
         keys.insert(1, issuer.public_key());
         Fixture { pipeline: Pipeline::new(config_in(time_zone), keys, [5; 32]), issuer }
+    }
+
+    /// Issue 10: a client written from the docs had one code accepted three
+    /// times, as entry, exit and single. One code pays for one ride.
+    #[test]
+    fn one_code_is_accepted_for_an_entry_and_its_exit_and_nothing_more() {
+        let f = fixture();
+        let c = code(&f, 21, 1);
+        let taps = [(WireTapKind::Exit, "gate-2"), (WireTapKind::Entry, "gate-1"), (WireTapKind::Single, "bus-1")];
+        let scans: Vec<ScanRecord> = taps
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, validator))| ScanRecord {
+                validator_id: validator.to_string(),
+                tap_kind: *kind as i32,
+                ..scan(i as u64, AT_MS + i as i64 * 1_000, c.clone())
+            })
+            .collect();
+        let outcome = f.pipeline.process(&batch(scans.clone()), AT_MS + 5_000).expect("batch");
+        assert_eq!(statuses(&outcome), vec![ScanStatus::Accepted, ScanStatus::Accepted, ScanStatus::Replay]);
+        let restarted = fixture();
+        restarted.pipeline.restore(&outcome.rows, AT_MS + 5_000);
+        let mut again = scans[1].clone();
+        again.validator_id = "gate-9".into();
+        let replayed = restarted.pipeline.process(&batch(vec![again]), AT_MS + 6_000).expect("batch");
+        assert_eq!(statuses(&replayed), vec![ScanStatus::Replay], "restored uses still count");
     }
 
     /// Review fault 1: a scan time at the top of chrono's range stopped the
