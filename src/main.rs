@@ -165,6 +165,19 @@ enum KeysAction {
     Rotate,
     /// Stop trusting an issuer key.
     Retire { key_id: u32 },
+    /// Print the trusted issuer public keys for validators: PEM
+    /// SubjectPublicKeyInfo (what openssl and Python's cryptography read) or
+    /// raw hex, one `ID HEX` line each.
+    Export {
+        #[arg(long, value_enum, default_value = "pem")]
+        format: KeyFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyFormat {
+    Pem,
+    Hex,
 }
 
 fn main() -> Result<()> {
@@ -275,6 +288,16 @@ fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Result<()> {
     let options = KeystoreOptions::from_config(config);
     let store = match (Keystore::open(data_dir, options.clone()), action) {
         (Ok(store), KeysAction::List) => store,
+        (Ok(store), KeysAction::Export { format }) => {
+            for key in store.export_public_keys()? {
+                let status = if key.active { "active" } else { "trusted" };
+                match format {
+                    KeyFormat::Pem => print!("issuer key {} ({status})\n{}", key.id, key.pem),
+                    KeyFormat::Hex => println!("{} {}", key.id, key.hex),
+                }
+            }
+            return Ok(());
+        }
         (Ok(mut store), KeysAction::Rotate) => {
             println!("issuer key {} is now active", store.rotate()?);
             store

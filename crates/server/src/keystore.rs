@@ -71,6 +71,20 @@ pub enum KeystoreError {
     Empty(PathBuf),
     #[error("the system random source failed")]
     Rng,
+    #[error("issuer key {id}: cannot encode its public key: {reason}")]
+    Export { id: u32, reason: String },
+}
+
+/// An issuer public key as validators load it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedKey {
+    pub id: u32,
+    pub active: bool,
+    /// The raw 32-byte Ed25519 public key, hex.
+    pub hex: String,
+    /// SubjectPublicKeyInfo in PEM, as `openssl pkey -pubin` and Python's
+    /// `cryptography` read it.
+    pub pem: String,
 }
 
 /// 32 bytes from the OS random source: new keys, and the seed of batch
@@ -192,6 +206,26 @@ impl Keystore {
             keys.insert(info.id, self.signer(info.id)?.public_key());
         }
         Ok(keys)
+    }
+
+    /// Every trusted issuer public key, for validators, in encodings
+    /// standard tools read: raw hex, and PEM SubjectPublicKeyInfo (made by
+    /// rcgen from the stored PKCS#8 document).
+    pub fn export_public_keys(&self) -> Result<Vec<ExportedKey>, KeystoreError> {
+        let mut exported = Vec::new();
+        for info in self.ring.keys.iter().filter(|k| !k.retired) {
+            let path = self.key_path(info.id);
+            let document = fs::read(&path).map_err(io(&path))?;
+            let pair = rcgen::KeyPair::try_from(document.as_slice())
+                .map_err(|e| KeystoreError::Export { id: info.id, reason: e.to_string() })?;
+            exported.push(ExportedKey {
+                id: info.id,
+                active: info.id == self.ring.active_key_id,
+                hex: hex::encode(self.signer(info.id)?.public_key()),
+                pem: pair.public_key_pem(),
+            });
+        }
+        Ok(exported)
     }
 
     /// Runs `apply` under the lock on the keyring as it is on disk now.
@@ -377,6 +411,38 @@ mod tests {
         assert_eq!(ids, (2..=11).collect::<Vec<_>>(), "every rotation got its own id");
         let store = Keystore::open_or_create(dir.path(), options()).expect("reopen");
         assert_eq!(trusted(&store), (1..=11).collect::<Vec<_>>(), "no update was lost");
+    }
+
+    /// Issue 10: the public keys were only in the server's PKCS#8 v2 files,
+    /// which `openssl pkey` refuses. The exported PEM is read by openssl,
+    /// and the key it prints is the hex exported beside it.
+    #[test]
+    fn exported_public_keys_are_read_by_openssl() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        store.rotate().expect("rotate");
+        store.retire(1).expect("retire");
+        let exported = store.export_public_keys().expect("export");
+        assert_eq!(exported.iter().map(|k| (k.id, k.active)).collect::<Vec<_>>(), vec![(2, true)], "trusted keys only");
+        let key = &exported[0];
+        assert_eq!(key.hex, hex::encode(store.trusted_public_keys().expect("keys").get(2).expect("key 2")));
+        let pem_path = dir.path().join("issuer.pem");
+        fs::write(&pem_path, &key.pem).expect("pem");
+        let output = std::process::Command::new("openssl")
+            .args(["pkey", "-pubin", "-noout", "-text", "-in"])
+            .arg(&pem_path)
+            .output()
+            .expect("openssl is on the machine");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "openssl refused the PEM: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(text.contains("ED25519 Public-Key"), "{text}");
+        let printed: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("pub:"))
+            .skip(1)
+            .flat_map(|l| l.trim().split(':').filter(|b| !b.is_empty()).map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(printed, key.hex, "openssl reads the same key");
     }
 
     #[test]
