@@ -57,9 +57,13 @@ async fn the_server_serves_with_every_key_at_its_smallest_and_largest() {
         let scanned = T0_MS + 60_000;
         for seq in 0..3u64 {
             let rider = h.rider(500 + seq);
+            // A credential as long as the config allows, around the scan.
+            let window = h.config.ride_code.credential_validity_secs;
+            let valid_from = secs(scanned) - 10;
+            let credential = h.issuer.issue(500 + seq, rider.key.public_key(), valid_from, valid_from + window);
             // A code made at the very second it is scanned: at the smallest
             // validity and skew nothing older passes.
-            let code = rider.key.make_code(&rider.credential, secs(scanned), 1).bytes.to_vec();
+            let code = rider.key.make_code(&credential, secs(scanned), 1).bytes.to_vec();
             // One-byte ids: the smallest wire.id_bytes_max.
             let scan = ScanRecord {
                 route_id: "r".into(),

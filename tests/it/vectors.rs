@@ -27,7 +27,8 @@ const VALID_FROM: u32 = 1_763_582_400;
 const VALID_UNTIL: u32 = VALID_FROM + 93_600;
 /// 2025-11-20 10:00 in Shanghai.
 const CREATED_AT: u32 = 1_763_604_000;
-const POLICY: FreshnessPolicy = FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 };
+const POLICY: FreshnessPolicy =
+    FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30, credential_validity_secs: 93_600 };
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct VectorFile {

@@ -152,7 +152,11 @@ mod tests {
 
     #[test]
     fn the_largest_settings_do_not_overflow() {
-        let policy = FreshnessPolicy { code_validity_secs: u32::MAX, clock_skew_secs: u32::MAX };
+        let policy = FreshnessPolicy {
+            code_validity_secs: u32::MAX,
+            clock_skew_secs: u32::MAX,
+            credential_validity_secs: u32::MAX,
+        };
         let h = Horizons::new(policy, u32::MAX);
         assert!(h.restore_window_ms() > 0);
         assert!(h.ride_expiry(u32::MAX) > 0);

@@ -523,7 +523,11 @@ mod tests {
     /// `time_zone`.
     fn config_in(time_zone: chrono_tz::Tz) -> PipelineConfig {
         PipelineConfig {
-            freshness: FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 },
+            freshness: FreshnessPolicy {
+                code_validity_secs: 60,
+                clock_skew_secs: 30,
+                credential_validity_secs: 93_600,
+            },
             accepted_lateness_secs: 259_200,
             verify_chunk_signatures: 64,
             batch_scans_max: 10_000,

@@ -19,6 +19,9 @@ pub struct FreshnessPolicy {
     pub code_validity_secs: u32,
     /// How far the phone's and the validator's clocks may disagree.
     pub clock_skew_secs: u32,
+    /// The longest window an issued credential may have: a longer one
+    /// (a credential "valid for 136 years") is refused wherever it is shown.
+    pub credential_validity_secs: u32,
 }
 
 /// Cards that must not ride. The server's list changes as arrears come and go.
@@ -52,6 +55,8 @@ pub enum Rejection {
     BadSignature(SignatureFault),
     #[error("credential valid [{valid_from}, {valid_until}) is not valid at {at}")]
     ExpiredCredential { valid_from: u32, valid_until: u32, at: u32 },
+    #[error("credential valid [{valid_from}, {valid_until}) is longer than the {max_secs} s a credential may be")]
+    CredentialTooLong { valid_from: u32, valid_until: u32, max_secs: u32 },
     #[error("code made at {created_at} is stale at {at}")]
     StaleCode { created_at: u32, at: u32 },
     #[error("card {card_id} is denied")]
@@ -64,7 +69,7 @@ impl Rejection {
             Rejection::Malformed(_) => ScanStatus::Malformed,
             Rejection::UnknownIssuerKey { .. } => ScanStatus::UnknownIssuerKey,
             Rejection::BadSignature(_) => ScanStatus::BadSignature,
-            Rejection::ExpiredCredential { .. } => ScanStatus::ExpiredCredential,
+            Rejection::ExpiredCredential { .. } | Rejection::CredentialTooLong { .. } => ScanStatus::ExpiredCredential,
             Rejection::StaleCode { .. } => ScanStatus::StaleCode,
             Rejection::Denied { .. } => ScanStatus::Denied,
         }
@@ -137,6 +142,14 @@ pub fn check_claims(
     at: u32,
 ) -> Result<(), Rejection> {
     let claims = &code.credential.claims;
+    if claims.valid_until.saturating_sub(claims.valid_from) > policy.credential_validity_secs {
+        let (valid_from, valid_until) = (claims.valid_from, claims.valid_until);
+        return Err(Rejection::CredentialTooLong {
+            valid_from,
+            valid_until,
+            max_secs: policy.credential_validity_secs,
+        });
+    }
     let skew = policy.clock_skew_secs;
     let window_open = claims.valid_from <= at.saturating_add(skew);
     let window_not_closed = at < claims.valid_until.saturating_add(skew);
@@ -163,7 +176,8 @@ mod tests {
     use super::*;
     use crate::ridecode::keys::{IssuerSigningKey, UserKey};
 
-    const POLICY: FreshnessPolicy = FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30 };
+    const POLICY: FreshnessPolicy =
+        FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30, credential_validity_secs: 93_600 };
     const T0: u32 = 1_800_000_000;
 
     struct Fixture {
@@ -213,6 +227,30 @@ mod tests {
         let deny: HashSet<u64> = [77].into();
         assert_eq!(check_at(&f, &f.code.bytes, &deny, T0 + 120), Err(Rejection::Denied { card_id: 77 }));
         assert!(matches!(check_at(&f, &f.code.bytes[..10], &none, T0 + 120), Err(Rejection::Malformed(_))));
+    }
+
+    /// Issue 10: a credential valid for 136 years was accepted at the gate
+    /// and by the server. A window longer than the policy's is refused.
+    #[test]
+    fn a_credential_longer_than_the_policy_allows_is_refused() {
+        let issuer = IssuerSigningKey::from_seed(3, &[1; 32]).expect("issuer");
+        let user = UserKey::from_seed(&[2; 32]).expect("user");
+        let mut keys = IssuerPublicKeys::new();
+        keys.insert(3, issuer.public_key());
+        let none = HashSet::new();
+        for (valid_until, refused) in [(T0 + 93_600, false), (T0 + 93_601, true), (u32::MAX, true)] {
+            let credential = issuer.issue(77, user.public_key(), T0, valid_until);
+            let code = user.make_code(&credential, T0 + 100, 1);
+            let verdict = check_offline(&code.bytes, &keys, &none, &POLICY, T0 + 120);
+            assert_eq!(
+                matches!(verdict, Err(Rejection::CredentialTooLong { .. })),
+                refused,
+                "{valid_until}: {verdict:?}"
+            );
+            if refused {
+                assert_eq!(verdict.expect_err("refused").status(), ScanStatus::ExpiredCredential);
+            }
+        }
     }
 
     #[test]

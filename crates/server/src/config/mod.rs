@@ -224,6 +224,7 @@ impl Config {
         FreshnessPolicy {
             code_validity_secs: self.ride_code.code_validity_secs,
             clock_skew_secs: self.ride_code.clock_skew_secs,
+            credential_validity_secs: self.ride_code.credential_validity_secs,
         }
     }
 
