@@ -72,6 +72,7 @@ fn batch(f: &Fixture, counter: u32, tamper: impl Fn(usize, &mut Vec<u8>)) -> Sca
                 stop_id: "bus-12-stop-04".into(),
                 tap_kind: WireTapKind::Single as i32,
                 ride_code,
+                ..Default::default()
             }
         })
         .collect();

@@ -49,6 +49,7 @@ fn fixture(scans: usize) -> Fixture {
                 stop_id: "bus-12-stop-04".into(),
                 tap_kind: WireTapKind::Single as i32,
                 ride_code: user.make_code(credential, secs - 5, counter).bytes.to_vec(),
+                ..Default::default()
             })
             .collect(),
     };

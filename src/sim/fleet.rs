@@ -20,7 +20,7 @@ use crate::gateway::{GatewayClient, GatewayError};
 use crate::ingest::pipeline::fingerprint;
 use crate::ridecode::{FreshnessPolicy, check_offline};
 use crate::scan::ScanStatus;
-use crate::wire::{BatchAck, ScanBatch};
+use crate::wire::{BatchAck, GateDecision, ScanBatch, ScanRecord};
 
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
@@ -214,7 +214,8 @@ impl GatewayRun {
                 );
                 opened += u64::from(gate.is_ok());
                 *planned.entry(scan.expected).or_default() += 1;
-                scans.push(scan.record(&world, code));
+                let decision = if gate.is_ok() { GateDecision::Opened } else { GateDecision::Refused };
+                scans.push(ScanRecord { gate: decision as i32, ..scan.record(&world, code) });
             }
             (ScanBatch { gateway_id, batch_seq, scans }, opened, planned)
         })

@@ -123,6 +123,7 @@ fn hostile_batch(codes: &[Vec<u8>], seq: u64, now: UnixMillis) -> ScanBatch {
             stop_id: "flood".into(),
             tap_kind: WireTapKind::Single as i32,
             ride_code: code.clone(),
+            ..Default::default()
         })
         .collect();
     ScanBatch { gateway_id: "flood".into(), batch_seq: seq, scans }

@@ -311,6 +311,7 @@ impl PlannedScan {
             stop_id: validator.stop_id(self.code_counter as usize),
             tap_kind: crate::wire::WireTapKind::from(self.tap_kind) as i32,
             ride_code,
+            ..Default::default()
         }
     }
 }

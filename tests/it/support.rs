@@ -124,6 +124,7 @@ pub fn record(validator: &str, seq: u64, at_ms: UnixMillis, tap_kind: TapKind, r
         stop_id: "station-01".into(),
         tap_kind: WireTapKind::from(tap_kind) as i32,
         ride_code,
+        ..Default::default()
     }
 }
 

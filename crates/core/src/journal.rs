@@ -76,6 +76,8 @@ fn to_journal_row(row: &ArchivedScan) -> JournalRow {
         status: WireScanStatus::from(row.status) as i32,
         reason: row.reason.clone(),
         service_date: days_since_epoch(row.service_date),
+        gate_opened: row.gate_opened,
+        deny_list_version: row.deny_list_version,
     }
 }
 
@@ -115,6 +117,8 @@ fn from_journal_row(
         status,
         reason: row.reason.clone(),
         service_date,
+        gate_opened: row.gate_opened,
+        deny_list_version: row.deny_list_version,
     })
 }
 
@@ -142,6 +146,8 @@ mod tests {
             status,
             reason: (status != ScanStatus::Accepted).then(|| "why".to_string()),
             service_date: chrono::NaiveDate::from_ymd_opt(2025, 11, 20).expect("date"),
+            gate_opened: (seq == 1).then_some(true),
+            deny_list_version: (seq == 1).then_some(u64::MAX),
         };
         let rows = vec![
             row(1, ScanStatus::Accepted, Some(TapKind::Entry)),

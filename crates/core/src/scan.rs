@@ -105,6 +105,10 @@ pub struct ArchivedScan {
     pub status: ScanStatus,
     /// Why the scan got its status, for every status but `accepted`.
     pub reason: Option<String>,
+    /// Whether the validator's gate opened; `None` when the gateway did not say.
+    pub gate_opened: Option<bool>,
+    /// The deny list version the validator held, when the gateway said.
+    pub deny_list_version: Option<u64>,
     /// The service day of `scanned_at`.
     pub service_date: chrono::NaiveDate,
 }

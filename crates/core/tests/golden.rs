@@ -51,6 +51,8 @@ fn rows() -> Vec<ArchivedScan> {
         status: ScanStatus::Accepted,
         reason: None,
         service_date: chrono::NaiveDate::from_ymd_opt(1970, 1, 2).expect("date"),
+        gate_opened: None,
+        deny_list_version: None,
     };
     let refused = ArchivedScan {
         tap_kind: None,

@@ -8,7 +8,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use arrow_array::builder::{Date32Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -29,6 +31,7 @@ enum Values {
     Time(fn(&Row) -> Option<i64>, fn(&mut Row, Option<i64>) -> Result<(), String>),
     /// Days since the epoch.
     Date(fn(&Row) -> i32, fn(&mut Row, i32) -> Result<(), String>),
+    Bool(fn(&Row) -> Option<bool>, fn(&mut Row, Option<bool>) -> Result<(), String>),
 }
 
 struct Column {
@@ -222,6 +225,28 @@ const COLUMNS: &[Column] = &[
             },
         ),
     ),
+    column(
+        "gate_opened",
+        true,
+        Values::Bool(
+            |r| r.gate_opened,
+            |r, v| {
+                r.gate_opened = v;
+                Ok(())
+            },
+        ),
+    ),
+    column(
+        "deny_list_version",
+        true,
+        Values::U64(
+            |r| r.deny_list_version,
+            |r, v| {
+                r.deny_list_version = v;
+                Ok(())
+            },
+        ),
+    ),
 ];
 
 impl Values {
@@ -232,6 +257,7 @@ impl Values {
             Values::U32(..) => DataType::UInt32,
             Values::Time(..) => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             Values::Date(..) => DataType::Date32,
+            Values::Bool(..) => DataType::Boolean,
         }
     }
 
@@ -263,6 +289,11 @@ impl Values {
                 rows.iter().for_each(|r| b.append_value(get(r)));
                 Arc::new(b.finish())
             }
+            Values::Bool(get, _) => {
+                let mut b = BooleanBuilder::with_capacity(n);
+                rows.iter().for_each(|r| b.append_option(get(r)));
+                Arc::new(b.finish())
+            }
         }
     }
 
@@ -282,6 +313,7 @@ impl Values {
                 Values::Time(_, set) => {
                     at(i, set(row, (!null).then(|| array.as_primitive::<TimestampMillisecondType>().value(i))))?
                 }
+                Values::Bool(_, set) => at(i, set(row, (!null).then(|| array.as_boolean().value(i))))?,
                 Values::Date(..) if null => at(i, Err("null in a column that has none".into()))?,
                 Values::Date(_, set) => at(i, set(row, array.as_primitive::<Date32Type>().value(i)))?,
             }
@@ -346,6 +378,8 @@ fn blank_row() -> ArchivedScan {
         status: ScanStatus::Malformed,
         reason: None,
         service_date: chrono::NaiveDate::default(),
+        gate_opened: None,
+        deny_list_version: None,
     }
 }
 
@@ -383,6 +417,8 @@ mod tests {
             status: ScanStatus::Replay,
             reason: Some(String::new()),
             service_date: chrono::NaiveDate::from_ymd_opt(2106, 2, 7).expect("date"),
+            gate_opened: Some(false),
+            deny_list_version: Some(u64::MAX),
         };
         let sparse = ArchivedScan { reason: None, ..blank_row() };
         let rows = vec![full, sparse];

@@ -26,7 +26,7 @@ use crate::ridecode::check::{
     check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
 };
 use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
-use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, Rejection, RideCode, SignatureFault};
+use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault};
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
 use crate::wire::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, WireScanStatus};
@@ -126,6 +126,8 @@ impl Verdict {
 /// A record after step 1.
 struct Prepared {
     fingerprint: Fingerprint,
+    /// What the validator's gate did, when the gateway said.
+    gate_opened: Option<bool>,
     /// Its fingerprint was in the re-delivery index when step 1 looked:
     /// a re-delivery, whose signatures step 2 need not check (they were
     /// checked before its entry was made).
@@ -272,7 +274,7 @@ impl Pipeline {
             }
         };
         let seen_before = self.dedup.delivery_seen(&fingerprint);
-        Prepared { fingerprint, seen_before, tap_kind, code: code.ok(), early }
+        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code: code.ok(), early }
     }
 
     /// The record's own fields, before its ride code: ids present and
@@ -385,19 +387,24 @@ impl Pipeline {
         let (Some(code), Some(tap_kind)) = (&p.code, p.tap_kind) else {
             return Verdict::malformed("internal: prepared record lost its code".into());
         };
-        match self.check_signed_code(code, work, sigs, scanned_at, received_at) {
+        match self.check_signed_code(code, work, sigs, p.gate_opened, (scanned_at, received_at)) {
             Err(rejection) => rejection.into(),
             Ok(()) => self.claim_ride(code, tap_kind),
         }
     }
 
+    /// The checks after step 1's, in the documented order. What the gate
+    /// did decides the deny list: a gate that opened let a ride happen,
+    /// charged even when the server's list is newer (the deposit covers
+    /// it); one that refused did not; without a word from the gateway the
+    /// server's list decides.
     fn check_signed_code(
         &self,
         code: &RideCode,
         work: &SignatureWork,
         sigs: SignatureResults,
-        scanned_at: UnixMillis,
-        received_at: UnixMillis,
+        gate_opened: Option<bool>,
+        (scanned_at, received_at): (UnixMillis, UnixMillis),
     ) -> Result<(), Rejection> {
         if !work.credential_cached {
             check_credential_signature(code, &work.issuer_key, |_| sigs.issuer_valid)?;
@@ -408,8 +415,15 @@ impl Pipeline {
             return Err(Rejection::BadSignature(SignatureFault::User));
         }
         self.check_arrival(code, scanned_at, received_at)?;
-        let deny_list = crate::sync::read(&self.deny_list);
-        check_claims(code, &*deny_list, &self.config.freshness, unix_secs_u32(scanned_at))
+        let (policy, at) = (&self.config.freshness, unix_secs_u32(scanned_at));
+        match gate_opened {
+            Some(true) => check_claims(code, &NobodyDenied, policy, at),
+            Some(false) => {
+                check_claims(code, &NobodyDenied, policy, at)?;
+                Err(Rejection::GateRefused { card_id: code.credential.claims.card_id })
+            }
+            None => check_claims(code, &*crate::sync::read(&self.deny_list), policy, at),
+        }
     }
 
     /// A scan must arrive within the accepted lateness (or its replays could
@@ -471,6 +485,8 @@ impl Pipeline {
             // The server's clock is always a representable time; the
             // default (1970-01-01) is only for a clock set beyond chrono.
             service_date: self.config.service_day.service_date(partition_time).unwrap_or_default(),
+            gate_opened: record.gate_opened(),
+            deny_list_version: record.deny_list_version(),
         }
     }
 }
@@ -556,6 +572,7 @@ mod tests {
             stop_id: "station-01".into(),
             tap_kind: WireTapKind::Entry as i32,
             ride_code: code,
+            ..Default::default()
         }
     }
 
@@ -632,6 +649,39 @@ mod tests {
         let mut keys = IssuerPublicKeys::new();
         keys.insert(1, issuer.public_key());
         Fixture { pipeline: Pipeline::new(config_in(time_zone), keys, [5; 32]), issuer }
+    }
+
+    /// Issue 10: what is charged is what the gate let through. A gate that
+    /// opened for a card the server has since denied let a ride happen; a
+    /// gate that refused did not, whatever the server's list says; without
+    /// a word from the gateway the server's list decides.
+    #[test]
+    fn the_gate_decides_what_was_a_ride() {
+        use crate::wire::GateDecision;
+        let f = fixture();
+        f.pipeline.set_denied(30, true);
+        let with_gate = |seq: u64, card: u64, gate: GateDecision| ScanRecord {
+            gate: gate as i32,
+            deny_list_version: 7,
+            ..scan(seq, AT_MS, code(&f, card, 1))
+        };
+        let scans = vec![
+            with_gate(1, 30, GateDecision::Opened),
+            with_gate(2, 31, GateDecision::Refused),
+            with_gate(3, 32, GateDecision::Unspecified),
+            ScanRecord { gate: 99, ..with_gate(4, 30, GateDecision::Unspecified) },
+        ];
+        let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("batch");
+        use ScanStatus::{Accepted, Denied};
+        assert_eq!(statuses(&outcome), vec![Accepted, Denied, Accepted, Denied]);
+        assert!(outcome.rows[1].reason.as_deref().is_some_and(|r| r.contains("the gate refused")));
+        assert!(
+            outcome.rows[3].reason.as_deref().is_some_and(|r| r.contains("is denied")),
+            "an unknown value says nothing"
+        );
+        let gates: Vec<Option<bool>> = outcome.rows.iter().map(|r| r.gate_opened).collect();
+        assert_eq!(gates, vec![Some(true), Some(false), None, None]);
+        assert!(outcome.rows.iter().all(|r| r.deny_list_version == Some(7)));
     }
 
     /// Issue 10: a client written from the docs had one code accepted three

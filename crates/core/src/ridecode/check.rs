@@ -35,6 +35,15 @@ impl DenyList for HashSet<u64> {
     }
 }
 
+/// The deny list when the gate already decided: nobody on it.
+pub struct NobodyDenied;
+
+impl DenyList for NobodyDenied {
+    fn is_denied(&self, _card_id: u64) -> bool {
+        false
+    }
+}
+
 /// Which signature failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureFault {
@@ -61,6 +70,8 @@ pub enum Rejection {
     StaleCode { created_at: u32, at: u32 },
     #[error("card {card_id} is denied")]
     Denied { card_id: u64 },
+    #[error("the gate refused card {card_id}: not a ride")]
+    GateRefused { card_id: u64 },
 }
 
 impl Rejection {
@@ -71,7 +82,7 @@ impl Rejection {
             Rejection::BadSignature(_) => ScanStatus::BadSignature,
             Rejection::ExpiredCredential { .. } | Rejection::CredentialTooLong { .. } => ScanStatus::ExpiredCredential,
             Rejection::StaleCode { .. } => ScanStatus::StaleCode,
-            Rejection::Denied { .. } => ScanStatus::Denied,
+            Rejection::Denied { .. } | Rejection::GateRefused { .. } => ScanStatus::Denied,
         }
     }
 }

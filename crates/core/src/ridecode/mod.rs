@@ -6,6 +6,6 @@ pub mod format;
 pub mod keys;
 pub mod verify;
 
-pub use check::{DenyList, FreshnessPolicy, Rejection, SignatureFault, check_offline};
+pub use check::{DenyList, FreshnessPolicy, NobodyDenied, Rejection, SignatureFault, check_offline};
 pub use format::{Credential, CredentialClaims, DecodeError, RIDE_CODE_LEN, RideCode};
 pub use keys::{IssuerPublicKeys, IssuerSigningKey, KeyError, UserKey};

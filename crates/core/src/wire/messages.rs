@@ -11,7 +11,8 @@ mod generated {
 }
 
 pub use generated::{
-    AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, ScanStatus as WireScanStatus, TapKind as WireTapKind,
+    AckStatus, BatchAck, GateDecision, RejectedScan, ScanBatch, ScanRecord, ScanStatus as WireScanStatus,
+    TapKind as WireTapKind,
 };
 
 impl From<TapKind> for WireTapKind {
@@ -59,6 +60,21 @@ impl WireScanStatus {
 impl ScanRecord {
     pub fn wire_tap_kind(&self) -> Option<TapKind> {
         WireTapKind::try_from(self.tap_kind).ok().and_then(WireTapKind::to_tap_kind)
+    }
+
+    /// Whether the gate opened: `None` when the gateway did not say (an
+    /// unknown value counts as not saying).
+    pub fn gate_opened(&self) -> Option<bool> {
+        match GateDecision::try_from(self.gate) {
+            Ok(GateDecision::Opened) => Some(true),
+            Ok(GateDecision::Refused) => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The deny list version the validator held, if it said.
+    pub fn deny_list_version(&self) -> Option<u64> {
+        (self.deny_list_version != 0).then_some(self.deny_list_version)
     }
 }
 

@@ -9,7 +9,9 @@ pub mod messages;
 use prost::Message;
 use thiserror::Error;
 
-pub use messages::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, WireScanStatus, WireTapKind};
+pub use messages::{
+    AckStatus, BatchAck, GateDecision, RejectedScan, ScanBatch, ScanRecord, WireScanStatus, WireTapKind,
+};
 
 /// The ALPN protocol id both ends must agree on.
 pub const ALPN: &[u8] = b"farestream/1";

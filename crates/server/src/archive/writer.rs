@@ -231,6 +231,8 @@ mod tests {
             status: if seq.is_multiple_of(2) { ScanStatus::Accepted } else { ScanStatus::Replay },
             reason: (!seq.is_multiple_of(2)).then(|| "replayed".to_string()),
             service_date: date,
+            gate_opened: Some(true),
+            deny_list_version: Some(seq),
         }
     }
 
