@@ -12,7 +12,6 @@ use farestream::clock::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::GatewayClient;
-use farestream::gateway::tls::read_cert;
 use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::server::{Server, ServerSettings};
@@ -356,10 +355,7 @@ async fn flood(
     server: SocketAddr,
     settings: farestream::sim::FloodSettings,
 ) -> Result<()> {
-    let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(&config))
-        .context("opening the key store shared with the server")?;
-    let cert = read_cert(&cert_path(data_dir))
-        .context("reading the server certificate (start `serve` with the same --data-dir first)")?;
+    let (keystore, target) = farestream::sim::reach_server(data_dir, &config, server).await?;
     let codes = farestream::sim::hostile_codes(
         settings.kind,
         &keystore.active_signer()?,
@@ -369,8 +365,7 @@ async fn flood(
     let mut gateway_settings = config.gateway_settings(server);
     // A flood does not resend: each push is one attempt.
     gateway_settings.retry_attempts_max = 1;
-    let client = GatewayClient::new(gateway_settings, &cert)?;
-    client.connect().await?;
+    let client = GatewayClient::new(gateway_settings, &target.cert)?;
     let started = std::time::Instant::now();
     let report = farestream::sim::run_flood(client, Arc::new(codes), settings.clone()).await;
     let secs = started.elapsed().as_secs_f64();

@@ -67,9 +67,7 @@ pub async fn simulate(
     if load.batch_scans > max {
         return Err(SimulateError::BatchTooLarge { batch_scans: load.batch_scans, max });
     }
-    let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
-    let target = Target { server, cert: read_cert(&cert_path(data_dir))? };
-    GatewayClient::new(config.gateway_settings(server), &target.cert)?.connect().await?;
+    let (keystore, target) = reach_server(data_dir, config, server).await?;
     let now = SystemClock.now_ms();
     let timetable = if load.backlog {
         // Read at the gates over the last ten minutes, all due at once.
@@ -86,6 +84,21 @@ pub async fn simulate(
         Uploads { tick: Duration::from_millis(250), batch_scans_max: load.batch_scans, backlog: load.backlog };
     let fleet = city.run(config, &target, Arc::new(SystemClock), uploads, progress).await;
     Ok(SimulateReport { scans_planned, load, fleet })
+}
+
+/// What a load generator needs from the server's data dir (its issuer keys
+/// and the certificate its gateways pin), once a connection to `server`
+/// has shown that it answers: a wrong address is reported within
+/// `gateway.connect_timeout_ms`, not after every retry of the load.
+pub async fn reach_server(
+    data_dir: &Path,
+    config: &Config,
+    server: SocketAddr,
+) -> Result<(Keystore, Target), SimulateError> {
+    let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
+    let target = Target { server, cert: read_cert(&cert_path(data_dir))? };
+    GatewayClient::new(config.gateway_settings(server), &target.cert)?.connect().await?;
+    Ok((keystore, target))
 }
 
 impl SimulateReport {

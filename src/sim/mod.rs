@@ -12,6 +12,6 @@ pub mod world;
 pub use city::{City, CitySpec, Target, Uploads};
 pub use fleet::{FleetReport, FleetSettings, run_fleet};
 pub use flood::{FloodKind, FloodReport, FloodSettings, hostile_codes, run_flood};
-pub use load::{Load, SimulateError, SimulateReport, simulate};
+pub use load::{Load, SimulateError, SimulateReport, reach_server, simulate};
 pub use plan::{Anomaly, AnomalyRates, PlannedScan, Timetable, plan_day};
 pub use world::{World, WorldSpec};
