@@ -3,6 +3,10 @@
 //! versions unless the list below says which dependencies force it, and
 //! only licenses from the allowed list. A new duplicate or licence fails
 //! here and is either avoided or added with its reason.
+//!
+//! And the crate boundaries: the core's tree holds no I/O crate, the
+//! gateway's no archive, database or server. (The core's source is checked
+//! for files, sockets, clocks and OS randomness in crates/core/tests.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -43,6 +47,32 @@ fn cargo(args: &[&str]) -> String {
         .expect("running cargo");
     assert!(output.status.success(), "cargo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Crates that do I/O or pull a runtime in; none may be in the core's tree.
+const NOT_IN_THE_CORE: &[&str] =
+    &["tokio", "mio", "quinn", "rustls", "parquet", "rusqlite", "axum", "reqwest", "hyper", "datafusion"];
+
+/// What a gateway vendor embeds stays small.
+const NOT_IN_THE_GATEWAY: &[&str] =
+    &["parquet", "arrow-array", "rusqlite", "datafusion", "axum", "farestream-server", "metrics-exporter-prometheus"];
+
+/// The names of the crates in `package`'s normal dependency tree.
+fn tree_of(package: &str) -> BTreeSet<String> {
+    let tree = cargo(&["tree", "--edges", "normal", "--prefix", "none", "--package", package]);
+    tree.lines().filter_map(|line| line.split_whitespace().next()).map(str::to_string).collect()
+}
+
+#[test]
+fn the_core_and_the_gateway_keep_out_what_does_not_belong() {
+    for (package, forbidden, sure_to_hold) in
+        [("farestream-core", NOT_IN_THE_CORE, "rayon"), ("farestream-gateway", NOT_IN_THE_GATEWAY, "quinn")]
+    {
+        let crates = tree_of(package);
+        assert!(crates.contains(sure_to_hold), "the tree of {package} was read: {crates:?}");
+        let found: Vec<&&str> = forbidden.iter().filter(|name| crates.contains(**name)).collect();
+        assert!(found.is_empty(), "{package} now depends on {found:?}: that code belongs in another crate");
+    }
 }
 
 #[test]

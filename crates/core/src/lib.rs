@@ -2,8 +2,9 @@
 //! their archive rows, with `now`, events and inputs as arguments. No
 //! async runtime, no files, no sockets, no clock: the `farestream` shell
 //! (QUIC, the write-ahead log, Parquet, the account store) does the I/O
-//! and calls in here. A test in this crate fails if one of those creeps
-//! into its dependencies.
+//! and calls in here. Tests fail if one of those creeps into its source
+//! (`tests/boundary.rs`) or its dependencies (the root's
+//! `tests/it/dependencies.rs`).
 //!
 //! Data structures and data parallelism are allowed: the dedup indexes are
 //! `dashmap`s and verification runs on `rayon`, because both are

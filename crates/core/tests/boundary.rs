@@ -1,16 +1,9 @@
-//! The core's sans-IO boundary, enforced: its dependency tree holds no
-//! async runtime, socket, TLS, Parquet or SQL crate, and its source reads
-//! no clock, draws no OS randomness and opens no file or socket. Time,
-//! randomness, events and inputs come in as arguments; the `farestream`
-//! shell does the I/O.
+//! The core's sans-IO boundary in its source: it reads no clock, draws no
+//! OS randomness and opens no file or socket. Time, randomness, events and
+//! inputs come in as arguments; the shell does the I/O. (Its dependency
+//! tree is checked with the others' in the root's tests/it/dependencies.rs.)
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
-
-/// Crates that do I/O or pull a runtime in; none may be in the core's tree.
-const FORBIDDEN_CRATES: &[&str] =
-    &["tokio", "mio", "quinn", "rustls", "parquet", "rusqlite", "axum", "reqwest", "hyper", "datafusion"];
 
 /// Source that reads a clock, draws OS randomness, or touches files or
 /// sockets.
@@ -27,23 +20,6 @@ const FORBIDDEN_SOURCE: &[&str] = &[
     "getrandom",
     "thread_rng",
 ];
-
-#[test]
-fn the_core_depends_on_no_io_crate() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let output = Command::new(cargo)
-        .args(["tree", "--offline", "--edges", "normal", "--prefix", "none", "--manifest-path", manifest])
-        .args(["--package", "farestream-core"])
-        .output()
-        .expect("running cargo tree");
-    let tree = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
-    let crates: BTreeSet<&str> = tree.lines().filter_map(|line| line.split_whitespace().next()).collect();
-    assert!(crates.contains("rayon") && crates.contains("dashmap"), "the tree was read: {tree}");
-    let found: Vec<&&str> = FORBIDDEN_CRATES.iter().filter(|name| crates.contains(**name)).collect();
-    assert!(found.is_empty(), "the core now depends on {found:?}: move that code to the shell");
-}
 
 #[test]
 fn the_core_source_reads_no_clock_or_os_randomness_and_opens_no_file_or_socket() {
