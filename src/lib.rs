@@ -11,10 +11,11 @@
 //! `farestream::server`, `farestream::gateway`), so tests and benches use
 //! one path. `ARCHITECTURE.md` has the code map.
 
-pub use farestream_core::{fares, ingest, journal, ridecode, scan, service_day, sync};
+pub use farestream_core::{charges, fares, ingest, journal, ridecode, scan, service_day, sync};
 pub use farestream_gateway as gateway;
 pub use farestream_gateway::wire;
-pub use farestream_server::{archive, clock, config, fair, faults, files, keystore, server, telemetry, tls, wal};
+pub use farestream_server::{archive, clock, config, fair, faults, files, keystore, money, server, telemetry, tls, wal};
 
 pub mod demo;
+pub mod paygw;
 pub mod sim;

@@ -36,6 +36,8 @@ const ALLOWED_LICENSES: &[&str] = &[
     "CC0-1.0",
     "Unicode-3.0",
     "LLVM-exception",
+    // Boost's: permissive, like MIT (ryu, under serde_json, offers it beside Apache-2.0).
+    "BSL-1.0",
 ];
 
 fn cargo(args: &[&str]) -> String {

@@ -5,6 +5,7 @@ mod crash;
 mod dependencies;
 mod durability;
 mod end_to_end;
+mod money;
 mod operator;
 mod support;
 mod vectors;

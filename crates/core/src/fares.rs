@@ -103,14 +103,24 @@ pub struct PricedDay {
     pub rides: Vec<PricedRide>,
     pub fares: Cents,
     pub charged: Cents,
+    /// An entry whose exit may still come (priced as of a time within its
+    /// window): not a ride yet, and not charged.
+    pub open_entry: Option<[u8; 16]>,
 }
 
 impl FareTable {
-    /// Prices one rider's taps of one service day, in any order.
+    /// Prices one rider's complete service day, in any order: an entry
+    /// with no exit is a maximum fare.
     pub fn price_day(&self, taps: &[Tap]) -> PricedDay {
+        self.price_day_as_of(taps, UnixMillis::MAX)
+    }
+
+    /// Prices what is known of a day at `now`: the last entry, when its exit
+    /// window is still open at `now`, is left open rather than priced.
+    pub fn price_day_as_of(&self, taps: &[Tap], now: UnixMillis) -> PricedDay {
         let mut sorted: Vec<&Tap> = taps.iter().collect();
         sorted.sort_by_key(|t| (t.scanned_at, t.scan_id));
-        let mut rides = self.pair(&sorted);
+        let (mut rides, open_entry) = self.pair(&sorted, now);
         let mut left = self.daily_cap;
         for ride in rides.iter_mut() {
             if ride.kind.capped() {
@@ -122,11 +132,12 @@ impl FareTable {
         }
         let fares = rides.iter().fold(0u64, |sum, r| sum.saturating_add(r.fare));
         let charged = rides.iter().fold(0u64, |sum, r| sum.saturating_add(r.charged));
-        PricedDay { rides, fares, charged }
+        PricedDay { rides, fares, charged, open_entry }
     }
 
-    /// Taps in `scanned_at` order into rides, before the cap.
-    fn pair(&self, taps: &[&Tap]) -> Vec<PricedRide> {
+    /// Taps in `scanned_at` order into rides, before the cap, and the entry
+    /// still open at `now`, if any.
+    fn pair(&self, taps: &[&Tap], now: UnixMillis) -> (Vec<PricedRide>, Option<[u8; 16]>) {
         let mut rides = Vec::new();
         let mut open_entry: Option<&Tap> = None;
         for &tap in taps {
@@ -150,10 +161,16 @@ impl FareTable {
                 },
             }
         }
-        if let Some(entry) = open_entry {
-            rides.push(self.max_fare_ride(&[entry], RideKind::MetroEntryWithoutExit));
+        match open_entry {
+            Some(entry) if now.saturating_sub(entry.scanned_at) <= self.metro_exit_window_ms => {
+                (rides, Some(entry.scan_id))
+            }
+            Some(entry) => {
+                rides.push(self.max_fare_ride(&[entry], RideKind::MetroEntryWithoutExit));
+                (rides, None)
+            }
+            None => (rides, None),
         }
-        rides
     }
 
     fn bus_ride(&self, tap: &Tap) -> PricedRide {
@@ -291,6 +308,17 @@ mod tests {
         assert_eq!(charged, vec![250, 250, 250, 250, 250, 250, 0, 0]);
         assert_eq!((day.fares, day.charged), (2_000, 1_500));
         assert_eq!(table().price_day(&[]), PricedDay::default());
+    }
+
+    #[test]
+    fn an_entry_stays_open_until_its_exit_window_has_passed() {
+        let taps = [tap(1, 0, TapKind::Single, "bus-12"), tap(2, 10, TapKind::Entry, "a")];
+        let window_end = 10 * MINUTE + table().metro_exit_window_ms;
+        let open = table().price_day_as_of(&taps, window_end);
+        assert_eq!((open.rides.len(), open.open_entry, open.charged), (1, Some([2; 16]), 250));
+        let closed = table().price_day_as_of(&taps, window_end + 1);
+        assert_eq!(closed, table().price_day(&taps));
+        assert_eq!(closed.charged, 250 + 900);
     }
 
     proptest::proptest! {

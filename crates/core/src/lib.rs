@@ -12,6 +12,7 @@
 
 #[cfg(feature = "archive")]
 pub mod archive;
+pub mod charges;
 pub mod clock;
 pub mod fares;
 pub mod ingest;

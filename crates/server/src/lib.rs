@@ -7,7 +7,7 @@
 //! The core's modules and the gateway crate's `wire` are re-exported under
 //! their own names, so `crate::ridecode` here is the core's.
 
-pub use farestream_core::{fares, ingest, journal, ridecode, scan, service_day, sync};
+pub use farestream_core::{charges, fares, ingest, journal, ridecode, scan, service_day, sync};
 pub use farestream_gateway::wire;
 
 pub mod archive;
@@ -17,6 +17,7 @@ pub mod fair;
 pub mod faults;
 pub mod files;
 pub mod keystore;
+pub mod money;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -86,3 +86,24 @@ pub fn wal_disk_full() {
 pub fn wal_failed() {
     counter!("farestream_wal_failures_total").increment(1);
 }
+
+pub fn rides_priced(taps: u64, charges: u64) {
+    counter!("farestream_ride_taps_priced_total").increment(taps);
+    counter!("farestream_charges_written_total").increment(charges);
+}
+
+pub fn pricing_retried() {
+    counter!("farestream_pricing_retries_total").increment(1);
+}
+
+/// One request to the payment gateway: `answer` is `succeeded`,
+/// `declined`, `retry` or `refused`.
+pub fn charge_attempted(answer: &'static str) {
+    counter!("farestream_charge_attempts_total", "answer" => answer).increment(1);
+}
+
+/// A charge whose attempts are spent (or that the gateway refused): an
+/// operator must look; it is still retried.
+pub fn charge_failed() {
+    counter!("farestream_charges_failed_total").increment(1);
+}

@@ -41,6 +41,9 @@ pub struct ArchiverSettings {
     pub service_day: ServiceDayPolicy,
     /// A day closes once this long has passed after its end.
     pub accepted_lateness: Duration,
+    /// Other readers of the log (the pricer): a segment is deleted only
+    /// once they have passed it too.
+    pub log_readers: Arc<crate::money::LogReaders>,
 }
 
 /// A point in the order batches are received and logged: every batch
@@ -247,8 +250,9 @@ impl State {
             status.files_closed += closed.len() as u64;
         }
         // Everything before the checkpoint is in the archive: those log
-        // segments are no longer needed.
-        if let Err(error) = delete_segments_before(&self.settings.wal_dir, to, &self.faults) {
+        // segments are no longer needed, once the pricer has passed them.
+        let needed_from = to.min(self.settings.log_readers.floor());
+        if let Err(error) = delete_segments_before(&self.settings.wal_dir, needed_from, &self.faults) {
             tracing::warn!(%error, "could not delete archived log segments; will try after the next cut");
         }
         Ok(())
@@ -383,6 +387,7 @@ mod tests {
             retry_after_error: Duration::from_millis(10),
             service_day,
             accepted_lateness: lateness,
+            log_readers: crate::money::LogReaders::none(),
         };
         let faults = Arc::new(Faults::default());
         let config = ArchiveWriterConfig {

@@ -51,6 +51,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub metrics: MetricsConfig,
     pub gateway: GatewayConfig,
+    pub payments: PaymentsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +124,25 @@ pub struct ServiceDayConfig {
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     pub lock_wait_ms_max: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    pub fares_file: String,
+    pub deposit_fen: u64,
+    pub gateway_url: String,
+    pub hmac_secret: String,
+    pub dispatch_concurrency_max: usize,
+    pub dispatch_batch_charges_max: usize,
+    pub dispatch_lease_ms: u64,
+    pub request_timeout_ms: u64,
+    pub attempts_max: u32,
+    pub retry_backoff_ms_initial: u64,
+    pub retry_backoff_ms_max: u64,
+    pub failed_retry_after_ms: u64,
+    pub pricer_poll_interval_ms: u64,
+    pub store_busy_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,7 +220,30 @@ impl Config {
             "gateway.retry_backoff_ms_initial",
             self.gateway.retry_backoff_ms_initial,
             "the backoff grows from the first to the largest",
-        )
+        )?;
+        at_least(
+            "payments.retry_backoff_ms_max",
+            self.payments.retry_backoff_ms_max,
+            "payments.retry_backoff_ms_initial",
+            self.payments.retry_backoff_ms_initial,
+            "the backoff grows from the first to the largest",
+        )?;
+        at_least(
+            "payments.dispatch_lease_ms",
+            self.payments.dispatch_lease_ms,
+            "payments.request_timeout_ms",
+            self.payments.request_timeout_ms,
+            "a charge must not be claimed again while its request may still be answered",
+        )?;
+        if !self.payments.gateway_url.is_empty()
+            && !(self.payments.gateway_url.starts_with("http://") || self.payments.gateway_url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "payments.gateway_url = {:?} must be empty or an http:// or https:// URL",
+                self.payments.gateway_url
+            )));
+        }
+        Ok(())
     }
 
     /// The gateway client's settings for a server at `server_addr`.

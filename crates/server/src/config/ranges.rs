@@ -61,6 +61,17 @@ pub const RANGES: &[KeyRange] = &[
     range("gateway.retry_attempts_max", 1, 1_000_000, "attempts"),
     range("gateway.retry_backoff_ms_initial", 1, 600_000, "ms"),
     range("gateway.retry_backoff_ms_max", 1, 600_000, "ms"),
+    range("payments.deposit_fen", 0, 100_000_000, "fen"),
+    range("payments.dispatch_concurrency_max", 1, 1_024, "requests"),
+    range("payments.dispatch_batch_charges_max", 1, 100_000, "charges"),
+    range("payments.dispatch_lease_ms", 1_000, 3_600_000, "ms"),
+    range("payments.request_timeout_ms", 100, 600_000, "ms"),
+    range("payments.attempts_max", 1, 1_000, "attempts"),
+    range("payments.retry_backoff_ms_initial", 1, 600_000, "ms"),
+    range("payments.retry_backoff_ms_max", 1, 3_600_000, "ms"),
+    range("payments.failed_retry_after_ms", 1_000, 86_400_000, "ms"),
+    range("payments.pricer_poll_interval_ms", 10, 60_000, "ms"),
+    range("payments.store_busy_wait_ms", 10, 600_000, "ms"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -1,16 +1,17 @@
 //! Periodic work: sweep the dedup indexes, publish their sizes and the
-//! archive lag, and notice a failed log or archiver.
+//! archive lag, and notice a failed log, archiver or pricer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Fatal, Shared, fail};
 use crate::archive::Archiver;
+use crate::money::Pricer;
 use crate::telemetry;
 use crate::wal::committer::WalState;
 
 /// Periodic work: sweep the dedup indexes; notice a failed log or archiver.
-pub(super) async fn housekeeping(shared: Arc<Shared>, archiver: Arc<Archiver>) {
+pub(super) async fn housekeeping(shared: Arc<Shared>, (archiver, pricer): (Arc<Archiver>, Arc<Pricer>)) {
     let mut sweep = tokio::time::interval(shared.settings.dedup_sweep_interval);
     let mut health = tokio::time::interval(Duration::from_millis(100));
     let mut wal = shared.wal.subscribe();
@@ -38,6 +39,9 @@ pub(super) async fn housekeeping(shared: Arc<Shared>, archiver: Arc<Archiver>) {
             _ = health.tick() => {
                 if let Some(reason) = archiver.failure() {
                     fail(&shared, Fatal::Archiver(reason));
+                }
+                if let Some(reason) = pricer.status().failure {
+                    fail(&shared, Fatal::Pricer(reason));
                 }
                 telemetry::archive_lag(shared.wal.progress().durable_lsn, archiver.archived_lsn());
             }

@@ -26,6 +26,7 @@
 mod batch;
 mod connections;
 mod housekeeping;
+mod money;
 mod recovery;
 mod settings;
 
@@ -42,9 +43,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use settings::ServerSettings;
+pub use settings::{GatewaySettings, MoneySettings, ServerSettings};
 
 use connections::accept_loop;
+use money::{open_money_store, start_money};
 use housekeeping::housekeeping;
 use recovery::{probe_writable, recover};
 
@@ -53,6 +55,7 @@ use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, Arri
 use crate::clock::Clock;
 use crate::fair::FairTurns;
 use crate::ingest::{ChunkSizer, Pipeline};
+use crate::money::{AccountService, Pricer, PricerStatus};
 use crate::tls::{ServerIdentity, TlsError};
 use crate::wal::WalError;
 use crate::wal::committer::{CommitHandle, Committer, Progress};
@@ -71,6 +74,8 @@ pub enum ServerError {
     Recovery(String),
     #[error("{path} is not writable: {source}")]
     NotWritable { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Money(#[from] crate::money::StoreError),
 }
 
 /// Claims and log records in one order, and the moment each batch is
@@ -100,6 +105,9 @@ pub enum Fatal {
     /// The archiver failed an fsync or a rename, or read a damaged log.
     #[error("archiver: {0}")]
     Archiver(String),
+    /// The pricer read a damaged log.
+    #[error("pricer: {0}")]
+    Pricer(String),
     /// A batch claimed its scans but its log record was not queued (a bug).
     #[error("a committed batch could not be logged: {0}")]
     Unlogged(String),
@@ -112,6 +120,8 @@ pub enum Fatal {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub checkpoint_lsn: u64,
+    /// Where the log's oldest kept segment starts.
+    pub wal_first_lsn: u64,
     pub wal_end_lsn: u64,
     pub torn_bytes_cut: u64,
     pub archive_cleanup: Cleanup,
@@ -123,6 +133,7 @@ pub struct RecoveryReport {
 #[derive(Debug, Clone)]
 pub struct ShutdownReport {
     pub archiver: ArchiverStatus,
+    pub pricer: PricerStatus,
     pub wal: Progress,
 }
 
@@ -157,12 +168,14 @@ pub struct Server {
     shared: Arc<Shared>,
     committer: Committer,
     archiver: Arc<Archiver>,
+    pricer: Arc<Pricer>,
+    accounts: AccountService,
 }
 
 impl Server {
     /// Recovers the log and the archive, then binds and starts accepting.
     pub async fn start(
-        settings: ServerSettings,
+        mut settings: ServerSettings,
         identity: &ServerIdentity,
         pipeline: Arc<Pipeline>,
         clock: Arc<dyn Clock>,
@@ -174,6 +187,7 @@ impl Server {
         let (writer, recovery) =
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
+        let (money_store, priced_lsn) = open_money_store(&mut settings, &recovery, &pipeline)?;
         for dir in [&settings.wal.dir, &settings.archive.root] {
             probe_writable(dir, &settings.faults)?;
         }
@@ -193,6 +207,14 @@ impl Server {
             Arc::clone(&gate) as Arc<dyn Arrivals>,
             Arc::clone(&settings.faults),
         ));
+        let money = start_money(
+            &settings,
+            money_store,
+            priced_lsn,
+            committer.handle().subscribe(),
+            Arc::clone(&clock),
+            Arc::clone(&pipeline),
+        )?;
         let quic = identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
         let endpoint = quinn::Endpoint::server(quic, settings.listen_addr)
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
@@ -216,9 +238,14 @@ impl Server {
         });
         // Tracked, so shutdown waits for them to drop what they hold.
         spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
-        spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), Arc::clone(&archiver)));
+        let watched = (Arc::clone(&archiver), Arc::clone(&money.pricer));
+        spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), watched));
+        if let Some(dispatcher) = money.dispatcher {
+            spawn_supervised(&shared, "the charge dispatcher", dispatcher.run(shared.shutdown.clone()));
+        }
         tracing::info!(%local_addr, "farestream listening");
-        Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver })
+        let (pricer, accounts) = (money.pricer, money.accounts);
+        Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver, pricer, accounts })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -244,6 +271,21 @@ impl Server {
         self.archiver.flush().await.map_err(ServerError::Recovery)
     }
 
+    /// Prices every ride acknowledged so far; returns the priced LSN.
+    pub async fn flush_pricing(&self) -> Result<u64, ServerError> {
+        self.pricer.flush().await.map_err(ServerError::Recovery)
+    }
+
+    /// Rider accounts: activation, arrears, the account view.
+    pub fn accounts(&self) -> &AccountService {
+        &self.accounts
+    }
+
+    /// Where the money store is.
+    pub fn money_store_path(&self) -> &std::path::Path {
+        &self.shared.settings.money.store_path
+    }
+
     /// Why the server stopped serving, once it has.
     pub fn failure(&self) -> Option<Fatal> {
         self.shared.failure.get().cloned()
@@ -267,7 +309,7 @@ impl Server {
     /// their gateways resend); the log is flushed, the archive cut and
     /// checkpointed.
     pub async fn shutdown(self) -> Result<ShutdownReport, ServerError> {
-        let Server { endpoint, shared, committer, archiver, .. } = self;
+        let Server { endpoint, shared, committer, archiver, pricer, .. } = self;
         shared.shutdown.cancel();
         shared.tasks.close();
         let deadline = shared.settings.shutdown_deadline;
@@ -284,7 +326,12 @@ impl Server {
         let archiver = tokio::task::spawn_blocking(move || archiver.close())
             .await
             .map_err(|e| ServerError::Recovery(format!("archiver thread panicked: {e}")))?;
-        Ok(ShutdownReport { archiver, wal })
+        let pricer =
+            Arc::try_unwrap(pricer).map_err(|_| ServerError::Recovery("pricer still in use at shutdown".into()))?;
+        let pricer = tokio::task::spawn_blocking(move || pricer.close())
+            .await
+            .map_err(|e| ServerError::Recovery(format!("pricer thread panicked: {e}")))?;
+        Ok(ShutdownReport { archiver, pricer, wal })
     }
 }
 

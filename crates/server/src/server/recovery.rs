@@ -41,6 +41,7 @@ pub(super) fn recover(
     }
     let report = RecoveryReport {
         checkpoint_lsn,
+        wal_first_lsn: recovered.first_lsn,
         wal_end_lsn: recovered.end_lsn,
         torn_bytes_cut: recovered.torn_bytes_cut,
         archive_cleanup,

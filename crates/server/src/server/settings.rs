@@ -10,7 +10,10 @@ use tokio::sync::Semaphore;
 use crate::archive::checkpoint::checkpoint_path;
 use crate::archive::{ArchiveWriterConfig, ArchiverSettings, scans_root};
 use crate::config::{Config, ConfigError};
+use crate::config::fares::load_fares;
+use crate::fares::FareTable;
 use crate::faults::Faults;
+use crate::money::{DispatcherSettings, LogReaders, PricerSettings, store_path};
 use crate::wal::WalConfig;
 
 #[derive(Debug, Clone)]
@@ -35,11 +38,76 @@ pub struct ServerSettings {
     pub wal_fsync_enabled: bool,
     pub archive: ArchiveWriterConfig,
     pub archiver: ArchiverSettings,
+    pub money: MoneySettings,
     pub faults: Arc<Faults>,
 }
 
+/// The pay-later half: where the money store is, how rides are priced,
+/// and the payment gateway charges go to.
+#[derive(Debug, Clone)]
+pub struct MoneySettings {
+    pub store_path: PathBuf,
+    /// What activation takes from the rider and a refund returns.
+    pub deposit_cents: u64,
+    pub store_busy_wait: Duration,
+    pub pricer: PricerSettings,
+    /// `None`: charges wait in the outbox (no `payments.gateway_url`).
+    pub gateway: Option<GatewaySettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub url: String,
+    pub hmac_secret: Vec<u8>,
+    pub request_timeout: Duration,
+    pub dispatch: DispatcherSettings,
+}
+
+impl MoneySettings {
+    fn from_config(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySettings {
+        let p = &config.payments;
+        let ms = Duration::from_millis;
+        let store_path = store_path(data_dir);
+        let store_busy_wait = ms(p.store_busy_wait_ms);
+        let pricer_poll = ms(p.pricer_poll_interval_ms);
+        let gateway = (!p.gateway_url.is_empty()).then(|| GatewaySettings {
+            url: p.gateway_url.clone(),
+            hmac_secret: p.hmac_secret.as_bytes().to_vec(),
+            request_timeout: ms(p.request_timeout_ms),
+            dispatch: DispatcherSettings {
+                concurrency_max: p.dispatch_concurrency_max,
+                batch_charges_max: p.dispatch_batch_charges_max,
+                lease: ms(p.dispatch_lease_ms),
+                attempts_max: p.attempts_max,
+                backoff_initial: ms(p.retry_backoff_ms_initial),
+                backoff_max: ms(p.retry_backoff_ms_max),
+                failed_retry_after: ms(p.failed_retry_after_ms),
+                poll_interval: pricer_poll,
+            },
+        });
+        MoneySettings {
+            pricer: PricerSettings {
+                wal_dir: data_dir.join("wal"),
+                record_bytes_max: config.wal.record_bytes_max,
+                store_path: store_path.clone(),
+                store_busy_wait,
+                poll_interval: pricer_poll,
+                fares,
+            },
+            store_path,
+            deposit_cents: p.deposit_fen,
+            store_busy_wait,
+            gateway,
+        }
+    }
+}
+
 impl ServerSettings {
+    /// Settings for a server over `data_dir`; reads the fare table that
+    /// `payments.fares_file` names (the shipped one when empty).
     pub fn from_config(config: &Config, data_dir: &Path) -> Result<ServerSettings, ConfigError> {
+        let fares_file = Some(Path::new(&config.payments.fares_file)).filter(|p| !p.as_os_str().is_empty());
+        let fares = load_fares(fares_file)?;
         let wal = WalConfig {
             dir: data_dir.join("wal"),
             segment_bytes_max: config.wal.segment_bytes_max,
@@ -70,7 +138,9 @@ impl ServerSettings {
                 retry_after_error: Duration::from_millis(config.archive.retry_after_error_ms),
                 service_day: config.service_day_policy()?,
                 accepted_lateness: lateness,
+                log_readers: LogReaders::none(),
             },
+            money: MoneySettings::from_config(config, data_dir, fares),
             wal,
             wal_ack_wait: Duration::from_millis(config.wal.ack_wait_ms_max),
             wal_disk_full_retry: Duration::from_millis(config.wal.disk_full_retry_ms),

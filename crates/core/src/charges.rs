@@ -1,0 +1,262 @@
+//! Charges: what a rider's day, as priced so far, still asks of the payment
+//! gateway. Pure: the shell keeps the charges already written for a
+//! rider-day and calls [`plan_charges`] each time the day's taps change or
+//! an entry's exit window closes; what comes back is written, durably and
+//! once, before anything is sent.
+//!
+//! - Each new ride is one charge, its id derived from the rider, the day and
+//!   the ride's first tap, so pricing the same taps again (a replay of the
+//!   log after a crash) derives the same id and the store refuses the copy.
+//! - A ride is charged what its fare leaves room for under the day's total:
+//!   a ride uploaded late into a capped day costs nothing more.
+//! - When later taps change what earlier charges were worth (an exit
+//!   arrives for an entry already charged the maximum fare; a late tap
+//!   moves the cap), one *adjustment* charge, possibly negative (a credit),
+//!   brings the day's charges to exactly the day's price. It carries the
+//!   taps no other charge covers, so every tap is in exactly one charge.
+//!
+//! Whatever order the taps arrive in, once the day is complete its charges
+//! add up to [`FareTable::price_day`](crate::fares::FareTable::price_day).
+
+use std::collections::HashSet;
+
+use chrono::NaiveDate;
+use ring::digest;
+
+use crate::fares::{Cents, PricedDay};
+use crate::service_day::days_since_epoch;
+
+/// A charge's id: also the payment gateway's idempotency key.
+pub type ChargeId = [u8; 16];
+
+/// Signed money in the currency's smallest unit: an adjustment may credit.
+pub type SignedCents = i64;
+
+/// What a charge is for. The names are the charges archive's `kind` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChargeKind {
+    /// A ride at its fare, after the daily cap.
+    Ride,
+    /// An incomplete trip at the maximum fare, outside the cap.
+    MaxFare,
+    /// The difference between what a day's charges add up to and what the
+    /// day now costs.
+    Adjustment,
+}
+
+impl ChargeKind {
+    pub const ALL: [ChargeKind; 3] = [ChargeKind::Ride, ChargeKind::MaxFare, ChargeKind::Adjustment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeKind::Ride => "ride",
+            ChargeKind::MaxFare => "max_fare",
+            ChargeKind::Adjustment => "adjustment",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ChargeKind> {
+        ChargeKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// One rider's service day: the unit that is priced and capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RiderDay {
+    pub card_id: u64,
+    pub service_date: NaiveDate,
+}
+
+/// A charge of the day, already written or about to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub id: ChargeId,
+    pub kind: ChargeKind,
+    /// The first tap of the ride it prices; `None` for an adjustment.
+    pub ride_key: Option<[u8; 16]>,
+    pub amount_cents: SignedCents,
+    /// The taps this charge prices: each tap of the day is in exactly one.
+    pub scan_ids: Vec<[u8; 16]>,
+}
+
+/// The charges that bring `issued` (every charge already written for the
+/// day) to what `priced` says the day costs.
+pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec<Charge> {
+    let total = signed(priced.charged);
+    let mut charged: SignedCents = issued.iter().fold(0, |sum, c| sum.saturating_add(c.amount_cents));
+    let keys: HashSet<[u8; 16]> = issued.iter().filter_map(|c| c.ride_key).collect();
+    let mut covered: HashSet<[u8; 16]> = issued.iter().flat_map(|c| c.scan_ids.iter().copied()).collect();
+    let mut planned = Vec::new();
+    for ride in &priced.rides {
+        let Some(&key) = ride.scan_ids.first() else { continue };
+        if keys.contains(&key) {
+            continue;
+        }
+        let room = total.saturating_sub(charged).max(0);
+        let amount = signed(ride.charged).min(room);
+        let kind = if ride.kind.capped() { ChargeKind::Ride } else { ChargeKind::MaxFare };
+        // A tap an earlier charge priced (an exit charged alone before its
+        // entry arrived) stays with that charge.
+        let scan_ids = ride.scan_ids.iter().copied().filter(|id| covered.insert(*id)).collect();
+        planned.push(Charge { id: charge_id(day, kind, &key), kind, ride_key: Some(key), amount_cents: amount, scan_ids });
+        charged = charged.saturating_add(amount);
+    }
+    let uncovered: Vec<[u8; 16]> =
+        priced.rides.iter().flat_map(|r| &r.scan_ids).filter(|id| !covered.contains(*id)).copied().collect();
+    if charged != total || !uncovered.is_empty() {
+        let sequence = issued.iter().filter(|c| c.kind == ChargeKind::Adjustment).count() as u64;
+        planned.push(Charge {
+            id: charge_id(day, ChargeKind::Adjustment, &sequence.to_be_bytes()),
+            kind: ChargeKind::Adjustment,
+            ride_key: None,
+            amount_cents: total.saturating_sub(charged),
+            scan_ids: uncovered,
+        });
+    }
+    planned
+}
+
+/// SHA-256 over the rider-day, the kind and what is charged; the first 16
+/// bytes. Fields are fixed-width or length-prefixed, so no two charges
+/// share an encoding.
+pub fn charge_id(day: RiderDay, kind: ChargeKind, what: &[u8]) -> ChargeId {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"farestream.charge.v1");
+    ctx.update(&day.card_id.to_be_bytes());
+    ctx.update(&days_since_epoch(day.service_date).to_be_bytes());
+    for field in [kind.as_str().as_bytes(), what] {
+        ctx.update(&(field.len() as u64).to_be_bytes());
+        ctx.update(field);
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    id
+}
+
+/// Fares are bounded by the fare table's ranges; saturate rather than wrap
+/// should one ever not be.
+fn signed(cents: Cents) -> SignedCents {
+    SignedCents::try_from(cents).unwrap_or(SignedCents::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::clock::UnixMillis;
+    use crate::fares::{FareTable, Tap};
+    use crate::scan::TapKind;
+
+    const MINUTE: i64 = 60_000;
+    const WINDOW: i64 = 180 * MINUTE;
+
+    fn table() -> FareTable {
+        FareTable {
+            currency: "CNY".into(),
+            bus_route_fares: BTreeMap::new(),
+            bus_default_fare: Some(200),
+            metro_station_zones: [("a".to_string(), 1), ("c".to_string(), 3)].into(),
+            metro_base_fare: 300,
+            metro_fare_per_zone: 100,
+            max_fare: 900,
+            metro_exit_window_ms: WINDOW,
+            daily_cap: 1_000,
+        }
+    }
+
+    fn day() -> RiderDay {
+        RiderDay { card_id: 7, service_date: NaiveDate::from_ymd_opt(2026, 11, 26).expect("date") }
+    }
+
+    fn tap(n: u8, minute: i64, kind: TapKind, stop: &str) -> Tap {
+        Tap { scan_id: [n; 16], scanned_at: minute * MINUTE, kind, route_id: "r".into(), stop_id: stop.into() }
+    }
+
+    /// What the shell does: price what is known at `now`, write the plan.
+    fn pass(known: &[Tap], now: UnixMillis, issued: &mut Vec<Charge>) -> Vec<Charge> {
+        let planned = plan_charges(day(), &table().price_day_as_of(known, now), issued);
+        issued.extend(planned.iter().cloned());
+        planned
+    }
+
+    fn amounts(charges: &[Charge]) -> Vec<(ChargeKind, SignedCents)> {
+        charges.iter().map(|c| (c.kind, c.amount_cents)).collect()
+    }
+
+    #[test]
+    fn pricing_the_same_taps_again_plans_nothing() {
+        let taps = [tap(1, 0, TapKind::Single, "x"), tap(2, 5, TapKind::Single, "y")];
+        let mut issued = Vec::new();
+        assert_eq!(amounts(&pass(&taps, 10 * MINUTE, &mut issued)), [(ChargeKind::Ride, 200), (ChargeKind::Ride, 200)]);
+        assert!(pass(&taps, 20 * MINUTE, &mut issued).is_empty());
+        assert_ne!(issued[0].id, issued[1].id);
+    }
+
+    #[test]
+    fn an_entry_is_charged_when_its_exit_comes_or_its_window_closes() {
+        let entry = tap(1, 0, TapKind::Entry, "a");
+        let mut issued = Vec::new();
+        assert!(pass(&[entry.clone()], WINDOW, &mut issued).is_empty(), "the exit may still come");
+        let charged = pass(&[entry.clone()], WINDOW + 1, &mut issued);
+        assert_eq!(amounts(&charged), [(ChargeKind::MaxFare, 900)]);
+        // The exit was uploaded late: the trip costs 500, so 400 comes back.
+        let exit = tap(2, 30, TapKind::Exit, "c");
+        let corrected = pass(&[entry, exit], 10 * WINDOW, &mut issued);
+        assert_eq!(amounts(&corrected), [(ChargeKind::Adjustment, -400)]);
+        assert_eq!(corrected[0].scan_ids, vec![[2; 16]], "the exit is priced by the adjustment");
+    }
+
+    #[test]
+    fn a_late_ride_into_a_capped_day_costs_nothing_more() {
+        let later: Vec<Tap> = (0..5).map(|n| tap(n + 10, 60 + i64::from(n), TapKind::Single, "x")).collect();
+        let mut issued = Vec::new();
+        let first = pass(&later, 100 * MINUTE, &mut issued);
+        assert_eq!(first.iter().map(|c| c.amount_cents).collect::<Vec<_>>(), [200, 200, 200, 200, 200]);
+        let mut all = later.clone();
+        all.push(tap(1, 0, TapKind::Single, "x"));
+        assert_eq!(amounts(&pass(&all, 100 * MINUTE, &mut issued)), [(ChargeKind::Ride, 0)]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// However the day's taps arrive, in however many passes, its
+        /// charges end at exactly the day's price, each tap in exactly one
+        /// charge, no id twice.
+        #[test]
+        fn any_arrival_order_charges_exactly_the_days_price(
+            taps in proptest::collection::vec((0i64..1_440, 0u8..3, 0usize..3), 0..20),
+            order in proptest::collection::vec(proptest::prelude::any::<u64>(), 20),
+            passes in proptest::collection::vec(0i64..1_700, 0..6),
+        ) {
+            let kinds = [TapKind::Entry, TapKind::Exit, TapKind::Single];
+            let stops = ["a", "c", "nowhere"];
+            let taps: Vec<Tap> = taps
+                .iter()
+                .enumerate()
+                .map(|(i, &(minute, kind, stop))| tap(i as u8, minute, kinds[usize::from(kind)], stops[stop]))
+                .collect();
+            let mut arrival: Vec<(u64, Tap)> = taps.iter().cloned().zip(order.iter().copied()).map(|(t, o)| (o, t)).collect();
+            arrival.sort_by_key(|(o, t)| (*o, t.scan_id));
+            let mut now_times: Vec<i64> = passes.iter().map(|m| m * MINUTE).collect();
+            now_times.sort_unstable();
+            let mut issued = Vec::new();
+            for (n, now) in now_times.iter().enumerate() {
+                let known = arrival.len() * (n + 1) / (now_times.len() + 1);
+                let known: Vec<Tap> = arrival[..known].iter().map(|(_, t)| t.clone()).collect();
+                pass(&known, *now, &mut issued);
+            }
+            pass(&taps, UnixMillis::MAX, &mut issued);
+            let total: SignedCents = issued.iter().map(|c| c.amount_cents).sum();
+            proptest::prop_assert_eq!(total, signed(table().price_day(&taps).charged));
+            let mut priced: Vec<[u8; 16]> = issued.iter().flat_map(|c| c.scan_ids.clone()).collect();
+            priced.sort_unstable();
+            let mut every: Vec<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
+            every.sort_unstable();
+            proptest::prop_assert_eq!(priced, every, "each tap in exactly one charge");
+            let ids: HashSet<ChargeId> = issued.iter().map(|c| c.id).collect();
+            proptest::prop_assert_eq!(ids.len(), issued.len());
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The pay-later half: the money store (SQLite), the pricer that turns
+//! logged rides into charges in its outbox, the dispatcher that sends them
+//! to the payment gateway, and rider accounts with their arrears and the
+//! deny list. The arithmetic (fares, caps, which charges a day needs) is
+//! the core's (`farestream_core::fares`, `::charges`); this is the I/O.
+
+pub mod accounts;
+mod codec;
+pub mod dispatcher;
+pub mod outbox;
+pub mod paygw;
+pub mod pricer;
+pub mod pricing;
+pub mod service;
+pub mod store;
+
+pub use dispatcher::{Dispatcher, DispatcherSettings};
+pub use service::{AccountService, ServiceError};
+pub use pricer::{LogReaders, Pricer, PricerSettings, PricerStatus};
+pub use store::{MoneyStore, StoreError, store_path};

@@ -1,0 +1,182 @@
+//! The payment gateway client: signed JSON requests over HTTP, each payment
+//! under its idempotency key, every answer sorted into what the dispatcher
+//! does next. An answer that cannot be read is `Unknown`, never a decline:
+//! the charge may have been applied, so it is sent again under the same key
+//! and the gateway answers with its first result.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use thiserror::Error;
+
+use super::api::{
+    AGREEMENTS_PATH, AgreementAnswer, AgreementRequest, CREDITS_PATH, DEBITS_PATH, ErrorAnswer, IDEMPOTENCY_KEY,
+    PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature,
+};
+use crate::clock::{Clock, SystemClock};
+
+/// Which way the money goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the rider to the operator.
+    Debit,
+    /// Back to the rider (an adjustment that lowers a day's price, a
+    /// deposit returned).
+    Credit,
+}
+
+/// What came of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Succeeded { transaction_id: String },
+    /// Final for this key: the payer could not pay.
+    Declined { decline_code: String },
+    /// Worth the same request again: a timeout, a lost connection or answer,
+    /// a 5xx, a 409 (the same key in flight) or a 429; with the gateway's
+    /// hint of when, if it gave one.
+    Retry { reason: String, retry_after: Option<Duration> },
+    /// The gateway refused the request itself (400, 401, 403, 404, 422): a
+    /// bug or a misconfiguration that an operator must see.
+    Refused { reason: String },
+}
+
+#[derive(Debug, Error)]
+pub enum PaygwError {
+    #[error("payment gateway {url}: {reason}")]
+    Request { url: String, reason: String },
+}
+
+/// A connection pool to one payment gateway.
+#[derive(Clone)]
+pub struct PaymentGateway {
+    http: reqwest::Client,
+    base_url: String,
+    secret: Vec<u8>,
+}
+
+impl PaymentGateway {
+    pub fn new(base_url: &str, secret: &[u8], request_timeout: Duration) -> Result<PaymentGateway, PaygwError> {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .build()
+            .map_err(|e| PaygwError::Request { url: base_url.to_string(), reason: e.to_string() })?;
+        Ok(PaymentGateway { http, base_url: base_url.trim_end_matches('/').to_string(), secret: secret.to_vec() })
+    }
+
+    /// Signs the debit agreement for a payer; the same payer gets the same
+    /// agreement again.
+    pub async fn create_agreement(&self, payment_user_id: &str, card_id: u64) -> Result<String, PaygwError> {
+        let body = AgreementRequest { payment_user_id: payment_user_id.to_string(), card_id };
+        let key = format!("agreement-{card_id}");
+        let url = format!("{}{AGREEMENTS_PATH}", self.base_url);
+        let failed = |reason: String| PaygwError::Request { url: url.clone(), reason };
+        let response = self.post(AGREEMENTS_PATH, &key, &body).await.map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(failed(format!("HTTP {status}: {}", response.text().await.unwrap_or_default())));
+        }
+        let answer: AgreementAnswer = response.json().await.map_err(|e| failed(e.to_string()))?;
+        Ok(answer.agreement_id)
+    }
+
+    /// Sends one payment under `key`.
+    pub async fn pay(&self, direction: Direction, key: &str, request: &PaymentRequest) -> Answer {
+        let path = match direction {
+            Direction::Debit => DEBITS_PATH,
+            Direction::Credit => CREDITS_PATH,
+        };
+        let response = match self.post(path, key, request).await {
+            Ok(response) => response,
+            Err(error) => return Answer::Retry { reason: describe(&error), retry_after: None },
+        };
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            // The answer was lost on the way: the payment may have applied.
+            Err(error) => return Answer::Retry { reason: describe(&error), retry_after },
+        };
+        classify(status, &body, retry_after)
+    }
+
+    async fn post<B: serde::Serialize>(&self, path: &str, key: &str, body: &B) -> reqwest::Result<reqwest::Response> {
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        // Wall-clock time, whatever clock the server runs on: the gateway
+        // checks it against its own to refuse replayed requests.
+        let timestamp = SystemClock.now_ms();
+        self.http
+            .post(format!("{}{path}", self.base_url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(IDEMPOTENCY_KEY, key)
+            .header(TIMESTAMP, timestamp.to_string())
+            .header(SIGNATURE, signature(&self.secret, timestamp, "POST", path, key, &body))
+            .body(body)
+            .send()
+            .await
+    }
+}
+
+/// Sorts a read answer: the status decides, the body adds detail.
+fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Answer {
+    let payment = || serde_json::from_slice::<PaymentAnswer>(body).ok();
+    let error = || {
+        serde_json::from_slice::<ErrorAnswer>(body)
+            .map(|e| format!("HTTP {status}: {}: {}", e.error, e.message))
+            .unwrap_or_else(|_| format!("HTTP {status}"))
+    };
+    match status {
+        StatusCode::OK | StatusCode::CREATED => match payment() {
+            Some(answer) if answer.status == "succeeded" => Answer::Succeeded { transaction_id: answer.transaction_id },
+            _ => Answer::Retry { reason: format!("HTTP {status} with an unreadable body"), retry_after },
+        },
+        StatusCode::PAYMENT_REQUIRED => match payment() {
+            Some(answer) => Answer::Declined { decline_code: answer.decline_code.unwrap_or_else(|| "declined".into()) },
+            None => Answer::Declined { decline_code: "declined".into() },
+        },
+        StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
+            Answer::Retry { reason: error(), retry_after }
+        }
+        status if status.is_server_error() => Answer::Retry { reason: error(), retry_after },
+        _ => Answer::Refused { reason: error() },
+    }
+}
+
+/// `Retry-After` in seconds, as HTTP gives it; a date or garbage is ignored.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(|secs| Duration::from_secs(secs.min(86_400)))
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connect() {
+        format!("cannot connect: {error}")
+    } else {
+        format!("no answer: {error}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_is_sorted_into_what_happens_next() {
+        let ok = br#"{"status":"succeeded","transaction_id":"t1"}"#;
+        let declined = br#"{"status":"declined","transaction_id":"t2","decline_code":"insufficient_funds"}"#;
+        assert_eq!(classify(StatusCode::OK, ok, None), Answer::Succeeded { transaction_id: "t1".into() });
+        assert_eq!(
+            classify(StatusCode::PAYMENT_REQUIRED, declined, None),
+            Answer::Declined { decline_code: "insufficient_funds".into() }
+        );
+        assert!(matches!(classify(StatusCode::OK, b"", None), Answer::Retry { .. }), "a 200 we cannot read");
+        let hint = Some(Duration::from_secs(3));
+        for status in [StatusCode::CONFLICT, StatusCode::TOO_MANY_REQUESTS, StatusCode::BAD_GATEWAY] {
+            assert_eq!(classify(status, b"", hint), Answer::Retry { reason: format!("HTTP {status}"), retry_after: hint });
+        }
+        for status in [StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::UNPROCESSABLE_ENTITY] {
+            assert!(matches!(classify(status, b"{}", None), Answer::Refused { .. }));
+        }
+    }
+}

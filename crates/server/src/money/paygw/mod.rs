@@ -1,0 +1,7 @@
+//! The payment gateway: its API as farestream speaks it, and the client.
+
+pub mod api;
+mod client;
+
+pub use api::PaymentRequest;
+pub use client::{Answer, Direction, PaygwError, PaymentGateway};

@@ -1,0 +1,259 @@
+//! The pricer thread: reads the write-ahead log forward from its own cursor
+//! in the money store, up to what the commit thread has made durable, and
+//! prices each stretch it reads in one store transaction that also moves
+//! the cursor. A crash loses at most a transaction that never committed;
+//! the replay prices the same rows again and derives the same charge ids.
+//! Between reads it prices the rider-days whose entry's exit window closed.
+//!
+//! The log keeps every segment the pricer still needs: the archiver deletes
+//! a segment only once both have passed it ([`LogReaders`]).
+//!
+//! Errors: a damaged log stops the pricer for good (the server stops with
+//! it). A store error (a full disk, a busy lock past its wait) is retried
+//! after `poll_interval` from the cursor, which the failed transaction
+//! never moved.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot, watch};
+
+use super::pricing::{Priced, price_closed_entries, price_rows};
+use super::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
+use crate::clock::Clock;
+use crate::fares::FareTable;
+use crate::journal;
+use crate::sync::lock;
+use crate::telemetry;
+use crate::wal::WalCursor;
+use crate::wal::committer::Progress;
+
+/// The pricer's name in the store's `log_cursors`.
+const READER: &str = "pricer";
+
+/// The lowest log position each reader besides the archiver still needs;
+/// segments before it are kept.
+#[derive(Debug, Default)]
+pub struct LogReaders {
+    pricer_lsn: AtomicU64,
+}
+
+impl LogReaders {
+    pub fn new(pricer_lsn: u64) -> LogReaders {
+        LogReaders { pricer_lsn: AtomicU64::new(pricer_lsn) }
+    }
+
+    /// Nobody but the archiver reads the log.
+    pub fn none() -> Arc<LogReaders> {
+        Arc::new(LogReaders::new(u64::MAX))
+    }
+
+    pub fn floor(&self) -> u64 {
+        self.pricer_lsn.load(Ordering::Acquire)
+    }
+
+    fn advance(&self, lsn: u64) {
+        self.pricer_lsn.store(lsn, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PricerSettings {
+    pub wal_dir: PathBuf,
+    pub record_bytes_max: u32,
+    pub store_path: PathBuf,
+    pub store_busy_wait: Duration,
+    pub poll_interval: Duration,
+    pub fares: FareTable,
+}
+
+/// What the pricer has done.
+#[derive(Debug, Clone, Default)]
+pub struct PricerStatus {
+    pub priced_lsn: u64,
+    pub totals: Priced,
+    pub failure: Option<String>,
+}
+
+enum Command {
+    /// Price everything durable now; answer with the priced LSN.
+    Flush(oneshot::Sender<Result<u64, String>>),
+    Stop,
+}
+
+pub struct Pricer {
+    commands: mpsc::Sender<Command>,
+    status: Arc<Mutex<PricerStatus>>,
+    thread: JoinHandle<()>,
+}
+
+/// The pricer's place in the log: the store's cursor, or for a new store
+/// `start_if_new` (the archive checkpoint: what was archived before the
+/// store existed is not priced).
+pub fn pricer_start(store: &MoneyStore, start_if_new: u64) -> Result<u64, StoreError> {
+    Ok(log_cursor(store.connection(), READER)?.unwrap_or(start_if_new))
+}
+
+impl Pricer {
+    pub fn spawn(
+        settings: PricerSettings,
+        store: MoneyStore,
+        start_lsn: u64,
+        progress: watch::Receiver<Progress>,
+        clock: Arc<dyn Clock>,
+        readers: Arc<LogReaders>,
+        charges_written: Arc<Notify>,
+    ) -> Pricer {
+        let (commands, receiver) = mpsc::channel();
+        readers.advance(start_lsn);
+        let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
+        let state = State {
+            cursor: WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, start_lsn),
+            settings,
+            store,
+            progress,
+            clock,
+            readers,
+            charges_written,
+            status: Arc::clone(&status),
+        };
+        let thread =
+            std::thread::Builder::new().name("pricer".into()).spawn(move || state.run(receiver)).expect("spawning the pricer");
+        Pricer { commands, status, thread }
+    }
+
+    pub fn status(&self) -> PricerStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Prices everything durable so far.
+    pub async fn flush(&self) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Flush(reply)).map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Prices everything durable and ends the thread. Call after the log's
+    /// commit thread has closed.
+    pub fn close(self) -> PricerStatus {
+        let _ = self.commands.send(Command::Stop);
+        let _ = self.thread.join();
+        lock(&self.status).clone()
+    }
+
+    fn stopped(&self) -> String {
+        lock(&self.status).failure.clone().unwrap_or_else(|| "the pricer has stopped".into())
+    }
+}
+
+struct State {
+    settings: PricerSettings,
+    store: MoneyStore,
+    cursor: WalCursor,
+    progress: watch::Receiver<Progress>,
+    clock: Arc<dyn Clock>,
+    readers: Arc<LogReaders>,
+    charges_written: Arc<Notify>,
+    status: Arc<Mutex<PricerStatus>>,
+}
+
+/// A step's failure: the log is damaged (fatal) or the store failed (retried).
+enum StepError {
+    Log(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for StepError {
+    fn from(error: StoreError) -> StepError {
+        StepError::Store(error)
+    }
+}
+
+impl State {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            let command = match commands.recv_timeout(self.settings.poll_interval) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
+            };
+            let result = self.step();
+            let answer = match result {
+                Ok(()) => Ok(self.cursor.lsn()),
+                Err(StepError::Store(error)) => {
+                    tracing::warn!(%error, "pricing failed; retrying from the store's cursor");
+                    telemetry::pricing_retried();
+                    self.rewind();
+                    Err(error.to_string())
+                }
+                Err(StepError::Log(reason)) => {
+                    tracing::error!(%reason, "the pricer read a damaged log; the server stops");
+                    lock(&self.status).failure = Some(reason.clone());
+                    if let Some(Command::Flush(reply)) = command {
+                        let _ = reply.send(Err(reason));
+                    }
+                    return;
+                }
+            };
+            match command {
+                Some(Command::Flush(reply)) => {
+                    let _ = reply.send(answer);
+                }
+                Some(Command::Stop) => return,
+                None => {}
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<(), StepError> {
+        let durable = self.progress.borrow().durable_lsn;
+        while self.cursor.lsn() < durable {
+            let records = self.cursor.read_next(durable).map_err(|e| StepError::Log(e.to_string()))?;
+            let now = self.clock.now_ms();
+            let tx = self.store.transaction()?;
+            let mut priced = Priced::default();
+            for record in &records {
+                let rows = journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?;
+                let batch = price_rows(&tx, &self.settings.fares, &rows, now)?;
+                priced = sum(priced, batch);
+            }
+            set_log_cursor(&tx, READER, self.cursor.lsn())?;
+            tx.commit().map_err(StoreError::from)?;
+            self.readers.advance(self.cursor.lsn());
+            self.written(priced);
+        }
+        let tx = self.store.transaction()?;
+        let priced = price_closed_entries(&tx, &self.settings.fares, self.clock.now_ms())?;
+        tx.commit().map_err(StoreError::from)?;
+        self.written(priced);
+        Ok(())
+    }
+
+    fn written(&mut self, priced: Priced) {
+        telemetry::rides_priced(priced.taps, priced.charges);
+        let mut status = lock(&self.status);
+        status.priced_lsn = self.cursor.lsn();
+        status.totals = sum(status.totals, priced);
+        if priced.charges > 0 {
+            self.charges_written.notify_one();
+        }
+    }
+
+    /// Back to the store's cursor after a failed transaction.
+    fn rewind(&mut self) {
+        let lsn = lock(&self.status).priced_lsn;
+        self.cursor = WalCursor::new(self.settings.wal_dir.clone(), self.settings.record_bytes_max, lsn);
+    }
+}
+
+fn sum(a: Priced, b: Priced) -> Priced {
+    Priced {
+        taps: a.taps + b.taps,
+        charges: a.charges + b.charges,
+        amount_cents: a.amount_cents.saturating_add(b.amount_cents),
+    }
+}

@@ -1,0 +1,169 @@
+//! Pricing inside one money-store transaction: the taps that are rides go
+//! into `taps`, every rider-day they touch is priced again by the core, and
+//! the charges the core plans go into the outbox. The log position is
+//! written in the same transaction (see `pricer`), so a crash either keeps
+//! all of it or none, and the replay derives the same charge ids.
+
+use rusqlite::{Transaction, params};
+
+use super::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_from_sql, ids_to_sql};
+use super::store::StoreError;
+use crate::charges::{Charge, ChargeKind, RiderDay, plan_charges};
+use crate::clock::UnixMillis;
+use crate::fares::{FareTable, Tap};
+use crate::scan::{ArchivedScan, ScanStatus, TapKind};
+
+/// What one pricing transaction wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Priced {
+    pub taps: u64,
+    pub charges: u64,
+    /// Sum of the new charges' amounts (an adjustment may be negative).
+    pub amount_cents: i64,
+}
+
+impl Priced {
+    fn add(&mut self, charges: &[Charge]) {
+        self.charges += charges.len() as u64;
+        self.amount_cents = charges.iter().fold(self.amount_cents, |sum, c| sum.saturating_add(c.amount_cents));
+    }
+}
+
+/// A ride is a scan whose signatures and windows held and whose gate
+/// opened (a refusing gate makes the scan `denied`; a replay is `replay`).
+pub fn is_ride(row: &ArchivedScan) -> bool {
+    row.status == ScanStatus::Accepted && row.card_id.is_some() && row.tap_kind.is_some()
+}
+
+/// Adds the rides among `rows` and prices every rider-day they touch.
+pub fn price_rows(
+    tx: &Transaction<'_>,
+    fares: &FareTable,
+    rows: &[ArchivedScan],
+    now: UnixMillis,
+) -> Result<Priced, StoreError> {
+    let mut priced = Priced::default();
+    let mut days = std::collections::BTreeSet::new();
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO taps (scan_id, card_id, service_date, scanned_at, tap_kind, route_id, stop_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for row in rows.iter().filter(|r| is_ride(r)) {
+        let (Some(card_id), Some(kind)) = (row.card_id, row.tap_kind) else { continue };
+        let added = insert.execute(params![
+            &row.scan_id[..],
+            card_to_sql(card_id),
+            date_to_sql(row.service_date),
+            row.scanned_at,
+            kind.as_str(),
+            row.route_id,
+            row.stop_id,
+        ])?;
+        if added > 0 {
+            priced.taps += 1;
+            days.insert(RiderDay { card_id, service_date: row.service_date });
+        }
+    }
+    for day in days {
+        priced.add(&reprice(tx, fares, day, now)?);
+    }
+    Ok(priced)
+}
+
+/// Prices the rider-days whose open entry's exit window has closed by `now`:
+/// that entry is now a maximum fare.
+pub fn price_closed_entries(tx: &Transaction<'_>, fares: &FareTable, now: UnixMillis) -> Result<Priced, StoreError> {
+    let days: Vec<(i64, i64)> = tx
+        .prepare_cached("SELECT card_id, service_date FROM open_entries WHERE closes_at <= ?1")?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut priced = Priced::default();
+    for (card_id, date) in days {
+        let day = RiderDay { card_id: card_from_sql(card_id), service_date: date_from_sql(date)? };
+        priced.add(&reprice(tx, fares, day, now)?);
+    }
+    Ok(priced)
+}
+
+/// Prices one rider-day from all its taps and writes what the core plans.
+fn reprice(tx: &Transaction<'_>, fares: &FareTable, day: RiderDay, now: UnixMillis) -> Result<Vec<Charge>, StoreError> {
+    let taps = day_taps(tx, day)?;
+    let priced = fares.price_day_as_of(&taps, now);
+    let planned = plan_charges(day, &priced, &day_charges(tx, day)?);
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency, scan_ids,
+                              created_at, outcome, next_attempt_at, decided_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11)",
+    )?;
+    for charge in &planned {
+        // Nothing to collect (a ride under a reached cap): decided at once,
+        // never sent.
+        let (outcome, decided_at) = if charge.amount_cents == 0 { ("nothing_due", Some(now)) } else { ("pending", None) };
+        insert.execute(params![
+            &charge.id[..],
+            card_to_sql(day.card_id),
+            date_to_sql(day.service_date),
+            charge.kind.as_str(),
+            charge.ride_key.as_ref().map(|k| &k[..]),
+            charge.amount_cents,
+            fares.currency,
+            ids_to_sql(&charge.scan_ids),
+            now,
+            outcome,
+            decided_at,
+        ])?;
+    }
+    let open_until = priced
+        .open_entry
+        .and_then(|id| taps.iter().find(|t| t.scan_id == id))
+        .map(|entry| entry.scanned_at.saturating_add(fares.metro_exit_window_ms).saturating_add(1));
+    let key = params![card_to_sql(day.card_id), date_to_sql(day.service_date)];
+    match open_until {
+        Some(closes_at) => tx.execute(
+            "INSERT INTO open_entries (card_id, service_date, closes_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (card_id, service_date) DO UPDATE SET closes_at = excluded.closes_at",
+            params![card_to_sql(day.card_id), date_to_sql(day.service_date), closes_at],
+        )?,
+        None => tx.execute("DELETE FROM open_entries WHERE card_id = ?1 AND service_date = ?2", key)?,
+    };
+    Ok(planned)
+}
+
+fn day_taps(tx: &Transaction<'_>, day: RiderDay) -> Result<Vec<Tap>, StoreError> {
+    let mut query = tx.prepare_cached(
+        "SELECT scan_id, scanned_at, tap_kind, route_id, stop_id FROM taps WHERE card_id = ?1 AND service_date = ?2",
+    )?;
+    let rows = query.query_map(params![card_to_sql(day.card_id), date_to_sql(day.service_date)], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+    })?;
+    let mut taps = Vec::new();
+    for row in rows {
+        let (scan_id, scanned_at, kind, route_id, stop_id) = row?;
+        let kind = TapKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("tap kind {kind:?}")))?;
+        taps.push(Tap { scan_id: id_from_sql(&scan_id)?, scanned_at, kind, route_id, stop_id });
+    }
+    Ok(taps)
+}
+
+/// Every charge already written for the day, in any outcome.
+pub fn day_charges(tx: &Transaction<'_>, day: RiderDay) -> Result<Vec<Charge>, StoreError> {
+    let mut query = tx.prepare_cached(
+        "SELECT charge_id, kind, ride_key, amount_cents, scan_ids FROM charges WHERE card_id = ?1 AND service_date = ?2",
+    )?;
+    let rows = query.query_map(params![card_to_sql(day.card_id), date_to_sql(day.service_date)], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<Vec<u8>>>(2)?, r.get(3)?, r.get(4)?))
+    })?;
+    let mut charges = Vec::new();
+    for row in rows {
+        let (id, kind, ride_key, amount_cents, scan_ids): (_, _, _, i64, Vec<u8>) = row?;
+        let kind = ChargeKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("charge kind {kind:?}")))?;
+        charges.push(Charge {
+            id: id_from_sql(&id)?,
+            kind,
+            ride_key: ride_key.as_deref().map(id_from_sql).transpose()?,
+            amount_cents,
+            scan_ids: ids_from_sql(&scan_ids)?,
+        });
+    }
+    Ok(charges)
+}

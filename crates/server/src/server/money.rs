@@ -1,0 +1,100 @@
+//! Start-up of the pay-later half: the money store opened and migrated,
+//! the pricer placed in the log (and the log told to keep what it still
+//! needs), the deny list loaded into the pipeline, and the dispatcher
+//! built when a payment gateway is configured.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::{RecoveryReport, ServerError, ServerSettings};
+use crate::clock::Clock;
+use crate::ingest::Pipeline;
+use crate::money::accounts::deny_list;
+use crate::money::paygw::PaymentGateway;
+use crate::money::pricer::pricer_start;
+use crate::money::{AccountService, Dispatcher, LogReaders, MoneyStore, Pricer};
+use crate::wal::committer::Progress;
+
+/// The money side of a running server.
+pub(super) struct Money {
+    pub pricer: Arc<Pricer>,
+    pub dispatcher: Option<Arc<Dispatcher>>,
+    pub accounts: AccountService,
+}
+
+/// Opens the store where the pricer left off; the archiver must get
+/// `settings.archiver.log_readers` after this, so it keeps those segments.
+pub(super) fn open_money_store(
+    settings: &mut ServerSettings,
+    recovery: &RecoveryReport,
+    pipeline: &Pipeline,
+) -> Result<(MoneyStore, u64), ServerError> {
+    let money = &settings.money;
+    let store = MoneyStore::open(&money.store_path, money.store_busy_wait)?;
+    let start = pricer_start(&store, recovery.checkpoint_lsn)?;
+    if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
+        return Err(ServerError::Recovery(format!(
+            "the log holds [{}, {}) but the pricer is at {start}: rides would go unpriced",
+            recovery.wal_first_lsn, recovery.wal_end_lsn
+        )));
+    }
+    let (version, denied) = deny_list(store.connection())?;
+    for card_id in &denied {
+        pipeline.set_denied(*card_id, true);
+    }
+    tracing::info!(priced_lsn = start, deny_list_version = version, denied = denied.len(), "money store opened");
+    settings.archiver.log_readers = Arc::new(LogReaders::new(start));
+    Ok((store, start))
+}
+
+pub(super) fn start_money(
+    settings: &ServerSettings,
+    store: MoneyStore,
+    start: u64,
+    progress: tokio::sync::watch::Receiver<Progress>,
+    clock: Arc<dyn Clock>,
+    pipeline: Arc<Pipeline>,
+) -> Result<Money, ServerError> {
+    let wake = Arc::new(Notify::new());
+    let pricer = Arc::new(Pricer::spawn(
+        settings.money.pricer.clone(),
+        store,
+        start,
+        progress,
+        Arc::clone(&clock),
+        Arc::clone(&settings.archiver.log_readers),
+        Arc::clone(&wake),
+    ));
+    let open = || MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait);
+    let client = match &settings.money.gateway {
+        Some(gateway) => Some(
+            PaymentGateway::new(&gateway.url, &gateway.hmac_secret, gateway.request_timeout)
+                .map_err(|e| ServerError::Recovery(e.to_string()))?,
+        ),
+        None => {
+            tracing::warn!("no payments.gateway_url: charges are priced and kept, and nothing is sent");
+            None
+        }
+    };
+    let accounts = AccountService {
+        store: Arc::new(Mutex::new(open()?)),
+        gateway: client.clone(),
+        pipeline: Arc::clone(&pipeline),
+        clock: Arc::clone(&clock),
+        deposit_cents: settings.money.deposit_cents,
+        currency: settings.money.pricer.fares.currency.clone(),
+    };
+    let dispatcher = match (&settings.money.gateway, client) {
+        (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher {
+            settings: gateway.dispatch.clone(),
+            store: Arc::new(Mutex::new(open()?)),
+            gateway: client,
+            clock,
+            wake,
+            on_denied: Arc::new(move |card_id| pipeline.set_denied(card_id, true)),
+        })),
+        _ => None,
+    };
+    Ok(Money { pricer, dispatcher, accounts })
+}

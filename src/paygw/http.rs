@@ -1,0 +1,296 @@
+//! The simulated gateway's HTTP side (axum).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use farestream_server::clock::{Clock, SystemClock};
+use farestream_server::money::paygw::api::{
+    AGREEMENTS_PATH, AgreementAnswer, AgreementRequest, CREDITS_PATH, DEBITS_PATH, ErrorAnswer,
+    IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP,
+    signature_valid,
+};
+use farestream_server::sync::lock;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::ledger::{Entry, Ledger};
+
+/// A request body larger than this is refused (413).
+const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// A signed request older or newer than this is refused (401).
+const TIMESTAMP_SKEW_MS_MAX: i64 = 5 * 60 * 1000;
+
+/// What the simulated gateway does wrong, on purpose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimFaults {
+    /// Added before every payment is handled.
+    pub latency_ms: u64,
+    /// Every Nth payment request is answered 503 without being applied
+    /// (0: never).
+    pub unavailable_every: u64,
+    /// The `Retry-After` seconds sent with those 503s (0: none sent).
+    pub retry_after_secs: u64,
+    /// Every Nth payment request is applied and its answer then lost: the
+    /// connection breaks mid-response (0: never).
+    pub drop_answer_every: u64,
+}
+
+struct Sim {
+    ledger: Mutex<Ledger>,
+    faults: Mutex<SimFaults>,
+    secret: Vec<u8>,
+    clock: Arc<dyn Clock>,
+    payments_seen: AtomicU64,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+/// A running simulated gateway.
+pub struct PaygwHandle {
+    pub local_addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PaygwHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Stops serving and waits until the listener is closed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the ledger in `data_dir` and serves on `listen`.
+pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::io::Result<PaygwHandle> {
+    let sim = Arc::new(Sim {
+        ledger: Mutex::new(Ledger::open(data_dir)?),
+        faults: Mutex::new(SimFaults::default()),
+        secret: secret.to_vec(),
+        clock: Arc::new(SystemClock),
+        payments_seen: AtomicU64::new(0),
+        in_flight: Mutex::new(HashSet::new()),
+    });
+    let app = Router::new()
+        .route(AGREEMENTS_PATH, post(agreement))
+        .route(DEBITS_PATH, post(debit))
+        .route(CREDITS_PATH, post(credit))
+        .route("/v1/topups", post(topup))
+        .route("/v1/ledger", get(ledger))
+        .route("/v1/faults", put(set_faults))
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(sim);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let local_addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(error) = served.await {
+            tracing::error!(%error, "the simulated payment gateway stopped");
+        }
+    });
+    tracing::info!(%local_addr, "simulated payment gateway listening");
+    Ok(PaygwHandle { local_addr, stop, task })
+}
+
+/// A top-up of a payer's balance (the rider's bank account, in the demo).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopUp {
+    pub payment_user_id: String,
+    pub amount_cents: u64,
+}
+
+type Answer = Result<Response, Response>;
+
+fn error(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+    (status, Json(ErrorAnswer { error: error.into(), message: message.into() })).into_response()
+}
+
+/// Checks the signature and returns the idempotency key.
+fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Result<String, Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = header(IDEMPOTENCY_KEY);
+    if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
+        return Err(error(StatusCode::BAD_REQUEST, "idempotency_key_invalid", "1 to 255 characters required"));
+    }
+    let Ok(timestamp) = header(TIMESTAMP).parse::<i64>() else {
+        return Err(error(StatusCode::UNAUTHORIZED, "timestamp_missing", "x-farestream-timestamp: unix ms"));
+    };
+    if sim.clock.now_ms().abs_diff(timestamp) > TIMESTAMP_SKEW_MS_MAX.unsigned_abs() {
+        return Err(error(StatusCode::UNAUTHORIZED, "timestamp_skew", "request timestamp too far from now"));
+    }
+    if !signature_valid(&sim.secret, header(SIGNATURE), timestamp, "POST", path, key, body) {
+        return Err(error(StatusCode::UNAUTHORIZED, "signature_invalid", "HMAC-SHA256 does not match"));
+    }
+    Ok(key.to_string())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "body_invalid", e.to_string()))
+}
+
+fn request_hash(body: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, body))
+}
+
+async fn agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
+    authenticate(&sim, &headers, AGREEMENTS_PATH, &body)?;
+    let request: AgreementRequest = parse(&body)?;
+    if request.payment_user_id.is_empty() || request.payment_user_id.len() > 128 {
+        return Err(error(StatusCode::BAD_REQUEST, "payment_user_id_invalid", "1 to 128 bytes"));
+    }
+    let agreement_id = format!("agr-{}", request.card_id);
+    let mut ledger = lock(&sim.ledger);
+    if let Some(existing) = ledger.by_key("agreement", &agreement_id) {
+        if existing.payment_user_id != request.payment_user_id {
+            return Err(error(StatusCode::CONFLICT, "agreement_exists", "the card has another payer's agreement"));
+        }
+    } else {
+        append(&mut ledger, "agreement", &agreement_id, &request.payment_user_id, &agreement_id, 0, "", "succeeded", &body)?;
+    }
+    Ok(Json(AgreementAnswer { agreement_id }).into_response())
+}
+
+async fn topup(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
+    let key = authenticate(&sim, &headers, "/v1/topups", &body)?;
+    let request: TopUp = parse(&body)?;
+    let mut ledger = lock(&sim.ledger);
+    if ledger.by_key("topup", &key).is_none() {
+        append(&mut ledger, "topup", &key, &request.payment_user_id, "", request.amount_cents, "", "succeeded", &body)?;
+    }
+    Ok(Json(serde_json::json!({ "balance_cents": ledger.balance(&request.payment_user_id) })).into_response())
+}
+
+async fn debit(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
+    pay(&sim, "debit", DEBITS_PATH, &headers, body).await
+}
+
+async fn credit(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
+    pay(&sim, "credit", CREDITS_PATH, &headers, body).await
+}
+
+/// A debit or a credit, by Stripe's idempotency rules, with the faults.
+async fn pay(sim: &Arc<Sim>, kind: &str, path: &str, headers: &HeaderMap, body: Bytes) -> Answer {
+    let key = authenticate(sim, headers, path, &body)?;
+    let request: PaymentRequest = parse(&body)?;
+    if request.amount_cents == 0 || request.currency.len() != 3 {
+        return Err(error(StatusCode::BAD_REQUEST, "amount_or_currency_invalid", "amount > 0, ISO 4217 currency"));
+    }
+    let faults = *lock(&sim.faults);
+    let nth = sim.payments_seen.fetch_add(1, Ordering::Relaxed) + 1;
+    if !lock(&sim.in_flight).insert(key.clone()) {
+        return Err(error(StatusCode::CONFLICT, "idempotency_key_in_use", "a request with this key is in flight"));
+    }
+    let answer = pay_in_flight(sim, kind, &key, &request, &body, faults, nth).await;
+    lock(&sim.in_flight).remove(&key);
+    answer
+}
+
+async fn pay_in_flight(
+    sim: &Sim,
+    kind: &str,
+    key: &str,
+    request: &PaymentRequest,
+    body: &[u8],
+    faults: SimFaults,
+    nth: u64,
+) -> Answer {
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    if faults.unavailable_every > 0 && nth % faults.unavailable_every == 0 {
+        let mut answer = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "simulated outage");
+        if faults.retry_after_secs > 0 {
+            answer.headers_mut().insert(RETRY_AFTER, faults.retry_after_secs.into());
+        }
+        return Err(answer);
+    }
+    let entry = {
+        let mut ledger = lock(&sim.ledger);
+        match ledger.by_key(kind, key) {
+            Some(first) if first.request_hash != request_hash(body) => {
+                return Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this key was used with another request",
+                ));
+            }
+            Some(first) => first.clone(),
+            None => {
+                let Some(payer) = ledger.payer_of(&request.agreement_id).map(str::to_string) else {
+                    return Err(error(StatusCode::NOT_FOUND, "agreement_unknown", "no such agreement"));
+                };
+                let short = kind == "debit" && ledger.balance(&payer) < i64::try_from(request.amount_cents).unwrap_or(i64::MAX);
+                let outcome = if short { "declined" } else { "succeeded" };
+                let (agreement, amount, currency) = (&request.agreement_id, request.amount_cents, &request.currency);
+                append(&mut ledger, kind, key, &payer, agreement, amount, currency, outcome, body)?
+            }
+        }
+    };
+    if faults.drop_answer_every > 0 && nth % faults.drop_answer_every == 0 {
+        return Ok(lost_answer());
+    }
+    let status = if entry.outcome == "succeeded" { StatusCode::OK } else { StatusCode::PAYMENT_REQUIRED };
+    let decline_code = (entry.outcome == "declined").then(|| "insufficient_funds".to_string());
+    let answer = PaymentAnswer { status: entry.outcome.clone(), transaction_id: entry.transaction_id, decline_code };
+    Ok((status, Json(answer)).into_response())
+}
+
+/// Headers go out, then the body fails: the connection breaks and the
+/// client never reads the outcome.
+fn lost_answer() -> Response {
+    let broken = futures_util::stream::once(async { Err::<Bytes, _>(std::io::Error::other("simulated lost answer")) });
+    Response::builder().status(StatusCode::OK).body(Body::from_stream(broken)).unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append(
+    ledger: &mut Ledger,
+    kind: &str,
+    key: &str,
+    payer: &str,
+    agreement: &str,
+    amount_cents: u64,
+    currency: &str,
+    outcome: &str,
+    body: &[u8],
+) -> Result<Entry, Response> {
+    let seq = ledger.next_seq();
+    let entry = Entry {
+        seq,
+        kind: kind.into(),
+        key: key.into(),
+        payment_user_id: payer.into(),
+        agreement_id: agreement.into(),
+        amount_cents,
+        currency: currency.into(),
+        outcome: outcome.into(),
+        transaction_id: format!("txn-{seq:08}"),
+        request_hash: request_hash(body),
+    };
+    ledger
+        .append(entry)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "ledger_write_failed", e.to_string()))
+}
+
+async fn ledger(State(sim): State<Arc<Sim>>) -> Json<Vec<Entry>> {
+    Json(lock(&sim.ledger).entries().to_vec())
+}
+
+async fn set_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<SimFaults>) -> StatusCode {
+    *lock(&sim.faults) = faults;
+    StatusCode::NO_CONTENT
+}

@@ -1,0 +1,238 @@
+//! The pay-later half over real sockets: QUIC in, the money store on disk,
+//! charges sent over HTTP to the simulated payment gateway, whose ledger is
+//! the judge of what was charged.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use farestream::charges::ChargeKind;
+use farestream::clock::Clock;
+use farestream::config::Config;
+use farestream::money::MoneyStore;
+use farestream::money::accounts::AccountState;
+use farestream::money::outbox::{ChargeRow, charges, undecided};
+use farestream::paygw::{Entry, PaygwHandle, SimControl, SimFaults};
+use farestream::scan::TapKind;
+use farestream::wire::{GateDecision, ScanRecord};
+
+use crate::support::{Harness, T0_MS, TestRider, batch, record};
+
+const MINUTE: i64 = 60_000;
+
+struct Money {
+    h: Harness,
+    paygw: PaygwHandle,
+    control: SimControl,
+    _paygw_dir: tempfile::TempDir,
+}
+
+impl Money {
+    async fn start() -> Money {
+        let paygw_dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::defaults();
+        let secret = config.payments.hmac_secret.clone();
+        let paygw = farestream::paygw::start(paygw_dir.path(), "127.0.0.1:0".parse().expect("addr"), secret.as_bytes())
+            .await
+            .expect("paygw");
+        config.payments.gateway_url = paygw.url();
+        config.payments.pricer_poll_interval_ms = 20;
+        config.payments.retry_backoff_ms_initial = 10;
+        config.payments.retry_backoff_ms_max = 100;
+        config.payments.request_timeout_ms = 2_000;
+        config.payments.dispatch_lease_ms = 5_000;
+        let control = SimControl::new(&paygw.url(), secret.as_bytes());
+        let h = Harness::start_with(config).await;
+        // The rides below happen in the hour after T0; the server hears of them after.
+        h.clock.set(T0_MS + 2 * 60 * MINUTE);
+        Money { h, paygw, control, _paygw_dir: paygw_dir }
+    }
+
+    /// A registered, activated rider whose payer holds `balance` after the deposit.
+    async fn rider(&self, card_id: u64, balance: u64) -> TestRider {
+        let accounts = self.h.server.accounts();
+        accounts.register(card_id, &format!("+86138{card_id:08}")).await.expect("register");
+        let payer = format!("payer-{card_id}");
+        self.control.top_up(&payer, balance + 2_000, &format!("topup-{card_id}-0")).await.expect("top up");
+        let account = accounts.activate(card_id, &payer).await.expect("activate");
+        assert_eq!((account.state, account.deposit_cents), (AccountState::Active, 2_000));
+        self.h.rider(card_id)
+    }
+
+    /// Prices what was acked and waits until every charge is decided,
+    /// moving the server's clock so retries come due.
+    async fn settle(&self) -> Vec<ChargeRow> {
+        self.h.server.flush_pricing().await.expect("price");
+        let store = MoneyStore::open(self.h.server.money_store_path(), Duration::from_secs(5)).expect("store");
+        for _ in 0..1_000 {
+            if undecided(store.connection()).expect("count") == 0 {
+                return charges(store.connection(), None).expect("charges");
+            }
+            self.h.clock.set(self.h.clock.now_ms() + 1_000);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("charges still undecided: {:?}", charges(store.connection(), None));
+    }
+
+    async fn debits(&self) -> Vec<Entry> {
+        self.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "debit").collect()
+    }
+}
+
+fn tap(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) -> ScanRecord {
+    let mut scan = record("validator-1", seq, at_ms, kind, rider.code_at(at_ms, seq as u32));
+    match kind {
+        TapKind::Single => scan.route_id = place.into(),
+        _ => scan.stop_id = place.into(),
+    }
+    scan
+}
+
+/// Every ledger debit is a charge (or a deposit), each key once.
+fn assert_charged_once(debits: &[Entry], charges: &[ChargeRow]) {
+    let keys: Vec<&str> = debits.iter().map(|e| e.key.as_str()).collect();
+    let unique: HashSet<&str> = keys.iter().copied().collect();
+    assert_eq!(unique.len(), keys.len(), "a key debited twice");
+    let ids: HashSet<String> = charges.iter().map(|c| hex::encode(c.charge_id)).collect();
+    for key in keys.iter().filter(|k| !k.starts_with("deposit-") && !k.starts_with("arrears-")) {
+        assert!(ids.contains(*key), "the gateway debited {key}, which is no charge");
+    }
+    let mut priced = HashSet::new();
+    for scan in charges.iter().flat_map(|c| &c.scan_ids) {
+        assert!(priced.insert(*scan), "a tap priced by two charges");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
+    let m = Money::start().await;
+    let rider = m.rider(501, 10_000).await;
+    let mut rides = vec![
+        tap(&rider, 1, T0_MS + MINUTE, TapKind::Single, "bus-99"),
+        tap(&rider, 2, T0_MS + 10 * MINUTE, TapKind::Entry, "station-01"),
+        tap(&rider, 3, T0_MS + 30 * MINUTE, TapKind::Exit, "station-05"),
+    ];
+    rides.extend((0..5).map(|n| tap(&rider, 10 + n, T0_MS + (40 + n as i64) * MINUTE, TapKind::Single, "bus-99")));
+    let client = m.h.client();
+    let first = batch("depot-1", 1, rides.clone());
+    assert_eq!(client.push(&first).await.expect("ack").accepted, 8);
+    client.push(&first).await.expect("a re-delivery is acked");
+    // A screenshot of the first bus code shown at another validator.
+    let mut replay = rides[0].clone();
+    replay.validator_id = "validator-2".into();
+    assert_eq!(client.push(&batch("depot-2", 1, vec![replay])).await.expect("ack").accepted, 0);
+
+    let charges = m.settle().await;
+    let amounts: Vec<(ChargeKind, i64, &str)> =
+        charges.iter().map(|c| (c.kind, c.amount_cents, c.outcome.as_str())).collect();
+    let ride = |amount, outcome| (ChargeKind::Ride, amount, outcome);
+    let expected = [
+        ride(300, "succeeded"),
+        ride(500, "succeeded"),
+        ride(300, "succeeded"),
+        ride(300, "succeeded"),
+        ride(100, "succeeded"),
+        ride(0, "nothing_due"),
+        ride(0, "nothing_due"),
+    ];
+    let mut sorted = amounts.clone();
+    sorted.sort_by_key(|(_, amount, _)| std::cmp::Reverse(*amount));
+    let mut want = expected.to_vec();
+    want.sort_by_key(|(_, amount, _)| std::cmp::Reverse(*amount));
+    assert_eq!(sorted, want, "seven rides, capped at 1500: {amounts:?}");
+    let debits = m.debits().await;
+    assert_charged_once(&debits, &charges);
+    let fares: u64 = debits.iter().filter(|e| !e.key.starts_with("deposit-")).map(|e| e.amount_cents).sum();
+    assert_eq!(fares, 1_500, "the daily cap, collected once");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
+    let m = Money::start().await;
+    let rider = m.rider(502, 100).await;
+    let client = m.h.client();
+    let trip = vec![
+        tap(&rider, 1, T0_MS, TapKind::Entry, "station-01"),
+        tap(&rider, 2, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05"),
+    ];
+    client.push(&batch("depot-1", 1, trip)).await.expect("ack");
+    let charges = m.settle().await;
+    assert_eq!(charges.iter().map(|c| (c.amount_cents, c.outcome.as_str())).collect::<Vec<_>>(), [(500, "declined")]);
+    let account = m.h.server.accounts().account(502).await.expect("account");
+    assert_eq!((account.state, account.arrears_cents), (AccountState::InArrears, 500));
+
+    // The server's list now refuses the card when the gateway does not say
+    // what its gate did.
+    let refused = client.push(&batch("depot-1", 2, vec![tap(&rider, 3, T0_MS + 40 * MINUTE, TapKind::Single, "bus-1")])).await;
+    assert_eq!(refused.expect("ack").accepted, 0, "denied on the server's list");
+    assert!(m.h.server.accounts().pay_arrears(502).await.is_err(), "100 left cannot pay 500");
+
+    m.control.top_up("payer-502", 1_000, "topup-502-1").await.expect("top up");
+    let paid = m.h.server.accounts().pay_arrears(502).await.expect("pay");
+    assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+    let again = client.push(&batch("depot-1", 3, vec![tap(&rider, 4, T0_MS + 50 * MINUTE, TapKind::Single, "bus-1")])).await;
+    assert_eq!(again.expect("ack").accepted, 1, "allowed again");
+    let charges = m.settle().await;
+    let outcomes: BTreeMap<&str, i64> = charges.iter().map(|c| (c.outcome.as_str(), c.amount_cents)).collect();
+    assert_eq!(outcomes, BTreeMap::from([("declined", 500), ("succeeded", 200)]));
+    let debits = m.debits().await;
+    assert_charged_once(&debits, &charges);
+    let collected: Vec<(String, u64, String)> = debits
+        .iter()
+        .filter(|e| !e.key.starts_with("deposit-"))
+        .map(|e| (e.key.split('-').next().unwrap_or("").to_string(), e.amount_cents, e.outcome.clone()))
+        .collect();
+    assert_eq!(collected.iter().filter(|(_, _, o)| o == "succeeded").map(|(_, a, _)| a).sum::<u64>(), 700);
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_gate_did_decides_the_charge_not_the_servers_newer_list() {
+    let m = Money::start().await;
+    let rider = m.rider(503, 5_000).await;
+    m.h.server.pipeline().set_denied(503, true);
+    let with_gate = |seq, minute, gate: GateDecision| ScanRecord {
+        gate: gate as i32,
+        deny_list_version: 1,
+        ..tap(&rider, seq, T0_MS + minute * MINUTE, TapKind::Single, "bus-99")
+    };
+    let scans = vec![with_gate(1, 1, GateDecision::Opened), with_gate(2, 5, GateDecision::Refused)];
+    assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 1);
+    let charges = m.settle().await;
+    assert_eq!(charges.iter().map(|c| (c.amount_cents, c.outcome.as_str())).collect::<Vec<_>>(), [(300, "succeeded")]);
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_lost_answers_and_latency_never_charge_twice() {
+    let m = Money::start().await;
+    let riders: Vec<TestRider> = {
+        let mut riders = Vec::new();
+        for card in 600..612 {
+            riders.push(m.rider(card, 5_000).await);
+        }
+        riders
+    };
+    let faults = SimFaults { latency_ms: 5, unavailable_every: 3, retry_after_secs: 0, drop_answer_every: 4 };
+    m.control.set_faults(faults).await.expect("faults");
+    let scans: Vec<ScanRecord> = riders
+        .iter()
+        .flat_map(|r| {
+            [tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99"), tap(r, 2, T0_MS + 9 * MINUTE, TapKind::Single, "bus-7")]
+        })
+        .collect();
+    assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 24);
+    let charges = m.settle().await;
+    assert_eq!(charges.len(), 24);
+    assert!(charges.iter().all(|c| c.outcome == "succeeded"), "{charges:?}");
+    assert!(charges.iter().any(|c| c.attempts > 1), "the faults made some charges retry");
+    let debits = m.debits().await;
+    assert_charged_once(&debits, &charges);
+    let fares: u64 = debits.iter().filter(|e| !e.key.starts_with("deposit-")).map(|e| e.amount_cents).sum();
+    assert_eq!(fares, 12 * 500);
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
