@@ -45,7 +45,9 @@ CREATE INDEX taps_by_rider_day ON taps (card_id, service_date);
 
 -- The outbox: every charge, written before its first attempt. Its id is
 -- the payment gateway's idempotency key. A row is never deleted; only its
--- outcome, attempt count and schedule change.
+-- outcome, attempt count and schedule change. `next_attempt_at` and
+-- `lease_until` are wall-clock times (the dispatcher's); the others are the
+-- server's clock.
 CREATE TABLE charges (
     charge_id       BLOB    PRIMARY KEY CHECK (length(charge_id) = 16),
     card_id         INTEGER NOT NULL,

@@ -14,6 +14,10 @@
 //! out an exponential backoff or the gateway's `Retry-After`; after
 //! `attempts_max` the charge is `failed`, reported, and still retried every
 //! `failed_retry_after`. A charge is never dropped.
+//!
+//! Leases and retries run on the wall clock, whatever clock the server runs
+//! on (the demo compresses a day into a minute): they are about how the
+//! gateway behaves in real time. Outcomes are dated by the server's clock.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +30,7 @@ use super::accounts::{self, Account};
 use super::codec::{card_from_sql, id_from_sql};
 use super::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
-use crate::clock::{Clock, UnixMillis};
+use crate::clock::{Clock, SystemClock, UnixMillis};
 use crate::sync::lock;
 use crate::telemetry;
 
@@ -62,6 +66,7 @@ pub struct Dispatcher {
     pub settings: DispatcherSettings,
     pub store: Arc<Mutex<MoneyStore>>,
     pub gateway: PaymentGateway,
+    /// Dates outcomes (`decided_at`, arrears).
     pub clock: Arc<dyn Clock>,
     /// Rung by the pricer when it wrote charges.
     pub wake: Arc<Notify>,
@@ -103,7 +108,7 @@ impl Dispatcher {
 
     /// Claims up to `batch_charges_max` due charges.
     async fn claim(&self) -> Result<Vec<Claimed>, StoreError> {
-        let (store, now) = (Arc::clone(&self.store), self.clock.now_ms());
+        let (store, now) = (Arc::clone(&self.store), SystemClock.now_ms());
         let (limit, lease) = (self.settings.batch_charges_max, millis(self.settings.lease));
         blocking(move || {
             let mut store = lock(&store);
@@ -184,7 +189,8 @@ impl Dispatcher {
     /// Writes an answer, if this claim still holds the charge. A decline
     /// returns the account it put in arrears.
     async fn record(&self, charge: &Claimed, answer: Answer) -> Result<Option<Account>, StoreError> {
-        let (store, now, settings) = (Arc::clone(&self.store), self.clock.now_ms(), self.settings.clone());
+        let (store, settings) = (Arc::clone(&self.store), self.settings.clone());
+        let (now, wall) = (self.clock.now_ms(), SystemClock.now_ms());
         let charge = charge.clone();
         blocking(move || {
             let mut store = lock(&store);
@@ -220,10 +226,10 @@ impl Dispatcher {
                     } else {
                         retry_after.unwrap_or_else(|| backoff(&settings, charge.attempt))
                     };
-                    retry_later(&tx, &charge, exhausted, reason, now.saturating_add(millis(wait)))?
+                    retry_later(&tx, &charge, exhausted, reason, wall.saturating_add(millis(wait)))?
                 }
                 Answer::Refused { reason } => {
-                    let next = now.saturating_add(millis(settings.failed_retry_after));
+                    let next = wall.saturating_add(millis(settings.failed_retry_after));
                     retry_later(&tx, &charge, true, reason, next)?
                 }
             };

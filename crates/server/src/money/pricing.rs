@@ -93,11 +93,12 @@ fn reprice(tx: &Transaction<'_>, fares: &FareTable, day: RiderDay, now: UnixMill
     let mut insert = tx.prepare_cached(
         "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency, scan_ids,
                               created_at, outcome, next_attempt_at, decided_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11)",
     )?;
     for charge in &planned {
-        // Nothing to collect (a ride under a reached cap): decided at once,
-        // never sent.
+        // Due at once (`next_attempt_at` 0: the dispatcher schedules on the
+        // wall clock). Nothing to collect (a ride under a reached cap):
+        // decided at once, never sent.
         let (outcome, decided_at) = if charge.amount_cents == 0 { ("nothing_due", Some(now)) } else { ("pending", None) };
         insert.execute(params![
             &charge.id[..],

@@ -53,6 +53,26 @@ pub struct AccountService {
 }
 
 impl AccountService {
+    /// The service over the store and gateway that `settings` name.
+    pub fn open(
+        settings: &crate::server::MoneySettings,
+        pipeline: Arc<Pipeline>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<AccountService, ServiceError> {
+        let gateway = match &settings.gateway {
+            Some(g) => Some(PaymentGateway::new(&g.url, &g.hmac_secret, g.request_timeout)?),
+            None => None,
+        };
+        Ok(AccountService {
+            store: Arc::new(Mutex::new(MoneyStore::open(&settings.store_path, settings.store_busy_wait)?)),
+            gateway,
+            pipeline,
+            clock,
+            deposit_cents: settings.deposit_cents,
+            currency: settings.pricer.fares.currency.clone(),
+        })
+    }
+
     pub async fn register(&self, card_id: u64, phone: &str) -> Result<Account, ServiceError> {
         let (now, phone) = (self.clock.now_ms(), phone.to_string());
         self.write(move |tx| accounts::register(tx, card_id, &phone, now)).await

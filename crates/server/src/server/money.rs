@@ -11,7 +11,6 @@ use super::{RecoveryReport, ServerError, ServerSettings};
 use crate::clock::Clock;
 use crate::ingest::Pipeline;
 use crate::money::accounts::deny_list;
-use crate::money::paygw::PaymentGateway;
 use crate::money::pricer::pricer_start;
 use crate::money::{AccountService, Dispatcher, LogReaders, MoneyStore, Pricer};
 use crate::wal::committer::Progress;
@@ -66,35 +65,21 @@ pub(super) fn start_money(
         Arc::clone(&settings.archiver.log_readers),
         Arc::clone(&wake),
     ));
-    let open = || MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait);
-    let client = match &settings.money.gateway {
-        Some(gateway) => Some(
-            PaymentGateway::new(&gateway.url, &gateway.hmac_secret, gateway.request_timeout)
-                .map_err(|e| ServerError::Recovery(e.to_string()))?,
-        ),
-        None => {
-            tracing::warn!("no payments.gateway_url: charges are priced and kept, and nothing is sent");
-            None
-        }
-    };
-    let accounts = AccountService {
-        store: Arc::new(Mutex::new(open()?)),
-        gateway: client.clone(),
-        pipeline: Arc::clone(&pipeline),
-        clock: Arc::clone(&clock),
-        deposit_cents: settings.money.deposit_cents,
-        currency: settings.money.pricer.fares.currency.clone(),
-    };
-    let dispatcher = match (&settings.money.gateway, client) {
+    let accounts = AccountService::open(&settings.money, Arc::clone(&pipeline), Arc::clone(&clock))
+        .map_err(|e| ServerError::Recovery(e.to_string()))?;
+    let dispatcher = match (&settings.money.gateway, &accounts.gateway) {
         (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher {
             settings: gateway.dispatch.clone(),
-            store: Arc::new(Mutex::new(open()?)),
-            gateway: client,
+            store: Arc::new(Mutex::new(MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait)?)),
+            gateway: client.clone(),
             clock,
             wake,
             on_denied: Arc::new(move |card_id| pipeline.set_denied(card_id, true)),
         })),
-        _ => None,
+        _ => {
+            tracing::warn!("no payments.gateway_url: charges are priced and kept, and nothing is sent");
+            None
+        }
     };
     Ok(Money { pricer, dispatcher, accounts })
 }

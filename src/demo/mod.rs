@@ -1,7 +1,10 @@
 //! `farestream demo`: a server on loopback and a simulated city in one
 //! process, running one service day compressed into about a minute. It
 //! ends by reading the Parquet files back and setting them beside what the
-//! fleet planned and what the server acknowledged.
+//! fleet planned and what the server acknowledged, and the charges beside
+//! the rides and the simulated payment gateway's ledger (`money`).
+
+mod money;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::ingest::Pipeline;
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
+use crate::money::AccountService;
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::server::{Server, ServerError, ServerSettings};
@@ -57,6 +61,12 @@ pub enum DemoError {
     Archive(#[from] ArchiveError),
     #[error("the system clock ({0} ms) is outside the dates the demo can simulate")]
     Clock(i64),
+    #[error("simulated payment gateway: {0}")]
+    Paygw(#[from] std::io::Error),
+    #[error("accounts: {0}")]
+    Accounts(#[from] crate::money::ServiceError),
+    #[error("charges: {0}")]
+    Charges(String),
 }
 
 #[derive(Debug, Clone)]
@@ -71,12 +81,19 @@ pub struct DemoSummary {
     pub archived: BTreeMap<ScanStatus, u64>,
     pub files: Vec<PathBuf>,
     pub archive_root: PathBuf,
+    pub money: money::MoneySummary,
+    pub currency: String,
     pub wall: Duration,
 }
 
 pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
-    let config = &options.config;
+    let mut config = options.config.clone();
+    let secret = config.payments.hmac_secret.clone();
+    let paygw = crate::paygw::start(&options.data_dir.join("paygw"), "127.0.0.1:0".parse().expect("literal"), secret.as_bytes()).await?;
+    config.payments.gateway_url = paygw.url();
+    let bank = crate::paygw::SimControl::new(&paygw.url(), secret.as_bytes());
+    let config = &config;
     let keystore = Keystore::open_or_create(&options.data_dir, KeystoreOptions::from_config(config))?;
     let trusted_keys = keystore.trusted_public_keys()?;
     let identity = ServerIdentity::load_or_create(&options.data_dir, NewIdentity::OnFirstStart)?;
@@ -100,10 +117,19 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     }
     let mut settings = ServerSettings::from_config(config, &options.data_dir)?;
     settings.listen_addr = "127.0.0.1:0".parse().expect("literal address");
+    let currency = settings.money.pricer.fares.currency.clone();
+    // Accounts open before the day starts, on the wall clock: the day's
+    // compressed clock starts with the server.
+    let cards: Vec<u64> = city.world.riders.iter().map(|r| r.card_id).collect();
+    let accounts = AccountService::open(&settings.money, Arc::clone(&pipeline), Arc::new(SystemClock))?;
+    let opening = progress_bar(cards.len() as u64, options.show_progress, ACCOUNTS_TEMPLATE);
+    let short = money::open_accounts(&accounts, &bank, &cards, &opening).await?;
+    opening.finish_and_clear();
+    drop(accounts);
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(first_ms - 60_000, speedup));
     let server = Server::start(settings, &identity, pipeline, Arc::clone(&clock)).await?;
 
-    let progress = progress_bar(city.plan.len() as u64, options.show_progress);
+    let progress = progress_bar(city.plan.len() as u64, options.show_progress, DAY_TEMPLATE);
     let uploads = Uploads {
         tick: Duration::from_secs_f64(UPLOAD_INTERVAL_SIM_MS / speedup / 1000.0),
         batch_scans_max: config.wire.batch_scans_max,
@@ -113,11 +139,16 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let (validators, gateways) = (city.world.validators.len(), city.world.gateways.len());
     let fleet = city.run(config, &target, clock, uploads, progress.clone()).await;
     progress.finish_and_clear();
+    let settling = progress_bar(0, options.show_progress, "{spinner} settling: {msg}");
+    money::settle(&server, &settling).await.map_err(DemoError::Charges)?;
+    let arrears_paid = money::collect_arrears(&server, &bank, &short).await?;
+    money::settle(&server, &settling).await.map_err(DemoError::Charges)?;
+    settling.finish_and_clear();
 
     // This run's files are those covering log records written after start:
     // earlier demos in the same data dir are not counted.
     let first_lsn = server.recovery().wal_end_lsn;
-    server.shutdown().await?;
+    server.flush_archive().await?;
     let archive_root = archive::scans_root(&options.data_dir);
     let files: Vec<PathBuf> = archive::read::archive_files(&archive_root)?
         .into_iter()
@@ -127,6 +158,9 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     for file in &files {
         rows.extend(archive::read::read_file(file)?);
     }
+    let money = money::summarize(&server, &bank, &cards, &rows, arrears_paid).await.map_err(DemoError::Charges)?;
+    server.shutdown().await?;
+    paygw.stop().await;
     Ok(DemoSummary {
         service_date,
         time_zone: config.service_day.time_zone.clone(),
@@ -138,19 +172,21 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         archived: archive::read::count_by_status(&rows),
         files,
         archive_root,
+        money,
+        currency,
         wall: started.elapsed(),
     })
 }
 
-fn progress_bar(len: u64, visible: bool) -> ProgressBar {
+const ACCOUNTS_TEMPLATE: &str = "{spinner} accounts {bar:40} {pos}/{len} opened ({per_sec}, eta {eta})";
+const DAY_TEMPLATE: &str = "{spinner} service day {bar:40} {pos}/{len} scans uploaded ({per_sec}, eta {eta})";
+
+fn progress_bar(len: u64, visible: bool, template: &str) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "{spinner} service day {bar:40} {pos}/{len} scans uploaded ({per_sec}, eta {eta})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -165,7 +201,10 @@ impl DemoSummary {
             planned == self.fleet.acked.get(s).copied().unwrap_or(0)
                 && planned == self.archived.get(s).copied().unwrap_or(0)
         });
-        statuses_agree && self.fleet.redelivered_planned == self.fleet.redelivered_acked && self.fleet.errors.is_empty()
+        statuses_agree
+            && self.fleet.redelivered_planned == self.fleet.redelivered_acked
+            && self.fleet.errors.is_empty()
+            && self.money.is_consistent()
     }
 
     /// The table printed at the end of the demo.
@@ -251,11 +290,12 @@ impl DemoSummary {
                 "  query:   duckdb -c \"SELECT status, count(*) FROM read_parquet([{list}]) GROUP BY ALL ORDER BY 2 DESC\""
             ),
         );
+        money::render(&self.money, &self.currency, &mut out);
         line(&mut out, String::new());
         line(
             &mut out,
             if self.is_consistent() {
-                "  result: OK, plan, acks and archive agree for every status".to_string()
+                "  result: OK, plan, acks and archive agree for every status; every ride is charged once".to_string()
             } else {
                 "  result: MISMATCH, see the rows marked above".to_string()
             },
