@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use farestream::api::{ApiSettings, ApiState};
 use farestream::clock::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
@@ -95,6 +96,12 @@ enum Command {
         /// A file of scan_ids, one per line, as `simulate --acked-file` writes.
         #[arg(long)]
         acked_file: PathBuf,
+    },
+    /// A simulated payment gateway (docs/payment-gateway.md) for load runs
+    /// and crash tests: balances and its ledger live under --data-dir.
+    Paygw {
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: SocketAddr,
     },
     /// Run a server and a simulated city in one process: one service day in about a minute.
     Demo {
@@ -208,6 +215,7 @@ fn main() -> Result<()> {
             runtime.block_on(flood(&cli.data_dir, config, server, settings))
         }
         Command::Audit { acked_file } => audit(&cli.data_dir, &acked_file),
+        Command::Paygw { listen } => runtime.block_on(paygw(&cli.data_dir, &config, listen)),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
     }
 }
@@ -239,6 +247,20 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let server = Server::start(settings, &identity, pipeline, Arc::new(SystemClock)).await?;
+    let api = match ApiSettings::from_config(&config)? {
+        Some(settings) => {
+            let state = ApiState {
+                settings,
+                accounts: server.accounts().clone(),
+                issuer: keystore.active_signer()?,
+                issuer_keys: keystore.export_public_keys()?,
+            };
+            let api = farestream::api::start(state).await.context("starting the account API")?;
+            println!("account API on {}", api.url());
+            Some(api)
+        }
+        None => None,
+    };
     let recovery = server.recovery();
     println!(
         "farestream serving on {} (certificate: {}); recovered log to LSN {}, archive checkpoint {}, {} rows back in the dedup indexes",
@@ -258,11 +280,25 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
         bail!("stopped: {reason}");
     }
     println!("shutting down: finishing in-flight batches, flushing the log, closing archive files");
+    if let Some(api) = api {
+        api.stop().await;
+    }
     let report = server.shutdown().await?;
     println!(
         "stopped cleanly: log durable to LSN {}, archived to LSN {}",
         report.wal.durable_lsn, report.archiver.archived_lsn
     );
+    Ok(())
+}
+
+async fn paygw(data_dir: &Path, config: &Config, listen: SocketAddr) -> Result<()> {
+    let secret = config.payments.hmac_secret.as_bytes();
+    let paygw = farestream::paygw::start(data_dir, listen, secret)
+        .await
+        .with_context(|| format!("starting the simulated payment gateway on {listen}"))?;
+    println!("simulated payment gateway on {} (ledger: {})", paygw.url(), data_dir.join("ledger.jsonl").display());
+    shutdown_signal().await;
+    paygw.stop().await;
     Ok(())
 }
 

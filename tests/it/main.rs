@@ -1,6 +1,7 @@
 //! Integration tests: one binary, as ripgrep does, so the release build
 //! links once.
 
+mod account_api;
 mod crash;
 mod dependencies;
 mod durability;

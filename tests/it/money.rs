@@ -17,17 +17,17 @@ use farestream::wire::{GateDecision, ScanRecord};
 
 use crate::support::{Harness, T0_MS, TestRider, batch, record};
 
-const MINUTE: i64 = 60_000;
+pub const MINUTE: i64 = 60_000;
 
-struct Money {
-    h: Harness,
-    paygw: PaygwHandle,
-    control: SimControl,
+pub struct Money {
+    pub h: Harness,
+    pub paygw: PaygwHandle,
+    pub control: SimControl,
     _paygw_dir: tempfile::TempDir,
 }
 
 impl Money {
-    async fn start() -> Money {
+    pub async fn start() -> Money {
         let paygw_dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::defaults();
         let secret = config.payments.hmac_secret.clone();
@@ -60,7 +60,7 @@ impl Money {
 
     /// Prices what was acked and waits until every charge is decided,
     /// moving the server's clock so retries come due.
-    async fn settle(&self) -> Vec<ChargeRow> {
+    pub async fn settle(&self) -> Vec<ChargeRow> {
         self.h.server.flush_pricing().await.expect("price");
         let store = MoneyStore::open(self.h.server.money_store_path(), Duration::from_secs(5)).expect("store");
         for _ in 0..1_000 {
@@ -73,12 +73,12 @@ impl Money {
         panic!("charges still undecided: {:?}", charges(store.connection(), None));
     }
 
-    async fn debits(&self) -> Vec<Entry> {
+    pub async fn debits(&self) -> Vec<Entry> {
         self.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "debit").collect()
     }
 }
 
-fn tap(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) -> ScanRecord {
+pub fn tap(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) -> ScanRecord {
     let mut scan = record("validator-1", seq, at_ms, kind, rider.code_at(at_ms, seq as u32));
     match kind {
         TapKind::Single => scan.route_id = place.into(),

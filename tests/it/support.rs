@@ -9,6 +9,7 @@ use farestream::config::Config;
 use farestream::faults::Faults;
 use farestream::gateway::GatewayClient;
 use farestream::ingest::Pipeline;
+use farestream::money::notify::InboxNotifier;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::scan::{ArchivedScan, TapKind};
 use farestream::server::{Server, ServerSettings};
@@ -27,6 +28,8 @@ pub struct Harness {
     pub issuer: IssuerSigningKey,
     pub config: Config,
     pub faults: Arc<Faults>,
+    /// What the server told riders (one-time codes, refunds held back).
+    pub inbox: Arc<InboxNotifier>,
 }
 
 pub struct TestRider {
@@ -55,15 +58,17 @@ impl Harness {
         let identity = ServerIdentity::generate().expect("identity");
         let clock = Arc::new(ManualClock::new(T0_MS + 60_000));
         let faults = Arc::new(Faults::default());
-        let server = start_server(&config, dir.path(), &identity, &clock, &faults).await;
+        let inbox = Arc::new(InboxNotifier::default());
+        let server = start_server(&config, dir.path(), &identity, &clock, (&faults, &inbox)).await;
         let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
-        Harness { dir, server, identity, clock, issuer, config, faults }
+        Harness { dir, server, identity, clock, issuer, config, faults, inbox }
     }
 
     /// Graceful stop, then a new server on the same data directory.
     pub async fn restart(mut self) -> Harness {
         self.server.shutdown().await.expect("shutdown");
-        self.server = start_server(&self.config, self.dir.path(), &self.identity, &self.clock, &self.faults).await;
+        let injected = (&self.faults, &self.inbox);
+        self.server = start_server(&self.config, self.dir.path(), &self.identity, &self.clock, injected).await;
         self
     }
 
@@ -71,11 +76,11 @@ impl Harness {
     /// threads idle on, its files stay as they are), `damage` runs, and a
     /// new server recovers the same data directory.
     pub async fn crash_and_recover(self, damage: impl FnOnce(&std::path::Path)) -> Harness {
-        let Harness { dir, server, identity, clock, issuer, config, faults } = self;
+        let Harness { dir, server, identity, clock, issuer, config, faults, inbox } = self;
         std::mem::forget(server);
         damage(dir.path());
-        let server = start_server(&config, dir.path(), &identity, &clock, &faults).await;
-        Harness { dir, server, identity, clock, issuer, config, faults }
+        let server = start_server(&config, dir.path(), &identity, &clock, (&faults, &inbox)).await;
+        Harness { dir, server, identity, clock, issuer, config, faults, inbox }
     }
 
     pub fn client(&self) -> GatewayClient {
@@ -103,7 +108,7 @@ async fn start_server(
     dir: &std::path::Path,
     identity: &ServerIdentity,
     clock: &Arc<ManualClock>,
-    faults: &Arc<Faults>,
+    (faults, inbox): (&Arc<Faults>, &Arc<InboxNotifier>),
 ) -> Server {
     let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
     let mut keys = IssuerPublicKeys::new();
@@ -112,6 +117,7 @@ async fn start_server(
     let mut settings = ServerSettings::from_config(config, dir).expect("settings");
     settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
     settings.faults = Arc::clone(faults);
+    settings.money.notifier = Arc::clone(inbox) as Arc<dyn farestream::money::notify::Notifier>;
     Server::start(settings, identity, pipeline, clock.clone()).await.expect("server")
 }
 

@@ -10,6 +10,7 @@
 pub use farestream_core::{charges, fares, ingest, journal, ridecode, scan, service_day, sync};
 pub use farestream_gateway::wire;
 
+pub mod api;
 pub mod archive;
 pub mod clock;
 pub mod config;

@@ -107,3 +107,8 @@ pub fn charge_attempted(answer: &'static str) {
 pub fn charge_failed() {
     counter!("farestream_charges_failed_total").increment(1);
 }
+
+/// An account API call answered with an error; `error` is the body's code.
+pub fn api_error(error: &'static str) {
+    counter!("farestream_api_errors_total", "error" => error).increment(1);
+}

@@ -74,6 +74,8 @@ pub struct RideCode {
 pub enum DecodeError {
     #[error("ride code is {actual} bytes, version 1 codes are exactly {RIDE_CODE_LEN}")]
     WrongLength { actual: usize },
+    #[error("credential is {actual} bytes, version 1 credentials are exactly {CREDENTIAL_LEN}")]
+    CredentialWrongLength { actual: usize },
     #[error("ride code format version {0:#04x} is not supported")]
     UnsupportedVersion(u8),
 }
@@ -103,6 +105,25 @@ impl Credential {
         out[..CREDENTIAL_SIGNED_LEN].copy_from_slice(&self.claims.signed_bytes());
         out[CREDENTIAL_SIGNED_LEN..].copy_from_slice(&self.issuer_signature);
         out
+    }
+
+    /// A credential as the account API hands it out; shape only, as for codes.
+    pub fn decode(input: &[u8]) -> Result<Credential, DecodeError> {
+        if let Some(&version) = input.first()
+            && version != FORMAT_VERSION
+        {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let bytes: &[u8; CREDENTIAL_LEN] =
+            input.try_into().map_err(|_| DecodeError::CredentialWrongLength { actual: input.len() })?;
+        let claims = CredentialClaims {
+            issuer_key_id: be_u32(&bytes[1..5]),
+            card_id: u64::from_be_bytes(array(&bytes[5..13])),
+            user_public_key: array(&bytes[13..45]),
+            valid_from: be_u32(&bytes[45..49]),
+            valid_until: be_u32(&bytes[49..53]),
+        };
+        Ok(Credential { claims, issuer_signature: array(&bytes[CREDENTIAL_SIGNED_LEN..]) })
     }
 }
 
@@ -157,15 +178,8 @@ impl RideCode {
         }
         let bytes: [u8; RIDE_CODE_LEN] =
             input.try_into().map_err(|_| DecodeError::WrongLength { actual: input.len() })?;
-        let claims = CredentialClaims {
-            issuer_key_id: be_u32(&bytes[1..5]),
-            card_id: u64::from_be_bytes(array(&bytes[5..13])),
-            user_public_key: array(&bytes[13..45]),
-            valid_from: be_u32(&bytes[45..49]),
-            valid_until: be_u32(&bytes[49..53]),
-        };
         Ok(RideCode {
-            credential: Credential { claims, issuer_signature: array(&bytes[53..117]) },
+            credential: Credential::decode(&bytes[..CREDENTIAL_LEN])?,
             created_at: be_u32(&bytes[117..121]),
             counter: be_u32(&bytes[121..125]),
             user_signature: array(&bytes[125..189]),
@@ -222,5 +236,19 @@ mod tests {
         bumped[0] = 2;
         assert_eq!(RideCode::decode(&bumped), Err(DecodeError::UnsupportedVersion(2)));
         assert_eq!(RideCode::decode(&[]), Err(DecodeError::WrongLength { actual: 0 }));
+    }
+
+    #[test]
+    fn a_credential_round_trips_and_any_other_length_or_version_is_refused() {
+        let credential = sample().credential;
+        assert_eq!(Credential::decode(&credential.to_bytes()), Ok(credential));
+        for length in [0, 1, CREDENTIAL_LEN - 1, CREDENTIAL_LEN + 1, RIDE_CODE_LEN] {
+            let mut bytes = vec![FORMAT_VERSION; length];
+            bytes.truncate(length);
+            assert_eq!(Credential::decode(&bytes), Err(DecodeError::CredentialWrongLength { actual: length }));
+        }
+        let mut other_version = credential.to_bytes();
+        other_version[0] = 2;
+        assert_eq!(Credential::decode(&other_version), Err(DecodeError::UnsupportedVersion(2)));
     }
 }

@@ -52,6 +52,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub gateway: GatewayConfig,
     pub payments: PaymentsConfig,
+    pub api: ApiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +132,8 @@ pub struct KeysConfig {
 pub struct PaymentsConfig {
     pub fares_file: String,
     pub deposit_fen: u64,
+    pub refund_wait_secs: u64,
+    pub refund_check_interval_ms: u64,
     pub gateway_url: String,
     pub hmac_secret: String,
     pub dispatch_concurrency_max: usize,
@@ -143,6 +146,18 @@ pub struct PaymentsConfig {
     pub failed_retry_after_ms: u64,
     pub pricer_poll_interval_ms: u64,
     pub store_busy_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen_addr: String,
+    pub request_bytes_max: usize,
+    pub otp_validity_secs: u32,
+    pub otp_attempts_max: u32,
+    pub otp_resend_secs_min: u32,
+    pub token_validity_secs: u32,
+    pub account_charges_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -62,6 +62,8 @@ pub const RANGES: &[KeyRange] = &[
     range("gateway.retry_backoff_ms_initial", 1, 600_000, "ms"),
     range("gateway.retry_backoff_ms_max", 1, 600_000, "ms"),
     range("payments.deposit_fen", 0, 100_000_000, "fen"),
+    range("payments.refund_wait_secs", 0, 31_536_000, "s"),
+    range("payments.refund_check_interval_ms", 1_000, 86_400_000, "ms"),
     range("payments.dispatch_concurrency_max", 1, 1_024, "requests"),
     range("payments.dispatch_batch_charges_max", 1, 100_000, "charges"),
     range("payments.dispatch_lease_ms", 1_000, 3_600_000, "ms"),
@@ -72,6 +74,12 @@ pub const RANGES: &[KeyRange] = &[
     range("payments.failed_retry_after_ms", 1_000, 86_400_000, "ms"),
     range("payments.pricer_poll_interval_ms", 10, 60_000, "ms"),
     range("payments.store_busy_wait_ms", 10, 600_000, "ms"),
+    range("api.request_bytes_max", 256, MIB, "bytes"),
+    range("api.otp_validity_secs", 60, 3_600, "s"),
+    range("api.otp_attempts_max", 1, 20, "attempts"),
+    range("api.otp_resend_secs_min", 1, 3_600, "s"),
+    range("api.token_validity_secs", 3_600, 31_536_000, "s"),
+    range("api.account_charges_max", 1, 10_000, "charges"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -80,9 +80,7 @@ impl From<rusqlite::Error> for AccountError {
 
 /// A new account for `phone`, registered but not yet able to ride.
 pub fn register(tx: &Transaction<'_>, card_id: u64, phone: &str, now: UnixMillis) -> Result<Account, AccountError> {
-    let taken: Option<i64> =
-        tx.query_row("SELECT card_id FROM accounts WHERE phone = ?1", [phone], |r| r.get(0)).optional()?;
-    if taken.is_some() {
+    if card_of_phone(tx, phone)?.is_some() {
         return Err(AccountError::PhoneTaken(phone.to_string()));
     }
     tx.execute(
@@ -113,6 +111,55 @@ pub fn activate(
     )?;
     history(tx, card_id, now, "activated", Some(before.state), AccountState::Active, deposit_cents, "deposit paid")?;
     account(tx, card_id)
+}
+
+/// The rider asked for the deposit back: no new keys from now on; the
+/// refund waits until late uploads are in and the days are settled.
+pub fn request_refund(tx: &Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    if !matches!(before.state, AccountState::Active | AccountState::InArrears) {
+        return Err(wrong_state(&before, "a refund", "active or in_arrears"));
+    }
+    tx.execute(
+        "UPDATE accounts SET state = 'refund_pending', refund_requested_at = ?2 WHERE card_id = ?1",
+        params![card_to_sql(card_id), now],
+    )?;
+    let to = AccountState::RefundPending;
+    history(tx, card_id, now, "refund_requested", Some(before.state), to, 0, "rider's request")?;
+    account(tx, card_id)
+}
+
+/// The deposit went back and the agreement ends: the account is closed.
+pub fn close(tx: &Transaction<'_>, card_id: u64, cause: &str, now: UnixMillis) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    if before.state != AccountState::RefundPending || before.arrears_cents > 0 {
+        return Err(wrong_state(&before, "closing", "refund_pending with nothing owed"));
+    }
+    tx.execute("UPDATE accounts SET state = 'closed', deposit_cents = 0 WHERE card_id = ?1", [card_to_sql(card_id)])?;
+    history(tx, card_id, now, "closed", Some(before.state), AccountState::Closed, -before.deposit_cents, cause)?;
+    account(tx, card_id)
+}
+
+/// Cards whose refund was asked for at or before `asked_by`.
+pub fn refunds_due(conn: &Connection, asked_by: UnixMillis) -> Result<Vec<u64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT card_id FROM accounts WHERE state = 'refund_pending' AND refund_requested_at <= ?1 ORDER BY card_id",
+        )?
+        .query_map([asked_by], |r| r.get::<_, i64>(0).map(card_from_sql))?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Whether any of the card's charges is still undecided or any of its
+/// days still waits for an exit: a refund waits for them.
+pub fn money_in_flight(conn: &Connection, card_id: u64) -> Result<bool, StoreError> {
+    let busy: i64 = conn.query_row(
+        "SELECT (SELECT count(*) FROM charges WHERE card_id = ?1 AND outcome IN ('pending', 'failed'))
+              + (SELECT count(*) FROM open_entries WHERE card_id = ?1)",
+        [card_to_sql(card_id)],
+        |r| r.get(0),
+    )?;
+    Ok(busy > 0)
 }
 
 /// A debit was declined: the amount is owed, and the card is denied.
@@ -173,6 +220,13 @@ fn set_arrears(
         )?;
     }
     account(tx, before.card_id)
+}
+
+/// The card registered to `phone`, if any.
+pub fn card_of_phone(conn: &Connection, phone: &str) -> Result<Option<u64>, AccountError> {
+    let card: Option<i64> =
+        conn.query_row("SELECT card_id FROM accounts WHERE phone = ?1", [phone], |r| r.get(0)).optional()?;
+    Ok(card.map(card_from_sql))
 }
 
 pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError> {

@@ -5,8 +5,9 @@
 //! the core's (`farestream_core::fares`, `::charges`); this is the I/O.
 
 pub mod accounts;
-mod codec;
+pub mod codec;
 pub mod dispatcher;
+pub mod notify;
 pub mod outbox;
 pub mod paygw;
 pub mod pricer;
@@ -15,6 +16,6 @@ pub mod service;
 pub mod store;
 
 pub use dispatcher::{Dispatcher, DispatcherSettings};
-pub use service::{AccountService, ServiceError};
+pub use service::{AccountService, RefundReport, ServiceError};
 pub use pricer::{LogReaders, Pricer, PricerSettings, PricerStatus};
 pub use store::{MoneyStore, StoreError, store_path};

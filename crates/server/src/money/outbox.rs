@@ -28,13 +28,27 @@ pub struct ChargeRow {
 const COLUMNS: &str = "charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, created_at,
                        outcome, attempts, decided_at";
 
-/// A card's charges, oldest first; `None`: every card's.
+/// A card's charges (`None`: every card's), oldest first.
 pub fn charges(conn: &Connection, card_id: Option<u64>) -> Result<Vec<ChargeRow>, StoreError> {
+    select(conn, card_id, i64::MAX)
+}
+
+/// A card's newest `count` charges, newest first.
+pub fn newest_charges(conn: &Connection, card_id: u64, count: usize) -> Result<Vec<ChargeRow>, StoreError> {
+    let mut rows = select(conn, Some(card_id), i64::try_from(count).unwrap_or(i64::MAX))?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// Oldest first; with a `limit`, the newest that many.
+fn select(conn: &Connection, card_id: Option<u64>, limit: i64) -> Result<Vec<ChargeRow>, StoreError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM charges WHERE ?1 IS NULL OR card_id = ?1 ORDER BY created_at, service_date, charge_id"
+        "SELECT * FROM (SELECT {COLUMNS} FROM charges WHERE ?1 IS NULL OR card_id = ?1
+                        ORDER BY created_at DESC, service_date DESC, charge_id DESC LIMIT ?2)
+         ORDER BY created_at, service_date, charge_id"
     );
     let mut query = conn.prepare_cached(&sql)?;
-    let rows = query.query_map(params![card_id.map(card_to_sql)], |r| {
+    let rows = query.query_map(params![card_id.map(card_to_sql), limit], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
             r.get::<_, i64>(1)?,

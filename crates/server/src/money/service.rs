@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use super::accounts::{self, Account, AccountError, AccountState};
+use super::notify::Notifier;
 use super::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
 use crate::clock::Clock;
@@ -50,6 +51,18 @@ pub struct AccountService {
     pub clock: Arc<dyn Clock>,
     pub deposit_cents: u64,
     pub currency: String,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+/// What one pass of the refund job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefundReport {
+    /// Deposits returned and accounts closed.
+    pub closed: Vec<u64>,
+    /// Still owing: told to pay first, kept pending.
+    pub owing: Vec<u64>,
+    /// Charges or trips still open: looked at again next pass.
+    pub waiting: Vec<u64>,
 }
 
 impl AccountService {
@@ -70,6 +83,7 @@ impl AccountService {
             clock,
             deposit_cents: settings.deposit_cents,
             currency: settings.pricer.fares.currency.clone(),
+            notifier: Arc::clone(&settings.notifier),
         })
     }
 
@@ -130,6 +144,63 @@ impl AccountService {
         Ok(paid)
     }
 
+    /// The rider wants the deposit back; the refund job decides after the wait.
+    pub async fn request_refund(&self, card_id: u64) -> Result<Account, ServiceError> {
+        let now = self.clock.now_ms();
+        self.write(move |tx| accounts::request_refund(tx, card_id, now)).await
+    }
+
+    /// The refund job, once: every refund asked for at least `wait` ago is
+    /// paid back and its account closed when nothing is owed or in flight;
+    /// a rider who owes is told to pay first and stays pending.
+    pub async fn process_refunds(&self, wait: std::time::Duration) -> Result<RefundReport, ServiceError> {
+        let asked_by = self.clock.now_ms().saturating_sub(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        let due = self.read(move |conn| Ok(accounts::refunds_due(conn, asked_by)?)).await?;
+        let mut report = RefundReport::default();
+        for card_id in due {
+            let busy = self.read(move |conn| Ok(accounts::money_in_flight(conn, card_id)?)).await?;
+            let account = self.account(card_id).await?;
+            if busy {
+                report.waiting.push(card_id);
+            } else if account.arrears_cents > 0 {
+                let owed = account.arrears_cents;
+                self.notifier.notify(
+                    &account.phone,
+                    &format!("your deposit is held until you pay the {owed} you owe for card {card_id}"),
+                );
+                report.owing.push(card_id);
+            } else {
+                self.refund(&account).await?;
+                report.closed.push(card_id);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn refund(&self, account: &Account) -> Result<(), ServiceError> {
+        let card_id = account.card_id;
+        let mut cause = "no deposit held".to_string();
+        if let (Some(agreement_id), true) = (&account.agreement_id, account.deposit_cents > 0) {
+            let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
+            let request = PaymentRequest {
+                agreement_id: agreement_id.clone(),
+                amount_cents: account.deposit_cents.unsigned_abs(),
+                currency: self.currency.clone(),
+                description: "farestream deposit refund".into(),
+            };
+            match gateway.pay(Direction::Credit, &format!("refund-{card_id}"), &request).await {
+                Answer::Succeeded { transaction_id } => cause = format!("deposit returned: {transaction_id}"),
+                Answer::Declined { decline_code } => return Err(ServiceError::Declined(decline_code)),
+                Answer::Retry { reason, .. } | Answer::Refused { reason } => {
+                    return Err(ServiceError::GatewayUnavailable(reason));
+                }
+            }
+        }
+        let now = self.clock.now_ms();
+        self.write(move |tx| accounts::close(tx, card_id, &cause, now)).await?;
+        Ok(())
+    }
+
     pub async fn account(&self, card_id: u64) -> Result<Account, ServiceError> {
         Ok(self.read(move |conn| accounts::account(conn, card_id)).await?)
     }
@@ -150,7 +221,8 @@ impl AccountService {
         }
     }
 
-    async fn write<T: Send + 'static>(
+    /// Runs `work` in one store write transaction, off the async threads.
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, AccountError> + Send + 'static,
     ) -> Result<T, ServiceError> {
@@ -165,7 +237,8 @@ impl AccountService {
         Ok(done.await.map_err(|e| StoreError::Task(e.to_string()))??)
     }
 
-    async fn read<T: Send + 'static>(
+    /// Runs `work` on the store's connection, off the async threads.
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&rusqlite::Connection) -> Result<T, AccountError> + Send + 'static,
     ) -> Result<T, ServiceError> {

@@ -12,7 +12,10 @@ use thiserror::Error;
 
 /// The schema, version by version. A migration is never edited once
 /// shipped; a change is a new one.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/0001_money.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/0001_money.sql")),
+    (2, include_str!("../../migrations/0002_api.sql")),
+];
 
 /// Where the money store lives under a data directory.
 pub fn store_path(data_dir: &Path) -> PathBuf {

@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 pub use settings::{GatewaySettings, MoneySettings, ServerSettings};
 
 use connections::accept_loop;
-use money::{open_money_store, start_money};
+use money::{open_money_store, refund_job, start_money};
 use housekeeping::housekeeping;
 use recovery::{probe_writable, recover};
 
@@ -243,6 +243,9 @@ impl Server {
         if let Some(dispatcher) = money.dispatcher {
             spawn_supervised(&shared, "the charge dispatcher", dispatcher.run(shared.shutdown.clone()));
         }
+        let refunds = &shared.settings.money;
+        let job = refund_job(money.accounts.clone(), refunds.refund_check_interval, refunds.refund_wait, shared.shutdown.clone());
+        spawn_supervised(&shared, "the refund job", job);
         tracing::info!(%local_addr, "farestream listening");
         let (pricer, accounts) = (money.pricer, money.accounts);
         Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver, pricer, accounts })

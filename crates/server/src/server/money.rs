@@ -83,3 +83,27 @@ pub(super) fn start_money(
     };
     Ok(Money { pricer, dispatcher, accounts })
 }
+
+/// `serve`'s refund job: every `refund_check_interval`, refunds asked for
+/// `refund_wait` ago are paid back or held (see
+/// [`AccountService::process_refunds`]). An error is logged and the next
+/// pass tries again.
+pub(super) async fn refund_job(
+    accounts: AccountService,
+    interval: std::time::Duration,
+    wait: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match accounts.process_refunds(wait).await {
+            Ok(report) if report != Default::default() => tracing::info!(?report, "refund job"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "refund job failed; trying again next pass"),
+        }
+    }
+}

@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::config::fares::load_fares;
 use crate::fares::FareTable;
 use crate::faults::Faults;
+use crate::money::notify::{LogNotifier, Notifier};
 use crate::money::{DispatcherSettings, LogReaders, PricerSettings, store_path};
 use crate::wal::WalConfig;
 
@@ -53,6 +54,12 @@ pub struct MoneySettings {
     pub pricer: PricerSettings,
     /// `None`: charges wait in the outbox (no `payments.gateway_url`).
     pub gateway: Option<GatewaySettings>,
+    /// How riders are told things (one-time codes, refunds held back).
+    pub notifier: Arc<dyn Notifier>,
+    /// How long after a refund request the deposit goes back.
+    pub refund_wait: Duration,
+    /// How often the refund job looks.
+    pub refund_check_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +105,9 @@ impl MoneySettings {
             deposit_cents: p.deposit_fen,
             store_busy_wait,
             gateway,
+            notifier: Arc::new(LogNotifier),
+            refund_wait: Duration::from_secs(p.refund_wait_secs),
+            refund_check_interval: ms(p.refund_check_interval_ms),
         }
     }
 }

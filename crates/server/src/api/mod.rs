@@ -1,0 +1,131 @@
+//! The account API (`docs/account-api.md`): HTTP and JSON over axum, served
+//! by `serve` beside QUIC. Riders register with a phone number and a
+//! one-time code and get a bearer token for their card; every card call
+//! needs that card's token, and another card's token gets 404. The work is
+//! [`AccountService`]'s; this layer checks input, tokens and limits.
+//!
+//! By job: `register` (codes, tokens), `cards` (the account, activation,
+//! keys, online codes, arrears, refunds, issuer keys), `sessions` (codes and
+//! tokens in the store), `error` (every failure as JSON).
+
+mod cards;
+mod error;
+mod register;
+mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, ErrorBody};
+
+use crate::config::Config;
+use crate::keystore::ExportedKey;
+use crate::money::AccountService;
+use crate::ridecode::IssuerSigningKey;
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen_addr: SocketAddr,
+    pub request_bytes_max: usize,
+    pub otp_validity: Duration,
+    pub otp_attempts_max: u32,
+    pub otp_resend_min: Duration,
+    pub token_validity: Duration,
+    pub account_charges_max: usize,
+    /// The longest credential window issued (`ride_code.credential_validity_secs`).
+    pub credential_validity_secs: u32,
+}
+
+impl ApiSettings {
+    /// `None` when `api.listen_addr` is empty; an address that does not parse is an error.
+    pub fn from_config(config: &Config) -> Result<Option<ApiSettings>, crate::config::ConfigError> {
+        let api = &config.api;
+        if api.listen_addr.is_empty() {
+            return Ok(None);
+        }
+        let listen_addr = api.listen_addr.parse().map_err(|e| {
+            crate::config::ConfigError::Invalid(format!("api.listen_addr = {:?}: {e}", api.listen_addr))
+        })?;
+        Ok(Some(ApiSettings {
+            listen_addr,
+            request_bytes_max: api.request_bytes_max,
+            otp_validity: Duration::from_secs(u64::from(api.otp_validity_secs)),
+            otp_attempts_max: api.otp_attempts_max,
+            otp_resend_min: Duration::from_secs(u64::from(api.otp_resend_secs_min)),
+            token_validity: Duration::from_secs(u64::from(api.token_validity_secs)),
+            account_charges_max: api.account_charges_max,
+            credential_validity_secs: config.ride_code.credential_validity_secs,
+        }))
+    }
+}
+
+/// What every handler shares.
+pub struct ApiState {
+    pub settings: ApiSettings,
+    pub accounts: AccountService,
+    /// Signs today's credentials.
+    pub issuer: IssuerSigningKey,
+    /// The trusted issuer public keys, for validators.
+    pub issuer_keys: Vec<ExportedKey>,
+}
+
+/// A running API.
+pub struct ApiHandle {
+    pub local_addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let body_max = state.settings.request_bytes_max;
+    Router::new()
+        .route("/v1/otp", post(register::send_code))
+        .route("/v1/register", post(register::register))
+        .route("/v1/issuer-keys", get(cards::issuer_keys))
+        .route("/v1/cards/{card_id}", get(cards::view))
+        .route("/v1/cards/{card_id}/activate", post(cards::activate))
+        .route("/v1/cards/{card_id}/keys", post(cards::keys))
+        .route("/v1/cards/{card_id}/code", post(cards::online_code))
+        .route("/v1/cards/{card_id}/arrears/pay", post(cards::pay_arrears))
+        .route("/v1/cards/{card_id}/refund", post(cards::refund))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
+}
+
+/// Binds `settings.listen_addr` and serves until stopped.
+pub async fn start(state: ApiState) -> std::io::Result<ApiHandle> {
+    let listener = tokio::net::TcpListener::bind(state.settings.listen_addr).await?;
+    let local_addr = listener.local_addr()?;
+    let app = router(Arc::new(state));
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(error) = served.await {
+            tracing::error!(%error, "the account API stopped");
+        }
+    });
+    tracing::info!(%local_addr, "account API listening");
+    Ok(ApiHandle { local_addr, stop, task })
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,112 @@
+//! Registration: a one-time code to the phone, then the code for a token.
+//! A phone that already has a card gets a new token for it (a new phone,
+//! a reinstalled app); otherwise a card is made.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::sessions::{CodeCheck, check_code, last_challenge_at, new_challenge, new_token, random_bytes};
+use super::{ApiError, ApiState, millis};
+use crate::money::accounts::{self, AccountError};
+
+/// The longest phone number E.164 allows, in digits.
+const PHONE_DIGITS_MAX: usize = 15;
+const PHONE_DIGITS_MIN: usize = 8;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeRequest {
+    pub phone: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeSent {
+    pub phone: String,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub phone: String,
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    pub card_id: u64,
+    pub token: String,
+}
+
+/// Parses a JSON body into `T`, or a 400 that says what is wrong.
+pub(super) fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+}
+
+/// `+` and 8 to 15 digits (E.164).
+fn check_phone(phone: &str) -> Result<(), ApiError> {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    let ok = (PHONE_DIGITS_MIN..=PHONE_DIGITS_MAX).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    if !ok {
+        return Err(ApiError::BadRequest(format!(
+            "phone must be + and {PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} digits (E.164)"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn send_code(State(api): State<Arc<ApiState>>, body: Bytes) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
+    let request: CodeRequest = json(&body)?;
+    check_phone(&request.phone)?;
+    let accounts = &api.accounts;
+    let now = accounts.clock.now_ms();
+    let phone = request.phone.clone();
+    let last = accounts.read(move |conn| last_challenge_at(conn, &phone)).await?;
+    if last.is_some_and(|at| now.saturating_sub(at) < millis(api.settings.otp_resend_min)) {
+        return Err(ApiError::TooManyRequests(format!(
+            "a code was sent less than {} s ago",
+            api.settings.otp_resend_min.as_secs()
+        )));
+    }
+    let (phone, valid_ms) = (request.phone.clone(), millis(api.settings.otp_validity));
+    let code = accounts.write(move |tx| new_challenge(tx, &phone, now, valid_ms)).await?;
+    accounts.notifier.notify(&request.phone, &format!("your farestream code is {code}"));
+    let sent = CodeSent { phone: request.phone, expires_in_secs: api.settings.otp_validity.as_secs() };
+    Ok((StatusCode::ACCEPTED, Json(sent)))
+}
+
+pub async fn register(
+    State(api): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
+    let request: RegisterRequest = json(&body)?;
+    check_phone(&request.phone)?;
+    if request.code.len() != 6 || !request.code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest("code must be the six digits sent to the phone".into()));
+    }
+    let accounts = &api.accounts;
+    let now = accounts.clock.now_ms();
+    let (attempts_max, token_ms) = (api.settings.otp_attempts_max, millis(api.settings.token_validity));
+    let card_id = u64::from_be_bytes(random_bytes::<8>().map_err(|e| ApiError::Internal(e.to_string()))?).max(1);
+    let outcome = accounts
+        .write(move |tx| {
+            match check_code(tx, &request.phone, &request.code, now, attempts_max)? {
+                CodeCheck::Right => {}
+                other => return Ok(Err(other)),
+            }
+            let card = match accounts::card_of_phone(tx, &request.phone)? {
+                Some(card) => card,
+                None => accounts::register(tx, card_id, &request.phone, now)?.card_id,
+            };
+            Ok::<_, AccountError>(Ok((card, new_token(tx, card, now, token_ms)?)))
+        })
+        .await?;
+    match outcome {
+        Ok((card_id, token)) => Ok((StatusCode::CREATED, Json(Registered { card_id, token }))),
+        Err(CodeCheck::Wrong) => Err(ApiError::Unauthorized("wrong code".into())),
+        Err(_) => Err(ApiError::Unauthorized("no valid code for this phone: ask for a new one".into())),
+    }
+}

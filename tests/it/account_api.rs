@@ -1,0 +1,246 @@
+//! The account API over HTTP on loopback, as a rider's app uses it: codes,
+//! tokens, activation, the day's keys (refused while the rider owes), an
+//! online code, arrears, refunds, and the issuer keys for validators.
+
+use std::time::Duration;
+
+use farestream::api::{ApiHandle, ApiSettings, ApiState, ErrorBody};
+use farestream::clock::Clock;
+use farestream::config::Config;
+use farestream::keystore::ExportedKey;
+use farestream::ridecode::{Credential, IssuerSigningKey, RideCode, UserKey};
+use farestream::scan::TapKind;
+use serde_json::{Value, json};
+
+use crate::money::{MINUTE, Money, tap};
+use crate::support::{ISSUER_KEY_ID, T0_MS, TestRider, batch, secs};
+
+struct App {
+    m: Money,
+    api: ApiHandle,
+    http: reqwest::Client,
+}
+
+impl App {
+    async fn start() -> App {
+        let m = Money::start().await;
+        let mut settings = ApiSettings::from_config(&Config::defaults()).expect("settings").expect("api on");
+        settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
+        let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
+        let issuer_keys = vec![ExportedKey {
+            id: ISSUER_KEY_ID,
+            active: true,
+            hex: hex::encode(issuer.public_key()),
+            pem: "-----BEGIN PUBLIC KEY-----".into(),
+        }];
+        let state = ApiState { settings, accounts: m.h.server.accounts().clone(), issuer, issuer_keys };
+        let api = farestream::api::start(state).await.expect("api");
+        App { m, api, http: reqwest::Client::new() }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.api.url());
+        let mut request = match method {
+            "GET" => self.http.get(url),
+            _ => self.http.post(url),
+        };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("send");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Registers `phone` with the code the notifier "sent"; returns card and token.
+    async fn register(&self, phone: &str) -> (u64, String) {
+        assert_eq!(self.call("POST", "/v1/otp", None, Some(json!({"phone": phone}))).await.0, 202);
+        let message = self.m.h.inbox.last_to(phone).expect("a code was sent");
+        let code = message.rsplit(' ').next().expect("code").to_string();
+        let (status, body) = self.call("POST", "/v1/register", None, Some(json!({"phone": phone, "code": code}))).await;
+        assert_eq!(status, 201, "{body}");
+        (body["card_id"].as_u64().expect("card"), body["token"].as_str().expect("token").to_string())
+    }
+
+    async fn activate(&self, card: u64, token: &str, balance: u64) {
+        let payer = format!("payer-{card}");
+        self.m.control.top_up(&payer, 2_000 + balance, &format!("topup-{card}-0")).await.expect("top up");
+        let (status, body) =
+            self.call("POST", &format!("/v1/cards/{card}/activate"), Some(token), Some(json!({"payment_user_id": payer}))).await;
+        assert_eq!((status, body["state"].as_str()), (200, Some("active")), "{body}");
+    }
+
+    /// The day's keys, as a rider the test can make codes for.
+    async fn keys(&self, card: u64, token: &str) -> TestRider {
+        let (status, body) = self.call("POST", &format!("/v1/cards/{card}/keys"), Some(token), None).await;
+        assert_eq!(status, 200, "{body}");
+        let seed: [u8; 32] = hex::decode(body["user_seed_hex"].as_str().expect("seed")).expect("hex").try_into().expect("32");
+        let credential = Credential::decode(&hex::decode(body["credential_hex"].as_str().expect("credential")).expect("hex"))
+            .expect("credential");
+        TestRider { key: UserKey::from_seed(&seed).expect("key"), credential }
+    }
+}
+
+fn error_of(body: &Value) -> String {
+    serde_json::from_value::<ErrorBody>(body.clone()).map(|e| e.error).unwrap_or_else(|_| format!("not JSON: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_needs_the_right_code_and_a_token_speaks_only_for_its_card() {
+    let app = App::start().await;
+    for phone in ["", "13800000000", "+1234567", "+1234567890123456", "+86 13800000000", "+86١٣٨٠٠٠٠٠٠٠٠"] {
+        let (status, body) = app.call("POST", "/v1/otp", None, Some(json!({"phone": phone}))).await;
+        assert_eq!((status, error_of(&body)), (400, "bad_request".into()), "{phone:?}");
+    }
+    assert_eq!(app.call("POST", "/v1/otp", None, Some(json!({"phone": "+12345678"}))).await.0, 202, "8 digits");
+    assert_eq!(app.call("POST", "/v1/otp", None, Some(json!({"phone": "+123456789012345"}))).await.0, 202, "15 digits");
+    let (status, body) = app.call("POST", "/v1/otp", None, Some(json!({"phone": "+12345678"}))).await;
+    assert_eq!((status, error_of(&body)), (429, "too_many_requests".into()), "a second code too soon");
+    let wrong = json!({"phone": "+123456789012345", "code": "000000"});
+    let sent = app.m.h.inbox.last_to("+123456789012345").expect("sent");
+    if !sent.ends_with("000000") {
+        assert_eq!(app.call("POST", "/v1/register", None, Some(wrong)).await.0, 401);
+    }
+    for body in [json!({"phone": "+123456789012345", "code": "12345"}), json!({"phone": "+123456789012345"}), json!([])] {
+        assert_eq!(app.call("POST", "/v1/register", None, Some(body)).await.0, 400);
+    }
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
+    let (alice, alice_token) = app.register("+8613800000001").await;
+    let (bob, bob_token) = app.register("+8613800000002").await;
+    assert_ne!(alice, bob);
+    let (status, body) = app.call("GET", &format!("/v1/cards/{alice}"), Some(&alice_token), None).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("registered")));
+    assert_eq!(app.call("GET", &format!("/v1/cards/{alice}"), Some(&bob_token), None).await.0, 404, "not 403");
+    assert_eq!(app.call("GET", "/v1/cards/not-a-card", Some(&bob_token), None).await.0, 404);
+    assert_eq!(app.call("GET", &format!("/v1/cards/{alice}"), None, None).await.0, 401);
+    assert_eq!(app.call("GET", &format!("/v1/cards/{alice}"), Some("forged"), None).await.0, 401);
+    // The same phone again: a new token for the same card.
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
+    assert_eq!(app.register("+8613800000001").await.0, alice);
+    let huge = "x".repeat(20_000);
+    assert_eq!(app.call("POST", "/v1/otp", None, Some(json!({"phone": huge}))).await.0, 413, "over api.request_bytes_max");
+    app.api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_issued_only_while_the_rider_owes_nothing() {
+    let app = App::start().await;
+    let (card, token) = app.register("+8613800000010").await;
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), None).await;
+    assert_eq!((status, error_of(&body)), (409, "keys_refused".into()), "not activated yet");
+    app.activate(card, &token, 100).await;
+    let rider = app.keys(card, &token).await;
+    let claims = rider.credential.claims;
+    assert_eq!(claims.card_id, card);
+    let validity = app.m.h.config.ride_code.credential_validity_secs;
+    assert_eq!(claims.valid_until - claims.valid_from, validity, "never longer than credential_validity_secs");
+    assert_eq!(claims.valid_from, secs(app.m.h.clock.now_ms()));
+
+    // Rides on the keys: a metro trip the bank cannot cover.
+    let issued = app.m.h.clock.now_ms();
+    app.m.h.clock.set(issued + 60 * MINUTE);
+    let trip = vec![
+        tap(&rider, 1, issued + 10 * MINUTE, TapKind::Entry, "station-01"),
+        tap(&rider, 2, issued + 30 * MINUTE, TapKind::Exit, "station-05"),
+    ];
+    assert_eq!(app.m.h.client().push(&batch("depot-1", 1, trip)).await.expect("ack").accepted, 2);
+    app.m.settle().await;
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), None).await;
+    assert_eq!((status, error_of(&body)), (409, "keys_refused".into()), "in arrears: {body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("500"), "says what is owed: {body}");
+    let (status, _) = app.call("POST", &format!("/v1/cards/{card}/code"), Some(&token), None).await;
+    assert_eq!(status, 409, "no online code either");
+    let (status, body) = app.call("GET", &format!("/v1/cards/{card}"), Some(&token), None).await;
+    assert_eq!((status, body["arrears_cents"].as_i64()), (200, Some(500)));
+    assert_eq!(body["charges"][0]["outcome"], "declined");
+
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/arrears/pay"), Some(&token), None).await;
+    assert_eq!((status, error_of(&body)), (402, "payment_declined".into()), "the bank still holds only 100");
+    app.m.control.top_up(&format!("payer-{card}"), 1_000, &format!("topup-{card}-1")).await.expect("top up");
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/arrears/pay"), Some(&token), None).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("active")), "{body}");
+    let again = app.keys(card, &token).await;
+    let issued = app.m.h.clock.now_ms();
+    app.m.h.clock.set(issued + 10 * MINUTE);
+    let ride = vec![tap(&again, 3, issued + 5 * MINUTE, TapKind::Single, "bus-99")];
+    assert_eq!(app.m.h.client().push(&batch("depot-1", 2, ride)).await.expect("ack").accepted, 1, "rides again");
+    app.api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_made_key_is_certified_and_an_online_code_rides() {
+    let app = App::start().await;
+    let (card, token) = app.register("+8613800000020").await;
+    app.activate(card, &token, 5_000).await;
+    let own = UserKey::from_seed(&[42; 32]).expect("key");
+    let body = json!({"public_key_hex": hex::encode(own.public_key())});
+    let (status, keys) = app.call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), Some(body)).await;
+    assert_eq!(status, 200, "{keys}");
+    assert!(keys["user_seed_hex"].is_null(), "the private key never left the phone");
+    let credential = Credential::decode(&hex::decode(keys["credential_hex"].as_str().expect("hex")).expect("hex")).expect("credential");
+    assert_eq!(credential.claims.user_public_key, own.public_key());
+    let identity_point = hex::encode({
+        let mut y = [0u8; 32];
+        y[0] = 1;
+        y
+    });
+    for bad in [String::new(), "00".repeat(31), "00".repeat(33), "zz".repeat(32), "00".repeat(32), "ff".repeat(32), identity_point] {
+        let (status, _) =
+            app.call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), Some(json!({"public_key_hex": bad}))).await;
+        assert_eq!(status, 400, "{bad:?}: not a key the server would trust");
+    }
+    let (status, online) = app.call("POST", &format!("/v1/cards/{card}/code"), Some(&token), None).await;
+    assert_eq!(status, 200, "{online}");
+    let code = RideCode::decode(&hex::decode(online["ride_code_hex"].as_str().expect("hex")).expect("hex")).expect("code");
+    assert_eq!(code.credential.claims.card_id, card);
+    let mut scan = tap(&TestRider { key: own, credential }, 1, T0_MS, TapKind::Single, "bus-99");
+    scan.ride_code = code.bytes.to_vec();
+    scan.validator_time_ms = app.m.h.clock.now_ms();
+    assert_eq!(app.m.h.client().push(&batch("depot-1", 1, vec![scan])).await.expect("ack").accepted, 1);
+    let charges = app.m.settle().await;
+    assert_eq!(charges.iter().map(|c| (c.card_id, c.amount_cents)).collect::<Vec<_>>(), [(card, 300)]);
+    let (status, keys) = app.call("GET", "/v1/issuer-keys", None, None).await;
+    assert_eq!(status, 200);
+    let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
+    assert_eq!(keys[0]["public_key_hex"], hex::encode(issuer.public_key()));
+    app.api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_closes_the_account_after_the_wait_unless_the_rider_owes() {
+    let app = App::start().await;
+    let (paid_up, paid_token) = app.register("+8613800000030").await;
+    app.activate(paid_up, &paid_token, 5_000).await;
+    let (owing, owing_token) = app.register("+8613800000031").await;
+    app.activate(owing, &owing_token, 0).await;
+    let rider = app.keys(owing, &owing_token).await;
+    let issued = app.m.h.clock.now_ms();
+    app.m.h.clock.set(issued + 10 * MINUTE);
+    let ride = vec![tap(&rider, 1, issued + 5 * MINUTE, TapKind::Single, "bus-99")];
+    app.m.h.client().push(&batch("depot-1", 1, ride)).await.expect("ack");
+    app.m.settle().await;
+    for (card, token) in [(paid_up, &paid_token), (owing, &owing_token)] {
+        let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(token), None).await;
+        assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    }
+    let (status, body) = app.call("POST", &format!("/v1/cards/{paid_up}/keys"), Some(&paid_token), None).await;
+    assert_eq!((status, error_of(&body)), (409, "keys_refused".into()));
+    let accounts = app.m.h.server.accounts();
+    let wait = Duration::from_secs(3 * 86_400);
+    let early = accounts.process_refunds(wait).await.expect("refunds");
+    assert!(early.closed.is_empty() && early.owing.is_empty(), "not before three days: {early:?}");
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 3 * 86_400_000);
+    let due = accounts.process_refunds(wait).await.expect("refunds");
+    assert_eq!((due.closed, due.owing), (vec![paid_up], vec![owing]));
+    assert_eq!(accounts.account(paid_up).await.expect("account").state.as_str(), "closed");
+    assert_eq!(accounts.account(owing).await.expect("account").state.as_str(), "refund_pending");
+    assert!(app.m.h.inbox.last_to("+8613800000031").expect("told").contains("pay"), "the owing rider is told to pay");
+    let credits: Vec<_> = app.m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "credit").collect();
+    assert_eq!(credits.iter().map(|e| (e.key.as_str(), e.amount_cents)).collect::<Vec<_>>(), [(format!("refund-{paid_up}").as_str(), 2_000)]);
+    assert!(accounts.process_refunds(wait).await.expect("again").closed.is_empty(), "closed once");
+    app.api.stop().await;
+}
