@@ -121,7 +121,9 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     // Accounts open before the day starts, on the wall clock: the day's
     // compressed clock starts with the server.
     let cards: Vec<u64> = city.world.riders.iter().map(|r| r.card_id).collect();
-    let accounts = AccountService::open(&settings.money, Arc::clone(&pipeline), Arc::new(SystemClock))?;
+    let store = crate::money::MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait).map_err(crate::money::ServiceError::from)?;
+    let hub = Arc::new(crate::money::DenyListHub::load(store, Arc::clone(&pipeline), 1).map_err(crate::money::ServiceError::from)?);
+    let accounts = AccountService::open(&settings.money, hub, Arc::new(SystemClock))?;
     let opening = progress_bar(cards.len() as u64, options.show_progress, ACCOUNTS_TEMPLATE);
     let short = money::open_accounts(&accounts, &bank, &cards, &opening).await?;
     opening.finish_and_clear();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use farestream::charges::ChargeKind;
 use farestream::clock::Clock;
+use farestream::ridecode::DenyList;
 use farestream::config::Config;
 use farestream::money::MoneyStore;
 use farestream::money::accounts::AccountState;
@@ -87,6 +88,18 @@ pub fn tap(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) 
     scan
 }
 
+/// Polls `seen` for up to a second.
+async fn within_a_second(seen: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        if seen() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen()
+}
+
 /// Every ledger debit is a charge (or a deposit), each key once.
 fn assert_charged_once(debits: &[Entry], charges: &[ChargeRow]) {
     let keys: Vec<&str> = debits.iter().map(|e| e.key.as_str()).collect();
@@ -152,6 +165,8 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
     let m = Money::start().await;
     let rider = m.rider(502, 100).await;
     let client = m.h.client();
+    let watching = m.h.client();
+    watching.connect().await.expect("a gateway connected before the decline");
     let trip = vec![
         tap(&rider, 1, T0_MS, TapKind::Entry, "station-01"),
         tap(&rider, 2, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05"),
@@ -161,6 +176,12 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
     assert_eq!(charges.iter().map(|c| (c.amount_cents, c.outcome.as_str())).collect::<Vec<_>>(), [(500, "declined")]);
     let account = m.h.server.accounts().account(502).await.expect("account");
     assert_eq!((account.state, account.arrears_cents), (AccountState::InArrears, 500));
+    let pushed = within_a_second(|| watching.with_deny_list(|list| list.is_denied(502))).await;
+    assert!(pushed, "the connected gateway sees the card denied within a second");
+    let newcomer = m.h.client();
+    newcomer.connect().await.expect("connect");
+    assert!(within_a_second(|| newcomer.with_deny_list(|list| list.is_denied(502))).await, "a new gateway gets the full list");
+    assert_eq!(newcomer.deny_list_version(), watching.deny_list_version());
 
     // The server's list now refuses the card when the gateway does not say
     // what its gate did.
@@ -171,6 +192,7 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
     m.control.top_up("payer-502", 1_000, "topup-502-1").await.expect("top up");
     let paid = m.h.server.accounts().pay_arrears(502).await.expect("pay");
     assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+    assert!(within_a_second(|| !watching.with_deny_list(|list| list.is_denied(502))).await, "allowed again, pushed");
     let again = client.push(&batch("depot-1", 3, vec![tap(&rider, 4, T0_MS + 50 * MINUTE, TapKind::Single, "bus-1")])).await;
     assert_eq!(again.expect("ack").accepted, 1, "allowed again");
     let charges = m.settle().await;

@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod charges;
 pub mod clock;
+pub mod deny_list;
 pub mod fares;
 pub mod ingest;
 pub mod journal;

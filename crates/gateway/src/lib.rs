@@ -24,7 +24,9 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 
 use crate::tls::{ClientTlsError, SERVER_NAME, client_config};
-use crate::wire::{AckStatus, BatchAck, FrameError, ScanBatch, read_message, write_message};
+use crate::wire::{AckStatus, BatchAck, DenyListUpdate, FrameError, ScanBatch, read_message, write_message};
+use farestream_core::deny_list::DenyListReplica;
+use farestream_core::sync::lock;
 
 /// The `[gateway]` section of the configuration: what a gateway tunes.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -35,6 +37,7 @@ pub struct GatewayConfig {
     pub retry_attempts_max: u32,
     pub retry_backoff_ms_initial: u64,
     pub retry_backoff_ms_max: u64,
+    pub deny_list_cards_max: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -45,8 +48,9 @@ pub struct GatewaySettings {
     pub retry_attempts_max: u32,
     pub retry_backoff_initial: Duration,
     pub retry_backoff_max: Duration,
-    /// The largest ack frame accepted from the server.
+    /// The largest frame (ack, deny-list page) accepted from the server.
     pub frame_bytes_max: u32,
+    pub deny_list_cards_max: usize,
 }
 
 impl GatewaySettings {
@@ -61,6 +65,7 @@ impl GatewaySettings {
             retry_backoff_initial: Duration::from_millis(g.retry_backoff_ms_initial),
             retry_backoff_max: Duration::from_millis(g.retry_backoff_ms_max),
             frame_bytes_max,
+            deny_list_cards_max: g.deny_list_cards_max,
         }
     }
 }
@@ -105,6 +110,8 @@ struct Inner {
     connection: Mutex<Option<quinn::Connection>>,
     connects: AtomicU64,
     retries: AtomicU64,
+    /// The server's deny list, as last pushed; what the validators check offline.
+    deny_list: std::sync::Mutex<DenyListReplica>,
 }
 
 impl GatewayClient {
@@ -120,10 +127,11 @@ impl GatewayClient {
         endpoint.set_default_client_config(client_config(server_cert)?);
         let inner = Inner {
             endpoint,
-            settings,
+            settings: settings.clone(),
             connection: Mutex::new(None),
             connects: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            deny_list: std::sync::Mutex::new(DenyListReplica::new(settings.deny_list_cards_max)),
         };
         Ok(GatewayClient { inner: Arc::new(inner) })
     }
@@ -174,6 +182,16 @@ impl GatewayClient {
     /// Attempts beyond the first, over all pushes.
     pub fn retries(&self) -> u64 {
         self.inner.retries.load(Ordering::Relaxed)
+    }
+
+    /// Runs `read` over the deny list as the server last pushed it (empty at
+    /// version 0 until the first connection): validators check it offline.
+    pub fn with_deny_list<T>(&self, read: impl FnOnce(&DenyListReplica) -> T) -> T {
+        read(&lock(&self.inner.deny_list))
+    }
+
+    pub fn deny_list_version(&self) -> u64 {
+        self.with_deny_list(DenyListReplica::version)
     }
 
     /// Closes the connection politely and waits for the server to see it.
@@ -229,10 +247,28 @@ impl GatewayClient {
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
         self.inner.connects.fetch_add(1, Ordering::Relaxed);
         *slot = Some(connection.clone());
+        tokio::spawn(read_deny_list(connection.clone(), Arc::clone(&self.inner)));
         Ok(connection)
     }
 
     async fn forget_connection(&self) {
         self.inner.connection.lock().await.take();
+    }
+}
+
+/// QUIC application error code: the deny list arrived with a gap or over
+/// the gateway's limit; the next connection gets it whole.
+const DENY_LIST_REFUSED: u32 = 2;
+
+/// Reads the deny-list stream the server opens on every connection, until
+/// the connection ends.
+async fn read_deny_list(connection: quinn::Connection, inner: Arc<Inner>) {
+    let Ok(mut stream) = connection.accept_uni().await else { return };
+    let frame_bytes_max = inner.settings.frame_bytes_max;
+    while let Ok(update) = read_message::<DenyListUpdate, _>(&mut stream, frame_bytes_max, "DenyListUpdate").await {
+        if let Err(error) = lock(&inner.deny_list).apply(&update) {
+            connection.close(DENY_LIST_REFUSED.into(), error.to_string().as_bytes());
+            return;
+        }
     }
 }

@@ -22,23 +22,39 @@ impl Clock for SystemClock {
 }
 
 /// A clock that starts at `start_ms` and runs `speedup` times faster than
-/// the wall clock: the demo's compressed service day.
-#[derive(Debug, Clone, Copy)]
+/// the wall clock: the demo's compressed service day. It may be made held
+/// at `start_ms` until [`ScaledClock::run`] (the demo's riders fetch their
+/// keys before the day begins).
+#[derive(Debug, Clone)]
 pub struct ScaledClock {
     start_ms: UnixMillis,
-    wall_start: Instant,
+    wall_start: std::sync::OnceLock<Instant>,
     speedup: f64,
 }
 
 impl ScaledClock {
+    /// Running from now.
     pub fn new(start_ms: UnixMillis, speedup: f64) -> ScaledClock {
-        ScaledClock { start_ms, wall_start: Instant::now(), speedup }
+        let clock = ScaledClock::held(start_ms, speedup);
+        clock.run();
+        clock
+    }
+
+    /// Held at `start_ms` until `run`.
+    pub fn held(start_ms: UnixMillis, speedup: f64) -> ScaledClock {
+        ScaledClock { start_ms, wall_start: std::sync::OnceLock::new(), speedup }
+    }
+
+    /// Starts the clock; a second call changes nothing.
+    pub fn run(&self) {
+        let _ = self.wall_start.set(Instant::now());
     }
 }
 
 impl Clock for ScaledClock {
     fn now_ms(&self) -> UnixMillis {
-        let elapsed_ms = self.wall_start.elapsed().as_secs_f64() * 1000.0 * self.speedup;
+        let Some(wall_start) = self.wall_start.get() else { return self.start_ms };
+        let elapsed_ms = wall_start.elapsed().as_secs_f64() * 1000.0 * self.speedup;
         self.start_ms + elapsed_ms as i64
     }
 }

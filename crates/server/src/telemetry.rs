@@ -112,3 +112,8 @@ pub fn charge_failed() {
 pub fn api_error(error: &'static str) {
     counter!("farestream_api_errors_total", "error" => error).increment(1);
 }
+
+/// Deny-list updates (pages or changes) written to gateways.
+pub fn deny_list_updates_sent(count: usize) {
+    counter!("farestream_deny_list_updates_total").increment(count as u64);
+}

@@ -11,8 +11,8 @@ mod generated {
 }
 
 pub use generated::{
-    AckStatus, BatchAck, GateDecision, RejectedScan, ScanBatch, ScanRecord, ScanStatus as WireScanStatus,
-    TapKind as WireTapKind,
+    AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, RejectedScan, ScanBatch, ScanRecord,
+    ScanStatus as WireScanStatus, TapKind as WireTapKind,
 };
 
 impl From<TapKind> for WireTapKind {

@@ -10,7 +10,8 @@ use prost::Message;
 use thiserror::Error;
 
 pub use messages::{
-    AckStatus, BatchAck, GateDecision, RejectedScan, ScanBatch, ScanRecord, WireScanStatus, WireTapKind,
+    AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, RejectedScan, ScanBatch, ScanRecord,
+    WireScanStatus, WireTapKind,
 };
 
 /// The ALPN protocol id both ends must agree on.

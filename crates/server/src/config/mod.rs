@@ -67,6 +67,7 @@ pub struct ServerConfig {
     pub verify_slice_scans_max: usize,
     pub frames_in_flight_bytes_max: u64,
     pub shutdown_deadline_ms: u64,
+    pub deny_list_changes_kept_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +77,7 @@ pub struct WireConfig {
     pub batch_scans_max: usize,
     pub id_bytes_max: usize,
     pub frame_read_timeout_ms: u64,
+    pub deny_list_page_cards_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +237,15 @@ impl Config {
             "gateway.retry_backoff_ms_initial",
             self.gateway.retry_backoff_ms_initial,
             "the backoff grows from the first to the largest",
+        )?;
+        // A card id is at most 10 bytes as a varint, 11 with its tag.
+        let page_bytes = (self.wire.deny_list_page_cards_max as u64).saturating_mul(11).saturating_add(64);
+        at_least(
+            "wire.frame_bytes_max",
+            frame,
+            "a full deny-list page (wire.deny_list_page_cards_max x 11 bytes + 64)",
+            page_bytes,
+            "a gateway reads each page as one frame",
         )?;
         at_least(
             "payments.retry_backoff_ms_max",

@@ -13,6 +13,7 @@ use thiserror::Error;
 use super::codec::{card_from_sql, card_to_sql};
 use super::store::StoreError;
 use crate::clock::UnixMillis;
+use crate::deny_list::DenyChange;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountState {
@@ -302,6 +303,21 @@ pub fn arrears_payments(conn: &Connection, card_id: u64) -> Result<u64, AccountE
         |r| r.get(0),
     )?;
     Ok(count.unsigned_abs())
+}
+
+/// Every deny-list change after `version`, in order.
+pub fn deny_changes_since(conn: &Connection, version: u64) -> Result<Vec<DenyChange>, StoreError> {
+    let after = i64::try_from(version).unwrap_or(i64::MAX);
+    Ok(conn
+        .prepare_cached("SELECT version, card_id, denied FROM deny_list_changes WHERE version > ?1 ORDER BY version")?
+        .query_map([after], |r| {
+            Ok(DenyChange {
+                version: r.get::<_, i64>(0)?.unsigned_abs(),
+                card_id: card_from_sql(r.get(1)?),
+                denied: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// One entry in an account's history.

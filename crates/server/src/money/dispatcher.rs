@@ -27,6 +27,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::accounts::{self, Account};
+use super::deny_list::DenyListHub;
 use super::codec::{card_from_sql, id_from_sql};
 use super::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
@@ -59,9 +60,6 @@ struct Claimed {
     agreement_id: Option<String>,
 }
 
-/// A change to the deny list made by a decline, for the server to apply.
-pub type OnDenied = Arc<dyn Fn(u64) + Send + Sync>;
-
 pub struct Dispatcher {
     pub settings: DispatcherSettings,
     pub store: Arc<Mutex<MoneyStore>>,
@@ -70,7 +68,8 @@ pub struct Dispatcher {
     pub clock: Arc<dyn Clock>,
     /// Rung by the pricer when it wrote charges.
     pub wake: Arc<Notify>,
-    pub on_denied: OnDenied,
+    /// Told after a decline put a card on the list.
+    pub deny_list: Arc<DenyListHub>,
 }
 
 impl Dispatcher {
@@ -180,8 +179,8 @@ impl Dispatcher {
         };
         telemetry::charge_attempted(answer_label(&answer));
         match self.record(&charge, answer).await {
-            Ok(Some(account)) if account.arrears_cents > 0 => (self.on_denied)(account.card_id),
-            Ok(_) => {}
+            Ok(Some(_declined)) => self.deny_list.sync_soon().await,
+            Ok(None) => {}
             Err(error) => tracing::warn!(%error, charge = %hex::encode(charge.charge_id), "cannot record a charge's outcome; it is sent again after its lease"),
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod codec;
+pub mod deny_list;
 pub mod dispatcher;
 pub mod notify;
 pub mod outbox;
@@ -15,6 +16,7 @@ pub mod pricing;
 pub mod service;
 pub mod store;
 
+pub use deny_list::DenyListHub;
 pub use dispatcher::{Dispatcher, DispatcherSettings};
 pub use service::{AccountService, RefundReport, ServiceError};
 pub use pricer::{LogReaders, Pricer, PricerSettings, PricerStatus};

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use super::accounts::{self, Account, AccountError, AccountState};
+use super::deny_list::DenyListHub;
 use super::notify::Notifier;
 use super::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
 use crate::clock::Clock;
-use crate::ingest::Pipeline;
 use crate::sync::lock;
 
 #[derive(Debug, Error)]
@@ -47,7 +47,8 @@ impl From<PaygwError> for ServiceError {
 pub struct AccountService {
     pub store: Arc<Mutex<MoneyStore>>,
     pub gateway: Option<PaymentGateway>,
-    pub pipeline: Arc<Pipeline>,
+    /// Told after paying arrears takes a card off the list.
+    pub deny_list: Arc<DenyListHub>,
     pub clock: Arc<dyn Clock>,
     pub deposit_cents: u64,
     pub currency: String,
@@ -69,7 +70,7 @@ impl AccountService {
     /// The service over the store and gateway that `settings` name.
     pub fn open(
         settings: &crate::server::MoneySettings,
-        pipeline: Arc<Pipeline>,
+        deny_list: Arc<DenyListHub>,
         clock: Arc<dyn Clock>,
     ) -> Result<AccountService, ServiceError> {
         let gateway = match &settings.gateway {
@@ -79,7 +80,7 @@ impl AccountService {
         Ok(AccountService {
             store: Arc::new(Mutex::new(MoneyStore::open(&settings.store_path, settings.store_busy_wait)?)),
             gateway,
-            pipeline,
+            deny_list,
             clock,
             deposit_cents: settings.deposit_cents,
             currency: settings.pricer.fares.currency.clone(),
@@ -138,9 +139,7 @@ impl AccountService {
         };
         let (now, cause) = (self.clock.now_ms(), format!("payment {transaction}"));
         let paid = self.write(move |tx| accounts::pay_arrears(tx, card_id, amount, &cause, now)).await?;
-        if paid.arrears_cents == 0 {
-            self.pipeline.set_denied(card_id, false);
-        }
+        self.deny_list.sync_soon().await;
         Ok(paid)
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::timeout_at;
 
 use super::batch::{Peer, process};
+use super::deny_push::push_deny_list;
 use super::{Shared, spawn_supervised};
 use crate::ingest::BatchError;
 use crate::telemetry;
@@ -58,6 +59,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
     };
     telemetry::connection_opened();
+    spawn_supervised(&shared, "a deny-list push", push_deny_list(connection.clone(), Arc::clone(&shared)));
     let peer = Arc::new(Peer {
         party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sizer: Mutex::new(*crate::sync::lock(&shared.all_peers)),

@@ -25,6 +25,7 @@
 
 mod batch;
 mod connections;
+mod deny_push;
 mod housekeeping;
 mod money;
 mod recovery;
@@ -150,6 +151,8 @@ struct Shared {
     frame_bytes: Semaphore,
     /// Turns at the verifier, taken fairly between connections.
     verify_turns: FairTurns,
+    /// The deny list, pushed to every connected gateway.
+    deny_list: Arc<crate::money::DenyListHub>,
     /// The failure rate over all connections, from which a new one starts
     /// (so reconnecting does not reset a hostile peer's rate).
     all_peers: Mutex<ChunkSizer>,
@@ -187,7 +190,7 @@ impl Server {
         let (writer, recovery) =
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
-        let (money_store, priced_lsn) = open_money_store(&mut settings, &recovery, &pipeline)?;
+        let (money_store, priced_lsn) = open_money_store(&mut settings, &recovery)?;
         for dir in [&settings.wal.dir, &settings.archive.root] {
             probe_writable(dir, &settings.faults)?;
         }
@@ -229,6 +232,7 @@ impl Server {
             frame_bytes: Semaphore::new(settings.frames_in_flight_bytes_max),
             verify_turns: FairTurns::new(settings.verify_slices_in_flight_max),
             all_peers: Mutex::new(ChunkSizer::new(pipeline_chunk_max, 0.0)),
+            deny_list: Arc::clone(&money.deny_list),
             next_peer: std::sync::atomic::AtomicU64::new(0),
             settings,
             shutdown: CancellationToken::new(),
@@ -282,6 +286,11 @@ impl Server {
     /// Rider accounts: activation, arrears, the account view.
     pub fn accounts(&self) -> &AccountService {
         &self.accounts
+    }
+
+    /// The deny list as the server holds it.
+    pub fn deny_list(&self) -> &Arc<crate::money::DenyListHub> {
+        &self.shared.deny_list
     }
 
     /// Where the money store is.

@@ -10,9 +10,8 @@ use tokio::sync::Notify;
 use super::{RecoveryReport, ServerError, ServerSettings};
 use crate::clock::Clock;
 use crate::ingest::Pipeline;
-use crate::money::accounts::deny_list;
 use crate::money::pricer::pricer_start;
-use crate::money::{AccountService, Dispatcher, LogReaders, MoneyStore, Pricer};
+use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer};
 use crate::wal::committer::Progress;
 
 /// The money side of a running server.
@@ -20,6 +19,7 @@ pub(super) struct Money {
     pub pricer: Arc<Pricer>,
     pub dispatcher: Option<Arc<Dispatcher>>,
     pub accounts: AccountService,
+    pub deny_list: Arc<DenyListHub>,
 }
 
 /// Opens the store where the pricer left off; the archiver must get
@@ -27,7 +27,6 @@ pub(super) struct Money {
 pub(super) fn open_money_store(
     settings: &mut ServerSettings,
     recovery: &RecoveryReport,
-    pipeline: &Pipeline,
 ) -> Result<(MoneyStore, u64), ServerError> {
     let money = &settings.money;
     let store = MoneyStore::open(&money.store_path, money.store_busy_wait)?;
@@ -38,11 +37,7 @@ pub(super) fn open_money_store(
             recovery.wal_first_lsn, recovery.wal_end_lsn
         )));
     }
-    let (version, denied) = deny_list(store.connection())?;
-    for card_id in &denied {
-        pipeline.set_denied(*card_id, true);
-    }
-    tracing::info!(priced_lsn = start, deny_list_version = version, denied = denied.len(), "money store opened");
+    tracing::info!(priced_lsn = start, "money store opened");
     settings.archiver.log_readers = Arc::new(LogReaders::new(start));
     Ok((store, start))
 }
@@ -65,7 +60,13 @@ pub(super) fn start_money(
         Arc::clone(&settings.archiver.log_readers),
         Arc::clone(&wake),
     ));
-    let accounts = AccountService::open(&settings.money, Arc::clone(&pipeline), Arc::clone(&clock))
+    let deny_list = Arc::new(DenyListHub::load(
+        MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait)?,
+        pipeline,
+        settings.deny_list_changes_kept_max,
+    )?);
+    tracing::info!(version = deny_list.version(), cards = deny_list.len(), "deny list loaded");
+    let accounts = AccountService::open(&settings.money, Arc::clone(&deny_list), Arc::clone(&clock))
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     let dispatcher = match (&settings.money.gateway, &accounts.gateway) {
         (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher {
@@ -74,14 +75,14 @@ pub(super) fn start_money(
             gateway: client.clone(),
             clock,
             wake,
-            on_denied: Arc::new(move |card_id| pipeline.set_denied(card_id, true)),
+            deny_list: Arc::clone(&deny_list),
         })),
         _ => {
             tracing::warn!("no payments.gateway_url: charges are priced and kept, and nothing is sent");
             None
         }
     };
-    Ok(Money { pricer, dispatcher, accounts })
+    Ok(Money { pricer, dispatcher, accounts, deny_list })
 }
 
 /// `serve`'s refund job: every `refund_check_interval`, refunds asked for

@@ -31,6 +31,11 @@ pub struct ServerSettings {
     pub shutdown_deadline: Duration,
     pub frame_bytes_max: u32,
     pub frame_read_timeout: Duration,
+    /// Cards per deny-list page sent to a gateway that connects.
+    pub deny_list_page_cards_max: usize,
+    /// Deny-list changes kept for gateways that fall behind; one further
+    /// behind gets the full list.
+    pub deny_list_changes_kept_max: usize,
     pub dedup_sweep_interval: Duration,
     pub data_dir: PathBuf,
     pub wal: WalConfig,
@@ -138,6 +143,8 @@ impl ServerSettings {
             shutdown_deadline: Duration::from_millis(config.server.shutdown_deadline_ms),
             frame_bytes_max: config.wire.frame_bytes_max,
             frame_read_timeout: Duration::from_millis(config.wire.frame_read_timeout_ms),
+            deny_list_page_cards_max: config.wire.deny_list_page_cards_max,
+            deny_list_changes_kept_max: config.server.deny_list_changes_kept_max,
             dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
             data_dir: data_dir.to_path_buf(),
             archiver: ArchiverSettings {
