@@ -20,11 +20,12 @@ use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::ingest::Pipeline;
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
-use crate::money::AccountService;
+use crate::api::{ApiHandle, ApiSettings, ApiState};
+use crate::money::notify::{InboxNotifier, Notifier};
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::server::{Server, ServerError, ServerSettings};
-use crate::sim::{City, CitySpec, FleetReport, Target, Timetable, Uploads};
+use crate::sim::{City, CitySpec, FleetReport, RiderApp, Target, Timetable, Uploads, sign_up_riders};
 use crate::tls::{NewIdentity, ServerIdentity, TlsError};
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
@@ -65,6 +66,8 @@ pub enum DemoError {
     Paygw(#[from] std::io::Error),
     #[error("accounts: {0}")]
     Accounts(#[from] crate::money::ServiceError),
+    #[error("a rider's app: {0}")]
+    App(#[from] crate::sim::AppError),
     #[error("charges: {0}")]
     Charges(String),
 }
@@ -90,8 +93,10 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
     let mut config = options.config.clone();
     let secret = config.payments.hmac_secret.clone();
-    let paygw = crate::paygw::start(&options.data_dir.join("paygw"), "127.0.0.1:0".parse().expect("literal"), secret.as_bytes()).await?;
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+    let paygw = crate::paygw::start(&options.data_dir.join("paygw"), loopback, secret.as_bytes()).await?;
     config.payments.gateway_url = paygw.url();
+    config.api.listen_addr = loopback.to_string();
     let bank = crate::paygw::SimControl::new(&paygw.url(), secret.as_bytes());
     let config = &config;
     let keystore = Keystore::open_or_create(&options.data_dir, KeystoreOptions::from_config(config))?;
@@ -107,29 +112,37 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let (first_ms, last_ms) = (day_start + FIRST_TRIP_AFTER_DAY_START_MS, day_start + LAST_TRIP_AFTER_DAY_START_MS);
     let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
     let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);
-    let timetable = Timetable::ServiceDay { first_ms, last_ms };
-    let signer = keystore.active_signer()?;
-    let city = City::plan(&options.city, config, signer, trusted_keys.clone(), unix_secs_u32(day_start), timetable)?;
+    let mut world = City::world(
+        &options.city,
+        config,
+        keystore.active_signer()?,
+        trusted_keys.clone(),
+        unix_secs_u32(day_start),
+    )?;
 
     let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, trusted_keys, crate::keystore::random_seed()?));
-    for card in &city.world.denied_cards {
+    let inbox = Arc::new(InboxNotifier::default());
+    let mut settings = ServerSettings::from_config(config, &options.data_dir)?;
+    settings.listen_addr = loopback;
+    settings.money.notifier = Arc::clone(&inbox) as Arc<dyn Notifier>;
+    let currency = settings.money.pricer.fares.currency.clone();
+    // The day's compressed clock is held at its start while the riders
+    // sign up and fetch their keys, and runs once the day begins.
+    let day_clock = Arc::new(ScaledClock::held(first_ms - 60_000, speedup));
+    let clock: Arc<dyn Clock> = Arc::clone(&day_clock) as Arc<dyn Clock>;
+    let server = Server::start(settings, &identity, Arc::clone(&pipeline), Arc::clone(&clock)).await?;
+    let api = start_api(config, &server, keystore.active_signer()?, keystore.export_public_keys()?).await?;
+    let app = RiderApp::new(&api.url(), inbox);
+
+    let signing_up = progress_bar(world.riders.len() as u64, options.show_progress, SIGN_UP_TEMPLATE);
+    let members = sign_up_riders(&mut world, &app, &bank, money::BALANCES, &signing_up).await?;
+    signing_up.finish_and_clear();
+    // Cards reported lost: denied from the start, on every validator.
+    for card in &world.denied_cards {
         pipeline.set_denied(*card, true);
     }
-    let mut settings = ServerSettings::from_config(config, &options.data_dir)?;
-    settings.listen_addr = "127.0.0.1:0".parse().expect("literal address");
-    let currency = settings.money.pricer.fares.currency.clone();
-    // Accounts open before the day starts, on the wall clock: the day's
-    // compressed clock starts with the server.
-    let cards: Vec<u64> = city.world.riders.iter().map(|r| r.card_id).collect();
-    let store = crate::money::MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait).map_err(crate::money::ServiceError::from)?;
-    let hub = Arc::new(crate::money::DenyListHub::load(store, Arc::clone(&pipeline), 1).map_err(crate::money::ServiceError::from)?);
-    let accounts = AccountService::open(&settings.money, hub, Arc::new(SystemClock))?;
-    let opening = progress_bar(cards.len() as u64, options.show_progress, ACCOUNTS_TEMPLATE);
-    let short = money::open_accounts(&accounts, &bank, &cards, &opening).await?;
-    opening.finish_and_clear();
-    drop(accounts);
-    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(first_ms - 60_000, speedup));
-    let server = Server::start(settings, &identity, pipeline, Arc::clone(&clock)).await?;
+    let city = City::plan_day(&options.city, world, Timetable::ServiceDay { first_ms, last_ms });
+    day_clock.run();
 
     let progress = progress_bar(city.plan.len() as u64, options.show_progress, DAY_TEMPLATE);
     let uploads = Uploads {
@@ -143,7 +156,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     progress.finish_and_clear();
     let settling = progress_bar(0, options.show_progress, "{spinner} settling: {msg}");
     money::settle(&server, &settling).await.map_err(DemoError::Charges)?;
-    let arrears_paid = money::collect_arrears(&server, &bank, &short).await?;
+    let after_day = money::after_the_day(&server, &app, &bank, &members).await?;
     money::settle(&server, &settling).await.map_err(DemoError::Charges)?;
     settling.finish_and_clear();
 
@@ -160,7 +173,9 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     for file in &files {
         rows.extend(archive::read::read_file(file)?);
     }
-    let money = money::summarize(&server, &bank, &cards, &rows, arrears_paid).await.map_err(DemoError::Charges)?;
+    let cards: Vec<u64> = members.iter().map(|m| m.session.card_id).collect();
+    let money = money::summarize(&server, &bank, &cards, &rows, after_day).await.map_err(DemoError::Charges)?;
+    api.stop().await;
     server.shutdown().await?;
     paygw.stop().await;
     Ok(DemoSummary {
@@ -180,7 +195,20 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     })
 }
 
-const ACCOUNTS_TEMPLATE: &str = "{spinner} accounts {bar:40} {pos}/{len} opened ({per_sec}, eta {eta})";
+/// The account API on loopback, over the demo server's accounts.
+async fn start_api(
+    config: &Config,
+    server: &Server,
+    issuer: crate::ridecode::IssuerSigningKey,
+    issuer_keys: Vec<crate::keystore::ExportedKey>,
+) -> Result<ApiHandle, DemoError> {
+    let settings = ApiSettings::from_config(config)?.ok_or_else(|| DemoError::Charges("no account API".into()))?;
+    let state = ApiState { settings, accounts: server.accounts().clone(), issuer, issuer_keys };
+    Ok(crate::api::start(state).await?)
+}
+
+const SIGN_UP_TEMPLATE: &str =
+    "{spinner} riders signing up in the app {bar:40} {pos}/{len} ({per_sec}, eta {eta})";
 const DAY_TEMPLATE: &str = "{spinner} service day {bar:40} {pos}/{len} scans uploaded ({per_sec}, eta {eta})";
 
 fn progress_bar(len: u64, visible: bool, template: &str) -> ProgressBar {

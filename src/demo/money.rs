@@ -8,59 +8,24 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use indicatif::ProgressBar;
 
 use crate::money::outbox::{ChargeRow, charges, undecided};
-use crate::money::{AccountService, MoneyStore, ServiceError};
+use super::DemoError;
+use crate::money::MoneyStore;
 use crate::paygw::{Entry, SimControl};
+use crate::sim::{AppError, Balances, Member, RiderApp};
 use crate::scan::{ArchivedScan, ScanStatus};
 use crate::server::Server;
 
-/// Accounts opened at once.
-const ACCOUNTS_IN_FLIGHT_MAX: usize = 32;
-/// One rider in this many has too little in the bank for the day's rides.
-const SHORT_BALANCE_EVERY: usize = 50;
-/// What a short rider's bank holds after the deposit, in fen: less than a bus ride.
-const SHORT_BALANCE_FEN: u64 = 150;
-const AMPLE_BALANCE_FEN: u64 = 100_000;
+/// What the simulated banks hold after the deposit: one rider in fifty
+/// has less than a bus ride, so the day's first charge is declined.
+pub const BALANCES: Balances =
+    Balances { deposit_fen: 2_000, ample_fen: 100_000, short_fen: 150, short_every: 50 };
+/// One rider in this many asks for the deposit back after the day.
+const REFUND_EVERY: usize = 200;
 /// How long the demo waits for its charges to be decided after the day.
 const SETTLE_WAIT_MAX: Duration = Duration::from_secs(120);
-
-/// Registers and activates every rider; returns the cards whose bank is short.
-pub async fn open_accounts(
-    accounts: &AccountService,
-    control: &SimControl,
-    cards: &[u64],
-    progress: &ProgressBar,
-) -> Result<Vec<u64>, ServiceError> {
-    let opened = futures_util::stream::iter(cards.iter().enumerate())
-        .map(|(index, &card_id)| async move {
-            let short = index % SHORT_BALANCE_EVERY == SHORT_BALANCE_EVERY - 1;
-            let payer = payer(card_id);
-            accounts.register(card_id, &format!("+86{card_id:011}")).await?;
-            let balance = accounts.deposit_cents + if short { SHORT_BALANCE_FEN } else { AMPLE_BALANCE_FEN };
-            control
-                .top_up(&payer, balance, &format!("topup-{card_id}-0"))
-                .await
-                .map_err(|e| ServiceError::GatewayUnavailable(e.to_string()))?;
-            accounts.activate(card_id, &payer).await?;
-            progress.inc(1);
-            Ok::<_, ServiceError>(short.then_some(card_id))
-        })
-        .buffer_unordered(ACCOUNTS_IN_FLIGHT_MAX)
-        .collect::<Vec<_>>()
-        .await;
-    let mut short = Vec::new();
-    for result in opened {
-        short.extend(result?);
-    }
-    Ok(short)
-}
-
-fn payer(card_id: u64) -> String {
-    format!("payer-{card_id}")
-}
 
 /// Waits until every ride is priced (the last entries' exit windows
 /// closed on the server's clock) and every charge decided.
@@ -85,23 +50,63 @@ pub async fn settle(server: &Server, progress: &ProgressBar) -> Result<(), Strin
     }
 }
 
-/// Half the riders in arrears top up and pay; returns how many paid.
-pub async fn collect_arrears(server: &Server, control: &SimControl, short: &[u64]) -> Result<usize, ServiceError> {
-    let accounts = server.accounts();
-    let mut paid = 0;
-    for &card_id in short.iter().step_by(2) {
-        let owed = accounts.account(card_id).await?.arrears_cents;
-        if owed == 0 {
+/// What riders did after the day, in their apps.
+#[derive(Debug, Clone, Default)]
+pub struct AfterDay {
+    /// Riders in arrears who asked for tomorrow's keys and were refused.
+    pub keys_refused_in_arrears: u64,
+    /// Riders in arrears who got keys anyway (must be 0).
+    pub keys_issued_in_arrears: u64,
+    pub arrears_paid: u64,
+    /// Of those who paid, how many got keys again.
+    pub keys_after_paying: u64,
+    pub refunds_closed: u64,
+    pub refunds_held_owing: u64,
+}
+
+/// Riders in arrears ask for tomorrow's keys (refused); half of them top
+/// up, pay and ask again; a few riders, one of them owing, ask for their
+/// deposit back, and the refund job runs at once (the demo does not wait
+/// `payments.refund_wait_secs`).
+pub async fn after_the_day(
+    server: &Server,
+    app: &RiderApp,
+    bank: &SimControl,
+    members: &[Member],
+) -> Result<AfterDay, DemoError> {
+    let mut after = AfterDay::default();
+    let mut owing = Vec::new();
+    for member in members.iter().filter(|m| m.short) {
+        if server.accounts().account(member.session.card_id).await?.arrears_cents > 0 {
+            owing.push(member);
+        }
+    }
+    for (n, member) in owing.iter().enumerate() {
+        match app.daily_keys(&member.session, [0; 32]).await {
+            Err(AppError::Refused { error, .. }) if error == "keys_refused" => after.keys_refused_in_arrears += 1,
+            _ => after.keys_issued_in_arrears += 1,
+        }
+        if n % 2 == 1 {
             continue;
         }
-        control
-            .top_up(&payer(card_id), owed.unsigned_abs(), &format!("topup-{card_id}-1"))
-            .await
-            .map_err(|e| ServiceError::GatewayUnavailable(e.to_string()))?;
-        accounts.pay_arrears(card_id).await?;
-        paid += 1;
+        let owed = server.accounts().account(member.session.card_id).await?.arrears_cents;
+        let key = format!("topup-{}-1", member.session.card_id);
+        bank.top_up(&member.payer, owed.unsigned_abs(), &key).await.map_err(|e| AppError::Http(e.to_string()))?;
+        app.pay_arrears(&member.session).await?;
+        after.arrears_paid += 1;
+        let fresh = crate::ridecode::UserKey::from_seed(&[7; 32])?;
+        if app.daily_keys(&member.session, fresh.public_key()).await.is_ok() {
+            after.keys_after_paying += 1;
+        }
     }
-    Ok(paid)
+    let leaving = members.iter().filter(|m| !m.short).step_by(REFUND_EVERY).chain(owing.iter().skip(1).step_by(2).take(1).copied());
+    for member in leaving {
+        app.request_refund(&member.session).await?;
+    }
+    let refunds = server.accounts().process_refunds(Duration::ZERO).await?;
+    after.refunds_closed = refunds.closed.len() as u64;
+    after.refunds_held_owing = refunds.owing.len() as u64;
+    Ok(after)
 }
 
 /// The money of the demo's day, and whether it adds up.
@@ -117,7 +122,7 @@ pub struct MoneySummary {
     /// Debits at the gateway for charge ids, in fen, and charge ids debited twice.
     pub gateway_fares_debited: i64,
     pub gateway_double_debits: u64,
-    pub arrears_paid: usize,
+    pub after_day: AfterDay,
     pub arrears_outstanding: i64,
     pub accounts_in_arrears: u64,
 }
@@ -134,6 +139,8 @@ impl MoneySummary {
             && self.gateway_fares_debited == self.amount("succeeded")
             && !self.charges_by_outcome.contains_key("pending")
             && !self.charges_by_outcome.contains_key("failed")
+            && self.after_day.keys_issued_in_arrears == 0
+            && self.after_day.keys_after_paying == self.after_day.arrears_paid
     }
 }
 
@@ -143,13 +150,13 @@ pub async fn summarize(
     control: &SimControl,
     cards: &[u64],
     rows: &[ArchivedScan],
-    arrears_paid: usize,
+    after_day: AfterDay,
 ) -> Result<MoneySummary, String> {
     let store = open_store(server)?;
     let ours: HashSet<u64> = cards.iter().copied().collect();
     let charges: Vec<ChargeRow> =
         charges(store.connection(), None).map_err(|e| e.to_string())?.into_iter().filter(|c| ours.contains(&c.card_id)).collect();
-    let mut summary = MoneySummary { accounts: cards.len(), arrears_paid, ..MoneySummary::default() };
+    let mut summary = MoneySummary { accounts: cards.len(), after_day, ..MoneySummary::default() };
     for charge in &charges {
         let entry = summary.charges_by_outcome.entry(charge.outcome.clone()).or_default();
         entry.0 += 1;
@@ -205,11 +212,19 @@ pub fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
         count("declined"),
         count("nothing_due"),
     ));
+    let after = &summary.after_day;
     out.push_str(&format!(
-        "         arrears: {} accounts owe {} after {} paid theirs; gateway ledger: {} for these charges\n",
+        "         arrears: {} accounts owe {}; gateway ledger: {} for these charges\n",
         summary.accounts_in_arrears,
         yuan(summary.arrears_outstanding),
-        summary.arrears_paid,
         yuan(summary.gateway_fares_debited),
+    ));
+    out.push_str(&format!(
+        "  after the day: {} riders in arrears refused keys ({} issued by mistake); {} paid and got keys again ({})\n",
+        after.keys_refused_in_arrears, after.keys_issued_in_arrears, after.arrears_paid, after.keys_after_paying,
+    ));
+    out.push_str(&format!(
+        "                 refunds: {} deposits returned and accounts closed, {} held until the rider pays\n",
+        after.refunds_closed, after.refunds_held_owing,
     ));
 }

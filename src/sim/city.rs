@@ -66,6 +66,19 @@ impl City {
         valid_from: u32,
         timetable: Timetable,
     ) -> Result<City, KeyError> {
+        Ok(City::plan_day(spec, City::world(spec, config, issuer, trusted, valid_from)?, timetable))
+    }
+
+    /// The city's gateways, validators and riders, before their day: riders
+    /// may still sign up and take the API's cards and credentials
+    /// ([`World::adopt`]).
+    pub fn world(
+        spec: &CitySpec,
+        config: &Config,
+        issuer: IssuerSigningKey,
+        trusted: IssuerPublicKeys,
+        valid_from: u32,
+    ) -> Result<World, KeyError> {
         let world_spec = WorldSpec {
             riders: spec.riders,
             gateways: spec.gateways,
@@ -74,9 +87,13 @@ impl City {
             seed: spec.seed,
         };
         let valid_until = valid_from.saturating_add(config.ride_code.credential_validity_secs);
-        let world = World::build(&world_spec, issuer, trusted, valid_from, valid_until)?;
+        World::build(&world_spec, issuer, trusted, valid_from, valid_until)
+    }
+
+    /// The world's day on `timetable`.
+    pub fn plan_day(spec: &CitySpec, world: World, timetable: Timetable) -> City {
         let plan = plan_day(&world, timetable, spec.trips_per_rider, AnomalyRates::DEMO, spec.seed);
-        Ok(City { world, plan, redelivery_percent: spec.redelivery_percent, seed: spec.seed })
+        City { world, plan, redelivery_percent: spec.redelivery_percent, seed: spec.seed }
     }
 
     /// Pushes the planned day at the target, one gateway client per

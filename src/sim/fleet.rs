@@ -18,7 +18,7 @@ use super::world::World;
 use crate::clock::{Clock, unix_secs_u32};
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::ingest::pipeline::fingerprint;
-use crate::ridecode::{FreshnessPolicy, check_offline};
+use crate::ridecode::{DenyList, FreshnessPolicy, check_offline};
 use crate::scan::ScanStatus;
 use crate::wire::{BatchAck, GateDecision, ScanBatch, ScanRecord};
 
@@ -144,6 +144,31 @@ pub async fn run_fleet(
     report
 }
 
+/// What a validator refuses: the cards the city lost, and the list the
+/// server pushed.
+struct Denied<'a> {
+    lost: &'a std::collections::HashSet<u64>,
+    pushed: &'a std::collections::HashSet<u64>,
+}
+
+impl DenyList for Denied<'_> {
+    fn is_denied(&self, card_id: u64) -> bool {
+        self.lost.contains(&card_id) || self.pushed.contains(&card_id)
+    }
+}
+
+/// What the server will say of a scan: the plan's word, unless the pushed
+/// list (which the plan could not foresee: declines happen during the day)
+/// made the gate refuse a code that would otherwise have been a ride or a
+/// replay; then the server records what the gate did.
+fn expected(scan: &PlannedScan, opened: bool, pushed: &std::collections::HashSet<u64>, world: &World) -> ScanStatus {
+    let refused_by_push = !opened && pushed.contains(&world.riders[scan.rider].card_id);
+    match scan.expected {
+        ScanStatus::Accepted | ScanStatus::Replay if refused_by_push => ScanStatus::Denied,
+        status => status,
+    }
+}
+
 struct GatewayRun {
     gateway: usize,
     world: Arc<World>,
@@ -164,7 +189,7 @@ impl GatewayRun {
             let mut batches = Vec::new();
             for chunk in self.scans.chunks(self.settings.batch_scans_max) {
                 batch_seq += 1;
-                batches.push(self.read_at_gates(chunk, batch_seq, &mut report).await);
+                batches.push(self.read_at_gates(chunk, batch_seq, &client, &mut report).await);
             }
             let started = std::time::Instant::now();
             for batch in &batches {
@@ -179,7 +204,7 @@ impl GatewayRun {
             let due = self.scans[cursor..].iter().take_while(|&&i| self.plan[i].at_ms <= now).count();
             for chunk in self.scans[cursor..cursor + due].chunks(self.settings.batch_scans_max) {
                 batch_seq += 1;
-                let batch = self.read_at_gates(chunk, batch_seq, &mut report).await;
+                let batch = self.read_at_gates(chunk, batch_seq, &client, &mut report).await;
                 self.upload(&client, &batch, &mut rng, &mut report).await;
             }
             cursor += due;
@@ -190,32 +215,36 @@ impl GatewayRun {
         report
     }
 
-    /// The validators read the codes (offline check at the gate) and the
-    /// gateway wraps their records into one batch.
-    async fn read_at_gates(&self, chunk: &[usize], batch_seq: u64, report: &mut FleetReport) -> ScanBatch {
+    /// The validators read the codes (offline check at the gate, against
+    /// the cards the city knows are lost and the deny list the server
+    /// pushed) and the gateway wraps their records into one batch.
+    async fn read_at_gates(
+        &self,
+        chunk: &[usize],
+        batch_seq: u64,
+        client: &GatewayClient,
+        report: &mut FleetReport,
+    ) -> ScanBatch {
         let world = Arc::clone(&self.world);
         let plan = Arc::clone(&self.plan);
         let chunk = chunk.to_vec();
         let freshness = self.settings.freshness;
         let gateway_id = self.world.gateways[self.gateway].id.clone();
+        let (pushed_version, pushed) = client.with_deny_list(|list| (list.version(), list.cards().clone()));
         let (batch, opened, planned) = tokio::task::spawn_blocking(move || {
             let mut opened = 0u64;
             let mut planned = BTreeMap::<ScanStatus, u64>::new();
             let mut scans = Vec::with_capacity(chunk.len());
+            let denied = Denied { lost: &world.denied_cards, pushed: &pushed };
             for &i in &chunk {
                 let scan = &plan[i];
                 let code = scan.ride_code(&world);
-                let gate = check_offline(
-                    &code,
-                    &world.trusted_keys,
-                    &world.denied_cards,
-                    &freshness,
-                    unix_secs_u32(scan.at_ms),
-                );
+                let gate = check_offline(&code, &world.trusted_keys, &denied, &freshness, unix_secs_u32(scan.at_ms));
                 opened += u64::from(gate.is_ok());
-                *planned.entry(scan.expected).or_default() += 1;
+                *planned.entry(expected(scan, gate.is_ok(), &pushed, &world)).or_default() += 1;
                 let decision = if gate.is_ok() { GateDecision::Opened } else { GateDecision::Refused };
-                scans.push(ScanRecord { gate: decision as i32, ..scan.record(&world, code) });
+                let record = ScanRecord { gate: decision as i32, deny_list_version: pushed_version, ..scan.record(&world, code) };
+                scans.push(record);
             }
             (ScanBatch { gateway_id, batch_seq, scans }, opened, planned)
         })

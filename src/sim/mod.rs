@@ -2,11 +2,13 @@
 //! pushes real QUIC traffic at a server. Used by `simulate`, `demo`, the
 //! integration tests and the benches.
 
+pub mod app;
 pub mod city;
 pub mod fleet;
 pub mod flood;
 pub mod load;
 pub mod plan;
+pub mod signup;
 pub mod world;
 
 pub use city::{City, CitySpec, Target, Uploads};
@@ -15,3 +17,5 @@ pub use flood::{FloodKind, FloodReport, FloodSettings, hostile_codes, run_flood}
 pub use load::{Load, SimulateError, SimulateReport, reach_server, simulate};
 pub use plan::{Anomaly, AnomalyRates, PlannedScan, Timetable, plan_day};
 pub use world::{World, WorldSpec};
+pub use app::{AppError, CodeInbox, FileInbox, RiderApp, Session};
+pub use signup::{Balances, Member, sign_up_riders};

@@ -73,6 +73,7 @@ pub struct World {
     pub credential_valid_from: u32,
     pub credential_valid_until: u32,
     rogue_issuer: IssuerSigningKey,
+    seed: u64,
 }
 
 impl World {
@@ -109,7 +110,28 @@ impl World {
             credential_valid_from: valid_from,
             credential_valid_until: valid_until,
             rogue_issuer,
+            seed: spec.seed,
         })
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Rider by rider, the card and credential the account API issued
+    /// replace the ones the world made up; the deny list follows the cards.
+    pub fn adopt(&mut self, issued: Vec<(u64, Credential)>) {
+        let mut renamed = std::collections::HashMap::new();
+        for (rider, (card_id, credential)) in self.riders.iter_mut().zip(issued) {
+            renamed.insert(rider.card_id, card_id);
+            rider.card_id = card_id;
+            rider.credential = credential;
+        }
+        self.denied_cards = self.denied_cards.iter().map(|card| renamed.get(card).copied().unwrap_or(*card)).collect();
+        if let Some(first) = self.riders.first() {
+            self.credential_valid_from = first.credential.claims.valid_from;
+            self.credential_valid_until = first.credential.claims.valid_until;
+        }
     }
 
     /// Validators that take this kind of tap.

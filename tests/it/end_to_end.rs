@@ -147,4 +147,11 @@ async fn the_demo_summary_matches_the_parquet_rows() {
     assert_eq!(count_by_status(&rows), summary.archived);
     assert!(summary.fleet.redelivered_acked > 0, "the run exercised re-delivery");
     assert!(summary.archived.get(&ScanStatus::Replay).copied().unwrap_or(0) > 0, "the run had replays");
+    let money = &summary.money;
+    assert_eq!(money.rides, money.rides_priced, "every ride priced");
+    assert!(money.amount("succeeded") > 0 && money.amount("declined") > 0, "{money:?}");
+    let after = &money.after_day;
+    assert!(after.keys_refused_in_arrears > 0 && after.arrears_paid > 0, "{after:?}");
+    assert_eq!((after.keys_issued_in_arrears, after.keys_after_paying), (0, after.arrears_paid));
+    assert!(after.refunds_closed > 0 && after.refunds_held_owing > 0, "{after:?}");
 }
