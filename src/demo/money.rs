@@ -125,6 +125,9 @@ pub struct MoneySummary {
     pub after_day: AfterDay,
     pub arrears_outstanding: i64,
     pub accounts_in_arrears: u64,
+    /// This run's charges read back from the charges archive.
+    pub charges_archived: u64,
+    pub charges_root: std::path::PathBuf,
 }
 
 impl MoneySummary {
@@ -139,6 +142,7 @@ impl MoneySummary {
             && self.gateway_fares_debited == self.amount("succeeded")
             && !self.charges_by_outcome.contains_key("pending")
             && !self.charges_by_outcome.contains_key("failed")
+            && self.charges_archived == self.charges_by_outcome.values().map(|(n, _)| n).sum::<u64>()
             && self.after_day.keys_issued_in_arrears == 0
             && self.after_day.keys_after_paying == self.after_day.arrears_paid
     }
@@ -182,6 +186,10 @@ pub async fn summarize(
         let amount = i64::try_from(entry.amount_cents).unwrap_or(i64::MAX);
         summary.gateway_fares_debited += if entry.kind == "credit" { -amount } else { amount };
     }
+    server.flush_charges_archive().await.map_err(|e| e.to_string())?;
+    summary.charges_root = crate::archive::charges::charges_root(server.data_dir());
+    let archived = crate::archive::read::read_all_charges(&summary.charges_root).map_err(|e| e.to_string())?;
+    summary.charges_archived = archived.iter().filter(|c| ours.contains(&c.card_id)).count() as u64;
     for &card in cards {
         let owed = server.accounts().account(card).await.map_err(|e| e.to_string())?.arrears_cents;
         summary.arrears_outstanding += owed;
@@ -218,6 +226,11 @@ pub fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
         summary.accounts_in_arrears,
         yuan(summary.arrears_outstanding),
         yuan(summary.gateway_fares_debited),
+    ));
+    out.push_str(&format!(
+        "         charges archive: {} rows under {}\n",
+        summary.charges_archived,
+        summary.charges_root.display()
     ));
     out.push_str(&format!(
         "  after the day: {} riders in arrears refused keys ({} issued by mistake); {} paid and got keys again ({})\n",

@@ -156,6 +156,21 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     assert_charged_once(&debits, &charges);
     let fares: u64 = debits.iter().filter(|e| !e.key.starts_with("deposit-")).map(|e| e.amount_cents).sum();
     assert_eq!(fares, 1_500, "the daily cap, collected once");
+
+    // The charges archive holds each decided charge once, as the outbox has it.
+    assert_eq!(m.h.server.flush_charges_archive().await.expect("archive"), 7);
+    assert_eq!(m.h.server.flush_charges_archive().await.expect("again"), 0);
+    let root = farestream::archive::charges::charges_root(m.h.dir.path());
+    let mut archived = farestream::archive::read::read_all_charges(&root).expect("read");
+    archived.sort_by_key(|c| c.charge_id);
+    let mut outbox = charges.clone();
+    outbox.sort_by_key(|c| c.charge_id);
+    let seen = |c: &ChargeRow| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date);
+    assert_eq!(
+        archived.iter().map(|c| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date)).collect::<Vec<_>>(),
+        outbox.iter().map(seen).collect::<Vec<_>>()
+    );
+    assert!(archived.iter().all(|c| c.service_date.to_string() == "2025-11-20" && c.card_id == 501));
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }

@@ -1,3 +1,4 @@
 //! The archive row as Arrow sees it; the Parquet files are the shell's.
 
+pub mod charges;
 pub mod schema;

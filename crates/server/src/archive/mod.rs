@@ -3,6 +3,7 @@
 
 pub mod archiver;
 pub mod audit;
+pub mod charges;
 pub mod checkpoint;
 pub mod read;
 pub use farestream_core::archive::schema;

@@ -10,6 +10,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::schema::from_record_batch;
 use super::writer::{ArchiveError, partition_date};
 use crate::scan::{ArchivedScan, ScanStatus};
+use farestream_core::archive::charges::{ArchivedCharge, charges_from_record_batch};
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + use<> {
     let path = path.to_path_buf();
@@ -42,12 +43,33 @@ pub fn archive_files(root: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
 
 /// All rows of one archive file.
 pub fn read_file(path: &Path) -> Result<Vec<ArchivedScan>, ArchiveError> {
+    read_rows(path, from_record_batch)
+}
+
+/// All rows of one charges archive file.
+pub fn read_charges_file(path: &Path) -> Result<Vec<ArchivedCharge>, ArchiveError> {
+    read_rows(path, charges_from_record_batch)
+}
+
+/// All charges under the charges archive's `root`.
+pub fn read_all_charges(root: &Path) -> Result<Vec<ArchivedCharge>, ArchiveError> {
+    let mut rows = Vec::new();
+    for path in archive_files(root)? {
+        rows.extend(read_charges_file(&path)?);
+    }
+    Ok(rows)
+}
+
+fn read_rows<T>(
+    path: &Path,
+    decode: fn(&arrow_array::RecordBatch) -> Result<Vec<T>, arrow_schema::ArrowError>,
+) -> Result<Vec<T>, ArchiveError> {
     let parquet = |source| ArchiveError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.to_path_buf(), source })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?.build().map_err(parquet)?;
     let mut rows = Vec::new();
     for batch in reader {
-        rows.extend(from_record_batch(&batch?)?);
+        rows.extend(decode(&batch?)?);
     }
     Ok(rows)
 }

@@ -136,6 +136,8 @@ pub struct PaymentsConfig {
     pub deposit_fen: u64,
     pub refund_wait_secs: u64,
     pub refund_check_interval_ms: u64,
+    pub charges_archive_interval_ms: u64,
+    pub charges_archive_batch_charges_max: usize,
     pub gateway_url: String,
     pub hmac_secret: String,
     pub dispatch_concurrency_max: usize,

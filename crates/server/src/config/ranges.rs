@@ -67,6 +67,8 @@ pub const RANGES: &[KeyRange] = &[
     range("payments.deposit_fen", 0, 100_000_000, "fen"),
     range("payments.refund_wait_secs", 0, 31_536_000, "s"),
     range("payments.refund_check_interval_ms", 1_000, 86_400_000, "ms"),
+    range("payments.charges_archive_interval_ms", 100, 86_400_000, "ms"),
+    range("payments.charges_archive_batch_charges_max", 1, 10_000_000, "charges"),
     range("payments.dispatch_concurrency_max", 1, 1_024, "requests"),
     range("payments.dispatch_batch_charges_max", 1, 100_000, "charges"),
     range("payments.dispatch_lease_ms", 1_000, 3_600_000, "ms"),

@@ -15,6 +15,7 @@ use thiserror::Error;
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/0001_money.sql")),
     (2, include_str!("../../migrations/0002_api.sql")),
+    (3, include_str!("../../migrations/0003_charges_archive.sql")),
 ];
 
 /// Where the money store lives under a data directory.

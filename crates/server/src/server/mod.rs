@@ -47,7 +47,7 @@ use tokio_util::task::TaskTracker;
 pub use settings::{GatewaySettings, MoneySettings, ServerSettings};
 
 use connections::accept_loop;
-use money::{open_money_store, refund_job, start_money};
+use money::{charges_archive_job, open_money_store, refund_job, start_money};
 use housekeeping::housekeeping;
 use recovery::{probe_writable, recover};
 
@@ -56,6 +56,7 @@ use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, Arri
 use crate::clock::Clock;
 use crate::fair::FairTurns;
 use crate::ingest::{ChunkSizer, Pipeline};
+use crate::archive::charges::ChargesArchive;
 use crate::money::{AccountService, Pricer, PricerStatus};
 use crate::tls::{ServerIdentity, TlsError};
 use crate::wal::WalError;
@@ -173,6 +174,7 @@ pub struct Server {
     archiver: Arc<Archiver>,
     pricer: Arc<Pricer>,
     accounts: AccountService,
+    charges_archive: Arc<ChargesArchive>,
 }
 
 impl Server {
@@ -250,9 +252,12 @@ impl Server {
         let refunds = &shared.settings.money;
         let job = refund_job(money.accounts.clone(), refunds.refund_check_interval, refunds.refund_wait, shared.shutdown.clone());
         spawn_supervised(&shared, "the refund job", job);
+        let every = shared.settings.money.charges_archive_interval;
+        let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());
+        spawn_supervised(&shared, "the charges archive", job);
         tracing::info!(%local_addr, "farestream listening");
-        let (pricer, accounts) = (money.pricer, money.accounts);
-        Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver, pricer, accounts })
+        let (pricer, accounts, charges_archive) = (money.pricer, money.accounts, money.charges_archive);
+        Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver, pricer, accounts, charges_archive })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -283,6 +288,15 @@ impl Server {
         self.pricer.flush().await.map_err(ServerError::Recovery)
     }
 
+    /// Archives every decided charge now; returns how many were archived.
+    pub async fn flush_charges_archive(&self) -> Result<u64, ServerError> {
+        let archive = Arc::clone(&self.charges_archive);
+        tokio::task::spawn_blocking(move || archive.run_once())
+            .await
+            .map_err(|e| ServerError::Recovery(format!("charges archive panicked: {e}")))?
+            .map_err(|e| ServerError::Recovery(e.to_string()))
+    }
+
     /// Rider accounts: activation, arrears, the account view.
     pub fn accounts(&self) -> &AccountService {
         &self.accounts
@@ -291,6 +305,11 @@ impl Server {
     /// The deny list as the server holds it.
     pub fn deny_list(&self) -> &Arc<crate::money::DenyListHub> {
         &self.shared.deny_list
+    }
+
+    /// The data directory the server runs over.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.shared.settings.data_dir
     }
 
     /// Where the money store is.
@@ -321,7 +340,7 @@ impl Server {
     /// their gateways resend); the log is flushed, the archive cut and
     /// checkpointed.
     pub async fn shutdown(self) -> Result<ShutdownReport, ServerError> {
-        let Server { endpoint, shared, committer, archiver, pricer, .. } = self;
+        let Server { endpoint, shared, committer, archiver, pricer, charges_archive, .. } = self;
         shared.shutdown.cancel();
         shared.tasks.close();
         let deadline = shared.settings.shutdown_deadline;
@@ -343,6 +362,9 @@ impl Server {
         let pricer = tokio::task::spawn_blocking(move || pricer.close())
             .await
             .map_err(|e| ServerError::Recovery(format!("pricer thread panicked: {e}")))?;
+        if let Err(error) = tokio::task::spawn_blocking(move || charges_archive.run_once()).await {
+            tracing::warn!(%error, "the last round of the charges archive stopped");
+        }
         Ok(ShutdownReport { archiver, pricer, wal })
     }
 }

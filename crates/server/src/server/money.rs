@@ -11,12 +11,14 @@ use super::{RecoveryReport, ServerError, ServerSettings};
 use crate::clock::Clock;
 use crate::ingest::Pipeline;
 use crate::money::pricer::pricer_start;
+use crate::archive::charges::{ChargesArchive, charges_root};
 use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer};
 use crate::wal::committer::Progress;
 
 /// The money side of a running server.
 pub(super) struct Money {
     pub pricer: Arc<Pricer>,
+    pub charges_archive: Arc<ChargesArchive>,
     pub dispatcher: Option<Arc<Dispatcher>>,
     pub accounts: AccountService,
     pub deny_list: Arc<DenyListHub>,
@@ -82,7 +84,38 @@ pub(super) fn start_money(
             None
         }
     };
-    Ok(Money { pricer, dispatcher, accounts, deny_list })
+    let charges_archive = Arc::new(ChargesArchive {
+        store: Mutex::new(MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait)?),
+        root: charges_root(&settings.data_dir),
+        batch_charges_max: settings.money.charges_archive_batch_max,
+        faults: Arc::clone(&settings.faults),
+        clock: Arc::clone(&accounts.clock),
+    });
+    Ok(Money { pricer, charges_archive, dispatcher, accounts, deny_list })
+}
+
+/// Archives decided charges every `interval`, and once more at shutdown.
+/// An error (a full disk) is logged and the next round tries again: the
+/// store keeps every charge until it is archived.
+pub(super) async fn charges_archive_job(
+    archive: Arc<ChargesArchive>,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let archive = Arc::clone(&archive);
+        match tokio::task::spawn_blocking(move || archive.run_once()).await {
+            Ok(Ok(archived)) if archived > 0 => tracing::debug!(archived, "charges archived"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "archiving charges failed; trying again next round"),
+            Err(error) => tracing::warn!(%error, "archiving charges stopped"),
+        }
+    }
 }
 
 /// `serve`'s refund job: every `refund_check_interval`, refunds asked for

@@ -65,6 +65,8 @@ pub struct MoneySettings {
     pub refund_wait: Duration,
     /// How often the refund job looks.
     pub refund_check_interval: Duration,
+    pub charges_archive_interval: Duration,
+    pub charges_archive_batch_max: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +115,8 @@ impl MoneySettings {
             notifier: Arc::new(LogNotifier),
             refund_wait: Duration::from_secs(p.refund_wait_secs),
             refund_check_interval: ms(p.refund_check_interval_ms),
+            charges_archive_interval: ms(p.charges_archive_interval_ms),
+            charges_archive_batch_max: p.charges_archive_batch_charges_max,
         }
     }
 }

@@ -1,0 +1,175 @@
+//! The charges archive's row and its Arrow form: one row per charge with
+//! its final outcome (`docs/archive.md`, "The charges archive"). Ids are
+//! hex, as in the scans archive, so `scan_ids` joins `scans.scan_id`.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Date32Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    UInt64Builder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::NaiveDate;
+
+use crate::charges::ChargeKind;
+use crate::clock::UnixMillis;
+use crate::service_day::{date_from_days, days_since_epoch};
+
+/// One decided charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedCharge {
+    pub charge_id: [u8; 16],
+    pub card_id: u64,
+    pub service_date: NaiveDate,
+    pub kind: ChargeKind,
+    /// Negative for a credit (an adjustment that lowered the day's price).
+    pub amount_cents: i64,
+    pub currency: String,
+    pub scan_ids: Vec<[u8; 16]>,
+    /// `succeeded`, `declined` or `nothing_due`.
+    pub outcome: String,
+    pub attempts: u32,
+    pub created_at: UnixMillis,
+    pub decided_at: Option<UnixMillis>,
+    pub gateway_txn_id: Option<String>,
+}
+
+fn time() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+pub fn charge_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("charge_id", DataType::Utf8, false),
+        Field::new("card_id", DataType::UInt64, false),
+        Field::new("service_date", DataType::Date32, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("amount_cents", DataType::Int64, false),
+        Field::new("currency", DataType::Utf8, false),
+        Field::new("scan_ids", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), false),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("attempts", DataType::UInt32, false),
+        Field::new("created_at", time(), false),
+        Field::new("decided_at", time(), true),
+        Field::new("gateway_txn_id", DataType::Utf8, true),
+    ]))
+}
+
+pub fn charges_to_record_batch(rows: &[ArchivedCharge]) -> Result<RecordBatch, ArrowError> {
+    let strings = |get: fn(&ArchivedCharge) -> Option<String>| -> ArrayRef {
+        let mut b = StringBuilder::new();
+        rows.iter().for_each(|r| b.append_option(get(r)));
+        Arc::new(b.finish())
+    };
+    let times = |get: fn(&ArchivedCharge) -> Option<i64>| -> ArrayRef {
+        let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        rows.iter().for_each(|r| b.append_option(get(r)));
+        Arc::new(b.finish())
+    };
+    let mut cards = UInt64Builder::new();
+    let mut dates = Date32Builder::new();
+    let mut amounts = Int64Builder::new();
+    let mut attempts = UInt32Builder::new();
+    let mut scans = ListBuilder::new(StringBuilder::new());
+    for row in rows {
+        cards.append_value(row.card_id);
+        dates.append_value(days_since_epoch(row.service_date));
+        amounts.append_value(row.amount_cents);
+        attempts.append_value(row.attempts);
+        row.scan_ids.iter().for_each(|id| scans.values().append_value(hex::encode(id)));
+        scans.append(true);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        strings(|r| Some(hex::encode(r.charge_id))),
+        Arc::new(cards.finish()),
+        Arc::new(dates.finish()),
+        strings(|r| Some(r.kind.as_str().to_string())),
+        Arc::new(amounts.finish()),
+        strings(|r| Some(r.currency.clone())),
+        Arc::new(scans.finish()),
+        strings(|r| Some(r.outcome.clone())),
+        Arc::new(attempts.finish()),
+        times(|r| Some(r.created_at)),
+        times(|r| r.decided_at),
+        strings(|r| r.gateway_txn_id.clone()),
+    ];
+    RecordBatch::try_new(charge_schema(), columns)
+}
+
+/// Reads rows back from a batch of the charges schema (files from disk:
+/// every column's type is checked, a bad value names its row).
+pub fn charges_from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedCharge>, ArrowError> {
+    let schema = charge_schema();
+    for field in schema.fields() {
+        let found = batch.column_by_name(field.name()).map(|c| c.data_type().clone());
+        if found.as_ref() != Some(field.data_type()) {
+            return Err(ArrowError::SchemaError(format!("column {} is {found:?}, not {}", field.name(), field.data_type())));
+        }
+    }
+    let column = |name: &str| batch.column_by_name(name).expect("checked above");
+    let text = |name: &str, i: usize| {
+        let array = column(name).as_string::<i32>();
+        (!array.is_null(i)).then(|| array.value(i).to_string())
+    };
+    let id = |text: &str, i: usize| -> Result<[u8; 16], ArrowError> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(text, &mut id).map_err(|e| ArrowError::ParseError(format!("row {i}: id {text:?}: {e}")))?;
+        Ok(id)
+    };
+    let bad = |i: usize, what: &str| ArrowError::ParseError(format!("row {i}: {what}"));
+    let scans = column("scan_ids").as_list::<i32>();
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let kind = text("kind", i).and_then(|k| ChargeKind::parse(&k)).ok_or_else(|| bad(i, "unknown kind"))?;
+        let days = column("service_date").as_primitive::<Date32Type>().value(i);
+        let listed = scans.value(i);
+        let listed = listed.as_string::<i32>();
+        let scan_ids = (0..listed.len()).map(|j| id(listed.value(j), i)).collect::<Result<_, _>>()?;
+        let decided = column("decided_at").as_primitive::<TimestampMillisecondType>();
+        rows.push(ArchivedCharge {
+            charge_id: id(&text("charge_id", i).ok_or_else(|| bad(i, "null charge_id"))?, i)?,
+            card_id: column("card_id").as_primitive::<UInt64Type>().value(i),
+            service_date: date_from_days(days).ok_or_else(|| bad(i, "service_date out of range"))?,
+            kind,
+            amount_cents: column("amount_cents").as_primitive::<Int64Type>().value(i),
+            currency: text("currency", i).ok_or_else(|| bad(i, "null currency"))?,
+            scan_ids,
+            outcome: text("outcome", i).ok_or_else(|| bad(i, "null outcome"))?,
+            attempts: column("attempts").as_primitive::<UInt32Type>().value(i),
+            created_at: column("created_at").as_primitive::<TimestampMillisecondType>().value(i),
+            decided_at: (!decided.is_null(i)).then(|| decided.value(i)),
+            gateway_txn_id: text("gateway_txn_id", i),
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_round_trip_at_their_extremes() {
+        let row = |n: u8, scans: usize| ArchivedCharge {
+            charge_id: [n; 16],
+            card_id: if n == 0 { 0 } else { u64::MAX },
+            service_date: if n == 0 { NaiveDate::MIN } else { NaiveDate::MAX },
+            kind: ChargeKind::ALL[usize::from(n) % 3],
+            amount_cents: if n == 0 { i64::MIN } else { i64::MAX },
+            currency: "CNY".into(),
+            scan_ids: (0..scans).map(|s| [s as u8; 16]).collect(),
+            outcome: "succeeded".into(),
+            attempts: u32::MAX,
+            created_at: i64::MIN,
+            decided_at: (n != 0).then_some(i64::MAX),
+            gateway_txn_id: (n != 0).then(|| "txn-1".into()),
+        };
+        let rows = vec![row(0, 0), row(1, 2), row(2, 1)];
+        let batch = charges_to_record_batch(&rows).expect("batch");
+        assert_eq!(charges_from_record_batch(&batch).expect("read"), rows);
+        assert_eq!(charges_from_record_batch(&charges_to_record_batch(&[]).expect("empty")).expect("read"), vec![]);
+    }
+}
