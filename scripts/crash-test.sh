@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Crash test: runs the server under load from the simulator, kills it with
 # SIGKILL at random moments, restarts it, and at the end checks the archive
-# against every ack the gateways received. Prints
-#   kills=N acked=N archived=N lost=0 duplicated=0
+# against every ack the gateways received, and the charges against the
+# rides and against the ledger of the payment gateway, a `farestream paygw`
+# running as its own process that the kills never touch. The riders sign
+# up through the account API first and ride on the keys it issues. Prints
+#   kills=N acked=N archived=N lost=0 duplicated=0 charges=N double_charged=0 unpriced_rides=0 ...
 # and exits non-zero otherwise.
 #
 #   CRASH_KILLS=100 scripts/crash-test.sh      # the full run (default 100 kills)
@@ -18,6 +21,8 @@ resolve_farestream_bin
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -n "${CRASH_KEEP:-}" ] || rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 30000))
+api_port=$((port + 1))
+paygw_port=$((port + 2))
 
 # Short timeouts so a gateway notices a dead server fast, many retries so it
 # keeps trying through every restart, and frequent archive cuts so kills
@@ -35,6 +40,17 @@ retry_backoff_ms_initial = 50
 retry_backoff_ms_max = 500
 [archive]
 file_age_secs_max = 1
+[payments]
+gateway_url = "http://127.0.0.1:$paygw_port"
+request_timeout_ms = 2000
+dispatch_lease_ms = 3000
+retry_backoff_ms_initial = 50
+retry_backoff_ms_max = 500
+pricer_poll_interval_ms = 50
+charges_archive_interval_ms = 500
+[api]
+listen_addr = "127.0.0.1:$api_port"
+notifications_file = "$work/notifications.jsonl"
 TOML
 
 # The binary runs directly (not in a function's subshell) so $! is its pid.
@@ -47,12 +63,21 @@ start_server() {
   wait_until_serving "$work/server.log" "$server_pid"
 }
 
+"$bin" --data-dir "$work/paygw" --config "$work/crash.toml" paygw --listen "127.0.0.1:$paygw_port" \
+  > "$work/paygw.log" 2>&1 &
 start_server
 duration=$(( kills + 3 ))
-"$bin" "${args[@]}" simulate --server "127.0.0.1:$port" --riders $(( kills * 60 + 300 )) --gateways 4 \
+"$bin" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" --riders $(( kills * 60 + 300 )) --gateways 4 \
   --validators-per-gateway 4 --duration-secs "$duration" --acked-file "$work/acked.txt" \
   > "$work/simulate.log" 2>&1 &
 simulate_pid=$!
+# The kills start once every rider has an account and keys: the load, not
+# the sign-up, is what they interrupt.
+for _ in $(seq 1 600); do
+  grep -q "signed up" "$work/simulate.log" && break
+  kill -0 "$simulate_pid" 2>/dev/null || { echo "simulate failed:"; cat "$work/simulate.log"; exit 1; }
+  sleep 0.1
+done
 
 for i in $(seq 1 "$kills"); do
   sleep "0.$(( RANDOM % 8 + 2 ))"
@@ -63,6 +88,12 @@ done
 
 simulate_status=0
 wait "$simulate_pid" || simulate_status=$?
+# Every charge decided before the server stops (leases of charges in
+# flight at a kill run out first).
+for _ in $(seq 1 300); do
+  "$bin" "${args[@]}" charges | grep -q "undecided=0" && break
+  sleep 0.2
+done
 kill -TERM "$server_pid"
 wait "$server_pid" || true
 if [ "$simulate_status" -ne 0 ]; then
@@ -71,7 +102,7 @@ if [ "$simulate_status" -ne 0 ]; then
 fi
 
 audit_status=0
-result=$("$bin" "${args[@]}" audit --acked-file "$work/acked.txt") || audit_status=$?
+result=$("$bin" "${args[@]}" audit --acked-file "$work/acked.txt" --paygw-dir "$work/paygw") || audit_status=$?
 echo "kills=$kills $result"
 acked=$(sed -n 's/.*acked=\([0-9]*\).*/\1/p' <<< "$result")
 if [ "${acked:-0}" -eq 0 ]; then

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use farestream::api::{ApiSettings, ApiState};
+use farestream::money::notify::FileNotifier;
 use farestream::clock::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
@@ -16,7 +17,7 @@ use farestream::gateway::GatewayClient;
 use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::server::{Server, ServerSettings};
-use farestream::sim::{CitySpec, Load};
+use farestream::sim::{AccountsRig, CitySpec, Load};
 use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
 
 #[derive(Parser)]
@@ -71,6 +72,13 @@ enum Command {
         /// (for `audit`).
         #[arg(long)]
         acked_file: Option<PathBuf>,
+        /// Riders sign up through the server's account API first and ride
+        /// on the keys it issues (needs api.listen_addr,
+        /// api.notifications_file and payments.gateway_url in the config);
+        /// without it they sign their own credentials with the data dir's
+        /// issuer key and have no accounts to charge.
+        #[arg(long)]
+        accounts: bool,
     },
     /// A hostile gateway: batches built to cost the server the most CPU,
     /// pushed as fast as its streams allow, for a bounded time (run it
@@ -96,7 +104,14 @@ enum Command {
         /// A file of scan_ids, one per line, as `simulate --acked-file` writes.
         #[arg(long)]
         acked_file: PathBuf,
+        /// The data dir of the `farestream paygw` the server charged: its
+        /// ledger is checked against the charges.
+        #[arg(long)]
+        paygw_dir: Option<PathBuf>,
     },
+    /// The charges outbox at a glance: how many charges, how many not yet
+    /// decided, how many rides wait for a metro exit.
+    Charges,
     /// A simulated payment gateway (docs/payment-gateway.md) for load runs
     /// and crash tests: balances and its ledger live under --data-dir.
     Paygw {
@@ -198,9 +213,10 @@ fn main() -> Result<()> {
             runtime.block_on(serve(&cli.data_dir, config, listen, new))
         }
         Command::Keys { action } => keys(&cli.data_dir, &config, action),
-        Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file } => {
+        Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file, accounts } => {
             let load = Load { duration_secs, backlog, batch_scans: batch_scans.unwrap_or(config.wire.batch_scans_max) };
-            runtime.block_on(simulate(&cli.data_dir, config, server, city, load, acked_file.as_deref()))
+            let rig = accounts.then(|| AccountsRig::from_config(&config)).transpose()?;
+            runtime.block_on(simulate(&cli.data_dir, config, server, city, load, rig, acked_file.as_deref()))
         }
         Command::Flood { server, kind, batch_scans, streams, duration_secs } => {
             if batch_scans > config.wire.batch_scans_max {
@@ -214,7 +230,8 @@ fn main() -> Result<()> {
             };
             runtime.block_on(flood(&cli.data_dir, config, server, settings))
         }
-        Command::Audit { acked_file } => audit(&cli.data_dir, &acked_file),
+        Command::Audit { acked_file, paygw_dir } => audit(&cli.data_dir, &acked_file, paygw_dir.as_deref()),
+        Command::Charges => charges(&cli.data_dir),
         Command::Paygw { listen } => runtime.block_on(paygw(&cli.data_dir, &config, listen)),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
     }
@@ -238,6 +255,11 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
     let mut settings = ServerSettings::from_config(&config, data_dir)?;
     if let Some(listen) = listen {
         settings.listen_addr = listen;
+    }
+    if !config.api.notifications_file.is_empty() {
+        let path = Path::new(&config.api.notifications_file);
+        let notifier = FileNotifier::open(path).with_context(|| format!("opening {}", path.display()))?;
+        settings.money.notifier = Arc::new(notifier);
     }
     if !config.metrics.listen_addr.is_empty() {
         let addr: SocketAddr = config.metrics.listen_addr.parse().context("metrics.listen_addr")?;
@@ -365,13 +387,14 @@ async fn simulate(
     server: SocketAddr,
     city: CityArgs,
     load: Load,
+    accounts: Option<AccountsRig>,
     acked_file: Option<&Path>,
 ) -> Result<()> {
     // The server's deny list is its own; the simulator cannot predict it.
     let spec = CitySpec { denied_riders_percent: 0.0, ..city.spec() };
     println!("simulating {} gateways, {} riders over {} s at {server}", spec.gateways, spec.riders, load.duration_secs);
     let bar = indicatif::ProgressBar::new(0);
-    let report = farestream::sim::simulate(data_dir, &config, server, &spec, load, bar.clone()).await?;
+    let report = farestream::sim::simulate(data_dir, &config, server, &spec, load, accounts.as_ref(), bar.clone()).await?;
     bar.finish_and_clear();
     println!("  {} scans planned", report.scans_planned);
     print!("{}", report.render());
@@ -417,14 +440,52 @@ async fn flood(
     Ok(())
 }
 
-fn audit(data_dir: &Path, acked_file: &Path) -> Result<()> {
+fn audit(data_dir: &Path, acked_file: &Path, paygw_dir: Option<&Path>) -> Result<()> {
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
     let acked: std::collections::HashSet<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let report = farestream::archive::audit::audit(&farestream::archive::scans_root(data_dir), &acked)?;
-    println!("{report}");
+    let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
+    let report = farestream::archive::audit::audit_rows(&rows, &acked);
+    let store_path = farestream::money::store_path(data_dir);
+    let money = if store_path.exists() {
+        let store = farestream::money::MoneyStore::open(&store_path, Duration::from_secs(10))?;
+        let ledger = paygw_dir.map(paygw_ledger).transpose()?;
+        Some(farestream::money::audit::audit_money(store.connection(), &rows, ledger.as_deref())?)
+    } else {
+        None
+    };
+    match &money {
+        Some(money) => println!("{report} {money}"),
+        None => println!("{report}"),
+    }
     if !report.is_clean() {
         bail!("the archive does not hold every acknowledged scan exactly once");
     }
+    if money.is_some_and(|m| !m.is_clean()) {
+        bail!("a ride was charged twice, left unpriced, or charged otherwise than the gateway's ledger says");
+    }
+    Ok(())
+}
+
+/// The simulated gateway's ledger, as the audit compares it.
+fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::audit::AppliedPayment>> {
+    let entries =
+        farestream::paygw::Ledger::read_entries(dir).with_context(|| format!("reading the ledger in {}", dir.display()))?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.kind == "debit" || e.kind == "credit")
+        .map(|e| farestream::money::audit::AppliedPayment {
+            succeeded: e.outcome == "succeeded",
+            kind: e.kind,
+            key: e.key,
+            amount_cents: e.amount_cents,
+        })
+        .collect())
+}
+
+fn charges(data_dir: &Path) -> Result<()> {
+    let store = farestream::money::MoneyStore::open(&farestream::money::store_path(data_dir), Duration::from_secs(10))?;
+    let money = farestream::money::audit::audit_money(store.connection(), &[], None)?;
+    println!("charges={} undecided={}", money.charges, money.undecided);
     Ok(())
 }
 

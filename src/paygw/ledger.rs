@@ -50,15 +50,16 @@ impl Ledger {
             balances: HashMap::new(),
             agreements: HashMap::new(),
         };
-        let mut good_bytes = 0u64;
-        for line in BufReader::new(File::open(&ledger.path)?).split(b'\n') {
-            let line = line?;
-            let Ok(entry) = serde_json::from_slice::<Entry>(&line) else { break };
-            good_bytes += line.len() as u64 + 1;
-            ledger.apply(entry);
-        }
+        let (entries, good_bytes) = parse(&ledger.path)?;
+        entries.into_iter().for_each(|entry| ledger.apply(entry));
         ledger.file.set_len(good_bytes)?;
         Ok(ledger)
+    }
+
+    /// The entries of the ledger in `dir`, read without opening it for
+    /// writing (an auditor's view; a torn last line is left out).
+    pub fn read_entries(dir: &Path) -> std::io::Result<Vec<Entry>> {
+        Ok(parse(&dir.join("ledger.jsonl"))?.0)
     }
 
     /// The entry an earlier request of `kind` under `key` made, if any.
@@ -110,6 +111,19 @@ impl Ledger {
     }
 }
 
+/// The entries up to the first line that does not parse, and the bytes they take.
+fn parse(path: &Path) -> std::io::Result<(Vec<Entry>, u64)> {
+    let mut entries = Vec::new();
+    let mut good_bytes = 0u64;
+    for line in BufReader::new(File::open(path)?).split(b'\n') {
+        let line = line?;
+        let Ok(entry) = serde_json::from_slice::<Entry>(&line) else { break };
+        good_bytes += line.len() as u64 + 1;
+        entries.push(entry);
+    }
+    Ok((entries, good_bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +156,7 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).expect("file");
         file.write_all(b"{\"seq\":5,\"kind\":\"deb").expect("torn");
         drop(file);
+        assert_eq!(Ledger::read_entries(dir.path()).expect("read").len(), 4, "the torn line left out");
         let mut ledger = Ledger::open(dir.path()).expect("reopen");
         assert_eq!((ledger.balance("payer"), ledger.entries().len()), (800, 4));
         assert_eq!(ledger.by_key("debit", "k3").map(|e| e.outcome.as_str()), Some("declined"));

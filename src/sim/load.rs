@@ -10,7 +10,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::city::{City, CitySpec, Target, Uploads};
-use super::{FleetReport, Timetable};
+use super::{Balances, FileInbox, FleetReport, RiderApp, Timetable, sign_up_riders};
+use crate::paygw::SimControl;
 use crate::clock::{Clock, SystemClock, unix_secs_u32};
 use crate::config::Config;
 use crate::gateway::tls::{ClientTlsError, read_cert};
@@ -43,6 +44,37 @@ pub enum SimulateError {
     Gateway(#[from] GatewayError),
     #[error("{batch_scans} scans per batch is over wire.batch_scans_max ({max})")]
     BatchTooLarge { batch_scans: usize, max: usize },
+    #[error("riders with accounts: {0}")]
+    Accounts(#[from] super::AppError),
+    #[error("--accounts needs {0}")]
+    AccountsRig(&'static str),
+}
+
+/// Where riders with accounts sign up: the server's account API, the
+/// file its notifier writes codes to, and the simulated payment gateway
+/// that plays their banks.
+#[derive(Debug, Clone)]
+pub struct AccountsRig {
+    pub api_url: String,
+    pub notifications: std::path::PathBuf,
+    pub paygw_url: String,
+    pub hmac_secret: String,
+}
+
+impl AccountsRig {
+    /// The rig a server with this config offers.
+    pub fn from_config(config: &Config) -> Result<AccountsRig, SimulateError> {
+        let need = |value: &str, what| if value.is_empty() { Err(SimulateError::AccountsRig(what)) } else { Ok(()) };
+        need(&config.api.listen_addr, "api.listen_addr")?;
+        need(&config.api.notifications_file, "api.notifications_file (where riders read their codes)")?;
+        need(&config.payments.gateway_url, "payments.gateway_url (a farestream paygw playing the riders' banks)")?;
+        Ok(AccountsRig {
+            api_url: format!("http://{}", config.api.listen_addr),
+            notifications: config.api.notifications_file.clone().into(),
+            paygw_url: config.payments.gateway_url.clone(),
+            hmac_secret: config.payments.hmac_secret.clone(),
+        })
+    }
 }
 
 /// What a run saw.
@@ -61,11 +93,16 @@ pub async fn simulate(
     server: SocketAddr,
     spec: &CitySpec,
     load: Load,
+    accounts: Option<&AccountsRig>,
     progress: indicatif::ProgressBar,
 ) -> Result<SimulateReport, SimulateError> {
     let max = config.wire.batch_scans_max;
     if load.batch_scans > max {
         return Err(SimulateError::BatchTooLarge { batch_scans: load.batch_scans, max });
+    }
+    if accounts.is_some() && load.backlog {
+        // A backlog is scans read before now; keys from the API are valid from now.
+        return Err(SimulateError::AccountsRig("a steady load: keys issued now cannot sign scans read earlier"));
     }
     let (keystore, target) = reach_server(data_dir, config, server).await?;
     let now = SystemClock.now_ms();
@@ -76,8 +113,15 @@ pub async fn simulate(
         Timetable::Steady { first_ms: now + 1_000, last_ms: now + (load.duration_secs * 1000.0) as i64 }
     };
     let valid_from = unix_secs_u32(now - 3_600_000);
-    let city =
-        City::plan(spec, config, keystore.active_signer()?, keystore.trusted_public_keys()?, valid_from, timetable)?;
+    let mut world = City::world(spec, config, keystore.active_signer()?, keystore.trusted_public_keys()?, valid_from)?;
+    if let Some(rig) = accounts {
+        let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox(rig.notifications.clone())));
+        let bank = SimControl::new(&rig.paygw_url, rig.hmac_secret.as_bytes());
+        let balances = Balances { deposit_fen: config.payments.deposit_fen, ample_fen: 1_000_000, short_fen: 0, short_every: 0 };
+        let members = sign_up_riders(&mut world, &app, &bank, balances, &indicatif::ProgressBar::hidden()).await?;
+        println!("  {} riders signed up through the account API", members.len());
+    }
+    let city = City::plan_day(spec, world, timetable);
     let scans_planned = city.plan.len();
     progress.set_length(scans_planned as u64);
     let uploads =

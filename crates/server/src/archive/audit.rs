@@ -34,12 +34,16 @@ impl fmt::Display for AuditReport {
 
 /// Audits the archive under `root` against `acked` scan ids (hex).
 pub fn audit(root: &Path, acked: &HashSet<&str>) -> Result<AuditReport, ArchiveError> {
-    let rows = read_all(root)?;
+    Ok(audit_rows(&read_all(root)?, acked))
+}
+
+/// Audits archived `rows` against `acked` scan ids (hex).
+pub fn audit_rows(rows: &[crate::scan::ArchivedScan], acked: &HashSet<&str>) -> AuditReport {
     let mut seen = HashMap::<String, u64>::new();
-    for row in &rows {
+    for row in rows {
         *seen.entry(hex::encode(row.scan_id)).or_default() += 1;
     }
     let lost = acked.iter().filter(|id| !seen.contains_key(**id)).count();
     let duplicated = seen.values().map(|n| n - 1).sum();
-    Ok(AuditReport { acked: acked.len(), archived: rows.len(), lost, duplicated })
+    AuditReport { acked: acked.len(), archived: rows.len(), lost, duplicated }
 }

@@ -156,6 +156,7 @@ pub struct PaymentsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen_addr: String,
+    pub notifications_file: String,
     pub request_bytes_max: usize,
     pub otp_validity_secs: u32,
     pub otp_attempts_max: u32,

@@ -5,6 +5,7 @@
 //! the core's (`farestream_core::fares`, `::charges`); this is the I/O.
 
 pub mod accounts;
+pub mod audit;
 pub mod codec;
 pub mod deny_list;
 pub mod dispatcher;

@@ -22,6 +22,32 @@ impl Notifier for LogNotifier {
     }
 }
 
+/// Appends every message to a file as a JSON line (`{"phone", "message"}`)
+/// as well as the log: a test rig's simulated phones read their codes there.
+#[derive(Debug)]
+pub struct FileNotifier {
+    path: std::path::PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl FileNotifier {
+    pub fn open(path: &std::path::Path) -> std::io::Result<FileNotifier> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(FileNotifier { path: path.to_path_buf(), file: Mutex::new(file) })
+    }
+}
+
+impl Notifier for FileNotifier {
+    fn notify(&self, phone: &str, message: &str) {
+        LogNotifier.notify(phone, message);
+        let mut line = serde_json::json!({ "phone": phone, "message": message }).to_string();
+        line.push('\n');
+        if let Err(error) = std::io::Write::write_all(&mut *lock(&self.file), line.as_bytes()) {
+            tracing::warn!(%error, path = %self.path.display(), "cannot write a notification to its file");
+        }
+    }
+}
+
 /// Keeps the last message to each phone, for a simulated app to read.
 #[derive(Debug, Default)]
 pub struct InboxNotifier {

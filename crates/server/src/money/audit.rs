@@ -1,0 +1,135 @@
+//! Checks the money against the rides and the payment gateway's books: no
+//! ride charged twice, none left unpriced, and the gateway applied exactly
+//! what the outbox says. The crash test ends with it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use rusqlite::Connection;
+
+use super::outbox::{ChargeRow, charges};
+use super::store::StoreError;
+use crate::scan::{ArchivedScan, ScanStatus};
+
+/// A payment the gateway applied, as its ledger shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedPayment {
+    /// `debit` or `credit` (agreements and top-ups are left out).
+    pub kind: String,
+    pub key: String,
+    pub amount_cents: u64,
+    pub succeeded: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MoneyAudit {
+    pub charges: u64,
+    /// Still pending or failed (retried): not an error, but not done.
+    pub undecided: u64,
+    /// Rides in a day whose metro entry may still get its exit.
+    pub awaiting_exit: u64,
+    /// Taps priced by two charges, keys the gateway applied twice, and
+    /// payments the gateway applied for no charge.
+    pub double_charged: u64,
+    /// Rides in the archive that no charge prices and no open trip holds.
+    pub unpriced_rides: u64,
+    /// Decided charges whose outcome the gateway's ledger does not show.
+    pub ledger_mismatched: u64,
+}
+
+impl MoneyAudit {
+    pub fn is_clean(&self) -> bool {
+        self.double_charged == 0 && self.unpriced_rides == 0 && self.ledger_mismatched == 0
+    }
+}
+
+impl fmt::Display for MoneyAudit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "charges={} double_charged={} unpriced_rides={} undecided={} awaiting_exit={} ledger_mismatched={}",
+            self.charges,
+            self.double_charged,
+            self.unpriced_rides,
+            self.undecided,
+            self.awaiting_exit,
+            self.ledger_mismatched
+        )
+    }
+}
+
+/// Payments made for accounts rather than charges: their keys say so.
+const ACCOUNT_PAYMENT_PREFIXES: [&str; 3] = ["deposit-", "arrears-", "refund-"];
+
+pub fn audit_money(
+    conn: &Connection,
+    archived: &[ArchivedScan],
+    ledger: Option<&[AppliedPayment]>,
+) -> Result<MoneyAudit, StoreError> {
+    let outbox = charges(conn, None)?;
+    let mut audit = MoneyAudit { charges: outbox.len() as u64, ..MoneyAudit::default() };
+    audit.undecided = outbox.iter().filter(|c| matches!(c.outcome.as_str(), "pending" | "failed")).count() as u64;
+    let mut priced = HashSet::new();
+    for scan in outbox.iter().flat_map(|c| &c.scan_ids) {
+        if !priced.insert(*scan) {
+            audit.double_charged += 1;
+        }
+    }
+    let open = open_trip_taps(conn)?;
+    for ride in archived.iter().filter(|r| r.status == ScanStatus::Accepted && r.gate_opened != Some(false)) {
+        if priced.contains(&ride.scan_id) {
+            continue;
+        }
+        if open.contains(&ride.scan_id) {
+            audit.awaiting_exit += 1;
+        } else {
+            audit.unpriced_rides += 1;
+        }
+    }
+    if let Some(ledger) = ledger {
+        check_ledger(&outbox, ledger, &mut audit);
+    }
+    Ok(audit)
+}
+
+fn check_ledger(outbox: &[ChargeRow], ledger: &[AppliedPayment], audit: &mut MoneyAudit) {
+    let mut applied: HashMap<(&str, &str), &AppliedPayment> = HashMap::new();
+    for payment in ledger {
+        if applied.insert((&payment.kind, &payment.key), payment).is_some() {
+            audit.double_charged += 1;
+        }
+    }
+    let ids: HashMap<String, &ChargeRow> = outbox.iter().map(|c| (hex::encode(c.charge_id), c)).collect();
+    for payment in ledger {
+        let for_account = ACCOUNT_PAYMENT_PREFIXES.iter().any(|p| payment.key.starts_with(p));
+        if !for_account && !ids.contains_key(&payment.key) {
+            audit.double_charged += 1;
+        }
+    }
+    for charge in outbox {
+        let kind = if charge.amount_cents < 0 { "credit" } else { "debit" };
+        let at_gateway = applied.get(&(kind, hex::encode(charge.charge_id).as_str())).copied();
+        let agrees = match (charge.outcome.as_str(), at_gateway) {
+            ("succeeded", Some(p)) => p.succeeded && p.amount_cents == charge.amount_cents.unsigned_abs(),
+            ("declined", Some(p)) => !p.succeeded,
+            ("nothing_due", None) => true,
+            // Undecided: the gateway may or may not have applied it yet.
+            ("pending" | "failed", _) => true,
+            _ => false,
+        };
+        audit.ledger_mismatched += u64::from(!agrees);
+    }
+}
+
+/// Taps of rider-days whose entry may still get its exit: not yet priced.
+fn open_trip_taps(conn: &Connection) -> Result<HashSet<[u8; 16]>, StoreError> {
+    let mut query = conn.prepare_cached(
+        "SELECT t.scan_id FROM taps t JOIN open_entries o ON o.card_id = t.card_id AND o.service_date = t.service_date",
+    )?;
+    let ids = query.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = HashSet::new();
+    for id in ids {
+        out.insert(super::codec::id_from_sql(&id?)?);
+    }
+    Ok(out)
+}
