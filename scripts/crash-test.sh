@@ -65,6 +65,7 @@ start_server() {
 
 "$bin" --data-dir "$work/paygw" --config "$work/crash.toml" paygw --listen "127.0.0.1:$paygw_port" \
   > "$work/paygw.log" 2>&1 &
+paygw_pid=$!
 start_server
 duration=$(( kills + 3 ))
 "$bin" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" --riders $(( kills * 60 + 300 )) --gateways 4 \
@@ -94,8 +95,8 @@ for _ in $(seq 1 300); do
   "$bin" "${args[@]}" charges | grep -q "undecided=0" && break
   sleep 0.2
 done
-kill -TERM "$server_pid"
-wait "$server_pid" || true
+kill -TERM "$server_pid" "$paygw_pid"
+wait "$server_pid" "$paygw_pid" || true
 if [ "$simulate_status" -ne 0 ]; then
   echo "note: the simulator reported errors (batches never acked are not counted):"
   tail -5 "$work/simulate.log"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# How fast charges reach the payment gateway: the server and a
+# `farestream paygw` (its own process, ledger fsynced per payment) on
+# loopback. Riders sign up through the account API and ride while the
+# gateway answers every payment 503, so the day's charges pile up in the
+# outbox; then the gateway recovers and the backlog drains. Prints the
+# drain rate with the dispatcher's concurrency:
+#   charges=N drained_in_s=S charges_per_s=R concurrency=C
+#
+#   scripts/charges-throughput.sh
+#   RIDERS=5000 CONCURRENCY=32 scripts/charges-throughput.sh
+set -euo pipefail
+
+source "$(dirname "$0")/lib.sh"
+resolve_farestream_bin
+riders=${RIDERS:-3000}
+concurrency=${CONCURRENCY:-16}
+work=$(mktemp -d)
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$((20000 + RANDOM % 30000))
+api_port=$((port + 1))
+paygw_port=$((port + 2))
+cat > "$work/config.toml" <<TOML
+[server]
+listen_addr = "127.0.0.1:$port"
+[metrics]
+listen_addr = ""
+[payments]
+gateway_url = "http://127.0.0.1:$paygw_port"
+dispatch_concurrency_max = $concurrency
+retry_backoff_ms_initial = 100
+retry_backoff_ms_max = 200
+attempts_max = 1000
+[api]
+listen_addr = "127.0.0.1:$api_port"
+notifications_file = "$work/notifications.jsonl"
+TOML
+args=(--data-dir "$work/data" --config "$work/config.toml")
+"$bin" --data-dir "$work/paygw" --config "$work/config.toml" paygw --listen "127.0.0.1:$paygw_port" \
+  > "$work/paygw.log" 2>&1 &
+"$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
+wait_until_serving "$work/server.log" $!
+faults() {
+  curl -sf -X PUT -H 'content-type: application/json' -d "$1" "http://127.0.0.1:$paygw_port/v1/faults"
+}
+
+"$bin" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" --riders "$riders" --duration-secs 5 \
+  > "$work/simulate.log" 2>&1 &
+sim=$!
+until grep -q "signed up" "$work/simulate.log"; do
+  kill -0 "$sim" 2>/dev/null || { cat "$work/simulate.log"; exit 1; }
+  sleep 0.1
+done
+faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
+wait "$sim"
+sleep 1
+pending=$("$bin" "${args[@]}" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
+start=$(date +%s.%N)
+faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'
+until "$bin" "${args[@]}" charges | grep -q "undecided=0"; do sleep 0.05; done
+end=$(date +%s.%N)
+kill -TERM $(jobs -p) 2>/dev/null; wait 2>/dev/null || true
+awk -v n="$pending" -v a="$start" -v b="$end" -v c="$concurrency" \
+  'BEGIN { printf "charges=%d drained_in_s=%.2f charges_per_s=%.0f concurrency=%d\n", n, b - a, n / (b - a), c }'
