@@ -12,7 +12,7 @@ work=$(mktemp -d)
 mount -t tmpfs -o size=3m tmpfs "$work"
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; umount "$work" 2>/dev/null; rm -rf "$work" "$work.toml" "$work.acked"' EXIT
 port=$((20000 + RANDOM % 30000))
-printf '[server]\nlisten_addr = "127.0.0.1:%s"\n[metrics]\nlisten_addr = ""\n[gateway]\nretry_attempts_max = 1000\nretry_backoff_ms_max = 300\n[archive]\nfile_age_secs_max = 2\n' "$port" > "$work.toml"
+printf '[server]\nlisten_addr = "127.0.0.1:%s"\n[metrics]\nlisten_addr = ""\n[api]\nlisten_addr = ""\n[gateway]\nretry_attempts_max = 1000\nretry_backoff_ms_max = 300\n[archive]\nfile_age_secs_max = 2\n' "$port" > "$work.toml"
 args=(--data-dir "$work/data" --config "$work.toml")
 
 "$bin" "${args[@]}" serve > "$work.server.log" 2>&1 &
