@@ -113,14 +113,34 @@ pub struct TopUp {
     pub amount_cents: u64,
 }
 
-type Answer = Result<Response, Response>;
+type Answer = Result<Response, Refused>;
 
-fn error(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
-    (status, Json(ErrorAnswer { error: error.into(), message: message.into() })).into_response()
+/// A request the gateway will not handle, and why.
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    retry_after_secs: u64,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let body = ErrorAnswer { error: self.error.into(), message: self.message };
+        let mut answer = (self.status, Json(body)).into_response();
+        if self.retry_after_secs > 0 {
+            answer.headers_mut().insert(RETRY_AFTER, self.retry_after_secs.into());
+        }
+        answer
+    }
+}
+
+fn error(status: StatusCode, error: &'static str, message: impl Into<String>) -> Refused {
+    Refused { status, error, message: message.into(), retry_after_secs: 0 }
 }
 
 /// Checks the signature and returns the idempotency key.
-fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Result<String, Response> {
+fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Result<String, Refused> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let key = header(IDEMPOTENCY_KEY);
     if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
@@ -138,7 +158,7 @@ fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Resu
     Ok(key.to_string())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refused> {
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "body_invalid", e.to_string()))
 }
 
@@ -211,12 +231,9 @@ async fn pay_in_flight(
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
-    if faults.unavailable_every > 0 && nth % faults.unavailable_every == 0 {
-        let mut answer = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "simulated outage");
-        if faults.retry_after_secs > 0 {
-            answer.headers_mut().insert(RETRY_AFTER, faults.retry_after_secs.into());
-        }
-        return Err(answer);
+    if faults.unavailable_every > 0 && nth.is_multiple_of(faults.unavailable_every) {
+        let outage = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "simulated outage");
+        return Err(Refused { retry_after_secs: faults.retry_after_secs, ..outage });
     }
     let entry = {
         let mut ledger = lock(&sim.ledger);
@@ -240,7 +257,7 @@ async fn pay_in_flight(
             }
         }
     };
-    if faults.drop_answer_every > 0 && nth % faults.drop_answer_every == 0 {
+    if faults.drop_answer_every > 0 && nth.is_multiple_of(faults.drop_answer_every) {
         return Ok(lost_answer());
     }
     let status = if entry.outcome == "succeeded" { StatusCode::OK } else { StatusCode::PAYMENT_REQUIRED };
@@ -267,7 +284,7 @@ fn append(
     currency: &str,
     outcome: &str,
     body: &[u8],
-) -> Result<Entry, Response> {
+) -> Result<Entry, Refused> {
     let seq = ledger.next_seq();
     let entry = Entry {
         seq,

@@ -31,10 +31,10 @@ impl CodeInbox for FileInbox {
     fn last_message(&self, phone: &str) -> Option<String> {
         let text = std::fs::read_to_string(&self.0).ok()?;
         text.lines()
+            .rev()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|entry| entry["phone"] == phone)
-            .filter_map(|entry| entry["message"].as_str().map(str::to_string))
-            .last()
+            .find_map(|entry| entry["message"].as_str().map(str::to_string))
     }
 }
 

@@ -197,8 +197,8 @@ mod tests {
     fn an_entry_is_charged_when_its_exit_comes_or_its_window_closes() {
         let entry = tap(1, 0, TapKind::Entry, "a");
         let mut issued = Vec::new();
-        assert!(pass(&[entry.clone()], WINDOW, &mut issued).is_empty(), "the exit may still come");
-        let charged = pass(&[entry.clone()], WINDOW + 1, &mut issued);
+        assert!(pass(std::slice::from_ref(&entry), WINDOW, &mut issued).is_empty(), "the exit may still come");
+        let charged = pass(std::slice::from_ref(&entry), WINDOW + 1, &mut issued);
         assert_eq!(amounts(&charged), [(ChargeKind::MaxFare, 900)]);
         // The exit was uploaded late: the trip costs 500, so 400 comes back.
         let exit = tap(2, 30, TapKind::Exit, "c");

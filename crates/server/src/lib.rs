@@ -18,6 +18,7 @@ pub mod fair;
 pub mod faults;
 pub mod files;
 pub mod keystore;
+pub mod log_reader;
 pub mod money;
 pub mod server;
 pub mod telemetry;

@@ -11,12 +11,11 @@
 //! `archive.retry_after_error_ms`: the log still holds every row.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::clock::UnixMillis;
 
@@ -24,6 +23,7 @@ use super::checkpoint::{clean_after_crash, write_checkpoint};
 use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, partition_date, sync_dir};
 use crate::faults::Faults;
 use crate::journal;
+use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
 use crate::service_day::ServiceDayPolicy;
 use crate::sync::lock;
 use crate::telemetry;
@@ -73,16 +73,14 @@ pub struct ArchiverStatus {
     pub failure: Option<String>,
 }
 
-enum Command {
-    /// Archive everything durable now and cut; answer with the archived LSN.
-    Flush(oneshot::Sender<Result<u64, String>>),
-    Stop,
+impl ReaderStatus for ArchiverStatus {
+    fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
 }
 
 pub struct Archiver {
-    commands: mpsc::Sender<Command>,
-    status: Arc<Mutex<ArchiverStatus>>,
-    thread: JoinHandle<()>,
+    handle: ReaderHandle<ArchiverStatus>,
 }
 
 impl Archiver {
@@ -94,7 +92,6 @@ impl Archiver {
         arrivals: Arc<dyn Arrivals>,
         faults: Arc<Faults>,
     ) -> Archiver {
-        let (commands, receiver) = mpsc::channel();
         let status = Arc::new(Mutex::new(ArchiverStatus { archived_lsn, ..ArchiverStatus::default() }));
         let cursor = WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, archived_lsn);
         let state = State {
@@ -108,44 +105,32 @@ impl Archiver {
             faults,
             status: Arc::clone(&status),
         };
-        let thread = std::thread::Builder::new()
-            .name("archiver".into())
-            .spawn(move || state.run(receiver))
-            .expect("spawning the archiver thread");
-        Archiver { commands, status, thread }
+        Archiver { handle: ReaderHandle::spawn("archiver", status, move |commands| state.run(commands)) }
     }
 
     pub fn status(&self) -> ArchiverStatus {
-        lock(&self.status).clone()
+        self.handle.status()
     }
 
     /// Everything before this log position is in closed archive files.
     pub fn archived_lsn(&self) -> u64 {
-        lock(&self.status).archived_lsn
+        self.handle.status().archived_lsn
     }
 
     /// Why the archiver stopped for good, if it did.
     pub fn failure(&self) -> Option<String> {
-        lock(&self.status).failure.clone()
+        self.handle.failure()
     }
 
     /// Archives everything durable so far and closes its files.
     pub async fn flush(&self) -> Result<u64, String> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Flush(reply)).map_err(|_| self.stopped())?;
-        answer.await.map_err(|_| self.stopped())?
+        self.handle.flush().await
     }
 
     /// Archives everything durable, closes its files and ends the thread.
     /// Call after the log's commit thread has closed.
     pub fn close(self) -> ArchiverStatus {
-        let _ = self.commands.send(Command::Stop);
-        let _ = self.thread.join();
-        lock(&self.status).clone()
-    }
-
-    fn stopped(&self) -> String {
-        self.failure().unwrap_or_else(|| "archiver has stopped".into())
+        self.handle.close()
     }
 }
 
@@ -167,11 +152,7 @@ struct State {
 impl State {
     fn run(mut self, commands: mpsc::Receiver<Command>) {
         loop {
-            let command = match commands.recv_timeout(self.settings.poll_interval) {
-                Ok(command) => Some(command),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
-            };
+            let command = next_command(&commands, self.settings.poll_interval);
             let (reply, stop) = match command {
                 Some(Command::Flush(reply)) => (Some(reply), false),
                 Some(Command::Stop) => (None, true),

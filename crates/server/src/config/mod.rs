@@ -264,9 +264,8 @@ impl Config {
             self.payments.request_timeout_ms,
             "a charge must not be claimed again while its request may still be answered",
         )?;
-        if !self.payments.gateway_url.is_empty()
-            && !(self.payments.gateway_url.starts_with("http://") || self.payments.gateway_url.starts_with("https://"))
-        {
+        let url = &self.payments.gateway_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::Invalid(format!(
                 "payments.gateway_url = {:?} must be empty or an http:// or https:// URL",
                 self.payments.gateway_url

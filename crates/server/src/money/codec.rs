@@ -36,7 +36,7 @@ pub fn ids_to_sql(ids: &[[u8; 16]]) -> Vec<u8> {
 }
 
 pub fn ids_from_sql(bytes: &[u8]) -> Result<Vec<[u8; 16]>, StoreError> {
-    if bytes.len() % 16 != 0 {
+    if !bytes.len().is_multiple_of(16) {
         return Err(StoreError::Corrupt(format!("a list of ids of {} bytes", bytes.len())));
     }
     bytes.chunks_exact(16).map(id_from_sql).collect()

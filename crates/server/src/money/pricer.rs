@@ -15,18 +15,18 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, watch};
 
 use super::pricing::{Priced, price_closed_entries, price_rows};
 use super::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
 use crate::clock::Clock;
 use crate::fares::FareTable;
 use crate::journal;
+use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
 use crate::sync::lock;
 use crate::telemetry;
 use crate::wal::WalCursor;
@@ -79,16 +79,14 @@ pub struct PricerStatus {
     pub failure: Option<String>,
 }
 
-enum Command {
-    /// Price everything durable now; answer with the priced LSN.
-    Flush(oneshot::Sender<Result<u64, String>>),
-    Stop,
+impl ReaderStatus for PricerStatus {
+    fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
 }
 
 pub struct Pricer {
-    commands: mpsc::Sender<Command>,
-    status: Arc<Mutex<PricerStatus>>,
-    thread: JoinHandle<()>,
+    handle: ReaderHandle<PricerStatus>,
 }
 
 /// The pricer's place in the log: the store's cursor, or for a new store
@@ -108,7 +106,6 @@ impl Pricer {
         readers: Arc<LogReaders>,
         charges_written: Arc<Notify>,
     ) -> Pricer {
-        let (commands, receiver) = mpsc::channel();
         readers.advance(start_lsn);
         let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
         let state = State {
@@ -121,32 +118,22 @@ impl Pricer {
             charges_written,
             status: Arc::clone(&status),
         };
-        let thread =
-            std::thread::Builder::new().name("pricer".into()).spawn(move || state.run(receiver)).expect("spawning the pricer");
-        Pricer { commands, status, thread }
+        Pricer { handle: ReaderHandle::spawn("pricer", status, move |commands| state.run(commands)) }
     }
 
     pub fn status(&self) -> PricerStatus {
-        lock(&self.status).clone()
+        self.handle.status()
     }
 
     /// Prices everything durable so far.
     pub async fn flush(&self) -> Result<u64, String> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Flush(reply)).map_err(|_| self.stopped())?;
-        answer.await.map_err(|_| self.stopped())?
+        self.handle.flush().await
     }
 
     /// Prices everything durable and ends the thread. Call after the log's
     /// commit thread has closed.
     pub fn close(self) -> PricerStatus {
-        let _ = self.commands.send(Command::Stop);
-        let _ = self.thread.join();
-        lock(&self.status).clone()
-    }
-
-    fn stopped(&self) -> String {
-        lock(&self.status).failure.clone().unwrap_or_else(|| "the pricer has stopped".into())
+        self.handle.close()
     }
 }
 
@@ -176,11 +163,7 @@ impl From<StoreError> for StepError {
 impl State {
     fn run(mut self, commands: mpsc::Receiver<Command>) {
         loop {
-            let command = match commands.recv_timeout(self.settings.poll_interval) {
-                Ok(command) => Some(command),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
-            };
+            let command = next_command(&commands, self.settings.poll_interval);
             let result = self.step();
             let answer = match result {
                 Ok(()) => Ok(self.cursor.lsn()),

@@ -201,7 +201,7 @@ impl AccountService {
     }
 
     pub async fn account(&self, card_id: u64) -> Result<Account, ServiceError> {
-        Ok(self.read(move |conn| accounts::account(conn, card_id)).await?)
+        self.read(move |conn| accounts::account(conn, card_id)).await
     }
 
     /// One debit, answered: its transaction id, or why not.

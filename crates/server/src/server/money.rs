@@ -94,28 +94,41 @@ pub(super) fn start_money(
     Ok(Money { pricer, charges_archive, dispatcher, accounts, deny_list })
 }
 
-/// Archives decided charges every `interval`, and once more at shutdown.
-/// An error (a full disk) is logged and the next round tries again: the
-/// store keeps every charge until it is archived.
-pub(super) async fn charges_archive_job(
-    archive: Arc<ChargesArchive>,
+/// Runs `round` every `interval` until `stop`.
+async fn every<F: std::future::Future<Output = ()>>(
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
+    mut round: impl FnMut() -> F,
 ) {
     let mut ticks = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let archive = Arc::clone(&archive);
-        match tokio::task::spawn_blocking(move || archive.run_once()).await {
-            Ok(Ok(archived)) if archived > 0 => tracing::debug!(archived, "charges archived"),
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "archiving charges failed; trying again next round"),
-            Err(error) => tracing::warn!(%error, "archiving charges stopped"),
+            _ = ticks.tick() => round().await,
         }
     }
+}
+
+/// Archives decided charges every `interval` (and `Server::shutdown` once
+/// more). An error (a full disk) is logged and the next round tries again:
+/// the store keeps every charge until it is archived.
+pub(super) async fn charges_archive_job(
+    archive: Arc<ChargesArchive>,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    every(interval, stop, || {
+        let archive = Arc::clone(&archive);
+        async move {
+            match tokio::task::spawn_blocking(move || archive.run_once()).await {
+                Ok(Ok(archived)) if archived > 0 => tracing::debug!(archived, "charges archived"),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "archiving charges failed; trying again next round"),
+                Err(error) => tracing::warn!(%error, "archiving charges stopped"),
+            }
+        }
+    })
+    .await
 }
 
 /// `serve`'s refund job: every `refund_check_interval`, refunds asked for
@@ -128,16 +141,12 @@ pub(super) async fn refund_job(
     wait: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    every(interval, stop, || async {
         match accounts.process_refunds(wait).await {
             Ok(report) if report != Default::default() => tracing::info!(?report, "refund job"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "refund job failed; trying again next pass"),
         }
-    }
+    })
+    .await
 }
