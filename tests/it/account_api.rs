@@ -244,3 +244,31 @@ async fn a_refund_closes_the_account_after_the_wait_unless_the_rider_owes() {
     assert!(accounts.process_refunds(wait).await.expect("again").closed.is_empty(), "closed once");
     app.api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_call_inputs_at_their_extremes_get_a_4xx_with_a_reason() {
+    let app = App::start().await;
+    let (card, token) = app.register("+8613800000040").await;
+    for path in ["0", "18446744073709551615", "18446744073709551616", "-1", "%20"] {
+        assert_eq!(app.call("GET", &format!("/v1/cards/{path}"), Some(&token), None).await.0, 404, "{path}");
+    }
+    let long_token = "t".repeat(129);
+    assert_eq!(app.call("GET", &format!("/v1/cards/{card}"), Some(&long_token), None).await.0, 401);
+    let activate = format!("/v1/cards/{card}/activate");
+    for payer in [String::new(), "p".repeat(129), "line\nbreak".into()] {
+        let (status, body) = app.call("POST", &activate, Some(&token), Some(json!({"payment_user_id": payer}))).await;
+        assert_eq!((status, error_of(&body)), (400, "bad_request".into()), "{payer:?}");
+    }
+    for body in [json!({}), json!({"payment_user_id": 7}), json!(null)] {
+        assert_eq!(app.call("POST", &activate, Some(&token), Some(body)).await.0, 400);
+    }
+    let payer = "p".repeat(128);
+    app.m.control.top_up(&payer, 2_000, "topup-long").await.expect("top up");
+    let (status, body) = app.call("POST", &activate, Some(&token), Some(json!({"payment_user_id": payer}))).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("active")), "the longest payer id: {body}");
+    let (status, body) = app.call("POST", &activate, Some(&token), Some(json!({"payment_user_id": "again"}))).await;
+    assert_eq!((status, error_of(&body)), (409, "wrong_state".into()), "activated once");
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/arrears/pay"), Some(&token), None).await;
+    assert_eq!((status, error_of(&body)), (409, "wrong_state".into()), "nothing owed: {body}");
+    app.api.stop().await;
+}

@@ -8,6 +8,7 @@ mod durability;
 mod end_to_end;
 mod money;
 mod operator;
+mod paygw;
 mod support;
 mod vectors;
 mod wire_errors;

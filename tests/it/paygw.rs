@@ -1,0 +1,94 @@
+//! The simulated payment gateway against the client the dispatcher uses:
+//! Stripe's idempotency rules, signatures, declines and the faults, with
+//! the ledger on disk as the judge.
+
+use std::time::Duration;
+
+use farestream::money::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
+use farestream::paygw::{Ledger, SimControl, SimFaults};
+
+const SECRET: &[u8] = b"test-secret";
+
+struct Gw {
+    dir: tempfile::TempDir,
+    handle: farestream::paygw::PaygwHandle,
+    client: PaymentGateway,
+    control: SimControl,
+}
+
+async fn start() -> Gw {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = farestream::paygw::start(dir.path(), "127.0.0.1:0".parse().expect("addr"), SECRET).await.expect("paygw");
+    let client = PaymentGateway::new(&handle.url(), SECRET, Duration::from_secs(2)).expect("client");
+    let control = SimControl::new(&handle.url(), SECRET);
+    Gw { dir, handle, client, control }
+}
+
+fn debit(agreement: &str, amount_cents: u64) -> PaymentRequest {
+    PaymentRequest { agreement_id: agreement.into(), amount_cents, currency: "CNY".into(), description: "test".into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_gets_its_first_result_and_another_body_under_it_is_refused() {
+    let gw = start().await;
+    let agreement = gw.client.create_agreement("payer-1", 1).await.expect("agreement");
+    assert_eq!(gw.client.create_agreement("payer-1", 1).await.expect("again"), agreement, "the same agreement");
+    gw.control.top_up("payer-1", 500, "t-1").await.expect("top up");
+    let first = gw.client.pay(Direction::Debit, "k-1", &debit(&agreement, 300)).await;
+    let Answer::Succeeded { transaction_id } = first else { panic!("{first:?}") };
+    assert_eq!(
+        gw.client.pay(Direction::Debit, "k-1", &debit(&agreement, 300)).await,
+        Answer::Succeeded { transaction_id: transaction_id.clone() },
+        "the same key: the first result, not a second debit"
+    );
+    let reused = gw.client.pay(Direction::Debit, "k-1", &debit(&agreement, 301)).await;
+    assert!(matches!(&reused, Answer::Refused { reason } if reason.contains("idempotency_key_reused")), "{reused:?}");
+    // Short: declined, and the decline is final for its key even once the money is there.
+    let short = gw.client.pay(Direction::Debit, "k-2", &debit(&agreement, 300)).await;
+    assert_eq!(short, Answer::Declined { decline_code: "insufficient_funds".into() });
+    gw.control.top_up("payer-1", 1_000, "t-2").await.expect("top up");
+    assert_eq!(gw.client.pay(Direction::Debit, "k-2", &debit(&agreement, 300)).await, short);
+    assert!(matches!(gw.client.pay(Direction::Debit, "k-3", &debit(&agreement, 300)).await, Answer::Succeeded { .. }));
+    // Keys at their extremes, a zero amount, a foreign agreement.
+    let longest = "k".repeat(255);
+    assert!(matches!(gw.client.pay(Direction::Credit, &longest, &debit(&agreement, 1)).await, Answer::Succeeded { .. }));
+    for (key, request) in [("k".repeat(256), debit(&agreement, 1)), (String::new(), debit(&agreement, 1)), ("k-4".into(), debit(&agreement, 0)), ("k-5".into(), debit("agr-none", 1))] {
+        let answer = gw.client.pay(Direction::Debit, &key, &request).await;
+        assert!(matches!(answer, Answer::Refused { .. }), "{} chars, {request:?}: {answer:?}", key.len());
+    }
+    let ledger = Ledger::read_entries(gw.dir.path()).expect("ledger");
+    let applied: Vec<(&str, &str, u64, &str)> = ledger
+        .iter()
+        .filter(|e| e.kind == "debit" || e.kind == "credit")
+        .map(|e| (e.kind.as_str(), e.key.as_str(), e.amount_cents, e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        applied,
+        [("debit", "k-1", 300, "succeeded"), ("debit", "k-2", 300, "declined"), ("debit", "k-3", 300, "succeeded"), ("credit", longest.as_str(), 1, "succeeded")]
+    );
+    gw.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_and_faults_never_apply_a_key_twice() {
+    let gw = start().await;
+    let agreement = gw.client.create_agreement("payer-2", 2).await.expect("agreement");
+    gw.control.top_up("payer-2", 10_000, "t-1").await.expect("top up");
+    let forger = PaymentGateway::new(&gw.handle.url(), b"not-the-secret", Duration::from_secs(2)).expect("client");
+    let forged = forger.pay(Direction::Debit, "f-1", &debit(&agreement, 100)).await;
+    assert!(matches!(&forged, Answer::Refused { reason } if reason.contains("401")), "{forged:?}");
+
+    let faults = SimFaults { latency_ms: 0, unavailable_every: 1, retry_after_secs: 7, drop_answer_every: 0 };
+    gw.control.set_faults(faults).await.expect("faults");
+    let outage = gw.client.pay(Direction::Debit, "d-1", &debit(&agreement, 100)).await;
+    assert!(matches!(outage, Answer::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(7)), "{outage:?}");
+    let faults = SimFaults { latency_ms: 0, unavailable_every: 0, retry_after_secs: 0, drop_answer_every: 1 };
+    gw.control.set_faults(faults).await.expect("faults");
+    let lost = gw.client.pay(Direction::Debit, "d-1", &debit(&agreement, 100)).await;
+    assert!(matches!(lost, Answer::Retry { .. }), "applied, but the answer was lost: {lost:?}");
+    gw.control.set_faults(SimFaults::default()).await.expect("faults");
+    assert!(matches!(gw.client.pay(Direction::Debit, "d-1", &debit(&agreement, 100)).await, Answer::Succeeded { .. }));
+    let debits = Ledger::read_entries(gw.dir.path()).expect("ledger").into_iter().filter(|e| e.key == "d-1").count();
+    assert_eq!(debits, 1, "the outage applied nothing, the lost answer once, the resend nothing more");
+    gw.handle.stop().await;
+}
