@@ -252,6 +252,10 @@ async fn card_call_inputs_at_their_extremes_get_a_4xx_with_a_reason() {
     for path in ["0", "18446744073709551615", "18446744073709551616", "-1", "%20"] {
         assert_eq!(app.call("GET", &format!("/v1/cards/{path}"), Some(&token), None).await.0, 404, "{path}");
     }
+    let (status, body) = app.call("GET", "/v1/nowhere", None, None).await;
+    assert_eq!((status, error_of(&body)), (404, "no_such_call".into()), "JSON even for a path that does not exist");
+    let (status, body) = app.call("GET", "/v1/otp", None, None).await;
+    assert_eq!((status, error_of(&body)), (404, "no_such_call".into()), "and for a method the path does not take");
     let long_token = "t".repeat(129);
     assert_eq!(app.call("GET", &format!("/v1/cards/{card}"), Some(&long_token), None).await.0, 401);
     let activate = format!("/v1/cards/{card}/activate");

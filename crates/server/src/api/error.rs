@@ -21,6 +21,8 @@ pub enum ApiError {
     Unauthorized(String),
     /// Also another rider's card: 404, so a token cannot probe which cards exist.
     NotFound,
+    /// A path or method the API does not have.
+    NoSuchCall,
     /// The account's state forbids the call (keys in arrears, say).
     Conflict { error: &'static str, message: String },
     PaymentDeclined(String),
@@ -35,6 +37,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such card".to_string()),
+            ApiError::NoSuchCall => {
+                (StatusCode::NOT_FOUND, "no_such_call", "no such path and method: see docs/account-api.md".into())
+            }
             ApiError::Conflict { error, message } => (StatusCode::CONFLICT, error, message),
             ApiError::PaymentDeclined(m) => (StatusCode::PAYMENT_REQUIRED, "payment_declined", m),
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", m),

@@ -105,6 +105,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/cards/{card_id}/code", post(cards::online_code))
         .route("/v1/cards/{card_id}/arrears/pay", post(cards::pay_arrears))
         .route("/v1/cards/{card_id}/refund", post(cards::refund))
+        .fallback(|| async { ApiError::NoSuchCall })
+        .method_not_allowed_fallback(|| async { ApiError::NoSuchCall })
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state)
 }
