@@ -29,8 +29,11 @@ pub struct Money {
 
 impl Money {
     pub async fn start() -> Money {
+        Money::start_with(Config::defaults()).await
+    }
+
+    pub async fn start_with(mut config: Config) -> Money {
         let paygw_dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::defaults();
         let secret = config.payments.hmac_secret.clone();
         let paygw = farestream::paygw::start(paygw_dir.path(), "127.0.0.1:0".parse().expect("addr"), secret.as_bytes())
             .await
@@ -270,6 +273,24 @@ async fn outages_lost_answers_and_latency_never_charge_twice() {
     assert_charged_once(&debits, &charges);
     let fares: u64 = debits.iter().filter(|e| !e.key.starts_with("deposit-")).map(|e| e.amount_cents).sum();
     assert_eq!(fares, 12 * 500);
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_deposit_a_card_activates_and_closes_without_a_payment() {
+    let mut config = Config::defaults();
+    config.payments.deposit_fen = 0;
+    let m = Money::start_with(config).await;
+    let accounts = m.h.server.accounts();
+    accounts.register(700, "+8613800000700").await.expect("register");
+    let active = accounts.activate(700, "payer-700").await.expect("activate");
+    assert_eq!((active.state, active.deposit_cents), (AccountState::Active, 0));
+    accounts.request_refund(700).await.expect("refund");
+    let report = accounts.process_refunds(Duration::ZERO).await.expect("refunds");
+    assert_eq!(report.closed, vec![700]);
+    let payments: Vec<Entry> = m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind != "agreement").collect();
+    assert!(payments.is_empty(), "no deposit taken, none returned: {payments:?}");
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }

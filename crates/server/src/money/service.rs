@@ -107,8 +107,10 @@ impl AccountService {
         }
         let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
         let agreement_id = gateway.create_agreement(payment_user_id, card_id).await?;
-        let key = format!("deposit-{card_id}");
-        self.collect(&agreement_id, &key, self.deposit_cents, "deposit").await?;
+        if self.deposit_cents > 0 {
+            let key = format!("deposit-{card_id}");
+            self.collect(&agreement_id, &key, self.deposit_cents, "deposit").await?;
+        }
         let (now, payer, deposit) = (self.clock.now_ms(), payment_user_id.to_string(), self.deposit_cents);
         let deposit = i64::try_from(deposit).unwrap_or(i64::MAX);
         self.write(move |tx| accounts::activate(tx, card_id, &payer, &agreement_id, deposit, now)).await
