@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use crate::clock::UnixMillis;
 
-use super::checkpoint::{clean_after_crash, write_checkpoint};
-use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, partition_date, sync_dir};
+use super::checkpoint::{clean_after_crash, replace_durably, write_checkpoint};
+use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, open_files_dir, partition_date};
 use crate::faults::Faults;
 use crate::journal;
 use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
@@ -258,11 +258,10 @@ impl State {
             if dir.join(SUCCESS_MARKER).exists() || mark.at < day_end.saturating_add(lateness_ms) {
                 continue;
             }
-            let marker = dir.join(SUCCESS_MARKER);
-            let io = |source| ArchiveError::Io { path: marker.clone(), source };
-            self.faults.before_write().map_err(io)?;
-            std::fs::write(&marker, format!("archived_lsn = {}\n", self.archived_lsn)).map_err(io)?;
-            sync_dir(&dir, &self.faults)?;
+            // Durable before anyone may read the day as complete.
+            let marker = format!("archived_lsn = {}\n", self.archived_lsn);
+            let tmp_dir = open_files_dir(self.writer.root());
+            replace_durably(&dir.join(SUCCESS_MARKER), &tmp_dir, marker.as_bytes(), &self.faults)?;
             tracing::info!(%date, "service day closed: all its scans are archived");
             lock(&self.status).closed_days.push(date);
         }

@@ -147,7 +147,7 @@ fn write_batch(root: &Path, batch: i64, rows: &[ArchivedCharge], faults: &Faults
     for row in rows {
         by_date.entry(row.service_date).or_default().push(row.clone());
     }
-    let tmp_dir = root.join(".tmp");
+    let tmp_dir = super::writer::open_files_dir(root);
     fs::create_dir_all(&tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.clone(), source })?;
     for (date, rows) in by_date {
         let dir = partition_dir(root, date);

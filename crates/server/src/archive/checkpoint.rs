@@ -32,10 +32,21 @@ pub fn read_checkpoint(path: &Path) -> Result<u64, ArchiveError> {
 pub fn write_checkpoint(path: &Path, archived_lsn: u64, faults: &Faults) -> Result<(), ArchiveError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|source| ArchiveError::Io { path: dir.to_path_buf(), source })?;
-    let tmp = dir.join(".checkpoint.tmp");
+    replace_durably(path, dir, format!("{KEY}{archived_lsn}\n").as_bytes(), faults)
+}
+
+/// Puts `bytes` at `path` so that a crash leaves the old file or the new
+/// one, never a part: a hidden temporary in `tmp_dir` (on the same file
+/// system; for a marker, outside its partition), fsync, rename, directory
+/// fsync. The checkpoint and the `_SUCCESS` markers use it.
+pub fn replace_durably(path: &Path, tmp_dir: &Path, bytes: &[u8], faults: &Faults) -> Result<(), ArchiveError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    fs::create_dir_all(tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.to_path_buf(), source })?;
+    let tmp = tmp_dir.join(format!(".{name}.tmp"));
     let io = |source| ArchiveError::Io { path: tmp.clone(), source };
     faults.before_write().map_err(io)?;
-    fs::write(&tmp, format!("{KEY}{archived_lsn}\n")).map_err(io)?;
+    fs::write(&tmp, bytes).map_err(io)?;
     let fsync = |source| ArchiveError::Fsync { path: tmp.clone(), source };
     fs::File::open(&tmp).and_then(|f| crate::files::fsync(&f, faults)).map_err(fsync)?;
     let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };

@@ -5,10 +5,11 @@
 //! archiver decides when it cuts: `part-FROM-TO.parquet`, where FROM and TO
 //! are LSNs (20 digits), or `late-FROM-TO.parquet` in a partition whose day
 //! was already closed (`_SUCCESS` present). Until then a file is
-//! `.open-SEQ.parquet.tmp`, hidden from `*.parquet` globs. Closing writes the
-//! footer, fsyncs, renames into place and fsyncs the directory, so a reader
-//! sees a file whole or not at all, and the name says exactly which log
-//! records are in it.
+//! `ROOT/.tmp/.open-SEQ.parquet.tmp`: outside every partition, so no reader
+//! globbing the partitions (`scans/*/*`, `**`) ever opens one. Closing
+//! writes the footer, fsyncs, renames into its partition and fsyncs that
+//! directory, so a reader sees a file whole or not at all, and the name
+//! says exactly which log records are in it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -152,8 +153,11 @@ impl ArchiveWriter {
 
     fn create(&mut self, date: NaiveDate, now: Instant) -> Result<OpenFile, ArchiveError> {
         let dir = partition_dir(&self.config.root, date);
-        fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io { path: dir.clone(), source })?;
-        let tmp_path = dir.join(format!(".open-{:06}.parquet.tmp", self.next_file_seq));
+        let open_dir = open_files_dir(&self.config.root);
+        for dir in [&dir, &open_dir] {
+            fs::create_dir_all(dir).map_err(|source| ArchiveError::Io { path: dir.clone(), source })?;
+        }
+        let tmp_path = open_dir.join(format!(".open-{:06}.parquet.tmp", self.next_file_seq));
         self.next_file_seq += 1;
         let io = |source| ArchiveError::Io { path: tmp_path.clone(), source };
         self.faults.before_write().map_err(io)?;
@@ -182,6 +186,11 @@ impl ArchiveWriter {
         sync_dir(final_path.parent().unwrap_or(Path::new(".")), &self.faults)?;
         Ok(ClosedFile { path: final_path, rows: file.rows, service_date: date, late: file.late })
     }
+}
+
+/// Where files being written wait, outside every partition: `ROOT/.tmp`.
+pub fn open_files_dir(root: &Path) -> PathBuf {
+    root.join(".tmp")
 }
 
 /// `ROOT/service_date=YYYY-MM-DD`.
@@ -251,6 +260,11 @@ mod tests {
         let rows: Vec<_> = (0..10).map(|i| row(i, if i < 6 { d1 } else { d2 })).collect();
         w.append(&rows, Instant::now()).expect("append");
         assert!(archive_files(dir.path()).expect("list").is_empty(), "nothing visible while files are open");
+        for date in [d1, d2] {
+            let partition = partition_dir(dir.path(), date);
+            let inside = fs::read_dir(&partition).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(inside, 0, "an open file is never inside a partition, where a glob would open it");
+        }
         let closed = w.close_all(100, 250).expect("close");
         assert_eq!(closed.iter().map(|c| (c.service_date, c.rows)).collect::<Vec<_>>(), vec![(d1, 6), (d2, 4)]);
         assert!(closed.iter().all(|c| file_lsn_range(&c.path) == Some((100, 250))), "{closed:?}");
@@ -259,6 +273,7 @@ mod tests {
         assert_eq!(back, rows);
         let leftovers: Vec<_> = fs::read_dir(partition_dir(dir.path(), d1)).expect("dir").collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+        assert_eq!(fs::read_dir(open_files_dir(dir.path())).expect("tmp").count(), 0);
     }
 
     #[test]
