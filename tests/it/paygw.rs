@@ -92,3 +92,21 @@ async fn a_wrong_secret_is_refused_and_faults_never_apply_a_key_twice() {
     assert_eq!(debits, 1, "the outage applied nothing, the lost answer once, the resend nothing more");
     gw.handle.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_limit_is_not_read_whole_and_the_charge_goes_again() {
+    use farestream::money::paygw::ANSWER_BYTES_MAX;
+    let huge = "x".repeat(ANSWER_BYTES_MAX + 1);
+    let app = axum::Router::new().fallback(move || {
+        let huge = huge.clone();
+        async move { huge }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = PaymentGateway::new(&url, SECRET, Duration::from_secs(2)).expect("client");
+    let answer = client.pay(Direction::Debit, "k", &debit("agr", 1)).await;
+    assert!(matches!(&answer, Answer::Retry { reason, .. } if reason.contains("over")), "{answer:?}");
+    assert!(client.create_agreement("p", 1).await.is_err());
+    server.abort();
+}

@@ -15,6 +15,10 @@ use super::api::{
 };
 use crate::clock::{Clock, SystemClock};
 
+/// The largest answer read from the gateway: its answers are a few hundred
+/// bytes, and a bigger one is not allowed to grow the server's memory.
+pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
+
 /// Which way the money goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -72,10 +76,11 @@ impl PaymentGateway {
         let failed = |reason: String| PaygwError::Request { url: url.clone(), reason };
         let response = self.post(AGREEMENTS_PATH, &key, &body).await.map_err(|e| failed(e.to_string()))?;
         let status = response.status();
+        let body = read_limited(response).await.map_err(failed)?;
         if !status.is_success() {
-            return Err(failed(format!("HTTP {status}: {}", response.text().await.unwrap_or_default())));
+            return Err(failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))));
         }
-        let answer: AgreementAnswer = response.json().await.map_err(|e| failed(e.to_string()))?;
+        let answer: AgreementAnswer = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
         Ok(answer.agreement_id)
     }
 
@@ -91,12 +96,12 @@ impl PaymentGateway {
         };
         let status = response.status();
         let retry_after = retry_after(&response);
-        let body = match response.bytes().await {
-            Ok(body) => body,
-            // The answer was lost on the way: the payment may have applied.
-            Err(error) => return Answer::Retry { reason: describe(&error), retry_after },
-        };
-        classify(status, &body, retry_after)
+        match read_limited(response).await {
+            Ok(body) => classify(status, &body, retry_after),
+            // The answer was lost on the way (or is not one): the payment
+            // may have applied, so the same key goes again.
+            Err(reason) => Answer::Retry { reason, retry_after },
+        }
     }
 
     async fn post<B: serde::Serialize>(&self, path: &str, key: &str, body: &B) -> reqwest::Result<reqwest::Response> {
@@ -114,6 +119,18 @@ impl PaymentGateway {
             .send()
             .await
     }
+}
+
+/// The answer's body, at most [`ANSWER_BYTES_MAX`] of it.
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+        if body.len() + chunk.len() > ANSWER_BYTES_MAX {
+            return Err(format!("an answer over {ANSWER_BYTES_MAX} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Sorts a read answer: the status decides, the body adds detail.

@@ -4,4 +4,4 @@ pub mod api;
 mod client;
 
 pub use api::PaymentRequest;
-pub use client::{Answer, Direction, PaygwError, PaymentGateway};
+pub use client::{ANSWER_BYTES_MAX, Answer, Direction, PaygwError, PaymentGateway};
