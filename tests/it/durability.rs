@@ -173,7 +173,7 @@ async fn a_closed_day_gets_its_marker_and_a_scan_too_late_for_it_is_filed_under_
     let closed_files = archive_files(&root).expect("files");
     let late = record("gate-2", 1, day_end - 60_000, TapKind::Entry, h.rider(50).code_at(day_end - 60_000, 1));
     let ack = h.client().push(&batch("station-01", 9, vec![late])).await.expect("ack");
-    assert_eq!(ack.rejections[0].scan_status(), Some(ScanStatus::StaleCode), "too late to be charged");
+    assert_eq!(ack.rejections[0].scan_status(), Some(ScanStatus::LateUpload), "too late to be charged");
     h.server.flush_archive().await.expect("flush");
     let files = archive_files(&root).expect("files");
     let new_files: Vec<_> = files.iter().filter(|f| !closed_files.contains(f)).collect();

@@ -26,6 +26,8 @@ async fn each_status_lands_in_the_archive_with_the_right_count() {
     let old_credential = h.issuer.issue(2, bob.key.public_key(), secs(at - 200_000_000), secs(at - 100_000_000));
     let expired = bob.key.make_code(&old_credential, secs(at), 3).bytes.to_vec();
     let stale = bob.key.make_code(&bob.credential, secs(at - 600_000), 4).bytes.to_vec();
+    let lateness_ms = i64::from(h.config.ingest.accepted_lateness_secs) * 1000;
+    let read_long_ago = T0_MS + 3_600_000 - lateness_ms - 60_000;
     let scans = vec![
         record("gate-1", 1, at, TapKind::Entry, alice_code.clone()),
         record("gate-1", 2, at, TapKind::Entry, bob.code_at(at, 5)),
@@ -37,9 +39,10 @@ async fn each_status_lands_in_the_archive_with_the_right_count() {
         record("gate-2", 5, at, TapKind::Entry, denied.code_at(at, 1)),
         record("gate-2", 6, at, TapKind::Entry, unknown_issuer),
         record("gate-2", 7, at, TapKind::Entry, vec![1, 2, 3]),
+        record("gate-3", 1, read_long_ago, TapKind::Entry, bob.code_at(read_long_ago, 7)),
     ];
     let ack = h.client().push(&batch("station-01", 1, scans)).await.expect("ack");
-    assert_eq!((ack.accepted, ack.rejected, ack.redelivered), (3, 7, 0));
+    assert_eq!((ack.accepted, ack.rejected, ack.redelivered), (3, 8, 0));
     let acked: BTreeMap<ScanStatus, usize> = ack.rejections.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.scan_status().expect("known status")).or_default() += 1;
         m
@@ -49,7 +52,7 @@ async fn each_status_lands_in_the_archive_with_the_right_count() {
     let expected: BTreeMap<ScanStatus, u64> =
         ScanStatus::ALL.into_iter().map(|s| (s, if s == ScanStatus::Accepted { 3 } else { 1 })).collect();
     assert_eq!(counts, expected);
-    assert_eq!(acked.len(), 7, "one rejection of each kind in the ack: {acked:?}");
+    assert_eq!(acked.len(), 8, "one rejection of each kind in the ack: {acked:?}");
     let malformed = rows.iter().find(|r| r.status == ScanStatus::Malformed).expect("malformed row");
     assert_eq!(malformed.card_id, None);
     assert!(malformed.reason.as_deref().unwrap_or("").contains("3 bytes"), "{malformed:?}");

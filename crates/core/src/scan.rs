@@ -39,10 +39,13 @@ pub enum ScanStatus {
     Denied,
     UnknownIssuerKey,
     Malformed,
+    /// Read on time but uploaded later than the accepted lateness: its
+    /// replays could no longer be caught, so it is not a ride.
+    LateUpload,
 }
 
 impl ScanStatus {
-    pub const ALL: [ScanStatus; 8] = [
+    pub const ALL: [ScanStatus; 9] = [
         ScanStatus::Accepted,
         ScanStatus::Replay,
         ScanStatus::BadSignature,
@@ -51,6 +54,7 @@ impl ScanStatus {
         ScanStatus::Denied,
         ScanStatus::UnknownIssuerKey,
         ScanStatus::Malformed,
+        ScanStatus::LateUpload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +67,7 @@ impl ScanStatus {
             ScanStatus::Denied => "denied",
             ScanStatus::UnknownIssuerKey => "unknown_issuer_key",
             ScanStatus::Malformed => "malformed",
+            ScanStatus::LateUpload => "late_upload",
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! - **Arrival window.** A scan read at `scanned_at` and received at
 //!   `received_at` is on time when `received_at - L <= scanned_at <=
-//!   received_at + S`. Outside it, the scan is `stale_code`.
+//!   received_at + S`. A scan received later is a `late_upload`; one
+//!   read further ahead of the server's clock is `stale_code`.
 //! - **Partition time.** A scan on time is filed under the service day of
 //!   `scanned_at`; one outside the window under the day of `received_at`.
 //!   So a closed day never gains rows, no input makes a partition for a

@@ -427,12 +427,17 @@ impl Pipeline {
     }
 
     /// A scan must arrive within the accepted lateness (or its replays could
-    /// no longer be caught) and not from a validator clock running ahead.
+    /// no longer be caught: `late_upload`) and not from a validator clock
+    /// running ahead of the server's by more than the skew (`stale_code`,
+    /// as a code made in the future is).
     fn check_arrival(&self, code: &RideCode, scanned_at: UnixMillis, received_at: UnixMillis) -> Result<(), Rejection> {
-        if !self.horizons.on_time(scanned_at, received_at) {
-            return Err(Rejection::StaleCode { created_at: code.created_at, at: unix_secs_u32(received_at) });
+        if self.horizons.on_time(scanned_at, received_at) {
+            return Ok(());
         }
-        Ok(())
+        if received_at > scanned_at {
+            return Err(Rejection::LateUpload { scanned_at_ms: scanned_at, received_at_ms: received_at });
+        }
+        Err(Rejection::StaleCode { created_at: code.created_at, at: unix_secs_u32(received_at) })
     }
 
     fn claim_ride(&self, code: &RideCode, tap_kind: TapKind) -> Verdict {
@@ -611,11 +616,15 @@ mod tests {
     }
 
     #[test]
-    fn scans_too_late_or_from_a_clock_ahead_are_stale() {
+    fn a_scan_uploaded_too_late_is_a_late_upload_and_one_from_a_clock_ahead_is_stale() {
         let f = fixture();
         let lateness_ms = i64::from(f.pipeline.config().accepted_lateness_secs) * 1000;
+        let in_time = f.pipeline.process(&batch(vec![scan(3, AT_MS, code(&f, 9, 3))]), AT_MS + lateness_ms);
+        assert_eq!(statuses(&in_time.expect("batch")), vec![ScanStatus::Accepted], "at the lateness exactly");
         let too_late = f.pipeline.process(&batch(vec![scan(1, AT_MS, code(&f, 9, 1))]), AT_MS + lateness_ms + 1);
-        assert_eq!(statuses(&too_late.expect("batch")), vec![ScanStatus::StaleCode]);
+        let too_late = too_late.expect("batch");
+        assert_eq!(statuses(&too_late), vec![ScanStatus::LateUpload]);
+        assert!(too_late.rows[0].reason.as_deref().is_some_and(|r| r.contains("later than the accepted lateness")));
         let ahead = f.pipeline.process(&batch(vec![scan(2, AT_MS, code(&f, 9, 2))]), AT_MS - 31_000);
         assert_eq!(statuses(&ahead.expect("batch")), vec![ScanStatus::StaleCode]);
     }
@@ -731,7 +740,8 @@ mod tests {
         let edges = [SCAN_TIME_MS_MIN, SCAN_TIME_MS_MAX];
         let scans = edges.iter().enumerate().map(|(i, &at)| scan(i as u64, at, code(&f, 12, i as u32))).collect();
         let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("batch");
-        assert_eq!(statuses(&outcome), vec![ScanStatus::StaleCode; 2], "in range, but not on time");
+        // The earliest time is years before its arrival; the latest, years ahead of it.
+        assert_eq!(statuses(&outcome), vec![ScanStatus::LateUpload, ScanStatus::StaleCode], "in range, not on time");
     }
 
     /// Review fault 3: a copy scanned in the last millisecond of freshness
@@ -768,7 +778,7 @@ mod tests {
         let old = scan(1, AT_MS - lateness_ms - 10_000, code(&f, 14, 1));
         let at_the_edge = scan(2, AT_MS - lateness_ms, code(&f, 14, 2));
         let refused = f.pipeline.process(&batch(vec![old, at_the_edge]), AT_MS).expect("batch");
-        assert_eq!(statuses(&refused), vec![ScanStatus::StaleCode, ScanStatus::ExpiredCredential]);
+        assert_eq!(statuses(&refused), vec![ScanStatus::LateUpload, ScanStatus::ExpiredCredential]);
         let fresh = scan(3, AT_MS - 1_000, code(&f, 14, 3));
         let accepted = f.pipeline.process(&batch(vec![fresh.clone()]), AT_MS).expect("batch");
         assert_eq!(statuses(&accepted), vec![ScanStatus::Accepted]);

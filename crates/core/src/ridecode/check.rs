@@ -68,6 +68,8 @@ pub enum Rejection {
     CredentialTooLong { valid_from: u32, valid_until: u32, max_secs: u32 },
     #[error("code made at {created_at} is stale at {at}")]
     StaleCode { created_at: u32, at: u32 },
+    #[error("read at {scanned_at_ms} ms, uploaded at {received_at_ms} ms: later than the accepted lateness")]
+    LateUpload { scanned_at_ms: i64, received_at_ms: i64 },
     #[error("card {card_id} is denied")]
     Denied { card_id: u64 },
     #[error("the gate refused card {card_id}: not a ride")]
@@ -82,6 +84,7 @@ impl Rejection {
             Rejection::BadSignature(_) => ScanStatus::BadSignature,
             Rejection::ExpiredCredential { .. } | Rejection::CredentialTooLong { .. } => ScanStatus::ExpiredCredential,
             Rejection::StaleCode { .. } => ScanStatus::StaleCode,
+            Rejection::LateUpload { .. } => ScanStatus::LateUpload,
             Rejection::Denied { .. } | Rejection::GateRefused { .. } => ScanStatus::Denied,
         }
     }

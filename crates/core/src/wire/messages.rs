@@ -47,6 +47,7 @@ impl From<ScanStatus> for WireScanStatus {
             ScanStatus::Denied => WireScanStatus::Denied,
             ScanStatus::UnknownIssuerKey => WireScanStatus::UnknownIssuerKey,
             ScanStatus::Malformed => WireScanStatus::Malformed,
+            ScanStatus::LateUpload => WireScanStatus::LateUpload,
         }
     }
 }
