@@ -1,22 +1,21 @@
 //! The charges archive's row and its Arrow form: one row per charge with
 //! its final outcome (`docs/archive.md`, "The charges archive"). Ids are
-//! hex, as in the scans archive, so `scan_ids` joins `scans.scan_id`.
+//! hex, as in the scans archive, so `scan_ids` joins `scans.scan_id`. The
+//! service date is the partition's, not a column (as in the scans archive).
 
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    Date32Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
-    UInt64Builder,
+    Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 
 use crate::charges::ChargeKind;
 use crate::clock::UnixMillis;
-use crate::service_day::{date_from_days, days_since_epoch};
 
 /// One decided charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +44,6 @@ pub fn charge_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("charge_id", DataType::Utf8, false),
         Field::new("card_id", DataType::UInt64, false),
-        Field::new("service_date", DataType::Date32, false),
         Field::new("kind", DataType::Utf8, false),
         Field::new("amount_cents", DataType::Int64, false),
         Field::new("currency", DataType::Utf8, false),
@@ -70,13 +68,11 @@ pub fn charges_to_record_batch(rows: &[ArchivedCharge]) -> Result<RecordBatch, A
         Arc::new(b.finish())
     };
     let mut cards = UInt64Builder::new();
-    let mut dates = Date32Builder::new();
     let mut amounts = Int64Builder::new();
     let mut attempts = UInt32Builder::new();
     let mut scans = ListBuilder::new(StringBuilder::new());
     for row in rows {
         cards.append_value(row.card_id);
-        dates.append_value(days_since_epoch(row.service_date));
         amounts.append_value(row.amount_cents);
         attempts.append_value(row.attempts);
         row.scan_ids.iter().for_each(|id| scans.values().append_value(hex::encode(id)));
@@ -85,7 +81,6 @@ pub fn charges_to_record_batch(rows: &[ArchivedCharge]) -> Result<RecordBatch, A
     let columns: Vec<ArrayRef> = vec![
         strings(|r| Some(hex::encode(r.charge_id))),
         Arc::new(cards.finish()),
-        Arc::new(dates.finish()),
         strings(|r| Some(r.kind.as_str().to_string())),
         Arc::new(amounts.finish()),
         strings(|r| Some(r.currency.clone())),
@@ -100,8 +95,9 @@ pub fn charges_to_record_batch(rows: &[ArchivedCharge]) -> Result<RecordBatch, A
 }
 
 /// Reads rows back from a batch of the charges schema (files from disk:
-/// every column's type is checked, a bad value names its row).
-pub fn charges_from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedCharge>, ArrowError> {
+/// every column's type is checked, a bad value names its row), in the
+/// partition of `service_date`.
+pub fn charges_from_record_batch(batch: &RecordBatch, service_date: NaiveDate) -> Result<Vec<ArchivedCharge>, ArrowError> {
     let schema = charge_schema();
     for field in schema.fields() {
         let found = batch.column_by_name(field.name()).map(|c| c.data_type().clone());
@@ -124,7 +120,6 @@ pub fn charges_from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedChar
     let mut rows = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let kind = text("kind", i).and_then(|k| ChargeKind::parse(&k)).ok_or_else(|| bad(i, "unknown kind"))?;
-        let days = column("service_date").as_primitive::<Date32Type>().value(i);
         let listed = scans.value(i);
         let listed = listed.as_string::<i32>();
         let scan_ids = (0..listed.len()).map(|j| id(listed.value(j), i)).collect::<Result<_, _>>()?;
@@ -132,7 +127,7 @@ pub fn charges_from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedChar
         rows.push(ArchivedCharge {
             charge_id: id(&text("charge_id", i).ok_or_else(|| bad(i, "null charge_id"))?, i)?,
             card_id: column("card_id").as_primitive::<UInt64Type>().value(i),
-            service_date: date_from_days(days).ok_or_else(|| bad(i, "service_date out of range"))?,
+            service_date,
             kind,
             amount_cents: column("amount_cents").as_primitive::<Int64Type>().value(i),
             currency: text("currency", i).ok_or_else(|| bad(i, "null currency"))?,
@@ -156,7 +151,7 @@ mod tests {
         let row = |n: u8, scans: usize| ArchivedCharge {
             charge_id: [n; 16],
             card_id: if n == 0 { 0 } else { u64::MAX },
-            service_date: if n == 0 { NaiveDate::MIN } else { NaiveDate::MAX },
+            service_date: NaiveDate::MAX,
             kind: ChargeKind::ALL[usize::from(n) % 3],
             amount_cents: if n == 0 { i64::MIN } else { i64::MAX },
             currency: "CNY".into(),
@@ -169,7 +164,8 @@ mod tests {
         };
         let rows = vec![row(0, 0), row(1, 2), row(2, 1)];
         let batch = charges_to_record_batch(&rows).expect("batch");
-        assert_eq!(charges_from_record_batch(&batch).expect("read"), rows);
-        assert_eq!(charges_from_record_batch(&charges_to_record_batch(&[]).expect("empty")).expect("read"), vec![]);
+        assert_eq!(charges_from_record_batch(&batch, NaiveDate::MAX).expect("read"), rows);
+        let empty = charges_to_record_batch(&[]).expect("empty");
+        assert_eq!(charges_from_record_batch(&empty, NaiveDate::MIN).expect("read"), vec![]);
     }
 }

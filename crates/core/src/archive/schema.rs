@@ -8,16 +8,15 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
-};
+use arrow_array::builder::{BooleanBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_array::types::{TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use chrono::NaiveDate;
+
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
-use crate::service_day::{date_from_days, days_since_epoch};
 
 type Row = ArchivedScan;
 
@@ -29,8 +28,6 @@ enum Values {
     U32(fn(&Row) -> Option<u32>, fn(&mut Row, Option<u32>) -> Result<(), String>),
     /// Milliseconds since the epoch, UTC.
     Time(fn(&Row) -> Option<i64>, fn(&mut Row, Option<i64>) -> Result<(), String>),
-    /// Days since the epoch.
-    Date(fn(&Row) -> i32, fn(&mut Row, i32) -> Result<(), String>),
     Bool(fn(&Row) -> Option<bool>, fn(&mut Row, Option<bool>) -> Result<(), String>),
 }
 
@@ -215,17 +212,6 @@ const COLUMNS: &[Column] = &[
         ),
     ),
     column(
-        "service_date",
-        false,
-        Values::Date(
-            |r| days_since_epoch(r.service_date),
-            |r, days| {
-                r.service_date = date_from_days(days).ok_or(format!("day {days} is out of range"))?;
-                Ok(())
-            },
-        ),
-    ),
-    column(
         "gate_opened",
         true,
         Values::Bool(
@@ -256,7 +242,6 @@ impl Values {
             Values::U64(..) => DataType::UInt64,
             Values::U32(..) => DataType::UInt32,
             Values::Time(..) => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            Values::Date(..) => DataType::Date32,
             Values::Bool(..) => DataType::Boolean,
         }
     }
@@ -284,11 +269,6 @@ impl Values {
                 rows.iter().for_each(|r| b.append_option(get(r)));
                 Arc::new(b.finish())
             }
-            Values::Date(get, _) => {
-                let mut b = Date32Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_value(get(r)));
-                Arc::new(b.finish())
-            }
             Values::Bool(get, _) => {
                 let mut b = BooleanBuilder::with_capacity(n);
                 rows.iter().for_each(|r| b.append_option(get(r)));
@@ -314,8 +294,6 @@ impl Values {
                     at(i, set(row, (!null).then(|| array.as_primitive::<TimestampMillisecondType>().value(i))))?
                 }
                 Values::Bool(_, set) => at(i, set(row, (!null).then(|| array.as_boolean().value(i))))?,
-                Values::Date(..) if null => at(i, Err("null in a column that has none".into()))?,
-                Values::Date(_, set) => at(i, set(row, array.as_primitive::<Date32Type>().value(i)))?,
             }
         }
         Ok(())
@@ -337,8 +315,10 @@ pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError>
 /// of the pair assertion that what reaches disk is what was meant. The
 /// files come from disk, so every column's presence and type is checked
 /// before its values are read, and a bad value is an error naming its row.
-pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<ArchivedScan>, ArrowError> {
-    let mut rows = vec![blank_row(); batch.num_rows()];
+/// The service date is the partition's (`service_date=…` in the path), as
+/// every Hive reader takes it: the files do not repeat it.
+pub fn from_record_batch(batch: &RecordBatch, service_date: NaiveDate) -> Result<Vec<ArchivedScan>, ArrowError> {
+    let mut rows = vec![ArchivedScan { service_date, ..blank_row() }; batch.num_rows()];
     for column in COLUMNS {
         let array = batch
             .column_by_name(column.name)
@@ -394,7 +374,7 @@ mod tests {
             vec![Arc::new(arrow_array::Int64Array::from(vec![1i64]))],
         )
         .expect("batch");
-        let error = from_record_batch(&foreign).expect_err("wrong type");
+        let error = from_record_batch(&foreign, NaiveDate::MIN).expect_err("wrong type");
         assert!(error.to_string().contains("scan_id is Int64"), "{error}");
     }
 
@@ -420,9 +400,11 @@ mod tests {
             gate_opened: Some(false),
             deny_list_version: Some(u64::MAX),
         };
-        let sparse = ArchivedScan { reason: None, ..blank_row() };
+        let date = full.service_date;
+        let sparse = ArchivedScan { reason: None, service_date: date, ..blank_row() };
         let rows = vec![full, sparse];
-        assert_eq!(from_record_batch(&to_record_batch(&rows).expect("batch")).expect("rows"), rows);
+        assert_eq!(from_record_batch(&to_record_batch(&rows).expect("batch"), date).expect("rows"), rows);
+        assert!(scan_schema().field_with_name("service_date").is_err(), "the partition carries it, not the file");
         assert_eq!(scan_schema().fields().len(), COLUMNS.len());
     }
 
@@ -433,7 +415,7 @@ mod tests {
         let status = COLUMNS.iter().position(|c| c.name == "status").expect("status column");
         columns[status] = Arc::new(arrow_array::StringArray::from(vec!["accepted", "teleported"]));
         batch = RecordBatch::try_new(scan_schema(), columns).expect("batch");
-        let error = from_record_batch(&batch).expect_err("unknown status").to_string();
+        let error = from_record_batch(&batch, NaiveDate::MIN).expect_err("unknown status").to_string();
         assert!(error.contains("row 1: bad status: unknown status \"teleported\""), "{error}");
     }
 }

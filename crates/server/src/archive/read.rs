@@ -60,16 +60,22 @@ pub fn read_all_charges(root: &Path) -> Result<Vec<ArchivedCharge>, ArchiveError
     Ok(rows)
 }
 
+/// Rows of one file, in the service date its partition names (the files
+/// do not repeat it, as in every Hive layout).
 fn read_rows<T>(
     path: &Path,
-    decode: fn(&arrow_array::RecordBatch) -> Result<Vec<T>, arrow_schema::ArrowError>,
+    decode: fn(&arrow_array::RecordBatch, chrono::NaiveDate) -> Result<Vec<T>, arrow_schema::ArrowError>,
 ) -> Result<Vec<T>, ArchiveError> {
+    let service_date = path.parent().and_then(partition_date).ok_or_else(|| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not in a service_date=YYYY-MM-DD partition"),
+    })?;
     let parquet = |source| ArchiveError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.to_path_buf(), source })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?.build().map_err(parquet)?;
     let mut rows = Vec::new();
     for batch in reader {
-        rows.extend(decode(&batch?)?);
+        rows.extend(decode(&batch?, service_date)?);
     }
     Ok(rows)
 }
