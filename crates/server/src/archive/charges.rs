@@ -157,7 +157,7 @@ fn write_batch(root: &Path, batch: i64, rows: &[ArchivedCharge], faults: &Faults
         let parquet = |source| ArchiveError::Parquet { path: tmp.clone(), source };
         let io = |source| ArchiveError::Io { path: tmp.clone(), source };
         faults.before_write().map_err(io)?;
-        // The same codec as the scans archive; issue 11 chooses both by measurement.
+        // The same codec as the scans archive: the two are chosen together.
         let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
         let mut writer = ArrowWriter::try_new(File::create(&tmp).map_err(io)?, charge_schema(), Some(properties))
             .map_err(parquet)?;
