@@ -14,7 +14,9 @@
 pub use farestream_core::{charges, fares, ingest, journal, ridecode, scan, service_day, sync};
 pub use farestream_gateway as gateway;
 pub use farestream_gateway::wire;
-pub use farestream_server::{api, archive, clock, config, fair, faults, files, keystore, money, server, telemetry, tls, wal};
+pub use farestream_server::{
+    api, archive, clock, config, fair, faults, files, keystore, money, server, telemetry, tls, wal,
+};
 
 pub mod demo;
 pub mod paygw;

@@ -9,13 +9,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use farestream::api::{ApiSettings, ApiState};
-use farestream::money::notify::FileNotifier;
 use farestream::clock::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::GatewayClient;
 use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
+use farestream::money::notify::FileNotifier;
 use farestream::server::{Server, ServerSettings};
 use farestream::sim::{AccountsRig, CitySpec, Load};
 use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
@@ -394,7 +394,8 @@ async fn simulate(
     let spec = CitySpec { denied_riders_percent: 0.0, ..city.spec() };
     println!("simulating {} gateways, {} riders over {} s at {server}", spec.gateways, spec.riders, load.duration_secs);
     let bar = indicatif::ProgressBar::new(0);
-    let report = farestream::sim::simulate(data_dir, &config, server, &spec, load, accounts.as_ref(), bar.clone()).await?;
+    let report =
+        farestream::sim::simulate(data_dir, &config, server, &spec, load, accounts.as_ref(), bar.clone()).await?;
     bar.finish_and_clear();
     println!("  {} scans planned", report.scans_planned);
     print!("{}", report.render());
@@ -468,8 +469,8 @@ fn audit(data_dir: &Path, acked_file: &Path, paygw_dir: Option<&Path>) -> Result
 
 /// The simulated gateway's ledger, as the audit compares it.
 fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::audit::AppliedPayment>> {
-    let entries =
-        farestream::paygw::Ledger::read_entries(dir).with_context(|| format!("reading the ledger in {}", dir.display()))?;
+    let entries = farestream::paygw::Ledger::read_entries(dir)
+        .with_context(|| format!("reading the ledger in {}", dir.display()))?;
     Ok(entries
         .into_iter()
         .filter(|e| e.kind == "debit" || e.kind == "credit")

@@ -15,12 +15,12 @@ use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressStyle};
 use thiserror::Error;
 
+use crate::api::{ApiHandle, ApiSettings, ApiState};
 use crate::archive::{self, ArchiveError};
 use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::ingest::Pipeline;
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
-use crate::api::{ApiHandle, ApiSettings, ApiState};
 use crate::money::notify::{InboxNotifier, Notifier};
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
@@ -116,13 +116,8 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let (first_ms, last_ms) = (day_start + FIRST_TRIP_AFTER_DAY_START_MS, day_start + LAST_TRIP_AFTER_DAY_START_MS);
     let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
     let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);
-    let mut world = City::world(
-        &options.city,
-        config,
-        keystore.active_signer()?,
-        trusted_keys.clone(),
-        unix_secs_u32(day_start),
-    )?;
+    let mut world =
+        City::world(&options.city, config, keystore.active_signer()?, trusted_keys.clone(), unix_secs_u32(day_start))?;
 
     let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, trusted_keys, crate::keystore::random_seed()?));
     let inbox = Arc::new(InboxNotifier::default());
@@ -217,8 +212,7 @@ async fn start_api(
     Ok(crate::api::start(state).await?)
 }
 
-const SIGN_UP_TEMPLATE: &str =
-    "{spinner} riders signing up in the app {bar:40} {pos}/{len} ({per_sec}, eta {eta})";
+const SIGN_UP_TEMPLATE: &str = "{spinner} riders signing up in the app {bar:40} {pos}/{len} ({per_sec}, eta {eta})";
 const DAY_TEMPLATE: &str = "{spinner} service day {bar:40} {pos}/{len} scans uploaded ({per_sec}, eta {eta})";
 
 fn progress_bar(len: u64, visible: bool, template: &str) -> ProgressBar {

@@ -10,18 +10,17 @@ use std::time::Duration;
 
 use indicatif::ProgressBar;
 
-use crate::money::outbox::{ChargeRow, charges, undecided};
 use super::DemoError;
 use crate::money::MoneyStore;
+use crate::money::outbox::{ChargeRow, charges, undecided};
 use crate::paygw::{Entry, SimControl};
-use crate::sim::{AppError, Balances, Member, RiderApp};
 use crate::scan::{ArchivedScan, ScanStatus};
 use crate::server::Server;
+use crate::sim::{AppError, Balances, Member, RiderApp};
 
 /// What the simulated banks hold after the deposit: one rider in fifty
 /// has less than a bus ride, so the day's first charge is declined.
-pub const BALANCES: Balances =
-    Balances { deposit_fen: 2_000, ample_fen: 100_000, short_fen: 150, short_every: 50 };
+pub const BALANCES: Balances = Balances { deposit_fen: 2_000, ample_fen: 100_000, short_fen: 150, short_every: 50 };
 /// One rider in this many asks for the deposit back after the day.
 const REFUND_EVERY: usize = 200;
 /// How long the demo waits for its charges to be decided after the day.
@@ -99,7 +98,11 @@ pub async fn after_the_day(
             after.keys_after_paying += 1;
         }
     }
-    let leaving = members.iter().filter(|m| !m.short).step_by(REFUND_EVERY).chain(owing.iter().skip(1).step_by(2).take(1).copied());
+    let leaving = members
+        .iter()
+        .filter(|m| !m.short)
+        .step_by(REFUND_EVERY)
+        .chain(owing.iter().skip(1).step_by(2).take(1).copied());
     for member in leaving {
         app.request_refund(&member.session).await?;
     }
@@ -158,16 +161,22 @@ pub async fn summarize(
 ) -> Result<MoneySummary, String> {
     let store = open_store(server)?;
     let ours: HashSet<u64> = cards.iter().copied().collect();
-    let charges: Vec<ChargeRow> =
-        charges(store.connection(), None).map_err(|e| e.to_string())?.into_iter().filter(|c| ours.contains(&c.card_id)).collect();
+    let charges: Vec<ChargeRow> = charges(store.connection(), None)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| ours.contains(&c.card_id))
+        .collect();
     let mut summary = MoneySummary { accounts: cards.len(), after_day, ..MoneySummary::default() };
     for charge in &charges {
         let entry = summary.charges_by_outcome.entry(charge.outcome.clone()).or_default();
         entry.0 += 1;
         entry.1 += charge.amount_cents;
     }
-    let rides: HashSet<[u8; 16]> =
-        rows.iter().filter(|r| r.status == ScanStatus::Accepted && r.gate_opened != Some(false)).map(|r| r.scan_id).collect();
+    let rides: HashSet<[u8; 16]> = rows
+        .iter()
+        .filter(|r| r.status == ScanStatus::Accepted && r.gate_opened != Some(false))
+        .map(|r| r.scan_id)
+        .collect();
     summary.rides = rides.len() as u64;
     let mut priced = HashSet::new();
     for scan in charges.iter().flat_map(|c| &c.scan_ids) {

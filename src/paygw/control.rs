@@ -22,8 +22,8 @@ impl SimControl {
 
     /// Adds to a payer's balance; `key` makes the top-up happen once.
     pub async fn top_up(&self, payment_user_id: &str, amount_cents: u64, key: &str) -> reqwest::Result<()> {
-        let body = serde_json::to_vec(&TopUp { payment_user_id: payment_user_id.into(), amount_cents })
-            .unwrap_or_default();
+        let body =
+            serde_json::to_vec(&TopUp { payment_user_id: payment_user_id.into(), amount_cents }).unwrap_or_default();
         let timestamp = SystemClock.now_ms();
         self.http
             .post(format!("{}/v1/topups", self.url))

@@ -15,9 +15,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use farestream_server::clock::{Clock, SystemClock};
 use farestream_server::money::paygw::api::{
-    AGREEMENTS_PATH, AgreementAnswer, AgreementRequest, CREDITS_PATH, DEBITS_PATH, ErrorAnswer,
-    IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP,
-    signature_valid,
+    AGREEMENTS_PATH, AgreementAnswer, AgreementRequest, CREDITS_PATH, DEBITS_PATH, ErrorAnswer, IDEMPOTENCY_KEY,
+    IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature_valid,
 };
 use farestream_server::sync::lock;
 use serde::{Deserialize, Serialize};
@@ -179,7 +178,17 @@ async fn agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes)
             return Err(error(StatusCode::CONFLICT, "agreement_exists", "the card has another payer's agreement"));
         }
     } else {
-        append(&mut ledger, "agreement", &agreement_id, &request.payment_user_id, &agreement_id, 0, "", "succeeded", &body)?;
+        append(
+            &mut ledger,
+            "agreement",
+            &agreement_id,
+            &request.payment_user_id,
+            &agreement_id,
+            0,
+            "",
+            "succeeded",
+            &body,
+        )?;
     }
     Ok(Json(AgreementAnswer { agreement_id }).into_response())
 }
@@ -250,7 +259,8 @@ async fn pay_in_flight(
                 let Some(payer) = ledger.payer_of(&request.agreement_id).map(str::to_string) else {
                     return Err(error(StatusCode::NOT_FOUND, "agreement_unknown", "no such agreement"));
                 };
-                let short = kind == "debit" && ledger.balance(&payer) < i64::try_from(request.amount_cents).unwrap_or(i64::MAX);
+                let short =
+                    kind == "debit" && ledger.balance(&payer) < i64::try_from(request.amount_cents).unwrap_or(i64::MAX);
                 let outcome = if short { "declined" } else { "succeeded" };
                 let (agreement, amount, currency) = (&request.agreement_id, request.amount_cents, &request.currency);
                 append(&mut ledger, kind, key, &payer, agreement, amount, currency, outcome, body)?
@@ -298,9 +308,7 @@ fn append(
         transaction_id: format!("txn-{seq:08}"),
         request_hash: request_hash(body),
     };
-    ledger
-        .append(entry)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "ledger_write_failed", e.to_string()))
+    ledger.append(entry).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "ledger_write_failed", e.to_string()))
 }
 
 async fn ledger(State(sim): State<Arc<Sim>>) -> Json<Vec<Entry>> {

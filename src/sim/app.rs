@@ -79,7 +79,12 @@ impl RiderApp {
         let body: Value = response.json().await.map_err(|e| AppError::Http(e.to_string()))?;
         if !status.is_success() {
             let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
-            return Err(AppError::Refused { call, status: status.as_u16(), error: text("error"), message: text("message") });
+            return Err(AppError::Refused {
+                call,
+                status: status.as_u16(),
+                error: text("error"),
+                message: text("message"),
+            });
         }
         Ok(body)
     }
@@ -106,7 +111,8 @@ impl RiderApp {
         let path = format!("/v1/cards/{}/keys", who.card_id);
         let body = json!({ "public_key_hex": hex::encode(public_key) });
         let keys = self.call("keys", &path, Some(&who.token), body).await?;
-        let bytes = keys["credential_hex"].as_str().and_then(|h| hex::decode(h).ok()).ok_or(AppError::Unexpected("keys"))?;
+        let bytes =
+            keys["credential_hex"].as_str().and_then(|h| hex::decode(h).ok()).ok_or(AppError::Unexpected("keys"))?;
         Credential::decode(&bytes).map_err(|_| AppError::Unexpected("keys"))
     }
 

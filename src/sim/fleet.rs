@@ -243,7 +243,11 @@ impl GatewayRun {
                 opened += u64::from(gate.is_ok());
                 *planned.entry(expected(scan, gate.is_ok(), &pushed, &world)).or_default() += 1;
                 let decision = if gate.is_ok() { GateDecision::Opened } else { GateDecision::Refused };
-                let record = ScanRecord { gate: decision as i32, deny_list_version: pushed_version, ..scan.record(&world, code) };
+                let record = ScanRecord {
+                    gate: decision as i32,
+                    deny_list_version: pushed_version,
+                    ..scan.record(&world, code)
+                };
                 scans.push(record);
             }
             (ScanBatch { gateway_id, batch_seq, scans }, opened, planned)

@@ -11,12 +11,12 @@ use thiserror::Error;
 
 use super::city::{City, CitySpec, Target, Uploads};
 use super::{Balances, FileInbox, FleetReport, RiderApp, Timetable, sign_up_riders};
-use crate::paygw::SimControl;
 use crate::clock::{Clock, SystemClock, unix_secs_u32};
 use crate::config::Config;
 use crate::gateway::tls::{ClientTlsError, read_cert};
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
+use crate::paygw::SimControl;
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::tls::cert_path;
@@ -117,7 +117,8 @@ pub async fn simulate(
     if let Some(rig) = accounts {
         let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox(rig.notifications.clone())));
         let bank = SimControl::new(&rig.paygw_url, rig.hmac_secret.as_bytes());
-        let balances = Balances { deposit_fen: config.payments.deposit_fen, ample_fen: 1_000_000, short_fen: 0, short_every: 0 };
+        let balances =
+            Balances { deposit_fen: config.payments.deposit_fen, ample_fen: 1_000_000, short_fen: 0, short_every: 0 };
         let members = sign_up_riders(&mut world, &app, &bank, balances, &indicatif::ProgressBar::hidden()).await?;
         println!("  {} riders signed up through the account API", members.len());
     }

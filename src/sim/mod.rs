@@ -11,11 +11,11 @@ pub mod plan;
 pub mod signup;
 pub mod world;
 
+pub use app::{AppError, CodeInbox, FileInbox, RiderApp, Session};
 pub use city::{City, CitySpec, Target, Uploads};
 pub use fleet::{FleetReport, FleetSettings, run_fleet};
 pub use flood::{FloodKind, FloodReport, FloodSettings, hostile_codes, run_flood};
 pub use load::{AccountsRig, Load, SimulateError, SimulateReport, reach_server, simulate};
 pub use plan::{Anomaly, AnomalyRates, PlannedScan, Timetable, plan_day};
-pub use world::{World, WorldSpec};
-pub use app::{AppError, CodeInbox, FileInbox, RiderApp, Session};
 pub use signup::{Balances, Member, sign_up_riders};
+pub use world::{World, WorldSpec};

@@ -69,8 +69,9 @@ impl App {
     async fn activate(&self, card: u64, token: &str, balance: u64) {
         let payer = format!("payer-{card}");
         self.m.control.top_up(&payer, 2_000 + balance, &format!("topup-{card}-0")).await.expect("top up");
-        let (status, body) =
-            self.call("POST", &format!("/v1/cards/{card}/activate"), Some(token), Some(json!({"payment_user_id": payer}))).await;
+        let (status, body) = self
+            .call("POST", &format!("/v1/cards/{card}/activate"), Some(token), Some(json!({"payment_user_id": payer})))
+            .await;
         assert_eq!((status, body["state"].as_str()), (200, Some("active")), "{body}");
     }
 
@@ -78,9 +79,11 @@ impl App {
     async fn keys(&self, card: u64, token: &str) -> TestRider {
         let (status, body) = self.call("POST", &format!("/v1/cards/{card}/keys"), Some(token), None).await;
         assert_eq!(status, 200, "{body}");
-        let seed: [u8; 32] = hex::decode(body["user_seed_hex"].as_str().expect("seed")).expect("hex").try_into().expect("32");
-        let credential = Credential::decode(&hex::decode(body["credential_hex"].as_str().expect("credential")).expect("hex"))
-            .expect("credential");
+        let seed: [u8; 32] =
+            hex::decode(body["user_seed_hex"].as_str().expect("seed")).expect("hex").try_into().expect("32");
+        let credential =
+            Credential::decode(&hex::decode(body["credential_hex"].as_str().expect("credential")).expect("hex"))
+                .expect("credential");
         TestRider { key: UserKey::from_seed(&seed).expect("key"), credential }
     }
 }
@@ -105,7 +108,8 @@ async fn registration_needs_the_right_code_and_a_token_speaks_only_for_its_card(
     if !sent.ends_with("000000") {
         assert_eq!(app.call("POST", "/v1/register", None, Some(wrong)).await.0, 401);
     }
-    for body in [json!({"phone": "+123456789012345", "code": "12345"}), json!({"phone": "+123456789012345"}), json!([])] {
+    for body in [json!({"phone": "+123456789012345", "code": "12345"}), json!({"phone": "+123456789012345"}), json!([])]
+    {
         assert_eq!(app.call("POST", "/v1/register", None, Some(body)).await.0, 400);
     }
     app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
@@ -122,7 +126,11 @@ async fn registration_needs_the_right_code_and_a_token_speaks_only_for_its_card(
     app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
     assert_eq!(app.register("+8613800000001").await.0, alice);
     let huge = "x".repeat(20_000);
-    assert_eq!(app.call("POST", "/v1/otp", None, Some(json!({"phone": huge}))).await.0, 413, "over api.request_bytes_max");
+    assert_eq!(
+        app.call("POST", "/v1/otp", None, Some(json!({"phone": huge}))).await.0,
+        413,
+        "over api.request_bytes_max"
+    );
     app.api.stop().await;
 }
 
@@ -181,21 +189,32 @@ async fn an_app_made_key_is_certified_and_an_online_code_rides() {
     let (status, keys) = app.call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), Some(body)).await;
     assert_eq!(status, 200, "{keys}");
     assert!(keys["user_seed_hex"].is_null(), "the private key never left the phone");
-    let credential = Credential::decode(&hex::decode(keys["credential_hex"].as_str().expect("hex")).expect("hex")).expect("credential");
+    let credential = Credential::decode(&hex::decode(keys["credential_hex"].as_str().expect("hex")).expect("hex"))
+        .expect("credential");
     assert_eq!(credential.claims.user_public_key, own.public_key());
     let identity_point = hex::encode({
         let mut y = [0u8; 32];
         y[0] = 1;
         y
     });
-    for bad in [String::new(), "00".repeat(31), "00".repeat(33), "zz".repeat(32), "00".repeat(32), "ff".repeat(32), identity_point] {
-        let (status, _) =
-            app.call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), Some(json!({"public_key_hex": bad}))).await;
+    for bad in [
+        String::new(),
+        "00".repeat(31),
+        "00".repeat(33),
+        "zz".repeat(32),
+        "00".repeat(32),
+        "ff".repeat(32),
+        identity_point,
+    ] {
+        let (status, _) = app
+            .call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), Some(json!({"public_key_hex": bad})))
+            .await;
         assert_eq!(status, 400, "{bad:?}: not a key the server would trust");
     }
     let (status, online) = app.call("POST", &format!("/v1/cards/{card}/code"), Some(&token), None).await;
     assert_eq!(status, 200, "{online}");
-    let code = RideCode::decode(&hex::decode(online["ride_code_hex"].as_str().expect("hex")).expect("hex")).expect("code");
+    let code =
+        RideCode::decode(&hex::decode(online["ride_code_hex"].as_str().expect("hex")).expect("hex")).expect("code");
     assert_eq!(code.credential.claims.card_id, card);
     let mut scan = tap(&TestRider { key: own, credential }, 1, T0_MS, TapKind::Single, "bus-99");
     scan.ride_code = code.bytes.to_vec();
@@ -239,8 +258,12 @@ async fn a_refund_closes_the_account_after_the_wait_unless_the_rider_owes() {
     assert_eq!(accounts.account(paid_up).await.expect("account").state.as_str(), "closed");
     assert_eq!(accounts.account(owing).await.expect("account").state.as_str(), "refund_pending");
     assert!(app.m.h.inbox.last_to("+8613800000031").expect("told").contains("pay"), "the owing rider is told to pay");
-    let credits: Vec<_> = app.m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "credit").collect();
-    assert_eq!(credits.iter().map(|e| (e.key.as_str(), e.amount_cents)).collect::<Vec<_>>(), [(format!("refund-{paid_up}").as_str(), 2_000)]);
+    let credits: Vec<_> =
+        app.m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "credit").collect();
+    assert_eq!(
+        credits.iter().map(|e| (e.key.as_str(), e.amount_cents)).collect::<Vec<_>>(),
+        [(format!("refund-{paid_up}").as_str(), 2_000)]
+    );
     assert!(accounts.process_refunds(wait).await.expect("again").closed.is_empty(), "closed once");
     app.api.stop().await;
 }

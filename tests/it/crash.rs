@@ -21,10 +21,7 @@ fn the_crash_test_loses_and_duplicates_nothing() {
     for clean in ["lost=0 duplicated=0", "double_charged=0 unpriced_rides=0", "undecided=0", "ledger_mismatched=0"] {
         assert!(summary.contains(clean), "{clean}: {stdout}");
     }
-    let charges: u64 = summary
-        .split(' ')
-        .find_map(|field| field.strip_prefix("charges="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let charges: u64 =
+        summary.split(' ').find_map(|field| field.strip_prefix("charges=")).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(charges > 0, "the run charged nothing, so it proves nothing: {stdout}");
 }

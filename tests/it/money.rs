@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use farestream::charges::ChargeKind;
 use farestream::clock::Clock;
-use farestream::ridecode::DenyList;
 use farestream::config::Config;
 use farestream::money::MoneyStore;
 use farestream::money::accounts::AccountState;
 use farestream::money::outbox::{ChargeRow, charges, undecided};
 use farestream::paygw::{Entry, PaygwHandle, SimControl, SimFaults};
+use farestream::ridecode::DenyList;
 use farestream::scan::TapKind;
 use farestream::wire::{GateDecision, ScanRecord};
 
@@ -170,7 +170,10 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     outbox.sort_by_key(|c| c.charge_id);
     let seen = |c: &ChargeRow| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date);
     assert_eq!(
-        archived.iter().map(|c| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date)).collect::<Vec<_>>(),
+        archived
+            .iter()
+            .map(|c| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date))
+            .collect::<Vec<_>>(),
         outbox.iter().map(seen).collect::<Vec<_>>()
     );
     assert!(archived.iter().all(|c| c.service_date.to_string() == "2025-11-20" && c.card_id == 501));
@@ -198,12 +201,16 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
     assert!(pushed, "the connected gateway sees the card denied within a second");
     let newcomer = m.h.client();
     newcomer.connect().await.expect("connect");
-    assert!(within_a_second(|| newcomer.with_deny_list(|list| list.is_denied(502))).await, "a new gateway gets the full list");
+    assert!(
+        within_a_second(|| newcomer.with_deny_list(|list| list.is_denied(502))).await,
+        "a new gateway gets the full list"
+    );
     assert_eq!(newcomer.deny_list_version(), watching.deny_list_version());
 
     // The server's list now refuses the card when the gateway does not say
     // what its gate did.
-    let refused = client.push(&batch("depot-1", 2, vec![tap(&rider, 3, T0_MS + 40 * MINUTE, TapKind::Single, "bus-1")])).await;
+    let refused =
+        client.push(&batch("depot-1", 2, vec![tap(&rider, 3, T0_MS + 40 * MINUTE, TapKind::Single, "bus-1")])).await;
     assert_eq!(refused.expect("ack").accepted, 0, "denied on the server's list");
     assert!(m.h.server.accounts().pay_arrears(502).await.is_err(), "100 left cannot pay 500");
 
@@ -211,7 +218,8 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
     let paid = m.h.server.accounts().pay_arrears(502).await.expect("pay");
     assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
     assert!(within_a_second(|| !watching.with_deny_list(|list| list.is_denied(502))).await, "allowed again, pushed");
-    let again = client.push(&batch("depot-1", 3, vec![tap(&rider, 4, T0_MS + 50 * MINUTE, TapKind::Single, "bus-1")])).await;
+    let again =
+        client.push(&batch("depot-1", 3, vec![tap(&rider, 4, T0_MS + 50 * MINUTE, TapKind::Single, "bus-1")])).await;
     assert_eq!(again.expect("ack").accepted, 1, "allowed again");
     let charges = m.settle().await;
     let outcomes: BTreeMap<&str, i64> = charges.iter().map(|c| (c.outcome.as_str(), c.amount_cents)).collect();
@@ -261,7 +269,10 @@ async fn outages_lost_answers_and_latency_never_charge_twice() {
     let scans: Vec<ScanRecord> = riders
         .iter()
         .flat_map(|r| {
-            [tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99"), tap(r, 2, T0_MS + 9 * MINUTE, TapKind::Single, "bus-7")]
+            [
+                tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99"),
+                tap(r, 2, T0_MS + 9 * MINUTE, TapKind::Single, "bus-7"),
+            ]
         })
         .collect();
     assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 24);
@@ -289,7 +300,8 @@ async fn with_no_deposit_a_card_activates_and_closes_without_a_payment() {
     accounts.request_refund(700).await.expect("refund");
     let report = accounts.process_refunds(Duration::ZERO).await.expect("refunds");
     assert_eq!(report.closed, vec![700]);
-    let payments: Vec<Entry> = m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind != "agreement").collect();
+    let payments: Vec<Entry> =
+        m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind != "agreement").collect();
     assert!(payments.is_empty(), "no deposit taken, none returned: {payments:?}");
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;

@@ -18,7 +18,8 @@ struct Gw {
 
 async fn start() -> Gw {
     let dir = tempfile::tempdir().expect("tempdir");
-    let handle = farestream::paygw::start(dir.path(), "127.0.0.1:0".parse().expect("addr"), SECRET).await.expect("paygw");
+    let handle =
+        farestream::paygw::start(dir.path(), "127.0.0.1:0".parse().expect("addr"), SECRET).await.expect("paygw");
     let client = PaymentGateway::new(&handle.url(), SECRET, Duration::from_secs(2)).expect("client");
     let control = SimControl::new(&handle.url(), SECRET);
     Gw { dir, handle, client, control }
@@ -51,8 +52,16 @@ async fn a_key_gets_its_first_result_and_another_body_under_it_is_refused() {
     assert!(matches!(gw.client.pay(Direction::Debit, "k-3", &debit(&agreement, 300)).await, Answer::Succeeded { .. }));
     // Keys at their extremes, a zero amount, a foreign agreement.
     let longest = "k".repeat(255);
-    assert!(matches!(gw.client.pay(Direction::Credit, &longest, &debit(&agreement, 1)).await, Answer::Succeeded { .. }));
-    for (key, request) in [("k".repeat(256), debit(&agreement, 1)), (String::new(), debit(&agreement, 1)), ("k-4".into(), debit(&agreement, 0)), ("k-5".into(), debit("agr-none", 1))] {
+    assert!(matches!(
+        gw.client.pay(Direction::Credit, &longest, &debit(&agreement, 1)).await,
+        Answer::Succeeded { .. }
+    ));
+    for (key, request) in [
+        ("k".repeat(256), debit(&agreement, 1)),
+        (String::new(), debit(&agreement, 1)),
+        ("k-4".into(), debit(&agreement, 0)),
+        ("k-5".into(), debit("agr-none", 1)),
+    ] {
         let answer = gw.client.pay(Direction::Debit, &key, &request).await;
         assert!(matches!(answer, Answer::Refused { .. }), "{} chars, {request:?}: {answer:?}", key.len());
     }
@@ -64,7 +73,12 @@ async fn a_key_gets_its_first_result_and_another_body_under_it_is_refused() {
         .collect();
     assert_eq!(
         applied,
-        [("debit", "k-1", 300, "succeeded"), ("debit", "k-2", 300, "declined"), ("debit", "k-3", 300, "succeeded"), ("credit", longest.as_str(), 1, "succeeded")]
+        [
+            ("debit", "k-1", 300, "succeeded"),
+            ("debit", "k-2", 300, "declined"),
+            ("debit", "k-3", 300, "succeeded"),
+            ("credit", longest.as_str(), 1, "succeeded")
+        ]
     );
     gw.handle.stop().await;
 }

@@ -98,7 +98,13 @@ pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec
         // A tap an earlier charge priced (an exit charged alone before its
         // entry arrived) stays with that charge.
         let scan_ids = ride.scan_ids.iter().copied().filter(|id| covered.insert(*id)).collect();
-        planned.push(Charge { id: charge_id(day, kind, &key), kind, ride_key: Some(key), amount_cents: amount, scan_ids });
+        planned.push(Charge {
+            id: charge_id(day, kind, &key),
+            kind,
+            ride_key: Some(key),
+            amount_cents: amount,
+            scan_ids,
+        });
         charged = charged.saturating_add(amount);
     }
     let uncovered: Vec<[u8; 16]> =

@@ -218,7 +218,10 @@ mod tests {
         let mut log = DenyListLog::new(10, 1..=5, 100);
         let mut replica = DenyListReplica::new(1_000);
         let full = log.updates_since(None, 2);
-        assert_eq!(full.iter().map(|u| (u.denied.len(), u.last_page)).collect::<Vec<_>>(), [(2, false), (2, false), (1, true)]);
+        assert_eq!(
+            full.iter().map(|u| (u.denied.len(), u.last_page)).collect::<Vec<_>>(),
+            [(2, false), (2, false), (1, true)]
+        );
         replay(&full, &mut replica).expect("full");
         assert_eq!((replica.version(), replica.cards().len()), (10, 5));
         assert!(log.updates_since(Some(10), 2).is_empty(), "up to date");
@@ -244,7 +247,10 @@ mod tests {
         }
         let update = log.updates_since(Some(1), 100);
         assert_eq!(DenyListUpdateKind::try_from(update[0].kind), Ok(DenyListUpdateKind::Full), "only 4 and 5 are kept");
-        assert_eq!(DenyListUpdateKind::try_from(log.updates_since(Some(3), 100)[0].kind), Ok(DenyListUpdateKind::Changes));
+        assert_eq!(
+            DenyListUpdateKind::try_from(log.updates_since(Some(3), 100)[0].kind),
+            Ok(DenyListUpdateKind::Changes)
+        );
         let mut replica = DenyListReplica::new(1_000);
         let changes = log.updates_since(Some(3), 100);
         assert_eq!(replica.apply(&changes[0]), Err(ReplicaError::Gap { from: 3, held: 0 }));

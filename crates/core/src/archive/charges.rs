@@ -97,12 +97,19 @@ pub fn charges_to_record_batch(rows: &[ArchivedCharge]) -> Result<RecordBatch, A
 /// Reads rows back from a batch of the charges schema (files from disk:
 /// every column's type is checked, a bad value names its row), in the
 /// partition of `service_date`.
-pub fn charges_from_record_batch(batch: &RecordBatch, service_date: NaiveDate) -> Result<Vec<ArchivedCharge>, ArrowError> {
+pub fn charges_from_record_batch(
+    batch: &RecordBatch,
+    service_date: NaiveDate,
+) -> Result<Vec<ArchivedCharge>, ArrowError> {
     let schema = charge_schema();
     for field in schema.fields() {
         let found = batch.column_by_name(field.name()).map(|c| c.data_type().clone());
         if found.as_ref() != Some(field.data_type()) {
-            return Err(ArrowError::SchemaError(format!("column {} is {found:?}, not {}", field.name(), field.data_type())));
+            return Err(ArrowError::SchemaError(format!(
+                "column {} is {found:?}, not {}",
+                field.name(),
+                field.data_type()
+            )));
         }
     }
     let column = |name: &str| batch.column_by_name(name).expect("checked above");
@@ -112,7 +119,8 @@ pub fn charges_from_record_batch(batch: &RecordBatch, service_date: NaiveDate) -
     };
     let id = |text: &str, i: usize| -> Result<[u8; 16], ArrowError> {
         let mut id = [0u8; 16];
-        hex::decode_to_slice(text, &mut id).map_err(|e| ArrowError::ParseError(format!("row {i}: id {text:?}: {e}")))?;
+        hex::decode_to_slice(text, &mut id)
+            .map_err(|e| ArrowError::ParseError(format!("row {i}: id {text:?}: {e}")))?;
         Ok(id)
     };
     let bad = |i: usize, what: &str| ArrowError::ParseError(format!("row {i}: {what}"));

@@ -24,7 +24,10 @@ pub enum ApiError {
     /// A path or method the API does not have.
     NoSuchCall,
     /// The account's state forbids the call (keys in arrears, say).
-    Conflict { error: &'static str, message: String },
+    Conflict {
+        error: &'static str,
+        message: String,
+    },
     PaymentDeclined(String),
     TooManyRequests(String),
     Unavailable(String),

@@ -49,7 +49,8 @@ pub(super) fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Api
 /// `+` and 8 to 15 digits (E.164).
 fn check_phone(phone: &str) -> Result<(), ApiError> {
     let digits = phone.strip_prefix('+').unwrap_or("");
-    let ok = (PHONE_DIGITS_MIN..=PHONE_DIGITS_MAX).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    let ok =
+        (PHONE_DIGITS_MIN..=PHONE_DIGITS_MAX).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
     if !ok {
         return Err(ApiError::BadRequest(format!(
             "phone must be + and {PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} digits (E.164)"
@@ -58,7 +59,10 @@ fn check_phone(phone: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn send_code(State(api): State<Arc<ApiState>>, body: Bytes) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
+pub async fn send_code(
+    State(api): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
     let request: CodeRequest = json(&body)?;
     check_phone(&request.phone)?;
     let accounts = &api.accounts;

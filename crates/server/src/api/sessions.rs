@@ -41,7 +41,12 @@ pub fn last_challenge_at(conn: &Connection, phone: &str) -> Result<Option<UnixMi
 }
 
 /// A new six-digit code for `phone`, replacing any open one.
-pub fn new_challenge(tx: &Transaction<'_>, phone: &str, now: UnixMillis, valid_ms: i64) -> Result<String, AccountError> {
+pub fn new_challenge(
+    tx: &Transaction<'_>,
+    phone: &str,
+    now: UnixMillis,
+    valid_ms: i64,
+) -> Result<String, AccountError> {
     let code = format!("{:06}", u32::from_be_bytes(random_bytes::<4>()?) % 1_000_000);
     tx.execute(
         "INSERT INTO otp_challenges (phone, code_hash, created_at, expires_at, attempts) VALUES (?1, ?2, ?3, ?4, 0)

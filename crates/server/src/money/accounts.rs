@@ -252,21 +252,23 @@ pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError>
     )
     .optional()?
     .ok_or(AccountError::NotFound(card_id))
-    .and_then(|(card, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents, refund, created)| {
-        let state = AccountState::parse(&state)
-            .ok_or_else(|| AccountError::Store(StoreError::Corrupt(format!("account state {state:?}"))))?;
-        Ok(Account {
-            card_id: card_from_sql(card),
-            phone,
-            payment_user_id,
-            agreement_id,
-            deposit_cents,
-            state,
-            arrears_cents,
-            refund_requested_at: refund,
-            created_at: created,
-        })
-    })
+    .and_then(
+        |(card, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents, refund, created)| {
+            let state = AccountState::parse(&state)
+                .ok_or_else(|| AccountError::Store(StoreError::Corrupt(format!("account state {state:?}"))))?;
+            Ok(Account {
+                card_id: card_from_sql(card),
+                phone,
+                payment_user_id,
+                agreement_id,
+                deposit_cents,
+                state,
+                arrears_cents,
+                refund_requested_at: refund,
+                created_at: created,
+            })
+        },
+    )
 }
 
 /// The deny list as of its latest version: the cards on it, and that version.
@@ -336,7 +338,13 @@ pub fn account_history(conn: &Connection, card_id: u64) -> Result<Vec<HistoryEnt
             "SELECT at, event, to_state, amount_cents, cause FROM account_history WHERE card_id = ?1 ORDER BY seq",
         )?
         .query_map([card_to_sql(card_id)], |r| {
-            Ok(HistoryEntry { at: r.get(0)?, event: r.get(1)?, to_state: r.get(2)?, amount_cents: r.get(3)?, cause: r.get(4)? })
+            Ok(HistoryEntry {
+                at: r.get(0)?,
+                event: r.get(1)?,
+                to_state: r.get(2)?,
+                amount_cents: r.get(3)?,
+                cause: r.get(4)?,
+            })
         })?
         .collect::<Result<Vec<_>, _>>()?)
 }
@@ -393,7 +401,14 @@ mod tests {
         assert!(matches!(pay_arrears(&tx, u64::MAX, 1, "again", 6), Err(AccountError::WrongState { .. })));
         let events: Vec<(String, i64)> =
             account_history(&tx, u64::MAX).expect("history").into_iter().map(|h| (h.event, h.amount_cents)).collect();
-        let expected = [("registered", 0), ("activated", 2_000), ("arrears_added", 300), ("arrears_added", 200), ("arrears_paid", -100), ("arrears_paid", -400)];
+        let expected = [
+            ("registered", 0),
+            ("activated", 2_000),
+            ("arrears_added", 300),
+            ("arrears_added", 200),
+            ("arrears_paid", -100),
+            ("arrears_paid", -400),
+        ];
         assert_eq!(events, expected.map(|(e, a)| (e.to_string(), a)));
     }
 }

@@ -21,10 +21,7 @@ pub fn date_to_sql(date: NaiveDate) -> i64 {
 }
 
 pub fn date_from_sql(days: i64) -> Result<NaiveDate, StoreError> {
-    i32::try_from(days)
-        .ok()
-        .and_then(date_from_days)
-        .ok_or_else(|| StoreError::Corrupt(format!("service date {days}")))
+    i32::try_from(days).ok().and_then(date_from_days).ok_or_else(|| StoreError::Corrupt(format!("service date {days}")))
 }
 
 pub fn id_from_sql(bytes: &[u8]) -> Result<[u8; 16], StoreError> {

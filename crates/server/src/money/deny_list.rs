@@ -25,7 +25,11 @@ pub struct DenyListHub {
 
 impl DenyListHub {
     /// The list as the store has it, loaded into `pipeline`'s check.
-    pub fn load(store: MoneyStore, pipeline: Arc<Pipeline>, changes_kept_max: usize) -> Result<DenyListHub, StoreError> {
+    pub fn load(
+        store: MoneyStore,
+        pipeline: Arc<Pipeline>,
+        changes_kept_max: usize,
+    ) -> Result<DenyListHub, StoreError> {
         let (version, cards) = deny_list(store.connection())?;
         for card_id in &cards {
             pipeline.set_denied(*card_id, true);

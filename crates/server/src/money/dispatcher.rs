@@ -27,8 +27,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::accounts::{self, Account};
-use super::deny_list::DenyListHub;
 use super::codec::{card_from_sql, id_from_sql};
+use super::deny_list::DenyListHub;
 use super::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
 use crate::clock::{Clock, SystemClock, UnixMillis};
@@ -145,9 +145,8 @@ impl Dispatcher {
                 }
                 claimed
             };
-            let mut lease_it = tx.prepare_cached(
-                "UPDATE charges SET attempts = ?2, lease_until = ?3 WHERE charge_id = ?1",
-            )?;
+            let mut lease_it =
+                tx.prepare_cached("UPDATE charges SET attempts = ?2, lease_until = ?3 WHERE charge_id = ?1")?;
             for charge in &claimed {
                 lease_it.execute(params![&charge.charge_id[..], charge.attempt, now.saturating_add(lease)])?;
             }
@@ -181,7 +180,9 @@ impl Dispatcher {
         match self.record(&charge, answer).await {
             Ok(Some(_declined)) => self.deny_list.sync_soon().await,
             Ok(None) => {}
-            Err(error) => tracing::warn!(%error, charge = %hex::encode(charge.charge_id), "cannot record a charge's outcome; it is sent again after its lease"),
+            Err(error) => {
+                tracing::warn!(%error, charge = %hex::encode(charge.charge_id), "cannot record a charge's outcome; it is sent again after its lease")
+            }
         }
     }
 
@@ -291,9 +292,7 @@ fn millis(duration: Duration) -> i64 {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 #[cfg(test)]
@@ -312,7 +311,8 @@ mod tests {
             failed_retry_after: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
         };
-        let waits: Vec<u128> = [1, 2, 3, 4, 5, 40, u32::MAX].iter().map(|&a| backoff(&settings, a).as_millis()).collect();
+        let waits: Vec<u128> =
+            [1, 2, 3, 4, 5, 40, u32::MAX].iter().map(|&a| backoff(&settings, a).as_millis()).collect();
         assert_eq!(waits, vec![100, 200, 400, 800, 1_000, 1_000, 1_000]);
         assert_eq!(backoff(&settings, 0).as_millis(), 100);
     }

@@ -19,6 +19,6 @@ pub mod store;
 
 pub use deny_list::DenyListHub;
 pub use dispatcher::{Dispatcher, DispatcherSettings};
-pub use service::{AccountService, RefundReport, ServiceError};
 pub use pricer::{LogReaders, Pricer, PricerSettings, PricerStatus};
+pub use service::{AccountService, RefundReport, ServiceError};
 pub use store::{MoneyStore, StoreError, store_path};

@@ -99,7 +99,8 @@ fn reprice(tx: &Transaction<'_>, fares: &FareTable, day: RiderDay, now: UnixMill
         // Due at once (`next_attempt_at` 0: the dispatcher schedules on the
         // wall clock). Nothing to collect (a ride under a reached cap):
         // decided at once, never sent.
-        let (outcome, decided_at) = if charge.amount_cents == 0 { ("nothing_due", Some(now)) } else { ("pending", None) };
+        let (outcome, decided_at) =
+            if charge.amount_cents == 0 { ("nothing_due", Some(now)) } else { ("pending", None) };
         insert.execute(params![
             &charge.id[..],
             card_to_sql(day.card_id),

@@ -47,16 +47,16 @@ use tokio_util::task::TaskTracker;
 pub use settings::{GatewaySettings, MoneySettings, ServerSettings};
 
 use connections::accept_loop;
-use money::{charges_archive_job, open_money_store, refund_job, start_money};
 use housekeeping::housekeeping;
+use money::{charges_archive_job, open_money_store, refund_job, start_money};
 use recovery::{probe_writable, recover};
 
+use crate::archive::charges::ChargesArchive;
 use crate::archive::checkpoint::Cleanup;
 use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, ArrivalMark, Arrivals};
 use crate::clock::Clock;
 use crate::fair::FairTurns;
 use crate::ingest::{ChunkSizer, Pipeline};
-use crate::archive::charges::ChargesArchive;
 use crate::money::{AccountService, Pricer, PricerStatus};
 use crate::tls::{ServerIdentity, TlsError};
 use crate::wal::WalError;
@@ -250,7 +250,12 @@ impl Server {
             spawn_supervised(&shared, "the charge dispatcher", dispatcher.run(shared.shutdown.clone()));
         }
         let refunds = &shared.settings.money;
-        let job = refund_job(money.accounts.clone(), refunds.refund_check_interval, refunds.refund_wait, shared.shutdown.clone());
+        let job = refund_job(
+            money.accounts.clone(),
+            refunds.refund_check_interval,
+            refunds.refund_wait,
+            shared.shutdown.clone(),
+        );
         spawn_supervised(&shared, "the refund job", job);
         let every = shared.settings.money.charges_archive_interval;
         let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());

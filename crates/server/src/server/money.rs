@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::{RecoveryReport, ServerError, ServerSettings};
+use crate::archive::charges::{ChargesArchive, charges_root};
 use crate::clock::Clock;
 use crate::ingest::Pipeline;
 use crate::money::pricer::pricer_start;
-use crate::archive::charges::{ChargesArchive, charges_root};
 use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer};
 use crate::wal::committer::Progress;
 

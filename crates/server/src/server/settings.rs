@@ -9,8 +9,8 @@ use tokio::sync::Semaphore;
 
 use crate::archive::checkpoint::checkpoint_path;
 use crate::archive::{ArchiveWriterConfig, ArchiverSettings, scans_root};
-use crate::config::{Config, ConfigError};
 use crate::config::fares::load_fares;
+use crate::config::{Config, ConfigError};
 use crate::fares::FareTable;
 use crate::faults::Faults;
 use crate::money::notify::{LogNotifier, Notifier};

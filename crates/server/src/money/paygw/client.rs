@@ -32,16 +32,25 @@ pub enum Direction {
 /// What came of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Succeeded { transaction_id: String },
+    Succeeded {
+        transaction_id: String,
+    },
     /// Final for this key: the payer could not pay.
-    Declined { decline_code: String },
+    Declined {
+        decline_code: String,
+    },
     /// Worth the same request again: a timeout, a lost connection or answer,
     /// a 5xx, a 409 (the same key in flight) or a 429; with the gateway's
     /// hint of when, if it gave one.
-    Retry { reason: String, retry_after: Option<Duration> },
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// The gateway refused the request itself (400, 401, 403, 404, 422): a
     /// bug or a misconfiguration that an operator must see.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -190,7 +199,10 @@ mod tests {
         assert!(matches!(classify(StatusCode::OK, b"", None), Answer::Retry { .. }), "a 200 we cannot read");
         let hint = Some(Duration::from_secs(3));
         for status in [StatusCode::CONFLICT, StatusCode::TOO_MANY_REQUESTS, StatusCode::BAD_GATEWAY] {
-            assert_eq!(classify(status, b"", hint), Answer::Retry { reason: format!("HTTP {status}"), retry_after: hint });
+            assert_eq!(
+                classify(status, b"", hint),
+                Answer::Retry { reason: format!("HTTP {status}"), retry_after: hint }
+            );
         }
         for status in [StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::UNPROCESSABLE_ENTITY] {
             assert!(matches!(classify(status, b"{}", None), Answer::Refused { .. }));
