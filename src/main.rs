@@ -16,6 +16,7 @@ use farestream::gateway::GatewayClient;
 use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::money::notify::FileNotifier;
+use farestream::money::outbox;
 use farestream::server::{Server, ServerSettings};
 use farestream::sim::{AccountsRig, CitySpec, Load};
 use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
@@ -230,8 +231,8 @@ fn main() -> Result<()> {
             };
             runtime.block_on(flood(&cli.data_dir, config, server, settings))
         }
-        Command::Audit { acked_file, paygw_dir } => audit(&cli.data_dir, &acked_file, paygw_dir.as_deref()),
-        Command::Charges => charges(&cli.data_dir),
+        Command::Audit { acked_file, paygw_dir } => audit(&cli.data_dir, &config, &acked_file, paygw_dir.as_deref()),
+        Command::Charges => charges(&cli.data_dir, &config),
         Command::Paygw { listen } => runtime.block_on(paygw(&cli.data_dir, &config, listen)),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
     }
@@ -441,14 +442,13 @@ async fn flood(
     Ok(())
 }
 
-fn audit(data_dir: &Path, acked_file: &Path, paygw_dir: Option<&Path>) -> Result<()> {
+fn audit(data_dir: &Path, config: &Config, acked_file: &Path, paygw_dir: Option<&Path>) -> Result<()> {
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
     let acked: std::collections::HashSet<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
     let report = farestream::archive::audit::audit_rows(&rows, &acked);
-    let store_path = farestream::money::store_path(data_dir);
-    let money = if store_path.exists() {
-        let store = farestream::money::MoneyStore::open(&store_path, Duration::from_secs(10))?;
+    let money = if farestream::money::store_path(data_dir).exists() {
+        let store = open_money_store(data_dir, config)?;
         let ledger = paygw_dir.map(paygw_ledger).transpose()?;
         Some(farestream::money::audit::audit_money(store.connection(), &rows, ledger.as_deref())?)
     } else {
@@ -471,23 +471,19 @@ fn audit(data_dir: &Path, acked_file: &Path, paygw_dir: Option<&Path>) -> Result
 fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::audit::AppliedPayment>> {
     let entries = farestream::paygw::Ledger::read_entries(dir)
         .with_context(|| format!("reading the ledger in {}", dir.display()))?;
-    Ok(entries
-        .into_iter()
-        .filter(|e| e.kind == "debit" || e.kind == "credit")
-        .map(|e| farestream::money::audit::AppliedPayment {
-            succeeded: e.outcome == "succeeded",
-            kind: e.kind,
-            key: e.key,
-            amount_cents: e.amount_cents,
-        })
-        .collect())
+    Ok(entries.iter().filter_map(farestream::paygw::Entry::applied_payment).collect())
 }
 
-fn charges(data_dir: &Path) -> Result<()> {
-    let store = farestream::money::MoneyStore::open(&farestream::money::store_path(data_dir), Duration::from_secs(10))?;
-    let money = farestream::money::audit::audit_money(store.connection(), &[], None)?;
-    println!("charges={} undecided={}", money.charges, money.undecided);
+fn charges(data_dir: &Path, config: &Config) -> Result<()> {
+    let store = open_money_store(data_dir, config)?;
+    let (all, undecided) = (outbox::count(store.connection())?, outbox::undecided(store.connection())?);
+    println!("charges={all} undecided={undecided}");
     Ok(())
+}
+
+fn open_money_store(data_dir: &Path, config: &Config) -> Result<farestream::money::MoneyStore> {
+    let wait = Duration::from_millis(config.payments.store_busy_wait_ms);
+    Ok(farestream::money::MoneyStore::open(&farestream::money::store_path(data_dir), wait)?)
 }
 
 async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) -> Result<()> {

@@ -15,7 +15,7 @@ use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressStyle};
 use thiserror::Error;
 
-use crate::api::{ApiHandle, ApiSettings, ApiState};
+use crate::api::{ApiSettings, ApiState, HttpHandle};
 use crate::archive::{self, ArchiveError};
 use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
@@ -206,7 +206,7 @@ async fn start_api(
     server: &Server,
     issuer: crate::ridecode::IssuerSigningKey,
     issuer_keys: Vec<crate::keystore::ExportedKey>,
-) -> Result<ApiHandle, DemoError> {
+) -> Result<HttpHandle, DemoError> {
     let settings = ApiSettings::from_config(config)?.ok_or_else(|| DemoError::Charges("no account API".into()))?;
     let state = ApiState { settings, accounts: server.accounts().clone(), issuer, issuer_keys };
     Ok(crate::api::start(state).await?)

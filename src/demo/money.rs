@@ -11,10 +11,12 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use super::DemoError;
-use crate::money::MoneyStore;
-use crate::money::outbox::{ChargeRow, charges, undecided};
+use crate::charges::ChargeRecord;
+use crate::money::audit::{AppliedPayment, MoneyAudit, audit_money};
+use crate::money::outbox::{charges, undecided};
+use crate::money::pricing::{entries_closing_by, is_ride};
 use crate::paygw::{Entry, SimControl};
-use crate::scan::{ArchivedScan, ScanStatus};
+use crate::scan::ArchivedScan;
 use crate::server::Server;
 use crate::sim::{AppError, Balances, Member, RiderApp};
 
@@ -29,14 +31,11 @@ const SETTLE_WAIT_MAX: Duration = Duration::from_secs(120);
 /// Waits until every ride is priced (the last entries' exit windows
 /// closed on the server's clock) and every charge decided.
 pub async fn settle(server: &Server, progress: &ProgressBar) -> Result<(), String> {
-    let store = open_store(server)?;
+    let store = server.open_money_store().map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     loop {
         server.flush_pricing().await.map_err(|e| e.to_string())?;
-        let open: i64 = store
-            .connection()
-            .query_row("SELECT count(*) FROM open_entries", [], |r| r.get(0))
-            .map_err(|e| e.to_string())?;
+        let open = entries_closing_by(store.connection(), i64::MAX).map_err(|e| e.to_string())?;
         let waiting = undecided(store.connection()).map_err(|e| e.to_string())?;
         progress.set_message(format!("{waiting} charges undecided, {open} metro entries awaiting their exit window"));
         if waiting == 0 && open == 0 {
@@ -117,14 +116,14 @@ pub async fn after_the_day(
 pub struct MoneySummary {
     pub accounts: usize,
     pub charges_by_outcome: BTreeMap<String, (u64, i64)>,
-    /// Accepted scans of this run, and how many of them some charge prices.
+    /// This run's rides, and how many of them some charge prices.
     pub rides: u64,
     pub rides_priced: u64,
-    /// Taps priced twice, or charges for scans that are not rides (must be 0).
-    pub priced_wrongly: u64,
-    /// Debits at the gateway for charge ids, in fen, and charge ids debited twice.
+    /// The money audit over the store, this run's rides and the gateway's
+    /// ledger: no ride charged twice or left unpriced, the ledger agrees.
+    pub audit: MoneyAudit,
+    /// What the gateway's ledger holds for this run's charges, in fen.
     pub gateway_fares_debited: i64,
-    pub gateway_double_debits: u64,
     pub after_day: AfterDay,
     pub arrears_outstanding: i64,
     pub accounts_in_arrears: u64,
@@ -140,11 +139,8 @@ impl MoneySummary {
 
     pub fn is_consistent(&self) -> bool {
         self.rides == self.rides_priced
-            && self.priced_wrongly == 0
-            && self.gateway_double_debits == 0
-            && self.gateway_fares_debited == self.amount("succeeded")
-            && !self.charges_by_outcome.contains_key("pending")
-            && !self.charges_by_outcome.contains_key("failed")
+            && self.audit.is_clean()
+            && self.audit.undecided == 0
             && self.charges_archived == self.charges_by_outcome.values().map(|(n, _)| n).sum::<u64>()
             && self.after_day.keys_issued_in_arrears == 0
             && self.after_day.keys_after_paying == self.after_day.arrears_paid
@@ -159,9 +155,9 @@ pub async fn summarize(
     rows: &[ArchivedScan],
     after_day: AfterDay,
 ) -> Result<MoneySummary, String> {
-    let store = open_store(server)?;
+    let store = server.open_money_store().map_err(|e| e.to_string())?;
     let ours: HashSet<u64> = cards.iter().copied().collect();
-    let charges: Vec<ChargeRow> = charges(store.connection(), None)
+    let charges: Vec<ChargeRecord> = charges(store.connection(), None)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|c| ours.contains(&c.card_id))
@@ -172,28 +168,15 @@ pub async fn summarize(
         entry.0 += 1;
         entry.1 += charge.amount_cents;
     }
-    let rides: HashSet<[u8; 16]> = rows
-        .iter()
-        .filter(|r| r.status == ScanStatus::Accepted && r.gate_opened != Some(false))
-        .map(|r| r.scan_id)
-        .collect();
-    summary.rides = rides.len() as u64;
-    let mut priced = HashSet::new();
-    for scan in charges.iter().flat_map(|c| &c.scan_ids) {
-        if !priced.insert(*scan) || !rides.contains(scan) {
-            summary.priced_wrongly += 1;
-        }
-    }
-    summary.rides_priced = priced.iter().filter(|s| rides.contains(*s)).count() as u64;
     let ledger: Vec<Entry> = control.ledger().await.map_err(|e| e.to_string())?;
+    let applied: Vec<AppliedPayment> = ledger.iter().filter_map(Entry::applied_payment).collect();
+    summary.audit = audit_money(store.connection(), rows, Some(&applied)).map_err(|e| e.to_string())?;
+    summary.rides = rows.iter().filter(|r| is_ride(r)).count() as u64;
+    summary.rides_priced = summary.rides.saturating_sub(summary.audit.unpriced_rides + summary.audit.awaiting_exit);
     let ids: HashSet<String> = charges.iter().map(|c| hex::encode(c.charge_id)).collect();
-    let mut seen = HashSet::new();
-    for entry in ledger.iter().filter(|e| ids.contains(&e.key) && e.outcome == "succeeded") {
-        if !seen.insert((entry.kind.clone(), entry.key.clone())) {
-            summary.gateway_double_debits += 1;
-        }
-        let amount = i64::try_from(entry.amount_cents).unwrap_or(i64::MAX);
-        summary.gateway_fares_debited += if entry.kind == "credit" { -amount } else { amount };
+    for payment in applied.iter().filter(|p| p.succeeded && ids.contains(&p.key)) {
+        let amount = i64::try_from(payment.amount_cents).unwrap_or(i64::MAX);
+        summary.gateway_fares_debited += if payment.kind == "credit" { -amount } else { amount };
     }
     server.flush_charges_archive().await.map_err(|e| e.to_string())?;
     summary.charges_root = crate::archive::charges::charges_root(server.data_dir());
@@ -205,10 +188,6 @@ pub async fn summarize(
         summary.accounts_in_arrears += u64::from(owed > 0);
     }
     Ok(summary)
-}
-
-fn open_store(server: &Server) -> Result<MoneyStore, String> {
-    MoneyStore::open(server.money_store_path(), Duration::from_secs(10)).map_err(|e| e.to_string())
 }
 
 /// The money lines of the demo's summary.
@@ -236,6 +215,7 @@ pub fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
         yuan(summary.arrears_outstanding),
         yuan(summary.gateway_fares_debited),
     ));
+    out.push_str(&format!("         audit: {}\n", summary.audit));
     out.push_str(&format!(
         "         charges archive: {} rows under {}\n",
         summary.charges_archived,

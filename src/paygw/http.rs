@@ -14,13 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use farestream_server::clock::{Clock, SystemClock};
+use farestream_server::http::HttpHandle;
 use farestream_server::money::paygw::api::{
     AGREEMENTS_PATH, AgreementAnswer, AgreementRequest, CREDITS_PATH, DEBITS_PATH, ErrorAnswer, IDEMPOTENCY_KEY,
     IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature_valid,
 };
 use farestream_server::sync::lock;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::ledger::{Entry, Ledger};
 
@@ -53,27 +53,8 @@ struct Sim {
     in_flight: Mutex<HashSet<String>>,
 }
 
-/// A running simulated gateway.
-pub struct PaygwHandle {
-    pub local_addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PaygwHandle {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
-    }
-
-    /// Stops serving and waits until the listener is closed.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
-
 /// Opens the ledger in `data_dir` and serves on `listen`.
-pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::io::Result<PaygwHandle> {
+pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::io::Result<HttpHandle> {
     let sim = Arc::new(Sim {
         ledger: Mutex::new(Ledger::open(data_dir)?),
         faults: Mutex::new(SimFaults::default()),
@@ -91,18 +72,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::i
         .route("/v1/faults", put(set_faults))
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(sim);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let local_addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(error) = served.await {
-            tracing::error!(%error, "the simulated payment gateway stopped");
-        }
-    });
-    tracing::info!(%local_addr, "simulated payment gateway listening");
-    Ok(PaygwHandle { local_addr, stop, task })
+    farestream_server::http::serve(listen, app, "simulated payment gateway").await
 }
 
 /// A top-up of a payer's balance (the rider's bank account, in the demo).

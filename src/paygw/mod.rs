@@ -11,5 +11,6 @@ mod http;
 mod ledger;
 
 pub use control::SimControl;
-pub use http::{PaygwHandle, SimFaults, TopUp, start};
+pub use farestream_server::http::HttpHandle;
+pub use http::{SimFaults, TopUp, start};
 pub use ledger::{Entry, Ledger};

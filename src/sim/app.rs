@@ -4,6 +4,7 @@
 //! the server's notifier delivers to: in-process, the demo reads an
 //! [`InboxNotifier`]; beside a `serve` process, the notifications file.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,17 +25,46 @@ impl CodeInbox for InboxNotifier {
     }
 }
 
-/// The notifications file a `serve` writes (`api.notifications_file`).
-pub struct FileInbox(pub PathBuf);
+/// The notifications file a `serve` writes (`api.notifications_file`),
+/// read forward from where the last look stopped: each look reads only
+/// what was appended since, so thousands of sign-ups do not read the file
+/// thousands of times.
+pub struct FileInbox {
+    path: PathBuf,
+    seen: std::sync::Mutex<(u64, HashMap<String, String>)>,
+}
+
+impl FileInbox {
+    pub fn new(path: PathBuf) -> FileInbox {
+        FileInbox { path, seen: std::sync::Mutex::new((0, HashMap::new())) }
+    }
+
+    /// Reads the lines appended since the last look into `last`; a line
+    /// still being written is left for the next look.
+    fn catch_up(&self, read_to: &mut u64, last: &mut HashMap<String, String>) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&self.path)?;
+        file.seek(SeekFrom::Start(*read_to))?;
+        let mut fresh = Vec::new();
+        file.read_to_end(&mut fresh)?;
+        let complete = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |end| end + 1);
+        for line in fresh[..complete].split(|&b| b == b'\n') {
+            let Ok(entry) = serde_json::from_slice::<Value>(line) else { continue };
+            if let (Some(phone), Some(message)) = (entry["phone"].as_str(), entry["message"].as_str()) {
+                last.insert(phone.to_string(), message.to_string());
+            }
+        }
+        *read_to += complete as u64;
+        Ok(())
+    }
+}
 
 impl CodeInbox for FileInbox {
     fn last_message(&self, phone: &str) -> Option<String> {
-        let text = std::fs::read_to_string(&self.0).ok()?;
-        text.lines()
-            .rev()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|entry| entry["phone"] == phone)
-            .find_map(|entry| entry["message"].as_str().map(str::to_string))
+        let mut seen = crate::sync::lock(&self.seen);
+        let (read_to, last) = &mut *seen;
+        self.catch_up(read_to, last).ok()?;
+        last.get(phone).cloned()
     }
 }
 
@@ -124,5 +154,28 @@ impl RiderApp {
     pub async fn request_refund(&self, who: &Session) -> Result<(), AppError> {
         let path = format!("/v1/cards/{}/refund", who.card_id);
         self.call("refund", &path, Some(&who.token), json!({})).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn the_file_inbox_reads_only_what_was_appended_and_waits_for_a_whole_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notifications.jsonl");
+        let inbox = FileInbox::new(path.clone());
+        assert_eq!(inbox.last_message("+1"), None, "no file yet");
+        let mut file = std::fs::File::create(&path).expect("file");
+        file.write_all(b"{\"phone\":\"+1\",\"message\":\"code 111111\"}\n{\"phone\":\"+2\",\"message\":\"co")
+            .expect("write");
+        assert_eq!(inbox.last_message("+1").as_deref(), Some("code 111111"));
+        assert_eq!(inbox.last_message("+2"), None, "half a line is not read");
+        file.write_all(b"de 222222\"}\n{\"phone\":\"+1\",\"message\":\"code 333333\"}\n").expect("write");
+        assert_eq!(inbox.last_message("+2").as_deref(), Some("code 222222"));
+        assert_eq!(inbox.last_message("+1").as_deref(), Some("code 333333"), "the latest wins");
     }
 }

@@ -115,7 +115,7 @@ pub async fn simulate(
     let valid_from = unix_secs_u32(now - 3_600_000);
     let mut world = City::world(spec, config, keystore.active_signer()?, keystore.trusted_public_keys()?, valid_from)?;
     if let Some(rig) = accounts {
-        let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox(rig.notifications.clone())));
+        let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox::new(rig.notifications.clone())));
         let bank = SimControl::new(&rig.paygw_url, rig.hmac_secret.as_bytes());
         let balances =
             Balances { deposit_fen: config.payments.deposit_fen, ample_fen: 1_000_000, short_fen: 0, short_every: 0 };

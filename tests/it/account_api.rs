@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use farestream::api::{ApiHandle, ApiSettings, ApiState, ErrorBody};
+use farestream::api::{ApiSettings, ApiState, ErrorBody, HttpHandle};
 use farestream::clock::Clock;
 use farestream::config::Config;
 use farestream::keystore::ExportedKey;
@@ -17,7 +17,7 @@ use crate::support::{ISSUER_KEY_ID, T0_MS, TestRider, batch, secs};
 
 struct App {
     m: Money,
-    api: ApiHandle,
+    api: HttpHandle,
     http: reqwest::Client,
 }
 

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use farestream::charges::ChargeKind;
+use farestream::charges::ChargeRecord;
 use farestream::clock::Clock;
 use farestream::config::Config;
-use farestream::money::MoneyStore;
 use farestream::money::accounts::AccountState;
-use farestream::money::outbox::{ChargeRow, charges, undecided};
-use farestream::paygw::{Entry, PaygwHandle, SimControl, SimFaults};
+use farestream::money::outbox::{charges, undecided};
+use farestream::paygw::{Entry, HttpHandle, SimControl, SimFaults};
 use farestream::ridecode::DenyList;
 use farestream::scan::TapKind;
 use farestream::wire::{GateDecision, ScanRecord};
@@ -22,7 +22,7 @@ pub const MINUTE: i64 = 60_000;
 
 pub struct Money {
     pub h: Harness,
-    pub paygw: PaygwHandle,
+    pub paygw: HttpHandle,
     pub control: SimControl,
     _paygw_dir: tempfile::TempDir,
 }
@@ -64,9 +64,9 @@ impl Money {
 
     /// Prices what was acked and waits until every charge is decided,
     /// moving the server's clock so retries come due.
-    pub async fn settle(&self) -> Vec<ChargeRow> {
+    pub async fn settle(&self) -> Vec<ChargeRecord> {
         self.h.server.flush_pricing().await.expect("price");
-        let store = MoneyStore::open(self.h.server.money_store_path(), Duration::from_secs(5)).expect("store");
+        let store = self.h.server.open_money_store().expect("store");
         for _ in 0..1_000 {
             if undecided(store.connection()).expect("count") == 0 {
                 return charges(store.connection(), None).expect("charges");
@@ -104,7 +104,7 @@ async fn within_a_second(seen: impl Fn() -> bool) -> bool {
 }
 
 /// Every ledger debit is a charge (or a deposit), each key once.
-fn assert_charged_once(debits: &[Entry], charges: &[ChargeRow]) {
+fn assert_charged_once(debits: &[Entry], charges: &[ChargeRecord]) {
     let keys: Vec<&str> = debits.iter().map(|e| e.key.as_str()).collect();
     let unique: HashSet<&str> = keys.iter().copied().collect();
     assert_eq!(unique.len(), keys.len(), "a key debited twice");
@@ -168,7 +168,7 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     archived.sort_by_key(|c| c.charge_id);
     let mut outbox = charges.clone();
     outbox.sort_by_key(|c| c.charge_id);
-    let seen = |c: &ChargeRow| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date);
+    let seen = |c: &ChargeRecord| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date);
     assert_eq!(
         archived
             .iter()

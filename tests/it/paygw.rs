@@ -11,7 +11,7 @@ const SECRET: &[u8] = b"test-secret";
 
 struct Gw {
     dir: tempfile::TempDir,
-    handle: farestream::paygw::PaygwHandle,
+    handle: farestream::paygw::HttpHandle,
     client: PaymentGateway,
     control: SimControl,
 }

@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use chrono::NaiveDate;
 use ring::digest;
 
+use crate::clock::UnixMillis;
 use crate::fares::{Cents, PricedDay};
 use crate::service_day::days_since_epoch;
 
@@ -58,6 +59,26 @@ impl ChargeKind {
     pub fn parse(name: &str) -> Option<ChargeKind> {
         ChargeKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
+}
+
+/// A charge as it is kept: what it prices and what came of it. The outbox
+/// reads its rows into this, and the charges archive writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRecord {
+    pub charge_id: ChargeId,
+    pub card_id: u64,
+    pub service_date: NaiveDate,
+    pub kind: ChargeKind,
+    /// Negative for a credit (an adjustment that lowered the day's price).
+    pub amount_cents: SignedCents,
+    pub currency: String,
+    pub scan_ids: Vec<[u8; 16]>,
+    /// `pending`, `succeeded`, `declined`, `failed` or `nothing_due`.
+    pub outcome: String,
+    pub attempts: u32,
+    pub created_at: UnixMillis,
+    pub decided_at: Option<UnixMillis>,
+    pub gateway_txn_id: Option<String>,
 }
 
 /// One rider's service day: the unit that is priced and capped.
@@ -150,7 +171,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::clock::UnixMillis;
     use crate::fares::{FareTable, Tap};
     use crate::scan::TapKind;
 

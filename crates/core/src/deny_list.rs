@@ -81,7 +81,7 @@ impl DenyListLog {
 
     /// Whether the kept changes reach back to `known`.
     fn covers(&self, known: u64) -> bool {
-        known < self.version && self.changes.front().is_some_and(|first| first.version <= known + 1)
+        known < self.version && self.changes.front().is_some_and(|first| first.version <= known.saturating_add(1))
     }
 
     fn changes_since(&self, known: u64) -> DenyListUpdate {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod fair;
 pub mod faults;
 pub mod files;
+pub mod http;
 pub mod keystore;
 pub mod log_reader;
 pub mod money;

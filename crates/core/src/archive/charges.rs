@@ -14,27 +14,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 
-use crate::charges::ChargeKind;
-use crate::clock::UnixMillis;
-
-/// One decided charge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchivedCharge {
-    pub charge_id: [u8; 16],
-    pub card_id: u64,
-    pub service_date: NaiveDate,
-    pub kind: ChargeKind,
-    /// Negative for a credit (an adjustment that lowered the day's price).
-    pub amount_cents: i64,
-    pub currency: String,
-    pub scan_ids: Vec<[u8; 16]>,
-    /// `succeeded`, `declined` or `nothing_due`.
-    pub outcome: String,
-    pub attempts: u32,
-    pub created_at: UnixMillis,
-    pub decided_at: Option<UnixMillis>,
-    pub gateway_txn_id: Option<String>,
-}
+use crate::charges::{ChargeKind, ChargeRecord};
 
 fn time() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -56,13 +36,13 @@ pub fn charge_schema() -> SchemaRef {
     ]))
 }
 
-pub fn charges_to_record_batch(rows: &[ArchivedCharge]) -> Result<RecordBatch, ArrowError> {
-    let strings = |get: fn(&ArchivedCharge) -> Option<String>| -> ArrayRef {
+pub fn charges_to_record_batch(rows: &[ChargeRecord]) -> Result<RecordBatch, ArrowError> {
+    let strings = |get: fn(&ChargeRecord) -> Option<String>| -> ArrayRef {
         let mut b = StringBuilder::new();
         rows.iter().for_each(|r| b.append_option(get(r)));
         Arc::new(b.finish())
     };
-    let times = |get: fn(&ArchivedCharge) -> Option<i64>| -> ArrayRef {
+    let times = |get: fn(&ChargeRecord) -> Option<i64>| -> ArrayRef {
         let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
         rows.iter().for_each(|r| b.append_option(get(r)));
         Arc::new(b.finish())
@@ -100,7 +80,7 @@ pub fn charges_to_record_batch(rows: &[ArchivedCharge]) -> Result<RecordBatch, A
 pub fn charges_from_record_batch(
     batch: &RecordBatch,
     service_date: NaiveDate,
-) -> Result<Vec<ArchivedCharge>, ArrowError> {
+) -> Result<Vec<ChargeRecord>, ArrowError> {
     let schema = charge_schema();
     for field in schema.fields() {
         let found = batch.column_by_name(field.name()).map(|c| c.data_type().clone());
@@ -132,7 +112,7 @@ pub fn charges_from_record_batch(
         let listed = listed.as_string::<i32>();
         let scan_ids = (0..listed.len()).map(|j| id(listed.value(j), i)).collect::<Result<_, _>>()?;
         let decided = column("decided_at").as_primitive::<TimestampMillisecondType>();
-        rows.push(ArchivedCharge {
+        rows.push(ChargeRecord {
             charge_id: id(&text("charge_id", i).ok_or_else(|| bad(i, "null charge_id"))?, i)?,
             card_id: column("card_id").as_primitive::<UInt64Type>().value(i),
             service_date,
@@ -156,7 +136,7 @@ mod tests {
 
     #[test]
     fn charges_round_trip_at_their_extremes() {
-        let row = |n: u8, scans: usize| ArchivedCharge {
+        let row = |n: u8, scans: usize| ChargeRecord {
             charge_id: [n; 16],
             card_id: if n == 0 { 0 } else { u64::MAX },
             service_date: NaiveDate::MAX,

@@ -20,9 +20,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ErrorBody};
+
+pub use crate::http::HttpHandle;
 
 use crate::config::Config;
 use crate::keystore::ExportedKey;
@@ -75,24 +76,6 @@ pub struct ApiState {
     pub issuer_keys: Vec<ExportedKey>,
 }
 
-/// A running API.
-pub struct ApiHandle {
-    pub local_addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ApiHandle {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
-    }
-
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
-
 pub fn router(state: Arc<ApiState>) -> Router {
     let body_max = state.settings.request_bytes_max;
     Router::new()
@@ -112,20 +95,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// Binds `settings.listen_addr` and serves until stopped.
-pub async fn start(state: ApiState) -> std::io::Result<ApiHandle> {
-    let listener = tokio::net::TcpListener::bind(state.settings.listen_addr).await?;
-    let local_addr = listener.local_addr()?;
-    let app = router(Arc::new(state));
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(error) = served.await {
-            tracing::error!(%error, "the account API stopped");
-        }
-    });
-    tracing::info!(%local_addr, "account API listening");
-    Ok(ApiHandle { local_addr, stop, task })
+pub async fn start(state: ApiState) -> std::io::Result<HttpHandle> {
+    let listen = state.settings.listen_addr;
+    crate::http::serve(listen, router(Arc::new(state)), "account API").await
 }
 
 fn millis(duration: Duration) -> i64 {

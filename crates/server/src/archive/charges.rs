@@ -19,12 +19,13 @@ use parquet::file::properties::WriterProperties;
 use rusqlite::params;
 
 use super::writer::{ArchiveError, partition_dir, sync_dir};
+use crate::charges::ChargeRecord;
 use crate::clock::UnixMillis;
 use crate::faults::Faults;
 use crate::money::MoneyStore;
-use crate::money::codec::{card_from_sql, date_from_sql, id_from_sql, ids_from_sql};
+use crate::money::outbox::archive_batch;
 use crate::money::store::StoreError;
-use farestream_core::archive::charges::{ArchivedCharge, charge_schema, charges_to_record_batch};
+use farestream_core::archive::charges::{charge_schema, charges_to_record_batch};
 
 /// Where the charges archive lives under a data directory.
 pub fn charges_root(data_dir: &Path) -> PathBuf {
@@ -73,7 +74,7 @@ pub fn archive_decided_charges(
     let mut archived = 0;
     loop {
         let Some(batch) = claim_batch(store, batch_charges_max)? else { return Ok(archived) };
-        let rows = batch_rows(store, batch)?;
+        let rows = archive_batch(store.connection(), batch)?;
         write_batch(root, batch, &rows, faults)?;
         let tx = store.transaction()?;
         tx.execute("UPDATE charges SET archived_at = ?2 WHERE archive_batch = ?1", params![batch, now])?;
@@ -105,45 +106,9 @@ fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Optio
     Ok((claimed > 0).then_some(next))
 }
 
-fn batch_rows(store: &MoneyStore, batch: i64) -> Result<Vec<ArchivedCharge>, ChargesArchiveError> {
-    let mut query = store.connection().prepare_cached(
-        "SELECT charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, outcome, attempts,
-                created_at, decided_at, gateway_txn_id
-         FROM charges WHERE archive_batch = ?1 ORDER BY card_id, service_date, created_at, charge_id",
-    )?;
-    let rows = query.query_map([batch], |r| {
-        Ok((
-            (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?),
-            (r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, String>(7)?),
-            (r.get::<_, u32>(8)?, r.get::<_, i64>(9)?, r.get::<_, Option<i64>>(10)?, r.get::<_, Option<String>>(11)?),
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let ((id, card, date, kind), (amount_cents, currency, scans, outcome), (attempts, created_at, decided_at, txn)) =
-            row?;
-        out.push(ArchivedCharge {
-            charge_id: id_from_sql(&id)?,
-            card_id: card_from_sql(card),
-            service_date: date_from_sql(date)?,
-            kind: crate::charges::ChargeKind::parse(&kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("charge kind {kind:?}")))?,
-            amount_cents,
-            currency,
-            scan_ids: ids_from_sql(&scans)?,
-            outcome,
-            attempts,
-            created_at,
-            decided_at,
-            gateway_txn_id: txn,
-        });
-    }
-    Ok(out)
-}
-
 /// One file per service date, each durable before it is renamed in.
-fn write_batch(root: &Path, batch: i64, rows: &[ArchivedCharge], faults: &Faults) -> Result<(), ArchiveError> {
-    let mut by_date: BTreeMap<chrono::NaiveDate, Vec<ArchivedCharge>> = BTreeMap::new();
+fn write_batch(root: &Path, batch: i64, rows: &[ChargeRecord], faults: &Faults) -> Result<(), ArchiveError> {
+    let mut by_date: BTreeMap<chrono::NaiveDate, Vec<ChargeRecord>> = BTreeMap::new();
     for row in rows {
         by_date.entry(row.service_date).or_default().push(row.clone());
     }

@@ -9,8 +9,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::schema::from_record_batch;
 use super::writer::{ArchiveError, partition_date};
+use crate::charges::ChargeRecord;
 use crate::scan::{ArchivedScan, ScanStatus};
-use farestream_core::archive::charges::{ArchivedCharge, charges_from_record_batch};
+use farestream_core::archive::charges::charges_from_record_batch;
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + use<> {
     let path = path.to_path_buf();
@@ -47,12 +48,12 @@ pub fn read_file(path: &Path) -> Result<Vec<ArchivedScan>, ArchiveError> {
 }
 
 /// All rows of one charges archive file.
-pub fn read_charges_file(path: &Path) -> Result<Vec<ArchivedCharge>, ArchiveError> {
+pub fn read_charges_file(path: &Path) -> Result<Vec<ChargeRecord>, ArchiveError> {
     read_rows(path, charges_from_record_batch)
 }
 
 /// All charges under the charges archive's `root`.
-pub fn read_all_charges(root: &Path) -> Result<Vec<ArchivedCharge>, ArchiveError> {
+pub fn read_all_charges(root: &Path) -> Result<Vec<ChargeRecord>, ArchiveError> {
     let mut rows = Vec::new();
     for path in archive_files(root)? {
         rows.extend(read_charges_file(&path)?);

@@ -7,9 +7,11 @@ use std::fmt;
 
 use rusqlite::Connection;
 
-use super::outbox::{ChargeRow, charges};
+use super::outbox::charges;
+use super::pricing::is_ride;
 use super::store::StoreError;
-use crate::scan::{ArchivedScan, ScanStatus};
+use crate::charges::ChargeRecord;
+use crate::scan::ArchivedScan;
 
 /// A payment the gateway applied, as its ledger shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +78,7 @@ pub fn audit_money(
         }
     }
     let open = open_trip_taps(conn)?;
-    for ride in archived.iter().filter(|r| r.status == ScanStatus::Accepted && r.gate_opened != Some(false)) {
+    for ride in archived.iter().filter(|r| is_ride(r)) {
         if priced.contains(&ride.scan_id) {
             continue;
         }
@@ -92,14 +94,14 @@ pub fn audit_money(
     Ok(audit)
 }
 
-fn check_ledger(outbox: &[ChargeRow], ledger: &[AppliedPayment], audit: &mut MoneyAudit) {
+fn check_ledger(outbox: &[ChargeRecord], ledger: &[AppliedPayment], audit: &mut MoneyAudit) {
     let mut applied: HashMap<(&str, &str), &AppliedPayment> = HashMap::new();
     for payment in ledger {
         if applied.insert((&payment.kind, &payment.key), payment).is_some() {
             audit.double_charged += 1;
         }
     }
-    let ids: HashMap<String, &ChargeRow> = outbox.iter().map(|c| (hex::encode(c.charge_id), c)).collect();
+    let ids: HashMap<String, &ChargeRecord> = outbox.iter().map(|c| (hex::encode(c.charge_id), c)).collect();
     for payment in ledger {
         let for_account = ACCOUNT_PAYMENT_PREFIXES.iter().any(|p| payment.key.starts_with(p));
         if !for_account && !ids.contains_key(&payment.key) {

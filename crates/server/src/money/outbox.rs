@@ -1,72 +1,74 @@
 //! Reading the outbox: a card's charges with their outcomes (the account
-//! view, the demo's summary, the tests), and how many are not decided yet.
+//! view, the audit, the charges archive, the tests), and how many there
+//! are and how many are not decided yet.
 
 use rusqlite::{Connection, params};
 
 use super::codec::{card_from_sql, card_to_sql, date_from_sql, id_from_sql, ids_from_sql};
 use super::store::StoreError;
-use crate::charges::ChargeKind;
-use crate::clock::UnixMillis;
-
-/// One charge as the outbox holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChargeRow {
-    pub charge_id: [u8; 16],
-    pub card_id: u64,
-    pub service_date: chrono::NaiveDate,
-    pub kind: ChargeKind,
-    pub amount_cents: i64,
-    pub currency: String,
-    pub scan_ids: Vec<[u8; 16]>,
-    pub created_at: UnixMillis,
-    /// `pending`, `succeeded`, `declined`, `failed` or `nothing_due`.
-    pub outcome: String,
-    pub attempts: u32,
-    pub decided_at: Option<UnixMillis>,
-}
+use crate::charges::{ChargeKind, ChargeRecord};
 
 const COLUMNS: &str = "charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, created_at,
-                       outcome, attempts, decided_at";
+                       outcome, attempts, decided_at, gateway_txn_id";
+
+/// Which charges to read.
+enum Filter {
+    Every,
+    Card(u64),
+    /// The charges numbered as one batch of the charges archive.
+    ArchiveBatch(i64),
+}
 
 /// A card's charges (`None`: every card's), oldest first.
-pub fn charges(conn: &Connection, card_id: Option<u64>) -> Result<Vec<ChargeRow>, StoreError> {
-    select(conn, card_id, i64::MAX)
+pub fn charges(conn: &Connection, card_id: Option<u64>) -> Result<Vec<ChargeRecord>, StoreError> {
+    select(conn, card_id.map_or(Filter::Every, Filter::Card), i64::MAX)
 }
 
 /// A card's newest `count` charges, newest first.
-pub fn newest_charges(conn: &Connection, card_id: u64, count: usize) -> Result<Vec<ChargeRow>, StoreError> {
-    let mut rows = select(conn, Some(card_id), i64::try_from(count).unwrap_or(i64::MAX))?;
+pub fn newest_charges(conn: &Connection, card_id: u64, count: usize) -> Result<Vec<ChargeRecord>, StoreError> {
+    let mut rows = select(conn, Filter::Card(card_id), i64::try_from(count).unwrap_or(i64::MAX))?;
     rows.reverse();
     Ok(rows)
 }
 
+/// The charges of one charges-archive batch.
+pub fn archive_batch(conn: &Connection, batch: i64) -> Result<Vec<ChargeRecord>, StoreError> {
+    select(conn, Filter::ArchiveBatch(batch), i64::MAX)
+}
+
 /// Oldest first; with a `limit`, the newest that many.
-fn select(conn: &Connection, card_id: Option<u64>, limit: i64) -> Result<Vec<ChargeRow>, StoreError> {
+fn select(conn: &Connection, filter: Filter, limit: i64) -> Result<Vec<ChargeRecord>, StoreError> {
+    let (condition, value) = match filter {
+        Filter::Every => ("?1 IS NULL", None),
+        Filter::Card(card_id) => ("card_id = ?1", Some(card_to_sql(card_id))),
+        Filter::ArchiveBatch(batch) => ("archive_batch = ?1", Some(batch)),
+    };
     let sql = format!(
-        "SELECT * FROM (SELECT {COLUMNS} FROM charges WHERE ?1 IS NULL OR card_id = ?1
+        "SELECT * FROM (SELECT {COLUMNS} FROM charges WHERE {condition}
                         ORDER BY created_at DESC, service_date DESC, charge_id DESC LIMIT ?2)
          ORDER BY created_at, service_date, charge_id"
     );
     let mut query = conn.prepare_cached(&sql)?;
-    let rows = query.query_map(params![card_id.map(card_to_sql), limit], |r| {
+    let rows = query.query_map(params![value, limit], |r| {
         Ok((
-            r.get::<_, Vec<u8>>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get::<_, Vec<u8>>(6)?,
-            r.get(7)?,
-            r.get(8)?,
-            r.get(9)?,
-            r.get(10)?,
+            (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?),
+            (r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, i64>(7)?),
+            (
+                r.get::<_, String>(8)?,
+                r.get::<_, u32>(9)?,
+                r.get::<_, Option<i64>>(10)?,
+                r.get::<_, Option<String>>(11)?,
+            ),
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, card, date, kind, amount_cents, currency, scan_ids, created_at, outcome, attempts, decided_at) = row?;
-        out.push(ChargeRow {
+        let (
+            (id, card, date, kind),
+            (amount_cents, currency, scan_ids, created_at),
+            (outcome, attempts, decided_at, txn),
+        ) = row?;
+        out.push(ChargeRecord {
             charge_id: id_from_sql(&id)?,
             card_id: card_from_sql(card),
             service_date: date_from_sql(date)?,
@@ -78,9 +80,16 @@ fn select(conn: &Connection, card_id: Option<u64>, limit: i64) -> Result<Vec<Cha
             outcome,
             attempts,
             decided_at,
+            gateway_txn_id: txn,
         });
     }
     Ok(out)
+}
+
+/// Every charge, in any outcome.
+pub fn count(conn: &Connection) -> Result<u64, StoreError> {
+    let count: i64 = conn.query_row("SELECT count(*) FROM charges", [], |r| r.get(0))?;
+    Ok(count.unsigned_abs())
 }
 
 /// Charges not yet decided: `pending` or `failed` (still retried).

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::pricing::{Priced, price_closed_entries, price_rows};
+use super::pricing::{Priced, entries_closing_by, price_closed_entries, price_rows};
 use super::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
 use crate::clock::Clock;
 use crate::fares::FareTable;
@@ -65,8 +65,6 @@ impl LogReaders {
 pub struct PricerSettings {
     pub wal_dir: PathBuf,
     pub record_bytes_max: u32,
-    pub store_path: PathBuf,
-    pub store_busy_wait: Duration,
     pub poll_interval: Duration,
     pub fares: FareTable,
 }
@@ -209,8 +207,13 @@ impl State {
             self.readers.advance(self.cursor.lsn());
             self.written(priced);
         }
+        // Most polls close no window: look before taking the write lock.
+        let now = self.clock.now_ms();
+        if entries_closing_by(self.store.connection(), now)? == 0 {
+            return Ok(());
+        }
         let tx = self.store.transaction()?;
-        let priced = price_closed_entries(&tx, &self.settings.fares, self.clock.now_ms())?;
+        let priced = price_closed_entries(&tx, &self.settings.fares, now)?;
         tx.commit().map_err(StoreError::from)?;
         self.written(priced);
         Ok(())

@@ -31,6 +31,7 @@ impl Priced {
 
 /// A ride is a scan whose signatures and windows held and whose gate
 /// opened (a refusing gate makes the scan `denied`; a replay is `replay`).
+/// The one definition: pricing, the audit and the demo's summary use it.
 pub fn is_ride(row: &ArchivedScan) -> bool {
     row.status == ScanStatus::Accepted && row.card_id.is_some() && row.tap_kind.is_some()
 }
@@ -68,6 +69,12 @@ pub fn price_rows(
         priced.add(&reprice(tx, fares, day, now)?);
     }
     Ok(priced)
+}
+
+/// Rider-days whose open entry's exit window has closed by `now`.
+pub fn entries_closing_by(conn: &rusqlite::Connection, now: UnixMillis) -> Result<u64, StoreError> {
+    let count: i64 = conn.query_row("SELECT count(*) FROM open_entries WHERE closes_at <= ?1", [now], |r| r.get(0))?;
+    Ok(count.unsigned_abs())
 }
 
 /// Prices the rider-days whose open entry's exit window has closed by `now`:

@@ -78,7 +78,7 @@ impl AccountService {
             None => None,
         };
         Ok(AccountService {
-            store: Arc::new(Mutex::new(MoneyStore::open(&settings.store_path, settings.store_busy_wait)?)),
+            store: Arc::new(Mutex::new(settings.open_store()?)),
             gateway,
             deny_list,
             clock,

@@ -317,9 +317,9 @@ impl Server {
         &self.shared.settings.data_dir
     }
 
-    /// Where the money store is.
-    pub fn money_store_path(&self) -> &std::path::Path {
-        &self.shared.settings.money.store_path
+    /// A new connection to the money store.
+    pub fn open_money_store(&self) -> Result<crate::money::MoneyStore, crate::money::StoreError> {
+        self.shared.settings.money.open_store()
     }
 
     /// Why the server stopped serving, once it has.

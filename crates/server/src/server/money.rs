@@ -31,7 +31,7 @@ pub(super) fn open_money_store(
     recovery: &RecoveryReport,
 ) -> Result<(MoneyStore, u64), ServerError> {
     let money = &settings.money;
-    let store = MoneyStore::open(&money.store_path, money.store_busy_wait)?;
+    let store = money.open_store()?;
     let start = pricer_start(&store, recovery.checkpoint_lsn)?;
     if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
         return Err(ServerError::Recovery(format!(
@@ -62,18 +62,15 @@ pub(super) fn start_money(
         Arc::clone(&settings.archiver.log_readers),
         Arc::clone(&wake),
     ));
-    let deny_list = Arc::new(DenyListHub::load(
-        MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait)?,
-        pipeline,
-        settings.deny_list_changes_kept_max,
-    )?);
+    let deny_list =
+        Arc::new(DenyListHub::load(settings.money.open_store()?, pipeline, settings.deny_list_changes_kept_max)?);
     tracing::info!(version = deny_list.version(), cards = deny_list.len(), "deny list loaded");
     let accounts = AccountService::open(&settings.money, Arc::clone(&deny_list), Arc::clone(&clock))
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     let dispatcher = match (&settings.money.gateway, &accounts.gateway) {
         (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher {
             settings: gateway.dispatch.clone(),
-            store: Arc::new(Mutex::new(MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait)?)),
+            store: Arc::new(Mutex::new(settings.money.open_store()?)),
             gateway: client.clone(),
             clock,
             wake,
@@ -85,7 +82,7 @@ pub(super) fn start_money(
         }
     };
     let charges_archive = Arc::new(ChargesArchive {
-        store: Mutex::new(MoneyStore::open(&settings.money.store_path, settings.money.store_busy_wait)?),
+        store: Mutex::new(settings.money.open_store()?),
         root: charges_root(&settings.data_dir),
         batch_charges_max: settings.money.charges_archive_batch_max,
         faults: Arc::clone(&settings.faults),

@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::fares::FareTable;
 use crate::faults::Faults;
 use crate::money::notify::{LogNotifier, Notifier};
-use crate::money::{DispatcherSettings, LogReaders, PricerSettings, store_path};
+use crate::money::{DispatcherSettings, LogReaders, MoneyStore, PricerSettings, StoreError, store_path};
 use crate::wal::WalConfig;
 
 #[derive(Debug, Clone)]
@@ -78,6 +78,11 @@ pub struct GatewaySettings {
 }
 
 impl MoneySettings {
+    /// A new connection to the money store.
+    pub fn open_store(&self) -> Result<MoneyStore, StoreError> {
+        MoneyStore::open(&self.store_path, self.store_busy_wait)
+    }
+
     fn from_config(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySettings {
         let p = &config.payments;
         let ms = Duration::from_millis;
@@ -103,8 +108,6 @@ impl MoneySettings {
             pricer: PricerSettings {
                 wal_dir: data_dir.join("wal"),
                 record_bytes_max: config.wal.record_bytes_max,
-                store_path: store_path.clone(),
-                store_busy_wait,
                 poll_interval: pricer_poll,
                 fares,
             },
