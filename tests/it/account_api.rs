@@ -108,8 +108,11 @@ async fn registration_needs_the_right_code_and_a_token_speaks_only_for_its_card(
     if !sent.ends_with("000000") {
         assert_eq!(app.call("POST", "/v1/register", None, Some(wrong)).await.0, 401);
     }
-    for body in [json!({"phone": "+123456789012345", "code": "12345"}), json!({"phone": "+123456789012345"}), json!([])]
-    {
+    let phone = "+123456789012345";
+    let bad_codes = [json!({"phone": phone, "code": "12345"}), json!({"phone": phone, "code": "1234567"})];
+    let more_bad =
+        [json!({"phone": phone, "code": "12345a"}), json!({"phone": phone, "code": ""}), json!({"phone": phone})];
+    for body in bad_codes.into_iter().chain(more_bad).chain([json!([])]) {
         assert_eq!(app.call("POST", "/v1/register", None, Some(body)).await.0, 400);
     }
     app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);

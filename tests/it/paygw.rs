@@ -124,3 +124,43 @@ async fn an_answer_over_the_limit_is_not_read_whole_and_the_charge_goes_again() 
     assert!(client.create_agreement("p", 1).await.is_err());
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_refuses_requests_at_their_extremes() {
+    use farestream::money::paygw::api::{DEBITS_PATH, IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, signature};
+    let gw = start().await;
+    let agreement = gw.client.create_agreement("payer-3", 3).await.expect("agreement");
+    // A payer id of 0 and of 129 bytes; 128 is the longest.
+    assert!(gw.client.create_agreement("", 4).await.is_err());
+    assert!(gw.client.create_agreement(&"p".repeat(129), 5).await.is_err());
+    assert!(gw.client.create_agreement(&"p".repeat(128), 6).await.is_ok());
+    // A currency that is not three letters.
+    for currency in ["", "CN", "CNYY"] {
+        let request = PaymentRequest { currency: currency.into(), ..debit(&agreement, 1) };
+        let answer = gw.client.pay(Direction::Debit, "c-1", &request).await;
+        assert!(matches!(answer, Answer::Refused { .. }), "{currency:?}: {answer:?}");
+    }
+    // The largest amount: declined, not wrapped; credited, the balance saturates.
+    assert_eq!(
+        gw.client.pay(Direction::Debit, "m-1", &debit(&agreement, u64::MAX)).await,
+        Answer::Declined { decline_code: "insufficient_funds".into() }
+    );
+    let credit = gw.client.pay(Direction::Credit, "m-2", &debit(&agreement, u64::MAX)).await;
+    assert!(matches!(credit, Answer::Succeeded { .. }), "{credit:?}");
+    // A request signed five minutes and one second ago is a replay.
+    let body = serde_json::to_vec(&debit(&agreement, 1)).expect("json");
+    let stale = farestream::clock::Clock::now_ms(&farestream::clock::SystemClock) - 301_000;
+    let response = reqwest::Client::new()
+        .post(format!("{}{DEBITS_PATH}", gw.handle.url()))
+        .header(IDEMPOTENCY_KEY, "s-1")
+        .header(TIMESTAMP, stale.to_string())
+        .header(SIGNATURE, signature(SECRET, stale, "POST", DEBITS_PATH, "s-1", &body))
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 401);
+    let debits = Ledger::read_entries(gw.dir.path()).expect("ledger").into_iter().filter(|e| e.kind == "debit").count();
+    assert_eq!(debits, 1, "only the declined maximum reached the ledger as a debit");
+    gw.handle.stop().await;
+}

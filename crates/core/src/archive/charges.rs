@@ -135,6 +135,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_file_of_another_schema_is_an_error_not_a_panic() {
+        let foreign = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("charge_id", DataType::Int64, false)])),
+            vec![Arc::new(arrow_array::Int64Array::from(vec![1i64]))],
+        )
+        .expect("batch");
+        let error = charges_from_record_batch(&foreign, NaiveDate::MIN).expect_err("wrong type").to_string();
+        assert!(error.contains("column charge_id is Some(Int64)"), "{error}");
+    }
+
+    #[test]
     fn charges_round_trip_at_their_extremes() {
         let row = |n: u8, scans: usize| ChargeRecord {
             charge_id: [n; 16],

@@ -179,3 +179,24 @@ impl ServerSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fares_file_that_is_missing_or_empty_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::defaults();
+        config.payments.fares_file = dir.path().join("nowhere.toml").display().to_string();
+        let missing = ServerSettings::from_config(&config, dir.path()).expect_err("missing").to_string();
+        assert!(missing.contains("nowhere.toml"), "{missing}");
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").expect("write");
+        config.payments.fares_file = empty.display().to_string();
+        assert!(ServerSettings::from_config(&config, dir.path()).is_err(), "an empty table prices nothing");
+        config.payments.fares_file = String::new();
+        let shipped = ServerSettings::from_config(&config, dir.path()).expect("the shipped table");
+        assert_eq!(shipped.money.pricer.fares.currency, "CNY");
+    }
+}
