@@ -20,4 +20,5 @@ pub use farestream_server::{
 
 pub mod demo;
 pub mod paygw;
+pub mod settle;
 pub mod sim;

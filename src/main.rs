@@ -18,8 +18,11 @@ use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::money::notify::FileNotifier;
 use farestream::money::outbox;
 use farestream::server::{Server, ServerSettings};
+use farestream::settle::{settle_blocking, settle_settings, start_cut_overs};
+use farestream::sim::archive_day::{ArchiveDaySpec, write_archive_day};
 use farestream::sim::{AccountsRig, CitySpec, Load};
 use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
+use farestream_analytics::query::{OutputFormat, run_query};
 
 #[derive(Parser)]
 #[command(name = "farestream", version, about = "Ingestion back end for pay-later transit ride codes")]
@@ -113,6 +116,45 @@ enum Command {
     /// The charges outbox at a glance: how many charges, how many not yet
     /// decided, how many rides wait for a metro exit.
     Charges,
+    /// SQL over the Parquet archives (docs/analytics.md): tables scans,
+    /// charges, settlements, settlement_routes, settlement_runs and
+    /// settlement_files. A statement DataFusion refuses exits with code 2.
+    Query {
+        /// One SQL statement.
+        sql: String,
+        /// table (aligned, for a terminal), csv, json (one object per
+        /// line) or parquet (for a file or a pipe).
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json", "parquet"])]
+        format: String,
+    },
+    /// The daily settlement of one service day (docs/analytics.md): writes
+    /// the settlement tables and an HTML report, prints the headline. Exits
+    /// with code 3 when the reconciliation finds a break.
+    Settle {
+        /// The service day, YYYY-MM-DD.
+        #[arg(long)]
+        date: chrono::NaiveDate,
+    },
+    /// Writes a generated service day straight into the archive formats
+    /// (scans, charges, the account store's arrears and positions), for the
+    /// settlement benchmark (scripts/settle-bench.sh). The data dir must
+    /// have no archive yet.
+    GenArchive {
+        #[arg(long, default_value_t = 1_000_000, value_parser = within(1u64, 100_000_000))]
+        scans: u64,
+        /// The service day, YYYY-MM-DD.
+        #[arg(long)]
+        date: chrono::NaiveDate,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Riders whose debits are declined.
+        #[arg(long, default_value_t = 1.0, value_parser = within(0.0, 100.0))]
+        declined_percent: f64,
+        /// Also write the rows with the previous encoding (Snappy, a
+        /// dictionary on every column) and print both sizes and times.
+        #[arg(long)]
+        compare_baseline: bool,
+    },
     /// A simulated payment gateway (docs/payment-gateway.md) for load runs
     /// and crash tests: balances and its ledger live under --data-dir.
     Paygw {
@@ -233,6 +275,23 @@ fn main() -> Result<()> {
         }
         Command::Audit { acked_file, paygw_dir } => audit(&cli.data_dir, &config, &acked_file, paygw_dir.as_deref()),
         Command::Charges => charges(&cli.data_dir, &config),
+        Command::GenArchive { scans, date, seed, declined_percent, compare_baseline } => {
+            let spec = ArchiveDaySpec {
+                scans,
+                date,
+                seed,
+                declined_percent,
+                row_group_rows_max: config.archive.row_group_rows_max,
+                file_bytes_max: config.archive.file_bytes_max,
+                compare_baseline,
+            };
+            gen_archive(&cli.data_dir, &config, &spec)
+        }
+        Command::Query { sql, format } => runtime.block_on(query(&cli.data_dir, &sql, &format)),
+        Command::Settle { date } => {
+            drop(runtime);
+            settle(&cli.data_dir, &config, date)
+        }
         Command::Paygw { listen } => runtime.block_on(paygw(&cli.data_dir, &config, listen)),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
     }
@@ -284,6 +343,12 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
         }
         None => None,
     };
+    if start_cut_overs(&config, data_dir)?.is_some() {
+        println!(
+            "daily cut-over: {} min after each service day ends (settlement.cut_over_delay_minutes)",
+            config.settlement.cut_over_delay_minutes
+        );
+    }
     let recovery = server.recovery();
     println!(
         "farestream serving on {} (certificate: {}); recovered log to LSN {}, archive checkpoint {}, {} rows back in the dedup indexes",
@@ -312,6 +377,81 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
         report.wal.durable_lsn, report.archiver.archived_lsn
     );
     Ok(())
+}
+
+async fn query(data_dir: &Path, sql: &str, format: &str) -> Result<()> {
+    let format = OutputFormat::parse(format).context("--format")?;
+    let mut out = std::io::stdout().lock();
+    match run_query(&data_dir.join("archive"), sql, format, &mut out).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.is_bad_query() => {
+            eprintln!("query refused: {error}");
+            std::process::exit(2);
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn gen_archive(data_dir: &Path, config: &Config, spec: &ArchiveDaySpec) -> Result<()> {
+    if data_dir.join("archive").exists() {
+        bail!("{} already has an archive; generate into an empty data dir", data_dir.display());
+    }
+    let settings = settle_settings(config, data_dir)?;
+    let report =
+        write_archive_day(spec, &settings.fares, &settings.service_day, data_dir).map_err(anyhow::Error::msg)?;
+    let mb = |bytes: u64| bytes as f64 / 1_048_576.0;
+    let rate = |d: Duration| report.scans as f64 / d.as_secs_f64().max(1e-9);
+    println!(
+        "generated {}: {} scans of {} riders, {} charges; scans archive {:.1} MiB in {} files, written in {:.1} s ({:.0} scans/s)",
+        spec.date,
+        report.scans,
+        report.riders,
+        report.charges,
+        mb(report.scan_bytes),
+        report.scan_files.len(),
+        report.write.as_secs_f64(),
+        rate(report.write)
+    );
+    if let (Some(bytes), Some(write)) = (report.baseline_bytes, report.baseline_write) {
+        println!(
+            "baseline encoding (Snappy, dictionary on every column): {:.1} MiB in {:.1} s ({:.0} scans/s); this encoding is {:.2}x the size at {:.2}x the write time",
+            mb(bytes),
+            write.as_secs_f64(),
+            rate(write),
+            report.scan_bytes as f64 / bytes.max(1) as f64,
+            report.write.as_secs_f64() / write.as_secs_f64().max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+/// Exit code of `settle` (and `demo`) when the reconciliation finds a break.
+const EXIT_RECONCILIATION_BREAK: i32 = 3;
+
+fn settle(data_dir: &Path, config: &Config, date: chrono::NaiveDate) -> Result<()> {
+    let settings = settle_settings(config, data_dir)?;
+    let settled = settle_blocking(&settings, date).with_context(|| format!("settling {date}"))?;
+    print_settled(&settled);
+    if !settled.breaks.is_empty() {
+        std::process::exit(EXIT_RECONCILIATION_BREAK);
+    }
+    Ok(())
+}
+
+/// The headline, the breaks (the first few) and where the report is.
+fn print_settled(settled: &farestream_analytics::settle::Settled) {
+    match &settled.new_run {
+        Some(run) => println!("settlement run {} ({}) written for {}", run.run, run.kind, settled.date),
+        None => println!("settlement for {}: nothing new since run {}", settled.date, settled.runs.len()),
+    }
+    println!("{}", settled.headline);
+    for b in settled.breaks.iter().take(20) {
+        println!("  break: {b}");
+    }
+    if settled.breaks.len() > 20 {
+        println!("  ... and {} more breaks in the report", settled.breaks.len() - 20);
+    }
+    println!("report: {}", settled.report_path.display());
 }
 
 async fn paygw(data_dir: &Path, config: &Config, listen: SocketAddr) -> Result<()> {
@@ -488,10 +628,18 @@ fn open_money_store(data_dir: &Path, config: &Config) -> Result<farestream::mone
 
 async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) -> Result<()> {
     let options = DemoOptions { data_dir, config, city: city.spec(), day_secs, show_progress: true };
+    let settings = settle_settings(&options.config, &options.data_dir)?;
     let summary = run_demo(options).await?;
     print!("{}", summary.render());
     if !summary.is_consistent() {
         bail!("the archive does not match the acks; see the table above");
+    }
+    println!();
+    let date = summary.service_date;
+    let settled = tokio::task::spawn_blocking(move || settle_blocking(&settings, date)).await??;
+    print_settled(&settled);
+    if !settled.breaks.is_empty() {
+        std::process::exit(EXIT_RECONCILIATION_BREAK);
     }
     Ok(())
 }

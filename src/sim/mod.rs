@@ -3,6 +3,7 @@
 //! integration tests and the benches.
 
 pub mod app;
+pub mod archive_day;
 pub mod city;
 pub mod fleet;
 pub mod flood;

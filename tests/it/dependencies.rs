@@ -16,8 +16,14 @@ use std::process::Command;
 const ALLOWED_DUPLICATES: &[(&str, &str)] = &[
     ("base64", "metrics-exporter-prometheus is on 0.22, parquet and pem on 0.23"),
     ("cpufeatures", "curve25519-dalek and sha2 are on 0.2, chacha20 (quinn-proto's rand 0.10) on 0.3"),
+    ("foldhash", "datafusion is on 0.2, petgraph's hashbrown 0.15 (datafusion-physical-expr) on 0.1"),
     ("getrandom", "ring is on 0.2, rand_core 0.9 on 0.3, rand 0.10 on 0.4"),
-    ("hashbrown", "dashmap is on 0.14, ed25519-zebra and metrics-util on 0.16, arrow and indexmap on 0.17"),
+    (
+        "hashbrown",
+        "dashmap is on 0.14, petgraph (datafusion) on 0.15, ed25519-zebra and metrics-util on 0.16, arrow and indexmap on 0.17",
+    ),
+    ("itertools", "datafusion is on 0.15, object_store (datafusion's) on 0.14"),
+    ("num-bigint", "arrow is on 0.5, bigdecimal (datafusion-sql) on 0.4"),
     ("rand", "metrics-util (and the simulator with it) is on 0.9, quinn-proto on 0.10"),
     ("rand_chacha", "ed25519-zebra 4 takes rand_core 0.6 generators (0.3), rand 0.9 brings 0.9"),
     ("rand_core", "ed25519-zebra 4 is on 0.6, rand 0.9 on 0.9, rand 0.10 on 0.10"),

@@ -9,6 +9,7 @@ mod end_to_end;
 mod money;
 mod operator;
 mod paygw;
+mod settlement;
 mod support;
 mod vectors;
 mod wire_errors;

@@ -52,7 +52,7 @@ impl Money {
     }
 
     /// A registered, activated rider whose payer holds `balance` after the deposit.
-    async fn rider(&self, card_id: u64, balance: u64) -> TestRider {
+    pub async fn rider(&self, card_id: u64, balance: u64) -> TestRider {
         let accounts = self.h.server.accounts();
         accounts.register(card_id, &format!("+86138{card_id:08}")).await.expect("register");
         let payer = format!("payer-{card_id}");

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod ridecode;
 pub mod scan;
 pub mod service_day;
+pub mod settlement;
 pub mod sync;
 pub mod wal;
 pub mod wire;

@@ -249,6 +249,13 @@ impl State {
         let root = &self.writer.root().to_path_buf();
         let Ok(entries) = std::fs::read_dir(root) else { return Ok(()) };
         let lateness_ms = i64::try_from(self.settings.accepted_lateness.as_millis()).unwrap_or(i64::MAX);
+        // Every day before the one `lateness` ago is closed, folder or not:
+        // its first scan from now on goes into a late file.
+        let closed =
+            self.settings.service_day.service_date(mark.at.saturating_sub(lateness_ms)).and_then(|d| d.pred_opt());
+        if let Some(closed) = closed {
+            self.writer.set_closed_through(closed);
+        }
         for entry in entries.flatten() {
             let dir = entry.path();
             let Some(date) = partition_date(&dir) else { continue };

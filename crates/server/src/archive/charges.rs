@@ -14,8 +14,9 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use rusqlite::params;
 
 use super::writer::{ArchiveError, partition_dir, sync_dir};
@@ -107,6 +108,23 @@ fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Optio
 }
 
 /// One file per service date, each durable before it is renamed in.
+/// The charges archive's encoding, chosen with the scans archive's (see
+/// `scan_writer_properties`): ZSTD, no dictionary on the near-unique ids,
+/// amounts and times, bloom filters on `card_id` and `charge_id`.
+pub fn charges_writer_properties() -> WriterProperties {
+    let mut builder =
+        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()));
+    for column in ["charge_id", "card_id", "scan_ids.list.item", "created_at", "decided_at", "gateway_txn_id"] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::new(column.split('.').map(String::from).collect()), false);
+    }
+    for column in ["card_id", "charge_id"] {
+        builder = builder
+            .set_column_bloom_filter_enabled(ColumnPath::new(column.split('.').map(String::from).collect()), true);
+    }
+    builder.build()
+}
+
 fn write_batch(root: &Path, batch: i64, rows: &[ChargeRecord], faults: &Faults) -> Result<(), ArchiveError> {
     let mut by_date: BTreeMap<chrono::NaiveDate, Vec<ChargeRecord>> = BTreeMap::new();
     for row in rows {
@@ -122,10 +140,9 @@ fn write_batch(root: &Path, batch: i64, rows: &[ChargeRecord], faults: &Faults) 
         let parquet = |source| ArchiveError::Parquet { path: tmp.clone(), source };
         let io = |source| ArchiveError::Io { path: tmp.clone(), source };
         faults.before_write().map_err(io)?;
-        // The same codec as the scans archive: the two are chosen together.
-        let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-        let mut writer = ArrowWriter::try_new(File::create(&tmp).map_err(io)?, charge_schema(), Some(properties))
-            .map_err(parquet)?;
+        let mut writer =
+            ArrowWriter::try_new(File::create(&tmp).map_err(io)?, charge_schema(), Some(charges_writer_properties()))
+                .map_err(parquet)?;
         let records = charges_to_record_batch(&rows)
             .map_err(|e| ArchiveError::Parquet { path: tmp.clone(), source: e.into() })?;
         writer.write(&records).map_err(parquet)?;

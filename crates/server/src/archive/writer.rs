@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 
 use super::schema::{scan_schema, to_record_batch};
@@ -77,6 +78,55 @@ struct OpenFile {
     opened_at: Instant,
     rows: u64,
     late: bool,
+    /// Rows not yet in the Parquet writer: less than a row group.
+    pending: Vec<ArchivedScan>,
+    /// Their size before encoding, roughly, for the file size limit.
+    pending_bytes: u64,
+}
+
+/// Sorts a row group by card, then time, and writes it as one row group.
+fn write_row_group(file: &mut OpenFile, mut rows: Vec<ArchivedScan>) -> Result<(), ArchiveError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_by_key(|r| (r.card_id, r.scanned_at, r.scan_id));
+    let batch = to_record_batch(&rows)?;
+    let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
+    file.writer.write(&batch).map_err(parquet)?;
+    file.writer.flush().map_err(parquet)?;
+    file.pending_bytes = file.pending.iter().map(approximate_bytes).sum();
+    Ok(())
+}
+
+/// A row's size in memory before encoding, near enough for a size limit.
+fn approximate_bytes(row: &ArchivedScan) -> u64 {
+    (96 + row.validator_id.len() + row.route_id.len() + row.stop_id.len() + row.reason.as_ref().map_or(0, String::len))
+        as u64
+}
+
+/// How the scans archive is encoded, chosen by measurement (figures in
+/// docs/archive.md): ZSTD; dictionaries only on the columns with few
+/// distinct values (ids, counters and times are near unique, where a
+/// dictionary only adds a page); bloom filters on the two columns looked
+/// up by value, `card_id` and `scan_id`; page statistics and the page index
+/// (the default) so a sorted row group answers a card lookup by page.
+pub fn scan_writer_properties(row_group_rows_max: usize) -> WriterProperties {
+    let unique =
+        ["scan_id", "validator_seq", "card_id", "code_created_at", "code_counter", "scanned_at", "received_at"];
+    let ndv = u64::try_from(row_group_rows_max).unwrap_or(u64::MAX);
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(row_group_rows_max));
+    for column in unique {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    for column in ["card_id", "scan_id"] {
+        builder = builder
+            .set_column_bloom_filter_enabled(ColumnPath::from(column), true)
+            .set_column_bloom_filter_max_ndv(ColumnPath::from(column), ndv)
+            .set_column_bloom_filter_fpp(ColumnPath::from(column), 0.01);
+    }
+    builder.build()
 }
 
 pub struct ArchiveWriter {
@@ -84,29 +134,38 @@ pub struct ArchiveWriter {
     faults: Arc<Faults>,
     next_file_seq: u64,
     open: BTreeMap<NaiveDate, OpenFile>,
+    /// The last service day known closed (its lateness has passed): a file
+    /// for it is a `late-` file even when its folder does not exist yet.
+    closed_through: Option<NaiveDate>,
 }
 
 impl ArchiveWriter {
     pub fn new(config: ArchiveWriterConfig, faults: Arc<Faults>) -> Result<ArchiveWriter, ArchiveError> {
         fs::create_dir_all(&config.root).map_err(|source| ArchiveError::Io { path: config.root.clone(), source })?;
-        Ok(ArchiveWriter { config, faults, next_file_seq: 0, open: BTreeMap::new() })
+        Ok(ArchiveWriter { config, faults, next_file_seq: 0, open: BTreeMap::new(), closed_through: None })
     }
 
-    /// Appends rows, each to its service date's open file.
+    /// Appends rows, each to its service date's open file. Rows wait in
+    /// memory until a row group's worth is there, then go in sorted by
+    /// card and time (see [`scan_writer_properties`]).
     pub fn append(&mut self, rows: &[ArchivedScan], now: Instant) -> Result<(), ArchiveError> {
         let mut by_date: BTreeMap<NaiveDate, Vec<ArchivedScan>> = BTreeMap::new();
         for row in rows {
             by_date.entry(row.service_date).or_default().push(row.clone());
         }
+        let row_group_rows = self.config.row_group_rows_max.max(1);
         for (date, rows) in by_date {
-            let batch = to_record_batch(&rows)?;
             let faults = Arc::clone(&self.faults);
             let file = self.open_file(date, now)?;
             faults.before_write().map_err(|source| ArchiveError::Io { path: file.tmp_path.clone(), source })?;
-            file.writer
-                .write(&batch)
-                .map_err(|source| ArchiveError::Parquet { path: file.tmp_path.clone(), source })?;
             file.rows += rows.len() as u64;
+            file.pending_bytes += rows.iter().map(approximate_bytes).sum::<u64>();
+            file.pending.extend(rows);
+            while file.pending.len() >= row_group_rows {
+                let rest = file.pending.split_off(row_group_rows);
+                let group = std::mem::replace(&mut file.pending, rest);
+                write_row_group(file, group)?;
+            }
         }
         Ok(())
     }
@@ -114,9 +173,14 @@ impl ArchiveWriter {
     /// True when a file reached its size or age limit.
     pub fn cut_due(&self, now: Instant) -> bool {
         self.open.values().any(|f| {
-            let size = (f.writer.bytes_written() + f.writer.in_progress_size()) as u64;
+            let size = (f.writer.bytes_written() + f.writer.in_progress_size()) as u64 + f.pending_bytes;
             size >= self.config.file_bytes_max || now.duration_since(f.opened_at) >= self.config.file_age_max
         })
+    }
+
+    /// Days up to `date` are closed: files opened for them are late files.
+    pub fn set_closed_through(&mut self, date: NaiveDate) {
+        self.closed_through = self.closed_through.max(Some(date));
     }
 
     /// `DATA_DIR/archive/scans`.
@@ -162,17 +226,22 @@ impl ArchiveWriter {
         let io = |source| ArchiveError::Io { path: tmp_path.clone(), source };
         self.faults.before_write().map_err(io)?;
         let file = File::create(&tmp_path).map_err(io)?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(self.config.row_group_rows_max))
-            .build();
+        let properties = scan_writer_properties(self.config.row_group_rows_max);
         let writer = ArrowWriter::try_new(file, scan_schema(), Some(properties))
             .map_err(|source| ArchiveError::Parquet { path: tmp_path.clone(), source })?;
-        let late = dir.join(SUCCESS_MARKER).exists();
-        Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late })
+        let late = dir.join(SUCCESS_MARKER).exists() || self.closed_through.is_some_and(|closed| date <= closed);
+        Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late, pending: Vec::new(), pending_bytes: 0 })
     }
 
-    fn close(&self, date: NaiveDate, file: OpenFile, from_lsn: u64, to_lsn: u64) -> Result<ClosedFile, ArchiveError> {
+    fn close(
+        &self,
+        date: NaiveDate,
+        mut file: OpenFile,
+        from_lsn: u64,
+        to_lsn: u64,
+    ) -> Result<ClosedFile, ArchiveError> {
+        let rest = std::mem::take(&mut file.pending);
+        write_row_group(&mut file, rest)?;
         let tmp = file.tmp_path;
         let kind = if file.late { "late" } else { "part" };
         let final_path =
@@ -309,5 +378,46 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names.len(), 2, "the marker and the late file, no temporary file: {names:?}");
+    }
+
+    #[test]
+    fn a_closed_day_without_a_folder_still_gets_a_late_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let date = NaiveDate::from_ymd_opt(2026, 11, 20).expect("d");
+        let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(300));
+        w.set_closed_through(date);
+        w.set_closed_through(date.pred_opt().expect("d"));
+        w.append(&[row(1, date), row(2, date.succ_opt().expect("d"))], Instant::now()).expect("append");
+        let closed = w.close_all(0, 10).expect("close");
+        let names: Vec<(NaiveDate, bool)> = closed.iter().map(|c| (c.service_date, c.late)).collect();
+        assert_eq!(names, vec![(date, true), (date.succ_opt().expect("d"), false)], "closed days never go backwards");
+        assert!(closed[0].path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("late-")));
+    }
+
+    #[test]
+    fn row_groups_are_sorted_by_card_and_carry_bloom_filters() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let date = NaiveDate::from_ymd_opt(2026, 11, 20).expect("d");
+        let config = ArchiveWriterConfig {
+            root: dir.path().to_path_buf(),
+            file_bytes_max: u64::MAX,
+            file_age_max: Duration::from_secs(300),
+            row_group_rows_max: 4,
+        };
+        let mut w = ArchiveWriter::new(config, Arc::new(Faults::default())).expect("writer");
+        let rows: Vec<_> = (0..10).rev().map(|i| row(i, date)).collect();
+        w.append(&rows, Instant::now()).expect("append");
+        let closed = w.close_all(0, 1).expect("close");
+        let back: Vec<u64> = read_all(dir.path()).expect("read").iter().filter_map(|r| r.card_id).collect();
+        assert_eq!(back, vec![6, 7, 8, 9, 2, 3, 4, 5, 0, 1], "each row group of 4 sorted by card, in arrival order");
+        let reader = SerializedFileReader::new(File::open(&closed[0].path).expect("open")).expect("parquet");
+        let metadata = reader.metadata();
+        assert_eq!(metadata.num_row_groups(), 3);
+        let schema = metadata.file_metadata().schema_descr();
+        for (i, column) in schema.columns().iter().enumerate() {
+            let has_bloom = metadata.row_group(0).column(i).bloom_filter_offset().is_some();
+            assert_eq!(has_bloom, ["card_id", "scan_id"].contains(&column.name()), "{}", column.name());
+        }
     }
 }

@@ -53,6 +53,15 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub payments: PaymentsConfig,
     pub api: ApiConfig,
+    pub settlement: SettlementConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementConfig {
+    pub cut_over_enabled: bool,
+    pub cut_over_delay_minutes: u32,
+    pub cut_over_retry_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

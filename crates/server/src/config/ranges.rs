@@ -57,6 +57,8 @@ pub const RANGES: &[KeyRange] = &[
     range("archive.file_age_secs_max", 1, 86_400, "s"),
     range("archive.row_group_rows_max", 1_024, 10_000_000, "rows"),
     range("service_day.start_hour", 0, 23, "h"),
+    range("settlement.cut_over_delay_minutes", 0, 1_380, "min"),
+    range("settlement.cut_over_retry_interval_secs", 1, 86_400, "s"),
     range("keys.lock_wait_ms_max", 0, 600_000, "ms"),
     range("gateway.connect_timeout_ms", 100, 600_000, "ms"),
     range("gateway.ack_timeout_ms", 100, 600_000, "ms"),

@@ -15,6 +15,7 @@ pub mod paygw;
 pub mod pricer;
 pub mod pricing;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 
 pub use deny_list::DenyListHub;

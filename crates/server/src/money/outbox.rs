@@ -17,6 +17,9 @@ enum Filter {
     Card(u64),
     /// The charges numbered as one batch of the charges archive.
     ArchiveBatch(i64),
+    /// Charges the charges archive does not hold yet (undecided, or
+    /// decided and waiting for their batch's files).
+    Unarchived,
 }
 
 /// A card's charges (`None`: every card's), oldest first.
@@ -42,6 +45,7 @@ fn select(conn: &Connection, filter: Filter, limit: i64) -> Result<Vec<ChargeRec
         Filter::Every => ("?1 IS NULL", None),
         Filter::Card(card_id) => ("card_id = ?1", Some(card_to_sql(card_id))),
         Filter::ArchiveBatch(batch) => ("archive_batch = ?1", Some(batch)),
+        Filter::Unarchived => ("archived_at IS NULL AND ?1 IS NULL", None),
     };
     let sql = format!(
         "SELECT * FROM (SELECT {COLUMNS} FROM charges WHERE {condition}
@@ -84,6 +88,11 @@ fn select(conn: &Connection, filter: Filter, limit: i64) -> Result<Vec<ChargeRec
         });
     }
     Ok(out)
+}
+
+/// Every charge the charges archive does not hold yet, oldest first.
+pub fn unarchived_charges(conn: &Connection) -> Result<Vec<ChargeRecord>, StoreError> {
+    select(conn, Filter::Unarchived, i64::MAX)
 }
 
 /// Every charge, in any outcome.

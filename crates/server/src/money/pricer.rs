@@ -33,7 +33,7 @@ use crate::wal::WalCursor;
 use crate::wal::committer::Progress;
 
 /// The pricer's name in the store's `log_cursors`.
-const READER: &str = "pricer";
+pub const READER: &str = "pricer";
 
 /// The lowest log position each reader besides the archiver still needs;
 /// segments before it are kept.

@@ -1,0 +1,153 @@
+//! What a settlement run reads besides the money store: the day's scan
+//! files it may settle, and what the day's earlier runs recorded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use datafusion::prelude::SessionContext;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use super::SettleError;
+use super::sql::{collect_rows, column_i64, column_str, column_u64};
+use farestream_core::settlement::RiderFigures;
+use farestream_server::archive::read::archive_files;
+use farestream_server::archive::writer::{file_lsn_range, partition_dir};
+
+/// A complete scans file of the day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanFile {
+    pub path: PathBuf,
+    pub name: String,
+    pub rows: i64,
+}
+
+/// The day's scan files a run may settle: every record in them has been
+/// priced (`to <= pricer_lsn`) and is covered by the archiver's checkpoint
+/// (`to <= archived_lsn`: a crash never removes them). The rest wait.
+pub fn settleable_scan_files(
+    scans_root: &Path,
+    date: NaiveDate,
+    pricer_lsn: u64,
+    archived_lsn: u64,
+) -> Result<(Vec<ScanFile>, usize), SettleError> {
+    let partition = partition_dir(scans_root, date);
+    let mut settleable = Vec::new();
+    let mut waiting = 0;
+    for path in archive_files(scans_root)?.into_iter().filter(|p| p.parent() == Some(partition.as_path())) {
+        let Some((_, to)) = file_lsn_range(&path) else {
+            return Err(SettleError::Input(format!("{} is not named after a log range", path.display())));
+        };
+        if to > pricer_lsn || to > archived_lsn {
+            waiting += 1;
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        settleable.push(ScanFile { rows: parquet_rows(&path)?, name, path });
+    }
+    Ok((settleable, waiting))
+}
+
+/// The row count a Parquet file's footer gives.
+pub fn parquet_rows(path: &Path) -> Result<i64, SettleError> {
+    let bad = |e: &dyn std::fmt::Display| SettleError::Input(format!("{}: {e}", path.display()));
+    let file = File::open(path).map_err(|e| bad(&e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| bad(&e))?;
+    Ok(reader.metadata().file_metadata().num_rows())
+}
+
+/// What the day's earlier runs wrote, summed.
+#[derive(Debug, Default)]
+pub struct EarlierRuns {
+    pub runs: u32,
+    /// Whether the last run found the day closed (`_SUCCESS`).
+    pub final_day: bool,
+    pub files: BTreeSet<String>,
+    pub riders: HashMap<u64, RiderFigures>,
+    /// Per route: rides and revenue.
+    pub routes: BTreeMap<String, (i64, i64)>,
+}
+
+pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<EarlierRuns, SettleError> {
+    let day = format!("service_date = DATE '{date}'");
+    let mut earlier = EarlierRuns::default();
+    for batch in collect_rows(ctx, &format!("SELECT max(run) FROM settlement_runs WHERE {day}")).await? {
+        earlier.runs = column_u64(&batch, 0)?.first().copied().flatten().unwrap_or(0) as u32;
+    }
+    let last = format!(
+        "SELECT CAST(final AS BIGINT) AS final_day FROM settlement_runs WHERE {day} AND run = {}",
+        earlier.runs
+    );
+    for batch in collect_rows(ctx, &last).await? {
+        earlier.final_day = column_i64(&batch, 0)?.first().copied().flatten() == Some(1);
+    }
+    for batch in
+        collect_rows(ctx, &format!("SELECT file FROM settlement_files WHERE {day} AND run <= {}", earlier.runs)).await?
+    {
+        earlier.files.extend(column_str(&batch, 0)?.into_iter().flatten());
+    }
+    let sums: Vec<String> = super::schema::RIDER_FIGURES.iter().map(|c| format!("CAST(sum({c}) AS BIGINT)")).collect();
+    let sql = format!(
+        "SELECT card_id, {} FROM settlements WHERE {day} AND run <= {} GROUP BY card_id",
+        sums.join(", "),
+        earlier.runs
+    );
+    for batch in collect_rows(ctx, &sql).await? {
+        let cards = column_u64(&batch, 0)?;
+        let columns = (1..=12).map(|i| column_i64(&batch, i)).collect::<Result<Vec<_>, _>>()?;
+        for (row, card) in cards.iter().enumerate() {
+            let Some(card) = card else { continue };
+            let v = |i: usize| columns[i][row].unwrap_or(0);
+            earlier.riders.insert(*card, figures_from(&v));
+        }
+    }
+    let sql = format!(
+        "SELECT route_id, CAST(sum(rides) AS BIGINT), CAST(sum(revenue_cents) AS BIGINT) FROM settlement_routes
+         WHERE {day} AND run <= {} GROUP BY route_id",
+        earlier.runs
+    );
+    for batch in collect_rows(ctx, &sql).await? {
+        let (routes, rides, revenue) = (column_str(&batch, 0)?, column_i64(&batch, 1)?, column_i64(&batch, 2)?);
+        for (i, route) in routes.into_iter().enumerate() {
+            earlier.routes.insert(route.unwrap_or_default(), (rides[i].unwrap_or(0), revenue[i].unwrap_or(0)));
+        }
+    }
+    Ok(earlier)
+}
+
+/// Figures from their columns in `RIDER_FIGURES` order.
+pub fn figures_from(v: &dyn Fn(usize) -> i64) -> RiderFigures {
+    RiderFigures {
+        rides: v(0),
+        fares_cents: v(1),
+        caps_cents: v(2),
+        due_cents: v(3),
+        charged_cents: v(4),
+        succeeded_cents: v(5),
+        declined_cents: v(6),
+        pending_cents: v(7),
+        arrears_opened_cents: v(8),
+        arrears_paid_cents: v(9),
+        arrears_outstanding_cents: v(10),
+        late_rides: v(11),
+    }
+}
+
+/// The figures as columns in `RIDER_FIGURES` order.
+pub fn figures_to(f: &RiderFigures) -> [i64; 12] {
+    [
+        f.rides,
+        f.fares_cents,
+        f.caps_cents,
+        f.due_cents,
+        f.charged_cents,
+        f.succeeded_cents,
+        f.declined_cents,
+        f.pending_cents,
+        f.arrears_opened_cents,
+        f.arrears_paid_cents,
+        f.arrears_outstanding_cents,
+        f.late_rides,
+    ]
+}

@@ -1,0 +1,383 @@
+//! `farestream settle --date D`: the daily cut-over (日切). It reads the
+//! day's settled scan files and the charges (archive plus store), prices
+//! every rider's day with the core the way the pricer did, checks that
+//! every ride is in exactly one charge and the money adds up, and writes
+//! what changed since the day's earlier runs to the settlement tables and
+//! the day's HTML report.
+//!
+//! Idempotent: a run that finds nothing new writes nothing and leaves the
+//! same report. What arrives after the cut-over (a late upload within the
+//! accepted lateness, an outcome decided, arrears paid) is written by the
+//! day's next run as a change, marked late.
+
+pub mod inputs;
+pub mod report;
+pub mod riders;
+pub mod schema;
+pub mod sql;
+pub mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use datafusion::prelude::SessionContext;
+
+use crate::tables::{archive_session, register_files};
+use farestream_core::archive::schema::scan_schema;
+use farestream_core::clock::UnixMillis;
+use farestream_core::fares::FareTable;
+use farestream_core::scan::ScanStatus;
+use farestream_core::service_day::ServiceDayPolicy;
+use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider};
+use farestream_server::archive::charges::{archive_decided_charges, charges_root};
+use farestream_server::archive::checkpoint::{checkpoint_path, read_checkpoint};
+use farestream_server::archive::scans_root;
+use farestream_server::archive::writer::{SUCCESS_MARKER, partition_dir};
+use farestream_server::faults::Faults;
+use farestream_server::money::snapshot::{MoneySnapshot, money_snapshot};
+use farestream_server::money::store::{MoneyStore, store_path};
+
+use inputs::{EarlierRuns, earlier_runs, settleable_scan_files};
+use riders::{RIDE_SQL, for_each_rider};
+use sql::{collect_rows, column_i64, column_str, column_u64};
+use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, write_run};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("settlement query: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    #[error("settlement data: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("settlement Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("account store: {0}")]
+    Store(#[from] farestream_server::money::store::StoreError),
+    #[error("archive: {0}")]
+    Archive(#[from] farestream_server::archive::ArchiveError),
+    #[error("charges archive: {0}")]
+    ChargesArchive(#[from] farestream_server::archive::charges::ChargesArchiveError),
+    #[error("settlement input: {0}")]
+    Input(String),
+    #[error("settlement output: {0}")]
+    Output(String),
+}
+
+/// What a settlement needs to know.
+#[derive(Debug, Clone)]
+pub struct SettleSettings {
+    pub data_dir: PathBuf,
+    pub fares: FareTable,
+    pub service_day: ServiceDayPolicy,
+    pub store_busy_wait: Duration,
+    /// The charges archive's batch size, for the flush before reading.
+    pub charges_batch_max: usize,
+}
+
+impl SettleSettings {
+    pub fn archive_dir(&self) -> PathBuf {
+        self.data_dir.join("archive")
+    }
+
+    /// `DATA_DIR/reports/settlement-YYYY-MM-DD.html`.
+    pub fn report_path(&self, date: NaiveDate) -> PathBuf {
+        self.data_dir.join("reports").join(format!("settlement-{date}.html"))
+    }
+}
+
+/// What one `settle` did.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub date: NaiveDate,
+    /// The run this call wrote; `None` when nothing had changed.
+    pub new_run: Option<RunRow>,
+    /// Every run of the day, the new one included.
+    pub runs: Vec<RunRow>,
+    pub breaks: Vec<Break>,
+    pub report_path: PathBuf,
+    pub headline: String,
+}
+
+/// Settles `date` as of `now`.
+pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
+    let snapshot = read_money(settings, date, now)?;
+    let archive_dir = settings.archive_dir();
+    let ctx = archive_session(&archive_dir)?;
+    let earlier = earlier_runs(&ctx, date).await?;
+    let archived_lsn = read_checkpoint(&checkpoint_path(&settings.data_dir))?;
+    let scans_root = scans_root(&settings.data_dir);
+    let (files, files_waiting) = settleable_scan_files(&scans_root, date, snapshot.pricer_lsn, archived_lsn)?;
+    let new_files: Vec<_> = files.iter().filter(|f| !earlier.files.contains(&f.name)).cloned().collect();
+    let mut breaks: Vec<Break> = earlier
+        .files
+        .iter()
+        .filter(|name| !files.iter().any(|f| &f.name == *name))
+        .map(|name| Break::SettledFileMissing { file: name.clone() })
+        .collect();
+    let paths = |list: &[inputs::ScanFile]| list.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+    register_files(&ctx, "day_scans", &paths(&files), scan_schema())?;
+    register_files(&ctx, "new_scans", &paths(&new_files), scan_schema())?;
+    let run = earlier.runs + 1;
+    let archive_behind = archived_lsn < snapshot.pricer_lsn || files_waiting > 0;
+    let day = DayContext::new(settings, date, &snapshot, &ctx, run).await?;
+    let walked = walk_riders(settings, &ctx, date, &snapshot, &day, earlier, archive_behind).await?;
+    breaks.extend(walked.breaks);
+    let routes = route_rows(&ctx, &walked.routes_now, &walked.routes_before).await?;
+    let new_scans = status_counts(&ctx, "new_scans").await?;
+    let manual_review = new_scans[status_index(ScanStatus::LateUpload)];
+    let totals = walked.riders.iter().fold(RiderFigures::default(), |sum, r| sum.plus(&r.figures));
+    let final_day = partition_dir(&scans_root, date).join(SUCCESS_MARKER).exists();
+    let changed = !new_files.is_empty()
+        || !walked.riders.is_empty()
+        || routes.iter().any(|r| r.rides != 0 || r.revenue_cents != 0)
+        || final_day != walked.final_before;
+    let run_row = RunRow {
+        run,
+        kind: if run == 1 { "cut_over" } else { "late_adjustment" },
+        settled_at: now,
+        final_day,
+        pricer_lsn: snapshot.pricer_lsn,
+        files_settled: new_files.len() as i64,
+        scans: new_scans,
+        riders: walked.riders.len() as i64,
+        totals: RiderFigures { arrears_outstanding_cents: 0, ..totals },
+        manual_review,
+        riders_awaiting_archive: walked.awaiting,
+        breaks: breaks.len() as i64,
+    };
+    let new_run = if changed {
+        let files = new_files.iter().map(|f| FileRow { table: "scans", file: f.name.clone(), rows: f.rows }).collect();
+        write_run(&archive_dir, date, &RunRows { riders: walked.riders, routes, run: run_row.clone(), files })?;
+        Some(run_row)
+    } else {
+        None
+    };
+    breaks.sort();
+    let extras = report::scan_extras(&ctx).await?;
+    report::finish(settings, &archive_dir, date, new_run, breaks, extras).await
+}
+
+/// Flushes decided charges into the charges archive, then reads the
+/// store's side in one locked transaction.
+fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<MoneySnapshot, SettleError> {
+    let mut store = MoneyStore::open(&store_path(&settings.data_dir), settings.store_busy_wait)?;
+    archive_decided_charges(
+        &mut store,
+        &charges_root(&settings.data_dir),
+        settings.charges_batch_max,
+        now,
+        &Faults::default(),
+    )?;
+    Ok(money_snapshot(&mut store, date)?)
+}
+
+/// The per-card inputs besides rides and charges.
+struct DayContext {
+    open_entries: HashMap<u64, UnixMillis>,
+    store_arrears: HashMap<u64, i64>,
+    /// Payments during the service day.
+    paid_in_day: HashMap<u64, i64>,
+    /// Declines (all days) less payments (all time): what arrears should be.
+    arrears_from_charges: HashMap<u64, i64>,
+    /// Rides in the files this run settles first, when it is a late run.
+    late_rides: HashMap<u64, i64>,
+}
+
+impl DayContext {
+    async fn new(
+        settings: &SettleSettings,
+        date: NaiveDate,
+        snapshot: &MoneySnapshot,
+        ctx: &SessionContext,
+        run: u32,
+    ) -> Result<DayContext, SettleError> {
+        let start = settings.service_day.day_start(date).unwrap_or(UnixMillis::MIN);
+        let end = date.succ_opt().and_then(|d| settings.service_day.day_start(d)).unwrap_or(UnixMillis::MAX);
+        let mut paid_in_day: HashMap<u64, i64> = HashMap::new();
+        let mut arrears_from_charges: HashMap<u64, i64> = HashMap::new();
+        for p in &snapshot.arrears_payments {
+            *arrears_from_charges.entry(p.card_id).or_default() += p.amount_cents;
+            if (start..end).contains(&p.at) {
+                *paid_in_day.entry(p.card_id).or_default() += p.amount_cents;
+            }
+        }
+        for (card, amount) in declines(ctx, snapshot).await? {
+            let sum = arrears_from_charges.entry(card).or_default();
+            *sum = sum.saturating_add(amount);
+        }
+        let mut late_rides = HashMap::new();
+        if run > 1 {
+            let sql = format!("SELECT card_id, count(*) FROM new_scans WHERE {RIDE_SQL} GROUP BY card_id");
+            for batch in collect_rows(ctx, &sql).await? {
+                let (cards, counts) = (column_u64(&batch, 0)?, column_i64(&batch, 1)?);
+                for (card, count) in cards.into_iter().zip(counts) {
+                    late_rides.insert(card.unwrap_or(0), count.unwrap_or(0));
+                }
+            }
+        }
+        Ok(DayContext {
+            open_entries: snapshot.open_entries.iter().copied().collect(),
+            store_arrears: snapshot.arrears.iter().copied().collect(),
+            paid_in_day,
+            arrears_from_charges,
+            late_rides,
+        })
+    }
+}
+
+/// Every declined debit, archived or not, each once, summed per card.
+async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<HashMap<u64, i64>, SettleError> {
+    let mut by_charge: HashMap<String, (u64, i64)> = HashMap::new();
+    let sql = "SELECT charge_id, card_id, amount_cents FROM charges WHERE outcome = 'declined' AND amount_cents > 0";
+    for batch in collect_rows(ctx, sql).await? {
+        let (ids, cards, amounts) = (column_str(&batch, 0)?, column_u64(&batch, 1)?, column_i64(&batch, 2)?);
+        for i in 0..ids.len() {
+            by_charge.insert(ids[i].clone().unwrap_or_default(), (cards[i].unwrap_or(0), amounts[i].unwrap_or(0)));
+        }
+    }
+    for c in snapshot.unarchived_charges.iter().filter(|c| c.outcome == "declined" && c.amount_cents > 0) {
+        by_charge.insert(hex::encode(c.charge_id), (c.card_id, c.amount_cents));
+    }
+    let mut per_card: HashMap<u64, i64> = HashMap::new();
+    for (card, amount) in by_charge.into_values() {
+        let sum = per_card.entry(card).or_default();
+        *sum = sum.saturating_add(amount);
+    }
+    Ok(per_card)
+}
+
+struct Walked {
+    riders: Vec<RiderRow>,
+    breaks: Vec<Break>,
+    awaiting: i64,
+    routes_now: BTreeMap<String, (i64, i64)>,
+    routes_before: BTreeMap<String, (i64, i64)>,
+    final_before: bool,
+}
+
+/// Settles every rider of the day and keeps the changes.
+async fn walk_riders(
+    settings: &SettleSettings,
+    ctx: &SessionContext,
+    date: NaiveDate,
+    snapshot: &MoneySnapshot,
+    day: &DayContext,
+    earlier: EarlierRuns,
+    archive_behind: bool,
+) -> Result<Walked, SettleError> {
+    let mut store_charges: BTreeMap<u64, Vec<DayCharge>> = BTreeMap::new();
+    for c in snapshot.unarchived_charges.iter().filter(|c| c.service_date == date) {
+        store_charges.entry(c.card_id).or_default().push(DayCharge::from(c));
+    }
+    let EarlierRuns { riders: mut before, routes: routes_before, final_day: final_before, .. } = earlier;
+    let mut walked = Walked {
+        riders: Vec::new(),
+        breaks: Vec::new(),
+        awaiting: 0,
+        routes_now: BTreeMap::new(),
+        routes_before,
+        final_before,
+    };
+    for_each_rider(ctx, date, store_charges, |card, taps, charges| {
+        let settled = settle_rider(&settings.fares, card, &taps, &charges, day.open_entries.get(&card).copied());
+        for route in &settled.routes {
+            let entry = walked.routes_now.entry(route.route_id.clone()).or_default();
+            entry.0 += route.rides;
+            entry.1 = entry.1.saturating_add(route.revenue_cents);
+        }
+        let previous = before.remove(&card).unwrap_or_default();
+        if !settled.unarchived_scans.is_empty() && archive_behind {
+            // The pricer is ahead of the archive: this rider waits for the
+            // next run, figures and checks alike.
+            walked.awaiting += 1;
+            return Ok(());
+        }
+        walked.breaks.extend(settled.breaks);
+        walked.breaks.extend(
+            settled
+                .unarchived_scans
+                .iter()
+                .map(|(charge_id, scan_id)| Break::ChargeWithoutRide { charge_id: *charge_id, scan_id: *scan_id }),
+        );
+        let store = day.store_arrears.get(&card).copied().unwrap_or(0);
+        let expected = day.arrears_from_charges.get(&card).copied().unwrap_or(0);
+        if store != expected {
+            walked.breaks.push(Break::ArrearsMismatch {
+                card_id: card,
+                from_charges_cents: expected,
+                store_cents: store,
+            });
+        }
+        let now = RiderFigures {
+            arrears_paid_cents: day.paid_in_day.get(&card).copied().unwrap_or(0),
+            arrears_outstanding_cents: store,
+            late_rides: previous.late_rides.saturating_add(day.late_rides.get(&card).copied().unwrap_or(0)),
+            ..settled.figures
+        };
+        let change = now.minus(&previous);
+        if !change.is_zero() {
+            walked.riders.push(RiderRow { card_id: card, figures: change });
+        }
+        Ok(())
+    })
+    .await?;
+    // Riders an earlier run settled whose rides and charges are all gone.
+    let mut gone: Vec<_> = before.into_iter().filter(|(_, f)| !f.is_zero()).collect();
+    gone.sort_by_key(|(card, _)| *card);
+    for (card, figures) in gone {
+        walked.riders.push(RiderRow { card_id: card, figures: RiderFigures::default().minus(&figures) });
+    }
+    Ok(walked)
+}
+
+fn status_index(status: ScanStatus) -> usize {
+    ScanStatus::ALL.iter().position(|s| *s == status).unwrap_or(0)
+}
+
+/// Scans by status in `table`.
+async fn status_counts(ctx: &SessionContext, table: &str) -> Result<StatusCounts, SettleError> {
+    let mut counts = StatusCounts::default();
+    for batch in collect_rows(ctx, &format!("SELECT status, count(*) FROM {table} GROUP BY status")).await? {
+        let (statuses, n) = (column_str(&batch, 0)?, column_i64(&batch, 1)?);
+        for (status, n) in statuses.into_iter().zip(n) {
+            if let Some(status) = status.as_deref().and_then(ScanStatus::parse) {
+                counts[status_index(status)] += n.unwrap_or(0);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Per route: the new files' scans by status, and the change in rides and
+/// revenue since the earlier runs.
+async fn route_rows(
+    ctx: &SessionContext,
+    now: &BTreeMap<String, (i64, i64)>,
+    before: &BTreeMap<String, (i64, i64)>,
+) -> Result<Vec<RouteRow>, SettleError> {
+    let mut rows: BTreeMap<String, RouteRow> = BTreeMap::new();
+    let blank = |route: &str| RouteRow {
+        route_id: route.to_string(),
+        scans: StatusCounts::default(),
+        rides: 0,
+        revenue_cents: 0,
+    };
+    for batch in collect_rows(ctx, "SELECT route_id, status, count(*) FROM new_scans GROUP BY route_id, status").await?
+    {
+        let (routes, statuses, n) = (column_str(&batch, 0)?, column_str(&batch, 1)?, column_i64(&batch, 2)?);
+        for i in 0..routes.len() {
+            let route = routes[i].clone().unwrap_or_default();
+            let Some(status) = statuses[i].as_deref().and_then(ScanStatus::parse) else { continue };
+            rows.entry(route.clone()).or_insert_with(|| blank(&route)).scans[status_index(status)] += n[i].unwrap_or(0);
+        }
+    }
+    for route in now.keys().chain(before.keys()) {
+        let (rides_now, revenue_now) = now.get(route).copied().unwrap_or_default();
+        let (rides_before, revenue_before) = before.get(route).copied().unwrap_or_default();
+        let row = rows.entry(route.clone()).or_insert_with(|| blank(route));
+        row.rides = rides_now - rides_before;
+        row.revenue_cents = revenue_now.saturating_sub(revenue_before);
+    }
+    Ok(rows.into_values().filter(|r| r.rides != 0 || r.revenue_cents != 0 || r.scans.iter().any(|n| *n != 0)).collect())
+}

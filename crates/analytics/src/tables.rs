@@ -1,0 +1,96 @@
+//! The archive's tables, registered with DataFusion over their Hive
+//! partitions (`ROOT/service_date=YYYY-MM-DD/*.parquet`), so a filter on
+//! `service_date` opens that day's folder only. Each table has a schema
+//! of its own (the writers' schemas), so an empty archive still answers
+//! `SELECT ... FROM scans` with no rows rather than an error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_schema::{DataType, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+use crate::settle::schema::{SettlementTable, settlement_schema};
+use farestream_core::archive::charges::charge_schema;
+use farestream_core::archive::schema::scan_schema;
+
+/// The partition column every archive table has.
+pub const PARTITION_COLUMN: &str = "service_date";
+
+/// A table of the archive: its SQL name, its folder under
+/// `DATA_DIR/archive`, and its file schema (without the partition column).
+pub struct ArchiveTable {
+    pub name: &'static str,
+    pub schema: SchemaRef,
+}
+
+/// Every table `farestream query` knows, in the order docs/analytics.md
+/// documents them.
+pub fn archive_tables() -> Vec<ArchiveTable> {
+    let mut tables = vec![
+        ArchiveTable { name: "scans", schema: scan_schema() },
+        ArchiveTable { name: "charges", schema: charge_schema() },
+    ];
+    tables.extend(SettlementTable::ALL.iter().map(|t| ArchiveTable { name: t.name(), schema: settlement_schema(*t) }));
+    tables
+}
+
+/// `DATA_DIR/archive/NAME`.
+pub fn table_root(archive_dir: &Path, name: &str) -> PathBuf {
+    archive_dir.join(name)
+}
+
+/// A session with every archive table registered.
+pub fn archive_session(archive_dir: &Path) -> Result<SessionContext, DataFusionError> {
+    let ctx = SessionContext::new();
+    for table in archive_tables() {
+        register_partitioned(&ctx, table.name, &table_root(archive_dir, table.name), table.schema)?;
+    }
+    Ok(ctx)
+}
+
+/// Registers `root` as a table partitioned by `service_date` (a `DATE`).
+pub fn register_partitioned(
+    ctx: &SessionContext,
+    name: &str,
+    root: &Path,
+    schema: SchemaRef,
+) -> Result<(), DataFusionError> {
+    let url = ListingTableUrl::parse(format!("{}/", absolute(root)?.display()))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), DataType::Date32)]);
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
+/// Registers exactly `files` (one day's, all of one schema) as a table
+/// with no partition column.
+pub fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    files: &[PathBuf],
+    schema: SchemaRef,
+) -> Result<(), DataFusionError> {
+    if files.is_empty() {
+        let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])?;
+        ctx.register_table(name, Arc::new(empty))?;
+        return Ok(());
+    }
+    let urls = files
+        .iter()
+        .map(|f| ListingTableUrl::parse(absolute(f)?.display().to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, DataFusionError> {
+    std::path::absolute(path).map_err(|e| DataFusionError::External(Box::new(e)))
+}

@@ -1,0 +1,485 @@
+//! The daily settlement's arithmetic: what one rider's service day comes to
+//! (rides, fares, caps, charges by outcome, arrears), what changed since
+//! the day's earlier runs, and what counts as a break in the
+//! reconciliation. Pure: the shell reads the archives and the account
+//! store, and writes what comes back.
+//!
+//! Every figure is a flow that adds up over a day's runs: run 1 (the
+//! cut-over) writes the day as it stood; each later run writes only the
+//! change (late rides, outcomes decided since, arrears paid). Summing a
+//! rider's rows over all runs gives the day as it stands now, so a plain
+//! `SUM(...) GROUP BY card_id` is always right.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::charges::{ChargeId, ChargeRecord};
+use crate::clock::UnixMillis;
+use crate::fares::{FareTable, PricedDay, Tap};
+
+/// One rider's service day in money, as of a settlement run. All amounts
+/// in the currency's smallest unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RiderFigures {
+    /// Rides priced: a bus ride, a metro trip, an incomplete trip.
+    pub rides: i64,
+    /// What the rides cost before the daily cap.
+    pub fares_cents: i64,
+    /// What the daily cap took off.
+    pub caps_cents: i64,
+    /// What the day costs: fares less caps.
+    pub due_cents: i64,
+    /// Every charge of the day, whatever came of it.
+    pub charged_cents: i64,
+    pub succeeded_cents: i64,
+    pub declined_cents: i64,
+    /// Not decided yet (pending, or failed and retried).
+    pub pending_cents: i64,
+    /// Declined debits: what this day added to the rider's arrears.
+    pub arrears_opened_cents: i64,
+    /// Arrears the rider paid during the service day (negative).
+    pub arrears_paid_cents: i64,
+    /// What the rider owes in all, as the account store says at the run.
+    pub arrears_outstanding_cents: i64,
+    /// Rides first settled in a run after the cut-over.
+    pub late_rides: i64,
+}
+
+impl RiderFigures {
+    /// The change from `before` (the sum of the earlier runs) to `self`.
+    pub fn minus(&self, before: &RiderFigures) -> RiderFigures {
+        let d = |now: i64, then: i64| now.saturating_sub(then);
+        RiderFigures {
+            rides: d(self.rides, before.rides),
+            fares_cents: d(self.fares_cents, before.fares_cents),
+            caps_cents: d(self.caps_cents, before.caps_cents),
+            due_cents: d(self.due_cents, before.due_cents),
+            charged_cents: d(self.charged_cents, before.charged_cents),
+            succeeded_cents: d(self.succeeded_cents, before.succeeded_cents),
+            declined_cents: d(self.declined_cents, before.declined_cents),
+            pending_cents: d(self.pending_cents, before.pending_cents),
+            arrears_opened_cents: d(self.arrears_opened_cents, before.arrears_opened_cents),
+            arrears_paid_cents: d(self.arrears_paid_cents, before.arrears_paid_cents),
+            arrears_outstanding_cents: d(self.arrears_outstanding_cents, before.arrears_outstanding_cents),
+            late_rides: d(self.late_rides, before.late_rides),
+        }
+    }
+
+    pub fn plus(&self, other: &RiderFigures) -> RiderFigures {
+        let negated = RiderFigures::default().minus(other);
+        self.minus(&negated)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == RiderFigures::default()
+    }
+
+    /// Adds one charge's amount under its outcome.
+    pub fn add_charge(&mut self, amount_cents: i64, outcome: &str) {
+        self.charged_cents = self.charged_cents.saturating_add(amount_cents);
+        let bucket = match outcome {
+            "succeeded" => &mut self.succeeded_cents,
+            "declined" => {
+                if amount_cents > 0 {
+                    self.arrears_opened_cents = self.arrears_opened_cents.saturating_add(amount_cents);
+                }
+                &mut self.declined_cents
+            }
+            "pending" | "failed" => &mut self.pending_cents,
+            _ => return,
+        };
+        *bucket = bucket.saturating_add(amount_cents);
+    }
+}
+
+/// A ride's revenue, for the per-route totals: the route of its first tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRevenue {
+    pub route_id: String,
+    pub rides: i64,
+    pub revenue_cents: i64,
+}
+
+/// One rider's day priced from the archive's taps, the way the pricer
+/// priced it: an entry the pricer still holds open (its exit window had
+/// not closed) is priced as open here too.
+pub fn price_rider(
+    fares: &FareTable,
+    taps: &[Tap],
+    open_entry_closes_at: Option<UnixMillis>,
+) -> (RiderFigures, Vec<RouteRevenue>) {
+    let as_of = open_entry_closes_at.map_or(UnixMillis::MAX, |closes| closes.saturating_sub(1));
+    let priced: PricedDay = fares.price_day_as_of(taps, as_of);
+    let cents = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
+    let figures = RiderFigures {
+        rides: priced.rides.len() as i64,
+        fares_cents: cents(priced.fares),
+        caps_cents: cents(priced.fares).saturating_sub(cents(priced.charged)),
+        due_cents: cents(priced.charged),
+        ..RiderFigures::default()
+    };
+    let route_of: HashMap<[u8; 16], &str> = taps.iter().map(|t| (t.scan_id, t.route_id.as_str())).collect();
+    let mut routes: Vec<RouteRevenue> = Vec::new();
+    for ride in &priced.rides {
+        let route = ride.scan_ids.first().and_then(|id| route_of.get(id)).copied().unwrap_or("");
+        match routes.iter_mut().find(|r| r.route_id == route) {
+            Some(r) => {
+                r.rides += 1;
+                r.revenue_cents = r.revenue_cents.saturating_add(cents(ride.charged));
+            }
+            None => {
+                routes.push(RouteRevenue { route_id: route.to_string(), rides: 1, revenue_cents: cents(ride.charged) })
+            }
+        }
+    }
+    (figures, routes)
+}
+
+/// Adds a rider's charges to the figures priced from the taps.
+pub fn add_charges<'a>(figures: &mut RiderFigures, charges: impl IntoIterator<Item = &'a ChargeRecord>) {
+    for charge in charges {
+        figures.add_charge(charge.amount_cents, &charge.outcome);
+    }
+}
+
+/// One thing the reconciliation found wrong, row by row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Break {
+    /// A ride (an accepted, gate-opened scan) that no charge prices.
+    RideNotCharged { scan_id: [u8; 16], card_id: u64 },
+    /// A ride priced by more than one charge.
+    RideChargedTwice { scan_id: [u8; 16], charges: u64 },
+    /// A charge pricing a scan that is not a ride of the day's archive.
+    ChargeWithoutRide { charge_id: ChargeId, scan_id: [u8; 16] },
+    /// The same scan archived more than once (a file copied in twice).
+    ScanArchivedTwice { scan_id: [u8; 16], copies: u64 },
+    /// The same charge more than once (a charges file copied in twice, or
+    /// a charge both archived and still in the store).
+    ChargeListedTwice { charge_id: ChargeId, copies: u64 },
+    /// An outcome that is none of the known ones.
+    UnknownOutcome { charge_id: ChargeId, outcome: String },
+    /// A rider's charges do not add up to what the day costs.
+    MoneyMismatch { card_id: u64, charged_cents: i64, due_cents: i64 },
+    /// Declines less payments differ from the account store's arrears.
+    ArrearsMismatch { card_id: u64, from_charges_cents: i64, store_cents: i64 },
+    /// A file an earlier run settled is gone from the archive.
+    SettledFileMissing { file: String },
+}
+
+impl Break {
+    /// The break's name, for counting and the report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Break::RideNotCharged { .. } => "ride_not_charged",
+            Break::RideChargedTwice { .. } => "ride_charged_twice",
+            Break::ChargeWithoutRide { .. } => "charge_without_ride",
+            Break::ScanArchivedTwice { .. } => "scan_archived_twice",
+            Break::ChargeListedTwice { .. } => "charge_listed_twice",
+            Break::UnknownOutcome { .. } => "unknown_outcome",
+            Break::MoneyMismatch { .. } => "money_mismatch",
+            Break::ArrearsMismatch { .. } => "arrears_mismatch",
+            Break::SettledFileMissing { .. } => "settled_file_missing",
+        }
+    }
+}
+
+impl fmt::Display for Break {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = hex::encode;
+        match self {
+            Break::RideNotCharged { scan_id, card_id } => {
+                write!(f, "ride {} of card {card_id} is in no charge", hex(scan_id))
+            }
+            Break::RideChargedTwice { scan_id, charges } => write!(f, "ride {} is in {charges} charges", hex(scan_id)),
+            Break::ChargeWithoutRide { charge_id, scan_id } => {
+                write!(f, "charge {} prices scan {}, which is not a ride of the day", hex(charge_id), hex(scan_id))
+            }
+            Break::ScanArchivedTwice { scan_id, copies } => {
+                write!(f, "scan {} is archived {copies} times", hex(scan_id))
+            }
+            Break::ChargeListedTwice { charge_id, copies } => {
+                write!(f, "charge {} appears {copies} times", hex(charge_id))
+            }
+            Break::UnknownOutcome { charge_id, outcome } => {
+                write!(f, "charge {} has an unknown outcome {outcome:?}", hex(charge_id))
+            }
+            Break::MoneyMismatch { card_id, charged_cents, due_cents } => write!(
+                f,
+                "card {card_id}: charges add up to {charged_cents}, the day's fares after caps to {due_cents}"
+            ),
+            Break::ArrearsMismatch { card_id, from_charges_cents, store_cents } => write!(
+                f,
+                "card {card_id}: declines less payments come to {from_charges_cents}, the account store says {store_cents}"
+            ),
+            Break::SettledFileMissing { file } => write!(f, "{file}, settled by an earlier run, is gone"),
+        }
+    }
+}
+
+/// A charge as the settlement reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayCharge {
+    pub charge_id: ChargeId,
+    pub amount_cents: i64,
+    pub outcome: String,
+    pub scan_ids: Vec<[u8; 16]>,
+}
+
+impl From<&ChargeRecord> for DayCharge {
+    fn from(c: &ChargeRecord) -> DayCharge {
+        DayCharge {
+            charge_id: c.charge_id,
+            amount_cents: c.amount_cents,
+            outcome: c.outcome.clone(),
+            scan_ids: c.scan_ids.clone(),
+        }
+    }
+}
+
+/// One rider's day, settled: the figures, the revenue by route, and what
+/// did not reconcile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RiderSettlement {
+    pub figures: RiderFigures,
+    pub routes: Vec<RouteRevenue>,
+    pub breaks: Vec<Break>,
+    /// Scans a charge prices that the settled files do not hold: a break,
+    /// unless the archive is still behind the pricer (then the rider waits
+    /// for the next run).
+    pub unarchived_scans: Vec<(ChargeId, [u8; 16])>,
+}
+
+/// Settles one rider's day: prices the taps, adds up the charges, and
+/// checks that every ride is in exactly one charge, every charge is
+/// counted once with a known outcome, and the charges add up to the fares
+/// after caps. `taps` may hold copies (a scans file archived twice) and
+/// `charges` too: each copy is a break, counted once.
+pub fn settle_rider(
+    fares: &FareTable,
+    card_id: u64,
+    taps: &[Tap],
+    charges: &[DayCharge],
+    open_entry_closes_at: Option<UnixMillis>,
+) -> RiderSettlement {
+    let mut breaks = Vec::new();
+    let taps =
+        distinct_by(taps, |t| t.scan_id, |id, copies| breaks.push(Break::ScanArchivedTwice { scan_id: id, copies }));
+    let charges = distinct_by(
+        charges,
+        |c| c.charge_id,
+        |id, copies| breaks.push(Break::ChargeListedTwice { charge_id: id, copies }),
+    );
+    let (mut figures, routes) = price_rider(fares, &taps, open_entry_closes_at);
+    let as_of = open_entry_closes_at.map_or(UnixMillis::MAX, |closes| closes.saturating_sub(1));
+    let open_entry = fares.price_day_as_of(&taps, as_of).open_entry;
+    let mut charged_in: HashMap<[u8; 16], u64> = HashMap::new();
+    let mut unarchived_scans = Vec::new();
+    let known: std::collections::HashSet<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
+    for charge in &charges {
+        if !OUTCOMES.contains(&charge.outcome.as_str()) {
+            breaks.push(Break::UnknownOutcome { charge_id: charge.charge_id, outcome: charge.outcome.clone() });
+        }
+        figures.add_charge(charge.amount_cents, &charge.outcome);
+        for scan_id in &charge.scan_ids {
+            *charged_in.entry(*scan_id).or_default() += 1;
+            if !known.contains(scan_id) {
+                unarchived_scans.push((charge.charge_id, *scan_id));
+            }
+        }
+    }
+    for tap in &taps {
+        match charged_in.get(&tap.scan_id).copied().unwrap_or(0) {
+            0 if Some(tap.scan_id) == open_entry => {}
+            0 => breaks.push(Break::RideNotCharged { scan_id: tap.scan_id, card_id }),
+            1 => {}
+            n => breaks.push(Break::RideChargedTwice { scan_id: tap.scan_id, charges: n }),
+        }
+    }
+    breaks.extend(money_break(card_id, &figures));
+    RiderSettlement { figures, routes, breaks, unarchived_scans }
+}
+
+/// The first copy of each item by key; `copied(key, copies)` for each key
+/// seen more than once.
+fn distinct_by<T: Clone, K: std::hash::Hash + Eq + Copy + Ord>(
+    items: &[T],
+    key: impl Fn(&T) -> K,
+    mut copied: impl FnMut(K, u64),
+) -> Vec<T> {
+    let mut seen: HashMap<K, u64> = HashMap::new();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let count = seen.entry(key(item)).or_default();
+        *count += 1;
+        if *count == 1 {
+            out.push(item.clone());
+        }
+    }
+    let mut repeated: Vec<(K, u64)> = seen.into_iter().filter(|(_, n)| *n > 1).collect();
+    repeated.sort();
+    for (k, n) in repeated {
+        copied(k, n);
+    }
+    out
+}
+
+/// The money check for one rider: the day's charges add up to what it
+/// costs, and every charge is one of the known outcomes' amounts.
+pub fn money_break(card_id: u64, figures: &RiderFigures) -> Option<Break> {
+    (figures.charged_cents != figures.due_cents).then_some(Break::MoneyMismatch {
+        card_id,
+        charged_cents: figures.charged_cents,
+        due_cents: figures.due_cents,
+    })
+}
+
+/// The outcomes a charge may have.
+pub const OUTCOMES: [&str; 5] = ["pending", "succeeded", "declined", "failed", "nothing_due"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fares::Cents;
+    use crate::scan::TapKind;
+    use std::collections::BTreeMap;
+
+    fn table() -> FareTable {
+        FareTable {
+            currency: "CNY".into(),
+            bus_route_fares: BTreeMap::from([("bus-1".to_string(), 200 as Cents)]),
+            bus_default_fare: None,
+            metro_station_zones: BTreeMap::from([("m-a".to_string(), 1), ("m-b".to_string(), 3)]),
+            metro_base_fare: 300,
+            metro_fare_per_zone: 100,
+            max_fare: 900,
+            metro_exit_window_ms: 3_600_000,
+            daily_cap: 500,
+        }
+    }
+
+    fn tap(n: u8, at: i64, kind: TapKind, route: &str, stop: &str) -> Tap {
+        Tap { scan_id: [n; 16], scanned_at: at, kind, route_id: route.into(), stop_id: stop.into() }
+    }
+
+    #[test]
+    fn a_rider_is_priced_with_caps_and_revenue_goes_to_the_first_taps_route() {
+        let taps = [
+            tap(1, 1_000, TapKind::Single, "bus-1", "s"),
+            tap(2, 2_000, TapKind::Entry, "metro-1", "m-a"),
+            tap(3, 3_000, TapKind::Exit, "metro-1", "m-b"),
+            tap(4, 4_000, TapKind::Single, "bus-1", "s"),
+        ];
+        let (figures, routes) = price_rider(&table(), &taps, None);
+        // 200 + 500 (300 + 2 zones) + 200 = 900 in fares; the cap is 500.
+        assert_eq!((figures.rides, figures.fares_cents, figures.caps_cents, figures.due_cents), (3, 900, 400, 500));
+        let bus = routes.iter().find(|r| r.route_id == "bus-1").expect("bus");
+        let metro = routes.iter().find(|r| r.route_id == "metro-1").expect("metro");
+        assert_eq!((bus.rides, bus.revenue_cents, metro.rides, metro.revenue_cents), (2, 200, 1, 300));
+    }
+
+    #[test]
+    fn an_entry_the_pricer_holds_open_is_not_a_ride_yet() {
+        let taps = [tap(1, 1_000, TapKind::Entry, "metro-1", "m-a")];
+        let (open, _) = price_rider(&table(), &taps, Some(1_000 + 3_600_000));
+        assert_eq!((open.rides, open.due_cents), (0, 0));
+        let (closed, _) = price_rider(&table(), &taps, None);
+        assert_eq!((closed.rides, closed.due_cents), (1, 900), "an entry with no exit is the maximum fare");
+    }
+
+    #[test]
+    fn runs_add_up_and_outcomes_land_in_their_buckets() {
+        let mut first = RiderFigures { rides: 2, due_cents: 400, ..RiderFigures::default() };
+        first.add_charge(200, "succeeded");
+        first.add_charge(200, "pending");
+        let mut now = RiderFigures { rides: 3, due_cents: 500, late_rides: 1, ..RiderFigures::default() };
+        for (amount, outcome) in [(200, "succeeded"), (200, "declined"), (100, "failed"), (0, "nothing_due")] {
+            now.add_charge(amount, outcome);
+        }
+        assert_eq!((now.charged_cents, now.pending_cents, now.arrears_opened_cents), (500, 100, 200));
+        let delta = now.minus(&first);
+        assert_eq!((delta.rides, delta.pending_cents, delta.declined_cents, delta.late_rides), (1, -100, 200, 1));
+        assert_eq!(first.plus(&delta), now);
+        assert!(now.minus(&now).is_zero());
+        assert_eq!(money_break(7, &now), None);
+        let short = RiderFigures { due_cents: 600, ..now };
+        assert_eq!(money_break(7, &short).map(|b| b.kind()), Some("money_mismatch"));
+    }
+
+    fn charge(n: u8, amount: i64, outcome: &str, scans: &[u8]) -> DayCharge {
+        DayCharge {
+            charge_id: [n; 16],
+            amount_cents: amount,
+            outcome: outcome.into(),
+            scan_ids: scans.iter().map(|s| [*s; 16]).collect(),
+        }
+    }
+
+    #[test]
+    fn a_rider_whose_charges_match_settles_clean() {
+        let taps = [tap(1, 1_000, TapKind::Single, "bus-1", "s"), tap(2, 2_000, TapKind::Single, "bus-1", "s")];
+        let charges = [charge(1, 200, "succeeded", &[1]), charge(2, 200, "declined", &[2])];
+        let s = settle_rider(&table(), 9, &taps, &charges, None);
+        assert!(s.breaks.is_empty() && s.unarchived_scans.is_empty(), "{:?}", s.breaks);
+        assert_eq!(
+            (s.figures.rides, s.figures.due_cents, s.figures.succeeded_cents, s.figures.arrears_opened_cents),
+            (2, 400, 200, 200)
+        );
+    }
+
+    #[test]
+    fn every_kind_of_break_is_named() {
+        let taps = [
+            tap(1, 1_000, TapKind::Single, "bus-1", "s"),
+            tap(1, 1_000, TapKind::Single, "bus-1", "s"),
+            tap(2, 2_000, TapKind::Single, "bus-1", "s"),
+            tap(3, 3_000, TapKind::Single, "bus-1", "s"),
+        ];
+        let charges = [
+            charge(1, 200, "succeeded", &[1, 2]),
+            charge(1, 200, "succeeded", &[1, 2]),
+            charge(2, 100, "flipped", &[2, 7]),
+        ];
+        let s = settle_rider(&table(), 9, &taps, &charges, None);
+        let mut kinds: Vec<&str> = s.breaks.iter().map(Break::kind).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec![
+                "charge_listed_twice",
+                "money_mismatch",
+                "ride_charged_twice",
+                "ride_not_charged",
+                "scan_archived_twice",
+                "unknown_outcome"
+            ]
+        );
+        assert_eq!(s.unarchived_scans, vec![([2; 16], [7; 16])], "scan 7 is in no settled file");
+        assert!(s.breaks.iter().any(|b| b.to_string().contains(&hex::encode([3u8; 16]))), "a break names its row");
+    }
+
+    #[test]
+    fn an_open_entry_waits_uncharged_without_a_break() {
+        let taps = [tap(1, 1_000, TapKind::Entry, "metro-1", "m-a")];
+        let s = settle_rider(&table(), 9, &taps, &[], Some(10_000));
+        assert!(s.breaks.is_empty(), "{:?}", s.breaks);
+        let closed = settle_rider(&table(), 9, &taps, &[], None);
+        assert_eq!(
+            closed.breaks.iter().map(Break::kind).collect::<Vec<_>>(),
+            vec!["ride_not_charged", "money_mismatch"]
+        );
+    }
+
+    #[test]
+    fn extreme_amounts_saturate_instead_of_panicking() {
+        let max = RiderFigures { charged_cents: i64::MAX, fares_cents: i64::MIN, ..RiderFigures::default() };
+        let min = RiderFigures { charged_cents: i64::MIN, fares_cents: i64::MAX, ..RiderFigures::default() };
+        let d = max.minus(&min);
+        assert_eq!((d.charged_cents, d.fares_cents), (i64::MAX, i64::MIN));
+        let mut f = RiderFigures::default();
+        f.add_charge(i64::MAX, "declined");
+        f.add_charge(i64::MAX, "declined");
+        assert_eq!((f.declined_cents, f.arrears_opened_cents), (i64::MAX, i64::MAX));
+        f.add_charge(5, "bogus");
+        assert_eq!(f.charged_cents, i64::MAX, "an unknown outcome is counted as charged and reported apart");
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The settlement at scale: generates a service day of SCANS scans (10
+# million by default) straight into the archive formats with `farestream
+# gen-archive` (scans through the production writer, each rider's charges
+# planned by the core, declines as arrears), also written with the previous
+# encoding for the size and write-speed comparison; then settles it under
+# /usr/bin/time (time and peak memory), and runs the same per-rider query in
+# `farestream query` and in DuckDB (Python's duckdb package) on the same
+# files. Prints one line per figure.
+#
+#   scripts/settle-bench.sh
+#   SCANS=1000000 scripts/settle-bench.sh
+set -euo pipefail
+
+source "$(dirname "$0")/lib.sh"
+resolve_farestream_bin
+scans=${SCANS:-10000000}
+date=${DATE:-2026-11-25}
+work=${WORK_DIR:-$(mktemp -d)}
+trap 'rm -rf "$work"' EXIT
+data="$work/data"
+
+echo "== generating $scans scans for $date in $data"
+"$bin" --data-dir "$data" gen-archive --scans "$scans" --date "$date" --compare-baseline
+du -sh "$data/archive/scans" "$data/baseline/scans" "$data/archive/charges" | sed 's/^/size: /'
+
+echo "== settling"
+/usr/bin/time -f "settle: wall_s=%e peak_rss_kib=%M" \
+  "$bin" --data-dir "$data" settle --date "$date" | tail -3
+
+per_rider="SELECT card_id, count(*) AS rides FROM scans WHERE service_date = DATE '$date' AND status = 'accepted' GROUP BY card_id ORDER BY rides DESC, card_id LIMIT 5"
+echo "== the per-rider query in farestream query (DataFusion)"
+/usr/bin/time -f "farestream query: wall_s=%e peak_rss_kib=%M" "$bin" --data-dir "$data" query "$per_rider"
+
+echo "== the same query in DuckDB"
+python3 - "$data" "$date" <<'PY'
+import sys, time, duckdb
+data, date = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+sql = f"""SELECT card_id, count(*) AS rides
+FROM read_parquet('{data}/archive/scans/*/*.parquet', hive_partitioning = true)
+WHERE service_date = DATE '{date}' AND status = 'accepted'
+GROUP BY card_id ORDER BY rides DESC, card_id LIMIT 5"""
+start = time.perf_counter()
+rows = con.execute(sql).fetchall()
+print(f"duckdb: wall_s={time.perf_counter() - start:.2f} (duckdb {duckdb.__version__})")
+for r in rows:
+    print(r)
+PY

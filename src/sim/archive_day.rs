@@ -1,0 +1,317 @@
+//! `farestream gen-archive`: a service day written straight into a data
+//! directory in the archive's own formats, for the settlement benchmark
+//! (`scripts/settle-bench.sh`): scans through the production
+//! `ArchiveWriter`, each rider's charges planned by the core and written
+//! as the charges archive, the declines as arrears in the account store,
+//! and the pricer's and archiver's positions past every file, as a
+//! server that had priced and archived the day would leave them.
+//!
+//! Deterministic for a seed. The day is built in memory (about 200 bytes
+//! a scan), then written in arrival order.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use farestream_core::archive::charges::charges_to_record_batch;
+use farestream_core::charges::{ChargeRecord, RiderDay, plan_charges};
+use farestream_core::fares::{FareTable, Tap};
+use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
+use farestream_core::service_day::ServiceDayPolicy;
+use farestream_server::archive::charges::charges_root;
+use farestream_server::archive::checkpoint::{checkpoint_path, write_checkpoint};
+use farestream_server::archive::scans_root;
+use farestream_server::archive::writer::{ArchiveWriter, ArchiveWriterConfig, partition_dir};
+use farestream_server::faults::Faults;
+use farestream_server::money::accounts::{activate, add_arrears, register};
+use farestream_server::money::store::{MoneyStore, set_log_cursor, store_path};
+
+#[derive(Debug, Clone)]
+pub struct ArchiveDaySpec {
+    pub scans: u64,
+    pub date: NaiveDate,
+    pub seed: u64,
+    /// Riders whose debits are declined, in percent.
+    pub declined_percent: f64,
+    pub row_group_rows_max: usize,
+    pub file_bytes_max: u64,
+    /// Also write the same rows with the previous encoding (Snappy, a
+    /// dictionary on every column) into `DIR/baseline`, for the figures.
+    pub compare_baseline: bool,
+}
+
+/// What was written, and how long it took.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveDayReport {
+    pub scans: u64,
+    pub riders: u64,
+    pub charges: u64,
+    pub scan_files: Vec<PathBuf>,
+    pub scan_bytes: u64,
+    pub write: Duration,
+    pub baseline_bytes: Option<u64>,
+    pub baseline_write: Option<Duration>,
+}
+
+const BUS_ROUTES: u32 = 400;
+const STATIONS: u32 = 300;
+const METRO_LINES: u32 = 20;
+const VALIDATORS: u32 = 20_000;
+
+/// Writes the day under `data_dir` (which should be empty).
+pub fn write_archive_day(
+    spec: &ArchiveDaySpec,
+    fares: &FareTable,
+    policy: &ServiceDayPolicy,
+    data_dir: &Path,
+) -> Result<ArchiveDayReport, String> {
+    let start = policy.day_start(spec.date).ok_or("the day has no start")?;
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let progress = bar(spec.scans, "{spinner} generating {bar:40} {pos}/{len} scans ({per_sec})");
+    let (mut scans, riders) = plan_scans(spec, start, &mut rng, &progress);
+    progress.finish_and_clear();
+    scans.sort_by_key(|s| (s.received_at, s.scan_id));
+    let charges = price(spec, fares, &scans, &mut rng)?;
+    let mut report =
+        ArchiveDayReport { scans: scans.len() as u64, riders, charges: charges.len() as u64, ..Default::default() };
+    let (files, elapsed) = write_scans(spec, &scans_root(data_dir), &scans, None)?;
+    report.scan_bytes = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    report.scan_files = files;
+    report.write = elapsed;
+    if spec.compare_baseline {
+        let (files, elapsed) =
+            write_scans(spec, &data_dir.join("baseline").join("scans"), &scans, Some(baseline_properties(spec)))?;
+        report.baseline_bytes = Some(files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum());
+        report.baseline_write = Some(elapsed);
+    }
+    write_charges(data_dir, spec.date, &charges)?;
+    write_store(data_dir, &charges, scans.len() as u64 + 1)?;
+    write_checkpoint(&checkpoint_path(data_dir), scans.len() as u64 + 1, &Faults::default())
+        .map_err(|e| e.to_string())?;
+    Ok(report)
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar
+}
+
+/// Riders' days: mostly two or three rides, bus or metro, a few replays
+/// and refusals among them.
+fn plan_scans(spec: &ArchiveDaySpec, start: i64, rng: &mut StdRng, progress: &ProgressBar) -> (Vec<ArchivedScan>, u64) {
+    let capacity = usize::try_from(spec.scans).unwrap_or(0);
+    let mut scans = Vec::with_capacity(capacity);
+    let gateways: Vec<Arc<str>> = (0..16).map(|g| Arc::from(format!("depot-{g:02}"))).collect();
+    let mut card = 1_000_000u64;
+    let mut riders = 0;
+    while (scans.len() as u64) < spec.scans {
+        card += 1 + rng.random_range(0..3);
+        riders += 1;
+        let mut at = start + rng.random_range(5 * 3_600_000..20 * 3_600_000);
+        for _ in 0..rng.random_range(1..=4) {
+            if (scans.len() as u64) >= spec.scans {
+                break;
+            }
+            let mut row = |kind: TapKind, route: String, stop: String, at: i64, rng: &mut StdRng| {
+                let status = match rng.random_range(0..1000) {
+                    0..=4 => ScanStatus::Replay,
+                    5..=9 => ScanStatus::Denied,
+                    10 => ScanStatus::BadSignature,
+                    _ => ScanStatus::Accepted,
+                };
+                let validator = rng.random_range(0..VALIDATORS);
+                let received = at + rng.random_range(1_000..90_000);
+                scans.push(ArchivedScan {
+                    scan_id: rng.random(),
+                    gateway_id: Arc::clone(&gateways[(validator % 16) as usize]),
+                    validator_id: format!("validator-{validator:05}"),
+                    validator_seq: rng.random_range(0..1_000_000),
+                    route_id: route,
+                    stop_id: stop,
+                    tap_kind: Some(kind),
+                    card_id: Some(card),
+                    issuer_key_id: Some(1),
+                    code_created_at: Some(at - rng.random_range(0..60_000)),
+                    code_counter: Some(rng.random_range(0..10_000)),
+                    scanned_at: at,
+                    received_at: received,
+                    status,
+                    reason: (status != ScanStatus::Accepted).then(|| format!("{status} (generated)")),
+                    gate_opened: Some(status != ScanStatus::Denied),
+                    deny_list_version: Some(rng.random_range(1..50)),
+                    service_date: spec.date,
+                });
+                progress.inc(1);
+            };
+            if rng.random_bool(0.5) {
+                let route = format!("bus-{:03}", rng.random_range(0..BUS_ROUTES));
+                let stop = format!("{route}-stop-{:02}", rng.random_range(0..30));
+                row(TapKind::Single, route, stop, at, rng);
+            } else {
+                let line = format!("metro-{:02}", rng.random_range(0..METRO_LINES));
+                let from = format!("station-{:03}", rng.random_range(0..STATIONS));
+                let to = format!("station-{:03}", rng.random_range(0..STATIONS));
+                row(TapKind::Entry, line.clone(), from, at, rng);
+                row(TapKind::Exit, line, to, at + rng.random_range(300_000..3_000_000), rng);
+            }
+            at += rng.random_range(1_800_000..4 * 3_600_000);
+        }
+    }
+    (scans, riders)
+}
+
+/// Each rider's day priced and planned by the core, as the pricer would
+/// once the day is complete; outcomes drawn per rider.
+fn price(
+    spec: &ArchiveDaySpec,
+    fares: &FareTable,
+    scans: &[ArchivedScan],
+    rng: &mut StdRng,
+) -> Result<Vec<ChargeRecord>, String> {
+    let mut days: BTreeMap<u64, Vec<Tap>> = BTreeMap::new();
+    for s in scans.iter().filter(|s| s.status == ScanStatus::Accepted) {
+        let (Some(card), Some(kind)) = (s.card_id, s.tap_kind) else { continue };
+        days.entry(card).or_default().push(Tap {
+            scan_id: s.scan_id,
+            scanned_at: s.scanned_at,
+            kind,
+            route_id: s.route_id.clone(),
+            stop_id: s.stop_id.clone(),
+        });
+    }
+    let mut charges = Vec::new();
+    for (card_id, taps) in days {
+        let day = RiderDay { card_id, service_date: spec.date };
+        let declines = rng.random_bool(spec.declined_percent / 100.0);
+        for charge in plan_charges(day, &fares.price_day(&taps), &[]) {
+            let outcome = match (charge.amount_cents, declines) {
+                (0, _) => "nothing_due",
+                (_, true) => "declined",
+                _ => "succeeded",
+            };
+            charges.push(ChargeRecord {
+                charge_id: charge.id,
+                card_id,
+                service_date: spec.date,
+                kind: charge.kind,
+                amount_cents: charge.amount_cents,
+                currency: fares.currency.clone(),
+                scan_ids: charge.scan_ids,
+                outcome: outcome.to_string(),
+                attempts: u32::from(outcome != "nothing_due"),
+                created_at: 0,
+                decided_at: Some(0),
+                gateway_txn_id: None,
+            });
+        }
+    }
+    Ok(charges)
+}
+
+/// The previous encoding, for comparison only.
+fn baseline_properties(spec: &ArchiveDaySpec) -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(spec.row_group_rows_max))
+        .build()
+}
+
+/// Through the production writer (or, for the baseline, Arrow's own with
+/// the old properties), files cut at the size limit; returns the files and
+/// the time spent encoding and writing.
+fn write_scans(
+    spec: &ArchiveDaySpec,
+    root: &Path,
+    scans: &[ArchivedScan],
+    baseline: Option<parquet::file::properties::WriterProperties>,
+) -> Result<(Vec<PathBuf>, Duration), String> {
+    let label = if baseline.is_some() { "baseline" } else { "archive" };
+    let progress =
+        bar(scans.len() as u64, &format!("{{spinner}} writing {label} {{bar:40}} {{pos}}/{{len}} scans ({{per_sec}})"));
+    let started = Instant::now();
+    let files = match baseline {
+        None => {
+            let config = ArchiveWriterConfig {
+                root: root.to_path_buf(),
+                file_bytes_max: spec.file_bytes_max,
+                file_age_max: Duration::from_secs(86_400),
+                row_group_rows_max: spec.row_group_rows_max,
+            };
+            let mut writer = ArchiveWriter::new(config, Arc::new(Faults::default())).map_err(|e| e.to_string())?;
+            let mut files = Vec::new();
+            let mut from = 1u64;
+            for (i, chunk) in scans.chunks(4_096).enumerate() {
+                writer.append(chunk, Instant::now()).map_err(|e| e.to_string())?;
+                progress.inc(chunk.len() as u64);
+                let to = 1 + ((i + 1) * 4_096).min(scans.len()) as u64;
+                if writer.cut_due(Instant::now()) || to == scans.len() as u64 + 1 {
+                    files.extend(writer.close_all(from, to).map_err(|e| e.to_string())?.into_iter().map(|c| c.path));
+                    from = to;
+                }
+            }
+            files
+        }
+        Some(properties) => {
+            let dir = partition_dir(root, spec.date);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let path = dir.join("part-baseline.parquet");
+            let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+            let schema = farestream_core::archive::schema::scan_schema();
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties)).map_err(|e| e.to_string())?;
+            for chunk in scans.chunks(4_096) {
+                let batch = farestream_core::archive::schema::to_record_batch(chunk).map_err(|e| e.to_string())?;
+                writer.write(&batch).map_err(|e| e.to_string())?;
+                progress.inc(chunk.len() as u64);
+            }
+            writer.close().map_err(|e| e.to_string())?;
+            vec![path]
+        }
+    };
+    progress.finish_and_clear();
+    Ok((files, started.elapsed()))
+}
+
+fn write_charges(data_dir: &Path, date: NaiveDate, charges: &[ChargeRecord]) -> Result<(), String> {
+    let dir = partition_dir(&charges_root(data_dir), date);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    for (batch, chunk) in charges.chunks(500_000).enumerate() {
+        let records = charges_to_record_batch(chunk).map_err(|e| e.to_string())?;
+        let file =
+            std::fs::File::create(dir.join(format!("charges-{batch:012}.parquet"))).map_err(|e| e.to_string())?;
+        let properties = farestream_server::archive::charges::charges_writer_properties();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, records.schema(), Some(properties))
+            .map_err(|e| e.to_string())?;
+        writer.write(&records).map_err(|e| e.to_string())?;
+        writer.close().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The account store: an account and its arrears for each declining
+/// rider, and the pricer's cursor past the day.
+fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Result<(), String> {
+    let mut store = MoneyStore::open(&store_path(data_dir), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let tx = store.transaction().map_err(|e| e.to_string())?;
+    let mut owed: BTreeMap<u64, Vec<&ChargeRecord>> = BTreeMap::new();
+    for c in charges.iter().filter(|c| c.outcome == "declined" && c.amount_cents > 0) {
+        owed.entry(c.card_id).or_default().push(c);
+    }
+    for (card, declined) in owed {
+        register(&tx, card, &format!("+86{card:011}"), 0).map_err(|e| e.to_string())?;
+        activate(&tx, card, &format!("payer-{card}"), &format!("agreement-{card}"), 0, 0).map_err(|e| e.to_string())?;
+        for c in declined {
+            add_arrears(&tx, card, c.amount_cents, &format!("charge {} declined", hex::encode(c.charge_id)), 0)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    set_log_cursor(&tx, farestream_server::money::pricer::READER, pricer_lsn).map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}

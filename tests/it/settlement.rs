@@ -1,0 +1,278 @@
+//! The daily settlement over a day whose answer is known in advance: real
+//! scans over QUIC, charges decided by the simulated payment gateway, a
+//! decline, arrears paid, a late upload, one past the rebill window; then
+//! the same day broken on purpose, one invariant at a time.
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use farestream::archive::read::{archive_files, read_charges_file};
+use farestream::archive::scans_root;
+use farestream::archive::writer::partition_dir;
+use farestream::clock::Clock;
+use farestream::scan::TapKind;
+use farestream::settle::settle_settings;
+use farestream_analytics::query::{OutputFormat, run_query};
+use farestream_analytics::settle::{SettleSettings, Settled, settle_day};
+use farestream_core::archive::charges::charges_to_record_batch;
+use farestream_core::settlement::Break;
+
+use crate::money::{MINUTE, Money, tap};
+use crate::support::{T0_MS, batch};
+
+const DAY: &str = "2025-11-20";
+const HOUR: i64 = 60 * MINUTE;
+
+fn day() -> NaiveDate {
+    DAY.parse().expect("date")
+}
+
+fn settings(m: &Money) -> SettleSettings {
+    settle_settings(&m.h.config, m.h.dir.path()).expect("settings")
+}
+
+async fn settle(settings: &SettleSettings, now: i64) -> Settled {
+    settle_day(settings, day(), now).await.expect("settle")
+}
+
+async fn sql(data_dir: &Path, query: &str) -> String {
+    let mut out = Vec::new();
+    run_query(&data_dir.join("archive"), query, OutputFormat::Csv, &mut out).await.expect("query");
+    String::from_utf8(out).expect("utf-8")
+}
+
+/// Everything archived and priced, every charge decided.
+async fn quiesce(m: &Money) {
+    m.settle().await;
+    m.h.server.flush_archive().await.expect("flush archive");
+}
+
+fn kinds(breaks: &[Break]) -> Vec<&'static str> {
+    let mut kinds: Vec<_> = breaks.iter().map(Break::kind).collect();
+    kinds.dedup();
+    kinds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments() {
+    let m = Money::start().await;
+    let rich = m.rider(601, 10_000).await;
+    let declining = m.rider(602, 100).await;
+    let owing = m.rider(603, 100).await;
+    let client = m.h.client();
+    // 601: three bus-99 rides (300 each), a 3-zone metro trip (600), then a
+    // bus ride past the 1500 cap. 602: a 500 trip, declined, paid later.
+    // 603: a 200 bus ride, declined, still owed.
+    let scans = vec![
+        tap(&rich, 1, T0_MS, TapKind::Single, "bus-99"),
+        tap(&rich, 2, T0_MS + 10 * MINUTE, TapKind::Single, "bus-99"),
+        tap(&rich, 3, T0_MS + 20 * MINUTE, TapKind::Single, "bus-99"),
+        tap(&rich, 4, T0_MS + 30 * MINUTE, TapKind::Entry, "station-01"),
+        tap(&rich, 5, T0_MS + 50 * MINUTE, TapKind::Exit, "station-07"),
+        tap(&rich, 6, T0_MS + 60 * MINUTE, TapKind::Single, "bus-1"),
+        tap(&declining, 7, T0_MS + 5 * MINUTE, TapKind::Entry, "station-01"),
+        tap(&declining, 8, T0_MS + 25 * MINUTE, TapKind::Exit, "station-05"),
+        tap(&owing, 9, T0_MS + 15 * MINUTE, TapKind::Single, "bus-1"),
+    ];
+    client.push(&batch("depot-1", 1, scans)).await.expect("ack");
+    quiesce(&m).await;
+    m.control.top_up("payer-602", 1_000, "topup-602-1").await.expect("top up");
+    m.h.server.accounts().pay_arrears(602).await.expect("pay");
+    quiesce(&m).await;
+
+    let settings = settings(&m);
+    let first = settle(&settings, m.h.clock.now_ms()).await;
+    assert!(first.breaks.is_empty(), "{:?}", first.breaks);
+    let run = first.new_run.clone().expect("a first run");
+    assert_eq!((run.run, run.kind, run.final_day, run.files_settled), (1, "cut_over", false, 1));
+    let t = run.totals;
+    assert_eq!((t.rides, t.fares_cents, t.caps_cents, t.due_cents), (7, 2_400, 200, 2_200));
+    assert_eq!((t.charged_cents, t.succeeded_cents, t.declined_cents, t.pending_cents), (2_200, 1_500, 700, 0));
+    assert_eq!((t.arrears_opened_cents, t.arrears_paid_cents, t.late_rides), (700, -500, 0));
+    assert_eq!((run.scans[0], run.scans.iter().sum::<i64>(), run.riders), (9, 9, 3));
+    let riders = sql(
+        m.h.dir.path(),
+        "SELECT card_id, rides, fares_cents, caps_cents, due_cents, succeeded_cents, declined_cents,
+                arrears_opened_cents, arrears_paid_cents, arrears_outstanding_cents
+         FROM settlements WHERE service_date = DATE '2025-11-20' ORDER BY card_id",
+    )
+    .await;
+    assert_eq!(
+        riders.lines().skip(1).collect::<Vec<_>>(),
+        ["601,5,1700,200,1500,1500,0,0,0,0", "602,1,500,0,500,0,500,500,-500,0", "603,1,200,0,200,0,200,200,0,200"]
+    );
+    let routes =
+        sql(m.h.dir.path(), "SELECT route_id, scans, rides, revenue_cents FROM settlement_routes ORDER BY route_id")
+            .await;
+    assert_eq!(routes.lines().skip(1).collect::<Vec<_>>(), ["bus-1,2,2,200", "bus-99,3,3,900", "metro-1,4,2,1100"]);
+    let report = std::fs::read_to_string(&first.report_path).expect("report");
+    assert!(report.contains("Reconciled.") && report.contains("22.00"), "the report shows the day");
+    assert!(first.headline.contains("due 22.00") && first.headline.contains("no breaks"), "{}", first.headline);
+
+    // Nothing new: the same files and the same report, byte for byte.
+    let again = settle(&settings, m.h.clock.now_ms() + HOUR).await;
+    assert!(again.new_run.is_none() && again.breaks.is_empty());
+    assert_eq!(std::fs::read_to_string(&again.report_path).expect("report"), report);
+    assert_eq!(archive_files(&settings.archive_dir().join("settlement_runs")).expect("runs").len(), 1);
+
+    // A late ride, uploaded hours later inside the rebill window: the next
+    // run settles it as a late adjustment.
+    let late = m.rider(604, 10_000).await;
+    m.h.clock.set(T0_MS + 6 * HOUR);
+    client
+        .push(&batch("depot-1", 2, vec![tap(&late, 10, T0_MS + 40 * MINUTE, TapKind::Single, "bus-99")]))
+        .await
+        .expect("ack");
+    quiesce(&m).await;
+    let second = settle(&settings, m.h.clock.now_ms()).await;
+    assert!(second.breaks.is_empty(), "{:?}", second.breaks);
+    let run = second.new_run.expect("a late run");
+    assert_eq!((run.run, run.kind, run.riders, run.files_settled), (2, "late_adjustment", 1, 1));
+    assert_eq!(
+        (run.totals.rides, run.totals.late_rides, run.totals.due_cents, run.totals.succeeded_cents),
+        (1, 1, 300, 300)
+    );
+    let totals = sql(
+        m.h.dir.path(),
+        "SELECT sum(rides), sum(late_rides), sum(due_cents), sum(succeeded_cents) FROM settlements
+         WHERE service_date = DATE '2025-11-20'",
+    )
+    .await;
+    assert_eq!(totals.lines().nth(1), Some("8,1,2500,1800"), "summing the runs gives the day as it stands");
+
+    // Past the rebill window: archived as late_upload under the day it
+    // arrived, for manual review there, never charged. The run after the
+    // day closed (`_SUCCESS`) marks it final, with nothing else changed.
+    m.h.clock.set(T0_MS + 3 * 24 * HOUR + 20 * HOUR);
+    client
+        .push(&batch("depot-1", 3, vec![tap(&late, 11, T0_MS + 45 * MINUTE, TapKind::Single, "bus-1")]))
+        .await
+        .expect("ack");
+    quiesce(&m).await;
+    m.h.clock.set(m.h.clock.now_ms() + HOUR);
+    m.h.server.flush_archive().await.expect("flush");
+    assert!(partition_dir(&scans_root(m.h.dir.path()), day()).join("_SUCCESS").exists(), "the day closed");
+    let third = settle(&settings, m.h.clock.now_ms()).await;
+    assert!(third.breaks.is_empty(), "{:?}", third.breaks);
+    let run = third.new_run.expect("a third run");
+    assert!(run.final_day && run.totals.is_zero() && run.files_settled == 0, "{run:?}");
+    assert!(third.headline.contains("(final, 3 runs)"), "{}", third.headline);
+    let arrival: NaiveDate = "2025-11-24".parse().expect("date");
+    let arrived = settle_day(&settings, arrival, m.h.clock.now_ms()).await.expect("settle");
+    let run = arrived.new_run.expect("the arrival day's run");
+    assert_eq!((run.manual_review, run.totals.rides, run.totals.due_cents), (1, 0, 0), "{run:?}");
+    assert!(arrived.headline.contains("1 rides for manual review"), "{}", arrived.headline);
+    let report = std::fs::read_to_string(&arrived.report_path).expect("report");
+    assert!(report.contains("Manual review: 1 uploads"), "the report lists it");
+
+    let data_dir = m.h.dir.path().to_path_buf();
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+    breaks_are_named(&data_dir, &settings).await;
+}
+
+/// Each break on a copy of the settled day: the reconciliation names it.
+async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
+    let now = T0_MS + 5 * 24 * HOUR;
+    let scans = partition_dir(&scans_root(data_dir), day());
+    let scan_file = archive_files(&scans_root(data_dir))
+        .expect("files")
+        .into_iter()
+        .find(|f| f.starts_with(&scans))
+        .expect("a scan file");
+    let charges_dir = partition_dir(&data_dir.join("archive").join("charges"), day());
+    let charges_file = archive_files(&data_dir.join("archive").join("charges"))
+        .expect("files")
+        .into_iter()
+        .find(|f| f.starts_with(&charges_dir))
+        .expect("a charges file");
+
+    let copy = copy_of(data_dir);
+    let name = scan_file.file_name().and_then(|n| n.to_str()).expect("name").replace("part-", "part-0");
+    std::fs::copy(&scan_file, partition_dir(&scans_root(copy.path()), day()).join(name)).expect("copy");
+    let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
+    assert!(kinds(&broken.breaks).contains(&"scan_archived_twice"), "{:?}", broken.breaks);
+
+    let copy = copy_of(data_dir);
+    let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));
+    let mut rows = read_charges_file(&in_copy).expect("charges");
+    let removed = rows.iter().position(|c| c.amount_cents > 0).expect("a charge");
+    let removed = rows.remove(removed);
+    rewrite(&in_copy, &rows);
+    let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
+    let expected = Break::RideNotCharged { scan_id: removed.scan_ids[0], card_id: removed.card_id };
+    assert!(broken.breaks.contains(&expected), "the removed charge's ride is named: {:?}", broken.breaks);
+    assert!(kinds(&broken.breaks).contains(&"money_mismatch"));
+    let report = std::fs::read_to_string(&broken.report_path).expect("report");
+    assert!(report.contains("Reconciliation failed") && report.contains(&hex::encode(removed.scan_ids[0])));
+
+    let copy = copy_of(data_dir);
+    let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));
+    let mut rows = read_charges_file(&in_copy).expect("charges");
+    let flipped = rows.iter_mut().find(|c| c.outcome == "succeeded" && c.amount_cents > 0).expect("a success");
+    flipped.outcome = "declined".into();
+    let card = flipped.card_id;
+    rewrite(&in_copy, &rows);
+    let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
+    assert!(
+        broken.breaks.iter().any(|b| matches!(b, Break::ArrearsMismatch { card_id, .. } if *card_id == card)),
+        "a flipped outcome no longer matches the store's arrears: {:?}",
+        broken.breaks
+    );
+
+    let copy = copy_of(data_dir);
+    let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));
+    let twin = in_copy.with_file_name("charges-999999999999.parquet");
+    std::fs::copy(&in_copy, &twin).expect("copy");
+    let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
+    assert!(kinds(&broken.breaks).contains(&"charge_listed_twice"), "{:?}", broken.breaks);
+}
+
+fn moved(settings: &SettleSettings, data_dir: &Path) -> SettleSettings {
+    SettleSettings { data_dir: data_dir.to_path_buf(), ..settings.clone() }
+}
+
+fn rewrite(path: &Path, rows: &[farestream::charges::ChargeRecord]) {
+    let batch = charges_to_record_batch(rows).expect("batch");
+    let file = std::fs::File::create(path).expect("create");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+}
+
+fn copy_of(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("tempdir");
+    copy_tree(dir, copy.path());
+    copy
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path: PathBuf = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_has_empty_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = dir.path().join("archive");
+    for table in ["scans", "charges", "settlements", "settlement_routes", "settlement_runs", "settlement_files"] {
+        let mut out = Vec::new();
+        let rows = run_query(&archive, &format!("SELECT count(*) AS n FROM {table}"), OutputFormat::Csv, &mut out)
+            .await
+            .expect("an empty table answers");
+        assert_eq!((rows, String::from_utf8(out).expect("utf-8")), (1, "n\n0\n".to_string()), "{table}");
+    }
+    for bad in ["SELEC 1", "SELECT * FROM no_such_table", "SELECT nonsense FROM scans", ""] {
+        let error = run_query(&archive, bad, OutputFormat::Table, &mut Vec::new()).await.expect_err(bad);
+        assert!(error.is_bad_query(), "{bad}: {error}");
+        assert!(!error.to_string().is_empty());
+    }
+}
