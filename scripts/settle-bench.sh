@@ -22,7 +22,7 @@ data="$work/data"
 
 echo "== generating $scans scans for $date in $data"
 "$bin" --data-dir "$data" gen-archive --scans "$scans" --date "$date" --compare-baseline
-du -sh "$data/archive/scans" "$data/baseline/scans" "$data/archive/charges" | sed 's/^/size: /'
+du -sh "$data/archive/scans" "$data"/encodings/* "$data/archive/charges" | sed 's/^/size: /'
 
 echo "== settling"
 /usr/bin/time -f "settle: wall_s=%e peak_rss_kib=%M" \
@@ -46,4 +46,13 @@ rows = con.execute(sql).fetchall()
 print(f"duckdb: wall_s={time.perf_counter() - start:.2f} (duckdb {duckdb.__version__})")
 for r in rows:
     print(r)
+# One card's scans: what bloom filters on card_id are for.
+card = rows[0][0]
+for label, root in [("chosen encoding", f"{data}/archive/scans"), ("without bloom filters", f"{data}/encodings/zstd_without_bloom_filters")]:
+    lookup = f"SELECT count(*) FROM read_parquet('{root}/*/*.parquet', hive_partitioning = true) WHERE card_id = {card}"
+    con.execute(lookup).fetchall()
+    start = time.perf_counter()
+    for _ in range(20):
+        n = con.execute(lookup).fetchall()[0][0]
+    print(f"duckdb card lookup, {label}: {(time.perf_counter() - start) / 20 * 1000:.1f} ms ({n} scans)")
 PY

@@ -27,10 +27,13 @@ use farestream_core::service_day::ServiceDayPolicy;
 use farestream_server::archive::charges::charges_root;
 use farestream_server::archive::checkpoint::{checkpoint_path, write_checkpoint};
 use farestream_server::archive::scans_root;
+use farestream_server::archive::writer::scan_writer_properties;
 use farestream_server::archive::writer::{ArchiveWriter, ArchiveWriterConfig, partition_dir};
 use farestream_server::faults::Faults;
 use farestream_server::money::accounts::{activate, add_arrears, register};
 use farestream_server::money::store::{MoneyStore, set_log_cursor, store_path};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 #[derive(Debug, Clone)]
 pub struct ArchiveDaySpec {
@@ -41,8 +44,9 @@ pub struct ArchiveDaySpec {
     pub declined_percent: f64,
     pub row_group_rows_max: usize,
     pub file_bytes_max: u64,
-    /// Also write the same rows with the previous encoding (Snappy, a
-    /// dictionary on every column) into `DIR/baseline`, for the figures.
+    /// Also write the same rows in other encodings (the previous one:
+    /// Snappy, a dictionary on every column; the chosen one without bloom
+    /// filters) into `DIR/encodings/`, for the figures.
     pub compare_baseline: bool,
 }
 
@@ -55,8 +59,15 @@ pub struct ArchiveDayReport {
     pub scan_files: Vec<PathBuf>,
     pub scan_bytes: u64,
     pub write: Duration,
-    pub baseline_bytes: Option<u64>,
-    pub baseline_write: Option<Duration>,
+    /// The same rows in other encodings (`compare_baseline`).
+    pub others: Vec<EncodingFigures>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EncodingFigures {
+    pub label: &'static str,
+    pub bytes: u64,
+    pub write: Duration,
 }
 
 const BUS_ROUTES: u32 = 400;
@@ -85,10 +96,12 @@ pub fn write_archive_day(
     report.scan_files = files;
     report.write = elapsed;
     if spec.compare_baseline {
-        let (files, elapsed) =
-            write_scans(spec, &data_dir.join("baseline").join("scans"), &scans, Some(baseline_properties(spec)))?;
-        report.baseline_bytes = Some(files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum());
-        report.baseline_write = Some(elapsed);
+        for (label, properties) in other_encodings(spec) {
+            let root = data_dir.join("encodings").join(label);
+            let (files, elapsed) = write_scans(spec, &root, &scans, Some((label, properties)))?;
+            let bytes = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+            report.others.push(EncodingFigures { label, bytes, write: elapsed });
+        }
     }
     write_charges(data_dir, spec.date, &charges)?;
     write_store(data_dir, &charges, scans.len() as u64 + 1)?;
@@ -215,68 +228,59 @@ fn price(
     Ok(charges)
 }
 
-/// The previous encoding, for comparison only.
-fn baseline_properties(spec: &ArchiveDaySpec) -> parquet::file::properties::WriterProperties {
-    parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(spec.row_group_rows_max))
-        .build()
-}
-
-/// Through the production writer (or, for the baseline, Arrow's own with
-/// the old properties), files cut at the size limit; returns the files and
-/// the time spent encoding and writing.
+/// Through the production writer (sorting row groups by card, cutting
+/// files at the size limit), with the chosen encoding or `properties`;
+/// returns the files and the time spent encoding and writing.
 fn write_scans(
     spec: &ArchiveDaySpec,
     root: &Path,
     scans: &[ArchivedScan],
-    baseline: Option<parquet::file::properties::WriterProperties>,
+    properties: Option<(&str, WriterProperties)>,
 ) -> Result<(Vec<PathBuf>, Duration), String> {
-    let label = if baseline.is_some() { "baseline" } else { "archive" };
+    let label = properties.as_ref().map_or("archive", |(label, _)| *label);
     let progress =
         bar(scans.len() as u64, &format!("{{spinner}} writing {label} {{bar:40}} {{pos}}/{{len}} scans ({{per_sec}})"));
-    let started = Instant::now();
-    let files = match baseline {
-        None => {
-            let config = ArchiveWriterConfig {
-                root: root.to_path_buf(),
-                file_bytes_max: spec.file_bytes_max,
-                file_age_max: Duration::from_secs(86_400),
-                row_group_rows_max: spec.row_group_rows_max,
-            };
-            let mut writer = ArchiveWriter::new(config, Arc::new(Faults::default())).map_err(|e| e.to_string())?;
-            let mut files = Vec::new();
-            let mut from = 1u64;
-            for (i, chunk) in scans.chunks(4_096).enumerate() {
-                writer.append(chunk, Instant::now()).map_err(|e| e.to_string())?;
-                progress.inc(chunk.len() as u64);
-                let to = 1 + ((i + 1) * 4_096).min(scans.len()) as u64;
-                if writer.cut_due(Instant::now()) || to == scans.len() as u64 + 1 {
-                    files.extend(writer.close_all(from, to).map_err(|e| e.to_string())?.into_iter().map(|c| c.path));
-                    from = to;
-                }
-            }
-            files
-        }
-        Some(properties) => {
-            let dir = partition_dir(root, spec.date);
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let path = dir.join("part-baseline.parquet");
-            let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
-            let schema = farestream_core::archive::schema::scan_schema();
-            let mut writer =
-                parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties)).map_err(|e| e.to_string())?;
-            for chunk in scans.chunks(4_096) {
-                let batch = farestream_core::archive::schema::to_record_batch(chunk).map_err(|e| e.to_string())?;
-                writer.write(&batch).map_err(|e| e.to_string())?;
-                progress.inc(chunk.len() as u64);
-            }
-            writer.close().map_err(|e| e.to_string())?;
-            vec![path]
-        }
+    let config = ArchiveWriterConfig {
+        root: root.to_path_buf(),
+        file_bytes_max: spec.file_bytes_max,
+        file_age_max: Duration::from_secs(86_400),
+        row_group_rows_max: spec.row_group_rows_max,
     };
+    let faults = Arc::new(Faults::default());
+    let started = Instant::now();
+    let mut writer = match properties {
+        None => ArchiveWriter::new(config, faults),
+        Some((_, properties)) => ArchiveWriter::with_properties(config, faults, properties),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    let mut from = 1u64;
+    let end = scans.len() as u64 + 1;
+    for (i, chunk) in scans.chunks(4_096).enumerate() {
+        writer.append(chunk, Instant::now()).map_err(|e| e.to_string())?;
+        progress.inc(chunk.len() as u64);
+        let to = 1 + ((i + 1) * 4_096).min(scans.len()) as u64;
+        if writer.cut_due(Instant::now()) || to == end {
+            files.extend(writer.close_all(from, to).map_err(|e| e.to_string())?.into_iter().map(|c| c.path));
+            from = to;
+        }
+    }
     progress.finish_and_clear();
     Ok((files, started.elapsed()))
+}
+
+/// Encodings to compare with the chosen one: the previous (Snappy, a
+/// dictionary on every column) and the chosen one without its bloom filters.
+fn other_encodings(spec: &ArchiveDaySpec) -> Vec<(&'static str, WriterProperties)> {
+    let previous = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(spec.row_group_rows_max))
+        .build();
+    let mut no_bloom = scan_writer_properties(spec.row_group_rows_max).into_builder();
+    for column in ["card_id", "scan_id"] {
+        no_bloom = no_bloom.set_column_bloom_filter_enabled(ColumnPath::from(column), false);
+    }
+    vec![("snappy_dictionary_everywhere", previous), ("zstd_without_bloom_filters", no_bloom.build())]
 }
 
 fn write_charges(data_dir: &Path, date: NaiveDate, charges: &[ChargeRecord]) -> Result<(), String> {

@@ -178,3 +178,40 @@ fn the_command_line_refuses_what_cannot_work_at_once_and_says_why() {
     assert!(String::from_utf8_lossy(&simulate.stderr).contains("no farestream server answered"), "{simulate:?}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 }
+
+/// `query` answers in each format, refuses bad SQL with exit code 2 and
+/// DataFusion's message; `settle` of a day with nothing archived writes an
+/// empty, reconciled run; a bad date is refused before anything runs.
+#[test]
+fn query_and_settle_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let settle = farestream(&["--data-dir", data, "settle", "--date", "2026-11-25"]);
+    assert!(settle.status.success(), "{settle:?}");
+    let out = String::from_utf8_lossy(&settle.stdout);
+    assert!(out.contains("settlement run 1 (cut_over)") && out.contains("reconciled: no breaks"), "{out}");
+    assert!(dir.path().join("reports/settlement-2026-11-25.html").exists());
+
+    let sql = "SELECT run, kind, scans FROM settlement_runs WHERE service_date = DATE '2026-11-25'";
+    let csv = farestream(&["--data-dir", data, "query", "--format", "csv", sql]);
+    assert_eq!(String::from_utf8_lossy(&csv.stdout), "run,kind,scans\n1,cut_over,0\n", "{csv:?}");
+    let json = farestream(&["--data-dir", data, "query", "--format", "json", sql]);
+    assert_eq!(String::from_utf8_lossy(&json.stdout).trim(), r#"{"run":1,"kind":"cut_over","scans":0}"#);
+    let table = farestream(&["--data-dir", data, "query", sql]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("| 1   | cut_over | 0     |"), "{table:?}");
+    let parquet = farestream(&["--data-dir", data, "query", "--format", "parquet", sql]);
+    assert!(parquet.status.success() && parquet.stdout.starts_with(b"PAR1") && parquet.stdout.ends_with(b"PAR1"));
+
+    let bad = farestream(&["--data-dir", data, "query", "SELECT nope FROM scans"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"), "DataFusion's message names the column: {bad:?}");
+    for date in ["2026-13-01", "", "20261125", "+262143-01-01", "1969-12-31", "10000-01-01", "2026-1-5"] {
+        let refused = farestream(&["--data-dir", data, "settle", "--date", date]);
+        assert!(!refused.status.success() && refused.status.code() != Some(3), "{date}: {refused:?}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--date"), "{date}: {refused:?}");
+    }
+    for date in ["1970-01-01", "9999-12-31"] {
+        let edge = farestream(&["--data-dir", data, "settle", "--date", date]);
+        assert!(edge.status.success(), "{date}: {edge:?}");
+    }
+}

@@ -128,7 +128,10 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     let manual_review = new_scans[status_index(ScanStatus::LateUpload)];
     let totals = walked.riders.iter().fold(RiderFigures::default(), |sum, r| sum.plus(&r.figures));
     let final_day = partition_dir(&scans_root, date).join(SUCCESS_MARKER).exists();
-    let changed = !new_files.is_empty()
+    // The cut-over is always recorded, an empty day included; a later run
+    // only when something changed.
+    let changed = run == 1
+        || !new_files.is_empty()
         || !walked.riders.is_empty()
         || routes.iter().any(|r| r.rides != 0 || r.revenue_cents != 0)
         || final_day != walked.final_before;

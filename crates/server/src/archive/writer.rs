@@ -131,6 +131,7 @@ pub fn scan_writer_properties(row_group_rows_max: usize) -> WriterProperties {
 
 pub struct ArchiveWriter {
     config: ArchiveWriterConfig,
+    properties: WriterProperties,
     faults: Arc<Faults>,
     next_file_seq: u64,
     open: BTreeMap<NaiveDate, OpenFile>,
@@ -141,8 +142,19 @@ pub struct ArchiveWriter {
 
 impl ArchiveWriter {
     pub fn new(config: ArchiveWriterConfig, faults: Arc<Faults>) -> Result<ArchiveWriter, ArchiveError> {
+        let properties = scan_writer_properties(config.row_group_rows_max);
+        ArchiveWriter::with_properties(config, faults, properties)
+    }
+
+    /// A writer with another encoding: for measuring encodings against
+    /// each other (`farestream gen-archive --compare-baseline`) only.
+    pub fn with_properties(
+        config: ArchiveWriterConfig,
+        faults: Arc<Faults>,
+        properties: WriterProperties,
+    ) -> Result<ArchiveWriter, ArchiveError> {
         fs::create_dir_all(&config.root).map_err(|source| ArchiveError::Io { path: config.root.clone(), source })?;
-        Ok(ArchiveWriter { config, faults, next_file_seq: 0, open: BTreeMap::new(), closed_through: None })
+        Ok(ArchiveWriter { config, faults, properties, next_file_seq: 0, open: BTreeMap::new(), closed_through: None })
     }
 
     /// Appends rows, each to its service date's open file. Rows wait in
@@ -226,8 +238,7 @@ impl ArchiveWriter {
         let io = |source| ArchiveError::Io { path: tmp_path.clone(), source };
         self.faults.before_write().map_err(io)?;
         let file = File::create(&tmp_path).map_err(io)?;
-        let properties = scan_writer_properties(self.config.row_group_rows_max);
-        let writer = ArrowWriter::try_new(file, scan_schema(), Some(properties))
+        let writer = ArrowWriter::try_new(file, scan_schema(), Some(self.properties.clone()))
             .map_err(|source| ArchiveError::Parquet { path: tmp_path.clone(), source })?;
         let late = dir.join(SUCCESS_MARKER).exists() || self.closed_through.is_some_and(|closed| date <= closed);
         Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late, pending: Vec::new(), pending_bytes: 0 })
