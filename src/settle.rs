@@ -54,6 +54,10 @@ pub fn next_cut_over(policy: &ServiceDayPolicy, delay: Duration, now: i64) -> Op
     None
 }
 
+/// The cut-over thread's stack: DataFusion's planner recurses over the
+/// statement, in frames an unoptimized build makes large.
+const CUT_OVER_STACK_BYTES: usize = 16 * 1024 * 1024;
+
 /// Starts the daily cut-over thread when the config asks for it.
 pub fn start_cut_overs(config: &Config, data_dir: &Path) -> Result<Option<std::thread::JoinHandle<()>>, ConfigError> {
     if !config.settlement.cut_over_enabled {
@@ -65,6 +69,8 @@ pub fn start_cut_overs(config: &Config, data_dir: &Path) -> Result<Option<std::t
     let lateness = Duration::from_secs(u64::from(config.ingest.accepted_lateness_secs));
     let thread = std::thread::Builder::new()
         .name("cut-over".into())
+        // SQL planning recurses, and is built unoptimized (Cargo.toml).
+        .stack_size(CUT_OVER_STACK_BYTES)
         .spawn(move || cut_over_loop(&settings, delay, retry, lateness))
         .map_err(|e| ConfigError::Invalid(format!("starting the cut-over thread: {e}")))?;
     Ok(Some(thread))

@@ -88,7 +88,7 @@ pub fn write_archive_day(
     let (mut scans, riders) = plan_scans(spec, start, &mut rng, &progress);
     progress.finish_and_clear();
     scans.sort_by_key(|s| (s.received_at, s.scan_id));
-    let charges = price(spec, fares, &scans, &mut rng)?;
+    let charges = price(spec, fares, &scans, &mut rng);
     let mut report =
         ArchiveDayReport { scans: scans.len() as u64, riders, charges: charges.len() as u64, ..Default::default() };
     let (files, elapsed) = write_scans(spec, &scans_root(data_dir), &scans, None)?;
@@ -132,6 +132,8 @@ fn plan_scans(spec: &ArchiveDaySpec, start: i64, rng: &mut StdRng, progress: &Pr
             if (scans.len() as u64) >= spec.scans {
                 break;
             }
+            // A metro trip is two scans: the last free slot takes a bus ride.
+            let one_slot_left = spec.scans - (scans.len() as u64) < 2;
             let mut row = |kind: TapKind, route: String, stop: String, at: i64, rng: &mut StdRng| {
                 let status = match rng.random_range(0..1000) {
                     0..=4 => ScanStatus::Replay,
@@ -163,7 +165,7 @@ fn plan_scans(spec: &ArchiveDaySpec, start: i64, rng: &mut StdRng, progress: &Pr
                 });
                 progress.inc(1);
             };
-            if rng.random_bool(0.5) {
+            if one_slot_left || rng.random_bool(0.5) {
                 let route = format!("bus-{:03}", rng.random_range(0..BUS_ROUTES));
                 let stop = format!("{route}-stop-{:02}", rng.random_range(0..30));
                 row(TapKind::Single, route, stop, at, rng);
@@ -182,12 +184,7 @@ fn plan_scans(spec: &ArchiveDaySpec, start: i64, rng: &mut StdRng, progress: &Pr
 
 /// Each rider's day priced and planned by the core, as the pricer would
 /// once the day is complete; outcomes drawn per rider.
-fn price(
-    spec: &ArchiveDaySpec,
-    fares: &FareTable,
-    scans: &[ArchivedScan],
-    rng: &mut StdRng,
-) -> Result<Vec<ChargeRecord>, String> {
+fn price(spec: &ArchiveDaySpec, fares: &FareTable, scans: &[ArchivedScan], rng: &mut StdRng) -> Vec<ChargeRecord> {
     let mut days: BTreeMap<u64, Vec<Tap>> = BTreeMap::new();
     for s in scans.iter().filter(|s| s.status == ScanStatus::Accepted) {
         let (Some(card), Some(kind)) = (s.card_id, s.tap_kind) else { continue };
@@ -225,7 +222,7 @@ fn price(
             });
         }
     }
-    Ok(charges)
+    charges
 }
 
 /// Through the production writer (sorting row groups by card, cutting
