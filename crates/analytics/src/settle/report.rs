@@ -145,19 +145,9 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
 
 async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, SettleError> {
     let statuses: Vec<String> = super::schema::status_columns();
-    let figures = [
-        "rides",
-        "fares_cents",
-        "caps_cents",
-        "due_cents",
-        "charged_cents",
-        "succeeded_cents",
-        "declined_cents",
-        "pending_cents",
-        "arrears_opened_cents",
-        "arrears_paid_cents",
-        "late_rides",
-    ];
+    // Every rider figure but the outstanding arrears (a level, not a flow).
+    let figures: Vec<&str> =
+        super::schema::RIDER_FIGURES.iter().copied().filter(|n| *n != "arrears_outstanding_cents").collect();
     let sql = format!(
         "SELECT run, kind, CAST(settled_at AS BIGINT) AS settled_ms, final, pricer_lsn, files_settled, riders, manual_review,
                 riders_awaiting_archive, breaks, {}, {} FROM settlement_runs WHERE {day} ORDER BY run",
@@ -176,20 +166,12 @@ async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, Settl
             let mut scans = StatusCounts::default();
             (0..scans.len()).for_each(|s| scans[s] = v(10 + s));
             let f = |k: usize| v(10 + scans.len() + k);
-            let totals = RiderFigures {
-                rides: f(0),
-                fares_cents: f(1),
-                caps_cents: f(2),
-                due_cents: f(3),
-                charged_cents: f(4),
-                succeeded_cents: f(5),
-                declined_cents: f(6),
-                pending_cents: f(7),
-                arrears_opened_cents: f(8),
-                arrears_paid_cents: f(9),
-                arrears_outstanding_cents: 0,
-                late_rides: f(10),
-            };
+            // The runs table has no outstanding arrears (index 10 of the figures).
+            let totals = super::inputs::figures_from(&|i| match i {
+                10 => 0,
+                11 => f(10),
+                i => f(i),
+            });
             runs.push(RunRow {
                 run: u32::try_from(v(0)).unwrap_or(0),
                 kind: if kinds[row].as_deref() == Some("cut_over") { "cut_over" } else { "late_adjustment" },
