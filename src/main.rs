@@ -18,11 +18,12 @@ use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::money::notify::FileNotifier;
 use farestream::money::outbox;
 use farestream::server::{Server, ServerSettings};
-use farestream::settle::{settle_blocking, settle_settings, start_cut_overs};
+use farestream::settle::{settle_settings, start_cut_overs};
 use farestream::sim::archive_day::{ArchiveDaySpec, write_archive_day};
 use farestream::sim::{AccountsRig, CitySpec, Load};
 use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
 use farestream_analytics::query::{OutputFormat, run_query};
+use farestream_analytics::settle::settle_day;
 
 #[derive(Parser)]
 #[command(name = "farestream", version, about = "Ingestion back end for pay-later transit ride codes")]
@@ -302,10 +303,7 @@ fn main() -> Result<()> {
             gen_archive(&cli.data_dir, &config, &spec)
         }
         Command::Query { sql, format } => runtime.block_on(query(&cli.data_dir, &sql, &format)),
-        Command::Settle { date } => {
-            drop(runtime);
-            settle(&cli.data_dir, &config, date)
-        }
+        Command::Settle { date } => runtime.block_on(settle(&cli.data_dir, &config, date)),
         Command::Paygw { listen } => runtime.block_on(paygw(&cli.data_dir, &config, listen)),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
     }
@@ -443,17 +441,16 @@ fn gen_archive(data_dir: &Path, config: &Config, spec: &ArchiveDaySpec) -> Resul
 /// Exit code of `settle` (and `demo`) when the reconciliation finds a break.
 const EXIT_RECONCILIATION_BREAK: i32 = 3;
 
-fn settle(data_dir: &Path, config: &Config, date: chrono::NaiveDate) -> Result<()> {
+async fn settle(data_dir: &Path, config: &Config, date: chrono::NaiveDate) -> Result<()> {
     let settings = settle_settings(config, data_dir)?;
-    let settled = settle_blocking(&settings, date).with_context(|| format!("settling {date}"))?;
+    let settled =
+        settle_day(&settings, date, SystemClock.now_ms()).await.with_context(|| format!("settling {date}"))?;
     print_settled(&settled);
-    if !settled.breaks.is_empty() {
-        std::process::exit(EXIT_RECONCILIATION_BREAK);
-    }
     Ok(())
 }
 
-/// The headline, the breaks (the first few) and where the report is.
+/// The headline, the breaks (the first few) and where the report is; a
+/// break ends the process with `EXIT_RECONCILIATION_BREAK`.
 fn print_settled(settled: &farestream_analytics::settle::Settled) {
     match &settled.new_run {
         Some(run) => println!("settlement run {} ({}) written for {}", run.run, run.kind, settled.date),
@@ -467,6 +464,9 @@ fn print_settled(settled: &farestream_analytics::settle::Settled) {
         println!("  ... and {} more breaks in the report", settled.breaks.len() - 20);
     }
     println!("report: {}", settled.report_path.display());
+    if !settled.breaks.is_empty() {
+        std::process::exit(EXIT_RECONCILIATION_BREAK);
+    }
 }
 
 async fn paygw(data_dir: &Path, config: &Config, listen: SocketAddr) -> Result<()> {
@@ -650,11 +650,7 @@ async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) 
         bail!("the archive does not match the acks; see the table above");
     }
     println!();
-    let date = summary.service_date;
-    let settled = tokio::task::spawn_blocking(move || settle_blocking(&settings, date)).await??;
+    let settled = settle_day(&settings, summary.service_date, SystemClock.now_ms()).await?;
     print_settled(&settled);
-    if !settled.breaks.is_empty() {
-        std::process::exit(EXIT_RECONCILIATION_BREAK);
-    }
     Ok(())
 }

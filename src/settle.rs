@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use farestream_analytics::settle::{SettleError, SettleSettings, Settled, settle_day};
+use farestream_analytics::settle::{SettleSettings, settle_day};
 use farestream_server::clock::{Clock, SystemClock};
 use farestream_server::config::fares::load_fares;
 use farestream_server::config::{Config, ConfigError};
@@ -22,15 +22,6 @@ pub fn settle_settings(config: &Config, data_dir: &Path) -> Result<SettleSetting
         store_busy_wait: Duration::from_millis(config.payments.store_busy_wait_ms),
         charges_batch_max: config.payments.charges_archive_batch_charges_max,
     })
-}
-
-/// Settles `date` now, on a runtime of its own.
-pub fn settle_blocking(settings: &SettleSettings, date: NaiveDate) -> Result<Settled, SettleError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| SettleError::Output(format!("starting the settlement runtime: {e}")))?;
-    runtime.block_on(settle_day(settings, date, SystemClock.now_ms()))
 }
 
 /// The days a cut-over settles: the one that just ended, and each earlier
@@ -71,12 +62,23 @@ pub fn start_cut_overs(config: &Config, data_dir: &Path) -> Result<Option<std::t
         .name("cut-over".into())
         // SQL planning recurses, and is built unoptimized (Cargo.toml).
         .stack_size(CUT_OVER_STACK_BYTES)
-        .spawn(move || cut_over_loop(&settings, delay, retry, lateness))
+        .spawn(move || match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => cut_over_loop(&runtime, &settings, delay, retry, lateness),
+            Err(error) => tracing::error!(%error, "no runtime for the cut-over; the daily settlement stops"),
+        })
         .map_err(|e| ConfigError::Invalid(format!("starting the cut-over thread: {e}")))?;
     Ok(Some(thread))
 }
 
-fn cut_over_loop(settings: &SettleSettings, delay: Duration, retry: Duration, lateness: Duration) {
+/// Sleeps until each cut-over and settles its days, on `runtime` (the
+/// thread's own, apart from the server's).
+fn cut_over_loop(
+    runtime: &tokio::runtime::Runtime,
+    settings: &SettleSettings,
+    delay: Duration,
+    retry: Duration,
+    lateness: Duration,
+) {
     loop {
         let now = SystemClock.now_ms();
         let Some((at, just_ended)) = next_cut_over(&settings.service_day, delay, now) else {
@@ -86,7 +88,7 @@ fn cut_over_loop(settings: &SettleSettings, delay: Duration, retry: Duration, la
         std::thread::sleep(Duration::from_millis(u64::try_from(at - now).unwrap_or(0)));
         let mut pending = days_to_settle(just_ended, lateness);
         while !pending.is_empty() {
-            pending.retain(|date| match settle_blocking(settings, *date) {
+            pending.retain(|date| match runtime.block_on(settle_day(settings, *date, SystemClock.now_ms())) {
                 Ok(settled) => {
                     tracing::info!(report = %settled.report_path.display(), breaks = settled.breaks.len(), "{}", settled.headline);
                     false

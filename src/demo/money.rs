@@ -192,7 +192,7 @@ pub async fn summarize(
 
 /// The money lines of the demo's summary.
 pub fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
-    let yuan = |fen: i64| format!("{}.{:02} {currency}", fen / 100, (fen % 100).abs());
+    let yuan = |fen: i64| format!("{} {currency}", crate::charges::format_cents(fen));
     let count = |outcome: &str| summary.charges_by_outcome.get(outcome).map(|(n, _)| *n).unwrap_or(0);
     out.push_str(&format!(
         "  money: {} accounts; {} rides priced into {} charges\n",

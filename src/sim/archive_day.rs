@@ -19,16 +19,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use farestream_core::archive::charges::charges_to_record_batch;
 use farestream_core::charges::{ChargeRecord, RiderDay, plan_charges};
 use farestream_core::fares::{FareTable, Tap};
 use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream_core::service_day::ServiceDayPolicy;
-use farestream_server::archive::charges::charges_root;
+use farestream_server::archive::charges::{charges_root, write_charges_batch};
 use farestream_server::archive::checkpoint::{checkpoint_path, write_checkpoint};
 use farestream_server::archive::scans_root;
 use farestream_server::archive::writer::scan_writer_properties;
-use farestream_server::archive::writer::{ArchiveWriter, ArchiveWriterConfig, partition_dir};
+use farestream_server::archive::writer::{ArchiveWriter, ArchiveWriterConfig};
 use farestream_server::faults::Faults;
 use farestream_server::money::accounts::{activate, add_arrears, register};
 use farestream_server::money::store::{MoneyStore, set_log_cursor, store_path};
@@ -103,7 +102,7 @@ pub fn write_archive_day(
             report.others.push(EncodingFigures { label, bytes, write: elapsed });
         }
     }
-    write_charges(data_dir, spec.date, &charges)?;
+    write_charges(data_dir, &charges)?;
     write_store(data_dir, &charges, scans.len() as u64 + 1)?;
     write_checkpoint(&checkpoint_path(data_dir), scans.len() as u64 + 1, &Faults::default())
         .map_err(|e| e.to_string())?;
@@ -280,18 +279,10 @@ fn other_encodings(spec: &ArchiveDaySpec) -> Vec<(&'static str, WriterProperties
     vec![("snappy_dictionary_everywhere", previous), ("zstd_without_bloom_filters", no_bloom.build())]
 }
 
-fn write_charges(data_dir: &Path, date: NaiveDate, charges: &[ChargeRecord]) -> Result<(), String> {
-    let dir = partition_dir(&charges_root(data_dir), date);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    for (batch, chunk) in charges.chunks(500_000).enumerate() {
-        let records = charges_to_record_batch(chunk).map_err(|e| e.to_string())?;
-        let file =
-            std::fs::File::create(dir.join(format!("charges-{batch:012}.parquet"))).map_err(|e| e.to_string())?;
-        let properties = farestream_server::archive::charges::charges_writer_properties();
-        let mut writer = parquet::arrow::ArrowWriter::try_new(file, records.schema(), Some(properties))
-            .map_err(|e| e.to_string())?;
-        writer.write(&records).map_err(|e| e.to_string())?;
-        writer.close().map_err(|e| e.to_string())?;
+/// The charges archive's own batch writer, half a million charges a batch.
+fn write_charges(data_dir: &Path, charges: &[ChargeRecord]) -> Result<(), String> {
+    for (batch, chunk) in (0i64..).zip(charges.chunks(500_000)) {
+        write_charges_batch(&charges_root(data_dir), batch, chunk, &Faults::default()).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -33,6 +33,27 @@ pub type ChargeId = [u8; 16];
 /// Signed money in the currency's smallest unit: an adjustment may credit.
 pub type SignedCents = i64;
 
+/// An amount for people to read: `-1234567` is `-12 345.67`, the
+/// currency's smallest unit being a hundredth (fen, cents).
+pub fn format_cents(cents: SignedCents) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    format!("{sign}{}.{:02}", group_digits(abs / 100), abs % 100)
+}
+
+/// A count for people to read: `1234567` is `1 234 567`.
+pub fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// What a charge is for. The names are the charges archive's `kind` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChargeKind {
@@ -60,6 +81,10 @@ impl ChargeKind {
         ChargeKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
+
+/// The outcomes a charge may have (`ChargeRecord::outcome`, the money
+/// store's `charges.outcome`).
+pub const CHARGE_OUTCOMES: [&str; 5] = ["pending", "succeeded", "declined", "failed", "nothing_due"];
 
 /// A charge as it is kept: what it prices and what came of it. The outbox
 /// reads its rows into this, and the charges archive writes it.
@@ -168,6 +193,20 @@ fn signed(cents: Cents) -> SignedCents {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn amounts_read_with_their_sign_and_grouped_digits() {
+        let cases = [(0, "0.00"), (5, "0.05"), (-50, "-0.50"), (123_456_789, "1 234 567.89"), (-100_000, "-1 000.00")];
+        for (cents, text) in cases {
+            assert_eq!(format_cents(cents), text);
+        }
+        assert_eq!(format_cents(i64::MIN), "-92 233 720 368 547 758.08");
+        assert_eq!(format_cents(i64::MAX), "92 233 720 368 547 758.07");
+        assert_eq!(
+            (group_digits(0), group_digits(999), group_digits(1_000)),
+            ("0".into(), "999".into(), "1 000".into())
+        );
+    }
+
     use std::collections::BTreeMap;
 
     use super::*;

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::charges::{ChargeId, ChargeRecord};
+use crate::charges::{CHARGE_OUTCOMES, ChargeId, ChargeRecord};
 use crate::clock::UnixMillis;
 use crate::fares::{FareTable, PricedDay, Tap};
 
@@ -48,26 +48,29 @@ pub struct RiderFigures {
 impl RiderFigures {
     /// The change from `before` (the sum of the earlier runs) to `self`.
     pub fn minus(&self, before: &RiderFigures) -> RiderFigures {
-        let d = |now: i64, then: i64| now.saturating_sub(then);
-        RiderFigures {
-            rides: d(self.rides, before.rides),
-            fares_cents: d(self.fares_cents, before.fares_cents),
-            caps_cents: d(self.caps_cents, before.caps_cents),
-            due_cents: d(self.due_cents, before.due_cents),
-            charged_cents: d(self.charged_cents, before.charged_cents),
-            succeeded_cents: d(self.succeeded_cents, before.succeeded_cents),
-            declined_cents: d(self.declined_cents, before.declined_cents),
-            pending_cents: d(self.pending_cents, before.pending_cents),
-            arrears_opened_cents: d(self.arrears_opened_cents, before.arrears_opened_cents),
-            arrears_paid_cents: d(self.arrears_paid_cents, before.arrears_paid_cents),
-            arrears_outstanding_cents: d(self.arrears_outstanding_cents, before.arrears_outstanding_cents),
-            late_rides: d(self.late_rides, before.late_rides),
-        }
+        self.zip(before, i64::saturating_sub)
     }
 
     pub fn plus(&self, other: &RiderFigures) -> RiderFigures {
-        let negated = RiderFigures::default().minus(other);
-        self.minus(&negated)
+        self.zip(other, i64::saturating_add)
+    }
+
+    /// `op` applied figure by figure.
+    fn zip(&self, other: &RiderFigures, op: fn(i64, i64) -> i64) -> RiderFigures {
+        RiderFigures {
+            rides: op(self.rides, other.rides),
+            fares_cents: op(self.fares_cents, other.fares_cents),
+            caps_cents: op(self.caps_cents, other.caps_cents),
+            due_cents: op(self.due_cents, other.due_cents),
+            charged_cents: op(self.charged_cents, other.charged_cents),
+            succeeded_cents: op(self.succeeded_cents, other.succeeded_cents),
+            declined_cents: op(self.declined_cents, other.declined_cents),
+            pending_cents: op(self.pending_cents, other.pending_cents),
+            arrears_opened_cents: op(self.arrears_opened_cents, other.arrears_opened_cents),
+            arrears_paid_cents: op(self.arrears_paid_cents, other.arrears_paid_cents),
+            arrears_outstanding_cents: op(self.arrears_outstanding_cents, other.arrears_outstanding_cents),
+            late_rides: op(self.late_rides, other.late_rides),
+        }
     }
 
     pub fn is_zero(&self) -> bool {
@@ -100,6 +103,12 @@ pub struct RouteRevenue {
     pub revenue_cents: i64,
 }
 
+/// When the pricer last priced a day whose open entry closes at
+/// `open_entry_closes_at`: just before that, so the entry is still open.
+fn priced_as_of(open_entry_closes_at: Option<UnixMillis>) -> UnixMillis {
+    open_entry_closes_at.map_or(UnixMillis::MAX, |closes| closes.saturating_sub(1))
+}
+
 /// One rider's day priced from the archive's taps, the way the pricer
 /// priced it: an entry the pricer still holds open (its exit window had
 /// not closed) is priced as open here too.
@@ -108,16 +117,26 @@ pub fn price_rider(
     taps: &[Tap],
     open_entry_closes_at: Option<UnixMillis>,
 ) -> (RiderFigures, Vec<RouteRevenue>) {
-    let as_of = open_entry_closes_at.map_or(UnixMillis::MAX, |closes| closes.saturating_sub(1));
-    let priced: PricedDay = fares.price_day_as_of(taps, as_of);
-    let cents = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
-    let figures = RiderFigures {
+    let priced = fares.price_day_as_of(taps, priced_as_of(open_entry_closes_at));
+    (priced_figures(&priced), route_revenue(&priced, taps))
+}
+
+fn cents(c: u64) -> i64 {
+    i64::try_from(c).unwrap_or(i64::MAX)
+}
+
+fn priced_figures(priced: &PricedDay) -> RiderFigures {
+    RiderFigures {
         rides: priced.rides.len() as i64,
         fares_cents: cents(priced.fares),
         caps_cents: cents(priced.fares).saturating_sub(cents(priced.charged)),
         due_cents: cents(priced.charged),
         ..RiderFigures::default()
-    };
+    }
+}
+
+/// Each ride's due amount, on the route of its first tap.
+fn route_revenue(priced: &PricedDay, taps: &[Tap]) -> Vec<RouteRevenue> {
     let route_of: HashMap<[u8; 16], &str> = taps.iter().map(|t| (t.scan_id, t.route_id.as_str())).collect();
     let mut routes: Vec<RouteRevenue> = Vec::new();
     for ride in &priced.rides {
@@ -132,14 +151,7 @@ pub fn price_rider(
             }
         }
     }
-    (figures, routes)
-}
-
-/// Adds a rider's charges to the figures priced from the taps.
-pub fn add_charges<'a>(figures: &mut RiderFigures, charges: impl IntoIterator<Item = &'a ChargeRecord>) {
-    for charge in charges {
-        figures.add_charge(charge.amount_cents, &charge.outcome);
-    }
+    routes
 }
 
 /// One thing the reconciliation found wrong, row by row.
@@ -269,14 +281,14 @@ pub fn settle_rider(
         |c| c.charge_id,
         |id, copies| breaks.push(Break::ChargeListedTwice { charge_id: id, copies }),
     );
-    let (mut figures, routes) = price_rider(fares, &taps, open_entry_closes_at);
-    let as_of = open_entry_closes_at.map_or(UnixMillis::MAX, |closes| closes.saturating_sub(1));
-    let open_entry = fares.price_day_as_of(&taps, as_of).open_entry;
+    let priced = fares.price_day_as_of(&taps, priced_as_of(open_entry_closes_at));
+    let mut figures = priced_figures(&priced);
+    let routes = route_revenue(&priced, &taps);
     let mut charged_in: HashMap<[u8; 16], u64> = HashMap::new();
     let mut unarchived_scans = Vec::new();
     let known: std::collections::HashSet<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
     for charge in &charges {
-        if !OUTCOMES.contains(&charge.outcome.as_str()) {
+        if !CHARGE_OUTCOMES.contains(&charge.outcome.as_str()) {
             breaks.push(Break::UnknownOutcome { charge_id: charge.charge_id, outcome: charge.outcome.clone() });
         }
         figures.add_charge(charge.amount_cents, &charge.outcome);
@@ -289,7 +301,7 @@ pub fn settle_rider(
     }
     for tap in &taps {
         match charged_in.get(&tap.scan_id).copied().unwrap_or(0) {
-            0 if Some(tap.scan_id) == open_entry => {}
+            0 if Some(tap.scan_id) == priced.open_entry => {}
             0 => breaks.push(Break::RideNotCharged { scan_id: tap.scan_id, card_id }),
             1 => {}
             n => breaks.push(Break::RideChargedTwice { scan_id: tap.scan_id, charges: n }),
@@ -332,9 +344,6 @@ pub fn money_break(card_id: u64, figures: &RiderFigures) -> Option<Break> {
         due_cents: figures.due_cents,
     })
 }
-
-/// The outcomes a charge may have.
-pub const OUTCOMES: [&str; 5] = ["pending", "succeeded", "declined", "failed", "nothing_due"];
 
 #[cfg(test)]
 mod tests {

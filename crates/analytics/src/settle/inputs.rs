@@ -10,6 +10,7 @@ use datafusion::prelude::SessionContext;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::SettleError;
+use super::schema::figures_from;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use farestream_core::settlement::RiderFigures;
 use farestream_server::archive::read::archive_files;
@@ -114,40 +115,4 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
         }
     }
     Ok(earlier)
-}
-
-/// Figures from their columns in `RIDER_FIGURES` order.
-pub fn figures_from(v: &dyn Fn(usize) -> i64) -> RiderFigures {
-    RiderFigures {
-        rides: v(0),
-        fares_cents: v(1),
-        caps_cents: v(2),
-        due_cents: v(3),
-        charged_cents: v(4),
-        succeeded_cents: v(5),
-        declined_cents: v(6),
-        pending_cents: v(7),
-        arrears_opened_cents: v(8),
-        arrears_paid_cents: v(9),
-        arrears_outstanding_cents: v(10),
-        late_rides: v(11),
-    }
-}
-
-/// The figures as columns in `RIDER_FIGURES` order.
-pub fn figures_to(f: &RiderFigures) -> [i64; 12] {
-    [
-        f.rides,
-        f.fares_cents,
-        f.caps_cents,
-        f.due_cents,
-        f.charged_cents,
-        f.succeeded_cents,
-        f.declined_cents,
-        f.pending_cents,
-        f.arrears_opened_cents,
-        f.arrears_paid_cents,
-        f.arrears_outstanding_cents,
-        f.late_rides,
-    ]
 }

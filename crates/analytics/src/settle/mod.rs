@@ -39,8 +39,9 @@ use farestream_server::faults::Faults;
 use farestream_server::money::snapshot::{MoneySnapshot, money_snapshot};
 use farestream_server::money::store::{MoneyStore, store_path};
 
+use farestream_server::money::pricing::RIDE_SQL;
 use inputs::{EarlierRuns, earlier_runs, settleable_scan_files};
-use riders::{RIDE_SQL, for_each_rider};
+use riders::for_each_rider;
 use sql::{collect_rows, column_i64, column_str, column_u64};
 use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, write_run};
 

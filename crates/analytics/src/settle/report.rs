@@ -14,6 +14,7 @@ use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use super::write::{RunRow, StatusCounts};
 use super::{SettleError, SettleSettings, Settled, status_index};
 use crate::tables::archive_session;
+use farestream_core::charges::{format_cents, group_digits};
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
 use farestream_server::archive::checkpoint::replace_durably;
@@ -167,7 +168,7 @@ async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, Settl
             (0..scans.len()).for_each(|s| scans[s] = v(10 + s));
             let f = |k: usize| v(10 + scans.len() + k);
             // The runs table has no outstanding arrears (index 10 of the figures).
-            let totals = super::inputs::figures_from(&|i| match i {
+            let totals = super::schema::figures_from(&|i| match i {
                 10 => 0,
                 11 => f(10),
                 i => f(i),
@@ -212,26 +213,6 @@ pub async fn finish(
     Ok(Settled { date, new_run, runs: totals.runs, breaks, report_path: path, headline })
 }
 
-/// `1234567` → `12 345.67`.
-pub fn money(cents: i64) -> String {
-    let sign = if cents < 0 { "-" } else { "" };
-    let abs = cents.unsigned_abs();
-    format!("{sign}{}.{:02}", group(abs / 100), abs % 100)
-}
-
-/// `1234567` → `1 234 567`.
-pub fn group(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn headline(date: NaiveDate, t: &DayTotals, breaks: &[Break], currency: &str) -> String {
     let last = t.runs.last();
     let state = if last.is_some_and(|r| r.final_day) { "final" } else { "provisional" };
@@ -246,19 +227,19 @@ fn headline(date: NaiveDate, t: &DayTotals, breaks: &[Break], currency: &str) ->
         "settlement {date} ({state}, {} runs): {} scans, {} rides by {} riders ({} late); fares {currency} {} - caps {} = due {}; \
          succeeded {}, declined {}, pending {}; {} riders owe {}; {} rides for manual review; {recon}",
         t.runs.len(),
-        group(scans.unsigned_abs()),
-        group(f.rides.unsigned_abs()),
-        group(t.riders.unsigned_abs()),
-        group(f.late_rides.unsigned_abs()),
-        money(f.fares_cents),
-        money(f.caps_cents),
-        money(f.due_cents),
-        money(f.succeeded_cents),
-        money(f.declined_cents),
-        money(f.pending_cents),
-        group(t.riders_in_arrears.unsigned_abs()),
-        money(t.arrears_cents),
-        group(t.scans[status_index(ScanStatus::LateUpload)].unsigned_abs()),
+        group_digits(scans.unsigned_abs()),
+        group_digits(f.rides.unsigned_abs()),
+        group_digits(t.riders.unsigned_abs()),
+        group_digits(f.late_rides.unsigned_abs()),
+        format_cents(f.fares_cents),
+        format_cents(f.caps_cents),
+        format_cents(f.due_cents),
+        format_cents(f.succeeded_cents),
+        format_cents(f.declined_cents),
+        format_cents(f.pending_cents),
+        group_digits(t.riders_in_arrears.unsigned_abs()),
+        format_cents(t.arrears_cents),
+        group_digits(t.scans[status_index(ScanStatus::LateUpload)].unsigned_abs()),
     )
 }
 
@@ -310,18 +291,18 @@ fn html(
         let _ = write!(h, "</table>{}</div>", more(breaks.len()));
     }
     let kpis = [
-        ("scans", group(t.scans.iter().sum::<i64>().unsigned_abs())),
-        ("rides", group(f.rides.unsigned_abs())),
-        ("riders", group(t.riders.unsigned_abs())),
-        ("fares", format!("{currency} {}", money(f.fares_cents))),
-        ("daily caps", format!("{currency} {}", money(f.caps_cents))),
-        ("due", format!("{currency} {}", money(f.due_cents))),
-        ("succeeded", format!("{currency} {}", money(f.succeeded_cents))),
-        ("declined", format!("{currency} {}", money(f.declined_cents))),
-        ("pending", format!("{currency} {}", money(f.pending_cents))),
-        ("riders in arrears", group(t.riders_in_arrears.unsigned_abs())),
-        ("arrears outstanding", format!("{currency} {}", money(t.arrears_cents))),
-        ("late rides", group(f.late_rides.unsigned_abs())),
+        ("scans", group_digits(t.scans.iter().sum::<i64>().unsigned_abs())),
+        ("rides", group_digits(f.rides.unsigned_abs())),
+        ("riders", group_digits(t.riders.unsigned_abs())),
+        ("fares", format!("{currency} {}", format_cents(f.fares_cents))),
+        ("daily caps", format!("{currency} {}", format_cents(f.caps_cents))),
+        ("due", format!("{currency} {}", format_cents(f.due_cents))),
+        ("succeeded", format!("{currency} {}", format_cents(f.succeeded_cents))),
+        ("declined", format!("{currency} {}", format_cents(f.declined_cents))),
+        ("pending", format!("{currency} {}", format_cents(f.pending_cents))),
+        ("riders in arrears", group_digits(t.riders_in_arrears.unsigned_abs())),
+        ("arrears outstanding", format!("{currency} {}", format_cents(t.arrears_cents))),
+        ("late rides", group_digits(f.late_rides.unsigned_abs())),
     ];
     h.push_str("<div>");
     for (label, value) in kpis {
@@ -340,9 +321,9 @@ fn html(
             h,
             "<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(route),
-            group(scans.unsigned_abs()),
-            group(rides.unsigned_abs()),
-            money(*revenue)
+            group_digits(scans.unsigned_abs()),
+            group_digits(rides.unsigned_abs()),
+            format_cents(*revenue)
         );
     }
     h.push_str("</table><h2>Riders in arrears</h2>");
@@ -351,9 +332,9 @@ fn html(
         let _ = write!(
             h,
             "<tr><td>{card}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            money(*charged),
-            money(*declined),
-            money(*owed)
+            format_cents(*charged),
+            format_cents(*declined),
+            format_cents(*owed)
         );
     }
     let _ = write!(h, "</table>{}", more(usize::try_from(t.riders_in_arrears).unwrap_or(0)));
@@ -396,13 +377,13 @@ fn runs_table(h: &mut String, t: &DayTotals, currency: &str) {
             r.run,
             r.kind,
             r.files_settled,
-            group(r.scans.iter().sum::<i64>().unsigned_abs()),
+            group_digits(r.scans.iter().sum::<i64>().unsigned_abs()),
             r.totals.rides,
             r.totals.late_rides,
-            money(r.totals.due_cents),
-            money(r.totals.succeeded_cents),
-            money(r.totals.declined_cents),
-            money(r.totals.pending_cents),
+            format_cents(r.totals.due_cents),
+            format_cents(r.totals.succeeded_cents),
+            format_cents(r.totals.declined_cents),
+            format_cents(r.totals.pending_cents),
             r.riders_awaiting_archive,
             r.breaks
         );
@@ -445,7 +426,7 @@ fn hourly_chart(h: &mut String, settings: &SettleSettings, extras: &ScanExtras) 
             .unwrap_or_default();
         let _ = write!(h, "<text x=\"{}\" y=\"{}\" font-size=\"10\">{local}</text>", x + 4, height + 14);
     }
-    let _ = write!(h, "<text x=\"0\" y=\"10\" font-size=\"10\">{}</text></svg><p>", group(peak.unsigned_abs()));
+    let _ = write!(h, "<text x=\"0\" y=\"10\" font-size=\"10\">{}</text></svg><p>", group_digits(peak.unsigned_abs()));
     for (s, status) in ScanStatus::ALL.iter().enumerate() {
         let _ = write!(h, "<span style=\"color:{}\">■</span> {status} ", STATUS_COLOURS[s]);
     }
@@ -472,7 +453,7 @@ fn route_chart(h: &mut String, t: &DayTotals) {
             y + 1,
             145 + w,
             y + 12,
-            money(*revenue)
+            format_cents(*revenue)
         );
     }
     h.push_str("</svg>");

@@ -16,10 +16,7 @@ use super::sql::{column_i64, column_str, column_str_lists, column_u64, id_from_h
 use farestream_core::fares::Tap;
 use farestream_core::scan::TapKind;
 use farestream_core::settlement::DayCharge;
-
-/// The ride definition in SQL: the same rows as the pricer's `is_ride`
-/// (an accepted scan, whose gate opened, with a card and a tap kind).
-pub const RIDE_SQL: &str = "status = 'accepted' AND card_id IS NOT NULL AND tap_kind IS NOT NULL";
+use farestream_server::money::pricing::RIDE_SQL;
 
 type Decode<T> = fn(&RecordBatch) -> Result<Vec<(u64, T)>, SettleError>;
 
@@ -129,5 +126,71 @@ pub async fn for_each_rider(
             day_charges.extend(pending.into_iter().filter(|c| !archived.contains(&c.charge_id)));
         }
         visit(card, taps, day_charges)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use datafusion::datasource::MemTable;
+    use farestream_core::archive::schema::to_record_batch;
+    use farestream_core::scan::{ArchivedScan, ScanStatus};
+    use farestream_server::money::pricing::is_ride;
+
+    use super::*;
+
+    /// Every status, with and without a card and a tap kind.
+    fn rows() -> Vec<ArchivedScan> {
+        let mut rows = Vec::new();
+        for (i, status) in ScanStatus::ALL.into_iter().enumerate() {
+            for (j, (card_id, tap_kind)) in
+                [(Some(7), Some(TapKind::Single)), (None, Some(TapKind::Entry)), (Some(7), None), (None, None)]
+                    .into_iter()
+                    .enumerate()
+            {
+                rows.push(ArchivedScan {
+                    scan_id: [(i * 4 + j) as u8; 16],
+                    gateway_id: "depot-1".into(),
+                    validator_id: "v".into(),
+                    validator_seq: 1,
+                    route_id: "bus-1".into(),
+                    stop_id: "s".into(),
+                    tap_kind,
+                    card_id,
+                    issuer_key_id: None,
+                    code_created_at: None,
+                    code_counter: None,
+                    scanned_at: 0,
+                    received_at: 0,
+                    status,
+                    reason: None,
+                    gate_opened: None,
+                    deny_list_version: None,
+                    service_date: chrono::NaiveDate::from_ymd_opt(2026, 11, 25).expect("date"),
+                });
+            }
+        }
+        rows
+    }
+
+    #[tokio::test]
+    async fn ride_sql_picks_exactly_the_rows_is_ride_does() {
+        let rows = rows();
+        let batch = to_record_batch(&rows).expect("batch");
+        let ctx = SessionContext::new();
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).expect("table");
+        ctx.register_table("scans", Arc::new(table)).expect("register");
+        let mut by_sql = BTreeSet::new();
+        for batch in super::super::sql::collect_rows(&ctx, &format!("SELECT scan_id FROM scans WHERE {RIDE_SQL}"))
+            .await
+            .expect("query")
+        {
+            by_sql.extend(column_str(&batch, 0).expect("ids").into_iter().flatten());
+        }
+        let by_rust: BTreeSet<String> = rows.iter().filter(|r| is_ride(r)).map(|r| hex::encode(r.scan_id)).collect();
+        assert_eq!(by_sql, by_rust);
+        assert_eq!(by_rust.len(), 1, "one accepted row with a card and a tap kind");
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use farestream_core::scan::ScanStatus;
+use farestream_core::settlement::RiderFigures;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettlementTable {
@@ -50,6 +51,42 @@ pub const RIDER_FIGURES: [&str; 12] = [
     "arrears_outstanding_cents",
     "late_rides",
 ];
+
+/// Figures from their columns in `RIDER_FIGURES` order.
+pub fn figures_from(v: &dyn Fn(usize) -> i64) -> RiderFigures {
+    RiderFigures {
+        rides: v(0),
+        fares_cents: v(1),
+        caps_cents: v(2),
+        due_cents: v(3),
+        charged_cents: v(4),
+        succeeded_cents: v(5),
+        declined_cents: v(6),
+        pending_cents: v(7),
+        arrears_opened_cents: v(8),
+        arrears_paid_cents: v(9),
+        arrears_outstanding_cents: v(10),
+        late_rides: v(11),
+    }
+}
+
+/// The figures as columns in `RIDER_FIGURES` order.
+pub fn figures_to(f: &RiderFigures) -> [i64; 12] {
+    [
+        f.rides,
+        f.fares_cents,
+        f.caps_cents,
+        f.due_cents,
+        f.charged_cents,
+        f.succeeded_cents,
+        f.declined_cents,
+        f.pending_cents,
+        f.arrears_opened_cents,
+        f.arrears_paid_cents,
+        f.arrears_outstanding_cents,
+        f.late_rides,
+    ]
+}
 
 /// `scans_accepted`, `scans_replay`, ...: one count column per status.
 pub fn status_columns() -> Vec<String> {

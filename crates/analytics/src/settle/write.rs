@@ -15,13 +15,13 @@ use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 
 use super::SettleError;
-use super::inputs::figures_to;
+use super::schema::figures_to;
 use super::schema::{SettlementTable, settlement_schema};
 use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::RiderFigures;
 use farestream_server::archive::checkpoint::replace_durably;
-use farestream_server::archive::writer::{open_files_dir, partition_dir};
+use farestream_server::archive::writer::{archive_writer_properties, open_files_dir, partition_dir};
 use farestream_server::faults::Faults;
 
 pub type StatusCounts = [i64; ScanStatus::ALL.len()];
@@ -166,11 +166,9 @@ pub fn write_run(archive_dir: &Path, date: NaiveDate, rows: &RunRows) -> Result<
     Ok(())
 }
 
-/// A small table as Parquet bytes (ZSTD, statistics on).
+/// A small table as Parquet bytes, encoded as the archives are.
 pub fn parquet_bytes(batch: &RecordBatch) -> Result<Vec<u8>, SettleError> {
-    let properties = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-        .build();
+    let properties = archive_writer_properties(&[], &[], None);
     let mut bytes = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))?;
     writer.write(batch)?;

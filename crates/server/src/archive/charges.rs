@@ -14,12 +14,10 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 use rusqlite::params;
 
-use super::writer::{ArchiveError, partition_dir, sync_dir};
+use super::writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
 use crate::charges::ChargeRecord;
 use crate::clock::UnixMillis;
 use crate::faults::Faults;
@@ -76,7 +74,7 @@ pub fn archive_decided_charges(
     loop {
         let Some(batch) = claim_batch(store, batch_charges_max)? else { return Ok(archived) };
         let rows = archive_batch(store.connection(), batch)?;
-        write_batch(root, batch, &rows, faults)?;
+        write_charges_batch(root, batch, &rows, faults)?;
         let tx = store.transaction()?;
         tx.execute("UPDATE charges SET archived_at = ?2 WHERE archive_batch = ?1", params![batch, now])?;
         tx.commit().map_err(StoreError::from)?;
@@ -112,20 +110,18 @@ fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Optio
 /// `scan_writer_properties`): ZSTD, no dictionary on the near-unique ids,
 /// amounts and times, bloom filters on `card_id` and `charge_id`.
 pub fn charges_writer_properties() -> WriterProperties {
-    let mut builder =
-        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()));
-    for column in ["charge_id", "card_id", "scan_ids.list.item", "created_at", "decided_at", "gateway_txn_id"] {
-        builder = builder
-            .set_column_dictionary_enabled(ColumnPath::new(column.split('.').map(String::from).collect()), false);
-    }
-    for column in ["card_id", "charge_id"] {
-        builder = builder
-            .set_column_bloom_filter_enabled(ColumnPath::new(column.split('.').map(String::from).collect()), true);
-    }
-    builder.build()
+    let plain = ["charge_id", "card_id", "scan_ids.list.item", "created_at", "decided_at", "gateway_txn_id"];
+    archive_writer_properties(&plain, &["card_id", "charge_id"], None)
 }
 
-fn write_batch(root: &Path, batch: i64, rows: &[ChargeRecord], faults: &Faults) -> Result<(), ArchiveError> {
+/// Writes one batch's charges, a file per service date
+/// (`charges-BATCH.parquet`), each built in `.tmp/`, fsynced and renamed in.
+pub fn write_charges_batch(
+    root: &Path,
+    batch: i64,
+    rows: &[ChargeRecord],
+    faults: &Faults,
+) -> Result<(), ArchiveError> {
     let mut by_date: BTreeMap<chrono::NaiveDate, Vec<ChargeRecord>> = BTreeMap::new();
     for row in rows {
         by_date.entry(row.service_date).or_default().push(row.clone());

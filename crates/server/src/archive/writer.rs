@@ -94,7 +94,8 @@ fn write_row_group(file: &mut OpenFile, mut rows: Vec<ArchivedScan>) -> Result<(
     let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
     file.writer.write(&batch).map_err(parquet)?;
     file.writer.flush().map_err(parquet)?;
-    file.pending_bytes = file.pending.iter().map(approximate_bytes).sum();
+    let written: u64 = rows.iter().map(approximate_bytes).sum();
+    file.pending_bytes = file.pending_bytes.saturating_sub(written);
     Ok(())
 }
 
@@ -113,18 +114,33 @@ fn approximate_bytes(row: &ArchivedScan) -> u64 {
 pub fn scan_writer_properties(row_group_rows_max: usize) -> WriterProperties {
     let unique =
         ["scan_id", "validator_seq", "card_id", "code_created_at", "code_counter", "scanned_at", "received_at"];
-    let ndv = u64::try_from(row_group_rows_max).unwrap_or(u64::MAX);
-    let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-        .set_max_row_group_row_count(Some(row_group_rows_max));
-    for column in unique {
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    archive_writer_properties(&unique, &["card_id", "scan_id"], Some(row_group_rows_max))
+}
+
+/// The archives' one encoding recipe: ZSTD level 3; no dictionary on the
+/// `plain` columns (a dotted path names a nested one, `scan_ids.list.item`);
+/// bloom filters with 1 % false positives on the `bloom` columns, sized
+/// for a row group of `row_group_rows_max` rows when one is set.
+pub fn archive_writer_properties(
+    plain: &[&str],
+    bloom: &[&str],
+    row_group_rows_max: Option<usize>,
+) -> WriterProperties {
+    let path = |column: &str| ColumnPath::new(column.split('.').map(String::from).collect());
+    let mut builder =
+        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()));
+    if let Some(rows) = row_group_rows_max {
+        builder = builder.set_max_row_group_row_count(Some(rows));
     }
-    for column in ["card_id", "scan_id"] {
-        builder = builder
-            .set_column_bloom_filter_enabled(ColumnPath::from(column), true)
-            .set_column_bloom_filter_max_ndv(ColumnPath::from(column), ndv)
-            .set_column_bloom_filter_fpp(ColumnPath::from(column), 0.01);
+    for column in plain {
+        builder = builder.set_column_dictionary_enabled(path(column), false);
+    }
+    for column in bloom {
+        builder =
+            builder.set_column_bloom_filter_enabled(path(column), true).set_column_bloom_filter_fpp(path(column), 0.01);
+        if let Some(rows) = row_group_rows_max {
+            builder = builder.set_column_bloom_filter_max_ndv(path(column), u64::try_from(rows).unwrap_or(u64::MAX));
+        }
     }
     builder.build()
 }

@@ -36,6 +36,10 @@ pub fn is_ride(row: &ArchivedScan) -> bool {
     row.status == ScanStatus::Accepted && row.card_id.is_some() && row.tap_kind.is_some()
 }
 
+/// [`is_ride`] as an SQL condition on the scans archive's columns, for the
+/// settlement (a test in `farestream-analytics` holds the two together).
+pub const RIDE_SQL: &str = "status = 'accepted' AND card_id IS NOT NULL AND tap_kind IS NOT NULL";
+
 /// Adds the rides among `rows` and prices every rider-day they touch.
 pub fn price_rows(
     tx: &Transaction<'_>,

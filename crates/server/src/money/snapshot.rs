@@ -33,7 +33,7 @@ pub struct MoneySnapshot {
     /// Cards of the day whose last entry's exit window is still open, with
     /// when it closes.
     pub open_entries: Vec<(u64, UnixMillis)>,
-    /// Every card's arrears as the account store has them.
+    /// The arrears of every card that owes any (the rest owe nothing).
     pub arrears: Vec<(u64, i64)>,
     pub arrears_payments: Vec<ArrearsPayment>,
 }
@@ -48,7 +48,7 @@ pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySn
         .query_map(params![date_to_sql(date)], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let arrears = tx
-        .prepare("SELECT card_id, arrears_cents FROM accounts")?
+        .prepare("SELECT card_id, arrears_cents FROM accounts WHERE arrears_cents <> 0")?
         .query_map([], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let arrears_payments = tx
