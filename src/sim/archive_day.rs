@@ -6,7 +6,7 @@
 //! and the pricer's and archiver's positions past every file, as a
 //! server that had priced and archived the day would leave them.
 //!
-//! Deterministic for a seed. The day is built in memory (about 200 bytes
+//! Deterministic for a seed. The day is built in memory (about 600 bytes
 //! a scan), then written in arrival order.
 
 use std::collections::BTreeMap;

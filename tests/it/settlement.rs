@@ -164,6 +164,7 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     assert!(arrived.headline.contains("1 rides for manual review"), "{}", arrived.headline);
     let report = std::fs::read_to_string(&arrived.report_path).expect("report");
     assert!(report.contains("Manual review: 1 uploads"), "the report lists it");
+    assert!(report.contains("1 scans read outside this service day's hours"), "and keeps it out of the hourly chart");
 
     let data_dir = m.h.dir.path().to_path_buf();
     m.h.server.shutdown().await.expect("shutdown");
@@ -274,5 +275,67 @@ async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_h
         let error = run_query(&archive, bad, OutputFormat::Table, &mut Vec::new()).await.expect_err(bad);
         assert!(error.is_bad_query(), "{bad}: {error}");
         assert!(!error.to_string().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_at_its_extremes_answers_or_refuses_and_never_crashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = dir.path().join("archive");
+    let deep = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
+    let error = run_query(&archive, &deep, OutputFormat::Csv, &mut Vec::new()).await.expect_err("too deep");
+    assert!(error.is_bad_query(), "a nesting limit, not a stack overflow: {error}");
+    let long = format!("SELECT 1 AS one /* {} */", "x".repeat(1 << 20));
+    let mut out = Vec::new();
+    assert_eq!(run_query(&archive, &long, OutputFormat::Csv, &mut out).await.expect("a long statement"), 1);
+    assert_eq!(out, b"one\n1\n");
+    let mut out = Vec::new();
+    let many = "SELECT value FROM generate_series(1, 200000)";
+    assert_eq!(run_query(&archive, many, OutputFormat::Json, &mut out).await.expect("streamed"), 200_000);
+    assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 200_000, "one JSON object per line");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scans_file_that_is_not_parquet_or_not_named_by_its_log_range_is_named_in_the_error() {
+    for (name, bytes, says) in [
+        ("part-00000000000000000000-00000000000000000000.parquet", &b"not parquet"[..], "part-0000"),
+        ("part-00000000000000000000-00000000000000000000.parquet", &b""[..], "part-0000"),
+        ("extra.parquet", &b"PAR1"[..], "not named after a log range"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let partition = partition_dir(&scans_root(dir.path()), day());
+        std::fs::create_dir_all(&partition).expect("mkdir");
+        std::fs::write(partition.join(name), bytes).expect("write");
+        let settings = settle_settings(&farestream::config::Config::defaults(), dir.path()).expect("settings");
+        let error = settle_day(&settings, day(), T0_MS).await.expect_err(name);
+        assert!(error.to_string().contains(says), "{name}: {error}");
+    }
+}
+
+/// The benchmark's generator at its smallest: every day it writes settles
+/// clean, a lone scan, a metro pair, all declined and none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_days_at_their_smallest_settle_clean() {
+    use farestream::sim::archive_day::{ArchiveDaySpec, write_archive_day};
+    for (scans, declined_percent) in [(1, 0.0), (2, 100.0), (3, 0.0), (200, 100.0)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = settle_settings(&farestream::config::Config::defaults(), dir.path()).expect("settings");
+        let spec = ArchiveDaySpec {
+            scans,
+            date: day(),
+            seed: scans,
+            declined_percent,
+            row_group_rows_max: 64,
+            file_bytes_max: 1 << 20,
+            compare_baseline: false,
+        };
+        let written = write_archive_day(&spec, &settings.fares, &settings.service_day, dir.path()).expect("generate");
+        assert_eq!(written.scans, scans, "exactly the scans asked for");
+        let settled = settle_day(&settings, day(), T0_MS).await.expect("settle");
+        assert!(settled.breaks.is_empty(), "{scans} scans, {declined_percent}% declined: {:?}", settled.breaks);
+        let run = settled.new_run.expect("a run");
+        assert_eq!(run.scans.iter().sum::<i64>(), scans as i64);
+        let declined = run.totals.declined_cents > 0;
+        assert_eq!(declined, declined_percent > 0.0 && run.totals.due_cents > 0, "{run:?}");
     }
 }

@@ -5,10 +5,13 @@ use std::io::Write;
 use std::path::Path;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::error::DataFusionError;
 
 use crate::tables::archive_session;
+use farestream_server::archive::writer::archive_writer_properties;
+use futures_util::StreamExt;
 
 /// How the result is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,59 +57,80 @@ impl QueryError {
 }
 
 /// Runs `sql` over the archive under `archive_dir`; returns the row count.
+/// CSV, JSON and Parquet stream batch by batch, so a large result costs a
+/// batch of memory, not the result; the aligned table needs every row
+/// before it can size its columns (it is for a terminal: add a `LIMIT`).
 pub async fn run_query(
     archive_dir: &Path,
     sql: &str,
     format: OutputFormat,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<u64, QueryError> {
     let ctx = archive_session(archive_dir)?;
     let frame = ctx.sql(sql).await?;
-    let schema = frame.schema().as_arrow().clone();
-    let batches = frame.collect().await?;
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    write_batches(&batches, std::sync::Arc::new(schema), format, out)?;
+    let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
+    if format == OutputFormat::Table {
+        let batches = frame.collect().await?;
+        let table = pretty_format_batches(&batches).map_err(|e| output(&e))?;
+        writeln!(out, "{table}").map_err(|e| output(&e))?;
+        return Ok(batches.iter().map(|b| b.num_rows() as u64).sum());
+    }
+    let mut stream = frame.execute_stream().await?;
+    let mut writer = BatchWriter::new(format, schema, out)?;
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+    }
+    writer.finish()?;
     Ok(rows)
 }
 
-fn write_batches(
-    batches: &[RecordBatch],
-    schema: datafusion::arrow::datatypes::SchemaRef,
-    format: OutputFormat,
-    out: &mut dyn Write,
-) -> Result<(), QueryError> {
-    let output = |e: &dyn std::fmt::Display| QueryError::Output(e.to_string());
-    match format {
-        OutputFormat::Table => {
-            let table = pretty_format_batches(batches).map_err(|e| output(&e))?;
-            writeln!(out, "{table}").map_err(|e| output(&e))?;
-        }
-        OutputFormat::Csv => {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(out);
-            for batch in batches {
-                writer.write(batch).map_err(|e| output(&e))?;
+fn output(e: &dyn std::fmt::Display) -> QueryError {
+    QueryError::Output(e.to_string())
+}
+
+/// A writer of one of the streaming formats.
+enum BatchWriter<'a> {
+    Csv(datafusion::arrow::csv::Writer<&'a mut (dyn Write + Send)>),
+    Json(datafusion::arrow::json::LineDelimitedWriter<&'a mut (dyn Write + Send)>),
+    Parquet(parquet::arrow::ArrowWriter<&'a mut (dyn Write + Send)>),
+}
+
+impl<'a> BatchWriter<'a> {
+    fn new(
+        format: OutputFormat,
+        schema: SchemaRef,
+        out: &'a mut (dyn Write + Send),
+    ) -> Result<BatchWriter<'a>, QueryError> {
+        Ok(match format {
+            OutputFormat::Csv => {
+                BatchWriter::Csv(datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(out))
             }
-        }
-        OutputFormat::Json => {
-            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(out);
-            for batch in batches {
-                writer.write(batch).map_err(|e| output(&e))?;
+            OutputFormat::Json => BatchWriter::Json(datafusion::arrow::json::LineDelimitedWriter::new(out)),
+            OutputFormat::Parquet | OutputFormat::Table => {
+                let properties = archive_writer_properties(&[], &[], None);
+                BatchWriter::Parquet(
+                    parquet::arrow::ArrowWriter::try_new(out, schema, Some(properties)).map_err(|e| output(&e))?,
+                )
             }
-            writer.finish().map_err(|e| output(&e))?;
-        }
-        OutputFormat::Parquet => {
-            let properties = parquet::file::properties::WriterProperties::builder()
-                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-                .build();
-            let mut buffer = Vec::new();
-            let mut writer =
-                parquet::arrow::ArrowWriter::try_new(&mut buffer, schema, Some(properties)).map_err(|e| output(&e))?;
-            for batch in batches {
-                writer.write(batch).map_err(|e| output(&e))?;
-            }
-            writer.close().map_err(|e| output(&e))?;
-            out.write_all(&buffer).map_err(|e| output(&e))?;
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
+        match self {
+            BatchWriter::Csv(w) => w.write(batch).map_err(|e| output(&e)),
+            BatchWriter::Json(w) => w.write(batch).map_err(|e| output(&e)),
+            BatchWriter::Parquet(w) => w.write(batch).map_err(|e| output(&e)),
         }
     }
-    Ok(())
+
+    fn finish(self) -> Result<(), QueryError> {
+        match self {
+            BatchWriter::Csv(_) => Ok(()),
+            BatchWriter::Json(mut w) => w.finish().map_err(|e| output(&e)),
+            BatchWriter::Parquet(w) => w.close().map(|_| ()).map_err(|e| output(&e)),
+        }
+    }
 }

@@ -158,7 +158,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         None
     };
     breaks.sort();
-    let extras = report::scan_extras(&ctx).await?;
+    let extras = report::scan_extras(&ctx, day_window(&settings.service_day, date)).await?;
     report::finish(settings, &archive_dir, date, new_run, breaks, extras).await
 }
 
@@ -196,14 +196,13 @@ impl DayContext {
         ctx: &SessionContext,
         run: u32,
     ) -> Result<DayContext, SettleError> {
-        let start = settings.service_day.day_start(date).unwrap_or(UnixMillis::MIN);
-        let end = date.succ_opt().and_then(|d| settings.service_day.day_start(d)).unwrap_or(UnixMillis::MAX);
+        let (start, end) = day_window(&settings.service_day, date);
         let mut paid_in_day: HashMap<u64, i64> = HashMap::new();
         let mut arrears_from_charges: HashMap<u64, i64> = HashMap::new();
         for p in &snapshot.arrears_payments {
-            *arrears_from_charges.entry(p.card_id).or_default() += p.amount_cents;
+            add_to(arrears_from_charges.entry(p.card_id).or_default(), p.amount_cents);
             if (start..end).contains(&p.at) {
-                *paid_in_day.entry(p.card_id).or_default() += p.amount_cents;
+                add_to(paid_in_day.entry(p.card_id).or_default(), p.amount_cents);
             }
         }
         for (card, amount) in declines(ctx, snapshot).await? {
@@ -287,7 +286,7 @@ async fn walk_riders(
         let settled = settle_rider(&settings.fares, card, &taps, &charges, day.open_entries.get(&card).copied());
         for route in &settled.routes {
             let entry = walked.routes_now.entry(route.route_id.clone()).or_default();
-            entry.0 += route.rides;
+            add_to(&mut entry.0, route.rides);
             entry.1 = entry.1.saturating_add(route.revenue_cents);
         }
         let previous = before.remove(&card).unwrap_or_default();
@@ -335,6 +334,19 @@ async fn walk_riders(
     Ok(walked)
 }
 
+/// The service day's `[start, end)` in milliseconds since the epoch.
+fn day_window(policy: &ServiceDayPolicy, date: NaiveDate) -> (UnixMillis, UnixMillis) {
+    let start = policy.day_start(date).unwrap_or(UnixMillis::MIN);
+    let end = date.succ_opt().and_then(|d| policy.day_start(d)).unwrap_or(UnixMillis::MAX);
+    (start, end)
+}
+
+/// Sums of figures read back from files (which anyone may have edited)
+/// saturate rather than wrap.
+pub(crate) fn add_to(sum: &mut i64, n: i64) {
+    *sum = sum.saturating_add(n);
+}
+
 fn status_index(status: ScanStatus) -> usize {
     ScanStatus::ALL.iter().position(|s| *s == status).unwrap_or(0)
 }
@@ -346,7 +358,7 @@ async fn status_counts(ctx: &SessionContext, table: &str) -> Result<StatusCounts
         let (statuses, n) = (column_str(&batch, 0)?, column_i64(&batch, 1)?);
         for (status, n) in statuses.into_iter().zip(n) {
             if let Some(status) = status.as_deref().and_then(ScanStatus::parse) {
-                counts[status_index(status)] += n.unwrap_or(0);
+                add_to(&mut counts[status_index(status)], n.unwrap_or(0));
             }
         }
     }
@@ -373,14 +385,17 @@ async fn route_rows(
         for i in 0..routes.len() {
             let route = routes[i].clone().unwrap_or_default();
             let Some(status) = statuses[i].as_deref().and_then(ScanStatus::parse) else { continue };
-            rows.entry(route.clone()).or_insert_with(|| blank(&route)).scans[status_index(status)] += n[i].unwrap_or(0);
+            add_to(
+                &mut rows.entry(route.clone()).or_insert_with(|| blank(&route)).scans[status_index(status)],
+                n[i].unwrap_or(0),
+            );
         }
     }
     for route in now.keys().chain(before.keys()) {
         let (rides_now, revenue_now) = now.get(route).copied().unwrap_or_default();
         let (rides_before, revenue_before) = before.get(route).copied().unwrap_or_default();
         let row = rows.entry(route.clone()).or_insert_with(|| blank(route));
-        row.rides = rides_now - rides_before;
+        row.rides = rides_now.saturating_sub(rides_before);
         row.revenue_cents = revenue_now.saturating_sub(revenue_before);
     }
     Ok(rows.into_values().filter(|r| r.rides != 0 || r.revenue_cents != 0 || r.scans.iter().any(|n| *n != 0)).collect())

@@ -12,7 +12,7 @@ use datafusion::prelude::SessionContext;
 
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use super::write::{RunRow, StatusCounts};
-use super::{SettleError, SettleSettings, Settled, status_index};
+use super::{SettleError, SettleSettings, Settled, add_to, status_index};
 use crate::tables::archive_session;
 use farestream_core::charges::{format_cents, group_digits};
 use farestream_core::scan::ScanStatus;
@@ -31,18 +31,31 @@ pub struct ScanExtras {
     /// Late uploads past the accepted lateness: (scan, card, route, scanned at).
     pub manual_review: Vec<(String, Option<u64>, String, i64)>,
     pub manual_review_total: i64,
+    /// Scans whose `scanned_at` falls outside the service day (filed
+    /// under their arrival), not in the chart.
+    pub outside_day: i64,
 }
 
-pub async fn scan_extras(ctx: &SessionContext) -> Result<ScanExtras, SettleError> {
+/// What the report shows of the settled scans. The chart covers the
+/// service day's own hours, `[day_start, day_end)`: a scan filed under its
+/// arrival may carry any time from 1970 to 2106, and is counted apart.
+pub async fn scan_extras(ctx: &SessionContext, (day_start, day_end): (i64, i64)) -> Result<ScanExtras, SettleError> {
     let mut extras = ScanExtras::default();
-    let sql = "SELECT CAST(scanned_at AS BIGINT) / 3600000 AS hour, status, count(*) FROM day_scans GROUP BY 1, 2 ORDER BY 1, 2";
-    for batch in collect_rows(ctx, sql).await? {
+    let in_day = format!("CAST(scanned_at AS BIGINT) >= {day_start} AND CAST(scanned_at AS BIGINT) < {day_end}");
+    let sql = format!(
+        "SELECT CAST(scanned_at AS BIGINT) / 3600000 AS hour, status, count(*) FROM day_scans
+         WHERE {in_day} GROUP BY 1, 2 ORDER BY 1, 2"
+    );
+    for batch in collect_rows(ctx, &sql).await? {
         let (hours, statuses, n) = (column_i64(&batch, 0)?, column_str(&batch, 1)?, column_i64(&batch, 2)?);
         for i in 0..hours.len() {
             if let Some(status) = statuses[i].as_deref().and_then(ScanStatus::parse) {
                 extras.hourly.push((hours[i].unwrap_or(0), status, n[i].unwrap_or(0)));
             }
         }
+    }
+    for batch in collect_rows(ctx, &format!("SELECT count(*) FROM day_scans WHERE NOT ({in_day})")).await? {
+        extras.outside_day = column_i64(&batch, 0)?.first().copied().flatten().unwrap_or(0);
     }
     let late = "status = 'late_upload'";
     for batch in collect_rows(ctx, &format!("SELECT count(*) FROM day_scans WHERE {late}")).await? {
@@ -87,7 +100,7 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
     let mut scans = StatusCounts::default();
     let mut figures = RiderFigures::default();
     for run in &runs {
-        scans.iter_mut().zip(run.scans).for_each(|(sum, n)| *sum += n);
+        scans.iter_mut().zip(run.scans).for_each(|(sum, n)| add_to(sum, n));
         figures = figures.plus(&run.totals);
     }
     let per_rider = format!(
@@ -395,7 +408,7 @@ fn runs_table(h: &mut String, t: &DayTotals, currency: &str) {
 fn hourly_chart(h: &mut String, settings: &SettleSettings, extras: &ScanExtras) {
     let mut hours: std::collections::BTreeMap<i64, [i64; 9]> = std::collections::BTreeMap::new();
     for (hour, status, n) in &extras.hourly {
-        hours.entry(*hour).or_default()[status_index(*status)] += n;
+        add_to(&mut hours.entry(*hour).or_default()[status_index(*status)], *n);
     }
     let peak = hours.values().map(|c| c.iter().sum::<i64>()).max().unwrap_or(0).max(1);
     let (bar, height) = (22i64, 200i64);
@@ -409,7 +422,7 @@ fn hourly_chart(h: &mut String, settings: &SettleSettings, extras: &ScanExtras) 
         let x = 40 + i as i64 * bar;
         let mut y = height;
         for (s, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-            let bar_height = (n * height / peak).max(1);
+            let bar_height = (n.saturating_mul(height) / peak).max(1);
             y -= bar_height;
             let _ = write!(
                 h,
@@ -430,6 +443,13 @@ fn hourly_chart(h: &mut String, settings: &SettleSettings, extras: &ScanExtras) 
     for (s, status) in ScanStatus::ALL.iter().enumerate() {
         let _ = write!(h, "<span style=\"color:{}\">■</span> {status} ", STATUS_COLOURS[s]);
     }
+    if extras.outside_day > 0 {
+        let _ = write!(
+            h,
+            " ({} scans read outside this service day's hours, filed under their arrival, are not drawn)",
+            group_digits(extras.outside_day.unsigned_abs())
+        );
+    }
     h.push_str("</p>");
 }
 
@@ -444,7 +464,7 @@ fn route_chart(h: &mut String, t: &DayTotals) {
     );
     for (i, (route, _, _, revenue)) in shown.iter().enumerate() {
         let y = i * 18;
-        let w = (revenue.max(&0) * 400 / peak).max(1);
+        let w = ((*revenue).max(0).saturating_mul(400) / peak).max(1);
         let _ = write!(
             h,
             "<text x=\"0\" y=\"{}\" font-size=\"11\">{}</text><rect x=\"140\" y=\"{}\" width=\"{w}\" height=\"14\" fill=\"#2980b9\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>",
