@@ -647,6 +647,14 @@ fn open_money_store(data_dir: &Path, config: &Config) -> Result<farestream::mone
 async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) -> Result<()> {
     let options = DemoOptions { data_dir, config, city: city.spec(), day_secs, show_progress: true };
     let settings = settle_settings(&options.config, &options.data_dir)?;
+    let earlier = holds_an_archive(&options.data_dir);
+    if earlier {
+        println!(
+            "note: {} already holds an earlier run's archive and accounts; this run adds to them, and the \
+             settlement below covers every run's scans of the day (remove it, or pass --data-dir, for a fresh day)\n",
+            options.data_dir.display()
+        );
+    }
     let summary = run_demo(options).await?;
     print!("{}", summary.render());
     if !summary.is_consistent() {
@@ -655,5 +663,15 @@ async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) 
     println!();
     let settled = settle_day(&settings, summary.service_date, SystemClock.now_ms()).await?;
     print_settled(&settled);
+    if earlier {
+        println!("(the settlement includes the earlier runs' data in {})", settings.data_dir.display());
+    }
     Ok(())
+}
+
+/// Whether an earlier run left scan partitions in `data_dir`.
+fn holds_an_archive(data_dir: &Path) -> bool {
+    std::fs::read_dir(farestream::archive::scans_root(data_dir))
+        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("service_date=")))
+        .unwrap_or(false)
 }

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use farestream_core::charges::{ChargeRecord, RiderDay, plan_charges};
-use farestream_core::fares::{FareTable, Tap};
+use farestream_core::fares::{DayEdges, FareTable, Tap};
 use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_server::archive::charges::{charges_root, write_charges_batch};
@@ -199,7 +199,7 @@ fn price(spec: &ArchiveDaySpec, fares: &FareTable, scans: &[ArchivedScan], rng: 
     for (card_id, taps) in days {
         let day = RiderDay { card_id, service_date: spec.date };
         let declines = rng.random_bool(spec.declined_percent / 100.0);
-        for charge in plan_charges(day, &fares.price_day(&taps), &[]) {
+        for charge in plan_charges(day, &fares.price_day(&taps, &DayEdges::NONE), &[]) {
             let outcome = match (charge.amount_cents, declines) {
                 (0, _) => "nothing_due",
                 (_, true) => "declined",

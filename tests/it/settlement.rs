@@ -172,6 +172,68 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     breaks_are_named(&data_dir, &settings).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metro_trip_across_the_day_boundary_is_one_fare_on_its_entrys_day() {
+    let m = Money::start().await;
+    let settings = settings(&m);
+    let next_day = day().succ_opt().expect("next day");
+    let boundary = settings.service_day.day_start(next_day).expect("04:00");
+    let (in_order, exit_first) = (m.rider(621, 10_000).await, m.rider(622, 10_000).await);
+    let client = m.h.client();
+    m.h.clock.set(boundary + 30 * MINUTE);
+    // 621: in at 03:50, out at 04:10 (a 500 trip), a bus ride (300) after;
+    // the entry is uploaded first. 622: in at 03:55, out at 04:05 (a 600
+    // trip); the exit is uploaded first, so it is a maximum fare until the
+    // entry arrives.
+    let first = vec![
+        tap(&in_order, 1, boundary - 10 * MINUTE, TapKind::Entry, "station-01"),
+        tap(&exit_first, 4, boundary + 5 * MINUTE, TapKind::Exit, "station-07"),
+    ];
+    client.push(&batch("depot-1", 1, first)).await.expect("ack");
+    let before = m.settle().await;
+    let charged: Vec<_> = before.iter().map(|c| (c.card_id, c.amount_cents)).collect();
+    assert_eq!(charged, [(622, 900)], "621's entry is open; 622's exit alone is a maximum fare");
+    let second = vec![
+        tap(&in_order, 2, boundary + 10 * MINUTE, TapKind::Exit, "station-05"),
+        tap(&in_order, 3, boundary + 20 * MINUTE, TapKind::Single, "bus-99"),
+        tap(&exit_first, 5, boundary - 5 * MINUTE, TapKind::Entry, "station-01"),
+    ];
+    client.push(&batch("depot-1", 2, second)).await.expect("ack");
+    quiesce(&m).await;
+    let charges = m.settle().await;
+
+    let of = |card: u64, date: NaiveDate| -> Vec<(&str, i64, usize)> {
+        let mut list: Vec<_> = charges
+            .iter()
+            .filter(|c| c.card_id == card && c.service_date == date)
+            .map(|c| (c.kind.as_str(), c.amount_cents, c.scan_ids.len()))
+            .collect();
+        list.sort();
+        list
+    };
+    assert_eq!(of(621, day()), [("ride", 500, 1)], "the trip, on the entry's day, once");
+    assert_eq!(of(621, next_day), [("ride", 0, 1), ("ride", 300, 1)], "its exit is a continuation: nothing due");
+    assert_eq!(of(622, day()), [("ride", 600, 1)]);
+    assert_eq!(of(622, next_day), [("adjustment", -900, 0), ("max_fare", 900, 1)], "the maximum fare comes back");
+    let net: i64 = charges.iter().filter(|c| c.outcome == "succeeded").map(|c| c.amount_cents).sum();
+    assert_eq!(net, 500 + 300 + 600, "two trips and a bus ride, no maximum fare kept");
+
+    let now = m.h.clock.now_ms();
+    let (d, d1) = (settle(&settings, now).await, settle_day(&settings, next_day, now).await.expect("settle"));
+    assert!(d.breaks.is_empty() && d1.breaks.is_empty(), "{:?} {:?}", d.breaks, d1.breaks);
+    let riders = sql(
+        m.h.dir.path(),
+        "SELECT service_date, card_id, sum(rides), sum(due_cents), sum(charged_cents) FROM settlements
+         GROUP BY service_date, card_id ORDER BY service_date, card_id",
+    )
+    .await;
+    assert_eq!(
+        riders.lines().skip(1).collect::<Vec<_>>(),
+        ["2025-11-20,621,1,500,500", "2025-11-20,622,1,600,600", "2025-11-21,621,1,300,300"],
+        "each trip is a ride of its entry's day; on the exit's day 622's maximum fare and its credit net to nothing"
+    );
+}
+
 /// Each break on a copy of the settled day: the reconciliation names it.
 async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     let now = T0_MS + 5 * 24 * HOUR;

@@ -210,7 +210,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::fares::{FareTable, Tap};
+    use crate::fares::{DayEdges, FareTable, Tap};
     use crate::scan::TapKind;
 
     const MINUTE: i64 = 60_000;
@@ -240,7 +240,7 @@ mod tests {
 
     /// What the shell does: price what is known at `now`, write the plan.
     fn pass(known: &[Tap], now: UnixMillis, issued: &mut Vec<Charge>) -> Vec<Charge> {
-        let planned = plan_charges(day(), &table().price_day_as_of(known, now), issued);
+        let planned = plan_charges(day(), &table().price_day_as_of(known, &DayEdges::NONE, now), issued);
         issued.extend(planned.iter().cloned());
         planned
     }
@@ -283,6 +283,111 @@ mod tests {
         assert_eq!(amounts(&pass(&all, 100 * MINUTE, &mut issued)), [(ChargeKind::Ride, 0)]);
     }
 
+    /// The pricer's shell over two service days split at minute 1 440.
+    #[derive(Default)]
+    struct TwoDays {
+        taps: [Vec<Tap>; 2],
+        issued: [Vec<Charge>; 2],
+        open_closes_at: [Option<UnixMillis>; 2],
+    }
+
+    impl TwoDays {
+        fn day_of(tap: &Tap) -> usize {
+            usize::from(tap.scanned_at >= 1_440 * MINUTE)
+        }
+
+        fn knows(&self, tap: &Tap) -> bool {
+            self.taps[Self::day_of(tap)].iter().any(|t| t.scan_id == tap.scan_id)
+        }
+
+        fn sorted(&self, d: usize) -> Vec<&Tap> {
+            let mut taps: Vec<&Tap> = self.taps[d].iter().collect();
+            taps.sort_by_key(|t| (t.scanned_at, t.scan_id));
+            taps
+        }
+
+        fn edges(&self, d: usize) -> DayEdges {
+            let metro = |t: &&&Tap| t.kind != TapKind::Single;
+            DayEdges {
+                last_before: (d == 1).then(|| self.sorted(0).iter().rev().find(metro).map(|t| (*t).clone())).flatten(),
+                first_after: (d == 0).then(|| self.sorted(1).iter().find(metro).map(|t| (*t).clone())).flatten(),
+            }
+        }
+
+        fn pass(&mut self, new: Vec<Tap>, now: UnixMillis) {
+            let mut days = [false; 2];
+            for tap in &new {
+                self.taps[Self::day_of(tap)].push(tap.clone());
+            }
+            for tap in &new {
+                let d = Self::day_of(tap);
+                days[d] = true;
+                let (before, after) = table().neighbours_touched(tap, &self.edges(d));
+                if before && d == 1 {
+                    days[0] = true;
+                }
+                if after && d == 0 {
+                    days[1] = true;
+                }
+            }
+            for (d, touched) in days.into_iter().enumerate() {
+                if touched || self.open_closes_at[d].is_some_and(|closes| closes <= now) {
+                    self.reprice(d, now);
+                }
+            }
+        }
+
+        fn reprice(&mut self, d: usize, now: UnixMillis) {
+            let t = table();
+            let priced = t.price_day_as_of(&self.taps[d], &self.edges(d), now);
+            let rider_day = RiderDay { card_id: 7, service_date: day().service_date + chrono::Days::new(d as u64) };
+            let planned = plan_charges(rider_day, &priced, &self.issued[d]);
+            self.issued[d].extend(planned);
+            self.open_closes_at[d] = priced
+                .open_entry
+                .and_then(|id| self.taps[d].iter().find(|t| t.scan_id == id))
+                .map(|e| e.scanned_at + WINDOW + 1);
+        }
+    }
+
+    /// A reference written apart from `price_day`: one stream of taps in
+    /// order, an entry open until an exit in its window ends it (bus taps
+    /// between do not), each ride on the day it began, the cap per day.
+    fn continuous_price(t: &FareTable, taps: &[Tap]) -> SignedCents {
+        let mut under_cap: [Cents; 2] = [0, 0];
+        let mut outside_cap: [Cents; 2] = [0, 0];
+        let zone = |stop: &str| t.metro_station_zones.get(stop).copied();
+        let mut open: Option<&Tap> = None;
+        for tap in taps {
+            if let Some(entry) = open.filter(|e| tap.scanned_at - e.scanned_at > WINDOW) {
+                outside_cap[TwoDays::day_of(entry)] += 900;
+                open = None;
+            }
+            let d = TwoDays::day_of(tap);
+            match tap.kind {
+                TapKind::Single => under_cap[d] += 200,
+                TapKind::Entry => {
+                    if let Some(earlier) = open.replace(tap) {
+                        outside_cap[TwoDays::day_of(earlier)] += 900;
+                    }
+                }
+                TapKind::Exit => match open.take() {
+                    Some(entry) => {
+                        under_cap[TwoDays::day_of(entry)] += match (zone(&entry.stop_id), zone(&tap.stop_id)) {
+                            (Some(a), Some(b)) => 300 + 100 * Cents::from(a.abs_diff(b)),
+                            _ => 900,
+                        }
+                    }
+                    None => outside_cap[d] += 900,
+                },
+            }
+        }
+        if let Some(entry) = open {
+            outside_cap[TwoDays::day_of(entry)] += 900;
+        }
+        (0..2).map(|d| signed(under_cap[d].min(t.daily_cap) + outside_cap[d])).sum()
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
 
@@ -314,7 +419,7 @@ mod tests {
             }
             pass(&taps, UnixMillis::MAX, &mut issued);
             let total: SignedCents = issued.iter().map(|c| c.amount_cents).sum();
-            proptest::prop_assert_eq!(total, signed(table().price_day(&taps).charged));
+            proptest::prop_assert_eq!(total, signed(table().price_day(&taps, &DayEdges::NONE).charged));
             let mut priced: Vec<[u8; 16]> = issued.iter().flat_map(|c| c.scan_ids.clone()).collect();
             priced.sort_unstable();
             let mut every: Vec<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
@@ -322,6 +427,58 @@ mod tests {
             proptest::prop_assert_eq!(priced, every, "each tap in exactly one charge");
             let ids: HashSet<ChargeId> = issued.iter().map(|c| c.id).collect();
             proptest::prop_assert_eq!(ids.len(), issued.len());
+        }
+
+        /// The same across the service-day boundary, the way the pricer
+        /// does it: each pass adds the taps that arrived, prices their days
+        /// and the neighbours those taps touch, and the days whose open
+        /// entry's window has closed. Whatever the order, the two days'
+        /// charges end at exactly their final prices, a trip across the
+        /// boundary costs one fare, and each tap is in exactly one charge of
+        /// its own day.
+        #[test]
+        fn any_arrival_order_across_the_boundary_charges_each_day_exactly(
+            taps in proptest::collection::vec((1_200i64..1_680, 0u8..3, 0usize..3), 0..16),
+            order in proptest::collection::vec(proptest::prelude::any::<u64>(), 16),
+            passes in proptest::collection::vec(1_200i64..2_000, 0..6),
+        ) {
+            let kinds = [TapKind::Entry, TapKind::Exit, TapKind::Single];
+            let stops = ["a", "c", "nowhere"];
+            let taps: Vec<Tap> = taps
+                .iter()
+                .enumerate()
+                .map(|(i, &(minute, kind, stop))| tap(i as u8, minute, kinds[usize::from(kind)], stops[stop]))
+                .collect();
+            let mut arrival: Vec<(u64, Tap)> = taps.iter().cloned().zip(order.iter().copied()).map(|(t, o)| (o, t)).collect();
+            arrival.sort_by_key(|(o, t)| (*o, t.scan_id));
+            let mut now_times: Vec<i64> = passes.iter().map(|m| m * MINUTE).collect();
+            now_times.sort_unstable();
+            now_times.push(UnixMillis::MAX);
+            let mut shell = TwoDays::default();
+            for (n, now) in now_times.iter().enumerate() {
+                let known = if *now == UnixMillis::MAX { arrival.len() } else { arrival.len() * (n + 1) / now_times.len() };
+                let new: Vec<Tap> = arrival[..known].iter().map(|(_, t)| t.clone()).filter(|t| !shell.knows(t)).collect();
+                shell.pass(new, *now);
+            }
+            let t = table();
+            let mut total: SignedCents = 0;
+            for d in 0..2 {
+                let final_price = signed(t.price_day(&shell.taps[d], &shell.edges(d)).charged);
+                let charged: SignedCents = shell.issued[d].iter().map(|c| c.amount_cents).sum();
+                proptest::prop_assert_eq!(charged, final_price, "day {}", d);
+                total += charged;
+                let mut listed: Vec<[u8; 16]> = shell.issued[d].iter().flat_map(|c| c.scan_ids.clone()).collect();
+                listed.sort_unstable();
+                let mut own: Vec<[u8; 16]> = shell.taps[d].iter().map(|t| t.scan_id).collect();
+                own.sort_unstable();
+                proptest::prop_assert_eq!(listed, own, "each tap in exactly one charge of its day");
+            }
+            // As one continuous stream (each ride on the day it began, the
+            // cap per day), which is what a trip across the boundary costs.
+            let mut all = taps.clone();
+            all.sort_by_key(|t| (t.scanned_at, t.scan_id));
+            let continuous = continuous_price(&t, &all);
+            proptest::prop_assert_eq!(total, continuous);
         }
     }
 }

@@ -9,6 +9,12 @@
 //!   zone crossed. An entry with no such exit, and an exit with no entry,
 //!   each cost the maximum fare: the rider rode, and the gate cannot say how
 //!   far.
+//! - A trip belongs to the service day of its entry. An entry late in the
+//!   day whose exit comes after the boundary (04:00 by default) is priced
+//!   on the entry's day; on the exit's day that exit is a continuation,
+//!   with nothing due. Each day is priced from its own taps plus its
+//!   [`DayEdges`], so every tap stays in the day (and the partition) of
+//!   its `scanned_at`, and one trip costs one fare.
 //! - A tap at a route or station the table does not know costs the maximum
 //!   fare, flagged, so an incomplete table is visible in the rides rather
 //!   than free.
@@ -60,12 +66,34 @@ pub struct Tap {
     pub stop_id: String,
 }
 
+/// What the neighbouring service days say about a rider's day: a trip
+/// may begin with the last tap of the day before or end with the first
+/// tap of the day after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DayEdges {
+    /// The rider's last metro tap (entry or exit) of the previous service
+    /// day: an entry there may end with this day's first metro tap.
+    pub last_before: Option<Tap>,
+    /// The rider's first metro tap of the next service day: an exit there
+    /// may end this day's last entry.
+    pub first_after: Option<Tap>,
+}
+
+impl DayEdges {
+    pub const NONE: DayEdges = DayEdges { last_before: None, first_after: None };
+}
+
 /// How a ride was priced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RideKind {
     Bus,
-    /// An entry and its exit.
+    /// An entry and its exit. When the exit came after the day's end, the
+    /// ride holds the entry only (the exit is the next day's tap) and is
+    /// priced from both stations.
     MetroTrip,
+    /// The exit of a trip that began the day before and is priced there:
+    /// nothing due, and not a ride of this day.
+    ContinuedTrip,
     /// An entry with no exit in the window: the maximum fare.
     MetroEntryWithoutExit,
     /// An exit with no entry: the maximum fare.
@@ -80,6 +108,11 @@ impl RideKind {
     /// fare, as London's capping excludes it.
     pub fn capped(self) -> bool {
         !matches!(self, RideKind::MetroEntryWithoutExit | RideKind::MetroExitWithoutEntry)
+    }
+
+    /// Whether it counts as a ride of its day: all but a continuation.
+    pub fn is_ride(self) -> bool {
+        self != RideKind::ContinuedTrip
     }
 }
 
@@ -111,16 +144,37 @@ pub struct PricedDay {
 impl FareTable {
     /// Prices one rider's complete service day, in any order: an entry
     /// with no exit is a maximum fare.
-    pub fn price_day(&self, taps: &[Tap]) -> PricedDay {
-        self.price_day_as_of(taps, UnixMillis::MAX)
+    pub fn price_day(&self, taps: &[Tap], edges: &DayEdges) -> PricedDay {
+        self.price_day_as_of(taps, edges, UnixMillis::MAX)
     }
 
     /// Prices what is known of a day at `now`: the last entry, when its exit
     /// window is still open at `now`, is left open rather than priced.
-    pub fn price_day_as_of(&self, taps: &[Tap], now: UnixMillis) -> PricedDay {
+    pub fn price_day_as_of(&self, taps: &[Tap], edges: &DayEdges, now: UnixMillis) -> PricedDay {
         let mut sorted: Vec<&Tap> = taps.iter().collect();
         sorted.sort_by_key(|t| (t.scanned_at, t.scan_id));
+        // Bus taps neither begin nor end a trip: the edges are metro taps.
+        let first_metro = sorted.iter().position(|t| t.kind != TapKind::Single);
+        let continued = match (&edges.last_before, first_metro) {
+            (Some(before), Some(i)) if self.continues(before, sorted[i]) => Some(sorted.remove(i)),
+            _ => None,
+        };
+        let last_metro = sorted.iter().rev().find(|t| t.kind != TapKind::Single);
+        let ended_after = match (last_metro, &edges.first_after) {
+            (Some(last), Some(after)) if self.continues(last, after) => Some(after),
+            _ => None,
+        };
+        if let Some(exit) = ended_after {
+            sorted.push(exit);
+        }
         let (mut rides, open_entry) = self.pair(&sorted, now);
+        if let (Some(exit), Some(trip)) = (ended_after, rides.last_mut()) {
+            // The exit is the next day's tap, priced there as a continuation.
+            trip.scan_ids.retain(|id| *id != exit.scan_id);
+        }
+        if let Some(exit) = continued {
+            rides.insert(0, ride(&[exit], RideKind::ContinuedTrip, 0));
+        }
         let mut left = self.daily_cap;
         for ride in rides.iter_mut() {
             if ride.kind.capped() {
@@ -171,6 +225,35 @@ impl FareTable {
             }
             None => (rides, None),
         }
+    }
+
+    /// Whether `exit` ends the trip `entry` began: the rider's next metro
+    /// tap after it is this exit, within the exit window (the caller knows
+    /// no metro tap comes between).
+    pub fn continues(&self, entry: &Tap, exit: &Tap) -> bool {
+        entry.kind == TapKind::Entry
+            && exit.kind == TapKind::Exit
+            && exit.scanned_at >= entry.scanned_at
+            && exit.scanned_at.saturating_sub(entry.scanned_at) <= self.metro_exit_window_ms
+    }
+
+    /// Whether a tap newly added to a day can change the price of the day
+    /// before (`.0`) or the day after (`.1`), given the day's edges with the
+    /// tap already in: only a metro tap within the exit window of the entry
+    /// that ends the day before, or of the exit that starts the day after.
+    pub fn neighbours_touched(&self, tap: &Tap, edges: &DayEdges) -> (bool, bool) {
+        if tap.kind == TapKind::Single {
+            return (false, false);
+        }
+        let within =
+            |from: UnixMillis, to: UnixMillis| to >= from && to.saturating_sub(from) <= self.metro_exit_window_ms;
+        let before = edges
+            .last_before
+            .as_ref()
+            .is_some_and(|b| b.kind == TapKind::Entry && within(b.scanned_at, tap.scanned_at));
+        let after =
+            edges.first_after.as_ref().is_some_and(|a| a.kind == TapKind::Exit && within(tap.scanned_at, a.scanned_at));
+        (before, after)
     }
 
     fn bus_ride(&self, tap: &Tap) -> PricedRide {
@@ -242,7 +325,7 @@ mod tests {
             tap(3, 20, TapKind::Entry, "a"),
             tap(4, 50, TapKind::Exit, "c"),
         ];
-        let day = table().price_day(&taps);
+        let day = table().price_day(&taps, &DayEdges::NONE);
         use RideKind::*;
         assert_eq!(kinds_and_fares(&day), vec![(Bus, 250, 250), (Bus, 200, 200), (MetroTrip, 500, 500)]);
         assert_eq!(day.rides[2].scan_ids, vec![[3; 16], [4; 16]]);
@@ -263,7 +346,7 @@ mod tests {
         ];
         let mut no_cap = table();
         no_cap.daily_cap = Cents::MAX;
-        let day = no_cap.price_day(&taps);
+        let day = no_cap.price_day(&taps, &DayEdges::NONE);
         assert_eq!(
             kinds_and_fares(&day),
             vec![
@@ -274,7 +357,41 @@ mod tests {
             ]
         );
         let window_edge = [tap(1, 0, TapKind::Entry, "a"), tap(2, 180, TapKind::Exit, "c")];
-        assert_eq!(kinds_and_fares(&no_cap.price_day(&window_edge)), vec![(MetroTrip, 500, 500)]);
+        assert_eq!(kinds_and_fares(&no_cap.price_day(&window_edge, &DayEdges::NONE)), vec![(MetroTrip, 500, 500)]);
+    }
+
+    #[test]
+    fn a_trip_across_the_day_boundary_is_one_fare_on_the_entrys_day() {
+        use RideKind::*;
+        // The boundary at minute 1 440: in at 23:50 (of the service day), out at 00:10.
+        let (entry, exit) = (tap(2, 1_430, TapKind::Entry, "a"), tap(3, 1_450, TapKind::Exit, "c"));
+        let today = [tap(1, 1_400, TapKind::Single, "bus-12"), entry.clone()];
+        let tomorrow = [exit.clone(), tap(4, 1_500, TapKind::Single, "bus-12")];
+        let t = table();
+        let edges_today = DayEdges { last_before: None, first_after: Some(exit.clone()) };
+        let priced_today = t.price_day_as_of(&today, &edges_today, 0);
+        assert_eq!(kinds_and_fares(&priced_today), vec![(Bus, 250, 250), (MetroTrip, 500, 500)]);
+        assert_eq!(priced_today.rides[1].scan_ids, vec![[2; 16]], "the exit is tomorrow's tap");
+        assert_eq!(priced_today.open_entry, None);
+        let edges_tomorrow = DayEdges { last_before: Some(entry.clone()), first_after: None };
+        let priced_tomorrow = t.price_day(&tomorrow, &edges_tomorrow);
+        assert_eq!(kinds_and_fares(&priced_tomorrow), vec![(ContinuedTrip, 0, 0), (Bus, 250, 250)]);
+        assert_eq!(priced_tomorrow.rides[0].scan_ids, vec![[3; 16]]);
+        assert!(!priced_tomorrow.rides[0].kind.is_ride());
+        // Without the other day's edge each half is an incomplete trip.
+        assert_eq!(t.price_day(&today, &DayEdges::NONE).charged, 250 + 900);
+        assert_eq!(t.price_day(&tomorrow, &DayEdges::NONE).charged, 900 + 250);
+        // A bus tap between does not end the trip, as within a day.
+        let bus_then_exit = [tap(5, 1_440, TapKind::Single, "bus-12"), exit.clone()];
+        let priced = t.price_day(&bus_then_exit, &edges_tomorrow);
+        assert_eq!(kinds_and_fares(&priced), vec![(ContinuedTrip, 0, 0), (Bus, 250, 250)]);
+        // An exit after the window, or another entry first, ends nothing.
+        let late_exit = tap(3, 1_430 + 181, TapKind::Exit, "c");
+        assert!(!t.continues(&entry, &late_exit));
+        let far = DayEdges { last_before: None, first_after: Some(late_exit) };
+        assert_eq!(t.price_day(&today, &far).charged, 250 + 900);
+        let entry_first = DayEdges { last_before: None, first_after: Some(tap(5, 1_445, TapKind::Entry, "a")) };
+        assert_eq!(t.price_day(&today, &entry_first).charged, 250 + 900);
     }
 
     #[test]
@@ -283,7 +400,7 @@ mod tests {
         strict.bus_default_fare = None;
         let taps =
             [tap(1, 0, TapKind::Single, "bus-77"), tap(2, 5, TapKind::Entry, "a"), tap(3, 9, TapKind::Exit, "zz")];
-        let day = strict.price_day(&taps);
+        let day = strict.price_day(&taps, &DayEdges::NONE);
         assert_eq!(
             day.rides.iter().map(|r| (r.kind, r.fare)).collect::<Vec<_>>(),
             vec![(RideKind::Unpriceable, 900), (RideKind::Unpriceable, 900)]
@@ -294,7 +411,7 @@ mod tests {
     fn an_incomplete_trip_is_charged_in_full_outside_the_cap() {
         let mut taps: Vec<Tap> = (0..7).map(|n| tap(n, i64::from(n) * 30, TapKind::Single, "bus-12")).collect();
         taps.push(tap(9, 400, TapKind::Entry, "a"));
-        let day = table().price_day(&taps);
+        let day = table().price_day(&taps, &DayEdges::NONE);
         let last = day.rides.last().expect("the entry");
         assert_eq!((last.kind, last.charged), (RideKind::MetroEntryWithoutExit, 900));
         assert_eq!(day.charged, 1_500 + 900, "the bus rides are capped, the maximum fare is not");
@@ -303,21 +420,21 @@ mod tests {
     #[test]
     fn the_cap_charges_each_ride_what_is_left_in_scan_order() {
         let taps: Vec<Tap> = (0..8).map(|n| tap(n, i64::from(n) * 30, TapKind::Single, "bus-12")).collect();
-        let day = table().price_day(&taps);
+        let day = table().price_day(&taps, &DayEdges::NONE);
         let charged: Vec<Cents> = day.rides.iter().map(|r| r.charged).collect();
         assert_eq!(charged, vec![250, 250, 250, 250, 250, 250, 0, 0]);
         assert_eq!((day.fares, day.charged), (2_000, 1_500));
-        assert_eq!(table().price_day(&[]), PricedDay::default());
+        assert_eq!(table().price_day(&[], &DayEdges::NONE), PricedDay::default());
     }
 
     #[test]
     fn an_entry_stays_open_until_its_exit_window_has_passed() {
         let taps = [tap(1, 0, TapKind::Single, "bus-12"), tap(2, 10, TapKind::Entry, "a")];
         let window_end = 10 * MINUTE + table().metro_exit_window_ms;
-        let open = table().price_day_as_of(&taps, window_end);
+        let open = table().price_day_as_of(&taps, &DayEdges::NONE, window_end);
         assert_eq!((open.rides.len(), open.open_entry, open.charged), (1, Some([2; 16]), 250));
-        let closed = table().price_day_as_of(&taps, window_end + 1);
-        assert_eq!(closed, table().price_day(&taps));
+        let closed = table().price_day_as_of(&taps, &DayEdges::NONE, window_end + 1);
+        assert_eq!(closed, table().price_day(&taps, &DayEdges::NONE));
         assert_eq!(closed.charged, 250 + 900);
     }
 
@@ -348,7 +465,7 @@ mod tests {
                 shuffled.swap(i, (state % (i as u64 + 1)) as usize);
             }
             let t = table();
-            let (day, again) = (t.price_day(&taps), t.price_day(&shuffled));
+            let (day, again) = (t.price_day(&taps, &DayEdges::NONE), t.price_day(&shuffled, &DayEdges::NONE));
             proptest::prop_assert_eq!(&day, &again);
             let fares_of = |capped: bool| -> Cents {
                 day.rides.iter().filter(|r| r.kind.capped() == capped).map(|r| r.fare).sum()

@@ -15,7 +15,8 @@ use std::fmt;
 
 use crate::charges::{CHARGE_OUTCOMES, ChargeId, ChargeRecord};
 use crate::clock::UnixMillis;
-use crate::fares::{FareTable, PricedDay, Tap};
+use crate::fares::{DayEdges, FareTable, PricedDay, Tap};
+use crate::scan::TapKind;
 
 /// One rider's service day in money, as of a settlement run. All amounts
 /// in the currency's smallest unit.
@@ -115,9 +116,10 @@ fn priced_as_of(open_entry_closes_at: Option<UnixMillis>) -> UnixMillis {
 pub fn price_rider(
     fares: &FareTable,
     taps: &[Tap],
+    edges: &DayEdges,
     open_entry_closes_at: Option<UnixMillis>,
 ) -> (RiderFigures, Vec<RouteRevenue>) {
-    let priced = fares.price_day_as_of(taps, priced_as_of(open_entry_closes_at));
+    let priced = fares.price_day_as_of(taps, edges, priced_as_of(open_entry_closes_at));
     (priced_figures(&priced), route_revenue(&priced, taps))
 }
 
@@ -127,7 +129,7 @@ fn cents(c: u64) -> i64 {
 
 fn priced_figures(priced: &PricedDay) -> RiderFigures {
     RiderFigures {
-        rides: priced.rides.len() as i64,
+        rides: priced.rides.iter().filter(|r| r.kind.is_ride()).count() as i64,
         fares_cents: cents(priced.fares),
         caps_cents: cents(priced.fares).saturating_sub(cents(priced.charged)),
         due_cents: cents(priced.charged),
@@ -139,7 +141,7 @@ fn priced_figures(priced: &PricedDay) -> RiderFigures {
 fn route_revenue(priced: &PricedDay, taps: &[Tap]) -> Vec<RouteRevenue> {
     let route_of: HashMap<[u8; 16], &str> = taps.iter().map(|t| (t.scan_id, t.route_id.as_str())).collect();
     let mut routes: Vec<RouteRevenue> = Vec::new();
-    for ride in &priced.rides {
+    for ride in priced.rides.iter().filter(|r| r.kind.is_ride()) {
         let route = ride.scan_ids.first().and_then(|id| route_of.get(id)).copied().unwrap_or("");
         match routes.iter_mut().find(|r| r.route_id == route) {
             Some(r) => {
@@ -261,6 +263,35 @@ pub struct RiderSettlement {
     pub unarchived_scans: Vec<(ChargeId, [u8; 16])>,
 }
 
+/// Whether the other tap of a trip across a boundary of the day `[start,
+/// end)` may be one the archive does not hold yet: the day's last metro
+/// tap is an entry whose exit window reaches past `end` and no archived
+/// tap after ends it, or its first is an exit within the window of
+/// `start` that no archived tap before begins. The pricer may have priced
+/// that trip with a tap the settlement cannot see yet.
+pub fn trip_edge_may_be_unarchived(
+    fares: &FareTable,
+    taps: &[Tap],
+    edges: &DayEdges,
+    (start, end): (UnixMillis, UnixMillis),
+) -> bool {
+    let window = fares.metro_exit_window_ms;
+    let metro = || taps.iter().filter(|t| t.kind != TapKind::Single);
+    let last = metro().max_by_key(|t| (t.scanned_at, t.scan_id));
+    let first = metro().min_by_key(|t| (t.scanned_at, t.scan_id));
+    let open_at_end = last.is_some_and(|entry| {
+        entry.kind == TapKind::Entry
+            && entry.scanned_at.saturating_add(window) >= end
+            && !edges.first_after.as_ref().is_some_and(|after| fares.continues(entry, after))
+    });
+    let open_at_start = first.is_some_and(|exit| {
+        exit.kind == TapKind::Exit
+            && exit.scanned_at.saturating_sub(window) <= start
+            && !edges.last_before.as_ref().is_some_and(|before| fares.continues(before, exit))
+    });
+    open_at_end || open_at_start
+}
+
 /// Settles one rider's day: prices the taps, adds up the charges, and
 /// checks that every ride is in exactly one charge, every charge is
 /// counted once with a known outcome, and the charges add up to the fares
@@ -270,6 +301,7 @@ pub fn settle_rider(
     fares: &FareTable,
     card_id: u64,
     taps: &[Tap],
+    edges: &DayEdges,
     charges: &[DayCharge],
     open_entry_closes_at: Option<UnixMillis>,
 ) -> RiderSettlement {
@@ -281,7 +313,7 @@ pub fn settle_rider(
         |c| c.charge_id,
         |id, copies| breaks.push(Break::ChargeListedTwice { charge_id: id, copies }),
     );
-    let priced = fares.price_day_as_of(&taps, priced_as_of(open_entry_closes_at));
+    let priced = fares.price_day_as_of(&taps, edges, priced_as_of(open_entry_closes_at));
     let mut figures = priced_figures(&priced);
     let routes = route_revenue(&priced, &taps);
     let mut charged_in: HashMap<[u8; 16], u64> = HashMap::new();
@@ -371,6 +403,36 @@ mod tests {
     }
 
     #[test]
+    fn a_trip_across_a_boundary_waits_for_its_other_tap_only_when_that_may_be_unarchived() {
+        let (start, end) = (10_000_000, 20_000_000);
+        let t = table();
+        let entry = tap(1, end - 60_000, TapKind::Entry, "metro-1", "m-a");
+        let exit_after = tap(2, end + 60_000, TapKind::Exit, "metro-1", "m-b");
+        let bus = tap(3, end - 30_000, TapKind::Single, "bus-1", "s");
+        let may_wait = |taps: &[Tap], edges: &DayEdges| trip_edge_may_be_unarchived(&t, taps, edges, (start, end));
+        assert!(may_wait(&[entry.clone(), bus.clone()], &DayEdges::NONE), "the exit may be tomorrow's");
+        let ended = DayEdges { last_before: None, first_after: Some(exit_after.clone()) };
+        assert!(!may_wait(&[entry.clone(), bus.clone()], &ended), "tomorrow's exit is archived");
+        let early_entry = tap(4, end - 3_600_001, TapKind::Entry, "metro-1", "m-a");
+        assert!(!may_wait(&[early_entry], &DayEdges::NONE), "its window closed inside the day");
+        let exit_first = tap(5, start + 60_000, TapKind::Exit, "metro-1", "m-b");
+        assert!(may_wait(std::slice::from_ref(&exit_first), &DayEdges::NONE), "the entry may be yesterday's");
+        let began =
+            DayEdges { last_before: Some(tap(6, start - 60_000, TapKind::Entry, "metro-1", "m-a")), first_after: None };
+        assert!(!may_wait(&[exit_first], &began));
+        assert!(!may_wait(&[bus], &DayEdges::NONE) && !may_wait(&[], &DayEdges::NONE));
+    }
+
+    #[test]
+    fn a_continued_trip_is_no_ride_and_no_revenue_of_the_exits_day() {
+        let exit = tap(2, 1_000, TapKind::Exit, "metro-1", "m-b");
+        let edges = DayEdges { last_before: Some(tap(1, -1_000, TapKind::Entry, "metro-1", "m-a")), first_after: None };
+        let (figures, routes) = price_rider(&table(), &[exit], &edges, None);
+        assert_eq!((figures.rides, figures.fares_cents, figures.due_cents), (0, 0, 0));
+        assert!(routes.is_empty());
+    }
+
+    #[test]
     fn a_rider_is_priced_with_caps_and_revenue_goes_to_the_first_taps_route() {
         let taps = [
             tap(1, 1_000, TapKind::Single, "bus-1", "s"),
@@ -378,7 +440,7 @@ mod tests {
             tap(3, 3_000, TapKind::Exit, "metro-1", "m-b"),
             tap(4, 4_000, TapKind::Single, "bus-1", "s"),
         ];
-        let (figures, routes) = price_rider(&table(), &taps, None);
+        let (figures, routes) = price_rider(&table(), &taps, &DayEdges::NONE, None);
         // 200 + 500 (300 + 2 zones) + 200 = 900 in fares; the cap is 500.
         assert_eq!((figures.rides, figures.fares_cents, figures.caps_cents, figures.due_cents), (3, 900, 400, 500));
         let bus = routes.iter().find(|r| r.route_id == "bus-1").expect("bus");
@@ -389,9 +451,9 @@ mod tests {
     #[test]
     fn an_entry_the_pricer_holds_open_is_not_a_ride_yet() {
         let taps = [tap(1, 1_000, TapKind::Entry, "metro-1", "m-a")];
-        let (open, _) = price_rider(&table(), &taps, Some(1_000 + 3_600_000));
+        let (open, _) = price_rider(&table(), &taps, &DayEdges::NONE, Some(1_000 + 3_600_000));
         assert_eq!((open.rides, open.due_cents), (0, 0));
-        let (closed, _) = price_rider(&table(), &taps, None);
+        let (closed, _) = price_rider(&table(), &taps, &DayEdges::NONE, None);
         assert_eq!((closed.rides, closed.due_cents), (1, 900), "an entry with no exit is the maximum fare");
     }
 
@@ -427,7 +489,7 @@ mod tests {
     fn a_rider_whose_charges_match_settles_clean() {
         let taps = [tap(1, 1_000, TapKind::Single, "bus-1", "s"), tap(2, 2_000, TapKind::Single, "bus-1", "s")];
         let charges = [charge(1, 200, "succeeded", &[1]), charge(2, 200, "declined", &[2])];
-        let s = settle_rider(&table(), 9, &taps, &charges, None);
+        let s = settle_rider(&table(), 9, &taps, &DayEdges::NONE, &charges, None);
         assert!(s.breaks.is_empty() && s.unarchived_scans.is_empty(), "{:?}", s.breaks);
         assert_eq!(
             (s.figures.rides, s.figures.due_cents, s.figures.succeeded_cents, s.figures.arrears_opened_cents),
@@ -448,7 +510,7 @@ mod tests {
             charge(1, 200, "succeeded", &[1, 2]),
             charge(2, 100, "flipped", &[2, 7]),
         ];
-        let s = settle_rider(&table(), 9, &taps, &charges, None);
+        let s = settle_rider(&table(), 9, &taps, &DayEdges::NONE, &charges, None);
         let mut kinds: Vec<&str> = s.breaks.iter().map(Break::kind).collect();
         kinds.sort();
         assert_eq!(
@@ -469,9 +531,9 @@ mod tests {
     #[test]
     fn an_open_entry_waits_uncharged_without_a_break() {
         let taps = [tap(1, 1_000, TapKind::Entry, "metro-1", "m-a")];
-        let s = settle_rider(&table(), 9, &taps, &[], Some(10_000));
+        let s = settle_rider(&table(), 9, &taps, &DayEdges::NONE, &[], Some(10_000));
         assert!(s.breaks.is_empty(), "{:?}", s.breaks);
-        let closed = settle_rider(&table(), 9, &taps, &[], None);
+        let closed = settle_rider(&table(), 9, &taps, &DayEdges::NONE, &[], None);
         assert_eq!(
             closed.breaks.iter().map(Break::kind).collect::<Vec<_>>(),
             vec!["ride_not_charged", "money_mismatch"]

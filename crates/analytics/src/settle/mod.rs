@@ -10,6 +10,7 @@
 //! accepted lateness, an outcome decided, arrears paid) is written by the
 //! day's next run as a change, marked late.
 
+pub mod edges;
 pub mod inputs;
 pub mod report;
 pub mod riders;
@@ -30,7 +31,7 @@ use farestream_core::clock::UnixMillis;
 use farestream_core::fares::FareTable;
 use farestream_core::scan::ScanStatus;
 use farestream_core::service_day::ServiceDayPolicy;
-use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider};
+use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider, trip_edge_may_be_unarchived};
 use farestream_server::archive::charges::{archive_decided_charges, charges_root};
 use farestream_server::archive::checkpoint::{checkpoint_path, read_checkpoint};
 use farestream_server::archive::scans_root;
@@ -39,6 +40,7 @@ use farestream_server::faults::Faults;
 use farestream_server::money::snapshot::{MoneySnapshot, money_snapshot};
 use farestream_server::money::store::{MoneyStore, store_path};
 
+use edges::{Edges, read_edges};
 use farestream_server::money::pricing::RIDE_SQL;
 use inputs::{EarlierRuns, earlier_runs, settleable_scan_files};
 use riders::for_each_rider;
@@ -186,6 +188,10 @@ struct DayContext {
     arrears_from_charges: HashMap<u64, i64>,
     /// Rides in the files this run settles first, when it is a late run.
     late_rides: HashMap<u64, i64>,
+    /// The service day's `[start, end)`.
+    window: (UnixMillis, UnixMillis),
+    /// The neighbouring days' taps a trip across a boundary may use.
+    edges: Edges,
 }
 
 impl DayContext {
@@ -196,7 +202,8 @@ impl DayContext {
         ctx: &SessionContext,
         run: u32,
     ) -> Result<DayContext, SettleError> {
-        let (start, end) = day_window(&settings.service_day, date);
+        let window = day_window(&settings.service_day, date);
+        let (start, end) = window;
         let mut paid_in_day: HashMap<u64, i64> = HashMap::new();
         let mut arrears_from_charges: HashMap<u64, i64> = HashMap::new();
         for p in &snapshot.arrears_payments {
@@ -225,6 +232,8 @@ impl DayContext {
             paid_in_day,
             arrears_from_charges,
             late_rides,
+            window,
+            edges: read_edges(ctx, date, window, settings.fares.metro_exit_window_ms).await?,
         })
     }
 }
@@ -283,14 +292,18 @@ async fn walk_riders(
         final_before,
     };
     for_each_rider(ctx, date, store_charges, |card, taps, charges| {
-        let settled = settle_rider(&settings.fares, card, &taps, &charges, day.open_entries.get(&card).copied());
+        let edges = day.edges.of(card);
+        let open_entry = day.open_entries.get(&card).copied();
+        let settled = settle_rider(&settings.fares, card, &taps, &edges, &charges, open_entry);
         for route in &settled.routes {
             let entry = walked.routes_now.entry(route.route_id.clone()).or_default();
             add_to(&mut entry.0, route.rides);
             entry.1 = entry.1.saturating_add(route.revenue_cents);
         }
         let previous = before.remove(&card).unwrap_or_default();
-        if !settled.unarchived_scans.is_empty() && archive_behind {
+        let unarchived = !settled.unarchived_scans.is_empty()
+            || trip_edge_may_be_unarchived(&settings.fares, &taps, &edges, day.window);
+        if unarchived && archive_behind {
             // The pricer is ahead of the archive: this rider waits for the
             // next run, figures and checks alike.
             walked.awaiting += 1;

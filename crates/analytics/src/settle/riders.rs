@@ -55,7 +55,7 @@ impl<T> ByCard<T> {
     }
 }
 
-fn decode_taps(batch: &RecordBatch) -> Result<Vec<(u64, Tap)>, SettleError> {
+pub(super) fn decode_taps(batch: &RecordBatch) -> Result<Vec<(u64, Tap)>, SettleError> {
     let (cards, ids, kinds) = (column_u64(batch, 0)?, column_str(batch, 1)?, column_str(batch, 2)?);
     let (at, routes, stops) = (column_i64(batch, 3)?, column_str(batch, 4)?, column_str(batch, 5)?);
     let mut out = Vec::with_capacity(cards.len());

@@ -1,16 +1,23 @@
 //! Pricing inside one money-store transaction: the taps that are rides go
-//! into `taps`, every rider-day they touch is priced again by the core, and
-//! the charges the core plans go into the outbox. The log position is
+//! into `taps`, every rider-day they touch is priced again by the core
+//! (with the neighbouring days' edge taps, so a trip across the day
+//! boundary is one fare on its entry's day, and the neighbour is priced
+//! again too when a new tap changes its edge), and the charges the core
+//! plans go into the outbox. The log position is
 //! written in the same transaction (see `pricer`), so a crash either keeps
 //! all of it or none, and the replay derives the same charge ids.
 
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::NaiveDate;
 use rusqlite::{Transaction, params};
 
 use super::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_from_sql, ids_to_sql};
 use super::store::StoreError;
 use crate::charges::{Charge, ChargeKind, RiderDay, plan_charges};
 use crate::clock::UnixMillis;
-use crate::fares::{FareTable, Tap};
+use crate::fares::{DayEdges, FareTable, Tap};
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
 
 /// What one pricing transaction wrote.
@@ -48,14 +55,14 @@ pub fn price_rows(
     now: UnixMillis,
 ) -> Result<Priced, StoreError> {
     let mut priced = Priced::default();
-    let mut days = std::collections::BTreeSet::new();
+    let mut added: Vec<(RiderDay, Tap)> = Vec::new();
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO taps (scan_id, card_id, service_date, scanned_at, tap_kind, route_id, stop_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for row in rows.iter().filter(|r| is_ride(r)) {
         let (Some(card_id), Some(kind)) = (row.card_id, row.tap_kind) else { continue };
-        let added = insert.execute(params![
+        let inserted = insert.execute(params![
             &row.scan_id[..],
             card_to_sql(card_id),
             date_to_sql(row.service_date),
@@ -64,15 +71,49 @@ pub fn price_rows(
             row.route_id,
             row.stop_id,
         ])?;
-        if added > 0 {
+        if inserted > 0 {
             priced.taps += 1;
-            days.insert(RiderDay { card_id, service_date: row.service_date });
+            let tap = Tap {
+                scan_id: row.scan_id,
+                scanned_at: row.scanned_at,
+                kind,
+                route_id: row.route_id.clone(),
+                stop_id: row.stop_id.clone(),
+            };
+            added.push((RiderDay { card_id, service_date: row.service_date }, tap));
         }
     }
-    for day in days {
+    for day in days_touched(tx, fares, &added)? {
         priced.add(&reprice(tx, fares, day, now)?);
     }
     Ok(priced)
+}
+
+/// The rider-days the new taps change: their own, and a neighbouring day
+/// whose edge a new tap moves (an entry late the day before that the tap
+/// may end, an exit early the day after that the tap may begin).
+fn days_touched(
+    tx: &Transaction<'_>,
+    fares: &FareTable,
+    added: &[(RiderDay, Tap)],
+) -> Result<BTreeSet<RiderDay>, StoreError> {
+    let mut days = BTreeSet::new();
+    let mut edges: HashMap<RiderDay, DayEdges> = HashMap::new();
+    for (day, tap) in added {
+        days.insert(*day);
+        if tap.kind == TapKind::Single {
+            continue;
+        }
+        let day_edges = match edges.entry(*day) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(day_edges(tx, *day)?),
+        };
+        let (before, after) = fares.neighbours_touched(tap, day_edges);
+        let neighbour = |date: Option<NaiveDate>| date.map(|service_date| RiderDay { service_date, ..*day });
+        days.extend(neighbour(day.service_date.pred_opt()).filter(|_| before));
+        days.extend(neighbour(day.service_date.succ_opt()).filter(|_| after));
+    }
+    Ok(days)
 }
 
 /// Rider-days whose open entry's exit window has closed by `now`.
@@ -99,7 +140,7 @@ pub fn price_closed_entries(tx: &Transaction<'_>, fares: &FareTable, now: UnixMi
 /// Prices one rider-day from all its taps and writes what the core plans.
 fn reprice(tx: &Transaction<'_>, fares: &FareTable, day: RiderDay, now: UnixMillis) -> Result<Vec<Charge>, StoreError> {
     let taps = day_taps(tx, day)?;
-    let priced = fares.price_day_as_of(&taps, now);
+    let priced = fares.price_day_as_of(&taps, &day_edges(tx, day)?, now);
     let planned = plan_charges(day, &priced, &day_charges(tx, day)?);
     let mut insert = tx.prepare_cached(
         "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency, scan_ids,
@@ -143,9 +184,32 @@ fn reprice(tx: &Transaction<'_>, fares: &FareTable, day: RiderDay, now: UnixMill
 }
 
 fn day_taps(tx: &Transaction<'_>, day: RiderDay) -> Result<Vec<Tap>, StoreError> {
-    let mut query = tx.prepare_cached(
+    read_taps(
+        tx,
         "SELECT scan_id, scanned_at, tap_kind, route_id, stop_id FROM taps WHERE card_id = ?1 AND service_date = ?2",
-    )?;
+        day,
+    )
+}
+
+/// The rider's last metro tap of the day before and first of the day after.
+fn day_edges(tx: &Transaction<'_>, day: RiderDay) -> Result<DayEdges, StoreError> {
+    let edge = |date: Option<NaiveDate>, order: &str| -> Result<Option<Tap>, StoreError> {
+        let Some(service_date) = date else { return Ok(None) };
+        let sql = format!(
+            "SELECT scan_id, scanned_at, tap_kind, route_id, stop_id FROM taps
+             WHERE card_id = ?1 AND service_date = ?2 AND tap_kind <> 'single'
+             ORDER BY scanned_at {order}, scan_id {order} LIMIT 1"
+        );
+        Ok(read_taps(tx, &sql, RiderDay { service_date, ..day })?.pop())
+    };
+    Ok(DayEdges {
+        last_before: edge(day.service_date.pred_opt(), "DESC")?,
+        first_after: edge(day.service_date.succ_opt(), "ASC")?,
+    })
+}
+
+fn read_taps(tx: &Transaction<'_>, sql: &str, day: RiderDay) -> Result<Vec<Tap>, StoreError> {
+    let mut query = tx.prepare_cached(sql)?;
     let rows = query.query_map(params![card_to_sql(day.card_id), date_to_sql(day.service_date)], |r| {
         Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
     })?;
