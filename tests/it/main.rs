@@ -8,6 +8,7 @@ mod durability;
 mod end_to_end;
 mod money;
 mod operator;
+mod outside_readers;
 mod paygw;
 mod settlement;
 mod support;

@@ -322,6 +322,61 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Every status, with and without a card and a tap kind, in a scans file:
+/// the settlement's SQL ride condition picks exactly the rows the pricer's
+/// `is_ride` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settlements_ride_condition_picks_exactly_the_pricers_rides() {
+    use farestream::money::pricing::{RIDE_SQL, is_ride};
+    use farestream::scan::{ArchivedScan, ScanStatus};
+    let mut rows = Vec::new();
+    let shapes = [(Some(7), Some(TapKind::Single)), (None, Some(TapKind::Entry)), (Some(7), None), (None, None)];
+    for (i, status) in ScanStatus::ALL.into_iter().enumerate() {
+        for (j, (card_id, tap_kind)) in shapes.into_iter().enumerate() {
+            rows.push(ArchivedScan {
+                scan_id: [(i * 4 + j) as u8; 16],
+                gateway_id: "depot-1".into(),
+                validator_id: "v".into(),
+                validator_seq: 1,
+                route_id: "bus-1".into(),
+                stop_id: "s".into(),
+                tap_kind,
+                card_id,
+                issuer_key_id: None,
+                code_created_at: None,
+                code_counter: None,
+                scanned_at: T0_MS,
+                received_at: T0_MS,
+                status,
+                reason: None,
+                gate_opened: None,
+                deny_list_version: None,
+                service_date: day(),
+            });
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let partition = partition_dir(&scans_root(dir.path()), day());
+    std::fs::create_dir_all(&partition).expect("mkdir");
+    let batch = farestream_core::archive::schema::to_record_batch(&rows).expect("batch");
+    let file = std::fs::File::create(partition.join("part-00000000000000000000-00000000000000000001.parquet"))
+        .expect("create");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+    let by_sql: std::collections::BTreeSet<String> =
+        sql(dir.path(), &format!("SELECT scan_id FROM scans WHERE {RIDE_SQL}"))
+            .await
+            .lines()
+            .skip(1)
+            .map(String::from)
+            .collect();
+    let by_rust: std::collections::BTreeSet<String> =
+        rows.iter().filter(|r| is_ride(r)).map(|r| hex::encode(r.scan_id)).collect();
+    assert_eq!(by_sql, by_rust);
+    assert_eq!(by_rust.len(), 1, "one accepted row with a card and a tap kind");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_has_empty_tables() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -140,7 +140,9 @@ pub fn price_closed_entries(tx: &Transaction<'_>, fares: &FareTable, now: UnixMi
 /// Prices one rider-day from all its taps and writes what the core plans.
 fn reprice(tx: &Transaction<'_>, fares: &FareTable, day: RiderDay, now: UnixMillis) -> Result<Vec<Charge>, StoreError> {
     let taps = day_taps(tx, day)?;
-    let priced = fares.price_day_as_of(&taps, &day_edges(tx, day)?, now);
+    // Edges only matter to a day with a metro tap; most days are buses only.
+    let edges = if taps.iter().any(|t| t.kind != TapKind::Single) { day_edges(tx, day)? } else { DayEdges::NONE };
+    let priced = fares.price_day_as_of(&taps, &edges, now);
     let planned = plan_charges(day, &priced, &day_charges(tx, day)?);
     let mut insert = tx.prepare_cached(
         "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency, scan_ids,

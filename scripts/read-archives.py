@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Reads farestream's archives the way docs/archive.md and docs/analytics.md
+tell analysts to, with DuckDB and pyarrow, and prints what it found as one
+JSON object. `tests/it/outside_readers.rs` runs it against a live server's
+data directory (an open archive file in `scans/.tmp/` included) and checks
+every figure against what farestream itself wrote.
+
+    python3 scripts/read-archives.py DATA_DIR
+"""
+
+import json
+import sys
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+
+def main(data_dir):
+    archive = f"{data_dir}/archive"
+    con = duckdb.connect()
+    found = {}
+
+    def one(sql):
+        return con.execute(sql).fetchall()[0][0]
+
+    # The globs an analyst types; neither may trip over a file being written.
+    scans = f"read_parquet('{archive}/scans/*/*.parquet', hive_partitioning = true)"
+    found["duckdb_scans"] = one(f"SELECT count(*) FROM {scans}")
+    found["duckdb_scans_recursive"] = one(
+        f"SELECT count(*) FROM read_parquet('{archive}/scans/**/*.parquet', hive_partitioning = true)"
+    )
+    found["duckdb_service_date_type"] = one(f"SELECT typeof(service_date) FROM {scans} LIMIT 1")
+    found["duckdb_scans_by_date"] = {
+        str(day): n for day, n in con.execute(f"SELECT service_date, count(*) FROM {scans} GROUP BY ALL").fetchall()
+    }
+
+    # pyarrow, both ways the issue tried.
+    found["pyarrow_dataset_scans"] = ds.dataset(f"{archive}/scans", partitioning="hive").count_rows()
+    found["pyarrow_read_table_scans"] = pq.read_table(f"{archive}/scans").num_rows
+    found["pyarrow_read_table_charges"] = pq.read_table(f"{archive}/charges").num_rows
+    found["pyarrow_read_table_settlements"] = pq.read_table(f"{archive}/settlements").num_rows
+
+    charges = f"read_parquet('{archive}/charges/*/*.parquet', hive_partitioning = true)"
+    found["duckdb_charges_succeeded_cents"] = one(
+        f"SELECT coalesce(sum(amount_cents), 0) FROM {charges} WHERE outcome = 'succeeded'"
+    )
+    settlements = f"read_parquet('{archive}/settlements/*/*.parquet', hive_partitioning = true)"
+    found["duckdb_settlements_due_cents"] = {
+        f"{day}/{card}": due
+        for day, card, due in con.execute(
+            f"SELECT service_date, card_id, sum(due_cents) FROM {settlements} GROUP BY ALL"
+        ).fetchall()
+    }
+
+    # docs/archive.md's trips query: entry and exit side by side, across
+    # the day boundary too.
+    trips = con.execute(
+        f"""
+        WITH metro AS (
+          SELECT card_id, scan_id, tap_kind, stop_id, scanned_at, service_date,
+                 lead(tap_kind) OVER w AS next_kind, lead(stop_id) OVER w AS exit_stop,
+                 lead(scanned_at) OVER w AS exit_at, lead(service_date) OVER w AS exit_date
+          FROM {scans}
+          WHERE status = 'accepted' AND tap_kind IN ('entry', 'exit')
+          WINDOW w AS (PARTITION BY card_id ORDER BY scanned_at, scan_id))
+        SELECT card_id, service_date, exit_date, stop_id, exit_stop
+        FROM metro
+        WHERE tap_kind = 'entry' AND next_kind = 'exit' AND exit_at - scanned_at <= INTERVAL 3 HOUR
+        ORDER BY card_id, scanned_at
+        """
+    ).fetchall()
+    found["trips"] = [[card, str(entry_day), str(exit_day), entry, exit_] for card, entry_day, exit_day, entry, exit_ in trips]
+    print(json.dumps(found, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

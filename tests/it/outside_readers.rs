@@ -1,0 +1,124 @@
+//! The archives as analysts read them, from outside: Python's DuckDB and
+//! pyarrow (`scripts/read-archives.py`) read the scans, charges and
+//! settlements of a live server, whose archiver holds a file open, and
+//! every figure is checked against what farestream wrote. Needs `python3`
+//! with `duckdb` and `pyarrow` (`.ci/run` installs them when it can);
+//! without them the test says so and passes, unless
+//! `FARESTREAM_OUTSIDE_READERS=required`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use farestream::archive::read::{read_all, read_all_charges};
+use farestream::archive::scans_root;
+use farestream::charges::ChargeRecord;
+use farestream::clock::Clock;
+use farestream::scan::TapKind;
+use farestream::settle::settle_settings;
+use farestream_analytics::settle::settle_day;
+
+use crate::money::{MINUTE, Money, tap};
+use crate::support::batch;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read-archives.py");
+
+/// Whether `python3` can import what the script needs.
+fn python_has_readers() -> bool {
+    let found = Command::new("python3").args(["-c", "import duckdb, pyarrow"]).output();
+    match found {
+        Ok(out) if out.status.success() => true,
+        _ if std::env::var("FARESTREAM_OUTSIDE_READERS").as_deref() == Ok("required") => {
+            panic!("python3 with duckdb and pyarrow is required (FARESTREAM_OUTSIDE_READERS=required)")
+        }
+        _ => false,
+    }
+}
+
+fn read_from_outside(data_dir: &Path) -> serde_json::Value {
+    let out = Command::new("python3").arg(SCRIPT).arg(data_dir).output().expect("run python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// Waits until the archiver holds a file open in `scans/.tmp/`.
+async fn an_open_file(data_dir: &Path) -> bool {
+    let tmp = scans_root(data_dir).join(".tmp");
+    for _ in 0..200 {
+        let open = std::fs::read_dir(&tmp)
+            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".open-")))
+            .unwrap_or(false);
+        if open {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_and_pyarrow_read_the_archives_as_documented_while_the_server_writes() {
+    if !python_has_readers() {
+        eprintln!("outside_readers: skipped, python3 with duckdb and pyarrow not found");
+        return;
+    }
+    let m = Money::start().await;
+    let settings = settle_settings(&m.h.config, m.h.dir.path()).expect("settings");
+    let day: NaiveDate = "2025-11-20".parse().expect("date");
+    let next_day = day.succ_opt().expect("next day");
+    let boundary = settings.service_day.day_start(next_day).expect("04:00");
+    let (bus, night) = (m.rider(641, 10_000).await, m.rider(642, 10_000).await);
+    let client = m.h.client();
+    m.h.clock.set(boundary + 30 * MINUTE);
+    let scans = vec![
+        tap(&bus, 1, boundary - 5 * 60 * MINUTE, TapKind::Single, "bus-99"),
+        tap(&bus, 2, boundary - 4 * 60 * MINUTE, TapKind::Entry, "station-01"),
+        tap(&bus, 3, boundary - 4 * 60 * MINUTE + 20 * MINUTE, TapKind::Exit, "station-05"),
+        tap(&night, 4, boundary - 10 * MINUTE, TapKind::Entry, "station-01"),
+        tap(&night, 5, boundary + 10 * MINUTE, TapKind::Exit, "station-07"),
+    ];
+    client.push(&batch("depot-1", 1, scans)).await.expect("ack");
+    m.settle().await;
+    m.h.server.flush_archive().await.expect("flush archive");
+    let charges: Vec<ChargeRecord> = m.settle().await;
+    for date in [day, next_day] {
+        let settled = settle_day(&settings, date, m.h.clock.now_ms()).await.expect("settle");
+        assert!(settled.breaks.is_empty(), "{:?}", settled.breaks);
+    }
+    // One more scan, archived into a file the archiver keeps open.
+    client
+        .push(&batch("depot-1", 2, vec![tap(&bus, 6, boundary + 20 * MINUTE, TapKind::Single, "bus-99")]))
+        .await
+        .expect("ack");
+    assert!(an_open_file(m.h.dir.path()).await, "the archiver holds a file open");
+
+    let found = read_from_outside(m.h.dir.path());
+    let finished = read_all(&scans_root(m.h.dir.path())).expect("scans").len() as u64;
+    assert_eq!(finished, 5, "the sixth scan is still in the open file");
+    for key in ["duckdb_scans", "duckdb_scans_recursive", "pyarrow_dataset_scans", "pyarrow_read_table_scans"] {
+        assert_eq!(found[key], finished, "{key}: {found}");
+    }
+    assert_eq!(found["duckdb_service_date_type"], "DATE");
+    assert_eq!(found["duckdb_scans_by_date"], serde_json::json!({"2025-11-20": 4, "2025-11-21": 1}));
+    let archived = read_all_charges(&m.h.dir.path().join("archive").join("charges")).expect("charges");
+    assert_eq!(found["pyarrow_read_table_charges"], archived.len() as u64);
+    let succeeded: i64 = charges.iter().filter(|c| c.outcome == "succeeded").map(|c| c.amount_cents).sum();
+    assert_eq!(found["duckdb_charges_succeeded_cents"], succeeded);
+    assert_eq!(succeeded, 300 + 500 + 600, "a bus ride and two trips, the night one charged once");
+    let due: BTreeMap<String, i64> =
+        serde_json::from_value(found["duckdb_settlements_due_cents"].clone()).expect("map");
+    assert_eq!(due, BTreeMap::from([("2025-11-20/641".into(), 800), ("2025-11-20/642".into(), 600)]));
+    assert_eq!(found["pyarrow_read_table_settlements"], 2);
+    assert_eq!(
+        found["trips"],
+        serde_json::json!([
+            [641, "2025-11-20", "2025-11-20", "station-01", "station-05"],
+            [642, "2025-11-20", "2025-11-21", "station-01", "station-07"]
+        ]),
+        "the docs' trip query links entry and exit, across the boundary too"
+    );
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
