@@ -83,20 +83,22 @@ pub fn price_rows(
             added.push((RiderDay { card_id, service_date: row.service_date }, tap));
         }
     }
-    for day in days_touched(tx, fares, &added)? {
-        priced.add(&reprice(tx, fares, day, now)?);
+    let (days, mut edges) = days_touched(tx, fares, &added)?;
+    for day in days {
+        priced.add(&reprice(tx, fares, day, edges.remove(&day), now)?);
     }
     Ok(priced)
 }
 
 /// The rider-days the new taps change: their own, and a neighbouring day
 /// whose edge a new tap moves (an entry late the day before that the tap
-/// may end, an exit early the day after that the tap may begin).
+/// may end, an exit early the day after that the tap may begin). Also the
+/// edges it read, for pricing those days (every tap is in by now).
 fn days_touched(
     tx: &Transaction<'_>,
     fares: &FareTable,
     added: &[(RiderDay, Tap)],
-) -> Result<BTreeSet<RiderDay>, StoreError> {
+) -> Result<(BTreeSet<RiderDay>, HashMap<RiderDay, DayEdges>), StoreError> {
     let mut days = BTreeSet::new();
     let mut edges: HashMap<RiderDay, DayEdges> = HashMap::new();
     for (day, tap) in added {
@@ -113,7 +115,7 @@ fn days_touched(
         days.extend(neighbour(day.service_date.pred_opt()).filter(|_| before));
         days.extend(neighbour(day.service_date.succ_opt()).filter(|_| after));
     }
-    Ok(days)
+    Ok((days, edges))
 }
 
 /// Rider-days whose open entry's exit window has closed by `now`.
@@ -132,16 +134,27 @@ pub fn price_closed_entries(tx: &Transaction<'_>, fares: &FareTable, now: UnixMi
     let mut priced = Priced::default();
     for (card_id, date) in days {
         let day = RiderDay { card_id: card_from_sql(card_id), service_date: date_from_sql(date)? };
-        priced.add(&reprice(tx, fares, day, now)?);
+        priced.add(&reprice(tx, fares, day, None, now)?);
     }
     Ok(priced)
 }
 
-/// Prices one rider-day from all its taps and writes what the core plans.
-fn reprice(tx: &Transaction<'_>, fares: &FareTable, day: RiderDay, now: UnixMillis) -> Result<Vec<Charge>, StoreError> {
+/// Prices one rider-day from all its taps and its edges (`known_edges`
+/// when the caller has read them already) and writes what the core plans.
+fn reprice(
+    tx: &Transaction<'_>,
+    fares: &FareTable,
+    day: RiderDay,
+    known_edges: Option<DayEdges>,
+    now: UnixMillis,
+) -> Result<Vec<Charge>, StoreError> {
     let taps = day_taps(tx, day)?;
     // Edges only matter to a day with a metro tap; most days are buses only.
-    let edges = if taps.iter().any(|t| t.kind != TapKind::Single) { day_edges(tx, day)? } else { DayEdges::NONE };
+    let edges = match known_edges {
+        Some(edges) => edges,
+        None if taps.iter().any(|t| t.kind != TapKind::Single) => day_edges(tx, day)?,
+        None => DayEdges::NONE,
+    };
     let priced = fares.price_day_as_of(&taps, &edges, now);
     let planned = plan_charges(day, &priced, &day_charges(tx, day)?);
     let mut insert = tx.prepare_cached(
