@@ -388,6 +388,25 @@ mod tests {
         (0..2).map(|d| signed(under_cap[d].min(t.daily_cap) + outside_cap[d])).sum()
     }
 
+    /// The properties' input: taps from (minute, kind, stop) triples, the
+    /// order they arrive in, and the times of the pricing passes, sorted.
+    #[allow(clippy::type_complexity)]
+    fn generated(taps: &[(i64, u8, usize)], order: &[u64], passes: &[i64]) -> (Vec<Tap>, Vec<(u64, Tap)>, Vec<i64>) {
+        let kinds = [TapKind::Entry, TapKind::Exit, TapKind::Single];
+        let stops = ["a", "c", "nowhere"];
+        let taps: Vec<Tap> = taps
+            .iter()
+            .enumerate()
+            .map(|(i, &(minute, kind, stop))| tap(i as u8, minute, kinds[usize::from(kind)], stops[stop]))
+            .collect();
+        let mut arrival: Vec<(u64, Tap)> =
+            taps.iter().cloned().zip(order.iter().copied()).map(|(t, o)| (o, t)).collect();
+        arrival.sort_by_key(|(o, t)| (*o, t.scan_id));
+        let mut now_times: Vec<i64> = passes.iter().map(|m| m * MINUTE).collect();
+        now_times.sort_unstable();
+        (taps, arrival, now_times)
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
 
@@ -400,17 +419,7 @@ mod tests {
             order in proptest::collection::vec(proptest::prelude::any::<u64>(), 20),
             passes in proptest::collection::vec(0i64..1_700, 0..6),
         ) {
-            let kinds = [TapKind::Entry, TapKind::Exit, TapKind::Single];
-            let stops = ["a", "c", "nowhere"];
-            let taps: Vec<Tap> = taps
-                .iter()
-                .enumerate()
-                .map(|(i, &(minute, kind, stop))| tap(i as u8, minute, kinds[usize::from(kind)], stops[stop]))
-                .collect();
-            let mut arrival: Vec<(u64, Tap)> = taps.iter().cloned().zip(order.iter().copied()).map(|(t, o)| (o, t)).collect();
-            arrival.sort_by_key(|(o, t)| (*o, t.scan_id));
-            let mut now_times: Vec<i64> = passes.iter().map(|m| m * MINUTE).collect();
-            now_times.sort_unstable();
+            let (taps, arrival, now_times) = generated(&taps, &order, &passes);
             let mut issued = Vec::new();
             for (n, now) in now_times.iter().enumerate() {
                 let known = arrival.len() * (n + 1) / (now_times.len() + 1);
@@ -442,17 +451,7 @@ mod tests {
             order in proptest::collection::vec(proptest::prelude::any::<u64>(), 16),
             passes in proptest::collection::vec(1_200i64..2_000, 0..6),
         ) {
-            let kinds = [TapKind::Entry, TapKind::Exit, TapKind::Single];
-            let stops = ["a", "c", "nowhere"];
-            let taps: Vec<Tap> = taps
-                .iter()
-                .enumerate()
-                .map(|(i, &(minute, kind, stop))| tap(i as u8, minute, kinds[usize::from(kind)], stops[stop]))
-                .collect();
-            let mut arrival: Vec<(u64, Tap)> = taps.iter().cloned().zip(order.iter().copied()).map(|(t, o)| (o, t)).collect();
-            arrival.sort_by_key(|(o, t)| (*o, t.scan_id));
-            let mut now_times: Vec<i64> = passes.iter().map(|m| m * MINUTE).collect();
-            now_times.sort_unstable();
+            let (taps, arrival, mut now_times) = generated(&taps, &order, &passes);
             now_times.push(UnixMillis::MAX);
             let mut shell = TwoDays::default();
             for (n, now) in now_times.iter().enumerate() {
