@@ -669,9 +669,8 @@ async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) 
     Ok(())
 }
 
-/// Whether an earlier run left scan partitions in `data_dir`.
+/// Whether an earlier run left scan files in `data_dir`.
 fn holds_an_archive(data_dir: &Path) -> bool {
-    std::fs::read_dir(farestream::archive::scans_root(data_dir))
-        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("service_date=")))
-        .unwrap_or(false)
+    farestream::archive::read::archive_files(&farestream::archive::scans_root(data_dir))
+        .is_ok_and(|files| !files.is_empty())
 }

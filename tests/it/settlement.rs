@@ -296,10 +296,14 @@ fn moved(settings: &SettleSettings, data_dir: &Path) -> SettleSettings {
 }
 
 fn rewrite(path: &Path, rows: &[farestream::charges::ChargeRecord]) {
-    let batch = charges_to_record_batch(rows).expect("batch");
+    write_parquet(path, &charges_to_record_batch(rows).expect("batch"));
+}
+
+/// One batch as a plain Parquet file, as an outsider would write it.
+fn write_parquet(path: &Path, batch: &arrow_array::RecordBatch) {
     let file = std::fs::File::create(path).expect("create");
     let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
-    writer.write(&batch).expect("write");
+    writer.write(batch).expect("write");
     writer.close().expect("close");
 }
 
@@ -359,11 +363,7 @@ async fn the_settlements_ride_condition_picks_exactly_the_pricers_rides() {
     let partition = partition_dir(&scans_root(dir.path()), day());
     std::fs::create_dir_all(&partition).expect("mkdir");
     let batch = farestream_core::archive::schema::to_record_batch(&rows).expect("batch");
-    let file = std::fs::File::create(partition.join("part-00000000000000000000-00000000000000000001.parquet"))
-        .expect("create");
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
-    writer.write(&batch).expect("write");
-    writer.close().expect("close");
+    write_parquet(&partition.join("part-00000000000000000000-00000000000000000001.parquet"), &batch);
     let by_sql: std::collections::BTreeSet<String> =
         sql(dir.path(), &format!("SELECT scan_id FROM scans WHERE {RIDE_SQL}"))
             .await

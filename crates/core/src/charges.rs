@@ -307,7 +307,7 @@ mod tests {
         }
 
         fn edges(&self, d: usize) -> DayEdges {
-            let metro = |t: &&&Tap| t.kind != TapKind::Single;
+            let metro = |t: &&&Tap| t.kind.is_metro();
             DayEdges {
                 last_before: (d == 1).then(|| self.sorted(0).iter().rev().find(metro).map(|t| (*t).clone())).flatten(),
                 first_after: (d == 0).then(|| self.sorted(1).iter().find(metro).map(|t| (*t).clone())).flatten(),

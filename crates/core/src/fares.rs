@@ -154,12 +154,12 @@ impl FareTable {
         let mut sorted: Vec<&Tap> = taps.iter().collect();
         sorted.sort_by_key(|t| (t.scanned_at, t.scan_id));
         // Bus taps neither begin nor end a trip: the edges are metro taps.
-        let first_metro = sorted.iter().position(|t| t.kind != TapKind::Single);
+        let first_metro = sorted.iter().position(|t| t.kind.is_metro());
         let continued = match (&edges.last_before, first_metro) {
             (Some(before), Some(i)) if self.continues(before, sorted[i]) => Some(sorted.remove(i)),
             _ => None,
         };
-        let last_metro = sorted.iter().rev().find(|t| t.kind != TapKind::Single);
+        let last_metro = sorted.iter().rev().find(|t| t.kind.is_metro());
         let ended_after = match (last_metro, &edges.first_after) {
             (Some(last), Some(after)) if self.continues(last, after) => Some(after),
             _ => None,
@@ -233,8 +233,12 @@ impl FareTable {
     pub fn continues(&self, entry: &Tap, exit: &Tap) -> bool {
         entry.kind == TapKind::Entry
             && exit.kind == TapKind::Exit
-            && exit.scanned_at >= entry.scanned_at
-            && exit.scanned_at.saturating_sub(entry.scanned_at) <= self.metro_exit_window_ms
+            && self.within_exit_window(entry.scanned_at, exit.scanned_at)
+    }
+
+    /// Whether `to` is no earlier than `from` and at most the exit window after it.
+    fn within_exit_window(&self, from: UnixMillis, to: UnixMillis) -> bool {
+        to >= from && to.saturating_sub(from) <= self.metro_exit_window_ms
     }
 
     /// Whether a tap newly added to a day can change the price of the day
@@ -242,11 +246,10 @@ impl FareTable {
     /// tap already in: only a metro tap within the exit window of the entry
     /// that ends the day before, or of the exit that starts the day after.
     pub fn neighbours_touched(&self, tap: &Tap, edges: &DayEdges) -> (bool, bool) {
-        if tap.kind == TapKind::Single {
+        if !tap.kind.is_metro() {
             return (false, false);
         }
-        let within =
-            |from: UnixMillis, to: UnixMillis| to >= from && to.saturating_sub(from) <= self.metro_exit_window_ms;
+        let within = |from, to| self.within_exit_window(from, to);
         let before = edges
             .last_before
             .as_ref()
@@ -392,6 +395,24 @@ mod tests {
         assert_eq!(t.price_day(&today, &far).charged, 250 + 900);
         let entry_first = DayEdges { last_before: None, first_after: Some(tap(5, 1_445, TapKind::Entry, "a")) };
         assert_eq!(t.price_day(&today, &entry_first).charged, 250 + 900);
+    }
+
+    #[test]
+    fn edges_at_the_ends_of_time_price_without_overflow() {
+        let t = table();
+        let at = |n: u8, ms: i64, kind: TapKind| Tap { scanned_at: ms, ..tap(n, 0, kind, "a") };
+        let (min, max) = (UnixMillis::MIN, UnixMillis::MAX);
+        assert!(!t.continues(&at(1, min, TapKind::Entry), &at(2, max, TapKind::Exit)), "far past the window");
+        assert!(!t.continues(&at(1, max, TapKind::Entry), &at(2, min, TapKind::Exit)), "an exit before its entry");
+        assert!(t.continues(&at(1, max - 1, TapKind::Entry), &at(2, max, TapKind::Exit)));
+        let edges =
+            DayEdges { last_before: Some(at(1, min, TapKind::Entry)), first_after: Some(at(2, max, TapKind::Exit)) };
+        for ms in [min, 0, max] {
+            let taps = [at(3, ms, TapKind::Exit), at(4, ms, TapKind::Entry)];
+            assert_eq!(t.neighbours_touched(&taps[0], &edges), (ms == min, ms == max));
+            let priced = t.price_day(&taps, &edges);
+            assert_eq!(priced.rides.iter().map(|r| r.scan_ids.len()).sum::<usize>(), 2, "each tap priced once");
+        }
     }
 
     #[test]

@@ -25,6 +25,11 @@ impl TapKind {
     pub fn parse(name: &str) -> Option<TapKind> {
         [TapKind::Entry, TapKind::Exit, TapKind::Single].into_iter().find(|k| k.as_str() == name)
     }
+
+    /// An entry or an exit: a tap that begins or ends a metro trip.
+    pub fn is_metro(self) -> bool {
+        self != TapKind::Single
+    }
 }
 
 /// The outcome of one scan, as archived. The names are the archive's

@@ -276,7 +276,7 @@ pub fn trip_edge_may_be_unarchived(
     (start, end): (UnixMillis, UnixMillis),
 ) -> bool {
     let window = fares.metro_exit_window_ms;
-    let metro = || taps.iter().filter(|t| t.kind != TapKind::Single);
+    let metro = || taps.iter().filter(|t| t.kind.is_metro());
     let last = metro().max_by_key(|t| (t.scanned_at, t.scan_id));
     let first = metro().min_by_key(|t| (t.scanned_at, t.scan_id));
     let open_at_end = last.is_some_and(|entry| {

@@ -160,7 +160,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         None
     };
     breaks.sort();
-    let extras = report::scan_extras(&ctx, day_window(&settings.service_day, date)).await?;
+    let extras = report::scan_extras(&ctx, day.window).await?;
     report::finish(settings, &archive_dir, date, new_run, breaks, extras).await
 }
 

@@ -103,7 +103,8 @@ fn days_touched(
     let mut edges: HashMap<RiderDay, DayEdges> = HashMap::new();
     for (day, tap) in added {
         days.insert(*day);
-        if tap.kind == TapKind::Single {
+        // A bus tap touches no neighbour: no need to read the edges.
+        if !tap.kind.is_metro() {
             continue;
         }
         let day_edges = match edges.entry(*day) {
@@ -152,7 +153,7 @@ fn reprice(
     // Edges only matter to a day with a metro tap; most days are buses only.
     let edges = match known_edges {
         Some(edges) => edges,
-        None if taps.iter().any(|t| t.kind != TapKind::Single) => day_edges(tx, day)?,
+        None if taps.iter().any(|t| t.kind.is_metro()) => day_edges(tx, day)?,
         None => DayEdges::NONE,
     };
     let priced = fares.price_day_as_of(&taps, &edges, now);
