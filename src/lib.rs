@@ -11,7 +11,7 @@
 //! `farestream::server`, `farestream::gateway`), so tests and benches use
 //! one path. `ARCHITECTURE.md` has the code map.
 
-pub use farestream_core::{charges, fares, ingest, journal, ridecode, scan, service_day, sync};
+pub use farestream_core::{charges, fares, ingest, journal, retry, ridecode, scan, service_day, sync};
 pub use farestream_gateway as gateway;
 pub use farestream_gateway::wire;
 pub use farestream_server::{

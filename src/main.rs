@@ -319,6 +319,9 @@ fn init_logging(default: &str) {
 }
 
 async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new: NewIdentity) -> Result<()> {
+    // First: a second server must not touch the keys, the certificate or
+    // anything else in a data dir that one already serves.
+    let data_dir_lock = farestream::server::lock_data_dir(data_dir)?;
     let keystore =
         Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config)).context("opening the key store")?;
     let identity = ServerIdentity::load_or_create(data_dir, new).context("loading the TLS identity")?;
@@ -343,7 +346,7 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
             .context("starting the metrics endpoint")?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
-    let server = Server::start(settings, &identity, pipeline, Arc::new(SystemClock)).await?;
+    let server = Server::start_locked(data_dir_lock, settings, &identity, pipeline, Arc::new(SystemClock)).await?;
     let api = match ApiSettings::from_config(&config)? {
         Some(settings) => {
             let state = ApiState {

@@ -30,6 +30,9 @@ use crate::tls::{NewIdentity, ServerIdentity, TlsError};
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
 const UPLOAD_INTERVAL_SIM_MS: f64 = 60_000.0;
+/// The most one-time codes the demo's city may ask for, from one address
+/// and in one minute (the highest `api.otp_sends_*` allow).
+const OTP_SENDS_MAX: u32 = 10_000_000;
 /// Service runs from 05:00 to 01:00 local time: hours after the day starts.
 const FIRST_TRIP_AFTER_DAY_START_MS: i64 = 3_600_000;
 const LAST_TRIP_AFTER_DAY_START_MS: i64 = 20 * 3_600_000;
@@ -101,6 +104,9 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let paygw = crate::paygw::start(&options.data_dir.join("paygw"), loopback, secret.as_bytes()).await?;
     config.payments.gateway_url = paygw.url();
     config.api.listen_addr = loopback.to_string();
+    // The whole city signs up from this one address within a minute.
+    config.api.otp_sends_per_client_per_hour_max = OTP_SENDS_MAX;
+    config.api.otp_sends_per_minute_max = OTP_SENDS_MAX;
     let bank = crate::paygw::SimControl::new(&paygw.url(), secret.as_bytes());
     let config = &config;
     let keystore = Keystore::open_or_create(&options.data_dir, KeystoreOptions::from_config(config))?;

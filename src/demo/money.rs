@@ -25,6 +25,8 @@ use crate::sim::{AppError, Balances, Member, RiderApp};
 pub const BALANCES: Balances = Balances { deposit_fen: 2_000, ample_fen: 100_000, short_fen: 150, short_every: 50 };
 /// One rider in this many asks for the deposit back after the day.
 const REFUND_EVERY: usize = 200;
+/// A day in milliseconds: the demo pays refunds two days past their wait.
+const DAY_MS: i64 = 86_400_000;
 /// How long the demo waits for its charges to be decided after the day.
 const SETTLE_WAIT_MAX: Duration = Duration::from_secs(120);
 
@@ -59,13 +61,18 @@ pub struct AfterDay {
     /// Of those who paid, how many got keys again.
     pub keys_after_paying: u64,
     pub refunds_closed: u64,
+    /// Of those, riders who owed: the arrears came out of the deposit.
+    pub refunds_net_of_arrears: u64,
+    /// Owing more than the deposit: held until the rider pays the rest.
     pub refunds_held_owing: u64,
+    /// Refunds the gateway did not take this pass (tried again next pass).
+    pub refunds_failed: u64,
 }
 
 /// Riders in arrears ask for tomorrow's keys (refused); half of them top
 /// up, pay and ask again; a few riders, one of them owing, ask for their
-/// deposit back, and the refund job runs at once (the demo does not wait
-/// `payments.refund_wait_secs`).
+/// deposit back, and the refund job runs as it would once no ride of
+/// theirs can still arrive (the demo does not wait those days).
 pub async fn after_the_day(
     server: &Server,
     app: &RiderApp,
@@ -97,17 +104,18 @@ pub async fn after_the_day(
             after.keys_after_paying += 1;
         }
     }
-    let leaving = members
-        .iter()
-        .filter(|m| !m.short)
-        .step_by(REFUND_EVERY)
-        .chain(owing.iter().skip(1).step_by(2).take(1).copied());
+    let owing_leaver = owing.iter().skip(1).step_by(2).take(1).copied();
+    let leaving = members.iter().filter(|m| !m.short).step_by(REFUND_EVERY).chain(owing_leaver.clone());
     for member in leaving {
         app.request_refund(&member.session).await?;
     }
-    let refunds = server.accounts().process_refunds(Duration::ZERO).await?;
+    let accounts = server.accounts();
+    let days_later = accounts.clock.now_ms().saturating_add(accounts.rides_arrive_within_ms).saturating_add(DAY_MS * 2);
+    let refunds = accounts.process_refunds_as_of(days_later).await?;
     after.refunds_closed = refunds.closed.len() as u64;
     after.refunds_held_owing = refunds.owing.len() as u64;
+    after.refunds_failed = refunds.failed.len() as u64;
+    after.refunds_net_of_arrears = owing_leaver.filter(|m| refunds.closed.contains(&m.session.card_id)).count() as u64;
     Ok(after)
 }
 
@@ -144,6 +152,7 @@ impl MoneySummary {
             && self.charges_archived == self.charges_by_outcome.values().map(|(n, _)| n).sum::<u64>()
             && self.after_day.keys_issued_in_arrears == 0
             && self.after_day.keys_after_paying == self.after_day.arrears_paid
+            && self.after_day.refunds_failed == 0
     }
 }
 
@@ -226,7 +235,7 @@ pub fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
         after.keys_refused_in_arrears, after.keys_issued_in_arrears, after.arrears_paid, after.keys_after_paying,
     ));
     out.push_str(&format!(
-        "                 refunds: {} deposits returned and accounts closed, {} held until the rider pays\n",
-        after.refunds_closed, after.refunds_held_owing,
+        "                 refunds: {} deposits returned and accounts closed ({} net of arrears), {} held until the rider pays, {} failed\n",
+        after.refunds_closed, after.refunds_net_of_arrears, after.refunds_held_owing, after.refunds_failed,
     ));
 }

@@ -4,7 +4,7 @@
 use farestream_server::clock::{Clock, SystemClock};
 use farestream_server::money::paygw::api::{IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, signature};
 
-use super::http::{SimFaults, TopUp};
+use super::http::{SimFaults, SimStats, TopUp};
 use super::ledger::Entry;
 
 /// A client for one simulated gateway's control calls.
@@ -40,6 +40,10 @@ impl SimControl {
     pub async fn set_faults(&self, faults: SimFaults) -> reqwest::Result<()> {
         self.http.put(format!("{}/v1/faults", self.url)).json(&faults).send().await?.error_for_status()?;
         Ok(())
+    }
+
+    pub async fn stats(&self) -> reqwest::Result<SimStats> {
+        self.http.get(format!("{}/v1/stats", self.url)).send().await?.error_for_status()?.json().await
     }
 
     pub async fn ledger(&self) -> reqwest::Result<Vec<Entry>> {

@@ -70,6 +70,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::i
         .route("/v1/topups", post(topup))
         .route("/v1/ledger", get(ledger))
         .route("/v1/faults", put(set_faults))
+        .route("/v1/stats", get(stats))
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(sim);
     farestream_server::http::serve(listen, app, "simulated payment gateway").await
@@ -167,8 +168,19 @@ async fn topup(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> 
     let key = authenticate(&sim, &headers, "/v1/topups", &body)?;
     let request: TopUp = parse(&body)?;
     let mut ledger = lock(&sim.ledger);
-    if ledger.by_key("topup", &key).is_none() {
-        append(&mut ledger, "topup", &key, &request.payment_user_id, "", request.amount_cents, "", "succeeded", &body)?;
+    match ledger.by_key("topup", &key) {
+        Some(first) if first.request_hash != request_hash(&body) => {
+            return Err(error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this key was used with another request",
+            ));
+        }
+        Some(_) => {}
+        None => {
+            let payer = &request.payment_user_id;
+            append(&mut ledger, "topup", &key, payer, "", request.amount_cents, "", "succeeded", &body)?;
+        }
     }
     Ok(Json(serde_json::json!({ "balance_cents": ledger.balance(&request.payment_user_id) })).into_response())
 }
@@ -190,12 +202,30 @@ async fn pay(sim: &Arc<Sim>, kind: &str, path: &str, headers: &HeaderMap, body: 
     }
     let faults = *lock(&sim.faults);
     let nth = sim.payments_seen.fetch_add(1, Ordering::Relaxed) + 1;
-    if !lock(&sim.in_flight).insert(key.clone()) {
+    let Some(_held) = KeyInFlight::hold(sim, &key) else {
         return Err(error(StatusCode::CONFLICT, "idempotency_key_in_use", "a request with this key is in flight"));
+    };
+    pay_in_flight(sim, kind, &key, &request, &body, faults, nth).await
+}
+
+/// A key marked in flight until dropped, however the request ends: a
+/// caller that hangs up mid-request drops the handler's future, and the
+/// key must not stay locked for ever after (it did: 409 for ever).
+struct KeyInFlight<'a> {
+    sim: &'a Sim,
+    key: String,
+}
+
+impl<'a> KeyInFlight<'a> {
+    fn hold(sim: &'a Sim, key: &str) -> Option<KeyInFlight<'a>> {
+        lock(&sim.in_flight).insert(key.to_string()).then(|| KeyInFlight { sim, key: key.to_string() })
     }
-    let answer = pay_in_flight(sim, kind, &key, &request, &body, faults, nth).await;
-    lock(&sim.in_flight).remove(&key);
-    answer
+}
+
+impl Drop for KeyInFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.sim.in_flight).remove(&self.key);
+    }
 }
 
 async fn pay_in_flight(
@@ -283,6 +313,17 @@ fn append(
 
 async fn ledger(State(sim): State<Arc<Sim>>) -> Json<Vec<Entry>> {
     Json(lock(&sim.ledger).entries().to_vec())
+}
+
+/// How many debit and credit requests arrived, answered or not: the
+/// request rate a client puts on the gateway, outages included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStats {
+    pub payment_requests: u64,
+}
+
+async fn stats(State(sim): State<Arc<Sim>>) -> Json<SimStats> {
+    Json(SimStats { payment_requests: sim.payments_seen.load(Ordering::Relaxed) })
 }
 
 async fn set_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<SimFaults>) -> StatusCode {

@@ -12,5 +12,5 @@ mod ledger;
 
 pub use control::SimControl;
 pub use farestream_server::http::HttpHandle;
-pub use http::{SimFaults, TopUp, start};
+pub use http::{SimFaults, SimStats, TopUp, start};
 pub use ledger::{Entry, Ledger};

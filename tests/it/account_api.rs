@@ -2,12 +2,11 @@
 //! tokens, activation, the day's keys (refused while the rider owes), an
 //! online code, arrears, refunds, and the issuer keys for validators.
 
-use std::time::Duration;
-
 use farestream::api::{ApiSettings, ApiState, ErrorBody, HttpHandle};
 use farestream::clock::Clock;
 use farestream::config::Config;
 use farestream::keystore::ExportedKey;
+use farestream::money::accounts::AccountState;
 use farestream::ridecode::{Credential, IssuerSigningKey, RideCode, UserKey};
 use farestream::scan::TapKind;
 use serde_json::{Value, json};
@@ -23,9 +22,14 @@ struct App {
 
 impl App {
     async fn start() -> App {
+        App::start_with(|_| {}).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut ApiSettings)) -> App {
         let m = Money::start().await;
         let mut settings = ApiSettings::from_config(&Config::defaults()).expect("settings").expect("api on");
         settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
+        tune(&mut settings);
         let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
         let issuer_keys = vec![ExportedKey {
             id: ISSUER_KEY_ID,
@@ -68,7 +72,8 @@ impl App {
 
     async fn activate(&self, card: u64, token: &str, balance: u64) {
         let payer = format!("payer-{card}");
-        self.m.control.top_up(&payer, 2_000 + balance, &format!("topup-{card}-0")).await.expect("top up");
+        let amount = 2_000 + balance;
+        self.m.control.top_up(&payer, amount, &format!("topup-{card}-{amount}")).await.expect("top up");
         let (status, body) = self
             .call("POST", &format!("/v1/cards/{card}/activate"), Some(token), Some(json!({"payment_user_id": payer})))
             .await;
@@ -232,8 +237,13 @@ async fn an_app_made_key_is_certified_and_an_online_code_rides() {
     app.api.stop().await;
 }
 
+/// Issue 17 items 4 and 7: a refund request denies the card at once; the
+/// deposit goes back only once no ride of the card can still arrive (its
+/// newest credential's end plus the accepted lateness and skew), with
+/// what it owes set against the deposit; then the card closes, comes off
+/// the deny list, and its rider can sign up again with the same card.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refund_closes_the_account_after_the_wait_unless_the_rider_owes() {
+async fn a_refund_waits_for_the_last_ride_nets_arrears_and_the_rider_may_return() {
     let app = App::start().await;
     let (paid_up, paid_token) = app.register("+8613800000030").await;
     app.activate(paid_up, &paid_token, 5_000).await;
@@ -245,29 +255,43 @@ async fn a_refund_closes_the_account_after_the_wait_unless_the_rider_owes() {
     let ride = vec![tap(&rider, 1, issued + 5 * MINUTE, TapKind::Single, "bus-99")];
     app.m.h.client().push(&batch("depot-1", 1, ride)).await.expect("ack");
     app.m.settle().await;
+    let asked = app.m.h.clock.now_ms();
     for (card, token) in [(paid_up, &paid_token), (owing, &owing_token)] {
         let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(token), None).await;
         assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
     }
+    assert!(app.m.h.server.deny_list().contains(paid_up), "denied at once, not at the close");
     let (status, body) = app.call("POST", &format!("/v1/cards/{paid_up}/keys"), Some(&paid_token), None).await;
     assert_eq!((status, error_of(&body)), (409, "keys_refused".into()));
     let accounts = app.m.h.server.accounts();
-    let wait = Duration::from_secs(3 * 86_400);
-    let early = accounts.process_refunds(wait).await.expect("refunds");
-    assert!(early.closed.is_empty() && early.owing.is_empty(), "not before three days: {early:?}");
-    app.m.h.clock.set(app.m.h.clock.now_ms() + 3 * 86_400_000);
-    let due = accounts.process_refunds(wait).await.expect("refunds");
-    assert_eq!((due.closed, due.owing), (vec![paid_up], vec![owing]));
-    assert_eq!(accounts.account(paid_up).await.expect("account").state.as_str(), "closed");
-    assert_eq!(accounts.account(owing).await.expect("account").state.as_str(), "refund_pending");
-    assert!(app.m.h.inbox.last_to("+8613800000031").expect("told").contains("pay"), "the owing rider is told to pay");
+    let lateness = 3 * 86_400_000 + 30_000;
+    let early = accounts.process_refunds_as_of(asked + lateness - 1).await.expect("refunds");
+    assert_eq!(early, Default::default(), "not before the accepted lateness has passed");
+    let first = accounts.process_refunds_as_of(asked + lateness).await.expect("refunds");
+    assert_eq!(first.closed, vec![paid_up], "the owing card still holds a credential: {first:?}");
+    let owing_due = i64::from(rider.credential.claims.valid_until) * 1_000 + lateness;
+    assert!(accounts.process_refunds_as_of(owing_due - 1).await.expect("refunds").closed.is_empty());
+    let second = accounts.process_refunds_as_of(owing_due).await.expect("refunds");
+    assert_eq!((second.closed, second.owing), (vec![owing], vec![]), "the 300 owed came out of the deposit");
     let credits: Vec<_> =
         app.m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "credit").collect();
     assert_eq!(
-        credits.iter().map(|e| (e.key.as_str(), e.amount_cents)).collect::<Vec<_>>(),
-        [(format!("refund-{paid_up}").as_str(), 2_000)]
+        credits.iter().map(|e| (e.key.clone(), e.amount_cents)).collect::<Vec<_>>(),
+        [(format!("refund-{paid_up}-1"), 2_000), (format!("refund-{owing}-1"), 1_700)]
     );
-    assert!(accounts.process_refunds(wait).await.expect("again").closed.is_empty(), "closed once");
+    let closed = accounts.account(owing).await.expect("account");
+    assert_eq!((closed.state, closed.arrears_cents, closed.deposit_cents), (AccountState::Closed, 0, 0));
+    assert!(!app.m.h.server.deny_list().contains(owing), "a closed card has no valid credential: off the list");
+    assert!(accounts.process_refunds_as_of(owing_due + 1).await.expect("again").closed.is_empty(), "closed once");
+
+    // Item 7: the closed rider signs up again and rides on the same card.
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
+    let (again, token) = app.register("+8613800000030").await;
+    assert_eq!(again, paid_up, "the same card, reopened");
+    let (status, body) = app.call("GET", &format!("/v1/cards/{again}"), Some(&token), None).await;
+    assert_eq!((status, body["state"].as_str(), body["deposit_cents"].as_i64()), (200, Some("registered"), Some(0)));
+    app.activate(again, &token, 1_000).await;
+    app.keys(again, &token).await;
     app.api.stop().await;
 }
 
@@ -300,5 +324,85 @@ async fn card_call_inputs_at_their_extremes_get_a_4xx_with_a_reason() {
     assert_eq!((status, error_of(&body)), (409, "wrong_state".into()), "activated once");
     let (status, body) = app.call("POST", &format!("/v1/cards/{card}/arrears/pay"), Some(&token), None).await;
     assert_eq!((status, error_of(&body)), (409, "wrong_state".into()), "nothing owed: {body}");
+    app.api.stop().await;
+}
+
+/// Issue 17 item 1: once a code's wrong tries were spent its challenge was
+/// deleted, so the resend limit found no recent code and sent another at
+/// once: 20 codes and 100 guesses in a tenth of a second. Wrong codes now
+/// count against the phone for an hour, across its codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_a_phones_code_is_capped_per_hour_across_codes() {
+    let app = App::start().await;
+    let phone = "+8613800000050";
+    let (mut sent, mut guessed) = (0, 0);
+    for round in 0..20 {
+        app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
+        if app.call("POST", "/v1/otp", None, Some(json!({"phone": phone}))).await.0 == 202 {
+            sent += 1;
+        }
+        let right = app.m.h.inbox.last_to(phone).map(|m| m.rsplit(' ').next().unwrap_or_default().to_string());
+        for n in 0..5 {
+            let wrong = format!("{:06}", (round * 5 + n) % 1_000_000);
+            if Some(&wrong) == right.as_ref() {
+                continue;
+            }
+            let (status, body) =
+                app.call("POST", "/v1/register", None, Some(json!({"phone": phone, "code": wrong}))).await;
+            match status {
+                401 => guessed += 1,
+                429 => assert!(error_of(&body) == "too_many_requests", "{body}"),
+                other => panic!("{other}: {body}"),
+            }
+        }
+    }
+    assert_eq!(guessed, 10, "api.otp_wrong_codes_per_phone_per_hour_max guesses in an hour, whatever the codes");
+    assert!(sent <= 5, "{sent} codes sent to one phone in an hour");
+    assert_eq!(app.m.h.inbox.all_to(phone).len(), sent);
+    let code = app.m.h.inbox.last_to(phone).expect("a code").rsplit(' ').next().expect("code").to_string();
+    let (status, _) = app.call("POST", "/v1/register", None, Some(json!({"phone": phone, "code": code}))).await;
+    assert_eq!(status, 429, "while the phone is locked even the right code is not checked");
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 3_600_000);
+    assert!(app.register(phone).await.0 > 0, "an hour later the rider signs up");
+    app.api.stop().await;
+}
+
+/// Issue 17 item 1: twenty requests at once for one phone sent up to six
+/// codes (the check and the insert were two transactions); sends are
+/// also limited per client and in total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_are_sent_once_at_a_time_and_limited_per_client_and_in_total() {
+    let app = App::start_with(|s| {
+        s.otp_sends_per_client_per_hour_max = 4;
+        s.otp_sends_per_minute_max = 6;
+        s.client_address_header = Some("x-forwarded-for".into());
+    })
+    .await;
+    let url = format!("{}/v1/otp", app.api.url());
+    let at_once = (0..20).map(|_| {
+        let (http, url) = (app.http.clone(), url.clone());
+        tokio::spawn(async move {
+            http.post(url).json(&json!({"phone": "+8613800000060"})).send().await.expect("send").status().as_u16()
+        })
+    });
+    let statuses: Vec<u16> =
+        futures_util::future::join_all(at_once).await.into_iter().map(|s| s.expect("task")).collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 202).count(), 1, "{statuses:?}");
+    assert_eq!(app.m.h.inbox.all_to("+8613800000060").len(), 1, "one code sent");
+    let ask = |phone: String, client: &'static str| {
+        let request = app.http.post(url.clone()).header("x-forwarded-for", client).json(&json!({"phone": phone}));
+        async move { request.send().await.expect("send").status().as_u16() }
+    };
+    // The 20 requests above came from 127.0.0.1 with no header: they count
+    // for the client "127.0.0.1"; these count for 203.0.113.7.
+    for n in 1..=3 {
+        assert_eq!(ask(format!("+86138000001{n:02}"), "203.0.113.7, 10.0.0.1").await, 202, "{n}");
+    }
+    assert_eq!(ask("+8613800000104".into(), "203.0.113.7").await, 202, "the fourth from one client");
+    assert_eq!(ask("+8613800000105".into(), "203.0.113.7").await, 429, "a fifth within the hour");
+    assert_eq!(ask("+8613800000106".into(), "198.51.100.1").await, 202, "another client: the sixth in the minute");
+    assert_eq!(ask("+8613800000107".into(), "198.51.100.2").await, 429, "a seventh in the minute, whoever asks");
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 61_000);
+    assert_eq!(ask("+8613800000107".into(), "198.51.100.2").await, 202, "the next minute");
     app.api.stop().await;
 }

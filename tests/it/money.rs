@@ -298,11 +298,209 @@ async fn with_no_deposit_a_card_activates_and_closes_without_a_payment() {
     let active = accounts.activate(700, "payer-700").await.expect("activate");
     assert_eq!((active.state, active.deposit_cents), (AccountState::Active, 0));
     accounts.request_refund(700).await.expect("refund");
-    let report = accounts.process_refunds(Duration::ZERO).await.expect("refunds");
+    let due = accounts.clock.now_ms() + accounts.rides_arrive_within_ms;
+    let report = accounts.process_refunds_as_of(due).await.expect("refunds");
     assert_eq!(report.closed, vec![700]);
     let payments: Vec<Entry> =
         m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind != "agreement").collect();
     assert!(payments.is_empty(), "no deposit taken, none returned: {payments:?}");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// A rider with nothing left after the deposit: `rides` bus rides through
+/// gates that opened (with a list that did not deny the card yet), each
+/// declined, so the card owes their fares. Returns what it owes.
+async fn declined_rides(m: &Money, rider: &TestRider, first_seq: u64, rides: u64) -> i64 {
+    let scans = (0..rides)
+        .map(|n| ScanRecord {
+            gate: GateDecision::Opened as i32,
+            ..tap(rider, first_seq + n, T0_MS + (first_seq + n) as i64 * MINUTE, TapKind::Single, "bus-99")
+        })
+        .collect();
+    m.h.client().push(&batch("depot-1", first_seq, scans)).await.expect("ack");
+    m.settle().await;
+    m.h.server.accounts().account(rider.credential.claims.card_id).await.expect("account").arrears_cents
+}
+
+/// Issue 17 item 2: a payment of arrears whose answer was lost, then a
+/// new decline, sent a second payment under a new key (the amount was in
+/// the key) and the gateway collected 1 300 for 800 owed. The lost one is
+/// sent again, for its own amount, before any new attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrears_paid_after_a_lost_answer_are_collected_once() {
+    let m = Money::start().await;
+    let rider = m.rider(801, 0).await;
+    let accounts = m.h.server.accounts();
+    let first_owed = declined_rides(&m, &rider, 1, 2).await;
+    assert!(first_owed > 0);
+    m.control.top_up("payer-801", first_owed.unsigned_abs(), "topup-801-1").await.expect("top up");
+    let lost = SimFaults { latency_ms: 0, unavailable_every: 0, retry_after_secs: 0, drop_answer_every: 1 };
+    m.control.set_faults(lost).await.expect("faults");
+    let unanswered = accounts.pay_arrears(801).await.expect_err("the answer was lost");
+    assert!(unanswered.to_string().contains("did not answer"), "{unanswered}");
+    m.control.set_faults(SimFaults::default()).await.expect("faults off");
+    let total_owed = declined_rides(&m, &rider, 10, 1).await;
+    let second_owed = total_owed - first_owed;
+    assert!(second_owed > 0, "the payer is empty again: the new ride is declined");
+    let after_resend = accounts.pay_arrears(801).await.expect("the lost payment, sent again");
+    assert_eq!(after_resend.arrears_cents, second_owed, "the first payment's amount, not what is owed now");
+    assert_eq!(after_resend.state, AccountState::InArrears);
+    m.control.top_up("payer-801", second_owed.unsigned_abs(), "topup-801-2").await.expect("top up");
+    let paid = accounts.pay_arrears(801).await.expect("pay the rest");
+    assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+    let arrears_debits: Vec<(String, u64)> = m
+        .debits()
+        .await
+        .into_iter()
+        .filter(|e| e.key.starts_with("arrears-") && e.outcome == "succeeded")
+        .map(|e| (e.key, e.amount_cents))
+        .collect();
+    assert_eq!(
+        arrears_debits,
+        [
+            ("arrears-801-1".to_string(), first_owed.unsigned_abs()),
+            ("arrears-801-2".into(), second_owed.unsigned_abs())
+        ],
+        "collected exactly what was declined"
+    );
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Issue 17 item 3: the deposit's key was fixed per card, so after a
+/// decline the gateway replayed the decline for ever, however much the
+/// rider topped up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_deposit_can_be_paid_after_a_top_up() {
+    let m = Money::start().await;
+    let accounts = m.h.server.accounts();
+    accounts.register(802, "+8613800000802").await.expect("register");
+    let declined = accounts.activate(802, "payer-802").await.expect_err("no money for the deposit");
+    assert!(matches!(declined, farestream::money::ServiceError::Declined(_)), "{declined}");
+    assert_eq!(accounts.account(802).await.expect("account").state, AccountState::Registered);
+    m.control.top_up("payer-802", 2_000, "topup-802").await.expect("top up");
+    let active = accounts.activate(802, "payer-802").await.expect("the deposit, again");
+    assert_eq!((active.state, active.deposit_cents), (AccountState::Active, 2_000));
+    let deposits: Vec<(String, String)> =
+        m.debits().await.into_iter().filter(|e| e.key.starts_with("deposit-")).map(|e| (e.key, e.outcome)).collect();
+    assert_eq!(
+        deposits,
+        [("deposit-802-1".to_string(), "declined".to_string()), ("deposit-802-2".into(), "succeeded".into())]
+    );
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Issue 17 items 6 and 7: the refund pass stopped at the first card the
+/// gateway refused, so every refund behind it waited for ever; and a rider
+/// who owed more than the deposit was messaged on every pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_card_refused_a_refund_stops_no_other_and_an_owing_rider_is_told_once() {
+    let mut config = Config::defaults();
+    config.payments.deposit_fen = 100;
+    let m = Money::start_with(config).await;
+    let accounts = m.h.server.accounts();
+    for card in [803, 804, 805] {
+        accounts.register(card, &format!("+86138{card:08}")).await.expect("register");
+        m.control.top_up(&format!("payer-{card}"), 100, &format!("topup-{card}")).await.expect("top up");
+        accounts.activate(card, &format!("payer-{card}")).await.expect("activate");
+    }
+    let owes = declined_rides(&m, &m.h.rider(805), 1, 1).await;
+    assert!(owes > 100, "a bus fare is more than this deposit");
+    let store = m.h.server.open_money_store().expect("store");
+    store.connection().execute("UPDATE accounts SET agreement_id = 'gone' WHERE card_id = 803", []).expect("break");
+    for card in [803, 804, 805] {
+        accounts.request_refund(card).await.expect("refund");
+    }
+    let due = accounts.clock.now_ms() + 2 * accounts.rides_arrive_within_ms + 100_000_000;
+    let report = accounts.process_refunds_as_of(due).await.expect("the pass goes on");
+    assert_eq!(report.closed, vec![804], "{report:?}");
+    assert_eq!(report.failed.iter().map(|(card, _)| *card).collect::<Vec<_>>(), [803], "{report:?}");
+    assert!(report.failed[0].1.contains("agreement"), "the gateway's reason: {report:?}");
+    assert_eq!(report.owing, vec![805]);
+    let owing = accounts.account(805).await.expect("account");
+    assert_eq!((owing.arrears_cents, owing.deposit_cents), (owes - 100, 0), "the deposit was set against it");
+    let told = || m.h.inbox.all_to("+8613800000805").into_iter().filter(|t| t.contains("deposit is held")).count();
+    assert_eq!(told(), 1);
+    for _ in 0..3 {
+        assert_eq!(accounts.process_refunds_as_of(due).await.expect("pass").owing, vec![805]);
+    }
+    assert_eq!(told(), 1, "told once for the same amount, not on every pass");
+    m.control.top_up("payer-805", owes.unsigned_abs(), "topup-805-2").await.expect("top up");
+    accounts.pay_arrears(805).await.expect("pay");
+    assert_eq!(accounts.account(805).await.expect("account").state, AccountState::RefundPending, "still leaving");
+    assert_eq!(accounts.process_refunds_as_of(due).await.expect("pass").closed, vec![805], "nothing left to return");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Issue 17 item 8: `attempts` went up when up to 512 charges were
+/// claimed, before any was sent, so every crash counted attempts that never
+/// happened and paid charges turned `failed`. Now it counts requests sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_counts_only_the_attempts_that_were_sent() {
+    let mut config = Config::defaults();
+    config.payments.dispatch_concurrency_max = 1;
+    let m = Money::start_with(config).await;
+    let rider = m.rider(806, 10_000).await;
+    m.control.set_faults(SimFaults { latency_ms: 400, ..SimFaults::default() }).await.expect("faults");
+    let scans = (1..=4).map(|n| tap(&rider, n, T0_MS + n as i64 * MINUTE, TapKind::Single, "bus-99")).collect();
+    assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 4);
+    m.h.server.flush_pricing().await.expect("price");
+    let store = m.h.server.open_money_store().expect("store");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let one_decided = loop {
+        let now = charges(store.connection(), None).expect("charges");
+        if now.iter().any(|c| c.outcome == "succeeded") || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waiting: Vec<u32> = one_decided.iter().filter(|c| c.outcome == "pending").map(|c| c.attempts).collect();
+    assert!(!waiting.is_empty(), "one request at a time: the others wait");
+    assert!(waiting.iter().all(|&a| a == 0), "claimed but not answered is no attempt: {one_decided:?}");
+    m.control.set_faults(SimFaults::default()).await.expect("faults off");
+    let decided = m.settle().await;
+    assert!(decided.iter().all(|c| c.outcome == "succeeded" && c.attempts == 1), "{decided:?}");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Issue 17 item 9: during a gateway outage every charge spent its
+/// attempts within seconds and the request rate at the dead gateway grew
+/// with the backlog. The breaker holds the backlog back (a few probes),
+/// and the first answered probe sends it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns() {
+    let mut config = Config::defaults();
+    config.payments.breaker_failures_to_open = 5;
+    config.payments.breaker_probe_interval_ms_initial = 100;
+    config.payments.breaker_probe_interval_ms_max = 400;
+    let m = Money::start_with(config).await;
+    let riders: Vec<TestRider> = {
+        let mut riders = Vec::new();
+        for card in 900..940 {
+            riders.push(m.rider(card, 5_000).await);
+        }
+        riders
+    };
+    let down = SimFaults { unavailable_every: 1, ..SimFaults::default() };
+    m.control.set_faults(down).await.expect("faults");
+    let before = m.control.stats().await.expect("stats").payment_requests;
+    let scans = riders.iter().map(|r| tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99")).collect();
+    assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 40);
+    m.h.server.flush_pricing().await.expect("price");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = m.control.stats().await.expect("stats").payment_requests - before;
+    // 5 to open it, the 16 already in flight, and one probe per 200-400 ms.
+    assert!(during <= 5 + 16 + 16, "{during} requests at a dead gateway in 3 s (without the breaker: hundreds)");
+    let store = m.h.server.open_money_store().expect("store");
+    assert_eq!(undecided(store.connection()).expect("count"), 40, "nothing lost, nothing failed");
+    m.control.set_faults(SimFaults::default()).await.expect("back");
+    let charges = m.settle().await;
+    assert_eq!(charges.iter().filter(|c| c.outcome == "succeeded").count(), 40, "{charges:?}");
+    assert!(charges.iter().all(|c| c.attempts >= 1));
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }

@@ -215,3 +215,54 @@ fn query_and_settle_from_the_command_line() {
         assert!(edge.status.success(), "{date}: {edge:?}");
     }
 }
+
+/// Issue 17 item 12: two servers on one data dir both started, corrupted
+/// the log, and the data dir never started again. The second is refused,
+/// naming the first; the first keeps serving; the next start after it
+/// stops (or dies) takes the directory over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_data_dir_is_refused_and_names_the_first() {
+    let h = Harness::start().await;
+    let config = h.dir.path().join("ports.toml");
+    std::fs::write(&config, "[metrics]\nlisten_addr = \"\"\n[api]\nlisten_addr = \"\"\n").expect("config");
+    let second = Command::new(env!("CARGO_BIN_EXE_farestream"))
+        .args(["--data-dir", h.dir.path().to_str().expect("utf-8")])
+        .args(["--config", config.to_str().expect("utf-8"), "serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let output =
+        tokio::task::spawn_blocking(move || wait_at_most(second, Duration::from_secs(60))).await.expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a second serve ran over a data dir in use: {output:?}");
+    let holder = format!("pid {}", std::process::id());
+    assert!(stderr.contains("in use by another farestream server") && stderr.contains(&holder), "{stderr}");
+
+    let (injected, identity) = ((&h.faults, &h.inbox), &h.identity);
+    let in_process = crate::support::try_start_server(&h.config, h.dir.path(), identity, &h.clock, injected).await;
+    let refused = in_process.err().expect("a second server in this process is refused too").to_string();
+    assert!(refused.contains(&holder), "{refused}");
+
+    let rider = h.rider(7);
+    let scan = record("gate-1", 1, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1));
+    assert_eq!(h.client().push(&batch("depot", 1, vec![scan])).await.expect("ack").accepted, 1, "the first serves on");
+    let h = h.crash_and_recover(|_| {}).await;
+    let h = h.restart().await;
+    assert_eq!(h.archive_rows().await.len(), 1, "the data dir is whole after both");
+}
+
+/// The child's output once it exits, or a failure (and the child killed)
+/// once `limit` has passed.
+fn wait_at_most(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            child.kill().expect("kill");
+            let output = child.wait_with_output().expect("output");
+            panic!("still running after {limit:?}: {output:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}

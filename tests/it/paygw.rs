@@ -164,3 +164,36 @@ async fn the_gateway_refuses_requests_at_their_extremes() {
     assert_eq!(debits, 1, "only the declined maximum reached the ledger as a debit");
     gw.handle.stop().await;
 }
+
+/// Issue 17 item 17: a caller that hung up mid-request left its key
+/// locked for ever (409 to every resend), and a top-up reusing a key with
+/// another body answered 200 and applied nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_frees_its_key_and_a_reused_top_up_key_is_refused() {
+    let gw = start().await;
+    let agreement = gw.client.create_agreement("payer-9", 9).await.expect("agreement");
+    gw.control.top_up("payer-9", 1_000, "t-9").await.expect("top up");
+    let reused = gw.control.top_up("payer-9", 5_000, "t-9").await;
+    assert_eq!(reused.err().and_then(|e| e.status()).map(|s| s.as_u16()), Some(422), "another body under a used key");
+    gw.control.top_up("payer-9", 1_000, "t-9").await.expect("the same body again is the first result");
+    let slow = SimFaults { latency_ms: 1_500, ..SimFaults::default() };
+    gw.control.set_faults(slow).await.expect("faults");
+    let impatient = PaymentGateway::new(&gw.handle.url(), SECRET, Duration::from_millis(200)).expect("client");
+    let gave_up = impatient.pay(Direction::Debit, "h-1", &debit(&agreement, 100)).await;
+    assert!(matches!(gave_up, Answer::Retry { .. }), "{gave_up:?}");
+    gw.control.set_faults(SimFaults::default()).await.expect("faults off");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        let answer = gw.client.pay(Direction::Debit, "h-1", &debit(&agreement, 100)).await;
+        if !matches!(answer, Answer::InFlight { .. }) || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(matches!(answer, Answer::Succeeded { .. }), "the key is free again: {answer:?}");
+    let entries = Ledger::read_entries(gw.dir.path()).expect("ledger");
+    let topped: u64 = entries.iter().filter(|e| e.kind == "topup").map(|e| e.amount_cents).sum();
+    assert_eq!(topped, 1_000, "the refused top-up applied nothing");
+    assert_eq!(entries.iter().filter(|e| e.key == "h-1").count(), 1, "debited once");
+    gw.handle.stop().await;
+}

@@ -77,7 +77,7 @@ impl Harness {
     /// new server recovers the same data directory.
     pub async fn crash_and_recover(self, damage: impl FnOnce(&std::path::Path)) -> Harness {
         let Harness { dir, server, identity, clock, issuer, config, faults, inbox } = self;
-        std::mem::forget(server);
+        server.abandon();
         damage(dir.path());
         let server = start_server(&config, dir.path(), &identity, &clock, (&faults, &inbox)).await;
         Harness { dir, server, identity, clock, issuer, config, faults, inbox }
@@ -108,8 +108,19 @@ async fn start_server(
     dir: &std::path::Path,
     identity: &ServerIdentity,
     clock: &Arc<ManualClock>,
-    (faults, inbox): (&Arc<Faults>, &Arc<InboxNotifier>),
+    injected: (&Arc<Faults>, &Arc<InboxNotifier>),
 ) -> Server {
+    try_start_server(config, dir, identity, clock, injected).await.expect("server")
+}
+
+/// A server over `dir`, or why it would not start.
+pub async fn try_start_server(
+    config: &Config,
+    dir: &std::path::Path,
+    identity: &ServerIdentity,
+    clock: &Arc<ManualClock>,
+    (faults, inbox): (&Arc<Faults>, &Arc<InboxNotifier>),
+) -> Result<Server, farestream::server::ServerError> {
     let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
     let mut keys = IssuerPublicKeys::new();
     keys.insert(ISSUER_KEY_ID, issuer.public_key());
@@ -118,7 +129,7 @@ async fn start_server(
     settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
     settings.faults = Arc::clone(faults);
     settings.money.notifier = Arc::clone(inbox) as Arc<dyn farestream::money::notify::Notifier>;
-    Server::start(settings, identity, pipeline, clock.clone()).await.expect("server")
+    Server::start(settings, identity, pipeline, clock.clone()).await
 }
 
 pub fn record(validator: &str, seq: u64, at_ms: UnixMillis, tap_kind: TapKind, ride_code: Vec<u8>) -> ScanRecord {

@@ -51,6 +51,10 @@ impl DenyListLog {
         self.cards.is_empty()
     }
 
+    pub fn contains(&self, card_id: u64) -> bool {
+        self.cards.contains(&card_id)
+    }
+
     /// Applies a change from the store; one at or below the current
     /// version is already applied and is ignored.
     pub fn apply(&mut self, change: DenyChange) {

@@ -18,6 +18,7 @@ pub mod deny_list;
 pub mod fares;
 pub mod ingest;
 pub mod journal;
+pub mod retry;
 pub mod ridecode;
 pub mod scan;
 pub mod service_day;

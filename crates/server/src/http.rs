@@ -31,6 +31,9 @@ pub async fn serve(listen: SocketAddr, app: axum::Router, what: &'static str) ->
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
+        // Handlers may read the peer's address (the account API limits
+        // one-time codes per client).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(error) = served.await {
             tracing::error!(%error, what, "HTTP server stopped");

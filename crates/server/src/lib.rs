@@ -7,13 +7,14 @@
 //! The core's modules and the gateway crate's `wire` are re-exported under
 //! their own names, so `crate::ridecode` here is the core's.
 
-pub use farestream_core::{charges, deny_list, fares, ingest, journal, ridecode, scan, service_day, sync};
+pub use farestream_core::{charges, deny_list, fares, ingest, journal, retry, ridecode, scan, service_day, sync};
 pub use farestream_gateway::wire;
 
 pub mod api;
 pub mod archive;
 pub mod clock;
 pub mod config;
+pub mod data_dir_lock;
 pub mod fair;
 pub mod faults;
 pub mod files;

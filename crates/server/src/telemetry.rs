@@ -104,11 +104,22 @@ pub fn charge_attempted(answer: &'static str) {
 
 /// A charge whose attempts are spent (or that the gateway refused): an
 /// operator must look; it is still retried.
+/// Whether the payment gateway's circuit breaker holds charges back (1)
+/// or lets them go (0).
+pub fn payment_gateway_breaker(open: bool) {
+    gauge!("farestream_payment_gateway_breaker_open").set(if open { 1.0 } else { 0.0 });
+}
+
 pub fn charge_failed() {
     counter!("farestream_charges_failed_total").increment(1);
 }
 
 /// An account API call answered with an error; `error` is the body's code.
+/// A one-time code not sent, or a phone's codes not checked, and why.
+pub fn otp_refused(reason: &'static str) {
+    counter!("farestream_otp_refused_total", "reason" => reason).increment(1);
+}
+
 pub fn api_error(error: &'static str) {
     counter!("farestream_api_errors_total", "error" => error).increment(1);
 }

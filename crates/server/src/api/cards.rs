@@ -174,6 +174,25 @@ async fn may_ride(api: &ApiState, card_id: u64) -> Result<Account, ApiError> {
     Err(ApiError::Conflict { error: "keys_refused", message: format!("{reason} (state {})", account.state.as_str()) })
 }
 
+/// Records that the card holds a credential until `valid_until` (seconds)
+/// before it is issued: refused, as keys are, unless the card is still
+/// active in that transaction (a refund asked for a moment ago wins), so a
+/// refund knows the last moment its rider can ride.
+async fn record_keys(api: &ApiState, card_id: u64, valid_until: u32) -> Result<(), ApiError> {
+    let until_ms = i64::from(valid_until).saturating_mul(1_000);
+    match api.accounts.keys_issued(card_id, until_ms).await {
+        Ok(_) => Ok(()),
+        Err(crate::money::ServiceError::Account(crate::money::accounts::AccountError::WrongState { .. })) => {
+            let changed = || ApiError::Conflict {
+                error: "keys_refused",
+                message: "the card's state changed while its keys were made: ask again".into(),
+            };
+            Err(may_ride(api, card_id).await.err().unwrap_or_else(changed))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Today's window: from now, never longer than `credential_validity_secs`.
 fn window(api: &ApiState) -> (u32, u32) {
     let from = unix_secs_u32(api.accounts.clock.now_ms());
@@ -198,6 +217,7 @@ pub async fn keys(
         }
     };
     let (valid_from, valid_until) = window(&api);
+    record_keys(&api, card_id, valid_until).await?;
     let credential = api.issuer.issue(card_id, public_key, valid_from, valid_until);
     Ok(Json(DailyKeys {
         card_id,
@@ -231,6 +251,7 @@ pub async fn online_code(
     let seed = random_bytes::<32>().map_err(|e| ApiError::Internal(e.to_string()))?;
     let key = UserKey::from_seed(&seed).map_err(|e| ApiError::Internal(e.to_string()))?;
     let (created_at, valid_until) = window(&api);
+    record_keys(&api, card_id, valid_until).await?;
     let credential = api.issuer.issue(card_id, key.public_key(), created_at, valid_until);
     let code = key.make_code(&credential, created_at, 0);
     Ok(Json(OnlineCode { ride_code_hex: hex::encode(code.bytes), created_at, valid_until }))

@@ -67,11 +67,17 @@ impl From<ServiceError> for ApiError {
             ServiceError::Account(error @ AccountError::PhoneTaken(_)) => {
                 ApiError::Conflict { error: "phone_taken", message: error.to_string() }
             }
+            ServiceError::Account(error @ AccountError::NotYet { .. }) => {
+                ApiError::Conflict { error: "not_yet", message: error.to_string() }
+            }
             ServiceError::Account(AccountError::Store(error)) => ApiError::Internal(error.to_string()),
             ServiceError::Declined(code) => ApiError::PaymentDeclined(code),
-            error @ (ServiceError::GatewayUnavailable(_) | ServiceError::NoGateway) => {
-                ApiError::Unavailable(error.to_string())
+            error @ ServiceError::PaymentInProgress => {
+                ApiError::Conflict { error: "payment_in_progress", message: error.to_string() }
             }
+            error @ (ServiceError::GatewayUnavailable(_)
+            | ServiceError::GatewayRefused(_)
+            | ServiceError::NoGateway) => ApiError::Unavailable(error.to_string()),
         }
     }
 }

@@ -22,6 +22,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 pub use error::{ApiError, ErrorBody};
+pub use sessions::OtpLimits;
 
 pub use crate::http::HttpHandle;
 
@@ -37,6 +38,13 @@ pub struct ApiSettings {
     pub otp_validity: Duration,
     pub otp_attempts_max: u32,
     pub otp_resend_min: Duration,
+    pub otp_sends_per_phone_per_hour_max: u32,
+    pub otp_sends_per_client_per_hour_max: u32,
+    pub otp_sends_per_minute_max: u32,
+    pub otp_wrong_codes_per_phone_per_hour_max: u32,
+    /// Where the client's address is read when behind a proxy; `None`:
+    /// the TCP peer.
+    pub client_address_header: Option<String>,
     pub token_validity: Duration,
     pub account_charges_max: usize,
     /// The longest credential window issued (`ride_code.credential_validity_secs`).
@@ -59,10 +67,29 @@ impl ApiSettings {
             otp_validity: Duration::from_secs(u64::from(api.otp_validity_secs)),
             otp_attempts_max: api.otp_attempts_max,
             otp_resend_min: Duration::from_secs(u64::from(api.otp_resend_secs_min)),
+            otp_sends_per_phone_per_hour_max: api.otp_sends_per_phone_per_hour_max,
+            otp_sends_per_client_per_hour_max: api.otp_sends_per_client_per_hour_max,
+            otp_sends_per_minute_max: api.otp_sends_per_minute_max,
+            otp_wrong_codes_per_phone_per_hour_max: api.otp_wrong_codes_per_phone_per_hour_max,
+            client_address_header: Some(api.client_address_header.to_ascii_lowercase()).filter(|h| !h.is_empty()),
             token_validity: Duration::from_secs(u64::from(api.token_validity_secs)),
             account_charges_max: api.account_charges_max,
             credential_validity_secs: config.ride_code.credential_validity_secs,
         }))
+    }
+}
+
+impl ApiSettings {
+    /// The one-time codes' limits, in the units the store counts in.
+    pub fn otp_limits(&self) -> sessions::OtpLimits {
+        sessions::OtpLimits {
+            validity_ms: millis(self.otp_validity),
+            resend_min_ms: millis(self.otp_resend_min),
+            sends_per_phone_per_hour_max: self.otp_sends_per_phone_per_hour_max,
+            sends_per_client_per_hour_max: self.otp_sends_per_client_per_hour_max,
+            sends_per_minute_max: self.otp_sends_per_minute_max,
+            wrong_per_phone_per_hour_max: self.otp_wrong_codes_per_phone_per_hour_max,
+        }
     }
 }
 

@@ -2,17 +2,19 @@
 //! A phone that already has a card gets a new token for it (a new phone,
 //! a reinstalled app); otherwise a card is made.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::sessions::{CodeCheck, check_code, last_challenge_at, new_challenge, new_token, random_bytes};
+use super::sessions::{CodeCheck, SendRefused, check_code, new_token, random_bytes, send_code as send_code_checked};
 use super::{ApiError, ApiState, millis};
-use crate::money::accounts::{self, AccountError};
+use crate::money::accounts::{self, AccountError, AccountState};
 
 /// The longest phone number E.164 allows, in digits.
 const PHONE_DIGITS_MAX: usize = 15;
@@ -59,24 +61,44 @@ fn check_phone(phone: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The longest client address kept (an IPv6 address is at most 45).
+const CLIENT_ADDRESS_BYTES_MAX: usize = 64;
+
+/// Who asked: the first address in the configured proxy header, or the
+/// TCP peer's address.
+fn client_address(api: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> String {
+    let forwarded = api
+        .settings
+        .client_address_header
+        .as_deref()
+        .and_then(|name| headers.get(name))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    match forwarded {
+        Some(address) => address.chars().take(CLIENT_ADDRESS_BYTES_MAX).collect(),
+        None => peer.ip().to_string(),
+    }
+}
+
 pub async fn send_code(
     State(api): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
     let request: CodeRequest = json(&body)?;
     check_phone(&request.phone)?;
     let accounts = &api.accounts;
     let now = accounts.clock.now_ms();
-    let phone = request.phone.clone();
-    let last = accounts.read(move |conn| last_challenge_at(conn, &phone)).await?;
-    if last.is_some_and(|at| now.saturating_sub(at) < millis(api.settings.otp_resend_min)) {
-        return Err(ApiError::TooManyRequests(format!(
-            "a code was sent less than {} s ago",
-            api.settings.otp_resend_min.as_secs()
-        )));
-    }
-    let (phone, valid_ms) = (request.phone.clone(), millis(api.settings.otp_validity));
-    let code = accounts.write(move |tx| new_challenge(tx, &phone, now, valid_ms)).await?;
+    let (phone, client, limits) =
+        (request.phone.clone(), client_address(&api, peer, &headers), api.settings.otp_limits());
+    let sent = accounts.write(move |tx| send_code_checked(tx, &phone, &client, now, &limits)).await?;
+    let code = sent.map_err(|refused| {
+        crate::telemetry::otp_refused(refused.label());
+        ApiError::TooManyRequests(refused.message(&limits))
+    })?;
     accounts.notifier.notify(&request.phone, &format!("your farestream code is {code}"));
     let sent = CodeSent { phone: request.phone, expires_in_secs: api.settings.otp_validity.as_secs() };
     Ok((StatusCode::ACCEPTED, Json(sent)))
@@ -84,6 +106,8 @@ pub async fn send_code(
 
 pub async fn register(
     State(api): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
     let request: RegisterRequest = json(&body)?;
@@ -94,14 +118,18 @@ pub async fn register(
     let accounts = &api.accounts;
     let now = accounts.clock.now_ms();
     let (attempts_max, token_ms) = (api.settings.otp_attempts_max, millis(api.settings.token_validity));
+    let (client, limits) = (client_address(&api, peer, &headers), api.settings.otp_limits());
     let card_id = u64::from_be_bytes(random_bytes::<8>().map_err(|e| ApiError::Internal(e.to_string()))?).max(1);
     let outcome = accounts
         .write(move |tx| {
-            match check_code(tx, &request.phone, &request.code, now, attempts_max)? {
+            match check_code(tx, (&request.phone, &client), &request.code, now, (attempts_max, &limits))? {
                 CodeCheck::Right => {}
                 other => return Ok(Err(other)),
             }
             let card = match accounts::card_of_phone(tx, &request.phone)? {
+                Some(card) if accounts::account(tx, card)?.state == AccountState::Closed => {
+                    accounts::reopen(tx, card, now)?.card_id
+                }
                 Some(card) => card,
                 None => accounts::register(tx, card_id, &request.phone, now)?.card_id,
             };
@@ -111,6 +139,10 @@ pub async fn register(
     match outcome {
         Ok((card_id, token)) => Ok((StatusCode::CREATED, Json(Registered { card_id, token }))),
         Err(CodeCheck::Wrong) => Err(ApiError::Unauthorized("wrong code".into())),
+        Err(CodeCheck::Locked) => {
+            crate::telemetry::otp_refused("phone_locked");
+            Err(ApiError::TooManyRequests(SendRefused::PhoneLocked.message(&limits)))
+        }
         Err(_) => Err(ApiError::Unauthorized("no valid code for this phone: ask for a new one".into())),
     }
 }

@@ -1,6 +1,14 @@
 //! One-time codes and bearer tokens, in the money store. Only SHA-256
 //! hashes are kept; a code is spent by its first right answer and void
 //! after `otp_attempts_max` wrong ones.
+//!
+//! Guessing is limited per phone over time, not per code: every code sent
+//! and every wrong code is an `otp_events` row, and a phone with
+//! `wrong_per_phone_per_hour_max` wrong codes in the last hour has no
+//! code checked (not even the right one) and none sent until the hour has
+//! passed. Sends are limited per phone, per client and in total, and each
+//! check-and-send is one write transaction, so concurrent requests cannot
+//! all pass the same check.
 
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -18,7 +26,63 @@ pub enum CodeCheck {
     Wrong,
     /// None asked for, expired, or out of attempts: ask for a new one.
     NoneValid,
+    /// Too many wrong codes for this phone lately: nothing is checked.
+    Locked,
 }
+
+/// What limits one-time codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtpLimits {
+    pub validity_ms: i64,
+    pub resend_min_ms: i64,
+    pub sends_per_phone_per_hour_max: u32,
+    pub sends_per_client_per_hour_max: u32,
+    pub sends_per_minute_max: u32,
+    pub wrong_per_phone_per_hour_max: u32,
+}
+
+/// Why no code was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRefused {
+    TooSoon,
+    PhoneHourly,
+    PhoneLocked,
+    ClientHourly,
+    Total,
+}
+
+impl SendRefused {
+    /// Its name in `farestream_otp_refused_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SendRefused::TooSoon => "too_soon",
+            SendRefused::PhoneHourly => "phone_hourly",
+            SendRefused::PhoneLocked => "phone_locked",
+            SendRefused::ClientHourly => "client_hourly",
+            SendRefused::Total => "total",
+        }
+    }
+
+    pub fn message(self, limits: &OtpLimits) -> String {
+        match self {
+            SendRefused::TooSoon => format!("a code was sent less than {} s ago", limits.resend_min_ms / 1_000),
+            SendRefused::PhoneHourly => {
+                format!("{} codes were sent to this phone in the last hour", limits.sends_per_phone_per_hour_max)
+            }
+            SendRefused::PhoneLocked => "too many wrong codes for this phone: try again in an hour".into(),
+            SendRefused::ClientHourly => {
+                format!(
+                    "{} codes were asked for from this client in the last hour",
+                    limits.sends_per_client_per_hour_max
+                )
+            }
+            SendRefused::Total => "too many codes are being sent right now: try again in a minute".into(),
+        }
+    }
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const MINUTE_MS: i64 = 60_000;
 
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
     let mut bytes = [0u8; N];
@@ -35,18 +99,71 @@ fn hash(parts: &[&[u8]]) -> Vec<u8> {
     ctx.finish().as_ref().to_vec()
 }
 
-/// When the phone last asked for a code, if a challenge is open.
-pub fn last_challenge_at(conn: &Connection, phone: &str) -> Result<Option<UnixMillis>, AccountError> {
-    Ok(conn.query_row("SELECT created_at FROM otp_challenges WHERE phone = ?1", [phone], |r| r.get(0)).optional()?)
+/// Checks every limit and, if none refuses, records the send and makes a
+/// new six-digit code for `phone` (replacing any open one), in the
+/// caller's one write transaction.
+pub fn send_code(
+    tx: &Transaction<'_>,
+    phone: &str,
+    client: &str,
+    now: UnixMillis,
+    limits: &OtpLimits,
+) -> Result<Result<String, SendRefused>, AccountError> {
+    tx.execute("DELETE FROM otp_events WHERE at <= ?1", [now.saturating_sub(HOUR_MS)])?;
+    let last_sent: Option<i64> =
+        tx.query_row("SELECT max(at) FROM otp_events WHERE phone = ?1 AND kind = 'sent'", [phone], |r| r.get(0))?;
+    let refused = if last_sent.is_some_and(|at| now.saturating_sub(at) < limits.resend_min_ms) {
+        Some(SendRefused::TooSoon)
+    } else if phone_locked(tx, phone, now, limits)? {
+        Some(SendRefused::PhoneLocked)
+    } else if events(tx, "phone", phone, "sent", now.saturating_sub(HOUR_MS))? >= limits.sends_per_phone_per_hour_max {
+        Some(SendRefused::PhoneHourly)
+    } else if events(tx, "client", client, "sent", now.saturating_sub(HOUR_MS))? >= limits.sends_per_client_per_hour_max
+    {
+        Some(SendRefused::ClientHourly)
+    } else if sends_since(tx, now.saturating_sub(MINUTE_MS))? >= limits.sends_per_minute_max {
+        Some(SendRefused::Total)
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        return Ok(Err(refused));
+    }
+    record(tx, phone, client, "sent", now)?;
+    Ok(Ok(new_challenge(tx, phone, now, limits.validity_ms)?))
+}
+
+/// Whether the phone had too many wrong codes in the last hour.
+fn phone_locked(conn: &Connection, phone: &str, now: UnixMillis, limits: &OtpLimits) -> Result<bool, AccountError> {
+    Ok(events(conn, "phone", phone, "wrong", now.saturating_sub(HOUR_MS))? >= limits.wrong_per_phone_per_hour_max)
+}
+
+/// Events of `kind` for one phone or client after `since`.
+fn events(conn: &Connection, by: &str, who: &str, kind: &str, since: UnixMillis) -> Result<u32, AccountError> {
+    let sql = match by {
+        "phone" => "SELECT count(*) FROM otp_events WHERE phone = ?1 AND kind = ?2 AND at > ?3",
+        _ => "SELECT count(*) FROM otp_events WHERE client = ?1 AND kind = ?2 AND at > ?3",
+    };
+    let count: i64 = conn.query_row(sql, params![who, kind, since], |r| r.get(0))?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+fn sends_since(conn: &Connection, since: UnixMillis) -> Result<u32, AccountError> {
+    let count: i64 =
+        conn.query_row("SELECT count(*) FROM otp_events WHERE kind = 'sent' AND at > ?1", [since], |r| r.get(0))?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+fn record(tx: &Transaction<'_>, phone: &str, client: &str, kind: &str, now: UnixMillis) -> Result<(), AccountError> {
+    tx.execute(
+        "INSERT INTO otp_events (phone, client, kind, at) VALUES (?1, ?2, ?3, ?4)",
+        params![phone, client, kind, now],
+    )?;
+    Ok(())
 }
 
 /// A new six-digit code for `phone`, replacing any open one.
-pub fn new_challenge(
-    tx: &Transaction<'_>,
-    phone: &str,
-    now: UnixMillis,
-    valid_ms: i64,
-) -> Result<String, AccountError> {
+fn new_challenge(tx: &Transaction<'_>, phone: &str, now: UnixMillis, valid_ms: i64) -> Result<String, AccountError> {
     let code = format!("{:06}", u32::from_be_bytes(random_bytes::<4>()?) % 1_000_000);
     tx.execute(
         "INSERT INTO otp_challenges (phone, code_hash, created_at, expires_at, attempts) VALUES (?1, ?2, ?3, ?4, 0)
@@ -57,22 +174,31 @@ pub fn new_challenge(
     Ok(code)
 }
 
-/// Checks `code` against the phone's open challenge; a right one spends it.
+/// Checks `code` against the phone's open challenge; a right one spends
+/// it, a wrong one counts against the phone (and `client`) for an hour.
+/// A challenge out of attempts stays until it expires: it is void, and
+/// the resend limit still sees when it was sent.
 pub fn check_code(
     tx: &Transaction<'_>,
-    phone: &str,
+    (phone, client): (&str, &str),
     code: &str,
     now: UnixMillis,
-    attempts_max: u32,
+    (attempts_max, limits): (u32, &OtpLimits),
 ) -> Result<CodeCheck, AccountError> {
+    if phone_locked(tx, phone, now, limits)? {
+        return Ok(CodeCheck::Locked);
+    }
     let open: Option<(Vec<u8>, i64, u32)> = tx
         .query_row("SELECT code_hash, expires_at, attempts FROM otp_challenges WHERE phone = ?1", [phone], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
     let Some((code_hash, expires_at, attempts)) = open else { return Ok(CodeCheck::NoneValid) };
-    if now > expires_at || attempts >= attempts_max {
+    if now > expires_at {
         tx.execute("DELETE FROM otp_challenges WHERE phone = ?1", [phone])?;
+        return Ok(CodeCheck::NoneValid);
+    }
+    if attempts >= attempts_max {
         return Ok(CodeCheck::NoneValid);
     }
     // Hashes are compared, not codes: how long the comparison takes says
@@ -83,6 +209,7 @@ pub fn check_code(
         return Ok(CodeCheck::Right);
     }
     tx.execute("UPDATE otp_challenges SET attempts = attempts + 1 WHERE phone = ?1", [phone])?;
+    record(tx, phone, client, "wrong", now)?;
     Ok(CodeCheck::Wrong)
 }
 

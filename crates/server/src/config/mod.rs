@@ -143,7 +143,6 @@ pub struct KeysConfig {
 pub struct PaymentsConfig {
     pub fares_file: String,
     pub deposit_fen: u64,
-    pub refund_wait_secs: u64,
     pub refund_check_interval_ms: u64,
     pub charges_archive_interval_ms: u64,
     pub charges_archive_batch_charges_max: usize,
@@ -153,10 +152,13 @@ pub struct PaymentsConfig {
     pub dispatch_batch_charges_max: usize,
     pub dispatch_lease_ms: u64,
     pub request_timeout_ms: u64,
-    pub attempts_max: u32,
+    pub retry_budget_hours: u32,
     pub retry_backoff_ms_initial: u64,
     pub retry_backoff_ms_max: u64,
     pub failed_retry_after_ms: u64,
+    pub breaker_failures_to_open: u32,
+    pub breaker_probe_interval_ms_initial: u64,
+    pub breaker_probe_interval_ms_max: u64,
     pub pricer_poll_interval_ms: u64,
     pub store_busy_wait_ms: u64,
 }
@@ -170,6 +172,11 @@ pub struct ApiConfig {
     pub otp_validity_secs: u32,
     pub otp_attempts_max: u32,
     pub otp_resend_secs_min: u32,
+    pub otp_sends_per_phone_per_hour_max: u32,
+    pub otp_sends_per_client_per_hour_max: u32,
+    pub otp_sends_per_minute_max: u32,
+    pub otp_wrong_codes_per_phone_per_hour_max: u32,
+    pub client_address_header: String,
     pub token_validity_secs: u32,
     pub account_charges_max: usize,
 }
@@ -267,12 +274,25 @@ impl Config {
             "the backoff grows from the first to the largest",
         )?;
         at_least(
+            "payments.breaker_probe_interval_ms_max",
+            self.payments.breaker_probe_interval_ms_max,
+            "payments.breaker_probe_interval_ms_initial",
+            self.payments.breaker_probe_interval_ms_initial,
+            "the wait between probes grows from the first to the largest",
+        )?;
+        at_least(
             "payments.dispatch_lease_ms",
             self.payments.dispatch_lease_ms,
             "payments.request_timeout_ms",
             self.payments.request_timeout_ms,
             "a charge must not be claimed again while its request may still be answered",
         )?;
+        let header = &self.api.client_address_header;
+        if header.len() > 64 || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ConfigError::Invalid(format!(
+                "api.client_address_header = {header:?} must be empty or a header name (letters, digits, '-'; at most 64)"
+            )));
+        }
         let url = &self.payments.gateway_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::Invalid(format!(
@@ -429,6 +449,8 @@ mod tests {
             ("[wal]\nrecord_bytes_max = 1073741824\n", "wal.segment_bytes_max"),
             ("[server]\nframes_in_flight_bytes_max = 65536\n", "wire.frame_bytes_max"),
             ("[gateway]\nretry_backoff_ms_initial = 600000\n", "retry_backoff_ms_max"),
+            ("[payments]\nbreaker_probe_interval_ms_initial = 60000\n", "breaker_probe_interval_ms_max"),
+            ("[api]\nclient_address_header = \"x forwarded\"\n", "client_address_header"),
             ("not toml at all", "not valid TOML"),
         ];
         for (text, named) in cases {

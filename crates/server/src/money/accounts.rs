@@ -1,11 +1,13 @@
 //! Rider accounts in the money store: the life of an account
-//! (`registered` → `active` ⇄ `in_arrears`, `refund_pending` → `closed`),
-//! the arrears and the deny list. Every change appends to
-//! `account_history` with its cause, in the transaction that makes it.
+//! (`registered` → `active` ⇄ `in_arrears`, `refund_pending` → `closed`,
+//! and `closed` → `registered` when its rider signs up again), the arrears
+//! and the deny list. Every change appends to `account_history` with its
+//! cause, in the transaction that makes it.
 //!
-//! Invariant: a card is on the deny list exactly while its arrears are
-//! above zero; [`set_arrears`] is the one place arrears change, and it
-//! moves the card on or off the list in the same transaction.
+//! Invariant: a card is on the deny list exactly while it owes arrears or
+//! waits for its refund ([`is_denied`]); [`change`] is the one place state
+//! and arrears change, and it moves the card on or off the list in the
+//! same transaction.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use thiserror::Error;
@@ -59,6 +61,18 @@ pub struct Account {
     pub arrears_cents: i64,
     pub refund_requested_at: Option<UnixMillis>,
     pub created_at: UnixMillis,
+    /// The end of the newest credential issued: the last moment the rider
+    /// can ride without new keys.
+    pub keys_valid_until: Option<UnixMillis>,
+    /// When a pending refund may be paid: no ride can arrive after it.
+    pub refund_due_at: Option<UnixMillis>,
+}
+
+/// Whether the gates must refuse the card: it owes, or its deposit is on
+/// its way back (a closed card has no valid credential left, so it leaves
+/// the list and the list stays bounded).
+pub fn is_denied(state: AccountState, arrears_cents: i64) -> bool {
+    arrears_cents > 0 || state == AccountState::RefundPending
 }
 
 #[derive(Debug, Error)]
@@ -69,6 +83,8 @@ pub enum AccountError {
     WrongState { card_id: u64, state: &'static str, action: &'static str, needs: &'static str },
     #[error("phone {0} already has a card")]
     PhoneTaken(String),
+    #[error("card {card_id} cannot close yet: {why:?}")]
+    NotYet { card_id: u64, why: NotYet },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -92,6 +108,21 @@ pub fn register(tx: &Transaction<'_>, card_id: u64, phone: &str, now: UnixMillis
     account(tx, card_id)
 }
 
+/// A closed card's rider signs up again: the same card, registered, to
+/// sign a new agreement and pay a new deposit. Its old days stay its own.
+pub fn reopen(tx: &Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    if before.state != AccountState::Closed {
+        return Err(wrong_state(&before, "signing up again", "closed"));
+    }
+    tx.execute(
+        "UPDATE accounts SET agreement_id = NULL, deposit_cents = 0, refund_requested_at = NULL, refund_due_at = NULL
+         WHERE card_id = ?1",
+        [card_to_sql(card_id)],
+    )?;
+    change(tx, &before, AccountState::Registered, before.arrears_cents, ("reopened", 0, "signed up again"), now)
+}
+
 /// The debit agreement is signed and the deposit paid: the card may ride.
 pub fn activate(
     tx: &Transaction<'_>,
@@ -106,48 +137,159 @@ pub fn activate(
         return Err(wrong_state(&before, "activation", "registered"));
     }
     tx.execute(
-        "UPDATE accounts SET payment_user_id = ?2, agreement_id = ?3, deposit_cents = ?4, state = 'active'
-         WHERE card_id = ?1",
+        "UPDATE accounts SET payment_user_id = ?2, agreement_id = ?3, deposit_cents = ?4 WHERE card_id = ?1",
         params![card_to_sql(card_id), payment_user_id, agreement_id, deposit_cents],
     )?;
-    history(tx, card_id, now, "activated", Some(before.state), AccountState::Active, deposit_cents, "deposit paid")?;
+    let state = if before.arrears_cents > 0 { AccountState::InArrears } else { AccountState::Active };
+    change(tx, &before, state, before.arrears_cents, ("activated", deposit_cents, "deposit paid"), now)
+}
+
+/// Keys were issued until `valid_until`: only to an active card, checked
+/// in the transaction that records them, so a refund asked for at the same
+/// moment knows the last credential.
+pub fn keys_issued(tx: &Transaction<'_>, card_id: u64, valid_until: UnixMillis) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    if before.state != AccountState::Active {
+        return Err(wrong_state(&before, "keys", "active"));
+    }
+    tx.execute(
+        "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2) WHERE card_id = ?1",
+        params![card_to_sql(card_id), valid_until],
+    )?;
     account(tx, card_id)
 }
 
-/// The rider asked for the deposit back: no new keys from now on; the
-/// refund waits until late uploads are in and the days are settled.
-pub fn request_refund(tx: &Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<Account, AccountError> {
+/// The rider asked for the deposit back: the card is denied at once and
+/// gets no new keys; the refund is due once no ride of it can still
+/// arrive: the end of its newest credential (or now, if later) plus
+/// `rides_arrive_within_ms` (the accepted lateness of uploads and the
+/// validators' clock skew).
+pub fn request_refund(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    rides_arrive_within_ms: i64,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
     if !matches!(before.state, AccountState::Active | AccountState::InArrears) {
         return Err(wrong_state(&before, "a refund", "active or in_arrears"));
     }
+    let last_ride_at = before.keys_valid_until.unwrap_or(now).max(now);
+    let due_at = last_ride_at.saturating_add(rides_arrive_within_ms);
     tx.execute(
-        "UPDATE accounts SET state = 'refund_pending', refund_requested_at = ?2 WHERE card_id = ?1",
-        params![card_to_sql(card_id), now],
+        "UPDATE accounts SET refund_requested_at = ?2, refund_due_at = ?3 WHERE card_id = ?1",
+        params![card_to_sql(card_id), now, due_at],
     )?;
-    let to = AccountState::RefundPending;
-    history(tx, card_id, now, "refund_requested", Some(before.state), to, 0, "rider's request")?;
-    account(tx, card_id)
+    change(
+        tx,
+        &before,
+        AccountState::RefundPending,
+        before.arrears_cents,
+        ("refund_requested", 0, "rider's request"),
+        now,
+    )
 }
 
-/// The deposit went back and the agreement ends: the account is closed.
-pub fn close(tx: &Transaction<'_>, card_id: u64, cause: &str, now: UnixMillis) -> Result<Account, AccountError> {
+/// Sets what the card owes against its deposit (the deposit exists to
+/// cover rides a decline found late): returns how much was set off.
+pub fn set_off_arrears_against_deposit(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    now: UnixMillis,
+) -> Result<i64, AccountError> {
     let before = account(tx, card_id)?;
-    if before.state != AccountState::RefundPending || before.arrears_cents > 0 {
-        return Err(wrong_state(&before, "closing", "refund_pending with nothing owed"));
+    let set_off = before.arrears_cents.min(before.deposit_cents).max(0);
+    if set_off == 0 {
+        return Ok(0);
     }
-    tx.execute("UPDATE accounts SET state = 'closed', deposit_cents = 0 WHERE card_id = ?1", [card_to_sql(card_id)])?;
-    history(tx, card_id, now, "closed", Some(before.state), AccountState::Closed, -before.deposit_cents, cause)?;
+    tx.execute(
+        "UPDATE accounts SET deposit_cents = deposit_cents - ?2 WHERE card_id = ?1",
+        params![card_to_sql(card_id), set_off],
+    )?;
+    let cause = format!("{set_off} of the deposit set against the arrears");
+    change(
+        tx,
+        &before,
+        before.state,
+        before.arrears_cents - set_off,
+        ("arrears_paid_from_deposit", -set_off, &cause),
+        now,
+    )?;
+    Ok(set_off)
+}
+
+/// The deposit (what is left of it) went back to the rider.
+pub fn deposit_returned(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    cause: &str,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    if before.state != AccountState::RefundPending {
+        return Err(wrong_state(&before, "returning the deposit", "refund_pending"));
+    }
+    tx.execute("UPDATE accounts SET deposit_cents = 0 WHERE card_id = ?1", [card_to_sql(card_id)])?;
+    history(tx, card_id, now, "deposit_returned", Some(before.state), before.state, -before.deposit_cents, cause)?;
     account(tx, card_id)
 }
 
-/// Cards whose refund was asked for at or before `asked_by`.
-pub fn refunds_due(conn: &Connection, asked_by: UnixMillis) -> Result<Vec<u64>, StoreError> {
+/// Why a pending refund cannot close yet, checked in the transaction that
+/// would close it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotYet {
+    /// Rides may still arrive until then.
+    RidesMayArrive { until: UnixMillis },
+    /// A charge is undecided or an entry waits for its exit.
+    MoneyInFlight,
+    /// Arrears the deposit did not cover.
+    Owes { arrears_cents: i64 },
+    /// The deposit has not gone back yet.
+    DepositHeld { deposit_cents: i64 },
+}
+
+/// Whether the refund-pending card may close now, and why not.
+pub fn may_close(conn: &Connection, card_id: u64, now: UnixMillis) -> Result<Result<Account, NotYet>, AccountError> {
+    let account = account(conn, card_id)?;
+    if account.state != AccountState::RefundPending {
+        return Err(wrong_state(&account, "closing", "refund_pending"));
+    }
+    let until = account.refund_due_at.unwrap_or(i64::MAX);
+    Ok(if now < until {
+        Err(NotYet::RidesMayArrive { until })
+    } else if money_in_flight(conn, card_id)? {
+        Err(NotYet::MoneyInFlight)
+    } else if account.arrears_cents > 0 {
+        Err(NotYet::Owes { arrears_cents: account.arrears_cents })
+    } else if account.deposit_cents > 0 {
+        Err(NotYet::DepositHeld { deposit_cents: account.deposit_cents })
+    } else {
+        Ok(account)
+    })
+}
+
+/// Nothing is owed, held or in flight, and no ride can arrive: closed, and
+/// off the deny list (no credential of it is valid any more).
+pub fn close(tx: &Transaction<'_>, card_id: u64, cause: &str, now: UnixMillis) -> Result<Account, AccountError> {
+    let before = match may_close(tx, card_id, now)? {
+        Ok(account) => account,
+        Err(not_yet) => {
+            let before = account(tx, card_id)?;
+            return Err(AccountError::NotYet { card_id: before.card_id, why: not_yet });
+        }
+    };
+    change(tx, &before, AccountState::Closed, 0, ("closed", 0, cause), now)
+}
+
+/// Refund-pending cards whose refund is due at `now`; requests from before
+/// due times were kept (schema 4 and older) are due `wait_ms` after them.
+pub fn refunds_due(conn: &Connection, now: UnixMillis, wait_ms: i64) -> Result<Vec<u64>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT card_id FROM accounts WHERE state = 'refund_pending' AND refund_requested_at <= ?1 ORDER BY card_id",
+            "SELECT card_id FROM accounts WHERE state = 'refund_pending'
+               AND coalesce(refund_due_at, refund_requested_at + ?2) <= ?1 ORDER BY card_id",
         )?
-        .query_map([asked_by], |r| r.get::<_, i64>(0).map(card_from_sql))?
+        .query_map(params![now, wait_ms], |r| r.get::<_, i64>(0).map(card_from_sql))?
         .collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -172,12 +314,20 @@ pub fn add_arrears(
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    set_arrears(tx, &before, before.arrears_cents.saturating_add(amount_cents), "arrears_added", cause, now)
+    let arrears = before.arrears_cents.saturating_add(amount_cents);
+    let state = match before.state {
+        AccountState::Active => AccountState::InArrears,
+        other => other,
+    };
+    change(tx, &before, state, arrears, ("arrears_added", amount_cents, cause), now)
 }
 
-/// The rider paid `paid_cents` of what is owed; once nothing is, the card
-/// rides again. (A decline that came in while the payment was out stays
-/// owed.)
+/// The rider paid `paid_cents` of what is owed; once nothing is, an
+/// in-arrears card rides again (a refund-pending one stays pending). A
+/// decline that came in while the payment was out stays owed; a payment
+/// larger than what is owed (arrears lowered meanwhile) is never clamped
+/// away: the excess is recorded as `arrears_overpaid` for a person to
+/// return.
 pub fn pay_arrears(
     tx: &Transaction<'_>,
     card_id: u64,
@@ -186,38 +336,41 @@ pub fn pay_arrears(
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    if before.arrears_cents == 0 {
-        return Err(wrong_state(&before, "paying arrears", "arrears owed"));
-    }
-    let left = before.arrears_cents.saturating_sub(paid_cents).max(0);
-    set_arrears(tx, &before, left, "arrears_paid", cause, now)
-}
-
-/// The one place arrears change: the state and the deny list follow them.
-fn set_arrears(
-    tx: &Transaction<'_>,
-    before: &Account,
-    arrears_cents: i64,
-    event: &str,
-    cause: &str,
-    now: UnixMillis,
-) -> Result<Account, AccountError> {
-    let owes = arrears_cents > 0;
+    let left = before.arrears_cents.saturating_sub(paid_cents);
     let state = match before.state {
-        AccountState::Active | AccountState::InArrears if owes => AccountState::InArrears,
-        AccountState::InArrears => AccountState::Active,
+        AccountState::InArrears if left <= 0 => AccountState::Active,
         other => other,
     };
+    let after =
+        change(tx, &before, state, left.max(0), ("arrears_paid", -paid_cents.min(before.arrears_cents), cause), now)?;
+    if left < 0 {
+        tracing::error!(card_id, overpaid = -left, "a payment of arrears exceeded what was owed");
+        history(tx, card_id, now, "arrears_overpaid", Some(after.state), after.state, -left, cause)?;
+    }
+    Ok(after)
+}
+
+/// The one place state and arrears change: the deny list follows them
+/// ([`is_denied`]), and the history records `event` with its amount.
+fn change(
+    tx: &Transaction<'_>,
+    before: &Account,
+    state: AccountState,
+    arrears_cents: i64,
+    (event, amount_cents, cause): (&str, i64, &str),
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    assert!(arrears_cents >= 0, "card {} arrears {arrears_cents}", before.card_id);
     tx.execute(
         "UPDATE accounts SET arrears_cents = ?2, state = ?3 WHERE card_id = ?1",
         params![card_to_sql(before.card_id), arrears_cents, state.as_str()],
     )?;
-    let change = arrears_cents.saturating_sub(before.arrears_cents);
-    history(tx, before.card_id, now, event, Some(before.state), state, change, cause)?;
-    if owes != (before.arrears_cents > 0) {
+    history(tx, before.card_id, now, event, Some(before.state), state, amount_cents, cause)?;
+    let denied = is_denied(state, arrears_cents);
+    if denied != is_denied(before.state, before.arrears_cents) {
         tx.execute(
             "INSERT INTO deny_list_changes (card_id, denied, at) VALUES (?1, ?2, ?3)",
-            params![card_to_sql(before.card_id), owes, now],
+            params![card_to_sql(before.card_id), denied, now],
         )?;
     }
     account(tx, before.card_id)
@@ -233,7 +386,7 @@ pub fn card_of_phone(conn: &Connection, phone: &str) -> Result<Option<u64>, Acco
 pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError> {
     conn.query_row(
         "SELECT card_id, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents,
-                refund_requested_at, created_at
+                refund_requested_at, created_at, keys_valid_until, refund_due_at
          FROM accounts WHERE card_id = ?1",
         [card_to_sql(card_id)],
         |r| {
@@ -247,13 +400,15 @@ pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError>
                 r.get(6)?,
                 r.get(7)?,
                 r.get(8)?,
+                (r.get(9)?, r.get(10)?),
             ))
         },
     )
     .optional()?
     .ok_or(AccountError::NotFound(card_id))
     .and_then(
-        |(card, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents, refund, created)| {
+        |(card, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents, refund, created, due)| {
+            let (keys_valid_until, refund_due_at) = due;
             let state = AccountState::parse(&state)
                 .ok_or_else(|| AccountError::Store(StoreError::Corrupt(format!("account state {state:?}"))))?;
             Ok(Account {
@@ -266,6 +421,8 @@ pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError>
                 arrears_cents,
                 refund_requested_at: refund,
                 created_at: created,
+                keys_valid_until,
+                refund_due_at,
             })
         },
     )
@@ -275,36 +432,38 @@ pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError>
 pub fn deny_list(conn: &Connection) -> Result<(u64, Vec<u64>), StoreError> {
     let version: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM deny_list_changes", [], |r| r.get(0))?;
     let cards = conn
-        .prepare_cached("SELECT card_id FROM accounts WHERE arrears_cents > 0 ORDER BY card_id")?
+        .prepare_cached(
+            "SELECT card_id FROM accounts WHERE arrears_cents > 0 OR state = 'refund_pending' ORDER BY card_id",
+        )?
         .query_map([], |r| r.get::<_, i64>(0).map(card_from_sql))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((u64::try_from(version).unwrap_or(0), cards))
 }
 
-/// A payment of arrears the payer's bank declined: nothing changes but the
-/// history, which numbers the next attempt (a declined key is final).
-pub fn arrears_payment_declined(
+/// An event that changes neither state nor arrears (a payment declined,
+/// a rider told to pay first), in the history with its amount.
+pub fn note(
     tx: &Transaction<'_>,
     card_id: u64,
+    event: &str,
+    amount_cents: i64,
     cause: &str,
     now: UnixMillis,
 ) -> Result<(), AccountError> {
     let state = account(tx, card_id)?.state;
-    history(tx, card_id, now, "arrears_payment_declined", Some(state), state, 0, cause)?;
+    history(tx, card_id, now, event, Some(state), state, amount_cents, cause)?;
     Ok(())
 }
 
-/// How many payments of the card's arrears were decided (paid or
-/// declined): numbers the next one, so a retry after a lost answer reuses
-/// its key and a new attempt after a decline does not.
-pub fn arrears_payments(conn: &Connection, card_id: u64) -> Result<u64, AccountError> {
-    let count: i64 = conn.query_row(
-        "SELECT count(*) FROM account_history
-         WHERE card_id = ?1 AND event IN ('arrears_paid', 'arrears_payment_declined')",
-        [card_to_sql(card_id)],
-        |r| r.get(0),
-    )?;
-    Ok(count.unsigned_abs())
+/// The amount of the card's latest `event` in its history, if any.
+pub fn last_note_amount(conn: &Connection, card_id: u64, event: &str) -> Result<Option<i64>, AccountError> {
+    Ok(conn
+        .query_row(
+            "SELECT amount_cents FROM account_history WHERE card_id = ?1 AND event = ?2 ORDER BY seq DESC LIMIT 1",
+            params![card_to_sql(card_id), event],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 /// Every deny-list change after `version`, in order.
@@ -398,7 +557,8 @@ mod tests {
         let paid = pay_arrears(&tx, u64::MAX, 400, "payment p-2", 5).expect("pay");
         assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
         assert_eq!(deny_list(&tx).expect("list"), (2, vec![]));
-        assert!(matches!(pay_arrears(&tx, u64::MAX, 1, "again", 6), Err(AccountError::WrongState { .. })));
+        let overpaid = pay_arrears(&tx, u64::MAX, 70, "payment p-3", 6).expect("a payment nothing was owed for");
+        assert_eq!((overpaid.state, overpaid.arrears_cents), (AccountState::Active, 0));
         let events: Vec<(String, i64)> =
             account_history(&tx, u64::MAX).expect("history").into_iter().map(|h| (h.event, h.amount_cents)).collect();
         let expected = [
@@ -408,6 +568,8 @@ mod tests {
             ("arrears_added", 200),
             ("arrears_paid", -100),
             ("arrears_paid", -400),
+            ("arrears_paid", 0),
+            ("arrears_overpaid", 70),
         ];
         assert_eq!(events, expected.map(|(e, a)| (e.to_string(), a)));
     }

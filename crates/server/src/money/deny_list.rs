@@ -55,6 +55,11 @@ impl DenyListHub {
         self.len() == 0
     }
 
+    /// Whether the card is on the list as last synced.
+    pub fn contains(&self, card_id: u64) -> bool {
+        lock(&self.log).contains(card_id)
+    }
+
     /// Applies the store's changes since the last sync (blocking: a query).
     pub fn sync(&self) -> Result<u64, StoreError> {
         let mut log = lock(&self.log);

@@ -2,18 +2,26 @@
 //! at most `concurrency_max` at once, each under its charge id as the
 //! idempotency key, and writes what came back.
 //!
-//! Claiming is a lease: a claimed charge's `attempts` goes up by one and it
-//! is not due again until `lease_until`; only the claim that holds that
-//! attempt number may write the outcome, so a lease that expired (a slow
+//! Claiming is a lease: a claimed charge takes the next `claims` number
+//! and is not due again until `lease_until`; only the claim that holds the
+//! latest number may write the outcome, so a lease that expired (a slow
 //! answer, a crash) and was claimed again cannot be decided twice. The
 //! gateway's idempotency key, not the lease, is what makes a charge apply
-//! once: a resend gets the first result.
+//! once: a resend gets the first result. `attempts` counts requests that
+//! went out and were answered (or not) — it goes up with the outcome, so a
+//! crash between a claim and its send costs nothing.
 //!
 //! Outcomes: `succeeded`; `declined` (final: the amount becomes arrears and
 //! the card is denied, in the same transaction); a retryable answer waits
-//! out an exponential backoff or the gateway's `Retry-After`; after
-//! `attempts_max` the charge is `failed`, reported, and still retried every
-//! `failed_retry_after`. A charge is never dropped.
+//! out a backoff with full jitter or the gateway's `Retry-After`; once the
+//! retry budget (hours, from the first attempt) is spent the charge is
+//! `failed`, reported, and still retried every `failed_retry_after`. A
+//! charge is never dropped. The core's `retry` module decides all of it.
+//!
+//! One circuit breaker guards the gateway: after a run of retryable
+//! failures it opens, and charges wait in the outbox while one probe at a
+//! time finds out whether the gateway is back; the probe that is answered
+//! closes it and brings every waiting charge due at once.
 //!
 //! Leases and retries run on the wall clock, whatever clock the server runs
 //! on (the demo compresses a day into a minute): they are about how the
@@ -32,6 +40,7 @@ use super::deny_list::DenyListHub;
 use super::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
 use crate::clock::{Clock, SystemClock, UnixMillis};
+use crate::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
 use crate::sync::lock;
 use crate::telemetry;
 
@@ -40,10 +49,9 @@ pub struct DispatcherSettings {
     pub concurrency_max: usize,
     pub batch_charges_max: usize,
     pub lease: Duration,
-    pub attempts_max: u32,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub failed_retry_after: Duration,
+    /// Backoff, jitter and the retry budget (milliseconds).
+    pub retry: RetryPolicy,
+    pub breaker: BreakerSettings,
     /// How often the outbox is looked at when nobody says it changed.
     pub poll_interval: Duration,
 }
@@ -56,7 +64,13 @@ struct Claimed {
     amount_cents: i64,
     currency: String,
     kind: String,
-    attempt: u32,
+    /// The claim's fencing number: its outcome is written only if no later
+    /// claim took the charge.
+    claim: u32,
+    /// Requests sent before this one.
+    attempts_before: u32,
+    /// Wall-clock time of the first request, if one went out.
+    first_attempt_at: Option<UnixMillis>,
     agreement_id: Option<String>,
 }
 
@@ -66,32 +80,68 @@ pub struct Dispatcher {
     pub gateway: PaymentGateway,
     /// Dates outcomes (`decided_at`, arrears).
     pub clock: Arc<dyn Clock>,
-    /// Rung by the pricer when it wrote charges.
+    /// Rung by the pricer when it wrote charges, and by the breaker when
+    /// it closes or a probe is answered.
     pub wake: Arc<Notify>,
     /// Told after a decline put a card on the list.
     pub deny_list: Arc<DenyListHub>,
+    /// The gateway's circuit breaker, on the wall clock.
+    pub breaker: Mutex<CircuitBreaker>,
 }
 
 impl Dispatcher {
+    pub fn new(
+        settings: DispatcherSettings,
+        store: Arc<Mutex<MoneyStore>>,
+        gateway: PaymentGateway,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+        deny_list: Arc<DenyListHub>,
+    ) -> Dispatcher {
+        let breaker = Mutex::new(CircuitBreaker::new(settings.breaker));
+        Dispatcher { settings, store, gateway, clock, wake, deny_list, breaker }
+    }
+
     /// Sends due charges until `stop` is cancelled; a store error is logged
     /// and the round tried again after `poll_interval`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let sends = Arc::new(Semaphore::new(self.settings.concurrency_max));
         loop {
-            let claimed = match self.claim().await {
+            let permit = lock(&self.breaker).permit(SystemClock.now_ms());
+            telemetry::payment_gateway_breaker(!matches!(permit, Permit::Send));
+            let limit = match permit {
+                Permit::Send => self.settings.batch_charges_max,
+                Permit::Probe => 1,
+                Permit::WaitUntil(until) => {
+                    let wait = until.map_or(self.settings.poll_interval, |at| {
+                        Duration::from_millis(at.saturating_sub(SystemClock.now_ms()).max(1).unsigned_abs())
+                    });
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait.min(self.settings.poll_interval)) => {}
+                    }
+                    continue;
+                }
+            };
+            let claimed = match self.claim(limit).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::warn!(%error, "cannot claim charges; trying again");
                     Vec::new()
                 }
             };
-            let full_round = claimed.len() == self.settings.batch_charges_max;
+            if permit == Permit::Probe && claimed.is_empty() {
+                lock(&self.breaker).probe_unused(SystemClock.now_ms());
+            }
+            let full_round = claimed.len() == self.settings.batch_charges_max && permit == Permit::Send;
+            let probe = permit == Permit::Probe;
             for charge in claimed {
-                let Ok(permit) = Arc::clone(&sends).acquire_owned().await else { return };
+                let Ok(send) = Arc::clone(&sends).acquire_owned().await else { return };
                 let this = Arc::clone(&self);
                 tokio::spawn(async move {
-                    this.attempt(charge).await;
-                    drop(permit);
+                    this.attempt(charge, probe).await;
+                    drop(send);
                 });
             }
             if full_round {
@@ -105,21 +155,23 @@ impl Dispatcher {
         }
     }
 
-    /// Claims up to `batch_charges_max` due charges.
-    async fn claim(&self) -> Result<Vec<Claimed>, StoreError> {
+    /// Claims up to `limit` due charges: each takes its next claim number
+    /// and a lease; nothing counts as an attempt until it is sent.
+    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, StoreError> {
         let (store, now) = (Arc::clone(&self.store), SystemClock.now_ms());
-        let (limit, lease) = (self.settings.batch_charges_max, millis(self.settings.lease));
+        let lease = millis(self.settings.lease);
         blocking(move || {
             let mut store = lock(&store);
             let tx = store.transaction()?;
             let claimed = {
                 let mut due = tx.prepare_cached(
-                    "SELECT c.charge_id, c.card_id, c.amount_cents, c.currency, c.kind, c.attempts, a.agreement_id
+                    "SELECT c.charge_id, c.card_id, c.amount_cents, c.currency, c.kind, c.claims, c.attempts,
+                            c.first_attempt_at, a.agreement_id
                      FROM charges c LEFT JOIN accounts a ON a.card_id = c.card_id
                      WHERE c.outcome IN ('pending', 'failed') AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
                      ORDER BY c.next_attempt_at LIMIT ?2",
                 )?;
-                let rows = due.query_map(params![now, limit as i64], |r| {
+                let rows = due.query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
                     Ok((
                         r.get::<_, Vec<u8>>(0)?,
                         r.get::<_, i64>(1)?,
@@ -127,28 +179,33 @@ impl Dispatcher {
                         r.get(3)?,
                         r.get(4)?,
                         r.get::<_, u32>(5)?,
-                        r.get(6)?,
+                        r.get::<_, u32>(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
                     ))
                 })?;
                 let mut claimed = Vec::new();
                 for row in rows {
-                    let (id, card, amount_cents, currency, kind, attempts, agreement_id) = row?;
+                    let (id, card, amount_cents, currency, kind, claims, attempts, first_attempt_at, agreement_id) =
+                        row?;
                     claimed.push(Claimed {
                         charge_id: id_from_sql(&id)?,
                         card_id: card_from_sql(card),
                         amount_cents,
                         currency,
                         kind,
-                        attempt: attempts.saturating_add(1),
+                        claim: claims.saturating_add(1),
+                        attempts_before: attempts,
+                        first_attempt_at,
                         agreement_id,
                     });
                 }
                 claimed
             };
             let mut lease_it =
-                tx.prepare_cached("UPDATE charges SET attempts = ?2, lease_until = ?3 WHERE charge_id = ?1")?;
+                tx.prepare_cached("UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1")?;
             for charge in &claimed {
-                lease_it.execute(params![&charge.charge_id[..], charge.attempt, now.saturating_add(lease)])?;
+                lease_it.execute(params![&charge.charge_id[..], charge.claim, now.saturating_add(lease)])?;
             }
             drop(lease_it);
             tx.commit()?;
@@ -157,10 +214,22 @@ impl Dispatcher {
         .await
     }
 
-    /// One attempt at one charge, and its outcome written.
-    async fn attempt(&self, charge: Claimed) {
+    /// One attempt at one charge, and its outcome written. A charge whose
+    /// turn comes after the breaker opened goes back to the outbox unsent
+    /// (only the probe goes out while it is open).
+    async fn attempt(&self, charge: Claimed, probe: bool) {
+        if !probe && !lock(&self.breaker).is_closed() {
+            if let Err(error) = self.release(&charge).await {
+                tracing::warn!(%error, charge = %hex::encode(charge.charge_id), "cannot give a charge back; it is due again after its lease");
+            }
+            return;
+        }
         let answer = match &charge.agreement_id {
-            None => Answer::Refused { reason: format!("card {} has no debit agreement", charge.card_id) },
+            None => {
+                // Nothing went to the gateway: a probe learnt nothing.
+                lock(&self.breaker).probe_unused(SystemClock.now_ms());
+                Answer::Refused { reason: format!("card {} has no debit agreement", charge.card_id) }
+            }
             Some(agreement_id) => {
                 let (direction, amount) = if charge.amount_cents < 0 {
                     (Direction::Credit, charge.amount_cents.unsigned_abs())
@@ -173,11 +242,14 @@ impl Dispatcher {
                     currency: charge.currency.clone(),
                     description: format!("farestream {} {}", charge.kind, hex::encode(charge.charge_id)),
                 };
-                self.gateway.pay(direction, &hex::encode(charge.charge_id), &request).await
+                let answer = self.gateway.pay(direction, &hex::encode(charge.charge_id), &request).await;
+                self.gateway_answered(answer.gateway_health());
+                answer
             }
         };
         telemetry::charge_attempted(answer_label(&answer));
-        match self.record(&charge, answer).await {
+        let sent = charge.agreement_id.is_some();
+        match self.record(&charge, answer, sent).await {
             Ok(Some(_declined)) => self.deny_list.sync_soon().await,
             Ok(None) => {}
             Err(error) => {
@@ -186,28 +258,81 @@ impl Dispatcher {
         }
     }
 
+    /// Gives a claimed charge back unsent: due again as it was, no attempt
+    /// counted.
+    async fn release(&self, charge: &Claimed) -> Result<(), StoreError> {
+        let (store, id, claim) = (Arc::clone(&self.store), charge.charge_id, charge.claim);
+        blocking(move || {
+            let mut store = lock(&store);
+            let tx = store.transaction()?;
+            tx.execute(
+                "UPDATE charges SET lease_until = 0 WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                params![&id[..], claim],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Tells the breaker; when that closes it, every charge waiting out a
+    /// backoff is due now: the failures were the gateway's, not theirs.
+    fn gateway_answered(&self, health: GatewayHealth) {
+        let now = SystemClock.now_ms();
+        let closed = lock(&self.breaker).record(health, now, random_u64());
+        if !closed {
+            self.wake.notify_one();
+            return;
+        }
+        tracing::info!("the payment gateway answers again; sending the charges that waited");
+        let (store, wake) = (Arc::clone(&self.store), Arc::clone(&self.wake));
+        tokio::spawn(async move {
+            let due_now = blocking(move || {
+                let mut store = lock(&store);
+                let tx = store.transaction()?;
+                let moved = tx.execute(
+                    "UPDATE charges SET next_attempt_at = ?1
+                     WHERE outcome = 'pending' AND next_attempt_at > ?1 AND lease_until <= ?1",
+                    [now],
+                )?;
+                tx.commit()?;
+                Ok(moved)
+            })
+            .await;
+            if let Err(error) = due_now {
+                tracing::warn!(%error, "cannot bring waiting charges forward; they go out on their own schedule");
+            }
+            wake.notify_one();
+        });
+    }
+
     /// Writes an answer, if this claim still holds the charge. A decline
-    /// returns the account it put in arrears.
-    async fn record(&self, charge: &Claimed, answer: Answer) -> Result<Option<Account>, StoreError> {
-        let (store, settings) = (Arc::clone(&self.store), self.settings.clone());
-        let (now, wall) = (self.clock.now_ms(), SystemClock.now_ms());
+    /// returns the account it put in arrears. `sent`: a request went out,
+    /// so it counts as an attempt.
+    async fn record(&self, charge: &Claimed, answer: Answer, sent: bool) -> Result<Option<Account>, StoreError> {
+        let (store, policy) = (Arc::clone(&self.store), self.settings.retry);
+        let (now, wall, random) = (self.clock.now_ms(), SystemClock.now_ms(), random_u64());
         let charge = charge.clone();
         blocking(move || {
             let mut store = lock(&store);
             let tx = store.transaction()?;
             let id = &charge.charge_id[..];
+            let attempts = charge.attempts_before.saturating_add(u32::from(sent));
+            let first_attempt_at = charge.first_attempt_at.or(sent.then_some(wall));
             let mut declined_account = None;
             let written = match &answer {
                 Answer::Succeeded { transaction_id } => tx.execute(
-                    "UPDATE charges SET outcome = 'succeeded', decided_at = ?3, gateway_txn_id = ?4, last_error = NULL
-                     WHERE charge_id = ?1 AND attempts = ?2 AND outcome IN ('pending', 'failed')",
-                    params![id, charge.attempt, now, transaction_id],
+                    "UPDATE charges SET outcome = 'succeeded', decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
+                                        attempts = ?5, first_attempt_at = ?6
+                     WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                    params![id, charge.claim, now, transaction_id, attempts, first_attempt_at],
                 )?,
                 Answer::Declined { decline_code } => {
                     let written = tx.execute(
-                        "UPDATE charges SET outcome = 'declined', decided_at = ?3, last_error = ?4
-                         WHERE charge_id = ?1 AND attempts = ?2 AND outcome IN ('pending', 'failed')",
-                        params![id, charge.attempt, now, decline_code],
+                        "UPDATE charges SET outcome = 'declined', decided_at = ?3, last_error = ?4,
+                                            attempts = ?5, first_attempt_at = ?6
+                         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                        params![id, charge.claim, now, decline_code, attempts, first_attempt_at],
                     )?;
                     if written > 0 && charge.amount_cents > 0 {
                         let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
@@ -219,18 +344,14 @@ impl Dispatcher {
                     }
                     written
                 }
-                Answer::Retry { reason, retry_after } => {
-                    let exhausted = charge.attempt >= settings.attempts_max;
-                    let wait = if exhausted {
-                        settings.failed_retry_after
-                    } else {
-                        retry_after.unwrap_or_else(|| backoff(&settings, charge.attempt))
-                    };
-                    retry_later(&tx, &charge, exhausted, reason, wall.saturating_add(millis(wait)))?
+                Answer::Retry { reason, retry_after } | Answer::InFlight { reason, retry_after } => {
+                    let told = retry_after.map(millis);
+                    let next = policy.next_attempt(attempts, first_attempt_at.unwrap_or(wall), wall, told, random);
+                    retry_later(&tx, &charge, (attempts, first_attempt_at), next.failed, reason, next.at)?
                 }
                 Answer::Refused { reason } => {
-                    let next = wall.saturating_add(millis(settings.failed_retry_after));
-                    retry_later(&tx, &charge, true, reason, next)?
+                    let next = wall.saturating_add(policy.failed_retry_after_ms);
+                    retry_later(&tx, &charge, (attempts, first_attempt_at), true, reason, next)?
                 }
             };
             tx.commit()?;
@@ -243,36 +364,43 @@ impl Dispatcher {
     }
 }
 
-/// Schedules the charge again; `failed` once its attempts are spent.
+/// Schedules the charge again; `failed` once its budget is spent.
 fn retry_later(
     tx: &rusqlite::Transaction<'_>,
     charge: &Claimed,
+    (attempts, first_attempt_at): (u32, Option<UnixMillis>),
     failed: bool,
     reason: &str,
     next_attempt_at: UnixMillis,
 ) -> Result<usize, StoreError> {
     if failed {
         telemetry::charge_failed();
-        tracing::error!(charge = %hex::encode(charge.charge_id), attempts = charge.attempt, %reason,
+        tracing::error!(charge = %hex::encode(charge.charge_id), attempts, %reason,
             "a charge failed; it is retried every payments.failed_retry_after_ms");
     }
     Ok(tx.execute(
-        "UPDATE charges SET outcome = ?3, next_attempt_at = ?4, lease_until = 0, last_error = ?5
-         WHERE charge_id = ?1 AND attempts = ?2 AND outcome IN ('pending', 'failed')",
+        "UPDATE charges SET outcome = ?3, next_attempt_at = ?4, lease_until = 0, last_error = ?5,
+                            attempts = ?6, first_attempt_at = ?7
+         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
         params![
             &charge.charge_id[..],
-            charge.attempt,
+            charge.claim,
             if failed { "failed" } else { "pending" },
             next_attempt_at,
-            reason
+            reason,
+            attempts,
+            first_attempt_at
         ],
     )?)
 }
 
-/// Exponential from `backoff_initial`, capped at `backoff_max`.
-fn backoff(settings: &DispatcherSettings, attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
-    settings.backoff_initial.saturating_mul(factor).min(settings.backoff_max)
+/// Eight bytes from the OS, for jitter; a failed read is no jitter.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => 0,
+    }
 }
 
 fn answer_label(answer: &Answer) -> &'static str {
@@ -280,6 +408,7 @@ fn answer_label(answer: &Answer) -> &'static str {
         Answer::Succeeded { .. } => "succeeded",
         Answer::Declined { .. } => "declined",
         Answer::Retry { .. } => "retry",
+        Answer::InFlight { .. } => "in_flight",
         Answer::Refused { .. } => "refused",
     }
 }
@@ -293,27 +422,4 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Task(e.to_string()))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_backoff_doubles_up_to_its_cap_and_never_overflows() {
-        let settings = DispatcherSettings {
-            concurrency_max: 1,
-            batch_charges_max: 1,
-            lease: Duration::from_secs(1),
-            attempts_max: 3,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            failed_retry_after: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-        };
-        let waits: Vec<u128> =
-            [1, 2, 3, 4, 5, 40, u32::MAX].iter().map(|&a| backoff(&settings, a).as_millis()).collect();
-        assert_eq!(waits, vec![100, 200, 400, 800, 1_000, 1_000, 1_000]);
-        assert_eq!(backoff(&settings, 0).as_millis(), 100);
-    }
 }

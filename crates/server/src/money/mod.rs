@@ -12,6 +12,7 @@ pub mod dispatcher;
 pub mod notify;
 pub mod outbox;
 pub mod paygw;
+pub mod payments;
 pub mod pricer;
 pub mod pricing;
 pub mod service;

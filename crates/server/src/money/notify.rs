@@ -48,20 +48,26 @@ impl Notifier for FileNotifier {
     }
 }
 
-/// Keeps the last message to each phone, for a simulated app to read.
+/// Keeps every message to each phone, for a simulated app to read and a
+/// test to count (a demo's city sends a few to each of its riders).
 #[derive(Debug, Default)]
 pub struct InboxNotifier {
-    last: Mutex<HashMap<String, String>>,
+    sent: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl InboxNotifier {
     pub fn last_to(&self, phone: &str) -> Option<String> {
-        lock(&self.last).get(phone).cloned()
+        lock(&self.sent).get(phone).and_then(|all| all.last().cloned())
+    }
+
+    /// Every message to `phone`, oldest first.
+    pub fn all_to(&self, phone: &str) -> Vec<String> {
+        lock(&self.sent).get(phone).cloned().unwrap_or_default()
     }
 }
 
 impl Notifier for InboxNotifier {
     fn notify(&self, phone: &str, message: &str) {
-        lock(&self.last).insert(phone.to_string(), message.to_string());
+        lock(&self.sent).entry(phone.to_string()).or_default().push(message.to_string());
     }
 }

@@ -1,22 +1,25 @@
 //! What a rider's account can be asked to do, with the payment gateway
 //! and the deny list kept in step: activation (agreement signed, deposit
-//! paid), paying arrears (the card is allowed again at once), and reading
-//! the account. The HTTP account API is a thin layer over this.
+//! paid), paying arrears (the card is allowed again at once), asking for
+//! the deposit back, the refund job, and reading the account. The HTTP
+//! account API is a thin layer over this.
 //!
-//! Each payment goes out under a key derived from the account's history
-//! (`deposit-CARD`, `arrears-CARD-N`), so a request retried after a lost
-//! answer is applied once by the gateway.
+//! Every payment of the account's own (deposit, arrears, refund) is
+//! written down before it goes out and sent under its attempt's key
+//! (`payments`): a retry after a lost answer resends the same attempt, so
+//! the gateway applies it once; a new attempt follows only a final answer.
 
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use super::accounts::{self, Account, AccountError, AccountState};
+use super::accounts::{self, Account, AccountError, AccountState, NotYet};
 use super::deny_list::DenyListHub;
 use super::notify::Notifier;
 use super::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
+use super::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
 use super::store::{MoneyStore, StoreError};
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixMillis};
 use crate::sync::lock;
 
 #[derive(Debug, Error)]
@@ -27,6 +30,10 @@ pub enum ServiceError {
     Declined(String),
     #[error("the payment gateway did not answer; try again: {0}")]
     GatewayUnavailable(String),
+    #[error("a payment for this card is already being made; try again in a moment")]
+    PaymentInProgress,
+    #[error("the payment gateway refused the request: {0}")]
+    GatewayRefused(String),
     #[error("no payment gateway is configured (payments.gateway_url)")]
     NoGateway,
 }
@@ -53,6 +60,9 @@ pub struct AccountService {
     pub deposit_cents: u64,
     pub currency: String,
     pub notifier: Arc<dyn Notifier>,
+    /// How long after a card's last credential ends its rides may still
+    /// arrive (accepted lateness and clock skew): a refund waits that long.
+    pub rides_arrive_within_ms: i64,
 }
 
 /// What one pass of the refund job did.
@@ -60,10 +70,30 @@ pub struct AccountService {
 pub struct RefundReport {
     /// Deposits returned and accounts closed.
     pub closed: Vec<u64>,
-    /// Still owing: told to pay first, kept pending.
+    /// Still owing after the deposit was set against the arrears: told to
+    /// pay first (once for each amount owed), kept pending.
     pub owing: Vec<u64>,
-    /// Charges or trips still open: looked at again next pass.
+    /// Charges or trips still open, or rides that may still arrive: looked
+    /// at again next pass.
     pub waiting: Vec<u64>,
+    /// This card's refund failed this pass (declined, refused, no answer);
+    /// tried again next pass. One card's failure stops no other card.
+    pub failed: Vec<(u64, String)>,
+}
+
+/// What a refund-pending card needs next.
+enum RefundStep {
+    Wait,
+    Owes { phone: String, owed: i64, told_before: bool },
+    Pay(PaymentAttempt),
+    Closed,
+}
+
+/// How a refund-pending card's pass ended.
+enum RefundDone {
+    Closed,
+    Owing,
+    Waiting,
 }
 
 impl AccountService {
@@ -85,6 +115,7 @@ impl AccountService {
             deposit_cents: settings.deposit_cents,
             currency: settings.pricer.fares.currency.clone(),
             notifier: Arc::clone(&settings.notifier),
+            rides_arrive_within_ms: i64::try_from(settings.rides_arrive_within.as_millis()).unwrap_or(i64::MAX),
         })
     }
 
@@ -94,132 +125,196 @@ impl AccountService {
     }
 
     /// Signs the debit agreement and takes the deposit: the card may ride.
+    /// A deposit whose answer was lost is sent again under its key; one
+    /// that was declined is tried again as a new attempt.
     pub async fn activate(&self, card_id: u64, payment_user_id: &str) -> Result<Account, ServiceError> {
         let account = self.account(card_id).await?;
         if account.state != AccountState::Registered {
-            return Err(AccountError::WrongState {
-                card_id,
-                state: account.state.as_str(),
-                action: "activation",
-                needs: "registered",
-            }
-            .into());
+            return Err(wrong_state(&account, "activation", "registered").into());
         }
         let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
         let agreement_id = gateway.create_agreement(payment_user_id, card_id).await?;
-        if self.deposit_cents > 0 {
-            let key = format!("deposit-{card_id}");
-            self.collect(&agreement_id, &key, self.deposit_cents, "deposit").await?;
+        let (now, payer) = (self.clock.now_ms(), payment_user_id.to_string());
+        let deposit = i64::try_from(self.deposit_cents).unwrap_or(i64::MAX);
+        if deposit == 0 {
+            return self.write(move |tx| accounts::activate(tx, card_id, &payer, &agreement_id, 0, now)).await;
         }
-        let (now, payer, deposit) = (self.clock.now_ms(), payment_user_id.to_string(), self.deposit_cents);
-        let deposit = i64::try_from(deposit).unwrap_or(i64::MAX);
-        self.write(move |tx| accounts::activate(tx, card_id, &payer, &agreement_id, deposit, now)).await
+        let attempt = self
+            .write(move |tx| payments::open_attempt(tx, card_id, PaymentKind::Deposit, deposit, &agreement_id, now))
+            .await?;
+        let transaction = self.send(&attempt, Direction::Debit, "deposit").await?;
+        let now = self.clock.now_ms();
+        self.write(move |tx| {
+            if payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some(&transaction), None, now)? {
+                accounts::activate(tx, card_id, &payer, &attempt.agreement_id, attempt.amount_cents, now)
+            } else {
+                accounts::account(tx, card_id)
+            }
+        })
+        .await
     }
 
-    /// Collects the arrears and takes the card off the deny list.
+    /// Collects the arrears and takes the card off the deny list. An
+    /// earlier payment whose answer was lost is sent again first, for its
+    /// own amount; what a decline added meanwhile stays owed.
     pub async fn pay_arrears(&self, card_id: u64) -> Result<Account, ServiceError> {
-        let account = self.account(card_id).await?;
-        let Some(agreement_id) = account.agreement_id.clone().filter(|_| account.arrears_cents > 0) else {
-            return Err(AccountError::WrongState {
-                card_id,
-                state: account.state.as_str(),
-                action: "paying arrears",
-                needs: "arrears owed",
-            }
-            .into());
-        };
-        let paid_before = self.read(move |conn| accounts::arrears_payments(conn, card_id)).await?;
-        let amount = account.arrears_cents;
-        let key = format!("arrears-{card_id}-{paid_before}-{amount}");
-        let transaction = match self.collect(&agreement_id, &key, amount.unsigned_abs(), "arrears").await {
-            Err(ServiceError::Declined(code)) => {
-                let (now, cause) = (self.clock.now_ms(), format!("payment {key} declined: {code}"));
-                self.write(move |tx| accounts::arrears_payment_declined(tx, card_id, &cause, now)).await?;
-                return Err(ServiceError::Declined(code));
-            }
-            answer => answer?,
-        };
-        let (now, cause) = (self.clock.now_ms(), format!("payment {transaction}"));
-        let paid = self.write(move |tx| accounts::pay_arrears(tx, card_id, amount, &cause, now)).await?;
+        let now = self.clock.now_ms();
+        let attempt = self
+            .write(move |tx| {
+                if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Arrears)? {
+                    return Ok(open);
+                }
+                let account = accounts::account(tx, card_id)?;
+                let Some(agreement_id) = account.agreement_id.clone().filter(|_| account.arrears_cents > 0) else {
+                    return Err(wrong_state(&account, "paying arrears", "arrears owed"));
+                };
+                payments::open_attempt(tx, card_id, PaymentKind::Arrears, account.arrears_cents, &agreement_id, now)
+            })
+            .await?;
+        let transaction = self.send(&attempt, Direction::Debit, "arrears").await?;
+        let now = self.clock.now_ms();
+        let paid = self
+            .write(move |tx| {
+                if payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some(&transaction), None, now)? {
+                    let cause = format!("payment {} ({transaction})", attempt.key);
+                    accounts::pay_arrears(tx, card_id, attempt.amount_cents, &cause, now)
+                } else {
+                    accounts::account(tx, card_id)
+                }
+            })
+            .await?;
         self.deny_list.sync_soon().await;
         Ok(paid)
     }
 
-    /// The rider wants the deposit back; the refund job decides after the wait.
+    /// The rider wants the deposit back: denied at once, no more keys; the
+    /// refund job pays once no ride of the card can still arrive.
     pub async fn request_refund(&self, card_id: u64) -> Result<Account, ServiceError> {
-        let now = self.clock.now_ms();
-        self.write(move |tx| accounts::request_refund(tx, card_id, now)).await
+        let (now, within) = (self.clock.now_ms(), self.rides_arrive_within_ms);
+        let account = self.write(move |tx| accounts::request_refund(tx, card_id, within, now)).await?;
+        self.deny_list.sync_soon().await;
+        Ok(account)
     }
 
-    /// The refund job, once: every refund asked for at least `wait` ago is
-    /// paid back and its account closed when nothing is owed or in flight;
-    /// a rider who owes is told to pay first and stays pending.
-    pub async fn process_refunds(&self, wait: std::time::Duration) -> Result<RefundReport, ServiceError> {
-        let asked_by = self.clock.now_ms().saturating_sub(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
-        let due = self.read(move |conn| Ok(accounts::refunds_due(conn, asked_by)?)).await?;
+    /// Keys were issued to the card until `valid_until` (Unix ms): refused
+    /// unless it is active, in the same transaction that records them.
+    pub async fn keys_issued(&self, card_id: u64, valid_until: UnixMillis) -> Result<Account, ServiceError> {
+        self.write(move |tx| accounts::keys_issued(tx, card_id, valid_until)).await
+    }
+
+    /// The refund job, once, now.
+    pub async fn process_refunds(&self) -> Result<RefundReport, ServiceError> {
+        self.process_refunds_as_of(self.clock.now_ms()).await
+    }
+
+    /// The refund job as if run at `now` (the demo's "three days later"):
+    /// every due refund is paid back and its account closed when nothing
+    /// is owed or in flight; arrears are set against the deposit first; a
+    /// rider who still owes is told to pay (once for each amount) and stays
+    /// pending. Each card stands alone: one card's failure is reported and
+    /// the pass goes on.
+    pub async fn process_refunds_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServiceError> {
+        let within = self.rides_arrive_within_ms;
+        let due = self.read(move |conn| Ok(accounts::refunds_due(conn, now, within)?)).await?;
         let mut report = RefundReport::default();
         for card_id in due {
-            let busy = self.read(move |conn| Ok(accounts::money_in_flight(conn, card_id)?)).await?;
-            let account = self.account(card_id).await?;
-            if busy {
-                report.waiting.push(card_id);
-            } else if account.arrears_cents > 0 {
-                let owed = account.arrears_cents;
-                self.notifier.notify(
-                    &account.phone,
-                    &format!("your deposit is held until you pay the {owed} you owe for card {card_id}"),
-                );
-                report.owing.push(card_id);
-            } else {
-                self.refund(&account).await?;
-                report.closed.push(card_id);
+            match self.refund_one(card_id, now).await {
+                Ok(RefundDone::Closed) => report.closed.push(card_id),
+                Ok(RefundDone::Owing) => report.owing.push(card_id),
+                Ok(RefundDone::Waiting) => report.waiting.push(card_id),
+                Err(error) => {
+                    tracing::warn!(card_id, %error, "a refund did not go through; it is tried again next pass");
+                    report.failed.push((card_id, error.to_string()));
+                }
             }
         }
         Ok(report)
     }
 
-    async fn refund(&self, account: &Account) -> Result<(), ServiceError> {
-        let card_id = account.card_id;
-        let mut cause = "no deposit held".to_string();
-        if let (Some(agreement_id), true) = (&account.agreement_id, account.deposit_cents > 0) {
-            let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
-            let request = PaymentRequest {
-                agreement_id: agreement_id.clone(),
-                amount_cents: account.deposit_cents.unsigned_abs(),
-                currency: self.currency.clone(),
-                description: "farestream deposit refund".into(),
-            };
-            match gateway.pay(Direction::Credit, &format!("refund-{card_id}"), &request).await {
-                Answer::Succeeded { transaction_id } => cause = format!("deposit returned: {transaction_id}"),
-                Answer::Declined { decline_code } => return Err(ServiceError::Declined(decline_code)),
-                Answer::Retry { reason, .. } | Answer::Refused { reason } => {
-                    return Err(ServiceError::GatewayUnavailable(reason));
+    async fn refund_one(&self, card_id: u64, now: UnixMillis) -> Result<RefundDone, ServiceError> {
+        let done = match self.write(move |tx| refund_step(tx, card_id, now)).await? {
+            RefundStep::Wait => RefundDone::Waiting,
+            RefundStep::Closed => RefundDone::Closed,
+            RefundStep::Owes { phone, owed, told_before } => {
+                if !told_before {
+                    let owed = farestream_core::charges::format_cents(owed);
+                    let message = format!("your deposit is held until you pay the {owed} you owe for card {card_id}");
+                    self.notifier.notify(&phone, &message);
                 }
+                RefundDone::Owing
             }
+            RefundStep::Pay(attempt) => {
+                let transaction = self.send(&attempt, Direction::Credit, "deposit refund").await?;
+                let closed = self
+                    .write(move |tx| {
+                        if payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some(&transaction), None, now)?
+                        {
+                            let cause = format!("deposit returned: {} ({transaction})", attempt.key);
+                            accounts::deposit_returned(tx, card_id, &cause, now)?;
+                        }
+                        match accounts::may_close(tx, card_id, now)? {
+                            Ok(_) => accounts::close(tx, card_id, "deposit returned", now).map(|_| true),
+                            Err(_) => Ok(false),
+                        }
+                    })
+                    .await?;
+                if closed { RefundDone::Closed } else { RefundDone::Waiting }
+            }
+        };
+        if matches!(done, RefundDone::Closed) {
+            self.deny_list.sync_soon().await;
         }
-        let now = self.clock.now_ms();
-        self.write(move |tx| accounts::close(tx, card_id, &cause, now)).await?;
-        Ok(())
+        Ok(done)
     }
 
     pub async fn account(&self, card_id: u64) -> Result<Account, ServiceError> {
         self.read(move |conn| accounts::account(conn, card_id)).await
     }
 
-    /// One debit, answered: its transaction id, or why not.
-    async fn collect(&self, agreement_id: &str, key: &str, amount: u64, what: &str) -> Result<String, ServiceError> {
+    /// Sends one attempt under its key. A success's transaction id comes
+    /// back for the caller to apply with [`payments::decide`]; a decline or
+    /// a refusal is recorded here as final (the next attempt is a new key);
+    /// no answer leaves the attempt undecided, to be sent again.
+    async fn send(&self, attempt: &PaymentAttempt, direction: Direction, what: &str) -> Result<String, ServiceError> {
         let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
         let request = PaymentRequest {
-            agreement_id: agreement_id.to_string(),
-            amount_cents: amount,
+            agreement_id: attempt.agreement_id.clone(),
+            amount_cents: attempt.amount_cents.unsigned_abs(),
             currency: self.currency.clone(),
             description: format!("farestream {what}"),
         };
-        match gateway.pay(Direction::Debit, key, &request).await {
+        match gateway.pay(direction, &attempt.key, &request).await {
             Answer::Succeeded { transaction_id } => Ok(transaction_id),
-            Answer::Declined { decline_code } => Err(ServiceError::Declined(decline_code)),
-            Answer::Retry { reason, .. } | Answer::Refused { reason } => Err(ServiceError::GatewayUnavailable(reason)),
+            Answer::Declined { decline_code } => {
+                self.not_made(attempt, PaymentOutcome::Declined, &decline_code).await?;
+                Err(ServiceError::Declined(decline_code))
+            }
+            Answer::Refused { reason } => {
+                self.not_made(attempt, PaymentOutcome::Refused, &reason).await?;
+                Err(ServiceError::GatewayRefused(reason))
+            }
+            Answer::InFlight { .. } => Err(ServiceError::PaymentInProgress),
+            Answer::Retry { reason, .. } => Err(ServiceError::GatewayUnavailable(reason)),
         }
+    }
+
+    /// A final answer that moved no money, in the attempt and the history.
+    async fn not_made(
+        &self,
+        attempt: &PaymentAttempt,
+        outcome: PaymentOutcome,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        let (now, key, card_id, reason) =
+            (self.clock.now_ms(), attempt.key.clone(), attempt.card_id, reason.to_string());
+        let event = format!("{}_payment_{}", attempt.kind.as_str(), outcome.as_str());
+        self.write(move |tx| {
+            if payments::decide(tx, &key, outcome, None, Some(&reason), now)? {
+                accounts::note(tx, card_id, &event, 0, &format!("payment {key}: {reason}"), now)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `work` in one store write transaction, off the async threads.
@@ -247,4 +342,43 @@ impl AccountService {
         let done = tokio::task::spawn_blocking(move || work(lock(&store).connection()));
         Ok(done.await.map_err(|e| StoreError::Task(e.to_string()))??)
     }
+}
+
+/// The next step of a due refund, decided in one transaction: an attempt
+/// whose answer was lost goes again first; then the card closes, waits,
+/// sets its arrears against the deposit, or has its deposit paid back.
+fn refund_step(tx: &rusqlite::Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<RefundStep, AccountError> {
+    if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Refund)? {
+        return Ok(RefundStep::Pay(open));
+    }
+    if accounts::set_off_arrears_against_deposit(tx, card_id, now)? > 0 {
+        tracing::info!(card_id, "arrears set against the deposit before its refund");
+    }
+    match accounts::may_close(tx, card_id, now)? {
+        Ok(_) => {
+            accounts::close(tx, card_id, "nothing held or owed", now)?;
+            Ok(RefundStep::Closed)
+        }
+        Err(NotYet::RidesMayArrive { .. } | NotYet::MoneyInFlight) => Ok(RefundStep::Wait),
+        Err(NotYet::Owes { arrears_cents }) => {
+            let account = accounts::account(tx, card_id)?;
+            let told_before = accounts::last_note_amount(tx, card_id, "refund_held_owing")? == Some(arrears_cents);
+            if !told_before {
+                accounts::note(tx, card_id, "refund_held_owing", arrears_cents, "told to pay first", now)?;
+            }
+            Ok(RefundStep::Owes { phone: account.phone, owed: arrears_cents, told_before })
+        }
+        Err(NotYet::DepositHeld { deposit_cents }) => {
+            let account = accounts::account(tx, card_id)?;
+            let agreement_id = account.agreement_id.ok_or_else(|| {
+                AccountError::Store(StoreError::Corrupt(format!("card {card_id} holds a deposit without an agreement")))
+            })?;
+            let attempt = payments::open_attempt(tx, card_id, PaymentKind::Refund, deposit_cents, &agreement_id, now)?;
+            Ok(RefundStep::Pay(attempt))
+        }
+    }
+}
+
+fn wrong_state(account: &Account, action: &'static str, needs: &'static str) -> AccountError {
+    AccountError::WrongState { card_id: account.card_id, state: account.state.as_str(), action, needs }
 }

@@ -16,6 +16,9 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/0001_money.sql")),
     (2, include_str!("../../migrations/0002_api.sql")),
     (3, include_str!("../../migrations/0003_charges_archive.sql")),
+    (4, include_str!("../../migrations/0004_charge_attempts.sql")),
+    (5, include_str!("../../migrations/0005_account_payments.sql")),
+    (6, include_str!("../../migrations/0006_otp_limits.sql")),
 ];
 
 /// Where the money store lives under a data directory.

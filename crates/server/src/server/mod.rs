@@ -55,6 +55,7 @@ use crate::archive::charges::ChargesArchive;
 use crate::archive::checkpoint::Cleanup;
 use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, ArrivalMark, Arrivals};
 use crate::clock::Clock;
+use crate::data_dir_lock::DataDirLock;
 use crate::fair::FairTurns;
 use crate::ingest::{ChunkSizer, Pipeline};
 use crate::money::{AccountService, Pricer, PricerStatus};
@@ -78,6 +79,8 @@ pub enum ServerError {
     NotWritable { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Money(#[from] crate::money::StoreError),
+    #[error(transparent)]
+    DataDirInUse(#[from] crate::data_dir_lock::DataDirLockError),
 }
 
 /// Claims and log records in one order, and the moment each batch is
@@ -175,11 +178,30 @@ pub struct Server {
     pricer: Arc<Pricer>,
     accounts: AccountService,
     charges_archive: Arc<ChargesArchive>,
+    /// Held until the server is dropped or its process ends (`None` only
+    /// inside [`Server::abandon`]).
+    data_dir_lock: Option<DataDirLock>,
 }
 
 impl Server {
-    /// Recovers the log and the archive, then binds and starts accepting.
+    /// Takes the data dir's lock, recovers the log and the archive, then
+    /// binds and starts accepting.
     pub async fn start(
+        settings: ServerSettings,
+        identity: &ServerIdentity,
+        pipeline: Arc<Pipeline>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Server, ServerError> {
+        // Before anything reads or repairs the data dir: a second server
+        // over it would destroy it.
+        let data_dir_lock = lock_data_dir(&settings.data_dir)?;
+        Server::start_locked(data_dir_lock, settings, identity, pipeline, clock).await
+    }
+
+    /// [`Server::start`] under a lock the caller took first (`serve` takes
+    /// it before it touches the key store or the TLS identity).
+    pub async fn start_locked(
+        data_dir_lock: DataDirLock,
         mut settings: ServerSettings,
         identity: &ServerIdentity,
         pipeline: Arc<Pipeline>,
@@ -250,19 +272,25 @@ impl Server {
             spawn_supervised(&shared, "the charge dispatcher", dispatcher.run(shared.shutdown.clone()));
         }
         let refunds = &shared.settings.money;
-        let job = refund_job(
-            money.accounts.clone(),
-            refunds.refund_check_interval,
-            refunds.refund_wait,
-            shared.shutdown.clone(),
-        );
+        let job = refund_job(money.accounts.clone(), refunds.refund_check_interval, shared.shutdown.clone());
         spawn_supervised(&shared, "the refund job", job);
         let every = shared.settings.money.charges_archive_interval;
         let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());
         spawn_supervised(&shared, "the charges archive", job);
         tracing::info!(%local_addr, "farestream listening");
         let (pricer, accounts, charges_archive) = (money.pricer, money.accounts, money.charges_archive);
-        Ok(Server { endpoint, local_addr, recovery, shared, committer, archiver, pricer, accounts, charges_archive })
+        Ok(Server {
+            endpoint,
+            local_addr,
+            recovery,
+            shared,
+            committer,
+            archiver,
+            pricer,
+            accounts,
+            charges_archive,
+            data_dir_lock: Some(data_dir_lock),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -344,8 +372,19 @@ impl Server {
     /// within `shutdown_deadline` (then their connections are closed and
     /// their gateways resend); the log is flushed, the archive cut and
     /// checkpointed.
+    /// What a process death does, for tests that crash a server inside
+    /// one process: nothing is stopped, flushed or closed (threads idle
+    /// on, files stay as they are), and the data dir's lock goes with the
+    /// "process", so a new server may recover the directory.
+    pub fn abandon(mut self) {
+        let lock = self.data_dir_lock.take();
+        tracing::warn!(data_dir = %self.data_dir().display(), "server abandoned without a shutdown");
+        std::mem::forget(self);
+        drop(lock);
+    }
+
     pub async fn shutdown(self) -> Result<ShutdownReport, ServerError> {
-        let Server { endpoint, shared, committer, archiver, pricer, charges_archive, .. } = self;
+        let Server { endpoint, shared, committer, archiver, pricer, charges_archive, data_dir_lock, .. } = self;
         shared.shutdown.cancel();
         shared.tasks.close();
         let deadline = shared.settings.shutdown_deadline;
@@ -370,8 +409,15 @@ impl Server {
         if let Err(error) = tokio::task::spawn_blocking(move || charges_archive.run_once()).await {
             tracing::warn!(%error, "the last round of the charges archive stopped");
         }
+        drop(data_dir_lock);
         Ok(ShutdownReport { archiver, pricer, wal })
     }
+}
+
+/// The lock that keeps a second server off `data_dir`, naming this
+/// process and the moment it started.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock, ServerError> {
+    Ok(DataDirLock::acquire(data_dir, &chrono::Utc::now().to_rfc3339())?)
 }
 
 /// Spawns a tracked task whose panic stops the server, with the panic's

@@ -68,14 +68,14 @@ pub(super) fn start_money(
     let accounts = AccountService::open(&settings.money, Arc::clone(&deny_list), Arc::clone(&clock))
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     let dispatcher = match (&settings.money.gateway, &accounts.gateway) {
-        (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher {
-            settings: gateway.dispatch.clone(),
-            store: Arc::new(Mutex::new(settings.money.open_store()?)),
-            gateway: client.clone(),
+        (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher::new(
+            gateway.dispatch.clone(),
+            Arc::new(Mutex::new(settings.money.open_store()?)),
+            client.clone(),
             clock,
             wake,
-            deny_list: Arc::clone(&deny_list),
-        })),
+            Arc::clone(&deny_list),
+        ))),
         _ => {
             tracing::warn!("no payments.gateway_url: charges are priced and kept, and nothing is sent");
             None
@@ -128,18 +128,16 @@ pub(super) async fn charges_archive_job(
     .await
 }
 
-/// `serve`'s refund job: every `refund_check_interval`, refunds asked for
-/// `refund_wait` ago are paid back or held (see
-/// [`AccountService::process_refunds`]). An error is logged and the next
-/// pass tries again.
+/// `serve`'s refund job: every `refund_check_interval`, due refunds are
+/// paid back or held (see [`AccountService::process_refunds_as_of`]). An
+/// error is logged and the next pass tries again.
 pub(super) async fn refund_job(
     accounts: AccountService,
     interval: std::time::Duration,
-    wait: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     every(interval, stop, || async {
-        match accounts.process_refunds(wait).await {
+        match accounts.process_refunds().await {
             Ok(report) if report != Default::default() => tracing::info!(?report, "refund job"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "refund job failed; trying again next pass"),

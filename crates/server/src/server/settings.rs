@@ -15,6 +15,7 @@ use crate::fares::FareTable;
 use crate::faults::Faults;
 use crate::money::notify::{LogNotifier, Notifier};
 use crate::money::{DispatcherSettings, LogReaders, MoneyStore, PricerSettings, StoreError, store_path};
+use crate::retry::{BreakerSettings, RetryPolicy};
 use crate::wal::WalConfig;
 
 #[derive(Debug, Clone)]
@@ -61,8 +62,10 @@ pub struct MoneySettings {
     pub gateway: Option<GatewaySettings>,
     /// How riders are told things (one-time codes, refunds held back).
     pub notifier: Arc<dyn Notifier>,
-    /// How long after a refund request the deposit goes back.
-    pub refund_wait: Duration,
+    /// How long after a card's last credential ends its rides may still
+    /// arrive: the accepted lateness plus the clock skew. A refund waits
+    /// for it.
+    pub rides_arrive_within: Duration,
     /// How often the refund job looks.
     pub refund_check_interval: Duration,
     pub charges_archive_interval: Duration,
@@ -97,10 +100,17 @@ impl MoneySettings {
                 concurrency_max: p.dispatch_concurrency_max,
                 batch_charges_max: p.dispatch_batch_charges_max,
                 lease: ms(p.dispatch_lease_ms),
-                attempts_max: p.attempts_max,
-                backoff_initial: ms(p.retry_backoff_ms_initial),
-                backoff_max: ms(p.retry_backoff_ms_max),
-                failed_retry_after: ms(p.failed_retry_after_ms),
+                retry: RetryPolicy {
+                    backoff_initial_ms: saturating_ms(p.retry_backoff_ms_initial),
+                    backoff_max_ms: saturating_ms(p.retry_backoff_ms_max),
+                    budget_ms: i64::from(p.retry_budget_hours).saturating_mul(3_600_000),
+                    failed_retry_after_ms: saturating_ms(p.failed_retry_after_ms),
+                },
+                breaker: BreakerSettings {
+                    failures_to_open: p.breaker_failures_to_open,
+                    probe_interval_initial_ms: saturating_ms(p.breaker_probe_interval_ms_initial),
+                    probe_interval_max_ms: saturating_ms(p.breaker_probe_interval_ms_max),
+                },
                 poll_interval: pricer_poll,
             },
         });
@@ -116,7 +126,9 @@ impl MoneySettings {
             store_busy_wait,
             gateway,
             notifier: Arc::new(LogNotifier),
-            refund_wait: Duration::from_secs(p.refund_wait_secs),
+            rides_arrive_within: Duration::from_secs(
+                u64::from(config.ingest.accepted_lateness_secs) + u64::from(config.ride_code.clock_skew_secs),
+            ),
             refund_check_interval: ms(p.refund_check_interval_ms),
             charges_archive_interval: ms(p.charges_archive_interval_ms),
             charges_archive_batch_max: p.charges_archive_batch_charges_max,
@@ -178,6 +190,11 @@ impl ServerSettings {
             faults: Arc::new(Faults::default()),
         })
     }
+}
+
+/// Milliseconds from the config as the core counts them.
+fn saturating_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

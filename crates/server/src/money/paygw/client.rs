@@ -14,6 +14,7 @@ use super::api::{
     PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature,
 };
 use crate::clock::{Clock, SystemClock};
+use crate::retry::GatewayHealth;
 
 /// The largest answer read from the gateway: its answers are a few hundred
 /// bytes, and a bigger one is not allowed to grow the server's memory.
@@ -40,9 +41,15 @@ pub enum Answer {
         decline_code: String,
     },
     /// Worth the same request again: a timeout, a lost connection or answer,
-    /// a 5xx, a 409 (the same key in flight) or a 429; with the gateway's
-    /// hint of when, if it gave one.
+    /// a 5xx or a 429; with the gateway's hint of when, if it gave one.
+    /// The gateway may be down.
     Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// A 409: a request under the same key is still being processed. Worth
+    /// the same request again, later; the gateway is up.
+    InFlight {
         reason: String,
         retry_after: Option<Duration>,
     },
@@ -142,6 +149,18 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String
     Ok(body)
 }
 
+impl Answer {
+    /// What the answer says of the gateway itself, for its circuit breaker.
+    pub fn gateway_health(&self) -> GatewayHealth {
+        match self {
+            Answer::Retry { .. } => GatewayHealth::RetryableFailure,
+            Answer::Succeeded { .. } | Answer::Declined { .. } | Answer::InFlight { .. } | Answer::Refused { .. } => {
+                GatewayHealth::Answered
+            }
+        }
+    }
+}
+
 /// Sorts a read answer: the status decides, the body adds detail.
 fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Answer {
     let payment = || serde_json::from_slice::<PaymentAnswer>(body).ok();
@@ -159,9 +178,8 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> A
             Some(answer) => Answer::Declined { decline_code: answer.decline_code.unwrap_or_else(|| "declined".into()) },
             None => Answer::Declined { decline_code: "declined".into() },
         },
-        StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
-            Answer::Retry { reason: error(), retry_after }
-        }
+        StatusCode::CONFLICT => Answer::InFlight { reason: error(), retry_after },
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => Answer::Retry { reason: error(), retry_after },
         status if status.is_server_error() => Answer::Retry { reason: error(), retry_after },
         _ => Answer::Refused { reason: error() },
     }
@@ -198,7 +216,11 @@ mod tests {
         );
         assert!(matches!(classify(StatusCode::OK, b"", None), Answer::Retry { .. }), "a 200 we cannot read");
         let hint = Some(Duration::from_secs(3));
-        for status in [StatusCode::CONFLICT, StatusCode::TOO_MANY_REQUESTS, StatusCode::BAD_GATEWAY] {
+        assert_eq!(
+            classify(StatusCode::CONFLICT, b"", hint),
+            Answer::InFlight { reason: "HTTP 409 Conflict".into(), retry_after: hint }
+        );
+        for status in [StatusCode::TOO_MANY_REQUESTS, StatusCode::BAD_GATEWAY] {
             assert_eq!(
                 classify(status, b"", hint),
                 Answer::Retry { reason: format!("HTTP {status}"), retry_after: hint }
