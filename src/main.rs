@@ -114,6 +114,11 @@ enum Command {
         /// ledger is checked against the charges.
         #[arg(long)]
         paygw_dir: Option<PathBuf>,
+        /// The most charges that may still be undecided (pending or
+        /// failed): more fails the audit. 0, the default, asks that every
+        /// charge was decided.
+        #[arg(long, default_value_t = 0)]
+        undecided_max: u64,
     },
     /// The charges outbox at a glance: how many charges, how many not yet
     /// decided, how many rides wait for a metro exit.
@@ -291,7 +296,9 @@ fn main() -> Result<()> {
             };
             runtime.block_on(flood(&cli.data_dir, config, server, settings))
         }
-        Command::Audit { acked_file, paygw_dir } => audit(&cli.data_dir, &config, &acked_file, paygw_dir.as_deref()),
+        Command::Audit { acked_file, paygw_dir, undecided_max } => {
+            audit(&cli.data_dir, &config, &acked_file, (paygw_dir.as_deref(), undecided_max))
+        }
         Command::Charges => charges(&cli.data_dir, &config),
         Command::GenArchive { scans, date, seed, declined_percent, compare_baseline } => {
             let spec = ArchiveDaySpec {
@@ -399,6 +406,9 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
 
 async fn query(data_dir: &Path, sql: &str, format: &str) -> Result<()> {
     let format = OutputFormat::parse(format).context("--format")?;
+    if !data_dir.is_dir() {
+        bail!("no data dir at {}: give the --data-dir that serve, demo or settle wrote", data_dir.display());
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match run_query(&data_dir.join("archive"), sql, format, &mut out).await {
         Ok(_) => Ok(out.flush()?),
@@ -603,7 +613,12 @@ async fn flood(
     Ok(())
 }
 
-fn audit(data_dir: &Path, config: &Config, acked_file: &Path, paygw_dir: Option<&Path>) -> Result<()> {
+fn audit(
+    data_dir: &Path,
+    config: &Config,
+    acked_file: &Path,
+    (paygw_dir, undecided_max): (Option<&Path>, u64),
+) -> Result<()> {
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
     let acked: std::collections::HashSet<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
@@ -624,6 +639,9 @@ fn audit(data_dir: &Path, config: &Config, acked_file: &Path, paygw_dir: Option<
     }
     if money.is_some_and(|m| !m.is_clean()) {
         bail!("a ride was charged twice, left unpriced, or charged otherwise than the gateway's ledger says");
+    }
+    if let Some(undecided) = money.map(|m| m.undecided).filter(|&n| n > undecided_max) {
+        bail!("{undecided} charges are still undecided, more than --undecided-max {undecided_max}");
     }
     Ok(())
 }

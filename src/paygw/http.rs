@@ -16,8 +16,9 @@ use axum::{Json, Router};
 use farestream_server::clock::{Clock, SystemClock};
 use farestream_server::http::HttpHandle;
 use farestream_server::money::paygw::api::{
-    AGREEMENTS_PATH, AgreementAnswer, AgreementRequest, CREDITS_PATH, DEBITS_PATH, ErrorAnswer, IDEMPOTENCY_KEY,
-    IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature_valid,
+    AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
+    ErrorAnswer, IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE,
+    TIMESTAMP, signature_valid,
 };
 use farestream_server::sync::lock;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::i
     });
     let app = Router::new()
         .route(AGREEMENTS_PATH, post(agreement))
+        .route(AGREEMENTS_END_PATH, post(end_agreement))
         .route(DEBITS_PATH, post(debit))
         .route(CREDITS_PATH, post(credit))
         .route("/v1/topups", post(topup))
@@ -142,26 +144,40 @@ async fn agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes)
     if request.payment_user_id.is_empty() || request.payment_user_id.len() > 128 {
         return Err(error(StatusCode::BAD_REQUEST, "payment_user_id_invalid", "1 to 128 bytes"));
     }
-    let agreement_id = format!("agr-{}", request.card_id);
     let mut ledger = lock(&sim.ledger);
-    if let Some(existing) = ledger.by_key("agreement", &agreement_id) {
-        if existing.payment_user_id != request.payment_user_id {
-            return Err(error(StatusCode::CONFLICT, "agreement_exists", "the card has another payer's agreement"));
+    // The card's current agreement, or a new one once the last was ended
+    // (a closed card whose rider signed up again).
+    let mut n = 1u64;
+    let agreement_id = loop {
+        let id = if n == 1 { format!("agr-{}", request.card_id) } else { format!("agr-{}-{n}", request.card_id) };
+        match ledger.by_key("agreement", &id) {
+            Some(_) if ledger.is_ended(&id) => n += 1,
+            Some(existing) if existing.payment_user_id != request.payment_user_id => {
+                return Err(error(StatusCode::CONFLICT, "agreement_exists", "the card has another payer's agreement"));
+            }
+            Some(_) => break id,
+            None => {
+                let payer = &request.payment_user_id;
+                append(&mut ledger, "agreement", &id, payer, &id, 0, "", "succeeded", &body)?;
+                break id;
+            }
         }
-    } else {
-        append(
-            &mut ledger,
-            "agreement",
-            &agreement_id,
-            &request.payment_user_id,
-            &agreement_id,
-            0,
-            "",
-            "succeeded",
-            &body,
-        )?;
-    }
+    };
     Ok(Json(AgreementAnswer { agreement_id }).into_response())
+}
+
+async fn end_agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
+    authenticate(&sim, &headers, AGREEMENTS_END_PATH, &body)?;
+    let request: AgreementEnd = parse(&body)?;
+    let mut ledger = lock(&sim.ledger);
+    let Some(payer) = ledger.payer_of(&request.agreement_id).map(str::to_string) else {
+        return Err(error(StatusCode::NOT_FOUND, "agreement_unknown", "no such agreement"));
+    };
+    if !ledger.is_ended(&request.agreement_id) {
+        let id = &request.agreement_id;
+        append(&mut ledger, "agreement_end", id, &payer, id, 0, "", "succeeded", &body)?;
+    }
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn topup(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -259,6 +275,9 @@ async fn pay_in_flight(
                 let Some(payer) = ledger.payer_of(&request.agreement_id).map(str::to_string) else {
                     return Err(error(StatusCode::NOT_FOUND, "agreement_unknown", "no such agreement"));
                 };
+                if ledger.is_ended(&request.agreement_id) {
+                    return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "agreement_ended", "the agreement was ended"));
+                }
                 let short =
                     kind == "debit" && ledger.balance(&payer) < i64::try_from(request.amount_cents).unwrap_or(i64::MAX);
                 let outcome = if short { "declined" } else { "succeeded" };

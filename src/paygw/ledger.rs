@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub seq: u64,
-    /// `agreement`, `topup`, `debit` or `credit`.
+    /// `agreement`, `agreement_end`, `topup`, `debit` or `credit`.
     pub kind: String,
     pub key: String,
     pub payment_user_id: String,
@@ -86,6 +86,11 @@ impl Ledger {
 
     pub fn payer_of(&self, agreement_id: &str) -> Option<&str> {
         self.agreements.get(agreement_id).map(String::as_str)
+    }
+
+    /// Whether the agreement was ended: nothing more is applied under it.
+    pub fn is_ended(&self, agreement_id: &str) -> bool {
+        self.by_key.contains_key(&("agreement_end".to_string(), agreement_id.to_string()))
     }
 
     pub fn entries(&self) -> &[Entry] {

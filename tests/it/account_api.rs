@@ -290,7 +290,20 @@ async fn a_refund_waits_for_the_last_ride_nets_arrears_and_the_rider_may_return(
     assert_eq!(again, paid_up, "the same card, reopened");
     let (status, body) = app.call("GET", &format!("/v1/cards/{again}"), Some(&token), None).await;
     assert_eq!((status, body["state"].as_str(), body["deposit_cents"].as_i64()), (200, Some("registered"), Some(0)));
+    let ended: Vec<String> = app
+        .m
+        .control
+        .ledger()
+        .await
+        .expect("ledger")
+        .into_iter()
+        .filter(|e| e.kind == "agreement_end")
+        .map(|e| e.agreement_id)
+        .collect();
+    assert_eq!(ended, [format!("agr-{paid_up}"), format!("agr-{owing}")], "closing ends the agreement at the gateway");
     app.activate(again, &token, 1_000).await;
+    let (_, view) = app.call("GET", &format!("/v1/cards/{again}"), Some(&token), None).await;
+    assert_eq!(view["agreement_id"].as_str(), Some(format!("agr-{again}-2").as_str()), "a new agreement: {view}");
     app.keys(again, &token).await;
     app.api.stop().await;
 }

@@ -28,6 +28,11 @@ async fn each_status_lands_in_the_archive_with_the_right_count() {
     let stale = bob.key.make_code(&bob.credential, secs(at - 600_000), 4).bytes.to_vec();
     let lateness_ms = i64::from(h.config.ingest.accepted_lateness_secs) * 1000;
     let read_long_ago = T0_MS + 3_600_000 - lateness_ms - 60_000;
+    // A credential valid when the late scan was read: the window is
+    // checked before the arrival, so only the arrival fails.
+    let then =
+        h.issuer.issue(2, bob.key.public_key(), secs(read_long_ago - 3_600_000), secs(read_long_ago + 3_600_000));
+    let late = bob.key.make_code(&then, secs(read_long_ago - 5_000), 7).bytes.to_vec();
     let scans = vec![
         record("gate-1", 1, at, TapKind::Entry, alice_code.clone()),
         record("gate-1", 2, at, TapKind::Entry, bob.code_at(at, 5)),
@@ -39,7 +44,7 @@ async fn each_status_lands_in_the_archive_with_the_right_count() {
         record("gate-2", 5, at, TapKind::Entry, denied.code_at(at, 1)),
         record("gate-2", 6, at, TapKind::Entry, unknown_issuer),
         record("gate-2", 7, at, TapKind::Entry, vec![1, 2, 3]),
-        record("gate-3", 1, read_long_ago, TapKind::Entry, bob.code_at(read_long_ago, 7)),
+        record("gate-3", 1, read_long_ago, TapKind::Entry, late),
     ];
     let ack = h.client().push(&batch("station-01", 1, scans)).await.expect("ack");
     assert_eq!((ack.accepted, ack.rejected, ack.redelivered), (3, 8, 0));

@@ -302,7 +302,7 @@ async fn with_no_deposit_a_card_activates_and_closes_without_a_payment() {
     let report = accounts.process_refunds_as_of(due).await.expect("refunds");
     assert_eq!(report.closed, vec![700]);
     let payments: Vec<Entry> =
-        m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind != "agreement").collect();
+        m.control.ledger().await.expect("ledger").into_iter().filter(|e| !e.kind.starts_with("agreement")).collect();
     assert!(payments.is_empty(), "no deposit taken, none returned: {payments:?}");
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
@@ -501,6 +501,59 @@ async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns
     let charges = m.settle().await;
     assert_eq!(charges.iter().filter(|c| c.outcome == "succeeded").count(), 40, "{charges:?}");
     assert!(charges.iter().all(|c| c.attempts >= 1));
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Issue 17 item 10: the money audit passed whatever deposit-, arrears-
+/// and refund- payments the gateway applied, and nothing showed that it
+/// fails at all. Each planted fault must fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_money_audit_fails_on_each_planted_fault() {
+    use farestream::money::audit::{AppliedPayment, audit_money};
+    let m = Money::start().await;
+    let riders = [m.rider(807, 5_000).await, m.rider(808, 5_000).await];
+    let scans = riders.iter().map(|r| tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99")).collect();
+    m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack");
+    let charges = m.settle().await;
+    let rows = m.h.archive_rows().await;
+    let ledger: Vec<AppliedPayment> =
+        m.control.ledger().await.expect("ledger").iter().filter_map(Entry::applied_payment).collect();
+    let store = m.h.server.open_money_store().expect("store");
+    let clean = audit_money(store.connection(), &rows, Some(&ledger)).expect("audit");
+    assert!(clean.is_clean() && clean.undecided == 0 && clean.charges == 2, "{clean}");
+
+    let unrecorded =
+        AppliedPayment { kind: "debit".into(), key: "arrears-807-9".into(), amount_cents: 500, succeeded: true };
+    let with_unrecorded = [ledger.clone(), vec![unrecorded]].concat();
+    let audit = audit_money(store.connection(), &rows, Some(&with_unrecorded)).expect("audit");
+    assert_eq!(audit.double_charged, 1, "an account payment the store never recorded: {audit}");
+
+    let mut deposit_lost = ledger.clone();
+    deposit_lost.retain(|p| p.key != "deposit-808-1");
+    let audit = audit_money(store.connection(), &rows, Some(&deposit_lost)).expect("audit");
+    assert_eq!(audit.ledger_mismatched, 1, "a deposit recorded as paid that the gateway lacks: {audit}");
+
+    let mut flipped = ledger.clone();
+    let charge_key = hex::encode(charges[0].charge_id);
+    flipped.iter_mut().filter(|p| p.key == charge_key).for_each(|p| p.succeeded = false);
+    let audit = audit_money(store.connection(), &rows, Some(&flipped)).expect("audit");
+    assert_eq!(audit.ledger_mismatched, 1, "the gateway declined what the outbox says succeeded: {audit}");
+
+    let mut unpriced = rows.clone();
+    let mut ghost = unpriced.iter().find(|r| farestream::money::pricing::is_ride(r)).expect("a ride").clone();
+    ghost.scan_id = [0xee; 16];
+    unpriced.push(ghost);
+    let audit = audit_money(store.connection(), &unpriced, Some(&ledger)).expect("audit");
+    assert_eq!(audit.unpriced_rides, 1, "an archived ride no charge prices: {audit}");
+
+    let both: Vec<u8> = charges.iter().flat_map(|c| c.scan_ids.iter().flatten().copied()).collect();
+    store
+        .connection()
+        .execute("UPDATE charges SET scan_ids = ?1 WHERE charge_id = ?2", (both, &charges[1].charge_id[..]))
+        .expect("plant a double charge");
+    let audit = audit_money(store.connection(), &rows, Some(&ledger)).expect("audit");
+    assert!(audit.double_charged >= 1 && !audit.is_clean(), "a tap in two charges: {audit}");
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }

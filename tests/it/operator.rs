@@ -186,6 +186,29 @@ fn the_command_line_refuses_what_cannot_work_at_once_and_says_why() {
 fn query_and_settle_from_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().expect("utf-8 path");
+    // Issue 17 item 16: `query` on a data dir that does not exist answered
+    // with exit 0; before anything was archived it printed `++`; and the
+    // table format held the whole result in memory.
+    let nowhere = dir.path().join("no-such-dir");
+    let missing = farestream(&["--data-dir", nowhere.to_str().expect("utf-8"), "query", "SELECT 1"]);
+    assert!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no data dir"),
+        "{missing:?}"
+    );
+    let empty = farestream(&["--data-dir", data, "query", "SELECT scan_id, card_id FROM scans"]);
+    let shown = String::from_utf8_lossy(&empty.stdout);
+    assert!(
+        empty.status.success() && shown.contains("| scan_id | card_id |"),
+        "the columns, even with no rows: {shown}"
+    );
+    assert!(shown.contains("nothing is archived yet") && shown.contains("archive.file_age_secs_max"), "{shown}");
+    let many = farestream(&["--data-dir", data, "query", "SELECT * FROM generate_series(1, 20000)"]);
+    let shown = String::from_utf8_lossy(&many.stdout);
+    assert!(
+        shown.contains("the first 10000 rows of more") && !shown.contains("| 10001 "),
+        "{}",
+        &shown[shown.len() - 300..]
+    );
     let settle = farestream(&["--data-dir", data, "settle", "--date", "2026-11-25"]);
     assert!(settle.status.success(), "{settle:?}");
     let out = String::from_utf8_lossy(&settle.stdout);

@@ -18,6 +18,7 @@ use farestream::charges::ChargeRecord;
 use farestream::clock::Clock;
 use farestream::scan::TapKind;
 use farestream::settle::settle_settings;
+use farestream::wire::ScanRecord;
 use farestream_analytics::settle::settle_day;
 
 use crate::money::{MINUTE, Money, tap};
@@ -78,6 +79,10 @@ async fn duckdb_and_pyarrow_read_the_archives_as_documented_while_the_server_wri
         tap(&bus, 3, boundary - 4 * 60 * MINUTE + 20 * MINUTE, TapKind::Exit, "station-05"),
         tap(&night, 4, boundary - 10 * MINUTE, TapKind::Entry, "station-01"),
         tap(&night, 5, boundary + 10 * MINUTE, TapKind::Exit, "station-07"),
+        // Issue 17 item 13: a hostile validator clock (±2^63 ms) was
+        // archived as sent and DuckDB failed every query on scanned_at.
+        ScanRecord { validator_time_ms: i64::MAX, ..tap(&bus, 7, boundary, TapKind::Single, "bus-99") },
+        ScanRecord { validator_time_ms: i64::MIN, ..tap(&bus, 8, boundary, TapKind::Single, "bus-99") },
     ];
     client.push(&batch("depot-1", 1, scans)).await.expect("ack");
     m.settle().await;
@@ -96,12 +101,17 @@ async fn duckdb_and_pyarrow_read_the_archives_as_documented_while_the_server_wri
 
     let found = read_from_outside(m.h.dir.path());
     let finished = read_all(&scans_root(m.h.dir.path())).expect("scans").len() as u64;
-    assert_eq!(finished, 5, "the sixth scan is still in the open file");
+    assert_eq!(finished, 7, "the last scan is still in the open file");
     for key in ["duckdb_scans", "duckdb_scans_recursive", "pyarrow_dataset_scans", "pyarrow_read_table_scans"] {
         assert_eq!(found[key], finished, "{key}: {found}");
     }
     assert_eq!(found["duckdb_service_date_type"], "DATE");
-    assert_eq!(found["duckdb_scans_by_date"], serde_json::json!({"2025-11-20": 4, "2025-11-21": 1}));
+    assert_eq!(
+        found["duckdb_scans_by_date"],
+        serde_json::json!({"2025-11-20": 4, "2025-11-21": 3}),
+        "the two malformed times are filed under the day they arrived"
+    );
+    assert_eq!(found["duckdb_scanned_at_range"], serde_json::json!(["1970-01-01 00:00:00", "2106-02-07 06:28:15.999"]));
     let archived = read_all_charges(&m.h.dir.path().join("archive").join("charges")).expect("charges");
     assert_eq!(found["pyarrow_read_table_charges"], archived.len() as u64);
     let succeeded: i64 = charges.iter().filter(|c| c.outcome == "succeeded").map(|c| c.amount_cents).sum();

@@ -197,3 +197,21 @@ async fn a_caller_that_hangs_up_frees_its_key_and_a_reused_top_up_key_is_refused
     assert_eq!(entries.iter().filter(|e| e.key == "h-1").count(), 1, "debited once");
     gw.handle.stop().await;
 }
+
+/// Issue 17 item 4: nothing ended the agreement when an account closed, so
+/// late rides were debited under it. An ended agreement takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_agreement_takes_no_more_payments_and_the_card_may_sign_a_new_one() {
+    let gw = start().await;
+    let agreement = gw.client.create_agreement("payer-11", 11).await.expect("agreement");
+    gw.control.top_up("payer-11", 1_000, "t-11").await.expect("top up");
+    gw.client.end_agreement(&agreement).await.expect("end");
+    gw.client.end_agreement(&agreement).await.expect("ending twice is the same success");
+    let late = gw.client.pay(Direction::Debit, "late-1", &debit(&agreement, 100)).await;
+    assert!(matches!(&late, Answer::Refused { reason } if reason.contains("agreement_ended")), "{late:?}");
+    assert!(gw.client.end_agreement("agr-nobody").await.is_err(), "an unknown agreement");
+    let next = gw.client.create_agreement("payer-11", 11).await.expect("a new agreement");
+    assert_eq!(next, "agr-11-2");
+    assert!(matches!(gw.client.pay(Direction::Debit, "new-1", &debit(&next, 100)).await, Answer::Succeeded { .. }));
+    gw.handle.stop().await;
+}

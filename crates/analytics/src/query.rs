@@ -6,10 +6,11 @@ use std::path::Path;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use datafusion::error::DataFusionError;
 
 use crate::tables::archive_session;
+use farestream_server::archive::read::archive_files;
 use farestream_server::archive::writer::archive_writer_properties;
 use futures_util::StreamExt;
 
@@ -47,6 +48,13 @@ pub enum QueryError {
     Sql(#[from] DataFusionError),
     #[error("writing the result: {0}")]
     Output(String),
+    /// The tables the statement reads have no files yet, so not even
+    /// their columns are known.
+    #[error(
+        "nothing is archived yet in the tables this statement reads: a file appears once the archiver closes it \
+         (archive.file_age_secs_max after its first row, or at shutdown)"
+    )]
+    NothingArchived,
 }
 
 impl QueryError {
@@ -58,8 +66,9 @@ impl QueryError {
 
 /// Runs `sql` over the archive under `archive_dir`; returns the row count.
 /// CSV, JSON and Parquet stream batch by batch, so a large result costs a
-/// batch of memory, not the result; the aligned table needs every row
-/// before it can size its columns (it is for a terminal: add a `LIMIT`).
+/// batch of memory, not the result; the aligned table needs every row it
+/// prints before it can size its columns, so it prints at most
+/// [`TABLE_ROWS_MAX`] (it is for a terminal).
 pub async fn run_query(
     archive_dir: &Path,
     sql: &str,
@@ -69,13 +78,18 @@ pub async fn run_query(
     let ctx = archive_session(archive_dir)?;
     let frame = ctx.sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
-    if format == OutputFormat::Table {
-        let batches = frame.collect().await?;
-        let table = pretty_format_batches(&batches).map_err(|e| output(&e))?;
-        writeln!(out, "{table}").map_err(|e| output(&e))?;
-        return Ok(batches.iter().map(|b| b.num_rows() as u64).sum());
+    if schema.fields().is_empty() {
+        return Err(QueryError::NothingArchived);
     }
     let mut stream = frame.execute_stream().await?;
+    if format == OutputFormat::Table {
+        let rows = write_table(&mut stream, schema, out).await?;
+        if rows == 0 && !has_archive_files(archive_dir) {
+            writeln!(out, "(no rows: nothing is archived yet; a file appears once the archiver closes it, archive.file_age_secs_max after its first row, or at shutdown)")
+                .map_err(|e| output(&e))?;
+        }
+        return Ok(rows);
+    }
     let mut writer = BatchWriter::new(format, schema, out)?;
     let mut rows = 0;
     while let Some(batch) = stream.next().await {
@@ -85,6 +99,50 @@ pub async fn run_query(
     }
     writer.finish()?;
     Ok(rows)
+}
+
+/// The most rows the aligned table prints: it must see every row it
+/// prints before it can size its columns, so its memory is bounded here;
+/// the streaming formats have no such limit.
+pub const TABLE_ROWS_MAX: usize = 10_000;
+
+/// The aligned table of at most [`TABLE_ROWS_MAX`] rows, and a line that
+/// says so when there were more; returns the rows printed.
+async fn write_table(
+    stream: &mut datafusion::physical_plan::SendableRecordBatchStream,
+    schema: SchemaRef,
+    out: &mut (dyn Write + Send),
+) -> Result<u64, QueryError> {
+    let (mut batches, mut rows, mut more) = (Vec::new(), 0usize, false);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let room = TABLE_ROWS_MAX - rows;
+        if batch.num_rows() > room {
+            batches.push(batch.slice(0, room));
+            rows += room;
+            more = true;
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+    }
+    // With the schema, so an empty result still shows its columns.
+    let table = pretty_format_batches_with_schema(schema, &batches).map_err(|e| output(&e))?;
+    writeln!(out, "{table}").map_err(|e| output(&e))?;
+    if more {
+        writeln!(
+            out,
+            "(the first {TABLE_ROWS_MAX} rows of more: add a LIMIT, or --format csv, json or parquet for all)"
+        )
+        .map_err(|e| output(&e))?;
+    }
+    Ok(rows as u64)
+}
+
+/// Whether any table under the archive has a closed file.
+fn has_archive_files(archive_dir: &Path) -> bool {
+    let Ok(tables) = std::fs::read_dir(archive_dir) else { return false };
+    tables.flatten().any(|table| archive_files(&table.path()).is_ok_and(|files| !files.is_empty()))
 }
 
 fn output(e: &dyn std::fmt::Display) -> QueryError {

@@ -110,6 +110,15 @@ pub fn payment_gateway_breaker(open: bool) {
     gauge!("farestream_payment_gateway_breaker_open").set(if open { 1.0 } else { 0.0 });
 }
 
+/// Charges still pending and failed (past their retry budget, still
+/// retried), and how long the oldest has waited on the server's clock.
+pub fn charges_undecided(undecided: crate::money::outbox::Undecided, now: crate::clock::UnixMillis) {
+    gauge!("farestream_charges_undecided", "outcome" => "pending").set(undecided.pending as f64);
+    gauge!("farestream_charges_undecided", "outcome" => "failed").set(undecided.failed as f64);
+    let age_ms = undecided.oldest_created_at.map_or(0, |at| now.saturating_sub(at).max(0));
+    gauge!("farestream_charges_oldest_undecided_age_seconds").set(age_ms as f64 / 1_000.0);
+}
+
 pub fn charge_failed() {
     counter!("farestream_charges_failed_total").increment(1);
 }

@@ -414,16 +414,18 @@ impl Pipeline {
         if !sigs.user_valid {
             return Err(Rejection::BadSignature(SignatureFault::User));
         }
-        self.check_arrival(code, scanned_at, received_at)?;
+        // The code's own checks in docs/ride-code.md's order (window,
+        // freshness, deny list), then the server's: arrival, the gate.
         let (policy, at) = (&self.config.freshness, unix_secs_u32(scanned_at));
         match gate_opened {
-            Some(true) => check_claims(code, &NobodyDenied, policy, at),
-            Some(false) => {
-                check_claims(code, &NobodyDenied, policy, at)?;
-                Err(Rejection::GateRefused { card_id: code.credential.claims.card_id })
-            }
-            None => check_claims(code, &*crate::sync::read(&self.deny_list), policy, at),
+            Some(_) => check_claims(code, &NobodyDenied, policy, at)?,
+            None => check_claims(code, &*crate::sync::read(&self.deny_list), policy, at)?,
         }
+        self.check_arrival(code, scanned_at, received_at)?;
+        if gate_opened == Some(false) {
+            return Err(Rejection::GateRefused { card_id: code.credential.claims.card_id });
+        }
+        Ok(())
     }
 
     /// A scan must arrive within the accepted lateness (or its replays could
@@ -483,7 +485,10 @@ impl Pipeline {
             issuer_key_id: claims.map(|(c, _, _)| c.issuer_key_id),
             code_created_at: claims.map(|(_, created_at, _)| i64::from(created_at) * 1000),
             code_counter: claims.map(|(_, _, counter)| counter),
-            scanned_at: record.validator_time_ms,
+            // Within what every reader converts (DuckDB, Spark and Arrow's
+            // own casts fail on ±2^63 ms): a time outside it is malformed,
+            // and its raw value is in `reason`, not here.
+            scanned_at: record.validator_time_ms.clamp(SCAN_TIME_MS_MIN, SCAN_TIME_MS_MAX),
             received_at,
             status: verdict.status,
             reason: verdict.reason,
@@ -731,17 +736,24 @@ mod tests {
             let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("batch");
             assert_eq!(statuses(&outcome), vec![ScanStatus::Malformed; times.len()], "{zone}");
             let arrival_day = f.pipeline.config().service_day.service_date(AT_MS);
-            for row in &outcome.rows {
-                assert!(row.reason.as_deref().is_some_and(|r| r.contains("validator_time_ms")), "{row:?}");
+            for (row, raw) in outcome.rows.iter().zip(times) {
+                assert!(
+                    row.reason.as_deref().is_some_and(|r| r.contains(&format!("validator_time_ms {raw} "))),
+                    "{row:?}"
+                );
                 assert_eq!(Some(row.service_date), arrival_day, "{zone}");
+                // Issue 17 item 13: archived as sent, ±2^63 ms broke every
+                // analyst's query on scanned_at.
+                assert!(Horizons::scan_time_in_range(row.scanned_at), "{row:?}");
             }
         }
         let f = fixture();
         let edges = [SCAN_TIME_MS_MIN, SCAN_TIME_MS_MAX];
         let scans = edges.iter().enumerate().map(|(i, &at)| scan(i as u64, at, code(&f, 12, i as u32))).collect();
         let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("batch");
-        // The earliest time is years before its arrival; the latest, years ahead of it.
-        assert_eq!(statuses(&outcome), vec![ScanStatus::LateUpload, ScanStatus::StaleCode], "in range, not on time");
+        // In range, so not malformed; both outside the credential's window,
+        // which is checked before the arrival (docs/ride-code.md's order).
+        assert_eq!(statuses(&outcome), vec![ScanStatus::ExpiredCredential; 2], "in range, not in the window");
     }
 
     /// Review fault 3: a copy scanned in the last millisecond of freshness
@@ -778,7 +790,10 @@ mod tests {
         let old = scan(1, AT_MS - lateness_ms - 10_000, code(&f, 14, 1));
         let at_the_edge = scan(2, AT_MS - lateness_ms, code(&f, 14, 2));
         let refused = f.pipeline.process(&batch(vec![old, at_the_edge]), AT_MS).expect("batch");
-        assert_eq!(statuses(&refused), vec![ScanStatus::LateUpload, ScanStatus::ExpiredCredential]);
+        // Issue 17 item 16: the credential window is checked before the
+        // arrival, as docs/ride-code.md orders them: a scan both late and
+        // outside its credential's window is `expired_credential`.
+        assert_eq!(statuses(&refused), vec![ScanStatus::ExpiredCredential, ScanStatus::ExpiredCredential]);
         let fresh = scan(3, AT_MS - 1_000, code(&f, 14, 3));
         let accepted = f.pipeline.process(&batch(vec![fresh.clone()]), AT_MS).expect("batch");
         assert_eq!(statuses(&accepted), vec![ScanStatus::Accepted]);

@@ -1,6 +1,7 @@
 //! Checks the money against the rides and the payment gateway's books: no
 //! ride charged twice, none left unpriced, and the gateway applied exactly
-//! what the outbox says. The crash test ends with it.
+//! what the outbox and the accounts' payments say (deposits, arrears and
+//! refunds included: none is exempt). The crash test ends with it.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -8,6 +9,7 @@ use std::fmt;
 use rusqlite::Connection;
 
 use super::outbox::charges;
+use super::payments::{PaymentAttempt, PaymentKind, PaymentOutcome, all_attempts};
 use super::pricing::is_ride;
 use super::store::StoreError;
 use crate::charges::ChargeRecord;
@@ -60,9 +62,6 @@ impl fmt::Display for MoneyAudit {
     }
 }
 
-/// Payments made for accounts rather than charges: their keys say so.
-const ACCOUNT_PAYMENT_PREFIXES: [&str; 3] = ["deposit-", "arrears-", "refund-"];
-
 pub fn audit_money(
     conn: &Connection,
     archived: &[ArchivedScan],
@@ -89,24 +88,49 @@ pub fn audit_money(
         }
     }
     if let Some(ledger) = ledger {
-        check_ledger(&outbox, ledger, &mut audit);
+        let accounts = all_attempts(conn)?;
+        check_ledger(&outbox, &accounts, ledger, &mut audit);
     }
     Ok(audit)
 }
 
-fn check_ledger(outbox: &[ChargeRecord], ledger: &[AppliedPayment], audit: &mut MoneyAudit) {
+/// Every payment the gateway applied is a charge or an account's payment
+/// the store recorded before it went out, and each agrees with its
+/// record; a payment nobody recorded counts as a double charge (money
+/// moved that the store does not know of).
+fn check_ledger(
+    outbox: &[ChargeRecord],
+    accounts: &[PaymentAttempt],
+    ledger: &[AppliedPayment],
+    audit: &mut MoneyAudit,
+) {
     let mut applied: HashMap<(&str, &str), &AppliedPayment> = HashMap::new();
     for payment in ledger {
         if applied.insert((&payment.kind, &payment.key), payment).is_some() {
             audit.double_charged += 1;
         }
     }
-    let ids: HashMap<String, &ChargeRecord> = outbox.iter().map(|c| (hex::encode(c.charge_id), c)).collect();
+    let ids: HashSet<String> = outbox.iter().map(|c| hex::encode(c.charge_id)).collect();
+    let account_keys: HashSet<&str> = accounts.iter().map(|a| a.key.as_str()).collect();
     for payment in ledger {
-        let for_account = ACCOUNT_PAYMENT_PREFIXES.iter().any(|p| payment.key.starts_with(p));
-        if !for_account && !ids.contains_key(&payment.key) {
+        if !ids.contains(&payment.key) && !account_keys.contains(payment.key.as_str()) {
             audit.double_charged += 1;
         }
+    }
+    for attempt in accounts {
+        let kind = if attempt.kind == PaymentKind::Refund { "credit" } else { "debit" };
+        let at_gateway = applied.get(&(kind, attempt.key.as_str())).copied();
+        let agrees = match (attempt.outcome, at_gateway) {
+            (PaymentOutcome::Succeeded, Some(p)) => {
+                p.succeeded && p.amount_cents == attempt.amount_cents.unsigned_abs()
+            }
+            (PaymentOutcome::Declined, Some(p)) => !p.succeeded,
+            (PaymentOutcome::Refused, None) => true,
+            // No answer yet: the gateway may or may not have applied it.
+            (PaymentOutcome::Unknown, _) => true,
+            _ => false,
+        };
+        audit.ledger_mismatched += u64::from(!agrees);
     }
     for charge in outbox {
         let kind = if charge.amount_cents < 0 { "credit" } else { "debit" };

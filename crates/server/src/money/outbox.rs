@@ -7,6 +7,7 @@ use rusqlite::{Connection, params};
 use super::codec::{card_from_sql, card_to_sql, date_from_sql, id_from_sql, ids_from_sql};
 use super::store::StoreError;
 use crate::charges::{ChargeKind, ChargeRecord};
+use crate::clock::UnixMillis;
 
 const COLUMNS: &str = "charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, created_at,
                        outcome, attempts, decided_at, gateway_txn_id";
@@ -102,6 +103,27 @@ pub fn count(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// Charges not yet decided: `pending` or `failed` (still retried).
+/// Charges not yet decided, for the gauges and `audit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Undecided {
+    pub pending: u64,
+    /// Past their retry budget (still retried).
+    pub failed: u64,
+    /// When the oldest undecided charge was written (server clock).
+    pub oldest_created_at: Option<UnixMillis>,
+}
+
+pub fn undecided_charges(conn: &Connection) -> Result<Undecided, StoreError> {
+    let (pending, failed, oldest): (i64, i64, Option<i64>) = conn.query_row(
+        "SELECT count(*) FILTER (WHERE outcome = 'pending'), count(*) FILTER (WHERE outcome = 'failed'),
+                min(created_at)
+         FROM charges WHERE outcome IN ('pending', 'failed')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok(Undecided { pending: pending.unsigned_abs(), failed: failed.unsigned_abs(), oldest_created_at: oldest })
+}
+
 pub fn undecided(conn: &Connection) -> Result<u64, StoreError> {
     let count: i64 =
         conn.query_row("SELECT count(*) FROM charges WHERE outcome IN ('pending', 'failed')", [], |r| r.get(0))?;

@@ -84,9 +84,16 @@ pub struct RefundReport {
 /// What a refund-pending card needs next.
 enum RefundStep {
     Wait,
-    Owes { phone: String, owed: i64, told_before: bool },
+    Owes {
+        phone: String,
+        owed: i64,
+        told_before: bool,
+    },
     Pay(PaymentAttempt),
-    Closed,
+    /// Nothing owed, held or in flight: end the agreement, then close.
+    Close {
+        agreement_id: Option<String>,
+    },
 }
 
 /// How a refund-pending card's pass ended.
@@ -232,39 +239,44 @@ impl AccountService {
     }
 
     async fn refund_one(&self, card_id: u64, now: UnixMillis) -> Result<RefundDone, ServiceError> {
-        let done = match self.write(move |tx| refund_step(tx, card_id, now)).await? {
-            RefundStep::Wait => RefundDone::Waiting,
-            RefundStep::Closed => RefundDone::Closed,
+        let close = match self.write(move |tx| refund_step(tx, card_id, now)).await? {
+            RefundStep::Wait => return Ok(RefundDone::Waiting),
             RefundStep::Owes { phone, owed, told_before } => {
                 if !told_before {
                     let owed = farestream_core::charges::format_cents(owed);
                     let message = format!("your deposit is held until you pay the {owed} you owe for card {card_id}");
                     self.notifier.notify(&phone, &message);
                 }
-                RefundDone::Owing
+                return Ok(RefundDone::Owing);
             }
+            RefundStep::Close { agreement_id } => agreement_id,
             RefundStep::Pay(attempt) => {
                 let transaction = self.send(&attempt, Direction::Credit, "deposit refund").await?;
-                let closed = self
+                let closable = self
                     .write(move |tx| {
                         if payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some(&transaction), None, now)?
                         {
                             let cause = format!("deposit returned: {} ({transaction})", attempt.key);
                             accounts::deposit_returned(tx, card_id, &cause, now)?;
                         }
-                        match accounts::may_close(tx, card_id, now)? {
-                            Ok(_) => accounts::close(tx, card_id, "deposit returned", now).map(|_| true),
-                            Err(_) => Ok(false),
-                        }
+                        Ok(accounts::may_close(tx, card_id, now)?.ok().map(|account| account.agreement_id))
                     })
                     .await?;
-                if closed { RefundDone::Closed } else { RefundDone::Waiting }
+                match closable {
+                    Some(agreement_id) => agreement_id,
+                    None => return Ok(RefundDone::Waiting),
+                }
             }
         };
-        if matches!(done, RefundDone::Closed) {
-            self.deny_list.sync_soon().await;
+        // The agreement ends before the account closes: a failure here
+        // leaves the card pending, and the next pass ends it again (the
+        // gateway treats a second end as the first).
+        if let (Some(agreement_id), Some(gateway)) = (&close, &self.gateway) {
+            gateway.end_agreement(agreement_id).await?;
         }
-        Ok(done)
+        self.write(move |tx| accounts::close(tx, card_id, "deposit returned, agreement ended", now)).await?;
+        self.deny_list.sync_soon().await;
+        Ok(RefundDone::Closed)
     }
 
     pub async fn account(&self, card_id: u64) -> Result<Account, ServiceError> {
@@ -355,10 +367,7 @@ fn refund_step(tx: &rusqlite::Transaction<'_>, card_id: u64, now: UnixMillis) ->
         tracing::info!(card_id, "arrears set against the deposit before its refund");
     }
     match accounts::may_close(tx, card_id, now)? {
-        Ok(_) => {
-            accounts::close(tx, card_id, "nothing held or owed", now)?;
-            Ok(RefundStep::Closed)
-        }
+        Ok(account) => Ok(RefundStep::Close { agreement_id: account.agreement_id }),
         Err(NotYet::RidesMayArrive { .. } | NotYet::MoneyInFlight) => Ok(RefundStep::Wait),
         Err(NotYet::Owes { arrears_cents }) => {
             let account = accounts::account(tx, card_id)?;

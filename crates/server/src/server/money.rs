@@ -106,8 +106,18 @@ async fn every<F: std::future::Future<Output = ()>>(
     }
 }
 
+/// The undecided charges and the oldest one's age, as gauges: a stuck
+/// charge shows on `/metrics` (blocking: a query).
+fn publish_undecided(archive: &ChargesArchive) {
+    let store = crate::sync::lock(&archive.store);
+    match crate::money::outbox::undecided_charges(store.connection()) {
+        Ok(undecided) => crate::telemetry::charges_undecided(undecided, archive.clock.now_ms()),
+        Err(error) => tracing::warn!(%error, "cannot count undecided charges"),
+    }
+}
+
 /// Archives decided charges every `interval` (and `Server::shutdown` once
-/// more). An error (a full disk) is logged and the next round tries again:
+/// more), and publishes the undecided charges' gauges each round. An error (a full disk) is logged and the next round tries again:
 /// the store keeps every charge until it is archived.
 pub(super) async fn charges_archive_job(
     archive: Arc<ChargesArchive>,
@@ -117,7 +127,12 @@ pub(super) async fn charges_archive_job(
     every(interval, stop, || {
         let archive = Arc::clone(&archive);
         async move {
-            match tokio::task::spawn_blocking(move || archive.run_once()).await {
+            match tokio::task::spawn_blocking(move || {
+                publish_undecided(&archive);
+                archive.run_once()
+            })
+            .await
+            {
                 Ok(Ok(archived)) if archived > 0 => tracing::debug!(archived, "charges archived"),
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "archiving charges failed; trying again next round"),

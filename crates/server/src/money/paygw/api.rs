@@ -14,6 +14,8 @@ pub const RETRY_AFTER: &str = "retry-after";
 pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
 
 pub const AGREEMENTS_PATH: &str = "/v1/agreements";
+/// Ends an agreement: nothing more may be debited or credited under it.
+pub const AGREEMENTS_END_PATH: &str = "/v1/agreements/end";
 pub const DEBITS_PATH: &str = "/v1/debits";
 pub const CREDITS_PATH: &str = "/v1/credits";
 
@@ -26,6 +28,12 @@ pub struct AgreementRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgreementAnswer {
+    pub agreement_id: String,
+}
+
+/// Ends an agreement (the account closed, its deposit returned).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgreementEnd {
     pub agreement_id: String,
 }
 

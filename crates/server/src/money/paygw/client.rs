@@ -10,8 +10,8 @@ use reqwest::StatusCode;
 use thiserror::Error;
 
 use super::api::{
-    AGREEMENTS_PATH, AgreementAnswer, AgreementRequest, CREDITS_PATH, DEBITS_PATH, ErrorAnswer, IDEMPOTENCY_KEY,
-    PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature,
+    AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
+    ErrorAnswer, IDEMPOTENCY_KEY, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::retry::GatewayHealth;
@@ -98,6 +98,21 @@ impl PaymentGateway {
         }
         let answer: AgreementAnswer = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
         Ok(answer.agreement_id)
+    }
+
+    /// Ends an agreement; ending it again is the same success.
+    pub async fn end_agreement(&self, agreement_id: &str) -> Result<(), PaygwError> {
+        let body = AgreementEnd { agreement_id: agreement_id.to_string() };
+        let key = format!("end-{agreement_id}");
+        let url = format!("{}{AGREEMENTS_END_PATH}", self.base_url);
+        let failed = |reason: String| PaygwError::Request { url: url.clone(), reason };
+        let response = self.post(AGREEMENTS_END_PATH, &key, &body).await.map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        let body = read_limited(response).await.map_err(failed)?;
+        if !status.is_success() {
+            return Err(failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))));
+        }
+        Ok(())
     }
 
     /// Sends one payment under `key`.

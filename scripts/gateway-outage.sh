@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# What a payment-gateway outage costs: the server and a `farestream paygw`
+# on loopback. Riders sign up through the account API and ride for a few
+# seconds while the gateway answers every payment 503 for OUTAGE_SECS;
+# the script samples the gateway's request counter every second of the
+# outage, then restores it and times the drain of the backlog:
+#   outage_s=30 requests=N per_s_mean=R per_s_max=M backlog=B drained_in_s=S
+#
+#   scripts/gateway-outage.sh
+#   OUTAGE_SECS=30 RIDERS=2000 FARESTREAM_BIN=/path/to/other/build scripts/gateway-outage.sh
+# (OTP_LIMITS=0 for a build older than the one-time code limits.)
+set -euo pipefail
+
+source "$(dirname "$0")/lib.sh"
+resolve_farestream_bin
+riders=${RIDERS:-2000}
+outage=${OUTAGE_SECS:-30}
+work=$(mktemp -d)
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$((20000 + RANDOM % 30000))
+api_port=$((port + 1))
+paygw_port=$((port + 2))
+otp_limits=""
+if [ "${OTP_LIMITS:-1}" = 1 ]; then
+  otp_limits=$'otp_sends_per_client_per_hour_max = 10000000\notp_sends_per_minute_max = 10000000'
+fi
+cat > "$work/config.toml" <<TOML
+[server]
+listen_addr = "127.0.0.1:$port"
+[metrics]
+listen_addr = ""
+[payments]
+gateway_url = "http://127.0.0.1:$paygw_port"
+[api]
+listen_addr = "127.0.0.1:$api_port"
+notifications_file = "$work/notifications.jsonl"
+$otp_limits
+TOML
+args=(--data-dir "$work/data" --config "$work/config.toml")
+"$bin" --data-dir "$work/paygw" --config "$work/config.toml" paygw --listen "127.0.0.1:$paygw_port" \
+  > "$work/paygw.log" 2>&1 &
+"$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
+wait_until_serving "$work/server.log" $!
+gw="http://127.0.0.1:$paygw_port"
+faults() { curl -sf -X PUT -H 'content-type: application/json' -d "$1" "$gw/v1/faults"; }
+requests() { curl -sf "$gw/v1/stats" | sed -n 's/.*"payment_requests":\([0-9]*\).*/\1/p'; }
+
+"$bin" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" --riders "$riders" --duration-secs 5 \
+  > "$work/simulate.log" 2>&1 &
+sim=$!
+until grep -q "signed up" "$work/simulate.log"; do
+  kill -0 "$sim" 2>/dev/null || { cat "$work/simulate.log"; exit 1; }
+  sleep 0.1
+done
+faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
+first=$(requests)
+last=$first
+max=0
+for _ in $(seq 1 "$outage"); do
+  sleep 1
+  now=$(requests)
+  (( now - last > max )) && max=$(( now - last ))
+  last=$now
+done
+wait "$sim" || { cat "$work/simulate.log"; exit 1; }
+backlog=$("$bin" "${args[@]}" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
+start=$(date +%s.%N)
+faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'
+until "$bin" "${args[@]}" charges | grep -q "undecided=0"; do sleep 0.05; done
+end=$(date +%s.%N)
+kill -TERM $(jobs -p) 2>/dev/null; wait 2>/dev/null || true
+awk -v o="$outage" -v n="$(( last - first ))" -v m="$max" -v b="$backlog" -v a="$start" -v e="$end" \
+  'BEGIN { printf "outage_s=%d requests=%d per_s_mean=%.1f per_s_max=%d backlog=%d drained_in_s=%.2f\n", o, n, n / o, m, b, e - a }'
