@@ -8,11 +8,14 @@
 #
 #   scripts/gateway-outage.sh
 #   OUTAGE_SECS=30 RIDERS=2000 FARESTREAM_BIN=/path/to/other/build scripts/gateway-outage.sh
-# (OTP_LIMITS=0 for a build older than the one-time code limits.)
+# To measure an older build's server, run the simulated gateway from this
+# one (PAYGW_BIN: it counts requests at /v1/stats) and leave out the
+# config keys the older build does not know (OTP_LIMITS=0).
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
 resolve_farestream_bin
+paygw_bin=${PAYGW_BIN:-$bin}
 riders=${RIDERS:-2000}
 outage=${OUTAGE_SECS:-30}
 work=$(mktemp -d)
@@ -37,7 +40,7 @@ notifications_file = "$work/notifications.jsonl"
 $otp_limits
 TOML
 args=(--data-dir "$work/data" --config "$work/config.toml")
-"$bin" --data-dir "$work/paygw" --config "$work/config.toml" paygw --listen "127.0.0.1:$paygw_port" \
+"$paygw_bin" --data-dir "$work/paygw" --config "$work/config.toml" paygw --listen "127.0.0.1:$paygw_port" \
   > "$work/paygw.log" 2>&1 &
 "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
 wait_until_serving "$work/server.log" $!

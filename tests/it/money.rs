@@ -523,6 +523,12 @@ async fn the_money_audit_fails_on_each_planted_fault() {
     let clean = audit_money(store.connection(), &rows, Some(&ledger)).expect("audit");
     assert!(clean.is_clean() && clean.undecided == 0 && clean.charges == 2, "{clean}");
 
+    let legacy =
+        AppliedPayment { kind: "debit".into(), key: "deposit-807".into(), amount_cents: 2_000, succeeded: true };
+    let with_legacy = [ledger.clone(), vec![legacy]].concat();
+    let audit = audit_money(store.connection(), &rows, Some(&with_legacy)).expect("audit");
+    assert!(audit.is_clean(), "a key from before payments were recorded is left out: {audit}");
+
     let unrecorded =
         AppliedPayment { kind: "debit".into(), key: "arrears-807-9".into(), amount_cents: 500, succeeded: true };
     let with_unrecorded = [ledger.clone(), vec![unrecorded]].concat();
@@ -554,6 +560,67 @@ async fn the_money_audit_fails_on_each_planted_fault() {
         .expect("plant a double charge");
     let audit = audit_money(store.connection(), &rows, Some(&ledger)).expect("audit");
     assert!(audit.double_charged >= 1 && !audit.is_clean(), "a tap in two charges: {audit}");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Review of issue 17: two activations at the same moment both opened a
+/// deposit attempt, and the gateway took two deposits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_activations_at_once_take_one_deposit() {
+    let m = Money::start().await;
+    let accounts = m.h.server.accounts().clone();
+    accounts.register(809, "+8613800000809").await.expect("register");
+    m.control.top_up("payer-809", 10_000, "topup-809").await.expect("top up");
+    m.control.set_faults(SimFaults { latency_ms: 300, ..SimFaults::default() }).await.expect("slow");
+    let (a, b) = (accounts.clone(), accounts.clone());
+    let (first, second) = tokio::join!(a.activate(809, "payer-809"), b.activate(809, "payer-809"));
+    assert!(first.is_ok() || second.is_ok(), "{first:?} {second:?}");
+    assert_eq!(accounts.account(809).await.expect("account").state, AccountState::Active);
+    let deposits: Vec<Entry> = m.debits().await.into_iter().filter(|e| e.key.starts_with("deposit-")).collect();
+    assert_eq!(deposits.len(), 1, "one deposit: {deposits:?}");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Review of issue 17: arrears were set against the deposit while a
+/// payment of them was still out (its answer lost), so the rider paid
+/// twice; and a refund asked for before due times were recorded never
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_waits_for_a_payment_still_out_and_an_old_request_still_closes() {
+    let m = Money::start().await;
+    let accounts = m.h.server.accounts();
+    let rider = m.rider(810, 0).await;
+    let owed = declined_rides(&m, &rider, 1, 1).await;
+    accounts.request_refund(810).await.expect("refund");
+    m.control.top_up("payer-810", owed.unsigned_abs(), "topup-810-1").await.expect("top up");
+    let lost = SimFaults { drop_answer_every: 1, ..SimFaults::default() };
+    m.control.set_faults(lost).await.expect("faults");
+    accounts.pay_arrears(810).await.expect_err("the answer was lost");
+    m.control.set_faults(SimFaults::default()).await.expect("faults off");
+    let due = accounts.clock.now_ms() + 30 * 86_400_000;
+    let report = accounts.process_refunds_as_of(due).await.expect("refunds");
+    assert_eq!(report.waiting, vec![810], "a payment of the arrears is still out: {report:?}");
+    assert_eq!(accounts.account(810).await.expect("account").deposit_cents, 2_000, "nothing set against it yet");
+    accounts.pay_arrears(810).await.expect("the same payment, answered");
+    let closed = accounts.process_refunds_as_of(due).await.expect("refunds");
+    assert_eq!(closed.closed, vec![810]);
+    let refund: u64 =
+        m.control.ledger().await.expect("ledger").iter().filter(|e| e.kind == "credit").map(|e| e.amount_cents).sum();
+    assert_eq!(refund, 2_000, "the whole deposit back: the arrears were paid, once");
+
+    // A request from before due times were recorded (none in the row).
+    m.rider(811, 5_000).await;
+    accounts.request_refund(811).await.expect("refund");
+    let store = m.h.server.open_money_store().expect("store");
+    store.connection().execute("UPDATE accounts SET refund_due_at = NULL WHERE card_id = 811", []).expect("legacy");
+    let asked = accounts.account(811).await.expect("account").refund_requested_at.expect("asked");
+    let week = 604_800_000;
+    let early = accounts.process_refunds_as_of(asked + accounts.rides_arrive_within_ms + week - 1).await.expect("p");
+    assert!(!early.closed.contains(&811), "{early:?}");
+    let late = accounts.process_refunds_as_of(asked + accounts.rides_arrive_within_ms + week).await.expect("p");
+    assert_eq!(late.closed, vec![811], "it closes once the longest credential and the lateness have passed");
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }

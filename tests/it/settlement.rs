@@ -283,6 +283,27 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
         broken.breaks
     );
 
+    // Issue 17 item 11: with its settled scans file gone, settle named the
+    // break yet wrote a run of negative rides that settled the day to zero.
+    let copy = copy_of(data_dir);
+    let before = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle").runs.len();
+    std::fs::remove_file(copy.path().join(scan_file.strip_prefix(data_dir).expect("inside"))).expect("remove");
+    let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
+    assert!(kinds(&broken.breaks).contains(&"settled_file_missing"), "{:?}", broken.breaks);
+    assert!(broken.new_run.is_none() && broken.runs.len() == before, "a run with breaks writes nothing");
+    let runs = sql(copy.path(), "SELECT count(*) AS n, min(rides) AS least FROM settlement_runs").await;
+    assert!(!runs.contains('-'), "no run of negative rides: {runs}");
+
+    // Issue 17 item 11: a file in the day's folder that is not a scans
+    // file was ignored, though the docs say it stops the run.
+    let copy = copy_of(data_dir);
+    std::fs::write(partition_dir(&scans_root(copy.path()), day()).join("notes.txt"), "checked by hand").expect("notes");
+    let refused = match settle_day(&moved(settings, copy.path()), day(), now).await {
+        Ok(_) => panic!("a day with notes.txt in its folder settled"),
+        Err(error) => error.to_string(),
+    };
+    assert!(refused.contains("notes.txt") && refused.contains("move it out"), "{refused}");
+
     let copy = copy_of(data_dir);
     let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));
     let twin = in_copy.with_file_name("charges-999999999999.parquet");

@@ -8,3 +8,5 @@
 ALTER TABLE charges ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE charges ADD COLUMN first_attempt_at INTEGER;
 UPDATE charges SET claims = attempts;
+-- A charge already tried keeps its budget running from when it was made.
+UPDATE charges SET first_attempt_at = created_at WHERE attempts > 0;

@@ -29,6 +29,11 @@ ALTER TABLE accounts ADD COLUMN keys_valid_until INTEGER;
 -- When a pending refund may be paid: no ride can arrive after it (the
 -- newest credential's end, plus the accepted lateness of uploads).
 ALTER TABLE accounts ADD COLUMN refund_due_at INTEGER;
+-- Cards that may hold keys issued before the end was recorded: assume the
+-- longest credential the config allows (7 days) from now. (A refund asked
+-- for before this version has no due time; the code waits as long for it.)
+UPDATE accounts SET keys_valid_until = CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 604800000
+    WHERE state IN ('active', 'in_arrears');
 
 -- From now on a refund request denies the card at once (until it closes,
 -- when no credential of it is valid any more): put the cards already

@@ -13,8 +13,7 @@ use super::SettleError;
 use super::schema::figures_from;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use farestream_core::settlement::RiderFigures;
-use farestream_server::archive::read::archive_files;
-use farestream_server::archive::writer::{file_lsn_range, partition_dir};
+use farestream_server::archive::writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
 
 /// A complete scans file of the day.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,9 +35,13 @@ pub fn settleable_scan_files(
     let partition = partition_dir(scans_root, date);
     let mut settleable = Vec::new();
     let mut waiting = 0;
-    for path in archive_files(scans_root)?.into_iter().filter(|p| p.parent() == Some(partition.as_path())) {
+    for path in partition_entries(&partition)? {
         let Some((_, to)) = file_lsn_range(&path) else {
-            return Err(SettleError::Input(format!("{} is not named after a log range", path.display())));
+            return Err(SettleError::Input(format!(
+                "{} is not named after a log range (part-FROM-TO.parquet, late-FROM-TO.parquet), so it is no \
+                 scans file: move it out of the day's folder to settle {date}",
+                path.display()
+            )));
         };
         if to > pricer_lsn || to > archived_lsn {
             waiting += 1;
@@ -48,6 +51,28 @@ pub fn settleable_scan_files(
         settleable.push(ScanFile { rows: parquet_rows(&path)?, name, path });
     }
     Ok((settleable, waiting))
+}
+
+/// Everything in a day's folder but its `_SUCCESS` marker: a file that is
+/// not a scans file (notes, a copy with another name) is an error for the
+/// caller to name, never silently left out.
+fn partition_entries(partition: &Path) -> Result<Vec<std::path::PathBuf>, SettleError> {
+    let listing = |e: std::io::Error| SettleError::Input(format!("{}: {e}", partition.display()));
+    let entries = match std::fs::read_dir(partition) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(listing(e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(listing)?.path();
+        if path.file_name().is_some_and(|n| n == SUCCESS_MARKER) {
+            continue;
+        }
+        paths.push(path);
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 /// The row count a Parquet file's footer gives.

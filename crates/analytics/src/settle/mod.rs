@@ -93,7 +93,8 @@ impl SettleSettings {
 #[derive(Debug, Clone)]
 pub struct Settled {
     pub date: NaiveDate,
-    /// The run this call wrote; `None` when nothing had changed.
+    /// The run this call wrote; `None` when nothing had changed, or when a
+    /// break stopped it (a run with breaks writes nothing).
     pub new_run: Option<RunRow>,
     /// Every run of the day, the new one included.
     pub runs: Vec<RunRow>,
@@ -152,7 +153,10 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         riders_awaiting_archive: walked.awaiting,
         breaks: breaks.len() as i64,
     };
-    let new_run = if changed {
+    // A run with a break writes nothing: its figures would be settled on
+    // a broken input (a settled file gone would settle the day to zero).
+    // The report names the breaks; the run is made once they are mended.
+    let new_run = if changed && breaks.is_empty() {
         let files = new_files.iter().map(|f| FileRow { table: "scans", file: f.name.clone(), rows: f.rows }).collect();
         write_run(&archive_dir, date, &RunRows { riders: walked.riders, routes, run: run_row.clone(), files })?;
         Some(run_row)

@@ -30,6 +30,9 @@ pub enum ApiError {
     },
     PaymentDeclined(String),
     TooManyRequests(String),
+    /// The payment gateway refused the request itself: final, not the
+    /// rider's doing; an operator must look.
+    PaymentRefused(String),
     Unavailable(String),
     Internal(String),
 }
@@ -46,6 +49,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { error, message } => (StatusCode::CONFLICT, error, message),
             ApiError::PaymentDeclined(m) => (StatusCode::PAYMENT_REQUIRED, "payment_declined", m),
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", m),
+            ApiError::PaymentRefused(m) => (StatusCode::BAD_GATEWAY, "payment_refused", m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Internal(m) => {
                 tracing::error!(message = %m, "account API internal error");

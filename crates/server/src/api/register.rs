@@ -2,7 +2,7 @@
 //! A phone that already has a card gets a new token for it (a new phone,
 //! a reinstalled app); otherwise a card is made.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
@@ -64,8 +64,10 @@ fn check_phone(phone: &str) -> Result<(), ApiError> {
 /// The longest client address kept (an IPv6 address is at most 45).
 const CLIENT_ADDRESS_BYTES_MAX: usize = 64;
 
-/// Who asked: the first address in the configured proxy header, or the
-/// TCP peer's address.
+/// Who asked: the last address in the configured proxy header (the one
+/// the operator's proxy appended: every address before it is whatever the
+/// client sent), or the TCP peer's address. An IPv6 client counts by its
+/// /64, the block one subscriber gets.
 fn client_address(api: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> String {
     let forwarded = api
         .settings
@@ -73,12 +75,23 @@ fn client_address(api: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Stri
         .as_deref()
         .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.rsplit(',').next())
         .map(str::trim)
         .filter(|v| !v.is_empty());
-    match forwarded {
-        Some(address) => address.chars().take(CLIENT_ADDRESS_BYTES_MAX).collect(),
-        None => peer.ip().to_string(),
+    let address = match forwarded {
+        Some(text) => match text.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => return text.chars().take(CLIENT_ADDRESS_BYTES_MAX).collect(),
+        },
+        None => peer.ip(),
+    };
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| v4.to_string()).unwrap_or_default(),
+        IpAddr::V4(v4) => v4.to_string(),
     }
 }
 

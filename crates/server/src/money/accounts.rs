@@ -248,13 +248,29 @@ pub enum NotYet {
     DepositHeld { deposit_cents: i64 },
 }
 
+/// The longest credential the config allows (`ride_code.credential_validity_secs`):
+/// how long a refund asked for before due times were recorded waits for
+/// rides, besides the lateness.
+const LEGACY_CREDENTIAL_MS: i64 = 604_800_000;
+
+/// When a refund asked for before due times were recorded is due.
+fn legacy_refund_due_at(requested_at: UnixMillis, rides_arrive_within_ms: i64) -> UnixMillis {
+    requested_at.saturating_add(LEGACY_CREDENTIAL_MS).saturating_add(rides_arrive_within_ms)
+}
+
 /// Whether the refund-pending card may close now, and why not.
-pub fn may_close(conn: &Connection, card_id: u64, now: UnixMillis) -> Result<Result<Account, NotYet>, AccountError> {
+pub fn may_close(
+    conn: &Connection,
+    card_id: u64,
+    rides_arrive_within_ms: i64,
+    now: UnixMillis,
+) -> Result<Result<Account, NotYet>, AccountError> {
     let account = account(conn, card_id)?;
     if account.state != AccountState::RefundPending {
         return Err(wrong_state(&account, "closing", "refund_pending"));
     }
-    let until = account.refund_due_at.unwrap_or(i64::MAX);
+    let legacy = || legacy_refund_due_at(account.refund_requested_at.unwrap_or(now), rides_arrive_within_ms);
+    let until = account.refund_due_at.unwrap_or_else(legacy);
     Ok(if now < until {
         Err(NotYet::RidesMayArrive { until })
     } else if money_in_flight(conn, card_id)? {
@@ -270,8 +286,14 @@ pub fn may_close(conn: &Connection, card_id: u64, now: UnixMillis) -> Result<Res
 
 /// Nothing is owed, held or in flight, and no ride can arrive: closed, and
 /// off the deny list (no credential of it is valid any more).
-pub fn close(tx: &Transaction<'_>, card_id: u64, cause: &str, now: UnixMillis) -> Result<Account, AccountError> {
-    let before = match may_close(tx, card_id, now)? {
+pub fn close(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    cause: &str,
+    rides_arrive_within_ms: i64,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = match may_close(tx, card_id, rides_arrive_within_ms, now)? {
         Ok(account) => account,
         Err(not_yet) => {
             let before = account(tx, card_id)?;
@@ -281,24 +303,28 @@ pub fn close(tx: &Transaction<'_>, card_id: u64, cause: &str, now: UnixMillis) -
     change(tx, &before, AccountState::Closed, 0, ("closed", 0, cause), now)
 }
 
-/// Refund-pending cards whose refund is due at `now`; requests from before
-/// due times were kept (schema 4 and older) are due `wait_ms` after them.
-pub fn refunds_due(conn: &Connection, now: UnixMillis, wait_ms: i64) -> Result<Vec<u64>, StoreError> {
+/// Refund-pending cards whose refund is due at `now` (requests from before
+/// due times were recorded: see [`legacy_refund_due_at`]).
+pub fn refunds_due(conn: &Connection, now: UnixMillis, rides_arrive_within_ms: i64) -> Result<Vec<u64>, StoreError> {
+    let legacy_wait = LEGACY_CREDENTIAL_MS.saturating_add(rides_arrive_within_ms);
     Ok(conn
         .prepare_cached(
             "SELECT card_id FROM accounts WHERE state = 'refund_pending'
                AND coalesce(refund_due_at, refund_requested_at + ?2) <= ?1 ORDER BY card_id",
         )?
-        .query_map(params![now, wait_ms], |r| r.get::<_, i64>(0).map(card_from_sql))?
+        .query_map(params![now, legacy_wait], |r| r.get::<_, i64>(0).map(card_from_sql))?
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Whether any of the card's charges is still undecided or any of its
-/// days still waits for an exit: a refund waits for them.
+/// Whether any of the card's charges is still undecided, any of its days
+/// still waits for an exit, or a deposit or arrears payment still waits
+/// for its answer: a refund (and setting arrears against the deposit)
+/// waits for them.
 pub fn money_in_flight(conn: &Connection, card_id: u64) -> Result<bool, StoreError> {
     let busy: i64 = conn.query_row(
         "SELECT (SELECT count(*) FROM charges WHERE card_id = ?1 AND outcome IN ('pending', 'failed'))
-              + (SELECT count(*) FROM open_entries WHERE card_id = ?1)",
+              + (SELECT count(*) FROM open_entries WHERE card_id = ?1)
+              + (SELECT count(*) FROM account_payments WHERE card_id = ?1 AND outcome = 'unknown' AND kind <> 'refund')",
         [card_to_sql(card_id)],
         |r| r.get(0),
     )?;

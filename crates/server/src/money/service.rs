@@ -146,8 +146,17 @@ impl AccountService {
         if deposit == 0 {
             return self.write(move |tx| accounts::activate(tx, card_id, &payer, &agreement_id, 0, now)).await;
         }
+        // The state is checked again in the transaction that opens the
+        // attempt: a second activation at the same moment finds the card
+        // active (and takes no second deposit) or the same attempt.
         let attempt = self
-            .write(move |tx| payments::open_attempt(tx, card_id, PaymentKind::Deposit, deposit, &agreement_id, now))
+            .write(move |tx| {
+                let account = accounts::account(tx, card_id)?;
+                if account.state != AccountState::Registered {
+                    return Err(wrong_state(&account, "activation", "registered"));
+                }
+                payments::open_attempt(tx, card_id, PaymentKind::Deposit, deposit, &agreement_id, now)
+            })
             .await?;
         let transaction = self.send(&attempt, Direction::Debit, "deposit").await?;
         let now = self.clock.now_ms();
@@ -239,7 +248,8 @@ impl AccountService {
     }
 
     async fn refund_one(&self, card_id: u64, now: UnixMillis) -> Result<RefundDone, ServiceError> {
-        let close = match self.write(move |tx| refund_step(tx, card_id, now)).await? {
+        let within = self.rides_arrive_within_ms;
+        let close = match self.write(move |tx| refund_step(tx, card_id, within, now)).await? {
             RefundStep::Wait => return Ok(RefundDone::Waiting),
             RefundStep::Owes { phone, owed, told_before } => {
                 if !told_before {
@@ -259,7 +269,7 @@ impl AccountService {
                             let cause = format!("deposit returned: {} ({transaction})", attempt.key);
                             accounts::deposit_returned(tx, card_id, &cause, now)?;
                         }
-                        Ok(accounts::may_close(tx, card_id, now)?.ok().map(|account| account.agreement_id))
+                        Ok(accounts::may_close(tx, card_id, within, now)?.ok().map(|account| account.agreement_id))
                     })
                     .await?;
                 match closable {
@@ -274,7 +284,8 @@ impl AccountService {
         if let (Some(agreement_id), Some(gateway)) = (&close, &self.gateway) {
             gateway.end_agreement(agreement_id).await?;
         }
-        self.write(move |tx| accounts::close(tx, card_id, "deposit returned, agreement ended", now)).await?;
+        let cause = "deposit returned, agreement ended";
+        self.write(move |tx| accounts::close(tx, card_id, cause, within, now)).await?;
         self.deny_list.sync_soon().await;
         Ok(RefundDone::Closed)
     }
@@ -359,14 +370,25 @@ impl AccountService {
 /// The next step of a due refund, decided in one transaction: an attempt
 /// whose answer was lost goes again first; then the card closes, waits,
 /// sets its arrears against the deposit, or has its deposit paid back.
-fn refund_step(tx: &rusqlite::Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<RefundStep, AccountError> {
+fn refund_step(
+    tx: &rusqlite::Transaction<'_>,
+    card_id: u64,
+    rides_arrive_within_ms: i64,
+    now: UnixMillis,
+) -> Result<RefundStep, AccountError> {
     if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Refund)? {
         return Ok(RefundStep::Pay(open));
     }
-    if accounts::set_off_arrears_against_deposit(tx, card_id, now)? > 0 {
+    // Nothing is set against the deposit while money is in flight (a
+    // payment of the arrears may be out): it could be paid twice.
+    let settled = matches!(
+        accounts::may_close(tx, card_id, rides_arrive_within_ms, now)?,
+        Ok(_) | Err(NotYet::Owes { .. } | NotYet::DepositHeld { .. })
+    );
+    if settled && accounts::set_off_arrears_against_deposit(tx, card_id, now)? > 0 {
         tracing::info!(card_id, "arrears set against the deposit before its refund");
     }
-    match accounts::may_close(tx, card_id, now)? {
+    match accounts::may_close(tx, card_id, rides_arrive_within_ms, now)? {
         Ok(account) => Ok(RefundStep::Close { agreement_id: account.agreement_id }),
         Err(NotYet::RidesMayArrive { .. } | NotYet::MoneyInFlight) => Ok(RefundStep::Wait),
         Err(NotYet::Owes { arrears_cents }) => {

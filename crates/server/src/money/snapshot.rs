@@ -52,7 +52,10 @@ pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySn
         .query_map([], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let arrears_payments = tx
-        .prepare("SELECT card_id, at, amount_cents FROM account_history WHERE event = 'arrears_paid'")?
+        .prepare(
+            "SELECT card_id, at, amount_cents FROM account_history
+             WHERE event IN ('arrears_paid', 'arrears_paid_from_deposit')",
+        )?
         .query_map([], |r| {
             Ok(ArrearsPayment { card_id: card_from_sql(r.get(0)?), at: r.get(1)?, amount_cents: r.get(2)? })
         })?

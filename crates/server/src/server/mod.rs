@@ -272,7 +272,8 @@ impl Server {
             spawn_supervised(&shared, "the charge dispatcher", dispatcher.run(shared.shutdown.clone()));
         }
         let refunds = &shared.settings.money;
-        let job = refund_job(money.accounts.clone(), refunds.refund_check_interval, shared.shutdown.clone());
+        let pricer = Arc::clone(&money.pricer);
+        let job = refund_job(money.accounts.clone(), pricer, refunds.refund_check_interval, shared.shutdown.clone());
         spawn_supervised(&shared, "the refund job", job);
         let every = shared.settings.money.charges_archive_interval;
         let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());
@@ -377,6 +378,9 @@ impl Server {
     /// on, files stay as they are), and the data dir's lock goes with the
     /// "process", so a new server may recover the directory.
     pub fn abandon(mut self) {
+        // A dead process runs no task: stop them (nothing is flushed).
+        self.shared.shutdown.cancel();
+        self.endpoint.close(0u32.into(), b"process died");
         let lock = self.data_dir_lock.take();
         tracing::warn!(data_dir = %self.data_dir().display(), "server abandoned without a shutdown");
         std::mem::forget(self);

@@ -148,10 +148,18 @@ pub(super) async fn charges_archive_job(
 /// error is logged and the next pass tries again.
 pub(super) async fn refund_job(
     accounts: AccountService,
+    pricer: Arc<Pricer>,
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     every(interval, stop, || async {
+        // Every ride acked before this pass is priced first: a ride still
+        // in the log (a backlog after a restart) would otherwise be charged
+        // after the deposit went back and the agreement ended.
+        if let Err(error) = pricer.flush().await {
+            tracing::warn!(%error, "refund job waits: the pricer has not caught up with the log");
+            return;
+        }
         match accounts.process_refunds().await {
             Ok(report) if report != Default::default() => tracing::info!(?report, "refund job"),
             Ok(_) => {}
