@@ -12,5 +12,14 @@ CREATE TABLE otp_events (
     at     INTEGER NOT NULL
 );
 CREATE INDEX otp_events_by_phone ON otp_events (phone, kind, at);
-CREATE INDEX otp_events_by_client ON otp_events (client, kind, at);
 CREATE INDEX otp_events_by_time ON otp_events (at);
+-- Codes sent per client per clock hour and in total per clock minute, as
+-- counters: a city signing up from one address would otherwise count its
+-- own thousands of events on every send.
+CREATE TABLE otp_counters (
+    scope        TEXT    NOT NULL CHECK (scope IN ('client_hour', 'all_minute')),
+    key          TEXT    NOT NULL,
+    window_start INTEGER NOT NULL,
+    sent         INTEGER NOT NULL,
+    PRIMARY KEY (scope, key, window_start)
+) WITHOUT ROWID;

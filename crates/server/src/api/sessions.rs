@@ -3,7 +3,9 @@
 //! after `otp_attempts_max` wrong ones.
 //!
 //! Guessing is limited per phone over time, not per code: every code sent
-//! and every wrong code is an `otp_events` row, and a phone with
+//! and every wrong code is an `otp_events` row (sends per client and in
+//! total are counted per clock hour and minute in `otp_counters`), and a
+//! phone with
 //! `wrong_per_phone_per_hour_max` wrong codes in the last hour has no
 //! code checked (not even the right one) and none sent until the hour has
 //! passed. Sends are limited per phone, per client and in total, and each
@@ -110,18 +112,18 @@ pub fn send_code(
     limits: &OtpLimits,
 ) -> Result<Result<String, SendRefused>, AccountError> {
     tx.execute("DELETE FROM otp_events WHERE at <= ?1", [now.saturating_sub(HOUR_MS)])?;
+    tx.execute("DELETE FROM otp_counters WHERE window_start < ?1", [window(now, HOUR_MS)])?;
     let last_sent: Option<i64> =
         tx.query_row("SELECT max(at) FROM otp_events WHERE phone = ?1 AND kind = 'sent'", [phone], |r| r.get(0))?;
     let refused = if last_sent.is_some_and(|at| now.saturating_sub(at) < limits.resend_min_ms) {
         Some(SendRefused::TooSoon)
     } else if phone_locked(tx, phone, now, limits)? {
         Some(SendRefused::PhoneLocked)
-    } else if events(tx, "phone", phone, "sent", now.saturating_sub(HOUR_MS))? >= limits.sends_per_phone_per_hour_max {
+    } else if phone_events(tx, phone, "sent", now.saturating_sub(HOUR_MS))? >= limits.sends_per_phone_per_hour_max {
         Some(SendRefused::PhoneHourly)
-    } else if events(tx, "client", client, "sent", now.saturating_sub(HOUR_MS))? >= limits.sends_per_client_per_hour_max
-    {
+    } else if counted(tx, "client_hour", client, window(now, HOUR_MS))? >= limits.sends_per_client_per_hour_max {
         Some(SendRefused::ClientHourly)
-    } else if sends_since(tx, now.saturating_sub(MINUTE_MS))? >= limits.sends_per_minute_max {
+    } else if counted(tx, "all_minute", "", window(now, MINUTE_MS))? >= limits.sends_per_minute_max {
         Some(SendRefused::Total)
     } else {
         None
@@ -130,28 +132,51 @@ pub fn send_code(
         return Ok(Err(refused));
     }
     record(tx, phone, client, "sent", now)?;
+    count(tx, "client_hour", client, window(now, HOUR_MS))?;
+    count(tx, "all_minute", "", window(now, MINUTE_MS))?;
     Ok(Ok(new_challenge(tx, phone, now, limits.validity_ms)?))
 }
 
 /// Whether the phone had too many wrong codes in the last hour.
 fn phone_locked(conn: &Connection, phone: &str, now: UnixMillis, limits: &OtpLimits) -> Result<bool, AccountError> {
-    Ok(events(conn, "phone", phone, "wrong", now.saturating_sub(HOUR_MS))? >= limits.wrong_per_phone_per_hour_max)
+    Ok(phone_events(conn, phone, "wrong", now.saturating_sub(HOUR_MS))? >= limits.wrong_per_phone_per_hour_max)
 }
 
-/// Events of `kind` for one phone or client after `since`.
-fn events(conn: &Connection, by: &str, who: &str, kind: &str, since: UnixMillis) -> Result<u32, AccountError> {
-    let sql = match by {
-        "phone" => "SELECT count(*) FROM otp_events WHERE phone = ?1 AND kind = ?2 AND at > ?3",
-        _ => "SELECT count(*) FROM otp_events WHERE client = ?1 AND kind = ?2 AND at > ?3",
-    };
-    let count: i64 = conn.query_row(sql, params![who, kind, since], |r| r.get(0))?;
+/// A phone's events of `kind` after `since` (a handful: a phone's sends
+/// and wrong codes are capped low).
+fn phone_events(conn: &Connection, who: &str, kind: &str, since: UnixMillis) -> Result<u32, AccountError> {
+    let count: i64 = conn.query_row(
+        "SELECT count(*) FROM otp_events WHERE phone = ?1 AND kind = ?2 AND at > ?3",
+        params![who, kind, since],
+        |r| r.get(0),
+    )?;
     Ok(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
-fn sends_since(conn: &Connection, since: UnixMillis) -> Result<u32, AccountError> {
-    let count: i64 =
-        conn.query_row("SELECT count(*) FROM otp_events WHERE kind = 'sent' AND at > ?1", [since], |r| r.get(0))?;
-    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+/// The start of the clock window of `length_ms` that holds `now`.
+fn window(now: UnixMillis, length_ms: i64) -> UnixMillis {
+    now.div_euclid(length_ms).saturating_mul(length_ms)
+}
+
+/// Codes counted for `key` in the window starting at `start`.
+fn counted(conn: &Connection, scope: &str, key: &str, start: UnixMillis) -> Result<u32, AccountError> {
+    let sent: Option<i64> = conn
+        .query_row(
+            "SELECT sent FROM otp_counters WHERE scope = ?1 AND key = ?2 AND window_start = ?3",
+            params![scope, key, start],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(u32::try_from(sent.unwrap_or(0)).unwrap_or(u32::MAX))
+}
+
+fn count(tx: &Transaction<'_>, scope: &str, key: &str, start: UnixMillis) -> Result<(), AccountError> {
+    tx.execute(
+        "INSERT INTO otp_counters (scope, key, window_start, sent) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (scope, key, window_start) DO UPDATE SET sent = sent + 1",
+        params![scope, key, start],
+    )?;
+    Ok(())
 }
 
 fn record(tx: &Transaction<'_>, phone: &str, client: &str, kind: &str, now: UnixMillis) -> Result<(), AccountError> {
