@@ -42,17 +42,10 @@ args=(--data-dir "$work/data" --config "$work/config.toml")
   > "$work/paygw.log" 2>&1 &
 "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
 wait_until_serving "$work/server.log" $!
-faults() {
-  curl -sf -X PUT -H 'content-type: application/json' -d "$1" "http://127.0.0.1:$paygw_port/v1/faults"
-}
+faults() { paygw_faults "http://127.0.0.1:$paygw_port" "$1"; }
 
-"$bin" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" --riders "$riders" --duration-secs 5 \
-  > "$work/simulate.log" 2>&1 &
-sim=$!
-until grep -q "signed up" "$work/simulate.log"; do
-  kill -0 "$sim" 2>/dev/null || { cat "$work/simulate.log"; exit 1; }
-  sleep 0.1
-done
+simulate_until_signed_up "$work/simulate.log" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" \
+  --riders "$riders" --duration-secs 5
 faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
 wait "$sim"
 sleep 1

@@ -24,3 +24,22 @@ wait_until_serving() {
   done
   echo "server did not start within 10 s:"; cat "$log"; exit 1
 }
+
+# Sets the simulated payment gateway's faults (JSON) at URL.
+paygw_faults() {
+  local url=$1 faults=$2
+  curl -sf -X PUT -H 'content-type: application/json' -d "$faults" "$url/v1/faults"
+}
+
+# Starts `simulate --accounts` in the background (its pid in $sim, its
+# output in LOG) with the given arguments, and returns once its riders
+# have signed up; exits with its output if it dies first.
+simulate_until_signed_up() {
+  local log=$1; shift
+  "$bin" "$@" > "$log" 2>&1 &
+  sim=$!
+  until grep -q "signed up" "$log"; do
+    kill -0 "$sim" 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.1
+  done
+}

@@ -35,8 +35,8 @@ def main(data_dir):
         str(day): n for day, n in con.execute(f"SELECT service_date, count(*) FROM {scans} GROUP BY ALL").fetchall()
     }
     # Every archived time converts (a hostile validator clock included).
-    low, high = con.execute(f"SELECT min(scanned_at), max(scanned_at) FROM {scans}").fetchall()[0]
-    found["duckdb_scanned_at_range"] = [str(low), str(high)]
+    low, high = con.execute(f"SELECT epoch_ms(min(scanned_at)), epoch_ms(max(scanned_at)) FROM {scans}").fetchall()[0]
+    found["duckdb_scanned_at_range"] = [low, high]
 
     # pyarrow, both ways the issue tried.
     found["pyarrow_dataset_scans"] = ds.dataset(f"{archive}/scans", partitioning="hive").count_rows()

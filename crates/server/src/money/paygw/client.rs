@@ -87,32 +87,32 @@ impl PaymentGateway {
     /// agreement again.
     pub async fn create_agreement(&self, payment_user_id: &str, card_id: u64) -> Result<String, PaygwError> {
         let body = AgreementRequest { payment_user_id: payment_user_id.to_string(), card_id };
-        let key = format!("agreement-{card_id}");
-        let url = format!("{}{AGREEMENTS_PATH}", self.base_url);
-        let failed = |reason: String| PaygwError::Request { url: url.clone(), reason };
-        let response = self.post(AGREEMENTS_PATH, &key, &body).await.map_err(|e| failed(e.to_string()))?;
-        let status = response.status();
-        let body = read_limited(response).await.map_err(failed)?;
-        if !status.is_success() {
-            return Err(failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))));
-        }
-        let answer: AgreementAnswer = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+        let answer = self.call(AGREEMENTS_PATH, &format!("agreement-{card_id}"), &body).await?;
+        let answer: AgreementAnswer = serde_json::from_slice(&answer).map_err(|e| PaygwError::Request {
+            url: format!("{}{AGREEMENTS_PATH}", self.base_url),
+            reason: e.to_string(),
+        })?;
         Ok(answer.agreement_id)
     }
 
     /// Ends an agreement; ending it again is the same success.
     pub async fn end_agreement(&self, agreement_id: &str) -> Result<(), PaygwError> {
         let body = AgreementEnd { agreement_id: agreement_id.to_string() };
-        let key = format!("end-{agreement_id}");
-        let url = format!("{}{AGREEMENTS_END_PATH}", self.base_url);
+        self.call(AGREEMENTS_END_PATH, &format!("end-{agreement_id}"), &body).await.map(|_| ())
+    }
+
+    /// A request that is not a payment: its answer's body on success, an
+    /// error naming the URL and the status otherwise.
+    async fn call<B: serde::Serialize>(&self, path: &str, key: &str, body: &B) -> Result<Vec<u8>, PaygwError> {
+        let url = format!("{}{path}", self.base_url);
         let failed = |reason: String| PaygwError::Request { url: url.clone(), reason };
-        let response = self.post(AGREEMENTS_END_PATH, &key, &body).await.map_err(|e| failed(e.to_string()))?;
+        let response = self.post(path, key, body).await.map_err(|e| failed(e.to_string()))?;
         let status = response.status();
-        let body = read_limited(response).await.map_err(failed)?;
+        let answer = read_limited(response).await.map_err(failed)?;
         if !status.is_success() {
-            return Err(failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))));
+            return Err(failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&answer))));
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// Sends one payment under `key`.
