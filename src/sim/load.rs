@@ -142,7 +142,12 @@ pub async fn reach_server(
 ) -> Result<(Keystore, Target), SimulateError> {
     let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
     let target = Target { server, cert: read_cert(&cert_path(data_dir))? };
-    GatewayClient::new(config.gateway_settings(server), &target.cert)?.connect().await?;
+    let probe = GatewayClient::new(config.gateway_settings(server), &target.cert)?;
+    probe.connect().await?;
+    // Closed, not dropped: a dropped connection holds one of the server's
+    // `server.connections_max` slots until its idle timeout, the only one
+    // when the limit is 1, and the load's own gateways are then refused.
+    probe.close().await;
     Ok((keystore, target))
 }
 

@@ -289,3 +289,32 @@ fn wait_at_most(mut child: std::process::Child, limit: Duration) -> std::process
     }
     child.wait_with_output().expect("output")
 }
+
+/// Issue 17 item 16: with `server.connections_max = 1` the simulator's
+/// reachability probe held the only connection, and its gateways were
+/// refused until the probe's idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_probe_gives_its_connection_back() {
+    let mut config = Config::defaults();
+    config.server.connections_max = 1;
+    config.server.idle_timeout_ms = 60_000;
+    // A gateway that gives up within a second, long before an idle timeout
+    // could free a slot held by the probe.
+    config.gateway.retry_attempts_max = 4;
+    config.gateway.retry_backoff_ms_max = 200;
+    let h = Harness::start_with(config.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    farestream::keystore::Keystore::open_or_create(
+        dir.path(),
+        farestream::keystore::KeystoreOptions::from_config(&config),
+    )
+    .expect("keys");
+    let certs = dir.path().join("tls");
+    std::fs::create_dir_all(&certs).expect("tls dir");
+    std::fs::write(certs.join("cert.der"), &h.identity.cert).expect("the server's certificate");
+    farestream::sim::load::reach_server(dir.path(), &config, h.server.local_addr()).await.expect("reachable");
+    let rider = h.rider(44);
+    let scan = record("gate-1", 1, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1));
+    let ack = h.client().push(&batch("depot", 1, vec![scan])).await.expect("the load's gateway gets the slot");
+    assert_eq!(ack.accepted, 1);
+}
