@@ -17,9 +17,7 @@ riders=${RIDERS:-3000}
 concurrency=${CONCURRENCY:-16}
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-port=$((20000 + RANDOM % 30000))
-api_port=$((port + 1))
-paygw_port=$((port + 2))
+pick_rig_ports
 cat > "$work/config.toml" <<TOML
 [server]
 listen_addr = "127.0.0.1:$port"

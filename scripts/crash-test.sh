@@ -20,9 +20,7 @@ source "$(dirname "$0")/lib.sh"
 resolve_farestream_bin
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -n "${CRASH_KEEP:-}" ] || rm -rf "$work"' EXIT
-port=$((20000 + RANDOM % 30000))
-api_port=$((port + 1))
-paygw_port=$((port + 2))
+pick_rig_ports
 
 # Short timeouts so a gateway notices a dead server fast, many retries so it
 # keeps trying through every restart, and frequent archive cuts so kills

@@ -20,9 +20,7 @@ riders=${RIDERS:-2000}
 outage=${OUTAGE_SECS:-30}
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-port=$((20000 + RANDOM % 30000))
-api_port=$((port + 1))
-paygw_port=$((port + 2))
+pick_rig_ports
 otp_limits=""
 if [ "${OTP_LIMITS:-1}" = 1 ]; then
   otp_limits=$'otp_sends_per_client_per_hour_max = 10000000\notp_sends_per_minute_max = 10000000'

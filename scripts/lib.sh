@@ -43,3 +43,10 @@ simulate_until_signed_up() {
     sleep 0.1
   done
 }
+
+# Sets $port (QUIC), $api_port and $paygw_port: three loopback ports in a row.
+pick_rig_ports() {
+  port=$((20000 + RANDOM % 30000))
+  api_port=$((port + 1))
+  paygw_port=$((port + 2))
+}

@@ -379,16 +379,15 @@ fn refund_step(
     if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Refund)? {
         return Ok(RefundStep::Pay(open));
     }
-    // Nothing is set against the deposit while money is in flight (a
-    // payment of the arrears may be out): it could be paid twice.
-    let settled = matches!(
-        accounts::may_close(tx, card_id, rides_arrive_within_ms, now)?,
-        Ok(_) | Err(NotYet::Owes { .. } | NotYet::DepositHeld { .. })
-    );
-    if settled && accounts::set_off_arrears_against_deposit(tx, card_id, now)? > 0 {
+    // Only a card that owes and has nothing in flight has its arrears set
+    // against the deposit (a payment of them may be out: `MoneyInFlight`
+    // comes first), and then it is looked at again.
+    let mut verdict = accounts::may_close(tx, card_id, rides_arrive_within_ms, now)?;
+    if matches!(verdict, Err(NotYet::Owes { .. })) && accounts::set_off_arrears_against_deposit(tx, card_id, now)? > 0 {
         tracing::info!(card_id, "arrears set against the deposit before its refund");
+        verdict = accounts::may_close(tx, card_id, rides_arrive_within_ms, now)?;
     }
-    match accounts::may_close(tx, card_id, rides_arrive_within_ms, now)? {
+    match verdict {
         Ok(account) => Ok(RefundStep::Close { agreement_id: account.agreement_id }),
         Err(NotYet::RidesMayArrive { .. } | NotYet::MoneyInFlight) => Ok(RefundStep::Wait),
         Err(NotYet::Owes { arrears_cents }) => {
