@@ -210,12 +210,14 @@ pub fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
         summary.charges_by_outcome.values().map(|(n, _)| n).sum::<u64>()
     ));
     out.push_str(&format!(
-        "         charged {} ({} charges), declined {} ({}), nothing due under the cap: {}\n",
+        "         charged {} ({} charges), declined {} ({}), nothing due under the cap: {}, credits netted against arrears: {} ({})\n",
         yuan(summary.amount("succeeded")),
         count("succeeded"),
         yuan(summary.amount("declined")),
         count("declined"),
         count("nothing_due"),
+        yuan(summary.amount("netted")),
+        count("netted"),
     ));
     let after = &summary.after_day;
     out.push_str(&format!(

@@ -2,6 +2,7 @@
 //! links once.
 
 mod account_api;
+mod charge_outcomes;
 mod crash;
 mod dependencies;
 mod durability;

@@ -164,6 +164,8 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     assert!(arrived.headline.contains("1 rides for manual review"), "{}", arrived.headline);
     let report = std::fs::read_to_string(&arrived.report_path).expect("report");
     assert!(report.contains("Manual review: 1 uploads"), "the report lists it");
+    // Issue 17 item 11: times for finance are local, not epoch milliseconds.
+    assert!(report.contains("2025-11-20 10:45:00 +08:00"), "the late scan at its local time");
     assert!(report.contains("1 scans read outside this service day's hours"), "and keeps it out of the hourly chart");
 
     let data_dir = m.h.dir.path().to_path_buf();
@@ -268,6 +270,31 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     assert!(kinds(&broken.breaks).contains(&"money_mismatch"));
     let report = std::fs::read_to_string(&broken.report_path).expect("report");
     assert!(report.contains("Reconciliation failed") && report.contains(&hex::encode(removed.scan_ids[0])));
+    // Issue 17 item 11: every break is a row to query, in CNY for finance.
+    let named = sql(
+        copy.path(),
+        "SELECT kind, card_id, scan_id FROM settlement_breaks WHERE kind = 'ride_not_charged' ORDER BY scan_id",
+    )
+    .await;
+    let row = format!("ride_not_charged,{},{}", removed.card_id, hex::encode(removed.scan_ids[0]));
+    assert!(named.lines().any(|l| l == row), "{named}");
+    let money = sql(
+        copy.path(),
+        "SELECT amount_cents - expected_cents AS short, description FROM settlement_breaks WHERE kind = 'money_mismatch'",
+    )
+    .await;
+    let short = -removed.amount_cents;
+    assert!(money.lines().nth(1).is_some_and(|l| l.starts_with(&format!("{short},")) && l.contains("CNY ")), "{money}");
+    assert_eq!(
+        sql(copy.path(), "SELECT count(*) AS n FROM settlement_breaks").await.lines().nth(1),
+        Some(broken.breaks.len().to_string().as_str())
+    );
+    rows.push(removed);
+    rewrite(&in_copy, &rows);
+    let mended = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
+    assert!(mended.breaks.is_empty(), "{:?}", mended.breaks);
+    let left = sql(copy.path(), "SELECT count(*) AS n FROM settlement_breaks").await;
+    assert_eq!(left.lines().nth(1), Some("0"), "a mended day has no breaks left");
 
     let copy = copy_of(data_dir);
     let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));

@@ -82,9 +82,122 @@ impl ChargeKind {
     }
 }
 
+/// What came of a charge. The names are the money store's and the charges
+/// archive's `outcome` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChargeOutcome {
+    /// Not decided yet: waiting for its first or next attempt.
+    Pending,
+    /// The gateway took the debit or paid the credit.
+    Succeeded,
+    /// Final no from the gateway: a debit becomes arrears; a declined
+    /// credit stays owed to the rider (the account's history says so).
+    Declined,
+    /// Its retry budget is spent; still retried, and reported.
+    Failed,
+    /// Zero: a ride under a reached daily cap. Never sent.
+    NothingDue,
+    /// The card has no account (a card the account API never issued, such
+    /// as the simulator's): nobody to charge. Never sent; a person looks
+    /// at these (docs/payment-gateway.md).
+    NoAccount,
+    /// A credit set against the card's arrears instead of paid out.
+    Netted,
+}
+
+impl ChargeOutcome {
+    pub const ALL: [ChargeOutcome; 7] = [
+        ChargeOutcome::Pending,
+        ChargeOutcome::Succeeded,
+        ChargeOutcome::Declined,
+        ChargeOutcome::Failed,
+        ChargeOutcome::NothingDue,
+        ChargeOutcome::NoAccount,
+        ChargeOutcome::Netted,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChargeOutcome::Pending => "pending",
+            ChargeOutcome::Succeeded => "succeeded",
+            ChargeOutcome::Declined => "declined",
+            ChargeOutcome::Failed => "failed",
+            ChargeOutcome::NothingDue => "nothing_due",
+            ChargeOutcome::NoAccount => "no_account",
+            ChargeOutcome::Netted => "netted",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ChargeOutcome> {
+        ChargeOutcome::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
+    /// Whether the charge is decided for good: it goes to the charges
+    /// archive and is never sent again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, ChargeOutcome::Pending | ChargeOutcome::Failed)
+    }
+}
+
 /// The outcomes a charge may have (`ChargeRecord::outcome`, the money
 /// store's `charges.outcome`).
-pub const CHARGE_OUTCOMES: [&str; 5] = ["pending", "succeeded", "declined", "failed", "nothing_due"];
+pub const CHARGE_OUTCOMES: [&str; 7] = {
+    let mut names = [""; 7];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = ChargeOutcome::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
+
+/// Who pays a rider-day's charges, as the money store knows the card when
+/// a charge is about to go out for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payer {
+    /// No account has this card.
+    NoAccount,
+    /// The card's account and what it owes now.
+    Account { arrears_cents: SignedCents },
+}
+
+/// What to do with a charge before its first request goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstSend {
+    /// Send it.
+    Send,
+    /// Decide it `no_account`: nobody to send it to.
+    NoAccount,
+    /// A credit while the card owes: `netted` (negative) is set against
+    /// the arrears and decided `netted`; `rest` (negative, or zero) still
+    /// goes out as a credit of its own ([`rest_of`]). They add up to the
+    /// credit.
+    Net { netted: SignedCents, rest: SignedCents },
+}
+
+/// Decides [`FirstSend`] for a charge of `amount_cents` that was never
+/// claimed (so never sent: a charge once sent may have been paid, and only
+/// its gateway answer decides it). A credit goes to the rider's arrears
+/// first: the rider is not paid while owing.
+pub fn first_send(amount_cents: SignedCents, payer: Payer) -> FirstSend {
+    match payer {
+        Payer::NoAccount => FirstSend::NoAccount,
+        Payer::Account { arrears_cents } if amount_cents < 0 && arrears_cents > 0 => {
+            let netted = amount_cents.max(arrears_cents.saturating_neg());
+            let rest = amount_cents - netted;
+            debug_assert!(netted < 0 && rest <= 0 && netted.saturating_add(rest) == amount_cents);
+            FirstSend::Net { netted, rest }
+        }
+        Payer::Account { .. } => FirstSend::Send,
+    }
+}
+
+/// The id of what is left of a credit after part of it was netted: derived
+/// from the credit's own id, so it is the same however often the split is
+/// tried.
+pub fn rest_of(day: RiderDay, credit: &ChargeId) -> ChargeId {
+    charge_id(day, ChargeKind::Adjustment, &[b"rest-of".as_slice(), credit].concat())
+}
 
 /// A charge as it is kept: what it prices and what came of it. The outbox
 /// reads its rows into this, and the charges archive writes it.
@@ -98,7 +211,7 @@ pub struct ChargeRecord {
     pub amount_cents: SignedCents,
     pub currency: String,
     pub scan_ids: Vec<[u8; 16]>,
-    /// `pending`, `succeeded`, `declined`, `failed` or `nothing_due`.
+    /// A [`ChargeOutcome`]'s name.
     pub outcome: String,
     pub attempts: u32,
     pub created_at: UnixMillis,
@@ -193,6 +306,51 @@ fn signed(cents: Cents) -> SignedCents {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn outcomes_read_back_from_their_names() {
+        for outcome in ChargeOutcome::ALL {
+            assert_eq!(ChargeOutcome::parse(outcome.as_str()), Some(outcome));
+        }
+        assert_eq!(CHARGE_OUTCOMES.len(), ChargeOutcome::ALL.len());
+        assert_eq!(ChargeOutcome::parse(""), None);
+        assert!(!ChargeOutcome::Failed.is_final() && ChargeOutcome::Netted.is_final());
+    }
+
+    #[test]
+    fn a_credit_goes_to_the_arrears_first() {
+        let owes = |arrears_cents| Payer::Account { arrears_cents };
+        assert_eq!(first_send(-300, owes(500)), FirstSend::Net { netted: -300, rest: 0 });
+        assert_eq!(first_send(-600, owes(500)), FirstSend::Net { netted: -500, rest: -100 });
+        assert_eq!(first_send(-600, owes(0)), FirstSend::Send);
+        assert_eq!(first_send(300, owes(500)), FirstSend::Send, "a debit is never netted");
+        assert_eq!(first_send(300, Payer::NoAccount), FirstSend::NoAccount);
+        assert_eq!(first_send(-300, Payer::NoAccount), FirstSend::NoAccount);
+        assert_eq!(first_send(i64::MIN, owes(i64::MAX)), FirstSend::Net { netted: -i64::MAX, rest: -1 });
+        let day = RiderDay { card_id: 7, service_date: NaiveDate::from_ymd_opt(2026, 3, 2).unwrap() };
+        let credit = charge_id(day, ChargeKind::Adjustment, &0u64.to_be_bytes());
+        assert_eq!(rest_of(day, &credit), rest_of(day, &credit));
+        assert_ne!(rest_of(day, &credit), credit);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn netting_never_pays_a_rider_who_owes_and_keeps_the_amount(
+            amount in proptest::prelude::any::<i64>(),
+            arrears in 0i64..=i64::MAX,
+        ) {
+            match first_send(amount, Payer::Account { arrears_cents: arrears }) {
+                FirstSend::Net { netted, rest } => {
+                    proptest::prop_assert!(amount < 0 && arrears > 0);
+                    proptest::prop_assert_eq!(netted + rest, amount);
+                    proptest::prop_assert!(netted < 0 && -netted <= arrears && rest <= 0);
+                    proptest::prop_assert!(rest == 0 || -netted == arrears, "the rest is paid only once nothing is owed");
+                }
+                FirstSend::Send => proptest::prop_assert!(amount >= 0 || arrears == 0),
+                FirstSend::NoAccount => proptest::prop_assert!(false),
+            }
+        }
+    }
+
     #[test]
     fn amounts_read_with_their_sign_and_grouped_digits() {
         let cases = [(0, "0.00"), (5, "0.05"), (-50, "-0.50"), (123_456_789, "1 234 567.89"), (-100_000, "-1 000.00")];

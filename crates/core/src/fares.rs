@@ -18,8 +18,9 @@
 //! - A tap at a route or station the table does not know costs the maximum
 //!   fare, flagged, so an incomplete table is visible in the rides rather
 //!   than free.
-//! - Capping, as London does it: each ride in `scanned_at` order is charged
-//!   what is left of the daily cap at most. A maximum fare for an
+//! - Capping, as London does it: each ride in the order it began (a metro
+//!   trip at its entry, not its exit) is charged what is left of the daily
+//!   cap at most. A maximum fare for an
 //!   incomplete trip is outside the cap: charged in full and not counted
 //!   toward it, so tapping out always pays. A day therefore costs exactly
 //!   `min(capped fares, cap) + incomplete-trip fares`.
@@ -172,6 +173,10 @@ impl FareTable {
             // The exit is the next day's tap, priced there as a continuation.
             trip.scan_ids.retain(|id| *id != exit.scan_id);
         }
+        // Pairing emits a trip at its exit; the cap goes by when each ride
+        // began, so a bus ridden between an entry and its exit comes after
+        // the trip (finance reads revenue by the route a ride began on).
+        rides.sort_by_key(|r| (r.started_at, r.scan_ids.first().copied()));
         if let Some(exit) = continued {
             rides.insert(0, ride(&[exit], RideKind::ContinuedTrip, 0));
         }
@@ -448,6 +453,20 @@ mod tests {
         assert_eq!(table().price_day(&[], &DayEdges::NONE), PricedDay::default());
     }
 
+    /// Issue 17 item 15: the trip was capped at its exit, so the bus ridden
+    /// during it took the cap's room first and revenue moved between routes.
+    #[test]
+    fn the_cap_goes_by_when_a_ride_began_not_when_it_ended() {
+        let mut taps: Vec<Tap> = (0..5).map(|n| tap(n, i64::from(n) * 10, TapKind::Single, "bus-12")).collect();
+        taps.extend([tap(10, 60, TapKind::Entry, "a"), tap(11, 62, TapKind::Single, "bus-12")]);
+        taps.push(tap(12, 90, TapKind::Exit, "c"));
+        let day = table().price_day(&taps, &DayEdges::NONE);
+        let charged: Vec<(RideKind, Cents)> = day.rides.iter().map(|r| (r.kind, r.charged)).collect();
+        let bus = (RideKind::Bus, 250);
+        assert_eq!(charged, [bus, bus, bus, bus, bus, (RideKind::MetroTrip, 250), (RideKind::Bus, 0)]);
+        assert_eq!(day.rides[5].scan_ids, [[10; 16], [12; 16]], "the trip, with its entry first");
+    }
+
     #[test]
     fn an_entry_stays_open_until_its_exit_window_has_passed() {
         let taps = [tap(1, 0, TapKind::Single, "bus-12"), tap(2, 10, TapKind::Entry, "a")];
@@ -497,6 +516,14 @@ mod tests {
             proptest::prop_assert!(charged_under_cap <= t.daily_cap);
             let priced: usize = day.rides.iter().map(|r| r.scan_ids.len()).sum();
             proptest::prop_assert_eq!(priced, taps.len(), "every tap is in exactly one ride");
+            // The cap goes in the order rides began: once a capped ride is
+            // cut short, no capped ride that began later is charged.
+            let mut starts: Vec<&PricedRide> = day.rides.iter().filter(|r| r.kind.capped()).collect();
+            starts.sort_by_key(|r| (r.started_at, r.scan_ids.first().copied()));
+            let cut = starts.iter().position(|r| r.charged < r.fare);
+            if let Some(cut) = cut {
+                proptest::prop_assert!(starts[cut + 1..].iter().all(|r| r.charged == 0), "{:?}", starts);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::charges::{CHARGE_OUTCOMES, ChargeId, ChargeRecord};
+use crate::charges::{CHARGE_OUTCOMES, ChargeId, ChargeRecord, format_cents};
 use crate::clock::UnixMillis;
 use crate::fares::{DayEdges, FareTable, PricedDay, Tap};
 use crate::scan::TapKind;
@@ -44,6 +44,12 @@ pub struct RiderFigures {
     pub arrears_outstanding_cents: i64,
     /// Rides first settled in a run after the cut-over.
     pub late_rides: i64,
+    /// Credits set against the rider's arrears instead of paid out
+    /// (negative): the arrears they paid are in `arrears_paid_cents` too.
+    pub netted_cents: i64,
+    /// Charges of a card with no account: nobody to collect from; a person
+    /// looks at them.
+    pub no_account_cents: i64,
 }
 
 impl RiderFigures {
@@ -71,6 +77,8 @@ impl RiderFigures {
             arrears_paid_cents: op(self.arrears_paid_cents, other.arrears_paid_cents),
             arrears_outstanding_cents: op(self.arrears_outstanding_cents, other.arrears_outstanding_cents),
             late_rides: op(self.late_rides, other.late_rides),
+            netted_cents: op(self.netted_cents, other.netted_cents),
+            no_account_cents: op(self.no_account_cents, other.no_account_cents),
         }
     }
 
@@ -90,6 +98,8 @@ impl RiderFigures {
                 &mut self.declined_cents
             }
             "pending" | "failed" => &mut self.pending_cents,
+            "netted" => &mut self.netted_cents,
+            "no_account" => &mut self.no_account_cents,
             _ => return,
         };
         *bucket = bucket.saturating_add(amount_cents);
@@ -193,6 +203,26 @@ impl Break {
             Break::MoneyMismatch { .. } => "money_mismatch",
             Break::ArrearsMismatch { .. } => "arrears_mismatch",
             Break::SettledFileMissing { .. } => "settled_file_missing",
+        }
+    }
+}
+
+impl Break {
+    /// The break for finance: as its `Display`, amounts in `currency`.
+    pub fn describe(&self, currency: &str) -> String {
+        let money = |cents: i64| format!("{currency} {}", format_cents(cents));
+        match self {
+            Break::MoneyMismatch { card_id, charged_cents, due_cents } => format!(
+                "card {card_id}: charges add up to {}, the day's fares after caps to {}",
+                money(*charged_cents),
+                money(*due_cents)
+            ),
+            Break::ArrearsMismatch { card_id, from_charges_cents, store_cents } => format!(
+                "card {card_id}: declines less payments come to {}, the account store says {}",
+                money(*from_charges_cents),
+                money(*store_cents)
+            ),
+            other => other.to_string(),
         }
     }
 }

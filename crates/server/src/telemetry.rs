@@ -102,8 +102,6 @@ pub fn charge_attempted(answer: &'static str) {
     counter!("farestream_charge_attempts_total", "answer" => answer).increment(1);
 }
 
-/// A charge whose attempts are spent (or that the gateway refused): an
-/// operator must look; it is still retried.
 /// Whether the payment gateway's circuit breaker holds charges back (1)
 /// or lets them go (0).
 pub fn payment_gateway_breaker(open: bool) {
@@ -119,16 +117,30 @@ pub fn charges_undecided(undecided: crate::money::outbox::Undecided, now: crate:
     gauge!("farestream_charges_oldest_undecided_age_seconds").set(age_ms as f64 / 1_000.0);
 }
 
+/// A charge whose attempts are spent (or that the gateway refused): an
+/// operator must look; it is still retried.
 pub fn charge_failed() {
     counter!("farestream_charges_failed_total").increment(1);
 }
 
-/// An account API call answered with an error; `error` is the body's code.
+/// A credit the gateway declined: the rider is owed it, and a person pays
+/// it out.
+pub fn credit_declined() {
+    counter!("farestream_credits_declined_total").increment(1);
+}
+
+/// A charge decided before any request: `outcome` is `no_account` (a
+/// person looks at the card) or `netted` (a credit set against arrears).
+pub fn charge_not_sent(outcome: &'static str) {
+    counter!("farestream_charges_not_sent_total", "outcome" => outcome).increment(1);
+}
+
 /// A one-time code not sent, or a phone's codes not checked, and why.
 pub fn otp_refused(reason: &'static str) {
     counter!("farestream_otp_refused_total", "reason" => reason).increment(1);
 }
 
+/// An account API call answered with an error; `error` is the body's code.
 pub fn api_error(error: &'static str) {
     counter!("farestream_api_errors_total", "error" => error).increment(1);
 }

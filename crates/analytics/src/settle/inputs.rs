@@ -121,7 +121,7 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
     );
     for batch in collect_rows(ctx, &sql).await? {
         let cards = column_u64(&batch, 0)?;
-        let columns = (1..=12).map(|i| column_i64(&batch, i)).collect::<Result<Vec<_>, _>>()?;
+        let columns = (1..=super::schema::FIGURES).map(|i| column_i64(&batch, i)).collect::<Result<Vec<_>, _>>()?;
         for (row, card) in cards.iter().enumerate() {
             let Some(card) = card else { continue };
             let v = |i: usize| columns[i][row].unwrap_or(0);

@@ -164,6 +164,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         None
     };
     breaks.sort();
+    write::write_breaks(&archive_dir, date, (run, now), &breaks, &settings.fares.currency)?;
     let extras = report::scan_extras(&ctx, day.window).await?;
     report::finish(settings, &archive_dir, date, new_run, breaks, extras).await
 }

@@ -15,6 +15,7 @@ use super::write::{RunRow, StatusCounts};
 use super::{SettleError, SettleSettings, Settled, add_to, status_index};
 use crate::tables::archive_session;
 use farestream_core::charges::{format_cents, group_digits};
+use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
 use farestream_server::archive::checkpoint::replace_durably;
@@ -160,8 +161,12 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
 async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, SettleError> {
     let statuses: Vec<String> = super::schema::status_columns();
     // Every rider figure but the outstanding arrears (a level, not a flow).
-    let figures: Vec<&str> =
-        super::schema::RIDER_FIGURES.iter().copied().filter(|n| *n != "arrears_outstanding_cents").collect();
+    let figures: Vec<&str> = super::schema::RIDER_FIGURES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != super::schema::ARREARS_OUTSTANDING)
+        .map(|(_, n)| *n)
+        .collect();
     let sql = format!(
         "SELECT run, kind, CAST(settled_at AS BIGINT) AS settled_ms, final, pricer_lsn, files_settled, riders, manual_review,
                 riders_awaiting_archive, breaks, {}, {} FROM settlement_runs WHERE {day} ORDER BY run",
@@ -180,11 +185,12 @@ async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, Settl
             let mut scans = StatusCounts::default();
             (0..scans.len()).for_each(|s| scans[s] = v(10 + s));
             let f = |k: usize| v(10 + scans.len() + k);
-            // The runs table has no outstanding arrears (index 10 of the figures).
-            let totals = super::schema::figures_from(&|i| match i {
-                10 => 0,
-                11 => f(10),
-                i => f(i),
+            // The runs table has no outstanding arrears: the figures after it
+            // sit one column earlier.
+            let totals = super::schema::figures_from(&|i| match i.cmp(&super::schema::ARREARS_OUTSTANDING) {
+                std::cmp::Ordering::Less => f(i),
+                std::cmp::Ordering::Equal => 0,
+                std::cmp::Ordering::Greater => f(i - 1),
             });
             runs.push(RunRow {
                 run: u32::try_from(v(0)).unwrap_or(0),
@@ -238,7 +244,7 @@ fn headline(date: NaiveDate, t: &DayTotals, breaks: &[Break], currency: &str) ->
     };
     format!(
         "settlement {date} ({state}, {} runs): {} scans, {} rides by {} riders ({} late); fares {currency} {} - caps {} = due {}; \
-         succeeded {}, declined {}, pending {}; {} riders owe {}; {} rides for manual review; {recon}",
+         succeeded {}, declined {}, pending {}, netted against arrears {}, no account {}; {} riders owe {}; {} rides for manual review; {recon}",
         t.runs.len(),
         group_digits(scans.unsigned_abs()),
         group_digits(f.rides.unsigned_abs()),
@@ -250,6 +256,8 @@ fn headline(date: NaiveDate, t: &DayTotals, breaks: &[Break], currency: &str) ->
         format_cents(f.succeeded_cents),
         format_cents(f.declined_cents),
         format_cents(f.pending_cents),
+        format_cents(f.netted_cents),
+        format_cents(f.no_account_cents),
         group_digits(t.riders_in_arrears.unsigned_abs()),
         format_cents(t.arrears_cents),
         group_digits(t.scans[status_index(ScanStatus::LateUpload)].unsigned_abs()),
@@ -299,9 +307,18 @@ fn html(
             breaks.len()
         );
         for b in breaks.iter().take(REPORT_LIST_ROWS_MAX) {
-            let _ = write!(h, "<tr><td class=l>{}</td><td class=l>{}</td></tr>", b.kind(), escape(&b.to_string()));
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l>{}</td></tr>",
+                b.kind(),
+                escape(&b.describe(&settings.fares.currency))
+            );
         }
-        let _ = write!(h, "</table>{}</div>", more(breaks.len()));
+        let _ = write!(
+            h,
+            "</table>{}<p>Every break is in the <code>settlement_breaks</code> table.</p></div>",
+            more(breaks.len())
+        );
     }
     let kpis = [
         ("scans", group_digits(t.scans.iter().sum::<i64>().unsigned_abs())),
@@ -313,6 +330,8 @@ fn html(
         ("succeeded", format!("{currency} {}", format_cents(f.succeeded_cents))),
         ("declined", format!("{currency} {}", format_cents(f.declined_cents))),
         ("pending", format!("{currency} {}", format_cents(f.pending_cents))),
+        ("netted against arrears", format!("{currency} {}", format_cents(f.netted_cents))),
+        ("no account", format!("{currency} {}", format_cents(f.no_account_cents))),
         ("riders in arrears", group_digits(t.riders_in_arrears.unsigned_abs())),
         ("arrears outstanding", format!("{currency} {}", format_cents(t.arrears_cents))),
         ("late rides", group_digits(f.late_rides.unsigned_abs())),
@@ -322,7 +341,7 @@ fn html(
         let _ = write!(h, "<span class=\"kpi\"><b>{value}</b>{label}</span>");
     }
     let _ = write!(h, "</div><pre>{}</pre>", escape(headline));
-    runs_table(&mut h, t, &currency);
+    runs_table(&mut h, settings, t, &currency);
     h.push_str("<h2>Scans per hour by status</h2>");
     hourly_chart(&mut h, settings, extras);
     h.push_str("<h2>Revenue per route</h2>");
@@ -356,14 +375,26 @@ fn html(
         "<h2>Manual review: {} uploads past the rebill window (not charged)</h2>",
         extras.manual_review_total
     );
-    h.push_str("<table><tr><th class=l>scan</th><th>card</th><th class=l>route</th><th>scanned at (UTC ms)</th></tr>");
+    h.push_str(
+        "<table><tr><th class=l>scan</th><th>card</th><th class=l>route</th><th>scanned at (local time)</th></tr>",
+    );
     for (scan, card, route, at) in &extras.manual_review {
         let card = card.map_or("-".to_string(), |c| c.to_string());
+        let at = local_time(settings, *at);
         let _ =
             write!(h, "<tr><td class=l>{scan}</td><td>{card}</td><td class=l>{}</td><td>{at}</td></tr>", escape(route));
     }
     let _ = writeln!(h, "</table>{}</body></html>", more(usize::try_from(extras.manual_review_total).unwrap_or(0)));
     h
+}
+
+/// `at` in the service day's time zone, as finance reads it:
+/// `2025-11-20 09:30:00 +08:00`.
+fn local_time(settings: &SettleSettings, at: UnixMillis) -> String {
+    chrono::Utc.timestamp_millis_opt(at).single().map_or_else(
+        || format!("{at} ms"),
+        |t| t.with_timezone(&settings.service_day.time_zone).format("%Y-%m-%d %H:%M:%S %:z").to_string(),
+    )
 }
 
 fn more(total: usize) -> String {
@@ -374,16 +405,13 @@ fn more(total: usize) -> String {
     }
 }
 
-fn runs_table(h: &mut String, t: &DayTotals, currency: &str) {
+fn runs_table(h: &mut String, settings: &SettleSettings, t: &DayTotals, currency: &str) {
     let _ = write!(
         h,
-        "<h2>Runs</h2><table><tr><th>run</th><th class=l>kind</th><th>settled at (UTC)</th><th>files</th><th>scans</th><th>rides</th><th>late rides</th><th>due ({currency})</th><th>succeeded</th><th>declined</th><th>pending</th><th>awaiting archive</th><th>breaks</th></tr>"
+        "<h2>Runs</h2><table><tr><th>run</th><th class=l>kind</th><th>settled at (local time)</th><th>files</th><th>scans</th><th>rides</th><th>late rides</th><th>due ({currency})</th><th>succeeded</th><th>declined</th><th>pending</th><th>awaiting archive</th><th>breaks</th></tr>"
     );
     for r in &t.runs {
-        let at = chrono::Utc
-            .timestamp_millis_opt(r.settled_at)
-            .single()
-            .map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let at = local_time(settings, r.settled_at);
         let _ = write!(
             h,
             "<tr><td>{}</td><td class=l>{}</td><td>{at}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -1,7 +1,10 @@
-//! The settlement's four tables: one folder each under `DATA_DIR/archive`,
-//! partitioned by `service_date` like the scans and charges, one file per
-//! run (`run-NNNN.parquet`). Every money and count column is a change made
-//! by that run, so summing over runs gives the day as it stands.
+//! The settlement's tables: one folder each under `DATA_DIR/archive`,
+//! partitioned by `service_date` like the scans and charges. The four run
+//! tables have one file per run (`run-NNNN.parquet`); every money and count
+//! column is a change made by that run, so summing over runs gives the day
+//! as it stands. `settlement_breaks` holds what the day's latest `settle`
+//! found wrong (`breaks.parquet`, replaced by each `settle` that finds
+//! breaks or clears earlier ones).
 
 use std::sync::Arc;
 
@@ -19,11 +22,18 @@ pub enum SettlementTable {
     Runs,
     /// One row per archive file a run settled: what the next run skips.
     Files,
+    /// One row per break the day's latest `settle` found.
+    Breaks,
 }
 
 impl SettlementTable {
-    pub const ALL: [SettlementTable; 4] =
-        [SettlementTable::Riders, SettlementTable::Routes, SettlementTable::Runs, SettlementTable::Files];
+    pub const ALL: [SettlementTable; 5] = [
+        SettlementTable::Riders,
+        SettlementTable::Routes,
+        SettlementTable::Runs,
+        SettlementTable::Files,
+        SettlementTable::Breaks,
+    ];
 
     /// The SQL name and the folder under `DATA_DIR/archive`.
     pub fn name(self) -> &'static str {
@@ -32,12 +42,24 @@ impl SettlementTable {
             SettlementTable::Routes => "settlement_routes",
             SettlementTable::Runs => "settlement_runs",
             SettlementTable::Files => "settlement_files",
+            SettlementTable::Breaks => "settlement_breaks",
         }
     }
 }
 
+/// How many figures a rider's row has.
+pub const FIGURES: usize = RIDER_FIGURES.len();
+
+/// Where `arrears_outstanding_cents` is among the figures: a level, not a
+/// flow, so the runs table leaves it out.
+pub const ARREARS_OUTSTANDING: usize = 10;
+
+/// Figures added after the first settlement files were written: older
+/// runs' files lack them, and read them as null (0).
+const ADDED_LATER: [&str; 2] = ["netted_cents", "no_account_cents"];
+
 /// The rider figures' columns, in `RiderFigures` order.
-pub const RIDER_FIGURES: [&str; 12] = [
+pub const RIDER_FIGURES: [&str; 14] = [
     "rides",
     "fares_cents",
     "caps_cents",
@@ -50,6 +72,8 @@ pub const RIDER_FIGURES: [&str; 12] = [
     "arrears_paid_cents",
     "arrears_outstanding_cents",
     "late_rides",
+    "netted_cents",
+    "no_account_cents",
 ];
 
 /// Figures from their columns in `RIDER_FIGURES` order.
@@ -67,11 +91,13 @@ pub fn figures_from(v: &dyn Fn(usize) -> i64) -> RiderFigures {
         arrears_paid_cents: v(9),
         arrears_outstanding_cents: v(10),
         late_rides: v(11),
+        netted_cents: v(12),
+        no_account_cents: v(13),
     }
 }
 
 /// The figures as columns in `RIDER_FIGURES` order.
-pub fn figures_to(f: &RiderFigures) -> [i64; 12] {
+pub fn figures_to(f: &RiderFigures) -> [i64; FIGURES] {
     [
         f.rides,
         f.fares_cents,
@@ -85,6 +111,8 @@ pub fn figures_to(f: &RiderFigures) -> [i64; 12] {
         f.arrears_paid_cents,
         f.arrears_outstanding_cents,
         f.late_rides,
+        f.netted_cents,
+        f.no_account_cents,
     ]
 }
 
@@ -97,6 +125,10 @@ fn int(name: &str) -> Field {
     Field::new(name, DataType::Int64, false)
 }
 
+fn figure(name: &str) -> Field {
+    Field::new(name, DataType::Int64, ADDED_LATER.contains(&name))
+}
+
 fn run() -> Field {
     Field::new("run", DataType::UInt32, false)
 }
@@ -106,7 +138,7 @@ pub fn settlement_schema(table: SettlementTable) -> SchemaRef {
     match table {
         SettlementTable::Riders => {
             fields.push(Field::new("card_id", DataType::UInt64, false));
-            fields.extend(RIDER_FIGURES.iter().map(|n| int(n)));
+            fields.extend(RIDER_FIGURES.iter().map(|n| figure(n)));
         }
         SettlementTable::Routes => {
             fields.push(Field::new("route_id", DataType::Utf8, false));
@@ -127,13 +159,28 @@ pub fn settlement_schema(table: SettlementTable) -> SchemaRef {
             fields.push(int("scans"));
             fields.extend(status_columns().iter().map(|n| int(n)));
             fields.push(int("riders"));
-            fields.extend(RIDER_FIGURES.iter().filter(|n| **n != "arrears_outstanding_cents").map(|n| int(n)));
+            fields.extend(
+                RIDER_FIGURES.iter().enumerate().filter(|(i, _)| *i != ARREARS_OUTSTANDING).map(|(_, n)| figure(n)),
+            );
             fields.extend([int("manual_review"), int("riders_awaiting_archive"), int("breaks")]);
         }
         SettlementTable::Files => {
             fields.push(Field::new("table_name", DataType::Utf8, false));
             fields.push(Field::new("file", DataType::Utf8, false));
             fields.push(int("rows"));
+        }
+        SettlementTable::Breaks => {
+            // `run`: the run these breaks kept from being written.
+            fields.push(Field::new("found_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false));
+            fields.push(Field::new("kind", DataType::Utf8, false));
+            fields.push(Field::new("card_id", DataType::UInt64, true));
+            fields.push(Field::new("scan_id", DataType::Utf8, true));
+            fields.push(Field::new("charge_id", DataType::Utf8, true));
+            fields.push(Field::new("amount_cents", DataType::Int64, true));
+            fields.push(Field::new("expected_cents", DataType::Int64, true));
+            fields.push(Field::new("copies", DataType::Int64, true));
+            fields.push(Field::new("detail", DataType::Utf8, true));
+            fields.push(Field::new("description", DataType::Utf8, false));
         }
     }
     Arc::new(Schema::new(fields))

@@ -15,11 +15,11 @@ use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 
 use super::SettleError;
-use super::schema::figures_to;
+use super::schema::{ARREARS_OUTSTANDING, FIGURES, figures_to};
 use super::schema::{SettlementTable, settlement_schema};
 use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
-use farestream_core::settlement::RiderFigures;
+use farestream_core::settlement::{Break, RiderFigures};
 use farestream_server::archive::checkpoint::replace_durably;
 use farestream_server::archive::writer::{archive_writer_properties, open_files_dir, partition_dir};
 use farestream_server::faults::Faults;
@@ -94,8 +94,8 @@ fn riders_batch(run: u32, rows: &[RiderRow]) -> Result<RecordBatch, SettleError>
     let mut cards = UInt64Builder::new();
     rows.iter().for_each(|r| cards.append_value(r.card_id));
     let mut columns: Vec<ArrayRef> = vec![runs(run, rows.len()), Arc::new(cards.finish())];
-    let figures: Vec<[i64; 12]> = rows.iter().map(|r| figures_to(&r.figures)).collect();
-    columns.extend((0..12).map(|i| ints(figures.iter().map(|f| f[i]))));
+    let figures: Vec<[i64; FIGURES]> = rows.iter().map(|r| figures_to(&r.figures)).collect();
+    columns.extend((0..FIGURES).map(|i| ints(figures.iter().map(|f| f[i]))));
     Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Riders), columns)?)
 }
 
@@ -130,7 +130,7 @@ fn run_batch(row: &RunRow) -> Result<RecordBatch, SettleError> {
     columns.push(ints(std::iter::once(row.riders)));
     let totals = figures_to(&row.totals);
     // Every figure but the outstanding arrears (a level, per rider only).
-    columns.extend((0..12).filter(|i| *i != 10).map(|i| ints(std::iter::once(totals[i]))));
+    columns.extend((0..FIGURES).filter(|i| *i != ARREARS_OUTSTANDING).map(|i| ints(std::iter::once(totals[i]))));
     columns.extend([row.manual_review, row.riders_awaiting_archive, row.breaks].map(|v| ints(std::iter::once(v))));
     Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Runs), columns)?)
 }
@@ -143,6 +143,88 @@ fn files_batch(run: u32, rows: &[FileRow]) -> Result<RecordBatch, SettleError> {
         ints(rows.iter().map(|r| r.rows)),
     ];
     Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Files), columns)?)
+}
+
+/// A break's columns: `(card_id, scan_id, charge_id, amount_cents,
+/// expected_cents, copies, detail)`.
+type BreakColumns =
+    (Option<u64>, Option<String>, Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<String>);
+
+fn break_columns(b: &Break) -> BreakColumns {
+    let hex = |id: &[u8; 16]| Some(hex::encode(id));
+    let copies = |n: u64| Some(i64::try_from(n).unwrap_or(i64::MAX));
+    match b {
+        Break::RideNotCharged { scan_id, card_id } => (Some(*card_id), hex(scan_id), None, None, None, None, None),
+        Break::RideChargedTwice { scan_id, charges } => (None, hex(scan_id), None, None, None, copies(*charges), None),
+        Break::ChargeWithoutRide { charge_id, scan_id } => (None, hex(scan_id), hex(charge_id), None, None, None, None),
+        Break::ScanArchivedTwice { scan_id, copies: n } => (None, hex(scan_id), None, None, None, copies(*n), None),
+        Break::ChargeListedTwice { charge_id, copies: n } => (None, None, hex(charge_id), None, None, copies(*n), None),
+        Break::UnknownOutcome { charge_id, outcome } => {
+            (None, None, hex(charge_id), None, None, None, Some(outcome.clone()))
+        }
+        Break::MoneyMismatch { card_id, charged_cents, due_cents } => {
+            (Some(*card_id), None, None, Some(*charged_cents), Some(*due_cents), None, None)
+        }
+        Break::ArrearsMismatch { card_id, from_charges_cents, store_cents } => {
+            (Some(*card_id), None, None, Some(*from_charges_cents), Some(*store_cents), None, None)
+        }
+        Break::SettledFileMissing { file } => (None, None, None, None, None, None, Some(file.clone())),
+    }
+}
+
+fn breaks_batch(run: u32, found_at: UnixMillis, breaks: &[Break], currency: &str) -> Result<RecordBatch, SettleError> {
+    let rows: Vec<BreakColumns> = breaks.iter().map(break_columns).collect();
+    let mut found = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    let mut cards = UInt64Builder::new();
+    let (mut amounts, mut expected, mut copies) = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
+    let (mut scans, mut charges, mut details) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    for (card, scan, charge, amount, expect, n, detail) in &rows {
+        found.append_value(found_at);
+        cards.append_option(*card);
+        scans.append_option(scan.as_deref());
+        charges.append_option(charge.as_deref());
+        amounts.append_option(*amount);
+        expected.append_option(*expect);
+        copies.append_option(*n);
+        details.append_option(detail.as_deref());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        runs(run, breaks.len()),
+        Arc::new(found.finish()),
+        strings(breaks.iter().map(Break::kind)),
+        Arc::new(cards.finish()),
+        Arc::new(scans.finish()),
+        Arc::new(charges.finish()),
+        Arc::new(amounts.finish()),
+        Arc::new(expected.finish()),
+        Arc::new(copies.finish()),
+        Arc::new(details.finish()),
+        strings(breaks.iter().map(|b| b.describe(currency)).collect::<Vec<_>>().iter().map(String::as_str)),
+    ];
+    Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Breaks), columns)?)
+}
+
+/// Writes what this `settle` found wrong with the day as
+/// `settlement_breaks/service_date=D/breaks.parquet`, replacing what an
+/// earlier `settle` found; with no breaks, an earlier file is replaced by
+/// an empty one (the day is mended) and none is made otherwise.
+pub fn write_breaks(
+    archive_dir: &Path,
+    date: NaiveDate,
+    (run, found_at): (u32, UnixMillis),
+    breaks: &[Break],
+    currency: &str,
+) -> Result<(), SettleError> {
+    let root = archive_dir.join(SettlementTable::Breaks.name());
+    let partition = partition_dir(&root, date);
+    let path = partition.join("breaks.parquet");
+    if breaks.is_empty() && !path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&partition).map_err(|e| SettleError::Output(format!("{}: {e}", partition.display())))?;
+    let bytes = parquet_bytes(&breaks_batch(run, found_at, breaks, currency)?)?;
+    replace_durably(&path, &open_files_dir(&root), &bytes, &Faults::default())?;
+    Ok(())
 }
 
 /// Writes the run: files, riders and routes first, the runs row last.

@@ -97,7 +97,7 @@ fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Optio
     let claimed = tx.execute(
         "UPDATE charges SET archive_batch = ?1 WHERE charge_id IN (
              SELECT charge_id FROM charges
-             WHERE archive_batch IS NULL AND outcome IN ('succeeded', 'declined', 'nothing_due')
+             WHERE archive_batch IS NULL AND outcome NOT IN ('pending', 'failed')
              ORDER BY charge_id LIMIT ?2)",
         params![next, i64::try_from(batch_charges_max).unwrap_or(i64::MAX)],
     )?;

@@ -376,6 +376,30 @@ pub fn pay_arrears(
     Ok(after)
 }
 
+/// A credit of `credit_cents` (positive, at most what is owed) set against
+/// the card's arrears instead of paid out; once nothing is owed an
+/// in-arrears card rides again, as after a payment.
+pub fn net_credit(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    credit_cents: i64,
+    cause: &str,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    assert!(
+        credit_cents > 0 && credit_cents <= before.arrears_cents,
+        "card {card_id}: netting {credit_cents} against arrears {}",
+        before.arrears_cents
+    );
+    let left = before.arrears_cents - credit_cents;
+    let state = match before.state {
+        AccountState::InArrears if left == 0 => AccountState::Active,
+        other => other,
+    };
+    change(tx, &before, state, left, ("arrears_netted", -credit_cents, cause), now)
+}
+
 /// The one place state and arrears change: the deny list follows them
 /// ([`is_denied`]), and the history records `event` with its amount.
 fn change(

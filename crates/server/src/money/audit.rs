@@ -141,7 +141,8 @@ fn check_ledger(
         let agrees = match (charge.outcome.as_str(), at_gateway) {
             ("succeeded", Some(p)) => p.succeeded && p.amount_cents == charge.amount_cents.unsigned_abs(),
             ("declined", Some(p)) => !p.succeeded,
-            ("nothing_due", None) => true,
+            // Decided without a request: nothing may be at the gateway.
+            ("nothing_due" | "no_account" | "netted", None) => true,
             // Undecided: the gateway may or may not have applied it yet.
             ("pending" | "failed", _) => true,
             _ => false,

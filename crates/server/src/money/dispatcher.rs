@@ -30,15 +30,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use rusqlite::params;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::accounts::{self, Account};
-use super::codec::{card_from_sql, id_from_sql};
+use super::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_to_sql};
 use super::deny_list::DenyListHub;
 use super::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
+use crate::charges::{ChargeOutcome, FirstSend, Payer, RiderDay, first_send, rest_of};
 use crate::clock::{Clock, SystemClock, UnixMillis};
 use crate::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
 use crate::sync::lock;
@@ -56,11 +58,23 @@ pub struct DispatcherSettings {
     pub poll_interval: Duration,
 }
 
+/// What one claim did.
+#[derive(Debug, Default)]
+struct ClaimRound {
+    /// Charges to send now.
+    claimed: Vec<Claimed>,
+    /// Charges decided without a request ([`decide_before_sending`]).
+    not_sent: usize,
+    /// A netted credit cleared a card's arrears: the deny list changed.
+    undenied: bool,
+}
+
 /// A charge claimed for one attempt.
 #[derive(Debug, Clone)]
 struct Claimed {
     charge_id: [u8; 16],
     card_id: u64,
+    service_date: NaiveDate,
     amount_cents: i64,
     currency: String,
     kind: String,
@@ -124,17 +138,23 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let claimed = match self.claim(limit).await {
-                Ok(claimed) => claimed,
+            let ClaimRound { claimed, not_sent, undenied } = match self.claim(limit).await {
+                Ok(round) => round,
                 Err(error) => {
                     tracing::warn!(%error, "cannot claim charges; trying again");
-                    Vec::new()
+                    ClaimRound::default()
                 }
             };
+            if undenied {
+                self.deny_list.sync_soon().await;
+            }
             if permit == Permit::Probe && claimed.is_empty() {
                 lock(&self.breaker).probe_unused(SystemClock.now_ms());
             }
-            let full_round = claimed.len() == self.settings.batch_charges_max && permit == Permit::Send;
+            // A round that decided charges without sending them may have
+            // left a credit's rest due at once: look again straight away.
+            let full_round =
+                (claimed.len() == self.settings.batch_charges_max || not_sent > 0) && permit == Permit::Send;
             let probe = permit == Permit::Probe;
             for charge in claimed {
                 let Ok(send) = Arc::clone(&sends).acquire_owned().await else { return };
@@ -156,60 +176,39 @@ impl Dispatcher {
     }
 
     /// Claims up to `limit` due charges: each takes its next claim number
-    /// and a lease; nothing counts as an attempt until it is sent.
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, StoreError> {
-        let (store, now) = (Arc::clone(&self.store), SystemClock.now_ms());
+    /// and a lease; nothing counts as an attempt until it is sent. A
+    /// charge never claimed before is first looked at ([`first_send`]): a
+    /// card with no account, or a credit while the card owes, is decided
+    /// here and never sent.
+    async fn claim(&self, limit: usize) -> Result<ClaimRound, StoreError> {
+        let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
         let lease = millis(self.settings.lease);
         blocking(move || {
             let mut store = lock(&store);
             let tx = store.transaction()?;
-            let claimed = {
-                let mut due = tx.prepare_cached(
-                    "SELECT c.charge_id, c.card_id, c.amount_cents, c.currency, c.kind, c.claims, c.attempts,
-                            c.first_attempt_at, a.agreement_id
-                     FROM charges c LEFT JOIN accounts a ON a.card_id = c.card_id
-                     WHERE c.outcome IN ('pending', 'failed') AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
-                     ORDER BY c.next_attempt_at LIMIT ?2",
-                )?;
-                let rows = due.query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get::<_, u32>(5)?,
-                        r.get::<_, u32>(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                })?;
-                let mut claimed = Vec::new();
-                for row in rows {
-                    let (id, card, amount_cents, currency, kind, claims, attempts, first_attempt_at, agreement_id) =
-                        row?;
-                    claimed.push(Claimed {
-                        charge_id: id_from_sql(&id)?,
-                        card_id: card_from_sql(card),
-                        amount_cents,
-                        currency,
-                        kind,
-                        claim: claims.saturating_add(1),
-                        attempts_before: attempts,
-                        first_attempt_at,
-                        agreement_id,
-                    });
+            let due = due_charges(&tx, now, limit)?;
+            let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), not_sent: 0, undenied: false };
+            for (charge, payer) in due {
+                if charge.claim == 1 {
+                    match decide_before_sending(&tx, &charge, payer, decided_at)? {
+                        Decided::Send => {}
+                        Decided::NotSent { undenied } => {
+                            round.not_sent += 1;
+                            round.undenied |= undenied;
+                            continue;
+                        }
+                    }
                 }
-                claimed
-            };
+                round.claimed.push(charge);
+            }
             let mut lease_it =
                 tx.prepare_cached("UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1")?;
-            for charge in &claimed {
+            for charge in &round.claimed {
                 lease_it.execute(params![&charge.charge_id[..], charge.claim, now.saturating_add(lease)])?;
             }
             drop(lease_it);
             tx.commit()?;
-            Ok(claimed)
+            Ok(round)
         })
         .await
     }
@@ -334,12 +333,23 @@ impl Dispatcher {
                          WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
                         params![id, charge.claim, now, decline_code, attempts, first_attempt_at],
                     )?;
+                    let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
                     if written > 0 && charge.amount_cents > 0 {
-                        let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
                         match accounts::add_arrears(&tx, charge.card_id, charge.amount_cents, &cause, now) {
                             Ok(account) => declined_account = Some(account),
                             Err(accounts::AccountError::Store(error)) => return Err(error),
                             Err(error) => tracing::error!(%error, "a declined charge's card has no account"),
+                        }
+                    } else if written > 0 && charge.amount_cents < 0 {
+                        // The rider is still owed it: the history says so,
+                        // for a person to pay out (docs/payment-gateway.md).
+                        telemetry::credit_declined();
+                        tracing::error!(charge = %hex::encode(charge.charge_id), card = charge.card_id, %decline_code,
+                            "a credit was declined; the rider is owed it");
+                        match accounts::note(&tx, charge.card_id, "credit_declined", charge.amount_cents, &cause, now) {
+                            Ok(()) => {}
+                            Err(accounts::AccountError::Store(error)) => return Err(error),
+                            Err(error) => tracing::error!(%error, "a declined credit's card has no account"),
                         }
                     }
                     written
@@ -361,6 +371,127 @@ impl Dispatcher {
             Ok(declined_account)
         })
         .await
+    }
+}
+
+/// Due charges, oldest schedule first, with who would pay them.
+fn due_charges(
+    tx: &rusqlite::Transaction<'_>,
+    now: UnixMillis,
+    limit: usize,
+) -> Result<Vec<(Claimed, Payer)>, StoreError> {
+    let mut due = tx.prepare_cached(
+        "SELECT c.charge_id, c.card_id, c.service_date, c.amount_cents, c.currency, c.kind, c.claims, c.attempts,
+                c.first_attempt_at, a.agreement_id, a.card_id IS NULL, coalesce(a.arrears_cents, 0)
+         FROM charges c LEFT JOIN accounts a ON a.card_id = c.card_id
+         WHERE c.outcome IN ('pending', 'failed') AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
+         ORDER BY c.next_attempt_at LIMIT ?2",
+    )?;
+    let rows = due.query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok((
+            (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
+            (r.get(3)?, r.get(4)?, r.get(5)?),
+            (r.get::<_, u32>(6)?, r.get::<_, u32>(7)?, r.get(8)?, r.get(9)?),
+            (r.get::<_, bool>(10)?, r.get::<_, i64>(11)?),
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            (id, card, date),
+            (amount_cents, currency, kind),
+            (claims, attempts, first_attempt_at, agreement_id),
+            payer,
+        ) = row?;
+        let charge = Claimed {
+            charge_id: id_from_sql(&id)?,
+            card_id: card_from_sql(card),
+            service_date: date_from_sql(date)?,
+            amount_cents,
+            currency,
+            kind,
+            claim: claims.saturating_add(1),
+            attempts_before: attempts,
+            first_attempt_at,
+            agreement_id,
+        };
+        let payer = match payer {
+            (true, _) => Payer::NoAccount,
+            (false, arrears_cents) => Payer::Account { arrears_cents },
+        };
+        out.push((charge, payer));
+    }
+    Ok(out)
+}
+
+/// What [`decide_before_sending`] did with a charge.
+enum Decided {
+    Send,
+    /// Decided without a request; `undenied`: a netted credit cleared the
+    /// card's arrears.
+    NotSent {
+        undenied: bool,
+    },
+}
+
+/// The core's [`first_send`], written: a charge of a card with no account
+/// is `no_account`; a credit while the card owes is `netted` against the
+/// arrears (split, when it is larger, into the netted part and a credit of
+/// the rest, due at once). Only for a charge never claimed before, so
+/// never sent: one that went out may have been paid.
+fn decide_before_sending(
+    tx: &rusqlite::Transaction<'_>,
+    charge: &Claimed,
+    payer: Payer,
+    now: UnixMillis,
+) -> Result<Decided, StoreError> {
+    let id = &charge.charge_id[..];
+    match first_send(charge.amount_cents, payer) {
+        FirstSend::Send => Ok(Decided::Send),
+        FirstSend::NoAccount => {
+            tx.execute(
+                "UPDATE charges SET outcome = 'no_account', decided_at = ?2, lease_until = 0,
+                                    last_error = 'the card has no account'
+                 WHERE charge_id = ?1 AND claims = 0",
+                params![id, now],
+            )?;
+            telemetry::charge_not_sent(ChargeOutcome::NoAccount.as_str());
+            tracing::warn!(charge = %hex::encode(charge.charge_id), card = charge.card_id,
+                "a ride of a card with no account: decided no_account, not sent");
+            Ok(Decided::NotSent { undenied: false })
+        }
+        FirstSend::Net { netted, rest } => {
+            tx.execute(
+                "UPDATE charges SET outcome = 'netted', amount_cents = ?2, decided_at = ?3, lease_until = 0
+                 WHERE charge_id = ?1 AND claims = 0",
+                params![id, netted, now],
+            )?;
+            let day = RiderDay { card_id: charge.card_id, service_date: charge.service_date };
+            if rest < 0 {
+                tx.execute(
+                    "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency,
+                                          scan_ids, created_at, outcome, next_attempt_at)
+                     VALUES (?1, ?2, ?3, 'adjustment', NULL, ?4, ?5, ?6, ?7, 'pending', 0)",
+                    params![
+                        &rest_of(day, &charge.charge_id)[..],
+                        card_to_sql(charge.card_id),
+                        date_to_sql(charge.service_date),
+                        rest,
+                        charge.currency,
+                        ids_to_sql(&[]),
+                        now,
+                    ],
+                )?;
+            }
+            let cause = format!("credit {} set against the arrears", hex::encode(charge.charge_id));
+            let account = match accounts::net_credit(tx, charge.card_id, netted.saturating_neg(), &cause, now) {
+                Ok(account) => account,
+                Err(accounts::AccountError::Store(error)) => return Err(error),
+                Err(error) => return Err(StoreError::Corrupt(format!("netting a credit: {error}"))),
+            };
+            telemetry::charge_not_sent(ChargeOutcome::Netted.as_str());
+            Ok(Decided::NotSent { undenied: account.arrears_cents == 0 })
+        }
     }
 }
 

@@ -54,7 +54,7 @@ pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySn
     let arrears_payments = tx
         .prepare(
             "SELECT card_id, at, amount_cents FROM account_history
-             WHERE event IN ('arrears_paid', 'arrears_paid_from_deposit')",
+             WHERE event IN ('arrears_paid', 'arrears_paid_from_deposit', 'arrears_netted')",
         )?
         .query_map([], |r| {
             Ok(ArrearsPayment { card_id: card_from_sql(r.get(0)?), at: r.get(1)?, amount_cents: r.get(2)? })

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (4, include_str!("../../migrations/0004_charge_attempts.sql")),
     (5, include_str!("../../migrations/0005_account_payments.sql")),
     (6, include_str!("../../migrations/0006_otp_limits.sql")),
+    (7, include_str!("../../migrations/0007_charge_outcomes.sql")),
 ];
 
 /// Where the money store lives under a data directory.
@@ -108,6 +109,45 @@ pub fn set_log_cursor(tx: &Transaction<'_>, reader: &str, lsn: u64) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Version 7 rebuilds `charges` for two new outcomes: every row and
+    /// column of a version-6 store survives it.
+    #[test]
+    fn the_charges_rebuild_keeps_every_row_and_takes_the_new_outcomes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(dir.path());
+        let conn = Connection::open(&path).expect("open");
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
+            conn.execute_batch(sql).expect("old migration");
+            conn.pragma_update(None, "user_version", version).expect("version");
+        }
+        let insert = "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
+                       created_at, outcome, next_attempt_at, attempts, claims, archive_batch, gateway_txn_id)
+                      VALUES (?1, 7, 20000, 'ride', ?2, 'CNY', x'', 1, ?3, 0, 2, 3, 4, 'txn-1')";
+        conn.execute(insert, params![vec![1u8; 16], 300, "succeeded"]).expect("a version-6 charge");
+        assert!(conn.execute(insert, params![vec![2u8; 16], -5, "netted"]).is_err(), "version 6 refuses it");
+        drop(conn);
+        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("migrate");
+        let conn = store.connection();
+        let kept: (i64, String, u32, u32, i64, String) = conn
+            .query_row(
+                "SELECT amount_cents, outcome, attempts, claims, archive_batch, gateway_txn_id FROM charges",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .expect("the row");
+        assert_eq!(kept, (300, "succeeded".into(), 2, 3, 4, "txn-1".into()));
+        for (n, outcome) in [(2u8, "netted"), (3, "no_account")] {
+            conn.execute(insert, params![vec![n; 16], -5, outcome]).expect("a new outcome");
+        }
+        assert!(conn.execute(insert, params![vec![9u8; 16], 1, "lost"]).is_err(), "an unknown outcome is refused");
+        let indexes: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'charges'", [], |r| {
+                r.get(0)
+            })
+            .expect("indexes");
+        assert!(indexes >= 3, "the indexes are back: {indexes}");
+    }
 
     #[test]
     fn a_store_migrates_once_and_refuses_a_newer_schema() {

@@ -1,0 +1,146 @@
+//! Outcomes decided before a charge is ever sent (issue 17 items 5 and 16):
+//! a credit set against what the rider owes, and a ride by a card that has
+//! no account.
+
+use farestream::charges::ChargeRecord;
+use farestream::clock::Clock;
+use farestream::money::accounts::AccountState;
+use farestream::money::audit::{AppliedPayment, audit_money};
+use farestream::paygw::Entry;
+use farestream::scan::TapKind;
+use farestream::wire::{GateDecision, ScanRecord};
+
+use crate::money::{MINUTE, Money, tap};
+use crate::support::{T0_MS, TestRider, batch};
+use farestream::settle::settle_settings;
+use farestream_analytics::settle::settle_day;
+use farestream_core::settlement::RiderFigures;
+
+/// A scan the gate let through, whatever the server's list says now.
+fn opened(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) -> ScanRecord {
+    ScanRecord { gate: GateDecision::Opened as i32, ..tap(rider, seq, at_ms, kind, place) }
+}
+
+fn outcomes(charges: &[ChargeRecord]) -> Vec<(i64, &str)> {
+    let mut out: Vec<(i64, &str)> = charges.iter().map(|c| (c.amount_cents, c.outcome.as_str())).collect();
+    out.sort();
+    out
+}
+
+async fn credits(m: &Money) -> Vec<Entry> {
+    m.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "credit").collect()
+}
+
+/// The service day of `T0_MS` settled with everything in: its totals, and
+/// the run must reconcile.
+async fn settled(m: &Money) -> RiderFigures {
+    m.settle().await;
+    m.h.server.flush_archive().await.expect("flush archive");
+    let settings = settle_settings(&m.h.config, m.h.dir.path()).expect("settings");
+    let day = "2025-11-20".parse().expect("date");
+    let settled = settle_day(&settings, day, m.h.clock.now_ms()).await.expect("settle");
+    assert!(settled.breaks.is_empty(), "{:?}", settled.breaks);
+    settled.new_run.expect("a run").totals
+}
+
+async fn audit_is_clean(m: &Money) {
+    let rows = m.h.archive_rows().await;
+    let ledger: Vec<AppliedPayment> =
+        m.control.ledger().await.expect("ledger").iter().filter_map(Entry::applied_payment).collect();
+    let store = m.h.server.open_money_store().expect("store");
+    let audit = audit_money(store.connection(), &rows, Some(&ledger)).expect("audit");
+    assert!(audit.is_clean() && audit.undecided == 0, "{audit}");
+}
+
+/// Before: the exit's credit of 400 went out to a rider owing 900 for the
+/// same trip's maximum fare, and the 900 stayed owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_pays_the_riders_arrears_before_any_is_paid_out() {
+    let m = Money::start().await;
+    let rider = m.rider(531, 100).await;
+    let client = m.h.client();
+    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
+    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
+    assert_eq!(outcomes(&m.settle().await), [(900, "declined")], "the open entry at the maximum fare");
+    let owing = m.h.server.accounts().account(531).await.expect("account");
+    assert_eq!((owing.state, owing.arrears_cents), (AccountState::InArrears, 900));
+
+    let exit = opened(&rider, 2, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05");
+    client.push(&batch("depot-1", 2, vec![exit])).await.expect("ack");
+    assert_eq!(outcomes(&m.settle().await), [(-400, "netted"), (900, "declined")]);
+    assert!(credits(&m).await.is_empty(), "nothing paid out to a rider who owes");
+    let after = m.h.server.accounts().account(531).await.expect("account");
+    assert_eq!((after.state, after.arrears_cents), (AccountState::InArrears, 500), "the trip's 500 is what is owed");
+    let store = m.h.server.open_money_store().expect("store");
+    let history = farestream::money::accounts::account_history(store.connection(), 531).expect("history");
+    assert!(history.iter().any(|e| e.event == "arrears_netted" && e.amount_cents == -400), "{history:?}");
+    audit_is_clean(&m).await;
+    let day = settled(&m).await;
+    assert_eq!(
+        (day.due_cents, day.charged_cents, day.declined_cents, day.netted_cents),
+        (500, 500, 900, -400),
+        "the settlement shows the credit netted: {day:?}"
+    );
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// A credit larger than the arrears clears them, the card rides again, and
+/// only the rest is paid out, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_larger_than_the_arrears_clears_them_and_pays_out_the_rest() {
+    let m = Money::start().await;
+    let rider = m.rider(532, 1_000).await;
+    let client = m.h.client();
+    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
+    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
+    assert_eq!(outcomes(&m.settle().await), [(900, "succeeded")]);
+    let bus = opened(&rider, 2, T0_MS + 30 * MINUTE, TapKind::Single, "bus-99");
+    client.push(&batch("depot-1", 2, vec![bus])).await.expect("ack");
+    assert_eq!(outcomes(&m.settle().await), [(300, "declined"), (900, "succeeded")], "100 left cannot pay 300");
+
+    let exit = opened(&rider, 3, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05");
+    client.push(&batch("depot-1", 3, vec![exit])).await.expect("ack");
+    let charges = m.settle().await;
+    assert_eq!(outcomes(&charges), [(-300, "netted"), (-100, "succeeded"), (300, "declined"), (900, "succeeded")]);
+    assert_eq!(charges.iter().map(|c| c.amount_cents).sum::<i64>(), 800, "the trip's 500 and the bus's 300");
+    let paid_out: Vec<(String, u64)> = credits(&m).await.into_iter().map(|e| (e.key, e.amount_cents)).collect();
+    let rest = charges.iter().find(|c| c.amount_cents == -100).expect("the rest");
+    assert_eq!(paid_out, [(hex::encode(rest.charge_id), 100)], "only the rest, once");
+    let after = m.h.server.accounts().account(532).await.expect("account");
+    assert_eq!((after.state, after.arrears_cents), (AccountState::Active, 0), "rides again");
+    audit_is_clean(&m).await;
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Before: a ride by a card with no account was refused by the dispatcher
+/// and retried every ten minutes for ever (`serve` then `simulate`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ride_by_a_card_with_no_account_is_decided_and_never_sent() {
+    let m = Money::start().await;
+    let stranger = m.h.rider(533);
+    let known = m.rider(534, 5_000).await;
+    let scans = vec![
+        opened(&stranger, 1, T0_MS, TapKind::Single, "bus-99"),
+        opened(&known, 1, T0_MS + MINUTE, TapKind::Single, "bus-99"),
+    ];
+    m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack");
+    let charges = m.settle().await;
+    let by_card: Vec<(u64, i64, &str)> = {
+        let mut rows: Vec<_> = charges.iter().map(|c| (c.card_id, c.amount_cents, c.outcome.as_str())).collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(by_card, [(533, 300, "no_account"), (534, 300, "succeeded")]);
+    let stranger_charge = charges.iter().find(|c| c.card_id == 533).expect("charge");
+    assert_eq!(stranger_charge.attempts, 0, "never sent");
+    assert!(stranger_charge.decided_at.is_some());
+    let ledger = m.control.ledger().await.expect("ledger");
+    assert!(!ledger.iter().any(|e| e.key == hex::encode(stranger_charge.charge_id)), "the gateway never heard of it");
+    audit_is_clean(&m).await;
+    let day = settled(&m).await;
+    assert_eq!((day.due_cents, day.succeeded_cents, day.no_account_cents), (600, 300, 300), "{day:?}");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
