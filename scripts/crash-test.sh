@@ -5,7 +5,7 @@
 # rides and against the ledger of the payment gateway, a `farestream paygw`
 # running as its own process that the kills never touch. The riders sign
 # up through the account API first and ride on the keys it issues. Prints
-#   kills=N acked=N archived=N lost=0 duplicated=0 charges=N double_charged=0 unpriced_rides=0 ...
+#   kills=N acked=N archived=N lost=0 duplicated=0 off_plan=0 charges=N double_charged=0 unpriced_rides=0 ...
 # and exits non-zero otherwise.
 #
 #   CRASH_KILLS=100 scripts/crash-test.sh      # the full run (default 100 kills)

@@ -107,7 +107,8 @@ enum Command {
     /// Check the archive against the scans a gateway saw acknowledged:
     /// every acked scan archived, none twice.
     Audit {
-        /// A file of scan_ids, one per line, as `simulate --acked-file` writes.
+        /// A file of scan_ids, one per line, each with the status planned
+        /// for it, as `simulate --acked-file` writes.
         #[arg(long)]
         acked_file: PathBuf,
         /// The data dir of the `farestream paygw` the server charged: its
@@ -572,8 +573,8 @@ async fn simulate(
     println!("  {} scans planned", report.scans_planned);
     print!("{}", report.render());
     if let Some(path) = acked_file {
-        let ids: String = report.fleet.acked_scan_ids.iter().map(|id| format!("{}\n", hex::encode(id))).collect();
-        std::fs::write(path, ids).with_context(|| format!("writing {}", path.display()))?;
+        let acked = farestream::archive::audit::AckedScans::render(&report.fleet.acked_scans);
+        std::fs::write(path, acked).with_context(|| format!("writing {}", path.display()))?;
     }
     if !report.fleet.errors.is_empty() {
         bail!("{} gateway error(s)", report.fleet.errors.len());
@@ -620,7 +621,8 @@ fn audit(
     (paygw_dir, undecided_max): (Option<&Path>, u64),
 ) -> Result<()> {
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
-    let acked: std::collections::HashSet<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let acked = farestream::archive::audit::AckedScans::parse(&text)
+        .with_context(|| format!("reading {}", acked_file.display()))?;
     let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
     let report = farestream::archive::audit::audit_rows(&rows, &acked);
     let money = if farestream::money::store_path(data_dir).exists() {
@@ -635,7 +637,7 @@ fn audit(
         None => println!("{report}"),
     }
     if !report.is_clean() {
-        bail!("the archive does not hold every acknowledged scan exactly once");
+        bail!("the archive does not hold every acknowledged scan exactly once, with the statuses planned");
     }
     if money.is_some_and(|m| !m.is_clean()) {
         bail!("a ride was charged twice, left unpriced, or charged otherwise than the gateway's ledger says");

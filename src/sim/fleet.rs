@@ -51,9 +51,10 @@ pub struct FleetReport {
     pub connects: u64,
     pub retries: u64,
     pub errors: Vec<String>,
-    /// `scan_id` of every scan in a batch the server acknowledged: what
-    /// must be in the archive, exactly once.
-    pub acked_scan_ids: Vec<[u8; 16]>,
+    /// `scan_id` of every scan in a batch the server acknowledged (what
+    /// must be in the archive, exactly once), with the status planned for
+    /// it (what the archive must say, counted per status).
+    pub acked_scans: Vec<([u8; 16], ScanStatus)>,
     /// Time from sending a batch to holding its OK ack, per push, in µs.
     pub ack_latencies_us: Vec<u64>,
     /// In backlog mode: the longest any gateway took to push its backlog.
@@ -76,7 +77,7 @@ impl FleetReport {
         self.connects += other.connects;
         self.retries += other.retries;
         self.errors.extend(other.errors);
-        self.acked_scan_ids.extend(other.acked_scan_ids);
+        self.acked_scans.extend(other.acked_scans);
         self.ack_latencies_us.extend(other.ack_latencies_us);
         self.drain_secs = self.drain_secs.max(other.drain_secs);
     }
@@ -169,6 +170,12 @@ fn expected(scan: &PlannedScan, opened: bool, pushed: &std::collections::HashSet
     }
 }
 
+/// A batch as the gateway sends it, and the status planned for each scan.
+struct GateBatch {
+    batch: ScanBatch,
+    planned: Vec<ScanStatus>,
+}
+
 struct GatewayRun {
     gateway: usize,
     world: Arc<World>,
@@ -224,7 +231,7 @@ impl GatewayRun {
         batch_seq: u64,
         client: &GatewayClient,
         report: &mut FleetReport,
-    ) -> ScanBatch {
+    ) -> GateBatch {
         let world = Arc::clone(&self.world);
         let plan = Arc::clone(&self.plan);
         let chunk = chunk.to_vec();
@@ -233,7 +240,7 @@ impl GatewayRun {
         let (pushed_version, pushed) = client.with_deny_list(|list| (list.version(), list.cards().clone()));
         let (batch, opened, planned) = tokio::task::spawn_blocking(move || {
             let mut opened = 0u64;
-            let mut planned = BTreeMap::<ScanStatus, u64>::new();
+            let mut planned = Vec::with_capacity(chunk.len());
             let mut scans = Vec::with_capacity(chunk.len());
             let denied = Denied { lost: &world.denied_cards, pushed: &pushed };
             for &i in &chunk {
@@ -241,7 +248,7 @@ impl GatewayRun {
                 let code = scan.ride_code(&world);
                 let gate = check_offline(&code, &world.trusted_keys, &denied, &freshness, unix_secs_u32(scan.at_ms));
                 opened += u64::from(gate.is_ok());
-                *planned.entry(expected(scan, gate.is_ok(), &pushed, &world)).or_default() += 1;
+                planned.push(expected(scan, gate.is_ok(), &pushed, &world));
                 let decision = if gate.is_ok() { GateDecision::Opened } else { GateDecision::Refused };
                 let record = ScanRecord {
                     gate: decision as i32,
@@ -256,31 +263,31 @@ impl GatewayRun {
         .expect("gate simulation does not panic");
         report.gates_opened += opened;
         report.gates_refused += batch.scans.len() as u64 - opened;
-        for (status, n) in planned {
-            *report.planned.entry(status).or_default() += n;
+        for status in &planned {
+            *report.planned.entry(*status).or_default() += 1;
         }
-        batch
+        GateBatch { batch, planned }
     }
 
     /// Pushes a batch, and sometimes pushes it again as if its ack was lost.
-    async fn upload(&self, client: &GatewayClient, batch: &ScanBatch, rng: &mut StdRng, report: &mut FleetReport) {
+    async fn upload(&self, client: &GatewayClient, batch: &GateBatch, rng: &mut StdRng, report: &mut FleetReport) {
         if let Err(error) = self.push(client, batch, report).await {
             report.errors.push(error.to_string());
             return;
         }
         if rng.random_bool((self.settings.redelivery_percent / 100.0).clamp(0.0, 1.0)) {
-            report.redelivered_planned += batch.scans.len() as u64;
+            report.redelivered_planned += batch.batch.scans.len() as u64;
             if let Err(error) = self.push(client, batch, report).await {
                 report.errors.push(error.to_string());
             }
         }
-        self.progress.inc(batch.scans.len() as u64);
+        self.progress.inc(batch.batch.scans.len() as u64);
     }
 
     async fn push(
         &self,
         client: &GatewayClient,
-        batch: &ScanBatch,
+        GateBatch { batch, planned }: &GateBatch,
         report: &mut FleetReport,
     ) -> Result<(), GatewayError> {
         let sent = std::time::Instant::now();
@@ -289,7 +296,7 @@ impl GatewayRun {
         report.batches_sent += 1;
         report.redelivered_acked += u64::from(ack.redelivered);
         report.tally_ack(&ack);
-        report.acked_scan_ids.extend(batch.scans.iter().map(fingerprint));
+        report.acked_scans.extend(batch.scans.iter().map(fingerprint).zip(planned.iter().copied()));
         Ok(())
     }
 }

@@ -19,7 +19,9 @@ fn the_crash_test_loses_and_duplicates_nothing() {
     assert!(output.status.success(), "crash test failed:\n{stdout}\n{stderr}");
     let summary = stdout.lines().find(|l| l.starts_with("kills=")).unwrap_or_default();
     assert!(summary.starts_with(&format!("kills={kills} ")), "{stdout}");
-    for clean in ["lost=0 duplicated=0", "double_charged=0 unpriced_rides=0", "undecided=0", "ledger_mismatched=0"] {
+    for clean in
+        ["lost=0 duplicated=0 off_plan=0", "double_charged=0 unpriced_rides=0", "undecided=0", "ledger_mismatched=0"]
+    {
         assert!(summary.contains(clean), "{clean}: {stdout}");
     }
     let charges: u64 =
