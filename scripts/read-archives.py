@@ -56,6 +56,18 @@ def main(data_dir):
         ).fetchall()
     }
 
+    # Ids as every engine reads them: signed 64-bit, not unsigned (Spark,
+    # Trino, BigQuery and Java have no unsigned 64-bit integer).
+    found["duckdb_id_types"] = {
+        column: one(f"SELECT typeof({column}) FROM {scans} LIMIT 1") for column in ["card_id", "validator_seq"]
+    }
+    found["duckdb_id_types"]["charges.card_id"] = one(f"SELECT typeof(card_id) FROM {charges} LIMIT 1")
+    found["pyarrow_id_types"] = {
+        table: str(pq.read_table(f"{archive}/{table}").schema.field("card_id").type)
+        for table in ["scans", "charges", "settlements"]
+    }
+    found["pyspark_id_types"] = spark_id_types(archive)
+
     # docs/archive.md's trips query: entry and exit side by side, across
     # the day boundary too.
     trips = con.execute(
@@ -75,6 +87,28 @@ def main(data_dir):
     ).fetchall()
     found["trips"] = [[card, str(entry_day), str(exit_day), entry, exit_] for card, entry_day, exit_day, entry, exit_ in trips]
     print(json.dumps(found, sort_keys=True))
+
+
+def spark_id_types(archive):
+    """Spark's types for the ids, when pyspark (and a Java it can start) is
+    installed; otherwise why not, as a string."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        return "pyspark is not installed"
+    try:
+        spark = SparkSession.builder.master("local[1]").appName("farestream-readers").getOrCreate()
+    except Exception as error:  # no Java, most often
+        return f"pyspark cannot start: {error}"
+    try:
+        types = {}
+        for table in ["scans", "charges", "settlements"]:
+            frame = spark.read.parquet(f"{archive}/{table}")
+            types[table] = frame.schema["card_id"].dataType.simpleString()
+            frame.collect()  # every row converts
+        return types
+    finally:
+        spark.stop()
 
 
 if __name__ == "__main__":

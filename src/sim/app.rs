@@ -125,7 +125,8 @@ impl RiderApp {
         let message = self.inbox.last_message(phone).ok_or_else(|| AppError::NoCode(phone.to_string()))?;
         let code = message.rsplit(' ').next().unwrap_or_default();
         let body = self.call("register", "/v1/register", None, json!({ "phone": phone, "code": code })).await?;
-        let card_id = body["card_id"].as_u64().ok_or(AppError::Unexpected("register"))?;
+        let card_id =
+            body["card_id"].as_str().and_then(|id| id.parse().ok()).ok_or(AppError::Unexpected("register"))?;
         let token = body["token"].as_str().ok_or(AppError::Unexpected("register"))?.to_string();
         Ok(Session { card_id, token })
     }

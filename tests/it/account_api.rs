@@ -67,7 +67,9 @@ impl App {
         let code = message.rsplit(' ').next().expect("code").to_string();
         let (status, body) = self.call("POST", "/v1/register", None, Some(json!({"phone": phone, "code": code}))).await;
         assert_eq!(status, 201, "{body}");
-        (body["card_id"].as_u64().expect("card"), body["token"].as_str().expect("token").to_string())
+        let card: u64 = body["card_id"].as_str().expect("card id, a string").parse().expect("decimal");
+        assert!(card <= farestream::scan::ID_MAX, "issue 17 item 14: within a signed 64-bit integer");
+        (card, body["token"].as_str().expect("token").to_string())
     }
 
     async fn activate(&self, card: u64, token: &str, balance: u64) {

@@ -144,3 +144,101 @@ async fn a_ride_by_a_card_with_no_account_is_decided_and_never_sent() {
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }
+
+/// Review of issue 17: two credits of one card in one dispatcher round
+/// were both judged against the arrears as the round began; the second
+/// asked to net more than was left, and every claim failed from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_credits_of_one_card_in_one_round_net_what_is_left_and_pay_the_rest() {
+    const DAY: i64 = 24 * 60 * MINUTE;
+    let m = Money::start().await;
+    let rider = m.rider(536, 1_800).await;
+    let client = m.h.client();
+    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
+    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
+    assert_eq!(outcomes(&m.settle().await), [(900, "succeeded")]);
+    m.h.clock.set(T0_MS + DAY + MINUTE);
+    let entry = opened(&rider, 2, T0_MS + DAY, TapKind::Entry, "station-01");
+    client.push(&batch("depot-1", 2, vec![entry])).await.expect("ack");
+    m.h.clock.set(T0_MS + DAY + 3 * 60 * MINUTE + MINUTE);
+    assert_eq!(outcomes(&m.settle().await), [(900, "succeeded"), (900, "succeeded")], "the payer is empty now");
+    let bus = opened(&rider, 3, T0_MS + DAY + 30 * MINUTE, TapKind::Single, "bus-99");
+    client.push(&batch("depot-1", 3, vec![bus])).await.expect("ack");
+    m.settle().await;
+    let owing = m.h.server.accounts().account(536).await.expect("account");
+    assert_eq!(owing.arrears_cents, 300, "the bus declined on an empty payer");
+
+    let exits = vec![
+        opened(&rider, 4, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05"),
+        opened(&rider, 5, T0_MS + DAY + 20 * MINUTE, TapKind::Exit, "station-05"),
+    ];
+    client.push(&batch("depot-1", 4, exits)).await.expect("ack");
+    let charges = m.settle().await;
+    let credits_decided: Vec<(i64, &str)> = outcomes(&charges).into_iter().filter(|(amount, _)| *amount < 0).collect();
+    assert_eq!(credits_decided, [(-400, "succeeded"), (-300, "netted"), (-100, "succeeded")]);
+    let paid_out: u64 = credits(&m).await.iter().map(|e| e.amount_cents).sum();
+    assert_eq!(paid_out, 500, "800 of credits: 300 set against the arrears, 500 paid out");
+    let after = m.h.server.accounts().account(536).await.expect("account");
+    assert_eq!((after.state, after.arrears_cents), (AccountState::Active, 0));
+    audit_is_clean(&m).await;
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Review of issue 17: a credit netted while a payment of the arrears was
+/// out (sized before the credit) collected the credit twice, leaving an
+/// overpayment for a person to return. The credit waits for the payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_waits_while_a_payment_of_the_arrears_is_out() {
+    use farestream::paygw::SimFaults;
+    let m = Money::start().await;
+    let rider = m.rider(537, 100).await;
+    let client = m.h.client();
+    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
+    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
+    assert_eq!(outcomes(&m.settle().await), [(900, "declined")]);
+    m.control.top_up("payer-537", 800, "topup-537-1").await.expect("top up");
+    m.control.set_faults(SimFaults { drop_answer_every: 1, ..SimFaults::default() }).await.expect("faults");
+    m.h.server.accounts().pay_arrears(537).await.expect_err("the answer was lost");
+    m.control.set_faults(SimFaults::default()).await.expect("faults off");
+
+    let exit = opened(&rider, 2, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05");
+    client.push(&batch("depot-1", 2, vec![exit])).await.expect("ack");
+    m.h.server.flush_pricing().await.expect("price");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let store = m.h.server.open_money_store().expect("store");
+    let waiting = farestream::money::outbox::charges(store.connection(), None).expect("charges");
+    assert_eq!(outcomes(&waiting), [(-400, "pending"), (900, "declined")], "not netted while the payment is out");
+
+    let paid = m.h.server.accounts().pay_arrears(537).await.expect("the lost payment, sent again");
+    assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+    assert_eq!(outcomes(&m.settle().await), [(-400, "succeeded"), (900, "declined")]);
+    let history = farestream::money::accounts::account_history(store.connection(), 537).expect("history");
+    assert!(!history.iter().any(|e| e.event == "arrears_overpaid"), "{history:?}");
+    assert_eq!(credits(&m).await.iter().map(|e| e.amount_cents).sum::<u64>(), 400);
+    audit_is_clean(&m).await;
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Review of issue 17: stores from before `no_account` hold such charges
+/// `failed`, claimed many times; they are decided too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_charge_of_a_card_with_no_account_from_before_is_decided() {
+    let m = Money::start().await;
+    let store = m.h.server.open_money_store().expect("store");
+    store
+        .connection()
+        .execute(
+            "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
+                                  created_at, outcome, next_attempt_at, attempts, claims)
+             VALUES (x'0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a', 538, 20412, 'ride', 300, 'CNY', x'', 1, 'failed', 0, 0, 3)",
+            [],
+        )
+        .expect("a charge as an older server left it");
+    let charges = m.settle().await;
+    assert_eq!(outcomes(&charges), [(300, "no_account")]);
+    assert_eq!(charges[0].attempts, 0);
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}

@@ -301,7 +301,7 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     let mut rows = read_charges_file(&in_copy).expect("charges");
     let flipped = rows.iter_mut().find(|c| c.outcome == "succeeded" && c.amount_cents > 0).expect("a success");
     flipped.outcome = "declined".into();
-    let card = flipped.card_id;
+    let (card, flipped_amount) = (flipped.card_id, flipped.amount_cents);
     rewrite(&in_copy, &rows);
     let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
     assert!(
@@ -309,6 +309,15 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
         "a flipped outcome no longer matches the store's arrears: {:?}",
         broken.breaks
     );
+    let off = sql(
+        copy.path(),
+        &format!(
+            "SELECT expected_cents - amount_cents AS off FROM settlement_breaks
+             WHERE kind = 'arrears_mismatch' AND card_id = {card}"
+        ),
+    )
+    .await;
+    assert_eq!(off.lines().nth(1), Some(flipped_amount.to_string().as_str()), "the charges say more is owed: {off}");
 
     // Issue 17 item 11: with its settled scans file gone, settle named the
     // break yet wrote a run of negative rides that settled the day to zero.

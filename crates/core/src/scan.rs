@@ -92,6 +92,13 @@ impl fmt::Display for ScanStatus {
 /// whenever the code decoded, even when a check failed: an analyst looking
 /// at forgeries wants the card they claimed. Only `accepted` rows are
 /// trustworthy claims.
+/// The largest id every reader of the archive holds: Spark, Trino,
+/// BigQuery and Java have signed 64-bit integers only, so card ids,
+/// validator sequence numbers and deny-list versions stay at or below
+/// 2^63 - 1. The issuer never issues a larger card id, a ride code naming
+/// one is malformed, and so is a scan record carrying a larger number.
+pub const ID_MAX: u64 = i64::MAX as u64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedScan {
     /// Content fingerprint of the scan; the same scan always gets the same id.

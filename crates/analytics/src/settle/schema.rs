@@ -137,7 +137,7 @@ pub fn settlement_schema(table: SettlementTable) -> SchemaRef {
     let mut fields = vec![run()];
     match table {
         SettlementTable::Riders => {
-            fields.push(Field::new("card_id", DataType::UInt64, false));
+            fields.push(Field::new("card_id", DataType::Int64, false));
             fields.extend(RIDER_FIGURES.iter().map(|n| figure(n)));
         }
         SettlementTable::Routes => {
@@ -173,7 +173,7 @@ pub fn settlement_schema(table: SettlementTable) -> SchemaRef {
             // `run`: the run these breaks kept from being written.
             fields.push(Field::new("found_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false));
             fields.push(Field::new("kind", DataType::Utf8, false));
-            fields.push(Field::new("card_id", DataType::UInt64, true));
+            fields.push(Field::new("card_id", DataType::Int64, true));
             fields.push(Field::new("scan_id", DataType::Utf8, true));
             fields.push(Field::new("charge_id", DataType::Utf8, true));
             fields.push(Field::new("amount_cents", DataType::Int64, true));

@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
-};
+use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -23,7 +21,8 @@ fn time() -> DataType {
 pub fn charge_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("charge_id", DataType::Utf8, false),
-        Field::new("card_id", DataType::UInt64, false),
+        // Signed, as every engine reads it; card ids are at most `ID_MAX`.
+        Field::new("card_id", DataType::Int64, false),
         Field::new("kind", DataType::Utf8, false),
         Field::new("amount_cents", DataType::Int64, false),
         Field::new("currency", DataType::Utf8, false),
@@ -47,12 +46,18 @@ pub fn charges_to_record_batch(rows: &[ChargeRecord]) -> Result<RecordBatch, Arr
         rows.iter().for_each(|r| b.append_option(get(r)));
         Arc::new(b.finish())
     };
-    let mut cards = UInt64Builder::new();
+    let mut cards = Int64Builder::new();
     let mut amounts = Int64Builder::new();
     let mut attempts = UInt32Builder::new();
     let mut scans = ListBuilder::new(StringBuilder::new());
     for row in rows {
-        cards.append_value(row.card_id);
+        let card = i64::try_from(row.card_id).map_err(|_| {
+            ArrowError::InvalidArgumentError(format!(
+                "card id {} is above 2^63 - 1 (issued before ids were kept within it): the charges archive cannot hold it",
+                row.card_id
+            ))
+        })?;
+        cards.append_value(card);
         amounts.append_value(row.amount_cents);
         attempts.append_value(row.attempts);
         row.scan_ids.iter().for_each(|id| scans.values().append_value(hex::encode(id)));
@@ -84,7 +89,9 @@ pub fn charges_from_record_batch(
     let schema = charge_schema();
     for field in schema.fields() {
         let found = batch.column_by_name(field.name()).map(|c| c.data_type().clone());
-        if found.as_ref() != Some(field.data_type()) {
+        // Files from before card ids were signed hold `UInt64`.
+        let legacy_card = field.name() == "card_id" && found == Some(DataType::UInt64);
+        if found.as_ref() != Some(field.data_type()) && !legacy_card {
             return Err(ArrowError::SchemaError(format!(
                 "column {} is {found:?}, not {}",
                 field.name(),
@@ -114,7 +121,7 @@ pub fn charges_from_record_batch(
         let decided = column("decided_at").as_primitive::<TimestampMillisecondType>();
         rows.push(ChargeRecord {
             charge_id: id(&text("charge_id", i).ok_or_else(|| bad(i, "null charge_id"))?, i)?,
-            card_id: column("card_id").as_primitive::<UInt64Type>().value(i),
+            card_id: card_id(column("card_id"), i)?,
             service_date,
             kind,
             amount_cents: column("amount_cents").as_primitive::<Int64Type>().value(i),
@@ -128,6 +135,17 @@ pub fn charges_from_record_batch(
         });
     }
     Ok(rows)
+}
+
+/// Row `i` of the `card_id` column, signed or (older files) unsigned.
+fn card_id(array: &ArrayRef, i: usize) -> Result<u64, ArrowError> {
+    match array.data_type() {
+        DataType::UInt64 => Ok(array.as_primitive::<UInt64Type>().value(i)),
+        _ => {
+            let value = array.as_primitive::<Int64Type>().value(i);
+            u64::try_from(value).map_err(|_| ArrowError::ParseError(format!("row {i}: card id {value} is negative")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +167,7 @@ mod tests {
     fn charges_round_trip_at_their_extremes() {
         let row = |n: u8, scans: usize| ChargeRecord {
             charge_id: [n; 16],
-            card_id: if n == 0 { 0 } else { u64::MAX },
+            card_id: if n == 0 { 0 } else { crate::scan::ID_MAX },
             service_date: NaiveDate::MAX,
             kind: ChargeKind::ALL[usize::from(n) % 3],
             amount_cents: if n == 0 { i64::MIN } else { i64::MAX },
@@ -166,5 +184,17 @@ mod tests {
         assert_eq!(charges_from_record_batch(&batch, NaiveDate::MAX).expect("read"), rows);
         let empty = charges_to_record_batch(&[]).expect("empty");
         assert_eq!(charges_from_record_batch(&empty, NaiveDate::MIN).expect("read"), vec![]);
+
+        let too_big = ChargeRecord { card_id: crate::scan::ID_MAX + 1, ..rows[1].clone() };
+        let error = charges_to_record_batch(&[too_big]).expect_err("a card id beyond 2^63 - 1").to_string();
+        assert!(error.contains("above 2^63 - 1"), "{error}");
+        let mut columns = batch.columns().to_vec();
+        let card = batch.schema().index_of("card_id").expect("card_id");
+        let unsigned: arrow_array::UInt64Array = rows.iter().map(|r| Some(r.card_id)).collect();
+        columns[card] = Arc::new(unsigned);
+        let mut fields: Vec<Field> = charge_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[card] = Field::new("card_id", DataType::UInt64, false);
+        let legacy = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("a file from before");
+        assert_eq!(charges_from_record_batch(&legacy, NaiveDate::MAX).expect("read"), rows);
     }
 }

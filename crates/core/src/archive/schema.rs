@@ -8,15 +8,15 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use chrono::NaiveDate;
 
-use crate::scan::{ArchivedScan, ScanStatus, TapKind};
+use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
 
 type Row = ArchivedScan;
 
@@ -24,7 +24,10 @@ type Row = ArchivedScan;
 /// Arrow type. `None` is a null; a writer refuses a value it cannot take.
 enum Values {
     Text(fn(&Row) -> Option<Cow<'_, str>>, fn(&mut Row, Option<&str>) -> Result<(), String>),
-    U64(fn(&Row) -> Option<u64>, fn(&mut Row, Option<u64>) -> Result<(), String>),
+    /// A `u64` of at most [`ID_MAX`], as `Int64`: Spark, Trino,
+    /// BigQuery and Java have no unsigned 64-bit integer. Files from before
+    /// hold `UInt64`, read as well.
+    Id(fn(&Row) -> Option<u64>, fn(&mut Row, Option<u64>) -> Result<(), String>),
     U32(fn(&Row) -> Option<u32>, fn(&mut Row, Option<u32>) -> Result<(), String>),
     /// Milliseconds since the epoch, UTC.
     Time(fn(&Row) -> Option<i64>, fn(&mut Row, Option<i64>) -> Result<(), String>),
@@ -80,7 +83,7 @@ const COLUMNS: &[Column] = &[
     column(
         "validator_seq",
         false,
-        Values::U64(
+        Values::Id(
             |r| Some(r.validator_seq),
             |r, v| {
                 r.validator_seq = required(v)?;
@@ -125,7 +128,7 @@ const COLUMNS: &[Column] = &[
     column(
         "card_id",
         true,
-        Values::U64(
+        Values::Id(
             |r| r.card_id,
             |r, v| {
                 r.card_id = v;
@@ -225,7 +228,7 @@ const COLUMNS: &[Column] = &[
     column(
         "deny_list_version",
         true,
-        Values::U64(
+        Values::Id(
             |r| r.deny_list_version,
             |r, v| {
                 r.deny_list_version = v;
@@ -235,11 +238,18 @@ const COLUMNS: &[Column] = &[
     ),
 ];
 
+/// An id as its `Int64` column holds it. The pipeline keeps archived ids
+/// within [`ID_MAX`]; should one not be, it saturates rather than wraps.
+fn archived_integer(id: u64) -> i64 {
+    debug_assert!(id <= ID_MAX, "id {id} beyond the archive's integers");
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
 impl Values {
     fn data_type(&self) -> DataType {
         match self {
             Values::Text(..) => DataType::Utf8,
-            Values::U64(..) => DataType::UInt64,
+            Values::Id(..) => DataType::Int64,
             Values::U32(..) => DataType::UInt32,
             Values::Time(..) => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             Values::Bool(..) => DataType::Boolean,
@@ -254,9 +264,9 @@ impl Values {
                 rows.iter().for_each(|r| b.append_option(get(r)));
                 Arc::new(b.finish())
             }
-            Values::U64(get, _) => {
-                let mut b = UInt64Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r)));
+            Values::Id(get, _) => {
+                let mut b = Int64Builder::with_capacity(n);
+                rows.iter().for_each(|r| b.append_option(get(r).map(archived_integer)));
                 Arc::new(b.finish())
             }
             Values::U32(get, _) => {
@@ -288,7 +298,16 @@ impl Values {
                     let strings = array.as_string::<i32>();
                     at(i, set(row, (!null).then(|| strings.value(i))))?
                 }
-                Values::U64(_, set) => at(i, set(row, (!null).then(|| array.as_primitive::<UInt64Type>().value(i))))?,
+                Values::Id(_, set) => {
+                    let value = match array.data_type() {
+                        DataType::UInt64 => (!null).then(|| array.as_primitive::<UInt64Type>().value(i)),
+                        _ => match (!null).then(|| array.as_primitive::<Int64Type>().value(i)) {
+                            Some(v) => Some(u64::try_from(v).map_err(|_| (i, format!("{v} is negative")))?),
+                            None => None,
+                        },
+                    };
+                    at(i, set(row, value))?
+                }
                 Values::U32(_, set) => at(i, set(row, (!null).then(|| array.as_primitive::<UInt32Type>().value(i))))?,
                 Values::Time(_, set) => {
                     at(i, set(row, (!null).then(|| array.as_primitive::<TimestampMillisecondType>().value(i))))?
@@ -324,7 +343,8 @@ pub fn from_record_batch(batch: &RecordBatch, service_date: NaiveDate) -> Result
             .column_by_name(column.name)
             .ok_or_else(|| ArrowError::SchemaError(format!("archive file lacks column {}", column.name)))?;
         let expected = column.values.data_type();
-        if array.data_type() != &expected {
+        let legacy = matches!(column.values, Values::Id(..)) && array.data_type() == &DataType::UInt64;
+        if array.data_type() != &expected && !legacy {
             return Err(ArrowError::SchemaError(format!(
                 "archive column {} is {}, expected {expected}",
                 column.name,
@@ -384,11 +404,11 @@ mod tests {
             scan_id: [7; 16],
             gateway_id: Arc::from("depot-01"),
             validator_id: "gate-3".into(),
-            validator_seq: u64::MAX,
+            validator_seq: ID_MAX,
             route_id: "metro-1".into(),
             stop_id: "station-09".into(),
             tap_kind: Some(TapKind::Exit),
-            card_id: Some(u64::MAX),
+            card_id: Some(ID_MAX),
             issuer_key_id: Some(u32::MAX),
             code_created_at: Some(i64::MIN),
             code_counter: Some(0),
@@ -398,7 +418,7 @@ mod tests {
             reason: Some(String::new()),
             service_date: chrono::NaiveDate::from_ymd_opt(2106, 2, 7).expect("date"),
             gate_opened: Some(false),
-            deny_list_version: Some(u64::MAX),
+            deny_list_version: Some(ID_MAX),
         };
         let date = full.service_date;
         let sparse = ArchivedScan { reason: None, service_date: date, ..blank_row() };
@@ -406,6 +426,48 @@ mod tests {
         assert_eq!(from_record_batch(&to_record_batch(&rows).expect("batch"), date).expect("rows"), rows);
         assert!(scan_schema().field_with_name("service_date").is_err(), "the partition carries it, not the file");
         assert_eq!(scan_schema().fields().len(), COLUMNS.len());
+    }
+
+    /// Issue 17 item 14: ids are `Int64`, which every engine reads; a file
+    /// written before, with `UInt64` ids, still reads back.
+    #[test]
+    fn ids_are_signed_64_bit_and_older_unsigned_files_still_read() {
+        for name in ["validator_seq", "card_id", "deny_list_version"] {
+            let field = scan_schema().field_with_name(name).expect("column").clone();
+            assert_eq!(field.data_type(), &DataType::Int64, "{name}");
+        }
+        let row = ArchivedScan { card_id: Some(ID_MAX), validator_seq: 12, ..blank_row() };
+        let batch = to_record_batch(std::slice::from_ref(&row)).expect("batch");
+        let legacy_fields: Vec<Field> = scan_schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Int64 => Field::new(f.name(), DataType::UInt64, f.is_nullable()),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let legacy_columns: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Int64 => Arc::new(
+                    c.as_primitive::<Int64Type>()
+                        .iter()
+                        .map(|v| v.map(|x| u64::try_from(x).expect("non-negative")))
+                        .collect::<arrow_array::UInt64Array>(),
+                ),
+                _ => Arc::clone(c),
+            })
+            .collect();
+        let legacy = RecordBatch::try_new(Arc::new(Schema::new(legacy_fields)), legacy_columns).expect("legacy");
+        assert_eq!(from_record_batch(&legacy, row.service_date).expect("rows"), vec![row]);
+
+        let mut columns = batch.columns().to_vec();
+        let card = batch.schema().index_of("card_id").expect("card_id");
+        columns[card] = Arc::new(arrow_array::Int64Array::from(vec![Some(-1i64)]));
+        let negative = RecordBatch::try_new(batch.schema(), columns).expect("batch");
+        let error = from_record_batch(&negative, NaiveDate::MIN).expect_err("a negative id");
+        assert!(error.to_string().contains("card_id") && error.to_string().contains("negative"), "{error}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::ridecode::check::{
 };
 use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
 use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault};
-use crate::scan::{ArchivedScan, ScanStatus, TapKind};
+use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
 use crate::wire::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, WireScanStatus};
 
@@ -289,6 +289,12 @@ impl Pipeline {
         if let Some((name, value)) = ids.into_iter().find(|(_, value)| value.len() > max) {
             return Err(Verdict::malformed(format!("{name} is {} bytes, the limit is {max}", value.len())));
         }
+        let numbers = [("validator_seq", record.validator_seq), ("deny_list_version", record.deny_list_version)];
+        if let Some((name, value)) = numbers.into_iter().find(|(_, value)| *value > ID_MAX) {
+            return Err(Verdict::malformed(format!(
+                "{name} {value} is above 2^63 - 1, the largest integer every reader of the archive holds"
+            )));
+        }
         if !Horizons::scan_time_in_range(record.validator_time_ms) {
             return Err(Verdict::malformed(format!(
                 "validator_time_ms {} is outside [{SCAN_TIME_MS_MIN}, {SCAN_TIME_MS_MAX}], the times a ride code can express",
@@ -477,7 +483,9 @@ impl Pipeline {
             scan_id: p.fingerprint,
             gateway_id: Arc::clone(gateway_id),
             validator_id: truncated(&record.validator_id, max),
-            validator_seq: record.validator_seq,
+            // Within what every reader holds: a larger number is malformed,
+            // its raw value in `reason`.
+            validator_seq: record.validator_seq.min(ID_MAX),
             route_id: truncated(&record.route_id, max),
             stop_id: truncated(&record.stop_id, max),
             tap_kind: p.tap_kind,
@@ -496,7 +504,7 @@ impl Pipeline {
             // default (1970-01-01) is only for a clock set beyond chrono.
             service_date: self.config.service_day.service_date(partition_time).unwrap_or_default(),
             gate_opened: record.gate_opened(),
-            deny_list_version: record.deny_list_version(),
+            deny_list_version: record.deny_list_version().map(|v| v.min(ID_MAX)),
         }
     }
 }
@@ -722,6 +730,28 @@ mod tests {
         again.validator_id = "gate-9".into();
         let replayed = restarted.pipeline.process(&batch(vec![again]), AT_MS + 6_000).expect("batch");
         assert_eq!(statuses(&replayed), vec![ScanStatus::Replay], "restored uses still count");
+    }
+
+    /// Issue 17 item 14: numbers above 2^63 - 1 were archived as UInt64,
+    /// which Spark, Trino, BigQuery and Java read as decimals or refuse.
+    #[test]
+    fn numbers_beyond_a_signed_64_bit_integer_are_malformed_and_archived_within_it() {
+        let f = fixture();
+        let at = AT_MS;
+        let scans = vec![
+            ScanRecord { validator_seq: ID_MAX, deny_list_version: ID_MAX, ..scan(0, at, code(&f, 21, 0)) },
+            ScanRecord { validator_seq: ID_MAX + 1, ..scan(0, at, code(&f, 22, 1)) },
+            ScanRecord { validator_seq: u64::MAX, ..scan(0, at, code(&f, 23, 2)) },
+            ScanRecord { deny_list_version: u64::MAX, ..scan(1, at, code(&f, 24, 3)) },
+            ScanRecord { validator_seq: 0, ..scan(0, at, code(&f, 25, 4)) },
+        ];
+        let outcome = f.pipeline.process(&batch(scans), AT_MS).expect("batch");
+        use ScanStatus::{Accepted, Malformed};
+        assert_eq!(statuses(&outcome), vec![Accepted, Malformed, Malformed, Malformed, Accepted]);
+        for (row, raw) in outcome.rows[1..4].iter().zip([ID_MAX + 1, u64::MAX, u64::MAX]) {
+            assert!(row.reason.as_deref().is_some_and(|r| r.contains(&format!(" {raw} is above 2^63 - 1"))), "{row:?}");
+        }
+        assert!(outcome.rows.iter().all(|r| r.validator_seq <= ID_MAX && r.deny_list_version.unwrap_or(0) <= ID_MAX));
     }
 
     /// Review fault 1: a scan time at the top of chrono's range stopped the

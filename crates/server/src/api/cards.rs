@@ -22,6 +22,7 @@ const PAYMENT_USER_ID_BYTES_MAX: usize = 128;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccountView {
+    #[serde(with = "super::card_id_json")]
     pub card_id: u64,
     pub phone: String,
     pub state: String,
@@ -61,6 +62,7 @@ pub struct KeysRequest {
 /// The day's key material.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DailyKeys {
+    #[serde(with = "super::card_id_json")]
     pub card_id: u64,
     pub issuer_key_id: u32,
     pub valid_from: u32,

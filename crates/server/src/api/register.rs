@@ -39,6 +39,7 @@ pub struct RegisterRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registered {
+    #[serde(with = "super::card_id_json")]
     pub card_id: u64,
     pub token: String,
 }
@@ -132,7 +133,11 @@ pub async fn register(
     let now = accounts.clock.now_ms();
     let (attempts_max, token_ms) = (api.settings.otp_attempts_max, millis(api.settings.token_validity));
     let (client, limits) = (client_address(&api, peer, &headers), api.settings.otp_limits());
-    let card_id = u64::from_be_bytes(random_bytes::<8>().map_err(|e| ApiError::Internal(e.to_string()))?).max(1);
+    // 63 random bits: card ids stay within a signed 64-bit integer, which
+    // every reader of the archives holds (`scan::ID_MAX`).
+    let random = u64::from_be_bytes(random_bytes::<8>().map_err(|e| ApiError::Internal(e.to_string()))?);
+    let card_id = (random >> 1).max(1);
+    debug_assert!(card_id <= crate::scan::ID_MAX);
     let outcome = accounts
         .write(move |tx| {
             match check_code(tx, (&request.phone, &client), &request.code, now, (attempts_max, &limits))? {

@@ -8,7 +8,11 @@
 //! it. Statuses are compared as counts per status, not scan by scan: when a
 //! replay reaches the server before its original (two gateways, two upload
 //! times), the two swap labels and the day is still right; a recovery that
-//! relabels an accepted scan as a replay changes the counts.
+//! relabels an accepted scan as a replay changes the counts. One more
+//! case is no fault: a planned replay archived `accepted`, because its
+//! original was refused at a gate that held a newer deny list (a refused
+//! scan claims no ride), so the copy was the first ride of that code.
+//! The reverse, an accepted scan archived as a replay, always is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -105,8 +109,12 @@ pub fn audit_rows(rows: &[ArchivedScan], acked: &AckedScans) -> AuditReport {
             *archived.entry(*archived_as).or_default() += 1;
         }
     }
-    let off_plan =
-        planned.iter().map(|(status, n)| (n - archived.get(status).copied().unwrap_or(0)).max(0).unsigned_abs()).sum();
+    let count = |counts: &BTreeMap<ScanStatus, i64>, status| counts.get(&status).copied().unwrap_or(0);
+    let short = |status| (count(&planned, status) - count(&archived, status)).max(0);
+    let deficit: i64 = planned.keys().map(|status| short(*status)).sum();
+    let accepted_beyond_plan = (count(&archived, ScanStatus::Accepted) - count(&planned, ScanStatus::Accepted)).max(0);
+    let replays_that_rode = short(ScanStatus::Replay).min(accepted_beyond_plan);
+    let off_plan = (deficit - replays_that_rode).unsigned_abs();
     AuditReport { acked: acked.ids.len(), archived: rows.len(), lost, duplicated, off_plan }
 }
 
@@ -142,7 +150,7 @@ mod tests {
         AckedScans::parse(&AckedScans::render(&list)).expect("parse")
     }
 
-    use ScanStatus::{Accepted, Replay};
+    use ScanStatus::{Accepted, Denied, Replay};
 
     #[test]
     fn a_clean_archive_passes_and_a_replay_pair_may_swap_labels() {
@@ -151,6 +159,9 @@ mod tests {
         assert!(clean.is_clean(), "{clean}");
         let swapped = audit_rows(&[row(1, Accepted), row(2, Replay), row(3, Accepted)], &plan);
         assert!(swapped.is_clean(), "the replay arrived first: {swapped}");
+        let refused_first = acked(&[(1, Denied), (2, Replay)]);
+        let rode = audit_rows(&[row(1, Denied), row(2, Accepted)], &refused_first);
+        assert!(rode.is_clean(), "the original was refused by a newer list; its copy rode: {rode}");
     }
 
     #[test]
@@ -162,6 +173,8 @@ mod tests {
         assert_eq!((twice.duplicated, twice.is_clean()), (1, false), "{twice}");
         let relabelled = audit_rows(&[row(1, Accepted), row(2, Replay), row(3, Replay)], &plan);
         assert_eq!((relabelled.off_plan, relabelled.is_clean()), (1, false), "{relabelled}");
+        let denied = audit_rows(&[row(1, Accepted), row(2, Denied), row(3, Replay)], &plan);
+        assert_eq!(denied.off_plan, 1, "a ride archived as denied: {denied}");
     }
 
     #[test]

@@ -63,8 +63,9 @@ pub struct DispatcherSettings {
 struct ClaimRound {
     /// Charges to send now.
     claimed: Vec<Claimed>,
-    /// Charges decided without a request ([`decide_before_sending`]).
-    not_sent: usize,
+    /// Outcomes of charges decided without a request
+    /// ([`decide_before_sending`]), counted once the claim commits.
+    not_sent: Vec<ChargeOutcome>,
     /// A netted credit cleared a card's arrears: the deny list changed.
     undenied: bool,
 }
@@ -145,6 +146,7 @@ impl Dispatcher {
                     ClaimRound::default()
                 }
             };
+            not_sent.iter().for_each(|outcome| telemetry::charge_not_sent(outcome.as_str()));
             if undenied {
                 self.deny_list.sync_soon().await;
             }
@@ -154,7 +156,7 @@ impl Dispatcher {
             // A round that decided charges without sending them may have
             // left a credit's rest due at once: look again straight away.
             let full_round =
-                (claimed.len() == self.settings.batch_charges_max || not_sent > 0) && permit == Permit::Send;
+                (claimed.len() == self.settings.batch_charges_max || !not_sent.is_empty()) && permit == Permit::Send;
             let probe = permit == Permit::Probe;
             for charge in claimed {
                 let Ok(send) = Arc::clone(&sends).acquire_owned().await else { return };
@@ -182,24 +184,22 @@ impl Dispatcher {
     /// here and never sent.
     async fn claim(&self, limit: usize) -> Result<ClaimRound, StoreError> {
         let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
-        let lease = millis(self.settings.lease);
+        let (lease, look_again_at) =
+            (millis(self.settings.lease), now.saturating_add(millis(self.settings.poll_interval)));
         blocking(move || {
             let mut store = lock(&store);
             let tx = store.transaction()?;
             let due = due_charges(&tx, now, limit)?;
-            let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), not_sent: 0, undenied: false };
-            for (charge, payer) in due {
-                if charge.claim == 1 {
-                    match decide_before_sending(&tx, &charge, payer, decided_at)? {
-                        Decided::Send => {}
-                        Decided::NotSent { undenied } => {
-                            round.not_sent += 1;
-                            round.undenied |= undenied;
-                            continue;
-                        }
+            let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), ..ClaimRound::default() };
+            for (charge, has_account) in due {
+                match decide_before_sending(&tx, &charge, has_account, (decided_at, look_again_at))? {
+                    Decided::Send => round.claimed.push(charge),
+                    Decided::NotSent { outcome, undenied } => {
+                        round.not_sent.push(outcome);
+                        round.undenied |= undenied;
                     }
+                    Decided::Later => {}
                 }
-                round.claimed.push(charge);
             }
             let mut lease_it =
                 tx.prepare_cached("UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1")?;
@@ -374,15 +374,15 @@ impl Dispatcher {
     }
 }
 
-/// Due charges, oldest schedule first, with who would pay them.
+/// Due charges, oldest schedule first, and whether an account has the card.
 fn due_charges(
     tx: &rusqlite::Transaction<'_>,
     now: UnixMillis,
     limit: usize,
-) -> Result<Vec<(Claimed, Payer)>, StoreError> {
+) -> Result<Vec<(Claimed, bool)>, StoreError> {
     let mut due = tx.prepare_cached(
         "SELECT c.charge_id, c.card_id, c.service_date, c.amount_cents, c.currency, c.kind, c.claims, c.attempts,
-                c.first_attempt_at, a.agreement_id, a.card_id IS NULL, coalesce(a.arrears_cents, 0)
+                c.first_attempt_at, a.agreement_id, a.card_id IS NOT NULL
          FROM charges c LEFT JOIN accounts a ON a.card_id = c.card_id
          WHERE c.outcome IN ('pending', 'failed') AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
          ORDER BY c.next_attempt_at LIMIT ?2",
@@ -392,7 +392,7 @@ fn due_charges(
             (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
             (r.get(3)?, r.get(4)?, r.get(5)?),
             (r.get::<_, u32>(6)?, r.get::<_, u32>(7)?, r.get(8)?, r.get(9)?),
-            (r.get::<_, bool>(10)?, r.get::<_, i64>(11)?),
+            r.get::<_, bool>(10)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -401,7 +401,7 @@ fn due_charges(
             (id, card, date),
             (amount_cents, currency, kind),
             (claims, attempts, first_attempt_at, agreement_id),
-            payer,
+            has_account,
         ) = row?;
         let charge = Claimed {
             charge_id: id_from_sql(&id)?,
@@ -415,11 +415,7 @@ fn due_charges(
             first_attempt_at,
             agreement_id,
         };
-        let payer = match payer {
-            (true, _) => Payer::NoAccount,
-            (false, arrears_cents) => Payer::Account { arrears_cents },
-        };
-        out.push((charge, payer));
+        out.push((charge, has_account));
     }
     Ok(out)
 }
@@ -430,35 +426,56 @@ enum Decided {
     /// Decided without a request; `undenied`: a netted credit cleared the
     /// card's arrears.
     NotSent {
+        outcome: ChargeOutcome,
         undenied: bool,
     },
+    /// Not due yet after all: looked at again later, unclaimed.
+    Later,
 }
 
 /// The core's [`first_send`], written: a charge of a card with no account
 /// is `no_account`; a credit while the card owes is `netted` against the
 /// arrears (split, when it is larger, into the netted part and a credit of
-/// the rest, due at once). Only for a charge never claimed before, so
-/// never sent: one that went out may have been paid.
+/// the rest, due at once). The card is read in this transaction, so a
+/// second credit of the same card in the same round sees the arrears the
+/// first left. Netting is only for a charge never claimed before, so never
+/// sent: one that went out may have been paid.
 fn decide_before_sending(
     tx: &rusqlite::Transaction<'_>,
     charge: &Claimed,
-    payer: Payer,
-    now: UnixMillis,
+    has_account: bool,
+    (now, look_again_at): (UnixMillis, UnixMillis),
 ) -> Result<Decided, StoreError> {
     let id = &charge.charge_id[..];
+    let payer = if !has_account {
+        Payer::NoAccount
+    } else if charge.claim == 1 && charge.amount_cents < 0 {
+        payer(tx, charge.card_id)?
+    } else {
+        return Ok(Decided::Send);
+    };
     match first_send(charge.amount_cents, payer) {
         FirstSend::Send => Ok(Decided::Send),
+        FirstSend::Wait => {
+            tx.execute(
+                "UPDATE charges SET next_attempt_at = ?2 WHERE charge_id = ?1 AND claims = 0",
+                params![id, look_again_at],
+            )?;
+            Ok(Decided::Later)
+        }
         FirstSend::NoAccount => {
+            // Whatever its claims: with no account there was never an
+            // agreement, so no request ever went out (stores from before
+            // this outcome hold such charges failed, claimed many times).
             tx.execute(
                 "UPDATE charges SET outcome = 'no_account', decided_at = ?2, lease_until = 0,
                                     last_error = 'the card has no account'
-                 WHERE charge_id = ?1 AND claims = 0",
+                 WHERE charge_id = ?1 AND outcome IN ('pending', 'failed')",
                 params![id, now],
             )?;
-            telemetry::charge_not_sent(ChargeOutcome::NoAccount.as_str());
             tracing::warn!(charge = %hex::encode(charge.charge_id), card = charge.card_id,
                 "a ride of a card with no account: decided no_account, not sent");
-            Ok(Decided::NotSent { undenied: false })
+            Ok(Decided::NotSent { outcome: ChargeOutcome::NoAccount, undenied: false })
         }
         FirstSend::Net { netted, rest } => {
             tx.execute(
@@ -489,10 +506,23 @@ fn decide_before_sending(
                 Err(accounts::AccountError::Store(error)) => return Err(error),
                 Err(error) => return Err(StoreError::Corrupt(format!("netting a credit: {error}"))),
             };
-            telemetry::charge_not_sent(ChargeOutcome::Netted.as_str());
-            Ok(Decided::NotSent { undenied: account.arrears_cents == 0 })
+            Ok(Decided::NotSent { outcome: ChargeOutcome::Netted, undenied: account.arrears_cents == 0 })
         }
     }
+}
+
+/// What the card owes now, and whether a payment of it waits for its
+/// answer, read in the claiming transaction.
+fn payer(tx: &rusqlite::Transaction<'_>, card_id: u64) -> Result<Payer, StoreError> {
+    let (arrears_cents, payments_out): (i64, i64) = tx.query_row(
+        "SELECT a.arrears_cents,
+                (SELECT count(*) FROM account_payments p
+                 WHERE p.card_id = a.card_id AND p.kind = 'arrears' AND p.outcome = 'unknown')
+         FROM accounts a WHERE a.card_id = ?1",
+        [card_to_sql(card_id)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(Payer::Account { arrears_cents, arrears_payment_out: payments_out > 0 })
 }
 
 /// Schedules the charge again; `failed` once its budget is spent.
