@@ -110,6 +110,7 @@ impl City {
             upload_tick: uploads.tick,
             redelivery_percent: self.redelivery_percent,
             batch_scans_max: uploads.batch_scans_max,
+            frame_bytes_max: config.wire.frame_bytes_max,
             freshness: config.freshness_policy(),
             seed: self.seed,
             backlog: uploads.backlog,

@@ -20,6 +20,7 @@ use crate::gateway::{GatewayClient, GatewayError};
 use crate::ingest::pipeline::fingerprint;
 use crate::ridecode::{DenyList, FreshnessPolicy, check_offline};
 use crate::scan::ScanStatus;
+use crate::wire::batching::batch_runs;
 use crate::wire::{BatchAck, GateDecision, ScanBatch, ScanRecord};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct FleetSettings {
     /// Share of batches sent a second time.
     pub redelivery_percent: f64,
     pub batch_scans_max: usize,
+    /// The server's frame limit: batches are cut to fit it as well.
+    pub frame_bytes_max: u32,
     pub freshness: FreshnessPolicy,
     pub seed: u64,
     /// Build every batch before sending any, then send them back to back:
@@ -195,8 +198,8 @@ impl GatewayRun {
         if self.settings.backlog {
             let mut batches = Vec::new();
             for chunk in self.scans.chunks(self.settings.batch_scans_max) {
-                batch_seq += 1;
-                batches.push(self.read_at_gates(chunk, batch_seq, &client, &mut report).await);
+                let read = self.read_at_gates(chunk, &client, &mut report).await;
+                batches.extend(self.cut(read, &mut batch_seq));
             }
             let started = std::time::Instant::now();
             for batch in &batches {
@@ -210,9 +213,10 @@ impl GatewayRun {
             let now = self.clock.now_ms();
             let due = self.scans[cursor..].iter().take_while(|&&i| self.plan[i].at_ms <= now).count();
             for chunk in self.scans[cursor..cursor + due].chunks(self.settings.batch_scans_max) {
-                batch_seq += 1;
-                let batch = self.read_at_gates(chunk, batch_seq, &client, &mut report).await;
-                self.upload(&client, &batch, &mut rng, &mut report).await;
+                let read = self.read_at_gates(chunk, &client, &mut report).await;
+                for batch in self.cut(read, &mut batch_seq) {
+                    self.upload(&client, &batch, &mut rng, &mut report).await;
+                }
             }
             cursor += due;
         }
@@ -222,16 +226,31 @@ impl GatewayRun {
         report
     }
 
+    /// Cuts what the gates read into batches within the server's frame
+    /// and count limits, numbered from `batch_seq` on.
+    fn cut(&self, read: GateBatch, batch_seq: &mut u64) -> Vec<GateBatch> {
+        let GateBatch { batch, planned } = read;
+        let runs =
+            batch_runs(&batch.gateway_id, &batch.scans, self.settings.frame_bytes_max, self.settings.batch_scans_max);
+        runs.into_iter()
+            .map(|run| {
+                *batch_seq += 1;
+                GateBatch {
+                    batch: ScanBatch {
+                        gateway_id: batch.gateway_id.clone(),
+                        batch_seq: *batch_seq,
+                        scans: batch.scans[run.clone()].to_vec(),
+                    },
+                    planned: planned[run].to_vec(),
+                }
+            })
+            .collect()
+    }
+
     /// The validators read the codes (offline check at the gate, against
     /// the cards the city knows are lost and the deny list the server
     /// pushed) and the gateway wraps their records into one batch.
-    async fn read_at_gates(
-        &self,
-        chunk: &[usize],
-        batch_seq: u64,
-        client: &GatewayClient,
-        report: &mut FleetReport,
-    ) -> GateBatch {
+    async fn read_at_gates(&self, chunk: &[usize], client: &GatewayClient, report: &mut FleetReport) -> GateBatch {
         let world = Arc::clone(&self.world);
         let plan = Arc::clone(&self.plan);
         let chunk = chunk.to_vec();
@@ -257,7 +276,7 @@ impl GatewayRun {
                 };
                 scans.push(record);
             }
-            (ScanBatch { gateway_id, batch_seq, scans }, opened, planned)
+            (ScanBatch { gateway_id, batch_seq: 0, scans }, opened, planned)
         })
         .await
         .expect("gate simulation does not panic");

@@ -4,6 +4,7 @@
 //! and counting a repeated field before decoding; the shells do the reads.
 //! `docs/protocol.md` is the reference; `proto/farestream.proto` the schema.
 
+pub mod batching;
 pub mod messages;
 
 use prost::Message;
