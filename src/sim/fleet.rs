@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
@@ -120,6 +121,7 @@ pub async fn run_fleet(
 ) -> FleetReport {
     let mut tasks = JoinSet::new();
     let mut report = FleetReport::default();
+    let stop = Arc::new(AtomicBool::new(false));
     for gateway in 0..world.gateways.len() {
         let scans: Vec<usize> =
             (0..plan.len()).filter(|&i| world.validators[plan[i].validator].gateway == gateway).collect();
@@ -133,6 +135,7 @@ pub async fn run_fleet(
                     clock: Arc::clone(&clock),
                     settings: settings.clone(),
                     progress: progress.clone(),
+                    stop: Arc::clone(&stop),
                 };
                 tasks.spawn(gateway_run.run(client));
             }
@@ -179,6 +182,10 @@ struct GateBatch {
     planned: Vec<ScanStatus>,
 }
 
+/// How long a push may go unanswered before the fleet says so (and again
+/// each time as long after).
+const PUSH_QUIET_NOTICE: Duration = Duration::from_secs(5);
+
 struct GatewayRun {
     gateway: usize,
     world: Arc<World>,
@@ -188,6 +195,8 @@ struct GatewayRun {
     clock: Arc<dyn Clock>,
     settings: FleetSettings,
     progress: ProgressBar,
+    /// Set by the first gateway whose push failed for good.
+    stop: Arc<AtomicBool>,
 }
 
 impl GatewayRun {
@@ -208,7 +217,7 @@ impl GatewayRun {
             report.drain_secs = started.elapsed().as_secs_f64();
         }
         let mut cursor = 0;
-        while !self.settings.backlog && cursor < self.scans.len() {
+        while !self.settings.backlog && cursor < self.scans.len() && !self.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(self.settings.upload_tick).await;
             let now = self.clock.now_ms();
             let due = self.scans[cursor..].iter().take_while(|&&i| self.plan[i].at_ms <= now).count();
@@ -289,18 +298,27 @@ impl GatewayRun {
     }
 
     /// Pushes a batch, and sometimes pushes it again as if its ack was lost.
+    /// A push that failed for good (the server gone, or refusing) stops
+    /// the whole fleet, said at once: each later batch would otherwise
+    /// spend the client's whole retry budget in silence.
     async fn upload(&self, client: &GatewayClient, batch: &GateBatch, rng: &mut StdRng, report: &mut FleetReport) {
-        if let Err(error) = self.push(client, batch, report).await {
-            report.errors.push(error.to_string());
+        if self.stop.load(Ordering::Relaxed) {
             return;
         }
-        if rng.random_bool((self.settings.redelivery_percent / 100.0).clamp(0.0, 1.0)) {
+        let mut outcome = self.push(client, batch, report).await;
+        if outcome.is_ok() && rng.random_bool((self.settings.redelivery_percent / 100.0).clamp(0.0, 1.0)) {
             report.redelivered_planned += batch.batch.scans.len() as u64;
-            if let Err(error) = self.push(client, batch, report).await {
+            outcome = self.push(client, batch, report).await;
+        }
+        match outcome {
+            Ok(()) => self.progress.inc(batch.batch.scans.len() as u64),
+            Err(error) => {
+                let gateway = &self.world.gateways[self.gateway].id;
+                self.progress.println(format!("gateway {gateway}: {error}; stopping the fleet"));
                 report.errors.push(error.to_string());
+                self.stop.store(true, Ordering::Relaxed);
             }
         }
-        self.progress.inc(batch.batch.scans.len() as u64);
     }
 
     async fn push(
@@ -310,7 +328,20 @@ impl GatewayRun {
         report: &mut FleetReport,
     ) -> Result<(), GatewayError> {
         let sent = std::time::Instant::now();
-        let ack = client.push(batch).await?;
+        let push = client.push(batch);
+        tokio::pin!(push);
+        let ack = loop {
+            tokio::select! {
+                ack = &mut push => break ack?,
+                _ = tokio::time::sleep(PUSH_QUIET_NOTICE) => self.progress.println(format!(
+                    "gateway {}: batch {} not acked after {} s ({} retries so far); still trying",
+                    self.world.gateways[self.gateway].id,
+                    batch.batch_seq,
+                    sent.elapsed().as_secs(),
+                    client.retries()
+                )),
+            }
+        };
         report.ack_latencies_us.push(sent.elapsed().as_micros() as u64);
         report.batches_sent += 1;
         report.redelivered_acked += u64::from(ack.redelivered);

@@ -318,3 +318,52 @@ async fn the_simulators_probe_gives_its_connection_back() {
     let ack = h.client().push(&batch("depot", 1, vec![scan])).await.expect("the load's gateway gets the slot");
     assert_eq!(ack.accepted, 1);
 }
+
+/// Issue 17 item 16: when its server died, `simulate` spent the client's
+/// whole retry budget on every remaining batch, in silence (134 s). The
+/// first push that fails for good now stops the fleet and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulation_whose_server_dies_stops_and_says_so() {
+    let mut config = Config::defaults();
+    config.gateway.connect_timeout_ms = 300;
+    config.gateway.ack_timeout_ms = 1_000;
+    config.gateway.retry_attempts_max = 3;
+    config.gateway.retry_backoff_ms_max = 200;
+    let h = Harness::start_with(config.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    farestream::keystore::Keystore::open_or_create(
+        dir.path(),
+        farestream::keystore::KeystoreOptions::from_config(&config),
+    )
+    .expect("keys");
+    std::fs::create_dir_all(dir.path().join("tls")).expect("tls dir");
+    std::fs::write(dir.path().join("tls").join("cert.der"), &h.identity.cert).expect("the server's certificate");
+    let spec = farestream::sim::CitySpec {
+        riders: 400,
+        gateways: 3,
+        validators_per_gateway: 2,
+        trips_per_rider: 2.0,
+        denied_riders_percent: 0.0,
+        redelivery_percent: 0.0,
+        seed: 9,
+    };
+    let load = farestream::sim::load::Load { duration_secs: 30.0, backlog: false, batch_scans: 500 };
+    let (data_dir, server_addr, sim_config) = (dir.path().to_path_buf(), h.server.local_addr(), config.clone());
+    let simulation = tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::hidden();
+        farestream::sim::simulate(&data_dir, &sim_config, server_addr, &spec, load, None, bar).await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.server.shutdown().await.expect("the server stops");
+    let stopped = Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(60), simulation)
+        .await
+        .expect("the simulation ends")
+        .expect("task")
+        .expect("simulate");
+    assert!(report.fleet.batches_sent > 0, "some batches went before the server stopped");
+    assert!(!report.fleet.errors.is_empty(), "the lost server is reported");
+    // Liveness, not speed: the 28 s of planned load left would take each
+    // of the three gateways ~1 s per remaining batch before the change.
+    assert!(stopped.elapsed() < Duration::from_secs(20), "took {:?} after the server stopped", stopped.elapsed());
+}

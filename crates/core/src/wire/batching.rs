@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn at_its_extremes_it_never_panics() {
         assert!(batch_runs("", &[], 0, 0).is_empty());
-        assert_eq!(batch_runs("", &[scan(10)], 0, 0), [0..1], "too large alone: a batch of its own");
+        assert_eq!(batch_runs("", &[scan(10)], 0, 0), vec![0..1], "too large alone: a batch of its own");
         assert_eq!(batch_runs("", &[scan(10), scan(10)], u32::MAX, 0), [0..1, 1..2], "a count of 0 is 1");
         let huge = [scan(2_000), scan(10), scan(10)];
         assert_eq!(batch_runs("g", &huge, 1_024, 500), [0..1, 1..3]);
