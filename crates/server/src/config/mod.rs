@@ -437,6 +437,20 @@ mod tests {
     }
 
     #[test]
+    fn the_client_address_header_is_a_header_name_of_at_most_64_bytes() {
+        for ok in ["", "x", "X-Forwarded-For", &"a".repeat(64)] {
+            let text = format!("[api]\nclient_address_header = \"{ok}\"\n");
+            let config = Config::from_toml_over_defaults(&text, "test.toml").unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            assert_eq!(config.api.client_address_header, ok);
+        }
+        for bad in [&"a".repeat(65) as &str, "x_forwarded", "x:y", "é", "a b", "x\\ny"] {
+            let text = format!("[api]\nclient_address_header = \"{bad}\"\n");
+            let error = Config::from_toml_over_defaults(&text, "test.toml").err().unwrap_or_else(|| panic!("{bad:?}"));
+            assert!(error.to_string().contains("client_address_header"), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
     fn misspelt_keys_wrong_types_and_cross_key_mistakes_are_refused_once_each() {
         let cases = [
             ("[wire]\nbatch_scan_max = 5\n", "batch_scan_max"),
