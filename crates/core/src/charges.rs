@@ -157,9 +157,9 @@ pub const CHARGE_OUTCOMES: [&str; 7] = {
 pub enum Payer {
     /// No account has this card.
     NoAccount,
-    /// The card's account, what it owes now, and whether a payment of
-    /// those arrears is out with no answer yet.
-    Account { arrears_cents: SignedCents, arrears_payment_out: bool },
+    /// The card's account, what it owes now, and how much of that a
+    /// payment still waiting for its answer may already have paid.
+    Account { arrears_cents: SignedCents, arrears_payment_out_cents: SignedCents },
 }
 
 /// What to do with a charge before its first request goes out.
@@ -174,11 +174,6 @@ pub enum FirstSend {
     /// goes out as a credit of its own ([`rest_of`]). They add up to the
     /// credit.
     Net { netted: SignedCents, rest: SignedCents },
-    /// A credit while a payment of the arrears waits for its answer: the
-    /// payment was sized by the arrears before any netting, so netting now
-    /// would collect the credit twice (once set off, once paid). Look again
-    /// once the payment is decided.
-    Wait,
 }
 
 /// Decides [`FirstSend`] for a charge of `amount_cents` that was never
@@ -186,15 +181,18 @@ pub enum FirstSend {
 /// its gateway answer decides it; a card with no account never had an
 /// agreement, so its charges were never sent whatever their claims). A
 /// credit goes to the rider's arrears first: the rider is not paid while
-/// owing.
+/// owing. Only what a payment still out would leave owed is netted: that
+/// payment was sized before the credit, and netting the whole would
+/// collect the credit twice once it succeeds (a payment that then fails
+/// leaves the rider owing, as any decline does).
 pub fn first_send(amount_cents: SignedCents, payer: Payer) -> FirstSend {
     match payer {
         Payer::NoAccount => FirstSend::NoAccount,
-        Payer::Account { arrears_cents, arrears_payment_out: true } if amount_cents < 0 && arrears_cents > 0 => {
-            FirstSend::Wait
-        }
-        Payer::Account { arrears_cents, .. } if amount_cents < 0 && arrears_cents > 0 => {
-            let netted = amount_cents.max(arrears_cents.saturating_neg());
+        Payer::Account { arrears_cents, arrears_payment_out_cents }
+            if amount_cents < 0 && arrears_cents.saturating_sub(arrears_payment_out_cents.max(0)) > 0 =>
+        {
+            let nettable = arrears_cents.saturating_sub(arrears_payment_out_cents.max(0));
+            let netted = amount_cents.max(nettable.saturating_neg());
             let rest = amount_cents - netted;
             debug_assert!(netted < 0 && rest <= 0 && netted.saturating_add(rest) == amount_cents);
             FirstSend::Net { netted, rest }
@@ -329,16 +327,18 @@ mod tests {
 
     #[test]
     fn a_credit_goes_to_the_arrears_first() {
-        let owes = |arrears_cents| Payer::Account { arrears_cents, arrears_payment_out: false };
+        let owes = |arrears_cents| Payer::Account { arrears_cents, arrears_payment_out_cents: 0 };
         assert_eq!(first_send(-300, owes(500)), FirstSend::Net { netted: -300, rest: 0 });
         assert_eq!(first_send(-600, owes(500)), FirstSend::Net { netted: -500, rest: -100 });
         assert_eq!(first_send(-600, owes(0)), FirstSend::Send);
         assert_eq!(first_send(300, owes(500)), FirstSend::Send, "a debit is never netted");
         assert_eq!(first_send(300, Payer::NoAccount), FirstSend::NoAccount);
         assert_eq!(first_send(-300, Payer::NoAccount), FirstSend::NoAccount);
-        let paying = Payer::Account { arrears_cents: 500, arrears_payment_out: true };
-        assert_eq!(first_send(-300, paying), FirstSend::Wait, "the payment out was sized before the credit");
-        assert_eq!(first_send(300, paying), FirstSend::Send);
+        let paying_all = Payer::Account { arrears_cents: 500, arrears_payment_out_cents: 500 };
+        assert_eq!(first_send(-300, paying_all), FirstSend::Send, "the payment out may have paid it all");
+        let paying_some = Payer::Account { arrears_cents: 800, arrears_payment_out_cents: 500 };
+        assert_eq!(first_send(-400, paying_some), FirstSend::Net { netted: -300, rest: -100 });
+        assert_eq!(first_send(300, paying_some), FirstSend::Send);
         assert_eq!(first_send(i64::MIN, owes(i64::MAX)), FirstSend::Net { netted: -i64::MAX, rest: -1 });
         let day = RiderDay { card_id: 7, service_date: NaiveDate::from_ymd_opt(2026, 3, 2).unwrap() };
         let credit = charge_id(day, ChargeKind::Adjustment, &0u64.to_be_bytes());
@@ -351,17 +351,17 @@ mod tests {
         fn netting_never_pays_a_rider_who_owes_and_keeps_the_amount(
             amount in proptest::prelude::any::<i64>(),
             arrears in 0i64..=i64::MAX,
-            paying in proptest::prelude::any::<bool>(),
+            out in 0i64..=i64::MAX,
         ) {
-            match first_send(amount, Payer::Account { arrears_cents: arrears, arrears_payment_out: paying }) {
+            let owed_after_payment = arrears.saturating_sub(out).max(0);
+            match first_send(amount, Payer::Account { arrears_cents: arrears, arrears_payment_out_cents: out }) {
                 FirstSend::Net { netted, rest } => {
-                    proptest::prop_assert!(amount < 0 && arrears > 0 && !paying);
+                    proptest::prop_assert!(amount < 0 && owed_after_payment > 0);
                     proptest::prop_assert_eq!(netted + rest, amount);
-                    proptest::prop_assert!(netted < 0 && -netted <= arrears && rest <= 0);
-                    proptest::prop_assert!(rest == 0 || -netted == arrears, "the rest is paid only once nothing is owed");
+                    proptest::prop_assert!(netted < 0 && -netted <= owed_after_payment && rest <= 0);
+                    proptest::prop_assert!(rest == 0 || -netted == owed_after_payment, "the rest is paid only once nothing is owed");
                 }
-                FirstSend::Send => proptest::prop_assert!(amount >= 0 || arrears == 0),
-                FirstSend::Wait => proptest::prop_assert!(amount < 0 && arrears > 0 && paying),
+                FirstSend::Send => proptest::prop_assert!(amount >= 0 || owed_after_payment == 0),
                 FirstSend::NoAccount => proptest::prop_assert!(false),
             }
         }

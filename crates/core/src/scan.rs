@@ -87,17 +87,33 @@ impl fmt::Display for ScanStatus {
     }
 }
 
+/// The largest id every reader of the archive holds as a number: Spark,
+/// Trino, BigQuery and Java have signed 64-bit integers only. The issuer
+/// issues card ids up to this; a scan record whose validator sequence
+/// number or deny-list version is larger is malformed. Card ids issued
+/// before (they used all 64 bits) keep working and are archived as the
+/// same 64 bits in a signed column, that is as negative numbers
+/// ([`id_to_archive`]).
+pub const ID_MAX: u64 = i64::MAX as u64;
+
+/// An id as the archives' `Int64` columns hold it: the same 64 bits, so
+/// every id up to [`ID_MAX`] reads as itself and a card id issued before
+/// ids were kept within it reads as a negative number, exactly and
+/// distinctly (`CAST(card_id AS UBIGINT)` in DuckDB gives it back).
+pub fn id_to_archive(id: u64) -> i64 {
+    id as i64
+}
+
+/// The inverse of [`id_to_archive`].
+pub fn id_from_archive(value: i64) -> u64 {
+    value as u64
+}
+
 /// One archive row: a scan as received, with the server's verdict. Fields
 /// taken from the ride code (`card_id`, `issuer_key_id`, `code_*`) are set
 /// whenever the code decoded, even when a check failed: an analyst looking
 /// at forgeries wants the card they claimed. Only `accepted` rows are
 /// trustworthy claims.
-/// The largest id every reader of the archive holds: Spark, Trino,
-/// BigQuery and Java have signed 64-bit integers only, so card ids,
-/// validator sequence numbers and deny-list versions stay at or below
-/// 2^63 - 1. The issuer never issues a larger card id, a ride code naming
-/// one is malformed, and so is a scan record carrying a larger number.
-pub const ID_MAX: u64 = i64::MAX as u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedScan {

@@ -86,20 +86,13 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-/// A card id as the settlement tables hold it (`Int64`, as the archives):
-/// every id read from the archives is at most 2^63 - 1.
-fn signed_card(card_id: u64) -> i64 {
-    debug_assert!(card_id <= farestream_core::scan::ID_MAX, "card id {card_id}");
-    i64::try_from(card_id).unwrap_or(i64::MAX)
-}
-
 fn status_columns<'a>(counts: impl Iterator<Item = &'a StatusCounts> + Clone) -> Vec<ArrayRef> {
     (0..ScanStatus::ALL.len()).map(|s| ints(counts.clone().map(|c| c[s]))).collect()
 }
 
 fn riders_batch(run: u32, rows: &[RiderRow]) -> Result<RecordBatch, SettleError> {
     let mut cards = Int64Builder::new();
-    rows.iter().for_each(|r| cards.append_value(signed_card(r.card_id)));
+    rows.iter().for_each(|r| cards.append_value(farestream_core::scan::id_to_archive(r.card_id)));
     let mut columns: Vec<ArrayRef> = vec![runs(run, rows.len()), Arc::new(cards.finish())];
     let figures: Vec<[i64; FIGURES]> = rows.iter().map(|r| figures_to(&r.figures)).collect();
     columns.extend((0..FIGURES).map(|i| ints(figures.iter().map(|f| f[i]))));
@@ -188,7 +181,7 @@ fn breaks_batch(run: u32, found_at: UnixMillis, breaks: &[Break], currency: &str
     let (mut scans, mut charges, mut details) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
     for (card, scan, charge, amount, expect, n, detail) in &rows {
         found.append_value(found_at);
-        cards.append_option(card.map(signed_card));
+        cards.append_option(card.map(farestream_core::scan::id_to_archive));
         scans.append_option(scan.as_deref());
         charges.append_option(charge.as_deref());
         amounts.append_option(*amount);

@@ -13,6 +13,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 
 use crate::charges::{ChargeKind, ChargeRecord};
+use crate::scan::{id_from_archive, id_to_archive};
 
 fn time() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -21,7 +22,8 @@ fn time() -> DataType {
 pub fn charge_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("charge_id", DataType::Utf8, false),
-        // Signed, as every engine reads it; card ids are at most `ID_MAX`.
+        // Signed, as every engine reads it: the card id's 64 bits
+        // (`scan::id_to_archive`), so ids issued before 2^63 read negative.
         Field::new("card_id", DataType::Int64, false),
         Field::new("kind", DataType::Utf8, false),
         Field::new("amount_cents", DataType::Int64, false),
@@ -51,13 +53,7 @@ pub fn charges_to_record_batch(rows: &[ChargeRecord]) -> Result<RecordBatch, Arr
     let mut attempts = UInt32Builder::new();
     let mut scans = ListBuilder::new(StringBuilder::new());
     for row in rows {
-        let card = i64::try_from(row.card_id).map_err(|_| {
-            ArrowError::InvalidArgumentError(format!(
-                "card id {} is above 2^63 - 1 (issued before ids were kept within it): the charges archive cannot hold it",
-                row.card_id
-            ))
-        })?;
-        cards.append_value(card);
+        cards.append_value(id_to_archive(row.card_id));
         amounts.append_value(row.amount_cents);
         attempts.append_value(row.attempts);
         row.scan_ids.iter().for_each(|id| scans.values().append_value(hex::encode(id)));
@@ -141,10 +137,7 @@ pub fn charges_from_record_batch(
 fn card_id(array: &ArrayRef, i: usize) -> Result<u64, ArrowError> {
     match array.data_type() {
         DataType::UInt64 => Ok(array.as_primitive::<UInt64Type>().value(i)),
-        _ => {
-            let value = array.as_primitive::<Int64Type>().value(i);
-            u64::try_from(value).map_err(|_| ArrowError::ParseError(format!("row {i}: card id {value} is negative")))
-        }
+        _ => Ok(id_from_archive(array.as_primitive::<Int64Type>().value(i))),
     }
 }
 
@@ -185,9 +178,9 @@ mod tests {
         let empty = charges_to_record_batch(&[]).expect("empty");
         assert_eq!(charges_from_record_batch(&empty, NaiveDate::MIN).expect("read"), vec![]);
 
-        let too_big = ChargeRecord { card_id: crate::scan::ID_MAX + 1, ..rows[1].clone() };
-        let error = charges_to_record_batch(&[too_big]).expect_err("a card id beyond 2^63 - 1").to_string();
-        assert!(error.contains("above 2^63 - 1"), "{error}");
+        let legacy = vec![ChargeRecord { card_id: u64::MAX, ..rows[1].clone() }];
+        let batch_of_legacy = charges_to_record_batch(&legacy).expect("a card issued before 2^63 - 1 was the limit");
+        assert_eq!(charges_from_record_batch(&batch_of_legacy, NaiveDate::MAX).expect("read"), legacy);
         let mut columns = batch.columns().to_vec();
         let card = batch.schema().index_of("card_id").expect("card_id");
         let unsigned: arrow_array::UInt64Array = rows.iter().map(|r| Some(r.card_id)).collect();

@@ -16,7 +16,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use chrono::NaiveDate;
 
-use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
+use crate::scan::{ArchivedScan, ScanStatus, TapKind, id_from_archive, id_to_archive};
 
 type Row = ArchivedScan;
 
@@ -24,9 +24,9 @@ type Row = ArchivedScan;
 /// Arrow type. `None` is a null; a writer refuses a value it cannot take.
 enum Values {
     Text(fn(&Row) -> Option<Cow<'_, str>>, fn(&mut Row, Option<&str>) -> Result<(), String>),
-    /// A `u64` of at most [`ID_MAX`], as `Int64`: Spark, Trino,
-    /// BigQuery and Java have no unsigned 64-bit integer. Files from before
-    /// hold `UInt64`, read as well.
+    /// A `u64` id as `Int64` (Spark, Trino, BigQuery and Java have no
+    /// unsigned 64-bit integer), bit for bit ([`id_to_archive`]). Files
+    /// from before hold `UInt64`, read as well.
     Id(fn(&Row) -> Option<u64>, fn(&mut Row, Option<u64>) -> Result<(), String>),
     U32(fn(&Row) -> Option<u32>, fn(&mut Row, Option<u32>) -> Result<(), String>),
     /// Milliseconds since the epoch, UTC.
@@ -238,13 +238,6 @@ const COLUMNS: &[Column] = &[
     ),
 ];
 
-/// An id as its `Int64` column holds it. The pipeline keeps archived ids
-/// within [`ID_MAX`]; should one not be, it saturates rather than wraps.
-fn archived_integer(id: u64) -> i64 {
-    debug_assert!(id <= ID_MAX, "id {id} beyond the archive's integers");
-    i64::try_from(id).unwrap_or(i64::MAX)
-}
-
 impl Values {
     fn data_type(&self) -> DataType {
         match self {
@@ -266,7 +259,7 @@ impl Values {
             }
             Values::Id(get, _) => {
                 let mut b = Int64Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r).map(archived_integer)));
+                rows.iter().for_each(|r| b.append_option(get(r).map(id_to_archive)));
                 Arc::new(b.finish())
             }
             Values::U32(get, _) => {
@@ -301,10 +294,7 @@ impl Values {
                 Values::Id(_, set) => {
                     let value = match array.data_type() {
                         DataType::UInt64 => (!null).then(|| array.as_primitive::<UInt64Type>().value(i)),
-                        _ => match (!null).then(|| array.as_primitive::<Int64Type>().value(i)) {
-                            Some(v) => Some(u64::try_from(v).map_err(|_| (i, format!("{v} is negative")))?),
-                            None => None,
-                        },
+                        _ => (!null).then(|| id_from_archive(array.as_primitive::<Int64Type>().value(i))),
                     };
                     at(i, set(row, value))?
                 }
@@ -404,11 +394,11 @@ mod tests {
             scan_id: [7; 16],
             gateway_id: Arc::from("depot-01"),
             validator_id: "gate-3".into(),
-            validator_seq: ID_MAX,
+            validator_seq: u64::MAX,
             route_id: "metro-1".into(),
             stop_id: "station-09".into(),
             tap_kind: Some(TapKind::Exit),
-            card_id: Some(ID_MAX),
+            card_id: Some(u64::MAX),
             issuer_key_id: Some(u32::MAX),
             code_created_at: Some(i64::MIN),
             code_counter: Some(0),
@@ -418,7 +408,7 @@ mod tests {
             reason: Some(String::new()),
             service_date: chrono::NaiveDate::from_ymd_opt(2106, 2, 7).expect("date"),
             gate_opened: Some(false),
-            deny_list_version: Some(ID_MAX),
+            deny_list_version: Some(u64::MAX),
         };
         let date = full.service_date;
         let sparse = ArchivedScan { reason: None, service_date: date, ..blank_row() };
@@ -436,7 +426,7 @@ mod tests {
             let field = scan_schema().field_with_name(name).expect("column").clone();
             assert_eq!(field.data_type(), &DataType::Int64, "{name}");
         }
-        let row = ArchivedScan { card_id: Some(ID_MAX), validator_seq: 12, ..blank_row() };
+        let row = ArchivedScan { card_id: Some(crate::scan::ID_MAX), validator_seq: 12, ..blank_row() };
         let batch = to_record_batch(std::slice::from_ref(&row)).expect("batch");
         let legacy_fields: Vec<Field> = scan_schema()
             .fields()
@@ -462,12 +452,13 @@ mod tests {
         let legacy = RecordBatch::try_new(Arc::new(Schema::new(legacy_fields)), legacy_columns).expect("legacy");
         assert_eq!(from_record_batch(&legacy, row.service_date).expect("rows"), vec![row]);
 
-        let mut columns = batch.columns().to_vec();
+        // A card id issued before ids were kept within 2^63 - 1: the same 64
+        // bits, negative in the signed column, and back exactly.
+        let legacy_card = ArchivedScan { card_id: Some(u64::MAX - 4), ..blank_row() };
+        let batch = to_record_batch(std::slice::from_ref(&legacy_card)).expect("batch");
         let card = batch.schema().index_of("card_id").expect("card_id");
-        columns[card] = Arc::new(arrow_array::Int64Array::from(vec![Some(-1i64)]));
-        let negative = RecordBatch::try_new(batch.schema(), columns).expect("batch");
-        let error = from_record_batch(&negative, NaiveDate::MIN).expect_err("a negative id");
-        assert!(error.to_string().contains("card_id") && error.to_string().contains("negative"), "{error}");
+        assert_eq!(batch.column(card).as_primitive::<Int64Type>().value(0), -5);
+        assert_eq!(from_record_batch(&batch, legacy_card.service_date).expect("rows"), vec![legacy_card]);
     }
 
     #[test]

@@ -483,9 +483,9 @@ impl Pipeline {
             scan_id: p.fingerprint,
             gateway_id: Arc::clone(gateway_id),
             validator_id: truncated(&record.validator_id, max),
-            // Within what every reader holds: a larger number is malformed,
-            // its raw value in `reason`.
-            validator_seq: record.validator_seq.min(ID_MAX),
+            // As sent: a number above `ID_MAX` is malformed, and archived as
+            // its 64 bits (`scan::id_to_archive`), so nothing is lost.
+            validator_seq: record.validator_seq,
             route_id: truncated(&record.route_id, max),
             stop_id: truncated(&record.stop_id, max),
             tap_kind: p.tap_kind,
@@ -504,7 +504,7 @@ impl Pipeline {
             // default (1970-01-01) is only for a clock set beyond chrono.
             service_date: self.config.service_day.service_date(partition_time).unwrap_or_default(),
             gate_opened: record.gate_opened(),
-            deny_list_version: record.deny_list_version().map(|v| v.min(ID_MAX)),
+            deny_list_version: record.deny_list_version(),
         }
     }
 }
@@ -751,7 +751,7 @@ mod tests {
         for (row, raw) in outcome.rows[1..4].iter().zip([ID_MAX + 1, u64::MAX, u64::MAX]) {
             assert!(row.reason.as_deref().is_some_and(|r| r.contains(&format!(" {raw} is above 2^63 - 1"))), "{row:?}");
         }
-        assert!(outcome.rows.iter().all(|r| r.validator_seq <= ID_MAX && r.deny_list_version.unwrap_or(0) <= ID_MAX));
+        assert_eq!(outcome.rows[2].validator_seq, u64::MAX, "archived as sent, never clamped");
     }
 
     /// Review fault 1: a scan time at the top of chrono's range stopped the

@@ -9,7 +9,7 @@
 //! offset size field
 //!      0    1 version            = 0x01
 //!      1    4 issuer_key_id      u32
-//!      5    8 card_id            u64, at most 2^63 - 1
+//!      5    8 card_id            u64 (issued up to 2^63 - 1)
 //!     13   32 user_public_key    Ed25519
 //!     45    4 valid_from         u32 Unix seconds, inclusive
 //!     49    4 valid_until        u32 Unix seconds, exclusive
@@ -21,8 +21,6 @@
 //! ```
 
 use thiserror::Error;
-
-use crate::scan::ID_MAX;
 
 /// The only format version this build reads and writes.
 pub const FORMAT_VERSION: u8 = 0x01;
@@ -80,8 +78,6 @@ pub enum DecodeError {
     CredentialWrongLength { actual: usize },
     #[error("ride code format version {0:#04x} is not supported")]
     UnsupportedVersion(u8),
-    #[error("card id {0} is above 2^63 - 1, the largest an issuer gives")]
-    CardIdOutOfRange(u64),
 }
 
 impl CredentialClaims {
@@ -121,9 +117,6 @@ impl Credential {
         let bytes: &[u8; CREDENTIAL_LEN] =
             input.try_into().map_err(|_| DecodeError::CredentialWrongLength { actual: input.len() })?;
         let card_id = u64::from_be_bytes(array(&bytes[5..13]));
-        if card_id > ID_MAX {
-            return Err(DecodeError::CardIdOutOfRange(card_id));
-        }
         let claims = CredentialClaims {
             issuer_key_id: be_u32(&bytes[1..5]),
             card_id,
@@ -260,19 +253,16 @@ mod tests {
         assert_eq!(Credential::decode(&other_version), Err(DecodeError::UnsupportedVersion(2)));
     }
 
-    /// Issue 17 item 14: card ids above 2^63 - 1 were issued, and Spark,
-    /// Trino, BigQuery and Java could not hold them.
+    /// Cards issued before ids were kept within 2^63 - 1 still ride.
     #[test]
-    fn a_card_id_above_the_largest_signed_64_bit_integer_is_refused() {
+    fn a_card_id_at_any_of_its_64_bits_decodes() {
         let with_card = |card_id: u64| {
             let mut code = sample();
             code.credential.claims.card_id = card_id;
             RideCode::assemble(&code.credential, code.created_at, code.counter, code.user_signature).bytes
         };
-        assert_eq!(RideCode::decode(&with_card(ID_MAX)).map(|c| c.credential.claims.card_id), Ok(ID_MAX));
-        assert_eq!(RideCode::decode(&with_card(0)).map(|c| c.credential.claims.card_id), Ok(0));
-        for card_id in [ID_MAX + 1, u64::MAX] {
-            assert_eq!(RideCode::decode(&with_card(card_id)), Err(DecodeError::CardIdOutOfRange(card_id)));
+        for card_id in [0, crate::scan::ID_MAX, crate::scan::ID_MAX + 1, u64::MAX] {
+            assert_eq!(RideCode::decode(&with_card(card_id)).map(|c| c.credential.claims.card_id), Ok(card_id));
         }
     }
 }

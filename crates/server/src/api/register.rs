@@ -137,7 +137,6 @@ pub async fn register(
     // every reader of the archives holds (`scan::ID_MAX`).
     let random = u64::from_be_bytes(random_bytes::<8>().map_err(|e| ApiError::Internal(e.to_string()))?);
     let card_id = (random >> 1).max(1);
-    debug_assert!(card_id <= crate::scan::ID_MAX);
     let outcome = accounts
         .write(move |tx| {
             match check_code(tx, (&request.phone, &client), &request.code, now, (attempts_max, &limits))? {

@@ -11,8 +11,10 @@
 //! relabels an accepted scan as a replay changes the counts. One more
 //! case is no fault: a planned replay archived `accepted`, because its
 //! original was refused at a gate that held a newer deny list (a refused
-//! scan claims no ride), so the copy was the first ride of that code.
-//! The reverse, an accepted scan archived as a replay, always is.
+//! scan claims no ride), so the copy was the first ride of that code. At
+//! most one such replay is forgiven per scan planned `denied`: an accepted
+//! replay beyond that is a double ride. An accepted scan archived as a
+//! replay always is a fault.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -113,7 +115,8 @@ pub fn audit_rows(rows: &[ArchivedScan], acked: &AckedScans) -> AuditReport {
     let short = |status| (count(&planned, status) - count(&archived, status)).max(0);
     let deficit: i64 = planned.keys().map(|status| short(*status)).sum();
     let accepted_beyond_plan = (count(&archived, ScanStatus::Accepted) - count(&planned, ScanStatus::Accepted)).max(0);
-    let replays_that_rode = short(ScanStatus::Replay).min(accepted_beyond_plan);
+    let replays_that_rode =
+        short(ScanStatus::Replay).min(accepted_beyond_plan).min(count(&planned, ScanStatus::Denied));
     let off_plan = (deficit - replays_that_rode).unsigned_abs();
     AuditReport { acked: acked.ids.len(), archived: rows.len(), lost, duplicated, off_plan }
 }
@@ -175,6 +178,8 @@ mod tests {
         assert_eq!((relabelled.off_plan, relabelled.is_clean()), (1, false), "{relabelled}");
         let denied = audit_rows(&[row(1, Accepted), row(2, Denied), row(3, Replay)], &plan);
         assert_eq!(denied.off_plan, 1, "a ride archived as denied: {denied}");
+        let replay_rode = audit_rows(&[row(1, Accepted), row(2, Accepted), row(3, Accepted)], &plan);
+        assert_eq!(replay_rode.off_plan, 1, "a replay accepted with no refused original is a double ride");
     }
 
     #[test]

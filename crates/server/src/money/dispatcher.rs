@@ -184,21 +184,19 @@ impl Dispatcher {
     /// here and never sent.
     async fn claim(&self, limit: usize) -> Result<ClaimRound, StoreError> {
         let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
-        let (lease, look_again_at) =
-            (millis(self.settings.lease), now.saturating_add(millis(self.settings.poll_interval)));
+        let lease = millis(self.settings.lease);
         blocking(move || {
             let mut store = lock(&store);
             let tx = store.transaction()?;
             let due = due_charges(&tx, now, limit)?;
             let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), ..ClaimRound::default() };
             for (charge, has_account) in due {
-                match decide_before_sending(&tx, &charge, has_account, (decided_at, look_again_at))? {
+                match decide_before_sending(&tx, &charge, has_account, decided_at)? {
                     Decided::Send => round.claimed.push(charge),
                     Decided::NotSent { outcome, undenied } => {
                         round.not_sent.push(outcome);
                         round.undenied |= undenied;
                     }
-                    Decided::Later => {}
                 }
             }
             let mut lease_it =
@@ -429,8 +427,6 @@ enum Decided {
         outcome: ChargeOutcome,
         undenied: bool,
     },
-    /// Not due yet after all: looked at again later, unclaimed.
-    Later,
 }
 
 /// The core's [`first_send`], written: a charge of a card with no account
@@ -438,13 +434,14 @@ enum Decided {
 /// arrears (split, when it is larger, into the netted part and a credit of
 /// the rest, due at once). The card is read in this transaction, so a
 /// second credit of the same card in the same round sees the arrears the
-/// first left. Netting is only for a charge never claimed before, so never
-/// sent: one that went out may have been paid.
+/// first left, and only what a payment of the arrears still out would
+/// leave owed is netted. Netting is only for a charge never claimed
+/// before, so never sent: one that went out may have been paid.
 fn decide_before_sending(
     tx: &rusqlite::Transaction<'_>,
     charge: &Claimed,
     has_account: bool,
-    (now, look_again_at): (UnixMillis, UnixMillis),
+    now: UnixMillis,
 ) -> Result<Decided, StoreError> {
     let id = &charge.charge_id[..];
     let payer = if !has_account {
@@ -456,13 +453,6 @@ fn decide_before_sending(
     };
     match first_send(charge.amount_cents, payer) {
         FirstSend::Send => Ok(Decided::Send),
-        FirstSend::Wait => {
-            tx.execute(
-                "UPDATE charges SET next_attempt_at = ?2 WHERE charge_id = ?1 AND claims = 0",
-                params![id, look_again_at],
-            )?;
-            Ok(Decided::Later)
-        }
         FirstSend::NoAccount => {
             // Whatever its claims: with no account there was never an
             // agreement, so no request ever went out (stores from before
@@ -511,18 +501,18 @@ fn decide_before_sending(
     }
 }
 
-/// What the card owes now, and whether a payment of it waits for its
-/// answer, read in the claiming transaction.
+/// What the card owes now, and how much a payment of it still waiting for
+/// its answer may have paid, read in the claiming transaction.
 fn payer(tx: &rusqlite::Transaction<'_>, card_id: u64) -> Result<Payer, StoreError> {
-    let (arrears_cents, payments_out): (i64, i64) = tx.query_row(
+    let (arrears_cents, arrears_payment_out_cents): (i64, i64) = tx.query_row(
         "SELECT a.arrears_cents,
-                (SELECT count(*) FROM account_payments p
+                (SELECT coalesce(sum(p.amount_cents), 0) FROM account_payments p
                  WHERE p.card_id = a.card_id AND p.kind = 'arrears' AND p.outcome = 'unknown')
          FROM accounts a WHERE a.card_id = ?1",
         [card_to_sql(card_id)],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(Payer::Account { arrears_cents, arrears_payment_out: payments_out > 0 })
+    Ok(Payer::Account { arrears_cents, arrears_payment_out_cents })
 }
 
 /// Schedules the charge again; `failed` once its budget is spent.
