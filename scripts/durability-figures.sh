@@ -19,7 +19,7 @@ work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 measure() {
-  local fsync=$1 dir="$work/fsync-$1" port=$((20000 + RANDOM % 30000))
+  local fsync=$1 dir="$work/fsync-$1" port=$((20000 + RANDOM % 12000))
   mkdir -p "$dir"
   printf '[server]\nlisten_addr = "127.0.0.1:%s"\n[metrics]\nlisten_addr = ""\n[api]\nlisten_addr = ""\n[wal]\nfsync_enabled = %s\n' \
     "$port" "$fsync" > "$dir/config.toml"

@@ -17,7 +17,7 @@ riders=${RIDERS:-2000}
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port=$((20000 + RANDOM % 30000))
+port=$((20000 + RANDOM % 12000))
 printf '[server]\nlisten_addr = "127.0.0.1:%s"\n%s\n[metrics]\nlisten_addr = ""\n[api]\nlisten_addr = ""\n' "$port" "${SERVER_TOML:-}" \
   > "$work/config.toml"
 args=(--data-dir "$work/data" --config "$work/config.toml")

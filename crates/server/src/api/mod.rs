@@ -8,7 +8,7 @@
 //! keys, online codes, arrears, refunds, issuer keys), `sessions` (codes and
 //! tokens in the store), `error` (every failure as JSON).
 
-mod card_id_json;
+pub(crate) mod card_id_json;
 mod cards;
 mod error;
 mod register;

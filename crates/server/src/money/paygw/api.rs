@@ -23,6 +23,9 @@ pub const CREDITS_PATH: &str = "/v1/credits";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgreementRequest {
     pub payment_user_id: String,
+    /// A string of digits, as in the account API: a gateway reading JSON
+    /// numbers as doubles would get most card ids wrong above 2^53.
+    #[serde(with = "crate::api::card_id_json")]
     pub card_id: u64,
 }
 
@@ -99,6 +102,14 @@ fn signed_message(timestamp_ms: i64, method: &str, path: &str, key: &str, body: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agreement_names_its_card_as_a_string() {
+        let request = AgreementRequest { payment_user_id: "payer-1".into(), card_id: 9_007_199_254_740_993 };
+        let json = serde_json::to_value(&request).expect("json");
+        assert_eq!(json, serde_json::json!({"payment_user_id": "payer-1", "card_id": "9007199254740993"}));
+        assert_eq!(serde_json::from_value::<AgreementRequest>(json).expect("back"), request);
+    }
 
     #[test]
     fn a_signature_checks_only_for_the_same_request_and_secret() {
