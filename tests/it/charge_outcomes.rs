@@ -4,6 +4,7 @@
 
 use farestream::charges::ChargeRecord;
 use farestream::clock::Clock;
+use farestream::gateway::GatewayClient;
 use farestream::money::accounts::AccountState;
 use farestream::money::audit::{AppliedPayment, audit_money};
 use farestream::paygw::Entry;
@@ -19,6 +20,14 @@ use farestream_core::settlement::RiderFigures;
 /// A scan the gate let through, whatever the server's list says now.
 fn opened(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) -> ScanRecord {
     ScanRecord { gate: GateDecision::Opened as i32, ..tap(rider, seq, at_ms, kind, place) }
+}
+
+/// The rider enters the metro at `T0_MS` and no exit comes in the window:
+/// the day's charges once the maximum fare is decided.
+async fn entry_left_open(m: &Money, rider: &TestRider, client: &GatewayClient) -> Vec<ChargeRecord> {
+    client.push(&batch("depot-1", 1, vec![opened(rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
+    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
+    m.settle().await
 }
 
 fn outcomes(charges: &[ChargeRecord]) -> Vec<(i64, &str)> {
@@ -59,9 +68,11 @@ async fn a_credit_pays_the_riders_arrears_before_any_is_paid_out() {
     let m = Money::start().await;
     let rider = m.rider(531, 100).await;
     let client = m.h.client();
-    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
-    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
-    assert_eq!(outcomes(&m.settle().await), [(900, "declined")], "the open entry at the maximum fare");
+    assert_eq!(
+        outcomes(&entry_left_open(&m, &rider, &client).await),
+        [(900, "declined")],
+        "the open entry at the maximum fare"
+    );
     let owing = m.h.server.accounts().account(531).await.expect("account");
     assert_eq!((owing.state, owing.arrears_cents), (AccountState::InArrears, 900));
 
@@ -92,9 +103,7 @@ async fn a_credit_larger_than_the_arrears_clears_them_and_pays_out_the_rest() {
     let m = Money::start().await;
     let rider = m.rider(532, 1_000).await;
     let client = m.h.client();
-    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
-    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
-    assert_eq!(outcomes(&m.settle().await), [(900, "succeeded")]);
+    assert_eq!(outcomes(&entry_left_open(&m, &rider, &client).await), [(900, "succeeded")]);
     let bus = opened(&rider, 2, T0_MS + 30 * MINUTE, TapKind::Single, "bus-99");
     client.push(&batch("depot-1", 2, vec![bus])).await.expect("ack");
     assert_eq!(outcomes(&m.settle().await), [(300, "declined"), (900, "succeeded")], "100 left cannot pay 300");
@@ -154,9 +163,7 @@ async fn two_credits_of_one_card_in_one_round_net_what_is_left_and_pay_the_rest(
     let m = Money::start().await;
     let rider = m.rider(536, 1_800).await;
     let client = m.h.client();
-    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
-    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
-    assert_eq!(outcomes(&m.settle().await), [(900, "succeeded")]);
+    assert_eq!(outcomes(&entry_left_open(&m, &rider, &client).await), [(900, "succeeded")]);
     m.h.clock.set(T0_MS + DAY + MINUTE);
     let entry = opened(&rider, 2, T0_MS + DAY, TapKind::Entry, "station-01");
     client.push(&batch("depot-1", 2, vec![entry])).await.expect("ack");
@@ -195,9 +202,7 @@ async fn a_credit_nets_only_what_a_payment_of_the_arrears_still_out_leaves_owed(
     let m = Money::start().await;
     let rider = m.rider(537, 100).await;
     let client = m.h.client();
-    client.push(&batch("depot-1", 1, vec![opened(&rider, 1, T0_MS, TapKind::Entry, "station-01")])).await.expect("ack");
-    m.h.clock.set(T0_MS + 3 * 60 * MINUTE + MINUTE);
-    assert_eq!(outcomes(&m.settle().await), [(900, "declined")]);
+    assert_eq!(outcomes(&entry_left_open(&m, &rider, &client).await), [(900, "declined")]);
     m.control.top_up("payer-537", 800, "topup-537-1").await.expect("top up");
     m.control.set_faults(SimFaults { drop_answer_every: 1, ..SimFaults::default() }).await.expect("faults");
     m.h.server.accounts().pay_arrears(537).await.expect_err("the answer was lost");

@@ -290,6 +290,20 @@ fn wait_at_most(mut child: std::process::Child, limit: Duration) -> std::process
     child.wait_with_output().expect("output")
 }
 
+/// A data dir for the simulator beside the harness's server: keys of its
+/// own, and the server's certificate where `simulate` looks for it.
+fn simulator_data_dir(h: &Harness, config: &Config) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    farestream::keystore::Keystore::open_or_create(
+        dir.path(),
+        farestream::keystore::KeystoreOptions::from_config(config),
+    )
+    .expect("keys");
+    std::fs::create_dir_all(dir.path().join("tls")).expect("tls dir");
+    std::fs::write(dir.path().join("tls").join("cert.der"), &h.identity.cert).expect("the server's certificate");
+    dir
+}
+
 /// Issue 17 item 16: with `server.connections_max = 1` the simulator's
 /// reachability probe held the only connection, and its gateways were
 /// refused until the probe's idle timeout.
@@ -303,15 +317,7 @@ async fn the_simulators_probe_gives_its_connection_back() {
     config.gateway.retry_attempts_max = 4;
     config.gateway.retry_backoff_ms_max = 200;
     let h = Harness::start_with(config.clone()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    farestream::keystore::Keystore::open_or_create(
-        dir.path(),
-        farestream::keystore::KeystoreOptions::from_config(&config),
-    )
-    .expect("keys");
-    let certs = dir.path().join("tls");
-    std::fs::create_dir_all(&certs).expect("tls dir");
-    std::fs::write(certs.join("cert.der"), &h.identity.cert).expect("the server's certificate");
+    let dir = simulator_data_dir(&h, &config);
     farestream::sim::load::reach_server(dir.path(), &config, h.server.local_addr()).await.expect("reachable");
     let rider = h.rider(44);
     let scan = record("gate-1", 1, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1));
@@ -330,14 +336,7 @@ async fn a_simulation_whose_server_dies_stops_and_says_so() {
     config.gateway.retry_attempts_max = 3;
     config.gateway.retry_backoff_ms_max = 200;
     let h = Harness::start_with(config.clone()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    farestream::keystore::Keystore::open_or_create(
-        dir.path(),
-        farestream::keystore::KeystoreOptions::from_config(&config),
-    )
-    .expect("keys");
-    std::fs::create_dir_all(dir.path().join("tls")).expect("tls dir");
-    std::fs::write(dir.path().join("tls").join("cert.der"), &h.identity.cert).expect("the server's certificate");
+    let dir = simulator_data_dir(&h, &config);
     let spec = farestream::sim::CitySpec {
         riders: 400,
         gateways: 3,

@@ -109,6 +109,33 @@ pub fn id_from_archive(value: i64) -> u64 {
     value as u64
 }
 
+impl ArchivedScan {
+    /// A row with every field empty: what a reader fills in column by
+    /// column, and a base for tests.
+    pub fn blank() -> ArchivedScan {
+        ArchivedScan {
+            scan_id: [0; 16],
+            gateway_id: std::sync::Arc::from(""),
+            validator_id: String::new(),
+            validator_seq: 0,
+            route_id: String::new(),
+            stop_id: String::new(),
+            tap_kind: None,
+            card_id: None,
+            issuer_key_id: None,
+            code_created_at: None,
+            code_counter: None,
+            scanned_at: 0,
+            received_at: 0,
+            status: ScanStatus::Malformed,
+            reason: None,
+            service_date: chrono::NaiveDate::default(),
+            gate_opened: None,
+            deny_list_version: None,
+        }
+    }
+}
+
 /// One archive row: a scan as received, with the server's verdict. Fields
 /// taken from the ride code (`card_id`, `issuer_key_id`, `code_*`) are set
 /// whenever the code decoded, even when a check failed: an analyst looking

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 
 use crate::charges::{ChargeKind, ChargeRecord};
-use crate::scan::{id_from_archive, id_to_archive};
+use crate::scan::id_to_archive;
 
 fn time() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -117,7 +117,7 @@ pub fn charges_from_record_batch(
         let decided = column("decided_at").as_primitive::<TimestampMillisecondType>();
         rows.push(ChargeRecord {
             charge_id: id(&text("charge_id", i).ok_or_else(|| bad(i, "null charge_id"))?, i)?,
-            card_id: card_id(column("card_id"), i)?,
+            card_id: super::schema::id_at(column("card_id").as_ref(), i),
             service_date,
             kind,
             amount_cents: column("amount_cents").as_primitive::<Int64Type>().value(i),
@@ -131,14 +131,6 @@ pub fn charges_from_record_batch(
         });
     }
     Ok(rows)
-}
-
-/// Row `i` of the `card_id` column, signed or (older files) unsigned.
-fn card_id(array: &ArrayRef, i: usize) -> Result<u64, ArrowError> {
-    match array.data_type() {
-        DataType::UInt64 => Ok(array.as_primitive::<UInt64Type>().value(i)),
-        _ => Ok(id_from_archive(array.as_primitive::<Int64Type>().value(i))),
-    }
 }
 
 #[cfg(test)]

@@ -238,6 +238,16 @@ const COLUMNS: &[Column] = &[
     ),
 ];
 
+/// Row `i` of an id column: `Int64` as written ([`id_from_archive`]), or
+/// `UInt64` in a file from before ids were signed. The caller has checked
+/// the column is one of the two and the row is not null.
+pub(crate) fn id_at(array: &dyn Array, i: usize) -> u64 {
+    match array.data_type() {
+        DataType::UInt64 => array.as_primitive::<UInt64Type>().value(i),
+        _ => id_from_archive(array.as_primitive::<Int64Type>().value(i)),
+    }
+}
+
 impl Values {
     fn data_type(&self) -> DataType {
         match self {
@@ -291,13 +301,7 @@ impl Values {
                     let strings = array.as_string::<i32>();
                     at(i, set(row, (!null).then(|| strings.value(i))))?
                 }
-                Values::Id(_, set) => {
-                    let value = match array.data_type() {
-                        DataType::UInt64 => (!null).then(|| array.as_primitive::<UInt64Type>().value(i)),
-                        _ => (!null).then(|| id_from_archive(array.as_primitive::<Int64Type>().value(i))),
-                    };
-                    at(i, set(row, value))?
-                }
+                Values::Id(_, set) => at(i, set(row, (!null).then(|| id_at(array, i))))?,
                 Values::U32(_, set) => at(i, set(row, (!null).then(|| array.as_primitive::<UInt32Type>().value(i))))?,
                 Values::Time(_, set) => {
                     at(i, set(row, (!null).then(|| array.as_primitive::<TimestampMillisecondType>().value(i))))?
@@ -327,7 +331,7 @@ pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError>
 /// The service date is the partition's (`service_date=…` in the path), as
 /// every Hive reader takes it: the files do not repeat it.
 pub fn from_record_batch(batch: &RecordBatch, service_date: NaiveDate) -> Result<Vec<ArchivedScan>, ArrowError> {
-    let mut rows = vec![ArchivedScan { service_date, ..blank_row() }; batch.num_rows()];
+    let mut rows = vec![ArchivedScan { service_date, ..ArchivedScan::blank() }; batch.num_rows()];
     for column in COLUMNS {
         let array = batch
             .column_by_name(column.name)
@@ -347,30 +351,6 @@ pub fn from_record_batch(batch: &RecordBatch, service_date: NaiveDate) -> Result
             .map_err(|(row, why)| ArrowError::ParseError(format!("row {row}: bad {}: {why}", column.name)))?;
     }
     Ok(rows)
-}
-
-/// A row every column of [`COLUMNS`] overwrites when it is read.
-fn blank_row() -> ArchivedScan {
-    ArchivedScan {
-        scan_id: [0; 16],
-        gateway_id: Arc::from(""),
-        validator_id: String::new(),
-        validator_seq: 0,
-        route_id: String::new(),
-        stop_id: String::new(),
-        tap_kind: None,
-        card_id: None,
-        issuer_key_id: None,
-        code_created_at: None,
-        code_counter: None,
-        scanned_at: 0,
-        received_at: 0,
-        status: ScanStatus::Malformed,
-        reason: None,
-        service_date: chrono::NaiveDate::default(),
-        gate_opened: None,
-        deny_list_version: None,
-    }
 }
 
 #[cfg(test)]
@@ -411,7 +391,7 @@ mod tests {
             deny_list_version: Some(u64::MAX),
         };
         let date = full.service_date;
-        let sparse = ArchivedScan { reason: None, service_date: date, ..blank_row() };
+        let sparse = ArchivedScan { reason: None, service_date: date, ..ArchivedScan::blank() };
         let rows = vec![full, sparse];
         assert_eq!(from_record_batch(&to_record_batch(&rows).expect("batch"), date).expect("rows"), rows);
         assert!(scan_schema().field_with_name("service_date").is_err(), "the partition carries it, not the file");
@@ -426,7 +406,7 @@ mod tests {
             let field = scan_schema().field_with_name(name).expect("column").clone();
             assert_eq!(field.data_type(), &DataType::Int64, "{name}");
         }
-        let row = ArchivedScan { card_id: Some(crate::scan::ID_MAX), validator_seq: 12, ..blank_row() };
+        let row = ArchivedScan { card_id: Some(crate::scan::ID_MAX), validator_seq: 12, ..ArchivedScan::blank() };
         let batch = to_record_batch(std::slice::from_ref(&row)).expect("batch");
         let legacy_fields: Vec<Field> = scan_schema()
             .fields()
@@ -454,7 +434,7 @@ mod tests {
 
         // A card id issued before ids were kept within 2^63 - 1: the same 64
         // bits, negative in the signed column, and back exactly.
-        let legacy_card = ArchivedScan { card_id: Some(u64::MAX - 4), ..blank_row() };
+        let legacy_card = ArchivedScan { card_id: Some(u64::MAX - 4), ..ArchivedScan::blank() };
         let batch = to_record_batch(std::slice::from_ref(&legacy_card)).expect("batch");
         let card = batch.schema().index_of("card_id").expect("card_id");
         assert_eq!(batch.column(card).as_primitive::<Int64Type>().value(0), -5);
@@ -463,7 +443,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_column_and_row() {
-        let mut batch = to_record_batch(&[blank_row(), blank_row()]).expect("batch");
+        let mut batch = to_record_batch(&[ArchivedScan::blank(), ArchivedScan::blank()]).expect("batch");
         let mut columns = batch.columns().to_vec();
         let status = COLUMNS.iter().position(|c| c.name == "status").expect("status column");
         columns[status] = Arc::new(arrow_array::StringArray::from(vec!["accepted", "teleported"]));

@@ -126,26 +126,7 @@ mod tests {
     use super::*;
 
     fn row(n: u8, status: ScanStatus) -> ArchivedScan {
-        ArchivedScan {
-            scan_id: [n; 16],
-            gateway_id: "depot-1".into(),
-            validator_id: "v-1".into(),
-            validator_seq: u64::from(n),
-            route_id: String::new(),
-            stop_id: String::new(),
-            tap_kind: None,
-            card_id: None,
-            issuer_key_id: None,
-            code_created_at: None,
-            code_counter: None,
-            scanned_at: 0,
-            received_at: 0,
-            status,
-            reason: None,
-            gate_opened: None,
-            deny_list_version: None,
-            service_date: chrono::NaiveDate::MIN,
-        }
+        ArchivedScan { scan_id: [n; 16], status, ..ArchivedScan::blank() }
     }
 
     fn acked(scans: &[(u8, ScanStatus)]) -> AckedScans {

@@ -363,10 +363,7 @@ pub fn pay_arrears(
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
     let left = before.arrears_cents.saturating_sub(paid_cents);
-    let state = match before.state {
-        AccountState::InArrears if left <= 0 => AccountState::Active,
-        other => other,
-    };
+    let state = state_once_paid(before.state, left);
     let after =
         change(tx, &before, state, left.max(0), ("arrears_paid", -paid_cents.min(before.arrears_cents), cause), now)?;
     if left < 0 {
@@ -393,11 +390,16 @@ pub fn net_credit(
         before.arrears_cents
     );
     let left = before.arrears_cents - credit_cents;
-    let state = match before.state {
-        AccountState::InArrears if left == 0 => AccountState::Active,
+    change(tx, &before, state_once_paid(before.state, left), left, ("arrears_netted", -credit_cents, cause), now)
+}
+
+/// An in-arrears card rides again once nothing is `left` owed; any other
+/// state stays (a refund-pending card stays pending).
+fn state_once_paid(state: AccountState, left: i64) -> AccountState {
+    match state {
+        AccountState::InArrears if left <= 0 => AccountState::Active,
         other => other,
-    };
-    change(tx, &before, state, left, ("arrears_netted", -credit_cents, cause), now)
+    }
 }
 
 /// The one place state and arrears change: the deny list follows them
