@@ -111,7 +111,7 @@ pub async fn after_the_day(
     }
     let accounts = server.accounts();
     let days_later = accounts.clock.now_ms().saturating_add(accounts.rides_arrive_within_ms).saturating_add(DAY_MS * 2);
-    let refunds = accounts.process_refunds_as_of(days_later).await?;
+    let refunds = server.refund_pass_as_of(days_later).await?;
     after.refunds_closed = refunds.closed.len() as u64;
     after.refunds_held_owing = refunds.owing.len() as u64;
     after.refunds_failed = refunds.failed.len() as u64;

@@ -9,6 +9,7 @@ use farestream::keystore::ExportedKey;
 use farestream::money::accounts::AccountState;
 use farestream::ridecode::{Credential, IssuerSigningKey, RideCode, UserKey};
 use farestream::scan::TapKind;
+use farestream::server::ServerError;
 use serde_json::{Value, json};
 
 use crate::money::{MINUTE, Money, tap};
@@ -315,6 +316,56 @@ async fn a_refund_waits_for_the_last_ride_nets_arrears_and_the_rider_may_return(
     let (_, view) = app.call("GET", &format!("/v1/cards/{again}"), Some(&token), None).await;
     assert_eq!(view["agreement_id"].as_str(), Some(format!("agr-{again}-2").as_str()), "a new agreement: {view}");
     app.keys(again, &token).await;
+    app.api.stop().await;
+}
+
+/// Issue 17 item 4: the refund pass prices every ride acked before it. A
+/// ride still in the log when the pass comes (the pricer fell behind: a
+/// backlog after a restart, a store that refused a write) holds the
+/// close; once priced, the rider pays for it exactly once and the rest of
+/// the deposit goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_pass_waits_for_rides_the_pricer_has_not_reached() {
+    let app = App::start().await;
+    let (card, token) = app.register("+8613800000040").await;
+    app.activate(card, &token, 5_000).await;
+    let rider = app.keys(card, &token).await;
+    let issued = app.m.h.clock.now_ms();
+    app.m.h.clock.set(issued + 10 * MINUTE);
+    app.m.h.faults.set_pricing_stalled(true);
+    let ride = vec![tap(&rider, 1, issued + 5 * MINUTE, TapKind::Single, "bus-99")];
+    app.m.h.client().push(&batch("depot-1", 1, ride)).await.expect("acked while the pricer is stalled");
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(&token), None).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    let due = i64::from(rider.credential.claims.valid_until) * 1_000 + 3 * 86_400_000 + 30_000;
+    let server = &app.m.h.server;
+    let waited = server.refund_pass_as_of(due).await;
+    assert!(matches!(waited, Err(ServerError::PricingBehind(_))), "{waited:?}");
+    let accounts = server.accounts();
+    assert_eq!(accounts.account(card).await.expect("account").state, AccountState::RefundPending);
+
+    app.m.h.faults.set_pricing_stalled(false);
+    let mut closed = Vec::new();
+    for _ in 0..200 {
+        closed = server.refund_pass_as_of(due).await.expect("the pricer caught up").closed;
+        if !closed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(closed, vec![card], "closed once the ride was decided");
+    let payer = format!("payer-{card}");
+    let ledger = app.m.control.ledger().await.expect("ledger");
+    let paid: i64 = ledger
+        .iter()
+        .filter(|e| e.payment_user_id == payer && e.outcome == "succeeded")
+        .map(|e| match e.kind.as_str() {
+            "debit" => e.amount_cents as i64,
+            "credit" => -(e.amount_cents as i64),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(paid, 300, "the ride's fare, once: {ledger:?}");
     app.api.stop().await;
 }
 

@@ -8,7 +8,8 @@
 //!   the ride's first tap, so pricing the same taps again (a replay of the
 //!   log after a crash) derives the same id and the store refuses the copy.
 //! - A ride is charged what its fare leaves room for under the day's total:
-//!   a ride uploaded late into a capped day costs nothing more.
+//!   a ride uploaded late into a capped day costs nothing more. An
+//!   incomplete trip is charged its whole maximum fare on its own tap.
 //! - When later taps change what earlier charges were worth (an exit
 //!   arrives for an entry already charged the maximum fare; a late tap
 //!   moves the cap), one *adjustment* charge, possibly negative (a credit),
@@ -24,7 +25,7 @@ use chrono::NaiveDate;
 use ring::digest;
 
 use crate::clock::UnixMillis;
-use crate::fares::{Cents, PricedDay};
+use crate::fares::{Cents, PricedDay, PricedRide};
 use crate::service_day::days_since_epoch;
 
 /// A charge's id: also the payment gateway's idempotency key.
@@ -251,18 +252,31 @@ pub struct Charge {
 /// day) to what `priced` says the day costs.
 pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec<Charge> {
     let total = signed(priced.charged);
-    let mut charged: SignedCents = issued.iter().fold(0, |sum, c| sum.saturating_add(c.amount_cents));
     let keys: HashSet<[u8; 16]> = issued.iter().filter_map(|c| c.ride_key).collect();
+    let is_new = |ride: &&PricedRide| ride.scan_ids.first().is_some_and(|key| !keys.contains(key));
+    // An incomplete trip is charged its whole maximum fare on its own tap,
+    // whatever was charged before it arrived (it is outside the cap, so it
+    // takes nothing from another ride): the tap the rider left open carries
+    // the blame. What earlier charges over-asked goes back in the
+    // adjustment below.
+    let new_max_fares = priced.rides.iter().filter(is_new).filter(|r| !r.kind.capped());
+    let mut charged: SignedCents = issued
+        .iter()
+        .map(|c| c.amount_cents)
+        .chain(new_max_fares.map(|r| signed(r.charged)))
+        .fold(0, SignedCents::saturating_add);
     let mut covered: HashSet<[u8; 16]> = issued.iter().flat_map(|c| c.scan_ids.iter().copied()).collect();
     let mut planned = Vec::new();
-    for ride in &priced.rides {
+    for ride in priced.rides.iter().filter(is_new) {
         let Some(&key) = ride.scan_ids.first() else { continue };
-        if keys.contains(&key) {
-            continue;
-        }
-        let room = total.saturating_sub(charged).max(0);
-        let amount = signed(ride.charged).min(room);
-        let kind = if ride.kind.capped() { ChargeKind::Ride } else { ChargeKind::MaxFare };
+        let (kind, amount) = if ride.kind.capped() {
+            let room = total.saturating_sub(charged).max(0);
+            let amount = signed(ride.charged).min(room);
+            charged = charged.saturating_add(amount);
+            (ChargeKind::Ride, amount)
+        } else {
+            (ChargeKind::MaxFare, signed(ride.charged))
+        };
         // A tap an earlier charge priced (an exit charged alone before its
         // entry arrived) stays with that charge.
         let scan_ids = ride.scan_ids.iter().copied().filter(|id| covered.insert(*id)).collect();
@@ -273,7 +287,6 @@ pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec
             amount_cents: amount,
             scan_ids,
         });
-        charged = charged.saturating_add(amount);
     }
     let uncovered: Vec<[u8; 16]> =
         priced.rides.iter().flat_map(|r| &r.scan_ids).filter(|id| !covered.contains(*id)).copied().collect();
@@ -447,6 +460,26 @@ mod tests {
     }
 
     #[test]
+    fn an_incomplete_trip_carries_its_own_maximum_fare_whatever_came_first() {
+        // The rider entered at 0 and never tapped out, then rode 10 to 30.
+        // The exit's validator uploaded first: alone, it was an exit with
+        // no entry, charged the maximum fare.
+        let (open, entry, exit) =
+            (tap(1, 0, TapKind::Entry, "a"), tap(2, 10, TapKind::Entry, "a"), tap(3, 30, TapKind::Exit, "c"));
+        let mut issued = Vec::new();
+        assert_eq!(amounts(&pass(std::slice::from_ref(&exit), 40 * MINUTE, &mut issued)), [(ChargeKind::MaxFare, 900)]);
+        let later = pass(&[open, entry, exit], 10 * WINDOW, &mut issued);
+        // The entry left open pays the maximum fare, not the trip's exit;
+        // the exit's maximum fare comes back less the trip's 500.
+        assert_eq!(
+            amounts(&later),
+            [(ChargeKind::MaxFare, 900), (ChargeKind::Ride, 0), (ChargeKind::Adjustment, -400)]
+        );
+        assert_eq!((later[0].scan_ids.clone(), later[1].scan_ids.clone()), (vec![[1; 16]], vec![[2; 16]]));
+        assert_eq!(issued.iter().map(|c| c.amount_cents).sum::<SignedCents>(), 900 + 500);
+    }
+
+    #[test]
     fn a_late_ride_into_a_capped_day_costs_nothing_more() {
         let later: Vec<Tap> = (0..5).map(|n| tap(n + 10, 60 + i64::from(n), TapKind::Single, "x")).collect();
         let mut issued = Vec::new();
@@ -610,6 +643,8 @@ mod tests {
             proptest::prop_assert_eq!(priced, every, "each tap in exactly one charge");
             let ids: HashSet<ChargeId> = issued.iter().map(|c| c.id).collect();
             proptest::prop_assert_eq!(ids.len(), issued.len());
+            let mut max_fares = issued.iter().filter(|c| c.kind == ChargeKind::MaxFare);
+            proptest::prop_assert!(max_fares.all(|c| c.amount_cents == 900), "a maximum fare is whole: {:?}", amounts(&issued));
         }
 
         /// The same across the service-day boundary, the way the pricer
@@ -645,6 +680,8 @@ mod tests {
                 let mut own: Vec<[u8; 16]> = shell.taps[d].iter().map(|t| t.scan_id).collect();
                 own.sort_unstable();
                 proptest::prop_assert_eq!(listed, own, "each tap in exactly one charge of its day");
+                let mut max_fares = shell.issued[d].iter().filter(|c| c.kind == ChargeKind::MaxFare);
+                proptest::prop_assert!(max_fares.all(|c| c.amount_cents == 900), "a maximum fare is whole");
             }
             // As one continuous stream (each ride on the day it began, the
             // cap per day), which is what a trip across the boundary costs.

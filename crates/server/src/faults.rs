@@ -16,6 +16,9 @@ pub struct Faults {
     fsync_fails: AtomicBool,
     rename_fails: AtomicBool,
     disk_full: AtomicBool,
+    /// Every pricing pass fails while on, as a money store that cannot be
+    /// written would make it: the pricer falls behind the log.
+    pricing_stalled: AtomicBool,
     /// Milliseconds the next commit holds the commit gate before it
     /// panics; 0 when off.
     commit_panic_hold_ms: AtomicU64,
@@ -36,6 +39,18 @@ impl Faults {
 
     pub fn set_disk_full(&self, on: bool) {
         self.disk_full.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_pricing_stalled(&self, on: bool) {
+        self.pricing_stalled.store(on, Ordering::Relaxed);
+    }
+
+    /// Call before each pricing pass.
+    pub fn before_pricing(&self) -> io::Result<()> {
+        if self.pricing_stalled.load(Ordering::Relaxed) {
+            return Err(io::Error::other("injected: pricing stalled"));
+        }
+        Ok(())
     }
 
     /// The next batch to commit holds the commit gate for `hold`, then

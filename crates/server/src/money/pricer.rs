@@ -25,6 +25,7 @@ use super::pricing::{Priced, entries_closing_by, price_closed_entries, price_row
 use super::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
 use crate::clock::Clock;
 use crate::fares::FareTable;
+use crate::faults::Faults;
 use crate::journal;
 use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
 use crate::sync::lock;
@@ -103,6 +104,7 @@ impl Pricer {
         clock: Arc<dyn Clock>,
         readers: Arc<LogReaders>,
         charges_written: Arc<Notify>,
+        faults: Arc<Faults>,
     ) -> Pricer {
         readers.advance(start_lsn);
         let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
@@ -114,6 +116,7 @@ impl Pricer {
             clock,
             readers,
             charges_written,
+            faults,
             status: Arc::clone(&status),
         };
         Pricer { handle: ReaderHandle::spawn("pricer", status, move |commands| state.run(commands)) }
@@ -143,6 +146,7 @@ struct State {
     clock: Arc<dyn Clock>,
     readers: Arc<LogReaders>,
     charges_written: Arc<Notify>,
+    faults: Arc<Faults>,
     status: Arc<Mutex<PricerStatus>>,
 }
 
@@ -191,6 +195,7 @@ impl State {
     }
 
     fn step(&mut self) -> Result<(), StepError> {
+        self.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;
         let durable = self.progress.borrow().durable_lsn;
         while self.cursor.lsn() < durable {
             let records = self.cursor.read_next(durable).map_err(|e| StepError::Log(e.to_string()))?;

@@ -48,7 +48,7 @@ pub use settings::{GatewaySettings, MoneySettings, ServerSettings};
 
 use connections::accept_loop;
 use housekeeping::housekeeping;
-use money::{charges_archive_job, open_money_store, refund_job, start_money};
+use money::{charges_archive_job, open_money_store, refund_job, refund_pass, start_money};
 use recovery::{probe_writable, recover};
 
 use crate::archive::charges::ChargesArchive;
@@ -58,10 +58,11 @@ use crate::clock::Clock;
 use crate::data_dir_lock::DataDirLock;
 use crate::fair::FairTurns;
 use crate::ingest::{ChunkSizer, Pipeline};
-use crate::money::{AccountService, Pricer, PricerStatus};
+use crate::money::{AccountService, Pricer, PricerStatus, RefundReport};
 use crate::tls::{ServerIdentity, TlsError};
 use crate::wal::WalError;
 use crate::wal::committer::{CommitHandle, Committer, Progress};
+use farestream_core::clock::UnixMillis;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -75,6 +76,10 @@ pub enum ServerError {
     Wal(#[from] WalError),
     #[error("recovery: {0}")]
     Recovery(String),
+    #[error("the pricer has not caught up with the log: {0}")]
+    PricingBehind(String),
+    #[error(transparent)]
+    Refunds(#[from] crate::money::ServiceError),
     #[error("{path} is not writable: {source}")]
     NotWritable { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -329,6 +334,12 @@ impl Server {
             .await
             .map_err(|e| ServerError::Recovery(format!("charges archive panicked: {e}")))?
             .map_err(|e| ServerError::Recovery(e.to_string()))
+    }
+
+    /// One pass of the refund job as if run at `now` (the demo's "three
+    /// days later"): every ride acknowledged so far is priced first.
+    pub async fn refund_pass_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServerError> {
+        refund_pass(&self.accounts, &self.pricer, now).await
     }
 
     /// Rider accounts: activation, arrears, the account view.

@@ -12,8 +12,9 @@ use crate::archive::charges::{ChargesArchive, charges_root};
 use crate::clock::Clock;
 use crate::ingest::Pipeline;
 use crate::money::pricer::pricer_start;
-use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer};
+use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer, RefundReport};
 use crate::wal::committer::Progress;
+use farestream_core::clock::UnixMillis;
 
 /// The money side of a running server.
 pub(super) struct Money {
@@ -61,6 +62,7 @@ pub(super) fn start_money(
         Arc::clone(&clock),
         Arc::clone(&settings.archiver.log_readers),
         Arc::clone(&wake),
+        Arc::clone(&settings.faults),
     ));
     let deny_list =
         Arc::new(DenyListHub::load(settings.money.open_store()?, pipeline, settings.deny_list_changes_kept_max)?);
@@ -143,9 +145,8 @@ pub(super) async fn charges_archive_job(
     .await
 }
 
-/// `serve`'s refund job: every `refund_check_interval`, due refunds are
-/// paid back or held (see [`AccountService::process_refunds_as_of`]). An
-/// error is logged and the next pass tries again.
+/// `serve`'s refund job: every `refund_check_interval`, a [`refund_pass`]
+/// at the clock's time. An error is logged and the next pass tries again.
 pub(super) async fn refund_job(
     accounts: AccountService,
     pricer: Arc<Pricer>,
@@ -153,18 +154,25 @@ pub(super) async fn refund_job(
     stop: tokio_util::sync::CancellationToken,
 ) {
     every(interval, stop, || async {
-        // Every ride acked before this pass is priced first: a ride still
-        // in the log (a backlog after a restart) would otherwise be charged
-        // after the deposit went back and the agreement ended.
-        if let Err(error) = pricer.flush().await {
-            tracing::warn!(%error, "refund job waits: the pricer has not caught up with the log");
-            return;
-        }
-        match accounts.process_refunds().await {
+        match refund_pass(&accounts, &pricer, accounts.clock.now_ms()).await {
             Ok(report) if report != Default::default() => tracing::info!(?report, "refund job"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "refund job failed; trying again next pass"),
         }
     })
     .await
+}
+
+/// Pays back or holds the refunds due at `now` (see
+/// [`AccountService::process_refunds_as_of`]), once every ride acked
+/// before the pass is priced: a ride still in the log (a backlog after a
+/// restart, a store that refused a write) would otherwise be charged
+/// after the deposit went back and the agreement ended.
+pub(super) async fn refund_pass(
+    accounts: &AccountService,
+    pricer: &Pricer,
+    now: UnixMillis,
+) -> Result<RefundReport, ServerError> {
+    pricer.flush().await.map_err(ServerError::PricingBehind)?;
+    accounts.process_refunds_as_of(now).await.map_err(ServerError::Refunds)
 }
