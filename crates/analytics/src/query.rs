@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use datafusion::error::DataFusionError;
 
@@ -149,6 +150,29 @@ fn output(e: &dyn std::fmt::Display) -> QueryError {
     QueryError::Output(e.to_string())
 }
 
+/// JSON numbers lose digits above 2^53 in most readers (JavaScript,
+/// `jq`), and card ids go up to 2^63 − 1: a 64-bit integer column named
+/// `*_id` is written as a string, as the account API writes `card_id`.
+fn ids_as_strings(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    let schema = batch.schema();
+    let is_id = |f: &Field| f.name().ends_with("_id") && matches!(f.data_type(), DataType::Int64 | DataType::UInt64);
+    if !schema.fields().iter().any(|f| is_id(f)) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if is_id(field) {
+            fields.push(Field::new(field.name(), DataType::Utf8, field.is_nullable()));
+            columns.push(cast(column, &DataType::Utf8).map_err(|e| output(&e))?);
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).map_err(|e| output(&e))
+}
+
 /// A writer of one of the streaming formats.
 enum BatchWriter<'a> {
     Csv(datafusion::arrow::csv::Writer<&'a mut (dyn Write + Send)>),
@@ -179,7 +203,7 @@ impl<'a> BatchWriter<'a> {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
         match self {
             BatchWriter::Csv(w) => w.write(batch).map_err(|e| output(&e)),
-            BatchWriter::Json(w) => w.write(batch).map_err(|e| output(&e)),
+            BatchWriter::Json(w) => w.write(&ids_as_strings(batch)?).map_err(|e| output(&e)),
             BatchWriter::Parquet(w) => w.write(batch).map_err(|e| output(&e)),
         }
     }
