@@ -319,6 +319,51 @@ async fn a_refund_waits_for_the_last_ride_nets_arrears_and_the_rider_may_return(
     app.api.stop().await;
 }
 
+/// A rider with `balance` beyond the deposit and a day's keys, the clock
+/// ten minutes past the keys: the card, its session, its keys and when
+/// they were issued.
+async fn rider_with_keys(app: &App, phone: &str, balance: u64) -> (u64, String, TestRider, i64) {
+    let (card, token) = app.register(phone).await;
+    app.activate(card, &token, balance).await;
+    let rider = app.keys(card, &token).await;
+    let issued = app.m.h.clock.now_ms();
+    app.m.h.clock.set(issued + 10 * MINUTE);
+    (card, token, rider, issued)
+}
+
+/// When `rider`'s refund is due: its keys' end plus the accepted lateness.
+fn refund_due(app: &App, rider: &TestRider) -> i64 {
+    i64::from(rider.credential.claims.valid_until) * 1_000 + app.m.h.server.accounts().rides_arrive_within_ms
+}
+
+/// Runs refund passes at `due` until `card` closes.
+async fn refund_passes_until_closed(app: &App, card: u64, due: i64) {
+    for _ in 0..200 {
+        match app.m.h.server.refund_pass_as_of(due).await {
+            Ok(report) if report.closed == vec![card] => return,
+            Ok(_) | Err(ServerError::PricingBehind(_)) => {}
+            Err(error) => panic!("refund pass: {error}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("card {card} never closed");
+}
+
+/// What `card`'s payer paid in all, at the gateway: debits less credits.
+async fn paid_in_all(app: &App, card: u64) -> i64 {
+    let payer = format!("payer-{card}");
+    let ledger = app.m.control.ledger().await.expect("ledger");
+    ledger
+        .iter()
+        .filter(|e| e.payment_user_id == payer && e.outcome == "succeeded")
+        .map(|e| match e.kind.as_str() {
+            "debit" => e.amount_cents as i64,
+            "credit" => -(e.amount_cents as i64),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Issue 17 item 4: the refund pass prices every ride acked before it. A
 /// ride still in the log when the pass comes (the pricer fell behind: a
 /// backlog after a restart, a store that refused a write) holds the
@@ -327,45 +372,21 @@ async fn a_refund_waits_for_the_last_ride_nets_arrears_and_the_rider_may_return(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_pass_waits_for_rides_the_pricer_has_not_reached() {
     let app = App::start().await;
-    let (card, token) = app.register("+8613800000040").await;
-    app.activate(card, &token, 5_000).await;
-    let rider = app.keys(card, &token).await;
-    let issued = app.m.h.clock.now_ms();
-    app.m.h.clock.set(issued + 10 * MINUTE);
+    let (card, token, rider, issued) = rider_with_keys(&app, "+8613800000040", 5_000).await;
     app.m.h.faults.set_pricing_stalled(true);
     let ride = vec![tap(&rider, 1, issued + 5 * MINUTE, TapKind::Single, "bus-99")];
     app.m.h.client().push(&batch("depot-1", 1, ride)).await.expect("acked while the pricer is stalled");
     let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(&token), None).await;
     assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
-    let due = i64::from(rider.credential.claims.valid_until) * 1_000 + 3 * 86_400_000 + 30_000;
-    let server = &app.m.h.server;
-    let waited = server.refund_pass_as_of(due).await;
+    let due = refund_due(&app, &rider);
+    let waited = app.m.h.server.refund_pass_as_of(due).await;
     assert!(matches!(waited, Err(ServerError::PricingBehind(_))), "{waited:?}");
-    let accounts = server.accounts();
+    let accounts = app.m.h.server.accounts();
     assert_eq!(accounts.account(card).await.expect("account").state, AccountState::RefundPending);
 
     app.m.h.faults.set_pricing_stalled(false);
-    let mut closed = Vec::new();
-    for _ in 0..200 {
-        closed = server.refund_pass_as_of(due).await.expect("the pricer caught up").closed;
-        if !closed.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(closed, vec![card], "closed once the ride was decided");
-    let payer = format!("payer-{card}");
-    let ledger = app.m.control.ledger().await.expect("ledger");
-    let paid: i64 = ledger
-        .iter()
-        .filter(|e| e.payment_user_id == payer && e.outcome == "succeeded")
-        .map(|e| match e.kind.as_str() {
-            "debit" => e.amount_cents as i64,
-            "credit" => -(e.amount_cents as i64),
-            _ => 0,
-        })
-        .sum();
-    assert_eq!(paid, 300, "the ride's fare, once: {ledger:?}");
+    refund_passes_until_closed(&app, card, due).await;
+    assert_eq!(paid_in_all(&app, card).await, 300, "the ride's fare, once");
     app.api.stop().await;
 }
 

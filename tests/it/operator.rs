@@ -221,12 +221,13 @@ fn query_and_settle_from_the_command_line() {
     let json = farestream(&["--data-dir", data, "query", "--format", "json", sql]);
     assert_eq!(String::from_utf8_lossy(&json.stdout).trim(), r#"{"run":1,"kind":"cut_over","scans":0}"#);
     // Ids as strings: a JSON number above 2^53 loses digits in most readers.
-    let ids = "SELECT CAST(9223372036854775807 AS BIGINT) AS card_id, CAST(-1 AS BIGINT) AS route_id, \
-               CAST(NULL AS BIGINT) AS charge_id, CAST(9007199254740993 AS BIGINT) AS amount_cents";
+    let ids = "SELECT CAST(9223372036854775807 AS BIGINT) AS card_id, CAST(-9223372036854775808 AS BIGINT) AS route_id, \
+               CAST(18446744073709551615 AS BIGINT UNSIGNED) AS scan_id, CAST(NULL AS BIGINT) AS charge_id, \
+               CAST(9007199254740993 AS BIGINT) AS amount_cents";
     let json = farestream(&["--data-dir", data, "query", "--format", "json", ids]);
     assert_eq!(
         String::from_utf8_lossy(&json.stdout).trim(),
-        r#"{"card_id":"9223372036854775807","route_id":"-1","amount_cents":9007199254740993}"#,
+        r#"{"card_id":"9223372036854775807","route_id":"-9223372036854775808","scan_id":"18446744073709551615","amount_cents":9007199254740993}"#,
         "{json:?}"
     );
     let table = farestream(&["--data-dir", data, "query", sql]);

@@ -218,17 +218,13 @@ impl AccountService {
         self.write(move |tx| accounts::keys_issued(tx, card_id, valid_until)).await
     }
 
-    /// The refund job, once, now.
-    pub async fn process_refunds(&self) -> Result<RefundReport, ServiceError> {
-        self.process_refunds_as_of(self.clock.now_ms()).await
-    }
-
-    /// The refund job as if run at `now` (the demo's "three days later"):
-    /// every due refund is paid back and its account closed when nothing
+    /// The refunds due at `now`: every due refund is paid back and its account closed when nothing
     /// is owed or in flight; arrears are set against the deposit first; a
     /// rider who still owes is told to pay (once for each amount) and stays
     /// pending. Each card stands alone: one card's failure is reported and
-    /// the pass goes on.
+    /// the pass goes on. It decides on the rides priced so far: `serve`
+    /// and the demo call it through `Server::refund_pass_as_of`, which
+    /// prices every acked ride first.
     pub async fn process_refunds_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServiceError> {
         let within = self.rides_arrive_within_ms;
         let due = self.read(move |conn| Ok(accounts::refunds_due(conn, now, within)?)).await?;

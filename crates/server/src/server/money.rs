@@ -174,5 +174,5 @@ pub(super) async fn refund_pass(
     now: UnixMillis,
 ) -> Result<RefundReport, ServerError> {
     pricer.flush().await.map_err(ServerError::PricingBehind)?;
-    accounts.process_refunds_as_of(now).await.map_err(ServerError::Refunds)
+    Ok(accounts.process_refunds_as_of(now).await?)
 }
