@@ -10,6 +10,7 @@ use farestream::money::accounts::AccountState;
 use farestream::ridecode::{Credential, IssuerSigningKey, RideCode, UserKey};
 use farestream::scan::TapKind;
 use farestream::server::ServerError;
+use farestream::wal::committer::WalState;
 use serde_json::{Value, json};
 
 use crate::money::{MINUTE, Money, tap};
@@ -387,6 +388,53 @@ async fn a_refund_pass_waits_for_rides_the_pricer_has_not_reached() {
     app.m.h.faults.set_pricing_stalled(false);
     refund_passes_until_closed(&app, card, due).await;
     assert_eq!(paid_in_all(&app, card).await, 300, "the ride's fare, once");
+    app.api.stop().await;
+}
+
+/// The same for a ride received before the pass but not yet in the log
+/// (its record waits for a full disk): the pricer has priced all that is
+/// durable, and the pass still waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_pass_waits_for_rides_received_but_not_yet_logged() {
+    let app = App::start().await;
+    let (card, token, rider, issued) = rider_with_keys(&app, "+8613800000041", 5_000).await;
+    app.m.h.faults.set_disk_full(true);
+    let ride = vec![tap(&rider, 1, issued + 5 * MINUTE, TapKind::Single, "bus-99")];
+    let client = app.m.h.client();
+    let push = tokio::spawn(async move { client.push(&batch("depot-1", 1, ride)).await });
+    let server = &app.m.h.server;
+    while server.wal_progress().state != WalState::DiskFull {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(&token), None).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    let due = refund_due(&app, &rider);
+    let waited = server.refund_pass_as_of(due).await;
+    assert!(matches!(waited, Err(ServerError::PricingBehind(_))), "{waited:?}");
+    assert_eq!(server.accounts().account(card).await.expect("account").state, AccountState::RefundPending);
+
+    app.m.h.faults.set_disk_full(false);
+    let _ = push.await.expect("push task");
+    refund_passes_until_closed(&app, card, due).await;
+    assert_eq!(paid_in_all(&app, card).await, 300, "the ride's fare, once");
+    app.api.stop().await;
+}
+
+/// Two refund passes at one moment (the job and an operator's call) pay
+/// the deposit back once, and neither reports the other's card failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_refund_passes_at_once_return_the_deposit_once_and_fail_nothing() {
+    let app = App::start().await;
+    let (card, token, rider, _) = rider_with_keys(&app, "+8613800000042", 0).await;
+    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(&token), None).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    let due = refund_due(&app, &rider);
+    let server = &app.m.h.server;
+    let (first, second) = tokio::join!(server.refund_pass_as_of(due), server.refund_pass_as_of(due));
+    let (first, second) = (first.expect("first pass"), second.expect("second pass"));
+    assert!(first.failed.is_empty() && second.failed.is_empty(), "{first:?} {second:?}");
+    assert_eq!([first.closed, second.closed].concat(), vec![card], "closed once");
+    assert_eq!(paid_in_all(&app, card).await, 0, "the deposit back, once");
     app.api.stop().await;
 }
 

@@ -63,6 +63,9 @@ pub struct AccountService {
     /// How long after a card's last credential ends its rides may still
     /// arrive (accepted lateness and clock skew): a refund waits that long.
     pub rides_arrive_within_ms: i64,
+    /// Held by a refund pass: two at once (the job and an operator's call)
+    /// would each find the other's card half done and report it failed.
+    refund_pass_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What one pass of the refund job did.
@@ -123,6 +126,7 @@ impl AccountService {
             currency: settings.pricer.fares.currency.clone(),
             notifier: Arc::clone(&settings.notifier),
             rides_arrive_within_ms: i64::try_from(settings.rides_arrive_within.as_millis()).unwrap_or(i64::MAX),
+            refund_pass_turn: Arc::default(),
         })
     }
 
@@ -226,6 +230,7 @@ impl AccountService {
     /// and the demo call it through `Server::refund_pass_as_of`, which
     /// prices every acked ride first.
     pub async fn process_refunds_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServiceError> {
+        let _turn = self.refund_pass_turn.lock().await;
         let within = self.rides_arrive_within_ms;
         let due = self.read(move |conn| Ok(accounts::refunds_due(conn, now, within)?)).await?;
         let mut report = RefundReport::default();

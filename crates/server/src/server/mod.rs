@@ -278,7 +278,9 @@ impl Server {
         }
         let refunds = &shared.settings.money;
         let pricer = Arc::clone(&money.pricer);
-        let job = refund_job(money.accounts.clone(), pricer, refunds.refund_check_interval, shared.shutdown.clone());
+        let arrivals = Arc::clone(&shared.gate) as Arc<dyn Arrivals>;
+        let (interval, stop) = (refunds.refund_check_interval, shared.shutdown.clone());
+        let job = refund_job(money.accounts.clone(), pricer, arrivals, interval, stop);
         spawn_supervised(&shared, "the refund job", job);
         let every = shared.settings.money.charges_archive_interval;
         let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());
@@ -339,7 +341,7 @@ impl Server {
     /// One pass of the refund job as if run at `now` (the demo's "three
     /// days later"): every ride acknowledged so far is priced first.
     pub async fn refund_pass_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServerError> {
-        refund_pass(&self.accounts, &self.pricer, now).await
+        refund_pass(&self.accounts, &self.pricer, self.shared.gate.as_ref(), now).await
     }
 
     /// Rider accounts: activation, arrears, the account view.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::{RecoveryReport, ServerError, ServerSettings};
+use crate::archive::Arrivals;
 use crate::archive::charges::{ChargesArchive, charges_root};
 use crate::clock::Clock;
 use crate::ingest::Pipeline;
@@ -150,11 +151,12 @@ pub(super) async fn charges_archive_job(
 pub(super) async fn refund_job(
     accounts: AccountService,
     pricer: Arc<Pricer>,
+    arrivals: Arc<dyn Arrivals>,
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     every(interval, stop, || async {
-        match refund_pass(&accounts, &pricer, accounts.clock.now_ms()).await {
+        match refund_pass(&accounts, &pricer, arrivals.as_ref(), accounts.clock.now_ms()).await {
             Ok(report) if report != Default::default() => tracing::info!(?report, "refund job"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "refund job failed; trying again next pass"),
@@ -164,15 +166,26 @@ pub(super) async fn refund_job(
 }
 
 /// Pays back or holds the refunds due at `now` (see
-/// [`AccountService::process_refunds_as_of`]), once every ride acked
-/// before the pass is priced: a ride still in the log (a backlog after a
-/// restart, a store that refused a write) would otherwise be charged
-/// after the deposit went back and the agreement ended.
+/// [`AccountService::process_refunds_as_of`]), once every ride received
+/// before the pass is priced: a ride not yet priced (a backlog after a
+/// restart, a store that refused a write, a record still waiting for a
+/// full disk) would otherwise be charged after the deposit went back and
+/// the agreement ended. The lateness check refuses a ride received after
+/// its card's refund is due, so what the mark covers is every ride the
+/// card can still have.
 pub(super) async fn refund_pass(
     accounts: &AccountService,
     pricer: &Pricer,
+    arrivals: &dyn Arrivals,
     now: UnixMillis,
 ) -> Result<RefundReport, ServerError> {
-    pricer.flush().await.map_err(ServerError::PricingBehind)?;
+    let received = arrivals.mark();
+    let priced = pricer.flush().await.map_err(ServerError::PricingBehind)?;
+    if priced < received.lsn {
+        return Err(ServerError::PricingBehind(format!(
+            "rides received before the pass end at log position {}, priced to {priced} (not yet durable)",
+            received.lsn
+        )));
+    }
     Ok(accounts.process_refunds_as_of(now).await?)
 }
