@@ -9,7 +9,7 @@
 fn the_crash_test_loses_and_duplicates_nothing() {
     let kills = std::env::var("CRASH_KILLS").unwrap_or_else(|_| "3".into());
     let output = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crash-test.sh"))
+        .arg(crate::support::repo_file("scripts/crash-test.sh"))
         .env("CRASH_KILLS", &kills)
         .env("FARESTREAM_BIN", env!("CARGO_BIN_EXE_farestream"))
         .output()

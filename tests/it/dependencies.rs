@@ -50,7 +50,9 @@ fn cargo(args: &[&str]) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .args(args)
-        .args(["--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "--offline"])
+        .arg("--manifest-path")
+        .arg(crate::support::repo_file("Cargo.toml"))
+        .arg("--offline")
         .output()
         .expect("running cargo");
     assert!(output.status.success(), "cargo {args:?}: {}", String::from_utf8_lossy(&output.stderr));

@@ -23,9 +23,7 @@ use farestream::wire::{GateDecision, ScanRecord};
 use farestream_analytics::settle::settle_day;
 
 use crate::money::{MINUTE, Money, tap};
-use crate::support::batch;
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read-archives.py");
+use crate::support::{batch, repo_file};
 
 /// Whether `python3` can import what the script needs.
 fn python_has_readers() -> bool {
@@ -40,7 +38,8 @@ fn python_has_readers() -> bool {
 }
 
 fn read_from_outside(data_dir: &Path) -> serde_json::Value {
-    let out = Command::new("python3").arg(SCRIPT).arg(data_dir).output().expect("run python3");
+    let out =
+        Command::new("python3").arg(repo_file("scripts/read-archives.py")).arg(data_dir).output().expect("run python3");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }

@@ -1,6 +1,7 @@
 //! A server in-process on 127.0.0.1:0 with a manual clock, and riders whose
 //! codes the tests make by hand.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use farestream::archive::{read, scans_root};
@@ -147,4 +148,12 @@ pub fn record(validator: &str, seq: u64, at_ms: UnixMillis, tap_kind: TapKind, r
 
 pub fn batch(gateway: &str, seq: u64, scans: Vec<ScanRecord>) -> ScanBatch {
     ScanBatch { gateway_id: gateway.to_string(), batch_seq: seq, scans }
+}
+
+/// A file in this checkout, found where cargo runs the test from (not
+/// where it was compiled: CI reuses one target directory for every clone,
+/// and a test binary built in another clone must not read that clone).
+pub fn repo_file(relative: &str) -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    PathBuf::from(root).join(relative)
 }

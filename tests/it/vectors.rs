@@ -15,7 +15,10 @@ use farestream::ridecode::{
 use farestream::scan::ScanStatus;
 use serde::{Deserialize, Serialize};
 
-const VECTORS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/ride-code-v1.json");
+use crate::support::repo_file;
+
+const VECTORS: &str = "tests/vectors/ride-code-v1.json";
+
 /// RFC 8032 section 7.1, TEST 1 and TEST 2 secret keys: any Ed25519
 /// implementation can rebuild these keys.
 const ISSUER_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
@@ -215,9 +218,9 @@ fn trusted(file: &VectorFile) -> IssuerPublicKeys {
 fn load() -> VectorFile {
     let expected = serde_json::to_string_pretty(&build()).expect("json") + "\n";
     if std::env::var_os("FARESTREAM_WRITE_VECTORS").is_some() {
-        std::fs::write(VECTORS_PATH, &expected).expect("write vectors");
+        std::fs::write(repo_file(VECTORS), &expected).expect("write vectors");
     }
-    let on_disk = std::fs::read_to_string(VECTORS_PATH).expect("tests/vectors/ride-code-v1.json");
+    let on_disk = std::fs::read_to_string(repo_file(VECTORS)).expect("tests/vectors/ride-code-v1.json");
     // Not assert_eq: the whole file in a failure message helps nobody.
     assert!(
         on_disk == expected,
