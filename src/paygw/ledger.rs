@@ -40,6 +40,18 @@ impl Entry {
             succeeded: self.outcome == "succeeded",
         })
     }
+
+    /// What this entry did to its payer's balance: a succeeded top-up or
+    /// credit adds its amount, a succeeded debit takes it away, anything
+    /// else leaves the balance as it was.
+    pub fn balance_change(&self) -> i64 {
+        let amount = i64::try_from(self.amount_cents).unwrap_or(i64::MAX);
+        match (self.outcome.as_str(), self.kind.as_str()) {
+            ("succeeded", "topup" | "credit") => amount,
+            ("succeeded", "debit") => -amount,
+            _ => 0,
+        }
+    }
 }
 
 pub struct Ledger {
@@ -112,14 +124,10 @@ impl Ledger {
     }
 
     fn apply(&mut self, entry: Entry) {
-        let amount = i64::try_from(entry.amount_cents).unwrap_or(i64::MAX);
-        if entry.outcome == "succeeded" {
+        let change = entry.balance_change();
+        if change != 0 {
             let balance = self.balances.entry(entry.payment_user_id.clone()).or_default();
-            match entry.kind.as_str() {
-                "topup" | "credit" => *balance = balance.saturating_add(amount),
-                "debit" => *balance = balance.saturating_sub(amount),
-                _ => {}
-            }
+            *balance = balance.saturating_add(change);
         }
         if entry.kind == "agreement" {
             self.agreements.insert(entry.agreement_id.clone(), entry.payment_user_id.clone());

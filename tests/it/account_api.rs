@@ -84,6 +84,12 @@ impl App {
         assert_eq!((status, body["state"].as_str()), (200, Some("active")), "{body}");
     }
 
+    /// Asks for `card`'s refund; the card is refund-pending at once.
+    async fn request_refund(&self, card: u64, token: &str) {
+        let (status, body) = self.call("POST", &format!("/v1/cards/{card}/refund"), Some(token), None).await;
+        assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    }
+
     /// The day's keys, as a rider the test can make codes for.
     async fn keys(&self, card: u64, token: &str) -> TestRider {
         let (status, body) = self.call("POST", &format!("/v1/cards/{card}/keys"), Some(token), None).await;
@@ -261,8 +267,7 @@ async fn a_refund_waits_for_the_last_ride_nets_arrears_and_the_rider_may_return(
     app.m.settle().await;
     let asked = app.m.h.clock.now_ms();
     for (card, token) in [(paid_up, &paid_token), (owing, &owing_token)] {
-        let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(token), None).await;
-        assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+        app.request_refund(card, token).await;
     }
     assert!(app.m.h.server.deny_list().contains(paid_up), "denied at once, not at the close");
     let (status, body) = app.call("POST", &format!("/v1/cards/{paid_up}/keys"), Some(&paid_token), None).await;
@@ -350,18 +355,23 @@ async fn refund_passes_until_closed(app: &App, card: u64, due: i64) {
     panic!("card {card} never closed");
 }
 
+/// A refund pass at `due` is held back (pricing is behind) and `card`
+/// stays refund-pending.
+async fn assert_refund_pass_held(app: &App, card: u64, due: i64) {
+    let server = &app.m.h.server;
+    let waited = server.refund_pass_as_of(due).await;
+    assert!(matches!(waited, Err(ServerError::PricingBehind(_))), "{waited:?}");
+    assert_eq!(server.accounts().account(card).await.expect("account").state, AccountState::RefundPending);
+}
+
 /// What `card`'s payer paid in all, at the gateway: debits less credits.
 async fn paid_in_all(app: &App, card: u64) -> i64 {
     let payer = format!("payer-{card}");
     let ledger = app.m.control.ledger().await.expect("ledger");
     ledger
         .iter()
-        .filter(|e| e.payment_user_id == payer && e.outcome == "succeeded")
-        .map(|e| match e.kind.as_str() {
-            "debit" => e.amount_cents as i64,
-            "credit" => -(e.amount_cents as i64),
-            _ => 0,
-        })
+        .filter(|e| e.payment_user_id == payer && e.applied_payment().is_some())
+        .map(|e| -e.balance_change())
         .sum()
 }
 
@@ -377,13 +387,9 @@ async fn a_refund_pass_waits_for_rides_the_pricer_has_not_reached() {
     app.m.h.faults.set_pricing_stalled(true);
     let ride = vec![tap(&rider, 1, issued + 5 * MINUTE, TapKind::Single, "bus-99")];
     app.m.h.client().push(&batch("depot-1", 1, ride)).await.expect("acked while the pricer is stalled");
-    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(&token), None).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    app.request_refund(card, &token).await;
     let due = refund_due(&app, &rider);
-    let waited = app.m.h.server.refund_pass_as_of(due).await;
-    assert!(matches!(waited, Err(ServerError::PricingBehind(_))), "{waited:?}");
-    let accounts = app.m.h.server.accounts();
-    assert_eq!(accounts.account(card).await.expect("account").state, AccountState::RefundPending);
+    assert_refund_pass_held(&app, card, due).await;
 
     app.m.h.faults.set_pricing_stalled(false);
     refund_passes_until_closed(&app, card, due).await;
@@ -406,12 +412,9 @@ async fn a_refund_pass_waits_for_rides_received_but_not_yet_logged() {
     while server.wal_progress().state != WalState::DiskFull {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(&token), None).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    app.request_refund(card, &token).await;
     let due = refund_due(&app, &rider);
-    let waited = server.refund_pass_as_of(due).await;
-    assert!(matches!(waited, Err(ServerError::PricingBehind(_))), "{waited:?}");
-    assert_eq!(server.accounts().account(card).await.expect("account").state, AccountState::RefundPending);
+    assert_refund_pass_held(&app, card, due).await;
 
     app.m.h.faults.set_disk_full(false);
     let _ = push.await.expect("push task");
@@ -426,8 +429,7 @@ async fn a_refund_pass_waits_for_rides_received_but_not_yet_logged() {
 async fn two_refund_passes_at_once_return_the_deposit_once_and_fail_nothing() {
     let app = App::start().await;
     let (card, token, rider, _) = rider_with_keys(&app, "+8613800000042", 0).await;
-    let (status, body) = app.call("POST", &format!("/v1/cards/{card}/refund"), Some(&token), None).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("refund_pending")), "{body}");
+    app.request_refund(card, &token).await;
     let due = refund_due(&app, &rider);
     let server = &app.m.h.server;
     let (first, second) = tokio::join!(server.refund_pass_as_of(due), server.refund_pass_as_of(due));

@@ -222,13 +222,14 @@ impl AccountService {
         self.write(move |tx| accounts::keys_issued(tx, card_id, valid_until)).await
     }
 
-    /// The refunds due at `now`: every due refund is paid back and its account closed when nothing
-    /// is owed or in flight; arrears are set against the deposit first; a
-    /// rider who still owes is told to pay (once for each amount) and stays
-    /// pending. Each card stands alone: one card's failure is reported and
-    /// the pass goes on. It decides on the rides priced so far: `serve`
-    /// and the demo call it through `Server::refund_pass_as_of`, which
-    /// prices every acked ride first.
+    /// The refunds due at `now`: every due refund is paid back and its
+    /// account closed when nothing is owed or in flight; arrears are set
+    /// against the deposit first; a rider who still owes is told to pay
+    /// (once for each amount) and stays pending. Each card stands alone:
+    /// one card's failure is reported and the pass goes on. It decides on
+    /// the rides priced so far: `serve` and the demo call it through
+    /// `Server::refund_pass_as_of`, which waits until every ride received
+    /// is priced.
     pub async fn process_refunds_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServiceError> {
         let _turn = self.refund_pass_turn.lock().await;
         let within = self.rides_arrive_within_ms;
