@@ -14,15 +14,13 @@ use farestream::clock::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::GatewayClient;
-use farestream::ingest::Pipeline;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
-use farestream::money::notify::FileNotifier;
 use farestream::money::outbox;
-use farestream::server::{Server, ServerSettings};
-use farestream::settle::{settle_settings, start_cut_overs};
+use farestream::server::Assembly;
+use farestream::settle::{ArchiveSettlement, settle_settings};
 use farestream::sim::archive_day::{ArchiveDaySpec, write_archive_day};
 use farestream::sim::{AccountsRig, CitySpec, Load};
-use farestream::tls::{NewIdentity, ServerIdentity, cert_path};
+use farestream::tls::{NewIdentity, cert_path};
 use farestream_analytics::query::{OutputFormat, run_query};
 use farestream_analytics::settle::settle_day;
 
@@ -327,26 +325,18 @@ fn init_logging(default: &str) {
 }
 
 async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new: NewIdentity) -> Result<()> {
-    // First: a second server must not touch the keys, the certificate or
-    // anything else in a data dir that one already serves.
-    let data_dir_lock = farestream::server::lock_data_dir(data_dir)?;
-    let keystore =
-        Keystore::open_or_create(data_dir, KeystoreOptions::from_config(&config)).context("opening the key store")?;
-    let identity = ServerIdentity::load_or_create(data_dir, new).context("loading the TLS identity")?;
-    let pipeline = Arc::new(Pipeline::new(
-        config.pipeline_config()?,
-        keystore.trusted_public_keys()?,
-        farestream::keystore::random_seed()?,
-    ));
-    let mut settings = ServerSettings::from_config(&config, data_dir)?;
+    let mut assembly = Assembly::open(&config, data_dir, new)?;
     if let Some(listen) = listen {
-        settings.listen_addr = listen;
+        assembly = assembly.listen_on(listen);
     }
-    if !config.api.notifications_file.is_empty() {
-        let path = Path::new(&config.api.notifications_file);
-        let notifier = FileNotifier::open(path).with_context(|| format!("opening {}", path.display()))?;
-        settings.money.notifier = Arc::new(notifier);
+    if config.settlement.cut_over_enabled {
+        assembly = assembly.with_daily_settlement(Arc::new(ArchiveSettlement::new(&config, data_dir)?));
+        println!(
+            "daily cut-over: {} min after each service day ends (settlement.cut_over_delay_minutes)",
+            config.settlement.cut_over_delay_minutes
+        );
     }
+    let (issuer, issuer_keys) = (assembly.keystore().active_signer()?, assembly.keystore().export_public_keys()?);
     if !config.metrics.listen_addr.is_empty() {
         let addr: SocketAddr = config.metrics.listen_addr.parse().context("metrics.listen_addr")?;
         farestream::telemetry::install_prometheus(addr)
@@ -354,27 +344,16 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
             .context("starting the metrics endpoint")?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
-    let server = Server::start_locked(data_dir_lock, settings, &identity, pipeline, Arc::new(SystemClock)).await?;
+    let server = assembly.start().await?;
     let api = match ApiSettings::from_config(&config)? {
         Some(settings) => {
-            let state = ApiState {
-                settings,
-                accounts: server.accounts().clone(),
-                issuer: keystore.active_signer()?,
-                issuer_keys: keystore.export_public_keys()?,
-            };
+            let state = ApiState { settings, accounts: server.accounts().clone(), issuer, issuer_keys };
             let api = farestream::api::start(state).await.context("starting the account API")?;
             println!("account API on {}", api.url());
             Some(api)
         }
         None => None,
     };
-    if start_cut_overs(&config, data_dir)?.is_some() {
-        println!(
-            "daily cut-over: {} min after each service day ends (settlement.cut_over_delay_minutes)",
-            config.settlement.cut_over_delay_minutes
-        );
-    }
     let recovery = server.recovery();
     println!(
         "farestream serving on {} (certificate: {}); recovered log to LSN {}, archive checkpoint {}, {} rows back in the dedup indexes",

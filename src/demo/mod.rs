@@ -19,14 +19,13 @@ use crate::api::{ApiSettings, ApiState, HttpHandle};
 use crate::archive::{self, ArchiveError};
 use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
-use crate::ingest::Pipeline;
-use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
+use crate::keystore::KeystoreError;
 use crate::money::notify::{InboxNotifier, Notifier};
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
-use crate::server::{Server, ServerError, ServerSettings};
+use crate::server::{Assembly, Server, ServerError};
 use crate::sim::{City, CitySpec, FleetReport, RiderApp, Target, Timetable, Uploads, sign_up_riders};
-use crate::tls::{NewIdentity, ServerIdentity, TlsError};
+use crate::tls::{NewIdentity, TlsError};
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
 const UPLOAD_INTERVAL_SIM_MS: f64 = 60_000.0;
@@ -109,9 +108,8 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     config.api.otp_sends_per_minute_max = OTP_SENDS_MAX;
     let bank = crate::paygw::SimControl::new(&paygw.url(), secret.as_bytes());
     let config = &config;
-    let keystore = Keystore::open_or_create(&options.data_dir, KeystoreOptions::from_config(config))?;
-    let trusted_keys = keystore.trusted_public_keys()?;
-    let identity = ServerIdentity::load_or_create(&options.data_dir, NewIdentity::OnFirstStart)?;
+    let assembly = Assembly::open(config, &options.data_dir, NewIdentity::OnFirstStart)?;
+    let keystore = assembly.keystore();
     let service_day = config.service_day_policy()?;
     let now_ms = SystemClock.now_ms();
     let (service_date, day_start) = service_day
@@ -122,21 +120,25 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let (first_ms, last_ms) = (day_start + FIRST_TRIP_AFTER_DAY_START_MS, day_start + LAST_TRIP_AFTER_DAY_START_MS);
     let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
     let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);
+    let (issuer, issuer_keys) = (keystore.active_signer()?, keystore.export_public_keys()?);
+    let trusted_keys = keystore.trusted_public_keys()?;
     let mut world =
-        City::world(&options.city, config, keystore.active_signer()?, trusted_keys.clone(), unix_secs_u32(day_start))?;
-
-    let pipeline = Arc::new(Pipeline::new(config.pipeline_config()?, trusted_keys, crate::keystore::random_seed()?));
+        City::world(&options.city, config, keystore.active_signer()?, trusted_keys, unix_secs_u32(day_start))?;
+    let cert = assembly.identity().cert.clone();
+    let currency = assembly.settings().money.pricer.fares.currency.clone();
     let inbox = Arc::new(InboxNotifier::default());
-    let mut settings = ServerSettings::from_config(config, &options.data_dir)?;
-    settings.listen_addr = loopback;
-    settings.money.notifier = Arc::clone(&inbox) as Arc<dyn Notifier>;
-    let currency = settings.money.pricer.fares.currency.clone();
     // The day's compressed clock is held at its start while the riders
     // sign up and fetch their keys, and runs once the day begins.
     let day_clock = Arc::new(ScaledClock::held(first_ms - 60_000, speedup));
     let clock: Arc<dyn Clock> = Arc::clone(&day_clock) as Arc<dyn Clock>;
-    let server = Server::start(settings, &identity, Arc::clone(&pipeline), Arc::clone(&clock)).await?;
-    let api = start_api(config, &server, keystore.active_signer()?, keystore.export_public_keys()?).await?;
+    let server = assembly
+        .listen_on(loopback)
+        .with_clock(Arc::clone(&clock))
+        .with_notifier(Arc::clone(&inbox) as Arc<dyn Notifier>)
+        .start()
+        .await?;
+    let pipeline = Arc::clone(server.pipeline());
+    let api = start_api(config, &server, issuer, issuer_keys).await?;
     let app = RiderApp::new(&api.url(), inbox);
 
     let signing_up = progress_bar(world.riders.len() as u64, options.show_progress, SIGN_UP_TEMPLATE);
@@ -157,7 +159,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         batch_scans_max: config.wire.batch_scans_max,
         backlog: false,
     };
-    let target = Target { server: server.local_addr(), cert: identity.cert.clone() };
+    let target = Target { server: server.local_addr(), cert };
     let (validators, gateways) = (city.world.validators.len(), city.world.gateways.len());
     let day_started = Instant::now();
     let fleet = city.run(config, &target, clock, uploads, progress.clone()).await;

@@ -22,7 +22,8 @@ use crate::sim::{AppError, Balances, Member, RiderApp};
 
 /// What the simulated banks hold after the deposit: one rider in fifty
 /// has less than a bus ride, so the day's first charge is declined.
-pub const BALANCES: Balances = Balances { deposit_fen: 2_000, ample_fen: 100_000, short_fen: 150, short_every: 50 };
+pub(super) const BALANCES: Balances =
+    Balances { deposit_fen: 2_000, ample_fen: 100_000, short_fen: 150, short_every: 50 };
 /// One rider in this many asks for the deposit back after the day.
 const REFUND_EVERY: usize = 200;
 /// A day in milliseconds: the demo pays refunds two days past their wait.
@@ -32,7 +33,7 @@ const SETTLE_WAIT_MAX: Duration = Duration::from_secs(120);
 
 /// Waits until every ride is priced (the last entries' exit windows
 /// closed on the server's clock) and every charge decided.
-pub async fn settle(server: &Server, progress: &ProgressBar) -> Result<(), String> {
+pub(super) async fn settle(server: &Server, progress: &ProgressBar) -> Result<(), String> {
     let store = server.open_money_store().map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     loop {
@@ -73,7 +74,7 @@ pub struct AfterDay {
 /// up, pay and ask again; a few riders, one of them owing, ask for their
 /// deposit back, and the refund job runs as it would once no ride of
 /// theirs can still arrive (the demo does not wait those days).
-pub async fn after_the_day(
+pub(super) async fn after_the_day(
     server: &Server,
     app: &RiderApp,
     bank: &SimControl,
@@ -157,7 +158,7 @@ impl MoneySummary {
 }
 
 /// Sets this run's charges beside its archived rides and the gateway's ledger.
-pub async fn summarize(
+pub(super) async fn summarize(
     server: &Server,
     control: &SimControl,
     cards: &[u64],
@@ -200,7 +201,7 @@ pub async fn summarize(
 }
 
 /// The money lines of the demo's summary.
-pub fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
+pub(super) fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
     let yuan = |fen: i64| format!("{} {currency}", crate::charges::format_cents(fen));
     let count = |outcome: &str| summary.charges_by_outcome.get(outcome).map(|(n, _)| *n).unwrap_or(0);
     out.push_str(&format!(

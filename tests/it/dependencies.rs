@@ -5,8 +5,8 @@
 //! here and is either avoided or added with its reason.
 //!
 //! And the crate boundaries: the core's tree holds no I/O crate, the
-//! gateway's no archive, database or server. (The core's source is checked
-//! for files, sockets, clocks and OS randomness in crates/core/tests.)
+//! gateway's no archive, database or server. (The core's source is held to
+//! no files, sockets, clocks or OS randomness by clippy: crates/core/clippy.toml.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

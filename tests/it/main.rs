@@ -4,6 +4,7 @@
 mod account_api;
 mod charge_outcomes;
 mod crash;
+mod cut_over;
 mod dependencies;
 mod durability;
 mod end_to_end;

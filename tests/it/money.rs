@@ -18,9 +18,9 @@ use farestream::wire::{GateDecision, ScanRecord};
 
 use crate::support::{Harness, T0_MS, TestRider, batch, record};
 
-pub const MINUTE: i64 = 60_000;
+pub(crate) const MINUTE: i64 = 60_000;
 
-pub struct Money {
+pub(crate) struct Money {
     pub h: Harness,
     pub paygw: HttpHandle,
     pub control: SimControl,
@@ -28,11 +28,11 @@ pub struct Money {
 }
 
 impl Money {
-    pub async fn start() -> Money {
+    pub(crate) async fn start() -> Money {
         Money::start_with(Config::defaults()).await
     }
 
-    pub async fn start_with(mut config: Config) -> Money {
+    pub(crate) async fn start_with(mut config: Config) -> Money {
         let paygw_dir = tempfile::tempdir().expect("tempdir");
         let secret = config.payments.hmac_secret.clone();
         let paygw = farestream::paygw::start(paygw_dir.path(), "127.0.0.1:0".parse().expect("addr"), secret.as_bytes())
@@ -52,7 +52,7 @@ impl Money {
     }
 
     /// A registered, activated rider whose payer holds `balance` after the deposit.
-    pub async fn rider(&self, card_id: u64, balance: u64) -> TestRider {
+    pub(crate) async fn rider(&self, card_id: u64, balance: u64) -> TestRider {
         let accounts = self.h.server.accounts();
         accounts.register(card_id, &format!("+86138{card_id:08}")).await.expect("register");
         let payer = format!("payer-{card_id}");
@@ -64,7 +64,7 @@ impl Money {
 
     /// Prices what was acked and waits until every charge is decided,
     /// moving the server's clock so retries come due.
-    pub async fn settle(&self) -> Vec<ChargeRecord> {
+    pub(crate) async fn settle(&self) -> Vec<ChargeRecord> {
         self.h.server.flush_pricing().await.expect("price");
         let store = self.h.server.open_money_store().expect("store");
         for _ in 0..1_000 {
@@ -77,12 +77,12 @@ impl Money {
         panic!("charges still undecided: {:?}", charges(store.connection(), None));
     }
 
-    pub async fn debits(&self) -> Vec<Entry> {
+    pub(crate) async fn debits(&self) -> Vec<Entry> {
         self.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "debit").collect()
     }
 }
 
-pub fn tap(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) -> ScanRecord {
+pub(crate) fn tap(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place: &str) -> ScanRecord {
     let mut scan = record("validator-1", seq, at_ms, kind, rider.code_at(at_ms, seq as u32));
     match kind {
         TapKind::Single => scan.route_id = place.into(),

@@ -12,7 +12,7 @@ use farestream::scan::{ScanStatus, TapKind};
 use farestream::server::Fatal;
 use farestream::wire::{AckStatus, BatchAck, ScanRecord, encode_frame, read_message};
 
-use crate::support::{Harness, T0_MS, batch, record, secs};
+use crate::support::{Harness, T0_MS, batch, record, secs, test_assembly};
 
 /// Every numeric key at its minimum (`at_max` false) or maximum, then the
 /// cross-key rules satisfied with the smallest change.
@@ -100,17 +100,9 @@ async fn a_data_dir_that_cannot_be_written_is_refused_before_serving() {
     h.faults.set_disk_full(true);
     let (dir, identity, faults) = (h.dir.path().to_path_buf(), h.identity, h.faults.clone());
     h.server.shutdown().await.expect("shutdown");
-    let config = Config::defaults();
-    let pipeline = std::sync::Arc::new(farestream::ingest::Pipeline::new(
-        config.pipeline_config().expect("pipeline"),
-        farestream::ridecode::IssuerPublicKeys::new(),
-        [1; 32],
-    ));
-    let mut settings = farestream::server::ServerSettings::from_config(&config, &dir).expect("settings");
-    settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
-    settings.faults = faults;
     let clock = std::sync::Arc::new(farestream::clock::ManualClock::new(T0_MS));
-    let refused = farestream::server::Server::start(settings, &identity, pipeline, clock).await;
+    let assembly = test_assembly(&Config::defaults(), &dir, &identity, &clock).expect("assembly");
+    let refused = assembly.with_faults(faults).start().await;
     let error = refused.err().expect("not started").to_string();
     assert!(error.contains("not writable") && error.contains("wal"), "{error}");
 }

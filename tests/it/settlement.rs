@@ -11,6 +11,7 @@ use farestream::archive::scans_root;
 use farestream::archive::writer::partition_dir;
 use farestream::clock::Clock;
 use farestream::scan::TapKind;
+use farestream::server::DailySettlement;
 use farestream::settle::settle_settings;
 use farestream_analytics::query::{OutputFormat, run_query};
 use farestream_analytics::settle::{SettleSettings, Settled, settle_day};
@@ -167,6 +168,14 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     // Issue 17 item 11: times for finance are local, not epoch milliseconds.
     assert!(report.contains("2025-11-20 10:45:00 +08:00"), "the late scan at its local time");
     assert!(report.contains("1 scans read outside this service day's hours"), "and keeps it out of the hourly chart");
+
+    // The settlement `serve`'s cut-over runs is this one, on a thread of
+    // its own: the same day, the same headline.
+    let cut_over = farestream::settle::ArchiveSettlement::new(&m.h.config, m.h.dir.path()).expect("settlement");
+    let now = m.h.clock.now_ms();
+    let ran = tokio::task::spawn_blocking(move || cut_over.settle(day(), now)).await.expect("no panic");
+    let again = settle(&settings, now).await;
+    assert_eq!(ran, Ok(format!("{} (report {}, 0 breaks)", again.headline, again.report_path.display())));
 
     let data_dir = m.h.dir.path().to_path_buf();
     m.h.server.shutdown().await.expect("shutdown");

@@ -9,19 +9,18 @@ use farestream::clock::{ManualClock, UnixMillis};
 use farestream::config::Config;
 use farestream::faults::Faults;
 use farestream::gateway::GatewayClient;
-use farestream::ingest::Pipeline;
 use farestream::money::notify::InboxNotifier;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::scan::{ArchivedScan, TapKind};
-use farestream::server::{Server, ServerSettings};
-use farestream::tls::ServerIdentity;
+use farestream::server::{Assembly, Server, ServerError};
+use farestream::tls::{NewIdentity, ServerIdentity};
 use farestream::wire::{ScanBatch, ScanRecord, WireTapKind};
 
 /// 2025-11-20 10:00:00 in Shanghai, a Thursday morning.
-pub const T0_MS: UnixMillis = 1_763_604_000_000;
-pub const ISSUER_KEY_ID: u32 = 1;
+pub(crate) const T0_MS: UnixMillis = 1_763_604_000_000;
+pub(crate) const ISSUER_KEY_ID: u32 = 1;
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub dir: tempfile::TempDir,
     pub server: Server,
     pub identity: ServerIdentity,
@@ -33,28 +32,28 @@ pub struct Harness {
     pub inbox: Arc<InboxNotifier>,
 }
 
-pub struct TestRider {
+pub(crate) struct TestRider {
     pub key: UserKey,
     pub credential: Credential,
 }
 
 impl TestRider {
     /// A code made five seconds before `at_ms`.
-    pub fn code_at(&self, at_ms: UnixMillis, counter: u32) -> Vec<u8> {
+    pub(crate) fn code_at(&self, at_ms: UnixMillis, counter: u32) -> Vec<u8> {
         self.key.make_code(&self.credential, secs(at_ms - 5_000), counter).bytes.to_vec()
     }
 }
 
-pub fn secs(at_ms: UnixMillis) -> u32 {
+pub(crate) fn secs(at_ms: UnixMillis) -> u32 {
     farestream::clock::unix_secs_u32(at_ms)
 }
 
 impl Harness {
-    pub async fn start() -> Harness {
+    pub(crate) async fn start() -> Harness {
         Harness::start_with(Config::defaults()).await
     }
 
-    pub async fn start_with(config: Config) -> Harness {
+    pub(crate) async fn start_with(config: Config) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let identity = ServerIdentity::generate().expect("identity");
         let clock = Arc::new(ManualClock::new(T0_MS + 60_000));
@@ -66,7 +65,7 @@ impl Harness {
     }
 
     /// Graceful stop, then a new server on the same data directory.
-    pub async fn restart(mut self) -> Harness {
+    pub(crate) async fn restart(mut self) -> Harness {
         self.server.shutdown().await.expect("shutdown");
         let injected = (&self.faults, &self.inbox);
         self.server = start_server(&self.config, self.dir.path(), &self.identity, &self.clock, injected).await;
@@ -76,7 +75,7 @@ impl Harness {
     /// The process "dies": the server is abandoned without a shutdown (its
     /// threads idle on, its files stay as they are), `damage` runs, and a
     /// new server recovers the same data directory.
-    pub async fn crash_and_recover(self, damage: impl FnOnce(&std::path::Path)) -> Harness {
+    pub(crate) async fn crash_and_recover(self, damage: impl FnOnce(&std::path::Path)) -> Harness {
         let Harness { dir, server, identity, clock, issuer, config, faults, inbox } = self;
         server.abandon();
         damage(dir.path());
@@ -84,11 +83,11 @@ impl Harness {
         Harness { dir, server, identity, clock, issuer, config, faults, inbox }
     }
 
-    pub fn client(&self) -> GatewayClient {
+    pub(crate) fn client(&self) -> GatewayClient {
         GatewayClient::new(self.config.gateway_settings(self.server.local_addr()), &self.identity.cert).expect("client")
     }
 
-    pub fn rider(&self, card_id: u64) -> TestRider {
+    pub(crate) fn rider(&self, card_id: u64) -> TestRider {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&card_id.to_be_bytes());
         let key = UserKey::from_seed(&seed).expect("user key");
@@ -98,7 +97,7 @@ impl Harness {
     }
 
     /// Closes the open archive files and reads every row back from disk.
-    pub async fn archive_rows(&self) -> Vec<ArchivedScan> {
+    pub(crate) async fn archive_rows(&self) -> Vec<ArchivedScan> {
         self.server.flush_archive().await.expect("flush");
         read::read_all(&scans_root(self.dir.path())).expect("read archive")
     }
@@ -115,25 +114,46 @@ async fn start_server(
 }
 
 /// A server over `dir`, or why it would not start.
-pub async fn try_start_server(
+pub(crate) async fn try_start_server(
     config: &Config,
     dir: &std::path::Path,
     identity: &ServerIdentity,
     clock: &Arc<ManualClock>,
     (faults, inbox): (&Arc<Faults>, &Arc<InboxNotifier>),
-) -> Result<Server, farestream::server::ServerError> {
+) -> Result<Server, ServerError> {
+    test_assembly(config, dir, identity, clock)?
+        .with_faults(Arc::clone(faults))
+        .with_notifier(Arc::clone(inbox) as Arc<dyn farestream::money::notify::Notifier>)
+        .start()
+        .await
+}
+
+/// How every test puts a server together: `dir` locked and opened as
+/// `serve` does, on a free loopback port, serving under `identity`,
+/// trusting the test issuer (`ISSUER_KEY_ID`), on `clock`.
+pub(crate) fn test_assembly(
+    config: &Config,
+    dir: &std::path::Path,
+    identity: &ServerIdentity,
+    clock: &Arc<ManualClock>,
+) -> Result<Assembly, ServerError> {
     let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
     let mut keys = IssuerPublicKeys::new();
     keys.insert(ISSUER_KEY_ID, issuer.public_key());
-    let pipeline = Arc::new(Pipeline::new(config.pipeline_config().expect("pipeline"), keys, [1; 32]));
-    let mut settings = ServerSettings::from_config(config, dir).expect("settings");
-    settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
-    settings.faults = Arc::clone(faults);
-    settings.money.notifier = Arc::clone(inbox) as Arc<dyn farestream::money::notify::Notifier>;
-    Server::start(settings, identity, pipeline, clock.clone()).await
+    Ok(Assembly::open(config, dir, NewIdentity::OnFirstStart)?
+        .listen_on("127.0.0.1:0".parse().expect("addr"))
+        .with_identity(identity.clone())
+        .trusting(keys)
+        .with_clock(Arc::clone(clock) as Arc<dyn farestream::clock::Clock>))
 }
 
-pub fn record(validator: &str, seq: u64, at_ms: UnixMillis, tap_kind: TapKind, ride_code: Vec<u8>) -> ScanRecord {
+pub(crate) fn record(
+    validator: &str,
+    seq: u64,
+    at_ms: UnixMillis,
+    tap_kind: TapKind,
+    ride_code: Vec<u8>,
+) -> ScanRecord {
     ScanRecord {
         validator_id: validator.to_string(),
         validator_seq: seq,
@@ -146,14 +166,14 @@ pub fn record(validator: &str, seq: u64, at_ms: UnixMillis, tap_kind: TapKind, r
     }
 }
 
-pub fn batch(gateway: &str, seq: u64, scans: Vec<ScanRecord>) -> ScanBatch {
+pub(crate) fn batch(gateway: &str, seq: u64, scans: Vec<ScanRecord>) -> ScanBatch {
     ScanBatch { gateway_id: gateway.to_string(), batch_seq: seq, scans }
 }
 
 /// A file in this checkout, found where cargo runs the test from (not
 /// where it was compiled: CI reuses one target directory for every clone,
 /// and a test binary built in another clone must not read that clone).
-pub fn repo_file(relative: &str) -> PathBuf {
+pub(crate) fn repo_file(relative: &str) -> PathBuf {
     let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
     PathBuf::from(root).join(relative)
 }

@@ -8,7 +8,7 @@ use farestream::gateway::tls::{SERVER_NAME, client_config};
 use farestream::scan::{ScanStatus, TapKind};
 use farestream::wire::{AckStatus, BatchAck, ScanBatch, encode_frame, read_message};
 
-use crate::support::{Harness, T0_MS, batch, record};
+use crate::support::{Harness, T0_MS, batch, record, test_assembly};
 
 /// A raw QUIC connection, so the test can send what no client would.
 async fn connect(h: &Harness) -> quinn::Connection {
@@ -81,17 +81,8 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     // A server restarted on the same port (same identity) takes the batch.
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut keys = farestream::ridecode::IssuerPublicKeys::new();
-    keys.insert(crate::support::ISSUER_KEY_ID, h.issuer.public_key());
-    let pipeline = std::sync::Arc::new(farestream::ingest::Pipeline::new(
-        config.pipeline_config().expect("pipeline"),
-        keys,
-        [1; 32],
-    ));
-    let mut settings = farestream::server::ServerSettings::from_config(&config, dir.path()).expect("settings");
-    settings.listen_addr = addr;
-    let server =
-        farestream::server::Server::start(settings, &h.identity, pipeline, h.clock.clone()).await.expect("restart");
+    let assembly = test_assembly(&config, dir.path(), &h.identity, &h.clock).expect("assembly");
+    let server = assembly.listen_on(addr).start().await.expect("restart");
     let ack = push.await.expect("task").expect("acked after retries");
     assert_eq!(ack.accepted, 1);
     assert!(client.retries() >= 1, "the first attempts failed");

@@ -68,8 +68,10 @@ pub enum ChargeKind {
 }
 
 impl ChargeKind {
+    /// Every kind, in declaration order.
     pub const ALL: [ChargeKind; 3] = [ChargeKind::Ride, ChargeKind::MaxFare, ChargeKind::Adjustment];
 
+    /// Its name in the charges archive's `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
             ChargeKind::Ride => "ride",
@@ -78,6 +80,7 @@ impl ChargeKind {
         }
     }
 
+    /// The kind whose [`as_str`](Self::as_str) is `name`; `None` for an unknown name.
     pub fn parse(name: &str) -> Option<ChargeKind> {
         ChargeKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
@@ -107,6 +110,7 @@ pub enum ChargeOutcome {
 }
 
 impl ChargeOutcome {
+    /// Every outcome, in declaration order (the order of `CHARGE_OUTCOMES`).
     pub const ALL: [ChargeOutcome; 7] = [
         ChargeOutcome::Pending,
         ChargeOutcome::Succeeded,
@@ -117,6 +121,7 @@ impl ChargeOutcome {
         ChargeOutcome::Netted,
     ];
 
+    /// Its name in the money store's and the charges archive's `outcome` column.
     pub const fn as_str(self) -> &'static str {
         match self {
             ChargeOutcome::Pending => "pending",
@@ -129,6 +134,7 @@ impl ChargeOutcome {
         }
     }
 
+    /// The outcome whose [`as_str`](Self::as_str) is `name`; `None` for an unknown name.
     pub fn parse(name: &str) -> Option<ChargeOutcome> {
         ChargeOutcome::ALL.into_iter().find(|o| o.as_str() == name)
     }
@@ -142,7 +148,7 @@ impl ChargeOutcome {
 
 /// The outcomes a charge may have (`ChargeRecord::outcome`, the money
 /// store's `charges.outcome`).
-pub const CHARGE_OUTCOMES: [&str; 7] = {
+pub(crate) const CHARGE_OUTCOMES: [&str; 7] = {
     let mut names = [""; 7];
     let mut i = 0;
     while i < names.len() {
@@ -160,7 +166,13 @@ pub enum Payer {
     NoAccount,
     /// The card's account, what it owes now, and how much of that a
     /// payment still waiting for its answer may already have paid.
-    Account { arrears_cents: SignedCents, arrears_payment_out_cents: SignedCents },
+    Account {
+        /// What the card owes now, in cents.
+        arrears_cents: SignedCents,
+        /// Arrears payments sent whose answer has not come (outcome unknown), in cents: they may
+        /// already have paid this much of `arrears_cents`.
+        arrears_payment_out_cents: SignedCents,
+    },
 }
 
 /// What to do with a charge before its first request goes out.
@@ -174,7 +186,12 @@ pub enum FirstSend {
     /// the arrears and decided `netted`; `rest` (negative, or zero) still
     /// goes out as a credit of its own ([`rest_of`]). They add up to the
     /// credit.
-    Net { netted: SignedCents, rest: SignedCents },
+    Net {
+        /// The part set against the arrears, in cents (negative).
+        netted: SignedCents,
+        /// The part still sent as a credit, in cents (negative, or zero when the arrears take it all).
+        rest: SignedCents,
+    },
 }
 
 /// Decides [`FirstSend`] for a charge of `amount_cents` that was never
@@ -213,36 +230,52 @@ pub fn rest_of(day: RiderDay, credit: &ChargeId) -> ChargeId {
 /// reads its rows into this, and the charges archive writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeRecord {
+    /// Derived from the rider, the day and what it prices; the gateway's idempotency key.
     pub charge_id: ChargeId,
+    /// The rider's card.
     pub card_id: u64,
+    /// The service day of the rides it prices (the charges archive's partition).
     pub service_date: NaiveDate,
+    /// What it is for, as it was when the charge was made.
     pub kind: ChargeKind,
     /// Negative for a credit (an adjustment that lowered the day's price).
     pub amount_cents: SignedCents,
+    /// ISO 4217 code of `amount_cents`, e.g. "CNY".
     pub currency: String,
+    /// The scans it prices, all of its own service day; each tap is in exactly one charge.
     pub scan_ids: Vec<[u8; 16]>,
     /// A [`ChargeOutcome`]'s name.
     pub outcome: String,
+    /// Requests made to the payment gateway so far.
     pub attempts: u32,
+    /// When it was priced (Unix ms).
     pub created_at: UnixMillis,
+    /// When its outcome came (Unix ms); `None` while undecided.
     pub decided_at: Option<UnixMillis>,
+    /// The payment gateway's transaction id, once it succeeded.
     pub gateway_txn_id: Option<String>,
 }
 
 /// One rider's service day: the unit that is priced and capped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RiderDay {
+    /// The rider's card.
     pub card_id: u64,
+    /// The service day, which runs past midnight to the configured start hour, not the calendar date.
     pub service_date: NaiveDate,
 }
 
 /// A charge of the day, already written or about to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
+    /// Derived from the rider-day, the kind and the ride's first tap (or the adjustment's number),
+    /// so pricing the same taps again derives the same id; the gateway's idempotency key.
     pub id: ChargeId,
+    /// What it is for; never rewritten once the charge may have been sent.
     pub kind: ChargeKind,
     /// The first tap of the ride it prices; `None` for an adjustment.
     pub ride_key: Option<[u8; 16]>,
+    /// In cents; negative only for an adjustment that credits the rider.
     pub amount_cents: SignedCents,
     /// The taps this charge prices: each tap of the day is in exactly one.
     pub scan_ids: Vec<[u8; 16]>,

@@ -19,8 +19,11 @@ use crate::wire::{DenyListUpdate, DenyListUpdateKind};
 /// One change: `card_id` went on (`denied`) or off the list at `version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenyChange {
+    /// The list's version once this change is applied.
     pub version: u64,
+    /// The card that went on or came off the list.
     pub card_id: u64,
+    /// True when the card went on the list, false when it came off.
     pub denied: bool,
 }
 
@@ -39,18 +42,22 @@ impl DenyListLog {
         DenyListLog { version, cards: cards.into_iter().collect(), changes: VecDeque::new(), changes_kept_max }
     }
 
+    /// The version of the last change applied, or the starting version.
     pub fn version(&self) -> u64 {
         self.version
     }
 
+    /// How many cards are on the list.
     pub fn len(&self) -> usize {
         self.cards.len()
     }
 
+    /// True when no card is on the list.
     pub fn is_empty(&self) -> bool {
         self.cards.is_empty()
     }
 
+    /// True when `card_id` is on the list.
     pub fn contains(&self, card_id: u64) -> bool {
         self.cards.contains(&card_id)
     }
@@ -122,12 +129,22 @@ impl DenyListLog {
     }
 }
 
+/// Why a replica refused an update. The gateway then closes the connection, and the next one brings the
+/// whole list again.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ReplicaError {
+    /// A changes update that does not follow the version held: the replica missed some changes.
     #[error("deny list changes from version {from} reached a gateway at version {held}: reconnect for the full list")]
-    Gap { from: u64, held: u64 },
+    Gap {
+        /// The version the changes follow.
+        from: u64,
+        /// The version the replica holds.
+        held: u64,
+    },
+    /// An update of a kind this build does not know (the raw `kind` value).
     #[error("deny list update of unknown kind {0}")]
     UnknownKind(i32),
+    /// The list would grow past the replica's `cards_max`: the cards held plus those the update adds.
     #[error("deny list page of {0} cards is over the gateway's limit")]
     TooLarge(usize),
 }
@@ -149,14 +166,18 @@ impl DenyListReplica {
         DenyListReplica { cards_max, ..DenyListReplica::default() }
     }
 
+    /// The version of the list in force (0 for a new replica).
     pub fn version(&self) -> u64 {
         self.version
     }
 
+    /// The cards on the list in force; a full list still arriving in pages is not among them.
     pub fn cards(&self) -> &HashSet<u64> {
         &self.cards
     }
 
+    /// Applies one update: a page of a full list, taken only once its last page arrives, or the changes since
+    /// the version held. An error leaves the list in force as it was.
     pub fn apply(&mut self, update: &DenyListUpdate) -> Result<(), ReplicaError> {
         match DenyListUpdateKind::try_from(update.kind) {
             Ok(DenyListUpdateKind::Full) => self.apply_page(update),

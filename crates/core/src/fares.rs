@@ -46,7 +46,9 @@ pub struct FareTable {
     pub bus_default_fare: Option<Cents>,
     /// A metro station's zone, by `stop_id`.
     pub metro_station_zones: BTreeMap<String, u32>,
+    /// What a metro trip costs before any zone is crossed.
     pub metro_base_fare: Cents,
+    /// Added for each zone between the entry and exit stations.
     pub metro_fare_per_zone: Cents,
     /// What an incomplete trip costs: an entry with no exit, an exit with
     /// no entry, a tap the table cannot price.
@@ -60,10 +62,16 @@ pub struct FareTable {
 /// A tap the gate let through, of one rider on one service day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tap {
+    /// The scan's id (`scans.scan_id` in the archive); breaks ties in `scanned_at`.
     pub scan_id: [u8; 16],
+    /// When the validator scanned it, by its own clock (Unix ms): taps are priced in this order,
+    /// never in the order they arrived.
     pub scanned_at: UnixMillis,
+    /// A bus tap, a metro entry or a metro exit.
     pub kind: TapKind,
+    /// The validator's route: a bus ride's fare is looked up by it.
     pub route_id: String,
+    /// The validator's stop or station: a metro station's zone is looked up by it.
     pub stop_id: String,
 }
 
@@ -81,12 +89,14 @@ pub struct DayEdges {
 }
 
 impl DayEdges {
+    /// No neighbouring taps: the day priced on its own.
     pub const NONE: DayEdges = DayEdges { last_before: None, first_after: None };
 }
 
 /// How a ride was priced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RideKind {
+    /// A bus tap at its route's flat fare.
     Bus,
     /// An entry and its exit. When the exit came after the day's end, the
     /// ride holds the entry only (the exit is the next day's tap) and is
@@ -107,12 +117,12 @@ pub enum RideKind {
 impl RideKind {
     /// Whether the daily cap applies: not to an incomplete trip's maximum
     /// fare, as London's capping excludes it.
-    pub fn capped(self) -> bool {
+    pub(crate) fn capped(self) -> bool {
         !matches!(self, RideKind::MetroEntryWithoutExit | RideKind::MetroExitWithoutEntry)
     }
 
     /// Whether it counts as a ride of its day: all but a continuation.
-    pub fn is_ride(self) -> bool {
+    pub(crate) fn is_ride(self) -> bool {
         self != RideKind::ContinuedTrip
     }
 }
@@ -124,6 +134,7 @@ pub struct PricedRide {
     pub scan_ids: Vec<[u8; 16]>,
     /// When it started: its first tap's `scanned_at`.
     pub started_at: UnixMillis,
+    /// How it was priced; says whether the daily cap applies.
     pub kind: RideKind,
     /// The fare before the cap.
     pub fare: Cents,
@@ -134,8 +145,11 @@ pub struct PricedRide {
 /// A rider's service day, priced.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PricedDay {
+    /// The rides in the order they began (a continuation first), each with what it is charged.
     pub rides: Vec<PricedRide>,
+    /// What the rides cost before the daily cap.
     pub fares: Cents,
+    /// What the day costs: the capped fares up to the cap, plus the incomplete trips' maximum fares.
     pub charged: Cents,
     /// An entry whose exit may still come (priced as of a time within its
     /// window): not a ride yet, and not charged.
@@ -235,7 +249,7 @@ impl FareTable {
     /// Whether `exit` ends the trip `entry` began: the rider's next metro
     /// tap after it is this exit, within the exit window (the caller knows
     /// no metro tap comes between).
-    pub fn continues(&self, entry: &Tap, exit: &Tap) -> bool {
+    pub(crate) fn continues(&self, entry: &Tap, exit: &Tap) -> bool {
         entry.kind == TapKind::Entry
             && exit.kind == TapKind::Exit
             && self.within_exit_window(entry.scanned_at, exit.scanned_at)

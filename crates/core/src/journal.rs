@@ -13,25 +13,38 @@ use crate::service_day::{date_from_days, days_since_epoch};
 use crate::wire::{WireScanStatus, WireTapKind};
 
 /// Record kind byte: a batch of archive rows.
-pub const KIND_SCAN_ROWS: u8 = 1;
+pub(crate) const KIND_SCAN_ROWS: u8 = 1;
 
-/// Generated from `proto/journal.proto` at build time (see `build.rs`).
+/// Generated from `proto/journal.proto` at build time (see `build.rs`). The
+/// `.proto` file is their documentation.
+#[allow(missing_docs)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/farestream.journal.v1.rs"));
 }
 
 pub use generated::{JournalBatch, JournalRow};
 
+/// Why a log record does not decode into archive rows. Its checksum passed, so this is a record from
+/// another build or a bug, not disk damage; every reader of the log stops on it rather than skipping rows.
 #[derive(Debug, Error)]
 pub enum JournalError {
+    /// The record has no payload, not even its kind byte.
     #[error("journal record is empty")]
     Empty,
+    /// The kind byte names no record kind this build knows, e.g. one a newer build wrote.
     #[error("journal record kind {0} is unknown")]
     UnknownKind(u8),
+    /// The body is not a valid `JournalBatch`.
     #[error("journal record does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// A row decoded but one of its fields is out of range.
     #[error("journal row {index}: {what}")]
-    BadRow { index: usize, what: &'static str },
+    BadRow {
+        /// Position of the row in the record.
+        index: usize,
+        /// Which field is wrong, and how.
+        what: &'static str,
+    },
 }
 
 /// Encodes the rows of one batch (all from one gateway, received together).

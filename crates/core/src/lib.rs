@@ -2,13 +2,20 @@
 //! their archive rows, with `now`, events and inputs as arguments. No
 //! async runtime, no files, no sockets, no clock: the `farestream` shell
 //! (QUIC, the write-ahead log, Parquet, the account store) does the I/O
-//! and calls in here. Tests fail if one of those creeps into its source
-//! (`tests/boundary.rs`) or its dependencies (the root's
+//! and calls in here. CI fails if one of those creeps into its source
+//! (clippy, below) or its dependencies (the root's
 //! `tests/it/dependencies.rs`).
 //!
 //! Data structures and data parallelism are allowed: the dedup indexes are
 //! `dashmap`s and verification runs on `rayon`, because both are
 //! computation, not I/O.
+//!
+//! The compiler holds the boundary: `clippy.toml` bans the clock, file,
+//! socket, environment and OS-randomness paths in this crate, and CI runs
+//! clippy with `-D warnings`. Every item other crates may use is
+//! documented (`missing_docs`); the rest is `pub(crate)`.
+
+#![warn(missing_docs)]
 
 #[cfg(feature = "archive")]
 pub mod archive;

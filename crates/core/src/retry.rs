@@ -24,6 +24,8 @@
 
 use crate::clock::UnixMillis;
 
+/// When a charge is tried again after a retryable answer from the payment gateway, and when it
+/// becomes `failed`. All durations in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The first backoff's upper bound.
@@ -40,21 +42,24 @@ pub struct RetryPolicy {
 /// When to try a charge again, and whether it has become `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NextAttempt {
+    /// When to send it next (Unix ms).
     pub at: UnixMillis,
+    /// Its retry budget is spent: it is `failed` (reported to a person) and tried every
+    /// `failed_retry_after_ms`.
     pub failed: bool,
 }
 
 impl RetryPolicy {
     /// The upper bound of the backoff after the `attempt`-th retryable
     /// answer (1-based): `backoff_initial_ms · 2^(attempt − 1)`, capped.
-    pub fn backoff_bound_ms(&self, attempt: u32) -> i64 {
+    pub(crate) fn backoff_bound_ms(&self, attempt: u32) -> i64 {
         let doublings = attempt.saturating_sub(1).min(62);
         let factor = 1i64 << doublings;
         self.backoff_initial_ms.max(0).saturating_mul(factor).min(self.backoff_max_ms.max(0))
     }
 
     /// Full jitter: a wait drawn uniformly from `0..=bound` by `random`.
-    pub fn jittered_backoff_ms(&self, attempt: u32, random: u64) -> i64 {
+    pub(crate) fn jittered_backoff_ms(&self, attempt: u32, random: u64) -> i64 {
         jitter(self.backoff_bound_ms(attempt), random)
     }
 
@@ -89,6 +94,7 @@ fn jitter(bound: i64, random: u64) -> i64 {
     i64::try_from(random % span).unwrap_or(bound)
 }
 
+/// How a [`CircuitBreaker`] opens and probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
     /// Retryable answers in a row that open the breaker.
@@ -99,14 +105,26 @@ pub struct BreakerSettings {
     pub probe_interval_max_ms: i64,
 }
 
+/// Where a [`CircuitBreaker`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     /// Charges go out as they fall due; counts retryable answers in a row.
-    Closed { failures_in_row: u32 },
+    Closed {
+        /// Retryable answers since the last other answer; `failures_to_open` of them open it.
+        failures_in_row: u32,
+    },
     /// Nothing goes out before `probe_at`; then one probe.
-    Open { probe_at: UnixMillis, probes_failed: u32 },
+    Open {
+        /// When the next probe may go out (Unix ms).
+        probe_at: UnixMillis,
+        /// Probes failed since it opened: each doubles the wait before the next, up to the maximum.
+        probes_failed: u32,
+    },
     /// One probe is out; nothing else goes until it is answered.
-    Probing { probes_failed: u32 },
+    Probing {
+        /// Probes failed before this one.
+        probes_failed: u32,
+    },
 }
 
 /// What the dispatcher may send now.
@@ -129,23 +147,28 @@ pub enum GatewayHealth {
     RetryableFailure,
 }
 
+/// One payment gateway's circuit breaker: while the gateway is down, charges wait instead of
+/// spending their attempts, and one probe at a time finds out when it is back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CircuitBreaker {
     settings: BreakerSettings,
     state: BreakerState,
     /// Times it opened, for the telemetry.
-    pub opened_count: u64,
+    pub(crate) opened_count: u64,
 }
 
 impl CircuitBreaker {
+    /// A closed breaker: charges go out.
     pub fn new(settings: BreakerSettings) -> CircuitBreaker {
         CircuitBreaker { settings, state: BreakerState::Closed { failures_in_row: 0 }, opened_count: 0 }
     }
 
+    /// Where it stands now.
     pub fn state(&self) -> BreakerState {
         self.state
     }
 
+    /// Whether charges go out as they fall due (neither open nor probing).
     pub fn is_closed(&self) -> bool {
         matches!(self.state, BreakerState::Closed { .. })
     }

@@ -14,6 +14,7 @@ pub enum TapKind {
 }
 
 impl TapKind {
+    /// The name the archive and the stores hold: `entry`, `exit` or `single`.
     pub fn as_str(self) -> &'static str {
         match self {
             TapKind::Entry => "entry",
@@ -22,6 +23,7 @@ impl TapKind {
         }
     }
 
+    /// The tap kind [`TapKind::as_str`] names; `None` for any other name.
     pub fn parse(name: &str) -> Option<TapKind> {
         [TapKind::Entry, TapKind::Exit, TapKind::Single].into_iter().find(|k| k.as_str() == name)
     }
@@ -36,13 +38,22 @@ impl TapKind {
 /// `status` column values; analysts filter on them, so they never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ScanStatus {
+    /// Every check passed: the tap counts towards a ride, which is charged once.
     Accepted,
+    /// The ride code already paid for a ride: not charged again.
     Replay,
+    /// A signature does not verify, or the credential names a weak user key.
     BadSignature,
+    /// The code was read outside its credential's window, or the window is longer than allowed.
     ExpiredCredential,
+    /// The code's time does not fit the scan's, or the scan's is ahead of the server's by more than the skew.
     StaleCode,
+    /// The card is on the server's deny list (when the gateway did not say what the gate did), or the gate
+    /// refused it: not a ride.
     Denied,
+    /// The credential names an issuer key the server does not trust.
     UnknownIssuerKey,
+    /// The record or its ride code cannot be read: a bad or missing field, wrong length or unknown version.
     Malformed,
     /// Read on time but uploaded later than the accepted lateness: its
     /// replays could no longer be caught, so it is not a ride.
@@ -50,6 +61,7 @@ pub enum ScanStatus {
 }
 
 impl ScanStatus {
+    /// Every status, in declaration order.
     pub const ALL: [ScanStatus; 9] = [
         ScanStatus::Accepted,
         ScanStatus::Replay,
@@ -62,6 +74,7 @@ impl ScanStatus {
         ScanStatus::LateUpload,
     ];
 
+    /// The archive's `status` value, e.g. `bad_signature`.
     pub fn as_str(self) -> &'static str {
         match self {
             ScanStatus::Accepted => "accepted",
@@ -76,6 +89,7 @@ impl ScanStatus {
         }
     }
 
+    /// The status [`ScanStatus::as_str`] names; `None` for any other name.
     pub fn parse(name: &str) -> Option<ScanStatus> {
         ScanStatus::ALL.into_iter().find(|s| s.as_str() == name)
     }
@@ -105,7 +119,7 @@ pub fn id_to_archive(id: u64) -> i64 {
 }
 
 /// The inverse of [`id_to_archive`].
-pub fn id_from_archive(value: i64) -> u64 {
+pub(crate) fn id_from_archive(value: i64) -> u64 {
     value as u64
 }
 
@@ -148,20 +162,29 @@ pub struct ArchivedScan {
     pub scan_id: [u8; 16],
     /// Shared by every row of a batch: one copy however many rows.
     pub gateway_id: std::sync::Arc<str>,
+    /// The validator that read the code, cut to `id_bytes_max` bytes.
     pub validator_id: String,
+    /// The validator's sequence number for the scan; above [`ID_MAX`] only in a `malformed` row.
     pub validator_seq: u64,
+    /// The route the validator reported, cut to `id_bytes_max` bytes.
     pub route_id: String,
+    /// The stop or station the validator reported, cut to `id_bytes_max` bytes.
     pub stop_id: String,
     /// `None` when the record carried no valid tap kind (then it is malformed).
     pub tap_kind: Option<TapKind>,
+    /// The card the ride code claims.
     pub card_id: Option<u64>,
+    /// The issuer key the credential names.
     pub issuer_key_id: Option<u32>,
+    /// When the phone made the code, Unix milliseconds (the code holds whole seconds).
     pub code_created_at: Option<crate::clock::UnixMillis>,
+    /// The phone's code counter.
     pub code_counter: Option<u32>,
     /// The validator's clock when it read the code.
     pub scanned_at: crate::clock::UnixMillis,
     /// The server's clock when the batch arrived.
     pub received_at: crate::clock::UnixMillis,
+    /// The server's verdict.
     pub status: ScanStatus,
     /// Why the scan got its status, for every status but `accepted`.
     pub reason: Option<String>,

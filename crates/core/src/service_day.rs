@@ -11,8 +11,10 @@ use chrono_tz::Tz;
 
 use crate::clock::UnixMillis;
 
+/// When a service day begins: a local hour in a time zone.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ServiceDayPolicy {
+    /// The operator's IANA time zone, e.g. Asia/Shanghai.
     pub time_zone: Tz,
     /// Local hour (0-23) at which a service day begins.
     pub start_hour: u32,
@@ -43,6 +45,36 @@ impl ServiceDayPolicy {
         }
         Some(local.and_utc().timestamp_millis())
     }
+}
+
+/// Milliseconds in a day of 24 hours.
+const DAY_MS: u64 = 86_400_000;
+
+/// The days a cut-over settles: the one that just ended, each earlier day
+/// still inside the rebill window (`accepted_lateness_ms`, in whole days
+/// rounded up), and the day after the window closed, whose run marks it
+/// final. Newest first.
+pub fn days_to_settle(just_ended: NaiveDate, accepted_lateness_ms: i64) -> Vec<NaiveDate> {
+    let window_days = u64::try_from(accepted_lateness_ms).unwrap_or(0).div_ceil(DAY_MS) + 1;
+    (0..=window_days).filter_map(|back| just_ended.checked_sub_days(chrono::Days::new(back))).collect()
+}
+
+/// When the next cut-over is due after `now` (`delay_ms` after a service
+/// day starts, so after the day before it ended), and the day it settles
+/// first; `None` at the edge of chrono's range or for a delay of a day or
+/// more, which would settle a day before its successor started.
+pub fn next_cut_over(policy: &ServiceDayPolicy, delay_ms: i64, now: UnixMillis) -> Option<(UnixMillis, NaiveDate)> {
+    if !(0..i64::try_from(DAY_MS).ok()?).contains(&delay_ms) {
+        return None;
+    }
+    let today = policy.service_date(now)?;
+    for day in [today, today.succ_opt()?] {
+        let at = policy.day_start(day)?.checked_add(delay_ms)?;
+        if at > now {
+            return Some((at, day.pred_opt()?));
+        }
+    }
+    None
 }
 
 /// 1970-01-01, day 0 of Arrow's `Date32`.
@@ -111,6 +143,61 @@ mod tests {
         }
         for days in [i32::MIN, i32::MAX] {
             assert_eq!(date_from_days(days), None);
+        }
+    }
+
+    fn date(text: &str) -> NaiveDate {
+        text.parse().expect("date")
+    }
+
+    #[test]
+    fn the_cut_over_settles_the_day_that_ended_and_the_rebill_window() {
+        let days = days_to_settle(date("2026-11-26"), 259_200_000);
+        let expected: Vec<NaiveDate> =
+            ["2026-11-26", "2026-11-25", "2026-11-24", "2026-11-23", "2026-11-22"].into_iter().map(date).collect();
+        assert_eq!(days, expected);
+        assert_eq!(days_to_settle(date("2026-11-26"), 0), vec![date("2026-11-26"), date("2026-11-25")]);
+        assert_eq!(days_to_settle(date("2026-11-26"), -1), days_to_settle(date("2026-11-26"), 0));
+        assert_eq!(days_to_settle(NaiveDate::MIN, 0), vec![NaiveDate::MIN], "no day before the first");
+    }
+
+    #[test]
+    fn the_next_cut_over_is_the_delay_after_the_next_day_start() {
+        let policy = ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 };
+        let start = policy.day_start(date("2026-11-26")).expect("start");
+        assert_eq!(next_cut_over(&policy, 1_800_000, start), Some((start + 1_800_000, date("2026-11-25"))));
+        let after = next_cut_over(&policy, 1_800_000, start + 1_800_000).expect("next");
+        assert_eq!(after.1, date("2026-11-26"));
+        assert_eq!(after.0, policy.day_start(date("2026-11-27")).expect("start") + 1_800_000);
+    }
+
+    #[test]
+    fn a_delay_outside_a_day_or_a_time_at_the_edge_gives_no_cut_over() {
+        let policy = policy();
+        assert_eq!(next_cut_over(&policy, -1, 0), None);
+        assert_eq!(next_cut_over(&policy, 86_400_000, 0), None);
+        assert_eq!(next_cut_over(&policy, 0, UnixMillis::MAX), None);
+        assert_eq!(next_cut_over(&policy, 0, UnixMillis::MIN), None);
+        assert!(next_cut_over(&policy, 86_399_999, 0).is_some());
+    }
+
+    proptest::proptest! {
+        /// Whatever the moment (DST changes in Paris included), the next
+        /// cut-over is after it, falls the delay after the settled day's
+        /// successor starts, and none was skipped: the one before it is
+        /// not after `now`.
+        #[test]
+        fn no_cut_over_is_skipped_or_early(
+            now in 0..4_102_444_800_000i64, // 1970 to 2100
+            delay_ms in 0..86_400_000i64,
+        ) {
+            let policy = policy();
+            let (at, settled) = next_cut_over(&policy, delay_ms, now).expect("a cut-over");
+            proptest::prop_assert!(at > now);
+            let next_day = settled.succ_opt().expect("date");
+            proptest::prop_assert_eq!(policy.day_start(next_day).map(|s| s + delay_ms), Some(at));
+            let before = policy.day_start(settled).expect("start") + delay_ms;
+            proptest::prop_assert!(before <= now, "a cut-over at {} was skipped (now {})", before, now);
         }
     }
 }

@@ -32,7 +32,10 @@ pub struct RiderFigures {
     pub due_cents: i64,
     /// Every charge of the day, whatever came of it.
     pub charged_cents: i64,
+    /// Charges the gateway took or paid out (`succeeded`).
     pub succeeded_cents: i64,
+    /// Charges the gateway refused for good (`declined`): a debit's amount is arrears, a credit's is
+    /// still owed to the rider.
     pub declined_cents: i64,
     /// Not decided yet (pending, or failed and retried).
     pub pending_cents: i64,
@@ -58,6 +61,7 @@ impl RiderFigures {
         self.zip(before, i64::saturating_sub)
     }
 
+    /// `self` and `other` added figure by figure, to total riders or runs.
     pub fn plus(&self, other: &RiderFigures) -> RiderFigures {
         self.zip(other, i64::saturating_add)
     }
@@ -82,12 +86,13 @@ impl RiderFigures {
         }
     }
 
+    /// Whether every figure is zero: a run that changed nothing for the rider writes no row.
     pub fn is_zero(&self) -> bool {
         *self == RiderFigures::default()
     }
 
     /// Adds one charge's amount under its outcome.
-    pub fn add_charge(&mut self, amount_cents: i64, outcome: &str) {
+    pub(crate) fn add_charge(&mut self, amount_cents: i64, outcome: &str) {
         self.charged_cents = self.charged_cents.saturating_add(amount_cents);
         let bucket = match outcome {
             "succeeded" => &mut self.succeeded_cents,
@@ -109,8 +114,11 @@ impl RiderFigures {
 /// A ride's revenue, for the per-route totals: the route of its first tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRevenue {
+    /// The route of the rides' first taps (a metro trip's entry).
     pub route_id: String,
+    /// Rides that began on it.
     pub rides: i64,
+    /// What those rides are charged after the daily cap, in cents.
     pub revenue_cents: i64,
 }
 
@@ -122,8 +130,10 @@ fn priced_as_of(open_entry_closes_at: Option<UnixMillis>) -> UnixMillis {
 
 /// One rider's day priced from the archive's taps, the way the pricer
 /// priced it: an entry the pricer still holds open (its exit window had
-/// not closed) is priced as open here too.
-pub fn price_rider(
+/// not closed) is priced as open here too. (`settle_rider` does this with
+/// the rest of a rider's figures; the tests price one day alone.)
+#[cfg(test)]
+fn price_rider(
     fares: &FareTable,
     taps: &[Tap],
     edges: &DayEdges,
@@ -170,24 +180,71 @@ fn route_revenue(priced: &PricedDay, taps: &[Tap]) -> Vec<RouteRevenue> {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Break {
     /// A ride (an accepted, gate-opened scan) that no charge prices.
-    RideNotCharged { scan_id: [u8; 16], card_id: u64 },
+    RideNotCharged {
+        /// The ride's scan.
+        scan_id: [u8; 16],
+        /// The rider's card.
+        card_id: u64,
+    },
     /// A ride priced by more than one charge.
-    RideChargedTwice { scan_id: [u8; 16], charges: u64 },
+    RideChargedTwice {
+        /// The ride's scan.
+        scan_id: [u8; 16],
+        /// How many charges price it (two or more).
+        charges: u64,
+    },
     /// A charge pricing a scan that is not a ride of the day's archive.
-    ChargeWithoutRide { charge_id: ChargeId, scan_id: [u8; 16] },
+    ChargeWithoutRide {
+        /// The charge that prices it.
+        charge_id: ChargeId,
+        /// The scan the day's archive does not hold as a ride.
+        scan_id: [u8; 16],
+    },
     /// The same scan archived more than once (a file copied in twice).
-    ScanArchivedTwice { scan_id: [u8; 16], copies: u64 },
+    ScanArchivedTwice {
+        /// The scan archived more than once.
+        scan_id: [u8; 16],
+        /// How many times it is archived (two or more).
+        copies: u64,
+    },
     /// The same charge more than once (a charges file copied in twice, or
     /// a charge both archived and still in the store).
-    ChargeListedTwice { charge_id: ChargeId, copies: u64 },
+    ChargeListedTwice {
+        /// The charge listed more than once.
+        charge_id: ChargeId,
+        /// How many times it appears (two or more).
+        copies: u64,
+    },
     /// An outcome that is none of the known ones.
-    UnknownOutcome { charge_id: ChargeId, outcome: String },
+    UnknownOutcome {
+        /// The charge with that outcome.
+        charge_id: ChargeId,
+        /// The outcome as it was read.
+        outcome: String,
+    },
     /// A rider's charges do not add up to what the day costs.
-    MoneyMismatch { card_id: u64, charged_cents: i64, due_cents: i64 },
+    MoneyMismatch {
+        /// The rider's card.
+        card_id: u64,
+        /// What the day's charges add up to, whatever their outcome, in cents.
+        charged_cents: i64,
+        /// What the day costs (its fares after caps), in cents.
+        due_cents: i64,
+    },
     /// Declines less payments differ from the account store's arrears.
-    ArrearsMismatch { card_id: u64, from_charges_cents: i64, store_cents: i64 },
+    ArrearsMismatch {
+        /// The rider's card.
+        card_id: u64,
+        /// What the arrears should be: declines (all days) less arrears payments (all time), in cents.
+        from_charges_cents: i64,
+        /// What the account store says the card owes, in cents.
+        store_cents: i64,
+    },
     /// A file an earlier run settled is gone from the archive.
-    SettledFileMissing { file: String },
+    SettledFileMissing {
+        /// The file's name, as the earlier run recorded it.
+        file: String,
+    },
 }
 
 impl Break {
@@ -263,9 +320,13 @@ impl fmt::Display for Break {
 /// A charge as the settlement reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DayCharge {
+    /// Its id: the same id twice is a break.
     pub charge_id: ChargeId,
+    /// In cents; negative for a credit.
     pub amount_cents: i64,
+    /// A [`ChargeOutcome`](crate::charges::ChargeOutcome)'s name, as read: an unknown one is a break.
     pub outcome: String,
+    /// The scans it prices.
     pub scan_ids: Vec<[u8; 16]>,
 }
 
@@ -284,8 +345,12 @@ impl From<&ChargeRecord> for DayCharge {
 /// did not reconcile.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RiderSettlement {
+    /// Rides, fares, caps and charges by outcome as the day stands; the arrears figures are the
+    /// shell's to fill from the account store.
     pub figures: RiderFigures,
+    /// Rides and revenue by the route each ride began on.
     pub routes: Vec<RouteRevenue>,
+    /// What did not reconcile; a scan or charge found in copies is one break, however many copies.
     pub breaks: Vec<Break>,
     /// Scans a charge prices that the settled files do not hold: a break,
     /// unless the archive is still behind the pricer (then the rider waits
@@ -399,7 +464,7 @@ fn distinct_by<T: Clone, K: std::hash::Hash + Eq + Copy + Ord>(
 
 /// The money check for one rider: the day's charges add up to what it
 /// costs, and every charge is one of the known outcomes' amounts.
-pub fn money_break(card_id: u64, figures: &RiderFigures) -> Option<Break> {
+pub(crate) fn money_break(card_id: u64, figures: &RiderFigures) -> Option<Break> {
     (figures.charged_cents != figures.due_cents).then_some(Break::MoneyMismatch {
         card_id,
         charged_cents: figures.charged_cents,

@@ -18,6 +18,7 @@ pub mod data_dir_lock;
 pub mod fair;
 pub mod faults;
 pub mod files;
+pub mod handles;
 pub mod http;
 pub mod keystore;
 pub mod log_reader;

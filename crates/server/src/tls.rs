@@ -38,6 +38,14 @@ pub struct ServerIdentity {
     key: PrivatePkcs8KeyDer<'static>,
 }
 
+impl Clone for ServerIdentity {
+    /// A copy in memory (a test moving one identity between data dirs):
+    /// rustls makes copying a private key a call of its own.
+    fn clone(&self) -> ServerIdentity {
+        ServerIdentity { cert: self.cert.clone(), key: self.key.clone_key() }
+    }
+}
+
 /// Where the certificate lives under a data directory; gateways read it.
 pub fn cert_path(data_dir: &Path) -> PathBuf {
     data_dir.join("tls").join("cert.der")

@@ -19,6 +19,8 @@ fn time() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
+/// The charges archive's Arrow schema: a column per [`ChargeRecord`] field but `service_date` (the
+/// partition). Times are UTC ms; `decided_at` and `gateway_txn_id` may be null.
 pub fn charge_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("charge_id", DataType::Utf8, false),
@@ -37,6 +39,7 @@ pub fn charge_schema() -> SchemaRef {
     ]))
 }
 
+/// Writes rows as one batch of [`charge_schema`]: ids as hex, card ids signed (`scan::id_to_archive`).
 pub fn charges_to_record_batch(rows: &[ChargeRecord]) -> Result<RecordBatch, ArrowError> {
     let strings = |get: fn(&ChargeRecord) -> Option<String>| -> ArrayRef {
         let mut b = StringBuilder::new();

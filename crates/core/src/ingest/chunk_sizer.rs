@@ -28,6 +28,7 @@ const BATCH_PER_EQUATION: f64 = 0.55;
 /// How many signatures the moving failure rate remembers, about.
 const MEMORY_SIGNATURES: f64 = 1024.0;
 
+/// Chooses how many signatures each batch equation holds, from a moving failure rate (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ChunkSizer {
     max: usize,
@@ -41,7 +42,8 @@ impl ChunkSizer {
         ChunkSizer { max: max.max(1), failure_rate: clamp_rate(failure_rate) }
     }
 
-    pub fn failure_rate(&self) -> f64 {
+    #[cfg(test)]
+    fn failure_rate(&self) -> f64 {
         self.failure_rate
     }
 

@@ -14,7 +14,7 @@ use crate::scan::TapKind;
 
 /// A scan's content fingerprint: SHA-256 of its fields, first 16 bytes.
 /// It is also the archive's `scan_id`.
-pub type Fingerprint = [u8; 16];
+pub(crate) type Fingerprint = [u8; 16];
 
 /// Identifies one ride code by its signed claims. One code pays for at
 /// most one ride: a metro rider may show the same on-screen code at entry
@@ -22,7 +22,7 @@ pub type Fingerprint = [u8; 16];
 /// anything else (a second entry, a bus tap after an entry, a third use)
 /// is a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RideKey {
+pub(crate) struct RideKey {
     pub card_id: u64,
     pub created_at: u32,
     pub counter: u32,
@@ -63,7 +63,7 @@ impl RideUse {
 }
 
 #[derive(Default)]
-pub struct DedupIndex {
+pub(crate) struct DedupIndex {
     /// Keyed by the whole scan's fingerprint, which covers the validator id
     /// and sequence number: a forged record that reuses a real scan's
     /// sequence number cannot make the real one look like a re-delivery.
@@ -75,33 +75,36 @@ pub struct DedupIndex {
 /// Entry counts, for metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupSizes {
+    /// Scans remembered by fingerprint, to catch re-deliveries.
     pub deliveries: usize,
+    /// Ride codes remembered by their claims, to catch replays.
     pub rides: usize,
+    /// Credentials whose issuer signature is cached as verified.
     pub credentials: usize,
 }
 
 impl DedupIndex {
-    pub fn new() -> DedupIndex {
+    pub(crate) fn new() -> DedupIndex {
         DedupIndex::default()
     }
 
     /// Records a delivery of the scan with this fingerprint; false when it
     /// was delivered before. Atomic: of two concurrent deliveries of one
     /// scan exactly one sees true.
-    pub fn claim_delivery(&self, fingerprint: Fingerprint, expires_at: UnixMillis) -> bool {
+    pub(crate) fn claim_delivery(&self, fingerprint: Fingerprint, expires_at: UnixMillis) -> bool {
         claim(&self.deliveries, fingerprint, expires_at)
     }
 
     /// True when a scan with this fingerprint was delivered before (a
     /// look, not a claim: [`DedupIndex::claim_delivery`] decides).
-    pub fn delivery_seen(&self, fingerprint: &Fingerprint) -> bool {
+    pub(crate) fn delivery_seen(&self, fingerprint: &Fingerprint) -> bool {
         self.deliveries.contains_key(fingerprint)
     }
 
     /// Records a use of a ride code at a `kind` of gate; false when that
     /// is a replay (see [`RideKey`]). Atomic: of two concurrent uses that
     /// cannot both pay, exactly one sees true, whatever their order.
-    pub fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) -> bool {
+    pub(crate) fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) -> bool {
         match self.rides.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(RideUse::new(kind, expires_at));
@@ -117,28 +120,28 @@ impl DedupIndex {
 
     /// Re-records a use decided before a restart (an accepted row), in any
     /// order: the uses of a code end up the same as when they were claimed.
-    pub fn restore_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) {
+    pub(crate) fn restore_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) {
         self.rides.entry(key).and_modify(|used| used.add(kind)).or_insert_with(|| RideUse::new(kind, expires_at));
     }
 
     /// True when this exact credential's issuer signature was verified before.
-    pub fn credential_is_verified(&self, credential: &[u8; CREDENTIAL_LEN]) -> bool {
+    pub(crate) fn credential_is_verified(&self, credential: &[u8; CREDENTIAL_LEN]) -> bool {
         self.credentials.contains_key(credential)
     }
 
     /// Remembers a credential whose issuer signature verified, until it expires.
-    pub fn remember_verified_credential(&self, credential: [u8; CREDENTIAL_LEN], expires_at: UnixMillis) {
+    pub(crate) fn remember_verified_credential(&self, credential: [u8; CREDENTIAL_LEN], expires_at: UnixMillis) {
         self.credentials.insert(credential, expires_at);
     }
 
     /// Drops every entry whose expiry is at or before `now`.
-    pub fn sweep(&self, now: UnixMillis) {
+    pub(crate) fn sweep(&self, now: UnixMillis) {
         self.deliveries.retain(|_, expires_at| *expires_at > now);
         self.rides.retain(|_, used| used.expires_at > now);
         self.credentials.retain(|_, expires_at| *expires_at > now);
     }
 
-    pub fn sizes(&self) -> DedupSizes {
+    pub(crate) fn sizes(&self) -> DedupSizes {
         DedupSizes { deliveries: self.deliveries.len(), rides: self.rides.len(), credentials: self.credentials.len() }
     }
 }

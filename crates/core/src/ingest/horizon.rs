@@ -35,10 +35,10 @@ use crate::ridecode::FreshnessPolicy;
 
 /// The lowest scan time a record may carry: ride codes count seconds from
 /// 1970 in a `u32`, so nothing earlier can match a code.
-pub const SCAN_TIME_MS_MIN: UnixMillis = 0;
+pub(crate) const SCAN_TIME_MS_MIN: UnixMillis = 0;
 /// The highest scan time a record may carry: the last millisecond of the
 /// `u32` seconds a ride code can express (2106-02-07 06:28:15.999 UTC).
-pub const SCAN_TIME_MS_MAX: UnixMillis = (u32::MAX as i64 + 1) * 1000 - 1;
+pub(crate) const SCAN_TIME_MS_MAX: UnixMillis = (u32::MAX as i64 + 1) * 1000 - 1;
 
 /// The time windows, from the freshness policy and the accepted lateness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,7 @@ pub struct Horizons {
 }
 
 impl Horizons {
+    /// The windows for `freshness` and an accepted lateness of `accepted_lateness_secs`.
     pub fn new(freshness: FreshnessPolicy, accepted_lateness_secs: u32) -> Horizons {
         Horizons {
             lateness_ms: secs_to_ms(accepted_lateness_secs),
@@ -58,32 +59,32 @@ impl Horizons {
     }
 
     /// True when a scan time is one a ride code can be checked against.
-    pub fn scan_time_in_range(scanned_at: UnixMillis) -> bool {
+    pub(crate) fn scan_time_in_range(scanned_at: UnixMillis) -> bool {
         (SCAN_TIME_MS_MIN..=SCAN_TIME_MS_MAX).contains(&scanned_at)
     }
 
     /// True when the scan arrived within the accepted lateness and not from
     /// a validator clock further ahead than the skew.
-    pub fn on_time(&self, scanned_at: UnixMillis, received_at: UnixMillis) -> bool {
+    pub(crate) fn on_time(&self, scanned_at: UnixMillis, received_at: UnixMillis) -> bool {
         let late_by = received_at.saturating_sub(scanned_at);
         let ahead_by = scanned_at.saturating_sub(received_at);
         late_by <= self.lateness_ms && ahead_by <= self.skew_ms
     }
 
     /// The moment whose service day a row is filed under.
-    pub fn partition_time(&self, scanned_at: UnixMillis, received_at: UnixMillis) -> UnixMillis {
+    pub(crate) fn partition_time(&self, scanned_at: UnixMillis, received_at: UnixMillis) -> UnixMillis {
         if self.on_time(scanned_at, received_at) { scanned_at } else { received_at }
     }
 
     /// When the re-delivery entry of a scan can be forgotten.
-    pub fn delivery_expiry(&self, scanned_at: UnixMillis, received_at: UnixMillis) -> UnixMillis {
+    pub(crate) fn delivery_expiry(&self, scanned_at: UnixMillis, received_at: UnixMillis) -> UnixMillis {
         let ahead_by = scanned_at.saturating_sub(received_at).clamp(0, self.skew_ms);
         received_at.saturating_add(ahead_by).saturating_add(self.lateness_ms).saturating_add(self.skew_ms)
     }
 
     /// When the replay key of a code made at `created_at` (Unix seconds)
     /// can be forgotten.
-    pub fn ride_expiry(&self, created_at: u32) -> UnixMillis {
+    pub(crate) fn ride_expiry(&self, created_at: u32) -> UnixMillis {
         let last_passing_scan_ms = secs_to_ms(created_at)
             .saturating_add(self.code_validity_ms)
             .saturating_add(self.skew_ms)
@@ -93,7 +94,7 @@ impl Horizons {
 
     /// When a verified credential valid until `valid_until` (Unix seconds)
     /// can be forgotten: no scan can pass its window after that.
-    pub fn credential_expiry(&self, valid_until: u32) -> UnixMillis {
+    pub(crate) fn credential_expiry(&self, valid_until: u32) -> UnixMillis {
         secs_to_ms(valid_until).saturating_add(self.skew_ms)
     }
 

@@ -1,8 +1,8 @@
 //! The sans-IO ingest core: dedup indexes and the batch pipeline.
 
-pub mod chunk_sizer;
+pub(crate) mod chunk_sizer;
 pub mod dedup;
-pub mod horizon;
+pub(crate) mod horizon;
 pub mod pipeline;
 
 pub use chunk_sizer::ChunkSizer;

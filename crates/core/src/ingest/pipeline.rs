@@ -34,16 +34,22 @@ use crate::wire::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, Wire
 /// The pipeline's tunables (the shell builds them from its config).
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    /// The ride-code freshness rules, the same as the validators'.
     pub freshness: FreshnessPolicy,
+    /// How long after it was read a scan may arrive and still count (else `late_upload`).
     pub accepted_lateness_secs: u32,
+    /// Signatures per batch equation in [`Pipeline::verify`]; the shell's chunk sizers pick up to this.
     pub verify_chunk_signatures: usize,
+    /// The most scans one batch may carry; a larger batch is refused whole.
     pub batch_scans_max: usize,
     /// Longest `gateway_id`, `validator_id`, `route_id` or `stop_id`.
     pub id_bytes_max: usize,
+    /// Which service day each archive row is filed under.
     pub service_day: ServiceDayPolicy,
 }
 
 impl PipelineConfig {
+    /// The time windows these settings give.
     pub fn horizons(&self) -> Horizons {
         Horizons::new(self.freshness, self.accepted_lateness_secs)
     }
@@ -52,12 +58,25 @@ impl PipelineConfig {
 /// A batch that cannot be processed at all; the gateway gets an error ack.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BatchError {
+    /// The batch names no gateway.
     #[error("gateway_id is empty")]
     MissingGatewayId,
+    /// The gateway id is longer than `id_bytes_max`.
     #[error("gateway_id is {len} bytes, the limit is {max}")]
-    GatewayIdTooLong { len: usize, max: usize },
+    GatewayIdTooLong {
+        /// The gateway id's length, in bytes.
+        len: usize,
+        /// The limit, `id_bytes_max`, in bytes.
+        max: usize,
+    },
+    /// The batch holds more scans than `batch_scans_max`.
     #[error("batch has {count} scans, the limit is {max}")]
-    TooManyScans { count: usize, max: usize },
+    TooManyScans {
+        /// Scans in the batch.
+        count: usize,
+        /// The limit, `batch_scans_max`.
+        max: usize,
+    },
 }
 
 /// What one batch produced.
@@ -65,9 +84,12 @@ pub enum BatchError {
 pub struct BatchOutcome {
     /// One row per scan that was not a re-delivery, in record order.
     pub rows: Vec<ArchivedScan>,
+    /// The answer for the gateway: counts, and one entry per rejected scan.
     pub ack: BatchAck,
 }
 
+/// The pipeline's state shared by every batch: trusted issuer keys, the server's deny list and the dedup
+/// indexes.
 pub struct Pipeline {
     config: PipelineConfig,
     horizons: Horizons,
@@ -170,6 +192,7 @@ impl Pipeline {
         Pipeline { config, horizons, issuer_keys, deny_list, dedup: DedupIndex::new(), entropy }
     }
 
+    /// The tunables this pipeline was built with.
     pub fn config(&self) -> &PipelineConfig {
         &self.config
     }
@@ -189,6 +212,7 @@ impl Pipeline {
         self.dedup.sweep(now);
     }
 
+    /// How many entries each dedup index holds now, for metrics.
     pub fn dedup_sizes(&self) -> DedupSizes {
         self.dedup.sizes()
     }

@@ -26,6 +26,7 @@ pub struct FreshnessPolicy {
 
 /// Cards that must not ride. The server's list changes as arrears come and go.
 pub trait DenyList {
+    /// True when `card_id` must not ride.
     fn is_denied(&self, card_id: u64) -> bool;
 }
 
@@ -47,7 +48,9 @@ impl DenyList for NobodyDenied {
 /// Which signature failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureFault {
+    /// The issuer's signature over the credential.
     Issuer,
+    /// The user's signature over the code.
     User,
     /// The credential names a user key that is not a safe point.
     WeakUserKey,
@@ -56,27 +59,71 @@ pub enum SignatureFault {
 /// Why a ride code is refused. Each maps to one archive status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum Rejection {
+    /// The bytes are not a version-1 ride code.
     #[error("malformed ride code: {0}")]
     Malformed(#[from] DecodeError),
+    /// The credential names an issuer key that is not trusted here (retired, or never issued).
     #[error("issuer key {key_id} is not trusted")]
-    UnknownIssuerKey { key_id: u32 },
+    UnknownIssuerKey {
+        /// The key id the credential names.
+        key_id: u32,
+    },
+    /// A signature does not verify, or the user key is weak: a forgery or a damaged code.
     #[error("bad signature: {0:?}")]
     BadSignature(SignatureFault),
+    /// The code was read outside the credential's window, skew allowed.
     #[error("credential valid [{valid_from}, {valid_until}) is not valid at {at}")]
-    ExpiredCredential { valid_from: u32, valid_until: u32, at: u32 },
+    ExpiredCredential {
+        /// Start of the credential's window, Unix seconds, inclusive.
+        valid_from: u32,
+        /// End of the credential's window, Unix seconds, exclusive.
+        valid_until: u32,
+        /// When the code was read, by the validator's clock, Unix seconds.
+        at: u32,
+    },
+    /// The credential's window is longer than policy allows; archived as `expired_credential`.
     #[error("credential valid [{valid_from}, {valid_until}) is longer than the {max_secs} s a credential may be")]
-    CredentialTooLong { valid_from: u32, valid_until: u32, max_secs: u32 },
+    CredentialTooLong {
+        /// Start of the credential's window, Unix seconds, inclusive.
+        valid_from: u32,
+        /// End of the credential's window, Unix seconds, exclusive.
+        valid_until: u32,
+        /// The longest window allowed, `credential_validity_secs`.
+        max_secs: u32,
+    },
+    /// The code was made too long before it was read, or ahead of the clock it was checked against by more
+    /// than the skew.
     #[error("code made at {created_at} is stale at {at}")]
-    StaleCode { created_at: u32, at: u32 },
+    StaleCode {
+        /// When the phone made the code, Unix seconds.
+        created_at: u32,
+        /// Unix seconds of the clock it failed against: the scan's, or the arrival's for a scan from the future.
+        at: u32,
+    },
+    /// The scan arrived later than the accepted lateness after it was read, so it is not a ride (server only).
     #[error("read at {scanned_at_ms} ms, uploaded at {received_at_ms} ms: later than the accepted lateness")]
-    LateUpload { scanned_at_ms: i64, received_at_ms: i64 },
+    LateUpload {
+        /// The validator's clock when it read the code, Unix milliseconds.
+        scanned_at_ms: i64,
+        /// The server's clock when the batch arrived, Unix milliseconds.
+        received_at_ms: i64,
+    },
+    /// The card is on the deny list (unpaid arrears).
     #[error("card {card_id} is denied")]
-    Denied { card_id: u64 },
+    Denied {
+        /// The card refused.
+        card_id: u64,
+    },
+    /// The gateway says the gate refused the code, so no ride happened; archived as `denied`.
     #[error("the gate refused card {card_id}: not a ride")]
-    GateRefused { card_id: u64 },
+    GateRefused {
+        /// The card the gate refused.
+        card_id: u64,
+    },
 }
 
 impl Rejection {
+    /// The archive status this rejection is filed under.
     pub fn status(&self) -> ScanStatus {
         match self {
             Rejection::Malformed(_) => ScanStatus::Malformed,
@@ -110,14 +157,17 @@ pub fn check_offline(
 }
 
 /// Finds the issuer key the credential names.
-pub fn issuer_key_for<'k>(code: &RideCode, issuer_keys: &'k IssuerPublicKeys) -> Result<&'k [u8; 32], Rejection> {
+pub(crate) fn issuer_key_for<'k>(
+    code: &RideCode,
+    issuer_keys: &'k IssuerPublicKeys,
+) -> Result<&'k [u8; 32], Rejection> {
     let key_id = code.credential.claims.issuer_key_id;
     issuer_keys.get(key_id).ok_or(Rejection::UnknownIssuerKey { key_id })
 }
 
 /// The credential is sound when the issuer signed it and the user key it
 /// names is safe. `verify` is single or batch verification's answer.
-pub fn check_credential_signature(
+pub(crate) fn check_credential_signature(
     code: &RideCode,
     issuer_key: &[u8; 32],
     verify: impl FnOnce(&SignatureCheck) -> bool,
@@ -131,7 +181,7 @@ pub fn check_credential_signature(
     Ok(())
 }
 
-pub fn issuer_signature_check(code: &RideCode, issuer_key: &[u8; 32]) -> SignatureCheck {
+pub(crate) fn issuer_signature_check(code: &RideCode, issuer_key: &[u8; 32]) -> SignatureCheck {
     SignatureCheck {
         public_key: *issuer_key,
         signature: code.credential.issuer_signature,
@@ -139,6 +189,7 @@ pub fn issuer_signature_check(code: &RideCode, issuer_key: &[u8; 32]) -> Signatu
     }
 }
 
+/// The user's signature over the code, as one check for single or batch verification.
 pub fn user_signature_check(code: &RideCode) -> SignatureCheck {
     SignatureCheck {
         public_key: code.credential.claims.user_public_key,
@@ -149,7 +200,7 @@ pub fn user_signature_check(code: &RideCode) -> SignatureCheck {
 
 /// The checks after the signatures, in the order the statuses are documented:
 /// credential window, freshness, deny list. `at` is the validator's clock.
-pub fn check_claims(
+pub(crate) fn check_claims(
     code: &RideCode,
     deny_list: &impl DenyList,
     policy: &FreshnessPolicy,

@@ -23,13 +23,13 @@
 use thiserror::Error;
 
 /// The only format version this build reads and writes.
-pub const FORMAT_VERSION: u8 = 0x01;
+pub(crate) const FORMAT_VERSION: u8 = 0x01;
 /// Length of a version-1 ride code. A QR code at error-correction level M
 /// holds 213 bytes at version 10, which a phone screen shows and a gate reads
 /// comfortably; the budget is 200 bytes.
 pub const RIDE_CODE_LEN: usize = 189;
 /// Length of the credential, issuer signature included.
-pub const CREDENTIAL_LEN: usize = 117;
+pub(crate) const CREDENTIAL_LEN: usize = 117;
 /// Bytes of the credential that the issuer signs (after the domain prefix).
 pub const CREDENTIAL_SIGNED_LEN: usize = 53;
 /// Bytes of the code that the user signs (after the domain prefix).
@@ -38,51 +38,71 @@ pub const CODE_SIGNED_LEN: usize = 125;
 /// Domain separation: a signature made for one purpose never verifies for
 /// another, even if the bytes happened to line up.
 pub const CREDENTIAL_DOMAIN: &[u8] = b"farestream/credential/v1\0";
+/// Domain prefix of the code message, which the user key signs; the credential's is [`CREDENTIAL_DOMAIN`].
 pub const RIDE_CODE_DOMAIN: &[u8] = b"farestream/ride-code/v1\0";
 
 /// The claims an issuer signs once a day for one rider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CredentialClaims {
+    /// Which issuer key signs the credential.
     pub issuer_key_id: u32,
+    /// The rider's card: issued up to 2^63 - 1, though a card issued before that limit may use all 64 bits.
     pub card_id: u64,
+    /// Ed25519 public key of the rider's user key for this window.
     pub user_public_key: [u8; 32],
+    /// Start of the window, Unix seconds, inclusive.
     pub valid_from: u32,
+    /// End of the window, Unix seconds, exclusive.
     pub valid_until: u32,
 }
 
 /// A credential as carried inside a ride code: claims plus issuer signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Credential {
+    /// What the issuer signed.
     pub claims: CredentialClaims,
-    pub issuer_signature: [u8; 64],
+    pub(crate) issuer_signature: [u8; 64],
 }
 
 /// A decoded ride code. Decoding checks only the shape; signatures and
 /// windows are checked by [`super::check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RideCode {
+    /// The day's credential the code carries.
     pub credential: Credential,
+    /// When the phone made the code, Unix seconds by its clock.
     pub created_at: u32,
+    /// The phone's code counter; with `card_id` and `created_at` it names the code.
     pub counter: u32,
-    pub user_signature: [u8; 64],
+    pub(crate) user_signature: [u8; 64],
     /// The exact bytes decoded, kept so signatures are checked over what
     /// arrived rather than over a re-encoding.
     pub bytes: [u8; RIDE_CODE_LEN],
 }
 
+/// Why bytes are not a version-1 ride code or credential; a scan whose code fails here is `malformed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum DecodeError {
+    /// The code is not exactly [`RIDE_CODE_LEN`] bytes.
     #[error("ride code is {actual} bytes, version 1 codes are exactly {RIDE_CODE_LEN}")]
-    WrongLength { actual: usize },
+    WrongLength {
+        /// The length that arrived, in bytes.
+        actual: usize,
+    },
+    /// The credential is not exactly 117 bytes.
     #[error("credential is {actual} bytes, version 1 credentials are exactly {CREDENTIAL_LEN}")]
-    CredentialWrongLength { actual: usize },
+    CredentialWrongLength {
+        /// The length that arrived, in bytes.
+        actual: usize,
+    },
+    /// The first byte names a format version other than 1.
     #[error("ride code format version {0:#04x} is not supported")]
     UnsupportedVersion(u8),
 }
 
 impl CredentialClaims {
     /// The bytes an issuer signs: version byte and claims, without the domain.
-    pub fn signed_bytes(&self) -> [u8; CREDENTIAL_SIGNED_LEN] {
+    pub(crate) fn signed_bytes(&self) -> [u8; CREDENTIAL_SIGNED_LEN] {
         let mut out = [0u8; CREDENTIAL_SIGNED_LEN];
         out[0] = FORMAT_VERSION;
         out[1..5].copy_from_slice(&self.issuer_key_id.to_be_bytes());
@@ -94,12 +114,13 @@ impl CredentialClaims {
     }
 
     /// The full message the issuer signs: domain prefix, then claims.
-    pub fn signing_message(&self) -> Vec<u8> {
+    pub(crate) fn signing_message(&self) -> Vec<u8> {
         prefixed(CREDENTIAL_DOMAIN, &self.signed_bytes())
     }
 }
 
 impl Credential {
+    /// The credential's 117 bytes, as a ride code carries them and the account API hands them out.
     pub fn to_bytes(&self) -> [u8; CREDENTIAL_LEN] {
         let mut out = [0u8; CREDENTIAL_LEN];
         out[..CREDENTIAL_SIGNED_LEN].copy_from_slice(&self.claims.signed_bytes());
@@ -139,7 +160,7 @@ impl RideCode {
     }
 
     /// The bytes a user signs (after the domain prefix).
-    pub fn unsigned_bytes(credential: &Credential, created_at: u32, counter: u32) -> [u8; CODE_SIGNED_LEN] {
+    pub(crate) fn unsigned_bytes(credential: &Credential, created_at: u32, counter: u32) -> [u8; CODE_SIGNED_LEN] {
         let mut out = [0u8; CODE_SIGNED_LEN];
         out[..CREDENTIAL_LEN].copy_from_slice(&credential.to_bytes());
         out[117..121].copy_from_slice(&created_at.to_be_bytes());
@@ -148,27 +169,28 @@ impl RideCode {
     }
 
     /// The full message the user signs: domain prefix, then the code.
-    pub fn signing_message_for(credential: &Credential, created_at: u32, counter: u32) -> Vec<u8> {
+    pub(crate) fn signing_message_for(credential: &Credential, created_at: u32, counter: u32) -> Vec<u8> {
         prefixed(RIDE_CODE_DOMAIN, &Self::unsigned_bytes(credential, created_at, counter))
     }
 
     /// The message the user signature of this code must verify over.
-    pub fn user_message(&self) -> Vec<u8> {
+    pub(crate) fn user_message(&self) -> Vec<u8> {
         prefixed(RIDE_CODE_DOMAIN, &self.bytes[..CODE_SIGNED_LEN])
     }
 
     /// The message the issuer signature of this code must verify over.
-    pub fn issuer_message(&self) -> Vec<u8> {
+    pub(crate) fn issuer_message(&self) -> Vec<u8> {
         prefixed(CREDENTIAL_DOMAIN, &self.bytes[..CREDENTIAL_SIGNED_LEN])
     }
 
     /// The credential exactly as it arrived, the key of the verified-credential cache.
-    pub fn credential_bytes(&self) -> [u8; CREDENTIAL_LEN] {
+    pub(crate) fn credential_bytes(&self) -> [u8; CREDENTIAL_LEN] {
         let mut out = [0u8; CREDENTIAL_LEN];
         out.copy_from_slice(&self.bytes[..CREDENTIAL_LEN]);
         out
     }
 
+    /// Reads a code's bytes, checking only their shape: signatures and windows are [`super::check`]'s.
     pub fn decode(input: &[u8]) -> Result<RideCode, DecodeError> {
         // The version is checked first so a future longer format gets the
         // more useful error.

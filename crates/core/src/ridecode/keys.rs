@@ -11,10 +11,18 @@ use thiserror::Error;
 
 use super::format::{Credential, CredentialClaims, RideCode};
 
+/// Why a key could not be loaded.
 #[derive(Debug, Error)]
 pub enum KeyError {
+    /// A stored issuer key is not an Ed25519 PKCS#8 document.
     #[error("issuer key {key_id}: PKCS#8 document is not an Ed25519 key: {reason}")]
-    BadPkcs8 { key_id: u32, reason: String },
+    BadPkcs8 {
+        /// The issuer key id it was stored under.
+        key_id: u32,
+        /// ring's explanation.
+        reason: String,
+    },
+    /// ring refused the seed.
     #[error("Ed25519 seed rejected: {0}")]
     BadSeed(String),
 }
@@ -26,6 +34,7 @@ pub struct IssuerSigningKey {
 }
 
 impl IssuerSigningKey {
+    /// Loads issuer key `key_id` from its stored PKCS#8 document.
     pub fn from_pkcs8(key_id: u32, document: &[u8]) -> Result<IssuerSigningKey, KeyError> {
         let pair =
             Ed25519KeyPair::from_pkcs8(document).map_err(|e| KeyError::BadPkcs8 { key_id, reason: e.to_string() })?;
@@ -39,10 +48,12 @@ impl IssuerSigningKey {
         Ok(IssuerSigningKey { key_id, pair })
     }
 
+    /// The id that credentials name this key by.
     pub fn key_id(&self) -> u32 {
         self.key_id
     }
 
+    /// The Ed25519 public key that validators and the server trust under this key's id.
     pub fn public_key(&self) -> [u8; 32] {
         public_key_bytes(&self.pair)
     }
@@ -63,11 +74,14 @@ pub struct UserKey {
 }
 
 impl UserKey {
+    /// A key from a 32-byte Ed25519 seed: the phone's own, or one the server draws for the day's keys or an
+    /// online code.
     pub fn from_seed(seed: &[u8; 32]) -> Result<UserKey, KeyError> {
         let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| KeyError::BadSeed(e.to_string()))?;
         Ok(UserKey { pair })
     }
 
+    /// The Ed25519 public key, which the credential names.
     pub fn public_key(&self) -> [u8; 32] {
         public_key_bytes(&self.pair)
     }
@@ -87,18 +101,22 @@ pub struct IssuerPublicKeys {
 }
 
 impl IssuerPublicKeys {
+    /// An empty set: no key is trusted.
     pub fn new() -> IssuerPublicKeys {
         IssuerPublicKeys::default()
     }
 
+    /// Trusts `public_key` under `key_id`, replacing any key held under that id.
     pub fn insert(&mut self, key_id: u32, public_key: [u8; 32]) {
         self.keys.insert(key_id, public_key);
     }
 
+    /// The public key trusted under `key_id`, if any.
     pub fn get(&self, key_id: u32) -> Option<&[u8; 32]> {
         self.keys.get(&key_id)
     }
 
+    /// The trusted key ids, in ascending order.
     pub fn key_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.keys.keys().copied()
     }

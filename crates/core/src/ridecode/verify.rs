@@ -23,8 +23,11 @@ use rand_core::{CryptoRng, RngCore};
 /// One signature to check: the key, the signature, and the exact message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureCheck {
+    /// The Ed25519 public key the signature must verify under.
     pub public_key: [u8; 32],
+    /// The signature: `R` then `S`.
     pub signature: [u8; 64],
+    /// The whole signed message, domain prefix included.
     pub message: Vec<u8>,
 }
 
@@ -91,6 +94,7 @@ pub struct BatchEntropy {
 }
 
 impl BatchEntropy {
+    /// Entropy from a secret 32-byte seed: fill it from the OS, never from anything a peer can see.
     pub fn new(seed: [u8; 32]) -> BatchEntropy {
         BatchEntropy { seed, next_stream: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)) }
     }
@@ -119,7 +123,7 @@ fn encodings_are_canonical(check: &SignatureCheck) -> bool {
 /// True when `encoding` is the one canonical encoding of its point: the
 /// y coordinate is below p = 2^255 - 19, and the sign bit is clear when
 /// x = 0 (y = 1 or y = p - 1), where a set bit would encode "-0".
-pub fn point_encoding_is_canonical(encoding: &[u8; 32]) -> bool {
+pub(crate) fn point_encoding_is_canonical(encoding: &[u8; 32]) -> bool {
     let sign_bit_set = encoding[31] & 0x80 != 0;
     let mut y = *encoding;
     y[31] &= 0x7f;

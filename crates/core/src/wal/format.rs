@@ -4,26 +4,32 @@
 use thiserror::Error;
 
 /// First bytes of every segment file.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"FARESWAL";
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"FARESWAL";
 /// The only segment format version this build reads and writes.
-pub const SEGMENT_VERSION: u32 = 1;
+pub(crate) const SEGMENT_VERSION: u32 = 1;
 /// magic (8) + version (4) + start LSN (8) + CRC32C of the first 20 bytes (4).
 pub const SEGMENT_HEADER_BYTES: usize = 24;
 /// payload length (4) + CRC32C of length and payload (4).
 pub const RECORD_HEADER_BYTES: usize = 8;
 
+/// Why a segment header is refused; the server's recovery reports the segment as corrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum HeaderError {
+    /// The file is shorter than a header (its length in bytes).
     #[error("segment header is {0} bytes, needs {SEGMENT_HEADER_BYTES}")]
     Short(usize),
+    /// The file does not start with `FARESWAL`: not a segment of this log.
     #[error("segment magic is wrong")]
     Magic,
+    /// The header's CRC32C does not match: the header is damaged.
     #[error("segment header checksum does not match")]
     Checksum,
+    /// A segment format version this build does not read, e.g. from a newer build.
     #[error("segment format version {0} is not supported")]
     Version(u32),
 }
 
+/// The header of a segment whose first record is at `start_lsn`.
 pub fn encode_segment_header(start_lsn: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut out = [0u8; SEGMENT_HEADER_BYTES];
     out[..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -70,11 +76,15 @@ pub fn record_bytes(payload_len: usize) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame<'a> {
     /// A whole record whose checksum matches.
-    Valid { payload: &'a [u8] },
+    Valid {
+        /// The record's payload, borrowed from `bytes`.
+        payload: &'a [u8],
+    },
     /// Not a valid record: too short, too long, or a checksum mismatch.
     Invalid,
 }
 
+/// Reads the record at the start of `bytes`; one longer than `record_bytes_max` is invalid.
 pub fn decode_record(bytes: &[u8], record_bytes_max: u32) -> Frame<'_> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return Frame::Invalid;

@@ -5,7 +5,9 @@
 
 use crate::scan::{ScanStatus, TapKind};
 
-/// Generated from `proto/farestream.proto` at build time (see `build.rs`).
+/// Generated from `proto/farestream.proto` at build time (see `build.rs`). The
+/// `.proto` file is their documentation.
+#[allow(missing_docs)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/farestream.v1.rs"));
 }
@@ -26,7 +28,7 @@ impl From<TapKind> for WireTapKind {
 }
 
 impl WireTapKind {
-    pub fn to_tap_kind(self) -> Option<TapKind> {
+    pub(crate) fn to_tap_kind(self) -> Option<TapKind> {
         match self {
             WireTapKind::Unspecified => None,
             WireTapKind::Entry => Some(TapKind::Entry),
@@ -53,13 +55,13 @@ impl From<ScanStatus> for WireScanStatus {
 }
 
 impl WireScanStatus {
-    pub fn to_scan_status(self) -> Option<ScanStatus> {
+    pub(crate) fn to_scan_status(self) -> Option<ScanStatus> {
         ScanStatus::ALL.into_iter().find(|s| WireScanStatus::from(*s) == self)
     }
 }
 
 impl ScanRecord {
-    pub fn wire_tap_kind(&self) -> Option<TapKind> {
+    pub(crate) fn wire_tap_kind(&self) -> Option<TapKind> {
         WireTapKind::try_from(self.tap_kind).ok().and_then(WireTapKind::to_tap_kind)
     }
 
@@ -80,12 +82,14 @@ impl ScanRecord {
 }
 
 impl RejectedScan {
+    /// The rejected scan's status; `None` for a value this build does not know.
     pub fn scan_status(&self) -> Option<ScanStatus> {
         WireScanStatus::try_from(self.status).ok().and_then(WireScanStatus::to_scan_status)
     }
 }
 
 impl BatchAck {
+    /// The ack's status; `Unspecified` for a value this build does not know.
     pub fn ack_status(&self) -> AckStatus {
         AckStatus::try_from(self.status).unwrap_or(AckStatus::Unspecified)
     }

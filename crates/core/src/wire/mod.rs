@@ -20,16 +20,36 @@ pub const ALPN: &[u8] = b"farestream/1";
 /// Size of the big-endian length that starts every frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
 
+/// Why a frame could not be read or decoded, at either end of a stream.
 #[derive(Debug, Error)]
 pub enum FrameError {
+    /// The length prefix announces more than the limit; nothing was allocated for it.
     #[error("frame of {len} bytes is over the limit of {max} bytes")]
-    TooLarge { len: u32, max: u32 },
+    TooLarge {
+        /// The length the prefix announces, in bytes.
+        len: u32,
+        /// The limit, `frame_bytes_max`, in bytes.
+        max: u32,
+    },
+    /// The stream ended before the frame was complete.
     #[error("stream ended inside a frame: {0}")]
     Truncated(std::io::Error),
+    /// The body is not a valid protobuf encoding of the expected message.
     #[error("frame is not a valid {message}: {source}")]
-    Decode { message: &'static str, source: prost::DecodeError },
+    Decode {
+        /// The expected message's name, e.g. `ScanBatch`.
+        message: &'static str,
+        /// What prost found wrong.
+        source: prost::DecodeError,
+    },
+    /// The body's fields could not be walked (to count them) before decoding.
     #[error("frame is not a valid {message}: {reason}")]
-    Fields { message: &'static str, reason: String },
+    Fields {
+        /// The expected message's name, e.g. `ScanBatch`.
+        message: &'static str,
+        /// What is wrong with the fields.
+        reason: String,
+    },
 }
 
 /// The body length a frame header announces, checked against

@@ -5,11 +5,11 @@
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-pub fn serialize<S: Serializer>(card_id: &u64, out: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: Serializer>(card_id: &u64, out: S) -> Result<S::Ok, S::Error> {
     out.collect_str(card_id)
 }
 
-pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<u64, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<u64, D::Error> {
     let text = <std::borrow::Cow<'de, str>>::deserialize(input)?;
     text.parse().map_err(|_| serde::de::Error::custom(format!("card_id {text:?} is not a decimal card id")))
 }

@@ -21,7 +21,7 @@ use crate::ridecode::verify::is_weak_public_key;
 const PAYMENT_USER_ID_BYTES_MAX: usize = 128;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccountView {
+pub(super) struct AccountView {
     #[serde(with = "super::card_id_json")]
     pub card_id: u64,
     pub phone: String,
@@ -35,7 +35,7 @@ pub struct AccountView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChargeView {
+pub(super) struct ChargeView {
     pub charge_id: String,
     pub service_date: String,
     pub kind: String,
@@ -47,12 +47,12 @@ pub struct ChargeView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ActivateRequest {
+pub(super) struct ActivateRequest {
     pub payment_user_id: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct KeysRequest {
+pub(super) struct KeysRequest {
     /// A public key the app made itself (32 bytes, hex): certified, and the
     /// private key never leaves the phone. Absent: the server makes one.
     #[serde(default)]
@@ -61,7 +61,7 @@ pub struct KeysRequest {
 
 /// The day's key material.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DailyKeys {
+pub(super) struct DailyKeys {
     #[serde(with = "super::card_id_json")]
     pub card_id: u64,
     pub issuer_key_id: u32,
@@ -75,14 +75,14 @@ pub struct DailyKeys {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OnlineCode {
+pub(super) struct OnlineCode {
     pub ride_code_hex: String,
     pub created_at: u32,
     pub valid_until: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IssuerKeyView {
+pub(super) struct IssuerKeyView {
     pub key_id: u32,
     pub active: bool,
     pub public_key_hex: String,
@@ -108,7 +108,7 @@ async fn authorized(api: &ApiState, headers: &HeaderMap, card: &str) -> Result<u
     }
 }
 
-pub async fn view(
+pub(super) async fn view(
     State(api): State<Arc<ApiState>>,
     Path(card): Path<String>,
     headers: HeaderMap,
@@ -145,7 +145,7 @@ fn account_view(api: &ApiState, account: Account, charges: Vec<ChargeView>) -> A
     }
 }
 
-pub async fn activate(
+pub(super) async fn activate(
     State(api): State<Arc<ApiState>>,
     Path(card): Path<String>,
     headers: HeaderMap,
@@ -201,7 +201,7 @@ fn window(api: &ApiState) -> (u32, u32) {
     (from, from.saturating_add(api.settings.credential_validity_secs))
 }
 
-pub async fn keys(
+pub(super) async fn keys(
     State(api): State<Arc<ApiState>>,
     Path(card): Path<String>,
     headers: HeaderMap,
@@ -243,7 +243,7 @@ fn parse_public_key(text: &str) -> Result<[u8; 32], ApiError> {
     Ok(bytes)
 }
 
-pub async fn online_code(
+pub(super) async fn online_code(
     State(api): State<Arc<ApiState>>,
     Path(card): Path<String>,
     headers: HeaderMap,
@@ -259,7 +259,7 @@ pub async fn online_code(
     Ok(Json(OnlineCode { ride_code_hex: hex::encode(code.bytes), created_at, valid_until }))
 }
 
-pub async fn pay_arrears(
+pub(super) async fn pay_arrears(
     State(api): State<Arc<ApiState>>,
     Path(card): Path<String>,
     headers: HeaderMap,
@@ -269,7 +269,7 @@ pub async fn pay_arrears(
     Ok(Json(account_view(&api, account, Vec::new())))
 }
 
-pub async fn refund(
+pub(super) async fn refund(
     State(api): State<Arc<ApiState>>,
     Path(card): Path<String>,
     headers: HeaderMap,
@@ -279,7 +279,7 @@ pub async fn refund(
     Ok(Json(account_view(&api, account, Vec::new())))
 }
 
-pub async fn issuer_keys(State(api): State<Arc<ApiState>>) -> Json<Vec<IssuerKeyView>> {
+pub(super) async fn issuer_keys(State(api): State<Arc<ApiState>>) -> Json<Vec<IssuerKeyView>> {
     Json(
         api.issuer_keys
             .iter()

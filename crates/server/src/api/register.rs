@@ -21,24 +21,24 @@ const PHONE_DIGITS_MAX: usize = 15;
 const PHONE_DIGITS_MIN: usize = 8;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CodeRequest {
+pub(super) struct CodeRequest {
     pub phone: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CodeSent {
+pub(super) struct CodeSent {
     pub phone: String,
     pub expires_in_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RegisterRequest {
+pub(super) struct RegisterRequest {
     pub phone: String,
     pub code: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registered {
+pub(super) struct Registered {
     #[serde(with = "super::card_id_json")]
     pub card_id: u64,
     pub token: String,
@@ -96,7 +96,7 @@ fn client_address(api: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Stri
     }
 }
 
-pub async fn send_code(
+pub(super) async fn send_code(
     State(api): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -118,7 +118,7 @@ pub async fn send_code(
     Ok((StatusCode::ACCEPTED, Json(sent)))
 }
 
-pub async fn register(
+pub(super) async fn register(
     State(api): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,

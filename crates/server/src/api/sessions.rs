@@ -23,7 +23,7 @@ use crate::money::store::StoreError;
 
 /// How a code check went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CodeCheck {
+pub(super) enum CodeCheck {
     Right,
     Wrong,
     /// None asked for, expired, or out of attempts: ask for a new one.
@@ -45,7 +45,7 @@ pub struct OtpLimits {
 
 /// Why no code was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendRefused {
+pub(super) enum SendRefused {
     TooSoon,
     PhoneHourly,
     PhoneLocked,
@@ -55,7 +55,7 @@ pub enum SendRefused {
 
 impl SendRefused {
     /// Its name in `farestream_otp_refused_total`.
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             SendRefused::TooSoon => "too_soon",
             SendRefused::PhoneHourly => "phone_hourly",
@@ -65,7 +65,7 @@ impl SendRefused {
         }
     }
 
-    pub fn message(self, limits: &OtpLimits) -> String {
+    pub(super) fn message(self, limits: &OtpLimits) -> String {
         match self {
             SendRefused::TooSoon => format!("a code was sent less than {} s ago", limits.resend_min_ms / 1_000),
             SendRefused::PhoneHourly => {
@@ -86,7 +86,7 @@ impl SendRefused {
 const HOUR_MS: i64 = 3_600_000;
 const MINUTE_MS: i64 = 60_000;
 
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
+pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
     let mut bytes = [0u8; N];
     SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Task("the OS random source failed".into()))?;
     Ok(bytes)
@@ -104,7 +104,7 @@ fn hash(parts: &[&[u8]]) -> Vec<u8> {
 /// Checks every limit and, if none refuses, records the send and makes a
 /// new six-digit code for `phone` (replacing any open one), in the
 /// caller's one write transaction.
-pub fn send_code(
+pub(super) fn send_code(
     tx: &Transaction<'_>,
     phone: &str,
     client: &str,
@@ -203,7 +203,7 @@ fn new_challenge(tx: &Transaction<'_>, phone: &str, now: UnixMillis, valid_ms: i
 /// it, a wrong one counts against the phone (and `client`) for an hour.
 /// A challenge out of attempts stays until it expires: it is void, and
 /// the resend limit still sees when it was sent.
-pub fn check_code(
+pub(super) fn check_code(
     tx: &Transaction<'_>,
     (phone, client): (&str, &str),
     code: &str,
@@ -239,7 +239,12 @@ pub fn check_code(
 }
 
 /// A new bearer token for `card_id`.
-pub fn new_token(tx: &Transaction<'_>, card_id: u64, now: UnixMillis, valid_ms: i64) -> Result<String, AccountError> {
+pub(super) fn new_token(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    now: UnixMillis,
+    valid_ms: i64,
+) -> Result<String, AccountError> {
     let token = hex::encode(random_bytes::<32>()?);
     tx.execute(
         "INSERT INTO tokens (token_hash, card_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
@@ -249,7 +254,7 @@ pub fn new_token(tx: &Transaction<'_>, card_id: u64, now: UnixMillis, valid_ms: 
 }
 
 /// The card a token speaks for, if it is known and not expired.
-pub fn token_card(conn: &Connection, token: &str, now: UnixMillis) -> Result<Option<u64>, AccountError> {
+pub(super) fn token_card(conn: &Connection, token: &str, now: UnixMillis) -> Result<Option<u64>, AccountError> {
     let card: Option<i64> = conn
         .query_row(
             "SELECT card_id FROM tokens WHERE token_hash = ?1 AND expires_at >= ?2",

@@ -24,6 +24,7 @@ use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, open_files_dir,
 use crate::faults::Faults;
 use crate::journal;
 use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
+use crate::money::LogReaders;
 use crate::service_day::ServiceDayPolicy;
 use crate::sync::lock;
 use crate::telemetry;
@@ -41,9 +42,6 @@ pub struct ArchiverSettings {
     pub service_day: ServiceDayPolicy,
     /// A day closes once this long has passed after its end.
     pub accepted_lateness: Duration,
-    /// Other readers of the log (the pricer): a segment is deleted only
-    /// once they have passed it too.
-    pub log_readers: Arc<crate::money::LogReaders>,
 }
 
 /// A point in the order batches are received and logged: every batch
@@ -90,6 +88,7 @@ impl Archiver {
         archived_lsn: u64,
         progress: watch::Receiver<Progress>,
         arrivals: Arc<dyn Arrivals>,
+        log_readers: Arc<LogReaders>,
         faults: Arc<Faults>,
     ) -> Archiver {
         let status = Arc::new(Mutex::new(ArchiverStatus { archived_lsn, ..ArchiverStatus::default() }));
@@ -102,6 +101,7 @@ impl Archiver {
             progress,
             arrivals,
             pending_mark: None,
+            log_readers,
             faults,
             status: Arc::clone(&status),
         };
@@ -145,6 +145,9 @@ struct State {
     /// archived: under steady traffic the log's tail is never archived, so
     /// days close on a mark that is a little old rather than never.
     pending_mark: Option<ArrivalMark>,
+    /// Other readers of the log (the pricer): a segment is deleted only
+    /// once they have passed it too.
+    log_readers: Arc<LogReaders>,
     faults: Arc<Faults>,
     status: Arc<Mutex<ArchiverStatus>>,
 }
@@ -232,7 +235,7 @@ impl State {
         }
         // Everything before the checkpoint is in the archive: those log
         // segments are no longer needed, once the pricer has passed them.
-        let needed_from = to.min(self.settings.log_readers.floor());
+        let needed_from = to.min(self.log_readers.floor());
         if let Err(error) = delete_segments_before(&self.settings.wal_dir, needed_from, &self.faults) {
             tracing::warn!(%error, "could not delete archived log segments; will try after the next cut");
         }
@@ -374,7 +377,6 @@ mod tests {
             retry_after_error: Duration::from_millis(10),
             service_day,
             accepted_lateness: lateness,
-            log_readers: crate::money::LogReaders::none(),
         };
         let faults = Arc::new(Faults::default());
         let config = ArchiveWriterConfig {
@@ -388,7 +390,7 @@ mod tests {
         // Past the deadline, but a batch received before it is queued at
         // LSN 0 and not yet durable: the log's tail is at 100.
         let arrivals = Arc::new(ManualArrivals(Mutex::new(ArrivalMark { at: deadline, lsn: 100 })));
-        let archiver = Archiver::spawn(settings, writer, 0, watching, arrivals.clone(), faults);
+        let archiver = Archiver::spawn(settings, writer, 0, watching, arrivals.clone(), LogReaders::none(), faults);
         let marker = partition_dir(&root, date).join(SUCCESS_MARKER);
         archiver.flush().await.expect("flush");
         assert!(!marker.exists(), "a batch received before the deadline is not archived yet");

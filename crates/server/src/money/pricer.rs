@@ -26,6 +26,7 @@ use super::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
 use crate::clock::Clock;
 use crate::fares::FareTable;
 use crate::faults::Faults;
+use crate::handles::Handles;
 use crate::journal;
 use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
 use crate::sync::lock;
@@ -101,10 +102,9 @@ impl Pricer {
         store: MoneyStore,
         start_lsn: u64,
         progress: watch::Receiver<Progress>,
-        clock: Arc<dyn Clock>,
         readers: Arc<LogReaders>,
         charges_written: Arc<Notify>,
-        faults: Arc<Faults>,
+        handles: &Handles,
     ) -> Pricer {
         readers.advance(start_lsn);
         let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
@@ -113,10 +113,10 @@ impl Pricer {
             settings,
             store,
             progress,
-            clock,
+            clock: Arc::clone(&handles.clock),
             readers,
             charges_written,
-            faults,
+            faults: Arc::clone(&handles.faults),
             status: Arc::clone(&status),
         };
         Pricer { handle: ReaderHandle::spawn("pricer", status, move |commands| state.run(commands)) }

@@ -111,7 +111,7 @@ impl AccountService {
     pub fn open(
         settings: &crate::server::MoneySettings,
         deny_list: Arc<DenyListHub>,
-        clock: Arc<dyn Clock>,
+        handles: &crate::handles::Handles,
     ) -> Result<AccountService, ServiceError> {
         let gateway = match &settings.gateway {
             Some(g) => Some(PaymentGateway::new(&g.url, &g.hmac_secret, g.request_timeout)?),
@@ -121,10 +121,10 @@ impl AccountService {
             store: Arc::new(Mutex::new(settings.open_store()?)),
             gateway,
             deny_list,
-            clock,
+            clock: Arc::clone(&handles.clock),
             deposit_cents: settings.deposit_cents,
             currency: settings.pricer.fares.currency.clone(),
-            notifier: Arc::clone(&settings.notifier),
+            notifier: Arc::clone(&handles.notifier),
             rides_arrive_within_ms: i64::try_from(settings.rides_arrive_within.as_millis()).unwrap_or(i64::MAX),
             refund_pass_turn: Arc::default(),
         })

@@ -127,7 +127,7 @@ fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Commit
     let received_at = shared.gate.clock.now_ms();
     let committed = catch_unwind(AssertUnwindSafe(|| {
         let outcome = shared.pipeline.commit(batch, verified, received_at);
-        shared.settings.faults.during_commit();
+        shared.handles.faults.during_commit();
         if outcome.rows.is_empty() {
             // Nothing new; the re-delivered originals were queued before now.
             return Committed::Queued { lsn: shared.wal.tail_lsn(), outcome };

@@ -16,7 +16,7 @@ pub(super) async fn housekeeping(shared: Arc<Shared>, (archiver, pricer): (Arc<A
     let mut health = tokio::time::interval(Duration::from_millis(100));
     let mut wal = shared.wal.subscribe();
     loop {
-        shared.settings.faults.panic_point("housekeeping");
+        shared.handles.faults.panic_point("housekeeping");
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = sweep.tick() => {

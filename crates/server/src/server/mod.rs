@@ -23,8 +23,10 @@
 //! slot to ack), `housekeeping` (sweeps, gauges, health); this file holds
 //! the `Server` itself and its failure latch.
 
+mod assembly;
 mod batch;
 mod connections;
+mod cut_over;
 mod deny_push;
 mod housekeeping;
 mod money;
@@ -44,7 +46,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use settings::{GatewaySettings, MoneySettings, ServerSettings};
+pub use assembly::Assembly;
+pub use cut_over::DailySettlement;
+pub use settings::{CutOverSettings, GatewaySettings, MoneySettings, ServerSettings};
 
 use connections::accept_loop;
 use housekeeping::housekeeping;
@@ -57,6 +61,7 @@ use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, Arri
 use crate::clock::Clock;
 use crate::data_dir_lock::DataDirLock;
 use crate::fair::FairTurns;
+use crate::handles::Handles;
 use crate::ingest::{ChunkSizer, Pipeline};
 use crate::money::{AccountService, Pricer, PricerStatus, RefundReport};
 use crate::tls::{ServerIdentity, TlsError};
@@ -86,6 +91,10 @@ pub enum ServerError {
     Money(#[from] crate::money::StoreError),
     #[error(transparent)]
     DataDirInUse(#[from] crate::data_dir_lock::DataDirLockError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the key store: {0}")]
+    Keystore(#[from] crate::keystore::KeystoreError),
 }
 
 /// Claims and log records in one order, and the moment each batch is
@@ -155,6 +164,7 @@ struct Shared {
     /// queues its log record.
     gate: Arc<CommitGate>,
     settings: ServerSettings,
+    handles: Handles,
     batches_in_flight: Semaphore,
     /// Bytes of frames read or being read, across all streams.
     frame_bytes: Semaphore,
@@ -189,39 +199,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Takes the data dir's lock, recovers the log and the archive, then
-    /// binds and starts accepting.
-    pub async fn start(
-        settings: ServerSettings,
-        identity: &ServerIdentity,
-        pipeline: Arc<Pipeline>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Server, ServerError> {
-        // Before anything reads or repairs the data dir: a second server
-        // over it would destroy it.
-        let data_dir_lock = lock_data_dir(&settings.data_dir)?;
-        Server::start_locked(data_dir_lock, settings, identity, pipeline, clock).await
-    }
-
-    /// [`Server::start`] under a lock the caller took first (`serve` takes
-    /// it before it touches the key store or the TLS identity).
-    pub async fn start_locked(
+    /// Recovers the log and the archive under the data dir's lock, then
+    /// binds and starts every job. [`Assembly::start`] is the way in: it
+    /// takes the lock before anything else reads the data dir.
+    async fn start_locked(
         data_dir_lock: DataDirLock,
-        mut settings: ServerSettings,
+        settings: ServerSettings,
+        handles: Handles,
         identity: &ServerIdentity,
         pipeline: Arc<Pipeline>,
-        clock: Arc<dyn Clock>,
+        settlement: Option<Arc<dyn DailySettlement>>,
     ) -> Result<Server, ServerError> {
         let recovering = {
-            let (settings, pipeline, clock) = (settings.clone(), Arc::clone(&pipeline), Arc::clone(&clock));
-            tokio::task::spawn_blocking(move || recover(&settings, &pipeline, clock.now_ms()))
+            let (settings, pipeline, handles) = (settings.clone(), Arc::clone(&pipeline), handles.clone());
+            tokio::task::spawn_blocking(move || recover(&settings, &handles.faults, &pipeline, handles.clock.now_ms()))
         };
         let (writer, recovery) =
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
-        let (money_store, priced_lsn) = open_money_store(&mut settings, &recovery)?;
+        let money_store = open_money_store(&settings, &recovery)?;
         for dir in [&settings.wal.dir, &settings.archive.root] {
-            probe_writable(dir, &settings.faults)?;
+            probe_writable(dir, &handles.faults)?;
         }
         let committer = Committer::spawn(
             writer,
@@ -229,24 +227,20 @@ impl Server {
             settings.wal_disk_full_retry,
             settings.wal_fsync_enabled,
         );
-        let archive_writer = ArchiveWriter::new(settings.archive.clone(), Arc::clone(&settings.faults))?;
-        let gate = Arc::new(CommitGate { order: Mutex::new(()), clock: Arc::clone(&clock), wal: committer.handle() });
+        let archive_writer = ArchiveWriter::new(settings.archive.clone(), Arc::clone(&handles.faults))?;
+        let gate =
+            Arc::new(CommitGate { order: Mutex::new(()), clock: Arc::clone(&handles.clock), wal: committer.handle() });
         let archiver = Arc::new(Archiver::spawn(
             settings.archiver.clone(),
             archive_writer,
             recovery.checkpoint_lsn,
             committer.handle().subscribe(),
             Arc::clone(&gate) as Arc<dyn Arrivals>,
-            Arc::clone(&settings.faults),
+            Arc::clone(&money_store.log_readers),
+            Arc::clone(&handles.faults),
         ));
-        let money = start_money(
-            &settings,
-            money_store,
-            priced_lsn,
-            committer.handle().subscribe(),
-            Arc::clone(&clock),
-            Arc::clone(&pipeline),
-        )?;
+        let money =
+            start_money(&settings, &handles, money_store, committer.handle().subscribe(), Arc::clone(&pipeline))?;
         let quic = identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
         let endpoint = quinn::Endpoint::server(quic, settings.listen_addr)
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
@@ -264,6 +258,7 @@ impl Server {
             deny_list: Arc::clone(&money.deny_list),
             next_peer: std::sync::atomic::AtomicU64::new(0),
             settings,
+            handles,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             failure: OnceLock::new(),
@@ -285,6 +280,15 @@ impl Server {
         let every = shared.settings.money.charges_archive_interval;
         let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());
         spawn_supervised(&shared, "the charges archive", job);
+        if let (Some(settlement), Some(cut_over)) = (settlement, &shared.settings.cut_over) {
+            let job = cut_over::cut_over_job(
+                settlement,
+                cut_over.clone(),
+                Arc::clone(&shared.handles.clock),
+                shared.shutdown.clone(),
+            );
+            spawn_supervised(&shared, "the daily cut-over", job);
+        }
         tracing::info!(%local_addr, "farestream listening");
         let (pricer, accounts, charges_archive) = (money.pricer, money.accounts, money.charges_archive);
         Ok(Server {

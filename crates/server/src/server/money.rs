@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use super::{RecoveryReport, ServerError, ServerSettings};
 use crate::archive::Arrivals;
 use crate::archive::charges::{ChargesArchive, charges_root};
-use crate::clock::Clock;
+use crate::handles::Handles;
 use crate::ingest::Pipeline;
 use crate::money::pricer::pricer_start;
 use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer, RefundReport};
@@ -26,12 +26,22 @@ pub(super) struct Money {
     pub deny_list: Arc<DenyListHub>,
 }
 
-/// Opens the store where the pricer left off; the archiver must get
-/// `settings.archiver.log_readers` after this, so it keeps those segments.
+/// The money store, opened where the pricer left off.
+pub(super) struct OpenedStore {
+    pub store: MoneyStore,
+    /// The log position the pricer starts from.
+    pub priced_lsn: u64,
+    /// The log's readers other than the archiver, starting with the
+    /// pricer: the archiver deletes no segment one of them still needs.
+    pub log_readers: Arc<LogReaders>,
+}
+
+/// Opens the store where the pricer left off, refusing a pricer position
+/// the recovered log does not hold.
 pub(super) fn open_money_store(
-    settings: &mut ServerSettings,
+    settings: &ServerSettings,
     recovery: &RecoveryReport,
-) -> Result<(MoneyStore, u64), ServerError> {
+) -> Result<OpenedStore, ServerError> {
     let money = &settings.money;
     let store = money.open_store()?;
     let start = pricer_start(&store, recovery.checkpoint_lsn)?;
@@ -42,40 +52,40 @@ pub(super) fn open_money_store(
         )));
     }
     tracing::info!(priced_lsn = start, "money store opened");
-    settings.archiver.log_readers = Arc::new(LogReaders::new(start));
-    Ok((store, start))
+    Ok(OpenedStore { store, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
 }
 
+/// Starts the pricer where `opened` says, then the deny list, the
+/// accounts, the dispatcher (with a gateway) and the charges archive.
 pub(super) fn start_money(
     settings: &ServerSettings,
-    store: MoneyStore,
-    start: u64,
+    handles: &Handles,
+    opened: OpenedStore,
     progress: tokio::sync::watch::Receiver<Progress>,
-    clock: Arc<dyn Clock>,
     pipeline: Arc<Pipeline>,
 ) -> Result<Money, ServerError> {
     let wake = Arc::new(Notify::new());
+    let OpenedStore { store, priced_lsn, log_readers } = opened;
     let pricer = Arc::new(Pricer::spawn(
         settings.money.pricer.clone(),
         store,
-        start,
+        priced_lsn,
         progress,
-        Arc::clone(&clock),
-        Arc::clone(&settings.archiver.log_readers),
+        log_readers,
         Arc::clone(&wake),
-        Arc::clone(&settings.faults),
+        handles,
     ));
     let deny_list =
         Arc::new(DenyListHub::load(settings.money.open_store()?, pipeline, settings.deny_list_changes_kept_max)?);
     tracing::info!(version = deny_list.version(), cards = deny_list.len(), "deny list loaded");
-    let accounts = AccountService::open(&settings.money, Arc::clone(&deny_list), Arc::clone(&clock))
+    let accounts = AccountService::open(&settings.money, Arc::clone(&deny_list), handles)
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     let dispatcher = match (&settings.money.gateway, &accounts.gateway) {
         (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher::new(
             gateway.dispatch.clone(),
             Arc::new(Mutex::new(settings.money.open_store()?)),
             client.clone(),
-            clock,
+            Arc::clone(&handles.clock),
             wake,
             Arc::clone(&deny_list),
         ))),
@@ -88,8 +98,8 @@ pub(super) fn start_money(
         store: Mutex::new(settings.money.open_store()?),
         root: charges_root(&settings.data_dir),
         batch_charges_max: settings.money.charges_archive_batch_max,
-        faults: Arc::clone(&settings.faults),
-        clock: Arc::clone(&accounts.clock),
+        faults: Arc::clone(&handles.faults),
+        clock: Arc::clone(&handles.clock),
     });
     Ok(Money { pricer, charges_archive, dispatcher, accounts, deny_list })
 }

@@ -18,12 +18,13 @@ use crate::wal::WalCursor;
 /// (torn tail cut), and the dedup indexes rebuilt from what was decided.
 pub(super) fn recover(
     settings: &ServerSettings,
+    faults: &Arc<Faults>,
     pipeline: &Pipeline,
     now: UnixMillis,
 ) -> Result<(crate::wal::WalWriter, RecoveryReport), ServerError> {
     let checkpoint_lsn = read_checkpoint(&settings.archiver.checkpoint_path)?;
-    let archive_cleanup = clean_after_crash(&settings.archive.root, checkpoint_lsn, &settings.faults)?;
-    let recovered = crate::wal::open(settings.wal.clone(), Arc::clone(&settings.faults), checkpoint_lsn)?;
+    let archive_cleanup = clean_after_crash(&settings.archive.root, checkpoint_lsn, faults)?;
+    let recovered = crate::wal::open(settings.wal.clone(), Arc::clone(faults), checkpoint_lsn)?;
     if recovered.first_lsn > checkpoint_lsn || recovered.end_lsn < checkpoint_lsn {
         return Err(ServerError::Recovery(format!(
             "the log holds [{}, {}) but the archive checkpoint is at {checkpoint_lsn}: records are missing",

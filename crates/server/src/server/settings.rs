@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -12,10 +11,9 @@ use crate::archive::{ArchiveWriterConfig, ArchiverSettings, scans_root};
 use crate::config::fares::load_fares;
 use crate::config::{Config, ConfigError};
 use crate::fares::FareTable;
-use crate::faults::Faults;
-use crate::money::notify::{LogNotifier, Notifier};
-use crate::money::{DispatcherSettings, LogReaders, MoneyStore, PricerSettings, StoreError, store_path};
+use crate::money::{DispatcherSettings, MoneyStore, PricerSettings, StoreError, store_path};
 use crate::retry::{BreakerSettings, RetryPolicy};
+use crate::service_day::ServiceDayPolicy;
 use crate::wal::WalConfig;
 
 #[derive(Debug, Clone)]
@@ -46,7 +44,24 @@ pub struct ServerSettings {
     pub archive: ArchiveWriterConfig,
     pub archiver: ArchiverSettings,
     pub money: MoneySettings,
-    pub faults: Arc<Faults>,
+    /// When the daily settlement runs; `None` when
+    /// `settlement.cut_over_enabled` is off.
+    pub cut_over: Option<CutOverSettings>,
+}
+
+/// The daily cut-over: the settlement of each service day once it ends,
+/// and again for each day still inside the rebill window.
+#[derive(Debug, Clone)]
+pub struct CutOverSettings {
+    /// How long after a service day ends its first settlement runs.
+    pub delay: Duration,
+    /// How long a failed settlement waits before it is tried again.
+    pub retry_interval: Duration,
+    /// Where service days start and end.
+    pub service_day: ServiceDayPolicy,
+    /// A day stays open to late scans this long after it ends: each
+    /// cut-over settles again every day still inside it.
+    pub accepted_lateness: Duration,
 }
 
 /// The pay-later half: where the money store is, how rides are priced,
@@ -60,8 +75,6 @@ pub struct MoneySettings {
     pub pricer: PricerSettings,
     /// `None`: charges wait in the outbox (no `payments.gateway_url`).
     pub gateway: Option<GatewaySettings>,
-    /// How riders are told things (one-time codes, refunds held back).
-    pub notifier: Arc<dyn Notifier>,
     /// How long after a card's last credential ends its rides may still
     /// arrive: the accepted lateness plus the clock skew. A refund waits
     /// for it.
@@ -125,7 +138,6 @@ impl MoneySettings {
             deposit_cents: p.deposit_fen,
             store_busy_wait,
             gateway,
-            notifier: Arc::new(LogNotifier),
             rides_arrive_within: Duration::from_secs(
                 u64::from(config.ingest.accepted_lateness_secs) + u64::from(config.ride_code.clock_skew_secs),
             ),
@@ -148,6 +160,7 @@ impl ServerSettings {
             record_bytes_max: config.wal.record_bytes_max,
         };
         let lateness = Duration::from_secs(u64::from(config.ingest.accepted_lateness_secs));
+        let service_day = config.service_day_policy()?;
         Ok(ServerSettings {
             listen_addr: config.server.listen_addr,
             connections_max: config.server.connections_max,
@@ -172,11 +185,16 @@ impl ServerSettings {
                 checkpoint_path: checkpoint_path(data_dir),
                 poll_interval: Duration::from_millis(config.archive.poll_interval_ms),
                 retry_after_error: Duration::from_millis(config.archive.retry_after_error_ms),
-                service_day: config.service_day_policy()?,
+                service_day,
                 accepted_lateness: lateness,
-                log_readers: LogReaders::none(),
             },
             money: MoneySettings::from_config(config, data_dir, fares),
+            cut_over: config.settlement.cut_over_enabled.then(|| CutOverSettings {
+                delay: Duration::from_secs(u64::from(config.settlement.cut_over_delay_minutes) * 60),
+                retry_interval: Duration::from_secs(config.settlement.cut_over_retry_interval_secs),
+                service_day,
+                accepted_lateness: lateness,
+            }),
             wal,
             wal_ack_wait: Duration::from_millis(config.wal.ack_wait_ms_max),
             wal_disk_full_retry: Duration::from_millis(config.wal.disk_full_retry_ms),
@@ -187,7 +205,6 @@ impl ServerSettings {
                 file_age_max: Duration::from_secs(config.archive.file_age_secs_max),
                 row_group_rows_max: config.archive.row_group_rows_max,
             },
-            faults: Arc::new(Faults::default()),
         })
     }
 }

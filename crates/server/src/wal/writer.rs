@@ -20,7 +20,7 @@ pub(super) struct OpenSegment {
 }
 
 impl OpenSegment {
-    pub fn end_lsn(&self) -> u64 {
+    pub(super) fn end_lsn(&self) -> u64 {
         self.start_lsn + self.len - SEGMENT_HEADER_BYTES as u64
     }
 }
