@@ -12,9 +12,10 @@ use indicatif::ProgressBar;
 
 use super::DemoError;
 use crate::charges::ChargeRecord;
+use crate::fares::is_ride;
 use crate::money::audit::{AppliedPayment, MoneyAudit, audit_money};
 use crate::money::outbox::{charges, undecided};
-use crate::money::pricing::{entries_closing_by, is_ride};
+use crate::money::pricing::entries_closing_by;
 use crate::paygw::{Entry, SimControl};
 use crate::scan::ArchivedScan;
 use crate::server::Server;

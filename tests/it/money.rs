@@ -547,7 +547,7 @@ async fn the_money_audit_fails_on_each_planted_fault() {
     assert_eq!(audit.ledger_mismatched, 1, "the gateway declined what the outbox says succeeded: {audit}");
 
     let mut unpriced = rows.clone();
-    let mut ghost = unpriced.iter().find(|r| farestream::money::pricing::is_ride(r)).expect("a ride").clone();
+    let mut ghost = unpriced.iter().find(|r| farestream::fares::is_ride(r)).expect("a ride").clone();
     ghost.scan_id = [0xee; 16];
     unpriced.push(ghost);
     let audit = audit_money(store.connection(), &unpriced, Some(&ledger)).expect("audit");

@@ -397,7 +397,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// `is_ride` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_settlements_ride_condition_picks_exactly_the_pricers_rides() {
-    use farestream::money::pricing::{RIDE_SQL, is_ride};
+    use farestream::fares::{RIDE_SQL, is_ride};
     use farestream::scan::{ArchivedScan, ScanStatus};
     let mut rows = Vec::new();
     let shapes = [(Some(7), Some(TapKind::Single)), (None, Some(TapKind::Entry)), (Some(7), None), (None, None)];

@@ -110,7 +110,7 @@ pub enum ChargeOutcome {
 }
 
 impl ChargeOutcome {
-    /// Every outcome, in declaration order (the order of `CHARGE_OUTCOMES`).
+    /// Every outcome, in declaration order.
     pub const ALL: [ChargeOutcome; 7] = [
         ChargeOutcome::Pending,
         ChargeOutcome::Succeeded,
@@ -145,18 +145,6 @@ impl ChargeOutcome {
         !matches!(self, ChargeOutcome::Pending | ChargeOutcome::Failed)
     }
 }
-
-/// The outcomes a charge may have (`ChargeRecord::outcome`, the money
-/// store's `charges.outcome`).
-pub(crate) const CHARGE_OUTCOMES: [&str; 7] = {
-    let mut names = [""; 7];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = ChargeOutcome::ALL[i].as_str();
-        i += 1;
-    }
-    names
-};
 
 /// Who pays a rider-day's charges, as the money store knows the card when
 /// a charge is about to go out for the first time.
@@ -366,7 +354,8 @@ mod tests {
         for outcome in ChargeOutcome::ALL {
             assert_eq!(ChargeOutcome::parse(outcome.as_str()), Some(outcome));
         }
-        assert_eq!(CHARGE_OUTCOMES.len(), ChargeOutcome::ALL.len());
+        let names: HashSet<&str> = ChargeOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names.len(), ChargeOutcome::ALL.len(), "one name each");
         assert_eq!(ChargeOutcome::parse(""), None);
         assert!(!ChargeOutcome::Failed.is_final() && ChargeOutcome::Netted.is_final());
     }

@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use crate::clock::UnixMillis;
-use crate::scan::TapKind;
+use crate::scan::{ArchivedScan, ScanStatus, TapKind};
 
 /// Money in the currency's smallest unit (fen, cents).
 pub type Cents = u64;
@@ -74,6 +74,46 @@ pub struct Tap {
     /// The validator's stop or station: a metro station's zone is looked up by it.
     pub stop_id: String,
 }
+
+impl Tap {
+    /// A tap from a stored row (the money store's `taps`, the archive read
+    /// by the settlement), its kind by name; `None` for a kind no tap has.
+    pub fn from_stored(
+        scan_id: [u8; 16],
+        scanned_at: UnixMillis,
+        kind: &str,
+        route_id: String,
+        stop_id: String,
+    ) -> Option<Tap> {
+        Some(Tap { scan_id, scanned_at, kind: TapKind::parse(kind)?, route_id, stop_id })
+    }
+}
+
+/// The rider and the tap of a ride, or `None` for a scan that is not one.
+/// A ride is a scan whose signatures and windows held and whose gate
+/// opened (a refusing gate makes the scan `denied`; a replay is `replay`),
+/// with its card and its tap kind known. The one definition: pricing, the
+/// audit and the demo's summary call this; the settlement reads the same
+/// condition as [`RIDE_SQL`].
+pub fn ride_of(row: &ArchivedScan) -> Option<(u64, Tap)> {
+    let (card_id, kind) = ride_card_and_kind(row)?;
+    let (route_id, stop_id) = (row.route_id.clone(), row.stop_id.clone());
+    Some((card_id, Tap { scan_id: row.scan_id, scanned_at: row.scanned_at, kind, route_id, stop_id }))
+}
+
+/// Whether a scan is a ride: [`ride_of`] without building the tap.
+pub fn is_ride(row: &ArchivedScan) -> bool {
+    ride_card_and_kind(row).is_some()
+}
+
+/// The condition itself, once.
+fn ride_card_and_kind(row: &ArchivedScan) -> Option<(u64, TapKind)> {
+    (row.status == ScanStatus::Accepted).then_some((row.card_id?, row.tap_kind?))
+}
+
+/// [`is_ride`] as an SQL condition on the scans archive's columns, for the
+/// settlement (`tests/it/settlement.rs` holds the two together on an archive).
+pub const RIDE_SQL: &str = "status = 'accepted' AND card_id IS NOT NULL AND tap_kind IS NOT NULL";
 
 /// What the neighbouring service days say about a rider's day: a trip
 /// may begin with the last tap of the day before or end with the first
@@ -122,7 +162,7 @@ impl RideKind {
     }
 
     /// Whether it counts as a ride of its day: all but a continuation.
-    pub(crate) fn is_ride(self) -> bool {
+    pub(crate) fn counts_as_ride(self) -> bool {
         self != RideKind::ContinuedTrip
     }
 }
@@ -314,6 +354,49 @@ fn ride(taps: &[&Tap], kind: RideKind, fare: Cents) -> PricedRide {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// A scan is a ride exactly when it was accepted with its card and
+        /// tap kind known, and the ride's tap is the scan's, field by field.
+        #[test]
+        fn a_ride_is_an_accepted_scan_with_a_card_and_a_tap_kind(
+            status in 0..ScanStatus::ALL.len(),
+            card_id in proptest::option::of(proptest::num::u64::ANY),
+            kind in proptest::option::of(0..3usize),
+            scanned_at in proptest::num::i64::ANY,
+            route in ".{0,40}",
+        ) {
+            let row = ArchivedScan {
+                status: ScanStatus::ALL[status],
+                card_id,
+                tap_kind: kind.map(|k| [TapKind::Single, TapKind::Entry, TapKind::Exit][k]),
+                scanned_at,
+                route_id: route.clone(),
+                stop_id: route,
+                scan_id: [7; 16],
+                ..ArchivedScan::blank()
+            };
+            let ride = ride_of(&row);
+            proptest::prop_assert_eq!(ride.is_some(), is_ride(&row));
+            let expected = row.status == ScanStatus::Accepted && card_id.is_some() && kind.is_some();
+            proptest::prop_assert_eq!(ride.is_some(), expected);
+            if let Some((card, tap)) = ride {
+                proptest::prop_assert_eq!(Some(card), row.card_id);
+                proptest::prop_assert_eq!(Some(tap.kind), row.tap_kind);
+                proptest::prop_assert_eq!((tap.scan_id, tap.scanned_at), (row.scan_id, row.scanned_at));
+                proptest::prop_assert_eq!((&tap.route_id, &tap.stop_id), (&row.route_id, &row.stop_id));
+            }
+        }
+    }
+
+    #[test]
+    fn a_stored_tap_kind_is_read_by_name_or_refused() {
+        let tap = |kind: &str| Tap::from_stored([1; 16], 0, kind, "r".into(), "s".into());
+        assert_eq!(tap("entry").map(|t| t.kind), Some(TapKind::Entry));
+        for refused in ["", "Entry", "entry ", "single\0", &"x".repeat(10_000)] {
+            assert_eq!(tap(refused), None, "{refused:?}");
+        }
+    }
+
     const MINUTE: i64 = 60_000;
 
     fn table() -> FareTable {
@@ -399,7 +482,7 @@ mod tests {
         let priced_tomorrow = t.price_day(&tomorrow, &edges_tomorrow);
         assert_eq!(kinds_and_fares(&priced_tomorrow), vec![(ContinuedTrip, 0, 0), (Bus, 250, 250)]);
         assert_eq!(priced_tomorrow.rides[0].scan_ids, vec![[3; 16]]);
-        assert!(!priced_tomorrow.rides[0].kind.is_ride());
+        assert!(!priced_tomorrow.rides[0].kind.counts_as_ride());
         // Without the other day's edge each half is an incomplete trip.
         assert_eq!(t.price_day(&today, &DayEdges::NONE).charged, 250 + 900);
         assert_eq!(t.price_day(&tomorrow, &DayEdges::NONE).charged, 900 + 250);

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::charges::{CHARGE_OUTCOMES, ChargeId, ChargeRecord, format_cents};
+use crate::charges::{ChargeId, ChargeOutcome, ChargeRecord, format_cents};
 use crate::clock::UnixMillis;
 use crate::fares::{DayEdges, FareTable, PricedDay, Tap};
 use crate::scan::TapKind;
@@ -91,23 +91,31 @@ impl RiderFigures {
         *self == RiderFigures::default()
     }
 
-    /// Adds one charge's amount under its outcome.
-    pub(crate) fn add_charge(&mut self, amount_cents: i64, outcome: &str) {
-        self.charged_cents = self.charged_cents.saturating_add(amount_cents);
+    /// Adds one charge's amount under its outcome: a declined debit opens
+    /// arrears; an undecided charge (pending, failed) is still pending;
+    /// nothing due has no bucket of its own (it is zero).
+    pub(crate) fn add_charge(&mut self, amount_cents: i64, outcome: ChargeOutcome) {
+        self.add_unknown_charge(amount_cents);
         let bucket = match outcome {
-            "succeeded" => &mut self.succeeded_cents,
-            "declined" => {
+            ChargeOutcome::Succeeded => &mut self.succeeded_cents,
+            ChargeOutcome::Declined => {
                 if amount_cents > 0 {
                     self.arrears_opened_cents = self.arrears_opened_cents.saturating_add(amount_cents);
                 }
                 &mut self.declined_cents
             }
-            "pending" | "failed" => &mut self.pending_cents,
-            "netted" => &mut self.netted_cents,
-            "no_account" => &mut self.no_account_cents,
-            _ => return,
+            ChargeOutcome::Pending | ChargeOutcome::Failed => &mut self.pending_cents,
+            ChargeOutcome::Netted => &mut self.netted_cents,
+            ChargeOutcome::NoAccount => &mut self.no_account_cents,
+            ChargeOutcome::NothingDue => return,
         };
         *bucket = bucket.saturating_add(amount_cents);
+    }
+
+    /// Adds a charge whose outcome the archive names but no charge has:
+    /// counted as charged, in no bucket (the break reports it apart).
+    pub(crate) fn add_unknown_charge(&mut self, amount_cents: i64) {
+        self.charged_cents = self.charged_cents.saturating_add(amount_cents);
     }
 }
 
@@ -149,7 +157,7 @@ fn cents(c: u64) -> i64 {
 
 fn priced_figures(priced: &PricedDay) -> RiderFigures {
     RiderFigures {
-        rides: priced.rides.iter().filter(|r| r.kind.is_ride()).count() as i64,
+        rides: priced.rides.iter().filter(|r| r.kind.counts_as_ride()).count() as i64,
         fares_cents: cents(priced.fares),
         caps_cents: cents(priced.fares).saturating_sub(cents(priced.charged)),
         due_cents: cents(priced.charged),
@@ -161,7 +169,7 @@ fn priced_figures(priced: &PricedDay) -> RiderFigures {
 fn route_revenue(priced: &PricedDay, taps: &[Tap]) -> Vec<RouteRevenue> {
     let route_of: HashMap<[u8; 16], &str> = taps.iter().map(|t| (t.scan_id, t.route_id.as_str())).collect();
     let mut routes: Vec<RouteRevenue> = Vec::new();
-    for ride in priced.rides.iter().filter(|r| r.kind.is_ride()) {
+    for ride in priced.rides.iter().filter(|r| r.kind.counts_as_ride()) {
         let route = ride.scan_ids.first().and_then(|id| route_of.get(id)).copied().unwrap_or("");
         match routes.iter_mut().find(|r| r.route_id == route) {
             Some(r) => {
@@ -415,10 +423,13 @@ pub fn settle_rider(
     let mut unarchived_scans = Vec::new();
     let known: std::collections::HashSet<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
     for charge in &charges {
-        if !CHARGE_OUTCOMES.contains(&charge.outcome.as_str()) {
-            breaks.push(Break::UnknownOutcome { charge_id: charge.charge_id, outcome: charge.outcome.clone() });
+        match ChargeOutcome::parse(&charge.outcome) {
+            Some(outcome) => figures.add_charge(charge.amount_cents, outcome),
+            None => {
+                breaks.push(Break::UnknownOutcome { charge_id: charge.charge_id, outcome: charge.outcome.clone() });
+                figures.add_unknown_charge(charge.amount_cents);
+            }
         }
-        figures.add_charge(charge.amount_cents, &charge.outcome);
         for scan_id in &charge.scan_ids {
             *charged_in.entry(*scan_id).or_default() += 1;
             if !known.contains(scan_id) {
@@ -555,10 +566,15 @@ mod tests {
     #[test]
     fn runs_add_up_and_outcomes_land_in_their_buckets() {
         let mut first = RiderFigures { rides: 2, due_cents: 400, ..RiderFigures::default() };
-        first.add_charge(200, "succeeded");
-        first.add_charge(200, "pending");
+        first.add_charge(200, ChargeOutcome::Succeeded);
+        first.add_charge(200, ChargeOutcome::Pending);
         let mut now = RiderFigures { rides: 3, due_cents: 500, late_rides: 1, ..RiderFigures::default() };
-        for (amount, outcome) in [(200, "succeeded"), (200, "declined"), (100, "failed"), (0, "nothing_due")] {
+        for (amount, outcome) in [
+            (200, ChargeOutcome::Succeeded),
+            (200, ChargeOutcome::Declined),
+            (100, ChargeOutcome::Failed),
+            (0, ChargeOutcome::NothingDue),
+        ] {
             now.add_charge(amount, outcome);
         }
         assert_eq!((now.charged_cents, now.pending_cents, now.arrears_opened_cents), (500, 100, 200));
@@ -642,10 +658,10 @@ mod tests {
         let d = max.minus(&min);
         assert_eq!((d.charged_cents, d.fares_cents), (i64::MAX, i64::MIN));
         let mut f = RiderFigures::default();
-        f.add_charge(i64::MAX, "declined");
-        f.add_charge(i64::MAX, "declined");
+        f.add_charge(i64::MAX, ChargeOutcome::Declined);
+        f.add_charge(i64::MAX, ChargeOutcome::Declined);
         assert_eq!((f.declined_cents, f.arrears_opened_cents), (i64::MAX, i64::MAX));
-        f.add_charge(5, "bogus");
+        f.add_unknown_charge(5);
         assert_eq!(f.charged_cents, i64::MAX, "an unknown outcome is counted as charged and reported apart");
     }
 }

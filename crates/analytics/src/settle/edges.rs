@@ -15,8 +15,8 @@ use super::SettleError;
 use super::riders::decode_taps;
 use super::sql::collect_rows;
 use farestream_core::clock::UnixMillis;
+use farestream_core::fares::RIDE_SQL;
 use farestream_core::fares::{DayEdges, Tap};
-use farestream_server::money::pricing::RIDE_SQL;
 
 /// Per card, the edge taps of the days around the one settled.
 #[derive(Debug, Default)]

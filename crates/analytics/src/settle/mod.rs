@@ -41,7 +41,7 @@ use farestream_server::money::snapshot::{MoneySnapshot, money_snapshot};
 use farestream_server::money::store::{MoneyStore, store_path};
 
 use edges::{Edges, read_edges};
-use farestream_server::money::pricing::RIDE_SQL;
+use farestream_core::fares::RIDE_SQL;
 use inputs::{EarlierRuns, earlier_runs, settleable_scan_files};
 use riders::for_each_rider;
 use sql::{collect_rows, column_i64, column_str, column_u64};

@@ -13,10 +13,9 @@ use futures_util::StreamExt;
 
 use super::SettleError;
 use super::sql::{column_i64, column_str, column_str_lists, column_u64, id_from_hex, stream_rows};
+use farestream_core::fares::RIDE_SQL;
 use farestream_core::fares::Tap;
-use farestream_core::scan::TapKind;
 use farestream_core::settlement::DayCharge;
-use farestream_server::money::pricing::RIDE_SQL;
 
 type Decode<T> = fn(&RecordBatch) -> Result<Vec<(u64, T)>, SettleError>;
 
@@ -61,14 +60,9 @@ pub(super) fn decode_taps(batch: &RecordBatch) -> Result<Vec<(u64, Tap)>, Settle
     let mut out = Vec::with_capacity(cards.len());
     for i in 0..cards.len() {
         let (Some(card), Some(id), Some(kind)) = (cards[i], ids[i].as_deref(), kinds[i].as_deref()) else { continue };
-        let kind = TapKind::parse(kind).ok_or_else(|| SettleError::Input(format!("tap kind {kind:?}")))?;
-        let tap = Tap {
-            scan_id: id_from_hex(id)?,
-            scanned_at: at[i].unwrap_or(0),
-            kind,
-            route_id: routes[i].clone().unwrap_or_default(),
-            stop_id: stops[i].clone().unwrap_or_default(),
-        };
+        let (route, stop) = (routes[i].clone().unwrap_or_default(), stops[i].clone().unwrap_or_default());
+        let tap = Tap::from_stored(id_from_hex(id)?, at[i].unwrap_or(0), kind, route, stop)
+            .ok_or_else(|| SettleError::Input(format!("tap kind {kind:?}")))?;
         out.push((card, tap));
     }
     Ok(out)

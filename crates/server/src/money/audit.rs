@@ -10,9 +10,9 @@ use rusqlite::Connection;
 
 use super::outbox::charges;
 use super::payments::{PaymentAttempt, PaymentKind, PaymentOutcome, all_attempts};
-use super::pricing::is_ride;
 use super::store::StoreError;
 use crate::charges::ChargeRecord;
+use crate::fares::is_ride;
 use crate::scan::ArchivedScan;
 
 /// A payment the gateway applied, as its ledger shows it.

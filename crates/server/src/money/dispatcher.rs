@@ -45,6 +45,7 @@ use crate::clock::{Clock, SystemClock, UnixMillis};
 use crate::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
 use crate::sync::lock;
 use crate::telemetry;
+use farestream_core::gateway_answer::{AfterAnswer, Attempts, DeclineEffect, decide_answer};
 
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
@@ -314,52 +315,33 @@ impl Dispatcher {
             let mut store = lock(&store);
             let tx = store.transaction()?;
             let id = &charge.charge_id[..];
-            let attempts = charge.attempts_before.saturating_add(u32::from(sent));
-            let first_attempt_at = charge.first_attempt_at.or(sent.then_some(wall));
+            let before = Attempts { count: charge.attempts_before, first_at: charge.first_attempt_at };
+            let decision = decide_answer(answer.as_decided(), before, sent, charge.amount_cents, &policy, wall, random);
+            let Attempts { count: attempts, first_at: first_attempt_at } = decision.attempts;
+            let outcome = decision.after.outcome().as_str();
             let mut declined_account = None;
-            let written = match &answer {
-                Answer::Succeeded { transaction_id } => tx.execute(
-                    "UPDATE charges SET outcome = 'succeeded', decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
+            let detail = answer.detail();
+            let written = match decision.after {
+                AfterAnswer::Succeeded => tx.execute(
+                    "UPDATE charges SET outcome = ?7, decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
                                         attempts = ?5, first_attempt_at = ?6
                      WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
-                    params![id, charge.claim, now, transaction_id, attempts, first_attempt_at],
+                    params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome],
                 )?,
-                Answer::Declined { decline_code } => {
+                AfterAnswer::Declined(effect) => {
                     let written = tx.execute(
-                        "UPDATE charges SET outcome = 'declined', decided_at = ?3, last_error = ?4,
+                        "UPDATE charges SET outcome = ?7, decided_at = ?3, last_error = ?4,
                                             attempts = ?5, first_attempt_at = ?6
                          WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
-                        params![id, charge.claim, now, decline_code, attempts, first_attempt_at],
+                        params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome],
                     )?;
-                    let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
-                    if written > 0 && charge.amount_cents > 0 {
-                        match accounts::add_arrears(&tx, charge.card_id, charge.amount_cents, &cause, now) {
-                            Ok(account) => declined_account = Some(account),
-                            Err(accounts::AccountError::Store(error)) => return Err(error),
-                            Err(error) => tracing::error!(%error, "a declined charge's card has no account"),
-                        }
-                    } else if written > 0 && charge.amount_cents < 0 {
-                        // The rider is still owed it: the history says so,
-                        // for a person to pay out (docs/payment-gateway.md).
-                        telemetry::credit_declined();
-                        tracing::error!(charge = %hex::encode(charge.charge_id), card = charge.card_id, %decline_code,
-                            "a credit was declined; the rider is owed it");
-                        match accounts::note(&tx, charge.card_id, "credit_declined", charge.amount_cents, &cause, now) {
-                            Ok(()) => {}
-                            Err(accounts::AccountError::Store(error)) => return Err(error),
-                            Err(error) => tracing::error!(%error, "a declined credit's card has no account"),
-                        }
+                    if written > 0 {
+                        declined_account = record_decline(&tx, &charge, effect, detail, now)?;
                     }
                     written
                 }
-                Answer::Retry { reason, retry_after } | Answer::InFlight { reason, retry_after } => {
-                    let told = retry_after.map(millis);
-                    let next = policy.next_attempt(attempts, first_attempt_at.unwrap_or(wall), wall, told, random);
-                    retry_later(&tx, &charge, (attempts, first_attempt_at), next.failed, reason, next.at)?
-                }
-                Answer::Refused { reason } => {
-                    let next = wall.saturating_add(policy.failed_retry_after_ms);
-                    retry_later(&tx, &charge, (attempts, first_attempt_at), true, reason, next)?
+                AfterAnswer::TryAgain { at, failed } => {
+                    retry_later(&tx, &charge, (attempts, first_attempt_at), failed, detail, at)?
                 }
             };
             tx.commit()?;
@@ -370,6 +352,41 @@ impl Dispatcher {
         })
         .await
     }
+}
+
+/// What a written decline does to the rider's money
+/// ([`DeclineEffect`]); returns the account a debit put in arrears.
+fn record_decline(
+    tx: &rusqlite::Transaction<'_>,
+    charge: &Claimed,
+    effect: DeclineEffect,
+    decline_code: &str,
+    now: UnixMillis,
+) -> Result<Option<Account>, StoreError> {
+    let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
+    match effect {
+        DeclineEffect::Arrears(amount_cents) => {
+            match accounts::add_arrears(tx, charge.card_id, amount_cents, &cause, now) {
+                Ok(account) => return Ok(Some(account)),
+                Err(accounts::AccountError::Store(error)) => return Err(error),
+                Err(error) => tracing::error!(%error, "a declined charge's card has no account"),
+            }
+        }
+        DeclineEffect::CreditOwed(amount_cents) => {
+            // The rider is still owed it: the history says so, for a
+            // person to pay out (docs/payment-gateway.md).
+            telemetry::credit_declined();
+            tracing::error!(charge = %hex::encode(charge.charge_id), card = charge.card_id, %decline_code,
+                "a credit was declined; the rider is owed it");
+            match accounts::note(tx, charge.card_id, "credit_declined", amount_cents, &cause, now) {
+                Ok(()) => {}
+                Err(accounts::AccountError::Store(error)) => return Err(error),
+                Err(error) => tracing::error!(%error, "a declined credit's card has no account"),
+            }
+        }
+        DeclineEffect::Nothing => {}
+    }
+    Ok(None)
 }
 
 /// Due charges, oldest schedule first, and whether an account has the card.
@@ -536,7 +553,7 @@ fn retry_later(
         params![
             &charge.charge_id[..],
             charge.claim,
-            if failed { "failed" } else { "pending" },
+            if failed { ChargeOutcome::Failed } else { ChargeOutcome::Pending }.as_str(),
             next_attempt_at,
             reason,
             attempts,

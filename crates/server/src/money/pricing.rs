@@ -17,8 +17,8 @@ use super::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_fr
 use super::store::StoreError;
 use crate::charges::{Charge, ChargeKind, RiderDay, plan_charges};
 use crate::clock::UnixMillis;
-use crate::fares::{DayEdges, FareTable, Tap};
-use crate::scan::{ArchivedScan, ScanStatus, TapKind};
+use crate::fares::{DayEdges, FareTable, Tap, ride_of};
+use crate::scan::ArchivedScan;
 
 /// What one pricing transaction wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,17 +36,6 @@ impl Priced {
     }
 }
 
-/// A ride is a scan whose signatures and windows held and whose gate
-/// opened (a refusing gate makes the scan `denied`; a replay is `replay`).
-/// The one definition: pricing, the audit and the demo's summary use it.
-pub fn is_ride(row: &ArchivedScan) -> bool {
-    row.status == ScanStatus::Accepted && row.card_id.is_some() && row.tap_kind.is_some()
-}
-
-/// [`is_ride`] as an SQL condition on the scans archive's columns, for the
-/// settlement (a test in `farestream-analytics` holds the two together).
-pub const RIDE_SQL: &str = "status = 'accepted' AND card_id IS NOT NULL AND tap_kind IS NOT NULL";
-
 /// Adds the rides among `rows` and prices every rider-day they touch.
 pub fn price_rows(
     tx: &Transaction<'_>,
@@ -60,26 +49,18 @@ pub fn price_rows(
         "INSERT OR IGNORE INTO taps (scan_id, card_id, service_date, scanned_at, tap_kind, route_id, stop_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    for row in rows.iter().filter(|r| is_ride(r)) {
-        let (Some(card_id), Some(kind)) = (row.card_id, row.tap_kind) else { continue };
+    for (row, (card_id, tap)) in rows.iter().filter_map(|row| Some((row, ride_of(row)?))) {
         let inserted = insert.execute(params![
-            &row.scan_id[..],
+            &tap.scan_id[..],
             card_to_sql(card_id),
             date_to_sql(row.service_date),
-            row.scanned_at,
-            kind.as_str(),
-            row.route_id,
-            row.stop_id,
+            tap.scanned_at,
+            tap.kind.as_str(),
+            tap.route_id,
+            tap.stop_id,
         ])?;
         if inserted > 0 {
             priced.taps += 1;
-            let tap = Tap {
-                scan_id: row.scan_id,
-                scanned_at: row.scanned_at,
-                kind,
-                route_id: row.route_id.clone(),
-                stop_id: row.stop_id.clone(),
-            };
             added.push((RiderDay { card_id, service_date: row.service_date }, tap));
         }
     }
@@ -232,8 +213,8 @@ fn read_taps(tx: &Transaction<'_>, sql: &str, day: RiderDay) -> Result<Vec<Tap>,
     let mut taps = Vec::new();
     for row in rows {
         let (scan_id, scanned_at, kind, route_id, stop_id) = row?;
-        let kind = TapKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("tap kind {kind:?}")))?;
-        taps.push(Tap { scan_id: id_from_sql(&scan_id)?, scanned_at, kind, route_id, stop_id });
+        let tap = Tap::from_stored(id_from_sql(&scan_id)?, scanned_at, &kind, route_id, stop_id);
+        taps.push(tap.ok_or_else(|| StoreError::Corrupt(format!("tap kind {kind:?}")))?);
     }
     Ok(taps)
 }

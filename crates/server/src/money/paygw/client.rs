@@ -15,6 +15,7 @@ use super::api::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::retry::GatewayHealth;
+use farestream_core::gateway_answer::GatewayAnswer;
 
 /// The largest answer read from the gateway: its answers are a few hundred
 /// bytes, and a bigger one is not allowed to grow the server's memory.
@@ -172,6 +173,28 @@ impl Answer {
             Answer::Succeeded { .. } | Answer::Declined { .. } | Answer::InFlight { .. } | Answer::Refused { .. } => {
                 GatewayHealth::Answered
             }
+        }
+    }
+
+    /// The answer as the core decides on it (`gateway_answer`).
+    pub fn as_decided(&self) -> GatewayAnswer {
+        let ms = |hint: &Option<Duration>| hint.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match self {
+            Answer::Succeeded { .. } => GatewayAnswer::Succeeded,
+            Answer::Declined { .. } => GatewayAnswer::Declined,
+            Answer::Retry { retry_after, .. } => GatewayAnswer::Retry { retry_after_ms: ms(retry_after) },
+            Answer::InFlight { retry_after, .. } => GatewayAnswer::InFlight { retry_after_ms: ms(retry_after) },
+            Answer::Refused { .. } => GatewayAnswer::Refused,
+        }
+    }
+
+    /// Its text for the charge's row: the gateway's transaction id, the
+    /// decline code, or why it is tried again.
+    pub fn detail(&self) -> &str {
+        match self {
+            Answer::Succeeded { transaction_id } => transaction_id,
+            Answer::Declined { decline_code } => decline_code,
+            Answer::Retry { reason, .. } | Answer::InFlight { reason, .. } | Answer::Refused { reason } => reason,
         }
     }
 }
