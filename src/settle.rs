@@ -11,6 +11,7 @@ use farestream_server::clock::UnixMillis;
 use farestream_server::config::fares::load_fares;
 use farestream_server::config::{Config, ConfigError};
 use farestream_server::server::DailySettlement;
+use tokio_util::sync::CancellationToken;
 
 /// The settlement's settings for `data_dir`.
 pub fn settle_settings(config: &Config, data_dir: &Path) -> Result<SettleSettings, ConfigError> {
@@ -44,8 +45,11 @@ impl ArchiveSettlement {
 impl DailySettlement for ArchiveSettlement {
     /// Settles on a thread of its own, with the stack SQL planning needs
     /// and a runtime apart from the server's; a panic there goes on up.
-    fn settle(&self, date: NaiveDate, now: UnixMillis) -> Result<String, String> {
-        let settings = self.settings.clone();
+    /// Stopped, it drops the settlement at its next await, as a crash
+    /// there would (every file it writes is replaced whole, so the next
+    /// run finds the day as it was or as settled).
+    fn settle(&self, date: NaiveDate, now: UnixMillis, stop: &CancellationToken) -> Result<String, String> {
+        let (settings, stop) = (self.settings.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name(format!("settle {date}"))
             .stack_size(SETTLEMENT_STACK_BYTES)
@@ -54,7 +58,12 @@ impl DailySettlement for ArchiveSettlement {
                     .enable_all()
                     .build()
                     .map_err(|e| format!("no runtime for the settlement: {e}"))?;
-                let settled = runtime.block_on(settle_day(&settings, date, now)).map_err(|e| e.to_string())?;
+                let settled = runtime.block_on(async {
+                    tokio::select! {
+                        settled = settle_day(&settings, date, now) => settled.map_err(|e| e.to_string()),
+                        _ = stop.cancelled() => Err("stopped: the server is shutting down".to_string()),
+                    }
+                })?;
                 Ok(format!(
                     "{} (report {}, {} breaks)",
                     settled.headline,

@@ -173,7 +173,8 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     // its own: the same day, the same headline.
     let cut_over = farestream::settle::ArchiveSettlement::new(&m.h.config, m.h.dir.path()).expect("settlement");
     let now = m.h.clock.now_ms();
-    let ran = tokio::task::spawn_blocking(move || cut_over.settle(day(), now)).await.expect("no panic");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ran = tokio::task::spawn_blocking(move || cut_over.settle(day(), now, &stop)).await.expect("no panic");
     let again = settle(&settings, now).await;
     assert_eq!(ran, Ok(format!("{} (report {}, 0 breaks)", again.headline, again.report_path.display())));
 

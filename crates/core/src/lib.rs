@@ -16,6 +16,7 @@
 //! documented (`missing_docs`); the rest is `pub(crate)`.
 
 #![warn(missing_docs)]
+#![forbid(clippy::disallowed_methods, clippy::disallowed_types)]
 
 #[cfg(feature = "archive")]
 pub mod archive;

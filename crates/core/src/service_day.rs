@@ -50,13 +50,27 @@ impl ServiceDayPolicy {
 /// Milliseconds in a day of 24 hours.
 const DAY_MS: u64 = 86_400_000;
 
+/// The most days a cut-over looks back, whatever lateness it is given
+/// (the config allows 30): a bound on its work, not a policy.
+pub const REBILL_WINDOW_DAYS_MAX: u64 = 366;
+
 /// The days a cut-over settles: the one that just ended, each earlier day
 /// still inside the rebill window (`accepted_lateness_ms`, in whole days
 /// rounded up), and the day after the window closed, whose run marks it
-/// final. Newest first.
+/// final. Newest first; at most `REBILL_WINDOW_DAYS_MAX + 2` days.
 pub fn days_to_settle(just_ended: NaiveDate, accepted_lateness_ms: i64) -> Vec<NaiveDate> {
-    let window_days = u64::try_from(accepted_lateness_ms).unwrap_or(0).div_ceil(DAY_MS) + 1;
-    (0..=window_days).filter_map(|back| just_ended.checked_sub_days(chrono::Days::new(back))).collect()
+    let lateness_days = u64::try_from(accepted_lateness_ms).unwrap_or(0).div_ceil(DAY_MS);
+    let window_days = lateness_days.min(REBILL_WINDOW_DAYS_MAX) + 1;
+    (0..=window_days).map_while(|back| just_ended.checked_sub_days(chrono::Days::new(back))).collect()
+}
+
+/// The latest cut-over at or before `now`, and the day it settles first:
+/// what a cut-over that finds the clock past it (stepped forward, or a
+/// retry that waited) settles, rather than a day long gone.
+pub fn last_cut_over(policy: &ServiceDayPolicy, delay_ms: i64, now: UnixMillis) -> Option<(UnixMillis, NaiveDate)> {
+    let (_, next_settles) = next_cut_over(policy, delay_ms, now)?;
+    let at = policy.day_start(next_settles)?.checked_add(delay_ms)?;
+    Some((at, next_settles.pred_opt()?))
 }
 
 /// When the next cut-over is due after `now` (`delay_ms` after a service
@@ -159,6 +173,9 @@ mod tests {
         assert_eq!(days_to_settle(date("2026-11-26"), 0), vec![date("2026-11-26"), date("2026-11-25")]);
         assert_eq!(days_to_settle(date("2026-11-26"), -1), days_to_settle(date("2026-11-26"), 0));
         assert_eq!(days_to_settle(NaiveDate::MIN, 0), vec![NaiveDate::MIN], "no day before the first");
+        assert_eq!(days_to_settle(NaiveDate::MIN, i64::MAX), vec![NaiveDate::MIN], "and no walk past it");
+        let longest = days_to_settle(date("2026-11-26"), i64::MAX);
+        assert_eq!(longest.len() as u64, REBILL_WINDOW_DAYS_MAX + 2, "bounded");
     }
 
     #[test]
@@ -198,6 +215,8 @@ mod tests {
             proptest::prop_assert_eq!(policy.day_start(next_day).map(|s| s + delay_ms), Some(at));
             let before = policy.day_start(settled).expect("start") + delay_ms;
             proptest::prop_assert!(before <= now, "a cut-over at {} was skipped (now {})", before, now);
+            let last = last_cut_over(&policy, delay_ms, now).expect("the last cut-over");
+            proptest::prop_assert_eq!(last, (before, settled.pred_opt().expect("date")));
         }
     }
 }

@@ -5,6 +5,7 @@
 //! what a settlement is comes from outside ([`DailySettlement`]: the
 //! binary's, over the Parquet archives), so this crate needs no SQL engine.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +14,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::CutOverSettings;
 use crate::clock::{Clock, UnixMillis};
-use crate::service_day::{days_to_settle, next_cut_over};
+use crate::service_day::{days_to_settle, last_cut_over, next_cut_over};
 
 /// The settlement the cut-over runs for one service date.
 pub trait DailySettlement: Send + Sync + std::fmt::Debug + 'static {
     /// Settles `date` as of `now`, blocking (it runs on a blocking thread,
     /// off the QUIC tasks); a one-line headline for the log, or why not.
-    fn settle(&self, date: NaiveDate, now: UnixMillis) -> Result<String, String>;
+    /// It gives up at its next step once `stop` is cancelled (the server
+    /// is stopping, and will not let go of the data dir before it ends),
+    /// leaving what a crash at that step would: the next run mends it.
+    fn settle(&self, date: NaiveDate, now: UnixMillis, stop: &CancellationToken) -> Result<String, String>;
 }
 
 /// However far away the next cut-over is, the clock is read again after
@@ -27,9 +31,12 @@ pub trait DailySettlement: Send + Sync + std::fmt::Debug + 'static {
 /// clocks do not run at wall speed.
 const CLOCK_RECHECK: Duration = Duration::from_secs(1);
 
-/// Runs each cut-over as it comes due until `stop`. A settlement that
-/// fails is tried again after `retry_interval`; one that panics takes the
-/// server down with it (see `spawn_supervised`), as any job's panic does.
+/// Runs each cut-over as it comes due until `stop`: the days it settles
+/// join the dates still owed a settlement, and every owed date is tried,
+/// newest first. One that fails stays owed and is tried again after
+/// `retry_interval`, while later cut-overs go on coming due (a day that
+/// keeps failing holds up no other). One that panics takes the server
+/// down with it (see `spawn_supervised`), as any job's panic does.
 pub(super) async fn cut_over_job(
     settlement: Arc<dyn DailySettlement>,
     settings: CutOverSettings,
@@ -38,67 +45,93 @@ pub(super) async fn cut_over_job(
 ) {
     let delay_ms = duration_ms(settings.delay);
     let lateness_ms = duration_ms(settings.accepted_lateness);
+    let mut owed: BTreeSet<NaiveDate> = BTreeSet::new();
     loop {
-        let Some((at, just_ended)) = next_cut_over(&settings.service_day, delay_ms, clock.now_ms()) else {
+        let Some((next_at, _)) = next_cut_over(&settings.service_day, delay_ms, clock.now_ms()) else {
             tracing::error!("no next cut-over time; the daily settlement stops");
             return;
         };
-        if !wait_until(clock.as_ref(), at, &stop).await {
-            return;
-        }
-        let mut pending = days_to_settle(just_ended, lateness_ms);
-        while !pending.is_empty() {
-            let mut failed = Vec::new();
-            for date in pending {
-                match settle_one(&settlement, date, clock.now_ms(), &stop).await {
-                    Some(Ok(headline)) => tracing::info!(%date, "{headline}"),
-                    Some(Err(error)) => {
-                        tracing::error!(%date, %error, "cut-over failed; will try again");
-                        failed.push(date);
-                    }
-                    None => return,
+        let retry_after = (!owed.is_empty()).then_some(settings.retry_interval);
+        match wait_until(clock.as_ref(), next_at, retry_after, &stop).await {
+            Woke::Stopped => return,
+            Woke::RetryDue => {}
+            Woke::CutOverDue => {
+                // The cut-over that is due by the clock now, not the one
+                // planned: a clock stepped forward settles today's days.
+                let now = clock.now_ms();
+                if let Some((_, just_ended)) = last_cut_over(&settings.service_day, delay_ms, now) {
+                    owed.extend(days_to_settle(just_ended, lateness_ms));
                 }
             }
-            pending = failed;
-            if !pending.is_empty() && !sleep_unless_stopped(settings.retry_interval, &stop).await {
-                return;
+        }
+        for date in owed.clone().into_iter().rev() {
+            match settle_one(&settlement, date, clock.now_ms(), &stop).await {
+                Some(Ok(headline)) => {
+                    tracing::info!(%date, "{headline}");
+                    owed.remove(&date);
+                }
+                Some(Err(error)) => tracing::error!(%date, %error, "cut-over failed; will try again"),
+                None => return,
             }
         }
     }
 }
 
-/// One settlement on a blocking thread; `None` once stopped. A panic in it
-/// goes on up, to the supervisor.
+/// One settlement on a blocking thread; `None` once stopped (after the
+/// settlement has ended: the data dir stays locked until it has). A panic
+/// in it goes on up, to the supervisor.
 async fn settle_one(
     settlement: &Arc<dyn DailySettlement>,
     date: NaiveDate,
     now: UnixMillis,
     stop: &CancellationToken,
 ) -> Option<Result<String, String>> {
-    let settlement = Arc::clone(settlement);
-    let running = tokio::task::spawn_blocking(move || settlement.settle(date, now));
-    tokio::select! {
-        _ = stop.cancelled() => None,
-        joined = running => match joined {
-            Ok(outcome) => Some(outcome),
-            Err(error) => match error.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => None,
-            },
+    let (settlement, stop_settling) = (Arc::clone(settlement), stop.clone());
+    let joined = tokio::task::spawn_blocking(move || settlement.settle(date, now, &stop_settling)).await;
+    let outcome = match joined {
+        Ok(outcome) => outcome,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => return None,
         },
-    }
+    };
+    (!stop.is_cancelled()).then_some(outcome)
 }
 
-/// Waits until `clock` reads `at` or later; false when stopped first.
-async fn wait_until(clock: &dyn Clock, at: UnixMillis, stop: &CancellationToken) -> bool {
+/// Why a wait ended.
+enum Woke {
+    /// The clock reached the cut-over.
+    CutOverDue,
+    /// The retry interval passed first.
+    RetryDue,
+    /// The server is stopping.
+    Stopped,
+}
+
+/// Waits until `clock` reads `at`, or `retry_after` (wall time) passes.
+async fn wait_until(
+    clock: &dyn Clock,
+    at: UnixMillis,
+    retry_after: Option<Duration>,
+    stop: &CancellationToken,
+) -> Woke {
+    let retry_at = retry_after.map(|wait| tokio::time::Instant::now() + wait);
     loop {
         let now = clock.now_ms();
         if now >= at {
-            return true;
+            return Woke::CutOverDue;
         }
         let left = Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(u64::MAX));
-        if !sleep_unless_stopped(left.min(CLOCK_RECHECK), stop).await {
-            return false;
+        let mut nap = left.min(CLOCK_RECHECK);
+        if let Some(retry_at) = retry_at {
+            let until_retry = retry_at.saturating_duration_since(tokio::time::Instant::now());
+            if until_retry.is_zero() {
+                return Woke::RetryDue;
+            }
+            nap = nap.min(until_retry);
+        }
+        if !sleep_unless_stopped(nap, stop).await {
+            return Woke::Stopped;
         }
     }
 }

@@ -193,6 +193,9 @@ pub struct Server {
     pricer: Arc<Pricer>,
     accounts: AccountService,
     charges_archive: Arc<ChargesArchive>,
+    /// The daily cut-over job, when it runs: a settlement writes into the
+    /// data dir, so shutdown waits for it before letting go of the lock.
+    cut_over: Option<tokio::task::JoinHandle<()>>,
     /// Held until the server is dropped or its process ends (`None` only
     /// inside [`Server::abandon`]).
     data_dir_lock: Option<DataDirLock>,
@@ -280,15 +283,14 @@ impl Server {
         let every = shared.settings.money.charges_archive_interval;
         let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());
         spawn_supervised(&shared, "the charges archive", job);
-        if let (Some(settlement), Some(cut_over)) = (settlement, &shared.settings.cut_over) {
-            let job = cut_over::cut_over_job(
-                settlement,
-                cut_over.clone(),
-                Arc::clone(&shared.handles.clock),
-                shared.shutdown.clone(),
-            );
-            spawn_supervised(&shared, "the daily cut-over", job);
-        }
+        let cut_over = match (settlement, &shared.settings.cut_over) {
+            (Some(settlement), Some(cut_over)) => {
+                let clock = Arc::clone(&shared.handles.clock);
+                let job = cut_over::cut_over_job(settlement, cut_over.clone(), clock, shared.shutdown.clone());
+                Some(spawn_supervised(&shared, "the daily cut-over", job))
+            }
+            _ => None,
+        };
         tracing::info!(%local_addr, "farestream listening");
         let (pricer, accounts, charges_archive) = (money.pricer, money.accounts, money.charges_archive);
         Ok(Server {
@@ -301,6 +303,7 @@ impl Server {
             pricer,
             accounts,
             charges_archive,
+            cut_over,
             data_dir_lock: Some(data_dir_lock),
         })
     }
@@ -405,9 +408,15 @@ impl Server {
     }
 
     pub async fn shutdown(self) -> Result<ShutdownReport, ServerError> {
-        let Server { endpoint, shared, committer, archiver, pricer, charges_archive, data_dir_lock, .. } = self;
+        let Server { endpoint, shared, committer, archiver, pricer, charges_archive, cut_over, data_dir_lock, .. } =
+            self;
         shared.shutdown.cancel();
         shared.tasks.close();
+        if let Some(cut_over) = cut_over {
+            // Told to stop, a settlement gives up at its next step; until
+            // it has, it may still write under the data dir.
+            let _ = cut_over.await;
+        }
         let deadline = shared.settings.shutdown_deadline;
         if tokio::time::timeout(deadline, shared.tasks.wait()).await.is_err() {
             tracing::warn!(?deadline, "batches still in flight at the shutdown deadline; closing their connections");
@@ -444,7 +453,11 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock, ServerEr
 /// Spawns a tracked task whose panic stops the server, with the panic's
 /// message, instead of vanishing with the task and leaving a server that
 /// says it serves but no longer accepts (or sweeps, or watches its log).
-fn spawn_supervised(shared: &Arc<Shared>, what: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+fn spawn_supervised(
+    shared: &Arc<Shared>,
+    what: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let watcher = Arc::clone(shared);
     shared.tasks.spawn(async move {
         if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
@@ -455,7 +468,7 @@ fn spawn_supervised(shared: &Arc<Shared>, what: &'static str, task: impl Future<
                 .unwrap_or_else(|| "a panic without a message".into());
             fail(&watcher, Fatal::TaskPanicked { task: what, message });
         }
-    });
+    })
 }
 
 /// Stops the server for good: no more batches are accepted or acked.
