@@ -321,7 +321,32 @@ pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec
             scan_ids: uncovered,
         });
     }
+    assert_charges_cover_the_day(priced, issued, &planned, (total, charged));
     planned
+}
+
+/// The pair `plan_charges` promises, checked where it is made: every
+/// priced tap is in exactly one charge, and the day's charges add up to
+/// its price (unless the amounts were so far out of range that adding
+/// them saturated, which fares bounded by the config never are).
+fn assert_charges_cover_the_day(
+    priced: &PricedDay,
+    issued: &[Charge],
+    planned: &[Charge],
+    (total, charged): (SignedCents, SignedCents),
+) {
+    let mut covered = HashSet::new();
+    for id in issued.iter().chain(planned).flat_map(|c| &c.scan_ids) {
+        let first = covered.insert(*id);
+        assert!(first || !planned.iter().any(|c| c.scan_ids.contains(id)), "a planned charge repeats tap {id:02x?}");
+    }
+    for id in priced.rides.iter().flat_map(|r| &r.scan_ids) {
+        assert!(covered.contains(id), "tap {id:02x?} is in no charge");
+    }
+    let sum = issued.iter().chain(planned).try_fold(0, |sum: SignedCents, c| sum.checked_add(c.amount_cents));
+    if let (Some(sum), Some(_)) = (sum, total.checked_sub(charged)) {
+        assert_eq!(sum, total, "the day's charges add up to {sum}, its price to {total}");
+    }
 }
 
 /// SHA-256 over the rider-day, the kind and what is charged; the first 16

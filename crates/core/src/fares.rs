@@ -197,6 +197,20 @@ pub struct PricedDay {
 }
 
 impl FareTable {
+    /// Whether an entry scanned at `entry_scanned_at` is still open (an
+    /// exit may still end its trip) at `now`: the one rule, at most the
+    /// exit window after it.
+    pub fn entry_open_at(&self, entry_scanned_at: UnixMillis, now: UnixMillis) -> bool {
+        now.saturating_sub(entry_scanned_at) <= self.metro_exit_window_ms
+    }
+
+    /// When a metro entry's exit window closes: the first moment
+    /// [`entry_open_at`](Self::entry_open_at) is false, from which it is
+    /// priced as an entry without exit (the money store keeps it).
+    pub fn entry_closes_at(&self, entry_scanned_at: UnixMillis) -> UnixMillis {
+        entry_scanned_at.saturating_add(self.metro_exit_window_ms).saturating_add(1)
+    }
+
     /// Prices one rider's complete service day, in any order: an entry
     /// with no exit is a maximum fare.
     pub fn price_day(&self, taps: &[Tap], edges: &DayEdges) -> PricedDay {
@@ -255,9 +269,7 @@ impl FareTable {
         let mut open_entry: Option<&Tap> = None;
         for &tap in taps {
             // An entry whose window has passed before this tap stays unpaired.
-            if let Some(entry) =
-                open_entry.filter(|e| tap.scanned_at.saturating_sub(e.scanned_at) > self.metro_exit_window_ms)
-            {
+            if let Some(entry) = open_entry.filter(|e| !self.entry_open_at(e.scanned_at, tap.scanned_at)) {
                 rides.push(self.max_fare_ride(&[entry], RideKind::MetroEntryWithoutExit));
                 open_entry = None;
             }
@@ -275,9 +287,7 @@ impl FareTable {
             }
         }
         match open_entry {
-            Some(entry) if now.saturating_sub(entry.scanned_at) <= self.metro_exit_window_ms => {
-                (rides, Some(entry.scan_id))
-            }
+            Some(entry) if self.entry_open_at(entry.scanned_at, now) => (rides, Some(entry.scan_id)),
             Some(entry) => {
                 rides.push(self.max_fare_ride(&[entry], RideKind::MetroEntryWithoutExit));
                 (rides, None)
@@ -297,7 +307,7 @@ impl FareTable {
 
     /// Whether `to` is no earlier than `from` and at most the exit window after it.
     fn within_exit_window(&self, from: UnixMillis, to: UnixMillis) -> bool {
-        to >= from && to.saturating_sub(from) <= self.metro_exit_window_ms
+        to >= from && self.entry_open_at(from, to)
     }
 
     /// Whether a tap newly added to a day can change the price of the day
@@ -385,6 +395,22 @@ mod tests {
                 proptest::prop_assert_eq!((tap.scan_id, tap.scanned_at), (row.scan_id, row.scanned_at));
                 proptest::prop_assert_eq!((&tap.route_id, &tap.stop_id), (&row.route_id, &row.stop_id));
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// One rule for when an entry closes: open while at most the exit
+        /// window has passed, closed from `entry_closes_at` on.
+        #[test]
+        fn an_entry_is_open_until_its_window_has_passed(
+            entry in 0..4_102_444_800_000i64,
+            now in 0..4_102_444_800_000i64,
+            window_ms in 0..86_400_000i64,
+        ) {
+            let fares = FareTable { metro_exit_window_ms: window_ms, ..table() };
+            proptest::prop_assert_eq!(fares.entry_open_at(entry, now), now - entry <= window_ms);
+            let closes = fares.entry_closes_at(entry);
+            proptest::prop_assert!(!fares.entry_open_at(entry, closes) && fares.entry_open_at(entry, closes - 1));
         }
     }
 

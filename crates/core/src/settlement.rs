@@ -131,7 +131,8 @@ pub struct RouteRevenue {
 }
 
 /// When the pricer last priced a day whose open entry closes at
-/// `open_entry_closes_at`: just before that, so the entry is still open.
+/// `open_entry_closes_at` ([`FareTable::entry_closes_at`]): just before
+/// that, so the entry is still open.
 fn priced_as_of(open_entry_closes_at: Option<UnixMillis>) -> UnixMillis {
     open_entry_closes_at.map_or(UnixMillis::MAX, |closes| closes.saturating_sub(1))
 }
@@ -378,18 +379,18 @@ pub fn trip_edge_may_be_unarchived(
     edges: &DayEdges,
     (start, end): (UnixMillis, UnixMillis),
 ) -> bool {
-    let window = fares.metro_exit_window_ms;
     let metro = || taps.iter().filter(|t| t.kind.is_metro());
     let last = metro().max_by_key(|t| (t.scanned_at, t.scan_id));
     let first = metro().min_by_key(|t| (t.scanned_at, t.scan_id));
     let open_at_end = last.is_some_and(|entry| {
         entry.kind == TapKind::Entry
-            && entry.scanned_at.saturating_add(window) >= end
+            && fares.entry_open_at(entry.scanned_at, end)
             && !edges.first_after.as_ref().is_some_and(|after| fares.continues(entry, after))
     });
     let open_at_start = first.is_some_and(|exit| {
         exit.kind == TapKind::Exit
-            && exit.scanned_at.saturating_sub(window) <= start
+            // An entry at or before `start` could still be open at this exit.
+            && fares.entry_open_at(start, exit.scanned_at)
             && !edges.last_before.as_ref().is_some_and(|before| fares.continues(before, exit))
     });
     open_at_end || open_at_start

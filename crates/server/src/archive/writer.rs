@@ -269,6 +269,10 @@ impl ArchiveWriter {
     ) -> Result<ClosedFile, ArchiveError> {
         let rest = std::mem::take(&mut file.pending);
         write_row_group(&mut file, rest)?;
+        // Paired with `append`'s count: the rows read from the log for this
+        // file are the rows its row groups hold, before it is named.
+        let in_row_groups: i64 = file.writer.flushed_row_groups().iter().map(|group| group.num_rows()).sum();
+        assert_eq!(u64::try_from(in_row_groups).ok(), Some(file.rows), "rows appended to {}", file.tmp_path.display());
         let tmp = file.tmp_path;
         let kind = if file.late { "late" } else { "part" };
         let final_path =

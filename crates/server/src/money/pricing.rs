@@ -167,7 +167,7 @@ fn reprice(
     let open_until = priced
         .open_entry
         .and_then(|id| taps.iter().find(|t| t.scan_id == id))
-        .map(|entry| entry.scanned_at.saturating_add(fares.metro_exit_window_ms).saturating_add(1));
+        .map(|entry| fares.entry_closes_at(entry.scanned_at));
     let key = params![card_to_sql(day.card_id), date_to_sql(day.service_date)];
     match open_until {
         Some(closes_at) => tx.execute(

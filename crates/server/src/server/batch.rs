@@ -120,7 +120,7 @@ async fn verify_fairly(shared: &Shared, peer: &Peer, batch: &Arc<ScanBatch>) -> 
 /// waiting on the gate can take such a claim for a re-delivery and be
 /// acked.
 fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Committed {
-    let _order = crate::sync::lock(&shared.gate.order);
+    let mut claims = crate::sync::lock(&shared.gate.claims);
     if let Some(reason) = shared.failure.get() {
         return Committed::Refused(format!("server stopping: {reason}"));
     }
@@ -139,8 +139,10 @@ fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Commit
     }));
     let committed =
         committed.unwrap_or_else(|_| Committed::Unlogged("internal error while committing the batch".into()));
-    if let Committed::Unlogged(error) = &committed {
-        fail(shared, Fatal::Unlogged(error.clone()));
+    match &committed {
+        Committed::Queued { lsn, .. } => claims.logged(*lsn),
+        Committed::Unlogged(error) => fail(shared, Fatal::Unlogged(error.clone())),
+        Committed::Refused(_) => {}
     }
     committed
 }

@@ -102,14 +102,37 @@ pub enum ServerError {
 /// is in the log before `lsn`" can be read off at any moment (the
 /// archiver closes a service day on it).
 struct CommitGate {
-    order: Mutex<()>,
+    /// Held while a batch reads its arrival time, claims its scans and
+    /// queues its record, and while a mark is read.
+    claims: Mutex<Claims>,
     clock: Arc<dyn Clock>,
     wal: CommitHandle,
 }
 
+/// What the commit gate's lock guards: the log position the last batch
+/// through it reached. Each batch checks it comes after the one before,
+/// so log order is claim order by construction, not by a comment.
+#[derive(Debug, Default)]
+struct Claims {
+    last_lsn: u64,
+}
+
+impl Claims {
+    /// A batch claimed its scans and its record (or, for re-deliveries
+    /// only, the records before it) ends the log at `lsn`.
+    fn logged(&mut self, lsn: u64) {
+        assert!(
+            lsn >= self.last_lsn,
+            "a batch logged at {lsn}, before the one claimed ahead of it ({})",
+            self.last_lsn
+        );
+        self.last_lsn = lsn;
+    }
+}
+
 impl Arrivals for CommitGate {
     fn mark(&self) -> ArrivalMark {
-        let _order = crate::sync::lock(&self.order);
+        let _claims = crate::sync::lock(&self.claims);
         ArrivalMark { at: self.clock.now_ms(), lsn: self.wal.tail_lsn() }
     }
 }
@@ -231,8 +254,11 @@ impl Server {
             settings.wal_fsync_enabled,
         );
         let archive_writer = ArchiveWriter::new(settings.archive.clone(), Arc::clone(&handles.faults))?;
-        let gate =
-            Arc::new(CommitGate { order: Mutex::new(()), clock: Arc::clone(&handles.clock), wal: committer.handle() });
+        let gate = Arc::new(CommitGate {
+            claims: Mutex::default(),
+            clock: Arc::clone(&handles.clock),
+            wal: committer.handle(),
+        });
         let archiver = Arc::new(Archiver::spawn(
             settings.archiver.clone(),
             archive_writer,
