@@ -15,7 +15,8 @@ pub use farestream_core::{charges, fares, ingest, journal, retry, ridecode, scan
 pub use farestream_gateway as gateway;
 pub use farestream_gateway::wire;
 pub use farestream_server::{
-    api, archive, clock, config, fair, faults, files, keystore, money, server, telemetry, tls, wal,
+    api, archive, clock_source, config, fair, faults, files, handles, keystore, money, server, telemetry, tls_identity,
+    wal,
 };
 
 pub mod demo;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use farestream::api::{ApiSettings, ApiState};
-use farestream::clock::{Clock, SystemClock};
+use farestream::clock_source::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
 use farestream::gateway::GatewayClient;
@@ -20,7 +20,7 @@ use farestream::server::Assembly;
 use farestream::settle::{ArchiveSettlement, settle_settings};
 use farestream::sim::archive_day::{ArchiveDaySpec, write_archive_day};
 use farestream::sim::{AccountsRig, CitySpec, Load};
-use farestream::tls::{NewIdentity, cert_path};
+use farestream::tls_identity::{NewIdentity, cert_path};
 use farestream_analytics::query::{OutputFormat, run_query};
 use farestream_analytics::settle::settle_day;
 
@@ -552,7 +552,7 @@ async fn simulate(
     println!("  {} scans planned", report.scans_planned);
     print!("{}", report.render());
     if let Some(path) = acked_file {
-        let acked = farestream::archive::audit::AckedScans::render(&report.fleet.acked_scans);
+        let acked = farestream::archive::ack_audit::AckedScans::render(&report.fleet.acked_scans);
         std::fs::write(path, acked).with_context(|| format!("writing {}", path.display()))?;
     }
     if !report.fleet.errors.is_empty() {
@@ -600,14 +600,14 @@ fn audit(
     (paygw_dir, undecided_max): (Option<&Path>, u64),
 ) -> Result<()> {
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
-    let acked = farestream::archive::audit::AckedScans::parse(&text)
+    let acked = farestream::archive::ack_audit::AckedScans::parse(&text)
         .with_context(|| format!("reading {}", acked_file.display()))?;
     let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
-    let report = farestream::archive::audit::audit_rows(&rows, &acked);
+    let report = farestream::archive::ack_audit::audit_rows(&rows, &acked);
     let money = if farestream::money::store_path(data_dir).exists() {
         let store = open_money_store(data_dir, config)?;
         let ledger = paygw_dir.map(paygw_ledger).transpose()?;
-        Some(farestream::money::audit::audit_money(store.connection(), &rows, ledger.as_deref())?)
+        Some(farestream::money::money_audit::audit_money(store.connection(), &rows, ledger.as_deref())?)
     } else {
         None
     };
@@ -628,7 +628,7 @@ fn audit(
 }
 
 /// The simulated gateway's ledger, as the audit compares it.
-fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::audit::AppliedPayment>> {
+fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::money_audit::AppliedPayment>> {
     let entries = farestream::paygw::Ledger::read_entries(dir)
         .with_context(|| format!("reading the ledger in {}", dir.display()))?;
     Ok(entries.iter().filter_map(farestream::paygw::Entry::applied_payment).collect())

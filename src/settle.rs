@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use farestream_analytics::settle::{SettleSettings, settle_day};
-use farestream_server::clock::UnixMillis;
-use farestream_server::config::fares::load_fares;
+use farestream_server::clock_source::UnixMillis;
+use farestream_server::config::fare_table::load_fares;
 use farestream_server::config::{Config, ConfigError};
 use farestream_server::server::DailySettlement;
 use tokio_util::sync::CancellationToken;

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::api::{ApiSettings, ApiState, HttpHandle};
 use crate::archive::{self, ArchiveError};
-use crate::clock::{Clock, ScaledClock, SystemClock, unix_secs_u32};
+use crate::clock_source::{Clock, ScaledClock, SystemClock, unix_secs_u32};
 use crate::config::{Config, ConfigError};
 use crate::keystore::KeystoreError;
 use crate::money::notify::{InboxNotifier, Notifier};
@@ -25,7 +25,7 @@ use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::server::{Assembly, Server, ServerError};
 use crate::sim::{City, CitySpec, FleetReport, RiderApp, Target, Timetable, Uploads, sign_up_riders};
-use crate::tls::{NewIdentity, TlsError};
+use crate::tls_identity::{NewIdentity, TlsError};
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
 const UPLOAD_INTERVAL_SIM_MS: f64 = 60_000.0;
@@ -178,7 +178,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let archive_root = archive::scans_root(&options.data_dir);
     let files: Vec<PathBuf> = archive::read::archive_files(&archive_root)?
         .into_iter()
-        .filter(|path| archive::writer::file_lsn_range(path).is_some_and(|(from, _)| from >= first_lsn))
+        .filter(|path| archive::parquet_writer::file_lsn_range(path).is_some_and(|(from, _)| from >= first_lsn))
         .collect();
     let mut rows = Vec::new();
     for file in &files {

@@ -13,14 +13,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use farestream_server::clock::{Clock, SystemClock};
+use farestream_core::sync::lock;
+use farestream_server::clock_source::{Clock, SystemClock};
 use farestream_server::http::HttpHandle;
 use farestream_server::money::paygw::api::{
     AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
     ErrorAnswer, IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE,
     TIMESTAMP, signature_valid,
 };
-use farestream_server::sync::lock;
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{Entry, Ledger};

@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use rustls::pki_types::CertificateDer;
 
 use super::{AnomalyRates, FleetReport, FleetSettings, PlannedScan, Timetable, World, WorldSpec, plan_day, run_fleet};
-use crate::clock::Clock;
+use crate::clock_source::Clock;
 use crate::config::Config;
 use crate::gateway::GatewayClient;
 use crate::ridecode::{IssuerPublicKeys, IssuerSigningKey, KeyError};

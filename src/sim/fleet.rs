@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use super::plan::PlannedScan;
 use super::world::World;
-use crate::clock::{Clock, unix_secs_u32};
+use crate::clock_source::{Clock, unix_secs_u32};
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::ingest::pipeline::fingerprint;
 use crate::ridecode::{DenyList, FreshnessPolicy, check_offline};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::clock::{UnixMillis, unix_secs_u32};
+use crate::clock_source::{UnixMillis, unix_secs_u32};
 use crate::gateway::GatewayClient;
 use crate::ridecode::format::{CODE_SIGNED_LEN, RIDE_CODE_LEN};
 use crate::ridecode::{IssuerSigningKey, KeyError, UserKey};
@@ -88,7 +88,11 @@ pub async fn run_flood(client: GatewayClient, codes: Arc<Vec<Vec<u8>>>, settings
             tokio::spawn(async move {
                 while started.elapsed() < settings.duration {
                     let seq = next_batch.fetch_add(1, Ordering::Relaxed);
-                    let batch = hostile_batch(&codes, seq, crate::clock::Clock::now_ms(&crate::clock::SystemClock));
+                    let batch = hostile_batch(
+                        &codes,
+                        seq,
+                        crate::clock_source::Clock::now_ms(&crate::clock_source::SystemClock),
+                    );
                     let bytes = crate::wire::encode_frame(&batch).len() as u64;
                     let answer = client.push(&batch).await;
                     let mut report = crate::sync::lock(&report);

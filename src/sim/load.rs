@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::city::{City, CitySpec, Target, Uploads};
 use super::{Balances, FileInbox, FleetReport, RiderApp, Timetable, sign_up_riders};
-use crate::clock::{Clock, SystemClock, unix_secs_u32};
+use crate::clock_source::{Clock, SystemClock, unix_secs_u32};
 use crate::config::Config;
 use crate::gateway::tls::{ClientTlsError, read_cert};
 use crate::gateway::{GatewayClient, GatewayError};
@@ -19,7 +19,7 @@ use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use crate::paygw::SimControl;
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
-use crate::tls::cert_path;
+use crate::tls_identity::cert_path;
 
 /// How `simulate` spreads its scans.
 #[derive(Debug, Clone, Copy)]

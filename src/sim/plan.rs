@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::world::World;
-use crate::clock::UnixMillis;
+use crate::clock_source::UnixMillis;
 use crate::scan::{ScanStatus, TapKind};
 
 /// What, if anything, is wrong with a scan.
@@ -287,7 +287,7 @@ impl PlannedScan {
             Anomaly::ExpiredCredential => world.expired_credential(rider),
             _ => rider.credential,
         };
-        let created_at = crate::clock::unix_secs_u32(self.code_created_at_ms);
+        let created_at = crate::clock_source::unix_secs_u32(self.code_created_at_ms);
         let mut bytes = rider.key.make_code(&credential, created_at, self.code_counter).bytes.to_vec();
         match self.anomaly {
             Anomaly::Forged => {

@@ -3,7 +3,7 @@
 //! online code, arrears, refunds, and the issuer keys for validators.
 
 use farestream::api::{ApiSettings, ApiState, ErrorBody, HttpHandle};
-use farestream::clock::Clock;
+use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::keystore::ExportedKey;
 use farestream::money::accounts::AccountState;

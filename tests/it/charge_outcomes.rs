@@ -3,10 +3,10 @@
 //! no account.
 
 use farestream::charges::ChargeRecord;
-use farestream::clock::Clock;
+use farestream::clock_source::Clock;
 use farestream::gateway::GatewayClient;
 use farestream::money::accounts::AccountState;
-use farestream::money::audit::{AppliedPayment, audit_money};
+use farestream::money::money_audit::{AppliedPayment, audit_money};
 use farestream::paygw::Entry;
 use farestream::scan::TapKind;
 use farestream::wire::{GateDecision, ScanRecord};

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use farestream::clock::{ManualClock, UnixMillis};
+use farestream::clock_source::{ManualClock, UnixMillis};
 use farestream::config::Config;
 use farestream::server::{DailySettlement, Fatal, Server};
 use farestream::service_day::ServiceDayPolicy;
-use farestream::tls::{NewIdentity, ServerIdentity};
+use farestream::tls_identity::{NewIdentity, ServerIdentity};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{T0_MS, test_assembly};

@@ -95,7 +95,7 @@ async fn files_renamed_but_not_checkpointed_are_archived_again_once() {
             // The crash came after the second cut's rename, before its
             // checkpoint: roll the checkpoint back to the first cut.
             let first_cut = archive_files(&scans_root(dir)).expect("files")[0].clone();
-            let (_, to) = farestream::archive::writer::file_lsn_range(&first_cut).expect("range");
+            let (_, to) = farestream::archive::parquet_writer::file_lsn_range(&first_cut).expect("range");
             std::fs::write(dir.join("archive/checkpoint"), format!("archived_lsn = {to}\n")).expect("checkpoint");
         })
         .await;

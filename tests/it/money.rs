@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use farestream::charges::ChargeKind;
 use farestream::charges::ChargeRecord;
-use farestream::clock::Clock;
+use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::money::accounts::AccountState;
 use farestream::money::outbox::{charges, undecided};
@@ -163,7 +163,7 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     // The charges archive holds each decided charge once, as the outbox has it.
     assert_eq!(m.h.server.flush_charges_archive().await.expect("archive"), 7);
     assert_eq!(m.h.server.flush_charges_archive().await.expect("again"), 0);
-    let root = farestream::archive::charges::charges_root(m.h.dir.path());
+    let root = farestream::archive::charges_archive::charges_root(m.h.dir.path());
     let mut archived = farestream::archive::read::read_all_charges(&root).expect("read");
     archived.sort_by_key(|c| c.charge_id);
     let mut outbox = charges.clone();
@@ -510,7 +510,7 @@ async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns
 /// fails at all. Each planted fault must fail it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_money_audit_fails_on_each_planted_fault() {
-    use farestream::money::audit::{AppliedPayment, audit_money};
+    use farestream::money::money_audit::{AppliedPayment, audit_money};
     let m = Money::start().await;
     let riders = [m.rider(807, 5_000).await, m.rider(808, 5_000).await];
     let scans = riders.iter().map(|r| tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99")).collect();

@@ -100,7 +100,7 @@ async fn a_data_dir_that_cannot_be_written_is_refused_before_serving() {
     h.faults.set_disk_full(true);
     let (dir, identity, faults) = (h.dir.path().to_path_buf(), h.identity, h.faults.clone());
     h.server.shutdown().await.expect("shutdown");
-    let clock = std::sync::Arc::new(farestream::clock::ManualClock::new(T0_MS));
+    let clock = std::sync::Arc::new(farestream::clock_source::ManualClock::new(T0_MS));
     let assembly = test_assembly(&Config::defaults(), &dir, &identity, &clock).expect("assembly");
     let refused = assembly.with_faults(faults).start().await;
     let error = refused.err().expect("not started").to_string();
@@ -156,8 +156,11 @@ fn the_command_line_refuses_what_cannot_work_at_once_and_says_why() {
         farestream::keystore::KeystoreOptions::from_config(&Config::defaults()),
     )
     .expect("keys");
-    farestream::tls::ServerIdentity::load_or_create(dir.path(), farestream::tls::NewIdentity::OnFirstStart)
-        .expect("tls");
+    farestream::tls_identity::ServerIdentity::load_or_create(
+        dir.path(),
+        farestream::tls_identity::NewIdentity::OnFirstStart,
+    )
+    .expect("tls");
     let config = dir.path().join("quick.toml");
     std::fs::write(&config, "[gateway]\nconnect_timeout_ms = 300\n").expect("config");
     let nowhere = std::net::UdpSocket::bind("127.0.0.1:0").expect("a port nobody serves QUIC on");

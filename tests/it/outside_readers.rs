@@ -16,7 +16,7 @@ use chrono::NaiveDate;
 use farestream::archive::read::{read_all, read_all_charges};
 use farestream::archive::scans_root;
 use farestream::charges::ChargeRecord;
-use farestream::clock::Clock;
+use farestream::clock_source::Clock;
 use farestream::scan::TapKind;
 use farestream::settle::settle_settings;
 use farestream::wire::{GateDecision, ScanRecord};

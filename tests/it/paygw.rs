@@ -149,7 +149,7 @@ async fn the_gateway_refuses_requests_at_their_extremes() {
     assert!(matches!(credit, Answer::Succeeded { .. }), "{credit:?}");
     // A request signed five minutes and one second ago is a replay.
     let body = serde_json::to_vec(&debit(&agreement, 1)).expect("json");
-    let stale = farestream::clock::Clock::now_ms(&farestream::clock::SystemClock) - 301_000;
+    let stale = farestream::clock_source::Clock::now_ms(&farestream::clock_source::SystemClock) - 301_000;
     let response = reqwest::Client::new()
         .post(format!("{}{DEBITS_PATH}", gw.handle.url()))
         .header(IDEMPOTENCY_KEY, "s-1")

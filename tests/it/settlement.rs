@@ -6,16 +6,16 @@
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
+use farestream::archive::parquet_writer::partition_dir;
 use farestream::archive::read::{archive_files, read_charges_file};
 use farestream::archive::scans_root;
-use farestream::archive::writer::partition_dir;
-use farestream::clock::Clock;
+use farestream::clock_source::Clock;
 use farestream::scan::TapKind;
 use farestream::server::DailySettlement;
 use farestream::settle::settle_settings;
 use farestream_analytics::query::{OutputFormat, run_query};
 use farestream_analytics::settle::{SettleSettings, Settled, settle_day};
-use farestream_core::archive::charges::charges_to_record_batch;
+use farestream_core::archive::charge_rows::charges_to_record_batch;
 use farestream_core::settlement::Break;
 
 use crate::money::{MINUTE, Money, tap};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use farestream::archive::{read, scans_root};
-use farestream::clock::{ManualClock, UnixMillis};
+use farestream::clock_source::{ManualClock, UnixMillis};
 use farestream::config::Config;
 use farestream::faults::Faults;
 use farestream::gateway::GatewayClient;
@@ -13,7 +13,7 @@ use farestream::money::notify::InboxNotifier;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::scan::{ArchivedScan, TapKind};
 use farestream::server::{Assembly, Server, ServerError};
-use farestream::tls::{NewIdentity, ServerIdentity};
+use farestream::tls_identity::{NewIdentity, ServerIdentity};
 use farestream::wire::{ScanBatch, ScanRecord, WireTapKind};
 
 /// 2025-11-20 10:00:00 in Shanghai, a Thursday morning.
@@ -45,7 +45,7 @@ impl TestRider {
 }
 
 pub(crate) fn secs(at_ms: UnixMillis) -> u32 {
-    farestream::clock::unix_secs_u32(at_ms)
+    farestream::clock_source::unix_secs_u32(at_ms)
 }
 
 impl Harness {
@@ -144,7 +144,7 @@ pub(crate) fn test_assembly(
         .listen_on("127.0.0.1:0".parse().expect("addr"))
         .with_identity(identity.clone())
         .trusting(keys)
-        .with_clock(Arc::clone(clock) as Arc<dyn farestream::clock::Clock>))
+        .with_clock(Arc::clone(clock) as Arc<dyn farestream::clock_source::Clock>))
 }
 
 pub(crate) fn record(

@@ -13,8 +13,8 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use crate::settle::schema::{SettlementTable, settlement_schema};
-use farestream_core::archive::charges::charge_schema;
+use crate::settle::settlement_tables::{SettlementTable, settlement_schema};
+use farestream_core::archive::charge_rows::charge_schema;
 use farestream_core::archive::schema::scan_schema;
 
 /// The partition column every archive table has.

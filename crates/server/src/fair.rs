@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::sync::lock;
+use farestream_core::sync::lock;
 
 /// Who asks for turns.
 pub type Party = u64;

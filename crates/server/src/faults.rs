@@ -72,12 +72,12 @@ impl Faults {
     /// The work stops right after `step`, as if the process died there:
     /// once, with an error, leaving the disk as that step left it.
     pub fn crash_after(&self, step: &'static str) {
-        *crate::sync::lock(&self.crash_after) = Some(step);
+        *farestream_core::sync::lock(&self.crash_after) = Some(step);
     }
 
     /// Call after each named step of a multi-step change.
     pub fn crash_point(&self, step: &'static str) -> io::Result<()> {
-        let mut armed = crate::sync::lock(&self.crash_after);
+        let mut armed = farestream_core::sync::lock(&self.crash_after);
         if *armed == Some(step) {
             *armed = None;
             return Err(io::Error::other(format!("injected crash after {step}")));
@@ -87,12 +87,12 @@ impl Faults {
 
     /// The next `panic_point(step)` panics (once): a bug in a task.
     pub fn panic_at(&self, step: &'static str) {
-        *crate::sync::lock(&self.panic_at) = Some(step);
+        *farestream_core::sync::lock(&self.panic_at) = Some(step);
     }
 
     /// Call where a test may need a task to panic.
     pub fn panic_point(&self, step: &'static str) {
-        let mut armed = crate::sync::lock(&self.panic_at);
+        let mut armed = farestream_core::sync::lock(&self.panic_at);
         if *armed == Some(step) {
             *armed = None;
             drop(armed);

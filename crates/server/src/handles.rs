@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock_source::{Clock, SystemClock};
 use crate::faults::Faults;
 use crate::money::notify::{LogNotifier, Notifier};
 

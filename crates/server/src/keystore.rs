@@ -36,7 +36,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::faults::Faults;
-use crate::ridecode::{IssuerPublicKeys, IssuerSigningKey, KeyError};
+use farestream_core::ridecode::{IssuerPublicKeys, IssuerSigningKey, KeyError};
 
 /// Failpoint: a rotation's new key file is on disk, the keyring unchanged.
 pub const STEP_KEY_WRITTEN: &str = "keys: new key file written";

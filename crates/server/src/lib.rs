@@ -2,17 +2,12 @@
 //! (`farestream-core`). It owns the sockets, the threads, the files and the
 //! clock: the QUIC endpoint, the write-ahead log, the Parquet archive and
 //! its archiver, the issuer key store, TLS, the configuration and the
-//! metrics. Every decision is the core's.
-//!
-//! The core's modules and the gateway crate's `wire` are re-exported under
-//! their own names, so `crate::ridecode` here is the core's.
-
-pub use farestream_core::{charges, deny_list, fares, ingest, journal, retry, ridecode, scan, service_day, sync};
-pub use farestream_gateway::wire;
+//! metrics. The decisions are the core's: this crate names them by their
+//! own path (`farestream_core::fares`), never re-exported under its own.
 
 pub mod api;
 pub mod archive;
-pub mod clock;
+pub mod clock_source;
 pub mod config;
 pub mod data_dir_lock;
 pub mod fair;
@@ -25,5 +20,5 @@ pub mod log_reader;
 pub mod money;
 pub mod server;
 pub mod telemetry;
-pub mod tls;
+pub mod tls_identity;
 pub mod wal;

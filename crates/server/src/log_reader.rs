@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::sync::lock;
+use farestream_core::sync::lock;
 
 /// A status that can say why its thread stopped for good.
 pub trait ReaderStatus: Clone + Default + Send + 'static {

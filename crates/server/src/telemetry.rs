@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use metrics::{counter, gauge, histogram};
 
-use crate::ingest::dedup::DedupSizes;
-use crate::scan::ScanStatus;
+use farestream_core::ingest::dedup::DedupSizes;
+use farestream_core::scan::ScanStatus;
 
 /// Starts the Prometheus scrape endpoint.
 pub fn install_prometheus(listen_addr: SocketAddr) -> Result<(), String> {
@@ -110,7 +110,7 @@ pub fn payment_gateway_breaker(open: bool) {
 
 /// Charges still pending and failed (past their retry budget, still
 /// retried), and how long the oldest has waited on the server's clock.
-pub fn charges_undecided(undecided: crate::money::outbox::Undecided, now: crate::clock::UnixMillis) {
+pub fn charges_undecided(undecided: crate::money::outbox::Undecided, now: crate::clock_source::UnixMillis) {
     gauge!("farestream_charges_undecided", "outcome" => "pending").set(undecided.pending as f64);
     gauge!("farestream_charges_undecided", "outcome" => "failed").set(undecided.failed as f64);
     let age_ms = undecided.oldest_created_at.map_or(0, |at| now.saturating_sub(at).max(0));

@@ -10,10 +10,10 @@ use datafusion::prelude::SessionContext;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::SettleError;
-use super::schema::figures_from;
+use super::settlement_tables::figures_from;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use farestream_core::settlement::RiderFigures;
-use farestream_server::archive::writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
+use farestream_server::archive::parquet_writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
 
 /// A complete scans file of the day.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,8 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
     {
         earlier.files.extend(column_str(&batch, 0)?.into_iter().flatten());
     }
-    let sums: Vec<String> = super::schema::RIDER_FIGURES.iter().map(|c| format!("CAST(sum({c}) AS BIGINT)")).collect();
+    let sums: Vec<String> =
+        super::settlement_tables::RIDER_FIGURES.iter().map(|c| format!("CAST(sum({c}) AS BIGINT)")).collect();
     let sql = format!(
         "SELECT card_id, {} FROM settlements WHERE {day} AND run <= {} GROUP BY card_id",
         sums.join(", "),
@@ -121,7 +122,8 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
     );
     for batch in collect_rows(ctx, &sql).await? {
         let cards = column_u64(&batch, 0)?;
-        let columns = (1..=super::schema::FIGURES).map(|i| column_i64(&batch, i)).collect::<Result<Vec<_>, _>>()?;
+        let columns =
+            (1..=super::settlement_tables::FIGURES).map(|i| column_i64(&batch, i)).collect::<Result<Vec<_>, _>>()?;
         for (row, card) in cards.iter().enumerate() {
             let Some(card) = card else { continue };
             let v = |i: usize| columns[i][row].unwrap_or(0);

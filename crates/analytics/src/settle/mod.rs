@@ -14,7 +14,7 @@ pub mod edges;
 pub mod inputs;
 pub mod report;
 pub mod riders;
-pub mod schema;
+pub mod settlement_tables;
 pub mod sql;
 pub mod write;
 
@@ -32,10 +32,10 @@ use farestream_core::fares::FareTable;
 use farestream_core::scan::ScanStatus;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider, trip_edge_may_be_unarchived};
-use farestream_server::archive::charges::{archive_decided_charges, charges_root};
+use farestream_server::archive::charges_archive::{archive_decided_charges, charges_root};
 use farestream_server::archive::checkpoint::{checkpoint_path, read_checkpoint};
+use farestream_server::archive::parquet_writer::{SUCCESS_MARKER, partition_dir};
 use farestream_server::archive::scans_root;
-use farestream_server::archive::writer::{SUCCESS_MARKER, partition_dir};
 use farestream_server::faults::Faults;
 use farestream_server::money::snapshot::{MoneySnapshot, money_snapshot};
 use farestream_server::money::store::{MoneyStore, store_path};
@@ -60,7 +60,7 @@ pub enum SettleError {
     #[error("archive: {0}")]
     Archive(#[from] farestream_server::archive::ArchiveError),
     #[error("charges archive: {0}")]
-    ChargesArchive(#[from] farestream_server::archive::charges::ChargesArchiveError),
+    ChargesArchive(#[from] farestream_server::archive::charges_archive::ChargesArchiveError),
     #[error("settlement input: {0}")]
     Input(String),
     #[error("settlement output: {0}")]

@@ -159,12 +159,12 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
 }
 
 async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, SettleError> {
-    let statuses: Vec<String> = super::schema::status_columns();
+    let statuses: Vec<String> = super::settlement_tables::status_columns();
     // Every rider figure but the outstanding arrears (a level, not a flow).
-    let figures: Vec<&str> = super::schema::RIDER_FIGURES
+    let figures: Vec<&str> = super::settlement_tables::RIDER_FIGURES
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != super::schema::ARREARS_OUTSTANDING)
+        .filter(|(i, _)| *i != super::settlement_tables::ARREARS_OUTSTANDING)
         .map(|(_, n)| *n)
         .collect();
     let sql = format!(
@@ -187,7 +187,9 @@ async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, Settl
             let f = |k: usize| v(10 + scans.len() + k);
             // The runs table has no outstanding arrears: the figures after it
             // sit one column earlier.
-            let totals = super::schema::figures_from(&|i| match i.cmp(&super::schema::ARREARS_OUTSTANDING) {
+            let totals = super::settlement_tables::figures_from(&|i| match i
+                .cmp(&super::settlement_tables::ARREARS_OUTSTANDING)
+            {
                 std::cmp::Ordering::Less => f(i),
                 std::cmp::Ordering::Equal => 0,
                 std::cmp::Ordering::Greater => f(i - 1),

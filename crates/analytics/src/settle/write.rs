@@ -15,13 +15,13 @@ use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 
 use super::SettleError;
-use super::schema::{ARREARS_OUTSTANDING, FIGURES, figures_to};
-use super::schema::{SettlementTable, settlement_schema};
+use super::settlement_tables::{ARREARS_OUTSTANDING, FIGURES, figures_to};
+use super::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
 use farestream_server::archive::checkpoint::replace_durably;
-use farestream_server::archive::writer::{archive_writer_properties, open_files_dir, partition_dir};
+use farestream_server::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir};
 use farestream_server::faults::Faults;
 
 pub type StatusCounts = [i64; ScanStatus::ALL.len()];

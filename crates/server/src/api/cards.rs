@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::register::json;
 use super::sessions::{random_bytes, token_card};
 use super::{ApiError, ApiState};
-use crate::clock::unix_secs_u32;
+use crate::clock_source::unix_secs_u32;
 use crate::money::accounts::{Account, AccountState};
 use crate::money::outbox::newest_charges;
-use crate::ridecode::UserKey;
-use crate::ridecode::verify::is_weak_public_key;
+use farestream_core::ridecode::UserKey;
+use farestream_core::ridecode::verify::is_weak_public_key;
 
 /// The longest payment-app user id accepted.
 const PAYMENT_USER_ID_BYTES_MAX: usize = 128;

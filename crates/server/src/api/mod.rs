@@ -30,7 +30,7 @@ pub use crate::http::HttpHandle;
 use crate::config::Config;
 use crate::keystore::ExportedKey;
 use crate::money::AccountService;
-use crate::ridecode::IssuerSigningKey;
+use farestream_core::ridecode::IssuerSigningKey;
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {

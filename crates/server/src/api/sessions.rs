@@ -16,7 +16,7 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::clock::UnixMillis;
+use crate::clock_source::UnixMillis;
 use crate::money::accounts::AccountError;
 use crate::money::codec::{card_from_sql, card_to_sql};
 use crate::money::store::StoreError;

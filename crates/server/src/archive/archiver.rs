@@ -17,19 +17,19 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::clock::UnixMillis;
+use crate::clock_source::UnixMillis;
 
 use super::checkpoint::{clean_after_crash, replace_durably, write_checkpoint};
-use super::writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, open_files_dir, partition_date};
+use super::parquet_writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, open_files_dir, partition_date};
 use crate::faults::Faults;
-use crate::journal;
 use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
 use crate::money::LogReaders;
-use crate::service_day::ServiceDayPolicy;
-use crate::sync::lock;
 use crate::telemetry;
 use crate::wal::committer::Progress;
 use crate::wal::{WalCursor, delete_segments_before};
+use farestream_core::journal;
+use farestream_core::service_day::ServiceDayPolicy;
+use farestream_core::sync::lock;
 
 #[derive(Debug, Clone)]
 pub struct ArchiverSettings {
@@ -345,7 +345,7 @@ mod tests {
 
     use super::*;
     use crate::archive::ArchiveWriterConfig;
-    use crate::archive::writer::partition_dir;
+    use crate::archive::parquet_writer::partition_dir;
     use crate::wal::committer::WalState;
 
     /// Arrivals a test moves by hand.

@@ -6,8 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::parquet_writer::{ArchiveError, file_lsn_range, sync_dir};
 use super::read::archive_files;
-use super::writer::{ArchiveError, file_lsn_range, sync_dir};
 use crate::faults::Faults;
 
 const KEY: &str = "archived_lsn = ";

@@ -1,16 +1,15 @@
 //! The Parquet archive of every scan: schema, writer, reader, checkpoint,
 //! and the archiver thread that fills it from the write-ahead log.
 
+pub mod ack_audit;
 pub mod archiver;
-pub mod audit;
-pub mod charges;
+pub mod charges_archive;
 pub mod checkpoint;
+pub mod parquet_writer;
 pub mod read;
-pub use farestream_core::archive::schema;
-pub mod writer;
 
 pub use archiver::{Archiver, ArchiverSettings, ArchiverStatus, ArrivalMark, Arrivals};
-pub use writer::{ArchiveError, ArchiveWriter, ArchiveWriterConfig, ClosedFile};
+pub use parquet_writer::{ArchiveError, ArchiveWriter, ArchiveWriterConfig, ClosedFile};
 
 /// Where scans are archived under a data directory.
 pub fn scans_root(data_dir: &std::path::Path) -> std::path::PathBuf {

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::schema::from_record_batch;
-use super::writer::{ArchiveError, partition_date};
-use crate::charges::ChargeRecord;
-use crate::scan::{ArchivedScan, ScanStatus};
-use farestream_core::archive::charges::charges_from_record_batch;
+use super::parquet_writer::{ArchiveError, partition_date};
+use farestream_core::archive::charge_rows::charges_from_record_batch;
+use farestream_core::archive::schema::from_record_batch;
+use farestream_core::charges::ChargeRecord;
+use farestream_core::scan::{ArchivedScan, ScanStatus};
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + use<> {
     let path = path.to_path_buf();

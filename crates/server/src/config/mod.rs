@@ -4,7 +4,7 @@
 //! every numeric key has a range ([`ranges`]) and the keys that depend on
 //! each other are checked together.
 
-pub mod fares;
+pub mod fare_table;
 pub mod ranges;
 
 use std::net::SocketAddr;
@@ -16,9 +16,9 @@ use thiserror::Error;
 pub use farestream_gateway::GatewayConfig;
 use farestream_gateway::GatewaySettings;
 
-use crate::ingest::PipelineConfig;
-use crate::ridecode::FreshnessPolicy;
-use crate::service_day::ServiceDayPolicy;
+use farestream_core::ingest::PipelineConfig;
+use farestream_core::ridecode::FreshnessPolicy;
+use farestream_core::service_day::ServiceDayPolicy;
 
 /// The defaults, as shipped in `config/farestream.toml`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../../config/farestream.toml");

@@ -14,8 +14,8 @@ use thiserror::Error;
 
 use super::codec::{card_from_sql, card_to_sql};
 use super::store::StoreError;
-use crate::clock::UnixMillis;
-use crate::deny_list::DenyChange;
+use crate::clock_source::UnixMillis;
+use farestream_core::deny_list::DenyChange;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountState {

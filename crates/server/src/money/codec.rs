@@ -6,7 +6,7 @@
 use chrono::NaiveDate;
 
 use super::store::StoreError;
-use crate::service_day::{date_from_days, days_since_epoch};
+use farestream_core::service_day::{date_from_days, days_since_epoch};
 
 pub fn card_to_sql(card_id: u64) -> i64 {
     card_id as i64

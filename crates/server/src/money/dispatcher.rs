@@ -37,15 +37,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::accounts::{self, Account};
 use super::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_to_sql};
-use super::deny_list::DenyListHub;
+use super::deny_list_hub::DenyListHub;
 use super::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
-use crate::charges::{ChargeOutcome, FirstSend, Payer, RiderDay, first_send, rest_of};
-use crate::clock::{Clock, SystemClock, UnixMillis};
-use crate::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
-use crate::sync::lock;
+use crate::clock_source::{Clock, SystemClock, UnixMillis};
 use crate::telemetry;
+use farestream_core::charges::{ChargeOutcome, FirstSend, Payer, RiderDay, first_send, rest_of};
 use farestream_core::gateway_answer::{AfterAnswer, Attempts, DeclineEffect, decide_answer};
+use farestream_core::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
+use farestream_core::sync::lock;
 
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {

@@ -5,10 +5,10 @@
 //! the core's (`farestream_core::fares`, `::charges`); this is the I/O.
 
 pub mod accounts;
-pub mod audit;
 pub mod codec;
-pub mod deny_list;
+pub mod deny_list_hub;
 pub mod dispatcher;
+pub mod money_audit;
 pub mod notify;
 pub mod outbox;
 pub mod paygw;
@@ -19,7 +19,7 @@ pub mod service;
 pub mod snapshot;
 pub mod store;
 
-pub use deny_list::DenyListHub;
+pub use deny_list_hub::DenyListHub;
 pub use dispatcher::{Dispatcher, DispatcherSettings};
 pub use pricer::{LogReaders, Pricer, PricerSettings, PricerStatus};
 pub use service::{AccountService, RefundReport, ServiceError};

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::sync::lock;
+use farestream_core::sync::lock;
 
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     fn notify(&self, phone: &str, message: &str);

@@ -6,8 +6,8 @@ use rusqlite::{Connection, params};
 
 use super::codec::{card_from_sql, card_to_sql, date_from_sql, id_from_sql, ids_from_sql};
 use super::store::StoreError;
-use crate::charges::{ChargeKind, ChargeRecord};
-use crate::clock::UnixMillis;
+use crate::clock_source::UnixMillis;
+use farestream_core::charges::{ChargeKind, ChargeRecord};
 
 const COLUMNS: &str = "charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, created_at,
                        outcome, attempts, decided_at, gateway_txn_id";

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::accounts::AccountError;
 use super::codec::{card_from_sql, card_to_sql};
 use super::store::StoreError;
-use crate::clock::UnixMillis;
+use crate::clock_source::UnixMillis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentKind {

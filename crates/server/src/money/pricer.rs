@@ -23,16 +23,16 @@ use tokio::sync::{Notify, watch};
 
 use super::pricing::{Priced, entries_closing_by, price_closed_entries, price_rows};
 use super::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
-use crate::clock::Clock;
-use crate::fares::FareTable;
+use crate::clock_source::Clock;
 use crate::faults::Faults;
 use crate::handles::Handles;
-use crate::journal;
 use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
-use crate::sync::lock;
 use crate::telemetry;
 use crate::wal::WalCursor;
 use crate::wal::committer::Progress;
+use farestream_core::fares::FareTable;
+use farestream_core::journal;
+use farestream_core::sync::lock;
 
 /// The pricer's name in the store's `log_cursors`.
 pub const READER: &str = "pricer";

@@ -15,10 +15,10 @@ use rusqlite::{Transaction, params};
 
 use super::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_from_sql, ids_to_sql};
 use super::store::StoreError;
-use crate::charges::{Charge, ChargeKind, RiderDay, plan_charges};
-use crate::clock::UnixMillis;
-use crate::fares::{DayEdges, FareTable, Tap, ride_of};
-use crate::scan::ArchivedScan;
+use crate::clock_source::UnixMillis;
+use farestream_core::charges::{Charge, ChargeKind, RiderDay, plan_charges};
+use farestream_core::fares::{DayEdges, FareTable, Tap, ride_of};
+use farestream_core::scan::ArchivedScan;
 
 /// What one pricing transaction wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use super::accounts::{self, Account, AccountError, AccountState, NotYet};
-use super::deny_list::DenyListHub;
+use super::deny_list_hub::DenyListHub;
 use super::notify::Notifier;
 use super::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use super::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
 use super::store::{MoneyStore, StoreError};
-use crate::clock::{Clock, UnixMillis};
-use crate::sync::lock;
+use crate::clock_source::{Clock, UnixMillis};
+use farestream_core::sync::lock;
 
 #[derive(Debug, Error)]
 pub enum ServiceError {

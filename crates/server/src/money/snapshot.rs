@@ -12,8 +12,8 @@ use super::codec::{card_from_sql, date_to_sql};
 use super::outbox::unarchived_charges;
 use super::pricer::READER as PRICER;
 use super::store::{MoneyStore, StoreError, log_cursor};
-use crate::charges::ChargeRecord;
-use crate::clock::UnixMillis;
+use crate::clock_source::UnixMillis;
+use farestream_core::charges::ChargeRecord;
 
 /// One arrears payment: `amount_cents` is negative (what the debt went down by).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,16 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{DailySettlement, Server, ServerError, ServerSettings, lock_data_dir};
-use crate::clock::Clock;
+use crate::clock_source::Clock;
 use crate::config::Config;
 use crate::data_dir_lock::DataDirLock;
 use crate::faults::Faults;
 use crate::handles::Handles;
-use crate::ingest::{Pipeline, PipelineConfig};
 use crate::keystore::{Keystore, KeystoreOptions, random_seed};
 use crate::money::notify::{FileNotifier, Notifier};
-use crate::ridecode::IssuerPublicKeys;
-use crate::tls::{NewIdentity, ServerIdentity};
+use crate::tls_identity::{NewIdentity, ServerIdentity};
+use farestream_core::ingest::{Pipeline, PipelineConfig};
+use farestream_core::ridecode::IssuerPublicKeys;
 
 /// A server being put together: its data dir locked, its keys and TLS
 /// identity open, its settings read. [`Assembly::start`] starts it.

@@ -9,12 +9,12 @@ use tokio::sync::oneshot;
 use super::connections::backoff_ack;
 use super::{Fatal, Shared, fail};
 use crate::fair::Party;
-use crate::ingest::{ChunkSizer, VerifiedBatch};
-use crate::journal;
-use crate::scan::{ArchivedScan, ScanStatus};
 use crate::telemetry;
 use crate::wal::committer::{WaitError, WalState};
-use crate::wire::{BatchAck, ScanBatch};
+use farestream_core::ingest::{ChunkSizer, VerifiedBatch};
+use farestream_core::journal;
+use farestream_core::scan::{ArchivedScan, ScanStatus};
+use farestream_gateway::wire::{BatchAck, ScanBatch};
 
 /// One connection's share of the verifier: its place in the rotation of
 /// turns, and the chunk size its own failure rate calls for.
@@ -26,7 +26,7 @@ pub(super) struct Peer {
 /// What the commit hands back.
 enum Committed {
     /// Claimed and queued; durable once the log reaches `lsn`.
-    Queued { outcome: crate::ingest::BatchOutcome, lsn: u64 },
+    Queued { outcome: farestream_core::ingest::BatchOutcome, lsn: u64 },
     /// Not committed: the server has stopped.
     Refused(String),
     /// Claimed but could not be logged: a bug; the server has stopped.
@@ -94,7 +94,7 @@ async fn verify_fairly(shared: &Shared, peer: &Peer, batch: &Arc<ScanBatch>) -> 
     for start in (0..batch.scans.len()).step_by(slice_scans) {
         let end = (start + slice_scans).min(batch.scans.len());
         let _turn = shared.verify_turns.take(peer.party).await;
-        let chunk_signatures = crate::sync::lock(&peer.sizer).chunk_signatures();
+        let chunk_signatures = farestream_core::sync::lock(&peer.sizer).chunk_signatures();
         let (reply, result) = oneshot::channel();
         let (pipeline, batch) = (Arc::clone(&shared.pipeline), Arc::clone(batch));
         rayon::spawn(move || {
@@ -104,8 +104,8 @@ async fn verify_fairly(shared: &Shared, peer: &Peer, batch: &Arc<ScanBatch>) -> 
         });
         let part = result.await.ok()?.ok()?;
         let (checked, failed) = part.signature_counts();
-        crate::sync::lock(&peer.sizer).observe(checked, failed);
-        crate::sync::lock(&shared.all_peers).observe(checked, failed);
+        farestream_core::sync::lock(&peer.sizer).observe(checked, failed);
+        farestream_core::sync::lock(&shared.all_peers).observe(checked, failed);
         verified.append(part);
     }
     Some(verified)
@@ -120,7 +120,7 @@ async fn verify_fairly(shared: &Shared, peer: &Peer, batch: &Arc<ScanBatch>) -> 
 /// waiting on the gate can take such a claim for a re-delivery and be
 /// acked.
 fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Committed {
-    let mut claims = crate::sync::lock(&shared.gate.claims);
+    let mut claims = farestream_core::sync::lock(&shared.gate.claims);
     if let Some(reason) = shared.failure.get() {
         return Committed::Refused(format!("server stopping: {reason}"));
     }

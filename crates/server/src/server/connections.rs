@@ -14,9 +14,9 @@ use tokio::time::timeout_at;
 use super::batch::{Peer, process};
 use super::deny_push::push_deny_list;
 use super::{Shared, spawn_supervised};
-use crate::ingest::BatchError;
 use crate::telemetry;
-use crate::wire::{
+use farestream_core::ingest::BatchError;
+use farestream_gateway::wire::{
     AckStatus, BatchAck, FrameError, ScanBatch, count_field, read_frame_body, read_frame_len, write_message,
 };
 
@@ -62,7 +62,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     spawn_supervised(&shared, "a deny-list push", push_deny_list(connection.clone(), Arc::clone(&shared)));
     let peer = Arc::new(Peer {
         party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        sizer: Mutex::new(*crate::sync::lock(&shared.all_peers)),
+        sizer: Mutex::new(*farestream_core::sync::lock(&shared.all_peers)),
     });
     loop {
         let (send, recv) = tokio::select! {

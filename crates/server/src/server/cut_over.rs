@@ -13,8 +13,8 @@ use chrono::NaiveDate;
 use tokio_util::sync::CancellationToken;
 
 use super::CutOverSettings;
-use crate::clock::{Clock, UnixMillis};
-use crate::service_day::{days_to_settle, last_cut_over, next_cut_over};
+use crate::clock_source::{Clock, UnixMillis};
+use farestream_core::service_day::{days_to_settle, last_cut_over, next_cut_over};
 
 /// The settlement the cut-over runs for one service date.
 pub trait DailySettlement: Send + Sync + std::fmt::Debug + 'static {

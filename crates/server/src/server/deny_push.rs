@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use crate::telemetry;
-use crate::wire::write_message;
+use farestream_gateway::wire::write_message;
 
 pub(super) async fn push_deny_list(connection: quinn::Connection, shared: Arc<Shared>) {
     let Ok(mut stream) = connection.open_uni().await else { return };

@@ -18,10 +18,13 @@
 //! [`Server::failed`] resolves with the [`Fatal`] reason, `serve` exits
 //! non-zero, and recovery takes over on the next start.
 //!
-//! By job: `settings` (from the config), `recovery` (start-up),
-//! `connections` (accept, streams, the frame read), `batch` (one batch from
-//! slot to ack), `housekeeping` (sweeps, gauges, health); this file holds
-//! the `Server` itself and its failure latch.
+//! By job: `assembly` (the one way to start a server), `settings` (from
+//! the config), `startup` (recovery before serving), `connections`
+//! (accept, streams, the frame read), `batch` (one batch from slot to ack),
+//! `housekeeping` (sweeps, gauges, health), `money_jobs` (the pay-later
+//! half's start-up and periodic jobs), `cut_over` (the daily settlement's
+//! schedule), `deny_push`; this file holds the `Server` itself and its
+//! failure latch.
 
 mod assembly;
 mod batch;
@@ -29,9 +32,9 @@ mod connections;
 mod cut_over;
 mod deny_push;
 mod housekeeping;
-mod money;
-mod recovery;
+mod money_jobs;
 mod settings;
+mod startup;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,22 +55,22 @@ pub use settings::{CutOverSettings, GatewaySettings, MoneySettings, ServerSettin
 
 use connections::accept_loop;
 use housekeeping::housekeeping;
-use money::{charges_archive_job, open_money_store, refund_job, refund_pass, start_money};
-use recovery::{probe_writable, recover};
+use money_jobs::{charges_archive_job, open_money_store, refund_job, refund_pass, start_money};
+use startup::{probe_writable, recover};
 
-use crate::archive::charges::ChargesArchive;
+use crate::archive::charges_archive::ChargesArchive;
 use crate::archive::checkpoint::Cleanup;
 use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, ArrivalMark, Arrivals};
-use crate::clock::Clock;
+use crate::clock_source::Clock;
 use crate::data_dir_lock::DataDirLock;
 use crate::fair::FairTurns;
 use crate::handles::Handles;
-use crate::ingest::{ChunkSizer, Pipeline};
 use crate::money::{AccountService, Pricer, PricerStatus, RefundReport};
-use crate::tls::{ServerIdentity, TlsError};
+use crate::tls_identity::{ServerIdentity, TlsError};
 use crate::wal::WalError;
 use crate::wal::committer::{CommitHandle, Committer, Progress};
 use farestream_core::clock::UnixMillis;
+use farestream_core::ingest::{ChunkSizer, Pipeline};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -132,7 +135,7 @@ impl Claims {
 
 impl Arrivals for CommitGate {
     fn mark(&self) -> ArrivalMark {
-        let _claims = crate::sync::lock(&self.claims);
+        let _claims = farestream_core::sync::lock(&self.claims);
         ArrivalMark { at: self.clock.now_ms(), lsn: self.wal.tail_lsn() }
     }
 }

@@ -8,13 +8,13 @@ use tokio::sync::Semaphore;
 
 use crate::archive::checkpoint::checkpoint_path;
 use crate::archive::{ArchiveWriterConfig, ArchiverSettings, scans_root};
-use crate::config::fares::load_fares;
+use crate::config::fare_table::load_fares;
 use crate::config::{Config, ConfigError};
-use crate::fares::FareTable;
 use crate::money::{DispatcherSettings, MoneyStore, PricerSettings, StoreError, store_path};
-use crate::retry::{BreakerSettings, RetryPolicy};
-use crate::service_day::ServiceDayPolicy;
 use crate::wal::WalConfig;
+use farestream_core::fares::FareTable;
+use farestream_core::retry::{BreakerSettings, RetryPolicy};
+use farestream_core::service_day::ServiceDayPolicy;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {

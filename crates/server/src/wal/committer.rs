@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::format::{encode_record, record_bytes};
 use super::{WalError, WalWriter};
-use crate::sync::lock;
 use crate::telemetry;
+use farestream_core::sync::lock;
+use farestream_core::wal::format::{encode_record, record_bytes};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalState {

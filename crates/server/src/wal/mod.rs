@@ -22,7 +22,7 @@
 //!
 //! Integers are big-endian; CRC32C is the Castagnoli polynomial, hardware
 //! accelerated by the `crc32c` crate. A record never spans two segments.
-//! The log does not interpret payloads; [`crate::journal`] does.
+//! The log does not interpret payloads; [`farestream_core::journal`] does.
 //!
 //! # Limits
 //!
@@ -62,18 +62,17 @@
 //! never deleted, so LSNs keep counting up across restarts.
 
 pub mod committer;
-pub use farestream_core::wal::format;
 mod reader;
-mod recovery;
-mod writer;
+mod reopen;
+mod segment_writer;
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 pub use reader::{WalCursor, WalRecord};
-pub use recovery::{Recovered, open};
-pub use writer::WalWriter;
+pub use reopen::{Recovered, open};
+pub use segment_writer::WalWriter;
 
 #[derive(Debug, Clone)]
 pub struct WalConfig {
@@ -116,7 +115,7 @@ pub fn delete_segments_before(dir: &Path, lsn: u64, faults: &crate::faults::Faul
         }
     }
     if deleted > 0 {
-        writer::sync_dir(dir, faults)?;
+        segment_writer::sync_dir(dir, faults)?;
     }
     Ok(deleted)
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::format::{SEGMENT_HEADER_BYTES, encode_record};
 use super::{WalConfig, WalCursor, WalError, WalWriter, delete_segments_before, list_segments, open};
 use crate::faults::Faults;
+use farestream_core::wal::format::{SEGMENT_HEADER_BYTES, encode_record};
 
 #[derive(Debug, Clone)]
 enum Op {

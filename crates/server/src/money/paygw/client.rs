@@ -13,9 +13,9 @@ use super::api::{
     AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
     ErrorAnswer, IDEMPOTENCY_KEY, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature,
 };
-use crate::clock::{Clock, SystemClock};
-use crate::retry::GatewayHealth;
+use crate::clock_source::{Clock, SystemClock};
 use farestream_core::gateway_answer::GatewayAnswer;
+use farestream_core::retry::GatewayHealth;
 
 /// The largest answer read from the gateway: its answers are a few hundred
 /// bytes, and a bigger one is not allowed to grow the server's memory.

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use super::{RecoveryReport, ServerError, ServerSettings};
 use crate::archive::checkpoint::{clean_after_crash, read_checkpoint};
-use crate::archive::writer::partition_date;
-use crate::clock::UnixMillis;
+use crate::archive::parquet_writer::partition_date;
+use crate::clock_source::UnixMillis;
 use crate::faults::Faults;
-use crate::ingest::Pipeline;
-use crate::journal;
 use crate::wal::WalCursor;
+use farestream_core::ingest::Pipeline;
+use farestream_core::journal;
 
 /// Start-up: the archive checkpoint, a clean archive, the log opened
 /// (torn tail cut), and the dedup indexes rebuilt from what was decided.
@@ -53,7 +53,7 @@ pub(super) fn recover(
 
 /// Replays into the dedup indexes the archived rows that may still hold a
 /// live entry: those in partitions within the restore window
-/// ([`crate::ingest::Horizons`] says why that window suffices). One file at
+/// ([`farestream_core::ingest::Horizons`] says why that window suffices). One file at
 /// a time, so memory holds one file's rows, not days of them.
 fn restore_from_archive(root: &Path, pipeline: &Pipeline, now: UnixMillis) -> Result<usize, ServerError> {
     let config = pipeline.config();

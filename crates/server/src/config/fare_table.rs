@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::fares::{Cents, FareTable};
+use farestream_core::fares::{Cents, FareTable};
 
 /// The shipped fare table, `config/fares.toml`.
 pub const DEFAULT_FARES_TOML: &str = include_str!("../../../../config/fares.toml");

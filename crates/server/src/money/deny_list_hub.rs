@@ -11,10 +11,10 @@ use tokio::sync::watch;
 
 use super::accounts::{deny_changes_since, deny_list};
 use super::store::{MoneyStore, StoreError};
-use crate::deny_list::DenyListLog;
-use crate::ingest::Pipeline;
-use crate::sync::lock;
-use crate::wire::DenyListUpdate;
+use farestream_core::deny_list::DenyListLog;
+use farestream_core::ingest::Pipeline;
+use farestream_core::sync::lock;
+use farestream_gateway::wire::DenyListUpdate;
 
 pub struct DenyListHub {
     store: Mutex<MoneyStore>,

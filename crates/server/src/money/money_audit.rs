@@ -11,9 +11,9 @@ use rusqlite::Connection;
 use super::outbox::charges;
 use super::payments::{PaymentAttempt, PaymentKind, PaymentOutcome, all_attempts};
 use super::store::StoreError;
-use crate::charges::ChargeRecord;
-use crate::fares::is_ride;
-use crate::scan::ArchivedScan;
+use farestream_core::charges::ChargeRecord;
+use farestream_core::fares::is_ride;
+use farestream_core::scan::ArchivedScan;
 
 /// A payment the gateway applied, as its ledger shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 
-use crate::wire::ALPN;
+use farestream_gateway::wire::ALPN;
 
 pub use farestream_gateway::tls::SERVER_NAME;
 

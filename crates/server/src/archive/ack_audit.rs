@@ -21,7 +21,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::scan::{ArchivedScan, ScanStatus};
+use farestream_core::scan::{ArchivedScan, ScanStatus};
 
 /// What the archive holds of the acknowledged scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,13 +9,13 @@ use tokio::sync::Notify;
 
 use super::{RecoveryReport, ServerError, ServerSettings};
 use crate::archive::Arrivals;
-use crate::archive::charges::{ChargesArchive, charges_root};
+use crate::archive::charges_archive::{ChargesArchive, charges_root};
 use crate::handles::Handles;
-use crate::ingest::Pipeline;
 use crate::money::pricer::pricer_start;
 use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer, RefundReport};
 use crate::wal::committer::Progress;
 use farestream_core::clock::UnixMillis;
+use farestream_core::ingest::Pipeline;
 
 /// The money side of a running server.
 pub(super) struct Money {
@@ -122,7 +122,7 @@ async fn every<F: std::future::Future<Output = ()>>(
 /// The undecided charges and the oldest one's age, as gauges: a stuck
 /// charge shows on `/metrics` (blocking: a query).
 fn publish_undecided(archive: &ChargesArchive) {
-    let store = crate::sync::lock(&archive.store);
+    let store = farestream_core::sync::lock(&archive.store);
     match crate::money::outbox::undecided_charges(store.connection()) {
         Ok(undecided) => crate::telemetry::charges_undecided(undecided, archive.clock.now_ms()),
         Err(error) => tracing::warn!(%error, "cannot count undecided charges"),

@@ -24,9 +24,9 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 
-use super::schema::{scan_schema, to_record_batch};
 use crate::faults::Faults;
-use crate::scan::ArchivedScan;
+use farestream_core::archive::schema::{scan_schema, to_record_batch};
+use farestream_core::scan::ArchivedScan;
 
 /// Marks a service day whose scans are all archived.
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
@@ -320,7 +320,7 @@ pub fn sync_dir(dir: &Path, faults: &Faults) -> Result<(), ArchiveError> {
 mod tests {
     use super::*;
     use crate::archive::read::{archive_files, read_all};
-    use crate::scan::{ScanStatus, TapKind};
+    use farestream_core::scan::{ScanStatus, TapKind};
 
     fn row(seq: u64, date: NaiveDate) -> ArchivedScan {
         ArchivedScan {

@@ -17,14 +17,14 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use rusqlite::params;
 
-use super::writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
-use crate::charges::ChargeRecord;
-use crate::clock::UnixMillis;
+use super::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
+use crate::clock_source::UnixMillis;
 use crate::faults::Faults;
 use crate::money::MoneyStore;
 use crate::money::outbox::archive_batch;
 use crate::money::store::StoreError;
-use farestream_core::archive::charges::{charge_schema, charges_to_record_batch};
+use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
+use farestream_core::charges::ChargeRecord;
 
 /// Where the charges archive lives under a data directory.
 pub fn charges_root(data_dir: &Path) -> PathBuf {
@@ -51,13 +51,13 @@ pub struct ChargesArchive {
     pub root: PathBuf,
     pub batch_charges_max: usize,
     pub faults: std::sync::Arc<Faults>,
-    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+    pub clock: std::sync::Arc<dyn crate::clock_source::Clock>,
 }
 
 impl ChargesArchive {
     /// Archives every decided charge not yet archived (blocking).
     pub fn run_once(&self) -> Result<u64, ChargesArchiveError> {
-        let mut store = crate::sync::lock(&self.store);
+        let mut store = farestream_core::sync::lock(&self.store);
         archive_decided_charges(&mut store, &self.root, self.batch_charges_max, self.clock.now_ms(), &self.faults)
     }
 }
@@ -126,7 +126,7 @@ pub fn write_charges_batch(
     for row in rows {
         by_date.entry(row.service_date).or_default().push(row.clone());
     }
-    let tmp_dir = super::writer::open_files_dir(root);
+    let tmp_dir = super::parquet_writer::open_files_dir(root);
     fs::create_dir_all(&tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.clone(), source })?;
     for (date, rows) in by_date {
         let dir = partition_dir(root, date);
