@@ -6,11 +6,11 @@ use farestream::api::{ApiSettings, ApiState, ErrorBody, HttpHandle};
 use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::keystore::ExportedKey;
-use farestream::money::accounts::AccountState;
 use farestream::ridecode::{Credential, IssuerSigningKey, RideCode, UserKey};
 use farestream::scan::TapKind;
 use farestream::server::ServerError;
 use farestream::wal::committer::WalState;
+use farestream_core::account::AccountState;
 use serde_json::{Value, json};
 
 use crate::money::{MINUTE, Money, tap};

@@ -5,11 +5,11 @@
 use farestream::charges::ChargeRecord;
 use farestream::clock_source::Clock;
 use farestream::gateway::GatewayClient;
-use farestream::money::accounts::AccountState;
 use farestream::money::money_audit::{AppliedPayment, audit_money};
 use farestream::paygw::Entry;
 use farestream::scan::TapKind;
 use farestream::wire::{GateDecision, ScanRecord};
+use farestream_core::account::AccountState;
 
 use crate::money::{MINUTE, Money, tap};
 use crate::support::{T0_MS, TestRider, batch};

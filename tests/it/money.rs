@@ -9,12 +9,12 @@ use farestream::charges::ChargeKind;
 use farestream::charges::ChargeRecord;
 use farestream::clock_source::Clock;
 use farestream::config::Config;
-use farestream::money::accounts::AccountState;
 use farestream::money::outbox::{charges, undecided};
 use farestream::paygw::{Entry, HttpHandle, SimControl, SimFaults};
 use farestream::ridecode::DenyList;
 use farestream::scan::TapKind;
 use farestream::wire::{GateDecision, ScanRecord};
+use farestream_core::account::AccountState;
 
 use crate::support::{Harness, T0_MS, TestRider, batch, record};
 

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 #![forbid(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod account;
 #[cfg(feature = "archive")]
 pub mod archive;
 pub mod charges;

@@ -12,8 +12,9 @@ use super::register::json;
 use super::sessions::{random_bytes, token_card};
 use super::{ApiError, ApiState};
 use crate::clock_source::unix_secs_u32;
-use crate::money::accounts::{Account, AccountState};
+use crate::money::accounts::Account;
 use crate::money::outbox::newest_charges;
+use farestream_core::account::AccountState;
 use farestream_core::ridecode::UserKey;
 use farestream_core::ridecode::verify::is_weak_public_key;
 

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sessions::{CodeCheck, SendRefused, check_code, new_token, random_bytes, send_code as send_code_checked};
 use super::{ApiError, ApiState, millis};
-use crate::money::accounts::{self, AccountError, AccountState};
+use crate::money::accounts::{self, AccountError};
+use farestream_core::account::AccountState;
 
 /// The longest phone number E.164 allows, in digits.
 const PHONE_DIGITS_MAX: usize = 15;

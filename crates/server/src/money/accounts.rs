@@ -15,40 +15,8 @@ use thiserror::Error;
 use super::codec::{card_from_sql, card_to_sql};
 use super::store::StoreError;
 use crate::clock_source::UnixMillis;
+use farestream_core::account::{self, AccountState, NotYet, WrongState, is_denied};
 use farestream_core::deny_list::DenyChange;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountState {
-    Registered,
-    Active,
-    InArrears,
-    RefundPending,
-    Closed,
-}
-
-impl AccountState {
-    pub const ALL: [AccountState; 5] = [
-        AccountState::Registered,
-        AccountState::Active,
-        AccountState::InArrears,
-        AccountState::RefundPending,
-        AccountState::Closed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountState::Registered => "registered",
-            AccountState::Active => "active",
-            AccountState::InArrears => "in_arrears",
-            AccountState::RefundPending => "refund_pending",
-            AccountState::Closed => "closed",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<AccountState> {
-        AccountState::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -66,13 +34,6 @@ pub struct Account {
     pub keys_valid_until: Option<UnixMillis>,
     /// When a pending refund may be paid: no ride can arrive after it.
     pub refund_due_at: Option<UnixMillis>,
-}
-
-/// Whether the gates must refuse the card: it owes, or its deposit is on
-/// its way back (a closed card has no valid credential left, so it leaves
-/// the list and the list stays bounded).
-pub fn is_denied(state: AccountState, arrears_cents: i64) -> bool {
-    arrears_cents > 0 || state == AccountState::RefundPending
 }
 
 #[derive(Debug, Error)]
@@ -112,15 +73,13 @@ pub fn register(tx: &Transaction<'_>, card_id: u64, phone: &str, now: UnixMillis
 /// sign a new agreement and pay a new deposit. Its old days stay its own.
 pub fn reopen(tx: &Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    if before.state != AccountState::Closed {
-        return Err(wrong_state(&before, "signing up again", "closed"));
-    }
+    let state = account::reopen(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
     tx.execute(
         "UPDATE accounts SET agreement_id = NULL, deposit_cents = 0, refund_requested_at = NULL, refund_due_at = NULL
          WHERE card_id = ?1",
         [card_to_sql(card_id)],
     )?;
-    change(tx, &before, AccountState::Registered, before.arrears_cents, ("reopened", 0, "signed up again"), now)
+    change(tx, &before, state, before.arrears_cents, ("reopened", 0, "signed up again"), now)
 }
 
 /// The debit agreement is signed and the deposit paid: the card may ride.
@@ -133,14 +92,11 @@ pub fn activate(
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    if before.state != AccountState::Registered {
-        return Err(wrong_state(&before, "activation", "registered"));
-    }
+    let state = account::activate(before.state, before.arrears_cents).map_err(|wrong| wrong_state(&before, wrong))?;
     tx.execute(
         "UPDATE accounts SET payment_user_id = ?2, agreement_id = ?3, deposit_cents = ?4 WHERE card_id = ?1",
         params![card_to_sql(card_id), payment_user_id, agreement_id, deposit_cents],
     )?;
-    let state = if before.arrears_cents > 0 { AccountState::InArrears } else { AccountState::Active };
     change(tx, &before, state, before.arrears_cents, ("activated", deposit_cents, "deposit paid"), now)
 }
 
@@ -149,9 +105,7 @@ pub fn activate(
 /// moment knows the last credential.
 pub fn keys_issued(tx: &Transaction<'_>, card_id: u64, valid_until: UnixMillis) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    if before.state != AccountState::Active {
-        return Err(wrong_state(&before, "keys", "active"));
-    }
+    account::may_issue_keys(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
     tx.execute(
         "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2) WHERE card_id = ?1",
         params![card_to_sql(card_id), valid_until],
@@ -171,23 +125,13 @@ pub fn request_refund(
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    if !matches!(before.state, AccountState::Active | AccountState::InArrears) {
-        return Err(wrong_state(&before, "a refund", "active or in_arrears"));
-    }
-    let last_ride_at = before.keys_valid_until.unwrap_or(now).max(now);
-    let due_at = last_ride_at.saturating_add(rides_arrive_within_ms);
+    let state = account::request_refund(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
+    let due_at = account::refund_due_at(before.keys_valid_until, now, rides_arrive_within_ms);
     tx.execute(
         "UPDATE accounts SET refund_requested_at = ?2, refund_due_at = ?3 WHERE card_id = ?1",
         params![card_to_sql(card_id), now, due_at],
     )?;
-    change(
-        tx,
-        &before,
-        AccountState::RefundPending,
-        before.arrears_cents,
-        ("refund_requested", 0, "rider's request"),
-        now,
-    )
+    change(tx, &before, state, before.arrears_cents, ("refund_requested", 0, "rider's request"), now)
 }
 
 /// Sets what the card owes against its deposit (the deposit exists to
@@ -207,11 +151,12 @@ pub fn set_off_arrears_against_deposit(
         params![card_to_sql(card_id), set_off],
     )?;
     let cause = format!("{set_off} of the deposit set against the arrears");
+    let left = before.arrears_cents - set_off;
     change(
         tx,
         &before,
-        before.state,
-        before.arrears_cents - set_off,
+        account::after_paying_down(before.state, left),
+        left,
         ("arrears_paid_from_deposit", -set_off, &cause),
         now,
     )?;
@@ -227,25 +172,11 @@ pub fn deposit_returned(
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
     if before.state != AccountState::RefundPending {
-        return Err(wrong_state(&before, "returning the deposit", "refund_pending"));
+        return Err(wrong_state(&before, WrongState { action: "returning the deposit", needs: "refund_pending" }));
     }
     tx.execute("UPDATE accounts SET deposit_cents = 0 WHERE card_id = ?1", [card_to_sql(card_id)])?;
     history(tx, card_id, now, "deposit_returned", Some(before.state), before.state, -before.deposit_cents, cause)?;
     account(tx, card_id)
-}
-
-/// Why a pending refund cannot close yet, checked in the transaction that
-/// would close it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotYet {
-    /// Rides may still arrive until then.
-    RidesMayArrive { until: UnixMillis },
-    /// A charge is undecided or an entry waits for its exit.
-    MoneyInFlight,
-    /// Arrears the deposit did not cover.
-    Owes { arrears_cents: i64 },
-    /// The deposit has not gone back yet.
-    DepositHeld { deposit_cents: i64 },
 }
 
 /// The longest credential the config allows (`ride_code.credential_validity_secs`):
@@ -267,21 +198,18 @@ pub fn may_close(
 ) -> Result<Result<Account, NotYet>, AccountError> {
     let account = account(conn, card_id)?;
     if account.state != AccountState::RefundPending {
-        return Err(wrong_state(&account, "closing", "refund_pending"));
+        return Err(wrong_state(&account, WrongState { action: "closing", needs: "refund_pending" }));
     }
     let legacy = || legacy_refund_due_at(account.refund_requested_at.unwrap_or(now), rides_arrive_within_ms);
-    let until = account.refund_due_at.unwrap_or_else(legacy);
-    Ok(if now < until {
-        Err(NotYet::RidesMayArrive { until })
-    } else if money_in_flight(conn, card_id)? {
-        Err(NotYet::MoneyInFlight)
-    } else if account.arrears_cents > 0 {
-        Err(NotYet::Owes { arrears_cents: account.arrears_cents })
-    } else if account.deposit_cents > 0 {
-        Err(NotYet::DepositHeld { deposit_cents: account.deposit_cents })
-    } else {
-        Ok(account)
-    })
+    let due_at = account.refund_due_at.unwrap_or_else(legacy);
+    let closing = account::Closing {
+        due_at,
+        // Asked only once no ride can arrive: it is a query.
+        money_in_flight: now >= due_at && money_in_flight(conn, card_id)?,
+        arrears_cents: account.arrears_cents,
+        deposit_cents: account.deposit_cents,
+    };
+    Ok(account::may_close(closing, now).map(|()| account))
 }
 
 /// Nothing is owed, held or in flight, and no ride can arrive: closed, and
@@ -341,11 +269,7 @@ pub fn add_arrears(
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
     let arrears = before.arrears_cents.saturating_add(amount_cents);
-    let state = match before.state {
-        AccountState::Active => AccountState::InArrears,
-        other => other,
-    };
-    change(tx, &before, state, arrears, ("arrears_added", amount_cents, cause), now)
+    change(tx, &before, account::after_decline(before.state), arrears, ("arrears_added", amount_cents, cause), now)
 }
 
 /// The rider paid `paid_cents` of what is owed; once nothing is, an
@@ -363,7 +287,7 @@ pub fn pay_arrears(
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
     let left = before.arrears_cents.saturating_sub(paid_cents);
-    let state = state_once_paid(before.state, left);
+    let state = account::after_paying_down(before.state, left);
     let after =
         change(tx, &before, state, left.max(0), ("arrears_paid", -paid_cents.min(before.arrears_cents), cause), now)?;
     if left < 0 {
@@ -390,16 +314,14 @@ pub fn net_credit(
         before.arrears_cents
     );
     let left = before.arrears_cents - credit_cents;
-    change(tx, &before, state_once_paid(before.state, left), left, ("arrears_netted", -credit_cents, cause), now)
-}
-
-/// An in-arrears card rides again once nothing is `left` owed; any other
-/// state stays (a refund-pending card stays pending).
-fn state_once_paid(state: AccountState, left: i64) -> AccountState {
-    match state {
-        AccountState::InArrears if left <= 0 => AccountState::Active,
-        other => other,
-    }
+    change(
+        tx,
+        &before,
+        account::after_paying_down(before.state, left),
+        left,
+        ("arrears_netted", -credit_cents, cause),
+        now,
+    )
 }
 
 /// The one place state and arrears change: the deny list follows them
@@ -412,7 +334,7 @@ fn change(
     (event, amount_cents, cause): (&str, i64, &str),
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
-    assert!(arrears_cents >= 0, "card {} arrears {arrears_cents}", before.card_id);
+    account::assert_consistent(before.card_id, state, arrears_cents);
     tx.execute(
         "UPDATE accounts SET arrears_cents = ?2, state = ?3 WHERE card_id = ?1",
         params![card_to_sql(before.card_id), arrears_cents, state.as_str()],
@@ -579,7 +501,7 @@ fn history(
     Ok(())
 }
 
-fn wrong_state(account: &Account, action: &'static str, needs: &'static str) -> AccountError {
+fn wrong_state(account: &Account, WrongState { action, needs }: WrongState) -> AccountError {
     AccountError::WrongState { card_id: account.card_id, state: account.state.as_str(), action, needs }
 }
 

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use super::accounts::{self, Account, AccountError, AccountState, NotYet};
+use super::accounts::{self, Account, AccountError};
 use super::deny_list_hub::DenyListHub;
 use super::notify::Notifier;
 use super::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use super::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
 use super::store::{MoneyStore, StoreError};
 use crate::clock_source::{Clock, UnixMillis};
+use farestream_core::account::{AccountState, NotYet};
 use farestream_core::sync::lock;
 
 #[derive(Debug, Error)]
