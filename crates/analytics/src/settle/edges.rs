@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 
-use super::SettleError;
 use super::riders::decode_taps;
+use super::settle_types::SettleError;
 use super::sql::collect_rows;
 use farestream_core::clock::UnixMillis;
 use farestream_core::fares::RIDE_SQL;

@@ -9,7 +9,7 @@ use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
-use super::SettleError;
+use super::settle_types::SettleError;
 use super::settlement_tables::figures_from;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use farestream_core::settlement::RiderFigures;

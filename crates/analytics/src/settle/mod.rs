@@ -14,13 +14,12 @@ pub mod edges;
 pub mod inputs;
 pub mod report;
 pub mod riders;
+pub mod settle_types;
 pub mod settlement_tables;
 pub mod sql;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::time::Duration;
 
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
@@ -28,7 +27,6 @@ use datafusion::prelude::SessionContext;
 use crate::tables::{archive_session, register_files};
 use farestream_core::archive::schema::scan_schema;
 use farestream_core::clock::UnixMillis;
-use farestream_core::fares::FareTable;
 use farestream_core::scan::ScanStatus;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider, trip_edge_may_be_unarchived};
@@ -44,64 +42,9 @@ use edges::{Edges, read_edges};
 use farestream_core::fares::RIDE_SQL;
 use inputs::{EarlierRuns, earlier_runs, settleable_scan_files};
 use riders::for_each_rider;
+pub use settle_types::{SettleError, SettleSettings, Settled};
 use sql::{collect_rows, column_i64, column_str, column_u64};
-use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, write_run};
-
-#[derive(Debug, thiserror::Error)]
-pub enum SettleError {
-    #[error("settlement query: {0}")]
-    Query(#[from] datafusion::error::DataFusionError),
-    #[error("settlement data: {0}")]
-    Arrow(#[from] arrow_schema::ArrowError),
-    #[error("settlement Parquet: {0}")]
-    Parquet(#[from] parquet::errors::ParquetError),
-    #[error("account store: {0}")]
-    Store(#[from] farestream_server::money::store::StoreError),
-    #[error("archive: {0}")]
-    Archive(#[from] farestream_server::archive::ArchiveError),
-    #[error("charges archive: {0}")]
-    ChargesArchive(#[from] farestream_server::archive::charges_archive::ChargesArchiveError),
-    #[error("settlement input: {0}")]
-    Input(String),
-    #[error("settlement output: {0}")]
-    Output(String),
-}
-
-/// What a settlement needs to know.
-#[derive(Debug, Clone)]
-pub struct SettleSettings {
-    pub data_dir: PathBuf,
-    pub fares: FareTable,
-    pub service_day: ServiceDayPolicy,
-    pub store_busy_wait: Duration,
-    /// The charges archive's batch size, for the flush before reading.
-    pub charges_batch_max: usize,
-}
-
-impl SettleSettings {
-    pub fn archive_dir(&self) -> PathBuf {
-        self.data_dir.join("archive")
-    }
-
-    /// `DATA_DIR/reports/settlement-YYYY-MM-DD.html`.
-    pub fn report_path(&self, date: NaiveDate) -> PathBuf {
-        self.data_dir.join("reports").join(format!("settlement-{date}.html"))
-    }
-}
-
-/// What one `settle` did.
-#[derive(Debug, Clone)]
-pub struct Settled {
-    pub date: NaiveDate,
-    /// The run this call wrote; `None` when nothing had changed, or when a
-    /// break stopped it (a run with breaks writes nothing).
-    pub new_run: Option<RunRow>,
-    /// Every run of the day, the new one included.
-    pub runs: Vec<RunRow>,
-    pub breaks: Vec<Break>,
-    pub report_path: PathBuf,
-    pub headline: String,
-}
+use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, add_to, status_index, write_run};
 
 /// Settles `date` as of `now`.
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
@@ -357,16 +300,6 @@ fn day_window(policy: &ServiceDayPolicy, date: NaiveDate) -> (UnixMillis, UnixMi
     let start = policy.day_start(date).unwrap_or(UnixMillis::MIN);
     let end = date.succ_opt().and_then(|d| policy.day_start(d)).unwrap_or(UnixMillis::MAX);
     (start, end)
-}
-
-/// Sums of figures read back from files (which anyone may have edited)
-/// saturate rather than wrap.
-pub(crate) fn add_to(sum: &mut i64, n: i64) {
-    *sum = sum.saturating_add(n);
-}
-
-fn status_index(status: ScanStatus) -> usize {
-    ScanStatus::ALL.iter().position(|s| *s == status).unwrap_or(0)
 }
 
 /// Scans by status in `table`.

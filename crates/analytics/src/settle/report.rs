@@ -10,9 +10,10 @@ use std::path::Path;
 use chrono::{NaiveDate, TimeZone};
 use datafusion::prelude::SessionContext;
 
+use super::settle_types::{SettleError, SettleSettings, Settled};
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use super::write::{RunRow, StatusCounts};
-use super::{SettleError, SettleSettings, Settled, add_to, status_index};
+use super::write::{add_to, status_index};
 use crate::tables::archive_session;
 use farestream_core::charges::{format_cents, group_digits};
 use farestream_core::clock::UnixMillis;

@@ -11,7 +11,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use futures_util::StreamExt;
 
-use super::SettleError;
+use super::settle_types::SettleError;
 use super::sql::{column_i64, column_str, column_str_lists, column_u64, id_from_hex, stream_rows};
 use farestream_core::fares::RIDE_SQL;
 use farestream_core::fares::Tap;

@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 
-use super::SettleError;
+use super::settle_types::SettleError;
 
 pub async fn collect_rows(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SettleError> {
     Ok(ctx.sql(sql).await?.collect().await?)

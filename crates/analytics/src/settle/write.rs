@@ -14,7 +14,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 
-use super::SettleError;
+use super::settle_types::SettleError;
 use super::settlement_tables::{ARREARS_OUTSTANDING, FIGURES, figures_to};
 use super::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::clock::UnixMillis;
@@ -257,4 +257,15 @@ pub fn parquet_bytes(batch: &RecordBatch) -> Result<Vec<u8>, SettleError> {
     writer.write(batch)?;
     writer.close()?;
     Ok(bytes)
+}
+
+/// Sums of figures read back from files (which anyone may have edited)
+/// saturate rather than wrap.
+pub(crate) fn add_to(sum: &mut i64, n: i64) {
+    *sum = sum.saturating_add(n);
+}
+
+/// Where a status's count sits in [`StatusCounts`].
+pub(crate) fn status_index(status: farestream_core::scan::ScanStatus) -> usize {
+    farestream_core::scan::ScanStatus::ALL.iter().position(|s| *s == status).unwrap_or(0)
 }

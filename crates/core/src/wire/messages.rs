@@ -104,4 +104,17 @@ impl BatchAck {
             ..BatchAck::default()
         }
     }
+
+    /// An answer that tells the gateway to resend the batch after
+    /// `retry_after_ms`: the server could not take it now.
+    pub fn backoff(gateway_id: &str, batch_seq: u64, error: String, retry_after_ms: u32) -> BatchAck {
+        BatchAck {
+            gateway_id: gateway_id.to_string(),
+            batch_seq,
+            status: AckStatus::Backoff as i32,
+            error,
+            retry_after_ms,
+            ..BatchAck::default()
+        }
+    }
 }

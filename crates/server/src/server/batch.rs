@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::connections::backoff_ack;
-use super::{Fatal, Shared, fail};
+use super::{BACKOFF_RETRY_AFTER_MS, Fatal, Shared, fail};
 use crate::fair::Party;
 use crate::telemetry;
 use crate::wal::committer::{WaitError, WalState};
@@ -35,7 +34,7 @@ enum Committed {
 
 pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch) -> BatchAck {
     let (gateway_id, batch_seq) = (batch.gateway_id.clone(), batch.batch_seq);
-    let backoff = |error: String| backoff_ack(&gateway_id, batch_seq, error);
+    let backoff = |error: String| BatchAck::backoff(&gateway_id, batch_seq, error, BACKOFF_RETRY_AFTER_MS);
     // Refuse before the dedup indexes see the batch, so its resend is
     // processed rather than taken for a re-delivery.
     if let Some(reason) = shared.failure.get() {

@@ -13,15 +13,13 @@ use tokio::time::timeout_at;
 
 use super::batch::{Peer, process};
 use super::deny_push::push_deny_list;
-use super::{Shared, spawn_supervised};
+use super::{BACKOFF_RETRY_AFTER_MS, Shared, spawn_supervised};
 use crate::telemetry;
 use farestream_core::ingest::BatchError;
 use farestream_gateway::wire::{
     AckStatus, BatchAck, FrameError, ScanBatch, count_field, read_frame_body, read_frame_len, write_message,
 };
 
-/// How long a gateway is told to wait when the server cannot take a batch.
-const BACKOFF_RETRY_AFTER_MS: u32 = 1000;
 /// QUIC application error code for "stop sending, the frame is too large".
 const STOP_FRAME_TOO_LARGE: u32 = 1;
 /// `ScanBatch.scans` in `proto/farestream.proto`.
@@ -161,15 +159,8 @@ async fn read_batch<'a>(
 }
 
 /// An ack that tells the gateway to resend after a pause.
-pub(super) fn backoff_ack(gateway_id: &str, batch_seq: u64, error: String) -> BatchAck {
-    BatchAck {
-        gateway_id: gateway_id.to_string(),
-        batch_seq,
-        status: AckStatus::Backoff as i32,
-        error,
-        retry_after_ms: BACKOFF_RETRY_AFTER_MS,
-        ..BatchAck::default()
-    }
+fn backoff_ack(gateway_id: &str, batch_seq: u64, error: String) -> BatchAck {
+    BatchAck::backoff(gateway_id, batch_seq, error, BACKOFF_RETRY_AFTER_MS)
 }
 
 fn frame_error_reason(error: &FrameError) -> &'static str {

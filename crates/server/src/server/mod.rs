@@ -100,6 +100,9 @@ pub enum ServerError {
     Keystore(#[from] crate::keystore::KeystoreError),
 }
 
+/// How long a gateway is told to wait when the server cannot take a batch.
+const BACKOFF_RETRY_AFTER_MS: u32 = 1000;
+
 /// Claims and log records in one order, and the moment each batch is
 /// received read in that same order: so "every batch received before `at`
 /// is in the log before `lsn`" can be read off at any moment (the

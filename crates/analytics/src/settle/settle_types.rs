@@ -1,0 +1,68 @@
+//! What a settlement is given and gives back, and how it fails: the types
+//! the settlement's steps share, apart from the steps themselves.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use farestream_core::fares::FareTable;
+use farestream_core::service_day::ServiceDayPolicy;
+use farestream_core::settlement::Break;
+
+use super::write::RunRow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("settlement query: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    #[error("settlement data: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("settlement Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("account store: {0}")]
+    Store(#[from] farestream_server::money::store::StoreError),
+    #[error("archive: {0}")]
+    Archive(#[from] farestream_server::archive::ArchiveError),
+    #[error("charges archive: {0}")]
+    ChargesArchive(#[from] farestream_server::archive::charges_archive::ChargesArchiveError),
+    #[error("settlement input: {0}")]
+    Input(String),
+    #[error("settlement output: {0}")]
+    Output(String),
+}
+
+/// What a settlement needs to know.
+#[derive(Debug, Clone)]
+pub struct SettleSettings {
+    pub data_dir: PathBuf,
+    pub fares: FareTable,
+    pub service_day: ServiceDayPolicy,
+    pub store_busy_wait: Duration,
+    /// The charges archive's batch size, for the flush before reading.
+    pub charges_batch_max: usize,
+}
+
+impl SettleSettings {
+    pub fn archive_dir(&self) -> PathBuf {
+        self.data_dir.join("archive")
+    }
+
+    /// `DATA_DIR/reports/settlement-YYYY-MM-DD.html`.
+    pub fn report_path(&self, date: NaiveDate) -> PathBuf {
+        self.data_dir.join("reports").join(format!("settlement-{date}.html"))
+    }
+}
+
+/// What one `settle` did.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub date: NaiveDate,
+    /// The run this call wrote; `None` when nothing had changed, or when a
+    /// break stopped it (a run with breaks writes nothing).
+    pub new_run: Option<RunRow>,
+    /// Every run of the day, the new one included.
+    pub runs: Vec<RunRow>,
+    pub breaks: Vec<Break>,
+    pub report_path: PathBuf,
+    pub headline: String,
+}
