@@ -190,7 +190,7 @@ pub(super) async fn summarize(
         summary.gateway_fares_debited += if payment.kind == "credit" { -amount } else { amount };
     }
     server.flush_charges_archive().await.map_err(|e| e.to_string())?;
-    summary.charges_root = crate::archive::charges_archive::charges_root(server.data_dir());
+    summary.charges_root = crate::money::charges_archive::charges_root(server.data_dir());
     let archived = crate::archive::read::read_all_charges(&summary.charges_root).map_err(|e| e.to_string())?;
     summary.charges_archived = archived.iter().filter(|c| ours.contains(&c.card_id)).count() as u64;
     for &card in cards {

@@ -163,7 +163,7 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     // The charges archive holds each decided charge once, as the outbox has it.
     assert_eq!(m.h.server.flush_charges_archive().await.expect("archive"), 7);
     assert_eq!(m.h.server.flush_charges_archive().await.expect("again"), 0);
-    let root = farestream::archive::charges_archive::charges_root(m.h.dir.path());
+    let root = farestream::money::charges_archive::charges_root(m.h.dir.path());
     let mut archived = farestream::archive::read::read_all_charges(&root).expect("read");
     archived.sort_by_key(|c| c.charge_id);
     let mut outbox = charges.clone();

@@ -2,6 +2,7 @@
 //! archiver and the pricer) share: a command channel (flush now, stop), a
 //! status the server reads, and the handle that sends the commands.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -10,6 +11,35 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use farestream_core::sync::lock;
+
+/// The lowest log position each reader besides the archiver still needs;
+/// segments before it are kept.
+#[derive(Debug, Default)]
+pub struct LogReaders {
+    pricer_lsn: AtomicU64,
+}
+
+impl LogReaders {
+    /// The pricer starting at `pricer_lsn`.
+    pub fn new(pricer_lsn: u64) -> LogReaders {
+        LogReaders { pricer_lsn: AtomicU64::new(pricer_lsn) }
+    }
+
+    /// Nobody but the archiver reads the log.
+    pub fn none() -> Arc<LogReaders> {
+        Arc::new(LogReaders::new(u64::MAX))
+    }
+
+    /// The lowest position still needed.
+    pub fn floor(&self) -> u64 {
+        self.pricer_lsn.load(Ordering::Acquire)
+    }
+
+    /// The pricer has passed `lsn`.
+    pub(crate) fn advance(&self, lsn: u64) {
+        self.pricer_lsn.store(lsn, Ordering::Release);
+    }
+}
 
 /// A status that can say why its thread stopped for good.
 pub trait ReaderStatus: Clone + Default + Send + 'static {

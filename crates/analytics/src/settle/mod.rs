@@ -30,11 +30,11 @@ use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider, trip_edge_may_be_unarchived};
-use farestream_server::archive::charges_archive::{archive_decided_charges, charges_root};
 use farestream_server::archive::checkpoint::{checkpoint_path, read_checkpoint};
 use farestream_server::archive::parquet_writer::{SUCCESS_MARKER, partition_dir};
 use farestream_server::archive::scans_root;
 use farestream_server::faults::Faults;
+use farestream_server::money::charges_archive::{archive_decided_charges, charges_root};
 use farestream_server::money::snapshot::{MoneySnapshot, money_snapshot};
 use farestream_server::money::store::{MoneyStore, store_path};
 

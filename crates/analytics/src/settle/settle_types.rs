@@ -24,7 +24,7 @@ pub enum SettleError {
     #[error("archive: {0}")]
     Archive(#[from] farestream_server::archive::ArchiveError),
     #[error("charges archive: {0}")]
-    ChargesArchive(#[from] farestream_server::archive::charges_archive::ChargesArchiveError),
+    ChargesArchive(#[from] farestream_server::money::charges_archive::ChargesArchiveError),
     #[error("settlement input: {0}")]
     Input(String),
     #[error("settlement output: {0}")]

@@ -3,7 +3,6 @@
 
 pub mod ack_audit;
 pub mod archiver;
-pub mod charges_archive;
 pub mod checkpoint;
 pub mod parquet_writer;
 pub mod read;

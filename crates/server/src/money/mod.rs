@@ -5,6 +5,7 @@
 //! the core's (`farestream_core::fares`, `::charges`); this is the I/O.
 
 pub mod accounts;
+pub mod charges_archive;
 pub mod codec;
 pub mod deny_list_hub;
 pub mod dispatcher;
@@ -21,6 +22,6 @@ pub mod store;
 
 pub use deny_list_hub::DenyListHub;
 pub use dispatcher::{Dispatcher, DispatcherSettings};
-pub use pricer::{LogReaders, Pricer, PricerSettings, PricerStatus};
+pub use pricer::{Pricer, PricerSettings, PricerStatus};
 pub use service::{AccountService, RefundReport, ServiceError};
 pub use store::{MoneyStore, StoreError, store_path};

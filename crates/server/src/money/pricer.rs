@@ -6,7 +6,7 @@
 //! Between reads it prices the rider-days whose entry's exit window closed.
 //!
 //! The log keeps every segment the pricer still needs: the archiver deletes
-//! a segment only once both have passed it ([`LogReaders`]).
+//! a segment only once both have passed it ([`LogReaders`], in `log_reader`).
 //!
 //! Errors: a damaged log stops the pricer for good (the server stops with
 //! it). A store error (a full disk, a busy lock past its wait) is retried
@@ -14,7 +14,6 @@
 //! never moved.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +25,7 @@ use super::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
 use crate::clock_source::Clock;
 use crate::faults::Faults;
 use crate::handles::Handles;
-use crate::log_reader::{Command, ReaderHandle, ReaderStatus, next_command};
+use crate::log_reader::{Command, LogReaders, ReaderHandle, ReaderStatus, next_command};
 use crate::telemetry;
 use crate::wal::WalCursor;
 use crate::wal::committer::Progress;
@@ -36,32 +35,6 @@ use farestream_core::sync::lock;
 
 /// The pricer's name in the store's `log_cursors`.
 pub const READER: &str = "pricer";
-
-/// The lowest log position each reader besides the archiver still needs;
-/// segments before it are kept.
-#[derive(Debug, Default)]
-pub struct LogReaders {
-    pricer_lsn: AtomicU64,
-}
-
-impl LogReaders {
-    pub fn new(pricer_lsn: u64) -> LogReaders {
-        LogReaders { pricer_lsn: AtomicU64::new(pricer_lsn) }
-    }
-
-    /// Nobody but the archiver reads the log.
-    pub fn none() -> Arc<LogReaders> {
-        Arc::new(LogReaders::new(u64::MAX))
-    }
-
-    pub fn floor(&self) -> u64 {
-        self.pricer_lsn.load(Ordering::Acquire)
-    }
-
-    fn advance(&self, lsn: u64) {
-        self.pricer_lsn.store(lsn, Ordering::Release);
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct PricerSettings {

@@ -58,13 +58,13 @@ use housekeeping::housekeeping;
 use money_jobs::{charges_archive_job, open_money_store, refund_job, refund_pass, start_money};
 use startup::{probe_writable, recover};
 
-use crate::archive::charges_archive::ChargesArchive;
 use crate::archive::checkpoint::Cleanup;
 use crate::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, ArrivalMark, Arrivals};
 use crate::clock_source::Clock;
 use crate::data_dir_lock::DataDirLock;
 use crate::fair::FairTurns;
 use crate::handles::Handles;
+use crate::money::charges_archive::ChargesArchive;
 use crate::money::{AccountService, Pricer, PricerStatus, RefundReport};
 use crate::tls_identity::{ServerIdentity, TlsError};
 use crate::wal::WalError;

@@ -9,10 +9,11 @@ use tokio::sync::Notify;
 
 use super::{RecoveryReport, ServerError, ServerSettings};
 use crate::archive::Arrivals;
-use crate::archive::charges_archive::{ChargesArchive, charges_root};
 use crate::handles::Handles;
+use crate::log_reader::LogReaders;
+use crate::money::charges_archive::{ChargesArchive, charges_root};
 use crate::money::pricer::pricer_start;
-use crate::money::{AccountService, DenyListHub, Dispatcher, LogReaders, MoneyStore, Pricer, RefundReport};
+use crate::money::{AccountService, DenyListHub, Dispatcher, MoneyStore, Pricer, RefundReport};
 use crate::wal::committer::Progress;
 use farestream_core::clock::UnixMillis;
 use farestream_core::ingest::Pipeline;

@@ -17,12 +17,12 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use rusqlite::params;
 
-use super::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
+use super::MoneyStore;
+use super::outbox::archive_batch;
+use super::store::StoreError;
+use crate::archive::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
 use crate::clock_source::UnixMillis;
 use crate::faults::Faults;
-use crate::money::MoneyStore;
-use crate::money::outbox::archive_batch;
-use crate::money::store::StoreError;
 use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
 use farestream_core::charges::ChargeRecord;
 
@@ -126,7 +126,7 @@ pub fn write_charges_batch(
     for row in rows {
         by_date.entry(row.service_date).or_default().push(row.clone());
     }
-    let tmp_dir = super::parquet_writer::open_files_dir(root);
+    let tmp_dir = crate::archive::parquet_writer::open_files_dir(root);
     fs::create_dir_all(&tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.clone(), source })?;
     for (date, rows) in by_date {
         let dir = partition_dir(root, date);
