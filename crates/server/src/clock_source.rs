@@ -10,14 +10,19 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> UnixMillis;
 }
 
+/// A span in whole milliseconds as the core counts time; one too long for
+/// an `i64` (about 292 million years) saturates.
+pub fn duration_ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The machine's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMillis {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+        duration_ms(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
     }
 }
 

@@ -27,6 +27,7 @@ pub use sessions::OtpLimits;
 
 pub use crate::http::HttpHandle;
 
+use crate::clock_source::duration_ms;
 use crate::config::Config;
 use crate::keystore::ExportedKey;
 use crate::money::AccountService;
@@ -84,8 +85,8 @@ impl ApiSettings {
     /// The one-time codes' limits, in the units the store counts in.
     pub fn otp_limits(&self) -> sessions::OtpLimits {
         sessions::OtpLimits {
-            validity_ms: millis(self.otp_validity),
-            resend_min_ms: millis(self.otp_resend_min),
+            validity_ms: duration_ms(self.otp_validity),
+            resend_min_ms: duration_ms(self.otp_resend_min),
             sends_per_phone_per_hour_max: self.otp_sends_per_phone_per_hour_max,
             sends_per_client_per_hour_max: self.otp_sends_per_client_per_hour_max,
             sends_per_minute_max: self.otp_sends_per_minute_max,
@@ -126,8 +127,4 @@ pub fn router(state: Arc<ApiState>) -> Router {
 pub async fn start(state: ApiState) -> std::io::Result<HttpHandle> {
     let listen = state.settings.listen_addr;
     crate::http::serve(listen, router(Arc::new(state)), "account API").await
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -13,7 +13,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::sessions::{CodeCheck, SendRefused, check_code, new_token, random_bytes, send_code as send_code_checked};
-use super::{ApiError, ApiState, millis};
+use super::{ApiError, ApiState};
+use crate::clock_source::duration_ms;
 use crate::money::accounts::{self, AccountError};
 use farestream_core::account::AccountState;
 
@@ -132,7 +133,7 @@ pub(super) async fn register(
     }
     let accounts = &api.accounts;
     let now = accounts.clock.now_ms();
-    let (attempts_max, token_ms) = (api.settings.otp_attempts_max, millis(api.settings.token_validity));
+    let (attempts_max, token_ms) = (api.settings.otp_attempts_max, duration_ms(api.settings.token_validity));
     let (client, limits) = (client_address(&api, peer, &headers), api.settings.otp_limits());
     // 63 random bits: card ids stay within a signed 64-bit integer, which
     // every reader of the archives holds (`scan::ID_MAX`).

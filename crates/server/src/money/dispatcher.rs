@@ -40,7 +40,7 @@ use super::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_fr
 use super::deny_list_hub::DenyListHub;
 use super::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use super::store::{MoneyStore, StoreError};
-use crate::clock_source::{Clock, SystemClock, UnixMillis};
+use crate::clock_source::{Clock, SystemClock, UnixMillis, duration_ms};
 use crate::telemetry;
 use farestream_core::charges::{ChargeOutcome, FirstSend, Payer, RiderDay, first_send, rest_of};
 use farestream_core::gateway_answer::{AfterAnswer, Attempts, DeclineEffect, decide_answer};
@@ -185,7 +185,7 @@ impl Dispatcher {
     /// here and never sent.
     async fn claim(&self, limit: usize) -> Result<ClaimRound, StoreError> {
         let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
-        let lease = millis(self.settings.lease);
+        let lease = duration_ms(self.settings.lease);
         blocking(move || {
             let mut store = lock(&store);
             let tx = store.transaction()?;
@@ -318,7 +318,7 @@ impl Dispatcher {
             let before = Attempts { count: charge.attempts_before, first_at: charge.first_attempt_at };
             let decision = decide_answer(answer.as_decided(), before, sent, charge.amount_cents, &policy, wall, random);
             let Attempts { count: attempts, first_at: first_attempt_at } = decision.attempts;
-            let outcome = decision.after.outcome().as_str();
+            let outcome = decision.after.outcome();
             let mut declined_account = None;
             let detail = answer.detail();
             let written = match decision.after {
@@ -326,22 +326,22 @@ impl Dispatcher {
                     "UPDATE charges SET outcome = ?7, decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
                                         attempts = ?5, first_attempt_at = ?6
                      WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
-                    params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome],
+                    params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
                 )?,
                 AfterAnswer::Declined(effect) => {
                     let written = tx.execute(
                         "UPDATE charges SET outcome = ?7, decided_at = ?3, last_error = ?4,
                                             attempts = ?5, first_attempt_at = ?6
                          WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
-                        params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome],
+                        params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
                     )?;
                     if written > 0 {
                         declined_account = record_decline(&tx, &charge, effect, detail, now)?;
                     }
                     written
                 }
-                AfterAnswer::TryAgain { at, failed } => {
-                    retry_later(&tx, &charge, (attempts, first_attempt_at), failed, detail, at)?
+                AfterAnswer::TryAgain { at, .. } => {
+                    retry_later(&tx, &charge, (attempts, first_attempt_at), outcome, detail, at)?
                 }
             };
             tx.commit()?;
@@ -537,11 +537,12 @@ fn retry_later(
     tx: &rusqlite::Transaction<'_>,
     charge: &Claimed,
     (attempts, first_attempt_at): (u32, Option<UnixMillis>),
-    failed: bool,
+    outcome: ChargeOutcome,
     reason: &str,
     next_attempt_at: UnixMillis,
 ) -> Result<usize, StoreError> {
-    if failed {
+    debug_assert!(!outcome.is_final(), "a charge tried again is undecided");
+    if outcome == ChargeOutcome::Failed {
         telemetry::charge_failed();
         tracing::error!(charge = %hex::encode(charge.charge_id), attempts, %reason,
             "a charge failed; it is retried every payments.failed_retry_after_ms");
@@ -553,7 +554,7 @@ fn retry_later(
         params![
             &charge.charge_id[..],
             charge.claim,
-            if failed { ChargeOutcome::Failed } else { ChargeOutcome::Pending }.as_str(),
+            outcome.as_str(),
             next_attempt_at,
             reason,
             attempts,
@@ -579,10 +580,6 @@ fn answer_label(answer: &Answer) -> &'static str {
         Answer::InFlight { .. } => "in_flight",
         Answer::Refused { .. } => "refused",
     }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Runs store work off the async threads.

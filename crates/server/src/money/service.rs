@@ -19,7 +19,7 @@ use super::notify::Notifier;
 use super::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use super::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
 use super::store::{MoneyStore, StoreError};
-use crate::clock_source::{Clock, UnixMillis};
+use crate::clock_source::{Clock, UnixMillis, duration_ms};
 use farestream_core::account::{AccountState, NotYet};
 use farestream_core::sync::lock;
 
@@ -126,7 +126,7 @@ impl AccountService {
             deposit_cents: settings.deposit_cents,
             currency: settings.pricer.fares.currency.clone(),
             notifier: Arc::clone(&handles.notifier),
-            rides_arrive_within_ms: i64::try_from(settings.rides_arrive_within.as_millis()).unwrap_or(i64::MAX),
+            rides_arrive_within_ms: duration_ms(settings.rides_arrive_within),
             refund_pass_turn: Arc::default(),
         })
     }

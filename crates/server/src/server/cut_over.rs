@@ -13,7 +13,7 @@ use chrono::NaiveDate;
 use tokio_util::sync::CancellationToken;
 
 use super::CutOverSettings;
-use crate::clock_source::{Clock, UnixMillis};
+use crate::clock_source::{Clock, UnixMillis, duration_ms};
 use farestream_core::service_day::{days_to_settle, last_cut_over, next_cut_over};
 
 /// The settlement the cut-over runs for one service date.
@@ -142,8 +142,4 @@ async fn sleep_unless_stopped(period: Duration, stop: &CancellationToken) -> boo
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(period) => true,
     }
-}
-
-fn duration_ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -13,7 +13,7 @@ use super::api::{
     AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
     ErrorAnswer, IDEMPOTENCY_KEY, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature,
 };
-use crate::clock_source::{Clock, SystemClock};
+use crate::clock_source::{Clock, SystemClock, duration_ms};
 use farestream_core::gateway_answer::GatewayAnswer;
 use farestream_core::retry::GatewayHealth;
 
@@ -178,7 +178,7 @@ impl Answer {
 
     /// The answer as the core decides on it (`gateway_answer`).
     pub fn as_decided(&self) -> GatewayAnswer {
-        let ms = |hint: &Option<Duration>| hint.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ms = |hint: &Option<Duration>| hint.map(duration_ms);
         match self {
             Answer::Succeeded { .. } => GatewayAnswer::Succeeded,
             Answer::Declined { .. } => GatewayAnswer::Declined,
