@@ -1,16 +1,16 @@
 //! The settlement's glue: its settings from the config, and the daily
 //! settlement `serve` hands the server's cut-over job (which schedules and
-//! supervises it: crates/server/src/server/cut_over.rs).
+//! supervises it: crates/server/src/cut_over.rs).
 
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use farestream_analytics::settle::{SettleSettings, settle_day};
-use farestream_server::clock_source::UnixMillis;
-use farestream_server::config::fare_table::load_fares;
-use farestream_server::config::{Config, ConfigError};
-use farestream_server::server::DailySettlement;
+use farestream_ingest::clock_source::UnixMillis;
+use farestream_ingest::config::fare_table::load_fares;
+use farestream_ingest::config::{Config, ConfigError};
+use farestream_server::DailySettlement;
 use tokio_util::sync::CancellationToken;
 
 /// The settlement's settings for `data_dir`.

@@ -1,8 +1,8 @@
 //! What the demo and the tests ask of a simulated gateway beyond the debit
 //! API: top up a payer, set its faults, read its ledger.
 
-use farestream_server::clock_source::{Clock, SystemClock};
-use farestream_server::money::paygw::api::{IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, signature};
+use farestream_ingest::clock_source::{Clock, SystemClock};
+use farestream_money::paygw::api::{IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, signature};
 
 use super::http::{SimFaults, SimStats, TopUp};
 use super::ledger::Entry;

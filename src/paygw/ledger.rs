@@ -32,8 +32,8 @@ pub struct Entry {
 impl Entry {
     /// A debit or credit as the money audit compares it with the charges;
     /// `None` for agreements and top-ups.
-    pub fn applied_payment(&self) -> Option<farestream_server::money::money_audit::AppliedPayment> {
-        (self.kind == "debit" || self.kind == "credit").then(|| farestream_server::money::money_audit::AppliedPayment {
+    pub fn applied_payment(&self) -> Option<farestream_money::money_audit::AppliedPayment> {
+        (self.kind == "debit" || self.kind == "credit").then(|| farestream_money::money_audit::AppliedPayment {
             kind: self.kind.clone(),
             key: self.key.clone(),
             amount_cents: self.amount_cents,

@@ -23,14 +23,14 @@ use farestream_core::charges::{ChargeRecord, RiderDay, plan_charges};
 use farestream_core::fares::{DayEdges, FareTable, Tap};
 use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream_core::service_day::ServiceDayPolicy;
-use farestream_server::archive::checkpoint::{checkpoint_path, write_checkpoint};
-use farestream_server::archive::parquet_writer::scan_writer_properties;
-use farestream_server::archive::parquet_writer::{ArchiveWriter, ArchiveWriterConfig};
-use farestream_server::archive::scans_root;
-use farestream_server::faults::Faults;
-use farestream_server::money::accounts::{activate, add_arrears, register};
-use farestream_server::money::charges_archive::{charges_root, write_charges_batch};
-use farestream_server::money::store::{MoneyStore, set_log_cursor, store_path};
+use farestream_ingest::archive::checkpoint::{checkpoint_path, write_checkpoint};
+use farestream_ingest::archive::parquet_writer::scan_writer_properties;
+use farestream_ingest::archive::parquet_writer::{ArchiveWriter, ArchiveWriterConfig};
+use farestream_ingest::archive::scans_root;
+use farestream_ingest::faults::Faults;
+use farestream_money::accounts::{activate, add_arrears, register};
+use farestream_money::charges_archive::{charges_root, write_charges_batch};
+use farestream_money::store::{MoneyStore, set_log_cursor, store_path};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
@@ -304,6 +304,6 @@ fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Re
                 .map_err(|e| e.to_string())?;
         }
     }
-    set_log_cursor(&tx, farestream_server::money::pricer::READER, pricer_lsn).map_err(|e| e.to_string())?;
+    set_log_cursor(&tx, farestream_money::pricer::READER, pricer_lsn).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())
 }

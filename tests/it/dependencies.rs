@@ -5,7 +5,8 @@
 //! here and is either avoided or added with its reason.
 //!
 //! And the crate boundaries: the core's tree holds no I/O crate, the
-//! gateway's no archive, database or server. (The core's source is held to
+//! gateway's no archive, database or server, the ingest shell's nothing of
+//! money, the money shell's nothing of the server that runs it. (The core's source is held to
 //! no files, sockets, clocks or OS randomness by clippy: crates/core/clippy.toml.)
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,8 +65,25 @@ const NOT_IN_THE_CORE: &[&str] =
     &["tokio", "mio", "quinn", "rustls", "parquet", "rusqlite", "axum", "reqwest", "hyper", "datafusion"];
 
 /// What a gateway vendor embeds stays small.
-const NOT_IN_THE_GATEWAY: &[&str] =
-    &["parquet", "arrow-array", "rusqlite", "datafusion", "axum", "farestream-server", "metrics-exporter-prometheus"];
+const NOT_IN_THE_GATEWAY: &[&str] = &[
+    "parquet",
+    "arrow-array",
+    "rusqlite",
+    "datafusion",
+    "axum",
+    "farestream-ingest",
+    "farestream-money",
+    "farestream-server",
+    "metrics-exporter-prometheus",
+];
+
+/// The ingest shell knows nothing of money: no store, no payment-gateway
+/// client, no crate above it.
+const NOT_IN_INGEST: &[&str] = &["rusqlite", "reqwest", "farestream-money", "farestream-server", "datafusion"];
+
+/// The money shell stands on the ingest shell, never on the server that
+/// runs it beside QUIC, nor on the SQL engine.
+const NOT_IN_MONEY: &[&str] = &["farestream-server", "farestream-analytics", "datafusion"];
 
 /// The names of the crates in `package`'s normal dependency tree.
 fn tree_of(package: &str) -> BTreeSet<String> {
@@ -74,10 +92,13 @@ fn tree_of(package: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_core_and_the_gateway_keep_out_what_does_not_belong() {
-    for (package, forbidden, sure_to_hold) in
-        [("farestream-core", NOT_IN_THE_CORE, "rayon"), ("farestream-gateway", NOT_IN_THE_GATEWAY, "quinn")]
-    {
+fn each_crate_keeps_out_what_belongs_to_another() {
+    for (package, forbidden, sure_to_hold) in [
+        ("farestream-core", NOT_IN_THE_CORE, "rayon"),
+        ("farestream-gateway", NOT_IN_THE_GATEWAY, "quinn"),
+        ("farestream-ingest", NOT_IN_INGEST, "parquet"),
+        ("farestream-money", NOT_IN_MONEY, "rusqlite"),
+    ] {
         let crates = tree_of(package);
         assert!(crates.contains(sure_to_hold), "the tree of {package} was read: {crates:?}");
         let found: Vec<&&str> = forbidden.iter().filter(|name| crates.contains(**name)).collect();

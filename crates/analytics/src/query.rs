@@ -11,8 +11,8 @@ use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use datafusion::error::DataFusionError;
 
 use crate::tables::archive_session;
-use farestream_server::archive::parquet_writer::archive_writer_properties;
-use farestream_server::archive::read::archive_files;
+use farestream_ingest::archive::parquet_writer::archive_writer_properties;
+use farestream_ingest::archive::read::archive_files;
 use futures_util::StreamExt;
 
 /// How the result is written.

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::clock_source::{Clock, SystemClock};
-use crate::faults::Faults;
-use crate::money::notify::{LogNotifier, Notifier};
+use farestream_ingest::clock_source::{Clock, SystemClock};
+use farestream_ingest::faults::Faults;
+use farestream_money::notify::{LogNotifier, Notifier};
 
 /// The clock, the failpoints and the notifier, shared by every job.
 #[derive(Debug, Clone)]

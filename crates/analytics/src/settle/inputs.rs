@@ -13,7 +13,7 @@ use super::settle_types::SettleError;
 use super::settlement_tables::figures_from;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use farestream_core::settlement::RiderFigures;
-use farestream_server::archive::parquet_writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
+use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
 
 /// A complete scans file of the day.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use farestream_core::charges::{format_cents, group_digits};
 use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
-use farestream_server::archive::checkpoint::replace_durably;
-use farestream_server::faults::Faults;
+use farestream_ingest::archive::checkpoint::replace_durably;
+use farestream_ingest::faults::Faults;
 
 /// Rows of a list the report shows at most; the count says how many more.
 const REPORT_LIST_ROWS_MAX: usize = 200;

@@ -20,11 +20,11 @@ pub enum SettleError {
     #[error("settlement Parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("account store: {0}")]
-    Store(#[from] farestream_server::money::store::StoreError),
+    Store(#[from] farestream_money::store::StoreError),
     #[error("archive: {0}")]
-    Archive(#[from] farestream_server::archive::ArchiveError),
+    Archive(#[from] farestream_ingest::archive::ArchiveError),
     #[error("charges archive: {0}")]
-    ChargesArchive(#[from] farestream_server::money::charges_archive::ChargesArchiveError),
+    ChargesArchive(#[from] farestream_money::charges_archive::ChargesArchiveError),
     #[error("settlement input: {0}")]
     Input(String),
     #[error("settlement output: {0}")]

@@ -20,9 +20,9 @@ use super::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
-use farestream_server::archive::checkpoint::replace_durably;
-use farestream_server::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir};
-use farestream_server::faults::Faults;
+use farestream_ingest::archive::checkpoint::replace_durably;
+use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir};
+use farestream_ingest::faults::Faults;
 
 pub type StatusCounts = [i64; ScanStatus::ALL.len()];
 

@@ -1,0 +1,94 @@
+//! The ingest side's metrics and the Prometheus exporter, named for
+//! Prometheus; the money side's are in `farestream_money::money_metrics`.
+//! Each function logs nothing and counts one thing; call sites stay short
+//! and the names cannot drift between them.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, gauge, histogram};
+
+use farestream_core::ingest::dedup::DedupSizes;
+use farestream_core::scan::ScanStatus;
+
+/// Starts the Prometheus scrape endpoint.
+pub fn install_prometheus(listen_addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(listen_addr)
+        .install()
+        .map_err(|e| e.to_string())
+}
+
+pub fn scans_archived(status: ScanStatus, count: u64) {
+    counter!("farestream_scans_total", "status" => status.as_str()).increment(count);
+}
+
+pub fn scans_redelivered(count: u64) {
+    counter!("farestream_scan_redeliveries_total").increment(count);
+}
+
+/// A batch answered: `outcome` is `ok`, `malformed` or `backoff`.
+pub fn batch_answered(outcome: &'static str, seconds: f64) {
+    counter!("farestream_batches_total", "outcome" => outcome).increment(1);
+    histogram!("farestream_batch_seconds", "outcome" => outcome).record(seconds);
+}
+
+/// A batch refused before processing (answered `MALFORMED` or, for a slow
+/// or crowded read, `BACKOFF`); `reason` names the check that failed.
+pub fn batch_refused(reason: &'static str) {
+    counter!("farestream_batch_errors_total", "reason" => reason).increment(1);
+}
+
+pub fn connection_opened() {
+    counter!("farestream_connections_total").increment(1);
+}
+
+pub fn connection_refused() {
+    counter!("farestream_connections_refused_total").increment(1);
+}
+
+pub fn archive_rows_written(rows: usize) {
+    counter!("farestream_archive_rows_total").increment(rows as u64);
+}
+
+pub fn archive_files_closed(files: usize) {
+    counter!("farestream_archive_files_total").increment(files as u64);
+}
+
+pub fn archive_retried() {
+    counter!("farestream_archive_retries_total").increment(1);
+}
+
+pub fn archive_failed() {
+    counter!("farestream_archive_failures_total").increment(1);
+}
+
+pub fn dedup_sizes(sizes: DedupSizes) {
+    gauge!("farestream_dedup_entries", "index" => "deliveries").set(sizes.deliveries as f64);
+    gauge!("farestream_dedup_entries", "index" => "rides").set(sizes.rides as f64);
+    gauge!("farestream_dedup_entries", "index" => "credentials").set(sizes.credentials as f64);
+}
+
+/// How far the archive trails the log: bytes acknowledged but not yet in
+/// a closed Parquet file.
+pub fn archive_lag(durable_lsn: u64, archived_lsn: u64) {
+    gauge!("farestream_wal_durable_lsn").set(durable_lsn as f64);
+    gauge!("farestream_archive_lag_bytes").set(durable_lsn.saturating_sub(archived_lsn) as f64);
+}
+
+pub fn wal_group_committed(bytes: usize) {
+    counter!("farestream_wal_fsyncs_total").increment(1);
+    counter!("farestream_wal_bytes_total").increment(bytes as u64);
+}
+
+pub fn wal_disk_full() {
+    counter!("farestream_wal_disk_full_total").increment(1);
+}
+
+pub fn wal_failed() {
+    counter!("farestream_wal_failures_total").increment(1);
+}
+
+/// Deny-list updates (pages or changes) written to gateways.
+pub fn deny_list_updates_sent(count: usize) {
+    counter!("farestream_deny_list_updates_total").increment(count as u64);
+}

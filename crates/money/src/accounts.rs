@@ -1,0 +1,550 @@
+//! Rider accounts in the money store: the life of an account
+//! (`registered` → `active` ⇄ `in_arrears`, `refund_pending` → `closed`,
+//! and `closed` → `registered` when its rider signs up again), the arrears
+//! and the deny list. Every change appends to `account_history` with its
+//! cause, in the transaction that makes it.
+//!
+//! Invariant: a card is on the deny list exactly while it owes arrears or
+//! waits for its refund ([`is_denied`]); [`change`] is the one place state
+//! and arrears change, and it moves the card on or off the list in the
+//! same transaction.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use thiserror::Error;
+
+use crate::codec::{card_from_sql, card_to_sql};
+use crate::store::StoreError;
+use farestream_core::account::{self, AccountState, NotYet, WrongState, is_denied};
+use farestream_core::deny_list::DenyChange;
+use farestream_ingest::clock_source::UnixMillis;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub card_id: u64,
+    pub phone: String,
+    pub payment_user_id: Option<String>,
+    pub agreement_id: Option<String>,
+    pub deposit_cents: i64,
+    pub state: AccountState,
+    pub arrears_cents: i64,
+    pub refund_requested_at: Option<UnixMillis>,
+    pub created_at: UnixMillis,
+    /// The end of the newest credential issued: the last moment the rider
+    /// can ride without new keys.
+    pub keys_valid_until: Option<UnixMillis>,
+    /// When a pending refund may be paid: no ride can arrive after it.
+    pub refund_due_at: Option<UnixMillis>,
+}
+
+#[derive(Debug, Error)]
+pub enum AccountError {
+    #[error("no account for card {0}")]
+    NotFound(u64),
+    #[error("card {card_id} is {state}, and {action} needs {needs}")]
+    WrongState { card_id: u64, state: &'static str, action: &'static str, needs: &'static str },
+    #[error("phone {0} already has a card")]
+    PhoneTaken(String),
+    #[error("card {card_id} cannot close yet: {why:?}")]
+    NotYet { card_id: u64, why: NotYet },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for AccountError {
+    fn from(error: rusqlite::Error) -> AccountError {
+        AccountError::Store(StoreError::Sql(error))
+    }
+}
+
+/// A new account for `phone`, registered but not yet able to ride.
+pub fn register(tx: &Transaction<'_>, card_id: u64, phone: &str, now: UnixMillis) -> Result<Account, AccountError> {
+    if card_of_phone(tx, phone)?.is_some() {
+        return Err(AccountError::PhoneTaken(phone.to_string()));
+    }
+    tx.execute(
+        "INSERT INTO accounts (card_id, phone, state, created_at) VALUES (?1, ?2, 'registered', ?3)",
+        params![card_to_sql(card_id), phone, now],
+    )?;
+    history(tx, card_id, now, "registered", None, AccountState::Registered, 0, "registration")?;
+    account(tx, card_id)
+}
+
+/// A closed card's rider signs up again: the same card, registered, to
+/// sign a new agreement and pay a new deposit. Its old days stay its own.
+pub fn reopen(tx: &Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    let state = account::reopen(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
+    tx.execute(
+        "UPDATE accounts SET agreement_id = NULL, deposit_cents = 0, refund_requested_at = NULL, refund_due_at = NULL
+         WHERE card_id = ?1",
+        [card_to_sql(card_id)],
+    )?;
+    change(tx, &before, state, before.arrears_cents, ("reopened", 0, "signed up again"), now)
+}
+
+/// The debit agreement is signed and the deposit paid: the card may ride.
+pub fn activate(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    payment_user_id: &str,
+    agreement_id: &str,
+    deposit_cents: i64,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    let state = account::activate(before.state, before.arrears_cents).map_err(|wrong| wrong_state(&before, wrong))?;
+    tx.execute(
+        "UPDATE accounts SET payment_user_id = ?2, agreement_id = ?3, deposit_cents = ?4 WHERE card_id = ?1",
+        params![card_to_sql(card_id), payment_user_id, agreement_id, deposit_cents],
+    )?;
+    change(tx, &before, state, before.arrears_cents, ("activated", deposit_cents, "deposit paid"), now)
+}
+
+/// Keys were issued until `valid_until`: only to an active card, checked
+/// in the transaction that records them, so a refund asked for at the same
+/// moment knows the last credential.
+pub fn keys_issued(tx: &Transaction<'_>, card_id: u64, valid_until: UnixMillis) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    account::may_issue_keys(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
+    tx.execute(
+        "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2) WHERE card_id = ?1",
+        params![card_to_sql(card_id), valid_until],
+    )?;
+    account(tx, card_id)
+}
+
+/// The rider asked for the deposit back: the card is denied at once and
+/// gets no new keys; the refund is due once no ride of it can still
+/// arrive: the end of its newest credential (or now, if later) plus
+/// `rides_arrive_within_ms` (the accepted lateness of uploads and the
+/// validators' clock skew).
+pub fn request_refund(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    rides_arrive_within_ms: i64,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    let state = account::request_refund(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
+    let due_at = account::refund_due_at(before.keys_valid_until, now, rides_arrive_within_ms);
+    tx.execute(
+        "UPDATE accounts SET refund_requested_at = ?2, refund_due_at = ?3 WHERE card_id = ?1",
+        params![card_to_sql(card_id), now, due_at],
+    )?;
+    change(tx, &before, state, before.arrears_cents, ("refund_requested", 0, "rider's request"), now)
+}
+
+/// Sets what the card owes against its deposit (the deposit exists to
+/// cover rides a decline found late): returns how much was set off.
+pub fn set_off_arrears_against_deposit(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    now: UnixMillis,
+) -> Result<i64, AccountError> {
+    let before = account(tx, card_id)?;
+    let set_off = before.arrears_cents.min(before.deposit_cents).max(0);
+    if set_off == 0 {
+        return Ok(0);
+    }
+    tx.execute(
+        "UPDATE accounts SET deposit_cents = deposit_cents - ?2 WHERE card_id = ?1",
+        params![card_to_sql(card_id), set_off],
+    )?;
+    let cause = format!("{set_off} of the deposit set against the arrears");
+    let left = before.arrears_cents - set_off;
+    change(
+        tx,
+        &before,
+        account::after_paying_down(before.state, left),
+        left,
+        ("arrears_paid_from_deposit", -set_off, &cause),
+        now,
+    )?;
+    Ok(set_off)
+}
+
+/// The deposit (what is left of it) went back to the rider.
+pub fn deposit_returned(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    cause: &str,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    if before.state != AccountState::RefundPending {
+        return Err(wrong_state(&before, WrongState { action: "returning the deposit", needs: "refund_pending" }));
+    }
+    tx.execute("UPDATE accounts SET deposit_cents = 0 WHERE card_id = ?1", [card_to_sql(card_id)])?;
+    history(tx, card_id, now, "deposit_returned", Some(before.state), before.state, -before.deposit_cents, cause)?;
+    account(tx, card_id)
+}
+
+/// The longest credential the config allows (`ride_code.credential_validity_secs`):
+/// how long a refund asked for before due times were recorded waits for
+/// rides, besides the lateness.
+const LEGACY_CREDENTIAL_MS: i64 = 604_800_000;
+
+/// When a refund asked for before due times were recorded is due.
+fn legacy_refund_due_at(requested_at: UnixMillis, rides_arrive_within_ms: i64) -> UnixMillis {
+    requested_at.saturating_add(LEGACY_CREDENTIAL_MS).saturating_add(rides_arrive_within_ms)
+}
+
+/// Whether the refund-pending card may close now, and why not.
+pub fn may_close(
+    conn: &Connection,
+    card_id: u64,
+    rides_arrive_within_ms: i64,
+    now: UnixMillis,
+) -> Result<Result<Account, NotYet>, AccountError> {
+    let account = account(conn, card_id)?;
+    if account.state != AccountState::RefundPending {
+        return Err(wrong_state(&account, WrongState { action: "closing", needs: "refund_pending" }));
+    }
+    let legacy = || legacy_refund_due_at(account.refund_requested_at.unwrap_or(now), rides_arrive_within_ms);
+    let due_at = account.refund_due_at.unwrap_or_else(legacy);
+    let closing = account::Closing {
+        due_at,
+        // Asked only once no ride can arrive: it is a query.
+        money_in_flight: now >= due_at && money_in_flight(conn, card_id)?,
+        arrears_cents: account.arrears_cents,
+        deposit_cents: account.deposit_cents,
+    };
+    Ok(account::may_close(closing, now).map(|()| account))
+}
+
+/// Nothing is owed, held or in flight, and no ride can arrive: closed, and
+/// off the deny list (no credential of it is valid any more).
+pub fn close(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    cause: &str,
+    rides_arrive_within_ms: i64,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = match may_close(tx, card_id, rides_arrive_within_ms, now)? {
+        Ok(account) => account,
+        Err(not_yet) => {
+            let before = account(tx, card_id)?;
+            return Err(AccountError::NotYet { card_id: before.card_id, why: not_yet });
+        }
+    };
+    change(tx, &before, AccountState::Closed, 0, ("closed", 0, cause), now)
+}
+
+/// Refund-pending cards whose refund is due at `now` (requests from before
+/// due times were recorded: see [`legacy_refund_due_at`]).
+pub fn refunds_due(conn: &Connection, now: UnixMillis, rides_arrive_within_ms: i64) -> Result<Vec<u64>, StoreError> {
+    let legacy_wait = LEGACY_CREDENTIAL_MS.saturating_add(rides_arrive_within_ms);
+    Ok(conn
+        .prepare_cached(
+            "SELECT card_id FROM accounts WHERE state = 'refund_pending'
+               AND coalesce(refund_due_at, refund_requested_at + ?2) <= ?1 ORDER BY card_id",
+        )?
+        .query_map(params![now, legacy_wait], |r| r.get::<_, i64>(0).map(card_from_sql))?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Whether any of the card's charges is still undecided, any of its days
+/// still waits for an exit, or a deposit or arrears payment still waits
+/// for its answer: a refund (and setting arrears against the deposit)
+/// waits for them.
+pub fn money_in_flight(conn: &Connection, card_id: u64) -> Result<bool, StoreError> {
+    let busy: i64 = conn.query_row(
+        "SELECT (SELECT count(*) FROM charges WHERE card_id = ?1 AND outcome IN ('pending', 'failed'))
+              + (SELECT count(*) FROM open_entries WHERE card_id = ?1)
+              + (SELECT count(*) FROM account_payments WHERE card_id = ?1 AND outcome = 'unknown' AND kind <> 'refund')",
+        [card_to_sql(card_id)],
+        |r| r.get(0),
+    )?;
+    Ok(busy > 0)
+}
+
+/// A debit was declined: the amount is owed, and the card is denied.
+pub fn add_arrears(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    amount_cents: i64,
+    cause: &str,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    let arrears = before.arrears_cents.saturating_add(amount_cents);
+    change(tx, &before, account::after_decline(before.state), arrears, ("arrears_added", amount_cents, cause), now)
+}
+
+/// The rider paid `paid_cents` of what is owed; once nothing is, an
+/// in-arrears card rides again (a refund-pending one stays pending). A
+/// decline that came in while the payment was out stays owed; a payment
+/// larger than what is owed (arrears lowered meanwhile) is never clamped
+/// away: the excess is recorded as `arrears_overpaid` for a person to
+/// return.
+pub fn pay_arrears(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    paid_cents: i64,
+    cause: &str,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    let left = before.arrears_cents.saturating_sub(paid_cents);
+    let state = account::after_paying_down(before.state, left);
+    let after =
+        change(tx, &before, state, left.max(0), ("arrears_paid", -paid_cents.min(before.arrears_cents), cause), now)?;
+    if left < 0 {
+        tracing::error!(card_id, overpaid = -left, "a payment of arrears exceeded what was owed");
+        history(tx, card_id, now, "arrears_overpaid", Some(after.state), after.state, -left, cause)?;
+    }
+    Ok(after)
+}
+
+/// A credit of `credit_cents` (positive, at most what is owed) set against
+/// the card's arrears instead of paid out; once nothing is owed an
+/// in-arrears card rides again, as after a payment.
+pub fn net_credit(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    credit_cents: i64,
+    cause: &str,
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    let before = account(tx, card_id)?;
+    assert!(
+        credit_cents > 0 && credit_cents <= before.arrears_cents,
+        "card {card_id}: netting {credit_cents} against arrears {}",
+        before.arrears_cents
+    );
+    let left = before.arrears_cents - credit_cents;
+    change(
+        tx,
+        &before,
+        account::after_paying_down(before.state, left),
+        left,
+        ("arrears_netted", -credit_cents, cause),
+        now,
+    )
+}
+
+/// The one place state and arrears change: the deny list follows them
+/// ([`is_denied`]), and the history records `event` with its amount.
+fn change(
+    tx: &Transaction<'_>,
+    before: &Account,
+    state: AccountState,
+    arrears_cents: i64,
+    (event, amount_cents, cause): (&str, i64, &str),
+    now: UnixMillis,
+) -> Result<Account, AccountError> {
+    account::assert_consistent(before.card_id, state, arrears_cents);
+    tx.execute(
+        "UPDATE accounts SET arrears_cents = ?2, state = ?3 WHERE card_id = ?1",
+        params![card_to_sql(before.card_id), arrears_cents, state.as_str()],
+    )?;
+    history(tx, before.card_id, now, event, Some(before.state), state, amount_cents, cause)?;
+    let denied = is_denied(state, arrears_cents);
+    if denied != is_denied(before.state, before.arrears_cents) {
+        tx.execute(
+            "INSERT INTO deny_list_changes (card_id, denied, at) VALUES (?1, ?2, ?3)",
+            params![card_to_sql(before.card_id), denied, now],
+        )?;
+    }
+    account(tx, before.card_id)
+}
+
+/// The card registered to `phone`, if any.
+pub fn card_of_phone(conn: &Connection, phone: &str) -> Result<Option<u64>, AccountError> {
+    let card: Option<i64> =
+        conn.query_row("SELECT card_id FROM accounts WHERE phone = ?1", [phone], |r| r.get(0)).optional()?;
+    Ok(card.map(card_from_sql))
+}
+
+pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError> {
+    conn.query_row(
+        "SELECT card_id, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents,
+                refund_requested_at, created_at, keys_valid_until, refund_due_at
+         FROM accounts WHERE card_id = ?1",
+        [card_to_sql(card_id)],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get::<_, String>(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                (r.get(9)?, r.get(10)?),
+            ))
+        },
+    )
+    .optional()?
+    .ok_or(AccountError::NotFound(card_id))
+    .and_then(
+        |(card, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents, refund, created, due)| {
+            let (keys_valid_until, refund_due_at) = due;
+            let state = AccountState::parse(&state)
+                .ok_or_else(|| AccountError::Store(StoreError::Corrupt(format!("account state {state:?}"))))?;
+            Ok(Account {
+                card_id: card_from_sql(card),
+                phone,
+                payment_user_id,
+                agreement_id,
+                deposit_cents,
+                state,
+                arrears_cents,
+                refund_requested_at: refund,
+                created_at: created,
+                keys_valid_until,
+                refund_due_at,
+            })
+        },
+    )
+}
+
+/// The deny list as of its latest version: the cards on it, and that version.
+pub fn deny_list(conn: &Connection) -> Result<(u64, Vec<u64>), StoreError> {
+    let version: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM deny_list_changes", [], |r| r.get(0))?;
+    let cards = conn
+        .prepare_cached(
+            "SELECT card_id FROM accounts WHERE arrears_cents > 0 OR state = 'refund_pending' ORDER BY card_id",
+        )?
+        .query_map([], |r| r.get::<_, i64>(0).map(card_from_sql))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((u64::try_from(version).unwrap_or(0), cards))
+}
+
+/// An event that changes neither state nor arrears (a payment declined,
+/// a rider told to pay first), in the history with its amount.
+pub fn note(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    event: &str,
+    amount_cents: i64,
+    cause: &str,
+    now: UnixMillis,
+) -> Result<(), AccountError> {
+    let state = account(tx, card_id)?.state;
+    history(tx, card_id, now, event, Some(state), state, amount_cents, cause)?;
+    Ok(())
+}
+
+/// The amount of the card's latest `event` in its history, if any.
+pub fn last_note_amount(conn: &Connection, card_id: u64, event: &str) -> Result<Option<i64>, AccountError> {
+    Ok(conn
+        .query_row(
+            "SELECT amount_cents FROM account_history WHERE card_id = ?1 AND event = ?2 ORDER BY seq DESC LIMIT 1",
+            params![card_to_sql(card_id), event],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Every deny-list change after `version`, in order.
+pub fn deny_changes_since(conn: &Connection, version: u64) -> Result<Vec<DenyChange>, StoreError> {
+    let after = i64::try_from(version).unwrap_or(i64::MAX);
+    Ok(conn
+        .prepare_cached("SELECT version, card_id, denied FROM deny_list_changes WHERE version > ?1 ORDER BY version")?
+        .query_map([after], |r| {
+            Ok(DenyChange {
+                version: r.get::<_, i64>(0)?.unsigned_abs(),
+                card_id: card_from_sql(r.get(1)?),
+                denied: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// One entry in an account's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at: UnixMillis,
+    pub event: String,
+    pub to_state: String,
+    pub amount_cents: i64,
+    pub cause: String,
+}
+
+pub fn account_history(conn: &Connection, card_id: u64) -> Result<Vec<HistoryEntry>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT at, event, to_state, amount_cents, cause FROM account_history WHERE card_id = ?1 ORDER BY seq",
+        )?
+        .query_map([card_to_sql(card_id)], |r| {
+            Ok(HistoryEntry {
+                at: r.get(0)?,
+                event: r.get(1)?,
+                to_state: r.get(2)?,
+                amount_cents: r.get(3)?,
+                cause: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn history(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    at: UnixMillis,
+    event: &str,
+    from: Option<AccountState>,
+    to: AccountState,
+    amount_cents: i64,
+    cause: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO account_history (card_id, at, event, from_state, to_state, amount_cents, cause)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![card_to_sql(card_id), at, event, from.map(AccountState::as_str), to.as_str(), amount_cents, cause],
+    )?;
+    Ok(())
+}
+
+fn wrong_state(account: &Account, WrongState { action, needs }: WrongState) -> AccountError {
+    AccountError::WrongState { card_id: account.card_id, state: account.state.as_str(), action, needs }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::MoneyStore;
+
+    #[test]
+    fn arrears_deny_the_card_until_paid_and_every_change_is_in_the_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
+        let tx = store.transaction().expect("tx");
+        register(&tx, u64::MAX, "+8613800000000", 1).expect("register");
+        assert!(matches!(register(&tx, 2, "+8613800000000", 1), Err(AccountError::PhoneTaken(_))));
+        assert!(matches!(add_arrears(&tx, 3, 1, "x", 1), Err(AccountError::NotFound(3))));
+        activate(&tx, u64::MAX, "payer-1", "agr-1", 2_000, 2).expect("activate");
+        assert!(matches!(activate(&tx, u64::MAX, "p", "a", 1, 2), Err(AccountError::WrongState { .. })));
+        let owing = add_arrears(&tx, u64::MAX, 300, "charge 01 declined", 3).expect("arrears");
+        assert_eq!((owing.state, owing.arrears_cents), (AccountState::InArrears, 300));
+        add_arrears(&tx, u64::MAX, 200, "charge 02 declined", 4).expect("more arrears");
+        assert_eq!(deny_list(&tx).expect("list"), (1, vec![u64::MAX]), "denied once, however many declines");
+        let part = pay_arrears(&tx, u64::MAX, 100, "payment p-1", 5).expect("pay part");
+        assert_eq!((part.state, part.arrears_cents), (AccountState::InArrears, 400), "still owes, still denied");
+        let paid = pay_arrears(&tx, u64::MAX, 400, "payment p-2", 5).expect("pay");
+        assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+        assert_eq!(deny_list(&tx).expect("list"), (2, vec![]));
+        let overpaid = pay_arrears(&tx, u64::MAX, 70, "payment p-3", 6).expect("a payment nothing was owed for");
+        assert_eq!((overpaid.state, overpaid.arrears_cents), (AccountState::Active, 0));
+        let events: Vec<(String, i64)> =
+            account_history(&tx, u64::MAX).expect("history").into_iter().map(|h| (h.event, h.amount_cents)).collect();
+        let expected = [
+            ("registered", 0),
+            ("activated", 2_000),
+            ("arrears_added", 300),
+            ("arrears_added", 200),
+            ("arrears_paid", -100),
+            ("arrears_paid", -400),
+            ("arrears_paid", 0),
+            ("arrears_overpaid", 70),
+        ];
+        assert_eq!(events, expected.map(|(e, a)| (e.to_string(), a)));
+    }
+}

@@ -1,0 +1,167 @@
+//! Registration: a one-time code to the phone, then the code for a token.
+//! A phone that already has a card gets a new token for it (a new phone,
+//! a reinstalled app); otherwise a card is made.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::sessions::{CodeCheck, SendRefused, check_code, new_token, random_bytes, send_code as send_code_checked};
+use super::{ApiError, ApiState};
+use crate::accounts::{self, AccountError};
+use farestream_core::account::AccountState;
+use farestream_ingest::clock_source::duration_ms;
+
+/// The longest phone number E.164 allows, in digits.
+const PHONE_DIGITS_MAX: usize = 15;
+const PHONE_DIGITS_MIN: usize = 8;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CodeRequest {
+    pub phone: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CodeSent {
+    pub phone: String,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct RegisterRequest {
+    pub phone: String,
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Registered {
+    #[serde(with = "super::card_id_json")]
+    pub card_id: u64,
+    pub token: String,
+}
+
+/// Parses a JSON body into `T`, or a 400 that says what is wrong.
+pub(super) fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+}
+
+/// `+` and 8 to 15 digits (E.164).
+fn check_phone(phone: &str) -> Result<(), ApiError> {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    let ok =
+        (PHONE_DIGITS_MIN..=PHONE_DIGITS_MAX).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    if !ok {
+        return Err(ApiError::BadRequest(format!(
+            "phone must be + and {PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} digits (E.164)"
+        )));
+    }
+    Ok(())
+}
+
+/// The longest client address kept (an IPv6 address is at most 45).
+const CLIENT_ADDRESS_BYTES_MAX: usize = 64;
+
+/// Who asked: the last address in the configured proxy header (the one
+/// the operator's proxy appended: every address before it is whatever the
+/// client sent), or the TCP peer's address. An IPv6 client counts by its
+/// /64, the block one subscriber gets.
+fn client_address(api: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> String {
+    let forwarded = api
+        .settings
+        .client_address_header
+        .as_deref()
+        .and_then(|name| headers.get(name))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let address = match forwarded {
+        Some(text) => match text.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => return text.chars().take(CLIENT_ADDRESS_BYTES_MAX).collect(),
+        },
+        None => peer.ip(),
+    };
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| v4.to_string()).unwrap_or_default(),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+pub(super) async fn send_code(
+    State(api): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
+    let request: CodeRequest = json(&body)?;
+    check_phone(&request.phone)?;
+    let accounts = &api.accounts;
+    let now = accounts.clock.now_ms();
+    let (phone, client, limits) =
+        (request.phone.clone(), client_address(&api, peer, &headers), api.settings.otp_limits());
+    let sent = accounts.write(move |tx| send_code_checked(tx, &phone, &client, now, &limits)).await?;
+    let code = sent.map_err(|refused| {
+        crate::money_metrics::otp_refused(refused.label());
+        ApiError::TooManyRequests(refused.message(&limits))
+    })?;
+    accounts.notifier.notify(&request.phone, &format!("your farestream code is {code}"));
+    let sent = CodeSent { phone: request.phone, expires_in_secs: api.settings.otp_validity.as_secs() };
+    Ok((StatusCode::ACCEPTED, Json(sent)))
+}
+
+pub(super) async fn register(
+    State(api): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
+    let request: RegisterRequest = json(&body)?;
+    check_phone(&request.phone)?;
+    if request.code.len() != 6 || !request.code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest("code must be the six digits sent to the phone".into()));
+    }
+    let accounts = &api.accounts;
+    let now = accounts.clock.now_ms();
+    let (attempts_max, token_ms) = (api.settings.otp_attempts_max, duration_ms(api.settings.token_validity));
+    let (client, limits) = (client_address(&api, peer, &headers), api.settings.otp_limits());
+    // 63 random bits: card ids stay within a signed 64-bit integer, which
+    // every reader of the archives holds (`scan::ID_MAX`).
+    let random = u64::from_be_bytes(random_bytes::<8>().map_err(|e| ApiError::Internal(e.to_string()))?);
+    let card_id = (random >> 1).max(1);
+    let outcome = accounts
+        .write(move |tx| {
+            match check_code(tx, (&request.phone, &client), &request.code, now, (attempts_max, &limits))? {
+                CodeCheck::Right => {}
+                other => return Ok(Err(other)),
+            }
+            let card = match accounts::card_of_phone(tx, &request.phone)? {
+                Some(card) if accounts::account(tx, card)?.state == AccountState::Closed => {
+                    accounts::reopen(tx, card, now)?.card_id
+                }
+                Some(card) => card,
+                None => accounts::register(tx, card_id, &request.phone, now)?.card_id,
+            };
+            Ok::<_, AccountError>(Ok((card, new_token(tx, card, now, token_ms)?)))
+        })
+        .await?;
+    match outcome {
+        Ok((card_id, token)) => Ok((StatusCode::CREATED, Json(Registered { card_id, token }))),
+        Err(CodeCheck::Wrong) => Err(ApiError::Unauthorized("wrong code".into())),
+        Err(CodeCheck::Locked) => {
+            crate::money_metrics::otp_refused("phone_locked");
+            Err(ApiError::TooManyRequests(SendRefused::PhoneLocked.message(&limits)))
+        }
+        Err(_) => Err(ApiError::Unauthorized("no valid code for this phone: ask for a new one".into())),
+    }
+}

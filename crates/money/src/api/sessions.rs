@@ -1,0 +1,266 @@
+//! One-time codes and bearer tokens, in the money store. Only SHA-256
+//! hashes are kept; a code is spent by its first right answer and void
+//! after `otp_attempts_max` wrong ones.
+//!
+//! Guessing is limited per phone over time, not per code: every code sent
+//! and every wrong code is an `otp_events` row (sends per client and in
+//! total are counted per clock hour and minute in `otp_counters`), and a
+//! phone with
+//! `wrong_per_phone_per_hour_max` wrong codes in the last hour has no
+//! code checked (not even the right one) and none sent until the hour has
+//! passed. Sends are limited per phone, per client and in total, and each
+//! check-and-send is one write transaction, so concurrent requests cannot
+//! all pass the same check.
+
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::accounts::AccountError;
+use crate::codec::{card_from_sql, card_to_sql};
+use crate::store::StoreError;
+use farestream_ingest::clock_source::UnixMillis;
+
+/// How a code check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CodeCheck {
+    Right,
+    Wrong,
+    /// None asked for, expired, or out of attempts: ask for a new one.
+    NoneValid,
+    /// Too many wrong codes for this phone lately: nothing is checked.
+    Locked,
+}
+
+/// What limits one-time codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtpLimits {
+    pub validity_ms: i64,
+    pub resend_min_ms: i64,
+    pub sends_per_phone_per_hour_max: u32,
+    pub sends_per_client_per_hour_max: u32,
+    pub sends_per_minute_max: u32,
+    pub wrong_per_phone_per_hour_max: u32,
+}
+
+/// Why no code was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SendRefused {
+    TooSoon,
+    PhoneHourly,
+    PhoneLocked,
+    ClientHourly,
+    Total,
+}
+
+impl SendRefused {
+    /// Its name in `farestream_otp_refused_total`.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            SendRefused::TooSoon => "too_soon",
+            SendRefused::PhoneHourly => "phone_hourly",
+            SendRefused::PhoneLocked => "phone_locked",
+            SendRefused::ClientHourly => "client_hourly",
+            SendRefused::Total => "total",
+        }
+    }
+
+    pub(super) fn message(self, limits: &OtpLimits) -> String {
+        match self {
+            SendRefused::TooSoon => format!("a code was sent less than {} s ago", limits.resend_min_ms / 1_000),
+            SendRefused::PhoneHourly => {
+                format!("{} codes were sent to this phone in the last hour", limits.sends_per_phone_per_hour_max)
+            }
+            SendRefused::PhoneLocked => "too many wrong codes for this phone: try again in an hour".into(),
+            SendRefused::ClientHourly => {
+                format!(
+                    "{} codes were asked for from this client in the last hour",
+                    limits.sends_per_client_per_hour_max
+                )
+            }
+            SendRefused::Total => "too many codes are being sent right now: try again in a minute".into(),
+        }
+    }
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const MINUTE_MS: i64 = 60_000;
+
+pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
+    let mut bytes = [0u8; N];
+    SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Task("the OS random source failed".into()))?;
+    Ok(bytes)
+}
+
+fn hash(parts: &[&[u8]]) -> Vec<u8> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+/// Checks every limit and, if none refuses, records the send and makes a
+/// new six-digit code for `phone` (replacing any open one), in the
+/// caller's one write transaction.
+pub(super) fn send_code(
+    tx: &Transaction<'_>,
+    phone: &str,
+    client: &str,
+    now: UnixMillis,
+    limits: &OtpLimits,
+) -> Result<Result<String, SendRefused>, AccountError> {
+    tx.execute("DELETE FROM otp_events WHERE at <= ?1", [now.saturating_sub(HOUR_MS)])?;
+    tx.execute("DELETE FROM otp_counters WHERE window_start < ?1", [window(now, HOUR_MS)])?;
+    let last_sent: Option<i64> =
+        tx.query_row("SELECT max(at) FROM otp_events WHERE phone = ?1 AND kind = 'sent'", [phone], |r| r.get(0))?;
+    let refused = if last_sent.is_some_and(|at| now.saturating_sub(at) < limits.resend_min_ms) {
+        Some(SendRefused::TooSoon)
+    } else if phone_locked(tx, phone, now, limits)? {
+        Some(SendRefused::PhoneLocked)
+    } else if phone_events(tx, phone, "sent", now.saturating_sub(HOUR_MS))? >= limits.sends_per_phone_per_hour_max {
+        Some(SendRefused::PhoneHourly)
+    } else if counted(tx, "client_hour", client, window(now, HOUR_MS))? >= limits.sends_per_client_per_hour_max {
+        Some(SendRefused::ClientHourly)
+    } else if counted(tx, "all_minute", "", window(now, MINUTE_MS))? >= limits.sends_per_minute_max {
+        Some(SendRefused::Total)
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        return Ok(Err(refused));
+    }
+    record(tx, phone, client, "sent", now)?;
+    count(tx, "client_hour", client, window(now, HOUR_MS))?;
+    count(tx, "all_minute", "", window(now, MINUTE_MS))?;
+    Ok(Ok(new_challenge(tx, phone, now, limits.validity_ms)?))
+}
+
+/// Whether the phone had too many wrong codes in the last hour.
+fn phone_locked(conn: &Connection, phone: &str, now: UnixMillis, limits: &OtpLimits) -> Result<bool, AccountError> {
+    Ok(phone_events(conn, phone, "wrong", now.saturating_sub(HOUR_MS))? >= limits.wrong_per_phone_per_hour_max)
+}
+
+/// A phone's events of `kind` after `since` (a handful: a phone's sends
+/// and wrong codes are capped low).
+fn phone_events(conn: &Connection, who: &str, kind: &str, since: UnixMillis) -> Result<u32, AccountError> {
+    let count: i64 = conn.query_row(
+        "SELECT count(*) FROM otp_events WHERE phone = ?1 AND kind = ?2 AND at > ?3",
+        params![who, kind, since],
+        |r| r.get(0),
+    )?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// The start of the clock window of `length_ms` that holds `now`.
+fn window(now: UnixMillis, length_ms: i64) -> UnixMillis {
+    now.div_euclid(length_ms).saturating_mul(length_ms)
+}
+
+/// Codes counted for `key` in the window starting at `start`.
+fn counted(conn: &Connection, scope: &str, key: &str, start: UnixMillis) -> Result<u32, AccountError> {
+    let sent: Option<i64> = conn
+        .query_row(
+            "SELECT sent FROM otp_counters WHERE scope = ?1 AND key = ?2 AND window_start = ?3",
+            params![scope, key, start],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(u32::try_from(sent.unwrap_or(0)).unwrap_or(u32::MAX))
+}
+
+fn count(tx: &Transaction<'_>, scope: &str, key: &str, start: UnixMillis) -> Result<(), AccountError> {
+    tx.execute(
+        "INSERT INTO otp_counters (scope, key, window_start, sent) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (scope, key, window_start) DO UPDATE SET sent = sent + 1",
+        params![scope, key, start],
+    )?;
+    Ok(())
+}
+
+fn record(tx: &Transaction<'_>, phone: &str, client: &str, kind: &str, now: UnixMillis) -> Result<(), AccountError> {
+    tx.execute(
+        "INSERT INTO otp_events (phone, client, kind, at) VALUES (?1, ?2, ?3, ?4)",
+        params![phone, client, kind, now],
+    )?;
+    Ok(())
+}
+
+/// A new six-digit code for `phone`, replacing any open one.
+fn new_challenge(tx: &Transaction<'_>, phone: &str, now: UnixMillis, valid_ms: i64) -> Result<String, AccountError> {
+    let code = format!("{:06}", u32::from_be_bytes(random_bytes::<4>()?) % 1_000_000);
+    tx.execute(
+        "INSERT INTO otp_challenges (phone, code_hash, created_at, expires_at, attempts) VALUES (?1, ?2, ?3, ?4, 0)
+         ON CONFLICT (phone) DO UPDATE SET code_hash = excluded.code_hash, created_at = excluded.created_at,
+                                           expires_at = excluded.expires_at, attempts = 0",
+        params![phone, hash(&[phone.as_bytes(), code.as_bytes()]), now, now.saturating_add(valid_ms)],
+    )?;
+    Ok(code)
+}
+
+/// Checks `code` against the phone's open challenge; a right one spends
+/// it, a wrong one counts against the phone (and `client`) for an hour.
+/// A challenge out of attempts stays until it expires: it is void, and
+/// the resend limit still sees when it was sent.
+pub(super) fn check_code(
+    tx: &Transaction<'_>,
+    (phone, client): (&str, &str),
+    code: &str,
+    now: UnixMillis,
+    (attempts_max, limits): (u32, &OtpLimits),
+) -> Result<CodeCheck, AccountError> {
+    if phone_locked(tx, phone, now, limits)? {
+        return Ok(CodeCheck::Locked);
+    }
+    let open: Option<(Vec<u8>, i64, u32)> = tx
+        .query_row("SELECT code_hash, expires_at, attempts FROM otp_challenges WHERE phone = ?1", [phone], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((code_hash, expires_at, attempts)) = open else { return Ok(CodeCheck::NoneValid) };
+    if now > expires_at {
+        tx.execute("DELETE FROM otp_challenges WHERE phone = ?1", [phone])?;
+        return Ok(CodeCheck::NoneValid);
+    }
+    if attempts >= attempts_max {
+        return Ok(CodeCheck::NoneValid);
+    }
+    // Hashes are compared, not codes: how long the comparison takes says
+    // nothing about the code, and attempts are capped anyway.
+    let right = code_hash == hash(&[phone.as_bytes(), code.as_bytes()]);
+    if right {
+        tx.execute("DELETE FROM otp_challenges WHERE phone = ?1", [phone])?;
+        return Ok(CodeCheck::Right);
+    }
+    tx.execute("UPDATE otp_challenges SET attempts = attempts + 1 WHERE phone = ?1", [phone])?;
+    record(tx, phone, client, "wrong", now)?;
+    Ok(CodeCheck::Wrong)
+}
+
+/// A new bearer token for `card_id`.
+pub(super) fn new_token(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    now: UnixMillis,
+    valid_ms: i64,
+) -> Result<String, AccountError> {
+    let token = hex::encode(random_bytes::<32>()?);
+    tx.execute(
+        "INSERT INTO tokens (token_hash, card_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![hash(&[token.as_bytes()]), card_to_sql(card_id), now, now.saturating_add(valid_ms)],
+    )?;
+    Ok(token)
+}
+
+/// The card a token speaks for, if it is known and not expired.
+pub(super) fn token_card(conn: &Connection, token: &str, now: UnixMillis) -> Result<Option<u64>, AccountError> {
+    let card: Option<i64> = conn
+        .query_row(
+            "SELECT card_id FROM tokens WHERE token_hash = ?1 AND expires_at >= ?2",
+            params![hash(&[token.as_bytes()]), now],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(card.map(card_from_sql))
+}

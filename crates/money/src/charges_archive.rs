@@ -1,0 +1,208 @@
+//! The charges archive: decided charges (succeeded, declined, nothing due)
+//! as Parquet under `DATA_DIR/archive/charges/service_date=YYYY-MM-DD/`.
+//!
+//! One round takes up to `batch_charges_max` decided, unarchived charges,
+//! numbers them as a batch in the money store, writes one file per service
+//! date (`charges-BATCH.parquet`, built in `archive/charges/.tmp/`, outside
+//! every partition, fsynced, renamed in), then marks them archived. A
+//! crash before the mark rewrites the same batch under the same names, so
+//! a charge is in the archive once. A charge still `failed` waits: the
+//! archive holds outcomes, not attempts.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use rusqlite::params;
+
+use crate::MoneyStore;
+use crate::outbox::archive_batch;
+use crate::store::StoreError;
+use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
+use farestream_core::charges::ChargeRecord;
+use farestream_ingest::archive::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
+use farestream_ingest::clock_source::UnixMillis;
+use farestream_ingest::faults::Faults;
+
+/// Where the charges archive lives under a data directory.
+pub fn charges_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("archive").join("charges")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChargesArchiveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+impl From<rusqlite::Error> for ChargesArchiveError {
+    fn from(error: rusqlite::Error) -> Self {
+        ChargesArchiveError::Store(StoreError::Sql(error))
+    }
+}
+
+/// The charges archive of a running server: its own store connection.
+pub struct ChargesArchive {
+    pub store: std::sync::Mutex<MoneyStore>,
+    pub root: PathBuf,
+    pub batch_charges_max: usize,
+    pub faults: std::sync::Arc<Faults>,
+    pub clock: std::sync::Arc<dyn farestream_ingest::clock_source::Clock>,
+}
+
+impl ChargesArchive {
+    /// Archives every decided charge not yet archived (blocking).
+    pub fn run_once(&self) -> Result<u64, ChargesArchiveError> {
+        let mut store = farestream_core::sync::lock(&self.store);
+        archive_decided_charges(&mut store, &self.root, self.batch_charges_max, self.clock.now_ms(), &self.faults)
+    }
+}
+
+/// Archives decided charges until none are left; returns how many.
+pub fn archive_decided_charges(
+    store: &mut MoneyStore,
+    root: &Path,
+    batch_charges_max: usize,
+    now: UnixMillis,
+    faults: &Faults,
+) -> Result<u64, ChargesArchiveError> {
+    let mut archived = 0;
+    loop {
+        let Some(batch) = claim_batch(store, batch_charges_max)? else { return Ok(archived) };
+        let rows = archive_batch(store.connection(), batch)?;
+        write_charges_batch(root, batch, &rows, faults)?;
+        let tx = store.transaction()?;
+        tx.execute("UPDATE charges SET archived_at = ?2 WHERE archive_batch = ?1", params![batch, now])?;
+        tx.commit().map_err(StoreError::from)?;
+        archived += rows.len() as u64;
+    }
+}
+
+/// The batch left unfinished by a crash, or a new one of decided charges.
+fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Option<i64>, ChargesArchiveError> {
+    let tx = store.transaction()?;
+    let unfinished: Option<i64> = tx.query_row(
+        "SELECT min(archive_batch) FROM charges WHERE archive_batch IS NOT NULL AND archived_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    if unfinished.is_some() {
+        return Ok(unfinished);
+    }
+    let next: i64 = tx.query_row("SELECT coalesce(max(archive_batch), 0) + 1 FROM charges", [], |r| r.get(0))?;
+    let claimed = tx.execute(
+        "UPDATE charges SET archive_batch = ?1 WHERE charge_id IN (
+             SELECT charge_id FROM charges
+             WHERE archive_batch IS NULL AND outcome NOT IN ('pending', 'failed')
+             ORDER BY charge_id LIMIT ?2)",
+        params![next, i64::try_from(batch_charges_max).unwrap_or(i64::MAX)],
+    )?;
+    tx.commit().map_err(StoreError::from)?;
+    Ok((claimed > 0).then_some(next))
+}
+
+/// One file per service date, each durable before it is renamed in.
+/// The charges archive's encoding, chosen with the scans archive's (see
+/// `scan_writer_properties`): ZSTD, no dictionary on the near-unique ids,
+/// amounts and times, bloom filters on `card_id` and `charge_id`.
+pub fn charges_writer_properties() -> WriterProperties {
+    let plain = ["charge_id", "card_id", "scan_ids.list.item", "created_at", "decided_at", "gateway_txn_id"];
+    archive_writer_properties(&plain, &["card_id", "charge_id"], None)
+}
+
+/// Writes one batch's charges, a file per service date
+/// (`charges-BATCH.parquet`), each built in `.tmp/`, fsynced and renamed in.
+pub fn write_charges_batch(
+    root: &Path,
+    batch: i64,
+    rows: &[ChargeRecord],
+    faults: &Faults,
+) -> Result<(), ArchiveError> {
+    let mut by_date: BTreeMap<chrono::NaiveDate, Vec<ChargeRecord>> = BTreeMap::new();
+    for row in rows {
+        by_date.entry(row.service_date).or_default().push(row.clone());
+    }
+    let tmp_dir = farestream_ingest::archive::parquet_writer::open_files_dir(root);
+    fs::create_dir_all(&tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.clone(), source })?;
+    for (date, rows) in by_date {
+        let dir = partition_dir(root, date);
+        fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io { path: dir.clone(), source })?;
+        let name = format!("charges-{batch:012}.parquet");
+        let tmp = tmp_dir.join(format!("{name}.tmp"));
+        let parquet = |source| ArchiveError::Parquet { path: tmp.clone(), source };
+        let io = |source| ArchiveError::Io { path: tmp.clone(), source };
+        faults.before_write().map_err(io)?;
+        let mut writer =
+            ArrowWriter::try_new(File::create(&tmp).map_err(io)?, charge_schema(), Some(charges_writer_properties()))
+                .map_err(parquet)?;
+        let records = charges_to_record_batch(&rows)
+            .map_err(|e| ArchiveError::Parquet { path: tmp.clone(), source: e.into() })?;
+        writer.write(&records).map_err(parquet)?;
+        let file = writer.into_inner().map_err(parquet)?;
+        farestream_ingest::files::fsync(&file, faults)
+            .map_err(|source| ArchiveError::Fsync { path: tmp.clone(), source })?;
+        let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };
+        faults.before_rename().map_err(rename)?;
+        fs::rename(&tmp, dir.join(&name)).map_err(rename)?;
+        sync_dir(&dir, faults)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use farestream_ingest::archive::read::{archive_files, read_all_charges};
+
+    fn insert(store: &MoneyStore, n: u8, date_days: i64, outcome: &str) {
+        store
+            .connection()
+            .execute(
+                "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
+                                      created_at, outcome, next_attempt_at)
+                 VALUES (?1, 7, ?2, 'ride', 300, 'CNY', ?3, 1, ?4, 0)",
+                params![vec![n; 16], date_days, vec![n; 16], outcome],
+            )
+            .expect("insert");
+    }
+
+    #[test]
+    fn a_batch_cut_short_by_a_crash_is_written_again_under_the_same_names_and_undecided_charges_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
+        insert(&store, 1, 20_000, "succeeded");
+        insert(&store, 2, 20_001, "declined");
+        insert(&store, 3, 20_001, "nothing_due");
+        insert(&store, 4, 20_001, "failed");
+        insert(&store, 5, 20_001, "pending");
+        let root = dir.path().join("charges");
+        // The crash: the batch was numbered, its files never written.
+        assert_eq!(claim_batch(&mut store, 2).expect("claim"), Some(1));
+        let faults = Faults::default();
+        assert_eq!(archive_decided_charges(&mut store, &root, 2, 99, &faults).expect("archive"), 3);
+        assert_eq!(archive_decided_charges(&mut store, &root, 2, 99, &faults).expect("again"), 0);
+        let mut ids: Vec<u8> = read_all_charges(&root).expect("read").iter().map(|c| c.charge_id[0]).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2, 3], "decided charges once each; failed and pending wait");
+        let names: Vec<String> = archive_files(&root)
+            .expect("files")
+            .iter()
+            .map(|p| p.strip_prefix(&root).expect("under root").display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "service_date=2024-10-04/charges-000000000001.parquet",
+                "service_date=2024-10-05/charges-000000000001.parquet",
+                "service_date=2024-10-05/charges-000000000002.parquet",
+            ]
+        );
+        assert_eq!(fs::read_dir(root.join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
+    }
+}

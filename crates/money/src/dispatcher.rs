@@ -1,0 +1,590 @@
+//! The dispatcher: sends the outbox's due charges to the payment gateway,
+//! at most `concurrency_max` at once, each under its charge id as the
+//! idempotency key, and writes what came back.
+//!
+//! Claiming is a lease: a claimed charge takes the next `claims` number
+//! and is not due again until `lease_until`; only the claim that holds the
+//! latest number may write the outcome, so a lease that expired (a slow
+//! answer, a crash) and was claimed again cannot be decided twice. The
+//! gateway's idempotency key, not the lease, is what makes a charge apply
+//! once: a resend gets the first result. `attempts` counts requests that
+//! went out and were answered (or not) — it goes up with the outcome, so a
+//! crash between a claim and its send costs nothing.
+//!
+//! Outcomes: `succeeded`; `declined` (final: the amount becomes arrears and
+//! the card is denied, in the same transaction); a retryable answer waits
+//! out a backoff with full jitter or the gateway's `Retry-After`; once the
+//! retry budget (hours, from the first attempt) is spent the charge is
+//! `failed`, reported, and still retried every `failed_retry_after`. A
+//! charge is never dropped. The core's `retry` module decides all of it.
+//!
+//! One circuit breaker guards the gateway: after a run of retryable
+//! failures it opens, and charges wait in the outbox while one probe at a
+//! time finds out whether the gateway is back; the probe that is answered
+//! closes it and brings every waiting charge due at once.
+//!
+//! Leases and retries run on the wall clock, whatever clock the server runs
+//! on (the demo compresses a day into a minute): they are about how the
+//! gateway behaves in real time. Outcomes are dated by the server's clock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use rusqlite::params;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts::{self, Account};
+use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_to_sql};
+use crate::deny_list_hub::DenyListHub;
+use crate::money_metrics;
+use crate::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
+use crate::store::{MoneyStore, StoreError};
+use farestream_core::charges::{ChargeOutcome, FirstSend, Payer, RiderDay, first_send, rest_of};
+use farestream_core::gateway_answer::{AfterAnswer, Attempts, DeclineEffect, decide_answer};
+use farestream_core::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
+use farestream_core::sync::lock;
+use farestream_ingest::clock_source::{Clock, SystemClock, UnixMillis, duration_ms};
+
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub concurrency_max: usize,
+    pub batch_charges_max: usize,
+    pub lease: Duration,
+    /// Backoff, jitter and the retry budget (milliseconds).
+    pub retry: RetryPolicy,
+    pub breaker: BreakerSettings,
+    /// How often the outbox is looked at when nobody says it changed.
+    pub poll_interval: Duration,
+}
+
+/// What one claim did.
+#[derive(Debug, Default)]
+struct ClaimRound {
+    /// Charges to send now.
+    claimed: Vec<Claimed>,
+    /// Outcomes of charges decided without a request
+    /// ([`decide_before_sending`]), counted once the claim commits.
+    not_sent: Vec<ChargeOutcome>,
+    /// A netted credit cleared a card's arrears: the deny list changed.
+    undenied: bool,
+}
+
+/// A charge claimed for one attempt.
+#[derive(Debug, Clone)]
+struct Claimed {
+    charge_id: [u8; 16],
+    card_id: u64,
+    service_date: NaiveDate,
+    amount_cents: i64,
+    currency: String,
+    kind: String,
+    /// The claim's fencing number: its outcome is written only if no later
+    /// claim took the charge.
+    claim: u32,
+    /// Requests sent before this one.
+    attempts_before: u32,
+    /// Wall-clock time of the first request, if one went out.
+    first_attempt_at: Option<UnixMillis>,
+    agreement_id: Option<String>,
+}
+
+pub struct Dispatcher {
+    pub settings: DispatcherSettings,
+    pub store: Arc<Mutex<MoneyStore>>,
+    pub gateway: PaymentGateway,
+    /// Dates outcomes (`decided_at`, arrears).
+    pub clock: Arc<dyn Clock>,
+    /// Rung by the pricer when it wrote charges, and by the breaker when
+    /// it closes or a probe is answered.
+    pub wake: Arc<Notify>,
+    /// Told after a decline put a card on the list.
+    pub deny_list: Arc<DenyListHub>,
+    /// The gateway's circuit breaker, on the wall clock.
+    pub breaker: Mutex<CircuitBreaker>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        settings: DispatcherSettings,
+        store: Arc<Mutex<MoneyStore>>,
+        gateway: PaymentGateway,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+        deny_list: Arc<DenyListHub>,
+    ) -> Dispatcher {
+        let breaker = Mutex::new(CircuitBreaker::new(settings.breaker));
+        Dispatcher { settings, store, gateway, clock, wake, deny_list, breaker }
+    }
+
+    /// Sends due charges until `stop` is cancelled; a store error is logged
+    /// and the round tried again after `poll_interval`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let sends = Arc::new(Semaphore::new(self.settings.concurrency_max));
+        loop {
+            let permit = lock(&self.breaker).permit(SystemClock.now_ms());
+            money_metrics::payment_gateway_breaker(!matches!(permit, Permit::Send));
+            let limit = match permit {
+                Permit::Send => self.settings.batch_charges_max,
+                Permit::Probe => 1,
+                Permit::WaitUntil(until) => {
+                    let wait = until.map_or(self.settings.poll_interval, |at| {
+                        Duration::from_millis(at.saturating_sub(SystemClock.now_ms()).max(1).unsigned_abs())
+                    });
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait.min(self.settings.poll_interval)) => {}
+                    }
+                    continue;
+                }
+            };
+            let ClaimRound { claimed, not_sent, undenied } = match self.claim(limit).await {
+                Ok(round) => round,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim charges; trying again");
+                    ClaimRound::default()
+                }
+            };
+            not_sent.iter().for_each(|outcome| money_metrics::charge_not_sent(outcome.as_str()));
+            if undenied {
+                self.deny_list.sync_soon().await;
+            }
+            if permit == Permit::Probe && claimed.is_empty() {
+                lock(&self.breaker).probe_unused(SystemClock.now_ms());
+            }
+            // A round that decided charges without sending them may have
+            // left a credit's rest due at once: look again straight away.
+            let full_round =
+                (claimed.len() == self.settings.batch_charges_max || !not_sent.is_empty()) && permit == Permit::Send;
+            let probe = permit == Permit::Probe;
+            for charge in claimed {
+                let Ok(send) = Arc::clone(&sends).acquire_owned().await else { return };
+                let this = Arc::clone(&self);
+                tokio::spawn(async move {
+                    this.attempt(charge, probe).await;
+                    drop(send);
+                });
+            }
+            if full_round {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Claims up to `limit` due charges: each takes its next claim number
+    /// and a lease; nothing counts as an attempt until it is sent. A
+    /// charge never claimed before is first looked at ([`first_send`]): a
+    /// card with no account, or a credit while the card owes, is decided
+    /// here and never sent.
+    async fn claim(&self, limit: usize) -> Result<ClaimRound, StoreError> {
+        let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
+        let lease = duration_ms(self.settings.lease);
+        blocking(move || {
+            let mut store = lock(&store);
+            let tx = store.transaction()?;
+            let due = due_charges(&tx, now, limit)?;
+            let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), ..ClaimRound::default() };
+            for (charge, has_account) in due {
+                match decide_before_sending(&tx, &charge, has_account, decided_at)? {
+                    Decided::Send => round.claimed.push(charge),
+                    Decided::NotSent { outcome, undenied } => {
+                        round.not_sent.push(outcome);
+                        round.undenied |= undenied;
+                    }
+                }
+            }
+            let mut lease_it =
+                tx.prepare_cached("UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1")?;
+            for charge in &round.claimed {
+                lease_it.execute(params![&charge.charge_id[..], charge.claim, now.saturating_add(lease)])?;
+            }
+            drop(lease_it);
+            tx.commit()?;
+            Ok(round)
+        })
+        .await
+    }
+
+    /// One attempt at one charge, and its outcome written. A charge whose
+    /// turn comes after the breaker opened goes back to the outbox unsent
+    /// (only the probe goes out while it is open).
+    async fn attempt(&self, charge: Claimed, probe: bool) {
+        if !probe && !lock(&self.breaker).is_closed() {
+            if let Err(error) = self.release(&charge).await {
+                tracing::warn!(%error, charge = %hex::encode(charge.charge_id), "cannot give a charge back; it is due again after its lease");
+            }
+            return;
+        }
+        let answer = match &charge.agreement_id {
+            None => {
+                // Nothing went to the gateway: a probe learnt nothing.
+                lock(&self.breaker).probe_unused(SystemClock.now_ms());
+                Answer::Refused { reason: format!("card {} has no debit agreement", charge.card_id) }
+            }
+            Some(agreement_id) => {
+                let (direction, amount) = if charge.amount_cents < 0 {
+                    (Direction::Credit, charge.amount_cents.unsigned_abs())
+                } else {
+                    (Direction::Debit, charge.amount_cents.unsigned_abs())
+                };
+                let request = PaymentRequest {
+                    agreement_id: agreement_id.clone(),
+                    amount_cents: amount,
+                    currency: charge.currency.clone(),
+                    description: format!("farestream {} {}", charge.kind, hex::encode(charge.charge_id)),
+                };
+                let answer = self.gateway.pay(direction, &hex::encode(charge.charge_id), &request).await;
+                self.gateway_answered(answer.gateway_health());
+                answer
+            }
+        };
+        money_metrics::charge_attempted(answer_label(&answer));
+        let sent = charge.agreement_id.is_some();
+        match self.record(&charge, answer, sent).await {
+            Ok(Some(_declined)) => self.deny_list.sync_soon().await,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, charge = %hex::encode(charge.charge_id), "cannot record a charge's outcome; it is sent again after its lease")
+            }
+        }
+    }
+
+    /// Gives a claimed charge back unsent: due again as it was, no attempt
+    /// counted.
+    async fn release(&self, charge: &Claimed) -> Result<(), StoreError> {
+        let (store, id, claim) = (Arc::clone(&self.store), charge.charge_id, charge.claim);
+        blocking(move || {
+            let mut store = lock(&store);
+            let tx = store.transaction()?;
+            tx.execute(
+                "UPDATE charges SET lease_until = 0 WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                params![&id[..], claim],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Tells the breaker; when that closes it, every charge waiting out a
+    /// backoff is due now: the failures were the gateway's, not theirs.
+    fn gateway_answered(&self, health: GatewayHealth) {
+        let now = SystemClock.now_ms();
+        let closed = lock(&self.breaker).record(health, now, random_u64());
+        if !closed {
+            self.wake.notify_one();
+            return;
+        }
+        tracing::info!("the payment gateway answers again; sending the charges that waited");
+        let (store, wake) = (Arc::clone(&self.store), Arc::clone(&self.wake));
+        tokio::spawn(async move {
+            let due_now = blocking(move || {
+                let mut store = lock(&store);
+                let tx = store.transaction()?;
+                let moved = tx.execute(
+                    "UPDATE charges SET next_attempt_at = ?1
+                     WHERE outcome = 'pending' AND next_attempt_at > ?1 AND lease_until <= ?1",
+                    [now],
+                )?;
+                tx.commit()?;
+                Ok(moved)
+            })
+            .await;
+            if let Err(error) = due_now {
+                tracing::warn!(%error, "cannot bring waiting charges forward; they go out on their own schedule");
+            }
+            wake.notify_one();
+        });
+    }
+
+    /// Writes an answer, if this claim still holds the charge. A decline
+    /// returns the account it put in arrears. `sent`: a request went out,
+    /// so it counts as an attempt.
+    async fn record(&self, charge: &Claimed, answer: Answer, sent: bool) -> Result<Option<Account>, StoreError> {
+        let (store, policy) = (Arc::clone(&self.store), self.settings.retry);
+        let (now, wall, random) = (self.clock.now_ms(), SystemClock.now_ms(), random_u64());
+        let charge = charge.clone();
+        blocking(move || {
+            let mut store = lock(&store);
+            let tx = store.transaction()?;
+            let id = &charge.charge_id[..];
+            let before = Attempts { count: charge.attempts_before, first_at: charge.first_attempt_at };
+            let decision = decide_answer(answer.as_decided(), before, sent, charge.amount_cents, &policy, wall, random);
+            let Attempts { count: attempts, first_at: first_attempt_at } = decision.attempts;
+            let outcome = decision.after.outcome();
+            let mut declined_account = None;
+            let detail = answer.detail();
+            let written = match decision.after {
+                AfterAnswer::Succeeded => tx.execute(
+                    "UPDATE charges SET outcome = ?7, decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
+                                        attempts = ?5, first_attempt_at = ?6
+                     WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                    params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
+                )?,
+                AfterAnswer::Declined(effect) => {
+                    let written = tx.execute(
+                        "UPDATE charges SET outcome = ?7, decided_at = ?3, last_error = ?4,
+                                            attempts = ?5, first_attempt_at = ?6
+                         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                        params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
+                    )?;
+                    if written > 0 {
+                        declined_account = record_decline(&tx, &charge, effect, detail, now)?;
+                    }
+                    written
+                }
+                AfterAnswer::TryAgain { at, .. } => {
+                    retry_later(&tx, &charge, (attempts, first_attempt_at), outcome, detail, at)?
+                }
+            };
+            tx.commit()?;
+            if written == 0 {
+                tracing::debug!(charge = %hex::encode(charge.charge_id), "an outcome for a lease since taken over");
+            }
+            Ok(declined_account)
+        })
+        .await
+    }
+}
+
+/// What a written decline does to the rider's money
+/// ([`DeclineEffect`]); returns the account a debit put in arrears.
+fn record_decline(
+    tx: &rusqlite::Transaction<'_>,
+    charge: &Claimed,
+    effect: DeclineEffect,
+    decline_code: &str,
+    now: UnixMillis,
+) -> Result<Option<Account>, StoreError> {
+    let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
+    match effect {
+        DeclineEffect::Arrears(amount_cents) => {
+            match accounts::add_arrears(tx, charge.card_id, amount_cents, &cause, now) {
+                Ok(account) => return Ok(Some(account)),
+                Err(accounts::AccountError::Store(error)) => return Err(error),
+                Err(error) => tracing::error!(%error, "a declined charge's card has no account"),
+            }
+        }
+        DeclineEffect::CreditOwed(amount_cents) => {
+            // The rider is still owed it: the history says so, for a
+            // person to pay out (docs/payment-gateway.md).
+            money_metrics::credit_declined();
+            tracing::error!(charge = %hex::encode(charge.charge_id), card = charge.card_id, %decline_code,
+                "a credit was declined; the rider is owed it");
+            match accounts::note(tx, charge.card_id, "credit_declined", amount_cents, &cause, now) {
+                Ok(()) => {}
+                Err(accounts::AccountError::Store(error)) => return Err(error),
+                Err(error) => tracing::error!(%error, "a declined credit's card has no account"),
+            }
+        }
+        DeclineEffect::Nothing => {}
+    }
+    Ok(None)
+}
+
+/// Due charges, oldest schedule first, and whether an account has the card.
+fn due_charges(
+    tx: &rusqlite::Transaction<'_>,
+    now: UnixMillis,
+    limit: usize,
+) -> Result<Vec<(Claimed, bool)>, StoreError> {
+    let mut due = tx.prepare_cached(
+        "SELECT c.charge_id, c.card_id, c.service_date, c.amount_cents, c.currency, c.kind, c.claims, c.attempts,
+                c.first_attempt_at, a.agreement_id, a.card_id IS NOT NULL
+         FROM charges c LEFT JOIN accounts a ON a.card_id = c.card_id
+         WHERE c.outcome IN ('pending', 'failed') AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
+         ORDER BY c.next_attempt_at LIMIT ?2",
+    )?;
+    let rows = due.query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok((
+            (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
+            (r.get(3)?, r.get(4)?, r.get(5)?),
+            (r.get::<_, u32>(6)?, r.get::<_, u32>(7)?, r.get(8)?, r.get(9)?),
+            r.get::<_, bool>(10)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            (id, card, date),
+            (amount_cents, currency, kind),
+            (claims, attempts, first_attempt_at, agreement_id),
+            has_account,
+        ) = row?;
+        let charge = Claimed {
+            charge_id: id_from_sql(&id)?,
+            card_id: card_from_sql(card),
+            service_date: date_from_sql(date)?,
+            amount_cents,
+            currency,
+            kind,
+            claim: claims.saturating_add(1),
+            attempts_before: attempts,
+            first_attempt_at,
+            agreement_id,
+        };
+        out.push((charge, has_account));
+    }
+    Ok(out)
+}
+
+/// What [`decide_before_sending`] did with a charge.
+enum Decided {
+    Send,
+    /// Decided without a request; `undenied`: a netted credit cleared the
+    /// card's arrears.
+    NotSent {
+        outcome: ChargeOutcome,
+        undenied: bool,
+    },
+}
+
+/// The core's [`first_send`], written: a charge of a card with no account
+/// is `no_account`; a credit while the card owes is `netted` against the
+/// arrears (split, when it is larger, into the netted part and a credit of
+/// the rest, due at once). The card is read in this transaction, so a
+/// second credit of the same card in the same round sees the arrears the
+/// first left, and only what a payment of the arrears still out would
+/// leave owed is netted. Netting is only for a charge never claimed
+/// before, so never sent: one that went out may have been paid.
+fn decide_before_sending(
+    tx: &rusqlite::Transaction<'_>,
+    charge: &Claimed,
+    has_account: bool,
+    now: UnixMillis,
+) -> Result<Decided, StoreError> {
+    let id = &charge.charge_id[..];
+    let payer = if !has_account {
+        Payer::NoAccount
+    } else if charge.claim == 1 && charge.amount_cents < 0 {
+        payer(tx, charge.card_id)?
+    } else {
+        return Ok(Decided::Send);
+    };
+    match first_send(charge.amount_cents, payer) {
+        FirstSend::Send => Ok(Decided::Send),
+        FirstSend::NoAccount => {
+            // Whatever its claims: with no account there was never an
+            // agreement, so no request ever went out (stores from before
+            // this outcome hold such charges failed, claimed many times).
+            tx.execute(
+                "UPDATE charges SET outcome = 'no_account', decided_at = ?2, lease_until = 0,
+                                    last_error = 'the card has no account'
+                 WHERE charge_id = ?1 AND outcome IN ('pending', 'failed')",
+                params![id, now],
+            )?;
+            tracing::warn!(charge = %hex::encode(charge.charge_id), card = charge.card_id,
+                "a ride of a card with no account: decided no_account, not sent");
+            Ok(Decided::NotSent { outcome: ChargeOutcome::NoAccount, undenied: false })
+        }
+        FirstSend::Net { netted, rest } => {
+            tx.execute(
+                "UPDATE charges SET outcome = 'netted', amount_cents = ?2, decided_at = ?3, lease_until = 0
+                 WHERE charge_id = ?1 AND claims = 0",
+                params![id, netted, now],
+            )?;
+            let day = RiderDay { card_id: charge.card_id, service_date: charge.service_date };
+            if rest < 0 {
+                tx.execute(
+                    "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency,
+                                          scan_ids, created_at, outcome, next_attempt_at)
+                     VALUES (?1, ?2, ?3, 'adjustment', NULL, ?4, ?5, ?6, ?7, 'pending', 0)",
+                    params![
+                        &rest_of(day, &charge.charge_id)[..],
+                        card_to_sql(charge.card_id),
+                        date_to_sql(charge.service_date),
+                        rest,
+                        charge.currency,
+                        ids_to_sql(&[]),
+                        now,
+                    ],
+                )?;
+            }
+            let cause = format!("credit {} set against the arrears", hex::encode(charge.charge_id));
+            let account = match accounts::net_credit(tx, charge.card_id, netted.saturating_neg(), &cause, now) {
+                Ok(account) => account,
+                Err(accounts::AccountError::Store(error)) => return Err(error),
+                Err(error) => return Err(StoreError::Corrupt(format!("netting a credit: {error}"))),
+            };
+            Ok(Decided::NotSent { outcome: ChargeOutcome::Netted, undenied: account.arrears_cents == 0 })
+        }
+    }
+}
+
+/// What the card owes now, and how much a payment of it still waiting for
+/// its answer may have paid, read in the claiming transaction.
+fn payer(tx: &rusqlite::Transaction<'_>, card_id: u64) -> Result<Payer, StoreError> {
+    let (arrears_cents, arrears_payment_out_cents): (i64, i64) = tx.query_row(
+        "SELECT a.arrears_cents,
+                (SELECT coalesce(sum(p.amount_cents), 0) FROM account_payments p
+                 WHERE p.card_id = a.card_id AND p.kind = 'arrears' AND p.outcome = 'unknown')
+         FROM accounts a WHERE a.card_id = ?1",
+        [card_to_sql(card_id)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(Payer::Account { arrears_cents, arrears_payment_out_cents })
+}
+
+/// Schedules the charge again; `failed` once its budget is spent.
+fn retry_later(
+    tx: &rusqlite::Transaction<'_>,
+    charge: &Claimed,
+    (attempts, first_attempt_at): (u32, Option<UnixMillis>),
+    outcome: ChargeOutcome,
+    reason: &str,
+    next_attempt_at: UnixMillis,
+) -> Result<usize, StoreError> {
+    debug_assert!(!outcome.is_final(), "a charge tried again is undecided");
+    if outcome == ChargeOutcome::Failed {
+        money_metrics::charge_failed();
+        tracing::error!(charge = %hex::encode(charge.charge_id), attempts, %reason,
+            "a charge failed; it is retried every payments.failed_retry_after_ms");
+    }
+    Ok(tx.execute(
+        "UPDATE charges SET outcome = ?3, next_attempt_at = ?4, lease_until = 0, last_error = ?5,
+                            attempts = ?6, first_attempt_at = ?7
+         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+        params![
+            &charge.charge_id[..],
+            charge.claim,
+            outcome.as_str(),
+            next_attempt_at,
+            reason,
+            attempts,
+            first_attempt_at
+        ],
+    )?)
+}
+
+/// Eight bytes from the OS, for jitter; a failed read is no jitter.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => 0,
+    }
+}
+
+fn answer_label(answer: &Answer) -> &'static str {
+    match answer {
+        Answer::Succeeded { .. } => "succeeded",
+        Answer::Declined { .. } => "declined",
+        Answer::Retry { .. } => "retry",
+        Answer::InFlight { .. } => "in_flight",
+        Answer::Refused { .. } => "refused",
+    }
+}
+
+/// Runs store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Task(e.to_string()))?
+}

@@ -1,0 +1,34 @@
+//! farestream's money shell, the pay-later half: the money store
+//! (SQLite), the pricer that turns logged rides into charges in its
+//! outbox, the dispatcher that sends them to the payment gateway, rider
+//! accounts with their arrears and the deny list, the charges archive and
+//! the account API. The arithmetic (fares, caps, which charges a day
+//! needs, what a gateway answer does) is the core's
+//! (`farestream_core::fares`, `::charges`, `::gateway_answer`); this is the
+//! I/O. It reads the log through the ingest shell (`farestream_ingest`)
+//! and never reaches the QUIC side: the server crate wires the two.
+
+pub mod accounts;
+pub mod api;
+pub mod charges_archive;
+pub mod codec;
+pub mod deny_list_hub;
+pub mod dispatcher;
+pub mod money_audit;
+pub mod money_metrics;
+pub mod money_settings;
+pub mod notify;
+pub mod outbox;
+pub mod paygw;
+pub mod payments;
+pub mod pricer;
+pub mod pricing;
+pub mod service;
+pub mod snapshot;
+pub mod store;
+
+pub use deny_list_hub::DenyListHub;
+pub use dispatcher::{Dispatcher, DispatcherSettings};
+pub use pricer::{Pricer, PricerSettings, PricerStatus};
+pub use service::{AccountService, RefundReport, ServiceError};
+pub use store::{MoneyStore, StoreError, store_path};

@@ -1,0 +1,64 @@
+//! The money side's metrics, named for Prometheus (the exporter and the
+//! ingest side's are `farestream_ingest::telemetry`). Each function logs
+//! nothing and counts one thing; call sites stay short and the names
+//! cannot drift between them.
+
+use metrics::{counter, gauge};
+
+pub fn rides_priced(taps: u64, charges: u64) {
+    counter!("farestream_ride_taps_priced_total").increment(taps);
+    counter!("farestream_charges_written_total").increment(charges);
+}
+
+pub fn pricing_retried() {
+    counter!("farestream_pricing_retries_total").increment(1);
+}
+
+/// One request to the payment gateway: `answer` is `succeeded`,
+/// `declined`, `retry` or `refused`.
+pub fn charge_attempted(answer: &'static str) {
+    counter!("farestream_charge_attempts_total", "answer" => answer).increment(1);
+}
+
+/// Whether the payment gateway's circuit breaker holds charges back (1)
+/// or lets them go (0).
+pub fn payment_gateway_breaker(open: bool) {
+    gauge!("farestream_payment_gateway_breaker_open").set(if open { 1.0 } else { 0.0 });
+}
+
+/// Charges still pending and failed (past their retry budget, still
+/// retried), and how long the oldest has waited on the server's clock.
+pub fn charges_undecided(undecided: crate::outbox::Undecided, now: farestream_core::clock::UnixMillis) {
+    gauge!("farestream_charges_undecided", "outcome" => "pending").set(undecided.pending as f64);
+    gauge!("farestream_charges_undecided", "outcome" => "failed").set(undecided.failed as f64);
+    let age_ms = undecided.oldest_created_at.map_or(0, |at| now.saturating_sub(at).max(0));
+    gauge!("farestream_charges_oldest_undecided_age_seconds").set(age_ms as f64 / 1_000.0);
+}
+
+/// A charge whose attempts are spent (or that the gateway refused): an
+/// operator must look; it is still retried.
+pub fn charge_failed() {
+    counter!("farestream_charges_failed_total").increment(1);
+}
+
+/// A credit the gateway declined: the rider is owed it, and a person pays
+/// it out.
+pub fn credit_declined() {
+    counter!("farestream_credits_declined_total").increment(1);
+}
+
+/// A charge decided before any request: `outcome` is `no_account` (a
+/// person looks at the card) or `netted` (a credit set against arrears).
+pub fn charge_not_sent(outcome: &'static str) {
+    counter!("farestream_charges_not_sent_total", "outcome" => outcome).increment(1);
+}
+
+/// A one-time code not sent, or a phone's codes not checked, and why.
+pub fn otp_refused(reason: &'static str) {
+    counter!("farestream_otp_refused_total", "reason" => reason).increment(1);
+}
+
+/// An account API call answered with an error; `error` is the body's code.
+pub fn api_error(error: &'static str) {
+    counter!("farestream_api_errors_total", "error" => error).increment(1);
+}

@@ -1,0 +1,47 @@
+//! The money shell's settings: plain data the server builds from the
+//! config's `payments` section.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::dispatcher::DispatcherSettings;
+use crate::pricer::PricerSettings;
+use crate::store::{MoneyStore, StoreError};
+
+/// The pay-later half: where the money store is, how rides are priced,
+/// and the payment gateway charges go to.
+#[derive(Debug, Clone)]
+pub struct MoneySettings {
+    pub store_path: PathBuf,
+    /// What activation takes from the rider and a refund returns.
+    pub deposit_cents: u64,
+    pub store_busy_wait: Duration,
+    pub pricer: PricerSettings,
+    /// `None`: charges wait in the outbox (no `payments.gateway_url`).
+    pub gateway: Option<PaymentGatewaySettings>,
+    /// How long after a card's last credential ends its rides may still
+    /// arrive: the accepted lateness plus the clock skew. A refund waits
+    /// for it.
+    pub rides_arrive_within: Duration,
+    /// How often the refund job looks.
+    pub refund_check_interval: Duration,
+    pub charges_archive_interval: Duration,
+    pub charges_archive_batch_max: usize,
+}
+
+/// The payment gateway charges and payments go to (not a fleet gateway:
+/// that is `farestream_gateway::GatewaySettings`).
+#[derive(Debug, Clone)]
+pub struct PaymentGatewaySettings {
+    pub url: String,
+    pub hmac_secret: Vec<u8>,
+    pub request_timeout: Duration,
+    pub dispatch: DispatcherSettings,
+}
+
+impl MoneySettings {
+    /// A new connection to the money store.
+    pub fn open_store(&self) -> Result<MoneyStore, StoreError> {
+        MoneyStore::open(&self.store_path, self.store_busy_wait)
+    }
+}

@@ -1,0 +1,232 @@
+//! The pricer thread: reads the write-ahead log forward from its own cursor
+//! in the money store, up to what the commit thread has made durable, and
+//! prices each stretch it reads in one store transaction that also moves
+//! the cursor. A crash loses at most a transaction that never committed;
+//! the replay prices the same rows again and derives the same charge ids.
+//! Between reads it prices the rider-days whose entry's exit window closed.
+//!
+//! The log keeps every segment the pricer still needs: the archiver deletes
+//! a segment only once both have passed it ([`LogReaders`], in `log_reader`).
+//!
+//! Errors: a damaged log stops the pricer for good (the server stops with
+//! it). A store error (a full disk, a busy lock past its wait) is retried
+//! after `poll_interval` from the cursor, which the failed transaction
+//! never moved.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::money_metrics;
+use crate::pricing::{Priced, entries_closing_by, price_closed_entries, price_rows};
+use crate::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
+use farestream_core::fares::FareTable;
+use farestream_core::journal;
+use farestream_core::sync::lock;
+use farestream_ingest::clock_source::Clock;
+use farestream_ingest::faults::Faults;
+use farestream_ingest::log_reader::{Command, LogReaders, ReaderHandle, ReaderStatus, next_command};
+use farestream_ingest::wal::WalCursor;
+use farestream_ingest::wal::committer::Progress;
+
+/// The pricer's name in the store's `log_cursors`.
+pub const READER: &str = "pricer";
+
+#[derive(Debug, Clone)]
+pub struct PricerSettings {
+    pub wal_dir: PathBuf,
+    pub record_bytes_max: u32,
+    pub poll_interval: Duration,
+    pub fares: FareTable,
+}
+
+/// What the pricer has done.
+#[derive(Debug, Clone, Default)]
+pub struct PricerStatus {
+    pub priced_lsn: u64,
+    pub totals: Priced,
+    pub failure: Option<String>,
+}
+
+impl ReaderStatus for PricerStatus {
+    fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
+}
+
+pub struct Pricer {
+    handle: ReaderHandle<PricerStatus>,
+}
+
+/// The pricer's place in the log: the store's cursor, or for a new store
+/// `start_if_new` (the archive checkpoint: what was archived before the
+/// store existed is not priced).
+/// The money store, opened where the pricer left off.
+pub struct OpenedStore {
+    pub store: MoneyStore,
+    /// The log position the pricer starts from.
+    pub priced_lsn: u64,
+    /// The log's readers other than the archiver, starting with the
+    /// pricer: the archiver deletes no segment one of them still needs.
+    pub log_readers: Arc<LogReaders>,
+}
+
+pub fn pricer_start(store: &MoneyStore, start_if_new: u64) -> Result<u64, StoreError> {
+    Ok(log_cursor(store.connection(), READER)?.unwrap_or(start_if_new))
+}
+
+impl Pricer {
+    pub fn spawn(
+        settings: PricerSettings,
+        opened: OpenedStore,
+        progress: watch::Receiver<Progress>,
+        charges_written: Arc<Notify>,
+        clock: Arc<dyn Clock>,
+        faults: Arc<Faults>,
+    ) -> Pricer {
+        let OpenedStore { store, priced_lsn: start_lsn, log_readers: readers } = opened;
+        readers.advance(start_lsn);
+        let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
+        let state = State {
+            cursor: WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, start_lsn),
+            settings,
+            store,
+            progress,
+            clock,
+            readers,
+            charges_written,
+            faults,
+            status: Arc::clone(&status),
+        };
+        Pricer { handle: ReaderHandle::spawn("pricer", status, move |commands| state.run(commands)) }
+    }
+
+    pub fn status(&self) -> PricerStatus {
+        self.handle.status()
+    }
+
+    /// Prices everything durable so far.
+    pub async fn flush(&self) -> Result<u64, String> {
+        self.handle.flush().await
+    }
+
+    /// Prices everything durable and ends the thread. Call after the log's
+    /// commit thread has closed.
+    pub fn close(self) -> PricerStatus {
+        self.handle.close()
+    }
+}
+
+struct State {
+    settings: PricerSettings,
+    store: MoneyStore,
+    cursor: WalCursor,
+    progress: watch::Receiver<Progress>,
+    clock: Arc<dyn Clock>,
+    readers: Arc<LogReaders>,
+    charges_written: Arc<Notify>,
+    faults: Arc<Faults>,
+    status: Arc<Mutex<PricerStatus>>,
+}
+
+/// A step's failure: the log is damaged (fatal) or the store failed (retried).
+enum StepError {
+    Log(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for StepError {
+    fn from(error: StoreError) -> StepError {
+        StepError::Store(error)
+    }
+}
+
+impl State {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            let command = next_command(&commands, self.settings.poll_interval);
+            let result = self.step();
+            let answer = match result {
+                Ok(()) => Ok(self.cursor.lsn()),
+                Err(StepError::Store(error)) => {
+                    tracing::warn!(%error, "pricing failed; retrying from the store's cursor");
+                    money_metrics::pricing_retried();
+                    self.rewind();
+                    Err(error.to_string())
+                }
+                Err(StepError::Log(reason)) => {
+                    tracing::error!(%reason, "the pricer read a damaged log; the server stops");
+                    lock(&self.status).failure = Some(reason.clone());
+                    if let Some(Command::Flush(reply)) = command {
+                        let _ = reply.send(Err(reason));
+                    }
+                    return;
+                }
+            };
+            match command {
+                Some(Command::Flush(reply)) => {
+                    let _ = reply.send(answer);
+                }
+                Some(Command::Stop) => return,
+                None => {}
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<(), StepError> {
+        self.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;
+        let durable = self.progress.borrow().durable_lsn;
+        while self.cursor.lsn() < durable {
+            let records = self.cursor.read_next(durable).map_err(|e| StepError::Log(e.to_string()))?;
+            let now = self.clock.now_ms();
+            let tx = self.store.transaction()?;
+            let mut priced = Priced::default();
+            for record in &records {
+                let rows = journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?;
+                let batch = price_rows(&tx, &self.settings.fares, &rows, now)?;
+                priced = sum(priced, batch);
+            }
+            set_log_cursor(&tx, READER, self.cursor.lsn())?;
+            tx.commit().map_err(StoreError::from)?;
+            self.readers.advance(self.cursor.lsn());
+            self.written(priced);
+        }
+        // Most polls close no window: look before taking the write lock.
+        let now = self.clock.now_ms();
+        if entries_closing_by(self.store.connection(), now)? == 0 {
+            return Ok(());
+        }
+        let tx = self.store.transaction()?;
+        let priced = price_closed_entries(&tx, &self.settings.fares, now)?;
+        tx.commit().map_err(StoreError::from)?;
+        self.written(priced);
+        Ok(())
+    }
+
+    fn written(&mut self, priced: Priced) {
+        money_metrics::rides_priced(priced.taps, priced.charges);
+        let mut status = lock(&self.status);
+        status.priced_lsn = self.cursor.lsn();
+        status.totals = sum(status.totals, priced);
+        if priced.charges > 0 {
+            self.charges_written.notify_one();
+        }
+    }
+
+    /// Back to the store's cursor after a failed transaction.
+    fn rewind(&mut self) {
+        let lsn = lock(&self.status).priced_lsn;
+        self.cursor = WalCursor::new(self.settings.wal_dir.clone(), self.settings.record_bytes_max, lsn);
+    }
+}
+
+fn sum(a: Priced, b: Priced) -> Priced {
+    Priced {
+        taps: a.taps + b.taps,
+        charges: a.charges + b.charges,
+        amount_cents: a.amount_cents.saturating_add(b.amount_cents),
+    }
+}

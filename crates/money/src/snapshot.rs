@@ -1,0 +1,65 @@
+//! What the daily settlement reads from the money store, in one
+//! transaction that holds the write lock: the pricer's log position, the
+//! charges the charges archive does not hold yet, the entries still open,
+//! each card's arrears and every arrears payment. Read together, these agree with each other; a
+//! charge archived after this read is found in both the snapshot and the
+//! archive, and the settlement takes it once (by its id).
+
+use chrono::NaiveDate;
+use rusqlite::params;
+
+use crate::codec::{card_from_sql, date_to_sql};
+use crate::outbox::unarchived_charges;
+use crate::pricer::READER as PRICER;
+use crate::store::{MoneyStore, StoreError, log_cursor};
+use farestream_core::charges::ChargeRecord;
+use farestream_ingest::clock_source::UnixMillis;
+
+/// One arrears payment: `amount_cents` is negative (what the debt went down by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrearsPayment {
+    pub card_id: u64,
+    pub at: UnixMillis,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MoneySnapshot {
+    /// Every log record below this LSN has been priced.
+    pub pricer_lsn: u64,
+    /// Charges not in the charges archive (yet): undecided ones, and
+    /// decided ones whose batch is not marked archived.
+    pub unarchived_charges: Vec<ChargeRecord>,
+    /// Cards of the day whose last entry's exit window is still open, with
+    /// when it closes.
+    pub open_entries: Vec<(u64, UnixMillis)>,
+    /// The arrears of every card that owes any (the rest owe nothing).
+    pub arrears: Vec<(u64, i64)>,
+    pub arrears_payments: Vec<ArrearsPayment>,
+}
+
+/// Reads the snapshot for `date`.
+pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySnapshot, StoreError> {
+    let tx = store.transaction()?;
+    let pricer_lsn = log_cursor(&tx, PRICER)?.unwrap_or(0);
+    let unarchived = unarchived_charges(&tx)?;
+    let open_entries = tx
+        .prepare("SELECT card_id, closes_at FROM open_entries WHERE service_date = ?1")?
+        .query_map(params![date_to_sql(date)], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let arrears = tx
+        .prepare("SELECT card_id, arrears_cents FROM accounts WHERE arrears_cents <> 0")?
+        .query_map([], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let arrears_payments = tx
+        .prepare(
+            "SELECT card_id, at, amount_cents FROM account_history
+             WHERE event IN ('arrears_paid', 'arrears_paid_from_deposit', 'arrears_netted')",
+        )?
+        .query_map([], |r| {
+            Ok(ArrearsPayment { card_id: card_from_sql(r.get(0)?), at: r.get(1)?, amount_cents: r.get(2)? })
+        })?
+        .collect::<Result<_, _>>()?;
+    tx.commit()?;
+    Ok(MoneySnapshot { pricer_lsn, unarchived_charges: unarchived, open_entries, arrears, arrears_payments })
+}

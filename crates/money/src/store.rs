@@ -1,0 +1,167 @@
+//! The money store: one SQLite file in the data directory, in WAL mode with
+//! full synchronous commits, its schema built by the versioned migrations
+//! in `crates/money/migrations/`. Each thread or task that writes opens
+//! its own connection; SQLite serialises the writers and `busy_timeout`
+//! makes a second writer wait instead of failing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use thiserror::Error;
+
+/// The schema, version by version. A migration is never edited once
+/// shipped; a change is a new one.
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../migrations/0001_money.sql")),
+    (2, include_str!("../migrations/0002_api.sql")),
+    (3, include_str!("../migrations/0003_charges_archive.sql")),
+    (4, include_str!("../migrations/0004_charge_attempts.sql")),
+    (5, include_str!("../migrations/0005_account_payments.sql")),
+    (6, include_str!("../migrations/0006_otp_limits.sql")),
+    (7, include_str!("../migrations/0007_charge_outcomes.sql")),
+];
+
+/// Where the money store lives under a data directory.
+pub fn store_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("money.sqlite")
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("money store {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("money store {path} is at schema version {found}, newer than this build's {known}")]
+    TooNew { path: PathBuf, found: u32, known: u32 },
+    #[error("money store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("money store holds a value it never writes: {0}")]
+    Corrupt(String),
+    #[error("a money-store task stopped: {0}")]
+    Task(String),
+}
+
+/// One connection to the money store.
+pub struct MoneyStore {
+    conn: Connection,
+}
+
+impl MoneyStore {
+    /// Opens (creating if need be) the store at `path` and migrates it.
+    pub fn open(path: &Path, busy_wait: Duration) -> Result<MoneyStore, StoreError> {
+        let open = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let mut conn = Connection::open(path).map_err(open)?;
+        conn.busy_timeout(busy_wait).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
+        // FULL: a committed transaction (a charge in the outbox, an outcome)
+        // survives a power cut, not only a crash.
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
+        conn.pragma_update(None, "foreign_keys", true).map_err(open)?;
+        migrate(&mut conn, path)?;
+        Ok(MoneyStore { conn })
+    }
+
+    /// A write transaction that takes the write lock at its start
+    /// (`BEGIN IMMEDIATE`): what it reads cannot change under it before it
+    /// writes, so two writers never plan charges from the same stale view.
+    pub fn transaction(&mut self) -> Result<Transaction<'_>, StoreError> {
+        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let current: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0);
+    if current > known {
+        return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, known });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "money store migrated");
+    }
+    Ok(())
+}
+
+/// How far a reader of the write-ahead log has gone, if it has started.
+pub fn log_cursor(conn: &Connection, reader: &str) -> Result<Option<u64>, StoreError> {
+    let lsn: Option<i64> =
+        conn.query_row("SELECT lsn FROM log_cursors WHERE reader = ?1", [reader], |r| r.get(0)).optional()?;
+    lsn.map(|lsn| u64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log cursor {lsn}")))).transpose()
+}
+
+pub fn set_log_cursor(tx: &Transaction<'_>, reader: &str, lsn: u64) -> Result<(), StoreError> {
+    let lsn = i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")))?;
+    tx.execute(
+        "INSERT INTO log_cursors (reader, lsn) VALUES (?1, ?2)
+         ON CONFLICT (reader) DO UPDATE SET lsn = excluded.lsn",
+        params![reader, lsn],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Version 7 rebuilds `charges` for two new outcomes: every row and
+    /// column of a version-6 store survives it.
+    #[test]
+    fn the_charges_rebuild_keeps_every_row_and_takes_the_new_outcomes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(dir.path());
+        let conn = Connection::open(&path).expect("open");
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
+            conn.execute_batch(sql).expect("old migration");
+            conn.pragma_update(None, "user_version", version).expect("version");
+        }
+        let insert = "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
+                       created_at, outcome, next_attempt_at, attempts, claims, archive_batch, gateway_txn_id)
+                      VALUES (?1, 7, 20000, 'ride', ?2, 'CNY', x'', 1, ?3, 0, 2, 3, 4, 'txn-1')";
+        conn.execute(insert, params![vec![1u8; 16], 300, "succeeded"]).expect("a version-6 charge");
+        assert!(conn.execute(insert, params![vec![2u8; 16], -5, "netted"]).is_err(), "version 6 refuses it");
+        drop(conn);
+        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("migrate");
+        let conn = store.connection();
+        let kept: (i64, String, u32, u32, i64, String) = conn
+            .query_row(
+                "SELECT amount_cents, outcome, attempts, claims, archive_batch, gateway_txn_id FROM charges",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .expect("the row");
+        assert_eq!(kept, (300, "succeeded".into(), 2, 3, 4, "txn-1".into()));
+        for (n, outcome) in [(2u8, "netted"), (3, "no_account")] {
+            conn.execute(insert, params![vec![n; 16], -5, outcome]).expect("a new outcome");
+        }
+        assert!(conn.execute(insert, params![vec![9u8; 16], 1, "lost"]).is_err(), "an unknown outcome is refused");
+        let indexes: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'charges'", [], |r| {
+                r.get(0)
+            })
+            .expect("indexes");
+        assert!(indexes >= 3, "the indexes are back: {indexes}");
+    }
+
+    #[test]
+    fn a_store_migrates_once_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(dir.path());
+        let mut store = MoneyStore::open(&path, Duration::from_secs(1)).expect("open");
+        let tx = store.transaction().expect("tx");
+        set_log_cursor(&tx, "pricer", 42).expect("cursor");
+        tx.commit().expect("commit");
+        drop(store);
+        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("reopen");
+        assert_eq!(log_cursor(store.connection(), "pricer").expect("read"), Some(42), "kept across a reopen");
+        store.connection().pragma_update(None, "user_version", 99).expect("bump");
+        drop(store);
+        assert!(matches!(MoneyStore::open(&path, Duration::from_secs(1)), Err(StoreError::TooNew { found: 99, .. })));
+    }
+}

@@ -1,0 +1,157 @@
+//! One batch through the pipeline: a slot, verification in fair turns,
+//! the commit under the gate, the wait for durability, the ack.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::fair::Party;
+use crate::{BACKOFF_RETRY_AFTER_MS, Fatal, Shared, fail};
+use farestream_core::ingest::{ChunkSizer, VerifiedBatch};
+use farestream_core::journal;
+use farestream_core::scan::{ArchivedScan, ScanStatus};
+use farestream_gateway::wire::{BatchAck, ScanBatch};
+use farestream_ingest::telemetry;
+use farestream_ingest::wal::committer::{WaitError, WalState};
+
+/// One connection's share of the verifier: its place in the rotation of
+/// turns, and the chunk size its own failure rate calls for.
+pub(super) struct Peer {
+    pub(super) party: Party,
+    pub(super) sizer: Mutex<ChunkSizer>,
+}
+
+/// What the commit hands back.
+enum Committed {
+    /// Claimed and queued; durable once the log reaches `lsn`.
+    Queued { outcome: farestream_core::ingest::BatchOutcome, lsn: u64 },
+    /// Not committed: the server has stopped.
+    Refused(String),
+    /// Claimed but could not be logged: a bug; the server has stopped.
+    Unlogged(String),
+}
+
+pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch) -> BatchAck {
+    let (gateway_id, batch_seq) = (batch.gateway_id.clone(), batch.batch_seq);
+    let backoff = |error: String| BatchAck::backoff(&gateway_id, batch_seq, error, BACKOFF_RETRY_AFTER_MS);
+    // Refuse before the dedup indexes see the batch, so its resend is
+    // processed rather than taken for a re-delivery.
+    if let Some(reason) = shared.failure.get() {
+        return backoff(format!("server stopping: {reason}"));
+    }
+    match shared.wal.progress().state {
+        WalState::DiskFull => return backoff("disk full: the write-ahead log cannot take the batch".into()),
+        WalState::Failed(reason) => return backoff(format!("write-ahead log stopped: {reason}")),
+        WalState::Running => {}
+    }
+    let Ok(_permit) = shared.batches_in_flight.acquire().await else {
+        return backoff("server is shutting down".into());
+    };
+    if let Err(error) = shared.pipeline.check_batch_shape(&batch) {
+        telemetry::batch_refused("batch_shape");
+        return BatchAck::malformed(&gateway_id, batch_seq, error.to_string());
+    }
+    let batch = Arc::new(batch);
+    let Some(verified) = verify_fairly(shared, peer, &batch).await else {
+        telemetry::batch_refused("verify_panicked");
+        return BatchAck::malformed(&gateway_id, batch_seq, "internal error while verifying the batch".into());
+    };
+    let (reply, result) = oneshot::channel();
+    let task_shared = Arc::clone(shared);
+    rayon::spawn(move || {
+        let _ = reply.send(commit(&task_shared, &batch, verified));
+    });
+    let (outcome, lsn) = match result.await {
+        Ok(Committed::Queued { outcome, lsn }) => (outcome, lsn),
+        Ok(Committed::Refused(error) | Committed::Unlogged(error)) => return backoff(error),
+        Err(_) => return backoff("internal error: the batch was dropped unanswered".into()),
+    };
+    match shared.wal.wait_durable(lsn, shared.settings.wal_ack_wait).await {
+        Ok(()) => {
+            count_statuses(&outcome.rows, outcome.ack.redelivered);
+            outcome.ack
+        }
+        Err(WaitError::Timeout(limit)) => backoff(format!("batch not durable within {limit:?} (disk full?)")),
+        Err(WaitError::Failed(reason)) => {
+            fail(shared, Fatal::Wal(reason.clone()));
+            backoff(format!("write-ahead log stopped: {reason}"))
+        }
+    }
+}
+
+/// Steps 1 and 2 of the pipeline, a slice of `verify_slice_scans_max`
+/// scans at a time, each slice on rayon in a turn taken fairly between
+/// connections, in chunks sized by this connection's failure rate (which
+/// each slice updates). `None` when verification panicked: a bug some
+/// input triggers; nothing is claimed yet, so the batch is refused and
+/// the server carries on. (Rayon would abort the process on an uncaught
+/// panic.)
+async fn verify_fairly(shared: &Shared, peer: &Peer, batch: &Arc<ScanBatch>) -> Option<VerifiedBatch> {
+    let mut verified = VerifiedBatch::default();
+    let slice_scans = shared.settings.verify_slice_scans_max.max(1);
+    for start in (0..batch.scans.len()).step_by(slice_scans) {
+        let end = (start + slice_scans).min(batch.scans.len());
+        let _turn = shared.verify_turns.take(peer.party).await;
+        let chunk_signatures = farestream_core::sync::lock(&peer.sizer).chunk_signatures();
+        let (reply, result) = oneshot::channel();
+        let (pipeline, batch) = (Arc::clone(&shared.pipeline), Arc::clone(batch));
+        rayon::spawn(move || {
+            let part =
+                catch_unwind(AssertUnwindSafe(|| pipeline.verify_records(&batch.scans[start..end], chunk_signatures)));
+            let _ = reply.send(part);
+        });
+        let part = result.await.ok()?.ok()?;
+        let (checked, failed) = part.signature_counts();
+        farestream_core::sync::lock(&peer.sizer).observe(checked, failed);
+        farestream_core::sync::lock(&shared.all_peers).observe(checked, failed);
+        verified.append(part);
+    }
+    Some(verified)
+}
+
+/// Step 3 under the commit gate: the arrival time, the claims and the log
+/// record in one order.
+///
+/// A panic here is a bug, and the dedup indexes may hold claims the log
+/// never got, so the server stops and recovery rebuilds them from what is
+/// durable. The stop is recorded before the gate opens again, so no batch
+/// waiting on the gate can take such a claim for a re-delivery and be
+/// acked.
+fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Committed {
+    let mut claims = farestream_core::sync::lock(&shared.gate.claims);
+    if let Some(reason) = shared.failure.get() {
+        return Committed::Refused(format!("server stopping: {reason}"));
+    }
+    let received_at = shared.gate.clock.now_ms();
+    let committed = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = shared.pipeline.commit(batch, verified, received_at);
+        shared.handles.faults.during_commit();
+        if outcome.rows.is_empty() {
+            // Nothing new; the re-delivered originals were queued before now.
+            return Committed::Queued { lsn: shared.wal.tail_lsn(), outcome };
+        }
+        match shared.wal.enqueue(&journal::encode(&outcome.rows, batch.batch_seq)) {
+            Ok(lsn) => Committed::Queued { outcome, lsn },
+            Err(error) => Committed::Unlogged(error.to_string()),
+        }
+    }));
+    let committed =
+        committed.unwrap_or_else(|_| Committed::Unlogged("internal error while committing the batch".into()));
+    match &committed {
+        Committed::Queued { lsn, .. } => claims.logged(*lsn),
+        Committed::Unlogged(error) => fail(shared, Fatal::Unlogged(error.clone())),
+        Committed::Refused(_) => {}
+    }
+    committed
+}
+
+fn count_statuses(rows: &[ArchivedScan], redelivered: u32) {
+    for status in ScanStatus::ALL {
+        let count = rows.iter().filter(|r| r.status == status).count() as u64;
+        if count > 0 {
+            telemetry::scans_archived(status, count);
+        }
+    }
+    telemetry::scans_redelivered(u64::from(redelivered));
+}

@@ -1,0 +1,172 @@
+//! Connections and streams: the accept loop under `connections_max`, one
+//! task per connection and per stream, and the frame read with its limits
+//! (`frame_bytes_max` before allocating, room in
+//! `frames_in_flight_bytes_max`, the scan count before decoding, all within
+//! `frame_read_timeout`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prost::Message;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::timeout_at;
+
+use crate::batch::{Peer, process};
+use crate::deny_push::push_deny_list;
+use crate::{BACKOFF_RETRY_AFTER_MS, Shared, spawn_supervised};
+use farestream_core::ingest::BatchError;
+use farestream_gateway::wire::{
+    AckStatus, BatchAck, FrameError, ScanBatch, count_field, read_frame_body, read_frame_len, write_message,
+};
+use farestream_ingest::telemetry;
+
+/// QUIC application error code for "stop sending, the frame is too large".
+const STOP_FRAME_TOO_LARGE: u32 = 1;
+/// `ScanBatch.scans` in `proto/farestream.proto`.
+const SCAN_BATCH_SCANS_FIELD: u32 = 3;
+
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(shared.settings.connections_max));
+    loop {
+        let incoming = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            telemetry::connection_refused();
+            incoming.refuse();
+            continue;
+        };
+        let shared_for_task = Arc::clone(&shared);
+        spawn_supervised(&shared, "a connection task", async move {
+            handle_connection(incoming, shared_for_task).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::debug!(%error, "handshake failed");
+            return;
+        }
+    };
+    telemetry::connection_opened();
+    spawn_supervised(&shared, "a deny-list push", push_deny_list(connection.clone(), Arc::clone(&shared)));
+    let peer = Arc::new(Peer {
+        party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        sizer: Mutex::new(*farestream_core::sync::lock(&shared.all_peers)),
+    });
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            stream = connection.accept_bi() => match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, remote = %connection.remote_address(), "connection ended");
+                    return;
+                }
+            },
+        };
+        let shared_for_task = Arc::clone(&shared);
+        spawn_supervised(&shared, "a stream task", handle_stream(send, recv, shared_for_task, Arc::clone(&peer)));
+    }
+}
+
+/// One batch: read its frame, process it, write the ack.
+async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>, peer: Arc<Peer>) {
+    let started = Instant::now();
+    let read = tokio::select! {
+        read = read_batch(&mut recv, &shared) => read,
+        // A half-read batch does not hold up a shutdown: its gateway resends.
+        _ = shared.shutdown.cancelled() => Err(backoff_ack("", 0, "server is shutting down; resend the batch".into())),
+    };
+    let ack = match read {
+        // The frame's bytes stay counted until the batch is answered.
+        Ok((batch, _frame_bytes)) => process(&shared, &peer, batch).await,
+        Err(ack) => ack,
+    };
+    let outcome = match ack.ack_status() {
+        AckStatus::Ok => "ok",
+        AckStatus::Backoff => "backoff",
+        _ => "malformed",
+    };
+    telemetry::batch_answered(outcome, started.elapsed().as_secs_f64());
+    if let Err(error) = write_message(&mut send, &ack).await {
+        tracing::debug!(%error, "could not deliver an ack; the gateway will resend");
+    }
+    let _ = send.finish();
+    // Until the gateway has the ack, closing the connection (a shutdown)
+    // would discard it; a gateway that stays silent costs one idle task
+    // for at most the frame read timeout.
+    let _ = tokio::time::timeout(shared.settings.frame_read_timeout, send.stopped()).await;
+}
+
+/// Reads one batch within `frame_read_timeout`: the length prefix (checked
+/// against `frame_bytes_max`), room for the body among
+/// `frames_in_flight_bytes_max`, the body, its scan count (checked before
+/// decoding), then the decode. The error is the ack to send: a slow or
+/// crowded read is `BACKOFF` (the gateway resends), a bad frame `MALFORMED`.
+async fn read_batch<'a>(
+    recv: &mut quinn::RecvStream,
+    shared: &'a Shared,
+) -> Result<(ScanBatch, SemaphorePermit<'a>), BatchAck> {
+    let settings = &shared.settings;
+    let deadline = tokio::time::Instant::now() + settings.frame_read_timeout;
+    let limit_ms = settings.frame_read_timeout.as_millis();
+    let too_slow = |reason: &'static str, what: String| {
+        telemetry::batch_refused(reason);
+        backoff_ack("", 0, format!("{what} within {limit_ms} ms; resend the batch"))
+    };
+    let malformed = |error: FrameError| {
+        telemetry::batch_refused(frame_error_reason(&error));
+        BatchAck::malformed("", 0, error.to_string())
+    };
+    let len = match timeout_at(deadline, read_frame_len(recv, settings.frame_bytes_max)).await {
+        Err(_) => return Err(too_slow("frame_read_timeout", "batch frame length not received".into())),
+        Ok(Err(error)) => {
+            if matches!(error, FrameError::TooLarge { .. }) {
+                let _ = recv.stop(STOP_FRAME_TOO_LARGE.into());
+            }
+            return Err(malformed(error));
+        }
+        Ok(Ok(len)) => len,
+    };
+    let permit = match timeout_at(deadline, shared.frame_bytes.acquire_many(len)).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Err(backoff_ack("", 0, "server is shutting down".into())),
+        Err(_) => return Err(too_slow("frames_in_flight_full", format!("no room for a {len}-byte frame"))),
+    };
+    let body = match timeout_at(deadline, read_frame_body(recv, len)).await {
+        Err(_) => return Err(too_slow("frame_read_timeout", format!("{len}-byte batch frame not received"))),
+        Ok(Err(error)) => return Err(malformed(error)),
+        Ok(Ok(body)) => body,
+    };
+    let count = count_field(&body, SCAN_BATCH_SCANS_FIELD, "ScanBatch").map_err(malformed)?;
+    let max = shared.pipeline.config().batch_scans_max;
+    if count > max {
+        telemetry::batch_refused("batch_shape");
+        return Err(BatchAck::malformed("", 0, BatchError::TooManyScans { count, max }.to_string()));
+    }
+    let batch = ScanBatch::decode(body.as_slice())
+        .map_err(|source| malformed(FrameError::Decode { message: "ScanBatch", source }))?;
+    Ok((batch, permit))
+}
+
+/// An ack that tells the gateway to resend after a pause.
+fn backoff_ack(gateway_id: &str, batch_seq: u64, error: String) -> BatchAck {
+    BatchAck::backoff(gateway_id, batch_seq, error, BACKOFF_RETRY_AFTER_MS)
+}
+
+fn frame_error_reason(error: &FrameError) -> &'static str {
+    match error {
+        FrameError::TooLarge { .. } => "frame_too_large",
+        FrameError::Truncated(_) => "frame_truncated",
+        FrameError::Decode { .. } | FrameError::Fields { .. } => "frame_not_protobuf",
+    }
+}

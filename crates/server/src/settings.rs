@@ -1,0 +1,202 @@
+//! The server's settings, taken from [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use farestream_core::fares::FareTable;
+use farestream_core::retry::{BreakerSettings, RetryPolicy};
+use farestream_core::service_day::ServiceDayPolicy;
+use farestream_ingest::archive::checkpoint::checkpoint_path;
+use farestream_ingest::archive::{ArchiveWriterConfig, ArchiverSettings, scans_root};
+use farestream_ingest::config::fare_table::load_fares;
+use farestream_ingest::config::{Config, ConfigError};
+use farestream_ingest::wal::WalConfig;
+use farestream_money::money_settings::{MoneySettings, PaymentGatewaySettings};
+use farestream_money::{DispatcherSettings, PricerSettings, store_path};
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen_addr: SocketAddr,
+    pub connections_max: usize,
+    pub streams_per_connection_max: u32,
+    pub idle_timeout: Duration,
+    pub pipeline_batches_in_flight_max: usize,
+    pub verify_slices_in_flight_max: usize,
+    pub verify_slice_scans_max: usize,
+    pub frames_in_flight_bytes_max: usize,
+    /// How long in-flight batches may take to finish on shutdown.
+    pub shutdown_deadline: Duration,
+    pub frame_bytes_max: u32,
+    pub frame_read_timeout: Duration,
+    /// Cards per deny-list page sent to a gateway that connects.
+    pub deny_list_page_cards_max: usize,
+    /// Deny-list changes kept for gateways that fall behind; one further
+    /// behind gets the full list.
+    pub deny_list_changes_kept_max: usize,
+    pub dedup_sweep_interval: Duration,
+    pub data_dir: PathBuf,
+    pub wal: WalConfig,
+    pub wal_ack_wait: Duration,
+    pub wal_disk_full_retry: Duration,
+    pub wal_fsync_enabled: bool,
+    pub archive: ArchiveWriterConfig,
+    pub archiver: ArchiverSettings,
+    pub money: MoneySettings,
+    /// When the daily settlement runs; `None` when
+    /// `settlement.cut_over_enabled` is off.
+    pub cut_over: Option<CutOverSettings>,
+}
+
+/// The daily cut-over: the settlement of each service day once it ends,
+/// and again for each day still inside the rebill window.
+#[derive(Debug, Clone)]
+pub struct CutOverSettings {
+    /// How long after a service day ends its first settlement runs.
+    pub delay: Duration,
+    /// How long a failed settlement waits before it is tried again.
+    pub retry_interval: Duration,
+    /// Where service days start and end.
+    pub service_day: ServiceDayPolicy,
+    /// A day stays open to late scans this long after it ends: each
+    /// cut-over settles again every day still inside it.
+    pub accepted_lateness: Duration,
+}
+
+impl ServerSettings {
+    /// Settings for a server over `data_dir`; reads the fare table that
+    /// `payments.fares_file` names (the shipped one when empty).
+    pub fn from_config(config: &Config, data_dir: &Path) -> Result<ServerSettings, ConfigError> {
+        let fares_file = Some(Path::new(&config.payments.fares_file)).filter(|p| !p.as_os_str().is_empty());
+        let fares = load_fares(fares_file)?;
+        let wal = WalConfig {
+            dir: data_dir.join("wal"),
+            segment_bytes_max: config.wal.segment_bytes_max,
+            record_bytes_max: config.wal.record_bytes_max,
+        };
+        let lateness = Duration::from_secs(u64::from(config.ingest.accepted_lateness_secs));
+        let service_day = config.service_day_policy()?;
+        Ok(ServerSettings {
+            listen_addr: config.server.listen_addr,
+            connections_max: config.server.connections_max,
+            streams_per_connection_max: config.server.streams_per_connection_max,
+            idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
+            pipeline_batches_in_flight_max: config.server.pipeline_batches_in_flight_max,
+            verify_slices_in_flight_max: config.server.verify_slices_in_flight_max,
+            verify_slice_scans_max: config.server.verify_slice_scans_max,
+            frames_in_flight_bytes_max: usize::try_from(config.server.frames_in_flight_bytes_max)
+                .unwrap_or(usize::MAX)
+                .min(Semaphore::MAX_PERMITS),
+            shutdown_deadline: Duration::from_millis(config.server.shutdown_deadline_ms),
+            frame_bytes_max: config.wire.frame_bytes_max,
+            frame_read_timeout: Duration::from_millis(config.wire.frame_read_timeout_ms),
+            deny_list_page_cards_max: config.wire.deny_list_page_cards_max,
+            deny_list_changes_kept_max: config.server.deny_list_changes_kept_max,
+            dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
+            data_dir: data_dir.to_path_buf(),
+            archiver: ArchiverSettings {
+                wal_dir: wal.dir.clone(),
+                record_bytes_max: wal.record_bytes_max,
+                checkpoint_path: checkpoint_path(data_dir),
+                poll_interval: Duration::from_millis(config.archive.poll_interval_ms),
+                retry_after_error: Duration::from_millis(config.archive.retry_after_error_ms),
+                service_day,
+                accepted_lateness: lateness,
+            },
+            money: money_settings(config, data_dir, fares),
+            cut_over: config.settlement.cut_over_enabled.then(|| CutOverSettings {
+                delay: Duration::from_secs(u64::from(config.settlement.cut_over_delay_minutes) * 60),
+                retry_interval: Duration::from_secs(config.settlement.cut_over_retry_interval_secs),
+                service_day,
+                accepted_lateness: lateness,
+            }),
+            wal,
+            wal_ack_wait: Duration::from_millis(config.wal.ack_wait_ms_max),
+            wal_disk_full_retry: Duration::from_millis(config.wal.disk_full_retry_ms),
+            wal_fsync_enabled: config.wal.fsync_enabled,
+            archive: ArchiveWriterConfig {
+                root: scans_root(data_dir),
+                file_bytes_max: config.archive.file_bytes_max,
+                file_age_max: Duration::from_secs(config.archive.file_age_secs_max),
+                row_group_rows_max: config.archive.row_group_rows_max,
+            },
+        })
+    }
+}
+
+/// The money shell's settings from the config's `payments` section.
+fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySettings {
+    let p = &config.payments;
+    let ms = Duration::from_millis;
+    let store_path = store_path(data_dir);
+    let store_busy_wait = ms(p.store_busy_wait_ms);
+    let pricer_poll = ms(p.pricer_poll_interval_ms);
+    let gateway = (!p.gateway_url.is_empty()).then(|| PaymentGatewaySettings {
+        url: p.gateway_url.clone(),
+        hmac_secret: p.hmac_secret.as_bytes().to_vec(),
+        request_timeout: ms(p.request_timeout_ms),
+        dispatch: DispatcherSettings {
+            concurrency_max: p.dispatch_concurrency_max,
+            batch_charges_max: p.dispatch_batch_charges_max,
+            lease: ms(p.dispatch_lease_ms),
+            retry: RetryPolicy {
+                backoff_initial_ms: saturating_ms(p.retry_backoff_ms_initial),
+                backoff_max_ms: saturating_ms(p.retry_backoff_ms_max),
+                budget_ms: i64::from(p.retry_budget_hours).saturating_mul(3_600_000),
+                failed_retry_after_ms: saturating_ms(p.failed_retry_after_ms),
+            },
+            breaker: BreakerSettings {
+                failures_to_open: p.breaker_failures_to_open,
+                probe_interval_initial_ms: saturating_ms(p.breaker_probe_interval_ms_initial),
+                probe_interval_max_ms: saturating_ms(p.breaker_probe_interval_ms_max),
+            },
+            poll_interval: pricer_poll,
+        },
+    });
+    MoneySettings {
+        pricer: PricerSettings {
+            wal_dir: data_dir.join("wal"),
+            record_bytes_max: config.wal.record_bytes_max,
+            poll_interval: pricer_poll,
+            fares,
+        },
+        store_path,
+        deposit_cents: p.deposit_fen,
+        store_busy_wait,
+        gateway,
+        rides_arrive_within: Duration::from_secs(
+            u64::from(config.ingest.accepted_lateness_secs) + u64::from(config.ride_code.clock_skew_secs),
+        ),
+        refund_check_interval: ms(p.refund_check_interval_ms),
+        charges_archive_interval: ms(p.charges_archive_interval_ms),
+        charges_archive_batch_max: p.charges_archive_batch_charges_max,
+    }
+}
+
+/// Milliseconds from the config as the core counts them.
+fn saturating_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fares_file_that_is_missing_or_empty_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::defaults();
+        config.payments.fares_file = dir.path().join("nowhere.toml").display().to_string();
+        let missing = ServerSettings::from_config(&config, dir.path()).expect_err("missing").to_string();
+        assert!(missing.contains("nowhere.toml"), "{missing}");
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").expect("write");
+        config.payments.fares_file = empty.display().to_string();
+        assert!(ServerSettings::from_config(&config, dir.path()).is_err(), "an empty table prices nothing");
+        config.payments.fares_file = String::new();
+        let shipped = ServerSettings::from_config(&config, dir.path()).expect("the shipped table");
+        assert_eq!(shipped.money.pricer.fares.currency, "CNY");
+    }
+}
