@@ -11,7 +11,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use super::DemoError;
-use crate::charges::ChargeRecord;
+use crate::charges::{ChargeOutcome, ChargeRecord};
 use crate::fares::is_ride;
 use crate::money::money_audit::{AppliedPayment, MoneyAudit, audit_money};
 use crate::money::outbox::{charges, undecided};
@@ -125,7 +125,7 @@ pub(super) async fn after_the_day(
 #[derive(Debug, Clone, Default)]
 pub struct MoneySummary {
     pub accounts: usize,
-    pub charges_by_outcome: BTreeMap<String, (u64, i64)>,
+    pub charges_by_outcome: BTreeMap<ChargeOutcome, (u64, i64)>,
     /// This run's rides, and how many of them some charge prices.
     pub rides: u64,
     pub rides_priced: u64,
@@ -143,8 +143,8 @@ pub struct MoneySummary {
 }
 
 impl MoneySummary {
-    pub fn amount(&self, outcome: &str) -> i64 {
-        self.charges_by_outcome.get(outcome).map(|(_, amount)| *amount).unwrap_or(0)
+    pub fn amount(&self, outcome: ChargeOutcome) -> i64 {
+        self.charges_by_outcome.get(&outcome).map(|(_, amount)| *amount).unwrap_or(0)
     }
 
     pub fn is_consistent(&self) -> bool {
@@ -175,7 +175,7 @@ pub(super) async fn summarize(
         .collect();
     let mut summary = MoneySummary { accounts: cards.len(), after_day, ..MoneySummary::default() };
     for charge in &charges {
-        let entry = summary.charges_by_outcome.entry(charge.outcome.clone()).or_default();
+        let entry = summary.charges_by_outcome.entry(charge.outcome).or_default();
         entry.0 += 1;
         entry.1 += charge.amount_cents;
     }
@@ -204,7 +204,7 @@ pub(super) async fn summarize(
 /// The money lines of the demo's summary.
 pub(super) fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
     let yuan = |fen: i64| format!("{} {currency}", crate::charges::format_cents(fen));
-    let count = |outcome: &str| summary.charges_by_outcome.get(outcome).map(|(n, _)| *n).unwrap_or(0);
+    let count = |outcome: ChargeOutcome| summary.charges_by_outcome.get(&outcome).map(|(n, _)| *n).unwrap_or(0);
     out.push_str(&format!(
         "  money: {} accounts; {} rides priced into {} charges\n",
         summary.accounts,
@@ -213,13 +213,13 @@ pub(super) fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
     ));
     out.push_str(&format!(
         "         charged {} ({} charges), declined {} ({}), nothing due under the cap: {}, credits netted against arrears: {} ({})\n",
-        yuan(summary.amount("succeeded")),
-        count("succeeded"),
-        yuan(summary.amount("declined")),
-        count("declined"),
-        count("nothing_due"),
-        yuan(summary.amount("netted")),
-        count("netted"),
+        yuan(summary.amount(ChargeOutcome::Succeeded)),
+        count(ChargeOutcome::Succeeded),
+        yuan(summary.amount(ChargeOutcome::Declined)),
+        count(ChargeOutcome::Declined),
+        count(ChargeOutcome::NothingDue),
+        yuan(summary.amount(ChargeOutcome::Netted)),
+        count(ChargeOutcome::Netted),
     ));
     let after = &summary.after_day;
     out.push_str(&format!(

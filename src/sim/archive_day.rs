@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use farestream_core::charges::{ChargeRecord, RiderDay, plan_charges};
+use farestream_core::charges::{ChargeOutcome, ChargeRecord, RiderDay, plan_charges};
 use farestream_core::fares::{DayEdges, FareTable, Tap};
 use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream_core::service_day::ServiceDayPolicy;
@@ -201,9 +201,9 @@ fn price(spec: &ArchiveDaySpec, fares: &FareTable, scans: &[ArchivedScan], rng: 
         let declines = rng.random_bool(spec.declined_percent / 100.0);
         for charge in plan_charges(day, &fares.price_day(&taps, &DayEdges::NONE), &[]) {
             let outcome = match (charge.amount_cents, declines) {
-                (0, _) => "nothing_due",
-                (_, true) => "declined",
-                _ => "succeeded",
+                (0, _) => ChargeOutcome::NothingDue,
+                (_, true) => ChargeOutcome::Declined,
+                _ => ChargeOutcome::Succeeded,
             };
             charges.push(ChargeRecord {
                 charge_id: charge.id,
@@ -213,8 +213,8 @@ fn price(spec: &ArchiveDaySpec, fares: &FareTable, scans: &[ArchivedScan], rng: 
                 amount_cents: charge.amount_cents,
                 currency: fares.currency.clone(),
                 scan_ids: charge.scan_ids,
-                outcome: outcome.to_string(),
-                attempts: u32::from(outcome != "nothing_due"),
+                outcome,
+                attempts: u32::from(outcome != ChargeOutcome::NothingDue),
                 created_at: 0,
                 decided_at: Some(0),
                 gateway_txn_id: None,
@@ -293,7 +293,7 @@ fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Re
     let mut store = MoneyStore::open(&store_path(data_dir), Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let tx = store.transaction().map_err(|e| e.to_string())?;
     let mut owed: BTreeMap<u64, Vec<&ChargeRecord>> = BTreeMap::new();
-    for c in charges.iter().filter(|c| c.outcome == "declined" && c.amount_cents > 0) {
+    for c in charges.iter().filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents > 0) {
         owed.entry(c.card_id).or_default().push(c);
     }
     for (card, declined) in owed {

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use farestream::charges::ChargeKind;
 use farestream::charges::ChargeRecord;
+use farestream::charges::{ChargeKind, ChargeOutcome};
 use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::money::outbox::{charges, undecided};
@@ -168,11 +168,11 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     archived.sort_by_key(|c| c.charge_id);
     let mut outbox = charges.clone();
     outbox.sort_by_key(|c| c.charge_id);
-    let seen = |c: &ChargeRecord| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date);
+    let seen = |c: &ChargeRecord| (c.charge_id, c.amount_cents, c.outcome, c.scan_ids.clone(), c.service_date);
     assert_eq!(
         archived
             .iter()
-            .map(|c| (c.charge_id, c.amount_cents, c.outcome.clone(), c.scan_ids.clone(), c.service_date))
+            .map(|c| (c.charge_id, c.amount_cents, c.outcome, c.scan_ids.clone(), c.service_date))
             .collect::<Vec<_>>(),
         outbox.iter().map(seen).collect::<Vec<_>>()
     );
@@ -278,7 +278,7 @@ async fn outages_lost_answers_and_latency_never_charge_twice() {
     assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 24);
     let charges = m.settle().await;
     assert_eq!(charges.len(), 24);
-    assert!(charges.iter().all(|c| c.outcome == "succeeded"), "{charges:?}");
+    assert!(charges.iter().all(|c| c.outcome == ChargeOutcome::Succeeded), "{charges:?}");
     assert!(charges.iter().any(|c| c.attempts > 1), "the faults made some charges retry");
     let debits = m.debits().await;
     assert_charged_once(&debits, &charges);
@@ -452,17 +452,18 @@ async fn a_charge_counts_only_the_attempts_that_were_sent() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let one_decided = loop {
         let now = charges(store.connection(), None).expect("charges");
-        if now.iter().any(|c| c.outcome == "succeeded") || std::time::Instant::now() > deadline {
+        if now.iter().any(|c| c.outcome == ChargeOutcome::Succeeded) || std::time::Instant::now() > deadline {
             break now;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let waiting: Vec<u32> = one_decided.iter().filter(|c| c.outcome == "pending").map(|c| c.attempts).collect();
+    let waiting: Vec<u32> =
+        one_decided.iter().filter(|c| c.outcome == ChargeOutcome::Pending).map(|c| c.attempts).collect();
     assert!(!waiting.is_empty(), "one request at a time: the others wait");
     assert!(waiting.iter().all(|&a| a == 0), "claimed but not answered is no attempt: {one_decided:?}");
     m.control.set_faults(SimFaults::default()).await.expect("faults off");
     let decided = m.settle().await;
-    assert!(decided.iter().all(|c| c.outcome == "succeeded" && c.attempts == 1), "{decided:?}");
+    assert!(decided.iter().all(|c| c.outcome == ChargeOutcome::Succeeded && c.attempts == 1), "{decided:?}");
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }
@@ -499,7 +500,7 @@ async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns
     assert_eq!(undecided(store.connection()).expect("count"), 40, "nothing lost, nothing failed");
     m.control.set_faults(SimFaults::default()).await.expect("back");
     let charges = m.settle().await;
-    assert_eq!(charges.iter().filter(|c| c.outcome == "succeeded").count(), 40, "{charges:?}");
+    assert_eq!(charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).count(), 40, "{charges:?}");
     assert!(charges.iter().all(|c| c.attempts >= 1));
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;

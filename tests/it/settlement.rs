@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use farestream::archive::parquet_writer::partition_dir;
 use farestream::archive::read::{archive_files, read_charges_file};
 use farestream::archive::scans_root;
+use farestream::charges::ChargeOutcome;
 use farestream::clock_source::Clock;
 use farestream::scan::TapKind;
 use farestream::server::DailySettlement;
@@ -227,7 +228,7 @@ async fn a_metro_trip_across_the_day_boundary_is_one_fare_on_its_entrys_day() {
     assert_eq!(of(621, next_day), [("ride", 0, 1), ("ride", 300, 1)], "its exit is a continuation: nothing due");
     assert_eq!(of(622, day()), [("ride", 600, 1)]);
     assert_eq!(of(622, next_day), [("adjustment", -900, 0), ("max_fare", 900, 1)], "the maximum fare comes back");
-    let net: i64 = charges.iter().filter(|c| c.outcome == "succeeded").map(|c| c.amount_cents).sum();
+    let net: i64 = charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).map(|c| c.amount_cents).sum();
     assert_eq!(net, 500 + 300 + 600, "two trips and a bus ride, no maximum fare kept");
 
     let now = m.h.clock.now_ms();
@@ -309,8 +310,9 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     let copy = copy_of(data_dir);
     let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));
     let mut rows = read_charges_file(&in_copy).expect("charges");
-    let flipped = rows.iter_mut().find(|c| c.outcome == "succeeded" && c.amount_cents > 0).expect("a success");
-    flipped.outcome = "declined".into();
+    let flipped =
+        rows.iter_mut().find(|c| c.outcome == ChargeOutcome::Succeeded && c.amount_cents > 0).expect("a success");
+    flipped.outcome = ChargeOutcome::Declined;
     let (card, flipped_amount) = (flipped.card_id, flipped.amount_cents);
     rewrite(&in_copy, &rows);
     let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");

@@ -88,7 +88,7 @@ impl ChargeKind {
 
 /// What came of a charge. The names are the money store's and the charges
 /// archive's `outcome` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChargeOutcome {
     /// Not decided yet: waiting for its first or next attempt.
     Pending,
@@ -143,6 +143,13 @@ impl ChargeOutcome {
     /// archive and is never sent again.
     pub fn is_final(self) -> bool {
         !matches!(self, ChargeOutcome::Pending | ChargeOutcome::Failed)
+    }
+
+    /// The outcome of a charge just planned: nothing to collect (a ride
+    /// under a reached cap) is decided at once and never sent; anything
+    /// else waits for its first attempt.
+    pub fn when_planned(amount_cents: SignedCents) -> ChargeOutcome {
+        if amount_cents == 0 { ChargeOutcome::NothingDue } else { ChargeOutcome::Pending }
     }
 }
 
@@ -214,6 +221,11 @@ pub fn rest_of(day: RiderDay, credit: &ChargeId) -> ChargeId {
     charge_id(day, ChargeKind::Adjustment, &[b"rest-of".as_slice(), credit].concat())
 }
 
+/// The outcomes that are not [`final`](ChargeOutcome::is_final), as an SQL
+/// list for `outcome IN …` in the money store's queries (a test holds the
+/// two together).
+pub const UNDECIDED_OUTCOMES_SQL: &str = "('pending', 'failed')";
+
 /// A charge as it is kept: what it prices and what came of it. The outbox
 /// reads its rows into this, and the charges archive writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,8 +244,8 @@ pub struct ChargeRecord {
     pub currency: String,
     /// The scans it prices, all of its own service day; each tap is in exactly one charge.
     pub scan_ids: Vec<[u8; 16]>,
-    /// A [`ChargeOutcome`]'s name.
-    pub outcome: String,
+    /// What came of it so far.
+    pub outcome: ChargeOutcome,
     /// Requests made to the payment gateway so far.
     pub attempts: u32,
     /// When it was priced (Unix ms).
@@ -374,6 +386,14 @@ fn signed(cents: Cents) -> SignedCents {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_undecided_sql_list_names_exactly_the_outcomes_that_are_not_final() {
+        let named: Vec<&str> =
+            UNDECIDED_OUTCOMES_SQL.trim_matches(['(', ')']).split(", ").map(|n| n.trim_matches('\'')).collect();
+        let undecided: Vec<&str> = ChargeOutcome::ALL.iter().filter(|o| !o.is_final()).map(|o| o.as_str()).collect();
+        assert_eq!(named, undecided);
+    }
+
     #[test]
     fn outcomes_read_back_from_their_names() {
         for outcome in ChargeOutcome::ALL {

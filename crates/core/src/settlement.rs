@@ -333,10 +333,29 @@ pub struct DayCharge {
     pub charge_id: ChargeId,
     /// In cents; negative for a credit.
     pub amount_cents: i64,
-    /// A [`ChargeOutcome`](crate::charges::ChargeOutcome)'s name, as read: an unknown one is a break.
-    pub outcome: String,
+    /// Its outcome as read: an unknown one is a break.
+    pub outcome: OutcomeAsRead,
     /// The scans it prices.
     pub scan_ids: Vec<[u8; 16]>,
+}
+
+/// A charge's outcome as the settlement read it from an archive: one this
+/// build knows, or a name it does not (a file written by another build or
+/// by hand), which the settlement reports as a break rather than failing
+/// the day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeAsRead {
+    /// One of the outcomes this build writes.
+    Known(ChargeOutcome),
+    /// A name no [`ChargeOutcome`] has, as it was read.
+    Unknown(String),
+}
+
+impl OutcomeAsRead {
+    /// The outcome named `name`, known or not.
+    pub fn parse(name: &str) -> OutcomeAsRead {
+        ChargeOutcome::parse(name).map_or_else(|| OutcomeAsRead::Unknown(name.to_string()), OutcomeAsRead::Known)
+    }
 }
 
 impl From<&ChargeRecord> for DayCharge {
@@ -344,7 +363,7 @@ impl From<&ChargeRecord> for DayCharge {
         DayCharge {
             charge_id: c.charge_id,
             amount_cents: c.amount_cents,
-            outcome: c.outcome.clone(),
+            outcome: OutcomeAsRead::Known(c.outcome),
             scan_ids: c.scan_ids.clone(),
         }
     }
@@ -424,10 +443,10 @@ pub fn settle_rider(
     let mut unarchived_scans = Vec::new();
     let known: std::collections::HashSet<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
     for charge in &charges {
-        match ChargeOutcome::parse(&charge.outcome) {
-            Some(outcome) => figures.add_charge(charge.amount_cents, outcome),
-            None => {
-                breaks.push(Break::UnknownOutcome { charge_id: charge.charge_id, outcome: charge.outcome.clone() });
+        match &charge.outcome {
+            OutcomeAsRead::Known(outcome) => figures.add_charge(charge.amount_cents, *outcome),
+            OutcomeAsRead::Unknown(name) => {
+                breaks.push(Break::UnknownOutcome { charge_id: charge.charge_id, outcome: name.clone() });
                 figures.add_unknown_charge(charge.amount_cents);
             }
         }
@@ -592,7 +611,7 @@ mod tests {
         DayCharge {
             charge_id: [n; 16],
             amount_cents: amount,
-            outcome: outcome.into(),
+            outcome: OutcomeAsRead::parse(outcome),
             scan_ids: scans.iter().map(|s| [*s; 16]).collect(),
         }
     }

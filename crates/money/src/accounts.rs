@@ -15,6 +15,7 @@ use thiserror::Error;
 use crate::codec::{card_from_sql, card_to_sql};
 use crate::store::StoreError;
 use farestream_core::account::{self, AccountState, NotYet, WrongState, is_denied};
+use farestream_core::charges::UNDECIDED_OUTCOMES_SQL;
 use farestream_core::deny_list::DenyChange;
 use farestream_ingest::clock_source::UnixMillis;
 
@@ -250,9 +251,12 @@ pub fn refunds_due(conn: &Connection, now: UnixMillis, rides_arrive_within_ms: i
 /// waits for them.
 pub fn money_in_flight(conn: &Connection, card_id: u64) -> Result<bool, StoreError> {
     let busy: i64 = conn.query_row(
-        "SELECT (SELECT count(*) FROM charges WHERE card_id = ?1 AND outcome IN ('pending', 'failed'))
-              + (SELECT count(*) FROM open_entries WHERE card_id = ?1)
-              + (SELECT count(*) FROM account_payments WHERE card_id = ?1 AND outcome = 'unknown' AND kind <> 'refund')",
+        &format!(
+            "SELECT (SELECT count(*) FROM charges WHERE card_id = ?1 AND outcome IN {UNDECIDED_OUTCOMES_SQL})
+                  + (SELECT count(*) FROM open_entries WHERE card_id = ?1)
+                  + (SELECT count(*) FROM account_payments
+                     WHERE card_id = ?1 AND outcome = 'unknown' AND kind <> 'refund')"
+        ),
         [card_to_sql(card_id)],
         |r| r.get(0),
     )?;

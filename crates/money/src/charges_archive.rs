@@ -21,7 +21,7 @@ use crate::MoneyStore;
 use crate::outbox::archive_batch;
 use crate::store::StoreError;
 use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
-use farestream_core::charges::ChargeRecord;
+use farestream_core::charges::{ChargeRecord, UNDECIDED_OUTCOMES_SQL};
 use farestream_ingest::archive::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
 use farestream_ingest::clock_source::UnixMillis;
 use farestream_ingest::faults::Faults;
@@ -95,10 +95,12 @@ fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Optio
     }
     let next: i64 = tx.query_row("SELECT coalesce(max(archive_batch), 0) + 1 FROM charges", [], |r| r.get(0))?;
     let claimed = tx.execute(
-        "UPDATE charges SET archive_batch = ?1 WHERE charge_id IN (
-             SELECT charge_id FROM charges
-             WHERE archive_batch IS NULL AND outcome NOT IN ('pending', 'failed')
-             ORDER BY charge_id LIMIT ?2)",
+        &format!(
+            "UPDATE charges SET archive_batch = ?1 WHERE charge_id IN (
+                 SELECT charge_id FROM charges
+                 WHERE archive_batch IS NULL AND outcome NOT IN {UNDECIDED_OUTCOMES_SQL}
+                 ORDER BY charge_id LIMIT ?2)"
+        ),
         params![next, i64::try_from(batch_charges_max).unwrap_or(i64::MAX)],
     )?;
     tx.commit().map_err(StoreError::from)?;

@@ -41,7 +41,9 @@ use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
 use crate::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use crate::store::{MoneyStore, StoreError};
-use farestream_core::charges::{ChargeOutcome, FirstSend, Payer, RiderDay, first_send, rest_of};
+use farestream_core::charges::{
+    ChargeKind, ChargeOutcome, FirstSend, Payer, RiderDay, UNDECIDED_OUTCOMES_SQL, first_send, rest_of,
+};
 use farestream_core::gateway_answer::{AfterAnswer, Attempts, DeclineEffect, decide_answer};
 use farestream_core::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
 use farestream_core::sync::lock;
@@ -263,10 +265,10 @@ impl Dispatcher {
         blocking(move || {
             let mut store = lock(&store);
             let tx = store.transaction()?;
-            tx.execute(
-                "UPDATE charges SET lease_until = 0 WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
-                params![&id[..], claim],
-            )?;
+            let sql = format!(
+                "UPDATE charges SET lease_until = 0 WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
+            );
+            tx.execute(&sql, params![&id[..], claim])?;
             tx.commit()?;
             Ok(())
         })
@@ -290,8 +292,8 @@ impl Dispatcher {
                 let tx = store.transaction()?;
                 let moved = tx.execute(
                     "UPDATE charges SET next_attempt_at = ?1
-                     WHERE outcome = 'pending' AND next_attempt_at > ?1 AND lease_until <= ?1",
-                    [now],
+                     WHERE outcome = ?2 AND next_attempt_at > ?1 AND lease_until <= ?1",
+                    params![now, ChargeOutcome::Pending.as_str()],
                 )?;
                 tx.commit()?;
                 Ok(moved)
@@ -323,16 +325,20 @@ impl Dispatcher {
             let detail = answer.detail();
             let written = match decision.after {
                 AfterAnswer::Succeeded => tx.execute(
-                    "UPDATE charges SET outcome = ?7, decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
-                                        attempts = ?5, first_attempt_at = ?6
-                     WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                    &format!(
+                        "UPDATE charges SET outcome = ?7, decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
+                                            attempts = ?5, first_attempt_at = ?6
+                         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
+                    ),
                     params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
                 )?,
                 AfterAnswer::Declined(effect) => {
                     let written = tx.execute(
-                        "UPDATE charges SET outcome = ?7, decided_at = ?3, last_error = ?4,
-                                            attempts = ?5, first_attempt_at = ?6
-                         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+                        &format!(
+                            "UPDATE charges SET outcome = ?7, decided_at = ?3, last_error = ?4,
+                                                attempts = ?5, first_attempt_at = ?6
+                             WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
+                        ),
                         params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
                     )?;
                     if written > 0 {
@@ -395,13 +401,13 @@ fn due_charges(
     now: UnixMillis,
     limit: usize,
 ) -> Result<Vec<(Claimed, bool)>, StoreError> {
-    let mut due = tx.prepare_cached(
+    let mut due = tx.prepare_cached(&format!(
         "SELECT c.charge_id, c.card_id, c.service_date, c.amount_cents, c.currency, c.kind, c.claims, c.attempts,
                 c.first_attempt_at, a.agreement_id, a.card_id IS NOT NULL
          FROM charges c LEFT JOIN accounts a ON a.card_id = c.card_id
-         WHERE c.outcome IN ('pending', 'failed') AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
-         ORDER BY c.next_attempt_at LIMIT ?2",
-    )?;
+         WHERE c.outcome IN {UNDECIDED_OUTCOMES_SQL} AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
+         ORDER BY c.next_attempt_at LIMIT ?2"
+    ))?;
     let rows = due.query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
         Ok((
             (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
@@ -475,10 +481,12 @@ fn decide_before_sending(
             // agreement, so no request ever went out (stores from before
             // this outcome hold such charges failed, claimed many times).
             tx.execute(
-                "UPDATE charges SET outcome = 'no_account', decided_at = ?2, lease_until = 0,
-                                    last_error = 'the card has no account'
-                 WHERE charge_id = ?1 AND outcome IN ('pending', 'failed')",
-                params![id, now],
+                &format!(
+                    "UPDATE charges SET outcome = ?3, decided_at = ?2, lease_until = 0,
+                                        last_error = 'the card has no account'
+                     WHERE charge_id = ?1 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
+                ),
+                params![id, now, ChargeOutcome::NoAccount.as_str()],
             )?;
             tracing::warn!(charge = %hex::encode(charge.charge_id), card = charge.card_id,
                 "a ride of a card with no account: decided no_account, not sent");
@@ -486,16 +494,16 @@ fn decide_before_sending(
         }
         FirstSend::Net { netted, rest } => {
             tx.execute(
-                "UPDATE charges SET outcome = 'netted', amount_cents = ?2, decided_at = ?3, lease_until = 0
+                "UPDATE charges SET outcome = ?4, amount_cents = ?2, decided_at = ?3, lease_until = 0
                  WHERE charge_id = ?1 AND claims = 0",
-                params![id, netted, now],
+                params![id, netted, now, ChargeOutcome::Netted.as_str()],
             )?;
             let day = RiderDay { card_id: charge.card_id, service_date: charge.service_date };
             if rest < 0 {
                 tx.execute(
                     "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency,
                                           scan_ids, created_at, outcome, next_attempt_at)
-                     VALUES (?1, ?2, ?3, 'adjustment', NULL, ?4, ?5, ?6, ?7, 'pending', 0)",
+                     VALUES (?1, ?2, ?3, ?8, NULL, ?4, ?5, ?6, ?7, ?9, 0)",
                     params![
                         &rest_of(day, &charge.charge_id)[..],
                         card_to_sql(charge.card_id),
@@ -504,6 +512,8 @@ fn decide_before_sending(
                         charge.currency,
                         ids_to_sql(&[]),
                         now,
+                        ChargeKind::Adjustment.as_str(),
+                        ChargeOutcome::Pending.as_str(),
                     ],
                 )?;
             }
@@ -548,9 +558,11 @@ fn retry_later(
             "a charge failed; it is retried every payments.failed_retry_after_ms");
     }
     Ok(tx.execute(
-        "UPDATE charges SET outcome = ?3, next_attempt_at = ?4, lease_until = 0, last_error = ?5,
-                            attempts = ?6, first_attempt_at = ?7
-         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN ('pending', 'failed')",
+        &format!(
+            "UPDATE charges SET outcome = ?3, next_attempt_at = ?4, lease_until = 0, last_error = ?5,
+                                attempts = ?6, first_attempt_at = ?7
+             WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
+        ),
         params![
             &charge.charge_id[..],
             charge.claim,

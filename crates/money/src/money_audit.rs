@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use crate::outbox::charges;
 use crate::payments::{PaymentAttempt, PaymentKind, PaymentOutcome, all_attempts};
 use crate::store::StoreError;
-use farestream_core::charges::ChargeRecord;
+use farestream_core::charges::{ChargeOutcome, ChargeRecord};
 use farestream_core::fares::is_ride;
 use farestream_core::scan::ArchivedScan;
 
@@ -69,7 +69,7 @@ pub fn audit_money(
 ) -> Result<MoneyAudit, StoreError> {
     let outbox = charges(conn, None)?;
     let mut audit = MoneyAudit { charges: outbox.len() as u64, ..MoneyAudit::default() };
-    audit.undecided = outbox.iter().filter(|c| matches!(c.outcome.as_str(), "pending" | "failed")).count() as u64;
+    audit.undecided = outbox.iter().filter(|c| !c.outcome.is_final()).count() as u64;
     let mut priced = HashSet::new();
     for scan in outbox.iter().flat_map(|c| &c.scan_ids) {
         if !priced.insert(*scan) {
@@ -138,14 +138,16 @@ fn check_ledger(
     for charge in outbox {
         let kind = if charge.amount_cents < 0 { "credit" } else { "debit" };
         let at_gateway = applied.get(&(kind, hex::encode(charge.charge_id).as_str())).copied();
-        let agrees = match (charge.outcome.as_str(), at_gateway) {
-            ("succeeded", Some(p)) => p.succeeded && p.amount_cents == charge.amount_cents.unsigned_abs(),
-            ("declined", Some(p)) => !p.succeeded,
+        let agrees = match (charge.outcome, at_gateway) {
+            (ChargeOutcome::Succeeded, Some(p)) => p.succeeded && p.amount_cents == charge.amount_cents.unsigned_abs(),
+            (ChargeOutcome::Declined, Some(p)) => !p.succeeded,
+            (ChargeOutcome::Succeeded | ChargeOutcome::Declined, None) => false,
             // Decided without a request: nothing may be at the gateway.
-            ("nothing_due" | "no_account" | "netted", None) => true,
+            (ChargeOutcome::NothingDue | ChargeOutcome::NoAccount | ChargeOutcome::Netted, at_gateway) => {
+                at_gateway.is_none()
+            }
             // Undecided: the gateway may or may not have applied it yet.
-            ("pending" | "failed", _) => true,
-            _ => false,
+            (ChargeOutcome::Pending | ChargeOutcome::Failed, _) => true,
         };
         audit.ledger_mismatched += u64::from(!agrees);
     }

@@ -5,6 +5,8 @@
 
 use metrics::{counter, gauge};
 
+use farestream_core::charges::ChargeOutcome;
+
 pub fn rides_priced(taps: u64, charges: u64) {
     counter!("farestream_ride_taps_priced_total").increment(taps);
     counter!("farestream_charges_written_total").increment(charges);
@@ -29,8 +31,8 @@ pub fn payment_gateway_breaker(open: bool) {
 /// Charges still pending and failed (past their retry budget, still
 /// retried), and how long the oldest has waited on the server's clock.
 pub fn charges_undecided(undecided: crate::outbox::Undecided, now: farestream_core::clock::UnixMillis) {
-    gauge!("farestream_charges_undecided", "outcome" => "pending").set(undecided.pending as f64);
-    gauge!("farestream_charges_undecided", "outcome" => "failed").set(undecided.failed as f64);
+    gauge!("farestream_charges_undecided", "outcome" => ChargeOutcome::Pending.as_str()).set(undecided.pending as f64);
+    gauge!("farestream_charges_undecided", "outcome" => ChargeOutcome::Failed.as_str()).set(undecided.failed as f64);
     let age_ms = undecided.oldest_created_at.map_or(0, |at| now.saturating_sub(at).max(0));
     gauge!("farestream_charges_oldest_undecided_age_seconds").set(age_ms as f64 / 1_000.0);
 }

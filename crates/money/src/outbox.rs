@@ -6,7 +6,7 @@ use rusqlite::{Connection, params};
 
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, id_from_sql, ids_from_sql};
 use crate::store::StoreError;
-use farestream_core::charges::{ChargeKind, ChargeRecord};
+use farestream_core::charges::{ChargeKind, ChargeOutcome, ChargeRecord, UNDECIDED_OUTCOMES_SQL};
 use farestream_ingest::clock_source::UnixMillis;
 
 const COLUMNS: &str = "charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, created_at,
@@ -82,7 +82,8 @@ fn select(conn: &Connection, filter: Filter, limit: i64) -> Result<Vec<ChargeRec
             currency,
             scan_ids: ids_from_sql(&scan_ids)?,
             created_at,
-            outcome,
+            outcome: ChargeOutcome::parse(&outcome)
+                .ok_or_else(|| StoreError::Corrupt(format!("charge outcome {outcome:?}")))?,
             attempts,
             decided_at,
             gateway_txn_id: txn,
@@ -102,8 +103,8 @@ pub fn count(conn: &Connection) -> Result<u64, StoreError> {
     Ok(count.unsigned_abs())
 }
 
-/// Charges not yet decided: `pending` or `failed` (still retried).
-/// Charges not yet decided, for the gauges and `audit`.
+/// Charges not yet decided (`pending`, or `failed` and still retried),
+/// for the gauges and `audit`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Undecided {
     pub pending: u64,
@@ -115,17 +116,18 @@ pub struct Undecided {
 
 pub fn undecided_charges(conn: &Connection) -> Result<Undecided, StoreError> {
     let (pending, failed, oldest): (i64, i64, Option<i64>) = conn.query_row(
-        "SELECT count(*) FILTER (WHERE outcome = 'pending'), count(*) FILTER (WHERE outcome = 'failed'),
-                min(created_at)
-         FROM charges WHERE outcome IN ('pending', 'failed')",
-        [],
+        &format!(
+            "SELECT count(*) FILTER (WHERE outcome = ?1), count(*) FILTER (WHERE outcome = ?2), min(created_at)
+             FROM charges WHERE outcome IN {UNDECIDED_OUTCOMES_SQL}"
+        ),
+        [ChargeOutcome::Pending.as_str(), ChargeOutcome::Failed.as_str()],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     Ok(Undecided { pending: pending.unsigned_abs(), failed: failed.unsigned_abs(), oldest_created_at: oldest })
 }
 
 pub fn undecided(conn: &Connection) -> Result<u64, StoreError> {
-    let count: i64 =
-        conn.query_row("SELECT count(*) FROM charges WHERE outcome IN ('pending', 'failed')", [], |r| r.get(0))?;
+    let sql = format!("SELECT count(*) FROM charges WHERE outcome IN {UNDECIDED_OUTCOMES_SQL}");
+    let count: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
     Ok(count.unsigned_abs())
 }

@@ -15,7 +15,7 @@ use rusqlite::{Transaction, params};
 
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_from_sql, ids_to_sql};
 use crate::store::StoreError;
-use farestream_core::charges::{Charge, ChargeKind, RiderDay, plan_charges};
+use farestream_core::charges::{Charge, ChargeKind, ChargeOutcome, RiderDay, plan_charges};
 use farestream_core::fares::{DayEdges, FareTable, Tap, ride_of};
 use farestream_core::scan::ArchivedScan;
 use farestream_ingest::clock_source::UnixMillis;
@@ -148,8 +148,8 @@ fn reprice(
         // Due at once (`next_attempt_at` 0: the dispatcher schedules on the
         // wall clock). Nothing to collect (a ride under a reached cap):
         // decided at once, never sent.
-        let (outcome, decided_at) =
-            if charge.amount_cents == 0 { ("nothing_due", Some(now)) } else { ("pending", None) };
+        let outcome = ChargeOutcome::when_planned(charge.amount_cents);
+        let decided_at = outcome.is_final().then_some(now);
         insert.execute(params![
             &charge.id[..],
             card_to_sql(day.card_id),
@@ -160,7 +160,7 @@ fn reprice(
             fares.currency,
             ids_to_sql(&charge.scan_ids),
             now,
-            outcome,
+            outcome.as_str(),
             decided_at,
         ])?;
     }

@@ -26,6 +26,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::tables::{archive_session, register_files};
 use farestream_core::archive::schema::scan_schema;
+use farestream_core::charges::ChargeOutcome;
 use farestream_core::clock::UnixMillis;
 use farestream_core::scan::ScanStatus;
 use farestream_core::service_day::ServiceDayPolicy;
@@ -189,14 +190,17 @@ impl DayContext {
 /// Every declined debit, archived or not, each once, summed per card.
 async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<HashMap<u64, i64>, SettleError> {
     let mut by_charge: HashMap<String, (u64, i64)> = HashMap::new();
-    let sql = "SELECT charge_id, card_id, amount_cents FROM charges WHERE outcome = 'declined' AND amount_cents > 0";
-    for batch in collect_rows(ctx, sql).await? {
+    let declined = ChargeOutcome::Declined.as_str();
+    let sql = format!(
+        "SELECT charge_id, card_id, amount_cents FROM charges WHERE outcome = '{declined}' AND amount_cents > 0"
+    );
+    for batch in collect_rows(ctx, &sql).await? {
         let (ids, cards, amounts) = (column_str(&batch, 0)?, column_u64(&batch, 1)?, column_i64(&batch, 2)?);
         for i in 0..ids.len() {
             by_charge.insert(ids[i].clone().unwrap_or_default(), (cards[i].unwrap_or(0), amounts[i].unwrap_or(0)));
         }
     }
-    for c in snapshot.unarchived_charges.iter().filter(|c| c.outcome == "declined" && c.amount_cents > 0) {
+    for c in snapshot.unarchived_charges.iter().filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents > 0) {
         by_charge.insert(hex::encode(c.charge_id), (c.card_id, c.amount_cents));
     }
     let mut per_card: HashMap<u64, i64> = HashMap::new();

@@ -12,7 +12,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 
-use crate::charges::{ChargeKind, ChargeRecord};
+use crate::charges::{ChargeKind, ChargeOutcome, ChargeRecord};
 use crate::scan::id_to_archive;
 
 fn time() -> DataType {
@@ -69,7 +69,7 @@ pub fn charges_to_record_batch(rows: &[ChargeRecord]) -> Result<RecordBatch, Arr
         Arc::new(amounts.finish()),
         strings(|r| Some(r.currency.clone())),
         Arc::new(scans.finish()),
-        strings(|r| Some(r.outcome.clone())),
+        strings(|r| Some(r.outcome.as_str().to_string())),
         Arc::new(attempts.finish()),
         times(|r| Some(r.created_at)),
         times(|r| r.decided_at),
@@ -126,7 +126,9 @@ pub fn charges_from_record_batch(
             amount_cents: column("amount_cents").as_primitive::<Int64Type>().value(i),
             currency: text("currency", i).ok_or_else(|| bad(i, "null currency"))?,
             scan_ids,
-            outcome: text("outcome", i).ok_or_else(|| bad(i, "null outcome"))?,
+            outcome: text("outcome", i)
+                .and_then(|o| ChargeOutcome::parse(&o))
+                .ok_or_else(|| bad(i, "unknown outcome"))?,
             attempts: column("attempts").as_primitive::<UInt32Type>().value(i),
             created_at: column("created_at").as_primitive::<TimestampMillisecondType>().value(i),
             decided_at: (!decided.is_null(i)).then(|| decided.value(i)),
@@ -152,6 +154,37 @@ mod tests {
     }
 
     #[test]
+    fn an_outcome_or_kind_this_build_does_not_know_is_an_error_naming_the_row() {
+        let row = ChargeRecord {
+            charge_id: [1; 16],
+            card_id: 7,
+            service_date: NaiveDate::MIN,
+            kind: ChargeKind::Ride,
+            amount_cents: 300,
+            currency: "CNY".into(),
+            scan_ids: vec![],
+            outcome: ChargeOutcome::Pending,
+            attempts: 0,
+            created_at: 0,
+            decided_at: None,
+            gateway_txn_id: None,
+        };
+        let batch = charges_to_record_batch(&[row.clone(), row]).expect("batch");
+        for (column, known, unknown, error) in [
+            ("outcome", "pending", "refunded", "row 1: unknown outcome"),
+            ("outcome", "pending", "", "row 1: unknown outcome"),
+            ("kind", "ride", "", "row 1: unknown kind"),
+        ] {
+            let mut columns = batch.columns().to_vec();
+            let index = batch.schema().index_of(column).expect("column");
+            columns[index] = Arc::new(arrow_array::StringArray::from(vec![known, unknown]));
+            let changed = RecordBatch::try_new(batch.schema(), columns).expect("same schema");
+            let read = charges_from_record_batch(&changed, NaiveDate::MIN).expect_err(unknown).to_string();
+            assert!(read.contains(error), "{read}");
+        }
+    }
+
+    #[test]
     fn charges_round_trip_at_their_extremes() {
         let row = |n: u8, scans: usize| ChargeRecord {
             charge_id: [n; 16],
@@ -161,7 +194,7 @@ mod tests {
             amount_cents: if n == 0 { i64::MIN } else { i64::MAX },
             currency: "CNY".into(),
             scan_ids: (0..scans).map(|s| [s as u8; 16]).collect(),
-            outcome: "succeeded".into(),
+            outcome: ChargeOutcome::Succeeded,
             attempts: u32::MAX,
             created_at: i64::MIN,
             decided_at: (n != 0).then_some(i64::MAX),

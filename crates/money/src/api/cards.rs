@@ -125,7 +125,7 @@ pub(super) async fn view(
             service_date: c.service_date.to_string(),
             kind: c.kind.as_str().into(),
             amount_cents: c.amount_cents,
-            outcome: c.outcome,
+            outcome: c.outcome.as_str().into(),
             scan_ids: c.scan_ids.iter().map(hex::encode).collect(),
             attempts: c.attempts,
         })
