@@ -339,6 +339,7 @@ fn change(
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     account::assert_consistent(before.card_id, state, arrears_cents);
+    assert_deny_list_agrees(tx, before.card_id, is_denied(before.state, before.arrears_cents), "before", event)?;
     tx.execute(
         "UPDATE accounts SET arrears_cents = ?2, state = ?3 WHERE card_id = ?1",
         params![card_to_sql(before.card_id), arrears_cents, state.as_str()],
@@ -351,7 +352,31 @@ fn change(
             params![card_to_sql(before.card_id), denied, now],
         )?;
     }
+    assert_deny_list_agrees(tx, before.card_id, denied, "after", event)?;
     account(tx, before.card_id)
+}
+
+/// A card owes (or waits for its deposit back) if and only if the store's
+/// deny list has it: the card's newest change says so. Checked before and
+/// after every change of state and arrears, so a change that skipped the
+/// list, or a list edited by hand, stops the step that would build on it.
+fn assert_deny_list_agrees(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    denied: bool,
+    when: &str,
+    event: &str,
+) -> Result<(), StoreError> {
+    let listed: Option<bool> = tx
+        .prepare_cached("SELECT denied FROM deny_list_changes WHERE card_id = ?1 ORDER BY version DESC LIMIT 1")?
+        .query_row([card_to_sql(card_id)], |r| r.get(0))
+        .optional()?;
+    assert_eq!(
+        listed.unwrap_or(false),
+        denied,
+        "card {card_id}: {when} {event}, the account says denied = {denied} but the deny list disagrees"
+    );
+    Ok(())
 }
 
 /// The card registered to `phone`, if any.
@@ -550,5 +575,24 @@ mod tests {
             ("arrears_overpaid", 70),
         ];
         assert_eq!(events, expected.map(|(e, a)| (e.to_string(), a)));
+    }
+
+    #[test]
+    fn a_change_to_a_card_the_deny_list_disagrees_with_stops_before_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
+        let tx = store.transaction().expect("tx");
+        register(&tx, 5, "+8613800000005", 1).expect("register");
+        activate(&tx, 5, "payer-5", "agr-5", 2_000, 2).expect("activate");
+        add_arrears(&tx, 5, 300, "charge 01 declined", 3).expect("arrears");
+        // The list loses the card (a hand edit, or a write that skipped it).
+        tx.execute("DELETE FROM deny_list_changes WHERE card_id = 5", []).expect("tamper");
+        let paying = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pay_arrears(&tx, 5, 300, "payment p-1", 4).map(|_| ())
+        }));
+        let message = paying.expect_err("the disagreement is caught");
+        let message = message.downcast_ref::<String>().expect("a formatted message");
+        assert!(message.contains("card 5: before arrears_paid"), "{message}");
+        assert_eq!(account(&tx, 5).expect("account").arrears_cents, 300, "nothing written");
     }
 }

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (5, include_str!("../migrations/0005_account_payments.sql")),
     (6, include_str!("../migrations/0006_otp_limits.sql")),
     (7, include_str!("../migrations/0007_charge_outcomes.sql")),
+    (8, include_str!("../migrations/0008_deny_list_by_card.sql")),
 ];
 
 /// Where the money store lives under a data directory.
