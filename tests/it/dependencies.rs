@@ -77,12 +77,12 @@ const NOT_IN_THE_GATEWAY: &[&str] = &[
     "metrics-exporter-prometheus",
 ];
 
-/// The ingest shell knows nothing of money: no store, no payment-gateway
+/// The ingest shell has no money in its tree: no store, no payment-gateway
 /// client, no crate above it.
 const NOT_IN_INGEST: &[&str] = &["rusqlite", "reqwest", "farestream-money", "farestream-server", "datafusion"];
 
-/// The money shell stands on the ingest shell, never on the server that
-/// runs it beside QUIC, nor on the SQL engine.
+/// The money shell stands on the ingest shell, never on the server crate
+/// (the QUIC endpoint and the assembly), nor on the SQL engine.
 const NOT_IN_MONEY: &[&str] = &["farestream-server", "farestream-analytics", "datafusion"];
 
 /// The names of the crates in `package`'s normal dependency tree.

@@ -1,6 +1,9 @@
 //! What the two threads that read the write-ahead log forward (the
-//! archiver and the pricer) share: a command channel (flush now, stop), a
-//! status the server reads, and the handle that sends the commands.
+//! archiver and the pricer) share: one loop ([`ReaderHandle::spawn`] runs a
+//! [`LogStep`] in it: poll, step, answer a flush, rewind and retry after a
+//! passing failure, stop for good on a fatal one), a command channel
+//! (flush now, stop), a status the server reads, and the handle that sends
+//! the commands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -35,7 +38,8 @@ impl LogReaders {
         self.pricer_lsn.load(Ordering::Acquire)
     }
 
-    /// The pricer has passed `lsn`.
+    /// The pricer has passed `lsn` (called by the pricer alone, in the
+    /// money crate: segments before it may go).
     pub fn advance(&self, lsn: u64) {
         self.pricer_lsn.store(lsn, Ordering::Release);
     }
@@ -44,9 +48,87 @@ impl LogReaders {
 /// A status that can say why its thread stopped for good.
 pub trait ReaderStatus: Clone + Default + Send + 'static {
     fn failure(&self) -> Option<String>;
+    /// The thread stopped for good, for `reason`.
+    fn set_failure(&mut self, reason: String);
 }
 
-pub enum Command {
+/// How one round of a reader went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepFailure {
+    /// Something that may pass (a full disk, a busy store): the reader
+    /// rewinds to its last durable position and tries again; the log
+    /// still holds every record.
+    Retry(String),
+    /// The log is damaged, or an fsync or rename failed: the reader stops
+    /// for good, and the server with it.
+    Fatal(String),
+}
+
+/// One reader's work: what the shared loop calls each round.
+pub trait LogStep: Send + 'static {
+    /// What the thread is called in logs ("archiver", "pricer").
+    const NAME: &'static str;
+    /// Reads what is durable and does the reader's work; `asked` when a
+    /// flush or a stop wants everything done now. The position reached.
+    fn step(&mut self, asked: bool) -> Result<u64, StepFailure>;
+    /// Back to the last durable position after a [`StepFailure::Retry`];
+    /// a failure here is fatal.
+    fn rewind(&mut self) -> Result<(), String>;
+    /// Counts a retried round (the reader's own metric).
+    fn count_retry(&self);
+    /// Counts the fatal failure (the reader's own metric).
+    fn count_failure(&self) {}
+}
+
+/// The loop every log reader runs until stopped or failed for good.
+fn run_reader<R: LogStep, S: ReaderStatus>(
+    mut reader: R,
+    commands: &Receiver<Command>,
+    status: &Mutex<S>,
+    (poll, retry_after): (Duration, Duration),
+) {
+    loop {
+        let (reply, stop) = match next_command(commands, poll) {
+            Some(Command::Flush(reply)) => (Some(reply), false),
+            Some(Command::Stop) => (None, true),
+            None => (None, false),
+        };
+        let result = match reader.step(reply.is_some() || stop) {
+            Err(StepFailure::Retry(error)) => {
+                tracing::warn!(reader = R::NAME, %error, "a round failed; rewinding and trying again");
+                reader.count_retry();
+                match reader.rewind() {
+                    Ok(()) => Err(StepFailure::Retry(error)),
+                    Err(cleanup) => Err(StepFailure::Fatal(format!("{error}, then rewinding after it: {cleanup}"))),
+                }
+            }
+            other => other,
+        };
+        if let Err(StepFailure::Fatal(reason)) = &result {
+            tracing::error!(reader = R::NAME, %reason, "a log reader failed; the server stops");
+            reader.count_failure();
+            lock(status).set_failure(reason.clone());
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(reason.clone()));
+            }
+            return;
+        }
+        let failed = result.is_err();
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map_err(|e| match e {
+                StepFailure::Retry(reason) | StepFailure::Fatal(reason) => reason,
+            }));
+        }
+        if stop {
+            return;
+        }
+        if failed {
+            std::thread::sleep(retry_after);
+        }
+    }
+}
+
+enum Command {
     /// Do everything durable now; answer with the position reached.
     Flush(oneshot::Sender<Result<u64, String>>),
     Stop,
@@ -54,7 +136,7 @@ pub enum Command {
 
 /// The next command, or `None` when `poll` passed without one; a dropped
 /// handle reads as `Stop`.
-pub fn next_command(commands: &Receiver<Command>, poll: Duration) -> Option<Command> {
+fn next_command(commands: &Receiver<Command>, poll: Duration) -> Option<Command> {
     match commands.recv_timeout(poll) {
         Ok(command) => Some(command),
         Err(RecvTimeoutError::Timeout) => None,
@@ -71,19 +153,22 @@ pub struct ReaderHandle<S: ReaderStatus> {
 }
 
 impl<S: ReaderStatus> ReaderHandle<S> {
-    /// Starts `run` on a thread named `name`, with the receiving end of the
-    /// commands; it reports through `status`.
-    pub fn spawn(
-        name: &'static str,
+    /// Runs `reader` in the shared loop on a thread of its own: a round
+    /// every `poll` or at a command, `retry_after` after a failed one. It
+    /// reports through `status`.
+    pub fn spawn<R: LogStep>(
+        reader: R,
         status: Arc<Mutex<S>>,
-        run: impl FnOnce(Receiver<Command>) + Send + 'static,
+        poll: Duration,
+        retry_after: Duration,
     ) -> ReaderHandle<S> {
         let (commands, receiver) = mpsc::channel();
+        let shared = Arc::clone(&status);
         let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || run(receiver))
-            .unwrap_or_else(|e| panic!("spawning the {name} thread: {e}"));
-        ReaderHandle { name, commands, status, thread }
+            .name(R::NAME.into())
+            .spawn(move || run_reader(reader, &receiver, &shared, (poll, retry_after)))
+            .unwrap_or_else(|e| panic!("spawning the {} thread: {e}", R::NAME));
+        ReaderHandle { name: R::NAME, commands, status, thread }
     }
 
     pub fn status(&self) -> S {
@@ -112,5 +197,81 @@ impl<S: ReaderStatus> ReaderHandle<S> {
 
     fn stopped(&self) -> String {
         self.failure().unwrap_or_else(|| format!("the {} has stopped", self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader whose rounds go as scripted: each `Err` is one round's failure.
+    struct Scripted {
+        rounds: std::vec::IntoIter<Result<u64, StepFailure>>,
+        rewinds: Arc<AtomicU64>,
+        rewind_fails: bool,
+    }
+
+    impl LogStep for Scripted {
+        const NAME: &'static str = "scripted";
+
+        fn step(&mut self, _asked: bool) -> Result<u64, StepFailure> {
+            self.rounds.next().unwrap_or(Ok(99))
+        }
+
+        fn rewind(&mut self) -> Result<(), String> {
+            self.rewinds.fetch_add(1, Ordering::Relaxed);
+            if self.rewind_fails { Err("the checkpoint is gone".into()) } else { Ok(()) }
+        }
+
+        fn count_retry(&self) {}
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct Status(Option<String>);
+
+    impl ReaderStatus for Status {
+        fn failure(&self) -> Option<String> {
+            self.0.clone()
+        }
+
+        fn set_failure(&mut self, reason: String) {
+            self.0 = Some(reason);
+        }
+    }
+
+    fn spawn(rounds: Vec<Result<u64, StepFailure>>, rewind_fails: bool) -> (ReaderHandle<Status>, Arc<AtomicU64>) {
+        let rewinds = Arc::new(AtomicU64::new(0));
+        let reader = Scripted { rounds: rounds.into_iter(), rewinds: Arc::clone(&rewinds), rewind_fails };
+        let hour = Duration::from_secs(3600);
+        (ReaderHandle::spawn(reader, Arc::default(), hour, Duration::ZERO), rewinds)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime")
+    }
+
+    #[test]
+    fn a_passing_failure_is_answered_rewound_and_the_next_flush_goes_on() {
+        let (handle, rewinds) = spawn(vec![Err(StepFailure::Retry("disk full".into())), Ok(7)], false);
+        let rt = runtime();
+        assert_eq!(rt.block_on(handle.flush()), Err("disk full".into()));
+        assert_eq!(rewinds.load(Ordering::Relaxed), 1);
+        assert_eq!(rt.block_on(handle.flush()), Ok(7));
+        assert_eq!(handle.close().0, None, "a passing failure is not a failure for good");
+    }
+
+    #[test]
+    fn a_fatal_failure_or_a_failed_rewind_stops_the_reader_for_good() {
+        let rt = runtime();
+        let (handle, rewinds) = spawn(vec![Err(StepFailure::Fatal("torn record".into()))], false);
+        assert_eq!(rt.block_on(handle.flush()), Err("torn record".into()));
+        assert_eq!(rewinds.load(Ordering::Relaxed), 0, "nothing to rewind to after damage");
+        assert_eq!(rt.block_on(handle.flush()), Err("torn record".into()), "stopped: its failure answers");
+        assert_eq!(handle.close().0.as_deref(), Some("torn record"));
+
+        let (handle, _) = spawn(vec![Err(StepFailure::Retry("disk full".into()))], true);
+        let reason = rt.block_on(handle.flush()).expect_err("the rewind failed");
+        assert_eq!(reason, "disk full, then rewinding after it: the checkpoint is gone");
+        assert_eq!(handle.failure(), Some(reason));
     }
 }

@@ -40,7 +40,7 @@ use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_fr
 use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
 use crate::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
-use crate::store::{MoneyStore, StoreError};
+use crate::store::{MoneyStore, StoreError, step_ended};
 use farestream_core::charges::{
     ChargeKind, ChargeOutcome, FirstSend, Payer, RiderDay, UNDECIDED_OUTCOMES_SQL, first_send, rest_of,
 };
@@ -598,5 +598,5 @@ fn answer_label(answer: &Answer) -> &'static str {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Task(e.to_string()))?
+    tokio::task::spawn_blocking(work).await.map_err(step_ended)?
 }

@@ -55,6 +55,13 @@ pub fn charge_not_sent(outcome: &'static str) {
     counter!("farestream_charges_not_sent_total", "outcome" => outcome).increment(1);
 }
 
+/// A money-store step panicked: an invariant is broken (see
+/// `store::step_ended`); the step is tried again and fails the same way
+/// until mended.
+pub fn money_step_panicked() {
+    counter!("farestream_money_step_panics_total").increment(1);
+}
+
 /// A one-time code not sent, or a phone's codes not checked, and why.
 pub fn otp_refused(reason: &'static str) {
     counter!("farestream_otp_refused_total", "reason" => reason).increment(1);

@@ -82,8 +82,9 @@ fn select(conn: &Connection, filter: Filter, limit: i64) -> Result<Vec<ChargeRec
             currency,
             scan_ids: ids_from_sql(&scan_ids)?,
             created_at,
-            outcome: ChargeOutcome::parse(&outcome)
-                .ok_or_else(|| StoreError::Corrupt(format!("charge outcome {outcome:?}")))?,
+            outcome: ChargeOutcome::parse(&outcome).ok_or_else(|| {
+                StoreError::Corrupt(format!("charge {} has the outcome {outcome:?}", hex::encode(&id)))
+            })?,
             attempts,
             decided_at,
             gateway_txn_id: txn,

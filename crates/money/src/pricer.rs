@@ -14,7 +14,6 @@
 //! never moved.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ use farestream_core::journal;
 use farestream_core::sync::lock;
 use farestream_ingest::clock_source::Clock;
 use farestream_ingest::faults::Faults;
-use farestream_ingest::log_reader::{Command, LogReaders, ReaderHandle, ReaderStatus, next_command};
+use farestream_ingest::log_reader::{LogReaders, LogStep, ReaderHandle, ReaderStatus, StepFailure};
 use farestream_ingest::wal::WalCursor;
 use farestream_ingest::wal::committer::Progress;
 
@@ -55,15 +54,16 @@ impl ReaderStatus for PricerStatus {
     fn failure(&self) -> Option<String> {
         self.failure.clone()
     }
+
+    fn set_failure(&mut self, reason: String) {
+        self.failure = Some(reason);
+    }
 }
 
 pub struct Pricer {
     handle: ReaderHandle<PricerStatus>,
 }
 
-/// The pricer's place in the log: the store's cursor, or for a new store
-/// `start_if_new` (the archive checkpoint: what was archived before the
-/// store existed is not priced).
 /// The money store, opened where the pricer left off.
 pub struct OpenedStore {
     pub store: MoneyStore,
@@ -74,6 +74,9 @@ pub struct OpenedStore {
     pub log_readers: Arc<LogReaders>,
 }
 
+/// The pricer's place in the log: the store's cursor, or for a new store
+/// `start_if_new` (the archive checkpoint: what was archived before the
+/// store existed is not priced).
 pub fn pricer_start(store: &MoneyStore, start_if_new: u64) -> Result<u64, StoreError> {
     Ok(log_cursor(store.connection(), READER)?.unwrap_or(start_if_new))
 }
@@ -101,7 +104,9 @@ impl Pricer {
             faults,
             status: Arc::clone(&status),
         };
-        Pricer { handle: ReaderHandle::spawn("pricer", status, move |commands| state.run(commands)) }
+        // A failed round is tried again at the next poll: nothing to wait out.
+        let poll = state.settings.poll_interval;
+        Pricer { handle: ReaderHandle::spawn(state, status, poll, Duration::ZERO) }
     }
 
     pub fn status(&self) -> PricerStatus {
@@ -145,38 +150,7 @@ impl From<StoreError> for StepError {
 }
 
 impl State {
-    fn run(mut self, commands: mpsc::Receiver<Command>) {
-        loop {
-            let command = next_command(&commands, self.settings.poll_interval);
-            let result = self.step();
-            let answer = match result {
-                Ok(()) => Ok(self.cursor.lsn()),
-                Err(StepError::Store(error)) => {
-                    tracing::warn!(%error, "pricing failed; retrying from the store's cursor");
-                    money_metrics::pricing_retried();
-                    self.rewind();
-                    Err(error.to_string())
-                }
-                Err(StepError::Log(reason)) => {
-                    tracing::error!(%reason, "the pricer read a damaged log; the server stops");
-                    lock(&self.status).failure = Some(reason.clone());
-                    if let Some(Command::Flush(reply)) = command {
-                        let _ = reply.send(Err(reason));
-                    }
-                    return;
-                }
-            };
-            match command {
-                Some(Command::Flush(reply)) => {
-                    let _ = reply.send(answer);
-                }
-                Some(Command::Stop) => return,
-                None => {}
-            }
-        }
-    }
-
-    fn step(&mut self) -> Result<(), StepError> {
+    fn round(&mut self) -> Result<(), StepError> {
         self.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;
         let durable = self.progress.borrow().durable_lsn;
         while self.cursor.lsn() < durable {
@@ -215,11 +189,28 @@ impl State {
             self.charges_written.notify_one();
         }
     }
+}
+
+impl LogStep for State {
+    const NAME: &'static str = "pricer";
+
+    fn step(&mut self, _asked: bool) -> Result<u64, StepFailure> {
+        match self.round() {
+            Ok(()) => Ok(self.cursor.lsn()),
+            Err(StepError::Store(error)) => Err(StepFailure::Retry(error.to_string())),
+            Err(StepError::Log(reason)) => Err(StepFailure::Fatal(reason)),
+        }
+    }
 
     /// Back to the store's cursor after a failed transaction.
-    fn rewind(&mut self) {
+    fn rewind(&mut self) -> Result<(), String> {
         let lsn = lock(&self.status).priced_lsn;
         self.cursor = WalCursor::new(self.settings.wal_dir.clone(), self.settings.record_bytes_max, lsn);
+        Ok(())
+    }
+
+    fn count_retry(&self) {
+        money_metrics::pricing_retried();
     }
 }
 

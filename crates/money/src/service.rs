@@ -19,7 +19,7 @@ use crate::money_settings::MoneySettings;
 use crate::notify::Notifier;
 use crate::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use crate::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
-use crate::store::{MoneyStore, StoreError};
+use crate::store::{MoneyStore, StoreError, step_ended};
 use farestream_core::account::{AccountState, NotYet};
 use farestream_core::sync::lock;
 use farestream_ingest::clock_source::{Clock, UnixMillis, duration_ms};
@@ -358,7 +358,7 @@ impl AccountService {
             tx.commit().map_err(StoreError::from)?;
             Ok::<_, AccountError>(value)
         });
-        Ok(done.await.map_err(|e| StoreError::Task(e.to_string()))??)
+        Ok(done.await.map_err(step_ended)??)
     }
 
     /// Runs `work` on the store's connection, off the async threads.
@@ -368,7 +368,7 @@ impl AccountService {
     ) -> Result<T, ServiceError> {
         let store = Arc::clone(&self.store);
         let done = tokio::task::spawn_blocking(move || work(lock(&store).connection()));
-        Ok(done.await.map_err(|e| StoreError::Task(e.to_string()))??)
+        Ok(done.await.map_err(step_ended)??)
     }
 }
 

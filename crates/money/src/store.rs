@@ -10,6 +10,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use thiserror::Error;
 
+use crate::money_metrics;
+
 /// The schema, version by version. A migration is never edited once
 /// shipped; a change is a new one.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -22,6 +24,20 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (7, include_str!("../migrations/0007_charge_outcomes.sql")),
     (8, include_str!("../migrations/0008_deny_list_by_card.sql")),
 ];
+
+/// A money-store step run off the async threads ended without an answer.
+/// A panic there is a broken invariant (an assertion where the money
+/// moves): its transaction rolled back, nothing was written, and the step
+/// is tried again as any failed step is, failing the same way until the
+/// bug or the data is mended; so it is logged as an error and counted
+/// (`farestream_money_step_panics_total`) for an operator to alert on.
+pub fn step_ended(error: tokio::task::JoinError) -> StoreError {
+    if error.is_panic() {
+        money_metrics::money_step_panicked();
+        tracing::error!(%error, "a money-store step panicked: an invariant is broken, nothing was written");
+    }
+    StoreError::Task(error.to_string())
+}
 
 /// Where the money store lives under a data directory.
 pub fn store_path(data_dir: &Path) -> PathBuf {

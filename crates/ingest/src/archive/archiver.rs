@@ -11,7 +11,6 @@
 //! `archive.retry_after_error_ms`: the log still holds every row.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use crate::clock_source::UnixMillis;
 use super::checkpoint::{clean_after_crash, replace_durably, write_checkpoint};
 use super::parquet_writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, open_files_dir, partition_date};
 use crate::faults::Faults;
-use crate::log_reader::{Command, LogReaders, ReaderHandle, ReaderStatus, next_command};
+use crate::log_reader::{LogReaders, LogStep, ReaderHandle, ReaderStatus, StepFailure};
 use crate::telemetry;
 use crate::wal::committer::Progress;
 use crate::wal::{WalCursor, delete_segments_before};
@@ -74,6 +73,10 @@ impl ReaderStatus for ArchiverStatus {
     fn failure(&self) -> Option<String> {
         self.failure.clone()
     }
+
+    fn set_failure(&mut self, reason: String) {
+        self.failure = Some(reason);
+    }
 }
 
 pub struct Archiver {
@@ -104,7 +107,8 @@ impl Archiver {
             faults,
             status: Arc::clone(&status),
         };
-        Archiver { handle: ReaderHandle::spawn("archiver", status, move |commands| state.run(commands)) }
+        let (poll, retry_after) = (state.settings.poll_interval, state.settings.retry_after_error);
+        Archiver { handle: ReaderHandle::spawn(state, status, poll, retry_after) }
     }
 
     pub fn status(&self) -> ArchiverStatus {
@@ -152,59 +156,16 @@ struct State {
 }
 
 impl State {
-    fn run(mut self, commands: mpsc::Receiver<Command>) {
-        loop {
-            let command = next_command(&commands, self.settings.poll_interval);
-            let (reply, stop) = match command {
-                Some(Command::Flush(reply)) => (Some(reply), false),
-                Some(Command::Stop) => (None, true),
-                None => (None, false),
-            };
-            let force_cut = reply.is_some() || stop;
-            let mut result = self.step(force_cut);
-            if let Err(error) = &result
-                && !error.is_fatal()
-            {
-                tracing::warn!(%error, "archiving failed; retrying from the checkpoint");
-                telemetry::archive_retried();
-                if let Err(cleanup) = self.rewind() {
-                    result = Err(StepError::fatal(format!("{error}, then cleaning up after it: {cleanup}")));
-                }
-            }
-            if let Err(error) = &result
-                && error.is_fatal()
-            {
-                tracing::error!(%error, "archiver failed; the server stops");
-                telemetry::archive_failed();
-                lock(&self.status).failure = Some(error.to_string());
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(error.to_string()));
-                }
-                return;
-            }
-            let failed = result.is_err();
-            if let Some(reply) = reply {
-                let _ = reply.send(result.map(|_| self.archived_lsn).map_err(|e| e.to_string()));
-            }
-            if stop {
-                return;
-            }
-            if failed {
-                std::thread::sleep(self.settings.retry_after_error);
-            }
-        }
-    }
-
     /// Reads what is durable, appends it, and cuts when due or asked.
     /// The log is read a segment at a time, so a long backlog (a restart
     /// after hours of lag) never sits in memory whole.
-    fn step(&mut self, force_cut: bool) -> Result<(), StepError> {
+    fn round(&mut self, force_cut: bool) -> Result<(), StepFailure> {
         let durable = self.progress.borrow().durable_lsn;
         while self.cursor.lsn() < durable {
-            let records = self.cursor.read_next(durable).map_err(StepError::fatal)?;
+            let records = self.cursor.read_next(durable).map_err(fatal)?;
             let now = Instant::now();
             for record in &records {
-                let rows = journal::decode(&record.payload).map_err(StepError::fatal)?;
+                let rows = journal::decode(&record.payload).map_err(fatal)?;
                 self.writer.append(&rows, now)?;
                 telemetry::archive_rows_written(rows.len());
             }
@@ -296,7 +257,8 @@ impl State {
     /// renamed files into place that the checkpoint does not cover, and
     /// they would otherwise stay beside the files that archive the same
     /// records again. An error here is fatal: a restart cleans the same way.
-    fn rewind(&mut self) -> Result<(), ArchiveError> {
+    /// Abandons the open files and reads again from the checkpoint.
+    fn rewind_to_checkpoint(&mut self) -> Result<(), ArchiveError> {
         self.writer.abandon();
         clean_after_crash(self.writer.root(), self.archived_lsn, &self.faults)?;
         self.cursor = WalCursor::new(self.settings.wal_dir.clone(), self.settings.record_bytes_max, self.archived_lsn);
@@ -304,37 +266,34 @@ impl State {
     }
 }
 
-/// A step's failure: an archive error, or damage in the log (always fatal).
-enum StepError {
-    Archive(ArchiveError),
-    Fatal(String),
+/// Damage in the log: always fatal.
+fn fatal(error: impl std::fmt::Display) -> StepFailure {
+    StepFailure::Fatal(error.to_string())
 }
 
-impl StepError {
-    fn fatal(error: impl std::fmt::Display) -> StepError {
-        StepError::Fatal(error.to_string())
-    }
-
-    fn is_fatal(&self) -> bool {
-        match self {
-            StepError::Archive(error) => error.is_fatal(),
-            StepError::Fatal(_) => true,
-        }
+impl From<ArchiveError> for StepFailure {
+    fn from(error: ArchiveError) -> StepFailure {
+        if error.is_fatal() { StepFailure::Fatal(error.to_string()) } else { StepFailure::Retry(error.to_string()) }
     }
 }
 
-impl From<ArchiveError> for StepError {
-    fn from(error: ArchiveError) -> StepError {
-        StepError::Archive(error)
-    }
-}
+impl LogStep for State {
+    const NAME: &'static str = "archiver";
 
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StepError::Archive(error) => error.fmt(f),
-            StepError::Fatal(reason) => f.write_str(reason),
-        }
+    fn step(&mut self, asked: bool) -> Result<u64, StepFailure> {
+        self.round(asked).map(|()| self.archived_lsn)
+    }
+
+    fn rewind(&mut self) -> Result<(), String> {
+        self.rewind_to_checkpoint().map_err(|e| e.to_string())
+    }
+
+    fn count_retry(&self) {
+        telemetry::archive_retried();
+    }
+
+    fn count_failure(&self) {
+        telemetry::archive_failed();
     }
 }
 
