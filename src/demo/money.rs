@@ -20,11 +20,12 @@ use crate::paygw::{Entry, SimControl};
 use crate::scan::ArchivedScan;
 use crate::server::Server;
 use crate::sim::{AppError, Balances, Member, RiderApp};
+use farestream_core::money::Cents;
 
 /// What the simulated banks hold after the deposit: one rider in fifty
 /// has less than a bus ride, so the day's first charge is declined.
 pub(super) const BALANCES: Balances =
-    Balances { deposit_fen: 2_000, ample_fen: 100_000, short_fen: 150, short_every: 50 };
+    Balances { deposit_cents: 2_000, ample_cents: 100_000, short_cents: 150, short_every: 50 };
 /// One rider in this many asks for the deposit back after the day.
 const REFUND_EVERY: usize = 200;
 /// A day in milliseconds: the demo pays refunds two days past their wait.
@@ -125,17 +126,17 @@ pub(super) async fn after_the_day(
 #[derive(Debug, Clone, Default)]
 pub struct MoneySummary {
     pub accounts: usize,
-    pub charges_by_outcome: BTreeMap<ChargeOutcome, (u64, i64)>,
+    pub charges_by_outcome: BTreeMap<ChargeOutcome, (u64, Cents)>,
     /// This run's rides, and how many of them some charge prices.
     pub rides: u64,
     pub rides_priced: u64,
     /// The money audit over the store, this run's rides and the gateway's
     /// ledger: no ride charged twice or left unpriced, the ledger agrees.
     pub audit: MoneyAudit,
-    /// What the gateway's ledger holds for this run's charges, in fen.
-    pub gateway_fares_debited: i64,
+    /// What the gateway's ledger holds for this run's charges.
+    pub gateway_fares_debited: Cents,
     pub after_day: AfterDay,
-    pub arrears_outstanding: i64,
+    pub arrears_outstanding: Cents,
     pub accounts_in_arrears: u64,
     /// This run's charges read back from the charges archive.
     pub charges_archived: u64,
@@ -143,8 +144,8 @@ pub struct MoneySummary {
 }
 
 impl MoneySummary {
-    pub fn amount(&self, outcome: ChargeOutcome) -> i64 {
-        self.charges_by_outcome.get(&outcome).map(|(_, amount)| *amount).unwrap_or(0)
+    pub fn amount(&self, outcome: ChargeOutcome) -> Cents {
+        self.charges_by_outcome.get(&outcome).map(|(_, amount)| *amount).unwrap_or_default()
     }
 
     pub fn is_consistent(&self) -> bool {
@@ -186,7 +187,7 @@ pub(super) async fn summarize(
     summary.rides_priced = summary.rides.saturating_sub(summary.audit.unpriced_rides + summary.audit.awaiting_exit);
     let ids: HashSet<String> = charges.iter().map(|c| hex::encode(c.charge_id)).collect();
     for payment in applied.iter().filter(|p| p.succeeded && ids.contains(&p.key)) {
-        let amount = i64::try_from(payment.amount_cents).unwrap_or(i64::MAX);
+        let amount = Cents::from_unsigned(payment.amount_cents);
         summary.gateway_fares_debited += if payment.kind == "credit" { -amount } else { amount };
     }
     server.flush_charges_archive().await.map_err(|e| e.to_string())?;
@@ -195,7 +196,7 @@ pub(super) async fn summarize(
     summary.charges_archived = archived.iter().filter(|c| ours.contains(&c.card_id)).count() as u64;
     for &card in cards {
         let owed = server.accounts().account(card).await.map_err(|e| e.to_string())?.arrears_cents;
-        summary.arrears_outstanding += owed;
+        summary.arrears_outstanding += Cents::new(owed);
         summary.accounts_in_arrears += u64::from(owed > 0);
     }
     Ok(summary)
@@ -203,7 +204,7 @@ pub(super) async fn summarize(
 
 /// The money lines of the demo's summary.
 pub(super) fn render(summary: &MoneySummary, currency: &str, out: &mut String) {
-    let yuan = |fen: i64| format!("{} {currency}", crate::charges::format_cents(fen));
+    let yuan = |amount: Cents| format!("{amount} {currency}");
     let count = |outcome: ChargeOutcome| summary.charges_by_outcome.get(&outcome).map(|(n, _)| *n).unwrap_or(0);
     out.push_str(&format!(
         "  money: {} accounts; {} rides priced into {} charges\n",

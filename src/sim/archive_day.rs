@@ -201,7 +201,7 @@ fn price(spec: &ArchiveDaySpec, fares: &FareTable, scans: &[ArchivedScan], rng: 
         let declines = rng.random_bool(spec.declined_percent / 100.0);
         for charge in plan_charges(day, &fares.price_day(&taps, &DayEdges::NONE), &[]) {
             let outcome = match (charge.amount_cents, declines) {
-                (0, _) => ChargeOutcome::NothingDue,
+                (amount, _) if amount.is_zero() => ChargeOutcome::NothingDue,
                 (_, true) => ChargeOutcome::Declined,
                 _ => ChargeOutcome::Succeeded,
             };
@@ -293,14 +293,14 @@ fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Re
     let mut store = MoneyStore::open(&store_path(data_dir), Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let tx = store.transaction().map_err(|e| e.to_string())?;
     let mut owed: BTreeMap<u64, Vec<&ChargeRecord>> = BTreeMap::new();
-    for c in charges.iter().filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents > 0) {
+    for c in charges.iter().filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents.is_positive()) {
         owed.entry(c.card_id).or_default().push(c);
     }
     for (card, declined) in owed {
         register(&tx, card, &format!("+86{card:011}"), 0).map_err(|e| e.to_string())?;
         activate(&tx, card, &format!("payer-{card}"), &format!("agreement-{card}"), 0, 0).map_err(|e| e.to_string())?;
         for c in declined {
-            add_arrears(&tx, card, c.amount_cents, &format!("charge {} declined", hex::encode(c.charge_id)), 0)
+            add_arrears(&tx, card, c.amount_cents.get(), &format!("charge {} declined", hex::encode(c.charge_id)), 0)
                 .map_err(|e| e.to_string())?;
         }
     }

@@ -117,8 +117,12 @@ pub async fn simulate(
     if let Some(rig) = accounts {
         let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox::new(rig.notifications.clone())));
         let bank = SimControl::new(&rig.paygw_url, rig.hmac_secret.as_bytes());
-        let balances =
-            Balances { deposit_fen: config.payments.deposit_fen, ample_fen: 1_000_000, short_fen: 0, short_every: 0 };
+        let balances = Balances {
+            deposit_cents: config.payments.deposit_cents,
+            ample_cents: 1_000_000,
+            short_cents: 0,
+            short_every: 0,
+        };
         let members = sign_up_riders(&mut world, &app, &bank, balances, &indicatif::ProgressBar::hidden()).await?;
         println!("  {} riders signed up through the account API", members.len());
     }

@@ -27,9 +27,9 @@ pub struct Member {
 /// How much the simulated banks hold after the deposit.
 #[derive(Debug, Clone, Copy)]
 pub struct Balances {
-    pub deposit_fen: u64,
-    pub ample_fen: u64,
-    pub short_fen: u64,
+    pub deposit_cents: u64,
+    pub ample_cents: u64,
+    pub short_cents: u64,
     /// One rider in this many is short (0: none).
     pub short_every: usize,
 }
@@ -50,7 +50,7 @@ pub async fn sign_up_riders(
             let short = balances.short_every > 0 && index % balances.short_every == balances.short_every - 1;
             let session = app.sign_up(&phone).await?;
             let payer = format!("payer-{}", session.card_id);
-            let balance = balances.deposit_fen + if short { balances.short_fen } else { balances.ample_fen };
+            let balance = balances.deposit_cents + if short { balances.short_cents } else { balances.ample_cents };
             bank.top_up(&payer, balance, &format!("topup-{}-0", session.card_id))
                 .await
                 .map_err(|e| AppError::Http(format!("the simulated bank: {e}")))?;

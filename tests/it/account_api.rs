@@ -239,7 +239,7 @@ async fn an_app_made_key_is_certified_and_an_online_code_rides() {
     scan.validator_time_ms = app.m.h.clock.now_ms();
     assert_eq!(app.m.h.client().push(&batch("depot-1", 1, vec![scan])).await.expect("ack").accepted, 1);
     let charges = app.m.settle().await;
-    assert_eq!(charges.iter().map(|c| (c.card_id, c.amount_cents)).collect::<Vec<_>>(), [(card, 300)]);
+    assert_eq!(charges.iter().map(|c| (c.card_id, c.amount_cents.get())).collect::<Vec<_>>(), [(card, 300)]);
     let (status, keys) = app.call("GET", "/v1/issuer-keys", None, None).await;
     assert_eq!(status, 200);
     let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");

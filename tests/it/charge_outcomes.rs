@@ -31,7 +31,7 @@ async fn entry_left_open(m: &Money, rider: &TestRider, client: &GatewayClient) -
 }
 
 fn outcomes(charges: &[ChargeRecord]) -> Vec<(i64, &str)> {
-    let mut out: Vec<(i64, &str)> = charges.iter().map(|c| (c.amount_cents, c.outcome.as_str())).collect();
+    let mut out: Vec<(i64, &str)> = charges.iter().map(|c| (c.amount_cents.get(), c.outcome.as_str())).collect();
     out.sort();
     out
 }
@@ -88,7 +88,7 @@ async fn a_credit_pays_the_riders_arrears_before_any_is_paid_out() {
     audit_is_clean(&m).await;
     let day = settled(&m).await;
     assert_eq!(
-        (day.due_cents, day.charged_cents, day.declined_cents, day.netted_cents),
+        (day.due_cents.get(), day.charged_cents.get(), day.declined_cents.get(), day.netted_cents.get()),
         (500, 500, 900, -400),
         "the settlement shows the credit netted: {day:?}"
     );
@@ -112,9 +112,9 @@ async fn a_credit_larger_than_the_arrears_clears_them_and_pays_out_the_rest() {
     client.push(&batch("depot-1", 3, vec![exit])).await.expect("ack");
     let charges = m.settle().await;
     assert_eq!(outcomes(&charges), [(-300, "netted"), (-100, "succeeded"), (300, "declined"), (900, "succeeded")]);
-    assert_eq!(charges.iter().map(|c| c.amount_cents).sum::<i64>(), 800, "the trip's 500 and the bus's 300");
+    assert_eq!(charges.iter().map(|c| c.amount_cents.get()).sum::<i64>(), 800, "the trip's 500 and the bus's 300");
     let paid_out: Vec<(String, u64)> = credits(&m).await.into_iter().map(|e| (e.key, e.amount_cents)).collect();
-    let rest = charges.iter().find(|c| c.amount_cents == -100).expect("the rest");
+    let rest = charges.iter().find(|c| c.amount_cents.get() == -100).expect("the rest");
     assert_eq!(paid_out, [(hex::encode(rest.charge_id), 100)], "only the rest, once");
     let after = m.h.server.accounts().account(532).await.expect("account");
     assert_eq!((after.state, after.arrears_cents), (AccountState::Active, 0), "rides again");
@@ -137,7 +137,7 @@ async fn a_ride_by_a_card_with_no_account_is_decided_and_never_sent() {
     m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack");
     let charges = m.settle().await;
     let by_card: Vec<(u64, i64, &str)> = {
-        let mut rows: Vec<_> = charges.iter().map(|c| (c.card_id, c.amount_cents, c.outcome.as_str())).collect();
+        let mut rows: Vec<_> = charges.iter().map(|c| (c.card_id, c.amount_cents.get(), c.outcome.as_str())).collect();
         rows.sort();
         rows
     };
@@ -149,7 +149,11 @@ async fn a_ride_by_a_card_with_no_account_is_decided_and_never_sent() {
     assert!(!ledger.iter().any(|e| e.key == hex::encode(stranger_charge.charge_id)), "the gateway never heard of it");
     audit_is_clean(&m).await;
     let day = settled(&m).await;
-    assert_eq!((day.due_cents, day.succeeded_cents, day.no_account_cents), (600, 300, 300), "{day:?}");
+    assert_eq!(
+        (day.due_cents.get(), day.succeeded_cents.get(), day.no_account_cents.get()),
+        (600, 300, 300),
+        "{day:?}"
+    );
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }

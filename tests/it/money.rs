@@ -139,7 +139,7 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
 
     let charges = m.settle().await;
     let amounts: Vec<(ChargeKind, i64, &str)> =
-        charges.iter().map(|c| (c.kind, c.amount_cents, c.outcome.as_str())).collect();
+        charges.iter().map(|c| (c.kind, c.amount_cents.get(), c.outcome.as_str())).collect();
     let ride = |amount, outcome| (ChargeKind::Ride, amount, outcome);
     let expected = [
         ride(300, "succeeded"),
@@ -194,7 +194,10 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
     ];
     client.push(&batch("depot-1", 1, trip)).await.expect("ack");
     let charges = m.settle().await;
-    assert_eq!(charges.iter().map(|c| (c.amount_cents, c.outcome.as_str())).collect::<Vec<_>>(), [(500, "declined")]);
+    assert_eq!(
+        charges.iter().map(|c| (c.amount_cents.get(), c.outcome.as_str())).collect::<Vec<_>>(),
+        [(500, "declined")]
+    );
     let account = m.h.server.accounts().account(502).await.expect("account");
     assert_eq!((account.state, account.arrears_cents), (AccountState::InArrears, 500));
     let pushed = within_a_second(|| watching.with_deny_list(|list| list.is_denied(502))).await;
@@ -222,7 +225,7 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
         client.push(&batch("depot-1", 3, vec![tap(&rider, 4, T0_MS + 50 * MINUTE, TapKind::Single, "bus-1")])).await;
     assert_eq!(again.expect("ack").accepted, 1, "allowed again");
     let charges = m.settle().await;
-    let outcomes: BTreeMap<&str, i64> = charges.iter().map(|c| (c.outcome.as_str(), c.amount_cents)).collect();
+    let outcomes: BTreeMap<&str, i64> = charges.iter().map(|c| (c.outcome.as_str(), c.amount_cents.get())).collect();
     assert_eq!(outcomes, BTreeMap::from([("declined", 500), ("succeeded", 200)]));
     let debits = m.debits().await;
     assert_charged_once(&debits, &charges);
@@ -249,7 +252,10 @@ async fn what_the_gate_did_decides_the_charge_not_the_servers_newer_list() {
     let scans = vec![with_gate(1, 1, GateDecision::Opened), with_gate(2, 5, GateDecision::Refused)];
     assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 1);
     let charges = m.settle().await;
-    assert_eq!(charges.iter().map(|c| (c.amount_cents, c.outcome.as_str())).collect::<Vec<_>>(), [(300, "succeeded")]);
+    assert_eq!(
+        charges.iter().map(|c| (c.amount_cents.get(), c.outcome.as_str())).collect::<Vec<_>>(),
+        [(300, "succeeded")]
+    );
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }
@@ -291,7 +297,7 @@ async fn outages_lost_answers_and_latency_never_charge_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_deposit_a_card_activates_and_closes_without_a_payment() {
     let mut config = Config::defaults();
-    config.payments.deposit_fen = 0;
+    config.payments.deposit_cents = 0;
     let m = Money::start_with(config).await;
     let accounts = m.h.server.accounts();
     accounts.register(700, "+8613800000700").await.expect("register");
@@ -398,7 +404,7 @@ async fn a_declined_deposit_can_be_paid_after_a_top_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_card_refused_a_refund_stops_no_other_and_an_owing_rider_is_told_once() {
     let mut config = Config::defaults();
-    config.payments.deposit_fen = 100;
+    config.payments.deposit_cents = 100;
     let m = Money::start_with(config).await;
     let accounts = m.h.server.accounts();
     for card in [803, 804, 805] {

@@ -119,7 +119,8 @@ async fn duckdb_and_pyarrow_read_the_archives_as_documented_while_the_server_wri
     assert_eq!(found["duckdb_scanned_at_range"], serde_json::json!([0, 4_294_967_295_999i64]));
     let archived = read_all_charges(&m.h.dir.path().join("archive").join("charges")).expect("charges");
     assert_eq!(found["pyarrow_read_table_charges"], archived.len() as u64);
-    let succeeded: i64 = charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).map(|c| c.amount_cents).sum();
+    let succeeded: i64 =
+        charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).map(|c| c.amount_cents.get()).sum();
     assert_eq!(found["duckdb_charges_succeeded_cents"], succeeded);
     assert_eq!(succeeded, 300 + 500 + 600, "a bus ride and two trips, the night one charged once");
     let due: BTreeMap<String, i64> =

@@ -88,9 +88,12 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     let run = first.new_run.clone().expect("a first run");
     assert_eq!((run.run, run.kind, run.final_day, run.files_settled), (1, "cut_over", false, 1));
     let t = run.totals;
-    assert_eq!((t.rides, t.fares_cents, t.caps_cents, t.due_cents), (7, 2_400, 200, 2_200));
-    assert_eq!((t.charged_cents, t.succeeded_cents, t.declined_cents, t.pending_cents), (2_200, 1_500, 700, 0));
-    assert_eq!((t.arrears_opened_cents, t.arrears_paid_cents, t.late_rides), (700, -500, 0));
+    assert_eq!((t.rides, t.fares_cents.get(), t.caps_cents.get(), t.due_cents.get()), (7, 2_400, 200, 2_200));
+    assert_eq!(
+        (t.charged_cents.get(), t.succeeded_cents.get(), t.declined_cents.get(), t.pending_cents.get()),
+        (2_200, 1_500, 700, 0)
+    );
+    assert_eq!((t.arrears_opened_cents.get(), t.arrears_paid_cents.get(), t.late_rides), (700, -500, 0));
     assert_eq!((run.scans[0], run.scans.iter().sum::<i64>(), run.riders), (9, 9, 3));
     let riders = sql(
         m.h.dir.path(),
@@ -131,7 +134,7 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     let run = second.new_run.expect("a late run");
     assert_eq!((run.run, run.kind, run.riders, run.files_settled), (2, "late_adjustment", 1, 1));
     assert_eq!(
-        (run.totals.rides, run.totals.late_rides, run.totals.due_cents, run.totals.succeeded_cents),
+        (run.totals.rides, run.totals.late_rides, run.totals.due_cents.get(), run.totals.succeeded_cents.get()),
         (1, 1, 300, 300)
     );
     let totals = sql(
@@ -162,7 +165,7 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     let arrival: NaiveDate = "2025-11-24".parse().expect("date");
     let arrived = settle_day(&settings, arrival, m.h.clock.now_ms()).await.expect("settle");
     let run = arrived.new_run.expect("the arrival day's run");
-    assert_eq!((run.manual_review, run.totals.rides, run.totals.due_cents), (1, 0, 0), "{run:?}");
+    assert_eq!((run.manual_review, run.totals.rides, run.totals.due_cents.get()), (1, 0, 0), "{run:?}");
     assert!(arrived.headline.contains("1 rides for manual review"), "{}", arrived.headline);
     let report = std::fs::read_to_string(&arrived.report_path).expect("report");
     assert!(report.contains("Manual review: 1 uploads"), "the report lists it");
@@ -204,7 +207,7 @@ async fn a_metro_trip_across_the_day_boundary_is_one_fare_on_its_entrys_day() {
     ];
     client.push(&batch("depot-1", 1, first)).await.expect("ack");
     let before = m.settle().await;
-    let charged: Vec<_> = before.iter().map(|c| (c.card_id, c.amount_cents)).collect();
+    let charged: Vec<_> = before.iter().map(|c| (c.card_id, c.amount_cents.get())).collect();
     assert_eq!(charged, [(622, 900)], "621's entry is open; 622's exit alone is a maximum fare");
     let second = vec![
         tap(&in_order, 2, boundary + 10 * MINUTE, TapKind::Exit, "station-05"),
@@ -219,7 +222,7 @@ async fn a_metro_trip_across_the_day_boundary_is_one_fare_on_its_entrys_day() {
         let mut list: Vec<_> = charges
             .iter()
             .filter(|c| c.card_id == card && c.service_date == date)
-            .map(|c| (c.kind.as_str(), c.amount_cents, c.scan_ids.len()))
+            .map(|c| (c.kind.as_str(), c.amount_cents.get(), c.scan_ids.len()))
             .collect();
         list.sort();
         list
@@ -228,7 +231,7 @@ async fn a_metro_trip_across_the_day_boundary_is_one_fare_on_its_entrys_day() {
     assert_eq!(of(621, next_day), [("ride", 0, 1), ("ride", 300, 1)], "its exit is a continuation: nothing due");
     assert_eq!(of(622, day()), [("ride", 600, 1)]);
     assert_eq!(of(622, next_day), [("adjustment", -900, 0), ("max_fare", 900, 1)], "the maximum fare comes back");
-    let net: i64 = charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).map(|c| c.amount_cents).sum();
+    let net: i64 = charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).map(|c| c.amount_cents.get()).sum();
     assert_eq!(net, 500 + 300 + 600, "two trips and a bus ride, no maximum fare kept");
 
     let now = m.h.clock.now_ms();
@@ -272,7 +275,7 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     let copy = copy_of(data_dir);
     let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));
     let mut rows = read_charges_file(&in_copy).expect("charges");
-    let removed = rows.iter().position(|c| c.amount_cents > 0).expect("a charge");
+    let removed = rows.iter().position(|c| c.amount_cents.get() > 0).expect("a charge");
     let removed = rows.remove(removed);
     rewrite(&in_copy, &rows);
     let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
@@ -294,7 +297,7 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
         "SELECT amount_cents - expected_cents AS short, description FROM settlement_breaks WHERE kind = 'money_mismatch'",
     )
     .await;
-    let short = -removed.amount_cents;
+    let short = -removed.amount_cents.get();
     assert!(money.lines().nth(1).is_some_and(|l| l.starts_with(&format!("{short},")) && l.contains("CNY ")), "{money}");
     assert_eq!(
         sql(copy.path(), "SELECT count(*) AS n FROM settlement_breaks").await.lines().nth(1),
@@ -311,9 +314,9 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     let in_copy = copy.path().join(charges_file.strip_prefix(data_dir).expect("inside"));
     let mut rows = read_charges_file(&in_copy).expect("charges");
     let flipped =
-        rows.iter_mut().find(|c| c.outcome == ChargeOutcome::Succeeded && c.amount_cents > 0).expect("a success");
+        rows.iter_mut().find(|c| c.outcome == ChargeOutcome::Succeeded && c.amount_cents.get() > 0).expect("a success");
     flipped.outcome = ChargeOutcome::Declined;
-    let (card, flipped_amount) = (flipped.card_id, flipped.amount_cents);
+    let (card, flipped_amount) = (flipped.card_id, flipped.amount_cents.get());
     rewrite(&in_copy, &rows);
     let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
     assert!(
@@ -521,7 +524,7 @@ async fn generated_days_at_their_smallest_settle_clean() {
         assert!(settled.breaks.is_empty(), "{scans} scans, {declined_percent}% declined: {:?}", settled.breaks);
         let run = settled.new_run.expect("a run");
         assert_eq!(run.scans.iter().sum::<i64>(), scans as i64);
-        let declined = run.totals.declined_cents > 0;
-        assert_eq!(declined, declined_percent > 0.0 && run.totals.due_cents > 0, "{run:?}");
+        let declined = run.totals.declined_cents.get() > 0;
+        assert_eq!(declined, declined_percent > 0.0 && run.totals.due_cents.get() > 0, "{run:?}");
     }
 }

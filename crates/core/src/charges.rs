@@ -25,35 +25,12 @@ use chrono::NaiveDate;
 use ring::digest;
 
 use crate::clock::UnixMillis;
-use crate::fares::{Cents, PricedDay, PricedRide};
+use crate::fares::{PricedDay, PricedRide};
+use crate::money::Cents;
 use crate::service_day::days_since_epoch;
 
 /// A charge's id: also the payment gateway's idempotency key.
 pub type ChargeId = [u8; 16];
-
-/// Signed money in the currency's smallest unit: an adjustment may credit.
-pub type SignedCents = i64;
-
-/// An amount for people to read: `-1234567` is `-12 345.67`, the
-/// currency's smallest unit being a hundredth (fen, cents).
-pub fn format_cents(cents: SignedCents) -> String {
-    let sign = if cents < 0 { "-" } else { "" };
-    let abs = cents.unsigned_abs();
-    format!("{sign}{}.{:02}", group_digits(abs / 100), abs % 100)
-}
-
-/// A count for people to read: `1234567` is `1 234 567`.
-pub fn group_digits(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// What a charge is for. The names are the charges archive's `kind` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,8 +125,8 @@ impl ChargeOutcome {
     /// The outcome of a charge just planned: nothing to collect (a ride
     /// under a reached cap) is decided at once and never sent; anything
     /// else waits for its first attempt.
-    pub fn when_planned(amount_cents: SignedCents) -> ChargeOutcome {
-        if amount_cents == 0 { ChargeOutcome::NothingDue } else { ChargeOutcome::Pending }
+    pub fn when_planned(amount_cents: Cents) -> ChargeOutcome {
+        if amount_cents.is_zero() { ChargeOutcome::NothingDue } else { ChargeOutcome::Pending }
     }
 }
 
@@ -163,10 +140,10 @@ pub enum Payer {
     /// payment still waiting for its answer may already have paid.
     Account {
         /// What the card owes now, in cents.
-        arrears_cents: SignedCents,
+        arrears_cents: Cents,
         /// Arrears payments sent whose answer has not come (outcome unknown), in cents: they may
         /// already have paid this much of `arrears_cents`.
-        arrears_payment_out_cents: SignedCents,
+        arrears_payment_out_cents: Cents,
     },
 }
 
@@ -183,9 +160,9 @@ pub enum FirstSend {
     /// credit.
     Net {
         /// The part set against the arrears, in cents (negative).
-        netted: SignedCents,
+        netted: Cents,
         /// The part still sent as a credit, in cents (negative, or zero when the arrears take it all).
-        rest: SignedCents,
+        rest: Cents,
     },
 }
 
@@ -198,16 +175,17 @@ pub enum FirstSend {
 /// payment was sized before the credit, and netting the whole would
 /// collect the credit twice once it succeeds (a payment that then fails
 /// leaves the rider owing, as any decline does).
-pub fn first_send(amount_cents: SignedCents, payer: Payer) -> FirstSend {
+pub fn first_send(amount_cents: Cents, payer: Payer) -> FirstSend {
     match payer {
         Payer::NoAccount => FirstSend::NoAccount,
         Payer::Account { arrears_cents, arrears_payment_out_cents }
-            if amount_cents < 0 && arrears_cents.saturating_sub(arrears_payment_out_cents.max(0)) > 0 =>
+            if amount_cents.is_negative()
+                && (arrears_cents - arrears_payment_out_cents.max(Cents::ZERO)).is_positive() =>
         {
-            let nettable = arrears_cents.saturating_sub(arrears_payment_out_cents.max(0));
-            let netted = amount_cents.max(nettable.saturating_neg());
+            let nettable = arrears_cents - arrears_payment_out_cents.max(Cents::ZERO);
+            let netted = amount_cents.max(-nettable);
             let rest = amount_cents - netted;
-            debug_assert!(netted < 0 && rest <= 0 && netted.saturating_add(rest) == amount_cents);
+            debug_assert!(netted.is_negative() && !rest.is_positive() && netted + rest == amount_cents);
             FirstSend::Net { netted, rest }
         }
         Payer::Account { .. } => FirstSend::Send,
@@ -239,7 +217,7 @@ pub struct ChargeRecord {
     /// What it is for, as it was when the charge was made.
     pub kind: ChargeKind,
     /// Negative for a credit (an adjustment that lowered the day's price).
-    pub amount_cents: SignedCents,
+    pub amount_cents: Cents,
     /// ISO 4217 code of `amount_cents`, e.g. "CNY".
     pub currency: String,
     /// The scans it prices, all of its own service day; each tap is in exactly one charge.
@@ -276,7 +254,7 @@ pub struct Charge {
     /// The first tap of the ride it prices; `None` for an adjustment.
     pub ride_key: Option<[u8; 16]>,
     /// In cents; negative only for an adjustment that credits the rider.
-    pub amount_cents: SignedCents,
+    pub amount_cents: Cents,
     /// The taps this charge prices: each tap of the day is in exactly one.
     pub scan_ids: Vec<[u8; 16]>,
 }
@@ -284,7 +262,7 @@ pub struct Charge {
 /// The charges that bring `issued` (every charge already written for the
 /// day) to what `priced` says the day costs.
 pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec<Charge> {
-    let total = signed(priced.charged);
+    let total = priced.charged;
     let keys: HashSet<[u8; 16]> = issued.iter().filter_map(|c| c.ride_key).collect();
     let is_new = |ride: &&PricedRide| ride.scan_ids.first().is_some_and(|key| !keys.contains(key));
     // An incomplete trip is charged its whole maximum fare on its own tap,
@@ -293,22 +271,18 @@ pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec
     // the blame. What earlier charges over-asked goes back in the
     // adjustment below.
     let new_max_fares = priced.rides.iter().filter(is_new).filter(|r| !r.kind.capped());
-    let mut charged: SignedCents = issued
-        .iter()
-        .map(|c| c.amount_cents)
-        .chain(new_max_fares.map(|r| signed(r.charged)))
-        .fold(0, SignedCents::saturating_add);
+    let mut charged: Cents = issued.iter().map(|c| c.amount_cents).chain(new_max_fares.map(|r| r.charged)).sum();
     let mut covered: HashSet<[u8; 16]> = issued.iter().flat_map(|c| c.scan_ids.iter().copied()).collect();
     let mut planned = Vec::new();
     for ride in priced.rides.iter().filter(is_new) {
         let Some(&key) = ride.scan_ids.first() else { continue };
         let (kind, amount) = if ride.kind.capped() {
-            let room = total.saturating_sub(charged).max(0);
-            let amount = signed(ride.charged).min(room);
-            charged = charged.saturating_add(amount);
+            let room = (total - charged).max(Cents::ZERO);
+            let amount = ride.charged.min(room);
+            charged += amount;
             (ChargeKind::Ride, amount)
         } else {
-            (ChargeKind::MaxFare, signed(ride.charged))
+            (ChargeKind::MaxFare, ride.charged)
         };
         // A tap an earlier charge priced (an exit charged alone before its
         // entry arrived) stays with that charge.
@@ -329,7 +303,7 @@ pub fn plan_charges(day: RiderDay, priced: &PricedDay, issued: &[Charge]) -> Vec
             id: charge_id(day, ChargeKind::Adjustment, &sequence.to_be_bytes()),
             kind: ChargeKind::Adjustment,
             ride_key: None,
-            amount_cents: total.saturating_sub(charged),
+            amount_cents: total - charged,
             scan_ids: uncovered,
         });
     }
@@ -345,7 +319,7 @@ fn assert_charges_cover_the_day(
     priced: &PricedDay,
     issued: &[Charge],
     planned: &[Charge],
-    (total, charged): (SignedCents, SignedCents),
+    (total, charged): (Cents, Cents),
 ) {
     let mut covered = HashSet::new();
     for id in issued.iter().chain(planned).flat_map(|c| &c.scan_ids) {
@@ -355,7 +329,7 @@ fn assert_charges_cover_the_day(
     for id in priced.rides.iter().flat_map(|r| &r.scan_ids) {
         assert!(covered.contains(id), "tap {id:02x?} is in no charge");
     }
-    let sum = issued.iter().chain(planned).try_fold(0, |sum: SignedCents, c| sum.checked_add(c.amount_cents));
+    let sum = issued.iter().chain(planned).try_fold(Cents::ZERO, |sum, c| sum.checked_add(c.amount_cents));
     if let (Some(sum), Some(_)) = (sum, total.checked_sub(charged)) {
         assert_eq!(sum, total, "the day's charges add up to {sum}, its price to {total}");
     }
@@ -376,12 +350,6 @@ pub fn charge_id(day: RiderDay, kind: ChargeKind, what: &[u8]) -> ChargeId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&ctx.finish().as_ref()[..16]);
     id
-}
-
-/// Fares are bounded by the fare table's ranges; saturate rather than wrap
-/// should one ever not be.
-fn signed(cents: Cents) -> SignedCents {
-    SignedCents::try_from(cents).unwrap_or(SignedCents::MAX)
 }
 
 #[cfg(test)]
@@ -405,21 +373,31 @@ mod tests {
         assert!(!ChargeOutcome::Failed.is_final() && ChargeOutcome::Netted.is_final());
     }
 
+    /// A card that owes `arrears_cents` with a payment of `out_cents` out.
+    fn paying(arrears_cents: i64, out_cents: i64) -> Payer {
+        Payer::Account { arrears_cents: Cents::new(arrears_cents), arrears_payment_out_cents: Cents::new(out_cents) }
+    }
+
+    fn net(netted: i64, rest: i64) -> FirstSend {
+        FirstSend::Net { netted: Cents::new(netted), rest: Cents::new(rest) }
+    }
+
     #[test]
     fn a_credit_goes_to_the_arrears_first() {
-        let owes = |arrears_cents| Payer::Account { arrears_cents, arrears_payment_out_cents: 0 };
-        assert_eq!(first_send(-300, owes(500)), FirstSend::Net { netted: -300, rest: 0 });
-        assert_eq!(first_send(-600, owes(500)), FirstSend::Net { netted: -500, rest: -100 });
-        assert_eq!(first_send(-600, owes(0)), FirstSend::Send);
-        assert_eq!(first_send(300, owes(500)), FirstSend::Send, "a debit is never netted");
-        assert_eq!(first_send(300, Payer::NoAccount), FirstSend::NoAccount);
-        assert_eq!(first_send(-300, Payer::NoAccount), FirstSend::NoAccount);
-        let paying_all = Payer::Account { arrears_cents: 500, arrears_payment_out_cents: 500 };
-        assert_eq!(first_send(-300, paying_all), FirstSend::Send, "the payment out may have paid it all");
-        let paying_some = Payer::Account { arrears_cents: 800, arrears_payment_out_cents: 500 };
-        assert_eq!(first_send(-400, paying_some), FirstSend::Net { netted: -300, rest: -100 });
-        assert_eq!(first_send(300, paying_some), FirstSend::Send);
-        assert_eq!(first_send(i64::MIN, owes(i64::MAX)), FirstSend::Net { netted: -i64::MAX, rest: -1 });
+        let c = Cents::new;
+        let owes = |arrears: i64| paying(arrears, 0);
+        assert_eq!(first_send(c(-300), owes(500)), net(-300, 0));
+        assert_eq!(first_send(c(-600), owes(500)), net(-500, -100));
+        assert_eq!(first_send(c(-600), owes(0)), FirstSend::Send);
+        assert_eq!(first_send(c(300), owes(500)), FirstSend::Send, "a debit is never netted");
+        assert_eq!(first_send(c(300), Payer::NoAccount), FirstSend::NoAccount);
+        assert_eq!(first_send(c(-300), Payer::NoAccount), FirstSend::NoAccount);
+        let paying_all = paying(500, 500);
+        assert_eq!(first_send(c(-300), paying_all), FirstSend::Send, "the payment out may have paid it all");
+        let paying_some = paying(800, 500);
+        assert_eq!(first_send(c(-400), paying_some), net(-300, -100));
+        assert_eq!(first_send(c(300), paying_some), FirstSend::Send);
+        assert_eq!(first_send(c(i64::MIN), owes(i64::MAX)), net(-i64::MAX, -1));
         let day = RiderDay { card_id: 7, service_date: NaiveDate::from_ymd_opt(2026, 3, 2).unwrap() };
         let credit = charge_id(day, ChargeKind::Adjustment, &0u64.to_be_bytes());
         assert_eq!(rest_of(day, &credit), rest_of(day, &credit));
@@ -434,8 +412,9 @@ mod tests {
             out in 0i64..=i64::MAX,
         ) {
             let owed_after_payment = arrears.saturating_sub(out).max(0);
-            match first_send(amount, Payer::Account { arrears_cents: arrears, arrears_payment_out_cents: out }) {
+            match first_send(Cents::new(amount), paying(arrears, out)) {
                 FirstSend::Net { netted, rest } => {
+                    let (netted, rest) = (netted.get(), rest.get());
                     proptest::prop_assert!(amount < 0 && owed_after_payment > 0);
                     proptest::prop_assert_eq!(netted + rest, amount);
                     proptest::prop_assert!(netted < 0 && -netted <= owed_after_payment && rest <= 0);
@@ -445,20 +424,6 @@ mod tests {
                 FirstSend::NoAccount => proptest::prop_assert!(false),
             }
         }
-    }
-
-    #[test]
-    fn amounts_read_with_their_sign_and_grouped_digits() {
-        let cases = [(0, "0.00"), (5, "0.05"), (-50, "-0.50"), (123_456_789, "1 234 567.89"), (-100_000, "-1 000.00")];
-        for (cents, text) in cases {
-            assert_eq!(format_cents(cents), text);
-        }
-        assert_eq!(format_cents(i64::MIN), "-92 233 720 368 547 758.08");
-        assert_eq!(format_cents(i64::MAX), "92 233 720 368 547 758.07");
-        assert_eq!(
-            (group_digits(0), group_digits(999), group_digits(1_000)),
-            ("0".into(), "999".into(), "1 000".into())
-        );
     }
 
     use std::collections::BTreeMap;
@@ -474,13 +439,13 @@ mod tests {
         FareTable {
             currency: "CNY".into(),
             bus_route_fares: BTreeMap::new(),
-            bus_default_fare: Some(200),
+            bus_default_fare: Some(Cents::new(200)),
             metro_station_zones: [("a".to_string(), 1), ("c".to_string(), 3)].into(),
-            metro_base_fare: 300,
-            metro_fare_per_zone: 100,
-            max_fare: 900,
+            metro_base_fare: Cents::new(300),
+            metro_fare_per_zone: Cents::new(100),
+            max_fare: Cents::new(900),
             metro_exit_window_ms: WINDOW,
-            daily_cap: 1_000,
+            daily_cap: Cents::new(1_000),
         }
     }
 
@@ -499,8 +464,9 @@ mod tests {
         planned
     }
 
-    fn amounts(charges: &[Charge]) -> Vec<(ChargeKind, SignedCents)> {
-        charges.iter().map(|c| (c.kind, c.amount_cents)).collect()
+    /// Each charge's kind and amount, in cents.
+    fn amounts(charges: &[Charge]) -> Vec<(ChargeKind, i64)> {
+        charges.iter().map(|c| (c.kind, c.amount_cents.get())).collect()
     }
 
     #[test]
@@ -543,7 +509,7 @@ mod tests {
             [(ChargeKind::MaxFare, 900), (ChargeKind::Ride, 0), (ChargeKind::Adjustment, -400)]
         );
         assert_eq!((later[0].scan_ids.clone(), later[1].scan_ids.clone()), (vec![[1; 16]], vec![[2; 16]]));
-        assert_eq!(issued.iter().map(|c| c.amount_cents).sum::<SignedCents>(), 900 + 500);
+        assert_eq!(issued.iter().map(|c| c.amount_cents).sum::<Cents>(), Cents::new(900 + 500));
     }
 
     #[test]
@@ -551,7 +517,7 @@ mod tests {
         let later: Vec<Tap> = (0..5).map(|n| tap(n + 10, 60 + i64::from(n), TapKind::Single, "x")).collect();
         let mut issued = Vec::new();
         let first = pass(&later, 100 * MINUTE, &mut issued);
-        assert_eq!(first.iter().map(|c| c.amount_cents).collect::<Vec<_>>(), [200, 200, 200, 200, 200]);
+        assert_eq!(first.iter().map(|c| c.amount_cents.get()).collect::<Vec<_>>(), [200, 200, 200, 200, 200]);
         let mut all = later.clone();
         all.push(tap(1, 0, TapKind::Single, "x"));
         assert_eq!(amounts(&pass(&all, 100 * MINUTE, &mut issued)), [(ChargeKind::Ride, 0)]);
@@ -627,39 +593,40 @@ mod tests {
     /// A reference written apart from `price_day`: one stream of taps in
     /// order, an entry open until an exit in its window ends it (bus taps
     /// between do not), each ride on the day it began, the cap per day.
-    fn continuous_price(t: &FareTable, taps: &[Tap]) -> SignedCents {
-        let mut under_cap: [Cents; 2] = [0, 0];
-        let mut outside_cap: [Cents; 2] = [0, 0];
+    fn continuous_price(t: &FareTable, taps: &[Tap]) -> Cents {
+        let mut under_cap = [Cents::ZERO; 2];
+        let mut outside_cap = [Cents::ZERO; 2];
+        let (bus, max_fare) = (Cents::new(200), Cents::new(900));
         let zone = |stop: &str| t.metro_station_zones.get(stop).copied();
         let mut open: Option<&Tap> = None;
         for tap in taps {
             if let Some(entry) = open.filter(|e| tap.scanned_at - e.scanned_at > WINDOW) {
-                outside_cap[TwoDays::day_of(entry)] += 900;
+                outside_cap[TwoDays::day_of(entry)] += max_fare;
                 open = None;
             }
             let d = TwoDays::day_of(tap);
             match tap.kind {
-                TapKind::Single => under_cap[d] += 200,
+                TapKind::Single => under_cap[d] += bus,
                 TapKind::Entry => {
                     if let Some(earlier) = open.replace(tap) {
-                        outside_cap[TwoDays::day_of(earlier)] += 900;
+                        outside_cap[TwoDays::day_of(earlier)] += max_fare;
                     }
                 }
                 TapKind::Exit => match open.take() {
                     Some(entry) => {
                         under_cap[TwoDays::day_of(entry)] += match (zone(&entry.stop_id), zone(&tap.stop_id)) {
-                            (Some(a), Some(b)) => 300 + 100 * Cents::from(a.abs_diff(b)),
-                            _ => 900,
+                            (Some(a), Some(b)) => Cents::new(300) + Cents::new(100).times(u64::from(a.abs_diff(b))),
+                            _ => max_fare,
                         }
                     }
-                    None => outside_cap[d] += 900,
+                    None => outside_cap[d] += max_fare,
                 },
             }
         }
         if let Some(entry) = open {
-            outside_cap[TwoDays::day_of(entry)] += 900;
+            outside_cap[TwoDays::day_of(entry)] += max_fare;
         }
-        (0..2).map(|d| signed(under_cap[d].min(t.daily_cap) + outside_cap[d])).sum()
+        (0..2).map(|d| under_cap[d].min(t.daily_cap) + outside_cap[d]).sum()
     }
 
     /// The properties' input: taps from (minute, kind, stop) triples, the
@@ -701,8 +668,8 @@ mod tests {
                 pass(&known, *now, &mut issued);
             }
             pass(&taps, UnixMillis::MAX, &mut issued);
-            let total: SignedCents = issued.iter().map(|c| c.amount_cents).sum();
-            proptest::prop_assert_eq!(total, signed(table().price_day(&taps, &DayEdges::NONE).charged));
+            let total: Cents = issued.iter().map(|c| c.amount_cents).sum();
+            proptest::prop_assert_eq!(total, table().price_day(&taps, &DayEdges::NONE).charged);
             let mut priced: Vec<[u8; 16]> = issued.iter().flat_map(|c| c.scan_ids.clone()).collect();
             priced.sort_unstable();
             let mut every: Vec<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
@@ -711,7 +678,7 @@ mod tests {
             let ids: HashSet<ChargeId> = issued.iter().map(|c| c.id).collect();
             proptest::prop_assert_eq!(ids.len(), issued.len());
             let mut max_fares = issued.iter().filter(|c| c.kind == ChargeKind::MaxFare);
-            proptest::prop_assert!(max_fares.all(|c| c.amount_cents == 900), "a maximum fare is whole: {:?}", amounts(&issued));
+            proptest::prop_assert!(max_fares.all(|c| c.amount_cents == Cents::new(900)), "a maximum fare is whole: {:?}", amounts(&issued));
         }
 
         /// The same across the service-day boundary, the way the pricer
@@ -736,10 +703,10 @@ mod tests {
                 shell.pass(new, *now);
             }
             let t = table();
-            let mut total: SignedCents = 0;
+            let mut total = Cents::ZERO;
             for d in 0..2 {
-                let final_price = signed(t.price_day(&shell.taps[d], &shell.edges(d)).charged);
-                let charged: SignedCents = shell.issued[d].iter().map(|c| c.amount_cents).sum();
+                let final_price = t.price_day(&shell.taps[d], &shell.edges(d)).charged;
+                let charged: Cents = shell.issued[d].iter().map(|c| c.amount_cents).sum();
                 proptest::prop_assert_eq!(charged, final_price, "day {}", d);
                 total += charged;
                 let mut listed: Vec<[u8; 16]> = shell.issued[d].iter().flat_map(|c| c.scan_ids.clone()).collect();
@@ -748,7 +715,7 @@ mod tests {
                 own.sort_unstable();
                 proptest::prop_assert_eq!(listed, own, "each tap in exactly one charge of its day");
                 let mut max_fares = shell.issued[d].iter().filter(|c| c.kind == ChargeKind::MaxFare);
-                proptest::prop_assert!(max_fares.all(|c| c.amount_cents == 900), "a maximum fare is whole");
+                proptest::prop_assert!(max_fares.all(|c| c.amount_cents == Cents::new(900)), "a maximum fare is whole");
             }
             // As one continuous stream (each ride on the day it began, the
             // cap per day), which is what a trip across the boundary costs.

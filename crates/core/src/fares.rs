@@ -30,10 +30,8 @@
 use std::collections::BTreeMap;
 
 use crate::clock::UnixMillis;
+use crate::money::Cents;
 use crate::scan::{ArchivedScan, ScanStatus, TapKind};
-
-/// Money in the currency's smallest unit (fen, cents).
-pub type Cents = u64;
 
 /// The operator's fare table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,7 +244,7 @@ impl FareTable {
         // the trip (finance reads revenue by the route a ride began on).
         rides.sort_by_key(|r| (r.started_at, r.scan_ids.first().copied()));
         if let Some(exit) = continued {
-            rides.insert(0, ride(&[exit], RideKind::ContinuedTrip, 0));
+            rides.insert(0, ride(&[exit], RideKind::ContinuedTrip, Cents::ZERO));
         }
         let mut left = self.daily_cap;
         for ride in rides.iter_mut() {
@@ -257,8 +255,8 @@ impl FareTable {
                 ride.charged = ride.fare;
             }
         }
-        let fares = rides.iter().fold(0u64, |sum, r| sum.saturating_add(r.fare));
-        let charged = rides.iter().fold(0u64, |sum, r| sum.saturating_add(r.charged));
+        let fares = rides.iter().map(|r| r.fare).sum();
+        let charged = rides.iter().map(|r| r.charged).sum();
         PricedDay { rides, fares, charged, open_entry }
     }
 
@@ -340,8 +338,7 @@ impl FareTable {
         let (Some(&from), Some(&to)) = zones else {
             return self.max_fare_ride(&[entry, exit], RideKind::Unpriceable);
         };
-        let crossed = Cents::from(from.abs_diff(to));
-        let fare = self.metro_base_fare.saturating_add(self.metro_fare_per_zone.saturating_mul(crossed));
+        let fare = self.metro_base_fare + self.metro_fare_per_zone.times(u64::from(from.abs_diff(to)));
         ride(&[entry, exit], RideKind::MetroTrip, fare)
     }
 
@@ -356,7 +353,7 @@ fn ride(taps: &[&Tap], kind: RideKind, fare: Cents) -> PricedRide {
         started_at: taps.first().map(|t| t.scanned_at).unwrap_or_default(),
         kind,
         fare,
-        charged: 0,
+        charged: Cents::ZERO,
     }
 }
 
@@ -428,14 +425,14 @@ mod tests {
     fn table() -> FareTable {
         FareTable {
             currency: "CNY".into(),
-            bus_route_fares: [("bus-12".to_string(), 250)].into(),
-            bus_default_fare: Some(200),
+            bus_route_fares: [("bus-12".to_string(), Cents::new(250))].into(),
+            bus_default_fare: Some(Cents::new(200)),
             metro_station_zones: [("a".to_string(), 1), ("b".to_string(), 1), ("c".to_string(), 3)].into(),
-            metro_base_fare: 300,
-            metro_fare_per_zone: 100,
-            max_fare: 900,
+            metro_base_fare: Cents::new(300),
+            metro_fare_per_zone: Cents::new(100),
+            max_fare: Cents::new(900),
             metro_exit_window_ms: 180 * MINUTE,
-            daily_cap: 1_500,
+            daily_cap: Cents::new(1_500),
         }
     }
 
@@ -444,8 +441,9 @@ mod tests {
         Tap { scan_id: [n; 16], scanned_at: minute * MINUTE, kind, route_id: route.into(), stop_id: stop.into() }
     }
 
-    fn kinds_and_fares(day: &PricedDay) -> Vec<(RideKind, Cents, Cents)> {
-        day.rides.iter().map(|r| (r.kind, r.fare, r.charged)).collect()
+    /// Each ride's kind, fare and charge, in cents.
+    fn kinds_and_fares(day: &PricedDay) -> Vec<(RideKind, i64, i64)> {
+        day.rides.iter().map(|r| (r.kind, r.fare.get(), r.charged.get())).collect()
     }
 
     #[test]
@@ -460,7 +458,7 @@ mod tests {
         use RideKind::*;
         assert_eq!(kinds_and_fares(&day), vec![(Bus, 250, 250), (Bus, 200, 200), (MetroTrip, 500, 500)]);
         assert_eq!(day.rides[2].scan_ids, vec![[3; 16], [4; 16]]);
-        assert_eq!((day.fares, day.charged), (950, 950));
+        assert_eq!((day.fares.get(), day.charged.get()), (950, 950));
     }
 
     #[test]
@@ -510,8 +508,8 @@ mod tests {
         assert_eq!(priced_tomorrow.rides[0].scan_ids, vec![[3; 16]]);
         assert!(!priced_tomorrow.rides[0].kind.counts_as_ride());
         // Without the other day's edge each half is an incomplete trip.
-        assert_eq!(t.price_day(&today, &DayEdges::NONE).charged, 250 + 900);
-        assert_eq!(t.price_day(&tomorrow, &DayEdges::NONE).charged, 900 + 250);
+        assert_eq!(t.price_day(&today, &DayEdges::NONE).charged.get(), 250 + 900);
+        assert_eq!(t.price_day(&tomorrow, &DayEdges::NONE).charged.get(), 900 + 250);
         // A bus tap between does not end the trip, as within a day.
         let bus_then_exit = [tap(5, 1_440, TapKind::Single, "bus-12"), exit.clone()];
         let priced = t.price_day(&bus_then_exit, &edges_tomorrow);
@@ -520,9 +518,9 @@ mod tests {
         let late_exit = tap(3, 1_430 + 181, TapKind::Exit, "c");
         assert!(!t.continues(&entry, &late_exit));
         let far = DayEdges { last_before: None, first_after: Some(late_exit) };
-        assert_eq!(t.price_day(&today, &far).charged, 250 + 900);
+        assert_eq!(t.price_day(&today, &far).charged.get(), 250 + 900);
         let entry_first = DayEdges { last_before: None, first_after: Some(tap(5, 1_445, TapKind::Entry, "a")) };
-        assert_eq!(t.price_day(&today, &entry_first).charged, 250 + 900);
+        assert_eq!(t.price_day(&today, &entry_first).charged.get(), 250 + 900);
     }
 
     #[test]
@@ -551,7 +549,7 @@ mod tests {
             [tap(1, 0, TapKind::Single, "bus-77"), tap(2, 5, TapKind::Entry, "a"), tap(3, 9, TapKind::Exit, "zz")];
         let day = strict.price_day(&taps, &DayEdges::NONE);
         assert_eq!(
-            day.rides.iter().map(|r| (r.kind, r.fare)).collect::<Vec<_>>(),
+            day.rides.iter().map(|r| (r.kind, r.fare.get())).collect::<Vec<_>>(),
             vec![(RideKind::Unpriceable, 900), (RideKind::Unpriceable, 900)]
         );
     }
@@ -562,17 +560,17 @@ mod tests {
         taps.push(tap(9, 400, TapKind::Entry, "a"));
         let day = table().price_day(&taps, &DayEdges::NONE);
         let last = day.rides.last().expect("the entry");
-        assert_eq!((last.kind, last.charged), (RideKind::MetroEntryWithoutExit, 900));
-        assert_eq!(day.charged, 1_500 + 900, "the bus rides are capped, the maximum fare is not");
+        assert_eq!((last.kind, last.charged.get()), (RideKind::MetroEntryWithoutExit, 900));
+        assert_eq!(day.charged.get(), 1_500 + 900, "the bus rides are capped, the maximum fare is not");
     }
 
     #[test]
     fn the_cap_charges_each_ride_what_is_left_in_scan_order() {
         let taps: Vec<Tap> = (0..8).map(|n| tap(n, i64::from(n) * 30, TapKind::Single, "bus-12")).collect();
         let day = table().price_day(&taps, &DayEdges::NONE);
-        let charged: Vec<Cents> = day.rides.iter().map(|r| r.charged).collect();
+        let charged: Vec<i64> = day.rides.iter().map(|r| r.charged.get()).collect();
         assert_eq!(charged, vec![250, 250, 250, 250, 250, 250, 0, 0]);
-        assert_eq!((day.fares, day.charged), (2_000, 1_500));
+        assert_eq!((day.fares.get(), day.charged.get()), (2_000, 1_500));
         assert_eq!(table().price_day(&[], &DayEdges::NONE), PricedDay::default());
     }
 
@@ -584,7 +582,7 @@ mod tests {
         taps.extend([tap(10, 60, TapKind::Entry, "a"), tap(11, 62, TapKind::Single, "bus-12")]);
         taps.push(tap(12, 90, TapKind::Exit, "c"));
         let day = table().price_day(&taps, &DayEdges::NONE);
-        let charged: Vec<(RideKind, Cents)> = day.rides.iter().map(|r| (r.kind, r.charged)).collect();
+        let charged: Vec<(RideKind, i64)> = day.rides.iter().map(|r| (r.kind, r.charged.get())).collect();
         let bus = (RideKind::Bus, 250);
         assert_eq!(charged, [bus, bus, bus, bus, bus, (RideKind::MetroTrip, 250), (RideKind::Bus, 0)]);
         assert_eq!(day.rides[5].scan_ids, [[10; 16], [12; 16]], "the trip, with its entry first");
@@ -595,10 +593,10 @@ mod tests {
         let taps = [tap(1, 0, TapKind::Single, "bus-12"), tap(2, 10, TapKind::Entry, "a")];
         let window_end = 10 * MINUTE + table().metro_exit_window_ms;
         let open = table().price_day_as_of(&taps, &DayEdges::NONE, window_end);
-        assert_eq!((open.rides.len(), open.open_entry, open.charged), (1, Some([2; 16]), 250));
+        assert_eq!((open.rides.len(), open.open_entry, open.charged.get()), (1, Some([2; 16]), 250));
         let closed = table().price_day_as_of(&taps, &DayEdges::NONE, window_end + 1);
         assert_eq!(closed, table().price_day(&taps, &DayEdges::NONE));
-        assert_eq!(closed.charged, 250 + 900);
+        assert_eq!(closed.charged.get(), 250 + 900);
     }
 
     proptest::proptest! {
@@ -645,7 +643,7 @@ mod tests {
             starts.sort_by_key(|r| (r.started_at, r.scan_ids.first().copied()));
             let cut = starts.iter().position(|r| r.charged < r.fare);
             if let Some(cut) = cut {
-                proptest::prop_assert!(starts[cut + 1..].iter().all(|r| r.charged == 0), "{:?}", starts);
+                proptest::prop_assert!(starts[cut + 1..].iter().all(|r| r.charged.is_zero()), "{:?}", starts);
             }
         }
     }

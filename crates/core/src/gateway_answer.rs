@@ -9,8 +9,9 @@
 //! when the demo compresses a day into a minute), while the shell dates a
 //! decided outcome by the server's clock.
 
-use crate::charges::{ChargeOutcome, SignedCents};
+use crate::charges::ChargeOutcome;
 use crate::clock::UnixMillis;
+use crate::money::Cents;
 use crate::retry::RetryPolicy;
 
 /// The gateway's answer to one charge request, as the decision needs it.
@@ -49,10 +50,10 @@ pub struct Attempts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeclineEffect {
     /// A declined debit: the card owes this much more (and is denied).
-    Arrears(SignedCents),
+    Arrears(Cents),
     /// A declined credit: the rider is still owed this much, for a person
     /// to pay out.
-    CreditOwed(SignedCents),
+    CreditOwed(Cents),
     /// A declined zero: nothing.
     Nothing,
 }
@@ -102,7 +103,7 @@ pub fn decide_answer(
     answer: GatewayAnswer,
     before: Attempts,
     sent: bool,
-    amount_cents: SignedCents,
+    amount_cents: Cents,
     policy: &RetryPolicy,
     wall_now: UnixMillis,
     random: u64,
@@ -114,8 +115,8 @@ pub fn decide_answer(
     let after = match answer {
         GatewayAnswer::Succeeded => AfterAnswer::Succeeded,
         GatewayAnswer::Declined => AfterAnswer::Declined(match amount_cents {
-            debit if debit > 0 => DeclineEffect::Arrears(debit),
-            credit if credit < 0 => DeclineEffect::CreditOwed(credit),
+            debit if debit.is_positive() => DeclineEffect::Arrears(debit),
+            credit if credit.is_negative() => DeclineEffect::CreditOwed(credit),
             _ => DeclineEffect::Nothing,
         }),
         GatewayAnswer::Retry { retry_after_ms } | GatewayAnswer::InFlight { retry_after_ms } => {
@@ -169,6 +170,7 @@ mod tests {
             random in any::<u64>(),
         ) {
             let before = Attempts { count, first_at };
+            let amount_cents = Cents::new(amount_cents);
             let decision = decide_answer(answer, before, sent, amount_cents, &POLICY, wall_now, random);
             let final_answer = matches!(answer, GatewayAnswer::Succeeded | GatewayAnswer::Declined);
             prop_assert_eq!(decision.after.outcome().is_final(), final_answer);
@@ -176,7 +178,7 @@ mod tests {
             prop_assert_eq!(decision.attempts.first_at, first_at.or(sent.then_some(wall_now)));
             match decision.after {
                 AfterAnswer::Succeeded => prop_assert_eq!(answer, GatewayAnswer::Succeeded),
-                AfterAnswer::Declined(effect) => prop_assert_eq!(effect, match amount_cents.signum() {
+                AfterAnswer::Declined(effect) => prop_assert_eq!(effect, match amount_cents.get().signum() {
                     1 => DeclineEffect::Arrears(amount_cents),
                     -1 => DeclineEffect::CreditOwed(amount_cents),
                     _ => DeclineEffect::Nothing,
@@ -193,7 +195,7 @@ mod tests {
     #[test]
     fn a_refusal_fails_the_charge_and_waits_the_failed_interval() {
         let before = Attempts { count: u32::MAX, first_at: None };
-        let decision = decide_answer(GatewayAnswer::Refused, before, true, 1, &POLICY, i64::MAX, 0);
+        let decision = decide_answer(GatewayAnswer::Refused, before, true, Cents::new(1), &POLICY, i64::MAX, 0);
         assert_eq!(decision.after, AfterAnswer::TryAgain { at: i64::MAX, failed: true }, "saturates");
         assert_eq!(decision.attempts, Attempts { count: u32::MAX, first_at: Some(i64::MAX) });
         assert_eq!(decision.after.outcome(), ChargeOutcome::Failed);

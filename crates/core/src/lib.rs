@@ -28,6 +28,7 @@ pub mod fares;
 pub mod gateway_answer;
 pub mod ingest;
 pub mod journal;
+pub mod money;
 pub mod retry;
 pub mod ridecode;
 pub mod scan;

@@ -13,9 +13,10 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::charges::{ChargeId, ChargeOutcome, ChargeRecord, format_cents};
+use crate::charges::{ChargeId, ChargeOutcome, ChargeRecord};
 use crate::clock::UnixMillis;
 use crate::fares::{DayEdges, FareTable, PricedDay, Tap};
+use crate::money::Cents;
 use crate::scan::TapKind;
 
 /// One rider's service day in money, as of a settlement run. All amounts
@@ -25,64 +26,64 @@ pub struct RiderFigures {
     /// Rides priced: a bus ride, a metro trip, an incomplete trip.
     pub rides: i64,
     /// What the rides cost before the daily cap.
-    pub fares_cents: i64,
+    pub fares_cents: Cents,
     /// What the daily cap took off.
-    pub caps_cents: i64,
+    pub caps_cents: Cents,
     /// What the day costs: fares less caps.
-    pub due_cents: i64,
+    pub due_cents: Cents,
     /// Every charge of the day, whatever came of it.
-    pub charged_cents: i64,
+    pub charged_cents: Cents,
     /// Charges the gateway took or paid out (`succeeded`).
-    pub succeeded_cents: i64,
+    pub succeeded_cents: Cents,
     /// Charges the gateway refused for good (`declined`): a debit's amount is arrears, a credit's is
     /// still owed to the rider.
-    pub declined_cents: i64,
+    pub declined_cents: Cents,
     /// Not decided yet (pending, or failed and retried).
-    pub pending_cents: i64,
+    pub pending_cents: Cents,
     /// Declined debits: what this day added to the rider's arrears.
-    pub arrears_opened_cents: i64,
+    pub arrears_opened_cents: Cents,
     /// Arrears the rider paid during the service day (negative).
-    pub arrears_paid_cents: i64,
+    pub arrears_paid_cents: Cents,
     /// What the rider owes in all, as the account store says at the run.
-    pub arrears_outstanding_cents: i64,
+    pub arrears_outstanding_cents: Cents,
     /// Rides first settled in a run after the cut-over.
     pub late_rides: i64,
     /// Credits set against the rider's arrears instead of paid out
     /// (negative): the arrears they paid are in `arrears_paid_cents` too.
-    pub netted_cents: i64,
+    pub netted_cents: Cents,
     /// Charges of a card with no account: nobody to collect from; a person
     /// looks at them.
-    pub no_account_cents: i64,
+    pub no_account_cents: Cents,
 }
 
 impl RiderFigures {
     /// The change from `before` (the sum of the earlier runs) to `self`.
     pub fn minus(&self, before: &RiderFigures) -> RiderFigures {
-        self.zip(before, i64::saturating_sub)
+        self.zip(before, i64::saturating_sub, |a, b| a - b)
     }
 
     /// `self` and `other` added figure by figure, to total riders or runs.
     pub fn plus(&self, other: &RiderFigures) -> RiderFigures {
-        self.zip(other, i64::saturating_add)
+        self.zip(other, i64::saturating_add, |a, b| a + b)
     }
 
-    /// `op` applied figure by figure.
-    fn zip(&self, other: &RiderFigures, op: fn(i64, i64) -> i64) -> RiderFigures {
+    /// `count` applied to the counts and `money` to the amounts, figure by figure.
+    fn zip(&self, other: &RiderFigures, count: fn(i64, i64) -> i64, money: fn(Cents, Cents) -> Cents) -> RiderFigures {
         RiderFigures {
-            rides: op(self.rides, other.rides),
-            fares_cents: op(self.fares_cents, other.fares_cents),
-            caps_cents: op(self.caps_cents, other.caps_cents),
-            due_cents: op(self.due_cents, other.due_cents),
-            charged_cents: op(self.charged_cents, other.charged_cents),
-            succeeded_cents: op(self.succeeded_cents, other.succeeded_cents),
-            declined_cents: op(self.declined_cents, other.declined_cents),
-            pending_cents: op(self.pending_cents, other.pending_cents),
-            arrears_opened_cents: op(self.arrears_opened_cents, other.arrears_opened_cents),
-            arrears_paid_cents: op(self.arrears_paid_cents, other.arrears_paid_cents),
-            arrears_outstanding_cents: op(self.arrears_outstanding_cents, other.arrears_outstanding_cents),
-            late_rides: op(self.late_rides, other.late_rides),
-            netted_cents: op(self.netted_cents, other.netted_cents),
-            no_account_cents: op(self.no_account_cents, other.no_account_cents),
+            rides: count(self.rides, other.rides),
+            fares_cents: money(self.fares_cents, other.fares_cents),
+            caps_cents: money(self.caps_cents, other.caps_cents),
+            due_cents: money(self.due_cents, other.due_cents),
+            charged_cents: money(self.charged_cents, other.charged_cents),
+            succeeded_cents: money(self.succeeded_cents, other.succeeded_cents),
+            declined_cents: money(self.declined_cents, other.declined_cents),
+            pending_cents: money(self.pending_cents, other.pending_cents),
+            arrears_opened_cents: money(self.arrears_opened_cents, other.arrears_opened_cents),
+            arrears_paid_cents: money(self.arrears_paid_cents, other.arrears_paid_cents),
+            arrears_outstanding_cents: money(self.arrears_outstanding_cents, other.arrears_outstanding_cents),
+            late_rides: count(self.late_rides, other.late_rides),
+            netted_cents: money(self.netted_cents, other.netted_cents),
+            no_account_cents: money(self.no_account_cents, other.no_account_cents),
         }
     }
 
@@ -94,13 +95,13 @@ impl RiderFigures {
     /// Adds one charge's amount under its outcome: a declined debit opens
     /// arrears; an undecided charge (pending, failed) is still pending;
     /// nothing due has no bucket of its own (it is zero).
-    pub(crate) fn add_charge(&mut self, amount_cents: i64, outcome: ChargeOutcome) {
+    pub(crate) fn add_charge(&mut self, amount_cents: Cents, outcome: ChargeOutcome) {
         self.add_unknown_charge(amount_cents);
         let bucket = match outcome {
             ChargeOutcome::Succeeded => &mut self.succeeded_cents,
             ChargeOutcome::Declined => {
-                if amount_cents > 0 {
-                    self.arrears_opened_cents = self.arrears_opened_cents.saturating_add(amount_cents);
+                if amount_cents.is_positive() {
+                    self.arrears_opened_cents += amount_cents;
                 }
                 &mut self.declined_cents
             }
@@ -109,13 +110,13 @@ impl RiderFigures {
             ChargeOutcome::NoAccount => &mut self.no_account_cents,
             ChargeOutcome::NothingDue => return,
         };
-        *bucket = bucket.saturating_add(amount_cents);
+        *bucket += amount_cents;
     }
 
     /// Adds a charge whose outcome the archive names but no charge has:
     /// counted as charged, in no bucket (the break reports it apart).
-    pub(crate) fn add_unknown_charge(&mut self, amount_cents: i64) {
-        self.charged_cents = self.charged_cents.saturating_add(amount_cents);
+    pub(crate) fn add_unknown_charge(&mut self, amount_cents: Cents) {
+        self.charged_cents += amount_cents;
     }
 }
 
@@ -127,7 +128,7 @@ pub struct RouteRevenue {
     /// Rides that began on it.
     pub rides: i64,
     /// What those rides are charged after the daily cap, in cents.
-    pub revenue_cents: i64,
+    pub revenue_cents: Cents,
 }
 
 /// When the pricer last priced a day whose open entry closes at
@@ -152,16 +153,12 @@ fn price_rider(
     (priced_figures(&priced), route_revenue(&priced, taps))
 }
 
-fn cents(c: u64) -> i64 {
-    i64::try_from(c).unwrap_or(i64::MAX)
-}
-
 fn priced_figures(priced: &PricedDay) -> RiderFigures {
     RiderFigures {
         rides: priced.rides.iter().filter(|r| r.kind.counts_as_ride()).count() as i64,
-        fares_cents: cents(priced.fares),
-        caps_cents: cents(priced.fares).saturating_sub(cents(priced.charged)),
-        due_cents: cents(priced.charged),
+        fares_cents: priced.fares,
+        caps_cents: priced.fares - priced.charged,
+        due_cents: priced.charged,
         ..RiderFigures::default()
     }
 }
@@ -175,11 +172,9 @@ fn route_revenue(priced: &PricedDay, taps: &[Tap]) -> Vec<RouteRevenue> {
         match routes.iter_mut().find(|r| r.route_id == route) {
             Some(r) => {
                 r.rides += 1;
-                r.revenue_cents = r.revenue_cents.saturating_add(cents(ride.charged));
+                r.revenue_cents += ride.charged;
             }
-            None => {
-                routes.push(RouteRevenue { route_id: route.to_string(), rides: 1, revenue_cents: cents(ride.charged) })
-            }
+            None => routes.push(RouteRevenue { route_id: route.to_string(), rides: 1, revenue_cents: ride.charged }),
         }
     }
     routes
@@ -236,18 +231,18 @@ pub enum Break {
         /// The rider's card.
         card_id: u64,
         /// What the day's charges add up to, whatever their outcome, in cents.
-        charged_cents: i64,
+        charged_cents: Cents,
         /// What the day costs (its fares after caps), in cents.
-        due_cents: i64,
+        due_cents: Cents,
     },
     /// Declines less payments differ from the account store's arrears.
     ArrearsMismatch {
         /// The rider's card.
         card_id: u64,
         /// What the arrears should be: declines (all days) less arrears payments (all time), in cents.
-        from_charges_cents: i64,
+        from_charges_cents: Cents,
         /// What the account store says the card owes, in cents.
-        store_cents: i64,
+        store_cents: Cents,
     },
     /// A file an earlier run settled is gone from the archive.
     SettledFileMissing {
@@ -276,7 +271,7 @@ impl Break {
 impl Break {
     /// The break for finance: as its `Display`, amounts in `currency`.
     pub fn describe(&self, currency: &str) -> String {
-        let money = |cents: i64| format!("{currency} {}", format_cents(cents));
+        let money = |cents: Cents| format!("{currency} {cents}");
         match self {
             Break::MoneyMismatch { card_id, charged_cents, due_cents } => format!(
                 "card {card_id}: charges add up to {}, the day's fares after caps to {}",
@@ -332,7 +327,7 @@ pub struct DayCharge {
     /// Its id: the same id twice is a break.
     pub charge_id: ChargeId,
     /// In cents; negative for a credit.
-    pub amount_cents: i64,
+    pub amount_cents: Cents,
     /// Its outcome as read: an unknown one is a break.
     pub outcome: OutcomeAsRead,
     /// The scans it prices.
@@ -506,21 +501,20 @@ pub(crate) fn money_break(card_id: u64, figures: &RiderFigures) -> Option<Break>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fares::Cents;
     use crate::scan::TapKind;
     use std::collections::BTreeMap;
 
     fn table() -> FareTable {
         FareTable {
             currency: "CNY".into(),
-            bus_route_fares: BTreeMap::from([("bus-1".to_string(), 200 as Cents)]),
+            bus_route_fares: BTreeMap::from([("bus-1".to_string(), Cents::new(200))]),
             bus_default_fare: None,
             metro_station_zones: BTreeMap::from([("m-a".to_string(), 1), ("m-b".to_string(), 3)]),
-            metro_base_fare: 300,
-            metro_fare_per_zone: 100,
-            max_fare: 900,
+            metro_base_fare: Cents::new(300),
+            metro_fare_per_zone: Cents::new(100),
+            max_fare: Cents::new(900),
             metro_exit_window_ms: 3_600_000,
-            daily_cap: 500,
+            daily_cap: Cents::new(500),
         }
     }
 
@@ -554,7 +548,7 @@ mod tests {
         let exit = tap(2, 1_000, TapKind::Exit, "metro-1", "m-b");
         let edges = DayEdges { last_before: Some(tap(1, -1_000, TapKind::Entry, "metro-1", "m-a")), first_after: None };
         let (figures, routes) = price_rider(&table(), &[exit], &edges, None);
-        assert_eq!((figures.rides, figures.fares_cents, figures.due_cents), (0, 0, 0));
+        assert_eq!((figures.rides, figures.fares_cents.get(), figures.due_cents.get()), (0, 0, 0));
         assert!(routes.is_empty());
     }
 
@@ -568,49 +562,55 @@ mod tests {
         ];
         let (figures, routes) = price_rider(&table(), &taps, &DayEdges::NONE, None);
         // 200 + 500 (300 + 2 zones) + 200 = 900 in fares; the cap is 500.
-        assert_eq!((figures.rides, figures.fares_cents, figures.caps_cents, figures.due_cents), (3, 900, 400, 500));
+        assert_eq!(
+            (figures.rides, figures.fares_cents.get(), figures.caps_cents.get(), figures.due_cents.get()),
+            (3, 900, 400, 500)
+        );
         let bus = routes.iter().find(|r| r.route_id == "bus-1").expect("bus");
         let metro = routes.iter().find(|r| r.route_id == "metro-1").expect("metro");
-        assert_eq!((bus.rides, bus.revenue_cents, metro.rides, metro.revenue_cents), (2, 200, 1, 300));
+        assert_eq!((bus.rides, bus.revenue_cents.get(), metro.rides, metro.revenue_cents.get()), (2, 200, 1, 300));
     }
 
     #[test]
     fn an_entry_the_pricer_holds_open_is_not_a_ride_yet() {
         let taps = [tap(1, 1_000, TapKind::Entry, "metro-1", "m-a")];
         let (open, _) = price_rider(&table(), &taps, &DayEdges::NONE, Some(1_000 + 3_600_000));
-        assert_eq!((open.rides, open.due_cents), (0, 0));
+        assert_eq!((open.rides, open.due_cents.get()), (0, 0));
         let (closed, _) = price_rider(&table(), &taps, &DayEdges::NONE, None);
-        assert_eq!((closed.rides, closed.due_cents), (1, 900), "an entry with no exit is the maximum fare");
+        assert_eq!((closed.rides, closed.due_cents.get()), (1, 900), "an entry with no exit is the maximum fare");
     }
 
     #[test]
     fn runs_add_up_and_outcomes_land_in_their_buckets() {
-        let mut first = RiderFigures { rides: 2, due_cents: 400, ..RiderFigures::default() };
-        first.add_charge(200, ChargeOutcome::Succeeded);
-        first.add_charge(200, ChargeOutcome::Pending);
-        let mut now = RiderFigures { rides: 3, due_cents: 500, late_rides: 1, ..RiderFigures::default() };
+        let mut first = RiderFigures { rides: 2, due_cents: Cents::new(400), ..RiderFigures::default() };
+        first.add_charge(Cents::new(200), ChargeOutcome::Succeeded);
+        first.add_charge(Cents::new(200), ChargeOutcome::Pending);
+        let mut now = RiderFigures { rides: 3, due_cents: Cents::new(500), late_rides: 1, ..RiderFigures::default() };
         for (amount, outcome) in [
             (200, ChargeOutcome::Succeeded),
             (200, ChargeOutcome::Declined),
             (100, ChargeOutcome::Failed),
             (0, ChargeOutcome::NothingDue),
         ] {
-            now.add_charge(amount, outcome);
+            now.add_charge(Cents::new(amount), outcome);
         }
-        assert_eq!((now.charged_cents, now.pending_cents, now.arrears_opened_cents), (500, 100, 200));
+        assert_eq!((now.charged_cents.get(), now.pending_cents.get(), now.arrears_opened_cents.get()), (500, 100, 200));
         let delta = now.minus(&first);
-        assert_eq!((delta.rides, delta.pending_cents, delta.declined_cents, delta.late_rides), (1, -100, 200, 1));
+        assert_eq!(
+            (delta.rides, delta.pending_cents.get(), delta.declined_cents.get(), delta.late_rides),
+            (1, -100, 200, 1)
+        );
         assert_eq!(first.plus(&delta), now);
         assert!(now.minus(&now).is_zero());
         assert_eq!(money_break(7, &now), None);
-        let short = RiderFigures { due_cents: 600, ..now };
+        let short = RiderFigures { due_cents: Cents::new(600), ..now };
         assert_eq!(money_break(7, &short).map(|b| b.kind()), Some("money_mismatch"));
     }
 
     fn charge(n: u8, amount: i64, outcome: &str, scans: &[u8]) -> DayCharge {
         DayCharge {
             charge_id: [n; 16],
-            amount_cents: amount,
+            amount_cents: Cents::new(amount),
             outcome: OutcomeAsRead::parse(outcome),
             scan_ids: scans.iter().map(|s| [*s; 16]).collect(),
         }
@@ -623,7 +623,12 @@ mod tests {
         let s = settle_rider(&table(), 9, &taps, &DayEdges::NONE, &charges, None);
         assert!(s.breaks.is_empty() && s.unarchived_scans.is_empty(), "{:?}", s.breaks);
         assert_eq!(
-            (s.figures.rides, s.figures.due_cents, s.figures.succeeded_cents, s.figures.arrears_opened_cents),
+            (
+                s.figures.rides,
+                s.figures.due_cents.get(),
+                s.figures.succeeded_cents.get(),
+                s.figures.arrears_opened_cents.get()
+            ),
             (2, 400, 200, 200)
         );
     }
@@ -673,15 +678,15 @@ mod tests {
 
     #[test]
     fn extreme_amounts_saturate_instead_of_panicking() {
-        let max = RiderFigures { charged_cents: i64::MAX, fares_cents: i64::MIN, ..RiderFigures::default() };
-        let min = RiderFigures { charged_cents: i64::MIN, fares_cents: i64::MAX, ..RiderFigures::default() };
+        let max = RiderFigures { charged_cents: Cents::MAX, fares_cents: Cents::MIN, ..RiderFigures::default() };
+        let min = RiderFigures { charged_cents: Cents::MIN, fares_cents: Cents::MAX, ..RiderFigures::default() };
         let d = max.minus(&min);
-        assert_eq!((d.charged_cents, d.fares_cents), (i64::MAX, i64::MIN));
+        assert_eq!((d.charged_cents.get(), d.fares_cents.get()), (i64::MAX, i64::MIN));
         let mut f = RiderFigures::default();
-        f.add_charge(i64::MAX, ChargeOutcome::Declined);
-        f.add_charge(i64::MAX, ChargeOutcome::Declined);
-        assert_eq!((f.declined_cents, f.arrears_opened_cents), (i64::MAX, i64::MAX));
-        f.add_unknown_charge(5);
-        assert_eq!(f.charged_cents, i64::MAX, "an unknown outcome is counted as charged and reported apart");
+        f.add_charge(Cents::MAX, ChargeOutcome::Declined);
+        f.add_charge(Cents::MAX, ChargeOutcome::Declined);
+        assert_eq!((f.declined_cents.get(), f.arrears_opened_cents.get()), (i64::MAX, i64::MAX));
+        f.add_unknown_charge(Cents::new(5));
+        assert_eq!(f.charged_cents, Cents::MAX, "an unknown outcome is counted as charged and reported apart");
     }
 }

@@ -45,6 +45,7 @@ use farestream_core::charges::{
     ChargeKind, ChargeOutcome, FirstSend, Payer, RiderDay, UNDECIDED_OUTCOMES_SQL, first_send, rest_of,
 };
 use farestream_core::gateway_answer::{AfterAnswer, Attempts, DeclineEffect, decide_answer};
+use farestream_core::money::Cents;
 use farestream_core::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
 use farestream_core::sync::lock;
 use farestream_ingest::clock_source::{Clock, SystemClock, UnixMillis, duration_ms};
@@ -79,7 +80,7 @@ struct Claimed {
     charge_id: [u8; 16],
     card_id: u64,
     service_date: NaiveDate,
-    amount_cents: i64,
+    amount_cents: Cents,
     currency: String,
     kind: String,
     /// The claim's fencing number: its outcome is written only if no later
@@ -231,7 +232,7 @@ impl Dispatcher {
                 Answer::Refused { reason: format!("card {} has no debit agreement", charge.card_id) }
             }
             Some(agreement_id) => {
-                let (direction, amount) = if charge.amount_cents < 0 {
+                let (direction, amount) = if charge.amount_cents.is_negative() {
                     (Direction::Credit, charge.amount_cents.unsigned_abs())
                 } else {
                     (Direction::Debit, charge.amount_cents.unsigned_abs())
@@ -372,7 +373,7 @@ fn record_decline(
     let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
     match effect {
         DeclineEffect::Arrears(amount_cents) => {
-            match accounts::add_arrears(tx, charge.card_id, amount_cents, &cause, now) {
+            match accounts::add_arrears(tx, charge.card_id, amount_cents.get(), &cause, now) {
                 Ok(account) => return Ok(Some(account)),
                 Err(accounts::AccountError::Store(error)) => return Err(error),
                 Err(error) => tracing::error!(%error, "a declined charge's card has no account"),
@@ -384,7 +385,7 @@ fn record_decline(
             money_metrics::credit_declined();
             tracing::error!(charge = %hex::encode(charge.charge_id), card = charge.card_id, %decline_code,
                 "a credit was declined; the rider is owed it");
-            match accounts::note(tx, charge.card_id, "credit_declined", amount_cents, &cause, now) {
+            match accounts::note(tx, charge.card_id, "credit_declined", amount_cents.get(), &cause, now) {
                 Ok(()) => {}
                 Err(accounts::AccountError::Store(error)) => return Err(error),
                 Err(error) => tracing::error!(%error, "a declined credit's card has no account"),
@@ -411,7 +412,7 @@ fn due_charges(
     let rows = due.query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
         Ok((
             (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
-            (r.get(3)?, r.get(4)?, r.get(5)?),
+            (r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?),
             (r.get::<_, u32>(6)?, r.get::<_, u32>(7)?, r.get(8)?, r.get(9)?),
             r.get::<_, bool>(10)?,
         ))
@@ -428,7 +429,7 @@ fn due_charges(
             charge_id: id_from_sql(&id)?,
             card_id: card_from_sql(card),
             service_date: date_from_sql(date)?,
-            amount_cents,
+            amount_cents: Cents::new(amount_cents),
             currency,
             kind,
             claim: claims.saturating_add(1),
@@ -469,7 +470,7 @@ fn decide_before_sending(
     let id = &charge.charge_id[..];
     let payer = if !has_account {
         Payer::NoAccount
-    } else if charge.claim == 1 && charge.amount_cents < 0 {
+    } else if charge.claim == 1 && charge.amount_cents.is_negative() {
         payer(tx, charge.card_id)?
     } else {
         return Ok(Decided::Send);
@@ -496,10 +497,10 @@ fn decide_before_sending(
             tx.execute(
                 "UPDATE charges SET outcome = ?4, amount_cents = ?2, decided_at = ?3, lease_until = 0
                  WHERE charge_id = ?1 AND claims = 0",
-                params![id, netted, now, ChargeOutcome::Netted.as_str()],
+                params![id, netted.get(), now, ChargeOutcome::Netted.as_str()],
             )?;
             let day = RiderDay { card_id: charge.card_id, service_date: charge.service_date };
-            if rest < 0 {
+            if rest.is_negative() {
                 tx.execute(
                     "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency,
                                           scan_ids, created_at, outcome, next_attempt_at)
@@ -508,7 +509,7 @@ fn decide_before_sending(
                         &rest_of(day, &charge.charge_id)[..],
                         card_to_sql(charge.card_id),
                         date_to_sql(charge.service_date),
-                        rest,
+                        rest.get(),
                         charge.currency,
                         ids_to_sql(&[]),
                         now,
@@ -518,7 +519,7 @@ fn decide_before_sending(
                 )?;
             }
             let cause = format!("credit {} set against the arrears", hex::encode(charge.charge_id));
-            let account = match accounts::net_credit(tx, charge.card_id, netted.saturating_neg(), &cause, now) {
+            let account = match accounts::net_credit(tx, charge.card_id, (-netted).get(), &cause, now) {
                 Ok(account) => account,
                 Err(accounts::AccountError::Store(error)) => return Err(error),
                 Err(error) => return Err(StoreError::Corrupt(format!("netting a credit: {error}"))),
@@ -539,7 +540,10 @@ fn payer(tx: &rusqlite::Transaction<'_>, card_id: u64) -> Result<Payer, StoreErr
         [card_to_sql(card_id)],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(Payer::Account { arrears_cents, arrears_payment_out_cents })
+    Ok(Payer::Account {
+        arrears_cents: Cents::new(arrears_cents),
+        arrears_payment_out_cents: Cents::new(arrears_payment_out_cents),
+    })
 }
 
 /// Schedules the charge again; `failed` once its budget is spent.

@@ -136,7 +136,7 @@ fn check_ledger(
         audit.ledger_mismatched += u64::from(!agrees);
     }
     for charge in outbox {
-        let kind = if charge.amount_cents < 0 { "credit" } else { "debit" };
+        let kind = if charge.amount_cents.is_negative() { "credit" } else { "debit" };
         let at_gateway = applied.get(&(kind, hex::encode(charge.charge_id).as_str())).copied();
         let agrees = match (charge.outcome, at_gateway) {
             (ChargeOutcome::Succeeded, Some(p)) => p.succeeded && p.amount_cents == charge.amount_cents.unsigned_abs(),

@@ -7,6 +7,7 @@ use rusqlite::{Connection, params};
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, id_from_sql, ids_from_sql};
 use crate::store::StoreError;
 use farestream_core::charges::{ChargeKind, ChargeOutcome, ChargeRecord, UNDECIDED_OUTCOMES_SQL};
+use farestream_core::money::Cents;
 use farestream_ingest::clock_source::UnixMillis;
 
 const COLUMNS: &str = "charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, created_at,
@@ -78,7 +79,7 @@ fn select(conn: &Connection, filter: Filter, limit: i64) -> Result<Vec<ChargeRec
             card_id: card_from_sql(card),
             service_date: date_from_sql(date)?,
             kind: ChargeKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("charge kind {kind:?}")))?,
-            amount_cents,
+            amount_cents: Cents::new(amount_cents),
             currency,
             scan_ids: ids_from_sql(&scan_ids)?,
             created_at,

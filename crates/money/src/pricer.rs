@@ -215,9 +215,5 @@ impl LogStep for State {
 }
 
 fn sum(a: Priced, b: Priced) -> Priced {
-    Priced {
-        taps: a.taps + b.taps,
-        charges: a.charges + b.charges,
-        amount_cents: a.amount_cents.saturating_add(b.amount_cents),
-    }
+    Priced { taps: a.taps + b.taps, charges: a.charges + b.charges, amount_cents: a.amount_cents + b.amount_cents }
 }

@@ -17,6 +17,7 @@ use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_fr
 use crate::store::StoreError;
 use farestream_core::charges::{Charge, ChargeKind, ChargeOutcome, RiderDay, plan_charges};
 use farestream_core::fares::{DayEdges, FareTable, Tap, ride_of};
+use farestream_core::money::Cents;
 use farestream_core::scan::ArchivedScan;
 use farestream_ingest::clock_source::UnixMillis;
 
@@ -26,13 +27,13 @@ pub struct Priced {
     pub taps: u64,
     pub charges: u64,
     /// Sum of the new charges' amounts (an adjustment may be negative).
-    pub amount_cents: i64,
+    pub amount_cents: Cents,
 }
 
 impl Priced {
     fn add(&mut self, charges: &[Charge]) {
         self.charges += charges.len() as u64;
-        self.amount_cents = charges.iter().fold(self.amount_cents, |sum, c| sum.saturating_add(c.amount_cents));
+        self.amount_cents += charges.iter().map(|c| c.amount_cents).sum();
     }
 }
 
@@ -156,7 +157,7 @@ fn reprice(
             date_to_sql(day.service_date),
             charge.kind.as_str(),
             charge.ride_key.as_ref().map(|k| &k[..]),
-            charge.amount_cents,
+            charge.amount_cents.get(),
             fares.currency,
             ids_to_sql(&charge.scan_ids),
             now,
@@ -235,7 +236,7 @@ pub fn day_charges(tx: &Transaction<'_>, day: RiderDay) -> Result<Vec<Charge>, S
             id: id_from_sql(&id)?,
             kind,
             ride_key: ride_key.as_deref().map(id_from_sql).transpose()?,
-            amount_cents,
+            amount_cents: Cents::new(amount_cents),
             scan_ids: ids_from_sql(&scan_ids)?,
         });
     }

@@ -258,7 +258,7 @@ impl AccountService {
             RefundStep::Wait => return Ok(RefundDone::Waiting),
             RefundStep::Owes { phone, owed, told_before } => {
                 if !told_before {
-                    let owed = farestream_core::charges::format_cents(owed);
+                    let owed = farestream_core::money::Cents::new(owed);
                     let message = format!("your deposit is held until you pay the {owed} you owe for card {card_id}");
                     self.notifier.notify(&phone, &message);
                 }

@@ -163,7 +163,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySe
             fares,
         },
         store_path,
-        deposit_cents: p.deposit_fen,
+        deposit_cents: p.deposit_cents,
         store_busy_wait,
         gateway,
         rides_arrive_within: Duration::from_secs(

@@ -28,6 +28,7 @@ use crate::tables::{archive_session, register_files};
 use farestream_core::archive::schema::scan_schema;
 use farestream_core::charges::ChargeOutcome;
 use farestream_core::clock::UnixMillis;
+use farestream_core::money::Cents;
 use farestream_core::scan::ScanStatus;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider, trip_edge_may_be_unarchived};
@@ -92,7 +93,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         files_settled: new_files.len() as i64,
         scans: new_scans,
         riders: walked.riders.len() as i64,
-        totals: RiderFigures { arrears_outstanding_cents: 0, ..totals },
+        totals: RiderFigures { arrears_outstanding_cents: Cents::ZERO, ..totals },
         manual_review,
         riders_awaiting_archive: walked.awaiting,
         breaks: breaks.len() as i64,
@@ -200,8 +201,12 @@ async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<Hash
             by_charge.insert(ids[i].clone().unwrap_or_default(), (cards[i].unwrap_or(0), amounts[i].unwrap_or(0)));
         }
     }
-    for c in snapshot.unarchived_charges.iter().filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents > 0) {
-        by_charge.insert(hex::encode(c.charge_id), (c.card_id, c.amount_cents));
+    for c in snapshot
+        .unarchived_charges
+        .iter()
+        .filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents.is_positive())
+    {
+        by_charge.insert(hex::encode(c.charge_id), (c.card_id, c.amount_cents.get()));
     }
     let mut per_card: HashMap<u64, i64> = HashMap::new();
     for (card, amount) in by_charge.into_values() {
@@ -250,7 +255,7 @@ async fn walk_riders(
         for route in &settled.routes {
             let entry = walked.routes_now.entry(route.route_id.clone()).or_default();
             add_to(&mut entry.0, route.rides);
-            entry.1 = entry.1.saturating_add(route.revenue_cents);
+            entry.1 = entry.1.saturating_add(route.revenue_cents.get());
         }
         let previous = before.remove(&card).unwrap_or_default();
         let unarchived = !settled.unarchived_scans.is_empty()
@@ -273,13 +278,13 @@ async fn walk_riders(
         if store != expected {
             walked.breaks.push(Break::ArrearsMismatch {
                 card_id: card,
-                from_charges_cents: expected,
-                store_cents: store,
+                from_charges_cents: Cents::new(expected),
+                store_cents: Cents::new(store),
             });
         }
         let now = RiderFigures {
-            arrears_paid_cents: day.paid_in_day.get(&card).copied().unwrap_or(0),
-            arrears_outstanding_cents: store,
+            arrears_paid_cents: Cents::new(day.paid_in_day.get(&card).copied().unwrap_or(0)),
+            arrears_outstanding_cents: Cents::new(store),
             late_rides: previous.late_rides.saturating_add(day.late_rides.get(&card).copied().unwrap_or(0)),
             ..settled.figures
         };

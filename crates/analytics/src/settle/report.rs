@@ -15,8 +15,8 @@ use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use super::write::{RunRow, StatusCounts};
 use super::write::{add_to, status_index};
 use crate::tables::archive_session;
-use farestream_core::charges::{format_cents, group_digits};
 use farestream_core::clock::UnixMillis;
+use farestream_core::money::{Cents, group_digits};
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
 use farestream_ingest::archive::checkpoint::replace_durably;
@@ -89,11 +89,11 @@ struct DayTotals {
     figures: RiderFigures,
     riders: i64,
     riders_in_arrears: i64,
-    arrears_cents: i64,
+    arrears_cents: Cents,
     /// (route, scans, rides, revenue), by revenue.
-    routes: Vec<(String, i64, i64, i64)>,
+    routes: Vec<(String, i64, i64, Cents)>,
     /// (card, charged, declined, outstanding), most owed first.
-    owing: Vec<(u64, i64, i64, i64)>,
+    owing: Vec<(u64, Cents, Cents, Cents)>,
 }
 
 async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, SettleError> {
@@ -116,7 +116,7 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
         figures,
         riders: 0,
         riders_in_arrears: 0,
-        arrears_cents: 0,
+        arrears_cents: Cents::ZERO,
         routes: vec![],
         owing: vec![],
     };
@@ -124,7 +124,7 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
     for batch in collect_rows(ctx, &sql).await? {
         totals.riders = column_i64(&batch, 0)?.first().copied().flatten().unwrap_or(0);
         totals.riders_in_arrears = column_i64(&batch, 1)?.first().copied().flatten().unwrap_or(0);
-        totals.arrears_cents = column_i64(&batch, 2)?.first().copied().flatten().unwrap_or(0);
+        totals.arrears_cents = Cents::new(column_i64(&batch, 2)?.first().copied().flatten().unwrap_or(0));
     }
     let sql =
         format!("SELECT * FROM ({per_rider}) WHERE owed > 0 ORDER BY owed DESC, card_id LIMIT {REPORT_LIST_ROWS_MAX}");
@@ -134,9 +134,9 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
         for i in 0..cards.len() {
             totals.owing.push((
                 cards[i].unwrap_or(0),
-                charged[i].unwrap_or(0),
-                declined[i].unwrap_or(0),
-                owed[i].unwrap_or(0),
+                Cents::new(charged[i].unwrap_or(0)),
+                Cents::new(declined[i].unwrap_or(0)),
+                Cents::new(owed[i].unwrap_or(0)),
             ));
         }
     }
@@ -152,7 +152,7 @@ async fn day_totals(ctx: &SessionContext, date: NaiveDate) -> Result<DayTotals, 
                 routes[i].clone().unwrap_or_default(),
                 scans[i].unwrap_or(0),
                 rides[i].unwrap_or(0),
-                revenue[i].unwrap_or(0),
+                Cents::new(revenue[i].unwrap_or(0)),
             ));
         }
     }
@@ -253,16 +253,16 @@ fn headline(date: NaiveDate, t: &DayTotals, breaks: &[Break], currency: &str) ->
         group_digits(f.rides.unsigned_abs()),
         group_digits(t.riders.unsigned_abs()),
         group_digits(f.late_rides.unsigned_abs()),
-        format_cents(f.fares_cents),
-        format_cents(f.caps_cents),
-        format_cents(f.due_cents),
-        format_cents(f.succeeded_cents),
-        format_cents(f.declined_cents),
-        format_cents(f.pending_cents),
-        format_cents(f.netted_cents),
-        format_cents(f.no_account_cents),
+        f.fares_cents,
+        f.caps_cents,
+        f.due_cents,
+        f.succeeded_cents,
+        f.declined_cents,
+        f.pending_cents,
+        f.netted_cents,
+        f.no_account_cents,
         group_digits(t.riders_in_arrears.unsigned_abs()),
-        format_cents(t.arrears_cents),
+        t.arrears_cents,
         group_digits(t.scans[status_index(ScanStatus::LateUpload)].unsigned_abs()),
     )
 }
@@ -327,16 +327,16 @@ fn html(
         ("scans", group_digits(t.scans.iter().sum::<i64>().unsigned_abs())),
         ("rides", group_digits(f.rides.unsigned_abs())),
         ("riders", group_digits(t.riders.unsigned_abs())),
-        ("fares", format!("{currency} {}", format_cents(f.fares_cents))),
-        ("daily caps", format!("{currency} {}", format_cents(f.caps_cents))),
-        ("due", format!("{currency} {}", format_cents(f.due_cents))),
-        ("succeeded", format!("{currency} {}", format_cents(f.succeeded_cents))),
-        ("declined", format!("{currency} {}", format_cents(f.declined_cents))),
-        ("pending", format!("{currency} {}", format_cents(f.pending_cents))),
-        ("netted against arrears", format!("{currency} {}", format_cents(f.netted_cents))),
-        ("no account", format!("{currency} {}", format_cents(f.no_account_cents))),
+        ("fares", format!("{currency} {}", f.fares_cents)),
+        ("daily caps", format!("{currency} {}", f.caps_cents)),
+        ("due", format!("{currency} {}", f.due_cents)),
+        ("succeeded", format!("{currency} {}", f.succeeded_cents)),
+        ("declined", format!("{currency} {}", f.declined_cents)),
+        ("pending", format!("{currency} {}", f.pending_cents)),
+        ("netted against arrears", format!("{currency} {}", f.netted_cents)),
+        ("no account", format!("{currency} {}", f.no_account_cents)),
         ("riders in arrears", group_digits(t.riders_in_arrears.unsigned_abs())),
-        ("arrears outstanding", format!("{currency} {}", format_cents(t.arrears_cents))),
+        ("arrears outstanding", format!("{currency} {}", t.arrears_cents)),
         ("late rides", group_digits(f.late_rides.unsigned_abs())),
     ];
     h.push_str("<div>");
@@ -358,19 +358,13 @@ fn html(
             escape(route),
             group_digits(scans.unsigned_abs()),
             group_digits(rides.unsigned_abs()),
-            format_cents(*revenue)
+            revenue
         );
     }
     h.push_str("</table><h2>Riders in arrears</h2>");
     let _ = write!(h, "<table><tr><th>card</th><th>charged</th><th>declined</th><th>owes now</th></tr>");
     for (card, charged, declined, owed) in &t.owing {
-        let _ = write!(
-            h,
-            "<tr><td>{card}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            format_cents(*charged),
-            format_cents(*declined),
-            format_cents(*owed)
-        );
+        let _ = write!(h, "<tr><td>{card}</td><td>{}</td><td>{}</td><td>{}</td></tr>", charged, declined, owed);
     }
     let _ = write!(h, "</table>{}", more(usize::try_from(t.riders_in_arrears).unwrap_or(0)));
     let _ = write!(
@@ -424,10 +418,10 @@ fn runs_table(h: &mut String, settings: &SettleSettings, t: &DayTotals, currency
             group_digits(r.scans.iter().sum::<i64>().unsigned_abs()),
             r.totals.rides,
             r.totals.late_rides,
-            format_cents(r.totals.due_cents),
-            format_cents(r.totals.succeeded_cents),
-            format_cents(r.totals.declined_cents),
-            format_cents(r.totals.pending_cents),
+            r.totals.due_cents,
+            r.totals.succeeded_cents,
+            r.totals.declined_cents,
+            r.totals.pending_cents,
             r.riders_awaiting_archive,
             r.breaks
         );
@@ -487,7 +481,7 @@ fn hourly_chart(h: &mut String, settings: &SettleSettings, extras: &ScanExtras) 
 /// Horizontal bars, the top routes by revenue.
 fn route_chart(h: &mut String, t: &DayTotals) {
     let shown: Vec<_> = t.routes.iter().take(30).collect();
-    let peak = shown.iter().map(|r| r.3).max().unwrap_or(0).max(1);
+    let peak = shown.iter().map(|r| r.3.get()).max().unwrap_or(0).max(1);
     let _ = write!(
         h,
         "<svg width=\"620\" height=\"{}\" role=\"img\" aria-label=\"revenue per route\">",
@@ -495,7 +489,7 @@ fn route_chart(h: &mut String, t: &DayTotals) {
     );
     for (i, (route, _, _, revenue)) in shown.iter().enumerate() {
         let y = i * 18;
-        let w = ((*revenue).max(0).saturating_mul(400) / peak).max(1);
+        let w = (revenue.get().max(0).saturating_mul(400) / peak).max(1);
         let _ = write!(
             h,
             "<text x=\"0\" y=\"{}\" font-size=\"11\">{}</text><rect x=\"140\" y=\"{}\" width=\"{w}\" height=\"14\" fill=\"#2980b9\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>",
@@ -504,7 +498,7 @@ fn route_chart(h: &mut String, t: &DayTotals) {
             y + 1,
             145 + w,
             y + 12,
-            format_cents(*revenue)
+            revenue
         );
     }
     h.push_str("</svg>");

@@ -15,6 +15,7 @@ use super::settle_types::SettleError;
 use super::sql::{column_i64, column_str, column_str_lists, column_u64, id_from_hex, stream_rows};
 use farestream_core::fares::RIDE_SQL;
 use farestream_core::fares::Tap;
+use farestream_core::money::Cents;
 use farestream_core::settlement::{DayCharge, OutcomeAsRead};
 
 type Decode<T> = fn(&RecordBatch) -> Result<Vec<(u64, T)>, SettleError>;
@@ -76,7 +77,7 @@ fn decode_charges(batch: &RecordBatch) -> Result<Vec<(u64, DayCharge)>, SettleEr
         let (Some(card), Some(id)) = (cards[i], ids[i].as_deref()) else { continue };
         let charge = DayCharge {
             charge_id: id_from_hex(id)?,
-            amount_cents: amounts[i].unwrap_or(0),
+            amount_cents: Cents::new(amounts[i].unwrap_or(0)),
             outcome: OutcomeAsRead::parse(outcomes[i].as_deref().unwrap_or_default()),
             scan_ids: scans[i].iter().map(|s| id_from_hex(s)).collect::<Result<_, _>>()?,
         };

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use farestream_core::money::Cents;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::RiderFigures;
 
@@ -80,19 +81,19 @@ pub const RIDER_FIGURES: [&str; 14] = [
 pub fn figures_from(v: &dyn Fn(usize) -> i64) -> RiderFigures {
     RiderFigures {
         rides: v(0),
-        fares_cents: v(1),
-        caps_cents: v(2),
-        due_cents: v(3),
-        charged_cents: v(4),
-        succeeded_cents: v(5),
-        declined_cents: v(6),
-        pending_cents: v(7),
-        arrears_opened_cents: v(8),
-        arrears_paid_cents: v(9),
-        arrears_outstanding_cents: v(10),
+        fares_cents: Cents::new(v(1)),
+        caps_cents: Cents::new(v(2)),
+        due_cents: Cents::new(v(3)),
+        charged_cents: Cents::new(v(4)),
+        succeeded_cents: Cents::new(v(5)),
+        declined_cents: Cents::new(v(6)),
+        pending_cents: Cents::new(v(7)),
+        arrears_opened_cents: Cents::new(v(8)),
+        arrears_paid_cents: Cents::new(v(9)),
+        arrears_outstanding_cents: Cents::new(v(10)),
         late_rides: v(11),
-        netted_cents: v(12),
-        no_account_cents: v(13),
+        netted_cents: Cents::new(v(12)),
+        no_account_cents: Cents::new(v(13)),
     }
 }
 
@@ -100,19 +101,19 @@ pub fn figures_from(v: &dyn Fn(usize) -> i64) -> RiderFigures {
 pub fn figures_to(f: &RiderFigures) -> [i64; FIGURES] {
     [
         f.rides,
-        f.fares_cents,
-        f.caps_cents,
-        f.due_cents,
-        f.charged_cents,
-        f.succeeded_cents,
-        f.declined_cents,
-        f.pending_cents,
-        f.arrears_opened_cents,
-        f.arrears_paid_cents,
-        f.arrears_outstanding_cents,
+        f.fares_cents.get(),
+        f.caps_cents.get(),
+        f.due_cents.get(),
+        f.charged_cents.get(),
+        f.succeeded_cents.get(),
+        f.declined_cents.get(),
+        f.pending_cents.get(),
+        f.arrears_opened_cents.get(),
+        f.arrears_paid_cents.get(),
+        f.arrears_outstanding_cents.get(),
         f.late_rides,
-        f.netted_cents,
-        f.no_account_cents,
+        f.netted_cents.get(),
+        f.no_account_cents.get(),
     ]
 }
 

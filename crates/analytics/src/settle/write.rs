@@ -163,11 +163,11 @@ fn break_columns(b: &Break) -> BreakColumns {
             (None, None, hex(charge_id), None, None, None, Some(outcome.clone()))
         }
         Break::MoneyMismatch { card_id, charged_cents, due_cents } => {
-            (Some(*card_id), None, None, Some(*charged_cents), Some(*due_cents), None, None)
+            (Some(*card_id), None, None, Some(charged_cents.get()), Some(due_cents.get()), None, None)
         }
         // What the store holds, against what the charges say it should.
         Break::ArrearsMismatch { card_id, from_charges_cents, store_cents } => {
-            (Some(*card_id), None, None, Some(*store_cents), Some(*from_charges_cents), None, None)
+            (Some(*card_id), None, None, Some(store_cents.get()), Some(from_charges_cents.get()), None, None)
         }
         Break::SettledFileMissing { file } => (None, None, None, None, None, None, Some(file.clone())),
     }

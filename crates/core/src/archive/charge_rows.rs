@@ -13,6 +13,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 
 use crate::charges::{ChargeKind, ChargeOutcome, ChargeRecord};
+use crate::money::Cents;
 use crate::scan::id_to_archive;
 
 fn time() -> DataType {
@@ -57,7 +58,7 @@ pub fn charges_to_record_batch(rows: &[ChargeRecord]) -> Result<RecordBatch, Arr
     let mut scans = ListBuilder::new(StringBuilder::new());
     for row in rows {
         cards.append_value(id_to_archive(row.card_id));
-        amounts.append_value(row.amount_cents);
+        amounts.append_value(row.amount_cents.get());
         attempts.append_value(row.attempts);
         row.scan_ids.iter().for_each(|id| scans.values().append_value(hex::encode(id)));
         scans.append(true);
@@ -123,7 +124,7 @@ pub fn charges_from_record_batch(
             card_id: super::schema::id_at(column("card_id").as_ref(), i),
             service_date,
             kind,
-            amount_cents: column("amount_cents").as_primitive::<Int64Type>().value(i),
+            amount_cents: Cents::new(column("amount_cents").as_primitive::<Int64Type>().value(i)),
             currency: text("currency", i).ok_or_else(|| bad(i, "null currency"))?,
             scan_ids,
             outcome: text("outcome", i)
@@ -160,7 +161,7 @@ mod tests {
             card_id: 7,
             service_date: NaiveDate::MIN,
             kind: ChargeKind::Ride,
-            amount_cents: 300,
+            amount_cents: Cents::new(300),
             currency: "CNY".into(),
             scan_ids: vec![],
             outcome: ChargeOutcome::Pending,
@@ -191,7 +192,7 @@ mod tests {
             card_id: if n == 0 { 0 } else { crate::scan::ID_MAX },
             service_date: NaiveDate::MAX,
             kind: ChargeKind::ALL[usize::from(n) % 3],
-            amount_cents: if n == 0 { i64::MIN } else { i64::MAX },
+            amount_cents: if n == 0 { Cents::MIN } else { Cents::MAX },
             currency: "CNY".into(),
             scan_ids: (0..scans).map(|s| [s as u8; 16]).collect(),
             outcome: ChargeOutcome::Succeeded,

@@ -142,7 +142,8 @@ pub struct KeysConfig {
 #[serde(deny_unknown_fields)]
 pub struct PaymentsConfig {
     pub fares_file: String,
-    pub deposit_fen: u64,
+    /// In cents, the currency's minor unit (`deposit_fen` before).
+    pub deposit_cents: u64,
     pub refund_check_interval_ms: u64,
     pub charges_archive_interval_ms: u64,
     pub charges_archive_batch_charges_max: usize,
@@ -210,7 +211,9 @@ impl Config {
                 .map_err(|e| ConfigError::Parse { path: path.to_string(), reason: one_line(&e.to_string()) })
         };
         let mut merged = parse(DEFAULT_CONFIG_TOML, "<defaults>")?;
-        merge(&mut merged, parse(overrides, origin)?);
+        let mut overrides = parse(overrides, origin)?;
+        rename_older_keys(&mut overrides, origin)?;
+        merge(&mut merged, overrides);
         ranges::check(&merged).map_err(|range| ConfigError::OutOfRange { path: origin.to_string(), range })?;
         let config: Config = toml::Value::Table(merged)
             .try_into()
@@ -343,6 +346,25 @@ pub(crate) fn one_line(message: &str) -> String {
     message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
+/// Keys renamed since a release, as (section, older name, name): a file
+/// written before still means what it said.
+const RENAMED_KEYS: &[(&str, &str, &str)] = &[("payments", "deposit_fen", "deposit_cents")];
+
+/// Takes an override file's older key names as the new ones; a file that
+/// sets both is refused, naming them.
+fn rename_older_keys(overrides: &mut toml::Table, origin: &str) -> Result<(), ConfigError> {
+    for (section, older, name) in RENAMED_KEYS {
+        let Some(toml::Value::Table(table)) = overrides.get_mut(*section) else { continue };
+        let Some(value) = table.remove(*older) else { continue };
+        if table.contains_key(*name) {
+            let reason = format!("{section}.{older} is the older name of {section}.{name}: set one of them");
+            return Err(ConfigError::Key { path: origin.to_string(), reason });
+        }
+        table.insert((*name).to_string(), value);
+    }
+    Ok(())
+}
+
 /// Overlays `overrides` onto `base`, table by table.
 fn merge(base: &mut toml::Table, overrides: toml::Table) {
     for (key, value) in overrides {
@@ -366,6 +388,16 @@ mod tests {
         let config = Config::defaults();
         assert_eq!(config.ride_code.code_validity_secs, 60);
         assert_eq!(config.service_day.start_hour, 4);
+    }
+
+    #[test]
+    fn an_older_key_name_in_an_override_file_still_means_what_it_said() {
+        let older = Config::from_toml_over_defaults("[payments]\ndeposit_fen = 500\n", "old.toml").expect("older name");
+        assert_eq!(older.payments.deposit_cents, 500);
+        let error = Config::from_toml_over_defaults("[payments]\ndeposit_fen = 100000001\n", "old.toml")
+            .expect_err("its range holds under the older name")
+            .to_string();
+        assert!(error.contains("payments.deposit_cents"), "{error}");
     }
 
     #[test]
@@ -464,6 +496,7 @@ mod tests {
             ("[server]\nframes_in_flight_bytes_max = 65536\n", "wire.frame_bytes_max"),
             ("[gateway]\nretry_backoff_ms_initial = 600000\n", "retry_backoff_ms_max"),
             ("[payments]\nbreaker_probe_interval_ms_initial = 60000\n", "breaker_probe_interval_ms_max"),
+            ("[payments]\ndeposit_fen = 1\ndeposit_cents = 1\n", "payments.deposit_fen is the older name"),
             ("[api]\nclient_address_header = \"x forwarded\"\n", "client_address_header"),
             ("not toml at all", "not valid TOML"),
         ];

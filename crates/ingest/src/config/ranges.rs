@@ -66,7 +66,7 @@ pub const RANGES: &[KeyRange] = &[
     range("gateway.retry_backoff_ms_initial", 1, 600_000, "ms"),
     range("gateway.retry_backoff_ms_max", 1, 600_000, "ms"),
     range("gateway.deny_list_cards_max", 0, 100_000_000, "cards"),
-    range("payments.deposit_fen", 0, 100_000_000, "fen"),
+    range("payments.deposit_cents", 0, 100_000_000, "cents"),
     range("payments.refund_check_interval_ms", 1_000, 86_400_000, "ms"),
     range("payments.charges_archive_interval_ms", 100, 86_400_000, "ms"),
     range("payments.charges_archive_batch_charges_max", 1, 10_000_000, "charges"),

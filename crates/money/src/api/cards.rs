@@ -124,7 +124,7 @@ pub(super) async fn view(
             charge_id: hex::encode(c.charge_id),
             service_date: c.service_date.to_string(),
             kind: c.kind.as_str().into(),
-            amount_cents: c.amount_cents,
+            amount_cents: c.amount_cents.get(),
             outcome: c.outcome.as_str().into(),
             scan_ids: c.scan_ids.iter().map(hex::encode).collect(),
             attempts: c.attempts,
