@@ -4,7 +4,7 @@
 //! fleet planned and what the server acknowledged, and the charges beside
 //! the rides and the simulated payment gateway's ledger (`money`).
 
-mod money;
+mod money_summary;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -86,7 +86,7 @@ pub struct DemoSummary {
     pub archived: BTreeMap<ScanStatus, u64>,
     pub files: Vec<PathBuf>,
     pub archive_root: PathBuf,
-    pub money: money::MoneySummary,
+    pub money: money_summary::MoneySummary,
     pub currency: String,
     /// How long every rider took to sign up, activate and fetch keys over HTTP.
     pub sign_up: Duration,
@@ -143,7 +143,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
 
     let signing_up = progress_bar(world.riders.len() as u64, options.show_progress, SIGN_UP_TEMPLATE);
     let sign_up_started = Instant::now();
-    let members = sign_up_riders(&mut world, &app, &bank, money::BALANCES, &signing_up).await?;
+    let members = sign_up_riders(&mut world, &app, &bank, money_summary::BALANCES, &signing_up).await?;
     let sign_up = sign_up_started.elapsed();
     signing_up.finish_and_clear();
     // Cards reported lost: denied from the start, on every validator.
@@ -166,9 +166,9 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let day = day_started.elapsed();
     progress.finish_and_clear();
     let settling = progress_bar(0, options.show_progress, "{spinner} settling: {msg}");
-    money::settle(&server, &settling).await.map_err(DemoError::Charges)?;
-    let after_day = money::after_the_day(&server, &app, &bank, &members).await?;
-    money::settle(&server, &settling).await.map_err(DemoError::Charges)?;
+    money_summary::settle(&server, &settling).await.map_err(DemoError::Charges)?;
+    let after_day = money_summary::after_the_day(&server, &app, &bank, &members).await?;
+    money_summary::settle(&server, &settling).await.map_err(DemoError::Charges)?;
     settling.finish_and_clear();
 
     // This run's files are those covering log records written after start:
@@ -185,7 +185,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         rows.extend(archive::read::read_file(file)?);
     }
     let cards: Vec<u64> = members.iter().map(|m| m.session.card_id).collect();
-    let money = money::summarize(&server, &bank, &cards, &rows, after_day).await.map_err(DemoError::Charges)?;
+    let money = money_summary::summarize(&server, &bank, &cards, &rows, after_day).await.map_err(DemoError::Charges)?;
     api.stop().await;
     server.shutdown().await?;
     paygw.stop().await;
@@ -340,7 +340,7 @@ impl DemoSummary {
                 self.sign_up.as_secs_f64()
             ),
         );
-        money::render(&self.money, &self.currency, &mut out);
+        money_summary::render(&self.money, &self.currency, &mut out);
         line(&mut out, String::new());
         line(
             &mut out,

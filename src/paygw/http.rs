@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use farestream_core::sync::lock;
 use farestream_ingest::clock_source::{Clock, SystemClock};
-use farestream_ingest::http::HttpHandle;
+use farestream_ingest::http_serve::HttpHandle;
 use farestream_money::paygw::api::{
     AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
     ErrorAnswer, IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE,
@@ -75,7 +75,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::i
         .route("/v1/stats", get(stats))
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(sim);
-    farestream_ingest::http::serve(listen, app, "simulated payment gateway").await
+    farestream_ingest::http_serve::serve(listen, app, "simulated payment gateway").await
 }
 
 /// A top-up of a payer's balance (the rider's bank account, in the demo).

@@ -11,6 +11,6 @@ mod http;
 mod ledger;
 
 pub use control::SimControl;
-pub use farestream_ingest::http::HttpHandle;
+pub use farestream_ingest::http_serve::HttpHandle;
 pub use http::{SimFaults, SimStats, TopUp, start};
 pub use ledger::{Entry, Ledger};

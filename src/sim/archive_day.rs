@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use farestream_core::charges::{ChargeOutcome, ChargeRecord, RiderDay, plan_charges};
 use farestream_core::fares::{DayEdges, FareTable, Tap};
+use farestream_core::money::Cents;
 use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_ingest::archive::checkpoint::{checkpoint_path, write_checkpoint};
@@ -298,9 +299,10 @@ fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Re
     }
     for (card, declined) in owed {
         register(&tx, card, &format!("+86{card:011}"), 0).map_err(|e| e.to_string())?;
-        activate(&tx, card, &format!("payer-{card}"), &format!("agreement-{card}"), 0, 0).map_err(|e| e.to_string())?;
+        activate(&tx, card, &format!("payer-{card}"), &format!("agreement-{card}"), Cents::ZERO, 0)
+            .map_err(|e| e.to_string())?;
         for c in declined {
-            add_arrears(&tx, card, c.amount_cents.get(), &format!("charge {} declined", hex::encode(c.charge_id)), 0)
+            add_arrears(&tx, card, c.amount_cents, &format!("charge {} declined", hex::encode(c.charge_id)), 0)
                 .map_err(|e| e.to_string())?;
         }
     }

@@ -289,7 +289,7 @@ async fn a_refund_waits_for_the_last_ride_nets_arrears_and_the_rider_may_return(
         [(format!("refund-{paid_up}-1"), 2_000), (format!("refund-{owing}-1"), 1_700)]
     );
     let closed = accounts.account(owing).await.expect("account");
-    assert_eq!((closed.state, closed.arrears_cents, closed.deposit_cents), (AccountState::Closed, 0, 0));
+    assert_eq!((closed.state, closed.arrears_cents.get(), closed.deposit_cents.get()), (AccountState::Closed, 0, 0));
     assert!(!app.m.h.server.deny_list().contains(owing), "a closed card has no valid credential: off the list");
     assert!(accounts.process_refunds_as_of(owing_due + 1).await.expect("again").closed.is_empty(), "closed once");
     // Arrears set against the deposit are a payment of them: the day

@@ -74,17 +74,21 @@ async fn a_credit_pays_the_riders_arrears_before_any_is_paid_out() {
         "the open entry at the maximum fare"
     );
     let owing = m.h.server.accounts().account(531).await.expect("account");
-    assert_eq!((owing.state, owing.arrears_cents), (AccountState::InArrears, 900));
+    assert_eq!((owing.state, owing.arrears_cents.get()), (AccountState::InArrears, 900));
 
     let exit = opened(&rider, 2, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05");
     client.push(&batch("depot-1", 2, vec![exit])).await.expect("ack");
     assert_eq!(outcomes(&m.settle().await), [(-400, "netted"), (900, "declined")]);
     assert!(credits(&m).await.is_empty(), "nothing paid out to a rider who owes");
     let after = m.h.server.accounts().account(531).await.expect("account");
-    assert_eq!((after.state, after.arrears_cents), (AccountState::InArrears, 500), "the trip's 500 is what is owed");
+    assert_eq!(
+        (after.state, after.arrears_cents.get()),
+        (AccountState::InArrears, 500),
+        "the trip's 500 is what is owed"
+    );
     let store = m.h.server.open_money_store().expect("store");
     let history = farestream::money::accounts::account_history(store.connection(), 531).expect("history");
-    assert!(history.iter().any(|e| e.event == "arrears_netted" && e.amount_cents == -400), "{history:?}");
+    assert!(history.iter().any(|e| e.event == "arrears_netted" && e.amount_cents.get() == -400), "{history:?}");
     audit_is_clean(&m).await;
     let day = settled(&m).await;
     assert_eq!(
@@ -117,7 +121,7 @@ async fn a_credit_larger_than_the_arrears_clears_them_and_pays_out_the_rest() {
     let rest = charges.iter().find(|c| c.amount_cents.get() == -100).expect("the rest");
     assert_eq!(paid_out, [(hex::encode(rest.charge_id), 100)], "only the rest, once");
     let after = m.h.server.accounts().account(532).await.expect("account");
-    assert_eq!((after.state, after.arrears_cents), (AccountState::Active, 0), "rides again");
+    assert_eq!((after.state, after.arrears_cents.get()), (AccountState::Active, 0), "rides again");
     audit_is_clean(&m).await;
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
@@ -177,7 +181,7 @@ async fn two_credits_of_one_card_in_one_round_net_what_is_left_and_pay_the_rest(
     client.push(&batch("depot-1", 3, vec![bus])).await.expect("ack");
     m.settle().await;
     let owing = m.h.server.accounts().account(536).await.expect("account");
-    assert_eq!(owing.arrears_cents, 300, "the bus declined on an empty payer");
+    assert_eq!(owing.arrears_cents.get(), 300, "the bus declined on an empty payer");
 
     let exits = vec![
         opened(&rider, 4, T0_MS + 20 * MINUTE, TapKind::Exit, "station-05"),
@@ -190,7 +194,7 @@ async fn two_credits_of_one_card_in_one_round_net_what_is_left_and_pay_the_rest(
     let paid_out: u64 = credits(&m).await.iter().map(|e| e.amount_cents).sum();
     assert_eq!(paid_out, 500, "800 of credits: 300 set against the arrears, 500 paid out");
     let after = m.h.server.accounts().account(536).await.expect("account");
-    assert_eq!((after.state, after.arrears_cents), (AccountState::Active, 0));
+    assert_eq!((after.state, after.arrears_cents.get()), (AccountState::Active, 0));
     audit_is_clean(&m).await;
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
@@ -216,7 +220,7 @@ async fn a_credit_nets_only_what_a_payment_of_the_arrears_still_out_leaves_owed(
     client.push(&batch("depot-1", 2, vec![exit])).await.expect("ack");
     assert_eq!(outcomes(&m.settle().await), [(-400, "succeeded"), (900, "declined")], "paid out, not netted");
     let paid = m.h.server.accounts().pay_arrears(537).await.expect("the lost payment, sent again");
-    assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+    assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
     let store = m.h.server.open_money_store().expect("store");
     let history = farestream::money::accounts::account_history(store.connection(), 537).expect("history");
     assert!(!history.iter().any(|e| e.event == "arrears_overpaid"), "{history:?}");

@@ -58,7 +58,7 @@ impl Money {
         let payer = format!("payer-{card_id}");
         self.control.top_up(&payer, balance + 2_000, &format!("topup-{card_id}-0")).await.expect("top up");
         let account = accounts.activate(card_id, &payer).await.expect("activate");
-        assert_eq!((account.state, account.deposit_cents), (AccountState::Active, 2_000));
+        assert_eq!((account.state, account.deposit_cents.get()), (AccountState::Active, 2_000));
         self.h.rider(card_id)
     }
 
@@ -199,7 +199,7 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
         [(500, "declined")]
     );
     let account = m.h.server.accounts().account(502).await.expect("account");
-    assert_eq!((account.state, account.arrears_cents), (AccountState::InArrears, 500));
+    assert_eq!((account.state, account.arrears_cents.get()), (AccountState::InArrears, 500));
     let pushed = within_a_second(|| watching.with_deny_list(|list| list.is_denied(502))).await;
     assert!(pushed, "the connected gateway sees the card denied within a second");
     let newcomer = m.h.client();
@@ -219,7 +219,7 @@ async fn a_decline_denies_the_card_until_the_arrears_are_paid() {
 
     m.control.top_up("payer-502", 1_000, "topup-502-1").await.expect("top up");
     let paid = m.h.server.accounts().pay_arrears(502).await.expect("pay");
-    assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+    assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
     assert!(within_a_second(|| !watching.with_deny_list(|list| list.is_denied(502))).await, "allowed again, pushed");
     let again =
         client.push(&batch("depot-1", 3, vec![tap(&rider, 4, T0_MS + 50 * MINUTE, TapKind::Single, "bus-1")])).await;
@@ -302,7 +302,7 @@ async fn with_no_deposit_a_card_activates_and_closes_without_a_payment() {
     let accounts = m.h.server.accounts();
     accounts.register(700, "+8613800000700").await.expect("register");
     let active = accounts.activate(700, "payer-700").await.expect("activate");
-    assert_eq!((active.state, active.deposit_cents), (AccountState::Active, 0));
+    assert_eq!((active.state, active.deposit_cents.get()), (AccountState::Active, 0));
     accounts.request_refund(700).await.expect("refund");
     let due = accounts.clock.now_ms() + accounts.rides_arrive_within_ms;
     let report = accounts.process_refunds_as_of(due).await.expect("refunds");
@@ -326,7 +326,7 @@ async fn declined_rides(m: &Money, rider: &TestRider, first_seq: u64, rides: u64
         .collect();
     m.h.client().push(&batch("depot-1", first_seq, scans)).await.expect("ack");
     m.settle().await;
-    m.h.server.accounts().account(rider.credential.claims.card_id).await.expect("account").arrears_cents
+    m.h.server.accounts().account(rider.credential.claims.card_id).await.expect("account").arrears_cents.get()
 }
 
 /// Issue 17 item 2: a payment of arrears whose answer was lost, then a
@@ -350,11 +350,11 @@ async fn arrears_paid_after_a_lost_answer_are_collected_once() {
     let second_owed = total_owed - first_owed;
     assert!(second_owed > 0, "the payer is empty again: the new ride is declined");
     let after_resend = accounts.pay_arrears(801).await.expect("the lost payment, sent again");
-    assert_eq!(after_resend.arrears_cents, second_owed, "the first payment's amount, not what is owed now");
+    assert_eq!(after_resend.arrears_cents.get(), second_owed, "the first payment's amount, not what is owed now");
     assert_eq!(after_resend.state, AccountState::InArrears);
     m.control.top_up("payer-801", second_owed.unsigned_abs(), "topup-801-2").await.expect("top up");
     let paid = accounts.pay_arrears(801).await.expect("pay the rest");
-    assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+    assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
     let arrears_debits: Vec<(String, u64)> = m
         .debits()
         .await
@@ -387,7 +387,7 @@ async fn a_declined_deposit_can_be_paid_after_a_top_up() {
     assert_eq!(accounts.account(802).await.expect("account").state, AccountState::Registered);
     m.control.top_up("payer-802", 2_000, "topup-802").await.expect("top up");
     let active = accounts.activate(802, "payer-802").await.expect("the deposit, again");
-    assert_eq!((active.state, active.deposit_cents), (AccountState::Active, 2_000));
+    assert_eq!((active.state, active.deposit_cents.get()), (AccountState::Active, 2_000));
     let deposits: Vec<(String, String)> =
         m.debits().await.into_iter().filter(|e| e.key.starts_with("deposit-")).map(|e| (e.key, e.outcome)).collect();
     assert_eq!(
@@ -426,7 +426,11 @@ async fn one_card_refused_a_refund_stops_no_other_and_an_owing_rider_is_told_onc
     assert!(report.failed[0].1.contains("agreement"), "the gateway's reason: {report:?}");
     assert_eq!(report.owing, vec![805]);
     let owing = accounts.account(805).await.expect("account");
-    assert_eq!((owing.arrears_cents, owing.deposit_cents), (owes - 100, 0), "the deposit was set against it");
+    assert_eq!(
+        (owing.arrears_cents.get(), owing.deposit_cents.get()),
+        (owes - 100, 0),
+        "the deposit was set against it"
+    );
     let told = || m.h.inbox.all_to("+8613800000805").into_iter().filter(|t| t.contains("deposit is held")).count();
     assert_eq!(told(), 1);
     for _ in 0..3 {
@@ -609,7 +613,7 @@ async fn a_refund_waits_for_a_payment_still_out_and_an_old_request_still_closes(
     let due = accounts.clock.now_ms() + 30 * 86_400_000;
     let report = accounts.process_refunds_as_of(due).await.expect("refunds");
     assert_eq!(report.waiting, vec![810], "a payment of the arrears is still out: {report:?}");
-    assert_eq!(accounts.account(810).await.expect("account").deposit_cents, 2_000, "nothing set against it yet");
+    assert_eq!(accounts.account(810).await.expect("account").deposit_cents.get(), 2_000, "nothing set against it yet");
     accounts.pay_arrears(810).await.expect("the same payment, answered");
     let closed = accounts.process_refunds_as_of(due).await.expect("refunds");
     assert_eq!(closed.closed, vec![810]);

@@ -12,6 +12,7 @@
 //! denied.
 
 use crate::clock::UnixMillis;
+use crate::money::Cents;
 
 /// Where an account stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +68,8 @@ pub struct WrongState {
 /// Whether the gates must refuse the card: it owes, or its deposit is on
 /// its way back (a closed card has no valid credential left, so it leaves
 /// the list and the list stays bounded).
-pub fn is_denied(state: AccountState, arrears_cents: i64) -> bool {
-    arrears_cents > 0 || state == AccountState::RefundPending
+pub fn is_denied(state: AccountState, arrears_cents: Cents) -> bool {
+    arrears_cents.is_positive() || state == AccountState::RefundPending
 }
 
 /// A closed card's rider signs up again.
@@ -81,9 +82,9 @@ pub fn reopen(state: AccountState) -> Result<AccountState, WrongState> {
 
 /// The agreement is signed and the deposit paid: active, or in arrears if
 /// a decline of an earlier agreement's day is still owed.
-pub fn activate(state: AccountState, arrears_cents: i64) -> Result<AccountState, WrongState> {
+pub fn activate(state: AccountState, arrears_cents: Cents) -> Result<AccountState, WrongState> {
     match state {
-        AccountState::Registered if arrears_cents > 0 => Ok(AccountState::InArrears),
+        AccountState::Registered if arrears_cents.is_positive() => Ok(AccountState::InArrears),
         AccountState::Registered => Ok(AccountState::Active),
         _ => Err(WrongState { action: "activation", needs: "registered" }),
     }
@@ -117,9 +118,9 @@ pub fn after_decline(state: AccountState) -> AccountState {
 /// What is owed went down to `left` (a payment, a netted credit, the
 /// deposit set against it): an in-arrears card rides again once nothing
 /// is; any other state stays.
-pub fn after_paying_down(state: AccountState, left_cents: i64) -> AccountState {
+pub fn after_paying_down(state: AccountState, left_cents: Cents) -> AccountState {
     match state {
-        AccountState::InArrears if left_cents <= 0 => AccountState::Active,
+        AccountState::InArrears if !left_cents.is_positive() => AccountState::Active,
         other => other,
     }
 }
@@ -149,12 +150,12 @@ pub enum NotYet {
     /// Arrears the deposit did not cover.
     Owes {
         /// What is still owed.
-        arrears_cents: i64,
+        arrears_cents: Cents,
     },
     /// The deposit has not gone back yet.
     DepositHeld {
         /// What is still held.
-        deposit_cents: i64,
+        deposit_cents: Cents,
     },
 }
 
@@ -166,9 +167,9 @@ pub struct Closing {
     /// A charge of it is undecided, or an entry of it waits for its exit.
     pub money_in_flight: bool,
     /// What it owes.
-    pub arrears_cents: i64,
+    pub arrears_cents: Cents,
     /// What is left of its deposit.
-    pub deposit_cents: i64,
+    pub deposit_cents: Cents,
 }
 
 /// Whether a refund-pending card may close at `now`, in this order: no
@@ -179,9 +180,9 @@ pub fn may_close(closing: Closing, now: UnixMillis) -> Result<(), NotYet> {
         Err(NotYet::RidesMayArrive { until: closing.due_at })
     } else if closing.money_in_flight {
         Err(NotYet::MoneyInFlight)
-    } else if closing.arrears_cents > 0 {
+    } else if closing.arrears_cents.is_positive() {
         Err(NotYet::Owes { arrears_cents: closing.arrears_cents })
-    } else if closing.deposit_cents > 0 {
+    } else if closing.deposit_cents.is_positive() {
         Err(NotYet::DepositHeld { deposit_cents: closing.deposit_cents })
     } else {
         Ok(())
@@ -191,11 +192,13 @@ pub fn may_close(closing: Closing, now: UnixMillis) -> Result<(), NotYet> {
 /// The account invariants, asserted where a state and arrears are written:
 /// arrears are never negative, an active card owes nothing and an
 /// in-arrears card owes something.
-pub fn assert_consistent(card_id: u64, state: AccountState, arrears_cents: i64) {
-    assert!(arrears_cents >= 0, "card {card_id}: arrears {arrears_cents}");
+pub fn assert_consistent(card_id: u64, state: AccountState, arrears_cents: Cents) {
+    assert!(!arrears_cents.is_negative(), "card {card_id}: arrears {arrears_cents}");
     match state {
-        AccountState::Active => assert_eq!(arrears_cents, 0, "card {card_id} is active and owes"),
-        AccountState::InArrears => assert!(arrears_cents > 0, "card {card_id} is in arrears and owes nothing"),
+        AccountState::Active => assert!(arrears_cents.is_zero(), "card {card_id} is active and owes"),
+        AccountState::InArrears => {
+            assert!(arrears_cents.is_positive(), "card {card_id} is in arrears and owes nothing")
+        }
         // A decline that lands after the card closed (or before a reopened
         // card is activated) is owed all the same: denied, and activation
         // then puts the card in arrears.
@@ -213,10 +216,10 @@ mod tests {
     enum Event {
         Reopen,
         Activate,
-        Decline(i64),
-        Pay(i64),
+        Decline(Cents),
+        Pay(Cents),
         RequestRefund,
-        SetOffDeposit(i64),
+        SetOffDeposit(Cents),
         Close,
     }
 
@@ -224,10 +227,10 @@ mod tests {
         prop_oneof![
             Just(Event::Reopen),
             Just(Event::Activate),
-            (1..1_000_000i64).prop_map(Event::Decline),
-            (1..2_000_000i64).prop_map(Event::Pay),
+            (1..1_000_000i64).prop_map(|c| Event::Decline(Cents::new(c))),
+            (1..2_000_000i64).prop_map(|c| Event::Pay(Cents::new(c))),
             Just(Event::RequestRefund),
-            (0..1_000_000i64).prop_map(Event::SetOffDeposit),
+            (0..1_000_000i64).prop_map(|c| Event::SetOffDeposit(Cents::new(c))),
             Just(Event::Close),
         ]
     }
@@ -237,7 +240,7 @@ mod tests {
         /// move, and a card that owes is denied.
         #[test]
         fn every_move_keeps_the_account_consistent(events in proptest::collection::vec(any_event(), 0..40)) {
-            let (mut state, mut arrears) = (AccountState::Registered, 0i64);
+            let (mut state, mut arrears) = (AccountState::Registered, Cents::ZERO);
             for event in events {
                 match event {
                     Event::Reopen => state = reopen(state).unwrap_or(state),
@@ -249,7 +252,7 @@ mod tests {
                     Event::Pay(paid) => {
                         let left = arrears - paid;
                         state = after_paying_down(state, left);
-                        arrears = left.max(0);
+                        arrears = left.max(Cents::ZERO);
                     }
                     Event::RequestRefund => state = request_refund(state).unwrap_or(state),
                     Event::SetOffDeposit(deposit) => {
@@ -257,14 +260,14 @@ mod tests {
                         state = after_paying_down(state, arrears);
                     }
                     Event::Close => {
-                        let closing = Closing { due_at: 0, money_in_flight: false, arrears_cents: arrears, deposit_cents: 0 };
+                        let closing = Closing { due_at: 0, money_in_flight: false, arrears_cents: arrears, deposit_cents: Cents::ZERO };
                         if state == AccountState::RefundPending && may_close(closing, 0).is_ok() {
                             state = AccountState::Closed;
                         }
                     }
                 }
                 assert_consistent(7, state, arrears);
-                prop_assert!(arrears <= 0 || is_denied(state, arrears));
+                prop_assert!(!arrears.is_positive() || is_denied(state, arrears));
             }
         }
     }
@@ -275,7 +278,7 @@ mod tests {
             assert_eq!(AccountState::parse(state.as_str()), Some(state));
         }
         assert_eq!(AccountState::parse(""), None);
-        assert!(activate(AccountState::Active, 0).is_err());
+        assert!(activate(AccountState::Active, Cents::ZERO).is_err());
         assert!(request_refund(AccountState::Registered).is_err());
         assert!(may_issue_keys(AccountState::InArrears).is_err());
         assert_eq!(refund_due_at(None, i64::MAX, i64::MAX), i64::MAX, "saturates");

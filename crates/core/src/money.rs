@@ -129,7 +129,7 @@ impl fmt::Display for Cents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
         let abs = self.0.unsigned_abs();
-        write!(f, "{sign}{}.{:02}", group_digits(abs / 100), abs % 100)
+        f.pad(&format!("{sign}{}.{:02}", group_digits(abs / 100), abs % 100))
     }
 }
 
@@ -155,6 +155,7 @@ mod tests {
         assert_eq!(Cents::new(-1_234_567).to_string(), "-12 345.67");
         assert_eq!(Cents::ZERO.to_string(), "0.00");
         assert_eq!(Cents::new(5).to_string(), "0.05");
+        assert_eq!(format!("{:>8}", Cents::new(5)), "    0.05", "a width pads it, as a report column needs");
         assert_eq!(Cents::new(-50).to_string(), "-0.50");
         assert_eq!(Cents::new(123_456_789).to_string(), "1 234 567.89");
         assert_eq!(Cents::new(-100_000).to_string(), "-1 000.00");

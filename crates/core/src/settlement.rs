@@ -310,11 +310,15 @@ impl fmt::Display for Break {
             }
             Break::MoneyMismatch { card_id, charged_cents, due_cents } => write!(
                 f,
-                "card {card_id}: charges add up to {charged_cents}, the day's fares after caps to {due_cents}"
+                "card {card_id}: charges add up to {}, the day's fares after caps to {}",
+                charged_cents.get(),
+                due_cents.get()
             ),
             Break::ArrearsMismatch { card_id, from_charges_cents, store_cents } => write!(
                 f,
-                "card {card_id}: declines less payments come to {from_charges_cents}, the account store says {store_cents}"
+                "card {card_id}: declines less payments come to {}, the account store says {}",
+                from_charges_cents.get(),
+                store_cents.get()
             ),
             Break::SettledFileMissing { file } => write!(f, "{file}, settled by an earlier run, is gone"),
         }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use farestream_core::journal;
 use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
-use farestream_core::wal::format::{Frame, decode_record, decode_segment_header, encode_record, encode_segment_header};
+use farestream_core::wal::framing::{
+    Frame, decode_record, decode_segment_header, encode_record, encode_segment_header,
+};
 
 #[test]
 fn a_segment_header_is_these_24_bytes() {

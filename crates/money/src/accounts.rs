@@ -17,6 +17,7 @@ use crate::store::StoreError;
 use farestream_core::account::{self, AccountState, NotYet, WrongState, is_denied};
 use farestream_core::charges::UNDECIDED_OUTCOMES_SQL;
 use farestream_core::deny_list::DenyChange;
+use farestream_core::money::Cents;
 use farestream_ingest::clock_source::UnixMillis;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,9 +26,9 @@ pub struct Account {
     pub phone: String,
     pub payment_user_id: Option<String>,
     pub agreement_id: Option<String>,
-    pub deposit_cents: i64,
+    pub deposit_cents: Cents,
     pub state: AccountState,
-    pub arrears_cents: i64,
+    pub arrears_cents: Cents,
     pub refund_requested_at: Option<UnixMillis>,
     pub created_at: UnixMillis,
     /// The end of the newest credential issued: the last moment the rider
@@ -66,7 +67,7 @@ pub fn register(tx: &Transaction<'_>, card_id: u64, phone: &str, now: UnixMillis
         "INSERT INTO accounts (card_id, phone, state, created_at) VALUES (?1, ?2, 'registered', ?3)",
         params![card_to_sql(card_id), phone, now],
     )?;
-    history(tx, card_id, now, "registered", None, AccountState::Registered, 0, "registration")?;
+    history(tx, card_id, now, "registered", None, AccountState::Registered, Cents::ZERO, "registration")?;
     account(tx, card_id)
 }
 
@@ -80,7 +81,7 @@ pub fn reopen(tx: &Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<Acc
          WHERE card_id = ?1",
         [card_to_sql(card_id)],
     )?;
-    change(tx, &before, state, before.arrears_cents, ("reopened", 0, "signed up again"), now)
+    change(tx, &before, state, before.arrears_cents, ("reopened", Cents::ZERO, "signed up again"), now)
 }
 
 /// The debit agreement is signed and the deposit paid: the card may ride.
@@ -89,14 +90,14 @@ pub fn activate(
     card_id: u64,
     payment_user_id: &str,
     agreement_id: &str,
-    deposit_cents: i64,
+    deposit_cents: Cents,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
     let state = account::activate(before.state, before.arrears_cents).map_err(|wrong| wrong_state(&before, wrong))?;
     tx.execute(
         "UPDATE accounts SET payment_user_id = ?2, agreement_id = ?3, deposit_cents = ?4 WHERE card_id = ?1",
-        params![card_to_sql(card_id), payment_user_id, agreement_id, deposit_cents],
+        params![card_to_sql(card_id), payment_user_id, agreement_id, deposit_cents.get()],
     )?;
     change(tx, &before, state, before.arrears_cents, ("activated", deposit_cents, "deposit paid"), now)
 }
@@ -132,7 +133,7 @@ pub fn request_refund(
         "UPDATE accounts SET refund_requested_at = ?2, refund_due_at = ?3 WHERE card_id = ?1",
         params![card_to_sql(card_id), now, due_at],
     )?;
-    change(tx, &before, state, before.arrears_cents, ("refund_requested", 0, "rider's request"), now)
+    change(tx, &before, state, before.arrears_cents, ("refund_requested", Cents::ZERO, "rider's request"), now)
 }
 
 /// Sets what the card owes against its deposit (the deposit exists to
@@ -141,17 +142,17 @@ pub fn set_off_arrears_against_deposit(
     tx: &Transaction<'_>,
     card_id: u64,
     now: UnixMillis,
-) -> Result<i64, AccountError> {
+) -> Result<Cents, AccountError> {
     let before = account(tx, card_id)?;
-    let set_off = before.arrears_cents.min(before.deposit_cents).max(0);
-    if set_off == 0 {
-        return Ok(0);
+    let set_off = before.arrears_cents.min(before.deposit_cents).max(Cents::ZERO);
+    if set_off.is_zero() {
+        return Ok(Cents::ZERO);
     }
     tx.execute(
         "UPDATE accounts SET deposit_cents = deposit_cents - ?2 WHERE card_id = ?1",
-        params![card_to_sql(card_id), set_off],
+        params![card_to_sql(card_id), set_off.get()],
     )?;
-    let cause = format!("{set_off} of the deposit set against the arrears");
+    let cause = format!("{} of the deposit set against the arrears", set_off.get());
     let left = before.arrears_cents - set_off;
     change(
         tx,
@@ -229,7 +230,7 @@ pub fn close(
             return Err(AccountError::NotYet { card_id: before.card_id, why: not_yet });
         }
     };
-    change(tx, &before, AccountState::Closed, 0, ("closed", 0, cause), now)
+    change(tx, &before, AccountState::Closed, Cents::ZERO, ("closed", Cents::ZERO, cause), now)
 }
 
 /// Refund-pending cards whose refund is due at `now` (requests from before
@@ -267,12 +268,12 @@ pub fn money_in_flight(conn: &Connection, card_id: u64) -> Result<bool, StoreErr
 pub fn add_arrears(
     tx: &Transaction<'_>,
     card_id: u64,
-    amount_cents: i64,
+    amount_cents: Cents,
     cause: &str,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    let arrears = before.arrears_cents.saturating_add(amount_cents);
+    let arrears = before.arrears_cents + amount_cents;
     change(tx, &before, account::after_decline(before.state), arrears, ("arrears_added", amount_cents, cause), now)
 }
 
@@ -285,17 +286,23 @@ pub fn add_arrears(
 pub fn pay_arrears(
     tx: &Transaction<'_>,
     card_id: u64,
-    paid_cents: i64,
+    paid_cents: Cents,
     cause: &str,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
-    let left = before.arrears_cents.saturating_sub(paid_cents);
+    let left = before.arrears_cents - paid_cents;
     let state = account::after_paying_down(before.state, left);
-    let after =
-        change(tx, &before, state, left.max(0), ("arrears_paid", -paid_cents.min(before.arrears_cents), cause), now)?;
-    if left < 0 {
-        tracing::error!(card_id, overpaid = -left, "a payment of arrears exceeded what was owed");
+    let after = change(
+        tx,
+        &before,
+        state,
+        left.max(Cents::ZERO),
+        ("arrears_paid", -paid_cents.min(before.arrears_cents), cause),
+        now,
+    )?;
+    if left.is_negative() {
+        tracing::error!(card_id, overpaid = %-left, "a payment of arrears exceeded what was owed");
         history(tx, card_id, now, "arrears_overpaid", Some(after.state), after.state, -left, cause)?;
     }
     Ok(after)
@@ -307,13 +314,13 @@ pub fn pay_arrears(
 pub fn net_credit(
     tx: &Transaction<'_>,
     card_id: u64,
-    credit_cents: i64,
+    credit_cents: Cents,
     cause: &str,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     let before = account(tx, card_id)?;
     assert!(
-        credit_cents > 0 && credit_cents <= before.arrears_cents,
+        credit_cents.is_positive() && credit_cents <= before.arrears_cents,
         "card {card_id}: netting {credit_cents} against arrears {}",
         before.arrears_cents
     );
@@ -334,15 +341,15 @@ fn change(
     tx: &Transaction<'_>,
     before: &Account,
     state: AccountState,
-    arrears_cents: i64,
-    (event, amount_cents, cause): (&str, i64, &str),
+    arrears_cents: Cents,
+    (event, amount_cents, cause): (&str, Cents, &str),
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
     account::assert_consistent(before.card_id, state, arrears_cents);
     assert_deny_list_agrees(tx, before.card_id, is_denied(before.state, before.arrears_cents), "before", event)?;
     tx.execute(
         "UPDATE accounts SET arrears_cents = ?2, state = ?3 WHERE card_id = ?1",
-        params![card_to_sql(before.card_id), arrears_cents, state.as_str()],
+        params![card_to_sql(before.card_id), arrears_cents.get(), state.as_str()],
     )?;
     history(tx, before.card_id, now, event, Some(before.state), state, amount_cents, cause)?;
     let denied = is_denied(state, arrears_cents);
@@ -398,9 +405,9 @@ pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError>
                 r.get(1)?,
                 r.get(2)?,
                 r.get(3)?,
-                r.get(4)?,
+                Cents::new(r.get(4)?),
                 r.get::<_, String>(5)?,
-                r.get(6)?,
+                Cents::new(r.get(6)?),
                 r.get(7)?,
                 r.get(8)?,
                 (r.get(9)?, r.get(10)?),
@@ -449,7 +456,7 @@ pub fn note(
     tx: &Transaction<'_>,
     card_id: u64,
     event: &str,
-    amount_cents: i64,
+    amount_cents: Cents,
     cause: &str,
     now: UnixMillis,
 ) -> Result<(), AccountError> {
@@ -459,12 +466,12 @@ pub fn note(
 }
 
 /// The amount of the card's latest `event` in its history, if any.
-pub fn last_note_amount(conn: &Connection, card_id: u64, event: &str) -> Result<Option<i64>, AccountError> {
+pub fn last_note_amount(conn: &Connection, card_id: u64, event: &str) -> Result<Option<Cents>, AccountError> {
     Ok(conn
         .query_row(
             "SELECT amount_cents FROM account_history WHERE card_id = ?1 AND event = ?2 ORDER BY seq DESC LIMIT 1",
             params![card_to_sql(card_id), event],
-            |r| r.get(0),
+            |r| r.get(0).map(Cents::new),
         )
         .optional()?)
 }
@@ -490,7 +497,7 @@ pub struct HistoryEntry {
     pub at: UnixMillis,
     pub event: String,
     pub to_state: String,
-    pub amount_cents: i64,
+    pub amount_cents: Cents,
     pub cause: String,
 }
 
@@ -504,7 +511,7 @@ pub fn account_history(conn: &Connection, card_id: u64) -> Result<Vec<HistoryEnt
                 at: r.get(0)?,
                 event: r.get(1)?,
                 to_state: r.get(2)?,
-                amount_cents: r.get(3)?,
+                amount_cents: Cents::new(r.get(3)?),
                 cause: r.get(4)?,
             })
         })?
@@ -519,13 +526,21 @@ fn history(
     event: &str,
     from: Option<AccountState>,
     to: AccountState,
-    amount_cents: i64,
+    amount_cents: Cents,
     cause: &str,
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO account_history (card_id, at, event, from_state, to_state, amount_cents, cause)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![card_to_sql(card_id), at, event, from.map(AccountState::as_str), to.as_str(), amount_cents, cause],
+        params![
+            card_to_sql(card_id),
+            at,
+            event,
+            from.map(AccountState::as_str),
+            to.as_str(),
+            amount_cents.get(),
+            cause
+        ],
     )?;
     Ok(())
 }
@@ -548,22 +563,26 @@ mod tests {
         let tx = store.transaction().expect("tx");
         register(&tx, u64::MAX, "+8613800000000", 1).expect("register");
         assert!(matches!(register(&tx, 2, "+8613800000000", 1), Err(AccountError::PhoneTaken(_))));
-        assert!(matches!(add_arrears(&tx, 3, 1, "x", 1), Err(AccountError::NotFound(3))));
-        activate(&tx, u64::MAX, "payer-1", "agr-1", 2_000, 2).expect("activate");
-        assert!(matches!(activate(&tx, u64::MAX, "p", "a", 1, 2), Err(AccountError::WrongState { .. })));
-        let owing = add_arrears(&tx, u64::MAX, 300, "charge 01 declined", 3).expect("arrears");
-        assert_eq!((owing.state, owing.arrears_cents), (AccountState::InArrears, 300));
-        add_arrears(&tx, u64::MAX, 200, "charge 02 declined", 4).expect("more arrears");
+        assert!(matches!(add_arrears(&tx, 3, Cents::new(1), "x", 1), Err(AccountError::NotFound(3))));
+        activate(&tx, u64::MAX, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
+        assert!(matches!(activate(&tx, u64::MAX, "p", "a", Cents::new(1), 2), Err(AccountError::WrongState { .. })));
+        let owing = add_arrears(&tx, u64::MAX, Cents::new(300), "charge 01 declined", 3).expect("arrears");
+        assert_eq!((owing.state, owing.arrears_cents.get()), (AccountState::InArrears, 300));
+        add_arrears(&tx, u64::MAX, Cents::new(200), "charge 02 declined", 4).expect("more arrears");
         assert_eq!(deny_list(&tx).expect("list"), (1, vec![u64::MAX]), "denied once, however many declines");
-        let part = pay_arrears(&tx, u64::MAX, 100, "payment p-1", 5).expect("pay part");
-        assert_eq!((part.state, part.arrears_cents), (AccountState::InArrears, 400), "still owes, still denied");
-        let paid = pay_arrears(&tx, u64::MAX, 400, "payment p-2", 5).expect("pay");
-        assert_eq!((paid.state, paid.arrears_cents), (AccountState::Active, 0));
+        let part = pay_arrears(&tx, u64::MAX, Cents::new(100), "payment p-1", 5).expect("pay part");
+        assert_eq!((part.state, part.arrears_cents.get()), (AccountState::InArrears, 400), "still owes, still denied");
+        let paid = pay_arrears(&tx, u64::MAX, Cents::new(400), "payment p-2", 5).expect("pay");
+        assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
         assert_eq!(deny_list(&tx).expect("list"), (2, vec![]));
-        let overpaid = pay_arrears(&tx, u64::MAX, 70, "payment p-3", 6).expect("a payment nothing was owed for");
-        assert_eq!((overpaid.state, overpaid.arrears_cents), (AccountState::Active, 0));
-        let events: Vec<(String, i64)> =
-            account_history(&tx, u64::MAX).expect("history").into_iter().map(|h| (h.event, h.amount_cents)).collect();
+        let overpaid =
+            pay_arrears(&tx, u64::MAX, Cents::new(70), "payment p-3", 6).expect("a payment nothing was owed for");
+        assert_eq!((overpaid.state, overpaid.arrears_cents.get()), (AccountState::Active, 0));
+        let events: Vec<(String, i64)> = account_history(&tx, u64::MAX)
+            .expect("history")
+            .into_iter()
+            .map(|h| (h.event, h.amount_cents.get()))
+            .collect();
         let expected = [
             ("registered", 0),
             ("activated", 2_000),
@@ -583,16 +602,16 @@ mod tests {
         let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
         let tx = store.transaction().expect("tx");
         register(&tx, 5, "+8613800000005", 1).expect("register");
-        activate(&tx, 5, "payer-5", "agr-5", 2_000, 2).expect("activate");
-        add_arrears(&tx, 5, 300, "charge 01 declined", 3).expect("arrears");
+        activate(&tx, 5, "payer-5", "agr-5", Cents::new(2_000), 2).expect("activate");
+        add_arrears(&tx, 5, Cents::new(300), "charge 01 declined", 3).expect("arrears");
         // The list loses the card (a hand edit, or a write that skipped it).
         tx.execute("DELETE FROM deny_list_changes WHERE card_id = 5", []).expect("tamper");
         let paying = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pay_arrears(&tx, 5, 300, "payment p-1", 4).map(|_| ())
+            pay_arrears(&tx, 5, Cents::new(300), "payment p-1", 4).map(|_| ())
         }));
         let message = paying.expect_err("the disagreement is caught");
         let message = message.downcast_ref::<String>().expect("a formatted message");
         assert!(message.contains("card 5: before arrears_paid"), "{message}");
-        assert_eq!(account(&tx, 5).expect("account").arrears_cents, 300, "nothing written");
+        assert_eq!(account(&tx, 5).expect("account").arrears_cents.get(), 300, "nothing written");
     }
 }

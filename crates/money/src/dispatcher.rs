@@ -373,7 +373,7 @@ fn record_decline(
     let cause = format!("charge {} declined: {decline_code}", hex::encode(charge.charge_id));
     match effect {
         DeclineEffect::Arrears(amount_cents) => {
-            match accounts::add_arrears(tx, charge.card_id, amount_cents.get(), &cause, now) {
+            match accounts::add_arrears(tx, charge.card_id, amount_cents, &cause, now) {
                 Ok(account) => return Ok(Some(account)),
                 Err(accounts::AccountError::Store(error)) => return Err(error),
                 Err(error) => tracing::error!(%error, "a declined charge's card has no account"),
@@ -385,7 +385,7 @@ fn record_decline(
             money_metrics::credit_declined();
             tracing::error!(charge = %hex::encode(charge.charge_id), card = charge.card_id, %decline_code,
                 "a credit was declined; the rider is owed it");
-            match accounts::note(tx, charge.card_id, "credit_declined", amount_cents.get(), &cause, now) {
+            match accounts::note(tx, charge.card_id, "credit_declined", amount_cents, &cause, now) {
                 Ok(()) => {}
                 Err(accounts::AccountError::Store(error)) => return Err(error),
                 Err(error) => tracing::error!(%error, "a declined credit's card has no account"),
@@ -519,12 +519,12 @@ fn decide_before_sending(
                 )?;
             }
             let cause = format!("credit {} set against the arrears", hex::encode(charge.charge_id));
-            let account = match accounts::net_credit(tx, charge.card_id, (-netted).get(), &cause, now) {
+            let account = match accounts::net_credit(tx, charge.card_id, -netted, &cause, now) {
                 Ok(account) => account,
                 Err(accounts::AccountError::Store(error)) => return Err(error),
                 Err(error) => return Err(StoreError::Corrupt(format!("netting a credit: {error}"))),
             };
-            Ok(Decided::NotSent { outcome: ChargeOutcome::Netted, undenied: account.arrears_cents == 0 })
+            Ok(Decided::NotSent { outcome: ChargeOutcome::Netted, undenied: account.arrears_cents.is_zero() })
         }
     }
 }

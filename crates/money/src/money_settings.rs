@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use farestream_core::money::Cents;
+
 use crate::dispatcher::DispatcherSettings;
 use crate::pricer::PricerSettings;
 use crate::store::{MoneyStore, StoreError};
@@ -14,7 +16,7 @@ use crate::store::{MoneyStore, StoreError};
 pub struct MoneySettings {
     pub store_path: PathBuf,
     /// What activation takes from the rider and a refund returns.
-    pub deposit_cents: u64,
+    pub deposit_cents: Cents,
     pub store_busy_wait: Duration,
     pub pricer: PricerSettings,
     /// `None`: charges wait in the outbox (no `payments.gateway_url`).

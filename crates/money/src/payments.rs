@@ -21,6 +21,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use crate::accounts::AccountError;
 use crate::codec::{card_from_sql, card_to_sql};
 use crate::store::StoreError;
+use farestream_core::money::Cents;
 use farestream_ingest::clock_source::UnixMillis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +78,7 @@ pub struct PaymentAttempt {
     pub card_id: u64,
     pub kind: PaymentKind,
     pub attempt: u32,
-    pub amount_cents: i64,
+    pub amount_cents: Cents,
     pub agreement_id: String,
     pub outcome: PaymentOutcome,
 }
@@ -88,14 +89,14 @@ pub fn open_attempt(
     tx: &Transaction<'_>,
     card_id: u64,
     kind: PaymentKind,
-    amount_cents: i64,
+    amount_cents: Cents,
     agreement_id: &str,
     now: UnixMillis,
 ) -> Result<PaymentAttempt, AccountError> {
     if let Some(open) = undecided(tx, card_id, kind)? {
         return Ok(open);
     }
-    assert!(amount_cents > 0, "a payment of {amount_cents} for card {card_id}");
+    assert!(amount_cents.is_positive(), "a payment of {amount_cents} for card {card_id}");
     let last: Option<u32> = tx.query_row(
         "SELECT max(attempt) FROM account_payments WHERE card_id = ?1 AND kind = ?2",
         params![card_to_sql(card_id), kind.as_str()],
@@ -106,7 +107,7 @@ pub fn open_attempt(
     tx.execute(
         "INSERT INTO account_payments (payment_key, card_id, kind, attempt, amount_cents, agreement_id, outcome, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'unknown', ?7)",
-        params![key, card_to_sql(card_id), kind.as_str(), attempt, amount_cents, agreement_id, now],
+        params![key, card_to_sql(card_id), kind.as_str(), attempt, amount_cents.get(), agreement_id, now],
     )?;
     Ok(PaymentAttempt {
         key,
@@ -183,7 +184,7 @@ fn read_attempt(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentAttempt
         card_id: card_from_sql(r.get(1)?),
         kind,
         attempt: r.get(3)?,
-        amount_cents: r.get(4)?,
+        amount_cents: Cents::new(r.get(4)?),
         agreement_id: r.get(5)?,
         outcome,
     }))
@@ -203,16 +204,16 @@ mod tests {
         let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
         let tx = store.transaction().expect("tx");
         accounts::register(&tx, u64::MAX, "+8613800000000", 1).expect("register");
-        let first = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, 800, "agr", 2).expect("first");
+        let first = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, Cents::new(800), "agr", 2).expect("first");
         assert_eq!((first.key.as_str(), first.attempt), ("arrears-18446744073709551615-1", 1));
-        let again = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, 1_300, "agr", 3).expect("again");
+        let again = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, Cents::new(1_300), "agr", 3).expect("again");
         assert_eq!(again, first, "a lost answer: the same key and the same amount, whatever is owed now");
-        let deposit = open_attempt(&tx, u64::MAX, PaymentKind::Deposit, 2_000, "agr", 3).expect("deposit");
+        let deposit = open_attempt(&tx, u64::MAX, PaymentKind::Deposit, Cents::new(2_000), "agr", 3).expect("deposit");
         assert_eq!(deposit.key, "deposit-18446744073709551615-1", "kinds count apart");
         assert!(decide(&tx, &first.key, PaymentOutcome::Declined, None, Some("insufficient_funds"), 4).expect("d"));
         assert!(!decide(&tx, &first.key, PaymentOutcome::Succeeded, Some("t"), None, 5).expect("d"), "decided once");
-        let next = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, 1_300, "agr", 6).expect("next");
-        assert_eq!((next.key.as_str(), next.amount_cents), ("arrears-18446744073709551615-2", 1_300));
+        let next = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, Cents::new(1_300), "agr", 6).expect("next");
+        assert_eq!((next.key.as_str(), next.amount_cents.get()), ("arrears-18446744073709551615-2", 1_300));
         let all = all_attempts(&tx).expect("all");
         assert_eq!(
             all.iter().map(|a| a.outcome).collect::<Vec<_>>(),

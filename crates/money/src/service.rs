@@ -21,6 +21,7 @@ use crate::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest
 use crate::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
 use crate::store::{MoneyStore, StoreError, step_ended};
 use farestream_core::account::{AccountState, NotYet};
+use farestream_core::money::Cents;
 use farestream_core::sync::lock;
 use farestream_ingest::clock_source::{Clock, UnixMillis, duration_ms};
 
@@ -59,7 +60,7 @@ pub struct AccountService {
     /// Told after paying arrears takes a card off the list.
     pub deny_list: Arc<DenyListHub>,
     pub clock: Arc<dyn Clock>,
-    pub deposit_cents: u64,
+    pub deposit_cents: Cents,
     pub currency: String,
     pub notifier: Arc<dyn Notifier>,
     /// How long after a card's last credential ends its rides may still
@@ -91,7 +92,7 @@ enum RefundStep {
     Wait,
     Owes {
         phone: String,
-        owed: i64,
+        owed: Cents,
         told_before: bool,
     },
     Pay(PaymentAttempt),
@@ -149,9 +150,11 @@ impl AccountService {
         let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
         let agreement_id = gateway.create_agreement(payment_user_id, card_id).await?;
         let (now, payer) = (self.clock.now_ms(), payment_user_id.to_string());
-        let deposit = i64::try_from(self.deposit_cents).unwrap_or(i64::MAX);
-        if deposit == 0 {
-            return self.write(move |tx| accounts::activate(tx, card_id, &payer, &agreement_id, 0, now)).await;
+        let deposit = self.deposit_cents;
+        if deposit.is_zero() {
+            return self
+                .write(move |tx| accounts::activate(tx, card_id, &payer, &agreement_id, Cents::ZERO, now))
+                .await;
         }
         // The state is checked again in the transaction that opens the
         // attempt: a second activation at the same moment finds the card
@@ -188,7 +191,8 @@ impl AccountService {
                     return Ok(open);
                 }
                 let account = accounts::account(tx, card_id)?;
-                let Some(agreement_id) = account.agreement_id.clone().filter(|_| account.arrears_cents > 0) else {
+                let Some(agreement_id) = account.agreement_id.clone().filter(|_| account.arrears_cents.is_positive())
+                else {
                     return Err(wrong_state(&account, "paying arrears", "arrears owed"));
                 };
                 payments::open_attempt(tx, card_id, PaymentKind::Arrears, account.arrears_cents, &agreement_id, now)
@@ -258,7 +262,6 @@ impl AccountService {
             RefundStep::Wait => return Ok(RefundDone::Waiting),
             RefundStep::Owes { phone, owed, told_before } => {
                 if !told_before {
-                    let owed = farestream_core::money::Cents::new(owed);
                     let message = format!("your deposit is held until you pay the {owed} you owe for card {card_id}");
                     self.notifier.notify(&phone, &message);
                 }
@@ -338,7 +341,7 @@ impl AccountService {
         let event = format!("{}_payment_{}", attempt.kind.as_str(), outcome.as_str());
         self.write(move |tx| {
             if payments::decide(tx, &key, outcome, None, Some(&reason), now)? {
-                accounts::note(tx, card_id, &event, 0, &format!("payment {key}: {reason}"), now)?;
+                accounts::note(tx, card_id, &event, Cents::ZERO, &format!("payment {key}: {reason}"), now)?;
             }
             Ok(())
         })
@@ -388,7 +391,9 @@ fn refund_step(
     // against the deposit (a payment of them may be out: `MoneyInFlight`
     // comes first), and then it is looked at again.
     let mut verdict = accounts::may_close(tx, card_id, rides_arrive_within_ms, now)?;
-    if matches!(verdict, Err(NotYet::Owes { .. })) && accounts::set_off_arrears_against_deposit(tx, card_id, now)? > 0 {
+    if matches!(verdict, Err(NotYet::Owes { .. }))
+        && accounts::set_off_arrears_against_deposit(tx, card_id, now)?.is_positive()
+    {
         tracing::info!(card_id, "arrears set against the deposit before its refund");
         verdict = accounts::may_close(tx, card_id, rides_arrive_within_ms, now)?;
     }

@@ -13,6 +13,7 @@ use crate::outbox::unarchived_charges;
 use crate::pricer::READER as PRICER;
 use crate::store::{MoneyStore, StoreError, log_cursor};
 use farestream_core::charges::ChargeRecord;
+use farestream_core::money::Cents;
 use farestream_ingest::clock_source::UnixMillis;
 
 /// One arrears payment: `amount_cents` is negative (what the debt went down by).
@@ -20,7 +21,7 @@ use farestream_ingest::clock_source::UnixMillis;
 pub struct ArrearsPayment {
     pub card_id: u64,
     pub at: UnixMillis,
-    pub amount_cents: i64,
+    pub amount_cents: Cents,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,7 +35,7 @@ pub struct MoneySnapshot {
     /// when it closes.
     pub open_entries: Vec<(u64, UnixMillis)>,
     /// The arrears of every card that owes any (the rest owe nothing).
-    pub arrears: Vec<(u64, i64)>,
+    pub arrears: Vec<(u64, Cents)>,
     pub arrears_payments: Vec<ArrearsPayment>,
 }
 
@@ -49,7 +50,7 @@ pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySn
         .collect::<Result<_, _>>()?;
     let arrears = tx
         .prepare("SELECT card_id, arrears_cents FROM accounts WHERE arrears_cents <> 0")?
-        .query_map([], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
+        .query_map([], |r| Ok((card_from_sql(r.get(0)?), Cents::new(r.get(1)?))))?
         .collect::<Result<_, _>>()?;
     let arrears_payments = tx
         .prepare(
@@ -57,7 +58,7 @@ pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySn
              WHERE event IN ('arrears_paid', 'arrears_paid_from_deposit', 'arrears_netted')",
         )?
         .query_map([], |r| {
-            Ok(ArrearsPayment { card_id: card_from_sql(r.get(0)?), at: r.get(1)?, amount_cents: r.get(2)? })
+            Ok(ArrearsPayment { card_id: card_from_sql(r.get(0)?), at: r.get(1)?, amount_cents: Cents::new(r.get(2)?) })
         })?
         .collect::<Result<_, _>>()?;
     tx.commit()?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use farestream_core::fares::FareTable;
+use farestream_core::money::Cents;
 use farestream_core::retry::{BreakerSettings, RetryPolicy};
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_ingest::archive::checkpoint::checkpoint_path;
@@ -163,7 +164,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySe
             fares,
         },
         store_path,
-        deposit_cents: p.deposit_cents,
+        deposit_cents: Cents::from_unsigned(p.deposit_cents),
         store_busy_wait,
         gateway,
         rides_arrive_within: Duration::from_secs(

@@ -131,11 +131,11 @@ fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Re
 /// The per-card inputs besides rides and charges.
 struct DayContext {
     open_entries: HashMap<u64, UnixMillis>,
-    store_arrears: HashMap<u64, i64>,
+    store_arrears: HashMap<u64, Cents>,
     /// Payments during the service day.
-    paid_in_day: HashMap<u64, i64>,
+    paid_in_day: HashMap<u64, Cents>,
     /// Declines (all days) less payments (all time): what arrears should be.
-    arrears_from_charges: HashMap<u64, i64>,
+    arrears_from_charges: HashMap<u64, Cents>,
     /// Rides in the files this run settles first, when it is a late run.
     late_rides: HashMap<u64, i64>,
     /// The service day's `[start, end)`.
@@ -154,17 +154,16 @@ impl DayContext {
     ) -> Result<DayContext, SettleError> {
         let window = day_window(&settings.service_day, date);
         let (start, end) = window;
-        let mut paid_in_day: HashMap<u64, i64> = HashMap::new();
-        let mut arrears_from_charges: HashMap<u64, i64> = HashMap::new();
+        let mut paid_in_day: HashMap<u64, Cents> = HashMap::new();
+        let mut arrears_from_charges: HashMap<u64, Cents> = HashMap::new();
         for p in &snapshot.arrears_payments {
-            add_to(arrears_from_charges.entry(p.card_id).or_default(), p.amount_cents);
+            *arrears_from_charges.entry(p.card_id).or_default() += p.amount_cents;
             if (start..end).contains(&p.at) {
-                add_to(paid_in_day.entry(p.card_id).or_default(), p.amount_cents);
+                *paid_in_day.entry(p.card_id).or_default() += p.amount_cents;
             }
         }
         for (card, amount) in declines(ctx, snapshot).await? {
-            let sum = arrears_from_charges.entry(card).or_default();
-            *sum = sum.saturating_add(amount);
+            *arrears_from_charges.entry(card).or_default() += amount;
         }
         let mut late_rides = HashMap::new();
         if run > 1 {
@@ -189,8 +188,8 @@ impl DayContext {
 }
 
 /// Every declined debit, archived or not, each once, summed per card.
-async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<HashMap<u64, i64>, SettleError> {
-    let mut by_charge: HashMap<String, (u64, i64)> = HashMap::new();
+async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<HashMap<u64, Cents>, SettleError> {
+    let mut by_charge: HashMap<String, (u64, Cents)> = HashMap::new();
     let declined = ChargeOutcome::Declined.as_str();
     let sql = format!(
         "SELECT charge_id, card_id, amount_cents FROM charges WHERE outcome = '{declined}' AND amount_cents > 0"
@@ -198,7 +197,10 @@ async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<Hash
     for batch in collect_rows(ctx, &sql).await? {
         let (ids, cards, amounts) = (column_str(&batch, 0)?, column_u64(&batch, 1)?, column_i64(&batch, 2)?);
         for i in 0..ids.len() {
-            by_charge.insert(ids[i].clone().unwrap_or_default(), (cards[i].unwrap_or(0), amounts[i].unwrap_or(0)));
+            by_charge.insert(
+                ids[i].clone().unwrap_or_default(),
+                (cards[i].unwrap_or(0), Cents::new(amounts[i].unwrap_or(0))),
+            );
         }
     }
     for c in snapshot
@@ -206,12 +208,11 @@ async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<Hash
         .iter()
         .filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents.is_positive())
     {
-        by_charge.insert(hex::encode(c.charge_id), (c.card_id, c.amount_cents.get()));
+        by_charge.insert(hex::encode(c.charge_id), (c.card_id, c.amount_cents));
     }
-    let mut per_card: HashMap<u64, i64> = HashMap::new();
+    let mut per_card: HashMap<u64, Cents> = HashMap::new();
     for (card, amount) in by_charge.into_values() {
-        let sum = per_card.entry(card).or_default();
-        *sum = sum.saturating_add(amount);
+        *per_card.entry(card).or_default() += amount;
     }
     Ok(per_card)
 }
@@ -273,18 +274,18 @@ async fn walk_riders(
                 .iter()
                 .map(|(charge_id, scan_id)| Break::ChargeWithoutRide { charge_id: *charge_id, scan_id: *scan_id }),
         );
-        let store = day.store_arrears.get(&card).copied().unwrap_or(0);
-        let expected = day.arrears_from_charges.get(&card).copied().unwrap_or(0);
+        let store = day.store_arrears.get(&card).copied().unwrap_or_default();
+        let expected = day.arrears_from_charges.get(&card).copied().unwrap_or_default();
         if store != expected {
             walked.breaks.push(Break::ArrearsMismatch {
                 card_id: card,
-                from_charges_cents: Cents::new(expected),
-                store_cents: Cents::new(store),
+                from_charges_cents: expected,
+                store_cents: store,
             });
         }
         let now = RiderFigures {
-            arrears_paid_cents: Cents::new(day.paid_in_day.get(&card).copied().unwrap_or(0)),
-            arrears_outstanding_cents: Cents::new(store),
+            arrears_paid_cents: day.paid_in_day.get(&card).copied().unwrap_or_default(),
+            arrears_outstanding_cents: store,
             late_rides: previous.late_rides.saturating_add(day.late_rides.get(&card).copied().unwrap_or(0)),
             ..settled.figures
         };

@@ -1,4 +1,4 @@
 //! The write-ahead log's on-disk format: segment header and record
 //! framing. Reading and writing the files is the shell's.
 
-pub mod format;
+pub mod framing;

@@ -142,6 +142,7 @@ mod tests {
 
     #[test]
     fn a_table_written_with_the_older_fen_keys_is_read_the_same() {
+        assert!(DEFAULT_FARES_TOML.contains("older `_fen`"), "the shipped table names the older spelling");
         let older = DEFAULT_FARES_TOML.replace("_cents =", "_fen =");
         assert!(older.contains("daily_cap_fen = 1500") && !older.contains("_cents ="), "every key renamed");
         assert_eq!(parse_fares(&older, "old.toml").expect("the older spelling"), load_fares(None).expect("shipped"));

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::{WalError, WalWriter};
 use crate::telemetry;
 use farestream_core::sync::lock;
-use farestream_core::wal::format::{encode_record, record_bytes};
+use farestream_core::wal::framing::{encode_record, record_bytes};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalState {

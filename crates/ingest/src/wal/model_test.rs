@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::{WalConfig, WalCursor, WalError, WalWriter, delete_segments_before, list_segments, open};
 use crate::faults::Faults;
-use farestream_core::wal::format::{SEGMENT_HEADER_BYTES, encode_record};
+use farestream_core::wal::framing::{SEGMENT_HEADER_BYTES, encode_record};
 
 #[derive(Debug, Clone)]
 enum Op {

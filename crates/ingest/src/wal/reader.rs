@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::{WalError, list_segments};
-use farestream_core::wal::format::{Frame, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_record};
+use farestream_core::wal::framing::{Frame, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_record};
 
 /// One record and where it sits in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::segment_writer::{OpenSegment, WalWriter, sync_dir};
 use super::{WalConfig, WalError, list_segments};
 use crate::faults::Faults;
-use farestream_core::wal::format::{Frame, SEGMENT_HEADER_BYTES, decode_record, decode_segment_header};
+use farestream_core::wal::framing::{Frame, SEGMENT_HEADER_BYTES, decode_record, decode_segment_header};
 
 /// The log after recovery, ready to append at `end_lsn`.
 pub struct Recovered {
@@ -72,7 +72,7 @@ pub fn open(config: WalConfig, faults: Arc<Faults>, start_lsn_floor: u64) -> Res
 fn scan_records(bytes: &[u8], record_bytes_max: u32) -> usize {
     let mut offset = SEGMENT_HEADER_BYTES;
     while let Frame::Valid { payload } = decode_record(&bytes[offset..], record_bytes_max) {
-        offset += farestream_core::wal::format::RECORD_HEADER_BYTES + payload.len();
+        offset += farestream_core::wal::framing::RECORD_HEADER_BYTES + payload.len();
     }
     offset
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{WalConfig, WalError, segment_path};
 use crate::faults::Faults;
-use farestream_core::wal::format::{SEGMENT_HEADER_BYTES, encode_segment_header};
+use farestream_core::wal::framing::{SEGMENT_HEADER_BYTES, encode_segment_header};
 
 pub(super) struct OpenSegment {
     pub file: File,
@@ -37,7 +37,7 @@ pub struct WalWriter {
 }
 
 impl WalWriter {
-    /// Appends whole frames (each from [`farestream_core::wal::format::encode_record`]).
+    /// Appends whole frames (each from [`farestream_core::wal::framing::encode_record`]).
     /// A frame never spans segments: a segment rolls before the frame that
     /// would overflow it, and a frame larger than a segment gets one of its
     /// own. On error, `written_lsn` tells how far the frames got: frames

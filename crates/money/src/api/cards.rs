@@ -138,8 +138,8 @@ fn account_view(api: &ApiState, account: Account, charges: Vec<ChargeView>) -> A
         card_id: account.card_id,
         phone: account.phone,
         state: account.state.as_str().into(),
-        deposit_cents: account.deposit_cents,
-        arrears_cents: account.arrears_cents,
+        deposit_cents: account.deposit_cents.get(),
+        arrears_cents: account.arrears_cents.get(),
         currency: api.accounts.currency.clone(),
         agreement_id: account.agreement_id,
         charges,
@@ -170,7 +170,7 @@ async fn may_ride(api: &ApiState, card_id: u64) -> Result<Account, ApiError> {
     let reason = match account.state {
         AccountState::Active => return Ok(account),
         AccountState::Registered => "the card is not activated: sign the agreement and pay the deposit".to_string(),
-        AccountState::InArrears => format!("the card owes {} in arrears: pay them first", account.arrears_cents),
+        AccountState::InArrears => format!("the card owes {} in arrears: pay them first", account.arrears_cents.get()),
         AccountState::RefundPending => "a refund is pending: the card rides no more".to_string(),
         AccountState::Closed => "the card is closed".to_string(),
     };

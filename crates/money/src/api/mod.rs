@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 pub use error::{ApiError, ErrorBody};
 pub use sessions::OtpLimits;
 
-pub use farestream_ingest::http::HttpHandle;
+pub use farestream_ingest::http_serve::HttpHandle;
 
 use crate::AccountService;
 use farestream_core::ridecode::IssuerSigningKey;
@@ -126,5 +126,5 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// Binds `settings.listen_addr` and serves until stopped.
 pub async fn start(state: ApiState) -> std::io::Result<HttpHandle> {
     let listen = state.settings.listen_addr;
-    farestream_ingest::http::serve(listen, router(Arc::new(state)), "account API").await
+    farestream_ingest::http_serve::serve(listen, router(Arc::new(state)), "account API").await
 }

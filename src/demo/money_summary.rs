@@ -85,7 +85,7 @@ pub(super) async fn after_the_day(
     let mut after = AfterDay::default();
     let mut owing = Vec::new();
     for member in members.iter().filter(|m| m.short) {
-        if server.accounts().account(member.session.card_id).await?.arrears_cents > 0 {
+        if server.accounts().account(member.session.card_id).await?.arrears_cents.is_positive() {
             owing.push(member);
         }
     }
@@ -196,8 +196,8 @@ pub(super) async fn summarize(
     summary.charges_archived = archived.iter().filter(|c| ours.contains(&c.card_id)).count() as u64;
     for &card in cards {
         let owed = server.accounts().account(card).await.map_err(|e| e.to_string())?.arrears_cents;
-        summary.arrears_outstanding += Cents::new(owed);
-        summary.accounts_in_arrears += u64::from(owed > 0);
+        summary.arrears_outstanding += owed;
+        summary.accounts_in_arrears += u64::from(owed.is_positive());
     }
     Ok(summary)
 }
