@@ -137,6 +137,30 @@ pub fn refund_due_at(
     keys_valid_until.unwrap_or(requested_at).max(requested_at).saturating_add(rides_arrive_within_ms)
 }
 
+/// The longest credential the config allows
+/// (`ride_code.credential_validity_secs`): how long a refund asked for
+/// before due times were recorded waits for rides, besides the lateness.
+const UNRECORDED_CREDENTIAL_MS: i64 = 604_800_000;
+
+/// When a pending refund is due: the time recorded when it was asked for
+/// ([`refund_due_at`]), or, for a refund asked for before due times were
+/// recorded (a store from an older build), `requested_at` plus the longest
+/// credential the config allows and `rides_arrive_within_ms`.
+pub fn recorded_refund_due_at(
+    recorded: Option<UnixMillis>,
+    requested_at: UnixMillis,
+    rides_arrive_within_ms: i64,
+) -> UnixMillis {
+    recorded.unwrap_or_else(|| requested_at.saturating_add(unrecorded_refund_wait_ms(rides_arrive_within_ms)))
+}
+
+/// How long after its request a refund with no recorded due time waits:
+/// the same rule as [`recorded_refund_due_at`], for the store's query of
+/// the refunds due.
+pub fn unrecorded_refund_wait_ms(rides_arrive_within_ms: i64) -> i64 {
+    UNRECORDED_CREDENTIAL_MS.saturating_add(rides_arrive_within_ms)
+}
+
 /// Why a pending refund cannot close yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotYet {
@@ -284,5 +308,8 @@ mod tests {
         assert_eq!(refund_due_at(None, i64::MAX, i64::MAX), i64::MAX, "saturates");
         assert_eq!(refund_due_at(Some(5_000), 1_000, 10), 5_010, "after the newest credential");
         assert_eq!(refund_due_at(Some(500), 1_000, 10), 1_010, "or the request, if later");
+        assert_eq!(recorded_refund_due_at(Some(7), 1_000, 10), 7, "the recorded time wins");
+        assert_eq!(recorded_refund_due_at(None, 1_000, 10), 1_000 + 604_800_000 + 10, "a week's credential");
+        assert_eq!(recorded_refund_due_at(None, i64::MAX, i64::MAX), i64::MAX, "saturates");
     }
 }

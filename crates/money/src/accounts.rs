@@ -181,16 +181,6 @@ pub fn deposit_returned(
     account(tx, card_id)
 }
 
-/// The longest credential the config allows (`ride_code.credential_validity_secs`):
-/// how long a refund asked for before due times were recorded waits for
-/// rides, besides the lateness.
-const LEGACY_CREDENTIAL_MS: i64 = 604_800_000;
-
-/// When a refund asked for before due times were recorded is due.
-fn legacy_refund_due_at(requested_at: UnixMillis, rides_arrive_within_ms: i64) -> UnixMillis {
-    requested_at.saturating_add(LEGACY_CREDENTIAL_MS).saturating_add(rides_arrive_within_ms)
-}
-
 /// Whether the refund-pending card may close now, and why not.
 pub fn may_close(
     conn: &Connection,
@@ -202,8 +192,11 @@ pub fn may_close(
     if account.state != AccountState::RefundPending {
         return Err(wrong_state(&account, WrongState { action: "closing", needs: "refund_pending" }));
     }
-    let legacy = || legacy_refund_due_at(account.refund_requested_at.unwrap_or(now), rides_arrive_within_ms);
-    let due_at = account.refund_due_at.unwrap_or_else(legacy);
+    let due_at = account::recorded_refund_due_at(
+        account.refund_due_at,
+        account.refund_requested_at.unwrap_or(now),
+        rides_arrive_within_ms,
+    );
     let closing = account::Closing {
         due_at,
         // Asked only once no ride can arrive: it is a query.
@@ -234,9 +227,9 @@ pub fn close(
 }
 
 /// Refund-pending cards whose refund is due at `now` (requests from before
-/// due times were recorded: see [`legacy_refund_due_at`]).
+/// due times were recorded: see `account::recorded_refund_due_at`).
 pub fn refunds_due(conn: &Connection, now: UnixMillis, rides_arrive_within_ms: i64) -> Result<Vec<u64>, StoreError> {
-    let legacy_wait = LEGACY_CREDENTIAL_MS.saturating_add(rides_arrive_within_ms);
+    let legacy_wait = account::unrecorded_refund_wait_ms(rides_arrive_within_ms);
     Ok(conn
         .prepare_cached(
             "SELECT card_id FROM accounts WHERE state = 'refund_pending'
