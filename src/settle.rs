@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use farestream_analytics::settle::{SettleSettings, settle_day};
-use farestream_ingest::clock_source::UnixMillis;
+use farestream_core::clock::UnixMillis;
 use farestream_ingest::config::fare_table::load_fares;
 use farestream_ingest::config::{Config, ConfigError};
 use farestream_server::DailySettlement;

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::api::{ApiSettings, ApiState, HttpHandle};
 use crate::archive::{self, ArchiveError};
-use crate::clock_source::{Clock, ScaledClock, SystemClock, unix_secs_u32};
+use crate::clock_source::{Clock, ScaledClock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::keystore::KeystoreError;
 use crate::money::notify::{InboxNotifier, Notifier};
@@ -26,6 +26,7 @@ use crate::scan::ScanStatus;
 use crate::server::{Assembly, Server, ServerError};
 use crate::sim::{City, CitySpec, FleetReport, RiderApp, Target, Timetable, Uploads, sign_up_riders};
 use crate::tls_identity::{NewIdentity, TlsError};
+use farestream_core::clock::unix_secs_u32;
 
 /// Simulated minutes between a gateway's uploads ("about once a minute").
 const UPLOAD_INTERVAL_SIM_MS: f64 = 60_000.0;

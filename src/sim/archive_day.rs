@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use farestream_core::charges::{ChargeOutcome, ChargeRecord, RiderDay, plan_charges};
-use farestream_core::fares::{DayEdges, FareTable, Tap};
+use farestream_core::fares::{DayEdges, FareTable, Tap, ride_of};
 use farestream_core::money::Cents;
 use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream_core::service_day::ServiceDayPolicy;
@@ -186,15 +186,8 @@ fn plan_scans(spec: &ArchiveDaySpec, start: i64, rng: &mut StdRng, progress: &Pr
 /// once the day is complete; outcomes drawn per rider.
 fn price(spec: &ArchiveDaySpec, fares: &FareTable, scans: &[ArchivedScan], rng: &mut StdRng) -> Vec<ChargeRecord> {
     let mut days: BTreeMap<u64, Vec<Tap>> = BTreeMap::new();
-    for s in scans.iter().filter(|s| s.status == ScanStatus::Accepted) {
-        let (Some(card), Some(kind)) = (s.card_id, s.tap_kind) else { continue };
-        days.entry(card).or_default().push(Tap {
-            scan_id: s.scan_id,
-            scanned_at: s.scanned_at,
-            kind,
-            route_id: s.route_id.clone(),
-            stop_id: s.stop_id.clone(),
-        });
+    for (card, tap) in scans.iter().filter_map(ride_of) {
+        days.entry(card).or_default().push(tap);
     }
     let mut charges = Vec::new();
     for (card_id, taps) in days {

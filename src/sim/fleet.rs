@@ -16,13 +16,14 @@ use tokio::task::JoinSet;
 
 use super::plan::PlannedScan;
 use super::world::World;
-use crate::clock_source::{Clock, unix_secs_u32};
+use crate::clock_source::Clock;
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::ingest::pipeline::fingerprint;
 use crate::ridecode::{DenyList, FreshnessPolicy, check_offline};
 use crate::scan::ScanStatus;
 use crate::wire::batching::batch_runs;
 use crate::wire::{BatchAck, GateDecision, ScanBatch, ScanRecord};
+use farestream_core::clock::unix_secs_u32;
 
 #[derive(Debug, Clone)]
 pub struct FleetSettings {

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::clock_source::{UnixMillis, unix_secs_u32};
 use crate::gateway::GatewayClient;
 use crate::ridecode::format::{CODE_SIGNED_LEN, RIDE_CODE_LEN};
 use crate::ridecode::{IssuerSigningKey, KeyError, UserKey};
 use crate::wire::{ScanBatch, ScanRecord, WireTapKind};
+use farestream_core::clock::{UnixMillis, unix_secs_u32};
 
 /// What the hostile batches hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::city::{City, CitySpec, Target, Uploads};
 use super::{Balances, FileInbox, FleetReport, RiderApp, Timetable, sign_up_riders};
-use crate::clock_source::{Clock, SystemClock, unix_secs_u32};
+use crate::clock_source::{Clock, SystemClock};
 use crate::config::Config;
 use crate::gateway::tls::{ClientTlsError, read_cert};
 use crate::gateway::{GatewayClient, GatewayError};
@@ -20,6 +20,7 @@ use crate::paygw::SimControl;
 use crate::ridecode::KeyError;
 use crate::scan::ScanStatus;
 use crate::tls_identity::cert_path;
+use farestream_core::clock::unix_secs_u32;
 
 /// How `simulate` spreads its scans.
 #[derive(Debug, Clone, Copy)]

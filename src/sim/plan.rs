@@ -6,8 +6,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::world::World;
-use crate::clock_source::UnixMillis;
 use crate::scan::{ScanStatus, TapKind};
+use farestream_core::clock::UnixMillis;
 
 /// What, if anything, is wrong with a scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,7 +287,7 @@ impl PlannedScan {
             Anomaly::ExpiredCredential => world.expired_credential(rider),
             _ => rider.credential,
         };
-        let created_at = crate::clock_source::unix_secs_u32(self.code_created_at_ms);
+        let created_at = farestream_core::clock::unix_secs_u32(self.code_created_at_ms);
         let mut bytes = rider.key.make_code(&credential, created_at, self.code_counter).bytes.to_vec();
         match self.anomaly {
             Anomaly::Forged => {

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use farestream::clock_source::{ManualClock, UnixMillis};
+use farestream::clock_source::ManualClock;
 use farestream::config::Config;
 use farestream::server::{DailySettlement, Fatal, Server};
 use farestream::service_day::ServiceDayPolicy;
 use farestream::tls_identity::{NewIdentity, ServerIdentity};
+use farestream_core::clock::UnixMillis;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{T0_MS, test_assembly};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use farestream::archive::{read, scans_root};
-use farestream::clock_source::{ManualClock, UnixMillis};
+use farestream::clock_source::ManualClock;
 use farestream::config::Config;
 use farestream::faults::Faults;
 use farestream::gateway::GatewayClient;
@@ -15,6 +15,7 @@ use farestream::scan::{ArchivedScan, TapKind};
 use farestream::server::{Assembly, Server, ServerError};
 use farestream::tls_identity::{NewIdentity, ServerIdentity};
 use farestream::wire::{ScanBatch, ScanRecord, WireTapKind};
+use farestream_core::clock::UnixMillis;
 
 /// 2025-11-20 10:00:00 in Shanghai, a Thursday morning.
 pub(crate) const T0_MS: UnixMillis = 1_763_604_000_000;
@@ -45,7 +46,7 @@ impl TestRider {
 }
 
 pub(crate) fn secs(at_ms: UnixMillis) -> u32 {
-    farestream::clock_source::unix_secs_u32(at_ms)
+    farestream_core::clock::unix_secs_u32(at_ms)
 }
 
 impl Harness {

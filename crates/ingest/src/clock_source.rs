@@ -4,7 +4,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-pub use farestream_core::clock::{UnixMillis, unix_secs_u32};
+use farestream_core::clock::UnixMillis;
 
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> UnixMillis;

@@ -16,9 +16,9 @@ use crate::codec::{card_from_sql, card_to_sql};
 use crate::store::StoreError;
 use farestream_core::account::{self, AccountState, NotYet, WrongState, is_denied};
 use farestream_core::charges::UNDECIDED_OUTCOMES_SQL;
+use farestream_core::clock::UnixMillis;
 use farestream_core::deny_list::DenyChange;
 use farestream_core::money::Cents;
-use farestream_ingest::clock_source::UnixMillis;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -229,14 +229,22 @@ pub fn close(
 /// Refund-pending cards whose refund is due at `now` (requests from before
 /// due times were recorded: see `account::recorded_refund_due_at`).
 pub fn refunds_due(conn: &Connection, now: UnixMillis, rides_arrive_within_ms: i64) -> Result<Vec<u64>, StoreError> {
-    let legacy_wait = account::unrecorded_refund_wait_ms(rides_arrive_within_ms);
-    Ok(conn
+    let pending = conn
         .prepare_cached(
-            "SELECT card_id FROM accounts WHERE state = 'refund_pending'
-               AND coalesce(refund_due_at, refund_requested_at + ?2) <= ?1 ORDER BY card_id",
+            "SELECT card_id, refund_due_at, refund_requested_at FROM accounts WHERE state = ?1 ORDER BY card_id",
         )?
-        .query_map(params![now, legacy_wait], |r| r.get::<_, i64>(0).map(card_from_sql))?
-        .collect::<Result<Vec<_>, _>>()?)
+        .query_map([AccountState::RefundPending.as_str()], |r| {
+            Ok((card_from_sql(r.get(0)?), r.get::<_, Option<i64>>(1)?, r.get::<_, Option<i64>>(2)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let due = |(recorded, requested): (Option<i64>, Option<i64>)| {
+        account::recorded_refund_due_at(recorded, requested.unwrap_or(now), rides_arrive_within_ms) <= now
+    };
+    Ok(pending
+        .into_iter()
+        .filter(|(_, recorded, requested)| due((*recorded, *requested)))
+        .map(|(card, ..)| card)
+        .collect())
 }
 
 /// Whether any of the card's charges is still undecided, any of its days
@@ -431,12 +439,16 @@ pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError>
     )
 }
 
-/// The deny list as of its latest version: the cards on it, and that version.
+/// The deny list as of its latest version: the cards on it (each card's
+/// newest change says denied; the list itself, not the rule again:
+/// `change` keeps the two in step and asserts it), and that version.
 pub fn deny_list(conn: &Connection) -> Result<(u64, Vec<u64>), StoreError> {
     let version: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM deny_list_changes", [], |r| r.get(0))?;
     let cards = conn
         .prepare_cached(
-            "SELECT card_id FROM accounts WHERE arrears_cents > 0 OR state = 'refund_pending' ORDER BY card_id",
+            "SELECT card_id FROM deny_list_changes AS d
+             WHERE denied = 1 AND version = (SELECT max(version) FROM deny_list_changes WHERE card_id = d.card_id)
+             ORDER BY card_id",
         )?
         .query_map([], |r| r.get::<_, i64>(0).map(card_from_sql))?
         .collect::<Result<Vec<_>, _>>()?;

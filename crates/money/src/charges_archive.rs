@@ -22,8 +22,8 @@ use crate::outbox::archive_batch;
 use crate::store::StoreError;
 use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
 use farestream_core::charges::{ChargeRecord, UNDECIDED_OUTCOMES_SQL};
+use farestream_core::clock::UnixMillis;
 use farestream_ingest::archive::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
-use farestream_ingest::clock_source::UnixMillis;
 use farestream_ingest::faults::Faults;
 
 /// Where the charges archive lives under a data directory.

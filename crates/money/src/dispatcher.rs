@@ -44,11 +44,12 @@ use crate::store::{MoneyStore, StoreError, step_ended};
 use farestream_core::charges::{
     ChargeKind, ChargeOutcome, FirstSend, Payer, RiderDay, UNDECIDED_OUTCOMES_SQL, first_send, rest_of,
 };
+use farestream_core::clock::UnixMillis;
 use farestream_core::gateway_answer::{AfterAnswer, Attempts, DeclineEffect, decide_answer};
 use farestream_core::money::Cents;
 use farestream_core::retry::{BreakerSettings, CircuitBreaker, GatewayHealth, Permit, RetryPolicy};
 use farestream_core::sync::lock;
-use farestream_ingest::clock_source::{Clock, SystemClock, UnixMillis, duration_ms};
+use farestream_ingest::clock_source::{Clock, SystemClock, duration_ms};
 
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {

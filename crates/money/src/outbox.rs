@@ -7,8 +7,8 @@ use rusqlite::{Connection, params};
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, id_from_sql, ids_from_sql};
 use crate::store::StoreError;
 use farestream_core::charges::{ChargeKind, ChargeOutcome, ChargeRecord, UNDECIDED_OUTCOMES_SQL};
+use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
-use farestream_ingest::clock_source::UnixMillis;
 
 const COLUMNS: &str = "charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids, created_at,
                        outcome, attempts, decided_at, gateway_txn_id";

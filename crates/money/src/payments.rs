@@ -21,8 +21,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use crate::accounts::AccountError;
 use crate::codec::{card_from_sql, card_to_sql};
 use crate::store::StoreError;
+use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
-use farestream_ingest::clock_source::UnixMillis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentKind {

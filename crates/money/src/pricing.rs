@@ -16,10 +16,10 @@ use rusqlite::{Transaction, params};
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_from_sql, ids_to_sql};
 use crate::store::StoreError;
 use farestream_core::charges::{Charge, ChargeKind, ChargeOutcome, RiderDay, plan_charges};
+use farestream_core::clock::UnixMillis;
 use farestream_core::fares::{DayEdges, FareTable, Tap, ride_of};
 use farestream_core::money::Cents;
 use farestream_core::scan::ArchivedScan;
-use farestream_ingest::clock_source::UnixMillis;
 
 /// What one pricing transaction wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

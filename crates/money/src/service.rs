@@ -21,9 +21,10 @@ use crate::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest
 use crate::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
 use crate::store::{MoneyStore, StoreError, step_ended};
 use farestream_core::account::{AccountState, NotYet};
+use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
 use farestream_core::sync::lock;
-use farestream_ingest::clock_source::{Clock, UnixMillis, duration_ms};
+use farestream_ingest::clock_source::{Clock, duration_ms};
 
 #[derive(Debug, Error)]
 pub enum ServiceError {

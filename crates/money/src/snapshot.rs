@@ -13,8 +13,8 @@ use crate::outbox::unarchived_charges;
 use crate::pricer::READER as PRICER;
 use crate::store::{MoneyStore, StoreError, log_cursor};
 use farestream_core::charges::ChargeRecord;
+use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
-use farestream_ingest::clock_source::UnixMillis;
 
 /// One arrears payment: `amount_cents` is negative (what the debt went down by).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

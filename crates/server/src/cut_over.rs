@@ -13,8 +13,9 @@ use chrono::NaiveDate;
 use tokio_util::sync::CancellationToken;
 
 use crate::CutOverSettings;
+use farestream_core::clock::UnixMillis;
 use farestream_core::service_day::{days_to_settle, last_cut_over, next_cut_over};
-use farestream_ingest::clock_source::{Clock, UnixMillis, duration_ms};
+use farestream_ingest::clock_source::{Clock, duration_ms};
 
 /// The settlement the cut-over runs for one service date.
 pub trait DailySettlement: Send + Sync + std::fmt::Debug + 'static {

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::{RecoveryReport, ServerError, ServerSettings};
+use farestream_core::clock::UnixMillis;
 use farestream_core::ingest::Pipeline;
 use farestream_core::journal;
 use farestream_ingest::archive::checkpoint::{clean_after_crash, read_checkpoint};
 use farestream_ingest::archive::parquet_writer::partition_date;
-use farestream_ingest::clock_source::UnixMillis;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::wal::WalCursor;
 

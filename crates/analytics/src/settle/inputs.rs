@@ -12,6 +12,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use super::settle_types::SettleError;
 use super::settlement_tables::figures_from;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
+use farestream_core::money::Cents;
 use farestream_core::settlement::RiderFigures;
 use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
 
@@ -92,7 +93,7 @@ pub struct EarlierRuns {
     pub files: BTreeSet<String>,
     pub riders: HashMap<u64, RiderFigures>,
     /// Per route: rides and revenue.
-    pub routes: BTreeMap<String, (i64, i64)>,
+    pub routes: BTreeMap<String, (i64, Cents)>,
 }
 
 pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<EarlierRuns, SettleError> {
@@ -138,7 +139,9 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
     for batch in collect_rows(ctx, &sql).await? {
         let (routes, rides, revenue) = (column_str(&batch, 0)?, column_i64(&batch, 1)?, column_i64(&batch, 2)?);
         for (i, route) in routes.into_iter().enumerate() {
-            earlier.routes.insert(route.unwrap_or_default(), (rides[i].unwrap_or(0), revenue[i].unwrap_or(0)));
+            earlier
+                .routes
+                .insert(route.unwrap_or_default(), (rides[i].unwrap_or(0), Cents::new(revenue[i].unwrap_or(0))));
         }
     }
     Ok(earlier)

@@ -82,7 +82,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     let changed = run == 1
         || !new_files.is_empty()
         || !walked.riders.is_empty()
-        || routes.iter().any(|r| r.rides != 0 || r.revenue_cents != 0)
+        || routes.iter().any(|r| r.rides != 0 || !r.revenue_cents.is_zero())
         || final_day != walked.final_before;
     let run_row = RunRow {
         run,
@@ -221,8 +221,8 @@ struct Walked {
     riders: Vec<RiderRow>,
     breaks: Vec<Break>,
     awaiting: i64,
-    routes_now: BTreeMap<String, (i64, i64)>,
-    routes_before: BTreeMap<String, (i64, i64)>,
+    routes_now: BTreeMap<String, (i64, Cents)>,
+    routes_before: BTreeMap<String, (i64, Cents)>,
     final_before: bool,
 }
 
@@ -256,7 +256,7 @@ async fn walk_riders(
         for route in &settled.routes {
             let entry = walked.routes_now.entry(route.route_id.clone()).or_default();
             add_to(&mut entry.0, route.rides);
-            entry.1 = entry.1.saturating_add(route.revenue_cents.get());
+            entry.1 += route.revenue_cents;
         }
         let previous = before.remove(&card).unwrap_or_default();
         let unarchived = !settled.unarchived_scans.is_empty()
@@ -330,15 +330,15 @@ async fn status_counts(ctx: &SessionContext, table: &str) -> Result<StatusCounts
 /// revenue since the earlier runs.
 async fn route_rows(
     ctx: &SessionContext,
-    now: &BTreeMap<String, (i64, i64)>,
-    before: &BTreeMap<String, (i64, i64)>,
+    now: &BTreeMap<String, (i64, Cents)>,
+    before: &BTreeMap<String, (i64, Cents)>,
 ) -> Result<Vec<RouteRow>, SettleError> {
     let mut rows: BTreeMap<String, RouteRow> = BTreeMap::new();
     let blank = |route: &str| RouteRow {
         route_id: route.to_string(),
         scans: StatusCounts::default(),
         rides: 0,
-        revenue_cents: 0,
+        revenue_cents: Cents::ZERO,
     };
     for batch in collect_rows(ctx, "SELECT route_id, status, count(*) FROM new_scans GROUP BY route_id, status").await?
     {
@@ -357,7 +357,10 @@ async fn route_rows(
         let (rides_before, revenue_before) = before.get(route).copied().unwrap_or_default();
         let row = rows.entry(route.clone()).or_insert_with(|| blank(route));
         row.rides = rides_now.saturating_sub(rides_before);
-        row.revenue_cents = revenue_now.saturating_sub(revenue_before);
+        row.revenue_cents = revenue_now - revenue_before;
     }
-    Ok(rows.into_values().filter(|r| r.rides != 0 || r.revenue_cents != 0 || r.scans.iter().any(|n| *n != 0)).collect())
+    Ok(rows
+        .into_values()
+        .filter(|r| r.rides != 0 || !r.revenue_cents.is_zero() || r.scans.iter().any(|n| *n != 0))
+        .collect())
 }

@@ -18,6 +18,7 @@ use super::settle_types::SettleError;
 use super::settlement_tables::{ARREARS_OUTSTANDING, FIGURES, figures_to};
 use super::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::clock::UnixMillis;
+use farestream_core::money::Cents;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
 use farestream_ingest::archive::checkpoint::replace_durably;
@@ -35,7 +36,7 @@ pub struct RouteRow {
     pub route_id: String,
     pub scans: StatusCounts,
     pub rides: i64,
-    pub revenue_cents: i64,
+    pub revenue_cents: Cents,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +107,7 @@ fn routes_batch(run: u32, rows: &[RouteRow]) -> Result<RecordBatch, SettleError>
         ints(rows.iter().map(|r| r.scans.iter().sum())),
     ];
     columns.extend(status_columns(rows.iter().map(|r| &r.scans)));
-    columns.extend([ints(rows.iter().map(|r| r.rides)), ints(rows.iter().map(|r| r.revenue_cents))]);
+    columns.extend([ints(rows.iter().map(|r| r.rides)), ints(rows.iter().map(|r| r.revenue_cents.get()))]);
     Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Routes), columns)?)
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::clock_source::UnixMillis;
+use farestream_core::clock::UnixMillis;
 
 use super::checkpoint::{clean_after_crash, replace_durably, write_checkpoint};
 use super::parquet_writer::{ArchiveError, ArchiveWriter, SUCCESS_MARKER, open_files_dir, partition_date};

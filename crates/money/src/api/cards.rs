@@ -14,9 +14,9 @@ use super::{ApiError, ApiState};
 use crate::accounts::Account;
 use crate::outbox::newest_charges;
 use farestream_core::account::AccountState;
+use farestream_core::clock::unix_secs_u32;
 use farestream_core::ridecode::UserKey;
 use farestream_core::ridecode::verify::is_weak_public_key;
-use farestream_ingest::clock_source::unix_secs_u32;
 
 /// The longest payment-app user id accepted.
 const PAYMENT_USER_ID_BYTES_MAX: usize = 128;

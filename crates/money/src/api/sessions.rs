@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use crate::accounts::AccountError;
 use crate::codec::{card_from_sql, card_to_sql};
 use crate::store::StoreError;
-use farestream_ingest::clock_source::UnixMillis;
+use farestream_core::clock::UnixMillis;
 
 /// How a code check went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
