@@ -128,8 +128,8 @@ pub fn undecided_charges(conn: &Connection) -> Result<Undecided, StoreError> {
     Ok(Undecided { pending: pending.unsigned_abs(), failed: failed.unsigned_abs(), oldest_created_at: oldest })
 }
 
+/// How many charges are not decided yet: [`undecided_charges`]' two counts.
 pub fn undecided(conn: &Connection) -> Result<u64, StoreError> {
-    let sql = format!("SELECT count(*) FROM charges WHERE outcome IN {UNDECIDED_OUTCOMES_SQL}");
-    let count: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
-    Ok(count.unsigned_abs())
+    let Undecided { pending, failed, .. } = undecided_charges(conn)?;
+    Ok(pending.saturating_add(failed))
 }
