@@ -17,6 +17,7 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::config::Config;
+use farestream::fleet::GatewayScope;
 use farestream::ingest::{ChunkSizer, Pipeline};
 use farestream::ridecode::format::CODE_SIGNED_LEN;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
@@ -119,13 +120,14 @@ fn hostile(c: &mut Criterion) {
         ("bad_issuer_and_user", &bad_issuer_and_user, &fresh),
         ("resent", &honest, &resent),
     ];
+    let scope = GatewayScope::every_validator("depot-01");
     let mut group = c.benchmark_group("verify_2048");
     for (name, batch, setup) in cases {
         let chunk = settled_chunk(setup(), batch, config.verify_chunk_signatures);
         println!("{name}: {chunk} signatures per batch equation");
         group.throughput(Throughput::Bytes(encode_frame(batch).len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), batch, |b, batch| {
-            b.iter_batched(setup, |p| p.verify_records(&batch.scans, chunk), BatchSize::LargeInput)
+            b.iter_batched(setup, |p| p.verify_records(&batch.scans, chunk, &scope), BatchSize::LargeInput)
         });
     }
     group.finish();

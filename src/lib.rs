@@ -14,10 +14,12 @@
 //! `farestream::server`), so tests and benches use one path.
 //! `ARCHITECTURE.md` has the code map.
 
-pub use farestream_core::{charges, fares, ingest, journal, retry, ridecode, scan, service_day, sync};
+pub use farestream_core::{charges, fares, fleet, ingest, journal, retry, ridecode, scan, service_day, sync};
 pub use farestream_gateway as gateway;
 pub use farestream_gateway::wire;
-pub use farestream_ingest::{archive, clock_source, config, faults, files, keystore, telemetry, tls_identity, wal};
+pub use farestream_ingest::{
+    archive, clock_source, config, faults, files, fleet_ca, keystore, telemetry, tls_identity, wal,
+};
 pub use farestream_money as money;
 pub use farestream_money::api;
 pub use farestream_server as server;

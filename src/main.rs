@@ -1,5 +1,7 @@
 //! The `farestream` command line: glue only; the work lives in the library.
 
+mod fleet_cmd;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,6 @@ use farestream::api::{ApiSettings, ApiState};
 use farestream::clock_source::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
-use farestream::gateway::GatewayClient;
 use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::money::outbox;
 use farestream::server::Assembly;
@@ -49,10 +50,15 @@ enum Command {
         #[arg(long)]
         new_tls_identity: bool,
     },
-    /// Manage issuer keys.
+    /// Manage issuer keys and the fleet CA.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
+    },
+    /// Enrol, revoke and list fleet gateways (mutual TLS).
+    Gateway {
+        #[command(subcommand)]
+        action: fleet_cmd::GatewayAction,
     },
     /// Push a simulated fleet's traffic at a running server.
     Simulate {
@@ -251,6 +257,8 @@ enum KeysAction {
     Rotate,
     /// Stop trusting an issuer key.
     Retire { key_id: u32 },
+    /// Show the fleet CA that enrols gateways (made on first use).
+    Ca,
     /// Print the trusted issuer public keys for validators: PEM
     /// SubjectPublicKeyInfo (what openssl and Python's cryptography read) or
     /// raw hex, one `ID HEX` line each.
@@ -278,6 +286,7 @@ fn main() -> Result<()> {
             runtime.block_on(serve(&cli.data_dir, config, listen, new))
         }
         Command::Keys { action } => keys(&cli.data_dir, &config, action),
+        Command::Gateway { action } => fleet_cmd::gateway(&cli.data_dir, &config, action),
         Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file, accounts } => {
             let load = Load { duration_secs, backlog, batch_scans: batch_scans.unwrap_or(config.wire.batch_scans_max) };
             let rig = accounts.then(|| AccountsRig::from_config(&config)).transpose()?;
@@ -496,6 +505,7 @@ async fn shutdown_signal() {
 fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Result<()> {
     let options = KeystoreOptions::from_config(config);
     let store = match (Keystore::open(data_dir, options.clone()), action) {
+        (_, KeysAction::Ca) => return fleet_cmd::show_ca(data_dir),
         (Ok(store), KeysAction::List) => store,
         (Ok(store), KeysAction::Export { format }) => {
             for key in store.export_public_keys()? {
@@ -577,7 +587,7 @@ async fn flood(
     let mut gateway_settings = config.gateway_settings(server);
     // A flood does not resend: each push is one attempt.
     gateway_settings.retry_attempts_max = 1;
-    let client = GatewayClient::new(gateway_settings, &target.cert)?;
+    let client = target.client(&config, gateway_settings, farestream::sim::FLOOD_GATEWAY)?;
     let started = std::time::Instant::now();
     let report = farestream::sim::run_flood(client, Arc::new(codes), settings.clone()).await;
     let secs = started.elapsed().as_secs_f64();

@@ -3,6 +3,7 @@
 //! scans, and the fleet that pushes them at a server.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use rustls::pki_types::CertificateDer;
 use super::{AnomalyRates, FleetReport, FleetSettings, PlannedScan, Timetable, World, WorldSpec, plan_day, run_fleet};
 use crate::clock_source::Clock;
 use crate::config::Config;
-use crate::gateway::GatewayClient;
+use crate::fleet::GatewayScope;
+use crate::fleet_ca::{FleetCa, FleetError};
+use crate::gateway::{GatewayClient, GatewaySettings};
 use crate::ridecode::{IssuerPublicKeys, IssuerSigningKey, KeyError};
 
 /// Who rides and how the fleet is laid out and behaves.
@@ -49,10 +52,39 @@ pub struct City {
     seed: u64,
 }
 
-/// The server a fleet pushes at, and the certificate its gateways pin.
+/// The server a fleet pushes at, the certificate its gateways pin, and the
+/// data dir whose fleet CA enrols them.
 pub struct Target {
     pub server: SocketAddr,
     pub cert: CertificateDer<'static>,
+    pub data_dir: PathBuf,
+}
+
+impl Target {
+    /// A client for the simulated gateway `gateway_id`, which speaks for
+    /// the validators named `gateway_id-…` and is enrolled with the data
+    /// dir's fleet CA on first use.
+    pub fn client(
+        &self,
+        config: &Config,
+        settings: GatewaySettings,
+        gateway_id: &str,
+    ) -> Result<GatewayClient, TargetError> {
+        let scope = GatewayScope::new(gateway_id, vec![format!("{gateway_id}-")]).map_err(FleetError::from)?;
+        let now_secs = chrono::Utc::now().timestamp();
+        let valid_days = config.fleet.gateway_cert_valid_days;
+        let credentials = FleetCa::enrolled_here(&self.data_dir, &scope, valid_days, now_secs)?;
+        Ok(GatewayClient::new(settings, &self.cert, &credentials)?)
+    }
+}
+
+/// Why a simulated gateway has no client.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("enrolling the simulated gateway: {0}")]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::GatewayError),
 }
 
 impl City {
@@ -116,7 +148,8 @@ impl City {
             backlog: uploads.backlog,
         };
         let gateway_settings = config.gateway_settings(target.server);
-        let client = || GatewayClient::new(gateway_settings.clone(), &target.cert);
+        let client =
+            |gateway_id: &str| target.client(config, gateway_settings.clone(), gateway_id).map_err(|e| e.to_string());
         run_fleet(Arc::new(self.world), Arc::new(self.plan), clock, settings, client, progress).await
     }
 }

@@ -117,7 +117,7 @@ pub async fn run_fleet(
     plan: Arc<Vec<PlannedScan>>,
     clock: Arc<dyn Clock>,
     settings: FleetSettings,
-    client: impl Fn() -> Result<GatewayClient, GatewayError>,
+    client: impl Fn(&str) -> Result<GatewayClient, String>,
     progress: ProgressBar,
 ) -> FleetReport {
     let mut tasks = JoinSet::new();
@@ -126,7 +126,7 @@ pub async fn run_fleet(
     for gateway in 0..world.gateways.len() {
         let scans: Vec<usize> =
             (0..plan.len()).filter(|&i| world.validators[plan[i].validator].gateway == gateway).collect();
-        match client() {
+        match client(&world.gateways[gateway].id) {
             Ok(client) => {
                 let gateway_run = GatewayRun {
                     gateway,

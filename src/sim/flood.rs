@@ -115,6 +115,10 @@ pub async fn run_flood(client: GatewayClient, codes: Arc<Vec<Vec<u8>>>, settings
     crate::sync::lock(&report).clone()
 }
 
+/// The gateway a flood pushes as (its validators are `flood-…`): an
+/// enrolled one, since a peer with no certificate cannot push at all.
+pub const FLOOD_GATEWAY: &str = "flood";
+
 fn hostile_batch(codes: &[Vec<u8>], seq: u64, now: UnixMillis) -> ScanBatch {
     let scans = codes
         .iter()
@@ -130,5 +134,5 @@ fn hostile_batch(codes: &[Vec<u8>], seq: u64, now: UnixMillis) -> ScanBatch {
             ..Default::default()
         })
         .collect();
-    ScanBatch { gateway_id: "flood".into(), batch_seq: seq, scans }
+    ScanBatch { gateway_id: FLOOD_GATEWAY.into(), batch_seq: seq, scans }
 }

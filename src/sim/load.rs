@@ -13,8 +13,8 @@ use super::city::{City, CitySpec, Target, Uploads};
 use super::{Balances, FileInbox, FleetReport, RiderApp, Timetable, sign_up_riders};
 use crate::clock_source::{Clock, SystemClock};
 use crate::config::Config;
+use crate::gateway::GatewayError;
 use crate::gateway::tls::{ClientTlsError, read_cert};
-use crate::gateway::{GatewayClient, GatewayError};
 use crate::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use crate::paygw::SimControl;
 use crate::ridecode::KeyError;
@@ -43,6 +43,8 @@ pub enum SimulateError {
     Cert(#[from] ClientTlsError),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
+    #[error(transparent)]
+    Target(#[from] super::city::TargetError),
     #[error("{batch_scans} scans per batch is over wire.batch_scans_max ({max})")]
     BatchTooLarge { batch_scans: usize, max: usize },
     #[error("riders with accounts: {0}")]
@@ -140,14 +142,18 @@ pub async fn simulate(
 /// and the certificate its gateways pin), once a connection to `server`
 /// has shown that it answers: a wrong address is reported within
 /// `gateway.connect_timeout_ms`, not after every retry of the load.
+/// The gateway that checks a server answers before a load starts; it
+/// pushes nothing.
+const PROBE_GATEWAY: &str = "load-probe";
+
 pub async fn reach_server(
     data_dir: &Path,
     config: &Config,
     server: SocketAddr,
 ) -> Result<(Keystore, Target), SimulateError> {
     let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
-    let target = Target { server, cert: read_cert(&cert_path(data_dir))? };
-    let probe = GatewayClient::new(config.gateway_settings(server), &target.cert)?;
+    let target = Target { server, cert: read_cert(&cert_path(data_dir))?, data_dir: data_dir.to_path_buf() };
+    let probe = target.client(config, config.gateway_settings(server), PROBE_GATEWAY)?;
     probe.connect().await?;
     // Closed, not dropped: a dropped connection holds one of the server's
     // `server.connections_max` slots until its idle timeout, the only one

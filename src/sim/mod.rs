@@ -15,7 +15,7 @@ pub mod world;
 pub use app::{AppError, CodeInbox, FileInbox, RiderApp, Session};
 pub use city::{City, CitySpec, Target, Uploads};
 pub use fleet::{FleetReport, FleetSettings, run_fleet};
-pub use flood::{FloodKind, FloodReport, FloodSettings, hostile_codes, run_flood};
+pub use flood::{FLOOD_GATEWAY, FloodKind, FloodReport, FloodSettings, hostile_codes, run_flood};
 pub use load::{AccountsRig, Load, SimulateError, SimulateReport, reach_server, simulate};
 pub use plan::{Anomaly, AnomalyRates, PlannedScan, Timetable, plan_day};
 pub use signup::{Balances, Member, sign_up_riders};

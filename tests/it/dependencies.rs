@@ -29,6 +29,10 @@ const ALLOWED_DUPLICATES: &[(&str, &str)] = &[
     ("rand_chacha", "ed25519-zebra 4 takes rand_core 0.6 generators (0.3), rand 0.9 brings 0.9"),
     ("rand_core", "ed25519-zebra 4 is on 0.6, rand 0.9 on 0.9, rand 0.10 on 0.10"),
     ("syn", "prost-derive and curve25519-dalek-derive are on 2, clap_derive and futures-macro on 3"),
+    (
+        "synstructure",
+        "asn1-rs-derive (x509-parser, which reads gateway certificates) is on 0.13, yoke-derive and zerofrom-derive (url's ICU) on 0.14",
+    ),
 ];
 
 /// SPDX identifiers a dependency's licence may be made of.

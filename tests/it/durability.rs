@@ -43,13 +43,13 @@ fn quick_failures(mut config: Config) -> Config {
 async fn after_a_restart_redeliveries_and_replays_are_still_caught() {
     let h = Harness::start().await;
     let first = scans(&h, 1, 1, 3);
-    assert_eq!(h.client().push(&first).await.expect("ack").accepted, 3);
+    assert_eq!(h.client_as("station-01").push(&first).await.expect("ack").accepted, 3);
     let h = h.restart().await;
     assert_eq!(h.server.recovery().restored_rows, 3, "{:?}", h.server.recovery());
-    let again = h.client().push(&first).await.expect("ack");
+    let again = h.client_as("station-01").push(&first).await.expect("ack");
     assert_eq!((again.accepted, again.redelivered), (0, 3));
     let copy = record("gate-9", 1, T0_MS + 5_000, TapKind::Entry, h.rider(1).code_at(T0_MS, 1));
-    let replay = h.client().push(&batch("station-02", 1, vec![copy])).await.expect("ack");
+    let replay = h.client_as("station-02").push(&batch("station-02", 1, vec![copy])).await.expect("ack");
     assert_eq!(replay.rejections[0].scan_status(), Some(ScanStatus::Replay));
     h.server.flush_archive().await.expect("flush");
     let rows = read_all(&scans_root(h.dir.path())).expect("rows");
@@ -63,7 +63,7 @@ async fn an_unclean_stop_with_a_torn_log_tail_loses_nothing_acknowledged() {
     config.archive.file_age_secs_max = 3_600;
     let h = Harness::start_with(config).await;
     for seq in 0..4 {
-        assert_eq!(h.client().push(&scans(&h, seq, 10 * seq + 1, 5)).await.expect("ack").accepted, 5);
+        assert_eq!(h.client_as("station-01").push(&scans(&h, seq, 10 * seq + 1, 5)).await.expect("ack").accepted, 5);
     }
     let h = h
         .crash_and_recover(|dir| {
@@ -86,9 +86,9 @@ async fn an_unclean_stop_with_a_torn_log_tail_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_renamed_but_not_checkpointed_are_archived_again_once() {
     let h = Harness::start().await;
-    h.client().push(&scans(&h, 1, 1, 4)).await.expect("ack");
+    h.client_as("station-01").push(&scans(&h, 1, 1, 4)).await.expect("ack");
     h.server.flush_archive().await.expect("flush");
-    h.client().push(&scans(&h, 2, 5, 4)).await.expect("ack");
+    h.client_as("station-01").push(&scans(&h, 2, 5, 4)).await.expect("ack");
     h.server.flush_archive().await.expect("flush");
     let h = h
         .crash_and_recover(|dir| {
@@ -107,17 +107,17 @@ async fn files_renamed_but_not_checkpointed_are_archived_again_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_stops_the_server_and_recovery_keeps_every_ack() {
     let h = Harness::start_with(quick_failures(Config::defaults())).await;
-    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    assert_eq!(h.client_as("station-01").push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
     h.faults.set_fsync_fails(true);
-    let refused = h.client().push(&scans(&h, 2, 4, 3)).await;
+    let refused = h.client_as("station-01").push(&scans(&h, 2, 4, 3)).await;
     assert!(refused.is_err(), "no ack without a durable log: {refused:?}");
     let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
     assert!(matches!(&reason, Fatal::Wal(why) if why.contains("fsync")), "{reason}");
-    assert!(h.client().push(&scans(&h, 3, 7, 1)).await.is_err(), "a stopped server acks nothing");
+    assert!(h.client_as("station-01").push(&scans(&h, 3, 7, 1)).await.is_err(), "a stopped server acks nothing");
     h.faults.set_fsync_fails(false);
     let h = h.crash_and_recover(|_| {}).await;
     // The unacked batch is sent again, as its gateway would.
-    let resent = h.client().push(&scans(&h, 2, 4, 3)).await.expect("ack after recovery");
+    let resent = h.client_as("station-01").push(&scans(&h, 2, 4, 3)).await.expect("ack after recovery");
     assert_eq!(resent.accepted + resent.redelivered, 3);
     h.server.flush_archive().await.expect("flush");
     assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 6);
@@ -126,12 +126,12 @@ async fn a_failed_fsync_stops_the_server_and_recovery_keeps_every_ack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_rename_stops_the_server_and_recovery_archives_once() {
     let h = Harness::start_with(quick_failures(Config::defaults())).await;
-    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    assert_eq!(h.client_as("station-01").push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
     h.faults.set_rename_fails(true);
     assert!(h.server.flush_archive().await.is_err(), "the cut cannot rename its file");
     let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
     assert!(matches!(&reason, Fatal::Archiver(why) if why.contains("rename")), "{reason}");
-    assert!(h.client().push(&scans(&h, 2, 4, 1)).await.is_err(), "a stopped server acks nothing");
+    assert!(h.client_as("station-01").push(&scans(&h, 2, 4, 1)).await.is_err(), "a stopped server acks nothing");
     h.faults.set_rename_fails(false);
     let h = h.crash_and_recover(|_| {}).await;
     h.server.flush_archive().await.expect("flush");
@@ -141,14 +141,14 @@ async fn a_failed_rename_stops_the_server_and_recovery_archives_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_answered_backoff_and_work_resumes_when_space_returns() {
     let h = Harness::start_with(quick_failures(Config::defaults())).await;
-    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    assert_eq!(h.client_as("station-01").push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
     h.faults.set_disk_full(true);
-    let refused = h.client().push(&scans(&h, 2, 4, 3)).await.expect_err("no ack while the disk is full");
+    let refused = h.client_as("station-01").push(&scans(&h, 2, 4, 3)).await.expect_err("no ack while the disk is full");
     assert!(refused.to_string().contains("disk full") || refused.to_string().contains("durable"), "{refused}");
     assert_eq!(h.server.wal_progress().state, WalState::DiskFull);
     assert!(h.server.failure().is_none(), "a full disk is not fatal");
     h.faults.set_disk_full(false);
-    let resent = h.client().push(&scans(&h, 2, 4, 3)).await.expect("ack once space returns");
+    let resent = h.client_as("station-01").push(&scans(&h, 2, 4, 3)).await.expect("ack once space returns");
     assert_eq!(resent.accepted + resent.redelivered, 3);
     assert_eq!(h.server.wal_progress().state, WalState::Running);
     h.server.flush_archive().await.expect("flush");
@@ -160,7 +160,7 @@ async fn a_closed_day_gets_its_marker_and_a_scan_too_late_for_it_is_filed_under_
     let mut config = Config::defaults();
     config.ingest.accepted_lateness_secs = 3_600;
     let h = Harness::start_with(config).await;
-    h.client().push(&scans(&h, 1, 1, 2)).await.expect("ack");
+    h.client_as("station-01").push(&scans(&h, 1, 1, 2)).await.expect("ack");
     h.server.flush_archive().await.expect("flush");
     let root = scans_root(h.dir.path());
     let partition = root.join("service_date=2025-11-20");
@@ -172,7 +172,7 @@ async fn a_closed_day_gets_its_marker_and_a_scan_too_late_for_it_is_filed_under_
     assert!(partition.join("_SUCCESS").exists(), "closed once its lateness has passed");
     let closed_files = archive_files(&root).expect("files");
     let late = record("gate-2", 1, day_end - 60_000, TapKind::Entry, h.rider(50).code_at(day_end - 60_000, 1));
-    let ack = h.client().push(&batch("station-01", 9, vec![late])).await.expect("ack");
+    let ack = h.client_as("station-01").push(&batch("station-01", 9, vec![late])).await.expect("ack");
     assert_eq!(ack.rejections[0].scan_status(), Some(ScanStatus::LateUpload), "too late to be charged");
     h.server.flush_archive().await.expect("flush");
     let files = archive_files(&root).expect("files");
@@ -190,7 +190,7 @@ async fn a_closed_day_gets_its_marker_and_a_scan_too_late_for_it_is_filed_under_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_between_a_cut_and_its_checkpoint_archives_each_row_once() {
     let h = Harness::start_with(quick_failures(Config::defaults())).await;
-    assert_eq!(h.client().push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
+    assert_eq!(h.client_as("station-01").push(&scans(&h, 1, 1, 3)).await.expect("ack").accepted, 3);
     // Let the archiver append the rows to an open file (it polls every 50 ms).
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.faults.set_disk_full(true);
@@ -215,17 +215,17 @@ async fn a_redelivery_waiting_behind_a_panicked_commit_is_not_acked() {
     let original = scans(&h, 1, 1, 2);
     h.faults.panic_in_next_commit(Duration::from_millis(500));
     let first = tokio::spawn({
-        let (client, original) = (h.client(), original.clone());
+        let (client, original) = (h.client_as("station-01"), original.clone());
         async move { client.push(&original).await }
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let resent = h.client().push(&original).await;
+    let resent = h.client_as("station-01").push(&original).await;
     assert!(resent.is_err(), "claimed but never logged, so never acked: {resent:?}");
     assert!(first.await.expect("task").is_err());
     let reason = tokio::time::timeout(Duration::from_secs(5), h.server.failed()).await.expect("server stops");
     assert!(matches!(&reason, Fatal::Unlogged(why) if why.contains("committing")), "{reason}");
     let h = h.crash_and_recover(|_| {}).await;
-    assert_eq!(h.client().push(&original).await.expect("ack after recovery").accepted, 2);
+    assert_eq!(h.client_as("station-01").push(&original).await.expect("ack after recovery").accepted, 2);
     assert_each_once(&h.archive_rows().await, 2);
 }
 
@@ -235,7 +235,7 @@ async fn archived_segments_are_deleted_and_the_log_carries_on_across_restarts() 
     config.wal.segment_bytes_max = 700;
     let h = Harness::start_with(config).await;
     for seq in 0..8 {
-        h.client().push(&scans(&h, seq, 10 * seq + 1, 5)).await.expect("ack");
+        h.client_as("station-01").push(&scans(&h, seq, 10 * seq + 1, 5)).await.expect("ack");
     }
     let wal_dir = h.dir.path().join("wal");
     let before = farestream::wal::list_segments(&wal_dir).expect("segments").len();
@@ -249,7 +249,7 @@ async fn archived_segments_are_deleted_and_the_log_carries_on_across_restarts() 
     let h = h.crash_and_recover(|_| {}).await;
     assert_eq!(h.server.recovery().checkpoint_lsn, archived);
     assert_eq!(h.server.recovery().wal_end_lsn, archived, "LSNs carry on from where they were");
-    h.client().push(&scans(&h, 9, 100, 5)).await.expect("ack");
+    h.client_as("station-01").push(&scans(&h, 9, 100, 5)).await.expect("ack");
     h.server.flush_archive().await.expect("flush");
     assert_each_once(&read_all(&scans_root(h.dir.path())).expect("rows"), 45);
 }

@@ -135,7 +135,7 @@ async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     // A screenshot of the first bus code shown at another validator.
     let mut replay = rides[0].clone();
     replay.validator_id = "validator-2".into();
-    assert_eq!(client.push(&batch("depot-2", 1, vec![replay])).await.expect("ack").accepted, 0);
+    assert_eq!(m.h.client_as("depot-2").push(&batch("depot-2", 1, vec![replay])).await.expect("ack").accepted, 0);
 
     let charges = m.settle().await;
     let amounts: Vec<(ChargeKind, i64, &str)> =

@@ -53,7 +53,7 @@ async fn the_server_serves_with_every_key_at_its_smallest_and_largest() {
     for at_max in [false, true] {
         let config = config_at_extremes(at_max);
         let h = Harness::start_with(config).await;
-        let client = h.client();
+        let client = h.client_as("d");
         let scanned = T0_MS + 60_000;
         for seq in 0..3u64 {
             let rider = h.rider(500 + seq);
@@ -116,7 +116,8 @@ async fn shutdown_answers_half_read_batches_and_does_not_wait_for_them() {
     config.server.shutdown_deadline_ms = 200;
     let h = Harness::start_with(config).await;
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(client_config(&h.identity.cert).expect("client config"));
+    let credentials = h.credentials("depot");
+    endpoint.set_default_client_config(client_config(&h.identity.cert, &credentials).expect("client config"));
     let connection = endpoint.connect(h.server.local_addr(), SERVER_NAME).expect("connect").await.expect("handshake");
     let rider = h.rider(600);
     let frame = encode_frame(&batch("depot", 1, vec![record("g", 1, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1))]));
@@ -161,6 +162,8 @@ fn the_command_line_refuses_what_cannot_work_at_once_and_says_why() {
         farestream::tls_identity::NewIdentity::OnFirstStart,
     )
     .expect("tls");
+    let now_secs = chrono::Utc::now().timestamp();
+    farestream::fleet_ca::FleetCa::create_if_absent(dir.path(), now_secs, &Default::default()).expect("fleet CA");
     let config = dir.path().join("quick.toml");
     std::fs::write(&config, "[gateway]\nconnect_timeout_ms = 300\n").expect("config");
     let nowhere = std::net::UdpSocket::bind("127.0.0.1:0").expect("a port nobody serves QUIC on");
@@ -274,7 +277,11 @@ async fn a_second_server_on_one_data_dir_is_refused_and_names_the_first() {
 
     let rider = h.rider(7);
     let scan = record("gate-1", 1, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1));
-    assert_eq!(h.client().push(&batch("depot", 1, vec![scan])).await.expect("ack").accepted, 1, "the first serves on");
+    assert_eq!(
+        h.client_as("depot").push(&batch("depot", 1, vec![scan])).await.expect("ack").accepted,
+        1,
+        "the first serves on"
+    );
     let h = h.crash_and_recover(|_| {}).await;
     let h = h.restart().await;
     assert_eq!(h.archive_rows().await.len(), 1, "the data dir is whole after both");
@@ -306,6 +313,7 @@ fn simulator_data_dir(h: &Harness, config: &Config) -> tempfile::TempDir {
     .expect("keys");
     std::fs::create_dir_all(dir.path().join("tls")).expect("tls dir");
     std::fs::write(dir.path().join("tls").join("cert.der"), &h.identity.cert).expect("the server's certificate");
+    crate::support::copy_fleet_ca(h.dir.path(), dir.path());
     dir
 }
 
@@ -326,7 +334,8 @@ async fn the_simulators_probe_gives_its_connection_back() {
     farestream::sim::load::reach_server(dir.path(), &config, h.server.local_addr()).await.expect("reachable");
     let rider = h.rider(44);
     let scan = record("gate-1", 1, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1));
-    let ack = h.client().push(&batch("depot", 1, vec![scan])).await.expect("the load's gateway gets the slot");
+    let ack =
+        h.client_as("depot").push(&batch("depot", 1, vec![scan])).await.expect("the load's gateway gets the slot");
     assert_eq!(ack.accepted, 1);
 }
 

@@ -8,7 +8,10 @@ use farestream::archive::{read, scans_root};
 use farestream::clock_source::ManualClock;
 use farestream::config::Config;
 use farestream::faults::Faults;
+use farestream::fleet::GatewayScope;
+use farestream::fleet_ca::FleetCa;
 use farestream::gateway::GatewayClient;
+use farestream::gateway::tls::GatewayCredentials;
 use farestream::money::notify::InboxNotifier;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream::scan::{ArchivedScan, TapKind};
@@ -20,6 +23,8 @@ use farestream_core::clock::UnixMillis;
 /// 2025-11-20 10:00:00 in Shanghai, a Thursday morning.
 pub(crate) const T0_MS: UnixMillis = 1_763_604_000_000;
 pub(crate) const ISSUER_KEY_ID: u32 = 1;
+/// The gateway [`Harness::client`] pushes as.
+pub(crate) const GATEWAY: &str = "depot-1";
 
 pub(crate) struct Harness {
     pub dir: tempfile::TempDir,
@@ -84,8 +89,33 @@ impl Harness {
         Harness { dir, server, identity, clock, issuer, config, faults, inbox }
     }
 
+    /// A client for gateway [`GATEWAY`].
     pub(crate) fn client(&self) -> GatewayClient {
-        GatewayClient::new(self.config.gateway_settings(self.server.local_addr()), &self.identity.cert).expect("client")
+        self.client_as(GATEWAY)
+    }
+
+    /// A client for `gateway_id`, enrolled on first use, speaking for
+    /// every validator: tests name their validators freely.
+    pub(crate) fn client_as(&self, gateway_id: &str) -> GatewayClient {
+        self.client_for(&every_validator(gateway_id))
+    }
+
+    /// A client for `scope`'s gateway, enrolled on first use.
+    pub(crate) fn client_for(&self, scope: &GatewayScope) -> GatewayClient {
+        let settings = self.config.gateway_settings(self.server.local_addr());
+        GatewayClient::new(settings, &self.identity.cert, &self.credentials_for(scope)).expect("client")
+    }
+
+    /// The credentials of `gateway_id`, speaking for every validator.
+    pub(crate) fn credentials(&self, gateway_id: &str) -> GatewayCredentials {
+        self.credentials_for(&every_validator(gateway_id))
+    }
+
+    /// The credentials of `scope`'s gateway, enrolled with the data dir's
+    /// fleet CA on first use. Dated by the wall clock, as TLS checks
+    /// certificates against it, not the test's clock.
+    pub(crate) fn credentials_for(&self, scope: &GatewayScope) -> GatewayCredentials {
+        FleetCa::enrolled_here(self.dir.path(), scope, 30, chrono::Utc::now().timestamp()).expect("enrolled")
     }
 
     pub(crate) fn rider(&self, card_id: u64) -> TestRider {
@@ -102,6 +132,10 @@ impl Harness {
         self.server.flush_archive().await.expect("flush");
         read::read_all(&scans_root(self.dir.path())).expect("read archive")
     }
+}
+
+fn every_validator(gateway_id: &str) -> GatewayScope {
+    GatewayScope::new(gateway_id, vec![String::new()]).expect("a gateway id enrolment takes")
 }
 
 async fn start_server(
@@ -169,6 +203,16 @@ pub(crate) fn record(
 
 pub(crate) fn batch(gateway: &str, seq: u64, scans: Vec<ScanRecord>) -> ScanBatch {
     ScanBatch { gateway_id: gateway.to_string(), batch_seq: seq, scans }
+}
+
+/// Gives the data dir `to` the fleet CA of `from`, so gateways enrolled
+/// with one are trusted by a server on the other.
+pub(crate) fn copy_fleet_ca(from: &std::path::Path, to: &std::path::Path) {
+    let (from, to) = (from.join("fleet"), to.join("fleet"));
+    std::fs::create_dir_all(&to).expect("fleet dir");
+    for file in ["ca.cert.der", "ca.key.der", "crl.der"] {
+        std::fs::copy(from.join(file), to.join(file)).expect("copy the fleet CA");
+    }
 }
 
 /// A file in this checkout, found where cargo runs the test from (not

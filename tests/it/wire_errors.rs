@@ -8,12 +8,13 @@ use farestream::gateway::tls::{SERVER_NAME, client_config};
 use farestream::scan::{ScanStatus, TapKind};
 use farestream::wire::{AckStatus, BatchAck, ScanBatch, encode_frame, read_message};
 
-use crate::support::{Harness, T0_MS, batch, record, test_assembly};
+use crate::support::{Harness, T0_MS, batch, copy_fleet_ca, record, test_assembly};
 
 /// A raw QUIC connection, so the test can send what no client would.
 async fn connect(h: &Harness) -> quinn::Connection {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(client_config(&h.identity.cert).expect("client config"));
+    let credentials = h.credentials("station-01");
+    endpoint.set_default_client_config(client_config(&h.identity.cert, &credentials).expect("client config"));
     endpoint.connect(h.server.local_addr(), SERVER_NAME).expect("connect").await.expect("handshake")
 }
 
@@ -67,13 +68,11 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
     config.gateway.connect_timeout_ms = 100;
     let h = Harness::start_with(config).await;
     let addr = h.server.local_addr();
-    let cert = h.identity.cert.clone();
     let config = h.config.clone();
     let batch = valid_batch(&h, 1);
+    let client = h.client_as("station-01");
     h.server.shutdown().await.expect("shutdown");
 
-    let settings = config.gateway_settings(addr);
-    let client = farestream::gateway::GatewayClient::new(settings, &cert).expect("client");
     let push = tokio::spawn({
         let client = client.clone();
         async move { client.push(&batch).await }
@@ -81,6 +80,7 @@ async fn the_gateway_client_retries_until_a_server_comes_up() {
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     // A server restarted on the same port (same identity) takes the batch.
     let dir = tempfile::tempdir().expect("tempdir");
+    copy_fleet_ca(h.dir.path(), dir.path());
     let assembly = test_assembly(&config, dir.path(), &h.identity, &h.clock).expect("assembly");
     let server = assembly.listen_on(addr).start().await.expect("restart");
     let ack = push.await.expect("task").expect("acked after retries");
@@ -97,9 +97,9 @@ async fn connections_beyond_the_limit_are_refused_until_one_closes() {
     config.gateway.retry_backoff_ms_initial = 10;
     config.gateway.connect_timeout_ms = 500;
     let h = Harness::start_with(config).await;
-    let first = h.client();
+    let first = h.client_as("station-01");
     assert_eq!(first.push(&valid_batch(&h, 1)).await.expect("first gateway").accepted, 1);
-    let second = h.client();
+    let second = h.client_as("station-01");
     let refused = second.push(&valid_batch(&h, 2)).await.expect_err("over connections_max");
     assert!(refused.to_string().contains("connect"), "{refused}");
     first.close().await;
@@ -120,7 +120,7 @@ async fn connections_beyond_the_limit_are_refused_until_one_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_time_at_the_edge_of_time_is_malformed_and_the_server_carries_on() {
     let h = Harness::start().await;
-    let client = h.client();
+    let client = h.client_as("station-01");
     let rider = h.rider(7);
     for (seq, at) in [(1u64, 8_210_266_876_799_999i64), (2, i64::MIN), (3, i64::MAX)] {
         let code = rider.code_at(T0_MS, seq as u32);

@@ -25,6 +25,7 @@ pub mod charges;
 pub mod clock;
 pub mod deny_list;
 pub mod fares;
+pub mod fleet;
 pub mod gateway_answer;
 pub mod ingest;
 pub mod journal;

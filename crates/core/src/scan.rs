@@ -58,11 +58,14 @@ pub enum ScanStatus {
     /// Read on time but uploaded later than the accepted lateness: its
     /// replays could no longer be caught, so it is not a ride.
     LateUpload,
+    /// The scan names a validator its gateway's certificate does not speak
+    /// for: not a ride, whatever its code says.
+    ForeignValidator,
 }
 
 impl ScanStatus {
     /// Every status, in declaration order.
-    pub const ALL: [ScanStatus; 9] = [
+    pub const ALL: [ScanStatus; 10] = [
         ScanStatus::Accepted,
         ScanStatus::Replay,
         ScanStatus::BadSignature,
@@ -72,6 +75,7 @@ impl ScanStatus {
         ScanStatus::UnknownIssuerKey,
         ScanStatus::Malformed,
         ScanStatus::LateUpload,
+        ScanStatus::ForeignValidator,
     ];
 
     /// The archive's `status` value, e.g. `bad_signature`.
@@ -86,6 +90,7 @@ impl ScanStatus {
             ScanStatus::UnknownIssuerKey => "unknown_issuer_key",
             ScanStatus::Malformed => "malformed",
             ScanStatus::LateUpload => "late_upload",
+            ScanStatus::ForeignValidator => "foreign_validator",
         }
     }
 

@@ -23,7 +23,7 @@ use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-use crate::tls::{ClientTlsError, SERVER_NAME, client_config};
+use crate::tls::{ClientTlsError, GatewayCredentials, SERVER_NAME, client_config};
 use crate::wire::{AckStatus, BatchAck, DenyListUpdate, FrameError, ScanBatch, read_message, write_message};
 use farestream_core::deny_list::DenyListReplica;
 use farestream_core::sync::lock;
@@ -115,16 +115,18 @@ struct Inner {
 }
 
 impl GatewayClient {
-    /// A client that trusts exactly `server_cert`. Connects on first push.
+    /// A client that trusts exactly `server_cert` and proves who it is
+    /// with `credentials`. Connects on first push.
     pub fn new(
         settings: GatewaySettings,
         server_cert: &CertificateDer<'static>,
+        credentials: &GatewayCredentials,
     ) -> Result<GatewayClient, GatewayError> {
         let bind: SocketAddr = if settings.server_addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .expect("literal socket address");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(GatewayError::Socket)?;
-        endpoint.set_default_client_config(client_config(server_cert)?);
+        endpoint.set_default_client_config(client_config(server_cert, credentials)?);
         let inner = Inner {
             endpoint,
             settings: settings.clone(),

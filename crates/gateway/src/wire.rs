@@ -71,3 +71,18 @@ mod tests {
         assert!(matches!(result, Err(FrameError::Decode { .. })));
     }
 }
+
+/// QUIC application error codes a server closes a gateway's connection
+/// with (docs/protocol.md, "Closing codes"). A gateway that sees one of the
+/// first two must not reconnect with the same certificate.
+pub mod close_code {
+    /// The gateway's certificate was revoked while it was connected.
+    pub const REVOKED: u32 = 3;
+    /// The certificate is from the fleet CA but does not name a gateway
+    /// (no single common name, or a name enrolment would refuse).
+    pub const NOT_A_GATEWAY: u32 = 4;
+    /// No batch for `server.batch_idle_timeout_ms`: reconnect to push again.
+    pub const IDLE: u32 = 5;
+    /// The gateway or its address holds as many connections as allowed.
+    pub const TOO_MANY_CONNECTIONS: u32 = 6;
+}

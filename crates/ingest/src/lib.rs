@@ -12,6 +12,7 @@ pub mod config;
 pub mod data_dir_lock;
 pub mod faults;
 pub mod files;
+pub mod fleet_ca;
 pub mod http_serve;
 pub mod keystore;
 pub mod log_reader;

@@ -42,8 +42,21 @@ pub fn connection_opened() {
     counter!("farestream_connections_total").increment(1);
 }
 
-pub fn connection_refused() {
-    counter!("farestream_connections_refused_total").increment(1);
+/// A connection refused or closed by a limit or the fleet's trust;
+/// `reason` names which (docs/operations.md lists them).
+pub fn connection_refused(reason: &'static str) {
+    counter!("farestream_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// Connections closed because their gateway was revoked while connected.
+pub fn gateways_revoked_while_connected(connections: usize) {
+    counter!("farestream_connections_revoked_total").increment(connections as u64);
+}
+
+/// A reread of the fleet's revocation list that failed (the list in force
+/// stays).
+pub fn revocation_list_unreadable() {
+    counter!("farestream_revocation_list_errors_total").increment(1);
 }
 
 pub fn archive_rows_written(rows: usize) {

@@ -1,5 +1,7 @@
 //! TLS for QUIC. On first start the server makes a self-signed certificate
-//! for `localhost` under `DATA_DIR/tls`; gateways pin that certificate.
+//! for `localhost` under `DATA_DIR/tls`; gateways pin that certificate. The
+//! gateways' own certificates come from the fleet CA ([`crate::fleet_ca`]):
+//! the server asks for one and refuses a connection without it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 
+use crate::fleet_ca::{RevocationList, client_verifier};
 use farestream_gateway::wire::ALPN;
 
 pub use farestream_gateway::tls::SERVER_NAME;
@@ -24,6 +27,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("QUIC crypto configuration: {0}")]
     Quic(String),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet_ca::FleetError),
     #[error(
         "the server's TLS identity is incomplete: {missing} is missing, and gateways pinned the certificate it \
          belonged to. Restore it from a backup, or start with --new-tls-identity to make a new one (every gateway \
@@ -112,19 +117,25 @@ impl ServerIdentity {
         })
     }
 
-    /// The QUIC server configuration: TLS 1.3, ALPN `farestream/1`, the
-    /// stream and idle limits.
+    /// The QUIC server configuration: TLS 1.3 only, ALPN `farestream/1`,
+    /// a client certificate from the fleet CA that `fleet` does not revoke,
+    /// no 0-RTT, the stream and idle limits.
     pub fn server_config(
         &self,
+        fleet: &RevocationList,
         streams_per_connection_max: u32,
         idle_timeout: Duration,
     ) -> Result<quinn::ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
+            .with_client_cert_verifier(client_verifier(fleet)?)
             .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
         crypto.alpn_protocols = vec![ALPN.to_vec()];
+        // 0-RTT data can be replayed by anyone who recorded it: a batch
+        // must arrive in a handshake the server took part in. (Already
+        // rustls's default; written here so nobody turns it on.)
+        crypto.max_early_data_size = 0;
         let crypto = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();

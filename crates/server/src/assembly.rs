@@ -2,7 +2,8 @@
 //! server through [`Assembly`], so the order that keeps a data dir safe is
 //! written once: the data dir's lock first (a second server must not touch
 //! the keys, the certificate or the log of one that serves), then the key
-//! store and the TLS identity under it, the settings from the config, and
+//! store, the TLS identity and the fleet CA under it (made on a first
+//! start, so the default stays zero-config), the settings from the config, and
 //! the server over them with its live handles (clock, failpoints, notifier).
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use farestream_ingest::clock_source::Clock;
 use farestream_ingest::config::Config;
 use farestream_ingest::data_dir_lock::DataDirLock;
 use farestream_ingest::faults::Faults;
+use farestream_ingest::fleet_ca::{FleetCa, RevocationList};
 use farestream_ingest::keystore::{Keystore, KeystoreOptions, random_seed};
 use farestream_ingest::tls_identity::{NewIdentity, ServerIdentity};
 use farestream_money::notify::{FileNotifier, Notifier};
@@ -27,6 +29,7 @@ pub struct Assembly {
     data_dir_lock: DataDirLock,
     keystore: Keystore,
     identity: ServerIdentity,
+    fleet: RevocationList,
     settings: ServerSettings,
     pipeline: PipelineConfig,
     trusted_keys: IssuerPublicKeys,
@@ -43,6 +46,9 @@ impl Assembly {
         let keystore = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(config))?;
         let identity = ServerIdentity::load_or_create(data_dir, new_identity)?;
         let mut handles = Handles::default();
+        let now_secs = handles.clock.now_ms() / 1000;
+        FleetCa::create_if_absent(data_dir, now_secs, &handles.faults)?;
+        let fleet = RevocationList::read(data_dir)?;
         if !config.api.notifications_file.is_empty() {
             let path = Path::new(&config.api.notifications_file);
             let notifier =
@@ -56,6 +62,7 @@ impl Assembly {
             data_dir_lock,
             keystore,
             identity,
+            fleet,
             handles,
             settlement: None,
         })
@@ -123,8 +130,9 @@ impl Assembly {
 
     /// Recovers the data dir and starts serving.
     pub async fn start(self) -> Result<Server, ServerError> {
-        let Assembly { data_dir_lock, identity, settings, pipeline, trusted_keys, handles, settlement, .. } = self;
+        let Assembly { data_dir_lock, identity, fleet, settings, pipeline, trusted_keys, handles, settlement, .. } =
+            self;
         let pipeline = Arc::new(Pipeline::new(pipeline, trusted_keys, random_seed()?));
-        Server::start_locked(data_dir_lock, settings, handles, &identity, pipeline, settlement).await
+        Server::start_locked(data_dir_lock, settings, handles, (&identity, fleet), pipeline, settlement).await
     }
 }

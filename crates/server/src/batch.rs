@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::fair::Party;
+use crate::fleet_access::Registered;
 use crate::{BACKOFF_RETRY_AFTER_MS, Fatal, Shared, fail};
+use farestream_core::fleet::GatewayScope;
 use farestream_core::ingest::{ChunkSizer, VerifiedBatch};
 use farestream_core::journal;
 use farestream_core::scan::{ArchivedScan, ScanStatus};
@@ -15,11 +17,15 @@ use farestream_gateway::wire::{BatchAck, ScanBatch};
 use farestream_ingest::telemetry;
 use farestream_ingest::wal::committer::{WaitError, WalState};
 
-/// One connection's share of the verifier: its place in the rotation of
-/// turns, and the chunk size its own failure rate calls for.
+/// One connection: the gateway its certificate names and the validators
+/// it speaks for, its place in the rotation of turns at the verifier, and
+/// the chunk size its own failure rate calls for.
 pub(super) struct Peer {
     pub(super) party: Party,
     pub(super) sizer: Mutex<ChunkSizer>,
+    pub(super) scope: GatewayScope,
+    /// Its entry among the live connections, while it lives.
+    pub(super) _registered: Registered,
 }
 
 /// What the commit hands back.
@@ -51,6 +57,14 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
     if let Err(error) = shared.pipeline.check_batch_shape(&batch) {
         telemetry::batch_refused("batch_shape");
         return BatchAck::malformed(&gateway_id, batch_seq, error.to_string());
+    }
+    if batch.gateway_id != peer.scope.gateway_id() {
+        telemetry::batch_refused("gateway_id_not_the_certificates");
+        let error = format!(
+            "the batch's gateway_id is not {:?}, the gateway this connection's certificate names",
+            peer.scope.gateway_id()
+        );
+        return BatchAck::malformed(&gateway_id, batch_seq, error);
     }
     let batch = Arc::new(batch);
     let Some(verified) = verify_fairly(shared, peer, &batch).await else {
@@ -95,10 +109,11 @@ async fn verify_fairly(shared: &Shared, peer: &Peer, batch: &Arc<ScanBatch>) -> 
         let _turn = shared.verify_turns.take(peer.party).await;
         let chunk_signatures = farestream_core::sync::lock(&peer.sizer).chunk_signatures();
         let (reply, result) = oneshot::channel();
-        let (pipeline, batch) = (Arc::clone(&shared.pipeline), Arc::clone(batch));
+        let (pipeline, batch, scope) = (Arc::clone(&shared.pipeline), Arc::clone(batch), peer.scope.clone());
         rayon::spawn(move || {
-            let part =
-                catch_unwind(AssertUnwindSafe(|| pipeline.verify_records(&batch.scans[start..end], chunk_signatures)));
+            let part = catch_unwind(AssertUnwindSafe(|| {
+                pipeline.verify_records(&batch.scans[start..end], chunk_signatures, &scope)
+            }));
             let _ = reply.send(part);
         });
         let part = result.await.ok()?.ok()?;

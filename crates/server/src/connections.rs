@@ -36,7 +36,7 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
             },
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            telemetry::connection_refused();
+            telemetry::connection_refused("connections_max");
             incoming.refuse();
             continue;
         };
@@ -56,11 +56,15 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    // The handshake verified the certificate; who it names is read here.
+    let Some((gateway, registered)) = shared.fleet.admit(&connection) else { return };
     telemetry::connection_opened();
     spawn_supervised(&shared, "a deny-list push", push_deny_list(connection.clone(), Arc::clone(&shared)));
     let peer = Arc::new(Peer {
         party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sizer: Mutex::new(*farestream_core::sync::lock(&shared.all_peers)),
+        scope: gateway.scope,
+        _registered: registered,
     });
     loop {
         let (send, recv) = tokio::select! {

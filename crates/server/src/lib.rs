@@ -37,6 +37,7 @@ mod connections;
 mod cut_over;
 mod deny_push;
 pub mod fair;
+mod fleet_access;
 pub mod handles;
 mod housekeeping;
 mod money_jobs;
@@ -61,6 +62,7 @@ pub use cut_over::DailySettlement;
 pub use settings::{CutOverSettings, ServerSettings};
 
 use connections::accept_loop;
+use fleet_access::{FleetAccess, reload_revocations};
 use housekeeping::housekeeping;
 use money_jobs::{charges_archive_job, open_money_store, refund_job, refund_pass, start_money};
 use startup::{probe_writable, recover};
@@ -73,6 +75,7 @@ use farestream_ingest::archive::checkpoint::Cleanup;
 use farestream_ingest::archive::{ArchiveError, ArchiveWriter, Archiver, ArchiverStatus, ArrivalMark, Arrivals};
 use farestream_ingest::clock_source::Clock;
 use farestream_ingest::data_dir_lock::DataDirLock;
+use farestream_ingest::fleet_ca::RevocationList;
 use farestream_ingest::tls_identity::{ServerIdentity, TlsError};
 use farestream_ingest::wal::WalError;
 use farestream_ingest::wal::committer::{CommitHandle, Committer, Progress};
@@ -105,6 +108,8 @@ pub enum ServerError {
     Config(#[from] farestream_ingest::config::ConfigError),
     #[error("the key store: {0}")]
     Keystore(#[from] farestream_ingest::keystore::KeystoreError),
+    #[error("the fleet CA: {0}")]
+    Fleet(#[from] farestream_ingest::fleet_ca::FleetError),
 }
 
 /// How long a gateway is told to wait when the server cannot take a batch.
@@ -208,6 +213,9 @@ struct Shared {
     verify_turns: FairTurns,
     /// The deny list, pushed to every connected gateway.
     deny_list: Arc<farestream_money::DenyListHub>,
+    /// Which gateways may connect, and the connections to close when one
+    /// is revoked.
+    fleet: Arc<FleetAccess>,
     /// The failure rate over all connections, from which a new one starts
     /// (so reconnecting does not reset a hostile peer's rate).
     all_peers: Mutex<ChunkSizer>,
@@ -245,7 +253,7 @@ impl Server {
         data_dir_lock: DataDirLock,
         settings: ServerSettings,
         handles: Handles,
-        identity: &ServerIdentity,
+        (identity, fleet): (&ServerIdentity, RevocationList),
         pipeline: Arc<Pipeline>,
         settlement: Option<Arc<dyn DailySettlement>>,
     ) -> Result<Server, ServerError> {
@@ -283,7 +291,7 @@ impl Server {
         ));
         let money =
             start_money(&settings, &handles, money_store, committer.handle().subscribe(), Arc::clone(&pipeline))?;
-        let quic = identity.server_config(settings.streams_per_connection_max, settings.idle_timeout)?;
+        let quic = identity.server_config(&fleet, settings.streams_per_connection_max, settings.idle_timeout)?;
         let endpoint = quinn::Endpoint::server(quic, settings.listen_addr)
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         let local_addr =
@@ -298,6 +306,7 @@ impl Server {
             verify_turns: FairTurns::new(settings.verify_slices_in_flight_max),
             all_peers: Mutex::new(ChunkSizer::new(pipeline_chunk_max, 0.0)),
             deny_list: Arc::clone(&money.deny_list),
+            fleet: FleetAccess::new(fleet),
             next_peer: std::sync::atomic::AtomicU64::new(0),
             settings,
             handles,
@@ -308,6 +317,8 @@ impl Server {
         });
         // Tracked, so shutdown waits for them to drop what they hold.
         spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        let reload = reload_revocations(Arc::clone(&shared), endpoint.clone(), identity.clone());
+        spawn_supervised(&shared, "the revocation reload", reload);
         let watched = (Arc::clone(&archiver), Arc::clone(&money.pricer));
         spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), watched));
         if let Some(dispatcher) = money.dispatcher {

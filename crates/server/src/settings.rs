@@ -38,6 +38,8 @@ pub struct ServerSettings {
     /// behind gets the full list.
     pub deny_list_changes_kept_max: usize,
     pub dedup_sweep_interval: Duration,
+    /// How often the fleet's revocation list is read again.
+    pub revocation_check_interval: Duration,
     pub data_dir: PathBuf,
     pub wal: WalConfig,
     pub wal_ack_wait: Duration,
@@ -96,6 +98,7 @@ impl ServerSettings {
             deny_list_page_cards_max: config.wire.deny_list_page_cards_max,
             deny_list_changes_kept_max: config.server.deny_list_changes_kept_max,
             dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
+            revocation_check_interval: Duration::from_millis(config.fleet.revocation_check_interval_ms),
             data_dir: data_dir.to_path_buf(),
             archiver: ArchiverSettings {
                 wal_dir: wal.dir.clone(),

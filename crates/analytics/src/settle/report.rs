@@ -277,8 +277,8 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f
 .kpi{display:inline-block;margin:.5em 1.5em .5em 0}.kpi b{display:block;font-size:1.5em}";
 
 /// A colour per status, in `ScanStatus::ALL` order.
-const STATUS_COLOURS: [&str; 9] =
-    ["#4c9a2a", "#e0a100", "#c0392b", "#8e44ad", "#7f8c8d", "#d35400", "#2c3e50", "#16a085", "#2980b9"];
+const STATUS_COLOURS: [&str; ScanStatus::ALL.len()] =
+    ["#4c9a2a", "#e0a100", "#c0392b", "#8e44ad", "#7f8c8d", "#d35400", "#2c3e50", "#16a085", "#2980b9", "#6d214f"];
 
 fn html(
     settings: &SettleSettings,
@@ -431,7 +431,7 @@ fn runs_table(h: &mut String, settings: &SettleSettings, t: &DayTotals, currency
 
 /// Stacked bars, one per local hour of the service day, coloured by status.
 fn hourly_chart(h: &mut String, settings: &SettleSettings, extras: &ScanExtras) {
-    let mut hours: std::collections::BTreeMap<i64, [i64; 9]> = std::collections::BTreeMap::new();
+    let mut hours: std::collections::BTreeMap<i64, [i64; ScanStatus::ALL.len()]> = std::collections::BTreeMap::new();
     for (hour, status, n) in &extras.hourly {
         add_to(&mut hours.entry(*hour).or_default()[status_index(*status)], *n);
     }

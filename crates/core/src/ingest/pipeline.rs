@@ -22,6 +22,7 @@ use thiserror::Error;
 use super::dedup::{DedupIndex, DedupSizes, Fingerprint, RideKey};
 use super::horizon::{Horizons, SCAN_TIME_MS_MAX, SCAN_TIME_MS_MIN};
 use crate::clock::{UnixMillis, unix_secs_u32};
+use crate::fleet::GatewayScope;
 use crate::ridecode::check::{
     check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
 };
@@ -218,7 +219,9 @@ impl Pipeline {
     }
 
     /// Processes one batch that arrived at `received_at`: [`Pipeline::verify`]
-    /// then [`Pipeline::commit`].
+    /// then [`Pipeline::commit`], from a gateway that speaks for every
+    /// validator (the server reads each connection's scope from its
+    /// certificate and calls [`Pipeline::verify_records`]).
     pub fn process(&self, batch: &ScanBatch, received_at: UnixMillis) -> Result<BatchOutcome, BatchError> {
         let verified = self.verify(batch)?;
         Ok(self.commit(batch, verified, received_at))
@@ -228,15 +231,22 @@ impl Pipeline {
     /// Claims nothing in the dedup indexes (it only looks).
     pub fn verify(&self, batch: &ScanBatch) -> Result<VerifiedBatch, BatchError> {
         self.check_batch_shape(batch)?;
-        Ok(self.verify_records(&batch.scans, self.config.verify_chunk_signatures))
+        let scope = GatewayScope::every_validator(&batch.gateway_id);
+        Ok(self.verify_records(&batch.scans, self.config.verify_chunk_signatures, &scope))
     }
 
-    /// Steps 1 and 2 for a slice of a batch whose shape was checked, with
+    /// Steps 1 and 2 for a slice of a batch whose shape was checked, from
+    /// a gateway that speaks for the validators in `scope`, with
     /// `chunk_signatures` signatures per batch equation; see
     /// [`VerifiedBatch::append`].
-    pub fn verify_records(&self, records: &[ScanRecord], chunk_signatures: usize) -> VerifiedBatch {
+    pub fn verify_records(
+        &self,
+        records: &[ScanRecord],
+        chunk_signatures: usize,
+        scope: &GatewayScope,
+    ) -> VerifiedBatch {
         let prepared: Vec<Prepared> =
-            records.par_iter().map(|record| self.prepare(record, &self.issuer_keys)).collect();
+            records.par_iter().map(|record| self.prepare(record, &self.issuer_keys, scope)).collect();
         let (signatures, checked, failed) = self.verify_signatures(&prepared, chunk_signatures.max(1));
         VerifiedBatch { prepared, signatures, signatures_checked: checked, signatures_failed: failed }
     }
@@ -280,11 +290,12 @@ impl Pipeline {
         Ok(())
     }
 
-    fn prepare(&self, record: &ScanRecord, keys: &IssuerPublicKeys) -> Prepared {
+    fn prepare(&self, record: &ScanRecord, keys: &IssuerPublicKeys, scope: &GatewayScope) -> Prepared {
         let fingerprint = fingerprint(record);
         let tap_kind = record.wire_tap_kind();
         let code = RideCode::decode(&record.ride_code);
-        let early = match (self.check_fields(record), &code, tap_kind) {
+        let checked = self.check_fields(record).and_then(|()| check_scope(record, scope));
+        let early = match (checked, &code, tap_kind) {
             (Err(verdict), _, _) => Err(verdict),
             (_, _, None) => {
                 Err(Verdict::malformed(format!("tap_kind {} is not entry, exit or single", record.tap_kind)))
@@ -531,6 +542,22 @@ impl Pipeline {
             deny_list_version: record.deny_list_version(),
         }
     }
+}
+
+/// A scan from a validator its gateway does not speak for is refused
+/// whatever its code says: a gateway's key must not upload rides in
+/// another depot's name.
+fn check_scope(record: &ScanRecord, scope: &GatewayScope) -> Result<(), Verdict> {
+    if scope.speaks_for(&record.validator_id) {
+        return Ok(());
+    }
+    let reason = format!(
+        "validator {:?} is not behind gateway {:?}: its certificate speaks for validators starting with {:?}",
+        record.validator_id,
+        scope.gateway_id(),
+        scope.validator_prefixes()
+    );
+    Err(Verdict { status: ScanStatus::ForeignValidator, reason: Some(reason) })
 }
 
 /// At most `max` bytes of `value`, cut at a character boundary: an overlong
@@ -920,6 +947,47 @@ mod tests {
         assert_eq!(statuses(&outcome), vec![ScanStatus::Accepted, ScanStatus::BadSignature]);
     }
 
+    /// A gateway's certificate speaks for its own validators only: a scan
+    /// from another depot's validator is archived, refused and never a
+    /// ride, even with a good code and an open gate.
+    #[test]
+    fn a_scan_from_a_validator_of_another_gateway_is_refused() {
+        let f = fixture();
+        let scope = GatewayScope::new("g", vec!["g/".into()]).expect("scope");
+        let (ours, theirs) = (scan(1, AT_MS, code(&f, 21, 1)), scan(2, AT_MS, code(&f, 22, 1)));
+        let ours = ScanRecord { validator_id: "g/gate-1".into(), ..ours };
+        let theirs =
+            ScanRecord { validator_id: "h/gate-1".into(), gate: crate::wire::GateDecision::Opened as i32, ..theirs };
+        let scans = vec![ours, theirs];
+        let verified = f.pipeline.verify_records(&scans, 8, &scope);
+        let outcome = f.pipeline.commit(&batch(scans), verified, AT_MS);
+        assert_eq!(statuses(&outcome), vec![ScanStatus::Accepted, ScanStatus::ForeignValidator]);
+        let reason = outcome.rows[1].reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("\"h/gate-1\" is not behind gateway \"g\""), "{reason}");
+        assert_eq!(outcome.ack.accepted, 1);
+        assert_eq!(outcome.ack.rejections[0].scan_status(), Some(ScanStatus::ForeignValidator));
+    }
+
+    /// docs/protocol.md's test vector for `scan_id`, which gateways use to
+    /// audit the archive against their acks (computed there in Python).
+    #[test]
+    fn scan_id_test_vector() {
+        let record = ScanRecord {
+            validator_id: "depot-1-gate-01".into(),
+            validator_seq: 42,
+            validator_time_ms: 1_763_604_000_000,
+            route_id: "metro-1".into(),
+            stop_id: "station-01".into(),
+            tap_kind: WireTapKind::Entry as i32,
+            ride_code: vec![1, 2, 3],
+            gate: crate::wire::GateDecision::Opened as i32,
+            deny_list_version: 9,
+        };
+        assert_eq!(hex::encode(fingerprint(&record)), "1cf78eea396582a20e2e41ccc87af98b");
+        let other_gate = ScanRecord { gate: 0, deny_list_version: 0, ..record };
+        assert_eq!(hex::encode(fingerprint(&other_gate)), "1cf78eea396582a20e2e41ccc87af98b", "gate is left out");
+    }
+
     /// Slices of a batch verified apart and appended commit as the whole.
     #[test]
     fn slices_appended_in_order_commit_as_the_whole_batch() {
@@ -929,8 +997,9 @@ mod tests {
         let scans: Vec<ScanRecord> =
             (0..5).map(|i| scan(i, AT_MS, if i == 3 { forged.clone() } else { code(&whole, 19 + i, 1) })).collect();
         let expected = whole.pipeline.process(&batch(scans.clone()), AT_MS).expect("batch");
-        let mut verified = sliced.pipeline.verify_records(&scans[..2], 1);
-        verified.append(sliced.pipeline.verify_records(&scans[2..], 4));
+        let scope = GatewayScope::every_validator("g");
+        let mut verified = sliced.pipeline.verify_records(&scans[..2], 1, &scope);
+        verified.append(sliced.pipeline.verify_records(&scans[2..], 4, &scope));
         assert_eq!(verified.signature_counts(), (10, 2), "the user signature covers the issuer's too");
         assert_eq!(sliced.pipeline.commit(&batch(scans), verified, AT_MS), expected);
     }

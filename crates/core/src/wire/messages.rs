@@ -50,6 +50,7 @@ impl From<ScanStatus> for WireScanStatus {
             ScanStatus::UnknownIssuerKey => WireScanStatus::UnknownIssuerKey,
             ScanStatus::Malformed => WireScanStatus::Malformed,
             ScanStatus::LateUpload => WireScanStatus::LateUpload,
+            ScanStatus::ForeignValidator => WireScanStatus::ForeignValidator,
         }
     }
 }

@@ -49,6 +49,7 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub service_day: ServiceDayConfig,
     pub keys: KeysConfig,
+    pub fleet: FleetConfig,
     pub metrics: MetricsConfig,
     pub gateway: GatewayConfig,
     pub payments: PaymentsConfig,
@@ -130,6 +131,14 @@ pub struct ArchiveConfig {
 pub struct ServiceDayConfig {
     pub time_zone: String,
     pub start_hour: u32,
+}
+
+/// The fleet CA's settings (docs/protocol.md, "Enrolment").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub gateway_cert_valid_days: u32,
+    pub revocation_check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
