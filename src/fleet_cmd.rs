@@ -22,7 +22,8 @@ pub(crate) enum GatewayAction {
         name: String,
         /// A prefix of the validator ids behind this gateway; repeat it for
         /// several. A scan from any other validator is refused
-        /// (`foreign_validator`). Defaults to `NAME-`.
+        /// (`foreign_validator`). Defaults to `NAME/`; `""` speaks for every
+        /// validator (a warning says so).
         #[arg(long = "validators", value_name = "PREFIX")]
         validator_prefixes: Vec<String>,
         /// Where to write `cert.der` and `key.der` (defaults to
@@ -40,12 +41,17 @@ pub(crate) enum GatewayAction {
 pub(crate) fn gateway(data_dir: &Path, config: &Config, action: GatewayAction) -> Result<()> {
     let now_secs = SystemClock.now_ms() / 1000;
     let faults = Faults::default();
-    FleetCa::create_if_absent(data_dir, now_secs, &faults)?;
     let ca = FleetCa::open(data_dir)?;
     match action {
         GatewayAction::Enroll { name, validator_prefixes, out } => {
-            let prefixes = if validator_prefixes.is_empty() { vec![format!("{name}-")] } else { validator_prefixes };
-            let scope = GatewayScope::new(&name, prefixes)?;
+            let scope = if validator_prefixes.is_empty() {
+                GatewayScope::default_for(&name)?
+            } else {
+                GatewayScope::new(&name, validator_prefixes)?
+            };
+            if scope.speaks_for("") {
+                eprintln!("warning: gateway {name} speaks for every validator (an empty --validators prefix)");
+            }
             let out = out.unwrap_or_else(|| FleetPaths::new(data_dir).gateway(&name));
             let valid_days = config.fleet.gateway_cert_valid_days;
             let enrolled = ca.enroll(&scope, valid_days, now_secs, &out, &faults)?;

@@ -62,15 +62,15 @@ pub struct Target {
 
 impl Target {
     /// A client for the simulated gateway `gateway_id`, which speaks for
-    /// the validators named `gateway_id-…` and is enrolled with the data
-    /// dir's fleet CA on first use.
+    /// the validators named `gateway_id/…` (enrolment's default) and is
+    /// enrolled with the data dir's fleet CA on first use.
     pub fn client(
         &self,
         config: &Config,
         settings: GatewaySettings,
         gateway_id: &str,
     ) -> Result<GatewayClient, TargetError> {
-        let scope = GatewayScope::new(gateway_id, vec![format!("{gateway_id}-")]).map_err(FleetError::from)?;
+        let scope = GatewayScope::default_for(gateway_id).map_err(FleetError::from)?;
         let now_secs = chrono::Utc::now().timestamp();
         let valid_days = config.fleet.gateway_cert_valid_days;
         let credentials = FleetCa::enrolled_here(&self.data_dir, &scope, valid_days, now_secs)?;

@@ -115,7 +115,7 @@ pub async fn run_flood(client: GatewayClient, codes: Arc<Vec<Vec<u8>>>, settings
     crate::sync::lock(&report).clone()
 }
 
-/// The gateway a flood pushes as (its validators are `flood-…`): an
+/// The gateway a flood pushes as (its validators are `flood/…`): an
 /// enrolled one, since a peer with no certificate cannot push at all.
 pub const FLOOD_GATEWAY: &str = "flood";
 
@@ -124,7 +124,7 @@ fn hostile_batch(codes: &[Vec<u8>], seq: u64, now: UnixMillis) -> ScanBatch {
         .iter()
         .enumerate()
         .map(|(i, code)| ScanRecord {
-            validator_id: format!("flood-{:03}", i % 64),
+            validator_id: format!("{FLOOD_GATEWAY}/{:03}", i % 64),
             validator_seq: seq * codes.len() as u64 + i as u64,
             validator_time_ms: now,
             route_id: "flood".into(),

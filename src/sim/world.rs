@@ -183,11 +183,11 @@ fn topology(spec: &WorldSpec) -> (Vec<GatewaySpec>, Vec<ValidatorSpec>) {
             let (validator_id, route_id, station_id) = match kind {
                 GatewayKind::BusDepot => {
                     let route = format!("bus-{}", 10 * (g / 2 + 1) + v % 8);
-                    (format!("{id}-bus-{v:03}"), route, None)
+                    (format!("{id}/bus-{v:03}"), route, None)
                 }
                 GatewayKind::MetroStation => {
                     let line = format!("metro-{}", (g / 2) % 3 + 1);
-                    (format!("{id}-gate-{v:02}"), line, Some(id.clone()))
+                    (format!("{id}/gate-{v:02}"), line, Some(id.clone()))
                 }
             };
             members.push(validators.len());

@@ -23,6 +23,17 @@ use crate::support::{GATEWAY, Harness, T0_MS, batch, record};
 /// A raw QUIC client presenting `credentials` (or none), trusting the
 /// server's certificate; `early_data` offers 0-RTT when it can.
 fn raw_endpoint(h: &Harness, credentials: Option<&GatewayCredentials>, early_data: bool) -> quinn::Endpoint {
+    raw_endpoint_at(h, credentials, early_data, "127.0.0.1")
+}
+
+/// The same from a source address of its own (any 127.x.y.z is loopback),
+/// PINGing every 100 ms as a client that holds its connections would.
+pub(crate) fn raw_endpoint_at(
+    h: &Harness,
+    credentials: Option<&GatewayCredentials>,
+    early_data: bool,
+    source_ip: &str,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(h.identity.cert.clone()).expect("root");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -39,13 +50,17 @@ fn raw_endpoint(h: &Harness, credentials: Option<&GatewayCredentials>, early_dat
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     crypto.enable_early_data = early_data;
     let crypto = QuicClientConfig::try_from(crypto).expect("quic crypto");
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut endpoint = quinn::Endpoint::client(format!("{source_ip}:0").parse().expect("addr")).expect("endpoint");
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(100)));
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
     endpoint
 }
 
 /// Connects and sends `batch` on one stream: the ack, or why there was none.
-async fn push_raw(endpoint: &quinn::Endpoint, h: &Harness, batch: &ScanBatch) -> Result<BatchAck, String> {
+pub(crate) async fn push_raw(endpoint: &quinn::Endpoint, h: &Harness, batch: &ScanBatch) -> Result<BatchAck, String> {
     let attempt = async {
         let connecting = endpoint.connect(h.server.local_addr(), SERVER_NAME).map_err(|e| e.to_string())?;
         let connection = connecting.await.map_err(|e| format!("handshake: {e}"))?;
@@ -57,14 +72,14 @@ async fn push_raw(endpoint: &quinn::Endpoint, h: &Harness, batch: &ScanBatch) ->
     tokio::time::timeout(Duration::from_secs(10), attempt).await.map_err(|_| "no answer in 10 s".to_string())?
 }
 
-fn one_scan(h: &Harness, gateway: &str, validator: &str, seq: u64) -> ScanBatch {
+pub(crate) fn one_scan(h: &Harness, gateway: &str, validator: &str, seq: u64) -> ScanBatch {
     let rider = h.rider(700 + seq);
     batch(gateway, seq, vec![record(validator, seq, T0_MS, TapKind::Single, rider.code_at(T0_MS, 1))])
 }
 
 /// Every scan the enrolled gateway was acked is archived exactly once, and
 /// nothing any other peer sent is.
-async fn only_the_honest_scans_are_archived(h: &Harness, honest_acked: u64) {
+pub(crate) async fn only_the_honest_scans_are_archived(h: &Harness, honest_acked: u64) {
     let rows = h.archive_rows().await;
     assert_eq!(rows.len() as u64, honest_acked, "{rows:?}");
     assert!(rows.iter().all(|r| &*r.gateway_id == GATEWAY), "{rows:?}");
@@ -173,4 +188,19 @@ async fn the_server_never_accepts_0_rtt() {
     let connecting = endpoint.connect(h.server.local_addr(), SERVER_NAME).expect("connect");
     assert!(connecting.into_0rtt().is_err(), "the server offered 0-RTT");
     only_the_honest_scans_are_archived(&h, 1).await;
+}
+
+/// Review: on a data dir that has served, a lost `fleet/` made a new CA
+/// silently, and every enrolled gateway was refused with no explanation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_that_served_does_not_get_a_new_fleet_ca_silently() {
+    let h = Harness::start().await;
+    h.server.shutdown().await.expect("shutdown");
+    std::fs::rename(h.dir.path().join("fleet"), h.dir.path().join("fleet.lost")).expect("lose it");
+    let refused = crate::support::test_assembly(&h.config, h.dir.path(), &h.identity, &h.clock)
+        .err()
+        .expect("refused to start")
+        .to_string();
+    assert!(refused.contains("no fleet CA") && refused.contains("keys ca"), "{refused}");
+    assert!(!h.dir.path().join("fleet").exists(), "no CA was made");
 }

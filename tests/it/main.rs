@@ -8,6 +8,7 @@ mod cut_over;
 mod dependencies;
 mod durability;
 mod end_to_end;
+mod fair_limits;
 mod fleet;
 mod money;
 mod operator;

@@ -35,6 +35,9 @@ fn config_at_extremes(at_max: bool) -> Config {
             (true, "wire.frame_bytes_max") => 64 * 1024 * 1024,
             (false, "gateway.ack_timeout_ms") => 100,
             (true, "gateway.retry_backoff_ms_initial") => 600_000,
+            // At one scan a second the server answers BACKOFF with the
+            // wait: a gateway that gives up at once would never push.
+            (false, "gateway.retry_attempts_max") => 5,
             // The service day starts at an hour either way.
             (_, "service_day.start_hour") => 4,
             (false, _) => range.min,

@@ -56,6 +56,13 @@ impl GatewayScope {
         Ok(GatewayScope { gateway_id: gateway_id.to_string(), validator_prefixes })
     }
 
+    /// The scope enrolment gives a gateway unless told otherwise: the
+    /// validators named `GATEWAY_ID/…`. `/` cannot appear in a gateway id,
+    /// so no gateway's default covers another's validators.
+    pub fn default_for(gateway_id: &str) -> Result<GatewayScope, FleetNameError> {
+        GatewayScope::new(gateway_id, vec![format!("{gateway_id}/")])
+    }
+
     /// A gateway that speaks for every validator, whatever its id: what
     /// [`crate::ingest::Pipeline::process`] assumes (tests and benches
     /// that have no certificate to read a scope from).
@@ -106,6 +113,11 @@ mod tests {
         assert!(!none.speaks_for("depot-1/gate-3"), "no prefixes: no validators");
         let all = GatewayScope::new("depot-1", vec![String::new()]).expect("scope");
         assert!(all.speaks_for("") && all.speaks_for("anything"));
+        // Review: with `NAME-` as the default, depot-1 spoke for depot-1-north's validators.
+        let (one, north) = (GatewayScope::default_for("depot-1"), GatewayScope::default_for("depot-1-north"));
+        let (one, north) = (one.expect("scope"), north.expect("scope"));
+        assert!(north.speaks_for("depot-1-north/gate-1") && !one.speaks_for("depot-1-north/gate-1"));
+        assert!(one.speaks_for("depot-1/gate-1") && !north.speaks_for("depot-1/gate-1"));
     }
 
     #[test]

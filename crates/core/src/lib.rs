@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod gateway_answer;
 pub mod ingest;
 pub mod journal;
+pub mod limits;
 pub mod money;
 pub mod retry;
 pub mod ridecode;

@@ -83,6 +83,9 @@ pub mod close_code {
     pub const NOT_A_GATEWAY: u32 = 4;
     /// No batch for `server.batch_idle_timeout_ms`: reconnect to push again.
     pub const IDLE: u32 = 5;
-    /// The gateway or its address holds as many connections as allowed.
+    /// A newer connection of the same gateway took this one's place
+    /// (`server.connections_per_gateway_max`).
     pub const TOO_MANY_CONNECTIONS: u32 = 6;
+    /// The gateway's certificate ran out while it was connected.
+    pub const CERTIFICATE_EXPIRED: u32 = 7;
 }

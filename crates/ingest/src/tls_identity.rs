@@ -126,6 +126,21 @@ impl ServerIdentity {
         streams_per_connection_max: u32,
         idle_timeout: Duration,
     ) -> Result<quinn::ServerConfig, TlsError> {
+        let mut config = quinn::ServerConfig::with_crypto(self.quic_crypto(fleet)?);
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(streams_per_connection_max.into());
+        transport.max_concurrent_uni_streams(0u32.into());
+        transport.max_idle_timeout(Some(
+            idle_timeout.try_into().map_err(|_| TlsError::Quic("idle timeout too large".into()))?,
+        ));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+
+    /// The TLS half of [`ServerIdentity::server_config`], which a reload of
+    /// the revocation list swaps into the running configuration (keeping
+    /// its retry-token key, so handshakes in the middle of a retry go on).
+    pub fn quic_crypto(&self, fleet: &RevocationList) -> Result<Arc<QuicServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -136,16 +151,12 @@ impl ServerIdentity {
         // must arrive in a handshake the server took part in. (Already
         // rustls's default; written here so nobody turns it on.)
         crypto.max_early_data_size = 0;
+        // No resumption: a resumed session is not verified again, so an
+        // expired gateway certificate would keep working through tickets.
+        crypto.send_tls13_tickets = 0;
+        crypto.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         let crypto = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(streams_per_connection_max.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        transport.max_idle_timeout(Some(
-            idle_timeout.try_into().map_err(|_| TlsError::Quic("idle timeout too large".into()))?,
-        ));
-        config.transport_config(Arc::new(transport));
-        Ok(config)
+        Ok(Arc::new(crypto))
     }
 }
 

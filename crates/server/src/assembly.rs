@@ -46,8 +46,11 @@ impl Assembly {
         let keystore = Keystore::open_or_create(data_dir, KeystoreOptions::from_config(config))?;
         let identity = ServerIdentity::load_or_create(data_dir, new_identity)?;
         let mut handles = Handles::default();
-        let now_secs = handles.clock.now_ms() / 1000;
-        FleetCa::create_if_absent(data_dir, now_secs, &handles.faults)?;
+        // Made on a first start only: on a data dir that served, a missing
+        // CA is lost (every enrolled gateway would be refused), not new.
+        if !data_dir.join("wal").exists() {
+            FleetCa::create_if_absent(data_dir, handles.clock.now_ms() / 1000, &handles.faults)?;
+        }
         let fleet = RevocationList::read(data_dir)?;
         if !config.api.notifications_file.is_empty() {
             let path = Path::new(&config.api.notifications_file);

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::fair::Party;
 use crate::fleet_access::Registered;
+use crate::peer_limits::GatewaySlot;
 use crate::{BACKOFF_RETRY_AFTER_MS, Fatal, Shared, fail};
 use farestream_core::fleet::GatewayScope;
 use farestream_core::ingest::{ChunkSizer, VerifiedBatch};
@@ -24,6 +25,12 @@ pub(super) struct Peer {
     pub(super) party: Party,
     pub(super) sizer: Mutex<ChunkSizer>,
     pub(super) scope: GatewayScope,
+    /// When it last sent a whole batch: a connection that sends none for
+    /// `batch_idle_timeout` is closed.
+    pub(super) last_batch: Mutex<std::time::Instant>,
+    /// Its place among its gateway's connections, and the gateway's
+    /// batches in flight (taken before the frame is read).
+    pub(super) gateway_slot: GatewaySlot,
     /// Its entry among the live connections, while it lives.
     pub(super) _registered: Registered,
 }
@@ -51,9 +58,6 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
         WalState::Failed(reason) => return backoff(format!("write-ahead log stopped: {reason}")),
         WalState::Running => {}
     }
-    let Ok(_permit) = shared.batches_in_flight.acquire().await else {
-        return backoff("server is shutting down".into());
-    };
     if let Err(error) = shared.pipeline.check_batch_shape(&batch) {
         telemetry::batch_refused("batch_shape");
         return BatchAck::malformed(&gateway_id, batch_seq, error.to_string());
@@ -66,6 +70,15 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
         );
         return BatchAck::malformed(&gateway_id, batch_seq, error);
     }
+    if let Err(wait_ms) = shared.limits.take_scans(peer.scope.gateway_id(), batch.scans.len()) {
+        telemetry::batch_refused("gateway_scans_per_sec");
+        let error = format!("gateway over server.gateway_scans_per_sec_max; resend in {wait_ms} ms");
+        let retry_after_ms = u32::try_from(wait_ms).unwrap_or(u32::MAX);
+        return BatchAck::backoff(&gateway_id, batch_seq, error, retry_after_ms);
+    }
+    let Ok(_permit) = shared.batches_in_flight.acquire().await else {
+        return backoff("server is shutting down".into());
+    };
     let batch = Arc::new(batch);
     let Some(verified) = verify_fairly(shared, peer, &batch).await else {
         telemetry::batch_refused("verify_panicked");

@@ -1,5 +1,7 @@
-//! Connections and streams: the accept loop under `connections_max`, one
-//! task per connection and per stream, and the frame read with its limits
+//! Connections and streams: the accept loop (a source address proven by a
+//! QUIC retry, then its limits, then `connections_max`), one task per
+//! connection (its gateway's limit, closed when no batch comes for
+//! `batch_idle_timeout`) and per stream, and the frame read with its limits
 //! (`frame_bytes_max` before allocating, room in
 //! `frames_in_flight_bytes_max`, the scan count before decoding, all within
 //! `frame_read_timeout`).
@@ -16,7 +18,7 @@ use crate::deny_push::push_deny_list;
 use crate::{BACKOFF_RETRY_AFTER_MS, Shared, spawn_supervised};
 use farestream_core::ingest::BatchError;
 use farestream_gateway::wire::{
-    AckStatus, BatchAck, FrameError, ScanBatch, count_field, read_frame_body, read_frame_len, write_message,
+    AckStatus, BatchAck, FrameError, ScanBatch, close_code, count_field, read_frame_body, read_frame_len, write_message,
 };
 use farestream_ingest::telemetry;
 
@@ -35,6 +37,23 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                 None => return,
             },
         };
+        // A spoofed source address cannot answer a retry, so the limits
+        // per address below count addresses that exist. The retry is
+        // stateless: an unanswered one costs the server nothing.
+        if !incoming.remote_address_validated() {
+            if let Err(unretried) = incoming.retry() {
+                unretried.into_incoming().refuse();
+            }
+            continue;
+        }
+        let address = match shared.limits.admit_address(incoming.remote_address().ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                telemetry::connection_refused(reason);
+                incoming.refuse();
+                continue;
+            }
+        };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             telemetry::connection_refused("connections_max");
             incoming.refuse();
@@ -43,32 +62,62 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
         let shared_for_task = Arc::clone(&shared);
         spawn_supervised(&shared, "a connection task", async move {
             handle_connection(incoming, shared_for_task).await;
-            drop(permit);
+            drop((permit, address));
         });
     }
 }
 
 async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(error) => {
+    let connection = match tokio::time::timeout(shared.settings.handshake_timeout, incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
             tracing::debug!(%error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            telemetry::connection_refused("handshake_timeout");
             return;
         }
     };
     // The handshake verified the certificate; who it names is read here.
     let Some((gateway, registered)) = shared.fleet.admit(&connection) else { return };
+    let (gateway_slot, evicted) = shared.limits.admit_gateway(gateway.scope.gateway_id(), &connection);
+    for oldest in evicted {
+        telemetry::connection_refused("connections_per_gateway");
+        let why = "replaced by a newer connection of this gateway (server.connections_per_gateway_max)";
+        oldest.close(close_code::TOO_MANY_CONNECTIONS.into(), why.as_bytes());
+    }
     telemetry::connection_opened();
     spawn_supervised(&shared, "a deny-list push", push_deny_list(connection.clone(), Arc::clone(&shared)));
     let peer = Arc::new(Peer {
         party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sizer: Mutex::new(*farestream_core::sync::lock(&shared.all_peers)),
         scope: gateway.scope,
+        last_batch: Mutex::new(Instant::now()),
+        gateway_slot,
         _registered: registered,
     });
+    let idle_limit = shared.settings.batch_idle_timeout;
+    let expires = certificate_expiry(gateway.not_after_secs);
     loop {
+        let idle_for = farestream_core::sync::lock(&peer.last_batch).elapsed();
+        let Some(idle_left) = idle_limit.checked_sub(idle_for).filter(|left| !left.is_zero()) else {
+            telemetry::connection_refused("batch_idle");
+            let why = format!("no batch for {} ms (server.batch_idle_timeout_ms)", idle_limit.as_millis());
+            connection.close(close_code::IDLE.into(), why.as_bytes());
+            return;
+        };
         let (send, recv) = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
+            // PINGs keep QUIC's own idle timer alive, not this one.
+            _ = tokio::time::sleep(idle_left) => continue,
+            // TLS checked the certificate at the handshake; one that runs
+            // out later must not keep its connection.
+            _ = tokio::time::sleep_until(expires) => {
+                telemetry::connection_refused("certificate_expired");
+                connection.close(close_code::CERTIFICATE_EXPIRED.into(), b"this gateway's certificate ran out");
+                return;
+            }
             stream = connection.accept_bi() => match stream {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -82,17 +131,43 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
+/// When a certificate good until `not_after_secs` (Unix, the wall clock
+/// TLS judged it by) runs out, as a point on the runtime's clock.
+fn certificate_expiry(not_after_secs: i64) -> tokio::time::Instant {
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
+    let left_secs = u64::try_from(not_after_secs.saturating_sub(now_secs)).unwrap_or(0);
+    // Far-off dates (rcgen's default is the year 4096) are capped at a
+    // century, which tokio's clock can hold.
+    let left = std::time::Duration::from_secs(left_secs.min(100 * 365 * 86_400));
+    tokio::time::Instant::now() + left
+}
+
 /// One batch: read its frame, process it, write the ack.
 async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>, peer: Arc<Peer>) {
     let started = Instant::now();
-    let read = tokio::select! {
-        read = read_batch(&mut recv, &shared) => read,
-        // A half-read batch does not hold up a shutdown: its gateway resends.
-        _ = shared.shutdown.cancelled() => Err(backoff_ack("", 0, "server is shutting down; resend the batch".into())),
+    let stopping = || Err(backoff_ack("", 0, "server is shutting down; resend the batch".into()));
+    // The gateway's own turn before any shared budget (frame bytes, the
+    // pipeline's slots): its other streams wait unread, on itself.
+    let gateway_turn = tokio::select! {
+        permit = peer.gateway_slot.batches.acquire() => permit.ok(),
+        _ = shared.shutdown.cancelled() => None,
+    };
+    let read = match gateway_turn {
+        None => stopping(),
+        Some(_) => tokio::select! {
+            read = read_batch(&mut recv, &shared) => read,
+            // A half-read batch does not hold up a shutdown: its gateway resends.
+            _ = shared.shutdown.cancelled() => stopping(),
+        },
     };
     let ack = match read {
         // The frame's bytes stay counted until the batch is answered.
-        Ok((batch, _frame_bytes)) => process(&shared, &peer, batch).await,
+        Ok((batch, _frame_bytes)) => {
+            *farestream_core::sync::lock(&peer.last_batch) = Instant::now();
+            process(&shared, &peer, batch).await
+        }
         Err(ack) => ack,
     };
     let outcome = match ack.ack_status() {

@@ -68,9 +68,11 @@ impl FleetAccess {
         if read(&self.list).same_as(&list) {
             return None;
         }
+        // A new CA: every connection was verified against the old one.
+        let new_ca = read(&self.list).ca_cert() != list.ca_cert();
         let mut closed = 0;
         for (serial, connection) in live.values() {
-            if list.is_revoked(serial) {
+            if new_ca || list.is_revoked(serial) {
                 connection.close(close_code::REVOKED.into(), b"this gateway's certificate was revoked");
                 closed += 1;
             }
@@ -92,7 +94,11 @@ impl Drop for Registered {
 /// connections are closed. A list that cannot be read is logged and
 /// counted, and the one held stays in force: a half-copied file must not
 /// open the door, nor close it on every gateway.
-pub(super) async fn reload_revocations(shared: Arc<Shared>, endpoint: quinn::Endpoint, identity: ServerIdentity) {
+pub(super) async fn reload_revocations(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    (identity, serving): (ServerIdentity, quinn::ServerConfig),
+) {
     let mut every = tokio::time::interval(shared.settings.revocation_check_interval);
     loop {
         tokio::select! {
@@ -108,9 +114,10 @@ pub(super) async fn reload_revocations(shared: Arc<Shared>, endpoint: quinn::End
             }
         };
         let Some(list) = shared.fleet.replace(list) else { continue };
-        let settings = &shared.settings;
-        match identity.server_config(&list, settings.streams_per_connection_max, settings.idle_timeout) {
-            Ok(config) => {
+        match identity.quic_crypto(&list) {
+            Ok(crypto) => {
+                let mut config = serving.clone();
+                config.crypto = crypto;
                 endpoint.set_server_config(Some(config));
                 tracing::info!(revoked = list.revoked(), "fleet revocation list reloaded");
             }

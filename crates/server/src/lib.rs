@@ -41,6 +41,7 @@ mod fleet_access;
 pub mod handles;
 mod housekeeping;
 mod money_jobs;
+mod peer_limits;
 mod settings;
 mod startup;
 
@@ -59,12 +60,13 @@ use tokio_util::task::TaskTracker;
 
 pub use assembly::Assembly;
 pub use cut_over::DailySettlement;
-pub use settings::{CutOverSettings, ServerSettings};
+pub use settings::{CutOverSettings, PeerLimitSettings, ServerSettings};
 
 use connections::accept_loop;
 use fleet_access::{FleetAccess, reload_revocations};
 use housekeeping::housekeeping;
 use money_jobs::{charges_archive_job, open_money_store, refund_job, refund_pass, start_money};
+use peer_limits::PeerLimits;
 use startup::{probe_writable, recover};
 
 use crate::fair::FairTurns;
@@ -216,6 +218,8 @@ struct Shared {
     /// Which gateways may connect, and the connections to close when one
     /// is revoked.
     fleet: Arc<FleetAccess>,
+    /// Connections per address and per gateway, and gateways' rates.
+    limits: Arc<PeerLimits>,
     /// The failure rate over all connections, from which a new one starts
     /// (so reconnecting does not reset a hostile peer's rate).
     all_peers: Mutex<ChunkSizer>,
@@ -292,7 +296,7 @@ impl Server {
         let money =
             start_money(&settings, &handles, money_store, committer.handle().subscribe(), Arc::clone(&pipeline))?;
         let quic = identity.server_config(&fleet, settings.streams_per_connection_max, settings.idle_timeout)?;
-        let endpoint = quinn::Endpoint::server(quic, settings.listen_addr)
+        let endpoint = quinn::Endpoint::server(quic.clone(), settings.listen_addr)
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         let local_addr =
             endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
@@ -307,6 +311,7 @@ impl Server {
             all_peers: Mutex::new(ChunkSizer::new(pipeline_chunk_max, 0.0)),
             deny_list: Arc::clone(&money.deny_list),
             fleet: FleetAccess::new(fleet),
+            limits: PeerLimits::new(settings.peer_limits.clone()),
             next_peer: std::sync::atomic::AtomicU64::new(0),
             settings,
             handles,
@@ -317,7 +322,7 @@ impl Server {
         });
         // Tracked, so shutdown waits for them to drop what they hold.
         spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
-        let reload = reload_revocations(Arc::clone(&shared), endpoint.clone(), identity.clone());
+        let reload = reload_revocations(Arc::clone(&shared), endpoint.clone(), (identity.clone(), quic));
         spawn_supervised(&shared, "the revocation reload", reload);
         let watched = (Arc::clone(&archiver), Arc::clone(&money.pricer));
         spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), watched));

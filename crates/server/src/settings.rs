@@ -22,6 +22,11 @@ use farestream_money::{DispatcherSettings, PricerSettings, store_path};
 pub struct ServerSettings {
     pub listen_addr: SocketAddr,
     pub connections_max: usize,
+    pub peer_limits: PeerLimitSettings,
+    /// A connection with no batch for this long is closed.
+    pub batch_idle_timeout: Duration,
+    /// A handshake not finished within this is dropped.
+    pub handshake_timeout: Duration,
     pub streams_per_connection_max: u32,
     pub idle_timeout: Duration,
     pub pipeline_batches_in_flight_max: usize,
@@ -51,6 +56,19 @@ pub struct ServerSettings {
     /// When the daily settlement runs; `None` when
     /// `settlement.cut_over_enabled` is off.
     pub cut_over: Option<CutOverSettings>,
+}
+
+/// The limits per source address and per gateway, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct PeerLimitSettings {
+    pub connections_per_address_max: usize,
+    pub handshakes_per_address_per_sec_max: u64,
+    pub connections_per_gateway_max: usize,
+    pub gateway_scans_per_sec_max: u64,
+    pub gateway_batches_in_flight_max: usize,
+    /// The largest batch: a gateway's scan bucket holds at least this
+    /// many, so a whole batch always passes once the bucket is full.
+    pub batch_scans_max: usize,
 }
 
 /// The daily cut-over: the settlement of each service day once it ends,
@@ -84,6 +102,16 @@ impl ServerSettings {
         Ok(ServerSettings {
             listen_addr: config.server.listen_addr,
             connections_max: config.server.connections_max,
+            peer_limits: PeerLimitSettings {
+                connections_per_address_max: config.server.connections_per_address_max,
+                handshakes_per_address_per_sec_max: config.server.handshakes_per_address_per_sec_max,
+                connections_per_gateway_max: config.server.connections_per_gateway_max,
+                gateway_scans_per_sec_max: config.server.gateway_scans_per_sec_max,
+                gateway_batches_in_flight_max: config.server.gateway_batches_in_flight_max,
+                batch_scans_max: config.wire.batch_scans_max,
+            },
+            batch_idle_timeout: Duration::from_millis(config.server.batch_idle_timeout_ms),
+            handshake_timeout: Duration::from_millis(config.server.handshake_timeout_ms),
             streams_per_connection_max: config.server.streams_per_connection_max,
             idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
             pipeline_batches_in_flight_max: config.server.pipeline_batches_in_flight_max,

@@ -291,10 +291,18 @@ impl Pipeline {
     }
 
     fn prepare(&self, record: &ScanRecord, keys: &IssuerPublicKeys, scope: &GatewayScope) -> Prepared {
-        let fingerprint = fingerprint(record);
         let tap_kind = record.wire_tap_kind();
         let code = RideCode::decode(&record.ride_code);
-        let checked = self.check_fields(record).and_then(|()| check_scope(record, scope));
+        let in_scope = check_scope(record, scope);
+        // A scan from a gateway that does not speak for its validator is
+        // not that scan's delivery: under the scan's own id it would make
+        // the real delivery, from the right gateway, look like a
+        // re-delivery and go uncharged.
+        let fingerprint = match in_scope {
+            Ok(()) => fingerprint(record),
+            Err(_) => foreign_fingerprint(record, scope.gateway_id()),
+        };
+        let checked = self.check_fields(record).and(in_scope);
         let early = match (checked, &code, tap_kind) {
             (Err(verdict), _, _) => Err(verdict),
             (_, _, None) => {
@@ -574,6 +582,17 @@ fn truncated(value: &str, max: usize) -> String {
 /// records share an encoding; the first 16 bytes. The gateway id is left
 /// out: a scan re-sent through another gateway is still the same scan.
 pub fn fingerprint(record: &ScanRecord) -> Fingerprint {
+    fingerprint_with(record, None)
+}
+
+/// The id of a `foreign_validator` row: the record's fields and then the
+/// gateway that sent it, as an eighth field. Its re-deliveries through the
+/// same gateway are caught; the scan from its own gateway is not one.
+pub fn foreign_fingerprint(record: &ScanRecord, gateway_id: &str) -> Fingerprint {
+    fingerprint_with(record, Some(gateway_id))
+}
+
+fn fingerprint_with(record: &ScanRecord, gateway_id: Option<&str>) -> Fingerprint {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut field = |bytes: &[u8]| {
         ctx.update(&(bytes.len() as u64).to_be_bytes());
@@ -586,6 +605,9 @@ pub fn fingerprint(record: &ScanRecord) -> Fingerprint {
     field(record.stop_id.as_bytes());
     field(&record.tap_kind.to_be_bytes());
     field(&record.ride_code);
+    if let Some(gateway_id) = gateway_id {
+        field(gateway_id.as_bytes());
+    }
     let mut out = [0u8; 16];
     out.copy_from_slice(&ctx.finish().as_ref()[..16]);
     out
@@ -966,6 +988,29 @@ mod tests {
         assert!(reason.contains("\"h/gate-1\" is not behind gateway \"g\""), "{reason}");
         assert_eq!(outcome.ack.accepted, 1);
         assert_eq!(outcome.ack.rejections[0].scan_status(), Some(ScanStatus::ForeignValidator));
+    }
+
+    /// Review: a scan pushed first by a gateway that does not speak for
+    /// its validator took the scan's id, and the real delivery from its own
+    /// gateway was then acked as a re-delivery and never charged.
+    #[test]
+    fn a_foreign_copy_does_not_make_the_real_delivery_a_redelivery() {
+        let f = fixture();
+        let record = ScanRecord { validator_id: "g/gate-1".into(), ..scan(1, AT_MS, code(&f, 23, 1)) };
+        let thief = GatewayScope::new("h", vec!["h/".into()]).expect("scope");
+        let owner = GatewayScope::new("g", vec!["g/".into()]).expect("scope");
+        let push = |scope: &GatewayScope| {
+            let batch = ScanBatch { gateway_id: scope.gateway_id().into(), batch_seq: 1, scans: vec![record.clone()] };
+            let verified = f.pipeline.verify_records(&batch.scans, 8, scope);
+            f.pipeline.commit(&batch, verified, AT_MS)
+        };
+        let foreign = push(&thief);
+        assert_eq!(statuses(&foreign), vec![ScanStatus::ForeignValidator]);
+        assert_eq!(push(&thief).ack.redelivered, 1, "the foreign copy's own re-delivery is caught");
+        let real = push(&owner);
+        assert_eq!(statuses(&real), vec![ScanStatus::Accepted]);
+        assert_ne!(real.rows[0].scan_id, foreign.rows[0].scan_id);
+        assert_eq!(real.rows[0].scan_id, fingerprint(&record));
     }
 
     /// docs/protocol.md's test vector for `scan_id`, which gateways use to

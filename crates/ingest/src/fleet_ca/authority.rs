@@ -118,6 +118,7 @@ impl FleetCa {
                     .into(),
             });
         }
+        let _one_at_a_time = self.lock()?;
         let serial = random_serial()?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
@@ -162,8 +163,20 @@ impl FleetCa {
     ) -> Result<GatewayCredentials, FleetError> {
         let dir = FleetPaths::new(data_dir).gateway(scope.gateway_id());
         if dir.join(GATEWAY_CERT_FILE).exists() {
-            return GatewayCredentials::read(&dir)
-                .map_err(|e| FleetError::Certificate { what: dir.display().to_string(), reason: e.to_string() });
+            let unusable = |reason: String| FleetError::Certificate { what: dir.display().to_string(), reason };
+            let credentials = GatewayCredentials::read(&dir).map_err(|e| unusable(e.to_string()))?;
+            let enrolled = super::PeerGateway::from_cert(&credentials.cert)?;
+            if &enrolled.scope != scope {
+                return Err(unusable(format!(
+                    "it was enrolled for validators {:?}, not {:?}; remove the directory to enrol again",
+                    enrolled.scope.validator_prefixes(),
+                    scope.validator_prefixes()
+                )));
+            }
+            if enrolled.not_after_secs <= now_secs {
+                return Err(unusable("its certificate has run out; remove the directory to enrol again".into()));
+            }
+            return Ok(credentials);
         }
         let ca = FleetCa::open(data_dir)?;
         Ok(ca.enroll(scope, valid_days, now_secs, &dir, &Faults::default())?.credentials)
@@ -173,6 +186,7 @@ impl FleetCa {
     /// yet and rewrites the revocation list; the serials revoked. A running
     /// server closes their connections when it next reads the list.
     pub fn revoke(&self, gateway_id: &str, now_secs: i64, faults: &Faults) -> Result<Vec<String>, FleetError> {
+        let _one_at_a_time = self.lock()?;
         let revoked_dir = self.paths.revoked();
         fs::create_dir_all(&revoked_dir).map_err(io(&revoked_dir))?;
         let mut revoked = Vec::new();
@@ -237,6 +251,16 @@ impl FleetCa {
         let path = self.paths.crl();
         crate::archive::checkpoint::replace_durably(&path, self.paths.dir(), crl.der(), faults)
             .map_err(|e| FleetError::Write { path: path.clone(), reason: e.to_string() })
+    }
+
+    /// `fleet/LOCK`, held while an enrolment or a revocation writes: two
+    /// revocations at once would each rewrite the list without the other's
+    /// entry. Released when the file is dropped (or the process ends).
+    fn lock(&self) -> Result<fs::File, FleetError> {
+        let path = self.paths.dir().join("LOCK");
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        file.lock().map_err(io(&path))?;
+        Ok(file)
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, FleetError> {

@@ -17,6 +17,9 @@ pub struct PeerGateway {
     pub scope: GatewayScope,
     /// The certificate's serial number, as its DER integer's bytes.
     pub serial: Vec<u8>,
+    /// When the certificate runs out, Unix seconds: a connection is closed
+    /// then.
+    pub not_after_secs: i64,
 }
 
 impl PeerGateway {
@@ -40,7 +43,8 @@ impl PeerGateway {
             })
             .collect();
         let scope = GatewayScope::new(gateway_id, validator_prefixes)?;
-        Ok(PeerGateway { scope, serial: cert.raw_serial().to_vec() })
+        let not_after_secs = cert.validity().not_after.timestamp();
+        Ok(PeerGateway { scope, serial: cert.raw_serial().to_vec(), not_after_secs })
     }
 
     /// The gateway a QUIC connection's verified certificate names.

@@ -37,7 +37,11 @@ pub enum FleetError {
     Generate(#[from] rcgen::Error),
     #[error(transparent)]
     Name(#[from] FleetNameError),
-    #[error("no fleet CA under {0}: start `farestream serve` once, or run `farestream keys ca`")]
+    #[error(
+        "no fleet CA under {0}. A data dir's first start makes one; later ones do not, since gateways enrolled \
+         with a lost CA would all be refused. Restore it from a backup, or make a new one with `farestream keys ca` \
+         and enrol every gateway again"
+    )]
     NoCa(PathBuf),
     #[error("the fleet CA under {dir} is incomplete: {missing} is missing. Restore it from a backup")]
     Incomplete { dir: PathBuf, missing: PathBuf },
@@ -153,6 +157,29 @@ mod tests {
         assert!(!list.is_revoked(&serial(&other)));
         assert_eq!(ca.revoke("depot-1", NOW_SECS + 120, &faults).expect("again"), Vec::<String>::new());
         assert!(matches!(ca.revoke("depot-9", NOW_SECS, &faults), Err(FleetError::NotEnrolled(_))));
+    }
+
+    /// Review: two revocations at once each rewrote the list from what they
+    /// had read, and one was lost.
+    #[test]
+    fn revocations_at_the_same_moment_are_both_on_the_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ca(dir.path());
+        let names: Vec<String> = (0..8).map(|n| format!("depot-{n}")).collect();
+        for name in &names {
+            let out = dir.path().join(name);
+            ca.enroll(&scope(name, &[""]), 30, NOW_SECS, &out, &Faults::default()).expect("enrol");
+        }
+        std::thread::scope(|threads| {
+            for name in &names {
+                let dir = dir.path();
+                threads.spawn(move || {
+                    let ca = FleetCa::open(dir).expect("open");
+                    ca.revoke(name, NOW_SECS, &Faults::default()).expect("revoke");
+                });
+            }
+        });
+        assert_eq!(RevocationList::read(dir.path()).expect("list").revoked(), names.len());
     }
 
     #[test]
