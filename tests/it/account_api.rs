@@ -48,6 +48,7 @@ impl App {
         let url = format!("{}{path}", self.api.url());
         let mut request = match method {
             "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
             _ => self.http.post(url),
         };
         if let Some(token) = token {
@@ -149,6 +150,55 @@ async fn registration_needs_the_right_code_and_a_token_speaks_only_for_its_card(
         413,
         "over api.request_bytes_max"
     );
+    app.api.stop().await;
+}
+
+/// Issue 19: a new login left every older token valid, with no way to end
+/// one. A rider lists its sessions and ends the others (a lost phone) or
+/// its own (signing out); another rider's token ends none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rider_lists_its_sessions_and_ends_the_old_ones_and_its_own() {
+    let app = App::start().await;
+    let (card, lost_phone) = app.register("+8613800000011").await;
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
+    let (again, new_phone) = app.register("+8613800000011").await;
+    assert_eq!(again, card);
+    app.m.h.clock.set(app.m.h.clock.now_ms() + 31_000);
+    let (_, spare) = app.register("+8613800000011").await;
+    let (other_card, other_token) = app.register("+8613800000012").await;
+    let sessions_path = format!("/v1/cards/{card}/sessions");
+
+    let (status, body) = app.call("GET", &sessions_path, Some(&new_phone), None).await;
+    assert_eq!(status, 200, "{body}");
+    let sessions = body["sessions"].as_array().expect("sessions").clone();
+    assert_eq!(sessions.len(), 3, "{body}");
+    assert_eq!(sessions.iter().filter(|s| s["current"] == json!(true)).count(), 1);
+    assert!(!body.to_string().contains(&lost_phone), "a list never shows a token");
+    let lost_id = sessions.last().expect("oldest")["session_id"].as_str().expect("id").to_string();
+
+    // Another rider's token, and ids that are not this card's: 404.
+    let one = format!("{sessions_path}/{lost_id}");
+    assert_eq!(app.call("DELETE", &one, Some(&other_token), None).await.0, 404);
+    assert_eq!(app.call("GET", &format!("/v1/cards/{other_card}/sessions"), Some(&new_phone), None).await.0, 404);
+    let long = "f".repeat(2_000);
+    for id in ["0000000000000000", long.as_str()] {
+        assert_eq!(app.call("DELETE", &format!("{sessions_path}/{id}"), Some(&new_phone), None).await.0, 404, "{id}");
+    }
+    assert_eq!(app.call("GET", &format!("/v1/cards/{card}"), Some(&lost_phone), None).await.0, 200, "still valid");
+
+    // The lost phone's session ends; its token is refused from then on.
+    assert_eq!(app.call("DELETE", &one, Some(&new_phone), None).await.0, 204);
+    assert_eq!(app.call("GET", &format!("/v1/cards/{card}"), Some(&lost_phone), None).await.0, 401);
+    assert_eq!(app.call("DELETE", &one, Some(&new_phone), None).await.0, 404, "ended once");
+    // Every other session at once.
+    let (status, body) = app.call("DELETE", &sessions_path, Some(&new_phone), None).await;
+    assert_eq!((status, body["ended"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(app.call("GET", &format!("/v1/cards/{card}"), Some(&spare), None).await.0, 401);
+    // Signing out: the token in hand ends.
+    let current = format!("{sessions_path}/current");
+    assert_eq!(app.call("DELETE", &current, Some(&new_phone), None).await.0, 204);
+    assert_eq!(app.call("GET", &format!("/v1/cards/{card}"), Some(&new_phone), None).await.0, 401);
+    assert_eq!(app.call("GET", &format!("/v1/cards/{other_card}"), Some(&other_token), None).await.0, 200);
     app.api.stop().await;
 }
 

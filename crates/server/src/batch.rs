@@ -25,6 +25,8 @@ pub(super) struct Peer {
     pub(super) party: Party,
     pub(super) sizer: Mutex<ChunkSizer>,
     pub(super) scope: GatewayScope,
+    /// Its certificate's serial number, which a revocation names.
+    pub(super) serial: Vec<u8>,
     /// When it last sent a whole batch: a connection that sends none for
     /// `batch_idle_timeout` is closed.
     pub(super) last_batch: Mutex<std::time::Instant>,
@@ -84,6 +86,12 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
         telemetry::batch_refused("verify_panicked");
         return BatchAck::malformed(&gateway_id, batch_seq, "internal error while verifying the batch".into());
     };
+    // A revocation that arrived while the batch was read or verified
+    // stops it here, before anything is claimed.
+    if shared.fleet.is_revoked(&peer.serial) {
+        telemetry::batch_refused("revoked");
+        return BatchAck::malformed(&gateway_id, batch_seq, "this gateway's certificate was revoked".into());
+    }
     let (reply, result) = oneshot::channel();
     let task_shared = Arc::clone(shared);
     rayon::spawn(move || {

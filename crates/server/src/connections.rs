@@ -93,6 +93,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sizer: Mutex::new(*farestream_core::sync::lock(&shared.all_peers)),
         scope: gateway.scope,
+        serial: gateway.serial,
         last_batch: Mutex::new(Instant::now()),
         gateway_slot,
         _registered: registered,

@@ -60,6 +60,11 @@ impl FleetAccess {
         Some((peer, Registered { access: Arc::clone(self), id }))
     }
 
+    /// Whether the list in force revokes the certificate with `serial`.
+    pub(super) fn is_revoked(&self, serial: &[u8]) -> bool {
+        read(&self.list).is_revoked(serial)
+    }
+
     /// Swaps in `list` if it differs from the one held (then returns it,
     /// for the handshakes' verifier) and closes every live connection
     /// whose certificate it revokes.

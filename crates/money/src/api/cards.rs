@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::register::json;
-use super::sessions::{random_bytes, token_card};
+use super::sessions::{random_bytes, token_session};
 use super::{ApiError, ApiState};
 use crate::accounts::Account;
 use crate::outbox::newest_charges;
@@ -93,6 +93,15 @@ pub(super) struct IssuerKeyView {
 /// The card in the path, if `headers` carry its token: anything else about
 /// the card, even that it exists, is not told.
 async fn authorized(api: &ApiState, headers: &HeaderMap, card: &str) -> Result<u64, ApiError> {
+    Ok(authorized_session(api, headers, card).await?.0)
+}
+
+/// [`authorized`], with the id of the session the token is.
+pub(super) async fn authorized_session(
+    api: &ApiState,
+    headers: &HeaderMap,
+    card: &str,
+) -> Result<(u64, String), ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -101,10 +110,10 @@ async fn authorized(api: &ApiState, headers: &HeaderMap, card: &str) -> Result<u
         .ok_or_else(|| ApiError::Unauthorized("Authorization: Bearer <token> required".into()))?
         .to_string();
     let now = api.accounts.clock.now_ms();
-    let holder = api.accounts.read(move |conn| token_card(conn, &token, now)).await?;
-    let holder = holder.ok_or_else(|| ApiError::Unauthorized("unknown or expired token".into()))?;
+    let holder = api.accounts.read(move |conn| token_session(conn, &token, now)).await?;
+    let (holder, session_id) = holder.ok_or_else(|| ApiError::Unauthorized("unknown or expired token".into()))?;
     match card.parse::<u64>() {
-        Ok(card_id) if card_id == holder => Ok(card_id),
+        Ok(card_id) if card_id == holder => Ok((card_id, session_id)),
         _ => Err(ApiError::NotFound),
     }
 }

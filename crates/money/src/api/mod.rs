@@ -5,12 +5,14 @@
 //! [`AccountService`]'s; this layer checks input, tokens and limits.
 //!
 //! By job: `register` (codes, tokens), `cards` (the account, activation,
-//! keys, online codes, arrears, refunds, issuer keys), `sessions` (codes and
-//! tokens in the store), `error` (every failure as JSON).
+//! keys, online codes, arrears, refunds, issuer keys), `logins` (a card's
+//! sessions: listed, ended), `sessions` (codes and tokens in the store),
+//! `error` (every failure as JSON).
 
 pub(crate) mod card_id_json;
 mod cards;
 mod error;
+mod logins;
 mod register;
 mod sessions;
 
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 pub use error::{ApiError, ErrorBody};
 pub use sessions::OtpLimits;
@@ -117,6 +119,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/cards/{card_id}/code", post(cards::online_code))
         .route("/v1/cards/{card_id}/arrears/pay", post(cards::pay_arrears))
         .route("/v1/cards/{card_id}/refund", post(cards::refund))
+        .route("/v1/cards/{card_id}/sessions", get(logins::list).delete(logins::end_others))
+        .route("/v1/cards/{card_id}/sessions/{session_id}", delete(logins::end_one))
         .fallback(|| async { ApiError::NoSuchCall })
         .method_not_allowed_fallback(|| async { ApiError::NoSuchCall })
         .layer(DefaultBodyLimit::max(body_max))

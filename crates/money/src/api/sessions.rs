@@ -253,14 +253,75 @@ pub(super) fn new_token(
     Ok(token)
 }
 
-/// The card a token speaks for, if it is known and not expired.
-pub(super) fn token_card(conn: &Connection, token: &str, now: UnixMillis) -> Result<Option<u64>, AccountError> {
+/// The card a token speaks for and its session's id, if it is known and
+/// not expired.
+pub(super) fn token_session(
+    conn: &Connection,
+    token: &str,
+    now: UnixMillis,
+) -> Result<Option<(u64, String)>, AccountError> {
+    let token_hash = hash(&[token.as_bytes()]);
     let card: Option<i64> = conn
         .query_row(
             "SELECT card_id FROM tokens WHERE token_hash = ?1 AND expires_at >= ?2",
-            params![hash(&[token.as_bytes()]), now],
+            params![token_hash, now],
             |r| r.get(0),
         )
         .optional()?;
-    Ok(card.map(card_from_sql))
+    Ok(card.map(|card| (card_from_sql(card), session_id(&token_hash))))
+}
+
+/// A signed-in session as its rider sees it: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Session {
+    pub session_id: String,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+/// Sessions listed at most (the newest); a phone signs in only as often as
+/// its one-time codes allow.
+pub(super) const SESSIONS_LISTED_MAX: usize = 100;
+
+/// A token's public name: the first 8 bytes of its hash, in hex. It names
+/// the session in lists and revocations; it cannot be used as the token.
+fn session_id(token_hash: &[u8]) -> String {
+    hex::encode(&token_hash[..8.min(token_hash.len())])
+}
+
+/// `card_id`'s sessions that have not expired at `now`, newest first.
+pub(super) fn card_sessions(conn: &Connection, card_id: u64, now: UnixMillis) -> Result<Vec<Session>, AccountError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT token_hash, created_at, expires_at FROM tokens WHERE card_id = ?1 AND expires_at >= ?2 \
+         ORDER BY created_at DESC, token_hash LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![card_to_sql(card_id), now, SESSIONS_LISTED_MAX as i64], |r| {
+        let token_hash: Vec<u8> = r.get(0)?;
+        Ok(Session { session_id: session_id(&token_hash), created_at: r.get(1)?, expires_at: r.get(2)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Which of a card's sessions to end.
+pub(super) enum EndSessions<'a> {
+    /// The one with this id.
+    One(&'a str),
+    /// Every one but this (the caller's own).
+    AllBut(&'a str),
+}
+
+/// Ends `card_id`'s sessions as `which` says; how many ended. Another
+/// card's session is never touched, whatever its id.
+pub(super) fn end_sessions(conn: &Connection, card_id: u64, which: EndSessions<'_>) -> Result<usize, AccountError> {
+    let (id, keep) = match which {
+        EndSessions::One(id) => (id, false),
+        EndSessions::AllBut(id) => (id, true),
+    };
+    let mut statement = conn.prepare_cached("SELECT token_hash FROM tokens WHERE card_id = ?1")?;
+    let hashes: Vec<Vec<u8>> = statement.query_map([card_to_sql(card_id)], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut ended = 0;
+    for token_hash in hashes.iter().filter(|h| (session_id(h) == id) != keep) {
+        ended += conn.execute("DELETE FROM tokens WHERE token_hash = ?1", [token_hash])?;
+    }
+    Ok(ended)
 }
