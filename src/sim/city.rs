@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use rustls::pki_types::CertificateDer;
 
 use super::{AnomalyRates, FleetReport, FleetSettings, PlannedScan, Timetable, World, WorldSpec, plan_day, run_fleet};
-use crate::clock_source::Clock;
+use crate::clock_source::{Clock, SystemClock};
 use crate::config::Config;
 use crate::fleet::GatewayScope;
 use crate::fleet_ca::{FleetCa, FleetError};
@@ -71,7 +71,7 @@ impl Target {
         gateway_id: &str,
     ) -> Result<GatewayClient, TargetError> {
         let scope = GatewayScope::default_for(gateway_id).map_err(FleetError::from)?;
-        let now_secs = chrono::Utc::now().timestamp();
+        let now_secs = SystemClock.now_ms() / 1000;
         let valid_days = config.fleet.gateway_cert_valid_days;
         let credentials = FleetCa::enrolled_here(&self.data_dir, &scope, valid_days, now_secs)?;
         Ok(GatewayClient::new(settings, &self.cert, &credentials)?)

@@ -85,7 +85,7 @@ impl ServerIdentity {
             let key = fs::read(&key_file).map_err(io(&key_file))?;
             return Ok(ServerIdentity { cert: CertificateDer::from(cert), key: PrivatePkcs8KeyDer::from(key) });
         }
-        let first_start = !has_cert && !has_key && !data_dir.join("wal").exists();
+        let first_start = !has_cert && !has_key && !crate::wal::has_served(data_dir);
         if !first_start && new == NewIdentity::OnFirstStart {
             let missing = match (has_cert, has_key) {
                 (true, false) => key_file.display().to_string(),

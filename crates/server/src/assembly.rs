@@ -48,7 +48,7 @@ impl Assembly {
         let mut handles = Handles::default();
         // Made on a first start only: on a data dir that served, a missing
         // CA is lost (every enrolled gateway would be refused), not new.
-        if !data_dir.join("wal").exists() {
+        if !farestream_ingest::wal::has_served(data_dir) {
             FleetCa::create_if_absent(data_dir, handles.clock.now_ms() / 1000, &handles.faults)?;
         }
         let fleet = RevocationList::read(data_dir)?;

@@ -20,6 +20,7 @@ use farestream_core::ingest::BatchError;
 use farestream_gateway::wire::{
     AckStatus, BatchAck, FrameError, ScanBatch, close_code, count_field, read_frame_body, read_frame_len, write_message,
 };
+use farestream_ingest::clock_source::{Clock, SystemClock};
 use farestream_ingest::telemetry;
 
 /// QUIC application error code for "stop sending, the frame is too large".
@@ -135,9 +136,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
 /// When a certificate good until `not_after_secs` (Unix, the wall clock
 /// TLS judged it by) runs out, as a point on the runtime's clock.
 fn certificate_expiry(not_after_secs: i64) -> tokio::time::Instant {
-    let now_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
+    let now_secs = SystemClock.now_ms() / 1000;
     let left_secs = u64::try_from(not_after_secs.saturating_sub(now_secs)).unwrap_or(0);
     // Far-off dates (rcgen's default is the year 4096) are capped at a
     // century, which tokio's clock can hold.

@@ -93,7 +93,7 @@ impl ServerSettings {
         let fares_file = Some(Path::new(&config.payments.fares_file)).filter(|p| !p.as_os_str().is_empty());
         let fares = load_fares(fares_file)?;
         let wal = WalConfig {
-            dir: data_dir.join("wal"),
+            dir: farestream_ingest::wal::wal_dir(data_dir),
             segment_bytes_max: config.wal.segment_bytes_max,
             record_bytes_max: config.wal.record_bytes_max,
         };
@@ -189,7 +189,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySe
     });
     MoneySettings {
         pricer: PricerSettings {
-            wal_dir: data_dir.join("wal"),
+            wal_dir: farestream_ingest::wal::wal_dir(data_dir),
             record_bytes_max: config.wal.record_bytes_max,
             poll_interval: pricer_poll,
             fares,

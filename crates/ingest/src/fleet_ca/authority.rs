@@ -189,16 +189,22 @@ impl FleetCa {
         let _one_at_a_time = self.lock()?;
         let revoked_dir = self.paths.revoked();
         fs::create_dir_all(&revoked_dir).map_err(io(&revoked_dir))?;
+        let issued_to_it: Vec<String> = self
+            .issued()?
+            .into_iter()
+            .filter(|(_, issued_to)| issued_to.scope.gateway_id() == gateway_id)
+            .map(|(serial, _)| serial)
+            .collect();
+        if issued_to_it.is_empty() {
+            return Err(FleetError::NotEnrolled(gateway_id.to_string()));
+        }
         let mut revoked = Vec::new();
-        for (serial, issued_to) in self.issued()? {
+        for serial in issued_to_it {
             let marker = revoked_dir.join(&serial);
-            if issued_to.scope.gateway_id() == gateway_id && !marker.exists() {
+            if !marker.exists() {
                 fs::write(&marker, now_secs.to_string()).map_err(io(&marker))?;
                 revoked.push(serial);
             }
-        }
-        if revoked.is_empty() && !self.issued()?.iter().any(|(_, g)| g.scope.gateway_id() == gateway_id) {
-            return Err(FleetError::NotEnrolled(gateway_id.to_string()));
         }
         fsync_dir(&revoked_dir, faults).map_err(io(&revoked_dir))?;
         self.write_crl(now_secs, faults)?;
@@ -271,9 +277,10 @@ impl FleetCa {
 /// 16 random bytes, positive and without a leading zero byte, so the DER
 /// integer's bytes are these bytes (the revocation list's too).
 fn random_serial() -> Result<[u8; 16], FleetError> {
+    let seed = crate::keystore::random_seed()
+        .map_err(|e| FleetError::Certificate { what: "serial".into(), reason: e.to_string() })?;
     let mut serial = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
-        .map_err(|_| FleetError::Certificate { what: "serial".into(), reason: "no randomness".into() })?;
+    serial.copy_from_slice(&seed[..16]);
     serial[0] = (serial[0] & 0x7f).max(1);
     Ok(serial)
 }

@@ -159,6 +159,47 @@ mod tests {
         assert!(matches!(ca.revoke("depot-9", NOW_SECS, &faults), Err(FleetError::NotEnrolled(_))));
     }
 
+    /// A certificate that names no gateway, or one enrolment would refuse,
+    /// is an error, never a gateway with a guessed id. (Two common names
+    /// are refused too; rcgen cannot write such a certificate to test it.)
+    #[test]
+    fn a_certificate_that_does_not_name_one_gateway_is_refused() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let certificate = |names: &[&str]| {
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            for name in names {
+                params.distinguished_name.push(rcgen::DnType::CommonName, *name);
+            }
+            params.self_signed(&key).expect("cert").der().clone()
+        };
+        for names in [&[][..], &[""], &["depot 1"], &[&"g".repeat(129)[..]]] {
+            assert!(PeerGateway::from_cert(&certificate(names)).is_err(), "{names:?}");
+        }
+        let longest = "g".repeat(128);
+        let read = PeerGateway::from_cert(&certificate(&[&longest])).expect("the longest name");
+        assert_eq!(read.scope.gateway_id(), longest);
+        assert!(read.scope.validator_prefixes().is_empty(), "no URI names: no validators");
+        let garbage = rustls::pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        assert!(PeerGateway::from_cert(&garbage).is_err());
+    }
+
+    /// A revocation list that cannot be read (half copied, not a CRL) is
+    /// an error: the server keeps the list in force, or refuses to start.
+    #[test]
+    fn an_unreadable_revocation_list_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ca(dir.path());
+        let crl = FleetPaths::new(dir.path()).crl();
+        let whole = std::fs::read(&crl).expect("crl");
+        for broken in [Vec::new(), whole[..whole.len() / 2].to_vec(), b"not a CRL".to_vec()] {
+            std::fs::write(&crl, &broken).expect("write");
+            assert!(matches!(RevocationList::read(dir.path()), Err(FleetError::Certificate { .. })));
+        }
+        std::fs::remove_file(&crl).expect("remove");
+        assert!(matches!(RevocationList::read(dir.path()), Err(FleetError::Io { .. })));
+    }
+
     /// Review: two revocations at once each rewrote the list from what they
     /// had read, and one was lost.
     #[test]

@@ -120,6 +120,18 @@ pub fn delete_segments_before(dir: &Path, lsn: u64, faults: &crate::faults::Faul
     Ok(deleted)
 }
 
+/// Where a data dir's write-ahead log lives.
+pub fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+/// Whether a server has started on `data_dir` before (its log exists):
+/// what it made on a first start (TLS identity, fleet CA) is then never
+/// made again silently.
+pub fn has_served(data_dir: &Path) -> bool {
+    wal_dir(data_dir).exists()
+}
+
 pub fn segment_path(dir: &Path, start_lsn: u64) -> PathBuf {
     dir.join(format!("wal-{start_lsn:020}.seg"))
 }
