@@ -110,6 +110,9 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         };
         let (send, recv) = tokio::select! {
+            // In this order: a connection whose certificate ran out, even
+            // in the second it was admitted, has no stream accepted.
+            biased;
             _ = shared.shutdown.cancelled() => return,
             // PINGs keep QUIC's own idle timer alive, not this one.
             _ = tokio::time::sleep(idle_left) => continue,
