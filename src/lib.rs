@@ -18,7 +18,7 @@ pub use farestream_core::{charges, fares, fleet, ingest, journal, retry, ridecod
 pub use farestream_gateway as gateway;
 pub use farestream_gateway::wire;
 pub use farestream_ingest::{
-    archive, clock_source, config, faults, files, fleet_ca, keystore, telemetry, tls_identity, wal,
+    archive, clock_source, config, faults, files, fleet_ca, issuer_keys, keystore, telemetry, tls_identity, wal,
 };
 pub use farestream_money as money;
 pub use farestream_money::api;

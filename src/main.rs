@@ -1,6 +1,7 @@
 //! The `farestream` command line: glue only; the work lives in the library.
 
 mod fleet_cmd;
+mod keys_cmd;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,7 +16,6 @@ use farestream::api::{ApiSettings, ApiState};
 use farestream::clock_source::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
-use farestream::keystore::{Keystore, KeystoreError, KeystoreOptions};
 use farestream::money::outbox;
 use farestream::server::Assembly;
 use farestream::settle::{ArchiveSettlement, settle_settings};
@@ -53,7 +53,7 @@ enum Command {
     /// Manage issuer keys and the fleet CA.
     Keys {
         #[command(subcommand)]
-        action: KeysAction,
+        action: keys_cmd::KeysAction,
     },
     /// Enrol, revoke and list fleet gateways (mutual TLS).
     Gateway {
@@ -249,31 +249,6 @@ impl CityArgs {
     }
 }
 
-#[derive(Subcommand)]
-enum KeysAction {
-    /// List issuer keys.
-    List,
-    /// Make a new issuer key and sign new credentials with it.
-    Rotate,
-    /// Stop trusting an issuer key.
-    Retire { key_id: u32 },
-    /// Show the fleet CA that enrols gateways (made on first use).
-    Ca,
-    /// Print the trusted issuer public keys for validators: PEM
-    /// SubjectPublicKeyInfo (what openssl and Python's cryptography read) or
-    /// raw hex, one `ID HEX` line each.
-    Export {
-        #[arg(long, value_enum, default_value = "pem")]
-        format: KeyFormat,
-    },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum KeyFormat {
-    Pem,
-    Hex,
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
@@ -285,7 +260,7 @@ fn main() -> Result<()> {
             let new = if new_tls_identity { NewIdentity::Replace } else { NewIdentity::OnFirstStart };
             runtime.block_on(serve(&cli.data_dir, config, listen, new))
         }
-        Command::Keys { action } => keys(&cli.data_dir, &config, action),
+        Command::Keys { action } => keys_cmd::keys(&cli.data_dir, &config, action),
         Command::Gateway { action } => fleet_cmd::gateway(&cli.data_dir, &config, action),
         Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file, accounts } => {
             let load = Load { duration_secs, backlog, batch_scans: batch_scans.unwrap_or(config.wire.batch_scans_max) };
@@ -345,7 +320,6 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
             config.settlement.cut_over_delay_minutes
         );
     }
-    let (issuer, issuer_keys) = (assembly.keystore().active_signer()?, assembly.keystore().export_public_keys()?);
     if !config.metrics.listen_addr.is_empty() {
         let addr: SocketAddr = config.metrics.listen_addr.parse().context("metrics.listen_addr")?;
         farestream::telemetry::install_prometheus(addr)
@@ -356,7 +330,8 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
     let server = assembly.start().await?;
     let api = match ApiSettings::from_config(&config)? {
         Some(settings) => {
-            let state = ApiState { settings, accounts: server.accounts().clone(), issuer, issuer_keys };
+            let state =
+                ApiState { settings, accounts: server.accounts().clone(), issuer: server.issuer_keys().clone() };
             let api = farestream::api::start(state).await.context("starting the account API")?;
             println!("account API on {}", api.url());
             Some(api)
@@ -502,47 +477,6 @@ async fn shutdown_signal() {
     ctrl_c.await.unwrap_or(());
 }
 
-fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Result<()> {
-    let options = KeystoreOptions::from_config(config);
-    let store = match (Keystore::open(data_dir, options.clone()), action) {
-        (_, KeysAction::Ca) => return fleet_cmd::show_ca(data_dir),
-        (Ok(store), KeysAction::List) => store,
-        (Ok(store), KeysAction::Export { format }) => {
-            for key in store.export_public_keys()? {
-                let status = if key.active { "active" } else { "trusted" };
-                match format {
-                    KeyFormat::Pem => print!("issuer key {} ({status})\n{}", key.id, key.pem),
-                    KeyFormat::Hex => println!("{} {}", key.id, key.hex),
-                }
-            }
-            return Ok(());
-        }
-        (Ok(mut store), KeysAction::Rotate) => {
-            println!("issuer key {} is now active", store.rotate()?);
-            store
-        }
-        (Ok(mut store), KeysAction::Retire { key_id }) => {
-            store.retire(key_id)?;
-            println!("issuer key {key_id} retired");
-            store
-        }
-        // On a fresh data dir, the first key is the rotation.
-        (Err(KeystoreError::Empty(_)), KeysAction::Rotate) => {
-            let store = Keystore::open_or_create(data_dir, options)?;
-            println!("issuer key {} is now active", store.active_key_id());
-            store
-        }
-        (Err(error), _) => return Err(error.into()),
-    };
-    println!("{:>6}  {:<8}  {:<8}  created", "key id", "active", "trusted");
-    for key in store.list() {
-        let active = if key.id == store.active_key_id() { "yes" } else { "" };
-        let trusted = if key.retired { "retired" } else { "yes" };
-        println!("{:>6}  {:<8}  {:<8}  {}", key.id, active, trusted, key.created_at);
-    }
-    Ok(())
-}
-
 async fn simulate(
     data_dir: &Path,
     config: Config,
@@ -580,7 +514,7 @@ async fn flood(
     let (keystore, target) = farestream::sim::reach_server(data_dir, &config, server).await?;
     let codes = farestream::sim::hostile_codes(
         settings.kind,
-        &keystore.active_signer()?,
+        &keystore.signer_at(SystemClock.now_ms().div_euclid(1000))?,
         settings.batch_scans,
         SystemClock.now_ms(),
     )?;

@@ -121,10 +121,12 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let (first_ms, last_ms) = (day_start + FIRST_TRIP_AFTER_DAY_START_MS, day_start + LAST_TRIP_AFTER_DAY_START_MS);
     let sim_span_ms = (last_ms - first_ms + LAST_EXIT_MARGIN_MS) as f64;
     let speedup = sim_span_ms / (options.day_secs.max(1.0) * 1000.0);
-    let (issuer, issuer_keys) = (keystore.active_signer()?, keystore.export_public_keys()?);
-    let trusted_keys = keystore.trusted_public_keys()?;
-    let mut world =
-        City::world(&options.city, config, keystore.active_signer()?, trusted_keys, unix_secs_u32(day_start))?;
+    // The riders' phones and the validators hold the keys in force at the
+    // day's start, as they would have fetched them that morning.
+    let day_start_secs = day_start.div_euclid(1000);
+    let trusted_keys = keystore.schedule()?.trusted_at(day_start_secs);
+    let signer = keystore.signer_at(day_start_secs)?;
+    let mut world = City::world(&options.city, config, signer, trusted_keys, unix_secs_u32(day_start))?;
     let cert = assembly.identity().cert.clone();
     let currency = assembly.settings().money.pricer.fares.currency.clone();
     let inbox = Arc::new(InboxNotifier::default());
@@ -139,7 +141,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         .start()
         .await?;
     let pipeline = Arc::clone(server.pipeline());
-    let api = start_api(config, &server, issuer, issuer_keys).await?;
+    let api = start_api(config, &server).await?;
     let app = RiderApp::new(&api.url(), inbox);
 
     let signing_up = progress_bar(world.riders.len() as u64, options.show_progress, SIGN_UP_TEMPLATE);
@@ -210,14 +212,9 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
 }
 
 /// The account API on loopback, over the demo server's accounts.
-async fn start_api(
-    config: &Config,
-    server: &Server,
-    issuer: crate::ridecode::IssuerSigningKey,
-    issuer_keys: Vec<crate::keystore::ExportedKey>,
-) -> Result<HttpHandle, DemoError> {
+async fn start_api(config: &Config, server: &Server) -> Result<HttpHandle, DemoError> {
     let settings = ApiSettings::from_config(config)?.ok_or_else(|| DemoError::Charges("no account API".into()))?;
-    let state = ApiState { settings, accounts: server.accounts().clone(), issuer, issuer_keys };
+    let state = ApiState { settings, accounts: server.accounts().clone(), issuer: server.issuer_keys().clone() };
     Ok(crate::api::start(state).await?)
 }
 

@@ -116,7 +116,9 @@ pub async fn simulate(
         Timetable::Steady { first_ms: now + 1_000, last_ms: now + (load.duration_secs * 1000.0) as i64 }
     };
     let valid_from = unix_secs_u32(now - 3_600_000);
-    let mut world = City::world(spec, config, keystore.active_signer()?, keystore.trusted_public_keys()?, valid_from)?;
+    let now_secs = now.div_euclid(1000);
+    let (signer, trusted) = (keystore.signer_at(now_secs)?, keystore.schedule()?.trusted_at(now_secs));
+    let mut world = City::world(spec, config, signer, trusted, valid_from)?;
     if let Some(rig) = accounts {
         let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox::new(rig.notifications.clone())));
         let bank = SimControl::new(&rig.paygw_url, rig.hmac_secret.as_bytes());

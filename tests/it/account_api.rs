@@ -5,8 +5,9 @@
 use farestream::api::{ApiSettings, ApiState, ErrorBody, HttpHandle};
 use farestream::clock_source::Clock;
 use farestream::config::Config;
+use farestream::issuer_keys::{IssuerKeysNow, LiveIssuerKeys};
 use farestream::keystore::ExportedKey;
-use farestream::ridecode::{Credential, IssuerSigningKey, RideCode, UserKey};
+use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey};
 use farestream::scan::TapKind;
 use farestream::server::ServerError;
 use farestream::wal::committer::WalState;
@@ -16,14 +17,14 @@ use serde_json::{Value, json};
 use crate::money::{MINUTE, Money, tap};
 use crate::support::{ISSUER_KEY_ID, T0_MS, TestRider, batch, secs};
 
-struct App {
+pub(crate) struct App {
     m: Money,
     api: HttpHandle,
     http: reqwest::Client,
 }
 
 impl App {
-    async fn start() -> App {
+    pub(crate) async fn start() -> App {
         App::start_with(|_| {}).await
     }
 
@@ -33,13 +34,18 @@ impl App {
         settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
         tune(&mut settings);
         let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
-        let issuer_keys = vec![ExportedKey {
+        let published = vec![ExportedKey {
             id: ISSUER_KEY_ID,
             active: true,
-            hex: hex::encode(issuer.public_key()),
+            signs_from_secs: 0,
+            trusted_until_secs: None,
+            public_key: issuer.public_key(),
             pem: "-----BEGIN PUBLIC KEY-----".into(),
         }];
-        let state = ApiState { settings, accounts: m.h.server.accounts().clone(), issuer, issuer_keys };
+        let mut trusted = IssuerPublicKeys::new();
+        trusted.insert(ISSUER_KEY_ID, issuer.public_key());
+        let keys = IssuerKeysNow { trusted, published, signer: Some(std::sync::Arc::new(issuer)) };
+        let state = ApiState { settings, accounts: m.h.server.accounts().clone(), issuer: LiveIssuerKeys::new(keys) };
         let api = farestream::api::start(state).await.expect("api");
         App { m, api, http: reqwest::Client::new() }
     }
@@ -64,7 +70,7 @@ impl App {
     }
 
     /// Registers `phone` with the code the notifier "sent"; returns card and token.
-    async fn register(&self, phone: &str) -> (u64, String) {
+    pub(crate) async fn register(&self, phone: &str) -> (u64, String) {
         assert_eq!(self.call("POST", "/v1/otp", None, Some(json!({"phone": phone}))).await.0, 202);
         let message = self.m.h.inbox.last_to(phone).expect("a code was sent");
         let code = message.rsplit(' ').next().expect("code").to_string();
@@ -605,5 +611,55 @@ async fn codes_are_sent_once_at_a_time_and_limited_per_client_and_in_total() {
     assert_eq!(ask("+8613800000107".into(), "198.51.100.2").await, 429, "a seventh in the minute, whoever asks");
     app.m.h.clock.set(app.m.h.clock.now_ms() + 61_000);
     assert_eq!(ask("+8613800000107".into(), "198.51.100.2").await, 202, "the next minute");
+    app.api.stop().await;
+}
+
+/// Fuzzing the account API's request bodies (issue 19): bodies mutated
+/// from valid ones (`tests/fuzz_corpus/api_body/`), sent to every call
+/// that reads one, with a rider's token. Each gets an answer: a refusal
+/// that says why in JSON, never an internal error, and the server still
+/// serves the rider afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_request_bodies_are_refused_clearly_never_with_an_internal_error() {
+    let app = App::start().await;
+    let (card, token) = app.register("+8613800000099").await;
+    let seeds = || {
+        [
+            json!({"phone": "+8613800000001"}),
+            json!({"phone": "+8613800000001", "code": "123456"}),
+            json!({"payment_user_id": "payer-1"}),
+            json!({"public_key_hex": hex::encode([9u8; 32])}),
+            json!({}),
+        ]
+        .iter()
+        .map(|v| v.to_string().into_bytes())
+        .collect()
+    };
+    let calls = [
+        "/v1/otp".to_string(),
+        "/v1/register".into(),
+        format!("/v1/cards/{card}/activate"),
+        format!("/v1/cards/{card}/keys"),
+    ];
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        crate::fuzz::run("api_body", seeds, 120, |body| {
+            for path in &calls {
+                let send = app.http.post(format!("{}{path}", app.api.url())).bearer_auth(&token).body(body.to_vec());
+                let response =
+                    runtime.block_on(send.header("content-type", "application/json").send()).expect("an answer");
+                let status = response.status().as_u16();
+                let text = runtime.block_on(response.text()).expect("body");
+                proptest::prop_assert!(status != 500, "{path}: internal error for {body:?}: {text}");
+                if status >= 400 {
+                    let refusal = serde_json::from_str::<ErrorBody>(&text);
+                    proptest::prop_assert!(refusal.is_ok(), "{path}: {status} without a JSON reason: {text}");
+                }
+            }
+            Ok(())
+        });
+    });
+    let (status, body) = app.call("GET", &format!("/v1/cards/{card}"), Some(&token), None).await;
+    assert_eq!(status, 200, "{body}");
     app.api.stop().await;
 }

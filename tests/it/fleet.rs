@@ -34,6 +34,16 @@ pub(crate) fn raw_endpoint_at(
     early_data: bool,
     source_ip: &str,
 ) -> quinn::Endpoint {
+    raw_endpoint_speaking(h, credentials, (early_data, source_ip), ALPN)
+}
+
+/// The same, offering only the ALPN protocol `alpn`.
+pub(crate) fn raw_endpoint_speaking(
+    h: &Harness,
+    credentials: Option<&GatewayCredentials>,
+    (early_data, source_ip): (bool, &str),
+    alpn: &[u8],
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(h.identity.cert.clone()).expect("root");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -47,7 +57,7 @@ pub(crate) fn raw_endpoint_at(
             .expect("client cert"),
         None => builder.with_no_client_auth(),
     };
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    crypto.alpn_protocols = vec![alpn.to_vec()];
     crypto.enable_early_data = early_data;
     let crypto = QuicClientConfig::try_from(crypto).expect("quic crypto");
     let mut endpoint = quinn::Endpoint::client(format!("{source_ip}:0").parse().expect("addr")).expect("endpoint");

@@ -2,6 +2,7 @@
 //! links once.
 
 mod account_api;
+mod catalogue;
 mod charge_outcomes;
 mod crash;
 mod cut_over;
@@ -10,6 +11,8 @@ mod durability;
 mod end_to_end;
 mod fair_limits;
 mod fleet;
+mod fuzz;
+mod key_rotation;
 mod money;
 mod operator;
 mod outside_readers;

@@ -182,6 +182,21 @@ pub(crate) fn test_assembly(
         .with_clock(Arc::clone(clock) as Arc<dyn farestream::clock_source::Clock>))
 }
 
+/// The value of one Prometheus series (`name{label="value"}`) as the
+/// server's metrics render it now; 0 before it is first counted. The
+/// test binary's recorder is installed on first use.
+pub(crate) fn metric(series: &str) -> f64 {
+    static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    let handle = METRICS.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("the tests' metrics recorder")
+    });
+    handle
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub(crate) fn record(
     validator: &str,
     seq: u64,

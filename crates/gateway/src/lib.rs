@@ -24,8 +24,9 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 
 use crate::tls::{ClientTlsError, GatewayCredentials, SERVER_NAME, client_config};
-use crate::wire::{AckStatus, BatchAck, DenyListUpdate, FrameError, ScanBatch, read_message, write_message};
+use crate::wire::{AckStatus, BatchAck, FrameError, ScanBatch, ServerPush, read_message, server_push, write_message};
 use farestream_core::deny_list::DenyListReplica;
+use farestream_core::ridecode::{IssuerPublicKeys, PublishedKey};
 use farestream_core::sync::lock;
 
 /// The `[gateway]` section of the configuration: what a gateway tunes.
@@ -112,7 +113,13 @@ struct Inner {
     retries: AtomicU64,
     /// The server's deny list, as last pushed; what the validators check offline.
     deny_list: std::sync::Mutex<DenyListReplica>,
+    /// The issuer keys, as last pushed; what the validators check codes with.
+    issuer_keys: std::sync::Mutex<Vec<PublishedKey>>,
 }
+
+/// The most issuer keys a gateway holds: a rotation a day for a week
+/// leaves a handful; anything near this is a server gone wrong.
+pub const ISSUER_KEYS_HELD_MAX: usize = 64;
 
 impl GatewayClient {
     /// A client that trusts exactly `server_cert` and proves who it is
@@ -134,6 +141,7 @@ impl GatewayClient {
             connects: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             deny_list: std::sync::Mutex::new(DenyListReplica::new(settings.deny_list_cards_max)),
+            issuer_keys: std::sync::Mutex::new(Vec::new()),
         };
         Ok(GatewayClient { inner: Arc::new(inner) })
     }
@@ -196,6 +204,25 @@ impl GatewayClient {
         self.with_deny_list(DenyListReplica::version)
     }
 
+    /// The issuer keys as the server last pushed them (none until the
+    /// first connection), with when each signs and stops being trusted.
+    pub fn issuer_keys(&self) -> Vec<PublishedKey> {
+        lock(&self.inner.issuer_keys).clone()
+    }
+
+    /// The issuer keys a validator trusts at `now_secs`: those pushed,
+    /// less any whose `trusted_until` has passed (the gateway may be
+    /// offline when it does).
+    pub fn trusted_issuer_keys(&self, now_secs: i64) -> IssuerPublicKeys {
+        let mut trusted = IssuerPublicKeys::new();
+        for key in lock(&self.inner.issuer_keys).iter() {
+            if key.trusted_until_secs.is_none_or(|until| now_secs < until) {
+                trusted.insert(key.key_id, key.public_key);
+            }
+        }
+        trusted
+    }
+
     /// Closes the connection politely and waits for the server to see it.
     pub async fn close(&self) {
         if let Some(connection) = self.inner.connection.lock().await.take() {
@@ -249,7 +276,7 @@ impl GatewayClient {
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
         self.inner.connects.fetch_add(1, Ordering::Relaxed);
         *slot = Some(connection.clone());
-        tokio::spawn(read_deny_list(connection.clone(), Arc::clone(&self.inner)));
+        tokio::spawn(read_server_push(connection.clone(), Arc::clone(&self.inner)));
         Ok(connection)
     }
 
@@ -259,17 +286,29 @@ impl GatewayClient {
 }
 
 /// QUIC application error code: the deny list arrived with a gap or over
-/// the gateway's limit; the next connection gets it whole.
-const DENY_LIST_REFUSED: u32 = 2;
+/// the gateway's limit, or an issuer key set was not well formed; the next
+/// connection gets both whole.
+const PUSH_REFUSED: u32 = 2;
 
-/// Reads the deny-list stream the server opens on every connection, until
-/// the connection ends.
-async fn read_deny_list(connection: quinn::Connection, inner: Arc<Inner>) {
+/// Reads the push stream the server opens on every connection (issuer
+/// keys, the deny list), until the connection ends.
+async fn read_server_push(connection: quinn::Connection, inner: Arc<Inner>) {
     let Ok(mut stream) = connection.accept_uni().await else { return };
     let frame_bytes_max = inner.settings.frame_bytes_max;
-    while let Ok(update) = read_message::<DenyListUpdate, _>(&mut stream, frame_bytes_max, "DenyListUpdate").await {
-        if let Err(error) = lock(&inner.deny_list).apply(&update) {
-            connection.close(DENY_LIST_REFUSED.into(), error.to_string().as_bytes());
+    while let Ok(push) = read_message::<ServerPush, _>(&mut stream, frame_bytes_max, "ServerPush").await {
+        let applied = match push.update {
+            Some(server_push::Update::DenyList(update)) => {
+                lock(&inner.deny_list).apply(&update).map_err(|e| e.to_string())
+            }
+            Some(server_push::Update::IssuerKeys(set)) => set
+                .to_published(ISSUER_KEYS_HELD_MAX)
+                .map(|keys| *lock(&inner.issuer_keys) = keys)
+                .map_err(|e| e.to_string()),
+            // A kind of update newer than this client: skipped.
+            None => Ok(()),
+        };
+        if let Err(error) = applied {
+            connection.close(PUSH_REFUSED.into(), error.as_bytes());
             return;
         }
     }

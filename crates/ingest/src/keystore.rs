@@ -1,14 +1,18 @@
 //! Issuer keys on disk, under `DATA_DIR/keys`:
 //!
 //! - `issuer-NNNN.pk8`: one Ed25519 key each, PKCS#8 DER, mode 0600;
-//! - `keyring.toml`: which key signs new credentials (`active_key_id`) and
-//!   which are retired (no longer trusted by the server);
+//! - `keyring.toml`: each key's id, when it was made, from when it signs
+//!   new credentials (`signs_from`), and whether an operator retired it;
 //! - `.lock`: held by every command that changes the store, so two `keys`
 //!   commands at once both land, one after the other (a command that cannot
 //!   get it within `keys.lock_wait_ms_max` is refused).
 //!
-//! Rotation adds a key and makes it active; the old one stays trusted until
-//! retired, so credentials issued yesterday still verify today.
+//! Which key signs and which are trusted at a moment follows from those
+//! times alone ([`IssuerKeySchedule`]): rotation adds a key that signs from
+//! a moment `keys.signing_lead_secs` ahead, and the key before it stays
+//! trusted until its last credential and the scans made under it have run
+//! out (`Config::issuer_key_trust_tail_secs`). A running server rereads the
+//! store every `keys.reload_interval_ms`, so a rotation needs no restart.
 //!
 //! Crash safety, step by step (each step is a failpoint):
 //!
@@ -36,7 +40,8 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::faults::Faults;
-use farestream_core::ridecode::{IssuerPublicKeys, IssuerSigningKey, KeyError};
+use farestream_core::ridecode::schedule::ISSUER_KEYS_PUBLISHED_MAX;
+use farestream_core::ridecode::{IssuerKeySchedule, IssuerSigningKey, KeyError, PublishedKey, ScheduledKey};
 
 /// Failpoint: a rotation's new key file is on disk, the keyring unchanged.
 pub const STEP_KEY_WRITTEN: &str = "keys: new key file written";
@@ -61,10 +66,22 @@ pub enum KeystoreError {
     Key(#[from] KeyError),
     #[error("issuer key {0} does not exist")]
     NoSuchKey(u32),
-    #[error("issuer key {0} is the active key; rotate before retiring it")]
+    #[error("issuer key {0} signs credentials now; rotate with `--signs-in-secs 0` before retiring it")]
     RetiringActiveKey(u32),
+    #[error("no issuer key signs credentials at {0} (Unix seconds): the first key signs later or every key is retired")]
+    NoSigner(i64),
     #[error("the key store {dir} is locked by another command; waited {waited_ms} ms (keys.lock_wait_ms_max)")]
     Busy { dir: PathBuf, waited_ms: u64 },
+    #[error("{0} (Unix seconds) is not a time a key can sign from")]
+    BadSigningTime(i64),
+    #[error(
+        "a new key cannot sign from {signs_from_secs} (Unix seconds): not before now and every key already scheduled ({earliest})"
+    )]
+    SignsTooEarly { signs_from_secs: i64, earliest: i64 },
+    #[error(
+        "{0} issuer keys are published already, the most a gateway holds: wait for the oldest to run out, or retire one"
+    )]
+    TooManyPublished(usize),
     #[error("issuer key ids are exhausted")]
     IdsExhausted,
     #[error("no issuer keys under {0} yet: `farestream serve` or `farestream keys rotate` makes the first")]
@@ -79,9 +96,15 @@ pub enum KeystoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportedKey {
     pub id: u32,
+    /// It signs new credentials now.
     pub active: bool,
-    /// The raw 32-byte Ed25519 public key, hex.
-    pub hex: String,
+    /// Unix seconds from which it signs new credentials.
+    pub signs_from_secs: i64,
+    /// Unix seconds from which it is no longer trusted; `None` while no
+    /// newer key is scheduled.
+    pub trusted_until_secs: Option<i64>,
+    /// The raw 32-byte Ed25519 public key.
+    pub public_key: [u8; 32],
     /// SubjectPublicKeyInfo in PEM, as `openssl pkey -pubin` and Python's
     /// `cryptography` read it.
     pub pem: String,
@@ -100,12 +123,44 @@ pub struct KeyInfo {
     pub id: u32,
     /// RFC 3339, for people reading the file.
     pub created_at: String,
+    /// RFC 3339: from when it signs new credentials. Keyrings written
+    /// before rotations were scheduled lack it: such a key signed from
+    /// when it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signs_from: Option<String>,
     pub retired: bool,
+    /// RFC 3339: when it was retired. Keyrings from before lack it: such a
+    /// key is taken to have signed before it was retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
 }
 
+impl KeyInfo {
+    /// From when it signs, in Unix seconds.
+    pub fn signs_from_secs(&self) -> Result<i64, String> {
+        self.time(self.signs_from.as_deref().unwrap_or(&self.created_at))
+    }
+
+    /// When it was retired, in Unix seconds; `None` while it is not.
+    fn retired_at_secs(&self) -> Result<Option<i64>, String> {
+        match (self.retired, &self.retired_at) {
+            (false, _) => Ok(None),
+            (true, Some(text)) => self.time(text).map(Some),
+            (true, None) => self.signs_from_secs().map(Some),
+        }
+    }
+
+    fn time(&self, text: &str) -> Result<i64, String> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp())
+            .map_err(|e| format!("issuer key {}: `{text}` is not an RFC 3339 time: {e}", self.id))
+    }
+}
+
+/// The keyring. Unknown fields (`active_key_id`, from before rotations
+/// were scheduled) are ignored: the times say which key signs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct KeyringFile {
-    active_key_id: u32,
     keys: Vec<KeyInfo>,
 }
 
@@ -113,6 +168,8 @@ struct KeyringFile {
 #[derive(Debug, Clone)]
 pub struct KeystoreOptions {
     pub lock_wait: Duration,
+    /// How long a superseded key stays trusted after it stopped signing.
+    pub trust_tail_secs: i64,
     pub faults: Arc<Faults>,
 }
 
@@ -120,6 +177,7 @@ impl KeystoreOptions {
     pub fn from_config(config: &Config) -> KeystoreOptions {
         KeystoreOptions {
             lock_wait: Duration::from_millis(config.keys.lock_wait_ms_max),
+            trust_tail_secs: config.issuer_key_trust_tail_secs(),
             faults: Arc::new(Faults::default()),
         }
     }
@@ -132,11 +190,13 @@ pub struct Keystore {
 }
 
 impl Keystore {
-    /// Opens the key store, making a first key when there is none.
+    /// Opens the key store, making a first key when there is none. The
+    /// first key signs from the Unix epoch: no key before it hands over to
+    /// it, so any clock a server runs on finds it signing.
     pub fn open_or_create(data_dir: &Path, options: KeystoreOptions) -> Result<Keystore, KeystoreError> {
         let dir = data_dir.join("keys");
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let empty = KeyringFile { active_key_id: 0, keys: Vec::new() };
+        let empty = KeyringFile { keys: Vec::new() };
         let mut store = Keystore { dir, ring: empty, options };
         if let Some(ring) = store.read_ring()? {
             store.ring = ring;
@@ -145,7 +205,7 @@ impl Keystore {
         // Two first starts at once must not both make key 1.
         store.change(|store| {
             if store.ring.keys.is_empty() {
-                store.add_key()?;
+                store.add_key(0)?;
             }
             Ok(())
         })?;
@@ -157,40 +217,72 @@ impl Keystore {
     /// server's keys).
     pub fn open(data_dir: &Path, options: KeystoreOptions) -> Result<Keystore, KeystoreError> {
         let dir = data_dir.join("keys");
-        let empty = KeyringFile { active_key_id: 0, keys: Vec::new() };
+        let empty = KeyringFile { keys: Vec::new() };
         let mut store = Keystore { dir, ring: empty, options };
         store.ring = store.read_ring()?.ok_or_else(|| KeystoreError::Empty(store.dir.clone()))?;
         Ok(store)
     }
 
-    /// Makes a new key and makes it the active one; returns its id.
-    pub fn rotate(&mut self) -> Result<u32, KeystoreError> {
-        self.change(Keystore::add_key)
+    /// Makes a new key that signs from `signs_from_secs` (published, so
+    /// trusted and pushed, from `now_secs`); returns its id. It must sign
+    /// after now and after every key scheduled before it, and at most
+    /// [`ISSUER_KEYS_PUBLISHED_MAX`] keys are published at once (what a
+    /// gateway holds).
+    pub fn rotate(&mut self, now_secs: i64, signs_from_secs: i64) -> Result<u32, KeystoreError> {
+        self.change(|store| {
+            let schedule = store.schedule()?;
+            let published = schedule.published_at(now_secs);
+            let latest = published.iter().map(|k| k.signs_from_secs).max().unwrap_or(i64::MIN);
+            if signs_from_secs < now_secs.max(latest) {
+                return Err(KeystoreError::SignsTooEarly { signs_from_secs, earliest: now_secs.max(latest) });
+            }
+            if published.len() >= ISSUER_KEYS_PUBLISHED_MAX {
+                return Err(KeystoreError::TooManyPublished(published.len()));
+            }
+            store.add_key(signs_from_secs)
+        })
     }
 
-    /// Stops trusting a key: codes under it become `unknown_issuer_key`.
-    pub fn retire(&mut self, id: u32) -> Result<(), KeystoreError> {
+    /// Stops trusting a key at once (a leaked key): codes under it become
+    /// `unknown_issuer_key`. The key that signs at `now_secs` cannot be
+    /// retired: rotate first.
+    pub fn retire(&mut self, id: u32, now_secs: i64) -> Result<(), KeystoreError> {
         self.change(|store| {
-            if id == store.ring.active_key_id {
+            if store.schedule()?.signer_at(now_secs) == Some(id) {
                 return Err(KeystoreError::RetiringActiveKey(id));
             }
             let key = store.ring.keys.iter_mut().find(|k| k.id == id).ok_or(KeystoreError::NoSuchKey(id))?;
             key.retired = true;
+            key.retired_at = chrono::DateTime::from_timestamp(now_secs, 0).map(|t| t.to_rfc3339());
             store.save()
         })
-    }
-
-    pub fn active_key_id(&self) -> u32 {
-        self.ring.active_key_id
     }
 
     pub fn list(&self) -> &[KeyInfo] {
         &self.ring.keys
     }
 
-    /// The key that signs new credentials.
-    pub fn active_signer(&self) -> Result<IssuerSigningKey, KeystoreError> {
-        self.signer(self.ring.active_key_id)
+    /// Which key signs and which are trusted, at any moment.
+    pub fn schedule(&self) -> Result<IssuerKeySchedule, KeystoreError> {
+        let mut keys = Vec::new();
+        let bad = |reason| KeystoreError::BadKeyring { path: self.dir.join(KEYRING), reason };
+        for info in &self.ring.keys {
+            let signs_from_secs = info.signs_from_secs().map_err(bad)?;
+            let retired_at_secs = info.retired_at_secs().map_err(bad)?;
+            // A retired key's file is not read: it is trusted by no one.
+            let public_key = match retired_at_secs {
+                Some(_) => [0; 32],
+                None => self.signer(info.id)?.public_key(),
+            };
+            keys.push(ScheduledKey { key_id: info.id, public_key, signs_from_secs, retired_at_secs });
+        }
+        Ok(IssuerKeySchedule::new(keys, self.options.trust_tail_secs))
+    }
+
+    /// The key that signs new credentials at `now_secs`.
+    pub fn signer_at(&self, now_secs: i64) -> Result<IssuerSigningKey, KeystoreError> {
+        let id = self.schedule()?.signer_at(now_secs).ok_or(KeystoreError::NoSigner(now_secs))?;
+        self.signer(id)
     }
 
     pub fn signer(&self, id: u32) -> Result<IssuerSigningKey, KeystoreError> {
@@ -199,33 +291,28 @@ impl Keystore {
         Ok(IssuerSigningKey::from_pkcs8(id, &document)?)
     }
 
-    /// Public keys of every key not retired: what the server trusts.
-    pub fn trusted_public_keys(&self) -> Result<IssuerPublicKeys, KeystoreError> {
-        let mut keys = IssuerPublicKeys::new();
-        for info in self.ring.keys.iter().filter(|k| !k.retired) {
-            keys.insert(info.id, self.signer(info.id)?.public_key());
-        }
-        Ok(keys)
+    /// Every issuer public key trusted at `now_secs`, for validators, in
+    /// encodings standard tools read: raw hex, and PEM
+    /// SubjectPublicKeyInfo (made by rcgen from the stored PKCS#8 document).
+    pub fn export_public_keys(&self, now_secs: i64) -> Result<Vec<ExportedKey>, KeystoreError> {
+        let schedule = self.schedule()?;
+        let signer = schedule.signer_at(now_secs);
+        schedule.published_at(now_secs).iter().map(|key| self.export(key, signer == Some(key.key_id))).collect()
     }
 
-    /// Every trusted issuer public key, for validators, in encodings
-    /// standard tools read: raw hex, and PEM SubjectPublicKeyInfo (made by
-    /// rcgen from the stored PKCS#8 document).
-    pub fn export_public_keys(&self) -> Result<Vec<ExportedKey>, KeystoreError> {
-        let mut exported = Vec::new();
-        for info in self.ring.keys.iter().filter(|k| !k.retired) {
-            let path = self.key_path(info.id);
-            let document = fs::read(&path).map_err(io(&path))?;
-            let pair = rcgen::KeyPair::try_from(document.as_slice())
-                .map_err(|e| KeystoreError::Export { id: info.id, reason: e.to_string() })?;
-            exported.push(ExportedKey {
-                id: info.id,
-                active: info.id == self.ring.active_key_id,
-                hex: hex::encode(self.signer(info.id)?.public_key()),
-                pem: pair.public_key_pem(),
-            });
-        }
-        Ok(exported)
+    fn export(&self, key: &PublishedKey, active: bool) -> Result<ExportedKey, KeystoreError> {
+        let path = self.key_path(key.key_id);
+        let document = fs::read(&path).map_err(io(&path))?;
+        let pair = rcgen::KeyPair::try_from(document.as_slice())
+            .map_err(|e| KeystoreError::Export { id: key.key_id, reason: e.to_string() })?;
+        Ok(ExportedKey {
+            id: key.key_id,
+            active,
+            signs_from_secs: key.signs_from_secs,
+            trusted_until_secs: key.trusted_until_secs,
+            public_key: key.public_key,
+            pem: pair.public_key_pem(),
+        })
     }
 
     /// Runs `apply` under the lock on the keyring as it is on disk now.
@@ -237,8 +324,11 @@ impl Keystore {
         apply(self)
     }
 
-    /// Step 1, then the keyring with the new key active.
-    fn add_key(&mut self) -> Result<u32, KeystoreError> {
+    /// Step 1, then the keyring with the new key in it.
+    fn add_key(&mut self, signs_from_secs: i64) -> Result<u32, KeystoreError> {
+        let signs_from = chrono::DateTime::from_timestamp(signs_from_secs, 0)
+            .ok_or(KeystoreError::BadSigningTime(signs_from_secs))?
+            .to_rfc3339();
         let id = self.highest_id_on_disk()?.checked_add(1).ok_or(KeystoreError::IdsExhausted)?;
         let document = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
             .map_err(|_| KeystoreError::Rng)?;
@@ -248,8 +338,8 @@ impl Keystore {
         crate::files::write_private(&path, document.as_ref()).map_err(io(&path))?;
         crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
         self.options.faults.crash_point(STEP_KEY_WRITTEN).map_err(io(&path))?;
-        self.ring.keys.push(KeyInfo { id, created_at: chrono::Utc::now().to_rfc3339(), retired: false });
-        self.ring.active_key_id = id;
+        let created_at = chrono::Utc::now().to_rfc3339();
+        self.ring.keys.push(KeyInfo { id, created_at, signs_from: Some(signs_from), retired: false, retired_at: None });
         self.save()?;
         Ok(id)
     }
@@ -276,7 +366,13 @@ impl Keystore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(KeystoreError::Io { path, source }),
         };
-        let ring = toml::from_str(&text).map_err(|e| KeystoreError::BadKeyring { path, reason: e.to_string() })?;
+        let ring: KeyringFile = toml::from_str(&text)
+            .map_err(|e| KeystoreError::BadKeyring { path: path.clone(), reason: e.to_string() })?;
+        let mut ids: Vec<u32> = ring.keys.iter().map(|k| k.id).collect();
+        ids.sort_unstable();
+        if let Some(twice) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(KeystoreError::BadKeyring { path, reason: format!("issuer key {} is listed twice", twice[0]) });
+        }
         Ok(Some(ring))
     }
 
@@ -327,26 +423,100 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeystoreError + use<> {
 mod tests {
     use super::*;
 
+    /// A moment the tests' keys are made at.
+    const NOW: i64 = 1_800_000_000;
+    const TAIL: i64 = 400_000;
+
     fn options() -> KeystoreOptions {
-        KeystoreOptions { lock_wait: Duration::from_secs(10), faults: Arc::new(Faults::default()) }
+        KeystoreOptions {
+            lock_wait: Duration::from_secs(10),
+            trust_tail_secs: TAIL,
+            faults: Arc::new(Faults::default()),
+        }
     }
 
     fn trusted(store: &Keystore) -> Vec<u32> {
-        store.trusted_public_keys().expect("keys").key_ids().collect()
+        store.schedule().expect("keys").trusted_at(NOW).key_ids().collect()
+    }
+
+    fn active(store: &Keystore) -> u32 {
+        store.signer_at(NOW).expect("a signer").key_id()
     }
 
     #[test]
-    fn rotation_keeps_old_keys_trusted_until_retired() {
+    fn rotation_keeps_old_keys_trusted_until_their_tail_or_retirement() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
-        assert_eq!(store.active_key_id(), 1);
-        assert_eq!(store.rotate().expect("rotate"), 2);
+        assert_eq!(active(&store), 1);
+        assert_eq!(store.rotate(NOW, NOW).expect("rotate"), 2);
         let reopened = Keystore::open_or_create(dir.path(), options()).expect("reopen");
-        assert_eq!(reopened.active_key_id(), 2);
+        assert_eq!(active(&reopened), 2);
         assert_eq!(trusted(&reopened), vec![1, 2]);
-        assert!(matches!(store.retire(2), Err(KeystoreError::RetiringActiveKey(2))));
-        store.retire(1).expect("retire");
+        let schedule = reopened.schedule().expect("schedule");
+        assert_eq!(schedule.trusted_at(NOW + TAIL - 1).key_ids().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(schedule.trusted_at(NOW + TAIL).key_ids().collect::<Vec<_>>(), vec![2], "key 1 ran out");
+        assert!(matches!(store.retire(2, NOW), Err(KeystoreError::RetiringActiveKey(2))));
+        store.retire(1, NOW).expect("retire");
         assert_eq!(trusted(&store), vec![2]);
+    }
+
+    #[test]
+    fn a_rotation_with_a_lead_publishes_before_it_signs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        store.rotate(NOW, NOW + 3_600).expect("rotate");
+        assert_eq!((active(&store), trusted(&store)), (1, vec![1, 2]), "published, not signing");
+        let exported = store.export_public_keys(NOW).expect("export");
+        let view: Vec<_> = exported.iter().map(|k| (k.id, k.active, k.trusted_until_secs)).collect();
+        assert_eq!(view, vec![(1, true, Some(NOW + 3_600 + TAIL)), (2, false, None)]);
+        assert_eq!(store.signer_at(NOW + 3_600).expect("signer").key_id(), 2);
+        assert!(matches!(store.rotate(NOW, i64::MAX), Err(KeystoreError::BadSigningTime(i64::MAX))));
+        assert!(matches!(store.signer_at(i64::MIN), Err(KeystoreError::NoSigner(i64::MIN))));
+    }
+
+    /// Review: a keyring listing a key twice, a rotation scheduled before
+    /// the keys already scheduled, and more keys than a gateway holds were
+    /// all taken.
+    #[test]
+    fn a_bad_keyring_and_bad_rotations_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        store.rotate(NOW, NOW + 100).expect("rotate");
+        let early = store.rotate(NOW, NOW + 50);
+        assert!(
+            matches!(early, Err(KeystoreError::SignsTooEarly { earliest, .. }) if earliest == NOW + 100),
+            "{early:?}"
+        );
+        assert!(matches!(store.rotate(NOW, NOW - 1), Err(KeystoreError::SignsTooEarly { .. })));
+        while store.schedule().expect("schedule").published_at(NOW).len() < ISSUER_KEYS_PUBLISHED_MAX {
+            store.rotate(NOW, NOW + 100).expect("rotate");
+        }
+        assert!(matches!(store.rotate(NOW, NOW + 100), Err(KeystoreError::TooManyPublished(64))));
+        let ring = dir.path().join("keys").join(KEYRING);
+        let text = fs::read_to_string(&ring).expect("ring");
+        fs::write(&ring, text.replace("id = 3\n", "id = 2\n")).expect("ring with a key twice");
+        let reopened = Keystore::open(dir.path(), options());
+        assert!(
+            matches!(&reopened, Err(KeystoreError::BadKeyring { reason, .. }) if reason.contains("twice")),
+            "{:?}",
+            reopened.err()
+        );
+    }
+
+    /// Keyrings written before rotations were scheduled name an
+    /// `active_key_id` and no `signs_from`: each key signed from when it
+    /// was made, so the newest still signs and none is dropped early.
+    #[test]
+    fn a_keyring_from_before_scheduled_rotation_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        store.rotate(NOW, NOW).expect("rotate");
+        let old = "active_key_id = 2\n\n[[keys]]\nid = 1\ncreated_at = \"2027-01-15T06:00:00+00:00\"\nretired = false\n\n\
+                   [[keys]]\nid = 2\ncreated_at = \"2027-01-15T07:00:00.5+00:00\"\nretired = false\n";
+        fs::write(dir.path().join("keys").join(KEYRING), old).expect("old keyring");
+        let store = Keystore::open(dir.path(), options()).expect("open");
+        assert_eq!(active(&store), 2);
+        assert_eq!(trusted(&store), vec![1, 2]);
     }
 
     /// Review: a crash inside `keys rotate` left an orphan key file that
@@ -361,17 +531,16 @@ mod tests {
             let options = options();
             let mut store = Keystore::open_or_create(dir.path(), options.clone()).expect("create");
             options.faults.crash_after(step);
-            assert!(store.rotate().is_err(), "{step}");
+            assert!(store.rotate(NOW - 5, NOW - 5).is_err(), "{step}");
             let mut after = Keystore::open_or_create(dir.path(), options.clone()).expect(step);
             let expected = if committed { (2, vec![1, 2]) } else { (1, vec![1]) };
-            assert_eq!((after.active_key_id(), trusted(&after)), expected, "{step}");
-            let next = after.rotate().expect("a later rotation works");
+            assert_eq!((active(&after), trusted(&after)), expected, "{step}");
+            let next = after.rotate(NOW, NOW).expect("a later rotation works");
             assert!(next >= 2 && next != 1, "{step}: {next}");
-            after.retire(1).expect("a later retirement works");
+            after.retire(1, NOW).expect("a later retirement works");
             let reopened = Keystore::open_or_create(dir.path(), options).expect("reopen");
-            assert_eq!(reopened.active_key_id(), next, "{step}");
+            assert_eq!(active(&reopened), next, "{step}");
             assert!(!trusted(&reopened).contains(&1), "{step}");
-            assert!(reopened.active_signer().is_ok(), "{step}");
         }
     }
 
@@ -381,13 +550,13 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let options = options();
             let mut store = Keystore::open_or_create(dir.path(), options.clone()).expect("create");
-            store.rotate().expect("rotate");
+            store.rotate(NOW - 5, NOW - 5).expect("rotate");
             options.faults.crash_after(step);
-            assert!(store.retire(1).is_err(), "{step}");
+            assert!(store.retire(1, NOW).is_err(), "{step}");
             let mut after = Keystore::open_or_create(dir.path(), options).expect(step);
             assert_eq!(trusted(&after), if committed { vec![2] } else { vec![1, 2] }, "{step}");
-            after.retire(1).expect("retiring again works");
-            assert_eq!(after.rotate().expect("rotate"), 3);
+            after.retire(1, NOW).expect("retiring again works");
+            assert_eq!(after.rotate(NOW, NOW).expect("rotate"), 3);
         }
     }
 
@@ -402,7 +571,7 @@ mod tests {
                 let path = dir.path().to_path_buf();
                 std::thread::spawn(move || {
                     let mut store = Keystore::open_or_create(&path, options()).expect("open");
-                    (0..5).map(|_| store.rotate().expect("rotate")).collect::<Vec<_>>()
+                    (0..5).map(|_| store.rotate(NOW, NOW).expect("rotate")).collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -410,7 +579,7 @@ mod tests {
         ids.sort();
         assert_eq!(ids, (2..=11).collect::<Vec<_>>(), "every rotation got its own id");
         let store = Keystore::open_or_create(dir.path(), options()).expect("reopen");
-        assert_eq!(trusted(&store), (1..=11).collect::<Vec<_>>(), "no update was lost");
+        assert_eq!(store.list().iter().map(|k| k.id).collect::<Vec<_>>(), (1..=11).collect::<Vec<_>>(), "none lost");
     }
 
     /// Issue 10: the public keys were only in the server's PKCS#8 v2 files,
@@ -420,12 +589,12 @@ mod tests {
     fn exported_public_keys_are_read_by_openssl() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
-        store.rotate().expect("rotate");
-        store.retire(1).expect("retire");
-        let exported = store.export_public_keys().expect("export");
+        store.rotate(NOW, NOW).expect("rotate");
+        store.retire(1, NOW).expect("retire");
+        let exported = store.export_public_keys(NOW).expect("export");
         assert_eq!(exported.iter().map(|k| (k.id, k.active)).collect::<Vec<_>>(), vec![(2, true)], "trusted keys only");
         let key = &exported[0];
-        assert_eq!(key.hex, hex::encode(store.trusted_public_keys().expect("keys").get(2).expect("key 2")));
+        assert_eq!(&key.public_key, store.schedule().expect("keys").trusted_at(NOW).get(2).expect("key 2"));
         let pem_path = dir.path().join("issuer.pem");
         fs::write(&pem_path, &key.pem).expect("pem");
         let output = std::process::Command::new("openssl")
@@ -442,7 +611,7 @@ mod tests {
             .skip(1)
             .flat_map(|l| l.trim().split(':').filter(|b| !b.is_empty()).map(str::to_string).collect::<Vec<_>>())
             .collect();
-        assert_eq!(printed, key.hex, "openssl reads the same key");
+        assert_eq!(printed, hex::encode(key.public_key), "openssl reads the same key");
     }
 
     #[test]
@@ -451,8 +620,8 @@ mod tests {
         let quick = KeystoreOptions { lock_wait: Duration::from_millis(50), ..options() };
         let mut store = Keystore::open_or_create(dir.path(), quick).expect("create");
         let held = store.lock().expect("lock");
-        assert!(matches!(store.rotate(), Err(KeystoreError::Busy { .. })));
+        assert!(matches!(store.rotate(NOW, NOW), Err(KeystoreError::Busy { .. })));
         drop(held);
-        assert_eq!(store.rotate().expect("free again"), 2);
+        assert_eq!(store.rotate(NOW, NOW).expect("free again"), 2);
     }
 }

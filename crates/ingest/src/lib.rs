@@ -14,6 +14,7 @@ pub mod faults;
 pub mod files;
 pub mod fleet_ca;
 pub mod http_serve;
+pub mod issuer_keys;
 pub mod keystore;
 pub mod log_reader;
 pub mod telemetry;

@@ -101,6 +101,22 @@ pub fn wal_failed() {
     counter!("farestream_wal_failures_total").increment(1);
 }
 
+/// Issuer key sets written to gateways (on connect and on each change).
+pub fn issuer_key_sets_sent() {
+    counter!("farestream_issuer_key_sets_sent_total").increment(1);
+}
+
+/// The issuer keys a running server holds changed (a rotation, a key that
+/// ran out or was retired).
+pub fn issuer_keys_changed() {
+    counter!("farestream_issuer_keys_changes_total").increment(1);
+}
+
+/// The key store could not be reread; the server keeps the keys it holds.
+pub fn issuer_keys_reload_failed() {
+    counter!("farestream_issuer_keys_reload_failures_total").increment(1);
+}
+
 /// Deny-list updates (pages or changes) written to gateways.
 pub fn deny_list_updates_sent(count: usize) {
     counter!("farestream_deny_list_updates_total").increment(count as u64);

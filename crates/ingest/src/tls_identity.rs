@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 
 use crate::fleet_ca::{RevocationList, client_verifier};
-use farestream_gateway::wire::ALPN;
+use farestream_gateway::wire::{ALPN, ALPN_V1};
 
 pub use farestream_gateway::tls::SERVER_NAME;
 
@@ -146,7 +146,8 @@ impl ServerIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier(fleet)?)
             .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
-        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        // The server's order decides: the current version, else the first.
+        crypto.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
         // 0-RTT data can be replayed by anyone who recorded it: a batch
         // must arrive in a handshake the server took part in. (Already
         // rustls's default; written here so nobody turns it on.)

@@ -19,6 +19,7 @@ use farestream_ingest::config::Config;
 use farestream_ingest::data_dir_lock::DataDirLock;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::fleet_ca::{FleetCa, RevocationList};
+use farestream_ingest::issuer_keys::{IssuerKeysNow, LiveIssuerKeys};
 use farestream_ingest::keystore::{Keystore, KeystoreOptions, random_seed};
 use farestream_ingest::tls_identity::{NewIdentity, ServerIdentity};
 use farestream_money::notify::{FileNotifier, Notifier};
@@ -32,7 +33,8 @@ pub struct Assembly {
     fleet: RevocationList,
     settings: ServerSettings,
     pipeline: PipelineConfig,
-    trusted_keys: IssuerPublicKeys,
+    /// Keys of the tests' own instead of the key store's.
+    fixed_keys: Option<IssuerPublicKeys>,
     handles: Handles,
     settlement: Option<Arc<dyn DailySettlement>>,
 }
@@ -59,7 +61,7 @@ impl Assembly {
             handles.notifier = Arc::new(notifier);
         }
         Ok(Assembly {
-            trusted_keys: keystore.trusted_public_keys()?,
+            fixed_keys: None,
             settings: ServerSettings::from_config(config, data_dir)?,
             pipeline: config.pipeline_config()?,
             data_dir_lock,
@@ -99,10 +101,11 @@ impl Assembly {
         self
     }
 
-    /// Trusts ride codes from exactly these issuer keys instead of the key
-    /// store's (tests that sign with keys of their own).
+    /// Trusts ride codes from exactly these issuer keys, for the server's
+    /// life, instead of following the key store (tests that sign with keys
+    /// of their own). Nothing signs and nothing is published.
     pub fn trusting(mut self, keys: IssuerPublicKeys) -> Assembly {
-        self.trusted_keys = keys;
+        self.fixed_keys = Some(keys);
         self
     }
 
@@ -133,9 +136,22 @@ impl Assembly {
 
     /// Recovers the data dir and starts serving.
     pub async fn start(self) -> Result<Server, ServerError> {
-        let Assembly { data_dir_lock, identity, fleet, settings, pipeline, trusted_keys, handles, settlement, .. } =
-            self;
-        let pipeline = Arc::new(Pipeline::new(pipeline, trusted_keys, random_seed()?));
-        Server::start_locked(data_dir_lock, settings, handles, (&identity, fleet), pipeline, settlement).await
+        let now_secs = self.handles.clock.now_ms().div_euclid(1000);
+        let (keys_now, follow_key_store) = match self.fixed_keys {
+            Some(trusted) => (IssuerKeysNow { trusted, published: Vec::new(), signer: None }, false),
+            None => (IssuerKeysNow::at(&self.keystore, now_secs)?, true),
+        };
+        let Assembly { data_dir_lock, identity, fleet, settings, pipeline, handles, settlement, .. } = self;
+        let pipeline = Arc::new(Pipeline::new(pipeline, keys_now.trusted.clone(), random_seed()?));
+        let issuer_keys = IssuerKeys { live: LiveIssuerKeys::new(keys_now), follow_key_store };
+        let (tls, keys) = ((&identity, fleet), (pipeline, issuer_keys));
+        Server::start_locked(data_dir_lock, settings, handles, tls, keys, settlement).await
     }
+}
+
+/// The issuer keys a server starts with, and whether it follows the key
+/// store after that (every server but a test's with keys of its own).
+pub(crate) struct IssuerKeys {
+    pub(crate) live: LiveIssuerKeys,
+    pub(crate) follow_key_store: bool,
 }

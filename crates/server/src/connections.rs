@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::timeout_at;
 
 use crate::batch::{Peer, process};
-use crate::deny_push::push_deny_list;
+use crate::server_push::push_to_gateway;
 use crate::{BACKOFF_RETRY_AFTER_MS, Shared, spawn_supervised};
 use farestream_core::ingest::BatchError;
 use farestream_gateway::wire::{
@@ -72,7 +72,10 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let connection = match tokio::time::timeout(shared.settings.handshake_timeout, incoming).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => {
+            // No certificate, one from another CA, a revoked or an expired
+            // one: TLS refused it and told the peer why.
             tracing::debug!(%error, "handshake failed");
+            telemetry::connection_refused("handshake_failed");
             return;
         }
         Err(_) => {
@@ -89,7 +92,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         oldest.close(close_code::TOO_MANY_CONNECTIONS.into(), why.as_bytes());
     }
     telemetry::connection_opened();
-    spawn_supervised(&shared, "a deny-list push", push_deny_list(connection.clone(), Arc::clone(&shared)));
+    spawn_supervised(&shared, "a gateway's push stream", push_to_gateway(connection.clone(), Arc::clone(&shared)));
     let peer = Arc::new(Peer {
         party: shared.next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sizer: Mutex::new(*farestream_core::sync::lock(&shared.all_peers)),

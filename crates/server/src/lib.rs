@@ -27,7 +27,9 @@
 //! (accept, streams, the frame read), `batch` (one batch from slot to ack),
 //! `housekeeping` (sweeps, gauges, health), `money_jobs` (the pay-later
 //! half's start-up and periodic jobs), `cut_over` (the daily settlement's
-//! schedule), `deny_push`, `fair` (turns at the verifier), `handles` (the
+//! schedule), `server_push` (issuer keys and the deny list to each
+//! gateway), `issuer_reload` (key rotation without a restart), `fleet_access`
+//! (who may connect), `fair` (turns at the verifier), `handles` (the
 //! live objects jobs share); this file holds the `Server` itself and its
 //! failure latch.
 
@@ -35,13 +37,14 @@ mod assembly;
 mod batch;
 mod connections;
 mod cut_over;
-mod deny_push;
 pub mod fair;
 mod fleet_access;
 pub mod handles;
 mod housekeeping;
+mod issuer_reload;
 mod money_jobs;
 mod peer_limits;
+mod server_push;
 mod settings;
 mod startup;
 
@@ -58,7 +61,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use farestream_ingest::issuer_keys::LiveIssuerKeys;
+
 pub use assembly::Assembly;
+use assembly::IssuerKeys;
 pub use cut_over::DailySettlement;
 pub use settings::{CutOverSettings, PeerLimitSettings, ServerSettings};
 
@@ -215,6 +221,8 @@ struct Shared {
     verify_turns: FairTurns,
     /// The deny list, pushed to every connected gateway.
     deny_list: Arc<farestream_money::DenyListHub>,
+    /// The issuer keys in force, pushed to every connected gateway.
+    issuer_keys: LiveIssuerKeys,
     /// Which gateways may connect, and the connections to close when one
     /// is revoked.
     fleet: Arc<FleetAccess>,
@@ -258,7 +266,7 @@ impl Server {
         settings: ServerSettings,
         handles: Handles,
         (identity, fleet): (&ServerIdentity, RevocationList),
-        pipeline: Arc<Pipeline>,
+        (pipeline, issuer_keys): (Arc<Pipeline>, IssuerKeys),
         settlement: Option<Arc<dyn DailySettlement>>,
     ) -> Result<Server, ServerError> {
         let recovering = {
@@ -310,6 +318,7 @@ impl Server {
             verify_turns: FairTurns::new(settings.verify_slices_in_flight_max),
             all_peers: Mutex::new(ChunkSizer::new(pipeline_chunk_max, 0.0)),
             deny_list: Arc::clone(&money.deny_list),
+            issuer_keys: issuer_keys.live.clone(),
             fleet: FleetAccess::new(fleet),
             limits: PeerLimits::new(settings.peer_limits.clone()),
             next_peer: std::sync::atomic::AtomicU64::new(0),
@@ -324,6 +333,9 @@ impl Server {
         spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
         let reload = reload_revocations(Arc::clone(&shared), endpoint.clone(), (identity.clone(), quic));
         spawn_supervised(&shared, "the revocation reload", reload);
+        if issuer_keys.follow_key_store {
+            spawn_supervised(&shared, "the issuer key reload", issuer_reload::reload_issuer_keys(Arc::clone(&shared)));
+        }
         let watched = (Arc::clone(&archiver), Arc::clone(&money.pricer));
         spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), watched));
         if let Some(dispatcher) = money.dispatcher {
@@ -369,6 +381,11 @@ impl Server {
 
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
+    }
+
+    /// The issuer keys in force: what the account API signs with.
+    pub fn issuer_keys(&self) -> &LiveIssuerKeys {
+        &self.shared.issuer_keys
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {

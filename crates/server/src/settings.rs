@@ -45,6 +45,10 @@ pub struct ServerSettings {
     pub dedup_sweep_interval: Duration,
     /// How often the fleet's revocation list is read again.
     pub revocation_check_interval: Duration,
+    /// How often the issuer key store is read again (`keys.reload_interval_ms`).
+    pub issuer_keys_reload_interval: Duration,
+    /// How the key store is opened when it is read again.
+    pub keystore: farestream_ingest::keystore::KeystoreOptions,
     pub data_dir: PathBuf,
     pub wal: WalConfig,
     pub wal_ack_wait: Duration,
@@ -127,6 +131,8 @@ impl ServerSettings {
             deny_list_changes_kept_max: config.server.deny_list_changes_kept_max,
             dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
             revocation_check_interval: Duration::from_millis(config.fleet.revocation_check_interval_ms),
+            issuer_keys_reload_interval: Duration::from_millis(config.keys.reload_interval_ms),
+            keystore: farestream_ingest::keystore::KeystoreOptions::from_config(config),
             data_dir: data_dir.to_path_buf(),
             archiver: ArchiverSettings {
                 wal_dir: wal.dir.clone(),

@@ -94,8 +94,9 @@ pub struct BatchOutcome {
 pub struct Pipeline {
     config: PipelineConfig,
     horizons: Horizons,
-    /// Fixed for the server's life: a rotation takes effect on restart.
-    issuer_keys: IssuerPublicKeys,
+    /// Swapped whole by [`Pipeline::set_issuer_keys`] when the key
+    /// schedule moves; each slice of a batch checks against one set.
+    issuer_keys: RwLock<Arc<IssuerPublicKeys>>,
     deny_list: RwLock<HashSet<u64>>,
     dedup: DedupIndex,
     entropy: BatchEntropy,
@@ -190,7 +191,19 @@ impl Pipeline {
         let horizons = config.horizons();
         let deny_list = RwLock::new(HashSet::new());
         let entropy = BatchEntropy::new(entropy);
+        let issuer_keys = RwLock::new(Arc::new(issuer_keys));
         Pipeline { config, horizons, issuer_keys, deny_list, dedup: DedupIndex::new(), entropy }
+    }
+
+    /// Trusts exactly `keys` from now on (a rotation, a key that ran out
+    /// or was retired): batches verified after this call use them.
+    pub fn set_issuer_keys(&self, keys: IssuerPublicKeys) {
+        *crate::sync::write(&self.issuer_keys) = Arc::new(keys);
+    }
+
+    /// The issuer keys trusted now.
+    pub fn issuer_keys(&self) -> Arc<IssuerPublicKeys> {
+        Arc::clone(&crate::sync::read(&self.issuer_keys))
     }
 
     /// The tunables this pipeline was built with.
@@ -245,8 +258,8 @@ impl Pipeline {
         chunk_signatures: usize,
         scope: &GatewayScope,
     ) -> VerifiedBatch {
-        let prepared: Vec<Prepared> =
-            records.par_iter().map(|record| self.prepare(record, &self.issuer_keys, scope)).collect();
+        let keys = self.issuer_keys();
+        let prepared: Vec<Prepared> = records.par_iter().map(|record| self.prepare(record, &keys, scope)).collect();
         let (signatures, checked, failed) = self.verify_signatures(&prepared, chunk_signatures.max(1));
         VerifiedBatch { prepared, signatures, signatures_checked: checked, signatures_failed: failed }
     }

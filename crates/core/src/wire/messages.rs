@@ -3,6 +3,7 @@
 //! are named `WireTapKind` and `WireScanStatus` here, beside the core's own
 //! `TapKind` and `ScanStatus`.
 
+use crate::ridecode::PublishedKey;
 use crate::scan::{ScanStatus, TapKind};
 
 /// Generated from `proto/farestream.proto` at build time (see `build.rs`). The
@@ -13,8 +14,8 @@ mod generated {
 }
 
 pub use generated::{
-    AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, RejectedScan, ScanBatch, ScanRecord,
-    ScanStatus as WireScanStatus, TapKind as WireTapKind,
+    AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, IssuerKeySet, IssuerPublicKey, RejectedScan,
+    ScanBatch, ScanRecord, ScanStatus as WireScanStatus, ServerPush, TapKind as WireTapKind, server_push,
 };
 
 impl From<TapKind> for WireTapKind {
@@ -117,5 +118,68 @@ impl BatchAck {
             retry_after_ms,
             ..BatchAck::default()
         }
+    }
+}
+
+/// Why an issuer key set from the server was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySetError {
+    /// A public key is not 32 bytes.
+    #[error("issuer key {key_id}: public key of {len} bytes, not 32")]
+    BadPublicKey {
+        /// The key's id.
+        key_id: u32,
+        /// Its length.
+        len: usize,
+    },
+    /// Two keys share an id.
+    #[error("issuer key {0} appears twice")]
+    Duplicate(u32),
+    /// More keys than the holder keeps.
+    #[error("{count} issuer keys, over the limit of {max}")]
+    TooMany {
+        /// Keys in the set.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl IssuerKeySet {
+    /// The wire form of `keys`.
+    pub fn from_published(keys: &[PublishedKey]) -> IssuerKeySet {
+        let keys = keys
+            .iter()
+            .map(|key| IssuerPublicKey {
+                key_id: key.key_id,
+                public_key: key.public_key.to_vec(),
+                signs_from_unix_secs: key.signs_from_secs,
+                trusted_until_unix_secs: key.trusted_until_secs.unwrap_or(0),
+            })
+            .collect();
+        IssuerKeySet { keys }
+    }
+
+    /// The keys, checked: each 32 bytes, each id once, at most `keys_max`.
+    pub fn to_published(&self, keys_max: usize) -> Result<Vec<PublishedKey>, KeySetError> {
+        if self.keys.len() > keys_max {
+            return Err(KeySetError::TooMany { count: self.keys.len(), max: keys_max });
+        }
+        let mut published: Vec<PublishedKey> = Vec::with_capacity(self.keys.len());
+        for key in &self.keys {
+            let public_key = <[u8; 32]>::try_from(key.public_key.as_slice())
+                .map_err(|_| KeySetError::BadPublicKey { key_id: key.key_id, len: key.public_key.len() })?;
+            if published.iter().any(|p| p.key_id == key.key_id) {
+                return Err(KeySetError::Duplicate(key.key_id));
+            }
+            let trusted_until_secs = (key.trusted_until_unix_secs != 0).then_some(key.trusted_until_unix_secs);
+            published.push(PublishedKey {
+                key_id: key.key_id,
+                public_key,
+                signs_from_secs: key.signs_from_unix_secs,
+                trusted_until_secs,
+            });
+        }
+        Ok(published)
     }
 }

@@ -11,12 +11,16 @@ use prost::Message;
 use thiserror::Error;
 
 pub use messages::{
-    AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, RejectedScan, ScanBatch, ScanRecord,
-    WireScanStatus, WireTapKind,
+    AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, IssuerKeySet, IssuerPublicKey, KeySetError,
+    RejectedScan, ScanBatch, ScanRecord, ServerPush, WireScanStatus, WireTapKind, server_push,
 };
 
-/// The ALPN protocol id both ends must agree on.
-pub const ALPN: &[u8] = b"farestream/1";
+/// The ALPN protocol id of this protocol: the push stream carries
+/// [`ServerPush`] messages (issuer keys and the deny list).
+pub const ALPN: &[u8] = b"farestream/2";
+/// The first version, still served to gateways that offer only it: the
+/// push stream carries bare [`DenyListUpdate`] messages and no keys.
+pub const ALPN_V1: &[u8] = b"farestream/1";
 /// Size of the big-endian length that starts every frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
 

@@ -152,6 +152,8 @@ pub struct FleetConfig {
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     pub lock_wait_ms_max: u64,
+    pub signing_lead_secs: u64,
+    pub reload_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +327,27 @@ impl Config {
     /// The gateway client's settings for a server at `server_addr`.
     pub fn gateway_settings(&self, server_addr: std::net::SocketAddr) -> GatewaySettings {
         GatewaySettings::from_config(&self.gateway, self.wire.frame_bytes_max, server_addr)
+    }
+
+    /// How long a superseded issuer key stays trusted after it stopped
+    /// signing: a running server may sign with it until its next reread
+    /// of the key store (`keys.reload_interval_ms`, rounded up), then its
+    /// last credential's window, the last code made under it (fresh for
+    /// `code_validity_secs`, read within the clock skew on either side),
+    /// uploaded as late as accepted.
+    pub fn issuer_key_trust_tail_secs(&self) -> i64 {
+        let ride_code = &self.ride_code;
+        let reload_secs = i64::try_from(self.keys.reload_interval_ms.div_ceil(1000)).unwrap_or(i64::MAX);
+        [
+            ride_code.credential_validity_secs,
+            ride_code.code_validity_secs,
+            ride_code.clock_skew_secs,
+            ride_code.clock_skew_secs,
+            self.ingest.accepted_lateness_secs,
+        ]
+        .into_iter()
+        .map(i64::from)
+        .fold(reload_secs, i64::saturating_add)
     }
 
     /// The pipeline's tunables.

@@ -15,8 +15,8 @@ use crate::accounts::Account;
 use crate::outbox::newest_charges;
 use farestream_core::account::AccountState;
 use farestream_core::clock::unix_secs_u32;
-use farestream_core::ridecode::UserKey;
 use farestream_core::ridecode::verify::is_weak_public_key;
+use farestream_core::ridecode::{IssuerSigningKey, UserKey};
 
 /// The longest payment-app user id accepted.
 const PAYMENT_USER_ID_BYTES_MAX: usize = 128;
@@ -85,9 +85,15 @@ pub(super) struct OnlineCode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct IssuerKeyView {
     pub key_id: u32,
+    /// It signs new credentials now.
     pub active: bool,
     pub public_key_hex: String,
     pub public_key_pem: String,
+    /// From when it signs new credentials.
+    pub signs_from_unix_secs: i64,
+    /// From when it is no longer trusted; absent while no newer key is
+    /// scheduled.
+    pub trusted_until_unix_secs: Option<i64>,
 }
 
 /// The card in the path, if `headers` carry its token: anything else about
@@ -228,18 +234,25 @@ pub(super) async fn keys(
             (key.public_key(), Some(seed))
         }
     };
+    let issuer = signer(&api)?;
     let (valid_from, valid_until) = window(&api);
     record_keys(&api, card_id, valid_until).await?;
-    let credential = api.issuer.issue(card_id, public_key, valid_from, valid_until);
+    let credential = issuer.issue(card_id, public_key, valid_from, valid_until);
     Ok(Json(DailyKeys {
         card_id,
-        issuer_key_id: api.issuer.key_id(),
+        issuer_key_id: issuer.key_id(),
         valid_from,
         valid_until,
         credential_hex: hex::encode(credential.to_bytes()),
         user_public_key_hex: hex::encode(public_key),
         user_seed_hex: seed.map(hex::encode),
     }))
+}
+
+/// The issuer key that signs now: taken once per request, so a rotation
+/// in between never splits one answer between two keys.
+fn signer(api: &ApiState) -> Result<Arc<IssuerSigningKey>, ApiError> {
+    api.issuer.now().signer.clone().ok_or_else(|| ApiError::Unavailable("no issuer key signs credentials now".into()))
 }
 
 /// 32 bytes of hex, and a key the server would trust: a canonical point
@@ -262,9 +275,10 @@ pub(super) async fn online_code(
     may_ride(&api, card_id).await?;
     let seed = random_bytes::<32>().map_err(|e| ApiError::Internal(e.to_string()))?;
     let key = UserKey::from_seed(&seed).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let issuer = signer(&api)?;
     let (created_at, valid_until) = window(&api);
     record_keys(&api, card_id, valid_until).await?;
-    let credential = api.issuer.issue(card_id, key.public_key(), created_at, valid_until);
+    let credential = issuer.issue(card_id, key.public_key(), created_at, valid_until);
     let code = key.make_code(&credential, created_at, 0);
     Ok(Json(OnlineCode { ride_code_hex: hex::encode(code.bytes), created_at, valid_until }))
 }
@@ -291,13 +305,17 @@ pub(super) async fn refund(
 
 pub(super) async fn issuer_keys(State(api): State<Arc<ApiState>>) -> Json<Vec<IssuerKeyView>> {
     Json(
-        api.issuer_keys
+        api.issuer
+            .now()
+            .published
             .iter()
             .map(|k| IssuerKeyView {
                 key_id: k.id,
                 active: k.active,
-                public_key_hex: k.hex.clone(),
+                public_key_hex: hex::encode(k.public_key),
                 public_key_pem: k.pem.clone(),
+                signs_from_unix_secs: k.signs_from_secs,
+                trusted_until_unix_secs: k.trusted_until_secs,
             })
             .collect(),
     )

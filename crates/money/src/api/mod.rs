@@ -30,10 +30,9 @@ pub use sessions::OtpLimits;
 pub use farestream_ingest::http_serve::HttpHandle;
 
 use crate::AccountService;
-use farestream_core::ridecode::IssuerSigningKey;
 use farestream_ingest::clock_source::duration_ms;
 use farestream_ingest::config::Config;
-use farestream_ingest::keystore::ExportedKey;
+use farestream_ingest::issuer_keys::LiveIssuerKeys;
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -101,10 +100,9 @@ impl ApiSettings {
 pub struct ApiState {
     pub settings: ApiSettings,
     pub accounts: AccountService,
-    /// Signs today's credentials.
-    pub issuer: IssuerSigningKey,
-    /// The trusted issuer public keys, for validators.
-    pub issuer_keys: Vec<ExportedKey>,
+    /// The issuer keys in force: one signs today's credentials, all are
+    /// published for validators.
+    pub issuer: LiveIssuerKeys,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

@@ -1,0 +1,228 @@
+//! The issuer keys a running server holds now: which it trusts, which it
+//! publishes to gateways and the account API, and which signs new
+//! credentials. The server rereads the key store every
+//! `keys.reload_interval_ms` and moves this along with
+//! [`LiveIssuerKeys::advance`], which keeps one promise: a key is
+//! published (trusted, and handed to every gateway's push stream) before
+//! the first credential is signed with it.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::keystore::{ExportedKey, Keystore, KeystoreError};
+use farestream_core::ridecode::{IssuerPublicKeys, IssuerSigningKey};
+
+/// The issuer keys at one moment.
+#[derive(Clone)]
+pub struct IssuerKeysNow {
+    /// What ride codes are checked against.
+    pub trusted: IssuerPublicKeys,
+    /// What validators are told: the trusted keys, with their times.
+    pub published: Vec<ExportedKey>,
+    /// What signs new credentials; `None` when no key signs now.
+    pub signer: Option<Arc<IssuerSigningKey>>,
+}
+
+impl IssuerKeysNow {
+    /// The key store's keys at `now_secs`.
+    pub fn at(store: &Keystore, now_secs: i64) -> Result<IssuerKeysNow, KeystoreError> {
+        let schedule = store.schedule()?;
+        let signer = match schedule.signer_at(now_secs) {
+            Some(id) => Some(Arc::new(store.signer(id)?)),
+            None => None,
+        };
+        Ok(IssuerKeysNow {
+            trusted: schedule.trusted_at(now_secs),
+            published: store.export_public_keys(now_secs)?,
+            signer,
+        })
+    }
+
+    /// These keys as they stand at `now_secs` when the key store cannot be
+    /// read: a key whose `trusted_until` has come is dropped, and the
+    /// signer stops signing (the account API answers 503) once a newer
+    /// key's `signs_from` has come, since that key's private half is not
+    /// at hand. Trust only ever shrinks here.
+    pub fn as_time_passes(&self, now_secs: i64) -> IssuerKeysNow {
+        let published: Vec<ExportedKey> = self
+            .published
+            .iter()
+            .filter(|k| k.trusted_until_secs.is_none_or(|until| now_secs < until))
+            .cloned()
+            .collect();
+        let mut trusted = IssuerPublicKeys::new();
+        for key in self.trusted.key_ids() {
+            let listed = published.iter().any(|p| p.id == key) || self.published.iter().all(|p| p.id != key);
+            if let (true, Some(public_key)) = (listed, self.trusted.get(key)) {
+                trusted.insert(key, *public_key);
+            }
+        }
+        let signs_from = |id: u32| self.published.iter().find(|k| k.id == id).map(|k| k.signs_from_secs);
+        let signer = self.signer.clone().filter(|s| {
+            let from = signs_from(s.key_id()).unwrap_or(i64::MIN);
+            trusted.get(s.key_id()).is_some()
+                && !published
+                    .iter()
+                    .any(|k| k.id != s.key_id() && k.signs_from_secs > from && k.signs_from_secs <= now_secs)
+        });
+        IssuerKeysNow { trusted, published, signer }
+    }
+
+    fn signer_id(&self) -> Option<u32> {
+        self.signer.as_ref().map(|s| s.key_id())
+    }
+}
+
+/// The issuer keys now, shared by the pipeline's reload, every gateway's
+/// push stream and the account API. Cheap to clone.
+#[derive(Clone)]
+pub struct LiveIssuerKeys {
+    now: Arc<watch::Sender<Arc<IssuerKeysNow>>>,
+}
+
+impl LiveIssuerKeys {
+    pub fn new(first: IssuerKeysNow) -> LiveIssuerKeys {
+        assert_signer_is_trusted(&first);
+        LiveIssuerKeys { now: Arc::new(watch::Sender::new(Arc::new(first))) }
+    }
+
+    /// The keys now.
+    pub fn now(&self) -> Arc<IssuerKeysNow> {
+        Arc::clone(&self.now.borrow())
+    }
+
+    /// Wakes on every change: what each gateway's push stream waits on.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<IssuerKeysNow>> {
+        self.now.subscribe()
+    }
+
+    /// Moves to `next` in two steps. First the keys: `trust` gets the new
+    /// trusted set (the pipeline checks codes with it), then subscribers
+    /// see it while the old signer still signs (if it is still trusted).
+    /// Only then the new signer, so no credential is ever signed with a
+    /// key a subscriber has not been handed. Returns whether anything
+    /// changed.
+    pub fn advance(&self, next: IssuerKeysNow, trust: impl FnOnce(&IssuerPublicKeys)) -> bool {
+        let current = self.now();
+        let keys_changed = next.trusted != current.trusted || next.published != current.published;
+        if keys_changed {
+            trust(&next.trusted);
+            let kept = current.signer.clone().filter(|s| next.trusted.get(s.key_id()).is_some());
+            self.publish(IssuerKeysNow { signer: kept, ..next.clone() });
+        }
+        let signer_changed = next.signer_id() != self.now().signer_id();
+        if signer_changed {
+            if let Some(id) = next.signer_id() {
+                assert!(self.now().trusted.get(id).is_some(), "issuer key {id} signs only once it is published");
+            }
+            self.publish(next);
+        }
+        keys_changed || signer_changed
+    }
+
+    fn publish(&self, keys: IssuerKeysNow) {
+        assert_signer_is_trusted(&keys);
+        self.now.send_replace(Arc::new(keys));
+    }
+}
+
+fn assert_signer_is_trusted(keys: &IssuerKeysNow) {
+    if let Some(id) = keys.signer_id() {
+        assert!(keys.trusted.get(id).is_some(), "the signing issuer key {id} is trusted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn key(id: u32) -> Arc<IssuerSigningKey> {
+        Arc::new(IssuerSigningKey::from_seed(id, &[id as u8; 32]).expect("key"))
+    }
+
+    fn keys(trusted: &[u32], signer: Option<u32>) -> IssuerKeysNow {
+        let mut set = IssuerPublicKeys::new();
+        for id in trusted {
+            set.insert(*id, key(*id).public_key());
+        }
+        IssuerKeysNow { trusted: set, published: Vec::new(), signer: signer.map(key) }
+    }
+
+    /// The order a subscriber sees a rotation in: the new key published
+    /// while the old one signs, then the new one signing.
+    #[test]
+    fn a_rotation_is_published_before_the_new_key_signs() {
+        let live = LiveIssuerKeys::new(keys(&[1], Some(1)));
+        let mut seen = live.subscribe();
+        let trusted_by_pipeline = Mutex::new(Vec::new());
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let watcher = {
+            let history = Arc::clone(&history);
+            let mut receiver = live.subscribe();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+                runtime.block_on(async {
+                    while receiver.changed().await.is_ok() {
+                        let now = receiver.borrow_and_update().clone();
+                        history
+                            .lock()
+                            .expect("history")
+                            .push((now.trusted.key_ids().collect::<Vec<_>>(), now.signer_id()));
+                    }
+                });
+            })
+        };
+        assert!(live.advance(keys(&[1, 2], Some(2)), |t| trusted_by_pipeline.lock().expect("lock").push(t.clone())));
+        assert!(
+            !live.advance(keys(&[1, 2], Some(2)), |_| panic!("nothing changed")),
+            "a reread with no change is quiet"
+        );
+        assert_eq!(trusted_by_pipeline.into_inner().expect("lock").len(), 1);
+        assert_eq!(seen.borrow_and_update().signer_id(), Some(2));
+        drop(live);
+        watcher.join().expect("watcher");
+        let history = history.lock().expect("history").clone();
+        // A watch keeps only the latest value, so the watcher may see only
+        // the end; whatever it saw never had key 2 signing unpublished.
+        assert!(history.iter().all(|(trusted, signer)| signer.is_none_or(|s| trusted.contains(&s))), "{history:?}");
+        assert_eq!(history.last(), Some(&(vec![1, 2], Some(2))));
+    }
+
+    #[test]
+    fn a_key_that_runs_out_stops_being_trusted_and_the_signer_stays() {
+        let live = LiveIssuerKeys::new(keys(&[1, 2], Some(2)));
+        let mut pipeline = None;
+        assert!(live.advance(keys(&[2], Some(2)), |t| pipeline = Some(t.key_ids().collect::<Vec<_>>())));
+        assert_eq!(pipeline, Some(vec![2]));
+        assert_eq!(live.now().signer_id(), Some(2));
+    }
+
+    fn exported(id: u32, signs_from_secs: i64, trusted_until_secs: Option<i64>) -> ExportedKey {
+        let public_key = key(id).public_key();
+        ExportedKey { id, active: false, signs_from_secs, trusted_until_secs, public_key, pem: String::new() }
+    }
+
+    /// Review: a key store that could not be read kept every key trusted
+    /// for ever. The keys held still run out, and a signer whose time has
+    /// passed stops signing.
+    #[test]
+    fn keys_held_while_the_store_cannot_be_read_still_run_out() {
+        let mut held = keys(&[1, 2], Some(1));
+        held.published = vec![exported(1, 0, Some(500)), exported(2, 100, None)];
+        let at_50 = held.as_time_passes(50);
+        assert_eq!((at_50.trusted.key_ids().collect::<Vec<_>>(), at_50.signer_id()), (vec![1, 2], Some(1)));
+        let at_100 = held.as_time_passes(100);
+        assert_eq!((at_100.trusted.key_ids().collect::<Vec<_>>(), at_100.signer_id()), (vec![1, 2], None));
+        let at_500 = held.as_time_passes(500);
+        assert_eq!(at_500.trusted.key_ids().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(at_500.published.iter().map(|k| k.id).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "is trusted")]
+    fn a_signer_that_is_not_trusted_is_refused() {
+        LiveIssuerKeys::new(keys(&[1], Some(2)));
+    }
+}

@@ -1,0 +1,46 @@
+//! Issuer key rotation without a restart: the key store is read again
+//! every `keys.reload_interval_ms`, and the keys in force at the clock's
+//! `now` replace the ones held ([`LiveIssuerKeys::advance`]: the pipeline
+//! and every gateway's push stream first, the account API's signer
+//! last). A store that cannot be read is logged and counted; the keys held
+//! stay in force, but each still runs out at its `trusted_until`
+//! ([`IssuerKeysNow::as_time_passes`]), so a broken key store never makes
+//! an old key trusted longer.
+
+use std::sync::Arc;
+
+use crate::Shared;
+use farestream_ingest::issuer_keys::IssuerKeysNow;
+use farestream_ingest::keystore::Keystore;
+use farestream_ingest::telemetry;
+
+pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(shared.settings.issuer_keys_reload_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let (dir, options) = (shared.settings.data_dir.clone(), shared.settings.keystore.clone());
+        let now_secs = shared.handles.clock.now_ms().div_euclid(1000);
+        let read = tokio::task::spawn_blocking(move || {
+            Keystore::open(&dir, options).and_then(|s| IssuerKeysNow::at(&s, now_secs))
+        });
+        let read = read.await.map_err(|e| e.to_string()).and_then(|keys| keys.map_err(|e| e.to_string()));
+        let next = match read {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the issuer key store; keys still run out on time");
+                telemetry::issuer_keys_reload_failed();
+                shared.issuer_keys.now().as_time_passes(now_secs)
+            }
+        };
+        let signer = next.signer.as_ref().map(|s| s.key_id());
+        let trusted: Vec<u32> = next.trusted.key_ids().collect();
+        if shared.issuer_keys.advance(next, |keys| shared.pipeline.set_issuer_keys(keys.clone())) {
+            tracing::info!(?trusted, ?signer, "issuer keys changed");
+            telemetry::issuer_keys_changed();
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `farestream keys …`: the issuer keys from the command line. They work
+//! beside a running server (the key store has its own lock): a rotation or
+//! a retirement reaches it within `keys.reload_interval_ms`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use farestream::clock_source::{Clock, SystemClock};
+use farestream::config::Config;
+use farestream::keystore::{KeyInfo, Keystore, KeystoreError, KeystoreOptions};
+use farestream::ridecode::IssuerKeySchedule;
+
+#[derive(Subcommand)]
+pub(crate) enum KeysAction {
+    /// List issuer keys: when each signs, and until when it is trusted.
+    List,
+    /// Make a new issuer key. It is published (trusted, and pushed to every
+    /// connected gateway) at once, and signs new credentials from
+    /// `--signs-in-secs` on; the key before it stays trusted until its last
+    /// credential and the scans made under it have run out.
+    Rotate {
+        /// Seconds until the new key signs (default: `keys.signing_lead_secs`).
+        /// 0 signs at once: validators that have not synced yet see codes
+        /// under a key they do not hold.
+        #[arg(long)]
+        signs_in_secs: Option<u32>,
+    },
+    /// Stop trusting an issuer key at once (a leaked key): codes under it
+    /// become `unknown_issuer_key`.
+    Retire { key_id: u32 },
+    /// Show the fleet CA that enrols gateways (made on first use).
+    Ca,
+    /// Print the trusted issuer public keys for validators: PEM
+    /// SubjectPublicKeyInfo (what openssl and Python's cryptography read) or
+    /// raw hex, one `ID HEX` line each.
+    Export {
+        #[arg(long, value_enum, default_value = "pem")]
+        format: KeyFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum KeyFormat {
+    Pem,
+    Hex,
+}
+
+pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Result<()> {
+    let options = KeystoreOptions::from_config(config);
+    let now_secs = SystemClock.now_ms().div_euclid(1000);
+    let store = match (Keystore::open(data_dir, options.clone()), action) {
+        (_, KeysAction::Ca) => return crate::fleet_cmd::show_ca(data_dir),
+        (Ok(store), KeysAction::List) => store,
+        (Ok(store), KeysAction::Export { format }) => {
+            for key in store.export_public_keys(now_secs)? {
+                let status = if key.active { "active" } else { "trusted" };
+                match format {
+                    KeyFormat::Pem => print!("issuer key {} ({status})\n{}", key.id, key.pem),
+                    KeyFormat::Hex => println!("{} {}", key.id, hex::encode(key.public_key)),
+                }
+            }
+            return Ok(());
+        }
+        (Ok(mut store), KeysAction::Rotate { signs_in_secs }) => {
+            let lead = signs_in_secs.map_or(config.keys.signing_lead_secs, u64::from);
+            let signs_from = now_secs.saturating_add(i64::try_from(lead).unwrap_or(i64::MAX));
+            let id = store.rotate(now_secs, signs_from)?;
+            println!("issuer key {id} published; it signs new credentials from {}", rfc3339(signs_from));
+            store
+        }
+        (Ok(mut store), KeysAction::Retire { key_id }) => {
+            store.retire(key_id, now_secs)?;
+            println!("issuer key {key_id} retired");
+            store
+        }
+        // On a fresh data dir, the first key is the rotation.
+        (Err(KeystoreError::Empty(_)), KeysAction::Rotate { .. }) => {
+            let store = Keystore::open_or_create(data_dir, options)?;
+            println!("issuer key 1 made; it signs new credentials now");
+            store
+        }
+        (Err(error), _) => return Err(error.into()),
+    };
+    print_keys(&store, now_secs)
+}
+
+fn print_keys(store: &Keystore, now_secs: i64) -> Result<()> {
+    let schedule = store.schedule()?;
+    let published = schedule.published_at(now_secs);
+    println!("{:>6}  {:<10}  {:<25}  {:<25}  created", "key id", "state", "signs from", "trusted until");
+    for key in store.list() {
+        let until = published.iter().find(|p| p.key_id == key.id).and_then(|p| p.trusted_until_secs);
+        let signs_from = key.signs_from_secs().map(rfc3339).unwrap_or_else(|e| e);
+        let until = until.map_or_else(|| "-".to_string(), rfc3339);
+        println!(
+            "{:>6}  {:<10}  {signs_from:<25}  {until:<25}  {}",
+            key.id,
+            state(key, &schedule, now_secs),
+            key.created_at
+        );
+    }
+    Ok(())
+}
+
+/// Where a key is in its life at `now_secs` (docs/ride-code.md, "Keys").
+fn state(key: &KeyInfo, schedule: &IssuerKeySchedule, now_secs: i64) -> &'static str {
+    if key.retired {
+        return "retired";
+    }
+    if schedule.signer_at(now_secs) == Some(key.id) {
+        return "signing";
+    }
+    match (schedule.trusted_at(now_secs).get(key.id), key.signs_from_secs()) {
+        (None, _) => "expired",
+        (Some(_), Ok(from)) if from > now_secs => "published",
+        (Some(_), _) => "superseded",
+    }
+}
+
+fn rfc3339(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0).map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
+}
