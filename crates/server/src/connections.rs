@@ -112,6 +112,14 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             connection.close(close_code::IDLE.into(), why.as_bytes());
             return;
         };
+        // Checked here as well as in the select: a timer whose deadline
+        // has passed may still be pending on its first poll, and a stream
+        // already waiting would then be taken.
+        if tokio::time::Instant::now() >= expires {
+            telemetry::connection_refused("certificate_expired");
+            connection.close(close_code::CERTIFICATE_EXPIRED.into(), b"this gateway's certificate ran out");
+            return;
+        }
         let (send, recv) = tokio::select! {
             // In this order: a connection whose certificate ran out, even
             // in the second it was admitted, has no stream accepted.
@@ -142,11 +150,14 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
 /// When a certificate good until `not_after_secs` (Unix, the wall clock
 /// TLS judged it by) runs out, as a point on the runtime's clock.
 fn certificate_expiry(not_after_secs: i64) -> tokio::time::Instant {
-    let now_secs = SystemClock.now_ms() / 1000;
-    let left_secs = u64::try_from(not_after_secs.saturating_sub(now_secs)).unwrap_or(0);
+    // In milliseconds: TLS takes a certificate up to the end of its
+    // `not_after` second, and a connection made in that second must not
+    // be given a whole second more.
+    let not_after_ms = not_after_secs.saturating_mul(1000);
+    let left_ms = u64::try_from(not_after_ms.saturating_sub(SystemClock.now_ms())).unwrap_or(0);
     // Far-off dates (rcgen's default is the year 4096) are capped at a
     // century, which tokio's clock can hold.
-    let left = std::time::Duration::from_secs(left_secs.min(100 * 365 * 86_400));
+    let left = std::time::Duration::from_millis(left_ms.min(100 * 365 * 86_400 * 1000));
     tokio::time::Instant::now() + left
 }
 
