@@ -10,7 +10,7 @@ use clap::Subcommand;
 use farestream::clock_source::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::keystore::{KeyInfo, Keystore, KeystoreError, KeystoreOptions};
-use farestream::ridecode::IssuerKeySchedule;
+use farestream::ridecode::PublishedKey;
 
 #[derive(Subcommand)]
 pub(crate) enum KeysAction {
@@ -57,8 +57,8 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
             for key in store.export_public_keys(now_secs)? {
                 let status = if key.active { "active" } else { "trusted" };
                 match format {
-                    KeyFormat::Pem => print!("issuer key {} ({status})\n{}", key.id, key.pem),
-                    KeyFormat::Hex => println!("{} {}", key.id, hex::encode(key.public_key)),
+                    KeyFormat::Pem => print!("issuer key {} ({status})\n{}", key.key.key_id, key.pem),
+                    KeyFormat::Hex => println!("{} {}", key.key.key_id, hex::encode(key.key.public_key)),
                 }
             }
             return Ok(());
@@ -88,34 +88,27 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
 
 fn print_keys(store: &Keystore, now_secs: i64) -> Result<()> {
     let schedule = store.schedule()?;
-    let published = schedule.published_at(now_secs);
+    let (published, signer) = (schedule.published_at(now_secs), schedule.signer_at(now_secs));
     println!("{:>6}  {:<10}  {:<25}  {:<25}  created", "key id", "state", "signs from", "trusted until");
     for key in store.list() {
-        let until = published.iter().find(|p| p.key_id == key.id).and_then(|p| p.trusted_until_secs);
+        let listed = published.iter().find(|p| p.key_id == key.id);
         let signs_from = key.signs_from_secs().map(rfc3339).unwrap_or_else(|e| e);
-        let until = until.map_or_else(|| "-".to_string(), rfc3339);
-        println!(
-            "{:>6}  {:<10}  {signs_from:<25}  {until:<25}  {}",
-            key.id,
-            state(key, &schedule, now_secs),
-            key.created_at
-        );
+        let until = listed.and_then(|p| p.trusted_until_secs).map_or_else(|| "-".to_string(), rfc3339);
+        let state = state(key, listed, signer, now_secs);
+        println!("{:>6}  {state:<10}  {signs_from:<25}  {until:<25}  {}", key.id, key.created_at);
     }
     Ok(())
 }
 
-/// Where a key is in its life at `now_secs` (docs/ride-code.md, "Keys").
-fn state(key: &KeyInfo, schedule: &IssuerKeySchedule, now_secs: i64) -> &'static str {
-    if key.retired {
-        return "retired";
-    }
-    if schedule.signer_at(now_secs) == Some(key.id) {
-        return "signing";
-    }
-    match (schedule.trusted_at(now_secs).get(key.id), key.signs_from_secs()) {
-        (None, _) => "expired",
-        (Some(_), Ok(from)) if from > now_secs => "published",
-        (Some(_), _) => "superseded",
+/// Where a key is in its life at `now_secs` (docs/ride-code.md, "Keys"),
+/// from its entry among the keys published now, if it has one.
+fn state(key: &KeyInfo, published: Option<&PublishedKey>, signer: Option<u32>, now_secs: i64) -> &'static str {
+    match published {
+        _ if key.retired => "retired",
+        _ if signer == Some(key.id) => "signing",
+        None => "expired",
+        Some(p) if p.signs_from_secs > now_secs => "published",
+        Some(_) => "superseded",
     }
 }
 

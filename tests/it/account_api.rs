@@ -7,7 +7,7 @@ use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::issuer_keys::{IssuerKeysNow, LiveIssuerKeys};
 use farestream::keystore::ExportedKey;
-use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey};
+use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, PublishedKey, RideCode, UserKey};
 use farestream::scan::TapKind;
 use farestream::server::ServerError;
 use farestream::wal::committer::WalState;
@@ -34,14 +34,13 @@ impl App {
         settings.listen_addr = "127.0.0.1:0".parse().expect("addr");
         tune(&mut settings);
         let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
-        let published = vec![ExportedKey {
-            id: ISSUER_KEY_ID,
-            active: true,
+        let key = PublishedKey {
+            key_id: ISSUER_KEY_ID,
+            public_key: issuer.public_key(),
             signs_from_secs: 0,
             trusted_until_secs: None,
-            public_key: issuer.public_key(),
-            pem: "-----BEGIN PUBLIC KEY-----".into(),
-        }];
+        };
+        let published = vec![ExportedKey { key, active: true, pem: "-----BEGIN PUBLIC KEY-----".into() }];
         let mut trusted = IssuerPublicKeys::new();
         trusted.insert(ISSUER_KEY_ID, issuer.public_key());
         let keys = IssuerKeysNow { trusted, published, signer: Some(std::sync::Arc::new(issuer)) };

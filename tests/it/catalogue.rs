@@ -18,24 +18,11 @@ use farestream::keystore::{Keystore, KeystoreOptions};
 use farestream::scan::{ScanStatus, TapKind};
 use farestream::wire::{AckStatus, BatchAck, ScanBatch, close_code, encode_frame, read_message};
 
+use crate::fair_limits::close_code_of;
 use crate::fleet::{push_raw, raw_endpoint_at};
 use crate::key_rotation::following_the_key_store;
 use crate::support::{GATEWAY, Harness, T0_MS, batch, metric, record};
-
-/// Sends `bytes` on a new stream of `connection` and reads the ack.
-async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<BatchAck, String> {
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    let _ = send.write_all(bytes).await;
-    let _ = send.finish();
-    read_message::<BatchAck, _>(&mut recv, 1 << 20, "BatchAck").await.map_err(|e| e.to_string())
-}
-
-fn close_code_of(error: &quinn::ConnectionError) -> Option<u32> {
-    match error {
-        quinn::ConnectionError::ApplicationClosed(close) => u32::try_from(close.error_code.into_inner()).ok(),
-        _ => None,
-    }
-}
+use crate::wire_errors::exchange;
 
 /// A counter's value before an attack, to check it grew after.
 struct Grows(&'static str, f64);
@@ -194,7 +181,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
 
     // 10. A length prefix of 0xFFFFFFFF: refused before anything is read.
     let counter = Grows::from("farestream_batch_errors_total{reason=\"frame_too_large\"}");
-    let ack = exchange(&connection, &u32::MAX.to_be_bytes()).await.expect("an answer");
+    let ack = exchange(&connection, &u32::MAX.to_be_bytes()).await;
     assert_eq!(ack.ack_status(), AckStatus::Malformed, "{ack:?}");
     assert!(ack.error.contains("over the limit"), "{}", ack.error);
     counter.by_at_least("0xFFFFFFFF", 1.0);
@@ -203,7 +190,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let counter = Grows::from("farestream_batch_errors_total{reason=\"frame_not_protobuf\"}");
     let mut garbage = 4u32.to_be_bytes().to_vec();
     garbage.extend_from_slice(&[0xff; 4]);
-    let ack = exchange(&connection, &garbage).await.expect("an answer");
+    let ack = exchange(&connection, &garbage).await;
     assert_eq!(ack.ack_status(), AckStatus::Malformed, "{ack:?}");
     counter.by_at_least("not protobuf", 1.0);
 
@@ -212,7 +199,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let scans_max = h.config.wire.batch_scans_max as usize;
     let one = any_scan("mallory", "mallory/gate-1", 12).scans.remove(0);
     let oversized = batch("mallory", 12, vec![one; scans_max + 1]);
-    let ack = exchange(&connection, &encode_frame(&oversized)).await.expect("an answer");
+    let ack = exchange(&connection, &encode_frame(&oversized)).await;
     assert_eq!(ack.ack_status(), AckStatus::Malformed, "{ack:?}");
     assert!(ack.error.contains(&format!("the limit is {scans_max}")), "{}", ack.error);
     counter.by_at_least("over the scan limit", 1.0);
@@ -223,7 +210,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let code = h.rider(30_000).code_at(T0_MS, 1);
     let storm: Vec<_> =
         (1..=5_000u64).map(|seq| record("mallory/gate-2", seq, T0_MS, TapKind::Single, code.clone())).collect();
-    let ack = exchange(&connection, &encode_frame(&batch("mallory", 13, storm))).await.expect("an answer");
+    let ack = exchange(&connection, &encode_frame(&batch("mallory", 13, storm))).await;
     assert_eq!((ack.ack_status(), ack.accepted, ack.rejected), (AckStatus::Ok, 1, 4_999), "{:?}", ack.error);
     counter.by_at_least("replay storm", 4_999.0);
 
@@ -235,7 +222,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
         rotated_out.issue(40_000, rider_key.public_key(), stale_key as u32 - 60, stale_key as u32 + 90_000);
     let code = rider_key.make_code(&credential, stale_key as u32 - 5, 1).bytes.to_vec();
     let scan = batch("mallory", 14, vec![record("mallory/gate-3", 1, T0_MS, TapKind::Single, code)]);
-    let ack = exchange(&connection, &encode_frame(&scan)).await.expect("an answer");
+    let ack = exchange(&connection, &encode_frame(&scan)).await;
     assert_eq!((ack.ack_status(), ack.accepted, ack.rejected), (AckStatus::Ok, 0, 1), "{ack:?}");
     counter.by_at_least("rotated-out key", 1.0);
 

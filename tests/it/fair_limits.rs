@@ -14,7 +14,7 @@ use crate::fleet::{one_scan, only_the_honest_scans_are_archived, raw_endpoint_at
 use crate::support::{GATEWAY, Harness};
 
 /// Why a connection ended: the server's application close code.
-fn close_code_of(error: &quinn::ConnectionError) -> Option<u32> {
+pub(crate) fn close_code_of(error: &quinn::ConnectionError) -> Option<u32> {
     match error {
         quinn::ConnectionError::ApplicationClosed(close) => u32::try_from(close.error_code.into_inner()).ok(),
         _ => None,

@@ -28,7 +28,7 @@ use farestream_core::deny_list::{DenyChange, DenyListLog, DenyListReplica};
 use farestream_core::journal;
 use farestream_core::wal::framing::{Frame, decode_record, encode_record, record_bytes};
 
-use crate::support::{T0_MS, batch, record};
+use crate::support::{T0_MS, batch, record, secs};
 
 /// The field of `ScanBatch` holding its scans.
 const SCANS_FIELD: u32 = 3;
@@ -150,22 +150,22 @@ fn code(card: u64, created_at: u32) -> RideCode {
     key.make_code(&credential, created_at, 1)
 }
 
-fn t0_secs() -> u32 {
-    (T0_MS / 1000) as u32
-}
-
 fn seed_batches() -> Vec<ScanBatch> {
     let at = T0_MS;
     vec![
         batch("depot-1", 1, vec![]),
-        batch("depot-1", 2, vec![record("depot-1/gate-1", 1, at, TapKind::Single, code(1, t0_secs()).bytes.to_vec())]),
+        batch(
+            "depot-1",
+            2,
+            vec![record("depot-1/gate-1", 1, at, TapKind::Single, code(1, secs(T0_MS)).bytes.to_vec())],
+        ),
         batch(
             "depot-1",
             3,
             vec![
-                record("depot-1/gate-2", 7, at, TapKind::Entry, code(2, t0_secs()).bytes.to_vec()),
-                record("depot-1/gate-2", 8, at + 60_000, TapKind::Exit, code(2, t0_secs() + 60).bytes.to_vec()),
-                record("depot-1/gate-2", 8, at + 60_000, TapKind::Exit, code(2, t0_secs() + 60).bytes.to_vec()),
+                record("depot-1/gate-2", 7, at, TapKind::Entry, code(2, secs(T0_MS)).bytes.to_vec()),
+                record("depot-1/gate-2", 8, at + 60_000, TapKind::Exit, code(2, secs(T0_MS) + 60).bytes.to_vec()),
+                record("depot-1/gate-2", 8, at + 60_000, TapKind::Exit, code(2, secs(T0_MS) + 60).bytes.to_vec()),
                 record("", u64::MAX, i64::MAX, TapKind::Single, vec![]),
             ],
         ),
@@ -225,11 +225,8 @@ fn trusted() -> IssuerPublicKeys {
 /// and the offline check never accepts a code that was changed.
 #[test]
 fn fuzz_ride_code() {
-    let genuine: Vec<Vec<u8>> = (1..=3).map(|card| code(card, t0_secs()).bytes.to_vec()).collect();
-    let seeds = {
-        let genuine = genuine.clone();
-        move || genuine
-    };
+    let genuine: Vec<Vec<u8>> = (1..=3).map(|card| code(card, secs(T0_MS)).bytes.to_vec()).collect();
+    let seeds = || genuine.clone();
     let policy = Config::defaults().pipeline_config().expect("pipeline").freshness;
     let keys = trusted();
     run("ride_code", seeds, 2_000, |input| {
@@ -240,7 +237,7 @@ fn fuzz_ride_code() {
             }
             Err(_) => return Ok(()),
         }
-        let checked = check_offline(input, &keys, &NobodyDenied, &policy, t0_secs() + 10);
+        let checked = check_offline(input, &keys, &NobodyDenied, &policy, secs(T0_MS) + 10);
         if checked.is_ok() {
             prop_assert!(genuine.iter().any(|g| g == input), "a changed code was accepted");
         }

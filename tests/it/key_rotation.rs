@@ -15,31 +15,30 @@ use farestream::keystore::{Keystore, KeystoreOptions};
 use farestream::money::notify::InboxNotifier;
 use farestream::ridecode::{IssuerSigningKey, UserKey};
 use farestream::scan::{ScanStatus, TapKind};
-use farestream::server::Assembly;
-use farestream::tls_identity::{NewIdentity, ServerIdentity};
+use farestream::tls_identity::ServerIdentity;
 use farestream::wire::{ALPN_V1, DenyListUpdate, DenyListUpdateKind, ServerPush, read_message, server_push};
 use farestream_core::clock::UnixMillis;
 
 use crate::fleet::raw_endpoint_speaking;
-use crate::support::{GATEWAY, Harness, T0_MS, batch, record, secs};
+use crate::support::{GATEWAY, Harness, T0_MS, assembly_following_the_key_store, batch, record, secs};
 
 /// A harness whose server follows its data dir's key store (the others
-/// trust a fixed test key), rereading it every 20 ms.
+/// trust a fixed test key), rereading it every 20 ms; `h.issuer` is key 1.
+/// Not for `restart`, which starts a server on the fixed key.
 pub(crate) async fn following_the_key_store(mut config: Config) -> Harness {
     config.keys.reload_interval_ms = 20;
     let dir = tempfile::tempdir().expect("tempdir");
     let identity = ServerIdentity::generate().expect("identity");
     let clock = Arc::new(ManualClock::new(T0_MS + 60_000));
-    let server = Assembly::open(&config, dir.path(), NewIdentity::OnFirstStart)
+    let (faults, inbox) = (Arc::new(Faults::default()), Arc::new(InboxNotifier::default()));
+    let server = assembly_following_the_key_store(&config, dir.path(), &identity, &clock)
         .expect("assembly")
-        .listen_on("127.0.0.1:0".parse().expect("addr"))
-        .with_identity(identity.clone())
-        .with_clock(Arc::clone(&clock) as Arc<dyn Clock>)
+        .with_faults(Arc::clone(&faults))
+        .with_notifier(Arc::clone(&inbox) as Arc<dyn farestream::money::notify::Notifier>)
         .start()
         .await
         .expect("server");
     let issuer = key_store(&config, dir.path()).signer(1).expect("key 1");
-    let (faults, inbox) = (Arc::new(Faults::default()), Arc::new(InboxNotifier::default()));
     Harness { dir, server, identity, clock, issuer, config, faults, inbox }
 }
 

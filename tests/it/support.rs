@@ -175,10 +175,20 @@ pub(crate) fn test_assembly(
     let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
     let mut keys = IssuerPublicKeys::new();
     keys.insert(ISSUER_KEY_ID, issuer.public_key());
+    Ok(assembly_following_the_key_store(config, dir, identity, clock)?.trusting(keys))
+}
+
+/// [`test_assembly`] as `serve` has it: following the data dir's issuer
+/// key store (key 1 made on first start) instead of the fixed test key.
+pub(crate) fn assembly_following_the_key_store(
+    config: &Config,
+    dir: &std::path::Path,
+    identity: &ServerIdentity,
+    clock: &Arc<ManualClock>,
+) -> Result<Assembly, ServerError> {
     Ok(Assembly::open(config, dir, NewIdentity::OnFirstStart)?
         .listen_on("127.0.0.1:0".parse().expect("addr"))
         .with_identity(identity.clone())
-        .trusting(keys)
         .with_clock(Arc::clone(clock) as Arc<dyn farestream::clock_source::Clock>))
 }
 

@@ -19,7 +19,7 @@ async fn connect(h: &Harness) -> quinn::Connection {
 }
 
 /// Sends `bytes` on a new stream and reads the ack.
-async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> BatchAck {
+pub(crate) async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> BatchAck {
     let (mut send, mut recv) = connection.open_bi().await.expect("stream");
     let _ = send.write_all(bytes).await;
     let _ = send.finish();

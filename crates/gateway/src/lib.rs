@@ -216,7 +216,7 @@ impl GatewayClient {
     pub fn trusted_issuer_keys(&self, now_secs: i64) -> IssuerPublicKeys {
         let mut trusted = IssuerPublicKeys::new();
         for key in lock(&self.inner.issuer_keys).iter() {
-            if key.trusted_until_secs.is_none_or(|until| now_secs < until) {
+            if key.trusted_at(now_secs) {
                 trusted.insert(key.key_id, key.public_key);
             }
         }

@@ -92,19 +92,13 @@ pub enum KeystoreError {
     Export { id: u32, reason: String },
 }
 
-/// An issuer public key as validators load it.
+/// An issuer public key as validators load it: the key and its times,
+/// and the key in PEM as standard tools read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportedKey {
-    pub id: u32,
+    pub key: PublishedKey,
     /// It signs new credentials now.
     pub active: bool,
-    /// Unix seconds from which it signs new credentials.
-    pub signs_from_secs: i64,
-    /// Unix seconds from which it is no longer trusted; `None` while no
-    /// newer key is scheduled.
-    pub trusted_until_secs: Option<i64>,
-    /// The raw 32-byte Ed25519 public key.
-    pub public_key: [u8; 32],
     /// SubjectPublicKeyInfo in PEM, as `openssl pkey -pubin` and Python's
     /// `cryptography` read it.
     pub pem: String,
@@ -295,24 +289,21 @@ impl Keystore {
     /// encodings standard tools read: raw hex, and PEM
     /// SubjectPublicKeyInfo (made by rcgen from the stored PKCS#8 document).
     pub fn export_public_keys(&self, now_secs: i64) -> Result<Vec<ExportedKey>, KeystoreError> {
-        let schedule = self.schedule()?;
-        let signer = schedule.signer_at(now_secs);
-        schedule.published_at(now_secs).iter().map(|key| self.export(key, signer == Some(key.key_id))).collect()
+        self.export_from(&self.schedule()?, now_secs)
     }
 
-    fn export(&self, key: &PublishedKey, active: bool) -> Result<ExportedKey, KeystoreError> {
+    /// [`Keystore::export_public_keys`] from a schedule already read.
+    pub fn export_from(&self, schedule: &IssuerKeySchedule, now_secs: i64) -> Result<Vec<ExportedKey>, KeystoreError> {
+        let signer = schedule.signer_at(now_secs);
+        schedule.published_at(now_secs).into_iter().map(|key| self.export(key, signer == Some(key.key_id))).collect()
+    }
+
+    fn export(&self, key: PublishedKey, active: bool) -> Result<ExportedKey, KeystoreError> {
         let path = self.key_path(key.key_id);
         let document = fs::read(&path).map_err(io(&path))?;
         let pair = rcgen::KeyPair::try_from(document.as_slice())
             .map_err(|e| KeystoreError::Export { id: key.key_id, reason: e.to_string() })?;
-        Ok(ExportedKey {
-            id: key.key_id,
-            active,
-            signs_from_secs: key.signs_from_secs,
-            trusted_until_secs: key.trusted_until_secs,
-            public_key: key.public_key,
-            pem: pair.public_key_pem(),
-        })
+        Ok(ExportedKey { key, active, pem: pair.public_key_pem() })
     }
 
     /// Runs `apply` under the lock on the keyring as it is on disk now.
@@ -467,7 +458,7 @@ mod tests {
         store.rotate(NOW, NOW + 3_600).expect("rotate");
         assert_eq!((active(&store), trusted(&store)), (1, vec![1, 2]), "published, not signing");
         let exported = store.export_public_keys(NOW).expect("export");
-        let view: Vec<_> = exported.iter().map(|k| (k.id, k.active, k.trusted_until_secs)).collect();
+        let view: Vec<_> = exported.iter().map(|k| (k.key.key_id, k.active, k.key.trusted_until_secs)).collect();
         assert_eq!(view, vec![(1, true, Some(NOW + 3_600 + TAIL)), (2, false, None)]);
         assert_eq!(store.signer_at(NOW + 3_600).expect("signer").key_id(), 2);
         assert!(matches!(store.rotate(NOW, i64::MAX), Err(KeystoreError::BadSigningTime(i64::MAX))));
@@ -500,6 +491,14 @@ mod tests {
             matches!(&reopened, Err(KeystoreError::BadKeyring { reason, .. }) if reason.contains("twice")),
             "{:?}",
             reopened.err()
+        );
+        let bad_time = text.replace("signs_from = \"", "signs_from = \"not a time ");
+        fs::write(&ring, bad_time).expect("ring with a bad time");
+        let read = Keystore::open(dir.path(), options()).expect("the keyring parses").schedule();
+        assert!(
+            matches!(&read, Err(KeystoreError::BadKeyring { reason, .. }) if reason.contains("RFC 3339")),
+            "{:?}",
+            read.err()
         );
     }
 
@@ -592,9 +591,13 @@ mod tests {
         store.rotate(NOW, NOW).expect("rotate");
         store.retire(1, NOW).expect("retire");
         let exported = store.export_public_keys(NOW).expect("export");
-        assert_eq!(exported.iter().map(|k| (k.id, k.active)).collect::<Vec<_>>(), vec![(2, true)], "trusted keys only");
+        assert_eq!(
+            exported.iter().map(|k| (k.key.key_id, k.active)).collect::<Vec<_>>(),
+            vec![(2, true)],
+            "trusted keys only"
+        );
         let key = &exported[0];
-        assert_eq!(&key.public_key, store.schedule().expect("keys").trusted_at(NOW).get(2).expect("key 2"));
+        assert_eq!(&key.key.public_key, store.schedule().expect("keys").trusted_at(NOW).get(2).expect("key 2"));
         let pem_path = dir.path().join("issuer.pem");
         fs::write(&pem_path, &key.pem).expect("pem");
         let output = std::process::Command::new("openssl")
@@ -611,7 +614,7 @@ mod tests {
             .skip(1)
             .flat_map(|l| l.trim().split(':').filter(|b| !b.is_empty()).map(str::to_string).collect::<Vec<_>>())
             .collect();
-        assert_eq!(printed, hex::encode(key.public_key), "openssl reads the same key");
+        assert_eq!(printed, hex::encode(key.key.public_key), "openssl reads the same key");
     }
 
     #[test]

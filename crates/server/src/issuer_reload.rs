@@ -36,10 +36,10 @@ pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
                 shared.issuer_keys.now().as_time_passes(now_secs)
             }
         };
-        let signer = next.signer.as_ref().map(|s| s.key_id());
-        let trusted: Vec<u32> = next.trusted.key_ids().collect();
         if shared.issuer_keys.advance(next, |keys| shared.pipeline.set_issuer_keys(keys.clone())) {
-            tracing::info!(?trusted, ?signer, "issuer keys changed");
+            let now = shared.issuer_keys.now();
+            let trusted: Vec<u32> = now.trusted.key_ids().collect();
+            tracing::info!(?trusted, signer = ?now.signer.as_ref().map(|s| s.key_id()), "issuer keys changed");
             telemetry::issuer_keys_changed();
         }
     }

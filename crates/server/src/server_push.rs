@@ -71,16 +71,7 @@ async fn write_deny_list_update(
 
 /// The wire form of the keys published now.
 fn issuer_key_set(keys: &IssuerKeysNow) -> IssuerKeySet {
-    let published: Vec<PublishedKey> = keys
-        .published
-        .iter()
-        .map(|key| PublishedKey {
-            key_id: key.id,
-            public_key: key.public_key,
-            signs_from_secs: key.signs_from_secs,
-            trusted_until_secs: key.trusted_until_secs,
-        })
-        .collect();
+    let published: Vec<PublishedKey> = keys.published.iter().map(|exported| exported.key).collect();
     IssuerKeySet::from_published(&published)
 }
 

@@ -62,6 +62,14 @@ pub struct PublishedKey {
     pub trusted_until_secs: Option<i64>,
 }
 
+impl PublishedKey {
+    /// Whether it is trusted at `now_secs`: the one rule for the server,
+    /// the gateway and a validator that is offline.
+    pub fn trusted_at(&self, now_secs: i64) -> bool {
+        self.trusted_until_secs.is_none_or(|until| now_secs < until)
+    }
+}
+
 /// Every issuer key and the rule above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerKeySchedule {
@@ -104,7 +112,7 @@ impl IssuerKeySchedule {
                 signs_from_secs: key.signs_from_secs,
                 trusted_until_secs: self.signing_end(key).map(|end| end.saturating_add(self.trust_tail_secs)),
             })
-            .filter(|key| key.trusted_until_secs.is_none_or(|until| now_secs < until))
+            .filter(|key| key.trusted_at(now_secs))
             .collect();
         if let Some(signer) = self.signer_at(now_secs) {
             assert!(published.iter().any(|k| k.key_id == signer), "the signing key {signer} is always trusted");

@@ -183,3 +183,42 @@ impl IssuerKeySet {
         Ok(published)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(key_id: u32, len: usize, signs_from: i64, until: i64) -> IssuerPublicKey {
+        IssuerPublicKey {
+            key_id,
+            public_key: vec![7; len],
+            signs_from_unix_secs: signs_from,
+            trusted_until_unix_secs: until,
+        }
+    }
+
+    /// Every field of a pushed key set at its extremes: no keys, the most
+    /// a gateway holds and one more, keys of 0, 31 and 33 bytes, an id
+    /// twice, the first and last ids and times.
+    #[test]
+    fn a_key_set_at_its_extremes() {
+        assert_eq!(IssuerKeySet { keys: vec![] }.to_published(64), Ok(vec![]));
+        let full: Vec<_> = (0..64).map(|id| key(id, 32, 0, 0)).collect();
+        assert_eq!(IssuerKeySet { keys: full.clone() }.to_published(64).map(|k| k.len()), Ok(64));
+        let over = IssuerKeySet { keys: [full, vec![key(64, 32, 0, 0)]].concat() };
+        assert_eq!(over.to_published(64), Err(KeySetError::TooMany { count: 65, max: 64 }));
+        for len in [0, 31, 33] {
+            let set = IssuerKeySet { keys: vec![key(1, len, 0, 0)] };
+            assert_eq!(set.to_published(64), Err(KeySetError::BadPublicKey { key_id: 1, len }));
+        }
+        let twice = IssuerKeySet { keys: vec![key(5, 32, 0, 0), key(5, 32, 1, 0)] };
+        assert_eq!(twice.to_published(64), Err(KeySetError::Duplicate(5)));
+        let edges = IssuerKeySet { keys: vec![key(0, 32, i64::MIN, i64::MAX), key(u32::MAX, 32, i64::MAX, i64::MIN)] };
+        let published = edges.to_published(64).expect("edges");
+        assert_eq!(published[0].trusted_until_secs, Some(i64::MAX));
+        assert!(!published[1].trusted_at(i64::MAX), "an end before the start is no trust");
+        assert_eq!(IssuerKeySet::from_published(&published), edges, "round trip");
+        let open = IssuerKeySet { keys: vec![key(1, 32, 0, 0)] }.to_published(64).expect("open");
+        assert!(open[0].trusted_at(i64::MAX), "0 is no end yet");
+    }
+}

@@ -310,12 +310,12 @@ pub(super) async fn issuer_keys(State(api): State<Arc<ApiState>>) -> Json<Vec<Is
             .published
             .iter()
             .map(|k| IssuerKeyView {
-                key_id: k.id,
+                key_id: k.key.key_id,
                 active: k.active,
-                public_key_hex: hex::encode(k.public_key),
+                public_key_hex: hex::encode(k.key.public_key),
                 public_key_pem: k.pem.clone(),
-                signs_from_unix_secs: k.signs_from_secs,
-                trusted_until_unix_secs: k.trusted_until_secs,
+                signs_from_unix_secs: k.key.signs_from_secs,
+                trusted_until_unix_secs: k.key.trusted_until_secs,
             })
             .collect(),
     )
