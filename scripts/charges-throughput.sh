@@ -36,20 +36,19 @@ otp_sends_per_client_per_hour_max = 10000000
 otp_sends_per_minute_max = 10000000
 TOML
 args=(--data-dir "$work/data" --config "$work/config.toml")
-"$bin" --data-dir "$work/paygw" --config "$work/config.toml" paygw --listen "127.0.0.1:$paygw_port" \
-  > "$work/paygw.log" 2>&1 &
+export_payments_secret
+start_paygw "$work/paygw" "$paygw_port" "$work/paygw.log" "$bin" --config "$work/config.toml"
 "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
 wait_until_serving "$work/server.log" $!
-faults() { paygw_faults "http://127.0.0.1:$paygw_port" "$1"; }
 
-simulate_until_signed_up "$work/simulate.log" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" \
+simulate_until_signed_up "$work/simulate.log" "${args[@]}" simulate --accounts --paygw-dir "$work/paygw" --server "127.0.0.1:$port" \
   --riders "$riders" --duration-secs 5
-faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
+paygw_faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
 wait "$sim"
 sleep 1
 pending=$("$bin" "${args[@]}" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
 start=$(date +%s.%N)
-faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'
+paygw_faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'
 until "$bin" "${args[@]}" charges | grep -q "undecided=0"; do sleep 0.05; done
 end=$(date +%s.%N)
 kill -TERM $(jobs -p) 2>/dev/null; wait 2>/dev/null || true

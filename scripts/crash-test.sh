@@ -64,12 +64,11 @@ start_server() {
   wait_until_serving "$work/server.log" "$server_pid"
 }
 
-"$bin" --data-dir "$work/paygw" --config "$work/crash.toml" paygw --listen "127.0.0.1:$paygw_port" \
-  > "$work/paygw.log" 2>&1 &
-paygw_pid=$!
+export_payments_secret
+start_paygw "$work/paygw" "$paygw_port" "$work/paygw.log" "$bin" --config "$work/crash.toml"
 start_server
 duration=$(( kills + 3 ))
-"$bin" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" --riders $(( kills * 60 + 300 )) --gateways 4 \
+"$bin" "${args[@]}" simulate --accounts --paygw-dir "$work/paygw" --server "127.0.0.1:$port" --riders $(( kills * 60 + 300 )) --gateways 4 \
   --validators-per-gateway 4 --duration-secs "$duration" --acked-file "$work/acked.txt" \
   > "$work/simulate.log" 2>&1 &
 simulate_pid=$!

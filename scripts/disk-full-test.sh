@@ -39,8 +39,8 @@ pricer_poll_interval_ms = 100
 TOML
 args=(--data-dir "$work/disk/data" --config "$work/full.toml")
 
-"$bin" --data-dir "$work/paygw" --config "$work/full.toml" paygw --listen "127.0.0.1:$paygw_port" \
-  > "$work/paygw.log" 2>&1 &
+export_payments_secret
+start_paygw "$work/paygw" "$paygw_port" "$work/paygw.log" "$bin" --config "$work/full.toml"
 "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
 server=$!
 wait_until_serving "$work/server.log" "$server"

@@ -9,8 +9,9 @@
 #   scripts/gateway-outage.sh
 #   OUTAGE_SECS=30 RIDERS=2000 FARESTREAM_BIN=/path/to/other/build scripts/gateway-outage.sh
 # To measure an older build's server, run the simulated gateway from this
-# one (PAYGW_BIN: it counts requests at /v1/stats) and leave out the
-# config keys the older build does not know (OTP_LIMITS=0).
+# one (PAYGW_BIN: it counts requests at /v1/stats and signs its answers)
+# and leave out the config keys the older build does not know
+# (OTP_LIMITS=0); an older server reads its secret from payments.hmac_secret.
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
@@ -38,30 +39,27 @@ notifications_file = "$work/notifications.jsonl"
 $otp_limits
 TOML
 args=(--data-dir "$work/data" --config "$work/config.toml")
-"$paygw_bin" --data-dir "$work/paygw" --config "$work/config.toml" paygw --listen "127.0.0.1:$paygw_port" \
-  > "$work/paygw.log" 2>&1 &
+export_payments_secret
+start_paygw "$work/paygw" "$paygw_port" "$work/paygw.log" "$paygw_bin" --config "$work/config.toml"
 "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
 wait_until_serving "$work/server.log" $!
-gw="http://127.0.0.1:$paygw_port"
-faults() { paygw_faults "$gw" "$1"; }
-requests() { curl -sf "$gw/v1/stats" | sed -n 's/.*"payment_requests":\([0-9]*\).*/\1/p'; }
 
-simulate_until_signed_up "$work/simulate.log" "${args[@]}" simulate --accounts --server "127.0.0.1:$port" \
+simulate_until_signed_up "$work/simulate.log" "${args[@]}" simulate --accounts --paygw-dir "$work/paygw" --server "127.0.0.1:$port" \
   --riders "$riders" --duration-secs 5
-faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
-first=$(requests)
+paygw_faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
+first=$(paygw_requests)
 last=$first
 max=0
 for _ in $(seq 1 "$outage"); do
   sleep 1
-  now=$(requests)
+  now=$(paygw_requests)
   (( now - last > max )) && max=$(( now - last ))
   last=$now
 done
 wait "$sim" || { cat "$work/simulate.log"; exit 1; }
 backlog=$("$bin" "${args[@]}" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
 start=$(date +%s.%N)
-faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'
+paygw_faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'
 until "$bin" "${args[@]}" charges | grep -q "undecided=0"; do sleep 0.05; done
 end=$(date +%s.%N)
 kill -TERM $(jobs -p) 2>/dev/null; wait 2>/dev/null || true

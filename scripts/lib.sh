@@ -25,10 +25,43 @@ wait_until_serving() {
   echo "server did not start within 10 s:"; cat "$log"; exit 1
 }
 
-# Sets the simulated payment gateway's faults (JSON) at URL.
+# A fresh payments secret for this run, for the server and the simulated
+# gateway alike: `serve` refuses the demo's when it charges a gateway.
+export_payments_secret() {
+  FARESTREAM_PAYMENTS_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+  export FARESTREAM_PAYMENTS_SECRET
+}
+
+# Starts `farestream paygw` in the background on loopback PORT with data
+# dir DIR, output in LOG (BIN, or $bin, runs it; the rest of the arguments
+# go before the command); returns once it listens. Sets $paygw_pid,
+# $paygw_url and $paygw_token (its control token).
+start_paygw() {
+  local dir=$1 port=$2 log=$3 paygw_bin=$4; shift 4
+  "$paygw_bin" --data-dir "$dir" "$@" paygw --listen "127.0.0.1:$port" > "$log" 2>&1 &
+  paygw_pid=$!
+  for _ in $(seq 1 100); do
+    if grep -q "simulated payment gateway on" "$log"; then
+      paygw_url="http://127.0.0.1:$port"
+      paygw_token=$(cat "$dir/control-token")
+      return 0
+    fi
+    kill -0 "$paygw_pid" 2>/dev/null || { echo "paygw failed to start:"; cat "$log"; exit 1; }
+    sleep 0.1
+  done
+  echo "paygw did not start within 10 s:"; cat "$log"; exit 1
+}
+
+# Sets the simulated payment gateway's faults (JSON), under its token.
 paygw_faults() {
-  local url=$1 faults=$2
-  curl -sf -X PUT -H 'content-type: application/json' -d "$faults" "$url/v1/faults"
+  curl -sf -X PUT -H "authorization: Bearer $paygw_token" -H 'content-type: application/json' -d "$1" \
+    "$paygw_url/v1/faults"
+}
+
+# The debit and credit requests the simulated gateway has received.
+paygw_requests() {
+  curl -sf -H "authorization: Bearer $paygw_token" "$paygw_url/v1/stats" \
+    | sed -n 's/.*"payment_requests":\([0-9]*\).*/\1/p'
 }
 
 # Starts `simulate --accounts` in the background (its pid in $sim, its

@@ -87,8 +87,12 @@ enum Command {
         /// api.notifications_file and payments.gateway_url in the config);
         /// without it they sign their own credentials with the data dir's
         /// issuer key and have no accounts to charge.
-        #[arg(long)]
+        #[arg(long, requires = "paygw_dir")]
         accounts: bool,
+        /// With --accounts: the data dir of the `farestream paygw` playing
+        /// the riders' banks, whose control token tops their balances up.
+        #[arg(long)]
+        paygw_dir: Option<PathBuf>,
     },
     /// A hostile gateway: batches built to cost the server the most CPU,
     /// pushed as fast as its streams allow, for a bounded time (run it
@@ -262,9 +266,10 @@ fn main() -> Result<()> {
         }
         Command::Keys { action } => keys_cmd::keys(&cli.data_dir, &config, action),
         Command::Gateway { action } => fleet_cmd::gateway(&cli.data_dir, &config, action),
-        Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file, accounts } => {
+        Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file, accounts, paygw_dir } => {
             let load = Load { duration_secs, backlog, batch_scans: batch_scans.unwrap_or(config.wire.batch_scans_max) };
-            let rig = accounts.then(|| AccountsRig::from_config(&config)).transpose()?;
+            let paygw_dir = paygw_dir.as_deref().filter(|_| accounts);
+            let rig = paygw_dir.map(|dir| AccountsRig::from_config(&config, dir)).transpose()?;
             runtime.block_on(simulate(&cli.data_dir, config, server, city, load, rig, acked_file.as_deref()))
         }
         Command::Flood { server, kind, batch_scans, streams, duration_secs } => {
@@ -309,6 +314,7 @@ fn init_logging(default: &str) {
 }
 
 async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new: NewIdentity) -> Result<()> {
+    refuse_demo_payments_secret(&config)?;
     let mut assembly = Assembly::open(&config, data_dir, new)?;
     if let Some(listen) = listen {
         assembly = assembly.listen_on(listen);
@@ -449,12 +455,37 @@ fn print_settled(settled: &farestream_analytics::settle::Settled) {
     }
 }
 
+/// A server charging riders through a real gateway must not sign with the
+/// demo's secret, which anyone can read in the shipped config: whoever
+/// holds it can forge the gateway's answers. The demo runs on it by design.
+fn refuse_demo_payments_secret(config: &Config) -> Result<()> {
+    if config.payments.gateway_url.is_empty() {
+        return Ok(());
+    }
+    let secret = config.payments_secret()?;
+    if secret.is_demo() {
+        anyhow::bail!(
+            "payments.gateway_url is set and the payments secret is the demo's, which anyone can read: put your \
+             gateway's secret in the file named by payments.hmac_secret_file or in {}",
+            farestream::config::secret::PAYMENTS_SECRET_ENV
+        );
+    }
+    println!("payments secret from {}", secret.source().describe());
+    Ok(())
+}
+
 async fn paygw(data_dir: &Path, config: &Config, listen: SocketAddr) -> Result<()> {
-    let secret = config.payments.hmac_secret.as_bytes();
-    let paygw = farestream::paygw::start(data_dir, listen, secret)
+    let secret = config.payments_secret()?;
+    let paygw = farestream::paygw::start(data_dir, listen, secret.bytes())
         .await
         .with_context(|| format!("starting the simulated payment gateway on {listen}"))?;
-    println!("simulated payment gateway on {} (ledger: {})", paygw.url(), data_dir.join("ledger.jsonl").display());
+    println!(
+        "simulated payment gateway on {} (ledger: {}; payments secret from {}; control token in {})",
+        paygw.url(),
+        data_dir.join("ledger.jsonl").display(),
+        secret.source().describe(),
+        data_dir.join(farestream::paygw::CONTROL_TOKEN_FILE).display()
+    );
     shutdown_signal().await;
     paygw.stop().await;
     Ok(())

@@ -99,15 +99,15 @@ pub struct DemoSummary {
 pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
     let mut config = options.config.clone();
-    let secret = config.payments.hmac_secret.clone();
+    let secret = config.payments_secret()?;
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
-    let paygw = crate::paygw::start(&options.data_dir.join("paygw"), loopback, secret.as_bytes()).await?;
+    let paygw = crate::paygw::start(&options.data_dir.join("paygw"), loopback, secret.bytes()).await?;
     config.payments.gateway_url = paygw.url();
     config.api.listen_addr = loopback.to_string();
     // The whole city signs up from this one address within a minute.
     config.api.otp_sends_per_client_per_hour_max = OTP_SENDS_MAX;
     config.api.otp_sends_per_minute_max = OTP_SENDS_MAX;
-    let bank = crate::paygw::SimControl::new(&paygw.url(), secret.as_bytes());
+    let bank = paygw.control().clone();
     let config = &config;
     let assembly = Assembly::open(config, &options.data_dir, NewIdentity::OnFirstStart)?;
     let keystore = assembly.keystore();

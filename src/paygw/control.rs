@@ -1,9 +1,12 @@
 //! What the demo and the tests ask of a simulated gateway beyond the debit
-//! API: top up a payer, set its faults, read its ledger.
+//! API: top up a payer, set its faults, read its ledger; each call under
+//! the gateway's control token (`control_routes`).
 
-use farestream_ingest::clock_source::{Clock, SystemClock};
-use farestream_money::paygw::api::{IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, signature};
+use std::path::Path;
 
+use farestream_money::paygw::api::IDEMPOTENCY_KEY;
+
+use super::control_routes::{CONTROL_TOKEN_FILE, FAULTS_PATH, LEDGER_PATH, STATS_PATH, TOPUPS_PATH};
 use super::http::{SimFaults, SimStats, TopUp};
 use super::ledger::Entry;
 
@@ -12,25 +15,35 @@ use super::ledger::Entry;
 pub struct SimControl {
     http: reqwest::Client,
     url: String,
-    secret: Vec<u8>,
+    token: String,
 }
 
 impl SimControl {
-    pub fn new(url: &str, secret: &[u8]) -> SimControl {
-        SimControl { http: reqwest::Client::new(), url: url.trim_end_matches('/').to_string(), secret: secret.to_vec() }
+    pub fn new(url: &str, token: &str) -> SimControl {
+        SimControl {
+            http: reqwest::Client::new(),
+            url: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// The client for the gateway at `url` whose data dir is `paygw_dir`
+    /// (where its token is).
+    pub fn from_data_dir(url: &str, paygw_dir: &Path) -> std::io::Result<SimControl> {
+        let path = paygw_dir.join(CONTROL_TOKEN_FILE);
+        let token = std::fs::read_to_string(&path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(SimControl::new(url, token.trim()))
     }
 
     /// Adds to a payer's balance; `key` makes the top-up happen once.
     pub async fn top_up(&self, payment_user_id: &str, amount_cents: u64, key: &str) -> reqwest::Result<()> {
-        let body =
-            serde_json::to_vec(&TopUp { payment_user_id: payment_user_id.into(), amount_cents }).unwrap_or_default();
-        let timestamp = SystemClock.now_ms();
+        let body = TopUp { payment_user_id: payment_user_id.into(), amount_cents };
         self.http
-            .post(format!("{}/v1/topups", self.url))
+            .post(format!("{}{TOPUPS_PATH}", self.url))
+            .bearer_auth(&self.token)
             .header(IDEMPOTENCY_KEY, key)
-            .header(TIMESTAMP, timestamp.to_string())
-            .header(SIGNATURE, signature(&self.secret, timestamp, "POST", "/v1/topups", key, &body))
-            .body(body)
+            .json(&body)
             .send()
             .await?
             .error_for_status()?;
@@ -38,15 +51,18 @@ impl SimControl {
     }
 
     pub async fn set_faults(&self, faults: SimFaults) -> reqwest::Result<()> {
-        self.http.put(format!("{}/v1/faults", self.url)).json(&faults).send().await?.error_for_status()?;
+        let url = format!("{}{FAULTS_PATH}", self.url);
+        self.http.put(url).bearer_auth(&self.token).json(&faults).send().await?.error_for_status()?;
         Ok(())
     }
 
     pub async fn stats(&self) -> reqwest::Result<SimStats> {
-        self.http.get(format!("{}/v1/stats", self.url)).send().await?.error_for_status()?.json().await
+        let url = format!("{}{STATS_PATH}", self.url);
+        self.http.get(url).bearer_auth(&self.token).send().await?.error_for_status()?.json().await
     }
 
     pub async fn ledger(&self) -> reqwest::Result<Vec<Entry>> {
-        self.http.get(format!("{}/v1/ledger", self.url)).send().await?.error_for_status()?.json().await
+        let url = format!("{}{LEDGER_PATH}", self.url);
+        self.http.get(url).bearer_auth(&self.token).send().await?.error_for_status()?.json().await
     }
 }

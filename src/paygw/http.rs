@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::post;
 use axum::{Json, Router};
 use farestream_core::sync::lock;
 use farestream_ingest::clock_source::{Clock, SystemClock};
@@ -19,16 +20,18 @@ use farestream_ingest::http_serve::HttpHandle;
 use farestream_money::paygw::api::{
     AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
     ErrorAnswer, IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE,
-    TIMESTAMP, signature_valid,
+    TIMESTAMP, answer_signature, signature_valid, timestamp_fresh,
 };
 use serde::{Deserialize, Serialize};
 
+use super::control::SimControl;
+use super::control_routes;
 use super::ledger::{Entry, Ledger};
 
 /// A request body larger than this is refused (413).
 const REQUEST_BYTES_MAX: usize = 64 * 1024;
-/// A signed request older or newer than this is refused (401).
-const TIMESTAMP_SKEW_MS_MAX: i64 = 5 * 60 * 1000;
+/// An answer is buffered whole to be signed; the client reads no more.
+const ANSWER_BYTES_MAX: usize = farestream_money::paygw::ANSWER_BYTES_MAX;
 
 /// What the simulated gateway does wrong, on purpose.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,19 +46,47 @@ pub struct SimFaults {
     /// Every Nth payment request is applied and its answer then lost: the
     /// connection breaks mid-response (0: never).
     pub drop_answer_every: u64,
+    /// Every Nth payment request is applied and answered with a decline
+    /// signed under another secret, as a man in the middle would forge
+    /// one (0: never). The client must not believe it.
+    #[serde(default)]
+    pub forged_decline_every: u64,
 }
 
-struct Sim {
-    ledger: Mutex<Ledger>,
-    faults: Mutex<SimFaults>,
+pub(super) struct Sim {
+    pub(super) ledger: Mutex<Ledger>,
+    pub(super) faults: Mutex<SimFaults>,
     secret: Vec<u8>,
     clock: Arc<dyn Clock>,
-    payments_seen: AtomicU64,
+    pub(super) payments_seen: AtomicU64,
     in_flight: Mutex<HashSet<String>>,
 }
 
-/// Opens the ledger in `data_dir` and serves on `listen`.
-pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::io::Result<HttpHandle> {
+/// A running simulated gateway, and the client for its control calls.
+pub struct SimGateway {
+    http: HttpHandle,
+    control: SimControl,
+}
+
+impl SimGateway {
+    pub fn url(&self) -> String {
+        self.http.url()
+    }
+
+    /// Top-ups, faults, the ledger: calls under the control token.
+    pub fn control(&self) -> &SimControl {
+        &self.control
+    }
+
+    pub async fn stop(self) {
+        self.http.stop().await
+    }
+}
+
+/// Opens the ledger in `data_dir` and serves on `listen`: the payment API
+/// signed with `secret`, the control calls under the token in
+/// `data_dir/control-token` (made on first start).
+pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::io::Result<SimGateway> {
     let sim = Arc::new(Sim {
         ledger: Mutex::new(Ledger::open(data_dir)?),
         faults: Mutex::new(SimFaults::default()),
@@ -64,19 +95,47 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::i
         payments_seen: AtomicU64::new(0),
         in_flight: Mutex::new(HashSet::new()),
     });
-    let app = Router::new()
+    let control_token = control_routes::token_in(data_dir)?;
+    let api = Router::new()
         .route(AGREEMENTS_PATH, post(agreement))
         .route(AGREEMENTS_END_PATH, post(end_agreement))
         .route(DEBITS_PATH, post(debit))
         .route(CREDITS_PATH, post(credit))
-        .route("/v1/topups", post(topup))
-        .route("/v1/ledger", get(ledger))
-        .route("/v1/faults", put(set_faults))
-        .route("/v1/stats", get(stats))
-        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
-        .with_state(sim);
-    farestream_ingest::http_serve::serve(listen, app, "simulated payment gateway").await
+        .layer(middleware::from_fn_with_state(sim.clone(), sign_answer))
+        .with_state(sim.clone());
+    let app =
+        api.merge(control_routes::router(sim, control_token.clone())).layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX));
+    let http = farestream_ingest::http_serve::serve(listen, app, "simulated payment gateway").await?;
+    let control = SimControl::new(&http.url(), &control_token);
+    Ok(SimGateway { http, control })
 }
+
+/// Signs every answer of the payment API, refusals included, over the
+/// signature of the request it answers (`docs/payment-gateway.md`).
+async fn sign_answer(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
+    let request_signature =
+        request.headers().get(SIGNATURE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let response = next.run(request).await;
+    let forged = response.extensions().get::<ForgedAnswer>().is_some();
+    let (mut parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, ANSWER_BYTES_MAX).await else {
+        // The answer was to be lost (a fault): it still is.
+        return lost_answer();
+    };
+    let secret: &[u8] = if forged { b"a man in the middle without the secret" } else { &sim.secret };
+    let now = sim.clock.now_ms();
+    let signature = answer_signature(secret, now, parts.status.as_u16(), &request_signature, &body);
+    for (name, value) in [(TIMESTAMP, now.to_string()), (SIGNATURE, signature)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            parts.headers.insert(name, value);
+        }
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Marks an answer to be signed under the wrong secret.
+#[derive(Clone, Copy)]
+struct ForgedAnswer;
 
 /// A top-up of a payer's balance (the rider's bank account, in the demo).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,11 +144,11 @@ pub struct TopUp {
     pub amount_cents: u64,
 }
 
-type Answer = Result<Response, Refused>;
+pub(super) type Answer = Result<Response, Refused>;
 
 /// A request the gateway will not handle, and why.
 #[derive(Debug)]
-struct Refused {
+pub(super) struct Refused {
     status: StatusCode,
     error: &'static str,
     message: String,
@@ -107,7 +166,7 @@ impl IntoResponse for Refused {
     }
 }
 
-fn error(status: StatusCode, error: &'static str, message: impl Into<String>) -> Refused {
+pub(super) fn error(status: StatusCode, error: &'static str, message: impl Into<String>) -> Refused {
     Refused { status, error, message: message.into(), retry_after_secs: 0 }
 }
 
@@ -121,7 +180,7 @@ fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Resu
     let Ok(timestamp) = header(TIMESTAMP).parse::<i64>() else {
         return Err(error(StatusCode::UNAUTHORIZED, "timestamp_missing", "x-farestream-timestamp: unix ms"));
     };
-    if sim.clock.now_ms().abs_diff(timestamp) > TIMESTAMP_SKEW_MS_MAX.unsigned_abs() {
+    if !timestamp_fresh(sim.clock.now_ms(), timestamp) {
         return Err(error(StatusCode::UNAUTHORIZED, "timestamp_skew", "request timestamp too far from now"));
     }
     if !signature_valid(&sim.secret, header(SIGNATURE), timestamp, "POST", path, key, body) {
@@ -130,11 +189,11 @@ fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Resu
     Ok(key.to_string())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refused> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refused> {
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "body_invalid", e.to_string()))
 }
 
-fn request_hash(body: &[u8]) -> String {
+pub(super) fn request_hash(body: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, body))
 }
 
@@ -178,27 +237,6 @@ async fn end_agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
         append(&mut ledger, "agreement_end", id, &payer, id, 0, "", "succeeded", &body)?;
     }
     Ok(StatusCode::OK.into_response())
-}
-
-async fn topup(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
-    let key = authenticate(&sim, &headers, "/v1/topups", &body)?;
-    let request: TopUp = parse(&body)?;
-    let mut ledger = lock(&sim.ledger);
-    match ledger.by_key("topup", &key) {
-        Some(first) if first.request_hash != request_hash(&body) => {
-            return Err(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this key was used with another request",
-            ));
-        }
-        Some(_) => {}
-        None => {
-            let payer = &request.payment_user_id;
-            append(&mut ledger, "topup", &key, payer, "", request.amount_cents, "", "succeeded", &body)?;
-        }
-    }
-    Ok(Json(serde_json::json!({ "balance_cents": ledger.balance(&request.payment_user_id) })).into_response())
 }
 
 async fn debit(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -289,6 +327,16 @@ async fn pay_in_flight(
     if faults.drop_answer_every > 0 && nth.is_multiple_of(faults.drop_answer_every) {
         return Ok(lost_answer());
     }
+    if faults.forged_decline_every > 0 && nth.is_multiple_of(faults.forged_decline_every) {
+        let forged = PaymentAnswer {
+            status: "declined".into(),
+            transaction_id: entry.transaction_id,
+            decline_code: Some("insufficient_funds".into()),
+        };
+        let mut answer = (StatusCode::PAYMENT_REQUIRED, Json(forged)).into_response();
+        answer.extensions_mut().insert(ForgedAnswer);
+        return Ok(answer);
+    }
     let status = if entry.outcome == "succeeded" { StatusCode::OK } else { StatusCode::PAYMENT_REQUIRED };
     let decline_code = (entry.outcome == "declined").then(|| "insufficient_funds".to_string());
     let answer = PaymentAnswer { status: entry.outcome.clone(), transaction_id: entry.transaction_id, decline_code };
@@ -303,7 +351,7 @@ fn lost_answer() -> Response {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn append(
+pub(super) fn append(
     ledger: &mut Ledger,
     kind: &str,
     key: &str,
@@ -330,22 +378,9 @@ fn append(
     ledger.append(entry).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "ledger_write_failed", e.to_string()))
 }
 
-async fn ledger(State(sim): State<Arc<Sim>>) -> Json<Vec<Entry>> {
-    Json(lock(&sim.ledger).entries().to_vec())
-}
-
 /// How many debit and credit requests arrived, answered or not: the
 /// request rate a client puts on the gateway, outages included.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimStats {
     pub payment_requests: u64,
-}
-
-async fn stats(State(sim): State<Arc<Sim>>) -> Json<SimStats> {
-    Json(SimStats { payment_requests: sim.payments_seen.load(Ordering::Relaxed) })
-}
-
-async fn set_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<SimFaults>) -> StatusCode {
-    *lock(&sim.faults) = faults;
-    StatusCode::NO_CONTENT
 }

@@ -51,6 +51,8 @@ pub enum SimulateError {
     Accounts(#[from] super::AppError),
     #[error("--accounts needs {0}")]
     AccountsRig(&'static str),
+    #[error("the simulated payment gateway's control token: {0}")]
+    PaygwToken(std::io::Error),
 }
 
 /// Where riders with accounts sign up: the server's account API, the
@@ -61,12 +63,13 @@ pub struct AccountsRig {
     pub api_url: String,
     pub notifications: std::path::PathBuf,
     pub paygw_url: String,
-    pub hmac_secret: String,
+    /// The simulated gateway's data dir: its control token is there.
+    pub paygw_dir: std::path::PathBuf,
 }
 
 impl AccountsRig {
     /// The rig a server with this config offers.
-    pub fn from_config(config: &Config) -> Result<AccountsRig, SimulateError> {
+    pub fn from_config(config: &Config, paygw_dir: &Path) -> Result<AccountsRig, SimulateError> {
         let need = |value: &str, what| if value.is_empty() { Err(SimulateError::AccountsRig(what)) } else { Ok(()) };
         need(&config.api.listen_addr, "api.listen_addr")?;
         need(&config.api.notifications_file, "api.notifications_file (where riders read their codes)")?;
@@ -75,7 +78,7 @@ impl AccountsRig {
             api_url: format!("http://{}", config.api.listen_addr),
             notifications: config.api.notifications_file.clone().into(),
             paygw_url: config.payments.gateway_url.clone(),
-            hmac_secret: config.payments.hmac_secret.clone(),
+            paygw_dir: paygw_dir.to_path_buf(),
         })
     }
 }
@@ -121,7 +124,7 @@ pub async fn simulate(
     let mut world = City::world(spec, config, signer, trusted, valid_from)?;
     if let Some(rig) = accounts {
         let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox::new(rig.notifications.clone())));
-        let bank = SimControl::new(&rig.paygw_url, rig.hmac_secret.as_bytes());
+        let bank = SimControl::from_data_dir(&rig.paygw_url, &rig.paygw_dir).map_err(SimulateError::PaygwToken)?;
         let balances = Balances {
             deposit_cents: config.payments.deposit_cents,
             ample_cents: 1_000_000,

@@ -10,7 +10,7 @@ use farestream::charges::{ChargeKind, ChargeOutcome};
 use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::money::outbox::{charges, undecided};
-use farestream::paygw::{Entry, HttpHandle, SimControl, SimFaults};
+use farestream::paygw::{Entry, SimControl, SimFaults, SimGateway};
 use farestream::ridecode::DenyList;
 use farestream::scan::TapKind;
 use farestream::wire::{GateDecision, ScanRecord};
@@ -22,7 +22,7 @@ pub(crate) const MINUTE: i64 = 60_000;
 
 pub(crate) struct Money {
     pub h: Harness,
-    pub paygw: HttpHandle,
+    pub paygw: SimGateway,
     pub control: SimControl,
     _paygw_dir: tempfile::TempDir,
 }
@@ -34,8 +34,8 @@ impl Money {
 
     pub(crate) async fn start_with(mut config: Config) -> Money {
         let paygw_dir = tempfile::tempdir().expect("tempdir");
-        let secret = config.payments.hmac_secret.clone();
-        let paygw = farestream::paygw::start(paygw_dir.path(), "127.0.0.1:0".parse().expect("addr"), secret.as_bytes())
+        let secret = config.payments_secret().expect("the demo secret");
+        let paygw = farestream::paygw::start(paygw_dir.path(), "127.0.0.1:0".parse().expect("addr"), secret.bytes())
             .await
             .expect("paygw");
         config.payments.gateway_url = paygw.url();
@@ -44,7 +44,7 @@ impl Money {
         config.payments.retry_backoff_ms_max = 100;
         config.payments.request_timeout_ms = 2_000;
         config.payments.dispatch_lease_ms = 5_000;
-        let control = SimControl::new(&paygw.url(), secret.as_bytes());
+        let control = paygw.control().clone();
         let h = Harness::start_with(config).await;
         // The rides below happen in the hour after T0; the server hears of them after.
         h.clock.set(T0_MS + 2 * 60 * MINUTE);
@@ -270,7 +270,7 @@ async fn outages_lost_answers_and_latency_never_charge_twice() {
         }
         riders
     };
-    let faults = SimFaults { latency_ms: 5, unavailable_every: 3, retry_after_secs: 0, drop_answer_every: 4 };
+    let faults = SimFaults { latency_ms: 5, unavailable_every: 3, drop_answer_every: 4, ..SimFaults::default() };
     m.control.set_faults(faults).await.expect("faults");
     let scans: Vec<ScanRecord> = riders
         .iter()
@@ -290,6 +290,34 @@ async fn outages_lost_answers_and_latency_never_charge_twice() {
     assert_charged_once(&debits, &charges);
     let fares: u64 = debits.iter().filter(|e| !e.key.starts_with("deposit-")).map(|e| e.amount_cents).sum();
     assert_eq!(fares, 12 * 500);
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// Issue 19: a decline forged between the server and the gateway (the
+/// debit applied, the answer turned into a 402) made arrears of a paid
+/// ride and denied the card. The forged answer does not verify, the charge
+/// is asked again under its key, and the gateway's own answer stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_decline_denies_no_card_and_charges_nothing_twice() {
+    let m = Money::start().await;
+    let mut riders = Vec::new();
+    for card in 620..626 {
+        riders.push(m.rider(card, 5_000).await);
+    }
+    m.control.set_faults(SimFaults { forged_decline_every: 2, ..SimFaults::default() }).await.expect("faults");
+    let scans: Vec<ScanRecord> = riders.iter().map(|r| tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99")).collect();
+    assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 6);
+    let charges = m.settle().await;
+    assert_eq!(charges.len(), 6);
+    assert!(charges.iter().all(|c| c.outcome == ChargeOutcome::Succeeded), "{charges:?}");
+    assert!(charges.iter().any(|c| c.attempts > 1), "some answers were forged and asked again");
+    assert_charged_once(&m.debits().await, &charges);
+    for card in 620..626 {
+        let account = m.h.server.accounts().account(card).await.expect("account");
+        assert_eq!((account.state, account.arrears_cents.get()), (AccountState::Active, 0), "card {card}");
+        assert!(!farestream_core::account::is_denied(account.state, account.arrears_cents), "card {card} denied");
+    }
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }
@@ -341,7 +369,7 @@ async fn arrears_paid_after_a_lost_answer_are_collected_once() {
     let first_owed = declined_rides(&m, &rider, 1, 2).await;
     assert!(first_owed > 0);
     m.control.top_up("payer-801", first_owed.unsigned_abs(), "topup-801-1").await.expect("top up");
-    let lost = SimFaults { latency_ms: 0, unavailable_every: 0, retry_after_secs: 0, drop_answer_every: 1 };
+    let lost = SimFaults { drop_answer_every: 1, ..SimFaults::default() };
     m.control.set_faults(lost).await.expect("faults");
     let unanswered = accounts.pay_arrears(801).await.expect_err("the answer was lost");
     assert!(unanswered.to_string().contains("did not answer"), "{unanswered}");

@@ -383,3 +383,71 @@ async fn a_simulation_whose_server_dies_stops_and_says_so() {
     // of the three gateways ~1 s per remaining batch before the change.
     assert!(stopped.elapsed() < Duration::from_secs(20), "took {:?} after the server stopped", stopped.elapsed());
 }
+
+/// Issue 19: `serve` signed real payments with the secret shipped in the
+/// config, which anyone can read. With a gateway to charge it refuses the
+/// demo's secret (however given), one in the config, and one too short,
+/// saying why; a secret from a file it takes, naming the file.
+#[test]
+fn serve_refuses_the_demo_payments_secret_when_it_charges_a_gateway() {
+    use farestream::config::secret::{DEMO_PAYMENTS_SECRET, PAYMENTS_SECRET_ENV};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("gateway.toml");
+    let ports = "[metrics]\nlisten_addr = \"\"\n[api]\nlisten_addr = \"\"\n";
+    let with_gateway = |extra: &str| format!("{ports}[payments]\ngateway_url = \"http://127.0.0.1:9\"\n{extra}");
+    let serve = |toml: &str, env: Option<&str>| {
+        std::fs::write(&config, toml).expect("config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_farestream"));
+        command.args(["--data-dir", data.to_str().expect("utf-8"), "--config", config.to_str().expect("utf-8")]);
+        command.args(["serve", "--listen", "127.0.0.1:0"]).env_remove(PAYMENTS_SECRET_ENV);
+        if let Some(value) = env {
+            command.env(PAYMENTS_SECRET_ENV, value);
+        }
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        command.spawn().expect("spawn serve")
+    };
+    let refused = |toml: &str, env: Option<&str>, says: &str| {
+        let output = wait_at_most(serve(toml, env), Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(says), "{env:?}: {stderr}");
+    };
+    refused(&with_gateway(""), None, "the payments secret is the demo's");
+    refused(&with_gateway(""), Some(DEMO_PAYMENTS_SECRET), "the payments secret is the demo's");
+    refused(&with_gateway(""), Some(&"s".repeat(31)), "32 to 1024 are required");
+    refused(&with_gateway("hmac_secret = \"a-secret-in-the-config-file-00000\"\n"), None, "no longer read");
+    let secret_file = dir.path().join("paygw-secret");
+    std::fs::write(&secret_file, "a-secret-of-the-operators-own-choosing\n").expect("secret");
+    let from_file = format!("hmac_secret_file = \"{}\"\n", secret_file.display());
+    refused(&with_gateway(&from_file), Some(&"e".repeat(40)), "both set");
+
+    let said = lines_until_serving(serve(&with_gateway(&from_file), None));
+    assert!(said.iter().any(|l| l.contains("farestream serving on")), "{said:?}");
+    assert!(said.iter().any(|l| l.contains(&format!("payments secret from {}", secret_file.display()))), "{said:?}");
+    // Without a gateway to charge, the zero-config default still serves.
+    let said = lines_until_serving(serve(ports, None));
+    assert!(said.iter().any(|l| l.contains("farestream serving on")), "{said:?}");
+}
+
+/// What a started `serve` printed until it said it serves (or stopped, or
+/// a minute passed); then it is killed.
+fn lines_until_serving(mut child: std::process::Child) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    while let Ok(line) = seen.recv_timeout(Duration::from_secs(60)) {
+        let serving = line.contains("farestream serving on");
+        said.push(line);
+        if serving {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    said
+}

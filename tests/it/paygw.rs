@@ -7,11 +7,11 @@ use std::time::Duration;
 use farestream::money::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use farestream::paygw::{Ledger, SimControl, SimFaults};
 
-const SECRET: &[u8] = b"test-secret";
+const SECRET: &[u8] = b"test-secret-of-thirty-two-bytes!";
 
 struct Gw {
     dir: tempfile::TempDir,
-    handle: farestream::paygw::HttpHandle,
+    handle: farestream::paygw::SimGateway,
     client: PaymentGateway,
     control: SimControl,
 }
@@ -21,7 +21,7 @@ async fn start() -> Gw {
     let handle =
         farestream::paygw::start(dir.path(), "127.0.0.1:0".parse().expect("addr"), SECRET).await.expect("paygw");
     let client = PaymentGateway::new(&handle.url(), SECRET, Duration::from_secs(2)).expect("client");
-    let control = SimControl::new(&handle.url(), SECRET);
+    let control = handle.control().clone();
     Gw { dir, handle, client, control }
 }
 
@@ -90,19 +90,22 @@ async fn a_wrong_secret_is_refused_and_faults_never_apply_a_key_twice() {
     gw.control.top_up("payer-2", 10_000, "t-1").await.expect("top up");
     let forger = PaymentGateway::new(&gw.handle.url(), b"not-the-secret", Duration::from_secs(2)).expect("client");
     let forged = forger.pay(Direction::Debit, "f-1", &debit(&agreement, 100)).await;
-    assert!(matches!(&forged, Answer::Refused { reason } if reason.contains("401")), "{forged:?}");
+    // Refused 401 by the gateway, an answer the forger cannot verify either.
+    assert!(matches!(&forged, Answer::Retry { reason, .. } if reason.contains("401")), "{forged:?}");
 
-    let faults = SimFaults { latency_ms: 0, unavailable_every: 1, retry_after_secs: 7, drop_answer_every: 0 };
+    let faults = SimFaults { unavailable_every: 1, retry_after_secs: 7, ..SimFaults::default() };
     gw.control.set_faults(faults).await.expect("faults");
     let outage = gw.client.pay(Direction::Debit, "d-1", &debit(&agreement, 100)).await;
     assert!(matches!(outage, Answer::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(7)), "{outage:?}");
-    let faults = SimFaults { latency_ms: 0, unavailable_every: 0, retry_after_secs: 0, drop_answer_every: 1 };
+    let faults = SimFaults { drop_answer_every: 1, ..SimFaults::default() };
     gw.control.set_faults(faults).await.expect("faults");
     let lost = gw.client.pay(Direction::Debit, "d-1", &debit(&agreement, 100)).await;
     assert!(matches!(lost, Answer::Retry { .. }), "applied, but the answer was lost: {lost:?}");
     gw.control.set_faults(SimFaults::default()).await.expect("faults");
     assert!(matches!(gw.client.pay(Direction::Debit, "d-1", &debit(&agreement, 100)).await, Answer::Succeeded { .. }));
-    let debits = Ledger::read_entries(gw.dir.path()).expect("ledger").into_iter().filter(|e| e.key == "d-1").count();
+    let entries = Ledger::read_entries(gw.dir.path()).expect("ledger");
+    assert_eq!(entries.iter().filter(|e| e.key == "f-1").count(), 0, "the forger's debit applied nothing");
+    let debits = entries.iter().filter(|e| e.key == "d-1").count();
     assert_eq!(debits, 1, "the outage applied nothing, the lost answer once, the resend nothing more");
     gw.handle.stop().await;
 }
@@ -213,5 +216,114 @@ async fn an_ended_agreement_takes_no_more_payments_and_the_card_may_sign_a_new_o
     let next = gw.client.create_agreement("payer-11", 11).await.expect("a new agreement");
     assert_eq!(next, "agr-11-2");
     assert!(matches!(gw.client.pay(Direction::Debit, "new-1", &debit(&next, 100)).await, Answer::Succeeded { .. }));
+    gw.handle.stop().await;
+}
+
+/// Issue 19: the server believed any answer, so whoever sat between it and
+/// the gateway could turn a paid ride into a decline (arrears, a denied
+/// card) or a decline into a success. Every answer is signed over the
+/// request it answers; one that does not check is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_server_cannot_verify_is_never_believed() {
+    use axum::http::{HeaderMap, StatusCode};
+    use farestream::clock_source::{Clock, SystemClock};
+    use farestream::money::paygw::api::{IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, answer_signature};
+    // A gateway that declines everything, signing each answer as the key says.
+    let forge = |headers: HeaderMap| async move {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let (key, request) = (header(IDEMPOTENCY_KEY), header(SIGNATURE));
+        let body = br#"{"status":"declined","transaction_id":"t","decline_code":"insufficient_funds"}"#.to_vec();
+        let now = SystemClock.now_ms();
+        let (secret, at, status, over): (&[u8], i64, u16, String) = match key.as_str() {
+            "wrong-secret" => (b"another secret entirely, 32 byte", now, 402, request),
+            "stale" => (SECRET, now - 301_000, 402, request),
+            "from-the-future" => (SECRET, now + 301_000, 402, request),
+            "another-requests-answer" => (SECRET, now, 402, "a signature of another request".into()),
+            "status-changed" => (SECRET, now, 200, request),
+            _ => (SECRET, now, 402, request),
+        };
+        let mut answer = axum::response::Response::new(axum::body::Body::from(body.clone()));
+        *answer.status_mut() = StatusCode::PAYMENT_REQUIRED;
+        if key != "unsigned" {
+            let signature = answer_signature(secret, at, status, &over, &body);
+            answer.headers_mut().insert(TIMESTAMP, at.to_string().parse().expect("header"));
+            answer.headers_mut().insert(SIGNATURE, signature.parse().expect("header"));
+        }
+        answer
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(forge)).await });
+    let client = PaymentGateway::new(&url, SECRET, Duration::from_secs(2)).expect("client");
+    let counted = |reason: &str| {
+        crate::support::metric(&format!("farestream_payment_answers_unverified_total{{reason=\"{reason}\"}}"))
+    };
+    for (key, reason) in [
+        ("unsigned", "unsigned"),
+        ("wrong-secret", "signature_invalid"),
+        ("stale", "stale"),
+        ("from-the-future", "stale"),
+        ("another-requests-answer", "signature_invalid"),
+        ("status-changed", "signature_invalid"),
+    ] {
+        let before = counted(reason);
+        let answer = client.pay(Direction::Debit, key, &debit("agr-1", 100)).await;
+        assert!(
+            matches!(&answer, Answer::Retry { reason: why, retry_after: None } if why.contains(reason)),
+            "{key}: {answer:?}"
+        );
+        assert!(counted(reason) > before, "{key}: counted as {reason}");
+    }
+    assert_eq!(
+        client.pay(Direction::Debit, "signed", &debit("agr-1", 100)).await,
+        Answer::Declined { decline_code: "insufficient_funds".into() },
+        "the gateway's own decline is believed"
+    );
+    let agreement = PaymentGateway::new(&url, b"the server's secret is another!!", Duration::from_secs(2))
+        .expect("client")
+        .create_agreement("p", 1)
+        .await;
+    assert!(agreement.is_err_and(|e| e.to_string().contains("not verified")), "an agreement answer too");
+    server.abort();
+}
+
+/// Issue 19: the simulator's ledger, faults and top-ups answered anyone.
+/// They need its own control token, not the payments secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_calls_need_the_gateways_own_token() {
+    use farestream::money::paygw::api::{IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, signature};
+    let gw = start().await;
+    let url = gw.handle.url();
+    let agreement = gw.client.create_agreement("payer-12", 12).await.expect("agreement");
+    let outage = SimFaults { unavailable_every: 1, ..SimFaults::default() };
+    for token in ["", "wrong", std::str::from_utf8(SECRET).expect("ascii")] {
+        let stranger = SimControl::new(&url, token);
+        let status = |result: reqwest::Result<()>| result.err().and_then(|e| e.status()).map(|s| s.as_u16());
+        assert_eq!(status(stranger.top_up("payer-12", 1_000_000, "steal-1").await), Some(401), "{token:?}");
+        assert_eq!(status(stranger.set_faults(outage).await), Some(401), "{token:?}");
+        assert_eq!(status(stranger.ledger().await.map(|_| ())), Some(401), "{token:?}");
+        assert_eq!(status(stranger.stats().await.map(|_| ())), Some(401), "{token:?}");
+    }
+    // A top-up signed with the payments secret, as the server could sign one.
+    let body = br#"{"payment_user_id":"payer-12","amount_cents":1000000}"#.to_vec();
+    let at = farestream::clock_source::Clock::now_ms(&farestream::clock_source::SystemClock);
+    let signed = reqwest::Client::new()
+        .post(format!("{url}/v1/topups"))
+        .header(IDEMPOTENCY_KEY, "steal-2")
+        .header(TIMESTAMP, at.to_string())
+        .header(SIGNATURE, signature(SECRET, at, "POST", "/v1/topups", "steal-2", &body))
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(signed.status().as_u16(), 401, "the payments secret is not the control token");
+
+    let short = gw.client.pay(Direction::Debit, "after-1", &debit(&agreement, 100)).await;
+    assert_eq!(short, Answer::Declined { decline_code: "insufficient_funds".into() }, "no outage, no money added");
+    let from_dir = SimControl::from_data_dir(&url, gw.dir.path()).expect("the token in the data dir");
+    from_dir.top_up("payer-12", 100, "t-12").await.expect("the token's holder tops up");
+    let ledger = from_dir.ledger().await.expect("ledger");
+    assert!(ledger.iter().all(|e| !e.key.starts_with("steal-")), "{ledger:?}");
+    assert_eq!(ledger.iter().filter(|e| e.kind == "topup").map(|e| e.amount_cents).sum::<u64>(), 100);
     gw.handle.stop().await;
 }

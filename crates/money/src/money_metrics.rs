@@ -22,6 +22,12 @@ pub fn charge_attempted(answer: &'static str) {
     counter!("farestream_charge_attempts_total", "answer" => answer).increment(1);
 }
 
+/// An answer from the payment gateway that was not believed: `reason` is
+/// `unsigned`, `stale` or `signature_invalid`. The request goes again.
+pub fn payment_answer_unverified(reason: &'static str) {
+    counter!("farestream_payment_answers_unverified_total", "reason" => reason).increment(1);
+}
+
 /// Whether the payment gateway's circuit breaker holds charges back (1)
 /// or lets them go (0).
 pub fn payment_gateway_breaker(open: bool) {

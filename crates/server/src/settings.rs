@@ -143,7 +143,7 @@ impl ServerSettings {
                 service_day,
                 accepted_lateness: lateness,
             },
-            money: money_settings(config, data_dir, fares),
+            money: money_settings(config, data_dir, fares)?,
             cut_over: config.settlement.cut_over_enabled.then(|| CutOverSettings {
                 delay: Duration::from_secs(u64::from(config.settlement.cut_over_delay_minutes) * 60),
                 retry_interval: Duration::from_secs(config.settlement.cut_over_retry_interval_secs),
@@ -165,15 +165,17 @@ impl ServerSettings {
 }
 
 /// The money shell's settings from the config's `payments` section.
-fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySettings {
+fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<MoneySettings, ConfigError> {
     let p = &config.payments;
     let ms = Duration::from_millis;
     let store_path = store_path(data_dir);
     let store_busy_wait = ms(p.store_busy_wait_ms);
     let pricer_poll = ms(p.pricer_poll_interval_ms);
-    let gateway = (!p.gateway_url.is_empty()).then(|| PaymentGatewaySettings {
+    // The secret is read only when there is a gateway to sign for.
+    let secret = if p.gateway_url.is_empty() { None } else { Some(config.payments_secret()?) };
+    let gateway = secret.map(|secret| PaymentGatewaySettings {
         url: p.gateway_url.clone(),
-        hmac_secret: p.hmac_secret.as_bytes().to_vec(),
+        hmac_secret: secret.bytes().to_vec(),
         request_timeout: ms(p.request_timeout_ms),
         dispatch: DispatcherSettings {
             concurrency_max: p.dispatch_concurrency_max,
@@ -193,7 +195,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySe
             poll_interval: pricer_poll,
         },
     });
-    MoneySettings {
+    Ok(MoneySettings {
         pricer: PricerSettings {
             wal_dir: farestream_ingest::wal::wal_dir(data_dir),
             record_bytes_max: config.wal.record_bytes_max,
@@ -210,7 +212,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> MoneySe
         refund_check_interval: ms(p.refund_check_interval_ms),
         charges_archive_interval: ms(p.charges_archive_interval_ms),
         charges_archive_batch_max: p.charges_archive_batch_charges_max,
-    }
+    })
 }
 
 /// Milliseconds from the config as the core counts them.

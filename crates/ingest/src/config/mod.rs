@@ -6,6 +6,7 @@
 
 pub mod fare_table;
 pub mod ranges;
+pub mod secret;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -166,7 +167,8 @@ pub struct PaymentsConfig {
     pub charges_archive_interval_ms: u64,
     pub charges_archive_batch_charges_max: usize,
     pub gateway_url: String,
-    pub hmac_secret: String,
+    /// A file holding the payment gateway's shared secret ([`secret`]).
+    pub hmac_secret_file: String,
     pub dispatch_concurrency_max: usize,
     pub dispatch_batch_charges_max: usize,
     pub dispatch_lease_ms: u64,
@@ -230,6 +232,7 @@ impl Config {
         };
         let mut merged = parse(DEFAULT_CONFIG_TOML, "<defaults>")?;
         let mut overrides = parse(overrides, origin)?;
+        refuse_removed_keys(&overrides, origin)?;
         rename_older_keys(&mut overrides, origin)?;
         merge(&mut merged, overrides);
         ranges::check(&merged).map_err(|range| ConfigError::OutOfRange { path: origin.to_string(), range })?;
@@ -362,6 +365,14 @@ impl Config {
         })
     }
 
+    /// The payment gateway's shared secret: from [`secret::PAYMENTS_SECRET_ENV`]
+    /// or `payments.hmac_secret_file`, the demo's when neither is set.
+    pub fn payments_secret(&self) -> Result<secret::PaymentsSecret, ConfigError> {
+        let from_env = std::env::var(secret::PAYMENTS_SECRET_ENV).ok();
+        secret::PaymentsSecret::resolve(from_env, &self.payments.hmac_secret_file)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
     pub fn freshness_policy(&self) -> FreshnessPolicy {
         FreshnessPolicy {
             code_validity_secs: self.ride_code.code_validity_secs,
@@ -388,6 +399,25 @@ pub(crate) fn one_line(message: &str) -> String {
 /// Keys renamed since a release, as (section, older name, name): a file
 /// written before still means what it said.
 const RENAMED_KEYS: &[(&str, &str, &str)] = &[("payments", "deposit_fen", "deposit_cents")];
+
+/// Keys no longer read, as (section, name, what to do instead): a file
+/// that sets one is refused with the reason, not silently ignored.
+const REMOVED_KEYS: &[(&str, &str, &str)] = &[(
+    "payments",
+    "hmac_secret",
+    "a secret does not belong in a config file: put it in a file named by payments.hmac_secret_file, or in FARESTREAM_PAYMENTS_SECRET",
+)];
+
+fn refuse_removed_keys(overrides: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+    for (section, name, instead) in REMOVED_KEYS {
+        let Some(toml::Value::Table(table)) = overrides.get(*section) else { continue };
+        if table.contains_key(*name) {
+            let reason = format!("{section}.{name} is no longer read: {instead}");
+            return Err(ConfigError::Key { path: origin.to_string(), reason });
+        }
+    }
+    Ok(())
+}
 
 /// Takes an override file's older key names as the new ones; a file that
 /// sets both is refused, naming them.
@@ -437,6 +467,16 @@ mod tests {
             .expect_err("its range holds under the older name")
             .to_string();
         assert!(error.contains("payments.deposit_cents"), "{error}");
+    }
+
+    #[test]
+    fn a_removed_key_is_refused_with_what_to_do_instead() {
+        let error = Config::from_toml_over_defaults("[payments]\nhmac_secret = \"x\"\n", "old.toml")
+            .expect_err("a secret in the config")
+            .to_string();
+        assert!(
+            error.contains("payments.hmac_secret is no longer read") && error.contains("FARESTREAM_PAYMENTS_SECRET")
+        );
     }
 
     #[test]

@@ -67,11 +67,21 @@ pub struct ErrorAnswer {
     pub message: String,
 }
 
-/// HMAC-SHA256 over the timestamp, method, path, idempotency key and body,
-/// one per line, hex: a replayed or altered request fails the check.
+/// A signed request or answer whose timestamp is further than this from
+/// the receiver's clock is refused: a captured one cannot be replayed later.
+pub const SIGNED_TIMESTAMP_SKEW_MS_MAX: i64 = 5 * 60 * 1000;
+
+/// Whether a signed timestamp is within [`SIGNED_TIMESTAMP_SKEW_MS_MAX`] of now.
+pub fn timestamp_fresh(now_ms: i64, timestamp_ms: i64) -> bool {
+    now_ms.abs_diff(timestamp_ms) <= SIGNED_TIMESTAMP_SKEW_MS_MAX.unsigned_abs()
+}
+
+/// A request's HMAC-SHA256 over the timestamp, method, path, idempotency
+/// key and body, one per line, hex: a replayed or altered request fails
+/// the check.
 pub fn signature(secret: &[u8], timestamp_ms: i64, method: &str, path: &str, key: &str, body: &[u8]) -> String {
-    let message = signed_message(timestamp_ms, method, path, key, body);
-    hex::encode(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), &message).as_ref())
+    let timestamp = timestamp_ms.to_string();
+    sign(secret, &[timestamp.as_bytes(), method.as_bytes(), path.as_bytes(), key.as_bytes()], body)
 }
 
 /// Whether `given` is the signature of the request, in constant time.
@@ -84,15 +94,49 @@ pub fn signature_valid(
     key: &str,
     body: &[u8],
 ) -> bool {
+    let timestamp = timestamp_ms.to_string();
+    verify(secret, given, &[timestamp.as_bytes(), method.as_bytes(), path.as_bytes(), key.as_bytes()], body)
+}
+
+/// An answer's HMAC-SHA256 over the word `answer`, its own timestamp, its
+/// HTTP status, the signature of the request it answers and its body: it
+/// cannot be altered (a success turned into a decline), nor stand for the
+/// answer to another request, nor be replayed outside the time window.
+pub fn answer_signature(secret: &[u8], timestamp_ms: i64, status: u16, request_signature: &str, body: &[u8]) -> String {
+    let (timestamp, status) = (timestamp_ms.to_string(), status.to_string());
+    sign(secret, &[b"answer", timestamp.as_bytes(), status.as_bytes(), request_signature.as_bytes()], body)
+}
+
+/// Whether `given` is the signature of the answer, in constant time.
+pub fn answer_signature_valid(
+    secret: &[u8],
+    given: &str,
+    timestamp_ms: i64,
+    status: u16,
+    request_signature: &str,
+    body: &[u8],
+) -> bool {
+    let (timestamp, status) = (timestamp_ms.to_string(), status.to_string());
+    verify(secret, given, &[b"answer", timestamp.as_bytes(), status.as_bytes(), request_signature.as_bytes()], body)
+}
+
+fn sign(secret: &[u8], lines: &[&[u8]], body: &[u8]) -> String {
+    let message = signed_message(lines, body);
+    hex::encode(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), &message).as_ref())
+}
+
+fn verify(secret: &[u8], given: &str, lines: &[&[u8]], body: &[u8]) -> bool {
     let Ok(given) = hex::decode(given) else { return false };
-    let message = signed_message(timestamp_ms, method, path, key, body);
+    let message = signed_message(lines, body);
     hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), &message, &given).is_ok()
 }
 
-fn signed_message(timestamp_ms: i64, method: &str, path: &str, key: &str, body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(body.len() + 128);
-    for part in [timestamp_ms.to_string().as_bytes(), method.as_bytes(), path.as_bytes(), key.as_bytes()] {
-        message.extend_from_slice(part);
+/// Each line then a line end, then the body. A request's first line is a
+/// number and an answer's is `answer`: one can never pass for the other.
+fn signed_message(lines: &[&[u8]], body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(body.len() + 160);
+    for line in lines {
+        message.extend_from_slice(line);
         message.push(b'\n');
     }
     message.extend_from_slice(body);
@@ -122,5 +166,36 @@ mod tests {
         assert!(!signature_valid(b"s", &sig, 1, "POST", DEBITS_PATH, "k", b"{ }"));
         assert!(!signature_valid(b"s", "not hex", 1, "POST", DEBITS_PATH, "k", b"{}"));
         assert!(!signature_valid(b"s", "", 1, "POST", DEBITS_PATH, "k", b""));
+    }
+
+    #[test]
+    fn an_answer_checks_only_for_its_own_request_status_and_body() {
+        let request = signature(b"s", 1, "POST", DEBITS_PATH, "k", b"{}");
+        let sig = answer_signature(b"s", 2, 200, &request, b"ok");
+        assert!(answer_signature_valid(b"s", &sig, 2, 200, &request, b"ok"));
+        assert!(!answer_signature_valid(b"t", &sig, 2, 200, &request, b"ok"), "another secret");
+        assert!(!answer_signature_valid(b"s", &sig, 3, 200, &request, b"ok"), "another time");
+        assert!(!answer_signature_valid(b"s", &sig, 2, 402, &request, b"ok"), "a success made a decline");
+        assert!(!answer_signature_valid(b"s", &sig, 2, 200, "other", b"ok"), "the answer to another request");
+        assert!(!answer_signature_valid(b"s", &sig, 2, 200, &request, b"no"), "another body");
+        assert!(!answer_signature_valid(b"s", "", 2, 200, &request, b"ok"), "unsigned");
+        // A request's signature is never an answer's, nor the other way.
+        assert!(!signature_valid(b"s", &sig, 2, "200", &request, "", b"ok"));
+    }
+
+    #[test]
+    fn a_timestamp_is_fresh_within_the_window_either_way() {
+        let now = 1_000_000_000;
+        for (at, fresh) in [
+            (now, true),
+            (now - SIGNED_TIMESTAMP_SKEW_MS_MAX, true),
+            (now + SIGNED_TIMESTAMP_SKEW_MS_MAX, true),
+            (now - SIGNED_TIMESTAMP_SKEW_MS_MAX - 1, false),
+            (now + SIGNED_TIMESTAMP_SKEW_MS_MAX + 1, false),
+            (i64::MIN, false),
+            (i64::MAX, false),
+        ] {
+            assert_eq!(timestamp_fresh(now, at), fresh, "{at}");
+        }
     }
 }

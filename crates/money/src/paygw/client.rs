@@ -1,18 +1,22 @@
 //! The payment gateway client: signed JSON requests over HTTP, each payment
-//! under its idempotency key, every answer sorted into what the dispatcher
-//! does next. An answer that cannot be read is `Unknown`, never a decline:
-//! the charge may have been applied, so it is sent again under the same key
-//! and the gateway answers with its first result.
+//! under its idempotency key, every answer checked against its signature
+//! and sorted into what the dispatcher does next. An answer that cannot be
+//! read or verified is a `Retry`, never a decline: the charge may have been
+//! applied, so it is sent again under the same key and the gateway answers
+//! with its first result, signed.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use thiserror::Error;
 
 use super::api::{
     AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
-    ErrorAnswer, IDEMPOTENCY_KEY, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP, signature,
+    ErrorAnswer, IDEMPOTENCY_KEY, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP,
+    answer_signature_valid, signature, timestamp_fresh,
 };
+use crate::money_metrics;
 use farestream_core::gateway_answer::GatewayAnswer;
 use farestream_core::retry::GatewayHealth;
 use farestream_ingest::clock_source::{Clock, SystemClock, duration_ms};
@@ -107,9 +111,11 @@ impl PaymentGateway {
     async fn call<B: serde::Serialize>(&self, path: &str, key: &str, body: &B) -> Result<Vec<u8>, PaygwError> {
         let url = format!("{}{path}", self.base_url);
         let failed = |reason: String| PaygwError::Request { url: url.clone(), reason };
-        let response = self.post(path, key, body).await.map_err(|e| failed(e.to_string()))?;
-        let status = response.status();
+        let (response, request_signature) = self.post(path, key, body).await.map_err(|e| failed(e.to_string()))?;
+        let (status, headers) = (response.status(), response.headers().clone());
         let answer = read_limited(response).await.map_err(failed)?;
+        self.verify_answer(&request_signature, status, &headers, &answer)
+            .map_err(|why| failed(unverified(status, why)))?;
         if !status.is_success() {
             return Err(failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&answer))));
         }
@@ -122,35 +128,82 @@ impl PaymentGateway {
             Direction::Debit => DEBITS_PATH,
             Direction::Credit => CREDITS_PATH,
         };
-        let response = match self.post(path, key, request).await {
-            Ok(response) => response,
+        let (response, request_signature) = match self.post(path, key, request).await {
+            Ok(sent) => sent,
             Err(error) => return Answer::Retry { reason: describe(&error), retry_after: None },
         };
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        match read_limited(response).await {
-            Ok(body) => classify(status, &body, retry_after),
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = match read_limited(response).await {
+            Ok(body) => body,
             // The answer was lost on the way (or is not one): the payment
             // may have applied, so the same key goes again.
-            Err(reason) => Answer::Retry { reason, retry_after },
+            Err(reason) => return Answer::Retry { reason, retry_after: retry_after(&headers) },
+        };
+        match self.verify_answer(&request_signature, status, &headers, &body) {
+            Ok(()) => classify(status, &body, retry_after(&headers)),
+            // Not the gateway's word (a forged decline, a proxy's page):
+            // believed in nothing, the hint included; asked again.
+            Err(why) => Answer::Retry { reason: unverified(status, why), retry_after: None },
         }
     }
 
-    async fn post<B: serde::Serialize>(&self, path: &str, key: &str, body: &B) -> reqwest::Result<reqwest::Response> {
+    /// Sends a signed request; the signature comes back with the response,
+    /// since the answer's signature covers it.
+    async fn post<B: serde::Serialize>(
+        &self,
+        path: &str,
+        key: &str,
+        body: &B,
+    ) -> reqwest::Result<(reqwest::Response, String)> {
         let body = serde_json::to_vec(body).unwrap_or_default();
         // Wall-clock time, whatever clock the server runs on: the gateway
         // checks it against its own to refuse replayed requests.
         let timestamp = SystemClock.now_ms();
-        self.http
+        let request_signature = signature(&self.secret, timestamp, "POST", path, key, &body);
+        let response = self
+            .http
             .post(format!("{}{path}", self.base_url))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(IDEMPOTENCY_KEY, key)
             .header(TIMESTAMP, timestamp.to_string())
-            .header(SIGNATURE, signature(&self.secret, timestamp, "POST", path, key, &body))
+            .header(SIGNATURE, &request_signature)
             .body(body)
             .send()
-            .await
+            .await?;
+        Ok((response, request_signature))
     }
+
+    /// Whether the answer is the gateway's, to this request, and fresh;
+    /// why not, as a metric label, and counted.
+    fn verify_answer(
+        &self,
+        request_signature: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), &'static str> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let signed = header(TIMESTAMP).and_then(|t| t.parse::<i64>().ok()).zip(header(SIGNATURE));
+        let why = match signed {
+            None => "unsigned",
+            Some((at, _)) if !timestamp_fresh(SystemClock.now_ms(), at) => "stale",
+            Some((at, given))
+                if answer_signature_valid(&self.secret, given, at, status.as_u16(), request_signature, body) =>
+            {
+                return Ok(());
+            }
+            Some(_) => "signature_invalid",
+        };
+        money_metrics::payment_answer_unverified(why);
+        Err(why)
+    }
+}
+
+/// Why an answer was not believed, for the charge's row and the log.
+fn unverified(status: StatusCode, why: &str) -> String {
+    format!(
+        "HTTP {status} answer not verified ({why}): is payments secret the same at both ends, and the clocks right?"
+    )
 }
 
 /// The answer's body, at most [`ANSWER_BYTES_MAX`] of it.
@@ -224,8 +277,8 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> A
 }
 
 /// `Retry-After` in seconds, as HTTP gives it; a date or garbage is ignored.
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(|secs| Duration::from_secs(secs.min(86_400)))
 }
 
