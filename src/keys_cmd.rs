@@ -87,7 +87,7 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
 }
 
 fn print_keys(store: &Keystore, now_secs: i64) -> Result<()> {
-    let schedule = store.schedule()?;
+    let schedule = store.schedule_at(now_secs)?;
     let (published, signer) = (schedule.published_at(now_secs), schedule.signer_at(now_secs));
     println!("{:>6}  {:<10}  {:<25}  {:<25}  created", "key id", "state", "signs from", "trusted until");
     for key in store.list() {

@@ -124,7 +124,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     // The riders' phones and the validators hold the keys in force at the
     // day's start, as they would have fetched them that morning.
     let day_start_secs = day_start.div_euclid(1000);
-    let trusted_keys = keystore.schedule()?.trusted_at(day_start_secs);
+    let trusted_keys = keystore.schedule_at(day_start_secs)?.trusted_at(day_start_secs);
     let signer = keystore.signer_at(day_start_secs)?;
     let mut world = City::world(&options.city, config, signer, trusted_keys, unix_secs_u32(day_start))?;
     let cert = assembly.identity().cert.clone();

@@ -120,7 +120,7 @@ pub async fn simulate(
     };
     let valid_from = unix_secs_u32(now - 3_600_000);
     let now_secs = now.div_euclid(1000);
-    let (signer, trusted) = (keystore.signer_at(now_secs)?, keystore.schedule()?.trusted_at(now_secs));
+    let (signer, trusted) = (keystore.signer_at(now_secs)?, keystore.schedule_at(now_secs)?.trusted_at(now_secs));
     let mut world = City::world(spec, config, signer, trusted, valid_from)?;
     if let Some(rig) = accounts {
         let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox::new(rig.notifications.clone())));

@@ -306,7 +306,7 @@ fn seed_pushes() -> Vec<ServerPush> {
         signs_from_unix_secs: 1_700_000_000,
         trusted_until_unix_secs: until,
     };
-    let set = IssuerKeySet { keys: vec![key(1, 1_800_000_000), key(2, 0)] };
+    let set = IssuerKeySet { keys: vec![key(1, Some(1_800_000_000)), key(2, None)] };
     pushes.push(ServerPush { update: Some(server_push::Update::IssuerKeys(set)) });
     pushes
 }

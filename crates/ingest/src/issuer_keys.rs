@@ -27,7 +27,7 @@ pub struct IssuerKeysNow {
 impl IssuerKeysNow {
     /// The key store's keys at `now_secs`.
     pub fn at(store: &Keystore, now_secs: i64) -> Result<IssuerKeysNow, KeystoreError> {
-        let schedule = store.schedule()?;
+        let schedule = store.schedule_at(now_secs)?;
         let signer = match schedule.signer_at(now_secs) {
             Some(id) => Some(Arc::new(store.signer(id)?)),
             None => None,

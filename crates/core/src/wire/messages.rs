@@ -154,7 +154,7 @@ impl IssuerKeySet {
                 key_id: key.key_id,
                 public_key: key.public_key.to_vec(),
                 signs_from_unix_secs: key.signs_from_secs,
-                trusted_until_unix_secs: key.trusted_until_secs.unwrap_or(0),
+                trusted_until_unix_secs: key.trusted_until_secs,
             })
             .collect();
         IssuerKeySet { keys }
@@ -172,12 +172,11 @@ impl IssuerKeySet {
             if published.iter().any(|p| p.key_id == key.key_id) {
                 return Err(KeySetError::Duplicate(key.key_id));
             }
-            let trusted_until_secs = (key.trusted_until_unix_secs != 0).then_some(key.trusted_until_unix_secs);
             published.push(PublishedKey {
                 key_id: key.key_id,
                 public_key,
                 signs_from_secs: key.signs_from_unix_secs,
-                trusted_until_secs,
+                trusted_until_secs: key.trusted_until_unix_secs,
             });
         }
         Ok(published)
@@ -188,7 +187,7 @@ impl IssuerKeySet {
 mod tests {
     use super::*;
 
-    fn key(key_id: u32, len: usize, signs_from: i64, until: i64) -> IssuerPublicKey {
+    fn key(key_id: u32, len: usize, signs_from: i64, until: Option<i64>) -> IssuerPublicKey {
         IssuerPublicKey {
             key_id,
             public_key: vec![7; len],
@@ -203,22 +202,29 @@ mod tests {
     #[test]
     fn a_key_set_at_its_extremes() {
         assert_eq!(IssuerKeySet { keys: vec![] }.to_published(64), Ok(vec![]));
-        let full: Vec<_> = (0..64).map(|id| key(id, 32, 0, 0)).collect();
+        let full: Vec<_> = (0..64).map(|id| key(id, 32, 0, None)).collect();
         assert_eq!(IssuerKeySet { keys: full.clone() }.to_published(64).map(|k| k.len()), Ok(64));
-        let over = IssuerKeySet { keys: [full, vec![key(64, 32, 0, 0)]].concat() };
+        let over = IssuerKeySet { keys: [full, vec![key(64, 32, 0, None)]].concat() };
         assert_eq!(over.to_published(64), Err(KeySetError::TooMany { count: 65, max: 64 }));
         for len in [0, 31, 33] {
-            let set = IssuerKeySet { keys: vec![key(1, len, 0, 0)] };
+            let set = IssuerKeySet { keys: vec![key(1, len, 0, None)] };
             assert_eq!(set.to_published(64), Err(KeySetError::BadPublicKey { key_id: 1, len }));
         }
-        let twice = IssuerKeySet { keys: vec![key(5, 32, 0, 0), key(5, 32, 1, 0)] };
+        let twice = IssuerKeySet { keys: vec![key(5, 32, 0, None), key(5, 32, 1, None)] };
         assert_eq!(twice.to_published(64), Err(KeySetError::Duplicate(5)));
-        let edges = IssuerKeySet { keys: vec![key(0, 32, i64::MIN, i64::MAX), key(u32::MAX, 32, i64::MAX, i64::MIN)] };
+        let edges = IssuerKeySet {
+            keys: vec![key(0, 32, i64::MIN, Some(i64::MAX)), key(u32::MAX, 32, i64::MAX, Some(i64::MIN))],
+        };
         let published = edges.to_published(64).expect("edges");
         assert_eq!(published[0].trusted_until_secs, Some(i64::MAX));
         assert!(!published[1].trusted_at(i64::MAX), "an end before the start is no trust");
         assert_eq!(IssuerKeySet::from_published(&published), edges, "round trip");
-        let open = IssuerKeySet { keys: vec![key(1, 32, 0, 0)] }.to_published(64).expect("open");
-        assert!(open[0].trusted_at(i64::MAX), "0 is no end yet");
+        let open = IssuerKeySet { keys: vec![key(1, 32, 0, None)] }.to_published(64).expect("open");
+        assert!(open[0].trusted_at(i64::MAX), "no end yet");
+        // Review: 0 meant "no end", so a key whose end was 0 was trusted for ever.
+        let ended = IssuerKeySet { keys: vec![key(1, 32, 0, Some(0))] };
+        let ended = ended.to_published(64).expect("ended");
+        assert!(!ended[0].trusted_at(0) && !ended[0].trusted_at(i64::MAX), "an end of 0 is an end");
+        assert_eq!(IssuerKeySet::from_published(&ended).keys[0].trusted_until_unix_secs, Some(0), "and stays one");
     }
 }
