@@ -179,3 +179,76 @@ async fn a_gateway_whose_certificate_runs_out_is_closed_and_refused() {
     assert!(late.is_err(), "pushed after its certificate ran out: {late:?}");
     assert_eq!(h.archive_rows().await.len(), 1);
 }
+
+/// A UDP relay at `bind` to `server` that passes the first
+/// `from_client_max` datagrams of its client and the first
+/// `from_server_max` of the server, then drops everything: a handshake
+/// that starts and stalls, as a hostile peer would leave one.
+async fn stalling_relay(
+    bind: &str,
+    server: std::net::SocketAddr,
+    from_client_max: usize,
+    from_server_max: usize,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::UdpSocket::bind(format!("{bind}:0")).await.expect("relay socket");
+    let relay = socket.local_addr().expect("relay address");
+    let task = tokio::spawn(async move {
+        let (mut client, mut passed) = (None, (0, 0));
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            if from == server {
+                passed.1 += 1;
+                if let (Some(client), true) = (client, passed.1 <= from_server_max) {
+                    let _ = socket.send_to(&buf[..len], client).await;
+                }
+            } else {
+                client = Some(from);
+                passed.0 += 1;
+                if passed.0 <= from_client_max {
+                    let _ = socket.send_to(&buf[..len], server).await;
+                }
+            }
+        }
+    });
+    (relay, task)
+}
+
+/// Review: that a stalled handshake holds its address's slot only for
+/// `server.handshake_timeout_ms` was claimed and never shown. A peer
+/// starts a handshake (its Initial, the server's retry, its Initial again)
+/// and goes silent: its address is full until the deadline, then free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_holds_its_address_only_until_the_handshake_deadline() {
+    let mut config = Config::defaults();
+    config.server.connections_per_address_max = 1;
+    config.server.handshake_timeout_ms = 1_500;
+    let h = Harness::start_with(config).await;
+    let timed_out = || crate::support::metric("farestream_connections_refused_total{reason=\"handshake_timeout\"}");
+    let before = timed_out();
+    let (relay, relay_task) = stalling_relay("127.0.0.5", h.server.local_addr(), 2, 1).await;
+    let credentials = h.credentials("depot-stall");
+    let staller = raw_endpoint_at(&h, Some(&credentials), false, "127.0.0.6");
+    let stalled = staller.connect(relay, SERVER_NAME).expect("connect");
+    let stalled = tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(30), stalled).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let credentials = h.credentials("depot-same-address");
+    let neighbour = raw_endpoint_at(&h, Some(&credentials), false, "127.0.0.5");
+    let started = Instant::now();
+    let refused = neighbour.connect(h.server.local_addr(), SERVER_NAME).expect("connect").await;
+    assert!(refused.is_err(), "the stalled handshake holds the address's one slot");
+    assert!(started.elapsed() < Duration::from_millis(1_000), "refused at once, not after the deadline");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while timed_out() <= before {
+        assert!(Instant::now() < deadline, "the stalled handshake was never dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connection = neighbour.connect(h.server.local_addr(), SERVER_NAME).expect("connect").await;
+    assert!(connection.is_ok(), "the slot is free after the deadline: {:?}", connection.err());
+    let ack = h.client().push(&one_scan(&h, GATEWAY, "gate-1", 1)).await.expect("an enrolled gateway pushes");
+    assert_eq!(ack.accepted, 1);
+    relay_task.abort();
+    stalled.abort();
+    only_the_honest_scans_are_archived(&h, 1).await;
+}
