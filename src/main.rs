@@ -471,7 +471,21 @@ fn refuse_demo_payments_secret(config: &Config) -> Result<()> {
         );
     }
     println!("payments secret from {}", secret.source().describe());
+    warn_if_others_can_read(secret.source());
     Ok(())
+}
+
+/// A secret file others can read is said at start (not refused: some
+/// secret stores mount files 0644 in a private directory).
+fn warn_if_others_can_read(source: &farestream::config::secret::SecretSource) {
+    #[cfg(unix)]
+    if let farestream::config::secret::SecretSource::File(path) = source {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            eprintln!("warning: {} is readable by others (mode {:o}): chmod 600 it", path.display(), mode & 0o777);
+        }
+    }
 }
 
 async fn paygw(data_dir: &Path, config: &Config, listen: SocketAddr) -> Result<()> {

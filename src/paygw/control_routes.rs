@@ -37,7 +37,8 @@ pub(super) fn token_in(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join(CONTROL_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
-        Ok(_) => {}
+        // A crash between making the file and writing it: made again.
+        Ok(_) => std::fs::remove_file(&path)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -127,6 +128,9 @@ mod tests {
         assert_eq!(token_in(dir.path()).expect("read"), first, "the same token after a restart");
         let other = tempfile::tempdir().expect("tempdir");
         assert_ne!(token_in(other.path()).expect("made"), first, "random");
+        std::fs::write(dir.path().join(CONTROL_TOKEN_FILE), "").expect("an empty token file");
+        let again = token_in(dir.path()).expect("an empty file is made again");
+        assert_eq!(again.len(), 2 * CONTROL_TOKEN_BYTES);
     }
 
     #[test]

@@ -18,9 +18,9 @@ use farestream_core::sync::lock;
 use farestream_ingest::clock_source::{Clock, SystemClock};
 use farestream_ingest::http_serve::HttpHandle;
 use farestream_money::paygw::api::{
-    AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
-    ErrorAnswer, IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE,
-    TIMESTAMP, answer_signature, signature_valid, timestamp_fresh,
+    AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, AnswerHead, CREDITS_PATH,
+    DEBITS_PATH, ErrorAnswer, IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX, PaymentAnswer, PaymentRequest, RETRY_AFTER,
+    SIGNATURE, TIMESTAMP, answer_signature, signature_valid, timestamp_fresh,
 };
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,10 @@ pub struct SimFaults {
     /// one (0: never). The client must not believe it.
     #[serde(default)]
     pub forged_decline_every: u64,
+    /// A payment under a key already applied is refused `422` instead of
+    /// getting its first result, as a gateway that forgot its keys would.
+    #[serde(default)]
+    pub refuse_seen_keys: bool,
 }
 
 pub(super) struct Sim {
@@ -110,12 +114,23 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::i
     Ok(SimGateway { http, control })
 }
 
-/// Signs every answer of the payment API, refusals included, over the
-/// signature of the request it answers (`docs/payment-gateway.md`).
+/// Signs every answer of the payment API to a request whose own signature
+/// verified, refusals included, over that signature
+/// (`docs/payment-gateway.md`). An answer to a request that did not verify
+/// is not signed: the request may be a genuine one's signature on altered
+/// headers or body, and a signed refusal of it would pass for the answer
+/// to the genuine request (a review forged a 400 that way).
 async fn sign_answer(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
-    let request_signature =
-        request.headers().get(SIGNATURE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let response = next.run(request).await;
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, REQUEST_BYTES_MAX).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "a request body over 64 KiB").into_response();
+    };
+    let authentic = verify_request(&sim, &parts.headers, parts.uri.path(), &body).is_ok();
+    let request_signature = parts.headers.get(SIGNATURE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    if !authentic {
+        return response;
+    }
     let forged = response.extensions().get::<ForgedAnswer>().is_some();
     let (mut parts, body) = response.into_parts();
     let Ok(body) = axum::body::to_bytes(body, ANSWER_BYTES_MAX).await else {
@@ -124,7 +139,9 @@ async fn sign_answer(State(sim): State<Arc<Sim>>, request: Request, next: Next) 
     };
     let secret: &[u8] = if forged { b"a man in the middle without the secret" } else { &sim.secret };
     let now = sim.clock.now_ms();
-    let signature = answer_signature(secret, now, parts.status.as_u16(), &request_signature, &body);
+    let retry_after = parts.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let head = AnswerHead { status: parts.status.as_u16(), retry_after, request_signature: &request_signature };
+    let signature = answer_signature(secret, now, head, &body);
     for (name, value) in [(TIMESTAMP, now.to_string()), (SIGNATURE, signature)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             parts.headers.insert(name, value);
@@ -172,11 +189,18 @@ pub(super) fn error(status: StatusCode, error: &'static str, message: impl Into<
 
 /// Checks the signature and returns the idempotency key.
 fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Result<String, Refused> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let key = header(IDEMPOTENCY_KEY);
+    let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
     if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
         return Err(error(StatusCode::BAD_REQUEST, "idempotency_key_invalid", "1 to 255 characters required"));
     }
+    verify_request(sim, headers, path, body)?;
+    Ok(key.to_string())
+}
+
+/// Whether the request is signed by the secret, as it arrived, and fresh.
+fn verify_request(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Result<(), Refused> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = header(IDEMPOTENCY_KEY);
     let Ok(timestamp) = header(TIMESTAMP).parse::<i64>() else {
         return Err(error(StatusCode::UNAUTHORIZED, "timestamp_missing", "x-farestream-timestamp: unix ms"));
     };
@@ -186,7 +210,7 @@ fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Resu
     if !signature_valid(&sim.secret, header(SIGNATURE), timestamp, "POST", path, key, body) {
         return Err(error(StatusCode::UNAUTHORIZED, "signature_invalid", "HMAC-SHA256 does not match"));
     }
-    Ok(key.to_string())
+    Ok(())
 }
 
 pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refused> {
@@ -301,6 +325,13 @@ async fn pay_in_flight(
     let entry = {
         let mut ledger = lock(&sim.ledger);
         match ledger.by_key(kind, key) {
+            Some(_) if faults.refuse_seen_keys => {
+                return Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_expired",
+                    "this key is not known",
+                ));
+            }
             Some(first) if first.request_hash != request_hash(body) => {
                 return Err(error(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -402,6 +402,36 @@ async fn arrears_paid_after_a_lost_answer_are_collected_once() {
     m.paygw.stop().await;
 }
 
+/// Review of issue 19: the resend of an arrears payment whose answer was
+/// lost was refused (a gateway's 422, or one forged from a copy of the
+/// request), the attempt was taken as decided, and the rider's next
+/// payment went out under a new key: the arrears collected twice. A
+/// refused resend stays undecided and goes again under its own key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_resend_of_a_lost_payment_never_opens_a_second_one() {
+    let m = Money::start().await;
+    let rider = m.rider(802, 0).await;
+    let accounts = m.h.server.accounts();
+    let owed = declined_rides(&m, &rider, 1, 2).await;
+    m.control.top_up("payer-802", 10 * owed.unsigned_abs(), "topup-802-1").await.expect("top up");
+    m.control.set_faults(SimFaults { drop_answer_every: 1, ..SimFaults::default() }).await.expect("faults");
+    accounts.pay_arrears(802).await.expect_err("applied, the answer lost");
+    m.control.set_faults(SimFaults { refuse_seen_keys: true, ..SimFaults::default() }).await.expect("faults");
+    let before = crate::support::metric("farestream_account_payments_refused_on_resend_total");
+    let refused = accounts.pay_arrears(802).await.expect_err("the resend refused");
+    assert!(refused.to_string().contains("stays undecided"), "{refused}");
+    assert!(crate::support::metric("farestream_account_payments_refused_on_resend_total") > before);
+    accounts.pay_arrears(802).await.expect_err("refused again: still the same key, never a new one");
+    m.control.set_faults(SimFaults::default()).await.expect("faults off");
+    let paid = accounts.pay_arrears(802).await.expect("the gateway's first result");
+    assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
+    let arrears: Vec<String> =
+        m.debits().await.into_iter().filter(|e| e.key.starts_with("arrears-")).map(|e| e.key).collect();
+    assert_eq!(arrears, ["arrears-802-1"], "collected once");
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
 /// Issue 17 item 3: the deposit's key was fixed per card, so after a
 /// decline the gateway replayed the decline for ever, however much the
 /// rider topped up.

@@ -227,7 +227,7 @@ async fn an_ended_agreement_takes_no_more_payments_and_the_card_may_sign_a_new_o
 async fn an_answer_the_server_cannot_verify_is_never_believed() {
     use axum::http::{HeaderMap, StatusCode};
     use farestream::clock_source::{Clock, SystemClock};
-    use farestream::money::paygw::api::{IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, answer_signature};
+    use farestream::money::paygw::api::{AnswerHead, IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, answer_signature};
     // A gateway that declines everything, signing each answer as the key says.
     let forge = |headers: HeaderMap| async move {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -245,7 +245,8 @@ async fn an_answer_the_server_cannot_verify_is_never_believed() {
         let mut answer = axum::response::Response::new(axum::body::Body::from(body.clone()));
         *answer.status_mut() = StatusCode::PAYMENT_REQUIRED;
         if key != "unsigned" {
-            let signature = answer_signature(secret, at, status, &over, &body);
+            let head = AnswerHead { status, retry_after: "", request_signature: &over };
+            let signature = answer_signature(secret, at, head, &body);
             answer.headers_mut().insert(TIMESTAMP, at.to_string().parse().expect("header"));
             answer.headers_mut().insert(SIGNATURE, signature.parse().expect("header"));
         }
@@ -325,5 +326,42 @@ async fn the_control_calls_need_the_gateways_own_token() {
     let ledger = from_dir.ledger().await.expect("ledger");
     assert!(ledger.iter().all(|e| !e.key.starts_with("steal-")), "{ledger:?}");
     assert_eq!(ledger.iter().filter(|e| e.kind == "topup").map(|e| e.amount_cents).sum::<u64>(), 100);
+    gw.handle.stop().await;
+}
+
+/// Review of issue 19: the gateway signed its refusal of any request,
+/// over whatever signature the request carried, so a copy of a genuine
+/// request with its key stripped or its body changed drew a signed 400 or
+/// 401 that passed for the answer to the genuine one. Only a request that
+/// verifies gets a signed answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_request_that_verifies_gets_a_signed_answer() {
+    use farestream::money::paygw::api::{DEBITS_PATH, IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, signature};
+    let gw = start().await;
+    let agreement = gw.client.create_agreement("payer-13", 13).await.expect("agreement");
+    let body = serde_json::to_vec(&debit(&agreement, 100)).expect("json");
+    let at = farestream::clock_source::Clock::now_ms(&farestream::clock_source::SystemClock);
+    let genuine = signature(SECRET, at, "POST", DEBITS_PATH, "g-1", &body);
+    let send = |key: Option<&str>, body: Vec<u8>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{DEBITS_PATH}", gw.handle.url()))
+            .header(TIMESTAMP, at.to_string())
+            .header(SIGNATURE, &genuine);
+        if let Some(key) = key {
+            request = request.header(IDEMPOTENCY_KEY, key);
+        }
+        request.body(body).send()
+    };
+    for (what, key, body) in [
+        ("no key", None, body.clone()),
+        ("another key", Some("g-2"), body.clone()),
+        ("another body", Some("g-1"), b"{}".to_vec()),
+    ] {
+        let answer = send(key, body).await.expect("send");
+        assert!(answer.status().is_client_error(), "{what}: {}", answer.status());
+        assert!(answer.headers().get(SIGNATURE).is_none(), "{what}: a refusal of a copy is signed");
+    }
+    let answer = send(Some("g-1"), body).await.expect("send");
+    assert!(answer.headers().get(SIGNATURE).is_some(), "the genuine request's answer is signed");
     gw.handle.stop().await;
 }

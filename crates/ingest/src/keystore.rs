@@ -75,7 +75,7 @@ pub enum KeystoreError {
     #[error("{0} (Unix seconds) is not a time a key can sign from")]
     BadSigningTime(i64),
     #[error(
-        "a new key cannot sign from {signs_from_secs} (Unix seconds): not before now and every key already scheduled ({earliest})"
+        "a new key cannot sign from {signs_from_secs} (Unix seconds): not before now and every key already scheduled ({earliest}); to sign sooner, retire the keys scheduled later first (`keys retire ID`: a key not yet signing may be)"
     )]
     SignsTooEarly { signs_from_secs: i64, earliest: i64 },
     #[error(

@@ -49,6 +49,13 @@ pub fn charge_failed() {
     counter!("farestream_charges_failed_total").increment(1);
 }
 
+/// An account payment refused when it was sent again after a lost answer:
+/// it stays undecided (the first send may have been applied), and a
+/// person looks.
+pub fn payment_refused_on_resend() {
+    counter!("farestream_account_payments_refused_on_resend_total").increment(1);
+}
+
 /// A credit the gateway declined: the rider is owed it, and a person pays
 /// it out.
 pub fn credit_declined() {

@@ -132,6 +132,30 @@ pub fn undecided(conn: &Connection, card_id: u64, kind: PaymentKind) -> Result<O
     found.transpose()
 }
 
+/// Counts a send of the undecided attempt `key`, before it goes out;
+/// returns how many sends it has had, this one included (0: it was decided
+/// meanwhile, and is not to be sent).
+pub fn count_send(tx: &Transaction<'_>, key: &str) -> Result<u32, AccountError> {
+    let sends: Option<u32> = tx
+        .query_row(
+            "UPDATE account_payments SET sends = sends + 1 WHERE payment_key = ?1 AND outcome = 'unknown' RETURNING sends",
+            params![key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(sends.unwrap_or(0))
+}
+
+/// Notes why an undecided attempt is still undecided (a refusal of a
+/// resend): it stays `unknown`, to be sent again under its key.
+pub fn note_undecided(tx: &Transaction<'_>, key: &str, error: &str) -> Result<(), AccountError> {
+    tx.execute(
+        "UPDATE account_payments SET last_error = ?2 WHERE payment_key = ?1 AND outcome = 'unknown'",
+        params![key, error],
+    )?;
+    Ok(())
+}
+
 /// Records a final answer. True only for the call that decided it: the
 /// caller applies the payment's effect then, and only then.
 pub fn decide(

@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::accounts::{self, Account, AccountError};
 use crate::deny_list_hub::DenyListHub;
+use crate::money_metrics;
 use crate::money_settings::MoneySettings;
 use crate::notify::Notifier;
 use crate::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
@@ -305,10 +306,20 @@ impl AccountService {
 
     /// Sends one attempt under its key. A success's transaction id comes
     /// back for the caller to apply with [`payments::decide`]; a decline or
-    /// a refusal is recorded here as final (the next attempt is a new key);
-    /// no answer leaves the attempt undecided, to be sent again.
+    /// a refusal of its first send is recorded here as final (the next
+    /// attempt is a new key); no answer leaves the attempt undecided, to be
+    /// sent again. A refusal of a resend leaves it undecided too: the send
+    /// whose answer was lost may have been applied, and a new key would
+    /// take the money twice (a review found a gateway's 422 on a resend,
+    /// or a refusal forged from a copy of the request, did just that).
     async fn send(&self, attempt: &PaymentAttempt, direction: Direction, what: &str) -> Result<String, ServiceError> {
         let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
+        let key = attempt.key.clone();
+        let sends = self.write(move |tx| payments::count_send(tx, &key)).await?;
+        if sends == 0 {
+            // Decided by another call meanwhile: its answer stands.
+            return Err(ServiceError::PaymentInProgress);
+        }
         let request = PaymentRequest {
             agreement_id: attempt.agreement_id.clone(),
             amount_cents: attempt.amount_cents.unsigned_abs(),
@@ -320,6 +331,18 @@ impl AccountService {
             Answer::Declined { decline_code } => {
                 self.not_made(attempt, PaymentOutcome::Declined, &decline_code).await?;
                 Err(ServiceError::Declined(decline_code))
+            }
+            Answer::Refused { reason } if sends > 1 => {
+                let reason = format!(
+                    "{reason}; refused on send {sends} of {}, which may have been applied when an answer was lost: it stays undecided and is sent again under its key until the gateway answers it (a person should look)",
+                    attempt.key
+                );
+                tracing::error!(key = %attempt.key, %reason, "a resent payment was refused");
+                money_metrics::payment_refused_on_resend();
+                let key = attempt.key.clone();
+                let noted = reason.clone();
+                self.write(move |tx| payments::note_undecided(tx, &key, &noted)).await?;
+                Err(ServiceError::GatewayRefused(reason))
             }
             Answer::Refused { reason } => {
                 self.not_made(attempt, PaymentOutcome::Refused, &reason).await?;

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (6, include_str!("../migrations/0006_otp_limits.sql")),
     (7, include_str!("../migrations/0007_charge_outcomes.sql")),
     (8, include_str!("../migrations/0008_deny_list_by_card.sql")),
+    (9, include_str!("../migrations/0009_account_payment_sends.sql")),
 ];
 
 /// A money-store step run off the async threads ended without an answer.

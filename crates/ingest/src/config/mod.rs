@@ -368,7 +368,8 @@ impl Config {
     /// The payment gateway's shared secret: from [`secret::PAYMENTS_SECRET_ENV`]
     /// or `payments.hmac_secret_file`, the demo's when neither is set.
     pub fn payments_secret(&self) -> Result<secret::PaymentsSecret, ConfigError> {
-        let from_env = std::env::var(secret::PAYMENTS_SECRET_ENV).ok();
+        // Bytes, UTF-8 or not: a secret set but unreadable is never ignored.
+        let from_env = std::env::var_os(secret::PAYMENTS_SECRET_ENV).map(std::ffi::OsString::into_encoded_bytes);
         secret::PaymentsSecret::resolve(from_env, &self.payments.hmac_secret_file)
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }

@@ -59,10 +59,10 @@ impl PaymentsSecret {
     /// The secret from the environment variable's value or the file, one
     /// of them at most; the demo secret when neither is set. One trailing
     /// line end of a file is not part of it (editors add one).
-    pub fn resolve(from_env: Option<String>, file: &str) -> Result<PaymentsSecret, SecretError> {
+    pub fn resolve(from_env: Option<Vec<u8>>, file: &str) -> Result<PaymentsSecret, SecretError> {
         let (bytes, source) = match (from_env, file.is_empty()) {
             (Some(_), false) => return Err(SecretError::SetTwice),
-            (Some(value), true) => (value.into_bytes(), SecretSource::Environment),
+            (Some(value), true) => (value, SecretSource::Environment),
             (None, false) => (read_secret_file(Path::new(file))?, SecretSource::File(PathBuf::from(file))),
             (None, true) => (DEMO_PAYMENTS_SECRET.as_bytes().to_vec(), SecretSource::Demo),
         };
@@ -140,6 +140,8 @@ mod tests {
     #[test]
     fn the_environment_or_a_file_gives_it_never_both() {
         let secret = PaymentsSecret::resolve(Some(GOOD.into()), "").expect("env");
+        let bytes = PaymentsSecret::resolve(Some(vec![0xff; 32]), "").expect("any bytes, UTF-8 or not");
+        assert_eq!(bytes.bytes(), [0xff; 32]);
         assert_eq!(
             (secret.bytes(), secret.source(), secret.is_demo()),
             (GOOD.as_bytes(), &SecretSource::Environment, false)
@@ -154,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_secret_at_its_extremes() {
-        let env = |s: String| PaymentsSecret::resolve(Some(s), "");
+        let env = |s: String| PaymentsSecret::resolve(Some(s.into_bytes()), "");
         assert!(matches!(env(String::new()), Err(SecretError::Empty { .. })));
         assert!(matches!(env("x".repeat(31)), Err(SecretError::Length { bytes: 31, .. })));
         assert!(env("x".repeat(32)).is_ok());

@@ -64,31 +64,20 @@ fn check_phone(phone: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The longest client address kept (an IPv6 address is at most 45).
-const CLIENT_ADDRESS_BYTES_MAX: usize = 64;
-
 /// Who asked: the last address in the configured proxy header (the one
-/// the operator's proxy appended: every address before it is whatever the
-/// client sent), or the TCP peer's address. An IPv6 client counts by its
-/// /64, the block one subscriber gets.
-fn client_address(api: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> String {
-    let forwarded = api
-        .settings
-        .client_address_header
-        .as_deref()
-        .and_then(|name| headers.get(name))
+/// the operator's proxy appended: every address before it, and every line
+/// of the header before the last, is whatever the client sent), or the TCP
+/// peer's address. A last entry that is not an address (or `address:port`)
+/// counts as the peer's, so junk never makes a fresh client. An IPv6
+/// client counts by its /64, the block one subscriber gets.
+fn client_address(header: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> String {
+    let forwarded = header
+        .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .map(str::trim)
-        .filter(|v| !v.is_empty());
-    let address = match forwarded {
-        Some(text) => match text.parse::<IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) => return text.chars().take(CLIENT_ADDRESS_BYTES_MAX).collect(),
-        },
-        None => peer.ip(),
-    };
-    match address {
+        .and_then(|text| text.parse::<IpAddr>().or_else(|_| text.parse::<SocketAddr>().map(|a| a.ip())).ok());
+    match forwarded.unwrap_or(peer.ip()) {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
@@ -108,8 +97,11 @@ pub(super) async fn send_code(
     check_phone(&request.phone)?;
     let accounts = &api.accounts;
     let now = accounts.clock.now_ms();
-    let (phone, client, limits) =
-        (request.phone.clone(), client_address(&api, peer, &headers), api.settings.otp_limits());
+    let (phone, client, limits) = (
+        request.phone.clone(),
+        client_address(api.settings.client_address_header.as_deref(), peer, &headers),
+        api.settings.otp_limits(),
+    );
     let sent = accounts.write(move |tx| send_code_checked(tx, &phone, &client, now, &limits)).await?;
     let code = sent.map_err(|refused| {
         crate::money_metrics::otp_refused(refused.label());
@@ -134,7 +126,8 @@ pub(super) async fn register(
     let accounts = &api.accounts;
     let now = accounts.clock.now_ms();
     let (attempts_max, token_ms) = (api.settings.otp_attempts_max, duration_ms(api.settings.token_validity));
-    let (client, limits) = (client_address(&api, peer, &headers), api.settings.otp_limits());
+    let (client, limits) =
+        (client_address(api.settings.client_address_header.as_deref(), peer, &headers), api.settings.otp_limits());
     // 63 random bits: card ids stay within a signed 64-bit integer, which
     // every reader of the archives holds (`scan::ID_MAX`).
     let random = u64::from_be_bytes(random_bytes::<8>().map_err(|e| ApiError::Internal(e.to_string()))?);
@@ -163,5 +156,35 @@ pub(super) async fn register(
             Err(ApiError::TooManyRequests(SendRefused::PhoneLocked.message(&limits)))
         }
         Err(_) => Err(ApiError::Unauthorized("no valid code for this phone: ask for a new one".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review of issue 19: the first line of a repeated header was read (a
+    /// proxy that adds a line left the client's own line first), and any
+    /// text was a client of its own, so each request could pick a fresh
+    /// bucket.
+    #[test]
+    fn the_client_is_the_proxys_last_entry_and_junk_is_the_peer() {
+        let peer: SocketAddr = "10.0.0.2:5000".parse().expect("peer");
+        let with = |lines: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append("x-forwarded-for", line.parse().expect("header"));
+            }
+            client_address(Some("x-forwarded-for"), peer, &headers)
+        };
+        assert_eq!(with(&["6.6.6.1", "203.0.113.9"]), "203.0.113.9", "the last line, the proxy's");
+        assert_eq!(with(&["6.6.6.1, 203.0.113.9"]), "203.0.113.9");
+        assert_eq!(with(&["203.0.113.9:4711"]), "203.0.113.9", "address:port");
+        assert_eq!(with(&["[2001:db8:1:2:3::9]:4711"]), "2001:db8:1:2::/64");
+        for junk in ["", "junk", "6.6.6.1, junk-7", &"x".repeat(10_000)] {
+            assert_eq!(with(&[junk]), "10.0.0.2", "{junk:.20}: the peer's, not a client of its own");
+        }
+        assert_eq!(with(&[]), "10.0.0.2", "no header");
+        assert_eq!(client_address(None, peer, &HeaderMap::new()), "10.0.0.2", "no header configured");
     }
 }

@@ -98,13 +98,30 @@ pub fn signature_valid(
     verify(secret, given, &[timestamp.as_bytes(), method.as_bytes(), path.as_bytes(), key.as_bytes()], body)
 }
 
+/// What an answer's signature covers besides its body: the HTTP status,
+/// its `Retry-After` header (empty when none), and the signature of the
+/// request it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerHead<'a> {
+    pub status: u16,
+    pub retry_after: &'a str,
+    pub request_signature: &'a str,
+}
+
+impl AnswerHead<'_> {
+    fn lines(&self, timestamp_ms: i64) -> [String; 4] {
+        let Self { status, retry_after, request_signature } = *self;
+        [timestamp_ms.to_string(), status.to_string(), retry_after.to_string(), request_signature.to_string()]
+    }
+}
+
 /// An answer's HMAC-SHA256 over the word `answer`, its own timestamp, its
-/// HTTP status, the signature of the request it answers and its body: it
-/// cannot be altered (a success turned into a decline), nor stand for the
-/// answer to another request, nor be replayed outside the time window.
-pub fn answer_signature(secret: &[u8], timestamp_ms: i64, status: u16, request_signature: &str, body: &[u8]) -> String {
-    let (timestamp, status) = (timestamp_ms.to_string(), status.to_string());
-    sign(secret, &[b"answer", timestamp.as_bytes(), status.as_bytes(), request_signature.as_bytes()], body)
+/// head and its body: it cannot be altered (a success turned into a
+/// decline, a retry hint changed), nor stand for the answer to another
+/// request, nor be replayed outside the time window.
+pub fn answer_signature(secret: &[u8], timestamp_ms: i64, head: AnswerHead<'_>, body: &[u8]) -> String {
+    let [a, b, c, d] = head.lines(timestamp_ms);
+    sign(secret, &[b"answer", a.as_bytes(), b.as_bytes(), c.as_bytes(), d.as_bytes()], body)
 }
 
 /// Whether `given` is the signature of the answer, in constant time.
@@ -112,12 +129,11 @@ pub fn answer_signature_valid(
     secret: &[u8],
     given: &str,
     timestamp_ms: i64,
-    status: u16,
-    request_signature: &str,
+    head: AnswerHead<'_>,
     body: &[u8],
 ) -> bool {
-    let (timestamp, status) = (timestamp_ms.to_string(), status.to_string());
-    verify(secret, given, &[b"answer", timestamp.as_bytes(), status.as_bytes(), request_signature.as_bytes()], body)
+    let [a, b, c, d] = head.lines(timestamp_ms);
+    verify(secret, given, &[b"answer", a.as_bytes(), b.as_bytes(), c.as_bytes(), d.as_bytes()], body)
 }
 
 fn sign(secret: &[u8], lines: &[&[u8]], body: &[u8]) -> String {
@@ -171,14 +187,17 @@ mod tests {
     #[test]
     fn an_answer_checks_only_for_its_own_request_status_and_body() {
         let request = signature(b"s", 1, "POST", DEBITS_PATH, "k", b"{}");
-        let sig = answer_signature(b"s", 2, 200, &request, b"ok");
-        assert!(answer_signature_valid(b"s", &sig, 2, 200, &request, b"ok"));
-        assert!(!answer_signature_valid(b"t", &sig, 2, 200, &request, b"ok"), "another secret");
-        assert!(!answer_signature_valid(b"s", &sig, 3, 200, &request, b"ok"), "another time");
-        assert!(!answer_signature_valid(b"s", &sig, 2, 402, &request, b"ok"), "a success made a decline");
-        assert!(!answer_signature_valid(b"s", &sig, 2, 200, "other", b"ok"), "the answer to another request");
-        assert!(!answer_signature_valid(b"s", &sig, 2, 200, &request, b"no"), "another body");
-        assert!(!answer_signature_valid(b"s", "", 2, 200, &request, b"ok"), "unsigned");
+        let head = AnswerHead { status: 200, retry_after: "", request_signature: &request };
+        let sig = answer_signature(b"s", 2, head, b"ok");
+        assert!(answer_signature_valid(b"s", &sig, 2, head, b"ok"));
+        assert!(!answer_signature_valid(b"t", &sig, 2, head, b"ok"), "another secret");
+        assert!(!answer_signature_valid(b"s", &sig, 3, head, b"ok"), "another time");
+        assert!(!answer_signature_valid(b"s", &sig, 2, AnswerHead { status: 402, ..head }, b"ok"), "made a decline");
+        assert!(!answer_signature_valid(b"s", &sig, 2, AnswerHead { retry_after: "0", ..head }, b"ok"), "a hint added");
+        let other = AnswerHead { request_signature: "other", ..head };
+        assert!(!answer_signature_valid(b"s", &sig, 2, other, b"ok"), "the answer to another request");
+        assert!(!answer_signature_valid(b"s", &sig, 2, head, b"no"), "another body");
+        assert!(!answer_signature_valid(b"s", "", 2, head, b"ok"), "unsigned");
         // A request's signature is never an answer's, nor the other way.
         assert!(!signature_valid(b"s", &sig, 2, "200", &request, "", b"ok"));
     }

@@ -12,8 +12,8 @@ use reqwest::header::HeaderMap;
 use thiserror::Error;
 
 use super::api::{
-    AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, CREDITS_PATH, DEBITS_PATH,
-    ErrorAnswer, IDEMPOTENCY_KEY, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP,
+    AGREEMENTS_END_PATH, AGREEMENTS_PATH, AgreementAnswer, AgreementEnd, AgreementRequest, AnswerHead, CREDITS_PATH,
+    DEBITS_PATH, ErrorAnswer, IDEMPOTENCY_KEY, PaymentAnswer, PaymentRequest, RETRY_AFTER, SIGNATURE, TIMESTAMP,
     answer_signature_valid, signature, timestamp_fresh,
 };
 use crate::money_metrics;
@@ -137,7 +137,8 @@ impl PaymentGateway {
             Ok(body) => body,
             // The answer was lost on the way (or is not one): the payment
             // may have applied, so the same key goes again.
-            Err(reason) => return Answer::Retry { reason, retry_after: retry_after(&headers) },
+            // The hint is unverified without the body: not believed.
+            Err(reason) => return Answer::Retry { reason, retry_after: None },
         };
         match self.verify_answer(&request_signature, status, &headers, &body) {
             Ok(()) => classify(status, &body, retry_after(&headers)),
@@ -184,14 +185,12 @@ impl PaymentGateway {
     ) -> Result<(), &'static str> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let signed = header(TIMESTAMP).and_then(|t| t.parse::<i64>().ok()).zip(header(SIGNATURE));
+        let retry_after = header(RETRY_AFTER).unwrap_or_default();
+        let head = AnswerHead { status: status.as_u16(), retry_after, request_signature };
         let why = match signed {
             None => "unsigned",
             Some((at, _)) if !timestamp_fresh(SystemClock.now_ms(), at) => "stale",
-            Some((at, given))
-                if answer_signature_valid(&self.secret, given, at, status.as_u16(), request_signature, body) =>
-            {
-                return Ok(());
-            }
+            Some((at, given)) if answer_signature_valid(&self.secret, given, at, head, body) => return Ok(()),
             Some(_) => "signature_invalid",
         };
         money_metrics::payment_answer_unverified(why);
