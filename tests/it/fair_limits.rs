@@ -252,3 +252,33 @@ async fn a_stalled_handshake_holds_its_address_only_until_the_handshake_deadline
     stalled.abort();
     only_the_honest_scans_are_archived(&h, 1).await;
 }
+
+/// Review of issue 19: an unfinished handshake held a slot of
+/// `server.connections_max`, so peers with no certificate at a few
+/// addresses, stalling their handshakes, held every slot and no gateway
+/// could reconnect. Handshakes have a pool of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_take_no_slot_of_a_gateway_that_proved_who_it_is() {
+    let mut config = Config::defaults();
+    config.server.connections_max = 2;
+    config.server.handshake_timeout_ms = 20_000;
+    let h = Harness::start_with(config).await;
+    let mut stalls = Vec::new();
+    for (relay_ip, staller_ip) in [("127.0.0.5", "127.0.0.6"), ("127.0.0.7", "127.0.0.8")] {
+        let (relay, relay_task) = stalling_relay(relay_ip, h.server.local_addr(), 2, 1).await;
+        let staller = raw_endpoint_at(&h, None, false, staller_ip);
+        let connecting = staller.connect(relay, SERVER_NAME).expect("connect");
+        stalls.push((relay_task, tokio::spawn(async move { (connecting.await.is_ok(), staller) })));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let ack = h.client().push(&one_scan(&h, GATEWAY, "gate-1", 1)).await.expect("an enrolled gateway connects");
+    assert_eq!(ack.accepted, 1);
+    assert!(started.elapsed() < Duration::from_secs(5), "within its connect timeout: {:?}", started.elapsed());
+    for (relay_task, stall) in stalls {
+        assert!(!stall.is_finished(), "the stalled handshakes were still held");
+        relay_task.abort();
+        stall.abort();
+    }
+    only_the_honest_scans_are_archived(&h, 1).await;
+}

@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prost::Message;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio::time::timeout_at;
 
 use crate::batch::{Peer, process};
+use crate::peer_limits::AddressSlot;
 use crate::server_push::push_to_gateway;
 use crate::{BACKOFF_RETRY_AFTER_MS, Shared, spawn_supervised};
 use farestream_core::ingest::BatchError;
@@ -30,6 +31,9 @@ const SCAN_BATCH_SCANS_FIELD: u32 = 3;
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(shared.settings.connections_max));
+    // Apart from the connections: a peer with no certificate that stalls
+    // its handshakes holds these at most, never a proven gateway's slot.
+    let handshakes = Arc::new(Semaphore::new(shared.settings.handshakes_in_flight_max));
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -55,20 +59,26 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            telemetry::connection_refused("connections_max");
+        let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+            telemetry::connection_refused("handshakes_in_flight");
             incoming.refuse();
             continue;
         };
+        let admission = Admission { address, handshake, connections: Arc::clone(&connections) };
         let shared_for_task = Arc::clone(&shared);
-        spawn_supervised(&shared, "a connection task", async move {
-            handle_connection(incoming, shared_for_task).await;
-            drop((permit, address));
-        });
+        spawn_supervised(&shared, "a connection task", handle_connection(incoming, admission, shared_for_task));
     }
 }
 
-async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// What a new connection holds while its handshake runs: its address's
+/// count and a handshake slot; then a connection slot, if one is free.
+struct Admission {
+    address: AddressSlot,
+    handshake: OwnedSemaphorePermit,
+    connections: Arc<Semaphore>,
+}
+
+async fn handle_connection(incoming: quinn::Incoming, mut admission: Admission, shared: Arc<Shared>) {
     let connection = match tokio::time::timeout(shared.settings.handshake_timeout, incoming).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => {
@@ -83,6 +93,15 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    drop(admission.handshake);
+    admission.address.handshake_finished();
+    let Ok(_connection_slot) = Arc::clone(&admission.connections).try_acquire_owned() else {
+        telemetry::connection_refused("connections_max");
+        let why = "the server holds server.connections_max connections";
+        connection.close(close_code::TOO_MANY_CONNECTIONS.into(), why.as_bytes());
+        return;
+    };
+    let _address = admission.address;
     // The handshake verified the certificate; who it names is read here.
     let Some((gateway, registered)) = shared.fleet.admit(&connection) else { return };
     let (gateway_slot, evicted) = shared.limits.admit_gateway(gateway.scope.gateway_id(), &connection);

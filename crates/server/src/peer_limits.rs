@@ -29,6 +29,8 @@ pub(super) struct PeerLimits {
 
 struct AddressState {
     connections: usize,
+    /// Of its connections, those still in their handshake.
+    handshaking: usize,
     handshakes: TokenBucket,
 }
 
@@ -39,10 +41,12 @@ struct GatewayState {
     batches: Arc<Semaphore>,
 }
 
-/// A connection counted against its address; uncounted when dropped.
+/// A connection counted against its address, as handshaking until
+/// [`AddressSlot::handshake_finished`]; uncounted when dropped.
 pub(super) struct AddressSlot {
     limits: Arc<PeerLimits>,
     ip: IpAddr,
+    handshaking: bool,
 }
 
 /// A connection counted against its gateway; uncounted when dropped.
@@ -83,17 +87,23 @@ impl PeerLimits {
             addresses.retain(|_, a| a.connections > 0 || !a.handshakes.is_full(now));
         }
         let rate = s.handshakes_per_address_per_sec_max;
-        let address = addresses
-            .entry(ip)
-            .or_insert_with(|| AddressState { connections: 0, handshakes: TokenBucket::full(rate, rate, now) });
+        let address = addresses.entry(ip).or_insert_with(|| AddressState {
+            connections: 0,
+            handshaking: 0,
+            handshakes: TokenBucket::full(rate, rate, now),
+        });
         if address.connections >= s.connections_per_address_max {
             return Err("connections_per_address");
+        }
+        if address.handshaking >= s.handshakes_per_address_in_flight_max {
+            return Err("handshakes_per_address_in_flight");
         }
         if address.handshakes.take(1, now).is_err() {
             return Err("handshakes_per_address");
         }
         address.connections += 1;
-        Ok(AddressSlot { limits: Arc::clone(self), ip })
+        address.handshaking += 1;
+        Ok(AddressSlot { limits: Arc::clone(self), ip, handshaking: true })
     }
 
     /// Counts `connection` against `gateway_id` once its certificate named
@@ -163,8 +173,21 @@ fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+impl AddressSlot {
+    /// Its handshake is over: it counts as a connection of its address
+    /// only.
+    pub(super) fn handshake_finished(&mut self) {
+        if std::mem::take(&mut self.handshaking)
+            && let Some(address) = lock(&self.limits.addresses).get_mut(&self.ip)
+        {
+            address.handshaking = address.handshaking.saturating_sub(1);
+        }
+    }
+}
+
 impl Drop for AddressSlot {
     fn drop(&mut self) {
+        self.handshake_finished();
         if let Some(address) = lock(&self.limits.addresses).get_mut(&self.ip) {
             address.connections = address.connections.saturating_sub(1);
         }
@@ -187,6 +210,7 @@ mod tests {
         PeerLimits::new(PeerLimitSettings {
             connections_per_address_max: 2,
             handshakes_per_address_per_sec_max: 3,
+            handshakes_per_address_in_flight_max: 2,
             connections_per_gateway_max: 1,
             gateway_scans_per_sec_max: 10,
             gateway_batches_in_flight_max: 1,
@@ -205,6 +229,23 @@ mod tests {
         drop(first);
         let _third = limits.admit_address(a).expect("a slot came back");
         assert_eq!(limits.admit_address(a).err(), Some("connections_per_address"));
+    }
+
+    /// Review of issue 19: an unfinished handshake held a slot of
+    /// `connections_max`, so a few addresses stalling handshakes held them
+    /// all. Handshakes in flight per address are capped apart.
+    #[test]
+    fn an_address_has_so_many_handshakes_in_flight_and_finished_ones_free_theirs() {
+        let limits =
+            PeerLimits::new(PeerLimitSettings { connections_per_address_max: 10, ..limits().settings.clone() });
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let mut first = limits.admit_address(a).expect("first");
+        let _second = limits.admit_address(a).expect("second");
+        assert_eq!(limits.admit_address(a).err(), Some("handshakes_per_address_in_flight"));
+        first.handshake_finished();
+        first.handshake_finished();
+        let _third = limits.admit_address(a).expect("one handshake finished, once");
+        assert_eq!(limits.admit_address(a).err(), Some("handshakes_per_address_in_flight"));
     }
 
     #[test]

@@ -22,6 +22,8 @@ use farestream_money::{DispatcherSettings, PricerSettings, store_path};
 pub struct ServerSettings {
     pub listen_addr: SocketAddr,
     pub connections_max: usize,
+    /// Handshakes in progress at once, apart from `connections_max`.
+    pub handshakes_in_flight_max: usize,
     pub peer_limits: PeerLimitSettings,
     /// A connection with no batch for this long is closed.
     pub batch_idle_timeout: Duration,
@@ -67,6 +69,7 @@ pub struct ServerSettings {
 pub struct PeerLimitSettings {
     pub connections_per_address_max: usize,
     pub handshakes_per_address_per_sec_max: u64,
+    pub handshakes_per_address_in_flight_max: usize,
     pub connections_per_gateway_max: usize,
     pub gateway_scans_per_sec_max: u64,
     pub gateway_batches_in_flight_max: usize,
@@ -106,9 +109,11 @@ impl ServerSettings {
         Ok(ServerSettings {
             listen_addr: config.server.listen_addr,
             connections_max: config.server.connections_max,
+            handshakes_in_flight_max: config.server.handshakes_in_flight_max,
             peer_limits: PeerLimitSettings {
                 connections_per_address_max: config.server.connections_per_address_max,
                 handshakes_per_address_per_sec_max: config.server.handshakes_per_address_per_sec_max,
+                handshakes_per_address_in_flight_max: config.server.handshakes_per_address_in_flight_max,
                 connections_per_gateway_max: config.server.connections_per_gateway_max,
                 gateway_scans_per_sec_max: config.server.gateway_scans_per_sec_max,
                 gateway_batches_in_flight_max: config.server.gateway_batches_in_flight_max,

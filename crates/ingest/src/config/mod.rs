@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     pub connections_per_address_max: usize,
     pub handshake_timeout_ms: u64,
+    pub handshakes_in_flight_max: usize,
+    pub handshakes_per_address_in_flight_max: usize,
     pub handshakes_per_address_per_sec_max: u64,
     pub connections_per_gateway_max: usize,
     pub batch_idle_timeout_ms: u64,

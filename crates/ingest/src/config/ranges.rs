@@ -32,6 +32,8 @@ pub const RANGES: &[KeyRange] = &[
     range("server.idle_timeout_ms", 1_000, 600_000, "ms"),
     range("server.connections_per_address_max", 1, 65_536, "connections"),
     range("server.handshake_timeout_ms", 100, 60_000, "ms"),
+    range("server.handshakes_in_flight_max", 1, 65_536, "handshakes"),
+    range("server.handshakes_per_address_in_flight_max", 1, 65_536, "handshakes"),
     range("server.handshakes_per_address_per_sec_max", 1, 100_000, "handshakes/s"),
     range("server.connections_per_gateway_max", 1, 1_024, "connections"),
     range("server.batch_idle_timeout_ms", 1_000, 86_400_000, "ms"),
