@@ -420,6 +420,14 @@ async fn a_refused_resend_of_a_lost_payment_never_opens_a_second_one() {
     let before = crate::support::metric("farestream_account_payments_refused_on_resend_total");
     let refused = accounts.pay_arrears(802).await.expect_err("the resend refused");
     assert!(refused.to_string().contains("stays undecided"), "{refused}");
+    let store = m.h.server.open_money_store().expect("store");
+    let open = farestream::money::payments::undecided(
+        store.connection(),
+        802,
+        farestream::money::payments::PaymentKind::Arrears,
+    )
+    .expect("read");
+    assert_eq!(open.map(|a| a.key), Some("arrears-802-1".to_string()), "still undecided, under its key");
     assert!(crate::support::metric("farestream_account_payments_refused_on_resend_total") > before);
     accounts.pay_arrears(802).await.expect_err("refused again: still the same key, never a new one");
     m.control.set_faults(SimFaults::default()).await.expect("faults off");

@@ -146,6 +146,24 @@ pub fn count_send(tx: &Transaction<'_>, key: &str) -> Result<u32, AccountError> 
     Ok(sends.unwrap_or(0))
 }
 
+/// Records a refusal of the attempt's only send: only while no other send
+/// of it has been counted (a resend after a lost answer, or a concurrent
+/// call's send, may have reached the gateway and been applied). True when
+/// it decided the attempt.
+pub fn decide_refused_if_only_send(
+    tx: &Transaction<'_>,
+    key: &str,
+    error: &str,
+    now: UnixMillis,
+) -> Result<bool, AccountError> {
+    let written = tx.execute(
+        "UPDATE account_payments SET outcome = 'refused', decided_at = ?2, last_error = ?3
+         WHERE payment_key = ?1 AND outcome = 'unknown' AND sends = 1",
+        params![key, now, error],
+    )?;
+    Ok(written == 1)
+}
+
 /// Notes why an undecided attempt is still undecided (a refusal of a
 /// resend): it stays `unknown`, to be sent again under its key.
 pub fn note_undecided(tx: &Transaction<'_>, key: &str, error: &str) -> Result<(), AccountError> {
@@ -243,5 +261,28 @@ mod tests {
             all.iter().map(|a| a.outcome).collect::<Vec<_>>(),
             [PaymentOutcome::Declined, PaymentOutcome::Unknown, PaymentOutcome::Unknown]
         );
+    }
+
+    /// Second review of issue 19: two calls sent one attempt; the first
+    /// counted was refused after the second (applied, its answer lost)
+    /// reached the gateway, and the refusal was taken as final. A refusal
+    /// decides only while its send is the only one counted.
+    #[test]
+    fn a_refusal_decides_only_the_attempts_one_send() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
+        let tx = store.transaction().expect("tx");
+        accounts::register(&tx, 7, "+8613800000007", 1).expect("register");
+        let attempt = open_attempt(&tx, 7, PaymentKind::Arrears, Cents::new(800), "agr", 2).expect("attempt");
+        assert_eq!(count_send(&tx, &attempt.key).expect("a"), 1);
+        assert_eq!(count_send(&tx, &attempt.key).expect("b"), 2, "a concurrent call's send");
+        assert!(
+            !decide_refused_if_only_send(&tx, &attempt.key, "422", 3).expect("refused"),
+            "either send may have been applied"
+        );
+        let other = open_attempt(&tx, 7, PaymentKind::Deposit, Cents::new(2_000), "agr", 2).expect("deposit");
+        assert_eq!(count_send(&tx, &other.key).expect("one send"), 1);
+        assert!(decide_refused_if_only_send(&tx, &other.key, "422", 3).expect("refused"), "its one send");
+        assert_eq!(count_send(&tx, &other.key).expect("decided"), 0, "a decided attempt is not sent");
     }
 }

@@ -308,10 +308,9 @@ impl AccountService {
     /// back for the caller to apply with [`payments::decide`]; a decline or
     /// a refusal of its first send is recorded here as final (the next
     /// attempt is a new key); no answer leaves the attempt undecided, to be
-    /// sent again. A refusal of a resend leaves it undecided too: the send
-    /// whose answer was lost may have been applied, and a new key would
-    /// take the money twice (a review found a gateway's 422 on a resend,
-    /// or a refusal forged from a copy of the request, did just that).
+    /// sent again. A refusal of an attempt sent more than once leaves it
+    /// undecided too ([`Self::refused`]). A decline is final: the gateway
+    /// answers a key with its first result (docs/payment-gateway.md).
     async fn send(&self, attempt: &PaymentAttempt, direction: Direction, what: &str) -> Result<String, ServiceError> {
         let gateway = self.gateway.as_ref().ok_or(ServiceError::NoGateway)?;
         let key = attempt.key.clone();
@@ -332,25 +331,43 @@ impl AccountService {
                 self.not_made(attempt, PaymentOutcome::Declined, &decline_code).await?;
                 Err(ServiceError::Declined(decline_code))
             }
-            Answer::Refused { reason } if sends > 1 => {
-                let reason = format!(
-                    "{reason}; refused on send {sends} of {}, which may have been applied when an answer was lost: it stays undecided and is sent again under its key until the gateway answers it (a person should look)",
-                    attempt.key
-                );
-                tracing::error!(key = %attempt.key, %reason, "a resent payment was refused");
-                money_metrics::payment_refused_on_resend();
-                let key = attempt.key.clone();
-                let noted = reason.clone();
-                self.write(move |tx| payments::note_undecided(tx, &key, &noted)).await?;
-                Err(ServiceError::GatewayRefused(reason))
-            }
-            Answer::Refused { reason } => {
-                self.not_made(attempt, PaymentOutcome::Refused, &reason).await?;
-                Err(ServiceError::GatewayRefused(reason))
-            }
+            Answer::Refused { reason } => Err(self.refused(attempt, reason).await?),
             Answer::InFlight { .. } => Err(ServiceError::PaymentInProgress),
             Answer::Retry { reason, .. } => Err(ServiceError::GatewayUnavailable(reason)),
         }
+    }
+
+    /// A refusal decides the attempt only if it answers the attempt's one
+    /// send: when another send was counted (a resend after a lost answer,
+    /// or a concurrent call's send that may have reached the gateway
+    /// first), that send may have been applied, and deciding would open a
+    /// new key that takes the money twice. Then it stays undecided, is
+    /// logged and counted for a person, and goes again under its key.
+    async fn refused(&self, attempt: &PaymentAttempt, reason: String) -> Result<ServiceError, ServiceError> {
+        let (now, key, card_id) = (self.clock.now_ms(), attempt.key.clone(), attempt.card_id);
+        let event = format!("{}_payment_refused", attempt.kind.as_str());
+        let noted = reason.clone();
+        let decided = self
+            .write(move |tx| {
+                let decided = payments::decide_refused_if_only_send(tx, &key, &noted, now)?;
+                if decided {
+                    accounts::note(tx, card_id, &event, Cents::ZERO, &format!("payment {key}: {noted}"), now)?;
+                }
+                Ok(decided)
+            })
+            .await?;
+        if decided {
+            return Ok(ServiceError::GatewayRefused(reason));
+        }
+        let reason = format!(
+            "{reason}; {} was sent more than once and may have been applied when an answer was lost: it stays undecided and is sent again under its key until the gateway answers it (a person should look)",
+            attempt.key
+        );
+        tracing::error!(key = %attempt.key, %reason, "a payment sent more than once was refused");
+        money_metrics::payment_refused_on_resend();
+        let (key, noted) = (attempt.key.clone(), reason.clone());
+        self.write(move |tx| payments::note_undecided(tx, &key, &noted)).await?;
+        Ok(ServiceError::GatewayRefused(reason))
     }
 
     /// A final answer that moved no money, in the attempt and the history.

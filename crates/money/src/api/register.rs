@@ -64,6 +64,20 @@ fn check_phone(phone: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// One entry of a proxy header: `203.0.113.9`, `203.0.113.9:4711`,
+/// `2001:db8::9`, `[2001:db8::9]`, `[2001:db8::9]:4711`, or RFC 7239's
+/// `for=...` (quoted or not) with any of those.
+fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let entry = entry
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("for=").or_else(|| part.trim().strip_prefix("For=")))
+        .unwrap_or(entry)
+        .trim_matches('"');
+    let unbracketed = entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).unwrap_or(entry);
+    unbracketed.parse::<IpAddr>().or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip())).ok()
+}
+
 /// Who asked: the last address in the configured proxy header (the one
 /// the operator's proxy appended: every address before it, and every line
 /// of the header before the last, is whatever the client sent), or the TCP
@@ -75,8 +89,7 @@ fn client_address(header: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -
         .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
-        .map(str::trim)
-        .and_then(|text| text.parse::<IpAddr>().or_else(|_| text.parse::<SocketAddr>().map(|a| a.ip())).ok());
+        .and_then(parse_forwarded_address);
     match forwarded.unwrap_or(peer.ip()) {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
@@ -181,6 +194,11 @@ mod tests {
         assert_eq!(with(&["6.6.6.1, 203.0.113.9"]), "203.0.113.9");
         assert_eq!(with(&["203.0.113.9:4711"]), "203.0.113.9", "address:port");
         assert_eq!(with(&["[2001:db8:1:2:3::9]:4711"]), "2001:db8:1:2::/64");
+        assert_eq!(with(&["[2001:db8:1:2:3::9]"]), "2001:db8:1:2::/64");
+        // RFC 7239's Forwarded header.
+        assert_eq!(with(&["for=6.6.6.1, for=203.0.113.9;proto=https"]), "203.0.113.9");
+        assert_eq!(with(&["for=\"[2001:db8:1:2:3::9]:4711\""]), "2001:db8:1:2::/64");
+        assert_eq!(with(&["for=_hidden"]), "10.0.0.2", "an obfuscated identifier is the peer's");
         for junk in ["", "junk", "6.6.6.1, junk-7", &"x".repeat(10_000)] {
             assert_eq!(with(&[junk]), "10.0.0.2", "{junk:.20}: the peer's, not a client of its own");
         }
