@@ -60,11 +60,7 @@ wait "$sim" || { cat "$work/simulate.log"; exit 1; }
 backlog=$("$bin" "${args[@]}" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
 start=$(date +%s.%N)
 paygw_faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'
-for _ in $(seq 1 6000); do
-  "$bin" "${args[@]}" charges | grep -q "undecided=0" && break
-  sleep 0.05
-done
-"$bin" "${args[@]}" charges | grep -q "undecided=0" || { echo "charges still undecided after 5 min"; exit 1; }
+wait_until_charges_decided "${args[@]}"
 end=$(date +%s.%N)
 kill -TERM $(jobs -p) 2>/dev/null; wait 2>/dev/null || true
 awk -v o="$outage" -v n="$(( last - first ))" -v m="$max" -v b="$backlog" -v a="$start" -v e="$end" \

@@ -58,6 +58,16 @@ paygw_faults() {
     "$paygw_url/v1/faults"
 }
 
+# Returns once `farestream ARGS charges` says every charge is decided;
+# exits if some are still undecided after 5 min.
+wait_until_charges_decided() {
+  for _ in $(seq 1 6000); do
+    "$bin" "$@" charges | grep -q "undecided=0" && return 0
+    sleep 0.05
+  done
+  echo "charges still undecided after 5 min"; exit 1
+}
+
 # The debit and credit requests the simulated gateway has received.
 paygw_requests() {
   curl -sf -H "authorization: Bearer $paygw_token" "$paygw_url/v1/stats" \

@@ -16,10 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use farestream_core::sync::lock;
-use farestream_money::paygw::api::{IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_CHARS_MAX};
 use ring::rand::SecureRandom;
 
-use super::http::{Answer, Refused, Sim, SimFaults, SimStats, TopUp, append, error, parse, request_hash};
+use super::http::{
+    Answer, Sim, SimFaults, SimStats, TopUp, append, error, idempotency_key, key_reused, parse, request_hash,
+};
 use super::ledger::Entry;
 
 /// The file in the gateway's data dir that holds its control token.
@@ -80,16 +81,11 @@ fn same_secret(given: &str, token: &str) -> bool {
 }
 
 async fn topup(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
-    let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
-        return Err(error(StatusCode::BAD_REQUEST, "idempotency_key_invalid", "1 to 255 characters required"));
-    }
+    let key = idempotency_key(&headers)?;
     let request: TopUp = parse(&body)?;
     let mut ledger = lock(&sim.ledger);
     match ledger.by_key("topup", key) {
-        Some(first) if first.request_hash != request_hash(&body) => {
-            return Err(reused());
-        }
+        Some(first) if first.request_hash != request_hash(&body) => return Err(key_reused()),
         Some(_) => {}
         None => {
             let payer = &request.payment_user_id;
@@ -97,10 +93,6 @@ async fn topup(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> 
         }
     }
     Ok(Json(serde_json::json!({ "balance_cents": ledger.balance(&request.payment_user_id) })).into_response())
-}
-
-fn reused() -> Refused {
-    error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "this key was used with another request")
 }
 
 async fn ledger(State(sim): State<Arc<Sim>>) -> Json<Vec<Entry>> {

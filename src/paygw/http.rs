@@ -114,23 +114,23 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, secret: &[u8]) -> std::i
     Ok(SimGateway { http, control })
 }
 
-/// Signs every answer of the payment API to a request whose own signature
-/// verified, refusals included, over that signature
-/// (`docs/payment-gateway.md`). An answer to a request that did not verify
-/// is not signed: the request may be a genuine one's signature on altered
-/// headers or body, and a signed refusal of it would pass for the answer
-/// to the genuine request (a review forged a 400 that way).
+/// Verifies every request of the payment API, once, here: one that does
+/// not verify is refused `401` unsigned and reaches no handler. Signs every
+/// answer to one that does, refusals included, over its signature
+/// (`docs/payment-gateway.md`). A refusal of an unverified request is not
+/// signed: it may be a genuine request's signature on altered headers or
+/// body, and a signed refusal of it would pass for the genuine request's
+/// answer (a review forged a 400 that way).
 async fn sign_answer(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, REQUEST_BYTES_MAX).await else {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "a request body over 64 KiB").into_response();
     };
-    let authentic = verify_request(&sim, &parts.headers, parts.uri.path(), &body).is_ok();
+    if let Err(refused) = verify_request(&sim, &parts.headers, parts.uri.path(), &body) {
+        return refused.into_response();
+    }
     let request_signature = parts.headers.get(SIGNATURE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    if !authentic {
-        return response;
-    }
     let forged = response.extensions().get::<ForgedAnswer>().is_some();
     let (mut parts, body) = response.into_parts();
     let Ok(body) = axum::body::to_bytes(body, ANSWER_BYTES_MAX).await else {
@@ -187,14 +187,18 @@ pub(super) fn error(status: StatusCode, error: &'static str, message: impl Into<
     Refused { status, error, message: message.into(), retry_after_secs: 0 }
 }
 
-/// Checks the signature and returns the idempotency key.
-fn authenticate(sim: &Sim, headers: &HeaderMap, path: &str, body: &[u8]) -> Result<String, Refused> {
+/// The request's idempotency key: 1 to 255 characters, as Stripe's.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<&str, Refused> {
     let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
     if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
         return Err(error(StatusCode::BAD_REQUEST, "idempotency_key_invalid", "1 to 255 characters required"));
     }
-    verify_request(sim, headers, path, body)?;
-    Ok(key.to_string())
+    Ok(key)
+}
+
+/// The same key again with another body: a caller's bug, never applied.
+pub(super) fn key_reused() -> Refused {
+    error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "this key was used with another request")
 }
 
 /// Whether the request is signed by the secret, as it arrived, and fresh.
@@ -222,7 +226,7 @@ pub(super) fn request_hash(body: &[u8]) -> String {
 }
 
 async fn agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
-    authenticate(&sim, &headers, AGREEMENTS_PATH, &body)?;
+    idempotency_key(&headers)?;
     let request: AgreementRequest = parse(&body)?;
     if request.payment_user_id.is_empty() || request.payment_user_id.len() > 128 {
         return Err(error(StatusCode::BAD_REQUEST, "payment_user_id_invalid", "1 to 128 bytes"));
@@ -250,7 +254,7 @@ async fn agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes)
 }
 
 async fn end_agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
-    authenticate(&sim, &headers, AGREEMENTS_END_PATH, &body)?;
+    idempotency_key(&headers)?;
     let request: AgreementEnd = parse(&body)?;
     let mut ledger = lock(&sim.ledger);
     let Some(payer) = ledger.payer_of(&request.agreement_id).map(str::to_string) else {
@@ -264,16 +268,16 @@ async fn end_agreement(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
 }
 
 async fn debit(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
-    pay(&sim, "debit", DEBITS_PATH, &headers, body).await
+    pay(&sim, "debit", &headers, body).await
 }
 
 async fn credit(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Answer {
-    pay(&sim, "credit", CREDITS_PATH, &headers, body).await
+    pay(&sim, "credit", &headers, body).await
 }
 
 /// A debit or a credit, by Stripe's idempotency rules, with the faults.
-async fn pay(sim: &Arc<Sim>, kind: &str, path: &str, headers: &HeaderMap, body: Bytes) -> Answer {
-    let key = authenticate(sim, headers, path, &body)?;
+async fn pay(sim: &Arc<Sim>, kind: &str, headers: &HeaderMap, body: Bytes) -> Answer {
+    let key = idempotency_key(headers)?.to_string();
     let request: PaymentRequest = parse(&body)?;
     if request.amount_cents == 0 || request.currency.len() != 3 {
         return Err(error(StatusCode::BAD_REQUEST, "amount_or_currency_invalid", "amount > 0, ISO 4217 currency"));
@@ -332,13 +336,7 @@ async fn pay_in_flight(
                     "this key is not known",
                 ));
             }
-            Some(first) if first.request_hash != request_hash(body) => {
-                return Err(error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this key was used with another request",
-                ));
-            }
+            Some(first) if first.request_hash != request_hash(body) => return Err(key_reused()),
             Some(first) => first.clone(),
             None => {
                 let Some(payer) = ledger.payer_of(&request.agreement_id).map(str::to_string) else {

@@ -213,6 +213,39 @@ async fn stalling_relay(
     (relay, task)
 }
 
+/// A handshake a peer at `staller_ip` starts through a stalling relay at
+/// `relay_ip` (the address the server sees) and leaves unfinished; both
+/// tasks end when it is dropped.
+struct StalledHandshake {
+    relay: tokio::task::JoinHandle<()>,
+    connecting: tokio::task::JoinHandle<()>,
+}
+
+impl StalledHandshake {
+    async fn start(
+        h: &Harness,
+        relay_ip: &str,
+        staller_ip: &str,
+        credentials: Option<&farestream::gateway::tls::GatewayCredentials>,
+    ) -> StalledHandshake {
+        let (relay_addr, relay) = stalling_relay(relay_ip, h.server.local_addr(), 2, 1).await;
+        let staller = raw_endpoint_at(h, credentials, false, staller_ip);
+        let connecting = staller.connect(relay_addr, SERVER_NAME).expect("connect");
+        let connecting = tokio::spawn(async move {
+            let _ = connecting.await;
+            drop(staller);
+        });
+        StalledHandshake { relay, connecting }
+    }
+}
+
+impl Drop for StalledHandshake {
+    fn drop(&mut self) {
+        self.relay.abort();
+        self.connecting.abort();
+    }
+}
+
 /// Review: that a stalled handshake holds its address's slot only for
 /// `server.handshake_timeout_ms` was claimed and never shown. A peer
 /// starts a handshake (its Initial, the server's retry, its Initial again)
@@ -225,11 +258,8 @@ async fn a_stalled_handshake_holds_its_address_only_until_the_handshake_deadline
     let h = Harness::start_with(config).await;
     let timed_out = || crate::support::metric("farestream_connections_refused_total{reason=\"handshake_timeout\"}");
     let before = timed_out();
-    let (relay, relay_task) = stalling_relay("127.0.0.5", h.server.local_addr(), 2, 1).await;
     let credentials = h.credentials("depot-stall");
-    let staller = raw_endpoint_at(&h, Some(&credentials), false, "127.0.0.6");
-    let stalled = staller.connect(relay, SERVER_NAME).expect("connect");
-    let stalled = tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(30), stalled).await });
+    let _stalled = StalledHandshake::start(&h, "127.0.0.5", "127.0.0.6", Some(&credentials)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let credentials = h.credentials("depot-same-address");
@@ -248,8 +278,6 @@ async fn a_stalled_handshake_holds_its_address_only_until_the_handshake_deadline
     assert!(connection.is_ok(), "the slot is free after the deadline: {:?}", connection.err());
     let ack = h.client().push(&one_scan(&h, GATEWAY, "gate-1", 1)).await.expect("an enrolled gateway pushes");
     assert_eq!(ack.accepted, 1);
-    relay_task.abort();
-    stalled.abort();
     only_the_honest_scans_are_archived(&h, 1).await;
 }
 
@@ -263,22 +291,17 @@ async fn stalled_handshakes_take_no_slot_of_a_gateway_that_proved_who_it_is() {
     config.server.connections_max = 2;
     config.server.handshake_timeout_ms = 20_000;
     let h = Harness::start_with(config).await;
-    let mut stalls = Vec::new();
-    for (relay_ip, staller_ip) in [("127.0.0.5", "127.0.0.6"), ("127.0.0.7", "127.0.0.8")] {
-        let (relay, relay_task) = stalling_relay(relay_ip, h.server.local_addr(), 2, 1).await;
-        let staller = raw_endpoint_at(&h, None, false, staller_ip);
-        let connecting = staller.connect(relay, SERVER_NAME).expect("connect");
-        stalls.push((relay_task, tokio::spawn(async move { (connecting.await.is_ok(), staller) })));
-    }
+    let stalls = [
+        StalledHandshake::start(&h, "127.0.0.5", "127.0.0.6", None).await,
+        StalledHandshake::start(&h, "127.0.0.7", "127.0.0.8", None).await,
+    ];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let ack = h.client().push(&one_scan(&h, GATEWAY, "gate-1", 1)).await.expect("an enrolled gateway connects");
     assert_eq!(ack.accepted, 1);
     assert!(started.elapsed() < Duration::from_secs(5), "within its connect timeout: {:?}", started.elapsed());
-    for (relay_task, stall) in stalls {
-        assert!(!stall.is_finished(), "the stalled handshakes were still held");
-        relay_task.abort();
-        stall.abort();
+    for stall in &stalls {
+        assert!(!stall.connecting.is_finished(), "the stalled handshakes were still held");
     }
     only_the_honest_scans_are_archived(&h, 1).await;
 }

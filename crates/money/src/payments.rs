@@ -146,24 +146,6 @@ pub fn count_send(tx: &Transaction<'_>, key: &str) -> Result<u32, AccountError> 
     Ok(sends.unwrap_or(0))
 }
 
-/// Records a refusal of the attempt's only send: only while no other send
-/// of it has been counted (a resend after a lost answer, or a concurrent
-/// call's send, may have reached the gateway and been applied). True when
-/// it decided the attempt.
-pub fn decide_refused_if_only_send(
-    tx: &Transaction<'_>,
-    key: &str,
-    error: &str,
-    now: UnixMillis,
-) -> Result<bool, AccountError> {
-    let written = tx.execute(
-        "UPDATE account_payments SET outcome = 'refused', decided_at = ?2, last_error = ?3
-         WHERE payment_key = ?1 AND outcome = 'unknown' AND sends = 1",
-        params![key, now, error],
-    )?;
-    Ok(written == 1)
-}
-
 /// Notes why an undecided attempt is still undecided (a refusal of a
 /// resend): it stays `unknown`, to be sent again under its key.
 pub fn note_undecided(tx: &Transaction<'_>, key: &str, error: &str) -> Result<(), AccountError> {
@@ -175,7 +157,11 @@ pub fn note_undecided(tx: &Transaction<'_>, key: &str, error: &str) -> Result<()
 }
 
 /// Records a final answer. True only for the call that decided it: the
-/// caller applies the payment's effect then, and only then.
+/// caller applies the payment's effect then, and only then. A refusal
+/// decides only an attempt sent at most once: another send (a resend
+/// after a lost answer, or a concurrent call's) may have reached the
+/// gateway and been applied, and deciding would open a new key that
+/// takes the money twice.
 pub fn decide(
     tx: &Transaction<'_>,
     key: &str,
@@ -187,7 +173,7 @@ pub fn decide(
     assert!(outcome != PaymentOutcome::Unknown, "deciding {key} as unknown");
     let written = tx.execute(
         "UPDATE account_payments SET outcome = ?2, decided_at = ?3, gateway_txn_id = ?4, last_error = ?5
-         WHERE payment_key = ?1 AND outcome = 'unknown'",
+         WHERE payment_key = ?1 AND outcome = 'unknown' AND (?2 != 'refused' OR sends <= 1)",
         params![key, outcome.as_str(), now, gateway_txn_id, error],
     )?;
     Ok(written == 1)
@@ -277,12 +263,15 @@ mod tests {
         assert_eq!(count_send(&tx, &attempt.key).expect("a"), 1);
         assert_eq!(count_send(&tx, &attempt.key).expect("b"), 2, "a concurrent call's send");
         assert!(
-            !decide_refused_if_only_send(&tx, &attempt.key, "422", 3).expect("refused"),
+            !decide(&tx, &attempt.key, PaymentOutcome::Refused, None, Some("422"), 3).expect("refused"),
             "either send may have been applied"
         );
         let other = open_attempt(&tx, 7, PaymentKind::Deposit, Cents::new(2_000), "agr", 2).expect("deposit");
         assert_eq!(count_send(&tx, &other.key).expect("one send"), 1);
-        assert!(decide_refused_if_only_send(&tx, &other.key, "422", 3).expect("refused"), "its one send");
+        assert!(
+            decide(&tx, &other.key, PaymentOutcome::Refused, None, Some("422"), 3).expect("refused"),
+            "its one send"
+        );
         assert_eq!(count_send(&tx, &other.key).expect("decided"), 0, "a decided attempt is not sent");
     }
 }

@@ -344,19 +344,7 @@ impl AccountService {
     /// new key that takes the money twice. Then it stays undecided, is
     /// logged and counted for a person, and goes again under its key.
     async fn refused(&self, attempt: &PaymentAttempt, reason: String) -> Result<ServiceError, ServiceError> {
-        let (now, key, card_id) = (self.clock.now_ms(), attempt.key.clone(), attempt.card_id);
-        let event = format!("{}_payment_refused", attempt.kind.as_str());
-        let noted = reason.clone();
-        let decided = self
-            .write(move |tx| {
-                let decided = payments::decide_refused_if_only_send(tx, &key, &noted, now)?;
-                if decided {
-                    accounts::note(tx, card_id, &event, Cents::ZERO, &format!("payment {key}: {noted}"), now)?;
-                }
-                Ok(decided)
-            })
-            .await?;
-        if decided {
+        if self.not_made(attempt, PaymentOutcome::Refused, &reason).await? {
             return Ok(ServiceError::GatewayRefused(reason));
         }
         let reason = format!(
@@ -370,21 +358,23 @@ impl AccountService {
         Ok(ServiceError::GatewayRefused(reason))
     }
 
-    /// A final answer that moved no money, in the attempt and the history.
+    /// A final answer that moved no money, in the attempt and the history;
+    /// whether it decided the attempt ([`payments::decide`]).
     async fn not_made(
         &self,
         attempt: &PaymentAttempt,
         outcome: PaymentOutcome,
         reason: &str,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<bool, ServiceError> {
         let (now, key, card_id, reason) =
             (self.clock.now_ms(), attempt.key.clone(), attempt.card_id, reason.to_string());
         let event = format!("{}_payment_{}", attempt.kind.as_str(), outcome.as_str());
         self.write(move |tx| {
-            if payments::decide(tx, &key, outcome, None, Some(&reason), now)? {
+            let decided = payments::decide(tx, &key, outcome, None, Some(&reason), now)?;
+            if decided {
                 accounts::note(tx, card_id, &event, Cents::ZERO, &format!("payment {key}: {reason}"), now)?;
             }
-            Ok(())
+            Ok(decided)
         })
         .await
     }
