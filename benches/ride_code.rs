@@ -1,5 +1,6 @@
 //! Ride-code verification: one signature at a time against batch
-//! verification, per signature, and the validator's whole offline check.
+//! verification, per signature; opening a sealed (version 2) code; and the
+//! validator's whole offline check of either version.
 //!
 //!     cargo bench --bench ride_code
 
@@ -7,8 +8,12 @@ use std::collections::HashSet;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::ridecode::check::user_signature_check;
+use farestream::ridecode::sealed::open;
 use farestream::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
-use farestream::ridecode::{FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey, check_offline};
+use farestream::ridecode::{
+    FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, TerminalKey, TerminalKeys, UserKey, check_offline,
+    seal,
+};
 
 const CREATED_AT: u32 = 1_763_604_000;
 
@@ -56,9 +61,24 @@ fn signature_verification(c: &mut Criterion) {
     group.finish();
 }
 
+/// The day's terminal key, and the codes sealed under it.
+fn sealed(codes: &[RideCode]) -> (TerminalKeys, Vec<Vec<u8>>) {
+    let mut keys = TerminalKeys::new();
+    keys.insert(TerminalKey::from_secret(1, &[9; 32]));
+    let key = keys.get(1).expect("key 1");
+    let sealed = codes.iter().map(|code| seal(code, key).to_vec()).collect();
+    (keys, sealed)
+}
+
 fn offline_check(c: &mut Criterion) {
     let (keys, codes) = codes(64);
-    let policy = FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30, credential_validity_secs: 93_600 };
+    let (terminal, sealed) = sealed(&codes);
+    let policy = FreshnessPolicy {
+        code_validity_secs: 60,
+        clock_skew_secs: 30,
+        credential_validity_secs: 93_600,
+        unsealed_refused_from_secs: None,
+    };
     let deny = HashSet::new();
     let mut group = c.benchmark_group("validator");
     group.throughput(Throughput::Elements(1));
@@ -66,10 +86,25 @@ fn offline_check(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % codes.len();
-            assert!(check_offline(&codes[i].bytes, &keys, &deny, &policy, CREATED_AT + 10).is_ok());
+            assert!(check_offline(&codes[i].bytes, &keys, &terminal, &deny, &policy, CREATED_AT + 10).is_ok());
+        })
+    });
+    group.bench_function("check_offline_sealed", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % sealed.len();
+            assert!(check_offline(&sealed[i], &keys, &terminal, &deny, &policy, CREATED_AT + 10).is_ok());
         })
     });
     group.bench_function("decode", |b| b.iter(|| RideCode::decode(&codes[0].bytes)));
+    // What sealing adds to reading a code: issue 20's budget is 1 µs.
+    group.bench_function("open_sealed", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % sealed.len();
+            assert!(open(&sealed[i], &terminal).is_ok());
+        })
+    });
     group.finish();
 }
 

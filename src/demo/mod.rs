@@ -165,7 +165,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let target = Target { server: server.local_addr(), cert, data_dir: options.data_dir.clone() };
     let (validators, gateways) = (city.world.validators.len(), city.world.gateways.len());
     let day_started = Instant::now();
-    let fleet = city.run(config, &target, clock, uploads, progress.clone()).await;
+    let fleet = city.run(config, &target, clock, uploads, progress.clone()).await?;
     let day = day_started.elapsed();
     progress.finish_and_clear();
     let settling = progress_bar(0, options.show_progress, "{spinner} settling: {msg}");

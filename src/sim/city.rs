@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::{AnomalyRates, FleetReport, FleetSettings, PlannedScan, Timetable, World, WorldSpec, plan_day, run_fleet};
 use crate::clock_source::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::fleet::GatewayScope;
 use crate::fleet_ca::{FleetCa, FleetError};
 use crate::gateway::{GatewayClient, GatewaySettings};
@@ -137,19 +137,19 @@ impl City {
         clock: Arc<dyn Clock>,
         uploads: Uploads,
         progress: ProgressBar,
-    ) -> FleetReport {
+    ) -> Result<FleetReport, ConfigError> {
         let settings = FleetSettings {
             upload_tick: uploads.tick,
             redelivery_percent: self.redelivery_percent,
             batch_scans_max: uploads.batch_scans_max,
             frame_bytes_max: config.wire.frame_bytes_max,
-            freshness: config.freshness_policy(),
+            freshness: config.freshness_policy()?,
             seed: self.seed,
             backlog: uploads.backlog,
         };
         let gateway_settings = config.gateway_settings(target.server);
         let client =
             |gateway_id: &str| target.client(config, gateway_settings.clone(), gateway_id).map_err(|e| e.to_string());
-        run_fleet(Arc::new(self.world), Arc::new(self.plan), clock, settings, client, progress).await
+        Ok(run_fleet(Arc::new(self.world), Arc::new(self.plan), clock, settings, client, progress).await)
     }
 }

@@ -275,7 +275,14 @@ impl GatewayRun {
             for &i in &chunk {
                 let scan = &plan[i];
                 let code = scan.ride_code(&world);
-                let gate = check_offline(&code, &world.trusted_keys, &denied, &freshness, unix_secs_u32(scan.at_ms));
+                let gate = check_offline(
+                    &code,
+                    &world.trusted_keys,
+                    &world.terminal_keys,
+                    &denied,
+                    &freshness,
+                    unix_secs_u32(scan.at_ms),
+                );
                 opened += u64::from(gate.is_ok());
                 planned.push(expected(scan, gate.is_ok(), &pushed, &world));
                 let decision = if gate.is_ok() { GateDecision::Opened } else { GateDecision::Refused };

@@ -53,6 +53,8 @@ pub enum SimulateError {
     AccountsRig(&'static str),
     #[error("the simulated payment gateway's control token: {0}")]
     PaygwToken(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Where riders with accounts sign up: the server's account API, the
@@ -139,7 +141,7 @@ pub async fn simulate(
     progress.set_length(scans_planned as u64);
     let uploads =
         Uploads { tick: Duration::from_millis(250), batch_scans_max: load.batch_scans, backlog: load.backlog };
-    let fleet = city.run(config, &target, Arc::new(SystemClock), uploads, progress).await;
+    let fleet = city.run(config, &target, Arc::new(SystemClock), uploads, progress).await?;
     Ok(SimulateReport { scans_planned, load, fleet })
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, KeyError, UserKey};
+use crate::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, KeyError, TerminalKeys, UserKey};
 use crate::scan::TapKind;
 
 /// Key id of the rogue issuer whose credentials nobody trusts.
@@ -70,6 +70,8 @@ pub struct World {
     pub denied_cards: HashSet<u64>,
     pub issuer: IssuerSigningKey,
     pub trusted_keys: IssuerPublicKeys,
+    /// The terminal keys the validators open sealed codes with.
+    pub terminal_keys: TerminalKeys,
     pub credential_valid_from: u32,
     pub credential_valid_until: u32,
     rogue_issuer: IssuerSigningKey,
@@ -107,6 +109,7 @@ impl World {
             denied_cards,
             issuer,
             trusted_keys,
+            terminal_keys: TerminalKeys::new(),
             credential_valid_from: valid_from,
             credential_valid_until: valid_until,
             rogue_issuer,

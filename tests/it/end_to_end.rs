@@ -5,53 +5,73 @@ use std::collections::BTreeMap;
 
 use farestream::archive::read::count_by_status;
 use farestream::charges::ChargeOutcome;
+use farestream::config::Config;
 use farestream::fleet::GatewayScope;
-use farestream::ridecode::IssuerSigningKey;
+use farestream::ridecode::{IssuerSigningKey, RideCode, TerminalKey, TerminalKeys, seal};
 use farestream::scan::{ScanStatus, TapKind};
 
 use crate::support::{Harness, T0_MS, batch, record, secs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_status_lands_in_the_archive_with_the_right_count() {
-    let h = Harness::start().await;
+    // Version 1 is retired from the service day of the scans: every code
+    // is sealed but the one that shows what an unsealed code now gets.
+    let mut config = Config::defaults();
+    let service_date = config.service_day_policy().expect("policy").service_date(T0_MS).expect("date");
+    config.ride_code.version_1_refused_from_date = Some(service_date.format("%Y-%m-%d").to_string());
+    let h = Harness::start_with(config).await;
+    let terminal_key = |id: u16| TerminalKey::from_secret(id, &[id as u8; 32]);
+    let mut held = TerminalKeys::new();
+    held.extend([terminal_key(4), terminal_key(5)]);
+    h.server.pipeline().set_terminal_keys(held);
+    let sealed_under =
+        |id: u16, code: Vec<u8>| seal(&RideCode::decode(&code).expect("code"), &terminal_key(id)).to_vec();
+    let sealed = |code: Vec<u8>| sealed_under(5, code);
     h.server.pipeline().set_denied(66, true);
     // The batch arrives after the last scan in it (an exit 15 minutes in).
     h.clock.set(T0_MS + 3_600_000);
     let (alice, bob, denied) = (h.rider(1), h.rider(2), h.rider(66));
     let at = T0_MS;
-    let alice_code = alice.code_at(at, 1);
+    let alice_code = sealed(alice.code_at(at, 1));
     let mut forged = bob.code_at(at, 1);
     forged[150] ^= 0x10;
+    let forged = sealed(forged);
+    let mut altered = sealed(bob.code_at(at, 10));
+    altered[100] ^= 0x10;
     let rogue = IssuerSigningKey::from_seed(42, &[42; 32]).expect("rogue");
     let rogue_credential = rogue.issue(2, bob.key.public_key(), secs(at - 1000), secs(at + 86_400_000));
-    let unknown_issuer = bob.key.make_code(&rogue_credential, secs(at), 2).bytes.to_vec();
+    let unknown_issuer = sealed(bob.key.make_code(&rogue_credential, secs(at), 2).bytes.to_vec());
     let old_credential = h.issuer.issue(2, bob.key.public_key(), secs(at - 200_000_000), secs(at - 100_000_000));
-    let expired = bob.key.make_code(&old_credential, secs(at), 3).bytes.to_vec();
-    let stale = bob.key.make_code(&bob.credential, secs(at - 600_000), 4).bytes.to_vec();
+    let expired = sealed(bob.key.make_code(&old_credential, secs(at), 3).bytes.to_vec());
+    let stale = sealed(bob.key.make_code(&bob.credential, secs(at - 600_000), 4).bytes.to_vec());
     let lateness_ms = i64::from(h.config.ingest.accepted_lateness_secs) * 1000;
     let read_long_ago = T0_MS + 3_600_000 - lateness_ms - 60_000;
     // A credential valid when the late scan was read: the window is
     // checked before the arrival, so only the arrival fails.
     let then =
         h.issuer.issue(2, bob.key.public_key(), secs(read_long_ago - 3_600_000), secs(read_long_ago + 3_600_000));
-    let late = bob.key.make_code(&then, secs(read_long_ago - 5_000), 7).bytes.to_vec();
+    let late = sealed(bob.key.make_code(&then, secs(read_long_ago - 5_000), 7).bytes.to_vec());
     let scans = vec![
         record("gate-1", 1, at, TapKind::Entry, alice_code.clone()),
-        record("gate-1", 2, at, TapKind::Entry, bob.code_at(at, 5)),
-        record("gate-1", 3, at + 900_000, TapKind::Exit, bob.code_at(at + 900_000, 6)),
+        record("gate-1", 2, at, TapKind::Entry, sealed(bob.code_at(at, 5))),
+        record("gate-1", 3, at + 900_000, TapKind::Exit, sealed(bob.code_at(at + 900_000, 6))),
         record("gate-2", 1, at + 10_000, TapKind::Entry, alice_code),
         record("gate-2", 2, at, TapKind::Entry, forged),
         record("gate-2", 3, at, TapKind::Entry, expired),
         record("gate-2", 4, at, TapKind::Entry, stale),
-        record("gate-2", 5, at, TapKind::Entry, denied.code_at(at, 1)),
+        record("gate-2", 5, at, TapKind::Entry, sealed(denied.code_at(at, 1))),
         record("gate-2", 6, at, TapKind::Entry, unknown_issuer),
         record("gate-2", 7, at, TapKind::Entry, vec![1, 2, 3]),
         record("gate-3", 1, read_long_ago, TapKind::Entry, late),
-        record("elsewhere-1", 1, at, TapKind::Entry, bob.code_at(at, 8)),
+        record("elsewhere-1", 1, at, TapKind::Entry, sealed(bob.code_at(at, 8))),
+        record("gate-2", 8, at, TapKind::Entry, altered),
+        record("gate-2", 9, at, TapKind::Entry, sealed_under(6, bob.code_at(at, 11))),
+        record("gate-2", 10, at, TapKind::Entry, sealed_under(3, bob.code_at(at, 12))),
+        record("gate-2", 11, at, TapKind::Entry, bob.code_at(at, 13)),
     ];
     let scope = GatewayScope::new("station-01", vec!["gate-".into()]).expect("scope");
     let ack = h.client_for(&scope).push(&batch("station-01", 1, scans)).await.expect("ack");
-    assert_eq!((ack.accepted, ack.rejected, ack.redelivered), (3, 9, 0));
+    assert_eq!((ack.accepted, ack.rejected, ack.redelivered), (3, 13, 0));
     let acked: BTreeMap<ScanStatus, usize> = ack.rejections.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.scan_status().expect("known status")).or_default() += 1;
         m

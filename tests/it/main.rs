@@ -17,6 +17,7 @@ mod money;
 mod operator;
 mod outside_readers;
 mod paygw;
+mod sealed_vectors;
 mod settlement;
 mod support;
 mod vectors;

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use farestream::ridecode::format::{CODE_SIGNED_LEN, CREDENTIAL_DOMAIN, CREDENTIAL_SIGNED_LEN, RIDE_CODE_DOMAIN};
 use farestream::ridecode::{
-    Credential, FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, UserKey, check_offline,
+    Credential, FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, RideCode, TerminalKeys, UserKey, check_offline,
 };
 use farestream::scan::ScanStatus;
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,12 @@ const VALID_FROM: u32 = 1_763_582_400;
 const VALID_UNTIL: u32 = VALID_FROM + 93_600;
 /// 2025-11-20 10:00 in Shanghai.
 const CREATED_AT: u32 = 1_763_604_000;
-const POLICY: FreshnessPolicy =
-    FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30, credential_validity_secs: 93_600 };
+const POLICY: FreshnessPolicy = FreshnessPolicy {
+    code_validity_secs: 60,
+    clock_skew_secs: 30,
+    credential_validity_secs: 93_600,
+    unsealed_refused_from_secs: None,
+};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct VectorFile {
@@ -236,7 +240,7 @@ fn every_vector_gets_its_expected_status() {
     for v in &file.vectors {
         let code = hex::decode(&v.code_hex).expect("code hex");
         let denied: HashSet<u64> = v.denied_cards.iter().copied().collect();
-        let status = match check_offline(&code, &keys, &denied, &POLICY, v.validator_time) {
+        let status = match check_offline(&code, &keys, &TerminalKeys::new(), &denied, &POLICY, v.validator_time) {
             Ok(_) => ScanStatus::Accepted,
             Err(rejection) => rejection.status(),
         };
@@ -275,7 +279,8 @@ fn every_single_bit_change_to_a_valid_code_is_rejected() {
     for bit in 0..code.len() * 8 {
         let mut flipped = code.clone();
         flipped[bit / 8] ^= 1 << (bit % 8);
-        let verdict = check_offline(&flipped, &keys, &HashSet::new(), &POLICY, valid.validator_time);
+        let verdict =
+            check_offline(&flipped, &keys, &TerminalKeys::new(), &HashSet::new(), &POLICY, valid.validator_time);
         assert!(verdict.is_err(), "bit {bit} flipped was accepted at the gate");
         flipped_codes.push(flipped);
     }

@@ -61,11 +61,20 @@ pub enum ScanStatus {
     /// The scan names a validator its gateway's certificate does not speak
     /// for: not a ride, whatever its code says.
     ForeignValidator,
+    /// A sealed code that does not open under the terminal key it names:
+    /// altered, or sealed under another key.
+    Undecryptable,
+    /// A sealed code names a terminal key the server does not hold.
+    UnknownTerminalKey,
+    /// A sealed code names the terminal key of a day long past.
+    ExpiredTerminalKey,
+    /// A version-1 (unsealed) code read after `ride_code.version_1_refused_from_date`.
+    FormatRetired,
 }
 
 impl ScanStatus {
     /// Every status, in declaration order.
-    pub const ALL: [ScanStatus; 10] = [
+    pub const ALL: [ScanStatus; 14] = [
         ScanStatus::Accepted,
         ScanStatus::Replay,
         ScanStatus::BadSignature,
@@ -76,6 +85,10 @@ impl ScanStatus {
         ScanStatus::Malformed,
         ScanStatus::LateUpload,
         ScanStatus::ForeignValidator,
+        ScanStatus::Undecryptable,
+        ScanStatus::UnknownTerminalKey,
+        ScanStatus::ExpiredTerminalKey,
+        ScanStatus::FormatRetired,
     ];
 
     /// The archive's `status` value, e.g. `bad_signature`.
@@ -91,6 +104,10 @@ impl ScanStatus {
             ScanStatus::Malformed => "malformed",
             ScanStatus::LateUpload => "late_upload",
             ScanStatus::ForeignValidator => "foreign_validator",
+            ScanStatus::Undecryptable => "undecryptable",
+            ScanStatus::UnknownTerminalKey => "unknown_terminal_key",
+            ScanStatus::ExpiredTerminalKey => "expired_terminal_key",
+            ScanStatus::FormatRetired => "format_retired",
         }
     }
 

@@ -277,8 +277,10 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f
 .kpi{display:inline-block;margin:.5em 1.5em .5em 0}.kpi b{display:block;font-size:1.5em}";
 
 /// A colour per status, in `ScanStatus::ALL` order.
-const STATUS_COLOURS: [&str; ScanStatus::ALL.len()] =
-    ["#4c9a2a", "#e0a100", "#c0392b", "#8e44ad", "#7f8c8d", "#d35400", "#2c3e50", "#16a085", "#2980b9", "#6d214f"];
+const STATUS_COLOURS: [&str; ScanStatus::ALL.len()] = [
+    "#4c9a2a", "#e0a100", "#c0392b", "#8e44ad", "#7f8c8d", "#d35400", "#2c3e50", "#16a085", "#2980b9", "#6d214f",
+    "#b71540", "#0a3d62", "#60a3bc", "#78e08f",
+];
 
 fn html(
     settings: &SettleSettings,

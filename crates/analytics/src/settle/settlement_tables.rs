@@ -57,7 +57,15 @@ pub const ARREARS_OUTSTANDING: usize = 10;
 
 /// Figures added after the first settlement files were written: older
 /// runs' files lack them, and read them as null (0).
-const ADDED_LATER: [&str; 2] = ["netted_cents", "no_account_cents"];
+const ADDED_LATER: [&str; 6] = [
+    "netted_cents",
+    "no_account_cents",
+    // The statuses of sealed ride codes (issue 20).
+    "scans_undecryptable",
+    "scans_unknown_terminal_key",
+    "scans_expired_terminal_key",
+    "scans_format_retired",
+];
 
 /// The rider figures' columns, in `RiderFigures` order.
 pub const RIDER_FIGURES: [&str; 14] = [
@@ -123,7 +131,7 @@ pub fn status_columns() -> Vec<String> {
 }
 
 fn int(name: &str) -> Field {
-    Field::new(name, DataType::Int64, false)
+    Field::new(name, DataType::Int64, ADDED_LATER.contains(&name))
 }
 
 fn figure(name: &str) -> Field {

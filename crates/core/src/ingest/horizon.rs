@@ -158,6 +158,7 @@ mod tests {
             code_validity_secs: u32::MAX,
             clock_skew_secs: u32::MAX,
             credential_validity_secs: u32::MAX,
+            unsealed_refused_from_secs: Some(u32::MAX),
         };
         let h = Horizons::new(policy, u32::MAX);
         assert!(h.restore_window_ms() > 0);

@@ -2,8 +2,9 @@
 //! arrived go in; archive rows and the gateway's ack come out. No I/O and
 //! no clock. Three steps:
 //!
-//! 1. prepare (parallel): fingerprint each record, check its fields, decode
-//!    its ride code, find the issuer key, look up the credential cache;
+//! 1. prepare (parallel): fingerprint each record, check its fields, open
+//!    (version 2) or decode (version 1) its ride code, find the issuer key,
+//!    look up the credential cache;
 //! 2. verify (parallel): every signature still to check, in chunks of
 //!    `verify_chunk_signatures`, each chunk one batch equation;
 //! 3. commit (in record order): drop re-deliveries, check lateness, windows,
@@ -27,7 +28,9 @@ use crate::ridecode::check::{
     check_claims, check_credential_signature, issuer_key_for, issuer_signature_check, user_signature_check,
 };
 use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
-use crate::ridecode::{FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault};
+use crate::ridecode::{
+    FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault, TerminalKeys, read_code,
+};
 use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
 use crate::wire::{AckStatus, BatchAck, RejectedScan, ScanBatch, ScanRecord, WireScanStatus};
@@ -97,6 +100,8 @@ pub struct Pipeline {
     /// Swapped whole by [`Pipeline::set_issuer_keys`] when the key
     /// schedule moves; each slice of a batch checks against one set.
     issuer_keys: RwLock<Arc<IssuerPublicKeys>>,
+    /// Swapped whole by [`Pipeline::set_terminal_keys`]: what sealed codes open with.
+    terminal_keys: RwLock<Arc<TerminalKeys>>,
     deny_list: RwLock<HashSet<u64>>,
     dedup: DedupIndex,
     entropy: BatchEntropy,
@@ -192,7 +197,20 @@ impl Pipeline {
         let deny_list = RwLock::new(HashSet::new());
         let entropy = BatchEntropy::new(entropy);
         let issuer_keys = RwLock::new(Arc::new(issuer_keys));
-        Pipeline { config, horizons, issuer_keys, deny_list, dedup: DedupIndex::new(), entropy }
+        let terminal_keys = RwLock::new(Arc::new(TerminalKeys::new()));
+        Pipeline { config, horizons, issuer_keys, terminal_keys, deny_list, dedup: DedupIndex::new(), entropy }
+    }
+
+    /// Opens sealed codes with exactly `keys` from now on (a new day's key,
+    /// an emergency rotation, a day that ran out). Until the first call no
+    /// sealed code opens.
+    pub fn set_terminal_keys(&self, keys: TerminalKeys) {
+        *crate::sync::write(&self.terminal_keys) = Arc::new(keys);
+    }
+
+    /// The terminal keys held now.
+    pub fn terminal_keys(&self) -> Arc<TerminalKeys> {
+        Arc::clone(&crate::sync::read(&self.terminal_keys))
     }
 
     /// Trusts exactly `keys` from now on (a rotation, a key that ran out
@@ -258,8 +276,9 @@ impl Pipeline {
         chunk_signatures: usize,
         scope: &GatewayScope,
     ) -> VerifiedBatch {
-        let keys = self.issuer_keys();
-        let prepared: Vec<Prepared> = records.par_iter().map(|record| self.prepare(record, &keys, scope)).collect();
+        let keys = (self.issuer_keys(), self.terminal_keys());
+        let prepared: Vec<Prepared> =
+            records.par_iter().map(|record| self.prepare(record, (&keys.0, &keys.1), scope)).collect();
         let (signatures, checked, failed) = self.verify_signatures(&prepared, chunk_signatures.max(1));
         VerifiedBatch { prepared, signatures, signatures_checked: checked, signatures_failed: failed }
     }
@@ -303,9 +322,15 @@ impl Pipeline {
         Ok(())
     }
 
-    fn prepare(&self, record: &ScanRecord, keys: &IssuerPublicKeys, scope: &GatewayScope) -> Prepared {
+    fn prepare(
+        &self,
+        record: &ScanRecord,
+        (keys, terminal_keys): (&IssuerPublicKeys, &TerminalKeys),
+        scope: &GatewayScope,
+    ) -> Prepared {
         let tap_kind = record.wire_tap_kind();
-        let code = RideCode::decode(&record.ride_code);
+        let read_at = unix_secs_u32(record.validator_time_ms);
+        let code = read_code(&record.ride_code, terminal_keys, &self.config.freshness, read_at);
         let in_scope = check_scope(record, scope);
         // A scan from a gateway that does not speak for its validator is
         // not that scan's delivery: under the scan's own id it would make
@@ -321,7 +346,7 @@ impl Pipeline {
             (_, _, None) => {
                 Err(Verdict::malformed(format!("tap_kind {} is not entry, exit or single", record.tap_kind)))
             }
-            (_, Err(error), _) => Err(Rejection::Malformed(*error).into()),
+            (_, Err(rejection), _) => Err((*rejection).into()),
             (Ok(()), Ok(code), Some(_)) => {
                 issuer_key_for(code, keys).map_err(Verdict::from).map(|issuer_key| SignatureWork {
                     issuer_key: *issuer_key,
@@ -647,6 +672,7 @@ mod tests {
                 code_validity_secs: 60,
                 clock_skew_secs: 30,
                 credential_validity_secs: 93_600,
+                unsealed_refused_from_secs: None,
             },
             accepted_lateness_secs: 259_200,
             verify_chunk_signatures: 64,
@@ -699,6 +725,69 @@ mod tests {
         let second = f.pipeline.process(&batch(vec![scan(2, AT_MS, code(&f, 7, 3)), scan(3, AT_MS, tampered)]), AT_MS);
         assert_eq!(statuses(&second.expect("batch")), vec![ScanStatus::Accepted, ScanStatus::BadSignature]);
         assert_eq!(f.pipeline.dedup_sizes().credentials, 1, "only verified credentials are cached");
+    }
+
+    /// Issue 20: sealed codes open and ride; each hostile one gets its own
+    /// status and reason, and none costs a signature check.
+    #[test]
+    fn sealed_codes_ride_and_hostile_ones_are_refused_by_name_before_any_signature_check() {
+        use crate::ridecode::{TerminalKey, TerminalKeys, seal};
+        let f = fixture();
+        let mut held = TerminalKeys::new();
+        for id in [10u16, 11] {
+            held.insert(TerminalKey::from_secret(id, &[id as u8; 32]));
+        }
+        f.pipeline.set_terminal_keys(held.clone());
+        let sealed = |card, counter, key: &TerminalKey| {
+            let decoded = RideCode::decode(&code(&f, card, counter)).expect("code");
+            seal(&decoded, key).to_vec()
+        };
+        let today = held.get(11).expect("key 11");
+        let genuine = f.pipeline.process(&batch(vec![scan(1, AT_MS, sealed(20, 1, today))]), AT_MS).expect("batch");
+        assert_eq!(statuses(&genuine), vec![ScanStatus::Accepted]);
+        assert_eq!(genuine.rows[0].card_id, Some(20), "the archive row reads what the seal hid");
+        let flipped = |at: usize| {
+            let mut bytes = sealed(21, 1, today);
+            bytes[at] ^= 0x10;
+            bytes
+        };
+        let hostile = vec![
+            (flipped(2), ScanStatus::UnknownTerminalKey, "terminal key 27"),
+            (flipped(5), ScanStatus::Undecryptable, "does not open under terminal key 11"),
+            (flipped(100), ScanStatus::Undecryptable, "altered"),
+            (flipped(206), ScanStatus::Undecryptable, "altered"),
+            (sealed(21, 2, &TerminalKey::from_secret(12, &[12; 32])), ScanStatus::UnknownTerminalKey, "not held"),
+            (sealed(21, 3, &TerminalKey::from_secret(3, &[3; 32])), ScanStatus::ExpiredTerminalKey, "long past"),
+            (sealed(21, 4, today)[..150].to_vec(), ScanStatus::Malformed, "150 bytes"),
+        ];
+        let (records, expected): (Vec<_>, Vec<_>) = hostile
+            .iter()
+            .enumerate()
+            .map(|(i, (code, status, _))| (scan(10 + i as u64, AT_MS, code.clone()), *status))
+            .unzip();
+        let verified = f.pipeline.verify(&batch(records.clone())).expect("shape");
+        assert_eq!(verified.signature_counts(), (0, 0), "no hostile code reached a signature check");
+        let outcome = f.pipeline.commit(&batch(records), verified, AT_MS);
+        assert_eq!(statuses(&outcome), expected);
+        for (row, (_, _, reason)) in outcome.rows.iter().zip(&hostile) {
+            assert!(row.reason.as_deref().is_some_and(|r| r.contains(reason)), "{:?} lacks {reason:?}", row.reason);
+            assert_eq!(row.card_id, None, "nothing is read from a code that did not open");
+        }
+        let cut_off = FreshnessPolicy {
+            unsealed_refused_from_secs: Some(unix_secs_u32(AT_MS)),
+            ..config_in(chrono_tz::Asia::Shanghai).freshness
+        };
+        let strict = Pipeline::new(
+            PipelineConfig { freshness: cut_off, ..config_in(chrono_tz::Asia::Shanghai) },
+            f.pipeline.issuer_keys().as_ref().clone(),
+            [3; 32],
+        );
+        strict.set_terminal_keys(held.clone());
+        let both = batch(vec![scan(30, AT_MS, code(&f, 22, 1)), scan(31, AT_MS, sealed(22, 2, today))]);
+        let verified = strict.verify(&both).expect("shape");
+        assert_eq!(verified.signature_counts().0, 2, "only the sealed code's two signatures are checked");
+        let outcome = strict.commit(&both, verified, AT_MS);
+        assert_eq!(statuses(&outcome), vec![ScanStatus::FormatRetired, ScanStatus::Accepted]);
     }
 
     #[test]

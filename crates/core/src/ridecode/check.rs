@@ -8,10 +8,14 @@ use thiserror::Error;
 
 use super::format::{DecodeError, RideCode};
 use super::keys::IssuerPublicKeys;
+use super::sealed::{SEALED_FORMAT_VERSION, open};
+use super::terminal::TerminalKeys;
 use super::verify::{SignatureCheck, is_weak_public_key, verify_single};
 use crate::scan::ScanStatus;
 
-/// How fresh a code must be, against the clock of whoever checks it.
+/// The ride-code rules that depend on time, against the clock of whoever
+/// checks the code: how fresh it must be, and from when a code that is not
+/// sealed (version 1) is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreshnessPolicy {
     /// How long a code is good after the phone made it. Phones refresh the
@@ -22,6 +26,10 @@ pub struct FreshnessPolicy {
     /// The longest window an issued credential may have: a longer one
     /// (a credential "valid for 136 years") is refused wherever it is shown.
     pub credential_validity_secs: u32,
+    /// From this moment (Unix seconds, by the reader's clock) a version-1
+    /// code, which anyone can read, is refused (`format_retired`); `None`
+    /// while both versions are read.
+    pub unsealed_refused_from_secs: Option<u32>,
 }
 
 /// Cards that must not ride. The server's list changes as arrears come and go.
@@ -59,9 +67,36 @@ pub enum SignatureFault {
 /// Why a ride code is refused. Each maps to one archive status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum Rejection {
-    /// The bytes are not a version-1 ride code.
+    /// The bytes are not a ride code of a version this build reads.
     #[error("malformed ride code: {0}")]
     Malformed(#[from] DecodeError),
+    /// A sealed code that does not open under the terminal key it names:
+    /// altered (a bit in its nonce, content or tag), or sealed under another key.
+    #[error("sealed ride code does not open under terminal key {key_id}: altered, or sealed under another key")]
+    Undecryptable {
+        /// The terminal key id its header names.
+        key_id: u16,
+    },
+    /// A sealed code names a terminal key that is not held, and not one of a day long past.
+    #[error("terminal key {key_id} is not held here: never issued, or not received yet")]
+    UnknownTerminalKey {
+        /// The terminal key id its header names.
+        key_id: u16,
+    },
+    /// A sealed code names a terminal key older than every key held: a day long past.
+    #[error("terminal key {key_id} is of a day long past: no longer trusted")]
+    ExpiredTerminalKey {
+        /// The terminal key id its header names.
+        key_id: u16,
+    },
+    /// A version-1 code, which anyone can read, read after version 1 was retired.
+    #[error("version 1 ride codes are refused from {refused_from} (Unix seconds); this one was read at {at}")]
+    FormatRetired {
+        /// `unsealed_refused_from_secs`.
+        refused_from: u32,
+        /// When it was read, Unix seconds.
+        at: u32,
+    },
     /// The credential names an issuer key that is not trusted here (retired, or never issued).
     #[error("issuer key {key_id} is not trusted")]
     UnknownIssuerKey {
@@ -127,6 +162,10 @@ impl Rejection {
     pub fn status(&self) -> ScanStatus {
         match self {
             Rejection::Malformed(_) => ScanStatus::Malformed,
+            Rejection::Undecryptable { .. } => ScanStatus::Undecryptable,
+            Rejection::UnknownTerminalKey { .. } => ScanStatus::UnknownTerminalKey,
+            Rejection::ExpiredTerminalKey { .. } => ScanStatus::ExpiredTerminalKey,
+            Rejection::FormatRetired { .. } => ScanStatus::FormatRetired,
             Rejection::UnknownIssuerKey { .. } => ScanStatus::UnknownIssuerKey,
             Rejection::BadSignature(_) => ScanStatus::BadSignature,
             Rejection::ExpiredCredential { .. } | Rejection::CredentialTooLong { .. } => ScanStatus::ExpiredCredential,
@@ -137,16 +176,17 @@ impl Rejection {
     }
 }
 
-/// The validator's offline check: decode, both signatures, the credential
-/// window, freshness against the validator clock, the deny list.
+/// The validator's offline check: open or decode, both signatures, the
+/// credential window, freshness against the validator clock, the deny list.
 pub fn check_offline(
     input: &[u8],
     issuer_keys: &IssuerPublicKeys,
+    terminal_keys: &TerminalKeys,
     deny_list: &impl DenyList,
     policy: &FreshnessPolicy,
     validator_now: u32,
 ) -> Result<RideCode, Rejection> {
-    let code = RideCode::decode(input)?;
+    let code = read_code(input, terminal_keys, policy, validator_now)?;
     let issuer_key = issuer_key_for(&code, issuer_keys)?;
     check_credential_signature(&code, issuer_key, verify_single)?;
     if !verify_single(&user_signature_check(&code)) {
@@ -154,6 +194,26 @@ pub fn check_offline(
     }
     check_claims(&code, deny_list, policy, validator_now)?;
     Ok(code)
+}
+
+/// Reads a code of either version read at `at` (Unix seconds): a sealed one
+/// is opened with the terminal key it names; a version-1 one is decoded, and
+/// refused once `unsealed_refused_from_secs` has come. Shape and seal only:
+/// no signature is checked here, so a code refused here costs none.
+pub fn read_code(
+    input: &[u8],
+    terminal_keys: &TerminalKeys,
+    policy: &FreshnessPolicy,
+    at: u32,
+) -> Result<RideCode, Rejection> {
+    if input.first() == Some(&SEALED_FORMAT_VERSION) {
+        return open(input, terminal_keys);
+    }
+    let code = RideCode::decode(input)?;
+    match policy.unsealed_refused_from_secs {
+        Some(refused_from) if at >= refused_from => Err(Rejection::FormatRetired { refused_from, at }),
+        _ => Ok(code),
+    }
 }
 
 /// Finds the issuer key the credential names.
@@ -241,8 +301,12 @@ mod tests {
     use super::*;
     use crate::ridecode::keys::{IssuerSigningKey, UserKey};
 
-    const POLICY: FreshnessPolicy =
-        FreshnessPolicy { code_validity_secs: 60, clock_skew_secs: 30, credential_validity_secs: 93_600 };
+    const POLICY: FreshnessPolicy = FreshnessPolicy {
+        code_validity_secs: 60,
+        clock_skew_secs: 30,
+        credential_validity_secs: 93_600,
+        unsealed_refused_from_secs: None,
+    };
     const T0: u32 = 1_800_000_000;
 
     struct Fixture {
@@ -260,7 +324,7 @@ mod tests {
     }
 
     fn check_at(f: &Fixture, bytes: &[u8], deny: &HashSet<u64>, at: u32) -> Result<RideCode, Rejection> {
-        check_offline(bytes, &f.keys, deny, &POLICY, at)
+        check_offline(bytes, &f.keys, &TerminalKeys::new(), deny, &POLICY, at)
     }
 
     #[test]
@@ -280,7 +344,7 @@ mod tests {
             k
         };
         assert_eq!(
-            check_offline(&f.code.bytes, &unknown, &none, &POLICY, T0 + 120),
+            check_offline(&f.code.bytes, &unknown, &TerminalKeys::new(), &none, &POLICY, T0 + 120),
             Err(Rejection::UnknownIssuerKey { key_id: 3 })
         );
         let mut forged = f.code.bytes;
@@ -306,7 +370,7 @@ mod tests {
         for (valid_until, refused) in [(T0 + 93_600, false), (T0 + 93_601, true), (u32::MAX, true)] {
             let credential = issuer.issue(77, user.public_key(), T0, valid_until);
             let code = user.make_code(&credential, T0 + 100, 1);
-            let verdict = check_offline(&code.bytes, &keys, &none, &POLICY, T0 + 120);
+            let verdict = check_offline(&code.bytes, &keys, &TerminalKeys::new(), &none, &POLICY, T0 + 120);
             assert_eq!(
                 matches!(verdict, Err(Rejection::CredentialTooLong { .. })),
                 refused,
@@ -316,6 +380,27 @@ mod tests {
                 assert_eq!(verdict.expect_err("refused").status(), ScanStatus::ExpiredCredential);
             }
         }
+    }
+
+    /// Both versions are read until the cut-off; from it a version-1 code is
+    /// refused by its own status, and a sealed one still rides.
+    #[test]
+    fn a_version_1_code_is_refused_from_the_cut_off_and_a_sealed_one_still_rides() {
+        let f = fixture();
+        let mut terminal = TerminalKeys::new();
+        terminal.insert(crate::ridecode::TerminalKey::from_secret(9, &[9; 32]));
+        let sealed = crate::ridecode::seal(&f.code, terminal.get(9).expect("key 9"));
+        let cut_off = FreshnessPolicy { unsealed_refused_from_secs: Some(T0 + 120), ..POLICY };
+        let none = HashSet::new();
+        let check =
+            |bytes: &[u8], policy: &FreshnessPolicy, at| check_offline(bytes, &f.keys, &terminal, &none, policy, at);
+        assert_eq!(check(&f.code.bytes, &POLICY, T0 + 120), Ok(f.code), "no cut-off configured");
+        assert_eq!(check(&f.code.bytes, &cut_off, T0 + 119), Ok(f.code), "a second before it");
+        let refused = check(&f.code.bytes, &cut_off, T0 + 120);
+        assert_eq!(refused, Err(Rejection::FormatRetired { refused_from: T0 + 120, at: T0 + 120 }));
+        assert_eq!(refused.expect_err("refused").status(), ScanStatus::FormatRetired);
+        assert_eq!(check(&sealed, &cut_off, T0 + 120), Ok(f.code), "the same code sealed");
+        assert!(matches!(check(&f.code.bytes[..5], &cut_off, T0 + 120), Err(Rejection::Malformed(_))), "shape first");
     }
 
     #[test]

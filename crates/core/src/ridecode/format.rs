@@ -95,9 +95,15 @@ pub enum DecodeError {
         /// The length that arrived, in bytes.
         actual: usize,
     },
-    /// The first byte names a format version other than 1.
-    #[error("ride code format version {0:#04x} is not supported")]
+    /// The first byte names a format version this build does not read.
+    #[error("ride code format version {0:#04x} is not supported (1 and 2 are)")]
     UnsupportedVersion(u8),
+    /// A sealed (version 2) code is not exactly [`SEALED_CODE_LEN`](super::sealed::SEALED_CODE_LEN) bytes.
+    #[error("sealed ride code is {actual} bytes, version 2 codes are exactly {}", super::sealed::SEALED_CODE_LEN)]
+    SealedWrongLength {
+        /// The length that arrived, in bytes.
+        actual: usize,
+    },
 }
 
 impl CredentialClaims {
@@ -257,7 +263,7 @@ mod tests {
         assert_eq!(RideCode::decode(&code.bytes[..188]), Err(DecodeError::WrongLength { actual: 188 }));
         let mut bumped = code.bytes;
         bumped[0] = 2;
-        assert_eq!(RideCode::decode(&bumped), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(RideCode::decode(&bumped), Err(DecodeError::UnsupportedVersion(2)), "sealed codes are opened first");
         assert_eq!(RideCode::decode(&[]), Err(DecodeError::WrongLength { actual: 0 }));
     }
 

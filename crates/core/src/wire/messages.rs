@@ -52,6 +52,10 @@ impl From<ScanStatus> for WireScanStatus {
             ScanStatus::Malformed => WireScanStatus::Malformed,
             ScanStatus::LateUpload => WireScanStatus::LateUpload,
             ScanStatus::ForeignValidator => WireScanStatus::ForeignValidator,
+            ScanStatus::Undecryptable => WireScanStatus::Undecryptable,
+            ScanStatus::UnknownTerminalKey => WireScanStatus::UnknownTerminalKey,
+            ScanStatus::ExpiredTerminalKey => WireScanStatus::ExpiredTerminalKey,
+            ScanStatus::FormatRetired => WireScanStatus::FormatRetired,
         }
     }
 }

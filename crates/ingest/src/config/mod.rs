@@ -106,6 +106,10 @@ pub struct RideCodeConfig {
     pub code_validity_secs: u32,
     pub clock_skew_secs: u32,
     pub credential_validity_secs: u32,
+    /// The service date (`YYYY-MM-DD`) from whose start version-1 codes,
+    /// which anyone can read, are refused; absent while both are read.
+    #[serde(default)]
+    pub version_1_refused_from_date: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +252,7 @@ impl Config {
     /// The rules between keys; each key's own range was checked before.
     fn validate(&self) -> Result<(), ConfigError> {
         self.service_day_policy()?;
+        self.freshness_policy()?;
         let at_least = |key: &str, value: u64, other: &str, floor: u64, why: &str| {
             if value >= floor {
                 return Ok(());
@@ -358,7 +363,7 @@ impl Config {
     /// The pipeline's tunables.
     pub fn pipeline_config(&self) -> Result<PipelineConfig, ConfigError> {
         Ok(PipelineConfig {
-            freshness: self.freshness_policy(),
+            freshness: self.freshness_policy()?,
             accepted_lateness_secs: self.ingest.accepted_lateness_secs,
             verify_chunk_signatures: self.ingest.verify_chunk_signatures,
             batch_scans_max: self.wire.batch_scans_max,
@@ -376,12 +381,27 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
-    pub fn freshness_policy(&self) -> FreshnessPolicy {
-        FreshnessPolicy {
+    pub fn freshness_policy(&self) -> Result<FreshnessPolicy, ConfigError> {
+        Ok(FreshnessPolicy {
             code_validity_secs: self.ride_code.code_validity_secs,
             clock_skew_secs: self.ride_code.clock_skew_secs,
             credential_validity_secs: self.ride_code.credential_validity_secs,
-        }
+            unsealed_refused_from_secs: self.unsealed_refused_from_secs()?,
+        })
+    }
+
+    /// `ride_code.version_1_refused_from_date` as the Unix second its
+    /// service day starts.
+    fn unsealed_refused_from_secs(&self) -> Result<Option<u32>, ConfigError> {
+        let Some(text) = &self.ride_code.version_1_refused_from_date else { return Ok(None) };
+        let invalid =
+            |why: &str| ConfigError::Invalid(format!("ride_code.version_1_refused_from_date = {text:?} {why}"));
+        let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| invalid("is not a date written YYYY-MM-DD"))?;
+        let start_ms = self.service_day_policy()?.day_start(date).ok_or_else(|| invalid("is out of range"))?;
+        let start = u32::try_from(start_ms.div_euclid(1000))
+            .map_err(|_| invalid("is outside the times a ride code holds (1970 to 2106)"))?;
+        Ok(Some(start))
     }
 
     pub fn service_day_policy(&self) -> Result<ServiceDayPolicy, ConfigError> {

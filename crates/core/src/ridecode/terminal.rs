@@ -1,0 +1,155 @@
+//! Terminal keys: the symmetric key of a service day that seals ride codes
+//! for the gate (format version 2, [`super::sealed`]). The key store makes
+//! one per service day; the account API hands the day's key to each rider's
+//! app with its credential, and the server pushes the keys of the days
+//! around now to every gateway for its validators.
+//!
+//! Each key's 32-byte secret is never used directly: HKDF-SHA256 (RFC 5869)
+//! derives two keys from it, one that seals the code (ChaCha20-Poly1305)
+//! and one that masks the nonce, so no key ever serves two purposes. Both
+//! are derived once, when a key is loaded, not per code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ring::{aead, hkdf};
+
+/// Length of a terminal key's secret, in bytes.
+pub const TERMINAL_KEY_SECRET_LEN: usize = 32;
+
+/// The HKDF salt every terminal key's subkeys are derived with.
+pub const TERMINAL_KEY_SALT: &[u8] = b"farestream/terminal-key/v2";
+/// HKDF `info` of the subkey that seals codes.
+pub const SEAL_KEY_INFO: &[u8] = b"seal";
+/// HKDF `info` of the subkey that masks the nonce.
+pub const MASK_KEY_INFO: &[u8] = b"mask";
+
+/// One terminal key, ready to seal and open codes.
+pub struct TerminalKey {
+    key_id: u16,
+    secret: [u8; TERMINAL_KEY_SECRET_LEN],
+    pub(crate) seal: aead::LessSafeKey,
+    pub(crate) mask: aead::LessSafeKey,
+}
+
+impl TerminalKey {
+    /// The key `key_id` from its secret.
+    pub fn from_secret(key_id: u16, secret: &[u8; TERMINAL_KEY_SECRET_LEN]) -> TerminalKey {
+        let aead_key = |info| {
+            let bytes = derive_subkey(secret, info);
+            let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &bytes)
+                .expect("a 32-byte key is what ChaCha20-Poly1305 takes");
+            aead::LessSafeKey::new(unbound)
+        };
+        TerminalKey { key_id, secret: *secret, seal: aead_key(SEAL_KEY_INFO), mask: aead_key(MASK_KEY_INFO) }
+    }
+
+    /// The id a sealed code names it by, in its clear header.
+    pub fn key_id(&self) -> u16 {
+        self.key_id
+    }
+
+    /// The secret, as the key store keeps it and validators are handed it.
+    pub fn secret(&self) -> &[u8; TERMINAL_KEY_SECRET_LEN] {
+        &self.secret
+    }
+}
+
+/// Whether a reread key set changed; not an authentication check.
+impl PartialEq for TerminalKey {
+    fn eq(&self, other: &TerminalKey) -> bool {
+        self.key_id == other.key_id && self.secret == other.secret
+    }
+}
+
+impl Eq for TerminalKey {}
+
+impl std::fmt::Debug for TerminalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TerminalKey({}, ..)", self.key_id)
+    }
+}
+
+/// HKDF-SHA256 with [`TERMINAL_KEY_SALT`]: extract from `secret`, expand
+/// with `info` to 32 bytes. Public so the test vectors can show each
+/// subkey.
+pub fn derive_subkey(secret: &[u8; TERMINAL_KEY_SECRET_LEN], info: &[u8]) -> [u8; 32] {
+    struct Len32;
+    impl hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let info = [info];
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, TERMINAL_KEY_SALT).extract(secret);
+    let okm = prk.expand(&info, Len32).expect("32 bytes is within HKDF-SHA256's limit of 8160");
+    let mut out = [0u8; 32];
+    okm.fill(&mut out).expect("the length asked for");
+    out
+}
+
+/// The terminal keys a gate or the server opens codes with, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TerminalKeys {
+    keys: BTreeMap<u16, Arc<TerminalKey>>,
+}
+
+impl TerminalKeys {
+    /// No key: every sealed code is refused.
+    pub fn new() -> TerminalKeys {
+        TerminalKeys::default()
+    }
+
+    /// Holds `key`, replacing any key held under its id.
+    pub fn insert(&mut self, key: TerminalKey) {
+        self.keys.insert(key.key_id, Arc::new(key));
+    }
+
+    /// Holds every key of `keys`.
+    pub fn extend(&mut self, keys: impl IntoIterator<Item = TerminalKey>) {
+        keys.into_iter().for_each(|key| self.insert(key));
+    }
+
+    /// The key held under `key_id`, if any.
+    pub fn get(&self, key_id: u16) -> Option<&TerminalKey> {
+        self.keys.get(&key_id).map(|k| &**k)
+    }
+
+    /// The ids held, in ascending order.
+    pub fn key_ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.keys.keys().copied()
+    }
+
+    /// Whether a key id that is not held belongs to a day long past: ids
+    /// only grow, so one below every key held is older than all of them.
+    /// Any other id not held was never issued, or not yet received.
+    pub fn is_past(&self, key_id: u16) -> bool {
+        self.keys.keys().next().is_some_and(|lowest| key_id < *lowest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_subkeys_differ_and_neither_is_the_secret() {
+        let secret = [7u8; 32];
+        let (seal, mask) = (derive_subkey(&secret, SEAL_KEY_INFO), derive_subkey(&secret, MASK_KEY_INFO));
+        assert_ne!(seal, mask);
+        assert_ne!(seal, secret);
+        assert_eq!(seal, derive_subkey(&secret, SEAL_KEY_INFO), "deterministic");
+    }
+
+    #[test]
+    fn an_id_below_every_key_held_is_past_and_any_other_is_not() {
+        let mut keys = TerminalKeys::new();
+        assert!(!keys.is_past(0), "holding nothing, nothing is known to be past");
+        keys.insert(TerminalKey::from_secret(5, &[1; 32]));
+        keys.insert(TerminalKey::from_secret(7, &[2; 32]));
+        assert!(keys.is_past(4) && keys.is_past(0));
+        assert!(!keys.is_past(6) && !keys.is_past(8) && !keys.is_past(u16::MAX));
+        assert_eq!(keys.key_ids().collect::<Vec<_>>(), vec![5, 7]);
+        assert_eq!(format!("{:?}", keys.get(5).expect("key 5")), "TerminalKey(5, ..)", "the secret is never printed");
+    }
+}
