@@ -1,6 +1,6 @@
-//! `farestream keys …`: the issuer keys from the command line. They work
-//! beside a running server (the key store has its own lock): a rotation or
-//! a retirement reaches it within `keys.reload_interval_ms`.
+//! `farestream keys …`: the issuer and terminal keys from the command line.
+//! They work beside a running server (the key store has its own lock): a
+//! rotation or a retirement reaches it within `keys.reload_interval_ms`.
 
 use std::path::Path;
 
@@ -30,6 +30,21 @@ pub(crate) enum KeysAction {
     /// Stop trusting an issuer key at once (a leaked key): codes under it
     /// become `unknown_issuer_key`.
     Retire { key_id: u32 },
+    /// Emergency rotation of today's terminal key (a leaked one): a new key
+    /// for the rest of the service day, handed to riders' apps from
+    /// `--hands-out-in-secs` on. The leaked key stays trusted until its
+    /// riders' codes run out: it exposes what codes say, and lets no one
+    /// forge one (docs/security.md).
+    RotateTerminal {
+        /// Seconds until the account API hands the new key out (default:
+        /// `keys.terminal_rotation_lead_secs`).
+        #[arg(long)]
+        hands_out_in_secs: Option<u32>,
+    },
+    /// Print the terminal keys held now, secrets included, one
+    /// `ID SERVICE_DATE HANDED_OUT_FROM TRUSTED_UNTIL SECRET_HEX` line each,
+    /// for validators loaded by hand. Keep the output as secret as the keys.
+    ExportTerminal,
     /// Show the fleet CA that enrols gateways (made on first use).
     Ca,
     /// Print the trusted issuer public keys for validators: PEM
@@ -49,7 +64,9 @@ pub(crate) enum KeyFormat {
 
 pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Result<()> {
     let options = KeystoreOptions::from_config(config);
-    let now_secs = SystemClock.now_ms().div_euclid(1000);
+    let now_ms = SystemClock.now_ms();
+    let now_secs = now_ms.div_euclid(1000);
+    let policy = config.service_day_policy()?;
     let store = match (Keystore::open(data_dir, options.clone()), action) {
         (_, KeysAction::Ca) => return crate::fleet_cmd::show_ca(data_dir),
         (Ok(store), KeysAction::List) => store,
@@ -70,6 +87,22 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
             println!("issuer key {id} published; it signs new credentials from {}", rfc3339(signs_from));
             store
         }
+        (Ok(store), KeysAction::ExportTerminal) => {
+            for key in store.terminal_schedule_at(now_secs)?.held_at(now_secs) {
+                let until = key.trusted_until_secs.map_or_else(|| "-".to_string(), rfc3339);
+                let (date, from) = (key.service_date, rfc3339(key.handed_out_from_secs));
+                println!("{} {date} {from} {until} {}", key.key_id, hex::encode(key.secret));
+            }
+            return Ok(());
+        }
+        (Ok(mut store), KeysAction::RotateTerminal { hands_out_in_secs }) => {
+            let lead = hands_out_in_secs.map_or(config.keys.terminal_rotation_lead_secs, u64::from);
+            let from = now_secs.saturating_add(i64::try_from(lead).unwrap_or(i64::MAX));
+            store.make_day_terminal_keys(&policy, now_ms)?;
+            let id = store.rotate_terminal(&policy, now_ms, from)?;
+            println!("terminal key {id} made; riders' apps get it from {}", rfc3339(from));
+            store
+        }
         (Ok(mut store), KeysAction::Retire { key_id }) => {
             store.retire(key_id, now_secs)?;
             println!("issuer key {key_id} retired");
@@ -83,7 +116,30 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
         }
         (Err(error), _) => return Err(error.into()),
     };
-    print_keys(&store, now_secs)
+    print_keys(&store, now_secs)?;
+    print_terminal_keys(&store, now_secs)
+}
+
+fn print_terminal_keys(store: &Keystore, now_secs: i64) -> Result<()> {
+    let schedule = store.terminal_schedule_at(now_secs)?;
+    let (held, handed_out) = (schedule.held_at(now_secs), schedule.handed_out_at(now_secs));
+    println!();
+    println!(
+        "{:>8}  {:<11}  {:<12}  {:<25}  {:<25}",
+        "terminal", "state", "service day", "handed out from", "trusted until"
+    );
+    for key in store.terminal_keys() {
+        let listed = held.iter().find(|k| k.key_id == key.id);
+        let until = listed.and_then(|k| k.trusted_until_secs).map_or_else(|| "-".to_string(), rfc3339);
+        let state = match listed {
+            None => "expired",
+            Some(k) if handed_out.is_some_and(|h| h.key_id == k.key_id) => "handed out",
+            Some(k) if k.handed_out_from_secs > now_secs => "held",
+            Some(_) => "superseded",
+        };
+        println!("{:>8}  {state:<11}  {:<12}  {:<25}  {until:<25}", key.id, key.service_date, key.handed_out_from);
+    }
+    Ok(())
 }
 
 fn print_keys(store: &Keystore, now_secs: i64) -> Result<()> {

@@ -7,7 +7,10 @@ use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::issuer_keys::{IssuerKeysNow, LiveIssuerKeys};
 use farestream::keystore::ExportedKey;
-use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, PublishedKey, RideCode, UserKey};
+use farestream::ridecode::sealed::open;
+use farestream::ridecode::{
+    Credential, HeldTerminalKey, IssuerPublicKeys, IssuerSigningKey, PublishedKey, TerminalKeys, UserKey,
+};
 use farestream::scan::TapKind;
 use farestream::server::ServerError;
 use farestream::wal::committer::WalState;
@@ -43,7 +46,9 @@ impl App {
         let published = vec![ExportedKey { key, active: true, pem: "-----BEGIN PUBLIC KEY-----".into() }];
         let mut trusted = IssuerPublicKeys::new();
         trusted.insert(ISSUER_KEY_ID, issuer.public_key());
-        let keys = IssuerKeysNow { trusted, published, signer: Some(std::sync::Arc::new(issuer)) };
+        let terminal = vec![terminal_key()];
+        m.h.server.pipeline().set_terminal_keys(terminal_keys());
+        let keys = IssuerKeysNow { trusted, published, signer: Some(std::sync::Arc::new(issuer)), terminal };
         let state = ApiState { settings, accounts: m.h.server.accounts().clone(), issuer: LiveIssuerKeys::new(keys) };
         let api = farestream::api::start(state).await.expect("api");
         App { m, api, http: reqwest::Client::new() }
@@ -107,6 +112,23 @@ impl App {
                 .expect("credential");
         TestRider { key: UserKey::from_seed(&seed).expect("key"), credential }
     }
+}
+
+/// The terminal key the API hands out, and the test server opens codes with.
+fn terminal_key() -> HeldTerminalKey {
+    HeldTerminalKey {
+        key_id: 9,
+        secret: [21; 32],
+        service_date: chrono::NaiveDate::from_ymd_opt(2025, 11, 20).expect("date"),
+        handed_out_from_secs: 0,
+        trusted_until_secs: None,
+    }
+}
+
+fn terminal_keys() -> TerminalKeys {
+    let mut keys = TerminalKeys::new();
+    keys.insert(terminal_key().key());
+    keys
 }
 
 fn error_of(body: &Value) -> String {
@@ -262,6 +284,9 @@ async fn an_app_made_key_is_certified_and_an_online_code_rides() {
     let (status, keys) = app.call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), Some(body)).await;
     assert_eq!(status, 200, "{keys}");
     assert!(keys["user_seed_hex"].is_null(), "the private key never left the phone");
+    assert_eq!(keys["terminal_key"]["key_id"], 9, "{keys}");
+    assert_eq!(keys["terminal_key"]["secret_hex"], hex::encode([21; 32]));
+    assert_eq!((keys["code_counter_from"].as_u64(), keys["code_counter_until"].as_u64()), (Some(0), Some(1 << 20)));
     let credential = Credential::decode(&hex::decode(keys["credential_hex"].as_str().expect("hex")).expect("hex"))
         .expect("credential");
     assert_eq!(credential.claims.user_public_key, own.public_key());
@@ -286,11 +311,13 @@ async fn an_app_made_key_is_certified_and_an_online_code_rides() {
     }
     let (status, online) = app.call("POST", &format!("/v1/cards/{card}/code"), Some(&token), None).await;
     assert_eq!(status, 200, "{online}");
-    let code =
-        RideCode::decode(&hex::decode(online["ride_code_hex"].as_str().expect("hex")).expect("hex")).expect("code");
+    let sealed = hex::decode(online["ride_code_hex"].as_str().expect("hex")).expect("hex");
+    assert_eq!((sealed.len(), sealed[0]), (207, 2), "an online code is sealed too");
+    let code = open(&sealed, &terminal_keys()).expect("opens under the day's terminal key");
     assert_eq!(code.credential.claims.card_id, card);
+    assert_eq!(code.counter, 1 << 20, "the online code took the card's second block");
     let mut scan = tap(&TestRider { key: own, credential }, 1, T0_MS, TapKind::Single, "bus-99");
-    scan.ride_code = code.bytes.to_vec();
+    scan.ride_code = sealed;
     scan.validator_time_ms = app.m.h.clock.now_ms();
     assert_eq!(app.m.h.client().push(&batch("depot-1", 1, vec![scan])).await.expect("ack").accepted, 1);
     let charges = app.m.settle().await;

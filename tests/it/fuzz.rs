@@ -333,6 +333,15 @@ fn seed_pushes() -> Vec<ServerPush> {
     };
     let set = IssuerKeySet { keys: vec![key(1, Some(1_800_000_000)), key(2, None)] };
     pushes.push(ServerPush { update: Some(server_push::Update::IssuerKeys(set)) });
+    let terminal = |key_id: u32, until| farestream::wire::WireTerminalKey {
+        key_id,
+        secret: vec![key_id as u8; 32],
+        service_date: "2026-12-03".into(),
+        handed_out_from_unix_secs: 1_796_248_800,
+        trusted_until_unix_secs: until,
+    };
+    let set = farestream::wire::TerminalKeySet { keys: vec![terminal(4, Some(1_800_000_000)), terminal(5, None)] };
+    pushes.push(ServerPush { update: Some(server_push::Update::TerminalKeys(set)) });
     pushes
 }
 
@@ -354,6 +363,16 @@ fn fuzz_server_push() {
                     ids.dedup();
                     prop_assert_eq!(ids.len(), keys.len());
                     prop_assert_eq!(IssuerKeySet::from_published(&keys).to_published(KEYS_MAX), Ok(keys));
+                }
+            }
+            Some(server_push::Update::TerminalKeys(set)) => {
+                if let Ok(keys) = set.to_held(KEYS_MAX) {
+                    let mut ids: Vec<u16> = keys.iter().map(|k| k.key_id).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    prop_assert!(keys.len() <= KEYS_MAX && ids.len() == keys.len() && !ids.contains(&0));
+                    let again = farestream::wire::TerminalKeySet::from_held(&keys).to_held(KEYS_MAX);
+                    prop_assert_eq!(again, Ok(keys));
                 }
             }
             None => {}

@@ -26,7 +26,8 @@ use tokio::sync::Mutex;
 use crate::tls::{ClientTlsError, GatewayCredentials, SERVER_NAME, client_config};
 use crate::wire::{AckStatus, BatchAck, FrameError, ScanBatch, ServerPush, read_message, server_push, write_message};
 use farestream_core::deny_list::DenyListReplica;
-use farestream_core::ridecode::{IssuerPublicKeys, PublishedKey};
+use farestream_core::ridecode::terminal_schedule::TERMINAL_KEYS_HELD_MAX;
+use farestream_core::ridecode::{HeldTerminalKey, IssuerPublicKeys, PublishedKey, TerminalKeys};
 use farestream_core::sync::lock;
 
 /// The `[gateway]` section of the configuration: what a gateway tunes.
@@ -115,6 +116,8 @@ struct Inner {
     deny_list: std::sync::Mutex<DenyListReplica>,
     /// The issuer keys, as last pushed; what the validators check codes with.
     issuer_keys: std::sync::Mutex<Vec<PublishedKey>>,
+    /// The terminal keys, as last pushed; what the validators open sealed codes with.
+    terminal_keys: std::sync::Mutex<Vec<HeldTerminalKey>>,
 }
 
 /// The most issuer keys a gateway holds: a rotation a day for a week
@@ -142,6 +145,7 @@ impl GatewayClient {
             retries: AtomicU64::new(0),
             deny_list: std::sync::Mutex::new(DenyListReplica::new(settings.deny_list_cards_max)),
             issuer_keys: std::sync::Mutex::new(Vec::new()),
+            terminal_keys: std::sync::Mutex::new(Vec::new()),
         };
         Ok(GatewayClient { inner: Arc::new(inner) })
     }
@@ -220,6 +224,20 @@ impl GatewayClient {
                 trusted.insert(key.key_id, key.public_key);
             }
         }
+        trusted
+    }
+
+    /// The terminal keys as the server last pushed them (none until the
+    /// first connection), with their service days and times.
+    pub fn terminal_keys(&self) -> Vec<HeldTerminalKey> {
+        lock(&self.inner.terminal_keys).clone()
+    }
+
+    /// The terminal keys a validator opens sealed codes with at `now_secs`:
+    /// those pushed, less any whose `trusted_until` has passed.
+    pub fn trusted_terminal_keys(&self, now_secs: i64) -> TerminalKeys {
+        let mut trusted = TerminalKeys::new();
+        trusted.extend(lock(&self.inner.terminal_keys).iter().filter(|k| k.trusted_at(now_secs)).map(|k| k.key()));
         trusted
     }
 
@@ -303,6 +321,10 @@ async fn read_server_push(connection: quinn::Connection, inner: Arc<Inner>) {
             Some(server_push::Update::IssuerKeys(set)) => set
                 .to_published(ISSUER_KEYS_HELD_MAX)
                 .map(|keys| *lock(&inner.issuer_keys) = keys)
+                .map_err(|e| e.to_string()),
+            Some(server_push::Update::TerminalKeys(set)) => set
+                .to_held(TERMINAL_KEYS_HELD_MAX)
+                .map(|keys| *lock(&inner.terminal_keys) = keys)
                 .map_err(|e| e.to_string()),
             // A kind of update newer than this client: skipped.
             None => Ok(()),

@@ -1,6 +1,7 @@
-//! The issuer keys a running server holds now: which it trusts, which it
-//! publishes to gateways and the account API, and which signs new
-//! credentials. The server rereads the key store every
+//! The ride-code keys a running server holds now: which issuer keys it
+//! trusts, which it publishes to gateways and the account API, and which
+//! signs new credentials; and which terminal keys it holds (opens sealed
+//! codes with, pushes to gateways) and hands out. The server rereads the key store every
 //! `keys.reload_interval_ms` and moves this along with
 //! [`LiveIssuerKeys::advance`], which keeps one promise: a key is
 //! published (trusted, and handed to every gateway's push stream) before
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::keystore::{ExportedKey, Keystore, KeystoreError};
-use farestream_core::ridecode::{IssuerPublicKeys, IssuerSigningKey};
+use farestream_core::ridecode::{HeldTerminalKey, IssuerPublicKeys, IssuerSigningKey, TerminalKeys};
 
 /// The issuer keys at one moment.
 #[derive(Clone)]
@@ -22,6 +23,9 @@ pub struct IssuerKeysNow {
     pub published: Vec<ExportedKey>,
     /// What signs new credentials; `None` when no key signs now.
     pub signer: Option<Arc<IssuerSigningKey>>,
+    /// The terminal keys held: what sealed codes open with and gateways
+    /// are pushed, the next service day's among them.
+    pub terminal: Vec<HeldTerminalKey>,
 }
 
 impl IssuerKeysNow {
@@ -36,7 +40,32 @@ impl IssuerKeysNow {
             trusted: schedule.trusted_at(now_secs),
             published: store.export_from(&schedule, now_secs)?,
             signer,
+            terminal: store.terminal_schedule_at(now_secs)?.held_at(now_secs),
         })
+    }
+
+    /// Keys trusted and published as given, for the server's life, and
+    /// nothing that signs or seals: a test's fixed keys.
+    pub fn fixed(trusted: IssuerPublicKeys) -> IssuerKeysNow {
+        IssuerKeysNow { trusted, published: Vec::new(), signer: None, terminal: Vec::new() }
+    }
+
+    /// The terminal keys sealed codes open with.
+    pub fn terminal_trusted(&self) -> TerminalKeys {
+        let mut keys = TerminalKeys::new();
+        keys.extend(self.terminal.iter().map(HeldTerminalKey::key));
+        keys
+    }
+
+    /// The terminal key the account API hands out at `now_secs`: of those
+    /// held (so every gateway was pushed it), the last whose
+    /// `handed_out_from` has come.
+    pub fn terminal_handed_out(&self, now_secs: i64) -> Option<HeldTerminalKey> {
+        self.terminal
+            .iter()
+            .filter(|k| k.handed_out_from_secs <= now_secs && k.trusted_at(now_secs))
+            .max_by_key(|k| (k.handed_out_from_secs, k.key_id))
+            .copied()
     }
 
     /// These keys as they stand at `now_secs` when the key store cannot be
@@ -61,7 +90,8 @@ impl IssuerKeysNow {
                 published.iter().any(|p| p.key.signs_from_secs > from && p.key.signs_from_secs <= now_secs);
             trusted.get(s.key_id()).is_some() && !superseded
         });
-        IssuerKeysNow { trusted, published, signer }
+        let terminal = self.terminal.iter().filter(|k| k.trusted_at(now_secs)).copied().collect();
+        IssuerKeysNow { trusted, published, signer, terminal }
     }
 
     fn signer_id(&self) -> Option<u32> {
@@ -98,11 +128,12 @@ impl LiveIssuerKeys {
     /// Only then the new signer, so no credential is ever signed with a
     /// key a subscriber has not been handed. Returns whether anything
     /// changed.
-    pub fn advance(&self, next: IssuerKeysNow, trust: impl FnOnce(&IssuerPublicKeys)) -> bool {
+    pub fn advance(&self, next: IssuerKeysNow, trust: impl FnOnce(&IssuerKeysNow)) -> bool {
         let current = self.now();
-        let keys_changed = next.trusted != current.trusted || next.published != current.published;
+        let keys_changed =
+            next.trusted != current.trusted || next.published != current.published || next.terminal != current.terminal;
         if keys_changed {
-            trust(&next.trusted);
+            trust(&next);
             let kept = current.signer.clone().filter(|s| next.trusted.get(s.key_id()).is_some());
             self.publish(IssuerKeysNow { signer: kept, ..next.clone() });
         }
@@ -143,7 +174,7 @@ mod tests {
         for id in trusted {
             set.insert(*id, key(*id).public_key());
         }
-        IssuerKeysNow { trusted: set, published: Vec::new(), signer: signer.map(key) }
+        IssuerKeysNow { trusted: set, published: Vec::new(), signer: signer.map(key), terminal: Vec::new() }
     }
 
     /// The order a subscriber sees a rotation in: the new key published
@@ -170,7 +201,9 @@ mod tests {
                 });
             })
         };
-        assert!(live.advance(keys(&[1, 2], Some(2)), |t| trusted_by_pipeline.lock().expect("lock").push(t.clone())));
+        assert!(
+            live.advance(keys(&[1, 2], Some(2)), |t| trusted_by_pipeline.lock().expect("lock").push(t.trusted.clone()))
+        );
         assert!(
             !live.advance(keys(&[1, 2], Some(2)), |_| panic!("nothing changed")),
             "a reread with no change is quiet"
@@ -190,7 +223,7 @@ mod tests {
     fn a_key_that_runs_out_stops_being_trusted_and_the_signer_stays() {
         let live = LiveIssuerKeys::new(keys(&[1, 2], Some(2)));
         let mut pipeline = None;
-        assert!(live.advance(keys(&[2], Some(2)), |t| pipeline = Some(t.key_ids().collect::<Vec<_>>())));
+        assert!(live.advance(keys(&[2], Some(2)), |t| pipeline = Some(t.trusted.key_ids().collect::<Vec<_>>())));
         assert_eq!(pipeline, Some(vec![2]));
         assert_eq!(live.now().signer_id(), Some(2));
     }

@@ -48,6 +48,10 @@ pub enum AccountError {
     PhoneTaken(String),
     #[error("card {card_id} cannot close yet: {why:?}")]
     NotYet { card_id: u64, why: NotYet },
+    #[error(
+        "card {card_id} was handed every block of code counters under terminal key {terminal_key_id} (or a newer key already): it gets more with the next key"
+    )]
+    CodeBlocksExhausted { card_id: u64, terminal_key_id: u16 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -105,14 +109,51 @@ pub fn activate(
 /// Keys were issued until `valid_until`: only to an active card, checked
 /// in the transaction that records them, so a refund asked for at the same
 /// moment knows the last credential.
-pub fn keys_issued(tx: &Transaction<'_>, card_id: u64, valid_until: UnixMillis) -> Result<Account, AccountError> {
+pub fn keys_issued(
+    tx: &Transaction<'_>,
+    card_id: u64,
+    valid_until: UnixMillis,
+    terminal_key_id: u16,
+) -> Result<CodeBlock, AccountError> {
     let before = account(tx, card_id)?;
     account::may_issue_keys(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
+    let block = next_code_block(tx, card_id, terminal_key_id)?;
     tx.execute(
-        "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2) WHERE card_id = ?1",
-        params![card_to_sql(card_id), valid_until],
+        "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2),
+                code_blocks_terminal_key_id = ?3, code_blocks_issued = ?4 WHERE card_id = ?1",
+        params![card_to_sql(card_id), valid_until, terminal_key_id, block.index + 1],
     )?;
-    account(tx, card_id)
+    Ok(block)
+}
+
+/// The block of code counters a credential gets: the card's next under
+/// `terminal_key_id` (docs/ride-code.md, "The app's counter").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeBlock {
+    /// Which block: 0 for the first under the key.
+    pub index: u32,
+    /// Its counters, `[from, until)`.
+    pub counters: (u32, u64),
+}
+
+/// The card's next block under `terminal_key_id`: the count starts again
+/// for each newer key. A key older than the card's newest (a clock set
+/// back) gets none, as a key whose blocks ran out: no counter is ever
+/// handed out twice under one key.
+fn next_code_block(tx: &Transaction<'_>, card_id: u64, terminal_key_id: u16) -> Result<CodeBlock, AccountError> {
+    let (key_id, issued): (Option<i64>, i64) = tx.query_row(
+        "SELECT code_blocks_terminal_key_id, code_blocks_issued FROM accounts WHERE card_id = ?1",
+        [card_to_sql(card_id)],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let exhausted = || AccountError::CodeBlocksExhausted { card_id, terminal_key_id };
+    let index = match key_id {
+        Some(held) if held == i64::from(terminal_key_id) => u32::try_from(issued).map_err(|_| exhausted())?,
+        Some(held) if held > i64::from(terminal_key_id) => return Err(exhausted()),
+        _ => 0,
+    };
+    let counters = farestream_core::ridecode::sealed::code_counter_block(index).ok_or_else(exhausted)?;
+    Ok(CodeBlock { index, counters })
 }
 
 /// The rider asked for the deposit back: the card is denied at once and
@@ -560,6 +601,27 @@ mod tests {
 
     use super::*;
     use crate::store::MoneyStore;
+
+    /// Issue 20: a sealed code's nonce is its card id and counter, so no
+    /// counter may be handed to a card twice under one terminal key.
+    #[test]
+    fn each_credential_gets_its_own_block_of_code_counters_under_a_terminal_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
+        let tx = store.transaction().expect("tx");
+        register(&tx, 7, "+8613800000000", 1).expect("register");
+        assert!(matches!(keys_issued(&tx, 7, 10, 3), Err(AccountError::WrongState { .. })), "not active yet");
+        activate(&tx, 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
+        let block = |key| keys_issued(&tx, 7, 10, key).map(|b| b.counters);
+        assert_eq!(block(3).expect("first"), (0, 1 << 20));
+        assert_eq!(block(3).expect("second"), (1 << 20, 2 << 20), "the next block, never the same");
+        assert_eq!(block(4).expect("a newer key"), (0, 1 << 20), "a newer key starts again");
+        assert!(matches!(block(3), Err(AccountError::CodeBlocksExhausted { .. })), "an older key gets none");
+        tx.execute("UPDATE accounts SET code_blocks_issued = 4095 WHERE card_id = 7", []).expect("nearly all");
+        assert_eq!(block(4).expect("the last"), (u32::MAX - (1 << 20) + 1, 1 << 32));
+        assert!(matches!(block(4), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 4, .. })));
+        assert_eq!(block(u16::MAX).expect("the largest key id"), (0, 1 << 20));
+    }
 
     #[test]
     fn arrears_deny_the_card_until_paid_and_every_change_is_in_the_history() {

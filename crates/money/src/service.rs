@@ -227,8 +227,13 @@ impl AccountService {
 
     /// Keys were issued to the card until `valid_until` (Unix ms): refused
     /// unless it is active, in the same transaction that records them.
-    pub async fn keys_issued(&self, card_id: u64, valid_until: UnixMillis) -> Result<Account, ServiceError> {
-        self.write(move |tx| accounts::keys_issued(tx, card_id, valid_until)).await
+    pub async fn keys_issued(
+        &self,
+        card_id: u64,
+        valid_until: UnixMillis,
+        terminal_key_id: u16,
+    ) -> Result<accounts::CodeBlock, ServiceError> {
+        self.write(move |tx| accounts::keys_issued(tx, card_id, valid_until, terminal_key_id)).await
     }
 
     /// The refunds due at `now`: every due refund is paid back and its

@@ -135,14 +135,19 @@ impl Assembly {
     }
 
     /// Recovers the data dir and starts serving.
-    pub async fn start(self) -> Result<Server, ServerError> {
-        let now_secs = self.handles.clock.now_ms().div_euclid(1000);
-        let (keys_now, follow_key_store) = match self.fixed_keys {
-            Some(trusted) => (IssuerKeysNow { trusted, published: Vec::new(), signer: None }, false),
-            None => (IssuerKeysNow::at(&self.keystore, now_secs)?, true),
+    pub async fn start(mut self) -> Result<Server, ServerError> {
+        let now_ms = self.handles.clock.now_ms();
+        let now_secs = now_ms.div_euclid(1000);
+        let (keys_now, follow_key_store) = match self.fixed_keys.take() {
+            Some(trusted) => (IssuerKeysNow::fixed(trusted), false),
+            None => {
+                self.keystore.make_day_terminal_keys(&self.pipeline.service_day, now_ms)?;
+                (IssuerKeysNow::at(&self.keystore, now_secs)?, true)
+            }
         };
         let Assembly { data_dir_lock, identity, fleet, settings, pipeline, handles, settlement, .. } = self;
         let pipeline = Arc::new(Pipeline::new(pipeline, keys_now.trusted.clone(), random_seed()?));
+        pipeline.set_terminal_keys(keys_now.terminal_trusted());
         let issuer_keys = IssuerKeys { live: LiveIssuerKeys::new(keys_now), follow_key_store };
         let (tls, keys) = ((&identity, fleet), (pipeline, issuer_keys));
         Server::start_locked(data_dir_lock, settings, handles, tls, keys, settlement).await

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::Shared;
+use farestream_core::service_day::ServiceDayPolicy;
 use farestream_ingest::issuer_keys::IssuerKeysNow;
 use farestream_ingest::keystore::Keystore;
 use farestream_ingest::telemetry;
@@ -23,9 +24,13 @@ pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
             _ = every.tick() => {}
         }
         let (dir, options) = (shared.settings.data_dir.clone(), shared.settings.keystore.clone());
-        let now_secs = shared.handles.clock.now_ms().div_euclid(1000);
+        let policy = shared.pipeline.config().service_day;
+        let now_ms = shared.handles.clock.now_ms();
+        let now_secs = now_ms.div_euclid(1000);
         let read = tokio::task::spawn_blocking(move || {
-            Keystore::open(&dir, options).and_then(|s| IssuerKeysNow::at(&s, now_secs))
+            let mut store = Keystore::open(&dir, options)?;
+            make_day_terminal_keys(&mut store, &policy, now_ms);
+            IssuerKeysNow::at(&store, now_secs)
         });
         let read = read.await.map_err(|e| e.to_string()).and_then(|keys| keys.map_err(|e| e.to_string()));
         let next = match read {
@@ -36,11 +41,32 @@ pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
                 shared.issuer_keys.now().as_time_passes(now_secs)
             }
         };
-        if shared.issuer_keys.advance(next, |keys| shared.pipeline.set_issuer_keys(keys.clone())) {
+        let trust = |keys: &IssuerKeysNow| {
+            shared.pipeline.set_issuer_keys(keys.trusted.clone());
+            shared.pipeline.set_terminal_keys(keys.terminal_trusted());
+        };
+        if shared.issuer_keys.advance(next, trust) {
             let now = shared.issuer_keys.now();
             let trusted: Vec<u32> = now.trusted.key_ids().collect();
-            tracing::info!(?trusted, signer = ?now.signer.as_ref().map(|s| s.key_id()), "issuer keys changed");
+            let terminal: Vec<u16> = now.terminal.iter().map(|k| k.key_id).collect();
+            let signer = now.signer.as_ref().map(|s| s.key_id());
+            tracing::info!(?trusted, ?signer, ?terminal, "ride-code keys changed");
             telemetry::issuer_keys_changed();
+        }
+    }
+}
+
+/// The current and next service days' terminal keys, made once each when
+/// missing. A failure (a full disk) is logged and counted, and the keys
+/// held stay in force: it is tried again at the next reread, a day ahead
+/// of the first code that needs the key.
+fn make_day_terminal_keys(store: &mut Keystore, policy: &ServiceDayPolicy, now_ms: i64) {
+    match store.make_day_terminal_keys(policy, now_ms) {
+        Ok(made) if made.is_empty() => {}
+        Ok(made) => tracing::info!(?made, "terminal keys made for the coming service days"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot make the coming service days' terminal keys; trying again at the next reread");
+            telemetry::issuer_keys_reload_failed();
         }
     }
 }

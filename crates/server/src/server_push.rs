@@ -1,6 +1,6 @@
 //! What the server pushes to each gateway: on each connection it opens one
-//! unidirectional stream and sends the issuer keys, then the whole deny
-//! list in pages, then whatever changes as it changes (a rotation within
+//! unidirectional stream and sends the issuer keys and the terminal keys,
+//! then the whole deny list in pages, then whatever changes as it changes (a rotation within
 //! `keys.reload_interval_ms`, a decline or payment within a poll). A
 //! gateway that stops reading only stalls its own stream: QUIC's flow
 //! control holds the writer, and each round computes its updates afresh
@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use crate::Shared;
 use farestream_core::ridecode::PublishedKey;
-use farestream_gateway::wire::{ALPN_V1, DenyListUpdate, IssuerKeySet, ServerPush, server_push, write_message};
+use farestream_gateway::wire::{
+    ALPN_V1, DenyListUpdate, IssuerKeySet, ServerPush, TerminalKeySet, server_push, write_message,
+};
 use farestream_ingest::issuer_keys::IssuerKeysNow;
 use farestream_ingest::telemetry;
 
@@ -28,10 +30,14 @@ pub(super) async fn push_to_gateway(connection: quinn::Connection, shared: Arc<S
     let mut keys_due = !first_version;
     loop {
         if keys_due {
-            let set = issuer_key_set(&keys.borrow_and_update());
-            let push = ServerPush { update: Some(server_push::Update::IssuerKeys(set)) };
-            if write_message(&mut stream, &push).await.is_err() {
-                return;
+            let now = Arc::clone(&keys.borrow_and_update());
+            let issuer = ServerPush { update: Some(server_push::Update::IssuerKeys(issuer_key_set(&now))) };
+            let terminal = TerminalKeySet::from_held(&now.terminal);
+            let terminal = ServerPush { update: Some(server_push::Update::TerminalKeys(terminal)) };
+            for push in [issuer, terminal] {
+                if write_message(&mut stream, &push).await.is_err() {
+                    return;
+                }
             }
             telemetry::issuer_key_sets_sent();
         }

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod schedule;
 pub mod sealed;
 pub mod terminal;
+pub mod terminal_schedule;
 pub mod verify;
 
 pub use check::{DenyList, FreshnessPolicy, NobodyDenied, Rejection, SignatureFault, check_offline, read_code};
@@ -17,3 +18,4 @@ pub use keys::{IssuerPublicKeys, IssuerSigningKey, KeyError, UserKey};
 pub use schedule::{IssuerKeySchedule, PublishedKey, ScheduledKey};
 pub use sealed::{SEALED_CODE_LEN, seal};
 pub use terminal::{TerminalKey, TerminalKeys};
+pub use terminal_schedule::{HeldTerminalKey, TerminalKeySchedule};

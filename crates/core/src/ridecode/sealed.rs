@@ -32,6 +32,21 @@ use super::check::Rejection;
 use super::format::{DecodeError, RIDE_CODE_LEN, RideCode};
 use super::terminal::{TerminalKey, TerminalKeys};
 
+/// Counters in the block the account API hands each credential: one code a
+/// second for twelve days, far beyond a credential's day.
+pub const CODE_COUNTER_BLOCK_LEN: u32 = 1 << 20;
+/// Blocks one card can be handed under one terminal key: every 32-bit
+/// counter, once.
+pub const CODE_COUNTER_BLOCKS_MAX: u32 = 1 << 12;
+
+/// The counters `[from, until)` of a card's block number `index` under one
+/// terminal key; `None` past [`CODE_COUNTER_BLOCKS_MAX`]. Blocks of one card
+/// never overlap, so neither do the nonces of its codes.
+pub fn code_counter_block(index: u32) -> Option<(u32, u64)> {
+    let from = index.checked_mul(CODE_COUNTER_BLOCK_LEN).filter(|_| index < CODE_COUNTER_BLOCKS_MAX)?;
+    Some((from, u64::from(from) + u64::from(CODE_COUNTER_BLOCK_LEN)))
+}
+
 /// The format version byte of a sealed code.
 pub const SEALED_FORMAT_VERSION: u8 = 0x02;
 /// Length of a version-2 code: a QR code of version 10 at level M holds 213 bytes.
@@ -244,6 +259,15 @@ mod tests {
         // Sealed under another secret with the same id: it does not open.
         let impostor = seal(&code(42, 1), &TerminalKey::from_secret(5, &[9; 32]));
         assert_eq!(open(&impostor, &held), Err(Rejection::Undecryptable { key_id: 5 }));
+    }
+
+    #[test]
+    fn counter_blocks_tile_every_32_bit_counter_once() {
+        assert_eq!(code_counter_block(0), Some((0, 1 << 20)));
+        assert_eq!(code_counter_block(1), Some((1 << 20, 2 << 20)));
+        assert_eq!(code_counter_block(CODE_COUNTER_BLOCKS_MAX - 1), Some((u32::MAX - (1 << 20) + 1, 1 << 32)));
+        assert_eq!(code_counter_block(CODE_COUNTER_BLOCKS_MAX), None);
+        assert_eq!(code_counter_block(u32::MAX), None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! are named `WireTapKind` and `WireScanStatus` here, beside the core's own
 //! `TapKind` and `ScanStatus`.
 
-use crate::ridecode::PublishedKey;
+use crate::ridecode::terminal::TERMINAL_KEY_SECRET_LEN;
+use crate::ridecode::{HeldTerminalKey, PublishedKey};
 use crate::scan::{ScanStatus, TapKind};
 
 /// Generated from `proto/farestream.proto` at build time (see `build.rs`). The
@@ -15,7 +16,8 @@ mod generated {
 
 pub use generated::{
     AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, IssuerKeySet, IssuerPublicKey, RejectedScan,
-    ScanBatch, ScanRecord, ScanStatus as WireScanStatus, ServerPush, TapKind as WireTapKind, server_push,
+    ScanBatch, ScanRecord, ScanStatus as WireScanStatus, ServerPush, TapKind as WireTapKind,
+    TerminalKey as WireTerminalKey, TerminalKeySet, server_push,
 };
 
 impl From<TapKind> for WireTapKind {
@@ -137,8 +139,22 @@ pub enum KeySetError {
         len: usize,
     },
     /// Two keys share an id.
-    #[error("issuer key {0} appears twice")]
+    #[error("key {0} appears twice")]
     Duplicate(u32),
+    /// A terminal key id outside 1 to 65535.
+    #[error("terminal key id {0} is outside 1 to 65535")]
+    BadTerminalKeyId(u32),
+    /// A terminal key's secret is not 32 bytes.
+    #[error("terminal key {key_id}: secret of {len} bytes, not 32")]
+    BadSecret {
+        /// The key's id.
+        key_id: u32,
+        /// Its length.
+        len: usize,
+    },
+    /// A terminal key's service date is not `YYYY-MM-DD`.
+    #[error("terminal key {0}: service date is not YYYY-MM-DD")]
+    BadServiceDate(u32),
     /// More keys than the holder keeps.
     #[error("{count} issuer keys, over the limit of {max}")]
     TooMany {
@@ -187,9 +203,83 @@ impl IssuerKeySet {
     }
 }
 
+impl TerminalKeySet {
+    /// The wire form of `keys`.
+    pub fn from_held(keys: &[HeldTerminalKey]) -> TerminalKeySet {
+        let keys = keys
+            .iter()
+            .map(|key| WireTerminalKey {
+                key_id: u32::from(key.key_id),
+                secret: key.secret.to_vec(),
+                service_date: key.service_date.format("%Y-%m-%d").to_string(),
+                handed_out_from_unix_secs: key.handed_out_from_secs,
+                trusted_until_unix_secs: key.trusted_until_secs,
+            })
+            .collect();
+        TerminalKeySet { keys }
+    }
+
+    /// The keys, checked: ids 1 to 65535 each once, 32-byte secrets, dates
+    /// that are dates, at most `keys_max`.
+    pub fn to_held(&self, keys_max: usize) -> Result<Vec<HeldTerminalKey>, KeySetError> {
+        if self.keys.len() > keys_max {
+            return Err(KeySetError::TooMany { count: self.keys.len(), max: keys_max });
+        }
+        let mut held: Vec<HeldTerminalKey> = Vec::with_capacity(self.keys.len());
+        for key in &self.keys {
+            let key_id = u16::try_from(key.key_id)
+                .ok()
+                .filter(|id| *id != 0)
+                .ok_or(KeySetError::BadTerminalKeyId(key.key_id))?;
+            let secret = <[u8; TERMINAL_KEY_SECRET_LEN]>::try_from(key.secret.as_slice())
+                .map_err(|_| KeySetError::BadSecret { key_id: key.key_id, len: key.secret.len() })?;
+            let service_date = chrono::NaiveDate::parse_from_str(&key.service_date, "%Y-%m-%d")
+                .map_err(|_| KeySetError::BadServiceDate(key.key_id))?;
+            if held.iter().any(|h| h.key_id == key_id) {
+                return Err(KeySetError::Duplicate(key.key_id));
+            }
+            held.push(HeldTerminalKey {
+                key_id,
+                secret,
+                service_date,
+                handed_out_from_secs: key.handed_out_from_unix_secs,
+                trusted_until_secs: key.trusted_until_unix_secs,
+            });
+        }
+        Ok(held)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A terminal key set at its extremes round-trips; every bad field is
+    /// refused by name.
+    #[test]
+    fn a_terminal_key_set_is_checked_field_by_field() {
+        let key = |key_id: u32, len: usize, date: &str| WireTerminalKey {
+            key_id,
+            secret: vec![9; len],
+            service_date: date.into(),
+            handed_out_from_unix_secs: i64::MIN,
+            trusted_until_unix_secs: Some(i64::MAX),
+        };
+        let good = TerminalKeySet { keys: vec![key(1, 32, "2026-12-03"), key(65_535, 32, "9999-12-31")] };
+        let held = good.to_held(64).expect("good");
+        assert_eq!(TerminalKeySet::from_held(&held), good, "round trip");
+        assert_eq!(TerminalKeySet { keys: vec![] }.to_held(64), Ok(vec![]));
+        let refused = |keys, max| TerminalKeySet { keys }.to_held(max).expect_err("refused");
+        assert_eq!(refused(vec![key(0, 32, "2026-12-03")], 64), KeySetError::BadTerminalKeyId(0));
+        assert_eq!(refused(vec![key(65_536, 32, "2026-12-03")], 64), KeySetError::BadTerminalKeyId(65_536));
+        assert_eq!(refused(vec![key(1, 31, "2026-12-03")], 64), KeySetError::BadSecret { key_id: 1, len: 31 });
+        assert_eq!(refused(vec![key(1, 0, "2026-12-03")], 64), KeySetError::BadSecret { key_id: 1, len: 0 });
+        assert_eq!(refused(vec![key(1, 32, "")], 64), KeySetError::BadServiceDate(1));
+        assert_eq!(refused(vec![key(1, 32, "2026-02-30")], 64), KeySetError::BadServiceDate(1));
+        let twice = vec![key(1, 32, "2026-12-03"), key(1, 32, "2026-12-04")];
+        assert_eq!(refused(twice, 64), KeySetError::Duplicate(1));
+        assert_eq!(refused(vec![key(1, 32, "2026-12-03"); 3], 2), KeySetError::TooMany { count: 3, max: 2 });
+    }
 
     fn key(key_id: u32, len: usize, signs_from: i64, until: Option<i64>) -> IssuerPublicKey {
         IssuerPublicKey {

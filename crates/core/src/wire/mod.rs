@@ -12,11 +12,12 @@ use thiserror::Error;
 
 pub use messages::{
     AckStatus, BatchAck, DenyListUpdate, DenyListUpdateKind, GateDecision, IssuerKeySet, IssuerPublicKey, KeySetError,
-    RejectedScan, ScanBatch, ScanRecord, ServerPush, WireScanStatus, WireTapKind, server_push,
+    RejectedScan, ScanBatch, ScanRecord, ServerPush, TerminalKeySet, WireScanStatus, WireTapKind, WireTerminalKey,
+    server_push,
 };
 
 /// The ALPN protocol id of this protocol: the push stream carries
-/// [`ServerPush`] messages (issuer keys and the deny list).
+/// [`ServerPush`] messages (issuer keys, terminal keys and the deny list).
 pub const ALPN: &[u8] = b"farestream/2";
 /// The first version, still served to gateways that offer only it: the
 /// push stream carries bare [`DenyListUpdate`] messages and no keys.

@@ -161,6 +161,7 @@ pub struct KeysConfig {
     pub lock_wait_ms_max: u64,
     pub signing_lead_secs: u64,
     pub reload_interval_ms: u64,
+    pub terminal_rotation_lead_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

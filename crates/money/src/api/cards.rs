@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use super::register::json;
 use super::sessions::{random_bytes, token_session};
 use super::{ApiError, ApiState};
-use crate::accounts::Account;
+use crate::accounts::{Account, CodeBlock};
 use crate::outbox::newest_charges;
 use farestream_core::account::AccountState;
 use farestream_core::clock::unix_secs_u32;
 use farestream_core::ridecode::verify::is_weak_public_key;
-use farestream_core::ridecode::{IssuerSigningKey, UserKey};
+use farestream_core::ridecode::{HeldTerminalKey, IssuerSigningKey, UserKey, seal};
 
 /// The longest payment-app user id accepted.
 const PAYMENT_USER_ID_BYTES_MAX: usize = 128;
@@ -73,6 +73,24 @@ pub(super) struct DailyKeys {
     pub user_public_key_hex: String,
     /// The user signing key's seed, hex, only when the server made the key.
     pub user_seed_hex: Option<String>,
+    /// The terminal key the app seals its codes with (docs/ride-code.md,
+    /// "Format version 2").
+    pub terminal_key: TerminalKeyView,
+    /// The first counter of this credential's block; each code takes the
+    /// next, never one twice.
+    pub code_counter_from: u32,
+    /// The end of the block (exclusive): fetch new keys before it.
+    pub code_counter_until: u64,
+}
+
+/// The day's terminal key, as the app holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TerminalKeyView {
+    pub key_id: u16,
+    /// The 32-byte secret, hex.
+    pub secret_hex: String,
+    /// The service day it was made for, `YYYY-MM-DD`.
+    pub service_date: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,13 +211,19 @@ async fn may_ride(api: &ApiState, card_id: u64) -> Result<Account, ApiError> {
 }
 
 /// Records that the card holds a credential until `valid_until` (seconds)
-/// before it is issued: refused, as keys are, unless the card is still
-/// active in that transaction (a refund asked for a moment ago wins), so a
-/// refund knows the last moment its rider can ride.
-async fn record_keys(api: &ApiState, card_id: u64, valid_until: u32) -> Result<(), ApiError> {
+/// before it is issued, and takes its block of code counters under
+/// `terminal_key`: refused, as keys are, unless the card is still active
+/// in that transaction (a refund asked for a moment ago wins), so a refund
+/// knows the last moment its rider can ride.
+async fn record_keys(
+    api: &ApiState,
+    card_id: u64,
+    valid_until: u32,
+    terminal_key: &HeldTerminalKey,
+) -> Result<CodeBlock, ApiError> {
     let until_ms = i64::from(valid_until).saturating_mul(1_000);
-    match api.accounts.keys_issued(card_id, until_ms).await {
-        Ok(_) => Ok(()),
+    match api.accounts.keys_issued(card_id, until_ms, terminal_key.key_id).await {
+        Ok(block) => Ok(block),
         Err(crate::ServiceError::Account(crate::accounts::AccountError::WrongState { .. })) => {
             let changed = || ApiError::Conflict {
                 error: "keys_refused",
@@ -234,9 +258,9 @@ pub(super) async fn keys(
             (key.public_key(), Some(seed))
         }
     };
-    let issuer = signer(&api)?;
+    let (issuer, terminal_key) = (signer(&api)?, handed_out_terminal_key(&api)?);
     let (valid_from, valid_until) = window(&api);
-    record_keys(&api, card_id, valid_until).await?;
+    let block = record_keys(&api, card_id, valid_until, &terminal_key).await?;
     let credential = issuer.issue(card_id, public_key, valid_from, valid_until);
     Ok(Json(DailyKeys {
         card_id,
@@ -246,7 +270,23 @@ pub(super) async fn keys(
         credential_hex: hex::encode(credential.to_bytes()),
         user_public_key_hex: hex::encode(public_key),
         user_seed_hex: seed.map(hex::encode),
+        terminal_key: TerminalKeyView {
+            key_id: terminal_key.key_id,
+            secret_hex: hex::encode(terminal_key.secret),
+            service_date: terminal_key.service_date.format("%Y-%m-%d").to_string(),
+        },
+        code_counter_from: block.counters.0,
+        code_counter_until: block.counters.1,
     }))
+}
+
+/// The terminal key handed out now: taken once per request, like the signer.
+fn handed_out_terminal_key(api: &ApiState) -> Result<HeldTerminalKey, ApiError> {
+    let now_secs = api.accounts.clock.now_ms().div_euclid(1000);
+    api.issuer
+        .now()
+        .terminal_handed_out(now_secs)
+        .ok_or_else(|| ApiError::Unavailable("no terminal key is handed out now".into()))
 }
 
 /// The issuer key that signs now: taken once per request, so a rotation
@@ -275,12 +315,14 @@ pub(super) async fn online_code(
     may_ride(&api, card_id).await?;
     let seed = random_bytes::<32>().map_err(|e| ApiError::Internal(e.to_string()))?;
     let key = UserKey::from_seed(&seed).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let issuer = signer(&api)?;
+    let (issuer, terminal_key) = (signer(&api)?, handed_out_terminal_key(&api)?);
     let (created_at, valid_until) = window(&api);
-    record_keys(&api, card_id, valid_until).await?;
+    let block = record_keys(&api, card_id, valid_until, &terminal_key).await?;
     let credential = issuer.issue(card_id, key.public_key(), created_at, valid_until);
-    let code = key.make_code(&credential, created_at, 0);
-    Ok(Json(OnlineCode { ride_code_hex: hex::encode(code.bytes), created_at, valid_until }))
+    // Its own block's first counter: no other code of the card shares its nonce.
+    let code = key.make_code(&credential, created_at, block.counters.0);
+    let sealed = seal(&code, &terminal_key.key());
+    Ok(Json(OnlineCode { ride_code_hex: hex::encode(sealed), created_at, valid_until }))
 }
 
 pub(super) async fn pay_arrears(

@@ -71,6 +71,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Account(error @ AccountError::PhoneTaken(_)) => {
                 ApiError::Conflict { error: "phone_taken", message: error.to_string() }
             }
+            ServiceError::Account(error @ AccountError::CodeBlocksExhausted { .. }) => {
+                ApiError::Conflict { error: "keys_refused", message: error.to_string() }
+            }
             ServiceError::Account(error @ AccountError::NotYet { .. }) => {
                 ApiError::Conflict { error: "not_yet", message: error.to_string() }
             }

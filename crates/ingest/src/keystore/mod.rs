@@ -29,6 +29,10 @@
 //! whole or not at all; every change re-reads the keyring under the lock,
 //! so none is lost to a concurrent one.
 
+mod terminal;
+
+pub use terminal::TerminalKeyInfo;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -90,6 +94,18 @@ pub enum KeystoreError {
     Rng,
     #[error("issuer key {id}: cannot encode its public key: {reason}")]
     Export { id: u32, reason: String },
+    #[error("terminal key ids are exhausted")]
+    TerminalIdsExhausted,
+    #[error("terminal key {id}: {reason}")]
+    BadTerminalKey { id: u16, reason: String },
+    #[error("{0} terminal keys are held already, the most a gateway holds: wait for the oldest to run out")]
+    TooManyTerminalKeys(usize),
+    #[error(
+        "a terminal key rotated now must be handed out from {from} (Unix seconds) on: not before now ({now}), and before the next service day's key ({next_day})"
+    )]
+    TerminalRotationOutOfDay { from: i64, now: i64, next_day: i64 },
+    #[error("{0} ms (Unix) is outside the service days this build can name")]
+    NoServiceDay(i64),
 }
 
 /// An issuer public key as validators load it: the key and its times,
@@ -156,6 +172,9 @@ impl KeyInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct KeyringFile {
     keys: Vec<KeyInfo>,
+    /// Terminal keys (`terminal`): absent from keyrings written before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    terminal_keys: Vec<TerminalKeyInfo>,
 }
 
 /// How a key store is opened: the lock wait, and failpoints for tests.
@@ -190,7 +209,7 @@ impl Keystore {
     pub fn open_or_create(data_dir: &Path, options: KeystoreOptions) -> Result<Keystore, KeystoreError> {
         let dir = data_dir.join("keys");
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let empty = KeyringFile { keys: Vec::new() };
+        let empty = KeyringFile { keys: Vec::new(), terminal_keys: Vec::new() };
         let mut store = Keystore { dir, ring: empty, options };
         if let Some(ring) = store.read_ring()? {
             store.ring = ring;
@@ -211,7 +230,7 @@ impl Keystore {
     /// server's keys).
     pub fn open(data_dir: &Path, options: KeystoreOptions) -> Result<Keystore, KeystoreError> {
         let dir = data_dir.join("keys");
-        let empty = KeyringFile { keys: Vec::new() };
+        let empty = KeyringFile { keys: Vec::new(), terminal_keys: Vec::new() };
         let mut store = Keystore { dir, ring: empty, options };
         store.ring = store.read_ring()?.ok_or_else(|| KeystoreError::Empty(store.dir.clone()))?;
         Ok(store)
@@ -444,7 +463,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
     const TAIL: i64 = 400_000;
 
-    fn options() -> KeystoreOptions {
+    pub(super) fn options() -> KeystoreOptions {
         KeystoreOptions {
             lock_wait: Duration::from_secs(10),
             trust_tail_secs: TAIL,

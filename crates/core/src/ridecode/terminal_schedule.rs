@@ -1,0 +1,206 @@
+//! When each terminal key is handed out and until when it is trusted. The
+//! key store makes one key per service day, handed out from the day's
+//! start; an emergency rotation (a leaked key) adds one for the same day,
+//! handed out from a moment it names. The rule is the issuer keys' own
+//! ([`IssuerKeySchedule`]), with "handed out to riders' apps" in place of
+//! "signs credentials": a key is held (trusted, pushed to gateways) from
+//! the moment the key store has it, handed out from its
+//! `handed_out_from`, and trusted until the next key's `handed_out_from`
+//! plus the trust tail (the longest credential an app fetched with it,
+//! the skew and the accepted lateness of uploads).
+
+use chrono::NaiveDate;
+
+use super::schedule::{IssuerKeySchedule, ScheduledKey};
+use super::terminal::{TERMINAL_KEY_SECRET_LEN, TerminalKey, TerminalKeys};
+use crate::clock::UnixMillis;
+use crate::service_day::ServiceDayPolicy;
+
+/// The most terminal keys held at once: what a gateway holds. A week of
+/// days and their emergency rotations is far below it.
+pub const TERMINAL_KEYS_HELD_MAX: usize = 64;
+
+/// One terminal key with its times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HeldTerminalKey {
+    /// The id sealed codes name it by.
+    pub key_id: u16,
+    /// The secret its subkeys are derived from.
+    pub secret: [u8; TERMINAL_KEY_SECRET_LEN],
+    /// The service day it was made for.
+    pub service_date: NaiveDate,
+    /// Unix seconds from which the account API hands it to riders' apps.
+    pub handed_out_from_secs: i64,
+    /// Unix seconds from which it is no longer trusted; `None` while no
+    /// newer key is scheduled to be handed out after it.
+    pub trusted_until_secs: Option<i64>,
+}
+
+impl HeldTerminalKey {
+    /// Whether it is trusted at `now_secs`: the server, a gateway and an
+    /// offline validator all follow this.
+    pub fn trusted_at(&self, now_secs: i64) -> bool {
+        self.trusted_until_secs.is_none_or(|until| now_secs < until)
+    }
+
+    /// The key, ready to seal and open.
+    pub fn key(&self) -> TerminalKey {
+        TerminalKey::from_secret(self.key_id, &self.secret)
+    }
+}
+
+impl std::fmt::Debug for HeldTerminalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldTerminalKey")
+            .field("key_id", &self.key_id)
+            .field("service_date", &self.service_date)
+            .field("handed_out_from_secs", &self.handed_out_from_secs)
+            .field("trusted_until_secs", &self.trusted_until_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every terminal key and the rule above.
+#[derive(Debug, Clone)]
+pub struct TerminalKeySchedule {
+    keys: Vec<HeldTerminalKey>,
+    timing: IssuerKeySchedule,
+}
+
+impl TerminalKeySchedule {
+    /// The schedule of `keys` (their `trusted_until_secs` is ignored: the
+    /// schedule says it); a key stays trusted for `trust_tail_secs` after
+    /// the next one is handed out.
+    pub fn new(keys: impl IntoIterator<Item = HeldTerminalKey>, trust_tail_secs: i64) -> TerminalKeySchedule {
+        let keys: Vec<HeldTerminalKey> = keys.into_iter().collect();
+        let timing = IssuerKeySchedule::new(
+            keys.iter().map(|k| ScheduledKey {
+                key_id: u32::from(k.key_id),
+                public_key: [0; 32],
+                signs_from_secs: k.handed_out_from_secs,
+                retired_at_secs: None,
+            }),
+            trust_tail_secs,
+        );
+        TerminalKeySchedule { keys, timing }
+    }
+
+    /// The key the account API hands out at `now_secs`: the last one whose
+    /// `handed_out_from` has come. `None` before the first.
+    pub fn handed_out_at(&self, now_secs: i64) -> Option<HeldTerminalKey> {
+        let id = self.timing.signer_at(now_secs)?;
+        self.held_at(now_secs).into_iter().find(|k| u32::from(k.key_id) == id)
+    }
+
+    /// Every key held at `now_secs` (the coming day's too), with the moment
+    /// it stops being trusted: what gateways pass on to their validators.
+    pub fn held_at(&self, now_secs: i64) -> Vec<HeldTerminalKey> {
+        self.timing
+            .published_at(now_secs)
+            .iter()
+            .filter_map(|timed| {
+                let key = self.keys.iter().find(|k| u32::from(k.key_id) == timed.key_id)?;
+                Some(HeldTerminalKey { trusted_until_secs: timed.trusted_until_secs, ..*key })
+            })
+            .collect()
+    }
+
+    /// The keys sealed codes open with at `now_secs`.
+    pub fn trusted_at(&self, now_secs: i64) -> TerminalKeys {
+        let mut trusted = TerminalKeys::new();
+        trusted.extend(self.held_at(now_secs).iter().map(HeldTerminalKey::key));
+        trusted
+    }
+
+    /// The service days around `now` that have no key yet: the current one
+    /// and the next, so a validator holds the next day's key before its
+    /// first code. Each is handed out from its day's start.
+    pub fn days_without_a_key(&self, policy: &ServiceDayPolicy, now: UnixMillis) -> Vec<(NaiveDate, i64)> {
+        let Some(today) = policy.service_date(now) else { return Vec::new() };
+        [Some(today), today.succ_opt()]
+            .into_iter()
+            .flatten()
+            .filter(|date| !self.keys.iter().any(|k| k.service_date == *date))
+            .filter_map(|date| Some((date, policy.day_start(date)?.div_euclid(1000))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAIL: i64 = 1_000;
+
+    fn date(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").expect("date")
+    }
+
+    fn key(key_id: u16, day: &str, from: i64) -> HeldTerminalKey {
+        HeldTerminalKey {
+            key_id,
+            secret: [key_id as u8; 32],
+            service_date: date(day),
+            handed_out_from_secs: from,
+            trusted_until_secs: None,
+        }
+    }
+
+    fn ids(keys: &[HeldTerminalKey]) -> Vec<u16> {
+        keys.iter().map(|k| k.key_id).collect()
+    }
+
+    #[test]
+    fn the_next_days_key_is_held_before_it_is_handed_out_and_the_last_runs_out_after_the_tail() {
+        let schedule = TerminalKeySchedule::new([key(1, "2026-12-03", 0), key(2, "2026-12-04", 500)], TAIL);
+        assert_eq!(schedule.handed_out_at(100).map(|k| k.key_id), Some(1));
+        assert_eq!(ids(&schedule.held_at(100)), vec![1, 2], "tomorrow's is held a day ahead");
+        assert_eq!(schedule.handed_out_at(500).map(|k| k.key_id), Some(2));
+        assert_eq!(schedule.held_at(0)[0].trusted_until_secs, Some(500 + TAIL));
+        assert_eq!(ids(&schedule.held_at(500 + TAIL - 1)), vec![1, 2]);
+        assert_eq!(ids(&schedule.held_at(500 + TAIL)), vec![2]);
+        assert_eq!(schedule.trusted_at(500 + TAIL).key_ids().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(schedule.handed_out_at(-1), None);
+    }
+
+    /// An emergency rotation mid-day: the new key is handed out from the
+    /// moment named; the leaked one stays trusted for the tail (riders
+    /// hold it) and tomorrow's key still takes over at the day's start.
+    #[test]
+    fn an_emergency_rotation_hands_out_a_new_key_for_the_rest_of_the_day() {
+        let keys = [key(1, "2026-12-03", 0), key(2, "2026-12-04", 1_000), key(3, "2026-12-03", 300)];
+        let schedule = TerminalKeySchedule::new(keys, TAIL);
+        assert_eq!(schedule.handed_out_at(299).map(|k| k.key_id), Some(1));
+        assert_eq!(schedule.handed_out_at(300).map(|k| k.key_id), Some(3));
+        assert_eq!(schedule.handed_out_at(1_000).map(|k| k.key_id), Some(2));
+        let held = schedule.held_at(300);
+        assert_eq!(
+            held.iter().map(|k| (k.key_id, k.trusted_until_secs)).collect::<Vec<_>>(),
+            vec![(1, Some(300 + TAIL)), (3, Some(1_000 + TAIL)), (2, None)]
+        );
+    }
+
+    #[test]
+    fn the_current_and_next_service_days_are_made_when_missing() {
+        let policy = ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 };
+        // 2026-12-03 10:00 in Shanghai.
+        let now = 1_796_263_200_000;
+        let today = policy.service_date(now).expect("date");
+        assert_eq!(today, date("2026-12-03"));
+        let none = TerminalKeySchedule::new([], TAIL);
+        let start = |d: &str| policy.day_start(date(d)).expect("start") / 1000;
+        assert_eq!(
+            none.days_without_a_key(&policy, now),
+            vec![(date("2026-12-03"), start("2026-12-03")), (date("2026-12-04"), start("2026-12-04"))]
+        );
+        let today_only = TerminalKeySchedule::new([key(1, "2026-12-03", 0)], TAIL);
+        assert_eq!(today_only.days_without_a_key(&policy, now), vec![(date("2026-12-04"), start("2026-12-04"))]);
+        assert_eq!(none.days_without_a_key(&policy, i64::MAX), vec![], "a time past chrono's range makes nothing");
+    }
+
+    #[test]
+    fn a_held_keys_secret_is_never_printed() {
+        let printed = format!("{:?}", key(7, "2026-12-03", 0));
+        assert!(!printed.contains("secret") && printed.contains("key_id: 7"), "{printed}");
+    }
+}

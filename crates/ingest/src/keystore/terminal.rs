@@ -1,0 +1,298 @@
+//! Terminal keys on disk, beside the issuer keys under `DATA_DIR/keys`:
+//!
+//! - `terminal-NNNNN.key`: one key's 32-byte secret, mode 0600;
+//! - `keyring.toml`, `[[terminal_keys]]`: each key's id, the service day it
+//!   was made for, and from when the account API hands it out.
+//!
+//! A running server makes the keys of the current and the next service day
+//! when they are missing ([`Keystore::make_day_terminal_keys`]), so a
+//! validator holds tomorrow's key a day ahead; `farestream keys
+//! rotate-terminal` adds one for the current day (a leaked key). Changes
+//! follow the issuer keys' steps exactly: the key file first (create-new,
+//! fsync, directory fsync, failpoint [`STEP_KEY_WRITTEN`]), then the keyring
+//! by temporary file and rename, all under the store's lock. A crash leaves
+//! at most an orphan key file that no keyring names and that the next id
+//! skips.
+
+use std::fs;
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::{Keystore, KeystoreError, STEP_KEY_WRITTEN, io};
+use farestream_core::clock::UnixMillis;
+use farestream_core::ridecode::terminal::TERMINAL_KEY_SECRET_LEN;
+use farestream_core::ridecode::terminal_schedule::TERMINAL_KEYS_HELD_MAX;
+use farestream_core::ridecode::{HeldTerminalKey, TerminalKeySchedule};
+use farestream_core::service_day::ServiceDayPolicy;
+
+/// One terminal key in the keyring.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TerminalKeyInfo {
+    pub id: u16,
+    /// The service day it was made for, `YYYY-MM-DD`.
+    pub service_date: String,
+    /// RFC 3339: from when the account API hands it to riders' apps.
+    pub handed_out_from: String,
+    /// RFC 3339, for people reading the file.
+    pub created_at: String,
+}
+
+impl TerminalKeyInfo {
+    fn outline(&self) -> Result<HeldTerminalKey, String> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| format!("terminal key {}: {what}: {e}", self.id);
+        let service_date = NaiveDate::parse_from_str(&self.service_date, "%Y-%m-%d")
+            .map_err(|e| bad("`service_date` is not YYYY-MM-DD", &e))?;
+        let handed_out_from_secs = chrono::DateTime::parse_from_rfc3339(&self.handed_out_from)
+            .map_err(|e| bad("`handed_out_from` is not an RFC 3339 time", &e))?
+            .timestamp();
+        Ok(HeldTerminalKey {
+            key_id: self.id,
+            secret: [0; TERMINAL_KEY_SECRET_LEN],
+            service_date,
+            handed_out_from_secs,
+            trusted_until_secs: None,
+        })
+    }
+}
+
+impl Keystore {
+    /// The terminal keys and when each is handed out and trusted, from
+    /// `now_secs` on. Only the files of keys held at `now_secs` are read:
+    /// a key of a day long past may have been deleted.
+    pub fn terminal_schedule_at(&self, now_secs: i64) -> Result<TerminalKeySchedule, KeystoreError> {
+        let outline = self.terminal_outline()?;
+        let tail = self.options.trust_tail_secs;
+        let held: Vec<u16> = TerminalKeySchedule::new(outline.iter().copied(), tail)
+            .held_at(now_secs)
+            .iter()
+            .map(|k| k.key_id)
+            .collect();
+        let mut keys = Vec::with_capacity(outline.len());
+        for mut key in outline {
+            if held.contains(&key.key_id) {
+                key.secret = self.terminal_secret(key.key_id)?;
+            }
+            keys.push(key);
+        }
+        Ok(TerminalKeySchedule::new(keys, tail))
+    }
+
+    /// Makes the keys of the service day `now` falls in and of the next
+    /// one, where missing; returns the ids made (none, nearly always). Two
+    /// servers or commands at once make each day's key once: the check is
+    /// repeated under the lock.
+    pub fn make_day_terminal_keys(
+        &mut self,
+        policy: &ServiceDayPolicy,
+        now: UnixMillis,
+    ) -> Result<Vec<u16>, KeystoreError> {
+        let now_secs = now.div_euclid(1000);
+        if self.terminal_days_missing(policy, now)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.change(|store| {
+            let mut made = Vec::new();
+            for (date, from) in store.terminal_days_missing(policy, now)? {
+                store.check_room_for_a_terminal_key(now_secs)?;
+                made.push(store.add_terminal_key(date, from)?);
+            }
+            Ok(made)
+        })
+    }
+
+    /// An emergency rotation (a leaked key): a new key for the service day
+    /// `now` falls in, handed out from `hands_out_from_secs` to the end of
+    /// that day. The key it replaces stays trusted for the tail: riders
+    /// hold it, and a leaked terminal key exposes what codes say, never
+    /// lets anyone forge one (docs/security.md).
+    pub fn rotate_terminal(
+        &mut self,
+        policy: &ServiceDayPolicy,
+        now: UnixMillis,
+        hands_out_from_secs: i64,
+    ) -> Result<u16, KeystoreError> {
+        let now_secs = now.div_euclid(1000);
+        let today = policy.service_date(now).ok_or(KeystoreError::NoServiceDay(now))?;
+        let next_day = today
+            .succ_opt()
+            .and_then(|d| policy.day_start(d))
+            .map(|ms| ms.div_euclid(1000))
+            .ok_or(KeystoreError::NoServiceDay(now))?;
+        if hands_out_from_secs < now_secs || hands_out_from_secs >= next_day {
+            return Err(KeystoreError::TerminalRotationOutOfDay { from: hands_out_from_secs, now: now_secs, next_day });
+        }
+        self.change(|store| {
+            store.check_room_for_a_terminal_key(now_secs)?;
+            store.add_terminal_key(today, hands_out_from_secs)
+        })
+    }
+
+    /// The terminal keys in the keyring, in id order.
+    pub fn terminal_keys(&self) -> &[TerminalKeyInfo] {
+        &self.ring.terminal_keys
+    }
+
+    fn terminal_days_missing(
+        &self,
+        policy: &ServiceDayPolicy,
+        now: UnixMillis,
+    ) -> Result<Vec<(NaiveDate, i64)>, KeystoreError> {
+        let schedule = TerminalKeySchedule::new(self.terminal_outline()?, self.options.trust_tail_secs);
+        Ok(schedule.days_without_a_key(policy, now))
+    }
+
+    fn check_room_for_a_terminal_key(&self, now_secs: i64) -> Result<(), KeystoreError> {
+        let held = TerminalKeySchedule::new(self.terminal_outline()?, self.options.trust_tail_secs).held_at(now_secs);
+        if held.len() >= TERMINAL_KEYS_HELD_MAX {
+            return Err(KeystoreError::TooManyTerminalKeys(held.len()));
+        }
+        Ok(())
+    }
+
+    /// Every terminal key's times, from the keyring alone (secrets zero).
+    fn terminal_outline(&self) -> Result<Vec<HeldTerminalKey>, KeystoreError> {
+        let bad = |reason| KeystoreError::BadKeyring { path: self.dir.join(super::KEYRING), reason };
+        self.ring.terminal_keys.iter().map(|info| info.outline().map_err(bad)).collect()
+    }
+
+    fn terminal_secret(&self, id: u16) -> Result<[u8; TERMINAL_KEY_SECRET_LEN], KeystoreError> {
+        let path = self.terminal_key_path(id);
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        bytes.try_into().map_err(|b: Vec<u8>| KeystoreError::BadTerminalKey {
+            id,
+            reason: format!("{} holds {} bytes, a terminal key is {TERMINAL_KEY_SECRET_LEN}", path.display(), b.len()),
+        })
+    }
+
+    /// Step 1, then the keyring with the new key in it.
+    fn add_terminal_key(&mut self, service_date: NaiveDate, handed_out_from_secs: i64) -> Result<u16, KeystoreError> {
+        let handed_out_from = chrono::DateTime::from_timestamp(handed_out_from_secs, 0)
+            .ok_or(KeystoreError::BadSigningTime(handed_out_from_secs))?
+            .to_rfc3339();
+        let id = self.highest_terminal_id_on_disk()?.checked_add(1).ok_or(KeystoreError::TerminalIdsExhausted)?;
+        let secret = super::random_seed()?;
+        let path = self.terminal_key_path(id);
+        crate::files::write_private(&path, &secret).map_err(io(&path))?;
+        crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
+        self.options.faults.crash_point(STEP_KEY_WRITTEN).map_err(io(&path))?;
+        self.ring.terminal_keys.push(TerminalKeyInfo {
+            id,
+            service_date: service_date.format("%Y-%m-%d").to_string(),
+            handed_out_from,
+            created_at: chrono::Utc::now().to_rfc3339(),
+        });
+        self.save()?;
+        Ok(id)
+    }
+
+    /// The highest id in the keyring or among terminal key files, orphans included.
+    fn highest_terminal_id_on_disk(&self) -> Result<u16, KeystoreError> {
+        let mut highest = self.ring.terminal_keys.iter().map(|k| k.id).max().unwrap_or(0);
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let name = entry.map_err(io(&self.dir))?.file_name();
+            let id = name.to_str().and_then(|n| n.strip_prefix("terminal-")?.strip_suffix(".key")?.parse::<u16>().ok());
+            highest = highest.max(id.unwrap_or(0));
+        }
+        Ok(highest)
+    }
+
+    fn terminal_key_path(&self, id: u16) -> PathBuf {
+        self.dir.join(format!("terminal-{id:05}.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::options;
+    use super::super::{Keystore, STEP_KEYRING_RENAMED, STEP_KEYRING_TEMP_WRITTEN};
+    use super::*;
+
+    /// 2026-12-03 10:00 in Shanghai, the service day 2026-12-03.
+    const NOW_MS: i64 = 1_796_263_200_000;
+    const NOW: i64 = NOW_MS / 1000;
+
+    fn policy() -> ServiceDayPolicy {
+        ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 }
+    }
+
+    fn day_start(date: &str) -> i64 {
+        let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").expect("date");
+        policy().day_start(date).expect("start") / 1000
+    }
+
+    #[test]
+    fn todays_and_tomorrows_keys_are_made_once_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        assert_eq!(store.make_day_terminal_keys(&policy(), NOW_MS).expect("make"), vec![1, 2]);
+        assert_eq!(store.make_day_terminal_keys(&policy(), NOW_MS).expect("again"), Vec::<u16>::new());
+        let reopened = Keystore::open(dir.path(), options()).expect("reopen");
+        let schedule = reopened.terminal_schedule_at(NOW).expect("schedule");
+        let handed_out = schedule.handed_out_at(NOW).expect("today's key");
+        assert_eq!((handed_out.key_id, handed_out.handed_out_from_secs), (1, day_start("2026-12-03")));
+        assert_eq!(schedule.held_at(NOW).iter().map(|k| k.key_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_ne!(handed_out.secret, [0; 32], "the secret is read from its file");
+        assert_ne!(schedule.held_at(NOW)[0].secret, schedule.held_at(NOW)[1].secret);
+        let tomorrow = NOW_MS + 86_400_000;
+        let mut store = reopened;
+        assert_eq!(store.make_day_terminal_keys(&policy(), tomorrow).expect("the day after"), vec![3]);
+        let file = dir.path().join("keys").join("terminal-00001.key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&file).expect("key file").permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_emergency_rotation_hands_out_a_new_key_for_the_rest_of_the_day_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        store.make_day_terminal_keys(&policy(), NOW_MS).expect("make");
+        let id = store.rotate_terminal(&policy(), NOW_MS, NOW + 600).expect("rotate");
+        assert_eq!(id, 3);
+        let schedule = store.terminal_schedule_at(NOW).expect("schedule");
+        assert_eq!(schedule.handed_out_at(NOW + 599).map(|k| k.key_id), Some(1));
+        assert_eq!(schedule.handed_out_at(NOW + 600).map(|k| k.key_id), Some(3));
+        assert_eq!(schedule.handed_out_at(day_start("2026-12-04")).map(|k| k.key_id), Some(2));
+        let tomorrow = day_start("2026-12-04");
+        for from in [NOW - 1, tomorrow] {
+            let refused = store.rotate_terminal(&policy(), NOW_MS, from);
+            assert!(matches!(refused, Err(KeystoreError::TerminalRotationOutOfDay { .. })), "{from}: {refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_crash_at_each_step_of_making_a_key_leaves_a_working_store() {
+        for (step, committed) in
+            [(STEP_KEY_WRITTEN, false), (STEP_KEYRING_TEMP_WRITTEN, false), (STEP_KEYRING_RENAMED, true)]
+        {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let options = options();
+            let mut store = Keystore::open_or_create(dir.path(), options.clone()).expect("create");
+            options.faults.crash_after(step);
+            assert!(store.make_day_terminal_keys(&policy(), NOW_MS).is_err(), "{step}");
+            let mut after = Keystore::open_or_create(dir.path(), options).expect(step);
+            assert_eq!(after.terminal_keys().len(), usize::from(committed), "{step}");
+            let made = after.make_day_terminal_keys(&policy(), NOW_MS).expect("a later start makes what is missing");
+            assert_eq!(made.len(), if committed { 1 } else { 2 }, "{step}");
+            let schedule = after.terminal_schedule_at(NOW).expect("every key named has its file");
+            assert_eq!(schedule.held_at(NOW).len(), 2, "{step}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_terminal_key_file_or_keyring_entry_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        store.make_day_terminal_keys(&policy(), NOW_MS).expect("make");
+        let keys = dir.path().join("keys");
+        fs::write(keys.join("terminal-00002.key"), [1; 31]).expect("truncate");
+        let read = store.terminal_schedule_at(NOW);
+        assert!(matches!(&read, Err(KeystoreError::BadTerminalKey { id: 2, reason }) if reason.contains("31 bytes")));
+        let ring = keys.join("keyring.toml");
+        let text = fs::read_to_string(&ring).expect("ring");
+        fs::write(&ring, text.replace("service_date = \"2026-12-03\"", "service_date = \"Tuesday\"")).expect("ring");
+        let read = Keystore::open(dir.path(), options()).expect("parses").terminal_schedule_at(NOW);
+        assert!(matches!(&read, Err(KeystoreError::BadKeyring { reason, .. }) if reason.contains("YYYY-MM-DD")));
+    }
+}
