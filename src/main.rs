@@ -75,6 +75,10 @@ enum Command {
         /// drain rate.
         #[arg(long)]
         backlog: bool,
+        /// Riders show version-1 codes instead of sealed ones (what the
+        /// fleet sent before version 2; to measure what sealing costs).
+        #[arg(long)]
+        unsealed: bool,
         /// Scans per batch (defaults to wire.batch_scans_max, and at most that).
         #[arg(long, value_parser = within(1usize, 100_000))]
         batch_scans: Option<usize>,
@@ -266,8 +270,19 @@ fn main() -> Result<()> {
         }
         Command::Keys { action } => keys_cmd::keys(&cli.data_dir, &config, action),
         Command::Gateway { action } => fleet_cmd::gateway(&cli.data_dir, &config, action),
-        Command::Simulate { server, city, duration_secs, backlog, batch_scans, acked_file, accounts, paygw_dir } => {
-            let load = Load { duration_secs, backlog, batch_scans: batch_scans.unwrap_or(config.wire.batch_scans_max) };
+        Command::Simulate {
+            server,
+            city,
+            duration_secs,
+            backlog,
+            unsealed,
+            batch_scans,
+            acked_file,
+            accounts,
+            paygw_dir,
+        } => {
+            let batch_scans = batch_scans.unwrap_or(config.wire.batch_scans_max);
+            let load = Load { duration_secs, backlog, batch_scans, unsealed };
             let paygw_dir = paygw_dir.as_deref().filter(|_| accounts);
             let rig = paygw_dir.map(|dir| AccountsRig::from_config(&config, dir)).transpose()?;
             runtime.block_on(simulate(&cli.data_dir, config, server, city, load, rig, acked_file.as_deref()))

@@ -73,6 +73,8 @@ pub enum DemoError {
     App(#[from] crate::sim::AppError),
     #[error("charges: {0}")]
     Charges(String),
+    #[error("the server hands out no terminal key at the demo day's start")]
+    NoTerminalKey,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +143,11 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         .start()
         .await?;
     let pipeline = Arc::clone(server.pipeline());
+    // The phones seal their codes under the day's terminal key, as the
+    // server made it at start and pushes it to the validators.
+    let keys_now = server.issuer_keys().now();
+    let sealing = keys_now.terminal_handed_out(clock.now_ms().div_euclid(1000)).ok_or(DemoError::NoTerminalKey)?;
+    world.seal_codes(sealing.key(), keys_now.terminal_trusted());
     let api = start_api(config, &server).await?;
     let app = RiderApp::new(&api.url(), inbox);
 

@@ -31,6 +31,9 @@ pub struct Load {
     pub backlog: bool,
     /// Scans per batch; at most `wire.batch_scans_max`.
     pub batch_scans: usize,
+    /// Version-1 codes, as apps showed before they sealed them: the
+    /// baseline for what sealing costs.
+    pub unsealed: bool,
 }
 
 #[derive(Debug, Error)]
@@ -124,6 +127,12 @@ pub async fn simulate(
     let now_secs = now.div_euclid(1000);
     let (signer, trusted) = (keystore.signer_at(now_secs)?, keystore.schedule_at(now_secs)?.trusted_at(now_secs));
     let mut world = City::world(spec, config, signer, trusted, valid_from)?;
+    // Sealed codes (format version 2) under the terminal key the server
+    // hands out now; version 1 if this server has made none.
+    let terminal = keystore.terminal_schedule_at(now_secs)?;
+    if let Some(key) = terminal.handed_out_at(now_secs).filter(|_| !load.unsealed) {
+        world.seal_codes(key.key(), terminal.trusted_at(now_secs));
+    }
     if let Some(rig) = accounts {
         let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox::new(rig.notifications.clone())));
         let bank = SimControl::from_data_dir(&rig.paygw_url, &rig.paygw_dir).map_err(SimulateError::PaygwToken)?;

@@ -288,14 +288,19 @@ impl PlannedScan {
             _ => rider.credential,
         };
         let created_at = farestream_core::clock::unix_secs_u32(self.code_created_at_ms);
-        let mut bytes = rider.key.make_code(&credential, created_at, self.code_counter).bytes.to_vec();
-        match self.anomaly {
-            Anomaly::Forged => {
-                let last = bytes.len() - 1;
-                bytes[last] ^= 0x01;
-            }
-            Anomaly::Malformed => bytes.truncate(100),
-            _ => {}
+        let mut code = rider.key.make_code(&credential, created_at, self.code_counter);
+        if self.anomaly == Anomaly::Forged {
+            // The user signature's last byte: forged inside the seal, as a
+            // forger who holds the day's terminal key (every app does) would.
+            let last = code.bytes.len() - 1;
+            code.bytes[last] ^= 0x01;
+        }
+        let mut bytes = match &world.sealing_key {
+            Some(key) => crate::ridecode::seal(&code, key).to_vec(),
+            None => code.bytes.to_vec(),
+        };
+        if self.anomaly == Anomaly::Malformed {
+            bytes.truncate(100);
         }
         bytes
     }

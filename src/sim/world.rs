@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, KeyError, TerminalKeys, UserKey};
+use crate::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, KeyError, TerminalKey, TerminalKeys, UserKey};
 use crate::scan::TapKind;
 
 /// Key id of the rogue issuer whose credentials nobody trusts.
@@ -72,6 +72,9 @@ pub struct World {
     pub trusted_keys: IssuerPublicKeys,
     /// The terminal keys the validators open sealed codes with.
     pub terminal_keys: TerminalKeys,
+    /// The day's terminal key the riders' apps seal their codes under;
+    /// `None`: they show version-1 codes.
+    pub sealing_key: Option<TerminalKey>,
     pub credential_valid_from: u32,
     pub credential_valid_until: u32,
     rogue_issuer: IssuerSigningKey,
@@ -110,11 +113,19 @@ impl World {
             issuer,
             trusted_keys,
             terminal_keys: TerminalKeys::new(),
+            sealing_key: None,
             credential_valid_from: valid_from,
             credential_valid_until: valid_until,
             rogue_issuer,
             seed: spec.seed,
         })
+    }
+
+    /// From now on the riders' apps seal their codes under `sealing_key`
+    /// (format version 2) and the validators open them with `held`.
+    pub fn seal_codes(&mut self, sealing_key: TerminalKey, held: TerminalKeys) {
+        self.sealing_key = Some(sealing_key);
+        self.terminal_keys = held;
     }
 
     pub fn seed(&self) -> u64 {

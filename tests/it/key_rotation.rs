@@ -165,3 +165,52 @@ async fn a_first_version_gateway_gets_the_deny_list_as_before() {
         connection.close(0u32.into(), b"done");
     }
 }
+
+/// Issue 20: a server that follows its key store makes today's and
+/// tomorrow's terminal keys, pushes both to a connected gateway, opens
+/// codes sealed under today's, and pushes an emergency rotation without
+/// a restart. A code sealed under a key never made is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_keys_are_made_a_day_ahead_pushed_and_open_sealed_codes() {
+    let h = following_the_key_store(Config::defaults()).await;
+    let client = h.client();
+    client.connect().await.expect("connect");
+    let now_ms = h.clock.now_ms();
+    let policy = h.config.service_day_policy().expect("policy");
+    let today = policy.service_date(now_ms).expect("today");
+    let started = Instant::now();
+    let held = loop {
+        let held = client.terminal_keys();
+        if held.len() == 2 {
+            break held;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the gateway holds {held:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let days: Vec<_> = held.iter().map(|k| (k.key_id, k.service_date)).collect();
+    assert_eq!(days, vec![(1, today), (2, today.succ_opt().expect("tomorrow"))], "tomorrow's key a day ahead");
+    let opened_at_the_gate = client.trusted_terminal_keys(now_ms / 1000);
+    assert_eq!(opened_at_the_gate.key_ids().collect::<Vec<_>>(), vec![1, 2]);
+
+    let read_ms = now_ms - 1_000;
+    let window = (secs(read_ms) - 3_600, secs(read_ms) + 3_600);
+    let code = farestream::ridecode::RideCode::decode(&scan_under(&h.issuer, 31, window, read_ms)).expect("code");
+    let sealed = farestream::ridecode::seal(&code, &held[0].key()).to_vec();
+    assert_eq!(status_of(&h, &client, 1, sealed, read_ms).await, ScanStatus::Accepted);
+    let never_made = farestream::ridecode::TerminalKey::from_secret(9, &[9; 32]);
+    let code = farestream::ridecode::RideCode::decode(&scan_under(&h.issuer, 32, window, read_ms)).expect("code");
+    let sealed = farestream::ridecode::seal(&code, &never_made).to_vec();
+    assert_eq!(status_of(&h, &client, 2, sealed, read_ms).await, ScanStatus::UnknownTerminalKey);
+
+    let mut store = key_store(&h.config, h.dir.path());
+    let rotated = store.rotate_terminal(&policy, now_ms, now_ms / 1000 + 600).expect("rotate");
+    assert_eq!(rotated, 3);
+    let started = Instant::now();
+    while client.terminal_keys().len() != 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the rotation was not pushed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handed_out = h.server.issuer_keys().now().terminal_handed_out(now_ms / 1000 + 600).expect("handed out");
+    assert_eq!(handed_out.key_id, 3, "the rotated key is handed out from its moment");
+    client.close().await;
+}

@@ -363,7 +363,7 @@ async fn a_simulation_whose_server_dies_stops_and_says_so() {
         redelivery_percent: 0.0,
         seed: 9,
     };
-    let load = farestream::sim::load::Load { duration_secs: 30.0, backlog: false, batch_scans: 500 };
+    let load = farestream::sim::load::Load { duration_secs: 30.0, backlog: false, batch_scans: 500, unsealed: false };
     let (data_dir, server_addr, sim_config) = (dir.path().to_path_buf(), h.server.local_addr(), config.clone());
     let simulation = tokio::spawn(async move {
         let bar = indicatif::ProgressBar::hidden();
