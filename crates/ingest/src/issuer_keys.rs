@@ -29,8 +29,16 @@ pub struct IssuerKeysNow {
 }
 
 impl IssuerKeysNow {
-    /// The key store's keys at `now_secs`.
-    pub fn at(store: &Keystore, now_secs: i64) -> Result<IssuerKeysNow, KeystoreError> {
+    /// The key store's keys at `now_secs`. Terminal keys that cannot be
+    /// read (a key file deleted or unreadable) leave `terminal_before` in
+    /// force as time passes, logged and counted, and never stop the issuer
+    /// keys' changes: a review found one bad terminal key file kept a
+    /// retired issuer key trusted.
+    pub fn at(
+        store: &Keystore,
+        now_secs: i64,
+        terminal_before: &[HeldTerminalKey],
+    ) -> Result<IssuerKeysNow, KeystoreError> {
         let schedule = store.schedule_at(now_secs)?;
         let signer = match schedule.signer_at(now_secs) {
             Some(id) => Some(Arc::new(store.signer(id)?)),
@@ -40,7 +48,14 @@ impl IssuerKeysNow {
             trusted: schedule.trusted_at(now_secs),
             published: store.export_from(&schedule, now_secs)?,
             signer,
-            terminal: store.terminal_schedule_at(now_secs)?.held_at(now_secs),
+            terminal: match store.terminal_schedule_at(now_secs) {
+                Ok(schedule) => schedule.held_at(now_secs),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the terminal keys; those held stay in force until they run out");
+                    crate::telemetry::issuer_keys_reload_failed();
+                    terminal_before.iter().filter(|k| k.trusted_at(now_secs)).copied().collect()
+                }
+            },
         })
     }
 
@@ -248,6 +263,35 @@ mod tests {
         let at_500 = held.as_time_passes(500);
         assert_eq!(at_500.trusted.key_ids().collect::<Vec<_>>(), vec![2]);
         assert_eq!(at_500.published.iter().map(|k| k.key.key_id).collect::<Vec<_>>(), vec![2]);
+    }
+
+    /// Review: one unreadable terminal key file failed the whole reread,
+    /// so a retired (leaked) issuer key stayed trusted. The issuer keys move
+    /// on; the terminal keys held before stay until they run out.
+    #[test]
+    fn an_unreadable_terminal_key_file_stops_no_issuer_change() {
+        use crate::keystore::{Keystore, KeystoreOptions};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = KeystoreOptions {
+            lock_wait: std::time::Duration::from_secs(5),
+            trust_tail_secs: 1_000,
+            faults: Arc::new(crate::faults::Faults::default()),
+        };
+        let mut store = Keystore::open_or_create(dir.path(), options).expect("store");
+        let policy = farestream_core::service_day::ServiceDayPolicy { time_zone: chrono_tz::UTC, start_hour: 4 };
+        let now = 1_796_263_200;
+        store.make_day_terminal_keys(&policy, now * 1000).expect("day keys");
+        store.rotate(now, now).expect("issuer key 2");
+        let before = IssuerKeysNow::at(&store, now, &[]).expect("keys");
+        assert_eq!(before.terminal.len(), 2);
+        std::fs::write(dir.path().join("keys").join("terminal-00001.key"), [1; 5]).expect("damage");
+        store.retire(1, now).expect("retire the leaked issuer key");
+        let after = IssuerKeysNow::at(&store, now, &before.terminal).expect("the reread still succeeds");
+        assert_eq!(after.trusted.key_ids().collect::<Vec<_>>(), vec![2], "the retirement took effect");
+        assert_eq!(after.terminal, before.terminal, "the terminal keys held stay in force");
+        let later = before.terminal[0].trusted_until_secs.expect("tomorrow's key follows today's");
+        let held_later = IssuerKeysNow::at(&store, later, &before.terminal).expect("keys").terminal;
+        assert_eq!(held_later.iter().map(|k| k.key_id).collect::<Vec<_>>(), vec![2], "today's still runs out on time");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub enum AccountError {
     #[error("card {card_id} cannot close yet: {why:?}")]
     NotYet { card_id: u64, why: NotYet },
     #[error(
-        "card {card_id} was handed every block of code counters under terminal key {terminal_key_id} (or a newer key already): it gets more with the next key"
+        "card {card_id} was handed every block of code counters under terminal key {terminal_key_id}, or already got a key handed out after it (a clock set back): it gets more with the next key"
     )]
     CodeBlocksExhausted { card_id: u64, terminal_key_id: u16 },
     #[error(transparent)]
@@ -113,17 +113,28 @@ pub fn keys_issued(
     tx: &Transaction<'_>,
     card_id: u64,
     valid_until: UnixMillis,
-    terminal_key_id: u16,
+    key: TerminalKeyOrder,
 ) -> Result<CodeBlock, AccountError> {
     let before = account(tx, card_id)?;
     account::may_issue_keys(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
-    let block = next_code_block(tx, card_id, terminal_key_id)?;
+    let block = next_code_block(tx, card_id, key)?;
     tx.execute(
         "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2),
-                code_blocks_terminal_key_id = ?3, code_blocks_issued = ?4 WHERE card_id = ?1",
-        params![card_to_sql(card_id), valid_until, terminal_key_id, block.index + 1],
+                code_blocks_terminal_key_id = ?3, code_blocks_key_handed_out_from = ?4, code_blocks_issued = ?5
+         WHERE card_id = ?1",
+        params![card_to_sql(card_id), valid_until, key.key_id, key.handed_out_from_secs, block.index + 1],
     )?;
     Ok(block)
+}
+
+/// Where a terminal key stands in the order keys are handed out: by
+/// `handed_out_from`, then id (the key schedule's own order), never by id
+/// alone, since an emergency rotation takes a higher id than the next
+/// day's key made before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TerminalKeyOrder {
+    pub handed_out_from_secs: i64,
+    pub key_id: u16,
 }
 
 /// The block of code counters a credential gets: the card's next under
@@ -136,20 +147,25 @@ pub struct CodeBlock {
     pub counters: (u32, u64),
 }
 
-/// The card's next block under `terminal_key_id`: the count starts again
-/// for each newer key. A key older than the card's newest (a clock set
-/// back) gets none, as a key whose blocks ran out: no counter is ever
+/// The card's next block under `key`: the count starts again for each key
+/// handed out later. A key handed out before the card's last one (a clock
+/// set back) gets none, as a key whose blocks ran out: no counter is ever
 /// handed out twice under one key.
-fn next_code_block(tx: &Transaction<'_>, card_id: u64, terminal_key_id: u16) -> Result<CodeBlock, AccountError> {
-    let (key_id, issued): (Option<i64>, i64) = tx.query_row(
-        "SELECT code_blocks_terminal_key_id, code_blocks_issued FROM accounts WHERE card_id = ?1",
+fn next_code_block(tx: &Transaction<'_>, card_id: u64, key: TerminalKeyOrder) -> Result<CodeBlock, AccountError> {
+    let (key_id, from, issued): (Option<u16>, Option<i64>, i64) = tx.query_row(
+        "SELECT code_blocks_terminal_key_id, code_blocks_key_handed_out_from, code_blocks_issued
+         FROM accounts WHERE card_id = ?1",
         [card_to_sql(card_id)],
-        |row| Ok((row.get(0)?, row.get(1)?)),
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
     )?;
+    let terminal_key_id = key.key_id;
     let exhausted = || AccountError::CodeBlocksExhausted { card_id, terminal_key_id };
-    let index = match key_id {
-        Some(held) if held == i64::from(terminal_key_id) => u32::try_from(issued).map_err(|_| exhausted())?,
-        Some(held) if held > i64::from(terminal_key_id) => return Err(exhausted()),
+    // A row from before migration 11 has no moment: its key counts as the
+    // earliest, so the same id continues its count and any other starts anew.
+    let last = key_id.map(|key_id| TerminalKeyOrder { handed_out_from_secs: from.unwrap_or(i64::MIN), key_id });
+    let index = match last {
+        Some(last) if last.key_id == key.key_id => u32::try_from(issued).map_err(|_| exhausted())?,
+        Some(last) if last > key => return Err(exhausted()),
         _ => 0,
     };
     let counters = farestream_core::ridecode::sealed::code_counter_block(index).ok_or_else(exhausted)?;
@@ -610,9 +626,17 @@ mod tests {
         let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
         let tx = store.transaction().expect("tx");
         register(&tx, 7, "+8613800000000", 1).expect("register");
-        assert!(matches!(keys_issued(&tx, 7, 10, 3), Err(AccountError::WrongState { .. })), "not active yet");
+        assert!(
+            matches!(
+                keys_issued(&tx, 7, 10, TerminalKeyOrder { handed_out_from_secs: 0, key_id: 3 }),
+                Err(AccountError::WrongState { .. })
+            ),
+            "not active yet"
+        );
         activate(&tx, 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
-        let block = |key| keys_issued(&tx, 7, 10, key).map(|b| b.counters);
+        // Key 3 is day D's, handed out from 100; key 4 day D+1's, from 200.
+        let order = |key_id: u16| TerminalKeyOrder { handed_out_from_secs: i64::from(key_id) * 100 - 200, key_id };
+        let block = |key_id| keys_issued(&tx, 7, 10, order(key_id)).map(|b| b.counters);
         assert_eq!(block(3).expect("first"), (0, 1 << 20));
         assert_eq!(block(3).expect("second"), (1 << 20, 2 << 20), "the next block, never the same");
         assert_eq!(block(4).expect("a newer key"), (0, 1 << 20), "a newer key starts again");
@@ -620,7 +644,12 @@ mod tests {
         tx.execute("UPDATE accounts SET code_blocks_issued = 4095 WHERE card_id = 7", []).expect("nearly all");
         assert_eq!(block(4).expect("the last"), (u32::MAX - (1 << 20) + 1, 1 << 32));
         assert!(matches!(block(4), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 4, .. })));
-        assert_eq!(block(u16::MAX).expect("the largest key id"), (0, 1 << 20));
+        // Review: after an emergency rotation (key 9, a higher id, handed out
+        // on day D+1 before day D+2's key 5 made a day ahead), the next
+        // day's key is refused for a whole day when ids decide the order.
+        let rotation = TerminalKeyOrder { handed_out_from_secs: 250, key_id: 9 };
+        assert_eq!(keys_issued(&tx, 7, 10, rotation).map(|b| b.counters).expect("the rotation"), (0, 1 << 20));
+        assert_eq!(block(5).expect("the next day's key, a lower id"), (0, 1 << 20));
     }
 
     #[test]

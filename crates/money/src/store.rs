@@ -25,6 +25,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (8, include_str!("../migrations/0008_deny_list_by_card.sql")),
     (9, include_str!("../migrations/0009_account_payment_sends.sql")),
     (10, include_str!("../migrations/0010_code_counter_blocks.sql")),
+    (11, include_str!("../migrations/0011_code_blocks_key_order.sql")),
 ];
 
 /// A money-store step run off the async threads ended without an answer.

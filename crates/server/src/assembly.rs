@@ -141,8 +141,10 @@ impl Assembly {
         let (keys_now, follow_key_store) = match self.fixed_keys.take() {
             Some(trusted) => (IssuerKeysNow::fixed(trusted), false),
             None => {
-                self.keystore.make_day_terminal_keys(&self.pipeline.service_day, now_ms)?;
-                (IssuerKeysNow::at(&self.keystore, now_secs)?, true)
+                // A failure (a full disk) is retried at each reread; the
+                // server starts with the keys it holds.
+                crate::issuer_reload::make_day_terminal_keys(&mut self.keystore, &self.pipeline.service_day, now_ms);
+                (IssuerKeysNow::at(&self.keystore, now_secs, &[])?, true)
             }
         };
         let Assembly { data_dir_lock, identity, fleet, settings, pipeline, handles, settlement, .. } = self;

@@ -27,10 +27,11 @@ pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
         let policy = shared.pipeline.config().service_day;
         let now_ms = shared.handles.clock.now_ms();
         let now_secs = now_ms.div_euclid(1000);
+        let terminal_before = shared.issuer_keys.now().terminal.clone();
         let read = tokio::task::spawn_blocking(move || {
             let mut store = Keystore::open(&dir, options)?;
             make_day_terminal_keys(&mut store, &policy, now_ms);
-            IssuerKeysNow::at(&store, now_secs)
+            IssuerKeysNow::at(&store, now_secs, &terminal_before)
         });
         let read = read.await.map_err(|e| e.to_string()).and_then(|keys| keys.map_err(|e| e.to_string()));
         let next = match read {
@@ -60,7 +61,7 @@ pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
 /// missing. A failure (a full disk) is logged and counted, and the keys
 /// held stay in force: it is tried again at the next reread, a day ahead
 /// of the first code that needs the key.
-fn make_day_terminal_keys(store: &mut Keystore, policy: &ServiceDayPolicy, now_ms: i64) {
+pub(super) fn make_day_terminal_keys(store: &mut Keystore, policy: &ServiceDayPolicy, now_ms: i64) {
     match store.make_day_terminal_keys(policy, now_ms) {
         Ok(made) if made.is_empty() => {}
         Ok(made) => tracing::info!(?made, "terminal keys made for the coming service days"),

@@ -11,8 +11,10 @@
 //! follow the issuer keys' steps exactly: the key file first (create-new,
 //! fsync, directory fsync, failpoint [`STEP_KEY_WRITTEN`]), then the keyring
 //! by temporary file and rename, all under the store's lock. A crash leaves
-//! at most an orphan key file that no keyring names and that the next id
-//! skips.
+//! at most an orphan key file that no keyring names: nothing ever read it,
+//! so the next key takes its id and replaces it (a review found that
+//! skipping orphans let a full disk, retried every reread, use up every
+//! 16-bit id within hours).
 
 use std::fs;
 use std::path::PathBuf;
@@ -171,9 +173,15 @@ impl Keystore {
         let handed_out_from = chrono::DateTime::from_timestamp(handed_out_from_secs, 0)
             .ok_or(KeystoreError::BadSigningTime(handed_out_from_secs))?
             .to_rfc3339();
-        let id = self.highest_terminal_id_on_disk()?.checked_add(1).ok_or(KeystoreError::TerminalIdsExhausted)?;
+        let highest = self.ring.terminal_keys.iter().map(|k| k.id).max().unwrap_or(0);
+        let id = highest.checked_add(1).ok_or(KeystoreError::TerminalIdsExhausted)?;
         let secret = super::random_seed()?;
         let path = self.terminal_key_path(id);
+        // An orphan of a change that never committed: no keyring named it.
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+            _ => {}
+        }
         crate::files::write_private(&path, &secret).map_err(io(&path))?;
         crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
         self.options.faults.crash_point(STEP_KEY_WRITTEN).map_err(io(&path))?;
@@ -185,17 +193,6 @@ impl Keystore {
         });
         self.save()?;
         Ok(id)
-    }
-
-    /// The highest id in the keyring or among terminal key files, orphans included.
-    fn highest_terminal_id_on_disk(&self) -> Result<u16, KeystoreError> {
-        let mut highest = self.ring.terminal_keys.iter().map(|k| k.id).max().unwrap_or(0);
-        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let name = entry.map_err(io(&self.dir))?.file_name();
-            let id = name.to_str().and_then(|n| n.strip_prefix("terminal-")?.strip_suffix(".key")?.parse::<u16>().ok());
-            highest = highest.max(id.unwrap_or(0));
-        }
-        Ok(highest)
     }
 
     fn terminal_key_path(&self, id: u16) -> PathBuf {
@@ -278,6 +275,24 @@ mod tests {
             let schedule = after.terminal_schedule_at(NOW).expect("every key named has its file");
             assert_eq!(schedule.held_at(NOW).len(), 2, "{step}");
         }
+    }
+
+    /// Review: each failed try left an orphan file whose id the next try
+    /// skipped; retried every reread, a full disk used up every id.
+    #[test]
+    fn failed_tries_use_up_no_ids_and_a_stray_file_takes_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = options();
+        let mut store = Keystore::open_or_create(dir.path(), options.clone()).expect("create");
+        fs::write(dir.path().join("keys").join("terminal-65535.key"), [7; 32]).expect("a stray file");
+        options.faults.set_rename_fails(true);
+        for _ in 0..3 {
+            assert!(store.make_day_terminal_keys(&policy(), NOW_MS).is_err());
+        }
+        options.faults.set_rename_fails(false);
+        assert_eq!(store.make_day_terminal_keys(&policy(), NOW_MS).expect("the disk is back"), vec![1, 2]);
+        let schedule = store.terminal_schedule_at(NOW).expect("schedule");
+        assert_ne!(schedule.held_at(NOW)[0].secret, [0; 32]);
     }
 
     #[test]
