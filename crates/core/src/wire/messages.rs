@@ -203,6 +203,18 @@ impl IssuerKeySet {
     }
 }
 
+impl std::fmt::Debug for WireTerminalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerminalKey")
+            .field("key_id", &self.key_id)
+            .field("secret_len", &self.secret.len())
+            .field("service_date", &self.service_date)
+            .field("handed_out_from_unix_secs", &self.handed_out_from_unix_secs)
+            .field("trusted_until_unix_secs", &self.trusted_until_unix_secs)
+            .finish()
+    }
+}
+
 impl TerminalKeySet {
     /// The wire form of `keys`.
     pub fn from_held(keys: &[HeldTerminalKey]) -> TerminalKeySet {
@@ -266,6 +278,8 @@ mod tests {
             trusted_until_unix_secs: Some(i64::MAX),
         };
         let good = TerminalKeySet { keys: vec![key(1, 32, "2026-12-03"), key(65_535, 32, "9999-12-31")] };
+        let printed = format!("{good:?}");
+        assert!(printed.contains("secret_len: 32") && !printed.contains("9, 9"), "no secret in Debug: {printed}");
         let held = good.to_held(64).expect("good");
         assert_eq!(TerminalKeySet::from_held(&held), good, "round trip");
         assert_eq!(TerminalKeySet { keys: vec![] }.to_held(64), Ok(vec![]));

@@ -83,8 +83,9 @@ pub(super) struct DailyKeys {
     pub code_counter_until: u64,
 }
 
-/// The day's terminal key, as the app holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The day's terminal key, as the app holds it. Its Debug leaves the
+/// secret out.
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct TerminalKeyView {
     pub key_id: u16,
     /// The 32-byte secret, hex.
@@ -280,6 +281,12 @@ pub(super) async fn keys(
         code_counter_from: block.counters.0,
         code_counter_until: block.counters.1,
     }))
+}
+
+impl std::fmt::Debug for TerminalKeyView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TerminalKeyView({}, {}, ..)", self.key_id, self.service_date)
+    }
 }
 
 /// The terminal key handed out now: taken once per request, like the signer.
