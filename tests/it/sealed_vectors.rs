@@ -14,34 +14,22 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use farestream::ridecode::sealed::{NONCE_LEN, SEALED_CODE_LEN, associated_data, mask, nonce_for, sealed_content};
 use farestream::ridecode::terminal::{MASK_KEY_INFO, SEAL_KEY_INFO, TERMINAL_KEY_SALT, derive_subkey};
 use farestream::ridecode::{
-    FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, NobodyDenied, RideCode, TerminalKey, TerminalKeys, UserKey,
-    check_offline, seal,
+    IssuerPublicKeys, IssuerSigningKey, NobodyDenied, RideCode, TerminalKey, TerminalKeys, UserKey, check_offline, seal,
 };
 use farestream::scan::ScanStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::support::repo_file;
+// The version-1 vectors' inputs: RFC 8032 TEST 1 as issuer key 1, TEST 2 as the user key.
+use crate::vectors::{CARD_ID, CREATED_AT, ISSUER_SEED, POLICY, USER_SEED, VALID_FROM, VALID_UNTIL, seed};
 
 const VECTORS: &str = "tests/vectors/ride-code-v2.json";
 const DOC: &str = "docs/ride-code.md";
 
-/// The version-1 vectors' inputs (tests/it/vectors.rs): RFC 8032 TEST 1 as
-/// issuer key 1, TEST 2 as the user key.
-const ISSUER_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
-const USER_SEED: &str = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb";
-const CARD_ID: u64 = 12_345_678;
-const VALID_FROM: u32 = 1_763_582_400;
-const VALID_UNTIL: u32 = VALID_FROM + 93_600;
-const CREATED_AT: u32 = 1_763_604_000;
+/// The version-1 `valid` vector's counter; its other inputs are shared.
 const COUNTER: u32 = 7;
 /// The terminal key: id 3, secret 0x00 0x01 … 0x1f.
 const TERMINAL_KEY_ID: u16 = 3;
-const POLICY: FreshnessPolicy = FreshnessPolicy {
-    code_validity_secs: 60,
-    clock_skew_secs: 30,
-    credential_validity_secs: 93_600,
-    unsealed_refused_from_secs: None,
-};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct VectorFile {
@@ -74,12 +62,6 @@ struct Vector {
     /// The validator clock, Unix seconds.
     validator_time: u32,
     expected_status: String,
-}
-
-fn seed(hex_seed: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_seed, &mut out).expect("seed hex");
-    out
 }
 
 fn secret() -> [u8; 32] {

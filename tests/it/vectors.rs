@@ -21,16 +21,16 @@ const VECTORS: &str = "tests/vectors/ride-code-v1.json";
 
 /// RFC 8032 section 7.1, TEST 1 and TEST 2 secret keys: any Ed25519
 /// implementation can rebuild these keys.
-const ISSUER_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
-const USER_SEED: &str = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb";
+pub(crate) const ISSUER_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+pub(crate) const USER_SEED: &str = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb";
 const ROGUE_SEED: &str = "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7";
-const CARD_ID: u64 = 12_345_678;
+pub(crate) const CARD_ID: u64 = 12_345_678;
 /// 2025-11-20 04:00 in Shanghai: the start of that service day.
-const VALID_FROM: u32 = 1_763_582_400;
-const VALID_UNTIL: u32 = VALID_FROM + 93_600;
+pub(crate) const VALID_FROM: u32 = 1_763_582_400;
+pub(crate) const VALID_UNTIL: u32 = VALID_FROM + 93_600;
 /// 2025-11-20 10:00 in Shanghai.
-const CREATED_AT: u32 = 1_763_604_000;
-const POLICY: FreshnessPolicy = FreshnessPolicy {
+pub(crate) const CREATED_AT: u32 = 1_763_604_000;
+pub(crate) const POLICY: FreshnessPolicy = FreshnessPolicy {
     code_validity_secs: 60,
     clock_skew_secs: 30,
     credential_validity_secs: 93_600,
@@ -64,7 +64,7 @@ struct Vector {
     user_message_hex: String,
 }
 
-fn seed(hex_seed: &str) -> [u8; 32] {
+pub(crate) fn seed(hex_seed: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_seed, &mut out).expect("seed hex");
     out

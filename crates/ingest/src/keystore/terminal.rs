@@ -178,9 +178,10 @@ impl Keystore {
         let secret = super::random_seed()?;
         let path = self.terminal_key_path(id);
         // An orphan of a change that never committed: no keyring named it.
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
-            _ => {}
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io(&path)(e));
         }
         crate::files::write_private(&path, &secret).map_err(io(&path))?;
         crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
