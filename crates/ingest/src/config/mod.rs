@@ -476,6 +476,28 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
 mod tests {
     use super::*;
 
+    /// The version-1 cut-off date at its extremes: the start of that
+    /// service day, and a clear refusal for anything a ride code's 32-bit
+    /// time cannot hold or that is not a date.
+    #[test]
+    fn the_version_1_cut_off_date_is_a_service_day_start_within_a_codes_times() {
+        let with = |date: &str| {
+            let toml = format!("[ride_code]\nversion_1_refused_from_date = {date:?}\n");
+            Config::from_toml_over_defaults(&toml, "cut-off.toml")
+        };
+        let policy = with("2027-06-01").expect("a date").freshness_policy().expect("policy");
+        // 04:00 in Shanghai is 20:00 UTC the day before.
+        assert_eq!(policy.unsealed_refused_from_secs, Some(1_811_793_600));
+        assert_eq!(Config::defaults().freshness_policy().expect("policy").unsealed_refused_from_secs, None);
+        let earliest = with("1970-01-01").map(|c| c.freshness_policy().map(|p| p.unsealed_refused_from_secs));
+        assert!(earliest.is_err(), "04:00 in Shanghai on 1970-01-01 is before 1970 in UTC: {earliest:?}");
+        assert!(with("2106-02-06").is_ok(), "the last day a ride code's time holds");
+        for bad in ["", "2027-02-30", "June 1st", "2106-02-08", "+262143-12-31", "2027-06-01T00:00:00Z"] {
+            let error = with(bad).expect_err(bad).to_string();
+            assert!(error.contains("version_1_refused_from_date"), "{bad}: {error}");
+        }
+    }
+
     #[test]
     fn defaults_parse() {
         let config = Config::defaults();
