@@ -30,16 +30,22 @@ pub(crate) enum KeysAction {
     /// Stop trusting an issuer key at once (a leaked key): codes under it
     /// become `unknown_issuer_key`.
     Retire { key_id: u32 },
-    /// Emergency rotation of today's terminal key (a leaked one): a new key
-    /// for the rest of the service day, handed to riders' apps from
+    /// Emergency rotation of a terminal key (a leaked one): a new key for
+    /// the rest of the service day, handed to riders' apps from
     /// `--hands-out-in-secs` on. The leaked key stays trusted until its
     /// riders' codes run out: it exposes what codes say, and lets no one
     /// forge one (docs/security.md).
     RotateTerminal {
         /// Seconds until the account API hands the new key out (default:
-        /// `keys.terminal_rotation_lead_secs`).
+        /// `keys.terminal_rotation_lead_secs`). A lead that crosses the
+        /// day's end makes the key for the next day.
         #[arg(long)]
         hands_out_in_secs: Option<u32>,
+        /// Rotate the next service day's key instead, which gateways hold
+        /// a day ahead: the new one is handed out from that day's start
+        /// (or the lead, if later), so the leaked one never is.
+        #[arg(long, conflicts_with = "hands_out_in_secs")]
+        tomorrow: bool,
     },
     /// Print the terminal keys held now, secrets included, one
     /// `ID SERVICE_DATE HANDED_OUT_FROM TRUSTED_UNTIL SECRET_HEX` line each,
@@ -95,9 +101,12 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
             }
             return Ok(());
         }
-        (Ok(mut store), KeysAction::RotateTerminal { hands_out_in_secs }) => {
+        (Ok(mut store), KeysAction::RotateTerminal { hands_out_in_secs, tomorrow }) => {
             let lead = hands_out_in_secs.map_or(config.keys.terminal_rotation_lead_secs, u64::from);
-            let from = now_secs.saturating_add(i64::try_from(lead).unwrap_or(i64::MAX));
+            let mut from = now_secs.saturating_add(i64::try_from(lead).unwrap_or(i64::MAX));
+            if tomorrow {
+                from = from.max(next_day_start_secs(&policy, now_ms)?);
+            }
             store.make_day_terminal_keys(&policy, now_ms)?;
             let id = store.rotate_terminal(&policy, now_ms, from)?;
             println!("terminal key {id} made; riders' apps get it from {}", rfc3339(from));
@@ -122,7 +131,7 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
 
 fn print_terminal_keys(store: &Keystore, now_secs: i64) -> Result<()> {
     let schedule = store.terminal_schedule_at(now_secs)?;
-    let (held, handed_out) = (schedule.held_at(now_secs), schedule.handed_out_at(now_secs));
+    let (held, handed_out) = (schedule.held_at(now_secs), schedule.handed_out_at(now_secs).map(|k| k.key_id));
     println!();
     println!(
         "{:>8}  {:<11}  {:<12}  {:<25}  {:<25}",
@@ -133,7 +142,7 @@ fn print_terminal_keys(store: &Keystore, now_secs: i64) -> Result<()> {
         let until = listed.and_then(|k| k.trusted_until_secs).map_or_else(|| "-".to_string(), rfc3339);
         let state = match listed {
             None => "expired",
-            Some(k) if handed_out.is_some_and(|h| h.key_id == k.key_id) => "handed out",
+            Some(k) if handed_out == Some(k.key_id) => "handed out",
             Some(k) if k.handed_out_from_secs > now_secs => "held",
             Some(_) => "superseded",
         };
@@ -170,4 +179,14 @@ fn state(key: &KeyInfo, published: Option<&PublishedKey>, signer: Option<u32>, n
 
 fn rfc3339(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0).map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
+}
+
+/// The start of the service day after the one `now_ms` falls in, Unix seconds.
+fn next_day_start_secs(policy: &farestream::service_day::ServiceDayPolicy, now_ms: i64) -> Result<i64> {
+    policy
+        .service_date(now_ms)
+        .and_then(|today| today.succ_opt())
+        .and_then(|tomorrow| policy.day_start(tomorrow))
+        .map(|ms| ms.div_euclid(1000))
+        .ok_or_else(|| anyhow::anyhow!("{now_ms} ms is outside the service days this build can name"))
 }

@@ -340,7 +340,10 @@ fn seed_pushes() -> Vec<ServerPush> {
         handed_out_from_unix_secs: 1_796_248_800,
         trusted_until_unix_secs: until,
     };
-    let set = farestream::wire::TerminalKeySet { keys: vec![terminal(4, Some(1_800_000_000)), terminal(5, None)] };
+    let set = farestream::wire::TerminalKeySet {
+        keys: vec![terminal(4, Some(1_800_000_000)), terminal(5, None)],
+        version_1_refused_from_unix_secs: Some(1_811_793_600),
+    };
     pushes.push(ServerPush { update: Some(server_push::Update::TerminalKeys(set)) });
     pushes
 }
@@ -366,13 +369,14 @@ fn fuzz_server_push() {
                 }
             }
             Some(server_push::Update::TerminalKeys(set)) => {
-                if let Ok(keys) = set.to_held(KEYS_MAX) {
+                if let (Ok(keys), Ok(cut_off)) = (set.to_held(KEYS_MAX), set.version_1_refused_from_secs()) {
                     let mut ids: Vec<u16> = keys.iter().map(|k| k.key_id).collect();
                     ids.sort_unstable();
                     ids.dedup();
                     prop_assert!(keys.len() <= KEYS_MAX && ids.len() == keys.len() && !ids.contains(&0));
-                    let again = farestream::wire::TerminalKeySet::from_held(&keys).to_held(KEYS_MAX);
-                    prop_assert_eq!(again, Ok(keys));
+                    let again = farestream::wire::TerminalKeySet::from_held(&keys, cut_off);
+                    prop_assert_eq!(again.version_1_refused_from_secs(), Ok(cut_off));
+                    prop_assert_eq!(again.to_held(KEYS_MAX), Ok(keys));
                 }
             }
             None => {}

@@ -172,7 +172,9 @@ async fn a_first_version_gateway_gets_the_deny_list_as_before() {
 /// a restart. A code sealed under a key never made is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_keys_are_made_a_day_ahead_pushed_and_open_sealed_codes() {
-    let h = following_the_key_store(Config::defaults()).await;
+    let mut config = Config::defaults();
+    config.ride_code.version_1_refused_from_date = Some("2099-01-01".into());
+    let h = following_the_key_store(config).await;
     let client = h.client();
     client.connect().await.expect("connect");
     let now_ms = h.clock.now_ms();
@@ -189,6 +191,9 @@ async fn terminal_keys_are_made_a_day_ahead_pushed_and_open_sealed_codes() {
     };
     let days: Vec<_> = held.iter().map(|k| (k.key_id, k.service_date)).collect();
     assert_eq!(days, vec![(1, today), (2, today.succ_opt().expect("tomorrow"))], "tomorrow's key a day ahead");
+    let cut_off = h.config.freshness_policy().expect("policy").unsealed_refused_from_secs;
+    assert!(cut_off.is_some());
+    assert_eq!(client.version_1_refused_from_secs(), cut_off, "validators refuse what the server refuses");
     let opened_at_the_gate = client.trusted_terminal_keys(now_ms / 1000);
     assert_eq!(opened_at_the_gate.key_ids().collect::<Vec<_>>(), vec![1, 2]);
 

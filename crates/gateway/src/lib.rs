@@ -116,8 +116,17 @@ struct Inner {
     deny_list: std::sync::Mutex<DenyListReplica>,
     /// The issuer keys, as last pushed; what the validators check codes with.
     issuer_keys: std::sync::Mutex<Vec<PublishedKey>>,
-    /// The terminal keys, as last pushed; what the validators open sealed codes with.
-    terminal_keys: std::sync::Mutex<Vec<HeldTerminalKey>>,
+    /// The terminal keys and the version-1 cut-off, as last pushed: what
+    /// the validators open sealed codes with, and from when they refuse
+    /// codes that are not sealed.
+    gate_rules: std::sync::Mutex<GateRules>,
+}
+
+/// What the validators read ride codes by, pushed together.
+#[derive(Default)]
+struct GateRules {
+    terminal_keys: Vec<HeldTerminalKey>,
+    version_1_refused_from_secs: Option<u32>,
 }
 
 /// The most issuer keys a gateway holds: a rotation a day for a week
@@ -145,7 +154,7 @@ impl GatewayClient {
             retries: AtomicU64::new(0),
             deny_list: std::sync::Mutex::new(DenyListReplica::new(settings.deny_list_cards_max)),
             issuer_keys: std::sync::Mutex::new(Vec::new()),
-            terminal_keys: std::sync::Mutex::new(Vec::new()),
+            gate_rules: std::sync::Mutex::new(GateRules::default()),
         };
         Ok(GatewayClient { inner: Arc::new(inner) })
     }
@@ -230,14 +239,23 @@ impl GatewayClient {
     /// The terminal keys as the server last pushed them (none until the
     /// first connection), with their service days and times.
     pub fn terminal_keys(&self) -> Vec<HeldTerminalKey> {
-        lock(&self.inner.terminal_keys).clone()
+        lock(&self.inner.gate_rules).terminal_keys.clone()
+    }
+
+    /// From when (Unix seconds, validator clock) validators refuse a
+    /// version-1 code, as the server last pushed it: the
+    /// `FreshnessPolicy::unsealed_refused_from_secs` of their offline
+    /// check. `None` while both versions are read.
+    pub fn version_1_refused_from_secs(&self) -> Option<u32> {
+        lock(&self.inner.gate_rules).version_1_refused_from_secs
     }
 
     /// The terminal keys a validator opens sealed codes with at `now_secs`:
     /// those pushed, less any whose `trusted_until` has passed.
     pub fn trusted_terminal_keys(&self, now_secs: i64) -> TerminalKeys {
         let mut trusted = TerminalKeys::new();
-        trusted.extend(lock(&self.inner.terminal_keys).iter().filter(|k| k.trusted_at(now_secs)).map(|k| k.key()));
+        let rules = lock(&self.inner.gate_rules);
+        trusted.extend(rules.terminal_keys.iter().filter(|k| k.trusted_at(now_secs)).map(|k| k.key()));
         trusted
     }
 
@@ -324,7 +342,11 @@ async fn read_server_push(connection: quinn::Connection, inner: Arc<Inner>) {
                 .map_err(|e| e.to_string()),
             Some(server_push::Update::TerminalKeys(set)) => set
                 .to_held(TERMINAL_KEYS_HELD_MAX)
-                .map(|keys| *lock(&inner.terminal_keys) = keys)
+                .and_then(|terminal_keys| {
+                    let version_1_refused_from_secs = set.version_1_refused_from_secs()?;
+                    *lock(&inner.gate_rules) = GateRules { terminal_keys, version_1_refused_from_secs };
+                    Ok(())
+                })
                 .map_err(|e| e.to_string()),
             // A kind of update newer than this client: skipped.
             None => Ok(()),

@@ -53,7 +53,7 @@ impl IssuerKeysNow {
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the terminal keys; those held stay in force until they run out");
                     crate::telemetry::issuer_keys_reload_failed();
-                    terminal_before.iter().filter(|k| k.trusted_at(now_secs)).copied().collect()
+                    terminal_before.iter().filter(|k| k.trusted_at(now_secs)).cloned().collect()
                 }
             },
         })
@@ -80,7 +80,7 @@ impl IssuerKeysNow {
             .iter()
             .filter(|k| k.handed_out_from_secs <= now_secs && k.trusted_at(now_secs))
             .max_by_key(|k| (k.handed_out_from_secs, k.key_id))
-            .copied()
+            .cloned()
     }
 
     /// These keys as they stand at `now_secs` when the key store cannot be
@@ -105,7 +105,7 @@ impl IssuerKeysNow {
                 published.iter().any(|p| p.key.signs_from_secs > from && p.key.signs_from_secs <= now_secs);
             trusted.get(s.key_id()).is_some() && !superseded
         });
-        let terminal = self.terminal.iter().filter(|k| k.trusted_at(now_secs)).copied().collect();
+        let terminal = self.terminal.iter().filter(|k| k.trusted_at(now_secs)).cloned().collect();
         IssuerKeysNow { trusted, published, signer, terminal }
     }
 

@@ -637,19 +637,19 @@ mod tests {
         // Key 3 is day D's, handed out from 100; key 4 day D+1's, from 200.
         let order = |key_id: u16| TerminalKeyOrder { handed_out_from_secs: i64::from(key_id) * 100 - 200, key_id };
         let block = |key_id| keys_issued(&tx, 7, 10, order(key_id)).map(|b| b.counters);
-        assert_eq!(block(3).expect("first"), (0, 1 << 20));
-        assert_eq!(block(3).expect("second"), (1 << 20, 2 << 20), "the next block, never the same");
-        assert_eq!(block(4).expect("a newer key"), (0, 1 << 20), "a newer key starts again");
+        assert_eq!(block(3).expect("first"), (0, 1 << 16));
+        assert_eq!(block(3).expect("second"), (1 << 16, 2 << 16), "the next block, never the same");
+        assert_eq!(block(4).expect("a newer key"), (0, 1 << 16), "a newer key starts again");
         assert!(matches!(block(3), Err(AccountError::CodeBlocksExhausted { .. })), "an older key gets none");
-        tx.execute("UPDATE accounts SET code_blocks_issued = 4095 WHERE card_id = 7", []).expect("nearly all");
-        assert_eq!(block(4).expect("the last"), (u32::MAX - (1 << 20) + 1, 1 << 32));
+        tx.execute("UPDATE accounts SET code_blocks_issued = 65535 WHERE card_id = 7", []).expect("nearly all");
+        assert_eq!(block(4).expect("the last"), (u32::MAX - (1 << 16) + 1, 1 << 32));
         assert!(matches!(block(4), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 4, .. })));
         // Review: after an emergency rotation (key 9, a higher id, handed out
         // on day D+1 before day D+2's key 5 made a day ahead), the next
         // day's key is refused for a whole day when ids decide the order.
         let rotation = TerminalKeyOrder { handed_out_from_secs: 250, key_id: 9 };
-        assert_eq!(keys_issued(&tx, 7, 10, rotation).map(|b| b.counters).expect("the rotation"), (0, 1 << 20));
-        assert_eq!(block(5).expect("the next day's key, a lower id"), (0, 1 << 20));
+        assert_eq!(keys_issued(&tx, 7, 10, rotation).map(|b| b.counters).expect("the rotation"), (0, 1 << 16));
+        assert_eq!(block(5).expect("the next day's key, a lower id"), (0, 1 << 16));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the server pushes to each gateway: on each connection it opens one
-//! unidirectional stream and sends the issuer keys and the terminal keys,
+//! unidirectional stream and sends the issuer keys and the terminal keys
+//! (with the version-1 cut-off, so validators refuse what the server does),
 //! then the whole deny list in pages, then whatever changes as it changes (a rotation within
 //! `keys.reload_interval_ms`, a decline or payment within a poll). A
 //! gateway that stops reading only stalls its own stream: QUIC's flow
@@ -32,7 +33,8 @@ pub(super) async fn push_to_gateway(connection: quinn::Connection, shared: Arc<S
         if keys_due {
             let now = Arc::clone(&keys.borrow_and_update());
             let issuer = ServerPush { update: Some(server_push::Update::IssuerKeys(issuer_key_set(&now))) };
-            let terminal = TerminalKeySet::from_held(&now.terminal);
+            let cut_off = shared.pipeline.config().freshness.unsealed_refused_from_secs;
+            let terminal = TerminalKeySet::from_held(&now.terminal, cut_off);
             let terminal = ServerPush { update: Some(server_push::Update::TerminalKeys(terminal)) };
             for push in [issuer, terminal] {
                 if write_message(&mut stream, &push).await.is_err() {

@@ -29,7 +29,8 @@ use crate::ridecode::check::{
 };
 use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
 use crate::ridecode::{
-    FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault, TerminalKeys, read_code,
+    FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault, TerminalKeys,
+    check_format_in_force, open_code,
 };
 use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
@@ -330,7 +331,13 @@ impl Pipeline {
     ) -> Prepared {
         let tap_kind = record.wire_tap_kind();
         let read_at = unix_secs_u32(record.validator_time_ms);
-        let code = read_code(&record.ride_code, terminal_keys, &self.config.freshness, read_at);
+        let code = open_code(&record.ride_code, terminal_keys);
+        // What the gate did decides the version-1 cut-off, as it decides
+        // the deny list: a gate that opened let a ride happen.
+        let format = match record.gate_opened() {
+            Some(true) => Ok(()),
+            _ => check_format_in_force(&record.ride_code, &self.config.freshness, read_at),
+        };
         let in_scope = check_scope(record, scope);
         // A scan from a gateway that does not speak for its validator is
         // not that scan's delivery: under the scan's own id it would make
@@ -348,9 +355,11 @@ impl Pipeline {
             }
             (_, Err(rejection), _) => Err((*rejection).into()),
             (Ok(()), Ok(code), Some(_)) => {
-                issuer_key_for(code, keys).map_err(Verdict::from).map(|issuer_key| SignatureWork {
-                    issuer_key: *issuer_key,
-                    credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
+                format.and_then(|()| issuer_key_for(code, keys)).map_err(Verdict::from).map(|issuer_key| {
+                    SignatureWork {
+                        issuer_key: *issuer_key,
+                        credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
+                    }
                 })
             }
         };
@@ -655,7 +664,7 @@ fn fingerprint_with(record: &ScanRecord, gateway_id: Option<&str>) -> Fingerprin
 mod tests {
     use super::*;
     use crate::ridecode::{IssuerSigningKey, UserKey};
-    use crate::wire::WireTapKind;
+    use crate::wire::{GateDecision, WireTapKind};
 
     const AT_MS: UnixMillis = 1_763_604_000_000;
 
@@ -783,11 +792,24 @@ mod tests {
             [3; 32],
         );
         strict.set_terminal_keys(held.clone());
-        let both = batch(vec![scan(30, AT_MS, code(&f, 22, 1)), scan(31, AT_MS, sealed(22, 2, today))]);
-        let verified = strict.verify(&both).expect("shape");
-        assert_eq!(verified.signature_counts().0, 2, "only the sealed code's two signatures are checked");
-        let outcome = strict.commit(&both, verified, AT_MS);
-        assert_eq!(statuses(&outcome), vec![ScanStatus::FormatRetired, ScanStatus::Accepted]);
+        // What the gate did decides the cut-off, as it decides the deny
+        // list: a gate that opened for a version-1 code let a ride happen
+        // (its validator had not heard of the cut-off), and it is charged.
+        let gated =
+            |seq, card, gate: GateDecision| ScanRecord { gate: gate as i32, ..scan(seq, AT_MS, code(&f, card, 1)) };
+        let scans = vec![
+            scan(30, AT_MS, code(&f, 22, 1)),
+            scan(31, AT_MS, sealed(22, 2, today)),
+            gated(32, 23, GateDecision::Refused),
+            gated(33, 24, GateDecision::Opened),
+        ];
+        let verified = strict.verify(&batch(scans.clone())).expect("shape");
+        assert_eq!(verified.signature_counts().0, 4, "no retired code's signatures are checked unless its gate opened");
+        let outcome = strict.commit(&batch(scans), verified, AT_MS);
+        use ScanStatus::{Accepted, FormatRetired};
+        assert_eq!(statuses(&outcome), vec![FormatRetired, Accepted, FormatRetired, Accepted]);
+        let cards: Vec<Option<u64>> = outcome.rows.iter().map(|r| r.card_id).collect();
+        assert_eq!(cards, vec![Some(22), Some(22), Some(23), Some(24)], "a retired code's card is kept on its row");
     }
 
     #[test]
@@ -854,7 +876,6 @@ mod tests {
     /// a word from the gateway the server's list decides.
     #[test]
     fn the_gate_decides_what_was_a_ride() {
-        use crate::wire::GateDecision;
         let f = fixture();
         f.pipeline.set_denied(30, true);
         let with_gate = |seq: u64, card: u64, gate: GateDecision| ScanRecord {

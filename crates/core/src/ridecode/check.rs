@@ -206,13 +206,28 @@ pub fn read_code(
     policy: &FreshnessPolicy,
     at: u32,
 ) -> Result<RideCode, Rejection> {
+    let code = open_code(input, terminal_keys)?;
+    check_format_in_force(input, policy, at)?;
+    Ok(code)
+}
+
+/// Opens a sealed code, or decodes a version-1 one, whatever the date: the
+/// server reads a retired code's card for its archive row.
+pub fn open_code(input: &[u8], terminal_keys: &TerminalKeys) -> Result<RideCode, Rejection> {
     if input.first() == Some(&SEALED_FORMAT_VERSION) {
         return open(input, terminal_keys);
     }
-    let code = RideCode::decode(input)?;
+    Ok(RideCode::decode(input)?)
+}
+
+/// Refuses a version-1 code read at `at` once `unsealed_refused_from_secs`
+/// has come (`format_retired`); a sealed code is always in force.
+pub fn check_format_in_force(input: &[u8], policy: &FreshnessPolicy, at: u32) -> Result<(), Rejection> {
     match policy.unsealed_refused_from_secs {
-        Some(refused_from) if at >= refused_from => Err(Rejection::FormatRetired { refused_from, at }),
-        _ => Ok(code),
+        Some(refused_from) if at >= refused_from && input.first() != Some(&SEALED_FORMAT_VERSION) => {
+            Err(Rejection::FormatRetired { refused_from, at })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -12,7 +12,10 @@ pub mod terminal;
 pub mod terminal_schedule;
 pub mod verify;
 
-pub use check::{DenyList, FreshnessPolicy, NobodyDenied, Rejection, SignatureFault, check_offline, read_code};
+pub use check::{
+    DenyList, FreshnessPolicy, NobodyDenied, Rejection, SignatureFault, check_format_in_force, check_offline,
+    open_code, read_code,
+};
 pub use format::{Credential, CredentialClaims, DecodeError, RIDE_CODE_LEN, RideCode};
 pub use keys::{IssuerPublicKeys, IssuerSigningKey, KeyError, UserKey};
 pub use schedule::{IssuerKeySchedule, PublishedKey, ScheduledKey};

@@ -33,11 +33,15 @@ use super::format::{DecodeError, RIDE_CODE_LEN, RideCode};
 use super::terminal::{TerminalKey, TerminalKeys};
 
 /// Counters in the block the account API hands each credential: one code a
-/// second for twelve days, far beyond a credential's day.
-pub const CODE_COUNTER_BLOCK_LEN: u32 = 1 << 20;
+/// second for 18 hours, far beyond a day of codes refreshed each minute
+/// (1 440).
+pub const CODE_COUNTER_BLOCK_LEN: u32 = 1 << 16;
 /// Blocks one card can be handed under one terminal key: every 32-bit
-/// counter, once.
-pub const CODE_COUNTER_BLOCKS_MAX: u32 = 1 << 12;
+/// counter, once. So many that retries and online codes never run a card
+/// out in a day (a review found 4 096 blocks of 2^20 let an app stuck in a
+/// retry loop refuse itself keys within hours): a block every 1.3 s for a
+/// whole day.
+pub const CODE_COUNTER_BLOCKS_MAX: u32 = 1 << 16;
 
 /// The counters `[from, until)` of a card's block number `index` under one
 /// terminal key; `None` past [`CODE_COUNTER_BLOCKS_MAX`]. Blocks of one card
@@ -263,9 +267,9 @@ mod tests {
 
     #[test]
     fn counter_blocks_tile_every_32_bit_counter_once() {
-        assert_eq!(code_counter_block(0), Some((0, 1 << 20)));
-        assert_eq!(code_counter_block(1), Some((1 << 20, 2 << 20)));
-        assert_eq!(code_counter_block(CODE_COUNTER_BLOCKS_MAX - 1), Some((u32::MAX - (1 << 20) + 1, 1 << 32)));
+        assert_eq!(code_counter_block(0), Some((0, 1 << 16)));
+        assert_eq!(code_counter_block(1), Some((1 << 16, 2 << 16)));
+        assert_eq!(code_counter_block(65_535), Some((u32::MAX - (1 << 16) + 1, 1 << 32)));
         assert_eq!(code_counter_block(CODE_COUNTER_BLOCKS_MAX), None);
         assert_eq!(code_counter_block(u32::MAX), None);
     }

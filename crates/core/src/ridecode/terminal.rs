@@ -24,12 +24,19 @@ pub const SEAL_KEY_INFO: &[u8] = b"seal";
 /// HKDF `info` of the subkey that masks the nonce.
 pub const MASK_KEY_INFO: &[u8] = b"mask";
 
-/// One terminal key, ready to seal and open codes.
+/// One terminal key, ready to seal and open codes. Its secret is wiped
+/// when it is dropped (ring's derived keys are ring's to keep).
 pub struct TerminalKey {
     key_id: u16,
     secret: [u8; TERMINAL_KEY_SECRET_LEN],
     pub(crate) seal: aead::LessSafeKey,
     pub(crate) mask: aead::LessSafeKey,
+}
+
+impl Drop for TerminalKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
 }
 
 impl TerminalKey {
@@ -120,11 +127,17 @@ impl TerminalKeys {
         self.keys.keys().copied()
     }
 
-    /// Whether a key id that is not held belongs to a day long past: ids
-    /// only grow, so one below every key held is older than all of them.
-    /// Any other id not held was never issued, or not yet received.
+    /// Whether a key id that is not held belongs to a key no longer
+    /// trusted. The key store gives ids one after another as it makes
+    /// keys, none skipped, so an id below the highest held was made before
+    /// that key: not held, it has run out. Not "below the lowest held": an
+    /// emergency rotation's key (made after tomorrow's, so a higher id)
+    /// runs out before tomorrow's does. An id above every key held was
+    /// never made, or not yet received; 0 is never made.
     pub fn is_past(&self, key_id: u16) -> bool {
-        self.keys.keys().next().is_some_and(|lowest| key_id < *lowest)
+        key_id != 0
+            && !self.keys.contains_key(&key_id)
+            && self.keys.keys().next_back().is_some_and(|highest| key_id < *highest)
     }
 }
 
@@ -141,15 +154,21 @@ mod tests {
         assert_eq!(seal, derive_subkey(&secret, SEAL_KEY_INFO), "deterministic");
     }
 
+    /// Keys 1 to 6: day keys 1, 2, 4, 5 and 6, and an emergency rotation,
+    /// key 3, made after tomorrow's key 2 and run out before it. Held now:
+    /// 2, 4 and 5 (6 not yet received).
     #[test]
-    fn an_id_below_every_key_held_is_past_and_any_other_is_not() {
+    fn an_id_made_before_the_newest_held_and_not_held_is_past_whatever_its_order() {
         let mut keys = TerminalKeys::new();
-        assert!(!keys.is_past(0), "holding nothing, nothing is known to be past");
-        keys.insert(TerminalKey::from_secret(5, &[1; 32]));
-        keys.insert(TerminalKey::from_secret(7, &[2; 32]));
-        assert!(keys.is_past(4) && keys.is_past(0));
-        assert!(!keys.is_past(6) && !keys.is_past(8) && !keys.is_past(u16::MAX));
-        assert_eq!(keys.key_ids().collect::<Vec<_>>(), vec![5, 7]);
+        assert!(!keys.is_past(0) && !keys.is_past(1), "holding nothing, nothing is known to be past");
+        for id in [2, 4, 5] {
+            keys.insert(TerminalKey::from_secret(id, &[id as u8; 32]));
+        }
+        assert!(keys.is_past(1) && keys.is_past(3), "the emergency key 3 ran out while key 2 is held");
+        assert!(!keys.is_past(2) && !keys.is_past(5), "held");
+        assert!(!keys.is_past(0), "id 0 is never made: unknown, not expired");
+        assert!(!keys.is_past(6) && !keys.is_past(u16::MAX), "not made yet, or not received");
+        assert_eq!(keys.key_ids().collect::<Vec<_>>(), vec![2, 4, 5]);
         assert_eq!(format!("{:?}", keys.get(5).expect("key 5")), "TerminalKey(5, ..)", "the secret is never printed");
     }
 }

@@ -10,6 +10,7 @@
 //! the skew and the accepted lateness of uploads).
 
 use chrono::NaiveDate;
+use zeroize::Zeroizing;
 
 use super::schedule::{IssuerKeySchedule, ScheduledKey};
 use super::terminal::{TERMINAL_KEY_SECRET_LEN, TerminalKey, TerminalKeys};
@@ -20,13 +21,14 @@ use crate::service_day::ServiceDayPolicy;
 /// days and their emergency rotations is far below it.
 pub const TERMINAL_KEYS_HELD_MAX: usize = 64;
 
-/// One terminal key with its times.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// One terminal key with its times. Not `Copy`: each copy of a secret is
+/// one more to wipe, and each is wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HeldTerminalKey {
     /// The id sealed codes name it by.
     pub key_id: u16,
     /// The secret its subkeys are derived from.
-    pub secret: [u8; TERMINAL_KEY_SECRET_LEN],
+    pub secret: Zeroizing<[u8; TERMINAL_KEY_SECRET_LEN]>,
     /// The service day it was made for.
     pub service_date: NaiveDate,
     /// Unix seconds from which the account API hands it to riders' apps.
@@ -94,15 +96,27 @@ impl TerminalKeySchedule {
 
     /// Every key held at `now_secs` (the coming day's too), with the moment
     /// it stops being trusted: what gateways pass on to their validators.
+    /// At most [`TERMINAL_KEYS_HELD_MAX`], always the key handed out, and
+    /// those handed out after it before those before it: a clock set back
+    /// by months would otherwise trust every key made since, and a
+    /// gateway refuses a set over its limit whole.
     pub fn held_at(&self, now_secs: i64) -> Vec<HeldTerminalKey> {
-        self.timing
+        let mut held: Vec<HeldTerminalKey> = self
+            .timing
             .published_at(now_secs)
             .iter()
             .filter_map(|timed| {
                 let key = self.keys.iter().find(|k| u32::from(k.key_id) == timed.key_id)?;
-                Some(HeldTerminalKey { trusted_until_secs: timed.trusted_until_secs, ..*key })
+                Some(HeldTerminalKey { trusted_until_secs: timed.trusted_until_secs, ..key.clone() })
             })
-            .collect()
+            .collect();
+        if let Some(over) = held.len().checked_sub(TERMINAL_KEYS_HELD_MAX).filter(|over| *over > 0) {
+            let handed_out = self.timing.signer_at(now_secs);
+            let at = held.iter().position(|k| Some(u32::from(k.key_id)) == handed_out).unwrap_or(0);
+            held.drain(..over.min(at));
+            held.truncate(TERMINAL_KEYS_HELD_MAX);
+        }
+        held
     }
 
     /// The keys sealed codes open with at `now_secs`.
@@ -139,7 +153,7 @@ mod tests {
     fn key(key_id: u16, day: &str, from: i64) -> HeldTerminalKey {
         HeldTerminalKey {
             key_id,
-            secret: [key_id as u8; 32],
+            secret: [key_id as u8; 32].into(),
             service_date: date(day),
             handed_out_from_secs: from,
             trusted_until_secs: None,
@@ -178,6 +192,22 @@ mod tests {
             held.iter().map(|k| (k.key_id, k.trusted_until_secs)).collect::<Vec<_>>(),
             vec![(1, Some(300 + TAIL)), (3, Some(1_000 + TAIL)), (2, None)]
         );
+    }
+
+    /// A clock set back by months trusts every key made since: the set
+    /// stays within what a gateway holds, and keeps the key handed out.
+    #[test]
+    fn a_clock_set_back_holds_at_most_the_limit_and_always_the_key_handed_out() {
+        let many: Vec<HeldTerminalKey> = (1..=70).map(|id| key(id, "2026-12-03", i64::from(id) * 100)).collect();
+        let long_tail = TerminalKeySchedule::new(many.clone(), 1_000_000);
+        let held = long_tail.held_at(1_000);
+        assert_eq!(held.len(), TERMINAL_KEYS_HELD_MAX);
+        assert_eq!(long_tail.handed_out_at(1_000).map(|k| k.key_id), Some(10));
+        assert_eq!(ids(&held), (7..=70).collect::<Vec<u16>>(), "the oldest go first, never the one handed out");
+        let early = long_tail.held_at(150);
+        assert_eq!(ids(&early), (1..=64).collect::<Vec<u16>>(), "the key handed out and the next ones");
+        let short_tail = TerminalKeySchedule::new(many, TAIL);
+        assert_eq!(ids(&short_tail.held_at(6_950)), (59..=70).collect::<Vec<u16>>(), "under the limit: untouched");
     }
 
     #[test]

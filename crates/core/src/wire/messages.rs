@@ -155,6 +155,9 @@ pub enum KeySetError {
     /// A terminal key's service date is not `YYYY-MM-DD`.
     #[error("terminal key {0}: service date is not YYYY-MM-DD")]
     BadServiceDate(u32),
+    /// The version-1 cut-off is not a time a ride code can hold.
+    #[error("version-1 cut-off {0} is outside 0 to 2^32 - 1 Unix seconds")]
+    BadFormatCutOff(i64),
     /// More keys than the holder keeps.
     #[error("{count} issuer keys, over the limit of {max}")]
     TooMany {
@@ -216,8 +219,8 @@ impl std::fmt::Debug for WireTerminalKey {
 }
 
 impl TerminalKeySet {
-    /// The wire form of `keys`.
-    pub fn from_held(keys: &[HeldTerminalKey]) -> TerminalKeySet {
+    /// The wire form of `keys` and of the version-1 cut-off.
+    pub fn from_held(keys: &[HeldTerminalKey], version_1_refused_from_secs: Option<u32>) -> TerminalKeySet {
         let keys = keys
             .iter()
             .map(|key| WireTerminalKey {
@@ -228,7 +231,14 @@ impl TerminalKeySet {
                 trusted_until_unix_secs: key.trusted_until_secs,
             })
             .collect();
-        TerminalKeySet { keys }
+        TerminalKeySet { keys, version_1_refused_from_unix_secs: version_1_refused_from_secs.map(i64::from) }
+    }
+
+    /// The version-1 cut-off, checked: a time a ride code can hold.
+    pub fn version_1_refused_from_secs(&self) -> Result<Option<u32>, KeySetError> {
+        self.version_1_refused_from_unix_secs
+            .map(|secs| u32::try_from(secs).map_err(|_| KeySetError::BadFormatCutOff(secs)))
+            .transpose()
     }
 
     /// The keys, checked: ids 1 to 65535 each once, 32-byte secrets, dates
@@ -252,7 +262,7 @@ impl TerminalKeySet {
             }
             held.push(HeldTerminalKey {
                 key_id,
-                secret,
+                secret: secret.into(),
                 service_date,
                 handed_out_from_secs: key.handed_out_from_unix_secs,
                 trusted_until_secs: key.trusted_until_unix_secs,
@@ -277,13 +287,23 @@ mod tests {
             handed_out_from_unix_secs: i64::MIN,
             trusted_until_unix_secs: Some(i64::MAX),
         };
-        let good = TerminalKeySet { keys: vec![key(1, 32, "2026-12-03"), key(65_535, 32, "9999-12-31")] };
+        let good = TerminalKeySet {
+            keys: vec![key(1, 32, "2026-12-03"), key(65_535, 32, "9999-12-31")],
+            version_1_refused_from_unix_secs: Some(i64::from(u32::MAX)),
+        };
         let printed = format!("{good:?}");
         assert!(printed.contains("secret_len: 32") && !printed.contains("9, 9"), "no secret in Debug: {printed}");
         let held = good.to_held(64).expect("good");
-        assert_eq!(TerminalKeySet::from_held(&held), good, "round trip");
-        assert_eq!(TerminalKeySet { keys: vec![] }.to_held(64), Ok(vec![]));
-        let refused = |keys, max| TerminalKeySet { keys }.to_held(max).expect_err("refused");
+        assert_eq!(TerminalKeySet::from_held(&held, Some(u32::MAX)), good, "round trip");
+        let cut_off = |secs| TerminalKeySet { keys: vec![], version_1_refused_from_unix_secs: secs };
+        assert_eq!(cut_off(None).to_held(64), Ok(vec![]));
+        assert_eq!(cut_off(None).version_1_refused_from_secs(), Ok(None));
+        assert_eq!(cut_off(Some(0)).version_1_refused_from_secs(), Ok(Some(0)));
+        assert_eq!(cut_off(Some(4_294_967_295)).version_1_refused_from_secs(), Ok(Some(u32::MAX)));
+        for bad in [-1, 4_294_967_296, i64::MIN, i64::MAX] {
+            assert_eq!(cut_off(Some(bad)).version_1_refused_from_secs(), Err(KeySetError::BadFormatCutOff(bad)));
+        }
+        let refused = |keys, max| TerminalKeySet { keys, ..cut_off(None) }.to_held(max).expect_err("refused");
         assert_eq!(refused(vec![key(0, 32, "2026-12-03")], 64), KeySetError::BadTerminalKeyId(0));
         assert_eq!(refused(vec![key(65_536, 32, "2026-12-03")], 64), KeySetError::BadTerminalKeyId(65_536));
         assert_eq!(refused(vec![key(1, 31, "2026-12-03")], 64), KeySetError::BadSecret { key_id: 1, len: 31 });

@@ -101,9 +101,9 @@ pub enum KeystoreError {
     #[error("{0} terminal keys are held already, the most a gateway holds: wait for the oldest to run out")]
     TooManyTerminalKeys(usize),
     #[error(
-        "a terminal key rotated now must be handed out from {from} (Unix seconds) on: not before now ({now}), and before the next service day's key ({next_day})"
+        "a terminal key rotated now must be handed out from {from} (Unix seconds) on: not before now ({now}), and before the end of the next service day ({until})"
     )]
-    TerminalRotationOutOfDay { from: i64, now: i64, next_day: i64 },
+    TerminalRotationOutOfReach { from: i64, now: i64, until: i64 },
     #[error("{0} ms (Unix) is outside the service days this build can name")]
     NoServiceDay(i64),
 }

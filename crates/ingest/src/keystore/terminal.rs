@@ -7,7 +7,8 @@
 //! A running server makes the keys of the current and the next service day
 //! when they are missing ([`Keystore::make_day_terminal_keys`]), so a
 //! validator holds tomorrow's key a day ahead; `farestream keys
-//! rotate-terminal` adds one for the current day (a leaked key). Changes
+//! rotate-terminal` adds one for the current or the next day (a leaked
+//! key). Changes
 //! follow the issuer keys' steps exactly: the key file first (create-new,
 //! fsync, directory fsync, failpoint [`STEP_KEY_WRITTEN`]), then the keyring
 //! by temporary file and rename, all under the store's lock. A crash leaves
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::{Keystore, KeystoreError, STEP_KEY_WRITTEN, io};
 use farestream_core::clock::UnixMillis;
@@ -51,7 +53,7 @@ impl TerminalKeyInfo {
             .timestamp();
         Ok(HeldTerminalKey {
             key_id: self.id,
-            secret: [0; TERMINAL_KEY_SECRET_LEN],
+            secret: Zeroizing::new([0; TERMINAL_KEY_SECRET_LEN]),
             service_date,
             handed_out_from_secs,
             trusted_until_secs: None,
@@ -66,7 +68,7 @@ impl Keystore {
     pub fn terminal_schedule_at(&self, now_secs: i64) -> Result<TerminalKeySchedule, KeystoreError> {
         let outline = self.terminal_outline()?;
         let tail = self.options.trust_tail_secs;
-        let held: Vec<u16> = TerminalKeySchedule::new(outline.iter().copied(), tail)
+        let held: Vec<u16> = TerminalKeySchedule::new(outline.iter().cloned(), tail)
             .held_at(now_secs)
             .iter()
             .map(|k| k.key_id)
@@ -105,10 +107,13 @@ impl Keystore {
     }
 
     /// An emergency rotation (a leaked key): a new key for the service day
-    /// `now` falls in, handed out from `hands_out_from_secs` to the end of
-    /// that day. The key it replaces stays trusted for the tail: riders
-    /// hold it, and a leaked terminal key exposes what codes say, never
-    /// lets anyone forge one (docs/security.md).
+    /// `hands_out_from_secs` falls in, handed out from then to the end of
+    /// that day. It may be today or tomorrow, whose key is made (and
+    /// pushed to gateways) a day ahead, so it can leak before its day;
+    /// rotated from its day's start, the leaked key is never handed out.
+    /// A replaced key stays trusted for the tail: riders hold it, and a
+    /// leaked terminal key exposes what codes say, never lets anyone forge
+    /// one (docs/security.md).
     pub fn rotate_terminal(
         &mut self,
         policy: &ServiceDayPolicy,
@@ -116,18 +121,22 @@ impl Keystore {
         hands_out_from_secs: i64,
     ) -> Result<u16, KeystoreError> {
         let now_secs = now.div_euclid(1000);
-        let today = policy.service_date(now).ok_or(KeystoreError::NoServiceDay(now))?;
-        let next_day = today
+        let no_day = || KeystoreError::NoServiceDay(now);
+        let today = policy.service_date(now).ok_or_else(no_day)?;
+        let until = today
             .succ_opt()
+            .and_then(|tomorrow| tomorrow.succ_opt())
             .and_then(|d| policy.day_start(d))
             .map(|ms| ms.div_euclid(1000))
-            .ok_or(KeystoreError::NoServiceDay(now))?;
-        if hands_out_from_secs < now_secs || hands_out_from_secs >= next_day {
-            return Err(KeystoreError::TerminalRotationOutOfDay { from: hands_out_from_secs, now: now_secs, next_day });
+            .ok_or_else(no_day)?;
+        if hands_out_from_secs < now_secs || hands_out_from_secs >= until {
+            let (from, now) = (hands_out_from_secs, now_secs);
+            return Err(KeystoreError::TerminalRotationOutOfReach { from, now, until });
         }
+        let day = policy.service_date(hands_out_from_secs.saturating_mul(1000)).ok_or_else(no_day)?;
         self.change(|store| {
             store.check_room_for_a_terminal_key(now_secs)?;
-            store.add_terminal_key(today, hands_out_from_secs)
+            store.add_terminal_key(day, hands_out_from_secs)
         })
     }
 
@@ -159,13 +168,19 @@ impl Keystore {
         self.ring.terminal_keys.iter().map(|info| info.outline().map_err(bad)).collect()
     }
 
-    fn terminal_secret(&self, id: u16) -> Result<[u8; TERMINAL_KEY_SECRET_LEN], KeystoreError> {
+    fn terminal_secret(&self, id: u16) -> Result<Zeroizing<[u8; TERMINAL_KEY_SECRET_LEN]>, KeystoreError> {
         let path = self.terminal_key_path(id);
-        let bytes = fs::read(&path).map_err(io(&path))?;
-        bytes.try_into().map_err(|b: Vec<u8>| KeystoreError::BadTerminalKey {
-            id,
-            reason: format!("{} holds {} bytes, a terminal key is {TERMINAL_KEY_SECRET_LEN}", path.display(), b.len()),
-        })
+        let bytes = Zeroizing::new(fs::read(&path).map_err(io(&path))?);
+        let secret: &[u8; TERMINAL_KEY_SECRET_LEN] =
+            bytes.as_slice().try_into().map_err(|_| KeystoreError::BadTerminalKey {
+                id,
+                reason: format!(
+                    "{} holds {} bytes, a terminal key is {TERMINAL_KEY_SECRET_LEN}",
+                    path.display(),
+                    bytes.len()
+                ),
+            })?;
+        Ok(Zeroizing::new(*secret))
     }
 
     /// Step 1, then the keyring with the new key in it.
@@ -231,7 +246,7 @@ mod tests {
         let handed_out = schedule.handed_out_at(NOW).expect("today's key");
         assert_eq!((handed_out.key_id, handed_out.handed_out_from_secs), (1, day_start("2026-12-03")));
         assert_eq!(schedule.held_at(NOW).iter().map(|k| k.key_id).collect::<Vec<_>>(), vec![1, 2]);
-        assert_ne!(handed_out.secret, [0; 32], "the secret is read from its file");
+        assert_ne!(*handed_out.secret, [0; 32], "the secret is read from its file");
         assert_ne!(schedule.held_at(NOW)[0].secret, schedule.held_at(NOW)[1].secret);
         let tomorrow = NOW_MS + 86_400_000;
         let mut store = reopened;
@@ -252,11 +267,35 @@ mod tests {
         assert_eq!(schedule.handed_out_at(NOW + 599).map(|k| k.key_id), Some(1));
         assert_eq!(schedule.handed_out_at(NOW + 600).map(|k| k.key_id), Some(3));
         assert_eq!(schedule.handed_out_at(day_start("2026-12-04")).map(|k| k.key_id), Some(2));
-        let tomorrow = day_start("2026-12-04");
-        for from in [NOW - 1, tomorrow] {
+        let after_tomorrow = day_start("2026-12-05");
+        for from in [NOW - 1, after_tomorrow, i64::MIN, i64::MAX] {
             let refused = store.rotate_terminal(&policy(), NOW_MS, from);
-            assert!(matches!(refused, Err(KeystoreError::TerminalRotationOutOfDay { .. })), "{from}: {refused:?}");
+            assert!(matches!(refused, Err(KeystoreError::TerminalRotationOutOfReach { .. })), "{from}: {refused:?}");
         }
+    }
+
+    /// Review: tomorrow's key, pushed to gateways a day ahead, could not
+    /// be rotated, and a rotation in a day's last minutes (its lead
+    /// crossing midnight) was refused.
+    #[test]
+    fn tomorrows_key_rotates_and_so_does_a_rotation_whose_lead_crosses_midnight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Keystore::open_or_create(dir.path(), options()).expect("create");
+        store.make_day_terminal_keys(&policy(), NOW_MS).expect("make");
+        let tomorrow = day_start("2026-12-04");
+        assert_eq!(store.rotate_terminal(&policy(), NOW_MS, tomorrow).expect("tomorrow's"), 3);
+        let schedule = store.terminal_schedule_at(NOW).expect("schedule");
+        assert_eq!(schedule.handed_out_at(tomorrow).map(|k| k.key_id), Some(3), "the leaked key 2 is never handed out");
+        let replaced = schedule.held_at(NOW).into_iter().find(|k| k.key_id == 2).expect("key 2 still held");
+        assert_eq!(replaced.trusted_until_secs, Some(tomorrow + options().trust_tail_secs));
+        let day_key =
+            |store: &Keystore, id| store.terminal_keys().iter().find(|k| k.id == id).map(|k| k.service_date.clone());
+        assert_eq!(day_key(&store, 3).as_deref(), Some("2026-12-04"));
+        let last_minutes_ms = (tomorrow - 300) * 1000;
+        let id = store.rotate_terminal(&policy(), last_minutes_ms, tomorrow + 300).expect("lead crosses midnight");
+        assert_eq!(day_key(&store, id).as_deref(), Some("2026-12-04"), "a key for the day it is handed out in");
+        let schedule = store.terminal_schedule_at(tomorrow).expect("schedule");
+        assert_eq!(schedule.handed_out_at(tomorrow + 300).map(|k| k.key_id), Some(id));
     }
 
     #[test]
@@ -293,7 +332,7 @@ mod tests {
         options.faults.set_rename_fails(false);
         assert_eq!(store.make_day_terminal_keys(&policy(), NOW_MS).expect("the disk is back"), vec![1, 2]);
         let schedule = store.terminal_schedule_at(NOW).expect("schedule");
-        assert_ne!(schedule.held_at(NOW)[0].secret, [0; 32]);
+        assert_ne!(*schedule.held_at(NOW)[0].secret, [0; 32]);
     }
 
     #[test]
