@@ -49,7 +49,9 @@ pub(crate) enum KeysAction {
     },
     /// Print the terminal keys held now, secrets included, one
     /// `ID SERVICE_DATE HANDED_OUT_FROM TRUSTED_UNTIL SECRET_HEX` line each,
-    /// for validators loaded by hand. Keep the output as secret as the keys.
+    /// for validators loaded by hand, after a `#` line with the version-1
+    /// cut-off (`ride_code.version_1_refused_from_date`). Keep the output as
+    /// secret as the keys.
     ExportTerminal,
     /// Show the fleet CA that enrols gateways (made on first use).
     Ca,
@@ -94,6 +96,11 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
             store
         }
         (Ok(store), KeysAction::ExportTerminal) => {
+            // Validators loaded by hand get no push: the cut-off comes with the keys.
+            match config.freshness_policy()?.unsealed_refused_from_secs {
+                Some(secs) => println!("# version-1 codes refused from {}", rfc3339(i64::from(secs))),
+                None => println!("# version-1 codes still read"),
+            }
             for key in store.terminal_schedule_at(now_secs)?.held_at(now_secs) {
                 let until = key.trusted_until_secs.map_or_else(|| "-".to_string(), rfc3339);
                 let (date, from) = (key.service_date, rfc3339(key.handed_out_from_secs));

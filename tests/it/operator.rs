@@ -139,6 +139,40 @@ fn farestream(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_farestream")).args(args).output().expect("running farestream")
 }
 
+/// Review: validators loaded by hand by `keys export-terminal` never
+/// learned the version-1 cut-off that pushed ones get.
+#[test]
+fn export_terminal_gives_hand_loaded_validators_the_keys_and_the_version_1_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let config = dir.path().join("cut-off.toml");
+    std::fs::write(&config, "[ride_code]\nversion_1_refused_from_date = \"2099-01-01\"\n").expect("config");
+    let config = config.to_str().expect("utf-8 path");
+    farestream::keystore::Keystore::open_or_create(
+        dir.path(),
+        farestream::keystore::KeystoreOptions::from_config(&Config::defaults()),
+    )
+    .expect("keys");
+    let rotate = farestream(&["--data-dir", data, "--config", config, "keys", "rotate-terminal", "--tomorrow"]);
+    assert!(rotate.status.success(), "{rotate:?}");
+    let export = farestream(&["--data-dir", data, "--config", config, "keys", "export-terminal"]);
+    assert!(export.status.success(), "{export:?}");
+    let out = String::from_utf8_lossy(&export.stdout);
+    let mut lines = out.lines();
+    let first = lines.next().expect("a first line");
+    let mut cut_off = Config::defaults();
+    cut_off.ride_code.version_1_refused_from_date = Some("2099-01-01".into());
+    let secs = cut_off.freshness_policy().expect("policy").unsealed_refused_from_secs.expect("a cut-off");
+    let at = chrono::DateTime::from_timestamp(i64::from(secs), 0).expect("time").to_rfc3339();
+    assert_eq!(first, format!("# version-1 codes refused from {at}"), "{out}");
+    let keys: Vec<Vec<&str>> = lines.map(|l| l.split(' ').collect()).collect();
+    assert_eq!(keys.iter().map(|k| k[0]).collect::<Vec<_>>(), vec!["1", "2", "3"], "today, tomorrow, its rotation");
+    assert!(keys.iter().all(|k| k.len() == 5 && k[4].len() == 64), "{out}");
+    assert_eq!(keys[1][1], keys[2][1], "the rotation is tomorrow's key: {out}");
+    let plain = farestream(&["--data-dir", data, "keys", "export-terminal"]);
+    assert!(String::from_utf8_lossy(&plain.stdout).starts_with("# version-1 codes still read\n"), "{plain:?}");
+}
+
 /// Review: `simulate --server` where nothing listens printed nothing for
 /// minutes; `keys retire 99` on a fresh data dir made a key first; `demo
 /// --day-secs 0` was clamped and then failed its own check.

@@ -146,9 +146,9 @@ fn build() -> VectorFile {
         terminal_key_secret_hex: hex::encode(secret()),
         hkdf_salt: String::from_utf8(TERMINAL_KEY_SALT.to_vec()).expect("ASCII"),
         seal_key_info: String::from_utf8(SEAL_KEY_INFO.to_vec()).expect("ASCII"),
-        seal_key_hex: hex::encode(derive_subkey(&secret(), SEAL_KEY_INFO)),
+        seal_key_hex: hex::encode(*derive_subkey(&secret(), SEAL_KEY_INFO)),
         mask_key_info: String::from_utf8(MASK_KEY_INFO.to_vec()).expect("ASCII"),
-        mask_key_hex: hex::encode(derive_subkey(&secret(), MASK_KEY_INFO)),
+        mask_key_hex: hex::encode(*derive_subkey(&secret(), MASK_KEY_INFO)),
         issuer_public_key_hex: hex::encode(issuer().public_key()),
         vectors,
     }

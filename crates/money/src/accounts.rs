@@ -108,34 +108,28 @@ pub fn activate(
 
 /// Keys were issued until `valid_until`: only to an active card, checked
 /// in the transaction that records them, so a refund asked for at the same
-/// moment knows the last credential.
+/// moment knows the last credential. Takes the card's next block of code
+/// counters under `terminal_key_id`.
 pub fn keys_issued(
     tx: &Transaction<'_>,
     card_id: u64,
     valid_until: UnixMillis,
-    key: TerminalKeyOrder,
+    terminal_key_id: u16,
 ) -> Result<CodeBlock, AccountError> {
     let before = account(tx, card_id)?;
     account::may_issue_keys(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
-    let block = next_code_block(tx, card_id, key)?;
+    let block = next_code_block(tx, card_id, terminal_key_id)?;
     tx.execute(
-        "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2),
-                code_blocks_terminal_key_id = ?3, code_blocks_key_handed_out_from = ?4, code_blocks_issued = ?5
-         WHERE card_id = ?1",
-        params![card_to_sql(card_id), valid_until, key.key_id, key.handed_out_from_secs, block.index + 1],
+        "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2) WHERE card_id = ?1",
+        params![card_to_sql(card_id), valid_until],
     )?;
     Ok(block)
 }
 
-/// Where a terminal key stands in the order keys are handed out: by
-/// `handed_out_from`, then id (the key schedule's own order), never by id
-/// alone, since an emergency rotation takes a higher id than the next
-/// day's key made before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TerminalKeyOrder {
-    pub handed_out_from_secs: i64,
-    pub key_id: u16,
-}
+/// How many of a card's newest terminal key ids keep their block counts:
+/// more than a gateway holds (64), so every key still trusted has its
+/// count, and a card's rows stay few.
+pub const CODE_BLOCK_KEYS_KEPT: u16 = 128;
 
 /// The block of code counters a credential gets: the card's next under
 /// `terminal_key_id` (docs/ride-code.md, "The app's counter").
@@ -147,28 +141,37 @@ pub struct CodeBlock {
     pub counters: (u32, u64),
 }
 
-/// The card's next block under `key`: the count starts again for each key
-/// handed out later. A key handed out before the card's last one (a clock
-/// set back) gets none, as a key whose blocks ran out: no counter is ever
-/// handed out twice under one key.
-fn next_code_block(tx: &Transaction<'_>, card_id: u64, key: TerminalKeyOrder) -> Result<CodeBlock, AccountError> {
-    let (key_id, from, issued): (Option<u16>, Option<i64>, i64) = tx.query_row(
-        "SELECT code_blocks_terminal_key_id, code_blocks_key_handed_out_from, code_blocks_issued
-         FROM accounts WHERE card_id = ?1",
-        [card_to_sql(card_id)],
-        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-    )?;
-    let terminal_key_id = key.key_id;
+/// The card's next block under `terminal_key_id`, counted per key, so a
+/// key handed out again after a clock jump goes on from its own count.
+/// Counts are kept for the card's newest [`CODE_BLOCK_KEYS_KEPT`] key ids
+/// (ids grow as keys are made); a key older than those gets none, as a
+/// key whose blocks ran out: no counter is ever handed out twice under
+/// one key.
+fn next_code_block(tx: &Transaction<'_>, card_id: u64, terminal_key_id: u16) -> Result<CodeBlock, AccountError> {
+    let card = card_to_sql(card_id);
     let exhausted = || AccountError::CodeBlocksExhausted { card_id, terminal_key_id };
-    // A row from before migration 11 has no moment: its key counts as the
-    // earliest, so the same id continues its count and any other starts anew.
-    let last = key_id.map(|key_id| TerminalKeyOrder { handed_out_from_secs: from.unwrap_or(i64::MIN), key_id });
-    let index = match last {
-        Some(last) if last.key_id == key.key_id => u32::try_from(issued).map_err(|_| exhausted())?,
-        Some(last) if last > key => return Err(exhausted()),
-        _ => 0,
-    };
+    let newest: Option<u16> =
+        tx.query_row("SELECT max(terminal_key_id) FROM code_blocks WHERE card_id = ?1", [card], |row| row.get(0))?;
+    let kept_from = newest.unwrap_or(0).max(terminal_key_id).saturating_sub(CODE_BLOCK_KEYS_KEPT);
+    if terminal_key_id < kept_from {
+        return Err(exhausted());
+    }
+    let issued: i64 = tx
+        .query_row(
+            "SELECT issued FROM code_blocks WHERE card_id = ?1 AND terminal_key_id = ?2",
+            params![card, terminal_key_id],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let index = u32::try_from(issued).map_err(|_| exhausted())?;
     let counters = farestream_core::ridecode::sealed::code_counter_block(index).ok_or_else(exhausted)?;
+    tx.execute(
+        "INSERT INTO code_blocks (card_id, terminal_key_id, issued) VALUES (?1, ?2, ?3)
+         ON CONFLICT (card_id, terminal_key_id) DO UPDATE SET issued = excluded.issued",
+        params![card, terminal_key_id, i64::from(index) + 1],
+    )?;
+    tx.execute("DELETE FROM code_blocks WHERE card_id = ?1 AND terminal_key_id < ?2", params![card, kept_from])?;
     Ok(CodeBlock { index, counters })
 }
 
@@ -626,30 +629,55 @@ mod tests {
         let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
         let tx = store.transaction().expect("tx");
         register(&tx, 7, "+8613800000000", 1).expect("register");
-        assert!(
-            matches!(
-                keys_issued(&tx, 7, 10, TerminalKeyOrder { handed_out_from_secs: 0, key_id: 3 }),
-                Err(AccountError::WrongState { .. })
-            ),
-            "not active yet"
-        );
+        assert!(matches!(keys_issued(&tx, 7, 10, 3), Err(AccountError::WrongState { .. })), "not active yet");
         activate(&tx, 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
-        // Key 3 is day D's, handed out from 100; key 4 day D+1's, from 200.
-        let order = |key_id: u16| TerminalKeyOrder { handed_out_from_secs: i64::from(key_id) * 100 - 200, key_id };
-        let block = |key_id| keys_issued(&tx, 7, 10, order(key_id)).map(|b| b.counters);
+        let block = |key_id| keys_issued(&tx, 7, 10, key_id).map(|b| b.counters);
         assert_eq!(block(3).expect("first"), (0, 1 << 16));
         assert_eq!(block(3).expect("second"), (1 << 16, 2 << 16), "the next block, never the same");
         assert_eq!(block(4).expect("a newer key"), (0, 1 << 16), "a newer key starts again");
-        assert!(matches!(block(3), Err(AccountError::CodeBlocksExhausted { .. })), "an older key gets none");
-        tx.execute("UPDATE accounts SET code_blocks_issued = 65535 WHERE card_id = 7", []).expect("nearly all");
+        // Review: a clock that jumped ahead handed out a later key (4);
+        // set back, key 3 is handed out again. With one count per card it
+        // got no block until the jumped-to day; it goes on from its own.
+        assert_eq!(block(3).expect("key 3 again"), (2 << 16, 3 << 16), "its own count, never a block twice");
+        // An emergency rotation (9) before the next day's key (5), made
+        // a day ahead with a lower id: each has its own count.
+        assert_eq!(block(9).expect("the rotation"), (0, 1 << 16));
+        assert_eq!(block(5).expect("the next day's key, a lower id"), (0, 1 << 16));
+        tx.execute("UPDATE code_blocks SET issued = 65535 WHERE card_id = 7 AND terminal_key_id = 4", [])
+            .expect("nearly all");
         assert_eq!(block(4).expect("the last"), (u32::MAX - (1 << 16) + 1, 1 << 32));
         assert!(matches!(block(4), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 4, .. })));
-        // Review: after an emergency rotation (key 9, a higher id, handed out
-        // on day D+1 before day D+2's key 5 made a day ahead), the next
-        // day's key is refused for a whole day when ids decide the order.
-        let rotation = TerminalKeyOrder { handed_out_from_secs: 250, key_id: 9 };
-        assert_eq!(keys_issued(&tx, 7, 10, rotation).map(|b| b.counters).expect("the rotation"), (0, 1 << 16));
-        assert_eq!(block(5).expect("the next day's key, a lower id"), (0, 1 << 16));
+        // Counts are kept for the newest 128 ids: one further back has
+        // lost its count and gets no block, rather than block 0 again.
+        assert_eq!(block(9 + CODE_BLOCK_KEYS_KEPT).expect("far newer"), (0, 1 << 16));
+        assert!(matches!(block(3), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 3, .. })));
+        assert_eq!(block(9).expect("still kept"), (1 << 16, 2 << 16));
+        let rows: i64 =
+            tx.query_row("SELECT count(*) FROM code_blocks WHERE card_id = 7", [], |r| r.get(0)).expect("rows");
+        assert_eq!(rows, 2, "keys 9 and 137: the rest were pruned");
+        assert_eq!(block(u16::MAX).expect("the last id"), (0, 1 << 16));
+    }
+
+    /// Migration 12 carries each card's count under its last key over, so
+    /// an upgrade never hands a block out again.
+    #[test]
+    fn a_count_from_before_per_key_counts_carries_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.sqlite");
+        let mut store = MoneyStore::open(&path, Duration::from_secs(1)).expect("store");
+        let tx = store.transaction().expect("tx");
+        register(&tx, 7, "+8613800000000", 1).expect("register");
+        activate(&tx, 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
+        tx.execute("UPDATE accounts SET code_blocks_terminal_key_id = 3, code_blocks_issued = 5 WHERE card_id = 7", [])
+            .expect("a count as migration 11 kept it");
+        tx.execute("DROP TABLE code_blocks", []).expect("back to version 11");
+        tx.commit().expect("commit");
+        store.connection().pragma_update(None, "user_version", 11).expect("version 11");
+        drop(store);
+        let mut store = MoneyStore::open(&path, Duration::from_secs(1)).expect("upgraded");
+        let tx = store.transaction().expect("tx");
+        assert_eq!(keys_issued(&tx, 7, 10, 3).map(|b| b.counters).expect("key 3"), (5 << 16, 6 << 16));
+        assert_eq!(keys_issued(&tx, 7, 10, 4).map(|b| b.counters).expect("key 4"), (0, 1 << 16));
     }
 
     #[test]

@@ -231,9 +231,9 @@ impl AccountService {
         &self,
         card_id: u64,
         valid_until: UnixMillis,
-        terminal_key: accounts::TerminalKeyOrder,
+        terminal_key_id: u16,
     ) -> Result<accounts::CodeBlock, ServiceError> {
-        self.write(move |tx| accounts::keys_issued(tx, card_id, valid_until, terminal_key)).await
+        self.write(move |tx| accounts::keys_issued(tx, card_id, valid_until, terminal_key_id)).await
     }
 
     /// The refunds due at `now`: every due refund is paid back and its

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (9, include_str!("../migrations/0009_account_payment_sends.sql")),
     (10, include_str!("../migrations/0010_code_counter_blocks.sql")),
     (11, include_str!("../migrations/0011_code_blocks_key_order.sql")),
+    (12, include_str!("../migrations/0012_code_blocks_per_key.sql")),
 ];
 
 /// A money-store step run off the async threads ended without an answer.

@@ -44,7 +44,7 @@ impl TerminalKey {
     pub fn from_secret(key_id: u16, secret: &[u8; TERMINAL_KEY_SECRET_LEN]) -> TerminalKey {
         let aead_key = |info| {
             let bytes = derive_subkey(secret, info);
-            let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &bytes)
+            let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &*bytes)
                 .expect("a 32-byte key is what ChaCha20-Poly1305 takes");
             aead::LessSafeKey::new(unbound)
         };
@@ -80,7 +80,7 @@ impl std::fmt::Debug for TerminalKey {
 /// HKDF-SHA256 with [`TERMINAL_KEY_SALT`]: extract from `secret`, expand
 /// with `info` to 32 bytes. Public so the test vectors can show each
 /// subkey.
-pub fn derive_subkey(secret: &[u8; TERMINAL_KEY_SECRET_LEN], info: &[u8]) -> [u8; 32] {
+pub fn derive_subkey(secret: &[u8; TERMINAL_KEY_SECRET_LEN], info: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
     struct Len32;
     impl hkdf::KeyType for Len32 {
         fn len(&self) -> usize {
@@ -90,8 +90,8 @@ pub fn derive_subkey(secret: &[u8; TERMINAL_KEY_SECRET_LEN], info: &[u8]) -> [u8
     let info = [info];
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, TERMINAL_KEY_SALT).extract(secret);
     let okm = prk.expand(&info, Len32).expect("32 bytes is within HKDF-SHA256's limit of 8160");
-    let mut out = [0u8; 32];
-    okm.fill(&mut out).expect("the length asked for");
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    okm.fill(&mut *out).expect("the length asked for");
     out
 }
 
@@ -150,7 +150,7 @@ mod tests {
         let secret = [7u8; 32];
         let (seal, mask) = (derive_subkey(&secret, SEAL_KEY_INFO), derive_subkey(&secret, MASK_KEY_INFO));
         assert_ne!(seal, mask);
-        assert_ne!(seal, secret);
+        assert_ne!(*seal, secret);
         assert_eq!(seal, derive_subkey(&secret, SEAL_KEY_INFO), "deterministic");
     }
 

@@ -128,14 +128,29 @@ impl TerminalKeySchedule {
 
     /// The service days around `now` that have no key yet: the current one
     /// and the next, so a validator holds the next day's key before its
-    /// first code. Each is handed out from its day's start.
-    pub fn days_without_a_key(&self, policy: &ServiceDayPolicy, now: UnixMillis) -> Vec<(NaiveDate, i64)> {
+    /// first code. Each is handed out from its day's start, or, made late
+    /// (its day begun while another key is handed out: the key store
+    /// could not write it a day ahead), `late_lead_secs` after `now`, so
+    /// gateways hold it before apps seal with it and the key handed out
+    /// now stays trusted its full tail after. Only the very first key has
+    /// no one to wait for.
+    pub fn days_without_a_key(
+        &self,
+        policy: &ServiceDayPolicy,
+        now: UnixMillis,
+        late_lead_secs: i64,
+    ) -> Vec<(NaiveDate, i64)> {
         let Some(today) = policy.service_date(now) else { return Vec::new() };
+        let now_secs = now.div_euclid(1000);
+        let earliest = match self.handed_out_at(now_secs) {
+            Some(_) => now_secs.saturating_add(late_lead_secs.max(0)),
+            None => i64::MIN,
+        };
         [Some(today), today.succ_opt()]
             .into_iter()
             .flatten()
             .filter(|date| !self.keys.iter().any(|k| k.service_date == *date))
-            .filter_map(|date| Some((date, policy.day_start(date)?.div_euclid(1000))))
+            .filter_map(|date| Some((date, policy.day_start(date)?.div_euclid(1000).max(earliest))))
             .collect()
     }
 }
@@ -220,12 +235,31 @@ mod tests {
         let none = TerminalKeySchedule::new([], TAIL);
         let start = |d: &str| policy.day_start(date(d)).expect("start") / 1000;
         assert_eq!(
-            none.days_without_a_key(&policy, now),
-            vec![(date("2026-12-03"), start("2026-12-03")), (date("2026-12-04"), start("2026-12-04"))]
+            none.days_without_a_key(&policy, now, 600),
+            vec![(date("2026-12-03"), start("2026-12-03")), (date("2026-12-04"), start("2026-12-04"))],
+            "the first key of all is handed out from its day's start: no key is out to wait behind"
         );
         let today_only = TerminalKeySchedule::new([key(1, "2026-12-03", 0)], TAIL);
-        assert_eq!(today_only.days_without_a_key(&policy, now), vec![(date("2026-12-04"), start("2026-12-04"))]);
-        assert_eq!(none.days_without_a_key(&policy, i64::MAX), vec![], "a time past chrono's range makes nothing");
+        assert_eq!(today_only.days_without_a_key(&policy, now, 600), vec![(date("2026-12-04"), start("2026-12-04"))]);
+        assert_eq!(none.days_without_a_key(&policy, i64::MAX, 600), vec![], "a time past chrono's range makes nothing");
+    }
+
+    /// Review: a day's key made late (the key store was full at the day
+    /// before) was back-dated to its day's start, so apps got it in the
+    /// same push that first gave it to gateways, and the key handed out
+    /// until then lost hours of its trust tail.
+    #[test]
+    fn a_days_key_made_late_is_handed_out_after_the_lead_and_its_predecessor_keeps_its_tail() {
+        let policy = ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 };
+        let start = |d: &str| policy.day_start(date(d)).expect("start") / 1000;
+        let stale = TerminalKeySchedule::new([key(1, "2026-12-03", start("2026-12-03"))], TAIL);
+        let noon = start("2026-12-04") + 8 * 3_600;
+        let missing = stale.days_without_a_key(&policy, noon * 1000, 600);
+        assert_eq!(missing, vec![(date("2026-12-04"), noon + 600), (date("2026-12-05"), start("2026-12-05"))]);
+        let made = [key(1, "2026-12-03", start("2026-12-03")), key(2, "2026-12-04", noon + 600)];
+        let schedule = TerminalKeySchedule::new(made, TAIL);
+        assert_eq!(schedule.handed_out_at(noon + 599).map(|k| k.key_id), Some(1), "the old key until the lead is up");
+        assert_eq!(schedule.held_at(noon)[0].trusted_until_secs, Some(noon + 600 + TAIL));
     }
 
     #[test]

@@ -183,6 +183,10 @@ pub struct KeystoreOptions {
     pub lock_wait: Duration,
     /// How long a superseded key stays trusted after it stopped signing.
     pub trust_tail_secs: i64,
+    /// How long after it is made a terminal key made late (its day has
+    /// begun while another key is handed out) waits before it is handed
+    /// out, so gateways hold it first: `keys.terminal_rotation_lead_secs`.
+    pub terminal_lead_secs: i64,
     pub faults: Arc<Faults>,
 }
 
@@ -191,6 +195,7 @@ impl KeystoreOptions {
         KeystoreOptions {
             lock_wait: Duration::from_millis(config.keys.lock_wait_ms_max),
             trust_tail_secs: config.issuer_key_trust_tail_secs(),
+            terminal_lead_secs: i64::try_from(config.keys.terminal_rotation_lead_secs).unwrap_or(i64::MAX),
             faults: Arc::new(Faults::default()),
         }
     }
@@ -357,7 +362,16 @@ impl Keystore {
         if let Some(ring) = self.read_ring()? {
             self.ring = ring;
         }
-        apply(self)
+        let before = self.ring.clone();
+        let applied = apply(self);
+        if applied.is_err() {
+            // What a failed change left in memory was never committed: a
+            // key held from it would be pushed and handed out, then made
+            // again under its id with another secret. The keyring on disk
+            // is what is.
+            self.ring = self.read_ring().ok().flatten().unwrap_or(before);
+        }
+        applied
     }
 
     /// Step 1, then the keyring with the new key in it.
@@ -467,6 +481,7 @@ mod tests {
         KeystoreOptions {
             lock_wait: Duration::from_secs(10),
             trust_tail_secs: TAIL,
+            terminal_lead_secs: 600,
             faults: Arc::new(Faults::default()),
         }
     }

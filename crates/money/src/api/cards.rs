@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::register::json;
 use super::sessions::{random_bytes, token_session};
 use super::{ApiError, ApiState};
-use crate::accounts::{Account, CodeBlock, TerminalKeyOrder};
+use crate::accounts::{Account, CodeBlock};
 use crate::outbox::newest_charges;
 use farestream_core::account::AccountState;
 use farestream_core::clock::unix_secs_u32;
@@ -223,9 +223,7 @@ async fn record_keys(
     terminal_key: &HeldTerminalKey,
 ) -> Result<CodeBlock, ApiError> {
     let until_ms = i64::from(valid_until).saturating_mul(1_000);
-    let order =
-        TerminalKeyOrder { handed_out_from_secs: terminal_key.handed_out_from_secs, key_id: terminal_key.key_id };
-    match api.accounts.keys_issued(card_id, until_ms, order).await {
+    match api.accounts.keys_issued(card_id, until_ms, terminal_key.key_id).await {
         Ok(block) => Ok(block),
         Err(crate::ServiceError::Account(crate::accounts::AccountError::WrongState { .. })) => {
             let changed = || ApiError::Conflict {
