@@ -116,6 +116,13 @@ enum Command {
         #[arg(long, default_value_t = 20.0, value_parser = within(0.1, 3_600.0))]
         duration_secs: f64,
     },
+    /// An operator's load generator: sign a city's scans ahead
+    /// (`prepare`), then push them at a running server open loop at a
+    /// fixed rate or as fast as acks allow (`run`).
+    Loadgen {
+        #[command(subcommand)]
+        action: LoadgenAction,
+    },
     /// Check the archive against the scans a gateway saw acknowledged:
     /// every acked scan archived, none twice.
     Audit {
@@ -194,6 +201,52 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum LoadgenAction {
+    /// Sign a city's day of scans with the data dir's keys (read at the
+    /// gates over the last ten minutes, a city's mix of replays, forged
+    /// and stale codes) and write them, cut into batches, to a file. A run
+    /// must follow within ingest.accepted_lateness_secs, against a server
+    /// that has not seen them (it drops re-deliveries).
+    Prepare {
+        /// Where to write the batches.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        city: CityArgs,
+        /// Scans per batch, at most wire.batch_scans_max: a gateway's
+        /// upload of its validators' last few seconds in a busy city.
+        #[arg(long, default_value_t = 500, value_parser = within(1usize, 100_000))]
+        batch_scans: usize,
+        /// Version-1 codes instead of sealed ones.
+        #[arg(long)]
+        unsealed: bool,
+    },
+    /// Push a prepared file at a running server, one connection per
+    /// gateway in it.
+    Run {
+        /// The server's QUIC address.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        server: SocketAddr,
+        /// The file `loadgen prepare` wrote.
+        #[arg(long)]
+        file: PathBuf,
+        /// Open loop: offer this many scans a second, whatever the acks
+        /// do, and measure latency from when each batch was due. Without
+        /// it: as fast as acks allow.
+        #[arg(long, value_parser = within(1.0, 10_000_000.0))]
+        rate: Option<f64>,
+        /// Pushes open at once on each connection (defaults to
+        /// server.streams_per_connection_max).
+        #[arg(long, value_parser = within(1usize, 1_024))]
+        in_flight: Option<usize>,
+        /// The server's Prometheus page, for its CPU seconds and peak RSS
+        /// (http://metrics.listen_addr/metrics).
+        #[arg(long)]
+        metrics_url: Option<String>,
+    },
+}
+
 #[derive(clap::Args)]
 struct CityArgs {
     #[arg(long, default_value_t = 20_000, value_parser = within(1usize, 10_000_000))]
@@ -260,7 +313,10 @@ impl CityArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. } | Command::Flood { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Simulate { .. } | Command::Flood { .. } | Command::Loadgen { .. }
+    );
     init_logging(if quiet { "warn" } else { "info" });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
@@ -299,6 +355,7 @@ fn main() -> Result<()> {
             };
             runtime.block_on(flood(&cli.data_dir, config, server, settings))
         }
+        Command::Loadgen { action } => runtime.block_on(loadgen(&cli.data_dir, config, action)),
         Command::Audit { acked_file, paygw_dir, undecided_max } => {
             audit(&cli.data_dir, &config, &acked_file, (paygw_dir.as_deref(), undecided_max))
         }
@@ -565,6 +622,40 @@ async fn simulate(
     Ok(())
 }
 
+async fn loadgen(data_dir: &Path, config: Config, action: LoadgenAction) -> Result<()> {
+    use farestream::sim::loadgen;
+    match action {
+        LoadgenAction::Prepare { out, city, batch_scans, unsealed } => {
+            let spec = loadgen::PrepareSpec { city: city.spec(), batch_scans, unsealed };
+            let bar = progress_bar("signing");
+            let started = std::time::Instant::now();
+            let batches = loadgen::prepare_batches(data_dir, &config, &spec, &bar)?;
+            bar.finish_and_clear();
+            let bytes = loadgen::write_scans_file(&out, &batches)?;
+            let scans: usize = batches.iter().map(|b| b.scans.len()).sum();
+            println!(
+                "loadgen prepare: {scans} scans in {} batches, {:.1} MiB, signed in {:.1} s -> {}",
+                batches.len(),
+                bytes as f64 / 1_048_576.0,
+                started.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
+        LoadgenAction::Run { server, file, rate, in_flight, metrics_url } => {
+            let batches = loadgen::read_scans_file(&file, config.wire.frame_bytes_max)?;
+            let pace = rate.map_or(loadgen::Pace::AsFastAsAcks, |scans_per_sec| loadgen::Pace::Rate { scans_per_sec });
+            let in_flight = in_flight.unwrap_or(config.server.streams_per_connection_max as usize);
+            let spec = loadgen::RunSpec { pace, in_flight, metrics_url };
+            let bar = progress_bar("acked");
+            let report = loadgen::run(data_dir, &config, server, batches, spec, bar.clone()).await?;
+            bar.finish_and_clear();
+            print!("{}", report.render());
+            Ok(())
+        }
+    }
+}
+
 async fn flood(
     data_dir: &Path,
     config: Config,
@@ -679,4 +770,15 @@ async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) 
 fn holds_an_archive(data_dir: &Path) -> bool {
     farestream::archive::read::archive_files(&farestream::archive::scans_root(data_dir))
         .is_ok_and(|files| !files.is_empty())
+}
+
+/// A live progress line: `what`, the count against the total, the rate and
+/// what the work last said (loadgen: its p99 so far).
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let template = format!("{what} {{pos}}/{{len}} scans [{{elapsed_precise}}] {{per_sec}} {{msg}}");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }

@@ -123,16 +123,7 @@ pub async fn simulate(
     } else {
         Timetable::Steady { first_ms: now + 1_000, last_ms: now + (load.duration_secs * 1000.0) as i64 }
     };
-    let valid_from = unix_secs_u32(now - 3_600_000);
-    let now_secs = now.div_euclid(1000);
-    let (signer, trusted) = (keystore.signer_at(now_secs)?, keystore.schedule_at(now_secs)?.trusted_at(now_secs));
-    let mut world = City::world(spec, config, signer, trusted, valid_from)?;
-    // Sealed codes (format version 2) under the terminal key the server
-    // hands out now; version 1 if this server has made none.
-    let terminal = keystore.terminal_schedule_at(now_secs)?;
-    if let Some(key) = terminal.handed_out_at(now_secs).filter(|_| !load.unsealed) {
-        world.seal_codes(key.key(), terminal.trusted_at(now_secs));
-    }
+    let mut world = world_for_load(&keystore, spec, config, load.unsealed, now)?;
     if let Some(rig) = accounts {
         let app = RiderApp::new(&rig.api_url, Arc::new(FileInbox::new(rig.notifications.clone())));
         let bank = SimControl::from_data_dir(&rig.paygw_url, &rig.paygw_dir).map_err(SimulateError::PaygwToken)?;
@@ -152,6 +143,28 @@ pub async fn simulate(
         Uploads { tick: Duration::from_millis(250), batch_scans_max: load.batch_scans, backlog: load.backlog };
     let fleet = city.run(config, &target, Arc::new(SystemClock), uploads, progress).await?;
     Ok(SimulateReport { scans_planned, load, fleet })
+}
+
+/// The city's riders with credentials signed by the data dir's issuer key
+/// (valid from an hour before `now`), sealing their codes under the
+/// terminal key the server hands out now: version 1 when `unsealed`, or
+/// if this server has made no terminal key.
+pub fn world_for_load(
+    keystore: &Keystore,
+    spec: &CitySpec,
+    config: &Config,
+    unsealed: bool,
+    now: farestream_core::clock::UnixMillis,
+) -> Result<super::World, SimulateError> {
+    let valid_from = unix_secs_u32(now - 3_600_000);
+    let now_secs = now.div_euclid(1000);
+    let (signer, trusted) = (keystore.signer_at(now_secs)?, keystore.schedule_at(now_secs)?.trusted_at(now_secs));
+    let mut world = City::world(spec, config, signer, trusted, valid_from)?;
+    let terminal = keystore.terminal_schedule_at(now_secs)?;
+    if let Some(key) = terminal.handed_out_at(now_secs).filter(|_| !unsealed) {
+        world.seal_codes(key.key(), terminal.trusted_at(now_secs));
+    }
+    Ok(world)
 }
 
 /// What a load generator needs from the server's data dir (its issuer keys

@@ -8,6 +8,7 @@ pub mod city;
 pub mod fleet;
 pub mod flood;
 pub mod load;
+pub mod loadgen;
 pub mod plan;
 pub mod signup;
 pub mod world;

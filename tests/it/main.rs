@@ -13,6 +13,7 @@ mod fair_limits;
 mod fleet;
 mod fuzz;
 mod key_rotation;
+mod loadgen;
 mod money;
 mod operator;
 mod outside_readers;

@@ -81,9 +81,41 @@ pub enum GatewayError {
     #[error("server refused batch {batch_seq} as malformed: {error}")]
     Malformed { batch_seq: u64, error: String },
     #[error("batch {batch_seq} not acknowledged after {attempts} attempts: {last_error}")]
-    GaveUp { batch_seq: u64, attempts: u32, last_error: String },
+    GaveUp {
+        batch_seq: u64,
+        attempts: u32,
+        last_error: String,
+        /// What the last attempt ran into, as [`GatewayError::kind`] names it.
+        last_kind: &'static str,
+    },
     #[error("no farestream server answered at {addr}: {reason}")]
     Unreachable { addr: SocketAddr, reason: String },
+}
+
+impl GatewayError {
+    /// A short name for what went wrong, for counting errors by kind (the
+    /// load generator's report): `malformed`, `backoff`, `ack_timeout`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Tls(_) => "tls",
+            GatewayError::Socket(_) => "socket",
+            GatewayError::Malformed { .. } => "malformed",
+            GatewayError::GaveUp { last_kind, .. } => last_kind,
+            GatewayError::Unreachable { .. } => "unreachable",
+        }
+    }
+}
+
+impl AttemptError {
+    fn kind(&self) -> &'static str {
+        match self {
+            AttemptError::Connect(_) => "connect",
+            AttemptError::Stream(_) => "stream",
+            AttemptError::AckTimeout(_) => "ack_timeout",
+            AttemptError::Ack(_) => "ack_unreadable",
+            AttemptError::Backoff { .. } => "backoff",
+        }
+    }
 }
 
 /// Why one attempt failed; every kind is retried.
@@ -164,7 +196,7 @@ impl GatewayClient {
     pub async fn push(&self, batch: &ScanBatch) -> Result<BatchAck, GatewayError> {
         let settings = &self.inner.settings;
         let mut backoff = settings.retry_backoff_initial;
-        let mut last_error = String::new();
+        let (mut last_error, mut last_kind) = (String::new(), "none");
         for attempt in 1..=settings.retry_attempts_max {
             if attempt > 1 {
                 self.inner.retries.fetch_add(1, Ordering::Relaxed);
@@ -175,18 +207,19 @@ impl GatewayClient {
                 }
                 Ok(ack) => return Ok(ack),
                 Err(AttemptError::Backoff { error, retry_after }) => {
-                    last_error = error;
+                    (last_error, last_kind) = (error, "backoff");
                     tokio::time::sleep(retry_after.max(backoff)).await;
                 }
                 Err(error) => {
-                    last_error = error.to_string();
+                    (last_error, last_kind) = (error.to_string(), error.kind());
                     self.forget_connection().await;
                     tokio::time::sleep(backoff).await;
                 }
             }
             backoff = (backoff * 2).min(settings.retry_backoff_max);
         }
-        Err(GatewayError::GaveUp { batch_seq: batch.batch_seq, attempts: settings.retry_attempts_max, last_error })
+        let (batch_seq, attempts) = (batch.batch_seq, settings.retry_attempts_max);
+        Err(GatewayError::GaveUp { batch_seq, attempts, last_error, last_kind })
     }
 
     /// Connects once, without retrying: a load generator's check that a

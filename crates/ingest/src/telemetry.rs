@@ -15,7 +15,33 @@ pub fn install_prometheus(listen_addr: SocketAddr) -> Result<(), String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(listen_addr)
         .install()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let collector = metrics_process::Collector::default();
+    collector.describe();
+    std::thread::Builder::new()
+        .name("process-metrics".into())
+        .spawn(move || {
+            loop {
+                collector.collect();
+                record_peak_resident_memory();
+                std::thread::sleep(PROCESS_METRICS_INTERVAL);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// How often the process figures (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, the peak) are brought up to date.
+const PROCESS_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The kernel's high-water mark of resident memory (VmHWM): a load's peak,
+/// which a once-a-second sample of the current RSS would miss.
+fn record_peak_resident_memory() {
+    let peak_kib = procfs::process::Process::myself().and_then(|p| p.status()).ok().and_then(|s| s.vmhwm);
+    if let Some(kib) = peak_kib {
+        gauge!("farestream_process_peak_resident_memory_bytes").set(kib.saturating_mul(1024) as f64);
+    }
 }
 
 pub fn scans_archived(status: ScanStatus, count: u64) {

@@ -1,0 +1,64 @@
+//! The server's own figures during a run, from its Prometheus endpoint
+//! (`metrics.listen_addr`): CPU seconds, resident memory and its peak.
+
+use std::time::Duration;
+
+/// One scrape of the server's process figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessFigures {
+    /// `process_cpu_seconds_total`: user and system CPU since the start.
+    pub cpu_secs: f64,
+    /// `process_resident_memory_bytes`.
+    pub rss_bytes: f64,
+    /// `farestream_process_peak_resident_memory_bytes`: the kernel's
+    /// high-water mark (VmHWM) since the start.
+    pub peak_rss_bytes: f64,
+}
+
+/// The figures in a Prometheus text page; `None` when the page lacks the
+/// CPU counter (a server too old, or not farestream).
+pub fn parse_process_figures(page: &str) -> Option<ProcessFigures> {
+    let value = |name: &str| {
+        page.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    Some(ProcessFigures {
+        cpu_secs: value("process_cpu_seconds_total")?,
+        rss_bytes: value("process_resident_memory_bytes").unwrap_or(0.0),
+        peak_rss_bytes: value("farestream_process_peak_resident_memory_bytes").unwrap_or(0.0),
+    })
+}
+
+/// Scrapes `url` once, within `timeout`.
+pub async fn scrape(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<ProcessFigures, String> {
+    let page = http
+        .get(url)
+        .timeout(timeout)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("{url}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    parse_process_figures(&page).ok_or_else(|| format!("{url}: no process_cpu_seconds_total on the page"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_figures_are_read_from_a_prometheus_page() {
+        let page = "# HELP process_cpu_seconds_total Total CPU.\n# TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total 12.5\nprocess_resident_memory_bytes 1048576\n\
+                    farestream_process_peak_resident_memory_bytes 2097152\nprocess_cpu_seconds_total_x 9\n";
+        let figures = parse_process_figures(page).expect("figures");
+        assert_eq!(figures, ProcessFigures { cpu_secs: 12.5, rss_bytes: 1_048_576.0, peak_rss_bytes: 2_097_152.0 });
+        assert_eq!(parse_process_figures(""), None);
+        assert_eq!(parse_process_figures("process_cpu_seconds_total not-a-number\n"), None);
+        let no_peak = parse_process_figures("process_cpu_seconds_total 1\n").expect("cpu alone");
+        assert_eq!((no_peak.rss_bytes, no_peak.peak_rss_bytes), (0.0, 0.0));
+    }
+}
