@@ -222,6 +222,15 @@ enum LoadgenAction {
         #[arg(long)]
         unsealed: bool,
     },
+    /// The ceiling a run is measured against: the core pipeline alone
+    /// (codes, signatures in the server's batch equations, the indexes) over
+    /// a prepared file, no network, log or archive; run it on the server's
+    /// cores (`scripts/bench.sh` does).
+    Ceiling {
+        /// The file `loadgen prepare` wrote.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Push a prepared file at a running server, one connection per
     /// gateway in it.
     Run {
@@ -640,6 +649,21 @@ async fn loadgen(data_dir: &Path, config: Config, action: LoadgenAction) -> Resu
                 started.elapsed().as_secs_f64(),
                 out.display()
             );
+            Ok(())
+        }
+        LoadgenAction::Ceiling { file } => {
+            let batches = loadgen::read_scans_file(&file, config.wire.frame_bytes_max)?;
+            let bar = progress_bar("verified");
+            let ceiling = loadgen::measure_ceiling(data_dir, &config, &batches, &bar)?;
+            bar.finish_and_clear();
+            println!(
+                "loadgen ceiling: {} scans, {} signatures checked in {:.2} s on {} rayon threads",
+                ceiling.scans,
+                ceiling.signatures,
+                ceiling.elapsed.as_secs_f64(),
+                rayon::current_num_threads()
+            );
+            println!("ceiling scans_per_sec={:.0}", ceiling.scans_per_sec());
             Ok(())
         }
         LoadgenAction::Run { server, file, rate, in_flight, metrics_url } => {

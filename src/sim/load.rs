@@ -58,6 +58,8 @@ pub enum SimulateError {
     PaygwToken(std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("the core pipeline refused a batch: {0}")]
+    Pipeline(String),
 }
 
 /// Where riders with accounts sign up: the server's account API, the

@@ -6,6 +6,7 @@
 //! percentiles from when each batch was due (hdrhistogram), errors by
 //! kind, and the server's CPU seconds and peak RSS from its own metrics.
 
+pub mod ceiling;
 pub mod push;
 pub mod scans_file;
 pub mod schedule;
@@ -26,6 +27,7 @@ use crate::clock_source::{Clock, SystemClock};
 use crate::config::Config;
 use crate::wire::batching::batch_runs;
 use crate::wire::{ScanBatch, ScanRecord};
+pub use ceiling::{Ceiling, measure_ceiling};
 pub use push::{Connection, RunTally, Scheduled, run_connections};
 pub use scans_file::{read_scans_file, write_scans_file};
 pub use schedule::{Pace, due_offsets};
