@@ -38,6 +38,13 @@ async fn a_prepared_city_is_pushed_open_loop_every_scan_acked_once_and_again_as_
     assert_eq!(gateways.len(), 3);
     assert!(batches.iter().all(|b| b.scans.iter().all(|s| s.ride_code.first() == Some(&2))), "sealed codes");
 
+    // The ceiling: the core alone over the same batches, each rider's
+    // credential checked once (3 scans on average a rider, 2 signatures
+    // at the first, 1 after).
+    let ceiling = loadgen::measure_ceiling(dir.path(), &config, &batches, &hidden).expect("ceiling");
+    assert_eq!(ceiling.scans, scans);
+    assert!(ceiling.signatures > scans && ceiling.signatures < 2 * scans, "{ceiling:?} for {scans} scans");
+
     let rate = 4_000.0;
     let open = RunSpec { pace: Pace::Rate { scans_per_sec: rate }, in_flight: 4, metrics_url: None };
     let addr = server.local_addr();
