@@ -16,6 +16,12 @@ pub fn pricing_retried() {
     counter!("farestream_pricing_retries_total").increment(1);
 }
 
+/// How far pricing lags behind ingest, by design allowed to: the age of the
+/// scans the pricer priced last while it is behind the log, 0 caught up.
+pub fn pricer_lag(lag_ms: i64) {
+    gauge!("farestream_pricer_lag_seconds").set(lag_ms.max(0) as f64 / 1_000.0);
+}
+
 /// One request to the payment gateway: `answer` is `succeeded`,
 /// `declined`, `retry` or `refused`.
 pub fn charge_attempted(answer: &'static str) {

@@ -158,15 +158,25 @@ impl State {
             let now = self.clock.now_ms();
             let tx = self.store.transaction()?;
             let mut priced = Priced::default();
+            let mut last_received_at = None;
             for record in &records {
                 let rows = journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?;
                 let batch = price_rows(&tx, &self.settings.fares, &rows, now)?;
                 priced = sum(priced, batch);
+                last_received_at = rows.last().map(|row| row.received_at).or(last_received_at);
             }
             set_log_cursor(&tx, READER, self.cursor.lsn())?;
             tx.commit().map_err(StoreError::from)?;
             self.readers.advance(self.cursor.lsn());
             self.written(priced);
+            // Behind the log: how long ago the server took what was just
+            // priced. Caught up: nothing waits.
+            let behind = self.cursor.lsn() < self.progress.borrow().durable_lsn;
+            let lag_ms = last_received_at.filter(|_| behind).map_or(0, |at| now.saturating_sub(at));
+            money_metrics::pricer_lag(lag_ms);
+        }
+        if self.cursor.lsn() >= self.progress.borrow().durable_lsn {
+            money_metrics::pricer_lag(0);
         }
         // Most polls close no window: look before taking the write lock.
         let now = self.clock.now_ms();

@@ -108,9 +108,10 @@ pub struct LoadReport {
     pub spec: RunSpec,
     pub tally: RunTally,
     pub elapsed: Duration,
-    /// The server's figures over the run: CPU seconds used, and the
-    /// highest resident memory it reported (its high-water mark).
-    pub server: Option<(f64, f64)>,
+    /// The server's figures over the run: CPU seconds used, the highest
+    /// resident memory it reported (its high-water mark), and the most
+    /// its pricing lagged behind ingest (seconds).
+    pub server: Option<(f64, f64, f64)>,
     pub server_error: Option<String>,
 }
 
@@ -155,14 +156,16 @@ pub async fn run(
         Some(url) => Some(scrape(url.clone()).await),
         None => None,
     };
-    let peak = Arc::new(std::sync::Mutex::new(0f64));
+    // The highest peak RSS and pricer lag the samples saw.
+    let peak = Arc::new(std::sync::Mutex::new((0f64, 0f64)));
     let sampler = spec.metrics_url.clone().map(|url| {
         let (peak, scrape) = (Arc::clone(&peak), scrape.clone());
         tokio::spawn(async move {
             loop {
                 if let Ok(figures) = scrape(url.clone()).await {
                     let mut peak = crate::sync::lock(&peak);
-                    *peak = peak.max(figures.peak_rss_bytes).max(figures.rss_bytes);
+                    peak.0 = peak.0.max(figures.peak_rss_bytes).max(figures.rss_bytes);
+                    peak.1 = peak.1.max(figures.pricer_lag_secs);
                 }
                 tokio::time::sleep(METRICS_SCRAPE_INTERVAL).await;
             }
@@ -178,8 +181,9 @@ pub async fn run(
     };
     let (server, server_error) = match (before, after) {
         (Some(Ok(before)), Some(Ok(after))) => {
-            let peak = crate::sync::lock(&peak).max(after.peak_rss_bytes).max(after.rss_bytes);
-            (Some((after.cpu_secs - before.cpu_secs, peak)), None)
+            let (rss, lag) = *crate::sync::lock(&peak);
+            let rss = rss.max(after.peak_rss_bytes).max(after.rss_bytes);
+            (Some((after.cpu_secs - before.cpu_secs, rss, lag.max(after.pricer_lag_secs))), None)
         }
         (Some(Err(e)), _) | (_, Some(Err(e))) => (None, Some(e)),
         _ => (None, None),
@@ -234,10 +238,10 @@ impl LoadReport {
         let errors: u64 = t.errors.values().sum();
         let kinds: Vec<String> = t.errors.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
         out.push_str(&format!("  errors   {}\n", if kinds.is_empty() { "none".into() } else { kinds.join(", ") }));
-        let (cpu, peak) = self.server.unwrap_or((f64::NAN, f64::NAN));
+        let (cpu, peak, lag) = self.server.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         match (&self.server, &self.server_error) {
             (Some(_), _) => out.push_str(&format!(
-                "  server   {cpu:.1} CPU-seconds ({:.2} cores), peak RSS {:.0} MiB\n",
+                "  server   {cpu:.1} CPU-seconds ({:.2} cores), peak RSS {:.0} MiB, pricing lagged up to {lag:.2} s\n",
                 cpu / self.elapsed.as_secs_f64().max(1e-9),
                 peak / 1_048_576.0
             )),
@@ -245,7 +249,7 @@ impl LoadReport {
             (None, None) => out.push_str("  server   figures not asked for (--metrics-url)\n"),
         }
         out.push_str(&format!(
-            "loadgen scans_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={errors} server_cpu_secs={cpu:.2} server_peak_rss_mib={:.1}\n",
+            "loadgen scans_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={errors} server_cpu_secs={cpu:.2} server_peak_rss_mib={:.1} pricer_lag_max_secs={lag:.2}\n",
             self.scans_per_sec(),
             t.latency_ms(0.5),
             t.latency_ms(0.99),

@@ -13,6 +13,8 @@ pub struct ProcessFigures {
     /// `farestream_process_peak_resident_memory_bytes`: the kernel's
     /// high-water mark (VmHWM) since the start.
     pub peak_rss_bytes: f64,
+    /// `farestream_pricer_lag_seconds`: how far pricing is behind ingest.
+    pub pricer_lag_secs: f64,
 }
 
 /// The figures in a Prometheus text page; `None` when the page lacks the
@@ -27,6 +29,7 @@ pub fn parse_process_figures(page: &str) -> Option<ProcessFigures> {
         cpu_secs: value("process_cpu_seconds_total")?,
         rss_bytes: value("process_resident_memory_bytes").unwrap_or(0.0),
         peak_rss_bytes: value("farestream_process_peak_resident_memory_bytes").unwrap_or(0.0),
+        pricer_lag_secs: value("farestream_pricer_lag_seconds").unwrap_or(0.0),
     })
 }
 
@@ -53,9 +56,16 @@ mod tests {
     fn the_process_figures_are_read_from_a_prometheus_page() {
         let page = "# HELP process_cpu_seconds_total Total CPU.\n# TYPE process_cpu_seconds_total counter\n\
                     process_cpu_seconds_total 12.5\nprocess_resident_memory_bytes 1048576\n\
-                    farestream_process_peak_resident_memory_bytes 2097152\nprocess_cpu_seconds_total_x 9\n";
+                    farestream_process_peak_resident_memory_bytes 2097152\nprocess_cpu_seconds_total_x 9\n\
+                    farestream_pricer_lag_seconds 3.25\n";
         let figures = parse_process_figures(page).expect("figures");
-        assert_eq!(figures, ProcessFigures { cpu_secs: 12.5, rss_bytes: 1_048_576.0, peak_rss_bytes: 2_097_152.0 });
+        let expected = ProcessFigures {
+            cpu_secs: 12.5,
+            rss_bytes: 1_048_576.0,
+            peak_rss_bytes: 2_097_152.0,
+            pricer_lag_secs: 3.25,
+        };
+        assert_eq!(figures, expected);
         assert_eq!(parse_process_figures(""), None);
         assert_eq!(parse_process_figures("process_cpu_seconds_total not-a-number\n"), None);
         let no_peak = parse_process_figures("process_cpu_seconds_total 1\n").expect("cpu alone");
