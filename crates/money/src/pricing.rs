@@ -103,7 +103,9 @@ fn days_touched(
 
 /// Rider-days whose open entry's exit window has closed by `now`.
 pub fn entries_closing_by(conn: &rusqlite::Connection, now: UnixMillis) -> Result<u64, StoreError> {
-    let count: i64 = conn.query_row("SELECT count(*) FROM open_entries WHERE closes_at <= ?1", [now], |r| r.get(0))?;
+    let count: i64 = conn
+        .prepare_cached("SELECT count(*) FROM open_entries WHERE closes_at <= ?1")?
+        .query_row([now], |r| r.get(0))?;
     Ok(count.unsigned_abs())
 }
 
@@ -170,13 +172,15 @@ fn reprice(
         .and_then(|id| taps.iter().find(|t| t.scan_id == id))
         .map(|entry| fares.entry_closes_at(entry.scanned_at));
     let key = params![card_to_sql(day.card_id), date_to_sql(day.service_date)];
+    // Cached: once per rider-day priced, and parsing showed in the profile.
     match open_until {
-        Some(closes_at) => tx.execute(
-            "INSERT INTO open_entries (card_id, service_date, closes_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (card_id, service_date) DO UPDATE SET closes_at = excluded.closes_at",
-            params![card_to_sql(day.card_id), date_to_sql(day.service_date), closes_at],
-        )?,
-        None => tx.execute("DELETE FROM open_entries WHERE card_id = ?1 AND service_date = ?2", key)?,
+        Some(closes_at) => tx
+            .prepare_cached(
+                "INSERT INTO open_entries (card_id, service_date, closes_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (card_id, service_date) DO UPDATE SET closes_at = excluded.closes_at",
+            )?
+            .execute(params![card_to_sql(day.card_id), date_to_sql(day.service_date), closes_at])?,
+        None => tx.prepare_cached("DELETE FROM open_entries WHERE card_id = ?1 AND service_date = ?2")?.execute(key)?,
     };
     Ok(planned)
 }
