@@ -14,7 +14,7 @@ use crate::scan::TapKind;
 
 /// A scan's content fingerprint: SHA-256 of its fields, first 16 bytes.
 /// It is also the archive's `scan_id`.
-pub(crate) type Fingerprint = [u8; 16];
+pub type Fingerprint = [u8; 16];
 
 /// Identifies one ride code by its signed claims. One code pays for at
 /// most one ride: a metro rider may show the same on-screen code at entry
@@ -22,9 +22,12 @@ pub(crate) type Fingerprint = [u8; 16];
 /// anything else (a second entry, a bus tap after an entry, a third use)
 /// is a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct RideKey {
+pub struct RideKey {
+    /// The card the code's credential names.
     pub card_id: u64,
+    /// When the phone made the code (Unix seconds).
     pub created_at: u32,
+    /// The code's counter.
     pub counter: u32,
 }
 
@@ -62,8 +65,10 @@ impl RideUse {
     }
 }
 
+/// The re-delivery index (by fingerprint), the replay index (by ride
+/// code) and the verified-credential cache.
 #[derive(Default)]
-pub(crate) struct DedupIndex {
+pub struct DedupIndex {
     /// Keyed by the whole scan's fingerprint, which covers the validator id
     /// and sequence number: a forged record that reuses a real scan's
     /// sequence number cannot make the real one look like a re-delivery.
@@ -84,27 +89,28 @@ pub struct DedupSizes {
 }
 
 impl DedupIndex {
-    pub(crate) fn new() -> DedupIndex {
+    /// Empty indexes.
+    pub fn new() -> DedupIndex {
         DedupIndex::default()
     }
 
     /// Records a delivery of the scan with this fingerprint; false when it
     /// was delivered before. Atomic: of two concurrent deliveries of one
     /// scan exactly one sees true.
-    pub(crate) fn claim_delivery(&self, fingerprint: Fingerprint, expires_at: UnixMillis) -> bool {
+    pub fn claim_delivery(&self, fingerprint: Fingerprint, expires_at: UnixMillis) -> bool {
         claim(&self.deliveries, fingerprint, expires_at)
     }
 
     /// True when a scan with this fingerprint was delivered before (a
     /// look, not a claim: [`DedupIndex::claim_delivery`] decides).
-    pub(crate) fn delivery_seen(&self, fingerprint: &Fingerprint) -> bool {
+    pub fn delivery_seen(&self, fingerprint: &Fingerprint) -> bool {
         self.deliveries.contains_key(fingerprint)
     }
 
     /// Records a use of a ride code at a `kind` of gate; false when that
     /// is a replay (see [`RideKey`]). Atomic: of two concurrent uses that
     /// cannot both pay, exactly one sees true, whatever their order.
-    pub(crate) fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) -> bool {
+    pub fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) -> bool {
         match self.rides.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(RideUse::new(kind, expires_at));
@@ -141,7 +147,8 @@ impl DedupIndex {
         self.credentials.retain(|_, expires_at| *expires_at > now);
     }
 
-    pub(crate) fn sizes(&self) -> DedupSizes {
+    /// How many entries each index holds.
+    pub fn sizes(&self) -> DedupSizes {
         DedupSizes { deliveries: self.deliveries.len(), rides: self.rides.len(), credentials: self.credentials.len() }
     }
 }
