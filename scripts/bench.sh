@@ -28,15 +28,7 @@ loadgen_cpus=${LOADGEN_CPUS:-0}
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port=$((20000 + RANDOM % 12000))
-metrics_port=$((port + 1))
-printf '[server]\nlisten_addr = "127.0.0.1:%s"\n[metrics]\nlisten_addr = "127.0.0.1:%s"\n[api]\nlisten_addr = ""\n' \
-  "$port" "$metrics_port" > "$work/config.toml"
-args=(--data-dir "$work/data" --config "$work/config.toml")
-: > "$work/server.log"
-taskset -c "$server_cpus" "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
-pid=$!
-wait_until_serving "$work/server.log" "$pid"
+start_loopback_server "" metrics taskset -c "$server_cpus"
 
 echo "farestream bench ($cores cores: server on $server_cpus, generator on $loadgen_cpus; $riders riders a city)"
 "$bin" "${args[@]}" loadgen prepare --out "$work/full.bin" --riders "$riders" --seed 1 | sed 's/^/  /'

@@ -17,13 +17,7 @@ riders=${RIDERS:-2000}
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port=$((20000 + RANDOM % 12000))
-printf '[server]\nlisten_addr = "127.0.0.1:%s"\n%s\n[metrics]\nlisten_addr = ""\n[api]\nlisten_addr = ""\n' "$port" "${SERVER_TOML:-}" \
-  > "$work/config.toml"
-args=(--data-dir "$work/data" --config "$work/config.toml")
-"$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
-pid=$!
-wait_until_serving "$work/server.log" "$pid"
+start_loopback_server "${SERVER_TOML:-}" ""
 
 honest() {
   "$bin" "${args[@]}" simulate --server "127.0.0.1:$port" --riders "$riders" --duration-secs "$duration" \

@@ -25,6 +25,27 @@ wait_until_serving() {
   echo "server did not start within 10 s:"; cat "$log"; exit 1
 }
 
+# Starts `serve` in the background on a random loopback port, data dir
+# $work/data, the account API off: SERVER_KEYS (TOML lines) go under
+# [server]; METRICS "metrics" turns the metrics endpoint on at
+# $metrics_port (the port after $port), anything else leaves it off; the
+# rest of the arguments run before the binary (e.g. `taskset -c 1`).
+# Sets $port, $metrics_port, $args (the --data-dir and --config every
+# command against it takes) and $pid; returns once it listens.
+start_loopback_server() {
+  local server_keys=$1 metrics=$2 metrics_addr=""; shift 2
+  port=$((20000 + RANDOM % 12000))
+  metrics_port=$((port + 1))
+  [ "$metrics" = metrics ] && metrics_addr="127.0.0.1:$metrics_port"
+  printf '[server]\nlisten_addr = "127.0.0.1:%s"\n%s\n[metrics]\nlisten_addr = "%s"\n[api]\nlisten_addr = ""\n' \
+    "$port" "$server_keys" "$metrics_addr" > "$work/config.toml"
+  args=(--data-dir "$work/data" --config "$work/config.toml")
+  : > "$work/server.log"
+  "$@" "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
+  pid=$!
+  wait_until_serving "$work/server.log" "$pid"
+}
+
 # A fresh payments secret for this run, for the server and the simulated
 # gateway alike: `serve` refuses the demo's when it charges a gateway.
 export_payments_secret() {

@@ -18,13 +18,7 @@ batch_scans=${BATCH_SCANS:-500}
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port=$((20000 + RANDOM % 12000))
-printf '[server]\nlisten_addr = "127.0.0.1:%s"\n[metrics]\nlisten_addr = ""\n[api]\nlisten_addr = ""\n' "$port" \
-  > "$work/config.toml"
-args=(--data-dir "$work/data" --config "$work/config.toml")
-"$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
-pid=$!
-wait_until_serving "$work/server.log" "$pid"
+start_loopback_server "" ""
 
 # The drain rate, scans/s, of one backlog.
 drain() {

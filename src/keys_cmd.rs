@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use farestream::clock_source::{Clock, SystemClock};
@@ -112,7 +112,8 @@ pub(crate) fn keys(data_dir: &Path, config: &Config, action: KeysAction) -> Resu
             let lead = hands_out_in_secs.map_or(config.keys.terminal_rotation_lead_secs, u64::from);
             let mut from = now_secs.saturating_add(i64::try_from(lead).unwrap_or(i64::MAX));
             if tomorrow {
-                from = from.max(next_day_start_secs(&policy, now_ms)?);
+                let tomorrow = policy.next_day_start(now_ms).context("no service day after now")?;
+                from = from.max(tomorrow.div_euclid(1000));
             }
             store.make_day_terminal_keys(&policy, now_ms)?;
             let id = store.rotate_terminal(&policy, now_ms, from)?;
@@ -186,14 +187,4 @@ fn state(key: &KeyInfo, published: Option<&PublishedKey>, signer: Option<u32>, n
 
 fn rfc3339(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0).map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
-}
-
-/// The start of the service day after the one `now_ms` falls in, Unix seconds.
-fn next_day_start_secs(policy: &farestream::service_day::ServiceDayPolicy, now_ms: i64) -> Result<i64> {
-    policy
-        .service_date(now_ms)
-        .and_then(|today| today.succ_opt())
-        .and_then(|tomorrow| policy.day_start(tomorrow))
-        .map(|ms| ms.div_euclid(1000))
-        .ok_or_else(|| anyhow::anyhow!("{now_ms} ms is outside the service days this build can name"))
 }

@@ -45,6 +45,12 @@ impl ServiceDayPolicy {
         }
         Some(local.and_utc().timestamp_millis())
     }
+
+    /// The first moment of the service day after the one `at` falls in;
+    /// `None` at the edge of chrono's range.
+    pub fn next_day_start(&self, at: UnixMillis) -> Option<UnixMillis> {
+        self.day_start(self.service_date(at)?.succ_opt()?)
+    }
 }
 
 /// Milliseconds in a day of 24 hours.
@@ -127,6 +133,10 @@ mod tests {
         assert_eq!(p.service_date(ms("2026-11-28T03:59:59+01:00")), Some(friday));
         assert_eq!(p.service_date(ms("2026-11-28T04:00:00+01:00")), friday.succ_opt());
         assert_eq!(p.day_start(friday), Some(ms("2026-11-27T04:00:00+01:00")));
+        assert_eq!(p.next_day_start(ms("2026-11-28T03:59:59+01:00")), Some(ms("2026-11-28T04:00:00+01:00")));
+        assert_eq!(p.next_day_start(ms("2026-11-28T04:00:00+01:00")), Some(ms("2026-11-29T04:00:00+01:00")));
+        assert_eq!(p.next_day_start(i64::MAX), None, "past chrono's range");
+        assert_eq!(p.next_day_start(i64::MIN), None);
     }
 
     #[test]

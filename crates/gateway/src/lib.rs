@@ -286,10 +286,8 @@ impl GatewayClient {
     /// The terminal keys a validator opens sealed codes with at `now_secs`:
     /// those pushed, less any whose `trusted_until` has passed.
     pub fn trusted_terminal_keys(&self, now_secs: i64) -> TerminalKeys {
-        let mut trusted = TerminalKeys::new();
         let rules = lock(&self.inner.gate_rules);
-        trusted.extend(rules.terminal_keys.iter().filter(|k| k.trusted_at(now_secs)).map(|k| k.key()));
-        trusted
+        rules.terminal_keys.iter().filter(|k| k.trusted_at(now_secs)).map(HeldTerminalKey::key).collect()
     }
 
     /// Closes the connection politely and waits for the server to see it.

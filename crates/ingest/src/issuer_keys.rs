@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::keystore::{ExportedKey, Keystore, KeystoreError};
+use farestream_core::ridecode::terminal_schedule::handed_out_among;
 use farestream_core::ridecode::{HeldTerminalKey, IssuerPublicKeys, IssuerSigningKey, TerminalKeys};
 
 /// The issuer keys at one moment.
@@ -53,7 +54,7 @@ impl IssuerKeysNow {
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the terminal keys; those held stay in force until they run out");
                     crate::telemetry::issuer_keys_reload_failed();
-                    terminal_before.iter().filter(|k| k.trusted_at(now_secs)).cloned().collect()
+                    still_trusted(terminal_before, now_secs)
                 }
             },
         })
@@ -67,20 +68,14 @@ impl IssuerKeysNow {
 
     /// The terminal keys sealed codes open with.
     pub fn terminal_trusted(&self) -> TerminalKeys {
-        let mut keys = TerminalKeys::new();
-        keys.extend(self.terminal.iter().map(HeldTerminalKey::key));
-        keys
+        self.terminal.iter().map(HeldTerminalKey::key).collect()
     }
 
     /// The terminal key the account API hands out at `now_secs`: of those
     /// held (so every gateway was pushed it), the last whose
     /// `handed_out_from` has come.
     pub fn terminal_handed_out(&self, now_secs: i64) -> Option<HeldTerminalKey> {
-        self.terminal
-            .iter()
-            .filter(|k| k.handed_out_from_secs <= now_secs && k.trusted_at(now_secs))
-            .max_by_key(|k| (k.handed_out_from_secs, k.key_id))
-            .cloned()
+        handed_out_among(&self.terminal, now_secs).cloned()
     }
 
     /// These keys as they stand at `now_secs` when the key store cannot be
@@ -105,7 +100,7 @@ impl IssuerKeysNow {
                 published.iter().any(|p| p.key.signs_from_secs > from && p.key.signs_from_secs <= now_secs);
             trusted.get(s.key_id()).is_some() && !superseded
         });
-        let terminal = self.terminal.iter().filter(|k| k.trusted_at(now_secs)).cloned().collect();
+        let terminal = still_trusted(&self.terminal, now_secs);
         IssuerKeysNow { trusted, published, signer, terminal }
     }
 
@@ -172,6 +167,11 @@ fn assert_signer_is_trusted(keys: &IssuerKeysNow) {
     if let Some(id) = keys.signer_id() {
         assert!(keys.trusted.get(id).is_some(), "the signing issuer key {id} is trusted");
     }
+}
+
+/// The keys of `held` still trusted at `now_secs`.
+fn still_trusted(held: &[HeldTerminalKey], now_secs: i64) -> Vec<HeldTerminalKey> {
+    held.iter().filter(|k| k.trusted_at(now_secs)).cloned().collect()
 }
 
 #[cfg(test)]

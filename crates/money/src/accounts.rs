@@ -49,7 +49,7 @@ pub enum AccountError {
     #[error("card {card_id} cannot close yet: {why:?}")]
     NotYet { card_id: u64, why: NotYet },
     #[error(
-        "card {card_id} was handed every block of code counters under terminal key {terminal_key_id}, or already got a key handed out after it (a clock set back): it gets more with the next key"
+        "card {card_id} was handed every block of code counters under terminal key {terminal_key_id}, or that key is older than the newest 128 it keeps counts for: it gets more with the next key"
     )]
     CodeBlocksExhausted { card_id: u64, terminal_key_id: u16 },
     #[error(transparent)]

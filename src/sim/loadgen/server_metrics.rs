@@ -33,19 +33,24 @@ pub fn parse_process_figures(page: &str) -> Option<ProcessFigures> {
     })
 }
 
+/// The largest metrics page read: a server's page is a few tens of KiB,
+/// and whatever answers at the URL given costs no more than this.
+pub const METRICS_PAGE_BYTES_MAX: usize = 4 << 20;
+
 /// Scrapes `url` once, within `timeout`.
 pub async fn scrape(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<ProcessFigures, String> {
-    let page = http
-        .get(url)
-        .timeout(timeout)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("{url}: {e}"))?
-        .text()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    parse_process_figures(&page).ok_or_else(|| format!("{url}: no process_cpu_seconds_total on the page"))
+    let failed = |e: reqwest::Error| format!("{url}: {e}");
+    let mut response =
+        http.get(url).timeout(timeout).send().await.and_then(reqwest::Response::error_for_status).map_err(failed)?;
+    let mut page = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if page.len() + chunk.len() > METRICS_PAGE_BYTES_MAX {
+            return Err(format!("{url}: a page over {METRICS_PAGE_BYTES_MAX} bytes is not a metrics page"));
+        }
+        page.extend_from_slice(&chunk);
+    }
+    parse_process_figures(&String::from_utf8_lossy(&page))
+        .ok_or_else(|| format!("{url}: no process_cpu_seconds_total on the page"))
 }
 
 #[cfg(test)]
@@ -70,5 +75,27 @@ mod tests {
         assert_eq!(parse_process_figures("process_cpu_seconds_total not-a-number\n"), None);
         let no_peak = parse_process_figures("process_cpu_seconds_total 1\n").expect("cpu alone");
         assert_eq!((no_peak.rss_bytes, no_peak.peak_rss_bytes), (0.0, 0.0));
+    }
+
+    /// A page at the limit is read; one byte more is refused by name, not
+    /// held in memory; a page without the figures says so.
+    #[tokio::test]
+    async fn a_scrape_reads_at_most_the_page_limit() {
+        let line = "process_cpu_seconds_total 2.5\n";
+        let padded = move |len: usize| format!("{line}{}", "#".repeat(len - line.len()));
+        let app = axum::Router::new()
+            .route("/at-limit", axum::routing::get(move || async move { padded(METRICS_PAGE_BYTES_MAX) }))
+            .route("/over", axum::routing::get(move || async move { padded(METRICS_PAGE_BYTES_MAX + 1) }))
+            .route("/empty", axum::routing::get(|| async { "" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (http, wait) = (reqwest::Client::new(), Duration::from_secs(10));
+        let at = scrape(&http, &format!("http://{addr}/at-limit"), wait).await.expect("at the limit");
+        assert_eq!(at.cpu_secs, 2.5);
+        let over = scrape(&http, &format!("http://{addr}/over"), wait).await.expect_err("over");
+        assert!(over.contains("is not a metrics page"), "{over}");
+        let empty = scrape(&http, &format!("http://{addr}/empty"), wait).await.expect_err("empty");
+        assert!(empty.contains("no process_cpu_seconds_total"), "{empty}");
     }
 }

@@ -66,8 +66,14 @@ impl PublishedKey {
     /// Whether it is trusted at `now_secs`: the one rule for the server,
     /// the gateway and a validator that is offline.
     pub fn trusted_at(&self, now_secs: i64) -> bool {
-        self.trusted_until_secs.is_none_or(|until| now_secs < until)
+        trusted_until_allows(self.trusted_until_secs, now_secs)
     }
+}
+
+/// The trust rule of every key with an end (issuer and terminal keys): a
+/// key is trusted before its `trusted_until`, and for ever while it has none.
+pub(crate) fn trusted_until_allows(trusted_until_secs: Option<i64>, now_secs: i64) -> bool {
+    trusted_until_secs.is_none_or(|until| now_secs < until)
 }
 
 /// Every issuer key and the rule above.

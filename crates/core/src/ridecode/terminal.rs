@@ -116,7 +116,17 @@ impl TerminalKeys {
     pub fn extend(&mut self, keys: impl IntoIterator<Item = TerminalKey>) {
         keys.into_iter().for_each(|key| self.insert(key));
     }
+}
 
+impl FromIterator<TerminalKey> for TerminalKeys {
+    fn from_iter<I: IntoIterator<Item = TerminalKey>>(keys: I) -> TerminalKeys {
+        let mut held = TerminalKeys::new();
+        held.extend(keys);
+        held
+    }
+}
+
+impl TerminalKeys {
     /// The key held under `key_id`, if any.
     pub fn get(&self, key_id: u16) -> Option<&TerminalKey> {
         self.keys.get(&key_id).map(|k| &**k)

@@ -12,7 +12,7 @@
 use chrono::NaiveDate;
 use zeroize::Zeroizing;
 
-use super::schedule::{IssuerKeySchedule, ScheduledKey};
+use super::schedule::{IssuerKeySchedule, ScheduledKey, trusted_until_allows};
 use super::terminal::{TERMINAL_KEY_SECRET_LEN, TerminalKey, TerminalKeys};
 use crate::clock::UnixMillis;
 use crate::service_day::ServiceDayPolicy;
@@ -42,7 +42,7 @@ impl HeldTerminalKey {
     /// Whether it is trusted at `now_secs`: the server, a gateway and an
     /// offline validator all follow this.
     pub fn trusted_at(&self, now_secs: i64) -> bool {
-        self.trusted_until_secs.is_none_or(|until| now_secs < until)
+        trusted_until_allows(self.trusted_until_secs, now_secs)
     }
 
     /// The key, ready to seal and open.
@@ -60,6 +60,18 @@ impl std::fmt::Debug for HeldTerminalKey {
             .field("trusted_until_secs", &self.trusted_until_secs)
             .finish_non_exhaustive()
     }
+}
+
+/// Which of `held` the account API hands out at `now_secs`: the last in
+/// hand-out order (`handed_out_from`, then id, never id alone: an
+/// emergency rotation takes a higher id than the next day's key made
+/// before it) whose `handed_out_from` has come and that is still trusted.
+/// The one statement of the rule, for the schedule and for the keys a
+/// running server holds.
+pub fn handed_out_among(held: &[HeldTerminalKey], now_secs: i64) -> Option<&HeldTerminalKey> {
+    held.iter()
+        .filter(|k| k.handed_out_from_secs <= now_secs && k.trusted_at(now_secs))
+        .max_by_key(|k| (k.handed_out_from_secs, k.key_id))
 }
 
 /// Every terminal key and the rule above.
@@ -90,8 +102,10 @@ impl TerminalKeySchedule {
     /// The key the account API hands out at `now_secs`: the last one whose
     /// `handed_out_from` has come. `None` before the first.
     pub fn handed_out_at(&self, now_secs: i64) -> Option<HeldTerminalKey> {
-        let id = self.timing.signer_at(now_secs)?;
-        self.held_at(now_secs).into_iter().find(|k| u32::from(k.key_id) == id)
+        let held = self.held_at(now_secs);
+        let key = handed_out_among(&held, now_secs).cloned();
+        debug_assert_eq!(key.as_ref().map(|k| u32::from(k.key_id)), self.timing.signer_at(now_secs));
+        key
     }
 
     /// Every key held at `now_secs` (the coming day's too), with the moment
@@ -121,9 +135,7 @@ impl TerminalKeySchedule {
 
     /// The keys sealed codes open with at `now_secs`.
     pub fn trusted_at(&self, now_secs: i64) -> TerminalKeys {
-        let mut trusted = TerminalKeys::new();
-        trusted.extend(self.held_at(now_secs).iter().map(HeldTerminalKey::key));
-        trusted
+        self.held_at(now_secs).iter().map(HeldTerminalKey::key).collect()
     }
 
     /// The service days around `now` that have no key yet: the current one
@@ -142,7 +154,7 @@ impl TerminalKeySchedule {
     ) -> Vec<(NaiveDate, i64)> {
         let Some(today) = policy.service_date(now) else { return Vec::new() };
         let now_secs = now.div_euclid(1000);
-        let earliest = match self.handed_out_at(now_secs) {
+        let earliest = match self.timing.signer_at(now_secs) {
             Some(_) => now_secs.saturating_add(late_lead_secs.max(0)),
             None => i64::MIN,
         };

@@ -376,22 +376,25 @@ impl Keystore {
 
     /// Step 1, then the keyring with the new key in it.
     fn add_key(&mut self, signs_from_secs: i64) -> Result<u32, KeystoreError> {
-        let signs_from = chrono::DateTime::from_timestamp(signs_from_secs, 0)
-            .ok_or(KeystoreError::BadSigningTime(signs_from_secs))?
-            .to_rfc3339();
+        let signs_from = keyring_time(signs_from_secs)?;
         let id = self.highest_id_on_disk()?.checked_add(1).ok_or(KeystoreError::IdsExhausted)?;
         let document = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
             .map_err(|_| KeystoreError::Rng)?;
         // Parsed before it is stored: a key file on disk always loads.
         IssuerSigningKey::from_pkcs8(id, document.as_ref())?;
-        let path = self.key_path(id);
-        crate::files::write_private(&path, document.as_ref()).map_err(io(&path))?;
-        crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
-        self.options.faults.crash_point(STEP_KEY_WRITTEN).map_err(io(&path))?;
+        self.write_key_file(&self.key_path(id), document.as_ref())?;
         let created_at = chrono::Utc::now().to_rfc3339();
         self.ring.keys.push(KeyInfo { id, created_at, signs_from: Some(signs_from), retired: false, retired_at: None });
         self.save()?;
         Ok(id)
+    }
+
+    /// Step 1 of every change that makes a key: its file, private, made
+    /// durable with its directory before any keyring names it.
+    fn write_key_file(&self, path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
+        crate::files::write_private(path, bytes).map_err(io(path))?;
+        crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
+        self.options.faults.crash_point(STEP_KEY_WRITTEN).map_err(io(path))
     }
 
     /// The highest id in the keyring or among key files, orphans included.
@@ -467,6 +470,11 @@ impl Keystore {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeystoreError + use<> {
     let path = path.to_path_buf();
     move |source| KeystoreError::Io { path, source }
+}
+
+/// A keyring time (RFC 3339) from Unix seconds.
+fn keyring_time(secs: i64) -> Result<String, KeystoreError> {
+    Ok(chrono::DateTime::from_timestamp(secs, 0).ok_or(KeystoreError::BadSigningTime(secs))?.to_rfc3339())
 }
 
 #[cfg(test)]

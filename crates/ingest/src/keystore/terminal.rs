@@ -18,13 +18,14 @@
 //! 16-bit id within hours).
 
 use std::fs;
+use std::io::Read;
 use std::path::PathBuf;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Keystore, KeystoreError, STEP_KEY_WRITTEN, io};
+use super::{Keystore, KeystoreError, io};
 use farestream_core::clock::UnixMillis;
 use farestream_core::ridecode::terminal::TERMINAL_KEY_SECRET_LEN;
 use farestream_core::ridecode::terminal_schedule::TERMINAL_KEYS_HELD_MAX;
@@ -68,11 +69,7 @@ impl Keystore {
     pub fn terminal_schedule_at(&self, now_secs: i64) -> Result<TerminalKeySchedule, KeystoreError> {
         let outline = self.terminal_outline()?;
         let tail = self.options.trust_tail_secs;
-        let held: Vec<u16> = TerminalKeySchedule::new(outline.iter().cloned(), tail)
-            .held_at(now_secs)
-            .iter()
-            .map(|k| k.key_id)
-            .collect();
+        let held: Vec<u16> = self.outline_schedule()?.held_at(now_secs).iter().map(|k| k.key_id).collect();
         let mut keys = Vec::with_capacity(outline.len());
         for mut key in outline {
             if held.contains(&key.key_id) {
@@ -122,11 +119,9 @@ impl Keystore {
     ) -> Result<u16, KeystoreError> {
         let now_secs = now.div_euclid(1000);
         let no_day = || KeystoreError::NoServiceDay(now);
-        let today = policy.service_date(now).ok_or_else(no_day)?;
-        let until = today
-            .succ_opt()
-            .and_then(|tomorrow| tomorrow.succ_opt())
-            .and_then(|d| policy.day_start(d))
+        let until = policy
+            .next_day_start(now)
+            .and_then(|tomorrow| policy.next_day_start(tomorrow))
             .map(|ms| ms.div_euclid(1000))
             .ok_or_else(no_day)?;
         if hands_out_from_secs < now_secs || hands_out_from_secs >= until {
@@ -150,16 +145,21 @@ impl Keystore {
         policy: &ServiceDayPolicy,
         now: UnixMillis,
     ) -> Result<Vec<(NaiveDate, i64)>, KeystoreError> {
-        let schedule = TerminalKeySchedule::new(self.terminal_outline()?, self.options.trust_tail_secs);
-        Ok(schedule.days_without_a_key(policy, now, self.options.terminal_lead_secs))
+        Ok(self.outline_schedule()?.days_without_a_key(policy, now, self.options.terminal_lead_secs))
     }
 
     fn check_room_for_a_terminal_key(&self, now_secs: i64) -> Result<(), KeystoreError> {
-        let held = TerminalKeySchedule::new(self.terminal_outline()?, self.options.trust_tail_secs).held_at(now_secs);
+        let held = self.outline_schedule()?.held_at(now_secs);
         if held.len() >= TERMINAL_KEYS_HELD_MAX {
             return Err(KeystoreError::TooManyTerminalKeys(held.len()));
         }
         Ok(())
+    }
+
+    /// The schedule of the keyring's terminal keys, without their secrets:
+    /// enough to say which are held and handed out when.
+    fn outline_schedule(&self) -> Result<TerminalKeySchedule, KeystoreError> {
+        Ok(TerminalKeySchedule::new(self.terminal_outline()?, self.options.trust_tail_secs))
     }
 
     /// Every terminal key's times, from the keyring alone (secrets zero).
@@ -170,24 +170,27 @@ impl Keystore {
 
     fn terminal_secret(&self, id: u16) -> Result<Zeroizing<[u8; TERMINAL_KEY_SECRET_LEN]>, KeystoreError> {
         let path = self.terminal_key_path(id);
-        let bytes = Zeroizing::new(fs::read(&path).map_err(io(&path))?);
-        let secret: &[u8; TERMINAL_KEY_SECRET_LEN] =
-            bytes.as_slice().try_into().map_err(|_| KeystoreError::BadTerminalKey {
+        // One byte past a key at most: a file of any size costs 33 bytes.
+        let mut bytes = Zeroizing::new(Vec::with_capacity(TERMINAL_KEY_SECRET_LEN + 1));
+        fs::File::open(&path)
+            .and_then(|file| file.take(TERMINAL_KEY_SECRET_LEN as u64 + 1).read_to_end(&mut bytes))
+            .map_err(io(&path))?;
+        let secret: &[u8; TERMINAL_KEY_SECRET_LEN] = bytes.as_slice().try_into().map_err(|_| {
+            let held = match bytes.len() {
+                len if len > TERMINAL_KEY_SECRET_LEN => format!("more than {TERMINAL_KEY_SECRET_LEN} bytes"),
+                len => format!("{len} bytes"),
+            };
+            KeystoreError::BadTerminalKey {
                 id,
-                reason: format!(
-                    "{} holds {} bytes, a terminal key is {TERMINAL_KEY_SECRET_LEN}",
-                    path.display(),
-                    bytes.len()
-                ),
-            })?;
+                reason: format!("{} holds {held}, a terminal key is {TERMINAL_KEY_SECRET_LEN}", path.display()),
+            }
+        })?;
         Ok(Zeroizing::new(*secret))
     }
 
     /// Step 1, then the keyring with the new key in it.
     fn add_terminal_key(&mut self, service_date: NaiveDate, handed_out_from_secs: i64) -> Result<u16, KeystoreError> {
-        let handed_out_from = chrono::DateTime::from_timestamp(handed_out_from_secs, 0)
-            .ok_or(KeystoreError::BadSigningTime(handed_out_from_secs))?
-            .to_rfc3339();
+        let handed_out_from = super::keyring_time(handed_out_from_secs)?;
         let highest = self.ring.terminal_keys.iter().map(|k| k.id).max().unwrap_or(0);
         let id = highest.checked_add(1).ok_or(KeystoreError::TerminalIdsExhausted)?;
         let secret = super::random_seed()?;
@@ -198,9 +201,7 @@ impl Keystore {
         {
             return Err(io(&path)(e));
         }
-        crate::files::write_private(&path, &secret).map_err(io(&path))?;
-        crate::files::fsync_dir(&self.dir, &self.options.faults).map_err(io(&self.dir))?;
-        self.options.faults.crash_point(STEP_KEY_WRITTEN).map_err(io(&path))?;
+        self.write_key_file(&path, &secret)?;
         self.ring.terminal_keys.push(TerminalKeyInfo {
             id,
             service_date: service_date.format("%Y-%m-%d").to_string(),
@@ -219,7 +220,7 @@ impl Keystore {
 #[cfg(test)]
 mod tests {
     use super::super::tests::options;
-    use super::super::{Keystore, STEP_KEYRING_RENAMED, STEP_KEYRING_TEMP_WRITTEN};
+    use super::super::{Keystore, STEP_KEY_WRITTEN, STEP_KEYRING_RENAMED, STEP_KEYRING_TEMP_WRITTEN};
     use super::*;
 
     /// 2026-12-03 10:00 in Shanghai, the service day 2026-12-03.
@@ -361,10 +362,23 @@ mod tests {
         fs::write(keys.join("terminal-00002.key"), [1; 31]).expect("truncate");
         let read = store.terminal_schedule_at(NOW);
         assert!(matches!(&read, Err(KeystoreError::BadTerminalKey { id: 2, reason }) if reason.contains("31 bytes")));
+        for (len, says) in [(0, "0 bytes"), (33, "more than 32"), (1 << 20, "more than 32")] {
+            fs::write(keys.join("terminal-00002.key"), vec![1; len]).expect("resize");
+            let read = store.terminal_schedule_at(NOW);
+            assert!(
+                matches!(&read, Err(KeystoreError::BadTerminalKey { id: 2, reason }) if reason.contains(says)),
+                "{len}"
+            );
+        }
+        fs::write(keys.join("terminal-00002.key"), [1; 32]).expect("a key again");
+        assert!(store.terminal_schedule_at(NOW).is_ok(), "exactly 32 bytes");
         let ring = keys.join("keyring.toml");
         let text = fs::read_to_string(&ring).expect("ring");
         fs::write(&ring, text.replace("service_date = \"2026-12-03\"", "service_date = \"Tuesday\"")).expect("ring");
         let read = Keystore::open(dir.path(), options()).expect("parses").terminal_schedule_at(NOW);
         assert!(matches!(&read, Err(KeystoreError::BadKeyring { reason, .. }) if reason.contains("YYYY-MM-DD")));
+        fs::write(&ring, text.replacen("handed_out_from = \"", "handed_out_from = \"noon", 1)).expect("ring");
+        let read = Keystore::open(dir.path(), options()).expect("parses").terminal_schedule_at(NOW);
+        assert!(matches!(&read, Err(KeystoreError::BadKeyring { reason, .. }) if reason.contains("RFC 3339")));
     }
 }
