@@ -9,12 +9,19 @@
 //! - `dedup/claim_delivery` and `dedup/claim_ride` insert new keys into an
 //!   index already holding `DEDUP_HELD` entries; `dedup/delivery_seen`
 //!   looks one up; throughput in keys.
+//! - `pricing/batch` prices a batch of a city's taps into the money store
+//!   (one SQLite transaction, committed), as the pricer does for each
+//!   stretch of the log it reads, with a day of the city already priced;
+//!   throughput in taps.
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::config::fare_table::load_fares;
+use farestream::fares::FareTable;
 use farestream::fares::{DayEdges, Tap};
 use farestream::ingest::dedup::{DedupIndex, RideKey};
-use farestream::scan::TapKind;
+use farestream::money::pricing::price_rows;
+use farestream::money::{MoneyStore, store_path};
+use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
 
 const DAY_MS: i64 = 1_763_596_800_000;
 
@@ -105,5 +112,95 @@ fn dedup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fare, dedup);
+/// Riders in the pricing bench's city; each makes a bus ride and a metro
+/// trip a day.
+const CITY_RIDERS: u64 = 100_000;
+/// Taps in one pricing transaction: a gateway's batch.
+const PRICING_BATCH_TAPS: u64 = 500;
+/// A day of the city is 18 hours of service.
+const CITY_DAY_SERVICE_MS: i64 = 18 * 3_600_000;
+/// Metro riders enter in blocks of this many and exit after the block:
+/// about half an hour later.
+const METRO_BLOCK_RIDERS: u64 = 10_000;
+
+/// A city's taps in time order, batch after batch: each day every rider
+/// makes a bus ride, then the metro riders enter and exit in blocks.
+struct CityTaps {
+    next_tap: u64,
+    route: String,
+    stations: (String, String),
+}
+
+impl CityTaps {
+    fn new(fares: &FareTable) -> CityTaps {
+        let route = fares.bus_route_fares.keys().next().cloned().unwrap_or_else(|| "route-1".into());
+        let mut stations = fares.metro_station_zones.keys().cloned();
+        let stations = (stations.next().expect("a station"), stations.next().expect("two stations"));
+        CityTaps { next_tap: 0, route, stations }
+    }
+
+    fn batch(&mut self, taps: u64) -> Vec<ArchivedScan> {
+        let taps = self.next_tap..self.next_tap + taps;
+        self.next_tap = taps.end;
+        taps.map(|tap| self.tap(tap)).collect()
+    }
+
+    fn tap(&self, tap: u64) -> ArchivedScan {
+        let taps_a_day = 3 * CITY_RIDERS;
+        let (day, slot) = (tap / taps_a_day, tap % taps_a_day);
+        let (rider, kind, route, stop) = if slot < CITY_RIDERS {
+            (slot, TapKind::Single, &self.route, "stop-1")
+        } else {
+            let (block, within) =
+                ((slot - CITY_RIDERS) / METRO_BLOCK_RIDERS, (slot - CITY_RIDERS) % METRO_BLOCK_RIDERS);
+            let rider = block / 2 * METRO_BLOCK_RIDERS + within;
+            match block % 2 {
+                0 => (rider, TapKind::Entry, &"metro".to_string(), self.stations.0.as_str()),
+                _ => (rider, TapKind::Exit, &"metro".to_string(), self.stations.1.as_str()),
+            }
+        };
+        let day_start = DAY_MS + day as i64 * 86_400_000;
+        let scanned_at = day_start + slot as i64 * CITY_DAY_SERVICE_MS / taps_a_day as i64;
+        ArchivedScan {
+            scan_id: fingerprint(tap),
+            card_id: Some(rider + 1),
+            tap_kind: Some(kind),
+            route_id: route.clone(),
+            stop_id: stop.into(),
+            scanned_at,
+            received_at: scanned_at,
+            status: ScanStatus::Accepted,
+            service_date: chrono::DateTime::from_timestamp_millis(day_start).expect("in range").date_naive(),
+            ..ArchivedScan::blank()
+        }
+    }
+}
+
+fn price_batch(store: &mut MoneyStore, fares: &FareTable, rows: &[ArchivedScan]) {
+    let now = rows.last().map_or(0, |row| row.received_at);
+    let tx = store.transaction().expect("a transaction");
+    let priced = price_rows(&tx, fares, rows, now).expect("priced");
+    tx.commit().expect("committed");
+    assert_eq!(priced.taps, rows.len() as u64, "every tap is new");
+}
+
+fn pricing(c: &mut Criterion) {
+    let fares = load_fares(None).expect("the embedded fare table");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut store = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(5)).expect("a store");
+    let mut city = CityTaps::new(&fares);
+    for _ in 0..3 * CITY_RIDERS / 10_000 {
+        price_batch(&mut store, &fares, &city.batch(10_000));
+    }
+    let mut group = c.benchmark_group("pricing");
+    for taps in [PRICING_BATCH_TAPS, 10 * PRICING_BATCH_TAPS, 100 * PRICING_BATCH_TAPS] {
+        group.throughput(Throughput::Elements(taps));
+        group.bench_function(BenchmarkId::new("batch", taps), |b| {
+            b.iter_batched(|| city.batch(taps), |rows| price_batch(&mut store, &fares, &rows), BatchSize::PerIteration)
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fare, dedup, pricing);
 criterion_main!(benches);

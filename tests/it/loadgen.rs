@@ -64,3 +64,105 @@ async fn a_prepared_city_is_pushed_open_loop_every_scan_acked_once_and_again_as_
     assert_eq!((again.tally.redelivered, again.tally.accepted), (scans, 0), "the server drops what it has");
     server.shutdown().await.expect("shutdown");
 }
+
+/// A `serve` process the test stops however it ends.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `farestream serve` on `config_file` and returns it with the
+/// address it said it serves on.
+fn serve(data_dir: &std::path::Path, config_file: &std::path::Path) -> (Served, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_farestream"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config_file)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let served = Served(child);
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    while let Ok(line) = seen.recv_timeout(Duration::from_secs(60)) {
+        if let Some(rest) = line.strip_prefix("farestream serving on ") {
+            let addr = rest.split_whitespace().next().expect("an address").parse().expect("a socket address");
+            return (served, addr);
+        }
+    }
+    panic!("serve did not say it serves within a minute");
+}
+
+/// Issue 21: under load the pricer gives way and catches up after. A
+/// served process's pricer thread runs at the configured nice value (the
+/// others at the server's), and a run read from its metrics page reports
+/// the server's CPU, the pricer's share of it, and when everything acked
+/// was priced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_pricer_gives_way_and_the_run_reports_when_it_caught_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr");
+    let toml = format!(
+        "[metrics]\nlisten_addr = \"{metrics_port}\"\n[api]\nlisten_addr = \"\"\n[payments]\npricer_thread_nice = 7\n"
+    );
+    let config_file = dir.path().join("config.toml");
+    std::fs::write(&config_file, &toml).expect("config");
+    let config = Config::from_toml_over_defaults(&toml, "config.toml").expect("config");
+    let data_dir = dir.path().join("data");
+    let (served, addr) = serve(&data_dir, &config_file);
+
+    let threads: Vec<(String, i64)> = procfs::process::Process::new(i32::try_from(served.0.id()).expect("a pid"))
+        .and_then(|p| p.tasks())
+        .expect("the server's threads")
+        .flatten()
+        .filter_map(|task| task.stat().ok())
+        .map(|stat| (stat.comm, stat.nice))
+        .collect();
+    let nice_of = |name: &str| threads.iter().filter(|(comm, _)| comm == name).map(|(_, n)| *n).collect::<Vec<_>>();
+    assert_eq!(nice_of("pricer"), [7], "{threads:?}");
+    assert_eq!(nice_of("archiver"), [0], "only the pricer gives way: {threads:?}");
+
+    let city = CitySpec {
+        riders: 200,
+        gateways: 2,
+        validators_per_gateway: 2,
+        trips_per_rider: 2.0,
+        denied_riders_percent: 0.0,
+        redelivery_percent: 0.0,
+        seed: 7,
+    };
+    let hidden = indicatif::ProgressBar::hidden();
+    let spec = PrepareSpec { city, batch_scans: 50, unsealed: false };
+    let batches = loadgen::prepare_batches(&data_dir, &config, &spec, &hidden).expect("prepare");
+    let scans: u64 = batches.iter().map(|b| b.scans.len() as u64).sum();
+    // Open loop over about three seconds: the server brings its CPU
+    // figures up to date once a second.
+    let run = RunSpec {
+        pace: Pace::Rate { scans_per_sec: scans as f64 / 3.0 },
+        in_flight: 4,
+        metrics_url: Some(format!("http://{metrics_port}/metrics")),
+    };
+    let report = loadgen::run(&data_dir, &config, addr, batches, run, hidden).await.expect("run");
+    assert_eq!(report.tally.scans_acked, scans);
+    let server = report.server.unwrap_or_else(|| panic!("no server figures: {:?}", report.server_error));
+    assert!(server.cpu_secs > 0.0 && server.peak_rss_bytes > 1_048_576.0, "{server:?}");
+    assert!((0.0..=server.cpu_secs).contains(&server.pricer_cpu_secs), "{server:?}");
+    let caught_up = server.pricing_caught_up_after.expect("everything acked priced");
+    assert!(caught_up < loadgen::server_metrics::CATCH_UP_WAIT_MAX, "{server:?}");
+    let rendered = report.render();
+    assert!(rendered.contains("everything acked priced") && rendered.contains("pricing_caught_up_secs="), "{rendered}");
+    drop(served);
+}

@@ -18,5 +18,6 @@ pub mod issuer_keys;
 pub mod keystore;
 pub mod log_reader;
 pub mod telemetry;
+pub mod thread_priority;
 pub mod tls_identity;
 pub mod wal;

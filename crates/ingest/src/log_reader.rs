@@ -78,6 +78,8 @@ pub trait LogStep: Send + 'static {
     fn count_retry(&self);
     /// Counts the fatal failure (the reader's own metric).
     fn count_failure(&self) {}
+    /// Runs once on the reader's own thread before its first round.
+    fn started(&mut self) {}
 }
 
 /// The loop every log reader runs until stopped or failed for good.
@@ -87,6 +89,7 @@ fn run_reader<R: LogStep, S: ReaderStatus>(
     status: &Mutex<S>,
     (poll, retry_after): (Duration, Duration),
 ) {
+    reader.started();
     loop {
         let (reply, stop) = match next_command(commands, poll) {
             Some(Command::Flush(reply)) => (Some(reply), false),

@@ -28,11 +28,19 @@ use farestream_core::sync::lock;
 use farestream_ingest::clock_source::Clock;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::log_reader::{LogReaders, LogStep, ReaderHandle, ReaderStatus, StepFailure};
+use farestream_ingest::thread_priority;
 use farestream_ingest::wal::WalCursor;
 use farestream_ingest::wal::committer::Progress;
 
 /// The pricer's name in the store's `log_cursors`.
 pub const READER: &str = "pricer";
+
+/// The most log rows priced in one call, whose rider-days are each priced
+/// once: a lagging pricer joins dozens of gateway batches (a few hundred
+/// scans each in a city) while the decoded rows in memory stay a few MiB.
+/// A record holding more (a batch up to `wire.batch_scans_max`) is priced
+/// whole.
+const PRICING_ROWS_TOGETHER_MAX: usize = 16_384;
 
 #[derive(Debug, Clone)]
 pub struct PricerSettings {
@@ -40,6 +48,9 @@ pub struct PricerSettings {
     pub record_bytes_max: u32,
     pub poll_interval: Duration,
     pub fares: FareTable,
+    /// The pricer thread's nice value: above 0 it gives way to ingest
+    /// under a burst and catches up after (`thread_priority`).
+    pub thread_nice: u8,
 }
 
 /// What the pricer has done.
@@ -92,6 +103,7 @@ impl Pricer {
     ) -> Pricer {
         let OpenedStore { store, priced_lsn: start_lsn, log_readers: readers } = opened;
         readers.advance(start_lsn);
+        money_metrics::pricer_priced_lsn(start_lsn);
         let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
         let state = State {
             cursor: WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, start_lsn),
@@ -158,22 +170,26 @@ impl State {
             let now = self.clock.now_ms();
             let tx = self.store.transaction()?;
             let mut priced = Priced::default();
-            let mut last_received_at = None;
-            for record in &records {
-                let rows = journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?;
-                let batch = price_rows(&tx, &self.settings.fares, &rows, now)?;
-                priced = sum(priced, batch);
-                last_received_at = rows.last().map(|row| row.received_at).or(last_received_at);
+            // Rows of many records priced together: a rider-day they share
+            // (an entry and its exit in two batches) is priced once.
+            let mut rows = Vec::new();
+            for (i, record) in records.iter().enumerate() {
+                rows.extend(journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?);
+                if i == 0 {
+                    // How long ago the server took the oldest scan not yet
+                    // priced: the lag, as of this read.
+                    let oldest = rows.first().map_or(now, |row| row.received_at);
+                    money_metrics::pricer_lag(now.saturating_sub(oldest));
+                }
+                if rows.len() >= PRICING_ROWS_TOGETHER_MAX || i + 1 == records.len() {
+                    priced = sum(priced, price_rows(&tx, &self.settings.fares, &rows, now)?);
+                    rows.clear();
+                }
             }
             set_log_cursor(&tx, READER, self.cursor.lsn())?;
             tx.commit().map_err(StoreError::from)?;
             self.readers.advance(self.cursor.lsn());
             self.written(priced);
-            // Behind the log: how long ago the server took what was just
-            // priced. Caught up: nothing waits.
-            let behind = self.cursor.lsn() < self.progress.borrow().durable_lsn;
-            let lag_ms = last_received_at.filter(|_| behind).map_or(0, |at| now.saturating_sub(at));
-            money_metrics::pricer_lag(lag_ms);
         }
         if self.cursor.lsn() >= self.progress.borrow().durable_lsn {
             money_metrics::pricer_lag(0);
@@ -192,6 +208,7 @@ impl State {
 
     fn written(&mut self, priced: Priced) {
         money_metrics::rides_priced(priced.taps, priced.charges);
+        money_metrics::pricer_priced_lsn(self.cursor.lsn());
         let mut status = lock(&self.status);
         status.priced_lsn = self.cursor.lsn();
         status.totals = sum(status.totals, priced);
@@ -221,6 +238,12 @@ impl LogStep for State {
 
     fn count_retry(&self) {
         money_metrics::pricing_retried();
+    }
+
+    fn started(&mut self) {
+        if let Err(error) = thread_priority::give_way(self.settings.thread_nice) {
+            tracing::warn!(%error, "the pricer runs at the server's priority");
+        }
     }
 }
 

@@ -180,6 +180,8 @@ fn reprice(
                  ON CONFLICT (card_id, service_date) DO UPDATE SET closes_at = excluded.closes_at",
             )?
             .execute(params![card_to_sql(day.card_id), date_to_sql(day.service_date), closes_at])?,
+        // Only a day with a metro tap can have had an open entry.
+        None if !taps.iter().any(|t| t.kind.is_metro()) => 0,
         None => tx.prepare_cached("DELETE FROM open_entries WHERE card_id = ?1 AND service_date = ?2")?.execute(key)?,
     };
     Ok(planned)

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (10, include_str!("../migrations/0010_code_counter_blocks.sql")),
     (11, include_str!("../migrations/0011_code_blocks_key_order.sql")),
     (12, include_str!("../migrations/0012_code_blocks_per_key.sql")),
+    (13, include_str!("../migrations/0013_taps_by_rider_day.sql")),
 ];
 
 /// A money-store step run off the async threads ended without an answer.
@@ -78,6 +79,10 @@ impl MoneyStore {
         // survives a power cut, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
         conn.pragma_update(None, "foreign_keys", true).map_err(open)?;
+        // A cached statement keeps its plan: without this SQLite parsed the
+        // pricer's tap queries again at every step, for plans that never
+        // changes (a quarter of pricing's CPU in `benches/stages.rs`).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open)?;
         migrate(&mut conn, path)?;
         Ok(MoneyStore { conn })
     }
@@ -168,6 +173,43 @@ mod tests {
             })
             .expect("indexes");
         assert!(indexes >= 3, "the indexes are back: {indexes}");
+    }
+
+    /// Version 13 keys taps by rider-day: every tap of a version-12 store
+    /// survives it, and a tap logged twice is still held once.
+    #[test]
+    fn the_taps_rebuild_keeps_every_tap_and_still_holds_a_scan_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(dir.path());
+        let conn = Connection::open(&path).expect("open");
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 12) {
+            conn.execute_batch(sql).expect("old migration");
+            conn.pragma_update(None, "user_version", version).expect("version");
+        }
+        let insert =
+            "INSERT OR IGNORE INTO taps (scan_id, card_id, service_date, scanned_at, tap_kind, route_id, stop_id)
+                      VALUES (?1, ?2, 20000, ?3, 'entry', 'metro', 'station-01')";
+        for (n, card) in [(1u8, 7i64), (2, 7), (3, 8)] {
+            conn.execute(insert, params![vec![n; 16], card, i64::from(n) * 1_000]).expect("a version-12 tap");
+        }
+        drop(conn);
+        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("migrate");
+        let conn = store.connection();
+        let taps = |card: i64| -> Vec<(Vec<u8>, i64)> {
+            conn.prepare("SELECT scan_id, scanned_at FROM taps WHERE card_id = ?1 AND service_date = 20000")
+                .expect("query")
+                .query_map([card], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("taps")
+        };
+        assert_eq!(taps(7), [(vec![1u8; 16], 1_000), (vec![2u8; 16], 2_000)]);
+        assert_eq!(taps(8), [(vec![3u8; 16], 3_000)]);
+        assert_eq!(conn.execute(insert, params![vec![1u8; 16], 7, 1_000]).expect("again"), 0, "held once");
+        let index: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'taps_by_rider_day'", [], |r| r.get(0))
+            .expect("indexes");
+        assert_eq!(index, 0, "the key is the rider-day: no second b-tree to write");
     }
 
     #[test]

@@ -206,6 +206,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<
             record_bytes_max: config.wal.record_bytes_max,
             poll_interval: pricer_poll,
             fares,
+            thread_nice: p.pricer_thread_nice,
         },
         store_path,
         deposit_cents: Cents::from_unsigned(p.deposit_cents),

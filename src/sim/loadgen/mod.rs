@@ -15,7 +15,6 @@ pub mod server_metrics;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rayon::prelude::*;
@@ -31,7 +30,7 @@ pub use ceiling::{Ceiling, measure_ceiling};
 pub use push::{Connection, RunTally, Scheduled, run_connections};
 pub use scans_file::{read_scans_file, write_scans_file};
 pub use schedule::{Pace, due_offsets};
-pub use server_metrics::ProcessFigures;
+pub use server_metrics::{ProcessFigures, ServerFigures, ServerWatch};
 
 /// What `prepare` signs.
 #[derive(Debug, Clone)]
@@ -108,15 +107,9 @@ pub struct LoadReport {
     pub spec: RunSpec,
     pub tally: RunTally,
     pub elapsed: Duration,
-    /// The server's figures over the run: CPU seconds used, the highest
-    /// resident memory it reported (its high-water mark), and the most
-    /// its pricing lagged behind ingest (seconds).
-    pub server: Option<(f64, f64, f64)>,
+    pub server: Option<ServerFigures>,
     pub server_error: Option<String>,
 }
-
-/// How often the server's metrics are read during a run.
-const METRICS_SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Pushes `batches` at `server` from one connection per gateway.
 pub async fn run(
@@ -147,46 +140,18 @@ pub async fn run(
     }
     let connection_count = connections.len();
     progress.set_length(scans);
-    let http = reqwest::Client::new();
-    let scrape = move |url: String| {
-        let http = http.clone();
-        async move { server_metrics::scrape(&http, &url, METRICS_SCRAPE_INTERVAL).await }
-    };
-    let before = match &spec.metrics_url {
-        Some(url) => Some(scrape(url.clone()).await),
+    let watch = match spec.metrics_url.clone() {
+        Some(url) => Some(ServerWatch::start(url).await),
         None => None,
     };
-    // The highest peak RSS and pricer lag the samples saw.
-    let peak = Arc::new(std::sync::Mutex::new((0f64, 0f64)));
-    let sampler = spec.metrics_url.clone().map(|url| {
-        let (peak, scrape) = (Arc::clone(&peak), scrape.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Ok(figures) = scrape(url.clone()).await {
-                    let mut peak = crate::sync::lock(&peak);
-                    peak.0 = peak.0.max(figures.peak_rss_bytes).max(figures.rss_bytes);
-                    peak.1 = peak.1.max(figures.pricer_lag_secs);
-                }
-                tokio::time::sleep(METRICS_SCRAPE_INTERVAL).await;
-            }
-        })
-    });
     let (tally, elapsed) = run_connections(connections.into_values().collect(), spec.in_flight, progress).await;
-    if let Some(sampler) = sampler {
-        sampler.abort();
-    }
-    let after = match &spec.metrics_url {
-        Some(url) => Some(scrape(url.clone()).await),
-        None => None,
-    };
-    let (server, server_error) = match (before, after) {
-        (Some(Ok(before)), Some(Ok(after))) => {
-            let (rss, lag) = *crate::sync::lock(&peak);
-            let rss = rss.max(after.peak_rss_bytes).max(after.rss_bytes);
-            (Some((after.cpu_secs - before.cpu_secs, rss, lag.max(after.pricer_lag_secs))), None)
-        }
-        (Some(Err(e)), _) | (_, Some(Err(e))) => (None, Some(e)),
-        _ => (None, None),
+    let (server, server_error) = match watch {
+        Some(Ok(watch)) => match watch.finish().await {
+            Ok(figures) => (Some(figures), None),
+            Err(error) => (None, Some(error)),
+        },
+        Some(Err(error)) => (None, Some(error)),
+        None => (None, None),
     };
     Ok(LoadReport {
         connections: connection_count,
@@ -238,23 +203,43 @@ impl LoadReport {
         let errors: u64 = t.errors.values().sum();
         let kinds: Vec<String> = t.errors.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
         out.push_str(&format!("  errors   {}\n", if kinds.is_empty() { "none".into() } else { kinds.join(", ") }));
-        let (cpu, peak, lag) = self.server.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        let nan = f64::NAN;
+        let s = self.server.unwrap_or(ServerFigures {
+            cpu_secs: nan,
+            pricer_cpu_secs: nan,
+            peak_rss_bytes: nan,
+            pricer_lag_max_secs: nan,
+            pricing_caught_up_after: None,
+        });
+        let (cpu, lag) = (s.cpu_secs, s.pricer_lag_max_secs);
+        let pricer_share = s.pricer_cpu_secs / cpu.max(1e-9);
+        let caught_up = s.pricing_caught_up_after.map_or(nan, |d| d.as_secs_f64());
         match (&self.server, &self.server_error) {
-            (Some(_), _) => out.push_str(&format!(
-                "  server   {cpu:.1} CPU-seconds ({:.2} cores), peak RSS {:.0} MiB, pricing lagged up to {lag:.2} s\n",
-                cpu / self.elapsed.as_secs_f64().max(1e-9),
-                peak / 1_048_576.0
-            )),
+            (Some(_), _) => {
+                out.push_str(&format!(
+                    "  server   {cpu:.1} CPU-seconds ({:.2} cores, {:.0} % of it pricing), peak RSS {:.0} MiB\n",
+                    cpu / self.elapsed.as_secs_f64().max(1e-9),
+                    pricer_share * 100.0,
+                    s.peak_rss_bytes / 1_048_576.0
+                ));
+                out.push_str(&match s.pricing_caught_up_after {
+                    Some(after) => format!(
+                        "  pricing  lagged up to {lag:.2} s, everything acked priced {:.2} s after the last ack\n",
+                        after.as_secs_f64()
+                    ),
+                    None => format!("  pricing  lagged up to {lag:.2} s, not seen caught up\n"),
+                });
+            }
             (None, Some(error)) => out.push_str(&format!("  server   figures unavailable: {error}\n")),
             (None, None) => out.push_str("  server   figures not asked for (--metrics-url)\n"),
         }
         out.push_str(&format!(
-            "loadgen scans_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={errors} server_cpu_secs={cpu:.2} server_peak_rss_mib={:.1} pricer_lag_max_secs={lag:.2}\n",
+            "loadgen scans_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={errors} server_cpu_secs={cpu:.2} server_peak_rss_mib={:.1} pricer_cpu_share={pricer_share:.2} pricer_lag_max_secs={lag:.2} pricing_caught_up_secs={caught_up:.2}\n",
             self.scans_per_sec(),
             t.latency_ms(0.5),
             t.latency_ms(0.99),
             t.latency_ms(0.999),
-            peak / 1_048_576.0
+            s.peak_rss_bytes / 1_048_576.0
         ));
         out
     }

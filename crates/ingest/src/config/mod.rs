@@ -188,6 +188,7 @@ pub struct PaymentsConfig {
     pub breaker_probe_interval_ms_initial: u64,
     pub breaker_probe_interval_ms_max: u64,
     pub pricer_poll_interval_ms: u64,
+    pub pricer_thread_nice: u8,
     pub store_busy_wait_ms: u64,
 }
 
