@@ -231,6 +231,15 @@ enum LoadgenAction {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Fill the dedup indexes with a horizon of scans, as a server
+    /// remembers them, and report the resident bytes each costs per scan
+    /// (no server, no keys: synthetic fingerprints and ride codes).
+    Horizon {
+        /// Scans remembered: a city's scans a day times the days of the
+        /// horizon (the accepted lateness and the windows, about 3).
+        #[arg(long, default_value_t = 10_000_000, value_parser = within(1u64, 1_000_000_000))]
+        scans: u64,
+    },
     /// Push a prepared file at a running server, one connection per
     /// gateway in it.
     Run {
@@ -664,6 +673,13 @@ async fn loadgen(data_dir: &Path, config: Config, action: LoadgenAction) -> Resu
                 rayon::current_num_threads()
             );
             println!("ceiling scans_per_sec={:.0}", ceiling.scans_per_sec());
+            Ok(())
+        }
+        LoadgenAction::Horizon { scans } => {
+            let bar = progress_bar("remembered");
+            let (figures, _index) = loadgen::horizon::measure_horizon(scans, &bar).map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
+            print!("{}", figures.render());
             Ok(())
         }
         LoadgenAction::Run { server, file, rate, in_flight, metrics_url } => {

@@ -7,6 +7,7 @@
 //! kind, and the server's CPU seconds and peak RSS from its own metrics.
 
 pub mod ceiling;
+pub mod horizon;
 pub mod push;
 pub mod scans_file;
 pub mod schedule;

@@ -4,6 +4,11 @@
 //! matter; [`DedupIndex::sweep`] drops those. Memory is bounded by time (the
 //! code validity plus the accepted lateness), never by a count that could
 //! silently forget a key that still matters.
+//!
+//! Entries are packed to bytes with no alignment (a key's 16 bytes, an
+//! expiry to the second in 4, a ride's uses in 1): a megacity's horizon
+//! holds tens of millions of them (`farestream loadgen horizon` measures
+//! the bytes each costs).
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -31,39 +36,77 @@ pub struct RideKey {
     pub counter: u32,
 }
 
-/// The tap kinds a ride code has paid for, and when its entry expires.
+/// When an entry may be forgotten, to the second and rounded up (never
+/// early), in four unaligned bytes. Times before 1970 read as 1970 and
+/// times past 2106 (what the ride codes' seconds can say) as 2106.
+#[derive(Debug, Clone, Copy)]
+struct ExpirySecs([u8; 4]);
+
+impl ExpirySecs {
+    fn at_or_after(expires_at: UnixMillis) -> ExpirySecs {
+        let secs = expires_at.saturating_add(999).div_euclid(1000).clamp(0, i64::from(u32::MAX));
+        ExpirySecs(u32::try_from(secs).unwrap_or(u32::MAX).to_le_bytes())
+    }
+
+    /// Whether `now` is at or past the expiry.
+    fn passed_by(self, now: UnixMillis) -> bool {
+        i64::from(u32::from_le_bytes(self.0)) * 1000 <= now
+    }
+}
+
+/// A [`RideKey`] as the map holds it: 16 bytes, no padding, no alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PackedRideKey([u8; 16]);
+
+impl From<RideKey> for PackedRideKey {
+    fn from(key: RideKey) -> PackedRideKey {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&key.card_id.to_le_bytes());
+        out[8..12].copy_from_slice(&key.created_at.to_le_bytes());
+        out[12..].copy_from_slice(&key.counter.to_le_bytes());
+        PackedRideKey(out)
+    }
+}
+
+/// The tap kinds a ride code has paid for (a bit each), and when its
+/// entry expires.
 #[derive(Debug, Clone, Copy)]
 struct RideUse {
-    expires_at: UnixMillis,
-    entry: bool,
-    exit: bool,
-    single: bool,
+    expires: ExpirySecs,
+    kinds: u8,
 }
 
 impl RideUse {
     fn new(kind: TapKind, expires_at: UnixMillis) -> RideUse {
-        let mut used = RideUse { expires_at, entry: false, exit: false, single: false };
-        used.add(kind);
-        used
+        RideUse { expires: ExpirySecs::at_or_after(expires_at), kinds: RideUse::bit(kind) }
+    }
+
+    fn bit(kind: TapKind) -> u8 {
+        match kind {
+            TapKind::Entry => 1,
+            TapKind::Exit => 2,
+            TapKind::Single => 4,
+        }
     }
 
     fn add(&mut self, kind: TapKind) {
-        match kind {
-            TapKind::Entry => self.entry = true,
-            TapKind::Exit => self.exit = true,
-            TapKind::Single => self.single = true,
-        }
+        self.kinds |= RideUse::bit(kind);
     }
 
     /// Only the other half of an entry-and-exit pair may join a used code.
     fn admits(&self, kind: TapKind) -> bool {
-        match kind {
-            TapKind::Entry => self.exit && !self.entry && !self.single,
-            TapKind::Exit => self.entry && !self.exit && !self.single,
-            TapKind::Single => false,
-        }
+        let other_half = match kind {
+            TapKind::Entry => RideUse::bit(TapKind::Exit),
+            TapKind::Exit => RideUse::bit(TapKind::Entry),
+            TapKind::Single => return false,
+        };
+        self.kinds == other_half
     }
 }
+
+// What an entry costs before the table's own overhead: packed, no padding.
+const _: () = assert!(std::mem::size_of::<(Fingerprint, ExpirySecs)>() == 20);
+const _: () = assert!(std::mem::size_of::<(PackedRideKey, RideUse)>() == 21);
 
 /// The re-delivery index (by fingerprint), the replay index (by ride
 /// code) and the verified-credential cache.
@@ -72,9 +115,9 @@ pub struct DedupIndex {
     /// Keyed by the whole scan's fingerprint, which covers the validator id
     /// and sequence number: a forged record that reuses a real scan's
     /// sequence number cannot make the real one look like a re-delivery.
-    deliveries: DashMap<Fingerprint, UnixMillis>,
-    rides: DashMap<RideKey, RideUse>,
-    credentials: DashMap<[u8; CREDENTIAL_LEN], UnixMillis>,
+    deliveries: DashMap<Fingerprint, ExpirySecs>,
+    rides: DashMap<PackedRideKey, RideUse>,
+    credentials: DashMap<[u8; CREDENTIAL_LEN], ExpirySecs>,
 }
 
 /// Entry counts, for metrics and tests.
@@ -111,7 +154,7 @@ impl DedupIndex {
     /// is a replay (see [`RideKey`]). Atomic: of two concurrent uses that
     /// cannot both pay, exactly one sees true, whatever their order.
     pub fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) -> bool {
-        match self.rides.entry(key) {
+        match self.rides.entry(key.into()) {
             Entry::Vacant(slot) => {
                 slot.insert(RideUse::new(kind, expires_at));
                 true
@@ -127,7 +170,7 @@ impl DedupIndex {
     /// Re-records a use decided before a restart (an accepted row), in any
     /// order: the uses of a code end up the same as when they were claimed.
     pub(crate) fn restore_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) {
-        self.rides.entry(key).and_modify(|used| used.add(kind)).or_insert_with(|| RideUse::new(kind, expires_at));
+        self.rides.entry(key.into()).and_modify(|used| used.add(kind)).or_insert_with(|| RideUse::new(kind, expires_at));
     }
 
     /// True when this exact credential's issuer signature was verified before.
@@ -137,14 +180,14 @@ impl DedupIndex {
 
     /// Remembers a credential whose issuer signature verified, until it expires.
     pub(crate) fn remember_verified_credential(&self, credential: [u8; CREDENTIAL_LEN], expires_at: UnixMillis) {
-        self.credentials.insert(credential, expires_at);
+        self.credentials.insert(credential, ExpirySecs::at_or_after(expires_at));
     }
 
     /// Drops every entry whose expiry is at or before `now`.
     pub(crate) fn sweep(&self, now: UnixMillis) {
-        self.deliveries.retain(|_, expires_at| *expires_at > now);
-        self.rides.retain(|_, used| used.expires_at > now);
-        self.credentials.retain(|_, expires_at| *expires_at > now);
+        self.deliveries.retain(|_, expires| !expires.passed_by(now));
+        self.rides.retain(|_, used| !used.expires.passed_by(now));
+        self.credentials.retain(|_, expires| !expires.passed_by(now));
     }
 
     /// How many entries each index holds.
@@ -154,10 +197,10 @@ impl DedupIndex {
 }
 
 /// Inserts `key` if absent; true when this call inserted it.
-fn claim<K: std::hash::Hash + Eq>(map: &DashMap<K, UnixMillis>, key: K, expires_at: UnixMillis) -> bool {
+fn claim<K: std::hash::Hash + Eq>(map: &DashMap<K, ExpirySecs>, key: K, expires_at: UnixMillis) -> bool {
     match map.entry(key) {
         Entry::Vacant(slot) => {
-            slot.insert(expires_at);
+            slot.insert(ExpirySecs::at_or_after(expires_at));
             true
         }
         Entry::Occupied(_) => false,
@@ -207,6 +250,39 @@ mod tests {
             order.iter().for_each(|kind| index.restore_ride(RIDE, *kind, 1_000));
             assert!(!index.claim_ride(RIDE, Entry, 1_000) && !index.claim_ride(RIDE, Exit, 1_000), "{order:?}");
         }
+    }
+
+    /// An expiry is kept to the second, rounded up: an entry lives at
+    /// most a second longer, never shorter; any time, however far out,
+    /// is held without overflow.
+    #[test]
+    fn an_expiry_is_rounded_up_to_the_second_and_saturates() {
+        let e = ExpirySecs::at_or_after(1_001);
+        assert!(!e.passed_by(1_999) && e.passed_by(2_000));
+        let whole = ExpirySecs::at_or_after(2_000);
+        assert!(!whole.passed_by(1_999) && whole.passed_by(2_000));
+        for early in [i64::MIN, -1, 0] {
+            assert!(ExpirySecs::at_or_after(early).passed_by(0), "{early}");
+        }
+        let last = i64::from(u32::MAX) * 1000;
+        for late in [last, i64::MAX] {
+            let e = ExpirySecs::at_or_after(late);
+            assert!(!e.passed_by(last - 1) && e.passed_by(last) && e.passed_by(i64::MAX), "{late}");
+        }
+    }
+
+    /// Distinct ride keys stay distinct packed, whatever their extremes.
+    #[test]
+    fn ride_keys_pack_without_losing_a_field() {
+        let keys = [
+            RideKey { card_id: 0, created_at: 0, counter: 0 },
+            RideKey { card_id: u64::MAX, created_at: 0, counter: 0 },
+            RideKey { card_id: 0, created_at: u32::MAX, counter: 0 },
+            RideKey { card_id: 0, created_at: 0, counter: u32::MAX },
+            RideKey { card_id: 1, created_at: 0, counter: 0 },
+        ];
+        let packed: std::collections::HashSet<PackedRideKey> = keys.iter().map(|k| PackedRideKey::from(*k)).collect();
+        assert_eq!(packed.len(), keys.len());
     }
 
     #[test]
