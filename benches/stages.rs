@@ -13,6 +13,12 @@
 //!   (one SQLite transaction, committed), as the pricer does for each
 //!   stretch of the log it reads, with a day of the city already priced;
 //!   throughput in taps.
+//! - `wal/append_durable/N` queues N records of a gateway batch's size to
+//!   the log's commit thread and waits until they are fsynced: group
+//!   commit at 1 and 16 writers' worth; throughput in bytes.
+//! - `parquet/encode` writes a row group of a city's scans into an
+//!   archive file and closes it (ZSTD, bloom filters, fsync, rename), as
+//!   the archiver does; throughput in rows.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use farestream::config::fare_table::load_fares;
@@ -163,6 +169,14 @@ impl CityTaps {
         let scanned_at = day_start + slot as i64 * CITY_DAY_SERVICE_MS / taps_a_day as i64;
         ArchivedScan {
             scan_id: fingerprint(tap),
+            gateway_id: std::sync::Arc::from("gw-01"),
+            validator_id: format!("validator-{:03}", rider % 500),
+            validator_seq: tap,
+            issuer_key_id: Some(1),
+            code_created_at: Some(scanned_at - 30_000),
+            code_counter: Some((tap % 40) as u32),
+            gate_opened: Some(true),
+            deny_list_version: Some(7),
             card_id: Some(rider + 1),
             tap_kind: Some(kind),
             route_id: route.clone(),
@@ -202,5 +216,72 @@ fn pricing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fare, dedup, pricing);
+/// Bytes of one logged record: about a gateway batch of 500 scans.
+const WAL_RECORD_BYTES: usize = 64 * 1024;
+
+fn wal(c: &mut Criterion) {
+    use farestream::faults::Faults;
+    use farestream::wal::{WalConfig, committer::Committer, delete_segments_before};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = WalConfig { dir: dir.path().join("wal"), segment_bytes_max: 64 << 20, record_bytes_max: 16 << 20 };
+    let faults = std::sync::Arc::new(Faults::default());
+    let recovered = farestream::wal::open(config.clone(), std::sync::Arc::clone(&faults), 0).expect("a log");
+    let committer =
+        Committer::spawn(recovered.writer, config.record_bytes_max, std::time::Duration::from_millis(100), true);
+    let handle = committer.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
+    let payload = vec![0x5a_u8; WAL_RECORD_BYTES];
+    let mut group = c.benchmark_group("wal");
+    group.sample_size(20);
+    for records in [1usize, 16] {
+        group.throughput(Throughput::Bytes((records * WAL_RECORD_BYTES) as u64));
+        group.bench_function(BenchmarkId::new("append_durable", records), |b| {
+            b.iter_custom(|iterations| {
+                let started = std::time::Instant::now();
+                for _ in 0..iterations {
+                    let lsn = (0..records).fold(0, |_, _| handle.enqueue(&payload).expect("queued"));
+                    runtime.block_on(handle.wait_durable(lsn, std::time::Duration::from_secs(30))).expect("durable");
+                }
+                let elapsed = started.elapsed();
+                // Untimed: the log kept to its last segment, as the archiver keeps it.
+                delete_segments_before(&config.dir, handle.progress().durable_lsn, &faults).expect("deleted");
+                elapsed
+            })
+        });
+    }
+    group.finish();
+    committer.close();
+}
+
+fn parquet(c: &mut Criterion) {
+    use farestream::archive::{ArchiveWriter, ArchiveWriterConfig};
+    let fares = load_fares(None).expect("the embedded fare table");
+    let rows_per_file = 65_536u64;
+    let rows = CityTaps::new(&fares).batch(rows_per_file);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = ArchiveWriterConfig {
+        root: dir.path().join("scans"),
+        file_bytes_max: 128 << 20,
+        file_age_max: std::time::Duration::from_secs(300),
+        row_group_rows_max: rows_per_file as usize,
+    };
+    let mut writer = ArchiveWriter::new(config, std::sync::Arc::default()).expect("a writer");
+    let write_file = |writer: &mut ArchiveWriter| {
+        writer.append(&rows, std::time::Instant::now()).expect("appended");
+        let closed = writer.close_all(0, 0).expect("closed");
+        let path = &closed.first().expect("one file").path;
+        let bytes = std::fs::metadata(path).expect("the file").len();
+        std::fs::remove_file(path).expect("removed");
+        bytes
+    };
+    let bytes = write_file(&mut writer);
+    println!("parquet/encode: {:.1} bytes a row on disk", bytes as f64 / rows_per_file as f64);
+    let mut group = c.benchmark_group("parquet");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(rows_per_file));
+    group.bench_function("encode", |b| b.iter(|| write_file(&mut writer)));
+    group.finish();
+}
+
+criterion_group!(benches, fare, dedup, pricing, wal, parquet);
 criterion_main!(benches);

@@ -90,7 +90,10 @@ pub fn measure_horizon(scans: u64, progress: &indicatif::ProgressBar) -> Result<
             let keys = chunk * FILL_CHUNK_SCANS..((chunk + 1) * FILL_CHUNK_SCANS).min(scans);
             let count = keys.end - keys.start;
             match keys.filter(|i| !claim(*i)).count() {
-                0 => Ok(progress.inc(count)),
+                0 => {
+                    progress.inc(count);
+                    Ok(())
+                }
                 refused => Err(format!("{refused} distinct keys refused as seen before")),
             }
         })

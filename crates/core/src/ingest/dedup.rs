@@ -170,7 +170,10 @@ impl DedupIndex {
     /// Re-records a use decided before a restart (an accepted row), in any
     /// order: the uses of a code end up the same as when they were claimed.
     pub(crate) fn restore_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) {
-        self.rides.entry(key.into()).and_modify(|used| used.add(kind)).or_insert_with(|| RideUse::new(kind, expires_at));
+        self.rides
+            .entry(key.into())
+            .and_modify(|used| used.add(kind))
+            .or_insert_with(|| RideUse::new(kind, expires_at));
     }
 
     /// True when this exact credential's issuer signature was verified before.
