@@ -54,4 +54,4 @@ kill -TERM "$pid"; wait "$pid" || true
 field() { grep -oE "$1=[0-9.]+" "$2" | cut -d= -f2; }
 echo "ceiling=$ceiling e2e=$e2e ratio=$(awk -v a="$e2e" -v b="$ceiling" 'BEGIN { printf "%.2f", a / b }')"
 echo "half_load_scans_per_s=$half p50_ms=$(field p50_ms "$work/half.log") p99_ms=$(field p99_ms "$work/half.log") p999_ms=$(field p999_ms "$work/half.log")"
-echo "e2e_server_cpu_secs=$(field server_cpu_secs "$work/e2e.log") pricer_cpu_share=$(field pricer_cpu_share "$work/e2e.log") pricing_caught_up_secs=$(field pricing_caught_up_secs "$work/e2e.log") server_peak_rss_mib=$(field server_peak_rss_mib "$work/half.log")"
+echo "e2e_server_cpu_secs=$(field server_cpu_secs "$work/e2e.log") pricer_cpu_share=$(field pricer_cpu_share "$work/e2e.log") pricing_caught_up_secs=$(field pricing_caught_up_secs "$work/e2e.log") catch_up_cpu_secs=$(field catch_up_cpu_secs "$work/e2e.log") server_peak_rss_mib=$(field server_peak_rss_mib "$work/half.log")"

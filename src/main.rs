@@ -390,7 +390,7 @@ fn main() -> Result<()> {
             };
             gen_archive(&cli.data_dir, &config, &spec)
         }
-        Command::Query { sql, format } => runtime.block_on(query(&cli.data_dir, &sql, &format)),
+        Command::Query { sql, format } => runtime.block_on(query(&cli.data_dir, &config, &sql, &format)),
         Command::Settle { date } => runtime.block_on(settle(&cli.data_dir, &config, date)),
         Command::Paygw { listen } => runtime.block_on(paygw(&cli.data_dir, &config, listen)),
         Command::Demo { city, day_secs } => runtime.block_on(demo(cli.data_dir, config, city, day_secs)),
@@ -464,13 +464,14 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
     Ok(())
 }
 
-async fn query(data_dir: &Path, sql: &str, format: &str) -> Result<()> {
+async fn query(data_dir: &Path, config: &Config, sql: &str, format: &str) -> Result<()> {
     let format = OutputFormat::parse(format).context("--format")?;
     if !data_dir.is_dir() {
         bail!("no data dir at {}: give the --data-dir that serve, demo or settle wrote", data_dir.display());
     }
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    match run_query(&data_dir.join("archive"), sql, format, &mut out).await {
+    let budget = farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement);
+    match run_query(&data_dir.join("archive"), &budget, sql, format, &mut out).await {
         Ok(_) => Ok(out.flush()?),
         Err(error) if error.is_bad_query() => {
             eprintln!("query refused: {error}");

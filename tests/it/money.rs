@@ -118,6 +118,33 @@ fn assert_charged_once(debits: &[Entry], charges: &[ChargeRecord]) {
     }
 }
 
+/// Issue 21: a pricer that fell behind prices the backlog in several
+/// transactions (about 4 096 rows each, so the store's write lock is
+/// never held long: here 4 500 and 500). One rider-day split across them is priced in each,
+/// and every ride still gets exactly one charge, the cap holding over all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_priced_in_several_transactions_charges_each_ride_once() {
+    let m = Money::start().await;
+    let rider = m.rider(502, 10_000).await;
+    m.h.faults.set_pricing_stalled(true);
+    let rides = 5_000u64;
+    let client = m.h.client();
+    for (n, seqs) in (0..rides).collect::<Vec<_>>().chunks(500).enumerate() {
+        let taps =
+            seqs.iter().map(|s| tap(&rider, s + 1, T0_MS + *s as i64 * 700, TapKind::Single, "bus-99")).collect();
+        let acked = client.push(&batch("depot-1", n as u64 + 1, taps)).await.expect("acked while pricing waits");
+        assert_eq!(acked.accepted, seqs.len() as u32);
+    }
+    m.h.faults.set_pricing_stalled(false);
+    let charges = m.settle().await;
+    assert_eq!(charges.len() as u64, rides, "one charge a ride, none twice");
+    assert!(charges.iter().all(|c| c.kind == ChargeKind::Ride && c.scan_ids.len() == 1));
+    let due: i64 = charges.iter().map(|c| c.amount_cents.get()).sum();
+    assert_eq!(due, 1_500, "the daily cap over every transaction");
+    let debited: i64 = m.debits().await.iter().map(|d| -d.balance_change()).sum();
+    assert_eq!(debited, 2_000 + 1_500, "the deposit and the day's fares, each collected once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rider_with_balance_is_charged_each_ride_once_and_the_cap_holds() {
     let m = Money::start().await;

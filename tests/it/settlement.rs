@@ -16,6 +16,7 @@ use farestream::server::DailySettlement;
 use farestream::settle::settle_settings;
 use farestream_analytics::query::{OutputFormat, run_query};
 use farestream_analytics::settle::{SettleSettings, Settled, settle_day};
+use farestream_analytics::tables::MemoryBudget;
 use farestream_core::archive::charge_rows::charges_to_record_batch;
 use farestream_core::settlement::Break;
 
@@ -39,7 +40,7 @@ async fn settle(settings: &SettleSettings, now: i64) -> Settled {
 
 async fn sql(data_dir: &Path, query: &str) -> String {
     let mut out = Vec::new();
-    run_query(&data_dir.join("archive"), query, OutputFormat::Csv, &mut out).await.expect("query");
+    run_query(&data_dir.join("archive"), &budget(data_dir), query, OutputFormat::Csv, &mut out).await.expect("query");
     String::from_utf8(out).expect("utf-8")
 }
 
@@ -364,7 +365,12 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
 }
 
 fn moved(settings: &SettleSettings, data_dir: &Path) -> SettleSettings {
-    SettleSettings { data_dir: data_dir.to_path_buf(), ..settings.clone() }
+    SettleSettings { data_dir: data_dir.to_path_buf(), memory: budget(data_dir), ..settings.clone() }
+}
+
+/// The default memory budget, spilling under `data_dir`.
+fn budget(data_dir: &Path) -> MemoryBudget {
+    MemoryBudget::of(data_dir, &farestream::config::Config::defaults().settlement)
 }
 
 fn rewrite(path: &Path, rows: &[farestream::charges::ChargeRecord]) {
@@ -455,16 +461,44 @@ async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_h
     let archive = dir.path().join("archive");
     for table in ["scans", "charges", "settlements", "settlement_routes", "settlement_runs", "settlement_files"] {
         let mut out = Vec::new();
-        let rows = run_query(&archive, &format!("SELECT count(*) AS n FROM {table}"), OutputFormat::Csv, &mut out)
-            .await
-            .expect("an empty table answers");
+        let rows = run_query(
+            &archive,
+            &budget(dir.path()),
+            &format!("SELECT count(*) AS n FROM {table}"),
+            OutputFormat::Csv,
+            &mut out,
+        )
+        .await
+        .expect("an empty table answers");
         assert_eq!((rows, String::from_utf8(out).expect("utf-8")), (1, "n\n0\n".to_string()), "{table}");
     }
     for bad in ["SELEC 1", "SELECT * FROM no_such_table", "SELECT nonsense FROM scans", ""] {
-        let error = run_query(&archive, bad, OutputFormat::Table, &mut Vec::new()).await.expect_err(bad);
+        let error =
+            run_query(&archive, &budget(dir.path()), bad, OutputFormat::Table, &mut Vec::new()).await.expect_err(bad);
         assert!(error.is_bad_query(), "{bad}: {error}");
         assert!(!error.to_string().is_empty());
     }
+}
+
+/// Issue 21: the archive's SQL runs within `settlement.memory_bytes_max`.
+/// A sort four times the budget spills to disk and answers in full;
+/// refused any spill space, the same sort fails rather than take the
+/// memory it was not given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sort_over_the_memory_budget_spills_and_without_spill_space_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = dir.path().join("archive");
+    let small = MemoryBudget { bytes_max: 32 << 20, ..budget(dir.path()) };
+    // A running total over the whole series in another order: the window
+    // needs every row sorted (128 MB of them) before its first answer.
+    let sort = "SELECT max(total) AS total FROM (SELECT sum(value) OVER (ORDER BY value % 1000003, value) AS total \
+                FROM generate_series(1, 8000000))";
+    let mut out = Vec::new();
+    let rows = run_query(&archive, &small, sort, OutputFormat::Csv, &mut out).await.expect("spilled and answered");
+    assert_eq!((rows, String::from_utf8(out).expect("utf-8")), (1, "total\n32000004000000\n".to_string()));
+    let no_spill = MemoryBudget { spill_bytes_max: 0, ..small };
+    let error = run_query(&archive, &no_spill, sort, OutputFormat::Csv, &mut Vec::new()).await.expect_err("no room");
+    assert!(error.to_string().contains("spilling") && error.to_string().contains("limit"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,15 +506,23 @@ async fn sql_at_its_extremes_answers_or_refuses_and_never_crashes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = dir.path().join("archive");
     let deep = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
-    let error = run_query(&archive, &deep, OutputFormat::Csv, &mut Vec::new()).await.expect_err("too deep");
+    let error = run_query(&archive, &budget(dir.path()), &deep, OutputFormat::Csv, &mut Vec::new())
+        .await
+        .expect_err("too deep");
     assert!(error.is_bad_query(), "a nesting limit, not a stack overflow: {error}");
     let long = format!("SELECT 1 AS one /* {} */", "x".repeat(1 << 20));
     let mut out = Vec::new();
-    assert_eq!(run_query(&archive, &long, OutputFormat::Csv, &mut out).await.expect("a long statement"), 1);
+    assert_eq!(
+        run_query(&archive, &budget(dir.path()), &long, OutputFormat::Csv, &mut out).await.expect("a long statement"),
+        1
+    );
     assert_eq!(out, b"one\n1\n");
     let mut out = Vec::new();
     let many = "SELECT value FROM generate_series(1, 200000)";
-    assert_eq!(run_query(&archive, many, OutputFormat::Json, &mut out).await.expect("streamed"), 200_000);
+    assert_eq!(
+        run_query(&archive, &budget(dir.path()), many, OutputFormat::Json, &mut out).await.expect("streamed"),
+        200_000
+    );
     assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 200_000, "one JSON object per line");
 }
 

@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use datafusion::error::DataFusionError;
 
-use crate::tables::archive_session;
+use crate::tables::{MemoryBudget, archive_session};
 use farestream_ingest::archive::parquet_writer::archive_writer_properties;
 use farestream_ingest::archive::read::archive_files;
 use futures_util::StreamExt;
@@ -72,11 +72,12 @@ impl QueryError {
 /// [`TABLE_ROWS_MAX`] (it is for a terminal).
 pub async fn run_query(
     archive_dir: &Path,
+    budget: &MemoryBudget,
     sql: &str,
     format: OutputFormat,
     out: &mut (dyn Write + Send),
 ) -> Result<u64, QueryError> {
-    let ctx = archive_session(archive_dir)?;
+    let ctx = archive_session(archive_dir, budget)?;
     let frame = ctx.sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
     if schema.fields().is_empty() {

@@ -11,7 +11,10 @@ use arrow_schema::{DataType, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
-use datafusion::prelude::SessionContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::settle::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::archive::charge_rows::charge_schema;
@@ -43,9 +46,49 @@ pub fn table_root(archive_dir: &Path, name: &str) -> PathBuf {
     archive_dir.join(name)
 }
 
-/// A session with every archive table registered.
-pub fn archive_session(archive_dir: &Path) -> Result<SessionContext, DataFusionError> {
-    let ctx = SessionContext::new();
+/// The most a sorting partition holds back to merge its spills
+/// (DataFusion's default).
+const SORT_MERGE_ROOM_BYTES_MAX: usize = 10 << 20;
+
+/// What a session over the archive may hold in memory: its sorts, joins
+/// and aggregations share `bytes_max` (DataFusion's fair spill pool) and
+/// spill the rest to files under `spill_dir`, at most `spill_bytes_max`.
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    pub bytes_max: usize,
+    pub spill_dir: PathBuf,
+    pub spill_bytes_max: u64,
+}
+
+impl MemoryBudget {
+    /// The config's budget, spilling to `DATA_DIR/tmp/analytics`.
+    pub fn of(data_dir: &Path, config: &farestream_ingest::config::SettlementConfig) -> MemoryBudget {
+        MemoryBudget {
+            bytes_max: config.memory_bytes_max,
+            spill_dir: data_dir.join("tmp").join("analytics"),
+            spill_bytes_max: config.spill_bytes_max,
+        }
+    }
+}
+
+/// A session with every archive table registered, within `budget`.
+pub fn archive_session(archive_dir: &Path, budget: &MemoryBudget) -> Result<SessionContext, DataFusionError> {
+    std::fs::create_dir_all(&budget.spill_dir)
+        .map_err(|e| DataFusionError::External(format!("{}: {e}", budget.spill_dir.display()).into()))?;
+    let disk = DiskManagerBuilder::default()
+        .with_mode(DiskManagerMode::Directories(vec![budget.spill_dir.clone()]))
+        .with_max_temp_directory_size(budget.spill_bytes_max);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(budget.bytes_max)))
+        .with_disk_manager_builder(disk)
+        .build_arc()?;
+    // Each sorting partition holds back room to merge its spills; at
+    // DataFusion's 10 MiB a small budget could not sort at all.
+    let config = SessionConfig::new();
+    let partitions = config.target_partitions().max(1);
+    let merge_room = (budget.bytes_max / (4 * partitions)).min(SORT_MERGE_ROOM_BYTES_MAX);
+    let config = config.with_sort_spill_reservation_bytes(merge_room);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     for table in archive_tables() {
         register_partitioned(&ctx, table.name, &table_root(archive_dir, table.name), table.schema)?;
     }

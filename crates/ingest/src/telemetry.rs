@@ -127,13 +127,15 @@ pub fn dedup_sizes(sizes: DedupSizes) {
 /// How far the archive trails the log: bytes acknowledged but not yet in
 /// a closed Parquet file.
 pub fn archive_lag(durable_lsn: u64, archived_lsn: u64) {
-    gauge!("farestream_wal_durable_lsn").set(durable_lsn as f64);
     gauge!("farestream_archive_lag_bytes").set(durable_lsn.saturating_sub(archived_lsn) as f64);
 }
 
-pub fn wal_group_committed(bytes: usize) {
+/// A group of records made durable, up to `durable_lsn`: set before any
+/// of them is acknowledged, so a reader who has an ack sees its LSN.
+pub fn wal_group_committed(bytes: usize, durable_lsn: u64) {
     counter!("farestream_wal_fsyncs_total").increment(1);
     counter!("farestream_wal_bytes_total").increment(bytes as u64);
+    gauge!("farestream_wal_durable_lsn").set(durable_lsn as f64);
 }
 
 pub fn wal_disk_full() {

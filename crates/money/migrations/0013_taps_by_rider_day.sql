@@ -3,7 +3,10 @@
 -- `scan_id` as the key each of those reads was an index seek plus one
 -- table seek per tap, and each insert wrote two b-trees. A tap's
 -- (card_id, service_date) is fixed by its log row, so the new key still
--- holds a scan once: a replayed row carries the same three values.
+-- holds a scan once: a replayed row carries the same three values. (What
+-- keeps one scan from being logged twice as a ride is the ingest dedup,
+-- not this table.) The copy runs once, in the migration's transaction,
+-- and needs the table's size again on disk while it runs.
 CREATE TABLE taps_by_rider_day_order (
     card_id      INTEGER NOT NULL,
     service_date INTEGER NOT NULL,

@@ -29,18 +29,20 @@ use farestream_ingest::clock_source::Clock;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::log_reader::{LogReaders, LogStep, ReaderHandle, ReaderStatus, StepFailure};
 use farestream_ingest::thread_priority;
-use farestream_ingest::wal::WalCursor;
 use farestream_ingest::wal::committer::Progress;
+use farestream_ingest::wal::{WalCursor, WalRecord};
 
 /// The pricer's name in the store's `log_cursors`.
 pub const READER: &str = "pricer";
 
-/// The most log rows priced in one call, whose rider-days are each priced
-/// once: a lagging pricer joins dozens of gateway batches (a few hundred
-/// scans each in a city) while the decoded rows in memory stay a few MiB.
-/// A record holding more (a batch up to `wire.batch_scans_max`) is priced
-/// whole.
-const PRICING_ROWS_TOGETHER_MAX: usize = 16_384;
+/// The most log rows priced in one transaction, whose rider-days are each
+/// priced once: a lagging pricer joins a few gateway batches (a few
+/// hundred scans each in a city), holds the store's write lock for a
+/// fraction of a second at its lowered priority (the dispatcher and the
+/// API wait for it up to `payments.store_busy_wait_ms`), and keeps a few
+/// MiB of decoded rows. A record holding more (a batch up to
+/// `wire.batch_scans_max`) is priced whole.
+const PRICING_ROWS_TOGETHER_MAX: usize = 4_096;
 
 #[derive(Debug, Clone)]
 pub struct PricerSettings {
@@ -167,29 +169,10 @@ impl State {
         let durable = self.progress.borrow().durable_lsn;
         while self.cursor.lsn() < durable {
             let records = self.cursor.read_next(durable).map_err(|e| StepError::Log(e.to_string()))?;
-            let now = self.clock.now_ms();
-            let tx = self.store.transaction()?;
-            let mut priced = Priced::default();
-            // Rows of many records priced together: a rider-day they share
-            // (an entry and its exit in two batches) is priced once.
-            let mut rows = Vec::new();
-            for (i, record) in records.iter().enumerate() {
-                rows.extend(journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?);
-                if i == 0 {
-                    // How long ago the server took the oldest scan not yet
-                    // priced: the lag, as of this read.
-                    let oldest = rows.first().map_or(now, |row| row.received_at);
-                    money_metrics::pricer_lag(now.saturating_sub(oldest));
-                }
-                if rows.len() >= PRICING_ROWS_TOGETHER_MAX || i + 1 == records.len() {
-                    priced = sum(priced, price_rows(&tx, &self.settings.fares, &rows, now)?);
-                    rows.clear();
-                }
+            let mut records = records.as_slice();
+            while !records.is_empty() {
+                records = self.price_some(records)?;
             }
-            set_log_cursor(&tx, READER, self.cursor.lsn())?;
-            tx.commit().map_err(StoreError::from)?;
-            self.readers.advance(self.cursor.lsn());
-            self.written(priced);
         }
         if self.cursor.lsn() >= self.progress.borrow().durable_lsn {
             money_metrics::pricer_lag(0);
@@ -202,15 +185,46 @@ impl State {
         let tx = self.store.transaction()?;
         let priced = price_closed_entries(&tx, &self.settings.fares, now)?;
         tx.commit().map_err(StoreError::from)?;
-        self.written(priced);
+        let through = self.cursor.lsn();
+        self.written(priced, through);
         Ok(())
     }
 
-    fn written(&mut self, priced: Priced) {
+    /// Prices the records at the front of `records` up to
+    /// [`PRICING_ROWS_TOGETHER_MAX`] rows in one transaction that moves the
+    /// cursor past them; returns the rest. Rows priced together share
+    /// their rider-days (an entry and its exit in two batches: priced once).
+    fn price_some<'r>(&mut self, records: &'r [WalRecord]) -> Result<&'r [WalRecord], StepError> {
+        let mut rows = Vec::new();
+        let mut taken = 0;
+        for record in records {
+            if taken > 0 && rows.len() >= PRICING_ROWS_TOGETHER_MAX {
+                break;
+            }
+            rows.extend(journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?);
+            taken += 1;
+        }
+        let (these, rest) = records.split_at(taken);
+        let through = these.last().map_or(lock(&self.status).priced_lsn, |record| record.end_lsn);
+        let now = self.clock.now_ms();
+        // How long ago the server took the oldest scan not yet priced
+        // (batches are logged in commit order, not arrival order).
+        let oldest = rows.iter().map(|row| row.received_at).min().unwrap_or(now);
+        money_metrics::pricer_lag(now.saturating_sub(oldest));
+        let tx = self.store.transaction()?;
+        let priced = price_rows(&tx, &self.settings.fares, &rows, now)?;
+        set_log_cursor(&tx, READER, through)?;
+        tx.commit().map_err(StoreError::from)?;
+        self.readers.advance(through);
+        self.written(priced, through);
+        Ok(rest)
+    }
+
+    fn written(&mut self, priced: Priced, through: u64) {
         money_metrics::rides_priced(priced.taps, priced.charges);
-        money_metrics::pricer_priced_lsn(self.cursor.lsn());
+        money_metrics::pricer_priced_lsn(through);
         let mut status = lock(&self.status);
-        status.priced_lsn = self.cursor.lsn();
+        status.priced_lsn = through;
         status.totals = sum(status.totals, priced);
         if priced.charges > 0 {
             self.charges_written.notify_one();

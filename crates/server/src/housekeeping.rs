@@ -40,10 +40,13 @@ pub(super) async fn housekeeping(shared: Arc<Shared>, (archiver, pricer): (Arc<A
                 if let Some(reason) = archiver.failure() {
                     fail(&shared, Fatal::Archiver(reason));
                 }
-                if let Some(reason) = pricer.status().failure {
+                let pricing = pricer.status();
+                if let Some(reason) = pricing.failure {
                     fail(&shared, Fatal::Pricer(reason));
                 }
-                telemetry::archive_lag(shared.wal.progress().durable_lsn, archiver.archived_lsn());
+                let durable_lsn = shared.wal.progress().durable_lsn;
+                telemetry::archive_lag(durable_lsn, archiver.archived_lsn());
+                farestream_money::money_metrics::pricer_lag_bytes(durable_lsn, pricing.priced_lsn);
             }
         }
     }

@@ -207,26 +207,32 @@ impl LoadReport {
         let nan = f64::NAN;
         let s = self.server.unwrap_or(ServerFigures {
             cpu_secs: nan,
-            pricer_cpu_secs: nan,
+            pricer_cpu_secs: None,
+            catch_up_cpu_secs: nan,
             peak_rss_bytes: nan,
             pricer_lag_max_secs: nan,
             pricing_caught_up_after: None,
         });
         let (cpu, lag) = (s.cpu_secs, s.pricer_lag_max_secs);
-        let pricer_share = s.pricer_cpu_secs / cpu.max(1e-9);
+        let pricer_share = s.pricer_cpu_secs.map_or(nan, |pricer| pricer / cpu.max(1e-9));
         let caught_up = s.pricing_caught_up_after.map_or(nan, |d| d.as_secs_f64());
         match (&self.server, &self.server_error) {
             (Some(_), _) => {
+                let pricing = match s.pricer_cpu_secs {
+                    Some(_) => format!("{:.0} % of it pricing", pricer_share * 100.0),
+                    None => "the pricer's share unknown".to_string(),
+                };
                 out.push_str(&format!(
-                    "  server   {cpu:.1} CPU-seconds ({:.2} cores, {:.0} % of it pricing), peak RSS {:.0} MiB\n",
+                    "  server   {cpu:.1} CPU-seconds ({:.2} cores, {pricing}), peak RSS {:.0} MiB\n",
                     cpu / self.elapsed.as_secs_f64().max(1e-9),
-                    pricer_share * 100.0,
                     s.peak_rss_bytes / 1_048_576.0
                 ));
                 out.push_str(&match s.pricing_caught_up_after {
                     Some(after) => format!(
-                        "  pricing  lagged up to {lag:.2} s, everything acked priced {:.2} s after the last ack\n",
-                        after.as_secs_f64()
+                        "  pricing  lagged up to {lag:.2} s, everything acked priced {:.2} s after the last ack \
+                         ({:.1} CPU-seconds more)\n",
+                        after.as_secs_f64(),
+                        s.catch_up_cpu_secs
                     ),
                     None => format!("  pricing  lagged up to {lag:.2} s, not seen caught up\n"),
                 });
@@ -235,12 +241,13 @@ impl LoadReport {
             (None, None) => out.push_str("  server   figures not asked for (--metrics-url)\n"),
         }
         out.push_str(&format!(
-            "loadgen scans_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={errors} server_cpu_secs={cpu:.2} server_peak_rss_mib={:.1} pricer_cpu_share={pricer_share:.2} pricer_lag_max_secs={lag:.2} pricing_caught_up_secs={caught_up:.2}\n",
+            "loadgen scans_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={errors} server_cpu_secs={cpu:.2} server_peak_rss_mib={:.1} pricer_cpu_share={pricer_share:.2} pricer_lag_max_secs={lag:.2} pricing_caught_up_secs={caught_up:.2} catch_up_cpu_secs={:.2}\n",
             self.scans_per_sec(),
             t.latency_ms(0.5),
             t.latency_ms(0.99),
             t.latency_ms(0.999),
-            s.peak_rss_bytes / 1_048_576.0
+            s.peak_rss_bytes / 1_048_576.0,
+            s.catch_up_cpu_secs
         ));
         out
     }

@@ -21,9 +21,9 @@ pub struct ProcessFigures {
     /// `farestream_pricer_lag_seconds`: how far pricing is behind ingest.
     pub pricer_lag_secs: f64,
     /// `farestream_thread_cpu_seconds{thread="pricer"}`.
-    pub pricer_cpu_secs: f64,
-    /// `farestream_wal_durable_lsn`: what the log holds durably, brought
-    /// up to date every 100 ms.
+    pub pricer_cpu_secs: Option<f64>,
+    /// `farestream_wal_durable_lsn`: what the log holds durably, set
+    /// before an ack goes out.
     pub durable_lsn: Option<f64>,
     /// `farestream_pricer_priced_lsn`: how far the pricer has priced.
     pub priced_lsn: Option<f64>,
@@ -42,7 +42,7 @@ pub fn parse_process_figures(page: &str) -> Option<ProcessFigures> {
         rss_bytes: value("process_resident_memory_bytes").unwrap_or(0.0),
         peak_rss_bytes: value("farestream_process_peak_resident_memory_bytes").unwrap_or(0.0),
         pricer_lag_secs: value("farestream_pricer_lag_seconds").unwrap_or(0.0),
-        pricer_cpu_secs: value(r#"farestream_thread_cpu_seconds{thread="pricer"}"#).unwrap_or(0.0),
+        pricer_cpu_secs: value(r#"farestream_thread_cpu_seconds{thread="pricer"}"#),
         durable_lsn: value("farestream_wal_durable_lsn"),
         priced_lsn: value("farestream_pricer_priced_lsn"),
     })
@@ -53,8 +53,11 @@ pub fn parse_process_figures(page: &str) -> Option<ProcessFigures> {
 pub struct ServerFigures {
     /// CPU seconds the server used during the run.
     pub cpu_secs: f64,
-    /// Of those, the pricer thread's.
-    pub pricer_cpu_secs: f64,
+    /// Of those, the pricer thread's; `None` when the server does not say.
+    pub pricer_cpu_secs: Option<f64>,
+    /// CPU seconds from the last ack until pricing caught up (and a
+    /// second more, the figures' refresh): the work the run deferred.
+    pub catch_up_cpu_secs: f64,
     /// The highest resident memory it reported (its high-water mark).
     pub peak_rss_bytes: f64,
     /// The most its pricing lagged behind ingest.
@@ -70,8 +73,8 @@ const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 const CATCH_UP_POLL: Duration = Duration::from_millis(250);
 /// The longest a run waits for pricing to catch up after its last ack.
 pub const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(600);
-/// The server brings `farestream_wal_durable_lsn` up to date this often.
-const DURABLE_LSN_REFRESH: Duration = Duration::from_millis(100);
+/// The server brings its CPU figures up to date this often.
+const CPU_FIGURES_REFRESH: Duration = Duration::from_secs(1);
 
 /// Watches a server's metrics through a run: a scrape before, samples
 /// during (for the peaks), and at the end the wait for pricing to catch up.
@@ -108,20 +111,20 @@ impl ServerWatch {
     pub async fn finish(self) -> Result<ServerFigures, String> {
         let run_ended = Instant::now();
         let at_end = self.scrape_after(Duration::ZERO).await?;
-        // The durable position is refreshed on a tick: read it once the
-        // tick has passed the last ack.
-        let logged = self.scrape_after(DURABLE_LSN_REFRESH * 2).await?;
-        let caught_up = match logged.durable_lsn {
+        // Set before each ack went out: it covers every scan acked.
+        let caught_up = match at_end.durable_lsn {
             Some(acked) => self.wait_for_pricing(acked, run_ended).await?,
             None => None,
         };
         self.sampler.abort();
-        let after = scrape(&self.http, &self.url, SCRAPE_INTERVAL).await?;
-        note_peaks(&self.peaks, &after);
+        let after = self.scrape_after(CPU_FIGURES_REFRESH).await?;
         let (rss, lag) = *lock(&self.peaks);
         Ok(ServerFigures {
             cpu_secs: at_end.cpu_secs - self.before.cpu_secs,
-            pricer_cpu_secs: at_end.pricer_cpu_secs - self.before.pricer_cpu_secs,
+            // Absent at the start of a run on a server just started: its
+            // threads are counted from their first second.
+            pricer_cpu_secs: at_end.pricer_cpu_secs.map(|end| end - self.before.pricer_cpu_secs.unwrap_or(0.0)),
+            catch_up_cpu_secs: after.cpu_secs - at_end.cpu_secs,
             peak_rss_bytes: rss,
             pricer_lag_max_secs: lag,
             pricing_caught_up_after: caught_up,
@@ -194,7 +197,7 @@ mod tests {
             rss_bytes: 1_048_576.0,
             peak_rss_bytes: 2_097_152.0,
             pricer_lag_secs: 3.25,
-            pricer_cpu_secs: 4.75,
+            pricer_cpu_secs: Some(4.75),
             durable_lsn: Some(900.0),
             priced_lsn: Some(800.0),
         };

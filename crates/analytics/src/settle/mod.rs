@@ -52,7 +52,7 @@ use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, add_to, 
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
     let snapshot = read_money(settings, date, now)?;
     let archive_dir = settings.archive_dir();
-    let ctx = archive_session(&archive_dir)?;
+    let ctx = archive_session(&archive_dir, &settings.memory)?;
     let earlier = earlier_runs(&ctx, date).await?;
     let archived_lsn = read_checkpoint(&checkpoint_path(&settings.data_dir))?;
     let scans_root = scans_root(&settings.data_dir);

@@ -40,6 +40,8 @@ pub struct SettleSettings {
     pub store_busy_wait: Duration,
     /// The charges archive's batch size, for the flush before reading.
     pub charges_batch_max: usize,
+    /// What its SQL may hold in memory before spilling to disk.
+    pub memory: crate::tables::MemoryBudget,
 }
 
 impl SettleSettings {

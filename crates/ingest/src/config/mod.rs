@@ -64,6 +64,8 @@ pub struct SettlementConfig {
     pub cut_over_enabled: bool,
     pub cut_over_delay_minutes: u32,
     pub cut_over_retry_interval_secs: u64,
+    pub memory_bytes_max: usize,
+    pub spill_bytes_max: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -68,6 +68,8 @@ pub const RANGES: &[KeyRange] = &[
     range("service_day.start_hour", 0, 23, "h"),
     range("settlement.cut_over_delay_minutes", 0, 1_380, "min"),
     range("settlement.cut_over_retry_interval_secs", 1, 86_400, "s"),
+    range("settlement.memory_bytes_max", 16 * MIB, 64 * GIB, "bytes"),
+    range("settlement.spill_bytes_max", 0, 16 * 1024 * GIB, "bytes"),
     range("keys.lock_wait_ms_max", 0, 600_000, "ms"),
     range("keys.signing_lead_secs", 0, 2_592_000, "s"),
     range("keys.reload_interval_ms", 10, 60_000, "ms"),

@@ -193,7 +193,7 @@ fn run(mut writer: WalWriter, shared: Arc<Shared>, disk_full_retry: Duration, fs
         let synced = if fsync { writer.sync() } else { Ok(writer.skip_sync()) };
         match synced {
             Ok(durable) => {
-                telemetry::wal_group_committed(group_bytes);
+                telemetry::wal_group_committed(group_bytes, durable);
                 set_state(&shared, WalState::Running, durable);
             }
             Err(error) => return fail(&shared, error, writer.synced_lsn()),
