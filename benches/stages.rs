@@ -28,6 +28,7 @@ use farestream::ingest::dedup::{DedupIndex, RideKey};
 use farestream::money::pricing::price_rows;
 use farestream::money::{MoneyStore, store_path};
 use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
+use farestream::sim::loadgen::horizon::fingerprint;
 
 const DAY_MS: i64 = 1_763_596_800_000;
 
@@ -77,14 +78,6 @@ fn fare(c: &mut Criterion) {
 /// Entries an index holds while it is measured: about a minute of a
 /// megacity's scans.
 const DEDUP_HELD: u64 = 1 << 20;
-
-fn fingerprint(i: u64) -> [u8; 16] {
-    // Spread like the SHA-256 fingerprints the server makes.
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
-    out[8..].copy_from_slice(&i.to_le_bytes());
-    out
-}
 
 fn dedup(c: &mut Criterion) {
     let index = DedupIndex::new();

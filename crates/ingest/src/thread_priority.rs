@@ -17,14 +17,13 @@ pub fn give_way(nice: u8) -> Result<(), String> {
         .map_err(|errno| format!("setting this thread's nice value to {nice}: {errno}"))
 }
 
-/// The calling thread's nice value.
-pub fn this_thread_nice() -> Result<i32, String> {
-    rustix::process::getpriority_process(Some(rustix::thread::gettid())).map_err(|errno| errno.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn this_thread_nice() -> Result<i32, String> {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).map_err(|errno| errno.to_string())
+    }
 
     /// The nice value reaches the thread that asked and no other.
     #[test]

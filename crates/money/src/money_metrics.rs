@@ -24,17 +24,15 @@ pub fn pricer_lag(lag_ms: i64) {
     gauge!("farestream_pricer_lag_seconds").set(lag_ms.max(0) as f64 / 1_000.0);
 }
 
-/// How many bytes of durable log the pricer has yet to price, brought up
-/// to date by the server's housekeeping (not the pricer, so it moves while
-/// a pricer giving way waits or fails): the log on disk it holds back.
-pub fn pricer_lag_bytes(durable_lsn: u64, priced_lsn: u64) {
+/// Where the pricer is in the log, brought up to date by the server's
+/// housekeeping (not the pricer, so it moves while a pricer giving way
+/// waits or fails): the position priced (caught up when it reaches
+/// `farestream_wal_durable_lsn`; a load generator times the catch-up so)
+/// and the bytes of durable log it has yet to price, the log on disk it
+/// holds back.
+pub fn pricer_position(durable_lsn: u64, priced_lsn: u64) {
+    gauge!("farestream_pricer_priced_lsn").set(priced_lsn as f64);
     gauge!("farestream_pricer_lag_bytes").set(durable_lsn.saturating_sub(priced_lsn) as f64);
-}
-
-/// The log position priced so far: caught up when it reaches
-/// `farestream_wal_durable_lsn` (a load generator times the catch-up so).
-pub fn pricer_priced_lsn(lsn: u64) {
-    gauge!("farestream_pricer_priced_lsn").set(lsn as f64);
 }
 
 /// One request to the payment gateway: `answer` is `succeeded`,

@@ -105,7 +105,6 @@ impl Pricer {
     ) -> Pricer {
         let OpenedStore { store, priced_lsn: start_lsn, log_readers: readers } = opened;
         readers.advance(start_lsn);
-        money_metrics::pricer_priced_lsn(start_lsn);
         let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
         let state = State {
             cursor: WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, start_lsn),
@@ -194,6 +193,7 @@ impl State {
     /// [`PRICING_ROWS_TOGETHER_MAX`] rows in one transaction that moves the
     /// cursor past them; returns the rest. Rows priced together share
     /// their rider-days (an entry and its exit in two batches: priced once).
+    /// `records` is not empty.
     fn price_some<'r>(&mut self, records: &'r [WalRecord]) -> Result<&'r [WalRecord], StepError> {
         let mut rows = Vec::new();
         let mut taken = 0;
@@ -204,8 +204,9 @@ impl State {
             rows.extend(journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?);
             taken += 1;
         }
+        assert!(taken > 0, "price_some is given at least one record");
         let (these, rest) = records.split_at(taken);
-        let through = these.last().map_or(lock(&self.status).priced_lsn, |record| record.end_lsn);
+        let through = these[taken - 1].end_lsn;
         let now = self.clock.now_ms();
         // How long ago the server took the oldest scan not yet priced
         // (batches are logged in commit order, not arrival order).
@@ -222,7 +223,6 @@ impl State {
 
     fn written(&mut self, priced: Priced, through: u64) {
         money_metrics::rides_priced(priced.taps, priced.charges);
-        money_metrics::pricer_priced_lsn(through);
         let mut status = lock(&self.status);
         status.priced_lsn = through;
         status.totals = sum(status.totals, priced);

@@ -136,17 +136,24 @@ pub fn set_log_cursor(tx: &Transaction<'_>, reader: &str, lsn: u64) -> Result<()
 mod tests {
     use super::*;
 
+    /// A store built by the migrations up to `version` only, as an older
+    /// build left it.
+    fn store_at_version(path: &Path, version: u32) -> Connection {
+        let conn = Connection::open(path).expect("open");
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
+            conn.execute_batch(sql).expect("old migration");
+            conn.pragma_update(None, "user_version", v).expect("version");
+        }
+        conn
+    }
+
     /// Version 7 rebuilds `charges` for two new outcomes: every row and
     /// column of a version-6 store survives it.
     #[test]
     fn the_charges_rebuild_keeps_every_row_and_takes_the_new_outcomes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(dir.path());
-        let conn = Connection::open(&path).expect("open");
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
-            conn.execute_batch(sql).expect("old migration");
-            conn.pragma_update(None, "user_version", version).expect("version");
-        }
+        let conn = store_at_version(&path, 6);
         let insert = "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
                        created_at, outcome, next_attempt_at, attempts, claims, archive_batch, gateway_txn_id)
                       VALUES (?1, 7, 20000, 'ride', ?2, 'CNY', x'', 1, ?3, 0, 2, 3, 4, 'txn-1')";
@@ -181,11 +188,7 @@ mod tests {
     fn the_taps_rebuild_keeps_every_tap_and_still_holds_a_scan_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(dir.path());
-        let conn = Connection::open(&path).expect("open");
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 12) {
-            conn.execute_batch(sql).expect("old migration");
-            conn.pragma_update(None, "user_version", version).expect("version");
-        }
+        let conn = store_at_version(&path, 12);
         let insert =
             "INSERT OR IGNORE INTO taps (scan_id, card_id, service_date, scanned_at, tap_kind, route_id, stop_id)
                       VALUES (?1, ?2, 20000, ?3, 'entry', 'metro', 'station-01')";

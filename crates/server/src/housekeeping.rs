@@ -46,7 +46,7 @@ pub(super) async fn housekeeping(shared: Arc<Shared>, (archiver, pricer): (Arc<A
                 }
                 let durable_lsn = shared.wal.progress().durable_lsn;
                 telemetry::archive_lag(durable_lsn, archiver.archived_lsn());
-                farestream_money::money_metrics::pricer_lag_bytes(durable_lsn, pricing.priced_lsn);
+                farestream_money::money_metrics::pricer_position(durable_lsn, pricing.priced_lsn);
             }
         }
     }

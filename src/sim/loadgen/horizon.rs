@@ -65,8 +65,9 @@ fn resident_bytes() -> Result<(u64, u64), String> {
     Ok((kib(status.vmrss), kib(status.vmhwm)))
 }
 
-/// Scan `i`'s fingerprint, spread as the server's SHA-256 ones are.
-fn fingerprint(i: u64) -> [u8; 16] {
+/// Scan `i`'s fingerprint, spread as the server's SHA-256 ones are (also
+/// the stage benches' keys).
+pub fn fingerprint(i: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
     out[8..].copy_from_slice(&i.to_le_bytes());

@@ -204,18 +204,9 @@ impl LoadReport {
         let errors: u64 = t.errors.values().sum();
         let kinds: Vec<String> = t.errors.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
         out.push_str(&format!("  errors   {}\n", if kinds.is_empty() { "none".into() } else { kinds.join(", ") }));
-        let nan = f64::NAN;
-        let s = self.server.unwrap_or(ServerFigures {
-            cpu_secs: nan,
-            pricer_cpu_secs: None,
-            catch_up_cpu_secs: nan,
-            peak_rss_bytes: nan,
-            pricer_lag_max_secs: nan,
-            pricing_caught_up_after: None,
-        });
-        let (cpu, lag) = (s.cpu_secs, s.pricer_lag_max_secs);
-        let pricer_share = s.pricer_cpu_secs.map_or(nan, |pricer| pricer / cpu.max(1e-9));
-        let caught_up = s.pricing_caught_up_after.map_or(nan, |d| d.as_secs_f64());
+        let s = self.server.unwrap_or(ServerFigures::UNKNOWN);
+        let (cpu, lag, pricer_share) = (s.cpu_secs, s.pricer_lag_max_secs, s.pricer_share());
+        let caught_up = s.pricing_caught_up_after.map_or(f64::NAN, |d| d.as_secs_f64());
         match (&self.server, &self.server_error) {
             (Some(_), _) => {
                 let pricing = match s.pricer_cpu_secs {

@@ -67,6 +67,23 @@ pub struct ServerFigures {
     pub pricing_caught_up_after: Option<Duration>,
 }
 
+impl ServerFigures {
+    /// For a run whose server said nothing: every figure NaN or `None`.
+    pub const UNKNOWN: ServerFigures = ServerFigures {
+        cpu_secs: f64::NAN,
+        pricer_cpu_secs: None,
+        catch_up_cpu_secs: f64::NAN,
+        peak_rss_bytes: f64::NAN,
+        pricer_lag_max_secs: f64::NAN,
+        pricing_caught_up_after: None,
+    };
+
+    /// The pricer's share of the server's CPU over the run; NaN unknown.
+    pub fn pricer_share(&self) -> f64 {
+        self.pricer_cpu_secs.map_or(f64::NAN, |pricer| pricer / self.cpu_secs.max(1e-9))
+    }
+}
+
 /// How often the server's metrics are read during a run.
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often they are read while waiting for pricing to catch up.
