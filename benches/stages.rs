@@ -7,8 +7,9 @@
 //!   under the embedded fare table, capped daily), as the pricer does for
 //!   every rider-day a batch touches; throughput in taps.
 //! - `dedup/claim_delivery` and `dedup/claim_ride` insert new keys into an
-//!   index already holding `DEDUP_HELD` entries; `dedup/delivery_seen`
-//!   looks one up; throughput in keys.
+//!   index already holding `DEDUP_HELD` entries, frozen into its cold
+//!   tier as a server's are; `dedup/delivery_seen` looks a cold one up;
+//!   throughput in keys.
 //! - `pricing/batch` prices a batch of a city's taps into the money store
 //!   (one SQLite transaction, committed), as the pricer does for each
 //!   stretch of the log it reads, with a day of the city already priced;
@@ -75,16 +76,17 @@ fn fare(c: &mut Criterion) {
     group.finish();
 }
 
-/// Entries an index holds while it is measured: about a minute of a
-/// megacity's scans.
-const DEDUP_HELD: u64 = 1 << 20;
+/// Entries an index holds while it is measured: a large city's day, a
+/// tenth of a megacity's horizon.
+const DEDUP_HELD: u64 = 6_000_000;
 
 fn dedup(c: &mut Criterion) {
-    let index = DedupIndex::new();
+    let index = DedupIndex::default();
     for i in 0..DEDUP_HELD {
         index.claim_delivery(fingerprint(i), i64::MAX);
         index.claim_ride(RideKey { card_id: i, created_at: 1, counter: 0 }, TapKind::Single, i64::MAX);
     }
+    index.sweep(0);
     let mut group = c.benchmark_group("dedup");
     group.throughput(Throughput::Elements(1));
     let mut next = DEDUP_HELD;

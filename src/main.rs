@@ -678,7 +678,9 @@ async fn loadgen(data_dir: &Path, config: Config, action: LoadgenAction) -> Resu
         }
         LoadgenAction::Horizon { scans } => {
             let bar = progress_bar("remembered");
-            let (figures, _index) = loadgen::horizon::measure_horizon(scans, &bar).map_err(anyhow::Error::msg)?;
+            let limits = config.dedup_limits();
+            let (figures, _index) =
+                loadgen::horizon::measure_horizon(scans, limits, &bar).map_err(anyhow::Error::msg)?;
             bar.finish_and_clear();
             print!("{}", figures.render());
             Ok(())

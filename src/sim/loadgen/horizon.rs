@@ -1,17 +1,21 @@
 //! `loadgen horizon`: what the dedup indexes cost per remembered scan.
 //! It fills a fresh [`DedupIndex`] with `scans` scans, as the server
 //! remembers them over its horizon (one delivery fingerprint and one ride
-//! code each), one index after the other, and reads the process's
-//! resident memory after each: bytes per scan, index by index, and the
-//! peak (a hash table growing holds its old and new arrays at once).
+//! code each), one index after the other, sweeping between rounds as the
+//! server's housekeeping does (so hot tiers are frozen into cold runs at
+//! the configured size), and reads the process's resident memory after
+//! each: bytes per scan, index by index, and the peak (a hash table
+//! growing, or a freeze, holds old and new at once).
 
 use rayon::prelude::*;
 
-use crate::ingest::dedup::{DedupIndex, RideKey};
+use crate::ingest::dedup::{DedupIndex, DedupLimits, RideKey};
 use crate::scan::TapKind;
 
-/// Keys filled between progress updates.
-const FILL_CHUNK_SCANS: u64 = 1 << 16;
+/// Keys filled between progress updates, one rayon task each.
+const FILL_CHUNK_SCANS: u64 = 1 << 14;
+/// Keys filled between sweeps: a few seconds of a burst.
+const FILL_ROUND_SCANS: u64 = 1 << 17;
 
 /// What a horizon of `scans` costs.
 #[derive(Debug, Clone, Copy)]
@@ -79,25 +83,36 @@ fn ride_key(i: u64) -> RideKey {
     RideKey { card_id: i.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 20, created_at: (i % 86_400) as u32, counter: i as u32 }
 }
 
-/// Fills a fresh index with `scans` scans; `progress` counts them twice
-/// (once per index).
-pub fn measure_horizon(scans: u64, progress: &indicatif::ProgressBar) -> Result<(HorizonFigures, DedupIndex), String> {
+/// Fills a fresh index frozen as `limits` say with `scans` scans;
+/// `progress` counts them twice (once per index).
+pub fn measure_horizon(
+    scans: u64,
+    limits: DedupLimits,
+    progress: &indicatif::ProgressBar,
+) -> Result<(HorizonFigures, DedupIndex), String> {
     let started = std::time::Instant::now();
     progress.set_length(scans.saturating_mul(2));
-    let index = DedupIndex::new();
+    let index = DedupIndex::new(limits, rand::random());
     let fill = |claim: &(dyn Fn(u64) -> bool + Sync)| -> Result<(), String> {
-        let chunks = scans.div_ceil(FILL_CHUNK_SCANS);
-        (0..chunks).into_par_iter().try_for_each(|chunk| {
-            let keys = chunk * FILL_CHUNK_SCANS..((chunk + 1) * FILL_CHUNK_SCANS).min(scans);
-            let count = keys.end - keys.start;
-            match keys.filter(|i| !claim(*i)).count() {
-                0 => {
-                    progress.inc(count);
-                    Ok(())
+        for round in (0..scans).step_by(FILL_ROUND_SCANS as usize) {
+            let round_end = round.saturating_add(FILL_ROUND_SCANS).min(scans);
+            let chunks = (round_end - round).div_ceil(FILL_CHUNK_SCANS);
+            (0..chunks).into_par_iter().try_for_each(|chunk| {
+                let start = round + chunk * FILL_CHUNK_SCANS;
+                let keys = start..start.saturating_add(FILL_CHUNK_SCANS).min(round_end);
+                let count = keys.end - keys.start;
+                match keys.filter(|i| !claim(*i)).count() {
+                    0 => {
+                        progress.inc(count);
+                        Ok(())
+                    }
+                    refused => Err(format!("{refused} distinct keys refused as seen before")),
                 }
-                refused => Err(format!("{refused} distinct keys refused as seen before")),
-            }
-        })
+            })?;
+            // Nothing expires: every key was claimed to be kept for ever.
+            index.sweep(0);
+        }
+        Ok(())
     };
     let (before, _) = resident_bytes()?;
     fill(&|i| index.claim_delivery(fingerprint(i), i64::MAX))?;
@@ -123,8 +138,9 @@ mod tests {
     /// any of them is refused: the figures are of real entries.
     #[test]
     fn a_horizon_holds_each_scan_once_in_each_index() {
-        let scans = 3 * FILL_CHUNK_SCANS + 17;
-        let (figures, index) = measure_horizon(scans, &indicatif::ProgressBar::hidden()).expect("filled");
+        let scans = 2 * FILL_ROUND_SCANS + 17;
+        let limits = DedupLimits { hot_entries_max: FILL_ROUND_SCANS as usize / 2, ..DedupLimits::DEFAULT };
+        let (figures, index) = measure_horizon(scans, limits, &indicatif::ProgressBar::hidden()).expect("filled");
         let sizes = index.sizes();
         assert_eq!((sizes.deliveries, sizes.rides), (scans as usize, scans as usize));
         assert!(!index.claim_delivery(fingerprint(scans - 1), i64::MAX), "the last delivery is remembered");

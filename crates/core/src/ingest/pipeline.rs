@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use ring::digest;
 use thiserror::Error;
 
-use super::dedup::{DedupIndex, DedupSizes, Fingerprint, RideKey};
+use super::dedup::{DedupIndex, DedupLimits, DedupSizes, Fingerprint, RideKey};
 use super::horizon::{Horizons, SCAN_TIME_MS_MAX, SCAN_TIME_MS_MIN};
 use crate::clock::{UnixMillis, unix_secs_u32};
 use crate::fleet::GatewayScope;
@@ -51,6 +51,8 @@ pub struct PipelineConfig {
     pub id_bytes_max: usize,
     /// Which service day each archive row is filed under.
     pub service_day: ServiceDayPolicy,
+    /// When the dedup indexes' hot tiers are frozen into compact runs.
+    pub dedup: DedupLimits,
 }
 
 impl PipelineConfig {
@@ -199,7 +201,8 @@ impl Pipeline {
         let entropy = BatchEntropy::new(entropy);
         let issuer_keys = RwLock::new(Arc::new(issuer_keys));
         let terminal_keys = RwLock::new(Arc::new(TerminalKeys::new()));
-        Pipeline { config, horizons, issuer_keys, terminal_keys, deny_list, dedup: DedupIndex::new(), entropy }
+        let dedup = DedupIndex::new(config.dedup, entropy.secret_u128());
+        Pipeline { config, horizons, issuer_keys, terminal_keys, deny_list, dedup, entropy }
     }
 
     /// Opens sealed codes with exactly `keys` from now on (a new day's key,
@@ -287,7 +290,8 @@ impl Pipeline {
     /// Rebuilds the dedup indexes from rows decided before a restart (read
     /// from the archive and the write-ahead log), so a re-delivery or a
     /// replay arriving after the restart is still caught. Entries that have
-    /// expired by `now` are skipped.
+    /// expired by `now` are skipped; the hot tiers are frozen as they fill,
+    /// so a restore holds no more in them than serving does.
     pub fn restore(&self, rows: &[ArchivedScan], now: UnixMillis) {
         for row in rows {
             let delivery_expiry = self.horizons.delivery_expiry(row.scanned_at, row.received_at);
@@ -306,6 +310,7 @@ impl Pipeline {
                 }
             }
         }
+        self.dedup.freeze_when_due(now);
     }
 
     /// What makes a batch malformed as a whole.
@@ -688,6 +693,7 @@ mod tests {
             batch_scans_max: 10_000,
             id_bytes_max: 128,
             service_day: ServiceDayPolicy { time_zone, start_hour: 4 },
+            dedup: DedupLimits::DEFAULT,
         }
     }
 

@@ -106,6 +106,14 @@ impl BatchEntropy {
         rng.set_stream(self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         rng
     }
+
+    /// A secret number for another use (the dedup indexes' key mix),
+    /// from a stream no batch equation shares.
+    pub fn secret_u128(&self) -> u128 {
+        let mut bytes = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut self.rng(), &mut bytes);
+        u128::from_le_bytes(bytes)
+    }
 }
 
 impl std::fmt::Debug for BatchEntropy {

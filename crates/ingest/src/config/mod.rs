@@ -18,6 +18,7 @@ pub use farestream_gateway::GatewayConfig;
 use farestream_gateway::GatewaySettings;
 
 use farestream_core::ingest::PipelineConfig;
+use farestream_core::ingest::dedup::DedupLimits;
 use farestream_core::ridecode::FreshnessPolicy;
 use farestream_core::service_day::ServiceDayPolicy;
 
@@ -120,6 +121,8 @@ pub struct IngestConfig {
     pub accepted_lateness_secs: u32,
     pub verify_chunk_signatures: usize,
     pub dedup_sweep_interval_secs: u64,
+    pub dedup_hot_entries_max: usize,
+    pub dedup_cold_sweep_interval_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,7 +376,16 @@ impl Config {
             batch_scans_max: self.wire.batch_scans_max,
             id_bytes_max: self.wire.id_bytes_max,
             service_day: self.service_day_policy()?,
+            dedup: self.dedup_limits(),
         })
+    }
+
+    /// When the dedup indexes' hot tiers are frozen.
+    pub fn dedup_limits(&self) -> DedupLimits {
+        DedupLimits {
+            hot_entries_max: self.ingest.dedup_hot_entries_max,
+            cold_sweep_interval_ms: i64::from(self.ingest.dedup_cold_sweep_interval_secs) * 1000,
+        }
     }
 
     /// The payment gateway's shared secret: from [`secret::PAYMENTS_SECRET_ENV`]
