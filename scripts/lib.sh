@@ -12,17 +12,17 @@ resolve_farestream_bin() {
 }
 
 # Waits until the server writing LOG (process PID) is listening; exits
-# with its log if it dies or takes more than 10 s.
+# with its log if it dies or takes more than SECONDS (10 by default).
 wait_until_serving() {
-  local log=$1 pid=$2
-  for _ in $(seq 1 100); do
+  local log=$1 pid=$2 seconds=${3:-10}
+  for _ in $(seq 1 $((seconds * 10))); do
     grep -q "farestream serving on" "$log" && return 0
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "server failed to start:"; cat "$log"; exit 1
     fi
     sleep 0.1
   done
-  echo "server did not start within 10 s:"; cat "$log"; exit 1
+  echo "server did not start within $seconds s:"; cat "$log"; exit 1
 }
 
 # Starts `serve` in the background on a random loopback port, data dir

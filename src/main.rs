@@ -435,13 +435,22 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
         None => None,
     };
     let recovery = server.recovery();
+    let dedup_from = match recovery.dedup_snapshot {
+        Some(loaded) => format!(
+            "their snapshot ({} keys) and {} rows of the log's tail",
+            loaded.counts.deliveries + loaded.counts.rides,
+            recovery.restored_rows
+        ),
+        None => format!("{} rows of the archive and the log", recovery.restored_rows),
+    };
     println!(
-        "farestream serving on {} (certificate: {}); recovered log to LSN {}, archive checkpoint {}, {} rows back in the dedup indexes",
+        "farestream serving on {} (certificate: {}); recovered log to LSN {}, archive checkpoint {}; dedup indexes from {} in {:.2} s",
         server.local_addr(),
         cert_path(data_dir).display(),
         recovery.wal_end_lsn,
         recovery.checkpoint_lsn,
-        recovery.restored_rows
+        dedup_from,
+        recovery.dedup_restore.as_secs_f64(),
     );
     let failure = tokio::select! {
         _ = shutdown_signal() => None,

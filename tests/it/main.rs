@@ -6,6 +6,7 @@ mod catalogue;
 mod charge_outcomes;
 mod crash;
 mod cut_over;
+mod dedup_snapshot;
 mod dependencies;
 mod durability;
 mod end_to_end;

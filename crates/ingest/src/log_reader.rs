@@ -17,15 +17,17 @@ use farestream_core::sync::lock;
 
 /// The lowest log position each reader besides the archiver still needs;
 /// segments before it are kept.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogReaders {
     pricer_lsn: AtomicU64,
+    /// Where a restart from the newest dedup snapshot replays from.
+    snapshot_lsn: AtomicU64,
 }
 
 impl LogReaders {
-    /// The pricer starting at `pricer_lsn`.
+    /// The pricer starting at `pricer_lsn`, no dedup snapshot yet.
     pub fn new(pricer_lsn: u64) -> LogReaders {
-        LogReaders { pricer_lsn: AtomicU64::new(pricer_lsn) }
+        LogReaders { pricer_lsn: AtomicU64::new(pricer_lsn), snapshot_lsn: AtomicU64::new(u64::MAX) }
     }
 
     /// Nobody but the archiver reads the log.
@@ -35,7 +37,13 @@ impl LogReaders {
 
     /// The lowest position still needed.
     pub fn floor(&self) -> u64 {
-        self.pricer_lsn.load(Ordering::Acquire)
+        self.pricer_lsn.load(Ordering::Acquire).min(self.snapshot_lsn.load(Ordering::Acquire))
+    }
+
+    /// The newest dedup snapshot replays from `lsn`: the segments from
+    /// there on are kept for a restart.
+    pub fn keep_for_snapshot(&self, lsn: u64) {
+        self.snapshot_lsn.store(lsn, Ordering::Release);
     }
 
     /// The pricer has passed `lsn` (called by the pricer alone, in the

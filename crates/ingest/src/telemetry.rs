@@ -126,6 +126,24 @@ pub fn dedup_sizes(sizes: DedupSizes) {
 
 /// How far the archive trails the log: bytes acknowledged but not yet in
 /// a closed Parquet file.
+/// A dedup snapshot put in place: its size and how long it took.
+pub fn dedup_snapshot_written(bytes: u64, seconds: f64) {
+    counter!("farestream_dedup_snapshots_total", "result" => "written").increment(1);
+    gauge!("farestream_dedup_snapshot_bytes").set(bytes as f64);
+    gauge!("farestream_dedup_snapshot_write_seconds").set(seconds);
+}
+
+/// A dedup snapshot not written (the previous one stands).
+pub fn dedup_snapshot_failed() {
+    counter!("farestream_dedup_snapshots_total", "result" => "failed").increment(1);
+}
+
+/// A dedup snapshot found at start but not used (damaged, from other
+/// settings, or past the log): the restart read the archive instead.
+pub fn dedup_snapshot_refused() {
+    counter!("farestream_dedup_snapshots_total", "result" => "refused").increment(1);
+}
+
 pub fn archive_lag(durable_lsn: u64, archived_lsn: u64) {
     gauge!("farestream_archive_lag_bytes").set(durable_lsn.saturating_sub(archived_lsn) as f64);
 }

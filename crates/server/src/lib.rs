@@ -37,6 +37,7 @@ mod assembly;
 mod batch;
 mod connections;
 mod cut_over;
+pub mod dedup_snapshot;
 pub mod fair;
 mod fleet_access;
 pub mod handles;
@@ -195,6 +196,12 @@ pub struct RecoveryReport {
     pub archive_cleanup: Cleanup,
     /// Rows replayed into the dedup indexes (archive and log).
     pub restored_rows: usize,
+    /// The dedup snapshot the indexes started from, if one was usable
+    /// (else they were rebuilt from the archive).
+    pub dedup_snapshot: Option<dedup_snapshot::LoadedSnapshot>,
+    /// How long rebuilding the dedup indexes took, snapshot or archive,
+    /// and the log's tail.
+    pub dedup_restore: Duration,
 }
 
 /// What a graceful shutdown left behind.
@@ -203,6 +210,8 @@ pub struct ShutdownReport {
     pub archiver: ArchiverStatus,
     pub pricer: PricerStatus,
     pub wal: Progress,
+    /// The dedup snapshot left for the next start, or why there is none.
+    pub dedup_snapshot: Result<dedup_snapshot::WrittenSnapshot, String>,
 }
 
 /// What stream handlers share.
@@ -226,6 +235,8 @@ struct Shared {
     /// Which gateways may connect, and the connections to close when one
     /// is revoked.
     fleet: Arc<FleetAccess>,
+    /// The log's readers besides the archiver; a dedup snapshot is one.
+    log_readers: Arc<farestream_ingest::log_reader::LogReaders>,
     /// Connections per address and per gateway, and gateways' rates.
     limits: Arc<PeerLimits>,
     /// The failure rate over all connections, from which a new one starts
@@ -277,6 +288,10 @@ impl Server {
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
         let money_store = open_money_store(&settings, &recovery)?;
+        let log_readers = Arc::clone(&money_store.log_readers);
+        if let Some(loaded) = recovery.dedup_snapshot {
+            log_readers.keep_for_snapshot(loaded.replay_from_lsn);
+        }
         for dir in [&settings.wal.dir, &settings.archive.root] {
             probe_writable(dir, &handles.faults)?;
         }
@@ -320,6 +335,7 @@ impl Server {
             deny_list: Arc::clone(&money.deny_list),
             issuer_keys: issuer_keys.live.clone(),
             fleet: FleetAccess::new(fleet),
+            log_readers,
             limits: PeerLimits::new(settings.peer_limits.clone()),
             next_peer: std::sync::atomic::AtomicU64::new(0),
             settings,
@@ -338,6 +354,8 @@ impl Server {
         }
         let watched = (Arc::clone(&archiver), Arc::clone(&money.pricer));
         spawn_supervised(&shared, "housekeeping", housekeeping(Arc::clone(&shared), watched));
+        let snapshots = dedup_snapshot::snapshot_job(Arc::clone(&shared), shared.settings.dedup_snapshot_interval);
+        spawn_supervised(&shared, "the dedup snapshots", snapshots);
         if let Some(dispatcher) = money.dispatcher {
             spawn_supervised(&shared, "the charge dispatcher", dispatcher.run(shared.shutdown.clone()));
         }
@@ -401,6 +419,14 @@ impl Server {
     /// the archived LSN.
     pub async fn flush_archive(&self) -> Result<u64, ServerError> {
         self.archiver.flush().await.map_err(ServerError::Recovery)
+    }
+
+    /// Writes the dedup indexes' snapshot now (the server also does every
+    /// `ingest.dedup_snapshot_interval_secs` and at shutdown).
+    pub async fn write_dedup_snapshot(
+        &self,
+    ) -> Result<dedup_snapshot::WrittenSnapshot, dedup_snapshot::SnapshotWriteError> {
+        dedup_snapshot::write(&self.shared).await
     }
 
     /// Prices every ride acknowledged so far; returns the priced LSN.
@@ -498,6 +524,12 @@ impl Server {
         let wal = tokio::task::spawn_blocking(move || committer.close())
             .await
             .map_err(|e| ServerError::Recovery(format!("log thread panicked: {e}")))?;
+        // Everything logged is durable now: the next start loads this
+        // instead of reading the archive.
+        let dedup_snapshot = dedup_snapshot::write(&shared).await.map_err(|e| e.to_string());
+        if let Err(error) = &dedup_snapshot {
+            tracing::warn!(%error, "no dedup snapshot at shutdown; the next start restores from the previous one or the archive");
+        }
         let archiver =
             Arc::try_unwrap(archiver).map_err(|_| ServerError::Recovery("archiver still in use at shutdown".into()))?;
         let archiver = tokio::task::spawn_blocking(move || archiver.close())
@@ -512,7 +544,7 @@ impl Server {
             tracing::warn!(%error, "the last round of the charges archive stopped");
         }
         drop(data_dir_lock);
-        Ok(ShutdownReport { archiver, pricer, wal })
+        Ok(ShutdownReport { archiver, pricer, wal, dedup_snapshot })
     }
 }
 

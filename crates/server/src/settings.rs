@@ -45,6 +45,8 @@ pub struct ServerSettings {
     /// behind gets the full list.
     pub deny_list_changes_kept_max: usize,
     pub dedup_sweep_interval: Duration,
+    /// How often the dedup indexes are written to disk for a fast restart.
+    pub dedup_snapshot_interval: Duration,
     /// How often the fleet's revocation list is read again.
     pub revocation_check_interval: Duration,
     /// How often the issuer key store is read again (`keys.reload_interval_ms`).
@@ -135,6 +137,7 @@ impl ServerSettings {
             deny_list_page_cards_max: config.wire.deny_list_page_cards_max,
             deny_list_changes_kept_max: config.server.deny_list_changes_kept_max,
             dedup_sweep_interval: Duration::from_secs(config.ingest.dedup_sweep_interval_secs.max(1)),
+            dedup_snapshot_interval: Duration::from_secs(config.ingest.dedup_snapshot_interval_secs.max(1)),
             revocation_check_interval: Duration::from_millis(config.fleet.revocation_check_interval_ms),
             issuer_keys_reload_interval: Duration::from_millis(config.keys.reload_interval_ms),
             keystore: farestream_ingest::keystore::KeystoreOptions::from_config(config),

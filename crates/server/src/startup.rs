@@ -1,11 +1,12 @@
 //! Start-up: what the archive checkpoint covers, the log opened, the dedup
-//! indexes rebuilt from what was decided, and the directories proven
-//! writable before the server says it serves.
+//! indexes rebuilt from what was decided (from their snapshot and the
+//! log's tail, or from the archive and the log), and the directories
+//! proven writable before the server says it serves.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::{RecoveryReport, ServerError, ServerSettings};
+use crate::{RecoveryReport, ServerError, ServerSettings, dedup_snapshot};
 use farestream_core::clock::UnixMillis;
 use farestream_core::ingest::Pipeline;
 use farestream_core::journal;
@@ -31,8 +32,17 @@ pub(super) fn recover(
             recovered.first_lsn, recovered.end_lsn
         )));
     }
-    let mut restored_rows = restore_from_archive(&settings.archive.root, pipeline, now)?;
-    let mut cursor = WalCursor::new(settings.wal.dir.clone(), settings.wal.record_bytes_max, checkpoint_lsn);
+    let restoring = std::time::Instant::now();
+    let snapshot_path = dedup_snapshot::snapshot_path(&settings.data_dir);
+    let wal_lsns = (recovered.first_lsn, recovered.end_lsn);
+    let dedup_snapshot = dedup_snapshot::load(&snapshot_path, pipeline, now, wal_lsns);
+    let (replay_from, mut restored_rows) = match dedup_snapshot {
+        // The snapshot holds every claim before its position; the log
+        // holds the rest (replaying more than needed would be harmless).
+        Some(loaded) => (loaded.replay_from_lsn, 0),
+        None => (checkpoint_lsn, restore_from_archive(&settings.archive.root, pipeline, now)?),
+    };
+    let mut cursor = WalCursor::new(settings.wal.dir.clone(), settings.wal.record_bytes_max, replay_from);
     while cursor.lsn() < recovered.end_lsn {
         for record in cursor.read_next(recovered.end_lsn)? {
             let rows = journal::decode(&record.payload).map_err(|e| ServerError::Recovery(e.to_string()))?;
@@ -47,6 +57,8 @@ pub(super) fn recover(
         torn_bytes_cut: recovered.torn_bytes_cut,
         archive_cleanup,
         restored_rows,
+        dedup_snapshot,
+        dedup_restore: restoring.elapsed(),
     };
     Ok((recovered.writer, report))
 }

@@ -98,6 +98,12 @@ impl Horizons {
         secs_to_ms(valid_until).saturating_add(self.skew_ms)
     }
 
+    /// The accepted lateness, the clock skew and the code validity, in
+    /// ms: what a dedup snapshot records its expiries were computed under.
+    pub(crate) fn parts(&self) -> [i64; 3] {
+        [self.lateness_ms, self.skew_ms, self.code_validity_ms]
+    }
+
     /// How far before now a row's partition time can be while one of its
     /// dedup entries is still live: a delivery entry lives `L + 2S` after
     /// arrival and the row is filed up to `L` before arrival; a ride entry

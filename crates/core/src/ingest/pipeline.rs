@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use ring::digest;
 use thiserror::Error;
 
+use super::dedup::snapshot::{SnapshotCounts, SnapshotError, SnapshotHeader};
 use super::dedup::{DedupIndex, DedupLimits, DedupSizes, Fingerprint, RideKey};
 use super::horizon::{Horizons, SCAN_TIME_MS_MAX, SCAN_TIME_MS_MIN};
 use crate::clock::{UnixMillis, unix_secs_u32};
@@ -246,6 +247,30 @@ impl Pipeline {
     /// Forgets dedup entries that can no longer matter at `now`.
     pub fn sweep(&self, now: UnixMillis) {
         self.dedup.sweep(now);
+    }
+
+    /// Writes the dedup indexes to `out` (see [`DedupIndex::write_snapshot`]):
+    /// every log record before `replay_from_lsn` must have made its claims.
+    pub fn write_dedup_snapshot(
+        &self,
+        replay_from_lsn: u64,
+        now: UnixMillis,
+        out: impl std::io::Write,
+    ) -> std::io::Result<SnapshotCounts> {
+        let header = SnapshotHeader { replay_from_lsn, written_at: now };
+        self.dedup.write_snapshot(header, self.horizons, now, out)
+    }
+
+    /// Loads a dedup snapshot into this pipeline's empty indexes, under
+    /// this pipeline's time windows, if `accept` passes its header (see
+    /// [`DedupIndex::load_snapshot`]).
+    pub fn load_dedup_snapshot(
+        &self,
+        now: UnixMillis,
+        input: impl std::io::Read,
+        accept: impl FnOnce(&SnapshotHeader) -> Result<(), String>,
+    ) -> Result<(SnapshotHeader, SnapshotCounts), SnapshotError> {
+        self.dedup.load_snapshot(self.horizons, now, input, accept)
     }
 
     /// How many entries each dedup index holds now, for metrics.

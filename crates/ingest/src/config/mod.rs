@@ -123,6 +123,7 @@ pub struct IngestConfig {
     pub dedup_sweep_interval_secs: u64,
     pub dedup_hot_entries_max: usize,
     pub dedup_cold_sweep_interval_secs: u32,
+    pub dedup_snapshot_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -58,6 +58,7 @@ pub const RANGES: &[KeyRange] = &[
     range("ingest.dedup_sweep_interval_secs", 1, 3_600, "s"),
     range("ingest.dedup_hot_entries_max", 1_024, 268_435_456, "entries"),
     range("ingest.dedup_cold_sweep_interval_secs", 60, 86_400, "s"),
+    range("ingest.dedup_snapshot_interval_secs", 10, 86_400, "s"),
     range("wal.segment_bytes_max", MIB, 64 * GIB, "bytes"),
     range("wal.record_bytes_max", 2 * KIB, GIB, "bytes"),
     range("wal.ack_wait_ms_max", 100, 60_000, "ms"),

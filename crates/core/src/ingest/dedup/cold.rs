@@ -11,6 +11,7 @@
 //! under its own lock, so a merge holds up only the claims that fall in
 //! the partition being rewritten, for the microseconds that takes.
 
+use std::io::{Read, Write};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,6 +19,7 @@ use crate::clock::UnixMillis;
 use crate::sync::{read, write};
 
 use super::packed::{Key, Remembered};
+use super::snapshot::SnapshotError;
 
 /// How many bits of a key's mix pick its partition.
 const COLD_PARTITION_BITS: u32 = 16;
@@ -106,6 +108,78 @@ impl<V: Remembered> ColdTier<V> {
     /// Entries held.
     pub(super) fn len(&self) -> usize {
         self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Writes the entry count, then every entry (its key's bytes, then its
+    /// value's) in key order. The caller holds the freeze lock, so no
+    /// merge changes the count meanwhile.
+    pub(super) fn write_entries(&self, out: &mut impl Write) -> std::io::Result<u64> {
+        let count = self.len() as u64;
+        out.write_all(&count.to_le_bytes())?;
+        let mut bytes = Vec::new();
+        let mut written = 0u64;
+        for lock in &self.partitions {
+            bytes.clear();
+            let run = read(lock);
+            for (key, value) in run.iter() {
+                bytes.extend_from_slice(key);
+                value.encode(&mut bytes);
+            }
+            written += run.len() as u64;
+            drop(run);
+            out.write_all(&bytes)?;
+        }
+        if written != count {
+            return Err(std::io::Error::other(format!("{written} entries written, {count} counted: a merge ran")));
+        }
+        Ok(count)
+    }
+
+    /// Fills this empty tier with what [`ColdTier::write_entries`] wrote,
+    /// checking it is in strict key order and each entry is one a claim
+    /// could make, and dropping the entries expired at `now`. Memory
+    /// grows with the entries read, never with a count the input states.
+    pub(super) fn load_entries(&self, input: &mut impl Read, now: UnixMillis) -> Result<u64, SnapshotError> {
+        if self.len() != 0 {
+            return Err(SnapshotError::NotEmpty);
+        }
+        let mut count = [0u8; 8];
+        input.read_exact(&mut count)?;
+        let count = u64::from_le_bytes(count);
+        let mut bytes = vec![0u8; 16 + V::ENCODED_BYTES];
+        let (mut partition, mut run, mut previous) = (0, Vec::new(), None::<Key>);
+        for _ in 0..count {
+            input.read_exact(&mut bytes)?;
+            let (key, value) = bytes.split_at(16);
+            let key: Key = key.try_into().map_err(|_| SnapshotError::BadEntry)?;
+            if previous.is_some_and(|before| before >= key) {
+                return Err(SnapshotError::OutOfOrder);
+            }
+            previous = Some(key);
+            let value = V::decode(value).ok_or(SnapshotError::BadEntry)?;
+            if partition_of(&key) != partition {
+                self.install(partition, std::mem::take(&mut run));
+                partition = partition_of(&key);
+            }
+            if !value.expired_by(now) {
+                run.push((key, value));
+            }
+        }
+        self.install(partition, run);
+        Ok(count)
+    }
+
+    /// Forgets every entry (a snapshot that failed half-way loaded).
+    pub(super) fn clear(&self) {
+        for lock in &self.partitions {
+            *write(lock) = Box::default();
+        }
+        self.entries.store(0, Ordering::Relaxed);
+    }
+
+    fn install(&self, partition: usize, run: Vec<(Key, V)>) {
+        self.entries.fetch_add(run.len(), Ordering::Relaxed);
+        *write(&self.partitions[partition]) = run.into_boxed_slice();
     }
 
     /// Merges `fresh` into the tier and drops every entry, old or fresh,

@@ -13,6 +13,7 @@
 
 mod cold;
 mod packed;
+pub mod snapshot;
 mod tiered;
 
 use std::sync::Mutex;
@@ -22,7 +23,6 @@ use dashmap::DashMap;
 use crate::clock::UnixMillis;
 use crate::ridecode::format::CREDENTIAL_LEN;
 use crate::scan::TapKind;
-use crate::sync::lock;
 
 use packed::{ExpirySecs, KeyMix, RideUse, pack_ride_key};
 use tiered::TieredMap;
@@ -173,8 +173,13 @@ impl DedupIndex {
     /// the cold entries expired at `now`, when a hot tier has reached
     /// [`DedupLimits::hot_entries_max`] or the last freeze is
     /// [`DedupLimits::cold_sweep_interval_ms`] old. Cheap when neither.
+    /// Skipped while a snapshot is being written (it freezes first).
     pub fn freeze_when_due(&self, now: UnixMillis) {
-        let mut last_freeze = lock(&self.last_freeze);
+        let mut last_freeze = match self.last_freeze.try_lock() {
+            Ok(held) => held,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         let full = self.deliveries.hot_len().max(self.rides.hot_len()) >= self.limits.hot_entries_max;
         let cold_sweep_due = last_freeze.is_none_or(|at| now.saturating_sub(at) >= self.limits.cold_sweep_interval_ms);
         if full || cold_sweep_due {

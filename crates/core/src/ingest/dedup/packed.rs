@@ -3,6 +3,8 @@
 //! megacity's horizon holds tens of millions of them (`farestream loadgen
 //! horizon` measures the bytes each costs).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::clock::UnixMillis;
 use crate::scan::TapKind;
 
@@ -20,22 +22,39 @@ pub(super) type Key = [u8; 16];
 /// they hash it in the hot tier; and with the seed secret, no peer can
 /// aim many keys at one partition or one hash bucket. Invertible, so two
 /// keys never become one.
-#[derive(Debug, Clone, Copy)]
+///
+/// The seed is replaced once, at start, by a snapshot's (whose keys were
+/// mixed with it); it is read on every claim, so it sits in two atomics
+/// rather than behind a lock.
+#[derive(Debug)]
 pub(super) struct KeyMix {
-    seed: u128,
+    seed: [AtomicU64; 2],
 }
 
 impl KeyMix {
     pub(super) fn new(seed: u128) -> KeyMix {
-        KeyMix { seed }
+        KeyMix { seed: [AtomicU64::new(seed as u64), AtomicU64::new((seed >> 64) as u64)] }
+    }
+
+    pub(super) fn seed(&self) -> u128 {
+        let [low, high] = &self.seed;
+        u128::from(low.load(Ordering::Relaxed)) | (u128::from(high.load(Ordering::Relaxed)) << 64)
+    }
+
+    /// Only before the index is shared: the threads that claim later see
+    /// it through whatever hands them the index.
+    pub(super) fn set_seed(&self, seed: u128) {
+        let [low, high] = &self.seed;
+        low.store(seed as u64, Ordering::Relaxed);
+        high.store((seed >> 64) as u64, Ordering::Relaxed);
     }
 
     /// Each step is a bijection of `u128`: xor with a constant,
     /// multiplication by an odd number, and xor with a right shift.
-    pub(super) fn key(self, raw: [u8; 16]) -> Key {
+    pub(super) fn key(&self, raw: [u8; 16]) -> Key {
         const ODD_1: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
         const ODD_2: u128 = 0xc2b2_ae3d_27d4_eb4f_1656_67b1_9e37_79f9;
-        let mut x = u128::from_le_bytes(raw) ^ self.seed;
+        let mut x = u128::from_le_bytes(raw) ^ self.seed();
         x = x.wrapping_mul(ODD_1);
         x ^= x >> 64;
         x = x.wrapping_mul(ODD_2);
@@ -61,8 +80,15 @@ impl std::hash::Hasher for MixedKeyHasher {
 
 /// What an index remembers about a key, in either tier.
 pub(super) trait Remembered: Copy + PartialEq + Send + Sync {
+    /// Bytes [`Remembered::encode`] writes, in a snapshot.
+    const ENCODED_BYTES: usize;
     /// Whether the entry can be forgotten at `now`.
     fn expired_by(&self, now: UnixMillis) -> bool;
+    /// Appends the entry's bytes, as packed.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// The entry from [`Remembered::ENCODED_BYTES`] bytes; `None` when
+    /// they cannot be one.
+    fn decode(bytes: &[u8]) -> Option<Self>;
 }
 
 /// When an entry may be forgotten, to the second and rounded up (never
@@ -84,8 +110,18 @@ impl ExpirySecs {
 }
 
 impl Remembered for ExpirySecs {
+    const ENCODED_BYTES: usize = 4;
+
     fn expired_by(&self, now: UnixMillis) -> bool {
         self.passed_by(now)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0);
+    }
+
+    fn decode(bytes: &[u8]) -> Option<ExpirySecs> {
+        Some(ExpirySecs(bytes.try_into().ok()?))
     }
 }
 
@@ -135,8 +171,26 @@ impl RideUse {
 }
 
 impl Remembered for RideUse {
+    const ENCODED_BYTES: usize = 5;
+
     fn expired_by(&self, now: UnixMillis) -> bool {
         self.expires.passed_by(now)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.expires.encode(out);
+        out.push(self.kinds);
+    }
+
+    /// Uses no claim could make are refused: none, a bit no kind has,
+    /// or a single tap with anything else.
+    fn decode(bytes: &[u8]) -> Option<RideUse> {
+        let (expires, kinds) = bytes.split_at_checked(4)?;
+        let kinds = match kinds {
+            [kinds @ 1..=4] => *kinds,
+            _ => return None,
+        };
+        Some(RideUse { expires: ExpirySecs::decode(expires)?, kinds })
     }
 }
 
@@ -192,5 +246,31 @@ mod tests {
         let leading: std::collections::HashSet<u8> = mixed.iter().map(|key| key[0]).collect();
         assert_eq!(leading.len(), 256, "every leading byte is used");
         assert_ne!(KeyMix::new(1).key(raw(0)), KeyMix::new(2).key(raw(0)), "the seed matters");
+        let reseeded = KeyMix::new(1);
+        reseeded.set_seed(0x0123_4567_89ab_cdef);
+        assert_eq!(reseeded.key(raw(7)), mix.key(raw(7)));
+        assert_eq!(reseeded.seed(), 0x0123_4567_89ab_cdef);
+    }
+
+    /// An entry reads back as written; bytes no claim could make do not
+    /// read at all.
+    #[test]
+    fn entries_encode_and_decode_and_refuse_impossible_uses() {
+        let mut ride = RideUse::new(TapKind::Entry, 5_000);
+        ride.add(TapKind::Exit);
+        let mut bytes = Vec::new();
+        ride.encode(&mut bytes);
+        assert_eq!(bytes.len(), RideUse::ENCODED_BYTES);
+        assert_eq!(RideUse::decode(&bytes), Some(ride));
+        for kinds in [0u8, 5, 6, 7, 8, 255] {
+            bytes[4] = kinds;
+            assert_eq!(RideUse::decode(&bytes), None, "{kinds}");
+        }
+        assert_eq!(RideUse::decode(&bytes[..4]), None);
+        let expiry = ExpirySecs::at_or_after(i64::MAX);
+        let mut bytes = Vec::new();
+        expiry.encode(&mut bytes);
+        assert_eq!(ExpirySecs::decode(&bytes), Some(expiry));
+        assert_eq!(ExpirySecs::decode(&bytes[..3]), None);
     }
 }

@@ -60,6 +60,17 @@ impl<V: Remembered> TieredMap<V> {
         self.hot.retain(|_, value| !value.expired_by(now));
     }
 
+    /// Forgets every entry in both tiers.
+    pub(super) fn clear(&self) {
+        self.hot.clear();
+        self.cold.clear();
+    }
+
+    /// The cold tier, for snapshots.
+    pub(super) fn cold(&self) -> &ColdTier<V> {
+        &self.cold
+    }
+
     /// Entries in the hot tier.
     pub(super) fn hot_len(&self) -> usize {
         self.hot.len()

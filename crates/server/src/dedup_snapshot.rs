@@ -1,0 +1,190 @@
+//! The dedup indexes' snapshot on disk (issue 21): written every
+//! `ingest.dedup_snapshot_interval_secs` and at a graceful shutdown, and
+//! read at start, so a restart loads one file and replays the log's tail
+//! instead of reading days of Parquet. The format and its checks are the
+//! core's (`farestream_core::ingest::dedup::snapshot`).
+//!
+//! A snapshot holds claims whose log records may not be durable yet, and a
+//! claim whose record never lands must not survive a restart: its batch
+//! was never acked, and after the restart its resend would be taken for a
+//! re-delivery and dropped. So a snapshot is written to a temporary file
+//! and renamed into place only once everything queued by the time it was
+//! written is durable, and the server has not failed meanwhile (a batch
+//! that claimed but could not queue its record fails the server under the
+//! commit gate, which is taken after the write).
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use farestream_core::clock::UnixMillis;
+use farestream_core::ingest::Pipeline;
+use farestream_core::ingest::dedup::snapshot::SnapshotCounts;
+use farestream_ingest::archive::Arrivals;
+use farestream_ingest::faults::Faults;
+use farestream_ingest::files::{fsync, fsync_dir};
+use farestream_ingest::telemetry;
+
+use crate::Shared;
+
+/// Where the snapshot lives in a data dir.
+pub fn snapshot_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("dedup").join("snapshot")
+}
+
+/// Buffer between the indexes and the file.
+const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// What a start took from a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedSnapshot {
+    /// The log was replayed from here onto it.
+    pub replay_from_lsn: u64,
+    pub counts: SnapshotCounts,
+}
+
+/// Why a snapshot was not written or not put in place; the previous one
+/// stands, and the next interval tries again.
+#[derive(Debug, Error)]
+pub enum SnapshotWriteError {
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the log did not make the snapshot's claims durable: {0}")]
+    NotDurable(String),
+    #[error("the server is stopping: {0}")]
+    Stopping(String),
+    #[error("the snapshot task stopped: {0}")]
+    Task(String),
+}
+
+/// A snapshot put in place.
+#[derive(Debug, Clone, Copy)]
+pub struct WrittenSnapshot {
+    pub replay_from_lsn: u64,
+    pub counts: SnapshotCounts,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Loads the snapshot at `path` into `pipeline`'s empty indexes if there
+/// is one it can use: one the log still holds the tail of (`wal_lsns`,
+/// the log's first and end positions). Anything else is logged and
+/// counted, and leaves the indexes empty, for the restore from the
+/// archive.
+pub(super) fn load(path: &Path, pipeline: &Pipeline, now: UnixMillis, wal_lsns: (u64, u64)) -> Option<LoadedSnapshot> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            refused(path, &error.to_string());
+            return None;
+        }
+    };
+    let reader = std::io::BufReader::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
+    let (first, end) = wal_lsns;
+    let in_log = |header: &farestream_core::ingest::dedup::snapshot::SnapshotHeader| {
+        let from = header.replay_from_lsn;
+        if (first..=end).contains(&from) {
+            Ok(())
+        } else {
+            Err(format!("it replays from log position {from}, but the log holds [{first}, {end})"))
+        }
+    };
+    match pipeline.load_dedup_snapshot(now, reader, in_log) {
+        Ok((header, counts)) => Some(LoadedSnapshot { replay_from_lsn: header.replay_from_lsn, counts }),
+        Err(error) => {
+            refused(path, &error.to_string());
+            None
+        }
+    }
+}
+
+fn refused(path: &Path, reason: &str) {
+    tracing::warn!(path = %path.display(), %reason, "dedup snapshot not used; restoring from the archive");
+    telemetry::dedup_snapshot_refused();
+}
+
+/// Writes a snapshot every `interval` until shutdown.
+pub(super) async fn snapshot_job(shared: Arc<Shared>, interval: Duration) {
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = every.tick() => match write(&shared).await {
+                Ok(written) => tracing::info!(?written, "dedup snapshot written"),
+                Err(error) => {
+                    tracing::warn!(%error, "dedup snapshot not written; the previous one stands");
+                    telemetry::dedup_snapshot_failed();
+                }
+            },
+        }
+    }
+}
+
+/// Writes a snapshot and puts it in place once its claims are durable;
+/// the log keeps its segments from the snapshot's position on.
+pub(super) async fn write(shared: &Arc<Shared>) -> Result<WrittenSnapshot, SnapshotWriteError> {
+    let started = Instant::now();
+    // Every record queued before this mark made its claims before it.
+    let replay_from_lsn = shared.gate.mark().lsn;
+    let path = snapshot_path(&shared.settings.data_dir);
+    let tmp = path.with_extension("tmp");
+    let (pipeline, faults, now) =
+        (Arc::clone(&shared.pipeline), Arc::clone(&shared.handles.faults), shared.gate.clock.now_ms());
+    let written = {
+        let tmp = tmp.clone();
+        tokio::task::spawn_blocking(move || write_file(&pipeline, &tmp, replay_from_lsn, now, &faults))
+    };
+    let (counts, bytes) = written.await.map_err(|e| SnapshotWriteError::Task(e.to_string()))??;
+    // Every claim the file holds was made before this mark: wait until
+    // its record is durable, and make sure no claim went unlogged.
+    let claimed_by = shared.gate.mark().lsn;
+    shared
+        .wal
+        .wait_durable(claimed_by, shared.settings.wal_ack_wait)
+        .await
+        .map_err(|e| SnapshotWriteError::NotDurable(e.to_string()))?;
+    if let Some(reason) = shared.failure.get() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(SnapshotWriteError::Stopping(reason.to_string()));
+    }
+    let faults = Arc::clone(&shared.handles.faults);
+    let publish = tokio::task::spawn_blocking(move || put_in_place(&tmp, &path, &faults));
+    publish.await.map_err(|e| SnapshotWriteError::Task(e.to_string()))??;
+    shared.log_readers.keep_for_snapshot(replay_from_lsn);
+    let written = WrittenSnapshot { replay_from_lsn, counts, bytes, elapsed: started.elapsed() };
+    telemetry::dedup_snapshot_written(written.bytes, written.elapsed.as_secs_f64());
+    Ok(written)
+}
+
+fn write_file(
+    pipeline: &Pipeline,
+    tmp: &Path,
+    replay_from_lsn: u64,
+    now: UnixMillis,
+    faults: &Faults,
+) -> Result<(SnapshotCounts, u64), SnapshotWriteError> {
+    let io = |source| SnapshotWriteError::Io { path: tmp.to_path_buf(), source };
+    if let Some(dir) = tmp.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    faults.before_write().map_err(io)?;
+    let file = std::fs::File::create(tmp).map_err(io)?;
+    let mut out = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
+    let counts = pipeline.write_dedup_snapshot(replay_from_lsn, now, &mut out).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    fsync(&file, faults).map_err(io)?;
+    let bytes = file.metadata().map_err(io)?.len();
+    Ok((counts, bytes))
+}
+
+fn put_in_place(tmp: &Path, path: &Path, faults: &Faults) -> Result<(), SnapshotWriteError> {
+    let io = |source| SnapshotWriteError::Io { path: path.to_path_buf(), source };
+    faults.before_rename().map_err(io)?;
+    std::fs::rename(tmp, path).map_err(io)?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")), faults).map_err(io)
+}

@@ -1,0 +1,140 @@
+//! The dedup indexes' snapshot (issue 21): a restart loads it and replays
+//! the log's tail, catching every re-delivery and replay it would have
+//! caught from the archive; a snapshot it cannot use sends it back to the
+//! archive; and a snapshot holding a claim that never reached the log is
+//! never put in place.
+
+use std::time::Duration;
+
+use farestream::archive::read::read_all;
+use farestream::archive::scans_root;
+use farestream::config::Config;
+use farestream::scan::{ScanStatus, TapKind};
+use farestream::server::dedup_snapshot::{SnapshotWriteError, snapshot_path};
+use farestream::wire::ScanBatch;
+
+use crate::support::{Harness, T0_MS, batch, record};
+
+/// `n` fresh entries by riders `first..first + n`, on one validator.
+fn scans(h: &Harness, seq: u64, first: u64, n: u64) -> ScanBatch {
+    let records = (first..first + n)
+        .map(|card| record("gate-1", card, T0_MS + card as i64, TapKind::Entry, h.rider(card).code_at(T0_MS, 1)))
+        .collect();
+    batch("station-01", seq, records)
+}
+
+/// The batch comes back as all re-deliveries, and a copy of its first
+/// rider's code on another validator is a replay.
+async fn still_caught(h: &Harness, original: &ScanBatch, first_card: u64) {
+    let again = h.client_as("station-01").push(original).await.expect("ack");
+    assert_eq!((again.accepted, again.redelivered), (0, original.scans.len() as u32));
+    let copy = record("gate-9", first_card, T0_MS + 5_000, TapKind::Entry, h.rider(first_card).code_at(T0_MS, 1));
+    let replay = h.client_as("station-02").push(&batch("station-02", first_card, vec![copy])).await.expect("ack");
+    assert_eq!(replay.rejections[0].scan_status(), Some(ScanStatus::Replay));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_loads_the_snapshot_written_at_shutdown() {
+    let h = Harness::start().await;
+    let first = scans(&h, 1, 1, 3);
+    assert_eq!(h.client_as("station-01").push(&first).await.expect("ack").accepted, 3);
+    let h = h.restart().await;
+    let recovery = h.server.recovery();
+    let loaded = recovery.dedup_snapshot.expect("restored from the snapshot");
+    assert_eq!((loaded.counts.deliveries, loaded.counts.rides), (3, 3), "{recovery:?}");
+    assert_eq!(loaded.replay_from_lsn, recovery.wal_end_lsn, "nothing after it to replay");
+    assert_eq!(recovery.restored_rows, 0, "no archive read: {recovery:?}");
+    still_caught(&h, &first, 1).await;
+    h.server.flush_archive().await.expect("flush");
+    assert_eq!(read_all(&scans_root(h.dir.path())).expect("rows").len(), 4, "3 entries and the replay");
+}
+
+/// A crash after a periodic snapshot: the snapshot plus the log's tail
+/// catch what came before and after it, and the log kept the segments
+/// the snapshot replays from although the archive and pricer passed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_a_snapshot_replays_the_log_tail_onto_it() {
+    let mut config = Config::defaults();
+    config.wal.segment_bytes_max = 700;
+    let h = Harness::start_with(config).await;
+    let before = scans(&h, 1, 1, 3);
+    h.client_as("station-01").push(&before).await.expect("ack");
+    let written = h.server.write_dedup_snapshot().await.expect("snapshot");
+    assert_eq!((written.counts.deliveries, written.counts.rides), (3, 3));
+    // Small segments: each batch rolls one, so the archive and the pricer
+    // pass several after the snapshot's.
+    let after: Vec<ScanBatch> = (0..3).map(|i| scans(&h, 2 + i, 10 + 10 * i, 2)).collect();
+    for batch in &after {
+        h.client_as("station-01").push(batch).await.expect("ack");
+    }
+    h.server.flush_pricing().await.expect("price");
+    h.server.flush_archive().await.expect("archive");
+    let h = h.crash_and_recover(|_| {}).await;
+    let recovery = h.server.recovery();
+    let loaded = recovery.dedup_snapshot.expect("the log still holds the snapshot's tail");
+    assert_eq!(loaded.replay_from_lsn, written.replay_from_lsn);
+    assert_eq!(recovery.restored_rows, 6, "the tail: {recovery:?}");
+    still_caught(&h, &before, 1).await;
+    for (i, batch) in after.iter().enumerate() {
+        still_caught(&h, batch, 10 + 10 * i as u64).await;
+    }
+}
+
+/// A damaged, cut or foreign snapshot is not used: the restart restores
+/// from the archive and catches the same scans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_it_cannot_use_sends_the_restart_to_the_archive() {
+    type Damage = fn(&std::path::Path);
+    let damages: [(&str, Damage); 3] = [
+        ("a byte changed", |path| {
+            let mut bytes = std::fs::read(path).expect("snapshot");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 1;
+            std::fs::write(path, bytes).expect("damaged");
+        }),
+        ("cut short", |path| {
+            let bytes = std::fs::read(path).expect("snapshot");
+            std::fs::write(path, &bytes[..bytes.len() - 1]).expect("cut");
+        }),
+        ("not a snapshot", |path| std::fs::write(path, b"").expect("emptied")),
+    ];
+    for (what, damage) in damages {
+        let h = Harness::start().await;
+        let first = scans(&h, 1, 1, 3);
+        h.client_as("station-01").push(&first).await.expect("ack");
+        let h = h.restart().await;
+        assert!(h.server.recovery().dedup_snapshot.is_some(), "{what}: written at shutdown");
+        let h = h.crash_and_recover(|dir| damage(&snapshot_path(dir))).await;
+        let recovery = h.server.recovery();
+        assert_eq!(recovery.dedup_snapshot, None, "{what}");
+        assert_eq!(recovery.restored_rows, 3, "{what}: from the archive: {recovery:?}");
+        still_caught(&h, &first, 1).await;
+    }
+}
+
+/// A commit claims its scans, then fails before its record is logged
+/// (the server stops). A snapshot written meanwhile holds those claims,
+/// so it must not be put in place: after the crash the batch, never
+/// acked, is accepted when it is sent again, not dropped as a
+/// re-delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_holding_an_unlogged_claim_is_never_put_in_place() {
+    let mut config = Config::defaults();
+    config.gateway.retry_attempts_max = 2;
+    config.gateway.retry_backoff_ms_initial = 10;
+    let h = Harness::start_with(config).await;
+    let original = scans(&h, 1, 1, 2);
+    h.faults.panic_in_next_commit(Duration::from_millis(500));
+    let pushed = tokio::spawn({
+        let (client, original) = (h.client_as("station-01"), original.clone());
+        async move { client.push(&original).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let written = h.server.write_dedup_snapshot().await;
+    assert!(matches!(written, Err(SnapshotWriteError::Stopping(_))), "{written:?}");
+    assert!(!snapshot_path(h.dir.path()).exists(), "not put in place");
+    assert!(pushed.await.expect("task").is_err(), "never acked");
+    let h = h.crash_and_recover(|_| {}).await;
+    assert_eq!(h.server.recovery().dedup_snapshot, None);
+    assert_eq!(h.client_as("station-01").push(&original).await.expect("ack").accepted, 2);
+}
