@@ -80,6 +80,24 @@ async fn a_crash_after_a_snapshot_replays_the_log_tail_onto_it() {
     }
 }
 
+/// Two snapshots at once (the periodic one and shutdown's, say) take
+/// turns: both are put in place whole, and the later one stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_snapshots_at_once_take_turns() {
+    let h = Harness::start().await;
+    for seq in 0..4 {
+        h.client_as("station-01").push(&scans(&h, seq, 100 * seq + 1, 50)).await.expect("ack");
+    }
+    for _ in 0..5 {
+        let (first, second) = tokio::join!(h.server.write_dedup_snapshot(), h.server.write_dedup_snapshot());
+        let (first, second) = (first.expect("first"), second.expect("second"));
+        assert_eq!((first.counts.deliveries, second.counts.deliveries), (200, 200));
+    }
+    let h = h.crash_and_recover(|_| {}).await;
+    let loaded = h.server.recovery().dedup_snapshot.expect("a whole snapshot");
+    assert_eq!((loaded.counts.deliveries, loaded.counts.rides), (200, 200));
+}
+
 /// A damaged, cut or foreign snapshot is not used: the restart restores
 /// from the archive and catches the same scans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

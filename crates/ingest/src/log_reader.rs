@@ -20,14 +20,21 @@ use farestream_core::sync::lock;
 #[derive(Debug)]
 pub struct LogReaders {
     pricer_lsn: AtomicU64,
-    /// Where a restart from the newest dedup snapshot replays from.
+    /// Where a restart from the dedup snapshot in place replays from.
     snapshot_lsn: AtomicU64,
+    /// Where the dedup snapshot being written will replay from (0 until
+    /// it knows).
+    snapshot_writing_lsn: AtomicU64,
 }
 
 impl LogReaders {
     /// The pricer starting at `pricer_lsn`, no dedup snapshot yet.
     pub fn new(pricer_lsn: u64) -> LogReaders {
-        LogReaders { pricer_lsn: AtomicU64::new(pricer_lsn), snapshot_lsn: AtomicU64::new(u64::MAX) }
+        LogReaders {
+            pricer_lsn: AtomicU64::new(pricer_lsn),
+            snapshot_lsn: AtomicU64::new(u64::MAX),
+            snapshot_writing_lsn: AtomicU64::new(u64::MAX),
+        }
     }
 
     /// Nobody but the archiver reads the log.
@@ -37,13 +44,37 @@ impl LogReaders {
 
     /// The lowest position still needed.
     pub fn floor(&self) -> u64 {
-        self.pricer_lsn.load(Ordering::Acquire).min(self.snapshot_lsn.load(Ordering::Acquire))
+        let snapshots =
+            self.snapshot_lsn.load(Ordering::Acquire).min(self.snapshot_writing_lsn.load(Ordering::Acquire));
+        self.pricer_lsn.load(Ordering::Acquire).min(snapshots)
     }
 
-    /// The newest dedup snapshot replays from `lsn`: the segments from
+    /// A dedup snapshot is about to be written: keep every segment until
+    /// it knows where it replays from. Called before that position is
+    /// read, so a segment it needs cannot go in between (a cut that read
+    /// the floor before this only deletes below what was durable then).
+    pub fn snapshot_starting(&self) {
+        self.snapshot_writing_lsn.store(0, Ordering::Release);
+    }
+
+    /// The snapshot being written replays from `lsn`.
+    pub fn snapshot_writing_from(&self, lsn: u64) {
+        self.snapshot_writing_lsn.store(lsn, Ordering::Release);
+    }
+
+    /// The dedup snapshot in place replays from `lsn`: the segments from
     /// there on are kept for a restart.
-    pub fn keep_for_snapshot(&self, lsn: u64) {
+    pub fn snapshot_in_place(&self, lsn: u64) {
         self.snapshot_lsn.store(lsn, Ordering::Release);
+        self.snapshot_writing_lsn.store(u64::MAX, Ordering::Release);
+    }
+
+    /// A snapshot could not be written: keep no segment for any, so a
+    /// run of failures cannot fill the disk with log. The one in place
+    /// may then go stale; a restart refuses it and reads the archive.
+    pub fn snapshot_failed(&self) {
+        self.snapshot_lsn.store(u64::MAX, Ordering::Release);
+        self.snapshot_writing_lsn.store(u64::MAX, Ordering::Release);
     }
 
     /// The pricer has passed `lsn` (called by the pricer alone, in the
@@ -214,6 +245,27 @@ impl<S: ReaderStatus> ReaderHandle<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The floor follows the pricer and the dedup snapshots: everything
+    /// while one starts, its position while it is written and once in
+    /// place, nothing for snapshots after one failed.
+    #[test]
+    fn the_floor_keeps_what_the_pricer_and_the_snapshots_need() {
+        let readers = LogReaders::new(500);
+        assert_eq!(readers.floor(), 500);
+        readers.snapshot_starting();
+        assert_eq!(readers.floor(), 0);
+        readers.snapshot_writing_from(300);
+        assert_eq!(readers.floor(), 300);
+        readers.snapshot_in_place(300);
+        readers.advance(900);
+        assert_eq!(readers.floor(), 300);
+        readers.snapshot_starting();
+        readers.snapshot_writing_from(800);
+        assert_eq!(readers.floor(), 300, "the one in place is still kept");
+        readers.snapshot_failed();
+        assert_eq!(readers.floor(), 900);
+    }
 
     /// A reader whose rounds go as scripted: each `Err` is one round's failure.
     struct Scripted {

@@ -14,6 +14,7 @@
 //! commit gate, which is taken after the write).
 
 use std::io::BufWriter;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +114,7 @@ pub(super) async fn snapshot_job(shared: Arc<Shared>, interval: Duration) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = shared.shutdown.cancelled() => return,
             _ = every.tick() => match write(&shared).await {
                 Ok(written) => tracing::info!(?written, "dedup snapshot written"),
@@ -125,12 +127,25 @@ pub(super) async fn snapshot_job(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
-/// Writes a snapshot and puts it in place once its claims are durable;
-/// the log keeps its segments from the snapshot's position on.
+/// Writes a snapshot and puts it in place once its claims are durable,
+/// one at a time; the log keeps its segments from the snapshot's position
+/// on (and, after a failure, for none).
 pub(super) async fn write(shared: &Arc<Shared>) -> Result<WrittenSnapshot, SnapshotWriteError> {
+    let _one_at_a_time = shared.snapshot_writer.lock().await;
+    shared.log_readers.snapshot_starting();
+    let written = write_and_put_in_place(shared).await;
+    match &written {
+        Ok(written) => shared.log_readers.snapshot_in_place(written.replay_from_lsn),
+        Err(_) => shared.log_readers.snapshot_failed(),
+    }
+    written
+}
+
+async fn write_and_put_in_place(shared: &Arc<Shared>) -> Result<WrittenSnapshot, SnapshotWriteError> {
     let started = Instant::now();
     // Every record queued before this mark made its claims before it.
     let replay_from_lsn = shared.gate.mark().lsn;
+    shared.log_readers.snapshot_writing_from(replay_from_lsn);
     let path = snapshot_path(&shared.settings.data_dir);
     let tmp = path.with_extension("tmp");
     let (pipeline, faults, now) =
@@ -155,7 +170,6 @@ pub(super) async fn write(shared: &Arc<Shared>) -> Result<WrittenSnapshot, Snaps
     let faults = Arc::clone(&shared.handles.faults);
     let publish = tokio::task::spawn_blocking(move || put_in_place(&tmp, &path, &faults));
     publish.await.map_err(|e| SnapshotWriteError::Task(e.to_string()))??;
-    shared.log_readers.keep_for_snapshot(replay_from_lsn);
     let written = WrittenSnapshot { replay_from_lsn, counts, bytes, elapsed: started.elapsed() };
     telemetry::dedup_snapshot_written(written.bytes, written.elapsed.as_secs_f64());
     Ok(written)
@@ -173,7 +187,8 @@ fn write_file(
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     faults.before_write().map_err(io)?;
-    let file = std::fs::File::create(tmp).map_err(io)?;
+    // It holds the key mix's secret seed: the owner's eyes only.
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp).map_err(io)?;
     let mut out = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
     let counts = pipeline.write_dedup_snapshot(replay_from_lsn, now, &mut out).map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;

@@ -237,6 +237,9 @@ struct Shared {
     fleet: Arc<FleetAccess>,
     /// The log's readers besides the archiver; a dedup snapshot is one.
     log_readers: Arc<farestream_ingest::log_reader::LogReaders>,
+    /// Held through a dedup snapshot's write, so two (the periodic one and
+    /// shutdown's) never share the temporary file.
+    snapshot_writer: tokio::sync::Mutex<()>,
     /// Connections per address and per gateway, and gateways' rates.
     limits: Arc<PeerLimits>,
     /// The failure rate over all connections, from which a new one starts
@@ -290,7 +293,7 @@ impl Server {
         let money_store = open_money_store(&settings, &recovery)?;
         let log_readers = Arc::clone(&money_store.log_readers);
         if let Some(loaded) = recovery.dedup_snapshot {
-            log_readers.keep_for_snapshot(loaded.replay_from_lsn);
+            log_readers.snapshot_in_place(loaded.replay_from_lsn);
         }
         for dir in [&settings.wal.dir, &settings.archive.root] {
             probe_writable(dir, &handles.faults)?;
@@ -336,6 +339,7 @@ impl Server {
             issuer_keys: issuer_keys.live.clone(),
             fleet: FleetAccess::new(fleet),
             log_readers,
+            snapshot_writer: tokio::sync::Mutex::new(()),
             limits: PeerLimits::new(settings.peer_limits.clone()),
             next_peer: std::sync::atomic::AtomicU64::new(0),
             settings,

@@ -137,8 +137,9 @@ impl<V: Remembered> ColdTier<V> {
 
     /// Fills this empty tier with what [`ColdTier::write_entries`] wrote,
     /// checking it is in strict key order and each entry is one a claim
-    /// could make, and dropping the entries expired at `now`. Memory
-    /// grows with the entries read, never with a count the input states.
+    /// could make, and dropping the entries expired at `now`; the entries
+    /// kept. Memory grows with the entries read, never with a count the
+    /// input states.
     pub(super) fn load_entries(&self, input: &mut impl Read, now: UnixMillis) -> Result<u64, SnapshotError> {
         if self.len() != 0 {
             return Err(SnapshotError::NotEmpty);
@@ -166,7 +167,7 @@ impl<V: Remembered> ColdTier<V> {
             }
         }
         self.install(partition, run);
-        Ok(count)
+        Ok(self.len() as u64)
     }
 
     /// Forgets every entry (a snapshot that failed half-way loaded).

@@ -45,7 +45,8 @@ pub struct SnapshotHeader {
     pub written_at: UnixMillis,
 }
 
-/// Entries a snapshot holds.
+/// Entries a snapshot holds (written), or that were still live when it
+/// was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotCounts {
     /// Keys in the re-delivery index.
@@ -172,10 +173,12 @@ impl DedupIndex {
         if self.sizes().deliveries + self.sizes().rides != 0 {
             return Err(SnapshotError::NotEmpty);
         }
+        let own_seed = self.mix.seed();
         let loaded = self.load_snapshot_into_empty(horizons, now, input, accept);
         if loaded.is_err() {
             self.deliveries.clear();
             self.rides.clear();
+            self.mix.set_seed(own_seed);
         }
         loaded
     }

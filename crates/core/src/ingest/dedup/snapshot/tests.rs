@@ -62,8 +62,8 @@ fn a_snapshot_loads_back_the_same_decisions() {
     assert_eq!(bytes.len(), 8 + 4 + 8 + 8 + 24 + 16 + (8 + 20 * 1_000) + (8 + 21 * 1_000) + 4);
     let (loaded, header, counts) = load(&bytes, 3_000).expect("loaded");
     assert_eq!(header, HEADER);
-    assert_eq!(counts, SnapshotCounts { deliveries: 1_000, rides: 1_000 });
-    assert_eq!((loaded.sizes().deliveries, loaded.sizes().rides), (999, 999), "key 999 expired");
+    assert_eq!(counts, SnapshotCounts { deliveries: 999, rides: 999 }, "key 999 expired");
+    assert_eq!((loaded.sizes().deliveries, loaded.sizes().rides), (999, 999));
     assert!(!loaded.claim_delivery(fingerprint(0), 10_000_000) && !loaded.claim_delivery(fingerprint(998), 10_000_000));
     assert!(loaded.claim_delivery(fingerprint(999), 10_000_000), "an expired key is gone");
     assert!(!loaded.claim_ride(ride(0), TapKind::Exit, 10_000_000), "ride 0 exited already");
@@ -90,6 +90,7 @@ fn a_damaged_snapshot_never_loads() {
         assert!(fresh.load_snapshot(horizons(), 0, &damaged[..], |_| Ok(())).is_err(), "byte {at} changed");
         assert!(fresh.load_snapshot(horizons(), 0, &bytes[..at], |_| Ok(())).is_err(), "cut at {at}");
         assert_eq!((fresh.sizes().deliveries, fresh.sizes().rides), (0, 0), "left empty after {at}");
+        assert_eq!(fresh.mix.seed(), 1, "its own seed kept after {at}");
     }
     let mut longer = bytes.clone();
     longer.push(0);
