@@ -58,9 +58,7 @@ fn rider_day(taps: usize, route: &str, stations: (&str, &str)) -> Vec<Tap> {
 
 fn fare(c: &mut Criterion) {
     let table = load_fares(None).expect("the embedded fare table");
-    let route = table.bus_route_fares.keys().next().cloned().unwrap_or_else(|| "route-1".into());
-    let mut stations = table.metro_station_zones.keys().cloned();
-    let (from, to) = (stations.next().expect("a station"), stations.next().expect("two stations"));
+    let CityTaps { route, stations: (from, to), .. } = CityTaps::new(&table);
     let mut group = c.benchmark_group("fare");
     for taps in [3usize, 6, 12] {
         let day = rider_day(taps, &route, (&from, &to));
@@ -128,6 +126,8 @@ const METRO_BLOCK_RIDERS: u64 = 10_000;
 /// makes a bus ride, then the metro riders enter and exit in blocks.
 struct CityTaps {
     next_tap: u64,
+    /// The fare table's first bus route and first two metro stations,
+    /// which every tap uses.
     route: String,
     stations: (String, String),
 }

@@ -13,15 +13,7 @@ use farestream::scan::{ScanStatus, TapKind};
 use farestream::server::dedup_snapshot::{SnapshotWriteError, snapshot_path};
 use farestream::wire::ScanBatch;
 
-use crate::support::{Harness, T0_MS, batch, record};
-
-/// `n` fresh entries by riders `first..first + n`, on one validator.
-fn scans(h: &Harness, seq: u64, first: u64, n: u64) -> ScanBatch {
-    let records = (first..first + n)
-        .map(|card| record("gate-1", card, T0_MS + card as i64, TapKind::Entry, h.rider(card).code_at(T0_MS, 1)))
-        .collect();
-    batch("station-01", seq, records)
-}
+use crate::support::{Harness, T0_MS, batch, quick_failures, record, scans};
 
 /// The batch comes back as all re-deliveries, and a copy of its first
 /// rider's code on another validator is a replay.
@@ -137,10 +129,7 @@ async fn a_snapshot_it_cannot_use_sends_the_restart_to_the_archive() {
 /// re-delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_holding_an_unlogged_claim_is_never_put_in_place() {
-    let mut config = Config::defaults();
-    config.gateway.retry_attempts_max = 2;
-    config.gateway.retry_backoff_ms_initial = 10;
-    let h = Harness::start_with(config).await;
+    let h = Harness::start_with(quick_failures(Config::defaults())).await;
     let original = scans(&h, 1, 1, 2);
     h.faults.panic_in_next_commit(Duration::from_millis(500));
     let pushed = tokio::spawn({

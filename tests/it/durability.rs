@@ -11,32 +11,14 @@ use farestream::config::Config;
 use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream::server::Fatal;
 use farestream::wal::committer::WalState;
-use farestream::wire::ScanBatch;
 
-use crate::support::{Harness, T0_MS, batch, record};
-
-/// `n` fresh scans by riders `first..first + n`.
-fn scans(h: &Harness, seq: u64, first: u64, n: u64) -> ScanBatch {
-    let records = (first..first + n)
-        .map(|card| record("gate-1", card, T0_MS + card as i64, TapKind::Entry, h.rider(card).code_at(T0_MS, 1)))
-        .collect();
-    batch("station-01", seq, records)
-}
+use crate::support::{Harness, T0_MS, batch, quick_failures, record, scans};
 
 /// Every row once, by scan id.
 fn assert_each_once(rows: &[ArchivedScan], expected: usize) {
     let ids: HashSet<[u8; 16]> = rows.iter().map(|r| r.scan_id).collect();
     assert_eq!(ids.len(), rows.len(), "a scan is archived twice");
     assert_eq!(rows.len(), expected, "rows archived");
-}
-
-fn quick_failures(mut config: Config) -> Config {
-    config.gateway.retry_attempts_max = 2;
-    config.gateway.retry_backoff_ms_initial = 10;
-    config.wal.ack_wait_ms_max = 300;
-    config.wal.disk_full_retry_ms = 50;
-    config.archive.retry_after_error_ms = 50;
-    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

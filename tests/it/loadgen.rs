@@ -78,8 +78,7 @@ impl Drop for Served {
 /// Starts `farestream serve` on `config_file` and returns it with the
 /// address it said it serves on.
 fn serve(data_dir: &std::path::Path, config_file: &std::path::Path) -> (Served, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_farestream"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_farestream"))
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--config")
@@ -89,21 +88,13 @@ fn serve(data_dir: &std::path::Path, config_file: &std::path::Path) -> (Served, 
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let served = Served(child);
-    let (lines, seen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    while let Ok(line) = seen.recv_timeout(Duration::from_secs(60)) {
-        if let Some(rest) = line.strip_prefix("farestream serving on ") {
-            let addr = rest.split_whitespace().next().expect("an address").parse().expect("a socket address");
-            return (served, addr);
-        }
-    }
-    panic!("serve did not say it serves within a minute");
+    let mut served = Served(child);
+    let said = crate::support::printed_until_serving(&mut served.0);
+    let Some(rest) = said.last().and_then(|line| line.strip_prefix("farestream serving on ")) else {
+        panic!("serve did not say it serves within a minute: {said:?}");
+    };
+    let addr = rest.split_whitespace().next().expect("an address").parse().expect("a socket address");
+    (served, addr)
 }
 
 /// Issue 21: under load the pricer gives way and catches up after. A

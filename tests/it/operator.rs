@@ -466,21 +466,7 @@ fn serve_refuses_the_demo_payments_secret_when_it_charges_a_gateway() {
 /// What a started `serve` printed until it said it serves (or stopped, or
 /// a minute passed); then it is killed.
 fn lines_until_serving(mut child: std::process::Child) -> Vec<String> {
-    let stdout = child.stdout.take().expect("stdout");
-    let (lines, seen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let mut said = Vec::new();
-    while let Ok(line) = seen.recv_timeout(Duration::from_secs(60)) {
-        let serving = line.contains("farestream serving on");
-        said.push(line);
-        if serving {
-            break;
-        }
-    }
+    let said = crate::support::printed_until_serving(&mut child);
     let _ = child.kill();
     let _ = child.wait();
     said

@@ -50,6 +50,47 @@ impl TestRider {
     }
 }
 
+/// `n` fresh entries at station-01's gate-1 by riders `first..first + n`,
+/// batch `seq`.
+pub(crate) fn scans(h: &Harness, seq: u64, first: u64, n: u64) -> ScanBatch {
+    let records = (first..first + n)
+        .map(|card| record("gate-1", card, T0_MS + card as i64, TapKind::Entry, h.rider(card).code_at(T0_MS, 1)))
+        .collect();
+    batch("station-01", seq, records)
+}
+
+/// Failures noticed fast: few gateway retries, short waits on the log
+/// and the archiver.
+pub(crate) fn quick_failures(mut config: Config) -> Config {
+    config.gateway.retry_attempts_max = 2;
+    config.gateway.retry_backoff_ms_initial = 10;
+    config.wal.ack_wait_ms_max = 300;
+    config.wal.disk_full_retry_ms = 50;
+    config.archive.retry_after_error_ms = 50;
+    config
+}
+
+/// What a started `serve` (stdout piped) printed until it said it serves,
+/// stopped, or a minute passed; the process runs on, its output drained.
+pub(crate) fn printed_until_serving(child: &mut std::process::Child) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    while let Ok(line) = seen.recv_timeout(std::time::Duration::from_secs(60)) {
+        let serving = line.contains("farestream serving on");
+        said.push(line);
+        if serving {
+            break;
+        }
+    }
+    said
+}
+
 pub(crate) fn secs(at_ms: UnixMillis) -> u32 {
     farestream_core::clock::unix_secs_u32(at_ms)
 }

@@ -33,16 +33,32 @@ pub fn install_prometheus(listen_addr: SocketAddr) -> Result<(), String> {
 }
 
 /// How often the process figures (`process_cpu_seconds_total`,
-/// `process_resident_memory_bytes`, the peak) are brought up to date.
-const PROCESS_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// `process_resident_memory_bytes`, the peak, the threads' CPU) are
+/// brought up to date.
+pub const PROCESS_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The kernel's high-water mark of resident memory (VmHWM): a load's peak,
 /// which a once-a-second sample of the current RSS would miss.
 fn record_peak_resident_memory() {
-    let peak_kib = procfs::process::Process::myself().and_then(|p| p.status()).ok().and_then(|s| s.vmhwm);
-    if let Some(kib) = peak_kib {
-        gauge!("farestream_process_peak_resident_memory_bytes").set(kib.saturating_mul(1024) as f64);
+    if let Some(memory) = resident_memory().ok().filter(|memory| memory.peak_bytes > 0) {
+        gauge!("farestream_process_peak_resident_memory_bytes").set(memory.peak_bytes as f64);
     }
+}
+
+/// This process's resident memory, from the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct ResidentMemory {
+    /// Now (VmRSS).
+    pub bytes: u64,
+    /// Its high-water mark (VmHWM).
+    pub peak_bytes: u64,
+}
+
+/// This process's resident memory now and at its peak.
+pub fn resident_memory() -> Result<ResidentMemory, String> {
+    let status = procfs::process::Process::myself().and_then(|p| p.status()).map_err(|e| e.to_string())?;
+    let bytes = |kib: Option<u64>| kib.unwrap_or(0).saturating_mul(1024);
+    Ok(ResidentMemory { bytes: bytes(status.vmrss), peak_bytes: bytes(status.vmhwm) })
 }
 
 /// CPU seconds of each of the server's threads by name, the kernel's
@@ -124,8 +140,6 @@ pub fn dedup_sizes(sizes: DedupSizes) {
     gauge!("farestream_dedup_entries", "index" => "credentials").set(sizes.credentials as f64);
 }
 
-/// How far the archive trails the log: bytes acknowledged but not yet in
-/// a closed Parquet file.
 /// A dedup snapshot put in place: its size and how long it took.
 pub fn dedup_snapshot_written(bytes: u64, seconds: f64) {
     counter!("farestream_dedup_snapshots_total", "result" => "written").increment(1);
@@ -133,7 +147,7 @@ pub fn dedup_snapshot_written(bytes: u64, seconds: f64) {
     gauge!("farestream_dedup_snapshot_write_seconds").set(seconds);
 }
 
-/// A dedup snapshot not written (the previous one stands).
+/// A dedup snapshot not written (the log is no longer held for the one in place).
 pub fn dedup_snapshot_failed() {
     counter!("farestream_dedup_snapshots_total", "result" => "failed").increment(1);
 }
@@ -144,6 +158,8 @@ pub fn dedup_snapshot_refused() {
     counter!("farestream_dedup_snapshots_total", "result" => "refused").increment(1);
 }
 
+/// How far the archive trails the log: bytes acknowledged but not yet in
+/// a closed Parquet file.
 pub fn archive_lag(durable_lsn: u64, archived_lsn: u64) {
     gauge!("farestream_archive_lag_bytes").set(durable_lsn.saturating_sub(archived_lsn) as f64);
 }

@@ -36,8 +36,8 @@ pub fn snapshot_path(data_dir: &Path) -> PathBuf {
     data_dir.join("dedup").join("snapshot")
 }
 
-/// Buffer between the indexes and the file.
-const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Buffer between the indexes and the file, writing or reading.
+const SNAPSHOT_IO_BUFFER_BYTES: usize = 1 << 20;
 
 /// What a start took from a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,9 @@ pub struct LoadedSnapshot {
     pub counts: SnapshotCounts,
 }
 
-/// Why a snapshot was not written or not put in place; the previous one
-/// stands, and the next interval tries again.
+/// Why a snapshot was not written or not put in place. The next interval
+/// tries again; meanwhile the log is not held for the one in place, which
+/// a restart may then find stale and refuse.
 #[derive(Debug, Error)]
 pub enum SnapshotWriteError {
     #[error("writing {path}: {source}")]
@@ -84,7 +85,7 @@ pub(super) fn load(path: &Path, pipeline: &Pipeline, now: UnixMillis, wal_lsns: 
             return None;
         }
     };
-    let reader = std::io::BufReader::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
+    let reader = std::io::BufReader::with_capacity(SNAPSHOT_IO_BUFFER_BYTES, file);
     let (first, end) = wal_lsns;
     let in_log = |header: &farestream_core::ingest::dedup::snapshot::SnapshotHeader| {
         let from = header.replay_from_lsn;
@@ -119,7 +120,7 @@ pub(super) async fn snapshot_job(shared: Arc<Shared>, interval: Duration) {
             _ = every.tick() => match write(&shared).await {
                 Ok(written) => tracing::info!(?written, "dedup snapshot written"),
                 Err(error) => {
-                    tracing::warn!(%error, "dedup snapshot not written; the previous one stands");
+                    tracing::warn!(%error, "dedup snapshot not written; the one in place may go stale");
                     telemetry::dedup_snapshot_failed();
                 }
             },
@@ -189,7 +190,7 @@ fn write_file(
     faults.before_write().map_err(io)?;
     // It holds the key mix's secret seed: the owner's eyes only.
     let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp).map_err(io)?;
-    let mut out = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file);
+    let mut out = BufWriter::with_capacity(SNAPSHOT_IO_BUFFER_BYTES, file);
     let counts = pipeline.write_dedup_snapshot(replay_from_lsn, now, &mut out).map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     fsync(&file, faults).map_err(io)?;

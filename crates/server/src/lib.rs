@@ -532,7 +532,7 @@ impl Server {
         // instead of reading the archive.
         let dedup_snapshot = dedup_snapshot::write(&shared).await.map_err(|e| e.to_string());
         if let Err(error) = &dedup_snapshot {
-            tracing::warn!(%error, "no dedup snapshot at shutdown; the next start restores from the previous one or the archive");
+            tracing::warn!(%error, "no dedup snapshot at shutdown; the next start restores from the one in place if the log still reaches it, else the archive");
         }
         let archiver =
             Arc::try_unwrap(archiver).map_err(|_| ServerError::Recovery("archiver still in use at shutdown".into()))?;

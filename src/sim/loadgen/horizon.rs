@@ -62,13 +62,6 @@ impl HorizonFigures {
     }
 }
 
-/// Resident memory now and its high-water mark, from the kernel.
-fn resident_bytes() -> Result<(u64, u64), String> {
-    let status = procfs::process::Process::myself().and_then(|p| p.status()).map_err(|e| e.to_string())?;
-    let kib = |v: Option<u64>| v.unwrap_or(0).saturating_mul(1024);
-    Ok((kib(status.vmrss), kib(status.vmhwm)))
-}
-
 /// Scan `i`'s fingerprint, spread as the server's SHA-256 ones are (also
 /// the stage benches' keys).
 pub fn fingerprint(i: u64) -> [u8; 16] {
@@ -114,6 +107,7 @@ pub fn measure_horizon(
         }
         Ok(())
     };
+    let resident_bytes = || crate::telemetry::resident_memory().map(|memory| (memory.bytes, memory.peak_bytes));
     let (before, _) = resident_bytes()?;
     fill(&|i| index.claim_delivery(fingerprint(i), i64::MAX))?;
     let (with_deliveries, _) = resident_bytes()?;

@@ -91,7 +91,7 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(250);
 /// The longest a run waits for pricing to catch up after its last ack.
 pub const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(600);
 /// The server brings its CPU figures up to date this often.
-const CPU_FIGURES_REFRESH: Duration = Duration::from_secs(1);
+const CPU_FIGURES_REFRESH: Duration = crate::telemetry::PROCESS_METRICS_INTERVAL;
 
 /// Watches a server's metrics through a run: a scrape before, samples
 /// during (for the peaks), and at the end the wait for pricing to catch up.

@@ -258,7 +258,7 @@ impl Pipeline {
         out: impl std::io::Write,
     ) -> std::io::Result<SnapshotCounts> {
         let header = SnapshotHeader { replay_from_lsn, written_at: now };
-        self.dedup.write_snapshot(header, self.horizons, now, out)
+        self.dedup.write_snapshot(header, self.horizons, out)
     }
 
     /// Loads a dedup snapshot into this pipeline's empty indexes, under

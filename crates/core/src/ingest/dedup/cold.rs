@@ -135,15 +135,13 @@ impl<V: Remembered> ColdTier<V> {
         Ok(count)
     }
 
-    /// Fills this empty tier with what [`ColdTier::write_entries`] wrote,
-    /// checking it is in strict key order and each entry is one a claim
-    /// could make, and dropping the entries expired at `now`; the entries
-    /// kept. Memory grows with the entries read, never with a count the
-    /// input states.
+    /// Fills this empty tier (the caller checked) with what
+    /// [`ColdTier::write_entries`] wrote, checking it is in strict key
+    /// order and each entry is one a claim could make, and dropping the
+    /// entries expired at `now`; the entries kept. Memory grows with the
+    /// entries read, never with a count the input states.
     pub(super) fn load_entries(&self, input: &mut impl Read, now: UnixMillis) -> Result<u64, SnapshotError> {
-        if self.len() != 0 {
-            return Err(SnapshotError::NotEmpty);
-        }
+        debug_assert_eq!(self.len(), 0);
         let mut count = [0u8; 8];
         input.read_exact(&mut count)?;
         let count = u64::from_le_bytes(count);
@@ -158,9 +156,10 @@ impl<V: Remembered> ColdTier<V> {
             }
             previous = Some(key);
             let value = V::decode(value).ok_or(SnapshotError::BadEntry)?;
-            if partition_of(&key) != partition {
+            let key_partition = partition_of(&key);
+            if key_partition != partition {
                 self.install(partition, std::mem::take(&mut run));
-                partition = partition_of(&key);
+                partition = key_partition;
             }
             if !value.expired_by(now) {
                 run.push((key, value));
@@ -185,8 +184,8 @@ impl<V: Remembered> ColdTier<V> {
 
     /// Merges `fresh` into the tier and drops every entry, old or fresh,
     /// expired at `now`. `fresh` is sorted and holds no key this tier
-    /// holds (the hot and cold tiers never hold
-    /// the same key but during a freeze, and freezes run one at a time).
+    /// holds (the hot and cold tiers never hold the same key but during
+    /// a freeze, and freezes run one at a time).
     pub(super) fn merge(&self, fresh: &[(Key, V)], now: UnixMillis) {
         assert!(fresh.windows(2).all(|pair| pair[0].0 < pair[1].0), "entries to freeze must come sorted, once each");
         let mut rest = fresh;

@@ -183,10 +183,17 @@ impl DedupIndex {
         let full = self.deliveries.hot_len().max(self.rides.hot_len()) >= self.limits.hot_entries_max;
         let cold_sweep_due = last_freeze.is_none_or(|at| now.saturating_sub(at) >= self.limits.cold_sweep_interval_ms);
         if full || cold_sweep_due {
-            self.deliveries.freeze(now);
-            self.rides.freeze(now);
-            *last_freeze = Some(now);
+            self.freeze(&mut last_freeze, now);
         }
+    }
+
+    /// Moves both indexes' hot entries into their cold tiers, dropping
+    /// what expired at `now`; the caller holds the freeze lock, whose
+    /// guard is `last_freeze`.
+    fn freeze(&self, last_freeze: &mut Option<UnixMillis>, now: UnixMillis) {
+        self.deliveries.freeze(now);
+        self.rides.freeze(now);
+        *last_freeze = Some(now);
     }
 
     /// How many entries each index holds.

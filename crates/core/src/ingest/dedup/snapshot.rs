@@ -125,23 +125,20 @@ fn read_array<const N: usize>(input: &mut impl Read) -> std::io::Result<[u8; N]>
 }
 
 impl DedupIndex {
-    /// Freezes both indexes, then writes them to `out` under `header`
-    /// and `horizons`. Holds the freeze lock throughout, so entries do
-    /// not move between tiers while they are written (sweeps meanwhile
-    /// skip their freeze). Keys claimed after the freeze stay hot and
+    /// Freezes both indexes (dropping what expired by `header.written_at`),
+    /// then writes them to `out` under `header` and `horizons`. Holds the
+    /// freeze lock throughout, so entries do not move between tiers while
+    /// they are written (sweeps meanwhile skip their freeze). Keys claimed after the freeze stay hot and
     /// unwritten: the caller takes `header.replay_from_lsn` before calling,
     /// so their log records come after it.
     pub fn write_snapshot(
         &self,
         header: SnapshotHeader,
         horizons: Horizons,
-        now: UnixMillis,
         out: impl Write,
     ) -> std::io::Result<SnapshotCounts> {
         let mut last_freeze = lock(&self.last_freeze);
-        self.deliveries.freeze(now);
-        self.rides.freeze(now);
-        *last_freeze = Some(now);
+        self.freeze(&mut last_freeze, header.written_at);
         let mut out = Checksummed { inner: out, crc: 0 };
         out.write_all(&MAGIC)?;
         out.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
@@ -162,7 +159,8 @@ impl DedupIndex {
     /// Loads a snapshot written under `horizons` into these empty
     /// indexes (their key mix takes the snapshot's seed), dropping the
     /// entries expired at `now`, once `accept` has passed its header
-    /// (before any entry is read). On an error they are left empty.
+    /// (before any entry is read). On an error they are left empty, with
+    /// their own seed.
     pub fn load_snapshot(
         &self,
         horizons: Horizons,
@@ -170,48 +168,33 @@ impl DedupIndex {
         input: impl Read,
         accept: impl FnOnce(&SnapshotHeader) -> Result<(), String>,
     ) -> Result<(SnapshotHeader, SnapshotCounts), SnapshotError> {
-        if self.sizes().deliveries + self.sizes().rides != 0 {
+        let sizes = self.sizes();
+        if sizes.deliveries + sizes.rides != 0 {
             return Err(SnapshotError::NotEmpty);
         }
+        let mut input = Checksummed { inner: input, crc: 0 };
+        let (header, seed) = read_header(&mut input, horizons)?;
+        accept(&header).map_err(SnapshotError::Refused)?;
         let own_seed = self.mix.seed();
-        let loaded = self.load_snapshot_into_empty(horizons, now, input, accept);
+        self.mix.set_seed(seed);
+        let loaded = self.load_entries(&mut input, now);
         if loaded.is_err() {
             self.deliveries.clear();
             self.rides.clear();
             self.mix.set_seed(own_seed);
         }
-        loaded
+        Ok((header, loaded?))
     }
 
-    fn load_snapshot_into_empty(
+    /// Both indexes' entries, then the checksum over everything read and
+    /// nothing after it.
+    fn load_entries<R: Read>(
         &self,
-        horizons: Horizons,
+        input: &mut Checksummed<R>,
         now: UnixMillis,
-        input: impl Read,
-        accept: impl FnOnce(&SnapshotHeader) -> Result<(), String>,
-    ) -> Result<(SnapshotHeader, SnapshotCounts), SnapshotError> {
-        let mut input = Checksummed { inner: input, crc: 0 };
-        if read_array::<8>(&mut input)? != MAGIC {
-            return Err(SnapshotError::NotASnapshot);
-        }
-        let version = u32::from_le_bytes(read_array(&mut input)?);
-        if version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::UnknownVersion(version));
-        }
-        let replay_from_lsn = u64::from_le_bytes(read_array(&mut input)?);
-        let written_at = i64::from_le_bytes(read_array(&mut input)?);
-        let mut parts = [0i64; 3];
-        for part in &mut parts {
-            *part = i64::from_le_bytes(read_array(&mut input)?);
-        }
-        if parts != horizons.parts() {
-            return Err(SnapshotError::OtherWindows);
-        }
-        let header = SnapshotHeader { replay_from_lsn, written_at };
-        accept(&header).map_err(SnapshotError::Refused)?;
-        self.mix.set_seed(u128::from_le_bytes(read_array(&mut input)?));
-        let deliveries = self.deliveries.cold().load_entries(&mut input, now)?;
-        let rides = self.rides.cold().load_entries(&mut input, now)?;
+    ) -> Result<SnapshotCounts, SnapshotError> {
+        let deliveries = self.deliveries.cold().load_entries(input, now)?;
+        let rides = self.rides.cold().load_entries(input, now)?;
         let computed = input.crc;
         let stated = u32::from_le_bytes(read_array(&mut input.inner)?);
         if computed != stated {
@@ -220,8 +203,31 @@ impl DedupIndex {
         if input.inner.read(&mut [0u8; 1])? != 0 {
             return Err(SnapshotError::TrailingBytes);
         }
-        Ok((header, SnapshotCounts { deliveries, rides }))
+        Ok(SnapshotCounts { deliveries, rides })
     }
+}
+
+/// The header and the key mix's seed, checked against this build and
+/// `horizons`.
+fn read_header(input: &mut impl Read, horizons: Horizons) -> Result<(SnapshotHeader, u128), SnapshotError> {
+    if read_array::<8>(input)? != MAGIC {
+        return Err(SnapshotError::NotASnapshot);
+    }
+    let version = u32::from_le_bytes(read_array(input)?);
+    if version != SNAPSHOT_VERSION {
+        return Err(SnapshotError::UnknownVersion(version));
+    }
+    let replay_from_lsn = u64::from_le_bytes(read_array(input)?);
+    let written_at = i64::from_le_bytes(read_array(input)?);
+    let mut parts = [0i64; 3];
+    for part in &mut parts {
+        *part = i64::from_le_bytes(read_array(input)?);
+    }
+    if parts != horizons.parts() {
+        return Err(SnapshotError::OtherWindows);
+    }
+    let seed = u128::from_le_bytes(read_array(input)?);
+    Ok((SnapshotHeader { replay_from_lsn, written_at }, seed))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 
@@ -126,6 +127,38 @@ fn a_sweep_freezes_a_full_hot_tier_or_after_the_cold_interval() {
     assert!(!index.claim_delivery([0; 16], i64::MAX) && !index.claim_ride(RIDE, TapKind::Single, i64::MAX));
 }
 
+/// Runs `first` and `second` on threads of their own, started together,
+/// while a third sweeps the index (and so freezes it) over and over until
+/// both are done; what each counted.
+fn racing_freezes(
+    index: &DedupIndex,
+    first: impl FnOnce() -> usize + Send,
+    second: impl FnOnce() -> usize + Send,
+) -> (usize, usize) {
+    let start = Barrier::new(3);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (start, done) = (&start, &done);
+        let first = s.spawn(move || {
+            start.wait();
+            first()
+        });
+        let second = s.spawn(move || {
+            start.wait();
+            second()
+        });
+        s.spawn(move || {
+            start.wait();
+            while !done.load(Ordering::Relaxed) {
+                index.sweep(0);
+            }
+        });
+        let counted = (first.join().expect("first"), second.join().expect("second"));
+        done.store(true, Ordering::Relaxed);
+        counted
+    })
+}
+
 /// Claims racing freezes: every code is entered and exited by two
 /// threads while a third freezes over and over. Each use pays exactly
 /// once, and an exit made while its entry was being frozen is not lost
@@ -135,28 +168,11 @@ fn claims_racing_freezes_pay_each_use_once() {
     const CODES: u32 = 100_000;
     let index = DedupIndex::new(FREEZE_ALWAYS, 0x5eed);
     let key = |counter| RideKey { card_id: 7, created_at: 1, counter };
-    let start = Barrier::new(3);
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let paid = std::thread::scope(|s| {
-        let uses = |kind| {
-            let (index, start) = (&index, &start);
-            s.spawn(move || {
-                start.wait();
-                (0..CODES).filter(|c| index.claim_ride(key(*c), kind, i64::MAX)).count()
-            })
-        };
-        let entries = uses(TapKind::Entry);
-        let exits = uses(TapKind::Exit);
-        s.spawn(|| {
-            start.wait();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                index.sweep(0);
-            }
-        });
-        let paid = (entries.join().expect("entries"), exits.join().expect("exits"));
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        paid
-    });
+    let uses = |kind| {
+        let index = &index;
+        move || (0..CODES).filter(|c| index.claim_ride(key(*c), kind, i64::MAX)).count()
+    };
+    let paid = racing_freezes(&index, uses(TapKind::Entry), uses(TapKind::Exit));
     assert_eq!(paid, (CODES as usize, CODES as usize));
     index.sweep(0);
     for counter in 0..CODES {
@@ -177,28 +193,9 @@ fn deliveries_racing_freezes_are_claimed_once() {
         key[..8].copy_from_slice(&i.to_le_bytes());
         key
     };
-    let start = Barrier::new(3);
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let claimed = std::thread::scope(|s| {
-        let deliver = || {
-            let (index, start) = (&index, &start);
-            s.spawn(move || {
-                start.wait();
-                (0..SCANS).filter(|i| index.claim_delivery(fingerprint(*i), i64::MAX)).count()
-            })
-        };
-        let (first, second) = (deliver(), deliver());
-        s.spawn(|| {
-            start.wait();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                index.sweep(0);
-            }
-        });
-        let claimed = first.join().expect("first") + second.join().expect("second");
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        claimed
-    });
-    assert_eq!(claimed, SCANS as usize);
+    let deliver = || (0..SCANS).filter(|i| index.claim_delivery(fingerprint(*i), i64::MAX)).count();
+    let (first, second) = racing_freezes(&index, deliver, deliver);
+    assert_eq!(first + second, SCANS as usize);
     index.sweep(0);
     assert_eq!(index.sizes().deliveries, SCANS as usize);
 }

@@ -41,9 +41,19 @@ fn filled() -> DedupIndex {
     index
 }
 
+/// `n` deliveries and single rides, all live.
+fn singles(n: u32) -> DedupIndex {
+    let index = DedupIndex::new(DedupLimits::DEFAULT, 7);
+    for i in 0..n {
+        index.claim_delivery(fingerprint(i), 10_000_000);
+        index.claim_ride(ride(i), TapKind::Single, 10_000_000);
+    }
+    index
+}
+
 fn snapshot_of(index: &DedupIndex) -> Vec<u8> {
     let mut bytes = Vec::new();
-    index.write_snapshot(HEADER, horizons(), 1_000, &mut bytes).expect("written");
+    index.write_snapshot(HEADER, horizons(), &mut bytes).expect("written");
     bytes
 }
 
@@ -76,12 +86,7 @@ fn a_snapshot_loads_back_the_same_decisions() {
 /// added. None loads.
 #[test]
 fn a_damaged_snapshot_never_loads() {
-    let index = DedupIndex::new(DedupLimits::DEFAULT, 7);
-    for i in 0..20u32 {
-        index.claim_delivery(fingerprint(i), 10_000_000);
-        index.claim_ride(ride(i), TapKind::Single, 10_000_000);
-    }
-    let bytes = snapshot_of(&index);
+    let bytes = snapshot_of(&singles(20));
     assert!(load(&bytes, 0).is_ok());
     let fresh = DedupIndex::new(DedupLimits::DEFAULT, 1);
     for at in 0..bytes.len() {
@@ -121,12 +126,7 @@ fn a_snapshot_from_other_windows_or_versions_is_refused() {
 /// under a correct checksum (a snapshot from a buggy writer).
 #[test]
 fn entries_out_of_order_or_impossible_are_refused() {
-    let index = DedupIndex::new(DedupLimits::DEFAULT, 7);
-    for i in 0..2u32 {
-        index.claim_delivery(fingerprint(i), 10_000_000);
-        index.claim_ride(ride(i), TapKind::Single, 10_000_000);
-    }
-    let bytes = snapshot_of(&index);
+    let bytes = snapshot_of(&singles(2));
     let deliveries_at = 8 + 4 + 8 + 8 + 24 + 16 + 8;
     let rides_at = deliveries_at + 2 * 20 + 8;
     let with_crc = |mut body: Vec<u8>| {
