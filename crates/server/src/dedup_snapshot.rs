@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use farestream_core::clock::UnixMillis;
 use farestream_core::ingest::Pipeline;
-use farestream_core::ingest::dedup::snapshot::SnapshotCounts;
+use farestream_core::ingest::dedup::snapshot::{SnapshotCounts, SnapshotHeader};
 use farestream_ingest::archive::Arrivals;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::files::{fsync, fsync_dir};
@@ -86,21 +86,23 @@ pub(super) fn load(path: &Path, pipeline: &Pipeline, now: UnixMillis, wal_lsns: 
         }
     };
     let reader = std::io::BufReader::with_capacity(SNAPSHOT_IO_BUFFER_BYTES, file);
-    let (first, end) = wal_lsns;
-    let in_log = |header: &farestream_core::ingest::dedup::snapshot::SnapshotHeader| {
-        let from = header.replay_from_lsn;
-        if (first..=end).contains(&from) {
-            Ok(())
-        } else {
-            Err(format!("it replays from log position {from}, but the log holds [{first}, {end})"))
-        }
-    };
+    let in_log = |header: &SnapshotHeader| replay_from_in_log(header.replay_from_lsn, wal_lsns);
     match pipeline.load_dedup_snapshot(now, reader, in_log) {
         Ok((header, counts)) => Some(LoadedSnapshot { replay_from_lsn: header.replay_from_lsn, counts }),
         Err(error) => {
             refused(path, &error.to_string());
             None
         }
+    }
+}
+
+/// A snapshot can stand only if the log holds every record from its
+/// position on: `from` within `[first, end]` (at `end`, nothing to replay).
+fn replay_from_in_log(from: u64, (first, end): (u64, u64)) -> Result<(), String> {
+    if (first..=end).contains(&from) {
+        Ok(())
+    } else {
+        Err(format!("it replays from log position {from}, but the log holds [{first}, {end}]"))
     }
 }
 
@@ -203,4 +205,24 @@ fn put_in_place(tmp: &Path, path: &Path, faults: &Faults) -> Result<(), Snapshot
     faults.before_rename().map_err(io)?;
     std::fs::rename(tmp, path).map_err(io)?;
     fsync_dir(path.parent().unwrap_or(Path::new(".")), faults).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's first and end positions both stand; one past either side,
+    /// and the extremes of the field, do not.
+    #[test]
+    fn a_snapshot_stands_only_where_the_log_holds_its_tail() {
+        let log = (1_000, 5_000);
+        for from in [1_000, 3_000, 5_000] {
+            assert_eq!(replay_from_in_log(from, log), Ok(()), "{from}");
+        }
+        for from in [0, 999, 5_001, u64::MAX] {
+            let refused = replay_from_in_log(from, log).expect_err("outside the log");
+            assert!(refused.contains(&from.to_string()) && refused.contains("[1000, 5000]"), "{refused}");
+        }
+        assert_eq!(replay_from_in_log(0, (0, 0)), Ok(()), "an empty log from its start");
+    }
 }
