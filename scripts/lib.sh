@@ -116,3 +116,11 @@ pick_rig_ports() {
   api_port=$((port + 1))
   paygw_port=$((port + 2))
 }
+
+# Python's pyarrow and duckdb, installed for this user when missing (as
+# .ci/run does for the outside-readers test).
+ensure_python_readers() {
+  python3 -c "import duckdb, pyarrow" 2>/dev/null && return 0
+  python3 -m pip install --quiet --user duckdb pyarrow 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages duckdb pyarrow
+}

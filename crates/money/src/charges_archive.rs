@@ -14,6 +14,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
+use parquet::basic::Encoding;
 use parquet::file::properties::WriterProperties;
 use rusqlite::params;
 
@@ -112,8 +113,9 @@ fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Optio
 /// `scan_writer_properties`): ZSTD, no dictionary on the near-unique ids,
 /// amounts and times, bloom filters on `card_id` and `charge_id`.
 pub fn charges_writer_properties() -> WriterProperties {
-    let plain = ["charge_id", "card_id", "scan_ids.list.item", "created_at", "decided_at", "gateway_txn_id"];
-    archive_writer_properties(&plain, &["card_id", "charge_id"], None)
+    let unique = ["charge_id", "card_id", "scan_ids.list.item", "created_at", "decided_at", "gateway_txn_id"]
+        .map(|column| (column, Encoding::PLAIN));
+    archive_writer_properties(&unique, &["card_id", "charge_id"], None)
 }
 
 /// Writes one batch's charges, a file per service date

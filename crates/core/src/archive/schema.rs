@@ -5,7 +5,7 @@
 //! its field in the journal, which is a format of its own).
 //! `docs/archive.md` documents each column for analysts.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder};
@@ -24,6 +24,9 @@ type Row = ArchivedScan;
 /// Arrow type. `None` is a null; a writer refuses a value it cannot take.
 enum Values {
     Text(fn(&Row) -> Option<Cow<'_, str>>, fn(&mut Row, Option<&str>) -> Result<(), String>),
+    /// A 16-byte id as 32 lowercase hex characters, never null: written
+    /// without a string allocated per row.
+    Hex(fn(&Row) -> &[u8; 16], fn(&mut Row, Option<&str>) -> Result<(), String>),
     /// A `u64` id as `Int64` (Spark, Trino, BigQuery and Java have no
     /// unsigned 64-bit integer), bit for bit ([`id_to_archive`]). Files
     /// from before hold `UInt64`, read as well.
@@ -53,8 +56,8 @@ const COLUMNS: &[Column] = &[
     column(
         "scan_id",
         false,
-        Values::Text(
-            |r| Some(hex::encode(r.scan_id).into()),
+        Values::Hex(
+            |r| &r.scan_id,
             |r, v| hex::decode_to_slice(required(v)?, &mut r.scan_id).map_err(|e| e.to_string()),
         ),
     ),
@@ -251,7 +254,7 @@ pub(crate) fn id_at(array: &dyn Array, i: usize) -> u64 {
 impl Values {
     fn data_type(&self) -> DataType {
         match self {
-            Values::Text(..) => DataType::Utf8,
+            Values::Text(..) | Values::Hex(..) => DataType::Utf8,
             Values::Id(..) => DataType::Int64,
             Values::U32(..) => DataType::UInt32,
             Values::Time(..) => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
@@ -259,32 +262,45 @@ impl Values {
         }
     }
 
-    fn write(&self, rows: &[Row]) -> ArrayRef {
+    fn write<R: Borrow<Row>>(&self, rows: &[R]) -> ArrayRef {
         let n = rows.len();
         match self {
             Values::Text(get, _) => {
                 let mut b = StringBuilder::with_capacity(n, n * 16);
-                rows.iter().for_each(|r| b.append_option(get(r)));
+                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
+                Arc::new(b.finish())
+            }
+            Values::Hex(get, _) => {
+                let mut b = StringBuilder::with_capacity(n, n * 32);
+                let mut hex = [0u8; 32];
+                for row in rows {
+                    // Hex digits are ASCII: the error arm is never taken, and
+                    // a null there would fail the batch, not pass unseen.
+                    match hex::encode_to_slice(get(row.borrow()), &mut hex).map(|()| std::str::from_utf8(&hex)) {
+                        Ok(Ok(text)) => b.append_value(text),
+                        _ => b.append_null(),
+                    }
+                }
                 Arc::new(b.finish())
             }
             Values::Id(get, _) => {
                 let mut b = Int64Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r).map(id_to_archive)));
+                rows.iter().for_each(|r| b.append_option(get(r.borrow()).map(id_to_archive)));
                 Arc::new(b.finish())
             }
             Values::U32(get, _) => {
                 let mut b = UInt32Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r)));
+                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
                 Arc::new(b.finish())
             }
             Values::Time(get, _) => {
                 let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-                rows.iter().for_each(|r| b.append_option(get(r)));
+                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
                 Arc::new(b.finish())
             }
             Values::Bool(get, _) => {
                 let mut b = BooleanBuilder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r)));
+                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
                 Arc::new(b.finish())
             }
         }
@@ -297,7 +313,7 @@ impl Values {
         for (i, row) in rows.iter_mut().enumerate() {
             let null = array.is_null(i);
             match self {
-                Values::Text(_, set) => {
+                Values::Text(_, set) | Values::Hex(_, set) => {
                     let strings = array.as_string::<i32>();
                     at(i, set(row, (!null).then(|| strings.value(i))))?
                 }
@@ -319,8 +335,9 @@ pub fn scan_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Builds one record batch from rows.
-pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError> {
+/// Builds one record batch from rows, owned or borrowed (a writer that
+/// orders references rather than moving rows).
+pub fn to_record_batch<R: Borrow<ArchivedScan>>(rows: &[R]) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(scan_schema(), COLUMNS.iter().map(|c| c.values.write(rows)).collect())
 }
 

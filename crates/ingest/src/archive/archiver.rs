@@ -166,8 +166,9 @@ impl State {
             let now = Instant::now();
             for record in &records {
                 let rows = journal::decode(&record.payload).map_err(fatal)?;
-                self.writer.append(&rows, now)?;
-                telemetry::archive_rows_written(rows.len());
+                let count = rows.len();
+                self.writer.append(rows, now)?;
+                telemetry::archive_rows_written(count);
             }
             if self.writer.cut_due(now) {
                 self.cut()?;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use thiserror::Error;
@@ -84,18 +84,30 @@ struct OpenFile {
     pending_bytes: u64,
 }
 
-/// Sorts a row group by card, then time, and writes it as one row group.
-fn write_row_group(file: &mut OpenFile, mut rows: Vec<ArchivedScan>) -> Result<(), ArchiveError> {
+/// Sorts a row group by validator, then the validator's own count, and
+/// writes it as one row group: a validator's scans sit together in the
+/// order it read them, so its id, stop, times and counter change little
+/// from row to row, which is what the delta encodings and ZSTD feed on
+/// (see [`scan_writer_properties`]). Takes the file's pending rows and
+/// leaves their buffer empty for the next group, its capacity kept.
+fn write_row_group(file: &mut OpenFile) -> Result<(), ArchiveError> {
+    let rows = &mut file.pending;
     if rows.is_empty() {
         return Ok(());
     }
-    rows.sort_by_key(|r| (r.card_id, r.scanned_at, r.scan_id));
-    let batch = to_record_batch(&rows)?;
+    // References sorted, not rows: a row is about 200 bytes to move.
+    let mut sorted: Vec<&ArchivedScan> = rows.iter().collect();
+    sorted.sort_unstable_by(|a, b| {
+        (&a.validator_id, a.validator_seq, a.scan_id).cmp(&(&b.validator_id, b.validator_seq, b.scan_id))
+    });
+    let batch = to_record_batch(&sorted)?;
+    drop(sorted);
     let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
     file.writer.write(&batch).map_err(parquet)?;
     file.writer.flush().map_err(parquet)?;
     let written: u64 = rows.iter().map(approximate_bytes).sum();
     file.pending_bytes = file.pending_bytes.saturating_sub(written);
+    rows.clear();
     Ok(())
 }
 
@@ -105,24 +117,46 @@ fn approximate_bytes(row: &ArchivedScan) -> u64 {
         as u64
 }
 
-/// How the scans archive is encoded, chosen by measurement (figures in
-/// docs/archive.md): ZSTD; dictionaries only on the columns with few
-/// distinct values (ids, counters and times are near unique, where a
-/// dictionary only adds a page); bloom filters on the two columns looked
-/// up by value, `card_id` and `scan_id`; page statistics and the page index
-/// (the default) so a sorted row group answers a card lookup by page.
+/// How the scans archive is encoded, each column's choice measured on a
+/// generated city's day (figures in docs/archive.md): ZSTD everywhere;
+/// dictionaries only on the columns with few distinct values; no
+/// dictionary on the many-valued ones, where its page costs more than it
+/// saves: the numbers and times delta-encoded (rows sorted by validator
+/// make their steps small), but `code_created_at`, whole seconds, plain
+/// (ZSTD finds its zero milliseconds, which delta packing hides), as are
+/// `validator_id` and `stop_id` (ZSTD takes a validator's run of equal
+/// ids for less than a dictionary's page), and `scan_id`'s 32 characters
+/// without a length before each. A bloom filter on `card_id`, the column
+/// looked up by value.
 pub fn scan_writer_properties(row_group_rows_max: usize) -> WriterProperties {
-    let unique =
-        ["scan_id", "validator_seq", "card_id", "code_created_at", "code_counter", "scanned_at", "received_at"];
-    archive_writer_properties(&unique, &["card_id", "scan_id"], Some(row_group_rows_max))
+    let delta = Encoding::DELTA_BINARY_PACKED;
+    let unique = [
+        ("scan_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+        ("validator_id", Encoding::PLAIN),
+        ("validator_seq", delta),
+        ("stop_id", Encoding::PLAIN),
+        ("card_id", delta),
+        ("code_created_at", Encoding::PLAIN),
+        ("code_counter", delta),
+        ("scanned_at", delta),
+        ("received_at", delta),
+    ];
+    archive_writer_properties(&unique, &["card_id"], Some(row_group_rows_max))
 }
 
-/// The archives' one encoding recipe: ZSTD level 3; no dictionary on the
-/// `plain` columns (a dotted path names a nested one, `scan_ids.list.item`);
-/// bloom filters with 1 % false positives on the `bloom` columns, sized
-/// for a row group of `row_group_rows_max` rows when one is set.
+/// False positives of the archives' bloom filters. parquet rounds a
+/// filter up to a power of two bytes, so 1 % (9.7 bits a value) would take
+/// 16 bits a value, 2 bytes a row per filtered column at a full row group;
+/// this rate comes to just under 8 bits a value, 64 KiB for 65 536 rows.
+pub const BLOOM_FILTER_FALSE_POSITIVES: f64 = 0.03;
+
+/// The archives' one encoding recipe: ZSTD level 3; the `unique` columns
+/// without a dictionary and in the encoding given (a dotted path names a
+/// nested one, `scan_ids.list.item`); bloom filters on the `bloom` columns
+/// ([`BLOOM_FILTER_FALSE_POSITIVES`]), sized for a row group of
+/// `row_group_rows_max` rows when one is set.
 pub fn archive_writer_properties(
-    plain: &[&str],
+    unique: &[(&str, Encoding)],
     bloom: &[&str],
     row_group_rows_max: Option<usize>,
 ) -> WriterProperties {
@@ -132,12 +166,14 @@ pub fn archive_writer_properties(
     if let Some(rows) = row_group_rows_max {
         builder = builder.set_max_row_group_row_count(Some(rows));
     }
-    for column in plain {
-        builder = builder.set_column_dictionary_enabled(path(column), false);
+    for (column, encoding) in unique {
+        builder =
+            builder.set_column_dictionary_enabled(path(column), false).set_column_encoding(path(column), *encoding);
     }
     for column in bloom {
-        builder =
-            builder.set_column_bloom_filter_enabled(path(column), true).set_column_bloom_filter_fpp(path(column), 0.01);
+        builder = builder
+            .set_column_bloom_filter_enabled(path(column), true)
+            .set_column_bloom_filter_fpp(path(column), BLOOM_FILTER_FALSE_POSITIVES);
         if let Some(rows) = row_group_rows_max {
             builder = builder.set_column_bloom_filter_max_ndv(path(column), u64::try_from(rows).unwrap_or(u64::MAX));
         }
@@ -175,24 +211,33 @@ impl ArchiveWriter {
 
     /// Appends rows, each to its service date's open file. Rows wait in
     /// memory until a row group's worth is there, then go in sorted by
-    /// card and time (see [`scan_writer_properties`]).
-    pub fn append(&mut self, rows: &[ArchivedScan], now: Instant) -> Result<(), ArchiveError> {
-        let mut by_date: BTreeMap<NaiveDate, Vec<ArchivedScan>> = BTreeMap::new();
-        for row in rows {
-            by_date.entry(row.service_date).or_default().push(row.clone());
-        }
+    /// validator and its count (see [`write_row_group`]). After an error
+    /// the writer is abandoned ([`ArchiveWriter::abandon`]) and the rows
+    /// read again from the log, as the archiver does.
+    pub fn append(&mut self, rows: Vec<ArchivedScan>, now: Instant) -> Result<(), ArchiveError> {
+        let one_date =
+            rows.first().map(|first| first.service_date).filter(|d| rows.iter().all(|r| r.service_date == *d));
+        let by_date: BTreeMap<NaiveDate, Vec<ArchivedScan>> = match one_date {
+            Some(date) => BTreeMap::from([(date, rows)]),
+            None => rows.into_iter().fold(BTreeMap::new(), |mut by_date, row| {
+                by_date.entry(row.service_date).or_insert_with(Vec::new).push(row);
+                by_date
+            }),
+        };
         let row_group_rows = self.config.row_group_rows_max.max(1);
         for (date, rows) in by_date {
             let faults = Arc::clone(&self.faults);
             let file = self.open_file(date, now)?;
             faults.before_write().map_err(|source| ArchiveError::Io { path: file.tmp_path.clone(), source })?;
-            file.rows += rows.len() as u64;
-            file.pending_bytes += rows.iter().map(approximate_bytes).sum::<u64>();
-            file.pending.extend(rows);
-            while file.pending.len() >= row_group_rows {
-                let rest = file.pending.split_off(row_group_rows);
-                let group = std::mem::replace(&mut file.pending, rest);
-                write_row_group(file, group)?;
+            // Counted as they go in, so that after an error the count is
+            // still what the file holds (the caller abandons the writer then).
+            for row in rows {
+                file.rows += 1;
+                file.pending_bytes += approximate_bytes(&row);
+                file.pending.push(row);
+                if file.pending.len() >= row_group_rows {
+                    write_row_group(file)?;
+                }
             }
         }
         Ok(())
@@ -267,8 +312,7 @@ impl ArchiveWriter {
         from_lsn: u64,
         to_lsn: u64,
     ) -> Result<ClosedFile, ArchiveError> {
-        let rest = std::mem::take(&mut file.pending);
-        write_row_group(&mut file, rest)?;
+        write_row_group(&mut file)?;
         // Paired with `append`'s count: the rows read from the log for this
         // file are the rows its row groups hold, before it is named.
         let in_row_groups: i64 = file.writer.flushed_row_groups().iter().map(|group| group.num_rows()).sum();
@@ -358,7 +402,7 @@ mod tests {
             (NaiveDate::from_ymd_opt(2026, 11, 25).expect("d"), NaiveDate::from_ymd_opt(2026, 11, 26).expect("d"));
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(3600));
         let rows: Vec<_> = (0..10).map(|i| row(i, if i < 6 { d1 } else { d2 })).collect();
-        w.append(&rows, Instant::now()).expect("append");
+        w.append(rows.clone(), Instant::now()).expect("append");
         assert!(archive_files(dir.path()).expect("list").is_empty(), "nothing visible while files are open");
         for date in [d1, d2] {
             let partition = partition_dir(dir.path(), date);
@@ -383,11 +427,11 @@ mod tests {
         let start = Instant::now();
         let mut by_size = writer(dir.path(), 1, Duration::from_secs(3600));
         assert!(!by_size.cut_due(start), "nothing open, nothing due");
-        by_size.append(&[row(1, date)], start).expect("append");
+        by_size.append(vec![row(1, date)], start).expect("append");
         assert!(by_size.cut_due(start), "one byte is over the limit");
 
         let mut by_age = writer(dir.path(), u64::MAX, Duration::from_secs(300));
-        by_age.append(&[row(1, date)], start).expect("append");
+        by_age.append(vec![row(1, date)], start).expect("append");
         assert!(!by_age.cut_due(start + Duration::from_secs(299)));
         assert!(by_age.cut_due(start + Duration::from_secs(300)));
     }
@@ -399,10 +443,10 @@ mod tests {
         fs::create_dir_all(partition_dir(dir.path(), date)).expect("dir");
         fs::write(partition_dir(dir.path(), date).join(SUCCESS_MARKER), "").expect("marker");
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(300));
-        w.append(&[row(1, date)], Instant::now()).expect("append");
+        w.append(vec![row(1, date)], Instant::now()).expect("append");
         let closed = w.close_all(0, 10).expect("close");
         assert!(closed[0].late && closed[0].path.to_string_lossy().contains("late-"), "{closed:?}");
-        w.append(&[row(2, date)], Instant::now()).expect("append");
+        w.append(vec![row(2, date)], Instant::now()).expect("append");
         w.abandon();
         let names: Vec<_> = fs::read_dir(partition_dir(dir.path(), date))
             .expect("dir")
@@ -418,7 +462,7 @@ mod tests {
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(300));
         w.set_closed_through(date);
         w.set_closed_through(date.pred_opt().expect("d"));
-        w.append(&[row(1, date), row(2, date.succ_opt().expect("d"))], Instant::now()).expect("append");
+        w.append(vec![row(1, date), row(2, date.succ_opt().expect("d"))], Instant::now()).expect("append");
         let closed = w.close_all(0, 10).expect("close");
         let names: Vec<(NaiveDate, bool)> = closed.iter().map(|c| (c.service_date, c.late)).collect();
         assert_eq!(names, vec![(date, true), (date.succ_opt().expect("d"), false)], "closed days never go backwards");
@@ -426,7 +470,8 @@ mod tests {
     }
 
     #[test]
-    fn row_groups_are_sorted_by_card_and_carry_bloom_filters() {
+    fn row_groups_are_sorted_by_validator_encoded_by_column_and_filter_cards() {
+        use parquet::basic::Encoding;
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let dir = tempfile::tempdir().expect("tempdir");
         let date = NaiveDate::from_ymd_opt(2026, 11, 20).expect("d");
@@ -437,18 +482,39 @@ mod tests {
             row_group_rows_max: 4,
         };
         let mut w = ArchiveWriter::new(config, Arc::new(Faults::default())).expect("writer");
-        let rows: Vec<_> = (0..10).rev().map(|i| row(i, date)).collect();
-        w.append(&rows, Instant::now()).expect("append");
+        let on_two_validators = |i: u64| ArchivedScan { validator_id: format!("bus-{}", 2 - i % 2), ..row(i, date) };
+        let rows: Vec<_> = (0..10).rev().map(on_two_validators).collect();
+        w.append(rows, Instant::now()).expect("append");
         let closed = w.close_all(0, 1).expect("close");
-        let back: Vec<u64> = read_all(dir.path()).expect("read").iter().filter_map(|r| r.card_id).collect();
-        assert_eq!(back, vec![6, 7, 8, 9, 2, 3, 4, 5, 0, 1], "each row group of 4 sorted by card, in arrival order");
+        let back: Vec<u64> = read_all(dir.path()).expect("read").iter().map(|r| r.validator_seq).collect();
+        assert_eq!(
+            back,
+            vec![7, 9, 6, 8, 3, 5, 2, 4, 1, 0],
+            "each row group of 4 sorted by validator (bus-1 holds the odd ones), then its count, in arrival order"
+        );
         let reader = SerializedFileReader::new(File::open(&closed[0].path).expect("open")).expect("parquet");
         let metadata = reader.metadata();
         assert_eq!(metadata.num_row_groups(), 3);
         let schema = metadata.file_metadata().schema_descr();
         for (i, column) in schema.columns().iter().enumerate() {
             let has_bloom = metadata.row_group(0).column(i).bloom_filter_offset().is_some();
-            assert_eq!(has_bloom, ["card_id", "scan_id"].contains(&column.name()), "{}", column.name());
+            assert_eq!(has_bloom, column.name() == "card_id", "{}", column.name());
+            let encodings = metadata.row_group(0).column(i).encodings().collect::<Vec<_>>();
+            let expected = match column.name() {
+                "scan_id" => Some(Encoding::DELTA_LENGTH_BYTE_ARRAY),
+                "validator_id" | "stop_id" | "code_created_at" => Some(Encoding::PLAIN),
+                "validator_seq" | "card_id" | "code_counter" | "scanned_at" | "received_at" => {
+                    Some(Encoding::DELTA_BINARY_PACKED)
+                }
+                _ => None,
+            };
+            if let Some(expected) = expected {
+                assert!(encodings.contains(&expected), "{}: {encodings:?}", column.name());
+                let dictionary = encodings.contains(&Encoding::RLE_DICTIONARY);
+                assert!(!dictionary, "{}: many values, no dictionary: {encodings:?}", column.name());
+            } else if column.name() == "status" {
+                assert!(encodings.contains(&Encoding::RLE_DICTIONARY), "status has a dictionary: {encodings:?}");
+            }
         }
     }
 }
