@@ -16,7 +16,9 @@ source "$(dirname "$0")/lib.sh"
 resolve_farestream_bin
 scans=${SCANS:-10000000}
 date=$(date -u -d yesterday +%F)
-work=${WORK_DIR:-$(mktemp -d)}
+# Under WORK_DIR when given (a disk with room), in a folder of its own:
+# only that folder is removed at the end.
+work=$(mktemp -d "${WORK_DIR:-${TMPDIR:-/tmp}}/farestream-bench.XXXXXX")
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 echo "== generating $scans scans for $date"

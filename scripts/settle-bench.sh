@@ -16,7 +16,9 @@ source "$(dirname "$0")/lib.sh"
 resolve_farestream_bin
 scans=${SCANS:-10000000}
 date=${DATE:-2026-11-25}
-work=${WORK_DIR:-$(mktemp -d)}
+# Under WORK_DIR when given (a disk with room), in a folder of its own:
+# only that folder is removed at the end.
+work=$(mktemp -d "${WORK_DIR:-${TMPDIR:-/tmp}}/farestream-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 data="$work/data"
 
