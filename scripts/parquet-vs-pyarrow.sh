@@ -5,10 +5,11 @@
 # ArchiveWriter (rows in, each row group sorted by validator and encoded,
 # bloom filter on card_id, fsynced, renamed in) and prints its write time;
 # then pyarrow (installed when missing) reads those files and writes the
-# same rows again in the same order with the same settings: ZSTD level 3,
-# the same columns with and without a dictionary, the same encodings, row
-# groups of the same size, a bloom filter on card_id at the same false
-# positive rate, the page index. pyarrow starts from an Arrow table
+# same rows again in the same order with the same settings, read from
+# farestream's files: ZSTD level 3, the same columns with and without a
+# dictionary, the same encodings, row groups of the same size, bloom
+# filters on the same columns at the same false positive rate, the page
+# index. pyarrow starts from an Arrow table
 # already in memory and in order; it is timed twice, writing only, and
 # sorting each row group first as the archiver does. Prints bytes a row
 # and rows a second for each, and the ratio.
@@ -41,15 +42,22 @@ root, work, farestream_rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
 files = sorted(glob.glob(f"{root}/*/*.parquet"))
 farestream_bytes = sum(os.path.getsize(f) for f in files)
 table = pa.concat_tables([pq.read_table(f) for f in files]).combine_chunks()
-# The encoding crates/ingest/src/archive/parquet_writer.rs chooses.
-delta = ["validator_seq", "card_id", "code_counter", "scanned_at", "received_at"]
-encodings = {c: "DELTA_BINARY_PACKED" for c in delta}
-encodings.update({"scan_id": "DELTA_LENGTH_BYTE_ARRAY", "validator_id": "PLAIN", "stop_id": "PLAIN", "code_created_at": "PLAIN"})
-dictionary = [c for c in table.column_names if c not in encodings]
-row_group = 65536
+metas = [pq.ParquetFile(f).metadata for f in files]
+# farestream's settings, read from its own files so the two cannot drift:
+# each column's dictionary or encoding (the one that is not the levels'
+# RLE), which columns carry a bloom filter, the row group size. Only the
+# false positive rate is not in a file: BLOOM_FILTER_FALSE_POSITIVES in
+# crates/ingest/src/archive/parquet_writer.rs.
+bloom_false_positives = 0.03
+first = [metas[0].row_group(0).column(i) for i in range(metas[0].num_columns)]
+row_group = max(m.row_group(g).num_rows for m in metas for g in range(m.num_row_groups))
+dictionary = [c.path_in_schema for c in first if c.has_dictionary_page]
+encodings = {c.path_in_schema: next(e for e in c.encodings if e != "RLE") for c in first if not c.has_dictionary_page}
+bloom = {c.path_in_schema: {"fpp": bloom_false_positives, "ndv": row_group} for c in first if c.bloom_filter_offset}
 settings = dict(compression="zstd", compression_level=3, row_group_size=row_group, use_dictionary=dictionary,
-                column_encoding=encodings, write_page_index=True,
-                bloom_filter_options={"card_id": {"fpp": 0.03, "ndv": row_group}})
+                column_encoding=encodings, write_page_index=True, bloom_filter_options=bloom)
+print(f"settings read from farestream's files: row groups of {row_group}, dictionaries on {', '.join(dictionary)}; "
+      f"encodings {encodings}; bloom filters on {', '.join(bloom)}")
 
 def write(label, sort_first):
     out = f"{work}/pyarrow-{label}.parquet"
@@ -69,8 +77,7 @@ def write(label, sort_first):
 rows = table.num_rows
 print(f"farestream: {farestream_bytes / rows:.2f} bytes a row, {farestream_rate:,.0f} rows/s")
 by_column = {}
-for f in files:
-    meta = pq.ParquetFile(f).metadata
+for meta in metas:
     for g in range(meta.num_row_groups):
         for c in range(meta.num_columns):
             chunk = meta.row_group(g).column(c)

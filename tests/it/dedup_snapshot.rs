@@ -4,26 +4,13 @@
 //! archive; and a snapshot holding a claim that never reached the log is
 //! never put in place.
 
-use std::time::Duration;
-
 use farestream::archive::read::read_all;
 use farestream::archive::scans_root;
 use farestream::config::Config;
-use farestream::scan::{ScanStatus, TapKind};
 use farestream::server::dedup_snapshot::{SnapshotWriteError, snapshot_path};
 use farestream::wire::ScanBatch;
 
-use crate::support::{Harness, T0_MS, batch, quick_failures, record, scans};
-
-/// The batch comes back as all re-deliveries, and a copy of its first
-/// rider's code on another validator is a replay.
-async fn still_caught(h: &Harness, original: &ScanBatch, first_card: u64) {
-    let again = h.client_as("station-01").push(original).await.expect("ack");
-    assert_eq!((again.accepted, again.redelivered), (0, original.scans.len() as u32));
-    let copy = record("gate-9", first_card, T0_MS + 5_000, TapKind::Entry, h.rider(first_card).code_at(T0_MS, 1));
-    let replay = h.client_as("station-02").push(&batch("station-02", first_card, vec![copy])).await.expect("ack");
-    assert_eq!(replay.rejections[0].scan_status(), Some(ScanStatus::Replay));
-}
+use crate::support::{Harness, assert_still_caught, push_into_a_panicking_commit, scans};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_loads_the_snapshot_written_at_shutdown() {
@@ -36,7 +23,7 @@ async fn a_graceful_restart_loads_the_snapshot_written_at_shutdown() {
     assert_eq!((loaded.counts.deliveries, loaded.counts.rides), (3, 3), "{recovery:?}");
     assert_eq!(loaded.replay_from_lsn, recovery.wal_end_lsn, "nothing after it to replay");
     assert_eq!(recovery.restored_rows, 0, "no archive read: {recovery:?}");
-    still_caught(&h, &first, 1).await;
+    assert_still_caught(&h, &first, 1).await;
     h.server.flush_archive().await.expect("flush");
     assert_eq!(read_all(&scans_root(h.dir.path())).expect("rows").len(), 4, "3 entries and the replay");
 }
@@ -66,9 +53,9 @@ async fn a_crash_after_a_snapshot_replays_the_log_tail_onto_it() {
     let loaded = recovery.dedup_snapshot.expect("the log still holds the snapshot's tail");
     assert_eq!(loaded.replay_from_lsn, written.replay_from_lsn);
     assert_eq!(recovery.restored_rows, 6, "the tail: {recovery:?}");
-    still_caught(&h, &before, 1).await;
+    assert_still_caught(&h, &before, 1).await;
     for (i, batch) in after.iter().enumerate() {
-        still_caught(&h, batch, 10 + 10 * i as u64).await;
+        assert_still_caught(&h, batch, 10 + 10 * i as u64).await;
     }
 }
 
@@ -118,7 +105,7 @@ async fn a_snapshot_it_cannot_use_sends_the_restart_to_the_archive() {
         let recovery = h.server.recovery();
         assert_eq!(recovery.dedup_snapshot, None, "{what}");
         assert_eq!(recovery.restored_rows, 3, "{what}: from the archive: {recovery:?}");
-        still_caught(&h, &first, 1).await;
+        assert_still_caught(&h, &first, 1).await;
     }
 }
 
@@ -129,14 +116,7 @@ async fn a_snapshot_it_cannot_use_sends_the_restart_to_the_archive() {
 /// re-delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_holding_an_unlogged_claim_is_never_put_in_place() {
-    let h = Harness::start_with(quick_failures(Config::defaults())).await;
-    let original = scans(&h, 1, 1, 2);
-    h.faults.panic_in_next_commit(Duration::from_millis(500));
-    let pushed = tokio::spawn({
-        let (client, original) = (h.client_as("station-01"), original.clone());
-        async move { client.push(&original).await }
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (h, original, pushed) = push_into_a_panicking_commit().await;
     let written = h.server.write_dedup_snapshot().await;
     assert!(matches!(written, Err(SnapshotWriteError::Stopping(_))), "{written:?}");
     assert!(!snapshot_path(h.dir.path()).exists(), "not put in place");

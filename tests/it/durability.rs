@@ -12,7 +12,9 @@ use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream::server::Fatal;
 use farestream::wal::committer::WalState;
 
-use crate::support::{Harness, T0_MS, batch, quick_failures, record, scans};
+use crate::support::{
+    Harness, T0_MS, assert_still_caught, batch, push_into_a_panicking_commit, quick_failures, record, scans,
+};
 
 /// Every row once, by scan id.
 fn assert_each_once(rows: &[ArchivedScan], expected: usize) {
@@ -30,11 +32,7 @@ async fn after_a_restart_redeliveries_and_replays_are_still_caught() {
     let h = h.crash_and_recover(|_| {}).await;
     assert_eq!(h.server.recovery().restored_rows, 3, "{:?}", h.server.recovery());
     assert_eq!(h.server.recovery().dedup_snapshot, None);
-    let again = h.client_as("station-01").push(&first).await.expect("ack");
-    assert_eq!((again.accepted, again.redelivered), (0, 3));
-    let copy = record("gate-9", 1, T0_MS + 5_000, TapKind::Entry, h.rider(1).code_at(T0_MS, 1));
-    let replay = h.client_as("station-02").push(&batch("station-02", 1, vec![copy])).await.expect("ack");
-    assert_eq!(replay.rejections[0].scan_status(), Some(ScanStatus::Replay));
+    assert_still_caught(&h, &first, 1).await;
     h.server.flush_archive().await.expect("flush");
     let rows = read_all(&scans_root(h.dir.path())).expect("rows");
     assert_each_once(&rows, 4);
@@ -195,14 +193,7 @@ async fn a_full_disk_between_a_cut_and_its_checkpoint_archives_each_row_once() {
 /// although they were never logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivery_waiting_behind_a_panicked_commit_is_not_acked() {
-    let h = Harness::start_with(quick_failures(Config::defaults())).await;
-    let original = scans(&h, 1, 1, 2);
-    h.faults.panic_in_next_commit(Duration::from_millis(500));
-    let first = tokio::spawn({
-        let (client, original) = (h.client_as("station-01"), original.clone());
-        async move { client.push(&original).await }
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (h, original, first) = push_into_a_panicking_commit().await;
     let resent = h.client_as("station-01").push(&original).await;
     assert!(resent.is_err(), "claimed but never logged, so never acked: {resent:?}");
     assert!(first.await.expect("task").is_err());

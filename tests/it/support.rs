@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use farestream::archive::{read, scans_root};
 use farestream::clock_source::ManualClock;
@@ -10,14 +11,14 @@ use farestream::config::Config;
 use farestream::faults::Faults;
 use farestream::fleet::GatewayScope;
 use farestream::fleet_ca::FleetCa;
-use farestream::gateway::GatewayClient;
 use farestream::gateway::tls::GatewayCredentials;
+use farestream::gateway::{GatewayClient, GatewayError};
 use farestream::money::notify::InboxNotifier;
 use farestream::ridecode::{Credential, IssuerPublicKeys, IssuerSigningKey, UserKey};
-use farestream::scan::{ArchivedScan, TapKind};
+use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream::server::{Assembly, Server, ServerError};
 use farestream::tls_identity::{NewIdentity, ServerIdentity};
-use farestream::wire::{ScanBatch, ScanRecord, WireTapKind};
+use farestream::wire::{BatchAck, ScanBatch, ScanRecord, WireTapKind};
 use farestream_core::clock::UnixMillis;
 
 /// 2025-11-20 10:00:00 in Shanghai, a Thursday morning.
@@ -57,6 +58,35 @@ pub(crate) fn scans(h: &Harness, seq: u64, first: u64, n: u64) -> ScanBatch {
         .map(|card| record("gate-1", card, T0_MS + card as i64, TapKind::Entry, h.rider(card).code_at(T0_MS, 1)))
         .collect();
     batch("station-01", seq, records)
+}
+
+/// After a restart: `original` (already acked) comes back as all
+/// re-deliveries, and a copy of card `first_card`'s code shown on another
+/// validator is a replay.
+pub(crate) async fn assert_still_caught(h: &Harness, original: &ScanBatch, first_card: u64) {
+    let again = h.client_as("station-01").push(original).await.expect("ack");
+    assert_eq!((again.accepted, again.redelivered), (0, original.scans.len() as u32));
+    let copy = record("gate-9", first_card, T0_MS + 5_000, TapKind::Entry, h.rider(first_card).code_at(T0_MS, 1));
+    let replay = h.client_as("station-02").push(&batch("station-02", first_card, vec![copy])).await.expect("ack");
+    assert_eq!(replay.rejections[0].scan_status(), Some(ScanStatus::Replay));
+}
+
+/// A push in flight from station-01 when this returns.
+pub(crate) type PushInFlight = tokio::task::JoinHandle<Result<BatchAck, GatewayError>>;
+
+/// A server that fails fast ([`quick_failures`]), and two scans pushed
+/// into a commit that claims them, then panics 500 ms later before
+/// logging them: returned while the claims are held.
+pub(crate) async fn push_into_a_panicking_commit() -> (Harness, ScanBatch, PushInFlight) {
+    let h = Harness::start_with(quick_failures(Config::defaults())).await;
+    let original = scans(&h, 1, 1, 2);
+    h.faults.panic_in_next_commit(Duration::from_millis(500));
+    let pushed = tokio::spawn({
+        let (client, original) = (h.client_as("station-01"), original.clone());
+        async move { client.push(&original).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    (h, original, pushed)
 }
 
 /// Failures noticed fast: few gateway retries, short waits on the log

@@ -46,10 +46,6 @@ pub fn table_root(archive_dir: &Path, name: &str) -> PathBuf {
     archive_dir.join(name)
 }
 
-/// The most a sorting partition holds back to merge its spills
-/// (DataFusion's default).
-const SORT_MERGE_ROOM_BYTES_MAX: usize = 10 << 20;
-
 /// What a session over the archive may hold in memory: its sorts, joins
 /// and aggregations share `bytes_max` (DataFusion's fair spill pool) and
 /// spill the rest to files under `spill_dir`, at most `spill_bytes_max`.
@@ -86,7 +82,7 @@ pub fn archive_session(archive_dir: &Path, budget: &MemoryBudget) -> Result<Sess
     // DataFusion's 10 MiB a small budget could not sort at all.
     let config = SessionConfig::new();
     let partitions = config.target_partitions().max(1);
-    let merge_room = (budget.bytes_max / (4 * partitions)).min(SORT_MERGE_ROOM_BYTES_MAX);
+    let merge_room = (budget.bytes_max / (4 * partitions)).min(config.options().execution.sort_spill_reservation_bytes);
     let config = config.with_sort_spill_reservation_bytes(merge_room);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     for table in archive_tables() {

@@ -121,10 +121,7 @@ pub(super) async fn snapshot_job(shared: Arc<Shared>, interval: Duration) {
             _ = shared.shutdown.cancelled() => return,
             _ = every.tick() => match write(&shared).await {
                 Ok(written) => tracing::info!(?written, "dedup snapshot written"),
-                Err(error) => {
-                    tracing::warn!(%error, "dedup snapshot not written; the one in place may go stale");
-                    telemetry::dedup_snapshot_failed();
-                }
+                Err(error) => tracing::warn!(%error, "dedup snapshot not written; the one in place may go stale"),
             },
         }
     }
@@ -132,14 +129,21 @@ pub(super) async fn snapshot_job(shared: Arc<Shared>, interval: Duration) {
 
 /// Writes a snapshot and puts it in place once its claims are durable,
 /// one at a time; the log keeps its segments from the snapshot's position
-/// on (and, after a failure, for none).
+/// on (and, after a failure, for none). Counted here, whoever asked: the
+/// periodic job, the shutdown or [`crate::Server::write_dedup_snapshot`].
 pub(super) async fn write(shared: &Arc<Shared>) -> Result<WrittenSnapshot, SnapshotWriteError> {
     let _one_at_a_time = shared.snapshot_writer.lock().await;
     shared.log_readers.snapshot_starting();
     let written = write_and_put_in_place(shared).await;
     match &written {
-        Ok(written) => shared.log_readers.snapshot_in_place(written.replay_from_lsn),
-        Err(_) => shared.log_readers.snapshot_failed(),
+        Ok(written) => {
+            shared.log_readers.snapshot_in_place(written.replay_from_lsn);
+            telemetry::dedup_snapshot_written(written.bytes, written.elapsed.as_secs_f64());
+        }
+        Err(_) => {
+            shared.log_readers.snapshot_failed();
+            telemetry::dedup_snapshot_failed();
+        }
     }
     written
 }
@@ -173,9 +177,7 @@ async fn write_and_put_in_place(shared: &Arc<Shared>) -> Result<WrittenSnapshot,
     let faults = Arc::clone(&shared.handles.faults);
     let publish = tokio::task::spawn_blocking(move || put_in_place(&tmp, &path, &faults));
     publish.await.map_err(|e| SnapshotWriteError::Task(e.to_string()))??;
-    let written = WrittenSnapshot { replay_from_lsn, counts, bytes, elapsed: started.elapsed() };
-    telemetry::dedup_snapshot_written(written.bytes, written.elapsed.as_secs_f64());
-    Ok(written)
+    Ok(WrittenSnapshot { replay_from_lsn, counts, bytes, elapsed: started.elapsed() })
 }
 
 fn write_file(

@@ -28,7 +28,7 @@ const STATION_GATEWAYS: u32 = 4;
 const UPLOAD_INTERVAL_MS: i64 = 60_000;
 /// The city publishes a deny list this often.
 const DENY_LIST_INTERVAL_MS: i64 = 1_200_000;
-/// One scan in this many waits hours for its validator to come back online.
+/// One upload in this many waits hours for its validator to come back online.
 const LATE_UPLOAD_ONE_IN: u32 = 500;
 
 /// A scan being planned: its row, and the validator that will number it.
@@ -68,8 +68,8 @@ impl City {
         Place::Station(rng.random_range(0..STATIONS))
     }
 
-    /// The metro line a trip between two stations is on, for its `route_id`.
-    pub(super) fn line_of(station: u32) -> String {
+    /// The metro line a station is on, for its scans' `route_id`.
+    fn line_of(station: u32) -> String {
         format!("metro-{:02}", station % METRO_LINES)
     }
 
@@ -137,19 +137,13 @@ impl City {
 }
 
 /// Numbers each validator's scans in the order it read them, from a count
-/// it had reached before the day.
+/// it had reached before the day. Leaves the scans in validator order.
 pub(super) fn number_scans(scans: &mut [PlannedScan], rng: &mut StdRng) {
-    let mut order: Vec<u32> = (0..u32::try_from(scans.len()).unwrap_or(u32::MAX)).collect();
-    order.sort_unstable_by_key(|&i| (scans[i as usize].validator, scans[i as usize].row.scanned_at));
-    let mut current = None;
-    let mut next_seq = 0u64;
-    for i in order {
-        let scan = &mut scans[i as usize];
-        if current != Some(scan.validator) {
-            current = Some(scan.validator);
-            next_seq = rng.random_range(0..5_000_000);
+    scans.sort_unstable_by_key(|scan| (scan.validator, scan.row.scanned_at));
+    for validators_scans in scans.chunk_by_mut(|a, b| a.validator == b.validator) {
+        let count_before_the_day = rng.random_range(0..5_000_000u64);
+        for (seq, scan) in (count_before_the_day..).zip(validators_scans) {
+            scan.row.validator_seq = seq;
         }
-        scan.row.validator_seq = next_seq;
-        next_seq += 1;
     }
 }

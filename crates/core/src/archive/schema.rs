@@ -468,4 +468,28 @@ mod tests {
         let error = from_record_batch(&batch, NaiveDate::MIN).expect_err("unknown status").to_string();
         assert!(error.contains("row 1: bad status: unknown status \"teleported\""), "{error}");
     }
+
+    /// A scan id is written as 32 hex digits at both ends of its range, and
+    /// only 32 hex digits read back: empty, one short, one over, not hex
+    /// and null are each refused by row.
+    #[test]
+    fn scan_ids_are_32_hex_digits_both_ways() {
+        let ends = [[0u8; 16], [0xff; 16]].map(|scan_id| ArchivedScan { scan_id, ..ArchivedScan::blank() });
+        let batch = to_record_batch(&ends).expect("batch");
+        let written = batch.column(0).as_string::<i32>();
+        assert_eq!((written.value(0), written.value(1)), ("0".repeat(32).as_str(), "f".repeat(32).as_str()));
+        assert_eq!(from_record_batch(&batch, ArchivedScan::blank().service_date).expect("read"), ends);
+        let scan_id = COLUMNS.iter().position(|c| c.name == "scan_id").expect("scan_id column");
+        let bad = ["", &"a".repeat(31), &"a".repeat(33), &"z".repeat(32)];
+        for text in bad.iter().map(|t| Some(*t)).chain([None]) {
+            let mut columns = to_record_batch(&[ArchivedScan::blank()]).expect("batch").columns().to_vec();
+            columns[scan_id] = Arc::new(arrow_array::StringArray::from(vec![text]));
+            let schema = Arc::new(Schema::new(
+                scan_schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            ));
+            let batch = RecordBatch::try_new(schema, columns).expect("batch");
+            let error = from_record_batch(&batch, NaiveDate::MIN).expect_err("refused").to_string();
+            assert!(error.contains("row 0: bad scan_id"), "{text:?}: {error}");
+        }
+    }
 }

@@ -315,8 +315,9 @@ impl Pipeline {
     /// Rebuilds the dedup indexes from rows decided before a restart (read
     /// from the archive and the write-ahead log), so a re-delivery or a
     /// replay arriving after the restart is still caught. Entries that have
-    /// expired by `now` are skipped; the hot tiers are frozen as they fill,
-    /// so a restore holds no more in them than serving does.
+    /// expired by `now` are skipped. The hot tiers are frozen when due after
+    /// each call (a log record, an archive file), so a restore holds about
+    /// as much in them as serving does.
     pub fn restore(&self, rows: &[ArchivedScan], now: UnixMillis) {
         for row in rows {
             let delivery_expiry = self.horizons.delivery_expiry(row.scanned_at, row.received_at);

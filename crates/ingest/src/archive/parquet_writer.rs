@@ -105,9 +105,9 @@ fn write_row_group(file: &mut OpenFile) -> Result<(), ArchiveError> {
     let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
     file.writer.write(&batch).map_err(parquet)?;
     file.writer.flush().map_err(parquet)?;
-    let written: u64 = rows.iter().map(approximate_bytes).sum();
-    file.pending_bytes = file.pending_bytes.saturating_sub(written);
     rows.clear();
+    // Every pending row is in the writer now.
+    file.pending_bytes = 0;
     Ok(())
 }
 
@@ -215,23 +215,17 @@ impl ArchiveWriter {
     /// the writer is abandoned ([`ArchiveWriter::abandon`]) and the rows
     /// read again from the log, as the archiver does.
     pub fn append(&mut self, rows: Vec<ArchivedScan>, now: Instant) -> Result<(), ArchiveError> {
-        let one_date =
-            rows.first().map(|first| first.service_date).filter(|d| rows.iter().all(|r| r.service_date == *d));
-        let by_date: BTreeMap<NaiveDate, Vec<ArchivedScan>> = match one_date {
-            Some(date) => BTreeMap::from([(date, rows)]),
-            None => rows.into_iter().fold(BTreeMap::new(), |mut by_date, row| {
-                by_date.entry(row.service_date).or_insert_with(Vec::new).push(row);
-                by_date
-            }),
-        };
         let row_group_rows = self.config.row_group_rows_max.max(1);
-        for (date, rows) in by_date {
+        let mut rows = rows.into_iter().peekable();
+        // A batch is nearly always one day: each run of one date goes to
+        // its file as it comes, without regrouping the rows first.
+        while let Some(date) = rows.peek().map(|row| row.service_date) {
             let faults = Arc::clone(&self.faults);
             let file = self.open_file(date, now)?;
             faults.before_write().map_err(|source| ArchiveError::Io { path: file.tmp_path.clone(), source })?;
             // Counted as they go in, so that after an error the count is
             // still what the file holds (the caller abandons the writer then).
-            for row in rows {
+            while let Some(row) = rows.next_if(|row| row.service_date == date) {
                 file.rows += 1;
                 file.pending_bytes += approximate_bytes(&row);
                 file.pending.push(row);

@@ -145,17 +145,16 @@ impl<V: Remembered> ColdTier<V> {
         let mut count = [0u8; 8];
         input.read_exact(&mut count)?;
         let count = u64::from_le_bytes(count);
-        let mut bytes = vec![0u8; 16 + V::ENCODED_BYTES];
+        let (mut key, mut value_bytes) = ([0u8; 16], vec![0u8; V::ENCODED_BYTES]);
         let (mut partition, mut run, mut previous) = (0, Vec::new(), None::<Key>);
         for _ in 0..count {
-            input.read_exact(&mut bytes)?;
-            let (key, value) = bytes.split_at(16);
-            let key: Key = key.try_into().map_err(|_| SnapshotError::BadEntry)?;
+            input.read_exact(&mut key)?;
+            input.read_exact(&mut value_bytes)?;
             if previous.is_some_and(|before| before >= key) {
                 return Err(SnapshotError::OutOfOrder);
             }
             previous = Some(key);
-            let value = V::decode(value).ok_or(SnapshotError::BadEntry)?;
+            let value = V::decode(&value_bytes).ok_or(SnapshotError::BadEntry)?;
             let key_partition = partition_of(&key);
             if key_partition != partition {
                 self.install(partition, std::mem::take(&mut run));

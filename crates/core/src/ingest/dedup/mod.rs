@@ -174,7 +174,7 @@ impl DedupIndex {
     /// [`DedupLimits::hot_entries_max`] or the last freeze is
     /// [`DedupLimits::cold_sweep_interval_ms`] old. Cheap when neither.
     /// Skipped while a snapshot is being written (it freezes first).
-    pub fn freeze_when_due(&self, now: UnixMillis) {
+    pub(crate) fn freeze_when_due(&self, now: UnixMillis) {
         let mut last_freeze = match self.last_freeze.try_lock() {
             Ok(held) => held,
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
