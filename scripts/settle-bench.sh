@@ -4,9 +4,11 @@
 # gen-archive` (scans through the production writer, each rider's charges
 # planned by the core, declines as arrears), also written with the previous
 # encoding for the size and write-speed comparison; then settles it under
-# /usr/bin/time (time and peak memory), and runs the same per-rider query in
-# `farestream query` and in DuckDB (Python's duckdb package) on the same
-# files. Prints one line per figure.
+# /usr/bin/time (time and peak memory), recomputes the settlement in DuckDB
+# (scripts/settle-duckdb.py: every rider's fares, caps and charges from the
+# same files, checked against what settle wrote) for the time ratio, and
+# runs the same per-rider query in `farestream query` and in DuckDB
+# (Python's duckdb package). Prints one line per figure.
 #
 #   scripts/settle-bench.sh
 #   SCANS=1000000 scripts/settle-bench.sh
@@ -27,8 +29,15 @@ echo "== generating $scans scans for $date in $data"
 du -sh "$data/archive/scans" "$data"/encodings/* "$data/archive/charges" | sed 's/^/size: /'
 
 echo "== settling"
-/usr/bin/time -f "settle: wall_s=%e peak_rss_kib=%M" \
-  "$bin" --data-dir "$data" settle --date "$date" | tail -3
+/usr/bin/time -o "$work/settle.time" -f "%e %M" "$bin" --data-dir "$data" settle --date "$date" | tail -3
+read -r settle_s settle_kib < "$work/settle.time"
+echo "settle: wall_s=$settle_s peak_rss_kib=$settle_kib"
+
+echo "== the same settlement recomputed in DuckDB, checked against settle's tables"
+python3 "$(dirname "$0")/settle-duckdb.py" "$data" "$date" | tee "$work/duckdb.out"
+duckdb_s=$(sed -n 's/^duckdb settlement: wall_s=\([0-9.]*\).*/\1/p' "$work/duckdb.out")
+python3 -c "import sys; s, d = map(float, sys.argv[1:]); print(f'settle vs duckdb: {s:.2f} s vs {d:.2f} s = {s / d:.2f}x')" \
+  "$settle_s" "$duckdb_s"
 
 per_rider="SELECT card_id, count(*) AS rides FROM scans WHERE service_date = DATE '$date' AND status = 'accepted' GROUP BY card_id ORDER BY rides DESC, card_id LIMIT 5"
 echo "== the per-rider query in farestream query (DataFusion)"

@@ -155,3 +155,40 @@ async fn duckdb_and_pyarrow_read_the_archives_as_documented_while_the_server_wri
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
 }
+
+/// The settlement recomputed from the archives alone in DuckDB
+/// (`scripts/settle-duckdb.py`, what `scripts/settle-bench.sh` times):
+/// every rider's rides, fares, caps and charges equal what `settle` wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_recomputes_a_generated_days_settlement_to_the_cent() {
+    use farestream::sim::archive_day::{ArchiveDaySpec, write_archive_day};
+    if !python_has_readers() {
+        eprintln!("outside_readers: skipped, python3 with duckdb and pyarrow not found");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = settle_settings(&farestream::config::Config::defaults(), dir.path()).expect("settings");
+    let day: NaiveDate = "2025-11-20".parse().expect("date");
+    let spec = ArchiveDaySpec {
+        scans: 20_000,
+        date: day,
+        seed: 7,
+        declined_percent: 5.0,
+        row_group_rows_max: 4096,
+        file_bytes_max: 1 << 20,
+        compare_baseline: false,
+    };
+    write_archive_day(&spec, &settings.fares, &settings.service_day, dir.path()).expect("generate");
+    let settled = settle_day(&settings, day, crate::support::T0_MS).await.expect("settle");
+    assert!(settled.breaks.is_empty(), "{:?}", settled.breaks);
+    let out = Command::new("python3")
+        .arg(repo_file("scripts/settle-duckdb.py"))
+        .args([dir.path().to_str().expect("utf-8 path"), "2025-11-20"])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("totals equal, 0 riders differ, 0 breaks"), "{stdout}");
+    let rides = settled.new_run.expect("a run").totals.rides;
+    assert!(rides > 10_000 && stdout.contains(&format!(" {rides} rides,")), "{rides} rides: {stdout}");
+}

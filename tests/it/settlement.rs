@@ -15,10 +15,13 @@ use farestream::scan::TapKind;
 use farestream::server::DailySettlement;
 use farestream::settle::settle_settings;
 use farestream_analytics::query::{OutputFormat, run_query};
+use farestream_analytics::settle::riders_file::{RidersFile, SETTLEMENT_RIDERS_PER_BATCH};
+use farestream_analytics::settle::write::RiderRow;
 use farestream_analytics::settle::{SettleSettings, Settled, settle_day};
 use farestream_analytics::tables::MemoryBudget;
 use farestream_core::archive::charge_rows::charges_to_record_batch;
-use farestream_core::settlement::Break;
+use farestream_core::money::Cents;
+use farestream_core::settlement::{Break, RiderFigures};
 
 use crate::money::{MINUTE, Money, tap};
 use crate::support::{T0_MS, batch};
@@ -362,6 +365,23 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     std::fs::copy(&in_copy, &twin).expect("copy");
     let broken = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
     assert!(kinds(&broken.breaks).contains(&"charge_listed_twice"), "{:?}", broken.breaks);
+
+    // A rider an earlier run settled whose rides and charges are all gone
+    // since (here a row that no ride or charge backs): the next run takes
+    // its figures back, so the day sums to what its files hold.
+    let copy = copy_of(data_dir);
+    let settlements = copy.path().join("archive").join("settlements");
+    let mut phantom = RidersFile::create(&settlements, 1).expect("riders file");
+    let figures = RiderFigures { rides: 2, fares_cents: Cents::new(400), ..RiderFigures::default() };
+    phantom.push(RiderRow { card_id: 99_999, figures }).expect("push");
+    let written = phantom.finish().expect("finish");
+    std::fs::rename(&written.tmp, partition_dir(&settlements, day()).join("phantom.parquet")).expect("rename");
+    let taken_back = settle_day(&moved(settings, copy.path()), day(), now).await.expect("settle");
+    assert!(taken_back.breaks.is_empty(), "{:?}", taken_back.breaks);
+    let run = taken_back.new_run.expect("a run taking the figures back");
+    assert_eq!((run.riders, run.totals.rides, run.totals.fares_cents.get()), (1, -2, -400), "{run:?}");
+    let left = sql(copy.path(), "SELECT sum(rides) AS r, sum(fares_cents) AS f FROM settlements WHERE card_id = 99999");
+    assert_eq!(left.await.lines().nth(1), Some("0,0"));
 }
 
 fn moved(settings: &SettleSettings, data_dir: &Path) -> SettleSettings {
@@ -569,4 +589,51 @@ async fn generated_days_at_their_smallest_settle_clean() {
         let declined = run.totals.declined_cents.get() > 0;
         assert_eq!(declined, declined_percent > 0.0 && run.totals.due_cents.get() > 0, "{run:?}");
     }
+}
+
+fn riders_read_back(path: &Path) -> Vec<(i64, i64)> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let int = |name: &str| {
+            let column = batch.column_by_name(name).unwrap();
+            column.as_any().downcast_ref::<arrow_array::Int64Array>().unwrap().values().to_vec()
+        };
+        rows.extend(int("card_id").into_iter().zip(int("fares_cents")));
+    }
+    rows
+}
+
+#[test]
+fn a_riders_file_past_one_batch_holds_every_row_and_their_sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = RidersFile::create(dir.path(), 3).unwrap();
+    let n = SETTLEMENT_RIDERS_PER_BATCH + 5;
+    for card in 0..n as u64 {
+        let figures = RiderFigures { rides: 1, fares_cents: Cents::new(card as i64), ..RiderFigures::default() };
+        file.push(RiderRow { card_id: card, figures }).unwrap();
+    }
+    assert_eq!(file.rows(), n as i64);
+    assert_eq!(file.totals().rides, n as i64);
+    assert_eq!(file.totals().fares_cents, Cents::new((n * (n - 1) / 2) as i64));
+    let finished = file.finish().unwrap();
+    let rows = riders_read_back(&finished.tmp);
+    assert_eq!(rows.len(), n);
+    assert!(rows.iter().enumerate().all(|(i, (card, fare))| *card == i as i64 && *fare == i as i64));
+}
+
+#[test]
+fn an_abandoned_riders_file_is_gone_and_a_crashed_ones_is_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut crashed = RidersFile::create(dir.path(), 1).unwrap();
+    crashed.push(RiderRow { card_id: 9, figures: RiderFigures::default() }).unwrap();
+    let tmp = crashed.path().to_path_buf();
+    drop(crashed);
+    assert!(tmp.exists());
+    let file = RidersFile::create(dir.path(), 1).unwrap();
+    assert_eq!(file.path(), tmp);
+    file.abandon().unwrap();
+    assert!(!tmp.exists());
 }

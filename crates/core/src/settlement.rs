@@ -10,7 +10,7 @@
 //! rider's rows over all runs gives the day as it stands now, so a plain
 //! `SUM(...) GROUP BY card_id` is always right.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::charges::{ChargeId, ChargeOutcome, ChargeRecord};
@@ -165,10 +165,15 @@ fn priced_figures(priced: &PricedDay) -> RiderFigures {
 
 /// Each ride's due amount, on the route of its first tap.
 fn route_revenue(priced: &PricedDay, taps: &[Tap]) -> Vec<RouteRevenue> {
-    let route_of: HashMap<[u8; 16], &str> = taps.iter().map(|t| (t.scan_id, t.route_id.as_str())).collect();
+    // Sorted, not hashed: a rider has a few taps, and settle looks at
+    // millions of riders.
+    let mut route_of: Vec<([u8; 16], &str)> = taps.iter().map(|t| (t.scan_id, t.route_id.as_str())).collect();
+    route_of.sort_unstable();
+    let route_of =
+        |id: &[u8; 16]| route_of.binary_search_by_key(id, |(scan_id, _)| *scan_id).ok().map(|i| route_of[i].1);
     let mut routes: Vec<RouteRevenue> = Vec::new();
     for ride in priced.rides.iter().filter(|r| r.kind.counts_as_ride()) {
-        let route = ride.scan_ids.first().and_then(|id| route_of.get(id)).copied().unwrap_or("");
+        let route = ride.scan_ids.first().and_then(route_of).unwrap_or("");
         match routes.iter_mut().find(|r| r.route_id == route) {
             Some(r) => {
                 r.rides += 1;
@@ -438,10 +443,11 @@ pub fn settle_rider(
     let priced = fares.price_day_as_of(&taps, edges, priced_as_of(open_entry_closes_at));
     let mut figures = priced_figures(&priced);
     let routes = route_revenue(&priced, &taps);
-    let mut charged_in: HashMap<[u8; 16], u64> = HashMap::new();
+    let mut known: Vec<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
+    known.sort_unstable();
+    let mut charged_in: Vec<[u8; 16]> = Vec::with_capacity(known.len());
     let mut unarchived_scans = Vec::new();
-    let known: std::collections::HashSet<[u8; 16]> = taps.iter().map(|t| t.scan_id).collect();
-    for charge in &charges {
+    for charge in charges.iter() {
         match &charge.outcome {
             OutcomeAsRead::Known(outcome) => figures.add_charge(charge.amount_cents, *outcome),
             OutcomeAsRead::Unknown(name) => {
@@ -450,14 +456,17 @@ pub fn settle_rider(
             }
         }
         for scan_id in &charge.scan_ids {
-            *charged_in.entry(*scan_id).or_default() += 1;
-            if !known.contains(scan_id) {
+            charged_in.push(*scan_id);
+            if known.binary_search(scan_id).is_err() {
                 unarchived_scans.push((charge.charge_id, *scan_id));
             }
         }
     }
-    for tap in &taps {
-        match charged_in.get(&tap.scan_id).copied().unwrap_or(0) {
+    charged_in.sort_unstable();
+    for tap in taps.iter() {
+        let charges_of_tap =
+            charged_in.partition_point(|id| *id <= tap.scan_id) - charged_in.partition_point(|id| *id < tap.scan_id);
+        match charges_of_tap as u64 {
             0 if Some(tap.scan_id) == priced.open_entry => {}
             0 => breaks.push(Break::RideNotCharged { scan_id: tap.scan_id, card_id }),
             1 => {}
@@ -469,27 +478,33 @@ pub fn settle_rider(
 }
 
 /// The first copy of each item by key; `copied(key, copies)` for each key
-/// seen more than once.
-fn distinct_by<T: Clone, K: std::hash::Hash + Eq + Copy + Ord>(
+/// seen more than once, in key order. Items without copies (every day but
+/// a broken one) are handed back as they came, not copied.
+fn distinct_by<T: Clone, K: Eq + Copy + Ord>(
     items: &[T],
     key: impl Fn(&T) -> K,
     mut copied: impl FnMut(K, u64),
-) -> Vec<T> {
-    let mut seen: HashMap<K, u64> = HashMap::new();
-    let mut out = Vec::with_capacity(items.len());
+) -> Cow<'_, [T]> {
+    let mut keys: Vec<K> = items.iter().map(&key).collect();
+    keys.sort_unstable();
+    let mut repeated = false;
+    for run in keys.chunk_by(|a, b| a == b).filter(|run| run.len() > 1) {
+        copied(run[0], run.len() as u64);
+        repeated = true;
+    }
+    if !repeated {
+        return Cow::Borrowed(items);
+    }
+    keys.dedup();
+    let mut seen = vec![false; keys.len()];
+    let mut out = Vec::with_capacity(keys.len());
     for item in items {
-        let count = seen.entry(key(item)).or_default();
-        *count += 1;
-        if *count == 1 {
+        let Ok(i) = keys.binary_search(&key(item)) else { continue };
+        if !std::mem::replace(&mut seen[i], true) {
             out.push(item.clone());
         }
     }
-    let mut repeated: Vec<(K, u64)> = seen.into_iter().filter(|(_, n)| *n > 1).collect();
-    repeated.sort();
-    for (k, n) in repeated {
-        copied(k, n);
-    }
-    out
+    Cow::Owned(out)
 }
 
 /// The money check for one rider: the day's charges add up to what it

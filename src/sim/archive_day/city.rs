@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use farestream_core::fares::FareTable;
 use farestream_core::scan::{ArchivedScan, TapKind};
 
 const BUS_ROUTES: u32 = 400;
@@ -39,6 +40,8 @@ pub(super) struct PlannedScan {
 
 pub(super) struct City {
     gateways: Vec<Arc<str>>,
+    /// The `stop_id` of each of the [`STATIONS`] stations.
+    station_names: Vec<String>,
     day_start_ms: i64,
 }
 
@@ -54,10 +57,25 @@ pub(super) enum Place {
 }
 
 impl City {
-    pub(super) fn new(day_start_ms: i64) -> City {
+    /// The city, its stations named as `fares` names them, so its metro
+    /// trips are priced by zone as the table says (a table's few stations
+    /// each stand for several of the city's); a table without stations
+    /// leaves every metro trip unpriceable, at the maximum fare.
+    pub(super) fn new(day_start_ms: i64, fares: &FareTable) -> City {
         let depots = (0..BUS_DEPOTS).map(|d| format!("depot-{d:02}"));
         let stations = (0..STATION_GATEWAYS).map(|s| format!("stations-{s:02}"));
-        City { gateways: depots.chain(stations).map(Arc::from).collect(), day_start_ms }
+        let listed: Vec<&String> = fares.metro_station_zones.keys().collect();
+        let station_names = (0..STATIONS as usize)
+            .map(|s| match listed.len() {
+                0 => format!("station-{s:03}"),
+                n => listed[s % n].clone(),
+            })
+            .collect();
+        City { gateways: depots.chain(stations).map(Arc::from).collect(), station_names, day_start_ms }
+    }
+
+    pub(super) fn day_start_ms(&self) -> i64 {
+        self.day_start_ms
     }
 
     pub(super) fn bus(rng: &mut StdRng) -> Place {
@@ -88,7 +106,7 @@ impl City {
                 let validator = (route * BUSES_PER_ROUTE + bus) * DOORS_PER_BUS + rng.random_range(0..DOORS_PER_BUS);
                 let stops_passed = (at - self.day_start_ms) / STOP_INTERVAL_MS + i64::from(bus * 5);
                 let stop = u32::try_from(stops_passed.rem_euclid(i64::from(STOPS_PER_ROUTE))).unwrap_or(0);
-                (validator, route % BUS_DEPOTS, format!("bus-{route:03}"), format!("bus-{route:03}-stop-{stop:02}"))
+                (validator, route % BUS_DEPOTS, format!("bus-{route}"), format!("bus-{route}-stop-{stop:02}"))
             }
             Place::Station(station) => {
                 let buses = BUS_ROUTES * BUSES_PER_ROUTE * DOORS_PER_BUS;
@@ -97,7 +115,7 @@ impl City {
                     validator,
                     BUS_DEPOTS + station % STATION_GATEWAYS,
                     Self::line_of(station),
-                    format!("station-{station:03}"),
+                    self.station_names[station as usize].clone(),
                 )
             }
         };

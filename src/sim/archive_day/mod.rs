@@ -84,7 +84,7 @@ pub fn write_archive_day(
     let start = policy.day_start(spec.date).ok_or("the day has no start")?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let progress = bar(spec.scans, "{spinner} generating {bar:40} {pos}/{len} scans ({per_sec})");
-    let (mut scans, riders) = plan_scans(spec, start, &mut rng, &progress);
+    let (mut scans, riders) = plan_scans(spec, City::new(start, fares), &mut rng, &progress);
     progress.finish_and_clear();
     scans.sort_by_key(|s| (s.received_at, s.scan_id));
     let charges = price(spec, fares, &scans, &mut rng);
@@ -117,8 +117,7 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 
 /// Riders' days in [`City`]: one to four rides, bus or metro, a few
 /// replays and refusals among them.
-fn plan_scans(spec: &ArchiveDaySpec, start: i64, rng: &mut StdRng, progress: &ProgressBar) -> (Vec<ArchivedScan>, u64) {
-    let city = City::new(start);
+fn plan_scans(spec: &ArchiveDaySpec, city: City, rng: &mut StdRng, progress: &ProgressBar) -> (Vec<ArchivedScan>, u64) {
     let mut scans = Vec::with_capacity(usize::try_from(spec.scans).unwrap_or(0));
     let mut card = 1_000_000u64;
     let mut riders = 0;
@@ -126,7 +125,7 @@ fn plan_scans(spec: &ArchiveDaySpec, start: i64, rng: &mut StdRng, progress: &Pr
         card += 1 + rng.random_range(0..3);
         riders += 1;
         let mut rider = Rider { card, code_counter: rng.random_range(0..5_000), date: spec.date };
-        let mut at = start + rng.random_range(5 * 3_600_000..20 * 3_600_000);
+        let mut at = city.day_start_ms() + rng.random_range(5 * 3_600_000..20 * 3_600_000);
         for _ in 0..rng.random_range(1..=4) {
             let left = spec.scans - scans.len() as u64;
             if left == 0 {

@@ -1,7 +1,7 @@
 //! What a settlement run reads besides the money store: the day's scan
 //! files it may settle, and what the day's earlier runs recorded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -10,10 +10,8 @@ use datafusion::prelude::SessionContext;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::settle_types::SettleError;
-use super::settlement_tables::figures_from;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use farestream_core::money::Cents;
-use farestream_core::settlement::RiderFigures;
 use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
 
 /// A complete scans file of the day.
@@ -91,7 +89,6 @@ pub struct EarlierRuns {
     /// Whether the last run found the day closed (`_SUCCESS`).
     pub final_day: bool,
     pub files: BTreeSet<String>,
-    pub riders: HashMap<u64, RiderFigures>,
     /// Per route: rides and revenue.
     pub routes: BTreeMap<String, (i64, Cents)>,
 }
@@ -113,23 +110,6 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
         collect_rows(ctx, &format!("SELECT file FROM settlement_files WHERE {day} AND run <= {}", earlier.runs)).await?
     {
         earlier.files.extend(column_str(&batch, 0)?.into_iter().flatten());
-    }
-    let sums: Vec<String> =
-        super::settlement_tables::RIDER_FIGURES.iter().map(|c| format!("CAST(sum({c}) AS BIGINT)")).collect();
-    let sql = format!(
-        "SELECT card_id, {} FROM settlements WHERE {day} AND run <= {} GROUP BY card_id",
-        sums.join(", "),
-        earlier.runs
-    );
-    for batch in collect_rows(ctx, &sql).await? {
-        let cards = column_u64(&batch, 0)?;
-        let columns =
-            (1..=super::settlement_tables::FIGURES).map(|i| column_i64(&batch, i)).collect::<Result<Vec<_>, _>>()?;
-        for (row, card) in cards.iter().enumerate() {
-            let Some(card) = card else { continue };
-            let v = |i: usize| columns[i][row].unwrap_or(0);
-            earlier.riders.insert(*card, figures_from(&v));
-        }
     }
     let sql = format!(
         "SELECT route_id, CAST(sum(rides) AS BIGINT), CAST(sum(revenue_cents) AS BIGINT) FROM settlement_routes

@@ -14,6 +14,7 @@ pub mod edges;
 pub mod inputs;
 pub mod report;
 pub mod riders;
+pub mod riders_file;
 pub mod settle_types;
 pub mod settlement_tables;
 pub mod sql;
@@ -43,8 +44,10 @@ use farestream_money::store::{MoneyStore, store_path};
 use edges::{Edges, read_edges};
 use farestream_core::fares::RIDE_SQL;
 use inputs::{EarlierRuns, earlier_runs, settleable_scan_files};
-use riders::for_each_rider;
+use riders::{RiderDay, for_each_rider};
+use riders_file::RidersFile;
 pub use settle_types::{SettleError, SettleSettings, Settled};
+use settlement_tables::SettlementTable;
 use sql::{collect_rows, column_i64, column_str, column_u64};
 use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, add_to, status_index, write_run};
 
@@ -70,18 +73,19 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     let run = earlier.runs + 1;
     let archive_behind = archived_lsn < snapshot.pricer_lsn || files_waiting > 0;
     let day = DayContext::new(settings, date, &snapshot, &ctx, run).await?;
-    let walked = walk_riders(settings, &ctx, date, &snapshot, &day, earlier, archive_behind).await?;
+    let riders = RidersFile::create(&archive_dir.join(SettlementTable::Riders.name()), run)?;
+    let walked = walk_riders(settings, &ctx, (date, &day, riders), &snapshot, earlier, archive_behind).await?;
     breaks.extend(walked.breaks);
     let routes = route_rows(&ctx, &walked.routes_now, &walked.routes_before).await?;
     let new_scans = status_counts(&ctx, "new_scans").await?;
     let manual_review = new_scans[status_index(ScanStatus::LateUpload)];
-    let totals = walked.riders.iter().fold(RiderFigures::default(), |sum, r| sum.plus(&r.figures));
+    let totals = walked.riders.totals();
     let final_day = partition_dir(&scans_root, date).join(SUCCESS_MARKER).exists();
     // The cut-over is always recorded, an empty day included; a later run
     // only when something changed.
     let changed = run == 1
         || !new_files.is_empty()
-        || !walked.riders.is_empty()
+        || walked.riders.rows() > 0
         || routes.iter().any(|r| r.rides != 0 || !r.revenue_cents.is_zero())
         || final_day != walked.final_before;
     let run_row = RunRow {
@@ -92,7 +96,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         pricer_lsn: snapshot.pricer_lsn,
         files_settled: new_files.len() as i64,
         scans: new_scans,
-        riders: walked.riders.len() as i64,
+        riders: walked.riders.rows(),
         totals: RiderFigures { arrears_outstanding_cents: Cents::ZERO, ..totals },
         manual_review,
         riders_awaiting_archive: walked.awaiting,
@@ -103,9 +107,11 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     // The report names the breaks; the run is made once they are mended.
     let new_run = if changed && breaks.is_empty() {
         let files = new_files.iter().map(|f| FileRow { table: "scans", file: f.name.clone(), rows: f.rows }).collect();
-        write_run(&archive_dir, date, &RunRows { riders: walked.riders, routes, run: run_row.clone(), files })?;
+        let riders = walked.riders.finish()?;
+        write_run(&archive_dir, date, RunRows { riders, routes, run: run_row.clone(), files })?;
         Some(run_row)
     } else {
+        walked.riders.abandon()?;
         None
     };
     breaks.sort();
@@ -218,7 +224,7 @@ async fn declines(ctx: &SessionContext, snapshot: &MoneySnapshot) -> Result<Hash
 }
 
 struct Walked {
-    riders: Vec<RiderRow>,
+    riders: RidersFile,
     breaks: Vec<Break>,
     awaiting: i64,
     routes_now: BTreeMap<String, (i64, Cents)>,
@@ -226,13 +232,12 @@ struct Walked {
     final_before: bool,
 }
 
-/// Settles every rider of the day and keeps the changes.
+/// Settles every rider of the day and writes the changes to `riders`.
 async fn walk_riders(
     settings: &SettleSettings,
     ctx: &SessionContext,
-    date: NaiveDate,
+    (date, day, riders): (NaiveDate, &DayContext, RidersFile),
     snapshot: &MoneySnapshot,
-    day: &DayContext,
     earlier: EarlierRuns,
     archive_behind: bool,
 ) -> Result<Walked, SettleError> {
@@ -240,25 +245,30 @@ async fn walk_riders(
     for c in snapshot.unarchived_charges.iter().filter(|c| c.service_date == date) {
         store_charges.entry(c.card_id).or_default().push(DayCharge::from(c));
     }
-    let EarlierRuns { riders: mut before, routes: routes_before, final_day: final_before, .. } = earlier;
-    let mut walked = Walked {
-        riders: Vec::new(),
-        breaks: Vec::new(),
-        awaiting: 0,
-        routes_now: BTreeMap::new(),
-        routes_before,
-        final_before,
-    };
-    for_each_rider(ctx, date, store_charges, |card, taps, charges| {
+    let EarlierRuns { runs, routes: routes_before, final_day: final_before, .. } = earlier;
+    let mut walked =
+        Walked { riders, breaks: Vec::new(), awaiting: 0, routes_now: BTreeMap::new(), routes_before, final_before };
+    for_each_rider(ctx, date, runs, store_charges, |RiderDay { card, taps, charges, before }| {
+        let previous = before.unwrap_or_default();
+        if taps.is_empty() && charges.is_empty() {
+            // Settled by an earlier run, its rides and charges all gone
+            // since: the run takes back what the earlier ones gave.
+            if !previous.is_zero() {
+                walked.riders.push(RiderRow { card_id: card, figures: RiderFigures::default().minus(&previous) })?;
+            }
+            return Ok(());
+        }
         let edges = day.edges.of(card);
         let open_entry = day.open_entries.get(&card).copied();
         let settled = settle_rider(&settings.fares, card, &taps, &edges, &charges, open_entry);
-        for route in &settled.routes {
-            let entry = walked.routes_now.entry(route.route_id.clone()).or_default();
+        for route in settled.routes {
+            let entry = match walked.routes_now.get_mut(&route.route_id) {
+                Some(entry) => entry,
+                None => walked.routes_now.entry(route.route_id).or_default(),
+            };
             add_to(&mut entry.0, route.rides);
             entry.1 += route.revenue_cents;
         }
-        let previous = before.remove(&card).unwrap_or_default();
         let unarchived = !settled.unarchived_scans.is_empty()
             || trip_edge_may_be_unarchived(&settings.fares, &taps, &edges, day.window);
         if unarchived && archive_behind {
@@ -291,17 +301,11 @@ async fn walk_riders(
         };
         let change = now.minus(&previous);
         if !change.is_zero() {
-            walked.riders.push(RiderRow { card_id: card, figures: change });
+            walked.riders.push(RiderRow { card_id: card, figures: change })?;
         }
         Ok(())
     })
     .await?;
-    // Riders an earlier run settled whose rides and charges are all gone.
-    let mut gone: Vec<_> = before.into_iter().filter(|(_, f)| !f.is_zero()).collect();
-    gone.sort_by_key(|(card, _)| *card);
-    for (card, figures) in gone {
-        walked.riders.push(RiderRow { card_id: card, figures: RiderFigures::default().minus(&figures) });
-    }
     Ok(walked)
 }
 

@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, StringArray, StringViewArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::prelude::SessionContext;
+use futures_util::StreamExt;
 
 use super::settle_types::SettleError;
 
@@ -20,9 +22,34 @@ pub async fn stream_rows(ctx: &SessionContext, sql: &str) -> Result<SendableReco
     Ok(ctx.sql(sql).await?.execute_stream().await?)
 }
 
+/// Batches a stream may run ahead of its reader.
+pub const BATCHES_AHEAD_MAX: usize = 2;
+
+/// `stream_rows`, polled on a task of its own, at most
+/// [`BATCHES_AHEAD_MAX`] batches ahead: the final merge of a sort runs in
+/// whichever task polls it, and the walk's own thread has the riders to
+/// settle meanwhile.
+pub async fn stream_rows_ahead(ctx: &SessionContext, sql: &str) -> Result<SendableRecordBatchStream, SettleError> {
+    let mut stream = stream_rows(ctx, sql).await?;
+    let mut ahead = RecordBatchReceiverStreamBuilder::new(stream.schema(), BATCHES_AHEAD_MAX);
+    let tx = ahead.tx();
+    ahead.spawn(async move {
+        while let Some(batch) = stream.next().await {
+            if tx.send(batch).await.is_err() {
+                break; // the reader stopped
+            }
+        }
+        Ok(())
+    });
+    Ok(ahead.build())
+}
+
+fn column(batch: &RecordBatch, index: usize) -> Result<&ArrayRef, SettleError> {
+    batch.columns().get(index).ok_or_else(|| SettleError::Input(format!("result has no column {index}")))
+}
+
 fn as_type(batch: &RecordBatch, index: usize, to: &DataType) -> Result<ArrayRef, SettleError> {
-    let column =
-        batch.columns().get(index).ok_or_else(|| SettleError::Input(format!("result has no column {index}")))?;
+    let column = column(batch, index)?;
     if column.data_type() == to { Ok(Arc::clone(column)) } else { Ok(cast(column, to)?) }
 }
 
@@ -41,21 +68,46 @@ pub fn column_str(batch: &RecordBatch, index: usize) -> Result<Vec<Option<String
     Ok(array.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect())
 }
 
-/// A list-of-strings column (the charges' `scan_ids`).
-pub fn column_str_lists(batch: &RecordBatch, index: usize) -> Result<Vec<Vec<String>>, SettleError> {
-    let list_type = DataType::List(Arc::new(datafusion::arrow::datatypes::Field::new("item", DataType::Utf8, true)));
-    let array = as_type(batch, index, &list_type)?;
-    let lists = array.as_list::<i32>();
-    let mut out = Vec::with_capacity(lists.len());
-    for i in 0..lists.len() {
-        if lists.is_null(i) {
-            out.push(Vec::new());
-            continue;
-        }
-        let values = lists.value(i);
-        out.push(values.as_string::<i32>().iter().flatten().map(str::to_string).collect());
+/// A string column read in place, with no `String` a row: the settlement
+/// reads tens of millions. Parquet's strings come as `Utf8View`, and a
+/// sort may hand them back as `Utf8`; both are read as they are, any
+/// other string type is cast.
+pub enum Texts {
+    Utf8(StringArray),
+    View(StringViewArray),
+}
+
+impl Texts {
+    fn of(array: &ArrayRef) -> Result<Texts, SettleError> {
+        Ok(match array.data_type() {
+            DataType::Utf8View => Texts::View(array.as_string_view().clone()),
+            DataType::Utf8 => Texts::Utf8(array.as_string::<i32>().clone()),
+            _ => Texts::Utf8(cast(array, &DataType::Utf8)?.as_string::<i32>().clone()),
+        })
     }
-    Ok(out)
+
+    /// Row `i`, `None` when null.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            Texts::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            Texts::View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
+
+pub fn column_texts(batch: &RecordBatch, index: usize) -> Result<Texts, SettleError> {
+    Texts::of(column(batch, index)?)
+}
+
+/// A list-of-strings column (the charges' `scan_ids`), read in place:
+/// the lists, and their items as one column.
+pub fn column_text_lists(batch: &RecordBatch, index: usize) -> Result<(ListArray, Texts), SettleError> {
+    let lists = column(batch, index)?;
+    let Some(lists) = lists.as_list_opt::<i32>() else {
+        return Err(SettleError::Input(format!("column {index} is {}, not a list", lists.data_type())));
+    };
+    let items = Texts::of(lists.values())?;
+    Ok((lists.clone(), items))
 }
 
 /// A 16-byte id from its hex form.

@@ -4,7 +4,7 @@
 //! `settlement_runs` row does, and a run cut short by a crash is written
 //! again under the same names.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -14,6 +14,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 
+use super::riders_file::{FinishedRiders, run_file_name};
 use super::settle_types::SettleError;
 use super::settlement_tables::{ARREARS_OUTSTANDING, FIGURES, figures_to};
 use super::settlement_tables::{SettlementTable, settlement_schema};
@@ -22,7 +23,7 @@ use farestream_core::money::Cents;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
 use farestream_ingest::archive::checkpoint::replace_durably;
-use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir};
+use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir, sync_dir};
 use farestream_ingest::faults::Faults;
 
 pub type StatusCounts = [i64; ScanStatus::ALL.len()];
@@ -61,9 +62,9 @@ pub struct FileRow {
     pub rows: i64,
 }
 
-/// One run's rows, all four tables.
+/// One run's rows, all four tables; the riders' already in their file.
 pub struct RunRows {
-    pub riders: Vec<RiderRow>,
+    pub riders: FinishedRiders,
     pub routes: Vec<RouteRow>,
     pub run: RunRow,
     pub files: Vec<FileRow>,
@@ -89,15 +90,6 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
 
 fn status_columns<'a>(counts: impl Iterator<Item = &'a StatusCounts> + Clone) -> Vec<ArrayRef> {
     (0..ScanStatus::ALL.len()).map(|s| ints(counts.clone().map(|c| c[s]))).collect()
-}
-
-fn riders_batch(run: u32, rows: &[RiderRow]) -> Result<RecordBatch, SettleError> {
-    let mut cards = Int64Builder::new();
-    rows.iter().for_each(|r| cards.append_value(farestream_core::scan::id_to_archive(r.card_id)));
-    let mut columns: Vec<ArrayRef> = vec![runs(run, rows.len()), Arc::new(cards.finish())];
-    let figures: Vec<[i64; FIGURES]> = rows.iter().map(|r| figures_to(&r.figures)).collect();
-    columns.extend((0..FIGURES).map(|i| ints(figures.iter().map(|f| f[i]))));
-    Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Riders), columns)?)
 }
 
 fn routes_batch(run: u32, rows: &[RouteRow]) -> Result<RecordBatch, SettleError> {
@@ -230,23 +222,33 @@ pub fn write_breaks(
 }
 
 /// Writes the run: files, riders and routes first, the runs row last.
-pub fn write_run(archive_dir: &Path, date: NaiveDate, rows: &RunRows) -> Result<(), SettleError> {
+pub fn write_run(archive_dir: &Path, date: NaiveDate, rows: RunRows) -> Result<(), SettleError> {
     let run = rows.run.run;
-    let batches = [
-        (SettlementTable::Files, files_batch(run, &rows.files)?),
-        (SettlementTable::Riders, riders_batch(run, &rows.riders)?),
-        (SettlementTable::Routes, routes_batch(run, &rows.routes)?),
-        (SettlementTable::Runs, run_batch(&rows.run)?),
-    ];
-    for (table, batch) in batches {
+    let run_file = |table: SettlementTable| -> Result<(PathBuf, PathBuf), SettleError> {
         let root = archive_dir.join(table.name());
         let partition = partition_dir(&root, date);
         std::fs::create_dir_all(&partition)
             .map_err(|e| SettleError::Output(format!("{}: {e}", partition.display())))?;
-        let bytes = parquet_bytes(&batch)?;
-        let path = partition.join(format!("run-{run:04}.parquet"));
-        replace_durably(&path, &open_files_dir(&root), &bytes, &Faults::default())?;
+        Ok((partition.join(run_file_name(run)), open_files_dir(&root)))
+    };
+    let (path, tmp_dir) = run_file(SettlementTable::Files)?;
+    replace_durably(&path, &tmp_dir, &parquet_bytes(&files_batch(run, &rows.files)?)?, &Faults::default())?;
+    let (path, _) = run_file(SettlementTable::Riders)?;
+    rename_durably(&rows.riders.tmp, &path)?;
+    for (table, batch) in
+        [(SettlementTable::Routes, routes_batch(run, &rows.routes)?), (SettlementTable::Runs, run_batch(&rows.run)?)]
+    {
+        let (path, tmp_dir) = run_file(table)?;
+        replace_durably(&path, &tmp_dir, &parquet_bytes(&batch)?, &Faults::default())?;
     }
+    Ok(())
+}
+
+/// Renames a file already fsynced into place, and fsyncs its folder.
+fn rename_durably(tmp: &Path, path: &Path) -> Result<(), SettleError> {
+    std::fs::rename(tmp, path)
+        .map_err(|e| SettleError::Output(format!("{} to {}: {e}", tmp.display(), path.display())))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")), &Faults::default())?;
     Ok(())
 }
 
