@@ -10,9 +10,15 @@ difference.
 
     python3 scripts/settle-duckdb.py DATA_DIR DATE [FARES_TOML]
 
-It covers what a generated day holds: one service day with no trip across
-its boundaries and no entry still open. docs/fares.md is the rule book;
-crates/core/src/fares.rs is the implementation it is checked against.
+It covers what a generated day holds, settled once everything is priced,
+decided and archived: no trip across the day's boundaries, no entry still
+open, no charge still in the money store rather than the charges
+archive, no scans file waiting for the pricer or the archiver's
+checkpoint, no scan or charge archived twice, no run left half written by
+a crash. On a live day any of those shows as riders that differ, and
+`farestream settle`'s own reconciliation is the one that names them.
+docs/fares.md is the rule book; crates/core/src/fares.rs is the
+implementation it is checked against.
 """
 
 import sys

@@ -303,6 +303,7 @@ async fn an_app_made_key_is_certified_and_an_online_code_rides() {
         "00".repeat(32),
         "ff".repeat(32),
         identity_point,
+        format!("0x{}", hex::encode(own.public_key())),
     ] {
         let (status, _) = app
             .call("POST", &format!("/v1/cards/{card}/keys"), Some(&token), Some(json!({"public_key_hex": bad})))

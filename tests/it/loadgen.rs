@@ -115,13 +115,24 @@ async fn a_served_pricer_gives_way_and_the_run_reports_when_it_caught_up() {
     let data_dir = dir.path().join("data");
     let (served, addr) = serve(&data_dir, &config_file);
 
-    let threads: Vec<(String, i64)> = procfs::process::Process::new(i32::try_from(served.0.id()).expect("a pid"))
-        .and_then(|p| p.tasks())
-        .expect("the server's threads")
-        .flatten()
-        .filter_map(|task| task.stat().ok())
-        .map(|stat| (stat.comm, stat.nice))
-        .collect();
+    let server_threads = || -> Vec<(String, i64)> {
+        procfs::process::Process::new(i32::try_from(served.0.id()).expect("a pid"))
+            .and_then(|p| p.tasks())
+            .expect("the server's threads")
+            .flatten()
+            .filter_map(|task| task.stat().ok())
+            .map(|stat| (stat.comm, stat.nice))
+            .collect()
+    };
+    // The money threads may start a moment after the listener says it serves.
+    let mut threads = server_threads();
+    for _ in 0..100 {
+        if threads.iter().any(|(comm, _)| comm == "pricer") && threads.iter().any(|(comm, _)| comm == "archiver") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        threads = server_threads();
+    }
     let nice_of = |name: &str| threads.iter().filter(|(comm, _)| comm == name).map(|(_, n)| *n).collect::<Vec<_>>();
     assert_eq!(nice_of("pricer"), [7], "{threads:?}");
     assert_eq!(nice_of("archiver"), [0], "only the pricer gives way: {threads:?}");

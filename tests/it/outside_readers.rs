@@ -27,7 +27,7 @@ use crate::support::{batch, repo_file};
 
 /// Whether `python3` can import what the script needs.
 fn python_has_readers() -> bool {
-    let found = Command::new("python3").args(["-c", "import duckdb, pyarrow"]).output();
+    let found = Command::new("python3").args(["-c", "import duckdb, pyarrow, tomllib"]).output();
     match found {
         Ok(out) if out.status.success() => true,
         _ if std::env::var("FARESTREAM_OUTSIDE_READERS").as_deref() == Ok("required") => {

@@ -371,7 +371,7 @@ async fn breaks_are_named(data_dir: &Path, settings: &SettleSettings) {
     // its figures back, so the day sums to what its files hold.
     let copy = copy_of(data_dir);
     let settlements = copy.path().join("archive").join("settlements");
-    let mut phantom = RidersFile::create(&settlements, 1).expect("riders file");
+    let mut phantom = RidersFile::create(&settlements, day(), 1).expect("riders file");
     let figures = RiderFigures { rides: 2, fares_cents: Cents::new(400), ..RiderFigures::default() };
     phantom.push(RiderRow { card_id: 99_999, figures }).expect("push");
     let written = phantom.finish().expect("finish");
@@ -609,7 +609,7 @@ fn riders_read_back(path: &Path) -> Vec<(i64, i64)> {
 #[test]
 fn a_riders_file_past_one_batch_holds_every_row_and_their_sum() {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = RidersFile::create(dir.path(), 3).unwrap();
+    let mut file = RidersFile::create(dir.path(), day(), 3).unwrap();
     let n = SETTLEMENT_RIDERS_PER_BATCH + 5;
     for card in 0..n as u64 {
         let figures = RiderFigures { rides: 1, fares_cents: Cents::new(card as i64), ..RiderFigures::default() };
@@ -625,15 +625,54 @@ fn a_riders_file_past_one_batch_holds_every_row_and_their_sum() {
 }
 
 #[test]
-fn an_abandoned_riders_file_is_gone_and_a_crashed_ones_is_overwritten() {
+fn an_unfinished_riders_file_is_removed_and_a_crashed_ones_is_overwritten() {
     let dir = tempfile::tempdir().unwrap();
-    let mut crashed = RidersFile::create(dir.path(), 1).unwrap();
+    let mut crashed = RidersFile::create(dir.path(), day(), 1).unwrap();
     crashed.push(RiderRow { card_id: 9, figures: RiderFigures::default() }).unwrap();
     let tmp = crashed.path().to_path_buf();
-    drop(crashed);
+    // The process died: nothing of it ran after this.
+    std::mem::forget(crashed);
     assert!(tmp.exists());
-    let file = RidersFile::create(dir.path(), 1).unwrap();
+    let file = RidersFile::create(dir.path(), day(), 1).unwrap();
     assert_eq!(file.path(), tmp);
-    file.abandon().unwrap();
-    assert!(!tmp.exists());
+    drop(file);
+    assert!(!tmp.exists(), "a run that writes nothing leaves no file behind");
+}
+
+/// Two settlements of one day at once (the cut-over and an operator's
+/// `settle`): the second waits for the first, then finds nothing new,
+/// rather than both writing run 1 into each other's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_settlements_of_one_day_at_once_make_one_run() {
+    use farestream::sim::archive_day::{ArchiveDaySpec, write_archive_day};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = settle_settings(&farestream::config::Config::defaults(), dir.path()).expect("settings");
+    let spec = ArchiveDaySpec {
+        scans: 20_000,
+        date: day(),
+        seed: 3,
+        declined_percent: 5.0,
+        row_group_rows_max: 4096,
+        file_bytes_max: 1 << 20,
+        compare_baseline: false,
+    };
+    write_archive_day(&spec, &settings.fares, &settings.service_day, dir.path()).expect("generate");
+    let (a, b) = tokio::join!(settle_day(&settings, day(), T0_MS), settle_day(&settings, day(), T0_MS));
+    let (a, b) = (a.expect("settle"), b.expect("settle"));
+    assert!(a.breaks.is_empty() && b.breaks.is_empty(), "{:?} {:?}", a.breaks, b.breaks);
+    assert_eq!(a.new_run.is_some() as u8 + b.new_run.is_some() as u8, 1, "exactly one run is written");
+    let runs = sql(dir.path(), "SELECT count(*) AS n, sum(riders) AS riders FROM settlement_runs").await;
+    let rows = sql(dir.path(), "SELECT count(*) AS n FROM settlements").await;
+    let riders = a.new_run.or(b.new_run).expect("a run").riders;
+    assert_eq!(runs.lines().nth(1), Some(format!("1,{riders}").as_str()));
+    assert_eq!(rows.lines().nth(1), Some(riders.to_string().as_str()), "every rider's row, once");
+}
+
+#[test]
+fn a_card_archived_as_a_negative_number_is_read_back_as_its_id() {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+    use farestream_analytics::settle::sql::column_u64;
+    let cards: ArrayRef = std::sync::Arc::new(Int64Array::from(vec![Some(-2), Some(7), None]));
+    let batch = RecordBatch::try_from_iter([("card_id", cards)]).unwrap();
+    assert_eq!(column_u64(&batch, 0).unwrap(), vec![Some(u64::MAX - 1), Some(7), None]);
 }

@@ -141,7 +141,7 @@ pub fn id_to_archive(id: u64) -> i64 {
 }
 
 /// The inverse of [`id_to_archive`].
-pub(crate) fn id_from_archive(value: i64) -> u64 {
+pub fn id_from_archive(value: i64) -> u64 {
     value as u64
 }
 

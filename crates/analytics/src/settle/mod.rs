@@ -21,6 +21,8 @@ pub mod sql;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::path::Path;
 
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
@@ -53,8 +55,9 @@ use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, add_to, 
 
 /// Settles `date` as of `now`.
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
-    let snapshot = read_money(settings, date, now)?;
     let archive_dir = settings.archive_dir();
+    let _one_at_a_time = settlement_lock(&archive_dir).await?;
+    let snapshot = read_money(settings, date, now)?;
     let ctx = archive_session(&archive_dir, &settings.memory)?;
     let earlier = earlier_runs(&ctx, date).await?;
     let archived_lsn = read_checkpoint(&checkpoint_path(&settings.data_dir))?;
@@ -73,7 +76,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     let run = earlier.runs + 1;
     let archive_behind = archived_lsn < snapshot.pricer_lsn || files_waiting > 0;
     let day = DayContext::new(settings, date, &snapshot, &ctx, run).await?;
-    let riders = RidersFile::create(&archive_dir.join(SettlementTable::Riders.name()), run)?;
+    let riders = RidersFile::create(&archive_dir.join(SettlementTable::Riders.name()), date, run)?;
     let walked = walk_riders(settings, &ctx, (date, &day, riders), &snapshot, earlier, archive_behind).await?;
     breaks.extend(walked.breaks);
     let routes = route_rows(&ctx, &walked.routes_now, &walked.routes_before).await?;
@@ -111,7 +114,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         write_run(&archive_dir, date, RunRows { riders, routes, run: run_row.clone(), files })?;
         Some(run_row)
     } else {
-        walked.riders.abandon()?;
+        drop(walked.riders);
         None
     };
     breaks.sort();
@@ -119,6 +122,24 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     let extras = report::scan_extras(&ctx, day.window).await?;
     report::finish(settings, &archive_dir, date, new_run, breaks, extras).await
 }
+
+/// The archive's settlement lock, once it is free: two runs of one day at
+/// once (the cut-over and an operator's `settle`) would both be run N,
+/// and any two share the tables' `.tmp` folders. The kernel's lock
+/// (`flock`) goes with the process, so a crashed run holds nothing.
+async fn settlement_lock(archive_dir: &Path) -> Result<File, SettleError> {
+    let path = archive_dir.join(SETTLEMENT_LOCK_FILE);
+    let io = |e: &dyn std::fmt::Display| SettleError::Output(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(archive_dir).map_err(|e| io(&e))?;
+    let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path).map_err(|e| io(&e))?;
+    // Waited for on a blocking thread: the run that holds it may be a
+    // future polled by this very thread (two settlements in one task).
+    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await.map_err(|e| io(&e))?;
+    locked.map_err(|e| io(&e))
+}
+
+/// The settlement lock's file in `DATA_DIR/archive`.
+pub const SETTLEMENT_LOCK_FILE: &str = ".settlement.lock";
 
 /// Flushes decided charges into the charges archive, then reads the
 /// store's side in one locked transaction.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{ListArray, RecordBatch};
+use datafusion::arrow::array::{Array, ListArray, RecordBatch};
 use datafusion::arrow::datatypes::ArrowNativeType;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
@@ -193,9 +193,9 @@ impl CardRows for ChargeRows {
 
     fn row(&self, i: usize) -> Result<Option<DayCharge>, SettleError> {
         let Some(id) = self.ids.get(i) else { return Ok(None) };
-        // A null list has no items: its offsets are equal.
         let offsets = self.lists.value_offsets();
-        let items = offsets[i].as_usize()..offsets[i + 1].as_usize();
+        // A null list has no items, whatever its offsets say.
+        let items = if self.lists.is_null(i) { 0..0 } else { offsets[i].as_usize()..offsets[i + 1].as_usize() };
         Ok(Some(DayCharge {
             charge_id: id_from_hex(id)?,
             amount_cents: Cents::new(self.amounts[i].unwrap_or(0)),

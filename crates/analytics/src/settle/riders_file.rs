@@ -9,6 +9,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::NaiveDate;
+
 use arrow_array::builder::{Int64Builder, UInt32Builder};
 use arrow_array::{ArrayRef, RecordBatch};
 use parquet::arrow::ArrowWriter;
@@ -28,11 +30,14 @@ pub const SETTLEMENT_RIDERS_PER_BATCH: usize = 8192;
 /// bounded buffer of encoded pages for the writer.
 pub const SETTLEMENT_RIDERS_PER_ROW_GROUP_MAX: usize = 1 << 20;
 
-/// The riders table of one run, being written.
+/// The riders table of one run, being written. Dropped before
+/// [`RidersFile::finish`] (the run writes nothing, or failed), it removes
+/// its file.
 pub struct RidersFile {
     run: u32,
     tmp: PathBuf,
-    writer: ArrowWriter<File>,
+    /// `None` once finished.
+    writer: Option<ArrowWriter<File>>,
     pending: Vec<RiderRow>,
     rows: i64,
     totals: RiderFigures,
@@ -44,19 +49,20 @@ pub struct FinishedRiders {
 }
 
 impl RidersFile {
-    /// Starts run `run`'s file under `root` (the `settlements` folder). A
-    /// file left there by a run a crash cut short is overwritten.
-    pub fn create(root: &Path, run: u32) -> Result<RidersFile, SettleError> {
+    /// Starts `date`'s run `run` file under `root` (the `settlements`
+    /// folder). A file left there by a run a crash cut short is
+    /// overwritten.
+    pub fn create(root: &Path, date: NaiveDate, run: u32) -> Result<RidersFile, SettleError> {
         let dir = open_files_dir(root);
         std::fs::create_dir_all(&dir).map_err(|e| SettleError::Output(format!("{}: {e}", dir.display())))?;
-        let tmp = dir.join(format!(".{}.tmp", run_file_name(run)));
+        let tmp = dir.join(format!(".{date}-{}.tmp", run_file_name(run)));
         let file = File::create(&tmp).map_err(|e| SettleError::Output(format!("{}: {e}", tmp.display())))?;
         let properties = archive_writer_properties(&[], &[], Some(SETTLEMENT_RIDERS_PER_ROW_GROUP_MAX));
         let writer = ArrowWriter::try_new(file, settlement_schema(SettlementTable::Riders), Some(properties))?;
         Ok(RidersFile {
             run,
             tmp,
-            writer,
+            writer: Some(writer),
             pending: Vec::with_capacity(SETTLEMENT_RIDERS_PER_BATCH),
             rows: 0,
             totals: RiderFigures::default(),
@@ -90,7 +96,9 @@ impl RidersFile {
 
     fn flush(&mut self) -> Result<(), SettleError> {
         if !self.pending.is_empty() {
-            self.writer.write(&riders_batch(self.run, &self.pending)?)?;
+            let batch = riders_batch(self.run, &self.pending)?;
+            let writer = self.writer.as_mut().ok_or_else(|| SettleError::Output("riders file finished".into()))?;
+            writer.write(&batch)?;
             self.pending.clear();
         }
         Ok(())
@@ -99,16 +107,21 @@ impl RidersFile {
     /// Writes the footer and fsyncs the file.
     pub fn finish(mut self) -> Result<FinishedRiders, SettleError> {
         self.flush()?;
-        let file = self.writer.into_inner()?;
+        let writer = self.writer.take().ok_or_else(|| SettleError::Output("riders file finished".into()))?;
+        let file = writer.into_inner()?;
         farestream_ingest::files::fsync(&file, &Faults::default())
             .map_err(|e| SettleError::Output(format!("{}: {e}", self.tmp.display())))?;
-        Ok(FinishedRiders { tmp: self.tmp })
+        Ok(FinishedRiders { tmp: self.tmp.clone() })
     }
+}
 
-    /// Removes the file: the run writes nothing.
-    pub fn abandon(self) -> Result<(), SettleError> {
-        drop(self.writer);
-        std::fs::remove_file(&self.tmp).map_err(|e| SettleError::Output(format!("{}: {e}", self.tmp.display())))
+impl Drop for RidersFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            // Best effort: a file left behind is overwritten by the day's
+            // next run of the same number.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

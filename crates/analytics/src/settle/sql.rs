@@ -53,7 +53,19 @@ fn as_type(batch: &RecordBatch, index: usize, to: &DataType) -> Result<ArrayRef,
     if column.data_type() == to { Ok(Arc::clone(column)) } else { Ok(cast(column, to)?) }
 }
 
+/// A column of ids or counts as `u64`. A card id is archived as the
+/// `int64` with its bits (negative for an old card past 2^63): an `Int64`
+/// column is read back bit for bit, where Arrow's cast would turn a
+/// negative value into null and drop that rider from the settlement.
 pub fn column_u64(batch: &RecordBatch, index: usize) -> Result<Vec<Option<u64>>, SettleError> {
+    let column = column(batch, index)?;
+    if column.data_type() == &DataType::Int64 {
+        return Ok(column
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|v| v.map(farestream_core::scan::id_from_archive))
+            .collect());
+    }
     let array = as_type(batch, index, &DataType::UInt64)?;
     Ok(array.as_primitive::<UInt64Type>().iter().collect())
 }

@@ -306,6 +306,10 @@ fn signer(api: &ApiState) -> Result<Arc<IssuerSigningKey>, ApiError> {
 /// of large order (a weak key's signatures prove nothing).
 fn parse_public_key(text: &str) -> Result<[u8; 32], ApiError> {
     let bad = || ApiError::BadRequest("public_key_hex must be a 32-byte Ed25519 public key in hex".into());
+    // 64 digits exactly: the decoder would also take a `0x` before them.
+    if text.len() != 64 {
+        return Err(bad());
+    }
     let bytes: [u8; 32] = hex::decode(text).ok().and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
     if is_weak_public_key(&bytes) {
         return Err(bad());
