@@ -283,10 +283,7 @@ async fn walk_riders(
         let open_entry = day.open_entries.get(&card).copied();
         let settled = settle_rider(&settings.fares, card, &taps, &edges, &charges, open_entry);
         for route in settled.routes {
-            let entry = match walked.routes_now.get_mut(&route.route_id) {
-                Some(entry) => entry,
-                None => walked.routes_now.entry(route.route_id).or_default(),
-            };
+            let entry = walked.routes_now.entry(route.route_id).or_default();
             add_to(&mut entry.0, route.rides);
             entry.1 += route.revenue_cents;
         }

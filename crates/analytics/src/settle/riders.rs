@@ -25,9 +25,14 @@ use farestream_core::settlement::{DayCharge, OutcomeAsRead, RiderFigures};
 trait CardRows: Sized {
     type Row;
     fn of(batch: &RecordBatch) -> Result<Self, SettleError>;
-    fn len(&self) -> usize;
-    /// Row `i`'s card; `None` (a null card) skips the row.
-    fn card(&self, i: usize) -> Option<u64>;
+    /// Each row's card; `None` (a null card) skips the row.
+    fn cards(&self) -> &[Option<u64>];
+    fn len(&self) -> usize {
+        self.cards().len()
+    }
+    fn card(&self, i: usize) -> Option<u64> {
+        self.cards()[i]
+    }
     /// Row `i`; `None` skips a row with a null id.
     fn row(&self, i: usize) -> Result<Option<Self::Row>, SettleError>;
 }
@@ -100,12 +105,8 @@ impl CardRows for TapRows {
         })
     }
 
-    fn len(&self) -> usize {
-        self.cards.len()
-    }
-
-    fn card(&self, i: usize) -> Option<u64> {
-        self.cards[i]
+    fn cards(&self) -> &[Option<u64>] {
+        &self.cards
     }
 
     fn row(&self, i: usize) -> Result<Option<Tap>, SettleError> {
@@ -145,12 +146,8 @@ impl CardRows for EarlierRows {
         Ok(EarlierRows { cards: column_u64(batch, 0)?, figures })
     }
 
-    fn len(&self) -> usize {
-        self.cards.len()
-    }
-
-    fn card(&self, i: usize) -> Option<u64> {
-        self.cards[i]
+    fn cards(&self) -> &[Option<u64>] {
+        &self.cards
     }
 
     fn row(&self, i: usize) -> Result<Option<RiderFigures>, SettleError> {
@@ -183,12 +180,8 @@ impl CardRows for ChargeRows {
         })
     }
 
-    fn len(&self) -> usize {
-        self.cards.len()
-    }
-
-    fn card(&self, i: usize) -> Option<u64> {
-        self.cards[i]
+    fn cards(&self) -> &[Option<u64>] {
+        &self.cards
     }
 
     fn row(&self, i: usize) -> Result<Option<DayCharge>, SettleError> {

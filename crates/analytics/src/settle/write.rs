@@ -22,8 +22,8 @@ use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
-use farestream_ingest::archive::checkpoint::replace_durably;
-use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir, sync_dir};
+use farestream_ingest::archive::checkpoint::{rename_durably, replace_durably};
+use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir};
 use farestream_ingest::faults::Faults;
 
 pub type StatusCounts = [i64; ScanStatus::ALL.len()];
@@ -234,21 +234,13 @@ pub fn write_run(archive_dir: &Path, date: NaiveDate, rows: RunRows) -> Result<(
     let (path, tmp_dir) = run_file(SettlementTable::Files)?;
     replace_durably(&path, &tmp_dir, &parquet_bytes(&files_batch(run, &rows.files)?)?, &Faults::default())?;
     let (path, _) = run_file(SettlementTable::Riders)?;
-    rename_durably(&rows.riders.tmp, &path)?;
+    rename_durably(&rows.riders.tmp, &path, &Faults::default())?;
     for (table, batch) in
         [(SettlementTable::Routes, routes_batch(run, &rows.routes)?), (SettlementTable::Runs, run_batch(&rows.run)?)]
     {
         let (path, tmp_dir) = run_file(table)?;
         replace_durably(&path, &tmp_dir, &parquet_bytes(&batch)?, &Faults::default())?;
     }
-    Ok(())
-}
-
-/// Renames a file already fsynced into place, and fsyncs its folder.
-fn rename_durably(tmp: &Path, path: &Path) -> Result<(), SettleError> {
-    std::fs::rename(tmp, path)
-        .map_err(|e| SettleError::Output(format!("{} to {}: {e}", tmp.display(), path.display())))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")), &Faults::default())?;
     Ok(())
 }
 

@@ -40,7 +40,6 @@ pub fn write_checkpoint(path: &Path, archived_lsn: u64, faults: &Faults) -> Resu
 /// system; for a marker, outside its partition), fsync, rename, directory
 /// fsync. The checkpoint and the `_SUCCESS` markers use it.
 pub fn replace_durably(path: &Path, tmp_dir: &Path, bytes: &[u8], faults: &Faults) -> Result<(), ArchiveError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     fs::create_dir_all(tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.to_path_buf(), source })?;
     let tmp = tmp_dir.join(format!(".{name}.tmp"));
@@ -49,10 +48,16 @@ pub fn replace_durably(path: &Path, tmp_dir: &Path, bytes: &[u8], faults: &Fault
     fs::write(&tmp, bytes).map_err(io)?;
     let fsync = |source| ArchiveError::Fsync { path: tmp.clone(), source };
     fs::File::open(&tmp).and_then(|f| crate::files::fsync(&f, faults)).map_err(fsync)?;
-    let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };
+    rename_durably(&tmp, path, faults)
+}
+
+/// Renames `tmp`, already fsynced, to `path`, then fsyncs `path`'s folder
+/// so the rename survives a crash.
+pub fn rename_durably(tmp: &Path, path: &Path, faults: &Faults) -> Result<(), ArchiveError> {
+    let rename = |source| ArchiveError::Rename { path: tmp.to_path_buf(), source };
     faults.before_rename().map_err(rename)?;
-    fs::rename(&tmp, path).map_err(rename)?;
-    sync_dir(dir, faults)
+    fs::rename(tmp, path).map_err(rename)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")), faults)
 }
 
 /// What cleaning after a crash removed.

@@ -143,11 +143,10 @@ fn sign(secret: &[u8], lines: &[&[u8]], body: &[u8]) -> String {
 
 fn verify(secret: &[u8], given: &str, lines: &[&[u8]], body: &[u8]) -> bool {
     // 64 digits exactly: the decoder would also take a `0x` before them.
-    let Ok(given) =
-        hex::decode(given).map_err(drop).and_then(|g| if g.len() * 2 == given.len() { Ok(g) } else { Err(()) })
-    else {
+    if given.len() != 64 {
         return false;
-    };
+    }
+    let Ok(given) = hex::decode(given) else { return false };
     let message = signed_message(lines, body);
     hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), &message, &given).is_ok()
 }
@@ -187,6 +186,8 @@ mod tests {
         assert!(!signature_valid(b"s", &sig, 1, "POST", DEBITS_PATH, "k", b"{ }"));
         assert!(!signature_valid(b"s", "not hex", 1, "POST", DEBITS_PATH, "k", b"{}"));
         assert!(!signature_valid(b"s", "", 1, "POST", DEBITS_PATH, "k", b""));
+        assert!(!signature_valid(b"s", &format!("0x{sig}"), 1, "POST", DEBITS_PATH, "k", b"{}"), "prefixed");
+        assert!(!signature_valid(b"s", &format!("{sig}0"), 1, "POST", DEBITS_PATH, "k", b"{}"), "a digit long");
     }
 
     #[test]
