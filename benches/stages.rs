@@ -22,6 +22,7 @@
 //!   the archiver does; throughput in rows.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use farestream::config::Config;
 use farestream::config::fare_table::load_fares;
 use farestream::fares::FareTable;
 use farestream::fares::{DayEdges, Tap};
@@ -197,6 +198,8 @@ fn pricing(c: &mut Criterion) {
     let fares = load_fares(None).expect("the embedded fare table");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut store = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(5)).expect("a store");
+    // The pricer's store as `serve` opens it.
+    store.set_page_cache_mib(Config::defaults().payments.pricer_store_cache_mib).expect("a page cache");
     let mut city = CityTaps::new(&fares);
     for _ in 0..3 * CITY_RIDERS / 10_000 {
         price_batch(&mut store, &fares, &city.batch(10_000));

@@ -540,17 +540,10 @@ mod tests {
             self.taps[Self::day_of(tap)].iter().any(|t| t.scan_id == tap.scan_id)
         }
 
-        fn sorted(&self, d: usize) -> Vec<&Tap> {
-            let mut taps: Vec<&Tap> = self.taps[d].iter().collect();
-            taps.sort_by_key(|t| (t.scanned_at, t.scan_id));
-            taps
-        }
-
         fn edges(&self, d: usize) -> DayEdges {
-            let metro = |t: &&&Tap| t.kind.is_metro();
-            DayEdges {
-                last_before: (d == 1).then(|| self.sorted(0).iter().rev().find(metro).map(|t| (*t).clone())).flatten(),
-                first_after: (d == 0).then(|| self.sorted(1).iter().find(metro).map(|t| (*t).clone())).flatten(),
+            match d {
+                0 => DayEdges::between(&[], &self.taps[1]),
+                _ => DayEdges::between(&self.taps[0], &[]),
             }
         }
 

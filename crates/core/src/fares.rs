@@ -129,6 +129,18 @@ pub struct DayEdges {
 impl DayEdges {
     /// No neighbouring taps: the day priced on its own.
     pub const NONE: DayEdges = DayEdges { last_before: None, first_after: None };
+
+    /// The edges a rider's neighbouring days give: the last metro tap of
+    /// `day_before`'s taps and the first of `day_after`'s, in the order
+    /// taps are priced (scan time, then scan id). The taps come in any order.
+    pub fn between(day_before: &[Tap], day_after: &[Tap]) -> DayEdges {
+        let metro = || move |tap: &&Tap| tap.kind.is_metro();
+        let order = |tap: &&Tap| (tap.scanned_at, tap.scan_id);
+        DayEdges {
+            last_before: day_before.iter().filter(metro()).max_by_key(order).cloned(),
+            first_after: day_after.iter().filter(metro()).min_by_key(order).cloned(),
+        }
+    }
 }
 
 /// How a ride was priced.
@@ -439,6 +451,24 @@ mod tests {
     fn tap(n: u8, minute: i64, kind: TapKind, stop: &str) -> Tap {
         let route = if kind == TapKind::Single { stop } else { "metro-1" };
         Tap { scan_id: [n; 16], scanned_at: minute * MINUTE, kind, route_id: route.into(), stop_id: stop.into() }
+    }
+
+    /// The edges are metro taps only, ordered by scan time and then scan
+    /// id whatever order the taps come in; no taps, no edge.
+    #[test]
+    fn a_days_edges_are_its_neighbours_outermost_metro_taps() {
+        assert_eq!(DayEdges::between(&[], &[]), DayEdges::NONE);
+        let buses = [tap(1, 10, TapKind::Single, "bus-12"), tap(2, 20, TapKind::Single, "bus-12")];
+        assert_eq!(DayEdges::between(&buses, &buses), DayEdges::NONE);
+        // Two metro taps at the same minute: the larger id is the later.
+        let before = [tap(3, 30, TapKind::Entry, "a"), tap(9, 40, TapKind::Exit, "b"), tap(4, 40, TapKind::Entry, "c")];
+        let after =
+            [tap(8, 5, TapKind::Exit, "a"), tap(5, 5, TapKind::Entry, "b"), tap(1, 1, TapKind::Single, "bus-12")];
+        let edges = DayEdges::between(&[&buses[..], &before].concat(), &after);
+        assert_eq!(edges.last_before.map(|t| t.scan_id), Some([9; 16]));
+        assert_eq!(edges.first_after.map(|t| t.scan_id), Some([5; 16]));
+        assert_eq!(DayEdges::between(&[], &after).last_before, None);
+        assert_eq!(DayEdges::between(&before, &[]).first_after, None);
     }
 
     /// Each ride's kind, fare and charge, in cents.

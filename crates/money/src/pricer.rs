@@ -53,6 +53,8 @@ pub struct PricerSettings {
     /// The pricer thread's nice value: above 0 it gives way to ingest
     /// under a burst and catches up after (`thread_priority`).
     pub thread_nice: u8,
+    /// The pricer's page cache in the money store (`MoneyStore::set_page_cache_mib`).
+    pub store_cache_mib: u32,
 }
 
 /// What the pricer has done.

@@ -7,6 +7,7 @@
 //! written in the same transaction (see `pricer`), so a crash either keeps
 //! all of it or none, and the replay derives the same charge ids.
 
+use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
@@ -65,9 +66,13 @@ pub fn price_rows(
             added.push((RiderDay { card_id, service_date: row.service_date }, tap));
         }
     }
-    let (days, mut edges) = days_touched(tx, fares, &added)?;
+    let (days, mut read) = days_touched(tx, fares, &added)?;
     for day in days {
-        priced.add(&reprice(tx, fares, day, edges.remove(&day), now)?);
+        let taps = match read.remove(&day) {
+            Some(taps) => taps,
+            None => TapsAround::read(tx, day)?,
+        };
+        priced.add(&reprice(tx, fares, day, taps, now)?);
     }
     Ok(priced)
 }
@@ -75,30 +80,30 @@ pub fn price_rows(
 /// The rider-days the new taps change: their own, and a neighbouring day
 /// whose edge a new tap moves (an entry late the day before that the tap
 /// may end, an exit early the day after that the tap may begin). Also the
-/// edges it read, for pricing those days (every tap is in by now).
+/// taps it read, for pricing those days (every tap is in by now).
 fn days_touched(
     tx: &Transaction<'_>,
     fares: &FareTable,
     added: &[(RiderDay, Tap)],
-) -> Result<(BTreeSet<RiderDay>, HashMap<RiderDay, DayEdges>), StoreError> {
+) -> Result<(BTreeSet<RiderDay>, HashMap<RiderDay, TapsAround>), StoreError> {
     let mut days = BTreeSet::new();
-    let mut edges: HashMap<RiderDay, DayEdges> = HashMap::new();
+    let mut read: HashMap<RiderDay, TapsAround> = HashMap::new();
     for (day, tap) in added {
         days.insert(*day);
-        // A bus tap touches no neighbour: no need to read the edges.
+        // A bus tap touches no neighbour: no need to read the edges yet.
         if !tap.kind.is_metro() {
             continue;
         }
-        let day_edges = match edges.entry(*day) {
+        let around = match read.entry(*day) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(day_edges(tx, *day)?),
+            Entry::Vacant(e) => e.insert(TapsAround::read(tx, *day)?),
         };
-        let (before, after) = fares.neighbours_touched(tap, day_edges);
+        let (before, after) = fares.neighbours_touched(tap, &around.edges);
         let neighbour = |date: Option<NaiveDate>| date.map(|service_date| RiderDay { service_date, ..*day });
         days.extend(neighbour(day.service_date.pred_opt()).filter(|_| before));
         days.extend(neighbour(day.service_date.succ_opt()).filter(|_| after));
     }
-    Ok((days, edges))
+    Ok((days, read))
 }
 
 /// Rider-days whose open entry's exit window has closed by `now`.
@@ -119,27 +124,20 @@ pub fn price_closed_entries(tx: &Transaction<'_>, fares: &FareTable, now: UnixMi
     let mut priced = Priced::default();
     for (card_id, date) in days {
         let day = RiderDay { card_id: card_from_sql(card_id), service_date: date_from_sql(date)? };
-        priced.add(&reprice(tx, fares, day, None, now)?);
+        priced.add(&reprice(tx, fares, day, TapsAround::read(tx, day)?, now)?);
     }
     Ok(priced)
 }
 
-/// Prices one rider-day from all its taps and its edges (`known_edges`
-/// when the caller has read them already) and writes what the core plans.
+/// Prices one rider-day from all its taps and its edges and writes what
+/// the core plans.
 fn reprice(
     tx: &Transaction<'_>,
     fares: &FareTable,
     day: RiderDay,
-    known_edges: Option<DayEdges>,
+    TapsAround { taps, edges }: TapsAround,
     now: UnixMillis,
 ) -> Result<Vec<Charge>, StoreError> {
-    let taps = day_taps(tx, day)?;
-    // Edges only matter to a day with a metro tap; most days are buses only.
-    let edges = match known_edges {
-        Some(edges) => edges,
-        None if taps.iter().any(|t| t.kind.is_metro()) => day_edges(tx, day)?,
-        None => DayEdges::NONE,
-    };
     let priced = fares.price_day_as_of(&taps, &edges, now);
     let planned = plan_charges(day, &priced, &day_charges(tx, day)?);
     let mut insert = tx.prepare_cached(
@@ -187,43 +185,40 @@ fn reprice(
     Ok(planned)
 }
 
-fn day_taps(tx: &Transaction<'_>, day: RiderDay) -> Result<Vec<Tap>, StoreError> {
-    read_taps(
-        tx,
-        "SELECT scan_id, scanned_at, tap_kind, route_id, stop_id FROM taps WHERE card_id = ?1 AND service_date = ?2",
-        day,
-    )
+/// A rider-day's taps and its edges: what pricing the day needs.
+struct TapsAround {
+    taps: Vec<Tap>,
+    edges: DayEdges,
 }
 
-/// The rider's last metro tap of the day before and first of the day after.
-fn day_edges(tx: &Transaction<'_>, day: RiderDay) -> Result<DayEdges, StoreError> {
-    let edge = |date: Option<NaiveDate>, order: &str| -> Result<Option<Tap>, StoreError> {
-        let Some(service_date) = date else { return Ok(None) };
-        let sql = format!(
-            "SELECT scan_id, scanned_at, tap_kind, route_id, stop_id FROM taps
-             WHERE card_id = ?1 AND service_date = ?2 AND tap_kind <> 'single'
-             ORDER BY scanned_at {order}, scan_id {order} LIMIT 1"
-        );
-        Ok(read_taps(tx, &sql, RiderDay { service_date, ..day })?.pop())
-    };
-    Ok(DayEdges {
-        last_before: edge(day.service_date.pred_opt(), "DESC")?,
-        first_after: edge(day.service_date.succ_opt(), "ASC")?,
-    })
-}
-
-fn read_taps(tx: &Transaction<'_>, sql: &str, day: RiderDay) -> Result<Vec<Tap>, StoreError> {
-    let mut query = tx.prepare_cached(sql)?;
-    let rows = query.query_map(params![card_to_sql(day.card_id), date_to_sql(day.service_date)], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
-    })?;
-    let mut taps = Vec::new();
-    for row in rows {
-        let (scan_id, scanned_at, kind, route_id, stop_id) = row?;
-        let tap = Tap::from_stored(id_from_sql(&scan_id)?, scanned_at, &kind, route_id, stop_id);
-        taps.push(tap.ok_or_else(|| StoreError::Corrupt(format!("tap kind {kind:?}")))?);
+impl TapsAround {
+    /// Reads the day and both its neighbours in one range of the taps'
+    /// key (card, then date): one seek where the day and its two edges
+    /// were three. A day of buses only reads its neighbours too; their
+    /// edges price nothing there.
+    fn read(tx: &Transaction<'_>, day: RiderDay) -> Result<TapsAround, StoreError> {
+        let date = day.service_date;
+        let (first, last) = (date.pred_opt().unwrap_or(date), date.succ_opt().unwrap_or(date));
+        let mut query = tx.prepare_cached(
+            "SELECT service_date, scan_id, scanned_at, tap_kind, route_id, stop_id FROM taps
+             WHERE card_id = ?1 AND service_date BETWEEN ?2 AND ?3",
+        )?;
+        let rows = query.query_map(params![card_to_sql(day.card_id), date_to_sql(first), date_to_sql(last)], |r| {
+            Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get(4)?, r.get(5)?))
+        })?;
+        let (mut before, mut taps, mut after) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            let (tap_date, scan_id, scanned_at, kind, route_id, stop_id) = row?;
+            let tap = Tap::from_stored(id_from_sql(&scan_id)?, scanned_at, &kind, route_id, stop_id)
+                .ok_or_else(|| StoreError::Corrupt(format!("tap kind {kind:?}")))?;
+            match date_from_sql(tap_date)?.cmp(&date) {
+                Ordering::Less => before.push(tap),
+                Ordering::Equal => taps.push(tap),
+                Ordering::Greater => after.push(tap),
+            }
+        }
+        Ok(TapsAround { taps, edges: DayEdges::between(&before, &after) })
     }
-    Ok(taps)
 }
 
 /// Every charge already written for the day, in any outcome.

@@ -35,6 +35,7 @@ pub(super) fn open_money_store(
 ) -> Result<OpenedStore, ServerError> {
     let money = &settings.money;
     let store = money.open_store()?;
+    store.set_page_cache_mib(money.pricer.store_cache_mib)?;
     let start = pricer_start(&store, recovery.checkpoint_lsn)?;
     if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
         return Err(ServerError::Recovery(format!(

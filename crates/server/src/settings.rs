@@ -210,6 +210,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<
             poll_interval: pricer_poll,
             fares,
             thread_nice: p.pricer_thread_nice,
+            store_cache_mib: p.pricer_store_cache_mib,
         },
         store_path,
         deposit_cents: Cents::from_unsigned(p.deposit_cents),

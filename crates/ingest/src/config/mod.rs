@@ -195,6 +195,7 @@ pub struct PaymentsConfig {
     pub breaker_probe_interval_ms_max: u64,
     pub pricer_poll_interval_ms: u64,
     pub pricer_thread_nice: u8,
+    pub pricer_store_cache_mib: u32,
     pub store_busy_wait_ms: u64,
 }
 

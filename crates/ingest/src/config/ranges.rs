@@ -102,6 +102,7 @@ pub const RANGES: &[KeyRange] = &[
     range("payments.breaker_probe_interval_ms_max", 10, 600_000, "ms"),
     range("payments.pricer_poll_interval_ms", 10, 60_000, "ms"),
     range("payments.pricer_thread_nice", 0, 19, "nice"),
+    range("payments.pricer_store_cache_mib", 1, 65_536, "MiB"),
     range("payments.store_busy_wait_ms", 10, 600_000, "ms"),
     range("api.request_bytes_max", 256, MIB, "bytes"),
     range("api.otp_validity_secs", 60, 3_600, "s"),
