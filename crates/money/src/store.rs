@@ -232,6 +232,94 @@ mod tests {
         assert_eq!(index, 0, "the key is the rider-day: no second b-tree to write");
     }
 
+    /// Version 14 stores charges in write order: every row and column of
+    /// a version-13 store survives it, in the order they were written,
+    /// new charges come after them, and an id is still held once.
+    #[test]
+    fn the_charges_in_write_order_keep_every_row_and_their_ids_unique() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(dir.path());
+        let conn = store_at_version(&path, 13);
+        let insert = "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency,
+                       scan_ids, created_at, outcome, next_attempt_at, attempts, claims, archive_batch, decided_at,
+                       gateway_txn_id, last_error, archived_at, lease_until, first_attempt_at)
+                      VALUES (?1, 7, 20000, 'ride', x'0102', ?2, 'CNY', x'0303', ?3, 'succeeded', 5, 2, 3, 4, 6,
+                              'txn-1', 'none', 8, 9, 10)";
+        // Written at 10, 30, 20: ids and write order disagree.
+        for (n, created_at) in [(9u8, 10i64), (1, 30), (5, 20)] {
+            conn.execute(insert, params![vec![n; 16], i64::from(n) * 100, created_at]).expect("a version-13 charge");
+        }
+        drop(conn);
+        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("migrate");
+        let conn = store.connection();
+        conn.execute(insert, params![vec![0u8; 16], 1, 40]).expect("a new charge");
+        type Row =
+            (Vec<u8>, i64, i64, Vec<u8>, Vec<u8>, String, i64, i64, i64, i64, i64, String, String, i64, i64, i64);
+        let rows: Vec<Row> = conn
+            .prepare(
+                "SELECT charge_id, amount_cents, created_at, ride_key, scan_ids, outcome, next_attempt_at, attempts,
+                        claims, archive_batch, decided_at, gateway_txn_id, last_error, archived_at, lease_until,
+                        first_attempt_at
+                 FROM charges ORDER BY charge_seq",
+            )
+            .expect("query")
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                    r.get(14)?,
+                    r.get(15)?,
+                ))
+            })
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("charges");
+        let order: Vec<(u8, i64, i64)> = rows.iter().map(|r| (r.0[0], r.1, r.2)).collect();
+        assert_eq!(order, [(9, 900, 10), (5, 500, 20), (1, 100, 30), (0, 1, 40)], "in write order, the new one last");
+        let kept = &rows[0];
+        assert_eq!((&kept.3[..], &kept.4[..], kept.5.as_str()), (&[1u8, 2][..], &[3u8, 3][..], "succeeded"));
+        assert_eq!((kept.6, kept.7, kept.8, kept.9, kept.10), (5, 2, 3, 4, 6));
+        assert_eq!((kept.11.as_str(), kept.12.as_str(), kept.13, kept.14, kept.15), ("txn-1", "none", 8, 9, 10));
+        assert!(conn.execute(insert, params![vec![5u8; 16], 7, 50]).is_err(), "an id is held once");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'charges'
+                   AND name IN ('charges_by_rider_day', 'charges_due', 'charges_by_archive_batch')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 3, "the indexes are back");
+    }
+
+    /// The pricer's page cache is what it is given, in MiB; others keep
+    /// SQLite's default.
+    #[test]
+    fn a_page_cache_is_set_in_mib() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MoneyStore::open(&store_path(dir.path()), Duration::from_secs(1)).expect("open");
+        let cache_kib = |store: &MoneyStore| -> i64 {
+            store.connection().pragma_query_value(None, "cache_size", |r| r.get(0)).expect("cache_size")
+        };
+        assert_eq!(cache_kib(&store), -2_000, "SQLite's default, 2 000 KiB");
+        for mib in [1, 64, 65_536] {
+            store.set_page_cache_mib(mib).expect("set");
+            assert_eq!(cache_kib(&store), -i64::from(mib) * 1_024);
+        }
+    }
+
     #[test]
     fn a_store_migrates_once_and_refuses_a_newer_schema() {
         let dir = tempfile::tempdir().expect("tempdir");
