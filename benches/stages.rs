@@ -122,6 +122,15 @@ const CITY_DAY_SERVICE_MS: i64 = 18 * 3_600_000;
 /// Metro riders enter in blocks of this many and exit after the block:
 /// about half an hour later.
 const METRO_BLOCK_RIDERS: u64 = 10_000;
+/// Riders tap in an order unrelated to their card numbers, as in a city:
+/// the n-th tap of a stretch is rider n times this (prime to both counts
+/// above), so a batch's taps land all over the store's card-ordered keys.
+const RIDER_ORDER_STRIDE: u64 = 7_919;
+
+/// The `i`-th of `riders` to tap, each once.
+fn rider_in_tap_order(i: u64, riders: u64) -> u64 {
+    i * RIDER_ORDER_STRIDE % riders
+}
 
 /// A city's taps in time order, batch after batch: each day every rider
 /// makes a bus ride, then the metro riders enter and exit in blocks.
@@ -151,11 +160,11 @@ impl CityTaps {
         let taps_a_day = 3 * CITY_RIDERS;
         let (day, slot) = (tap / taps_a_day, tap % taps_a_day);
         let (rider, kind, route, stop) = if slot < CITY_RIDERS {
-            (slot, TapKind::Single, &self.route, "stop-1")
+            (rider_in_tap_order(slot, CITY_RIDERS), TapKind::Single, &self.route, "stop-1")
         } else {
             let (block, within) =
                 ((slot - CITY_RIDERS) / METRO_BLOCK_RIDERS, (slot - CITY_RIDERS) % METRO_BLOCK_RIDERS);
-            let rider = block / 2 * METRO_BLOCK_RIDERS + within;
+            let rider = block / 2 * METRO_BLOCK_RIDERS + rider_in_tap_order(within, METRO_BLOCK_RIDERS);
             match block % 2 {
                 0 => (rider, TapKind::Entry, &"metro".to_string(), self.stations.0.as_str()),
                 _ => (rider, TapKind::Exit, &"metro".to_string(), self.stations.1.as_str()),
