@@ -480,7 +480,8 @@ async fn query(data_dir: &Path, config: &Config, sql: &str, format: &str) -> Res
     }
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let budget = farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement);
-    match run_query(&data_dir.join("archive"), &budget, sql, format, &mut out).await {
+    let per_core = config.settlement.query_partitions_per_core;
+    match run_query(&data_dir.join("archive"), &budget, per_core, sql, format, &mut out).await {
         Ok(_) => Ok(out.flush()?),
         Err(error) if error.is_bad_query() => {
             eprintln!("query refused: {error}");

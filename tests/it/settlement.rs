@@ -43,7 +43,9 @@ async fn settle(settings: &SettleSettings, now: i64) -> Settled {
 
 async fn sql(data_dir: &Path, query: &str) -> String {
     let mut out = Vec::new();
-    run_query(&data_dir.join("archive"), &budget(data_dir), query, OutputFormat::Csv, &mut out).await.expect("query");
+    run_query(&data_dir.join("archive"), &budget(data_dir), per_core(), query, OutputFormat::Csv, &mut out)
+        .await
+        .expect("query");
     String::from_utf8(out).expect("utf-8")
 }
 
@@ -388,6 +390,11 @@ fn moved(settings: &SettleSettings, data_dir: &Path) -> SettleSettings {
     SettleSettings { data_dir: data_dir.to_path_buf(), memory: budget(data_dir), ..settings.clone() }
 }
 
+/// `farestream query`'s partitions a core, as configured by default.
+fn per_core() -> usize {
+    farestream::config::Config::defaults().settlement.query_partitions_per_core
+}
+
 /// The default memory budget, spilling under `data_dir`.
 fn budget(data_dir: &Path) -> MemoryBudget {
     MemoryBudget::of(data_dir, &farestream::config::Config::defaults().settlement)
@@ -484,6 +491,7 @@ async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_h
         let rows = run_query(
             &archive,
             &budget(dir.path()),
+            per_core(),
             &format!("SELECT count(*) AS n FROM {table}"),
             OutputFormat::Csv,
             &mut out,
@@ -493,11 +501,33 @@ async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_h
         assert_eq!((rows, String::from_utf8(out).expect("utf-8")), (1, "n\n0\n".to_string()), "{table}");
     }
     for bad in ["SELEC 1", "SELECT * FROM no_such_table", "SELECT nonsense FROM scans", ""] {
-        let error =
-            run_query(&archive, &budget(dir.path()), bad, OutputFormat::Table, &mut Vec::new()).await.expect_err(bad);
+        let error = run_query(&archive, &budget(dir.path()), per_core(), bad, OutputFormat::Table, &mut Vec::new())
+            .await
+            .expect_err(bad);
         assert!(error.is_bad_query(), "{bad}: {error}");
         assert!(!error.to_string().is_empty());
     }
+}
+
+/// Issue 21: `settlement.query_partitions_per_core` splits a statement
+/// for speed alone: a GROUP BY over many keys answers the same at its
+/// smallest and largest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_by_answers_the_same_at_every_partitioning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = dir.path().join("archive");
+    let per_key = "SELECT value % 100003 AS k, count(*) AS n, sum(value) AS s FROM generate_series(1, 1000000) \
+                   GROUP BY k ORDER BY n DESC, s DESC, k LIMIT 3";
+    let mut answers = Vec::new();
+    for per_core in [1, per_core(), 64] {
+        let mut out = Vec::new();
+        run_query(&archive, &budget(dir.path()), per_core, per_key, OutputFormat::Csv, &mut out)
+            .await
+            .expect("answered");
+        answers.push(String::from_utf8(out).expect("utf-8"));
+    }
+    assert_eq!(answers[0], "k,n,s\n99973,10,5499865\n99972,10,5499855\n99971,10,5499845\n");
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
 }
 
 /// Issue 21: the archive's SQL runs within `settlement.memory_bytes_max`.
@@ -514,10 +544,13 @@ async fn a_sort_over_the_memory_budget_spills_and_without_spill_space_fails() {
     let sort = "SELECT max(total) AS total FROM (SELECT sum(value) OVER (ORDER BY value % 1000003, value) AS total \
                 FROM generate_series(1, 8000000))";
     let mut out = Vec::new();
-    let rows = run_query(&archive, &small, sort, OutputFormat::Csv, &mut out).await.expect("spilled and answered");
+    let rows =
+        run_query(&archive, &small, per_core(), sort, OutputFormat::Csv, &mut out).await.expect("spilled and answered");
     assert_eq!((rows, String::from_utf8(out).expect("utf-8")), (1, "total\n32000004000000\n".to_string()));
     let no_spill = MemoryBudget { spill_bytes_max: 0, ..small };
-    let error = run_query(&archive, &no_spill, sort, OutputFormat::Csv, &mut Vec::new()).await.expect_err("no room");
+    let error = run_query(&archive, &no_spill, per_core(), sort, OutputFormat::Csv, &mut Vec::new())
+        .await
+        .expect_err("no room");
     assert!(error.to_string().contains("spilling") && error.to_string().contains("limit"), "{error}");
 }
 
@@ -526,21 +559,25 @@ async fn sql_at_its_extremes_answers_or_refuses_and_never_crashes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = dir.path().join("archive");
     let deep = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
-    let error = run_query(&archive, &budget(dir.path()), &deep, OutputFormat::Csv, &mut Vec::new())
+    let error = run_query(&archive, &budget(dir.path()), per_core(), &deep, OutputFormat::Csv, &mut Vec::new())
         .await
         .expect_err("too deep");
     assert!(error.is_bad_query(), "a nesting limit, not a stack overflow: {error}");
     let long = format!("SELECT 1 AS one /* {} */", "x".repeat(1 << 20));
     let mut out = Vec::new();
     assert_eq!(
-        run_query(&archive, &budget(dir.path()), &long, OutputFormat::Csv, &mut out).await.expect("a long statement"),
+        run_query(&archive, &budget(dir.path()), per_core(), &long, OutputFormat::Csv, &mut out)
+            .await
+            .expect("a long statement"),
         1
     );
     assert_eq!(out, b"one\n1\n");
     let mut out = Vec::new();
     let many = "SELECT value FROM generate_series(1, 200000)";
     assert_eq!(
-        run_query(&archive, &budget(dir.path()), many, OutputFormat::Json, &mut out).await.expect("streamed"),
+        run_query(&archive, &budget(dir.path()), per_core(), many, OutputFormat::Json, &mut out)
+            .await
+            .expect("streamed"),
         200_000
     );
     assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 200_000, "one JSON object per line");

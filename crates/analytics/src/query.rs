@@ -73,11 +73,12 @@ impl QueryError {
 pub async fn run_query(
     archive_dir: &Path,
     budget: &MemoryBudget,
+    partitions_per_core: usize,
     sql: &str,
     format: OutputFormat,
     out: &mut (dyn Write + Send),
 ) -> Result<u64, QueryError> {
-    let ctx = archive_session(archive_dir, budget)?;
+    let ctx = archive_session(archive_dir, budget, partitions_per_core)?;
     let frame = ctx.sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
     if schema.fields().is_empty() {

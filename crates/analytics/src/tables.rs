@@ -67,8 +67,20 @@ impl MemoryBudget {
     }
 }
 
-/// A session with every archive table registered, within `budget`.
-pub fn archive_session(archive_dir: &Path, budget: &MemoryBudget) -> Result<SessionContext, DataFusionError> {
+/// A session with every archive table registered, within `budget`, its
+/// statements split into `partitions_per_core` partitions for each core.
+/// More partitions than cores make a `GROUP BY` over millions of keys
+/// build many small hash tables, each in the CPU's caches while it is
+/// filled, where one per core misses the cache at every row: the
+/// per-rider query over a 10-million-scan day took half the time at 16
+/// a core (`scripts/settle-bench.sh`). Each partition of a sort holds
+/// back its share of the pool to merge spills, so the settlement, three
+/// sorts at once, keeps one a core.
+pub fn archive_session(
+    archive_dir: &Path,
+    budget: &MemoryBudget,
+    partitions_per_core: usize,
+) -> Result<SessionContext, DataFusionError> {
     std::fs::create_dir_all(&budget.spill_dir)
         .map_err(|e| DataFusionError::External(format!("{}: {e}", budget.spill_dir.display()).into()))?;
     let disk = DiskManagerBuilder::default()
@@ -81,7 +93,8 @@ pub fn archive_session(archive_dir: &Path, budget: &MemoryBudget) -> Result<Sess
     // Each sorting partition holds back room to merge its spills; at
     // DataFusion's 10 MiB a small budget could not sort at all.
     let config = SessionConfig::new();
-    let partitions = config.target_partitions().max(1);
+    let partitions = config.target_partitions().max(1).saturating_mul(partitions_per_core.max(1));
+    let config = config.with_target_partitions(partitions);
     let merge_room = (budget.bytes_max / (4 * partitions)).min(config.options().execution.sort_spill_reservation_bytes);
     let config = config.with_sort_spill_reservation_bytes(merge_room);
     let ctx = SessionContext::new_with_config_rt(config, runtime);

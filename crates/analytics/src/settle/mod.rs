@@ -53,12 +53,18 @@ use settlement_tables::SettlementTable;
 use sql::{collect_rows, column_i64, column_str, column_u64};
 use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, add_to, status_index, write_run};
 
+/// The settlement's statements run one partition a core: its three
+/// sorts at once each hold back merge room per partition, and at 16 a
+/// core a 10-million-scan day ran out of the default 512 MiB
+/// (`archive_session`).
+pub const SETTLEMENT_PARTITIONS_PER_CORE: usize = 1;
+
 /// Settles `date` as of `now`.
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
     let archive_dir = settings.archive_dir();
     let _one_at_a_time = settlement_lock(&archive_dir).await?;
     let snapshot = read_money(settings, date, now)?;
-    let ctx = archive_session(&archive_dir, &settings.memory)?;
+    let ctx = archive_session(&archive_dir, &settings.memory, SETTLEMENT_PARTITIONS_PER_CORE)?;
     let earlier = earlier_runs(&ctx, date).await?;
     let archived_lsn = read_checkpoint(&checkpoint_path(&settings.data_dir))?;
     let scans_root = scans_root(&settings.data_dir);

@@ -223,7 +223,7 @@ pub async fn finish(
     breaks: Vec<Break>,
     extras: ScanExtras,
 ) -> Result<Settled, SettleError> {
-    let ctx = archive_session(archive_dir, &settings.memory)?;
+    let ctx = archive_session(archive_dir, &settings.memory, super::SETTLEMENT_PARTITIONS_PER_CORE)?;
     let totals = day_totals(&ctx, date).await?;
     let currency = settings.fares.currency.as_str();
     let headline = headline(date, &totals, &breaks, currency);

@@ -67,6 +67,7 @@ pub struct SettlementConfig {
     pub cut_over_retry_interval_secs: u64,
     pub memory_bytes_max: usize,
     pub spill_bytes_max: u64,
+    pub query_partitions_per_core: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

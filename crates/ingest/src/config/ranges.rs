@@ -72,6 +72,7 @@ pub const RANGES: &[KeyRange] = &[
     range("settlement.cut_over_delay_minutes", 0, 1_380, "min"),
     range("settlement.cut_over_retry_interval_secs", 1, 86_400, "s"),
     range("settlement.memory_bytes_max", 16 * MIB, 64 * GIB, "bytes"),
+    range("settlement.query_partitions_per_core", 1, 64, "partitions"),
     range("settlement.spill_bytes_max", 0, 16 * 1024 * GIB, "bytes"),
     range("keys.lock_wait_ms_max", 0, 600_000, "ms"),
     range("keys.signing_lead_secs", 0, 2_592_000, "s"),
