@@ -547,6 +547,14 @@ async fn a_sort_over_the_memory_budget_spills_and_without_spill_space_fails() {
     let rows =
         run_query(&archive, &small, per_core(), sort, OutputFormat::Csv, &mut out).await.expect("spilled and answered");
     assert_eq!((rows, String::from_utf8(out).expect("utf-8")), (1, "total\n32000004000000\n".to_string()));
+    // The smallest budget split the most ways a config allows: partitions
+    // are capped by the budget, so the sort still spills and answers.
+    let smallest = MemoryBudget { bytes_max: 16 << 20, ..small.clone() };
+    let mut out = Vec::new();
+    run_query(&archive, &smallest, 64, sort, OutputFormat::Csv, &mut out)
+        .await
+        .expect("spilled at the smallest budget");
+    assert_eq!(String::from_utf8(out).expect("utf-8"), "total\n32000004000000\n");
     let no_spill = MemoryBudget { spill_bytes_max: 0, ..small };
     let error = run_query(&archive, &no_spill, per_core(), sort, OutputFormat::Csv, &mut Vec::new())
         .await

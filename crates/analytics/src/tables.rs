@@ -93,7 +93,8 @@ pub fn archive_session(
     // Each sorting partition holds back room to merge its spills; at
     // DataFusion's 10 MiB a small budget could not sort at all.
     let config = SessionConfig::new();
-    let partitions = config.target_partitions().max(1).saturating_mul(partitions_per_core.max(1));
+    let cores = config.target_partitions().max(1);
+    let partitions = cores.saturating_mul(partitions_per_core.max(1)).min(partitions_within(budget.bytes_max, cores));
     let config = config.with_target_partitions(partitions);
     let merge_room = (budget.bytes_max / (4 * partitions)).min(config.options().execution.sort_spill_reservation_bytes);
     let config = config.with_sort_spill_reservation_bytes(merge_room);
@@ -103,6 +104,20 @@ pub fn archive_session(
     }
     Ok(ctx)
 }
+
+/// The most partitions `bytes_max` gives each at least
+/// [`PARTITION_BYTES_MIN`], and never fewer than one a core. A sort
+/// partition and the repartition feeding it each take a share of the
+/// pool, and a sorter whose share is under one batch fails rather than
+/// spill: 16 a core at 16 MiB did, where one a core spilled and answered.
+fn partitions_within(bytes_max: usize, cores: usize) -> usize {
+    (bytes_max / PARTITION_BYTES_MIN).max(cores)
+}
+
+/// What a statement's partition needs of the pool at least: a sort's
+/// batch, the repartition's and room to merge (8 192 rows of a few
+/// columns are about 1 MiB).
+const PARTITION_BYTES_MIN: usize = 8 << 20;
 
 /// Registers `root` as a table partitioned by `service_date` (a `DATE`).
 pub fn register_partitioned(

@@ -83,7 +83,10 @@ pub fn archive_decided_charges(
     }
 }
 
-/// The batch left unfinished by a crash, or a new one of decided charges.
+/// The batch left unfinished by a crash, or a new one of decided charges,
+/// the oldest written first: `charges_by_archive_batch` holds the
+/// unarchived ones in write order (migration 14), so the claim reads them
+/// in index order rather than sorting them all.
 fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Option<i64>, ChargesArchiveError> {
     let tx = store.transaction()?;
     let unfinished: Option<i64> = tx.query_row(
@@ -97,10 +100,10 @@ fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Optio
     let next: i64 = tx.query_row("SELECT coalesce(max(archive_batch), 0) + 1 FROM charges", [], |r| r.get(0))?;
     let claimed = tx.execute(
         &format!(
-            "UPDATE charges SET archive_batch = ?1 WHERE charge_id IN (
-                 SELECT charge_id FROM charges
+            "UPDATE charges SET archive_batch = ?1 WHERE charge_seq IN (
+                 SELECT charge_seq FROM charges
                  WHERE archive_batch IS NULL AND outcome NOT IN {UNDECIDED_OUTCOMES_SQL}
-                 ORDER BY charge_id LIMIT ?2)"
+                 ORDER BY charge_seq LIMIT ?2)"
         ),
         params![next, i64::try_from(batch_charges_max).unwrap_or(i64::MAX)],
     )?;

@@ -35,7 +35,9 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// before a commit copies it into the database (SQLite's default is
 /// 1 000). Pricing dirties pages at random: a longer log lets a page
 /// written by many transactions be copied back once, and pricing a tap
-/// cost a sixth less in `cargo bench --bench stages -- pricing`.
+/// cost a sixth less in `cargo bench --bench stages -- pricing`. The
+/// checkpoint runs on whichever connection's commit crosses it, so now
+/// and then a dispatcher or API commit copies up to 64 MiB.
 const STORE_WAL_PAGES_BEFORE_CHECKPOINT: u32 = 16_384;
 
 /// A money-store step run off the async threads ended without an answer.

@@ -11,7 +11,7 @@
 //! directory, so a reader sees a file whole or not at all, and the name
 //! says exactly which log records are in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,11 +95,7 @@ fn write_row_group(file: &mut OpenFile) -> Result<(), ArchiveError> {
     if rows.is_empty() {
         return Ok(());
     }
-    // References sorted, not rows: a row is about 200 bytes to move.
-    let mut sorted: Vec<&ArchivedScan> = rows.iter().collect();
-    sorted.sort_unstable_by(|a, b| {
-        (&a.validator_id, a.validator_seq, a.scan_id).cmp(&(&b.validator_id, b.validator_seq, b.scan_id))
-    });
+    let sorted = in_validator_order(rows);
     let batch = to_record_batch(&sorted)?;
     drop(sorted);
     let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
@@ -109,6 +105,50 @@ fn write_row_group(file: &mut OpenFile) -> Result<(), ArchiveError> {
     // Every pending row is in the writer now.
     file.pending_bytes = 0;
     Ok(())
+}
+
+/// References to `rows` ordered by validator id, then the validator's own
+/// count, then scan id (a total order). The sort compares integers: each
+/// row's validator is first ranked among the group's distinct ids in
+/// their string order, where comparing the ids themselves at every step
+/// was a quarter of the writer's time (they share long prefixes).
+/// References, not rows: a row is about 200 bytes to move.
+fn in_validator_order(rows: &[ArchivedScan]) -> Vec<&ArchivedScan> {
+    // Numbered in u32 below: a row group holds at most
+    // archive.row_group_rows_max (10 million) rows.
+    assert!(u32::try_from(rows.len()).is_ok(), "a row group of {} rows", rows.len());
+    // Each distinct id's first-seen number; a gateway batch holds a
+    // validator's scans together, so most rows match the row before.
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    let mut distinct: Vec<&str> = Vec::new();
+    let mut last: Option<(&str, u32)> = None;
+    let mut first_seen = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = row.validator_id.as_str();
+        let number = match last {
+            Some((last_id, number)) if last_id == id => number,
+            _ => *seen.entry(id).or_insert_with(|| {
+                distinct.push(id);
+                distinct.len() as u32 - 1
+            }),
+        };
+        last = Some((id, number));
+        first_seen.push(number);
+    }
+    let mut by_id: Vec<u32> = (0..distinct.len() as u32).collect();
+    by_id.sort_unstable_by_key(|&n| distinct[n as usize]);
+    let mut rank = vec![0u32; distinct.len()];
+    for (r, n) in by_id.into_iter().enumerate() {
+        rank[n as usize] = r as u32;
+    }
+    let mut keys: Vec<(u32, u64, [u8; 16], u32)> = rows
+        .iter()
+        .zip(first_seen)
+        .enumerate()
+        .map(|(i, (row, n))| (rank[n as usize], row.validator_seq, row.scan_id, i as u32))
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter().map(|(_, _, _, i)| &rows[i as usize]).collect()
 }
 
 /// A row's size in memory before encoding, near enough for a size limit.
@@ -461,6 +501,31 @@ mod tests {
         let names: Vec<(NaiveDate, bool)> = closed.iter().map(|c| (c.service_date, c.late)).collect();
         assert_eq!(names, vec![(date, true), (date.succ_opt().expect("d"), false)], "closed days never go backwards");
         assert!(closed[0].path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("late-")));
+    }
+
+    proptest::proptest! {
+        /// Ranking validators first sorts exactly as comparing their ids
+        /// would: ids empty, long, sharing prefixes, in runs or scattered;
+        /// counts at their extremes; ties broken by scan id.
+        #[test]
+        fn rows_in_validator_order_are_in_the_ids_string_order(
+            rows in proptest::collection::vec(
+                (proptest::sample::select(vec!["", "a", "ab", "b", "bus-10", "bus-9", "\u{00e9}", "x-much-longer-id-with-the-same-start-1", "x-much-longer-id-with-the-same-start-2"]),
+                 proptest::sample::select(vec![0u64, 1, 2, u64::MAX]),
+                 0u8..4),
+                0..200),
+        ) {
+            let date = NaiveDate::from_ymd_opt(2026, 11, 20).expect("d");
+            let rows: Vec<ArchivedScan> = rows
+                .iter()
+                .map(|&(id, seq, n)| ArchivedScan { validator_id: id.into(), validator_seq: seq, scan_id: [n; 16], ..row(0, date) })
+                .collect();
+            let key = |r: &ArchivedScan| (r.validator_id.clone(), r.validator_seq, r.scan_id);
+            let mut expected: Vec<_> = rows.iter().map(key).collect();
+            expected.sort();
+            let got: Vec<_> = in_validator_order(&rows).into_iter().map(key).collect();
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]
