@@ -134,11 +134,11 @@ impl DayEdges {
     /// `day_before`'s taps and the first of `day_after`'s, in the order
     /// taps are priced (scan time, then scan id). The taps come in any order.
     pub fn between(day_before: &[Tap], day_after: &[Tap]) -> DayEdges {
-        let metro = || move |tap: &&Tap| tap.kind.is_metro();
+        let metro = |tap: &&Tap| tap.kind.is_metro();
         let order = |tap: &&Tap| (tap.scanned_at, tap.scan_id);
         DayEdges {
-            last_before: day_before.iter().filter(metro()).max_by_key(order).cloned(),
-            first_after: day_after.iter().filter(metro()).min_by_key(order).cloned(),
+            last_before: day_before.iter().filter(metro).max_by_key(order).cloned(),
+            first_after: day_after.iter().filter(metro).min_by_key(order).cloned(),
         }
     }
 }
