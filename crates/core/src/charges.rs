@@ -713,7 +713,7 @@ mod tests {
             // As one continuous stream (each ride on the day it began, the
             // cap per day), which is what a trip across the boundary costs.
             let mut all = taps.clone();
-            all.sort_by_key(|t| (t.scanned_at, t.scan_id));
+            all.sort_by_key(Tap::price_order);
             let continuous = continuous_price(&t, &all);
             proptest::prop_assert_eq!(total, continuous);
         }

@@ -74,6 +74,12 @@ pub struct Tap {
 }
 
 impl Tap {
+    /// Where the tap falls among a rider's: by scan time, then scan id.
+    /// Every pricing, edge and settlement order is this one.
+    pub fn price_order(&self) -> (UnixMillis, [u8; 16]) {
+        (self.scanned_at, self.scan_id)
+    }
+
     /// A tap from a stored row (the money store's `taps`, the archive read
     /// by the settlement), its kind by name; `None` for a kind no tap has.
     pub fn from_stored(
@@ -135,10 +141,9 @@ impl DayEdges {
     /// taps are priced (scan time, then scan id). The taps come in any order.
     pub fn between(day_before: &[Tap], day_after: &[Tap]) -> DayEdges {
         let metro = |tap: &&Tap| tap.kind.is_metro();
-        let order = |tap: &&Tap| (tap.scanned_at, tap.scan_id);
         DayEdges {
-            last_before: day_before.iter().filter(metro).max_by_key(order).cloned(),
-            first_after: day_after.iter().filter(metro).min_by_key(order).cloned(),
+            last_before: day_before.iter().filter(metro).max_by_key(|t| t.price_order()).cloned(),
+            first_after: day_after.iter().filter(metro).min_by_key(|t| t.price_order()).cloned(),
         }
     }
 }
@@ -231,7 +236,7 @@ impl FareTable {
     /// window is still open at `now`, is left open rather than priced.
     pub fn price_day_as_of(&self, taps: &[Tap], edges: &DayEdges, now: UnixMillis) -> PricedDay {
         let mut sorted: Vec<&Tap> = taps.iter().collect();
-        sorted.sort_by_key(|t| (t.scanned_at, t.scan_id));
+        sorted.sort_by_key(|t| t.price_order());
         // Bus taps neither begin nor end a trip: the edges are metro taps.
         let first_metro = sorted.iter().position(|t| t.kind.is_metro());
         let continued = match (&edges.last_before, first_metro) {

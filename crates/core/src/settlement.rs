@@ -403,8 +403,8 @@ pub fn trip_edge_may_be_unarchived(
     (start, end): (UnixMillis, UnixMillis),
 ) -> bool {
     let metro = || taps.iter().filter(|t| t.kind.is_metro());
-    let last = metro().max_by_key(|t| (t.scanned_at, t.scan_id));
-    let first = metro().min_by_key(|t| (t.scanned_at, t.scan_id));
+    let last = metro().max_by_key(|t| t.price_order());
+    let first = metro().min_by_key(|t| t.price_order());
     let open_at_end = last.is_some_and(|entry| {
         entry.kind == TapKind::Entry
             && fares.entry_open_at(entry.scanned_at, end)

@@ -156,23 +156,23 @@ mod tests {
     use super::*;
 
     /// A store built by the migrations up to `version` only, as an older
-    /// build left it.
-    fn store_at_version(path: &Path, version: u32) -> Connection {
-        let conn = Connection::open(path).expect("open");
+    /// build left it, in a new directory (kept while the test holds it).
+    fn store_at_version(version: u32) -> (tempfile::TempDir, PathBuf, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(dir.path());
+        let conn = Connection::open(&path).expect("open");
         for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
             conn.execute_batch(sql).expect("old migration");
             conn.pragma_update(None, "user_version", v).expect("version");
         }
-        conn
+        (dir, path, conn)
     }
 
     /// Version 7 rebuilds `charges` for two new outcomes: every row and
     /// column of a version-6 store survives it.
     #[test]
     fn the_charges_rebuild_keeps_every_row_and_takes_the_new_outcomes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = store_path(dir.path());
-        let conn = store_at_version(&path, 6);
+        let (_dir, path, conn) = store_at_version(6);
         let insert = "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
                        created_at, outcome, next_attempt_at, attempts, claims, archive_batch, gateway_txn_id)
                       VALUES (?1, 7, 20000, 'ride', ?2, 'CNY', x'', 1, ?3, 0, 2, 3, 4, 'txn-1')";
@@ -205,9 +205,7 @@ mod tests {
     /// survives it, and a tap logged twice is still held once.
     #[test]
     fn the_taps_rebuild_keeps_every_tap_and_still_holds_a_scan_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = store_path(dir.path());
-        let conn = store_at_version(&path, 12);
+        let (_dir, path, conn) = store_at_version(12);
         let insert =
             "INSERT OR IGNORE INTO taps (scan_id, card_id, service_date, scanned_at, tap_kind, route_id, stop_id)
                       VALUES (?1, ?2, 20000, ?3, 'entry', 'metro', 'station-01')";
@@ -239,9 +237,7 @@ mod tests {
     /// new charges come after them, and an id is still held once.
     #[test]
     fn the_charges_in_write_order_keep_every_row_and_their_ids_unique() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = store_path(dir.path());
-        let conn = store_at_version(&path, 13);
+        let (_dir, path, conn) = store_at_version(13);
         let insert = "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency,
                        scan_ids, created_at, outcome, next_attempt_at, attempts, claims, archive_batch, decided_at,
                        gateway_txn_id, last_error, archived_at, lease_until, first_attempt_at)

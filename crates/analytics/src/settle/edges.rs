@@ -48,12 +48,16 @@ pub async fn read_edges(
     if let Some(before) = date.pred_opt() {
         let riders = riders_near(&format!("tap_kind = 'exit' AND {SCANNED_MS} <= {}", start.saturating_add(window_ms)));
         let sql = neighbour_taps(before, &riders, &format!("{SCANNED_MS} >= {}", start.saturating_sub(window_ms)));
-        keep_per_card(&mut edges.last_before, collect_taps(ctx, &sql).await?, |new, kept| key(new) > key(kept));
+        keep_per_card(&mut edges.last_before, collect_taps(ctx, &sql).await?, |new, kept| {
+            new.price_order() > kept.price_order()
+        });
     }
     if let Some(after) = date.succ_opt() {
         let riders = riders_near(&format!("tap_kind = 'entry' AND {SCANNED_MS} >= {}", end.saturating_sub(window_ms)));
         let sql = neighbour_taps(after, &riders, &format!("{SCANNED_MS} <= {}", end.saturating_add(window_ms)));
-        keep_per_card(&mut edges.first_after, collect_taps(ctx, &sql).await?, |new, kept| key(new) < key(kept));
+        keep_per_card(&mut edges.first_after, collect_taps(ctx, &sql).await?, |new, kept| {
+            new.price_order() < kept.price_order()
+        });
     }
     Ok(edges)
 }
@@ -81,10 +85,6 @@ async fn collect_taps(ctx: &SessionContext, sql: &str) -> Result<Vec<(u64, Tap)>
         taps.extend(decode_taps(&batch)?);
     }
     Ok(taps)
-}
-
-fn key(tap: &Tap) -> (UnixMillis, [u8; 16]) {
-    (tap.scanned_at, tap.scan_id)
 }
 
 fn keep_per_card(map: &mut HashMap<u64, Tap>, taps: Vec<(u64, Tap)>, better: fn(&Tap, &Tap) -> bool) {
