@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 
-use arrow_array::builder::{Int64Builder, UInt32Builder};
+use arrow_array::builder::Int64Builder;
 use arrow_array::{ArrayRef, RecordBatch};
 use parquet::arrow::ArrowWriter;
 
 use super::settle_types::SettleError;
 use super::settlement_tables::{FIGURES, SettlementTable, figures_to, settlement_schema};
-use super::write::RiderRow;
+use super::write::{RiderRow, ints, runs};
 use farestream_core::settlement::RiderFigures;
 use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir};
 use farestream_ingest::faults::Faults;
@@ -131,17 +131,15 @@ pub fn run_file_name(run: u32) -> String {
 }
 
 fn riders_batch(run: u32, rows: &[RiderRow]) -> Result<RecordBatch, SettleError> {
-    let mut runs = UInt32Builder::with_capacity(rows.len());
-    let mut cards = Int64Builder::with_capacity(rows.len());
+    let cards = ints(rows.iter().map(|row| farestream_core::scan::id_to_archive(row.card_id)));
+    // The figures in one pass over the rows, a builder a column.
     let mut figures: Vec<Int64Builder> = (0..FIGURES).map(|_| Int64Builder::with_capacity(rows.len())).collect();
     for row in rows {
-        runs.append_value(run);
-        cards.append_value(farestream_core::scan::id_to_archive(row.card_id));
         for (column, value) in figures.iter_mut().zip(figures_to(&row.figures)) {
             column.append_value(value);
         }
     }
-    let mut columns: Vec<ArrayRef> = vec![Arc::new(runs.finish()), Arc::new(cards.finish())];
+    let mut columns: Vec<ArrayRef> = vec![runs(run, rows.len()), cards];
     columns.extend(figures.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Riders), columns)?)
 }

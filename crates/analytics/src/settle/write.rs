@@ -70,13 +70,13 @@ pub struct RunRows {
     pub files: Vec<FileRow>,
 }
 
-fn ints(values: impl Iterator<Item = i64>) -> ArrayRef {
+pub(super) fn ints(values: impl Iterator<Item = i64>) -> ArrayRef {
     let mut b = Int64Builder::new();
     values.for_each(|v| b.append_value(v));
     Arc::new(b.finish())
 }
 
-fn runs(run: u32, n: usize) -> ArrayRef {
+pub(super) fn runs(run: u32, n: usize) -> ArrayRef {
     let mut b = UInt32Builder::new();
     (0..n).for_each(|_| b.append_value(run));
     Arc::new(b.finish())
