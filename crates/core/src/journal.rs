@@ -70,7 +70,13 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ArchivedScan>, JournalError> {
     }
     let batch = JournalBatch::decode(body)?;
     let gateway_id: Arc<str> = Arc::from(batch.gateway_id.as_str());
-    batch.rows.iter().enumerate().map(|(index, row)| from_journal_row(&batch, &gateway_id, row, index)).collect()
+    let received_at = batch.received_at_ms;
+    batch
+        .rows
+        .into_iter()
+        .enumerate()
+        .map(|(index, row)| from_journal_row(received_at, &gateway_id, row, index))
+        .collect()
 }
 
 fn to_journal_row(row: &ArchivedScan) -> JournalRow {
@@ -94,10 +100,12 @@ fn to_journal_row(row: &ArchivedScan) -> JournalRow {
     }
 }
 
+/// Moves the decoded row's strings into the archive row: decoding a
+/// record allocates each string once.
 fn from_journal_row(
-    batch: &JournalBatch,
+    received_at: i64,
     gateway_id: &Arc<str>,
-    row: &JournalRow,
+    row: JournalRow,
     index: usize,
 ) -> Result<ArchivedScan, JournalError> {
     let bad = |what| JournalError::BadRow { index, what };
@@ -116,19 +124,19 @@ fn from_journal_row(
     Ok(ArchivedScan {
         scan_id,
         gateway_id: Arc::clone(gateway_id),
-        validator_id: row.validator_id.clone(),
+        validator_id: row.validator_id,
         validator_seq: row.validator_seq,
-        route_id: row.route_id.clone(),
-        stop_id: row.stop_id.clone(),
+        route_id: row.route_id,
+        stop_id: row.stop_id,
         tap_kind,
         card_id: row.card_id,
         issuer_key_id: row.issuer_key_id,
         code_created_at: row.code_created_at_ms,
         code_counter: row.code_counter,
         scanned_at: row.scanned_at_ms,
-        received_at: batch.received_at_ms,
+        received_at,
         status,
-        reason: row.reason.clone(),
+        reason: row.reason,
         service_date,
         gate_opened: row.gate_opened,
         deny_list_version: row.deny_list_version,

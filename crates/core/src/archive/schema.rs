@@ -5,7 +5,7 @@
 //! its field in the journal, which is a format of its own).
 //! `docs/archive.md` documents each column for analysts.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder};
@@ -257,52 +257,43 @@ impl Values {
             Values::Text(..) | Values::Hex(..) => DataType::Utf8,
             Values::Id(..) => DataType::Int64,
             Values::U32(..) => DataType::UInt32,
-            Values::Time(..) => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            Values::Time(..) => DataType::Timestamp(TimeUnit::Millisecond, Some(TIME_ZONE.into())),
             Values::Bool(..) => DataType::Boolean,
         }
     }
 
-    fn write<R: Borrow<Row>>(&self, rows: &[R]) -> ArrayRef {
-        let n = rows.len();
+    /// An empty builder of this column's array, room for `rows`.
+    fn builder(&self, rows: usize) -> ColumnBuilder {
         match self {
-            Values::Text(get, _) => {
-                let mut b = StringBuilder::with_capacity(n, n * 16);
-                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
-                Arc::new(b.finish())
+            Values::Text(..) => ColumnBuilder::Text(StringBuilder::with_capacity(rows, rows * 16)),
+            Values::Hex(..) => ColumnBuilder::Text(StringBuilder::with_capacity(rows, rows * 32)),
+            Values::Id(..) => ColumnBuilder::Id(Int64Builder::with_capacity(rows)),
+            Values::U32(..) => ColumnBuilder::U32(UInt32Builder::with_capacity(rows)),
+            Values::Time(..) => {
+                ColumnBuilder::Time(TimestampMillisecondBuilder::with_capacity(rows).with_timezone(TIME_ZONE))
             }
-            Values::Hex(get, _) => {
-                let mut b = StringBuilder::with_capacity(n, n * 32);
+            Values::Bool(..) => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+        }
+    }
+
+    /// Appends `row`'s value to `builder`, which [`Values::builder`] made.
+    fn push(&self, row: &Row, builder: &mut ColumnBuilder) {
+        match (self, builder) {
+            (Values::Text(get, _), ColumnBuilder::Text(b)) => b.append_option(get(row)),
+            (Values::Hex(get, _), ColumnBuilder::Text(b)) => {
                 let mut hex = [0u8; 32];
-                for row in rows {
-                    // Hex digits are ASCII: the error arm is never taken, and
-                    // a null there would fail the batch, not pass unseen.
-                    match hex::encode_to_slice(get(row.borrow()), &mut hex).map(|()| std::str::from_utf8(&hex)) {
-                        Ok(Ok(text)) => b.append_value(text),
-                        _ => b.append_null(),
-                    }
+                // Hex digits are ASCII: the error arm is never taken, and
+                // a null there would fail the batch, not pass unseen.
+                match hex::encode_to_slice(get(row), &mut hex).map(|()| std::str::from_utf8(&hex)) {
+                    Ok(Ok(text)) => b.append_value(text),
+                    _ => b.append_null(),
                 }
-                Arc::new(b.finish())
             }
-            Values::Id(get, _) => {
-                let mut b = Int64Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r.borrow()).map(id_to_archive)));
-                Arc::new(b.finish())
-            }
-            Values::U32(get, _) => {
-                let mut b = UInt32Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
-                Arc::new(b.finish())
-            }
-            Values::Time(get, _) => {
-                let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
-                Arc::new(b.finish())
-            }
-            Values::Bool(get, _) => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(get(r.borrow())));
-                Arc::new(b.finish())
-            }
+            (Values::Id(get, _), ColumnBuilder::Id(b)) => b.append_option(get(row).map(id_to_archive)),
+            (Values::U32(get, _), ColumnBuilder::U32(b)) => b.append_option(get(row)),
+            (Values::Time(get, _), ColumnBuilder::Time(b)) => b.append_option(get(row)),
+            (Values::Bool(get, _), ColumnBuilder::Bool(b)) => b.append_option(get(row)),
+            _ => unreachable!("a column's builder is made by its own Values::builder"),
         }
     }
 
@@ -335,10 +326,86 @@ pub fn scan_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Builds one record batch from rows, owned or borrowed (a writer that
-/// orders references rather than moving rows).
-pub fn to_record_batch<R: Borrow<ArchivedScan>>(rows: &[R]) -> Result<RecordBatch, ArrowError> {
-    RecordBatch::try_new(scan_schema(), COLUMNS.iter().map(|c| c.values.write(rows)).collect())
+/// Builds one record batch from rows.
+pub fn to_record_batch(rows: &[ArchivedScan]) -> Result<RecordBatch, ArrowError> {
+    let mut columns = ScanColumns::with_capacity(rows.len());
+    rows.iter().for_each(|row| columns.push(row));
+    columns.finish()
+}
+
+/// The time zone of every time column: UTC.
+const TIME_ZONE: &str = "UTC";
+
+/// One column's array being built.
+enum ColumnBuilder {
+    Text(StringBuilder),
+    Id(Int64Builder),
+    U32(UInt32Builder),
+    Time(TimestampMillisecondBuilder),
+    Bool(BooleanBuilder),
+}
+
+impl ColumnBuilder {
+    /// The array so far; the builder is left empty.
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Text(b) => Arc::new(b.finish()),
+            ColumnBuilder::Id(b) => Arc::new(b.finish()),
+            ColumnBuilder::U32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Time(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Archive rows held as the columns of a record batch being built: each
+/// row's values are copied into its columns' buffers as it comes, so the
+/// rows a writer holds until a row group is full cost no allocation each
+/// and are read back contiguous (a row's strings are each a separate
+/// allocation, whose frees were the largest share of the writer's time).
+pub struct ScanColumns {
+    builders: Vec<ColumnBuilder>,
+    rows: usize,
+    /// Rows the buffers have room for before they grow, again after each
+    /// [`ScanColumns::finish`].
+    capacity: usize,
+}
+
+impl ScanColumns {
+    /// Empty, with room for `rows` rows before any buffer grows.
+    pub fn with_capacity(rows: usize) -> ScanColumns {
+        ScanColumns { builders: builders(rows), rows: 0, capacity: rows }
+    }
+
+    /// Copies `row`'s values into the columns.
+    pub fn push(&mut self, row: &ArchivedScan) {
+        for (column, builder) in COLUMNS.iter().zip(&mut self.builders) {
+            column.values.push(row, builder);
+        }
+        self.rows += 1;
+    }
+
+    /// Rows pushed since the last [`ScanColumns::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// No rows pushed since the last [`ScanColumns::finish`].
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows pushed so far as a record batch of [`scan_schema`];
+    /// leaves this empty for the next.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let mut full = std::mem::replace(&mut self.builders, builders(self.capacity));
+        self.rows = 0;
+        RecordBatch::try_new(scan_schema(), full.iter_mut().map(ColumnBuilder::finish).collect())
+    }
+}
+
+fn builders(rows: usize) -> Vec<ColumnBuilder> {
+    COLUMNS.iter().map(|c| c.values.builder(rows)).collect()
 }
 
 /// Reads rows back from a record batch of the archive schema: the other half

@@ -166,9 +166,8 @@ impl State {
             let now = Instant::now();
             for record in &records {
                 let rows = journal::decode(&record.payload).map_err(fatal)?;
-                let count = rows.len();
-                self.writer.append(rows, now)?;
-                telemetry::archive_rows_written(count);
+                self.writer.append(&rows, now)?;
+                telemetry::archive_rows_written(rows.len());
             }
             if self.writer.cut_due(now) {
                 self.cut()?;

@@ -6,6 +6,7 @@ pub mod archiver;
 pub mod checkpoint;
 pub mod parquet_writer;
 pub mod read;
+mod validator_order;
 
 pub use archiver::{Archiver, ArchiverSettings, ArchiverStatus, ArrivalMark, Arrivals};
 pub use parquet_writer::{ArchiveError, ArchiveWriter, ArchiveWriterConfig, ClosedFile};

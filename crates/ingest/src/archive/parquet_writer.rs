@@ -11,7 +11,7 @@
 //! directory, so a reader sees a file whole or not at all, and the name
 //! says exactly which log records are in it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,9 +24,17 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 
+use super::validator_order::ValidatorOrder;
 use crate::faults::Faults;
-use farestream_core::archive::schema::{scan_schema, to_record_batch};
+use arrow_array::UInt32Array;
+use arrow_select::take::take_record_batch;
+use farestream_core::archive::schema::{ScanColumns, scan_schema};
 use farestream_core::scan::ArchivedScan;
+
+/// The most rows an open file's buffers are sized for up front; past that
+/// they grow as rows come (a row group may be up to 10 million rows, and
+/// a day's file may stay small).
+const ROWS_RESERVED_MAX: usize = 65_536;
 
 /// Marks a service day whose scans are all archived.
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
@@ -79,77 +87,44 @@ struct OpenFile {
     rows: u64,
     late: bool,
     /// Rows not yet in the Parquet writer: less than a row group.
-    pending: Vec<ArchivedScan>,
-    /// Their size before encoding, roughly, for the file size limit.
-    pending_bytes: u64,
+    pending: PendingRows,
 }
 
-/// Sorts a row group by validator, then the validator's own count, and
-/// writes it as one row group: a validator's scans sit together in the
-/// order it read them, so its id, stop, times and counter change little
-/// from row to row, which is what the delta encodings and ZSTD feed on
-/// (see [`scan_writer_properties`]). Takes the file's pending rows and
-/// leaves their buffer empty for the next group, its capacity kept.
+/// A file's rows waiting for a full row group: in columns as they came,
+/// with the order they will be written in.
+struct PendingRows {
+    columns: ScanColumns,
+    order: ValidatorOrder,
+    /// Their size before encoding, roughly, for the file size limit.
+    bytes: u64,
+}
+
+impl PendingRows {
+    fn push(&mut self, row: &ArchivedScan) {
+        self.columns.push(row);
+        self.order.push(row);
+        self.bytes += approximate_bytes(row);
+    }
+}
+
+/// Writes the file's pending rows as one row group, in
+/// [`ValidatorOrder`] (see [`scan_writer_properties`] for why), and leaves
+/// them empty for the next group.
 fn write_row_group(file: &mut OpenFile) -> Result<(), ArchiveError> {
-    let rows = &mut file.pending;
-    if rows.is_empty() {
+    let pending = &mut file.pending;
+    if pending.columns.is_empty() {
         return Ok(());
     }
-    let sorted = in_validator_order(rows);
-    let batch = to_record_batch(&sorted)?;
-    drop(sorted);
+    let arrival = pending.columns.finish()?;
+    let positions = UInt32Array::from(pending.order.take_positions());
+    let batch = take_record_batch(&arrival, &positions)?;
+    drop(arrival);
     let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
     file.writer.write(&batch).map_err(parquet)?;
     file.writer.flush().map_err(parquet)?;
-    rows.clear();
     // Every pending row is in the writer now.
-    file.pending_bytes = 0;
+    pending.bytes = 0;
     Ok(())
-}
-
-/// References to `rows` ordered by validator id, then the validator's own
-/// count, then scan id (a total order). The sort compares integers: each
-/// row's validator is first ranked among the group's distinct ids in
-/// their string order. Comparing the ids themselves (long shared
-/// prefixes) at every step took 1.10x the time of a row group in
-/// `cargo bench --bench stages -- parquet`.
-/// References, not rows: a row is about 200 bytes to move.
-fn in_validator_order(rows: &[ArchivedScan]) -> Vec<&ArchivedScan> {
-    // Numbered in u32 below: a row group holds at most
-    // archive.row_group_rows_max (10 million) rows.
-    assert!(u32::try_from(rows.len()).is_ok(), "a row group of {} rows", rows.len());
-    // Each distinct id's first-seen number; a gateway batch holds a
-    // validator's scans together, so most rows match the row before.
-    let mut seen: HashMap<&str, u32> = HashMap::new();
-    let mut distinct: Vec<&str> = Vec::new();
-    let mut last: Option<(&str, u32)> = None;
-    let mut first_seen = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id = row.validator_id.as_str();
-        let number = match last {
-            Some((last_id, number)) if last_id == id => number,
-            _ => *seen.entry(id).or_insert_with(|| {
-                distinct.push(id);
-                distinct.len() as u32 - 1
-            }),
-        };
-        last = Some((id, number));
-        first_seen.push(number);
-    }
-    let mut by_id: Vec<u32> = (0..distinct.len() as u32).collect();
-    by_id.sort_unstable_by_key(|&n| distinct[n as usize]);
-    let mut rank = vec![0u32; distinct.len()];
-    for (r, n) in by_id.into_iter().enumerate() {
-        rank[n as usize] = r as u32;
-    }
-    let mut keys: Vec<(u32, u64, [u8; 16], u32)> = rows
-        .iter()
-        .zip(first_seen)
-        .enumerate()
-        .map(|(i, (row, n))| (rank[n as usize], row.validator_seq, row.scan_id, i as u32))
-        .collect();
-    keys.sort_unstable();
-    keys.into_iter().map(|(_, _, _, i)| &rows[i as usize]).collect()
 }
 
 /// A row's size in memory before encoding, near enough for a size limit.
@@ -255,9 +230,9 @@ impl ArchiveWriter {
     /// validator and its count (see [`write_row_group`]). After an error
     /// the writer is abandoned ([`ArchiveWriter::abandon`]) and the rows
     /// read again from the log, as the archiver does.
-    pub fn append(&mut self, rows: Vec<ArchivedScan>, now: Instant) -> Result<(), ArchiveError> {
+    pub fn append(&mut self, rows: &[ArchivedScan], now: Instant) -> Result<(), ArchiveError> {
         let row_group_rows = self.config.row_group_rows_max.max(1);
-        let mut rows = rows.into_iter().peekable();
+        let mut rows = rows.iter().peekable();
         // A batch is nearly always one day: each run of one date goes to
         // its file as it comes, without regrouping the rows first.
         while let Some(date) = rows.peek().map(|row| row.service_date) {
@@ -268,9 +243,8 @@ impl ArchiveWriter {
             // still what the file holds (the caller abandons the writer then).
             while let Some(row) = rows.next_if(|row| row.service_date == date) {
                 file.rows += 1;
-                file.pending_bytes += approximate_bytes(&row);
                 file.pending.push(row);
-                if file.pending.len() >= row_group_rows {
+                if file.pending.columns.len() >= row_group_rows {
                     write_row_group(file)?;
                 }
             }
@@ -281,7 +255,7 @@ impl ArchiveWriter {
     /// True when a file reached its size or age limit.
     pub fn cut_due(&self, now: Instant) -> bool {
         self.open.values().any(|f| {
-            let size = (f.writer.bytes_written() + f.writer.in_progress_size()) as u64 + f.pending_bytes;
+            let size = (f.writer.bytes_written() + f.writer.in_progress_size()) as u64 + f.pending.bytes;
             size >= self.config.file_bytes_max || now.duration_since(f.opened_at) >= self.config.file_age_max
         })
     }
@@ -337,7 +311,10 @@ impl ArchiveWriter {
         let writer = ArrowWriter::try_new(file, scan_schema(), Some(self.properties.clone()))
             .map_err(|source| ArchiveError::Parquet { path: tmp_path.clone(), source })?;
         let late = dir.join(SUCCESS_MARKER).exists() || self.closed_through.is_some_and(|closed| date <= closed);
-        Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late, pending: Vec::new(), pending_bytes: 0 })
+        // The rows of one row group, before the buffers need to grow.
+        let columns = ScanColumns::with_capacity(self.config.row_group_rows_max.min(ROWS_RESERVED_MAX));
+        let pending = PendingRows { columns, order: ValidatorOrder::default(), bytes: 0 };
+        Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late, pending })
     }
 
     fn close(
@@ -437,7 +414,7 @@ mod tests {
             (NaiveDate::from_ymd_opt(2026, 11, 25).expect("d"), NaiveDate::from_ymd_opt(2026, 11, 26).expect("d"));
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(3600));
         let rows: Vec<_> = (0..10).map(|i| row(i, if i < 6 { d1 } else { d2 })).collect();
-        w.append(rows.clone(), Instant::now()).expect("append");
+        w.append(&rows, Instant::now()).expect("append");
         assert!(archive_files(dir.path()).expect("list").is_empty(), "nothing visible while files are open");
         for date in [d1, d2] {
             let partition = partition_dir(dir.path(), date);
@@ -462,11 +439,11 @@ mod tests {
         let start = Instant::now();
         let mut by_size = writer(dir.path(), 1, Duration::from_secs(3600));
         assert!(!by_size.cut_due(start), "nothing open, nothing due");
-        by_size.append(vec![row(1, date)], start).expect("append");
+        by_size.append(&[row(1, date)], start).expect("append");
         assert!(by_size.cut_due(start), "one byte is over the limit");
 
         let mut by_age = writer(dir.path(), u64::MAX, Duration::from_secs(300));
-        by_age.append(vec![row(1, date)], start).expect("append");
+        by_age.append(&[row(1, date)], start).expect("append");
         assert!(!by_age.cut_due(start + Duration::from_secs(299)));
         assert!(by_age.cut_due(start + Duration::from_secs(300)));
     }
@@ -478,10 +455,10 @@ mod tests {
         fs::create_dir_all(partition_dir(dir.path(), date)).expect("dir");
         fs::write(partition_dir(dir.path(), date).join(SUCCESS_MARKER), "").expect("marker");
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(300));
-        w.append(vec![row(1, date)], Instant::now()).expect("append");
+        w.append(&[row(1, date)], Instant::now()).expect("append");
         let closed = w.close_all(0, 10).expect("close");
         assert!(closed[0].late && closed[0].path.to_string_lossy().contains("late-"), "{closed:?}");
-        w.append(vec![row(2, date)], Instant::now()).expect("append");
+        w.append(&[row(2, date)], Instant::now()).expect("append");
         w.abandon();
         let names: Vec<_> = fs::read_dir(partition_dir(dir.path(), date))
             .expect("dir")
@@ -497,36 +474,11 @@ mod tests {
         let mut w = writer(dir.path(), u64::MAX, Duration::from_secs(300));
         w.set_closed_through(date);
         w.set_closed_through(date.pred_opt().expect("d"));
-        w.append(vec![row(1, date), row(2, date.succ_opt().expect("d"))], Instant::now()).expect("append");
+        w.append(&[row(1, date), row(2, date.succ_opt().expect("d"))], Instant::now()).expect("append");
         let closed = w.close_all(0, 10).expect("close");
         let names: Vec<(NaiveDate, bool)> = closed.iter().map(|c| (c.service_date, c.late)).collect();
         assert_eq!(names, vec![(date, true), (date.succ_opt().expect("d"), false)], "closed days never go backwards");
         assert!(closed[0].path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("late-")));
-    }
-
-    proptest::proptest! {
-        /// Ranking validators first sorts exactly as comparing their ids
-        /// would: ids empty, long, sharing prefixes, in runs or scattered;
-        /// counts at their extremes; ties broken by scan id.
-        #[test]
-        fn rows_in_validator_order_are_in_the_ids_string_order(
-            rows in proptest::collection::vec(
-                (proptest::sample::select(vec!["", "a", "ab", "b", "bus-10", "bus-9", "\u{00e9}", "x-much-longer-id-with-the-same-start-1", "x-much-longer-id-with-the-same-start-2"]),
-                 proptest::sample::select(vec![0u64, 1, 2, u64::MAX]),
-                 0u8..4),
-                0..200),
-        ) {
-            let date = NaiveDate::from_ymd_opt(2026, 11, 20).expect("d");
-            let rows: Vec<ArchivedScan> = rows
-                .iter()
-                .map(|&(id, seq, n)| ArchivedScan { validator_id: id.into(), validator_seq: seq, scan_id: [n; 16], ..row(0, date) })
-                .collect();
-            let key = |r: &ArchivedScan| (r.validator_id.clone(), r.validator_seq, r.scan_id);
-            let mut expected: Vec<_> = rows.iter().map(key).collect();
-            expected.sort();
-            let got: Vec<_> = in_validator_order(&rows).into_iter().map(key).collect();
-            proptest::prop_assert_eq!(got, expected);
-        }
     }
 
     #[test]
@@ -544,7 +496,7 @@ mod tests {
         let mut w = ArchiveWriter::new(config, Arc::new(Faults::default())).expect("writer");
         let on_two_validators = |i: u64| ArchivedScan { validator_id: format!("bus-{}", 2 - i % 2), ..row(i, date) };
         let rows: Vec<_> = (0..10).rev().map(on_two_validators).collect();
-        w.append(rows, Instant::now()).expect("append");
+        w.append(&rows, Instant::now()).expect("append");
         let closed = w.close_all(0, 1).expect("close");
         let back: Vec<u64> = read_all(dir.path()).expect("read").iter().map(|r| r.validator_seq).collect();
         assert_eq!(
