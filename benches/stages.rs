@@ -286,7 +286,19 @@ fn parquet(c: &mut Criterion) {
     let mut group = c.benchmark_group("parquet");
     group.sample_size(20);
     group.throughput(Throughput::Elements(rows_per_file));
-    group.bench_function("encode", |b| b.iter(|| write_file(&mut writer, &rows)));
+    // Freeing the rows is timed too: the archiver frees the rows it
+    // decoded once the writer has them, on the same thread.
+    group.bench_function("encode", |b| {
+        b.iter_batched(
+            || rows.clone(),
+            |rows| {
+                let bytes = write_file(&mut writer, &rows);
+                drop(rows);
+                bytes
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 

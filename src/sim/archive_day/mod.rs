@@ -236,22 +236,22 @@ fn write_scans(
     let mut files = Vec::new();
     let mut from = 1u64;
     let end = scans.len() as u64 + 1;
-    // The writer's time only: rows in, file out. The archiver hands it rows
-    // it has just decoded from the log, and frees them after, so they are
-    // copied here (fresh, as decoding leaves them) and freed outside the
-    // timing, as pyarrow's table is built before its timing starts.
+    // The writer's time, rows in and file out, and freeing the rows: the
+    // archiver hands it rows it has just decoded from the log and frees
+    // them after, on the same thread. So they are copied here (fresh, as
+    // decoding leaves them) before the timing, and freed inside it.
     let mut writing = Duration::ZERO;
     for (i, chunk) in scans.chunks(4_096).enumerate() {
         let rows = chunk.to_vec();
         let started = Instant::now();
         writer.append(&rows, started).map_err(|e| e.to_string())?;
+        drop(rows);
         let to = 1 + ((i + 1) * 4_096).min(scans.len()) as u64;
         if writer.cut_due(Instant::now()) || to == end {
             files.extend(writer.close_all(from, to).map_err(|e| e.to_string())?.into_iter().map(|c| c.path));
             from = to;
         }
         writing += started.elapsed();
-        drop(rows);
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();

@@ -366,15 +366,20 @@ impl ColumnBuilder {
 pub struct ScanColumns {
     builders: Vec<ColumnBuilder>,
     rows: usize,
-    /// Rows the buffers have room for before they grow, again after each
-    /// [`ScanColumns::finish`].
-    capacity: usize,
+}
+
+impl Default for ScanColumns {
+    /// Empty; the buffers grow as rows come, so a file holding one late
+    /// scan holds one row's worth.
+    fn default() -> ScanColumns {
+        ScanColumns::with_capacity(0)
+    }
 }
 
 impl ScanColumns {
     /// Empty, with room for `rows` rows before any buffer grows.
     pub fn with_capacity(rows: usize) -> ScanColumns {
-        ScanColumns { builders: builders(rows), rows: 0, capacity: rows }
+        ScanColumns { builders: builders(rows), rows: 0 }
     }
 
     /// Copies `row`'s values into the columns.
@@ -396,9 +401,9 @@ impl ScanColumns {
     }
 
     /// The rows pushed so far as a record batch of [`scan_schema`];
-    /// leaves this empty for the next.
+    /// leaves this empty, its buffers to grow again as rows come.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let mut full = std::mem::replace(&mut self.builders, builders(self.capacity));
+        let mut full = std::mem::replace(&mut self.builders, builders(0));
         self.rows = 0;
         RecordBatch::try_new(scan_schema(), full.iter_mut().map(ColumnBuilder::finish).collect())
     }

@@ -31,11 +31,6 @@ use arrow_select::take::take_record_batch;
 use farestream_core::archive::schema::{ScanColumns, scan_schema};
 use farestream_core::scan::ArchivedScan;
 
-/// The most rows an open file's buffers are sized for up front; past that
-/// they grow as rows come (a row group may be up to 10 million rows, and
-/// a day's file may stay small).
-const ROWS_RESERVED_MAX: usize = 65_536;
-
 /// Marks a service day whose scans are all archived.
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
 
@@ -115,8 +110,10 @@ fn write_row_group(file: &mut OpenFile) -> Result<(), ArchiveError> {
     if pending.columns.is_empty() {
         return Ok(());
     }
-    let arrival = pending.columns.finish()?;
+    // Both halves emptied before anything can fail: the next group starts
+    // clean even if this one is not written.
     let positions = UInt32Array::from(pending.order.take_positions());
+    let arrival = pending.columns.finish()?;
     let batch = take_record_batch(&arrival, &positions)?;
     drop(arrival);
     let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
@@ -311,9 +308,7 @@ impl ArchiveWriter {
         let writer = ArrowWriter::try_new(file, scan_schema(), Some(self.properties.clone()))
             .map_err(|source| ArchiveError::Parquet { path: tmp_path.clone(), source })?;
         let late = dir.join(SUCCESS_MARKER).exists() || self.closed_through.is_some_and(|closed| date <= closed);
-        // The rows of one row group, before the buffers need to grow.
-        let columns = ScanColumns::with_capacity(self.config.row_group_rows_max.min(ROWS_RESERVED_MAX));
-        let pending = PendingRows { columns, order: ValidatorOrder::default(), bytes: 0 };
+        let pending = PendingRows { columns: ScanColumns::default(), order: ValidatorOrder::default(), bytes: 0 };
         Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late, pending })
     }
 
@@ -498,12 +493,17 @@ mod tests {
         let rows: Vec<_> = (0..10).rev().map(on_two_validators).collect();
         w.append(&rows, Instant::now()).expect("append");
         let closed = w.close_all(0, 1).expect("close");
-        let back: Vec<u64> = read_all(dir.path()).expect("read").iter().map(|r| r.validator_seq).collect();
+        let back = read_all(dir.path()).expect("read");
+        let seqs: Vec<u64> = back.iter().map(|r| r.validator_seq).collect();
         assert_eq!(
-            back,
+            seqs,
             vec![7, 9, 6, 8, 3, 5, 2, 4, 1, 0],
             "each row group of 4 sorted by validator (bus-1 holds the odd ones), then its count, in arrival order"
         );
+        let mut expected = rows.clone();
+        expected.chunks_mut(4).for_each(|group| group.sort_by_key(|r| r.validator_seq));
+        expected.chunks_mut(4).for_each(|group| group.sort_by(|a, b| a.validator_id.cmp(&b.validator_id)));
+        assert_eq!(back, expected, "whole rows, every column moved with its row");
         let reader = SerializedFileReader::new(File::open(&closed[0].path).expect("open")).expect("parquet");
         let metadata = reader.metadata();
         assert_eq!(metadata.num_row_groups(), 3);
