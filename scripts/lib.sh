@@ -124,3 +124,14 @@ ensure_python_readers() {
   python3 -m pip install --quiet --user duckdb pyarrow 2>/dev/null \
     || python3 -m pip install --quiet --user --break-system-packages duckdb pyarrow
 }
+
+# PostgreSQL's server binaries (initdb, postgres), for the money store's
+# tests on PostgreSQL, which make a throwaway cluster of their own
+# (crates/money/src/test_cluster.rs): Debian's package when missing.
+ensure_postgres() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return 0
+  command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || return 1
+  { apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1; }; }
+}

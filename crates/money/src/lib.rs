@@ -21,11 +21,14 @@ pub mod notify;
 pub mod outbox;
 pub mod paygw;
 pub mod payments;
+pub mod pg_store;
 pub mod pricer;
 pub mod pricing;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+#[cfg(any(test, feature = "test-cluster"))]
+pub mod test_cluster;
 
 pub use deny_list_hub::DenyListHub;
 pub use dispatcher::{Dispatcher, DispatcherSettings};

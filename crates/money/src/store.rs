@@ -14,7 +14,7 @@ use crate::money_metrics;
 
 /// The schema, version by version. A migration is never edited once
 /// shipped; a change is a new one.
-const MIGRATIONS: &[(u32, &str)] = &[
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../migrations/0001_money.sql")),
     (2, include_str!("../migrations/0002_api.sql")),
     (3, include_str!("../migrations/0003_charges_archive.sql")),
@@ -63,14 +63,27 @@ pub fn store_path(data_dir: &Path) -> PathBuf {
 pub enum StoreError {
     #[error("money store {path}: {source}")]
     Open { path: PathBuf, source: rusqlite::Error },
-    #[error("money store {path} is at schema version {found}, newer than this build's {known}")]
-    TooNew { path: PathBuf, found: u32, known: u32 },
+    #[error("money store {store}: {}", postgres_message(.source))]
+    Connect { store: String, source: postgres::Error },
+    #[error("money store {store} is at schema version {found}, newer than this build's {known}")]
+    TooNew { store: String, found: u32, known: u32 },
     #[error("money store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("money store: {}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
     #[error("money store holds a value it never writes: {0}")]
     Corrupt(String),
     #[error("a money-store task stopped: {0}")]
     Task(String),
+}
+
+/// PostgreSQL's own words for an error: the server's message, detail and
+/// hint where it sent them (the error's own text is only "db error").
+fn postgres_message(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.to_string(),
+        None => error.to_string(),
+    }
 }
 
 /// One connection to the money store.
@@ -122,7 +135,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let current: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0);
     if current > known {
-        return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, known });
+        return Err(StoreError::TooNew { store: path.display().to_string(), found: current, known });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let tx = conn.transaction()?;

@@ -1,0 +1,264 @@
+//! The money store on PostgreSQL: the schema of `migrations/postgres/`,
+//! versioned as the SQLite store's is (a version names the same tables on
+//! both engines), in a database an operator already runs.
+//!
+//! Through the `postgres` crate, the blocking client over `tokio-postgres`:
+//! the money store's work already runs on blocking threads (the pricer's
+//! own, `spawn_blocking` for the dispatcher and the API) as rusqlite's
+//! does, so one synchronous interface serves both engines, and the
+//! protocol, types and TLS hooks are a maintained crate's, not ours.
+//! sqlx was the other candidate: async only, and its compile-time query
+//! checks want a live database at build time, which CI's clean build has
+//! not.
+
+use postgres::config::Host;
+use postgres::{Client, Config, NoTls};
+
+use crate::store::{MIGRATIONS, StoreError};
+
+/// The PostgreSQL schema, version by version. A store starts at the
+/// version of the binary that made it (version 14 holds every table up
+/// to it); each later version is one migration here and one in
+/// [`MIGRATIONS`], under the same number.
+const PG_MIGRATIONS: &[(u32, &str)] = &[(14, include_str!("../migrations/postgres/0014_money.sql"))];
+
+/// The advisory lock a migration holds, so two servers starting at once
+/// on one store do not both build it ("farestre" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6661_7265_7374_7265;
+
+/// One connection to the money store on PostgreSQL.
+pub struct PgStore {
+    client: Client,
+    /// Where it is, without the password, for messages.
+    store: String,
+}
+
+impl PgStore {
+    /// Connects to the store `config` names and brings its schema to this
+    /// build's version; refuses a store a newer build migrated.
+    pub fn open(config: &Config) -> Result<PgStore, StoreError> {
+        let store = describe(config);
+        let mut client =
+            config.connect(NoTls).map_err(|source| StoreError::Connect { store: store.clone(), source })?;
+        migrate(&mut client, &store)?;
+        Ok(PgStore { client, store })
+    }
+
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// The store's location, without the password.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
+    /// The schema version the store is at.
+    pub fn schema_version(&mut self) -> Result<u32, StoreError> {
+        let version: i32 = self.client.query_one("SELECT version FROM farestream_schema", &[])?.get(0);
+        version_from_sql(version)
+    }
+}
+
+/// `postgres://USER@HOST:PORT/DATABASE` (a socket directory as the host),
+/// never the password.
+pub fn describe(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("?");
+    let database = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{host}:{port}/{database}")
+}
+
+/// Builds or upgrades the schema in one transaction under the migration
+/// lock: a second server waits, then finds it done.
+fn migrate(client: &mut Client, store: &str) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS farestream_schema (
+             one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+             version INTEGER NOT NULL CHECK (version >= 0)
+         )",
+    )?;
+    let current = match tx.query_opt("SELECT version FROM farestream_schema", &[])? {
+        Some(row) => version_from_sql(row.get(0))?,
+        None => 0,
+    };
+    let known = known_version();
+    if current > known {
+        return Err(StoreError::TooNew { store: store.to_string(), found: current, known });
+    }
+    let mut migrated = current;
+    for (version, sql) in PG_MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql)?;
+        migrated = *version;
+    }
+    if migrated != current {
+        let version = i32::try_from(migrated).map_err(|_| StoreError::Corrupt(format!("version {migrated}")))?;
+        tx.execute(
+            "INSERT INTO farestream_schema (version) VALUES ($1)
+             ON CONFLICT (one) DO UPDATE SET version = excluded.version",
+            &[&version],
+        )?;
+        tracing::info!(store, version = migrated, "money store migrated");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The version this build writes, the same on both engines.
+fn known_version() -> u32 {
+    let known = PG_MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    debug_assert_eq!(Some(known), MIGRATIONS.last().map(|(v, _)| *v), "both engines at one version");
+    known
+}
+
+fn version_from_sql(version: i32) -> Result<u32, StoreError> {
+    u32::try_from(version).map_err(|_| StoreError::Corrupt(format!("schema version {version}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    use super::*;
+    use crate::store::{MoneyStore, store_path};
+    use crate::test_cluster::TestCluster;
+
+    fn config(connection_string: &str) -> Config {
+        Config::from_str(connection_string).expect("the test cluster's connection string")
+    }
+
+    #[test]
+    fn both_engines_are_at_one_version() {
+        assert_eq!(PG_MIGRATIONS.last().map(|(v, _)| *v), MIGRATIONS.last().map(|(v, _)| *v));
+        assert!(PG_MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0), "versions rise");
+    }
+
+    #[test]
+    fn a_new_store_is_built_at_this_builds_version_and_opened_again_unchanged() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = config(&cluster.new_database());
+        let mut store = PgStore::open(&config).expect("a new store");
+        assert_eq!(store.schema_version().expect("version"), known_version());
+        store.client().execute("INSERT INTO log_cursors (reader, lsn) VALUES ('pricer', 7)", &[]).expect("a row");
+        drop(store);
+        let mut again = PgStore::open(&config).expect("reopened");
+        let lsn: i64 = again.client().query_one("SELECT lsn FROM log_cursors", &[]).expect("kept").get(0);
+        assert_eq!(lsn, 7, "opening again migrates nothing and keeps the rows");
+    }
+
+    #[test]
+    fn a_store_a_newer_build_migrated_is_refused() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = config(&cluster.new_database());
+        let mut store = PgStore::open(&config).expect("a new store");
+        store.client().execute("UPDATE farestream_schema SET version = 99", &[]).expect("a newer version");
+        drop(store);
+        match PgStore::open(&config) {
+            Err(StoreError::TooNew { found: 99, known, store }) => {
+                assert_eq!(known, known_version());
+                assert!(store.starts_with("postgres://farestream@"), "{store}");
+            }
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a store from a newer build was opened"),
+        }
+    }
+
+    /// Two servers starting at once on one empty store: one builds it, the
+    /// other waits on the migration lock and finds it built.
+    #[test]
+    fn two_servers_opening_one_empty_store_at_once_build_it_once() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = config(&cluster.new_database());
+        let barrier = std::sync::Barrier::new(4);
+        let opened: Vec<Result<u32, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let mut store = PgStore::open(&config).map_err(|e| e.to_string())?;
+                        store.schema_version().map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("no panic")).collect()
+        });
+        assert_eq!(opened, vec![Ok(known_version()); 4]);
+    }
+
+    /// Every table has the same columns on both engines, each with the
+    /// same type family, nullability and place in the primary key.
+    #[test]
+    fn both_engines_have_the_same_tables_and_columns() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let mut pg = PgStore::open(&config(&cluster.new_database())).expect("a new store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sqlite = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(1)).expect("sqlite");
+
+        type Columns = BTreeMap<String, BTreeMap<String, (String, bool, bool)>>;
+        let mut on_sqlite = Columns::new();
+        let conn = sqlite.connection();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            .expect("tables")
+            .query_map([], |r| r.get(0))
+            .expect("tables")
+            .collect::<Result<_, _>>()
+            .expect("tables");
+        for table in tables {
+            let mut query = conn.prepare(&format!("PRAGMA table_info(\"{table}\")")).expect("columns");
+            let columns = query
+                .query_map([], |r| {
+                    let (name, kind, not_null, key): (String, String, bool, i64) =
+                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(5)?);
+                    let family = match kind.as_str() {
+                        "INTEGER" => "integer",
+                        "TEXT" => "text",
+                        "BLOB" => "bytes",
+                        other => panic!("a SQLite type this test does not know: {other}"),
+                    };
+                    // SQLite's INTEGER PRIMARY KEY is NOT NULL without saying so.
+                    Ok((name, (family.to_string(), not_null || key > 0, key > 0)))
+                })
+                .expect("columns")
+                .collect::<Result<_, _>>()
+                .expect("columns");
+            on_sqlite.insert(table, columns);
+        }
+
+        let mut on_pg = Columns::new();
+        let rows = pg
+            .client()
+            .query(
+                "SELECT c.table_name::text, c.column_name::text, c.data_type::text, c.is_nullable = 'NO',
+                        EXISTS (SELECT 1 FROM information_schema.table_constraints t
+                                JOIN information_schema.key_column_usage k
+                                  ON k.constraint_name = t.constraint_name AND k.table_name = t.table_name
+                                WHERE t.table_name = c.table_name AND t.constraint_type = 'PRIMARY KEY'
+                                  AND k.column_name = c.column_name)
+                 FROM information_schema.columns c
+                 WHERE c.table_schema = current_schema() AND c.table_name <> 'farestream_schema'",
+                &[],
+            )
+            .expect("columns");
+        for row in rows {
+            let (table, column, kind, not_null, key): (String, String, String, bool, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let family = match kind.as_str() {
+                "bigint" => "integer",
+                "text" => "text",
+                "bytea" => "bytes",
+                other => panic!("{table}.{column} is {other}: every column is bigint, text or bytea"),
+            };
+            on_pg.entry(table).or_default().insert(column, (family.to_string(), not_null, key));
+        }
+        assert_eq!(on_pg, on_sqlite);
+    }
+}
