@@ -16,7 +16,11 @@ use std::process::Command;
 /// force it. Keep it short: a duplicate costs build time on two cores.
 const ALLOWED_DUPLICATES: &[(&str, &str)] = &[
     ("base64", "metrics-exporter-prometheus is on 0.22, parquet and pem on 0.23"),
+    ("block-buffer", "sha2: ed25519-zebra's 0.10 takes 0.10, postgres-protocol's 0.11 takes 0.12"),
     ("cpufeatures", "curve25519-dalek and sha2 are on 0.2, chacha20 (quinn-proto's rand 0.10) on 0.3"),
+    ("crypto-common", "sha2: ed25519-zebra's 0.10 takes 0.1, postgres-protocol's 0.11 takes 0.2"),
+    ("digest", "ed25519-zebra's sha2 is on 0.10, postgres-protocol's (SCRAM logins to PostgreSQL) on 0.11"),
+    ("fallible-iterator", "rusqlite is on 0.3, postgres (the money store on PostgreSQL) on 0.2"),
     ("foldhash", "datafusion is on 0.2, petgraph's hashbrown 0.15 (datafusion-physical-expr) on 0.1"),
     ("getrandom", "ring is on 0.2, rand_core 0.9 on 0.3, rand 0.10 on 0.4"),
     (
@@ -25,9 +29,12 @@ const ALLOWED_DUPLICATES: &[(&str, &str)] = &[
     ),
     ("itertools", "datafusion is on 0.15, object_store (datafusion's) on 0.14"),
     ("num-bigint", "arrow is on 0.5, bigdecimal (datafusion-sql) on 0.4"),
+    ("phf", "chrono-tz is on 0.12, tokio-postgres on 0.13"),
+    ("phf_shared", "chrono-tz's phf is on 0.12, tokio-postgres's on 0.13"),
     ("rand", "metrics-util (and the simulator with it) is on 0.9, quinn-proto on 0.10"),
     ("rand_chacha", "ed25519-zebra 4 takes rand_core 0.6 generators (0.3), rand 0.9 brings 0.9"),
     ("rand_core", "ed25519-zebra 4 is on 0.6, rand 0.9 on 0.9, rand 0.10 on 0.10"),
+    ("sha2", "ed25519-zebra is on 0.10, postgres-protocol (SCRAM logins to PostgreSQL) on 0.11"),
     ("syn", "prost-derive and curve25519-dalek-derive are on 2, clap_derive and futures-macro on 3"),
     (
         "synstructure",

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod api;
 pub mod charges_archive;
 pub mod codec;
+pub mod db;
 pub mod deny_list_hub;
 pub mod dispatcher;
 pub mod money_audit;

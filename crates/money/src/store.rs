@@ -78,11 +78,14 @@ pub enum StoreError {
 }
 
 /// PostgreSQL's own words for an error: the server's message, detail and
-/// hint where it sent them (the error's own text is only "db error").
+/// hint where it sent them (the error's own text is only "db error"), or
+/// the client's with its cause ("error serializing parameter 0: text
+/// bound to a int8 parameter").
 fn postgres_message(error: &postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => db.to_string(),
-        None => error.to_string(),
+    match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => db.to_string(),
+        (None, Some(cause)) => format!("{error}: {cause}"),
+        (None, None) => error.to_string(),
     }
 }
 

@@ -1,0 +1,186 @@
+//! One way to run the money store's SQL on either engine: a statement is
+//! written once, in PostgreSQL's placeholder style (`$1`, `$2`, in any
+//! order, any number of times), with the values both engines hold: 64-bit
+//! integers, text, bytes and null (every column of the schema is one of
+//! those, `migrations/postgres/0014_money.sql` says why). [`Db`] runs it
+//! on a SQLite transaction or connection (`sqlite.rs`, the placeholders
+//! rewritten to SQLite's `?N`) or on PostgreSQL's (`postgres.rs`).
+//!
+//! Rows come back owned, as [`Row`]s of [`Cell`]s, read by column with a
+//! named expectation (`int`, `text`, `bytes`, or their `opt_` forms); a
+//! cell of another kind is [`StoreError::Corrupt`], never a panic.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::{Postgres, Statements};
+pub use sqlite::Sqlite;
+
+use crate::store::StoreError;
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Int(i64),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    Null,
+}
+
+impl From<i64> for Value<'_> {
+    fn from(value: i64) -> Self {
+        Value::Int(value)
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(value: &'a str) -> Self {
+        Value::Text(value)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Value<'a> {
+    fn from(value: &'a [u8]) -> Self {
+        Value::Bytes(value)
+    }
+}
+
+impl<'a, T: Into<Value<'a>>> From<Option<T>> for Value<'a> {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Value::Null, Into::into)
+    }
+}
+
+/// A value read from a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Null,
+}
+
+impl Cell {
+    fn kind(&self) -> &'static str {
+        match self {
+            Cell::Int(_) => "an integer",
+            Cell::Text(_) => "text",
+            Cell::Bytes(_) => "bytes",
+            Cell::Null => "null",
+        }
+    }
+}
+
+/// One row of a query's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row(pub(crate) Vec<Cell>);
+
+impl Row {
+    fn cell(&self, column: usize) -> Result<&Cell, StoreError> {
+        self.0
+            .get(column)
+            .ok_or_else(|| StoreError::Corrupt(format!("a row of {} columns has no {column}", self.0.len())))
+    }
+
+    fn unexpected<T>(&self, column: usize, expected: &str) -> Result<T, StoreError> {
+        let found = self.cell(column)?.kind();
+        Err(StoreError::Corrupt(format!("column {column} holds {found} where {expected} was expected")))
+    }
+
+    pub fn int(&self, column: usize) -> Result<i64, StoreError> {
+        match self.cell(column)? {
+            Cell::Int(value) => Ok(*value),
+            _ => self.unexpected(column, "an integer"),
+        }
+    }
+
+    pub fn opt_int(&self, column: usize) -> Result<Option<i64>, StoreError> {
+        match self.cell(column)? {
+            Cell::Null => Ok(None),
+            _ => self.int(column).map(Some),
+        }
+    }
+
+    pub fn text(&self, column: usize) -> Result<&str, StoreError> {
+        match self.cell(column)? {
+            Cell::Text(value) => Ok(value),
+            _ => self.unexpected(column, "text"),
+        }
+    }
+
+    pub fn opt_text(&self, column: usize) -> Result<Option<&str>, StoreError> {
+        match self.cell(column)? {
+            Cell::Null => Ok(None),
+            _ => self.text(column).map(Some),
+        }
+    }
+
+    pub fn bytes(&self, column: usize) -> Result<&[u8], StoreError> {
+        match self.cell(column)? {
+            Cell::Bytes(value) => Ok(value),
+            _ => self.unexpected(column, "bytes"),
+        }
+    }
+
+    pub fn opt_bytes(&self, column: usize) -> Result<Option<&[u8]>, StoreError> {
+        match self.cell(column)? {
+            Cell::Null => Ok(None),
+            _ => self.bytes(column).map(Some),
+        }
+    }
+}
+
+/// Runs the money store's statements on one engine, inside whatever
+/// transaction the implementor is.
+pub trait Db {
+    /// Runs a statement that returns no rows; the rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError>;
+
+    /// Runs a query and hands each row to `each`, in the order the query
+    /// gives; `each` may stop it with an error.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
+    /// Every row of a query.
+    fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError> {
+        let mut rows = Vec::new();
+        self.query_each(sql, params, &mut |row| {
+            rows.push(row);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// The one row a query gives, or none; more than one is an error.
+    fn query_opt(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Option<Row>, StoreError> {
+        let mut rows = self.query(sql, params)?;
+        match rows.len() {
+            0 | 1 => Ok(rows.pop()),
+            n => Err(StoreError::Corrupt(format!("{n} rows where at most one was expected: {sql}"))),
+        }
+    }
+}
+
+/// A statement in PostgreSQL's placeholders (`$1`) as SQLite's (`?1`),
+/// which SQLite binds by number. SQLite reads `$1` as a named parameter
+/// numbered by where it first appears, so `$2 ... $1` would bind the
+/// wrong values. The money store's SQL holds no `$` in a string literal.
+pub(crate) fn sqlite_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

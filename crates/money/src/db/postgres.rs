@@ -1,0 +1,117 @@
+//! [`Db`] on PostgreSQL: a client or a transaction, its statements
+//! prepared once a connection and kept ([`Statements`]): a statement
+//! sent as text is parsed, planned and described on every call, a round
+//! trip more each time.
+
+use std::collections::HashMap;
+use std::error::Error;
+
+use bytes::BytesMut;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use postgres::{GenericClient, Statement};
+
+use super::{Cell, Db, Row, Value};
+use crate::store::StoreError;
+
+type BoxedError = Box<dyn Error + Sync + Send>;
+
+/// A connection's prepared statements, by their text.
+#[derive(Default)]
+pub struct Statements(HashMap<String, Statement>);
+
+/// A PostgreSQL client, or a transaction on one, as a [`Db`], with the
+/// connection's prepared statements.
+pub struct Postgres<'a, C: GenericClient> {
+    pub client: &'a mut C,
+    pub statements: &'a mut Statements,
+}
+
+impl<C: GenericClient> Postgres<'_, C> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.statements.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.0.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
+
+fn is_text(ty: &Type) -> bool {
+    matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME)
+}
+
+impl ToSql for Value<'_> {
+    /// The value as the parameter's type, which the server decided from
+    /// the statement: an integer into a text parameter is an error naming
+    /// both, not a value the server reads otherwise.
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxedError> {
+        match *self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(value) => match *ty {
+                Type::INT8 => value.to_sql(ty, out),
+                Type::INT4 => i32::try_from(value)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(value)?.to_sql(ty, out),
+                _ => Err(format!("an integer bound to a {ty} parameter").into()),
+            },
+            Value::Text(value) if is_text(ty) => value.to_sql(ty, out),
+            Value::Bytes(value) if *ty == Type::BYTEA => value.to_sql(ty, out),
+            Value::Text(_) => Err(format!("text bound to a {ty} parameter").into()),
+            Value::Bytes(_) => Err(format!("bytes bound to a {ty} parameter").into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::INT8 | Type::INT4 | Type::INT2 | Type::BYTEA) || is_text(ty)
+    }
+
+    to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for Cell {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Cell, BoxedError> {
+        Ok(match *ty {
+            Type::INT8 => Cell::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => Cell::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT2 => Cell::Int(i16::from_sql(ty, raw)?.into()),
+            Type::BOOL => Cell::Int(bool::from_sql(ty, raw)?.into()),
+            Type::BYTEA => Cell::Bytes(Vec::<u8>::from_sql(ty, raw)?),
+            _ => Cell::Text(String::from_sql(ty, raw)?),
+        })
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Cell, BoxedError> {
+        Ok(Cell::Null)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::INT8 | Type::INT4 | Type::INT2 | Type::BOOL | Type::BYTEA) || is_text(ty)
+    }
+}
+
+fn row(row: &postgres::Row) -> Result<Row, StoreError> {
+    (0..row.len()).map(|i| row.try_get::<_, Cell>(i).map_err(StoreError::from)).collect::<Result<_, _>>().map(Row)
+}
+
+impl<C: GenericClient> Db for Postgres<'_, C> {
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
+        let statement = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        Ok(self.client.execute(&statement, &params)?)
+    }
+
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let statement = self.statement(sql)?;
+        let mut rows = self.client.query_raw(&statement, params.iter())?;
+        while let Some(found) = rows.next()? {
+            each(row(&found)?)?;
+        }
+        Ok(())
+    }
+}
