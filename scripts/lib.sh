@@ -132,6 +132,7 @@ ensure_postgres() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return 0
   command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1 && return 0
   command -v apt-get >/dev/null 2>&1 || return 1
+  export DEBIAN_FRONTEND=noninteractive
   { apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1 \
     || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1; }; }
 }

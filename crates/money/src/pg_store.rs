@@ -3,16 +3,19 @@
 //! both engines), in a database an operator already runs.
 //!
 //! Through the `postgres` crate, the blocking client over `tokio-postgres`:
-//! the money store's work already runs on blocking threads (the pricer's
-//! own, `spawn_blocking` for the dispatcher and the API) as rusqlite's
-//! does, so one synchronous interface serves both engines, and the
-//! protocol, types and TLS hooks are a maintained crate's, not ours.
-//! sqlx was the other candidate: async only, and its compile-time query
-//! checks want a live database at build time, which CI's clean build has
-//! not.
+//! the money store's steps run on blocking threads (the pricer's own,
+//! `spawn_blocking` for the dispatcher and the API), so one synchronous
+//! interface can serve both engines, and the protocol, types and TLS
+//! hooks are a maintained crate's, not ours. Its calls (connecting,
+//! dropping a client or a transaction included) block on a runtime of
+//! their own and panic on a tokio worker thread: the places that open
+//! stores on an async task today (the server's start, the demo's
+//! summary) must move to a blocking thread before they take a PostgreSQL
+//! store. sqlx was the other candidate: async only, every call site
+//! would change, and its checked queries want a database at build time.
 
 use postgres::config::Host;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config, IsolationLevel, NoTls};
 
 use crate::store::{MIGRATIONS, StoreError};
 
@@ -75,16 +78,23 @@ pub fn describe(config: &Config) -> String {
 }
 
 /// Builds or upgrades the schema in one transaction under the migration
-/// lock: a second server waits, then finds it done.
+/// lock: a second server waits, then finds it done. Read committed
+/// whatever the database's default: under repeatable read the snapshot
+/// is taken before the lock is granted, and the waiter would not see the
+/// first one's tables. A store already at this build's version is only
+/// read, so a role without CREATE on the schema can open it.
 fn migrate(client: &mut Client, store: &str) -> Result<(), StoreError> {
-    let mut tx = client.transaction()?;
+    let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS farestream_schema (
-             one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
-             version INTEGER NOT NULL CHECK (version >= 0)
-         )",
-    )?;
+    let versioned: bool = tx.query_one("SELECT to_regclass('farestream_schema') IS NOT NULL", &[])?.get(0);
+    if !versioned {
+        tx.batch_execute(
+            "CREATE TABLE farestream_schema (
+                 one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+                 version INTEGER NOT NULL CHECK (version >= 0)
+             )",
+        )?;
+    }
     let current = match tx.query_opt("SELECT version FROM farestream_schema", &[])? {
         Some(row) => version_from_sql(row.get(0))?,
         None => 0,
@@ -172,11 +182,18 @@ mod tests {
     }
 
     /// Two servers starting at once on one empty store: one builds it, the
-    /// other waits on the migration lock and finds it built.
+    /// others wait on the migration lock and find it built, also where the
+    /// database's transactions default to repeatable read.
     #[test]
-    fn two_servers_opening_one_empty_store_at_once_build_it_once() {
+    fn servers_opening_one_empty_store_at_once_build_it_once() {
         let Some(cluster) = TestCluster::shared() else { return };
-        let config = config(&cluster.new_database());
+        let database = cluster.new_database();
+        let mut admin = postgres::Client::connect(&database, NoTls).expect("connect");
+        admin
+            .batch_execute("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = ''repeatable read''', current_database()); END $$")
+            .expect("repeatable read by default");
+        drop(admin);
+        let config = config(&database);
         let barrier = std::sync::Barrier::new(4);
         let opened: Vec<Result<u32, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
@@ -191,6 +208,33 @@ mod tests {
             handles.into_iter().map(|h| h.join().expect("no panic")).collect()
         });
         assert_eq!(opened, vec![Ok(known_version()); 4]);
+    }
+
+    /// An operator's application role may read and write the tables but
+    /// not create any: it opens a store already built.
+    #[test]
+    fn a_role_without_create_opens_a_built_store() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let database = cluster.new_database();
+        drop(PgStore::open(&config(&database)).expect("built by the owner"));
+        let mut admin = postgres::Client::connect(&database, NoTls).expect("connect");
+        admin
+            .batch_execute(
+                "DO $$ BEGIN
+                     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'farestream_app') THEN
+                         CREATE ROLE farestream_app LOGIN;
+                     END IF;
+                 END $$;
+                 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+                 GRANT USAGE ON SCHEMA public TO farestream_app;
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO farestream_app;",
+            )
+            .expect("an application role");
+        let mut app = config(&database);
+        app.user("farestream_app");
+        let mut store = PgStore::open(&app).expect("opened without CREATE");
+        assert_eq!(store.schema_version().expect("version"), known_version());
+        assert!(store.client().batch_execute("CREATE TABLE t (i BIGINT)").is_err(), "the role cannot create");
     }
 
     /// Every table has the same columns on both engines, each with the

@@ -70,12 +70,18 @@ impl TestCluster {
 
     fn start() -> Result<TestCluster, String> {
         let bin = server_bin_dir().ok_or("no PostgreSQL server binaries (initdb, postgres) found")?;
+        if running_as_root() && Command::new("setpriv").arg("--version").output().is_err() {
+            return Err("running as root, PostgreSQL runs as nobody through setpriv (util-linux), not found".into());
+        }
         // Not under a TempDir guard: the cluster lives as long as the
         // process, and the wrapper removes the directory when it stops.
-        let socket_dir = std::env::temp_dir().join(format!("farestream-pg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&socket_dir);
-        std::fs::create_dir_all(&socket_dir).map_err(|e| format!("{}: {e}", socket_dir.display()))?;
-        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
+        // Named by process and time, made new: never another run's.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let socket_dir = std::env::temp_dir().join(format!("farestream-pg-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&socket_dir).map_err(|e| format!("{}: {e}", socket_dir.display()))?;
+        // Others may pass through to the socket (a root without
+        // CAP_DAC_OVERRIDE too), not list or read it.
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| format!("{}: {e}", socket_dir.display()))?;
         if running_as_root() {
             std::os::unix::fs::chown(&socket_dir, Some(NOBODY_UID), Some(NOBODY_GID))
@@ -96,7 +102,9 @@ impl TestCluster {
 /// `initdb` into `socket_dir/data`, as the cluster's owner.
 fn init(bin: &Path, socket_dir: &Path) -> Result<(), String> {
     let initdb = as_cluster_user(&bin.join("initdb"))
-        .args(["--auth=trust", "--encoding=UTF8", "--no-sync", "-U", SUPERUSER, "-D"])
+        // No locale: text sorts bytewise, as SQLite's does, and a
+        // machine's missing locale cannot stop initdb.
+        .args(["--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync", "-U", SUPERUSER, "-D"])
         .arg(socket_dir.join("data"))
         .output()
         .map_err(|e| format!("initdb: {e}"))?;
