@@ -1,5 +1,6 @@
 //! [`Db`] on PostgreSQL: a client or a transaction, its statements
-//! prepared once a connection and kept ([`Statements`]): a statement
+//! prepared once a connection, placeholders rewritten then
+//! ([`postgres_placeholders`]), and kept ([`Statements`]): a statement
 //! sent as text is parsed, planned and described on every call, a round
 //! trip more each time.
 
@@ -11,12 +12,12 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use postgres::{GenericClient, Statement};
 
-use super::{Cell, Db, Row, Value};
+use super::{Cell, Db, Row, Value, postgres_placeholders};
 use crate::store::StoreError;
 
 type BoxedError = Box<dyn Error + Sync + Send>;
 
-/// A connection's prepared statements, by their text.
+/// A connection's prepared statements, by their text as written.
 #[derive(Default)]
 pub struct Statements(HashMap<String, Statement>);
 
@@ -32,7 +33,7 @@ impl<C: GenericClient> Postgres<'_, C> {
         if let Some(statement) = self.statements.0.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(sql)?;
+        let statement = self.client.prepare(&postgres_placeholders(sql))?;
         self.statements.0.insert(sql.to_string(), statement.clone());
         Ok(statement)
     }
@@ -57,7 +58,7 @@ impl ToSql for Value<'_> {
                 // refused for every value, so a test with small numbers
                 // fails too.
                 Type::INT4 | Type::INT2 => {
-                    Err(format!("an integer bound to a {ty} parameter: write CAST($N AS BIGINT)").into())
+                    Err(format!("an integer bound to a {ty} parameter: write CAST(?N AS BIGINT)").into())
                 }
                 _ => Err(format!("an integer bound to a {ty} parameter").into()),
             },

@@ -1,10 +1,9 @@
 //! [`Db`] on SQLite: a connection or a transaction (which is one), its
-//! statements cached by SQLite's own cache after their placeholders are
-//! rewritten ([`sqlite_placeholders`]).
+//! statements as written, cached by rusqlite's statement cache.
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
-use super::{Cell, Db, Row, Value, sqlite_placeholders};
+use super::{Cell, Db, Row, Value};
 use crate::store::StoreError;
 
 /// A SQLite connection, or a transaction on one, as a [`Db`].
@@ -37,7 +36,7 @@ fn cell(value: ValueRef<'_>) -> Result<Cell, StoreError> {
 
 impl Db for Sqlite<'_> {
     fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
-        let mut statement = self.0.prepare_cached(&sqlite_placeholders(sql))?;
+        let mut statement = self.0.prepare_cached(sql)?;
         let changed = statement.execute(rusqlite::params_from_iter(params))?;
         Ok(changed as u64)
     }
@@ -48,7 +47,7 @@ impl Db for Sqlite<'_> {
         params: &[Value<'_>],
         each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut statement = self.0.prepare_cached(&sqlite_placeholders(sql))?;
+        let mut statement = self.0.prepare_cached(sql)?;
         let columns = statement.column_count();
         let mut rows = statement.query(rusqlite::params_from_iter(params))?;
         while let Some(row) = rows.next()? {

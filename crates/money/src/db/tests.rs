@@ -34,7 +34,7 @@ fn every_kind_of_value_round_trips_at_its_extremes() {
     ];
     on_both(|db, engine| {
         for row in &rows {
-            assert_eq!(db.execute("INSERT INTO t (i, s, b) VALUES ($1, $2, $3)", row).expect("insert"), 1, "{engine}");
+            assert_eq!(db.execute("INSERT INTO t (i, s, b) VALUES (?1, ?2, ?3)", row).expect("insert"), 1, "{engine}");
         }
         let back = db.query("SELECT i, s, b FROM t ORDER BY i", &[]).expect("select");
         assert_eq!(back.len(), rows.len(), "{engine}");
@@ -59,22 +59,22 @@ fn every_kind_of_value_round_trips_at_its_extremes() {
 #[test]
 fn placeholders_bind_by_number_in_any_order_and_more_than_once() {
     on_both(|db, engine| {
-        db.execute("INSERT INTO t (s, b, i) VALUES ($3, $2, $1)", &[Value::Int(7), Value::Bytes(b"x"), "seven".into()])
+        db.execute("INSERT INTO t (s, b, i) VALUES (?3, ?2, ?1)", &[Value::Int(7), Value::Bytes(b"x"), "seven".into()])
             .expect("insert");
-        db.execute("INSERT INTO t (i, s) VALUES ($1, 'eight')", &[Value::Int(8)]).expect("insert");
+        db.execute("INSERT INTO t (i, s) VALUES (?1, 'eight')", &[Value::Int(8)]).expect("insert");
         let changed = db
-            .execute("UPDATE t SET s = $2 WHERE i = $1 OR i = $1 + 1 OR i = $3", &[7.into(), "both".into(), 99.into()])
+            .execute("UPDATE t SET s = ?2 WHERE i = ?1 OR i = ?1 + 1 OR i = ?3", &[7.into(), "both".into(), 99.into()])
             .expect("update");
         assert_eq!(changed, 2, "{engine}: the rows changed");
-        let found = db.query("SELECT s FROM t WHERE i >= $1 ORDER BY i", &[7.into()]).expect("select");
+        let found = db.query("SELECT s FROM t WHERE i >= ?1 ORDER BY i", &[7.into()]).expect("select");
         let texts: Vec<&str> = found.iter().map(|r| r.text(0).expect("text")).collect();
         assert_eq!(texts, ["both", "both"], "{engine}");
         let ten_params: Vec<Value<'_>> = [Value::Null; 8].into_iter().chain([2.into(), 9.into()]).collect();
         let ten = db.query_opt(
-            "SELECT i FROM t WHERE i + $9 = $10 AND COALESCE($1, $2, $3, $4, $5, $6, $7, $8, 0) = 0",
+            "SELECT i FROM t WHERE i + ?9 = ?10 AND COALESCE(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0) = 0",
             &ten_params,
         );
-        assert_eq!(ten.expect("ten placeholders").map(|r| r.int(0).expect("int")), Some(7), "{engine}: $10 is not $1");
+        assert_eq!(ten.expect("ten placeholders").map(|r| r.int(0).expect("int")), Some(7), "{engine}: ?10 is not ?1");
     });
 }
 
@@ -107,12 +107,12 @@ fn on_postgresql_a_value_of_the_wrong_kind_is_refused_by_name() {
     client.batch_execute("CREATE TABLE t (i BIGINT, s TEXT, b BYTEA, small INTEGER)").expect("table");
     let mut statements = Statements::default();
     let mut db = Postgres { client: &mut client, statements: &mut statements };
-    let error = db.execute("INSERT INTO t (i) VALUES ($1)", &["seven".into()]).expect_err("text into bigint");
+    let error = db.execute("INSERT INTO t (i) VALUES (?1)", &["seven".into()]).expect_err("text into bigint");
     assert!(error.to_string().contains("text bound to a int8 parameter"), "{error}");
-    let error = db.execute("INSERT INTO t (b) VALUES ($1)", &[7.into()]).expect_err("an integer into bytea");
+    let error = db.execute("INSERT INTO t (b) VALUES (?1)", &[7.into()]).expect_err("an integer into bytea");
     assert!(error.to_string().contains("an integer bound to a bytea parameter"), "{error}");
-    let error = db.execute("INSERT INTO t (small) VALUES ($1)", &[Value::Int(1)]).expect_err("a 32-bit parameter");
-    assert!(error.to_string().contains("write CAST($N AS BIGINT)"), "{error}");
+    let error = db.execute("INSERT INTO t (small) VALUES (?1)", &[Value::Int(1)]).expect_err("a 32-bit parameter");
+    assert!(error.to_string().contains("write CAST(?N AS BIGINT)"), "{error}");
 }
 
 /// A placeholder in arithmetic is typed by its other operand on
@@ -121,18 +121,18 @@ fn on_postgresql_a_value_of_the_wrong_kind_is_refused_by_name() {
 #[test]
 fn a_cast_placeholder_takes_a_time_in_milliseconds_on_both_engines() {
     on_both(|db, engine| {
-        db.execute("INSERT INTO t (i) VALUES ($1)", &[0.into()]).expect("insert");
+        db.execute("INSERT INTO t (i) VALUES (?1)", &[0.into()]).expect("insert");
         let now = 1_764_547_200_000i64;
-        db.execute("UPDATE t SET i = CAST($1 AS BIGINT) + 1000", &[now.into()]).expect("update");
-        let found = db.query_opt("SELECT i FROM t WHERE i > CAST($1 AS BIGINT) - 3600000", &[now.into()]);
+        db.execute("UPDATE t SET i = CAST(?1 AS BIGINT) + 1000", &[now.into()]).expect("update");
+        let found = db.query_opt("SELECT i FROM t WHERE i > CAST(?1 AS BIGINT) - 3600000", &[now.into()]);
         assert_eq!(found.expect("select").map(|r| r.int(0).expect("int")), Some(now + 1000), "{engine}");
     });
 }
 
 #[test]
-fn sqlite_placeholders_are_numbered_as_postgresqls() {
-    assert_eq!(sqlite_placeholders("SELECT $1, $10, $2"), "SELECT ?1, ?10, ?2");
-    assert_eq!(sqlite_placeholders("no placeholders"), "no placeholders");
-    assert_eq!(sqlite_placeholders("$ alone, $a named, a$1"), "$ alone, $a named, a?1");
-    assert_eq!(sqlite_placeholders(""), "");
+fn placeholders_are_numbered_for_postgresql_as_for_sqlite() {
+    assert_eq!(postgres_placeholders("SELECT ?1, ?10, ?2"), "SELECT $1, $10, $2");
+    assert_eq!(postgres_placeholders("no placeholders"), "no placeholders");
+    assert_eq!(postgres_placeholders("? alone, ?a, a?1"), "? alone, ?a, a$1");
+    assert_eq!(postgres_placeholders(""), "");
 }
