@@ -27,6 +27,7 @@ use farestream::config::fare_table::load_fares;
 use farestream::fares::FareTable;
 use farestream::fares::{DayEdges, Tap};
 use farestream::ingest::dedup::{DedupIndex, RideKey};
+use farestream::money::db::Sqlite;
 use farestream::money::pricing::price_rows;
 use farestream::money::{MoneyStore, store_path};
 use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
@@ -198,7 +199,7 @@ impl CityTaps {
 fn price_batch(store: &mut MoneyStore, fares: &FareTable, rows: &[ArchivedScan]) {
     let now = rows.last().map_or(0, |row| row.received_at);
     let tx = store.transaction().expect("a transaction");
-    let priced = price_rows(&tx, fares, rows, now).expect("priced");
+    let priced = price_rows(&mut Sqlite(&tx), fares, rows, now).expect("priced");
     tx.commit().expect("committed");
     assert_eq!(priced.taps, rows.len() as u64, "every tap is new");
 }

@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use super::DemoError;
 use crate::charges::{ChargeOutcome, ChargeRecord};
 use crate::fares::is_ride;
+use crate::money::db::Sqlite;
 use crate::money::money_audit::{AppliedPayment, MoneyAudit, audit_money};
 use crate::money::outbox::{charges, undecided};
 use crate::money::pricing::entries_closing_by;
@@ -40,7 +41,7 @@ pub(super) async fn settle(server: &Server, progress: &ProgressBar) -> Result<()
     let started = std::time::Instant::now();
     loop {
         server.flush_pricing().await.map_err(|e| e.to_string())?;
-        let open = entries_closing_by(store.connection(), i64::MAX).map_err(|e| e.to_string())?;
+        let open = entries_closing_by(&mut Sqlite(store.connection()), i64::MAX).map_err(|e| e.to_string())?;
         let waiting = undecided(store.connection()).map_err(|e| e.to_string())?;
         progress.set_message(format!("{waiting} charges undecided, {open} metro entries awaiting their exit window"));
         if waiting == 0 && open == 0 {

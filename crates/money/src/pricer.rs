@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
+use crate::db::Sqlite;
 use crate::money_metrics;
 use crate::pricing::{Priced, entries_closing_by, price_closed_entries, price_rows};
 use crate::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
@@ -180,11 +181,11 @@ impl State {
         }
         // Most polls close no window: look before taking the write lock.
         let now = self.clock.now_ms();
-        if entries_closing_by(self.store.connection(), now)? == 0 {
+        if entries_closing_by(&mut Sqlite(self.store.connection()), now)? == 0 {
             return Ok(());
         }
         let tx = self.store.transaction()?;
-        let priced = price_closed_entries(&tx, &self.settings.fares, now)?;
+        let priced = price_closed_entries(&mut Sqlite(&tx), &self.settings.fares, now)?;
         tx.commit().map_err(StoreError::from)?;
         let through = self.cursor.lsn();
         self.written(priced, through);
@@ -215,7 +216,7 @@ impl State {
         let oldest = rows.iter().map(|row| row.received_at).min().unwrap_or(now);
         money_metrics::pricer_lag(now.saturating_sub(oldest));
         let tx = self.store.transaction()?;
-        let priced = price_rows(&tx, &self.settings.fares, &rows, now)?;
+        let priced = price_rows(&mut Sqlite(&tx), &self.settings.fares, &rows, now)?;
         set_log_cursor(&tx, READER, through)?;
         tx.commit().map_err(StoreError::from)?;
         self.readers.advance(through);
