@@ -94,7 +94,7 @@ pub struct OpenedStore {
 /// `start_if_new` (the archive checkpoint: what was archived before the
 /// store existed is not priced).
 pub fn pricer_start(store: &MoneyStore, start_if_new: u64) -> Result<u64, StoreError> {
-    Ok(log_cursor(store.connection(), READER)?.unwrap_or(start_if_new))
+    Ok(log_cursor(&mut Sqlite(store.connection()), READER)?.unwrap_or(start_if_new))
 }
 
 impl Pricer {
@@ -217,7 +217,7 @@ impl State {
         money_metrics::pricer_lag(now.saturating_sub(oldest));
         let tx = self.store.transaction()?;
         let priced = price_rows(&mut Sqlite(&tx), &self.settings.fares, &rows, now)?;
-        set_log_cursor(&tx, READER, through)?;
+        set_log_cursor(&mut Sqlite(&tx), READER, through)?;
         tx.commit().map_err(StoreError::from)?;
         self.readers.advance(through);
         self.written(priced, through);

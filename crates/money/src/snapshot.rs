@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use rusqlite::params;
 
 use crate::codec::{card_from_sql, date_to_sql};
+use crate::db::Sqlite;
 use crate::outbox::unarchived_charges;
 use crate::pricer::READER as PRICER;
 use crate::store::{MoneyStore, StoreError, log_cursor};
@@ -42,7 +43,7 @@ pub struct MoneySnapshot {
 /// Reads the snapshot for `date`.
 pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySnapshot, StoreError> {
     let tx = store.transaction()?;
-    let pricer_lsn = log_cursor(&tx, PRICER)?.unwrap_or(0);
+    let pricer_lsn = log_cursor(&mut Sqlite(&tx), PRICER)?.unwrap_or(0);
     let unarchived = unarchived_charges(&tx)?;
     let open_entries = tx
         .prepare("SELECT card_id, closes_at FROM open_entries WHERE service_date = ?1")?

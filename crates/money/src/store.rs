@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use thiserror::Error;
 
+use crate::db::{Db, Value};
 use crate::money_metrics;
 
 /// The schema, version by version. A migration is never edited once
@@ -151,25 +152,58 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 /// How far a reader of the write-ahead log has gone, if it has started.
-pub fn log_cursor(conn: &Connection, reader: &str) -> Result<Option<u64>, StoreError> {
-    let lsn: Option<i64> =
-        conn.query_row("SELECT lsn FROM log_cursors WHERE reader = ?1", [reader], |r| r.get(0)).optional()?;
+pub fn log_cursor(db: &mut dyn Db, reader: &str) -> Result<Option<u64>, StoreError> {
+    let row = db.query_opt("SELECT lsn FROM log_cursors WHERE reader = ?1", &[Value::Text(reader)])?;
+    let lsn = row.map(|row| row.int(0)).transpose()?;
     lsn.map(|lsn| u64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log cursor {lsn}")))).transpose()
 }
 
-pub fn set_log_cursor(tx: &Transaction<'_>, reader: &str, lsn: u64) -> Result<(), StoreError> {
+/// Moves a reader's cursor, in the transaction that wrote what it read.
+pub fn set_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), StoreError> {
     let lsn = i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")))?;
     tx.execute(
         "INSERT INTO log_cursors (reader, lsn) VALUES (?1, ?2)
          ON CONFLICT (reader) DO UPDATE SET lsn = excluded.lsn",
-        params![reader, lsn],
+        &[Value::Text(reader), Value::Int(lsn)],
     )?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
+    use rusqlite::params;
+
     use super::*;
+    use crate::db::{Postgres, Sqlite, Statements};
+    use crate::pg_store::PgStore;
+    use crate::test_cluster::TestCluster;
+
+    /// A reader's cursor on both engines: none before it starts, then
+    /// each position it is moved to, up to the largest a log has
+    /// (i64::MAX); a position beyond that is refused, not wrapped.
+    #[test]
+    fn a_log_cursor_holds_every_position_on_both_engines() {
+        fn cursors(db: &mut dyn Db, engine: &str) {
+            assert_eq!(log_cursor(db, "pricer").expect("read"), None, "{engine}");
+            for lsn in [0, 1, i64::MAX as u64] {
+                set_log_cursor(db, "pricer", lsn).expect("moved");
+                assert_eq!(log_cursor(db, "pricer").expect("read"), Some(lsn), "{engine}");
+            }
+            assert!(set_log_cursor(db, "pricer", i64::MAX as u64 + 1).is_err(), "{engine}");
+            assert_eq!(log_cursor(db, "other").expect("read"), None, "{engine}: one cursor a reader");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = MoneyStore::open(&store_path(dir.path()), Duration::from_secs(1)).expect("open");
+        let tx = store.transaction().expect("tx");
+        cursors(&mut Sqlite(&tx), "sqlite");
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = postgres::Config::from_str(&cluster.new_database()).expect("config");
+        let mut store = PgStore::open(&config).expect("postgres");
+        let mut statements = Statements::default();
+        cursors(&mut Postgres { client: store.client(), statements: &mut statements }, "postgres");
+    }
 
     /// A store built by the migrations up to `version` only, as an older
     /// build left it, in a new directory (kept while the test holds it).
@@ -340,11 +374,15 @@ mod tests {
         let path = store_path(dir.path());
         let mut store = MoneyStore::open(&path, Duration::from_secs(1)).expect("open");
         let tx = store.transaction().expect("tx");
-        set_log_cursor(&tx, "pricer", 42).expect("cursor");
+        set_log_cursor(&mut Sqlite(&tx), "pricer", 42).expect("cursor");
         tx.commit().expect("commit");
         drop(store);
         let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("reopen");
-        assert_eq!(log_cursor(store.connection(), "pricer").expect("read"), Some(42), "kept across a reopen");
+        assert_eq!(
+            log_cursor(&mut Sqlite(store.connection()), "pricer").expect("read"),
+            Some(42),
+            "kept across a reopen"
+        );
         store.connection().pragma_update(None, "user_version", 99).expect("bump");
         drop(store);
         assert!(matches!(MoneyStore::open(&path, Duration::from_secs(1)), Err(StoreError::TooNew { found: 99, .. })));

@@ -296,6 +296,7 @@ fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Re
                 .map_err(|e| e.to_string())?;
         }
     }
-    set_log_cursor(&tx, farestream_money::pricer::READER, pricer_lsn).map_err(|e| e.to_string())?;
+    set_log_cursor(&mut farestream_money::db::Sqlite(&tx), farestream_money::pricer::READER, pricer_lsn)
+        .map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())
 }
