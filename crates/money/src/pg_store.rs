@@ -17,6 +17,7 @@
 use postgres::config::Host;
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
+use crate::db::{Db, Postgres, Statements};
 use crate::store::{MIGRATIONS, StoreError};
 
 /// The PostgreSQL schema, version by version. A store starts at the
@@ -29,9 +30,11 @@ const PG_MIGRATIONS: &[(u32, &str)] = &[(14, include_str!("../migrations/postgre
 /// on one store do not both build it ("farestre" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x6661_7265_7374_7265;
 
-/// One connection to the money store on PostgreSQL.
+/// One connection to the money store on PostgreSQL, with the statements
+/// it has prepared: they belong to the connection, and go with it.
 pub struct PgStore {
     client: Client,
+    statements: Statements,
     /// Where it is, without the password, for messages.
     store: String,
 }
@@ -44,11 +47,30 @@ impl PgStore {
         let mut client =
             config.connect(NoTls).map_err(|source| StoreError::Connect { store: store.clone(), source })?;
         migrate(&mut client, &store)?;
-        Ok(PgStore { client, store })
+        Ok(PgStore { client, statements: Statements::default(), store })
     }
 
+    /// The raw client, for what the schema's own statements do not cover
+    /// (tests, administration).
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
+    }
+
+    /// The store as a [`Db`], each statement its own transaction.
+    pub fn db(&mut self) -> Postgres<'_, Client> {
+        Postgres { client: &mut self.client, statements: &mut self.statements }
+    }
+
+    /// Runs `work` in one transaction (read committed), committed when it
+    /// returns `Ok`, rolled back otherwise.
+    pub fn in_transaction<T>(
+        &mut self,
+        work: impl FnOnce(&mut dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+        let value = work(&mut Postgres { client: &mut tx, statements: &mut self.statements })?;
+        tx.commit()?;
+        Ok(value)
     }
 
     /// The store's location, without the password.

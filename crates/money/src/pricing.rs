@@ -251,7 +251,7 @@ mod tests {
     use std::str::FromStr;
 
     use super::*;
-    use crate::db::{Postgres, Sqlite, Statements};
+    use crate::db::Sqlite;
     use crate::pg_store::PgStore;
     use crate::store::{MoneyStore, store_path};
     use crate::test_cluster::TestCluster;
@@ -358,11 +358,7 @@ mod tests {
         let Some(cluster) = TestCluster::shared() else { return };
         let config = postgres::Config::from_str(&cluster.new_database()).expect("config");
         let mut store = PgStore::open(&config).expect("postgres");
-        let mut statements = Statements::default();
-        let mut tx = store.client().transaction().expect("transaction");
-        let (on_pg_steps, on_pg, on_pg_open) =
-            price_the_day(&mut Postgres { client: &mut tx, statements: &mut statements });
-        tx.commit().expect("commit");
+        let (on_pg_steps, on_pg, on_pg_open) = store.in_transaction(|db| Ok(price_the_day(db))).expect("committed");
         assert_eq!(on_pg_steps, steps);
         assert_eq!(on_pg_open, open);
         assert_eq!(on_pg, on_sqlite);

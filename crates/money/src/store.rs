@@ -176,7 +176,7 @@ mod tests {
     use rusqlite::params;
 
     use super::*;
-    use crate::db::{Postgres, Sqlite, Statements};
+    use crate::db::Sqlite;
     use crate::pg_store::PgStore;
     use crate::test_cluster::TestCluster;
 
@@ -201,8 +201,7 @@ mod tests {
         let Some(cluster) = TestCluster::shared() else { return };
         let config = postgres::Config::from_str(&cluster.new_database()).expect("config");
         let mut store = PgStore::open(&config).expect("postgres");
-        let mut statements = Statements::default();
-        cursors(&mut Postgres { client: store.client(), statements: &mut statements }, "postgres");
+        cursors(&mut store.db(), "postgres");
     }
 
     /// A store built by the migrations up to `version` only, as an older

@@ -17,15 +17,17 @@ use crate::store::StoreError;
 
 type BoxedError = Box<dyn Error + Sync + Send>;
 
-/// A connection's prepared statements, by their text as written.
+/// A connection's prepared statements, by their text as written. Kept
+/// by the store beside its connection (`PgStore`): a statement prepared
+/// on one connection does not exist on another.
 #[derive(Default)]
 pub struct Statements(HashMap<String, Statement>);
 
 /// A PostgreSQL client, or a transaction on one, as a [`Db`], with the
-/// connection's prepared statements.
+/// connection's prepared statements; made by `PgStore`.
 pub struct Postgres<'a, C: GenericClient> {
-    pub client: &'a mut C,
-    pub statements: &'a mut Statements,
+    pub(crate) client: &'a mut C,
+    pub(crate) statements: &'a mut Statements,
 }
 
 impl<C: GenericClient> Postgres<'_, C> {

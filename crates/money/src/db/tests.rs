@@ -1,7 +1,10 @@
 //! The same statements on both engines, at the extremes of each kind of
 //! value: what one engine holds and gives back, the other does too.
 
+use std::str::FromStr;
+
 use super::*;
+use crate::pg_store::PgStore;
 use crate::test_cluster::TestCluster;
 
 /// Runs `test` on a SQLite connection and, where PostgreSQL is installed,
@@ -13,13 +16,21 @@ fn on_both(test: impl Fn(&mut dyn Db, &str)) {
     sqlite.execute_batch("CREATE TABLE t (i INTEGER, s TEXT, b BLOB)").expect("table");
     test(&mut Sqlite(&sqlite), "sqlite");
 
-    let Some(cluster) = TestCluster::shared() else { return };
-    let mut client = ::postgres::Client::connect(&cluster.new_database(), ::postgres::NoTls).expect("connect");
-    client.batch_execute("CREATE TABLE t (i BIGINT, s TEXT, b BYTEA)").expect("table");
-    let mut statements = Statements::default();
-    let mut tx = client.transaction().expect("transaction");
-    test(&mut Postgres { client: &mut tx, statements: &mut statements }, "postgres");
-    tx.commit().expect("commit");
+    let Some(mut store) = postgres_store() else { return };
+    store.client().batch_execute("CREATE TABLE t (i BIGINT, s TEXT, b BYTEA)").expect("table");
+    store
+        .in_transaction(|db| {
+            test(db, "postgres");
+            Ok(())
+        })
+        .expect("committed");
+}
+
+/// A new money store on the test cluster, if there is one.
+fn postgres_store() -> Option<PgStore> {
+    let cluster = TestCluster::shared()?;
+    let config = ::postgres::Config::from_str(&cluster.new_database()).expect("the cluster's connection string");
+    Some(PgStore::open(&config).expect("a new store"))
 }
 
 #[test]
@@ -102,11 +113,9 @@ fn at_most_one_row_and_cells_of_the_wrong_kind_are_errors_not_panics() {
 /// kind is refused with both named (SQLite would store it as given).
 #[test]
 fn on_postgresql_a_value_of_the_wrong_kind_is_refused_by_name() {
-    let Some(cluster) = TestCluster::shared() else { return };
-    let mut client = ::postgres::Client::connect(&cluster.new_database(), ::postgres::NoTls).expect("connect");
-    client.batch_execute("CREATE TABLE t (i BIGINT, s TEXT, b BYTEA, small INTEGER)").expect("table");
-    let mut statements = Statements::default();
-    let mut db = Postgres { client: &mut client, statements: &mut statements };
+    let Some(mut store) = postgres_store() else { return };
+    store.client().batch_execute("CREATE TABLE t (i BIGINT, s TEXT, b BYTEA, small INTEGER)").expect("table");
+    let mut db = store.db();
     let error = db.execute("INSERT INTO t (i) VALUES (?1)", &["seven".into()]).expect_err("text into bigint");
     assert!(error.to_string().contains("text bound to a int8 parameter"), "{error}");
     let error = db.execute("INSERT INTO t (b) VALUES (?1)", &[7.into()]).expect_err("an integer into bytea");
