@@ -16,6 +16,7 @@ use farestream::api::{ApiSettings, ApiState};
 use farestream::clock_source::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
+use farestream::money::db::Sqlite;
 use farestream::money::outbox;
 use farestream::server::Assembly;
 use farestream::settle::{ArchiveSettlement, settle_settings};
@@ -784,7 +785,8 @@ fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::money_audit::Applie
 
 fn charges(data_dir: &Path, config: &Config) -> Result<()> {
     let store = open_money_store(data_dir, config)?;
-    let (all, undecided) = (outbox::count(store.connection())?, outbox::undecided(store.connection())?);
+    let (all, undecided) =
+        (outbox::count(&mut Sqlite(store.connection()))?, outbox::undecided(&mut Sqlite(store.connection()))?);
     println!("charges={all} undecided={undecided}");
     Ok(())
 }

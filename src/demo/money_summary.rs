@@ -42,7 +42,7 @@ pub(super) async fn settle(server: &Server, progress: &ProgressBar) -> Result<()
     loop {
         server.flush_pricing().await.map_err(|e| e.to_string())?;
         let open = entries_closing_by(&mut Sqlite(store.connection()), i64::MAX).map_err(|e| e.to_string())?;
-        let waiting = undecided(store.connection()).map_err(|e| e.to_string())?;
+        let waiting = undecided(&mut Sqlite(store.connection())).map_err(|e| e.to_string())?;
         progress.set_message(format!("{waiting} charges undecided, {open} metro entries awaiting their exit window"));
         if waiting == 0 && open == 0 {
             return Ok(());
@@ -170,7 +170,7 @@ pub(super) async fn summarize(
 ) -> Result<MoneySummary, String> {
     let store = server.open_money_store().map_err(|e| e.to_string())?;
     let ours: HashSet<u64> = cards.iter().copied().collect();
-    let charges: Vec<ChargeRecord> = charges(store.connection(), None)
+    let charges: Vec<ChargeRecord> = charges(&mut Sqlite(store.connection()), None)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|c| ours.contains(&c.card_id))

@@ -8,6 +8,7 @@ use std::fmt;
 
 use rusqlite::Connection;
 
+use crate::db::Sqlite;
 use crate::outbox::charges;
 use crate::payments::{PaymentAttempt, PaymentKind, PaymentOutcome, all_attempts};
 use crate::store::StoreError;
@@ -67,7 +68,7 @@ pub fn audit_money(
     archived: &[ArchivedScan],
     ledger: Option<&[AppliedPayment]>,
 ) -> Result<MoneyAudit, StoreError> {
-    let outbox = charges(conn, None)?;
+    let outbox = charges(&mut Sqlite(conn), None)?;
     let mut audit = MoneyAudit { charges: outbox.len() as u64, ..MoneyAudit::default() };
     audit.undecided = outbox.iter().filter(|c| !c.outcome.is_final()).count() as u64;
     let mut priced = HashSet::new();

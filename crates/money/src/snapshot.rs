@@ -44,7 +44,7 @@ pub struct MoneySnapshot {
 pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySnapshot, StoreError> {
     let tx = store.transaction()?;
     let pricer_lsn = log_cursor(&mut Sqlite(&tx), PRICER)?.unwrap_or(0);
-    let unarchived = unarchived_charges(&tx)?;
+    let unarchived = unarchived_charges(&mut Sqlite(&tx))?;
     let open_entries = tx
         .prepare("SELECT card_id, closes_at FROM open_entries WHERE service_date = ?1")?
         .query_map(params![date_to_sql(date)], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
