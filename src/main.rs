@@ -16,7 +16,6 @@ use farestream::api::{ApiSettings, ApiState};
 use farestream::clock_source::{Clock, SystemClock};
 use farestream::config::Config;
 use farestream::demo::{DemoOptions, run_demo};
-use farestream::money::db::Sqlite;
 use farestream::money::outbox;
 use farestream::server::Assembly;
 use farestream::settle::{ArchiveSettlement, settle_settings};
@@ -785,8 +784,7 @@ fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::money_audit::Applie
 
 fn charges(data_dir: &Path, config: &Config) -> Result<()> {
     let store = open_money_store(data_dir, config)?;
-    let (all, undecided) =
-        (outbox::count(&mut Sqlite(store.connection()))?, outbox::undecided(&mut Sqlite(store.connection()))?);
+    let (all, undecided) = (outbox::count(&mut store.db())?, outbox::undecided(&mut store.db())?);
     println!("charges={all} undecided={undecided}");
     Ok(())
 }

@@ -13,7 +13,6 @@ use indicatif::ProgressBar;
 use super::DemoError;
 use crate::charges::{ChargeOutcome, ChargeRecord};
 use crate::fares::is_ride;
-use crate::money::db::Sqlite;
 use crate::money::money_audit::{AppliedPayment, MoneyAudit, audit_money};
 use crate::money::outbox::{charges, undecided};
 use crate::money::pricing::entries_closing_by;
@@ -41,8 +40,8 @@ pub(super) async fn settle(server: &Server, progress: &ProgressBar) -> Result<()
     let started = std::time::Instant::now();
     loop {
         server.flush_pricing().await.map_err(|e| e.to_string())?;
-        let open = entries_closing_by(&mut Sqlite(store.connection()), i64::MAX).map_err(|e| e.to_string())?;
-        let waiting = undecided(&mut Sqlite(store.connection())).map_err(|e| e.to_string())?;
+        let open = entries_closing_by(&mut store.db(), i64::MAX).map_err(|e| e.to_string())?;
+        let waiting = undecided(&mut store.db()).map_err(|e| e.to_string())?;
         progress.set_message(format!("{waiting} charges undecided, {open} metro entries awaiting their exit window"));
         if waiting == 0 && open == 0 {
             return Ok(());
@@ -170,7 +169,7 @@ pub(super) async fn summarize(
 ) -> Result<MoneySummary, String> {
     let store = server.open_money_store().map_err(|e| e.to_string())?;
     let ours: HashSet<u64> = cards.iter().copied().collect();
-    let charges: Vec<ChargeRecord> = charges(&mut Sqlite(store.connection()), None)
+    let charges: Vec<ChargeRecord> = charges(&mut store.db(), None)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|c| ours.contains(&c.card_id))

@@ -9,7 +9,6 @@ use farestream::charges::ChargeRecord;
 use farestream::charges::{ChargeKind, ChargeOutcome};
 use farestream::clock_source::Clock;
 use farestream::config::Config;
-use farestream::money::db::Sqlite;
 use farestream::money::outbox::{charges, undecided};
 use farestream::paygw::{Entry, SimControl, SimFaults, SimGateway};
 use farestream::ridecode::DenyList;
@@ -69,13 +68,13 @@ impl Money {
         self.h.server.flush_pricing().await.expect("price");
         let store = self.h.server.open_money_store().expect("store");
         for _ in 0..1_000 {
-            if undecided(&mut Sqlite(store.connection())).expect("count") == 0 {
-                return charges(&mut Sqlite(store.connection()), None).expect("charges");
+            if undecided(&mut store.db()).expect("count") == 0 {
+                return charges(&mut store.db(), None).expect("charges");
             }
             self.h.clock.set(self.h.clock.now_ms() + 1_000);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("charges still undecided: {:?}", charges(&mut Sqlite(store.connection()), None));
+        panic!("charges still undecided: {:?}", charges(&mut store.db(), None));
     }
 
     pub(crate) async fn debits(&self) -> Vec<Entry> {
@@ -555,7 +554,7 @@ async fn a_charge_counts_only_the_attempts_that_were_sent() {
     let store = m.h.server.open_money_store().expect("store");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let one_decided = loop {
-        let now = charges(&mut Sqlite(store.connection()), None).expect("charges");
+        let now = charges(&mut store.db(), None).expect("charges");
         if now.iter().any(|c| c.outcome == ChargeOutcome::Succeeded) || std::time::Instant::now() > deadline {
             break now;
         }
@@ -601,7 +600,7 @@ async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns
     // 5 to open it, the 16 already in flight, and one probe per 200-400 ms.
     assert!(during <= 5 + 16 + 16, "{during} requests at a dead gateway in 3 s (without the breaker: hundreds)");
     let store = m.h.server.open_money_store().expect("store");
-    assert_eq!(undecided(&mut Sqlite(store.connection())).expect("count"), 40, "nothing lost, nothing failed");
+    assert_eq!(undecided(&mut store.db()).expect("count"), 40, "nothing lost, nothing failed");
     m.control.set_faults(SimFaults::default()).await.expect("back");
     let charges = m.settle().await;
     assert_eq!(charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).count(), 40, "{charges:?}");

@@ -19,7 +19,6 @@ use parquet::file::properties::WriterProperties;
 use rusqlite::params;
 
 use crate::MoneyStore;
-use crate::db::Sqlite;
 use crate::outbox::archive_batch;
 use crate::store::StoreError;
 use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
@@ -75,7 +74,7 @@ pub fn archive_decided_charges(
     let mut archived = 0;
     loop {
         let Some(batch) = claim_batch(store, batch_charges_max)? else { return Ok(archived) };
-        let rows = archive_batch(&mut Sqlite(store.connection()), batch)?;
+        let rows = archive_batch(&mut store.db(), batch)?;
         write_charges_batch(root, batch, &rows, faults)?;
         let tx = store.transaction()?;
         tx.execute("UPDATE charges SET archived_at = ?2 WHERE archive_batch = ?1", params![batch, now])?;

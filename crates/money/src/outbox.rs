@@ -139,13 +139,8 @@ pub fn undecided(db: &mut dyn Db) -> Result<u64, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
     use super::*;
-    use crate::db::Sqlite;
-    use crate::pg_store::PgStore;
-    use crate::store::{MoneyStore, store_path};
-    use crate::test_cluster::TestCluster;
+    use crate::test_cluster::on_both_stores;
 
     /// Charges of two cards (one at the largest card id) in every state
     /// the readers tell apart: pending, failed, decided in an archive
@@ -205,13 +200,10 @@ mod tests {
     /// first where asked.
     #[test]
     fn the_outbox_reads_the_same_on_both_engines() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut sqlite = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(1)).expect("sqlite");
-        let tx = sqlite.transaction().expect("transaction");
-        write_charges(&mut Sqlite(&tx));
-        let on_sqlite = read(&mut Sqlite(&tx));
-        tx.commit().expect("commit");
-        let (card, newest, batch, unarchived, every, all, undecided) = on_sqlite.clone();
+        let (card, newest, batch, unarchived, every, all, undecided) = on_both_stores(|db, _| {
+            write_charges(db);
+            read(db)
+        });
         assert_eq!(card, [[3; 16], [1; 16], [4; 16]], "card 7's, oldest first");
         assert_eq!(newest, [[4; 16], [1; 16]], "its newest two, newest first");
         assert_eq!(batch, [[3; 16], [4; 16]]);
@@ -226,16 +218,5 @@ mod tests {
         );
         assert_eq!(all, 5);
         assert_eq!(undecided, Undecided { pending: 1, failed: 1, oldest_created_at: Some(100) });
-
-        let Some(cluster) = TestCluster::shared() else { return };
-        let config = postgres::Config::from_str(&cluster.new_database()).expect("config");
-        let mut store = PgStore::open(&config).expect("postgres");
-        let on_pg = store
-            .in_transaction(|db| {
-                write_charges(db);
-                Ok(read(db))
-            })
-            .expect("committed");
-        assert_eq!(on_pg, on_sqlite);
     }
 }

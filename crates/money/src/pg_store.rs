@@ -157,15 +157,10 @@ fn version_from_sql(version: i32) -> Result<u32, StoreError> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::str::FromStr;
 
     use super::*;
     use crate::store::{MoneyStore, store_path};
     use crate::test_cluster::TestCluster;
-
-    fn config(connection_string: &str) -> Config {
-        Config::from_str(connection_string).expect("the test cluster's connection string")
-    }
 
     #[test]
     fn both_engines_are_at_one_version() {
@@ -176,7 +171,7 @@ mod tests {
     #[test]
     fn a_new_store_is_built_at_this_builds_version_and_opened_again_unchanged() {
         let Some(cluster) = TestCluster::shared() else { return };
-        let config = config(&cluster.new_database());
+        let config = cluster.new_database();
         let mut store = PgStore::open(&config).expect("a new store");
         assert_eq!(store.schema_version().expect("version"), known_version());
         store.client().execute("INSERT INTO log_cursors (reader, lsn) VALUES ('pricer', 7)", &[]).expect("a row");
@@ -189,7 +184,7 @@ mod tests {
     #[test]
     fn a_store_a_newer_build_migrated_is_refused() {
         let Some(cluster) = TestCluster::shared() else { return };
-        let config = config(&cluster.new_database());
+        let config = cluster.new_database();
         let mut store = PgStore::open(&config).expect("a new store");
         store.client().execute("UPDATE farestream_schema SET version = 99", &[]).expect("a newer version");
         drop(store);
@@ -209,13 +204,12 @@ mod tests {
     #[test]
     fn servers_opening_one_empty_store_at_once_build_it_once() {
         let Some(cluster) = TestCluster::shared() else { return };
-        let database = cluster.new_database();
-        let mut admin = postgres::Client::connect(&database, NoTls).expect("connect");
+        let config = cluster.new_database();
+        let mut admin = config.connect(NoTls).expect("connect");
         admin
             .batch_execute("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = ''repeatable read''', current_database()); END $$")
             .expect("repeatable read by default");
         drop(admin);
-        let config = config(&database);
         let barrier = std::sync::Barrier::new(4);
         let opened: Vec<Result<u32, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
@@ -238,8 +232,8 @@ mod tests {
     fn a_role_without_create_opens_a_built_store() {
         let Some(cluster) = TestCluster::shared() else { return };
         let database = cluster.new_database();
-        drop(PgStore::open(&config(&database)).expect("built by the owner"));
-        let mut admin = postgres::Client::connect(&database, NoTls).expect("connect");
+        drop(PgStore::open(&database).expect("built by the owner"));
+        let mut admin = database.connect(NoTls).expect("connect");
         admin
             .batch_execute(
                 "DO $$ BEGIN
@@ -252,7 +246,7 @@ mod tests {
                  GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO farestream_app;",
             )
             .expect("an application role");
-        let mut app = config(&database);
+        let mut app = database;
         app.user("farestream_app");
         let mut store = PgStore::open(&app).expect("opened without CREATE");
         assert_eq!(store.schema_version().expect("version"), known_version());
@@ -264,7 +258,7 @@ mod tests {
     #[test]
     fn both_engines_have_the_same_tables_and_columns() {
         let Some(cluster) = TestCluster::shared() else { return };
-        let mut pg = PgStore::open(&config(&cluster.new_database())).expect("a new store");
+        let mut pg = cluster.new_store();
         let dir = tempfile::tempdir().expect("tempdir");
         let sqlite = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(1)).expect("sqlite");
 

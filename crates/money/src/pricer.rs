@@ -94,7 +94,7 @@ pub struct OpenedStore {
 /// `start_if_new` (the archive checkpoint: what was archived before the
 /// store existed is not priced).
 pub fn pricer_start(store: &MoneyStore, start_if_new: u64) -> Result<u64, StoreError> {
-    Ok(log_cursor(&mut Sqlite(store.connection()), READER)?.unwrap_or(start_if_new))
+    Ok(log_cursor(&mut store.db(), READER)?.unwrap_or(start_if_new))
 }
 
 impl Pricer {
@@ -181,7 +181,7 @@ impl State {
         }
         // Most polls close no window: look before taking the write lock.
         let now = self.clock.now_ms();
-        if entries_closing_by(&mut Sqlite(self.store.connection()), now)? == 0 {
+        if entries_closing_by(&mut self.store.db(), now)? == 0 {
             return Ok(());
         }
         let tx = self.store.transaction()?;
@@ -216,8 +216,9 @@ impl State {
         let oldest = rows.iter().map(|row| row.received_at).min().unwrap_or(now);
         money_metrics::pricer_lag(now.saturating_sub(oldest));
         let tx = self.store.transaction()?;
-        let priced = price_rows(&mut Sqlite(&tx), &self.settings.fares, &rows, now)?;
-        set_log_cursor(&mut Sqlite(&tx), READER, through)?;
+        let mut db = Sqlite(&tx);
+        let priced = price_rows(&mut db, &self.settings.fares, &rows, now)?;
+        set_log_cursor(&mut db, READER, through)?;
         tx.commit().map_err(StoreError::from)?;
         self.readers.advance(through);
         self.written(priced, through);

@@ -248,13 +248,8 @@ pub fn day_charges(tx: &mut dyn Db, day: RiderDay) -> Result<Vec<Charge>, StoreE
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
     use super::*;
-    use crate::db::Sqlite;
-    use crate::pg_store::PgStore;
-    use crate::store::{MoneyStore, store_path};
-    use crate::test_cluster::TestCluster;
+    use crate::test_cluster::on_both_stores;
     use farestream_core::scan::{ScanStatus, TapKind};
 
     /// 2025-12-01T00:00Z.
@@ -324,7 +319,7 @@ mod tests {
     /// Prices the day, the same rows again (a re-delivery), then closes
     /// the open entry a day later: what each step wrote, the charges, and
     /// the entries open before the close.
-    fn price_the_day(db: &mut dyn Db) -> ([Priced; 3], Vec<ChargeRow>, u64) {
+    fn price_the_day(db: &mut dyn Db, _engine: &str) -> ([Priced; 3], Vec<ChargeRow>, u64) {
         let fares = fares();
         let rows = day_of_rides(&fares);
         // Five minutes after the second rider's entry: still open.
@@ -342,11 +337,7 @@ mod tests {
     /// and rides.
     #[test]
     fn a_day_of_rides_prices_to_the_same_charges_on_both_engines() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut sqlite = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(1)).expect("sqlite");
-        let tx = sqlite.transaction().expect("transaction");
-        let (steps, on_sqlite, open) = price_the_day(&mut Sqlite(&tx));
-        tx.commit().expect("commit");
+        let (steps, on_sqlite, open) = on_both_stores(price_the_day);
         let [first, again, closed] = steps;
         assert_eq!(first.taps, 6, "every ride is a new tap");
         assert!(first.charges >= 4, "the rides are charged: {first:?}");
@@ -354,13 +345,5 @@ mod tests {
         assert_eq!(open, 1, "the second rider's entry is open");
         assert!(closed.charges >= 1, "the open entry closes as a maximum fare: {closed:?}");
         assert!(on_sqlite.iter().any(|c| c.1 == -1), "the largest card id is stored bit for bit");
-
-        let Some(cluster) = TestCluster::shared() else { return };
-        let config = postgres::Config::from_str(&cluster.new_database()).expect("config");
-        let mut store = PgStore::open(&config).expect("postgres");
-        let (on_pg_steps, on_pg, on_pg_open) = store.in_transaction(|db| Ok(price_the_day(db))).expect("committed");
-        assert_eq!(on_pg_steps, steps);
-        assert_eq!(on_pg_open, open);
-        assert_eq!(on_pg, on_sqlite);
     }
 }

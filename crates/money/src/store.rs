@@ -10,7 +10,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use thiserror::Error;
 
-use crate::db::{Db, Value};
+use crate::db::{Db, Sqlite, Value};
 use crate::money_metrics;
 
 /// The schema, version by version. A migration is never edited once
@@ -133,6 +133,12 @@ impl MoneyStore {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+
+    /// The store as a [`Db`], each statement its own transaction, as
+    /// `PgStore::db` is on PostgreSQL.
+    pub fn db(&self) -> Sqlite<'_> {
+        Sqlite(&self.conn)
+    }
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -171,14 +177,10 @@ pub fn set_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), Sto
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
     use rusqlite::params;
 
     use super::*;
-    use crate::db::Sqlite;
-    use crate::pg_store::PgStore;
-    use crate::test_cluster::TestCluster;
+    use crate::test_cluster::on_both_stores;
 
     /// A reader's cursor on both engines: none before it starts, then
     /// each position it is moved to, up to the largest a log has
@@ -194,14 +196,7 @@ mod tests {
             assert!(set_log_cursor(db, "pricer", i64::MAX as u64 + 1).is_err(), "{engine}");
             assert_eq!(log_cursor(db, "other").expect("read"), None, "{engine}: one cursor a reader");
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = MoneyStore::open(&store_path(dir.path()), Duration::from_secs(1)).expect("open");
-        let tx = store.transaction().expect("tx");
-        cursors(&mut Sqlite(&tx), "sqlite");
-        let Some(cluster) = TestCluster::shared() else { return };
-        let config = postgres::Config::from_str(&cluster.new_database()).expect("config");
-        let mut store = PgStore::open(&config).expect("postgres");
-        cursors(&mut store.db(), "postgres");
+        on_both_stores(cursors);
     }
 
     /// A store built by the migrations up to `version` only, as an older
@@ -377,11 +372,7 @@ mod tests {
         tx.commit().expect("commit");
         drop(store);
         let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("reopen");
-        assert_eq!(
-            log_cursor(&mut Sqlite(store.connection()), "pricer").expect("read"),
-            Some(42),
-            "kept across a reopen"
-        );
+        assert_eq!(log_cursor(&mut store.db(), "pricer").expect("read"), Some(42), "kept across a reopen");
         store.connection().pragma_update(None, "user_version", 99).expect("bump");
         drop(store);
         assert!(matches!(MoneyStore::open(&path, Duration::from_secs(1)), Err(StoreError::TooNew { found: 99, .. })));

@@ -17,6 +17,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::pg_store::PgStore;
+#[cfg(test)]
+use crate::{
+    db::{Db, Sqlite},
+    store::MoneyStore,
+};
+
 /// Set to `required` and a test that needs PostgreSQL fails without it.
 pub const POSTGRES_REQUIRED_VAR: &str = "FARESTREAM_POSTGRES";
 
@@ -54,14 +61,19 @@ impl TestCluster {
         }
     }
 
-    /// A new, empty database for one test; its connection string.
-    pub fn new_database(&self) -> String {
+    /// A new, empty database for one test; how to connect to it.
+    pub fn new_database(&self) -> postgres::Config {
         let n = self.next_database.fetch_add(1, Ordering::Relaxed);
         let name = format!("test_{}_{n}", std::process::id());
         let mut admin = postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
             .unwrap_or_else(|e| panic!("connecting to the test cluster: {e}"));
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap_or_else(|e| panic!("CREATE DATABASE: {e}"));
-        self.connection_string(&name)
+        self.connection_string(&name).parse().unwrap_or_else(|e| panic!("the test cluster's connection string: {e}"))
+    }
+
+    /// A money store in a new database.
+    pub fn new_store(&self) -> PgStore {
+        PgStore::open(&self.new_database()).unwrap_or_else(|e| panic!("a new store on the test cluster: {e}"))
     }
 
     fn connection_string(&self, database: &str) -> String {
@@ -112,6 +124,25 @@ fn init(bin: &Path, socket_dir: &Path) -> Result<(), String> {
         return Err(format!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr)));
     }
     Ok(())
+}
+
+/// Runs `work` in one transaction on a new SQLite store and, where
+/// PostgreSQL is installed, on a new PostgreSQL one (its name for
+/// messages is the second argument); asserts both answer the same and
+/// returns SQLite's answer for the test's own checks.
+#[cfg(test)]
+pub(crate) fn on_both_stores<T: PartialEq + std::fmt::Debug>(work: impl Fn(&mut dyn Db, &str) -> T) -> T {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = crate::store::store_path(dir.path());
+    let mut sqlite = MoneyStore::open(&path, Duration::from_secs(1)).expect("a new SQLite store");
+    let tx = sqlite.transaction().expect("a transaction");
+    let on_sqlite = work(&mut Sqlite(&tx), "sqlite");
+    tx.commit().expect("committed");
+    if let Some(cluster) = TestCluster::shared() {
+        let on_postgres = cluster.new_store().in_transaction(|db| Ok(work(db, "postgres"))).expect("committed");
+        assert_eq!(on_postgres, on_sqlite, "PostgreSQL answers as SQLite does");
+    }
+    on_sqlite
 }
 
 const NOBODY_UID: u32 = 65_534;

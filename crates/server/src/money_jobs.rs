@@ -118,7 +118,7 @@ async fn every<F: std::future::Future<Output = ()>>(
 /// charge shows on `/metrics` (blocking: a query).
 fn publish_undecided(archive: &ChargesArchive) {
     let store = farestream_core::sync::lock(&archive.store);
-    match farestream_money::outbox::undecided_charges(&mut farestream_money::db::Sqlite(store.connection())) {
+    match farestream_money::outbox::undecided_charges(&mut store.db()) {
         Ok(undecided) => farestream_money::money_metrics::charges_undecided(undecided, archive.clock.now_ms()),
         Err(error) => tracing::warn!(%error, "cannot count undecided charges"),
     }

@@ -501,8 +501,7 @@ mod tests {
             "each row group of 4 sorted by validator (bus-1 holds the odd ones), then its count, in arrival order"
         );
         let mut expected = rows.clone();
-        expected.chunks_mut(4).for_each(|group| group.sort_by_key(|r| r.validator_seq));
-        expected.chunks_mut(4).for_each(|group| group.sort_by(|a, b| a.validator_id.cmp(&b.validator_id)));
+        expected.chunks_mut(4).for_each(|group| group.sort_by_key(|r| (r.validator_id.clone(), r.validator_seq)));
         assert_eq!(back, expected, "whole rows, every column moved with its row");
         let reader = SerializedFileReader::new(File::open(&closed[0].path).expect("open")).expect("parquet");
         let metadata = reader.metadata();

@@ -1,10 +1,7 @@
 //! The same statements on both engines, at the extremes of each kind of
 //! value: what one engine holds and gives back, the other does too.
 
-use std::str::FromStr;
-
 use super::*;
-use crate::pg_store::PgStore;
 use crate::test_cluster::TestCluster;
 
 /// Runs `test` on a SQLite connection and, where PostgreSQL is installed,
@@ -16,7 +13,8 @@ fn on_both(test: impl Fn(&mut dyn Db, &str)) {
     sqlite.execute_batch("CREATE TABLE t (i INTEGER, s TEXT, b BLOB)").expect("table");
     test(&mut Sqlite(&sqlite), "sqlite");
 
-    let Some(mut store) = postgres_store() else { return };
+    let Some(cluster) = TestCluster::shared() else { return };
+    let mut store = cluster.new_store();
     store.client().batch_execute("CREATE TABLE t (i BIGINT, s TEXT, b BYTEA)").expect("table");
     store
         .in_transaction(|db| {
@@ -24,13 +22,6 @@ fn on_both(test: impl Fn(&mut dyn Db, &str)) {
             Ok(())
         })
         .expect("committed");
-}
-
-/// A new money store on the test cluster, if there is one.
-fn postgres_store() -> Option<PgStore> {
-    let cluster = TestCluster::shared()?;
-    let config = ::postgres::Config::from_str(&cluster.new_database()).expect("the cluster's connection string");
-    Some(PgStore::open(&config).expect("a new store"))
 }
 
 #[test]
@@ -113,7 +104,8 @@ fn at_most_one_row_and_cells_of_the_wrong_kind_are_errors_not_panics() {
 /// kind is refused with both named (SQLite would store it as given).
 #[test]
 fn on_postgresql_a_value_of_the_wrong_kind_is_refused_by_name() {
-    let Some(mut store) = postgres_store() else { return };
+    let Some(cluster) = TestCluster::shared() else { return };
+    let mut store = cluster.new_store();
     store.client().batch_execute("CREATE TABLE t (i BIGINT, s TEXT, b BYTEA, small INTEGER)").expect("table");
     let mut db = store.db();
     let error = db.execute("INSERT INTO t (i) VALUES (?1)", &["seven".into()]).expect_err("text into bigint");
