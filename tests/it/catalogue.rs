@@ -32,9 +32,24 @@ impl Grows {
         Grows(name, metric(name))
     }
 
-    fn by_at_least(self, attack: &str, delta: f64) {
-        let now = metric(self.0);
-        assert!(now >= self.1 + delta, "{attack}: {} went from {} to {now}, not up by {delta}", self.0, self.1);
+    /// Waits up to 10 s for the counter to grow: the server counts a
+    /// refused handshake on its own task, which may run after the
+    /// attacker has already seen the refusal.
+    async fn by_at_least(self, attack: &str, delta: f64) {
+        let grew = self.grew_by(delta, Duration::from_secs(10)).await;
+        assert!(grew, "{attack}: {} went from {} to {}, not up by {delta}", self.0, self.1, metric(self.0));
+    }
+
+    /// Whether the counter grows by `delta` within `wait`.
+    async fn grew_by(&self, delta: f64, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while metric(self.0) < self.1 + delta {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 
@@ -93,17 +108,29 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let counter = Grows::from(handshake_failed);
     let anonymous = raw_endpoint_at(&h, None, false, "127.0.0.2");
     assert!(push_raw(&anonymous, &h, &any_scan(GATEWAY, "gate-1", 1)).await.is_err(), "no certificate");
-    counter.by_at_least("no certificate", 1.0);
+    counter.by_at_least("no certificate", 1.0).await;
 
     // 2. A revoked certificate: the handshake fails.
     let revoked = h.credentials("revoked-depot");
     let ca = FleetCa::open(h.dir.path()).expect("fleet CA");
     ca.revoke("revoked-depot", chrono::Utc::now().timestamp(), &Faults::default()).expect("revoke");
-    tokio::time::sleep(Duration::from_millis(300)).await; // a few revocation reloads
-    let counter = Grows::from(handshake_failed);
     let endpoint = raw_endpoint_at(&h, Some(&revoked), false, "127.0.0.3");
-    assert!(push_raw(&endpoint, &h, &any_scan("revoked-depot", "gate-1", 2)).await.is_err(), "revoked");
-    counter.by_at_least("revoked", 1.0);
+    // The server reloads revocations every 50 ms; under load a reload
+    // may come later, so the push is tried until its handshake is refused
+    // (at most 10 s). A reload landing mid-push closes the connection
+    // after the handshake instead: that try fails but is not counted as a
+    // refused handshake, and does not count here either.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let counter = loop {
+        let counter = Grows::from(handshake_failed);
+        match push_raw(&endpoint, &h, &any_scan("revoked-depot", "gate-1", 2)).await {
+            Err(_) if counter.grew_by(1.0, Duration::from_secs(2)).await => break counter,
+            _ => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the revoked certificate still connects after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    counter.by_at_least("revoked", 1.0).await;
 
     // 3. A certificate from another CA, naming the enrolled gateway.
     let elsewhere = tempfile::tempdir().expect("tempdir");
@@ -113,7 +140,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let counter = Grows::from(handshake_failed);
     let endpoint = raw_endpoint_at(&h, Some(&foreign), false, "127.0.0.4");
     assert!(push_raw(&endpoint, &h, &any_scan(GATEWAY, "gate-1", 3)).await.is_err(), "another CA");
-    counter.by_at_least("another CA", 1.0);
+    counter.by_at_least("another CA", 1.0).await;
 
     // 4. A forged gateway id: an enrolled gateway claiming the honest one.
     let mallory = h.credentials_for(&GatewayScope::new("mallory", vec!["mallory/".into()]).expect("scope"));
@@ -122,13 +149,13 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let ack = push_raw(&endpoint, &h, &any_scan(GATEWAY, "gate-1", 4)).await.expect("an answer");
     assert_eq!(ack.ack_status(), AckStatus::Malformed, "{ack:?}");
     assert!(ack.error.contains("certificate"), "{}", ack.error);
-    counter.by_at_least("forged gateway id", 1.0);
+    counter.by_at_least("forged gateway id", 1.0).await;
 
     // 5. A validator of another gateway: archived as foreign, not a ride.
     let counter = Grows::from("farestream_scans_total{status=\"foreign_validator\"}");
     let ack = push_raw(&endpoint, &h, &any_scan("mallory", "depot-1/gate-1", 5)).await.expect("an answer");
     assert_eq!((ack.ack_status(), ack.accepted, ack.rejected), (AckStatus::Ok, 0, 1), "{ack:?}");
-    counter.by_at_least("foreign validator", 1.0);
+    counter.by_at_least("foreign validator", 1.0).await;
 
     // 6. Too many connections from one address: refused before the handshake.
     let counter = Grows::from("farestream_connections_refused_total{reason=\"connections_per_address\"}");
@@ -143,7 +170,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
         }
     }
     assert_eq!((held.len(), refused), (3, 2), "connections_per_address_max");
-    counter.by_at_least("connections per address", 2.0);
+    counter.by_at_least("connections per address", 2.0).await;
 
     // 7. PING-only connections (the client PINGs every 100 ms): closed
     // for sending no batch, PINGs or not.
@@ -152,7 +179,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
         let ended = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await.expect("closed");
         assert_eq!(close_code_of(&ended), Some(close_code::IDLE), "{ended:?}");
     }
-    counter.by_at_least("PING-only", 3.0);
+    counter.by_at_least("PING-only", 3.0).await;
 
     // 8 and 9. Too many streams, each silent: the third waits for stream
     // credit while two are open; each silent one is answered BACKOFF
@@ -174,7 +201,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
         let ack: BatchAck = read_message(recv, 1 << 20, "BatchAck").await.expect("an ack");
         assert_eq!(ack.ack_status(), AckStatus::Backoff, "{ack:?}");
     }
-    counter.by_at_least("silent streams", 2.0);
+    counter.by_at_least("silent streams", 2.0).await;
     drop(silent);
     let third = tokio::time::timeout(Duration::from_secs(5), connection.open_bi()).await;
     assert!(matches!(third, Ok(Ok(_))), "the third stream opens once the others end");
@@ -184,7 +211,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let ack = exchange(&connection, &u32::MAX.to_be_bytes()).await;
     assert_eq!(ack.ack_status(), AckStatus::Malformed, "{ack:?}");
     assert!(ack.error.contains("over the limit"), "{}", ack.error);
-    counter.by_at_least("0xFFFFFFFF", 1.0);
+    counter.by_at_least("0xFFFFFFFF", 1.0).await;
 
     // 11. Bytes that are not protobuf.
     let counter = Grows::from("farestream_batch_errors_total{reason=\"frame_not_protobuf\"}");
@@ -192,7 +219,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     garbage.extend_from_slice(&[0xff; 4]);
     let ack = exchange(&connection, &garbage).await;
     assert_eq!(ack.ack_status(), AckStatus::Malformed, "{ack:?}");
-    counter.by_at_least("not protobuf", 1.0);
+    counter.by_at_least("not protobuf", 1.0).await;
 
     // 12. A batch over the scan limit: counted before it is decoded.
     let counter = Grows::from("farestream_batch_errors_total{reason=\"batch_shape\"}");
@@ -202,7 +229,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let ack = exchange(&connection, &encode_frame(&oversized)).await;
     assert_eq!(ack.ack_status(), AckStatus::Malformed, "{ack:?}");
     assert!(ack.error.contains(&format!("the limit is {scans_max}")), "{}", ack.error);
-    counter.by_at_least("over the scan limit", 1.0);
+    counter.by_at_least("over the scan limit", 1.0).await;
 
     // 13. A replay storm: one code 5 000 times (a screenshot passed
     // around), from 5 000 reads. One ride; the rest archived as replays.
@@ -212,7 +239,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
         (1..=5_000u64).map(|seq| record("mallory/gate-2", seq, T0_MS, TapKind::Single, code.clone())).collect();
     let ack = exchange(&connection, &encode_frame(&batch("mallory", 13, storm))).await;
     assert_eq!((ack.ack_status(), ack.accepted, ack.rejected), (AckStatus::Ok, 1, 4_999), "{:?}", ack.error);
-    counter.by_at_least("replay storm", 4_999.0);
+    counter.by_at_least("replay storm", 4_999.0).await;
 
     // 14. A code under the rotated-out key.
     let counter = Grows::from("farestream_scans_total{status=\"unknown_issuer_key\"}");
@@ -224,7 +251,7 @@ async fn every_bad_input_gets_its_answer_and_counter_and_the_enrolled_gateway_lo
     let scan = batch("mallory", 14, vec![record("mallory/gate-3", 1, T0_MS, TapKind::Single, code)]);
     let ack = exchange(&connection, &encode_frame(&scan)).await;
     assert_eq!((ack.ack_status(), ack.accepted, ack.rejected), (AckStatus::Ok, 0, 1), "{ack:?}");
-    counter.by_at_least("rotated-out key", 1.0);
+    counter.by_at_least("rotated-out key", 1.0).await;
 
     stop.store(true, Ordering::Relaxed);
     let acked = honest.await.expect("the honest gateway");
