@@ -27,9 +27,8 @@ use farestream::config::fare_table::load_fares;
 use farestream::fares::FareTable;
 use farestream::fares::{DayEdges, Tap};
 use farestream::ingest::dedup::{DedupIndex, RideKey};
-use farestream::money::db::Sqlite;
 use farestream::money::pricing::price_rows;
-use farestream::money::{MoneyStore, store_path};
+use farestream::money::{MoneyStore, StoreLocation, store_path};
 use farestream::scan::{ArchivedScan, ScanStatus, TapKind};
 use farestream::sim::loadgen::horizon::fingerprint;
 
@@ -198,16 +197,15 @@ impl CityTaps {
 
 fn price_batch(store: &mut MoneyStore, fares: &FareTable, rows: &[ArchivedScan]) {
     let now = rows.last().map_or(0, |row| row.received_at);
-    let tx = store.transaction().expect("a transaction");
-    let priced = price_rows(&mut Sqlite(&tx), fares, rows, now).expect("priced");
-    tx.commit().expect("committed");
+    let priced = store.in_transaction(|tx| price_rows(tx, fares, rows, now)).expect("priced");
     assert_eq!(priced.taps, rows.len() as u64, "every tap is new");
 }
 
 fn pricing(c: &mut Criterion) {
     let fares = load_fares(None).expect("the embedded fare table");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut store = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(5)).expect("a store");
+    let location = StoreLocation::Sqlite(store_path(dir.path()));
+    let mut store = MoneyStore::open(&location, std::time::Duration::from_secs(5)).expect("a store");
     // The pricer's store as `serve` opens it.
     store.set_page_cache_mib(Config::defaults().payments.pricer_store_cache_mib).expect("a page cache");
     let mut city = CityTaps::new(&fares);

@@ -752,10 +752,15 @@ fn audit(
         .with_context(|| format!("reading {}", acked_file.display()))?;
     let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
     let report = farestream::archive::ack_audit::audit_rows(&rows, &acked);
-    let money = if farestream::money::store_path(data_dir).exists() {
-        let store = open_money_store(data_dir, config)?;
+    let location = farestream_server::money_store_location(config, data_dir)?;
+    let has_money = match &location {
+        farestream::money::StoreLocation::Sqlite(path) => path.exists(),
+        farestream::money::StoreLocation::Postgres(_) => true,
+    };
+    let money = if has_money {
+        let mut store = open_money_store(data_dir, config)?;
         let ledger = paygw_dir.map(paygw_ledger).transpose()?;
-        Some(farestream::money::money_audit::audit_money(store.connection(), &rows, ledger.as_deref())?)
+        Some(farestream::money::money_audit::audit_money(&mut store.db(), &rows, ledger.as_deref())?)
     } else {
         None
     };
@@ -783,15 +788,17 @@ fn paygw_ledger(dir: &Path) -> Result<Vec<farestream::money::money_audit::Applie
 }
 
 fn charges(data_dir: &Path, config: &Config) -> Result<()> {
-    let store = open_money_store(data_dir, config)?;
+    let mut store = open_money_store(data_dir, config)?;
     let (all, undecided) = (outbox::count(&mut store.db())?, outbox::undecided(&mut store.db())?);
     println!("charges={all} undecided={undecided}");
     Ok(())
 }
 
+/// The money store `config` names for `data_dir` (blocking).
 fn open_money_store(data_dir: &Path, config: &Config) -> Result<farestream::money::MoneyStore> {
     let wait = Duration::from_millis(config.payments.store_busy_wait_ms);
-    Ok(farestream::money::MoneyStore::open(&farestream::money::store_path(data_dir), wait)?)
+    let location = farestream_server::money_store_location(config, data_dir)?;
+    Ok(farestream::money::MoneyStore::open(&location, wait)?)
 }
 
 async fn demo(data_dir: PathBuf, config: Config, city: CityArgs, day_secs: f64) -> Result<()> {

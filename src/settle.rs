@@ -18,6 +18,7 @@ pub fn settle_settings(config: &Config, data_dir: &Path) -> Result<SettleSetting
     let fares_file = Some(Path::new(&config.payments.fares_file)).filter(|p| !p.as_os_str().is_empty());
     Ok(SettleSettings {
         data_dir: data_dir.to_path_buf(),
+        store: farestream_server::money_store_location(config, data_dir)?,
         fares: load_fares(fares_file)?,
         service_day: config.service_day_policy()?,
         store_busy_wait: Duration::from_millis(config.payments.store_busy_wait_ms),

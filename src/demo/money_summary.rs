@@ -36,12 +36,13 @@ const SETTLE_WAIT_MAX: Duration = Duration::from_secs(120);
 /// Waits until every ride is priced (the last entries' exit windows
 /// closed on the server's clock) and every charge decided.
 pub(super) async fn settle(server: &Server, progress: &ProgressBar) -> Result<(), String> {
-    let store = server.open_money_store().map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     loop {
         server.flush_pricing().await.map_err(|e| e.to_string())?;
-        let open = entries_closing_by(&mut store.db(), i64::MAX).map_err(|e| e.to_string())?;
-        let waiting = undecided(&mut store.db()).map_err(|e| e.to_string())?;
+        let (open, waiting) = server
+            .with_money_store(|store| Ok((entries_closing_by(&mut store.db(), i64::MAX)?, undecided(&mut store.db())?)))
+            .await
+            .map_err(|e| e.to_string())?;
         progress.set_message(format!("{waiting} charges undecided, {open} metro entries awaiting their exit window"));
         if waiting == 0 && open == 0 {
             return Ok(());
@@ -167,9 +168,10 @@ pub(super) async fn summarize(
     rows: &[ArchivedScan],
     after_day: AfterDay,
 ) -> Result<MoneySummary, String> {
-    let store = server.open_money_store().map_err(|e| e.to_string())?;
     let ours: HashSet<u64> = cards.iter().copied().collect();
-    let charges: Vec<ChargeRecord> = charges(&mut store.db(), None)
+    let charges: Vec<ChargeRecord> = server
+        .with_money_store(|store| charges(&mut store.db(), None))
+        .await
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|c| ours.contains(&c.card_id))
@@ -182,7 +184,11 @@ pub(super) async fn summarize(
     }
     let ledger: Vec<Entry> = control.ledger().await.map_err(|e| e.to_string())?;
     let applied: Vec<AppliedPayment> = ledger.iter().filter_map(Entry::applied_payment).collect();
-    summary.audit = audit_money(store.connection(), rows, Some(&applied)).map_err(|e| e.to_string())?;
+    summary.audit = {
+        let (rows, applied) = (rows.to_vec(), applied.clone());
+        server.with_money_store(move |store| audit_money(&mut store.db(), &rows, Some(&applied))).await
+    }
+    .map_err(|e| e.to_string())?;
     summary.rides = rows.iter().filter(|r| is_ride(r)).count() as u64;
     summary.rides_priced = summary.rides.saturating_sub(summary.audit.unpriced_rides + summary.audit.awaiting_exit);
     let ids: HashSet<String> = charges.iter().map(|c| hex::encode(c.charge_id)).collect();

@@ -156,10 +156,16 @@ async fn archived_rows_carry_the_scan_fields_and_service_date() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_summary_matches_the_parquet_rows() {
+    demo_summary_matches_the_parquet_rows(farestream::config::Config::defaults()).await;
+}
+
+/// The demo's small city on `config`: its summary agrees with the rows
+/// read back and with the gateway's ledger, every ride priced.
+pub(crate) async fn demo_summary_matches_the_parquet_rows(config: farestream::config::Config) {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = farestream::demo::DemoOptions {
         data_dir: dir.path().to_path_buf(),
-        config: farestream::config::Config::defaults(),
+        config,
         city: farestream::sim::CitySpec {
             riders: 300,
             gateways: 4,

@@ -16,6 +16,7 @@ mod fuzz;
 mod key_rotation;
 mod loadgen;
 mod money;
+mod money_postgres;
 mod operator;
 mod outside_readers;
 mod paygw;

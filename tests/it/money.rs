@@ -9,6 +9,7 @@ use farestream::charges::ChargeRecord;
 use farestream::charges::{ChargeKind, ChargeOutcome};
 use farestream::clock_source::Clock;
 use farestream::config::Config;
+use farestream::money::db::{Db, Value};
 use farestream::money::outbox::{charges, undecided};
 use farestream::paygw::{Entry, SimControl, SimFaults, SimGateway};
 use farestream::ridecode::DenyList;
@@ -66,15 +67,18 @@ impl Money {
     /// moving the server's clock so retries come due.
     pub(crate) async fn settle(&self) -> Vec<ChargeRecord> {
         self.h.server.flush_pricing().await.expect("price");
-        let store = self.h.server.open_money_store().expect("store");
+        let read = || {
+            self.h.server.with_money_store(|store| Ok((undecided(&mut store.db())?, charges(&mut store.db(), None)?)))
+        };
         for _ in 0..1_000 {
-            if undecided(&mut store.db()).expect("count") == 0 {
-                return charges(&mut store.db(), None).expect("charges");
+            let (waiting, charges) = read().await.expect("charges");
+            if waiting == 0 {
+                return charges;
             }
             self.h.clock.set(self.h.clock.now_ms() + 1_000);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("charges still undecided: {:?}", charges(&mut store.db(), None));
+        panic!("charges still undecided: {:?}", read().await);
     }
 
     pub(crate) async fn debits(&self) -> Vec<Entry> {
@@ -447,13 +451,10 @@ async fn a_refused_resend_of_a_lost_payment_never_opens_a_second_one() {
     let before = crate::support::metric("farestream_account_payments_refused_on_resend_total");
     let refused = accounts.pay_arrears(802).await.expect_err("the resend refused");
     assert!(refused.to_string().contains("stays undecided"), "{refused}");
-    let store = m.h.server.open_money_store().expect("store");
-    let open = farestream::money::payments::undecided(
-        store.connection(),
-        802,
-        farestream::money::payments::PaymentKind::Arrears,
-    )
-    .expect("read");
+    let mut store = m.h.server.open_money_store().expect("store");
+    let open =
+        farestream::money::payments::undecided(&mut store.db(), 802, farestream::money::payments::PaymentKind::Arrears)
+            .expect("read");
     assert_eq!(open.map(|a| a.key), Some("arrears-802-1".to_string()), "still undecided, under its key");
     assert!(crate::support::metric("farestream_account_payments_refused_on_resend_total") > before);
     accounts.pay_arrears(802).await.expect_err("refused again: still the same key, never a new one");
@@ -507,8 +508,8 @@ async fn one_card_refused_a_refund_stops_no_other_and_an_owing_rider_is_told_onc
     }
     let owes = declined_rides(&m, &m.h.rider(805), 1, 1).await;
     assert!(owes > 100, "a bus fare is more than this deposit");
-    let store = m.h.server.open_money_store().expect("store");
-    store.connection().execute("UPDATE accounts SET agreement_id = 'gone' WHERE card_id = 803", []).expect("break");
+    let mut store = m.h.server.open_money_store().expect("store");
+    store.db().execute("UPDATE accounts SET agreement_id = 'gone' WHERE card_id = 803", &[]).expect("break");
     for card in [803, 804, 805] {
         accounts.request_refund(card).await.expect("refund");
     }
@@ -551,7 +552,7 @@ async fn a_charge_counts_only_the_attempts_that_were_sent() {
     let scans = (1..=4).map(|n| tap(&rider, n, T0_MS + n as i64 * MINUTE, TapKind::Single, "bus-99")).collect();
     assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 4);
     m.h.server.flush_pricing().await.expect("price");
-    let store = m.h.server.open_money_store().expect("store");
+    let mut store = m.h.server.open_money_store().expect("store");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let one_decided = loop {
         let now = charges(&mut store.db(), None).expect("charges");
@@ -599,7 +600,7 @@ async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns
     let during = m.control.stats().await.expect("stats").payment_requests - before;
     // 5 to open it, the 16 already in flight, and one probe per 200-400 ms.
     assert!(during <= 5 + 16 + 16, "{during} requests at a dead gateway in 3 s (without the breaker: hundreds)");
-    let store = m.h.server.open_money_store().expect("store");
+    let mut store = m.h.server.open_money_store().expect("store");
     assert_eq!(undecided(&mut store.db()).expect("count"), 40, "nothing lost, nothing failed");
     m.control.set_faults(SimFaults::default()).await.expect("back");
     let charges = m.settle().await;
@@ -623,46 +624,49 @@ async fn the_money_audit_fails_on_each_planted_fault() {
     let rows = m.h.archive_rows().await;
     let ledger: Vec<AppliedPayment> =
         m.control.ledger().await.expect("ledger").iter().filter_map(Entry::applied_payment).collect();
-    let store = m.h.server.open_money_store().expect("store");
-    let clean = audit_money(store.connection(), &rows, Some(&ledger)).expect("audit");
+    let mut store = m.h.server.open_money_store().expect("store");
+    let clean = audit_money(&mut store.db(), &rows, Some(&ledger)).expect("audit");
     assert!(clean.is_clean() && clean.undecided == 0 && clean.charges == 2, "{clean}");
 
     let legacy =
         AppliedPayment { kind: "debit".into(), key: "deposit-807".into(), amount_cents: 2_000, succeeded: true };
     let with_legacy = [ledger.clone(), vec![legacy]].concat();
-    let audit = audit_money(store.connection(), &rows, Some(&with_legacy)).expect("audit");
+    let audit = audit_money(&mut store.db(), &rows, Some(&with_legacy)).expect("audit");
     assert!(audit.is_clean(), "a key from before payments were recorded is left out: {audit}");
 
     let unrecorded =
         AppliedPayment { kind: "debit".into(), key: "arrears-807-9".into(), amount_cents: 500, succeeded: true };
     let with_unrecorded = [ledger.clone(), vec![unrecorded]].concat();
-    let audit = audit_money(store.connection(), &rows, Some(&with_unrecorded)).expect("audit");
+    let audit = audit_money(&mut store.db(), &rows, Some(&with_unrecorded)).expect("audit");
     assert_eq!(audit.double_charged, 1, "an account payment the store never recorded: {audit}");
 
     let mut deposit_lost = ledger.clone();
     deposit_lost.retain(|p| p.key != "deposit-808-1");
-    let audit = audit_money(store.connection(), &rows, Some(&deposit_lost)).expect("audit");
+    let audit = audit_money(&mut store.db(), &rows, Some(&deposit_lost)).expect("audit");
     assert_eq!(audit.ledger_mismatched, 1, "a deposit recorded as paid that the gateway lacks: {audit}");
 
     let mut flipped = ledger.clone();
     let charge_key = hex::encode(charges[0].charge_id);
     flipped.iter_mut().filter(|p| p.key == charge_key).for_each(|p| p.succeeded = false);
-    let audit = audit_money(store.connection(), &rows, Some(&flipped)).expect("audit");
+    let audit = audit_money(&mut store.db(), &rows, Some(&flipped)).expect("audit");
     assert_eq!(audit.ledger_mismatched, 1, "the gateway declined what the outbox says succeeded: {audit}");
 
     let mut unpriced = rows.clone();
     let mut ghost = unpriced.iter().find(|r| farestream::fares::is_ride(r)).expect("a ride").clone();
     ghost.scan_id = [0xee; 16];
     unpriced.push(ghost);
-    let audit = audit_money(store.connection(), &unpriced, Some(&ledger)).expect("audit");
+    let audit = audit_money(&mut store.db(), &unpriced, Some(&ledger)).expect("audit");
     assert_eq!(audit.unpriced_rides, 1, "an archived ride no charge prices: {audit}");
 
     let both: Vec<u8> = charges.iter().flat_map(|c| c.scan_ids.iter().flatten().copied()).collect();
     store
-        .connection()
-        .execute("UPDATE charges SET scan_ids = ?1 WHERE charge_id = ?2", (both, &charges[1].charge_id[..]))
+        .db()
+        .execute(
+            "UPDATE charges SET scan_ids = ?1 WHERE charge_id = ?2",
+            &[Value::Bytes(&both), Value::Bytes(&charges[1].charge_id)],
+        )
         .expect("plant a double charge");
-    let audit = audit_money(store.connection(), &rows, Some(&ledger)).expect("audit");
+    let audit = audit_money(&mut store.db(), &rows, Some(&ledger)).expect("audit");
     assert!(audit.double_charged >= 1 && !audit.is_clean(), "a tap in two charges: {audit}");
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
@@ -717,8 +721,8 @@ async fn a_refund_waits_for_a_payment_still_out_and_an_old_request_still_closes(
     // A request from before due times were recorded (none in the row).
     m.rider(811, 5_000).await;
     accounts.request_refund(811).await.expect("refund");
-    let store = m.h.server.open_money_store().expect("store");
-    store.connection().execute("UPDATE accounts SET refund_due_at = NULL WHERE card_id = 811", []).expect("legacy");
+    let mut store = m.h.server.open_money_store().expect("store");
+    store.db().execute("UPDATE accounts SET refund_due_at = NULL WHERE card_id = 811", &[]).expect("legacy");
     let asked = accounts.account(811).await.expect("account").refund_requested_at.expect("asked");
     let week = 604_800_000;
     let early = accounts.process_refunds_as_of(asked + accounts.rides_arrive_within_ms + week - 1).await.expect("p");

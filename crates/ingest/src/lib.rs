@@ -17,6 +17,7 @@ pub mod http_serve;
 pub mod issuer_keys;
 pub mod keystore;
 pub mod log_reader;
+pub mod node_id;
 pub mod telemetry;
 pub mod thread_priority;
 pub mod tls_identity;

@@ -9,10 +9,10 @@
 //! and arrears change, and it moves the card on or off the list in the
 //! same transaction.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use thiserror::Error;
 
 use crate::codec::{card_from_sql, card_to_sql};
+use crate::db::{Db, Lock, Row, Value};
 use crate::store::StoreError;
 use farestream_core::account::{self, AccountState, NotYet, WrongState, is_denied};
 use farestream_core::charges::UNDECIDED_OUTCOMES_SQL;
@@ -62,14 +62,18 @@ impl From<rusqlite::Error> for AccountError {
     }
 }
 
+fn card(card_id: u64) -> Value<'static> {
+    Value::Int(card_to_sql(card_id))
+}
+
 /// A new account for `phone`, registered but not yet able to ride.
-pub fn register(tx: &Transaction<'_>, card_id: u64, phone: &str, now: UnixMillis) -> Result<Account, AccountError> {
+pub fn register(tx: &mut dyn Db, card_id: u64, phone: &str, now: UnixMillis) -> Result<Account, AccountError> {
     if card_of_phone(tx, phone)?.is_some() {
         return Err(AccountError::PhoneTaken(phone.to_string()));
     }
     tx.execute(
         "INSERT INTO accounts (card_id, phone, state, created_at) VALUES (?1, ?2, 'registered', ?3)",
-        params![card_to_sql(card_id), phone, now],
+        &[card(card_id), Value::Text(phone), Value::Int(now)],
     )?;
     history(tx, card_id, now, "registered", None, AccountState::Registered, Cents::ZERO, "registration")?;
     account(tx, card_id)
@@ -77,31 +81,31 @@ pub fn register(tx: &Transaction<'_>, card_id: u64, phone: &str, now: UnixMillis
 
 /// A closed card's rider signs up again: the same card, registered, to
 /// sign a new agreement and pay a new deposit. Its old days stay its own.
-pub fn reopen(tx: &Transaction<'_>, card_id: u64, now: UnixMillis) -> Result<Account, AccountError> {
-    let before = account(tx, card_id)?;
+pub fn reopen(tx: &mut dyn Db, card_id: u64, now: UnixMillis) -> Result<Account, AccountError> {
+    let before = locked_account(tx, card_id)?;
     let state = account::reopen(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
     tx.execute(
         "UPDATE accounts SET agreement_id = NULL, deposit_cents = 0, refund_requested_at = NULL, refund_due_at = NULL
          WHERE card_id = ?1",
-        [card_to_sql(card_id)],
+        &[card(card_id)],
     )?;
     change(tx, &before, state, before.arrears_cents, ("reopened", Cents::ZERO, "signed up again"), now)
 }
 
 /// The debit agreement is signed and the deposit paid: the card may ride.
 pub fn activate(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     payment_user_id: &str,
     agreement_id: &str,
     deposit_cents: Cents,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
-    let before = account(tx, card_id)?;
+    let before = locked_account(tx, card_id)?;
     let state = account::activate(before.state, before.arrears_cents).map_err(|wrong| wrong_state(&before, wrong))?;
     tx.execute(
         "UPDATE accounts SET payment_user_id = ?2, agreement_id = ?3, deposit_cents = ?4 WHERE card_id = ?1",
-        params![card_to_sql(card_id), payment_user_id, agreement_id, deposit_cents.get()],
+        &[card(card_id), Value::Text(payment_user_id), Value::Text(agreement_id), Value::Int(deposit_cents.get())],
     )?;
     change(tx, &before, state, before.arrears_cents, ("activated", deposit_cents, "deposit paid"), now)
 }
@@ -111,17 +115,21 @@ pub fn activate(
 /// moment knows the last credential. Takes the card's next block of code
 /// counters under `terminal_key_id`.
 pub fn keys_issued(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     valid_until: UnixMillis,
     terminal_key_id: u16,
 ) -> Result<CodeBlock, AccountError> {
-    let before = account(tx, card_id)?;
+    let before = locked_account(tx, card_id)?;
     account::may_issue_keys(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
     let block = next_code_block(tx, card_id, terminal_key_id)?;
+    // CASE, not max(a, b): SQLite's two-argument max is GREATEST on
+    // PostgreSQL.
     tx.execute(
-        "UPDATE accounts SET keys_valid_until = max(coalesce(keys_valid_until, ?2), ?2) WHERE card_id = ?1",
-        params![card_to_sql(card_id), valid_until],
+        "UPDATE accounts SET keys_valid_until =
+           CASE WHEN keys_valid_until IS NULL OR keys_valid_until < ?2 THEN ?2 ELSE keys_valid_until END
+         WHERE card_id = ?1",
+        &[card(card_id), Value::Int(valid_until)],
     )?;
     Ok(block)
 }
@@ -147,31 +155,37 @@ pub struct CodeBlock {
 /// (ids grow as keys are made); a key older than those gets none, as a
 /// key whose blocks ran out: no counter is ever handed out twice under
 /// one key.
-fn next_code_block(tx: &Transaction<'_>, card_id: u64, terminal_key_id: u16) -> Result<CodeBlock, AccountError> {
-    let card = card_to_sql(card_id);
+fn next_code_block(tx: &mut dyn Db, card_id: u64, terminal_key_id: u16) -> Result<CodeBlock, AccountError> {
     let exhausted = || AccountError::CodeBlocksExhausted { card_id, terminal_key_id };
-    let newest: Option<u16> =
-        tx.query_row("SELECT max(terminal_key_id) FROM code_blocks WHERE card_id = ?1", [card], |row| row.get(0))?;
+    let newest = tx
+        .query_opt("SELECT max(terminal_key_id) FROM code_blocks WHERE card_id = ?1", &[card(card_id)])?
+        .map(|row| row.opt_int(0))
+        .transpose()?
+        .flatten();
+    let newest = newest
+        .map(|id| u16::try_from(id).map_err(|_| StoreError::Corrupt(format!("terminal key id {id}"))))
+        .transpose()?;
     let kept_from = newest.unwrap_or(0).max(terminal_key_id).saturating_sub(CODE_BLOCK_KEYS_KEPT);
     if terminal_key_id < kept_from {
         return Err(exhausted());
     }
-    let issued: i64 = tx
-        .query_row(
-            "SELECT issued FROM code_blocks WHERE card_id = ?1 AND terminal_key_id = ?2",
-            params![card, terminal_key_id],
-            |row| row.get(0),
-        )
-        .optional()?
+    let key = Value::Int(terminal_key_id.into());
+    let issued = tx
+        .query_opt("SELECT issued FROM code_blocks WHERE card_id = ?1 AND terminal_key_id = ?2", &[card(card_id), key])?
+        .map(|row| row.int(0))
+        .transpose()?
         .unwrap_or(0);
     let index = u32::try_from(issued).map_err(|_| exhausted())?;
     let counters = farestream_core::ridecode::sealed::code_counter_block(index).ok_or_else(exhausted)?;
     tx.execute(
         "INSERT INTO code_blocks (card_id, terminal_key_id, issued) VALUES (?1, ?2, ?3)
          ON CONFLICT (card_id, terminal_key_id) DO UPDATE SET issued = excluded.issued",
-        params![card, terminal_key_id, i64::from(index) + 1],
+        &[card(card_id), key, Value::Int(i64::from(index) + 1)],
     )?;
-    tx.execute("DELETE FROM code_blocks WHERE card_id = ?1 AND terminal_key_id < ?2", params![card, kept_from])?;
+    tx.execute(
+        "DELETE FROM code_blocks WHERE card_id = ?1 AND terminal_key_id < ?2",
+        &[card(card_id), Value::Int(kept_from.into())],
+    )?;
     Ok(CodeBlock { index, counters })
 }
 
@@ -181,36 +195,32 @@ fn next_code_block(tx: &Transaction<'_>, card_id: u64, terminal_key_id: u16) -> 
 /// `rides_arrive_within_ms` (the accepted lateness of uploads and the
 /// validators' clock skew).
 pub fn request_refund(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     rides_arrive_within_ms: i64,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
-    let before = account(tx, card_id)?;
+    let before = locked_account(tx, card_id)?;
     let state = account::request_refund(before.state).map_err(|wrong| wrong_state(&before, wrong))?;
     let due_at = account::refund_due_at(before.keys_valid_until, now, rides_arrive_within_ms);
     tx.execute(
         "UPDATE accounts SET refund_requested_at = ?2, refund_due_at = ?3 WHERE card_id = ?1",
-        params![card_to_sql(card_id), now, due_at],
+        &[card(card_id), Value::Int(now), Value::Int(due_at)],
     )?;
     change(tx, &before, state, before.arrears_cents, ("refund_requested", Cents::ZERO, "rider's request"), now)
 }
 
 /// Sets what the card owes against its deposit (the deposit exists to
 /// cover rides a decline found late): returns how much was set off.
-pub fn set_off_arrears_against_deposit(
-    tx: &Transaction<'_>,
-    card_id: u64,
-    now: UnixMillis,
-) -> Result<Cents, AccountError> {
-    let before = account(tx, card_id)?;
+pub fn set_off_arrears_against_deposit(tx: &mut dyn Db, card_id: u64, now: UnixMillis) -> Result<Cents, AccountError> {
+    let before = locked_account(tx, card_id)?;
     let set_off = before.arrears_cents.min(before.deposit_cents).max(Cents::ZERO);
     if set_off.is_zero() {
         return Ok(Cents::ZERO);
     }
     tx.execute(
-        "UPDATE accounts SET deposit_cents = deposit_cents - ?2 WHERE card_id = ?1",
-        params![card_to_sql(card_id), set_off.get()],
+        "UPDATE accounts SET deposit_cents = deposit_cents - CAST(?2 AS BIGINT) WHERE card_id = ?1",
+        &[card(card_id), Value::Int(set_off.get())],
     )?;
     let cause = format!("{} of the deposit set against the arrears", set_off.get());
     let left = before.arrears_cents - set_off;
@@ -226,29 +236,24 @@ pub fn set_off_arrears_against_deposit(
 }
 
 /// The deposit (what is left of it) went back to the rider.
-pub fn deposit_returned(
-    tx: &Transaction<'_>,
-    card_id: u64,
-    cause: &str,
-    now: UnixMillis,
-) -> Result<Account, AccountError> {
-    let before = account(tx, card_id)?;
+pub fn deposit_returned(tx: &mut dyn Db, card_id: u64, cause: &str, now: UnixMillis) -> Result<Account, AccountError> {
+    let before = locked_account(tx, card_id)?;
     if before.state != AccountState::RefundPending {
         return Err(wrong_state(&before, WrongState { action: "returning the deposit", needs: "refund_pending" }));
     }
-    tx.execute("UPDATE accounts SET deposit_cents = 0 WHERE card_id = ?1", [card_to_sql(card_id)])?;
+    tx.execute("UPDATE accounts SET deposit_cents = 0 WHERE card_id = ?1", &[card(card_id)])?;
     history(tx, card_id, now, "deposit_returned", Some(before.state), before.state, -before.deposit_cents, cause)?;
     account(tx, card_id)
 }
 
 /// Whether the refund-pending card may close now, and why not.
 pub fn may_close(
-    conn: &Connection,
+    db: &mut dyn Db,
     card_id: u64,
     rides_arrive_within_ms: i64,
     now: UnixMillis,
 ) -> Result<Result<Account, NotYet>, AccountError> {
-    let account = account(conn, card_id)?;
+    let account = account(db, card_id)?;
     if account.state != AccountState::RefundPending {
         return Err(wrong_state(&account, WrongState { action: "closing", needs: "refund_pending" }));
     }
@@ -260,7 +265,7 @@ pub fn may_close(
     let closing = account::Closing {
         due_at,
         // Asked only once no ride can arrive: it is a query.
-        money_in_flight: now >= due_at && money_in_flight(conn, card_id)?,
+        money_in_flight: now >= due_at && money_in_flight(db, card_id)?,
         arrears_cents: account.arrears_cents,
         deposit_cents: account.deposit_cents,
     };
@@ -270,12 +275,13 @@ pub fn may_close(
 /// Nothing is owed, held or in flight, and no ride can arrive: closed, and
 /// off the deny list (no credential of it is valid any more).
 pub fn close(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     cause: &str,
     rides_arrive_within_ms: i64,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
+    tx.lock(Lock::Card(card_id))?;
     let before = match may_close(tx, card_id, rides_arrive_within_ms, now)? {
         Ok(account) => account,
         Err(not_yet) => {
@@ -288,15 +294,15 @@ pub fn close(
 
 /// Refund-pending cards whose refund is due at `now` (requests from before
 /// due times were recorded: see `account::recorded_refund_due_at`).
-pub fn refunds_due(conn: &Connection, now: UnixMillis, rides_arrive_within_ms: i64) -> Result<Vec<u64>, StoreError> {
-    let pending = conn
-        .prepare_cached(
+pub fn refunds_due(db: &mut dyn Db, now: UnixMillis, rides_arrive_within_ms: i64) -> Result<Vec<u64>, StoreError> {
+    let pending = db
+        .query(
             "SELECT card_id, refund_due_at, refund_requested_at FROM accounts WHERE state = ?1 ORDER BY card_id",
+            &[Value::Text(AccountState::RefundPending.as_str())],
         )?
-        .query_map([AccountState::RefundPending.as_str()], |r| {
-            Ok((card_from_sql(r.get(0)?), r.get::<_, Option<i64>>(1)?, r.get::<_, Option<i64>>(2)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        .iter()
+        .map(|r| Ok((card_from_sql(r.int(0)?), r.opt_int(1)?, r.opt_int(2)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let due = |(recorded, requested): (Option<i64>, Option<i64>)| {
         account::recorded_refund_due_at(recorded, requested.unwrap_or(now), rides_arrive_within_ms) <= now
     };
@@ -311,29 +317,30 @@ pub fn refunds_due(conn: &Connection, now: UnixMillis, rides_arrive_within_ms: i
 /// still waits for an exit, or a deposit or arrears payment still waits
 /// for its answer: a refund (and setting arrears against the deposit)
 /// waits for them.
-pub fn money_in_flight(conn: &Connection, card_id: u64) -> Result<bool, StoreError> {
-    let busy: i64 = conn.query_row(
-        &format!(
-            "SELECT (SELECT count(*) FROM charges WHERE card_id = ?1 AND outcome IN {UNDECIDED_OUTCOMES_SQL})
-                  + (SELECT count(*) FROM open_entries WHERE card_id = ?1)
-                  + (SELECT count(*) FROM account_payments
-                     WHERE card_id = ?1 AND outcome = 'unknown' AND kind <> 'refund')"
-        ),
-        [card_to_sql(card_id)],
-        |r| r.get(0),
-    )?;
+fn money_in_flight_sql() -> String {
+    format!(
+        "SELECT (SELECT count(*) FROM charges WHERE card_id = ?1 AND outcome IN {UNDECIDED_OUTCOMES_SQL})
+              + (SELECT count(*) FROM open_entries WHERE card_id = ?1)
+              + (SELECT count(*) FROM account_payments
+                 WHERE card_id = ?1 AND outcome = 'unknown' AND kind <> 'refund')"
+    )
+}
+
+pub fn money_in_flight(db: &mut dyn Db, card_id: u64) -> Result<bool, StoreError> {
+    let row = db.query_opt(&money_in_flight_sql(), &[card(card_id)])?;
+    let busy = row.map(|row| row.int(0)).transpose()?.unwrap_or(0);
     Ok(busy > 0)
 }
 
 /// A debit was declined: the amount is owed, and the card is denied.
 pub fn add_arrears(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     amount_cents: Cents,
     cause: &str,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
-    let before = account(tx, card_id)?;
+    let before = locked_account(tx, card_id)?;
     let arrears = before.arrears_cents + amount_cents;
     change(tx, &before, account::after_decline(before.state), arrears, ("arrears_added", amount_cents, cause), now)
 }
@@ -345,13 +352,13 @@ pub fn add_arrears(
 /// away: the excess is recorded as `arrears_overpaid` for a person to
 /// return.
 pub fn pay_arrears(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     paid_cents: Cents,
     cause: &str,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
-    let before = account(tx, card_id)?;
+    let before = locked_account(tx, card_id)?;
     let left = before.arrears_cents - paid_cents;
     let state = account::after_paying_down(before.state, left);
     let after = change(
@@ -373,13 +380,13 @@ pub fn pay_arrears(
 /// the card's arrears instead of paid out; once nothing is owed an
 /// in-arrears card rides again, as after a payment.
 pub fn net_credit(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     credit_cents: Cents,
     cause: &str,
     now: UnixMillis,
 ) -> Result<Account, AccountError> {
-    let before = account(tx, card_id)?;
+    let before = locked_account(tx, card_id)?;
     assert!(
         credit_cents.is_positive() && credit_cents <= before.arrears_cents,
         "card {card_id}: netting {credit_cents} against arrears {}",
@@ -399,7 +406,7 @@ pub fn net_credit(
 /// The one place state and arrears change: the deny list follows them
 /// ([`is_denied`]), and the history records `event` with its amount.
 fn change(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     before: &Account,
     state: AccountState,
     arrears_cents: Cents,
@@ -410,15 +417,12 @@ fn change(
     assert_deny_list_agrees(tx, before.card_id, is_denied(before.state, before.arrears_cents), "before", event)?;
     tx.execute(
         "UPDATE accounts SET arrears_cents = ?2, state = ?3 WHERE card_id = ?1",
-        params![card_to_sql(before.card_id), arrears_cents.get(), state.as_str()],
+        &[card(before.card_id), Value::Int(arrears_cents.get()), Value::Text(state.as_str())],
     )?;
     history(tx, before.card_id, now, event, Some(before.state), state, amount_cents, cause)?;
     let denied = is_denied(state, arrears_cents);
     if denied != is_denied(before.state, before.arrears_cents) {
-        tx.execute(
-            "INSERT INTO deny_list_changes (card_id, denied, at) VALUES (?1, ?2, ?3)",
-            params![card_to_sql(before.card_id), denied, now],
-        )?;
+        append_deny_change(tx, before.card_id, denied, now)?;
     }
     assert_deny_list_agrees(tx, before.card_id, denied, "after", event)?;
     account(tx, before.card_id)
@@ -429,18 +433,21 @@ fn change(
 /// after every change of state and arrears, so a change that skipped the
 /// list, or a list edited by hand, stops the step that would build on it.
 fn assert_deny_list_agrees(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     denied: bool,
     when: &str,
     event: &str,
 ) -> Result<(), StoreError> {
-    let listed: Option<bool> = tx
-        .prepare_cached("SELECT denied FROM deny_list_changes WHERE card_id = ?1 ORDER BY version DESC LIMIT 1")?
-        .query_row([card_to_sql(card_id)], |r| r.get(0))
-        .optional()?;
+    let listed = tx
+        .query_opt(
+            "SELECT denied FROM deny_list_changes WHERE card_id = ?1 ORDER BY version DESC LIMIT 1",
+            &[card(card_id)],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?;
     assert_eq!(
-        listed.unwrap_or(false),
+        listed.unwrap_or(0) == 1,
         denied,
         "card {card_id}: {when} {event}, the account says denied = {denied} but the deny list disagrees"
     );
@@ -448,77 +455,90 @@ fn assert_deny_list_agrees(
 }
 
 /// The card registered to `phone`, if any.
-pub fn card_of_phone(conn: &Connection, phone: &str) -> Result<Option<u64>, AccountError> {
-    let card: Option<i64> =
-        conn.query_row("SELECT card_id FROM accounts WHERE phone = ?1", [phone], |r| r.get(0)).optional()?;
-    Ok(card.map(card_from_sql))
+pub fn card_of_phone(db: &mut dyn Db, phone: &str) -> Result<Option<u64>, AccountError> {
+    let row = db.query_opt("SELECT card_id FROM accounts WHERE phone = ?1", &[Value::Text(phone)])?;
+    Ok(row.map(|r| r.int(0)).transpose()?.map(card_from_sql))
 }
 
-pub fn account(conn: &Connection, card_id: u64) -> Result<Account, AccountError> {
-    conn.query_row(
+pub fn account(db: &mut dyn Db, card_id: u64) -> Result<Account, AccountError> {
+    let row = db.query_opt(
         "SELECT card_id, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents,
                 refund_requested_at, created_at, keys_valid_until, refund_due_at
          FROM accounts WHERE card_id = ?1",
-        [card_to_sql(card_id)],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                Cents::new(r.get(4)?),
-                r.get::<_, String>(5)?,
-                Cents::new(r.get(6)?),
-                r.get(7)?,
-                r.get(8)?,
-                (r.get(9)?, r.get(10)?),
-            ))
-        },
-    )
-    .optional()?
-    .ok_or(AccountError::NotFound(card_id))
-    .and_then(
-        |(card, phone, payment_user_id, agreement_id, deposit_cents, state, arrears_cents, refund, created, due)| {
-            let (keys_valid_until, refund_due_at) = due;
-            let state = AccountState::parse(&state)
-                .ok_or_else(|| AccountError::Store(StoreError::Corrupt(format!("account state {state:?}"))))?;
-            Ok(Account {
-                card_id: card_from_sql(card),
-                phone,
-                payment_user_id,
-                agreement_id,
-                deposit_cents,
-                state,
-                arrears_cents,
-                refund_requested_at: refund,
-                created_at: created,
-                keys_valid_until,
-                refund_due_at,
-            })
-        },
-    )
+        &[card(card_id)],
+    )?;
+    Ok(account_from_row(&row.ok_or(AccountError::NotFound(card_id))?)?)
+}
+
+/// The account, with its card locked until the transaction ends: what
+/// every change reads before it decides (see [`Lock`]).
+fn locked_account(tx: &mut dyn Db, card_id: u64) -> Result<Account, AccountError> {
+    tx.lock(Lock::Card(card_id))?;
+    account(tx, card_id)
+}
+
+fn account_from_row(r: &Row) -> Result<Account, StoreError> {
+    let state = r.text(5)?;
+    let state = AccountState::parse(state).ok_or_else(|| StoreError::Corrupt(format!("account state {state:?}")))?;
+    Ok(Account {
+        card_id: card_from_sql(r.int(0)?),
+        phone: r.text(1)?.to_string(),
+        payment_user_id: r.opt_text(2)?.map(str::to_string),
+        agreement_id: r.opt_text(3)?.map(str::to_string),
+        deposit_cents: Cents::new(r.int(4)?),
+        state,
+        arrears_cents: Cents::new(r.int(6)?),
+        refund_requested_at: r.opt_int(7)?,
+        created_at: r.int(8)?,
+        keys_valid_until: r.opt_int(9)?,
+        refund_due_at: r.opt_int(10)?,
+    })
 }
 
 /// The deny list as of its latest version: the cards on it (each card's
 /// newest change says denied; the list itself, not the rule again:
 /// `change` keeps the two in step and asserts it), and that version.
-pub fn deny_list(conn: &Connection) -> Result<(u64, Vec<u64>), StoreError> {
-    let version: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM deny_list_changes", [], |r| r.get(0))?;
-    let cards = conn
-        .prepare_cached(
+pub fn deny_list(db: &mut dyn Db) -> Result<(u64, Vec<u64>), StoreError> {
+    let version = deny_list_version(db)?;
+    let cards = db
+        .query(
             "SELECT card_id FROM deny_list_changes AS d
              WHERE denied = 1 AND version = (SELECT max(version) FROM deny_list_changes WHERE card_id = d.card_id)
              ORDER BY card_id",
+            &[],
         )?
-        .query_map([], |r| r.get::<_, i64>(0).map(card_from_sql))?
+        .iter()
+        .map(|r| r.int(0).map(card_from_sql))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((u64::try_from(version).unwrap_or(0), cards))
+    Ok((version, cards))
+}
+
+/// The deny list's latest version: 0 before its first change.
+fn deny_list_version(db: &mut dyn Db) -> Result<u64, StoreError> {
+    let row = db.query_opt("SELECT coalesce(max(version), 0) FROM deny_list_changes", &[])?;
+    let version = row.map(|r| r.int(0)).transpose()?.unwrap_or(0);
+    u64::try_from(version).map_err(|_| StoreError::Corrupt(format!("deny list version {version}")))
+}
+
+/// Appends the card's change to the deny list under the next version,
+/// assigned here under [`Lock::DenyList`] (not by the engine: a
+/// PostgreSQL sequence skips the numbers of rolled-back transactions),
+/// so a gateway following the list by version never sees a gap.
+fn append_deny_change(tx: &mut dyn Db, card_id: u64, denied: bool, now: UnixMillis) -> Result<(), StoreError> {
+    tx.lock(Lock::DenyList)?;
+    let next = deny_list_version(tx)? + 1;
+    let next = i64::try_from(next).map_err(|_| StoreError::Corrupt(format!("deny list version {next}")))?;
+    tx.execute(
+        "INSERT INTO deny_list_changes (version, card_id, denied, at) VALUES (?1, ?2, ?3, ?4)",
+        &[Value::Int(next), card(card_id), Value::Int(denied.into()), Value::Int(now)],
+    )?;
+    Ok(())
 }
 
 /// An event that changes neither state nor arrears (a payment declined,
 /// a rider told to pay first), in the history with its amount.
 pub fn note(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     event: &str,
     amount_cents: Cents,
@@ -531,29 +551,26 @@ pub fn note(
 }
 
 /// The amount of the card's latest `event` in its history, if any.
-pub fn last_note_amount(conn: &Connection, card_id: u64, event: &str) -> Result<Option<Cents>, AccountError> {
-    Ok(conn
-        .query_row(
-            "SELECT amount_cents FROM account_history WHERE card_id = ?1 AND event = ?2 ORDER BY seq DESC LIMIT 1",
-            params![card_to_sql(card_id), event],
-            |r| r.get(0).map(Cents::new),
-        )
-        .optional()?)
+pub fn last_note_amount(db: &mut dyn Db, card_id: u64, event: &str) -> Result<Option<Cents>, AccountError> {
+    let row = db.query_opt(
+        "SELECT amount_cents FROM account_history WHERE card_id = ?1 AND event = ?2 ORDER BY seq DESC LIMIT 1",
+        &[card(card_id), Value::Text(event)],
+    )?;
+    Ok(row.map(|r| r.int(0).map(Cents::new)).transpose()?)
 }
 
 /// Every deny-list change after `version`, in order.
-pub fn deny_changes_since(conn: &Connection, version: u64) -> Result<Vec<DenyChange>, StoreError> {
+pub fn deny_changes_since(db: &mut dyn Db, version: u64) -> Result<Vec<DenyChange>, StoreError> {
     let after = i64::try_from(version).unwrap_or(i64::MAX);
-    Ok(conn
-        .prepare_cached("SELECT version, card_id, denied FROM deny_list_changes WHERE version > ?1 ORDER BY version")?
-        .query_map([after], |r| {
-            Ok(DenyChange {
-                version: r.get::<_, i64>(0)?.unsigned_abs(),
-                card_id: card_from_sql(r.get(1)?),
-                denied: r.get(2)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?)
+    db.query(
+        "SELECT version, card_id, denied FROM deny_list_changes WHERE version > ?1 ORDER BY version",
+        &[Value::Int(after)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(DenyChange { version: r.int(0)?.unsigned_abs(), card_id: card_from_sql(r.int(1)?), denied: r.int(2)? == 1 })
+    })
+    .collect()
 }
 
 /// One entry in an account's history.
@@ -566,26 +583,27 @@ pub struct HistoryEntry {
     pub cause: String,
 }
 
-pub fn account_history(conn: &Connection, card_id: u64) -> Result<Vec<HistoryEntry>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT at, event, to_state, amount_cents, cause FROM account_history WHERE card_id = ?1 ORDER BY seq",
-        )?
-        .query_map([card_to_sql(card_id)], |r| {
-            Ok(HistoryEntry {
-                at: r.get(0)?,
-                event: r.get(1)?,
-                to_state: r.get(2)?,
-                amount_cents: Cents::new(r.get(3)?),
-                cause: r.get(4)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?)
+pub fn account_history(db: &mut dyn Db, card_id: u64) -> Result<Vec<HistoryEntry>, StoreError> {
+    db.query(
+        "SELECT at, event, to_state, amount_cents, cause FROM account_history WHERE card_id = ?1 ORDER BY seq",
+        &[card(card_id)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(HistoryEntry {
+            at: r.int(0)?,
+            event: r.text(1)?.to_string(),
+            to_state: r.text(2)?.to_string(),
+            amount_cents: Cents::new(r.int(3)?),
+            cause: r.text(4)?.to_string(),
+        })
+    })
+    .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
 fn history(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     at: UnixMillis,
     event: &str,
@@ -597,14 +615,14 @@ fn history(
     tx.execute(
         "INSERT INTO account_history (card_id, at, event, from_state, to_state, amount_cents, cause)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            card_to_sql(card_id),
-            at,
-            event,
-            from.map(AccountState::as_str),
-            to.as_str(),
-            amount_cents.get(),
-            cause
+        &[
+            card(card_id),
+            Value::Int(at),
+            Value::Text(event),
+            from.map(AccountState::as_str).into(),
+            Value::Text(to.as_str()),
+            Value::Int(amount_cents.get()),
+            Value::Text(cause),
         ],
     )?;
     Ok(())
@@ -619,123 +637,170 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::MoneyStore;
+    use crate::db::Sqlite;
+    use crate::store::SqliteStore;
+    use crate::test_cluster::on_both_stores;
 
     /// Issue 20: a sealed code's nonce is its card id and counter, so no
     /// counter may be handed to a card twice under one terminal key.
     #[test]
     fn each_credential_gets_its_own_block_of_code_counters_under_a_terminal_key() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
-        let tx = store.transaction().expect("tx");
-        register(&tx, 7, "+8613800000000", 1).expect("register");
-        assert!(matches!(keys_issued(&tx, 7, 10, 3), Err(AccountError::WrongState { .. })), "not active yet");
-        activate(&tx, 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
-        let block = |key_id| keys_issued(&tx, 7, 10, key_id).map(|b| b.counters);
-        assert_eq!(block(3).expect("first"), (0, 1 << 16));
-        assert_eq!(block(3).expect("second"), (1 << 16, 2 << 16), "the next block, never the same");
-        assert_eq!(block(4).expect("a newer key"), (0, 1 << 16), "a newer key starts again");
-        // Review: a clock that jumped ahead handed out a later key (4);
-        // set back, key 3 is handed out again. With one count per card it
-        // got no block until the jumped-to day; it goes on from its own.
-        assert_eq!(block(3).expect("key 3 again"), (2 << 16, 3 << 16), "its own count, never a block twice");
-        // An emergency rotation (9) before the next day's key (5), made
-        // a day ahead with a lower id: each has its own count.
-        assert_eq!(block(9).expect("the rotation"), (0, 1 << 16));
-        assert_eq!(block(5).expect("the next day's key, a lower id"), (0, 1 << 16));
-        tx.execute("UPDATE code_blocks SET issued = 65535 WHERE card_id = 7 AND terminal_key_id = 4", [])
-            .expect("nearly all");
-        assert_eq!(block(4).expect("the last"), (u32::MAX - (1 << 16) + 1, 1 << 32));
-        assert!(matches!(block(4), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 4, .. })));
-        // Counts are kept for the newest 128 ids: one further back has
-        // lost its count and gets no block, rather than block 0 again.
-        assert_eq!(block(9 + CODE_BLOCK_KEYS_KEPT).expect("far newer"), (0, 1 << 16));
-        assert!(matches!(block(3), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 3, .. })));
-        assert_eq!(block(9).expect("still kept"), (1 << 16, 2 << 16));
-        let rows: i64 =
-            tx.query_row("SELECT count(*) FROM code_blocks WHERE card_id = 7", [], |r| r.get(0)).expect("rows");
-        assert_eq!(rows, 2, "keys 9 and 137: the rest were pruned");
-        assert_eq!(block(u16::MAX).expect("the last id"), (0, 1 << 16));
+        on_both_stores(|tx, engine| {
+            register(tx, 7, "+8613800000000", 1).expect("register");
+            assert!(matches!(keys_issued(tx, 7, 10, 3), Err(AccountError::WrongState { .. })), "{engine}: not active");
+            activate(tx, 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
+            let mut block = |key_id| keys_issued(tx, 7, 10, key_id).map(|b| b.counters);
+            assert_eq!(block(3).expect("first"), (0, 1 << 16));
+            assert_eq!(block(3).expect("second"), (1 << 16, 2 << 16), "the next block, never the same");
+            assert_eq!(block(4).expect("a newer key"), (0, 1 << 16), "a newer key starts again");
+            // Review: a clock that jumped ahead handed out a later key (4);
+            // set back, key 3 is handed out again. With one count per card it
+            // got no block until the jumped-to day; it goes on from its own.
+            assert_eq!(block(3).expect("key 3 again"), (2 << 16, 3 << 16), "its own count, never a block twice");
+            // An emergency rotation (9) before the next day's key (5), made
+            // a day ahead with a lower id: each has its own count.
+            assert_eq!(block(9).expect("the rotation"), (0, 1 << 16));
+            assert_eq!(block(5).expect("the next day's key, a lower id"), (0, 1 << 16));
+            tx.execute("UPDATE code_blocks SET issued = 65535 WHERE card_id = 7 AND terminal_key_id = 4", &[])
+                .expect("nearly all");
+            let mut block = |key_id| keys_issued(tx, 7, 10, key_id).map(|b| b.counters);
+            assert_eq!(block(4).expect("the last"), (u32::MAX - (1 << 16) + 1, 1 << 32));
+            assert!(matches!(block(4), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 4, .. })));
+            // Counts are kept for the newest 128 ids: one further back has
+            // lost its count and gets no block, rather than block 0 again.
+            assert_eq!(block(9 + CODE_BLOCK_KEYS_KEPT).expect("far newer"), (0, 1 << 16));
+            assert!(matches!(block(3), Err(AccountError::CodeBlocksExhausted { terminal_key_id: 3, .. })));
+            assert_eq!(block(9).expect("still kept"), (1 << 16, 2 << 16));
+            let rows = tx.query_opt("SELECT count(*) FROM code_blocks WHERE card_id = 7", &[]).expect("rows");
+            assert_eq!(rows.expect("a count").int(0).expect("int"), 2, "keys 9 and 137: the rest were pruned");
+            let valid_until = |tx: &mut dyn Db| account(tx, 7).expect("account").keys_valid_until;
+            assert_eq!(valid_until(tx), Some(10), "{engine}");
+            keys_issued(tx, 7, 5, 9).expect("an older credential");
+            assert_eq!(valid_until(tx), Some(10), "{engine}: never moved back");
+            keys_issued(tx, 7, i64::MAX, 9).expect("the latest time");
+            assert_eq!(valid_until(tx), Some(i64::MAX), "{engine}");
+            assert_eq!(keys_issued(tx, 7, 10, u16::MAX).map(|b| b.counters).expect("the last id"), (0, 1 << 16));
+            valid_until(tx)
+        });
     }
 
     /// Migration 12 carries each card's count under its last key over, so
-    /// an upgrade never hands a block out again.
+    /// an upgrade never hands a block out again (SQLite only: PostgreSQL
+    /// stores start at version 14).
     #[test]
     fn a_count_from_before_per_key_counts_carries_over() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.sqlite");
-        let mut store = MoneyStore::open(&path, Duration::from_secs(1)).expect("store");
+        let mut store = SqliteStore::open(&path, Duration::from_secs(1)).expect("store");
         let tx = store.transaction().expect("tx");
-        register(&tx, 7, "+8613800000000", 1).expect("register");
-        activate(&tx, 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
+        register(&mut Sqlite(&tx), 7, "+8613800000000", 1).expect("register");
+        activate(&mut Sqlite(&tx), 7, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
         tx.execute("UPDATE accounts SET code_blocks_terminal_key_id = 3, code_blocks_issued = 5 WHERE card_id = 7", [])
             .expect("a count as migration 11 kept it");
         tx.execute("DROP TABLE code_blocks", []).expect("back to version 11");
         tx.commit().expect("commit");
         store.connection().pragma_update(None, "user_version", 11).expect("version 11");
         drop(store);
-        let mut store = MoneyStore::open(&path, Duration::from_secs(1)).expect("upgraded");
+        let mut store = SqliteStore::open(&path, Duration::from_secs(1)).expect("upgraded");
         let tx = store.transaction().expect("tx");
-        assert_eq!(keys_issued(&tx, 7, 10, 3).map(|b| b.counters).expect("key 3"), (5 << 16, 6 << 16));
-        assert_eq!(keys_issued(&tx, 7, 10, 4).map(|b| b.counters).expect("key 4"), (0, 1 << 16));
+        let block = |key| keys_issued(&mut Sqlite(&tx), 7, 10, key).map(|b| b.counters);
+        assert_eq!(block(3).expect("key 3"), (5 << 16, 6 << 16));
+        assert_eq!(block(4).expect("key 4"), (0, 1 << 16));
     }
 
     #[test]
     fn arrears_deny_the_card_until_paid_and_every_change_is_in_the_history() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
-        let tx = store.transaction().expect("tx");
-        register(&tx, u64::MAX, "+8613800000000", 1).expect("register");
-        assert!(matches!(register(&tx, 2, "+8613800000000", 1), Err(AccountError::PhoneTaken(_))));
-        assert!(matches!(add_arrears(&tx, 3, Cents::new(1), "x", 1), Err(AccountError::NotFound(3))));
-        activate(&tx, u64::MAX, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
-        assert!(matches!(activate(&tx, u64::MAX, "p", "a", Cents::new(1), 2), Err(AccountError::WrongState { .. })));
-        let owing = add_arrears(&tx, u64::MAX, Cents::new(300), "charge 01 declined", 3).expect("arrears");
-        assert_eq!((owing.state, owing.arrears_cents.get()), (AccountState::InArrears, 300));
-        add_arrears(&tx, u64::MAX, Cents::new(200), "charge 02 declined", 4).expect("more arrears");
-        assert_eq!(deny_list(&tx).expect("list"), (1, vec![u64::MAX]), "denied once, however many declines");
-        let part = pay_arrears(&tx, u64::MAX, Cents::new(100), "payment p-1", 5).expect("pay part");
-        assert_eq!((part.state, part.arrears_cents.get()), (AccountState::InArrears, 400), "still owes, still denied");
-        let paid = pay_arrears(&tx, u64::MAX, Cents::new(400), "payment p-2", 5).expect("pay");
-        assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
-        assert_eq!(deny_list(&tx).expect("list"), (2, vec![]));
-        let overpaid =
-            pay_arrears(&tx, u64::MAX, Cents::new(70), "payment p-3", 6).expect("a payment nothing was owed for");
-        assert_eq!((overpaid.state, overpaid.arrears_cents.get()), (AccountState::Active, 0));
-        let events: Vec<(String, i64)> = account_history(&tx, u64::MAX)
-            .expect("history")
-            .into_iter()
-            .map(|h| (h.event, h.amount_cents.get()))
-            .collect();
-        let expected = [
-            ("registered", 0),
-            ("activated", 2_000),
-            ("arrears_added", 300),
-            ("arrears_added", 200),
-            ("arrears_paid", -100),
-            ("arrears_paid", -400),
-            ("arrears_paid", 0),
-            ("arrears_overpaid", 70),
-        ];
-        assert_eq!(events, expected.map(|(e, a)| (e.to_string(), a)));
+        on_both_stores(|tx, _| {
+            register(tx, u64::MAX, "+8613800000000", 1).expect("register");
+            assert!(matches!(register(tx, 2, "+8613800000000", 1), Err(AccountError::PhoneTaken(_))));
+            assert!(matches!(add_arrears(tx, 3, Cents::new(1), "x", 1), Err(AccountError::NotFound(3))));
+            activate(tx, u64::MAX, "payer-1", "agr-1", Cents::new(2_000), 2).expect("activate");
+            assert!(matches!(activate(tx, u64::MAX, "p", "a", Cents::new(1), 2), Err(AccountError::WrongState { .. })));
+            let owing = add_arrears(tx, u64::MAX, Cents::new(300), "charge 01 declined", 3).expect("arrears");
+            assert_eq!((owing.state, owing.arrears_cents.get()), (AccountState::InArrears, 300));
+            add_arrears(tx, u64::MAX, Cents::new(200), "charge 02 declined", 4).expect("more arrears");
+            assert_eq!(deny_list(tx).expect("list"), (1, vec![u64::MAX]), "denied once, however many declines");
+            let part = pay_arrears(tx, u64::MAX, Cents::new(100), "payment p-1", 5).expect("pay part");
+            assert_eq!((part.state, part.arrears_cents.get()), (AccountState::InArrears, 400), "still denied");
+            let paid = pay_arrears(tx, u64::MAX, Cents::new(400), "payment p-2", 5).expect("pay");
+            assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
+            assert_eq!(deny_list(tx).expect("list"), (2, vec![]));
+            let overpaid =
+                pay_arrears(tx, u64::MAX, Cents::new(70), "payment p-3", 6).expect("a payment nothing was owed for");
+            assert_eq!((overpaid.state, overpaid.arrears_cents.get()), (AccountState::Active, 0));
+            let events: Vec<(String, i64)> = account_history(tx, u64::MAX)
+                .expect("history")
+                .into_iter()
+                .map(|h| (h.event, h.amount_cents.get()))
+                .collect();
+            let expected = [
+                ("registered", 0),
+                ("activated", 2_000),
+                ("arrears_added", 300),
+                ("arrears_added", 200),
+                ("arrears_paid", -100),
+                ("arrears_paid", -400),
+                ("arrears_paid", 0),
+                ("arrears_overpaid", 70),
+            ];
+            assert_eq!(events, expected.map(|(e, a)| (e.to_string(), a)));
+            assert_eq!(last_note_amount(tx, u64::MAX, "arrears_paid").expect("note"), Some(Cents::ZERO));
+            assert_eq!(last_note_amount(tx, u64::MAX, "never").expect("note"), None);
+            let changes = deny_changes_since(tx, 0).expect("changes");
+            let since_1 = deny_changes_since(tx, 1).expect("changes");
+            assert_eq!(deny_changes_since(tx, u64::MAX).expect("none after the last"), vec![]);
+            (events, changes, since_1, account(tx, u64::MAX).expect("account"))
+        });
+    }
+
+    /// A refund on both engines: requested (denied at once), due only
+    /// after the newest credential and the lateness allowed, arrears set
+    /// off against the deposit, the rest returned, then closed and off
+    /// the list; then the rider signs up again on the same card.
+    #[test]
+    fn a_refund_sets_off_returns_and_closes_and_the_rider_may_come_back() {
+        let life = on_both_stores(|tx, engine| {
+            register(tx, 9, "", 1).expect("the shortest phone");
+            activate(tx, 9, "payer-9", "agr-9", Cents::new(2_000), 2).expect("activate");
+            keys_issued(tx, 9, 1_000, 1).expect("keys");
+            add_arrears(tx, 9, Cents::new(500), "charge declined", 3).expect("arrears");
+            let pending = request_refund(tx, 9, 100, 10).expect("refund asked for");
+            assert_eq!((pending.state, pending.refund_due_at), (AccountState::RefundPending, Some(1_100)), "{engine}");
+            assert_eq!(refunds_due(tx, 1_099, 100).expect("due"), Vec::<u64>::new(), "{engine}: not before");
+            assert_eq!(refunds_due(tx, 1_100, 100).expect("due"), vec![9], "{engine}");
+            assert!(!money_in_flight(tx, 9).expect("in flight"), "{engine}");
+            assert_eq!(set_off_arrears_against_deposit(tx, 9, 1_100).expect("set off"), Cents::new(500));
+            assert_eq!(set_off_arrears_against_deposit(tx, 9, 1_100).expect("again"), Cents::ZERO, "once");
+            let returned = deposit_returned(tx, 9, "refund r-1", 1_101).expect("returned");
+            assert_eq!(returned.deposit_cents, Cents::ZERO);
+            assert!(matches!(close(tx, 9, "closed", 100, 1_099), Err(AccountError::NotYet { .. })), "{engine}");
+            let closed = close(tx, 9, "refund paid", 100, 1_102).expect("closed");
+            assert_eq!(closed.state, AccountState::Closed);
+            assert_eq!(deny_list(tx).expect("list").1, Vec::<u64>::new(), "{engine}: off the list once closed");
+            let again = reopen(tx, 9, 2_000).expect("signed up again");
+            assert_eq!(card_of_phone(tx, "").expect("phone"), Some(9));
+            (again, deny_list(tx).expect("list"), account_history(tx, 9).expect("history"))
+        });
+        assert_eq!(life.0.state, AccountState::Registered);
+        assert_eq!(life.1.0, 2, "denied at the decline, stayed through the refund, off at the close: gapless");
     }
 
     #[test]
     fn a_change_to_a_card_the_deny_list_disagrees_with_stops_before_it_is_written() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
-        let tx = store.transaction().expect("tx");
-        register(&tx, 5, "+8613800000005", 1).expect("register");
-        activate(&tx, 5, "payer-5", "agr-5", Cents::new(2_000), 2).expect("activate");
-        add_arrears(&tx, 5, Cents::new(300), "charge 01 declined", 3).expect("arrears");
-        // The list loses the card (a hand edit, or a write that skipped it).
-        tx.execute("DELETE FROM deny_list_changes WHERE card_id = 5", []).expect("tamper");
-        let paying = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pay_arrears(&tx, 5, Cents::new(300), "payment p-1", 4).map(|_| ())
-        }));
-        let message = paying.expect_err("the disagreement is caught");
-        let message = message.downcast_ref::<String>().expect("a formatted message");
-        assert!(message.contains("card 5: before arrears_paid"), "{message}");
-        assert_eq!(account(&tx, 5).expect("account").arrears_cents.get(), 300, "nothing written");
+        on_both_stores(|tx, _| {
+            register(tx, 5, "+8613800000005", 1).expect("register");
+            activate(tx, 5, "payer-5", "agr-5", Cents::new(2_000), 2).expect("activate");
+            add_arrears(tx, 5, Cents::new(300), "charge 01 declined", 3).expect("arrears");
+            // The list loses the card (a hand edit, or a write that skipped it).
+            tx.execute("DELETE FROM deny_list_changes WHERE card_id = 5", &[]).expect("tamper");
+            let paying = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pay_arrears(tx, 5, Cents::new(300), "payment p-1", 4).map(|_| ())
+            }));
+            let message = paying.expect_err("the disagreement is caught");
+            let message = message.downcast_ref::<String>().expect("a formatted message").clone();
+            assert!(message.contains("card 5: before arrears_paid"), "{message}");
+            assert_eq!(account(tx, 5).expect("account").arrears_cents.get(), 300, "nothing written");
+            message
+        });
     }
 }

@@ -13,12 +13,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Encoding;
-use parquet::file::properties::WriterProperties;
-use rusqlite::params;
-
 use crate::MoneyStore;
+use crate::db::{Db, Lock, Value};
 use crate::outbox::archive_batch;
 use crate::store::StoreError;
 use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
@@ -26,6 +22,10 @@ use farestream_core::charges::{ChargeRecord, UNDECIDED_OUTCOMES_SQL};
 use farestream_core::clock::UnixMillis;
 use farestream_ingest::archive::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
 use farestream_ingest::faults::Faults;
+use farestream_ingest::node_id::NodeId;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Encoding;
+use parquet::file::properties::WriterProperties;
 
 /// Where the charges archive lives under a data directory.
 pub fn charges_root(data_dir: &Path) -> PathBuf {
@@ -40,16 +40,12 @@ pub enum ChargesArchiveError {
     Archive(#[from] ArchiveError),
 }
 
-impl From<rusqlite::Error> for ChargesArchiveError {
-    fn from(error: rusqlite::Error) -> Self {
-        ChargesArchiveError::Store(StoreError::Sql(error))
-    }
-}
-
 /// The charges archive of a running server: its own store connection.
 pub struct ChargesArchive {
     pub store: std::sync::Mutex<MoneyStore>,
     pub root: PathBuf,
+    /// This server's data dir: its batches are its own.
+    pub node: NodeId,
     pub batch_charges_max: usize,
     pub faults: std::sync::Arc<Faults>,
     pub clock: std::sync::Arc<dyn farestream_ingest::clock_source::Clock>,
@@ -59,55 +55,70 @@ impl ChargesArchive {
     /// Archives every decided charge not yet archived (blocking).
     pub fn run_once(&self) -> Result<u64, ChargesArchiveError> {
         let mut store = farestream_core::sync::lock(&self.store);
-        archive_decided_charges(&mut store, &self.root, self.batch_charges_max, self.clock.now_ms(), &self.faults)
+        let place = ArchivePlace { root: &self.root, node: &self.node };
+        archive_decided_charges(&mut store, place, self.batch_charges_max, self.clock.now_ms(), &self.faults)
     }
+}
+
+/// Where a server's charges archive is: the directory its files go to
+/// and the node whose batches they are.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchivePlace<'a> {
+    pub root: &'a Path,
+    pub node: &'a NodeId,
 }
 
 /// Archives decided charges until none are left; returns how many.
 pub fn archive_decided_charges(
     store: &mut MoneyStore,
-    root: &Path,
+    place: ArchivePlace<'_>,
     batch_charges_max: usize,
     now: UnixMillis,
     faults: &Faults,
 ) -> Result<u64, ChargesArchiveError> {
     let mut archived = 0;
     loop {
-        let Some(batch) = claim_batch(store, batch_charges_max)? else { return Ok(archived) };
+        let claimed = store.in_transaction(|tx| claim_batch(tx, place.node, batch_charges_max))?;
+        let Some(batch) = claimed else { return Ok(archived) };
         let rows = archive_batch(&mut store.db(), batch)?;
-        write_charges_batch(root, batch, &rows, faults)?;
-        let tx = store.transaction()?;
-        tx.execute("UPDATE charges SET archived_at = ?2 WHERE archive_batch = ?1", params![batch, now])?;
-        tx.commit().map_err(StoreError::from)?;
+        write_charges_batch(place.root, batch, &rows, faults)?;
+        store.in_transaction(|tx| {
+            tx.execute("UPDATE charges SET archived_at = ?2 WHERE archive_batch = ?1", &[batch.into(), now.into()])
+        })?;
         archived += rows.len() as u64;
     }
 }
 
-/// The batch left unfinished by a crash, or a new one of decided charges,
-/// the oldest written first: `charges_by_archive_batch` holds the
+/// This node's batch left unfinished by a crash, or a new one of decided
+/// charges, the oldest written first: `charges_by_archive_batch` holds the
 /// unarchived ones in write order (migration 14), so the claim reads them
-/// in index order rather than sorting them all.
-fn claim_batch(store: &mut MoneyStore, batch_charges_max: usize) -> Result<Option<i64>, ChargesArchiveError> {
-    let tx = store.transaction()?;
-    let unfinished: Option<i64> = tx.query_row(
-        "SELECT min(archive_batch) FROM charges WHERE archive_batch IS NOT NULL AND archived_at IS NULL",
-        [],
-        |r| r.get(0),
-    )?;
+/// in index order rather than sorting them all. Claims are taken one at a
+/// time ([`Lock::ChargesArchive`]): batch numbers are unique across the
+/// nodes of one store, and a charge is in one node's batch.
+fn claim_batch(tx: &mut dyn Db, node: &NodeId, batch_charges_max: usize) -> Result<Option<i64>, StoreError> {
+    tx.lock(Lock::ChargesArchive)?;
+    let node = Value::Text(node.as_str());
+    let unfinished = tx
+        .query_one(
+            "SELECT min(archive_batch) FROM charges
+             WHERE archive_batch IS NOT NULL AND archived_at IS NULL
+               AND (archive_node = ?1 OR archive_node IS NULL)",
+            &[node],
+        )?
+        .opt_int(0)?;
     if unfinished.is_some() {
         return Ok(unfinished);
     }
-    let next: i64 = tx.query_row("SELECT coalesce(max(archive_batch), 0) + 1 FROM charges", [], |r| r.get(0))?;
+    let next = tx.query_one("SELECT coalesce(max(archive_batch), 0) + 1 FROM charges", &[])?.int(0)?;
     let claimed = tx.execute(
         &format!(
-            "UPDATE charges SET archive_batch = ?1 WHERE charge_seq IN (
+            "UPDATE charges SET archive_batch = ?1, archive_node = ?2 WHERE charge_seq IN (
                  SELECT charge_seq FROM charges
                  WHERE archive_batch IS NULL AND outcome NOT IN {UNDECIDED_OUTCOMES_SQL}
-                 ORDER BY charge_seq LIMIT ?2)"
+                 ORDER BY charge_seq LIMIT ?3)"
         ),
-        params![next, i64::try_from(batch_charges_max).unwrap_or(i64::MAX)],
+        &[next.into(), node, Value::Int(i64::try_from(batch_charges_max).unwrap_or(i64::MAX))],
     )?;
-    tx.commit().map_err(StoreError::from)?;
     Ok((claimed > 0).then_some(next))
 }
 
@@ -162,54 +173,92 @@ pub fn write_charges_batch(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+    use crate::test_cluster::on_each_engine;
     use farestream_ingest::archive::read::{archive_files, read_all_charges};
 
-    fn insert(store: &MoneyStore, n: u8, date_days: i64, outcome: &str) {
+    fn insert(store: &mut MoneyStore, n: u8, date_days: i64, outcome: &str) {
+        let id = [n; 16];
         store
-            .connection()
+            .db()
             .execute(
                 "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
                                       created_at, outcome, next_attempt_at)
                  VALUES (?1, 7, ?2, 'ride', 300, 'CNY', ?3, 1, ?4, 0)",
-                params![vec![n; 16], date_days, vec![n; 16], outcome],
+                &[Value::Bytes(&id), date_days.into(), Value::Bytes(&id), Value::Text(outcome)],
             )
             .expect("insert");
     }
 
+    fn node(n: u8) -> NodeId {
+        NodeId::parse(&format!("{n:02x}").repeat(16)).expect("a node id")
+    }
+
     #[test]
     fn a_batch_cut_short_by_a_crash_is_written_again_under_the_same_names_and_undecided_charges_wait() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
-        insert(&store, 1, 20_000, "succeeded");
-        insert(&store, 2, 20_001, "declined");
-        insert(&store, 3, 20_001, "nothing_due");
-        insert(&store, 4, 20_001, "failed");
-        insert(&store, 5, 20_001, "pending");
-        let root = dir.path().join("charges");
-        // The crash: the batch was numbered, its files never written.
-        assert_eq!(claim_batch(&mut store, 2).expect("claim"), Some(1));
-        let faults = Faults::default();
-        assert_eq!(archive_decided_charges(&mut store, &root, 2, 99, &faults).expect("archive"), 3);
-        assert_eq!(archive_decided_charges(&mut store, &root, 2, 99, &faults).expect("again"), 0);
-        let mut ids: Vec<u8> = read_all_charges(&root).expect("read").iter().map(|c| c.charge_id[0]).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, vec![1, 2, 3], "decided charges once each; failed and pending wait");
-        let names: Vec<String> = archive_files(&root)
-            .expect("files")
-            .iter()
-            .map(|p| p.strip_prefix(&root).expect("under root").display().to_string())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "service_date=2024-10-04/charges-000000000001.parquet",
-                "service_date=2024-10-05/charges-000000000001.parquet",
-                "service_date=2024-10-05/charges-000000000002.parquet",
-            ]
-        );
-        assert_eq!(fs::read_dir(root.join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
+        on_each_engine(|store, engine| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            insert(store, 1, 20_000, "succeeded");
+            insert(store, 2, 20_001, "declined");
+            insert(store, 3, 20_001, "nothing_due");
+            insert(store, 4, 20_001, "failed");
+            insert(store, 5, 20_001, "pending");
+            let root = dir.path().join("charges");
+            let node = node(1);
+            let place = ArchivePlace { root: &root, node: &node };
+            // The crash: the batch was numbered, its files never written.
+            let claimed = store.in_transaction(|tx| claim_batch(tx, &node, 2)).expect("claim");
+            assert_eq!(claimed, Some(1), "{engine}");
+            let faults = Faults::default();
+            assert_eq!(archive_decided_charges(store, place, 2, 99, &faults).expect("archive"), 3, "{engine}");
+            assert_eq!(archive_decided_charges(store, place, 2, 99, &faults).expect("again"), 0, "{engine}");
+            let mut ids: Vec<u8> = read_all_charges(&root).expect("read").iter().map(|c| c.charge_id[0]).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![1, 2, 3], "{engine}: decided charges once each; failed and pending wait");
+            let names: Vec<String> = archive_files(&root)
+                .expect("files")
+                .iter()
+                .map(|p| p.strip_prefix(&root).expect("under root").display().to_string())
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    "service_date=2024-10-04/charges-000000000001.parquet",
+                    "service_date=2024-10-05/charges-000000000001.parquet",
+                    "service_date=2024-10-05/charges-000000000002.parquet",
+                ],
+                "{engine}"
+            );
+            assert_eq!(fs::read_dir(root.join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
+        });
+    }
+
+    /// Two servers on one store: a batch one of them left unfinished is
+    /// its own to finish; the other numbers a new batch after it and
+    /// never archives a charge twice.
+    #[test]
+    fn two_nodes_on_one_store_finish_only_their_own_batches_and_number_them_apart() {
+        on_each_engine(|store, engine| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for n in 1..=4 {
+                insert(store, n, 20_000, "succeeded");
+            }
+            let (a, b) = (node(0xa), node(0xb));
+            let (root_a, root_b) = (dir.path().join("a"), dir.path().join("b"));
+            assert_eq!(store.in_transaction(|tx| claim_batch(tx, &a, 2)).expect("a claims"), Some(1), "{engine}");
+            let faults = Faults::default();
+            let place_b = ArchivePlace { root: &root_b, node: &b };
+            assert_eq!(archive_decided_charges(store, place_b, 2, 5, &faults).expect("b"), 2, "{engine}");
+            let place_a = ArchivePlace { root: &root_a, node: &a };
+            assert_eq!(archive_decided_charges(store, place_a, 2, 6, &faults).expect("a"), 2, "{engine}");
+            let ids = |root: &Path| -> Vec<u8> {
+                let mut ids: Vec<u8> = read_all_charges(root).expect("read").iter().map(|c| c.charge_id[0]).collect();
+                ids.sort_unstable();
+                ids
+            };
+            assert_eq!((ids(&root_a), ids(&root_b)), (vec![1, 2], vec![3, 4]), "{engine}: each charge once");
+            let b_file = root_b.join("service_date=2024-10-04/charges-000000000002.parquet");
+            assert!(b_file.exists(), "{engine}: b numbered its batch after a's");
+        });
     }
 }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::accounts::{deny_changes_since, deny_list};
-use crate::store::{MoneyStore, StoreError};
+use crate::money_store::MoneyStore;
+use crate::store::StoreError;
 use farestream_core::deny_list::DenyListLog;
 use farestream_core::ingest::Pipeline;
 use farestream_core::sync::lock;
@@ -26,11 +27,11 @@ pub struct DenyListHub {
 impl DenyListHub {
     /// The list as the store has it, loaded into `pipeline`'s check.
     pub fn load(
-        store: MoneyStore,
+        mut store: MoneyStore,
         pipeline: Arc<Pipeline>,
         changes_kept_max: usize,
     ) -> Result<DenyListHub, StoreError> {
-        let (version, cards) = deny_list(store.connection())?;
+        let (version, cards) = deny_list(&mut store.db())?;
         for card_id in &cards {
             pipeline.set_denied(*card_id, true);
         }
@@ -63,7 +64,7 @@ impl DenyListHub {
     /// Applies the store's changes since the last sync (blocking: a query).
     pub fn sync(&self) -> Result<u64, StoreError> {
         let mut log = lock(&self.log);
-        let changes = deny_changes_since(lock(&self.store).connection(), log.version())?;
+        let changes = deny_changes_since(&mut lock(&self.store).db(), log.version())?;
         for change in changes {
             self.pipeline.set_denied(change.card_id, change.denied);
             log.apply(change);

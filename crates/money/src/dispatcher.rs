@@ -31,16 +31,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use rusqlite::params;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{self, Account};
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_to_sql};
+use crate::db::{Db, Engine, Lock, Row, Value};
 use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
+use crate::money_store::MoneyStore;
 use crate::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
-use crate::store::{MoneyStore, StoreError, step_ended};
+use crate::store::{StoreError, step_ended};
 use farestream_core::charges::{
     ChargeKind, ChargeOutcome, FirstSend, Payer, RiderDay, UNDECIDED_OUTCOMES_SQL, first_send, rest_of,
 };
@@ -191,27 +192,30 @@ impl Dispatcher {
         let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
         let lease = duration_ms(self.settings.lease);
         blocking(move || {
-            let mut store = lock(&store);
-            let tx = store.transaction()?;
-            let due = due_charges(&tx, now, limit)?;
-            let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), ..ClaimRound::default() };
-            for (charge, has_account) in due {
-                match decide_before_sending(&tx, &charge, has_account, decided_at)? {
-                    Decided::Send => round.claimed.push(charge),
-                    Decided::NotSent { outcome, undenied } => {
-                        round.not_sent.push(outcome);
-                        round.undenied |= undenied;
+            lock(&store).in_transaction(|tx| {
+                let due = due_charges(tx, now, limit)?;
+                let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), ..ClaimRound::default() };
+                for (charge, has_account) in due {
+                    match decide_before_sending(tx, &charge, has_account, decided_at)? {
+                        Decided::Send => round.claimed.push(charge),
+                        Decided::NotSent { outcome, undenied } => {
+                            round.not_sent.push(outcome);
+                            round.undenied |= undenied;
+                        }
                     }
                 }
-            }
-            let mut lease_it =
-                tx.prepare_cached("UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1")?;
-            for charge in &round.claimed {
-                lease_it.execute(params![&charge.charge_id[..], charge.claim, now.saturating_add(lease)])?;
-            }
-            drop(lease_it);
-            tx.commit()?;
-            Ok(round)
+                for charge in &round.claimed {
+                    tx.execute(
+                        "UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1",
+                        &[
+                            Value::Bytes(&charge.charge_id),
+                            Value::Int(charge.claim.into()),
+                            Value::Int(now.saturating_add(lease)),
+                        ],
+                    )?;
+                }
+                Ok(round)
+            })
         })
         .await
     }
@@ -265,13 +269,10 @@ impl Dispatcher {
     async fn release(&self, charge: &Claimed) -> Result<(), StoreError> {
         let (store, id, claim) = (Arc::clone(&self.store), charge.charge_id, charge.claim);
         blocking(move || {
-            let mut store = lock(&store);
-            let tx = store.transaction()?;
             let sql = format!(
                 "UPDATE charges SET lease_until = 0 WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
             );
-            tx.execute(&sql, params![&id[..], claim])?;
-            tx.commit()?;
+            lock(&store).db().execute(&sql, &[Value::Bytes(&id), Value::Int(claim.into())])?;
             Ok(())
         })
         .await
@@ -290,15 +291,11 @@ impl Dispatcher {
         let (store, wake) = (Arc::clone(&self.store), Arc::clone(&self.wake));
         tokio::spawn(async move {
             let due_now = blocking(move || {
-                let mut store = lock(&store);
-                let tx = store.transaction()?;
-                let moved = tx.execute(
+                lock(&store).db().execute(
                     "UPDATE charges SET next_attempt_at = ?1
                      WHERE outcome = ?2 AND next_attempt_at > ?1 AND lease_until <= ?1",
-                    params![now, ChargeOutcome::Pending.as_str()],
-                )?;
-                tx.commit()?;
-                Ok(moved)
+                    &[Value::Int(now), Value::Text(ChargeOutcome::Pending.as_str())],
+                )
             })
             .await;
             if let Err(error) = due_now {
@@ -316,56 +313,79 @@ impl Dispatcher {
         let (now, wall, random) = (self.clock.now_ms(), SystemClock.now_ms(), random_u64());
         let charge = charge.clone();
         blocking(move || {
-            let mut store = lock(&store);
-            let tx = store.transaction()?;
-            let id = &charge.charge_id[..];
-            let before = Attempts { count: charge.attempts_before, first_at: charge.first_attempt_at };
-            let decision = decide_answer(answer.as_decided(), before, sent, charge.amount_cents, &policy, wall, random);
-            let Attempts { count: attempts, first_at: first_attempt_at } = decision.attempts;
-            let outcome = decision.after.outcome();
-            let mut declined_account = None;
-            let detail = answer.detail();
-            let written = match decision.after {
-                AfterAnswer::Succeeded => tx.execute(
-                    &format!(
-                        "UPDATE charges SET outcome = ?7, decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
-                                            attempts = ?5, first_attempt_at = ?6
-                         WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
-                    ),
-                    params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
-                )?,
-                AfterAnswer::Declined(effect) => {
-                    let written = tx.execute(
-                        &format!(
-                            "UPDATE charges SET outcome = ?7, decided_at = ?3, last_error = ?4,
-                                                attempts = ?5, first_attempt_at = ?6
-                             WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
-                        ),
-                        params![id, charge.claim, now, detail, attempts, first_attempt_at, outcome.as_str()],
-                    )?;
-                    if written > 0 {
-                        declined_account = record_decline(&tx, &charge, effect, detail, now)?;
-                    }
-                    written
-                }
-                AfterAnswer::TryAgain { at, .. } => {
-                    retry_later(&tx, &charge, (attempts, first_attempt_at), outcome, detail, at)?
-                }
-            };
-            tx.commit()?;
-            if written == 0 {
-                tracing::debug!(charge = %hex::encode(charge.charge_id), "an outcome for a lease since taken over");
-            }
-            Ok(declined_account)
+            lock(&store).in_transaction(|tx| record_answer(tx, &charge, answer, sent, (&policy, now, wall, random)))
         })
         .await
     }
 }
 
+/// Writes an answer in `tx`, if this claim still holds the charge; see
+/// [`Dispatcher::record`].
+fn record_answer(
+    tx: &mut dyn Db,
+    charge: &Claimed,
+    answer: Answer,
+    sent: bool,
+    (policy, now, wall, random): (&RetryPolicy, UnixMillis, UnixMillis, u64),
+) -> Result<Option<Account>, StoreError> {
+    let id = Value::Bytes(&charge.charge_id);
+    let before = Attempts { count: charge.attempts_before, first_at: charge.first_attempt_at };
+    let decision = decide_answer(answer.as_decided(), before, sent, charge.amount_cents, policy, wall, random);
+    let Attempts { count: attempts, first_at: first_attempt_at } = decision.attempts;
+    let outcome = decision.after.outcome();
+    let mut declined_account = None;
+    let detail = answer.detail();
+    let written = match decision.after {
+        AfterAnswer::Succeeded => tx.execute(
+            &format!(
+                "UPDATE charges SET outcome = ?7, decided_at = ?3, gateway_txn_id = ?4, last_error = NULL,
+                                    attempts = ?5, first_attempt_at = ?6
+                 WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
+            ),
+            &[
+                id,
+                Value::Int(charge.claim.into()),
+                Value::Int(now),
+                Value::Text(detail),
+                Value::Int(attempts.into()),
+                first_attempt_at.into(),
+                Value::Text(outcome.as_str()),
+            ],
+        )?,
+        AfterAnswer::Declined(effect) => {
+            let written = tx.execute(
+                &format!(
+                    "UPDATE charges SET outcome = ?7, decided_at = ?3, last_error = ?4,
+                                        attempts = ?5, first_attempt_at = ?6
+                     WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
+                ),
+                &[
+                    id,
+                    Value::Int(charge.claim.into()),
+                    Value::Int(now),
+                    Value::Text(detail),
+                    Value::Int(attempts.into()),
+                    first_attempt_at.into(),
+                    Value::Text(outcome.as_str()),
+                ],
+            )?;
+            if written > 0 {
+                declined_account = record_decline(tx, charge, effect, detail, now)?;
+            }
+            written
+        }
+        AfterAnswer::TryAgain { at, .. } => retry_later(tx, charge, (attempts, first_attempt_at), outcome, detail, at)?,
+    };
+    if written == 0 {
+        tracing::debug!(charge = %hex::encode(charge.charge_id), "an outcome for a lease since taken over");
+    }
+    Ok(declined_account)
+}
+
 /// What a written decline does to the rider's money
 /// ([`DeclineEffect`]); returns the account a debit put in arrears.
 fn record_decline(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Db,
     charge: &Claimed,
     effect: DeclineEffect,
     decline_code: &str,
@@ -398,49 +418,43 @@ fn record_decline(
 }
 
 /// Due charges, oldest schedule first, and whether an account has the card.
-fn due_charges(
-    tx: &rusqlite::Transaction<'_>,
-    now: UnixMillis,
-    limit: usize,
-) -> Result<Vec<(Claimed, bool)>, StoreError> {
-    let mut due = tx.prepare_cached(&format!(
+fn due_charges(tx: &mut dyn Db, now: UnixMillis, limit: usize) -> Result<Vec<(Claimed, bool)>, StoreError> {
+    // Another server claiming at the same moment skips the rows this
+    // one locked, rather than claiming them too (PostgreSQL); SQLite's
+    // write transaction already holds the whole store.
+    let skip_claimed = match tx.engine() {
+        Engine::Sqlite => "",
+        Engine::Postgres => "FOR UPDATE OF c SKIP LOCKED",
+    };
+    let sql = format!(
         "SELECT c.charge_id, c.card_id, c.service_date, c.amount_cents, c.currency, c.kind, c.claims, c.attempts,
-                c.first_attempt_at, a.agreement_id, a.card_id IS NOT NULL
+                c.first_attempt_at, a.agreement_id, CASE WHEN a.card_id IS NULL THEN 0 ELSE 1 END
          FROM charges c LEFT JOIN accounts a ON a.card_id = c.card_id
          WHERE c.outcome IN {UNDECIDED_OUTCOMES_SQL} AND c.next_attempt_at <= ?1 AND c.lease_until <= ?1
-         ORDER BY c.next_attempt_at LIMIT ?2"
-    ))?;
-    let rows = due.query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-        Ok((
-            (r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
-            (r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?),
-            (r.get::<_, u32>(6)?, r.get::<_, u32>(7)?, r.get(8)?, r.get(9)?),
-            r.get::<_, bool>(10)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (
-            (id, card, date),
-            (amount_cents, currency, kind),
-            (claims, attempts, first_attempt_at, agreement_id),
-            has_account,
-        ) = row?;
-        let charge = Claimed {
-            charge_id: id_from_sql(&id)?,
-            card_id: card_from_sql(card),
-            service_date: date_from_sql(date)?,
-            amount_cents: Cents::new(amount_cents),
-            currency,
-            kind,
-            claim: claims.saturating_add(1),
-            attempts_before: attempts,
-            first_attempt_at,
-            agreement_id,
-        };
-        out.push((charge, has_account));
-    }
-    Ok(out)
+         ORDER BY c.next_attempt_at LIMIT ?2 {skip_claimed}"
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.query(&sql, &[Value::Int(now), Value::Int(limit)])?.iter().map(claimed_from_row).collect()
+}
+
+fn claimed_from_row(r: &Row) -> Result<(Claimed, bool), StoreError> {
+    let count = |column| {
+        let n = r.int(column)?;
+        u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("a charge's count {n}")))
+    };
+    let charge = Claimed {
+        charge_id: id_from_sql(r.bytes(0)?)?,
+        card_id: card_from_sql(r.int(1)?),
+        service_date: date_from_sql(r.int(2)?)?,
+        amount_cents: Cents::new(r.int(3)?),
+        currency: r.text(4)?.to_string(),
+        kind: r.text(5)?.to_string(),
+        claim: count(6)?.saturating_add(1),
+        attempts_before: count(7)?,
+        first_attempt_at: r.opt_int(8)?,
+        agreement_id: r.opt_text(9)?.map(str::to_string),
+    };
+    Ok((charge, r.int(10)? == 1))
 }
 
 /// What [`decide_before_sending`] did with a charge.
@@ -463,12 +477,12 @@ enum Decided {
 /// leave owed is netted. Netting is only for a charge never claimed
 /// before, so never sent: one that went out may have been paid.
 fn decide_before_sending(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Db,
     charge: &Claimed,
     has_account: bool,
     now: UnixMillis,
 ) -> Result<Decided, StoreError> {
-    let id = &charge.charge_id[..];
+    let id = Value::Bytes(&charge.charge_id);
     let payer = if !has_account {
         Payer::NoAccount
     } else if charge.claim == 1 && charge.amount_cents.is_negative() {
@@ -488,7 +502,7 @@ fn decide_before_sending(
                                         last_error = 'the card has no account'
                      WHERE charge_id = ?1 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
                 ),
-                params![id, now, ChargeOutcome::NoAccount.as_str()],
+                &[id, Value::Int(now), Value::Text(ChargeOutcome::NoAccount.as_str())],
             )?;
             tracing::warn!(charge = %hex::encode(charge.charge_id), card = charge.card_id,
                 "a ride of a card with no account: decided no_account, not sent");
@@ -498,7 +512,7 @@ fn decide_before_sending(
             tx.execute(
                 "UPDATE charges SET outcome = ?4, amount_cents = ?2, decided_at = ?3, lease_until = 0
                  WHERE charge_id = ?1 AND claims = 0",
-                params![id, netted.get(), now, ChargeOutcome::Netted.as_str()],
+                &[id, Value::Int(netted.get()), Value::Int(now), Value::Text(ChargeOutcome::Netted.as_str())],
             )?;
             let day = RiderDay { card_id: charge.card_id, service_date: charge.service_date };
             if rest.is_negative() {
@@ -506,16 +520,16 @@ fn decide_before_sending(
                     "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency,
                                           scan_ids, created_at, outcome, next_attempt_at)
                      VALUES (?1, ?2, ?3, ?8, NULL, ?4, ?5, ?6, ?7, ?9, 0)",
-                    params![
-                        &rest_of(day, &charge.charge_id)[..],
-                        card_to_sql(charge.card_id),
-                        date_to_sql(charge.service_date),
-                        rest.get(),
-                        charge.currency,
-                        ids_to_sql(&[]),
-                        now,
-                        ChargeKind::Adjustment.as_str(),
-                        ChargeOutcome::Pending.as_str(),
+                    &[
+                        Value::Bytes(&rest_of(day, &charge.charge_id)),
+                        Value::Int(card_to_sql(charge.card_id)),
+                        Value::Int(date_to_sql(charge.service_date)),
+                        Value::Int(rest.get()),
+                        Value::Text(&charge.currency),
+                        Value::Bytes(&ids_to_sql(&[])),
+                        Value::Int(now),
+                        Value::Text(ChargeKind::Adjustment.as_str()),
+                        Value::Text(ChargeOutcome::Pending.as_str()),
                     ],
                 )?;
             }
@@ -532,52 +546,53 @@ fn decide_before_sending(
 
 /// What the card owes now, and how much a payment of it still waiting for
 /// its answer may have paid, read in the claiming transaction.
-fn payer(tx: &rusqlite::Transaction<'_>, card_id: u64) -> Result<Payer, StoreError> {
-    let (arrears_cents, arrears_payment_out_cents): (i64, i64) = tx.query_row(
+fn payer(tx: &mut dyn Db, card_id: u64) -> Result<Payer, StoreError> {
+    // The card's lock first: a payment of its arrears opened by another
+    // server at this moment is either seen here or waits for this.
+    tx.lock(Lock::Card(card_id))?;
+    // sum() is NUMERIC on PostgreSQL: cast back to the 64-bit cents.
+    let row = tx.query_opt(
         "SELECT a.arrears_cents,
-                (SELECT coalesce(sum(p.amount_cents), 0) FROM account_payments p
-                 WHERE p.card_id = a.card_id AND p.kind = 'arrears' AND p.outcome = 'unknown')
+                CAST((SELECT coalesce(sum(p.amount_cents), 0) FROM account_payments p
+                      WHERE p.card_id = a.card_id AND p.kind = 'arrears' AND p.outcome = 'unknown') AS BIGINT)
          FROM accounts a WHERE a.card_id = ?1",
-        [card_to_sql(card_id)],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        &[Value::Int(card_to_sql(card_id))],
     )?;
-    Ok(Payer::Account {
-        arrears_cents: Cents::new(arrears_cents),
-        arrears_payment_out_cents: Cents::new(arrears_payment_out_cents),
-    })
+    let row = row.ok_or_else(|| StoreError::Corrupt(format!("card {card_id}'s account went away while claiming")))?;
+    Ok(Payer::Account { arrears_cents: Cents::new(row.int(0)?), arrears_payment_out_cents: Cents::new(row.int(1)?) })
 }
 
 /// Schedules the charge again; `failed` once its budget is spent.
 fn retry_later(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Db,
     charge: &Claimed,
     (attempts, first_attempt_at): (u32, Option<UnixMillis>),
     outcome: ChargeOutcome,
     reason: &str,
     next_attempt_at: UnixMillis,
-) -> Result<usize, StoreError> {
+) -> Result<u64, StoreError> {
     debug_assert!(!outcome.is_final(), "a charge tried again is undecided");
     if outcome == ChargeOutcome::Failed {
         money_metrics::charge_failed();
         tracing::error!(charge = %hex::encode(charge.charge_id), attempts, %reason,
             "a charge failed; it is retried every payments.failed_retry_after_ms");
     }
-    Ok(tx.execute(
+    tx.execute(
         &format!(
             "UPDATE charges SET outcome = ?3, next_attempt_at = ?4, lease_until = 0, last_error = ?5,
                                 attempts = ?6, first_attempt_at = ?7
              WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
         ),
-        params![
-            &charge.charge_id[..],
-            charge.claim,
-            outcome.as_str(),
-            next_attempt_at,
-            reason,
-            attempts,
-            first_attempt_at
+        &[
+            Value::Bytes(&charge.charge_id),
+            Value::Int(charge.claim.into()),
+            Value::Text(outcome.as_str()),
+            Value::Int(next_attempt_at),
+            Value::Text(reason),
+            Value::Int(attempts.into()),
+            first_attempt_at.into(),
         ],
-    )?)
+    )
 }
 
 /// Eight bytes from the OS, for jitter; a failed read is no jitter.

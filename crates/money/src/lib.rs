@@ -1,5 +1,5 @@
 //! farestream's money shell, the pay-later half: the money store
-//! (SQLite), the pricer that turns logged rides into charges in its
+//! (SQLite or PostgreSQL), the pricer that turns logged rides into charges in its
 //! outbox, the dispatcher that sends them to the payment gateway, rider
 //! accounts with their arrears and the deny list, the charges archive and
 //! the account API. The arithmetic (fares, caps, which charges a day
@@ -18,6 +18,7 @@ pub mod dispatcher;
 pub mod money_audit;
 pub mod money_metrics;
 pub mod money_settings;
+pub mod money_store;
 pub mod notify;
 pub mod outbox;
 pub mod paygw;
@@ -33,6 +34,7 @@ pub mod test_cluster;
 
 pub use deny_list_hub::DenyListHub;
 pub use dispatcher::{Dispatcher, DispatcherSettings};
+pub use money_store::{MoneyStore, StoreLocation};
 pub use pricer::{Pricer, PricerSettings, PricerStatus};
 pub use service::{AccountService, RefundReport, ServiceError};
-pub use store::{MoneyStore, StoreError, store_path};
+pub use store::{SqliteStore, StoreError, store_path};

@@ -6,9 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use rusqlite::Connection;
-
-use crate::db::Sqlite;
+use crate::db::Db;
 use crate::outbox::charges;
 use crate::payments::{PaymentAttempt, PaymentKind, PaymentOutcome, all_attempts};
 use crate::store::StoreError;
@@ -64,11 +62,11 @@ impl fmt::Display for MoneyAudit {
 }
 
 pub fn audit_money(
-    conn: &Connection,
+    db: &mut dyn Db,
     archived: &[ArchivedScan],
     ledger: Option<&[AppliedPayment]>,
 ) -> Result<MoneyAudit, StoreError> {
-    let outbox = charges(&mut Sqlite(conn), None)?;
+    let outbox = charges(db, None)?;
     let mut audit = MoneyAudit { charges: outbox.len() as u64, ..MoneyAudit::default() };
     audit.undecided = outbox.iter().filter(|c| !c.outcome.is_final()).count() as u64;
     let mut priced = HashSet::new();
@@ -77,7 +75,7 @@ pub fn audit_money(
             audit.double_charged += 1;
         }
     }
-    let open = open_trip_taps(conn)?;
+    let open = open_trip_taps(db)?;
     for ride in archived.iter().filter(|r| is_ride(r)) {
         if priced.contains(&ride.scan_id) {
             continue;
@@ -88,7 +86,7 @@ pub fn audit_money(
             audit.unpriced_rides += 1;
         }
     }
-    let accounts = all_attempts(conn)?;
+    let accounts = all_attempts(db)?;
     // An account's payment still waiting for its answer is undecided too.
     audit.undecided += accounts.iter().filter(|a| a.outcome == PaymentOutcome::Unknown).count() as u64;
     if let Some(ledger) = ledger {
@@ -168,14 +166,15 @@ fn is_legacy_account_key(key: &str) -> bool {
 }
 
 /// Taps of rider-days whose entry may still get its exit: not yet priced.
-fn open_trip_taps(conn: &Connection) -> Result<HashSet<[u8; 16]>, StoreError> {
-    let mut query = conn.prepare_cached(
-        "SELECT t.scan_id FROM taps t JOIN open_entries o ON o.card_id = t.card_id AND o.service_date = t.service_date",
-    )?;
-    let ids = query.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+fn open_trip_taps(db: &mut dyn Db) -> Result<HashSet<[u8; 16]>, StoreError> {
     let mut out = HashSet::new();
-    for id in ids {
-        out.insert(crate::codec::id_from_sql(&id?)?);
-    }
+    db.query_each(
+        "SELECT t.scan_id FROM taps t JOIN open_entries o ON o.card_id = t.card_id AND o.service_date = t.service_date",
+        &[],
+        &mut |row| {
+            out.insert(crate::codec::id_from_sql(row.bytes(0)?)?);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }

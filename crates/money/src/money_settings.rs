@@ -1,20 +1,22 @@
 //! The money shell's settings: plain data the server builds from the
 //! config's `payments` section.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use farestream_core::money::Cents;
 
 use crate::dispatcher::DispatcherSettings;
+use crate::money_store::{MoneyStore, StoreLocation};
 use crate::pricer::PricerSettings;
-use crate::store::{MoneyStore, StoreError};
+use crate::store::StoreError;
 
 /// The pay-later half: where the money store is, how rides are priced,
 /// and the payment gateway charges go to.
 #[derive(Debug, Clone)]
 pub struct MoneySettings {
-    pub store_path: PathBuf,
+    /// The money store: the SQLite file or a PostgreSQL database
+    /// (`payments.money_store`).
+    pub store: StoreLocation,
     /// What activation takes from the rider and a refund returns.
     pub deposit_cents: Cents,
     pub store_busy_wait: Duration,
@@ -42,8 +44,8 @@ pub struct PaymentGatewaySettings {
 }
 
 impl MoneySettings {
-    /// A new connection to the money store.
+    /// A new connection to the money store (blocking: off the async threads).
     pub fn open_store(&self) -> Result<MoneyStore, StoreError> {
-        MoneyStore::open(&self.store_path, self.store_busy_wait)
+        MoneyStore::open(&self.store, self.store_busy_wait)
     }
 }

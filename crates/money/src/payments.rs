@@ -16,7 +16,7 @@
 //! A final answer (succeeded, declined, refused) makes the next attempt a
 //! new key: a rider who topped up after a declined deposit can pay it.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Db, Lock, Row, Value};
 
 use crate::accounts::AccountError;
 use crate::codec::{card_from_sql, card_to_sql};
@@ -86,28 +86,44 @@ pub struct PaymentAttempt {
 /// The card's undecided attempt of `kind`, or a new one for
 /// `amount_cents` under `agreement_id`.
 pub fn open_attempt(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     kind: PaymentKind,
     amount_cents: Cents,
     agreement_id: &str,
     now: UnixMillis,
 ) -> Result<PaymentAttempt, AccountError> {
+    // Another process opening the card's attempt at the same moment
+    // waits, then finds this one undecided.
+    tx.lock(Lock::Card(card_id))?;
     if let Some(open) = undecided(tx, card_id, kind)? {
         return Ok(open);
     }
     assert!(amount_cents.is_positive(), "a payment of {amount_cents} for card {card_id}");
-    let last: Option<u32> = tx.query_row(
-        "SELECT max(attempt) FROM account_payments WHERE card_id = ?1 AND kind = ?2",
-        params![card_to_sql(card_id), kind.as_str()],
-        |r| r.get(0),
-    )?;
+    let card = Value::Int(card_to_sql(card_id));
+    let last = tx
+        .query_opt(
+            "SELECT max(attempt) FROM account_payments WHERE card_id = ?1 AND kind = ?2",
+            &[card, Value::Text(kind.as_str())],
+        )?
+        .map(|r| r.opt_int(0))
+        .transpose()?
+        .flatten();
+    let last = last.map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("attempt {n}")))).transpose()?;
     let attempt = last.unwrap_or(0).saturating_add(1);
     let key = format!("{}-{card_id}-{attempt}", kind.as_str());
     tx.execute(
         "INSERT INTO account_payments (payment_key, card_id, kind, attempt, amount_cents, agreement_id, outcome, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'unknown', ?7)",
-        params![key, card_to_sql(card_id), kind.as_str(), attempt, amount_cents.get(), agreement_id, now],
+        &[
+            Value::Text(&key),
+            card,
+            Value::Text(kind.as_str()),
+            Value::Int(attempt.into()),
+            Value::Int(amount_cents.get()),
+            Value::Text(agreement_id),
+            Value::Int(now),
+        ],
     )?;
     Ok(PaymentAttempt {
         key,
@@ -121,37 +137,35 @@ pub fn open_attempt(
 }
 
 /// The card's attempt of `kind` still waiting for an answer, if any.
-pub fn undecided(conn: &Connection, card_id: u64, kind: PaymentKind) -> Result<Option<PaymentAttempt>, AccountError> {
-    let found = conn
-        .query_row(
-            &format!("{SELECT_ATTEMPT} WHERE card_id = ?1 AND kind = ?2 AND outcome = 'unknown'"),
-            params![card_to_sql(card_id), kind.as_str()],
-            read_attempt,
-        )
-        .optional()?;
-    found.transpose()
+pub fn undecided(db: &mut dyn Db, card_id: u64, kind: PaymentKind) -> Result<Option<PaymentAttempt>, AccountError> {
+    let found = db.query_opt(
+        &format!("{SELECT_ATTEMPT} WHERE card_id = ?1 AND kind = ?2 AND outcome = 'unknown'"),
+        &[Value::Int(card_to_sql(card_id)), Value::Text(kind.as_str())],
+    )?;
+    Ok(found.map(|r| read_attempt(&r)).transpose()?)
 }
 
 /// Counts a send of the undecided attempt `key`, before it goes out;
 /// returns how many sends it has had, this one included (0: it was decided
 /// meanwhile, and is not to be sent).
-pub fn count_send(tx: &Transaction<'_>, key: &str) -> Result<u32, AccountError> {
-    let sends: Option<u32> = tx
-        .query_row(
+pub fn count_send(tx: &mut dyn Db, key: &str) -> Result<u32, AccountError> {
+    let sends = tx
+        .query_opt(
             "UPDATE account_payments SET sends = sends + 1 WHERE payment_key = ?1 AND outcome = 'unknown' RETURNING sends",
-            params![key],
-            |r| r.get(0),
-        )
-        .optional()?;
+            &[Value::Text(key)],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?;
+    let sends = sends.map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} sends")))).transpose()?;
     Ok(sends.unwrap_or(0))
 }
 
 /// Notes why an undecided attempt is still undecided (a refusal of a
 /// resend): it stays `unknown`, to be sent again under its key.
-pub fn note_undecided(tx: &Transaction<'_>, key: &str, error: &str) -> Result<(), AccountError> {
+pub fn note_undecided(tx: &mut dyn Db, key: &str, error: &str) -> Result<(), AccountError> {
     tx.execute(
         "UPDATE account_payments SET last_error = ?2 WHERE payment_key = ?1 AND outcome = 'unknown'",
-        params![key, error],
+        &[Value::Text(key), Value::Text(error)],
     )?;
     Ok(())
 }
@@ -163,7 +177,7 @@ pub fn note_undecided(tx: &Transaction<'_>, key: &str, error: &str) -> Result<()
 /// gateway and been applied, and deciding would open a new key that
 /// takes the money twice.
 pub fn decide(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     key: &str,
     outcome: PaymentOutcome,
     gateway_txn_id: Option<&str>,
@@ -174,79 +188,68 @@ pub fn decide(
     let written = tx.execute(
         "UPDATE account_payments SET outcome = ?2, decided_at = ?3, gateway_txn_id = ?4, last_error = ?5
          WHERE payment_key = ?1 AND outcome = 'unknown' AND (?2 != 'refused' OR sends <= 1)",
-        params![key, outcome.as_str(), now, gateway_txn_id, error],
+        &[Value::Text(key), Value::Text(outcome.as_str()), Value::Int(now), gateway_txn_id.into(), error.into()],
     )?;
     Ok(written == 1)
 }
 
 /// Every attempt of every account, oldest first (the audit's view).
-pub fn all_attempts(conn: &Connection) -> Result<Vec<PaymentAttempt>, StoreError> {
-    let mut statement = conn.prepare_cached(&format!("{SELECT_ATTEMPT} ORDER BY created_at, payment_key"))?;
-    let rows = statement.query_map([], read_attempt)?;
-    let mut attempts = Vec::new();
-    for row in rows {
-        attempts.push(row?.map_err(|e| match e {
-            AccountError::Store(e) => e,
-            other => StoreError::Corrupt(other.to_string()),
-        })?);
-    }
-    Ok(attempts)
+pub fn all_attempts(db: &mut dyn Db) -> Result<Vec<PaymentAttempt>, StoreError> {
+    db.query(&format!("{SELECT_ATTEMPT} ORDER BY created_at, payment_key"), &[])?.iter().map(read_attempt).collect()
 }
 
 const SELECT_ATTEMPT: &str =
     "SELECT payment_key, card_id, kind, attempt, amount_cents, agreement_id, outcome FROM account_payments";
 
-fn read_attempt(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PaymentAttempt, AccountError>> {
-    let (kind, outcome): (String, String) = (r.get(2)?, r.get(6)?);
-    let kind = match kind.as_str() {
+fn read_attempt(r: &Row) -> Result<PaymentAttempt, StoreError> {
+    let kind = match r.text(2)? {
         "deposit" => PaymentKind::Deposit,
         "arrears" => PaymentKind::Arrears,
         "refund" => PaymentKind::Refund,
-        _ => return Ok(Err(AccountError::Store(StoreError::Corrupt(format!("payment kind {kind:?}"))))),
+        kind => return Err(StoreError::Corrupt(format!("payment kind {kind:?}"))),
     };
-    let Some(outcome) = PaymentOutcome::parse(&outcome) else {
-        return Ok(Err(AccountError::Store(StoreError::Corrupt(format!("payment outcome {outcome:?}")))));
-    };
-    Ok(Ok(PaymentAttempt {
-        key: r.get(0)?,
-        card_id: card_from_sql(r.get(1)?),
+    let outcome = r.text(6)?;
+    let outcome =
+        PaymentOutcome::parse(outcome).ok_or_else(|| StoreError::Corrupt(format!("payment outcome {outcome:?}")))?;
+    let attempt = r.int(3)?;
+    Ok(PaymentAttempt {
+        key: r.text(0)?.to_string(),
+        card_id: card_from_sql(r.int(1)?),
         kind,
-        attempt: r.get(3)?,
-        amount_cents: Cents::new(r.get(4)?),
-        agreement_id: r.get(5)?,
+        attempt: u32::try_from(attempt).map_err(|_| StoreError::Corrupt(format!("attempt {attempt}")))?,
+        amount_cents: Cents::new(r.int(4)?),
+        agreement_id: r.text(5)?.to_string(),
         outcome,
-    }))
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::accounts;
-    use crate::store::MoneyStore;
+    use crate::test_cluster::on_both_stores;
 
     #[test]
     fn an_undecided_attempt_is_sent_again_and_a_decided_one_makes_a_new_key() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
-        let tx = store.transaction().expect("tx");
-        accounts::register(&tx, u64::MAX, "+8613800000000", 1).expect("register");
-        let first = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, Cents::new(800), "agr", 2).expect("first");
-        assert_eq!((first.key.as_str(), first.attempt), ("arrears-18446744073709551615-1", 1));
-        let again = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, Cents::new(1_300), "agr", 3).expect("again");
-        assert_eq!(again, first, "a lost answer: the same key and the same amount, whatever is owed now");
-        let deposit = open_attempt(&tx, u64::MAX, PaymentKind::Deposit, Cents::new(2_000), "agr", 3).expect("deposit");
-        assert_eq!(deposit.key, "deposit-18446744073709551615-1", "kinds count apart");
-        assert!(decide(&tx, &first.key, PaymentOutcome::Declined, None, Some("insufficient_funds"), 4).expect("d"));
-        assert!(!decide(&tx, &first.key, PaymentOutcome::Succeeded, Some("t"), None, 5).expect("d"), "decided once");
-        let next = open_attempt(&tx, u64::MAX, PaymentKind::Arrears, Cents::new(1_300), "agr", 6).expect("next");
-        assert_eq!((next.key.as_str(), next.amount_cents.get()), ("arrears-18446744073709551615-2", 1_300));
-        let all = all_attempts(&tx).expect("all");
-        assert_eq!(
-            all.iter().map(|a| a.outcome).collect::<Vec<_>>(),
-            [PaymentOutcome::Declined, PaymentOutcome::Unknown, PaymentOutcome::Unknown]
-        );
+        on_both_stores(|tx, _| {
+            accounts::register(tx, u64::MAX, "+8613800000000", 1).expect("register");
+            let first = open_attempt(tx, u64::MAX, PaymentKind::Arrears, Cents::new(800), "agr", 2).expect("first");
+            assert_eq!((first.key.as_str(), first.attempt), ("arrears-18446744073709551615-1", 1));
+            let again = open_attempt(tx, u64::MAX, PaymentKind::Arrears, Cents::new(1_300), "agr", 3).expect("again");
+            assert_eq!(again, first, "a lost answer: the same key and the same amount, whatever is owed now");
+            let deposit = open_attempt(tx, u64::MAX, PaymentKind::Deposit, Cents::new(2_000), "agr", 3).expect("d");
+            assert_eq!(deposit.key, "deposit-18446744073709551615-1", "kinds count apart");
+            assert!(decide(tx, &first.key, PaymentOutcome::Declined, None, Some("insufficient_funds"), 4).expect("d"));
+            assert!(!decide(tx, &first.key, PaymentOutcome::Succeeded, Some("t"), None, 5).expect("d"), "once");
+            let next = open_attempt(tx, u64::MAX, PaymentKind::Arrears, Cents::new(1_300), "agr", 6).expect("next");
+            assert_eq!((next.key.as_str(), next.amount_cents.get()), ("arrears-18446744073709551615-2", 1_300));
+            let all = all_attempts(tx).expect("all");
+            assert_eq!(
+                all.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+                [PaymentOutcome::Declined, PaymentOutcome::Unknown, PaymentOutcome::Unknown]
+            );
+            all
+        });
     }
 
     /// Second review of issue 19: two calls sent one attempt; the first
@@ -255,23 +258,25 @@ mod tests {
     /// decides only while its send is the only one counted.
     #[test]
     fn a_refusal_decides_only_the_attempts_one_send() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = MoneyStore::open(&dir.path().join("m.sqlite"), Duration::from_secs(1)).expect("store");
-        let tx = store.transaction().expect("tx");
-        accounts::register(&tx, 7, "+8613800000007", 1).expect("register");
-        let attempt = open_attempt(&tx, 7, PaymentKind::Arrears, Cents::new(800), "agr", 2).expect("attempt");
-        assert_eq!(count_send(&tx, &attempt.key).expect("a"), 1);
-        assert_eq!(count_send(&tx, &attempt.key).expect("b"), 2, "a concurrent call's send");
-        assert!(
-            !decide(&tx, &attempt.key, PaymentOutcome::Refused, None, Some("422"), 3).expect("refused"),
-            "either send may have been applied"
-        );
-        let other = open_attempt(&tx, 7, PaymentKind::Deposit, Cents::new(2_000), "agr", 2).expect("deposit");
-        assert_eq!(count_send(&tx, &other.key).expect("one send"), 1);
-        assert!(
-            decide(&tx, &other.key, PaymentOutcome::Refused, None, Some("422"), 3).expect("refused"),
-            "its one send"
-        );
-        assert_eq!(count_send(&tx, &other.key).expect("decided"), 0, "a decided attempt is not sent");
+        on_both_stores(|tx, _| {
+            accounts::register(tx, 7, "+8613800000007", 1).expect("register");
+            let attempt = open_attempt(tx, 7, PaymentKind::Arrears, Cents::new(800), "agr", 2).expect("attempt");
+            assert_eq!(count_send(tx, &attempt.key).expect("a"), 1);
+            assert_eq!(count_send(tx, &attempt.key).expect("b"), 2, "a concurrent call's send");
+            assert!(
+                !decide(tx, &attempt.key, PaymentOutcome::Refused, None, Some("422"), 3).expect("refused"),
+                "either send may have been applied"
+            );
+            note_undecided(tx, &attempt.key, "").expect("the shortest note");
+            let other = open_attempt(tx, 7, PaymentKind::Deposit, Cents::new(2_000), "agr", 2).expect("deposit");
+            assert_eq!(count_send(tx, &other.key).expect("one send"), 1);
+            assert!(
+                decide(tx, &other.key, PaymentOutcome::Refused, None, Some("422"), 3).expect("refused"),
+                "its one send"
+            );
+            assert_eq!(count_send(tx, &other.key).expect("decided"), 0, "a decided attempt is not sent");
+            assert_eq!(count_send(tx, "no-such-key").expect("unknown key"), 0);
+            all_attempts(tx).expect("all")
+        });
     }
 }

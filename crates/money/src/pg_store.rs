@@ -24,7 +24,10 @@ use crate::store::{MIGRATIONS, StoreError};
 /// version of the binary that made it (version 14 holds every table up
 /// to it); each later version is one migration here and one in
 /// [`MIGRATIONS`], under the same number.
-const PG_MIGRATIONS: &[(u32, &str)] = &[(14, include_str!("../migrations/postgres/0014_money.sql"))];
+const PG_MIGRATIONS: &[(u32, &str)] = &[
+    (14, include_str!("../migrations/postgres/0014_money.sql")),
+    (15, include_str!("../migrations/postgres/0015_archive_batch_node.sql")),
+];
 
 /// The advisory lock a migration holds, so two servers starting at once
 /// on one store do not both build it ("farestre" in ASCII).
@@ -33,7 +36,8 @@ const MIGRATION_LOCK_KEY: i64 = 0x6661_7265_7374_7265;
 /// One connection to the money store on PostgreSQL, with the statements
 /// it has prepared: they belong to the connection, and go with it.
 pub struct PgStore {
-    client: Client,
+    /// `None` only while it is dropped ([`Drop`] below).
+    client: Option<Client>,
     statements: Statements,
     /// Where it is, without the password, for messages.
     store: String,
@@ -47,29 +51,54 @@ impl PgStore {
         let mut client =
             config.connect(NoTls).map_err(|source| StoreError::Connect { store: store.clone(), source })?;
         migrate(&mut client, &store)?;
-        Ok(PgStore { client, statements: Statements::default(), store })
+        Ok(PgStore { client: Some(client), statements: Statements::default(), store })
     }
 
     /// The raw client, for what the schema's own statements do not cover
     /// (tests, administration).
     pub fn client(&mut self) -> &mut Client {
-        &mut self.client
+        self.client.as_mut().expect("a PgStore holds its client until it is dropped")
     }
 
     /// The store as a [`Db`], each statement its own transaction.
     pub fn db(&mut self) -> Postgres<'_, Client> {
-        Postgres { client: &mut self.client, statements: &mut self.statements }
+        let client = self.client.as_mut().expect("a PgStore holds its client until it is dropped");
+        Postgres { client, statements: &mut self.statements }
     }
 
     /// Runs `work` in one transaction (read committed), committed when it
     /// returns `Ok`, rolled back otherwise.
-    pub fn in_transaction<T>(
+    pub fn in_transaction<T, E: From<StoreError>>(
         &mut self,
-        work: impl FnOnce(&mut dyn Db) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut tx = self.client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+        work: impl FnOnce(&mut dyn Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.run(IsolationLevel::ReadCommitted, false, work)
+    }
+
+    /// Runs `work` on one snapshot of the store (repeatable read, read
+    /// only): every statement sees what was committed before the first.
+    pub fn in_snapshot<T, E: From<StoreError>>(
+        &mut self,
+        work: impl FnOnce(&mut dyn Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.run(IsolationLevel::RepeatableRead, true, work)
+    }
+
+    fn run<T, E: From<StoreError>>(
+        &mut self,
+        isolation: IsolationLevel,
+        read_only: bool,
+        work: impl FnOnce(&mut dyn Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let client = self.client.as_mut().expect("a PgStore holds its client until it is dropped");
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(isolation)
+            .read_only(read_only)
+            .start()
+            .map_err(StoreError::from)?;
         let value = work(&mut Postgres { client: &mut tx, statements: &mut self.statements })?;
-        tx.commit()?;
+        tx.commit().map_err(StoreError::from)?;
         Ok(value)
     }
 
@@ -80,8 +109,23 @@ impl PgStore {
 
     /// The schema version the store is at.
     pub fn schema_version(&mut self) -> Result<u32, StoreError> {
-        let version: i32 = self.client.query_one("SELECT version FROM farestream_schema", &[])?.get(0);
+        let version: i32 = self.client().query_one("SELECT version FROM farestream_schema", &[])?.get(0);
         version_from_sql(version)
+    }
+}
+
+impl Drop for PgStore {
+    /// The client says goodbye to the server on a runtime of its own,
+    /// which panics on an async thread: a store that ends there (a server
+    /// stopped from a task) is closed on a thread of its own instead.
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closing = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(client));
+            if let Err(error) = closing {
+                tracing::warn!(%error, "a money-store connection is left to the server to close");
+            }
+        }
     }
 }
 
@@ -159,7 +203,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::{MoneyStore, store_path};
+    use crate::store::{SqliteStore, store_path};
     use crate::test_cluster::TestCluster;
 
     #[test]
@@ -260,7 +304,7 @@ mod tests {
         let Some(cluster) = TestCluster::shared() else { return };
         let mut pg = cluster.new_store();
         let dir = tempfile::tempdir().expect("tempdir");
-        let sqlite = MoneyStore::open(&store_path(dir.path()), std::time::Duration::from_secs(1)).expect("sqlite");
+        let sqlite = SqliteStore::open(&store_path(dir.path()), std::time::Duration::from_secs(1)).expect("sqlite");
 
         type Columns = BTreeMap<String, BTreeMap<String, (String, bool, bool)>>;
         let mut on_sqlite = Columns::new();

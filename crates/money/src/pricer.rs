@@ -19,22 +19,36 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::db::Sqlite;
+use crate::db::Engine;
 use crate::money_metrics;
+use crate::money_store::MoneyStore;
 use crate::pricing::{Priced, entries_closing_by, price_closed_entries, price_rows};
-use crate::store::{MoneyStore, StoreError, log_cursor, set_log_cursor};
+use crate::store::{StoreError, log_cursor, set_log_cursor};
 use farestream_core::fares::FareTable;
 use farestream_core::journal;
 use farestream_core::sync::lock;
 use farestream_ingest::clock_source::Clock;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::log_reader::{LogReaders, LogStep, ReaderHandle, ReaderStatus, StepFailure};
+use farestream_ingest::node_id::NodeId;
 use farestream_ingest::thread_priority;
 use farestream_ingest::wal::committer::Progress;
 use farestream_ingest::wal::{WalCursor, WalRecord};
 
-/// The pricer's name in the store's `log_cursors`.
+/// The pricer's name in the store's `log_cursors` on the embedded store.
 pub const READER: &str = "pricer";
+
+/// The pricer's name in the store's `log_cursors`. Each server prices its
+/// own log: on a store that servers share (PostgreSQL) the name carries
+/// the data dir's id (`pricer@ID`; none yet: a name no pricer has); the
+/// embedded store belongs to one data dir, and its pricer is `pricer`.
+pub fn reader_name(engine: Engine, node: Option<&NodeId>) -> String {
+    match (engine, node) {
+        (Engine::Sqlite, _) => READER.to_string(),
+        (Engine::Postgres, Some(node)) => format!("{READER}@{node}"),
+        (Engine::Postgres, None) => format!("{READER}@"),
+    }
+}
 
 /// The most log rows priced in one transaction, whose rider-days are each
 /// priced once: a lagging pricer joins a few gateway batches (a few
@@ -83,6 +97,8 @@ pub struct Pricer {
 /// The money store, opened where the pricer left off.
 pub struct OpenedStore {
     pub store: MoneyStore,
+    /// The pricer's name in the store ([`reader_name`]).
+    pub reader: String,
     /// The log position the pricer starts from.
     pub priced_lsn: u64,
     /// The log's readers other than the archiver, starting with the
@@ -90,11 +106,11 @@ pub struct OpenedStore {
     pub log_readers: Arc<LogReaders>,
 }
 
-/// The pricer's place in the log: the store's cursor, or for a new store
-/// `start_if_new` (the archive checkpoint: what was archived before the
-/// store existed is not priced).
-pub fn pricer_start(store: &MoneyStore, start_if_new: u64) -> Result<u64, StoreError> {
-    Ok(log_cursor(&mut store.db(), READER)?.unwrap_or(start_if_new))
+/// The pricer's place in the log: its cursor in the store, or for a
+/// pricer new to it `start_if_new` (the archive checkpoint: what was
+/// archived before the store existed is not priced).
+pub fn pricer_start(store: &mut MoneyStore, reader: &str, start_if_new: u64) -> Result<u64, StoreError> {
+    Ok(log_cursor(&mut store.db(), reader)?.unwrap_or(start_if_new))
 }
 
 impl Pricer {
@@ -106,13 +122,14 @@ impl Pricer {
         clock: Arc<dyn Clock>,
         faults: Arc<Faults>,
     ) -> Pricer {
-        let OpenedStore { store, priced_lsn: start_lsn, log_readers: readers } = opened;
+        let OpenedStore { store, reader, priced_lsn: start_lsn, log_readers: readers } = opened;
         readers.advance(start_lsn);
         let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
         let state = State {
             cursor: WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, start_lsn),
             settings,
             store,
+            reader,
             progress,
             clock,
             readers,
@@ -144,6 +161,7 @@ impl Pricer {
 struct State {
     settings: PricerSettings,
     store: MoneyStore,
+    reader: String,
     cursor: WalCursor,
     progress: watch::Receiver<Progress>,
     clock: Arc<dyn Clock>,
@@ -184,9 +202,8 @@ impl State {
         if entries_closing_by(&mut self.store.db(), now)? == 0 {
             return Ok(());
         }
-        let tx = self.store.transaction()?;
-        let priced = price_closed_entries(&mut Sqlite(&tx), &self.settings.fares, now)?;
-        tx.commit().map_err(StoreError::from)?;
+        let fares = &self.settings.fares;
+        let priced = self.store.in_transaction(|tx| price_closed_entries(tx, fares, now))?;
         let through = self.cursor.lsn();
         self.written(priced, through);
         Ok(())
@@ -215,11 +232,12 @@ impl State {
         // (batches are logged in commit order, not arrival order).
         let oldest = rows.iter().map(|row| row.received_at).min().unwrap_or(now);
         money_metrics::pricer_lag(now.saturating_sub(oldest));
-        let tx = self.store.transaction()?;
-        let mut db = Sqlite(&tx);
-        let priced = price_rows(&mut db, &self.settings.fares, &rows, now)?;
-        set_log_cursor(&mut db, READER, through)?;
-        tx.commit().map_err(StoreError::from)?;
+        let (fares, reader) = (&self.settings.fares, self.reader.as_str());
+        let priced = self.store.in_transaction(|tx| {
+            let priced = price_rows(tx, fares, &rows, now)?;
+            set_log_cursor(tx, reader, through)?;
+            Ok::<_, StoreError>(priced)
+        })?;
         self.readers.advance(through);
         self.written(priced, through);
         Ok(rest)

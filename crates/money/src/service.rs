@@ -14,13 +14,15 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use crate::accounts::{self, Account, AccountError};
+use crate::db::{Db, Lock};
 use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
 use crate::money_settings::MoneySettings;
+use crate::money_store::MoneyStore;
 use crate::notify::Notifier;
 use crate::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use crate::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
-use crate::store::{MoneyStore, StoreError, step_ended};
+use crate::store::{StoreError, step_ended};
 use farestream_core::account::{AccountState, NotYet};
 use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
@@ -387,26 +389,20 @@ impl AccountService {
     /// Runs `work` in one store write transaction, off the async threads.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, AccountError> + Send + 'static,
+        work: impl FnOnce(&mut dyn Db) -> Result<T, AccountError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let store = Arc::clone(&self.store);
-        let done = tokio::task::spawn_blocking(move || {
-            let mut store = lock(&store);
-            let tx = store.transaction()?;
-            let value = work(&tx)?;
-            tx.commit().map_err(StoreError::from)?;
-            Ok::<_, AccountError>(value)
-        });
+        let done = tokio::task::spawn_blocking(move || lock(&store).in_transaction(work));
         Ok(done.await.map_err(step_ended)??)
     }
 
     /// Runs `work` on the store's connection, off the async threads.
     pub(crate) async fn read<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&rusqlite::Connection) -> Result<T, AccountError> + Send + 'static,
+        work: impl FnOnce(&mut dyn Db) -> Result<T, AccountError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let store = Arc::clone(&self.store);
-        let done = tokio::task::spawn_blocking(move || work(lock(&store).connection()));
+        let done = tokio::task::spawn_blocking(move || work(&mut lock(&store).db()));
         Ok(done.await.map_err(step_ended)??)
     }
 }
@@ -415,11 +411,14 @@ impl AccountService {
 /// whose answer was lost goes again first; then the card closes, waits,
 /// sets its arrears against the deposit, or has its deposit paid back.
 fn refund_step(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Db,
     card_id: u64,
     rides_arrive_within_ms: i64,
     now: UnixMillis,
 ) -> Result<RefundStep, AccountError> {
+    // A second server's refund job on the same card waits here, then
+    // reads what this one decided.
+    tx.lock(Lock::Card(card_id))?;
     if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Refund)? {
         return Ok(RefundStep::Pay(open));
     }

@@ -1,18 +1,16 @@
 //! What the daily settlement reads from the money store, in one
-//! transaction that holds the write lock: the pricer's log position, the
+//! snapshot of it (`MoneyStore::in_snapshot`): the pricer's log position, the
 //! charges the charges archive does not hold yet, the entries still open,
 //! each card's arrears and every arrears payment. Read together, these agree with each other; a
 //! charge archived after this read is found in both the snapshot and the
 //! archive, and the settlement takes it once (by its id).
 
-use chrono::NaiveDate;
-use rusqlite::params;
-
 use crate::codec::{card_from_sql, date_to_sql};
-use crate::db::Sqlite;
+use crate::db::Db;
+use crate::money_store::MoneyStore;
 use crate::outbox::unarchived_charges;
-use crate::pricer::READER as PRICER;
-use crate::store::{MoneyStore, StoreError, log_cursor};
+use crate::store::{StoreError, log_cursor};
+use chrono::NaiveDate;
 use farestream_core::charges::ChargeRecord;
 use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
@@ -40,28 +38,35 @@ pub struct MoneySnapshot {
     pub arrears_payments: Vec<ArrearsPayment>,
 }
 
-/// Reads the snapshot for `date`.
-pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate) -> Result<MoneySnapshot, StoreError> {
-    let tx = store.transaction()?;
-    let pricer_lsn = log_cursor(&mut Sqlite(&tx), PRICER)?.unwrap_or(0);
-    let unarchived = unarchived_charges(&mut Sqlite(&tx))?;
-    let open_entries = tx
-        .prepare("SELECT card_id, closes_at FROM open_entries WHERE service_date = ?1")?
-        .query_map(params![date_to_sql(date)], |r| Ok((card_from_sql(r.get(0)?), r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let arrears = tx
-        .prepare("SELECT card_id, arrears_cents FROM accounts WHERE arrears_cents <> 0")?
-        .query_map([], |r| Ok((card_from_sql(r.get(0)?), Cents::new(r.get(1)?))))?
-        .collect::<Result<_, _>>()?;
-    let arrears_payments = tx
-        .prepare(
+/// Reads the snapshot for `date`; `pricer` is the settled server's
+/// pricer's name in the store (`pricer::reader_name`).
+pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate, pricer: &str) -> Result<MoneySnapshot, StoreError> {
+    store.in_snapshot(|db| read_snapshot(db, date, pricer))
+}
+
+fn read_snapshot(db: &mut dyn Db, date: NaiveDate, pricer: &str) -> Result<MoneySnapshot, StoreError> {
+    let pricer_lsn = log_cursor(db, pricer)?.unwrap_or(0);
+    let unarchived = unarchived_charges(db)?;
+    let open_entries = db
+        .query("SELECT card_id, closes_at FROM open_entries WHERE service_date = ?1", &[date_to_sql(date).into()])?
+        .iter()
+        .map(|r| Ok((card_from_sql(r.int(0)?), r.int(1)?)))
+        .collect::<Result<_, StoreError>>()?;
+    let arrears = db
+        .query("SELECT card_id, arrears_cents FROM accounts WHERE arrears_cents <> 0", &[])?
+        .iter()
+        .map(|r| Ok((card_from_sql(r.int(0)?), Cents::new(r.int(1)?))))
+        .collect::<Result<_, StoreError>>()?;
+    let arrears_payments = db
+        .query(
             "SELECT card_id, at, amount_cents FROM account_history
              WHERE event IN ('arrears_paid', 'arrears_paid_from_deposit', 'arrears_netted')",
+            &[],
         )?
-        .query_map([], |r| {
-            Ok(ArrearsPayment { card_id: card_from_sql(r.get(0)?), at: r.get(1)?, amount_cents: Cents::new(r.get(2)?) })
-        })?
-        .collect::<Result<_, _>>()?;
-    tx.commit()?;
+        .iter()
+        .map(|r| {
+            Ok(ArrearsPayment { card_id: card_from_sql(r.int(0)?), at: r.int(1)?, amount_cents: Cents::new(r.int(2)?) })
+        })
+        .collect::<Result<_, StoreError>>()?;
     Ok(MoneySnapshot { pricer_lsn, unarchived_charges: unarchived, open_entries, arrears, arrears_payments })
 }

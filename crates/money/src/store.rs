@@ -1,4 +1,4 @@
-//! The money store: one SQLite file in the data directory, in WAL mode with
+//! The money store's embedded engine: one SQLite file in the data directory, in WAL mode with
 //! full synchronous commits, its schema built by the versioned migrations
 //! in `crates/money/migrations/`. Each thread or task that writes opens
 //! its own connection; SQLite serialises the writers and `busy_timeout`
@@ -30,6 +30,7 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     (12, include_str!("../migrations/0012_code_blocks_per_key.sql")),
     (13, include_str!("../migrations/0013_taps_by_rider_day.sql")),
     (14, include_str!("../migrations/0014_charges_in_write_order.sql")),
+    (15, include_str!("../migrations/0015_archive_batch_node.sql")),
 ];
 
 /// How long the store's write-ahead log grows, in 4 KiB pages (64 MiB),
@@ -90,14 +91,15 @@ fn postgres_message(error: &postgres::Error) -> String {
     }
 }
 
-/// One connection to the money store.
-pub struct MoneyStore {
+/// One connection to the money store's SQLite file (the embedded engine
+/// of [`crate::MoneyStore`]).
+pub struct SqliteStore {
     conn: Connection,
 }
 
-impl MoneyStore {
+impl SqliteStore {
     /// Opens (creating if need be) the store at `path` and migrates it.
-    pub fn open(path: &Path, busy_wait: Duration) -> Result<MoneyStore, StoreError> {
+    pub fn open(path: &Path, busy_wait: Duration) -> Result<SqliteStore, StoreError> {
         let open = |source| StoreError::Open { path: path.to_path_buf(), source };
         let mut conn = Connection::open(path).map_err(open)?;
         conn.busy_timeout(busy_wait).map_err(open)?;
@@ -112,7 +114,7 @@ impl MoneyStore {
         // changes (a quarter of pricing's CPU in `benches/stages.rs`).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open)?;
         migrate(&mut conn, path)?;
-        Ok(MoneyStore { conn })
+        Ok(SqliteStore { conn })
     }
 
     /// A write transaction that takes the write lock at its start
@@ -138,6 +140,19 @@ impl MoneyStore {
     /// `PgStore::db` is on PostgreSQL.
     pub fn db(&self) -> Sqlite<'_> {
         Sqlite(&self.conn)
+    }
+
+    /// Runs `work` in one write transaction ([`Self::transaction`]),
+    /// committed when it returns `Ok`, rolled back otherwise, as
+    /// `PgStore::in_transaction` is on PostgreSQL.
+    pub fn in_transaction<T, E: From<StoreError>>(
+        &mut self,
+        work: impl FnOnce(&mut dyn Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self.transaction()?;
+        let value = work(&mut Sqlite(&tx))?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(value)
     }
 }
 
@@ -223,7 +238,7 @@ mod tests {
         conn.execute(insert, params![vec![1u8; 16], 300, "succeeded"]).expect("a version-6 charge");
         assert!(conn.execute(insert, params![vec![2u8; 16], -5, "netted"]).is_err(), "version 6 refuses it");
         drop(conn);
-        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("migrate");
+        let store = SqliteStore::open(&path, Duration::from_secs(1)).expect("migrate");
         let conn = store.connection();
         let kept: (i64, String, u32, u32, i64, String) = conn
             .query_row(
@@ -257,7 +272,7 @@ mod tests {
             conn.execute(insert, params![vec![n; 16], card, i64::from(n) * 1_000]).expect("a version-12 tap");
         }
         drop(conn);
-        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("migrate");
+        let store = SqliteStore::open(&path, Duration::from_secs(1)).expect("migrate");
         let conn = store.connection();
         let taps = |card: i64| -> Vec<(Vec<u8>, i64)> {
             conn.prepare("SELECT scan_id, scanned_at FROM taps WHERE card_id = ?1 AND service_date = 20000")
@@ -292,7 +307,7 @@ mod tests {
             conn.execute(insert, params![vec![n; 16], i64::from(n) * 100, created_at]).expect("a version-13 charge");
         }
         drop(conn);
-        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("migrate");
+        let store = SqliteStore::open(&path, Duration::from_secs(1)).expect("migrate");
         let conn = store.connection();
         conn.execute(insert, params![vec![0u8; 16], 1, 40]).expect("a new charge");
         type Row =
@@ -351,8 +366,8 @@ mod tests {
     #[test]
     fn a_page_cache_is_set_in_mib() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = MoneyStore::open(&store_path(dir.path()), Duration::from_secs(1)).expect("open");
-        let cache_kib = |store: &MoneyStore| -> i64 {
+        let store = SqliteStore::open(&store_path(dir.path()), Duration::from_secs(1)).expect("open");
+        let cache_kib = |store: &SqliteStore| -> i64 {
             store.connection().pragma_query_value(None, "cache_size", |r| r.get(0)).expect("cache_size")
         };
         assert_eq!(cache_kib(&store), -2_000, "SQLite's default, 2 000 KiB");
@@ -366,15 +381,15 @@ mod tests {
     fn a_store_migrates_once_and_refuses_a_newer_schema() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(dir.path());
-        let mut store = MoneyStore::open(&path, Duration::from_secs(1)).expect("open");
+        let mut store = SqliteStore::open(&path, Duration::from_secs(1)).expect("open");
         let tx = store.transaction().expect("tx");
         set_log_cursor(&mut Sqlite(&tx), "pricer", 42).expect("cursor");
         tx.commit().expect("commit");
         drop(store);
-        let store = MoneyStore::open(&path, Duration::from_secs(1)).expect("reopen");
+        let store = SqliteStore::open(&path, Duration::from_secs(1)).expect("reopen");
         assert_eq!(log_cursor(&mut store.db(), "pricer").expect("read"), Some(42), "kept across a reopen");
         store.connection().pragma_update(None, "user_version", 99).expect("bump");
         drop(store);
-        assert!(matches!(MoneyStore::open(&path, Duration::from_secs(1)), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(SqliteStore::open(&path, Duration::from_secs(1)), Err(StoreError::TooNew { found: 99, .. })));
     }
 }

@@ -21,7 +21,7 @@ use crate::pg_store::PgStore;
 #[cfg(test)]
 use crate::{
     db::{Db, Sqlite},
-    store::MoneyStore,
+    store::SqliteStore,
 };
 
 /// Set to `required` and a test that needs PostgreSQL fails without it.
@@ -63,12 +63,29 @@ impl TestCluster {
 
     /// A new, empty database for one test; how to connect to it.
     pub fn new_database(&self) -> postgres::Config {
+        let name = self.create_database();
+        self.connection_string(&name).parse().unwrap_or_else(|e| panic!("the test cluster's connection string: {e}"))
+    }
+
+    /// A new, empty database for one test, as `payments.money_store`
+    /// names it: `postgresql://USER@/NAME?host=SOCKET_DIR`.
+    pub fn new_database_url(&self) -> String {
+        let name = self.create_database();
+        format!("postgresql://{SUPERUSER}@/{name}?host={}", self.socket_dir.display())
+    }
+
+    fn create_database(&self) -> String {
         let n = self.next_database.fetch_add(1, Ordering::Relaxed);
         let name = format!("test_{}_{n}", std::process::id());
         let mut admin = postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
             .unwrap_or_else(|e| panic!("connecting to the test cluster: {e}"));
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap_or_else(|e| panic!("CREATE DATABASE: {e}"));
-        self.connection_string(&name).parse().unwrap_or_else(|e| panic!("the test cluster's connection string: {e}"))
+        name
+    }
+
+    /// A new, empty database as the place of a money store.
+    pub fn new_location(&self) -> crate::StoreLocation {
+        crate::StoreLocation::Postgres(Box::new(self.new_database()))
     }
 
     /// A money store in a new database.
@@ -134,15 +151,35 @@ fn init(bin: &Path, socket_dir: &Path) -> Result<(), String> {
 pub(crate) fn on_both_stores<T: PartialEq + std::fmt::Debug>(work: impl Fn(&mut dyn Db, &str) -> T) -> T {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = crate::store::store_path(dir.path());
-    let mut sqlite = MoneyStore::open(&path, Duration::from_secs(1)).expect("a new SQLite store");
+    let mut sqlite = SqliteStore::open(&path, Duration::from_secs(1)).expect("a new SQLite store");
     let tx = sqlite.transaction().expect("a transaction");
     let on_sqlite = work(&mut Sqlite(&tx), "sqlite");
     tx.commit().expect("committed");
     if let Some(cluster) = TestCluster::shared() {
-        let on_postgres = cluster.new_store().in_transaction(|db| Ok(work(db, "postgres"))).expect("committed");
+        let on_postgres = cluster
+            .new_store()
+            .in_transaction(|db| Ok::<_, crate::store::StoreError>(work(db, "postgres")))
+            .expect("committed");
         assert_eq!(on_postgres, on_sqlite, "PostgreSQL answers as SQLite does");
     }
     on_sqlite
+}
+
+/// Runs `work` on a new money store of each engine at hand: SQLite in a
+/// new directory, and PostgreSQL where installed ([`TestCluster::shared`]),
+/// with the engine's name for messages.
+#[cfg(test)]
+pub(crate) fn on_each_engine(mut work: impl FnMut(&mut crate::MoneyStore, &str)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = crate::StoreLocation::Sqlite(crate::store::store_path(dir.path()));
+    work(&mut crate::MoneyStore::open(&sqlite, Duration::from_secs(1)).expect("a new SQLite store"), "sqlite");
+    if let Some(cluster) = TestCluster::shared() {
+        let postgres = cluster.new_location();
+        work(
+            &mut crate::MoneyStore::open(&postgres, Duration::from_secs(1)).expect("a new PostgreSQL store"),
+            "postgres",
+        );
+    }
 }
 
 const NOBODY_UID: u32 = 65_534;

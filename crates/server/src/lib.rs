@@ -67,7 +67,7 @@ use farestream_ingest::issuer_keys::LiveIssuerKeys;
 pub use assembly::Assembly;
 use assembly::IssuerKeys;
 pub use cut_over::DailySettlement;
-pub use settings::{CutOverSettings, PeerLimitSettings, ServerSettings};
+pub use settings::{CutOverSettings, PeerLimitSettings, ServerSettings, money_store_location};
 
 use connections::accept_loop;
 use fleet_access::{FleetAccess, reload_revocations};
@@ -85,6 +85,7 @@ use farestream_ingest::archive::{ArchiveError, ArchiveWriter, Archiver, Archiver
 use farestream_ingest::clock_source::Clock;
 use farestream_ingest::data_dir_lock::DataDirLock;
 use farestream_ingest::fleet_ca::RevocationList;
+use farestream_ingest::node_id::{NodeId, NodeIdError};
 use farestream_ingest::tls_identity::{ServerIdentity, TlsError};
 use farestream_ingest::wal::WalError;
 use farestream_ingest::wal::committer::{CommitHandle, Committer, Progress};
@@ -119,6 +120,8 @@ pub enum ServerError {
     Keystore(#[from] farestream_ingest::keystore::KeystoreError),
     #[error("the fleet CA: {0}")]
     Fleet(#[from] farestream_ingest::fleet_ca::FleetError),
+    #[error("the data dir's node id: {0}")]
+    NodeId(#[from] NodeIdError),
 }
 
 /// How long a gateway is told to wait when the server cannot take a batch.
@@ -290,7 +293,13 @@ impl Server {
         let (writer, recovery) =
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
-        let money_store = open_money_store(&settings, &recovery)?;
+        let node = NodeId::load_or_create(&settings.data_dir, &handles.faults)?;
+        let money_store = {
+            let (settings, node, checkpoint) = (settings.clone(), node.clone(), recovery.clone());
+            tokio::task::spawn_blocking(move || open_money_store(&settings, &checkpoint, &node))
+                .await
+                .map_err(|e| ServerError::Recovery(format!("opening the money store panicked: {e}")))??
+        };
         let log_readers = Arc::clone(&money_store.log_readers);
         if let Some(loaded) = recovery.dedup_snapshot {
             log_readers.snapshot_in_place(loaded.replay_from_lsn);
@@ -319,8 +328,15 @@ impl Server {
             Arc::clone(&money_store.log_readers),
             Arc::clone(&handles.faults),
         ));
-        let money =
-            start_money(&settings, &handles, money_store, committer.handle().subscribe(), Arc::clone(&pipeline))?;
+        let money = {
+            let (settings, handles, pipeline) = (settings.clone(), handles.clone(), Arc::clone(&pipeline));
+            let progress = committer.handle().subscribe();
+            tokio::task::spawn_blocking(move || {
+                start_money(&settings, &handles, (money_store, node), progress, pipeline)
+            })
+            .await
+            .map_err(|e| ServerError::Recovery(format!("starting the money side panicked: {e}")))??
+        };
         let quic = identity.server_config(&fleet, settings.streams_per_connection_max, settings.idle_timeout)?;
         let endpoint = quinn::Endpoint::server(quic.clone(), settings.listen_addr)
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
@@ -468,9 +484,21 @@ impl Server {
         &self.shared.settings.data_dir
     }
 
-    /// A new connection to the money store.
+    /// A new connection to the money store (blocking: a PostgreSQL
+    /// store panics on an async thread; see [`Server::with_money_store`]).
     pub fn open_money_store(&self) -> Result<farestream_money::MoneyStore, farestream_money::StoreError> {
         self.shared.settings.money.open_store()
+    }
+
+    /// Runs `work` on a new connection to the money store, on a blocking
+    /// thread, and returns what it found.
+    pub async fn with_money_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut farestream_money::MoneyStore) -> Result<T, farestream_money::StoreError> + Send + 'static,
+    ) -> Result<T, ServerError> {
+        let money = self.shared.settings.money.clone();
+        let reading = tokio::task::spawn_blocking(move || work(&mut money.open_store()?));
+        Ok(reading.await.map_err(farestream_money::store::step_ended)??)
     }
 
     /// Why the server stopped serving, once it has.

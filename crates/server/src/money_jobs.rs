@@ -13,9 +13,10 @@ use farestream_core::clock::UnixMillis;
 use farestream_core::ingest::Pipeline;
 use farestream_ingest::archive::Arrivals;
 use farestream_ingest::log_reader::LogReaders;
+use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
 use farestream_money::charges_archive::{ChargesArchive, charges_root};
-use farestream_money::pricer::{OpenedStore, pricer_start};
+use farestream_money::pricer::{OpenedStore, pricer_start, reader_name};
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
 
 /// The money side of a running server.
@@ -27,32 +28,36 @@ pub(super) struct Money {
     pub deny_list: Arc<DenyListHub>,
 }
 
-/// Opens the store where the pricer left off, refusing a pricer position
-/// the recovered log does not hold.
+/// Opens the store where this server's pricer left off, refusing a
+/// pricer position the recovered log does not hold (blocking: a
+/// PostgreSQL store is opened off the async threads).
 pub(super) fn open_money_store(
     settings: &ServerSettings,
     recovery: &RecoveryReport,
+    node: &NodeId,
 ) -> Result<OpenedStore, ServerError> {
     let money = &settings.money;
-    let store = money.open_store()?;
+    let mut store = money.open_store()?;
     store.set_page_cache_mib(money.pricer.store_cache_mib)?;
-    let start = pricer_start(&store, recovery.checkpoint_lsn)?;
+    let reader = reader_name(store.engine(), Some(node));
+    let start = pricer_start(&mut store, &reader, recovery.checkpoint_lsn)?;
     if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
         return Err(ServerError::Recovery(format!(
             "the log holds [{}, {}) but the pricer is at {start}: rides would go unpriced",
             recovery.wal_first_lsn, recovery.wal_end_lsn
         )));
     }
-    tracing::info!(priced_lsn = start, "money store opened");
-    Ok(OpenedStore { store, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
+    tracing::info!(store = money.store.describe(), %reader, priced_lsn = start, "money store opened");
+    Ok(OpenedStore { store, reader, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
 }
 
 /// Starts the pricer where `opened` says, then the deny list, the
-/// accounts, the dispatcher (with a gateway) and the charges archive.
+/// accounts, the dispatcher (with a gateway) and the charges archive
+/// (blocking: each opens its own store connection).
 pub(super) fn start_money(
     settings: &ServerSettings,
     handles: &Handles,
-    opened: OpenedStore,
+    (opened, node): (OpenedStore, NodeId),
     progress: tokio::sync::watch::Receiver<Progress>,
     pipeline: Arc<Pipeline>,
 ) -> Result<Money, ServerError> {
@@ -92,6 +97,7 @@ pub(super) fn start_money(
     let charges_archive = Arc::new(ChargesArchive {
         store: Mutex::new(settings.money.open_store()?),
         root: charges_root(&settings.data_dir),
+        node,
         batch_charges_max: settings.money.charges_archive_batch_max,
         faults: Arc::clone(&handles.faults),
         clock: Arc::clone(&handles.clock),
@@ -117,7 +123,7 @@ async fn every<F: std::future::Future<Output = ()>>(
 /// The undecided charges and the oldest one's age, as gauges: a stuck
 /// charge shows on `/metrics` (blocking: a query).
 fn publish_undecided(archive: &ChargesArchive) {
-    let store = farestream_core::sync::lock(&archive.store);
+    let mut store = farestream_core::sync::lock(&archive.store);
     match farestream_money::outbox::undecided_charges(&mut store.db()) {
         Ok(undecided) => farestream_money::money_metrics::charges_undecided(undecided, archive.clock.now_ms()),
         Err(error) => tracing::warn!(%error, "cannot count undecided charges"),

@@ -16,7 +16,8 @@ use farestream_ingest::config::fare_table::load_fares;
 use farestream_ingest::config::{Config, ConfigError};
 use farestream_ingest::wal::WalConfig;
 use farestream_money::money_settings::{MoneySettings, PaymentGatewaySettings};
-use farestream_money::{DispatcherSettings, PricerSettings, store_path};
+use farestream_money::money_store::STORE_PASSWORD_ENV;
+use farestream_money::{DispatcherSettings, PricerSettings, StoreLocation};
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -172,11 +173,20 @@ impl ServerSettings {
     }
 }
 
+/// Where the money store is (`payments.money_store`), its password read
+/// from `payments.money_store_password_file` or the environment.
+pub fn money_store_location(config: &Config, data_dir: &Path) -> Result<StoreLocation, ConfigError> {
+    let p = &config.payments;
+    let password_env = std::env::var_os(STORE_PASSWORD_ENV).map(std::ffi::OsString::into_encoded_bytes);
+    StoreLocation::parse(&p.money_store, data_dir, &p.money_store_password_file, password_env)
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
 /// The money shell's settings from the config's `payments` section.
 fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<MoneySettings, ConfigError> {
     let p = &config.payments;
     let ms = Duration::from_millis;
-    let store_path = store_path(data_dir);
+    let store = money_store_location(config, data_dir)?;
     let store_busy_wait = ms(p.store_busy_wait_ms);
     let pricer_poll = ms(p.pricer_poll_interval_ms);
     // The secret is read only when there is a gateway to sign for.
@@ -212,7 +222,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<
             thread_nice: p.pricer_thread_nice,
             store_cache_mib: p.pricer_store_cache_mib,
         },
-        store_path,
+        store,
         deposit_cents: Cents::from_unsigned(p.deposit_cents),
         store_busy_wait,
         gateway,

@@ -29,9 +29,10 @@ use farestream_ingest::archive::parquet_writer::scan_writer_properties;
 use farestream_ingest::archive::parquet_writer::{ArchiveWriter, ArchiveWriterConfig};
 use farestream_ingest::archive::scans_root;
 use farestream_ingest::faults::Faults;
-use farestream_money::accounts::{activate, add_arrears, register};
+use farestream_money::accounts::{AccountError, activate, add_arrears, register};
 use farestream_money::charges_archive::{charges_root, write_charges_batch};
-use farestream_money::store::{MoneyStore, set_log_cursor, store_path};
+use farestream_money::store::{set_log_cursor, store_path};
+use farestream_money::{MoneyStore, StoreLocation};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
@@ -278,25 +279,28 @@ fn write_charges(data_dir: &Path, charges: &[ChargeRecord]) -> Result<(), String
     Ok(())
 }
 
-/// The account store: an account and its arrears for each declining
+/// The account store (the embedded one, in the data dir: a generated day
+/// is settled there): an account and its arrears for each declining
 /// rider, and the pricer's cursor past the day.
 fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Result<(), String> {
-    let mut store = MoneyStore::open(&store_path(data_dir), Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let tx = store.transaction().map_err(|e| e.to_string())?;
+    let location = StoreLocation::Sqlite(store_path(data_dir));
+    let mut store = MoneyStore::open(&location, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let mut owed: BTreeMap<u64, Vec<&ChargeRecord>> = BTreeMap::new();
     for c in charges.iter().filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents.is_positive()) {
         owed.entry(c.card_id).or_default().push(c);
     }
-    for (card, declined) in owed {
-        register(&tx, card, &format!("+86{card:011}"), 0).map_err(|e| e.to_string())?;
-        activate(&tx, card, &format!("payer-{card}"), &format!("agreement-{card}"), Cents::ZERO, 0)
-            .map_err(|e| e.to_string())?;
-        for c in declined {
-            add_arrears(&tx, card, c.amount_cents, &format!("charge {} declined", hex::encode(c.charge_id)), 0)
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    set_log_cursor(&mut farestream_money::db::Sqlite(&tx), farestream_money::pricer::READER, pricer_lsn)
-        .map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
+    store
+        .in_transaction(|tx| {
+            for (card, declined) in owed {
+                register(tx, card, &format!("+86{card:011}"), 0)?;
+                activate(tx, card, &format!("payer-{card}"), &format!("agreement-{card}"), Cents::ZERO, 0)?;
+                for c in declined {
+                    let cause = format!("charge {} declined", hex::encode(c.charge_id));
+                    add_arrears(tx, card, c.amount_cents, &cause, 0)?;
+                }
+            }
+            set_log_cursor(tx, farestream_money::pricer::READER, pricer_lsn)?;
+            Ok::<_, AccountError>(())
+        })
+        .map_err(|e| e.to_string())
 }

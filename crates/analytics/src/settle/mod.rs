@@ -39,9 +39,11 @@ use farestream_ingest::archive::checkpoint::{checkpoint_path, read_checkpoint};
 use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, partition_dir};
 use farestream_ingest::archive::scans_root;
 use farestream_ingest::faults::Faults;
-use farestream_money::charges_archive::{archive_decided_charges, charges_root};
+use farestream_ingest::node_id::NodeId;
+use farestream_money::MoneyStore;
+use farestream_money::charges_archive::{ArchivePlace, archive_decided_charges, charges_root};
+use farestream_money::pricer::reader_name;
 use farestream_money::snapshot::{MoneySnapshot, money_snapshot};
-use farestream_money::store::{MoneyStore, store_path};
 
 use edges::{Edges, read_edges};
 use farestream_core::fares::RIDE_SQL;
@@ -63,7 +65,12 @@ pub const SETTLEMENT_PARTITIONS_PER_CORE: usize = 1;
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
     let archive_dir = settings.archive_dir();
     let _one_at_a_time = settlement_lock(&archive_dir).await?;
-    let snapshot = read_money(settings, date, now)?;
+    let snapshot = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || read_money(&settings, date, now))
+            .await
+            .map_err(|e| SettleError::Output(format!("reading the money store stopped: {e}")))??
+    };
     let ctx = archive_session(&archive_dir, &settings.memory, SETTLEMENT_PARTITIONS_PER_CORE)?;
     let earlier = earlier_runs(&ctx, date).await?;
     let archived_lsn = read_checkpoint(&checkpoint_path(&settings.data_dir))?;
@@ -147,18 +154,18 @@ async fn settlement_lock(archive_dir: &Path) -> Result<File, SettleError> {
 /// The settlement lock's file in `DATA_DIR/archive`.
 pub const SETTLEMENT_LOCK_FILE: &str = ".settlement.lock";
 
-/// Flushes decided charges into the charges archive, then reads the
-/// store's side in one locked transaction.
+/// Flushes decided charges into the data dir's charges archive, then
+/// reads the store's side in one snapshot (blocking: off the async
+/// threads, as a PostgreSQL store must be).
 fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<MoneySnapshot, SettleError> {
-    let mut store = MoneyStore::open(&store_path(&settings.data_dir), settings.store_busy_wait)?;
-    archive_decided_charges(
-        &mut store,
-        &charges_root(&settings.data_dir),
-        settings.charges_batch_max,
-        now,
-        &Faults::default(),
-    )?;
-    Ok(money_snapshot(&mut store, date)?)
+    let data_dir = &settings.data_dir;
+    let mut store = MoneyStore::open(&settings.store, settings.store_busy_wait)?;
+    let node = NodeId::load_or_create(data_dir, &Faults::default())
+        .map_err(|e| SettleError::Output(format!("the data dir's node id: {e}")))?;
+    let place = ArchivePlace { root: &charges_root(data_dir), node: &node };
+    archive_decided_charges(&mut store, place, settings.charges_batch_max, now, &Faults::default())?;
+    let pricer = reader_name(store.engine(), Some(&node));
+    Ok(money_snapshot(&mut store, date, &pricer)?)
 }
 
 /// The per-card inputs besides rides and charges.

@@ -35,6 +35,8 @@ pub enum SettleError {
 #[derive(Debug, Clone)]
 pub struct SettleSettings {
     pub data_dir: PathBuf,
+    /// The money store the server of `data_dir` keeps money in.
+    pub store: farestream_money::StoreLocation,
     pub fares: FareTable,
     pub service_day: ServiceDayPolicy,
     pub store_busy_wait: Duration,

@@ -174,6 +174,10 @@ pub struct KeysConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentsConfig {
+    /// `"sqlite"` or a PostgreSQL URL (`farestream_money::StoreLocation`).
+    pub money_store: String,
+    /// A file holding the PostgreSQL store's password (or the environment).
+    pub money_store_password_file: String,
     pub fares_file: String,
     /// In cents, the currency's minor unit (`deposit_fen` before).
     pub deposit_cents: u64,

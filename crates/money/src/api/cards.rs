@@ -12,7 +12,6 @@ use super::register::json;
 use super::sessions::{random_bytes, token_session};
 use super::{ApiError, ApiState};
 use crate::accounts::{Account, CodeBlock};
-use crate::db::Sqlite;
 use crate::outbox::newest_charges;
 use farestream_core::account::AccountState;
 use farestream_core::clock::unix_secs_u32;
@@ -152,7 +151,7 @@ pub(super) async fn view(
     let card_id = authorized(&api, &headers, &card).await?;
     let account = api.accounts.account(card_id).await?;
     let count = api.settings.account_charges_max;
-    let charges = api.accounts.read(move |conn| Ok(newest_charges(&mut Sqlite(conn), card_id, count)?)).await?;
+    let charges = api.accounts.read(move |conn| Ok(newest_charges(conn, card_id, count)?)).await?;
     let charges = charges
         .into_iter()
         .map(|c| ChargeView {

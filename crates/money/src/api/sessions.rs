@@ -14,10 +14,10 @@
 
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::accounts::AccountError;
 use crate::codec::{card_from_sql, card_to_sql};
+use crate::db::{Db, Lock, Row, Value};
 use crate::store::StoreError;
 use farestream_core::clock::UnixMillis;
 
@@ -105,16 +105,20 @@ fn hash(parts: &[&[u8]]) -> Vec<u8> {
 /// new six-digit code for `phone` (replacing any open one), in the
 /// caller's one write transaction.
 pub(super) fn send_code(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     phone: &str,
     client: &str,
     now: UnixMillis,
     limits: &OtpLimits,
 ) -> Result<Result<String, SendRefused>, AccountError> {
-    tx.execute("DELETE FROM otp_events WHERE at <= ?1", [now.saturating_sub(HOUR_MS)])?;
-    tx.execute("DELETE FROM otp_counters WHERE window_start < ?1", [window(now, HOUR_MS)])?;
-    let last_sent: Option<i64> =
-        tx.query_row("SELECT max(at) FROM otp_events WHERE phone = ?1 AND kind = 'sent'", [phone], |r| r.get(0))?;
+    tx.lock(Lock::Otp)?;
+    tx.execute("DELETE FROM otp_events WHERE at <= ?1", &[Value::Int(now.saturating_sub(HOUR_MS))])?;
+    tx.execute("DELETE FROM otp_counters WHERE window_start < ?1", &[Value::Int(window(now, HOUR_MS))])?;
+    let last_sent = tx
+        .query_opt("SELECT max(at) FROM otp_events WHERE phone = ?1 AND kind = 'sent'", &[Value::Text(phone)])?
+        .map(|r| r.opt_int(0))
+        .transpose()?
+        .flatten();
     let refused = if last_sent.is_some_and(|at| now.saturating_sub(at) < limits.resend_min_ms) {
         Some(SendRefused::TooSoon)
     } else if phone_locked(tx, phone, now, limits)? {
@@ -138,18 +142,18 @@ pub(super) fn send_code(
 }
 
 /// Whether the phone had too many wrong codes in the last hour.
-fn phone_locked(conn: &Connection, phone: &str, now: UnixMillis, limits: &OtpLimits) -> Result<bool, AccountError> {
-    Ok(phone_events(conn, phone, "wrong", now.saturating_sub(HOUR_MS))? >= limits.wrong_per_phone_per_hour_max)
+fn phone_locked(db: &mut dyn Db, phone: &str, now: UnixMillis, limits: &OtpLimits) -> Result<bool, AccountError> {
+    Ok(phone_events(db, phone, "wrong", now.saturating_sub(HOUR_MS))? >= limits.wrong_per_phone_per_hour_max)
 }
 
 /// A phone's events of `kind` after `since` (a handful: a phone's sends
 /// and wrong codes are capped low).
-fn phone_events(conn: &Connection, who: &str, kind: &str, since: UnixMillis) -> Result<u32, AccountError> {
-    let count: i64 = conn.query_row(
+fn phone_events(db: &mut dyn Db, who: &str, kind: &str, since: UnixMillis) -> Result<u32, AccountError> {
+    let row = db.query_opt(
         "SELECT count(*) FROM otp_events WHERE phone = ?1 AND kind = ?2 AND at > ?3",
-        params![who, kind, since],
-        |r| r.get(0),
+        &[Value::Text(who), Value::Text(kind), Value::Int(since)],
     )?;
+    let count = row.map(|r| r.int(0)).transpose()?.unwrap_or(0);
     Ok(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
@@ -159,42 +163,47 @@ fn window(now: UnixMillis, length_ms: i64) -> UnixMillis {
 }
 
 /// Codes counted for `key` in the window starting at `start`.
-fn counted(conn: &Connection, scope: &str, key: &str, start: UnixMillis) -> Result<u32, AccountError> {
-    let sent: Option<i64> = conn
-        .query_row(
+fn counted(db: &mut dyn Db, scope: &str, key: &str, start: UnixMillis) -> Result<u32, AccountError> {
+    let sent = db
+        .query_opt(
             "SELECT sent FROM otp_counters WHERE scope = ?1 AND key = ?2 AND window_start = ?3",
-            params![scope, key, start],
-            |r| r.get(0),
-        )
-        .optional()?;
+            &[Value::Text(scope), Value::Text(key), Value::Int(start)],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?;
     Ok(u32::try_from(sent.unwrap_or(0)).unwrap_or(u32::MAX))
 }
 
-fn count(tx: &Transaction<'_>, scope: &str, key: &str, start: UnixMillis) -> Result<(), AccountError> {
+fn count(tx: &mut dyn Db, scope: &str, key: &str, start: UnixMillis) -> Result<(), AccountError> {
     tx.execute(
         "INSERT INTO otp_counters (scope, key, window_start, sent) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT (scope, key, window_start) DO UPDATE SET sent = sent + 1",
-        params![scope, key, start],
+         ON CONFLICT (scope, key, window_start) DO UPDATE SET sent = otp_counters.sent + 1",
+        &[Value::Text(scope), Value::Text(key), Value::Int(start)],
     )?;
     Ok(())
 }
 
-fn record(tx: &Transaction<'_>, phone: &str, client: &str, kind: &str, now: UnixMillis) -> Result<(), AccountError> {
+fn record(tx: &mut dyn Db, phone: &str, client: &str, kind: &str, now: UnixMillis) -> Result<(), AccountError> {
     tx.execute(
         "INSERT INTO otp_events (phone, client, kind, at) VALUES (?1, ?2, ?3, ?4)",
-        params![phone, client, kind, now],
+        &[Value::Text(phone), Value::Text(client), Value::Text(kind), Value::Int(now)],
     )?;
     Ok(())
 }
 
 /// A new six-digit code for `phone`, replacing any open one.
-fn new_challenge(tx: &Transaction<'_>, phone: &str, now: UnixMillis, valid_ms: i64) -> Result<String, AccountError> {
+fn new_challenge(tx: &mut dyn Db, phone: &str, now: UnixMillis, valid_ms: i64) -> Result<String, AccountError> {
     let code = format!("{:06}", u32::from_be_bytes(random_bytes::<4>()?) % 1_000_000);
     tx.execute(
         "INSERT INTO otp_challenges (phone, code_hash, created_at, expires_at, attempts) VALUES (?1, ?2, ?3, ?4, 0)
          ON CONFLICT (phone) DO UPDATE SET code_hash = excluded.code_hash, created_at = excluded.created_at,
                                            expires_at = excluded.expires_at, attempts = 0",
-        params![phone, hash(&[phone.as_bytes(), code.as_bytes()]), now, now.saturating_add(valid_ms)],
+        &[
+            Value::Text(phone),
+            Value::Bytes(&hash(&[phone.as_bytes(), code.as_bytes()])),
+            Value::Int(now),
+            Value::Int(now.saturating_add(valid_ms)),
+        ],
     )?;
     Ok(code)
 }
@@ -204,51 +213,52 @@ fn new_challenge(tx: &Transaction<'_>, phone: &str, now: UnixMillis, valid_ms: i
 /// A challenge out of attempts stays until it expires: it is void, and
 /// the resend limit still sees when it was sent.
 pub(super) fn check_code(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     (phone, client): (&str, &str),
     code: &str,
     now: UnixMillis,
     (attempts_max, limits): (u32, &OtpLimits),
 ) -> Result<CodeCheck, AccountError> {
+    tx.lock(Lock::Otp)?;
     if phone_locked(tx, phone, now, limits)? {
         return Ok(CodeCheck::Locked);
     }
-    let open: Option<(Vec<u8>, i64, u32)> = tx
-        .query_row("SELECT code_hash, expires_at, attempts FROM otp_challenges WHERE phone = ?1", [phone], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
-    let Some((code_hash, expires_at, attempts)) = open else { return Ok(CodeCheck::NoneValid) };
+    let open = tx.query_opt(
+        "SELECT code_hash, expires_at, attempts FROM otp_challenges WHERE phone = ?1",
+        &[Value::Text(phone)],
+    )?;
+    let Some(open) = open else { return Ok(CodeCheck::NoneValid) };
+    let (code_hash, expires_at, attempts) = (open.bytes(0)?, open.int(1)?, open.int(2)?);
     if now > expires_at {
-        tx.execute("DELETE FROM otp_challenges WHERE phone = ?1", [phone])?;
+        tx.execute("DELETE FROM otp_challenges WHERE phone = ?1", &[Value::Text(phone)])?;
         return Ok(CodeCheck::NoneValid);
     }
-    if attempts >= attempts_max {
+    if attempts >= i64::from(attempts_max) {
         return Ok(CodeCheck::NoneValid);
     }
     // Hashes are compared, not codes: how long the comparison takes says
     // nothing about the code, and attempts are capped anyway.
     let right = code_hash == hash(&[phone.as_bytes(), code.as_bytes()]);
     if right {
-        tx.execute("DELETE FROM otp_challenges WHERE phone = ?1", [phone])?;
+        tx.execute("DELETE FROM otp_challenges WHERE phone = ?1", &[Value::Text(phone)])?;
         return Ok(CodeCheck::Right);
     }
-    tx.execute("UPDATE otp_challenges SET attempts = attempts + 1 WHERE phone = ?1", [phone])?;
+    tx.execute("UPDATE otp_challenges SET attempts = attempts + 1 WHERE phone = ?1", &[Value::Text(phone)])?;
     record(tx, phone, client, "wrong", now)?;
     Ok(CodeCheck::Wrong)
 }
 
 /// A new bearer token for `card_id`.
-pub(super) fn new_token(
-    tx: &Transaction<'_>,
-    card_id: u64,
-    now: UnixMillis,
-    valid_ms: i64,
-) -> Result<String, AccountError> {
+pub(super) fn new_token(tx: &mut dyn Db, card_id: u64, now: UnixMillis, valid_ms: i64) -> Result<String, AccountError> {
     let token = hex::encode(random_bytes::<32>()?);
     tx.execute(
         "INSERT INTO tokens (token_hash, card_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![hash(&[token.as_bytes()]), card_to_sql(card_id), now, now.saturating_add(valid_ms)],
+        &[
+            Value::Bytes(&hash(&[token.as_bytes()])),
+            Value::Int(card_to_sql(card_id)),
+            Value::Int(now),
+            Value::Int(now.saturating_add(valid_ms)),
+        ],
     )?;
     Ok(token)
 }
@@ -256,18 +266,18 @@ pub(super) fn new_token(
 /// The card a token speaks for and its session's id, if it is known and
 /// not expired.
 pub(super) fn token_session(
-    conn: &Connection,
+    db: &mut dyn Db,
     token: &str,
     now: UnixMillis,
 ) -> Result<Option<(u64, String)>, AccountError> {
     let token_hash = hash(&[token.as_bytes()]);
-    let card: Option<i64> = conn
-        .query_row(
+    let card = db
+        .query_opt(
             "SELECT card_id FROM tokens WHERE token_hash = ?1 AND expires_at >= ?2",
-            params![token_hash, now],
-            |r| r.get(0),
-        )
-        .optional()?;
+            &[Value::Bytes(&token_hash), Value::Int(now)],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?;
     Ok(card.map(|card| (card_from_sql(card), session_id(&token_hash))))
 }
 
@@ -290,16 +300,16 @@ fn session_id(token_hash: &[u8]) -> String {
 }
 
 /// `card_id`'s sessions that have not expired at `now`, newest first.
-pub(super) fn card_sessions(conn: &Connection, card_id: u64, now: UnixMillis) -> Result<Vec<Session>, AccountError> {
-    let mut statement = conn.prepare_cached(
+pub(super) fn card_sessions(db: &mut dyn Db, card_id: u64, now: UnixMillis) -> Result<Vec<Session>, AccountError> {
+    let rows = db.query(
         "SELECT token_hash, created_at, expires_at FROM tokens WHERE card_id = ?1 AND expires_at >= ?2 \
          ORDER BY created_at DESC, token_hash LIMIT ?3",
+        &[Value::Int(card_to_sql(card_id)), Value::Int(now), Value::Int(SESSIONS_LISTED_MAX as i64)],
     )?;
-    let rows = statement.query_map(params![card_to_sql(card_id), now, SESSIONS_LISTED_MAX as i64], |r| {
-        let token_hash: Vec<u8> = r.get(0)?;
-        Ok(Session { session_id: session_id(&token_hash), created_at: r.get(1)?, expires_at: r.get(2)? })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let session = |r: &Row| -> Result<Session, StoreError> {
+        Ok(Session { session_id: session_id(r.bytes(0)?), created_at: r.int(1)?, expires_at: r.int(2)? })
+    };
+    Ok(rows.iter().map(session).collect::<Result<_, _>>()?)
 }
 
 /// Which of a card's sessions to end.
@@ -312,16 +322,18 @@ pub(super) enum EndSessions<'a> {
 
 /// Ends `card_id`'s sessions as `which` says; how many ended. Another
 /// card's session is never touched, whatever its id.
-pub(super) fn end_sessions(conn: &Connection, card_id: u64, which: EndSessions<'_>) -> Result<usize, AccountError> {
+pub(super) fn end_sessions(db: &mut dyn Db, card_id: u64, which: EndSessions<'_>) -> Result<usize, AccountError> {
     let (id, keep) = match which {
         EndSessions::One(id) => (id, false),
         EndSessions::AllBut(id) => (id, true),
     };
-    let mut statement = conn.prepare_cached("SELECT token_hash FROM tokens WHERE card_id = ?1")?;
-    let hashes: Vec<Vec<u8>> = statement.query_map([card_to_sql(card_id)], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let rows = db.query("SELECT token_hash FROM tokens WHERE card_id = ?1", &[Value::Int(card_to_sql(card_id))])?;
     let mut ended = 0;
-    for token_hash in hashes.iter().filter(|h| (session_id(h) == id) != keep) {
-        ended += conn.execute("DELETE FROM tokens WHERE token_hash = ?1", [token_hash])?;
+    for row in &rows {
+        let token_hash = row.bytes(0)?;
+        if (session_id(token_hash) == id) != keep {
+            ended += db.execute("DELETE FROM tokens WHERE token_hash = ?1", &[Value::Bytes(token_hash)])?;
+        }
     }
-    Ok(ended)
+    Ok(usize::try_from(ended).unwrap_or(usize::MAX))
 }

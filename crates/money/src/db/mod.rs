@@ -133,9 +133,59 @@ impl Row {
     }
 }
 
+/// What a transaction holds until it ends, so that another process's
+/// transaction on the same thing waits for it. On SQLite a write
+/// transaction holds the whole store from its start (`BEGIN IMMEDIATE`),
+/// so there is nothing more to take; on PostgreSQL (read committed)
+/// each is a transaction-scoped advisory lock, taken before the rows it
+/// guards are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// A card's account: state, arrears and deposit are read, decided
+    /// on, then written.
+    Card(u64),
+    /// The deny list's next version: one writer at a time keeps the
+    /// versions gapless and in commit order.
+    DenyList,
+    /// One-time codes: each check-and-send and each code check reads
+    /// the limits, then counts against them. Rare by design (sends are
+    /// limited per minute), so one lock for all of them.
+    Otp,
+    /// The charges archive's claims: batch numbers are given in order,
+    /// and a charge goes to one node's batch.
+    ChargesArchive,
+}
+
+impl Lock {
+    /// PostgreSQL's two-key advisory lock for it: a namespace, then the
+    /// thing (a card's 64 bits folded into 32; two cards sharing a key
+    /// only wait for each other).
+    pub(crate) fn keys(self) -> (i64, i64) {
+        match self {
+            Lock::Card(card_id) => (1, i64::from((card_id ^ (card_id >> 32)) as u32 as i32)),
+            Lock::DenyList => (2, 0),
+            Lock::Otp => (3, 0),
+            Lock::ChargesArchive => (4, 0),
+        }
+    }
+}
+
+/// Which engine a [`Db`] runs on, for the few statements whose SQL
+/// differs (row locks that SQLite has no syntax for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
 /// Runs the money store's statements on one engine, inside whatever
 /// transaction the implementor is.
 pub trait Db {
+    fn engine(&self) -> Engine;
+
+    /// Takes `lock` until the transaction ends (see [`Lock`]).
+    fn lock(&mut self, lock: Lock) -> Result<(), StoreError>;
+
     /// Runs a statement that returns no rows; the rows it changed.
     fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError>;
 
@@ -165,6 +215,11 @@ pub trait Db {
             0 | 1 => Ok(rows.pop()),
             n => Err(StoreError::Corrupt(format!("{n} rows where at most one was expected: {sql}"))),
         }
+    }
+
+    /// The one row a query always gives (an aggregate's).
+    fn query_one(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Row, StoreError> {
+        self.query_opt(sql, params)?.ok_or_else(|| StoreError::Corrupt(format!("no row where one was expected: {sql}")))
     }
 }
 

@@ -104,6 +104,21 @@ fn row(row: &postgres::Row) -> Result<Row, StoreError> {
 }
 
 impl<C: GenericClient> Db for Postgres<'_, C> {
+    fn engine(&self) -> super::Engine {
+        super::Engine::Postgres
+    }
+
+    fn lock(&mut self, lock: super::Lock) -> Result<(), StoreError> {
+        let (space, key) = lock.keys();
+        // CAST twice: a bare `$1` here would be typed int4, which Value
+        // refuses (a time or a card id does not fit one).
+        self.execute(
+            "SELECT pg_advisory_xact_lock(CAST(CAST(?1 AS BIGINT) AS INTEGER), CAST(CAST(?2 AS BIGINT) AS INTEGER))",
+            &[Value::Int(space), Value::Int(key)],
+        )?;
+        Ok(())
+    }
+
     fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();

@@ -35,6 +35,15 @@ fn cell(value: ValueRef<'_>) -> Result<Cell, StoreError> {
 }
 
 impl Db for Sqlite<'_> {
+    fn engine(&self) -> super::Engine {
+        super::Engine::Sqlite
+    }
+
+    /// Nothing to take: the write transaction holds the whole store.
+    fn lock(&mut self, _: super::Lock) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
         let mut statement = self.0.prepare_cached(sql)?;
         let changed = statement.execute(rusqlite::params_from_iter(params))?;

@@ -19,7 +19,7 @@ fn on_both(test: impl Fn(&mut dyn Db, &str)) {
     store
         .in_transaction(|db| {
             test(db, "postgres");
-            Ok(())
+            Ok::<_, StoreError>(())
         })
         .expect("committed");
 }
