@@ -201,18 +201,30 @@ fn price_batch(store: &mut MoneyStore, fares: &FareTable, rows: &[ArchivedScan])
     assert_eq!(priced.taps, rows.len() as u64, "every tap is new");
 }
 
+/// The pricer on the embedded store (`pricing`) and, where PostgreSQL is
+/// installed, on a new database of a throwaway cluster on a Unix socket
+/// (`pricing_postgres`; fsync off there, as the test cluster runs, so it
+/// measures the SQL and the round trips, not the disk).
 fn pricing(c: &mut Criterion) {
-    let fares = load_fares(None).expect("the embedded fare table");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let location = StoreLocation::Sqlite(store_path(dir.path()));
-    let mut store = MoneyStore::open(&location, std::time::Duration::from_secs(5)).expect("a store");
+    price_on(c, "pricing", &StoreLocation::Sqlite(store_path(dir.path())));
+    let postgres = farestream::money::test_cluster::TestCluster::shared().map(|cluster| cluster.new_location());
+    match postgres {
+        Some(location) => price_on(c, "pricing_postgres", &location),
+        None => eprintln!("pricing_postgres skipped: no PostgreSQL installed"),
+    }
+}
+
+fn price_on(c: &mut Criterion, group: &str, location: &StoreLocation) {
+    let fares = load_fares(None).expect("the embedded fare table");
+    let mut store = MoneyStore::open(location, std::time::Duration::from_secs(5)).expect("a store");
     // The pricer's store as `serve` opens it.
     store.set_page_cache_mib(Config::defaults().payments.pricer_store_cache_mib).expect("a page cache");
     let mut city = CityTaps::new(&fares);
     for _ in 0..3 * CITY_RIDERS / 10_000 {
         price_batch(&mut store, &fares, &city.batch(10_000));
     }
-    let mut group = c.benchmark_group("pricing");
+    let mut group = c.benchmark_group(group);
     for taps in [PRICING_BATCH_TAPS, 10 * PRICING_BATCH_TAPS, 100 * PRICING_BATCH_TAPS] {
         group.throughput(Throughput::Elements(taps));
         group.bench_function(BenchmarkId::new("batch", taps), |b| {

@@ -2,6 +2,7 @@
 
 mod fleet_cmd;
 mod keys_cmd;
+mod money_cmd;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -143,6 +144,11 @@ enum Command {
     /// The charges outbox at a glance: how many charges, how many not yet
     /// decided, how many rides wait for a metro exit.
     Charges,
+    /// The money store: move it to PostgreSQL.
+    Money {
+        #[command(subcommand)]
+        action: money_cmd::MoneyAction,
+    },
     /// SQL over the Parquet archives (docs/analytics.md): tables scans,
     /// charges, settlements, settlement_routes, settlement_runs and
     /// settlement_files. A statement DataFusion refuses exits with code 2.
@@ -378,6 +384,7 @@ fn main() -> Result<()> {
             audit(&cli.data_dir, &config, &acked_file, (paygw_dir.as_deref(), undecided_max))
         }
         Command::Charges => charges(&cli.data_dir, &config),
+        Command::Money { action } => money_cmd::money(&cli.data_dir, &config, action),
         Command::GenArchive { scans, date, seed, declined_percent, compare_baseline } => {
             let spec = ArchiveDaySpec {
                 scans,

@@ -25,7 +25,7 @@ pub(crate) struct Money {
     pub h: Harness,
     pub paygw: SimGateway,
     pub control: SimControl,
-    _paygw_dir: tempfile::TempDir,
+    pub _paygw_dir: tempfile::TempDir,
 }
 
 impl Money {

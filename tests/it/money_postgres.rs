@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use farestream::charges::ChargeRecord;
+use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::money::outbox::{self, undecided};
 use farestream::scan::TapKind;
@@ -118,6 +119,114 @@ async fn two_servers_sharing_one_postgresql_store_charge_every_ride_once() {
     assert_eq!(once, charges.iter().map(|c| c.charge_id).collect(), "every decided charge archived once");
     let left = m.h.server.with_money_store(|store| outbox::charges(&mut store.db(), None)).await.expect("read");
     assert_eq!(left.len(), charges.len(), "nothing charged while archiving");
+
+    // A decline that either server's dispatcher takes denies the card on
+    // both: each rereads the shared deny list.
+    let broke = m.rider(799, 0).await;
+    let ride = tap(&broke, 1, T0_MS + 20 * MINUTE, TapKind::Single, "bus-99");
+    assert_eq!(client_b.push(&batch("depot-1", 2, vec![ride])).await.expect("b acks").accepted, 1);
+    settle_both(&m, &b).await;
+    let denied_on_both = || m.h.server.deny_list().contains(799) && b.server.deny_list().contains(799);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !denied_on_both() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(denied_on_both(), "a card in arrears is denied by every server");
+    b.server.shutdown().await.expect("b stops");
+    m.h.server.shutdown().await.expect("a stops");
+    m.paygw.stop().await;
+}
+
+/// `farestream money migrate --to`: a data dir that served on SQLite
+/// moves to PostgreSQL (the server stopped), every row copied and checked;
+/// a second run into the now full store is refused; the server started on
+/// PostgreSQL goes on from where the pricer was, and a tap it had charged,
+/// delivered again, is not charged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_store_migrates_to_postgresql_and_the_server_goes_on_from_it() {
+    let Some(on_pg) = on_postgres().await else { return };
+    let url = on_pg.payments.money_store.clone();
+    let m = Money::start().await;
+    let rider = m.rider(810, 10_000).await;
+    let first = tap(&rider, 1, T0_MS + MINUTE, TapKind::Single, "bus-99");
+    let second = tap(&rider, 2, T0_MS + 20 * MINUTE, TapKind::Single, "bus-99");
+    m.h.client().push(&batch("depot-1", 1, vec![first.clone(), second])).await.expect("acked");
+    assert_eq!(m.settle().await.len(), 2, "two rides on SQLite");
+
+    let migrate = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_farestream"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["money", "migrate", "--to", &url])
+            .output()
+            .expect("running farestream money migrate")
+    };
+    let mut config = m.h.config.clone();
+    config.payments.money_store = url.clone();
+    let Money { h, paygw, control, _paygw_dir } = m;
+    let mut outputs = Vec::new();
+    let h = h
+        .restart_after(config, |dir| {
+            outputs.push(migrate(dir));
+            outputs.push(migrate(dir));
+        })
+        .await;
+    let m = Money { h, paygw, control, _paygw_dir };
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    assert!(outputs[0].status.success(), "{}", text(&outputs[0]));
+    assert!(text(&outputs[0]).contains("read back and checked"), "{}", text(&outputs[0]));
+    assert!(!outputs[1].status.success(), "a second migration into a full store");
+    assert!(text(&outputs[1]).contains("not empty"), "{}", text(&outputs[1]));
+
+    let third = tap(&rider, 3, T0_MS + 40 * MINUTE, TapKind::Single, "bus-99");
+    m.h.client().push(&batch("depot-1", 2, vec![first, third])).await.expect("acked on PostgreSQL");
+    let charges = m.settle().await;
+    let amounts: Vec<(i64, &str)> = charges.iter().map(|c| (c.amount_cents.get(), c.outcome.as_str())).collect();
+    assert_eq!(amounts, [(300, "succeeded"); 3], "the old rides and the new one, each once");
+    let debits = m.debits().await;
+    let ids: HashSet<String> = charges.iter().map(|c| hex::encode(c.charge_id)).collect();
+    assert_eq!(debits.iter().filter(|d| ids.contains(&d.key)).count(), 3, "each debited once");
+    let account = m.h.server.accounts().account(810).await.expect("the account came along");
+    assert_eq!(account.deposit_cents.get(), 2_000);
+    m.h.server.shutdown().await.expect("stops");
+    m.paygw.stop().await;
+}
+
+/// A refund waits for every server sharing the store: a ride one server
+/// received but has not priced yet (its pricer stalled) holds the other's
+/// refund of that card back, past the moment the refund is due; once it
+/// is priced and that server has said so, the refund goes, after the
+/// ride's charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_waits_until_every_server_sharing_the_store_has_priced_its_rides() {
+    let Some(config) = on_postgres().await else { return };
+    let m = Money::start_with(config).await;
+    let b = Harness::start_with(m.h.config.clone()).await;
+    b.clock.set(m.h.clock.now_ms());
+    let rider = m.rider(820, 10_000).await;
+    b.faults.set_pricing_stalled(true);
+    let ride = tap(&rider, 1, T0_MS + MINUTE, TapKind::Single, "bus-99");
+    assert_eq!(b.client().push(&batch("depot-1", 1, vec![ride])).await.expect("b acks").accepted, 1);
+    m.h.server.accounts().request_refund(820).await.expect("refund asked for");
+    let due = T0_MS + 10 * 24 * 60 * MINUTE;
+
+    let held = m.h.server.refund_pass_as_of(due).await.expect("a's pass");
+    assert!(!held.closed.contains(&820), "b holds a ride it has not priced: {held:?}");
+    let account = m.h.server.accounts().account(820).await.expect("account");
+    assert_eq!((account.state.as_str(), account.deposit_cents.get()), ("refund_pending", 2_000));
+
+    b.faults.set_pricing_stalled(false);
+    b.clock.set(due);
+    b.server.refund_pass_as_of(due).await.expect("b prices and says so");
+    // The ride's charge is decided first: a refund waits for money in flight.
+    let charges = settle_both(&m, &b).await;
+    let paid = m.h.server.refund_pass_as_of(due).await.expect("a's pass");
+    assert_eq!(paid.closed, [820], "{paid:?}");
+    let ride_charges: Vec<(i64, &str)> =
+        charges.iter().filter(|c| c.card_id == 820).map(|c| (c.amount_cents.get(), c.outcome.as_str())).collect();
+    assert_eq!(ride_charges, [(300, "succeeded")], "the ride charged before the agreement ended");
     b.server.shutdown().await.expect("b stops");
     m.h.server.shutdown().await.expect("a stops");
     m.paygw.stop().await;

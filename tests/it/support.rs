@@ -149,6 +149,17 @@ impl Harness {
         self
     }
 
+    /// Graceful stop, `between` on the stopped data directory (a command an
+    /// operator runs), then a new server on it with `config`.
+    pub(crate) async fn restart_after(mut self, config: Config, between: impl FnOnce(&std::path::Path)) -> Harness {
+        self.server.shutdown().await.expect("shutdown");
+        between(self.dir.path());
+        self.config = config;
+        let injected = (&self.faults, &self.inbox);
+        self.server = start_server(&self.config, self.dir.path(), &self.identity, &self.clock, injected).await;
+        self
+    }
+
     /// The process "dies": the server is abandoned without a shutdown (its
     /// threads idle on, its files stay as they are), `damage` runs, and a
     /// new server recovers the same data directory.

@@ -698,6 +698,7 @@ mod tests {
         tx.execute("UPDATE accounts SET code_blocks_terminal_key_id = 3, code_blocks_issued = 5 WHERE card_id = 7", [])
             .expect("a count as migration 11 kept it");
         tx.execute("DROP TABLE code_blocks", []).expect("back to version 11");
+        tx.execute("ALTER TABLE log_cursors DROP COLUMN priced_received_before", []).expect("and before 15");
         tx.commit().expect("commit");
         store.connection().pragma_update(None, "user_version", 11).expect("version 11");
         drop(store);

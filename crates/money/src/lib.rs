@@ -15,6 +15,7 @@ pub mod codec;
 pub mod db;
 pub mod deny_list_hub;
 pub mod dispatcher;
+pub mod migrate_store;
 pub mod money_audit;
 pub mod money_metrics;
 pub mod money_settings;

@@ -29,6 +29,9 @@ pub struct MoneySettings {
     pub rides_arrive_within: Duration,
     /// How often the refund job looks.
     pub refund_check_interval: Duration,
+    /// How often the deny list is reread from the store (other servers'
+    /// changes).
+    pub deny_list_sync_interval: Duration,
     pub charges_archive_interval: Duration,
     pub charges_archive_batch_max: usize,
 }

@@ -92,6 +92,8 @@ impl ReaderStatus for PricerStatus {
 
 pub struct Pricer {
     handle: ReaderHandle<PricerStatus>,
+    /// Its name in the store ([`reader_name`]).
+    reader: String,
 }
 
 /// The money store, opened where the pricer left off.
@@ -129,7 +131,7 @@ impl Pricer {
             cursor: WalCursor::new(settings.wal_dir.clone(), settings.record_bytes_max, start_lsn),
             settings,
             store,
-            reader,
+            reader: reader.clone(),
             progress,
             clock,
             readers,
@@ -139,7 +141,12 @@ impl Pricer {
         };
         // A failed round is tried again at the next poll: nothing to wait out.
         let poll = state.settings.poll_interval;
-        Pricer { handle: ReaderHandle::spawn(state, status, poll, Duration::ZERO) }
+        Pricer { handle: ReaderHandle::spawn(state, status, poll, Duration::ZERO), reader }
+    }
+
+    /// Its name in the store's `log_cursors`.
+    pub fn reader(&self) -> &str {
+        &self.reader
     }
 
     pub fn status(&self) -> PricerStatus {

@@ -22,7 +22,7 @@ use crate::money_store::MoneyStore;
 use crate::notify::Notifier;
 use crate::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use crate::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
-use crate::store::{StoreError, step_ended};
+use crate::store::{self, StoreError, step_ended};
 use farestream_core::account::{AccountState, NotYet};
 use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
@@ -246,6 +246,25 @@ impl AccountService {
     /// the rides priced so far: `serve` and the demo call it through
     /// `Server::refund_pass_as_of`, which waits until every ride received
     /// is priced.
+    /// Records that every ride this server received before `received_before`
+    /// is priced (`reader`: its pricer), and returns the moment refunds may
+    /// be paid as of: `now`, or earlier while another server sharing the
+    /// store has not priced that far (a refund due later waits for it).
+    pub async fn refunds_may_go_as_of(
+        &self,
+        reader: &str,
+        received_before: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<UnixMillis, ServiceError> {
+        let reader = reader.to_string();
+        self.write(move |tx| {
+            store::set_priced_received_before(tx, &reader, received_before)?;
+            let others = store::others_priced_received_before(tx, &reader)?;
+            Ok(others.map_or(now, |others| others.min(now)))
+        })
+        .await
+    }
+
     pub async fn process_refunds_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServiceError> {
         let _turn = self.refund_pass_turn.lock().await;
         let within = self.rides_arrive_within_ms;

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::db::{Db, Sqlite, Value};
 use crate::money_metrics;
+use farestream_core::clock::UnixMillis;
 
 /// The schema, version by version. A migration is never edited once
 /// shipped; a change is a new one.
@@ -190,6 +191,31 @@ pub fn set_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), Sto
     Ok(())
 }
 
+/// Records that every ride `reader`'s server received before `at` is
+/// priced (its refund pass says so after flushing its pricer).
+pub fn set_priced_received_before(tx: &mut dyn Db, reader: &str, at: UnixMillis) -> Result<(), StoreError> {
+    let changed = tx.execute(
+        "UPDATE log_cursors SET priced_received_before = ?2 WHERE reader = ?1",
+        &[Value::Text(reader), Value::Int(at)],
+    )?;
+    if changed != 1 {
+        return Err(StoreError::Corrupt(format!("no log cursor {reader:?} to record its pricing in")));
+    }
+    Ok(())
+}
+
+/// The earliest moment before which every other pricer sharing the store
+/// has priced everything its server received (`i64::MIN` when one has not
+/// said yet); `None` when `reader` is the only one.
+pub fn others_priced_received_before(db: &mut dyn Db, reader: &str) -> Result<Option<UnixMillis>, StoreError> {
+    let row = db.query_one(
+        "SELECT min(coalesce(priced_received_before, CAST(?2 AS BIGINT))) FROM log_cursors
+         WHERE reader LIKE 'pricer%' AND reader <> ?1",
+        &[Value::Text(reader), Value::Int(i64::MIN)],
+    )?;
+    row.opt_int(0)
+}
+
 #[cfg(test)]
 mod tests {
     use rusqlite::params;
@@ -212,6 +238,31 @@ mod tests {
             assert_eq!(log_cursor(db, "other").expect("read"), None, "{engine}: one cursor a reader");
         }
         on_both_stores(cursors);
+    }
+
+    /// Each pricer's promise at the extremes of time; the others' earliest,
+    /// a pricer that has not said yet holding everyone back.
+    #[test]
+    fn the_earliest_promise_of_the_other_pricers_holds_refunds_back() {
+        fn promises(db: &mut dyn Db, engine: &str) {
+            set_log_cursor(db, "pricer@a", 1).expect("a");
+            assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), None, "{engine}: alone");
+            assert!(set_priced_received_before(db, "pricer@b", 5).is_err(), "{engine}: no cursor, no promise");
+            set_log_cursor(db, "pricer@b", 1).expect("b");
+            assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(i64::MIN), "{engine}");
+            for at in [i64::MIN, 0, i64::MAX] {
+                set_priced_received_before(db, "pricer@b", at).expect("b promises");
+                assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(at), "{engine}");
+            }
+            set_log_cursor(db, "pricer@c", 1).expect("c");
+            set_priced_received_before(db, "pricer@c", 7).expect("c promises");
+            assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(7), "{engine}: earliest");
+            set_priced_received_before(db, "pricer@a", i64::MAX).expect("a promises");
+            set_log_cursor(db, "pricer@b", 2).expect("b moves on");
+            let kept = others_priced_received_before(db, "pricer@c").expect("read");
+            assert_eq!(kept, Some(i64::MAX), "{engine}: b's promise kept as its cursor moves");
+        }
+        on_both_stores(promises);
     }
 
     /// A store built by the migrations up to `version` only, as an older

@@ -72,7 +72,7 @@ pub use settings::{CutOverSettings, PeerLimitSettings, ServerSettings, money_sto
 use connections::accept_loop;
 use fleet_access::{FleetAccess, reload_revocations};
 use housekeeping::housekeeping;
-use money_jobs::{charges_archive_job, open_money_store, refund_job, refund_pass, start_money};
+use money_jobs::{charges_archive_job, deny_list_sync_job, open_money_store, refund_job, refund_pass, start_money};
 use peer_limits::PeerLimits;
 use startup::{probe_writable, recover};
 
@@ -385,6 +385,9 @@ impl Server {
         let (interval, stop) = (refunds.refund_check_interval, shared.shutdown.clone());
         let job = refund_job(money.accounts.clone(), pricer, arrivals, interval, stop);
         spawn_supervised(&shared, "the refund job", job);
+        let every = shared.settings.money.deny_list_sync_interval;
+        let job = deny_list_sync_job(Arc::clone(&money.deny_list), every, shared.shutdown.clone());
+        spawn_supervised(&shared, "the deny list sync", job);
         let every = shared.settings.money.charges_archive_interval;
         let job = charges_archive_job(Arc::clone(&money.charges_archive), every, shared.shutdown.clone());
         spawn_supervised(&shared, "the charges archive", job);

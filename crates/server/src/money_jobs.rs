@@ -17,6 +17,7 @@ use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
 use farestream_money::charges_archive::{ChargesArchive, charges_root};
 use farestream_money::pricer::{OpenedStore, pricer_start, reader_name};
+use farestream_money::store::set_log_cursor;
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
 
 /// The money side of a running server.
@@ -47,6 +48,9 @@ pub(super) fn open_money_store(
             recovery.wal_first_lsn, recovery.wal_end_lsn
         )));
     }
+    // The cursor exists from the start: another server's refunds wait for
+    // this one's promise (`priced_received_before`) once it is known.
+    store.in_transaction(|tx| set_log_cursor(tx, &reader, start))?;
     tracing::info!(store = money.store.describe(), %reader, priced_lsn = start, "money store opened");
     Ok(OpenedStore { store, reader, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
 }
@@ -157,6 +161,20 @@ pub(super) async fn charges_archive_job(
     .await
 }
 
+/// Rereads the deny list's changes every `interval`: another server
+/// sharing the store denies and clears cards too.
+pub(super) async fn deny_list_sync_job(
+    deny_list: Arc<DenyListHub>,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    every(interval, stop, || {
+        let hub = Arc::clone(&deny_list);
+        async move { hub.sync_soon().await }
+    })
+    .await
+}
+
 /// `serve`'s refund job: every `refund_check_interval`, a [`refund_pass`]
 /// at the clock's time. An error is logged and the next pass tries again.
 pub(super) async fn refund_job(
@@ -183,7 +201,9 @@ pub(super) async fn refund_job(
 /// full disk) would otherwise be charged after the deposit went back and
 /// the agreement ended. The lateness check refuses a ride received after
 /// its card's refund is due, so what the mark covers is every ride the
-/// card can still have.
+/// card can still have. Servers sharing the store each say how far they
+/// have priced; a refund waits until every one has priced past the moment
+/// it is due.
 pub(super) async fn refund_pass(
     accounts: &AccountService,
     pricer: &Pricer,
@@ -198,5 +218,9 @@ pub(super) async fn refund_pass(
             received.lsn
         )));
     }
-    Ok(accounts.process_refunds_as_of(now).await?)
+    let as_of = accounts.refunds_may_go_as_of(pricer.reader(), received.at, now).await?;
+    if as_of < now {
+        tracing::info!(as_of, now, "refunds wait for another server sharing the money store to price its rides");
+    }
+    Ok(accounts.process_refunds_as_of(as_of).await?)
 }

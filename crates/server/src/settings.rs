@@ -230,6 +230,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<
             u64::from(config.ingest.accepted_lateness_secs) + u64::from(config.ride_code.clock_skew_secs),
         ),
         refund_check_interval: ms(p.refund_check_interval_ms),
+        deny_list_sync_interval: ms(p.deny_list_sync_interval_ms),
         charges_archive_interval: ms(p.charges_archive_interval_ms),
         charges_archive_batch_max: p.charges_archive_batch_charges_max,
     })

@@ -182,6 +182,7 @@ pub struct PaymentsConfig {
     /// In cents, the currency's minor unit (`deposit_fen` before).
     pub deposit_cents: u64,
     pub refund_check_interval_ms: u64,
+    pub deny_list_sync_interval_ms: u64,
     pub charges_archive_interval_ms: u64,
     pub charges_archive_batch_charges_max: usize,
     pub gateway_url: String,

@@ -88,6 +88,7 @@ pub const RANGES: &[KeyRange] = &[
     range("gateway.deny_list_cards_max", 0, 100_000_000, "cards"),
     range("payments.deposit_cents", 0, 100_000_000, "cents"),
     range("payments.refund_check_interval_ms", 1_000, 86_400_000, "ms"),
+    range("payments.deny_list_sync_interval_ms", 100, 600_000, "ms"),
     range("payments.charges_archive_interval_ms", 100, 86_400_000, "ms"),
     range("payments.charges_archive_batch_charges_max", 1, 10_000_000, "charges"),
     range("payments.dispatch_concurrency_max", 1, 1_024, "requests"),

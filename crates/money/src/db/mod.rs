@@ -64,6 +64,16 @@ pub enum Cell {
 }
 
 impl Cell {
+    /// The cell as a value to bind (a row copied from one store to another).
+    pub fn as_value(&self) -> Value<'_> {
+        match self {
+            Cell::Int(value) => Value::Int(*value),
+            Cell::Text(value) => Value::Text(value),
+            Cell::Bytes(value) => Value::Bytes(value),
+            Cell::Null => Value::Null,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Cell::Int(_) => "an integer",
