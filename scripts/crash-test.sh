@@ -10,6 +10,12 @@
 #
 #   CRASH_KILLS=100 scripts/crash-test.sh      # the full run (default 100 kills)
 #   CRASH_KILLS=3 scripts/crash-test.sh        # what the test suite runs
+#   CRASH_MONEY_STORE=postgres CRASH_PG_KILLS=5 scripts/crash-test.sh
+#       # the money store on a throwaway PostgreSQL cluster, which is also
+#       # crashed (immediate shutdown) that many times while the server runs
+#       # (in place of that many of the server's kills) and started again;
+#       # without PostgreSQL installed it says so and passes, unless
+#       # FARESTREAM_POSTGRES=required
 #
 # FARESTREAM_BIN names the binary; without it the release build is used
 # (and built if missing). Traffic stays on 127.0.0.1.
@@ -19,8 +25,20 @@ kills=${CRASH_KILLS:-100}
 source "$(dirname "$0")/lib.sh"
 resolve_farestream_bin
 work=$(mktemp -d)
-trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -n "${CRASH_KEEP:-}" ] || rm -rf "$work"' EXIT
+pg_kills=${CRASH_PG_KILLS:-0}
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -z "${pg_dir:-}" ] || pg_kill_immediate; [ -n "${CRASH_KEEP:-}" ] || rm -rf "$work"' EXIT
 pick_rig_ports
+money_store=sqlite
+if [ "${CRASH_MONEY_STORE:-sqlite}" = postgres ]; then
+  pg_status=0
+  start_test_postgres "$work/pg" || pg_status=$?
+  if [ "$pg_status" -eq 2 ]; then
+    if [ "${FARESTREAM_POSTGRES:-}" = required ]; then echo "PostgreSQL is required and not installed"; exit 1; fi
+    echo "skipped: PostgreSQL is not installed"; exit 0
+  fi
+  [ "$pg_status" -eq 0 ] || exit 1
+  money_store=$pg_url
+fi
 
 # Short timeouts so a gateway notices a dead server fast, many retries so it
 # keeps trying through every restart, and frequent archive cuts so kills
@@ -39,6 +57,7 @@ retry_backoff_ms_max = 500
 [archive]
 file_age_secs_max = 1
 [payments]
+money_store = "$money_store"
 gateway_url = "http://127.0.0.1:$paygw_port"
 request_timeout_ms = 2000
 dispatch_lease_ms = 3000
@@ -80,8 +99,19 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 
+# PostgreSQL's crashes are spread among the server's kills, each while the
+# server runs: its connections end under it and must be made again.
+pg_every=$(( pg_kills > 0 ? (kills + pg_kills - 1) / pg_kills : 0 ))
+pg_killed=0
 for i in $(seq 1 "$kills"); do
   sleep "0.$(( RANDOM % 8 + 2 ))"
+  if [ "$pg_every" -gt 0 ] && [ $(( i % pg_every )) -eq 0 ] && [ "$pg_killed" -lt "$pg_kills" ]; then
+    pg_kill_immediate
+    sleep "0.$(( RANDOM % 5 + 1 ))"
+    pg_start
+    pg_killed=$(( pg_killed + 1 ))
+    continue
+  fi
   kill -9 "$server_pid"
   wait "$server_pid" 2>/dev/null || true
   start_server
@@ -100,7 +130,7 @@ wait "$server_pid" "$paygw_pid" || true
 
 audit_status=0
 result=$("$bin" "${args[@]}" audit --acked-file "$work/acked.txt" --paygw-dir "$work/paygw") || audit_status=$?
-echo "kills=$kills $result"
+echo "kills=$kills pg_kills=$pg_killed $result"
 acked=$(sed -n 's/.*acked=\([0-9]*\).*/\1/p' <<< "$result")
 if [ "${acked:-0}" -eq 0 ]; then
   echo "nothing was acknowledged: the run proves nothing"; exit 1

@@ -136,3 +136,36 @@ ensure_postgres() {
   { apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1 \
     || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1; }; }
 }
+
+# A throwaway PostgreSQL cluster under $1 (data and socket there, no TCP),
+# as `nobody` when run as root (PostgreSQL refuses root), with a database
+# `farestream`: sets pg_url for payments.money_store. pg_start and
+# pg_kill_immediate (PostgreSQL's crash: no checkpoint, recovery from its
+# WAL at the next start) act on it. Returns 2 when PostgreSQL is not
+# installed.
+start_test_postgres() {
+  pg_dir=$1
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || return 2
+  mkdir -p "$pg_dir"
+  chmod 711 "$pg_dir" "$(dirname "$pg_dir")"
+  pg_as=()
+  if [ "$(id -u)" = 0 ]; then
+    chown 65534:65534 "$pg_dir"
+    pg_as=(setpriv --reuid 65534 --regid 65534 --clear-groups)
+  fi
+  "${pg_as[@]}" "$pg_bin/initdb" --auth=trust --encoding=UTF8 --no-locale -U farestream -D "$pg_dir/data" \
+    > "$pg_dir/initdb.log" 2>&1 || { cat "$pg_dir/initdb.log"; return 1; }
+  pg_start
+  "${pg_as[@]}" "$pg_bin/createdb" -h "$pg_dir" -U farestream farestream
+  pg_url="postgresql://farestream@/farestream?host=$pg_dir"
+}
+
+pg_start() {
+  "${pg_as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+    -o "-k $pg_dir -c listen_addresses=''" start > /dev/null
+}
+
+pg_kill_immediate() {
+  "${pg_as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop > /dev/null 2>&1 || true
+}

@@ -94,6 +94,11 @@ pub fn money_step_panicked() {
     counter!("farestream_money_step_panics_total").increment(1);
 }
 
+/// A PostgreSQL money-store connection ended and a new one was made.
+pub fn money_store_reconnected() {
+    counter!("farestream_money_store_reconnects_total").increment(1);
+}
+
 /// A one-time code not sent, or a phone's codes not checked, and why.
 pub fn otp_refused(reason: &'static str) {
     counter!("farestream_otp_refused_total", "reason" => reason).increment(1);

@@ -39,6 +39,8 @@ pub struct PgStore {
     /// `None` only while it is dropped ([`Drop`] below).
     client: Option<Client>,
     statements: Statements,
+    /// How to connect again after the connection ended.
+    config: Config,
     /// Where it is, without the password, for messages.
     store: String,
 }
@@ -51,7 +53,30 @@ impl PgStore {
         let mut client =
             config.connect(NoTls).map_err(|source| StoreError::Connect { store: store.clone(), source })?;
         migrate(&mut client, &store)?;
-        Ok(PgStore { client: Some(client), statements: Statements::default(), store })
+        Ok(PgStore { client: Some(client), statements: Statements::default(), config: config.clone(), store })
+    }
+
+    /// A connection that ended (PostgreSQL restarted, a failover, a cut
+    /// network) is replaced by a new one before the next statement, its
+    /// prepared statements with it. When connecting fails too, the ended
+    /// connection stays and the statement fails with why, to be tried
+    /// again as any failed store step is: the pricer from its cursor, the
+    /// dispatcher's claims after their lease, an API call by the app.
+    fn reconnect_if_closed(&mut self) {
+        if !self.client.as_ref().is_some_and(Client::is_closed) && !self.statements.connection_lost() {
+            return;
+        }
+        match self.config.connect(NoTls) {
+            Ok(client) => {
+                self.client = Some(client);
+                self.statements = Statements::default();
+                crate::money_metrics::money_store_reconnected();
+                tracing::info!(store = %self.store, "money store connection lost; connected again");
+            }
+            Err(error) => {
+                tracing::warn!(store = %self.store, %error, "money store unreachable; the step is tried again later");
+            }
+        }
     }
 
     /// The raw client, for what the schema's own statements do not cover
@@ -62,6 +87,7 @@ impl PgStore {
 
     /// The store as a [`Db`], each statement its own transaction.
     pub fn db(&mut self) -> Postgres<'_, Client> {
+        self.reconnect_if_closed();
         let client = self.client.as_mut().expect("a PgStore holds its client until it is dropped");
         Postgres { client, statements: &mut self.statements }
     }
@@ -90,15 +116,17 @@ impl PgStore {
         read_only: bool,
         work: impl FnOnce(&mut dyn Db) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.reconnect_if_closed();
         let client = self.client.as_mut().expect("a PgStore holds its client until it is dropped");
+        let statements = &mut self.statements;
         let mut tx = client
             .build_transaction()
             .isolation_level(isolation)
             .read_only(read_only)
             .start()
-            .map_err(StoreError::from)?;
-        let value = work(&mut Postgres { client: &mut tx, statements: &mut self.statements })?;
-        tx.commit().map_err(StoreError::from)?;
+            .map_err(|e| statements.note(e))?;
+        let value = work(&mut Postgres { client: &mut tx, statements })?;
+        tx.commit().map_err(|e| statements.note(e))?;
         Ok(value)
     }
 
@@ -205,6 +233,30 @@ mod tests {
     use super::*;
     use crate::store::{SqliteStore, store_path};
     use crate::test_cluster::TestCluster;
+
+    /// PostgreSQL ends the store's connection (a restart, a failover): at
+    /// most the step that learns of it fails, and the next runs on a new
+    /// connection, its statements prepared again.
+    #[test]
+    fn a_connection_the_server_ended_is_made_again_before_the_next_step() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = cluster.new_database();
+        let mut store = PgStore::open(&config).expect("open");
+        let backend = |store: &mut PgStore| -> Result<i64, StoreError> {
+            store.in_transaction(|db| db.query_one("SELECT CAST(pg_backend_pid() AS BIGINT)", &[])?.int(0))
+        };
+        let first = backend(&mut store).expect("the first connection");
+        let mut admin = config.connect(NoTls).expect("an admin connection");
+        admin.execute("SELECT pg_terminate_backend(CAST(CAST($1 AS BIGINT) AS INTEGER))", &[&first]).expect("ended");
+        let after: Vec<Result<i64, StoreError>> = (0..2).map(|_| backend(&mut store)).collect();
+        let second = match &after[..] {
+            [Ok(second), Ok(again)] => (second == again).then_some(*second),
+            [Err(_), Ok(second)] => Some(*second),
+            _ => None,
+        };
+        let second = second.unwrap_or_else(|| panic!("at most the first step after fails: {after:?}"));
+        assert_ne!(second, first, "a new connection");
+    }
 
     #[test]
     fn both_engines_are_at_one_version() {

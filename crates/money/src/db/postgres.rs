@@ -21,7 +21,35 @@ type BoxedError = Box<dyn Error + Sync + Send>;
 /// by the store beside its connection (`PgStore`): a statement prepared
 /// on one connection does not exist on another.
 #[derive(Default)]
-pub struct Statements(HashMap<String, Statement>);
+pub struct Statements(HashMap<String, Statement>, ConnectionLost);
+
+/// Set when a statement failed in a way that ends the connection (the
+/// server shut it or went away): the store connects again before its next
+/// step, rather than learning it from one more failure.
+#[derive(Default)]
+pub(crate) struct ConnectionLost(pub(crate) bool);
+
+impl Statements {
+    pub(crate) fn connection_lost(&self) -> bool {
+        self.1.0
+    }
+
+    /// Notes `error` if it ended the connection; gives it back.
+    pub(crate) fn note(&mut self, error: postgres::Error) -> StoreError {
+        if ends_connection(&error) {
+            self.1.0 = true;
+        }
+        StoreError::from(error)
+    }
+}
+
+/// An error after which the connection is gone: closed, an I/O failure, or
+/// the server's FATAL or PANIC (shut down, terminated, crashed).
+fn ends_connection(error: &postgres::Error) -> bool {
+    let fatal = error.as_db_error().is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
+    let io = std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>());
+    error.is_closed() || fatal || io
+}
 
 /// A PostgreSQL client, or a transaction on one, as a [`Db`], with the
 /// connection's prepared statements; made by `PgStore`.
@@ -35,7 +63,7 @@ impl<C: GenericClient> Postgres<'_, C> {
         if let Some(statement) = self.statements.0.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(&postgres_placeholders(sql))?;
+        let statement = self.client.prepare(&postgres_placeholders(sql)).map_err(|e| self.statements.note(e))?;
         self.statements.0.insert(sql.to_string(), statement.clone());
         Ok(statement)
     }
@@ -122,7 +150,7 @@ impl<C: GenericClient> Db for Postgres<'_, C> {
     fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        Ok(self.client.execute(&statement, &params)?)
+        self.client.execute(&statement, &params).map_err(|e| self.statements.note(e))
     }
 
     fn query_each(
@@ -132,8 +160,8 @@ impl<C: GenericClient> Db for Postgres<'_, C> {
         each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let statement = self.statement(sql)?;
-        let mut rows = self.client.query_raw(&statement, params.iter())?;
-        while let Some(found) = rows.next()? {
+        let mut rows = self.client.query_raw(&statement, params.iter()).map_err(|e| self.statements.note(e))?;
+        while let Some(found) = rows.next().map_err(|e| self.statements.note(e))? {
             each(row(&found)?)?;
         }
         Ok(())
