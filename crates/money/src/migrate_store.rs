@@ -2,9 +2,10 @@
 //! the embedded store moves its money to PostgreSQL. The server is stopped
 //! (the caller holds the data dir's lock); every table of the SQLite store
 //! is copied row for row into an empty PostgreSQL store at the same
-//! schema version, in one transaction, then read back and checked, table
-//! by table, as a multiset of rows (count and an order-free digest sum:
-//! collations differ, so neither side's order is trusted).
+//! schema version and read back and checked, table by table, as a
+//! multiset of rows (count and an order-free digest sum: collations
+//! differ, so neither side's order is trusted), in one transaction that
+//! commits only if every table matches.
 //!
 //! Two things change on the way, because PostgreSQL is a store several
 //! servers may share: the pricer's cursor `pricer` becomes
@@ -48,7 +49,7 @@ pub fn copy_store(
 ) -> Result<Copied, MigrateError> {
     let tables = same_tables(from, to)?;
     let pricer = reader_name(Engine::Postgres, Some(node));
-    let copied = to.in_transaction(|tx| {
+    to.in_transaction(|tx| {
         let mut copied = Vec::new();
         for table in &tables {
             progress(table);
@@ -60,26 +61,27 @@ pub fn copy_store(
             &[Value::Text(READER), Value::Text(&pricer)],
         )?;
         restart_identities(tx)?;
-        Ok::<_, MigrateError>(copied)
-    })?;
-    for table in &tables {
-        let columns = columns(&mut from.db(), table)?;
-        let renamed = |row: &mut Row| {
-            if table == "log_cursors" && row.0.first() == Some(&Cell::Text(READER.to_string())) {
-                row.0[0] = Cell::Text(pricer.clone());
+        // Checked before it commits: a store that differs is never left
+        // for a server to open.
+        for table in &tables {
+            let columns = columns(&mut from.db(), table)?;
+            let renamed = |row: &mut Row| {
+                if table == "log_cursors" && row.0.first() == Some(&Cell::Text(READER.to_string())) {
+                    row.0[0] = Cell::Text(pricer.clone());
+                }
+            };
+            let sqlite = RowsDigest::of(&mut from.db(), table, &columns, renamed)?;
+            let postgres = RowsDigest::of(tx, table, &columns, |_| {})?;
+            if sqlite != postgres {
+                return Err(MigrateError::Differs {
+                    table: table.clone(),
+                    sqlite_rows: sqlite.rows,
+                    postgres_rows: postgres.rows,
+                });
             }
-        };
-        let sqlite = RowsDigest::of(&mut from.db(), table, &columns, renamed)?;
-        let postgres = RowsDigest::of(&mut to.db(), table, &columns, |_| {})?;
-        if sqlite != postgres {
-            return Err(MigrateError::Differs {
-                table: table.clone(),
-                sqlite_rows: sqlite.rows,
-                postgres_rows: postgres.rows,
-            });
         }
-    }
-    Ok(copied)
+        Ok(copied)
+    })
 }
 
 /// Both stores' tables, `accounts` first; the same on both, or an error.

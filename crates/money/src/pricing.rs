@@ -81,7 +81,7 @@ pub fn price_rows(
 }
 
 /// Takes each rider's lock ([`Lock::Card`]) before any of their taps
-/// is read or written, in ascending order so that two pricers sharing a
+/// is read or written, in ascending key order so that two pricers sharing a
 /// store (two servers on one PostgreSQL) never wait for each other in a
 /// circle. Without it each would price a rider-day from its own taps
 /// alone, neither seeing the other's uncommitted ones, and a cap would
@@ -92,8 +92,10 @@ fn lock_riders(tx: &mut dyn Db, cards: impl Iterator<Item = u64>) -> Result<(), 
         // sort on the hot path.
         return Ok(());
     }
-    let cards: BTreeSet<u64> = cards.collect();
-    for card_id in cards {
+    // In the order of the lock keys, not the cards: two cards may share a
+    // key (64 bits folded into 32), and keys taken in two orders deadlock.
+    let locks: BTreeSet<((i64, i64), u64)> = cards.map(|card| (Lock::Card(card).keys(), card)).collect();
+    for (_, card_id) in locks {
         tx.lock(Lock::Card(card_id))?;
     }
     Ok(())

@@ -165,6 +165,9 @@ impl AccountService {
         // active (and takes no second deposit) or the same attempt.
         let attempt = self
             .write(move |tx| {
+                // Before the state is read: another server's activation of
+                // the card commits first or waits for this one.
+                tx.lock(Lock::Card(card_id))?;
                 let account = accounts::account(tx, card_id)?;
                 if account.state != AccountState::Registered {
                     return Err(wrong_state(&account, "activation", "registered"));
@@ -191,6 +194,9 @@ impl AccountService {
         let now = self.clock.now_ms();
         let attempt = self
             .write(move |tx| {
+                // Before the arrears are read: a payment, a decline or a
+                // netted credit on another server commits first or waits.
+                tx.lock(Lock::Card(card_id))?;
                 if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Arrears)? {
                     return Ok(open);
                 }
