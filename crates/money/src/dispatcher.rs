@@ -335,6 +335,17 @@ fn record_answer(
     let outcome = decision.after.outcome();
     let mut declined_account = None;
     let detail = answer.detail();
+    // A decided outcome, written only while this claim holds the charge;
+    // `?4`, the gateway's detail, goes to the column the outcome names.
+    let decided = [
+        id,
+        Value::Int(charge.claim.into()),
+        Value::Int(now),
+        Value::Text(detail),
+        Value::Int(attempts.into()),
+        first_attempt_at.into(),
+        Value::Text(outcome.as_str()),
+    ];
     let written = match decision.after {
         AfterAnswer::Succeeded => tx.execute(
             &format!(
@@ -342,15 +353,7 @@ fn record_answer(
                                     attempts = ?5, first_attempt_at = ?6
                  WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
             ),
-            &[
-                id,
-                Value::Int(charge.claim.into()),
-                Value::Int(now),
-                Value::Text(detail),
-                Value::Int(attempts.into()),
-                first_attempt_at.into(),
-                Value::Text(outcome.as_str()),
-            ],
+            &decided,
         )?,
         AfterAnswer::Declined(effect) => {
             let written = tx.execute(
@@ -359,15 +362,7 @@ fn record_answer(
                                         attempts = ?5, first_attempt_at = ?6
                      WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
                 ),
-                &[
-                    id,
-                    Value::Int(charge.claim.into()),
-                    Value::Int(now),
-                    Value::Text(detail),
-                    Value::Int(attempts.into()),
-                    first_attempt_at.into(),
-                    Value::Text(outcome.as_str()),
-                ],
+                &decided,
             )?;
             if written > 0 {
                 declined_account = record_decline(tx, charge, effect, detail, now)?;

@@ -48,7 +48,7 @@ pub fn copy_store(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Copied, MigrateError> {
     let tables = same_tables(from, to)?;
-    let pricer = reader_name(Engine::Postgres, Some(node));
+    let pricer = reader_name(Engine::Postgres, node);
     to.in_transaction(|tx| {
         let mut copied = Vec::new();
         for table in &tables {

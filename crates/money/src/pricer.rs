@@ -40,13 +40,12 @@ pub const READER: &str = "pricer";
 
 /// The pricer's name in the store's `log_cursors`. Each server prices its
 /// own log: on a store that servers share (PostgreSQL) the name carries
-/// the data dir's id (`pricer@ID`; none yet: a name no pricer has); the
-/// embedded store belongs to one data dir, and its pricer is `pricer`.
-pub fn reader_name(engine: Engine, node: Option<&NodeId>) -> String {
-    match (engine, node) {
-        (Engine::Sqlite, _) => READER.to_string(),
-        (Engine::Postgres, Some(node)) => format!("{READER}@{node}"),
-        (Engine::Postgres, None) => format!("{READER}@"),
+/// the data dir's id (`pricer@ID`); the embedded store belongs to one
+/// data dir, and its pricer is `pricer`.
+pub fn reader_name(engine: Engine, node: &NodeId) -> String {
+    match engine {
+        Engine::Sqlite => READER.to_string(),
+        Engine::Postgres => format!("{READER}@{node}"),
     }
 }
 

@@ -40,7 +40,7 @@ pub(super) fn open_money_store(
     let money = &settings.money;
     let mut store = money.open_store()?;
     store.set_page_cache_mib(money.pricer.store_cache_mib)?;
-    let reader = reader_name(store.engine(), Some(node));
+    let reader = reader_name(store.engine(), node);
     let start = pricer_start(&mut store, &reader, recovery.checkpoint_lsn)?;
     if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
         return Err(ServerError::Recovery(format!(

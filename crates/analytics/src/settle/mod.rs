@@ -164,7 +164,7 @@ fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Re
         .map_err(|e| SettleError::Output(format!("the data dir's node id: {e}")))?;
     let place = ArchivePlace { root: &charges_root(data_dir), node: &node };
     archive_decided_charges(&mut store, place, settings.charges_batch_max, now, &Faults::default())?;
-    let pricer = reader_name(store.engine(), Some(&node));
+    let pricer = reader_name(store.engine(), &node);
     Ok(money_snapshot(&mut store, date, &pricer)?)
 }
 
