@@ -165,7 +165,7 @@ impl Harness {
     /// new server recovers the same data directory.
     pub(crate) async fn crash_and_recover(self, damage: impl FnOnce(&std::path::Path)) -> Harness {
         let Harness { dir, server, identity, clock, issuer, config, faults, inbox } = self;
-        server.abandon();
+        server.abandon().await;
         damage(dir.path());
         let server = start_server(&config, dir.path(), &identity, &clock, (&faults, &inbox)).await;
         Harness { dir, server, identity, clock, issuer, config, faults, inbox }

@@ -2,7 +2,7 @@
 //! archiver and the pricer) share: one loop ([`ReaderHandle::spawn`] runs a
 //! [`LogStep`] in it: poll, step, answer a flush, rewind and retry after a
 //! passing failure, stop for good on a fatal one), a command channel
-//! (flush now, stop), a status the server reads, and the handle that sends
+//! (flush now, stop, halt), a status the server reads, and the handle that sends
 //! the commands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +133,13 @@ fn run_reader<R: LogStep, S: ReaderStatus>(
         let (reply, stop) = match next_command(commands, poll) {
             Some(Command::Flush(reply)) => (Some(reply), false),
             Some(Command::Stop) => (None, true),
+            Some(Command::Halt(halted)) => {
+                // Dropped before the answer: whatever it held open stays
+                // as it is, and nothing of it runs after `halt` returns.
+                drop(reader);
+                let _ = halted.send(());
+                return;
+            }
             None => (None, false),
         };
         let result = match reader.step(reply.is_some() || stop) {
@@ -174,6 +181,9 @@ enum Command {
     /// Do everything durable now; answer with the position reached.
     Flush(oneshot::Sender<Result<u64, String>>),
     Stop,
+    /// End now, between two rounds, without doing anything more (what a
+    /// process death does); answered once the reader is gone.
+    Halt(oneshot::Sender<()>),
 }
 
 /// The next command, or `None` when `poll` passed without one; a dropped
@@ -235,6 +245,18 @@ impl<S: ReaderStatus> ReaderHandle<S> {
         let _ = self.commands.send(Command::Stop);
         let _ = self.thread.join();
         lock(&self.status).clone()
+    }
+
+    /// Ends the thread between two rounds without a last one: nothing
+    /// more is written, flushed or closed, as when the process dies. For
+    /// tests that kill a server inside one process: a thread left running
+    /// would write into the data dir a new server has recovered.
+    pub async fn halt(&self) {
+        let (halted, answer) = oneshot::channel();
+        if self.commands.send(Command::Halt(halted)).is_ok() {
+            // An error: the thread had already ended.
+            let _ = answer.await;
+        }
     }
 
     fn stopped(&self) -> String {
@@ -321,6 +343,55 @@ mod tests {
         assert_eq!(rewinds.load(Ordering::Relaxed), 1);
         assert_eq!(rt.block_on(handle.flush()), Ok(7));
         assert_eq!(handle.close().0, None, "a passing failure is not a failure for good");
+    }
+
+    /// A reader that counts its rounds and its drop.
+    struct Counted {
+        rounds: Arc<AtomicU64>,
+        dropped: Arc<AtomicU64>,
+    }
+
+    impl LogStep for Counted {
+        const NAME: &'static str = "counted";
+
+        fn step(&mut self, _asked: bool) -> Result<u64, StepFailure> {
+            Ok(self.rounds.fetch_add(1, Ordering::SeqCst))
+        }
+
+        fn rewind(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn count_retry(&self) {}
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Halted, a reader runs no last round (a stop flushes), is gone once
+    /// `halt` returns, and a second halt or a flush after it only answers.
+    #[test]
+    fn a_halted_reader_runs_no_round_more_and_is_gone_when_halt_returns() {
+        let (rounds, dropped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let reader = Counted { rounds: Arc::clone(&rounds), dropped: Arc::clone(&dropped) };
+        let handle: ReaderHandle<Status> =
+            ReaderHandle::spawn(reader, Arc::default(), Duration::from_millis(1), Duration::ZERO);
+        let rt = runtime();
+        while rounds.load(Ordering::SeqCst) < 3 {
+            std::thread::yield_now();
+        }
+        rt.block_on(handle.halt());
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "the reader is gone when halt returns");
+        let after_halt = rounds.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(rounds.load(Ordering::SeqCst), after_halt, "no round after the halt");
+        rt.block_on(handle.halt());
+        assert!(rt.block_on(handle.flush()).is_err(), "a halted reader answers that it has stopped");
+        handle.close();
+        assert_eq!(rounds.load(Ordering::SeqCst), after_halt, "closing a halted reader runs no last round");
     }
 
     #[test]

@@ -162,6 +162,11 @@ impl Pricer {
     pub fn close(self) -> PricerStatus {
         self.handle.close()
     }
+
+    /// Ends the thread without a last round, as a process death does.
+    pub async fn halt(&self) {
+        self.handle.halt().await;
+    }
 }
 
 struct State {

@@ -527,16 +527,32 @@ impl Server {
     /// their gateways resend); the log is flushed, the archive cut and
     /// checkpointed.
     /// What a process death does, for tests that crash a server inside
-    /// one process: nothing is stopped, flushed or closed (threads idle
-    /// on, files stay as they are), and the data dir's lock goes with the
-    /// "process", so a new server may recover the directory.
-    pub fn abandon(mut self) {
+    /// one process: nothing is flushed or closed (files stay as they are,
+    /// what was queued for the log is lost), and the data dir's lock goes
+    /// with the "process", so a new server may recover the directory. The
+    /// threads that write into the data dir (the log's commit thread, the
+    /// archiver, the pricer, the charges archive) end between two of their
+    /// steps before the lock goes: left running, one would write into the
+    /// directory the next server recovers, which a dead process never does.
+    pub async fn abandon(mut self) {
         // A dead process runs no task: stop them (nothing is flushed).
         self.shared.shutdown.cancel();
         self.endpoint.close(0u32.into(), b"process died");
         let lock = self.data_dir_lock.take();
         tracing::warn!(data_dir = %self.data_dir().display(), "server abandoned without a shutdown");
-        std::mem::forget(self);
+        self.archiver.halt().await;
+        self.pricer.halt().await;
+        let (committer, charges_archive) = (self.committer, Arc::clone(&self.charges_archive));
+        let halted = tokio::task::spawn_blocking(move || {
+            committer.halt();
+            // Held for good: a pass under way ends first, no other starts.
+            std::mem::forget(farestream_core::sync::lock(&charges_archive.store));
+            std::mem::forget(charges_archive);
+        });
+        halted.await.expect("halting the log and the charges archive");
+        // Nothing else is dropped: a dropped handle would run a last round.
+        std::mem::forget((self.endpoint, self.shared, self.archiver, self.pricer, self.accounts));
+        std::mem::forget((self.charges_archive, self.cut_over, self.recovery));
         drop(lock);
     }
 

@@ -135,6 +135,11 @@ impl Archiver {
     pub fn close(self) -> ArchiverStatus {
         self.handle.close()
     }
+
+    /// Ends the thread without a last round, as a process death does.
+    pub async fn halt(&self) {
+        self.handle.halt().await;
+    }
 }
 
 struct State {

@@ -49,6 +49,8 @@ struct Queue {
     /// LSN after the last queued frame.
     tail_lsn: u64,
     stopping: bool,
+    /// Ends the thread without writing what is queued: a process death.
+    halted: bool,
 }
 
 struct Shared {
@@ -77,7 +79,7 @@ impl Committer {
         let end = writer.synced_lsn();
         let (progress, _) = watch::channel(Progress { durable_lsn: end, state: WalState::Running });
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { frames: Vec::new(), tail_lsn: end, stopping: false }),
+            queue: Mutex::new(Queue { frames: Vec::new(), tail_lsn: end, stopping: false, halted: false }),
             wakeup: Condvar::new(),
             progress,
             record_bytes_max,
@@ -100,6 +102,17 @@ impl Committer {
         self.handle.shared.wakeup.notify_all();
         let _ = self.thread.join();
         self.handle.progress()
+    }
+
+    /// Ends the thread without writing what is queued, as a process death
+    /// does (those records were never acknowledged); a group being written
+    /// when it is called is finished first. For tests that kill a server
+    /// inside one process: once this returns, nothing more is written to
+    /// the log a new server recovers.
+    pub fn halt(self) {
+        lock(&self.handle.shared.queue).halted = true;
+        self.handle.shared.wakeup.notify_all();
+        let _ = self.thread.join();
     }
 }
 
@@ -162,10 +175,10 @@ fn run(mut writer: WalWriter, shared: Arc<Shared>, disk_full_retry: Duration, fs
     loop {
         let mut frames = {
             let mut queue = lock(&shared.queue);
-            while queue.frames.is_empty() && !queue.stopping {
+            while queue.frames.is_empty() && !queue.stopping && !queue.halted {
                 queue = shared.wakeup.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
-            if queue.frames.is_empty() {
+            if queue.frames.is_empty() || queue.halted {
                 return;
             }
             std::mem::take(&mut queue.frames)
@@ -177,6 +190,9 @@ fn run(mut writer: WalWriter, shared: Arc<Shared>, disk_full_retry: Duration, fs
                 Ok(_) => frames.clear(),
                 Err(error) if error.is_disk_full() => {
                     drop_written_frames(&mut frames, writer.written_lsn() - before);
+                    if lock(&shared.queue).halted {
+                        return;
+                    }
                     if lock(&shared.queue).stopping {
                         // Shutting down on a full disk: these records were
                         // never acknowledged, and their gateways will resend.
@@ -224,4 +240,38 @@ fn fail(shared: &Shared, error: WalError, durable_lsn: u64) {
     tracing::error!(%error, "write-ahead log failed; the server stops");
     telemetry::wal_failed();
     set_state(shared, WalState::Failed(error.to_string()), durable_lsn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::Faults;
+    use crate::wal::WalConfig;
+
+    fn config(dir: &std::path::Path) -> WalConfig {
+        WalConfig { dir: dir.join("wal"), segment_bytes_max: 1 << 20, record_bytes_max: 1024 }
+    }
+
+    /// After a halt nothing more reaches the log: what a later caller
+    /// queues stays unwritten, and the log reopens where the last durable
+    /// group ended.
+    #[test]
+    fn a_halted_committer_writes_nothing_more() {
+        let dir = tempfile::tempdir().expect("dir");
+        let faults = Arc::new(Faults::default());
+        let recovered = crate::wal::open(config(dir.path()), Arc::clone(&faults), 0).expect("log");
+        let committer = Committer::spawn(recovered.writer, 1024, Duration::from_millis(1), true);
+        let handle = committer.handle();
+        let durable = handle.enqueue(b"acknowledged").expect("queued");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        rt.block_on(handle.wait_durable(durable, Duration::from_secs(10))).expect("durable");
+
+        committer.halt();
+        let queued_after = handle.enqueue(b"never acknowledged").expect("queued");
+        assert!(queued_after > durable);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(handle.progress().durable_lsn, durable);
+        let reopened = crate::wal::open(config(dir.path()), faults, 0).expect("reopened");
+        assert_eq!(reopened.end_lsn, durable, "the log ends at the last group written before the halt");
+    }
 }
