@@ -472,7 +472,7 @@ pub fn account(db: &mut dyn Db, card_id: u64) -> Result<Account, AccountError> {
 
 /// The account, with its card locked until the transaction ends: what
 /// every change reads before it decides (see [`Lock`]).
-fn locked_account(tx: &mut dyn Db, card_id: u64) -> Result<Account, AccountError> {
+pub fn locked_account(tx: &mut dyn Db, card_id: u64) -> Result<Account, AccountError> {
     tx.lock(Lock::Card(card_id))?;
     account(tx, card_id)
 }

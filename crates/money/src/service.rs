@@ -160,21 +160,7 @@ impl AccountService {
                 .write(move |tx| accounts::activate(tx, card_id, &payer, &agreement_id, Cents::ZERO, now))
                 .await;
         }
-        // The state is checked again in the transaction that opens the
-        // attempt: a second activation at the same moment finds the card
-        // active (and takes no second deposit) or the same attempt.
-        let attempt = self
-            .write(move |tx| {
-                // Before the state is read: another server's activation of
-                // the card commits first or waits for this one.
-                tx.lock(Lock::Card(card_id))?;
-                let account = accounts::account(tx, card_id)?;
-                if account.state != AccountState::Registered {
-                    return Err(wrong_state(&account, "activation", "registered"));
-                }
-                payments::open_attempt(tx, card_id, PaymentKind::Deposit, deposit, &agreement_id, now)
-            })
-            .await?;
+        let attempt = self.write(move |tx| open_deposit(tx, card_id, deposit, &agreement_id, now)).await?;
         let transaction = self.send(&attempt, Direction::Debit, "deposit").await?;
         let now = self.clock.now_ms();
         self.write(move |tx| {
@@ -192,22 +178,7 @@ impl AccountService {
     /// own amount; what a decline added meanwhile stays owed.
     pub async fn pay_arrears(&self, card_id: u64) -> Result<Account, ServiceError> {
         let now = self.clock.now_ms();
-        let attempt = self
-            .write(move |tx| {
-                // Before the arrears are read: a payment, a decline or a
-                // netted credit on another server commits first or waits.
-                tx.lock(Lock::Card(card_id))?;
-                if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Arrears)? {
-                    return Ok(open);
-                }
-                let account = accounts::account(tx, card_id)?;
-                let Some(agreement_id) = account.agreement_id.clone().filter(|_| account.arrears_cents.is_positive())
-                else {
-                    return Err(wrong_state(&account, "paying arrears", "arrears owed"));
-                };
-                payments::open_attempt(tx, card_id, PaymentKind::Arrears, account.arrears_cents, &agreement_id, now)
-            })
-            .await?;
+        let attempt = self.write(move |tx| open_arrears_payment(tx, card_id, now)).await?;
         let transaction = self.send(&attempt, Direction::Debit, "arrears").await?;
         let now = self.clock.now_ms();
         let paid = self
@@ -479,6 +450,161 @@ fn refund_step(
     }
 }
 
+/// The deposit attempt of an activation. The state is checked in the
+/// transaction that opens the attempt, with the card locked before it is
+/// read: a second activation at the same moment (on this server or
+/// another) finds the card active and takes no second deposit, or finds
+/// the same attempt undecided.
+fn open_deposit(
+    tx: &mut dyn Db,
+    card_id: u64,
+    deposit: Cents,
+    agreement_id: &str,
+    now: UnixMillis,
+) -> Result<PaymentAttempt, AccountError> {
+    let account = accounts::locked_account(tx, card_id)?;
+    if account.state != AccountState::Registered {
+        return Err(wrong_state(&account, "activation", "registered"));
+    }
+    payments::open_attempt(tx, card_id, PaymentKind::Deposit, deposit, agreement_id, now)
+}
+
+/// The attempt that pays the card's arrears: the one whose answer was lost,
+/// else a new one for what is owed, read with the card locked, so a
+/// payment, a decline or a netted credit on another server commits first
+/// and is seen (no second collection, no stale amount).
+fn open_arrears_payment(tx: &mut dyn Db, card_id: u64, now: UnixMillis) -> Result<PaymentAttempt, AccountError> {
+    let account = accounts::locked_account(tx, card_id)?;
+    if let Some(open) = payments::undecided(tx, card_id, PaymentKind::Arrears)? {
+        return Ok(open);
+    }
+    let Some(agreement_id) = account.agreement_id.clone().filter(|_| account.arrears_cents.is_positive()) else {
+        return Err(wrong_state(&account, "paying arrears", "arrears owed"));
+    };
+    payments::open_attempt(tx, card_id, PaymentKind::Arrears, account.arrears_cents, &agreement_id, now)
+}
+
 fn wrong_state(account: &Account, action: &'static str, needs: &'static str) -> AccountError {
     AccountError::WrongState { card_id: account.card_id, state: account.state.as_str(), action, needs }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two servers on one PostgreSQL store at the same moment: the second
+    //! one's transaction waits on the card's lock, then reads what the
+    //! first committed (faults found by an outside review: a second
+    //! deposit, arrears collected twice).
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::StoreLocation;
+    use crate::test_cluster::TestCluster;
+
+    const CARD: u64 = 7;
+    const NOW: UnixMillis = 1_800_000_000_000;
+    const LOCK_WAIT_MAX: Duration = Duration::from_secs(20);
+
+    fn open(location: &StoreLocation) -> MoneyStore {
+        MoneyStore::open(location, Duration::from_secs(1)).expect("a store")
+    }
+
+    /// Runs `first` in a transaction held open until `second`, on another
+    /// connection, is seen waiting on a lock; then commits it and returns
+    /// what `second` did.
+    fn second_waits_for_first<T: Send>(
+        location: &StoreLocation,
+        first: impl FnOnce(&mut dyn Db) -> Result<(), AccountError> + Send,
+        second: impl FnOnce(&mut dyn Db) -> Result<T, AccountError> + Send,
+    ) -> Result<T, AccountError> {
+        let (mut a, mut b, mut watcher) = (open(location), open(location), open(location));
+        let (holding, held) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let first = s.spawn(move || {
+                a.in_transaction(|tx| {
+                    first(tx)?;
+                    holding.send(()).expect("signal");
+                    released.recv().expect("release");
+                    Ok::<_, AccountError>(())
+                })
+            });
+            held.recv().expect("the first transaction holds the card");
+            let second = s.spawn(move || b.in_transaction(second));
+            let deadline = Instant::now() + LOCK_WAIT_MAX;
+            let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+            while watcher.db().query(waiting, &[]).expect("pg_locks")[0].int(0).expect("count") == 0 {
+                assert!(Instant::now() < deadline, "the second transaction never waited on the card");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            release.send(()).expect("release");
+            first.join().expect("first thread").expect("the first transaction commits");
+            second.join().expect("second thread")
+        })
+    }
+
+    fn attempts(location: &StoreLocation, kind: PaymentKind) -> usize {
+        let all = open(location).in_transaction(|tx| payments::all_attempts(tx)).expect("attempts");
+        all.iter().filter(|attempt| attempt.kind == kind).count()
+    }
+
+    /// A card registered and, with `arrears`, active and owing them.
+    fn a_card(location: &StoreLocation, arrears: Option<Cents>) {
+        open(location)
+            .in_transaction(|tx| {
+                accounts::register(tx, CARD, "+15550000007", NOW)?;
+                if let Some(arrears) = arrears {
+                    accounts::activate(tx, CARD, "payer-7", "agreement-7", Cents::ZERO, NOW)?;
+                    accounts::add_arrears(tx, CARD, arrears, "declined ride", NOW)?;
+                }
+                Ok::<_, AccountError>(())
+            })
+            .expect("the card");
+    }
+
+    /// One server's activation pays the deposit and activates the card;
+    /// the other's, retried at the same moment, waits, finds the card
+    /// active, and opens no second deposit.
+    #[test]
+    fn an_activation_on_a_second_server_at_the_same_moment_takes_no_second_deposit() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let location = cluster.new_location();
+        a_card(&location, None);
+        let deposit = Cents::new(500);
+        let second = second_waits_for_first(
+            &location,
+            |tx| {
+                let attempt = open_deposit(tx, CARD, deposit, "agreement-1", NOW)?;
+                assert!(payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some("txn-1"), None, NOW)?);
+                accounts::activate(tx, CARD, "payer-7", "agreement-1", deposit, NOW).map(drop)
+            },
+            |tx| open_deposit(tx, CARD, deposit, "agreement-2", NOW),
+        );
+        assert!(matches!(second, Err(AccountError::WrongState { state: "active", .. })), "{second:?}");
+        assert_eq!(attempts(&location, PaymentKind::Deposit), 1, "one deposit");
+    }
+
+    /// One server collects the arrears in full; the other's payment of
+    /// them at the same moment waits, finds nothing owed, and collects
+    /// nothing.
+    #[test]
+    fn arrears_paid_on_two_servers_at_the_same_moment_are_collected_once() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let location = cluster.new_location();
+        a_card(&location, Some(Cents::new(300)));
+        let second = second_waits_for_first(
+            &location,
+            |tx| {
+                let attempt = open_arrears_payment(tx, CARD, NOW)?;
+                assert_eq!(attempt.amount_cents, Cents::new(300));
+                assert!(payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some("txn-1"), None, NOW)?);
+                accounts::pay_arrears(tx, CARD, attempt.amount_cents, "paid", NOW).map(drop)
+            },
+            |tx| open_arrears_payment(tx, CARD, NOW),
+        );
+        assert!(matches!(second, Err(AccountError::WrongState { action: "paying arrears", .. })), "{second:?}");
+        assert_eq!(attempts(&location, PaymentKind::Arrears), 1, "the arrears collected once");
+        let account = open(&location).in_transaction(|tx| accounts::account(tx, CARD)).expect("account");
+        assert_eq!(account.arrears_cents, Cents::ZERO);
+    }
 }
