@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{self, Account};
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_to_sql};
-use crate::db::{Db, Engine, Lock, Row, Value};
+use crate::db::{Db, Engine, Lock, Row, Value, lock_cards};
 use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
 use crate::money_store::MoneyStore;
@@ -190,34 +190,8 @@ impl Dispatcher {
     /// here and never sent.
     async fn claim(&self, limit: usize) -> Result<ClaimRound, StoreError> {
         let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
-        let lease = duration_ms(self.settings.lease);
-        blocking(move || {
-            lock(&store).in_transaction(|tx| {
-                let due = due_charges(tx, now, limit)?;
-                let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), ..ClaimRound::default() };
-                for (charge, has_account) in due {
-                    match decide_before_sending(tx, &charge, has_account, decided_at)? {
-                        Decided::Send => round.claimed.push(charge),
-                        Decided::NotSent { outcome, undenied } => {
-                            round.not_sent.push(outcome);
-                            round.undenied |= undenied;
-                        }
-                    }
-                }
-                for charge in &round.claimed {
-                    tx.execute(
-                        "UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1",
-                        &[
-                            Value::Bytes(&charge.charge_id),
-                            Value::Int(charge.claim.into()),
-                            Value::Int(now.saturating_add(lease)),
-                        ],
-                    )?;
-                }
-                Ok(round)
-            })
-        })
-        .await
+        let lease_until = now.saturating_add(duration_ms(self.settings.lease));
+        blocking(move || lock(&store).in_transaction(|tx| claim_due(tx, (now, lease_until), limit, decided_at))).await
     }
 
     /// One attempt at one charge, and its outcome written. A charge whose
@@ -412,6 +386,50 @@ fn record_decline(
     Ok(None)
 }
 
+/// [`Dispatcher::claim`]'s transaction: due at `now` (system time), leased
+/// until `lease_until`; decisions dated `decided_at` (the clock's).
+fn claim_due(
+    tx: &mut dyn Db,
+    (now, lease_until): (UnixMillis, UnixMillis),
+    limit: usize,
+    decided_at: UnixMillis,
+) -> Result<ClaimRound, StoreError> {
+    let due = due_charges(tx, now, limit)?;
+    // Every card the claim may read and change is locked before any is, in
+    // key order: taken in due order, a claim and a pricer (or a second
+    // claim) could each hold a card the other waits for, and a netted
+    // credit takes the deny list's lock, for which a decline on a card
+    // this claim would lock next may already wait.
+    lock_cards(
+        tx,
+        due.iter().filter(|(charge, has_account)| may_be_netted(charge, *has_account)).map(|(c, _)| c.card_id),
+    )?;
+    let mut round = ClaimRound { claimed: Vec::with_capacity(due.len()), ..ClaimRound::default() };
+    for (charge, has_account) in due {
+        match decide_before_sending(tx, &charge, has_account, decided_at)? {
+            Decided::Send => round.claimed.push(charge),
+            Decided::NotSent { outcome, undenied } => {
+                round.not_sent.push(outcome);
+                round.undenied |= undenied;
+            }
+        }
+    }
+    for charge in &round.claimed {
+        tx.execute(
+            "UPDATE charges SET claims = ?2, lease_until = ?3 WHERE charge_id = ?1",
+            &[Value::Bytes(&charge.charge_id), Value::Int(charge.claim.into()), Value::Int(lease_until)],
+        )?;
+    }
+    Ok(round)
+}
+
+/// A credit never claimed before, of a card with an account: it may be set
+/// against what the card owes, so the claim reads (and may change) the
+/// account.
+fn may_be_netted(charge: &Claimed, has_account: bool) -> bool {
+    has_account && charge.claim == 1 && charge.amount_cents.is_negative()
+}
+
 /// Due charges, oldest schedule first, and whether an account has the card.
 fn due_charges(tx: &mut dyn Db, now: UnixMillis, limit: usize) -> Result<Vec<(Claimed, bool)>, StoreError> {
     // Another server claiming at the same moment skips the rows this
@@ -480,7 +498,7 @@ fn decide_before_sending(
     let id = Value::Bytes(&charge.charge_id);
     let payer = if !has_account {
         Payer::NoAccount
-    } else if charge.claim == 1 && charge.amount_cents.is_negative() {
+    } else if may_be_netted(charge, has_account) {
         payer(tx, charge.card_id)?
     } else {
         return Ok(Decided::Send);
@@ -542,8 +560,9 @@ fn decide_before_sending(
 /// What the card owes now, and how much a payment of it still waiting for
 /// its answer may have paid, read in the claiming transaction.
 fn payer(tx: &mut dyn Db, card_id: u64) -> Result<Payer, StoreError> {
-    // The card's lock first: a payment of its arrears opened by another
-    // server at this moment is either seen here or waits for this.
+    // The card's lock (taken already with the claim's others, in key
+    // order): a payment of its arrears opened by another server at this
+    // moment is either seen here or waits for this.
     tx.lock(Lock::Card(card_id))?;
     // sum() is NUMERIC on PostgreSQL: cast back to the 64-bit cents.
     let row = tx.query_opt(
@@ -614,4 +633,67 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work).await.map_err(step_ended)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::accounts::AccountError;
+    use crate::test_cluster::{TestCluster, second_waits_for_first};
+
+    const NOW: UnixMillis = 1_800_000_000_000;
+    /// Two cards whose lock keys sort as their numbers do.
+    const LOW_CARD: u64 = 7;
+    const HIGH_CARD: u64 = 8;
+
+    /// Each card active and owing 300; a first credit of 100 for each, the
+    /// higher card's due first.
+    fn two_owing_cards_with_credits(location: &crate::StoreLocation) {
+        let mut store = crate::MoneyStore::open(location, Duration::from_secs(1)).expect("a store");
+        store
+            .in_transaction(|tx| {
+                for (card_id, due_at) in [(HIGH_CARD, 1), (LOW_CARD, 2)] {
+                    accounts::register(tx, card_id, &format!("+1555000000{card_id}"), NOW)?;
+                    accounts::activate(tx, card_id, "payer", &format!("agreement-{card_id}"), Cents::ZERO, NOW)?;
+                    accounts::add_arrears(tx, card_id, Cents::new(300), "declined ride", NOW)?;
+                    tx.execute(
+                        "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
+                                              created_at, outcome, next_attempt_at)
+                         VALUES (?1, ?2, 20000, 'adjustment', -100, 'CNY', ?3, ?4, 'pending', ?5)",
+                        &[
+                            Value::Bytes(&[card_id as u8; 16]),
+                            Value::Int(card_to_sql(card_id)),
+                            Value::Bytes(&ids_to_sql(&[])),
+                            Value::Int(NOW),
+                            Value::Int(due_at),
+                        ],
+                    )?;
+                }
+                Ok::<_, AccountError>(())
+            })
+            .expect("two cards");
+    }
+
+    /// A pricer locks its riders in key order: the lower card, then (a
+    /// moment later) the higher. A claim at that moment whose credits are
+    /// due the other way round must lock in the same order, or each holds
+    /// a card the other waits for and PostgreSQL aborts one.
+    #[test]
+    fn a_claim_and_a_pricer_on_two_servers_lock_cards_in_one_order() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let location = cluster.new_location();
+        two_owing_cards_with_credits(&location);
+        let (pricer, claim) = second_waits_for_first(
+            &location,
+            |tx| tx.lock(Lock::Card(LOW_CARD)),
+            |tx| tx.lock(Lock::Card(HIGH_CARD)),
+            |tx| claim_due(tx, (NOW, NOW + 60_000), 10, NOW),
+        );
+        pricer.expect("the pricer commits");
+        let round = claim.expect("the claim commits");
+        assert_eq!(round.not_sent, [ChargeOutcome::Netted, ChargeOutcome::Netted], "both credits set against arrears");
+        assert!(round.claimed.is_empty());
+    }
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::NaiveDate;
 
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_from_sql, ids_to_sql};
-use crate::db::{Db, Engine, Lock, Value};
+use crate::db::{Db, Value, lock_cards};
 use crate::store::StoreError;
 use farestream_core::charges::{Charge, ChargeKind, ChargeOutcome, RiderDay, plan_charges};
 use farestream_core::clock::UnixMillis;
@@ -47,7 +47,12 @@ pub fn price_rows(
     now: UnixMillis,
 ) -> Result<Priced, StoreError> {
     let mut priced = Priced::default();
-    lock_riders(tx, rows.iter().filter_map(|row| Some(ride_of(row)?.0)))?;
+    // Each rider's lock before any of their taps is read or written:
+    // without it two pricers sharing a store (two servers on one
+    // PostgreSQL) would each price a rider-day from its own taps alone,
+    // neither seeing the other's uncommitted ones, and a cap would hold
+    // for neither.
+    lock_cards(tx, rows.iter().filter_map(|row| Some(ride_of(row)?.0)))?;
     let mut added: Vec<(RiderDay, Tap)> = Vec::new();
     for (row, (card_id, tap)) in rows.iter().filter_map(|row| Some((row, ride_of(row)?))) {
         let inserted = tx.execute(
@@ -78,27 +83,6 @@ pub fn price_rows(
         priced.add(&reprice(tx, fares, day, taps, now)?);
     }
     Ok(priced)
-}
-
-/// Takes each rider's lock ([`Lock::Card`]) before any of their taps
-/// is read or written, in ascending key order so that two pricers sharing a
-/// store (two servers on one PostgreSQL) never wait for each other in a
-/// circle. Without it each would price a rider-day from its own taps
-/// alone, neither seeing the other's uncommitted ones, and a cap would
-/// hold for neither.
-fn lock_riders(tx: &mut dyn Db, cards: impl Iterator<Item = u64>) -> Result<(), StoreError> {
-    if tx.engine() == Engine::Sqlite {
-        // The write transaction holds the whole store already; skip the
-        // sort on the hot path.
-        return Ok(());
-    }
-    // In the order of the lock keys, not the cards: two cards may share a
-    // key (64 bits folded into 32), and keys taken in two orders deadlock.
-    let locks: BTreeSet<((i64, i64), u64)> = cards.map(|card| (Lock::Card(card).keys(), card)).collect();
-    for (_, card_id) in locks {
-        tx.lock(Lock::Card(card_id))?;
-    }
-    Ok(())
 }
 
 /// The rider-days the new taps change: their own, and a neighbouring day
@@ -145,7 +129,7 @@ pub fn price_closed_entries(tx: &mut dyn Db, fares: &FareTable, now: UnixMillis)
         .iter()
         .map(|row| Ok(RiderDay { card_id: card_from_sql(row.int(0)?), service_date: date_from_sql(row.int(1)?)? }))
         .collect::<Result<Vec<_>, StoreError>>()?;
-    lock_riders(tx, days.iter().map(|day| day.card_id))?;
+    lock_cards(tx, days.iter().map(|day| day.card_id))?;
     let mut priced = Priced::default();
     for day in days {
         // Read after the lock: another pricer may have priced the day

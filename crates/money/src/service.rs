@@ -494,53 +494,17 @@ mod tests {
     //! one's transaction waits on the card's lock, then reads what the
     //! first committed (faults found by an outside review: a second
     //! deposit, arrears collected twice).
-    use std::sync::mpsc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
     use crate::StoreLocation;
-    use crate::test_cluster::TestCluster;
+    use crate::test_cluster::{TestCluster, second_waits_for_first};
 
     const CARD: u64 = 7;
     const NOW: UnixMillis = 1_800_000_000_000;
-    const LOCK_WAIT_MAX: Duration = Duration::from_secs(20);
 
     fn open(location: &StoreLocation) -> MoneyStore {
         MoneyStore::open(location, Duration::from_secs(1)).expect("a store")
-    }
-
-    /// Runs `first` in a transaction held open until `second`, on another
-    /// connection, is seen waiting on a lock; then commits it and returns
-    /// what `second` did.
-    fn second_waits_for_first<T: Send>(
-        location: &StoreLocation,
-        first: impl FnOnce(&mut dyn Db) -> Result<(), AccountError> + Send,
-        second: impl FnOnce(&mut dyn Db) -> Result<T, AccountError> + Send,
-    ) -> Result<T, AccountError> {
-        let (mut a, mut b, mut watcher) = (open(location), open(location), open(location));
-        let (holding, held) = mpsc::channel();
-        let (release, released) = mpsc::channel::<()>();
-        std::thread::scope(|s| {
-            let first = s.spawn(move || {
-                a.in_transaction(|tx| {
-                    first(tx)?;
-                    holding.send(()).expect("signal");
-                    released.recv().expect("release");
-                    Ok::<_, AccountError>(())
-                })
-            });
-            held.recv().expect("the first transaction holds the card");
-            let second = s.spawn(move || b.in_transaction(second));
-            let deadline = Instant::now() + LOCK_WAIT_MAX;
-            let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
-            while watcher.db().query(waiting, &[]).expect("pg_locks")[0].int(0).expect("count") == 0 {
-                assert!(Instant::now() < deadline, "the second transaction never waited on the card");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            release.send(()).expect("release");
-            first.join().expect("first thread").expect("the first transaction commits");
-            second.join().expect("second thread")
-        })
     }
 
     fn attempts(location: &StoreLocation, kind: PaymentKind) -> usize {
@@ -571,15 +535,17 @@ mod tests {
         let location = cluster.new_location();
         a_card(&location, None);
         let deposit = Cents::new(500);
-        let second = second_waits_for_first(
+        let (first, second) = second_waits_for_first(
             &location,
             |tx| {
                 let attempt = open_deposit(tx, CARD, deposit, "agreement-1", NOW)?;
                 assert!(payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some("txn-1"), None, NOW)?);
                 accounts::activate(tx, CARD, "payer-7", "agreement-1", deposit, NOW).map(drop)
             },
+            |_| Ok(()),
             |tx| open_deposit(tx, CARD, deposit, "agreement-2", NOW),
         );
+        first.expect("the first activation commits");
         assert!(matches!(second, Err(AccountError::WrongState { state: "active", .. })), "{second:?}");
         assert_eq!(attempts(&location, PaymentKind::Deposit), 1, "one deposit");
     }
@@ -592,7 +558,7 @@ mod tests {
         let Some(cluster) = TestCluster::shared() else { return };
         let location = cluster.new_location();
         a_card(&location, Some(Cents::new(300)));
-        let second = second_waits_for_first(
+        let (first, second) = second_waits_for_first(
             &location,
             |tx| {
                 let attempt = open_arrears_payment(tx, CARD, NOW)?;
@@ -600,8 +566,10 @@ mod tests {
                 assert!(payments::decide(tx, &attempt.key, PaymentOutcome::Succeeded, Some("txn-1"), None, NOW)?);
                 accounts::pay_arrears(tx, CARD, attempt.amount_cents, "paid", NOW).map(drop)
             },
+            |_| Ok(()),
             |tx| open_arrears_payment(tx, CARD, NOW),
         );
+        first.expect("the first payment commits");
         assert!(matches!(second, Err(AccountError::WrongState { action: "paying arrears", .. })), "{second:?}");
         assert_eq!(attempts(&location, PaymentKind::Arrears), 1, "the arrears collected once");
         let account = open(&location).in_transaction(|tx| accounts::account(tx, CARD)).expect("account");

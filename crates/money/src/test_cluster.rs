@@ -182,6 +182,55 @@ pub(crate) fn on_each_engine(mut work: impl FnMut(&mut crate::MoneyStore, &str))
     }
 }
 
+/// How long [`second_waits_for_first`] looks for the second transaction
+/// waiting on a lock.
+#[cfg(test)]
+const LOCK_WAIT_SEEN_MAX: Duration = Duration::from_secs(20);
+
+/// Two servers on one PostgreSQL store at the same moment: runs `first` in
+/// a transaction on one connection and holds it open until `second`, in a
+/// transaction on another, is seen waiting on an advisory lock; then runs
+/// `first_then` in the first transaction and commits it. What each
+/// transaction returned (an error where PostgreSQL aborted it, a deadlock
+/// among them).
+#[cfg(test)]
+pub(crate) fn second_waits_for_first<T, E>(
+    location: &crate::StoreLocation,
+    first: impl FnOnce(&mut dyn Db) -> Result<(), E> + Send,
+    first_then: impl FnOnce(&mut dyn Db) -> Result<(), E> + Send,
+    second: impl FnOnce(&mut dyn Db) -> Result<T, E> + Send,
+) -> (Result<(), E>, Result<T, E>)
+where
+    T: Send,
+    E: From<crate::store::StoreError> + Send,
+{
+    use std::sync::mpsc;
+    let open = || crate::MoneyStore::open(location, Duration::from_secs(1)).expect("a store");
+    let (mut a, mut b, mut watcher) = (open(), open(), open());
+    let (holding, held) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let first = s.spawn(move || {
+            a.in_transaction(|tx| {
+                first(tx)?;
+                holding.send(()).expect("signal");
+                released.recv().expect("release");
+                first_then(tx)
+            })
+        });
+        held.recv().expect("the first transaction holds its locks");
+        let second = s.spawn(move || b.in_transaction(second));
+        let deadline = Instant::now() + LOCK_WAIT_SEEN_MAX;
+        let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+        while watcher.db().query(waiting, &[]).expect("pg_locks")[0].int(0).expect("count") == 0 {
+            assert!(Instant::now() < deadline, "the second transaction never waited on a lock");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        release.send(()).expect("release");
+        (first.join().expect("first thread"), second.join().expect("second thread"))
+    })
+}
+
 const NOBODY_UID: u32 = 65_534;
 const NOBODY_GID: u32 = 65_534;
 

@@ -19,6 +19,8 @@ mod sqlite;
 pub use postgres::{Postgres, Statements};
 pub use sqlite::Sqlite;
 
+use std::collections::BTreeSet;
+
 use crate::store::StoreError;
 
 /// A value bound to a placeholder.
@@ -178,6 +180,24 @@ impl Lock {
             Lock::ChargesArchive => (4, 0),
         }
     }
+}
+
+/// Takes the lock of each card in `cards`, in the order of the lock keys,
+/// which every transaction that locks more than one card follows (the
+/// pricer, a dispatcher's claim): in any other order two transactions may
+/// each hold a card the other waits for, and PostgreSQL aborts one. Keys,
+/// not cards, are sorted: two cards may share a key (64 bits folded into
+/// 32). A no-op on SQLite, whose write transaction holds the whole store.
+pub fn lock_cards(tx: &mut dyn Db, cards: impl Iterator<Item = u64>) -> Result<(), StoreError> {
+    if tx.engine() == Engine::Sqlite {
+        // Nothing to take; skip the sort on the hot path.
+        return Ok(());
+    }
+    let locks: BTreeSet<((i64, i64), u64)> = cards.map(|card| (Lock::Card(card).keys(), card)).collect();
+    for (_, card_id) in locks {
+        tx.lock(Lock::Card(card_id))?;
+    }
+    Ok(())
 }
 
 /// Which engine a [`Db`] runs on, for the few statements whose SQL
