@@ -4,19 +4,28 @@
 # loopback. Riders sign up through the account API and ride while the
 # gateway answers every payment 503, so the day's charges pile up in the
 # outbox; then the gateway recovers and the backlog drains. Prints the
-# drain rate with the dispatcher's concurrency:
-#   charges=N drained_in_s=S charges_per_s=R concurrency=C
+# drain rate with the dispatcher's concurrency, and how fast the riders
+# signed up (the account API: one-time code, agreement, deposit):
+#   store=E signups=N signups_per_s=R charges=N drained_in_s=S charges_per_s=R concurrency=C
+# MONEY_STORE=postgres runs the money store on a throwaway PostgreSQL
+# cluster (fsync on, a Unix socket) instead of the embedded SQLite file.
 #
 #   scripts/charges-throughput.sh
-#   RIDERS=5000 CONCURRENCY=32 scripts/charges-throughput.sh
+#   RIDERS=5000 CONCURRENCY=32 MONEY_STORE=postgres scripts/charges-throughput.sh
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
 resolve_farestream_bin
 riders=${RIDERS:-3000}
 concurrency=${CONCURRENCY:-16}
+engine=${MONEY_STORE:-sqlite}
 work=$(mktemp -d)
-trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -z "${pg_dir:-}" ] || pg_kill_immediate; rm -rf "$work"' EXIT
+money_store=sqlite
+if [ "$engine" = postgres ]; then
+  start_test_postgres "$work/pg" || { echo "MONEY_STORE=postgres needs PostgreSQL (scripts/lib.sh ensure_postgres)"; exit 1; }
+  money_store=$pg_url
+fi
 pick_rig_ports
 cat > "$work/config.toml" <<TOML
 [server]
@@ -24,6 +33,7 @@ listen_addr = "127.0.0.1:$port"
 [metrics]
 listen_addr = ""
 [payments]
+money_store = "$money_store"
 gateway_url = "http://127.0.0.1:$paygw_port"
 dispatch_concurrency_max = $concurrency
 retry_backoff_ms_initial = 100
@@ -41,8 +51,10 @@ start_paygw "$work/paygw" "$paygw_port" "$work/paygw.log" "$bin" --config "$work
 "$bin" "${args[@]}" serve > "$work/server.log" 2>&1 &
 wait_until_serving "$work/server.log" $!
 
+signup_start=$(date +%s.%N)
 simulate_until_signed_up "$work/simulate.log" "${args[@]}" simulate --accounts --paygw-dir "$work/paygw" --server "127.0.0.1:$port" \
   --riders "$riders" --duration-secs 5
+signup_end=$(date +%s.%N)
 paygw_faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
 wait "$sim"
 sleep 1
@@ -52,5 +64,7 @@ paygw_faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_a
 wait_until_charges_decided "${args[@]}"
 end=$(date +%s.%N)
 kill -TERM $(jobs -p) 2>/dev/null; wait 2>/dev/null || true
-awk -v n="$pending" -v a="$start" -v b="$end" -v c="$concurrency" \
-  'BEGIN { printf "charges=%d drained_in_s=%.2f charges_per_s=%.0f concurrency=%d\n", n, b - a, n / (b - a), c }'
+awk -v e="$engine" -v r="$riders" -v sa="$signup_start" -v sb="$signup_end" \
+  -v n="$pending" -v a="$start" -v b="$end" -v c="$concurrency" \
+  'BEGIN { printf "store=%s signups=%d signups_per_s=%.0f charges=%d drained_in_s=%.2f charges_per_s=%.0f concurrency=%d\n",
+           e, r, r / (sb - sa), n, b - a, n / (b - a), c }'

@@ -7,8 +7,7 @@ use clap::Subcommand;
 
 use farestream::config::Config;
 use farestream::money::migrate_store::copy_store;
-use farestream::money::money_store::STORE_PASSWORD_ENV;
-use farestream::money::pg_store::PgStore;
+use farestream::money::pg_store::{PgSessionLimits, PgStore};
 use farestream::money::{SqliteStore, StoreLocation, store_path};
 use farestream_ingest::faults::Faults;
 use farestream_ingest::node_id::NodeId;
@@ -40,8 +39,13 @@ fn migrate(data_dir: &Path, config: &Config, to: &str) -> Result<()> {
     }
     // The server must not write the store while it is copied.
     let _lock = farestream_server::lock_data_dir(data_dir)?;
-    let password = std::env::var_os(STORE_PASSWORD_ENV).map(std::ffi::OsString::into_encoded_bytes);
-    let target = StoreLocation::parse(to, data_dir, &config.payments.money_store_password_file, password)?;
+    // The copy is one transaction, idle on PostgreSQL while each table is
+    // read back from SQLite to be checked: no idle limit for it.
+    let limits = PgSessionLimits {
+        idle_in_transaction_max: std::time::Duration::ZERO,
+        ..farestream_server::money_store_session_limits(config)
+    };
+    let target = farestream_server::money_store_at(to, config, data_dir, &limits)?;
     let StoreLocation::Postgres(target) = target else { bail!("--to {to:?} is not a PostgreSQL URL") };
     let wait = std::time::Duration::from_millis(config.payments.store_busy_wait_ms);
     let mut from = SqliteStore::open(&source, wait)?;

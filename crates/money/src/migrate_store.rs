@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::db::{Cell, Db, Engine, Row, Value};
+use crate::db::{Cell, Db, Engine, Lock, Row, Value};
 use crate::pg_store::PgStore;
 use crate::pricer::{READER, reader_name};
 use crate::store::{SqliteStore, StoreError};
@@ -49,39 +49,49 @@ pub fn copy_store(
 ) -> Result<Copied, MigrateError> {
     let tables = same_tables(from, to)?;
     let pricer = reader_name(Engine::Postgres, node);
-    to.in_transaction(|tx| {
-        let mut copied = Vec::new();
-        for table in &tables {
-            progress(table);
-            let rows = copy_table(&mut from.db(), tx, table)?;
-            copied.push((table.clone(), rows));
-        }
-        tx.execute(
-            "UPDATE log_cursors SET reader = ?2 WHERE reader = ?1",
-            &[Value::Text(READER), Value::Text(&pricer)],
-        )?;
-        restart_identities(tx)?;
-        // Checked before it commits: a store that differs is never left
-        // for a server to open.
-        for table in &tables {
-            let columns = columns(&mut from.db(), table)?;
-            let renamed = |row: &mut Row| {
-                if table == "log_cursors" && row.0.first() == Some(&Cell::Text(READER.to_string())) {
-                    row.0[0] = Cell::Text(pricer.clone());
-                }
-            };
-            let sqlite = RowsDigest::of(&mut from.db(), table, &columns, renamed)?;
-            let postgres = RowsDigest::of(tx, table, &columns, |_| {})?;
-            if sqlite != postgres {
-                return Err(MigrateError::Differs {
-                    table: table.clone(),
-                    sqlite_rows: sqlite.rows,
-                    postgres_rows: postgres.rows,
-                });
+    to.in_transaction(|tx| copy_into(from, tx, &tables, &pricer, progress))
+}
+
+/// [`copy_store`]'s transaction on the PostgreSQL store: copies `tables`,
+/// renames the pricer's cursor to `pricer`, and checks every table.
+fn copy_into(
+    from: &mut SqliteStore,
+    tx: &mut dyn Db,
+    tables: &[String],
+    pricer: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Copied, MigrateError> {
+    // Before any table is found empty: two copies at once would each find
+    // every table empty.
+    tx.lock(Lock::StoreCopy)?;
+    let mut copied = Vec::new();
+    for table in tables {
+        progress(table);
+        let rows = copy_table(&mut from.db(), tx, table)?;
+        copied.push((table.clone(), rows));
+    }
+    tx.execute("UPDATE log_cursors SET reader = ?2 WHERE reader = ?1", &[Value::Text(READER), Value::Text(pricer)])?;
+    restart_identities(tx)?;
+    // Checked before it commits: a store that differs is never left for a
+    // server to open.
+    for table in tables {
+        let columns = columns(&mut from.db(), table)?;
+        let renamed = |row: &mut Row| {
+            if table == "log_cursors" && row.0.first() == Some(&Cell::Text(READER.to_string())) {
+                row.0[0] = Cell::Text(pricer.to_string());
             }
+        };
+        let sqlite = RowsDigest::of(&mut from.db(), table, &columns, renamed)?;
+        let postgres = RowsDigest::of(tx, table, &columns, |_| {})?;
+        if sqlite != postgres {
+            return Err(MigrateError::Differs {
+                table: table.clone(),
+                sqlite_rows: sqlite.rows,
+                postgres_rows: postgres.rows,
+            });
         }
-        Ok(copied)
-    })
+    }
+    Ok(copied)
 }
 
 /// Both stores' tables, `accounts` first; the same on both, or an error.
@@ -197,5 +207,47 @@ impl RowsDigest {
             Ok(())
         })?;
         Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::store_path;
+    use crate::test_cluster::{TestCluster, second_waits_for_first};
+
+    /// Two copies into one empty store at the same moment: the second
+    /// waits for the first, then finds the store not empty and copies
+    /// nothing (without the lock both found every table empty).
+    #[test]
+    fn a_second_copy_at_the_same_moment_waits_then_is_refused() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = cluster.new_database();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut from = SqliteStore::open(&store_path(dir.path()), Duration::from_secs(1)).expect("sqlite");
+        crate::accounts::register(&mut from.db(), 7, "+15550000007", 1_800_000_000_000).expect("an account");
+        let tables = same_tables(&mut from, &mut PgStore::open(&config).expect("postgres")).expect("tables");
+        let location = crate::StoreLocation::Postgres(Box::new(config));
+        let (first, second) = second_waits_for_first(
+            &location,
+            |tx| {
+                tx.lock(Lock::StoreCopy)?;
+                tx.execute(
+                    "INSERT INTO accounts (card_id, phone, state, created_at) VALUES (9, '+1', 'registered', 1)",
+                    &[],
+                )
+                .map(drop)
+                .map_err(MigrateError::from)
+            },
+            |_| Ok(()),
+            |tx| copy_into(&mut from, tx, &tables, "pricer@second", &mut |_| {}),
+        );
+        first.expect("the first copy commits");
+        assert!(
+            matches!(second, Err(MigrateError::NotEmpty { ref table, rows: 1 }) if table == "accounts"),
+            "{second:?}"
+        );
     }
 }

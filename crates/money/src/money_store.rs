@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::db::{Db, Engine, Lock, Postgres, Sqlite, Value};
-use crate::pg_store::{PgStore, describe};
+use crate::pg_store::{OPTIONS_SET_BY_LIMITS, PARAMETERS_SET_BY_LIMITS, PgSessionLimits, PgStore, describe};
 use crate::store::{SqliteStore, StoreError};
 
 /// What `payments.money_store` says for the embedded store.
@@ -60,6 +60,11 @@ pub enum LocationError {
     BadPassword,
     #[error("a money-store password is set, but payments.money_store is the embedded SQLite store")]
     PasswordWithoutServer,
+    #[error(
+        "payments.money_store sets {0}, which farestream sets from payments.money_store_*_ms \
+         (docs/operations.md): take it out of the URL"
+    )]
+    SetByLimits(String),
 }
 
 impl StoreLocation {
@@ -83,6 +88,7 @@ impl StoreLocation {
         if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
             return Err(LocationError::Unknown(text.to_string()));
         }
+        refuse_limits_in_url(text)?;
         let mut config: postgres::Config =
             text.parse().map_err(|e: postgres::Error| LocationError::Url(e.to_string()))?;
         if config.get_password().is_some() {
@@ -108,6 +114,33 @@ impl StoreLocation {
             StoreLocation::Postgres(_) => Engine::Postgres,
         }
     }
+
+    /// The same store, its connections bounded by `limits` (PostgreSQL;
+    /// the SQLite file has its own busy wait).
+    pub fn with_session_limits(mut self, limits: &PgSessionLimits) -> StoreLocation {
+        if let StoreLocation::Postgres(config) = &mut self {
+            limits.apply(config);
+        }
+        self
+    }
+}
+
+/// Refuses a URL whose query sets what [`PgSessionLimits`] sets: the
+/// config is the one place for each (a URL's value would be overridden,
+/// or would override, unseen).
+fn refuse_limits_in_url(text: &str) -> Result<(), LocationError> {
+    let Some((_, query)) = text.split_once('?') else { return Ok(()) };
+    for (key, value) in query.split('&').map(|pair| pair.split_once('=').unwrap_or((pair, ""))) {
+        if PARAMETERS_SET_BY_LIMITS.contains(&key) {
+            return Err(LocationError::SetByLimits(key.to_string()));
+        }
+        if key == "options"
+            && let Some(setting) = OPTIONS_SET_BY_LIMITS.iter().find(|setting| value.contains(*setting))
+        {
+            return Err(LocationError::SetByLimits(format!("options {setting}")));
+        }
+    }
+    Ok(())
 }
 
 fn read_password(file: &str, env: Option<Vec<u8>>) -> Result<Option<String>, LocationError> {
@@ -303,5 +336,41 @@ mod tests {
         assert!(parse("postgres://u@db/x", "", Some(&longest)).is_ok());
         let not_utf8 = StoreLocation::parse("postgres://u@db/x", Path::new("/d"), "", Some(vec![0xff, 0xfe]));
         assert!(matches!(not_utf8, Err(LocationError::BadPassword)));
+    }
+
+    const LIMITS: PgSessionLimits = PgSessionLimits {
+        connect_timeout: Duration::from_secs(10),
+        unreachable_after: Duration::from_secs(30),
+        lock_wait_max: Duration::from_secs(30),
+        idle_in_transaction_max: Duration::from_secs(60),
+    };
+
+    /// The limits reach the connection's config: timeouts, keepalives,
+    /// and the server settings after the URL's own options.
+    #[test]
+    fn session_limits_bound_connecting_a_silent_server_and_waits_on_locks() {
+        let location = parse("postgres://u@db/x?options=-c%20search_path%3Dmoney", "", None).expect("url");
+        let StoreLocation::Postgres(config) = location.with_session_limits(&LIMITS) else { panic!("postgres") };
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(10));
+        assert_eq!(
+            config.get_options(),
+            Some("-c search_path=money -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000")
+        );
+        let sqlite = parse("sqlite", "", None).expect("sqlite").with_session_limits(&LIMITS);
+        assert_eq!(sqlite.describe(), "/data/money.sqlite", "the embedded store is as it was");
+    }
+
+    /// What the config sets may not be set in the URL as well.
+    #[test]
+    fn a_url_setting_what_the_limits_set_is_refused() {
+        for parameter in PARAMETERS_SET_BY_LIMITS {
+            let refused = parse(&format!("postgres://u@db/x?sslmode=disable&{parameter}=5"), "", None);
+            assert!(matches!(&refused, Err(LocationError::SetByLimits(p)) if p == parameter), "{parameter}");
+        }
+        let refused = parse("postgres://u@db/x?options=-c%20lock_timeout%3D0", "", None);
+        assert!(matches!(refused, Err(LocationError::SetByLimits(_))), "{refused:?}");
+        assert!(parse("postgres://u@db/x?application_name=fs&", "", None).is_ok(), "others pass");
     }
 }

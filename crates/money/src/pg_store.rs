@@ -14,6 +14,8 @@
 //! store. sqlx was the other candidate: async only, every call site
 //! would change, and its checked queries want a database at build time.
 
+use std::time::Duration;
+
 use postgres::config::Host;
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
@@ -28,6 +30,71 @@ const PG_MIGRATIONS: &[(u32, &str)] = &[
     (14, include_str!("../migrations/postgres/0014_money.sql")),
     (15, include_str!("../migrations/postgres/0015_archive_batch_node.sql")),
 ];
+
+/// How long the store's connections wait, so that a lost server or a
+/// stuck peer costs a step a bounded time and then fails (to be tried
+/// again as any failed step is), never minutes to hours
+/// (`payments.money_store_*_ms`). Applied to a [`Config`] by
+/// [`PgSessionLimits::apply`]; the URL may not set them too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgSessionLimits {
+    /// Connecting: TCP, TLS-less startup and authentication together.
+    pub connect_timeout: Duration,
+    /// A server that stops answering (a cut network, a machine gone) is
+    /// given up after about this long: TCP keepalives while the connection
+    /// is idle, `tcp_user_timeout` while sent data goes unacknowledged.
+    pub unreachable_after: Duration,
+    /// The longest wait for a lock another connection holds (a card,
+    /// the deny list): PostgreSQL's `lock_timeout`.
+    pub lock_wait_max: Duration,
+    /// A transaction left idle this long (its process paused or stuck)
+    /// is ended by the server and its locks freed:
+    /// `idle_in_transaction_session_timeout`. Zero: never (the store
+    /// migration's one long transaction).
+    pub idle_in_transaction_max: Duration,
+}
+
+/// Keepalive probes before a silent server is given up.
+const KEEPALIVE_PROBES: u32 = 4;
+
+/// The URL's parameters that [`PgSessionLimits`] sets: one place to set
+/// each, so a URL naming one is refused.
+pub const PARAMETERS_SET_BY_LIMITS: [&str; 6] = [
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "tcp_user_timeout",
+];
+
+/// The server settings [`PgSessionLimits`] passes in `options`.
+pub const OPTIONS_SET_BY_LIMITS: [&str; 2] = ["lock_timeout", "idle_in_transaction_session_timeout"];
+
+impl PgSessionLimits {
+    /// Sets the limits on `config`, after whatever `options` it has.
+    pub fn apply(&self, config: &mut Config) {
+        // Idle a third of the time, then four probes over the other two
+        // thirds: a silent server is given up after about the whole.
+        config
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(self.unreachable_after / 3)
+            .keepalives_interval(self.unreachable_after / (KEEPALIVE_PROBES * 3 / 2))
+            .keepalives_retries(KEEPALIVE_PROBES)
+            .tcp_user_timeout(self.unreachable_after);
+        let ours = format!(
+            "-c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            self.lock_wait_max.as_millis(),
+            self.idle_in_transaction_max.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+            _ => ours,
+        };
+        config.options(&options);
+    }
+}
 
 /// The advisory lock a migration holds, so two servers starting at once
 /// on one store do not both build it ("farestre" in ASCII).
@@ -179,6 +246,10 @@ pub fn describe(config: &Config) -> String {
 /// read, so a role without CREATE on the schema can open it.
 fn migrate(client: &mut Client, store: &str) -> Result<(), StoreError> {
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+    // Another server's migration may take longer than a card is ever
+    // held: this one waits for it however long (`lock_timeout` is for
+    // the money's own steps).
+    tx.batch_execute("SET LOCAL lock_timeout = 0")?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])?;
     let versioned: bool = tx.query_one("SELECT to_regclass('farestream_schema') IS NOT NULL", &[])?.get(0);
     if !versioned {
@@ -231,6 +302,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::db::Lock;
     use crate::store::{SqliteStore, store_path};
     use crate::test_cluster::TestCluster;
 
@@ -256,6 +328,60 @@ mod tests {
         };
         let second = second.unwrap_or_else(|| panic!("at most the first step after fails: {after:?}"));
         assert_ne!(second, first, "a new connection");
+    }
+
+    fn limited(config: &Config, lock_wait_max: Duration, idle_in_transaction_max: Duration) -> PgStore {
+        let mut config = config.clone();
+        let limits = PgSessionLimits {
+            connect_timeout: Duration::from_secs(10),
+            unreachable_after: Duration::from_secs(30),
+            lock_wait_max,
+            idle_in_transaction_max,
+        };
+        limits.apply(&mut config);
+        PgStore::open(&config).expect("a store with limits")
+    }
+
+    /// A card held by a stuck peer costs a step `lock_wait_max`, then the
+    /// step fails (lock_not_available) and the connection is still good.
+    #[test]
+    fn a_wait_for_a_card_another_connection_holds_ends_at_the_lock_wait_limit() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = cluster.new_database();
+        let mut holder = PgStore::open(&config).expect("holder");
+        let mut holding = holder.client().transaction().expect("a transaction");
+        let (namespace, key) = Lock::Card(7).keys();
+        holding
+            .execute("SELECT pg_advisory_xact_lock($1::int4, $2::int4)", &[&(namespace as i32), &(key as i32)])
+            .expect("held");
+
+        let mut waiter = limited(&config, Duration::from_millis(200), Duration::from_secs(60));
+        let started = std::time::Instant::now();
+        let waited = waiter.in_transaction(|db| db.lock(Lock::Card(7)));
+        let Err(StoreError::Postgres(error)) = waited else { panic!("the wait ended in an error: {waited:?}") };
+        assert_eq!(error.code(), Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10), "bounded: {:?}", started.elapsed());
+        assert!(waiter.in_transaction(|db| db.query_one("SELECT 1", &[])).is_ok(), "the connection goes on");
+        holding.rollback().expect("released");
+    }
+
+    /// A transaction left idle past `idle_in_transaction_max` (its thread
+    /// stuck) is ended by the server: its card is free for others, and its
+    /// own store connects again at its next step.
+    #[test]
+    fn a_transaction_left_idle_is_ended_and_frees_its_card() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = cluster.new_database();
+        let mut stuck = limited(&config, Duration::from_secs(30), Duration::from_millis(200));
+        let ended = stuck.in_transaction(|db| {
+            db.lock(Lock::Card(7))?;
+            std::thread::sleep(Duration::from_millis(1_500));
+            db.query_one("SELECT 1", &[]).map(drop)
+        });
+        assert!(ended.is_err(), "the idle transaction was ended: {ended:?}");
+        let mut other = limited(&config, Duration::from_millis(500), Duration::from_secs(60));
+        other.in_transaction(|db| db.lock(Lock::Card(7))).expect("the card is free");
+        stuck.in_transaction(|db| db.query_one("SELECT 1", &[]).map(drop)).expect("connected again");
     }
 
     #[test]

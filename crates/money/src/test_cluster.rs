@@ -210,6 +210,9 @@ where
     let (holding, held) = mpsc::channel();
     let (release, released) = mpsc::channel::<()>();
     std::thread::scope(|s| {
+        // Owned here: a failed assertion below drops it on the way out,
+        // and the first thread's wait ends instead of hanging the test.
+        let release = release;
         let first = s.spawn(move || {
             a.in_transaction(|tx| {
                 first(tx)?;

@@ -67,7 +67,10 @@ use farestream_ingest::issuer_keys::LiveIssuerKeys;
 pub use assembly::Assembly;
 use assembly::IssuerKeys;
 pub use cut_over::DailySettlement;
-pub use settings::{CutOverSettings, PeerLimitSettings, ServerSettings, money_store_location};
+pub use settings::{
+    CutOverSettings, PeerLimitSettings, ServerSettings, money_store_at, money_store_location,
+    money_store_session_limits,
+};
 
 use connections::accept_loop;
 use fleet_access::{FleetAccess, reload_revocations};

@@ -17,6 +17,7 @@ use farestream_ingest::config::{Config, ConfigError};
 use farestream_ingest::wal::WalConfig;
 use farestream_money::money_settings::{MoneySettings, PaymentGatewaySettings};
 use farestream_money::money_store::STORE_PASSWORD_ENV;
+use farestream_money::pg_store::PgSessionLimits;
 use farestream_money::{DispatcherSettings, PricerSettings, StoreLocation};
 
 #[derive(Debug, Clone)]
@@ -174,12 +175,37 @@ impl ServerSettings {
 }
 
 /// Where the money store is (`payments.money_store`), its password read
-/// from `payments.money_store_password_file` or the environment.
+/// from `payments.money_store_password_file` or the environment, its
+/// connections bounded by [`money_store_session_limits`].
 pub fn money_store_location(config: &Config, data_dir: &Path) -> Result<StoreLocation, ConfigError> {
-    let p = &config.payments;
+    money_store_at(&config.payments.money_store, config, data_dir, &money_store_session_limits(config))
+}
+
+/// The store `url` names (`"sqlite"` or a PostgreSQL URL), with the
+/// config's password, its connections bounded by `limits`: `money migrate
+/// --to` reads its target so.
+pub fn money_store_at(
+    url: &str,
+    config: &Config,
+    data_dir: &Path,
+    limits: &PgSessionLimits,
+) -> Result<StoreLocation, ConfigError> {
     let password_env = std::env::var_os(STORE_PASSWORD_ENV).map(std::ffi::OsString::into_encoded_bytes);
-    StoreLocation::parse(&p.money_store, data_dir, &p.money_store_password_file, password_env)
-        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    let location = StoreLocation::parse(url, data_dir, &config.payments.money_store_password_file, password_env)
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    Ok(location.with_session_limits(limits))
+}
+
+/// `payments.money_store_*_ms`: how long a PostgreSQL store's connections
+/// wait.
+pub fn money_store_session_limits(config: &Config) -> PgSessionLimits {
+    let (p, ms) = (&config.payments, Duration::from_millis);
+    PgSessionLimits {
+        connect_timeout: ms(p.money_store_connect_timeout_ms),
+        unreachable_after: ms(p.money_store_unreachable_after_ms),
+        lock_wait_max: ms(p.money_store_lock_wait_ms_max),
+        idle_in_transaction_max: ms(p.money_store_idle_in_transaction_ms_max),
+    }
 }
 
 /// The money shell's settings from the config's `payments` section.

@@ -203,6 +203,11 @@ pub struct PaymentsConfig {
     pub pricer_thread_nice: u8,
     pub pricer_store_cache_mib: u32,
     pub store_busy_wait_ms: u64,
+    /// The PostgreSQL store's connections (`farestream_money::pg_store::PgSessionLimits`).
+    pub money_store_connect_timeout_ms: u64,
+    pub money_store_unreachable_after_ms: u64,
+    pub money_store_lock_wait_ms_max: u64,
+    pub money_store_idle_in_transaction_ms_max: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -166,6 +166,9 @@ pub enum Lock {
     /// The charges archive's claims: batch numbers are given in order,
     /// and a charge goes to one node's batch.
     ChargesArchive,
+    /// A copy of an embedded store into this one (`money migrate`): a
+    /// second copy at the same moment waits, then finds it not empty.
+    StoreCopy,
 }
 
 impl Lock {
@@ -178,6 +181,7 @@ impl Lock {
             Lock::DenyList => (2, 0),
             Lock::Otp => (3, 0),
             Lock::ChargesArchive => (4, 0),
+            Lock::StoreCopy => (5, 0),
         }
     }
 }

@@ -46,7 +46,10 @@ impl Statements {
 /// An error after which the connection is gone: closed, an I/O failure, or
 /// the server's FATAL or PANIC (shut down, terminated, crashed).
 fn ends_connection(error: &postgres::Error) -> bool {
-    let fatal = error.as_db_error().is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
+    // The parsed severity: the text one is in the server's language.
+    let fatal = error.as_db_error().is_some_and(|db| {
+        matches!(db.parsed_severity(), Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic))
+    });
     let io = std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>());
     error.is_closed() || fatal || io
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The money store's figures on each engine, in one run (issue 22): riders
+# signed up per second through the account API and charges dispatched per
+# second from a backlog (scripts/charges-throughput.sh, on the embedded
+# SQLite file, then on a throwaway PostgreSQL cluster with fsync on), and
+# the pricer's taps per second (the criterion groups `pricing` and
+# `pricing_postgres` of benches/stages.rs; that cluster runs fsync off).
+# Both engines run on the same machine in the same run, so their ratio is
+# the figure to quote.
+#
+#   scripts/money-store-figures.sh
+#   RIDERS=5000 scripts/money-store-figures.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+for engine in sqlite postgres; do
+  MONEY_STORE=$engine scripts/charges-throughput.sh
+done
+cargo bench --bench stages -- pricing 2>&1 | grep -E "^pricing|thrpt:"
