@@ -57,8 +57,7 @@ async fn audit_is_clean(m: &Money) {
     let rows = m.h.archive_rows().await;
     let ledger: Vec<AppliedPayment> =
         m.control.ledger().await.expect("ledger").iter().filter_map(Entry::applied_payment).collect();
-    let mut store = m.h.server.open_money_store().expect("store");
-    let audit = audit_money(&mut store.db(), &rows, Some(&ledger)).expect("audit");
+    let audit = m.store(move |store| audit_money(&mut store.db(), &rows, Some(&ledger))).await.expect("audit");
     assert!(audit.is_clean() && audit.undecided == 0, "{audit}");
 }
 
@@ -87,8 +86,8 @@ async fn a_credit_pays_the_riders_arrears_before_any_is_paid_out() {
         (AccountState::InArrears, 500),
         "the trip's 500 is what is owed"
     );
-    let mut store = m.h.server.open_money_store().expect("store");
-    let history = farestream::money::accounts::account_history(&mut store.db(), 531).expect("history");
+    let history =
+        m.store(|store| farestream::money::accounts::account_history(&mut store.db(), 531)).await.expect("history");
     assert!(history.iter().any(|e| e.event == "arrears_netted" && e.amount_cents.get() == -400), "{history:?}");
     audit_is_clean(&m).await;
     let day = settled(&m).await;
@@ -222,8 +221,8 @@ async fn a_credit_nets_only_what_a_payment_of_the_arrears_still_out_leaves_owed(
     assert_eq!(outcomes(&m.settle().await), [(-400, "succeeded"), (900, "declined")], "paid out, not netted");
     let paid = m.h.server.accounts().pay_arrears(537).await.expect("the lost payment, sent again");
     assert_eq!((paid.state, paid.arrears_cents.get()), (AccountState::Active, 0));
-    let mut store = m.h.server.open_money_store().expect("store");
-    let history = farestream::money::accounts::account_history(&mut store.db(), 537).expect("history");
+    let history =
+        m.store(|store| farestream::money::accounts::account_history(&mut store.db(), 537)).await.expect("history");
     assert!(!history.iter().any(|e| e.event == "arrears_overpaid"), "{history:?}");
     assert_eq!(credits(&m).await.iter().map(|e| e.amount_cents).sum::<u64>(), 400);
     audit_is_clean(&m).await;
@@ -236,16 +235,16 @@ async fn a_credit_nets_only_what_a_payment_of_the_arrears_still_out_leaves_owed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_charge_of_a_card_with_no_account_from_before_is_decided() {
     let m = Money::start().await;
-    let mut store = m.h.server.open_money_store().expect("store");
-    store
-        .db()
-        .execute(
+    m.store(|store| {
+        store.db().execute(
             "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
                                   created_at, outcome, next_attempt_at, attempts, claims)
              VALUES (x'0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a', 538, 20412, 'ride', 300, 'CNY', x'', 1, 'failed', 0, 0, 3)",
             &[],
         )
-        .expect("a charge as an older server left it");
+    })
+    .await
+    .expect("a charge as an older server left it");
     let charges = m.settle().await;
     assert_eq!(outcomes(&charges), [(300, "no_account")]);
     assert_eq!(charges[0].attempts, 0);

@@ -63,6 +63,15 @@ impl Money {
         self.h.rider(card_id)
     }
 
+    /// Runs `work` on a connection to the server's money store, on a
+    /// blocking thread (as a PostgreSQL store needs); `work` asserts.
+    pub(crate) async fn store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut farestream::money::MoneyStore) -> T + Send + 'static,
+    ) -> T {
+        self.h.server.with_money_store(move |store| Ok(work(store))).await.expect("the money store")
+    }
+
     /// Prices what was acked and waits until every charge is decided,
     /// moving the server's clock so retries come due.
     pub(crate) async fn settle(&self) -> Vec<ChargeRecord> {
@@ -451,10 +460,12 @@ async fn a_refused_resend_of_a_lost_payment_never_opens_a_second_one() {
     let before = crate::support::metric("farestream_account_payments_refused_on_resend_total");
     let refused = accounts.pay_arrears(802).await.expect_err("the resend refused");
     assert!(refused.to_string().contains("stays undecided"), "{refused}");
-    let mut store = m.h.server.open_money_store().expect("store");
-    let open =
-        farestream::money::payments::undecided(&mut store.db(), 802, farestream::money::payments::PaymentKind::Arrears)
-            .expect("read");
+    let open = m
+        .store(|store| {
+            use farestream::money::payments::{PaymentKind, undecided};
+            undecided(&mut store.db(), 802, PaymentKind::Arrears).expect("read")
+        })
+        .await;
     assert_eq!(open.map(|a| a.key), Some("arrears-802-1".to_string()), "still undecided, under its key");
     assert!(crate::support::metric("farestream_account_payments_refused_on_resend_total") > before);
     accounts.pay_arrears(802).await.expect_err("refused again: still the same key, never a new one");
@@ -508,8 +519,9 @@ async fn one_card_refused_a_refund_stops_no_other_and_an_owing_rider_is_told_onc
     }
     let owes = declined_rides(&m, &m.h.rider(805), 1, 1).await;
     assert!(owes > 100, "a bus fare is more than this deposit");
-    let mut store = m.h.server.open_money_store().expect("store");
-    store.db().execute("UPDATE accounts SET agreement_id = 'gone' WHERE card_id = 803", &[]).expect("break");
+    m.store(|store| store.db().execute("UPDATE accounts SET agreement_id = 'gone' WHERE card_id = 803", &[]))
+        .await
+        .expect("break");
     for card in [803, 804, 805] {
         accounts.request_refund(card).await.expect("refund");
     }
@@ -552,10 +564,9 @@ async fn a_charge_counts_only_the_attempts_that_were_sent() {
     let scans = (1..=4).map(|n| tap(&rider, n, T0_MS + n as i64 * MINUTE, TapKind::Single, "bus-99")).collect();
     assert_eq!(m.h.client().push(&batch("depot-1", 1, scans)).await.expect("ack").accepted, 4);
     m.h.server.flush_pricing().await.expect("price");
-    let mut store = m.h.server.open_money_store().expect("store");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let one_decided = loop {
-        let now = charges(&mut store.db(), None).expect("charges");
+        let now = m.store(|store| charges(&mut store.db(), None)).await.expect("charges");
         if now.iter().any(|c| c.outcome == ChargeOutcome::Succeeded) || std::time::Instant::now() > deadline {
             break now;
         }
@@ -600,8 +611,7 @@ async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns
     let during = m.control.stats().await.expect("stats").payment_requests - before;
     // 5 to open it, the 16 already in flight, and one probe per 200-400 ms.
     assert!(during <= 5 + 16 + 16, "{during} requests at a dead gateway in 3 s (without the breaker: hundreds)");
-    let mut store = m.h.server.open_money_store().expect("store");
-    assert_eq!(undecided(&mut store.db()).expect("count"), 40, "nothing lost, nothing failed");
+    assert_eq!(m.store(|store| undecided(&mut store.db())).await.expect("count"), 40, "nothing lost, nothing failed");
     m.control.set_faults(SimFaults::default()).await.expect("back");
     let charges = m.settle().await;
     assert_eq!(charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).count(), 40, "{charges:?}");
@@ -615,7 +625,7 @@ async fn a_dead_gateway_sees_a_few_probes_and_the_backlog_drains_once_it_returns
 /// fails at all. Each planted fault must fail it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_money_audit_fails_on_each_planted_fault() {
-    use farestream::money::money_audit::{AppliedPayment, audit_money};
+    use farestream::money::money_audit::AppliedPayment;
     let m = Money::start().await;
     let riders = [m.rider(807, 5_000).await, m.rider(808, 5_000).await];
     let scans = riders.iter().map(|r| tap(r, 1, T0_MS + MINUTE, TapKind::Single, "bus-99")).collect();
@@ -624,34 +634,48 @@ async fn the_money_audit_fails_on_each_planted_fault() {
     let rows = m.h.archive_rows().await;
     let ledger: Vec<AppliedPayment> =
         m.control.ledger().await.expect("ledger").iter().filter_map(Entry::applied_payment).collect();
-    let mut store = m.h.server.open_money_store().expect("store");
-    let clean = audit_money(&mut store.db(), &rows, Some(&ledger)).expect("audit");
+    m.store(move |store| plant_each_fault(store, &rows, &ledger, &charges)).await;
+    m.h.server.shutdown().await.expect("shutdown");
+    m.paygw.stop().await;
+}
+
+/// The planted faults of [`the_money_audit_fails_on_each_planted_fault`],
+/// each failing the audit.
+fn plant_each_fault(
+    store: &mut farestream::money::MoneyStore,
+    rows: &[farestream::scan::ArchivedScan],
+    ledger: &[farestream::money::money_audit::AppliedPayment],
+    charges: &[ChargeRecord],
+) {
+    use farestream::money::money_audit::{AppliedPayment, audit_money};
+    let ledger = ledger.to_vec();
+    let clean = audit_money(&mut store.db(), rows, Some(&ledger)).expect("audit");
     assert!(clean.is_clean() && clean.undecided == 0 && clean.charges == 2, "{clean}");
 
     let legacy =
         AppliedPayment { kind: "debit".into(), key: "deposit-807".into(), amount_cents: 2_000, succeeded: true };
     let with_legacy = [ledger.clone(), vec![legacy]].concat();
-    let audit = audit_money(&mut store.db(), &rows, Some(&with_legacy)).expect("audit");
+    let audit = audit_money(&mut store.db(), rows, Some(&with_legacy)).expect("audit");
     assert!(audit.is_clean(), "a key from before payments were recorded is left out: {audit}");
 
     let unrecorded =
         AppliedPayment { kind: "debit".into(), key: "arrears-807-9".into(), amount_cents: 500, succeeded: true };
     let with_unrecorded = [ledger.clone(), vec![unrecorded]].concat();
-    let audit = audit_money(&mut store.db(), &rows, Some(&with_unrecorded)).expect("audit");
+    let audit = audit_money(&mut store.db(), rows, Some(&with_unrecorded)).expect("audit");
     assert_eq!(audit.double_charged, 1, "an account payment the store never recorded: {audit}");
 
     let mut deposit_lost = ledger.clone();
     deposit_lost.retain(|p| p.key != "deposit-808-1");
-    let audit = audit_money(&mut store.db(), &rows, Some(&deposit_lost)).expect("audit");
+    let audit = audit_money(&mut store.db(), rows, Some(&deposit_lost)).expect("audit");
     assert_eq!(audit.ledger_mismatched, 1, "a deposit recorded as paid that the gateway lacks: {audit}");
 
     let mut flipped = ledger.clone();
     let charge_key = hex::encode(charges[0].charge_id);
     flipped.iter_mut().filter(|p| p.key == charge_key).for_each(|p| p.succeeded = false);
-    let audit = audit_money(&mut store.db(), &rows, Some(&flipped)).expect("audit");
+    let audit = audit_money(&mut store.db(), rows, Some(&flipped)).expect("audit");
     assert_eq!(audit.ledger_mismatched, 1, "the gateway declined what the outbox says succeeded: {audit}");
 
-    let mut unpriced = rows.clone();
+    let mut unpriced = rows.to_vec();
     let mut ghost = unpriced.iter().find(|r| farestream::fares::is_ride(r)).expect("a ride").clone();
     ghost.scan_id = [0xee; 16];
     unpriced.push(ghost);
@@ -666,10 +690,8 @@ async fn the_money_audit_fails_on_each_planted_fault() {
             &[Value::Bytes(&both), Value::Bytes(&charges[1].charge_id)],
         )
         .expect("plant a double charge");
-    let audit = audit_money(&mut store.db(), &rows, Some(&ledger)).expect("audit");
+    let audit = audit_money(&mut store.db(), rows, Some(&ledger)).expect("audit");
     assert!(audit.double_charged >= 1 && !audit.is_clean(), "a tap in two charges: {audit}");
-    m.h.server.shutdown().await.expect("shutdown");
-    m.paygw.stop().await;
 }
 
 /// Review of issue 17: two activations at the same moment both opened a
@@ -721,8 +743,9 @@ async fn a_refund_waits_for_a_payment_still_out_and_an_old_request_still_closes(
     // A request from before due times were recorded (none in the row).
     m.rider(811, 5_000).await;
     accounts.request_refund(811).await.expect("refund");
-    let mut store = m.h.server.open_money_store().expect("store");
-    store.db().execute("UPDATE accounts SET refund_due_at = NULL WHERE card_id = 811", &[]).expect("legacy");
+    m.store(|store| store.db().execute("UPDATE accounts SET refund_due_at = NULL WHERE card_id = 811", &[]))
+        .await
+        .expect("legacy");
     let asked = accounts.account(811).await.expect("account").refund_requested_at.expect("asked");
     let week = 604_800_000;
     let early = accounts.process_refunds_as_of(asked + accounts.rides_arrive_within_ms + week - 1).await.expect("p");

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::db::{Db, Engine, Lock, Postgres, Sqlite, Value};
 use crate::pg_store::{OPTIONS_SET_BY_LIMITS, PARAMETERS_SET_BY_LIMITS, PgSessionLimits, PgStore, describe};
 use crate::store::{SqliteStore, StoreError};
+use farestream_ingest::config::secret::{read_secret_file, strip_one_line_end};
 
 /// What `payments.money_store` says for the embedded store.
 pub const EMBEDDED_STORE: &str = "sqlite";
@@ -147,23 +148,17 @@ fn read_password(file: &str, env: Option<Vec<u8>>) -> Result<Option<String>, Loc
     let bytes = match (file.is_empty(), env) {
         (true, None) => return Ok(None),
         (false, Some(_)) => return Err(LocationError::PasswordTwice),
-        (true, Some(bytes)) => bytes,
-        (false, None) => {
-            let failed = |reason: String| LocationError::PasswordFile { path: file.to_string(), reason };
-            let size = std::fs::metadata(file).map_err(|e| failed(e.to_string()))?.len();
-            if size > STORE_PASSWORD_BYTES_MAX as u64 + 2 {
-                return Err(failed(format!("{size} bytes, over {STORE_PASSWORD_BYTES_MAX}")));
-            }
-            std::fs::read(file).map_err(|e| failed(e.to_string()))?
+        (true, Some(mut bytes)) => {
+            strip_one_line_end(&mut bytes);
+            bytes
         }
+        (false, None) => read_secret_file(Path::new(file), STORE_PASSWORD_BYTES_MAX)
+            .map_err(|e| LocationError::PasswordFile { path: file.to_string(), reason: e.to_string() })?,
     };
-    let text = String::from_utf8(bytes).map_err(|_| LocationError::BadPassword)?;
-    // One trailing line end, as an editor leaves it, is not the password's.
-    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-    if text.is_empty() || text.len() > STORE_PASSWORD_BYTES_MAX {
+    if bytes.is_empty() || bytes.len() > STORE_PASSWORD_BYTES_MAX {
         return Err(LocationError::BadPassword);
     }
-    Ok(Some(text.to_string()))
+    String::from_utf8(bytes).map(Some).map_err(|_| LocationError::BadPassword)
 }
 
 /// One connection to the money store, on either engine.

@@ -490,12 +490,6 @@ impl Server {
         &self.shared.settings.data_dir
     }
 
-    /// A new connection to the money store (blocking: a PostgreSQL
-    /// store panics on an async thread; see [`Server::with_money_store`]).
-    pub fn open_money_store(&self) -> Result<farestream_money::MoneyStore, farestream_money::StoreError> {
-        self.shared.settings.money.open_store()
-    }
-
     /// Runs `work` on a new connection to the money store, on a blocking
     /// thread, and returns what it found.
     pub async fn with_money_store<T: Send + 'static>(

@@ -63,7 +63,12 @@ impl PaymentsSecret {
         let (bytes, source) = match (from_env, file.is_empty()) {
             (Some(_), false) => return Err(SecretError::SetTwice),
             (Some(value), true) => (value, SecretSource::Environment),
-            (None, false) => (read_secret_file(Path::new(file))?, SecretSource::File(PathBuf::from(file))),
+            (None, false) => {
+                let path = Path::new(file);
+                let read = read_secret_file(path, PAYMENTS_SECRET_BYTES_MAX)
+                    .map_err(|e| SecretError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+                (read, SecretSource::File(PathBuf::from(file)))
+            }
             (None, true) => (DEMO_PAYMENTS_SECRET.as_bytes().to_vec(), SecretSource::Demo),
         };
         let from = source.describe();
@@ -101,19 +106,26 @@ impl SecretSource {
     }
 }
 
-/// At most one byte over the limit is read: enough to refuse a longer file.
-fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretError> {
-    let failed = |e: std::io::Error| SecretError::Read { path: path.display().to_string(), reason: e.to_string() };
-    let file = std::fs::File::open(path).map_err(failed)?;
+/// A secret kept in a file (the payments secret, the money store's
+/// password): one trailing line end is not part of it (editors add one).
+/// At most `bytes_max` bytes, a line end and one byte more are read:
+/// enough for the caller to refuse a longer file by the length returned.
+pub fn read_secret_file(path: &Path, bytes_max: usize) -> Result<Vec<u8>, std::io::Error> {
+    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
-    file.take(PAYMENTS_SECRET_BYTES_MAX as u64 + 3).read_to_end(&mut bytes).map_err(failed)?;
+    file.take(bytes_max as u64 + 3).read_to_end(&mut bytes)?;
+    strip_one_line_end(&mut bytes);
+    Ok(bytes)
+}
+
+/// Drops one trailing `\n` or `\r\n`.
+pub fn strip_one_line_end(bytes: &mut Vec<u8>) {
     for end in [b"\r\n".as_slice(), b"\n"] {
         if let Some(stripped) = bytes.strip_suffix(end) {
             bytes.truncate(stripped.len());
             break;
         }
     }
-    Ok(bytes)
 }
 
 #[cfg(test)]
