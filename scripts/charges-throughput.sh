@@ -57,7 +57,15 @@ simulate_until_signed_up "$work/simulate.log" "${args[@]}" simulate --accounts -
 signup_end=$(date +%s.%N)
 paygw_faults '{"latency_ms":0,"unavailable_every":1,"retry_after_secs":0,"drop_answer_every":0}'
 wait "$sim"
-sleep 1
+# Every ride priced before the clock starts (the pricer may lag on a
+# slower store): the drain is the dispatcher's alone.
+priced=-1
+while :; do
+  now=$("$bin" "${args[@]}" charges | sed -n 's/^charges=\([0-9]*\).*/\1/p')
+  [ "$now" = "$priced" ] && break
+  priced=$now
+  sleep 1
+done
 pending=$("$bin" "${args[@]}" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
 start=$(date +%s.%N)
 paygw_faults '{"latency_ms":0,"unavailable_every":0,"retry_after_secs":0,"drop_answer_every":0}'

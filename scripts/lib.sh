@@ -102,7 +102,7 @@ simulate_until_signed_up() {
   local log=$1; shift
   "$bin" "$@" > "$log" 2>&1 &
   sim=$!
-  until grep -q "signed up" "$log"; do
+  until grep -qs "signed up" "$log"; do
     kill -0 "$sim" 2>/dev/null || { cat "$log"; exit 1; }
     sleep 0.1
   done

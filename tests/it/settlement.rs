@@ -3,7 +3,7 @@
 //! decline, arrears paid, a late upload, one past the rebill window; then
 //! the same day broken on purpose, one invariant at a time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::NaiveDate;
 use farestream::archive::parquet_writer::partition_dir;
@@ -24,7 +24,7 @@ use farestream_core::money::Cents;
 use farestream_core::settlement::{Break, RiderFigures};
 
 use crate::money::{MINUTE, Money, tap};
-use crate::support::{T0_MS, batch};
+use crate::support::{T0_MS, batch, copy_of};
 
 const DAY: &str = "2025-11-20";
 const HOUR: i64 = 60 * MINUTE;
@@ -410,25 +410,6 @@ fn write_parquet(path: &Path, batch: &arrow_array::RecordBatch) {
     let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
     writer.write(batch).expect("write");
     writer.close().expect("close");
-}
-
-fn copy_of(dir: &Path) -> tempfile::TempDir {
-    let copy = tempfile::tempdir().expect("tempdir");
-    copy_tree(dir, copy.path());
-    copy
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let path: PathBuf = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_tree(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
 }
 
 /// Every status, with and without a card and a tap kind, in a scans file:

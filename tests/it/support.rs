@@ -184,7 +184,17 @@ impl Harness {
 
     /// A client for `scope`'s gateway, enrolled on first use.
     pub(crate) fn client_for(&self, scope: &GatewayScope) -> GatewayClient {
-        let settings = self.config.gateway_settings(self.server.local_addr());
+        self.client_for_at(scope, self.server.local_addr())
+    }
+
+    /// A client for [`GATEWAY`] of this fleet at `addr`: another server
+    /// over a copy of this data dir (the same fleet CA and identity).
+    pub(crate) fn client_at(&self, addr: std::net::SocketAddr) -> GatewayClient {
+        self.client_for_at(&every_validator(GATEWAY), addr)
+    }
+
+    fn client_for_at(&self, scope: &GatewayScope, addr: std::net::SocketAddr) -> GatewayClient {
+        let settings = self.config.gateway_settings(addr);
         GatewayClient::new(settings, &self.identity.cert, &self.credentials_for(scope)).expect("client")
     }
 
@@ -231,6 +241,26 @@ async fn start_server(
 }
 
 /// A server over `dir`, or why it would not start.
+/// A copy of the directory tree at `dir`, in a new temporary directory.
+pub(crate) fn copy_of(dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("tempdir");
+    copy_tree(dir, copy.path());
+    copy
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
 pub(crate) async fn try_start_server(
     config: &Config,
     dir: &std::path::Path,

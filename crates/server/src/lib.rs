@@ -180,7 +180,8 @@ pub enum Fatal {
     /// The archiver failed an fsync or a rename, or read a damaged log.
     #[error("archiver: {0}")]
     Archiver(String),
-    /// The pricer read a damaged log.
+    /// The pricer read a damaged log, or found its cursor moved by another
+    /// server (a copy of this data dir).
     #[error("pricer: {0}")]
     Pricer(String),
     /// A batch claimed its scans but its log record was not queued (a bug).
