@@ -1,6 +1,33 @@
 //! Integration tests: one binary, as ripgrep does, so the release build
 //! links once.
 
+/// A money test on each engine: `async fn NAME(engine) { … }` becomes
+/// module `NAME` with a test `sqlite` and a test `postgres`, each running
+/// the body with `engine` set (the PostgreSQL one passes, and says so,
+/// where PostgreSQL is not installed and not required:
+/// `crate::money::Money::on`).
+macro_rules! on_each_engine {
+    ($(#[$doc:meta])* async fn $name:ident($engine:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($engine: farestream::money::db::Engine) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(farestream::money::db::Engine::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run(farestream::money::db::Engine::Postgres).await
+            }
+        }
+    };
+}
+
 mod account_api;
 mod catalogue;
 mod charge_outcomes;

@@ -9,18 +9,16 @@ use farestream::clock_source::Clock;
 use farestream::config::Config;
 use farestream::money::outbox::{self, undecided};
 use farestream::scan::TapKind;
-use farestream_money::test_cluster::TestCluster;
 
 use crate::money::{MINUTE, Money, tap};
 use crate::support::{Harness, T0_MS, batch};
 
 /// The defaults, the money store in a new database of the test cluster;
 /// `None` (the test says so and passes) where PostgreSQL is not installed
-/// and not required. The cluster's client blocks: off the async threads.
+/// and not required.
 async fn on_postgres() -> Option<Config> {
-    let url = tokio::task::spawn_blocking(|| TestCluster::shared().map(TestCluster::new_database_url));
     let mut config = Config::defaults();
-    config.payments.money_store = url.await.expect("the test cluster")?;
+    config.payments.money_store = crate::money::postgres_database_url().await?;
     Some(config)
 }
 
