@@ -229,33 +229,3 @@ async fn a_refund_waits_until_every_server_sharing_the_store_has_priced_its_ride
     m.h.server.shutdown().await.expect("a stops");
     m.paygw.stop().await;
 }
-
-/// A data dir copied and started beside its original (a restored backup,
-/// a cloned machine): the same NODE_ID, so the same pricer cursor on the
-/// one store. The first to price moves the cursor; the other's move from
-/// the position it started at is refused, its pricer stops the server
-/// with why, and what it would have priced is rolled back, never priced
-/// from a position in the other's log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_of_a_data_dir_started_beside_it_stops_at_its_first_pricing() {
-    let Some(config) = on_postgres().await else { return };
-    let a = Harness::start_with(config).await;
-    let copy = std::cell::RefCell::new(None);
-    let a = a.crash_and_recover(|dir| *copy.borrow_mut() = Some(crate::support::copy_of(dir))).await;
-    let copy = copy.into_inner().expect("copied");
-    let injected = (&a.faults, &a.inbox);
-    let b = crate::support::try_start_server(&a.config, copy.path(), &a.identity, &a.clock, injected)
-        .await
-        .expect("the copy starts: nothing tells it from a restart yet");
-
-    let rider = a.rider(7);
-    let scan = |seq| crate::support::record("gate-1", seq, T0_MS, TapKind::Single, rider.code_at(T0_MS, seq as u32));
-    assert_eq!(a.client().push(&batch(crate::support::GATEWAY, 1, vec![scan(1)])).await.expect("ack").accepted, 1);
-    a.server.flush_pricing().await.expect("the first to price moves the cursor");
-    let pushed = a.client_at(b.local_addr()).push(&batch(crate::support::GATEWAY, 2, vec![scan(2)])).await;
-    assert_eq!(pushed.expect("the copy acks: ingest does not wait on pricing").accepted, 1);
-    let failed = tokio::time::timeout(std::time::Duration::from_secs(30), b.failed()).await.expect("the copy stops");
-    assert!(failed.to_string().contains("NODE_ID"), "{failed}");
-    a.server.flush_pricing().await.expect("the original prices on");
-    b.abandon().await;
-}

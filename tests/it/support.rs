@@ -184,17 +184,7 @@ impl Harness {
 
     /// A client for `scope`'s gateway, enrolled on first use.
     pub(crate) fn client_for(&self, scope: &GatewayScope) -> GatewayClient {
-        self.client_for_at(scope, self.server.local_addr())
-    }
-
-    /// A client for [`GATEWAY`] of this fleet at `addr`: another server
-    /// over a copy of this data dir (the same fleet CA and identity).
-    pub(crate) fn client_at(&self, addr: std::net::SocketAddr) -> GatewayClient {
-        self.client_for_at(&every_validator(GATEWAY), addr)
-    }
-
-    fn client_for_at(&self, scope: &GatewayScope, addr: std::net::SocketAddr) -> GatewayClient {
-        let settings = self.config.gateway_settings(addr);
+        let settings = self.config.gateway_settings(self.server.local_addr());
         GatewayClient::new(settings, &self.identity.cert, &self.credentials_for(scope)).expect("client")
     }
 

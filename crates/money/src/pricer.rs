@@ -23,7 +23,7 @@ use crate::db::Engine;
 use crate::money_metrics;
 use crate::money_store::MoneyStore;
 use crate::pricing::{Priced, entries_closing_by, price_closed_entries, price_rows};
-use crate::store::{StoreError, advance_log_cursor, log_cursor};
+use crate::store::{StoreError, log_cursor, set_log_cursor};
 use farestream_core::fares::FareTable;
 use farestream_core::journal;
 use farestream_core::sync::lock;
@@ -243,11 +243,10 @@ impl State {
         // (batches are logged in commit order, not arrival order).
         let oldest = rows.iter().map(|row| row.received_at).min().unwrap_or(now);
         money_metrics::pricer_lag(now.saturating_sub(oldest));
-        let (fares, reader, from) = (&self.settings.fares, self.reader.as_str(), these[0].lsn);
-        assert_eq!(from, lock(&self.status).priced_lsn, "the pricer reads on from where it last moved its cursor");
+        let (fares, reader) = (&self.settings.fares, self.reader.as_str());
         let priced = self.store.in_transaction(|tx| {
             let priced = price_rows(tx, fares, &rows, now)?;
-            advance_log_cursor(tx, reader, from, through)?;
+            set_log_cursor(tx, reader, through)?;
             Ok::<_, StoreError>(priced)
         })?;
         self.readers.advance(through);
@@ -272,9 +271,6 @@ impl LogStep for State {
     fn step(&mut self, _asked: bool) -> Result<u64, StepFailure> {
         match self.round() {
             Ok(()) => Ok(self.cursor.lsn()),
-            // Another server moves this one's cursor: stop, never price
-            // on from a position in someone else's log.
-            Err(StepError::Store(error @ StoreError::CursorMoved { .. })) => Err(StepFailure::Fatal(error.to_string())),
             Err(StepError::Store(error)) => Err(StepFailure::Retry(error.to_string())),
             Err(StepError::Log(reason)) => Err(StepFailure::Fatal(reason)),
         }

@@ -78,11 +78,6 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a money-store task stopped: {0}")]
     Task(String),
-    #[error(
-        "the log cursor {reader} is no longer at {expected}: another server prices under this data dir's \
-         NODE_ID (a copy of the data dir? delete the copy's NODE_ID before its first start)"
-    )]
-    CursorMoved { reader: String, expected: u64 },
 }
 
 /// PostgreSQL's own words for an error: the server's message, detail and
@@ -196,21 +191,15 @@ pub fn set_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), Sto
     Ok(())
 }
 
-/// Moves `reader`'s cursor from `from` to `to`, in the transaction that
-/// wrote what it read. Compare and set: a cursor another process moved
-/// meanwhile (a second server pricing under the same `NODE_ID`, a copy of
-/// the data dir) is [`StoreError::CursorMoved`], and the transaction, with
-/// what it priced, is rolled back rather than moving a position in a log
-/// that is not this server's.
-pub fn advance_log_cursor(tx: &mut dyn Db, reader: &str, from: u64, to: u64) -> Result<(), StoreError> {
-    let sql = |lsn: u64| i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")));
-    let moved = tx.execute(
-        "UPDATE log_cursors SET lsn = ?3 WHERE reader = ?1 AND lsn = ?2",
-        &[Value::Text(reader), Value::Int(sql(from)?), Value::Int(sql(to)?)],
+/// Makes `reader`'s cursor at `lsn` if it has none; one it has is left
+/// as it is (a server starting beside another under the same `NODE_ID`
+/// must not move the other's cursor back).
+pub fn start_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), StoreError> {
+    let lsn = i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")))?;
+    tx.execute(
+        "INSERT INTO log_cursors (reader, lsn) VALUES (?1, ?2) ON CONFLICT (reader) DO NOTHING",
+        &[Value::Text(reader), Value::Int(lsn)],
     )?;
-    if moved != 1 {
-        return Err(StoreError::CursorMoved { reader: reader.to_string(), expected: from });
-    }
     Ok(())
 }
 
@@ -263,25 +252,18 @@ mod tests {
         on_both_stores(cursors);
     }
 
-    /// A cursor moves only from where its mover last left it: a second
-    /// process moving it from a stale position (a copy of the data dir
-    /// running under the same NODE_ID) is refused and moves nothing, at
-    /// every position up to the largest.
+    /// A start makes a cursor where there is none and moves none that
+    /// is there (a server starting beside another under the same NODE_ID
+    /// would move the other's back).
     #[test]
-    fn a_cursor_moved_by_another_process_is_not_moved_again_from_where_it_was() {
-        fn compare_and_set(db: &mut dyn Db, engine: &str) {
-            set_log_cursor(db, "pricer@a", 0).expect("new");
-            for (from, to) in [(0, 10), (10, i64::MAX as u64)] {
-                advance_log_cursor(db, "pricer@a", from, to).expect("its own move");
-            }
-            let stale = advance_log_cursor(db, "pricer@a", 10, 20);
-            assert!(matches!(stale, Err(StoreError::CursorMoved { expected: 10, .. })), "{engine}: {stale:?}");
-            assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(i64::MAX as u64), "{engine}: unmoved");
-            let missing = advance_log_cursor(db, "pricer@none", 0, 1);
-            assert!(matches!(missing, Err(StoreError::CursorMoved { .. })), "{engine}: no cursor, no move");
-            assert!(advance_log_cursor(db, "pricer@a", i64::MAX as u64, i64::MAX as u64 + 1).is_err(), "{engine}");
+    fn a_start_makes_a_cursor_and_moves_none() {
+        fn start(db: &mut dyn Db, engine: &str) {
+            start_log_cursor(db, "pricer@a", 7).expect("new");
+            start_log_cursor(db, "pricer@a", 0).expect("kept");
+            assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(7), "{engine}");
+            assert!(start_log_cursor(db, "pricer@b", i64::MAX as u64 + 1).is_err(), "{engine}");
         }
-        on_both_stores(compare_and_set);
+        on_both_stores(start);
     }
 
     /// Each pricer's promise at the extremes of time; the others' earliest,

@@ -224,7 +224,9 @@ where
         held.recv().expect("the first transaction holds its locks");
         let second = s.spawn(move || b.in_transaction(second));
         let deadline = Instant::now() + LOCK_WAIT_SEEN_MAX;
-        let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+        // This test's database only: tests beside it wait on locks too.
+        let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
         while watcher.db().query(waiting, &[]).expect("pg_locks")[0].int(0).expect("count") == 0 {
             assert!(Instant::now() < deadline, "the second transaction never waited on a lock");
             std::thread::sleep(Duration::from_millis(5));

@@ -180,8 +180,7 @@ pub enum Fatal {
     /// The archiver failed an fsync or a rename, or read a damaged log.
     #[error("archiver: {0}")]
     Archiver(String),
-    /// The pricer read a damaged log, or found its cursor moved by another
-    /// server (a copy of this data dir).
+    /// The pricer read a damaged log.
     #[error("pricer: {0}")]
     Pricer(String),
     /// A batch claimed its scans but its log record was not queued (a bug).
@@ -543,8 +542,9 @@ impl Server {
         let (committer, charges_archive) = (self.committer, Arc::clone(&self.charges_archive));
         let halted = tokio::task::spawn_blocking(move || {
             committer.halt();
-            // Held for good: a pass under way ends first, no other starts.
-            std::mem::forget(farestream_core::sync::lock(&charges_archive.store));
+            // A pass under way ends first (the job's loop starts no other
+            // once the shutdown is cancelled).
+            drop(farestream_core::sync::lock(&charges_archive.store));
             std::mem::forget(charges_archive);
         });
         halted.await.expect("halting the log and the charges archive");

@@ -17,7 +17,7 @@ use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
 use farestream_money::charges_archive::{ChargesArchive, charges_root};
 use farestream_money::pricer::{OpenedStore, pricer_start, reader_name};
-use farestream_money::store::set_log_cursor;
+use farestream_money::store::start_log_cursor;
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
 
 /// The money side of a running server.
@@ -50,7 +50,7 @@ pub(super) fn open_money_store(
     }
     // The cursor exists from the start: another server's refunds wait for
     // this one's promise (`priced_received_before`) once it is known.
-    store.in_transaction(|tx| set_log_cursor(tx, &reader, start))?;
+    store.in_transaction(|tx| start_log_cursor(tx, &reader, start))?;
     tracing::info!(store = money.store.describe(), %reader, priced_lsn = start, "money store opened");
     Ok(OpenedStore { store, reader, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
 }
