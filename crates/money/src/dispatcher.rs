@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{self, Account};
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_to_sql};
-use crate::db::{Db, Engine, Lock, Row, Value, lock_cards};
+use crate::db::{Db, Engine, Row, Value, lock_cards};
 use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
 use crate::money_store::MoneyStore;
@@ -560,10 +560,9 @@ fn decide_before_sending(
 /// What the card owes now, and how much a payment of it still waiting for
 /// its answer may have paid, read in the claiming transaction.
 fn payer(tx: &mut dyn Db, card_id: u64) -> Result<Payer, StoreError> {
-    // The card's lock (taken already with the claim's others, in key
-    // order): a payment of its arrears opened by another server at this
-    // moment is either seen here or waits for this.
-    tx.lock(Lock::Card(card_id))?;
+    // Under the card's lock, taken by `claim_due` with the claim's others
+    // in key order: a payment of its arrears opened by another server at
+    // this moment is either seen here or waits for this.
     // sum() is NUMERIC on PostgreSQL: cast back to the 64-bit cents.
     let row = tx.query_opt(
         "SELECT a.arrears_cents,
@@ -637,11 +636,10 @@ async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::accounts::AccountError;
-    use crate::test_cluster::{TestCluster, second_waits_for_first};
+    use crate::db::Lock;
+    use crate::test_cluster::{TestCluster, an_owing_card, open_store, second_waits_for_first};
 
     const NOW: UnixMillis = 1_800_000_000_000;
     /// Two cards whose lock keys sort as their numbers do.
@@ -651,13 +649,10 @@ mod tests {
     /// Each card active and owing 300; a first credit of 100 for each, the
     /// higher card's due first.
     fn two_owing_cards_with_credits(location: &crate::StoreLocation) {
-        let mut store = crate::MoneyStore::open(location, Duration::from_secs(1)).expect("a store");
-        store
+        open_store(location)
             .in_transaction(|tx| {
                 for (card_id, due_at) in [(HIGH_CARD, 1), (LOW_CARD, 2)] {
-                    accounts::register(tx, card_id, &format!("+1555000000{card_id}"), NOW)?;
-                    accounts::activate(tx, card_id, "payer", &format!("agreement-{card_id}"), Cents::ZERO, NOW)?;
-                    accounts::add_arrears(tx, card_id, Cents::new(300), "declined ride", NOW)?;
+                    an_owing_card(tx, card_id, Cents::new(300), NOW)?;
                     tx.execute(
                         "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
                                               created_at, outcome, next_attempt_at)

@@ -342,6 +342,37 @@ mod tests {
         PgStore::open(&config).expect("a store with limits")
     }
 
+    /// The limits at the ends of their config ranges
+    /// (`payments.money_store_*_ms`) make a connection PostgreSQL accepts,
+    /// with the server settings as given.
+    #[test]
+    fn limits_at_their_smallest_and_largest_connect() {
+        let Some(cluster) = TestCluster::shared() else { return };
+        let config = cluster.new_database();
+        let ms = Duration::from_millis;
+        let smallest = PgSessionLimits {
+            connect_timeout: ms(100),
+            unreachable_after: ms(6_000),
+            lock_wait_max: ms(100),
+            idle_in_transaction_max: ms(1_000),
+        };
+        let largest = PgSessionLimits {
+            connect_timeout: ms(600_000),
+            unreachable_after: ms(3_600_000),
+            lock_wait_max: ms(3_600_000),
+            idle_in_transaction_max: ms(3_600_000),
+        };
+        for (limits, shown) in [(smallest, ("100ms", "1s")), (largest, ("1h", "1h"))] {
+            let mut config = config.clone();
+            limits.apply(&mut config);
+            let mut store = PgStore::open(&config).unwrap_or_else(|e| panic!("{limits:?}: {e}"));
+            let settings =
+                "SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')";
+            let row = store.in_transaction(|db| db.query_one(settings, &[])).expect("settings");
+            assert_eq!((row.text(0).expect("lock"), row.text(1).expect("idle")), shown, "{limits:?}");
+        }
+    }
+
     /// A card held by a stuck peer costs a step `lock_wait_max`, then the
     /// step fails (lock_not_available) and the connection is still good.
     #[test]
@@ -350,10 +381,8 @@ mod tests {
         let config = cluster.new_database();
         let mut holder = PgStore::open(&config).expect("holder");
         let mut holding = holder.client().transaction().expect("a transaction");
-        let (namespace, key) = Lock::Card(7).keys();
-        holding
-            .execute("SELECT pg_advisory_xact_lock($1::int4, $2::int4)", &[&(namespace as i32), &(key as i32)])
-            .expect("held");
+        let mut statements = Statements::default();
+        Postgres { client: &mut holding, statements: &mut statements }.lock(Lock::Card(7)).expect("held");
 
         let mut waiter = limited(&config, Duration::from_millis(200), Duration::from_secs(60));
         let started = std::time::Instant::now();

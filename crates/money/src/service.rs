@@ -494,18 +494,12 @@ mod tests {
     //! one's transaction waits on the card's lock, then reads what the
     //! first committed (faults found by an outside review: a second
     //! deposit, arrears collected twice).
-    use std::time::Duration;
-
     use super::*;
     use crate::StoreLocation;
-    use crate::test_cluster::{TestCluster, second_waits_for_first};
+    use crate::test_cluster::{TestCluster, an_owing_card, open_store as open, second_waits_for_first};
 
     const CARD: u64 = 7;
     const NOW: UnixMillis = 1_800_000_000_000;
-
-    fn open(location: &StoreLocation) -> MoneyStore {
-        MoneyStore::open(location, Duration::from_secs(1)).expect("a store")
-    }
 
     fn attempts(location: &StoreLocation, kind: PaymentKind) -> usize {
         let all = open(location).in_transaction(|tx| payments::all_attempts(tx)).expect("attempts");
@@ -515,13 +509,9 @@ mod tests {
     /// A card registered and, with `arrears`, active and owing them.
     fn a_card(location: &StoreLocation, arrears: Option<Cents>) {
         open(location)
-            .in_transaction(|tx| {
-                accounts::register(tx, CARD, "+15550000007", NOW)?;
-                if let Some(arrears) = arrears {
-                    accounts::activate(tx, CARD, "payer-7", "agreement-7", Cents::ZERO, NOW)?;
-                    accounts::add_arrears(tx, CARD, arrears, "declined ride", NOW)?;
-                }
-                Ok::<_, AccountError>(())
+            .in_transaction(|tx| match arrears {
+                Some(arrears) => an_owing_card(tx, CARD, arrears, NOW),
+                None => accounts::register(tx, CARD, "+15550000007", NOW).map(drop),
             })
             .expect("the card");
     }

@@ -182,6 +182,34 @@ pub(crate) fn on_each_engine(mut work: impl FnMut(&mut crate::MoneyStore, &str))
     }
 }
 
+/// A new connection to the store at `location`, for a test.
+#[cfg(test)]
+pub(crate) fn open_store(location: &crate::StoreLocation) -> crate::MoneyStore {
+    crate::MoneyStore::open(location, Duration::from_secs(1)).expect("a store")
+}
+
+/// An account for `card_id` (its phone made from it), active with no
+/// deposit and owing `arrears` from a declined ride.
+#[cfg(test)]
+pub(crate) fn an_owing_card(
+    tx: &mut dyn Db,
+    card_id: u64,
+    arrears: farestream_core::money::Cents,
+    now: farestream_core::clock::UnixMillis,
+) -> Result<(), crate::accounts::AccountError> {
+    use crate::accounts;
+    accounts::register(tx, card_id, &format!("+1555{card_id:07}"), now)?;
+    accounts::activate(
+        tx,
+        card_id,
+        "payer",
+        &format!("agreement-{card_id}"),
+        farestream_core::money::Cents::ZERO,
+        now,
+    )?;
+    accounts::add_arrears(tx, card_id, arrears, "declined ride", now).map(drop)
+}
+
 /// How long [`second_waits_for_first`] looks for the second transaction
 /// waiting on a lock.
 #[cfg(test)]
@@ -205,8 +233,7 @@ where
     E: From<crate::store::StoreError> + Send,
 {
     use std::sync::mpsc;
-    let open = || crate::MoneyStore::open(location, Duration::from_secs(1)).expect("a store");
-    let (mut a, mut b, mut watcher) = (open(), open(), open());
+    let (mut a, mut b, mut watcher) = (open_store(location), open_store(location), open_store(location));
     let (holding, held) = mpsc::channel();
     let (release, released) = mpsc::channel::<()>();
     std::thread::scope(|s| {

@@ -545,7 +545,6 @@ impl Server {
             // A pass under way ends first (the job's loop starts no other
             // once the shutdown is cancelled).
             drop(farestream_core::sync::lock(&charges_archive.store));
-            std::mem::forget(charges_archive);
         });
         halted.await.expect("halting the log and the charges archive");
         // Nothing else is dropped: a dropped handle would run a last round.
