@@ -229,3 +229,56 @@ async fn a_refund_waits_until_every_server_sharing_the_store_has_priced_its_ride
     m.h.server.shutdown().await.expect("a stops");
     m.paygw.stop().await;
 }
+
+/// A copy of a data dir (the same NODE_ID) started beside its original on
+/// one store takes the pricer's cursor, and the original stops at its
+/// next pricing rather than price from a cursor that is not its own (its
+/// rides stay in its log). Started again, the original is refused: the
+/// copy has moved the cursor past records its log does not hold. Given a
+/// name of its own (its NODE_ID deleted), it prices every ride its log
+/// holds: no ride skipped, none charged twice, each debited once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_data_dir_takes_the_cursor_and_its_original_stops_rather_than_skip_rides() {
+    let Some(config) = on_postgres().await else { return };
+    let mut m = Money::start_with(config).await;
+    m.h.clock.set(T0_MS + 55 * MINUTE);
+    let riders: Vec<_> = futures_util::future::join_all((0..3u64).map(|n| m.rider(740 + n, 10_000))).await;
+    let rides = |seq: u64| -> Vec<_> {
+        let at = T0_MS + seq as i64 * MINUTE;
+        riders.iter().map(|rider| tap(rider, seq, at, TapKind::Single, "bus-99")).collect()
+    };
+    let pushed = m.h.client().push(&batch("depot-1", 1, rides(1))).await.expect("acks");
+    assert_eq!(pushed.accepted, 3);
+    m.h.server.flush_pricing().await.expect("priced before the copy");
+
+    let copy = m.h.start_a_copy().await;
+    let pushed = m.h.client().push(&batch("depot-1", 2, rides(2))).await.expect("the original acks");
+    assert_eq!(pushed.accepted, 3, "acked into the original's log");
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), m.h.server.failed()).await;
+    let reason = stopped.expect("the original stops").to_string();
+    assert!(reason.contains("taken by another server"), "{reason}");
+    let pushed = copy.client().push(&batch("depot-1", 3, rides(3))).await.expect("the copy acks");
+    assert_eq!(pushed.accepted, 3);
+    copy.server.flush_pricing().await.expect("the copy prices its own log");
+
+    let (refused, stopped) = match m.h.crash_and_try(|_| {}).await {
+        Err(refused) => refused,
+        Ok(_) => panic!("the original started on a cursor the copy moved"),
+    };
+    assert!(refused.to_string().contains("NODE_ID"), "{refused}");
+    m.h = stopped.start_after(|dir| std::fs::remove_file(dir.join("NODE_ID")).expect("renamed")).await;
+
+    let charges = settle_both(&m, &copy).await;
+    for rider in [740, 741, 742] {
+        let mine: Vec<_> = charges.iter().filter(|c| c.card_id == rider).collect();
+        let taps: usize = mine.iter().map(|c| c.scan_ids.len()).sum();
+        let cents: i64 = mine.iter().map(|c| c.amount_cents.get()).sum();
+        assert_eq!((taps, cents), (3, 900), "card {rider}: its three rides, each once: {mine:?}");
+    }
+    let debits = m.debits().await;
+    let keys: HashSet<&str> = debits.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys.len(), debits.len(), "a charge debited twice");
+    copy.server.shutdown().await.expect("the copy stops");
+    m.h.server.shutdown().await.expect("the original stops");
+    m.paygw.stop().await;
+}

@@ -171,6 +171,36 @@ impl Harness {
         Harness { dir, server, identity, clock, issuer, config, faults, inbox }
     }
 
+    /// A copy of this server's data dir, made while it runs (its archive
+    /// flushed first), started as a second server: the same identity,
+    /// clock and NODE_ID, a copied data dir as an operator might make one.
+    pub(crate) async fn start_a_copy(&self) -> Harness {
+        self.server.flush_archive().await.expect("flush");
+        let dir = copy_of(self.dir.path());
+        let (faults, inbox) = (Arc::new(Faults::default()), Arc::new(InboxNotifier::default()));
+        let server = start_server(&self.config, dir.path(), &self.identity, &self.clock, (&faults, &inbox)).await;
+        let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
+        let (identity, clock, config) = (self.identity.clone(), Arc::clone(&self.clock), self.config.clone());
+        Harness { dir, server, identity, clock, issuer, config, faults, inbox }
+    }
+
+    /// The process "dies" (abandoned, as [`Harness::crash_and_recover`]),
+    /// `damage` runs, and a new server is tried on the same data dir: the
+    /// harness back with it, or why it would not start (and the harness
+    /// without a server, for another try).
+    pub(crate) async fn crash_and_try(
+        self,
+        damage: impl FnOnce(&std::path::Path),
+    ) -> Result<Harness, (ServerError, Stopped)> {
+        let Harness { dir, server, identity, clock, issuer, config, faults, inbox } = self;
+        server.abandon().await;
+        damage(dir.path());
+        match try_start_server(&config, dir.path(), &identity, &clock, (&faults, &inbox)).await {
+            Ok(server) => Ok(Harness { dir, server, identity, clock, issuer, config, faults, inbox }),
+            Err(error) => Err((error, Stopped { dir, identity, clock, issuer, config, faults, inbox })),
+        }
+    }
+
     /// A client for gateway [`GATEWAY`].
     pub(crate) fn client(&self) -> GatewayClient {
         self.client_as(GATEWAY)
@@ -213,6 +243,28 @@ impl Harness {
     pub(crate) async fn archive_rows(&self) -> Vec<ArchivedScan> {
         self.server.flush_archive().await.expect("flush");
         read::read_all(&scans_root(self.dir.path())).expect("read archive")
+    }
+}
+
+/// A harness whose server would not start: its data dir and the rest,
+/// for another try.
+pub(crate) struct Stopped {
+    pub dir: tempfile::TempDir,
+    identity: ServerIdentity,
+    clock: Arc<ManualClock>,
+    issuer: IssuerSigningKey,
+    config: Config,
+    faults: Arc<Faults>,
+    inbox: Arc<InboxNotifier>,
+}
+
+impl Stopped {
+    /// `change` on the stopped data dir, then a new server on it.
+    pub(crate) async fn start_after(self, change: impl FnOnce(&std::path::Path)) -> Harness {
+        let Stopped { dir, identity, clock, issuer, config, faults, inbox } = self;
+        change(dir.path());
+        let server = start_server(&config, dir.path(), &identity, &clock, (&faults, &inbox)).await;
+        Harness { dir, server, identity, clock, issuer, config, faults, inbox }
     }
 }
 

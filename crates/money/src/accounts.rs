@@ -699,6 +699,9 @@ mod tests {
             .expect("a count as migration 11 kept it");
         tx.execute("DROP TABLE code_blocks", []).expect("back to version 11");
         tx.execute("ALTER TABLE log_cursors DROP COLUMN priced_received_before", []).expect("and before 15");
+        for column in ["holder", "last_record_lsn", "last_record_digest"] {
+            tx.execute(&format!("ALTER TABLE log_cursors DROP COLUMN {column}"), []).expect("and before 16");
+        }
         tx.commit().expect("commit");
         store.connection().pragma_update(None, "user_version", 11).expect("version 11");
         drop(store);

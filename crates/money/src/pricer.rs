@@ -9,11 +9,14 @@
 //! a segment only once both have passed it ([`LogReaders`], in `log_reader`).
 //!
 //! Errors: a damaged log stops the pricer for good (the server stops with
-//! it). A store error (a full disk, a busy lock past its wait) is retried
-//! after `poll_interval` from the cursor, which the failed transaction
-//! never moved.
+//! it), and so does a cursor another server took (a copy of this data
+//! dir started under the same `NODE_ID`: [`StoreError::CursorTaken`]). A
+//! store error (a full disk, a busy lock past its wait) is retried after
+//! `poll_interval` from the cursor, which the failed transaction never
+//! moved; a move that committed but whose answer was lost is made again
+//! by the same holder, and matches.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +26,7 @@ use crate::db::Engine;
 use crate::money_metrics;
 use crate::money_store::MoneyStore;
 use crate::pricing::{Priced, entries_closing_by, price_closed_entries, price_rows};
-use crate::store::{StoreError, log_cursor, set_log_cursor};
+use crate::store::{CursorHolder, LastRecord, StoreError, log_cursor, set_log_cursor};
 use farestream_core::fares::FareTable;
 use farestream_core::journal;
 use farestream_core::sync::lock;
@@ -100,6 +103,8 @@ pub struct OpenedStore {
     pub store: MoneyStore,
     /// The pricer's name in the store ([`reader_name`]).
     pub reader: String,
+    /// The bits it holds its cursor with (`store::hold_log_cursor`).
+    pub holder: CursorHolder,
     /// The log position the pricer starts from.
     pub priced_lsn: u64,
     /// The log's readers other than the archiver, starting with the
@@ -114,6 +119,39 @@ pub fn pricer_start(store: &mut MoneyStore, reader: &str, start_if_new: u64) -> 
     Ok(log_cursor(&mut store.db(), reader)?.unwrap_or(start_if_new))
 }
 
+/// Whether this log holds the record the stored cursor, at `cursor_lsn`,
+/// was last moved past (`last`): a cursor that another log moved (a copy
+/// of this data dir pricing under the same `NODE_ID`) stands at a place
+/// whose records differ in this log, and pricing on from it would skip or
+/// misread them. Vouched for: a cursor never moved since it was made, and
+/// one whose record lies before `log_first_lsn` (its segment is gone).
+pub fn log_vouches_for(
+    wal_dir: &Path,
+    record_bytes_max: u32,
+    (cursor_lsn, last): (u64, Option<LastRecord>),
+    log_first_lsn: u64,
+) -> Result<(), String> {
+    let Some(last) = last else { return Ok(()) };
+    if last.lsn < log_first_lsn {
+        return Ok(());
+    }
+    let mut reading = WalCursor::new(wal_dir.to_path_buf(), record_bytes_max, last.lsn);
+    let found = match reading.read_next(cursor_lsn) {
+        Ok(records) => records.into_iter().next(),
+        Err(_) => None,
+    };
+    match found {
+        Some(record) if record.end_lsn == cursor_lsn && LastRecord::of(record.lsn, &record.payload) == last => Ok(()),
+        _ => Err(format!(
+            "the money store's cursor for this data dir's pricer is at LSN {cursor_lsn}, past a record at LSN {} \
+             that this log does not hold: another data dir with this NODE_ID (a copy) priced its own log under it. \
+             Give this data dir a name of its own (stop it, delete its NODE_ID file): it then prices every ride \
+             its log still holds, and none twice",
+            last.lsn
+        )),
+    }
+}
+
 impl Pricer {
     pub fn spawn(
         settings: PricerSettings,
@@ -123,7 +161,7 @@ impl Pricer {
         clock: Arc<dyn Clock>,
         faults: Arc<Faults>,
     ) -> Pricer {
-        let OpenedStore { store, reader, priced_lsn: start_lsn, log_readers: readers } = opened;
+        let OpenedStore { store, reader, holder, priced_lsn: start_lsn, log_readers: readers } = opened;
         readers.advance(start_lsn);
         let status = Arc::new(Mutex::new(PricerStatus { priced_lsn: start_lsn, ..PricerStatus::default() }));
         let state = State {
@@ -131,6 +169,7 @@ impl Pricer {
             settings,
             store,
             reader: reader.clone(),
+            holder,
             progress,
             clock,
             readers,
@@ -173,6 +212,7 @@ struct State {
     settings: PricerSettings,
     store: MoneyStore,
     reader: String,
+    holder: CursorHolder,
     cursor: WalCursor,
     progress: watch::Receiver<Progress>,
     clock: Arc<dyn Clock>,
@@ -182,15 +222,19 @@ struct State {
     status: Arc<Mutex<PricerStatus>>,
 }
 
-/// A step's failure: the log is damaged (fatal) or the store failed (retried).
+/// A step's failure: the log is damaged or the cursor was taken (fatal),
+/// or the store failed (retried).
 enum StepError {
-    Log(String),
+    Fatal(String),
     Store(StoreError),
 }
 
 impl From<StoreError> for StepError {
     fn from(error: StoreError) -> StepError {
-        StepError::Store(error)
+        match error {
+            StoreError::CursorTaken(_) => StepError::Fatal(error.to_string()),
+            error => StepError::Store(error),
+        }
     }
 }
 
@@ -199,7 +243,7 @@ impl State {
         self.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;
         let durable = self.progress.borrow().durable_lsn;
         while self.cursor.lsn() < durable {
-            let records = self.cursor.read_next(durable).map_err(|e| StepError::Log(e.to_string()))?;
+            let records = self.cursor.read_next(durable).map_err(|e| StepError::Fatal(e.to_string()))?;
             let mut records = records.as_slice();
             while !records.is_empty() {
                 records = self.price_some(records)?;
@@ -232,21 +276,22 @@ impl State {
             if taken > 0 && rows.len() >= PRICING_ROWS_TOGETHER_MAX {
                 break;
             }
-            rows.extend(journal::decode(&record.payload).map_err(|e| StepError::Log(e.to_string()))?);
+            rows.extend(journal::decode(&record.payload).map_err(|e| StepError::Fatal(e.to_string()))?);
             taken += 1;
         }
         assert!(taken > 0, "price_some is given at least one record");
         let (these, rest) = records.split_at(taken);
-        let through = these[taken - 1].end_lsn;
+        let last = &these[taken - 1];
+        let (through, last_record) = (last.end_lsn, LastRecord::of(last.lsn, &last.payload));
         let now = self.clock.now_ms();
         // How long ago the server took the oldest scan not yet priced
         // (batches are logged in commit order, not arrival order).
         let oldest = rows.iter().map(|row| row.received_at).min().unwrap_or(now);
         money_metrics::pricer_lag(now.saturating_sub(oldest));
-        let (fares, reader) = (&self.settings.fares, self.reader.as_str());
+        let (fares, reader, holder) = (&self.settings.fares, self.reader.as_str(), &self.holder);
         let priced = self.store.in_transaction(|tx| {
             let priced = price_rows(tx, fares, &rows, now)?;
-            set_log_cursor(tx, reader, through)?;
+            set_log_cursor(tx, reader, holder, through, last_record)?;
             Ok::<_, StoreError>(priced)
         })?;
         self.readers.advance(through);
@@ -272,7 +317,7 @@ impl LogStep for State {
         match self.round() {
             Ok(()) => Ok(self.cursor.lsn()),
             Err(StepError::Store(error)) => Err(StepFailure::Retry(error.to_string())),
-            Err(StepError::Log(reason)) => Err(StepFailure::Fatal(reason)),
+            Err(StepError::Fatal(reason)) => Err(StepFailure::Fatal(reason)),
         }
     }
 
@@ -296,4 +341,54 @@ impl LogStep for State {
 
 fn sum(a: Priced, b: Priced) -> Priced {
     Priced { taps: a.taps + b.taps, charges: a.charges + b.charges, amount_cents: a.amount_cents + b.amount_cents }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use farestream_core::wal::framing::encode_record;
+    use farestream_ingest::wal::{WalConfig, open};
+
+    const RECORD_BYTES_MAX: u32 = 1 << 16;
+
+    /// A log of three records ("one", "two", "three") in segments of 64
+    /// bytes (a segment each): where each record starts and ends.
+    fn a_log(dir: &Path) -> Vec<(u64, u64)> {
+        let config = WalConfig { dir: dir.to_path_buf(), segment_bytes_max: 64, record_bytes_max: RECORD_BYTES_MAX };
+        let mut writer = open(config, Arc::new(Faults::default()), 0).expect("a new log").writer;
+        let mut places = Vec::new();
+        for payload in [&b"one"[..], b"two", b"three"] {
+            let mut frame = Vec::new();
+            encode_record(payload, &mut frame);
+            let before = writer.written_lsn();
+            places.push((before, writer.append(&[frame]).expect("appended")));
+        }
+        writer.sync().expect("synced");
+        places
+    }
+
+    /// A cursor is vouched for by the record it was last moved past,
+    /// found at its place with its digest; a cursor never moved and one
+    /// whose record's segment is gone, by position. A record of the same
+    /// size but other bytes, a place that is not a record's start, and a
+    /// cursor past the end of the log are another log's.
+    #[test]
+    fn a_log_vouches_only_for_a_cursor_moved_past_its_own_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let places = a_log(dir.path());
+        let [(one, one_end), (two, two_end), (three, three_end)] = places[..] else { panic!("{places:?}") };
+        let vouch = |cursor, last| log_vouches_for(dir.path(), RECORD_BYTES_MAX, (cursor, last), one);
+        assert_eq!(vouch(0, None), Ok(()), "never moved");
+        assert_eq!(vouch(two_end, Some(LastRecord::of(two, b"two"))), Ok(()));
+        assert_eq!(vouch(three_end, Some(LastRecord::of(three, b"three"))), Ok(()), "the last record");
+        assert_eq!(vouch(one_end, Some(LastRecord::of(one, b"one"))), Ok(()), "the first record");
+        let other_bytes = vouch(two_end, Some(LastRecord::of(two, b"TWO")));
+        assert!(other_bytes.as_ref().is_err_and(|why| why.contains("NODE_ID")), "{other_bytes:?}");
+        assert!(vouch(two_end, Some(LastRecord::of(two + 1, b"two"))).is_err(), "not a record's start");
+        assert!(vouch(two_end, Some(LastRecord::of(one, b"one"))).is_err(), "a record that ends elsewhere");
+        assert!(vouch(three_end + 10, Some(LastRecord::of(three_end, b"four"))).is_err(), "past the log's end");
+        assert!(vouch(u64::MAX, Some(LastRecord::of(u64::MAX - 1, b""))).is_err(), "the last position");
+        let gone = log_vouches_for(dir.path(), RECORD_BYTES_MAX, (two_end, Some(LastRecord::of(one, b"?"))), two);
+        assert_eq!(gone, Ok(()), "its segment is gone: vouched for by position");
+    }
 }

@@ -32,6 +32,7 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     (13, include_str!("../migrations/0013_taps_by_rider_day.sql")),
     (14, include_str!("../migrations/0014_charges_in_write_order.sql")),
     (15, include_str!("../migrations/0015_archive_batch_node.sql")),
+    (16, include_str!("../migrations/0016_cursor_holder.sql")),
 ];
 
 /// How long the store's write-ahead log grows, in 4 KiB pages (64 MiB),
@@ -78,6 +79,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a money-store task stopped: {0}")]
     Task(String),
+    /// Another server took the log cursor this one moves: it stops.
+    #[error(
+        "the log cursor {0:?} was taken by another server under this data dir's NODE_ID (a copy of this data dir?): \
+         this server stops pricing its log"
+    )]
+    CursorTaken(String),
 }
 
 /// PostgreSQL's own words for an error: the server's message, detail and
@@ -180,27 +187,99 @@ pub fn log_cursor(db: &mut dyn Db, reader: &str) -> Result<Option<u64>, StoreErr
     lsn.map(|lsn| u64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log cursor {lsn}")))).transpose()
 }
 
-/// Moves a reader's cursor, in the transaction that wrote what it read.
-pub fn set_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), StoreError> {
-    let lsn = i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")))?;
-    tx.execute(
-        "INSERT INTO log_cursors (reader, lsn) VALUES (?1, ?2)
-         ON CONFLICT (reader) DO UPDATE SET lsn = excluded.lsn",
-        &[Value::Text(reader), Value::Int(lsn)],
-    )?;
-    Ok(())
+/// Random bits a reader takes its cursor with when its server starts
+/// ([`hold_log_cursor`]): only the holder moves it.
+pub type CursorHolder = [u8; 16];
+
+/// Fresh random bits for a start's hold on a cursor.
+pub fn fresh_cursor_holder() -> Result<CursorHolder, StoreError> {
+    let mut holder = CursorHolder::default();
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut holder)
+        .map_err(|_| StoreError::Task("no randomness for a cursor holder".into()))?;
+    Ok(holder)
 }
 
-/// Makes `reader`'s cursor at `lsn` if it has none; one it has is left
-/// as it is (a server starting beside another under the same `NODE_ID`
-/// must not move the other's cursor back).
-pub fn start_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), StoreError> {
-    let lsn = i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")))?;
-    tx.execute(
-        "INSERT INTO log_cursors (reader, lsn) VALUES (?1, ?2) ON CONFLICT (reader) DO NOTHING",
-        &[Value::Text(reader), Value::Int(lsn)],
+/// The record a cursor was last moved past: where it starts in the log,
+/// and the first 16 bytes of its payload's SHA-256. A starting server
+/// finds the same record in its own log, or the cursor is another log's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastRecord {
+    pub lsn: u64,
+    pub digest: [u8; 16],
+}
+
+impl LastRecord {
+    pub fn of(lsn: u64, payload: &[u8]) -> LastRecord {
+        let sha = ring::digest::digest(&ring::digest::SHA256, payload);
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&sha.as_ref()[..16]);
+        LastRecord { lsn, digest }
+    }
+}
+
+/// The record `reader`'s cursor was last moved past; `None` when it has
+/// not moved since it was made (or was moved before version 16).
+pub fn last_record(db: &mut dyn Db, reader: &str) -> Result<Option<LastRecord>, StoreError> {
+    let row = db.query_opt(
+        "SELECT last_record_lsn, last_record_digest FROM log_cursors WHERE reader = ?1",
+        &[Value::Text(reader)],
     )?;
-    Ok(())
+    let Some(row) = row else { return Ok(None) };
+    let (Some(lsn), Some(digest)) = (row.opt_int(0)?, row.opt_bytes(1)?) else { return Ok(None) };
+    let lsn = u64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("last record at {lsn}")))?;
+    let digest =
+        digest.try_into().map_err(|_| StoreError::Corrupt(format!("a record digest of {} bytes", digest.len())))?;
+    Ok(Some(LastRecord { lsn, digest }))
+}
+
+fn sql_lsn(lsn: u64) -> Result<i64, StoreError> {
+    i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")))
+}
+
+/// Moves a reader's cursor past `last`, in the transaction that wrote
+/// what it read; only its `holder` may. A retried move whose first answer
+/// was lost (it committed) matches again; a cursor another server took
+/// is [`StoreError::CursorTaken`].
+pub fn set_log_cursor(
+    tx: &mut dyn Db,
+    reader: &str,
+    holder: &CursorHolder,
+    lsn: u64,
+    last: LastRecord,
+) -> Result<(), StoreError> {
+    let moved = tx.execute(
+        "UPDATE log_cursors SET lsn = ?3, last_record_lsn = ?4, last_record_digest = ?5
+         WHERE reader = ?1 AND holder = ?2",
+        &[
+            Value::Text(reader),
+            Value::Bytes(holder),
+            Value::Int(sql_lsn(lsn)?),
+            Value::Int(sql_lsn(last.lsn)?),
+            Value::Bytes(&last.digest),
+        ],
+    )?;
+    match moved {
+        1 => Ok(()),
+        _ => Err(StoreError::CursorTaken(reader.to_string())),
+    }
+}
+
+/// Takes `reader`'s cursor for `holder` as its server starts: makes it at
+/// `lsn` if there is none; one that exists must still be at `lsn`, where
+/// the server read it and found this log vouching for it (the cursor is
+/// never moved back, and one moved since by a server under the same
+/// `NODE_ID` is [`StoreError::CursorTaken`]). A server still pricing
+/// with it under another holder stops at its next move.
+pub fn hold_log_cursor(tx: &mut dyn Db, reader: &str, holder: &CursorHolder, lsn: u64) -> Result<(), StoreError> {
+    let held = tx.execute(
+        "INSERT INTO log_cursors (reader, lsn, holder) VALUES (?1, ?2, ?3)
+         ON CONFLICT (reader) DO UPDATE SET holder = excluded.holder WHERE log_cursors.lsn = excluded.lsn",
+        &[Value::Text(reader), Value::Int(sql_lsn(lsn)?), Value::Bytes(holder)],
+    )?;
+    match held {
+        1 => Ok(()),
+        _ => Err(StoreError::CursorTaken(reader.to_string())),
+    }
 }
 
 /// Records that every ride `reader`'s server received before `at` is
@@ -242,28 +321,56 @@ mod tests {
     fn a_log_cursor_holds_every_position_on_both_engines() {
         fn cursors(db: &mut dyn Db, engine: &str) {
             assert_eq!(log_cursor(db, "pricer").expect("read"), None, "{engine}");
+            assert_eq!(last_record(db, "pricer").expect("read"), None, "{engine}");
+            hold_log_cursor(db, "pricer", &HOLDER_A, 0).expect("made");
+            assert_eq!(last_record(db, "pricer").expect("read"), None, "{engine}: made, never moved");
             for lsn in [0, 1, i64::MAX as u64] {
-                set_log_cursor(db, "pricer", lsn).expect("moved");
+                let last = LastRecord::of(lsn.saturating_sub(1), &lsn.to_be_bytes());
+                set_log_cursor(db, "pricer", &HOLDER_A, lsn, last).expect("moved");
                 assert_eq!(log_cursor(db, "pricer").expect("read"), Some(lsn), "{engine}");
+                assert_eq!(last_record(db, "pricer").expect("read"), Some(last), "{engine}");
             }
-            assert!(set_log_cursor(db, "pricer", i64::MAX as u64 + 1).is_err(), "{engine}");
+            let past = i64::MAX as u64 + 1;
+            assert!(set_log_cursor(db, "pricer", &HOLDER_A, past, LastRecord::of(0, b"")).is_err(), "{engine}");
+            assert!(set_log_cursor(db, "pricer", &HOLDER_A, 1, LastRecord::of(past, b"")).is_err(), "{engine}");
             assert_eq!(log_cursor(db, "other").expect("read"), None, "{engine}: one cursor a reader");
         }
         on_both_stores(cursors);
     }
 
-    /// A start makes a cursor where there is none and moves none that
-    /// is there (a server starting beside another under the same NODE_ID
-    /// would move the other's back).
+    const HOLDER_A: CursorHolder = [0xa; 16];
+    const HOLDER_B: CursorHolder = [0xb; 16];
+
+    /// Only the cursor's holder moves it: a move retried after its answer
+    /// was lost (it had committed) goes on; a server that started under
+    /// the same NODE_ID takes the cursor, and the first stops at its next
+    /// move. A start never moves a cursor (a copy starting beside its
+    /// original would move the original's back), and one moved since the
+    /// starting server read it is not taken.
     #[test]
-    fn a_start_makes_a_cursor_and_moves_none() {
-        fn start(db: &mut dyn Db, engine: &str) {
-            start_log_cursor(db, "pricer@a", 7).expect("new");
-            start_log_cursor(db, "pricer@a", 0).expect("kept");
-            assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(7), "{engine}");
-            assert!(start_log_cursor(db, "pricer@b", i64::MAX as u64 + 1).is_err(), "{engine}");
+    fn only_its_holder_moves_a_cursor_and_a_start_moves_none() {
+        fn holders(db: &mut dyn Db, engine: &str) {
+            hold_log_cursor(db, "pricer@a", &HOLDER_A, 7).expect("new");
+            let at_9 = LastRecord::of(8, b"record");
+            set_log_cursor(db, "pricer@a", &HOLDER_A, 9, at_9).expect("a moves it");
+            set_log_cursor(db, "pricer@a", &HOLDER_A, 9, at_9).expect("a's retry after a lost answer goes on");
+            let moved_since = hold_log_cursor(db, "pricer@a", &HOLDER_B, 7);
+            assert!(matches!(moved_since, Err(StoreError::CursorTaken(_))), "{engine}: {moved_since:?}");
+            assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(9), "{engine}: never moved back");
+            hold_log_cursor(db, "pricer@a", &HOLDER_B, 9).expect("b takes it where it is");
+            let taken = set_log_cursor(db, "pricer@a", &HOLDER_A, 10, LastRecord::of(9, b"a's"));
+            assert!(matches!(taken, Err(StoreError::CursorTaken(_))), "{engine}: {taken:?}");
+            let at_11 = LastRecord::of(9, b"b's");
+            set_log_cursor(db, "pricer@a", &HOLDER_B, 11, at_11).expect("b moves it");
+            assert_eq!(
+                (log_cursor(db, "pricer@a").expect("read"), last_record(db, "pricer@a").expect("read")),
+                (Some(11), Some(at_11)),
+                "{engine}"
+            );
+            assert!(hold_log_cursor(db, "pricer@b", &HOLDER_A, i64::MAX as u64 + 1).is_err(), "{engine}");
+            hold_log_cursor(db, "pricer@b", &HOLDER_A, i64::MAX as u64).expect("the last position");
         }
-        on_both_stores(start);
+        on_both_stores(holders);
     }
 
     /// Each pricer's promise at the extremes of time; the others' earliest,
@@ -271,20 +378,20 @@ mod tests {
     #[test]
     fn the_earliest_promise_of_the_other_pricers_holds_refunds_back() {
         fn promises(db: &mut dyn Db, engine: &str) {
-            set_log_cursor(db, "pricer@a", 1).expect("a");
+            hold_log_cursor(db, "pricer@a", &HOLDER_A, 1).expect("a");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), None, "{engine}: alone");
             assert!(set_priced_received_before(db, "pricer@b", 5).is_err(), "{engine}: no cursor, no promise");
-            set_log_cursor(db, "pricer@b", 1).expect("b");
+            hold_log_cursor(db, "pricer@b", &HOLDER_B, 1).expect("b");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(i64::MIN), "{engine}");
             for at in [i64::MIN, 0, i64::MAX] {
                 set_priced_received_before(db, "pricer@b", at).expect("b promises");
                 assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(at), "{engine}");
             }
-            set_log_cursor(db, "pricer@c", 1).expect("c");
+            hold_log_cursor(db, "pricer@c", &HOLDER_A, 1).expect("c");
             set_priced_received_before(db, "pricer@c", 7).expect("c promises");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(7), "{engine}: earliest");
             set_priced_received_before(db, "pricer@a", i64::MAX).expect("a promises");
-            set_log_cursor(db, "pricer@b", 2).expect("b moves on");
+            set_log_cursor(db, "pricer@b", &HOLDER_B, 2, LastRecord::of(1, b"")).expect("b moves on");
             let kept = others_priced_received_before(db, "pricer@c").expect("read");
             assert_eq!(kept, Some(i64::MAX), "{engine}: b's promise kept as its cursor moves");
         }
@@ -460,7 +567,7 @@ mod tests {
         let path = store_path(dir.path());
         let mut store = SqliteStore::open(&path, Duration::from_secs(1)).expect("open");
         let tx = store.transaction().expect("tx");
-        set_log_cursor(&mut Sqlite(&tx), "pricer", 42).expect("cursor");
+        hold_log_cursor(&mut Sqlite(&tx), "pricer", &HOLDER_A, 42).expect("cursor");
         tx.commit().expect("commit");
         drop(store);
         let store = SqliteStore::open(&path, Duration::from_secs(1)).expect("reopen");

@@ -16,8 +16,8 @@ use farestream_ingest::log_reader::LogReaders;
 use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
 use farestream_money::charges_archive::{ChargesArchive, charges_root};
-use farestream_money::pricer::{OpenedStore, pricer_start, reader_name};
-use farestream_money::store::start_log_cursor;
+use farestream_money::pricer::{OpenedStore, log_vouches_for, pricer_start, reader_name};
+use farestream_money::store::{fresh_cursor_holder, hold_log_cursor, last_record};
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
 
 /// The money side of a running server.
@@ -29,30 +29,37 @@ pub(super) struct Money {
     pub deny_list: Arc<DenyListHub>,
 }
 
-/// Opens the store where this server's pricer left off, refusing a
-/// pricer position the recovered log does not hold (blocking: a
-/// PostgreSQL store is opened off the async threads).
+/// Opens the store where this server's pricer left off and takes its
+/// cursor, refusing a pricer position the recovered log does not hold or
+/// that another log moved (blocking: a PostgreSQL store is opened off the
+/// async threads). A pricer new to the store starts at `start_if_new`.
 pub(super) fn open_money_store(
     settings: &ServerSettings,
     recovery: &RecoveryReport,
-    node: &NodeId,
+    (node, start_if_new): (&NodeId, u64),
 ) -> Result<OpenedStore, ServerError> {
     let money = &settings.money;
     let mut store = money.open_store()?;
     store.set_page_cache_mib(money.pricer.store_cache_mib)?;
     let reader = reader_name(store.engine(), node);
-    let start = pricer_start(&mut store, &reader, recovery.checkpoint_lsn)?;
+    let start = pricer_start(&mut store, &reader, start_if_new)?;
     if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
         return Err(ServerError::Recovery(format!(
             "the log holds [{}, {}) but the pricer is at {start}: rides would go unpriced",
             recovery.wal_first_lsn, recovery.wal_end_lsn
         )));
     }
-    // The cursor exists from the start: another server's refunds wait for
-    // this one's promise (`priced_received_before`) once it is known.
-    store.in_transaction(|tx| start_log_cursor(tx, &reader, start))?;
+    let last = last_record(&mut store.db(), &reader)?;
+    let (wal_dir, record_bytes_max) = (&money.pricer.wal_dir, money.pricer.record_bytes_max);
+    log_vouches_for(wal_dir, record_bytes_max, (start, last), recovery.wal_first_lsn).map_err(ServerError::Recovery)?;
+    // Taken from the start: a server still pricing under this NODE_ID (the
+    // data dir it was copied from) stops at its next move. It exists from
+    // the start too: another server's refunds wait for this one's promise
+    // (`priced_received_before`) once it is known.
+    let holder = fresh_cursor_holder()?;
+    store.in_transaction(|tx| hold_log_cursor(tx, &reader, &holder, start))?;
     tracing::info!(store = money.store.describe(), %reader, priced_lsn = start, "money store opened");
-    Ok(OpenedStore { store, reader, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
+    Ok(OpenedStore { store, reader, holder, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
 }
 
 /// Starts the pricer where `opened` says, then the deny list, the

@@ -31,7 +31,7 @@ use farestream_ingest::archive::scans_root;
 use farestream_ingest::faults::Faults;
 use farestream_money::accounts::{AccountError, activate, add_arrears, register};
 use farestream_money::charges_archive::{charges_root, write_charges_batch};
-use farestream_money::store::{set_log_cursor, store_path};
+use farestream_money::store::{fresh_cursor_holder, hold_log_cursor, store_path};
 use farestream_money::{MoneyStore, StoreLocation};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -289,6 +289,8 @@ fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Re
     for c in charges.iter().filter(|c| c.outcome == ChargeOutcome::Declined && c.amount_cents.is_positive()) {
         owed.entry(c.card_id).or_default().push(c);
     }
+    // The cursor is made past the day; the server starting on it takes it.
+    let holder = fresh_cursor_holder().map_err(|e| e.to_string())?;
     store
         .in_transaction(|tx| {
             for (card, declined) in owed {
@@ -299,7 +301,7 @@ fn write_store(data_dir: &Path, charges: &[ChargeRecord], pricer_lsn: u64) -> Re
                     add_arrears(tx, card, c.amount_cents, &cause, 0)?;
                 }
             }
-            set_log_cursor(tx, farestream_money::pricer::READER, pricer_lsn)?;
+            hold_log_cursor(tx, farestream_money::pricer::READER, &holder, pricer_lsn)?;
             Ok::<_, AccountError>(())
         })
         .map_err(|e| e.to_string())
