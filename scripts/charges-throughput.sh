@@ -6,9 +6,11 @@
 # outbox; then the gateway recovers and the backlog drains. Prints the
 # drain rate with the dispatcher's concurrency, and how fast the riders
 # signed up (the account API: one-time code, agreement, deposit):
-#   store=E signups=N signups_per_s=R charges=N drained_in_s=S charges_per_s=R concurrency=C
+#   store=E signups=N signups_per_s=R charges=N drained_in_s=S charges_per_s=R concurrency=C connections=K
 # MONEY_STORE=postgres runs the money store on a throwaway PostgreSQL
-# cluster (fsync on, a Unix socket) instead of the embedded SQLite file.
+# cluster (fsync on, a Unix socket) instead of the embedded SQLite file;
+# STORE_CONNECTIONS sets payments.money_store_connections_max there (1:
+# every write behind one connection, as before it existed).
 #
 #   scripts/charges-throughput.sh
 #   RIDERS=5000 CONCURRENCY=32 MONEY_STORE=postgres scripts/charges-throughput.sh
@@ -18,6 +20,7 @@ source "$(dirname "$0")/lib.sh"
 resolve_farestream_bin
 riders=${RIDERS:-3000}
 concurrency=${CONCURRENCY:-16}
+connections=${STORE_CONNECTIONS:-8}
 engine=${MONEY_STORE:-sqlite}
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -z "${pg_dir:-}" ] || pg_kill_immediate; rm -rf "$work"' EXIT
@@ -36,6 +39,7 @@ listen_addr = ""
 money_store = "$money_store"
 gateway_url = "http://127.0.0.1:$paygw_port"
 dispatch_concurrency_max = $concurrency
+money_store_connections_max = $connections
 retry_backoff_ms_initial = 100
 retry_backoff_ms_max = 200
 [api]
@@ -73,6 +77,6 @@ wait_until_charges_decided "${args[@]}"
 end=$(date +%s.%N)
 kill -TERM $(jobs -p) 2>/dev/null; wait 2>/dev/null || true
 awk -v e="$engine" -v r="$riders" -v sa="$signup_start" -v sb="$signup_end" \
-  -v n="$pending" -v a="$start" -v b="$end" -v c="$concurrency" \
-  'BEGIN { printf "store=%s signups=%d signups_per_s=%.0f charges=%d drained_in_s=%.2f charges_per_s=%.0f concurrency=%d\n",
-           e, r, r / (sb - sa), n, b - a, n / (b - a), c }'
+  -v n="$pending" -v a="$start" -v b="$end" -v c="$concurrency" -v k="$connections" \
+  'BEGIN { printf "store=%s signups=%d signups_per_s=%.0f charges=%d drained_in_s=%.2f charges_per_s=%.0f concurrency=%d connections=%d\n",
+           e, r, r / (sb - sa), n, b - a, n / (b - a), c, k }'

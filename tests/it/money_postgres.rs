@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use farestream::charges::ChargeRecord;
 use farestream::clock_source::Clock;
 use farestream::config::Config;
+use farestream::money::db::Db;
 use farestream::money::outbox::{self, undecided};
 use farestream::scan::TapKind;
 
@@ -233,10 +234,12 @@ async fn a_refund_waits_until_every_server_sharing_the_store_has_priced_its_ride
 /// A copy of a data dir (the same NODE_ID) started beside its original on
 /// one store takes the pricer's cursor, and the original stops at its
 /// next pricing rather than price from a cursor that is not its own (its
-/// rides stay in its log). Started again, the original is refused: the
-/// copy has moved the cursor past records its log does not hold. Given a
-/// name of its own (its NODE_ID deleted), it prices every ride its log
-/// holds: no ride skipped, none charged twice, each debited once.
+/// rides stay in its log, archived past). Started again, the original is
+/// refused: the copy has moved the cursor past records its log does not
+/// hold. Given a name of its own (its NODE_ID deleted), and after a first
+/// start under it that fails (the store out of reach), it prices every
+/// ride its log holds: no ride skipped, none charged twice, each debited
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copied_data_dir_takes_the_cursor_and_its_original_stops_rather_than_skip_rides() {
     let Some(config) = on_postgres().await else { return };
@@ -252,8 +255,12 @@ async fn a_copied_data_dir_takes_the_cursor_and_its_original_stops_rather_than_s
     m.h.server.flush_pricing().await.expect("priced before the copy");
 
     let copy = m.h.start_a_copy().await;
+    // The original's pricer paused while its archive moves past the rides.
+    m.h.faults.set_pricing_stalled(true);
     let pushed = m.h.client().push(&batch("depot-1", 2, rides(2))).await.expect("the original acks");
     assert_eq!(pushed.accepted, 3, "acked into the original's log");
+    m.h.server.flush_archive().await.expect("archived");
+    m.h.faults.set_pricing_stalled(false);
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), m.h.server.failed()).await;
     let reason = stopped.expect("the original stops").to_string();
     assert!(reason.contains("taken by another server"), "{reason}");
@@ -266,7 +273,11 @@ async fn a_copied_data_dir_takes_the_cursor_and_its_original_stops_rather_than_s
         Ok(_) => panic!("the original started on a cursor the copy moved"),
     };
     assert!(refused.to_string().contains("NODE_ID"), "{refused}");
-    m.h = stopped.start_after(|dir| std::fs::remove_file(dir.join("NODE_ID")).expect("renamed")).await;
+    std::fs::remove_file(stopped.dir.path().join("NODE_ID")).expect("renamed");
+    let mut out_of_reach = stopped.config.clone();
+    out_of_reach.payments.money_store = "postgres://farestream@127.0.0.1:1/nowhere".into();
+    assert!(stopped.try_start(&out_of_reach).await.is_err(), "no store, no start");
+    m.h = stopped.start_after(|_| {}).await;
 
     let charges = settle_both(&m, &copy).await;
     for rider in [740, 741, 742] {
@@ -281,4 +292,82 @@ async fn a_copied_data_dir_takes_the_cursor_and_its_original_stops_rather_than_s
     copy.server.shutdown().await.expect("the copy stops");
     m.h.server.shutdown().await.expect("the original stops");
     m.paygw.stop().await;
+}
+
+/// A server whose cursor a copy took has no say over refunds: while the
+/// copy holds a ride it has not priced, the original's refund pass does
+/// not pay that card's refund (it is refused, its promise not written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_cursor_a_copy_took_pays_no_refund_over_the_copys_rides() {
+    let Some(config) = on_postgres().await else { return };
+    let m = Money::start_with(config).await;
+    let rider = m.rider(760, 10_000).await;
+    let copy = m.h.start_a_copy().await;
+    copy.faults.set_pricing_stalled(true);
+    let ride = tap(&rider, 1, T0_MS + MINUTE, TapKind::Single, "bus-99");
+    assert_eq!(copy.client().push(&batch("depot-1", 1, vec![ride])).await.expect("the copy acks").accepted, 1);
+    m.h.server.accounts().request_refund(760).await.expect("refund asked for");
+    let due = T0_MS + 10 * 24 * 60 * MINUTE;
+
+    let pass = m.h.server.refund_pass_as_of(due).await;
+    assert!(pass.as_ref().is_err_and(|e| e.to_string().contains("taken")), "{pass:?}");
+    let account = m.h.server.accounts().account(760).await.expect("account");
+    assert_eq!((account.state.as_str(), account.deposit_cents.get()), ("refund_pending", 2_000));
+
+    copy.faults.set_pricing_stalled(false);
+    copy.server.shutdown().await.expect("the copy stops");
+    m.h.server.shutdown().await.expect("the original stops");
+    m.paygw.stop().await;
+}
+
+/// A store that lost a committed pricing (a failover to a standby that
+/// lacked it: here the transaction's rows put back by hand) has the
+/// cursor behind where the pricer left it: the server stops at its next
+/// pricing rather than move the cursor over the lost rides, and started
+/// again prices them from the store's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_a_pricing_commit_stops_the_pricer_rather_than_skip_its_rides() {
+    let Some(config) = on_postgres().await else { return };
+    let h = Harness::start_with(config).await;
+    h.clock.set(T0_MS + 55 * MINUTE);
+    let riders: Vec<_> = (0..3u64).map(|n| h.rider(780 + n)).collect();
+    let rides = |seq: u64| -> Vec<_> {
+        let at = T0_MS + seq as i64 * MINUTE;
+        riders.iter().map(|rider| tap(rider, seq, at, TapKind::Single, "bus-99")).collect()
+    };
+    let cursor = "SELECT lsn, last_record_lsn, last_record_digest FROM log_cursors WHERE reader LIKE 'pricer@%'";
+    let before = h.server.with_money_store(move |store| store.db().query_one(cursor, &[])).await.expect("cursor");
+    assert_eq!(h.client().push(&batch("depot-1", 1, rides(1))).await.expect("acks").accepted, 3);
+    h.server.flush_pricing().await.expect("priced");
+    h.server
+        .with_money_store(move |store| {
+            store.in_transaction(|tx| {
+                tx.execute(
+                    "UPDATE log_cursors SET lsn = ?1, last_record_lsn = ?2, last_record_digest = ?3
+                     WHERE reader LIKE 'pricer@%'",
+                    &[before.int(0)?.into(), before.opt_int(1)?.into(), before.opt_bytes(2)?.into()],
+                )?;
+                tx.execute("DELETE FROM charges", &[])?;
+                tx.execute("DELETE FROM taps", &[])
+            })
+        })
+        .await
+        .expect("the commit lost");
+    assert_eq!(h.client().push(&batch("depot-1", 2, rides(2))).await.expect("acks").accepted, 3);
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), h.server.failed()).await;
+    let reason = stopped.expect("the pricer stops").to_string();
+    assert!(reason.contains("lost committed transactions"), "{reason}");
+
+    let h = match h.crash_and_try(|_| {}).await {
+        Ok(h) => h,
+        Err((error, _)) => panic!("a restart after the loss: {error}"),
+    };
+    h.server.flush_pricing().await.expect("priced again");
+    let charges = h.server.with_money_store(|store| outbox::charges(&mut store.db(), None)).await.expect("read");
+    for card in [780, 781, 782] {
+        let mine: Vec<_> = charges.iter().filter(|c| c.card_id == card).collect();
+        let taps: usize = mine.iter().map(|c| c.scan_ids.len()).sum();
+        assert_eq!(taps, 2, "card {card}: both rides, the lost one priced again: {mine:?}");
+    }
+    h.server.shutdown().await.expect("stops");
 }

@@ -253,12 +253,20 @@ pub(crate) struct Stopped {
     identity: ServerIdentity,
     clock: Arc<ManualClock>,
     issuer: IssuerSigningKey,
-    config: Config,
+    pub config: Config,
     faults: Arc<Faults>,
     inbox: Arc<InboxNotifier>,
 }
 
 impl Stopped {
+    /// A server on the stopped data dir with `config`, or why it would
+    /// not start; nothing is kept of one that started (it is shut down).
+    pub(crate) async fn try_start(&self, config: &Config) -> Result<(), ServerError> {
+        let (faults, inbox) = (&self.faults, &self.inbox);
+        let server = try_start_server(config, self.dir.path(), &self.identity, &self.clock, (faults, inbox)).await?;
+        server.shutdown().await.map(|_| ())
+    }
+
     /// `change` on the stopped data dir, then a new server on it.
     pub(crate) async fn start_after(self, change: impl FnOnce(&std::path::Path)) -> Harness {
         let Stopped { dir, identity, clock, issuer, config, faults, inbox } = self;

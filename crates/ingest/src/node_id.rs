@@ -13,6 +13,12 @@ use crate::files::{fsync_dir, write_public};
 
 /// The file's name in the data directory.
 pub const NODE_ID_FILE: &str = "NODE_ID";
+/// Beside `NODE_ID` from when the id is made until a pricer has held its
+/// cursor under it ([`NodeId::in_use`]): a data dir that served under
+/// another name (a copy renamed) has rides in its log that no cursor of
+/// this name has priced, so its pricer starts at the log's first record,
+/// not where the archive stands, however many starts that takes.
+pub const NODE_ID_NEW_FILE: &str = "NODE_ID.new";
 /// Hex digits of an id (128 bits).
 const NODE_ID_HEX_LEN: usize = 32;
 
@@ -36,6 +42,9 @@ impl NodeId {
         if let Some(id) = NodeId::read(data_dir)? {
             return Ok(id);
         }
+        // The mark first: an id is never on disk without it until used.
+        let new = data_dir.join(NODE_ID_NEW_FILE);
+        write_public(&new, b"").map_err(|source| NodeIdError::Io { path: new.clone(), source })?;
         let mut bits = [0u8; NODE_ID_HEX_LEN / 2];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bits).map_err(|_| NodeIdError::Rng)?;
         let id = NodeId(bits.iter().map(|b| format!("{b:02x}")).collect());
@@ -48,6 +57,24 @@ impl NodeId {
         std::fs::rename(&tmp, &path).map_err(io)?;
         fsync_dir(data_dir, faults).map_err(io)?;
         Ok(id)
+    }
+
+    /// Whether the data dir's id is new: no pricer has held a cursor
+    /// under it yet ([`NODE_ID_NEW_FILE`]).
+    pub fn is_new(data_dir: &Path) -> Result<bool, NodeIdError> {
+        let new = data_dir.join(NODE_ID_NEW_FILE);
+        new.try_exists().map_err(|source| NodeIdError::Io { path: new, source })
+    }
+
+    /// The pricer holds a cursor under the id: it is new no more.
+    pub fn in_use(data_dir: &Path, faults: &Faults) -> Result<(), NodeIdError> {
+        let new = data_dir.join(NODE_ID_NEW_FILE);
+        let io = |source| NodeIdError::Io { path: new.clone(), source };
+        match std::fs::remove_file(&new) {
+            Ok(()) => fsync_dir(data_dir, faults).map_err(io),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io(source)),
+        }
     }
 
     /// The data directory's id, if it has one.
@@ -102,6 +129,24 @@ mod tests {
         assert_eq!(NodeId::read(a.path()).expect("read"), Some(first.clone()));
         assert_ne!(NodeId::load_or_create(b.path(), &Faults::default()).expect("other"), first);
         assert_eq!(NodeId::parse(first.as_str()), Some(first));
+    }
+
+    /// A new id stays new until it is put in use, across loads; an id
+    /// made again (its file deleted) is new again.
+    #[test]
+    fn an_id_is_new_until_used_and_new_again_when_made_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let faults = Faults::default();
+        let first = NodeId::load_or_create(dir.path(), &faults).expect("made");
+        assert!(NodeId::is_new(dir.path()).expect("read"));
+        assert_eq!(NodeId::load_or_create(dir.path(), &faults).expect("kept"), first);
+        assert!(NodeId::is_new(dir.path()).expect("read"), "a start that failed before using it leaves it new");
+        NodeId::in_use(dir.path(), &faults).expect("used");
+        NodeId::in_use(dir.path(), &faults).expect("twice is once");
+        assert!(!NodeId::is_new(dir.path()).expect("read"));
+        std::fs::remove_file(dir.path().join(NODE_ID_FILE)).expect("renamed by an operator");
+        assert_ne!(NodeId::load_or_create(dir.path(), &faults).expect("made again"), first);
+        assert!(NodeId::is_new(dir.path()).expect("read"));
     }
 
     #[test]

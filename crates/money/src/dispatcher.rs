@@ -39,9 +39,9 @@ use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_fr
 use crate::db::{Db, Engine, Row, Value, lock_cards};
 use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
-use crate::money_store::MoneyStore;
 use crate::paygw::{Answer, Direction, PaymentGateway, PaymentRequest};
 use crate::store::{StoreError, step_ended};
+use crate::store_connections::StoreConnections;
 use farestream_core::charges::{
     ChargeKind, ChargeOutcome, FirstSend, Payer, RiderDay, UNDECIDED_OUTCOMES_SQL, first_send, rest_of,
 };
@@ -97,7 +97,8 @@ struct Claimed {
 
 pub struct Dispatcher {
     pub settings: DispatcherSettings,
-    pub store: Arc<Mutex<MoneyStore>>,
+    /// Claims, releases and outcomes, written side by side on PostgreSQL.
+    pub store: Arc<StoreConnections>,
     pub gateway: PaymentGateway,
     /// Dates outcomes (`decided_at`, arrears).
     pub clock: Arc<dyn Clock>,
@@ -113,7 +114,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         settings: DispatcherSettings,
-        store: Arc<Mutex<MoneyStore>>,
+        store: Arc<StoreConnections>,
         gateway: PaymentGateway,
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
@@ -191,7 +192,10 @@ impl Dispatcher {
     async fn claim(&self, limit: usize) -> Result<ClaimRound, StoreError> {
         let (store, now, decided_at) = (Arc::clone(&self.store), SystemClock.now_ms(), self.clock.now_ms());
         let lease_until = now.saturating_add(duration_ms(self.settings.lease));
-        blocking(move || lock(&store).in_transaction(|tx| claim_due(tx, (now, lease_until), limit, decided_at))).await
+        blocking(move || {
+            store.with(|store| store.in_transaction(|tx| claim_due(tx, (now, lease_until), limit, decided_at)))
+        })
+        .await
     }
 
     /// One attempt at one charge, and its outcome written. A charge whose
@@ -246,7 +250,7 @@ impl Dispatcher {
             let sql = format!(
                 "UPDATE charges SET lease_until = 0 WHERE charge_id = ?1 AND claims = ?2 AND outcome IN {UNDECIDED_OUTCOMES_SQL}"
             );
-            lock(&store).db().execute(&sql, &[Value::Bytes(&id), Value::Int(claim.into())])?;
+            store.with(|store| store.db().execute(&sql, &[Value::Bytes(&id), Value::Int(claim.into())]))?;
             Ok(())
         })
         .await
@@ -265,11 +269,13 @@ impl Dispatcher {
         let (store, wake) = (Arc::clone(&self.store), Arc::clone(&self.wake));
         tokio::spawn(async move {
             let due_now = blocking(move || {
-                lock(&store).db().execute(
-                    "UPDATE charges SET next_attempt_at = ?1
-                     WHERE outcome = ?2 AND next_attempt_at > ?1 AND lease_until <= ?1",
-                    &[Value::Int(now), Value::Text(ChargeOutcome::Pending.as_str())],
-                )
+                store.with(|store| {
+                    store.db().execute(
+                        "UPDATE charges SET next_attempt_at = ?1
+                         WHERE outcome = ?2 AND next_attempt_at > ?1 AND lease_until <= ?1",
+                        &[Value::Int(now), Value::Text(ChargeOutcome::Pending.as_str())],
+                    )
+                })
             })
             .await;
             if let Err(error) = due_now {
@@ -287,7 +293,9 @@ impl Dispatcher {
         let (now, wall, random) = (self.clock.now_ms(), SystemClock.now_ms(), random_u64());
         let charge = charge.clone();
         blocking(move || {
-            lock(&store).in_transaction(|tx| record_answer(tx, &charge, answer, sent, (&policy, now, wall, random)))
+            store.with(|store| {
+                store.in_transaction(|tx| record_answer(tx, &charge, answer, sent, (&policy, now, wall, random)))
+            })
         })
         .await
     }

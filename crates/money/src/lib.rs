@@ -30,6 +30,7 @@ pub mod pricing;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod store_connections;
 #[cfg(any(test, feature = "test-cluster"))]
 pub mod test_cluster;
 

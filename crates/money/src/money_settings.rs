@@ -9,6 +9,7 @@ use crate::dispatcher::DispatcherSettings;
 use crate::money_store::{MoneyStore, StoreLocation};
 use crate::pricer::PricerSettings;
 use crate::store::StoreError;
+use crate::store_connections::StoreConnections;
 
 /// The pay-later half: where the money store is, how rides are priced,
 /// and the payment gateway charges go to.
@@ -20,6 +21,9 @@ pub struct MoneySettings {
     /// What activation takes from the rider and a refund returns.
     pub deposit_cents: Cents,
     pub store_busy_wait: Duration,
+    /// Connections the dispatcher and the account API each write on
+    /// ([`StoreConnections`]).
+    pub store_connections_max: usize,
     pub pricer: PricerSettings,
     /// `None`: charges wait in the outbox (no `payments.gateway_url`).
     pub gateway: Option<PaymentGatewaySettings>,
@@ -50,5 +54,12 @@ impl MoneySettings {
     /// A new connection to the money store (blocking: off the async threads).
     pub fn open_store(&self) -> Result<MoneyStore, StoreError> {
         MoneyStore::open(&self.store, self.store_busy_wait)
+    }
+
+    /// Connections for work that runs side by side (blocking: the first
+    /// is opened now).
+    pub fn open_connections(&self) -> Result<StoreConnections, StoreError> {
+        let (store, busy_wait) = (self.store.clone(), self.store_busy_wait);
+        StoreConnections::open(self.store_connections_max, move || MoneyStore::open(&store, busy_wait))
     }
 }

@@ -96,6 +96,8 @@ pub struct Pricer {
     handle: ReaderHandle<PricerStatus>,
     /// Its name in the store ([`reader_name`]).
     reader: String,
+    /// The bits it holds its cursor with.
+    holder: CursorHolder,
 }
 
 /// The money store, opened where the pricer left off.
@@ -138,6 +140,9 @@ pub fn log_vouches_for(
     let mut reading = WalCursor::new(wal_dir.to_path_buf(), record_bytes_max, last.lsn);
     let found = match reading.read_next(cursor_lsn) {
         Ok(records) => records.into_iter().next(),
+        Err(farestream_ingest::wal::WalError::Read { path, source }) => {
+            return Err(format!("cannot read {} to check the pricer's cursor against it: {source}", path.display()));
+        }
         Err(_) => None,
     };
     match found {
@@ -179,12 +184,18 @@ impl Pricer {
         };
         // A failed round is tried again at the next poll: nothing to wait out.
         let poll = state.settings.poll_interval;
-        Pricer { handle: ReaderHandle::spawn(state, status, poll, Duration::ZERO), reader }
+        Pricer { handle: ReaderHandle::spawn(state, status, poll, Duration::ZERO), reader, holder }
     }
 
     /// Its name in the store's `log_cursors`.
     pub fn reader(&self) -> &str {
         &self.reader
+    }
+
+    /// The bits it holds its cursor with: only with them does its server
+    /// speak for what it has priced (`store::set_priced_received_before`).
+    pub fn holder(&self) -> &CursorHolder {
+        &self.holder
     }
 
     pub fn status(&self) -> PricerStatus {
@@ -232,7 +243,7 @@ enum StepError {
 impl From<StoreError> for StepError {
     fn from(error: StoreError) -> StepError {
         match error {
-            StoreError::CursorTaken(_) => StepError::Fatal(error.to_string()),
+            StoreError::CursorTaken(_) | StoreError::CursorBehind { .. } => StepError::Fatal(error.to_string()),
             error => StepError::Store(error),
         }
     }
@@ -281,7 +292,7 @@ impl State {
         }
         assert!(taken > 0, "price_some is given at least one record");
         let (these, rest) = records.split_at(taken);
-        let last = &these[taken - 1];
+        let (from, last) = (these[0].lsn, &these[taken - 1]);
         let (through, last_record) = (last.end_lsn, LastRecord::of(last.lsn, &last.payload));
         let now = self.clock.now_ms();
         // How long ago the server took the oldest scan not yet priced
@@ -291,7 +302,7 @@ impl State {
         let (fares, reader, holder) = (&self.settings.fares, self.reader.as_str(), &self.holder);
         let priced = self.store.in_transaction(|tx| {
             let priced = price_rows(tx, fares, &rows, now)?;
-            set_log_cursor(tx, reader, holder, through, last_record)?;
+            set_log_cursor(tx, reader, holder, (from, through), last_record)?;
             Ok::<_, StoreError>(priced)
         })?;
         self.readers.advance(through);

@@ -8,13 +8,12 @@
 //! all of it or none, and the replay derives the same charge ids. Its SQL
 //! runs on either engine ([`Db`]).
 
-use std::cmp::Ordering;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::NaiveDate;
 
 use crate::codec::{card_from_sql, card_to_sql, date_from_sql, date_to_sql, id_from_sql, ids_from_sql, ids_to_sql};
+use crate::db::batch::{self, Typed};
 use crate::db::{Db, Value, lock_cards};
 use crate::store::StoreError;
 use farestream_core::charges::{Charge, ChargeKind, ChargeOutcome, RiderDay, plan_charges};
@@ -40,78 +39,89 @@ impl Priced {
 }
 
 /// Adds the rides among `rows` and prices every rider-day they touch.
+/// Each step is a few statements of many rows ([`batch`]), not one a row.
 pub fn price_rows(
     tx: &mut dyn Db,
     fares: &FareTable,
     rows: &[ArchivedScan],
     now: UnixMillis,
 ) -> Result<Priced, StoreError> {
-    let mut priced = Priced::default();
+    let rides: Vec<(RiderDay, Tap)> = rows
+        .iter()
+        .filter_map(|row| {
+            let (card_id, tap) = ride_of(row)?;
+            Some((RiderDay { card_id, service_date: row.service_date }, tap))
+        })
+        .collect();
     // Each rider's lock before any of their taps is read or written:
     // without it two pricers sharing a store (two servers on one
     // PostgreSQL) would each price a rider-day from its own taps alone,
     // neither seeing the other's uncommitted ones, and a cap would hold
     // for neither.
-    lock_cards(tx, rows.iter().filter_map(|row| Some(ride_of(row)?.0)))?;
-    let mut added: Vec<(RiderDay, Tap)> = Vec::new();
-    for (row, (card_id, tap)) in rows.iter().filter_map(|row| Some((row, ride_of(row)?))) {
-        let inserted = tx.execute(
+    lock_cards(tx, rides.iter().map(|(day, _)| day.card_id))?;
+    let added = insert_taps(tx, rides)?;
+    let mut read = TapsRead::default();
+    read.read(tx, added.iter().map(|(day, _)| *day))?;
+    let days = days_touched(fares, &added, &read);
+    read.read(tx, days.iter().copied())?;
+    let mut priced = Priced { taps: added.len() as u64, ..Priced::default() };
+    reprice(tx, fares, &days, &read, now, &mut priced)?;
+    Ok(priced)
+}
+
+/// Inserts the rides' taps (a tap already in is left as it is); the rides
+/// that are new.
+fn insert_taps(tx: &mut dyn Db, rides: Vec<(RiderDay, Tap)>) -> Result<Vec<(RiderDay, Tap)>, StoreError> {
+    let mut inserted = HashSet::new();
+    for run in batch::runs(&rides) {
+        let sql = format!(
             "INSERT INTO taps (scan_id, card_id, service_date, scanned_at, tap_kind, route_id, stop_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT DO NOTHING",
-            &[
+             VALUES {} ON CONFLICT DO NOTHING RETURNING card_id, service_date, scan_id",
+            batch::values(run.len(), 7, Typed::ByColumns)
+        );
+        let mut params = Vec::with_capacity(run.len() * 7);
+        for (day, tap) in run {
+            params.extend([
                 Value::Bytes(&tap.scan_id),
-                Value::Int(card_to_sql(card_id)),
-                Value::Int(date_to_sql(row.service_date)),
+                Value::Int(card_to_sql(day.card_id)),
+                Value::Int(date_to_sql(day.service_date)),
                 Value::Int(tap.scanned_at),
                 Value::Text(tap.kind.as_str()),
                 Value::Text(&tap.route_id),
                 Value::Text(&tap.stop_id),
-            ],
-        )?;
-        if inserted > 0 {
-            priced.taps += 1;
-            added.push((RiderDay { card_id, service_date: row.service_date }, tap));
+            ]);
         }
+        tx.query_each(&sql, &params, &mut |row| {
+            let day = RiderDay { card_id: card_from_sql(row.int(0)?), service_date: date_from_sql(row.int(1)?)? };
+            inserted.insert((day, id_from_sql(row.bytes(2)?)?));
+            Ok(())
+        })?;
     }
-    let (days, mut read) = days_touched(tx, fares, &added)?;
-    for day in days {
-        let taps = match read.remove(&day) {
-            Some(taps) => taps,
-            None => TapsAround::read(tx, day)?,
-        };
-        priced.add(&reprice(tx, fares, day, taps, now)?);
-    }
-    Ok(priced)
+    // A tap is keyed by its rider-day and scan id: twice among the rows,
+    // it is one new ride.
+    Ok(rides.into_iter().filter(|(day, tap)| inserted.remove(&(*day, tap.scan_id))).collect())
 }
 
 /// The rider-days the new taps change: their own, and a neighbouring day
 /// whose edge a new tap moves (an entry late the day before that the tap
-/// may end, an exit early the day after that the tap may begin). Also the
-/// taps it read, for pricing those days (every tap is in by now).
-fn days_touched(
-    tx: &mut dyn Db,
-    fares: &FareTable,
-    added: &[(RiderDay, Tap)],
-) -> Result<(BTreeSet<RiderDay>, HashMap<RiderDay, TapsAround>), StoreError> {
+/// may end, an exit early the day after that the tap may begin). `read`
+/// holds each new tap's day and neighbours (every tap is in by now).
+fn days_touched(fares: &FareTable, added: &[(RiderDay, Tap)], read: &TapsRead) -> BTreeSet<RiderDay> {
     let mut days = BTreeSet::new();
-    let mut read: HashMap<RiderDay, TapsAround> = HashMap::new();
+    let mut edges: HashMap<RiderDay, DayEdges> = HashMap::new();
     for (day, tap) in added {
         days.insert(*day);
-        // A bus tap touches no neighbour: no need to read the edges yet.
+        // A bus tap touches no neighbour.
         if !tap.kind.is_metro() {
             continue;
         }
-        let around = match read.entry(*day) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(TapsAround::read(tx, *day)?),
-        };
-        let (before, after) = fares.neighbours_touched(tap, &around.edges);
+        let edges = edges.entry(*day).or_insert_with(|| read.around(*day).edges);
+        let (before, after) = fares.neighbours_touched(tap, edges);
         let neighbour = |date: Option<NaiveDate>| date.map(|service_date| RiderDay { service_date, ..*day });
         days.extend(neighbour(day.service_date.pred_opt()).filter(|_| before));
         days.extend(neighbour(day.service_date.succ_opt()).filter(|_| after));
     }
-    Ok((days, read))
+    days
 }
 
 /// Rider-days whose open entry's exit window has closed by `now`.
@@ -128,71 +138,124 @@ pub fn price_closed_entries(tx: &mut dyn Db, fares: &FareTable, now: UnixMillis)
     let days = days
         .iter()
         .map(|row| Ok(RiderDay { card_id: card_from_sql(row.int(0)?), service_date: date_from_sql(row.int(1)?)? }))
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect::<Result<BTreeSet<_>, StoreError>>()?;
     lock_cards(tx, days.iter().map(|day| day.card_id))?;
+    // Read after the lock: another pricer may have priced the day between
+    // the query and the lock; repricing plans nothing twice.
+    let mut read = TapsRead::default();
+    read.read(tx, days.iter().copied())?;
     let mut priced = Priced::default();
-    for day in days {
-        // Read after the lock: another pricer may have priced the day
-        // between the query and the lock; repricing plans nothing twice.
-        let taps = TapsAround::read(tx, day)?;
-        priced.add(&reprice(tx, fares, day, taps, now)?);
-    }
+    reprice(tx, fares, &days, &read, now, &mut priced)?;
     Ok(priced)
 }
 
-/// Prices one rider-day from all its taps and its edges and writes what
-/// the core plans.
+/// Prices each of `days` from all its taps and its edges (in `read`) and
+/// writes what the core plans, adding it to `priced`.
 fn reprice(
     tx: &mut dyn Db,
     fares: &FareTable,
-    day: RiderDay,
-    TapsAround { taps, edges }: TapsAround,
+    days: &BTreeSet<RiderDay>,
+    read: &TapsRead,
     now: UnixMillis,
-) -> Result<Vec<Charge>, StoreError> {
-    let priced = fares.price_day_as_of(&taps, &edges, now);
-    let planned = plan_charges(day, &priced, &day_charges(tx, day)?);
-    for charge in &planned {
-        // Due at once (`next_attempt_at` 0: the dispatcher schedules on the
-        // wall clock). Nothing to collect (a ride under a reached cap):
-        // decided at once, never sent.
-        let outcome = ChargeOutcome::when_planned(charge.amount_cents);
-        let decided_at = outcome.is_final().then_some(now);
-        let scan_ids = ids_to_sql(&charge.scan_ids);
-        tx.execute(
-            "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency, scan_ids,
-                                  created_at, outcome, next_attempt_at, decided_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11)",
-            &[
-                Value::Bytes(&charge.id),
-                Value::Int(card_to_sql(day.card_id)),
-                Value::Int(date_to_sql(day.service_date)),
-                Value::Text(charge.kind.as_str()),
-                charge.ride_key.as_ref().map(|k| &k[..]).into(),
-                Value::Int(charge.amount_cents.get()),
-                Value::Text(&fares.currency),
-                Value::Bytes(&scan_ids),
-                Value::Int(now),
-                Value::Text(outcome.as_str()),
-                decided_at.into(),
-            ],
-        )?;
+    priced: &mut Priced,
+) -> Result<(), StoreError> {
+    let mut charged = charges_of(tx, days)?;
+    let mut writes = Writes::default();
+    for day in days {
+        let TapsAround { taps, edges } = read.around(*day);
+        let priced_day = fares.price_day_as_of(&taps, &edges, now);
+        let planned = plan_charges(*day, &priced_day, &charged.remove(day).unwrap_or_default());
+        priced.add(&planned);
+        writes.charges.extend(planned.into_iter().map(|charge| (*day, charge)));
+        let open_until = priced_day
+            .open_entry
+            .and_then(|id| taps.iter().find(|t| t.scan_id == id))
+            .map(|entry| fares.entry_closes_at(entry.scanned_at));
+        match open_until {
+            Some(closes_at) => writes.open.push((*day, closes_at)),
+            // Only a day with a metro tap can have had an open entry.
+            None if !taps.iter().any(|t| t.kind.is_metro()) => {}
+            None => writes.closed.push(*day),
+        }
     }
-    let open_until = priced
-        .open_entry
-        .and_then(|id| taps.iter().find(|t| t.scan_id == id))
-        .map(|entry| fares.entry_closes_at(entry.scanned_at));
-    let key = [Value::Int(card_to_sql(day.card_id)), Value::Int(date_to_sql(day.service_date))];
-    match open_until {
-        Some(closes_at) => tx.execute(
-            "INSERT INTO open_entries (card_id, service_date, closes_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (card_id, service_date) DO UPDATE SET closes_at = excluded.closes_at",
-            &[key[0], key[1], Value::Int(closes_at)],
-        )?,
-        // Only a day with a metro tap can have had an open entry.
-        None if !taps.iter().any(|t| t.kind.is_metro()) => 0,
-        None => tx.execute("DELETE FROM open_entries WHERE card_id = ?1 AND service_date = ?2", &key)?,
-    };
-    Ok(planned)
+    writes.write(tx, &fares.currency, now)
+}
+
+/// What pricing days writes, written a run of rows a statement.
+#[derive(Default)]
+struct Writes {
+    /// New charges, in the order planned (their ids order nothing: the
+    /// table numbers rows as they are written).
+    charges: Vec<(RiderDay, Charge)>,
+    /// Days whose last entry is open, until when.
+    open: Vec<(RiderDay, UnixMillis)>,
+    /// Days with metro taps and no open entry.
+    closed: Vec<RiderDay>,
+}
+
+impl Writes {
+    fn write(&self, tx: &mut dyn Db, currency: &str, now: UnixMillis) -> Result<(), StoreError> {
+        for run in batch::runs(&self.charges) {
+            let sql = format!(
+                "INSERT INTO charges (charge_id, card_id, service_date, kind, ride_key, amount_cents, currency, scan_ids,
+                                      created_at, outcome, next_attempt_at, decided_at)
+                 VALUES {}",
+                batch::values(run.len(), 12, Typed::ByColumns)
+            );
+            let scan_ids: Vec<Vec<u8>> = run.iter().map(|(_, charge)| ids_to_sql(&charge.scan_ids)).collect();
+            let mut params = Vec::with_capacity(run.len() * 12);
+            for ((day, charge), scan_ids) in run.iter().zip(&scan_ids) {
+                // Due at once (`next_attempt_at` 0: the dispatcher
+                // schedules on the wall clock). Nothing to collect (a ride
+                // under a reached cap): decided at once, never sent.
+                let outcome = ChargeOutcome::when_planned(charge.amount_cents);
+                params.extend([
+                    Value::Bytes(&charge.id),
+                    Value::Int(card_to_sql(day.card_id)),
+                    Value::Int(date_to_sql(day.service_date)),
+                    Value::Text(charge.kind.as_str()),
+                    charge.ride_key.as_ref().map(|k| &k[..]).into(),
+                    Value::Int(charge.amount_cents.get()),
+                    Value::Text(currency),
+                    Value::Bytes(scan_ids),
+                    Value::Int(now),
+                    Value::Text(outcome.as_str()),
+                    Value::Int(0),
+                    outcome.is_final().then_some(now).into(),
+                ]);
+            }
+            tx.execute(&sql, &params)?;
+        }
+        for run in batch::runs(&self.open) {
+            let sql = format!(
+                "INSERT INTO open_entries (card_id, service_date, closes_at) VALUES {}
+                 ON CONFLICT (card_id, service_date) DO UPDATE SET closes_at = excluded.closes_at",
+                batch::values(run.len(), 3, Typed::ByColumns)
+            );
+            let params: Vec<Value<'_>> = run
+                .iter()
+                .flat_map(|(day, closes_at)| {
+                    let [card, date] = day_key(*day);
+                    [card, date, Value::Int(*closes_at)]
+                })
+                .collect();
+            tx.execute(&sql, &params)?;
+        }
+        for run in batch::runs(&self.closed) {
+            let sql = format!(
+                "DELETE FROM open_entries WHERE (card_id, service_date) IN (VALUES {})",
+                batch::values(run.len(), 2, Typed::Integers)
+            );
+            let params: Vec<Value<'_>> = run.iter().flat_map(|day| day_key(*day)).collect();
+            tx.execute(&sql, &params)?;
+        }
+        Ok(())
+    }
+}
+
+/// A rider-day as the store keys it: card, then service date.
+fn day_key(day: RiderDay) -> [Value<'static>; 2] {
+    [Value::Int(card_to_sql(day.card_id)), Value::Int(date_to_sql(day.service_date))]
 }
 
 /// A rider-day's taps and its edges: what pricing the day needs.
@@ -201,60 +264,104 @@ struct TapsAround {
     edges: DayEdges,
 }
 
-impl TapsAround {
-    /// Reads the day and both its neighbours in one range of the taps'
-    /// key (card, then date): one seek where the day and its two edges
-    /// were three. A day of buses only reads its neighbours too; their
-    /// edges price nothing there.
-    fn read(tx: &mut dyn Db, day: RiderDay) -> Result<TapsAround, StoreError> {
-        let date = day.service_date;
-        let (first, last) = (date.pred_opt().unwrap_or(date), date.succ_opt().unwrap_or(date));
-        let (mut before, mut taps, mut after) = (Vec::new(), Vec::new(), Vec::new());
-        tx.query_each(
-            "SELECT service_date, scan_id, scanned_at, tap_kind, route_id, stop_id FROM taps
-             WHERE card_id = ?1 AND service_date BETWEEN ?2 AND ?3",
-            &[Value::Int(card_to_sql(day.card_id)), Value::Int(date_to_sql(first)), Value::Int(date_to_sql(last))],
-            &mut |row| {
-                let kind = row.text(3)?;
+/// Taps read from the store, by rider and service date.
+#[derive(Default)]
+struct TapsRead {
+    taps: HashMap<(u64, NaiveDate), Vec<Tap>>,
+    /// The rider-dates read, with taps or none.
+    dates: HashSet<(u64, NaiveDate)>,
+}
+
+impl TapsRead {
+    /// Reads each of `days` and both its neighbours, those not read yet:
+    /// a range of the taps' key (card, then date) for each run of a
+    /// rider's consecutive dates, many ranges a statement.
+    fn read(&mut self, tx: &mut dyn Db, days: impl Iterator<Item = RiderDay>) -> Result<(), StoreError> {
+        let mut wanted = BTreeSet::new();
+        for day in days {
+            let date = day.service_date;
+            for date in [date.pred_opt(), Some(date), date.succ_opt()].into_iter().flatten() {
+                if !self.dates.contains(&(day.card_id, date)) {
+                    wanted.insert((day.card_id, date));
+                }
+            }
+        }
+        let mut ranges: Vec<(u64, NaiveDate, NaiveDate)> = Vec::new();
+        for &(card, date) in &wanted {
+            match ranges.last_mut() {
+                Some((last_card, _, to)) if *last_card == card && to.succ_opt() == Some(date) => *to = date,
+                _ => ranges.push((card, date, date)),
+            }
+        }
+        for run in batch::runs(&ranges) {
+            let sql = format!(
+                "WITH wanted (card_id, from_date, to_date) AS (VALUES {})
+                 SELECT t.card_id, t.service_date, t.scan_id, t.scanned_at, t.tap_kind, t.route_id, t.stop_id
+                 FROM wanted JOIN taps t
+                   ON t.card_id = wanted.card_id AND t.service_date BETWEEN wanted.from_date AND wanted.to_date",
+                batch::values(run.len(), 3, Typed::Integers)
+            );
+            let params: Vec<Value<'_>> = run
+                .iter()
+                .flat_map(|&(card, from, to)| {
+                    [Value::Int(card_to_sql(card)), Value::Int(date_to_sql(from)), Value::Int(date_to_sql(to))]
+                })
+                .collect();
+            tx.query_each(&sql, &params, &mut |row| {
+                let kind = row.text(4)?;
                 let tap = Tap::from_stored(
-                    id_from_sql(row.bytes(1)?)?,
-                    row.int(2)?,
+                    id_from_sql(row.bytes(2)?)?,
+                    row.int(3)?,
                     kind,
-                    row.text(4)?.to_string(),
                     row.text(5)?.to_string(),
+                    row.text(6)?.to_string(),
                 )
                 .ok_or_else(|| StoreError::Corrupt(format!("tap kind {kind:?}")))?;
-                match date_from_sql(row.int(0)?)?.cmp(&date) {
-                    Ordering::Less => before.push(tap),
-                    Ordering::Equal => taps.push(tap),
-                    Ordering::Greater => after.push(tap),
-                }
+                let key = (card_from_sql(row.int(0)?), date_from_sql(row.int(1)?)?);
+                self.taps.entry(key).or_default().push(tap);
                 Ok(())
-            },
-        )?;
-        Ok(TapsAround { taps, edges: DayEdges::between(&before, &after) })
+            })?;
+        }
+        self.dates.extend(wanted);
+        Ok(())
+    }
+
+    /// The day's taps and its edges, from what was read.
+    fn around(&self, day: RiderDay) -> TapsAround {
+        let on = |date: Option<NaiveDate>| {
+            date.and_then(|date| self.taps.get(&(day.card_id, date))).map(Vec::as_slice).unwrap_or_default()
+        };
+        let date = day.service_date;
+        TapsAround { taps: on(Some(date)).to_vec(), edges: DayEdges::between(on(date.pred_opt()), on(date.succ_opt())) }
     }
 }
 
-/// Every charge already written for the day, in any outcome.
-pub fn day_charges(tx: &mut dyn Db, day: RiderDay) -> Result<Vec<Charge>, StoreError> {
-    let mut charges = Vec::new();
-    tx.query_each(
-        "SELECT charge_id, kind, ride_key, amount_cents, scan_ids FROM charges WHERE card_id = ?1 AND service_date = ?2",
-        &[Value::Int(card_to_sql(day.card_id)), Value::Int(date_to_sql(day.service_date))],
-        &mut |row| {
-            let kind = row.text(1)?;
+/// Every charge already written for each of `days`, in any outcome.
+fn charges_of(tx: &mut dyn Db, days: &BTreeSet<RiderDay>) -> Result<HashMap<RiderDay, Vec<Charge>>, StoreError> {
+    let days: Vec<RiderDay> = days.iter().copied().collect();
+    let mut charges: HashMap<RiderDay, Vec<Charge>> = HashMap::new();
+    for run in batch::runs(&days) {
+        let sql = format!(
+            "WITH wanted (card_id, service_date) AS (VALUES {})
+             SELECT c.card_id, c.service_date, c.charge_id, c.kind, c.ride_key, c.amount_cents, c.scan_ids
+             FROM wanted JOIN charges c ON c.card_id = wanted.card_id AND c.service_date = wanted.service_date",
+            batch::values(run.len(), 2, Typed::Integers)
+        );
+        let params: Vec<Value<'_>> = run.iter().flat_map(|day| day_key(*day)).collect();
+        tx.query_each(&sql, &params, &mut |row| {
+            let kind = row.text(3)?;
             let kind = ChargeKind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("charge kind {kind:?}")))?;
-            charges.push(Charge {
-                id: id_from_sql(row.bytes(0)?)?,
+            let day = RiderDay { card_id: card_from_sql(row.int(0)?), service_date: date_from_sql(row.int(1)?)? };
+            charges.entry(day).or_default().push(Charge {
+                id: id_from_sql(row.bytes(2)?)?,
                 kind,
-                ride_key: row.opt_bytes(2)?.map(id_from_sql).transpose()?,
-                amount_cents: Cents::new(row.int(3)?),
-                scan_ids: ids_from_sql(row.bytes(4)?)?,
+                ride_key: row.opt_bytes(4)?.map(id_from_sql).transpose()?,
+                amount_cents: Cents::new(row.int(5)?),
+                scan_ids: ids_from_sql(row.bytes(6)?)?,
             });
             Ok(())
-        },
-    )?;
+        })?;
+    }
     Ok(charges)
 }
 
@@ -342,6 +449,119 @@ mod tests {
         let later = now + 24 * 60 * MINUTE_MS;
         let closed = price_closed_entries(db, &fares, later).expect("closed");
         ([first, again, closed], charges(db), open)
+    }
+
+    /// A rider's tap `minute`s into day `day` after DAY_START_MS (its
+    /// service date), with an id of its own.
+    fn tap_on(fares: &FareTable, id: u64, card: u64, kind: TapKind, (day, minute): (i64, i64)) -> ArchivedScan {
+        let mut scan = ride(fares, 0, card, kind, minute);
+        scan.scan_id[..8].copy_from_slice(&id.to_be_bytes());
+        scan.scanned_at += day * 24 * 60 * MINUTE_MS;
+        scan.received_at = scan.scanned_at;
+        scan.service_date = scan.service_date + chrono::Days::new(day as u64);
+        scan
+    }
+
+    /// 70 riders over three days, card ids from `first_card`: a bus each
+    /// morning, most days a metro trip, every fifth rider a trip from
+    /// late one night into the next day, every fourth an entry late on
+    /// the third day (still open at the pricing's `now`).
+    fn a_city(fares: &FareTable, first_card: u64) -> Vec<ArchivedScan> {
+        let mut scans = Vec::new();
+        let mut id = first_card << 32;
+        let mut tap = |card, kind, at| {
+            id += 1;
+            scans.push(tap_on(fares, id, card, kind, at));
+        };
+        for rider in 0..70 {
+            let card = first_card + rider as u64;
+            for day in 0..3 {
+                tap(card, TapKind::Single, (day, 8 * 60 + rider));
+                if (rider + day) % 3 != 0 {
+                    tap(card, TapKind::Entry, (day, 17 * 60));
+                    tap(card, TapKind::Exit, (day, 17 * 60 + 20));
+                }
+            }
+            if rider % 5 == 0 {
+                tap(card, TapKind::Entry, (0, 23 * 60 + 50));
+                tap(card, TapKind::Exit, (1, 5));
+            }
+            if rider % 4 == 0 {
+                tap(card, TapKind::Entry, (2, 23 * 60));
+            }
+        }
+        scans
+    }
+
+    /// Each rider-day's net charge (card from 0, date, cents, 0) and its
+    /// open entry (card, date, -1, closing time),
+    /// of the cards from `first_card` (numbered from 0).
+    fn outcome(db: &mut dyn Db, first_card: u64) -> Vec<(i64, i64, i64, i64)> {
+        let rows = db
+            .query(
+                "SELECT card_id, service_date, CAST(sum(amount_cents) AS BIGINT) FROM charges
+                 WHERE card_id >= ?1 AND card_id < ?2 GROUP BY card_id, service_date ORDER BY card_id, service_date",
+                &[Value::Int(first_card as i64), Value::Int(first_card as i64 + 1_000)],
+            )
+            .expect("charges");
+        let mut days: Vec<_> = rows
+            .iter()
+            .map(|r| (r.int(0).expect("card") - first_card as i64, r.int(1).expect("date"), r.int(2).expect("net"), 0))
+            .collect();
+        let open = db
+            .query(
+                "SELECT card_id, service_date, closes_at FROM open_entries WHERE card_id >= ?1 AND card_id < ?2",
+                &[Value::Int(first_card as i64), Value::Int(first_card as i64 + 1_000)],
+            )
+            .expect("open entries");
+        days.extend(open.iter().map(|r| {
+            (r.int(0).expect("card") - first_card as i64, r.int(1).expect("date"), -1, r.int(2).expect("closes"))
+        }));
+        days.sort();
+        days
+    }
+
+    /// A city's rides priced in one call (more than a run of 64 rows a
+    /// statement, rider-days read in ranges across three days) charge
+    /// each rider-day what the same rides priced one at a time do, and
+    /// leave the same entries open, on both engines.
+    #[test]
+    fn rides_priced_together_charge_as_rides_priced_one_at_a_time() {
+        fn both_ways(db: &mut dyn Db, engine: &str) -> Vec<(i64, i64, i64, i64)> {
+            let fares = fares();
+            let now = DAY_START_MS + (2 * 24 * 60 + 23 * 60 + 30) * MINUTE_MS;
+            let (together, one_at_a_time) = (a_city(&fares, 1_000), a_city(&fares, 2_000));
+            let priced = price_rows(db, &fares, &together, now).expect("priced together");
+            assert_eq!(priced.taps, together.len() as u64, "{engine}");
+            let mut taps = 0;
+            for row in &one_at_a_time {
+                taps += price_rows(db, &fares, std::slice::from_ref(row), now).expect("priced alone").taps;
+            }
+            assert_eq!(taps, one_at_a_time.len() as u64, "{engine}");
+            let (a, b) = (outcome(db, 1_000), outcome(db, 2_000));
+            assert_eq!(a, b, "{engine}: priced together as one at a time");
+            assert!(a.iter().filter(|day| day.2 > 0).count() >= 210, "{engine}: every rider-day charged: {a:?}");
+            assert!(a.iter().any(|day| day.2 == -1), "{engine}: entries left open");
+            a
+        }
+        on_both_stores(both_ways);
+    }
+
+    /// A tap is keyed by its rider-day and scan id: one scan id under two
+    /// riders is two rides, each charged; the same row twice is one.
+    #[test]
+    fn a_scan_id_under_two_riders_is_two_rides_and_a_row_twice_is_one() {
+        fn twice(db: &mut dyn Db, engine: &str) -> (u64, u64) {
+            let fares = fares();
+            let first = ride(&fares, 9, 1, TapKind::Single, 8 * 60);
+            let second = ArchivedScan { card_id: Some(2), ..first.clone() };
+            let now = DAY_START_MS + 9 * 60 * MINUTE_MS;
+            let priced = price_rows(db, &fares, &[first.clone(), second, first], now).expect("priced");
+            let cards: BTreeSet<i64> = charges(db).iter().map(|c| c.1).collect();
+            assert_eq!(cards, BTreeSet::from([1, 2]), "{engine}: both riders charged");
+            (priced.taps, priced.charges)
+        }
+        assert_eq!(on_both_stores(twice), (2, 2));
     }
 
     /// The pricing statements, written once, charge the same on SQLite and

@@ -9,7 +9,7 @@
 //! (`payments`): a retry after a lost answer resends the same attempt, so
 //! the gateway applies it once; a new attempt follows only a final answer.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -18,15 +18,14 @@ use crate::db::{Db, Lock};
 use crate::deny_list_hub::DenyListHub;
 use crate::money_metrics;
 use crate::money_settings::MoneySettings;
-use crate::money_store::MoneyStore;
 use crate::notify::Notifier;
 use crate::paygw::{Answer, Direction, PaygwError, PaymentGateway, PaymentRequest};
 use crate::payments::{self, PaymentAttempt, PaymentKind, PaymentOutcome};
 use crate::store::{self, StoreError, step_ended};
+use crate::store_connections::StoreConnections;
 use farestream_core::account::{AccountState, NotYet};
 use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
-use farestream_core::sync::lock;
 use farestream_ingest::clock_source::{Clock, duration_ms};
 
 #[derive(Debug, Error)]
@@ -59,7 +58,8 @@ impl From<PaygwError> for ServiceError {
 
 #[derive(Clone)]
 pub struct AccountService {
-    pub store: Arc<Mutex<MoneyStore>>,
+    /// Each call on a connection of its own where the store has several.
+    pub store: Arc<StoreConnections>,
     pub gateway: Option<PaymentGateway>,
     /// Told after paying arrears takes a card off the list.
     pub deny_list: Arc<DenyListHub>,
@@ -126,7 +126,7 @@ impl AccountService {
             None => None,
         };
         Ok(AccountService {
-            store: Arc::new(Mutex::new(settings.open_store()?)),
+            store: Arc::new(settings.open_connections()?),
             gateway,
             deny_list,
             clock,
@@ -224,18 +224,18 @@ impl AccountService {
     /// `Server::refund_pass_as_of`, which waits until every ride received
     /// is priced.
     /// Records that every ride this server received before `received_before`
-    /// is priced (`reader`: its pricer), and returns the moment refunds may
+    /// is priced (`reader`: its pricer, holding its cursor with `holder`), and returns the moment refunds may
     /// be paid as of: `now`, or earlier while another server sharing the
     /// store has not priced that far (a refund due later waits for it).
     pub async fn refunds_may_go_as_of(
         &self,
-        reader: &str,
+        (reader, holder): (&str, &store::CursorHolder),
         received_before: UnixMillis,
         now: UnixMillis,
     ) -> Result<UnixMillis, ServiceError> {
-        let reader = reader.to_string();
+        let (reader, holder) = (reader.to_string(), *holder);
         self.write(move |tx| {
-            store::set_priced_received_before(tx, &reader, received_before)?;
+            store::set_priced_received_before(tx, &reader, &holder, received_before)?;
             let others = store::others_priced_received_before(tx, &reader)?;
             Ok(others.map_or(now, |others| others.min(now)))
         })
@@ -388,7 +388,7 @@ impl AccountService {
         work: impl FnOnce(&mut dyn Db) -> Result<T, AccountError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let store = Arc::clone(&self.store);
-        let done = tokio::task::spawn_blocking(move || lock(&store).in_transaction(work));
+        let done = tokio::task::spawn_blocking(move || store.with(|store| store.in_transaction(work)));
         Ok(done.await.map_err(step_ended)??)
     }
 
@@ -398,7 +398,7 @@ impl AccountService {
         work: impl FnOnce(&mut dyn Db) -> Result<T, AccountError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let store = Arc::clone(&self.store);
-        let done = tokio::task::spawn_blocking(move || work(&mut lock(&store).db()));
+        let done = tokio::task::spawn_blocking(move || store.with(|store| work(&mut store.db())));
         Ok(done.await.map_err(step_ended)??)
     }
 }

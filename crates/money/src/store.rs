@@ -85,6 +85,19 @@ pub enum StoreError {
          this server stops pricing its log"
     )]
     CursorTaken(String),
+    /// The cursor is not where its holder last moved it: the store lost a
+    /// committed transaction (a failover to a standby that lacked it).
+    #[error(
+        "the log cursor {reader:?} is at {found}, behind where this server's pricer committed it ({from}): the \
+         money store lost committed transactions (a failover to a standby that lacked them?); this server stops, \
+         and started again prices from the store's cursor"
+    )]
+    CursorBehind { reader: String, found: i64, from: u64 },
+    /// The cursor moved between a starting server's read and its hold.
+    #[error(
+        "the log cursor {0:?} moved while this server started (a late commit of its last run, or another server under this data dir's NODE_ID)"
+    )]
+    CursorMovedAtStart(String),
 }
 
 /// PostgreSQL's own words for an error: the server's message, detail and
@@ -98,6 +111,11 @@ fn postgres_message(error: &postgres::Error) -> String {
         (None, None) => error.to_string(),
     }
 }
+
+/// Statements a SQLite connection keeps prepared: the pricer alone runs
+/// about 30 (each of its many-row statements in four sizes, `db::batch`);
+/// rusqlite's default of 16 would prepare most of them again each time.
+const STATEMENTS_CACHED_MAX: usize = 64;
 
 /// One connection to the money store's SQLite file (the embedded engine
 /// of [`crate::MoneyStore`]).
@@ -121,6 +139,7 @@ impl SqliteStore {
         // pricer's tap queries again at every step, for plans that never
         // changes (a quarter of pricing's CPU in `benches/stages.rs`).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
         migrate(&mut conn, path)?;
         Ok(SqliteStore { conn })
     }
@@ -236,30 +255,40 @@ fn sql_lsn(lsn: u64) -> Result<i64, StoreError> {
     i64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log position {lsn} beyond i64")))
 }
 
-/// Moves a reader's cursor past `last`, in the transaction that wrote
-/// what it read; only its `holder` may. A retried move whose first answer
-/// was lost (it committed) matches again; a cursor another server took
-/// is [`StoreError::CursorTaken`].
+/// Moves a reader's cursor from `from` (where its holder last committed
+/// it) to `lsn`, past `last`, in the transaction that wrote what it read;
+/// only its `holder` may. A retried move whose first answer was lost (it
+/// committed) finds the cursor between `from` and `lsn`, and goes on; a
+/// cursor another server took is [`StoreError::CursorTaken`], one behind
+/// `from` [`StoreError::CursorBehind`] (pricing on would skip what the
+/// store lost).
 pub fn set_log_cursor(
     tx: &mut dyn Db,
     reader: &str,
     holder: &CursorHolder,
-    lsn: u64,
+    (from, lsn): (u64, u64),
     last: LastRecord,
 ) -> Result<(), StoreError> {
     let moved = tx.execute(
         "UPDATE log_cursors SET lsn = ?3, last_record_lsn = ?4, last_record_digest = ?5
-         WHERE reader = ?1 AND holder = ?2",
+         WHERE reader = ?1 AND holder = ?2 AND lsn BETWEEN ?6 AND ?3",
         &[
             Value::Text(reader),
             Value::Bytes(holder),
             Value::Int(sql_lsn(lsn)?),
             Value::Int(sql_lsn(last.lsn)?),
             Value::Bytes(&last.digest),
+            Value::Int(sql_lsn(from)?),
         ],
     )?;
-    match moved {
-        1 => Ok(()),
+    if moved == 1 {
+        return Ok(());
+    }
+    let row = tx.query_opt("SELECT holder, lsn FROM log_cursors WHERE reader = ?1", &[Value::Text(reader)])?;
+    match row {
+        Some(row) if row.opt_bytes(0)? == Some(&holder[..]) => {
+            Err(StoreError::CursorBehind { reader: reader.to_string(), found: row.int(1)?, from })
+        }
         _ => Err(StoreError::CursorTaken(reader.to_string())),
     }
 }
@@ -278,21 +307,31 @@ pub fn hold_log_cursor(tx: &mut dyn Db, reader: &str, holder: &CursorHolder, lsn
     )?;
     match held {
         1 => Ok(()),
-        _ => Err(StoreError::CursorTaken(reader.to_string())),
+        _ => Err(StoreError::CursorMovedAtStart(reader.to_string())),
     }
 }
 
 /// Records that every ride `reader`'s server received before `at` is
-/// priced (its refund pass says so after flushing its pricer).
-pub fn set_priced_received_before(tx: &mut dyn Db, reader: &str, at: UnixMillis) -> Result<(), StoreError> {
+/// priced (its refund pass says so after flushing its pricer); only the
+/// cursor's `holder` may: a server whose cursor another took (a copy
+/// under its NODE_ID) has no say over what that one has priced.
+pub fn set_priced_received_before(
+    tx: &mut dyn Db,
+    reader: &str,
+    holder: &CursorHolder,
+    at: UnixMillis,
+) -> Result<(), StoreError> {
     let changed = tx.execute(
-        "UPDATE log_cursors SET priced_received_before = ?2 WHERE reader = ?1",
-        &[Value::Text(reader), Value::Int(at)],
+        "UPDATE log_cursors SET priced_received_before = ?2 WHERE reader = ?1 AND holder = ?3",
+        &[Value::Text(reader), Value::Int(at), Value::Bytes(holder)],
     )?;
-    if changed != 1 {
-        return Err(StoreError::Corrupt(format!("no log cursor {reader:?} to record its pricing in")));
+    match changed {
+        1 => Ok(()),
+        _ => match log_cursor(tx, reader)? {
+            Some(_) => Err(StoreError::CursorTaken(reader.to_string())),
+            None => Err(StoreError::Corrupt(format!("no log cursor {reader:?} to record its pricing in"))),
+        },
     }
-    Ok(())
 }
 
 /// The earliest moment before which every other pricer sharing the store
@@ -324,15 +363,22 @@ mod tests {
             assert_eq!(last_record(db, "pricer").expect("read"), None, "{engine}");
             hold_log_cursor(db, "pricer", &HOLDER_A, 0).expect("made");
             assert_eq!(last_record(db, "pricer").expect("read"), None, "{engine}: made, never moved");
+            let mut from = 0;
             for lsn in [0, 1, i64::MAX as u64] {
                 let last = LastRecord::of(lsn.saturating_sub(1), &lsn.to_be_bytes());
-                set_log_cursor(db, "pricer", &HOLDER_A, lsn, last).expect("moved");
+                set_log_cursor(db, "pricer", &HOLDER_A, (from, lsn), last).expect("moved");
                 assert_eq!(log_cursor(db, "pricer").expect("read"), Some(lsn), "{engine}");
                 assert_eq!(last_record(db, "pricer").expect("read"), Some(last), "{engine}");
+                from = lsn;
             }
             let past = i64::MAX as u64 + 1;
-            assert!(set_log_cursor(db, "pricer", &HOLDER_A, past, LastRecord::of(0, b"")).is_err(), "{engine}");
-            assert!(set_log_cursor(db, "pricer", &HOLDER_A, 1, LastRecord::of(past, b"")).is_err(), "{engine}");
+            let top = i64::MAX as u64;
+            assert!(set_log_cursor(db, "pricer", &HOLDER_A, (top, past), LastRecord::of(0, b"")).is_err(), "{engine}");
+            assert!(
+                set_log_cursor(db, "pricer", &HOLDER_A, (top, top), LastRecord::of(past, b"")).is_err(),
+                "{engine}"
+            );
+            assert!(set_log_cursor(db, "pricer", &HOLDER_A, (past, top), LastRecord::of(0, b"")).is_err(), "{engine}");
             assert_eq!(log_cursor(db, "other").expect("read"), None, "{engine}: one cursor a reader");
         }
         on_both_stores(cursors);
@@ -342,26 +388,29 @@ mod tests {
     const HOLDER_B: CursorHolder = [0xb; 16];
 
     /// Only the cursor's holder moves it: a move retried after its answer
-    /// was lost (it had committed) goes on; a server that started under
-    /// the same NODE_ID takes the cursor, and the first stops at its next
-    /// move. A start never moves a cursor (a copy starting beside its
-    /// original would move the original's back), and one moved since the
-    /// starting server read it is not taken.
+    /// was lost (it had committed) goes on, also when the retry reaches
+    /// further; a server that started under the same NODE_ID takes the
+    /// cursor, and the first stops at its next move. A start never moves a
+    /// cursor (a copy starting beside its original would move the
+    /// original's back), and one moved since the starting server read it
+    /// is not taken.
     #[test]
     fn only_its_holder_moves_a_cursor_and_a_start_moves_none() {
         fn holders(db: &mut dyn Db, engine: &str) {
             hold_log_cursor(db, "pricer@a", &HOLDER_A, 7).expect("new");
             let at_9 = LastRecord::of(8, b"record");
-            set_log_cursor(db, "pricer@a", &HOLDER_A, 9, at_9).expect("a moves it");
-            set_log_cursor(db, "pricer@a", &HOLDER_A, 9, at_9).expect("a's retry after a lost answer goes on");
+            set_log_cursor(db, "pricer@a", &HOLDER_A, (7, 9), at_9).expect("a moves it");
+            set_log_cursor(db, "pricer@a", &HOLDER_A, (7, 9), at_9).expect("a's retry after a lost answer goes on");
+            let at_10 = LastRecord::of(9, b"more");
+            set_log_cursor(db, "pricer@a", &HOLDER_A, (7, 10), at_10).expect("a retry that reaches further");
             let moved_since = hold_log_cursor(db, "pricer@a", &HOLDER_B, 7);
-            assert!(matches!(moved_since, Err(StoreError::CursorTaken(_))), "{engine}: {moved_since:?}");
-            assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(9), "{engine}: never moved back");
-            hold_log_cursor(db, "pricer@a", &HOLDER_B, 9).expect("b takes it where it is");
-            let taken = set_log_cursor(db, "pricer@a", &HOLDER_A, 10, LastRecord::of(9, b"a's"));
+            assert!(matches!(moved_since, Err(StoreError::CursorMovedAtStart(_))), "{engine}: {moved_since:?}");
+            assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(10), "{engine}: never moved back");
+            hold_log_cursor(db, "pricer@a", &HOLDER_B, 10).expect("b takes it where it is");
+            let taken = set_log_cursor(db, "pricer@a", &HOLDER_A, (10, 12), LastRecord::of(10, b"a's"));
             assert!(matches!(taken, Err(StoreError::CursorTaken(_))), "{engine}: {taken:?}");
-            let at_11 = LastRecord::of(9, b"b's");
-            set_log_cursor(db, "pricer@a", &HOLDER_B, 11, at_11).expect("b moves it");
+            let at_11 = LastRecord::of(10, b"b's");
+            set_log_cursor(db, "pricer@a", &HOLDER_B, (10, 11), at_11).expect("b moves it");
             assert_eq!(
                 (log_cursor(db, "pricer@a").expect("read"), last_record(db, "pricer@a").expect("read")),
                 (Some(11), Some(at_11)),
@@ -373,25 +422,46 @@ mod tests {
         on_both_stores(holders);
     }
 
+    /// A store that lost a committed move (a failover to a standby that
+    /// lacked it) has the cursor behind where its holder moved it from:
+    /// the next move is refused, not made over the rides lost with it.
+    #[test]
+    fn a_cursor_behind_where_its_holder_left_it_is_not_moved_on() {
+        fn lost(db: &mut dyn Db, engine: &str) {
+            hold_log_cursor(db, "pricer@a", &HOLDER_A, 0).expect("new");
+            set_log_cursor(db, "pricer@a", &HOLDER_A, (0, 10), LastRecord::of(5, b"ten")).expect("moved");
+            db.execute("UPDATE log_cursors SET lsn = 0 WHERE reader = 'pricer@a'", &[]).expect("lost");
+            let behind = set_log_cursor(db, "pricer@a", &HOLDER_A, (10, 20), LastRecord::of(10, b"twenty"));
+            assert!(matches!(behind, Err(StoreError::CursorBehind { found: 0, from: 10, .. })), "{engine}: {behind:?}");
+            assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(0), "{engine}: not moved over the loss");
+        }
+        on_both_stores(lost);
+    }
+
     /// Each pricer's promise at the extremes of time; the others' earliest,
-    /// a pricer that has not said yet holding everyone back.
+    /// a pricer that has not said yet holding everyone back; only the
+    /// cursor's holder promises (a server whose cursor a copy took speaks
+    /// for none of the copy's rides).
     #[test]
     fn the_earliest_promise_of_the_other_pricers_holds_refunds_back() {
         fn promises(db: &mut dyn Db, engine: &str) {
             hold_log_cursor(db, "pricer@a", &HOLDER_A, 1).expect("a");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), None, "{engine}: alone");
-            assert!(set_priced_received_before(db, "pricer@b", 5).is_err(), "{engine}: no cursor, no promise");
+            let no_cursor = set_priced_received_before(db, "pricer@b", &HOLDER_B, 5);
+            assert!(matches!(no_cursor, Err(StoreError::Corrupt(_))), "{engine}: no cursor, no promise");
             hold_log_cursor(db, "pricer@b", &HOLDER_B, 1).expect("b");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(i64::MIN), "{engine}");
             for at in [i64::MIN, 0, i64::MAX] {
-                set_priced_received_before(db, "pricer@b", at).expect("b promises");
+                set_priced_received_before(db, "pricer@b", &HOLDER_B, at).expect("b promises");
                 assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(at), "{engine}");
             }
+            let not_its_own = set_priced_received_before(db, "pricer@b", &HOLDER_A, 3);
+            assert!(matches!(not_its_own, Err(StoreError::CursorTaken(_))), "{engine}: {not_its_own:?}");
             hold_log_cursor(db, "pricer@c", &HOLDER_A, 1).expect("c");
-            set_priced_received_before(db, "pricer@c", 7).expect("c promises");
+            set_priced_received_before(db, "pricer@c", &HOLDER_A, 7).expect("c promises");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(7), "{engine}: earliest");
-            set_priced_received_before(db, "pricer@a", i64::MAX).expect("a promises");
-            set_log_cursor(db, "pricer@b", &HOLDER_B, 2, LastRecord::of(1, b"")).expect("b moves on");
+            set_priced_received_before(db, "pricer@a", &HOLDER_A, i64::MAX).expect("a promises");
+            set_log_cursor(db, "pricer@b", &HOLDER_B, (1, 2), LastRecord::of(1, b"")).expect("b moves on");
             let kept = others_priced_received_before(db, "pricer@c").expect("read");
             assert_eq!(kept, Some(i64::MAX), "{engine}: b's promise kept as its cursor moves");
         }

@@ -296,20 +296,24 @@ impl Server {
         let (writer, recovery) =
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
-        let named_before = NodeId::read(&settings.data_dir)?.is_some();
         let node = NodeId::load_or_create(&settings.data_dir, &handles.faults)?;
         // A pricer new to the store starts where the archive stands: what
-        // was archived before money was kept is not charged. But a data dir
-        // that served and is given a new name (its NODE_ID deleted after a
-        // copy under the same name priced in its place) prices every ride
-        // its log still holds: pricing is by scan id, none twice.
-        let start_if_new = if named_before { recovery.checkpoint_lsn } else { recovery.wal_first_lsn };
+        // was archived before money was kept is not charged. But under a
+        // new name (a data dir whose NODE_ID was deleted after a copy under
+        // the same name priced in its place) it prices every ride its log
+        // still holds, until a start has held the cursor: pricing is by
+        // scan id, none twice.
+        let new_name = NodeId::is_new(&settings.data_dir)?;
+        let start_if_new = if new_name { recovery.wal_first_lsn } else { recovery.checkpoint_lsn };
         let money_store = {
             let (settings, node, checkpoint) = (settings.clone(), node.clone(), recovery.clone());
             tokio::task::spawn_blocking(move || open_money_store(&settings, &checkpoint, (&node, start_if_new)))
                 .await
                 .map_err(|e| ServerError::Recovery(format!("opening the money store panicked: {e}")))??
         };
+        if new_name {
+            NodeId::in_use(&settings.data_dir, &handles.faults)?;
+        }
         let log_readers = Arc::clone(&money_store.log_readers);
         if let Some(loaded) = recovery.dedup_snapshot {
             log_readers.snapshot_in_place(loaded.replay_from_lsn);

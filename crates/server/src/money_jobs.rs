@@ -17,7 +17,7 @@ use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
 use farestream_money::charges_archive::{ChargesArchive, charges_root};
 use farestream_money::pricer::{OpenedStore, log_vouches_for, pricer_start, reader_name};
-use farestream_money::store::{fresh_cursor_holder, hold_log_cursor, last_record};
+use farestream_money::store::{StoreError, fresh_cursor_holder, hold_log_cursor, last_record};
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
 
 /// The money side of a running server.
@@ -28,6 +28,9 @@ pub(super) struct Money {
     pub accounts: AccountService,
     pub deny_list: Arc<DenyListHub>,
 }
+
+/// Reads of the pricer's cursor a start makes while it keeps moving.
+const CURSOR_HOLD_TRIES: u32 = 3;
 
 /// Opens the store where this server's pricer left off and takes its
 /// cursor, refusing a pricer position the recovered log does not hold or
@@ -42,22 +45,32 @@ pub(super) fn open_money_store(
     let mut store = money.open_store()?;
     store.set_page_cache_mib(money.pricer.store_cache_mib)?;
     let reader = reader_name(store.engine(), node);
-    let start = pricer_start(&mut store, &reader, start_if_new)?;
-    if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
-        return Err(ServerError::Recovery(format!(
-            "the log holds [{}, {}) but the pricer is at {start}: rides would go unpriced",
-            recovery.wal_first_lsn, recovery.wal_end_lsn
-        )));
-    }
-    let last = last_record(&mut store.db(), &reader)?;
-    let (wal_dir, record_bytes_max) = (&money.pricer.wal_dir, money.pricer.record_bytes_max);
-    log_vouches_for(wal_dir, record_bytes_max, (start, last), recovery.wal_first_lsn).map_err(ServerError::Recovery)?;
-    // Taken from the start: a server still pricing under this NODE_ID (the
-    // data dir it was copied from) stops at its next move. It exists from
-    // the start too: another server's refunds wait for this one's promise
-    // (`priced_received_before`) once it is known.
     let holder = fresh_cursor_holder()?;
-    store.in_transaction(|tx| hold_log_cursor(tx, &reader, &holder, start))?;
+    let mut tries = CURSOR_HOLD_TRIES;
+    let start = loop {
+        let start = pricer_start(&mut store, &reader, start_if_new)?;
+        if start < recovery.wal_first_lsn || start > recovery.wal_end_lsn {
+            return Err(ServerError::Recovery(format!(
+                "the log holds [{}, {}) but the pricer is at {start}: rides would go unpriced",
+                recovery.wal_first_lsn, recovery.wal_end_lsn
+            )));
+        }
+        let last = last_record(&mut store.db(), &reader)?;
+        let (wal_dir, record_bytes_max) = (&money.pricer.wal_dir, money.pricer.record_bytes_max);
+        log_vouches_for(wal_dir, record_bytes_max, (start, last), recovery.wal_first_lsn)
+            .map_err(ServerError::Recovery)?;
+        // Taken from the start: a server still pricing under this NODE_ID
+        // (the data dir it was copied from) stops at its next move. It
+        // exists from the start too: another server's refunds wait for
+        // this one's promise (`priced_received_before`) once it is known.
+        match store.in_transaction(|tx| hold_log_cursor(tx, &reader, &holder, start)) {
+            Ok(()) => break start,
+            // Moved since it was read (a commit of the last run that landed
+            // late): read and check it again.
+            Err(StoreError::CursorMovedAtStart(_)) if tries > 1 => tries -= 1,
+            Err(error) => return Err(error.into()),
+        }
+    };
     tracing::info!(store = money.store.describe(), %reader, priced_lsn = start, "money store opened");
     Ok(OpenedStore { store, reader, holder, priced_lsn: start, log_readers: Arc::new(LogReaders::new(start)) })
 }
@@ -94,7 +107,7 @@ pub(super) fn start_money(
     let dispatcher = match (&settings.money.gateway, &accounts.gateway) {
         (Some(gateway), Some(client)) => Some(Arc::new(Dispatcher::new(
             gateway.dispatch.clone(),
-            Arc::new(Mutex::new(settings.money.open_store()?)),
+            Arc::new(settings.money.open_connections()?),
             client.clone(),
             Arc::clone(&handles.clock),
             wake,
@@ -225,7 +238,7 @@ pub(super) async fn refund_pass(
             received.lsn
         )));
     }
-    let as_of = accounts.refunds_may_go_as_of(pricer.reader(), received.at, now).await?;
+    let as_of = accounts.refunds_may_go_as_of((pricer.reader(), pricer.holder()), received.at, now).await?;
     if as_of < now {
         tracing::info!(as_of, now, "refunds wait for another server sharing the money store to price its rides");
     }

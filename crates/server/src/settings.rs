@@ -251,6 +251,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<
         store,
         deposit_cents: Cents::from_unsigned(p.deposit_cents),
         store_busy_wait,
+        store_connections_max: p.money_store_connections_max,
         gateway,
         rides_arrive_within: Duration::from_secs(
             u64::from(config.ingest.accepted_lateness_secs) + u64::from(config.ride_code.clock_skew_secs),

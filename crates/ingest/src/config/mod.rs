@@ -207,6 +207,7 @@ pub struct PaymentsConfig {
     pub money_store_connect_timeout_ms: u64,
     pub money_store_unreachable_after_ms: u64,
     pub money_store_lock_wait_ms_max: u64,
+    pub money_store_connections_max: usize,
     pub money_store_idle_in_transaction_ms_max: u64,
 }
 

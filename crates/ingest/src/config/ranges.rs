@@ -109,6 +109,7 @@ pub const RANGES: &[KeyRange] = &[
     range("payments.money_store_connect_timeout_ms", 100, 600_000, "ms"),
     range("payments.money_store_unreachable_after_ms", 6_000, 3_600_000, "ms"),
     range("payments.money_store_lock_wait_ms_max", 100, 3_600_000, "ms"),
+    range("payments.money_store_connections_max", 1, 64, "connections"),
     range("payments.money_store_idle_in_transaction_ms_max", 1_000, 3_600_000, "ms"),
     range("api.request_bytes_max", 256, MIB, "bytes"),
     range("api.otp_validity_secs", 60, 3_600, "s"),

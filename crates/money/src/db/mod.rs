@@ -13,13 +13,14 @@
 //! named expectation (`int`, `text`, `bytes`, or their `opt_` forms); a
 //! cell of another kind is [`StoreError::Corrupt`], never a panic.
 
+pub mod batch;
 mod postgres;
 mod sqlite;
 
 pub use postgres::{Postgres, Statements};
 pub use sqlite::Sqlite;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use crate::store::StoreError;
 
@@ -197,11 +198,9 @@ pub fn lock_cards(tx: &mut dyn Db, cards: impl Iterator<Item = u64>) -> Result<(
         // Nothing to take; skip the sort on the hot path.
         return Ok(());
     }
-    let locks: BTreeSet<((i64, i64), u64)> = cards.map(|card| (Lock::Card(card).keys(), card)).collect();
-    for (_, card_id) in locks {
-        tx.lock(Lock::Card(card_id))?;
-    }
-    Ok(())
+    // One card for each key: a key is taken once.
+    let locks: BTreeMap<(i64, i64), Lock> = cards.map(|card| (Lock::Card(card).keys(), Lock::Card(card))).collect();
+    tx.lock_all(&locks.into_values().collect::<Vec<_>>())
 }
 
 /// Which engine a [`Db`] runs on, for the few statements whose SQL
@@ -219,6 +218,11 @@ pub trait Db {
 
     /// Takes `lock` until the transaction ends (see [`Lock`]).
     fn lock(&mut self, lock: Lock) -> Result<(), StoreError>;
+
+    /// Takes each of `locks` in the order given (see [`lock_cards`]).
+    fn lock_all(&mut self, locks: &[Lock]) -> Result<(), StoreError> {
+        locks.iter().try_for_each(|lock| self.lock(*lock))
+    }
 
     /// Runs a statement that returns no rows; the rows it changed.
     fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError>;

@@ -12,7 +12,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use postgres::{GenericClient, Statement};
 
-use super::{Cell, Db, Row, Value, postgres_placeholders};
+use super::{Cell, Db, Row, Value, batch, postgres_placeholders};
 use crate::store::StoreError;
 
 type BoxedError = Box<dyn Error + Sync + Send>;
@@ -147,6 +147,27 @@ impl<C: GenericClient> Db for Postgres<'_, C> {
             "SELECT pg_advisory_xact_lock(CAST(CAST(?1 AS BIGINT) AS INTEGER), CAST(CAST(?2 AS BIGINT) AS INTEGER))",
             &[Value::Int(space), Value::Int(key)],
         )?;
+        Ok(())
+    }
+
+    /// In runs of many keys a statement ([`batch`]): the `VALUES` list
+    /// is scanned in its order, and each row's lock taken as it comes.
+    fn lock_all(&mut self, locks: &[super::Lock]) -> Result<(), StoreError> {
+        for run in batch::runs(locks) {
+            let sql = format!(
+                "SELECT pg_advisory_xact_lock(CAST(space AS INTEGER), CAST(thing AS INTEGER))
+                 FROM (VALUES {}) AS keys (space, thing)",
+                batch::values(run.len(), 2, batch::Typed::Integers)
+            );
+            let keys: Vec<Value<'_>> = run
+                .iter()
+                .flat_map(|lock| {
+                    let (space, thing) = lock.keys();
+                    [Value::Int(space), Value::Int(thing)]
+                })
+                .collect();
+            self.execute(&sql, &keys)?;
+        }
         Ok(())
     }
 
