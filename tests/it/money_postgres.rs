@@ -322,9 +322,10 @@ async fn a_server_whose_cursor_a_copy_took_pays_no_refund_over_the_copys_rides()
 
 /// A store that lost a committed pricing (a failover to a standby that
 /// lacked it: here the transaction's rows put back by hand) has the
-/// cursor behind where the pricer left it: the server stops at its next
-/// pricing rather than move the cursor over the lost rides, and started
-/// again prices them from the store's cursor.
+/// cursor behind where the pricer left it: the refund pass promises
+/// nothing, the server stops at its next pricing rather than move the
+/// cursor over the lost rides, and started again prices them from the
+/// store's cursor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_lost_a_pricing_commit_stops_the_pricer_rather_than_skip_its_rides() {
     let Some(config) = on_postgres().await else { return };
@@ -353,6 +354,10 @@ async fn a_store_that_lost_a_pricing_commit_stops_the_pricer_rather_than_skip_it
         })
         .await
         .expect("the commit lost");
+    // With nothing new to price, the loss shows at the refund pass: no
+    // promise over rides nobody has priced again.
+    let pass = h.server.refund_pass_as_of(T0_MS + 55 * MINUTE).await;
+    assert!(pass.as_ref().is_err_and(|e| e.to_string().contains("lost committed")), "{pass:?}");
     assert_eq!(h.client().push(&batch("depot-1", 2, rides(2))).await.expect("acks").accepted, 3);
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), h.server.failed()).await;
     let reason = stopped.expect("the pricer stops").to_string();

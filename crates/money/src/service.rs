@@ -224,18 +224,19 @@ impl AccountService {
     /// `Server::refund_pass_as_of`, which waits until every ride received
     /// is priced.
     /// Records that every ride this server received before `received_before`
-    /// is priced (`reader`: its pricer, holding its cursor with `holder`), and returns the moment refunds may
+    /// is priced (`reader`: its pricer, holding its cursor with `holder`,
+    /// flushed to log position `priced`), and returns the moment refunds may
     /// be paid as of: `now`, or earlier while another server sharing the
     /// store has not priced that far (a refund due later waits for it).
     pub async fn refunds_may_go_as_of(
         &self,
         (reader, holder): (&str, &store::CursorHolder),
-        received_before: UnixMillis,
+        (priced, received_before): (u64, UnixMillis),
         now: UnixMillis,
     ) -> Result<UnixMillis, ServiceError> {
         let (reader, holder) = (reader.to_string(), *holder);
         self.write(move |tx| {
-            store::set_priced_received_before(tx, &reader, &holder, received_before)?;
+            store::set_priced_received_before(tx, (&reader, &holder), priced, received_before)?;
             let others = store::others_priced_received_before(tx, &reader)?;
             Ok(others.map_or(now, |others| others.min(now)))
         })

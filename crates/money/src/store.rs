@@ -312,25 +312,32 @@ pub fn hold_log_cursor(tx: &mut dyn Db, reader: &str, holder: &CursorHolder, lsn
 }
 
 /// Records that every ride `reader`'s server received before `at` is
-/// priced (its refund pass says so after flushing its pricer); only the
-/// cursor's `holder` may: a server whose cursor another took (a copy
-/// under its NODE_ID) has no say over what that one has priced.
+/// priced (its refund pass says so after flushing its pricer to `priced`);
+/// only the cursor's `holder` may: a server whose cursor another took (a
+/// copy under its NODE_ID) has no say over what that one has priced. And
+/// only while the cursor stands at `priced` or past it: a store that lost
+/// the pricing commits behind it (a failover) holds rides nobody has
+/// priced again yet ([`StoreError::CursorBehind`]).
 pub fn set_priced_received_before(
     tx: &mut dyn Db,
-    reader: &str,
-    holder: &CursorHolder,
+    (reader, holder): (&str, &CursorHolder),
+    priced: u64,
     at: UnixMillis,
 ) -> Result<(), StoreError> {
     let changed = tx.execute(
-        "UPDATE log_cursors SET priced_received_before = ?2 WHERE reader = ?1 AND holder = ?3",
-        &[Value::Text(reader), Value::Int(at), Value::Bytes(holder)],
+        "UPDATE log_cursors SET priced_received_before = ?2 WHERE reader = ?1 AND holder = ?3 AND lsn >= ?4",
+        &[Value::Text(reader), Value::Int(at), Value::Bytes(holder), Value::Int(sql_lsn(priced)?)],
     )?;
-    match changed {
-        1 => Ok(()),
-        _ => match log_cursor(tx, reader)? {
-            Some(_) => Err(StoreError::CursorTaken(reader.to_string())),
-            None => Err(StoreError::Corrupt(format!("no log cursor {reader:?} to record its pricing in"))),
-        },
+    if changed == 1 {
+        return Ok(());
+    }
+    let row = tx.query_opt("SELECT holder, lsn FROM log_cursors WHERE reader = ?1", &[Value::Text(reader)])?;
+    match row {
+        None => Err(StoreError::Corrupt(format!("no log cursor {reader:?} to record its pricing in"))),
+        Some(row) if row.opt_bytes(0)? == Some(&holder[..]) => {
+            Err(StoreError::CursorBehind { reader: reader.to_string(), found: row.int(1)?, from: priced })
+        }
+        Some(_) => Err(StoreError::CursorTaken(reader.to_string())),
     }
 }
 
@@ -424,13 +431,19 @@ mod tests {
 
     /// A store that lost a committed move (a failover to a standby that
     /// lacked it) has the cursor behind where its holder moved it from:
-    /// the next move is refused, not made over the rides lost with it.
+    /// no promise is made for refunds over the rides lost with it, and the
+    /// next move is refused, not made over them.
     #[test]
     fn a_cursor_behind_where_its_holder_left_it_is_not_moved_on() {
         fn lost(db: &mut dyn Db, engine: &str) {
             hold_log_cursor(db, "pricer@a", &HOLDER_A, 0).expect("new");
             set_log_cursor(db, "pricer@a", &HOLDER_A, (0, 10), LastRecord::of(5, b"ten")).expect("moved");
             db.execute("UPDATE log_cursors SET lsn = 0 WHERE reader = 'pricer@a'", &[]).expect("lost");
+            let promise = set_priced_received_before(db, ("pricer@a", &HOLDER_A), 10, 5);
+            assert!(
+                matches!(promise, Err(StoreError::CursorBehind { found: 0, from: 10, .. })),
+                "{engine}: {promise:?}"
+            );
             let behind = set_log_cursor(db, "pricer@a", &HOLDER_A, (10, 20), LastRecord::of(10, b"twenty"));
             assert!(matches!(behind, Err(StoreError::CursorBehind { found: 0, from: 10, .. })), "{engine}: {behind:?}");
             assert_eq!(log_cursor(db, "pricer@a").expect("read"), Some(0), "{engine}: not moved over the loss");
@@ -447,20 +460,20 @@ mod tests {
         fn promises(db: &mut dyn Db, engine: &str) {
             hold_log_cursor(db, "pricer@a", &HOLDER_A, 1).expect("a");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), None, "{engine}: alone");
-            let no_cursor = set_priced_received_before(db, "pricer@b", &HOLDER_B, 5);
+            let no_cursor = set_priced_received_before(db, ("pricer@b", &HOLDER_B), 1, 5);
             assert!(matches!(no_cursor, Err(StoreError::Corrupt(_))), "{engine}: no cursor, no promise");
             hold_log_cursor(db, "pricer@b", &HOLDER_B, 1).expect("b");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(i64::MIN), "{engine}");
             for at in [i64::MIN, 0, i64::MAX] {
-                set_priced_received_before(db, "pricer@b", &HOLDER_B, at).expect("b promises");
+                set_priced_received_before(db, ("pricer@b", &HOLDER_B), 1, at).expect("b promises");
                 assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(at), "{engine}");
             }
-            let not_its_own = set_priced_received_before(db, "pricer@b", &HOLDER_A, 3);
+            let not_its_own = set_priced_received_before(db, ("pricer@b", &HOLDER_A), 1, 3);
             assert!(matches!(not_its_own, Err(StoreError::CursorTaken(_))), "{engine}: {not_its_own:?}");
             hold_log_cursor(db, "pricer@c", &HOLDER_A, 1).expect("c");
-            set_priced_received_before(db, "pricer@c", &HOLDER_A, 7).expect("c promises");
+            set_priced_received_before(db, ("pricer@c", &HOLDER_A), 0, 7).expect("c promises, priced past 0");
             assert_eq!(others_priced_received_before(db, "pricer@a").expect("read"), Some(7), "{engine}: earliest");
-            set_priced_received_before(db, "pricer@a", &HOLDER_A, i64::MAX).expect("a promises");
+            set_priced_received_before(db, ("pricer@a", &HOLDER_A), 1, i64::MAX).expect("a promises");
             set_log_cursor(db, "pricer@b", &HOLDER_B, (1, 2), LastRecord::of(1, b"")).expect("b moves on");
             let kept = others_priced_received_before(db, "pricer@c").expect("read");
             assert_eq!(kept, Some(i64::MAX), "{engine}: b's promise kept as its cursor moves");

@@ -10,10 +10,13 @@
 //! The first connection is made at once (a store that cannot be reached
 //! stops the start); the others when work first finds every open one
 //! busy, so a server that dispatches little holds one. A connection that
-//! cannot be made is not a failure: the work waits for an open one.
+//! cannot be made is not a failure: the work waits for an open one, and
+//! no other is tried for [`OPEN_AGAIN_AFTER`] (a store out of reach would
+//! otherwise cost every call a connect timeout for each unopened slot).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use crate::db::Engine;
 use crate::money_store::MoneyStore;
@@ -22,12 +25,17 @@ use farestream_core::sync::lock;
 
 type Open = Box<dyn Fn() -> Result<MoneyStore, StoreError> + Send + Sync>;
 
+/// After a connection could not be made, how long before another is tried.
+pub const OPEN_AGAIN_AFTER: Duration = Duration::from_secs(5);
+
 pub struct StoreConnections {
     /// The first is always open; the others once needed.
     slots: Vec<Mutex<Option<MoneyStore>>>,
     open: Open,
     /// Whose turn it is to be waited for when every connection is busy.
     next: AtomicUsize,
+    /// When a connection last could not be made.
+    open_failed_at: Mutex<Option<Instant>>,
 }
 
 impl StoreConnections {
@@ -45,7 +53,12 @@ impl StoreConnections {
         };
         let mut slots = vec![Mutex::new(Some(first))];
         slots.extend((1..count).map(|_| Mutex::new(None)));
-        Ok(StoreConnections { slots, open: Box::new(open), next: AtomicUsize::new(0) })
+        Ok(StoreConnections {
+            slots,
+            open: Box::new(open),
+            next: AtomicUsize::new(0),
+            open_failed_at: Mutex::new(None),
+        })
     }
 
     /// How many connections there may be.
@@ -60,7 +73,9 @@ impl StoreConnections {
 
     /// Runs `work` on a free connection (opening one if every open one is
     /// busy), or, with all of them busy, on the next in turn once it is
-    /// free (blocking: off the async threads).
+    /// free (blocking: off the async threads). `work` must not call `with`
+    /// on the same connections: with every one busy it would wait for its
+    /// own.
     pub fn with<T>(&self, work: impl FnOnce(&mut MoneyStore) -> T) -> T {
         for slot in &self.slots {
             let free = match slot.try_lock() {
@@ -84,9 +99,14 @@ impl StoreConnections {
     /// it cannot be made.
     fn opened_in<'s>(&self, mut slot: MutexGuard<'s, Option<MoneyStore>>) -> Option<StoreGuard<'s>> {
         if slot.is_none() {
+            let mut failed_at = lock(&self.open_failed_at);
+            if failed_at.is_some_and(|at| at.elapsed() < OPEN_AGAIN_AFTER) {
+                return None;
+            }
             match (self.open)() {
                 Ok(store) => *slot = Some(store),
                 Err(error) => {
+                    *failed_at = Some(Instant::now());
                     tracing::warn!(%error, "cannot open one more money-store connection; waiting for an open one");
                     return None;
                 }
@@ -167,21 +187,35 @@ mod tests {
         }
     }
 
-    /// A connection that cannot be made leaves the work to the open one.
+    /// A connection that cannot be made leaves the work to the open one,
+    /// and no other is tried for a while.
     #[test]
     fn work_waits_for_the_open_connection_when_no_other_can_be_made() {
         let Some(cluster) = TestCluster::shared() else { return };
         let location = cluster.new_location();
         let first = Mutex::new(Some(MoneyStore::open(&location, Duration::from_secs(1)).expect("a store")));
-        let refused = || Err(StoreError::Task("refused".into()));
-        let connections = StoreConnections::open(3, move || lock(&first).take().ok_or(()).or_else(|()| refused()))
-            .expect("the first");
+        let failed = Arc::new(AtomicU32::new(0));
+        let open = {
+            let failed = Arc::clone(&failed);
+            move || {
+                lock(&first).take().ok_or_else(|| {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    StoreError::Task("refused".into())
+                })
+            }
+        };
+        let connections = StoreConnections::open(3, open).expect("the first");
         assert_eq!((connections.connections_max(), connections.opened()), (3, 1));
+        let query = |store: &mut MoneyStore| store.db().query_one("SELECT 2", &[]).is_ok();
         std::thread::scope(|scope| {
-            let held = connections
-                .with(|_| scope.spawn(|| connections.with(|store| store.db().query_one("SELECT 2", &[]).map(|_| ()))));
-            assert!(held.join().expect("the second step").is_ok(), "ran on the first connection once it was free");
+            let waiting = connections.with(|_| {
+                let waiting = scope.spawn(|| (0..3).all(|_| connections.with(query)));
+                std::thread::sleep(Duration::from_millis(50));
+                waiting
+            });
+            assert!(waiting.join().expect("the steps"), "each ran on the first connection");
         });
         assert_eq!(connections.opened(), 1);
+        assert_eq!(failed.load(Ordering::SeqCst), 1, "one connection tried, then none for {OPEN_AGAIN_AFTER:?}");
     }
 }

@@ -238,7 +238,7 @@ pub(super) async fn refund_pass(
             received.lsn
         )));
     }
-    let as_of = accounts.refunds_may_go_as_of((pricer.reader(), pricer.holder()), received.at, now).await?;
+    let as_of = accounts.refunds_may_go_as_of((pricer.reader(), pricer.holder()), (priced, received.at), now).await?;
     if as_of < now {
         tracing::info!(as_of, now, "refunds wait for another server sharing the money store to price its rides");
     }
