@@ -124,10 +124,13 @@ async fn a_served_pricer_gives_way_and_the_run_reports_when_it_caught_up() {
             .map(|stat| (stat.comm, stat.nice))
             .collect()
     };
-    // The money threads may start a moment after the listener says it serves.
+    // The money threads may start a moment after the listener says it
+    // serves, and the pricer lowers its priority once it runs.
     let mut threads = server_threads();
     for _ in 0..100 {
-        if threads.iter().any(|(comm, _)| comm == "pricer") && threads.iter().any(|(comm, _)| comm == "archiver") {
+        if threads.iter().any(|(comm, nice)| comm == "pricer" && *nice == 7)
+            && threads.iter().any(|(comm, _)| comm == "archiver")
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
