@@ -97,8 +97,7 @@ on_each_engine! {
             (500, 500, 900, -400),
             "the settlement shows the credit netted: {day:?}"
         );
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -125,8 +124,7 @@ on_each_engine! {
         let after = m.h.server.accounts().account(532).await.expect("account");
         assert_eq!((after.state, after.arrears_cents.get()), (AccountState::Active, 0), "rides again");
         audit_is_clean(&m).await;
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -161,8 +159,7 @@ on_each_engine! {
             (600, 300, 300),
             "{day:?}"
         );
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -200,8 +197,7 @@ on_each_engine! {
         let after = m.h.server.accounts().account(536).await.expect("account");
         assert_eq!((after.state, after.arrears_cents.get()), (AccountState::Active, 0));
         audit_is_clean(&m).await;
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -231,8 +227,7 @@ on_each_engine! {
         assert!(!history.iter().any(|e| e.event == "arrears_overpaid"), "{history:?}");
         assert_eq!(credits(&m).await.iter().map(|e| e.amount_cents).sum::<u64>(), 400);
         audit_is_clean(&m).await;
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -254,7 +249,6 @@ on_each_engine! {
         let charges = m.settle().await;
         assert_eq!(outcomes(&charges), [(300, "no_account")]);
         assert_eq!(charges[0].attempts, 0);
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }

@@ -110,6 +110,12 @@ impl Money {
         panic!("charges still undecided: {:?}", read().await);
     }
 
+    /// Stops the server, then the payment gateway.
+    pub(crate) async fn stop(self) {
+        self.h.server.shutdown().await.expect("the server stops");
+        self.paygw.stop().await;
+    }
+
     pub(crate) async fn debits(&self) -> Vec<Entry> {
         self.control.ledger().await.expect("ledger").into_iter().filter(|e| e.kind == "debit").collect()
     }
@@ -137,7 +143,7 @@ async fn within_a_second(seen: impl Fn() -> bool) -> bool {
 }
 
 /// Every ledger debit is a charge (or a deposit), each key once.
-fn assert_charged_once(debits: &[Entry], charges: &[ChargeRecord]) {
+pub(crate) fn assert_charged_once(debits: &[Entry], charges: &[ChargeRecord]) {
     let keys: Vec<&str> = debits.iter().map(|e| e.key.as_str()).collect();
     let unique: HashSet<&str> = keys.iter().copied().collect();
     assert_eq!(unique.len(), keys.len(), "a key debited twice");
@@ -238,8 +244,7 @@ on_each_engine! {
             outbox.iter().map(seen).collect::<Vec<_>>()
         );
         assert!(archived.iter().all(|c| c.service_date.to_string() == "2025-11-20" && c.card_id == 501));
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -297,8 +302,7 @@ on_each_engine! {
             .map(|e| (e.key.split('-').next().unwrap_or("").to_string(), e.amount_cents, e.outcome.clone()))
             .collect();
         assert_eq!(collected.iter().filter(|(_, _, o)| o == "succeeded").map(|(_, a, _)| a).sum::<u64>(), 700);
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -319,8 +323,7 @@ on_each_engine! {
             charges.iter().map(|c| (c.amount_cents.get(), c.outcome.as_str())).collect::<Vec<_>>(),
             [(300, "succeeded")]
         );
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -354,8 +357,7 @@ on_each_engine! {
         assert_charged_once(&debits, &charges);
         let fares: u64 = debits.iter().filter(|e| !e.key.starts_with("deposit-")).map(|e| e.amount_cents).sum();
         assert_eq!(fares, 12 * 500);
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -383,8 +385,7 @@ on_each_engine! {
             assert_eq!((account.state, account.arrears_cents.get()), (AccountState::Active, 0), "card {card}");
             assert!(!farestream_core::account::is_denied(account.state, account.arrears_cents), "card {card} denied");
         }
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -404,8 +405,7 @@ on_each_engine! {
         let payments: Vec<Entry> =
             m.control.ledger().await.expect("ledger").into_iter().filter(|e| !e.kind.starts_with("agreement")).collect();
         assert!(payments.is_empty(), "no deposit taken, none returned: {payments:?}");
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -465,8 +465,7 @@ on_each_engine! {
             ],
             "collected exactly what was declined"
         );
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -503,8 +502,7 @@ on_each_engine! {
         let arrears: Vec<String> =
             m.debits().await.into_iter().filter(|e| e.key.starts_with("arrears-")).map(|e| e.key).collect();
         assert_eq!(arrears, ["arrears-802-1"], "collected once");
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -528,8 +526,7 @@ on_each_engine! {
             deposits,
             [("deposit-802-1".to_string(), "declined".to_string()), ("deposit-802-2".into(), "succeeded".into())]
         );
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -577,8 +574,7 @@ on_each_engine! {
         accounts.pay_arrears(805).await.expect("pay");
         assert_eq!(accounts.account(805).await.expect("account").state, AccountState::RefundPending, "still leaving");
         assert_eq!(accounts.process_refunds_as_of(due).await.expect("pass").closed, vec![805], "nothing left to return");
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -610,8 +606,7 @@ on_each_engine! {
         m.control.set_faults(SimFaults::default()).await.expect("faults off");
         let decided = m.settle().await;
         assert!(decided.iter().all(|c| c.outcome == ChargeOutcome::Succeeded && c.attempts == 1), "{decided:?}");
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -648,8 +643,7 @@ on_each_engine! {
         let charges = m.settle().await;
         assert_eq!(charges.iter().filter(|c| c.outcome == ChargeOutcome::Succeeded).count(), 40, "{charges:?}");
         assert!(charges.iter().all(|c| c.attempts >= 1));
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -668,8 +662,7 @@ on_each_engine! {
         let ledger: Vec<AppliedPayment> =
             m.control.ledger().await.expect("ledger").iter().filter_map(Entry::applied_payment).collect();
         m.store(move |store| plant_each_fault(store, &rows, &ledger, &charges)).await;
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -743,8 +736,7 @@ on_each_engine! {
         assert_eq!(accounts.account(809).await.expect("account").state, AccountState::Active);
         let deposits: Vec<Entry> = m.debits().await.into_iter().filter(|e| e.key.starts_with("deposit-")).collect();
         assert_eq!(deposits.len(), 1, "one deposit: {deposits:?}");
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }
 
@@ -787,7 +779,6 @@ on_each_engine! {
         assert!(!early.closed.contains(&811), "{early:?}");
         let late = accounts.process_refunds_as_of(asked + accounts.rides_arrive_within_ms + week).await.expect("p");
         assert_eq!(late.closed, vec![811], "it closes once the longest credential and the lateness have passed");
-        m.h.server.shutdown().await.expect("shutdown");
-        m.paygw.stop().await;
+        m.stop().await;
     }
 }

@@ -10,9 +10,16 @@ use farestream::config::Config;
 use farestream::money::db::Db;
 use farestream::money::outbox::{self, undecided};
 use farestream::scan::TapKind;
+use farestream::wire::ScanRecord;
 
-use crate::money::{MINUTE, Money, tap};
-use crate::support::{Harness, T0_MS, batch};
+use crate::money::{MINUTE, Money, assert_charged_once, tap};
+use crate::support::{Harness, T0_MS, TestRider, batch};
+
+/// A bus ride of each rider, `seq` minutes after T0, numbered `seq`.
+fn bus_rides(riders: &[TestRider], seq: u64) -> Vec<ScanRecord> {
+    let at = T0_MS + seq as i64 * MINUTE;
+    riders.iter().map(|rider| tap(rider, seq, at, TapKind::Single, "bus-99")).collect()
+}
 
 /// The defaults, the money store in a new database of the test cluster;
 /// `None` (the test says so and passes) where PostgreSQL is not installed
@@ -93,12 +100,9 @@ async fn two_servers_sharing_one_postgresql_store_charge_every_ride_once() {
     for (card, cents) in &net {
         assert_eq!((*cents, taps[card]), (1_100, 4), "card {card}: its four taps, the shared bus tap once");
     }
-    let mut priced = HashSet::new();
-    assert!(charges.iter().flat_map(|c| &c.scan_ids).all(|scan| priced.insert(*scan)), "a tap in two charges");
-
     let debits = m.debits().await;
+    assert_charged_once(&debits, &charges);
     let keys: Vec<&str> = debits.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len(), "a key debited twice");
     let due: HashSet<String> =
         charges.iter().filter(|c| c.amount_cents.is_positive()).map(|c| hex::encode(c.charge_id)).collect();
     let fares: HashSet<&str> = keys.iter().copied().filter(|k| due.contains(*k)).collect();
@@ -132,8 +136,7 @@ async fn two_servers_sharing_one_postgresql_store_charge_every_ride_once() {
     }
     assert!(denied_on_both(), "a card in arrears is denied by every server");
     b.server.shutdown().await.expect("b stops");
-    m.h.server.shutdown().await.expect("a stops");
-    m.paygw.stop().await;
+    m.stop().await;
 }
 
 /// `farestream money migrate --to`: a data dir that served on SQLite
@@ -189,8 +192,7 @@ async fn a_sqlite_store_migrates_to_postgresql_and_the_server_goes_on_from_it() 
     assert_eq!(debits.iter().filter(|d| ids.contains(&d.key)).count(), 3, "each debited once");
     let account = m.h.server.accounts().account(810).await.expect("the account came along");
     assert_eq!(account.deposit_cents.get(), 2_000);
-    m.h.server.shutdown().await.expect("stops");
-    m.paygw.stop().await;
+    m.stop().await;
 }
 
 /// A refund waits for every server sharing the store: a ride one server
@@ -227,8 +229,7 @@ async fn a_refund_waits_until_every_server_sharing_the_store_has_priced_its_ride
         charges.iter().filter(|c| c.card_id == 820).map(|c| (c.amount_cents.get(), c.outcome.as_str())).collect();
     assert_eq!(ride_charges, [(300, "succeeded")], "the ride charged before the agreement ended");
     b.server.shutdown().await.expect("b stops");
-    m.h.server.shutdown().await.expect("a stops");
-    m.paygw.stop().await;
+    m.stop().await;
 }
 
 /// A copy of a data dir (the same NODE_ID) started beside its original on
@@ -246,10 +247,7 @@ async fn a_copied_data_dir_takes_the_cursor_and_its_original_stops_rather_than_s
     let mut m = Money::start_with(config).await;
     m.h.clock.set(T0_MS + 55 * MINUTE);
     let riders: Vec<_> = futures_util::future::join_all((0..3u64).map(|n| m.rider(740 + n, 10_000))).await;
-    let rides = |seq: u64| -> Vec<_> {
-        let at = T0_MS + seq as i64 * MINUTE;
-        riders.iter().map(|rider| tap(rider, seq, at, TapKind::Single, "bus-99")).collect()
-    };
+    let rides = |seq| bus_rides(&riders, seq);
     let pushed = m.h.client().push(&batch("depot-1", 1, rides(1))).await.expect("acks");
     assert_eq!(pushed.accepted, 3);
     m.h.server.flush_pricing().await.expect("priced before the copy");
@@ -286,12 +284,9 @@ async fn a_copied_data_dir_takes_the_cursor_and_its_original_stops_rather_than_s
         let cents: i64 = mine.iter().map(|c| c.amount_cents.get()).sum();
         assert_eq!((taps, cents), (3, 900), "card {rider}: its three rides, each once: {mine:?}");
     }
-    let debits = m.debits().await;
-    let keys: HashSet<&str> = debits.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys.len(), debits.len(), "a charge debited twice");
+    assert_charged_once(&m.debits().await, &charges);
     copy.server.shutdown().await.expect("the copy stops");
-    m.h.server.shutdown().await.expect("the original stops");
-    m.paygw.stop().await;
+    m.stop().await;
 }
 
 /// A server whose cursor a copy took has no say over refunds: while the
@@ -316,8 +311,7 @@ async fn a_server_whose_cursor_a_copy_took_pays_no_refund_over_the_copys_rides()
 
     copy.faults.set_pricing_stalled(false);
     copy.server.shutdown().await.expect("the copy stops");
-    m.h.server.shutdown().await.expect("the original stops");
-    m.paygw.stop().await;
+    m.stop().await;
 }
 
 /// A store that lost a committed pricing (a failover to a standby that
@@ -332,10 +326,7 @@ async fn a_store_that_lost_a_pricing_commit_stops_the_pricer_rather_than_skip_it
     let h = Harness::start_with(config).await;
     h.clock.set(T0_MS + 55 * MINUTE);
     let riders: Vec<_> = (0..3u64).map(|n| h.rider(780 + n)).collect();
-    let rides = |seq: u64| -> Vec<_> {
-        let at = T0_MS + seq as i64 * MINUTE;
-        riders.iter().map(|rider| tap(rider, seq, at, TapKind::Single, "bus-99")).collect()
-    };
+    let rides = |seq| bus_rides(&riders, seq);
     let cursor = "SELECT lsn, last_record_lsn, last_record_digest FROM log_cursors WHERE reader LIKE 'pricer@%'";
     let before = h.server.with_money_store(move |store| store.db().query_one(cursor, &[])).await.expect("cursor");
     assert_eq!(h.client().push(&batch("depot-1", 1, rides(1))).await.expect("acks").accepted, 3);

@@ -152,8 +152,7 @@ async fn duckdb_and_pyarrow_read_the_archives_as_documented_while_the_server_wri
         ]),
         "the docs' trip query links entry and exit, across the boundary too"
     );
-    m.h.server.shutdown().await.expect("shutdown");
-    m.paygw.stop().await;
+    m.stop().await;
 }
 
 /// The settlement recomputed from the archives alone in DuckDB

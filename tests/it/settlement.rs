@@ -188,10 +188,10 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     let again = settle(&settings, now).await;
     assert_eq!(ran, Ok(format!("{} (report {}, 0 breaks)", again.headline, again.report_path.display())));
 
-    let data_dir = m.h.dir.path().to_path_buf();
+    // Stopped, not dropped: the data dir lives on with the harness.
     m.h.server.shutdown().await.expect("shutdown");
     m.paygw.stop().await;
-    breaks_are_named(&data_dir, &settings).await;
+    breaks_are_named(m.h.dir.path(), &settings).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

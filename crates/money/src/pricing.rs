@@ -115,7 +115,7 @@ fn days_touched(fares: &FareTable, added: &[(RiderDay, Tap)], read: &TapsRead) -
         if !tap.kind.is_metro() {
             continue;
         }
-        let edges = edges.entry(*day).or_insert_with(|| read.around(*day).edges);
+        let edges = edges.entry(*day).or_insert_with(|| read.edges(*day));
         let (before, after) = fares.neighbours_touched(tap, edges);
         let neighbour = |date: Option<NaiveDate>| date.map(|service_date| RiderDay { service_date, ..*day });
         days.extend(neighbour(day.service_date.pred_opt()).filter(|_| before));
@@ -328,11 +328,18 @@ impl TapsRead {
 
     /// The day's taps and its edges, from what was read.
     fn around(&self, day: RiderDay) -> TapsAround {
-        let on = |date: Option<NaiveDate>| {
-            date.and_then(|date| self.taps.get(&(day.card_id, date))).map(Vec::as_slice).unwrap_or_default()
-        };
+        TapsAround { taps: self.on(day.card_id, Some(day.service_date)).to_vec(), edges: self.edges(day) }
+    }
+
+    /// The day's edges alone (no copy of its taps).
+    fn edges(&self, day: RiderDay) -> DayEdges {
         let date = day.service_date;
-        TapsAround { taps: on(Some(date)).to_vec(), edges: DayEdges::between(on(date.pred_opt()), on(date.succ_opt())) }
+        DayEdges::between(self.on(day.card_id, date.pred_opt()), self.on(day.card_id, date.succ_opt()))
+    }
+
+    /// A rider's taps on `date`, as read.
+    fn on(&self, card_id: u64, date: Option<NaiveDate>) -> &[Tap] {
+        date.and_then(|date| self.taps.get(&(card_id, date))).map(Vec::as_slice).unwrap_or_default()
     }
 }
 

@@ -212,10 +212,7 @@ pub type CursorHolder = [u8; 16];
 
 /// Fresh random bits for a start's hold on a cursor.
 pub fn fresh_cursor_holder() -> Result<CursorHolder, StoreError> {
-    let mut holder = CursorHolder::default();
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut holder)
-        .map_err(|_| StoreError::Task("no randomness for a cursor holder".into()))?;
-    Ok(holder)
+    crate::api::random_bytes()
 }
 
 /// The record a cursor was last moved past: where it starts in the log,
@@ -284,13 +281,25 @@ pub fn set_log_cursor(
     if moved == 1 {
         return Ok(());
     }
+    // A cursor deleted under a running server (retired by hand) is
+    // taken from it as much as one another holder took.
+    Err(cursor_refusal(tx, (reader, holder), from)?.unwrap_or_else(|| StoreError::CursorTaken(reader.to_string())))
+}
+
+/// Why `holder` may not act on `reader`'s cursor, which it left at `from`
+/// or past: another holder took it, or it stands behind `from` (the store
+/// lost commits); `None` when there is no such cursor.
+fn cursor_refusal(
+    tx: &mut dyn Db,
+    (reader, holder): (&str, &CursorHolder),
+    from: u64,
+) -> Result<Option<StoreError>, StoreError> {
     let row = tx.query_opt("SELECT holder, lsn FROM log_cursors WHERE reader = ?1", &[Value::Text(reader)])?;
-    match row {
-        Some(row) if row.opt_bytes(0)? == Some(&holder[..]) => {
-            Err(StoreError::CursorBehind { reader: reader.to_string(), found: row.int(1)?, from })
-        }
-        _ => Err(StoreError::CursorTaken(reader.to_string())),
-    }
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(match row.opt_bytes(0)? == Some(&holder[..]) {
+        true => StoreError::CursorBehind { reader: reader.to_string(), found: row.int(1)?, from },
+        false => StoreError::CursorTaken(reader.to_string()),
+    }))
 }
 
 /// Takes `reader`'s cursor for `holder` as its server starts: makes it at
@@ -331,14 +340,8 @@ pub fn set_priced_received_before(
     if changed == 1 {
         return Ok(());
     }
-    let row = tx.query_opt("SELECT holder, lsn FROM log_cursors WHERE reader = ?1", &[Value::Text(reader)])?;
-    match row {
-        None => Err(StoreError::Corrupt(format!("no log cursor {reader:?} to record its pricing in"))),
-        Some(row) if row.opt_bytes(0)? == Some(&holder[..]) => {
-            Err(StoreError::CursorBehind { reader: reader.to_string(), found: row.int(1)?, from: priced })
-        }
-        Some(_) => Err(StoreError::CursorTaken(reader.to_string())),
-    }
+    let refusal = cursor_refusal(tx, (reader, holder), priced)?;
+    Err(refusal.unwrap_or_else(|| StoreError::Corrupt(format!("no log cursor {reader:?} to record its pricing in"))))
 }
 
 /// The earliest moment before which every other pricer sharing the store
@@ -389,6 +392,25 @@ mod tests {
             assert_eq!(log_cursor(db, "other").expect("read"), None, "{engine}: one cursor a reader");
         }
         on_both_stores(cursors);
+    }
+
+    /// A last record the store holds damaged (a digest of another length,
+    /// a negative place) is refused as corrupt, not read as a place.
+    #[test]
+    fn a_damaged_last_record_is_refused_not_read() {
+        fn damaged(db: &mut dyn Db, engine: &str) {
+            hold_log_cursor(db, "pricer", &HOLDER_A, 0).expect("made");
+            for (lsn, digest) in [(1, &[0u8; 15][..]), (1, &[0u8; 17][..]), (1, &[][..]), (-1, &[0u8; 16][..])] {
+                db.execute(
+                    "UPDATE log_cursors SET last_record_lsn = ?1, last_record_digest = ?2",
+                    &[Value::Int(lsn), Value::Bytes(digest)],
+                )
+                .expect("damaged");
+                let read = last_record(db, "pricer");
+                assert!(matches!(read, Err(StoreError::Corrupt(_))), "{engine}: {lsn} {}: {read:?}", digest.len());
+            }
+        }
+        on_both_stores(damaged);
     }
 
     const HOLDER_A: CursorHolder = [0xa; 16];

@@ -16,6 +16,8 @@ mod logins;
 mod register;
 mod sessions;
 
+pub(crate) use sessions::random_bytes;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -86,7 +86,7 @@ impl SendRefused {
 const HOUR_MS: i64 = 3_600_000;
 const MINUTE_MS: i64 = 60_000;
 
-pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
     let mut bytes = [0u8; N];
     SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Task("the OS random source failed".into()))?;
     Ok(bytes)
