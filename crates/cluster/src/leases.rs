@@ -1,0 +1,136 @@
+//! Partition leases in a JetStream key-value bucket: key `p.N` holds the
+//! owner's node name. The bucket's `max_age` is the lease's time to live,
+//! so a lease nobody renews ages out and the partition is free; taking it
+//! is a create (refused while it exists), renewing is an update expecting
+//! the revision the owner last wrote (refused once anyone else wrote it).
+//! The revision is the owner's fencing token: it only grows, so every
+//! write the owner makes for its partition carries it, and a store that
+//! has seen a newer one refuses the older.
+//!
+//! When the owner may act is the core's rule ([`LeaseTiming`]): counted
+//! from before it sent its last write, on its own monotonic clock, and
+//! ending a margin before the bucket can let the lease go.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use farestream_core::cluster::{LeaseTerm, LeaseTiming, Partition};
+use thiserror::Error;
+
+/// The bucket and the timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// The key-value bucket's name.
+    pub bucket: String,
+    /// On how many servers the bucket is stored.
+    pub replicas: usize,
+    pub timing: LeaseTiming,
+}
+
+#[derive(Debug, Error)]
+pub enum LeaseError {
+    #[error("lease timing: {0}")]
+    Timing(#[from] farestream_core::cluster::LeaseTimingError),
+    #[error("partition {partition} is leased to {owner} (revision {revision})")]
+    Held { partition: Partition, owner: String, revision: u64 },
+    #[error("the lease on partition {partition} at revision {revision} is lost: it aged out or another node took it")]
+    Lost { partition: Partition, revision: u64 },
+    #[error("the lease bucket {bucket}: {why}")]
+    Store { bucket: String, why: String },
+}
+
+/// This node's view of the leases.
+pub struct PartitionLeases {
+    store: kv::Store,
+    bucket: String,
+    timing: LeaseTiming,
+    node: String,
+    /// The origin of the monotonic milliseconds the terms count in.
+    origin: Instant,
+}
+
+impl PartitionLeases {
+    /// Opens the bucket (making it when missing) for node `node`.
+    pub async fn open(
+        client: async_nats::Client,
+        settings: LeaseSettings,
+        node: &str,
+    ) -> Result<PartitionLeases, LeaseError> {
+        let timing = settings.timing.checked()?;
+        let store_error =
+            |e: &dyn std::fmt::Display| LeaseError::Store { bucket: settings.bucket.clone(), why: e.to_string() };
+        let context = jetstream::new(client);
+        let store = match context.get_key_value(&settings.bucket).await {
+            Ok(store) => store,
+            Err(_missing) => context
+                .create_key_value(kv::Config {
+                    bucket: settings.bucket.clone(),
+                    history: 1,
+                    max_age: Duration::from_millis(timing.ttl_ms),
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: settings.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| store_error(&e))?,
+        };
+        Ok(PartitionLeases { store, bucket: settings.bucket, timing, node: node.to_string(), origin: Instant::now() })
+    }
+
+    /// Milliseconds on this node's monotonic clock, as terms count them.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes partition `p` if nobody holds it.
+    pub async fn acquire(&self, partition: Partition) -> Result<LeaseTerm, LeaseError> {
+        let sent_at = self.now_ms();
+        match self.store.create(key(partition), Bytes::from(self.node.clone())).await {
+            Ok(revision) => Ok(self.timing.term(revision, sent_at)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match self.holder(partition).await? {
+                Some((owner, revision)) => Err(LeaseError::Held { partition, owner, revision }),
+                // Aged out between the create and the read: try again later.
+                None => Err(self.store_error(&e)),
+            },
+            Err(e) => Err(self.store_error(&e)),
+        }
+    }
+
+    /// Renews the lease held at `term`; [`LeaseError::Lost`] when anyone
+    /// wrote it since or it aged out.
+    pub async fn renew(&self, partition: Partition, term: &LeaseTerm) -> Result<LeaseTerm, LeaseError> {
+        let sent_at = self.now_ms();
+        match self.store.update(key(partition), Bytes::from(self.node.clone()), term.revision).await {
+            Ok(revision) => Ok(self.timing.term(revision, sent_at)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(LeaseError::Lost { partition, revision: term.revision })
+            }
+            Err(e) => Err(self.store_error(&e)),
+        }
+    }
+
+    /// Gives the lease up, so another node need not wait for it to age
+    /// out. Deletes it only at this term's revision: an error when
+    /// another node wrote it since (or the store is out of reach), and
+    /// then the lease is not this node's to give.
+    pub async fn release(&self, partition: Partition, term: &LeaseTerm) -> Result<(), LeaseError> {
+        self.store.delete_expect_revision(key(partition), Some(term.revision)).await.map_err(|e| self.store_error(&e))
+    }
+
+    /// Who holds partition `p` and at which revision.
+    pub async fn holder(&self, partition: Partition) -> Result<Option<(String, u64)>, LeaseError> {
+        let entry = self.store.entry(key(partition)).await.map_err(|e| self.store_error(&e))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.revision)))
+    }
+
+    fn store_error(&self, e: &dyn std::fmt::Display) -> LeaseError {
+        LeaseError::Store { bucket: self.bucket.clone(), why: e.to_string() }
+    }
+}
+
+fn key(partition: Partition) -> String {
+    format!("p.{}", partition.number())
+}

@@ -1,0 +1,22 @@
+//! farestream's cluster shell (docs/scale-out.md): the scans stream on
+//! NATS JetStream, one subject a partition and three replicas, where a
+//! record counts as written only once JetStream has acknowledged it (a
+//! quorum of the stream's replicas holds it); and the partition leases in
+//! JetStream's key-value store, whose revisions fence a paused owner out.
+//! The rules (which partition a card is in, how long a lease may be
+//! acted on) are the core's `cluster` module; this crate only talks.
+//!
+//! Every call takes an `async_nats::Client` the caller connected, so one
+//! connection serves the stream and the leases.
+
+pub mod leases;
+pub mod stream_log;
+#[cfg(any(test, feature = "test-nats"))]
+pub mod test_nats;
+
+pub use leases::{LeaseError, LeaseSettings, PartitionLeases};
+pub use stream_log::{
+    Appended, PartitionReader, StoredRecord, StreamLog, StreamLogError, StreamLogSettings, StreamRecord,
+};
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! The scans stream: one JetStream stream, subjects `PREFIX.N` for
+//! partitions `0..partitions`, stored in files on `replicas` servers.
+//!
+//! [`StreamLog::append`] publishes a batch's records and returns only when
+//! JetStream has acknowledged every one of them. JetStream acknowledges a
+//! publish to a replicated stream once the stream's Raft group has
+//! committed it, so an acknowledged record survives the loss of any
+//! minority of its servers. A record goes with an id (`Nats-Msg-Id`): the
+//! same id published again within the stream's duplicate window is
+//! acknowledged as a duplicate with the first one's sequence and stored
+//! once, so a batch retried after a lost acknowledgement, on this node or
+//! another, adds nothing.
+//!
+//! [`PartitionReader`] reads one partition forward from a sequence, as
+//! the archiver and the pricer read the node's own log.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use farestream_core::cluster::{PARTITIONS_MAX, Partition};
+use futures_util::StreamExt;
+use thiserror::Error;
+
+/// Room for a record's headers (its id) within the stream's message size.
+const HEADER_BYTES_MAX: usize = 256;
+
+/// What the scans stream is and how it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLogSettings {
+    /// The stream's name in JetStream.
+    pub stream: String,
+    /// Partition `N` is the subject `PREFIX.N`.
+    pub subject_prefix: String,
+    /// How many partitions (1 to the core's `PARTITIONS_MAX`), fixed when
+    /// the stream is made.
+    pub partitions: u16,
+    /// On how many servers each record is stored (1, 3 or 5; an odd
+    /// number, so a majority is a quorum).
+    pub replicas: usize,
+    /// How long JetStream remembers a record's id to drop it published
+    /// again.
+    pub duplicate_window: Duration,
+    /// How long a publish waits for its acknowledgement.
+    pub ack_timeout: Duration,
+    /// The largest record, in bytes (within the NATS server's
+    /// `max_payload`).
+    pub record_bytes_max: usize,
+}
+
+/// One record to append: its partition, its id (the same content always
+/// gets the same id) and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    pub partition: Partition,
+    pub id: [u8; 16],
+    pub payload: Bytes,
+}
+
+/// Where an acknowledged record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its sequence in the stream (every partition shares one sequence).
+    pub sequence: u64,
+    /// Its id was already in the stream: this publish stored nothing.
+    pub duplicate: bool,
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub sequence: u64,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Error)]
+pub enum StreamLogError {
+    #[error("cluster settings: {0}")]
+    Settings(String),
+    #[error("the scans stream {stream} cannot be made or read: {why}")]
+    Stream { stream: String, why: String },
+    #[error(
+        "the scans stream {stream} exists as {found}, the settings say {wanted}: a stream's subjects and replicas are changed by an operator, not by a start"
+    )]
+    Mismatch { stream: String, found: String, wanted: String },
+    #[error("a record of {bytes} bytes is over cluster.record_bytes_max ({max})")]
+    RecordTooLarge { bytes: usize, max: usize },
+    #[error("a record for {subject} was not acknowledged: {why}")]
+    NotAcknowledged { subject: String, why: String },
+    #[error("acknowledged in stream {found}, not {wanted}: another stream takes these subjects")]
+    WrongStream { found: String, wanted: String },
+    #[error("reading partition {partition}: {why}")]
+    Read { partition: Partition, why: String },
+}
+
+/// The scans stream, opened.
+pub struct StreamLog {
+    context: jetstream::Context,
+    stream: stream::Stream,
+    settings: StreamLogSettings,
+}
+
+impl StreamLog {
+    /// Opens the stream, making it when it does not exist; refuses one
+    /// whose subjects, replicas or storage differ from the settings.
+    pub async fn open(client: async_nats::Client, settings: StreamLogSettings) -> Result<StreamLog, StreamLogError> {
+        check(&settings)?;
+        let context = jetstream::context::ContextBuilder::new().timeout(settings.ack_timeout).build(client);
+        let wanted = stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![format!("{}.*", settings.subject_prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            duplicate_window: settings.duplicate_window,
+            // The stream counts the id's header too.
+            max_message_size: i32::try_from(settings.record_bytes_max.saturating_add(HEADER_BYTES_MAX))
+                .unwrap_or(i32::MAX),
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        let stream_error =
+            |e: &dyn std::fmt::Display| StreamLogError::Stream { stream: settings.stream.clone(), why: e.to_string() };
+        let mut stream = context.get_or_create_stream(wanted.clone()).await.map_err(|e| stream_error(&e))?;
+        let found = &stream.info().await.map_err(|e| stream_error(&e))?.config;
+        let shape = |c: &stream::Config| {
+            format!("subjects {:?}, {} replicas, {:?} storage", c.subjects, c.num_replicas, c.storage)
+        };
+        if (&found.subjects, found.num_replicas, found.storage)
+            != (&wanted.subjects, wanted.num_replicas, wanted.storage)
+        {
+            return Err(StreamLogError::Mismatch {
+                stream: settings.stream.clone(),
+                found: shape(found),
+                wanted: shape(&wanted),
+            });
+        }
+        Ok(StreamLog { context, stream, settings })
+    }
+
+    /// The subject partition `p`'s records go to.
+    pub fn subject(&self, partition: Partition) -> String {
+        format!("{}.{}", self.settings.subject_prefix, partition.number())
+    }
+
+    /// Publishes every record, then waits for every acknowledgement; `Ok`
+    /// only when JetStream has acknowledged them all, in the records'
+    /// order. On an error some records may be stored and others not: the
+    /// caller does not acknowledge its batch, and its retry publishes the
+    /// same ids again.
+    pub async fn append(&self, records: &[StreamRecord]) -> Result<Vec<Appended>, StreamLogError> {
+        let max = self.settings.record_bytes_max;
+        if let Some(big) = records.iter().find(|r| r.payload.len() > max) {
+            return Err(StreamLogError::RecordTooLarge { bytes: big.payload.len(), max });
+        }
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            let subject = self.subject(record.partition);
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(record.payload.clone())
+                .message_id(hex::encode(record.id));
+            let ack = self
+                .context
+                .send_publish(subject.clone(), publish)
+                .await
+                .map_err(|e| StreamLogError::NotAcknowledged { subject: subject.clone(), why: e.to_string() })?;
+            pending.push((subject, ack));
+        }
+        let mut appended = Vec::with_capacity(pending.len());
+        for (subject, ack) in pending {
+            let ack = ack.await.map_err(|e| StreamLogError::NotAcknowledged { subject, why: e.to_string() })?;
+            if ack.stream != self.settings.stream {
+                return Err(StreamLogError::WrongStream { found: ack.stream, wanted: self.settings.stream.clone() });
+            }
+            appended.push(Appended { sequence: ack.sequence, duplicate: ack.duplicate });
+        }
+        Ok(appended)
+    }
+
+    /// Partition `p`'s records from stream sequence `from` on (1 is the
+    /// first), in order.
+    pub async fn reader(&self, partition: Partition, from: u64) -> Result<PartitionReader, StreamLogError> {
+        let read_error = |e: &dyn std::fmt::Display| StreamLogError::Read { partition, why: e.to_string() };
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subject(partition),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read_error(&e))?;
+        let messages = consumer.messages().await.map_err(|e| read_error(&e))?;
+        Ok(PartitionReader { partition, messages })
+    }
+}
+
+fn check(settings: &StreamLogSettings) -> Result<(), StreamLogError> {
+    let bad = |why: String| Err(StreamLogError::Settings(why));
+    if settings.partitions == 0 || settings.partitions > PARTITIONS_MAX {
+        return bad(format!("cluster.partitions is {}: 1 to {PARTITIONS_MAX}", settings.partitions));
+    }
+    if ![1, 3, 5].contains(&settings.replicas) {
+        return bad(format!("cluster.stream_replicas is {}: 1, 3 or 5", settings.replicas));
+    }
+    let token_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !token_ok(&settings.stream) {
+        return bad(format!("the stream name {:?} is not letters, digits, '_' and '-'", settings.stream));
+    }
+    if !settings.subject_prefix.split('.').all(token_ok) {
+        return bad(format!("the subject prefix {:?} is not dot-separated tokens", settings.subject_prefix));
+    }
+    if settings.record_bytes_max == 0 {
+        return bad("cluster.record_bytes_max is 0".to_string());
+    }
+    Ok(())
+}
+
+/// One partition read forward (an ordered consumer: JetStream hands the
+/// records in sequence order and makes it again after a lost server).
+pub struct PartitionReader {
+    partition: Partition,
+    messages: consumer::pull::Ordered,
+}
+
+impl PartitionReader {
+    /// The next record, waiting at most `wait` for one; `None` when none
+    /// came in that time.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<StoredRecord>, StreamLogError> {
+        let partition = self.partition;
+        let read_error = |e: &dyn std::fmt::Display| StreamLogError::Read { partition, why: e.to_string() };
+        let message = match tokio::time::timeout(wait, self.messages.next()).await {
+            Err(_elapsed) => return Ok(None),
+            Ok(None) => return Err(read_error(&"the consumer ended")),
+            Ok(Some(message)) => message.map_err(|e| read_error(&e))?,
+        };
+        let sequence = message.info().map_err(|e| read_error(&e))?.stream_sequence;
+        Ok(Some(StoredRecord { sequence, payload: message.message.payload.clone() }))
+    }
+}
