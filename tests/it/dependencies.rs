@@ -56,6 +56,10 @@ const ALLOWED_LICENSES: &[&str] = &[
     "LLVM-exception",
     // Boost's: permissive, like MIT (ryu, under serde_json, offers it beside Apache-2.0).
     "BSL-1.0",
+    // The Community Data License Agreement, permissive: the Mozilla CA
+    // list as data (webpki-roots, under async-nats for its default TLS
+    // roots).
+    "CDLA-Permissive-2.0",
 ];
 
 fn cargo(args: &[&str]) -> String {

@@ -36,6 +36,10 @@ pub enum LeaseError {
     Held { partition: Partition, owner: String, revision: u64 },
     #[error("the lease on partition {partition} at revision {revision} is lost: it aged out or another node took it")]
     Lost { partition: Partition, revision: u64 },
+    #[error(
+        "the bucket {bucket} keeps (time to live, history, replicas) {found}, the settings say {wanted}: every node must use the bucket's"
+    )]
+    Mismatch { bucket: String, found: String, wanted: String },
     #[error("the lease bucket {bucket}: {why}")]
     Store { bucket: String, why: String },
 }
@@ -58,23 +62,8 @@ impl PartitionLeases {
         node: &str,
     ) -> Result<PartitionLeases, LeaseError> {
         let timing = settings.timing.checked()?;
-        let store_error =
-            |e: &dyn std::fmt::Display| LeaseError::Store { bucket: settings.bucket.clone(), why: e.to_string() };
-        let context = jetstream::new(client);
-        let store = match context.get_key_value(&settings.bucket).await {
-            Ok(store) => store,
-            Err(_missing) => context
-                .create_key_value(kv::Config {
-                    bucket: settings.bucket.clone(),
-                    history: 1,
-                    max_age: Duration::from_millis(timing.ttl_ms),
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: settings.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| store_error(&e))?,
-        };
+        let ttl = Duration::from_millis(timing.ttl_ms);
+        let store = open_expiring_bucket(&jetstream::new(client), &settings.bucket, ttl, settings.replicas).await?;
         Ok(PartitionLeases { store, bucket: settings.bucket, timing, node: node.to_string(), origin: Instant::now() })
     }
 
@@ -85,15 +74,22 @@ impl PartitionLeases {
 
     /// Takes partition `p` if nobody holds it.
     pub async fn acquire(&self, partition: Partition) -> Result<LeaseTerm, LeaseError> {
-        let sent_at = self.now_ms();
-        match self.store.create(key(partition), Bytes::from(self.node.clone())).await {
-            Ok(revision) => Ok(self.timing.term(revision, sent_at)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match self.holder(partition).await? {
-                Some((owner, revision)) => Err(LeaseError::Held { partition, owner, revision }),
-                // Aged out between the create and the read: try again later.
-                None => Err(self.store_error(&e)),
-            },
-            Err(e) => Err(self.store_error(&e)),
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let sent_at = self.now_ms();
+            match self.store.create(key(partition), Bytes::from(self.node.clone())).await {
+                Ok(revision) => return Ok(self.timing.term(revision, sent_at)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match self.holder(partition).await? {
+                    Some((owner, revision)) => return Err(LeaseError::Held { partition, owner, revision }),
+                    // Aged out between the create and the read (or the
+                    // read was answered by a server that had expired it
+                    // first): the create may go through now.
+                    None if tries < ACQUIRE_TRIES => continue,
+                    None => return Err(self.store_error(&e)),
+                },
+                Err(e) => return Err(self.store_error(&e)),
+            }
         }
     }
 
@@ -130,6 +126,46 @@ impl PartitionLeases {
         LeaseError::Store { bucket: self.bucket.clone(), why: e.to_string() }
     }
 }
+
+/// A key-value bucket whose keys age out `ttl` after their last write,
+/// made when missing. One that exists must have been made the same way:
+/// a bucket keeping keys for less than this node's `ttl` would give a
+/// lease to another node while this one still acts on it.
+pub(crate) async fn open_expiring_bucket(
+    context: &jetstream::Context,
+    bucket: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, LeaseError> {
+    let store_error = |e: &dyn std::fmt::Display| LeaseError::Store { bucket: bucket.to_string(), why: e.to_string() };
+    let store = match context.get_key_value(bucket).await {
+        Ok(store) => store,
+        Err(_missing) => context
+            .create_key_value(kv::Config {
+                bucket: bucket.to_string(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| store_error(&e))?,
+    };
+    let status = store.status().await.map_err(|e| store_error(&e))?;
+    let found = (status.max_age(), status.history(), status.info.config.num_replicas);
+    if found != (ttl, 1, replicas) {
+        return Err(LeaseError::Mismatch {
+            bucket: bucket.to_string(),
+            found: format!("{found:?}"),
+            wanted: format!("{:?}", (ttl, 1, replicas)),
+        });
+    }
+    Ok(store)
+}
+
+/// Creates tried while the lease is seen both there and gone.
+const ACQUIRE_TRIES: u32 = 3;
 
 fn key(partition: Partition) -> String {
     format!("p.{}", partition.number())

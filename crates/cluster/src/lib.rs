@@ -10,11 +10,13 @@
 //! connection serves the stream and the leases.
 
 pub mod leases;
+pub mod ownership;
 pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
 
 pub use leases::{LeaseError, LeaseSettings, PartitionLeases};
+pub use ownership::{Owned, Ownership};
 pub use stream_log::{
     Appended, PartitionReader, StoredRecord, StreamLog, StreamLogError, StreamLogSettings, StreamRecord,
 };

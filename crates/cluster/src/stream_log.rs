@@ -14,6 +14,7 @@
 //! [`PartitionReader`] reads one partition forward from a sequence, as
 //! the archiver and the pricer read the node's own log.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use farestream_core::cluster::{PARTITIONS_MAX, Partition};
 use futures_util::StreamExt;
 use thiserror::Error;
+use tokio::sync::Semaphore;
 
 /// Room for a record's headers (its id) within the stream's message size.
 const HEADER_BYTES_MAX: usize = 256;
@@ -46,7 +48,13 @@ pub struct StreamLogSettings {
     /// The largest record, in bytes (within the NATS server's
     /// `max_payload`).
     pub record_bytes_max: usize,
+    /// The most publishes awaiting their acknowledgement at once, across
+    /// every append (1 to [`ACKS_IN_FLIGHT_MAX`]).
+    pub acks_in_flight_max: usize,
 }
+
+/// The most publishes a log keeps awaiting acknowledgement.
+pub const ACKS_IN_FLIGHT_MAX: usize = 65_536;
 
 /// One record to append: its partition, its id (the same content always
 /// gets the same id) and its bytes.
@@ -89,6 +97,8 @@ pub enum StreamLogError {
     NotAcknowledged { subject: String, why: String },
     #[error("acknowledged in stream {found}, not {wanted}: another stream takes these subjects")]
     WrongStream { found: String, wanted: String },
+    #[error("partition {partition} is outside the stream's {partitions}")]
+    PartitionOutOfRange { partition: Partition, partitions: u16 },
     #[error("reading partition {partition}: {why}")]
     Read { partition: Partition, why: String },
 }
@@ -98,14 +108,26 @@ pub struct StreamLog {
     context: jetstream::Context,
     stream: stream::Stream,
     settings: StreamLogSettings,
+    /// Publishes awaiting their acknowledgement, across every append.
+    in_flight: Arc<Semaphore>,
 }
 
 impl StreamLog {
     /// Opens the stream, making it when it does not exist; refuses one
-    /// whose subjects, replicas or storage differ from the settings.
+    /// that differs from the settings in anything that decides where a
+    /// record goes or how long it is kept: its partitions (recorded in
+    /// the stream's metadata), subjects, replicas, storage, duplicate
+    /// window, record size, and limits (a limit would let JetStream drop
+    /// acknowledged records).
     pub async fn open(client: async_nats::Client, settings: StreamLogSettings) -> Result<StreamLog, StreamLogError> {
         check(&settings)?;
-        let context = jetstream::context::ContextBuilder::new().timeout(settings.ack_timeout).build(client);
+        let context = jetstream::context::ContextBuilder::new()
+            .timeout(settings.ack_timeout)
+            .max_ack_inflight(settings.acks_in_flight_max)
+            // Appends never ask for more than `in_flight` hands out, so a
+            // full client is a bug: an error, not a wait without end.
+            .backpressure_on_inflight(false)
+            .build(client);
         let wanted = stream::Config {
             name: settings.stream.clone(),
             subjects: vec![format!("{}.*", settings.subject_prefix)],
@@ -116,25 +138,22 @@ impl StreamLog {
             max_message_size: i32::try_from(settings.record_bytes_max.saturating_add(HEADER_BYTES_MAX))
                 .unwrap_or(i32::MAX),
             discard: stream::DiscardPolicy::New,
+            metadata: [(PARTITIONS_KEY.to_string(), settings.partitions.to_string())].into(),
             ..Default::default()
         };
         let stream_error =
             |e: &dyn std::fmt::Display| StreamLogError::Stream { stream: settings.stream.clone(), why: e.to_string() };
         let mut stream = context.get_or_create_stream(wanted.clone()).await.map_err(|e| stream_error(&e))?;
         let found = &stream.info().await.map_err(|e| stream_error(&e))?.config;
-        let shape = |c: &stream::Config| {
-            format!("subjects {:?}, {} replicas, {:?} storage", c.subjects, c.num_replicas, c.storage)
-        };
-        if (&found.subjects, found.num_replicas, found.storage)
-            != (&wanted.subjects, wanted.num_replicas, wanted.storage)
-        {
+        if shape(found) != shape(&wanted) {
             return Err(StreamLogError::Mismatch {
                 stream: settings.stream.clone(),
                 found: shape(found),
                 wanted: shape(&wanted),
             });
         }
-        Ok(StreamLog { context, stream, settings })
+        let in_flight = Arc::new(Semaphore::new(settings.acks_in_flight_max));
+        Ok(StreamLog { context, stream, settings, in_flight })
     }
 
     /// The subject partition `p`'s records go to.
@@ -147,17 +166,37 @@ impl StreamLog {
     /// order. On an error some records may be stored and others not: the
     /// caller does not acknowledge its batch, and its retry publishes the
     /// same ids again.
+    ///
+    /// Records go out at most `acks_in_flight_max` at a time across every
+    /// append on this log, each group waiting for its acknowledgements
+    /// (each within `ack_timeout`) before the next is sent.
     pub async fn append(&self, records: &[StreamRecord]) -> Result<Vec<Appended>, StreamLogError> {
         let max = self.settings.record_bytes_max;
         if let Some(big) = records.iter().find(|r| r.payload.len() > max) {
             return Err(StreamLogError::RecordTooLarge { bytes: big.payload.len(), max });
         }
-        let mut pending = Vec::with_capacity(records.len());
-        for record in records {
+        if let Some(outside) = records.iter().find(|r| r.partition.number() >= self.settings.partitions) {
+            return Err(self.out_of_range(outside.partition));
+        }
+        let mut appended = Vec::with_capacity(records.len());
+        for group in records.chunks(self.settings.acks_in_flight_max) {
+            let permits = u32::try_from(group.len()).unwrap_or(u32::MAX);
+            let Ok(_permits) = self.in_flight.acquire_many(permits).await else {
+                unreachable!("the log's semaphore is never closed");
+            };
+            self.append_group(group, &mut appended).await?;
+        }
+        debug_assert_eq!(appended.len(), records.len());
+        Ok(appended)
+    }
+
+    async fn append_group(&self, group: &[StreamRecord], appended: &mut Vec<Appended>) -> Result<(), StreamLogError> {
+        let mut pending = Vec::with_capacity(group.len());
+        for record in group {
             let subject = self.subject(record.partition);
             let publish = jetstream::message::PublishMessage::build()
                 .payload(record.payload.clone())
-                .message_id(hex::encode(record.id));
+                .message_id(message_id(record));
             let ack = self
                 .context
                 .send_publish(subject.clone(), publish)
@@ -165,7 +204,6 @@ impl StreamLog {
                 .map_err(|e| StreamLogError::NotAcknowledged { subject: subject.clone(), why: e.to_string() })?;
             pending.push((subject, ack));
         }
-        let mut appended = Vec::with_capacity(pending.len());
         for (subject, ack) in pending {
             let ack = ack.await.map_err(|e| StreamLogError::NotAcknowledged { subject, why: e.to_string() })?;
             if ack.stream != self.settings.stream {
@@ -173,12 +211,19 @@ impl StreamLog {
             }
             appended.push(Appended { sequence: ack.sequence, duplicate: ack.duplicate });
         }
-        Ok(appended)
+        Ok(())
+    }
+
+    fn out_of_range(&self, partition: Partition) -> StreamLogError {
+        StreamLogError::PartitionOutOfRange { partition, partitions: self.settings.partitions }
     }
 
     /// Partition `p`'s records from stream sequence `from` on (1 is the
     /// first), in order.
     pub async fn reader(&self, partition: Partition, from: u64) -> Result<PartitionReader, StreamLogError> {
+        if partition.number() >= self.settings.partitions {
+            return Err(self.out_of_range(partition));
+        }
         let read_error = |e: &dyn std::fmt::Display| StreamLogError::Read { partition, why: e.to_string() };
         let consumer = self
             .stream
@@ -192,6 +237,37 @@ impl StreamLog {
         let messages = consumer.messages().await.map_err(|e| read_error(&e))?;
         Ok(PartitionReader { partition, messages })
     }
+}
+
+/// The record's id as JetStream keeps it: its partition and its own id.
+/// JetStream drops a repeated id across the whole stream, so the
+/// partition is part of it: one id in two partitions is two records.
+fn message_id(record: &StreamRecord) -> String {
+    format!("{}-{}", record.partition.number(), hex::encode(record.id))
+}
+
+/// Where the stream keeps its partition count.
+const PARTITIONS_KEY: &str = "farestream_partitions";
+
+/// What a stream must match, as words for the refusal: a limit the
+/// server reports as -1 or 0 is none.
+fn shape(c: &stream::Config) -> String {
+    let limit = |n: i64| if n > 0 { n.to_string() } else { "none".to_string() };
+    format!(
+        "partitions {:?}, subjects {:?}, {} replicas, {:?} storage, duplicate window {:?}, records up to {} bytes, \
+         {:?} retention, limits: age {:?}, messages {}, per subject {}, bytes {}",
+        c.metadata.get(PARTITIONS_KEY),
+        c.subjects,
+        c.num_replicas,
+        c.storage,
+        c.duplicate_window,
+        c.max_message_size,
+        c.retention,
+        c.max_age,
+        limit(c.max_messages),
+        limit(c.max_messages_per_subject),
+        limit(c.max_bytes),
+    )
 }
 
 fn check(settings: &StreamLogSettings) -> Result<(), StreamLogError> {
@@ -211,6 +287,12 @@ fn check(settings: &StreamLogSettings) -> Result<(), StreamLogError> {
     }
     if settings.record_bytes_max == 0 {
         return bad("cluster.record_bytes_max is 0".to_string());
+    }
+    if settings.acks_in_flight_max == 0 || settings.acks_in_flight_max > ACKS_IN_FLIGHT_MAX {
+        return bad(format!(
+            "cluster.acks_in_flight_max is {}: 1 to {ACKS_IN_FLIGHT_MAX}",
+            settings.acks_in_flight_max
+        ));
     }
     Ok(())
 }

@@ -7,8 +7,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use farestream_core::cluster::{LeaseTiming, Partition};
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
 use crate::test_nats::NatsCluster;
-use crate::{LeaseError, LeaseSettings, PartitionLeases, StreamLog, StreamLogError, StreamLogSettings, StreamRecord};
+use crate::{
+    LeaseError, LeaseSettings, Owned, Ownership, PartitionLeases, StreamLog, StreamLogError, StreamLogSettings,
+    StreamRecord,
+};
 
 fn settings(stream: &str) -> StreamLogSettings {
     StreamLogSettings {
@@ -19,6 +25,7 @@ fn settings(stream: &str) -> StreamLogSettings {
         duplicate_window: Duration::from_secs(120),
         ack_timeout: Duration::from_secs(2),
         record_bytes_max: 4_096,
+        acks_in_flight_max: 1_024,
     }
 }
 
@@ -158,6 +165,8 @@ async fn settings_and_records_out_of_bounds_are_refused() {
         (StreamLogSettings { subject_prefix: "a.*".into(), ..settings("BAD") }, "subject prefix"),
         (StreamLogSettings { subject_prefix: "a..b".into(), ..settings("BAD") }, "subject prefix"),
         (StreamLogSettings { record_bytes_max: 0, ..settings("BAD") }, "record_bytes_max"),
+        (StreamLogSettings { acks_in_flight_max: 0, ..settings("BAD") }, "acks_in_flight_max"),
+        (StreamLogSettings { acks_in_flight_max: 65_537, ..settings("BAD") }, "acks_in_flight_max"),
     ] {
         match StreamLog::open(client.clone(), bad).await {
             Err(StreamLogError::Settings(message)) => assert!(message.contains(why), "{message}"),
@@ -165,8 +174,18 @@ async fn settings_and_records_out_of_bounds_are_refused() {
         }
     }
     StreamLog::open(client.clone(), settings("SHAPE")).await.expect("made with 3 replicas");
-    let other = StreamLog::open(client.clone(), StreamLogSettings { replicas: 1, ..settings("SHAPE") }).await;
-    assert!(matches!(other, Err(StreamLogError::Mismatch { .. })), "{:?}", other.map(|_| ()));
+    // Whatever decides where a record goes or whether a retry is dropped
+    // must be the stream's own: a node that disagrees does not start.
+    for (other, what) in [
+        (StreamLogSettings { replicas: 1, ..settings("SHAPE") }, "replicas"),
+        (StreamLogSettings { partitions: 8, ..settings("SHAPE") }, "partitions"),
+        (StreamLogSettings { duplicate_window: Duration::from_secs(1), ..settings("SHAPE") }, "duplicate window"),
+        (StreamLogSettings { record_bytes_max: 8_192, ..settings("SHAPE") }, "record size"),
+    ] {
+        let opened = StreamLog::open(client.clone(), other).await;
+        assert!(matches!(opened, Err(StreamLogError::Mismatch { .. })), "{what}: {:?}", opened.map(|_| ()));
+    }
+    StreamLog::open(client.clone(), settings("SHAPE")).await.expect("the same settings open it again");
 
     let log = StreamLog::open(client, settings("SIZE")).await.expect("open");
     let at_max = StreamRecord { payload: Bytes::from(vec![7u8; 4_096]), ..record(0) };
@@ -178,6 +197,54 @@ async fn settings_and_records_out_of_bounds_are_refused() {
     log.append(&[empty]).await.expect("an empty record");
     assert_eq!(read_all(&log, 2, 1).await.len(), 0, "nothing of the refused batch was published");
     assert_eq!(read_all(&log, 3, 1).await, vec![(2, String::new())]);
+
+    // A partition past the stream's count would be acknowledged onto a
+    // subject no owner reads: refused, to append and to read.
+    let outside = StreamRecord { partition: Partition::new(4, 4_096).expect("partition"), ..record(4) };
+    let refused = log.append(&[outside]).await;
+    assert!(matches!(refused, Err(StreamLogError::PartitionOutOfRange { partitions: 4, .. })), "{refused:?}");
+    let reader = log.reader(Partition::new(4, 4_096).expect("partition"), 1).await;
+    assert!(matches!(reader, Err(StreamLogError::PartitionOutOfRange { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_past_the_acknowledgements_in_flight_go_out_in_turns() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let log = StreamLog::open(cluster.client().await, settings("TURNS")).await.expect("open");
+    let batch = |n: u32, tag: u8| -> Vec<StreamRecord> {
+        (0..n)
+            .map(|i| {
+                let mut id = [tag; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                StreamRecord { id, partition: Partition::new(0, 4).expect("p0"), payload: Bytes::from_static(b"x") }
+            })
+            .collect()
+    };
+    // Past the log's 1 024 and the client's default 5 000, alone and side
+    // by side (each once waited for an acknowledgement it never sent).
+    let (one, two, three) = (batch(5_001, 1), batch(3_000, 2), batch(3_000, 3));
+    let appended = tokio::time::timeout(Duration::from_secs(120), async {
+        let first = log.append(&one).await.expect("5 001 records");
+        let (a, b) = tokio::join!(log.append(&two), log.append(&three));
+        (first, a.expect("3 000"), b.expect("3 000 more"))
+    })
+    .await
+    .expect("every append returned");
+    assert_eq!((appended.0.len(), appended.1.len(), appended.2.len()), (5_001, 3_000, 3_000));
+    assert!(appended.0.windows(2).all(|w| w[0].sequence < w[1].sequence), "one group after another, in order");
+    assert_eq!(read_all(&log, 0, 1).await.len(), 11_001, "each record once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_id_in_two_partitions_is_two_records() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let log = StreamLog::open(cluster.client().await, settings("IDS")).await.expect("open");
+    let first = StreamRecord { partition: Partition::new(0, 4).expect("p0"), ..record(9) };
+    let second =
+        StreamRecord { partition: Partition::new(3, 4).expect("p3"), payload: Bytes::from("other"), ..record(9) };
+    let appended = log.append(&[first, second]).await.expect("append");
+    assert!(appended.iter().all(|a| !a.duplicate), "{appended:?}");
+    assert_eq!(read_all(&log, 3, 1).await, vec![(2, "other".to_string())]);
 }
 
 #[test]
@@ -195,6 +262,29 @@ fn lease_settings() -> LeaseSettings {
         replicas: 3,
         timing: LeaseTiming { ttl_ms: 3_000, renew_every_ms: 1_000, safety_margin_ms: 500 },
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_bucket_made_with_another_time_to_live_is_refused() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    PartitionLeases::open(cluster.client().await, lease_settings(), "node-a").await.expect("made with 3 s");
+    // A node counting 60 s terms in a bucket that forgets after 3 s would
+    // act long after another took its partition.
+    let longer = LeaseSettings {
+        timing: LeaseTiming { ttl_ms: 60_000, renew_every_ms: 10_000, safety_margin_ms: 10_000 },
+        ..lease_settings()
+    };
+    let refused = PartitionLeases::open(cluster.client().await, longer, "node-b").await;
+    assert!(matches!(refused, Err(LeaseError::Mismatch { .. })), "{:?}", refused.map(|_| ()));
+    let fewer = LeaseSettings { replicas: 1, ..lease_settings() };
+    let refused = PartitionLeases::open(cluster.client().await, fewer, "node-b").await;
+    assert!(matches!(refused, Err(LeaseError::Mismatch { .. })), "{:?}", refused.map(|_| ()));
+    let too_long = LeaseSettings {
+        timing: LeaseTiming { ttl_ms: (1 << 58) + 2_000, ..lease_settings().timing },
+        ..lease_settings()
+    };
+    let refused = PartitionLeases::open(cluster.client().await, too_long, "node-b").await;
+    assert!(matches!(refused, Err(LeaseError::Timing(_))), "{:?}", refused.map(|_| ()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +313,8 @@ async fn a_partition_has_one_owner_and_a_lost_lease_is_never_renewed() {
     let taken = loop {
         match b.acquire(p0).await {
             Ok(term) => break term,
-            Err(LeaseError::Held { .. }) if Instant::now() < deadline => {
+            // Held, or just aging out: asked again, as the ownership loop does.
+            Err(LeaseError::Held { .. } | LeaseError::Store { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(e) => panic!("b never took p0: {e}"),
@@ -240,4 +331,95 @@ async fn a_partition_has_one_owner_and_a_lost_lease_is_never_renewed() {
     assert!(back.revision > taken.revision);
     assert!(b.release(p0, &taken).await.is_err(), "b cannot release a's lease");
     assert_eq!(a.holder(p0).await.expect("holder"), Some(("node-a".to_string(), back.revision)));
+}
+
+fn ownership_settings(bucket: &str) -> LeaseSettings {
+    LeaseSettings { bucket: bucket.to_string(), ..lease_settings() }
+}
+
+/// Starts node `node`'s ownership loop; its stop and what it owns.
+async fn start_owner(
+    cluster: &NatsCluster,
+    bucket: &str,
+    node: &str,
+) -> (tokio::task::JoinHandle<()>, CancellationToken, watch::Receiver<Owned>) {
+    let (ownership, owned) =
+        Ownership::open(cluster.client().await, ownership_settings(bucket), &format!("{bucket}_members"), node, 8)
+            .await
+            .expect("ownership");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(ownership.run(Duration::from_millis(1_000), stop.clone()));
+    (task, stop, owned)
+}
+
+fn partitions(owned: &watch::Receiver<Owned>) -> Vec<u16> {
+    owned.borrow().keys().map(|p| p.number()).collect()
+}
+
+/// Waits until `done` holds for what the nodes own, checking at every
+/// look that no partition is held by two nodes at once; how long it took.
+async fn until(owners: &[&watch::Receiver<Owned>], done: impl Fn(&[Vec<u16>]) -> bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen: Vec<Vec<u16>> = owners.iter().map(|o| partitions(o)).collect();
+        let mut all: Vec<u16> = seen.concat();
+        all.sort_unstable();
+        let before = all.len();
+        all.dedup();
+        assert_eq!(all.len(), before, "a partition held by two nodes at once: {seen:?}");
+        if done(&seen) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "not settled in {within:?}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn shared_evenly(seen: &[Vec<u16>]) -> bool {
+    seen.iter().all(|s| s.len() == 8 / seen.len()) && seen.iter().map(Vec::len).sum::<usize>() == 8
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_partitions_move_to_the_living_and_a_joining_node_gets_its_share() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (a_task, _a_stop, a) = start_owner(&cluster, "own_dead", "node-a").await;
+    until(&[&a], |s| s[0].len() == 8, Duration::from_secs(30)).await;
+
+    let (_b_task, _b_stop, b) = start_owner(&cluster, "own_dead", "node-b").await;
+    let handed = until(&[&a, &b], shared_evenly, Duration::from_secs(30)).await;
+    eprintln!("a joining node had its share after {handed:?}");
+
+    // a dies as a killed machine does: no lease given back.
+    a_task.abort();
+    let _ = a_task.await;
+    let failover = until(&[&b], |s| s[0].len() == 8, Duration::from_secs(30)).await;
+    eprintln!("a dead node's partitions moved after {failover:?} (lease time to live 3 s)");
+    assert!(failover >= Duration::from_millis(1_500), "taken before a's term could have ended: {failover:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_gives_its_partitions_back_at_once() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (_a_task, _a_stop, a) = start_owner(&cluster, "own_stop", "node-a").await;
+    let (b_task, b_stop, b) = start_owner(&cluster, "own_stop", "node-b").await;
+    until(&[&a, &b], shared_evenly, Duration::from_secs(30)).await;
+    b_stop.cancel();
+    b_task.await.expect("b stops");
+    assert!(partitions(&b).is_empty(), "b told its workers to stop before giving back");
+    let took = until(&[&a], |s| s[0].len() == 8, Duration::from_secs(30)).await;
+    eprintln!("a stopped node's partitions moved after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_name_that_is_not_a_key_is_refused() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    for bad in ["", "a.b", "a b", "a*", "ä"] {
+        let opened =
+            Ownership::open(cluster.client().await, ownership_settings("own_names"), "own_names_members", bad, 8).await;
+        assert!(opened.is_err(), "{bad:?}");
+    }
+    let longest = "n".repeat(200);
+    Ownership::open(cluster.client().await, ownership_settings("own_names"), "own_names_members", &longest, 8)
+        .await
+        .expect("a long name of key characters");
 }

@@ -61,6 +61,28 @@ pub fn partition_of_card(card_id: u64, partitions: u16) -> Partition {
     Partition(n)
 }
 
+/// How many partitions each of `live` nodes should hold: the partitions
+/// shared out as evenly as they go, rounded up, so every partition has a
+/// taker (at least one node is live: the one asking).
+pub fn fair_share(partitions: u16, live: usize) -> u16 {
+    let live = u16::try_from(live.max(1)).unwrap_or(u16::MAX);
+    partitions.min(PARTITIONS_MAX).div_ceil(live)
+}
+
+/// The order node `node` tries free partitions in: all of them, starting
+/// at a place its name picks, so nodes starting together mostly ask for
+/// different partitions.
+pub fn preferred_order(node: &str, partitions: u16) -> impl Iterator<Item = Partition> {
+    let partitions = partitions.clamp(1, PARTITIONS_MAX);
+    // FNV-1a: any fixed spread will do.
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let start = partition_of_card(hash, partitions).number();
+    (0..partitions).map(move |i| Partition((start + i) % partitions))
+}
+
+/// The longest lease: a day. A dead owner's partitions wait this long.
+pub const LEASE_TTL_MS_MAX: u64 = 86_400_000;
+
 /// A lease's timing, on the node's monotonic clock in milliseconds. The
 /// store expires a lease `ttl_ms` after it stored the last write; the node
 /// counts its own term from before it sent that write, and stops acting
@@ -88,6 +110,13 @@ pub enum LeaseTimingError {
         /// The margin asked for.
         margin_ms: u64,
     },
+    /// Longer than the store can count (it keeps time to live in
+    /// nanoseconds in a signed 64-bit number) or an operator would mean.
+    #[error("a lease time to live of {ttl_ms} ms is over the most, {LEASE_TTL_MS_MAX} ms")]
+    TooLong {
+        /// The lease's time to live.
+        ttl_ms: u64,
+    },
     /// One renewal lost would lose the lease.
     #[error(
         "a lease renewed every {renew_every_ms} ms is lost after one missed renewal in a {usable_ms} ms term: renew at most every half of it"
@@ -105,6 +134,9 @@ impl LeaseTiming {
     /// every half of the term less the margin, and at least every
     /// millisecond.
     pub fn checked(self) -> Result<LeaseTiming, LeaseTimingError> {
+        if self.ttl_ms > LEASE_TTL_MS_MAX {
+            return Err(LeaseTimingError::TooLong { ttl_ms: self.ttl_ms });
+        }
         let usable_ms = self.ttl_ms.saturating_sub(self.safety_margin_ms);
         if usable_ms == 0 {
             return Err(LeaseTimingError::NoTerm { ttl_ms: self.ttl_ms, margin_ms: self.safety_margin_ms });
@@ -205,6 +237,39 @@ mod tests {
         assert_eq!(Partition::all(u16::MAX).count(), usize::from(PARTITIONS_MAX));
     }
 
+    #[test]
+    fn partitions_are_shared_out_so_every_one_has_a_taker() {
+        assert_eq!(fair_share(8, 1), 8);
+        assert_eq!(fair_share(8, 2), 4);
+        assert_eq!(fair_share(8, 3), 3, "3 + 3 + 2");
+        assert_eq!(fair_share(2, 3), 1, "a node more than partitions holds none");
+        assert_eq!(fair_share(8, 0), 8, "the asking node is live");
+        assert_eq!(fair_share(1, usize::MAX), 1);
+        assert_eq!(fair_share(0, 1), 0);
+        assert_eq!(fair_share(u16::MAX, 1), PARTITIONS_MAX);
+        for partitions in [1u16, 7, 64, PARTITIONS_MAX] {
+            for live in 1..=20usize {
+                let share = usize::from(fair_share(partitions, live));
+                assert!(share * live >= usize::from(partitions), "{partitions} over {live}");
+                assert!(share.saturating_sub(1) * live < usize::from(partitions), "no more than one round up");
+            }
+        }
+    }
+
+    #[test]
+    fn each_node_tries_every_partition_once_from_its_own_start() {
+        for node in ["", "node-a", "node-b", &"x".repeat(10_000)] {
+            let order: Vec<u16> = preferred_order(node, 64).map(Partition::number).collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..64).collect::<Vec<u16>>(), "{node:?}: each partition once");
+        }
+        let starts: std::collections::BTreeSet<u16> =
+            (0..16).map(|n| preferred_order(&format!("node-{n}"), 64).next().expect("a start").number()).collect();
+        assert!(starts.len() >= 8, "nodes start apart: {starts:?}");
+        assert_eq!(preferred_order("a", 0).count(), 1, "no partitions is read as one");
+    }
+
     fn timing() -> LeaseTiming {
         LeaseTiming { ttl_ms: 6_000, renew_every_ms: 1_000, safety_margin_ms: 1_000 }
     }
@@ -243,6 +308,13 @@ mod tests {
             Err(LeaseTimingError::RenewsTooRarely { .. })
         ));
         assert!(LeaseTiming { renew_every_ms: 2_500, ..timing() }.checked().is_ok());
-        assert!(LeaseTiming { ttl_ms: u64::MAX, renew_every_ms: 1, safety_margin_ms: 0 }.checked().is_ok());
+        assert!(LeaseTiming { ttl_ms: LEASE_TTL_MS_MAX, renew_every_ms: 1, safety_margin_ms: 0 }.checked().is_ok());
+        for ttl_ms in [LEASE_TTL_MS_MAX + 1, (1 << 58) + 2_000, u64::MAX] {
+            assert_eq!(
+                LeaseTiming { ttl_ms, renew_every_ms: 1, safety_margin_ms: 0 }.checked(),
+                Err(LeaseTimingError::TooLong { ttl_ms }),
+                "a time to live the store would wrap"
+            );
+        }
     }
 }
