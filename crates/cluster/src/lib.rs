@@ -11,12 +11,14 @@
 
 pub mod leases;
 pub mod ownership;
+pub mod publish;
 pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
 
 pub use leases::{LeaseError, LeaseSettings, PartitionLeases};
 pub use ownership::{Owned, Ownership};
+pub use publish::append_batch;
 pub use stream_log::{
     Appended, PartitionReader, StoredRecord, StreamLog, StreamLogError, StreamLogSettings, StreamRecord,
 };

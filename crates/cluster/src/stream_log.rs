@@ -156,6 +156,11 @@ impl StreamLog {
         Ok(StreamLog { context, stream, settings, in_flight })
     }
 
+    /// How many partitions the stream has.
+    pub fn partitions(&self) -> u16 {
+        self.settings.partitions
+    }
+
     /// The subject partition `p`'s records go to.
     pub fn subject(&self, partition: Partition) -> String {
         format!("{}.{}", self.settings.subject_prefix, partition.number())

@@ -236,6 +236,52 @@ async fn appends_past_the_acknowledgements_in_flight_go_out_in_turns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_goes_out_one_record_a_partition_and_its_retry_adds_nothing() {
+    use farestream_core::cluster::partition_of_row;
+    use farestream_core::journal;
+    use farestream_core::scan::{ArchivedScan, ScanStatus};
+
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let log = StreamLog::open(cluster.client().await, settings("BATCH")).await.expect("open");
+    let row = |card: Option<u64>, n: u8| ArchivedScan {
+        card_id: card,
+        scan_id: [n; 16],
+        status: ScanStatus::Accepted,
+        received_at: 1_000,
+        ..ArchivedScan::blank()
+    };
+    let rows: Vec<ArchivedScan> = (0..40u8).map(|n| row((n % 5 != 0).then_some(u64::from(n % 7)), n)).collect();
+    let appended = crate::append_batch(&log, rows.clone(), 7).await.expect("append");
+    assert!(appended.iter().all(|(_, a)| !a.duplicate));
+
+    // Each partition holds its rows, whole and in the batch's order.
+    let mut read_back = Vec::new();
+    for p in 0..4u16 {
+        let partition = Partition::new(p, 4).expect("partition");
+        let mut reader = log.reader(partition, 1).await.expect("reader");
+        while let Some(record) = reader.next(Duration::from_secs(1)).await.expect("read") {
+            let decoded = journal::decode(&record.payload).expect("a journal record");
+            assert!(decoded.iter().all(|r| partition_of_row(r, 4) == partition));
+            read_back.extend(decoded);
+        }
+    }
+    read_back.sort_by_key(|r| r.scan_id);
+    assert_eq!(read_back, rows, "every row once");
+
+    // The gateway sends the batch again to another node, which judged
+    // some scans otherwise and received it later: nothing new is stored.
+    let mut again = rows.clone();
+    again.iter_mut().for_each(|r| r.received_at = 2_000);
+    again[3].status = ScanStatus::Replay;
+    let retried = crate::append_batch(&log, again, 7).await.expect("append again");
+    assert!(retried.iter().all(|(_, a)| a.duplicate), "{retried:?}");
+    assert_eq!(
+        retried.iter().map(|(_, a)| a.sequence).collect::<Vec<_>>(),
+        appended.iter().map(|(_, a)| a.sequence).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_id_in_two_partitions_is_two_records() {
     let Some(cluster) = NatsCluster::start().await else { return };
     let log = StreamLog::open(cluster.client().await, settings("IDS")).await.expect("open");

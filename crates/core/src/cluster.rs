@@ -9,7 +9,12 @@
 //! its lease, a key in JetStream's key-value store whose revision is the
 //! owner's fencing token.
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+use ring::digest;
+
+use crate::scan::ArchivedScan;
 
 /// The most partitions a cluster may have. A partition is a subject of
 /// the stream, a lease and a cursor in the money store; 4 096 of them
@@ -59,6 +64,49 @@ pub fn partition_of_card(card_id: u64, partitions: u16) -> Partition {
     let n = ((u128::from(x) * u128::from(partitions)) >> 64) as u16;
     debug_assert!(n < partitions);
     Partition(n)
+}
+
+/// The partition a row goes to: its card's (the card its ride code
+/// claims, forged or not, so an analyst finds a card's every scan in one
+/// place), or, for a row whose code did not decode, one its scan id picks,
+/// so it is archived exactly once too.
+pub fn partition_of_row(row: &ArchivedScan, partitions: u16) -> Partition {
+    match row.card_id {
+        Some(card) => partition_of_card(card, partitions),
+        None => {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&row.scan_id[..8]);
+            partition_of_card(u64::from_be_bytes(first), partitions)
+        }
+    }
+}
+
+/// A batch's rows split by partition, each partition's in the batch's
+/// order.
+pub fn split_by_partition(rows: Vec<ArchivedScan>, partitions: u16) -> BTreeMap<Partition, Vec<ArchivedScan>> {
+    let mut split: BTreeMap<Partition, Vec<ArchivedScan>> = BTreeMap::new();
+    for row in rows {
+        split.entry(partition_of_row(&row, partitions)).or_default().push(row);
+    }
+    split
+}
+
+/// The id a partition's record of a batch goes under in the stream:
+/// SHA-256 over the partition and the rows' scan ids, the first 16 bytes.
+/// Scan ids are fingerprints of what the gateway sent, so the same scans
+/// get the same id whatever verdicts and arrival time a node gave them,
+/// and a batch retried at any node is dropped as a duplicate.
+pub fn record_id(partition: Partition, rows: &[ArchivedScan]) -> [u8; 16] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"farestream.stream-record.v1");
+    ctx.update(&partition.number().to_be_bytes());
+    ctx.update(&(rows.len() as u64).to_be_bytes());
+    for row in rows {
+        ctx.update(&row.scan_id);
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    id
 }
 
 /// How many partitions each of `live` nodes should hold: the partitions
@@ -268,6 +316,41 @@ mod tests {
             (0..16).map(|n| preferred_order(&format!("node-{n}"), 64).next().expect("a start").number()).collect();
         assert!(starts.len() >= 8, "nodes start apart: {starts:?}");
         assert_eq!(preferred_order("a", 0).count(), 1, "no partitions is read as one");
+    }
+
+    fn row(card: Option<u64>, scan: u8) -> ArchivedScan {
+        ArchivedScan { card_id: card, scan_id: [scan; 16], ..ArchivedScan::blank() }
+    }
+
+    #[test]
+    fn a_batch_splits_by_card_and_rows_without_a_card_by_scan_id() {
+        let rows = vec![row(Some(1), 1), row(Some(2), 2), row(None, 3), row(Some(1), 4), row(None, 5)];
+        let split = split_by_partition(rows.clone(), 64);
+        assert_eq!(split.values().map(Vec::len).sum::<usize>(), 5, "every row once");
+        let card_1 = partition_of_card(1, 64);
+        let ids: Vec<u8> = split[&card_1].iter().map(|r| r.scan_id[0]).collect();
+        assert!(ids.starts_with(&[1]) && ids.contains(&4), "card 1's rows together, in order: {ids:?}");
+        for (partition, rows) in &split {
+            assert!(rows.iter().all(|r| partition_of_row(r, 64) == *partition));
+        }
+        assert_eq!(partition_of_row(&row(None, 3), 64), partition_of_card(u64::from_be_bytes([3; 8]), 64));
+        assert!(split_by_partition(Vec::new(), 64).is_empty(), "an empty batch has no records");
+        assert_eq!(split_by_partition(rows, 1).len(), 1, "one partition takes everything");
+    }
+
+    #[test]
+    fn a_records_id_names_its_partition_and_its_scans_not_their_verdicts() {
+        let p = Partition::new(3, 64).expect("p3");
+        let rows = vec![row(Some(1), 1), row(Some(1), 2)];
+        let mut judged_again = rows.clone();
+        judged_again[0].received_at = 99;
+        judged_again[0].status = crate::scan::ScanStatus::Replay;
+        assert_eq!(record_id(p, &rows), record_id(p, &judged_again), "a retry's id, whatever its verdicts");
+        assert_ne!(record_id(p, &rows), record_id(Partition::new(4, 64).expect("p4"), &rows), "per partition");
+        assert_ne!(record_id(p, &rows), record_id(p, &rows[..1]), "another set of scans");
+        let reversed: Vec<ArchivedScan> = rows.iter().rev().cloned().collect();
+        assert_ne!(record_id(p, &rows), record_id(p, &reversed), "another order is another record");
+        assert_ne!(record_id(p, &[]), record_id(p, &rows));
     }
 
     fn timing() -> LeaseTiming {
