@@ -469,3 +469,91 @@ async fn a_node_name_that_is_not_a_key_is_refused() {
         .await
         .expect("a long name of key characters");
 }
+
+/// The issue's "a code replayed at two nodes caught once", in miniature:
+/// two ingest nodes each commit a scan of one code unclaimed and append
+/// it; the partition's owner reads the partition and claims in stream
+/// order: the first use is a ride, the second a replay; a batch resent to
+/// the other node is stored once and claimed as a re-delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_replayed_at_two_ingest_nodes_is_caught_once_by_its_partitions_owner() {
+    use farestream_core::cluster::partition_of_card;
+    use farestream_core::ingest::dedup::DedupLimits;
+    use farestream_core::ingest::{Pipeline, PipelineConfig};
+    use farestream_core::journal;
+    use farestream_core::ridecode::{FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, UserKey};
+    use farestream_core::scan::ScanStatus;
+    use farestream_core::service_day::ServiceDayPolicy;
+    use farestream_core::wire::{ScanBatch, ScanRecord, WireTapKind};
+
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let log = StreamLog::open(cluster.client().await, settings("REPLAY")).await.expect("open");
+    let issuer = IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer");
+    let node = || {
+        let mut keys = IssuerPublicKeys::new();
+        keys.insert(1, issuer.public_key());
+        let config = PipelineConfig {
+            freshness: FreshnessPolicy {
+                code_validity_secs: 60,
+                clock_skew_secs: 30,
+                credential_validity_secs: 93_600,
+                unsealed_refused_from_secs: None,
+            },
+            accepted_lateness_secs: 259_200,
+            verify_chunk_signatures: 64,
+            batch_scans_max: 10_000,
+            id_bytes_max: 128,
+            service_day: ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 },
+            dedup: DedupLimits::DEFAULT,
+        };
+        Pipeline::new(config, keys, [5; 32])
+    };
+    let (ingest_a, ingest_b, owner) = (node(), node(), node());
+    const AT_MS: i64 = 1_763_604_000_000;
+    let card = 77;
+    let user = UserKey::from_seed(&[9; 32]).expect("user");
+    let at = (AT_MS / 1000) as u32;
+    let credential = issuer.issue(card, user.public_key(), at - 3_600, at + 90_000);
+    let code = user.make_code(&credential, at - 5, 1).bytes.to_vec();
+    let scan_at = |gateway: &str, validator: &str, seq: u64, ms: i64| ScanBatch {
+        gateway_id: gateway.into(),
+        batch_seq: seq,
+        scans: vec![ScanRecord {
+            validator_id: validator.into(),
+            validator_seq: seq,
+            validator_time_ms: AT_MS + ms,
+            route_id: "bus-1".into(),
+            stop_id: "stop-1".into(),
+            tap_kind: WireTapKind::Single as i32,
+            ride_code: code.clone(),
+            ..Default::default()
+        }],
+    };
+    let commit_and_append = |ingest: &Pipeline, batch: &ScanBatch, after_ms: i64| {
+        let verified = ingest.verify(batch).expect("batch");
+        let outcome = ingest.commit_unclaimed(batch, verified, AT_MS + after_ms);
+        assert_eq!(outcome.ack.accepted, 1, "the ingest node cannot know it is a replay");
+        outcome.rows
+    };
+    // The code shown on two buses, their gateways on two nodes.
+    let first = scan_at("depot-1", "bus-1", 1, 0);
+    let second = scan_at("depot-2", "bus-2", 1, 1_000);
+    crate::append_batch(&log, commit_and_append(&ingest_a, &first, 2_000), 1).await.expect("append");
+    crate::append_batch(&log, commit_and_append(&ingest_b, &second, 2_500), 1).await.expect("append");
+    // depot-1's ack was lost; it resends to node b, which judges it again.
+    let resent = crate::append_batch(&log, commit_and_append(&ingest_b, &first, 3_000), 1).await.expect("append");
+    assert!(resent.iter().all(|(_, a)| a.duplicate), "the resend adds nothing to the stream");
+
+    let partition = partition_of_card(card, 4);
+    let mut reader = log.reader(partition, 1).await.expect("reader");
+    let mut claimed = Vec::new();
+    while let Some(record) = reader.next(Duration::from_secs(1)).await.expect("read") {
+        claimed.extend(owner.claim_rows(journal::decode(&record.payload).expect("journal")).rows);
+    }
+    let seen: Vec<(String, ScanStatus)> = claimed.iter().map(|r| (r.validator_id.clone(), r.status)).collect();
+    assert_eq!(
+        seen,
+        vec![("bus-1".to_string(), ScanStatus::Accepted), ("bus-2".to_string(), ScanStatus::Replay)],
+        "one ride, one replay, nothing twice"
+    );
+}

@@ -7,4 +7,4 @@ pub mod pipeline;
 
 pub use chunk_sizer::ChunkSizer;
 pub use horizon::Horizons;
-pub use pipeline::{BatchError, BatchOutcome, Pipeline, PipelineConfig, VerifiedBatch};
+pub use pipeline::{BatchError, BatchOutcome, ClaimedRows, Pipeline, PipelineConfig, VerifiedBatch};

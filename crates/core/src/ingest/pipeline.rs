@@ -87,6 +87,25 @@ pub enum BatchError {
     },
 }
 
+/// Where a scan's claims in the dedup indexes are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claiming {
+    /// In the commit: one node.
+    Here,
+    /// Later, by the partition's owner ([`Pipeline::claim_rows`]).
+    ByOwner,
+}
+
+/// What a partition's owner makes of rows committed unclaimed.
+#[derive(Debug, Default)]
+pub struct ClaimedRows {
+    /// The rows that were not re-deliveries, in the order given, with
+    /// their final verdicts.
+    pub rows: Vec<ArchivedScan>,
+    /// Scans dropped as re-deliveries.
+    pub redelivered: u32,
+}
+
 /// What one batch produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchOutcome {
@@ -466,6 +485,59 @@ impl Pipeline {
     /// Step 3: claims in the dedup indexes and the verdicts. Batches that
     /// must be logged in the order they claimed call this under one lock.
     pub fn commit(&self, batch: &ScanBatch, verified: VerifiedBatch, received_at: UnixMillis) -> BatchOutcome {
+        self.commit_as(batch, verified, received_at, Claiming::Here)
+    }
+
+    /// Step 3 as a cluster's ingest node takes it (docs/scale-out.md):
+    /// every check that needs no history (signatures, fields, windows, the
+    /// deny list), and no claim in the dedup indexes. Every record gets a
+    /// row; one that passes is `accepted` until its partition's owner
+    /// claims it ([`Pipeline::claim_rows`]), which is where re-deliveries
+    /// are dropped and replays found.
+    pub fn commit_unclaimed(
+        &self,
+        batch: &ScanBatch,
+        verified: VerifiedBatch,
+        received_at: UnixMillis,
+    ) -> BatchOutcome {
+        self.commit_as(batch, verified, received_at, Claiming::ByOwner)
+    }
+
+    /// The claims [`Pipeline::commit`] makes, made by a partition's owner
+    /// on rows an ingest node committed unclaimed, in the order its
+    /// partition holds them: a scan whose fingerprint was claimed before
+    /// is a re-delivery, dropped and counted; an `accepted` ride whose code
+    /// has no use left becomes a `replay`, with the same reason the single
+    /// node gives. Rows and counts come out as [`Pipeline::commit`] on the
+    /// same scans would have made them.
+    pub fn claim_rows(&self, rows: Vec<ArchivedScan>) -> ClaimedRows {
+        let mut claimed = ClaimedRows { rows: Vec::with_capacity(rows.len()), redelivered: 0 };
+        for mut row in rows {
+            let expiry = self.horizons.delivery_expiry(row.scanned_at, row.received_at);
+            if !self.dedup.claim_delivery(row.scan_id, expiry) {
+                claimed.redelivered += 1;
+                continue;
+            }
+            if let (ScanStatus::Accepted, Some(card_id), Some(created_ms), Some(counter), Some(tap_kind)) =
+                (row.status, row.card_id, row.code_created_at, row.code_counter, row.tap_kind)
+            {
+                let key = RideKey { card_id, created_at: unix_secs_u32(created_ms), counter };
+                let verdict = self.claim_ride_key(key, tap_kind);
+                row.status = verdict.status;
+                row.reason = verdict.reason;
+            }
+            claimed.rows.push(row);
+        }
+        claimed
+    }
+
+    fn commit_as(
+        &self,
+        batch: &ScanBatch,
+        verified: VerifiedBatch,
+        received_at: UnixMillis,
+        claiming: Claiming,
+    ) -> BatchOutcome {
         let VerifiedBatch { prepared, signatures, .. } = verified;
         let mut ack = BatchAck {
             gateway_id: batch.gateway_id.clone(),
@@ -478,14 +550,16 @@ impl Pipeline {
         let gateway_id: Arc<str> = Arc::from(batch.gateway_id.as_str());
         for (index, ((record, p), sigs)) in batch.scans.iter().zip(prepared).zip(signatures).enumerate() {
             let scanned_at = record.validator_time_ms;
-            if !self.dedup.claim_delivery(p.fingerprint, self.horizons.delivery_expiry(scanned_at, received_at)) {
+            if claiming == Claiming::Here
+                && !self.dedup.claim_delivery(p.fingerprint, self.horizons.delivery_expiry(scanned_at, received_at))
+            {
                 ack.redelivered += 1;
                 continue;
             }
             let sigs = if p.seen_before { Pipeline::verify_alone(&p) } else { sigs };
             let verdict = match &p.early {
                 Err(verdict) => verdict.clone(),
-                Ok(work) => self.judge(&p, work, sigs, scanned_at, received_at),
+                Ok(work) => self.judge(&p, work, sigs, (scanned_at, received_at), claiming),
             };
             if verdict.status == ScanStatus::Accepted {
                 ack.accepted += 1;
@@ -508,14 +582,15 @@ impl Pipeline {
         p: &Prepared,
         work: &SignatureWork,
         sigs: SignatureResults,
-        scanned_at: UnixMillis,
-        received_at: UnixMillis,
+        times: (UnixMillis, UnixMillis),
+        claiming: Claiming,
     ) -> Verdict {
         let (Some(code), Some(tap_kind)) = (&p.code, p.tap_kind) else {
             return Verdict::malformed("internal: prepared record lost its code".into());
         };
-        match self.check_signed_code(code, work, sigs, p.gate_opened, (scanned_at, received_at)) {
+        match self.check_signed_code(code, work, sigs, p.gate_opened, times) {
             Err(rejection) => rejection.into(),
+            Ok(()) if claiming == Claiming::ByOwner => Verdict { status: ScanStatus::Accepted, reason: None },
             Ok(()) => self.claim_ride(code, tap_kind),
         }
     }
@@ -570,9 +645,13 @@ impl Pipeline {
     }
 
     fn claim_ride(&self, code: &RideCode, tap_kind: TapKind) -> Verdict {
-        let claims = &code.credential.claims;
-        let key = RideKey { card_id: claims.card_id, created_at: code.created_at, counter: code.counter };
-        if self.dedup.claim_ride(key, tap_kind, self.horizons.ride_expiry(code.created_at)) {
+        let key =
+            RideKey { card_id: code.credential.claims.card_id, created_at: code.created_at, counter: code.counter };
+        self.claim_ride_key(key, tap_kind)
+    }
+
+    fn claim_ride_key(&self, key: RideKey, tap_kind: TapKind) -> Verdict {
+        if self.dedup.claim_ride(key, tap_kind, self.horizons.ride_expiry(key.created_at)) {
             Verdict { status: ScanStatus::Accepted, reason: None }
         } else {
             Verdict {
@@ -580,9 +659,9 @@ impl Pipeline {
                 reason: Some(format!(
                     "ride code of card {} made at {} (counter {}) was already used; shown again at a {} gate \
                      (one code pays for one ride: an entry and its exit may share it)",
-                    claims.card_id,
-                    code.created_at,
-                    code.counter,
+                    key.card_id,
+                    key.created_at,
+                    key.counter,
                     tap_kind.as_str()
                 )),
             }
@@ -869,6 +948,65 @@ mod tests {
         assert!(too_late.rows[0].reason.as_deref().is_some_and(|r| r.contains("later than the accepted lateness")));
         let ahead = f.pipeline.process(&batch(vec![scan(2, AT_MS, code(&f, 9, 2))]), AT_MS - 31_000);
         assert_eq!(statuses(&ahead.expect("batch")), vec![ScanStatus::StaleCode]);
+    }
+
+    /// Issue 23: a cluster's ingest node commits unclaimed and the
+    /// partition's owner claims after; the archive must be the one node's.
+    #[test]
+    fn claims_made_by_the_partitions_owner_give_the_rows_one_node_gives() {
+        let f = fixture();
+        let (c30, c31, c32) = (code(&f, 30, 1), code(&f, 31, 1), code(&f, 32, 1));
+        let at_gate = |seq: u64, ms: i64, c: &[u8], validator: &str, kind: WireTapKind| ScanRecord {
+            validator_id: validator.into(),
+            tap_kind: kind as i32,
+            ..scan(seq, AT_MS + ms, c.to_vec())
+        };
+        let mut forged = c32.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let lateness_ms = i64::from(f.pipeline.config().accepted_lateness_secs) * 1000;
+        let first = vec![
+            at_gate(1, 0, &c30, "gate-1", WireTapKind::Entry),
+            at_gate(1, 0, &c30, "gate-1", WireTapKind::Entry), // the same scan twice
+            at_gate(2, 1_000, &c30, "gate-2", WireTapKind::Entry), // the code again: a replay
+            at_gate(3, 0, &c31, "gate-1", WireTapKind::Entry),
+            at_gate(4, 1_000, &c31, "gate-3", WireTapKind::Exit), // its exit shares the code
+            at_gate(5, 0, &forged, "gate-1", WireTapKind::Entry),
+            at_gate(6, -lateness_ms - 10_000, &c32, "gate-1", WireTapKind::Entry), // before its credential
+        ];
+        let mut second = first.clone(); // the whole batch again (its ack was lost)
+        second.push(at_gate(7, 2_000, &c32, "gate-4", WireTapKind::Entry));
+        let third = vec![at_gate(8, 3_000, &c31, "bus-1", WireTapKind::Single)]; // a third use
+        let batches = [(batch(first), 2_000), (batch(second), 3_000), (batch(third), 4_000)];
+
+        let one_node = fixture();
+        let (ingest, owner) = (fixture(), fixture());
+        let (mut single_rows, mut single_redelivered) = (Vec::new(), 0);
+        let (mut cluster_rows, mut cluster_redelivered) = (Vec::new(), 0);
+        for (batch, after_ms) in &batches {
+            let outcome = one_node.pipeline.process(batch, AT_MS + after_ms).expect("batch");
+            single_redelivered += outcome.ack.redelivered;
+            single_rows.extend(outcome.rows);
+
+            let verified = ingest.pipeline.verify(batch).expect("batch");
+            let unclaimed = ingest.pipeline.commit_unclaimed(batch, verified, AT_MS + after_ms);
+            assert_eq!(unclaimed.rows.len(), batch.scans.len(), "a row for every scan, none dropped yet");
+            assert_eq!(unclaimed.ack.redelivered, 0);
+            let claimed = owner.pipeline.claim_rows(unclaimed.rows);
+            cluster_redelivered += claimed.redelivered;
+            cluster_rows.extend(claimed.rows);
+        }
+        let statuses: Vec<ScanStatus> = single_rows.iter().map(|r| r.status).collect();
+        use ScanStatus::*;
+        assert_eq!(
+            statuses,
+            vec![Accepted, Replay, Accepted, Accepted, BadSignature, ExpiredCredential, Accepted, Replay],
+            "the scenario covers each verdict"
+        );
+        assert_eq!(single_redelivered, 8, "one inside the first batch, the whole of it again");
+        assert_eq!(cluster_rows, single_rows, "row for row, verdicts and reasons included");
+        assert_eq!(cluster_redelivered, single_redelivered);
+        assert!(owner.pipeline.claim_rows(Vec::new()).rows.is_empty());
     }
 
     #[test]
