@@ -11,6 +11,7 @@
 //! from before it sent its last write, on its own monotonic clock, and
 //! ending a margin before the bucket can let the lease go.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -50,8 +51,6 @@ pub struct PartitionLeases {
     bucket: String,
     timing: LeaseTiming,
     node: String,
-    /// The origin of the monotonic milliseconds the terms count in.
-    origin: Instant,
 }
 
 impl PartitionLeases {
@@ -64,12 +63,17 @@ impl PartitionLeases {
         let timing = settings.timing.checked()?;
         let ttl = Duration::from_millis(timing.ttl_ms);
         let store = open_expiring_bucket(&jetstream::new(client), &settings.bucket, ttl, settings.replicas).await?;
-        Ok(PartitionLeases { store, bucket: settings.bucket, timing, node: node.to_string(), origin: Instant::now() })
+        Ok(PartitionLeases { store, bucket: settings.bucket, timing, node: node.to_string() })
     }
 
-    /// Milliseconds on this node's monotonic clock, as terms count them.
+    /// Milliseconds on the clock terms count in ([`lease_clock_ms`]).
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+        lease_clock_ms()
+    }
+
+    /// The timing its terms follow.
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
     }
 
     /// Takes partition `p` if nobody holds it.
@@ -166,6 +170,16 @@ pub(crate) async fn open_expiring_bucket(
 
 /// Creates tried while the lease is seen both there and gone.
 const ACQUIRE_TRIES: u32 = 3;
+
+/// Milliseconds on this process's monotonic clock since its first
+/// reading: the one clock every lease term counts in, so a partition's
+/// workers check a term themselves (`term.holds(lease_clock_ms())`)
+/// before each write they make for it.
+pub fn lease_clock_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 fn key(partition: Partition) -> String {
     format!("p.{}", partition.number())

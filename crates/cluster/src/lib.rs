@@ -16,7 +16,7 @@ pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
 
-pub use leases::{LeaseError, LeaseSettings, PartitionLeases};
+pub use leases::{LeaseError, LeaseSettings, PartitionLeases, lease_clock_ms};
 pub use ownership::{Owned, Ownership};
 pub use publish::append_batch;
 pub use stream_log::{

@@ -8,10 +8,13 @@
 //! partitions about one lease time to live after its last renewal.
 //!
 //! What the node owns is published on a watch channel: the workers of a
-//! partition act only while it is there and its term holds, and carry its
-//! revision as their fencing token. A partition leaves the channel before
-//! its lease is given back, so the next owner can only take it after this
-//! node's workers were told to stop.
+//! partition act only while it is there and its term holds
+//! (`term.holds(lease_clock_ms())`, checked before each write), and carry
+//! its revision as their fencing token. A partition leaves the channel
+//! before its lease is given back, so the next owner can only take it
+//! after this node's workers were told to stop; and a round never runs
+//! past the first held term to end, so a node cut off from the store
+//! takes an ended term off the watch when it ends.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -74,10 +77,20 @@ impl Ownership {
     }
 
     /// One round: say this node lives, renew, give back, take. A store
-    /// out of reach fails the round; the leases held go on until their
-    /// terms end.
+    /// out of reach fails the round, which never runs past the first of
+    /// the held terms to end: by then that term is dropped and the watch
+    /// says so, whatever the store is doing.
     pub async fn tick(&mut self) -> Result<(), LeaseError> {
-        let result = self.round().await;
+        let now = self.leases.now_ms();
+        let timing = self.leases.timing();
+        let ends = self.held.values().map(|t| t.acts_until_ms).min().unwrap_or(now.saturating_add(timing.ttl_ms));
+        let left = Duration::from_millis(ends.saturating_sub(now));
+        let result = match tokio::time::timeout(left, self.round()).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                Err(self.store_error(&"the round outlasted the first held term: the store is out of reach"))
+            }
+        };
         // Terms that ended while the store was out of reach go too.
         let now = self.leases.now_ms();
         self.held.retain(|_, term| term.holds(now));
@@ -90,18 +103,18 @@ impl Ownership {
             .put(member_key(&self.node), Bytes::from_static(b"live"))
             .await
             .map_err(|e| self.store_error(&e))?;
-        self.renew_due().await;
+        self.renew_all().await;
         let share = usize::from(fair_share(self.partitions, self.live_members().await?));
         self.give_back_over(share).await;
         self.take_up_to(share).await;
         Ok(())
     }
 
-    async fn renew_due(&mut self) {
-        let now = self.leases.now_ms();
-        let due: Vec<(Partition, LeaseTerm)> =
-            self.held.iter().filter(|(_, t)| t.renew_due(now)).map(|(p, t)| (*p, *t)).collect();
-        for (partition, term) in due {
+    /// Every held lease, every round: a round is a renewal interval, so a
+    /// term survives one lost renewal, as `LeaseTiming::checked` promises.
+    async fn renew_all(&mut self) {
+        let held: Vec<(Partition, LeaseTerm)> = self.held.iter().map(|(p, t)| (*p, *t)).collect();
+        for (partition, term) in held {
             match self.leases.renew(partition, &term).await {
                 Ok(renewed) => {
                     self.held.insert(partition, renewed);
@@ -109,6 +122,7 @@ impl Ownership {
                 Err(LeaseError::Lost { .. }) => {
                     tracing::warn!(%partition, revision = term.revision, "partition lease lost");
                     self.held.remove(&partition);
+                    self.publish();
                 }
                 // Out of reach: the term runs on, and ends `tick`'s retain.
                 Err(e) => tracing::warn!(%partition, error = %e, "partition lease not renewed"),
@@ -116,13 +130,26 @@ impl Ownership {
         }
     }
 
+    /// Gives back what is over `share`: all of it off the watch at once,
+    /// then each lease released, each within a renewal interval (one not
+    /// released ages out).
     async fn give_back_over(&mut self, share: usize) {
+        let mut over = Vec::new();
         while self.held.len() > share {
-            let Some((partition, term)) = self.held.pop_last() else { break };
-            // Workers are told first; only then may another node take it.
-            self.publish();
-            if let Err(e) = self.leases.release(partition, &term).await {
-                tracing::warn!(%partition, error = %e, "partition lease not given back: it ages out");
+            let Some(last) = self.held.pop_last() else { break };
+            over.push(last);
+        }
+        if over.is_empty() {
+            return;
+        }
+        // Workers are told first; only then may another node take it.
+        self.publish();
+        let wait = Duration::from_millis(self.leases.timing().renew_every_ms);
+        for (partition, term) in over {
+            match tokio::time::timeout(wait, self.leases.release(partition, &term)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%partition, error = %e, "partition lease not given back: it ages out"),
+                Err(_) => tracing::warn!(%partition, "partition lease not given back in time: it ages out"),
             }
         }
     }
@@ -151,9 +178,11 @@ impl Ownership {
         Ok(live.len().max(1))
     }
 
-    /// Ticks every `every` until `stop`, then gives every lease back and
-    /// leaves the members, so the living take over at once.
-    pub async fn run(mut self, every: Duration, stop: CancellationToken) {
+    /// A round every renewal interval until `stop`; then every lease off
+    /// the watch at once and given back, and this node out of the
+    /// members, so the living take over at their next round.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let every = Duration::from_millis(self.leases.timing().renew_every_ms);
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -167,8 +196,9 @@ impl Ownership {
             }
         }
         self.give_back_over(0).await;
-        if let Err(e) = self.members.delete(member_key(&self.node)).await {
-            tracing::warn!(node = %self.node, error = %e, "did not leave the members: it ages out");
+        match tokio::time::timeout(every, self.members.delete(member_key(&self.node))).await {
+            Ok(Ok(())) => {}
+            _ => tracing::warn!(node = %self.node, "did not leave the members: it ages out"),
         }
     }
 

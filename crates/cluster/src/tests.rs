@@ -394,7 +394,7 @@ async fn start_owner(
             .await
             .expect("ownership");
     let stop = CancellationToken::new();
-    let task = tokio::spawn(ownership.run(Duration::from_millis(1_000), stop.clone()));
+    let task = tokio::spawn(ownership.run(stop.clone()));
     (task, stop, owned)
 }
 
@@ -556,4 +556,119 @@ async fn a_code_replayed_at_two_ingest_nodes_is_caught_once_by_its_partitions_ow
         vec![("bus-1".to_string(), ScanStatus::Accepted), ("bus-2".to_string(), ScanStatus::Replay)],
         "one ride, one replay, nothing twice"
     );
+}
+
+/// Review of 91ff8ca: a lease was renewed on every other round only (its
+/// due time fell just after the next round's start), so one lost renewal
+/// lost it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lease_is_renewed_every_round() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (_task, _stop, a) = start_owner(&cluster, "own_cadence", "node-a").await;
+    until(&[&a], |s| s[0].len() == 8, Duration::from_secs(30)).await;
+    let mut sent: std::collections::BTreeMap<u16, Vec<u64>> = std::collections::BTreeMap::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        for (p, t) in a.borrow().iter() {
+            let times = sent.entry(p.number()).or_default();
+            if times.last() != Some(&t.sent_at_ms) {
+                times.push(t.sent_at_ms);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (p, times) in &sent {
+        let gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(u64::MAX);
+        assert!(gap < 1_500, "partition {p} renewed only every {gap} ms, the round being 1 000 ms");
+    }
+}
+
+/// A TCP relay to `upstream` that can be frozen: no byte flows either way
+/// while the connections stay open, as for a node cut off by a network
+/// partition.
+async fn freezable_relay(upstream: String) -> (String, watch::Sender<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (freeze, frozen) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else { return };
+            let (down_read, down_write) = down.into_split();
+            let (up_read, up_write) = up.into_split();
+            let pipe = |mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf| {
+                let mut frozen = frozen.clone();
+                async move {
+                    let mut buf = vec![0u8; 65_536];
+                    loop {
+                        let _ = frozen.wait_for(|f| !*f).await;
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let _ = frozen.wait_for(|f| !*f).await;
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            tokio::spawn(pipe(down_read, up_write));
+            tokio::spawn(pipe(up_read, down_write));
+        }
+    });
+    (format!("nats://{addr}"), freeze)
+}
+
+async fn start_owner_through(
+    client: async_nats::Client,
+    bucket: &str,
+    node: &str,
+) -> (CancellationToken, watch::Receiver<Owned>) {
+    let (ownership, owned) = Ownership::open(client, ownership_settings(bucket), &format!("{bucket}_members"), node, 8)
+        .await
+        .expect("ownership");
+    let stop = CancellationToken::new();
+    tokio::spawn(ownership.run(stop.clone()));
+    (stop, owned)
+}
+
+/// Review of 91ff8ca: a node whose store calls hang (5 s each) kept its
+/// ended terms on its watch for 2 s after another node took them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_takes_its_partitions_off_the_watch_before_another_takes_them() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (relay, freeze) = freezable_relay(cluster.urls()[0].trim_start_matches("nats://").to_string()).await;
+    let a_client = async_nats::ConnectOptions::new().connect(relay).await.expect("a connects");
+    let (_a_stop, a) = start_owner_through(a_client, "own_cut", "node-a").await;
+    let (_b_stop, b) = start_owner_through(cluster.client().await, "own_cut", "node-b").await;
+    until(&[&a, &b], shared_evenly, Duration::from_secs(30)).await;
+    freeze.send(true).expect("freeze");
+    // `until` fails on any look at one partition on both watches.
+    let moved = until(&[&a, &b], |s| s[1].len() == 8, Duration::from_secs(30)).await;
+    eprintln!("a cut-off node's partitions moved after {moved:?}");
+}
+
+/// Review of 91ff8ca: a node stopped while cut off gave back one lease at
+/// a time, each waiting out the store's timeout, with the rest still on
+/// its watch for 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_while_cut_off_takes_everything_off_its_watch_at_once() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (relay, freeze) = freezable_relay(cluster.urls()[0].trim_start_matches("nats://").to_string()).await;
+    let a_client = async_nats::ConnectOptions::new().connect(relay).await.expect("a connects");
+    let (a_stop, a) = start_owner_through(a_client, "own_stopcut", "node-a").await;
+    until(&[&a], |s| s[0].len() == 8, Duration::from_secs(30)).await;
+    freeze.send(true).expect("freeze");
+    a_stop.cancel();
+    let stopped_at = Instant::now();
+    while !partitions(&a).is_empty() {
+        assert!(
+            stopped_at.elapsed() < Duration::from_millis(2_500),
+            "still showing {:?} after {:?}: longer than any term",
+            partitions(&a),
+            stopped_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
