@@ -229,18 +229,19 @@ impl StreamLog {
         if partition.number() >= self.settings.partitions {
             return Err(self.out_of_range(partition));
         }
-        let read_error = |e: &dyn std::fmt::Display| StreamLogError::Read { partition, why: e.to_string() };
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.subject(partition),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| read_error(&e))?;
-        let messages = consumer.messages().await.map_err(|e| read_error(&e))?;
-        Ok(PartitionReader { partition, messages })
+        let mut reader = PartitionReader {
+            partition,
+            stream: self.stream.clone(),
+            subject: self.subject(partition),
+            next: from.max(1),
+            messages: None,
+        };
+        // A stream between leaders cannot make the consumer now; `next`
+        // makes it when it can.
+        if let Err(e) = reader.open().await {
+            tracing::warn!(%partition, error = %e, "partition reader not made yet");
+        }
+        Ok(reader)
     }
 }
 
@@ -302,25 +303,82 @@ fn check(settings: &StreamLogSettings) -> Result<(), StreamLogError> {
     Ok(())
 }
 
-/// One partition read forward (an ordered consumer: JetStream hands the
-/// records in sequence order and makes it again after a lost server).
+/// How long a reader waits before making its consumer again after a
+/// failed try.
+const REOPEN_PAUSE: Duration = Duration::from_millis(100);
+
+/// One partition read forward: an ordered consumer, which JetStream
+/// hands the records in sequence order. When it fails (its server was
+/// lost, a leader moved) it is made again from the record after the last
+/// one read, so a reader goes on through a server's death and never
+/// hands a record twice or skips one.
 pub struct PartitionReader {
     partition: Partition,
-    messages: consumer::pull::Ordered,
+    stream: stream::Stream,
+    subject: String,
+    /// The sequence of the next record to hand out.
+    next: u64,
+    messages: Option<consumer::pull::Ordered>,
 }
 
 impl PartitionReader {
     /// The next record, waiting at most `wait` for one; `None` when none
-    /// came in that time.
+    /// came in that time (also while the consumer is being made again).
     pub async fn next(&mut self, wait: Duration) -> Result<Option<StoredRecord>, StreamLogError> {
-        let partition = self.partition;
-        let read_error = |e: &dyn std::fmt::Display| StreamLogError::Read { partition, why: e.to_string() };
-        let message = match tokio::time::timeout(wait, self.messages.next()).await {
-            Err(_elapsed) => return Ok(None),
-            Ok(None) => return Err(read_error(&"the consumer ended")),
-            Ok(Some(message)) => message.map_err(|e| read_error(&e))?,
-        };
-        let sequence = message.info().map_err(|e| read_error(&e))?.stream_sequence;
-        Ok(Some(StoredRecord { sequence, payload: message.message.payload.clone() }))
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let Some(messages) = &mut self.messages else {
+                match tokio::time::timeout_at(deadline, self.open()).await {
+                    Err(_elapsed) => return Ok(None),
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => {
+                        tracing::warn!(partition = %self.partition, error = %e, "partition reader not made yet");
+                        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + REOPEN_PAUSE)).await;
+                        continue;
+                    }
+                }
+            };
+            let message = match tokio::time::timeout_at(deadline, messages.next()).await {
+                Err(_elapsed) => return Ok(None),
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(partition = %self.partition, next = self.next, error = %e, "partition reader made again");
+                    self.messages = None;
+                    continue;
+                }
+                Ok(None) => {
+                    tracing::warn!(partition = %self.partition, next = self.next, "partition reader ended; made again");
+                    self.messages = None;
+                    continue;
+                }
+            };
+            let info = message.info().map_err(|e| self.read_error(&e))?;
+            let sequence = info.stream_sequence;
+            if sequence < self.next {
+                continue; // handed out before the consumer was made again
+            }
+            self.next = sequence.saturating_add(1);
+            return Ok(Some(StoredRecord { sequence, payload: message.message.payload.clone() }));
+        }
+    }
+
+    /// Makes the consumer from `next` on; an error leaves it unmade, to
+    /// be tried again by the next [`PartitionReader::next`].
+    async fn open(&mut self) -> Result<(), StreamLogError> {
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: self.next },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.read_error(&e))?;
+        self.messages = Some(consumer.messages().await.map_err(|e| self.read_error(&e))?);
+        Ok(())
+    }
+
+    fn read_error(&self, e: &dyn std::fmt::Display) -> StreamLogError {
+        StreamLogError::Read { partition: self.partition, why: e.to_string() }
     }
 }

@@ -106,6 +106,13 @@ async fn acknowledged_records_survive_a_killed_server_and_appends_go_on() {
     let log = StreamLog::open(client.clone(), settings("SURVIVE")).await.expect("open");
     let before: Vec<StreamRecord> = (0..20).map(record).collect();
     log.append(&before).await.expect("append");
+    // A reader part way through partition 0 when the leader dies.
+    let mut reader = log.reader(Partition::new(0, 4).expect("p0"), 1).await.expect("reader");
+    let mut read_on = Vec::new();
+    for _ in 0..2 {
+        let record = reader.next(Duration::from_secs(5)).await.expect("read").expect("a record");
+        read_on.push(String::from_utf8(record.payload.to_vec()).expect("utf-8"));
+    }
     // Kill the stream's leader, the server the acknowledgements came from.
     let context = async_nats::jetstream::new(client);
     let mut stream = context.get_stream("SURVIVE").await.expect("stream");
@@ -126,6 +133,22 @@ async fn acknowledged_records_survive_a_killed_server_and_appends_go_on() {
             "partition {p}: each once, in order"
         );
     }
+    // The reader opened before the kill goes on where it was, once its
+    // consumer, which may have lived on the dead server, misses its
+    // heartbeats and is made again.
+    let expected: Vec<String> = (0..40u32).filter(|n| n % 4 == 0).map(|n| format!("record {n}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_on.len() < expected.len() && Instant::now() < deadline {
+        if let Some(record) = reader.next(Duration::from_secs(1)).await.expect("read on") {
+            read_on.push(String::from_utf8(record.payload.to_vec()).expect("utf-8"));
+        }
+    }
+    let started_waiting = Instant::now();
+    while let Some(record) = reader.next(Duration::from_secs(1)).await.expect("read on") {
+        read_on.push(String::from_utf8(record.payload.to_vec()).expect("utf-8"));
+    }
+    eprintln!("the reader went on after the kill; idle again {:?} later", started_waiting.elapsed());
+    assert_eq!(read_on, expected, "read across the kill: each once, in order");
     cluster.restart(index).await;
     let read = read_all(&log, 0, 1).await;
     assert_eq!(read.len(), 10, "the restarted server changes nothing");

@@ -202,7 +202,6 @@ impl LeaseTiming {
             revision,
             sent_at_ms,
             acts_until_ms: sent_at_ms.saturating_add(self.ttl_ms.saturating_sub(self.safety_margin_ms)),
-            renew_at_ms: sent_at_ms.saturating_add(self.renew_every_ms),
         }
     }
 }
@@ -219,19 +218,12 @@ pub struct LeaseTerm {
     pub sent_at_ms: u64,
     /// The owner acts for the partition only before this.
     pub acts_until_ms: u64,
-    /// When the owner renews.
-    pub renew_at_ms: u64,
 }
 
 impl LeaseTerm {
     /// Whether the owner may still act for the partition at `now_ms`.
     pub fn holds(&self, now_ms: u64) -> bool {
         now_ms < self.acts_until_ms
-    }
-
-    /// Whether it is time to renew at `now_ms`.
-    pub fn renew_due(&self, now_ms: u64) -> bool {
-        now_ms >= self.renew_at_ms
     }
 }
 
@@ -364,8 +356,6 @@ mod tests {
         assert!(term.holds(10_000));
         assert!(term.holds(14_999));
         assert!(!term.holds(15_000), "the store expires it at 16 000 at the earliest");
-        assert!(!term.renew_due(10_999));
-        assert!(term.renew_due(11_000));
         // A term counted from a send at the end of time saturates, never wraps.
         let last = timing().term(1, u64::MAX);
         assert_eq!(last.acts_until_ms, u64::MAX);
