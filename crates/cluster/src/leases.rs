@@ -31,6 +31,8 @@ pub struct LeaseSettings {
 
 #[derive(Debug, Error)]
 pub enum LeaseError {
+    #[error("the node name {0:?} is not letters, digits, '-' and '_'")]
+    NodeName(String),
     #[error("lease timing: {0}")]
     Timing(#[from] farestream_core::cluster::LeaseTimingError),
     #[error("partition {partition} is leased to {owner} (revision {revision})")]

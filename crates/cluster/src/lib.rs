@@ -24,3 +24,9 @@ pub use stream_log::{
 };
 #[cfg(test)]
 mod tests;
+
+/// A name NATS takes as one token of a subject, a stream or a key:
+/// letters, digits, `-` and `_`, at least one.
+pub(crate) fn is_name_token(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}

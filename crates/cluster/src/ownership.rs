@@ -53,11 +53,8 @@ impl Ownership {
         node: &str,
         partitions: u16,
     ) -> Result<(Ownership, watch::Receiver<Owned>), LeaseError> {
-        if node.is_empty() || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(LeaseError::Store {
-                bucket: members_bucket.to_string(),
-                why: format!("the node name {node:?} is not letters, digits, '-' and '_'"),
-            });
+        if !crate::is_name_token(node) {
+            return Err(LeaseError::NodeName(node.to_string()));
         }
         let ttl = Duration::from_millis(leases.timing.ttl_ms);
         let replicas = leases.replicas;

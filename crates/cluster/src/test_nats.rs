@@ -38,7 +38,7 @@ struct Running {
     pid: i32,
     /// The wrapper shell; closing its stdin kills the server.
     wrapper: Child,
-    _stdin: ChildStdin,
+    stdin: ChildStdin,
 }
 
 /// Three servers of one JetStream cluster.
@@ -118,7 +118,7 @@ impl NatsCluster {
         if let Some(pid) = rustix::process::Pid::from_raw(running.pid) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
-        drop(running._stdin);
+        drop(running.stdin);
         let _ = running.wrapper.wait();
     }
 
@@ -155,7 +155,7 @@ impl NatsCluster {
             .read_line(&mut line)
             .expect("the server's pid");
         let pid: i32 = line.trim().parse().unwrap_or_else(|_| panic!("a pid from the wrapper, got {line:?}"));
-        node.running = Some(Running { pid, wrapper, _stdin: stdin });
+        node.running = Some(Running { pid, wrapper, stdin });
     }
 
     /// Waits until every running server answers JetStream requests.

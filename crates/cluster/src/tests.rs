@@ -501,12 +501,10 @@ async fn a_node_name_that_is_not_a_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_replayed_at_two_ingest_nodes_is_caught_once_by_its_partitions_owner() {
     use farestream_core::cluster::partition_of_card;
-    use farestream_core::ingest::dedup::DedupLimits;
-    use farestream_core::ingest::{Pipeline, PipelineConfig};
+    use farestream_core::ingest::Pipeline;
     use farestream_core::journal;
-    use farestream_core::ridecode::{FreshnessPolicy, IssuerPublicKeys, IssuerSigningKey, UserKey};
+    use farestream_core::ridecode::{IssuerPublicKeys, IssuerSigningKey, UserKey};
     use farestream_core::scan::ScanStatus;
-    use farestream_core::service_day::ServiceDayPolicy;
     use farestream_core::wire::{ScanBatch, ScanRecord, WireTapKind};
 
     let Some(cluster) = NatsCluster::start().await else { return };
@@ -515,20 +513,8 @@ async fn a_code_replayed_at_two_ingest_nodes_is_caught_once_by_its_partitions_ow
     let node = || {
         let mut keys = IssuerPublicKeys::new();
         keys.insert(1, issuer.public_key());
-        let config = PipelineConfig {
-            freshness: FreshnessPolicy {
-                code_validity_secs: 60,
-                clock_skew_secs: 30,
-                credential_validity_secs: 93_600,
-                unsealed_refused_from_secs: None,
-            },
-            accepted_lateness_secs: 259_200,
-            verify_chunk_signatures: 64,
-            batch_scans_max: 10_000,
-            id_bytes_max: 128,
-            service_day: ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 },
-            dedup: DedupLimits::DEFAULT,
-        };
+        // The shipped config, as a server reads it.
+        let config = farestream_ingest::config::Config::defaults().pipeline_config().expect("the shipped config");
         Pipeline::new(config, keys, [5; 32])
     };
     let (ingest_a, ingest_b, owner) = (node(), node(), node());
@@ -656,14 +642,25 @@ async fn start_owner_through(
     (stop, owned)
 }
 
+/// Node `node`'s ownership loop on a connection through a
+/// [`freezable_relay`]: the switch that cuts it off, its stop, what it owns.
+async fn start_owner_to_cut_off(
+    cluster: &NatsCluster,
+    bucket: &str,
+    node: &str,
+) -> (watch::Sender<bool>, CancellationToken, watch::Receiver<Owned>) {
+    let (relay, freeze) = freezable_relay(cluster.urls()[0].trim_start_matches("nats://").to_string()).await;
+    let client = async_nats::ConnectOptions::new().connect(relay).await.expect("connects through the relay");
+    let (stop, owned) = start_owner_through(client, bucket, node).await;
+    (freeze, stop, owned)
+}
+
 /// Review of 91ff8ca: a node whose store calls hang (5 s each) kept its
 /// ended terms on its watch for 2 s after another node took them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_node_takes_its_partitions_off_the_watch_before_another_takes_them() {
     let Some(cluster) = NatsCluster::start().await else { return };
-    let (relay, freeze) = freezable_relay(cluster.urls()[0].trim_start_matches("nats://").to_string()).await;
-    let a_client = async_nats::ConnectOptions::new().connect(relay).await.expect("a connects");
-    let (_a_stop, a) = start_owner_through(a_client, "own_cut", "node-a").await;
+    let (freeze, _a_stop, a) = start_owner_to_cut_off(&cluster, "own_cut", "node-a").await;
     let (_b_stop, b) = start_owner_through(cluster.client().await, "own_cut", "node-b").await;
     until(&[&a, &b], shared_evenly, Duration::from_secs(30)).await;
     freeze.send(true).expect("freeze");
@@ -678,9 +675,7 @@ async fn a_cut_off_node_takes_its_partitions_off_the_watch_before_another_takes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_while_cut_off_takes_everything_off_its_watch_at_once() {
     let Some(cluster) = NatsCluster::start().await else { return };
-    let (relay, freeze) = freezable_relay(cluster.urls()[0].trim_start_matches("nats://").to_string()).await;
-    let a_client = async_nats::ConnectOptions::new().connect(relay).await.expect("a connects");
-    let (a_stop, a) = start_owner_through(a_client, "own_stopcut", "node-a").await;
+    let (freeze, a_stop, a) = start_owner_to_cut_off(&cluster, "own_stopcut", "node-a").await;
     until(&[&a], |s| s[0].len() == 8, Duration::from_secs(30)).await;
     freeze.send(true).expect("freeze");
     a_stop.cancel();
