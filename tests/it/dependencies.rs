@@ -90,15 +90,23 @@ const NOT_IN_THE_GATEWAY: &[&str] = &[
     "farestream-money",
     "farestream-server",
     "metrics-exporter-prometheus",
+    "async-nats",
 ];
 
 /// The ingest shell has no money in its tree: no store, no payment-gateway
-/// client, no crate above it.
-const NOT_IN_INGEST: &[&str] = &["rusqlite", "reqwest", "farestream-money", "farestream-server", "datafusion"];
+/// client, no crate above it,
+/// nor the cluster's NATS client (the server crate links that).
+const NOT_IN_INGEST: &[&str] =
+    &["rusqlite", "reqwest", "farestream-money", "farestream-server", "datafusion", "async-nats"];
 
 /// The money shell stands on the ingest shell, never on the server crate
 /// (the QUIC endpoint and the assembly), nor on the SQL engine.
-const NOT_IN_MONEY: &[&str] = &["farestream-server", "farestream-analytics", "datafusion"];
+const NOT_IN_MONEY: &[&str] = &["farestream-server", "farestream-analytics", "datafusion", "async-nats"];
+
+/// The cluster shell is the log's other engine, under the shells that
+/// use it: no archive, no store, no QUIC endpoint in its tree.
+const NOT_IN_THE_CLUSTER: &[&str] =
+    &["farestream-ingest", "farestream-money", "farestream-server", "parquet", "rusqlite", "quinn", "datafusion"];
 
 /// The names of the crates in `package`'s normal dependency tree.
 fn tree_of(package: &str) -> BTreeSet<String> {
@@ -113,6 +121,7 @@ fn each_crate_keeps_out_what_belongs_to_another() {
         ("farestream-gateway", NOT_IN_THE_GATEWAY, "quinn"),
         ("farestream-ingest", NOT_IN_INGEST, "parquet"),
         ("farestream-money", NOT_IN_MONEY, "rusqlite"),
+        ("farestream-cluster", NOT_IN_THE_CLUSTER, "async-nats"),
     ] {
         let crates = tree_of(package);
         assert!(crates.contains(sure_to_hold), "the tree of {package} was read: {crates:?}");

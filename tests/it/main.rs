@@ -31,6 +31,7 @@ macro_rules! on_each_engine {
 mod account_api;
 mod catalogue;
 mod charge_outcomes;
+mod cluster;
 mod crash;
 mod cut_over;
 mod dedup_snapshot;

@@ -25,6 +25,26 @@ pub use stream_log::{
 #[cfg(test)]
 mod tests;
 
+/// Connects to the NATS servers at `urls` (`nats://host:port`), failing
+/// when none answers within `timeout`; once connected, the client
+/// reconnects to whichever server lives.
+pub async fn connect(urls: &[String], timeout: std::time::Duration) -> Result<async_nats::Client, ConnectError> {
+    let addrs = urls
+        .iter()
+        .map(|url| url.parse::<async_nats::ServerAddr>().map_err(|e| ConnectError(format!("{url:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    async_nats::ConnectOptions::new()
+        .connection_timeout(timeout)
+        .connect(addrs)
+        .await
+        .map_err(|e| ConnectError(format!("{}: {e}", urls.join(", "))))
+}
+
+/// No NATS server at the configured addresses answered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {0}")]
+pub struct ConnectError(String);
+
 /// A name NATS takes as one token of a subject, a stream or a key:
 /// letters, digits, `-` and `_`, at least one.
 pub(crate) fn is_name_token(name: &str) -> bool {

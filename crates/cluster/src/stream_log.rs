@@ -161,6 +161,11 @@ impl StreamLog {
         self.settings.partitions
     }
 
+    /// The largest record's payload, in bytes.
+    pub fn record_bytes_max(&self) -> usize {
+        self.settings.record_bytes_max
+    }
+
     /// The subject partition `p`'s records go to.
     pub fn subject(&self, partition: Partition) -> String {
         format!("{}.{}", self.settings.subject_prefix, partition.number())
@@ -282,7 +287,7 @@ fn check(settings: &StreamLogSettings) -> Result<(), StreamLogError> {
         return bad(format!("cluster.partitions is {}: 1 to {PARTITIONS_MAX}", settings.partitions));
     }
     if ![1, 3, 5].contains(&settings.replicas) {
-        return bad(format!("cluster.stream_replicas is {}: 1, 3 or 5", settings.replicas));
+        return bad(format!("cluster.replicas is {}: 1, 3 or 5", settings.replicas));
     }
     if !crate::is_name_token(&settings.stream) {
         return bad(format!("the stream name {:?} is not letters, digits, '_' and '-'", settings.stream));

@@ -304,6 +304,80 @@ async fn a_batch_goes_out_one_record_a_partition_and_its_retry_adds_nothing() {
     );
 }
 
+/// One partition's rows over the record size (4 096 bytes here) go out
+/// as several records that each fit, read back whole and in order; the
+/// batch again adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_rows_over_the_record_size_go_out_as_several_records() {
+    use farestream_core::journal;
+    use farestream_core::scan::{ArchivedScan, ScanStatus};
+
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let log = StreamLog::open(cluster.client().await, settings("CHUNKS")).await.expect("open");
+    let rows: Vec<ArchivedScan> = (0..300u16)
+        .map(|n| ArchivedScan {
+            card_id: Some(42),
+            scan_id: {
+                let mut id = [0u8; 16];
+                id[..2].copy_from_slice(&n.to_be_bytes());
+                id
+            },
+            validator_id: "v".repeat(40),
+            status: ScanStatus::Accepted,
+            ..ArchivedScan::blank()
+        })
+        .collect();
+    assert!(journal::encode(&rows, 1).len() > 4 * 4_096, "the test needs several records");
+    let appended = crate::append_batch(&log, rows.clone(), 1).await.expect("append");
+    assert!(appended.len() > 4, "{} records", appended.len());
+    let partition = appended[0].0;
+    assert!(appended.iter().all(|(p, a)| *p == partition && !a.duplicate));
+
+    let mut reader = log.reader(partition, 1).await.expect("reader");
+    let mut read_back = Vec::new();
+    while let Some(record) = reader.next(Duration::from_secs(1)).await.expect("read") {
+        assert!(record.payload.len() <= 4_096, "{} bytes", record.payload.len());
+        read_back.extend(journal::decode(&record.payload).expect("a journal record"));
+    }
+    assert_eq!(read_back, rows, "every row once, in the batch's order");
+    let again = crate::append_batch(&log, rows, 1).await.expect("append again");
+    assert!(again.iter().all(|(_, a)| a.duplicate) && again.len() == appended.len());
+}
+
+/// The smallest `cluster.record_bytes_max` (64 KiB) holds the largest
+/// row a batch can make: every id at `wire.id_bytes_max`'s top (1 024
+/// bytes), a reason quoting four of them, every number at its largest.
+#[test]
+fn the_largest_row_fits_the_smallest_record() {
+    use farestream_core::journal;
+    use farestream_core::scan::{ArchivedScan, ScanStatus, TapKind};
+
+    let id = "\u{10FFFF}".repeat(256);
+    assert_eq!(id.len(), 1_024);
+    let row = ArchivedScan {
+        scan_id: [0xFF; 16],
+        gateway_id: id.as_str().into(),
+        validator_id: id.clone(),
+        validator_seq: u64::MAX,
+        route_id: id.clone(),
+        stop_id: id.clone(),
+        tap_kind: Some(TapKind::Exit),
+        card_id: Some(u64::MAX),
+        issuer_key_id: Some(u32::MAX),
+        code_created_at: Some(i64::MAX),
+        code_counter: Some(u32::MAX),
+        scanned_at: i64::MIN,
+        received_at: i64::MAX,
+        status: ScanStatus::Malformed,
+        reason: Some(id.repeat(4)),
+        gate_opened: Some(true),
+        deny_list_version: Some(u64::MAX),
+        ..ArchivedScan::blank()
+    };
+    let bytes = journal::encode(&[row], u64::MAX).len();
+    assert!(bytes < 64 * 1_024 - 256, "{bytes} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_id_in_two_partitions_is_two_records() {
     let Some(cluster) = NatsCluster::start().await else { return };

@@ -92,6 +92,9 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
         telemetry::batch_refused("revoked");
         return BatchAck::malformed(&gateway_id, batch_seq, "this gateway's certificate was revoked".into());
     }
+    if let Some(stream) = &shared.stream {
+        return crate::cluster_ingest::commit_to_stream(shared, stream, batch, verified).await;
+    }
     let (reply, result) = oneshot::channel();
     let task_shared = Arc::clone(shared);
     rayon::spawn(move || {
@@ -104,7 +107,7 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
     };
     match shared.wal.wait_durable(lsn, shared.settings.wal_ack_wait).await {
         Ok(()) => {
-            count_statuses(&outcome.rows, outcome.ack.redelivered);
+            StatusCounts::of(&outcome.rows, outcome.ack.redelivered).record();
             outcome.ack
         }
         Err(WaitError::Timeout(limit)) => backoff(format!("batch not durable within {limit:?} (disk full?)")),
@@ -182,12 +185,24 @@ fn commit(shared: &Shared, batch: &ScanBatch, verified: VerifiedBatch) -> Commit
     committed
 }
 
-fn count_statuses(rows: &[ArchivedScan], redelivered: u32) {
-    for status in ScanStatus::ALL {
-        let count = rows.iter().filter(|r| r.status == status).count() as u64;
-        if count > 0 {
-            telemetry::scans_archived(status, count);
-        }
+/// A batch's rows counted by status, recorded once the batch is durable.
+pub(super) struct StatusCounts {
+    per_status: [u64; ScanStatus::ALL.len()],
+    redelivered: u32,
+}
+
+impl StatusCounts {
+    pub(super) fn of(rows: &[ArchivedScan], redelivered: u32) -> StatusCounts {
+        let per_status = ScanStatus::ALL.map(|status| rows.iter().filter(|r| r.status == status).count() as u64);
+        StatusCounts { per_status, redelivered }
     }
-    telemetry::scans_redelivered(u64::from(redelivered));
+
+    pub(super) fn record(&self) {
+        for (status, count) in ScanStatus::ALL.into_iter().zip(self.per_status) {
+            if count > 0 {
+                telemetry::scans_archived(status, count);
+            }
+        }
+        telemetry::scans_redelivered(u64::from(self.redelivered));
+    }
 }

@@ -35,6 +35,7 @@
 
 mod assembly;
 mod batch;
+pub mod cluster_ingest;
 mod connections;
 mod cut_over;
 pub mod dedup_snapshot;
@@ -125,6 +126,8 @@ pub enum ServerError {
     Fleet(#[from] farestream_ingest::fleet_ca::FleetError),
     #[error("the data dir's node id: {0}")]
     NodeId(#[from] NodeIdError),
+    #[error("the cluster: {0}")]
+    Cluster(String),
 }
 
 /// How long a gateway is told to wait when the server cannot take a batch.
@@ -224,6 +227,9 @@ pub struct ShutdownReport {
 struct Shared {
     pipeline: Arc<Pipeline>,
     wal: CommitHandle,
+    /// In cluster mode (`cluster.enabled`), where batches are made
+    /// durable instead of `wal` (docs/scale-out.md).
+    stream: Option<Arc<farestream_cluster::StreamLog>>,
     /// Held while a batch reads its `received_at`, claims its scans and
     /// queues its log record.
     gate: Arc<CommitGate>,
@@ -356,10 +362,15 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         let local_addr =
             endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
+        let stream = match &settings.cluster {
+            Some(cluster) => Some(cluster_ingest::open_stream(cluster).await?),
+            None => None,
+        };
         let pipeline_chunk_max = pipeline.config().verify_chunk_signatures;
         let shared = Arc::new(Shared {
             pipeline,
             wal: committer.handle(),
+            stream,
             gate,
             batches_in_flight: Semaphore::new(settings.pipeline_batches_in_flight_max),
             frame_bytes: Semaphore::new(settings.frames_in_flight_bytes_max),

@@ -66,6 +66,9 @@ pub struct ServerSettings {
     /// When the daily settlement runs; `None` when
     /// `settlement.cut_over_enabled` is off.
     pub cut_over: Option<CutOverSettings>,
+    /// Where batches are made durable when `cluster.enabled`: the
+    /// JetStream scans stream instead of the node's own log.
+    pub cluster: Option<crate::cluster_ingest::ClusterSettings>,
 }
 
 /// The limits per source address and per gateway, from `[server]`.
@@ -154,6 +157,7 @@ impl ServerSettings {
                 accepted_lateness: lateness,
             },
             money: money_settings(config, data_dir, fares)?,
+            cluster: crate::cluster_ingest::ClusterSettings::from_config(&config.cluster)?,
             cut_over: config.settlement.cut_over_enabled.then(|| CutOverSettings {
                 delay: Duration::from_secs(u64::from(config.settlement.cut_over_delay_minutes) * 60),
                 retry_interval: Duration::from_secs(config.settlement.cut_over_retry_interval_secs),

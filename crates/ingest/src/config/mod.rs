@@ -4,6 +4,7 @@
 //! every numeric key has a range ([`ranges`]) and the keys that depend on
 //! each other are checked together.
 
+pub mod cluster;
 pub mod fare_table;
 pub mod ranges;
 pub mod secret;
@@ -57,6 +58,7 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub api: ApiConfig,
     pub settlement: SettlementConfig,
+    pub cluster: cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,6 +275,7 @@ impl Config {
     /// The rules between keys; each key's own range was checked before.
     fn validate(&self) -> Result<(), ConfigError> {
         self.service_day_policy()?;
+        self.cluster.validate()?;
         self.freshness_policy()?;
         let at_least = |key: &str, value: u64, other: &str, floor: u64, why: &str| {
             if value >= floor {

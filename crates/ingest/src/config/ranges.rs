@@ -121,6 +121,16 @@ pub const RANGES: &[KeyRange] = &[
     range("api.otp_wrong_codes_per_phone_per_hour_max", 1, 1_000, "codes"),
     range("api.token_validity_secs", 3_600, 31_536_000, "s"),
     range("api.account_charges_max", 1, 10_000, "charges"),
+    range("cluster.connect_timeout_ms", 100, 600_000, "ms"),
+    range("cluster.partitions", 1, 4_096, "partitions"),
+    range("cluster.replicas", 1, 5, "servers"),
+    range("cluster.duplicate_window_ms", 1_000, 86_400_000, "ms"),
+    range("cluster.append_ack_timeout_ms", 100, 600_000, "ms"),
+    range("cluster.record_bytes_max", 64 * KIB, 64 * MIB - 256, "bytes"),
+    range("cluster.acks_in_flight_max", 1, 65_536, "records"),
+    range("cluster.lease_ttl_ms", 1_000, 86_400_000, "ms"),
+    range("cluster.lease_renew_interval_ms", 100, 43_200_000, "ms"),
+    range("cluster.lease_safety_margin_ms", 0, 86_400_000, "ms"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -1,0 +1,205 @@
+//! The `[cluster]` section (docs/scale-out.md): whether batches are made
+//! durable in the node's own write-ahead log (off, the embedded default)
+//! or in a NATS JetStream stream a quorum of servers holds, and how that
+//! stream and the partition leases are named, sized and timed. Plain data
+//! and its rules; the cluster crate talks to NATS with it.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use farestream_core::cluster::{LeaseTiming, PARTITIONS_MAX};
+
+/// The most NATS server addresses one node is given.
+pub const NATS_URLS_MAX: usize = 32;
+/// The longest NATS server address, in bytes.
+pub const NATS_URL_BYTES_MAX: usize = 256;
+/// The longest node name, in bytes: it is a key in the lease buckets and
+/// the value of every lease the node holds.
+pub const NODE_NAME_BYTES_MAX: usize = 64;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    pub nats_urls: Vec<String>,
+    pub node_name: String,
+    pub connect_timeout_ms: u64,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub partitions: u16,
+    pub replicas: usize,
+    pub duplicate_window_ms: u64,
+    pub append_ack_timeout_ms: u64,
+    pub record_bytes_max: usize,
+    pub acks_in_flight_max: usize,
+    pub lease_bucket: String,
+    pub members_bucket: String,
+    pub lease_ttl_ms: u64,
+    pub lease_renew_interval_ms: u64,
+    pub lease_safety_margin_ms: u64,
+}
+
+impl ClusterConfig {
+    /// The lease timing, checked: a term that one lost renewal would end
+    /// is refused.
+    pub fn lease_timing(&self) -> Result<LeaseTiming, ConfigError> {
+        LeaseTiming {
+            ttl_ms: self.lease_ttl_ms,
+            renew_every_ms: self.lease_renew_interval_ms,
+            safety_margin_ms: self.lease_safety_margin_ms,
+        }
+        .checked()
+        .map_err(|e| invalid(format!("cluster.lease_ttl_ms, lease_renew_interval_ms and lease_safety_margin_ms: {e}")))
+    }
+
+    /// The node's name in the cluster: `node_name`, or the data dir's
+    /// `NODE_ID` when it is empty.
+    pub fn node_name_or<'a>(&'a self, node_id: &'a str) -> &'a str {
+        if self.node_name.is_empty() { node_id } else { &self.node_name }
+    }
+
+    /// The rules between this section's keys; each range was checked
+    /// before. Checked whether or not the cluster is enabled, so a file
+    /// that turns it on later holds no surprise.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.lease_timing()?;
+        if self.replicas.is_multiple_of(2) {
+            return Err(invalid(format!(
+                "cluster.replicas = {} must be odd (1, 3 or 5): a majority of the servers is the quorum",
+                self.replicas
+            )));
+        }
+        if self.partitions > PARTITIONS_MAX {
+            return Err(invalid(format!("cluster.partitions = {} is over {PARTITIONS_MAX}", self.partitions)));
+        }
+        if self.nats_urls.is_empty() || self.nats_urls.len() > NATS_URLS_MAX {
+            return Err(invalid(format!(
+                "cluster.nats_urls lists {} servers: 1 to {NATS_URLS_MAX}",
+                self.nats_urls.len()
+            )));
+        }
+        for url in &self.nats_urls {
+            check_nats_url(url)?;
+        }
+        if !self.node_name.is_empty() {
+            check_name("cluster.node_name", &self.node_name, NODE_NAME_BYTES_MAX)?;
+        }
+        for (key, name) in [
+            ("cluster.stream", &self.stream),
+            ("cluster.lease_bucket", &self.lease_bucket),
+            ("cluster.members_bucket", &self.members_bucket),
+        ] {
+            check_name(key, name, NODE_NAME_BYTES_MAX)?;
+        }
+        if self.subject_prefix.len() > NODE_NAME_BYTES_MAX || !self.subject_prefix.split('.').all(is_name_token) {
+            return Err(invalid(format!(
+                "cluster.subject_prefix = {:?} must be dot-separated tokens of letters, digits, '-' and '_', at most {NODE_NAME_BYTES_MAX} bytes",
+                self.subject_prefix
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> ConfigError {
+    ConfigError::Invalid(message)
+}
+
+/// A NATS name: letters, digits, `-` and `_`, at least one.
+fn is_name_token(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn check_name(key: &str, name: &str, bytes_max: usize) -> Result<(), ConfigError> {
+    if name.len() <= bytes_max && is_name_token(name) {
+        return Ok(());
+    }
+    Err(invalid(format!("{key} = {name:?} must be letters, digits, '-' and '_', 1 to {bytes_max} bytes")))
+}
+
+/// `nats://host:port` or `tls://host:port` (the forms the client takes),
+/// within [`NATS_URL_BYTES_MAX`].
+fn check_nats_url(url: &str) -> Result<(), ConfigError> {
+    let rest = url.strip_prefix("nats://").or_else(|| url.strip_prefix("tls://"));
+    let ok = url.len() <= NATS_URL_BYTES_MAX
+        && rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_graphic()));
+    if ok {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "cluster.nats_urls: {url:?} must be nats://host:port or tls://host:port, at most {NATS_URL_BYTES_MAX} bytes"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn with(text: &str) -> Result<Config, String> {
+        Config::from_toml_over_defaults(&format!("[cluster]\n{text}\n"), "test.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shipped_cluster_is_off_and_its_settings_hold() {
+        let config = Config::defaults();
+        assert!(!config.cluster.enabled, "the embedded default is the single node");
+        let timing = config.cluster.lease_timing().expect("the shipped timing");
+        assert!(timing.renew_every_ms * 2 <= timing.ttl_ms - timing.safety_margin_ms);
+        assert_eq!(config.cluster.node_name_or("node-7"), "node-7");
+        assert_eq!(with("node_name = \"edge-1\"").expect("a name").cluster.node_name_or("node-7"), "edge-1");
+    }
+
+    #[test]
+    fn names_and_urls_at_their_extremes() {
+        let longest = "n".repeat(super::NODE_NAME_BYTES_MAX);
+        let longest_url = format!("nats://{}", "h".repeat(super::NATS_URL_BYTES_MAX - 7));
+        let twenty = format!("nats_urls = [{}]", vec!["\"nats://a:4222\""; super::NATS_URLS_MAX].join(", "));
+        for ok in [
+            format!("node_name = \"{longest}\""),
+            "node_name = \"\"".to_string(),
+            format!("nats_urls = [\"{longest_url}\"]"),
+            "nats_urls = [\"tls://nats.example:4222\", \"nats://10.0.0.2:4222\"]".to_string(),
+            twenty,
+            "subject_prefix = \"a.b-c.d_e\"".to_string(),
+        ] {
+            with(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let too_many = format!("nats_urls = [{}]", vec!["\"nats://a:4222\""; super::NATS_URLS_MAX + 1].join(", "));
+        for (bad, named) in [
+            (format!("node_name = \"{longest}n\""), "cluster.node_name"),
+            ("node_name = \"a.b\"".to_string(), "cluster.node_name"),
+            ("node_name = \"é\"".to_string(), "cluster.node_name"),
+            ("node_name = \"a b\"".to_string(), "cluster.node_name"),
+            ("nats_urls = []".to_string(), "cluster.nats_urls"),
+            (too_many, "cluster.nats_urls"),
+            (format!("nats_urls = [\"{longest_url}h\"]"), "cluster.nats_urls"),
+            ("nats_urls = [\"http://a:4222\"]".to_string(), "cluster.nats_urls"),
+            ("nats_urls = [\"nats://\"]".to_string(), "cluster.nats_urls"),
+            ("nats_urls = [\"nats://a b\"]".to_string(), "cluster.nats_urls"),
+            ("stream = \"\"".to_string(), "cluster.stream"),
+            ("stream = \"A.B\"".to_string(), "cluster.stream"),
+            ("lease_bucket = \"x*\"".to_string(), "cluster.lease_bucket"),
+            ("members_bucket = \"\"".to_string(), "cluster.members_bucket"),
+            ("subject_prefix = \"a..b\"".to_string(), "cluster.subject_prefix"),
+            ("subject_prefix = \"a.>\"".to_string(), "cluster.subject_prefix"),
+            ("replicas = 2".to_string(), "cluster.replicas"),
+            ("replicas = 4".to_string(), "cluster.replicas"),
+        ] {
+            let error = with(&bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(error.contains(named), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_lease_timing_one_lost_renewal_would_break_is_refused() {
+        for bad in [
+            "lease_ttl_ms = 4000\nlease_safety_margin_ms = 4000",
+            "lease_ttl_ms = 10000\nlease_renew_interval_ms = 5000\nlease_safety_margin_ms = 1000",
+        ] {
+            let error = with(bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(error.contains("cluster.lease_ttl_ms"), "{bad}: {error}");
+        }
+        let tightest = with("lease_ttl_ms = 1000\nlease_renew_interval_ms = 500\nlease_safety_margin_ms = 0");
+        tightest.expect("renewing at half the term holds through one lost renewal");
+    }
+}
