@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use farestream::config::Config;
 use farestream::journal;
+use farestream::scan::TapKind;
 use farestream::scan::{ArchivedScan, ScanStatus};
 use farestream::server::cluster_ingest::ClusterSettings;
 use farestream_cluster::StreamLog;
 use farestream_cluster::test_nats::NatsCluster;
-use farestream_core::cluster::{Partition, partition_of_row};
+use farestream_core::cluster::{ClaimedRecord, Partition, partition_of_row};
 
-use crate::support::{Harness, quick_failures, scans};
+use crate::support::{Harness, T0_MS, batch, quick_failures, record, scans};
 
 const PARTITIONS: u16 = 8;
 
@@ -101,4 +102,86 @@ async fn without_a_quorum_nothing_is_acked_and_the_resend_after_one_returns_is_s
     let mut seqs: Vec<u64> = stream_rows(&nats, &config).await.iter().map(|r| r.validator_seq).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<u64>>(), "each acked scan once");
+}
+
+/// Every row in the claimed stream, sorted by scan id, with the count of
+/// re-deliveries the owners dropped.
+async fn claimed_rows(nats: &NatsCluster, config: &Config) -> (Vec<ArchivedScan>, u32) {
+    let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
+    let log = StreamLog::open(nats.client().await, settings.claimed).await.expect("the claimed stream");
+    let (mut rows, mut redelivered) = (Vec::new(), 0);
+    for p in 0..PARTITIONS {
+        let partition = Partition::new(p, PARTITIONS).expect("a partition");
+        let mut reader = log.reader(partition, 1).await.expect("a reader");
+        while let Some(stored) = reader.next(Duration::from_millis(300)).await.expect("read") {
+            let record = ClaimedRecord::decode(&stored.payload).expect("a claimed record");
+            assert!(record.rows.iter().all(|r| partition_of_row(r, PARTITIONS) == partition));
+            redelivered += record.redelivered;
+            rows.extend(record.rows);
+        }
+    }
+    rows.sort_by_key(|r| r.scan_id);
+    (rows, redelivered)
+}
+
+/// The claimed stream once it holds `rows` rows (or after a minute).
+async fn claimed_once_it_holds(nats: &NatsCluster, config: &Config, rows: usize) -> (Vec<ArchivedScan>, u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let claimed = claimed_rows(nats, config).await;
+        if claimed.0.len() >= rows || std::time::Instant::now() > deadline {
+            return claimed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn replays(rows: &[ArchivedScan]) -> Vec<(String, u64)> {
+    rows.iter().filter(|r| r.status == ScanStatus::Replay).map(|r| (r.validator_id.clone(), r.validator_seq)).collect()
+}
+
+/// Two nodes share the partitions and claim every acked scan once: a code
+/// shown at both nodes is one ride and one replay, a batch resent to the
+/// other node adds nothing. Then one node dies (its leases age out) and
+/// the other claims everything after, its partitions included: a code
+/// of the dead node's time replayed now is caught, a scan it claimed
+/// re-delivered now is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_claim_each_acked_scan_once_and_a_dead_nodes_partitions_move_to_the_other() {
+    let Some(nats) = NatsCluster::start().await else { return };
+    let mut config = cluster_config(&nats);
+    config.cluster.lease_ttl_ms = 3_000;
+    config.cluster.lease_renew_interval_ms = 1_000;
+    config.cluster.lease_safety_margin_ms = 500;
+    let named = |name: &str| {
+        let mut config = config.clone();
+        config.cluster.node_name = name.into();
+        config
+    };
+    let a = Harness::start_with(named("node-a")).await;
+    let b = a.start_a_copy_with(named("node-b")).await;
+
+    let first = scans(&a, 1, 1, 20);
+    a.client_as("station-01").push(&first).await.expect("ack");
+    let copy = record("gate-9", 1, T0_MS + 5_000, TapKind::Entry, a.rider(1).code_at(T0_MS, 1));
+    b.client_as("station-02").push(&batch("station-02", 1, vec![copy])).await.expect("ack");
+    b.client_as("station-01").push(&first).await.expect("the lost ack's resend");
+    let (rows, redelivered) = claimed_once_it_holds(&nats, &config, 21).await;
+    assert_eq!((rows.len(), redelivered), (21, 0), "each scan once; JetStream dropped the resend");
+    assert_eq!(replays(&rows), vec![("gate-9".to_string(), 1)], "one ride, one replay");
+
+    let died = std::time::Instant::now();
+    a.server.abandon().await;
+    let mut later = scans(&b, 2, 21, 10).scans;
+    later.push(first.scans[5].clone()); // card 6's tap, re-delivered in another batch
+    later.push(record("gate-8", 5, T0_MS + 6_000, TapKind::Entry, b.rider(5).code_at(T0_MS, 1)));
+    b.client_as("station-01").push(&batch("station-01", 2, later)).await.expect("ack");
+    let (rows, redelivered) = claimed_once_it_holds(&nats, &config, 32).await;
+    let moved_after = died.elapsed();
+    assert_eq!((rows.len(), redelivered), (32, 1), "the ten new taps and the replay; the re-delivery dropped");
+    assert_eq!(replays(&rows), vec![("gate-9".to_string(), 1), ("gate-8".to_string(), 5)]);
+    let mut ids: Vec<[u8; 16]> = rows.iter().map(|r| r.scan_id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 32, "no scan claimed twice");
+    println!("every partition claimed {moved_after:?} after a node died (lease time to live 3 s)");
 }

@@ -175,12 +175,17 @@ impl Harness {
     /// flushed first), started as a second server: the same identity,
     /// clock and NODE_ID, a copied data dir as an operator might make one.
     pub(crate) async fn start_a_copy(&self) -> Harness {
+        self.start_a_copy_with(self.config.clone()).await
+    }
+
+    /// [`Harness::start_a_copy`], started with `config`.
+    pub(crate) async fn start_a_copy_with(&self, config: Config) -> Harness {
         self.server.flush_archive().await.expect("flush");
         let dir = copy_of(self.dir.path());
         let (faults, inbox) = (Arc::new(Faults::default()), Arc::new(InboxNotifier::default()));
-        let server = start_server(&self.config, dir.path(), &self.identity, &self.clock, (&faults, &inbox)).await;
+        let server = start_server(&config, dir.path(), &self.identity, &self.clock, (&faults, &inbox)).await;
         let issuer = IssuerSigningKey::from_seed(ISSUER_KEY_ID, &[11; 32]).expect("issuer");
-        let (identity, clock, config) = (self.identity.clone(), Arc::clone(&self.clock), self.config.clone());
+        let (identity, clock) = (self.identity.clone(), Arc::clone(&self.clock));
         Harness { dir, server, identity, clock, issuer, config, faults, inbox }
     }
 

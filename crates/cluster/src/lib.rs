@@ -9,6 +9,7 @@
 //! Every call takes an `async_nats::Client` the caller connected, so one
 //! connection serves the stream and the leases.
 
+pub mod claim;
 pub mod leases;
 pub mod ownership;
 pub mod publish;
@@ -16,12 +17,15 @@ pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
 
+pub use claim::{ClaimError, ClaimLogs, ClaimSettings, ClaimStop, claim_partition};
 pub use leases::{LeaseError, LeaseSettings, PartitionLeases, lease_clock_ms};
 pub use ownership::{Owned, Ownership};
 pub use publish::append_batch;
 pub use stream_log::{
     Appended, PartitionReader, StoredRecord, StreamLog, StreamLogError, StreamLogSettings, StreamRecord,
 };
+#[cfg(test)]
+mod claim_tests;
 #[cfg(test)]
 mod tests;
 

@@ -101,6 +101,8 @@ pub enum StreamLogError {
     PartitionOutOfRange { partition: Partition, partitions: u16 },
     #[error("reading partition {partition}: {why}")]
     Read { partition: Partition, why: String },
+    #[error("{subject} no longer ends at sequence {after}: another writer appended to it")]
+    Fenced { subject: String, after: u64 },
 }
 
 /// The scans stream, opened.
@@ -222,6 +224,55 @@ impl StreamLog {
             appended.push(Appended { sequence: ack.sequence, duplicate: ack.duplicate });
         }
         Ok(())
+    }
+
+    /// Appends `payload` to partition `p` only while the partition's last
+    /// record is still at sequence `after` (0: it has none): a log with
+    /// one writer. The new record's sequence, or [`StreamLogError::Fenced`]
+    /// once anyone else appended to the partition since `after` (the
+    /// server checks it, so two writers can never both extend one end).
+    /// An append whose acknowledgement was lost may have been stored: its
+    /// retry is then fenced by it, and the writer reads the log again.
+    pub async fn append_after(&self, partition: Partition, payload: Bytes, after: u64) -> Result<u64, StreamLogError> {
+        if partition.number() >= self.settings.partitions {
+            return Err(self.out_of_range(partition));
+        }
+        let max = self.settings.record_bytes_max;
+        if payload.len() > max {
+            return Err(StreamLogError::RecordTooLarge { bytes: payload.len(), max });
+        }
+        let subject = self.subject(partition);
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            unreachable!("the log's semaphore is never closed");
+        };
+        let publish =
+            jetstream::message::PublishMessage::build().payload(payload).expected_last_subject_sequence(after);
+        let not_acknowledged = |why: String| StreamLogError::NotAcknowledged { subject: subject.clone(), why };
+        let ack =
+            self.context.send_publish(subject.clone(), publish).await.map_err(|e| not_acknowledged(e.to_string()))?;
+        let ack = match ack.await {
+            Ok(ack) => ack,
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                return Err(StreamLogError::Fenced { subject, after });
+            }
+            Err(e) => return Err(not_acknowledged(e.to_string())),
+        };
+        if ack.stream != self.settings.stream {
+            return Err(StreamLogError::WrongStream { found: ack.stream, wanted: self.settings.stream.clone() });
+        }
+        Ok(ack.sequence)
+    }
+
+    /// Partition `p`'s last record, `None` while it has none.
+    pub async fn last_in(&self, partition: Partition) -> Result<Option<StoredRecord>, StreamLogError> {
+        if partition.number() >= self.settings.partitions {
+            return Err(self.out_of_range(partition));
+        }
+        match self.stream.get_last_raw_message_by_subject(&self.subject(partition)).await {
+            Ok(message) => Ok(Some(StoredRecord { sequence: message.sequence, payload: message.payload })),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(StreamLogError::Read { partition, why: e.to_string() }),
+        }
     }
 
     fn out_of_range(&self, partition: Partition) -> StreamLogError {

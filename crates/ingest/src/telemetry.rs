@@ -97,6 +97,12 @@ pub fn batch_refused(reason: &'static str) {
     counter!("farestream_batch_errors_total", "reason" => reason).increment(1);
 }
 
+/// In cluster mode, a partition's claim task failed (the streams out of
+/// reach, a damaged record); it starts again from the claimed stream.
+pub fn partition_claim_failed() {
+    counter!("farestream_partition_claim_failures_total").increment(1);
+}
+
 pub fn connection_opened() {
     counter!("farestream_connections_total").increment(1);
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::{BACKOFF_RETRY_AFTER_MS, ServerError, Shared};
-use farestream_cluster::{LeaseSettings, StreamLog, StreamLogSettings, append_batch};
+use farestream_cluster::{ClaimSettings, LeaseSettings, StreamLog, StreamLogSettings, append_batch};
 use farestream_core::ingest::{BatchOutcome, VerifiedBatch};
 use farestream_gateway::wire::{BatchAck, ScanBatch};
 use farestream_ingest::config::ConfigError;
@@ -28,6 +28,9 @@ pub struct ClusterSettings {
     /// `cluster.node_name`; empty: the data dir's NODE_ID.
     pub node_name: String,
     pub stream: StreamLogSettings,
+    /// The claimed stream: the scans stream's shape under its own names.
+    pub claimed: StreamLogSettings,
+    pub claim: ClaimSettings,
     pub leases: LeaseSettings,
     pub members_bucket: String,
 }
@@ -39,20 +42,28 @@ impl ClusterSettings {
             return Ok(None);
         }
         let ms = Duration::from_millis;
+        let stream = StreamLogSettings {
+            stream: config.stream.clone(),
+            subject_prefix: config.subject_prefix.clone(),
+            partitions: config.partitions,
+            replicas: config.replicas,
+            duplicate_window: ms(config.duplicate_window_ms),
+            ack_timeout: ms(config.append_ack_timeout_ms),
+            record_bytes_max: config.record_bytes_max,
+            acks_in_flight_max: config.acks_in_flight_max,
+        };
+        let claimed = StreamLogSettings {
+            stream: config.claimed_stream.clone(),
+            subject_prefix: config.claimed_subject_prefix.clone(),
+            ..stream.clone()
+        };
         Ok(Some(ClusterSettings {
             nats_urls: config.nats_urls.clone(),
             connect_timeout: ms(config.connect_timeout_ms),
             node_name: config.node_name.clone(),
-            stream: StreamLogSettings {
-                stream: config.stream.clone(),
-                subject_prefix: config.subject_prefix.clone(),
-                partitions: config.partitions,
-                replicas: config.replicas,
-                duplicate_window: ms(config.duplicate_window_ms),
-                ack_timeout: ms(config.append_ack_timeout_ms),
-                record_bytes_max: config.record_bytes_max,
-                acks_in_flight_max: config.acks_in_flight_max,
-            },
+            stream,
+            claimed,
+            claim: ClaimSettings { read_wait: ms(config.claim_read_wait_ms) },
             leases: LeaseSettings {
                 bucket: config.lease_bucket.clone(),
                 replicas: config.replicas,
@@ -63,15 +74,18 @@ impl ClusterSettings {
     }
 }
 
-/// Connects to NATS and opens the scans stream (made on the cluster's
-/// first start; refused when it was made otherwise).
-pub(crate) async fn open_stream(settings: &ClusterSettings) -> Result<Arc<StreamLog>, ServerError> {
+/// Connects to NATS and opens the scans and claimed streams (made on the
+/// cluster's first start; refused when they were made otherwise).
+pub(crate) async fn open_logs(
+    settings: &ClusterSettings,
+) -> Result<(async_nats::Client, crate::cluster_owners::ClusterLogs), ServerError> {
+    let cluster_error = |e: &dyn std::fmt::Display| ServerError::Cluster(e.to_string());
     let client = farestream_cluster::connect(&settings.nats_urls, settings.connect_timeout)
         .await
-        .map_err(|e| ServerError::Cluster(e.to_string()))?;
-    let log =
-        StreamLog::open(client, settings.stream.clone()).await.map_err(|e| ServerError::Cluster(e.to_string()))?;
-    Ok(Arc::new(log))
+        .map_err(|e| cluster_error(&e))?;
+    let scans = StreamLog::open(client.clone(), settings.stream.clone()).await.map_err(|e| cluster_error(&e))?;
+    let claimed = StreamLog::open(client.clone(), settings.claimed.clone()).await.map_err(|e| cluster_error(&e))?;
+    Ok((client, crate::cluster_owners::ClusterLogs { scans: Arc::new(scans), claimed }))
 }
 
 /// Step 3 of a batch in cluster mode: the decisions without history, the

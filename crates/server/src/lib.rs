@@ -36,6 +36,7 @@
 mod assembly;
 mod batch;
 pub mod cluster_ingest;
+mod cluster_owners;
 mod connections;
 mod cut_over;
 pub mod dedup_snapshot;
@@ -278,6 +279,8 @@ pub struct Server {
     /// The daily cut-over job, when it runs: a settlement writes into the
     /// data dir, so shutdown waits for it before letting go of the lock.
     cut_over: Option<tokio::task::JoinHandle<()>>,
+    /// In cluster mode, the loop that keeps this node's partition leases.
+    partition_leases: Option<tokio::task::JoinHandle<()>>,
     /// Held until the server is dropped or its process ends (`None` only
     /// inside [`Server::abandon`]).
     data_dir_lock: Option<DataDirLock>,
@@ -303,6 +306,7 @@ impl Server {
             recovering.await.map_err(|e| ServerError::Recovery(format!("recovery panicked: {e}")))??;
         tracing::info!(?recovery, "recovered");
         let node = NodeId::load_or_create(&settings.data_dir, &handles.faults)?;
+        let node_name = node.to_string();
         // A pricer new to the store starts where the archive stands: what
         // was archived before money was kept is not charged. But under a
         // new name (a data dir whose NODE_ID was deleted after a copy under
@@ -362,10 +366,11 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         let local_addr =
             endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
-        let stream = match &settings.cluster {
-            Some(cluster) => Some(cluster_ingest::open_stream(cluster).await?),
+        let cluster_logs = match &settings.cluster {
+            Some(cluster) => Some(cluster_ingest::open_logs(cluster).await?),
             None => None,
         };
+        let stream = cluster_logs.as_ref().map(|(_, logs)| Arc::clone(&logs.scans));
         let pipeline_chunk_max = pipeline.config().verify_chunk_signatures;
         let shared = Arc::new(Shared {
             pipeline,
@@ -390,6 +395,13 @@ impl Server {
             failure: OnceLock::new(),
             failed: Notify::new(),
         });
+        let partition_leases = match (&shared.settings.cluster, cluster_logs) {
+            (Some(cluster), Some(opened)) => {
+                let name = if cluster.node_name.is_empty() { &node_name } else { &cluster.node_name };
+                Some(cluster_owners::start_owners(&shared, cluster, opened, name).await?)
+            }
+            _ => None,
+        };
         // Tracked, so shutdown waits for them to drop what they hold.
         spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
         let reload = reload_revocations(Arc::clone(&shared), endpoint.clone(), (identity.clone(), quic));
@@ -437,6 +449,7 @@ impl Server {
             accounts,
             charges_archive,
             cut_over,
+            partition_leases,
             data_dir_lock: Some(data_dir_lock),
         })
     }
@@ -554,6 +567,10 @@ impl Server {
     /// steps before the lock goes: left running, one would write into the
     /// directory the next server recovers, which a dead process never does.
     pub async fn abandon(mut self) {
+        // A dead node gives no lease back: they age out.
+        if let Some(leases) = self.partition_leases.take() {
+            leases.abort();
+        }
         // A dead process runs no task: stop them (nothing is flushed).
         self.shared.shutdown.cancel();
         self.endpoint.close(0u32.into(), b"process died");

@@ -26,6 +26,9 @@ pub struct ClusterConfig {
     pub connect_timeout_ms: u64,
     pub stream: String,
     pub subject_prefix: String,
+    pub claimed_stream: String,
+    pub claimed_subject_prefix: String,
+    pub claim_read_wait_ms: u64,
     pub partitions: u16,
     pub replicas: usize,
     pub duplicate_window_ms: u64,
@@ -86,15 +89,30 @@ impl ClusterConfig {
         }
         for (key, name) in [
             ("cluster.stream", &self.stream),
+            ("cluster.claimed_stream", &self.claimed_stream),
             ("cluster.lease_bucket", &self.lease_bucket),
             ("cluster.members_bucket", &self.members_bucket),
         ] {
             check_name(key, name, NODE_NAME_BYTES_MAX)?;
         }
-        if self.subject_prefix.len() > NODE_NAME_BYTES_MAX || !self.subject_prefix.split('.').all(is_name_token) {
+        if self.stream == self.claimed_stream {
+            return Err(invalid(format!("cluster.claimed_stream = {:?} is cluster.stream's name", self.stream)));
+        }
+        for (key, prefix) in [
+            ("cluster.subject_prefix", &self.subject_prefix),
+            ("cluster.claimed_subject_prefix", &self.claimed_subject_prefix),
+        ] {
+            if prefix.len() > NODE_NAME_BYTES_MAX || !prefix.split('.').all(is_name_token) {
+                return Err(invalid(format!(
+                    "{key} = {prefix:?} must be dot-separated tokens of letters, digits, '-' and '_', at most {NODE_NAME_BYTES_MAX} bytes"
+                )));
+            }
+        }
+        // Each stream takes PREFIX.* as its subjects: neither may hold the other's.
+        let (scans, claimed) = (&self.subject_prefix, &self.claimed_subject_prefix);
+        if scans == claimed || scans.starts_with(&format!("{claimed}.")) || claimed.starts_with(&format!("{scans}.")) {
             return Err(invalid(format!(
-                "cluster.subject_prefix = {:?} must be dot-separated tokens of letters, digits, '-' and '_', at most {NODE_NAME_BYTES_MAX} bytes",
-                self.subject_prefix
+                "cluster.subject_prefix = {scans:?} and cluster.claimed_subject_prefix = {claimed:?} must not overlap"
             )));
         }
         Ok(())
@@ -182,6 +200,11 @@ mod tests {
             ("members_bucket = \"\"".to_string(), "cluster.members_bucket"),
             ("subject_prefix = \"a..b\"".to_string(), "cluster.subject_prefix"),
             ("subject_prefix = \"a.>\"".to_string(), "cluster.subject_prefix"),
+            ("claimed_subject_prefix = \"a b\"".to_string(), "cluster.claimed_subject_prefix"),
+            ("claimed_subject_prefix = \"farestream.scans\"".to_string(), "must not overlap"),
+            ("claimed_subject_prefix = \"farestream.scans.x\"".to_string(), "must not overlap"),
+            ("claimed_stream = \"FARESTREAM_SCANS\"".to_string(), "cluster.claimed_stream"),
+            ("claimed_stream = \"\"".to_string(), "cluster.claimed_stream"),
             ("replicas = 2".to_string(), "cluster.replicas"),
             ("replicas = 4".to_string(), "cluster.replicas"),
         ] {

@@ -9,12 +9,16 @@
 //! its lease, a key in JetStream's key-value store whose revision is the
 //! owner's fencing token.
 
+mod claimed;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
 use ring::digest;
 
 use crate::scan::ArchivedScan;
+
+pub use claimed::{ClaimedRecord, ClaimedRecordError};
 
 /// The most partitions a cluster may have. A partition is a subject of
 /// the stream, a lease and a cursor in the money store; 4 096 of them

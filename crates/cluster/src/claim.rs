@@ -1,0 +1,199 @@
+//! A partition's owner at work (docs/scale-out.md, "Partition owners"):
+//! the rows ingest nodes appended to the scans stream, claimed in stream
+//! order (`Pipeline::claim_rows`: re-deliveries dropped, replays found)
+//! and appended to the partition's claimed log, which is then to the
+//! partition what the node's own log is to a single node.
+//!
+//! The claimed log has one writer: every append expects the end the
+//! owner last saw (`StreamLog::append_after`), so an owner that lost its
+//! lease and did not notice (a paused process) is refused by the server
+//! the moment another owner has written. The claims live in a pipeline
+//! of the partition's own, rebuilt from the claimed log when the owner
+//! starts and dropped when it stops, so claims that never reached the
+//! log die with it: claiming is deterministic in stream order, and the
+//! next owner makes the same ones again.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use farestream_core::clock::UnixMillis;
+use farestream_core::cluster::{ClaimedRecord, Partition};
+use farestream_core::ingest::{ClaimedRows, Pipeline};
+use farestream_core::journal;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::stream_log::{StreamLog, StreamLogError};
+
+/// The two logs of the cluster: what ingest nodes append, and what
+/// partition owners claimed from it.
+#[derive(Clone, Copy)]
+pub struct ClaimLogs<'a> {
+    pub scans: &'a StreamLog,
+    pub claimed: &'a StreamLog,
+}
+
+/// Why an owner stopped claiming a partition. Whatever the reason, its
+/// pipeline is dropped: the next owner (this node or another) starts
+/// from the claimed log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimStop {
+    /// Asked to stop.
+    Stopped,
+    /// The owner's term ended or the partition left its watch.
+    NotHeld,
+    /// Another owner appended to the claimed log since this one read it.
+    Fenced,
+}
+
+#[derive(Debug, Error)]
+pub enum ClaimError {
+    #[error(transparent)]
+    Stream(#[from] StreamLogError),
+    /// A record that does not decode: the partition stops rather than
+    /// skip an acknowledged scan.
+    #[error("partition {partition}: the {log} record at sequence {sequence} is damaged: {why}")]
+    Damaged { partition: Partition, log: &'static str, sequence: u64, why: String },
+}
+
+/// How an owner reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimSettings {
+    /// How long one read waits for the next record before the owner looks
+    /// at its term and its stop again.
+    pub read_wait: Duration,
+}
+
+/// Where a partition's claiming resumes.
+#[derive(Debug, Default)]
+struct Resume {
+    /// The claimed log's last sequence (0: empty): every append expects it.
+    claimed_through: u64,
+    /// The scans stream's first record still to claim.
+    scans_from: u64,
+    /// Scans of the record at `scans_from` already claimed, when the last
+    /// owner stopped between the parts of its claimed rows.
+    claimed_part: HashSet<[u8; 16]>,
+}
+
+/// Claims partition `partition` until stopped, no longer held (`holds`,
+/// asked before each read and each append), fenced out, or failed. Takes
+/// the pipeline (fresh, with no claims) and drops it on return.
+pub async fn claim_partition(
+    logs: ClaimLogs<'_>,
+    partition: Partition,
+    pipeline: Pipeline,
+    (now_ms, settings): (UnixMillis, ClaimSettings),
+    holds: impl Fn() -> bool,
+    stop: &CancellationToken,
+) -> Result<ClaimStop, ClaimError> {
+    let Some(mut resume) = rebuild(logs.claimed, partition, &pipeline, (now_ms, settings), stop).await? else {
+        return Ok(ClaimStop::Stopped);
+    };
+    let mut reader = logs.scans.reader(partition, resume.scans_from).await?;
+    loop {
+        if stop.is_cancelled() {
+            return Ok(ClaimStop::Stopped);
+        }
+        if !holds() {
+            return Ok(ClaimStop::NotHeld);
+        }
+        let Some(record) = reader.next(settings.read_wait).await? else { continue };
+        let mut rows = journal::decode(&record.payload).map_err(|e| ClaimError::Damaged {
+            partition,
+            log: "scans",
+            sequence: record.sequence,
+            why: e.to_string(),
+        })?;
+        if record.sequence == resume.scans_from {
+            rows.retain(|row| !resume.claimed_part.contains(&row.scan_id));
+        }
+        // Written even with no rows left (all re-deliveries): every scans
+        // record has its claimed record, so the count is kept and the
+        // next owner resumes after it.
+        let ClaimedRows { rows, redelivered } = pipeline.claim_rows(rows);
+        let whole = ClaimedRecord { scans_sequence: record.sequence, redelivered, more_follow: false, rows };
+        for part in parts(whole, logs.claimed.record_bytes_max()) {
+            if !holds() {
+                return Ok(ClaimStop::NotHeld);
+            }
+            let appended =
+                logs.claimed.append_after(partition, Bytes::from(part.encode()), resume.claimed_through).await;
+            match appended {
+                Ok(sequence) => resume.claimed_through = sequence,
+                Err(StreamLogError::Fenced { .. }) => return Ok(ClaimStop::Fenced),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Reads the partition's claimed log to its end into `pipeline`'s dedup
+/// indexes; where claiming resumes, or `None` when stopped first.
+async fn rebuild(
+    claimed: &StreamLog,
+    partition: Partition,
+    pipeline: &Pipeline,
+    (now_ms, settings): (UnixMillis, ClaimSettings),
+    stop: &CancellationToken,
+) -> Result<Option<Resume>, ClaimError> {
+    let Some(last) = claimed.last_in(partition).await? else {
+        return Ok(Some(Resume { scans_from: 1, ..Resume::default() }));
+    };
+    let mut resume = Resume::default();
+    let mut reader = claimed.reader(partition, 1).await?;
+    while resume.claimed_through < last.sequence {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        let Some(stored) = reader.next(settings.read_wait).await? else { continue };
+        let record = ClaimedRecord::decode(&stored.payload).map_err(|e| ClaimError::Damaged {
+            partition,
+            log: "claimed",
+            sequence: stored.sequence,
+            why: e.to_string(),
+        })?;
+        pipeline.restore(&record.rows, now_ms);
+        if resume.scans_from != record.scans_sequence {
+            resume.claimed_part.clear();
+        }
+        resume.claimed_through = stored.sequence;
+        resume.scans_from = record.scans_sequence;
+        if record.more_follow {
+            resume.claimed_part.extend(record.rows.iter().map(|r| r.scan_id));
+        } else {
+            resume.claimed_part.clear();
+            resume.scans_from = record.scans_sequence.saturating_add(1);
+        }
+    }
+    Ok(Some(resume))
+}
+
+/// `whole` as claimed records of at most `bytes_max` bytes each, in
+/// order: itself when it fits, else its rows halved until each part
+/// does. Every part but the last says more follow; the re-deliveries
+/// are counted on the first.
+pub(crate) fn parts(whole: ClaimedRecord, bytes_max: usize) -> Vec<ClaimedRecord> {
+    let mut out = Vec::new();
+    split_into(whole, bytes_max, &mut out);
+    let last = out.len() - 1;
+    for (i, part) in out.iter_mut().enumerate() {
+        part.more_follow = i < last;
+        if i > 0 {
+            part.redelivered = 0;
+        }
+    }
+    out
+}
+
+fn split_into(record: ClaimedRecord, bytes_max: usize, out: &mut Vec<ClaimedRecord>) {
+    if record.rows.len() <= 1 || record.encode().len() <= bytes_max {
+        out.push(record);
+        return;
+    }
+    let ClaimedRecord { scans_sequence, redelivered, more_follow, mut rows } = record;
+    let second = rows.split_off(rows.len() / 2);
+    split_into(ClaimedRecord { scans_sequence, redelivered, more_follow, rows }, bytes_max, out);
+    split_into(ClaimedRecord { scans_sequence, redelivered, more_follow, rows: second }, bytes_max, out);
+}

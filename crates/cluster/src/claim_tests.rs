@@ -1,0 +1,250 @@
+//! Partition owners against a real three-server JetStream cluster: what
+//! they claim is what one node's commit gives, the next owner resumes
+//! exactly where the last one's claimed log ends (also between the parts
+//! of one record), and an owner that lost the race is fenced out.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use farestream_core::cluster::{ClaimedRecord, Partition, partition_of_card};
+use farestream_core::ingest::Pipeline;
+use farestream_core::ridecode::{IssuerPublicKeys, IssuerSigningKey, UserKey};
+use farestream_core::scan::{ArchivedScan, ScanStatus};
+use farestream_core::wire::{ScanBatch, ScanRecord, WireTapKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::claim::{ClaimLogs, ClaimSettings, ClaimStop, claim_partition, parts};
+use crate::test_nats::NatsCluster;
+use crate::{StreamLog, StreamLogError, StreamLogSettings, append_batch};
+
+const PARTITIONS: u16 = 4;
+const AT_MS: i64 = 1_763_604_000_000;
+const SETTINGS: ClaimSettings = ClaimSettings { read_wait: Duration::from_millis(200) };
+
+fn log_settings(stream: &str, record_bytes_max: usize) -> StreamLogSettings {
+    StreamLogSettings {
+        stream: stream.to_string(),
+        subject_prefix: format!("test.{stream}"),
+        partitions: PARTITIONS,
+        replicas: 3,
+        duplicate_window: Duration::from_secs(120),
+        ack_timeout: Duration::from_secs(2),
+        record_bytes_max,
+        acks_in_flight_max: 1_024,
+    }
+}
+
+async fn open_logs(cluster: &NatsCluster, name: &str, claimed_bytes_max: usize) -> (StreamLog, StreamLog) {
+    let scans = StreamLog::open(cluster.client().await, log_settings(&format!("{name}_SCANS"), 1 << 20));
+    let claimed = StreamLog::open(cluster.client().await, log_settings(&format!("{name}_CLAIMED"), claimed_bytes_max));
+    (scans.await.expect("scans"), claimed.await.expect("claimed"))
+}
+
+/// Pipelines as every node makes them: the shipped config, one issuer.
+struct Fleet {
+    issuer: IssuerSigningKey,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        Fleet { issuer: IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer") }
+    }
+
+    fn pipeline(&self) -> Pipeline {
+        let mut keys = IssuerPublicKeys::new();
+        keys.insert(1, self.issuer.public_key());
+        let config = farestream_ingest::config::Config::defaults().pipeline_config().expect("the shipped config");
+        Pipeline::new(config, keys, [5; 32])
+    }
+
+    /// Card `card`'s code number `counter`.
+    fn code(&self, card: u64, counter: u32) -> Vec<u8> {
+        let user = UserKey::from_seed(&[card as u8; 32]).expect("user");
+        let at = (AT_MS / 1000) as u32;
+        let credential = self.issuer.issue(card, user.public_key(), at - 3_600, at + 90_000);
+        user.make_code(&credential, at - 5, counter).bytes.to_vec()
+    }
+}
+
+fn scan(validator: &str, seq: u64, code: Vec<u8>) -> ScanRecord {
+    ScanRecord {
+        validator_id: validator.into(),
+        validator_seq: seq,
+        validator_time_ms: AT_MS + seq as i64,
+        route_id: "bus-1".into(),
+        stop_id: "stop-1".into(),
+        tap_kind: WireTapKind::Single as i32,
+        ride_code: code,
+        ..Default::default()
+    }
+}
+
+/// Every partition claimed side by side, each by a fresh owner, for
+/// `for_how_long`; how each stopped.
+async fn claim_every_partition(fleet: &Fleet, logs: ClaimLogs<'_>, for_how_long: Duration) -> Vec<ClaimStop> {
+    let stop = CancellationToken::new();
+    let owners = Partition::all(PARTITIONS)
+        .map(|p| claim_partition(logs, p, fleet.pipeline(), (AT_MS + 60_000, SETTINGS), || true, &stop));
+    let stopping = async {
+        tokio::time::sleep(for_how_long).await;
+        stop.cancel();
+    };
+    let (stops, ()) = tokio::join!(futures_util::future::join_all(owners), stopping);
+    stops.into_iter().map(|s| s.expect("claimed")).collect()
+}
+
+/// Every claimed record of partition `p`, in order.
+async fn claimed_records(claimed: &StreamLog, p: Partition) -> Vec<ClaimedRecord> {
+    let mut reader = claimed.reader(p, 1).await.expect("reader");
+    let mut records = Vec::new();
+    while let Some(stored) = reader.next(Duration::from_millis(300)).await.expect("read") {
+        records.push(ClaimedRecord::decode(&stored.payload).expect("a claimed record"));
+    }
+    records
+}
+
+async fn claimed_rows(claimed: &StreamLog) -> (Vec<ArchivedScan>, u32) {
+    let (mut rows, mut redelivered) = (Vec::new(), 0);
+    for p in Partition::all(PARTITIONS) {
+        for record in claimed_records(claimed, p).await {
+            assert!(record.rows.iter().all(|r| farestream_core::cluster::partition_of_row(r, PARTITIONS) == p));
+            redelivered += record.redelivered;
+            rows.extend(record.rows);
+        }
+    }
+    rows.sort_by_key(|r| r.scan_id);
+    (rows, redelivered)
+}
+
+/// The same batches through one node's `commit` and through ingest
+/// nodes and partition owners give the same rows, verdicts included; an
+/// owner stopped after the first batches and a new one started after
+/// more arrived claim each scan once between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_claim_what_one_node_would_and_the_next_owner_resumes_exactly() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "RESUME", 1 << 20).await;
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let fleet = Fleet::new();
+    let batch = |gateway: &str, seq: u64, records: Vec<ScanRecord>| ScanBatch {
+        gateway_id: gateway.into(),
+        batch_seq: seq,
+        scans: records,
+    };
+    let first_taps = (1..=6u64).map(|card| scan("bus-1", card, fleet.code(card, 1))).collect();
+    let before = vec![
+        batch("depot-1", 1, first_taps),
+        // Card 1's code again on another bus: a replay.
+        batch("depot-2", 1, vec![scan("bus-2", 1, fleet.code(1, 1))]),
+        // Card 2's tap re-delivered beside a new tap: past JetStream's
+        // duplicate check (another record), so its owner drops it.
+        batch("depot-1", 2, vec![scan("bus-1", 2, fleet.code(2, 1)), scan("bus-1", 7, fleet.code(7, 1))]),
+    ];
+    let after = vec![
+        batch("depot-3", 1, vec![scan("bus-3", 1, fleet.code(3, 1)), scan("bus-3", 2, fleet.code(8, 1))]),
+        batch("depot-1", 3, vec![scan("bus-1", 4, fleet.code(4, 1)), scan("bus-1", 9, fleet.code(1, 2))]),
+    ];
+    let (single, ingest) = (fleet.pipeline(), fleet.pipeline());
+    let (mut wanted, mut wanted_redelivered) = (Vec::new(), 0);
+    let mut received_at = AT_MS + 10_000;
+    let mut run = async |batches: &[ScanBatch]| {
+        for b in batches {
+            received_at += 1_000;
+            let one_node = single.commit(b, single.verify(b).expect("batch"), received_at);
+            wanted.extend(one_node.rows);
+            wanted_redelivered += one_node.ack.redelivered;
+            let unclaimed = ingest.commit_unclaimed(b, ingest.verify(b).expect("batch"), received_at);
+            append_batch(&scans, unclaimed.rows, b.batch_seq).await.expect("appended");
+        }
+    };
+    run(&before).await;
+    let stops = claim_every_partition(&fleet, logs, Duration::from_secs(2)).await;
+    assert!(stops.iter().all(|s| *s == ClaimStop::Stopped), "{stops:?}");
+    run(&after).await;
+    claim_every_partition(&fleet, logs, Duration::from_secs(2)).await;
+
+    wanted.sort_by_key(|r| r.scan_id);
+    let (rows, redelivered) = claimed_rows(&claimed).await;
+    assert_eq!((rows.len(), redelivered), (wanted.len(), wanted_redelivered));
+    assert_eq!(rows, wanted, "the rows one node gives, each once, verdicts and reasons included");
+    let replays = rows.iter().filter(|r| r.status == ScanStatus::Replay).count();
+    assert_eq!((replays, redelivered), (2, 2), "card 1 and card 3 replayed; card 2 and card 4 re-delivered");
+}
+
+/// An owner whose view of the claimed log is stale (another owner wrote
+/// since it read) is refused by the server and stops; nothing of its is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_lost_the_race_is_fenced_out_of_the_claimed_log() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "FENCE", 1 << 20).await;
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let fleet = Fleet::new();
+    let partition = partition_of_card(5, PARTITIONS);
+    let stop = CancellationToken::new();
+    let stale = claim_partition(logs, partition, fleet.pipeline(), (AT_MS + 60_000, SETTINGS), || true, &stop);
+    let race = async {
+        // The stale owner has read the empty claimed log; the new owner writes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let theirs = ClaimedRecord {
+            scans_sequence: 1,
+            redelivered: 0,
+            more_follow: false,
+            rows: vec![ArchivedScan { card_id: Some(5), ..ArchivedScan::blank() }],
+        };
+        claimed.append_after(partition, Bytes::from(theirs.encode()), 0).await.expect("the new owner's write");
+        let ingest = fleet.pipeline();
+        let b =
+            ScanBatch { gateway_id: "depot-1".into(), batch_seq: 1, scans: vec![scan("bus-1", 1, fleet.code(5, 1))] };
+        let rows = ingest.commit_unclaimed(&b, ingest.verify(&b).expect("batch"), AT_MS + 1_000).rows;
+        append_batch(&scans, rows, 1).await.expect("appended");
+    };
+    let (stopped, ()) = tokio::join!(stale, race);
+    assert_eq!(stopped.expect("claimed"), ClaimStop::Fenced);
+    let records = claimed_records(&claimed, partition).await;
+    assert_eq!(records.len(), 1, "only the new owner's record");
+    assert_eq!(records[0].rows[0].card_id, Some(5));
+    assert!(records[0].rows[0].validator_id.is_empty(), "not the stale owner's row");
+
+    let again = claimed.append_after(partition, Bytes::from_static(b"x"), 0).await;
+    assert!(matches!(again, Err(StreamLogError::Fenced { after: 0, .. })), "{again:?}");
+}
+
+/// Rows claimed from one scans record that need several claimed records:
+/// an owner that died after the first part is followed by one that
+/// claims the rest, and no row twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_died_between_the_parts_of_a_record_is_resumed_without_its_rows_twice() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "PARTS", 4_096).await;
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let fleet = Fleet::new();
+    let rows: Vec<ArchivedScan> = (0..120u32)
+        .map(|n| ArchivedScan {
+            scan_id: { [n.to_be_bytes(); 4].concat().try_into().expect("16 bytes") },
+            card_id: Some(11),
+            validator_id: format!("validator-{n:04}-{}", "x".repeat(30)),
+            status: ScanStatus::Denied,
+            ..ArchivedScan::blank()
+        })
+        .collect();
+    let partition = partition_of_card(11, PARTITIONS);
+    let appended = append_batch(&scans, rows.clone(), 1).await.expect("appended");
+    assert_eq!(appended.len(), 1, "one scans record");
+
+    let whole = ClaimedRecord { scans_sequence: appended[0].1.sequence, redelivered: 0, more_follow: false, rows };
+    let split = parts(whole.clone(), 4_096);
+    assert!(split.len() >= 3, "{} parts", split.len());
+    assert!(split[..split.len() - 1].iter().all(|p| p.more_follow) && !split[split.len() - 1].more_follow);
+    // The first owner wrote the first part, then died.
+    claimed.append_after(partition, Bytes::from(split[0].encode()), 0).await.expect("first part");
+
+    claim_every_partition(&fleet, logs, Duration::from_secs(2)).await;
+    let records = claimed_records(&claimed, partition).await;
+    assert!(records.iter().all(|r| r.scans_sequence == whole.scans_sequence));
+    let mut claimed_rows: Vec<ArchivedScan> = records.into_iter().flat_map(|r| r.rows).collect();
+    claimed_rows.sort_by_key(|r| r.scan_id);
+    let mut wanted = whole.rows;
+    wanted.sort_by_key(|r| r.scan_id);
+    assert_eq!(claimed_rows, wanted, "every row of the scans record once");
+}

@@ -1,0 +1,136 @@
+//! A record of a partition's claimed log (docs/scale-out.md, "Partition
+//! owners"): the rows its owner claimed from one record of the scans
+//! stream, in the verdicts the owner gave them, and that record's
+//! sequence in the scans stream, where the next owner resumes. The
+//! claimed log is to a partition what the node's own log is to a single
+//! node: the archiver and the pricer read it, and a new owner rebuilds
+//! the partition's dedup indexes from it.
+//!
+//! The rows claimed from one scans record may need several claimed
+//! records (a replay's reason makes a row longer than it came in); every
+//! part but the last says more follow, so a new owner knows whether the
+//! scans record it names was claimed whole.
+//!
+//! ```text
+//! offset size field
+//!      0    1 kind            = 0xC1
+//!      1    8 scans_sequence  u64, big-endian, at least 1
+//!      9    4 redelivered     u32, big-endian
+//!     13    1 more_follow     0 (the last part) or 1
+//!     14      the rows: a journal record (`journal::encode`)
+//! ```
+
+use thiserror::Error;
+
+use crate::journal::{self, JournalError};
+use crate::scan::ArchivedScan;
+
+/// The first byte of every claimed record.
+const KIND_CLAIMED: u8 = 0xC1;
+const HEADER_LEN: usize = 14;
+
+/// One record of a partition's claimed log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedRecord {
+    /// The scans stream's sequence of the record these rows came from.
+    pub scans_sequence: u64,
+    /// Scans of that record dropped as re-deliveries (counted on its
+    /// first part).
+    pub redelivered: u32,
+    /// More claimed records follow with rows of the same scans record.
+    pub more_follow: bool,
+    /// The claimed rows, in stream order, with the owner's verdicts.
+    pub rows: Vec<ArchivedScan>,
+}
+
+/// Why bytes are not a claimed record.
+#[derive(Debug, Error)]
+pub enum ClaimedRecordError {
+    /// Shorter than the header.
+    #[error("a claimed record of {0} bytes is shorter than its 14-byte header")]
+    Short(usize),
+    /// The first byte is not the claimed record's kind.
+    #[error("byte 0 is {0:#04x}, not a claimed record's 0xC1")]
+    Kind(u8),
+    /// The scans-stream sequence is 0, which no record has.
+    #[error("a claimed record names scans-stream sequence 0; the stream counts from 1")]
+    NoSequence,
+    /// The more-follow flag is neither 0 nor 1.
+    #[error("a claimed record's more-follow byte is {0}, not 0 or 1")]
+    Flag(u8),
+    /// The rows do not decode.
+    #[error("a claimed record's rows: {0}")]
+    Rows(#[from] JournalError),
+}
+
+impl ClaimedRecord {
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.scans_sequence > 0, "a claimed record names the scans record it came from");
+        let rows = journal::encode(&self.rows, 0);
+        let mut out = Vec::with_capacity(HEADER_LEN + rows.len());
+        out.push(KIND_CLAIMED);
+        out.extend_from_slice(&self.scans_sequence.to_be_bytes());
+        out.extend_from_slice(&self.redelivered.to_be_bytes());
+        out.push(u8::from(self.more_follow));
+        out.extend_from_slice(&rows);
+        out
+    }
+
+    /// A record back from its bytes; every field checked.
+    pub fn decode(bytes: &[u8]) -> Result<ClaimedRecord, ClaimedRecordError> {
+        let Some((header, rows)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+            return Err(ClaimedRecordError::Short(bytes.len()));
+        };
+        if header[0] != KIND_CLAIMED {
+            return Err(ClaimedRecordError::Kind(header[0]));
+        }
+        let scans_sequence = u64::from_be_bytes(header[1..9].try_into().expect("8 bytes"));
+        if scans_sequence == 0 {
+            return Err(ClaimedRecordError::NoSequence);
+        }
+        let redelivered = u32::from_be_bytes(header[9..13].try_into().expect("4 bytes"));
+        let more_follow = match header[13] {
+            0 => false,
+            1 => true,
+            other => return Err(ClaimedRecordError::Flag(other)),
+        };
+        Ok(ClaimedRecord { scans_sequence, redelivered, more_follow, rows: journal::decode(rows)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::ScanStatus;
+
+    fn record(scans_sequence: u64, redelivered: u32, n: u8) -> ClaimedRecord {
+        let row = |i: u8| ArchivedScan { scan_id: [i; 16], status: ScanStatus::Replay, ..ArchivedScan::blank() };
+        ClaimedRecord { scans_sequence, redelivered, more_follow: n % 2 == 1, rows: (0..n).map(row).collect() }
+    }
+
+    #[test]
+    fn records_at_their_extremes_read_back_as_written() {
+        for written in [record(1, 0, 0), record(u64::MAX, u32::MAX, 3), record(7, 2, 200)] {
+            assert_eq!(ClaimedRecord::decode(&written.encode()).expect("decodes"), written);
+        }
+    }
+
+    #[test]
+    fn damaged_records_are_refused_by_what_is_wrong() {
+        let good = record(9, 1, 2).encode();
+        assert!(matches!(ClaimedRecord::decode(&[]), Err(ClaimedRecordError::Short(0))));
+        assert!(matches!(ClaimedRecord::decode(&good[..13]), Err(ClaimedRecordError::Short(13))));
+        let mut kind = good.clone();
+        kind[0] = 1;
+        assert!(matches!(ClaimedRecord::decode(&kind), Err(ClaimedRecordError::Kind(1))));
+        let mut zero = good.clone();
+        zero[1..9].fill(0);
+        assert!(matches!(ClaimedRecord::decode(&zero), Err(ClaimedRecordError::NoSequence)));
+        let mut flag = good.clone();
+        flag[13] = 2;
+        assert!(matches!(ClaimedRecord::decode(&flag), Err(ClaimedRecordError::Flag(2))));
+        assert!(matches!(ClaimedRecord::decode(&good[..14]), Err(ClaimedRecordError::Rows(JournalError::Empty))));
+        assert!(matches!(ClaimedRecord::decode(&good[..good.len() - 1]), Err(ClaimedRecordError::Rows(_))));
+    }
+}
