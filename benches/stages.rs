@@ -82,8 +82,8 @@ const DEDUP_HELD: u64 = 6_000_000;
 fn dedup(c: &mut Criterion) {
     let index = DedupIndex::default();
     for i in 0..DEDUP_HELD {
-        index.claim_delivery(fingerprint(i), i64::MAX);
-        index.claim_ride(RideKey { card_id: i, created_at: 1, counter: 0 }, TapKind::Single, i64::MAX);
+        index.claim_delivery(fingerprint(i), i64::MAX, 0);
+        index.claim_ride(RideKey { card_id: i, created_at: 1, counter: 0 }, TapKind::Single, i64::MAX, 0);
     }
     index.sweep(0);
     let mut group = c.benchmark_group("dedup");
@@ -92,14 +92,14 @@ fn dedup(c: &mut Criterion) {
     group.bench_function("claim_delivery", |b| {
         b.iter(|| {
             next += 1;
-            index.claim_delivery(fingerprint(next), i64::MAX)
+            index.claim_delivery(fingerprint(next), i64::MAX, 0)
         })
     });
     let mut ride = DEDUP_HELD;
     group.bench_function("claim_ride", |b| {
         b.iter(|| {
             ride += 1;
-            index.claim_ride(RideKey { card_id: ride, created_at: 1, counter: 0 }, TapKind::Entry, i64::MAX)
+            index.claim_ride(RideKey { card_id: ride, created_at: 1, counter: 0 }, TapKind::Entry, i64::MAX, 0)
         })
     });
     let mut look = 0u64;

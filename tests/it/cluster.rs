@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use farestream::config::Config;
+use farestream::gateway::GatewayClient;
 use farestream::journal;
 use farestream::scan::TapKind;
 use farestream::scan::{ArchivedScan, ScanStatus};
@@ -184,4 +185,27 @@ async fn two_nodes_claim_each_acked_scan_once_and_a_dead_nodes_partitions_move_t
     ids.dedup();
     assert_eq!(ids.len(), 32, "no scan claimed twice");
     println!("every partition claimed {moved_after:?} after a node died (lease time to live 3 s)");
+}
+
+/// A gateway given every node's address moves to the next when the one
+/// it pushes to dies, and the batch it was sending is acked there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_moves_to_the_next_node_when_its_node_dies() {
+    let Some(nats) = NatsCluster::start().await else { return };
+    let config = cluster_config(&nats);
+    let a = Harness::start_with(config.clone()).await;
+    let b = a.start_a_copy().await;
+    let mut settings = a.config.gateway_settings(a.server.local_addr());
+    settings.other_server_addrs = vec![b.server.local_addr()];
+    let client = GatewayClient::new(settings, &a.identity.cert, &a.credentials("station-01")).expect("client");
+
+    client.push(&scans(&a, 1, 1, 5)).await.expect("acked by the first node");
+    assert_eq!(client.server_now(), a.server.local_addr());
+    a.server.abandon().await;
+    let ack = client.push(&scans(&b, 2, 6, 5)).await.expect("acked by the second node");
+    assert_eq!(ack.accepted, 5);
+    assert_eq!(client.server_now(), b.server.local_addr());
+    let mut seqs: Vec<u64> = stream_rows(&nats, &config).await.iter().map(|r| r.validator_seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>(), "both batches in the stream, once");
 }

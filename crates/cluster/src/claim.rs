@@ -12,6 +12,13 @@
 //! starts and dropped when it stops, so claims that never reached the
 //! log die with it: claiming is deterministic in stream order, and the
 //! next owner makes the same ones again.
+//!
+//! Deterministic also in time: whether a remembered scan or code still
+//! counts is judged by each row's own arrival time (the dedup index's
+//! claims take it), and entries are forgotten by the partition's stream
+//! time (its latest arrival, less [`STREAM_TIME_MARGIN_MS`]), never by the
+//! owner's clock. An owner that starts an hour late decides as one that
+//! never stopped.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -21,6 +28,7 @@ use farestream_core::clock::UnixMillis;
 use farestream_core::cluster::{ClaimedRecord, Partition};
 use farestream_core::ingest::{ClaimedRows, Pipeline};
 use farestream_core::journal;
+use farestream_core::scan::ArchivedScan;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +73,18 @@ pub struct ClaimSettings {
     pub read_wait: Duration,
 }
 
+/// How far behind the latest arrival claimed so far a scan still to be
+/// claimed may have been received: an append is acknowledged, or the
+/// batch refused, within `cluster.append_ack_timeout_ms` (10 minutes at
+/// most) of its receipt, and nodes' clocks agree within minutes. Entries
+/// expired by the stream time less this are forgotten, for no scan still
+/// to come can need them.
+pub const STREAM_TIME_MARGIN_MS: i64 = 3_600_000;
+
+/// How much stream time passes between two sweeps of a partition's
+/// dedup indexes.
+const SWEEP_EVERY_STREAM_MS: i64 = 60_000;
+
 /// Where a partition's claiming resumes.
 #[derive(Debug, Default)]
 struct Resume {
@@ -75,6 +95,25 @@ struct Resume {
     /// Scans of the record at `scans_from` already claimed, when the last
     /// owner stopped between the parts of its claimed rows.
     claimed_part: HashSet<[u8; 16]>,
+    /// The latest arrival among the rows claimed so far.
+    stream_ms: UnixMillis,
+}
+
+impl Resume {
+    /// Notes rows claimed: the stream time moves to their latest arrival.
+    fn note(&mut self, rows: &[ArchivedScan]) {
+        self.stream_ms = rows.iter().map(|r| r.received_at).fold(self.stream_ms, i64::max);
+    }
+
+    /// Whether the stream time has moved on enough since the last sweep.
+    fn sweep_due(&self, last_sweep_ms: UnixMillis) -> bool {
+        self.stream_ms.saturating_sub(last_sweep_ms) >= SWEEP_EVERY_STREAM_MS
+    }
+
+    /// Entries expired by this moment matter to no scan still to come.
+    fn forget_before(&self) -> UnixMillis {
+        self.stream_ms.saturating_sub(STREAM_TIME_MARGIN_MS)
+    }
 }
 
 /// Claims partition `partition` until stopped, no longer held (`holds`,
@@ -84,13 +123,14 @@ pub async fn claim_partition(
     logs: ClaimLogs<'_>,
     partition: Partition,
     pipeline: Pipeline,
-    (now_ms, settings): (UnixMillis, ClaimSettings),
+    settings: ClaimSettings,
     holds: impl Fn() -> bool,
     stop: &CancellationToken,
 ) -> Result<ClaimStop, ClaimError> {
-    let Some(mut resume) = rebuild(logs.claimed, partition, &pipeline, (now_ms, settings), stop).await? else {
+    let Some(mut resume) = rebuild(logs.claimed, partition, &pipeline, settings, stop).await? else {
         return Ok(ClaimStop::Stopped);
     };
+    let mut last_sweep_ms = resume.stream_ms;
     let mut reader = logs.scans.reader(partition, resume.scans_from).await?;
     loop {
         if stop.is_cancelled() {
@@ -106,13 +146,22 @@ pub async fn claim_partition(
             sequence: record.sequence,
             why: e.to_string(),
         })?;
-        if record.sequence == resume.scans_from {
+        // The rest of a record the last owner claimed in part: its first
+        // part counted the whole record's re-deliveries.
+        let resumed_inside = record.sequence == resume.scans_from && !resume.claimed_part.is_empty();
+        if resumed_inside {
             rows.retain(|row| !resume.claimed_part.contains(&row.scan_id));
         }
         // Written even with no rows left (all re-deliveries): every scans
         // record has its claimed record, so the count is kept and the
         // next owner resumes after it.
         let ClaimedRows { rows, redelivered } = pipeline.claim_rows(rows);
+        let redelivered = if resumed_inside { 0 } else { redelivered };
+        resume.note(&rows);
+        if resume.sweep_due(last_sweep_ms) {
+            pipeline.sweep(resume.forget_before());
+            last_sweep_ms = resume.stream_ms;
+        }
         let whole = ClaimedRecord { scans_sequence: record.sequence, redelivered, more_follow: false, rows };
         for part in parts(whole, logs.claimed.record_bytes_max()) {
             if !holds() {
@@ -135,7 +184,7 @@ async fn rebuild(
     claimed: &StreamLog,
     partition: Partition,
     pipeline: &Pipeline,
-    (now_ms, settings): (UnixMillis, ClaimSettings),
+    settings: ClaimSettings,
     stop: &CancellationToken,
 ) -> Result<Option<Resume>, ClaimError> {
     let Some(last) = claimed.last_in(partition).await? else {
@@ -154,7 +203,8 @@ async fn rebuild(
             sequence: stored.sequence,
             why: e.to_string(),
         })?;
-        pipeline.restore(&record.rows, now_ms);
+        resume.note(&record.rows);
+        pipeline.restore(&record.rows, resume.forget_before());
         if resume.scans_from != record.scans_sequence {
             resume.claimed_part.clear();
         }

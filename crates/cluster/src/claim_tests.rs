@@ -83,8 +83,8 @@ fn scan(validator: &str, seq: u64, code: Vec<u8>) -> ScanRecord {
 /// `for_how_long`; how each stopped.
 async fn claim_every_partition(fleet: &Fleet, logs: ClaimLogs<'_>, for_how_long: Duration) -> Vec<ClaimStop> {
     let stop = CancellationToken::new();
-    let owners = Partition::all(PARTITIONS)
-        .map(|p| claim_partition(logs, p, fleet.pipeline(), (AT_MS + 60_000, SETTINGS), || true, &stop));
+    let owners =
+        Partition::all(PARTITIONS).map(|p| claim_partition(logs, p, fleet.pipeline(), SETTINGS, || true, &stop));
     let stopping = async {
         tokio::time::sleep(for_how_long).await;
         stop.cancel();
@@ -182,7 +182,7 @@ async fn an_owner_that_lost_the_race_is_fenced_out_of_the_claimed_log() {
     let fleet = Fleet::new();
     let partition = partition_of_card(5, PARTITIONS);
     let stop = CancellationToken::new();
-    let stale = claim_partition(logs, partition, fleet.pipeline(), (AT_MS + 60_000, SETTINGS), || true, &stop);
+    let stale = claim_partition(logs, partition, fleet.pipeline(), SETTINGS, || true, &stop);
     let race = async {
         // The stale owner has read the empty claimed log; the new owner writes.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -247,4 +247,148 @@ async fn an_owner_that_died_between_the_parts_of_a_record_is_resumed_without_its
     let mut wanted = whole.rows;
     wanted.sort_by_key(|r| r.scan_id);
     assert_eq!(claimed_rows, wanted, "every row of the scans record once");
+}
+
+/// An owner as `serve` runs one: a fresh pipeline each run, started again
+/// after an error or a fence, until `stop`; the errors seen.
+async fn supervised_owner(
+    fleet: &Fleet,
+    logs: ClaimLogs<'_>,
+    partition: Partition,
+    stop: &CancellationToken,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    while !stop.is_cancelled() {
+        match claim_partition(logs, partition, fleet.pipeline(), SETTINGS, || true, stop).await {
+            Ok(ClaimStop::Stopped) => break,
+            Ok(ClaimStop::Fenced | ClaimStop::NotHeld) => {}
+            Err(e) => {
+                errors.push(e.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    errors
+}
+
+async fn run_for<F: std::future::Future>(stop: &CancellationToken, how_long: Duration, f: F) -> F::Output {
+    let stopping = async {
+        tokio::time::sleep(how_long).await;
+        stop.cancel();
+    };
+    let (out, ()) = tokio::join!(f, stopping);
+    out
+}
+
+/// Review of 6b1ca3b: a new owner rebuilt the partition forgetting what
+/// had expired by its own clock, so a re-delivery acked on time (three
+/// days after its scan, less a second) but claimed by an owner started
+/// two minutes later was accepted, and charged, a second time. Claims now
+/// judge each entry by the row's own arrival, and nothing is forgotten by
+/// an owner's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_claimed_by_an_owner_that_started_late_is_dropped_as_one_node_drops_it() {
+    const DAY_MS: i64 = 86_400_000;
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "LAG", 1 << 20).await;
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let fleet = Fleet::new();
+    let p = partition_of_card(1, PARTITIONS);
+    let other = (2..100u64).find(|c| partition_of_card(*c, PARTITIONS) == p).expect("a card beside card 1");
+    let batch = |seq: u64, scans: Vec<ScanRecord>| ScanBatch { gateway_id: "depot-1".into(), batch_seq: seq, scans };
+    let first = batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]);
+    // Beside a new tap, so the record's id differs and JetStream keeps it.
+    let resend = batch(2, vec![scan("bus-1", 1, fleet.code(1, 1)), scan("bus-1", 2, fleet.code(other, 1))]);
+    let (r1, r2) = (AT_MS + 10_000, AT_MS + 3 * DAY_MS - 1_000);
+
+    let single = fleet.pipeline();
+    let mut wanted = single.commit(&first, single.verify(&first).expect("batch"), r1).rows;
+    let second = single.commit(&resend, single.verify(&resend).expect("batch"), r2);
+    assert_eq!(second.ack.redelivered, 1, "one node drops the re-delivery");
+    wanted.extend(second.rows);
+
+    let ingest = fleet.pipeline();
+    let rows = ingest.commit_unclaimed(&first, ingest.verify(&first).expect("batch"), r1).rows;
+    append_batch(&scans, rows, 1).await.expect("appended");
+    let stop = CancellationToken::new();
+    run_for(&stop, Duration::from_secs(2), supervised_owner(&fleet, logs, p, &stop)).await;
+    let rows = ingest.commit_unclaimed(&resend, ingest.verify(&resend).expect("batch"), r2).rows;
+    assert!(rows.iter().all(|r| r.status == ScanStatus::Accepted), "on time at the ingest node");
+    append_batch(&scans, rows, 2).await.expect("appended");
+    let stop = CancellationToken::new();
+    run_for(&stop, Duration::from_secs(2), supervised_owner(&fleet, logs, p, &stop)).await;
+
+    wanted.sort_by_key(|r| r.scan_id);
+    let (rows, redelivered) = claimed_rows(&claimed).await;
+    let accepted_card_1 = rows.iter().filter(|r| r.card_id == Some(1) && r.status == ScanStatus::Accepted).count();
+    assert_eq!(accepted_card_1, 1, "card 1's one tap accepted (charged) once");
+    assert_eq!((rows, redelivered), (wanted, 1));
+}
+
+/// Review of 6b1ca3b: an owner resumed between the parts of a record
+/// counted the record's re-deliveries again (its first part carries the
+/// whole count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_between_the_parts_of_a_record_counts_its_redeliveries_once() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "PARTSRD", 4_096).await;
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let fleet = Fleet::new();
+    let mut rows: Vec<ArchivedScan> = (0..120u32)
+        .map(|n| ArchivedScan {
+            scan_id: [n.to_be_bytes(); 4].concat().try_into().expect("16 bytes"),
+            card_id: Some(11),
+            validator_id: format!("validator-{n:04}-{}", "x".repeat(30)),
+            status: ScanStatus::Denied,
+            scanned_at: AT_MS,
+            received_at: AT_MS + 1_000,
+            ..ArchivedScan::blank()
+        })
+        .collect();
+    rows.push(rows[118].clone()); // one scan twice, in the second half
+    let partition = partition_of_card(11, PARTITIONS);
+    let appended = append_batch(&scans, rows.clone(), 1).await.expect("appended");
+    assert_eq!(appended.len(), 1, "one scans record");
+    let claimed_once = fleet.pipeline().claim_rows(rows);
+    assert_eq!(claimed_once.redelivered, 1);
+    let whole = ClaimedRecord {
+        scans_sequence: appended[0].1.sequence,
+        redelivered: claimed_once.redelivered,
+        more_follow: false,
+        rows: claimed_once.rows,
+    };
+    let split = parts(whole, 4_096);
+    assert!(split.len() >= 2);
+    // The first owner wrote its first part, then died.
+    claimed.append_after(partition, Bytes::from(split[0].encode()), 0).await.expect("first part");
+
+    let stop = CancellationToken::new();
+    run_for(&stop, Duration::from_secs(2), supervised_owner(&fleet, logs, partition, &stop)).await;
+    let records = claimed_records(&claimed, partition).await;
+    let rows: usize = records.iter().map(|r| r.rows.len()).sum();
+    let redelivered: u32 = records.iter().map(|r| r.redelivered).sum();
+    assert_eq!((rows, redelivered), (120, 1), "every row once, the one re-delivery counted once");
+}
+
+/// Review of 6b1ca3b: since NATS 2.11 a lost race on one end is answered
+/// with error 10164, which async-nats does not know by kind; the loser
+/// was told the stream failed instead of that it was fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loser_of_two_appends_racing_on_one_end_is_told_it_is_fenced() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (_scans, claimed) = open_logs(&cluster, "RACEAPP", 1 << 20).await;
+    let p = partition_of_card(1, PARTITIONS);
+    let mut after = 0;
+    for _ in 0..30 {
+        let (x, y) = tokio::join!(
+            claimed.append_after(p, Bytes::from_static(b"a"), after),
+            claimed.append_after(p, Bytes::from_static(b"b"), after)
+        );
+        let wins: Vec<u64> = [&x, &y].iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(wins.len(), 1, "exactly one extends the end: {x:?} {y:?}");
+        after = wins[0];
+        for r in [x, y] {
+            assert!(matches!(r, Ok(_) | Err(StreamLogError::Fenced { .. })), "{r:?}");
+        }
+    }
 }

@@ -44,7 +44,13 @@ pub struct GatewayConfig {
 
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    /// The server the client connects to first.
     pub server_addr: SocketAddr,
+    /// The other nodes of a cluster (docs/scale-out.md), any of which
+    /// takes any batch: after a connection or an exchange fails, the
+    /// client moves on to the next address, round the ring. Empty for a
+    /// single server.
+    pub other_server_addrs: Vec<SocketAddr>,
     pub connect_timeout: Duration,
     pub ack_timeout: Duration,
     pub retry_attempts_max: u32,
@@ -61,6 +67,7 @@ impl GatewaySettings {
     pub fn from_config(g: &GatewayConfig, frame_bytes_max: u32, server_addr: SocketAddr) -> GatewaySettings {
         GatewaySettings {
             server_addr,
+            other_server_addrs: Vec::new(),
             connect_timeout: Duration::from_millis(g.connect_timeout_ms),
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             retry_attempts_max: g.retry_attempts_max.max(1),
@@ -142,6 +149,9 @@ struct Inner {
     endpoint: quinn::Endpoint,
     settings: GatewaySettings,
     connection: Mutex<Option<quinn::Connection>>,
+    /// Which of the server addresses the next connection goes to,
+    /// counted round the ring.
+    server_turn: AtomicU64,
     connects: AtomicU64,
     retries: AtomicU64,
     /// The server's deny list, as last pushed; what the validators check offline.
@@ -182,6 +192,7 @@ impl GatewayClient {
             endpoint,
             settings: settings.clone(),
             connection: Mutex::new(None),
+            server_turn: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             deny_list: std::sync::Mutex::new(DenyListReplica::new(settings.deny_list_cards_max)),
@@ -226,7 +237,7 @@ impl GatewayClient {
     /// server is there before it builds its load, so a wrong address is
     /// reported within `connect_timeout`, not after every retry.
     pub async fn connect(&self) -> Result<(), GatewayError> {
-        let addr = self.inner.settings.server_addr;
+        let addr = self.server_now();
         self.connection().await.map(|_| ()).map_err(|e| GatewayError::Unreachable { addr, reason: e.to_string() })
     }
 
@@ -335,7 +346,7 @@ impl GatewayClient {
         let connecting = self
             .inner
             .endpoint
-            .connect(settings.server_addr, SERVER_NAME)
+            .connect(self.server_now(), SERVER_NAME)
             .map_err(|e| AttemptError::Connect(e.to_string()))?;
         let connection = tokio::time::timeout(settings.connect_timeout, connecting)
             .await
@@ -347,8 +358,22 @@ impl GatewayClient {
         Ok(connection)
     }
 
+    /// Drops the connection after a failure; the next one goes to the
+    /// next server address, if there are others.
     async fn forget_connection(&self) {
-        self.inner.connection.lock().await.take();
+        let mut slot = self.inner.connection.lock().await;
+        slot.take();
+        self.inner.server_turn.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The server address whose turn it is.
+    pub fn server_now(&self) -> SocketAddr {
+        let settings = &self.inner.settings;
+        let count = 1 + settings.other_server_addrs.len() as u64;
+        match self.inner.server_turn.load(Ordering::Relaxed) % count {
+            0 => settings.server_addr,
+            n => settings.other_server_addrs[(n - 1) as usize],
+        }
     }
 }
 

@@ -99,8 +99,7 @@ async fn claim_while_held(
         }
     };
     let logs_now = ClaimLogs { scans: &logs.scans, claimed: &logs.claimed };
-    let now_ms = shared.handles.clock.now_ms();
-    match claim_partition(logs_now, partition, pipeline, (now_ms, claim), holds, &shared.shutdown).await {
+    match claim_partition(logs_now, partition, pipeline, claim, holds, &shared.shutdown).await {
         Ok(ClaimStop::Stopped) => {}
         Ok(stop @ (ClaimStop::NotHeld | ClaimStop::Fenced)) => {
             tracing::info!(%partition, ?stop, "stopped claiming a partition");

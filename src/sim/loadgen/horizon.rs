@@ -109,9 +109,9 @@ pub fn measure_horizon(
     };
     let resident_bytes = || crate::telemetry::resident_memory().map(|memory| (memory.bytes, memory.peak_bytes));
     let (before, _) = resident_bytes()?;
-    fill(&|i| index.claim_delivery(fingerprint(i), i64::MAX))?;
+    fill(&|i| index.claim_delivery(fingerprint(i), i64::MAX, 0))?;
     let (with_deliveries, _) = resident_bytes()?;
-    fill(&|i| index.claim_ride(ride_key(i), TapKind::Single, i64::MAX))?;
+    fill(&|i| index.claim_ride(ride_key(i), TapKind::Single, i64::MAX, 0))?;
     let (rss_bytes, peak_rss_bytes) = resident_bytes()?;
     let figures = HorizonFigures {
         scans,
@@ -137,8 +137,8 @@ mod tests {
         let (figures, index) = measure_horizon(scans, limits, &indicatif::ProgressBar::hidden()).expect("filled");
         let sizes = index.sizes();
         assert_eq!((sizes.deliveries, sizes.rides), (scans as usize, scans as usize));
-        assert!(!index.claim_delivery(fingerprint(scans - 1), i64::MAX), "the last delivery is remembered");
-        assert!(!index.claim_ride(ride_key(0), TapKind::Single, i64::MAX), "the first ride is remembered");
+        assert!(!index.claim_delivery(fingerprint(scans - 1), i64::MAX, 0), "the last delivery is remembered");
+        assert!(!index.claim_ride(ride_key(0), TapKind::Single, i64::MAX, 0), "the first ride is remembered");
         assert!(figures.rss_bytes > 0 && figures.peak_rss_bytes >= figures.rss_bytes, "{figures:?}");
         assert!(figures.render().contains(&format!("horizon scans={scans} ")), "{}", figures.render());
     }

@@ -341,7 +341,7 @@ impl Pipeline {
         for row in rows {
             let delivery_expiry = self.horizons.delivery_expiry(row.scanned_at, row.received_at);
             if delivery_expiry > now {
-                self.dedup.claim_delivery(row.scan_id, delivery_expiry);
+                self.dedup.claim_delivery(row.scan_id, delivery_expiry, now);
             }
             // Only accepted rows paid for a use; a replay changed nothing.
             let paid = row.status == ScanStatus::Accepted;
@@ -514,7 +514,7 @@ impl Pipeline {
         let mut claimed = ClaimedRows { rows: Vec::with_capacity(rows.len()), redelivered: 0 };
         for mut row in rows {
             let expiry = self.horizons.delivery_expiry(row.scanned_at, row.received_at);
-            if !self.dedup.claim_delivery(row.scan_id, expiry) {
+            if !self.dedup.claim_delivery(row.scan_id, expiry, row.received_at) {
                 claimed.redelivered += 1;
                 continue;
             }
@@ -522,7 +522,7 @@ impl Pipeline {
                 (row.status, row.card_id, row.code_created_at, row.code_counter, row.tap_kind)
             {
                 let key = RideKey { card_id, created_at: unix_secs_u32(created_ms), counter };
-                let verdict = self.claim_ride_key(key, tap_kind);
+                let verdict = self.claim_ride_key(key, tap_kind, row.received_at);
                 row.status = verdict.status;
                 row.reason = verdict.reason;
             }
@@ -551,7 +551,11 @@ impl Pipeline {
         for (index, ((record, p), sigs)) in batch.scans.iter().zip(prepared).zip(signatures).enumerate() {
             let scanned_at = record.validator_time_ms;
             if claiming == Claiming::Here
-                && !self.dedup.claim_delivery(p.fingerprint, self.horizons.delivery_expiry(scanned_at, received_at))
+                && !self.dedup.claim_delivery(
+                    p.fingerprint,
+                    self.horizons.delivery_expiry(scanned_at, received_at),
+                    received_at,
+                )
             {
                 ack.redelivered += 1;
                 continue;
@@ -591,7 +595,7 @@ impl Pipeline {
         match self.check_signed_code(code, work, sigs, p.gate_opened, times) {
             Err(rejection) => rejection.into(),
             Ok(()) if claiming == Claiming::ByOwner => Verdict { status: ScanStatus::Accepted, reason: None },
-            Ok(()) => self.claim_ride(code, tap_kind),
+            Ok(()) => self.claim_ride(code, tap_kind, times.1),
         }
     }
 
@@ -644,14 +648,15 @@ impl Pipeline {
         Err(Rejection::StaleCode { created_at: code.created_at, at: unix_secs_u32(received_at) })
     }
 
-    fn claim_ride(&self, code: &RideCode, tap_kind: TapKind) -> Verdict {
+    fn claim_ride(&self, code: &RideCode, tap_kind: TapKind, received_at: UnixMillis) -> Verdict {
         let key =
             RideKey { card_id: code.credential.claims.card_id, created_at: code.created_at, counter: code.counter };
-        self.claim_ride_key(key, tap_kind)
+        self.claim_ride_key(key, tap_kind, received_at)
     }
 
-    fn claim_ride_key(&self, key: RideKey, tap_kind: TapKind) -> Verdict {
-        if self.dedup.claim_ride(key, tap_kind, self.horizons.ride_expiry(key.created_at)) {
+    /// A use of `key` claimed for a scan received at `received_at`.
+    fn claim_ride_key(&self, key: RideKey, tap_kind: TapKind, received_at: UnixMillis) -> Verdict {
+        if self.dedup.claim_ride(key, tap_kind, self.horizons.ride_expiry(key.created_at), received_at) {
             Verdict { status: ScanStatus::Accepted, reason: None }
         } else {
             Verdict {

@@ -24,7 +24,7 @@ use crate::clock::UnixMillis;
 use crate::ridecode::format::CREDENTIAL_LEN;
 use crate::scan::TapKind;
 
-use packed::{ExpirySecs, KeyMix, RideUse, pack_ride_key};
+use packed::{ExpirySecs, KeyMix, Remembered, RideUse, pack_ride_key};
 use tiered::TieredMap;
 
 /// A scan's content fingerprint: SHA-256 of its fields, first 16 bytes.
@@ -113,11 +113,22 @@ impl DedupIndex {
         }
     }
 
-    /// Records a delivery of the scan with this fingerprint; false when it
-    /// was delivered before. Atomic: of two concurrent deliveries of one
-    /// scan exactly one sees true.
-    pub fn claim_delivery(&self, fingerprint: Fingerprint, expires_at: UnixMillis) -> bool {
-        self.deliveries.claim(self.mix.key(fingerprint), ExpirySecs::at_or_after(expires_at), |_| false)
+    /// Records a delivery of the scan with this fingerprint, received
+    /// `at`; false when it was delivered before and that entry has not
+    /// expired by `at`. Atomic: of two concurrent deliveries of one scan
+    /// exactly one sees true. Whether an entry counts is decided by the
+    /// claim's own time, never by when a sweep ran, so a partition's
+    /// owner that claims late decides as one that claims at once.
+    pub fn claim_delivery(&self, fingerprint: Fingerprint, expires_at: UnixMillis, at: UnixMillis) -> bool {
+        let fresh = ExpirySecs::at_or_after(expires_at);
+        let renewed_when_expired = |held: &mut ExpirySecs| {
+            let expired = held.expired_by(at);
+            if expired {
+                *held = fresh;
+            }
+            expired
+        };
+        self.deliveries.claim(self.mix.key(fingerprint), fresh, renewed_when_expired)
     }
 
     /// True when a scan with this fingerprint was delivered before (a
@@ -129,8 +140,13 @@ impl DedupIndex {
     /// Records a use of a ride code at a `kind` of gate; false when that
     /// is a replay (see [`RideKey`]). Atomic: of two concurrent uses that
     /// cannot both pay, exactly one sees true, whatever their order.
-    pub fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis) -> bool {
+    /// An entry expired by `at` counts as none, as for deliveries.
+    pub fn claim_ride(&self, key: RideKey, kind: TapKind, expires_at: UnixMillis, at: UnixMillis) -> bool {
         let pays = |used: &mut RideUse| {
+            if used.expired_by(at) {
+                *used = RideUse::new(kind, expires_at);
+                return true;
+            }
             let admitted = used.admits(kind);
             if admitted {
                 used.add(kind);

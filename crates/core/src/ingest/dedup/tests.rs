@@ -12,11 +12,11 @@ const FREEZE_ALWAYS: DedupLimits = DedupLimits { hot_entries_max: 1, cold_sweep_
 fn a_delivery_is_claimed_once_hot_or_cold() {
     for limits in [DedupLimits::DEFAULT, FREEZE_ALWAYS] {
         let index = DedupIndex::new(limits, 0x5eed);
-        assert!(index.claim_delivery([1; 16], 1_000));
+        assert!(index.claim_delivery([1; 16], 1_000, 0));
         index.sweep(0);
-        assert!(!index.claim_delivery([1; 16], 1_000), "{limits:?}");
+        assert!(!index.claim_delivery([1; 16], 1_000, 0), "{limits:?}");
         assert!(index.delivery_seen(&[1; 16]), "{limits:?}");
-        assert!(index.claim_delivery([2; 16], 1_000));
+        assert!(index.claim_delivery([2; 16], 1_000, 0));
         assert!(!index.delivery_seen(&[3; 16]));
     }
 }
@@ -42,7 +42,7 @@ fn a_code_pays_for_one_ride_an_entry_and_its_exit_share_it() {
             let got: Vec<bool> = uses
                 .iter()
                 .map(|kind| {
-                    let paid = index.claim_ride(RIDE, *kind, 1_000);
+                    let paid = index.claim_ride(RIDE, *kind, 1_000, 0);
                     index.sweep(0);
                     paid
                 })
@@ -62,7 +62,7 @@ fn restored_uses_leave_the_same_state_in_any_order() {
                 index.restore_ride(RIDE, *kind, 1_000);
                 index.sweep(0);
             });
-            assert!(!index.claim_ride(RIDE, Entry, 1_000) && !index.claim_ride(RIDE, Exit, 1_000), "{order:?}");
+            assert!(!index.claim_ride(RIDE, Entry, 1_000, 0) && !index.claim_ride(RIDE, Exit, 1_000, 0), "{order:?}");
         }
     }
 }
@@ -73,9 +73,9 @@ fn restored_uses_leave_the_same_state_in_any_order() {
 fn sweep_forgets_only_expired_entries_in_either_tier() {
     for frozen_before in [false, true] {
         let index = DedupIndex::new(FREEZE_ALWAYS, 0x5eed);
-        index.claim_delivery([1; 16], 500);
-        index.claim_delivery([2; 16], 1_500);
-        index.claim_ride(RIDE, TapKind::Entry, 500);
+        index.claim_delivery([1; 16], 500, 0);
+        index.claim_delivery([2; 16], 1_500, 0);
+        index.claim_ride(RIDE, TapKind::Entry, 500, 0);
         index.remember_verified_credential([3; CREDENTIAL_LEN], 1_500);
         if frozen_before {
             index.sweep(0);
@@ -83,9 +83,28 @@ fn sweep_forgets_only_expired_entries_in_either_tier() {
         }
         index.sweep(1_000);
         assert_eq!(index.sizes(), DedupSizes { deliveries: 1, rides: 0, credentials: 1 }, "{frozen_before}");
-        assert!(index.claim_ride(RIDE, TapKind::Entry, 2_000), "an expired ride key no longer blocks");
-        assert!(!index.claim_delivery([2; 16], 1_500), "a live delivery key still blocks");
+        assert!(index.claim_ride(RIDE, TapKind::Entry, 2_000, 0), "an expired ride key no longer blocks");
+        assert!(!index.claim_delivery([2; 16], 1_500, 0), "a live delivery key still blocks");
     }
+}
+
+/// Whether an entry counts is the claim's own time's to say, swept or
+/// not: a partition's owner that claims a day late decides as one that
+/// claimed at once (review of 6b1ca3b).
+#[test]
+fn an_entry_expired_by_the_claims_own_time_counts_as_none() {
+    let index = DedupIndex::new(DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 10_000 }, 0x5eed);
+    assert!(index.claim_delivery([1; 16], 10_000, 0));
+    assert!(!index.claim_delivery([1; 16], 50_000, 9_000), "live at 9 s");
+    assert!(index.claim_delivery([1; 16], 50_000, 10_000), "expired at 10 s, never swept: a new delivery");
+    assert!(!index.claim_delivery([1; 16], 50_000, 20_000), "the renewed entry holds");
+    assert!(index.claim_ride(RIDE, TapKind::Single, 10_000, 0));
+    assert!(!index.claim_ride(RIDE, TapKind::Single, 50_000, 9_000), "a replay at 9 s");
+    assert!(
+        index.claim_ride(RIDE, TapKind::Single, 50_000, 10_000),
+        "the code's window is over: its key counts as none"
+    );
+    assert!(!index.claim_ride(RIDE, TapKind::Single, 50_000, 20_000), "and the renewed one holds");
 }
 
 /// Between cold sweeps an expired cold key stays: harmless, as its expiry
@@ -94,7 +113,7 @@ fn sweep_forgets_only_expired_entries_in_either_tier() {
 #[test]
 fn an_expired_cold_key_stays_until_the_cold_sweep() {
     let index = DedupIndex::new(DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 10_000 }, 0x5eed);
-    index.claim_delivery([1; 16], 500);
+    index.claim_delivery([1; 16], 500, 0);
     index.sweep(0);
     index.sweep(9_999);
     assert_eq!(index.sizes().deliveries, 1);
@@ -111,20 +130,20 @@ fn a_sweep_freezes_a_full_hot_tier_or_after_the_cold_interval() {
     index.sweep(0);
     let hot = |index: &DedupIndex| (index.deliveries.hot_len(), index.rides.hot_len());
     for i in 0..2u8 {
-        index.claim_delivery([i; 16], i64::MAX);
+        index.claim_delivery([i; 16], i64::MAX, 0);
     }
     index.sweep(1);
     assert_eq!(hot(&index), (2, 0), "below the limit and the interval");
-    index.claim_delivery([9; 16], i64::MAX);
+    index.claim_delivery([9; 16], i64::MAX, 0);
     index.sweep(2);
     assert_eq!(hot(&index), (0, 0), "full");
-    index.claim_ride(RIDE, TapKind::Single, i64::MAX);
+    index.claim_ride(RIDE, TapKind::Single, i64::MAX, 0);
     index.sweep(9_999);
     assert_eq!(hot(&index), (0, 1));
     index.sweep(10_002);
     assert_eq!(hot(&index), (0, 0), "the cold sweep was due");
     assert_eq!((index.sizes().deliveries, index.sizes().rides), (3, 1));
-    assert!(!index.claim_delivery([0; 16], i64::MAX) && !index.claim_ride(RIDE, TapKind::Single, i64::MAX));
+    assert!(!index.claim_delivery([0; 16], i64::MAX, 0) && !index.claim_ride(RIDE, TapKind::Single, i64::MAX, 0));
 }
 
 /// Runs `first` and `second` on threads of their own, started together,
@@ -170,14 +189,14 @@ fn claims_racing_freezes_pay_each_use_once() {
     let key = |counter| RideKey { card_id: 7, created_at: 1, counter };
     let uses = |kind| {
         let index = &index;
-        move || (0..CODES).filter(|c| index.claim_ride(key(*c), kind, i64::MAX)).count()
+        move || (0..CODES).filter(|c| index.claim_ride(key(*c), kind, i64::MAX, 0)).count()
     };
     let paid = racing_freezes(&index, uses(TapKind::Entry), uses(TapKind::Exit));
     assert_eq!(paid, (CODES as usize, CODES as usize));
     index.sweep(0);
     for counter in 0..CODES {
         for kind in [TapKind::Entry, TapKind::Exit, TapKind::Single] {
-            assert!(!index.claim_ride(key(counter), kind, i64::MAX), "code {counter} paid again at {kind:?}");
+            assert!(!index.claim_ride(key(counter), kind, i64::MAX, 0), "code {counter} paid again at {kind:?}");
         }
     }
     assert_eq!(index.sizes().rides, CODES as usize);
@@ -193,7 +212,7 @@ fn deliveries_racing_freezes_are_claimed_once() {
         key[..8].copy_from_slice(&i.to_le_bytes());
         key
     };
-    let deliver = || (0..SCANS).filter(|i| index.claim_delivery(fingerprint(*i), i64::MAX)).count();
+    let deliver = || (0..SCANS).filter(|i| index.claim_delivery(fingerprint(*i), i64::MAX, 0)).count();
     let (first, second) = racing_freezes(&index, deliver, deliver);
     assert_eq!(first + second, SCANS as usize);
     index.sweep(0);

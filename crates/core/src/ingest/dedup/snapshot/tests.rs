@@ -31,13 +31,13 @@ fn filled() -> DedupIndex {
     let index = DedupIndex::new(DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 0 }, 0xfeed);
     for i in 0..1_000u32 {
         let expires = if i == 999 { 2_000 } else { 10_000_000 };
-        assert!(index.claim_delivery(fingerprint(i), expires));
-        assert!(index.claim_ride(ride(i), TapKind::Entry, expires));
+        assert!(index.claim_delivery(fingerprint(i), expires, 0));
+        assert!(index.claim_ride(ride(i), TapKind::Entry, expires, 0));
         if i == 499 {
             index.sweep(0);
         }
     }
-    assert!(index.claim_ride(ride(0), TapKind::Exit, 10_000_000));
+    assert!(index.claim_ride(ride(0), TapKind::Exit, 10_000_000, 0));
     index
 }
 
@@ -45,8 +45,8 @@ fn filled() -> DedupIndex {
 fn singles(n: u32) -> DedupIndex {
     let index = DedupIndex::new(DedupLimits::DEFAULT, 7);
     for i in 0..n {
-        index.claim_delivery(fingerprint(i), 10_000_000);
-        index.claim_ride(ride(i), TapKind::Single, 10_000_000);
+        index.claim_delivery(fingerprint(i), 10_000_000, 0);
+        index.claim_ride(ride(i), TapKind::Single, 10_000_000, 0);
     }
     index
 }
@@ -74,12 +74,15 @@ fn a_snapshot_loads_back_the_same_decisions() {
     assert_eq!(header, HEADER);
     assert_eq!(counts, SnapshotCounts { deliveries: 999, rides: 999 }, "key 999 expired");
     assert_eq!((loaded.sizes().deliveries, loaded.sizes().rides), (999, 999));
-    assert!(!loaded.claim_delivery(fingerprint(0), 10_000_000) && !loaded.claim_delivery(fingerprint(998), 10_000_000));
-    assert!(loaded.claim_delivery(fingerprint(999), 10_000_000), "an expired key is gone");
-    assert!(!loaded.claim_ride(ride(0), TapKind::Exit, 10_000_000), "ride 0 exited already");
-    assert!(loaded.claim_ride(ride(1), TapKind::Exit, 10_000_000), "ride 1 may still exit");
-    assert!(!loaded.claim_ride(ride(2), TapKind::Entry, 10_000_000));
-    assert!(loaded.claim_delivery(fingerprint(5_000), 10_000_000), "a new key is new");
+    assert!(
+        !loaded.claim_delivery(fingerprint(0), 10_000_000, 0)
+            && !loaded.claim_delivery(fingerprint(998), 10_000_000, 0)
+    );
+    assert!(loaded.claim_delivery(fingerprint(999), 10_000_000, 0), "an expired key is gone");
+    assert!(!loaded.claim_ride(ride(0), TapKind::Exit, 10_000_000, 0), "ride 0 exited already");
+    assert!(loaded.claim_ride(ride(1), TapKind::Exit, 10_000_000, 0), "ride 1 may still exit");
+    assert!(!loaded.claim_ride(ride(2), TapKind::Entry, 10_000_000, 0));
+    assert!(loaded.claim_delivery(fingerprint(5_000), 10_000_000, 0), "a new key is new");
 }
 
 /// Any damage is found: every byte changed, every truncation, a byte
@@ -115,7 +118,7 @@ fn a_snapshot_from_other_windows_or_versions_is_refused() {
     assert!(matches!(load(b"not a snapshot", 0), Err(SnapshotError::NotASnapshot)));
     assert!(matches!(load(&[], 0), Err(SnapshotError::Io(_))));
     let used = DedupIndex::new(DedupLimits::DEFAULT, 1);
-    used.claim_delivery([1; 16], 10_000_000);
+    used.claim_delivery([1; 16], 10_000_000, 0);
     assert!(matches!(used.load_snapshot(horizons(), 0, &bytes[..], |_| Ok(())), Err(SnapshotError::NotEmpty)));
     let refused = index.load_snapshot(horizons(), 0, &bytes[..], |header| Err(format!("{}", header.replay_from_lsn)));
     assert!(matches!(refused, Err(SnapshotError::Refused(reason)) if reason == "4096"));
@@ -151,13 +154,13 @@ fn claims_during_a_snapshot_lose_nothing() {
     let index = filled();
     let bytes = std::thread::scope(|s| {
         let claims =
-            s.spawn(|| (1_000..20_000u32).filter(|i| index.claim_delivery(fingerprint(*i), 10_000_000)).count());
+            s.spawn(|| (1_000..20_000u32).filter(|i| index.claim_delivery(fingerprint(*i), 10_000_000, 0)).count());
         let bytes = snapshot_of(&index);
         assert_eq!(claims.join().expect("claims"), 19_000);
         bytes
     });
     let (loaded, _, _) = load(&bytes, 0).expect("loaded");
-    assert!((0..1_000).all(|i| !loaded.claim_delivery(fingerprint(i), 10_000_000)));
+    assert!((0..1_000).all(|i| !loaded.claim_delivery(fingerprint(i), 10_000_000, 0)));
     index.sweep(0);
     assert_eq!(index.sizes().deliveries, 20_000);
 }
