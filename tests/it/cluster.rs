@@ -209,3 +209,45 @@ async fn a_gateway_moves_to_the_next_node_when_its_node_dies() {
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=10).collect::<Vec<u64>>(), "both batches in the stream, once");
 }
+
+/// Review of 6b1ca3b: whoever may publish on the streams' subjects can
+/// forge scans or stop a partition, so the subjects are the trust
+/// boundary. On servers that require a user, a node with the password
+/// (from its file) serves; one without it does not start; and a client
+/// not allowed to publish on `farestream.>` cannot put a record there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_node_with_the_clusters_password_serves_and_others_cannot_publish_on_its_subjects() {
+    use farestream_cluster::test_nats::{NODE_PASSWORD, NODE_USER};
+
+    let Some(nats) = NatsCluster::start_guarded().await else { return };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let password_file = secrets.path().join("nats-password");
+    std::fs::write(&password_file, format!("{NODE_PASSWORD}\n")).expect("write the password");
+    let mut config = cluster_config(&nats);
+    config.cluster.nats_user = NODE_USER.into();
+    config.cluster.nats_password_file = password_file.display().to_string();
+    let h = Harness::start_with(config.clone()).await;
+    let ack = h.client_as("station-01").push(&scans(&h, 1, 1, 5)).await.expect("acked");
+    assert_eq!(ack.accepted, 5);
+
+    let mut no_password = config.clone();
+    no_password.cluster.nats_password_file = secrets.path().join("missing").display().to_string();
+    let error = ClusterSettings::from_config(&no_password.cluster).expect_err("no password file");
+    assert!(error.to_string().contains("nats_password_file"), "{error}");
+    let mut wrong = config.clone();
+    let wrong_file = secrets.path().join("wrong");
+    std::fs::write(&wrong_file, "not-it").expect("write");
+    wrong.cluster.nats_password_file = wrong_file.display().to_string();
+    let copy = crate::support::copy_of(h.dir.path());
+    let refused =
+        crate::support::try_start_server(&wrong, copy.path(), &h.identity, &h.clock, (&h.faults, &h.inbox)).await;
+    let refused = refused.err().expect("a node with the wrong password does not start");
+    assert!(refused.to_string().contains("NATS"), "{refused}");
+
+    assert!(!nats.stored(true, "farestream.scans.0", b"forged").await, "the guest's record was stored");
+    let mut seqs: Vec<u64> = stream_rows(&nats, &config).await.iter().map(|r| r.validator_seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=5).collect::<Vec<u64>>(), "only the node's rows in the stream");
+    // The control: the same record from the nodes' user is stored.
+    assert!(nats.stored(false, "farestream.scans.0", b"forged").await, "the subject takes records");
+}

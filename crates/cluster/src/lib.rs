@@ -29,19 +29,37 @@ mod claim_tests;
 #[cfg(test)]
 mod tests;
 
-/// Connects to the NATS servers at `urls` (`nats://host:port`), failing
-/// when none answers within `timeout`; once connected, the client
-/// reconnects to whichever server lives.
-pub async fn connect(urls: &[String], timeout: std::time::Duration) -> Result<async_nats::Client, ConnectError> {
+/// Connects to the NATS servers at `urls` (`nats://host:port`) as
+/// `user`, if given, failing when none answers within `timeout` or the
+/// server refuses the user; once connected, the client reconnects to
+/// whichever server lives.
+pub async fn connect(
+    urls: &[String],
+    timeout: std::time::Duration,
+    user: Option<&NatsUser>,
+) -> Result<async_nats::Client, ConnectError> {
     let addrs = urls
         .iter()
         .map(|url| url.parse::<async_nats::ServerAddr>().map_err(|e| ConnectError(format!("{url:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    async_nats::ConnectOptions::new()
-        .connection_timeout(timeout)
-        .connect(addrs)
-        .await
-        .map_err(|e| ConnectError(format!("{}: {e}", urls.join(", "))))
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(timeout);
+    if let Some(user) = user {
+        options = options.user_and_password(user.name.clone(), user.password.clone());
+    }
+    options.connect(addrs).await.map_err(|e| ConnectError(format!("{}: {e}", urls.join(", "))))
+}
+
+/// A NATS user and its password. `Debug` names the user only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for NatsUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsUser").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// No NATS server at the configured addresses answered.

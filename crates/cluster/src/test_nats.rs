@@ -46,13 +46,32 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     nodes: Vec<Node>,
+    /// The user farestream connects as, when the servers require one.
+    user: Option<crate::NatsUser>,
 }
+
+/// The user the nodes connect as in a guarded cluster, and its password.
+pub const NODE_USER: &str = "farestream";
+pub const NODE_PASSWORD: &str = "a-test-password";
+/// A user of a guarded cluster that may not publish on `farestream.>`.
+pub const GUEST_USER: &str = "guest";
 
 impl NatsCluster {
     /// Starts a cluster of three and waits until JetStream answers on
     /// each; `None` when NATS is not installed and not required (the test
     /// skips). Panics when it is required and missing or does not start.
     pub async fn start() -> Option<NatsCluster> {
+        NatsCluster::start_with(None).await
+    }
+
+    /// [`NatsCluster::start`], the servers requiring a user: [`NODE_USER`]
+    /// may do anything, [`GUEST_USER`] (its password its name) anything
+    /// but publish on `farestream.>`.
+    pub async fn start_guarded() -> Option<NatsCluster> {
+        NatsCluster::start_with(Some(crate::NatsUser { name: NODE_USER.into(), password: NODE_PASSWORD.into() })).await
+    }
+
+    async fn start_with(user: Option<crate::NatsUser>) -> Option<NatsCluster> {
         let bin = match find_bin() {
             Ok(bin) => bin,
             Err(why) if required() => panic!("NATS is required ({NATS_REQUIRED_VAR}=required): {why}"),
@@ -75,7 +94,8 @@ impl NatsCluster {
                     format!(
                         "server_name: {name}\nlisten: 127.0.0.1:{client}\n\
                          jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 2GB }}\n\
-                         cluster {{ name: farestream-test, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
+                         cluster {{ name: farestream-test, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n{authorization}",
+                        authorization = authorization(user.as_ref()),
                         client = client_ports[i],
                         route = route_ports[i],
                         store = store.display(),
@@ -86,7 +106,7 @@ impl NatsCluster {
                 Node { name, client_port: client_ports[i], config, running: None }
             })
             .collect();
-        let mut cluster = NatsCluster { dir, bin, nodes };
+        let mut cluster = NatsCluster { dir, bin, nodes, user };
         for i in 0..3 {
             cluster.start_node(i);
         }
@@ -99,16 +119,37 @@ impl NatsCluster {
         self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.client_port)).collect()
     }
 
-    /// A client that knows every server and reconnects to whichever lives.
+    /// A client that knows every server and reconnects to whichever
+    /// lives (as [`NODE_USER`] in a guarded cluster).
     pub async fn client(&self) -> async_nats::Client {
+        self.client_as(self.user.as_ref()).await
+    }
+
+    /// A client of a guarded cluster as [`GUEST_USER`].
+    pub async fn guest_client(&self) -> async_nats::Client {
+        self.client_as(Some(&crate::NatsUser { name: GUEST_USER.into(), password: GUEST_USER.into() })).await
+    }
+
+    /// Publishes `payload` on `subject` as [`GUEST_USER`] (`as_guest`) or
+    /// as the nodes do: whether JetStream acknowledged storing it within
+    /// 3 s.
+    pub async fn stored(&self, as_guest: bool, subject: &str, payload: &'static [u8]) -> bool {
+        let client = if as_guest { self.guest_client().await } else { self.client().await };
+        let context = async_nats::jetstream::new(client);
+        let Ok(ack) = context.publish(subject.to_string(), bytes::Bytes::from_static(payload)).await else {
+            return false;
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(3), ack).await, Ok(Ok(_)))
+    }
+
+    async fn client_as(&self, user: Option<&crate::NatsUser>) -> async_nats::Client {
         let addrs: Vec<async_nats::ServerAddr> =
             self.urls().iter().map(|u| u.parse().expect("a server address")).collect();
-        async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .retry_on_initial_connect()
-            .connect(addrs)
-            .await
-            .expect("connect to the test NATS cluster")
+        let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
+        if let Some(user) = user {
+            options = options.user_and_password(user.name.clone(), user.password.clone());
+        }
+        options.retry_on_initial_connect().connect(addrs).await.expect("connect to the test NATS cluster")
     }
 
     /// Kills server `i` (0 to 2) with SIGKILL, as a machine dies.
@@ -165,11 +206,11 @@ impl NatsCluster {
             let url = format!("nats://127.0.0.1:{}", node.client_port);
             loop {
                 let ready = async {
-                    let client = async_nats::ConnectOptions::new()
-                        .connection_timeout(Duration::from_millis(500))
-                        .connect(url.as_str())
-                        .await
-                        .ok()?;
+                    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_millis(500));
+                    if let Some(user) = &self.user {
+                        options = options.user_and_password(user.name.clone(), user.password.clone());
+                    }
+                    let client = options.connect(url.as_str()).await.ok()?;
                     // JetStream answering "no such stream" is JetStream up
                     // with a metadata leader. (The account query's answer
                     // from a 2.9 server does not parse in this client.)
@@ -200,6 +241,17 @@ impl Drop for NatsCluster {
             self.kill(i);
         }
     }
+}
+
+/// The servers' `authorization` block: none, or the node user and a
+/// guest that may not publish on farestream's subjects.
+fn authorization(user: Option<&crate::NatsUser>) -> String {
+    let Some(user) = user else { return String::new() };
+    format!(
+        "authorization {{ users = [ {{ user: \"{}\", password: \"{}\" }}, \
+         {{ user: \"{GUEST_USER}\", password: \"{GUEST_USER}\", permissions: {{ publish: {{ deny: [\"farestream.>\"] }} }} }} ] }}\n",
+        user.name, user.password
+    )
 }
 
 fn required() -> bool {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::{BACKOFF_RETRY_AFTER_MS, ServerError, Shared};
-use farestream_cluster::{ClaimSettings, LeaseSettings, StreamLog, StreamLogSettings, append_batch};
+use farestream_cluster::{ClaimSettings, LeaseSettings, NatsUser, StreamLog, StreamLogSettings, append_batch};
 use farestream_core::ingest::{BatchOutcome, VerifiedBatch};
 use farestream_gateway::wire::{BatchAck, ScanBatch};
 use farestream_ingest::config::ConfigError;
@@ -27,6 +27,8 @@ pub struct ClusterSettings {
     pub connect_timeout: Duration,
     /// `cluster.node_name`; empty: the data dir's NODE_ID.
     pub node_name: String,
+    /// Who the node connects to NATS as, when `cluster.nats_user` is set.
+    pub nats_user: Option<NatsUser>,
     pub stream: StreamLogSettings,
     /// The claimed stream: the scans stream's shape under its own names.
     pub claimed: StreamLogSettings,
@@ -61,6 +63,7 @@ impl ClusterSettings {
             nats_urls: config.nats_urls.clone(),
             connect_timeout: ms(config.connect_timeout_ms),
             node_name: config.node_name.clone(),
+            nats_user: nats_user(config, std::env::var(NATS_PASSWORD_ENV).ok())?,
             stream,
             claimed,
             claim: ClaimSettings { read_wait: ms(config.claim_read_wait_ms) },
@@ -74,15 +77,63 @@ impl ClusterSettings {
     }
 }
 
+/// The environment variable that may hold the NATS user's password.
+pub const NATS_PASSWORD_ENV: &str = "FARESTREAM_NATS_PASSWORD";
+/// The longest password read from a file.
+const NATS_PASSWORD_BYTES_MAX: u64 = 1_024;
+
+/// The NATS user from `cluster.nats_user`, its password from `from_env`
+/// (the environment's [`NATS_PASSWORD_ENV`]) or `cluster.nats_password_file`,
+/// exactly one of them; none when no user is set (then no password may be).
+fn nats_user(config: &ClusterConfig, from_env: Option<String>) -> Result<Option<NatsUser>, ConfigError> {
+    let invalid = |why: String| ConfigError::Invalid(why);
+    let file = &config.nats_password_file;
+    let password = match (from_env, file.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid(format!(
+                "set the NATS password once: {NATS_PASSWORD_ENV} and cluster.nats_password_file are both set"
+            )));
+        }
+        (Some(password), true) => Some(password),
+        (None, false) => Some(read_password_file(file)?),
+        (None, true) => None,
+    };
+    match (config.nats_user.is_empty(), password) {
+        (true, None) => Ok(None),
+        (true, Some(_)) => Err(invalid("a NATS password is set but cluster.nats_user is empty".into())),
+        (false, None) => Err(invalid(format!(
+            "cluster.nats_user = {:?} needs its password in {NATS_PASSWORD_ENV} or cluster.nats_password_file",
+            config.nats_user
+        ))),
+        (false, Some(password)) if password.is_empty() => Err(invalid("the NATS password is empty".into())),
+        (false, Some(password)) => Ok(Some(NatsUser { name: config.nats_user.clone(), password })),
+    }
+}
+
+/// The file's first line, at most [`NATS_PASSWORD_BYTES_MAX`] bytes read.
+fn read_password_file(path: &str) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |why: String| ConfigError::Invalid(format!("cluster.nats_password_file {path:?}: {why}"));
+    let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(NATS_PASSWORD_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|e| read_error(e.to_string()))?;
+    if bytes.len() as u64 > NATS_PASSWORD_BYTES_MAX {
+        return Err(read_error(format!("longer than {NATS_PASSWORD_BYTES_MAX} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| read_error("not UTF-8".into()))?;
+    Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
+}
+
 /// Connects to NATS and opens the scans and claimed streams (made on the
 /// cluster's first start; refused when they were made otherwise).
 pub(crate) async fn open_logs(
     settings: &ClusterSettings,
 ) -> Result<(async_nats::Client, crate::cluster_owners::ClusterLogs), ServerError> {
     let cluster_error = |e: &dyn std::fmt::Display| ServerError::Cluster(e.to_string());
-    let client = farestream_cluster::connect(&settings.nats_urls, settings.connect_timeout)
-        .await
-        .map_err(|e| cluster_error(&e))?;
+    let client =
+        farestream_cluster::connect(&settings.nats_urls, settings.connect_timeout, settings.nats_user.as_ref())
+            .await
+            .map_err(|e| cluster_error(&e))?;
     let scans = StreamLog::open(client.clone(), settings.stream.clone()).await.map_err(|e| cluster_error(&e))?;
     let claimed = StreamLog::open(client.clone(), settings.claimed.clone()).await.map_err(|e| cluster_error(&e))?;
     Ok((client, crate::cluster_owners::ClusterLogs { scans: Arc::new(scans), claimed }))
@@ -122,6 +173,54 @@ pub(crate) async fn commit_to_stream(
             tracing::warn!(%error, gateway = %gateway_id, batch_seq, "batch not acknowledged by the scans stream");
             let error = format!("the scans stream did not acknowledge the batch: {error}");
             BatchAck::backoff(&gateway_id, batch_seq, error, BACKOFF_RETRY_AFTER_MS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(user: &str, file: &str) -> ClusterConfig {
+        let mut config = farestream_ingest::config::Config::defaults().cluster;
+        config.nats_user = user.into();
+        config.nats_password_file = file.into();
+        config
+    }
+
+    #[test]
+    fn the_nats_password_comes_from_one_place_and_only_with_a_user() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, text: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path.display().to_string()
+        };
+        let good = file("good", b"secret\n");
+        let user = nats_user(&config("node", &good), None).expect("from the file").expect("a user");
+        assert_eq!((user.name.as_str(), user.password.as_str()), ("node", "secret"));
+        assert!(!format!("{user:?}").contains("secret"), "Debug shows no password");
+        let from_env = nats_user(&config("node", ""), Some("env-secret".into())).expect("env").expect("a user");
+        assert_eq!(from_env.password, "env-secret");
+        assert_eq!(nats_user(&config("", ""), None).expect("none"), None);
+        let longest = file("longest", &[b'x'; 1_024]);
+        assert_eq!(nats_user(&config("node", &longest), None).expect("1 KiB").expect("a user").password.len(), 1_024);
+
+        let too_long = file("too_long", &[b'x'; 1_025]);
+        let empty = file("empty", b"\n");
+        let not_utf8 = file("not_utf8", &[0xFF, 0xFE]);
+        for (config, env, named) in [
+            (config("node", &good), Some("x".to_string()), "both set"),
+            (config("node", ""), None, "needs its password"),
+            (config("", &good), None, "cluster.nats_user is empty"),
+            (config("", ""), Some("x".to_string()), "cluster.nats_user is empty"),
+            (config("node", &too_long), None, "longer than 1024 bytes"),
+            (config("node", &empty), None, "empty"),
+            (config("node", &not_utf8), None, "not UTF-8"),
+            (config("node", "/nonexistent/nats-password"), None, "cluster.nats_password_file"),
+        ] {
+            let error = nats_user(&config, env).expect_err(named).to_string();
+            assert!(error.contains(named), "{named}: {error}");
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct ClusterConfig {
     pub enabled: bool,
     pub nats_urls: Vec<String>,
     pub node_name: String,
+    pub nats_user: String,
+    pub nats_password_file: String,
     pub connect_timeout_ms: u64,
     pub stream: String,
     pub subject_prefix: String,
@@ -86,6 +88,14 @@ impl ClusterConfig {
         }
         if !self.node_name.is_empty() {
             check_name("cluster.node_name", &self.node_name, NODE_NAME_BYTES_MAX)?;
+        }
+        if !self.nats_user.is_empty() {
+            check_name("cluster.nats_user", &self.nats_user, NODE_NAME_BYTES_MAX)?;
+        }
+        if self.nats_urls.iter().any(|url| url.contains('@')) {
+            return Err(invalid(
+                "cluster.nats_urls: a URL holds a user or password; set cluster.nats_user and the password's file or FARESTREAM_NATS_PASSWORD".into(),
+            ));
         }
         for (key, name) in [
             ("cluster.stream", &self.stream),
@@ -194,6 +204,9 @@ mod tests {
             ("nats_urls = [\"http://a:4222\"]".to_string(), "cluster.nats_urls"),
             ("nats_urls = [\"nats://\"]".to_string(), "cluster.nats_urls"),
             ("nats_urls = [\"nats://a b\"]".to_string(), "cluster.nats_urls"),
+            ("nats_urls = [\"nats://u:secret@a:4222\"]".to_string(), "holds a user or password"),
+            ("nats_user = \"a b\"".to_string(), "cluster.nats_user"),
+            (format!("nats_user = \"{longest}n\""), "cluster.nats_user"),
             ("stream = \"\"".to_string(), "cluster.stream"),
             ("stream = \"A.B\"".to_string(), "cluster.stream"),
             ("lease_bucket = \"x*\"".to_string(), "cluster.lease_bucket"),
