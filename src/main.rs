@@ -252,6 +252,10 @@ enum LoadgenAction {
         /// The server's QUIC address.
         #[arg(long, default_value = "127.0.0.1:4433")]
         server: SocketAddr,
+        /// Another node of a cluster (repeat for each): a gateway whose
+        /// push to one node failed pushes to the next.
+        #[arg(long, value_name = "ADDR")]
+        also_server: Vec<SocketAddr>,
         /// The file `loadgen prepare` wrote.
         #[arg(long)]
         file: PathBuf,
@@ -702,11 +706,11 @@ async fn loadgen(data_dir: &Path, config: Config, action: LoadgenAction) -> Resu
             print!("{}", figures.render());
             Ok(())
         }
-        LoadgenAction::Run { server, file, rate, in_flight, metrics_url } => {
+        LoadgenAction::Run { server, also_server, file, rate, in_flight, metrics_url } => {
             let batches = loadgen::read_scans_file(&file, config.wire.frame_bytes_max)?;
             let pace = rate.map_or(loadgen::Pace::AsFastAsAcks, |scans_per_sec| loadgen::Pace::Rate { scans_per_sec });
             let in_flight = in_flight.unwrap_or(config.server.streams_per_connection_max as usize);
-            let spec = loadgen::RunSpec { pace, in_flight, metrics_url };
+            let spec = loadgen::RunSpec { pace, in_flight, metrics_url, other_servers: also_server };
             let bar = progress_bar("acked");
             let report = loadgen::run(data_dir, &config, server, batches, spec, bar.clone()).await?;
             bar.finish_and_clear();

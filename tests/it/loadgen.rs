@@ -46,7 +46,12 @@ async fn a_prepared_city_is_pushed_open_loop_every_scan_acked_once_and_again_as_
     assert!(ceiling.signatures > scans && ceiling.signatures < 2 * scans, "{ceiling:?} for {scans} scans");
 
     let rate = 4_000.0;
-    let open = RunSpec { pace: Pace::Rate { scans_per_sec: rate }, in_flight: 4, metrics_url: None };
+    let open = RunSpec {
+        pace: Pace::Rate { scans_per_sec: rate },
+        in_flight: 4,
+        metrics_url: None,
+        other_servers: Vec::new(),
+    };
     let addr = server.local_addr();
     let report = loadgen::run(dir.path(), &config, addr, batches.clone(), open, hidden.clone()).await.expect("run");
     let t = &report.tally;
@@ -59,7 +64,7 @@ async fn a_prepared_city_is_pushed_open_loop_every_scan_acked_once_and_again_as_
     assert!(report.elapsed >= last_due, "open loop: nothing sent before it was due");
     assert!(report.render().contains(&format!("acked    {scans} scans")), "{}", report.render());
 
-    let closed = RunSpec { pace: Pace::AsFastAsAcks, in_flight: 8, metrics_url: None };
+    let closed = RunSpec { pace: Pace::AsFastAsAcks, in_flight: 8, metrics_url: None, other_servers: Vec::new() };
     let again = loadgen::run(dir.path(), &config, addr, batches, closed, hidden).await.expect("again");
     assert_eq!((again.tally.redelivered, again.tally.accepted), (scans, 0), "the server drops what it has");
     server.shutdown().await.expect("shutdown");
@@ -159,6 +164,7 @@ async fn a_served_pricer_gives_way_and_the_run_reports_when_it_caught_up() {
         pace: Pace::Rate { scans_per_sec: scans as f64 / 3.0 },
         in_flight: 4,
         metrics_url: Some(format!("http://{metrics_port}/metrics")),
+        other_servers: Vec::new(),
     };
     let report = loadgen::run(&data_dir, &config, addr, batches, run, hidden).await.expect("run");
     assert_eq!(report.tally.scans_acked, scans);

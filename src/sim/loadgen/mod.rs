@@ -98,6 +98,9 @@ pub struct RunSpec {
     pub in_flight: usize,
     /// The server's Prometheus page, for its CPU seconds and peak RSS.
     pub metrics_url: Option<String>,
+    /// A cluster's other nodes: a gateway whose push failed moves on to
+    /// the next (docs/scale-out.md).
+    pub other_servers: Vec<SocketAddr>,
 }
 
 /// What a run saw.
@@ -129,6 +132,7 @@ pub async fn run(
     // Each push is one attempt: a failure is counted by kind, not hidden
     // behind a retry.
     settings.retry_attempts_max = 1;
+    settings.other_server_addrs = spec.other_servers.clone();
     let mut connections: BTreeMap<String, Connection> = BTreeMap::new();
     let batch_count = batches.len();
     for (i, batch) in batches.into_iter().enumerate() {
