@@ -251,3 +251,28 @@ async fn only_a_node_with_the_clusters_password_serves_and_others_cannot_publish
     // The control: the same record from the nodes' user is stored.
     assert!(nats.stored(false, "farestream.scans.0", b"forged").await, "the subject takes records");
 }
+
+/// A node whose TLS certificate or fleet CA is not the cluster's would
+/// turn gateways away one by one; it refuses to start instead, naming
+/// which (the first node's fingerprints are the cluster's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_share_the_clusters_identity_refuses_to_start() {
+    use farestream::tls_identity::ServerIdentity;
+
+    let Some(nats) = NatsCluster::start().await else { return };
+    let config = cluster_config(&nats);
+    let a = Harness::start_with(config.clone()).await;
+    let _b = a.start_a_copy().await; // a copy shares both: it starts
+    let injected = (&a.faults, &a.inbox);
+
+    let stranger = tempfile::tempdir().expect("tempdir");
+    let other_cert = ServerIdentity::generate().expect("identity");
+    let refused = crate::support::try_start_server(&config, stranger.path(), &other_cert, &a.clock, injected).await;
+    let refused = refused.err().expect("another TLS certificate").to_string();
+    assert!(refused.contains("tls_certificate") && refused.contains("not the cluster's"), "{refused}");
+
+    let other_ca = tempfile::tempdir().expect("tempdir");
+    let refused = crate::support::try_start_server(&config, other_ca.path(), &a.identity, &a.clock, injected).await;
+    let refused = refused.err().expect("another fleet CA").to_string();
+    assert!(refused.contains("fleet_ca") && refused.contains("not the cluster's"), "{refused}");
+}

@@ -13,6 +13,7 @@ pub mod claim;
 pub mod leases;
 pub mod ownership;
 pub mod publish;
+pub mod shared_identity;
 pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
@@ -21,6 +22,7 @@ pub use claim::{ClaimError, ClaimLogs, ClaimSettings, ClaimStop, claim_partition
 pub use leases::{LeaseError, LeaseSettings, PartitionLeases, lease_clock_ms};
 pub use ownership::{Owned, Ownership};
 pub use publish::append_batch;
+pub use shared_identity::{SharedIdentityError, check_shared_identity};
 pub use stream_log::{
     Appended, PartitionReader, StoredRecord, StreamLog, StreamLogError, StreamLogSettings, StreamRecord,
 };

@@ -35,6 +35,8 @@ pub struct ClusterSettings {
     pub claim: ClaimSettings,
     pub leases: LeaseSettings,
     pub members_bucket: String,
+    /// Where the fingerprints every node must share are kept.
+    pub identity_bucket: String,
 }
 
 impl ClusterSettings {
@@ -73,8 +75,24 @@ impl ClusterSettings {
                 timing: config.lease_timing()?,
             },
             members_bucket: config.members_bucket.clone(),
+            identity_bucket: config.identity_bucket.clone(),
         }))
     }
+}
+
+/// Refuses a node whose TLS certificate or fleet CA is not the cluster's
+/// (the first node's, kept in `cluster.identity_bucket`).
+pub(crate) async fn check_shared_identity(
+    settings: &ClusterSettings,
+    client: async_nats::Client,
+    identity: &farestream_ingest::tls_identity::ServerIdentity,
+    fleet: &farestream_ingest::fleet_ca::RevocationList,
+) -> Result<(), ServerError> {
+    let facts: [(&str, &[u8]); 2] =
+        [("tls_certificate", identity.cert.as_ref()), ("fleet_ca", fleet.ca_cert().as_ref())];
+    farestream_cluster::check_shared_identity(client, &settings.identity_bucket, settings.leases.replicas, &facts)
+        .await
+        .map_err(|e| ServerError::Cluster(e.to_string()))
 }
 
 /// The environment variable that may hold the NATS user's password.

@@ -298,6 +298,16 @@ impl Server {
         (pipeline, issuer_keys): (Arc<Pipeline>, IssuerKeys),
         settlement: Option<Arc<dyn DailySettlement>>,
     ) -> Result<Server, ServerError> {
+        // Before anything of the data dir is touched: a node that cannot
+        // reach the cluster, or does not share its identity, serves nothing.
+        let cluster_logs = match &settings.cluster {
+            Some(cluster) => {
+                let opened = cluster_ingest::open_logs(cluster).await?;
+                cluster_ingest::check_shared_identity(cluster, opened.0.clone(), identity, &fleet).await?;
+                Some(opened)
+            }
+            None => None,
+        };
         let recovering = {
             let (settings, pipeline, handles) = (settings.clone(), Arc::clone(&pipeline), handles.clone());
             tokio::task::spawn_blocking(move || recover(&settings, &handles.faults, &pipeline, handles.clock.now_ms()))
@@ -366,10 +376,6 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
         let local_addr =
             endpoint.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen_addr, source })?;
-        let cluster_logs = match &settings.cluster {
-            Some(cluster) => Some(cluster_ingest::open_logs(cluster).await?),
-            None => None,
-        };
         let stream = cluster_logs.as_ref().map(|(_, logs)| Arc::clone(&logs.scans));
         let pipeline_chunk_max = pipeline.config().verify_chunk_signatures;
         let shared = Arc::new(Shared {

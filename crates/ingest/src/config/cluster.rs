@@ -39,6 +39,7 @@ pub struct ClusterConfig {
     pub acks_in_flight_max: usize,
     pub lease_bucket: String,
     pub members_bucket: String,
+    pub identity_bucket: String,
     pub lease_ttl_ms: u64,
     pub lease_renew_interval_ms: u64,
     pub lease_safety_margin_ms: u64,
@@ -102,6 +103,7 @@ impl ClusterConfig {
             ("cluster.claimed_stream", &self.claimed_stream),
             ("cluster.lease_bucket", &self.lease_bucket),
             ("cluster.members_bucket", &self.members_bucket),
+            ("cluster.identity_bucket", &self.identity_bucket),
         ] {
             check_name(key, name, NODE_NAME_BYTES_MAX)?;
         }
@@ -211,6 +213,7 @@ mod tests {
             ("stream = \"A.B\"".to_string(), "cluster.stream"),
             ("lease_bucket = \"x*\"".to_string(), "cluster.lease_bucket"),
             ("members_bucket = \"\"".to_string(), "cluster.members_bucket"),
+            ("identity_bucket = \"a.b\"".to_string(), "cluster.identity_bucket"),
             ("subject_prefix = \"a..b\"".to_string(), "cluster.subject_prefix"),
             ("subject_prefix = \"a.>\"".to_string(), "cluster.subject_prefix"),
             ("claimed_subject_prefix = \"a b\"".to_string(), "cluster.claimed_subject_prefix"),
