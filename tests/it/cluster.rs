@@ -28,22 +28,39 @@ fn cluster_config(nats: &NatsCluster) -> Config {
     config
 }
 
-/// Every row in the scans stream, each checked to be in its partition.
-async fn stream_rows(nats: &NatsCluster, config: &Config) -> Vec<ArchivedScan> {
+/// Every row of one of the cluster's streams (`claimed`: the claimed
+/// stream, else the scans stream), sorted by scan id, each checked to be
+/// in its partition, with the re-deliveries the claimed records count.
+async fn rows_of(nats: &NatsCluster, config: &Config, claimed: bool) -> (Vec<ArchivedScan>, u32) {
     let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
-    let log = StreamLog::open(nats.client().await, settings.stream).await.expect("the scans stream");
-    let mut rows = Vec::new();
+    let stream = if claimed { settings.claimed } else { settings.stream };
+    let log = StreamLog::open(nats.client().await, stream).await.expect("the stream");
+    let (mut rows, mut redelivered) = (Vec::new(), 0);
     for p in 0..PARTITIONS {
         let partition = Partition::new(p, PARTITIONS).expect("a partition");
         let mut reader = log.reader(partition, 1).await.expect("a reader");
-        while let Some(record) = reader.next(Duration::from_millis(300)).await.expect("read") {
-            let decoded = journal::decode(&record.payload).expect("a journal record");
-            assert!(decoded.iter().all(|r| partition_of_row(r, PARTITIONS) == partition));
-            rows.extend(decoded);
+        while let Some(stored) = reader.next(Duration::from_millis(300)).await.expect("read") {
+            let record = match claimed {
+                true => ClaimedRecord::decode(&stored.payload).expect("a claimed record"),
+                false => ClaimedRecord {
+                    scans_sequence: stored.sequence,
+                    redelivered: 0,
+                    more_follow: false,
+                    rows: journal::decode(&stored.payload).expect("a journal record"),
+                },
+            };
+            assert!(record.rows.iter().all(|r| partition_of_row(r, PARTITIONS) == partition));
+            redelivered += record.redelivered;
+            rows.extend(record.rows);
         }
     }
     rows.sort_by_key(|r| r.scan_id);
-    rows
+    (rows, redelivered)
+}
+
+/// Every row in the scans stream.
+async fn stream_rows(nats: &NatsCluster, config: &Config) -> Vec<ArchivedScan> {
+    rows_of(nats, config, false).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,21 +125,7 @@ async fn without_a_quorum_nothing_is_acked_and_the_resend_after_one_returns_is_s
 /// Every row in the claimed stream, sorted by scan id, with the count of
 /// re-deliveries the owners dropped.
 async fn claimed_rows(nats: &NatsCluster, config: &Config) -> (Vec<ArchivedScan>, u32) {
-    let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
-    let log = StreamLog::open(nats.client().await, settings.claimed).await.expect("the claimed stream");
-    let (mut rows, mut redelivered) = (Vec::new(), 0);
-    for p in 0..PARTITIONS {
-        let partition = Partition::new(p, PARTITIONS).expect("a partition");
-        let mut reader = log.reader(partition, 1).await.expect("a reader");
-        while let Some(stored) = reader.next(Duration::from_millis(300)).await.expect("read") {
-            let record = ClaimedRecord::decode(&stored.payload).expect("a claimed record");
-            assert!(record.rows.iter().all(|r| partition_of_row(r, PARTITIONS) == partition));
-            redelivered += record.redelivered;
-            rows.extend(record.rows);
-        }
-    }
-    rows.sort_by_key(|r| r.scan_id);
-    (rows, redelivered)
+    rows_of(nats, config, true).await
 }
 
 /// The claimed stream once it holds `rows` rows (or after a minute).

@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
+
+use crate::bucket::open_bucket;
 use bytes::Bytes;
 use farestream_core::cluster::{LeaseTerm, LeaseTiming, Partition};
 use thiserror::Error;
@@ -64,7 +66,7 @@ impl PartitionLeases {
     ) -> Result<PartitionLeases, LeaseError> {
         let timing = settings.timing.checked()?;
         let ttl = Duration::from_millis(timing.ttl_ms);
-        let store = open_expiring_bucket(&jetstream::new(client), &settings.bucket, ttl, settings.replicas).await?;
+        let store = open_bucket(&jetstream::new(client), &settings.bucket, ttl, settings.replicas).await?;
         Ok(PartitionLeases { store, bucket: settings.bucket, timing, node: node.to_string() })
     }
 
@@ -133,41 +135,16 @@ impl PartitionLeases {
     }
 }
 
-/// A key-value bucket whose keys age out `ttl` after their last write,
-/// made when missing. One that exists must have been made the same way:
-/// a bucket keeping keys for less than this node's `ttl` would give a
-/// lease to another node while this one still acts on it.
-pub(crate) async fn open_expiring_bucket(
-    context: &jetstream::Context,
-    bucket: &str,
-    ttl: Duration,
-    replicas: usize,
-) -> Result<kv::Store, LeaseError> {
-    let store_error = |e: &dyn std::fmt::Display| LeaseError::Store { bucket: bucket.to_string(), why: e.to_string() };
-    let store = match context.get_key_value(bucket).await {
-        Ok(store) => store,
-        Err(_missing) => context
-            .create_key_value(kv::Config {
-                bucket: bucket.to_string(),
-                history: 1,
-                max_age: ttl,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| store_error(&e))?,
-    };
-    let status = store.status().await.map_err(|e| store_error(&e))?;
-    let found = (status.max_age(), status.history(), status.info.config.num_replicas);
-    if found != (ttl, 1, replicas) {
-        return Err(LeaseError::Mismatch {
-            bucket: bucket.to_string(),
-            found: format!("{found:?}"),
-            wanted: format!("{:?}", (ttl, 1, replicas)),
-        });
+/// The bucket's own errors as a lease's: the same words either way.
+impl From<crate::bucket::BucketError> for LeaseError {
+    fn from(error: crate::bucket::BucketError) -> LeaseError {
+        match error {
+            crate::bucket::BucketError::Mismatch { bucket, found, wanted } => {
+                LeaseError::Mismatch { bucket, found, wanted }
+            }
+            crate::bucket::BucketError::Store { bucket, why } => LeaseError::Store { bucket, why },
+        }
     }
-    Ok(store)
 }
 
 /// Creates tried while the lease is seen both there and gone.

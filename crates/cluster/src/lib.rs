@@ -9,6 +9,7 @@
 //! Every call takes an `async_nats::Client` the caller connected, so one
 //! connection serves the stream and the leases.
 
+pub mod bucket;
 pub mod claim;
 pub mod leases;
 pub mod ownership;
@@ -44,11 +45,16 @@ pub async fn connect(
         .iter()
         .map(|url| url.parse::<async_nats::ServerAddr>().map_err(|e| ConnectError(format!("{url:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut options = async_nats::ConnectOptions::new().connection_timeout(timeout);
-    if let Some(user) = user {
-        options = options.user_and_password(user.name.clone(), user.password.clone());
+    connect_options(timeout, user).connect(addrs).await.map_err(|e| ConnectError(format!("{}: {e}", urls.join(", "))))
+}
+
+/// How every client of the cluster connects: within `timeout`, as `user`.
+pub(crate) fn connect_options(timeout: std::time::Duration, user: Option<&NatsUser>) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new().connection_timeout(timeout);
+    match user {
+        Some(user) => options.user_and_password(user.name.clone(), user.password.clone()),
+        None => options,
     }
-    options.connect(addrs).await.map_err(|e| ConnectError(format!("{}: {e}", urls.join(", "))))
 }
 
 /// A NATS user and its password. `Debug` names the user only.
@@ -68,9 +74,3 @@ impl std::fmt::Debug for NatsUser {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to NATS at {0}")]
 pub struct ConnectError(String);
-
-/// A name NATS takes as one token of a subject, a stream or a key:
-/// letters, digits, `-` and `_`, at least one.
-pub(crate) fn is_name_token(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}

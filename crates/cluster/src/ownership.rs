@@ -26,7 +26,8 @@ use futures_util::TryStreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::leases::{LeaseError, LeaseSettings, PartitionLeases, open_expiring_bucket};
+use crate::bucket::open_bucket;
+use crate::leases::{LeaseError, LeaseSettings, PartitionLeases};
 
 /// The partitions a node holds now, with their terms.
 pub type Owned = BTreeMap<Partition, LeaseTerm>;
@@ -53,13 +54,13 @@ impl Ownership {
         node: &str,
         partitions: u16,
     ) -> Result<(Ownership, watch::Receiver<Owned>), LeaseError> {
-        if !crate::is_name_token(node) {
+        if !farestream_core::cluster::is_name_token(node) {
             return Err(LeaseError::NodeName(node.to_string()));
         }
         let ttl = Duration::from_millis(leases.timing.ttl_ms);
         let replicas = leases.replicas;
         let leases = PartitionLeases::open(client.clone(), leases, node).await?;
-        let members = open_expiring_bucket(&jetstream::new(client), members_bucket, ttl, replicas).await?;
+        let members = open_bucket(&jetstream::new(client), members_bucket, ttl, replicas).await?;
         let (owned, watching) = watch::channel(Owned::new());
         let ownership = Ownership {
             leases,

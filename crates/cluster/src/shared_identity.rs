@@ -4,8 +4,12 @@
 //! start sets it, every node after compares, and one whose differs
 //! refuses to start instead of turning gateways away one by one.
 
-use async_nats::jetstream::{self, kv};
+use std::time::Duration;
+
+use async_nats::jetstream;
 use thiserror::Error;
+
+use crate::bucket::open_bucket;
 
 #[derive(Debug, Error)]
 pub enum SharedIdentityError {
@@ -15,6 +19,8 @@ pub enum SharedIdentityError {
     Differs { what: String, ours: String, theirs: String },
     #[error("the bucket {bucket}: {why}")]
     Store { bucket: String, why: String },
+    #[error(transparent)]
+    Bucket(#[from] crate::bucket::BucketError),
 }
 
 /// Sets the SHA-256 of each `(what, bytes)` in `bucket` where none is,
@@ -28,20 +34,7 @@ pub async fn check_shared_identity(
 ) -> Result<(), SharedIdentityError> {
     let store_error =
         |e: &dyn std::fmt::Display| SharedIdentityError::Store { bucket: bucket.into(), why: e.to_string() };
-    let context = jetstream::new(client);
-    let store = match context.get_key_value(bucket).await {
-        Ok(store) => store,
-        Err(_missing) => context
-            .create_key_value(kv::Config {
-                bucket: bucket.to_string(),
-                history: 1,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| store_error(&e))?,
-    };
+    let store = open_bucket(&jetstream::new(client), bucket, Duration::ZERO, replicas).await?;
     for (what, bytes) in facts {
         let ours = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
         // A create loses to a node that set the key first: read it then.

@@ -352,10 +352,10 @@ fn check(settings: &StreamLogSettings) -> Result<(), StreamLogError> {
     if ![1, 3, 5].contains(&settings.replicas) {
         return bad(format!("cluster.replicas is {}: 1, 3 or 5", settings.replicas));
     }
-    if !crate::is_name_token(&settings.stream) {
+    if !farestream_core::cluster::is_name_token(&settings.stream) {
         return bad(format!("the stream name {:?} is not letters, digits, '_' and '-'", settings.stream));
     }
-    if !settings.subject_prefix.split('.').all(crate::is_name_token) {
+    if !settings.subject_prefix.split('.').all(farestream_core::cluster::is_name_token) {
         return bad(format!("the subject prefix {:?} is not dot-separated tokens", settings.subject_prefix));
     }
     if settings.record_bytes_max == 0 {

@@ -145,10 +145,7 @@ impl NatsCluster {
     async fn client_as(&self, user: Option<&crate::NatsUser>) -> async_nats::Client {
         let addrs: Vec<async_nats::ServerAddr> =
             self.urls().iter().map(|u| u.parse().expect("a server address")).collect();
-        let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
-        if let Some(user) = user {
-            options = options.user_and_password(user.name.clone(), user.password.clone());
-        }
+        let options = crate::connect_options(Duration::from_secs(2), user);
         options.retry_on_initial_connect().connect(addrs).await.expect("connect to the test NATS cluster")
     }
 
@@ -206,10 +203,7 @@ impl NatsCluster {
             let url = format!("nats://127.0.0.1:{}", node.client_port);
             loop {
                 let ready = async {
-                    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_millis(500));
-                    if let Some(user) = &self.user {
-                        options = options.user_and_password(user.name.clone(), user.password.clone());
-                    }
+                    let options = crate::connect_options(Duration::from_millis(500), self.user.as_ref());
                     let client = options.connect(url.as_str()).await.ok()?;
                     // JetStream answering "no such stream" is JetStream up
                     // with a metadata leader. (The account query's answer

@@ -113,6 +113,13 @@ pub fn record_id(partition: Partition, rows: &[ArchivedScan]) -> [u8; 16] {
     id
 }
 
+/// A name NATS takes as one token of a subject, a stream, a bucket or a
+/// key, as the config and the cluster shell both check it: letters,
+/// digits, `-` and `_`, at least one.
+pub fn is_name_token(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// How many partitions each of `live` nodes should hold: the partitions
 /// shared out as evenly as they go, rounded up, so every partition has a
 /// taker (at least one node is live: the one asking).

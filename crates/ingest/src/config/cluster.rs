@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::ConfigError;
-use farestream_core::cluster::{LeaseTiming, PARTITIONS_MAX};
+use farestream_core::cluster::{LeaseTiming, is_name_token};
 
 /// The most NATS server addresses one node is given.
 pub const NATS_URLS_MAX: usize = 32;
@@ -75,9 +75,6 @@ impl ClusterConfig {
                 self.replicas
             )));
         }
-        if self.partitions > PARTITIONS_MAX {
-            return Err(invalid(format!("cluster.partitions = {} is over {PARTITIONS_MAX}", self.partitions)));
-        }
         if self.nats_urls.is_empty() || self.nats_urls.len() > NATS_URLS_MAX {
             return Err(invalid(format!(
                 "cluster.nats_urls lists {} servers: 1 to {NATS_URLS_MAX}",
@@ -133,11 +130,6 @@ impl ClusterConfig {
 
 fn invalid(message: String) -> ConfigError {
     ConfigError::Invalid(message)
-}
-
-/// A NATS name: letters, digits, `-` and `_`, at least one.
-fn is_name_token(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn check_name(key: &str, name: &str, bytes_max: usize) -> Result<(), ConfigError> {
