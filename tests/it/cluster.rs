@@ -19,6 +19,10 @@ use crate::support::{Harness, T0_MS, batch, quick_failures, record, scans};
 
 const PARTITIONS: u16 = 8;
 
+/// How long a test waits for JetStream to take writes again once a
+/// quorum of its servers is back.
+const QUORUM_BACK_WAIT_MAX: Duration = Duration::from_secs(120);
+
 fn cluster_config(nats: &NatsCluster) -> Config {
     let mut config = quick_failures(Config::defaults());
     config.cluster.enabled = true;
@@ -104,17 +108,22 @@ async fn without_a_quorum_nothing_is_acked_and_the_resend_after_one_returns_is_s
     assert!(refused.to_string().contains("scans stream"), "{refused}");
 
     nats.restart(1).await;
-    let mut acked = None;
-    for _ in 0..30 {
+    // How soon the stream has a leader again is JetStream's Raft election
+    // (randomised timeouts of several seconds, longer on a loaded
+    // machine), so the gateway resends as it would, until a deadline.
+    let deadline = std::time::Instant::now() + QUORUM_BACK_WAIT_MAX;
+    let acked = loop {
         match h.client_as("station-01").push(&second).await {
-            Ok(ack) => {
-                acked = Some(ack);
-                break;
+            Ok(ack) => break ack,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!(
+                    "not acked {QUORUM_BACK_WAIT_MAX:?} after two of three servers were back: {e}\n{}",
+                    nats.log_tails(4_000)
+                )
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
-    }
-    let acked = acked.expect("acked once two of three servers are back");
+    };
     assert_eq!(acked.accepted, 10);
     // The scans' validator sequence numbers are their cards, 1 to 20.
     let mut seqs: Vec<u64> = stream_rows(&nats, &config).await.iter().map(|r| r.validator_seq).collect();

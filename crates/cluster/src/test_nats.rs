@@ -171,6 +171,18 @@ impl NatsCluster {
         self.dir.path()
     }
 
+    /// The last `bytes` of each server's log, for a failing test's message.
+    pub fn log_tails(&self, bytes: usize) -> String {
+        let mut tails = String::new();
+        for node in &self.nodes {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", node.name))).unwrap_or_default();
+            let from = log.len().saturating_sub(bytes);
+            let from = (from..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
+            tails.push_str(&format!("--- {} ---\n{}\n", node.name, &log[from..]));
+        }
+        tails
+    }
+
     fn start_node(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.running.is_none(), "{} is running", node.name);
