@@ -59,7 +59,8 @@ cluster_keys() {
   local name=$1
   local urls
   urls=$(IFS=,; echo "${nats_urls[*]}")
-  printf '\n[cluster]\nenabled = true\nnode_name = "%s"\nnats_urls = [%s]\npartitions = 16\n' "$name" "$urls"
+  printf '\n[cluster]\nenabled = true\nnode_name = "%s"\nnats_urls = [%s]\npartitions = 16\narchive_dir = "%s"\n' \
+    "$name" "$urls" "$base/shared-archive"
 }
 
 field() { grep -oE "$1=[0-9.]+" "$2" | head -1 | cut -d= -f2; }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use farestream::archive::read;
 use farestream::config::Config;
 use farestream::gateway::GatewayClient;
 use farestream::journal;
@@ -13,7 +14,8 @@ use farestream::scan::{ArchivedScan, ScanStatus};
 use farestream::server::cluster_ingest::ClusterSettings;
 use farestream_cluster::StreamLog;
 use farestream_cluster::test_nats::NatsCluster;
-use farestream_core::cluster::{ClaimedRecord, Partition, partition_of_row};
+use farestream_core::cluster::segments::segment_file_range;
+use farestream_core::cluster::{ClaimedEntry, ClaimedRecord, Partition, partition_of_row};
 
 use crate::support::{Harness, T0_MS, batch, quick_failures, record, scans};
 
@@ -29,7 +31,14 @@ fn cluster_config(nats: &NatsCluster) -> Config {
     config.cluster.nats_urls = nats.urls();
     config.cluster.partitions = PARTITIONS;
     config.cluster.append_ack_timeout_ms = 1_000;
+    config.cluster.segment_age_max_ms = 1_000;
+    config.cluster.archive_dir = shared_archive(nats).display().to_string();
     config
+}
+
+/// The archive every node of the test's cluster shares.
+fn shared_archive(nats: &NatsCluster) -> std::path::PathBuf {
+    nats.dir().join("archive")
 }
 
 /// Every row of one of the cluster's streams (`claimed`: the claimed
@@ -45,7 +54,10 @@ async fn rows_of(nats: &NatsCluster, config: &Config, claimed: bool) -> (Vec<Arc
         let mut reader = log.reader(partition, 1).await.expect("a reader");
         while let Some(stored) = reader.next(Duration::from_millis(300)).await.expect("read") {
             let record = match claimed {
-                true => ClaimedRecord::decode(&stored.payload).expect("a claimed record"),
+                true => match ClaimedEntry::decode(&stored.payload).expect("a claimed record or a cut") {
+                    ClaimedEntry::Rows(record) => record,
+                    ClaimedEntry::Cut(_) => continue,
+                },
                 false => ClaimedRecord {
                     scans_sequence: stored.sequence,
                     redelivered: 0,
@@ -197,6 +209,109 @@ async fn two_nodes_claim_each_acked_scan_once_and_a_dead_nodes_partitions_move_t
     ids.dedup();
     assert_eq!(ids.len(), 32, "no scan claimed twice");
     println!("every partition claimed {moved_after:?} after a node died (lease time to live 3 s)");
+
+    // The segments end a second of the nodes' clock after their last cut:
+    // the shared archive then holds the claimed rows, each once, the dead
+    // node's partitions' included.
+    let archived = archived_once_it_holds(&nats, &b, 32).await;
+    assert_eq!(archived, rows, "the claimed rows, verdicts and all, each once");
+}
+
+/// Every row of the shared archive, sorted by scan id, each file checked
+/// to be a segment file of the partition its rows are in.
+fn shared_archive_rows(nats: &NatsCluster) -> Vec<ArchivedScan> {
+    let root = shared_archive(nats).join("scans");
+    let mut rows = Vec::new();
+    for path in read::archive_files(&root).expect("the shared archive") {
+        let name = path.file_name().and_then(|n| n.to_str()).expect("a name");
+        let (partition, after, cut) = segment_file_range(name).unwrap_or_else(|| panic!("{name} is a segment file"));
+        assert!(after < cut, "{name}");
+        let in_file = read::read_file(&path).expect("a segment file");
+        assert!(in_file.iter().all(|r| partition_of_row(r, PARTITIONS).number() == partition), "{name}");
+        rows.extend(in_file);
+    }
+    rows.sort_by_key(|r| r.scan_id);
+    rows
+}
+
+/// The shared archive once it holds `rows` rows (or after a minute),
+/// the nodes' clock moved on 2 s each look (segments end by their age).
+async fn archived_once_it_holds(nats: &NatsCluster, h: &Harness, rows: usize) -> Vec<ArchivedScan> {
+    use farestream::clock_source::Clock;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        h.clock.set(h.clock.now_ms() + 2_000);
+        let archived = shared_archive_rows(nats);
+        if archived.len() >= rows || std::time::Instant::now() > deadline {
+            return archived;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every file of the shared archive with its bytes.
+fn shared_archive_files(nats: &NatsCluster) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let files = read::archive_files(&shared_archive(nats).join("scans")).expect("the shared archive");
+    files.into_iter().map(|path| (path.clone(), std::fs::read(&path).expect("a file"))).collect()
+}
+
+/// An owner that lost its partitions but still archives (a paused
+/// process, or one that had fallen behind) writes the very files the
+/// owner wrote, under the same names: the archive holds each row once
+/// whichever of them wrote last, with no fence between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_owner_still_archiving_writes_the_same_files_and_no_row_twice() {
+    use farestream::server::cluster_archive::{SegmentArchive, archive_partition, local_store};
+    use farestream_cluster::ArchiveProgress;
+    let Some(nats) = NatsCluster::start().await else { return };
+    let config = cluster_config(&nats);
+    let h = Harness::start_with(config.clone()).await;
+    h.client_as("station-01").push(&scans(&h, 1, 1, 20)).await.expect("ack");
+    let archived = archived_once_it_holds(&nats, &h, 20).await;
+    assert_eq!(archived.len(), 20);
+    let before = shared_archive_files(&nats);
+
+    // The old owner reads from the start (its position is behind: a
+    // bucket of its own) while the owner goes on.
+    let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
+    let claimed = StreamLog::open(nats.client().await, settings.claimed).await.expect("the claimed stream");
+    let behind = ArchiveProgress::open(nats.client().await, "old_owner_progress", 3).await.expect("bucket");
+    let archive = SegmentArchive {
+        store: local_store(&shared_archive(&nats)).expect("the shared archive"),
+        row_group_rows_max: config.archive.row_group_rows_max,
+        service_day: config.service_day_policy().expect("policy"),
+        accepted_lateness_ms: i64::from(config.ingest.accepted_lateness_secs) * 1_000,
+        segment_rows_limit: 1_000_000,
+        read_wait: Duration::from_millis(100),
+    };
+    let owners = ArchiveProgress::open(nats.client().await, &settings.progress_bucket, 3).await.expect("bucket");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let old_owners =
+        Partition::all(PARTITIONS).map(|p| archive_partition(&claimed, &behind, p, &archive, || true, &stop));
+    let caught_up = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        'waiting: while std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for p in Partition::all(PARTITIONS) {
+                if behind.get(p).await.expect("position") != owners.get(p).await.expect("position") {
+                    continue 'waiting;
+                }
+            }
+            break;
+        }
+        stop.cancel();
+    };
+    let (stops, ()) = tokio::join!(futures_util::future::join_all(old_owners), caught_up);
+    assert!(stops.iter().all(Result::is_ok), "{stops:?}");
+    for p in Partition::all(PARTITIONS) {
+        let (old, owner) = (behind.get(p).await.expect("position"), owners.get(p).await.expect("position"));
+        assert!(
+            owner.cut > 0 && old == owner,
+            "the old owner went through partition {p}'s segments: {old:?} {owner:?}"
+        );
+    }
+    assert_eq!(shared_archive_files(&nats), before, "the same files, byte for byte");
+    assert_eq!(shared_archive_rows(&nats), archived, "each row once");
 }
 
 /// A gateway given every node's address moves to the next when the one

@@ -19,13 +19,21 @@
 //! time (its latest arrival, less [`STREAM_TIME_MARGIN_MS`]), never by the
 //! owner's clock. An owner that starts an hour late decides as one that
 //! never stopped.
+//!
+//! The owner also ends segments: once the rows since its last cut reach
+//! `segment_rows_max`, or `segment_age_max` has passed since it (rows or
+//! none, so a quiet partition's days close too), it reads where the
+//! partition's scans end, claims up to there and appends a cut
+//! (`CutRecord`) saying every scan received before that moment, less the
+//! arrival allowance, is claimed. The cut goes through the same fence,
+//! so only the owner decides where the archive's files end.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use farestream_core::clock::UnixMillis;
-use farestream_core::cluster::{ClaimedRecord, Partition};
+use farestream_core::cluster::{ClaimedEntry, ClaimedRecord, CutRecord, Partition};
 use farestream_core::ingest::{ClaimedRows, Pipeline};
 use farestream_core::journal;
 use farestream_core::scan::ArchivedScan;
@@ -65,13 +73,25 @@ pub enum ClaimError {
     Damaged { partition: Partition, log: &'static str, sequence: u64, why: String },
 }
 
-/// How an owner reads.
+/// How an owner reads and cuts.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimSettings {
     /// How long one read waits for the next record before the owner looks
     /// at its term and its stop again.
     pub read_wait: Duration,
+    /// A segment is cut once it holds this many rows.
+    pub segment_rows_max: u64,
+    /// A segment is cut this long after the last cut, rows or none.
+    pub segment_age_max: Duration,
+    /// How long after its receipt a scan may still reach the scans
+    /// stream: the append timeout and the nodes' clock skew. A cut taken
+    /// at `t` covers the arrivals before `t` less this.
+    pub arrival_allowance_ms: i64,
 }
+
+/// The clock an owner reads, in Unix milliseconds: when a cut is taken,
+/// how old a segment is. The server passes its own (a test's is manual).
+pub type WallClock<'a> = &'a (dyn Fn() -> UnixMillis + Send + Sync);
 
 /// How far behind the latest arrival claimed so far a scan still to be
 /// claimed may have been received: an append is acknowledged, or the
@@ -97,6 +117,28 @@ struct Resume {
     claimed_part: HashSet<[u8; 16]>,
     /// The latest arrival among the rows claimed so far.
     stream_ms: UnixMillis,
+    /// The segment being filled.
+    segment: Segment,
+}
+
+/// The rows since the last cut, and the cut falling due.
+#[derive(Debug)]
+struct Segment {
+    rows: u64,
+    /// When it began, by the owner's clock (its start, or its last cut).
+    opened_ms: UnixMillis,
+    /// The last cut's `arrivals_before_ms` (`i64::MIN` before the first):
+    /// cuts never move it back.
+    arrivals_before_ms: i64,
+    /// A cut decided at `at_ms`, to be appended once every scans record up
+    /// to `scans_through` (the partition's end then) is claimed.
+    due: Option<(u64, UnixMillis)>,
+}
+
+impl Default for Segment {
+    fn default() -> Segment {
+        Segment { rows: 0, opened_ms: 0, arrivals_before_ms: i64::MIN, due: None }
+    }
 }
 
 impl Resume {
@@ -123,13 +165,14 @@ pub async fn claim_partition(
     logs: ClaimLogs<'_>,
     partition: Partition,
     pipeline: Pipeline,
-    settings: ClaimSettings,
+    (settings, now): (ClaimSettings, WallClock<'_>),
     holds: impl Fn() -> bool,
     stop: &CancellationToken,
 ) -> Result<ClaimStop, ClaimError> {
     let Some(mut resume) = rebuild(logs.claimed, partition, &pipeline, settings, stop).await? else {
         return Ok(ClaimStop::Stopped);
     };
+    resume.segment.opened_ms = now();
     let mut last_sweep_ms = resume.stream_ms;
     let mut reader = logs.scans.reader(partition, resume.scans_from).await?;
     loop {
@@ -138,6 +181,9 @@ pub async fn claim_partition(
         }
         if !holds() {
             return Ok(ClaimStop::NotHeld);
+        }
+        if let Some(stopped) = cut_when_due(logs, partition, settings, now(), &mut resume).await? {
+            return Ok(stopped);
         }
         let Some(record) = reader.next(settings.read_wait).await? else { continue };
         let mut rows = journal::decode(&record.payload).map_err(|e| ClaimError::Damaged {
@@ -170,11 +216,56 @@ pub async fn claim_partition(
             let appended =
                 logs.claimed.append_after(partition, Bytes::from(part.encode()), resume.claimed_through).await;
             match appended {
-                Ok(sequence) => resume.claimed_through = sequence,
+                Ok(sequence) => {
+                    resume.claimed_through = sequence;
+                    resume.segment.rows += part.rows.len() as u64;
+                }
                 Err(StreamLogError::Fenced { .. }) => return Ok(ClaimStop::Fenced),
                 Err(e) => return Err(e.into()),
             }
         }
+        // Claimed whole: a cut waiting for this record may go.
+        resume.scans_from = record.sequence.saturating_add(1);
+        resume.claimed_part.clear();
+    }
+}
+
+/// Cuts a full segment at once, its arrivals where the last cut left
+/// them (a backlog is cut as it is claimed, so no segment outgrows the
+/// limit by more than a record). Decides a cut that moves the arrivals
+/// on when the segment is old, and appends it once everything the
+/// partition held at that moment is claimed. `Some` when the owner was
+/// fenced out.
+async fn cut_when_due(
+    logs: ClaimLogs<'_>,
+    partition: Partition,
+    settings: ClaimSettings,
+    now: UnixMillis,
+    resume: &mut Resume,
+) -> Result<Option<ClaimStop>, ClaimError> {
+    let segment = &mut resume.segment;
+    let age_max_ms = i64::try_from(settings.segment_age_max.as_millis()).unwrap_or(i64::MAX);
+    if segment.due.is_none() && now.saturating_sub(segment.opened_ms) >= age_max_ms {
+        let scans_through = logs.scans.last_in(partition).await?.map_or(0, |record| record.sequence);
+        segment.due = Some((scans_through, now));
+    }
+    let caught_up = segment.due.filter(|(scans_through, _)| resume.scans_from > *scans_through);
+    let arrivals_before_ms = match caught_up {
+        Some((_, at_ms)) => at_ms.saturating_sub(settings.arrival_allowance_ms).max(segment.arrivals_before_ms),
+        None if segment.rows >= settings.segment_rows_max => segment.arrivals_before_ms,
+        None => return Ok(None),
+    };
+    let cut = CutRecord { arrivals_before_ms };
+    match logs.claimed.append_after(partition, Bytes::from(cut.encode()), resume.claimed_through).await {
+        Ok(sequence) => {
+            resume.claimed_through = sequence;
+            // A full segment's cut leaves a decided one still to come.
+            let due = if caught_up.is_some() { None } else { resume.segment.due };
+            resume.segment = Segment { rows: 0, opened_ms: now, arrivals_before_ms, due };
+            Ok(None)
+        }
+        Err(StreamLogError::Fenced { .. }) => Ok(Some(ClaimStop::Fenced)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -197,12 +288,21 @@ async fn rebuild(
             return Ok(None);
         }
         let Some(stored) = reader.next(settings.read_wait).await? else { continue };
-        let record = ClaimedRecord::decode(&stored.payload).map_err(|e| ClaimError::Damaged {
+        let entry = ClaimedEntry::decode(&stored.payload).map_err(|e| ClaimError::Damaged {
             partition,
             log: "claimed",
             sequence: stored.sequence,
             why: e.to_string(),
         })?;
+        let record = match entry {
+            ClaimedEntry::Rows(record) => record,
+            ClaimedEntry::Cut(cut) => {
+                resume.claimed_through = stored.sequence;
+                resume.segment = Segment { arrivals_before_ms: cut.arrivals_before_ms, ..Segment::default() };
+                continue;
+            }
+        };
+        resume.segment.rows += record.rows.len() as u64;
         resume.note(&record.rows);
         pipeline.restore(&record.rows, resume.forget_before());
         if resume.scans_from != record.scans_sequence {

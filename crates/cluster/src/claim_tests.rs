@@ -6,20 +6,34 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use farestream_core::cluster::{ClaimedRecord, Partition, partition_of_card};
+use farestream_core::cluster::{ClaimedEntry, ClaimedRecord, Partition, partition_of_card};
 use farestream_core::ingest::Pipeline;
 use farestream_core::ridecode::{IssuerPublicKeys, IssuerSigningKey, UserKey};
 use farestream_core::scan::{ArchivedScan, ScanStatus};
 use farestream_core::wire::{ScanBatch, ScanRecord, WireTapKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::claim::{ClaimLogs, ClaimSettings, ClaimStop, claim_partition, parts};
+use crate::claim::{ClaimLogs, ClaimSettings, ClaimStop, WallClock, claim_partition, parts};
 use crate::test_nats::NatsCluster;
 use crate::{StreamLog, StreamLogError, StreamLogSettings, append_batch};
 
 const PARTITIONS: u16 = 4;
 const AT_MS: i64 = 1_763_604_000_000;
-const SETTINGS: ClaimSettings = ClaimSettings { read_wait: Duration::from_millis(200) };
+/// Segments too large and too long to be cut in a test, but in the one
+/// about cuts.
+const SETTINGS: (ClaimSettings, WallClock<'static>) = (
+    ClaimSettings {
+        read_wait: Duration::from_millis(200),
+        segment_rows_max: u64::MAX,
+        segment_age_max: Duration::from_secs(86_400),
+        arrival_allowance_ms: 60_000,
+    },
+    &wall_clock_ms,
+);
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 fn log_settings(stream: &str, record_bytes_max: usize) -> StreamLogSettings {
     StreamLogSettings {
@@ -93,14 +107,20 @@ async fn claim_every_partition(fleet: &Fleet, logs: ClaimLogs<'_>, for_how_long:
     stops.into_iter().map(|s| s.expect("claimed")).collect()
 }
 
-/// Every claimed record of partition `p`, in order.
-async fn claimed_records(claimed: &StreamLog, p: Partition) -> Vec<ClaimedRecord> {
+/// Every entry of partition `p`'s claimed log, in order.
+async fn claimed_entries(claimed: &StreamLog, p: Partition) -> Vec<ClaimedEntry> {
     let mut reader = claimed.reader(p, 1).await.expect("reader");
-    let mut records = Vec::new();
+    let mut entries = Vec::new();
     while let Some(stored) = reader.next(Duration::from_millis(300)).await.expect("read") {
-        records.push(ClaimedRecord::decode(&stored.payload).expect("a claimed record"));
+        entries.push(ClaimedEntry::decode(&stored.payload).expect("a claimed record or a cut"));
     }
-    records
+    entries
+}
+
+/// Every claimed record of partition `p`, in order (cuts left out).
+async fn claimed_records(claimed: &StreamLog, p: Partition) -> Vec<ClaimedRecord> {
+    let entries = claimed_entries(claimed, p).await;
+    entries.into_iter().filter_map(|e| if let ClaimedEntry::Rows(r) = e { Some(r) } else { None }).collect()
 }
 
 async fn claimed_rows(claimed: &StreamLog) -> (Vec<ArchivedScan>, u32) {
@@ -391,4 +411,65 @@ async fn the_loser_of_two_appends_racing_on_one_end_is_told_it_is_fenced() {
             assert!(matches!(r, Ok(_) | Err(StreamLogError::Fenced { .. })), "{r:?}");
         }
     }
+}
+
+/// Segments end where the owner says: a cut once the rows since the last
+/// reach the limit (after the record that reached it), a cut once the
+/// age passes with no rows at all, each cut's arrivals never behind the
+/// last and an allowance behind its moment; the next owner reads over
+/// the cuts and counts on from the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_cuts_segments_by_size_and_by_age_and_the_next_counts_on_from_its_last_cut() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "CUTS", 1 << 20).await;
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let fleet = Fleet::new();
+    let partition = partition_of_card(11, PARTITIONS);
+    let row = |n: u32| ArchivedScan {
+        scan_id: [n.to_be_bytes(); 4].concat().try_into().expect("16 bytes"),
+        card_id: Some(11),
+        received_at: AT_MS,
+        ..ArchivedScan::blank()
+    };
+    for record in 0..4u32 {
+        append_batch(&scans, vec![row(record * 2), row(record * 2 + 1)], u64::from(record)).await.expect("appended");
+    }
+    let settings = ClaimSettings { segment_rows_max: 3, segment_age_max: Duration::from_millis(300), ..SETTINGS.0 };
+    let started = wall_clock_ms();
+    let owner = |stop| claim_partition(logs, partition, fleet.pipeline(), (settings, &wall_clock_ms), || true, stop);
+    let stop = CancellationToken::new();
+    assert_eq!(run_for(&stop, Duration::from_secs(2), owner(&stop)).await.expect("claimed"), ClaimStop::Stopped);
+    let first_owners = claimed_entries(&claimed, partition).await;
+    assert!(
+        matches!(first_owners.last(), Some(ClaimedEntry::Cut(cut)) if cut.arrivals_before_ms >= started - 60_000),
+        "the first owner's age cut after its rows moved the arrivals on: {first_owners:?}"
+    );
+    let stop = CancellationToken::new();
+    assert_eq!(run_for(&stop, Duration::from_millis(1_500), owner(&stop)).await.expect("claimed"), ClaimStop::Stopped);
+    let ended = wall_clock_ms();
+
+    let entries = claimed_entries(&claimed, partition).await;
+    let mut segments = vec![0usize];
+    let mut last_arrivals = i64::MIN;
+    for entry in &entries {
+        match entry {
+            ClaimedEntry::Rows(record) => *segments.last_mut().expect("one") += record.rows.len(),
+            ClaimedEntry::Cut(cut) => {
+                assert!(cut.arrivals_before_ms >= last_arrivals, "{entries:?}");
+                let taken_in_the_run =
+                    cut.arrivals_before_ms >= started - 60_000 && cut.arrivals_before_ms <= ended - 60_000;
+                assert!(
+                    taken_in_the_run || cut.arrivals_before_ms == i64::MIN,
+                    "a full segment's cut keeps the last's"
+                );
+                last_arrivals = cut.arrivals_before_ms;
+                segments.push(0);
+            }
+        }
+    }
+    let filled: Vec<usize> = segments.iter().copied().filter(|rows| *rows > 0).collect();
+    assert_eq!(filled, [4, 4], "cut after the record that reached 3 rows, each row once: {segments:?}");
+    let empty_cuts = segments[..segments.len() - 1].iter().filter(|rows| **rows == 0).count();
+    assert!(empty_cuts >= 2, "age cuts with no rows, by both owners: {segments:?}");
+    assert!(last_arrivals >= started - 60_000, "the age cuts moved the arrivals on");
 }

@@ -9,6 +9,7 @@
 //! Every call takes an `async_nats::Client` the caller connected, so one
 //! connection serves the stream and the leases.
 
+pub mod archive_progress;
 pub mod bucket;
 pub mod claim;
 pub mod leases;
@@ -19,7 +20,8 @@ pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
 
-pub use claim::{ClaimError, ClaimLogs, ClaimSettings, ClaimStop, claim_partition};
+pub use archive_progress::{ArchiveProgress, ArchivedThrough};
+pub use claim::{ClaimError, ClaimLogs, ClaimSettings, ClaimStop, WallClock, claim_partition};
 pub use leases::{LeaseError, LeaseSettings, PartitionLeases, lease_clock_ms};
 pub use ownership::{Owned, Ownership};
 pub use publish::append_batch;

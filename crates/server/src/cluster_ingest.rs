@@ -7,6 +7,7 @@
 //! Re-deliveries and replays are found later, by each partition's owner.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,10 @@ pub struct ClusterSettings {
     /// The claimed stream: the scans stream's shape under its own names.
     pub claimed: StreamLogSettings,
     pub claim: ClaimSettings,
+    /// The shared archive (`cluster.archive_dir`).
+    pub archive_dir: PathBuf,
+    /// Where each partition's archive position is kept.
+    pub progress_bucket: String,
     pub leases: LeaseSettings,
     pub members_bucket: String,
     /// Where the fingerprints every node must share are kept.
@@ -68,7 +73,16 @@ impl ClusterSettings {
             nats_user: nats_user(config, std::env::var(NATS_PASSWORD_ENV).ok())?,
             stream,
             claimed,
-            claim: ClaimSettings { read_wait: ms(config.claim_read_wait_ms) },
+            claim: ClaimSettings {
+                read_wait: ms(config.claim_read_wait_ms),
+                segment_rows_max: config.segment_rows_max,
+                segment_age_max: ms(config.segment_age_max_ms),
+                arrival_allowance_ms: i64::try_from(config.append_ack_timeout_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(CLOCK_SKEW_ALLOWANCE_MS),
+            },
+            archive_dir: PathBuf::from(&config.archive_dir),
+            progress_bucket: config.progress_bucket.clone(),
             leases: LeaseSettings {
                 bucket: config.lease_bucket.clone(),
                 replicas: config.replicas,
@@ -94,6 +108,12 @@ pub(crate) async fn check_shared_identity(
         .await
         .map_err(|e| ServerError::Cluster(e.to_string()))
 }
+
+/// How far apart the nodes' clocks may be (docs/scale-out.md, "Clocks"):
+/// a cut counts the arrivals before its moment less this and the append
+/// timeout, since a scan received that long ago on another node may
+/// still be on its way into the stream.
+pub const CLOCK_SKEW_ALLOWANCE_MS: i64 = 60_000;
 
 /// The environment variable that may hold the NATS user's password.
 pub const NATS_PASSWORD_ENV: &str = "FARESTREAM_NATS_PASSWORD";

@@ -1,10 +1,13 @@
 //! Cluster mode's partition owners (docs/scale-out.md, "Partition
 //! owners"): this node's share of the partitions, kept by `Ownership`
-//! (a lease a partition), and one claim task for each partition while
-//! the node holds it. A task claims its partition's scans into the
+//! (a lease a partition), and two tasks for each partition while the
+//! node holds it. The claim task claims its partition's scans into the
 //! claimed stream (`farestream_cluster::claim_partition`) with a pipeline
 //! of its own, dropped when the task ends, so a claim that never reached
 //! the claimed stream dies with it and the next owner makes it again.
+//! The archive task writes the claimed stream's segments into the shared
+//! archive (`crate::cluster_archive`). Each is started again on its own
+//! after it ends while the partition is still held.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,20 +17,39 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Shared;
+use crate::cluster_archive::{ArchiveStop, SegmentArchive, archive_partition};
 use crate::cluster_ingest::ClusterSettings;
-use farestream_cluster::{ClaimLogs, ClaimStop, Owned, Ownership, StreamLog, claim_partition, lease_clock_ms};
+use farestream_cluster::{
+    ArchiveProgress, ClaimLogs, ClaimStop, Owned, Ownership, StreamLog, claim_partition, lease_clock_ms,
+};
 use farestream_core::cluster::Partition;
 use farestream_core::ingest::Pipeline;
 use farestream_core::ridecode::IssuerPublicKeys;
 
-/// How long a partition whose claim task failed waits before the next
-/// one starts (while the node still holds it).
+/// How long a partition whose claim or archive task failed waits before
+/// the next one starts (while the node still holds it).
 const CLAIM_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The scans stream and the claimed stream, shared by every claim task.
 pub(crate) struct ClusterLogs {
     pub(crate) scans: Arc<StreamLog>,
     pub(crate) claimed: StreamLog,
+}
+
+/// What every partition task of the node shares.
+struct Owners {
+    shared: Arc<Shared>,
+    logs: ClusterLogs,
+    claim: farestream_cluster::ClaimSettings,
+    progress: ArchiveProgress,
+    archive: SegmentArchive,
+}
+
+/// The two tasks of a held partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Work {
+    Claim,
+    Archive,
 }
 
 /// Starts the lease loop and the claim tasks, supervised: both stop at
@@ -42,32 +64,58 @@ pub(crate) async fn start_owners(
 ) -> Result<JoinHandle<()>, crate::ServerError> {
     let partitions = settings.stream.partitions;
     let (ownership, watching) =
-        Ownership::open(client, settings.leases.clone(), &settings.members_bucket, node, partitions)
+        Ownership::open(client.clone(), settings.leases.clone(), &settings.members_bucket, node, partitions)
             .await
             .map_err(|e| crate::ServerError::Cluster(e.to_string()))?;
+    let cluster_error = |e: &dyn std::fmt::Display| crate::ServerError::Cluster(e.to_string());
+    let progress = ArchiveProgress::open(client, &settings.progress_bucket, settings.leases.replicas)
+        .await
+        .map_err(|e| cluster_error(&e))?;
+    let archive = segment_archive(shared, settings).map_err(|e| cluster_error(&e))?;
     let leases = crate::spawn_supervised(shared, "the partition leases", ownership.run(shared.shutdown.clone()));
-    let owners = keep_claim_tasks(Arc::clone(shared), Arc::new(logs), watching, settings.claim);
-    crate::spawn_supervised(shared, "the partition owners", owners);
+    let owners = Owners { shared: Arc::clone(shared), logs, claim: settings.claim, progress, archive };
+    crate::spawn_supervised(shared, "the partition owners", keep_partition_tasks(Arc::new(owners), watching));
     Ok(leases)
 }
 
-/// A claim task for each partition the node holds, started when it is
-/// taken and again after a task ends while it is still held.
-async fn keep_claim_tasks(
-    shared: Arc<Shared>,
-    logs: Arc<ClusterLogs>,
-    mut watching: watch::Receiver<Owned>,
-    claim: farestream_cluster::ClaimSettings,
-) {
-    let mut running: BTreeMap<Partition, JoinHandle<()>> = BTreeMap::new();
+/// The shared archive as `cluster.archive_dir` names it, written as the
+/// node's own archive is encoded.
+fn segment_archive(shared: &Shared, settings: &ClusterSettings) -> Result<SegmentArchive, object_store::Error> {
+    let store = crate::cluster_archive::local_store(&settings.archive_dir)?;
+    let record_rows_max = settings.claimed.record_bytes_max as u64 / ROW_BYTES_MIN;
+    Ok(SegmentArchive {
+        store,
+        row_group_rows_max: shared.settings.archive.row_group_rows_max,
+        service_day: shared.settings.archiver.service_day,
+        accepted_lateness_ms: i64::try_from(shared.settings.archiver.accepted_lateness.as_millis()).unwrap_or(i64::MAX),
+        segment_rows_limit: settings.claim.segment_rows_max.saturating_add(record_rows_max),
+        read_wait: settings.claim.read_wait,
+    })
+}
+
+/// Fewer bytes than any claimed row takes in a record (its scan id alone
+/// is 16): a record holds at most its size over this many rows.
+const ROW_BYTES_MIN: u64 = 16;
+
+/// A claim task and an archive task for each partition the node holds,
+/// started when it is taken and again after one ends while it is still
+/// held.
+async fn keep_partition_tasks(owners: Arc<Owners>, mut watching: watch::Receiver<Owned>) {
+    let shared = Arc::clone(&owners.shared);
+    let mut running: BTreeMap<(Partition, Work), JoinHandle<()>> = BTreeMap::new();
     loop {
         running.retain(|_, task| !task.is_finished());
         let held: Vec<Partition> = watching.borrow_and_update().keys().copied().collect();
         for partition in held {
-            running.entry(partition).or_insert_with(|| {
-                let task = claim_while_held(Arc::clone(&shared), Arc::clone(&logs), partition, watching.clone(), claim);
-                tokio::spawn(task)
-            });
+            for work in [Work::Claim, Work::Archive] {
+                running.entry((partition, work)).or_insert_with(|| {
+                    let (owners, watching) = (Arc::clone(&owners), watching.clone());
+                    match work {
+                        Work::Claim => tokio::spawn(claim_while_held(owners, partition, watching)),
+                        Work::Archive => tokio::spawn(archive_while_held(owners, partition, watching)),
+                    }
+                });
+            }
         }
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -80,17 +128,33 @@ async fn keep_claim_tasks(
     }
 }
 
+/// Whether the node holds `partition` on its watch with a live term.
+fn holds(watching: &watch::Receiver<Owned>, partition: Partition) -> bool {
+    watching.borrow().get(&partition).is_some_and(|term| term.holds(lease_clock_ms()))
+}
+
+/// One run of a partition's archiving, from where the shared archive
+/// stands, while the partition is held.
+async fn archive_while_held(owners: Arc<Owners>, partition: Partition, watching: watch::Receiver<Owned>) {
+    let (claimed, stop) = (&owners.logs.claimed, &owners.shared.shutdown);
+    let archived =
+        archive_partition(claimed, &owners.progress, partition, &owners.archive, || holds(&watching, partition), stop);
+    match archived.await {
+        Ok(ArchiveStop::Stopped) => {}
+        Ok(ArchiveStop::NotHeld) => tracing::info!(%partition, "stopped archiving a partition"),
+        Err(error) => {
+            farestream_ingest::telemetry::archive_retried();
+            tracing::warn!(%partition, %error, "archiving a partition failed; it starts again from its position");
+            tokio::time::sleep(CLAIM_RETRY_AFTER).await;
+        }
+    }
+}
+
 /// One run of a partition's claiming, from the claimed stream's end,
 /// while the partition is on the node's watch and its term holds.
-async fn claim_while_held(
-    shared: Arc<Shared>,
-    logs: Arc<ClusterLogs>,
-    partition: Partition,
-    watching: watch::Receiver<Owned>,
-    claim: farestream_cluster::ClaimSettings,
-) {
-    let holds = || watching.borrow().get(&partition).is_some_and(|term| term.holds(lease_clock_ms()));
-    let pipeline = match partition_pipeline(&shared) {
+async fn claim_while_held(owners: Arc<Owners>, partition: Partition, watching: watch::Receiver<Owned>) {
+    let shared = &owners.shared;
+    let pipeline = match partition_pipeline(shared) {
         Ok(pipeline) => pipeline,
         Err(error) => {
             tracing::error!(%partition, %error, "no randomness for a partition's dedup indexes");
@@ -98,8 +162,11 @@ async fn claim_while_held(
             return;
         }
     };
-    let logs_now = ClaimLogs { scans: &logs.scans, claimed: &logs.claimed };
-    match claim_partition(logs_now, partition, pipeline, claim, holds, &shared.shutdown).await {
+    let logs = ClaimLogs { scans: &owners.logs.scans, claimed: &owners.logs.claimed };
+    let clock = Arc::clone(&shared.handles.clock);
+    let now = move || clock.now_ms();
+    let claiming = (owners.claim, &now as farestream_cluster::WallClock<'_>);
+    match claim_partition(logs, partition, pipeline, claiming, || holds(&watching, partition), &shared.shutdown).await {
         Ok(ClaimStop::Stopped) => {}
         Ok(stop @ (ClaimStop::NotHeld | ClaimStop::Fenced)) => {
             tracing::info!(%partition, ?stop, "stopped claiming a partition");

@@ -35,6 +35,7 @@
 
 mod assembly;
 mod batch;
+pub mod cluster_archive;
 pub mod cluster_ingest;
 mod cluster_owners;
 mod connections;

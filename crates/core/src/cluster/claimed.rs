@@ -19,6 +19,22 @@
 //!     13    1 more_follow     0 (the last part) or 1
 //!     14      the rows: a journal record (`journal::encode`)
 //! ```
+//!
+//! Between them the owner writes cuts ([`CutRecord`]): the rows from one
+//! cut to the next are one segment, archived as one file per service
+//! date named after the two cuts (`super::segments`). The owner decides
+//! where segments end (by size and age, its clock's business); writing
+//! the decision into the fenced log makes the archive a function of the
+//! log alone, so any number of archivers, a paused old one included,
+//! write the same files under the same names.
+//!
+//! ```text
+//! offset size field
+//!      0    1 kind                = 0xC2
+//!      1    8 arrivals_before_ms  i64, big-endian: every scan of the
+//!                                 partition received before it is in a
+//!                                 record before this cut
+//! ```
 
 use thiserror::Error;
 
@@ -28,6 +44,50 @@ use crate::scan::ArchivedScan;
 /// The first byte of every claimed record.
 const KIND_CLAIMED: u8 = 0xC1;
 const HEADER_LEN: usize = 14;
+/// The first byte of a cut.
+const KIND_CUT: u8 = 0xC2;
+const CUT_LEN: usize = 9;
+
+/// The end of a segment of a partition's claimed log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutRecord {
+    /// Every scan of the partition received before this moment is in a
+    /// claimed record before this cut: the service days whose deadline it
+    /// has passed are closed in this partition.
+    pub arrivals_before_ms: i64,
+}
+
+impl CutRecord {
+    /// The cut's 9 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CUT_LEN);
+        out.push(KIND_CUT);
+        out.extend_from_slice(&self.arrivals_before_ms.to_be_bytes());
+        out
+    }
+}
+
+/// Either kind of record in a partition's claimed log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimedEntry {
+    /// Rows the owner claimed.
+    Rows(ClaimedRecord),
+    /// The end of a segment.
+    Cut(CutRecord),
+}
+
+impl ClaimedEntry {
+    /// An entry back from its bytes, by its first byte; every field checked.
+    pub fn decode(bytes: &[u8]) -> Result<ClaimedEntry, ClaimedRecordError> {
+        match bytes.first() {
+            Some(&KIND_CUT) => {
+                let at: [u8; 8] = bytes[1..].try_into().map_err(|_| ClaimedRecordError::CutLength(bytes.len()))?;
+                Ok(ClaimedEntry::Cut(CutRecord { arrivals_before_ms: i64::from_be_bytes(at) }))
+            }
+            _ => ClaimedRecord::decode(bytes).map(ClaimedEntry::Rows),
+        }
+    }
+}
 
 /// One record of a partition's claimed log.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,9 +109,12 @@ pub enum ClaimedRecordError {
     /// Shorter than the header.
     #[error("a claimed record of {0} bytes is shorter than its 14-byte header")]
     Short(usize),
-    /// The first byte is not the claimed record's kind.
-    #[error("byte 0 is {0:#04x}, not a claimed record's 0xC1")]
+    /// The first byte is not a claimed record's kind.
+    #[error("byte 0 is {0:#04x}, not a claimed record's 0xC1 or a cut's 0xC2")]
     Kind(u8),
+    /// A cut is not exactly its 9 bytes.
+    #[error("a cut of {0} bytes; a cut is 9")]
+    CutLength(usize),
     /// The scans-stream sequence is 0, which no record has.
     #[error("a claimed record names scans-stream sequence 0; the stream counts from 1")]
     NoSequence,
@@ -114,6 +177,23 @@ mod tests {
         for written in [record(1, 0, 0), record(u64::MAX, u32::MAX, 3), record(7, 2, 200)] {
             assert_eq!(ClaimedRecord::decode(&written.encode()).expect("decodes"), written);
         }
+    }
+
+    #[test]
+    fn cuts_at_their_extremes_read_back_and_a_cut_of_another_length_is_refused() {
+        for at in [i64::MIN, -1, 0, 1, i64::MAX] {
+            let cut = CutRecord { arrivals_before_ms: at };
+            assert_eq!(ClaimedEntry::decode(&cut.encode()).expect("decodes"), ClaimedEntry::Cut(cut));
+        }
+        let cut = CutRecord { arrivals_before_ms: 7 }.encode();
+        assert!(matches!(ClaimedEntry::decode(&cut[..8]), Err(ClaimedRecordError::CutLength(8))));
+        assert!(matches!(
+            ClaimedEntry::decode(&[cut.as_slice(), &[0]].concat()),
+            Err(ClaimedRecordError::CutLength(10))
+        ));
+        assert!(matches!(ClaimedEntry::decode(&[]), Err(ClaimedRecordError::Short(0))));
+        let rows = record(3, 0, 2);
+        assert_eq!(ClaimedEntry::decode(&rows.encode()).expect("rows"), ClaimedEntry::Rows(rows));
     }
 
     #[test]

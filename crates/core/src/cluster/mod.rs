@@ -10,6 +10,7 @@
 //! owner's fencing token.
 
 mod claimed;
+pub mod segments;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +19,7 @@ use ring::digest;
 
 use crate::scan::ArchivedScan;
 
-pub use claimed::{ClaimedRecord, ClaimedRecordError};
+pub use claimed::{ClaimedEntry, ClaimedRecord, ClaimedRecordError, CutRecord};
 
 /// The most partitions a cluster may have. A partition is a subject of
 /// the stream, a lease and a cursor in the money store; 4 096 of them

@@ -95,11 +95,46 @@ struct PendingRows {
 }
 
 impl PendingRows {
+    fn new() -> PendingRows {
+        PendingRows { columns: ScanColumns::default(), order: ValidatorOrder::default(), bytes: 0 }
+    }
+
     fn push(&mut self, row: &ArchivedScan) {
         self.columns.push(row);
         self.order.push(row);
         self.bytes += approximate_bytes(row);
     }
+
+    /// The rows as one row group in [`ValidatorOrder`]. Both halves are
+    /// emptied before anything can fail: the next group starts clean even
+    /// if this one is not written.
+    fn take_sorted(&mut self) -> Result<arrow_array::RecordBatch, ArchiveError> {
+        let positions = UInt32Array::from(self.order.take_positions());
+        let arrival = self.columns.finish()?;
+        Ok(take_record_batch(&arrival, &positions)?)
+    }
+}
+
+/// A whole archive file's bytes, encoded as the archiver encodes: `rows`
+/// (of one service date) in row groups of `row_group_rows_max`, each
+/// sorted by validator. The same rows give the same bytes, which the
+/// cluster's archivers rely on (docs/scale-out.md, "The shared archive").
+/// `name` is for errors only.
+pub fn encode_scans_file(
+    rows: &[ArchivedScan],
+    row_group_rows_max: usize,
+    name: &str,
+) -> Result<Vec<u8>, ArchiveError> {
+    let parquet = |source| ArchiveError::Parquet { path: PathBuf::from(name), source };
+    let properties = scan_writer_properties(row_group_rows_max);
+    let mut writer = ArrowWriter::try_new(Vec::new(), scan_schema(), Some(properties)).map_err(parquet)?;
+    for group in rows.chunks(row_group_rows_max.max(1)) {
+        let mut pending = PendingRows::new();
+        group.iter().for_each(|row| pending.push(row));
+        writer.write(&pending.take_sorted()?).map_err(parquet)?;
+        writer.flush().map_err(parquet)?;
+    }
+    writer.into_inner().map_err(parquet)
 }
 
 /// Writes the file's pending rows as one row group, in
@@ -110,12 +145,7 @@ fn write_row_group(file: &mut OpenFile) -> Result<(), ArchiveError> {
     if pending.columns.is_empty() {
         return Ok(());
     }
-    // Both halves emptied before anything can fail: the next group starts
-    // clean even if this one is not written.
-    let positions = UInt32Array::from(pending.order.take_positions());
-    let arrival = pending.columns.finish()?;
-    let batch = take_record_batch(&arrival, &positions)?;
-    drop(arrival);
+    let batch = pending.take_sorted()?;
     let parquet = |source| ArchiveError::Parquet { path: file.tmp_path.clone(), source };
     file.writer.write(&batch).map_err(parquet)?;
     file.writer.flush().map_err(parquet)?;
@@ -308,7 +338,7 @@ impl ArchiveWriter {
         let writer = ArrowWriter::try_new(file, scan_schema(), Some(self.properties.clone()))
             .map_err(|source| ArchiveError::Parquet { path: tmp_path.clone(), source })?;
         let late = dir.join(SUCCESS_MARKER).exists() || self.closed_through.is_some_and(|closed| date <= closed);
-        let pending = PendingRows { columns: ScanColumns::default(), order: ValidatorOrder::default(), bytes: 0 };
+        let pending = PendingRows::new();
         Ok(OpenFile { writer, tmp_path, opened_at: now, rows: 0, late, pending })
     }
 
@@ -346,7 +376,12 @@ pub fn open_files_dir(root: &Path) -> PathBuf {
 
 /// `ROOT/service_date=YYYY-MM-DD`.
 pub fn partition_dir(root: &Path, date: NaiveDate) -> PathBuf {
-    root.join(format!("service_date={}", date.format("%Y-%m-%d")))
+    root.join(partition_dir_name(date))
+}
+
+/// A service date's partition folder's name, `service_date=YYYY-MM-DD`.
+pub fn partition_dir_name(date: NaiveDate) -> String {
+    format!("service_date={}", date.format("%Y-%m-%d"))
 }
 
 /// The service date a partition directory (`service_date=YYYY-MM-DD`) names.
@@ -474,6 +509,28 @@ mod tests {
         let names: Vec<(NaiveDate, bool)> = closed.iter().map(|c| (c.service_date, c.late)).collect();
         assert_eq!(names, vec![(date, true), (date.succ_opt().expect("d"), false)], "closed days never go backwards");
         assert!(closed[0].path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("late-")));
+    }
+
+    #[test]
+    fn a_whole_file_encoded_at_once_is_the_writers_file_and_the_same_rows_give_the_same_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let date = NaiveDate::from_ymd_opt(2026, 11, 20).expect("d");
+        let on_two_validators = |i: u64| ArchivedScan { validator_id: format!("bus-{}", 2 - i % 2), ..row(i, date) };
+        let rows: Vec<_> = (0..10).rev().map(on_two_validators).collect();
+        let bytes = encode_scans_file(&rows, 4, "test").expect("encode");
+        assert_eq!(encode_scans_file(&rows, 4, "test").expect("again"), bytes, "deterministic");
+        std::fs::create_dir_all(partition_dir(dir.path(), date)).expect("partition");
+        let path = partition_dir(dir.path(), date).join("f.parquet");
+        std::fs::write(&path, &bytes).expect("write");
+        let mut expected = rows.clone();
+        expected.chunks_mut(4).for_each(|group| group.sort_by_key(|r| (r.validator_id.clone(), r.validator_seq)));
+        assert_eq!(super::super::read::read_file(&path).expect("read"), expected, "sorted in row groups of 4");
+        let empty = encode_scans_file(&[], 4, "empty").expect("no rows");
+        std::fs::write(&path, &empty).expect("write");
+        assert!(super::super::read::read_file(&path).expect("read").is_empty());
+        let one_group = encode_scans_file(&rows, usize::MAX, "one").expect("one group");
+        std::fs::write(&path, &one_group).expect("write");
+        assert_eq!(super::super::read::read_file(&path).expect("read").len(), 10);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub const NATS_URL_BYTES_MAX: usize = 256;
 /// The longest node name, in bytes: it is a key in the lease buckets and
 /// the value of every lease the node holds.
 pub const NODE_NAME_BYTES_MAX: usize = 64;
+/// The longest shared archive path, in bytes (Linux's `PATH_MAX`).
+pub const ARCHIVE_DIR_BYTES_MAX: usize = 4_096;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +33,10 @@ pub struct ClusterConfig {
     pub claimed_stream: String,
     pub claimed_subject_prefix: String,
     pub claim_read_wait_ms: u64,
+    pub segment_rows_max: u64,
+    pub segment_age_max_ms: u64,
+    pub archive_dir: String,
+    pub progress_bucket: String,
     pub partitions: u16,
     pub replicas: usize,
     pub duplicate_window_ms: u64,
@@ -101,8 +107,20 @@ impl ClusterConfig {
             ("cluster.lease_bucket", &self.lease_bucket),
             ("cluster.members_bucket", &self.members_bucket),
             ("cluster.identity_bucket", &self.identity_bucket),
+            ("cluster.progress_bucket", &self.progress_bucket),
         ] {
             check_name(key, name, NODE_NAME_BYTES_MAX)?;
+        }
+        if self.enabled && self.archive_dir.is_empty() {
+            return Err(invalid(
+                "cluster.archive_dir is empty: a cluster's nodes archive into one shared directory; name it".into(),
+            ));
+        }
+        if self.archive_dir.len() > ARCHIVE_DIR_BYTES_MAX || self.archive_dir.contains('\0') {
+            return Err(invalid(format!(
+                "cluster.archive_dir is {} bytes or holds a NUL: a path of at most {ARCHIVE_DIR_BYTES_MAX} bytes",
+                self.archive_dir.len()
+            )));
         }
         if self.stream == self.claimed_stream {
             return Err(invalid(format!("cluster.claimed_stream = {:?} is cluster.stream's name", self.stream)));
@@ -183,6 +201,8 @@ mod tests {
             "nats_urls = [\"tls://nats.example:4222\", \"nats://10.0.0.2:4222\"]".to_string(),
             twenty,
             "subject_prefix = \"a.b-c.d_e\"".to_string(),
+            format!("enabled = true\narchive_dir = \"/{}\"", "d".repeat(super::ARCHIVE_DIR_BYTES_MAX - 1)),
+            "enabled = true\narchive_dir = \"relative/archive\"".to_string(),
         ] {
             with(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
@@ -215,6 +235,11 @@ mod tests {
             ("claimed_stream = \"\"".to_string(), "cluster.claimed_stream"),
             ("replicas = 2".to_string(), "cluster.replicas"),
             ("replicas = 4".to_string(), "cluster.replicas"),
+            ("progress_bucket = \"\"".to_string(), "cluster.progress_bucket"),
+            ("progress_bucket = \"a.b\"".to_string(), "cluster.progress_bucket"),
+            ("enabled = true".to_string(), "cluster.archive_dir is empty"),
+            (format!("archive_dir = \"/{}\"", "d".repeat(super::ARCHIVE_DIR_BYTES_MAX)), "cluster.archive_dir"),
+            ("archive_dir = \"/a\\u0000b\"".to_string(), "cluster.archive_dir"),
         ] {
             let error = with(&bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
             assert!(error.contains(named), "{bad}: {error}");

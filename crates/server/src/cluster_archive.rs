@@ -1,0 +1,170 @@
+//! Cluster mode's archive (docs/scale-out.md, "The shared archive"): a
+//! partition's owner reads its claimed stream from where the archive
+//! stands and writes each segment (the rows between two cuts) into the
+//! shared archive, one Parquet file per service date, named after the
+//! partition and the two cuts (`farestream_core::cluster::segments`).
+//!
+//! Every file is a function of the claimed stream: the same rows under
+//! the same name whoever writes it, an old owner still running
+//! included. So writing never needs a fence: a second write of a file
+//! replaces it with the same rows, and a position set back by an old
+//! owner only has the segments written again. A file appears whole or
+//! not at all (`object_store` puts by temporary file and rename on local
+//! disk, by one request on object storage).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use farestream_cluster::{ArchiveProgress, ArchivedThrough, StreamLog, StreamLogError};
+use farestream_core::cluster::segments::{day_closed_by, segment_file_name};
+use farestream_core::cluster::{ClaimedEntry, Partition};
+use farestream_core::scan::ArchivedScan;
+use farestream_core::service_day::ServiceDayPolicy;
+use farestream_ingest::archive::ArchiveError;
+use farestream_ingest::archive::parquet_writer::{encode_scans_file, partition_dir_name};
+
+/// Where and how segments are written.
+#[derive(Clone)]
+pub struct SegmentArchive {
+    /// The shared archive, laid out as a node's `DATA_DIR/archive`.
+    pub store: Arc<dyn ObjectStore>,
+    pub row_group_rows_max: usize,
+    pub service_day: ServiceDayPolicy,
+    pub accepted_lateness_ms: i64,
+    /// The most rows a segment may hold before the archiver refuses it
+    /// rather than hold more in memory: the owner's limit and one scans
+    /// record's rows (it cuts after the record that reached the limit).
+    pub segment_rows_limit: u64,
+    /// How long one read waits before the archiver looks at its term and
+    /// its stop again.
+    pub read_wait: Duration,
+}
+
+/// The shared archive at a local path (a mount every node shares), made
+/// if missing.
+pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) })?;
+    Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?))
+}
+
+/// Why an archiver stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveStop {
+    Stopped,
+    NotHeld,
+}
+
+#[derive(Debug, Error)]
+pub enum ClusterArchiveError {
+    #[error(transparent)]
+    Stream(#[from] StreamLogError),
+    #[error(transparent)]
+    Progress(#[from] farestream_cluster::bucket::BucketError),
+    #[error("partition {partition}: the claimed record at sequence {sequence} is damaged: {why}")]
+    Damaged { partition: Partition, sequence: u64, why: String },
+    #[error(
+        "partition {partition}: the segment after cut {after_cut} holds over {limit} rows (cluster.segment_rows_max and one record's); every node must cut alike"
+    )]
+    SegmentTooLarge { partition: Partition, after_cut: u64, limit: u64 },
+    #[error("encoding {0}")]
+    Encode(#[from] ArchiveError),
+    #[error("writing {path} into the shared archive: {source}")]
+    Store { path: String, source: object_store::Error },
+}
+
+/// Archives `partition`'s claimed stream from where the archive stands
+/// until stopped or no longer held (`holds`, asked before each read).
+pub async fn archive_partition(
+    claimed: &StreamLog,
+    progress: &ArchiveProgress,
+    partition: Partition,
+    archive: &SegmentArchive,
+    holds: impl Fn() -> bool,
+    stop: &CancellationToken,
+) -> Result<ArchiveStop, ClusterArchiveError> {
+    let mut through = progress.get(partition).await?;
+    let mut reader = claimed.reader(partition, through.cut.saturating_add(1)).await?;
+    let mut segment = Segment::default();
+    loop {
+        if stop.is_cancelled() {
+            return Ok(ArchiveStop::Stopped);
+        }
+        if !holds() {
+            return Ok(ArchiveStop::NotHeld);
+        }
+        let Some(stored) = reader.next(archive.read_wait).await? else { continue };
+        let entry = ClaimedEntry::decode(&stored.payload).map_err(|e| ClusterArchiveError::Damaged {
+            partition,
+            sequence: stored.sequence,
+            why: e.to_string(),
+        })?;
+        match entry {
+            ClaimedEntry::Rows(record) => {
+                segment.add(record.rows);
+                if segment.rows > archive.segment_rows_limit {
+                    let limit = archive.segment_rows_limit;
+                    return Err(ClusterArchiveError::SegmentTooLarge { partition, after_cut: through.cut, limit });
+                }
+            }
+            ClaimedEntry::Cut(cut) => {
+                let written = std::mem::take(&mut segment);
+                let files = write_segment(archive, partition, through, stored.sequence, written).await?;
+                through = ArchivedThrough { cut: stored.sequence, arrivals_before_ms: cut.arrivals_before_ms };
+                progress.set(partition, through).await?;
+                farestream_ingest::telemetry::archive_files_closed(files);
+            }
+        }
+    }
+}
+
+/// The rows since the last cut, by service date.
+#[derive(Default)]
+struct Segment {
+    by_date: BTreeMap<NaiveDate, Vec<ArchivedScan>>,
+    rows: u64,
+}
+
+impl Segment {
+    fn add(&mut self, rows: Vec<ArchivedScan>) {
+        self.rows += rows.len() as u64;
+        for row in rows {
+            self.by_date.entry(row.service_date).or_default().push(row);
+        }
+    }
+}
+
+/// Writes the segment after `from` up to the cut at `cut`: a file for
+/// each service date it holds, `late-` for a day `from`'s cut had
+/// already closed. The number of files.
+async fn write_segment(
+    archive: &SegmentArchive,
+    partition: Partition,
+    from: ArchivedThrough,
+    cut: u64,
+    segment: Segment,
+) -> Result<usize, ClusterArchiveError> {
+    let mut files = 0;
+    for (date, rows) in segment.by_date {
+        let late = day_closed_by(&archive.service_day, date, archive.accepted_lateness_ms, from.arrivals_before_ms);
+        let name = segment_file_name(partition, from.cut, cut, late);
+        let path = format!("scans/{}/{name}", partition_dir_name(date));
+        let row_group_rows_max = archive.row_group_rows_max;
+        let encode_name = path.clone();
+        let bytes = tokio::task::spawn_blocking(move || encode_scans_file(&rows, row_group_rows_max, &encode_name))
+            .await
+            .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))?;
+        let store_error = |source| ClusterArchiveError::Store { path: path.clone(), source };
+        let location = StorePath::parse(&path).map_err(|e| store_error(e.into()))?;
+        archive.store.put(&location, bytes.into()).await.map_err(store_error)?;
+        files += 1;
+    }
+    Ok(files)
+}
