@@ -489,10 +489,16 @@ async fn query(data_dir: &Path, config: &Config, sql: &str, format: &str) -> Res
     if !data_dir.is_dir() {
         bail!("no data dir at {}: give the --data-dir that serve, demo or settle wrote", data_dir.display());
     }
+    // A cluster's nodes archive into one shared directory laid out as a
+    // node's own (docs/scale-out.md, "The shared archive").
+    let archive = match config.cluster.enabled {
+        true => PathBuf::from(&config.cluster.archive_dir),
+        false => data_dir.join("archive"),
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let budget = farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement);
     let per_core = config.settlement.query_partitions_per_core;
-    match run_query(&data_dir.join("archive"), &budget, per_core, sql, format, &mut out).await {
+    match run_query(&archive, &budget, per_core, sql, format, &mut out).await {
         Ok(_) => Ok(out.flush()?),
         Err(error) if error.is_bad_query() => {
             eprintln!("query refused: {error}");

@@ -249,6 +249,93 @@ async fn archived_once_it_holds(nats: &NatsCluster, h: &Harness, rows: usize) ->
     }
 }
 
+/// The names of the files in the shared archive's folder of `day`.
+fn day_files(nats: &NatsCluster, day: chrono::NaiveDate) -> Vec<String> {
+    let folder = shared_archive(nats).join("scans").join(format!("service_date={day}"));
+    let mut names: Vec<String> = std::fs::read_dir(&folder)
+        .expect("the day's folder")
+        .map(|entry| entry.expect("an entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A service day closes in the shared archive once every partition is
+/// archived through a cut whose arrivals passed its end and the accepted
+/// lateness (`_SUCCESS` beside its files), not while the cuts stop short
+/// of that; a scan of that day uploaded after is filed under the day it
+/// arrived, as the single node files it, and the closed day's files stay
+/// as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_closes_in_the_shared_archive_once_every_partition_passed_it_and_not_before() {
+    use farestream::clock_source::Clock;
+    use farestream_cluster::ArchiveProgress;
+    let Some(nats) = NatsCluster::start().await else { return };
+    let config = cluster_config(&nats);
+    let h = Harness::start_with(config.clone()).await;
+    h.client_as("station-01").push(&scans(&h, 1, 1, 20)).await.expect("ack");
+    let day = archived_once_it_holds(&nats, &h, 20).await[0].service_date;
+    let parts = day_files(&nats, day);
+    assert!(parts.iter().all(|name| name.starts_with("part-")), "{parts:?}");
+
+    let policy = config.service_day_policy().expect("policy");
+    let day_end = policy.day_start(day.succ_opt().expect("next")).expect("its end");
+    let closes_at = day_end + i64::from(config.ingest.accepted_lateness_secs) * 1_000;
+    let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
+    let progress = ArchiveProgress::open(nats.client().await, &settings.progress_bucket, 3).await.expect("bucket");
+    let all_archived_past = async |at: i64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        'waiting: loop {
+            assert!(std::time::Instant::now() < deadline, "the partitions' cuts never passed {at}");
+            h.clock.set(h.clock.now_ms() + 1_000);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for p in Partition::all(PARTITIONS) {
+                if progress.get(p).await.expect("position").arrivals_before_ms < at {
+                    continue 'waiting;
+                }
+            }
+            return;
+        }
+    };
+    // Every partition archived through cuts a second short of the deadline.
+    h.clock.set(closes_at + settings.claim.arrival_allowance_ms - 30_000);
+    all_archived_past(closes_at - 29_000).await;
+    tokio::time::sleep(settings.claim.segment_age_max * 2).await;
+    assert!(!day_files(&nats, day).contains(&"_SUCCESS".to_string()), "closed before its deadline");
+
+    all_archived_past(closes_at).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !day_files(&nats, day).contains(&"_SUCCESS".to_string()) {
+        assert!(std::time::Instant::now() < deadline, "the day never closed: {:?}", day_files(&nats, day));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A validator that was offline uploads a scan of that day.
+    let late = record("gate-7", 1, T0_MS + 600_000, TapKind::Entry, h.rider(30).code_at(T0_MS, 1));
+    h.client_as("station-01").push(&batch("station-01", 2, vec![late])).await.expect("ack");
+    let archived = archived_once_it_holds(&nats, &h, 21).await;
+    assert_eq!(archived.len(), 21, "each scan once");
+    let uploaded = archived.iter().find(|r| r.validator_id == "gate-7").expect("the late upload");
+    assert!(uploaded.service_date > day, "filed under the day it arrived");
+    let mut closed = parts;
+    closed.push("_SUCCESS".to_string());
+    closed.sort();
+    assert_eq!(day_files(&nats, day), closed, "the closed day's files as they were");
+
+    // `query` with the cluster's config reads the shared archive.
+    let config_file = h.dir.path().join("cluster.toml");
+    let toml = format!("[cluster]\nenabled = true\narchive_dir = {:?}\n", shared_archive(&nats).display().to_string());
+    std::fs::write(&config_file, toml).expect("config");
+    let sql = "SELECT count(*) AS scans, count(DISTINCT scan_id) AS once FROM scans";
+    let queried = std::process::Command::new(env!("CARGO_BIN_EXE_farestream"))
+        .args(["--data-dir", h.dir.path().to_str().expect("utf-8")])
+        .args(["--config", config_file.to_str().expect("utf-8"), "query", "--format", "csv", sql])
+        .output()
+        .expect("running farestream");
+    assert_eq!(String::from_utf8_lossy(&queried.stdout), "scans,once\n21,21\n", "{queried:?}");
+}
+
 /// Every file of the shared archive with its bytes.
 fn shared_archive_files(nats: &NatsCluster) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let files = read::archive_files(&shared_archive(nats).join("scans")).expect("the shared archive");

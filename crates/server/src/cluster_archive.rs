@@ -11,6 +11,11 @@
 //! owner only has the segments written again. A file appears whole or
 //! not at all (`object_store` puts by temporary file and rename on local
 //! disk, by one request on object storage).
+//!
+//! A service day is closed (`_SUCCESS` in its folder) once every
+//! partition is archived through a cut whose arrivals passed the day's
+//! end and the accepted lateness ([`close_days`]): every row of it that
+//! comes later is in a segment after such a cut, so in a `late-` file.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +33,9 @@ use farestream_core::cluster::{ClaimedEntry, Partition};
 use farestream_core::scan::ArchivedScan;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_ingest::archive::ArchiveError;
-use farestream_ingest::archive::parquet_writer::{encode_scans_file, partition_dir_name};
+use farestream_ingest::archive::parquet_writer::{
+    SUCCESS_MARKER, encode_scans_file, partition_date, partition_dir_name,
+};
 
 /// Where and how segments are written.
 #[derive(Clone)]
@@ -167,4 +174,96 @@ async fn write_segment(
         files += 1;
     }
     Ok(files)
+}
+
+/// Marks `_SUCCESS` in each service date's folder of the shared archive
+/// that every one of the `partitions` has closed: archived through a cut
+/// whose arrivals passed the day's end and the lateness. Any node may run
+/// it, as often as it likes: a marker written again is the same. The days
+/// marked now.
+pub async fn close_days(
+    archive: &SegmentArchive,
+    progress: &ArchiveProgress,
+    partitions: u16,
+) -> Result<Vec<NaiveDate>, ClusterArchiveError> {
+    let mut closed_by = i64::MAX;
+    for partition in Partition::all(partitions) {
+        closed_by = closed_by.min(progress.get(partition).await?.arrivals_before_ms);
+        if closed_by == i64::MIN {
+            return Ok(Vec::new());
+        }
+    }
+    let store_error = |path: &str| {
+        let path = path.to_string();
+        move |source| ClusterArchiveError::Store { path, source }
+    };
+    let scans = StorePath::from("scans");
+    let folders = match archive.store.list_with_delimiter(Some(&scans)).await {
+        Ok(listed) => listed.common_prefixes,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(store_error("scans/")(e)),
+    };
+    let mut marked = Vec::new();
+    for folder in folders {
+        let Some(date) = folder.filename().and_then(|name| partition_date(std::path::Path::new(name))) else {
+            continue;
+        };
+        if !day_closed_by(&archive.service_day, date, archive.accepted_lateness_ms, closed_by) {
+            continue;
+        }
+        let marker = folder.clone().join(SUCCESS_MARKER);
+        match archive.store.head(&marker).await {
+            Ok(_) => continue,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(marker.as_ref())(e)),
+        }
+        let text = format!("arrivals_before_ms = {closed_by}\n");
+        archive.store.put(&marker, text.into_bytes().into()).await.map_err(store_error(marker.as_ref()))?;
+        tracing::info!(%date, "service day closed in the shared archive: every partition's cuts passed it");
+        marked.push(date);
+    }
+    Ok(marked)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::TryStreamExt;
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    /// A segment's files: one a service date it holds, each `part-`
+    /// unless the cut before the segment had closed its day, then `late-`;
+    /// named by the partition and the two cuts.
+    #[tokio::test]
+    async fn a_segments_day_closed_by_the_cut_before_it_goes_in_a_late_file() {
+        let service_day = ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 };
+        let archive = SegmentArchive {
+            store: Arc::new(InMemory::new()),
+            row_group_rows_max: 100,
+            service_day,
+            accepted_lateness_ms: 3_600_000,
+            segment_rows_limit: 10,
+            read_wait: Duration::from_millis(10),
+        };
+        let (closed, open) =
+            (NaiveDate::from_ymd_opt(2026, 12, 4).expect("d"), NaiveDate::from_ymd_opt(2026, 12, 5).expect("d"));
+        let row = |n: u8, date| ArchivedScan { scan_id: [n; 16], service_date: date, ..ArchivedScan::blank() };
+        let mut segment = Segment::default();
+        segment.add(vec![row(1, closed), row(2, open), row(3, closed)]);
+        let closes_at = service_day.day_start(open).expect("start") + 3_600_000;
+        let from = ArchivedThrough { cut: 5, arrivals_before_ms: closes_at };
+        let partition = Partition::new(3, 8).expect("partition");
+        assert_eq!(write_segment(&archive, partition, from, 9, segment).await.expect("written"), 2);
+        let mut names: Vec<String> =
+            archive.store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.expect("listed");
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "scans/service_date=2026-12-04/late-p0003-00000000000000000005-00000000000000000009.parquet",
+                "scans/service_date=2026-12-05/part-p0003-00000000000000000005-00000000000000000009.parquet",
+            ]
+        );
+    }
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Shared;
-use crate::cluster_archive::{ArchiveStop, SegmentArchive, archive_partition};
+use crate::cluster_archive::{ArchiveStop, SegmentArchive, archive_partition, close_days};
 use crate::cluster_ingest::ClusterSettings;
 use farestream_cluster::{
     ArchiveProgress, ClaimLogs, ClaimStop, Owned, Ownership, StreamLog, claim_partition, lease_clock_ms,
@@ -73,9 +73,26 @@ pub(crate) async fn start_owners(
         .map_err(|e| cluster_error(&e))?;
     let archive = segment_archive(shared, settings).map_err(|e| cluster_error(&e))?;
     let leases = crate::spawn_supervised(shared, "the partition leases", ownership.run(shared.shutdown.clone()));
-    let owners = Owners { shared: Arc::clone(shared), logs, claim: settings.claim, progress, archive };
-    crate::spawn_supervised(shared, "the partition owners", keep_partition_tasks(Arc::new(owners), watching));
+    let owners = Arc::new(Owners { shared: Arc::clone(shared), logs, claim: settings.claim, progress, archive });
+    crate::spawn_supervised(shared, "the partition owners", keep_partition_tasks(Arc::clone(&owners), watching));
+    let every = settings.claim.segment_age_max;
+    crate::spawn_supervised(shared, "the shared archive's day closer", close_days_every(owners, partitions, every));
     Ok(leases)
+}
+
+/// Closes the shared archive's service days that every partition has
+/// passed, once a segment's age: on every node (a marker written twice
+/// is the same), so a day closes while any node lives.
+async fn close_days_every(owners: Arc<Owners>, partitions: u16, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = owners.shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(error) = close_days(&owners.archive, &owners.progress, partitions).await {
+            tracing::warn!(%error, "closing the shared archive's days failed; trying again later");
+        }
+    }
 }
 
 /// The shared archive as `cluster.archive_dir` names it, written as the
