@@ -45,7 +45,7 @@ fn shared_archive(nats: &NatsCluster) -> std::path::PathBuf {
 /// stream, else the scans stream), sorted by scan id, each checked to be
 /// in its partition, with the re-deliveries the claimed records count.
 async fn rows_of(nats: &NatsCluster, config: &Config, claimed: bool) -> (Vec<ArchivedScan>, u32) {
-    let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
+    let settings = ClusterSettings::from_config(config).expect("settings").expect("enabled");
     let stream = if claimed { settings.claimed } else { settings.stream };
     let log = StreamLog::open(nats.client().await, stream).await.expect("the stream");
     let (mut rows, mut redelivered) = (Vec::new(), 0);
@@ -282,29 +282,42 @@ async fn a_day_closes_in_the_shared_archive_once_every_partition_passed_it_and_n
     let policy = config.service_day_policy().expect("policy");
     let day_end = policy.day_start(day.succ_opt().expect("next")).expect("its end");
     let closes_at = day_end + i64::from(config.ingest.accepted_lateness_secs) * 1_000;
-    let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
+    let settings = ClusterSettings::from_config(&config).expect("settings").expect("enabled");
     let progress = ArchiveProgress::open(nats.client().await, &settings.progress_bucket, 3).await.expect("bucket");
-    let all_archived_past = async |at: i64| {
+    // Every partition archived through a cut made after `set`, the clock
+    // stepped on `step_ms` each look; their positions.
+    let all_cut_after = async |set: i64, step_ms: i64| {
+        let before: Vec<u64> = futures_util::future::join_all(Partition::all(PARTITIONS).map(|p| progress.get(p)))
+            .await
+            .into_iter()
+            .map(|p| p.expect("position").cut)
+            .collect();
+        h.clock.set(set);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         'waiting: loop {
-            assert!(std::time::Instant::now() < deadline, "the partitions' cuts never passed {at}");
-            h.clock.set(h.clock.now_ms() + 1_000);
+            assert!(std::time::Instant::now() < deadline, "the partitions never cut after {set}");
+            h.clock.set(h.clock.now_ms() + step_ms);
             tokio::time::sleep(Duration::from_millis(200)).await;
-            for p in Partition::all(PARTITIONS) {
-                if progress.get(p).await.expect("position").arrivals_before_ms < at {
+            let mut positions = Vec::new();
+            for (p, before) in Partition::all(PARTITIONS).zip(&before) {
+                let position = progress.get(p).await.expect("position");
+                if position.cut <= *before {
                     continue 'waiting;
                 }
+                positions.push(position);
             }
-            return;
+            return positions;
         }
     };
-    // Every partition archived through cuts a second short of the deadline.
-    h.clock.set(closes_at + settings.claim.arrival_allowance_ms - 30_000);
-    all_archived_past(closes_at - 29_000).await;
+    // Every partition archived through cuts taken 30 s of the clock short
+    // of the deadline (the arrival allowance before it): the day is open.
+    let short = all_cut_after(closes_at + settings.claim.arrival_allowance_ms - 30_000, 100).await;
+    assert!(short.iter().all(|p| p.closed_through < Some(day)), "{short:?}");
     tokio::time::sleep(settings.claim.segment_age_max * 2).await;
     assert!(!day_files(&nats, day).contains(&"_SUCCESS".to_string()), "closed before its deadline");
 
-    all_archived_past(closes_at).await;
+    let past = all_cut_after(closes_at + settings.claim.arrival_allowance_ms, 1_000).await;
+    assert!(past.iter().all(|p| p.closed_through >= Some(day)), "{past:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !day_files(&nats, day).contains(&"_SUCCESS".to_string()) {
         assert!(std::time::Instant::now() < deadline, "the day never closed: {:?}", day_files(&nats, day));
@@ -360,14 +373,13 @@ async fn an_old_owner_still_archiving_writes_the_same_files_and_no_row_twice() {
 
     // The old owner reads from the start (its position is behind: a
     // bucket of its own) while the owner goes on.
-    let settings = ClusterSettings::from_config(&config.cluster).expect("settings").expect("enabled");
+    let settings = ClusterSettings::from_config(&config).expect("settings").expect("enabled");
     let claimed = StreamLog::open(nats.client().await, settings.claimed).await.expect("the claimed stream");
     let behind = ArchiveProgress::open(nats.client().await, "old_owner_progress", 3).await.expect("bucket");
     let archive = SegmentArchive {
         store: local_store(&shared_archive(&nats)).expect("the shared archive"),
         row_group_rows_max: config.archive.row_group_rows_max,
-        service_day: config.service_day_policy().expect("policy"),
-        accepted_lateness_ms: i64::from(config.ingest.accepted_lateness_secs) * 1_000,
+        local_root: Some(shared_archive(&nats)),
         segment_rows_limit: 1_000_000,
         read_wait: Duration::from_millis(100),
     };
@@ -446,7 +458,7 @@ async fn only_a_node_with_the_clusters_password_serves_and_others_cannot_publish
 
     let mut no_password = config.clone();
     no_password.cluster.nats_password_file = secrets.path().join("missing").display().to_string();
-    let error = ClusterSettings::from_config(&no_password.cluster).expect_err("no password file");
+    let error = ClusterSettings::from_config(&no_password).expect_err("no password file");
     assert!(error.to_string().contains("nats_password_file"), "{error}");
     let mut wrong = config.clone();
     let wrong_file = secrets.path().join("wrong");

@@ -6,6 +6,7 @@
 //! behind (an old owner wrote last) writes the same files again.
 
 use async_nats::jetstream::{self, kv};
+use chrono::NaiveDate;
 use farestream_core::cluster::Partition;
 
 use crate::bucket::{BucketError, open_bucket};
@@ -15,22 +16,27 @@ use crate::bucket::{BucketError, open_bucket};
 pub struct ArchivedThrough {
     /// The claimed log's sequence of the last archived cut (0: none).
     pub cut: u64,
-    /// That cut's `arrivals_before_ms` (`i64::MIN`: none).
-    pub arrivals_before_ms: i64,
+    /// The last service day that cut closed in the partition.
+    pub closed_through: Option<NaiveDate>,
 }
 
 impl ArchivedThrough {
     /// Nothing archived yet.
-    pub const START: ArchivedThrough = ArchivedThrough { cut: 0, arrivals_before_ms: i64::MIN };
+    pub const START: ArchivedThrough = ArchivedThrough { cut: 0, closed_through: None };
 
+    /// `CUT YYYY-MM-DD`, or `CUT -` with no day closed.
     fn encode(self) -> String {
-        format!("{} {}", self.cut, self.arrivals_before_ms)
+        match self.closed_through {
+            Some(day) => format!("{} {day}", self.cut),
+            None => format!("{} -", self.cut),
+        }
     }
 
     fn decode(text: &[u8]) -> Option<ArchivedThrough> {
         let text = std::str::from_utf8(text).ok()?;
-        let (cut, arrivals) = text.split_once(' ')?;
-        Some(ArchivedThrough { cut: cut.parse().ok()?, arrivals_before_ms: arrivals.parse().ok()? })
+        let (cut, day) = text.split_once(' ')?;
+        let closed_through = if day == "-" { None } else { Some(day.parse().ok()?) };
+        Some(ArchivedThrough { cut: cut.parse().ok()?, closed_through })
     }
 }
 
@@ -62,9 +68,8 @@ impl ArchiveProgress {
         let value = self.store.get(key(partition)).await.map_err(|e| self.error(&e))?;
         match value {
             None => Ok(ArchivedThrough::START),
-            Some(bytes) => ArchivedThrough::decode(&bytes).ok_or_else(|| {
-                self.error(&format!("partition {partition}'s position {:?} is not `CUT ARRIVALS`", bytes))
-            }),
+            Some(bytes) => ArchivedThrough::decode(&bytes)
+                .ok_or_else(|| self.error(&format!("partition {partition}'s position {:?} is not `CUT DAY`", bytes))),
         }
     }
 
@@ -91,12 +96,15 @@ mod tests {
     fn positions_at_their_extremes_read_back_and_others_do_not() {
         for through in [
             ArchivedThrough::START,
-            ArchivedThrough { cut: u64::MAX, arrivals_before_ms: i64::MAX },
-            ArchivedThrough { cut: 7, arrivals_before_ms: -1 },
+            ArchivedThrough { cut: u64::MAX, closed_through: Some(NaiveDate::MAX) },
+            ArchivedThrough { cut: 7, closed_through: Some(NaiveDate::MIN) },
+            ArchivedThrough { cut: 8, closed_through: NaiveDate::from_ymd_opt(2026, 12, 6) },
         ] {
             assert_eq!(ArchivedThrough::decode(through.encode().as_bytes()), Some(through));
         }
-        for bad in [&b""[..], b"7", b"7 ", b" 7", b"x 1", b"1 2 3", b"18446744073709551616 0", b"\xff 1"] {
+        let bad: [&[u8]; 9] =
+            [b"", b"7", b"7 ", b" 7", b"x -", b"1 - 3", b"18446744073709551616 -", b"\xff -", b"1 2026-13-01"];
+        for bad in bad {
             assert_eq!(ArchivedThrough::decode(bad), None, "{bad:?}");
         }
     }

@@ -32,11 +32,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::NaiveDate;
 use farestream_core::clock::UnixMillis;
+use farestream_core::cluster::segments::closed_through;
 use farestream_core::cluster::{ClaimedEntry, ClaimedRecord, CutRecord, Partition};
 use farestream_core::ingest::{ClaimedRows, Pipeline};
 use farestream_core::journal;
 use farestream_core::scan::ArchivedScan;
+use farestream_core::service_day::ServiceDayPolicy;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +90,10 @@ pub struct ClaimSettings {
     /// stream: the append timeout and the nodes' clock skew. A cut taken
     /// at `t` covers the arrivals before `t` less this.
     pub arrival_allowance_ms: i64,
+    /// Where service days start and end, and how long after its end a
+    /// day stays open: which days a cut closes.
+    pub service_day: ServiceDayPolicy,
+    pub accepted_lateness_ms: i64,
 }
 
 /// The clock an owner reads, in Unix milliseconds: when a cut is taken,
@@ -127,9 +134,10 @@ struct Segment {
     rows: u64,
     /// When it began, by the owner's clock (its start, or its last cut).
     opened_ms: UnixMillis,
-    /// The last cut's `arrivals_before_ms` (`i64::MIN` before the first):
-    /// cuts never move it back.
+    /// The last cut's `arrivals_before_ms` (`i64::MIN` before the first)
+    /// and the last day it closed: cuts never move either back.
     arrivals_before_ms: i64,
+    closed_through: Option<NaiveDate>,
     /// A cut decided at `at_ms`, to be appended once every scans record up
     /// to `scans_through` (the partition's end then) is claimed.
     due: Option<(u64, UnixMillis)>,
@@ -137,7 +145,7 @@ struct Segment {
 
 impl Default for Segment {
     fn default() -> Segment {
-        Segment { rows: 0, opened_ms: 0, arrivals_before_ms: i64::MIN, due: None }
+        Segment { rows: 0, opened_ms: 0, arrivals_before_ms: i64::MIN, closed_through: None, due: None }
     }
 }
 
@@ -255,13 +263,15 @@ async fn cut_when_due(
         None if segment.rows >= settings.segment_rows_max => segment.arrivals_before_ms,
         None => return Ok(None),
     };
-    let cut = CutRecord { arrivals_before_ms };
+    let closes = closed_through(&settings.service_day, settings.accepted_lateness_ms, arrivals_before_ms);
+    let cut = CutRecord { arrivals_before_ms, closed_through: closes.max(segment.closed_through) };
     match logs.claimed.append_after(partition, Bytes::from(cut.encode()), resume.claimed_through).await {
         Ok(sequence) => {
             resume.claimed_through = sequence;
             // A full segment's cut leaves a decided one still to come.
             let due = if caught_up.is_some() { None } else { resume.segment.due };
-            resume.segment = Segment { rows: 0, opened_ms: now, arrivals_before_ms, due };
+            let closed_through = cut.closed_through;
+            resume.segment = Segment { rows: 0, opened_ms: now, arrivals_before_ms, closed_through, due };
             Ok(None)
         }
         Err(StreamLogError::Fenced { .. }) => Ok(Some(ClaimStop::Fenced)),
@@ -281,7 +291,7 @@ async fn rebuild(
     let Some(last) = claimed.last_in(partition).await? else {
         return Ok(Some(Resume { scans_from: 1, ..Resume::default() }));
     };
-    let mut resume = Resume::default();
+    let mut resume = Resume { scans_from: 1, ..Resume::default() };
     let mut reader = claimed.reader(partition, 1).await?;
     while resume.claimed_through < last.sequence {
         if stop.is_cancelled() {
@@ -298,7 +308,8 @@ async fn rebuild(
             ClaimedEntry::Rows(record) => record,
             ClaimedEntry::Cut(cut) => {
                 resume.claimed_through = stored.sequence;
-                resume.segment = Segment { arrivals_before_ms: cut.arrivals_before_ms, ..Segment::default() };
+                let (arrivals_before_ms, closed_through) = (cut.arrivals_before_ms, cut.closed_through);
+                resume.segment = Segment { arrivals_before_ms, closed_through, ..Segment::default() };
                 continue;
             }
         };

@@ -19,17 +19,20 @@ use crate::{StreamLog, StreamLogError, StreamLogSettings, append_batch};
 
 const PARTITIONS: u16 = 4;
 const AT_MS: i64 = 1_763_604_000_000;
-/// Segments too large and too long to be cut in a test, but in the one
-/// about cuts.
-const SETTINGS: (ClaimSettings, WallClock<'static>) = (
-    ClaimSettings {
+/// Segments too large and too long to be cut in a test, but in the ones
+/// about cuts; the shipped service day and lateness.
+fn settings() -> (ClaimSettings, WallClock<'static>) {
+    let shipped = farestream_ingest::config::Config::defaults();
+    let claim = ClaimSettings {
         read_wait: Duration::from_millis(200),
         segment_rows_max: u64::MAX,
         segment_age_max: Duration::from_secs(86_400),
         arrival_allowance_ms: 60_000,
-    },
-    &wall_clock_ms,
-);
+        service_day: shipped.service_day_policy().expect("the shipped service day"),
+        accepted_lateness_ms: i64::from(shipped.ingest.accepted_lateness_secs) * 1_000,
+    };
+    (claim, &wall_clock_ms)
+}
 
 fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -98,7 +101,7 @@ fn scan(validator: &str, seq: u64, code: Vec<u8>) -> ScanRecord {
 async fn claim_every_partition(fleet: &Fleet, logs: ClaimLogs<'_>, for_how_long: Duration) -> Vec<ClaimStop> {
     let stop = CancellationToken::new();
     let owners =
-        Partition::all(PARTITIONS).map(|p| claim_partition(logs, p, fleet.pipeline(), SETTINGS, || true, &stop));
+        Partition::all(PARTITIONS).map(|p| claim_partition(logs, p, fleet.pipeline(), settings(), || true, &stop));
     let stopping = async {
         tokio::time::sleep(for_how_long).await;
         stop.cancel();
@@ -202,7 +205,7 @@ async fn an_owner_that_lost_the_race_is_fenced_out_of_the_claimed_log() {
     let fleet = Fleet::new();
     let partition = partition_of_card(5, PARTITIONS);
     let stop = CancellationToken::new();
-    let stale = claim_partition(logs, partition, fleet.pipeline(), SETTINGS, || true, &stop);
+    let stale = claim_partition(logs, partition, fleet.pipeline(), settings(), || true, &stop);
     let race = async {
         // The stale owner has read the empty claimed log; the new owner writes.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -279,7 +282,7 @@ async fn supervised_owner(
 ) -> Vec<String> {
     let mut errors = Vec::new();
     while !stop.is_cancelled() {
-        match claim_partition(logs, partition, fleet.pipeline(), SETTINGS, || true, stop).await {
+        match claim_partition(logs, partition, fleet.pipeline(), settings(), || true, stop).await {
             Ok(ClaimStop::Stopped) => break,
             Ok(ClaimStop::Fenced | ClaimStop::NotHeld) => {}
             Err(e) => {
@@ -434,9 +437,9 @@ async fn an_owner_cuts_segments_by_size_and_by_age_and_the_next_counts_on_from_i
     for record in 0..4u32 {
         append_batch(&scans, vec![row(record * 2), row(record * 2 + 1)], u64::from(record)).await.expect("appended");
     }
-    let settings = ClaimSettings { segment_rows_max: 3, segment_age_max: Duration::from_millis(300), ..SETTINGS.0 };
+    let cuts = ClaimSettings { segment_rows_max: 3, segment_age_max: Duration::from_millis(300), ..settings().0 };
     let started = wall_clock_ms();
-    let owner = |stop| claim_partition(logs, partition, fleet.pipeline(), (settings, &wall_clock_ms), || true, stop);
+    let owner = |stop| claim_partition(logs, partition, fleet.pipeline(), (cuts, &wall_clock_ms), || true, stop);
     let stop = CancellationToken::new();
     assert_eq!(run_for(&stop, Duration::from_secs(2), owner(&stop)).await.expect("claimed"), ClaimStop::Stopped);
     let first_owners = claimed_entries(&claimed, partition).await;
@@ -472,4 +475,27 @@ async fn an_owner_cuts_segments_by_size_and_by_age_and_the_next_counts_on_from_i
     let empty_cuts = segments[..segments.len() - 1].iter().filter(|rows| **rows == 0).count();
     assert!(empty_cuts >= 2, "age cuts with no rows, by both owners: {segments:?}");
     assert!(last_arrivals >= started - 60_000, "the age cuts moved the arrivals on");
+}
+
+/// Review of 4b23844: a new owner of a partition that never had a scan
+/// (its claimed stream only cuts) resumed with no scans position, so its
+/// age cuts waited for ever for a scan, and with them every day's close
+/// in the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partitions_next_owner_cuts_by_age_as_the_first_did() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "QUIET", 1 << 20).await;
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let fleet = Fleet::new();
+    let partition = partition_of_card(11, PARTITIONS);
+    let cuts = ClaimSettings { segment_age_max: Duration::from_millis(300), ..settings().0 };
+    let owner = |stop| claim_partition(logs, partition, fleet.pipeline(), (cuts, &wall_clock_ms), || true, stop);
+    let stop = CancellationToken::new();
+    run_for(&stop, Duration::from_millis(1_500), owner(&stop)).await.expect("claimed");
+    let first = claimed_entries(&claimed, partition).await.len();
+    assert!(first > 0, "the first owner cut by age");
+    let stop = CancellationToken::new();
+    run_for(&stop, Duration::from_millis(1_500), owner(&stop)).await.expect("claimed");
+    let second = claimed_entries(&claimed, partition).await.len();
+    assert!(second > first, "the second owner cut by age too: {first} then {second}");
 }

@@ -18,6 +18,7 @@
 //! comes later is in a segment after such a cut, so in a `late-` file.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +29,9 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use farestream_cluster::{ArchiveProgress, ArchivedThrough, StreamLog, StreamLogError};
-use farestream_core::cluster::segments::{day_closed_by, segment_file_name};
+use farestream_core::cluster::segments::segment_file_name;
 use farestream_core::cluster::{ClaimedEntry, Partition};
 use farestream_core::scan::ArchivedScan;
-use farestream_core::service_day::ServiceDayPolicy;
 use farestream_ingest::archive::ArchiveError;
 use farestream_ingest::archive::parquet_writer::{
     SUCCESS_MARKER, encode_scans_file, partition_date, partition_dir_name,
@@ -42,12 +42,15 @@ use farestream_ingest::archive::parquet_writer::{
 pub struct SegmentArchive {
     /// The shared archive, laid out as a node's `DATA_DIR/archive`.
     pub store: Arc<dyn ObjectStore>,
+    /// The store's root when it is a local directory: each file and its
+    /// folder are fsynced there before the position moves past it
+    /// (`object_store`'s local store renames, but syncs nothing).
+    pub local_root: Option<PathBuf>,
     pub row_group_rows_max: usize,
-    pub service_day: ServiceDayPolicy,
-    pub accepted_lateness_ms: i64,
     /// The most rows a segment may hold before the archiver refuses it
-    /// rather than hold more in memory: the owner's limit and one scans
-    /// record's rows (it cuts after the record that reached the limit).
+    /// rather than hold more in memory: the largest `segment_rows_max`
+    /// any owner may have and one scans record's rows (it cuts after the
+    /// record that reached the limit), whatever this node's own is.
     pub segment_rows_limit: u64,
     /// How long one read waits before the archiver looks at its term and
     /// its stop again.
@@ -124,7 +127,7 @@ pub async fn archive_partition(
             ClaimedEntry::Cut(cut) => {
                 let written = std::mem::take(&mut segment);
                 let files = write_segment(archive, partition, through, stored.sequence, written).await?;
-                through = ArchivedThrough { cut: stored.sequence, arrivals_before_ms: cut.arrivals_before_ms };
+                through = ArchivedThrough { cut: stored.sequence, closed_through: cut.closed_through };
                 progress.set(partition, through).await?;
                 farestream_ingest::telemetry::archive_files_closed(files);
             }
@@ -160,7 +163,7 @@ async fn write_segment(
 ) -> Result<usize, ClusterArchiveError> {
     let mut files = 0;
     for (date, rows) in segment.by_date {
-        let late = day_closed_by(&archive.service_day, date, archive.accepted_lateness_ms, from.arrivals_before_ms);
+        let late = from.closed_through.is_some_and(|closed| date <= closed);
         let name = segment_file_name(partition, from.cut, cut, late);
         let path = format!("scans/{}/{name}", partition_dir_name(date));
         let row_group_rows_max = archive.row_group_rows_max;
@@ -171,14 +174,28 @@ async fn write_segment(
         let store_error = |source| ClusterArchiveError::Store { path: path.clone(), source };
         let location = StorePath::parse(&path).map_err(|e| store_error(e.into()))?;
         archive.store.put(&location, bytes.into()).await.map_err(store_error)?;
+        if let Some(root) = &archive.local_root {
+            sync_local(&root.join(&path)).map_err(|e| store_error(generic(e)))?;
+        }
         files += 1;
     }
     Ok(files)
 }
 
+/// Fsyncs a file the local store put and its folder, so the position
+/// moved after it never names a file a power cut took back.
+fn sync_local(file: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    std::fs::File::open(file.parent().unwrap_or(std::path::Path::new(".")))?.sync_all()
+}
+
+fn generic(source: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) }
+}
+
 /// Marks `_SUCCESS` in each service date's folder of the shared archive
 /// that every one of the `partitions` has closed: archived through a cut
-/// whose arrivals passed the day's end and the lateness. Any node may run
+/// that closed it (the owners' decision, in their cuts). Any node may run
 /// it, as often as it likes: a marker written again is the same. The days
 /// marked now.
 pub async fn close_days(
@@ -186,12 +203,10 @@ pub async fn close_days(
     progress: &ArchiveProgress,
     partitions: u16,
 ) -> Result<Vec<NaiveDate>, ClusterArchiveError> {
-    let mut closed_by = i64::MAX;
+    let mut closed_by = NaiveDate::MAX;
     for partition in Partition::all(partitions) {
-        closed_by = closed_by.min(progress.get(partition).await?.arrivals_before_ms);
-        if closed_by == i64::MIN {
-            return Ok(Vec::new());
-        }
+        let Some(closed) = progress.get(partition).await?.closed_through else { return Ok(Vec::new()) };
+        closed_by = closed_by.min(closed);
     }
     let store_error = |path: &str| {
         let path = path.to_string();
@@ -208,7 +223,7 @@ pub async fn close_days(
         let Some(date) = folder.filename().and_then(|name| partition_date(std::path::Path::new(name))) else {
             continue;
         };
-        if !day_closed_by(&archive.service_day, date, archive.accepted_lateness_ms, closed_by) {
+        if date > closed_by {
             continue;
         }
         let marker = folder.clone().join(SUCCESS_MARKER);
@@ -217,7 +232,7 @@ pub async fn close_days(
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_error(marker.as_ref())(e)),
         }
-        let text = format!("arrivals_before_ms = {closed_by}\n");
+        let text = format!("closed_through = {closed_by}\n");
         archive.store.put(&marker, text.into_bytes().into()).await.map_err(store_error(marker.as_ref()))?;
         tracing::info!(%date, "service day closed in the shared archive: every partition's cuts passed it");
         marked.push(date);
@@ -234,15 +249,16 @@ mod tests {
 
     /// A segment's files: one a service date it holds, each `part-`
     /// unless the cut before the segment had closed its day, then `late-`;
-    /// named by the partition and the two cuts.
+    /// named by the partition and the two cuts. The day closed is the
+    /// cut's, written by the owner: the archiver has no settings of its
+    /// own that could name a file otherwise (the review of 4b23844 found
+    /// two archivers with two latenesses naming one segment twice).
     #[tokio::test]
     async fn a_segments_day_closed_by_the_cut_before_it_goes_in_a_late_file() {
-        let service_day = ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 };
         let archive = SegmentArchive {
             store: Arc::new(InMemory::new()),
+            local_root: None,
             row_group_rows_max: 100,
-            service_day,
-            accepted_lateness_ms: 3_600_000,
             segment_rows_limit: 10,
             read_wait: Duration::from_millis(10),
         };
@@ -251,8 +267,7 @@ mod tests {
         let row = |n: u8, date| ArchivedScan { scan_id: [n; 16], service_date: date, ..ArchivedScan::blank() };
         let mut segment = Segment::default();
         segment.add(vec![row(1, closed), row(2, open), row(3, closed)]);
-        let closes_at = service_day.day_start(open).expect("start") + 3_600_000;
-        let from = ArchivedThrough { cut: 5, arrivals_before_ms: closes_at };
+        let from = ArchivedThrough { cut: 5, closed_through: Some(closed) };
         let partition = Partition::new(3, 8).expect("partition");
         assert_eq!(write_segment(&archive, partition, from, 9, segment).await.expect("written"), 2);
         let mut names: Vec<String> =

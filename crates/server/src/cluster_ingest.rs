@@ -17,8 +17,8 @@ use crate::{BACKOFF_RETRY_AFTER_MS, ServerError, Shared};
 use farestream_cluster::{ClaimSettings, LeaseSettings, NatsUser, StreamLog, StreamLogSettings, append_batch};
 use farestream_core::ingest::{BatchOutcome, VerifiedBatch};
 use farestream_gateway::wire::{BatchAck, ScanBatch};
-use farestream_ingest::config::ConfigError;
 use farestream_ingest::config::cluster::ClusterConfig;
+use farestream_ingest::config::{Config, ConfigError};
 use farestream_ingest::telemetry;
 
 /// The `[cluster]` section as the server uses it.
@@ -45,8 +45,10 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
-    /// `None` when the cluster is off.
-    pub fn from_config(config: &ClusterConfig) -> Result<Option<ClusterSettings>, ConfigError> {
+    /// `None` when the cluster is off. The `[cluster]` section, and the
+    /// service day and accepted lateness an owner's cuts close days by.
+    pub fn from_config(whole: &Config) -> Result<Option<ClusterSettings>, ConfigError> {
+        let config = &whole.cluster;
         if !config.enabled {
             return Ok(None);
         }
@@ -80,6 +82,8 @@ impl ClusterSettings {
                 arrival_allowance_ms: i64::try_from(config.append_ack_timeout_ms)
                     .unwrap_or(i64::MAX)
                     .saturating_add(CLOCK_SKEW_ALLOWANCE_MS),
+                service_day: whole.service_day_policy()?,
+                accepted_lateness_ms: i64::from(whole.ingest.accepted_lateness_secs).saturating_mul(1_000),
             },
             archive_dir: PathBuf::from(&config.archive_dir),
             progress_bucket: config.progress_bucket.clone(),

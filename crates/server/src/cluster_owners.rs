@@ -25,6 +25,7 @@ use farestream_cluster::{
 use farestream_core::cluster::Partition;
 use farestream_core::ingest::Pipeline;
 use farestream_core::ridecode::IssuerPublicKeys;
+use farestream_ingest::config::cluster::SEGMENT_ROWS_MAX_LIMIT;
 
 /// How long a partition whose claim or archive task failed waits before
 /// the next one starts (while the node still holds it).
@@ -102,10 +103,12 @@ fn segment_archive(shared: &Shared, settings: &ClusterSettings) -> Result<Segmen
     let record_rows_max = settings.claimed.record_bytes_max as u64 / ROW_BYTES_MIN;
     Ok(SegmentArchive {
         store,
+        local_root: Some(settings.archive_dir.clone()),
         row_group_rows_max: shared.settings.archive.row_group_rows_max,
-        service_day: shared.settings.archiver.service_day,
-        accepted_lateness_ms: i64::try_from(shared.settings.archiver.accepted_lateness.as_millis()).unwrap_or(i64::MAX),
-        segment_rows_limit: settings.claim.segment_rows_max.saturating_add(record_rows_max),
+        // Another owner may cut at a larger limit than this node's (a
+        // rolling change): the largest any may have, so no segment an
+        // owner cut is ever refused.
+        segment_rows_limit: SEGMENT_ROWS_MAX_LIMIT.saturating_add(record_rows_max),
         read_wait: settings.claim.read_wait,
     })
 }

@@ -157,7 +157,7 @@ impl ServerSettings {
                 accepted_lateness: lateness,
             },
             money: money_settings(config, data_dir, fares)?,
-            cluster: crate::cluster_ingest::ClusterSettings::from_config(&config.cluster)?,
+            cluster: crate::cluster_ingest::ClusterSettings::from_config(config)?,
             cut_over: config.settlement.cut_over_enabled.then(|| CutOverSettings {
                 delay: Duration::from_secs(u64::from(config.settlement.cut_over_delay_minutes) * 60),
                 retry_interval: Duration::from_secs(config.settlement.cut_over_retry_interval_secs),

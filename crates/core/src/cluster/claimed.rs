@@ -34,8 +34,17 @@
 //!      1    8 arrivals_before_ms  i64, big-endian: every scan of the
 //!                                 partition received before it is in a
 //!                                 record before this cut
+//!      9    4 closed_through      i32, big-endian: the last service day
+//!                                 closed in the partition as of this cut,
+//!                                 in days from 0001-01-01 (chrono's
+//!                                 `num_days_from_ce`); i32::MIN: none
 //! ```
+//!
+//! Which days a cut closes is the owner's decision, made with its
+//! service day and accepted lateness and written here, so an archiver's
+//! own settings never change a file's name or when a day closes.
 
+use chrono::{Datelike, NaiveDate};
 use thiserror::Error;
 
 use crate::journal::{self, JournalError};
@@ -46,7 +55,9 @@ const KIND_CLAIMED: u8 = 0xC1;
 const HEADER_LEN: usize = 14;
 /// The first byte of a cut.
 const KIND_CUT: u8 = 0xC2;
-const CUT_LEN: usize = 9;
+const CUT_LEN: usize = 13;
+/// `closed_through` when no day is closed.
+const NO_DAY: i32 = i32::MIN;
 
 /// The end of a segment of a partition's claimed log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +66,33 @@ pub struct CutRecord {
     /// claimed record before this cut: the service days whose deadline it
     /// has passed are closed in this partition.
     pub arrivals_before_ms: i64,
+    /// The last service day closed in the partition as of this cut: its
+    /// rows in later segments are late.
+    pub closed_through: Option<NaiveDate>,
 }
 
 impl CutRecord {
-    /// The cut's 9 bytes.
+    /// The cut's 13 bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(CUT_LEN);
         out.push(KIND_CUT);
         out.extend_from_slice(&self.arrivals_before_ms.to_be_bytes());
+        let days = self.closed_through.map_or(NO_DAY, |d| d.num_days_from_ce());
+        out.extend_from_slice(&days.to_be_bytes());
         out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<CutRecord, ClaimedRecordError> {
+        let fields: [u8; CUT_LEN - 1] =
+            bytes[1..].try_into().map_err(|_| ClaimedRecordError::CutLength(bytes.len()))?;
+        let (at, days) = fields.split_at(8);
+        let arrivals_before_ms = i64::from_be_bytes(at.try_into().expect("8 bytes"));
+        let days = i32::from_be_bytes(days.try_into().expect("4 bytes"));
+        let closed_through = match days {
+            NO_DAY => None,
+            days => Some(NaiveDate::from_num_days_from_ce_opt(days).ok_or(ClaimedRecordError::CutDay(days))?),
+        };
+        Ok(CutRecord { arrivals_before_ms, closed_through })
     }
 }
 
@@ -80,10 +109,7 @@ impl ClaimedEntry {
     /// An entry back from its bytes, by its first byte; every field checked.
     pub fn decode(bytes: &[u8]) -> Result<ClaimedEntry, ClaimedRecordError> {
         match bytes.first() {
-            Some(&KIND_CUT) => {
-                let at: [u8; 8] = bytes[1..].try_into().map_err(|_| ClaimedRecordError::CutLength(bytes.len()))?;
-                Ok(ClaimedEntry::Cut(CutRecord { arrivals_before_ms: i64::from_be_bytes(at) }))
-            }
+            Some(&KIND_CUT) => CutRecord::decode(bytes).map(ClaimedEntry::Cut),
             _ => ClaimedRecord::decode(bytes).map(ClaimedEntry::Rows),
         }
     }
@@ -112,9 +138,12 @@ pub enum ClaimedRecordError {
     /// The first byte is not a claimed record's kind.
     #[error("byte 0 is {0:#04x}, not a claimed record's 0xC1 or a cut's 0xC2")]
     Kind(u8),
-    /// A cut is not exactly its 9 bytes.
-    #[error("a cut of {0} bytes; a cut is 9")]
+    /// A cut is not exactly its 13 bytes.
+    #[error("a cut of {0} bytes; a cut is 13")]
     CutLength(usize),
+    /// A cut's closed day is outside the calendar.
+    #[error("a cut's closed day {0} (days from 0001-01-01) is outside the calendar")]
+    CutDay(i32),
     /// The scans-stream sequence is 0, which no record has.
     #[error("a claimed record names scans-stream sequence 0; the stream counts from 1")]
     NoSequence,
@@ -181,16 +210,18 @@ mod tests {
 
     #[test]
     fn cuts_at_their_extremes_read_back_and_a_cut_of_another_length_is_refused() {
-        for at in [i64::MIN, -1, 0, 1, i64::MAX] {
-            let cut = CutRecord { arrivals_before_ms: at };
+        let days = [None, Some(NaiveDate::MIN), Some(NaiveDate::MAX), NaiveDate::from_ymd_opt(2026, 12, 6)];
+        for (at, closed_through) in [i64::MIN, -1, 0, 1, i64::MAX].into_iter().zip(days.into_iter().cycle()) {
+            let cut = CutRecord { arrivals_before_ms: at, closed_through };
             assert_eq!(ClaimedEntry::decode(&cut.encode()).expect("decodes"), ClaimedEntry::Cut(cut));
         }
-        let cut = CutRecord { arrivals_before_ms: 7 }.encode();
-        assert!(matches!(ClaimedEntry::decode(&cut[..8]), Err(ClaimedRecordError::CutLength(8))));
-        assert!(matches!(
-            ClaimedEntry::decode(&[cut.as_slice(), &[0]].concat()),
-            Err(ClaimedRecordError::CutLength(10))
-        ));
+        let cut = CutRecord { arrivals_before_ms: 7, closed_through: None }.encode();
+        assert!(matches!(ClaimedEntry::decode(&cut[..12]), Err(ClaimedRecordError::CutLength(12))));
+        let longer = [cut.as_slice(), &[0]].concat();
+        assert!(matches!(ClaimedEntry::decode(&longer), Err(ClaimedRecordError::CutLength(14))));
+        let mut beyond = cut.clone();
+        beyond[9..].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(matches!(ClaimedEntry::decode(&beyond), Err(ClaimedRecordError::CutDay(i32::MAX))));
         assert!(matches!(ClaimedEntry::decode(&[]), Err(ClaimedRecordError::Short(0))));
         let rows = record(3, 0, 2);
         assert_eq!(ClaimedEntry::decode(&rows.encode()).expect("rows"), ClaimedEntry::Rows(rows));

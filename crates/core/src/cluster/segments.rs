@@ -39,17 +39,16 @@ pub fn segment_file_range(name: &str) -> Option<(u16, u64, u64)> {
     Some((partition.parse().ok()?, after.parse().ok()?, cut.parse().ok()?))
 }
 
-/// Whether service day `date` is closed as of a cut whose arrivals reach
-/// `arrivals_before_ms`: the day ended `lateness_ms` or more before it. A
-/// date outside the calendar's range never closes.
-pub fn day_closed_by(
+/// The last service day closed as of a cut whose arrivals reach
+/// `arrivals_before_ms`: a day ended `lateness_ms` or more before it is
+/// closed. `None` when none is (or the moment is outside the calendar).
+/// The owner decides it when it cuts, and writes it into the cut.
+pub fn closed_through(
     policy: &ServiceDayPolicy,
-    date: NaiveDate,
     lateness_ms: i64,
     arrivals_before_ms: UnixMillis,
-) -> bool {
-    let end = date.succ_opt().and_then(|next| policy.day_start(next));
-    end.is_some_and(|end| arrivals_before_ms >= end.saturating_add(lateness_ms))
+) -> Option<NaiveDate> {
+    policy.service_date(arrivals_before_ms.checked_sub(lateness_ms)?)?.pred_opt()
 }
 
 #[cfg(test)]
@@ -95,10 +94,10 @@ mod tests {
         let policy = ServiceDayPolicy { time_zone: chrono_tz::Asia::Shanghai, start_hour: 4 };
         let date = NaiveDate::from_ymd_opt(2026, 12, 5).expect("date");
         let end = policy.day_start(date.succ_opt().expect("next")).expect("end");
-        assert!(!day_closed_by(&policy, date, 3_600_000, end + 3_599_999));
-        assert!(day_closed_by(&policy, date, 3_600_000, end + 3_600_000));
-        assert!(!day_closed_by(&policy, date, i64::MAX, i64::MAX - 1), "a lateness past the calendar saturates");
-        assert!(!day_closed_by(&policy, NaiveDate::MAX, 0, i64::MAX), "the last date never ends");
-        assert!(!day_closed_by(&policy, date, 0, i64::MIN));
+        assert_eq!(closed_through(&policy, 3_600_000, end + 3_599_999), date.pred_opt());
+        assert_eq!(closed_through(&policy, 3_600_000, end + 3_600_000), Some(date));
+        assert_eq!(closed_through(&policy, i64::MAX, 0), None, "a lateness past the calendar");
+        assert_eq!(closed_through(&policy, 1, i64::MIN), None, "a moment before the calendar");
+        assert_eq!(closed_through(&policy, 0, i64::MAX), None, "a moment after it");
     }
 }

@@ -16,6 +16,9 @@ pub const NATS_URL_BYTES_MAX: usize = 256;
 /// The longest node name, in bytes: it is a key in the lease buckets and
 /// the value of every lease the node holds.
 pub const NODE_NAME_BYTES_MAX: usize = 64;
+/// The largest `cluster.segment_rows_max`: the bound an archiver holds
+/// any owner's segments to, whatever its own setting.
+pub const SEGMENT_ROWS_MAX_LIMIT: u64 = 10_000_000;
 /// The longest shared archive path, in bytes (Linux's `PATH_MAX`).
 pub const ARCHIVE_DIR_BYTES_MAX: usize = 4_096;
 

@@ -132,7 +132,7 @@ pub const RANGES: &[KeyRange] = &[
     range("cluster.lease_renew_interval_ms", 100, 43_200_000, "ms"),
     range("cluster.lease_safety_margin_ms", 0, 86_400_000, "ms"),
     range("cluster.claim_read_wait_ms", 10, 60_000, "ms"),
-    range("cluster.segment_rows_max", 1_000, 10_000_000, "rows"),
+    range("cluster.segment_rows_max", 1_000, super::cluster::SEGMENT_ROWS_MAX_LIMIT as i64, "rows"),
     range("cluster.segment_age_max_ms", 1_000, 3_600_000, "ms"),
 ];
 
