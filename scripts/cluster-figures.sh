@@ -12,8 +12,8 @@
 #
 # What the comparison holds: the single node's CPU includes archiving and
 # pricing; the cluster node's includes claiming its partitions into the
-# claimed stream, and no archiving or pricing (not built in cluster mode
-# yet). Everything shares this machine's cores, the three NATS servers
+# claimed stream and archiving them into the shared archive, and no
+# pricing (not built in cluster mode yet). Everything shares this machine's cores, the three NATS servers
 # included, so step 2 shows what two nodes cost each other here, not how
 # a cluster of machines grows.
 #
@@ -28,23 +28,6 @@ riders=${RIDERS:-20000}
 rate=${RATE:-3000}
 base=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$base"' EXIT
-
-# Three NATS servers routed into one JetStream cluster.
-nats_pids=()
-nats_urls=()
-start_nats_cluster() {
-  local first=$((33000 + RANDOM % 8000)) routes="" i
-  for i in 0 1 2; do routes+="nats-route://127.0.0.1:$((first + 10 + i)),"; done
-  for i in 0 1 2; do
-    mkdir -p "$base/nats/n$i"
-    printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s", max_file_store: 8GB }\ncluster { name: figures, listen: 127.0.0.1:%s, routes: [%s] }\n' \
-      "$i" "$((first + i))" "$base/nats/n$i" "$((first + 10 + i))" "${routes%,}" > "$base/nats/n$i.conf"
-    "$FARESTREAM_NATS_BIN" -c "$base/nats/n$i.conf" > "$base/nats/n$i.log" 2>&1 &
-    nats_pids+=($!)
-    nats_urls+=("\"nats://127.0.0.1:$((first + i))\"")
-  done
-  sleep 3
-}
 
 # CPU-seconds the NATS servers have used so far.
 nats_cpu_secs() {
@@ -66,7 +49,7 @@ cluster_keys() {
 field() { grep -oE "$1=[0-9.]+" "$2" | head -1 | cut -d= -f2; }
 per_scan_us() { awk -v c="$1" -v s="$2" 'BEGIN { printf "%.1f", c / s * 1e6 }'; }
 
-start_nats_cluster
+start_nats_cluster "$base/nats"
 echo "farestream cluster figures ($(nproc) cores shared by everything; $riders riders a city, $rate scans/s open loop)"
 
 # The single node; its data dir's keys sign both cities, and every node

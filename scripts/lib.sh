@@ -145,6 +145,31 @@ ensure_nats() {
   [ -x "$bin" ] && nats_new_enough "$bin" && export FARESTREAM_NATS_BIN=$bin
 }
 
+# Three NATS servers routed into one JetStream cluster on loopback, their
+# stores and logs under DIR (FARESTREAM_NATS_BIN runs them; ensure_nats
+# first). Sets $nats_pids (by server, 0 to 2) and $nats_urls (quoted, for
+# a TOML array). Server I stops with `kill -9 "${nats_pids[I]}"` and
+# starts again on its store with `start_nats_server DIR I`.
+start_nats_cluster() {
+  local dir=$1 i routes=""
+  nats_first_port=$((33000 + RANDOM % 8000))
+  nats_pids=() nats_urls=()
+  for i in 0 1 2; do routes+="nats-route://127.0.0.1:$((nats_first_port + 10 + i)),"; done
+  for i in 0 1 2; do
+    mkdir -p "$dir/n$i"
+    printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s", max_file_store: 8GB }\ncluster { name: farestream, listen: 127.0.0.1:%s, routes: [%s] }\n' \
+      "$i" "$((nats_first_port + i))" "$dir/n$i" "$((nats_first_port + 10 + i))" "${routes%,}" > "$dir/n$i.conf"
+    start_nats_server "$dir" "$i"
+    nats_urls+=("\"nats://127.0.0.1:$((nats_first_port + i))\"")
+  done
+  sleep 3
+}
+
+start_nats_server() {
+  "$FARESTREAM_NATS_BIN" -c "$1/n$2.conf" >> "$1/n$2.log" 2>&1 &
+  nats_pids[$2]=$!
+}
+
 # Whether the nats-server at $1 is 2.10 or later.
 nats_new_enough() {
   local v

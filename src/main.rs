@@ -66,6 +66,10 @@ enum Command {
         /// The server's QUIC address.
         #[arg(long, default_value = "127.0.0.1:4433")]
         server: SocketAddr,
+        /// Another node of a cluster (repeat for each): a gateway whose
+        /// push to one node failed pushes to the next.
+        #[arg(long, value_name = "ADDR")]
+        also_server: Vec<SocketAddr>,
         #[command(flatten)]
         city: CityArgs,
         /// Seconds over which the scans are spread.
@@ -356,6 +360,7 @@ fn main() -> Result<()> {
         Command::Gateway { action } => fleet_cmd::gateway(&cli.data_dir, &config, action),
         Command::Simulate {
             server,
+            also_server,
             city,
             duration_secs,
             backlog,
@@ -369,7 +374,8 @@ fn main() -> Result<()> {
             let load = Load { duration_secs, backlog, batch_scans, unsealed };
             let paygw_dir = paygw_dir.as_deref().filter(|_| accounts);
             let rig = paygw_dir.map(|dir| AccountsRig::from_config(&config, dir)).transpose()?;
-            runtime.block_on(simulate(&cli.data_dir, config, server, city, load, rig, acked_file.as_deref()))
+            let servers = (server, also_server.as_slice());
+            runtime.block_on(simulate(&cli.data_dir, config, servers, city, load, rig, acked_file.as_deref()))
         }
         Command::Flood { server, kind, batch_scans, streams, duration_secs } => {
             if batch_scans > config.wire.batch_scans_max {
@@ -484,17 +490,22 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
     Ok(())
 }
 
+/// Where the archives are: the data dir's, or in cluster mode the
+/// directory every node shares, laid out as a node's own
+/// (docs/scale-out.md, "The shared archive").
+fn archive_dir(data_dir: &Path, config: &Config) -> PathBuf {
+    match config.cluster.enabled {
+        true => PathBuf::from(&config.cluster.archive_dir),
+        false => data_dir.join("archive"),
+    }
+}
+
 async fn query(data_dir: &Path, config: &Config, sql: &str, format: &str) -> Result<()> {
     let format = OutputFormat::parse(format).context("--format")?;
     if !data_dir.is_dir() {
         bail!("no data dir at {}: give the --data-dir that serve, demo or settle wrote", data_dir.display());
     }
-    // A cluster's nodes archive into one shared directory laid out as a
-    // node's own (docs/scale-out.md, "The shared archive").
-    let archive = match config.cluster.enabled {
-        true => PathBuf::from(&config.cluster.archive_dir),
-        false => data_dir.join("archive"),
-    };
+    let archive = archive_dir(data_dir, config);
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let budget = farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement);
     let per_core = config.settlement.query_partitions_per_core;
@@ -643,7 +654,7 @@ async fn shutdown_signal() {
 async fn simulate(
     data_dir: &Path,
     config: Config,
-    server: SocketAddr,
+    (server, also): (SocketAddr, &[SocketAddr]),
     city: CityArgs,
     load: Load,
     accounts: Option<AccountsRig>,
@@ -654,7 +665,8 @@ async fn simulate(
     println!("simulating {} gateways, {} riders over {} s at {server}", spec.gateways, spec.riders, load.duration_secs);
     let bar = indicatif::ProgressBar::new(0);
     let report =
-        farestream::sim::simulate(data_dir, &config, server, &spec, load, accounts.as_ref(), bar.clone()).await?;
+        farestream::sim::simulate(data_dir, &config, (server, also), &spec, load, accounts.as_ref(), bar.clone())
+            .await?;
     bar.finish_and_clear();
     println!("  {} scans planned", report.scans_planned);
     print!("{}", report.render());
@@ -767,13 +779,16 @@ fn audit(
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
     let acked = farestream::archive::ack_audit::AckedScans::parse(&text)
         .with_context(|| format!("reading {}", acked_file.display()))?;
-    let rows = farestream::archive::read::read_all(&farestream::archive::scans_root(data_dir))?;
+    let rows = farestream::archive::read::read_all(&archive_dir(data_dir, config).join("scans"))?;
     let report = farestream::archive::ack_audit::audit_rows(&rows, &acked);
     let location = farestream_server::money_store_location(config, data_dir)?;
-    let has_money = match &location {
-        farestream::money::StoreLocation::Sqlite(path) => path.exists(),
-        farestream::money::StoreLocation::Postgres(_) => true,
-    };
+    // A cluster does not price its claimed stream yet (docs/scale-out.md):
+    // its archive is audited, its money is not.
+    let has_money = !config.cluster.enabled
+        && match &location {
+            farestream::money::StoreLocation::Sqlite(path) => path.exists(),
+            farestream::money::StoreLocation::Postgres(_) => true,
+        };
     let money = if has_money {
         let mut store = open_money_store(data_dir, config)?;
         let ledger = paygw_dir.map(paygw_ledger).transpose()?;

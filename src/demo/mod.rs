@@ -169,7 +169,8 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         batch_scans_max: config.wire.batch_scans_max,
         backlog: false,
     };
-    let target = Target { server: server.local_addr(), cert, data_dir: options.data_dir.clone() };
+    let target =
+        Target { server: server.local_addr(), other_servers: Vec::new(), cert, data_dir: options.data_dir.clone() };
     let (validators, gateways) = (city.world.validators.len(), city.world.gateways.len());
     let day_started = Instant::now();
     let fleet = city.run(config, &target, clock, uploads, progress.clone()).await?;

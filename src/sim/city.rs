@@ -56,6 +56,9 @@ pub struct City {
 /// data dir whose fleet CA enrols them.
 pub struct Target {
     pub server: SocketAddr,
+    /// A cluster's other nodes, which a gateway moves on to when its
+    /// server fails it (`GatewaySettings::other_server_addrs`).
+    pub other_servers: Vec<SocketAddr>,
     pub cert: CertificateDer<'static>,
     pub data_dir: PathBuf,
 }
@@ -147,7 +150,8 @@ impl City {
             seed: self.seed,
             backlog: uploads.backlog,
         };
-        let gateway_settings = config.gateway_settings(target.server);
+        let mut gateway_settings = config.gateway_settings(target.server);
+        gateway_settings.other_server_addrs = target.other_servers.clone();
         let client =
             |gateway_id: &str| target.client(config, gateway_settings.clone(), gateway_id).map_err(|e| e.to_string());
         Ok(run_fleet(Arc::new(self.world), Arc::new(self.plan), clock, settings, client, progress).await)

@@ -103,7 +103,7 @@ pub struct SimulateReport {
 pub async fn simulate(
     data_dir: &Path,
     config: &Config,
-    server: SocketAddr,
+    (server, also): (SocketAddr, &[SocketAddr]),
     spec: &CitySpec,
     load: Load,
     accounts: Option<&AccountsRig>,
@@ -117,7 +117,8 @@ pub async fn simulate(
         // A backlog is scans read before now; keys from the API are valid from now.
         return Err(SimulateError::AccountsRig("a steady load: keys issued now cannot sign scans read earlier"));
     }
-    let (keystore, target) = reach_server(data_dir, config, server).await?;
+    let (keystore, mut target) = reach_server(data_dir, config, server).await?;
+    target.other_servers = also.to_vec();
     let now = SystemClock.now_ms();
     let timetable = if load.backlog {
         // Read at the gates over the last ten minutes, all due at once.
@@ -183,7 +184,8 @@ pub async fn reach_server(
     server: SocketAddr,
 ) -> Result<(Keystore, Target), SimulateError> {
     let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
-    let target = Target { server, cert: read_cert(&cert_path(data_dir))?, data_dir: data_dir.to_path_buf() };
+    let cert = read_cert(&cert_path(data_dir))?;
+    let target = Target { server, other_servers: Vec::new(), cert, data_dir: data_dir.to_path_buf() };
     let probe = target.client(config, config.gateway_settings(server), PROBE_GATEWAY)?;
     probe.connect().await?;
     // Closed, not dropped: a dropped connection holds one of the server's

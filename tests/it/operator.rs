@@ -404,7 +404,7 @@ async fn a_simulation_whose_server_dies_stops_and_says_so() {
     let (data_dir, server_addr, sim_config) = (dir.path().to_path_buf(), h.server.local_addr(), config.clone());
     let simulation = tokio::spawn(async move {
         let bar = indicatif::ProgressBar::hidden();
-        farestream::sim::simulate(&data_dir, &sim_config, server_addr, &spec, load, None, bar).await
+        farestream::sim::simulate(&data_dir, &sim_config, (server_addr, &[]), &spec, load, None, bar).await
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.server.shutdown().await.expect("the server stops");
