@@ -20,13 +20,14 @@
 //! owner's clock. An owner that starts an hour late decides as one that
 //! never stopped.
 //!
-//! The owner also ends segments: once the rows since its last cut reach
-//! `segment_rows_max`, or `segment_age_max` has passed since it (rows or
-//! none, so a quiet partition's days close too), it reads where the
-//! partition's scans end, claims up to there and appends a cut
-//! (`CutRecord`) saying every scan received before that moment, less the
-//! arrival allowance, is claimed. The cut goes through the same fence,
-//! so only the owner decides where the archive's files end.
+//! The owner also ends segments (`CutRecord`): at once when the rows
+//! since its last cut reach `segment_rows_max`; and when
+//! `segment_age_max` has passed since it (rows or none, so a quiet
+//! partition's days close too), it reads where the partition's scans
+//! end, claims up to there and appends a cut saying every scan received
+//! before that moment, less the arrival allowance, is claimed, and which
+//! service days that closes. Cuts go through the same fence, so only the
+//! owner decides where the archive's files end and when its days close.
 
 use std::collections::HashSet;
 use std::time::Duration;
