@@ -143,6 +143,9 @@ result=$(audit 2>&1) || audit_status=$?
 kill -TERM "${node_pid[a]}" "${node_pid[b]}"
 wait "${node_pid[a]}" "${node_pid[b]}" 2>/dev/null || true
 echo "kills=$kills node_kills=$node_kills nats_kills=$nats_kills failed_starts=$node_restarts $(head -1 <<< "$result")"
+# The gateways' ack latency through the kills: a push a kill caught waits
+# out gateway.ack_timeout_ms, then goes to the other node.
+grep -o 'ack latency: .*' "$work/simulate.log" || true
 acked=$(sed -n 's/.*acked=\([0-9]*\).*/\1/p' <<< "$result")
 if [ "${acked:-0}" -eq 0 ]; then
   echo "nothing was acknowledged: the run proves nothing"; tail -5 "$work/simulate.log"; exit 1
