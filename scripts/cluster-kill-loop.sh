@@ -66,8 +66,8 @@ declare -A node_pid
 
 # The binary runs directly (not in a subshell) so $! is its pid. A node
 # that starts while its stream is between leaders (a NATS server just
-# killed) stops with "jetstream request timed out"; it is started again,
-# as its supervisor would, up to 10 times.
+# killed) tries again for cluster.start_wait_ms; one that still fails is
+# started again, as its supervisor would, up to 10 times (failed_starts).
 start_node() {
   local node=$1 try
   for try in $(seq 1 10); do

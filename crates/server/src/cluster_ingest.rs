@@ -26,6 +26,8 @@ use farestream_ingest::telemetry;
 pub struct ClusterSettings {
     pub nats_urls: Vec<String>,
     pub connect_timeout: Duration,
+    /// How long a start tries the streams while JetStream cannot answer.
+    pub start_wait: Duration,
     /// `cluster.node_name`; empty: the data dir's NODE_ID.
     pub node_name: String,
     /// Who the node connects to NATS as, when `cluster.nats_user` is set.
@@ -71,6 +73,7 @@ impl ClusterSettings {
         Ok(Some(ClusterSettings {
             nats_urls: config.nats_urls.clone(),
             connect_timeout: ms(config.connect_timeout_ms),
+            start_wait: ms(config.start_wait_ms),
             node_name: config.node_name.clone(),
             nats_user: nats_user(config, std::env::var(NATS_PASSWORD_ENV).ok())?,
             stream,
@@ -176,9 +179,36 @@ pub(crate) async fn open_logs(
         farestream_cluster::connect(&settings.nats_urls, settings.connect_timeout, settings.nats_user.as_ref())
             .await
             .map_err(|e| cluster_error(&e))?;
-    let scans = StreamLog::open(client.clone(), settings.stream.clone()).await.map_err(|e| cluster_error(&e))?;
-    let claimed = StreamLog::open(client.clone(), settings.claimed.clone()).await.map_err(|e| cluster_error(&e))?;
+    let wait = settings.start_wait;
+    let scans = open_stream(&client, &settings.stream, wait).await.map_err(|e| cluster_error(&e))?;
+    let claimed = open_stream(&client, &settings.claimed, wait).await.map_err(|e| cluster_error(&e))?;
     Ok((client, crate::cluster_owners::ClusterLogs { scans: Arc::new(scans), claimed }))
+}
+
+/// How long a starting node waits between two tries at a stream.
+const STREAM_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Opens a stream, trying again while JetStream cannot answer for it (a
+/// server just lost, its leader not yet elected: the kill loop saw 2
+/// starts in 20 fail so), for at most `wait`. A stream made otherwise
+/// than the settings say is refused at once.
+async fn open_stream(
+    client: &async_nats::Client,
+    settings: &farestream_cluster::StreamLogSettings,
+    wait: Duration,
+) -> Result<StreamLog, farestream_cluster::StreamLogError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match StreamLog::open(client.clone(), settings.clone()).await {
+            Err(error @ farestream_cluster::StreamLogError::Stream { .. })
+                if tokio::time::Instant::now() + STREAM_OPEN_RETRY_AFTER < deadline =>
+            {
+                tracing::warn!(%error, "the stream cannot answer yet; trying again");
+                tokio::time::sleep(STREAM_OPEN_RETRY_AFTER).await;
+            }
+            opened => return opened,
+        }
+    }
 }
 
 /// Step 3 of a batch in cluster mode: the decisions without history, the

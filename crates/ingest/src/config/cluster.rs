@@ -31,6 +31,7 @@ pub struct ClusterConfig {
     pub nats_user: String,
     pub nats_password_file: String,
     pub connect_timeout_ms: u64,
+    pub start_wait_ms: u64,
     pub stream: String,
     pub subject_prefix: String,
     pub claimed_stream: String,

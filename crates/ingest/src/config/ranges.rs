@@ -122,6 +122,7 @@ pub const RANGES: &[KeyRange] = &[
     range("api.token_validity_secs", 3_600, 31_536_000, "s"),
     range("api.account_charges_max", 1, 10_000, "charges"),
     range("cluster.connect_timeout_ms", 100, 600_000, "ms"),
+    range("cluster.start_wait_ms", 0, 600_000, "ms"),
     range("cluster.partitions", 1, farestream_core::cluster::PARTITIONS_MAX as i64, "partitions"),
     range("cluster.replicas", 1, 5, "servers"),
     range("cluster.duplicate_window_ms", 1_000, 86_400_000, "ms"),
