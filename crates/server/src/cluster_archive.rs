@@ -13,9 +13,9 @@
 //! disk, by one request on object storage).
 //!
 //! A service day is closed (`_SUCCESS` in its folder) once every
-//! partition is archived through a cut whose arrivals passed the day's
-//! end and the accepted lateness ([`close_days`]): every row of it that
-//! comes later is in a segment after such a cut, so in a `late-` file.
+//! partition is archived through a cut that closed it (the owner's
+//! `closed_through`, [`close_days`]): every row of it that comes later is
+//! in a segment after such a cut, so in a `late-` file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,7 +81,7 @@ pub enum ClusterArchiveError {
     #[error("partition {partition}: the claimed record at sequence {sequence} is damaged: {why}")]
     Damaged { partition: Partition, sequence: u64, why: String },
     #[error(
-        "partition {partition}: the segment after cut {after_cut} holds over {limit} rows (cluster.segment_rows_max and one record's); every node must cut alike"
+        "partition {partition}: the segment after cut {after_cut} holds over {limit} rows, more than any owner cuts at (the largest cluster.segment_rows_max and one record's rows)"
     )]
     SegmentTooLarge { partition: Partition, after_cut: u64, limit: u64 },
     #[error("encoding {0}")]
