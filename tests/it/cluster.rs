@@ -151,11 +151,17 @@ async fn claimed_rows(nats: &NatsCluster, config: &Config) -> (Vec<ArchivedScan>
 
 /// The claimed stream once it holds `rows` rows (or after a minute).
 async fn claimed_once_it_holds(nats: &NatsCluster, config: &Config, rows: usize) -> (Vec<ArchivedScan>, u32) {
+    looked_at_until(async || claimed_rows(nats, config).await, |claimed| claimed.0.len() >= rows).await
+}
+
+/// What `look` sees once `enough` holds of it, or after a minute (the
+/// caller's assertions then say what is missing); a look every 200 ms.
+async fn looked_at_until<T>(mut look: impl AsyncFnMut() -> T, enough: impl Fn(&T) -> bool) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let claimed = claimed_rows(nats, config).await;
-        if claimed.0.len() >= rows || std::time::Instant::now() > deadline {
-            return claimed;
+        let seen = look().await;
+        if enough(&seen) || std::time::Instant::now() > deadline {
+            return seen;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -238,15 +244,11 @@ fn shared_archive_rows(nats: &NatsCluster) -> Vec<ArchivedScan> {
 /// the nodes' clock moved on 2 s each look (segments end by their age).
 async fn archived_once_it_holds(nats: &NatsCluster, h: &Harness, rows: usize) -> Vec<ArchivedScan> {
     use farestream::clock_source::Clock;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let look = async || {
         h.clock.set(h.clock.now_ms() + 2_000);
-        let archived = shared_archive_rows(nats);
-        if archived.len() >= rows || std::time::Instant::now() > deadline {
-            return archived;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        shared_archive_rows(nats)
+    };
+    looked_at_until(look, |archived| archived.len() >= rows).await
 }
 
 /// The names of the files in the shared archive's folder of `day`.

@@ -21,22 +21,30 @@ fn the_crash_test_on_postgresql_loses_and_duplicates_nothing_while_postgresql_cr
     crash_test("4", &[("CRASH_MONEY_STORE", "postgres"), ("CRASH_PG_KILLS", "2")]);
 }
 
-fn crash_test(kills: &str, env: &[(&str, &str)]) {
+/// Runs `script` against the real binary with `env`; its summary line
+/// (`kills=…`) and its whole output, or `None` when it said it skipped
+/// (a server it needs is not installed and not required).
+fn run_script(script: &str, env: &[(&str, &str)]) -> Option<(String, String)> {
     let output = std::process::Command::new("bash")
-        .arg(crate::support::repo_file("scripts/crash-test.sh"))
-        .env("CRASH_KILLS", kills)
+        .arg(crate::support::repo_file(script))
         .env("FARESTREAM_BIN", env!("CARGO_BIN_EXE_farestream"))
         .envs(env.iter().copied())
         .output()
-        .expect("running scripts/crash-test.sh");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "crash test failed:\n{stdout}\n{stderr}");
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     if stdout.starts_with("skipped:") {
         eprintln!("{stdout}");
-        return;
+        return None;
     }
-    let summary = stdout.lines().find(|l| l.starts_with("kills=")).unwrap_or_default();
+    let summary = stdout.lines().find(|l| l.starts_with("kills=")).unwrap_or_default().to_string();
+    Some((summary, stdout))
+}
+
+fn crash_test(kills: &str, env: &[(&str, &str)]) {
+    let env = [&[("CRASH_KILLS", kills)], env].concat();
+    let Some((summary, stdout)) = run_script("scripts/crash-test.sh", &env) else { return };
     assert!(summary.starts_with(&format!("kills={kills} ")), "{stdout}");
     let pg_kills = env.iter().find(|(k, _)| *k == "CRASH_PG_KILLS").map_or("0", |(_, v)| v);
     assert!(summary.contains(&format!(" pg_kills={pg_kills} ")), "{stdout}");
@@ -59,20 +67,9 @@ fn crash_test(kills: &str, env: &[(&str, &str)]) {
 #[test]
 fn the_cluster_kill_loop_loses_and_duplicates_nothing() {
     let kills = std::env::var("CLUSTER_KILLS").unwrap_or_else(|_| "3".into());
-    let output = std::process::Command::new("bash")
-        .arg(crate::support::repo_file("scripts/cluster-kill-loop.sh"))
-        .env("CLUSTER_KILLS", &kills)
-        .env("FARESTREAM_BIN", env!("CARGO_BIN_EXE_farestream"))
-        .output()
-        .expect("running scripts/cluster-kill-loop.sh");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "cluster kill loop failed:\n{stdout}\n{stderr}");
-    if stdout.starts_with("skipped:") {
-        eprintln!("{stdout}");
+    let Some((summary, stdout)) = run_script("scripts/cluster-kill-loop.sh", &[("CLUSTER_KILLS", &kills)]) else {
         return;
-    }
-    let summary = stdout.lines().find(|l| l.starts_with("kills=")).unwrap_or_default();
+    };
     assert!(summary.starts_with(&format!("kills={kills} ")), "{stdout}");
     assert!(summary.contains("lost=0 duplicated=0 off_plan=0"), "{stdout}");
 }

@@ -83,6 +83,16 @@ impl Fleet {
     }
 }
 
+/// A row of card `card` whose scan id is made of `n`: rows a test writes
+/// straight into the scans stream, past any pipeline.
+fn numbered_row(n: u32, card: u64) -> ArchivedScan {
+    ArchivedScan {
+        scan_id: [n.to_be_bytes(); 4].concat().try_into().expect("16 bytes"),
+        card_id: Some(card),
+        ..ArchivedScan::blank()
+    }
+}
+
 fn scan(validator: &str, seq: u64, code: Vec<u8>) -> ScanRecord {
     ScanRecord {
         validator_id: validator.into(),
@@ -244,11 +254,9 @@ async fn an_owner_that_died_between_the_parts_of_a_record_is_resumed_without_its
     let fleet = Fleet::new();
     let rows: Vec<ArchivedScan> = (0..120u32)
         .map(|n| ArchivedScan {
-            scan_id: { [n.to_be_bytes(); 4].concat().try_into().expect("16 bytes") },
-            card_id: Some(11),
             validator_id: format!("validator-{n:04}-{}", "x".repeat(30)),
             status: ScanStatus::Denied,
-            ..ArchivedScan::blank()
+            ..numbered_row(n, 11)
         })
         .collect();
     let partition = partition_of_card(11, PARTITIONS);
@@ -359,13 +367,11 @@ async fn resuming_between_the_parts_of_a_record_counts_its_redeliveries_once() {
     let fleet = Fleet::new();
     let mut rows: Vec<ArchivedScan> = (0..120u32)
         .map(|n| ArchivedScan {
-            scan_id: [n.to_be_bytes(); 4].concat().try_into().expect("16 bytes"),
-            card_id: Some(11),
             validator_id: format!("validator-{n:04}-{}", "x".repeat(30)),
             status: ScanStatus::Denied,
             scanned_at: AT_MS,
             received_at: AT_MS + 1_000,
-            ..ArchivedScan::blank()
+            ..numbered_row(n, 11)
         })
         .collect();
     rows.push(rows[118].clone()); // one scan twice, in the second half
@@ -428,12 +434,7 @@ async fn an_owner_cuts_segments_by_size_and_by_age_and_the_next_counts_on_from_i
     let logs = ClaimLogs { scans: &scans, claimed: &claimed };
     let fleet = Fleet::new();
     let partition = partition_of_card(11, PARTITIONS);
-    let row = |n: u32| ArchivedScan {
-        scan_id: [n.to_be_bytes(); 4].concat().try_into().expect("16 bytes"),
-        card_id: Some(11),
-        received_at: AT_MS,
-        ..ArchivedScan::blank()
-    };
+    let row = |n: u32| ArchivedScan { received_at: AT_MS, ..numbered_row(n, 11) };
     for record in 0..4u32 {
         append_batch(&scans, vec![row(record * 2), row(record * 2 + 1)], u64::from(record)).await.expect("appended");
     }

@@ -60,8 +60,7 @@ pub struct SegmentArchive {
 /// The shared archive at a local path (a mount every node shares), made
 /// if missing.
 pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) })?;
+    std::fs::create_dir_all(dir).map_err(generic)?;
     Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?))
 }
 
@@ -189,6 +188,7 @@ fn sync_local(file: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(file.parent().unwrap_or(std::path::Path::new(".")))?.sync_all()
 }
 
+/// A local file system error as `object_store` reports its own.
 fn generic(source: std::io::Error) -> object_store::Error {
     object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) }
 }
