@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The cluster's kill loop (issue 23, docs/scale-out.md): three NATS
-# servers in one JetStream cluster, two farestream nodes in cluster mode
-# sharing one archive, the simulator's gateways pushing at one node and
-# moving on to the other when theirs fails them. At random moments it
-# kills -9 a farestream node or a NATS server and starts it again; at the
-# end it audits the shared archive against every ack the gateways got:
-#   kills=N node_kills=N nats_kills=N acked=N archived=N lost=0 duplicated=0 off_plan=0 ...
-# and exits non-zero otherwise. Pricing the claimed stream is not built
-# yet, so money is not audited here (docs/scale-out.md).
+# servers in one JetStream cluster, a throwaway PostgreSQL for the money
+# store, a `farestream paygw` as the payment gateway, and two farestream
+# nodes in cluster mode sharing one archive and one store. The riders
+# sign up through node a's account API; the simulator's gateways push at
+# one node and move on to the other when theirs fails them. At random
+# moments it kills -9 a farestream node or a NATS server and starts it
+# again; at the end it audits the shared archive against every ack the
+# gateways got, and the charges against the archived rides and the
+# payment gateway's ledger:
+#   kills=N node_kills=N nats_kills=N acked=N archived=N lost=0 duplicated=0 off_plan=0 charges=N double_charged=0 unpriced_rides=0 ...
+# and exits non-zero otherwise.
 #
 #   CLUSTER_KILLS=20 scripts/cluster-kill-loop.sh   # the full run (default 20)
 #   CLUSTER_KILLS=2 scripts/cluster-kill-loop.sh    # what the test suite runs
 #
-# Without nats-server 2.10 or later it says so and passes, unless
-# FARESTREAM_NATS=required. FARESTREAM_BIN names the binary; without it
+# Without nats-server 2.10 or later, or PostgreSQL, it says so and
+# passes, unless FARESTREAM_NATS=required (FARESTREAM_POSTGRES=required). FARESTREAM_BIN names the binary; without it
 # the release build is used. Traffic stays on 127.0.0.1.
 set -euo pipefail
 
@@ -25,14 +28,22 @@ if ! ensure_nats; then
 fi
 resolve_farestream_bin
 work=$(mktemp -d)
-trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -n "${CLUSTER_KEEP:-}" ] || rm -rf "$work"' EXIT
+trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -z "${pg_dir:-}" ] || pg_kill_immediate; [ -n "${CLUSTER_KEEP:-}" ] || rm -rf "$work"' EXIT
+pg_status=0
+start_test_postgres "$work/pg" || pg_status=$?
+if [ "$pg_status" -eq 2 ]; then
+  [ "${FARESTREAM_POSTGRES:-}" = required ] && { echo "PostgreSQL is required and not installed"; exit 1; }
+  echo "skipped: PostgreSQL is not installed"; exit 0
+fi
+[ "$pg_status" -eq 0 ] || exit 1
 start_nats_cluster "$work/nats"
 urls=$(IFS=,; echo "${nats_urls[*]}")
-port_a=$((20000 + RANDOM % 12000)) port_b=$((port_a + 1))
+pick_rig_ports
+port_a=$port port_b=$((port + 3))
 
 # Short leases, so a dead node's partitions move within seconds; short
 # segments, so the archive keeps up; gateways that retry through every
-# kill and give up on a node fast.
+# kill and give up on a node fast. Node a serves the account API ($3).
 node_config() {
   cat <<TOML
 [server]
@@ -40,7 +51,18 @@ listen_addr = "127.0.0.1:$2"
 [metrics]
 listen_addr = ""
 [api]
-listen_addr = ""
+listen_addr = "$3"
+notifications_file = "$work/notifications.jsonl"
+otp_sends_per_client_per_hour_max = 10000000
+otp_sends_per_minute_max = 10000000
+[payments]
+money_store = "$pg_url"
+gateway_url = "http://127.0.0.1:$paygw_port"
+request_timeout_ms = 2000
+dispatch_lease_ms = 3000
+retry_backoff_ms_initial = 50
+retry_backoff_ms_max = 500
+charges_archive_interval_ms = 500
 [gateway]
 connect_timeout_ms = 1000
 ack_timeout_ms = 3000
@@ -60,8 +82,8 @@ lease_safety_margin_ms = 500
 segment_age_max_ms = 1000
 TOML
 }
-node_config node-a "$port_a" > "$work/a.toml"
-node_config node-b "$port_b" > "$work/b.toml"
+node_config node-a "$port_a" "127.0.0.1:$api_port" > "$work/a.toml"
+node_config node-b "$port_b" "" > "$work/b.toml"
 declare -A node_pid
 
 # The binary runs directly (not in a subshell) so $! is its pid. A node
@@ -90,6 +112,7 @@ start_node() {
 node_restarts=0
 
 export_payments_secret
+start_paygw "$work/paygw" "$paygw_port" "$work/paygw.log" "$bin" --config "$work/a.toml"
 start_node a
 # Every node shares the first one's keys, TLS identity and fleet CA.
 mkdir -p "$work/b"
@@ -98,9 +121,17 @@ start_node b
 
 duration=$(( kills * 2 + 10 ))
 "$bin" --data-dir "$work/a" --config "$work/a.toml" simulate --server "127.0.0.1:$port_a" \
-  --also-server "127.0.0.1:$port_b" --riders $(( kills * 40 + 400 )) --gateways 4 --validators-per-gateway 4 \
-  --duration-secs "$duration" --acked-file "$work/acked.txt" > "$work/simulate.log" 2>&1 &
+  --also-server "127.0.0.1:$port_b" --accounts --paygw-dir "$work/paygw" --riders $(( kills * 40 + 400 )) \
+  --gateways 4 --validators-per-gateway 4 --duration-secs "$duration" --acked-file "$work/acked.txt" \
+  > "$work/simulate.log" 2>&1 &
 simulate_pid=$!
+# The kills start once every rider has an account and keys: the load, not
+# the sign-up through node a's API, is what they interrupt.
+for _ in $(seq 1 600); do
+  grep -q "signed up" "$work/simulate.log" && break
+  kill -0 "$simulate_pid" 2>/dev/null || { echo "simulate failed:"; cat "$work/simulate.log"; exit 1; }
+  sleep 0.1
+done
 
 node_kills=0 nats_kills=0
 for _ in $(seq 1 "$kills"); do
@@ -128,10 +159,12 @@ if [ "$simulate_status" -ne 0 ]; then
   echo "the simulator reported errors:"; tail -5 "$work/simulate.log"; exit 1
 fi
 # The audit reads the shared archive, which the owners fill a segment's
-# age after the last scan: it is run again while the archive still grows,
-# at most CLUSTER_DRAIN_SECS (60 s).
+# age after the last scan, and the charges, which their pricers write and
+# the dispatchers decide: it is run again while they still grow, at most
+# CLUSTER_DRAIN_SECS (60 s).
+wait_charges_decided 30 --data-dir "$work/a" --config "$work/a.toml"
 audit() {
-  "$bin" --data-dir "$work/a" --config "$work/a.toml" audit --acked-file "$work/acked.txt"
+  "$bin" --data-dir "$work/a" --config "$work/a.toml" audit --acked-file "$work/acked.txt" --paygw-dir "$work/paygw"
 }
 deadline=$(( $(date +%s) + ${CLUSTER_DRAIN_SECS:-60} ))
 until result=$(audit 2>&1); do
@@ -140,8 +173,8 @@ until result=$(audit 2>&1); do
 done
 audit_status=0
 result=$(audit 2>&1) || audit_status=$?
-kill -TERM "${node_pid[a]}" "${node_pid[b]}"
-wait "${node_pid[a]}" "${node_pid[b]}" 2>/dev/null || true
+kill -TERM "${node_pid[a]}" "${node_pid[b]}" "$paygw_pid"
+wait "${node_pid[a]}" "${node_pid[b]}" "$paygw_pid" 2>/dev/null || true
 echo "kills=$kills node_kills=$node_kills nats_kills=$nats_kills failed_starts=$node_restarts $(head -1 <<< "$result")"
 # The gateways' ack latency through the kills: a push a kill caught waits
 # out gateway.ack_timeout_ms, then goes to the other node.

@@ -120,23 +120,9 @@ done
 simulate_status=0
 wait "$simulate_pid" || simulate_status=$?
 # Every charge decided before the server stops (leases of charges in
-# flight at a kill run out first). Waits as long as the undecided count
-# keeps falling, not a fixed time (a loaded machine drains slower): stuck
-# for CRASH_DRAIN_STALL_SECS (30 s, ten leases) leaves the rest to the
-# audit, which counts them against --undecided-max.
-stall_secs=${CRASH_DRAIN_STALL_SECS:-30}
-last_undecided=-1
-last_fell=$(date +%s)
-while :; do
-  undecided=$("$bin" "${args[@]}" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
-  [ "${undecided:-}" = 0 ] && break
-  if [ "${undecided:-}" != "$last_undecided" ]; then
-    last_undecided=$undecided
-    last_fell=$(date +%s)
-  fi
-  [ $(( $(date +%s) - last_fell )) -ge "$stall_secs" ] && break
-  sleep 0.2
-done
+# flight at a kill run out first); stuck for CRASH_DRAIN_STALL_SECS
+# leaves the rest to the audit, which counts them against --undecided-max.
+wait_charges_decided "${CRASH_DRAIN_STALL_SECS:-30}" "${args[@]}"
 kill -TERM "$server_pid" "$paygw_pid"
 wait "$server_pid" "$paygw_pid" || true
 

@@ -111,6 +111,26 @@ simulate_until_signed_up() {
 # Sets $port (QUIC), $api_port and $paygw_port: three loopback ports in a
 # row, below Linux's ephemeral range (32768 and up), so no socket the kernel
 # numbers itself (a test's client, an HTTP connection) can hold one.
+# Waits until the money store (farestream "$@" charges) holds no
+# undecided charge: as long as the undecided count keeps falling, not a
+# fixed time (a loaded machine drains slower), and gives up once it has
+# not fallen for $1 seconds (ten dispatch leases is a good stall).
+wait_charges_decided() {
+  local stall_secs=$1 last_undecided=-1 last_fell undecided
+  shift
+  last_fell=$(date +%s)
+  while :; do
+    undecided=$("$bin" "$@" charges | sed -n 's/.*undecided=\([0-9]*\).*/\1/p')
+    [ "${undecided:-}" = 0 ] && return 0
+    if [ "${undecided:-}" != "$last_undecided" ]; then
+      last_undecided=$undecided
+      last_fell=$(date +%s)
+    fi
+    [ $(( $(date +%s) - last_fell )) -ge "$stall_secs" ] && return 0
+    sleep 0.2
+  done
+}
+
 pick_rig_ports() {
   port=$((20000 + RANDOM % 12000))
   api_port=$((port + 1))

@@ -782,13 +782,10 @@ fn audit(
     let rows = farestream::archive::read::read_all(&archive_dir(data_dir, config).join("scans"))?;
     let report = farestream::archive::ack_audit::audit_rows(&rows, &acked);
     let location = farestream_server::money_store_location(config, data_dir)?;
-    // A cluster does not price its claimed stream yet (docs/scale-out.md):
-    // its archive is audited, its money is not.
-    let has_money = !config.cluster.enabled
-        && match &location {
-            farestream::money::StoreLocation::Sqlite(path) => path.exists(),
-            farestream::money::StoreLocation::Postgres(_) => true,
-        };
+    let has_money = match &location {
+        farestream::money::StoreLocation::Sqlite(path) => path.exists(),
+        farestream::money::StoreLocation::Postgres(_) => true,
+    };
     let money = if has_money {
         let mut store = open_money_store(data_dir, config)?;
         let ledger = paygw_dir.map(paygw_ledger).transpose()?;

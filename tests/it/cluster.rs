@@ -25,15 +25,19 @@ const PARTITIONS: u16 = 8;
 /// quorum of its servers is back.
 const QUORUM_BACK_WAIT_MAX: Duration = Duration::from_secs(120);
 
-fn cluster_config(nats: &NatsCluster) -> Config {
+/// A node's config in the test's cluster, its money in a new database
+/// of the test's PostgreSQL; `None` (the test says so and passes) where
+/// PostgreSQL is not installed and not required.
+pub(crate) async fn cluster_config(nats: &NatsCluster) -> Option<Config> {
     let mut config = quick_failures(Config::defaults());
+    config.payments.money_store = crate::money::postgres_database_url().await?;
     config.cluster.enabled = true;
     config.cluster.nats_urls = nats.urls();
     config.cluster.partitions = PARTITIONS;
     config.cluster.append_ack_timeout_ms = 1_000;
     config.cluster.segment_age_max_ms = 1_000;
     config.cluster.archive_dir = shared_archive(nats).display().to_string();
-    config
+    Some(config)
 }
 
 /// The archive every node of the test's cluster shares.
@@ -82,7 +86,7 @@ async fn stream_rows(nats: &NatsCluster, config: &Config) -> Vec<ArchivedScan> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_acked_once_the_stream_holds_it_and_its_resend_to_another_node_adds_nothing() {
     let Some(nats) = NatsCluster::start().await else { return };
-    let config = cluster_config(&nats);
+    let Some(config) = cluster_config(&nats).await else { return };
     let a = Harness::start_with(config.clone()).await;
     let b = a.start_a_copy().await;
     let batch = scans(&a, 1, 1, 40);
@@ -107,7 +111,7 @@ async fn a_batch_is_acked_once_the_stream_holds_it_and_its_resend_to_another_nod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_nothing_is_acked_and_the_resend_after_one_returns_is_stored_once() {
     let Some(mut nats) = NatsCluster::start().await else { return };
-    let config = cluster_config(&nats);
+    let Some(config) = cluster_config(&nats).await else { return };
     let h = Harness::start_with(config.clone()).await;
     let first = scans(&h, 1, 1, 10);
     h.client_as("station-01").push(&first).await.expect("ack while the cluster is whole");
@@ -156,7 +160,7 @@ async fn claimed_once_it_holds(nats: &NatsCluster, config: &Config, rows: usize)
 
 /// What `look` sees once `enough` holds of it, or after a minute (the
 /// caller's assertions then say what is missing); a look every 200 ms.
-async fn looked_at_until<T>(mut look: impl AsyncFnMut() -> T, enough: impl Fn(&T) -> bool) -> T {
+pub(crate) async fn looked_at_until<T>(mut look: impl AsyncFnMut() -> T, enough: impl Fn(&T) -> bool) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let seen = look().await;
@@ -180,7 +184,7 @@ fn replays(rows: &[ArchivedScan]) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_claim_each_acked_scan_once_and_a_dead_nodes_partitions_move_to_the_other() {
     let Some(nats) = NatsCluster::start().await else { return };
-    let mut config = cluster_config(&nats);
+    let Some(mut config) = cluster_config(&nats).await else { return };
     config.cluster.lease_ttl_ms = 3_000;
     config.cluster.lease_renew_interval_ms = 1_000;
     config.cluster.lease_safety_margin_ms = 500;
@@ -274,7 +278,7 @@ async fn a_day_closes_in_the_shared_archive_once_every_partition_passed_it_and_n
     use farestream::clock_source::Clock;
     use farestream_cluster::ArchiveProgress;
     let Some(nats) = NatsCluster::start().await else { return };
-    let config = cluster_config(&nats);
+    let Some(config) = cluster_config(&nats).await else { return };
     let h = Harness::start_with(config.clone()).await;
     h.client_as("station-01").push(&scans(&h, 1, 1, 20)).await.expect("ack");
     let day = archived_once_it_holds(&nats, &h, 20).await[0].service_date;
@@ -366,7 +370,7 @@ async fn an_old_owner_still_archiving_writes_the_same_files_and_no_row_twice() {
     use farestream::server::cluster_archive::{SegmentArchive, archive_partition, local_store};
     use farestream_cluster::ArchiveProgress;
     let Some(nats) = NatsCluster::start().await else { return };
-    let config = cluster_config(&nats);
+    let Some(config) = cluster_config(&nats).await else { return };
     let h = Harness::start_with(config.clone()).await;
     h.client_as("station-01").push(&scans(&h, 1, 1, 20)).await.expect("ack");
     let archived = archived_once_it_holds(&nats, &h, 20).await;
@@ -420,7 +424,7 @@ async fn an_old_owner_still_archiving_writes_the_same_files_and_no_row_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_moves_to_the_next_node_when_its_node_dies() {
     let Some(nats) = NatsCluster::start().await else { return };
-    let config = cluster_config(&nats);
+    let Some(config) = cluster_config(&nats).await else { return };
     let a = Harness::start_with(config.clone()).await;
     let b = a.start_a_copy().await;
     let mut settings = a.config.gateway_settings(a.server.local_addr());
@@ -451,7 +455,7 @@ async fn only_a_node_with_the_clusters_password_serves_and_others_cannot_publish
     let secrets = tempfile::tempdir().expect("tempdir");
     let password_file = secrets.path().join("nats-password");
     std::fs::write(&password_file, format!("{NODE_PASSWORD}\n")).expect("write the password");
-    let mut config = cluster_config(&nats);
+    let Some(mut config) = cluster_config(&nats).await else { return };
     config.cluster.nats_user = NODE_USER.into();
     config.cluster.nats_password_file = password_file.display().to_string();
     let h = Harness::start_with(config.clone()).await;
@@ -488,7 +492,7 @@ async fn a_node_that_does_not_share_the_clusters_identity_refuses_to_start() {
     use farestream::tls_identity::ServerIdentity;
 
     let Some(nats) = NatsCluster::start().await else { return };
-    let config = cluster_config(&nats);
+    let Some(config) = cluster_config(&nats).await else { return };
     let a = Harness::start_with(config.clone()).await;
     let _b = a.start_a_copy().await; // a copy shares both: it starts
     let injected = (&a.faults, &a.inbox);

@@ -52,6 +52,21 @@ pub fn reader_name(engine: Engine, node: &NodeId) -> String {
     }
 }
 
+/// A cluster node's own log stays empty (its batches go to the scans
+/// stream, and the partition pricers price them: docs/scale-out.md). Its
+/// pricer still prices the rider-days whose exit window closed, under
+/// this name, which the refund pass does not count: a node gone for good
+/// has no rides of its own to hold refunds for.
+pub fn cluster_node_reader_name(node: &str) -> String {
+    format!("node@{node}")
+}
+
+/// The name of partition `number`'s pricer in the store's `log_cursors`:
+/// whichever node owns the partition prices its claimed stream under it.
+pub fn partition_reader_name(number: u16) -> String {
+    format!("{READER}@partition-{number}")
+}
+
 /// The most log rows priced in one transaction, whose rider-days are each
 /// priced once: a lagging pricer joins a few gateway batches (a few
 /// hundred scans each in a city), holds the store's write lock for a
@@ -59,7 +74,7 @@ pub fn reader_name(engine: Engine, node: &NodeId) -> String {
 /// API wait for it up to `payments.store_busy_wait_ms`), and keeps a few
 /// MiB of decoded rows. A record holding more (a batch up to
 /// `wire.batch_scans_max`) is priced whole.
-const PRICING_ROWS_TOGETHER_MAX: usize = 4_096;
+pub const PRICING_ROWS_TOGETHER_MAX: usize = 4_096;
 
 #[derive(Debug, Clone)]
 pub struct PricerSettings {

@@ -243,6 +243,23 @@ impl AccountService {
         .await
     }
 
+    /// The moment refunds may be paid as of, for a server that logs no
+    /// rides of its own (a cluster node, whose partitions' pricers price
+    /// them): `now`, or earlier while another pricer sharing the store has
+    /// not priced that far (`reader`: its own, not counted).
+    pub async fn refunds_wait_for_other_pricers(
+        &self,
+        reader: &str,
+        now: UnixMillis,
+    ) -> Result<UnixMillis, ServiceError> {
+        let reader = reader.to_string();
+        self.read(move |db| {
+            let others = store::others_priced_received_before(db, &reader)?;
+            Ok(others.map_or(now, |others| others.min(now)))
+        })
+        .await
+    }
+
     pub async fn process_refunds_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServiceError> {
         let _turn = self.refund_pass_turn.lock().await;
         let within = self.rides_arrive_within_ms;

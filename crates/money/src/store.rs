@@ -320,6 +320,19 @@ pub fn hold_log_cursor(tx: &mut dyn Db, reader: &str, holder: &CursorHolder, lsn
     }
 }
 
+/// Makes `reader`'s cursor at `lsn`, held by nobody, unless it exists:
+/// a cluster's partition pricers are counted by the refund pass
+/// ([`others_priced_received_before`]) from the moment their node
+/// starts, not from their first hold, so a refund waits for a partition
+/// whose pricer has not yet run.
+pub fn make_log_cursor(tx: &mut dyn Db, reader: &str, lsn: u64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO log_cursors (reader, lsn) VALUES (?1, ?2) ON CONFLICT (reader) DO NOTHING",
+        &[Value::Text(reader), Value::Int(sql_lsn(lsn)?)],
+    )?;
+    Ok(())
+}
+
 /// Records that every ride `reader`'s server received before `at` is
 /// priced (its refund pass says so after flushing its pricer to `priced`);
 /// only the cursor's `holder` may: a server whose cursor another took (a

@@ -54,6 +54,13 @@ impl ClusterSettings {
         if !config.enabled {
             return Ok(None);
         }
+        if !is_postgres_url(&whole.payments.money_store) {
+            return Err(ConfigError::Invalid(
+                "cluster.enabled needs payments.money_store on PostgreSQL (a postgres:// URL): every node prices \
+                 the partitions it owns into one store, and a partition moves between nodes"
+                    .into(),
+            ));
+        }
         let ms = Duration::from_millis;
         let stream = StreamLogSettings {
             stream: config.stream.clone(),
@@ -99,6 +106,12 @@ impl ClusterSettings {
             identity_bucket: config.identity_bucket.clone(),
         }))
     }
+}
+
+/// Whether `payments.money_store` names a PostgreSQL database (its
+/// parser, `StoreLocation::parse`, says whether the URL is good).
+fn is_postgres_url(store: &str) -> bool {
+    store.starts_with("postgres://") || store.starts_with("postgresql://")
 }
 
 /// Refuses a node whose TLS certificate or fleet CA is not the cluster's

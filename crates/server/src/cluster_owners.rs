@@ -6,8 +6,10 @@
 //! of its own, dropped when the task ends, so a claim that never reached
 //! the claimed stream dies with it and the next owner makes it again.
 //! The archive task writes the claimed stream's segments into the shared
-//! archive (`crate::cluster_archive`). Each is started again on its own
-//! after it ends while the partition is still held.
+//! archive (`crate::cluster_archive`). The pricing task prices the
+//! claimed stream into the PostgreSQL money store (`crate::cluster_pricer`).
+//! Each is started again on its own after it ends while the partition is
+//! still held.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::Shared;
 use crate::cluster_archive::{ArchiveStop, SegmentArchive, archive_partition, close_days};
 use crate::cluster_ingest::ClusterSettings;
+use crate::cluster_pricer::{PartitionPricing, PriceStop, make_partition_cursors, price_partition};
 use farestream_cluster::{
     ArchiveProgress, ClaimLogs, ClaimStop, Owned, Ownership, StreamLog, claim_partition, lease_clock_ms,
 };
@@ -27,7 +30,7 @@ use farestream_core::ingest::Pipeline;
 use farestream_core::ridecode::IssuerPublicKeys;
 use farestream_ingest::config::cluster::SEGMENT_ROWS_MAX_LIMIT;
 
-/// How long a partition whose claim or archive task failed waits before
+/// How long a partition whose claim, archive or pricing task failed waits before
 /// the next one starts (while the node still holds it).
 const CLAIM_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -44,13 +47,15 @@ struct Owners {
     claim: farestream_cluster::ClaimSettings,
     progress: ArchiveProgress,
     archive: SegmentArchive,
+    pricing: PartitionPricing,
 }
 
-/// The two tasks of a held partition.
+/// The tasks of a held partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Work {
     Claim,
     Archive,
+    Price,
 }
 
 /// Starts the lease loop and the claim tasks, supervised: both stop at
@@ -61,7 +66,7 @@ pub(crate) async fn start_owners(
     shared: &Arc<Shared>,
     settings: &ClusterSettings,
     (client, logs): (async_nats::Client, ClusterLogs),
-    node: &str,
+    (node, charges_written): (&str, Arc<tokio::sync::Notify>),
 ) -> Result<JoinHandle<()>, crate::ServerError> {
     let partitions = settings.stream.partitions;
     let (ownership, watching) =
@@ -73,8 +78,10 @@ pub(crate) async fn start_owners(
         .await
         .map_err(|e| cluster_error(&e))?;
     let archive = segment_archive(shared, settings).map_err(|e| cluster_error(&e))?;
+    let pricing = partition_pricing(shared, (partitions, settings.claim.read_wait), charges_written).await?;
     let leases = crate::spawn_supervised(shared, "the partition leases", ownership.run(shared.shutdown.clone()));
-    let owners = Arc::new(Owners { shared: Arc::clone(shared), logs, claim: settings.claim, progress, archive });
+    let owners =
+        Arc::new(Owners { shared: Arc::clone(shared), logs, claim: settings.claim, progress, archive, pricing });
     crate::spawn_supervised(shared, "the partition owners", keep_partition_tasks(Arc::clone(&owners), watching));
     let every = settings.claim.segment_age_max;
     crate::spawn_supervised(shared, "the shared archive's day closer", close_days_every(owners, partitions, every));
@@ -113,6 +120,26 @@ fn segment_archive(shared: &Shared, settings: &ClusterSettings) -> Result<Segmen
     })
 }
 
+/// The node's pricing connections to the money store, with every
+/// partition's cursor made (blocking work, off the async threads).
+async fn partition_pricing(
+    shared: &Shared,
+    (partitions, read_wait): (u16, Duration),
+    charges_written: Arc<tokio::sync::Notify>,
+) -> Result<PartitionPricing, crate::ServerError> {
+    let money = shared.settings.money.clone();
+    let opening = tokio::task::spawn_blocking(move || {
+        let connections = money.open_connections()?;
+        connections.with(|store| make_partition_cursors(store, partitions))?;
+        Ok::<_, farestream_money::StoreError>(connections)
+    });
+    let connections =
+        opening.await.map_err(|e| crate::ServerError::Recovery(format!("opening pricing panicked: {e}")))??;
+    let fares = shared.settings.money.pricer.fares.clone();
+    let faults = Arc::clone(&shared.handles.faults);
+    Ok(PartitionPricing { connections: Arc::new(connections), fares, read_wait, charges_written, faults })
+}
+
 /// Fewer bytes than any claimed row takes in a record (its scan id alone
 /// is 16): a record holds at most its size over this many rows.
 const ROW_BYTES_MIN: u64 = 16;
@@ -127,12 +154,13 @@ async fn keep_partition_tasks(owners: Arc<Owners>, mut watching: watch::Receiver
         running.retain(|_, task| !task.is_finished());
         let held: Vec<Partition> = watching.borrow_and_update().keys().copied().collect();
         for partition in held {
-            for work in [Work::Claim, Work::Archive] {
+            for work in [Work::Claim, Work::Archive, Work::Price] {
                 running.entry((partition, work)).or_insert_with(|| {
                     let (owners, watching) = (Arc::clone(&owners), watching.clone());
                     match work {
                         Work::Claim => tokio::spawn(claim_while_held(owners, partition, watching)),
                         Work::Archive => tokio::spawn(archive_while_held(owners, partition, watching)),
+                        Work::Price => tokio::spawn(price_while_held(owners, partition, watching)),
                     }
                 });
             }
@@ -165,6 +193,26 @@ async fn archive_while_held(owners: Arc<Owners>, partition: Partition, watching:
         Err(error) => {
             farestream_ingest::telemetry::archive_retried();
             tracing::warn!(%partition, %error, "archiving a partition failed; it starts again from its position");
+            tokio::time::sleep(CLAIM_RETRY_AFTER).await;
+        }
+    }
+}
+
+/// One run of a partition's pricing, from its cursor in the money store,
+/// while the partition is held.
+async fn price_while_held(owners: Arc<Owners>, partition: Partition, watching: watch::Receiver<Owned>) {
+    let (claimed, stop) = (&owners.logs.claimed, &owners.shared.shutdown);
+    let clock = Arc::clone(&owners.shared.handles.clock);
+    let now = move || clock.now_ms();
+    let held = || holds(&watching, partition);
+    match price_partition(claimed, &owners.pricing, partition, (&now, held), stop).await {
+        Ok(PriceStop::Stopped) => {}
+        Ok(stop @ (PriceStop::NotHeld | PriceStop::CursorTaken)) => {
+            tracing::info!(%partition, ?stop, "stopped pricing a partition");
+        }
+        Err(error) => {
+            farestream_money::money_metrics::pricing_retried();
+            tracing::warn!(%partition, %error, "pricing a partition failed; it starts again from its cursor");
             tokio::time::sleep(CLAIM_RETRY_AFTER).await;
         }
     }

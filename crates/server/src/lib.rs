@@ -38,6 +38,7 @@ mod batch;
 pub mod cluster_archive;
 pub mod cluster_ingest;
 mod cluster_owners;
+mod cluster_pricer;
 mod connections;
 mod cut_over;
 pub mod dedup_snapshot;
@@ -405,7 +406,8 @@ impl Server {
         let partition_leases = match (&shared.settings.cluster, cluster_logs) {
             (Some(cluster), Some(opened)) => {
                 let name = if cluster.node_name.is_empty() { &node_name } else { &cluster.node_name };
-                Some(cluster_owners::start_owners(&shared, cluster, opened, name).await?)
+                let charges_written = Arc::clone(&money.charges_written);
+                Some(cluster_owners::start_owners(&shared, cluster, opened, (name, charges_written)).await?)
             }
             _ => None,
         };
@@ -425,7 +427,7 @@ impl Server {
         }
         let refunds = &shared.settings.money;
         let pricer = Arc::clone(&money.pricer);
-        let arrivals = Arc::clone(&shared.gate) as Arc<dyn Arrivals>;
+        let arrivals = self_logged_arrivals(&shared);
         let (interval, stop) = (refunds.refund_check_interval, shared.shutdown.clone());
         let job = refund_job(money.accounts.clone(), pricer, arrivals, interval, stop);
         spawn_supervised(&shared, "the refund job", job);
@@ -514,7 +516,7 @@ impl Server {
     /// One pass of the refund job as if run at `now` (the demo's "three
     /// days later"): every ride acknowledged so far is priced first.
     pub async fn refund_pass_as_of(&self, now: UnixMillis) -> Result<RefundReport, ServerError> {
-        refund_pass(&self.accounts, &self.pricer, self.shared.gate.as_ref(), now).await
+        refund_pass(&self.accounts, &self.pricer, self_logged_arrivals(&self.shared).as_deref(), now).await
     }
 
     /// Rider accounts: activation, arrears, the account view.
@@ -651,6 +653,15 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock, ServerEr
 /// Spawns a tracked task whose panic stops the server, with the panic's
 /// message, instead of vanishing with the task and leaving a server that
 /// says it serves but no longer accepts (or sweeps, or watches its log).
+/// Where the rides this server logs itself come in, for the refund pass:
+/// none in cluster mode, whose batches go to the scans stream.
+fn self_logged_arrivals(shared: &Arc<Shared>) -> Option<Arc<dyn Arrivals>> {
+    match shared.stream {
+        Some(_) => None,
+        None => Some(Arc::clone(&shared.gate) as Arc<dyn Arrivals>),
+    }
+}
+
 fn spawn_supervised(
     shared: &Arc<Shared>,
     what: &'static str,

@@ -16,7 +16,7 @@ use farestream_ingest::log_reader::LogReaders;
 use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
 use farestream_money::charges_archive::{ChargesArchive, charges_root};
-use farestream_money::pricer::{OpenedStore, log_vouches_for, pricer_start, reader_name};
+use farestream_money::pricer::{OpenedStore, cluster_node_reader_name, log_vouches_for, pricer_start, reader_name};
 use farestream_money::store::{StoreError, fresh_cursor_holder, hold_log_cursor, last_record};
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
 
@@ -27,6 +27,8 @@ pub(super) struct Money {
     pub dispatcher: Option<Arc<Dispatcher>>,
     pub accounts: AccountService,
     pub deny_list: Arc<DenyListHub>,
+    /// Woken when a pricer writes charges: the dispatcher waits on it.
+    pub charges_written: Arc<Notify>,
 }
 
 /// Reads of the pricer's cursor a start makes while it keeps moving.
@@ -44,7 +46,10 @@ pub(super) fn open_money_store(
     let money = &settings.money;
     let mut store = money.open_store()?;
     store.set_page_cache_mib(money.pricer.store_cache_mib)?;
-    let reader = reader_name(store.engine(), node);
+    let reader = match settings.cluster {
+        Some(_) => cluster_node_reader_name(&node.to_string()),
+        None => reader_name(store.engine(), node),
+    };
     let holder = fresh_cursor_holder()?;
     let mut tries = CURSOR_HOLD_TRIES;
     let start = loop {
@@ -110,7 +115,7 @@ pub(super) fn start_money(
             Arc::new(settings.money.open_connections()?),
             client.clone(),
             Arc::clone(&handles.clock),
-            wake,
+            Arc::clone(&wake),
             Arc::clone(&deny_list),
         ))),
         _ => {
@@ -126,7 +131,7 @@ pub(super) fn start_money(
         faults: Arc::clone(&handles.faults),
         clock: Arc::clone(&handles.clock),
     });
-    Ok(Money { pricer, charges_archive, dispatcher, accounts, deny_list })
+    Ok(Money { pricer, charges_archive, dispatcher, accounts, deny_list, charges_written: wake })
 }
 
 /// Runs `round` every `interval` until `stop`.
@@ -200,12 +205,12 @@ pub(super) async fn deny_list_sync_job(
 pub(super) async fn refund_job(
     accounts: AccountService,
     pricer: Arc<Pricer>,
-    arrivals: Arc<dyn Arrivals>,
+    arrivals: Option<Arc<dyn Arrivals>>,
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     every(interval, stop, || async {
-        match refund_pass(&accounts, &pricer, arrivals.as_ref(), accounts.clock.now_ms()).await {
+        match refund_pass(&accounts, &pricer, arrivals.as_deref(), accounts.clock.now_ms()).await {
             Ok(report) if report != Default::default() => tracing::info!(?report, "refund job"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "refund job failed; trying again next pass"),
@@ -223,22 +228,28 @@ pub(super) async fn refund_job(
 /// its card's refund is due, so what the mark covers is every ride the
 /// card can still have. Servers sharing the store each say how far they
 /// have priced; a refund waits until every one has priced past the moment
-/// it is due.
+/// it is due. A cluster node (`arrivals`: `None`) logs no rides of its
+/// own: the partitions' pricers say how far they have priced, at each cut.
 pub(super) async fn refund_pass(
     accounts: &AccountService,
     pricer: &Pricer,
-    arrivals: &dyn Arrivals,
+    arrivals: Option<&dyn Arrivals>,
     now: UnixMillis,
 ) -> Result<RefundReport, ServerError> {
-    let received = arrivals.mark();
     let priced = pricer.flush().await.map_err(ServerError::PricingBehind)?;
-    if priced < received.lsn {
-        return Err(ServerError::PricingBehind(format!(
-            "rides received before the pass end at log position {}, priced to {priced} (not yet durable)",
-            received.lsn
-        )));
-    }
-    let as_of = accounts.refunds_may_go_as_of((pricer.reader(), pricer.holder()), (priced, received.at), now).await?;
+    let as_of = match arrivals {
+        Some(arrivals) => {
+            let received = arrivals.mark();
+            if priced < received.lsn {
+                return Err(ServerError::PricingBehind(format!(
+                    "rides received before the pass end at log position {}, priced to {priced} (not yet durable)",
+                    received.lsn
+                )));
+            }
+            accounts.refunds_may_go_as_of((pricer.reader(), pricer.holder()), (priced, received.at), now).await?
+        }
+        None => accounts.refunds_wait_for_other_pricers(pricer.reader(), now).await?,
+    };
     if as_of < now {
         tracing::info!(as_of, now, "refunds wait for another server sharing the money store to price its rides");
     }

@@ -1,0 +1,233 @@
+//! Cluster mode's pricing (docs/scale-out.md, "Pricing"): a partition's
+//! owner reads its claimed stream from the partition's cursor in the
+//! PostgreSQL money store (`pricer@partition-N`) and prices each stretch
+//! it reads in one store transaction that also moves the cursor, as the
+//! node pricer does over its own log.
+//!
+//! The cursor is the fence. A pricer takes it with fresh holder bits when
+//! it starts (`store::hold_log_cursor`, only at the place it read), and
+//! moves it only while it still holds it: an old owner still pricing
+//! after its partition moved finds the cursor taken at its next move and
+//! stops, its uncommitted transaction rolled back. Each rider-day is
+//! priced from what the store holds, and the claimed stream hands every
+//! pricer the same records in the same order, so the rows a transaction
+//! prices are priced once whoever prices them.
+//!
+//! A cut in the claimed stream says every scan of the partition received
+//! before its `arrivals_before_ms` is in a record before it: the
+//! transaction that moves the cursor past it records that moment as the
+//! partition's promise (`priced_received_before`), which the refund pass
+//! waits for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use farestream_cluster::{StreamLog, StreamLogError};
+use farestream_core::clock::UnixMillis;
+use farestream_core::cluster::{ClaimedEntry, Partition};
+use farestream_core::fares::FareTable;
+use farestream_core::scan::ArchivedScan;
+use farestream_ingest::faults::Faults;
+use farestream_money::MoneyStore;
+use farestream_money::money_metrics;
+use farestream_money::pricer::{PRICING_ROWS_TOGETHER_MAX, partition_reader_name};
+use farestream_money::pricing::{Priced, price_rows};
+use farestream_money::store::{
+    CursorHolder, LastRecord, StoreError, fresh_cursor_holder, hold_log_cursor, log_cursor, make_log_cursor,
+    set_log_cursor, set_priced_received_before,
+};
+use farestream_money::store_connections::StoreConnections;
+
+/// The claimed stream's first sequence: where a partition's cursor
+/// starts.
+const FIRST_SEQUENCE: u64 = 1;
+
+/// Reads of a partition's cursor a starting pricer makes while an old
+/// owner keeps moving it.
+const CURSOR_HOLD_TRIES: u32 = 3;
+
+/// What every partition pricer of a node shares.
+pub(crate) struct PartitionPricing {
+    /// The node's connections for pricing, shared by its partitions.
+    pub(crate) connections: Arc<StoreConnections>,
+    pub(crate) fares: FareTable,
+    /// How long one read waits before the pricer looks at its term and
+    /// its stop again.
+    pub(crate) read_wait: Duration,
+    /// Woken when new charges are written (the dispatcher's).
+    pub(crate) charges_written: Arc<Notify>,
+    pub(crate) faults: Arc<Faults>,
+}
+
+/// Why a partition's pricer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PriceStop {
+    Stopped,
+    NotHeld,
+    /// Another pricer took the partition's cursor: a new owner.
+    CursorTaken,
+}
+
+#[derive(Debug, Error)]
+pub(crate) enum ClusterPricerError {
+    #[error(transparent)]
+    Stream(#[from] StreamLogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("partition {partition}: the claimed record at sequence {sequence} is damaged: {why}")]
+    Damaged { partition: Partition, sequence: u64, why: String },
+    #[error("a pricing task panicked: {0}")]
+    Panicked(String),
+}
+
+/// Makes every partition's cursor that is missing, held by nobody, so
+/// the refund pass waits for each partition from the cluster's first
+/// start (blocking).
+pub(crate) fn make_partition_cursors(store: &mut MoneyStore, partitions: u16) -> Result<(), StoreError> {
+    store.in_transaction(|tx| {
+        (0..partitions).try_for_each(|number| make_log_cursor(tx, &partition_reader_name(number), FIRST_SEQUENCE))
+    })
+}
+
+/// Prices `partition`'s claimed stream from its cursor until stopped, no
+/// longer held (`holds`, asked before each read) or its cursor is taken.
+pub(crate) async fn price_partition(
+    claimed: &StreamLog,
+    pricing: &PartitionPricing,
+    partition: Partition,
+    (now, holds): (&(dyn Fn() -> UnixMillis + Sync), impl Fn() -> bool),
+    stop: &CancellationToken,
+) -> Result<PriceStop, ClusterPricerError> {
+    let cursor = PartitionCursor { reader: partition_reader_name(partition.number()), holder: fresh_cursor_holder()? };
+    let mut from = {
+        let cursor = cursor.clone();
+        on_store(pricing, move |store| cursor.take(store)).await?
+    };
+    let mut reader = claimed.reader(partition, from).await?;
+    loop {
+        if stop.is_cancelled() {
+            return Ok(PriceStop::Stopped);
+        }
+        if !holds() {
+            return Ok(PriceStop::NotHeld);
+        }
+        let Some(first) = reader.next(pricing.read_wait).await? else { continue };
+        let mut stretch = Stretch::default();
+        stretch.add(partition, first.sequence, first.payload)?;
+        while stretch.rows.len() < PRICING_ROWS_TOGETHER_MAX {
+            // Records already delivered, without waiting for more.
+            let Some(next) = reader.next(Duration::ZERO).await? else { break };
+            stretch.add(partition, next.sequence, next.payload)?;
+        }
+        pricing.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;
+        let through = stretch.through();
+        let (fares, at) = (pricing.fares.clone(), now());
+        let cursor = cursor.clone();
+        let priced = on_store(pricing, move |store| cursor.price(store, &fares, (from, stretch), at)).await;
+        let priced = match priced {
+            Err(ClusterPricerError::Store(StoreError::CursorTaken(_))) => return Ok(PriceStop::CursorTaken),
+            priced => priced?,
+        };
+        money_metrics::rides_priced(priced.taps, priced.charges);
+        if priced.charges > 0 {
+            pricing.charges_written.notify_one();
+        }
+        from = through;
+    }
+}
+
+/// Runs `work` on one of the node's pricing connections, on a blocking
+/// thread.
+async fn on_store<T: Send + 'static>(
+    pricing: &PartitionPricing,
+    work: impl FnOnce(&mut MoneyStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ClusterPricerError> {
+    let connections = Arc::clone(&pricing.connections);
+    match tokio::task::spawn_blocking(move || connections.with(work)).await {
+        Ok(done) => Ok(done?),
+        Err(panicked) => Err(ClusterPricerError::Panicked(panicked.to_string())),
+    }
+}
+
+/// A partition's cursor as one run of its pricer holds it.
+#[derive(Clone)]
+struct PartitionCursor {
+    reader: String,
+    holder: CursorHolder,
+}
+
+impl PartitionCursor {
+    /// Takes the cursor where it stands: the sequence pricing goes on
+    /// from. An old owner that moves it between the read and the hold
+    /// has the read made again.
+    fn take(&self, store: &mut MoneyStore) -> Result<u64, StoreError> {
+        let mut tries = CURSOR_HOLD_TRIES;
+        loop {
+            let at = log_cursor(&mut store.db(), &self.reader)?.unwrap_or(FIRST_SEQUENCE);
+            match store.in_transaction(|tx| hold_log_cursor(tx, &self.reader, &self.holder, at)) {
+                Ok(()) => return Ok(at),
+                Err(StoreError::CursorMovedAtStart(_)) if tries > 1 => tries -= 1,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Prices `stretch`'s rows and moves the cursor from `from` past its
+    /// last record in one transaction; past a cut, records the cut's
+    /// arrivals as priced.
+    fn price(
+        &self,
+        store: &mut MoneyStore,
+        fares: &FareTable,
+        (from, stretch): (u64, Stretch),
+        now: UnixMillis,
+    ) -> Result<Priced, StoreError> {
+        let through = stretch.through();
+        let last = LastRecord::of(stretch.last_sequence, &stretch.last_payload);
+        store.in_transaction(|tx| {
+            let priced = price_rows(tx, fares, &stretch.rows, now)?;
+            set_log_cursor(tx, &self.reader, &self.holder, (from, through), last)?;
+            if let Some(at) = stretch.arrivals_before_ms {
+                set_priced_received_before(tx, (&self.reader, &self.holder), through, at)?;
+            }
+            Ok(priced)
+        })
+    }
+}
+
+/// Claimed records read together: their rows, the last one, and the
+/// latest cut's arrivals among them.
+#[derive(Default)]
+struct Stretch {
+    rows: Vec<ArchivedScan>,
+    last_sequence: u64,
+    last_payload: Bytes,
+    arrivals_before_ms: Option<UnixMillis>,
+}
+
+impl Stretch {
+    fn add(&mut self, partition: Partition, sequence: u64, payload: Bytes) -> Result<(), ClusterPricerError> {
+        let entry = ClaimedEntry::decode(&payload).map_err(|e| ClusterPricerError::Damaged {
+            partition,
+            sequence,
+            why: e.to_string(),
+        })?;
+        match entry {
+            ClaimedEntry::Rows(record) => self.rows.extend(record.rows),
+            ClaimedEntry::Cut(cut) => self.arrivals_before_ms = Some(cut.arrivals_before_ms),
+        }
+        assert!(sequence > self.last_sequence, "a partition's records come in sequence order");
+        (self.last_sequence, self.last_payload) = (sequence, payload);
+        Ok(())
+    }
+
+    /// The sequence after the last record.
+    fn through(&self) -> u64 {
+        self.last_sequence.saturating_add(1)
+    }
+}
