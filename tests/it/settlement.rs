@@ -577,7 +577,7 @@ async fn a_scans_file_that_is_not_parquet_or_not_named_by_its_log_range_is_named
     for (name, bytes, says) in [
         ("part-00000000000000000000-00000000000000000000.parquet", &b"not parquet"[..], "part-0000"),
         ("part-00000000000000000000-00000000000000000000.parquet", &b""[..], "part-0000"),
-        ("extra.parquet", &b"PAR1"[..], "not named after a log range"),
+        ("extra.parquet", &b"PAR1"[..], "not named as a scans file is (part-FROM-TO.parquet"),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let partition = partition_dir(&scans_root(dir.path()), day());

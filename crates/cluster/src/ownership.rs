@@ -162,6 +162,8 @@ impl Ownership {
             }
             match self.leases.acquire(partition).await {
                 Ok(term) => {
+                    // The kill loop times a failover by this line.
+                    tracing::info!(%partition, revision = term.revision, node = %self.node, "partition taken");
                     self.held.insert(partition, term);
                 }
                 Err(LeaseError::Held { .. }) => {}

@@ -29,7 +29,14 @@ use parquet::file::properties::WriterProperties;
 
 /// Where the charges archive lives under a data directory.
 pub fn charges_root(data_dir: &Path) -> PathBuf {
-    data_dir.join("archive").join("charges")
+    charges_root_in(&data_dir.join("archive"))
+}
+
+/// Where the charges archive lives in an archive directory: a data dir's
+/// `archive`, or a cluster's shared archive, which every node's charges
+/// go into (each in batch files named after its node).
+pub fn charges_root_in(archive_dir: &Path) -> PathBuf {
+    archive_dir.join("charges")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -67,6 +67,13 @@ pub fn partition_reader_name(number: u16) -> String {
     format!("{READER}@partition-{number}")
 }
 
+/// The partition whose pricer `reader` names ([`partition_reader_name`]);
+/// `None` for any other reader.
+pub fn partition_of_reader(reader: &str) -> Option<u16> {
+    let number = reader.strip_prefix(READER)?.strip_prefix("@partition-")?;
+    number.bytes().all(|b| b.is_ascii_digit()).then(|| number.parse().ok()).flatten()
+}
+
 /// The most log rows priced in one transaction, whose rider-days are each
 /// priced once: a lagging pricer joins a few gateway batches (a few
 /// hundred scans each in a city), holds the store's write lock for a
@@ -391,6 +398,28 @@ mod tests {
         }
         writer.sync().expect("synced");
         places
+    }
+
+    /// A partition pricer's name reads back to its partition, at both
+    /// ends of a `u16`; no other name does.
+    #[test]
+    fn a_partition_pricers_name_reads_back_and_no_other_does() {
+        for number in [0, 1, 4_095, u16::MAX] {
+            assert_eq!(partition_of_reader(&partition_reader_name(number)), Some(number));
+        }
+        for other in [
+            "pricer",
+            "pricer@partition-",
+            "pricer@partition-65536",
+            "pricer@partition-+1",
+            "pricer@partition--1",
+            "pricer@partition-1 ",
+            "pricer@node-a",
+            "node@a",
+            "",
+        ] {
+            assert_eq!(partition_of_reader(other), None, "{other:?}");
+        }
     }
 
     /// A cursor is vouched for by the record it was last moved past,

@@ -1,5 +1,6 @@
 //! What the daily settlement reads from the money store, in one
-//! snapshot of it (`MoneyStore::in_snapshot`): the pricer's log position, the
+//! snapshot of it (`MoneyStore::in_snapshot`): the pricer's log position
+//! (a cluster's partitions' positions in their claimed stream), the
 //! charges the charges archive does not hold yet, the entries still open,
 //! each card's arrears and every arrears payment. Read together, these agree with each other; a
 //! charge archived after this read is found in both the snapshot and the
@@ -9,11 +10,13 @@ use crate::codec::{card_from_sql, date_to_sql};
 use crate::db::Db;
 use crate::money_store::MoneyStore;
 use crate::outbox::unarchived_charges;
+use crate::pricer::partition_of_reader;
 use crate::store::{StoreError, log_cursor};
 use chrono::NaiveDate;
 use farestream_core::charges::ChargeRecord;
 use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
+use std::collections::BTreeMap;
 
 /// One arrears payment: `amount_cents` is negative (what the debt went down by).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,9 @@ pub struct ArrearsPayment {
 pub struct MoneySnapshot {
     /// Every log record below this LSN has been priced.
     pub pricer_lsn: u64,
+    /// In a cluster: for each partition, every record of its claimed
+    /// stream below this sequence has been priced (docs/scale-out.md).
+    pub partition_cursors: BTreeMap<u16, u64>,
     /// Charges not in the charges archive (yet): undecided ones, and
     /// decided ones whose batch is not marked archived.
     pub unarchived_charges: Vec<ChargeRecord>,
@@ -46,6 +52,7 @@ pub fn money_snapshot(store: &mut MoneyStore, date: NaiveDate, pricer: &str) -> 
 
 fn read_snapshot(db: &mut dyn Db, date: NaiveDate, pricer: &str) -> Result<MoneySnapshot, StoreError> {
     let pricer_lsn = log_cursor(db, pricer)?.unwrap_or(0);
+    let partition_cursors = partition_cursors(db)?;
     let unarchived = unarchived_charges(db)?;
     let open_entries = db
         .query("SELECT card_id, closes_at FROM open_entries WHERE service_date = ?1", &[date_to_sql(date).into()])?
@@ -68,5 +75,25 @@ fn read_snapshot(db: &mut dyn Db, date: NaiveDate, pricer: &str) -> Result<Money
             Ok(ArrearsPayment { card_id: card_from_sql(r.int(0)?), at: r.int(1)?, amount_cents: Cents::new(r.int(2)?) })
         })
         .collect::<Result<_, StoreError>>()?;
-    Ok(MoneySnapshot { pricer_lsn, unarchived_charges: unarchived, open_entries, arrears, arrears_payments })
+    Ok(MoneySnapshot {
+        pricer_lsn,
+        partition_cursors,
+        unarchived_charges: unarchived,
+        open_entries,
+        arrears,
+        arrears_payments,
+    })
+}
+
+/// Every cluster partition's pricer position, by partition.
+fn partition_cursors(db: &mut dyn Db) -> Result<BTreeMap<u16, u64>, StoreError> {
+    let rows = db.query("SELECT reader, lsn FROM log_cursors WHERE reader LIKE 'pricer@partition-%'", &[])?;
+    let mut cursors = BTreeMap::new();
+    for row in rows {
+        let reader = row.text(0)?;
+        let partition = partition_of_reader(reader).ok_or_else(|| StoreError::Corrupt(format!("cursor {reader:?}")))?;
+        let at = u64::try_from(row.int(1)?).map_err(|_| StoreError::Corrupt(format!("cursor {reader:?} below 0")))?;
+        cursors.insert(partition, at);
+    }
+    Ok(cursors)
 }

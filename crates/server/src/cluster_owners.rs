@@ -135,9 +135,9 @@ async fn partition_pricing(
     });
     let connections =
         opening.await.map_err(|e| crate::ServerError::Recovery(format!("opening pricing panicked: {e}")))??;
-    let fares = shared.settings.money.pricer.fares.clone();
+    let (fares, gather) = (shared.settings.money.pricer.fares.clone(), shared.settings.money.pricer.poll_interval);
     let faults = Arc::clone(&shared.handles.faults);
-    Ok(PartitionPricing { connections: Arc::new(connections), fares, read_wait, charges_written, faults })
+    Ok(PartitionPricing { connections: Arc::new(connections), fares, read_wait, gather, charges_written, faults })
 }
 
 /// Fewer bytes than any claimed row takes in a record (its scan id alone

@@ -59,6 +59,12 @@ pub(crate) struct PartitionPricing {
     /// How long one read waits before the pricer looks at its term and
     /// its stop again.
     pub(crate) read_wait: Duration,
+    /// How long a pricer gathers records after the first before it prices
+    /// them together (`payments.pricer_poll_interval_ms`, the node
+    /// pricer's round): a gateway batch spreads over every partition, a
+    /// few dozen rows each, and a transaction a record would cost the
+    /// store a commit for each.
+    pub(crate) gather: Duration,
     /// Woken when new charges are written (the dispatcher's).
     pub(crate) charges_written: Arc<Notify>,
     pub(crate) faults: Arc<Faults>,
@@ -119,9 +125,10 @@ pub(crate) async fn price_partition(
         let Some(first) = reader.next(pricing.read_wait).await? else { continue };
         let mut stretch = Stretch::default();
         stretch.add(partition, first.sequence, first.payload)?;
+        let gathered_by = tokio::time::Instant::now() + pricing.gather;
         while stretch.rows.len() < PRICING_ROWS_TOGETHER_MAX {
-            // Records already delivered, without waiting for more.
-            let Some(next) = reader.next(Duration::ZERO).await? else { break };
+            let wait = gathered_by.saturating_duration_since(tokio::time::Instant::now());
+            let Some(next) = reader.next(wait).await? else { break };
             stretch.add(partition, next.sequence, next.payload)?;
         }
         pricing.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;

@@ -15,7 +15,7 @@ use farestream_ingest::archive::Arrivals;
 use farestream_ingest::log_reader::LogReaders;
 use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
-use farestream_money::charges_archive::{ChargesArchive, charges_root};
+use farestream_money::charges_archive::{ChargesArchive, charges_root, charges_root_in};
 use farestream_money::pricer::{OpenedStore, cluster_node_reader_name, log_vouches_for, pricer_start, reader_name};
 use farestream_money::store::{StoreError, fresh_cursor_holder, hold_log_cursor, last_record};
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
@@ -125,7 +125,10 @@ pub(super) fn start_money(
     };
     let charges_archive = Arc::new(ChargesArchive {
         store: Mutex::new(settings.money.open_store()?),
-        root: charges_root(&settings.data_dir),
+        root: match &settings.cluster {
+            Some(cluster) => charges_root_in(&cluster.archive_dir),
+            None => charges_root(&settings.data_dir),
+        },
         node,
         batch_charges_max: settings.money.charges_archive_batch_max,
         faults: Arc::clone(&handles.faults),

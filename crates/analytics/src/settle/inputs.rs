@@ -11,6 +11,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::settle_types::SettleError;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
+use farestream_core::cluster::segments::segment_file_range;
 use farestream_core::money::Cents;
 use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
 
@@ -22,27 +23,62 @@ pub struct ScanFile {
     pub rows: i64,
 }
 
+/// How far the scans files' rows have been priced and made safe.
+#[derive(Debug, Clone)]
+pub enum Positions {
+    /// A node's own log: everything below `pricer_lsn` is priced, below
+    /// `archived_lsn` covered by the archiver's checkpoint.
+    Log { pricer_lsn: u64, archived_lsn: u64 },
+    /// A cluster's claimed stream: each partition's pricer cursor (the
+    /// shared archive writes a file whole, so a file there is safe).
+    Partitions(BTreeMap<u16, u64>),
+}
+
+impl Positions {
+    /// Whether the scans file `name` may be settled; `None` when the name
+    /// is not a scans file's of this kind of archive.
+    fn settleable(&self, path: &Path) -> Option<bool> {
+        match self {
+            Positions::Log { pricer_lsn, archived_lsn } => {
+                let (_, to) = file_lsn_range(path)?;
+                Some(to <= *pricer_lsn && to <= *archived_lsn)
+            }
+            Positions::Partitions(cursors) => {
+                let (partition, _, cut) = segment_file_range(path.file_name()?.to_str()?)?;
+                Some(cursors.get(&partition).is_some_and(|&priced_below| cut < priced_below))
+            }
+        }
+    }
+
+    /// The names a scans file has, for the error that names a stranger.
+    fn file_names(&self) -> &'static str {
+        match self {
+            Positions::Log { .. } => "part-FROM-TO.parquet, late-FROM-TO.parquet",
+            Positions::Partitions(_) => "part-pPPPP-AFTER-CUT.parquet, late-pPPPP-AFTER-CUT.parquet",
+        }
+    }
+}
+
 /// The day's scan files a run may settle: every record in them has been
-/// priced (`to <= pricer_lsn`) and is covered by the archiver's checkpoint
-/// (`to <= archived_lsn`: a crash never removes them). The rest wait.
+/// priced and is safe from a crash ([`Positions`]). The rest wait.
 pub fn settleable_scan_files(
     scans_root: &Path,
     date: NaiveDate,
-    pricer_lsn: u64,
-    archived_lsn: u64,
+    positions: &Positions,
 ) -> Result<(Vec<ScanFile>, usize), SettleError> {
     let partition = partition_dir(scans_root, date);
     let mut settleable = Vec::new();
     let mut waiting = 0;
     for path in partition_entries(&partition)? {
-        let Some((_, to)) = file_lsn_range(&path) else {
+        let Some(ready) = positions.settleable(&path) else {
             return Err(SettleError::Input(format!(
-                "{} is not named after a log range (part-FROM-TO.parquet, late-FROM-TO.parquet), so it is no \
-                 scans file: move it out of the day's folder to settle {date}",
-                path.display()
+                "{} is not named as a scans file is ({}), so it is no scans file: move it out of the day's \
+                 folder to settle {date}",
+                path.display(),
+                positions.file_names()
             )));
         };
-        if to > pricer_lsn || to > archived_lsn {
+        if !ready {
             waiting += 1;
             continue;
         }
@@ -125,4 +161,33 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
         }
     }
     Ok(earlier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster's segment file is settled once its partition's pricer
+    /// cursor is past the segment's cut (the cursor is the next sequence
+    /// to price); a partition with no cursor has priced nothing. A node's
+    /// log-range names are not a cluster's scans files, nor the reverse.
+    #[test]
+    fn a_segment_file_is_settleable_once_its_partitions_cursor_passed_its_cut() {
+        let cursors = Positions::Partitions(BTreeMap::from([(3, 11), (4, 10), (4_095, u64::MAX)]));
+        let segment =
+            |p: u16, after: u64, cut: u64| PathBuf::from(format!("part-p{p:04}-{after:020}-{cut:020}.parquet"));
+        assert_eq!(cursors.settleable(&segment(3, 0, 10)), Some(true), "priced through the cut");
+        assert_eq!(cursors.settleable(&segment(4, 0, 10)), Some(false), "the cut itself not yet priced");
+        assert_eq!(cursors.settleable(&segment(5, 0, 1)), Some(false), "no cursor: nothing priced");
+        assert_eq!(cursors.settleable(&segment(4_095, 0, u64::MAX - 1)), Some(true));
+        assert_eq!(cursors.settleable(&segment(4_095, 0, u64::MAX)), Some(false), "the last sequence");
+        let late = PathBuf::from(format!("late-p0003-{:020}-{:020}.parquet", 5, 10));
+        assert_eq!(cursors.settleable(&late), Some(true), "late files alike");
+        let log_name = PathBuf::from(format!("part-{:020}-{:020}.parquet", 0, 10));
+        assert_eq!(cursors.settleable(&log_name), None);
+        assert_eq!(cursors.settleable(Path::new("notes.txt")), None);
+        let log = Positions::Log { pricer_lsn: 10, archived_lsn: 10 };
+        assert_eq!(log.settleable(&log_name), Some(true));
+        assert_eq!(log.settleable(&segment(3, 0, 10)), None);
+    }
 }

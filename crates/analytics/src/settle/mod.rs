@@ -37,17 +37,17 @@ use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider, trip_edge_may_be_unarchived};
 use farestream_ingest::archive::checkpoint::{checkpoint_path, read_checkpoint};
 use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, partition_dir};
-use farestream_ingest::archive::scans_root;
+use farestream_ingest::archive::scans_root_in;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::node_id::NodeId;
 use farestream_money::MoneyStore;
-use farestream_money::charges_archive::{ArchivePlace, archive_decided_charges, charges_root};
+use farestream_money::charges_archive::{ArchivePlace, archive_decided_charges, charges_root_in};
 use farestream_money::pricer::reader_name;
 use farestream_money::snapshot::{MoneySnapshot, money_snapshot};
 
 use edges::{Edges, read_edges};
 use farestream_core::fares::RIDE_SQL;
-use inputs::{EarlierRuns, earlier_runs, settleable_scan_files};
+use inputs::{EarlierRuns, Positions, earlier_runs, settleable_scan_files};
 use riders::{RiderDay, for_each_rider};
 use riders_file::RidersFile;
 pub use settle_types::{SettleError, SettleSettings, Settled};
@@ -73,9 +73,15 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     };
     let ctx = archive_session(&archive_dir, &settings.memory, SETTLEMENT_PARTITIONS_PER_CORE)?;
     let earlier = earlier_runs(&ctx, date).await?;
-    let archived_lsn = read_checkpoint(&checkpoint_path(&settings.data_dir))?;
-    let scans_root = scans_root(&settings.data_dir);
-    let (files, files_waiting) = settleable_scan_files(&scans_root, date, snapshot.pricer_lsn, archived_lsn)?;
+    let positions = match settings.shared_archive {
+        None => {
+            let archived_lsn = read_checkpoint(&checkpoint_path(&settings.data_dir))?;
+            Positions::Log { pricer_lsn: snapshot.pricer_lsn, archived_lsn }
+        }
+        Some(_) => Positions::Partitions(snapshot.partition_cursors.clone()),
+    };
+    let scans_root = scans_root_in(&archive_dir);
+    let (files, files_waiting) = settleable_scan_files(&scans_root, date, &positions)?;
     let new_files: Vec<_> = files.iter().filter(|f| !earlier.files.contains(&f.name)).cloned().collect();
     let mut breaks: Vec<Break> = earlier
         .files
@@ -87,7 +93,14 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     register_files(&ctx, "day_scans", &paths(&files), scan_schema())?;
     register_files(&ctx, "new_scans", &paths(&new_files), scan_schema())?;
     let run = earlier.runs + 1;
-    let archive_behind = archived_lsn < snapshot.pricer_lsn || files_waiting > 0;
+    let archive_behind = files_waiting > 0
+        || match positions {
+            Positions::Log { pricer_lsn, archived_lsn } => archived_lsn < pricer_lsn,
+            // A partition's pricer may run ahead of its archiver by a
+            // segment, whose position is kept in JetStream: a charge whose
+            // ride is in no settled file awaits the archive, never a break.
+            Positions::Partitions(_) => true,
+        };
     let day = DayContext::new(settings, date, &snapshot, &ctx, run).await?;
     let riders = RidersFile::create(&archive_dir.join(SettlementTable::Riders.name()), date, run)?;
     let walked = walk_riders(settings, &ctx, (date, &day, riders), &snapshot, earlier, archive_behind).await?;
@@ -162,7 +175,7 @@ fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Re
     let mut store = MoneyStore::open(&settings.store, settings.store_busy_wait)?;
     let node = NodeId::load_or_create(data_dir, &Faults::default())
         .map_err(|e| SettleError::Output(format!("the data dir's node id: {e}")))?;
-    let place = ArchivePlace { root: &charges_root(data_dir), node: &node };
+    let place = ArchivePlace { root: &charges_root_in(&settings.archive_dir()), node: &node };
     archive_decided_charges(&mut store, place, settings.charges_batch_max, now, &Faults::default())?;
     let pricer = reader_name(store.engine(), &node);
     Ok(money_snapshot(&mut store, date, &pricer)?)

@@ -44,11 +44,19 @@ pub struct SettleSettings {
     pub charges_batch_max: usize,
     /// What its SQL may hold in memory before spilling to disk.
     pub memory: crate::tables::MemoryBudget,
+    /// In cluster mode, the archive every node shares
+    /// (`cluster.archive_dir`), which the settlement reads and writes in
+    /// place of the data dir's.
+    pub shared_archive: Option<PathBuf>,
 }
 
 impl SettleSettings {
+    /// The data dir's `archive`, or the cluster's shared archive.
     pub fn archive_dir(&self) -> PathBuf {
-        self.data_dir.join("archive")
+        match &self.shared_archive {
+            Some(shared) => shared.clone(),
+            None => self.data_dir.join("archive"),
+        }
     }
 
     /// `DATA_DIR/reports/settlement-YYYY-MM-DD.html`.

@@ -13,5 +13,11 @@ pub use parquet_writer::{ArchiveError, ArchiveWriter, ArchiveWriterConfig, Close
 
 /// Where scans are archived under a data directory.
 pub fn scans_root(data_dir: &std::path::Path) -> std::path::PathBuf {
-    data_dir.join("archive").join("scans")
+    scans_root_in(&data_dir.join("archive"))
+}
+
+/// Where scans are archived in an archive directory: a data dir's
+/// `archive`, or a cluster's shared archive, laid out alike.
+pub fn scans_root_in(archive_dir: &std::path::Path) -> std::path::PathBuf {
+    archive_dir.join("scans")
 }
