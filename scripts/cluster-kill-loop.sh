@@ -75,7 +75,7 @@ enabled = true
 node_name = "$1"
 nats_urls = [$urls]
 partitions = 8
-archive_dir = "$work/shared-archive"
+archive_dir = "$work/shared/archive"
 append_ack_timeout_ms = 2000
 lease_ttl_ms = 3000
 lease_renew_interval_ms = 1000
@@ -216,7 +216,7 @@ fi
 [ "$audit_status" -eq 0 ] || exit "$audit_status"
 # Every day the run touched settles from the shared archive without a
 # break (exit 3 names them).
-for day_dir in "$work"/shared-archive/scans/service_date=*; do
+for day_dir in "$work"/shared/archive/scans/service_date=*; do
   [ -d "$day_dir" ] || continue
   day=${day_dir##*=}
   if ! settled=$("$bin" --data-dir "$work/a" --config "$work/a.toml" settle --date "$day" 2>&1); then
@@ -224,3 +224,19 @@ for day_dir in "$work"/shared-archive/scans/service_date=*; do
   fi
   echo "settle $day: $(grep -o 'reconciled: no breaks' <<< "$settled" || echo "$settled" | tail -1)"
 done
+# The shared archive as analysts read it (docs/archive.md), with DuckDB
+# and pyarrow when installed: the same scans and charges `query` counts.
+if python3 -c "import duckdb, pyarrow" 2>/dev/null; then
+  outside=$(python3 "$(dirname "$0")/read-archives.py" "$work/shared")
+  counted() {
+    "$bin" --data-dir "$work/a" --config "$work/a.toml" query --format csv "SELECT count(*) AS n FROM $1" | tail -1
+  }
+  read -r duckdb_scans pyarrow_charges < <(python3 -c '
+import json, sys
+found = json.loads(sys.argv[1])
+print(found["duckdb_scans"], found["pyarrow_read_table_charges"])' "$outside")
+  echo "outside readers: scans=$duckdb_scans charges=$pyarrow_charges"
+  if [ "$duckdb_scans" != "$(counted scans)" ] || [ "$pyarrow_charges" != "$(counted charges)" ]; then
+    echo "DuckDB and pyarrow read other counts than query: scans $(counted scans), charges $(counted charges)"; exit 1
+  fi
+fi

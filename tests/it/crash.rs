@@ -57,8 +57,10 @@ fn crash_test(kills: &str, env: &[(&str, &str)]) {
 /// under load and started again; every acked scan in the shared archive
 /// exactly once, with the statuses planned (a code replayed caught once);
 /// every ride charged once, none left unpriced, the gateway's ledger
-/// matching; the days settled from the shared archive without a break.
-/// A few kills here (`CLUSTER_KILLS`, default 3).
+/// matching; the days settled from the shared archive without a break;
+/// DuckDB and pyarrow reading the scans and charges `query` counts there
+/// (required with `FARESTREAM_OUTSIDE_READERS=required`). A few kills
+/// here (`CLUSTER_KILLS`, default 3).
 #[test]
 fn the_cluster_kill_loop_loses_and_duplicates_nothing() {
     let kills = std::env::var("CLUSTER_KILLS").unwrap_or_else(|_| "3".into());
@@ -67,6 +69,9 @@ fn the_cluster_kill_loop_loses_and_duplicates_nothing() {
     };
     assert!(summary.starts_with(&format!("kills={kills} ")), "{stdout}");
     assert_audit_clean(&summary, &stdout);
+    if std::env::var("FARESTREAM_OUTSIDE_READERS").as_deref() == Ok("required") {
+        assert!(stdout.contains("outside readers: scans="), "DuckDB and pyarrow read the shared archive: {stdout}");
+    }
 }
 
 /// A kill loop's audit found every acked scan archived once with its

@@ -650,9 +650,6 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock, ServerEr
     Ok(DataDirLock::acquire(data_dir, &chrono::Utc::now().to_rfc3339())?)
 }
 
-/// Spawns a tracked task whose panic stops the server, with the panic's
-/// message, instead of vanishing with the task and leaving a server that
-/// says it serves but no longer accepts (or sweeps, or watches its log).
 /// Where the rides this server logs itself come in, for the refund pass:
 /// none in cluster mode, whose batches go to the scans stream.
 fn self_logged_arrivals(shared: &Arc<Shared>) -> Option<Arc<dyn Arrivals>> {
@@ -662,6 +659,9 @@ fn self_logged_arrivals(shared: &Arc<Shared>) -> Option<Arc<dyn Arrivals>> {
     }
 }
 
+/// Spawns a tracked task whose panic stops the server, with the panic's
+/// message, instead of vanishing with the task and leaving a server that
+/// says it serves but no longer accepts (or sweeps, or watches its log).
 fn spawn_supervised(
     shared: &Arc<Shared>,
     what: &'static str,

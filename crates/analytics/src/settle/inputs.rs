@@ -35,8 +35,8 @@ pub enum Positions {
 }
 
 impl Positions {
-    /// Whether the scans file `name` may be settled; `None` when the name
-    /// is not a scans file's of this kind of archive.
+    /// Whether the scans file at `path` may be settled; `None` when its
+    /// name is not a scans file's in this kind of archive.
     fn settleable(&self, path: &Path) -> Option<bool> {
         match self {
             Positions::Log { pricer_lsn, archived_lsn } => {
@@ -48,6 +48,16 @@ impl Positions {
                 Some(cursors.get(&partition).is_some_and(|&priced_below| cut < priced_below))
             }
         }
+    }
+
+    /// Whether `path` is a write that never finished: `object_store`
+    /// writes a shared archive's file as `NAME#N` and renames it, and a
+    /// process killed between leaves it. The file is written again whole
+    /// under its name; the leftover is no scans file, and no stranger.
+    fn is_unfinished_write(&self, path: &Path) -> bool {
+        let Positions::Partitions(_) = self else { return false };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        name.rsplit_once(".parquet#").is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     }
 
     /// The names a scans file has, for the error that names a stranger.
@@ -70,6 +80,9 @@ pub fn settleable_scan_files(
     let mut settleable = Vec::new();
     let mut waiting = 0;
     for path in partition_entries(&partition)? {
+        if positions.is_unfinished_write(&path) {
+            continue;
+        }
         let Some(ready) = positions.settleable(&path) else {
             return Err(SettleError::Input(format!(
                 "{} is not named as a scans file is ({}), so it is no scans file: move it out of the day's \
@@ -189,5 +202,11 @@ mod tests {
         let log = Positions::Log { pricer_lsn: 10, archived_lsn: 10 };
         assert_eq!(log.settleable(&log_name), Some(true));
         assert_eq!(log.settleable(&segment(3, 0, 10)), None);
+        // A write a kill cut short, in the shared archive only.
+        let unfinished = PathBuf::from(format!("part-p0003-{:020}-{:020}.parquet#17", 0, 10));
+        assert!(cursors.is_unfinished_write(&unfinished) && !log.is_unfinished_write(&unfinished));
+        for finished in ["x.parquet#", "x.parquet#1a", "x.parquet"] {
+            assert!(!cursors.is_unfinished_write(Path::new(finished)), "{finished}");
+        }
     }
 }
