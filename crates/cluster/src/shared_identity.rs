@@ -6,10 +6,15 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use thiserror::Error;
 
 use crate::bucket::open_bucket;
+
+/// How many times a fact's write is tried while JetStream cannot answer
+/// for the bucket, and the pause between.
+const CREATE_TRIES: u32 = 20;
+const CREATE_AGAIN_AFTER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum SharedIdentityError {
@@ -38,13 +43,31 @@ pub async fn check_shared_identity(
     for (what, bytes) in facts {
         let ours = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
         // A create loses to a node that set the key first: read it then.
-        if store.create(*what, ours.clone().into()).await.is_ok() {
-            continue;
-        }
-        let theirs = store.get(*what).await.map_err(|e| store_error(&e))?;
-        let theirs = theirs.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default();
-        if theirs != ours {
-            return Err(SharedIdentityError::Differs { what: what.to_string(), ours, theirs });
+        // One that failed otherwise (a stream between leaders, a lost
+        // answer) says nothing about the cluster's: it is tried again, and
+        // the facts compared only once read.
+        let mut tries = CREATE_TRIES;
+        let theirs = loop {
+            let failed = match store.create(*what, ours.clone().into()).await {
+                Ok(_) => break None,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match store.get(*what).await {
+                    Ok(Some(theirs)) => break Some(String::from_utf8_lossy(&theirs).into_owned()),
+                    Ok(None) => "the key is gone".to_string(),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            tries -= 1;
+            if tries == 0 {
+                return Err(store_error(&failed));
+            }
+            tokio::time::sleep(CREATE_AGAIN_AFTER).await;
+        };
+        match theirs {
+            Some(theirs) if theirs != ours => {
+                return Err(SharedIdentityError::Differs { what: what.to_string(), ours, theirs });
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -273,6 +273,22 @@ impl StreamLog {
         }
     }
 
+    /// The record at stream sequence `sequence` if it is partition `p`'s;
+    /// `None` when the stream holds none there, or another partition's.
+    pub async fn record_at(&self, partition: Partition, sequence: u64) -> Result<Option<StoredRecord>, StreamLogError> {
+        if partition.number() >= self.settings.partitions {
+            return Err(self.out_of_range(partition));
+        }
+        match self.stream.get_raw_message(sequence).await {
+            Ok(message) if message.subject.as_str() == self.subject(partition) => {
+                Ok(Some(StoredRecord { sequence: message.sequence, payload: message.payload }))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(StreamLogError::Read { partition, why: e.to_string() }),
+        }
+    }
+
     fn out_of_range(&self, partition: Partition) -> StreamLogError {
         StreamLogError::PartitionOutOfRange { partition, partitions: self.settings.partitions }
     }

@@ -94,6 +94,11 @@ pub struct PricerSettings {
     pub thread_nice: u8,
     /// The pricer's page cache in the money store (`MoneyStore::set_page_cache_mib`).
     pub store_cache_mib: u32,
+    /// Whether it prices the rider-days whose entry's exit window closed.
+    /// A cluster node's pricer does not (its log is empty): a partition's
+    /// pricer does, for its own cards, once it has priced every ride that
+    /// arrived before the moment it closes them (docs/scale-out.md).
+    pub closes_exit_windows: bool,
 }
 
 /// What the pricer has done.
@@ -285,6 +290,9 @@ impl State {
         if self.cursor.lsn() >= self.progress.borrow().durable_lsn {
             money_metrics::pricer_lag(0);
         }
+        if !self.settings.closes_exit_windows {
+            return Ok(());
+        }
         // Most polls close no window: look before taking the write lock.
         let now = self.clock.now_ms();
         if entries_closing_by(&mut self.store.db(), now)? == 0 {
@@ -336,7 +344,7 @@ impl State {
         money_metrics::rides_priced(priced.taps, priced.charges);
         let mut status = lock(&self.status);
         status.priced_lsn = through;
-        status.totals = sum(status.totals, priced);
+        status.totals = status.totals + priced;
         if priced.charges > 0 {
             self.charges_written.notify_one();
         }
@@ -370,10 +378,6 @@ impl LogStep for State {
             tracing::warn!(%error, "the pricer runs at the server's priority");
         }
     }
-}
-
-fn sum(a: Priced, b: Priced) -> Priced {
-    Priced { taps: a.taps + b.taps, charges: a.charges + b.charges, amount_cents: a.amount_cents + b.amount_cents }
 }
 
 #[cfg(test)]

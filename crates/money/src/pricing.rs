@@ -31,6 +31,18 @@ pub struct Priced {
     pub amount_cents: Cents,
 }
 
+impl std::ops::Add for Priced {
+    type Output = Priced;
+
+    fn add(self, other: Priced) -> Priced {
+        Priced {
+            taps: self.taps + other.taps,
+            charges: self.charges + other.charges,
+            amount_cents: self.amount_cents + other.amount_cents,
+        }
+    }
+}
+
 impl Priced {
     fn add(&mut self, charges: &[Charge]) {
         self.charges += charges.len() as u64;
@@ -134,10 +146,22 @@ pub fn entries_closing_by(db: &mut dyn Db, now: UnixMillis) -> Result<u64, Store
 /// Prices the rider-days whose open entry's exit window has closed by `now`:
 /// that entry is now a maximum fare.
 pub fn price_closed_entries(tx: &mut dyn Db, fares: &FareTable, now: UnixMillis) -> Result<Priced, StoreError> {
+    price_closed_entries_of(tx, fares, now, |_| true)
+}
+
+/// [`price_closed_entries`] for the cards `mine` picks: a cluster
+/// partition's pricer closes its own cards' windows.
+pub fn price_closed_entries_of(
+    tx: &mut dyn Db,
+    fares: &FareTable,
+    now: UnixMillis,
+    mine: impl Fn(u64) -> bool,
+) -> Result<Priced, StoreError> {
     let days = tx.query("SELECT card_id, service_date FROM open_entries WHERE closes_at <= ?1", &[Value::Int(now)])?;
     let days = days
         .iter()
         .map(|row| Ok(RiderDay { card_id: card_from_sql(row.int(0)?), service_date: date_from_sql(row.int(1)?)? }))
+        .filter(|day| day.as_ref().map_or(true, |day| mine(day.card_id)))
         .collect::<Result<BTreeSet<_>, StoreError>>()?;
     lock_cards(tx, days.iter().map(|day| day.card_id))?;
     // Read after the lock: another pricer may have priced the day between

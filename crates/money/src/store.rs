@@ -320,6 +320,44 @@ pub fn hold_log_cursor(tx: &mut dyn Db, reader: &str, holder: &CursorHolder, lsn
     }
 }
 
+/// Starts `reader`'s cursor again at `lsn` for `holder`, from `from`
+/// where the caller read it, forgetting the record it was last moved past
+/// and what its pricer promised refunds: a cluster partition's cursor
+/// that its claimed stream does not vouch for (the streams were made
+/// again) prices the stream from its start (pricing is by scan id, so
+/// none is charged twice). A cursor moved since it was read is
+/// [`StoreError::CursorMovedAtStart`].
+pub fn restart_log_cursor(
+    tx: &mut dyn Db,
+    (reader, holder): (&str, &CursorHolder),
+    from: u64,
+    lsn: u64,
+) -> Result<(), StoreError> {
+    let restarted = tx.execute(
+        "UPDATE log_cursors SET lsn = ?3, holder = ?2, last_record_lsn = NULL, last_record_digest = NULL,
+                priced_received_before = NULL
+         WHERE reader = ?1 AND lsn = ?4",
+        &[Value::Text(reader), Value::Bytes(holder), Value::Int(sql_lsn(lsn)?), Value::Int(sql_lsn(from)?)],
+    )?;
+    match restarted {
+        1 => Ok(()),
+        _ => Err(StoreError::CursorMovedAtStart(reader.to_string())),
+    }
+}
+
+/// Every reader with a cursor, by name.
+pub fn log_cursor_readers(db: &mut dyn Db) -> Result<Vec<String>, StoreError> {
+    let rows = db.query("SELECT reader FROM log_cursors ORDER BY reader", &[])?;
+    rows.iter().map(|row| Ok(row.text(0)?.to_string())).collect()
+}
+
+/// Deletes `reader`'s cursor: a reader that will never read again (a
+/// cluster partition past the count) no longer holds refunds.
+pub fn retire_log_cursor(tx: &mut dyn Db, reader: &str) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM log_cursors WHERE reader = ?1", &[Value::Text(reader)])?;
+    Ok(())
+}
+
 /// Makes `reader`'s cursor at `lsn`, held by nobody, unless it exists:
 /// a cluster's partition pricers are counted by the refund pass
 /// ([`others_priced_received_before`]) from the moment their node

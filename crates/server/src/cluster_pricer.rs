@@ -17,7 +17,10 @@
 //! before its `arrivals_before_ms` is in a record before it: the
 //! transaction that moves the cursor past it records that moment as the
 //! partition's promise (`priced_received_before`), which the refund pass
-//! waits for.
+//! waits for, and closes the exit windows of the partition's cards that
+//! closed by then (an exit that arrived in time is priced by then, so an
+//! entry is never charged the longest fare while its exit waits in a
+//! lagging partition; the node's own pricer closes none).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,17 +32,18 @@ use tokio_util::sync::CancellationToken;
 
 use farestream_cluster::{StreamLog, StreamLogError};
 use farestream_core::clock::UnixMillis;
-use farestream_core::cluster::{ClaimedEntry, Partition};
+use farestream_core::cluster::{ClaimedEntry, Partition, partition_of_card};
 use farestream_core::fares::FareTable;
 use farestream_core::scan::ArchivedScan;
 use farestream_ingest::faults::Faults;
 use farestream_money::MoneyStore;
 use farestream_money::money_metrics;
-use farestream_money::pricer::{PRICING_ROWS_TOGETHER_MAX, partition_reader_name};
-use farestream_money::pricing::{Priced, price_rows};
+use farestream_money::pricer::{PRICING_ROWS_TOGETHER_MAX, partition_of_reader, partition_reader_name};
+use farestream_money::pricing::{Priced, price_closed_entries_of, price_rows};
 use farestream_money::store::{
-    CursorHolder, LastRecord, StoreError, fresh_cursor_holder, hold_log_cursor, log_cursor, make_log_cursor,
-    set_log_cursor, set_priced_received_before,
+    CursorHolder, LastRecord, StoreError, fresh_cursor_holder, hold_log_cursor, last_record, log_cursor,
+    log_cursor_readers, make_log_cursor, restart_log_cursor, retire_log_cursor, set_log_cursor,
+    set_priced_received_before,
 };
 use farestream_money::store_connections::StoreConnections;
 
@@ -93,9 +97,17 @@ pub(crate) enum ClusterPricerError {
 
 /// Makes every partition's cursor that is missing, held by nobody, so
 /// the refund pass waits for each partition from the cluster's first
-/// start (blocking).
+/// start, and retires the cursors of partitions past the count: streams
+/// made again with fewer partitions have none of them, and their
+/// promises would hold every refund for good (blocking).
 pub(crate) fn make_partition_cursors(store: &mut MoneyStore, partitions: u16) -> Result<(), StoreError> {
     store.in_transaction(|tx| {
+        for reader in log_cursor_readers(tx)? {
+            if partition_of_reader(&reader).is_some_and(|number| number >= partitions) {
+                tracing::warn!(%reader, partitions, "retired the pricing cursor of a partition past the count");
+                retire_log_cursor(tx, &reader)?;
+            }
+        }
         (0..partitions).try_for_each(|number| make_log_cursor(tx, &partition_reader_name(number), FIRST_SEQUENCE))
     })
 }
@@ -109,11 +121,9 @@ pub(crate) async fn price_partition(
     (now, holds): (&(dyn Fn() -> UnixMillis + Sync), impl Fn() -> bool),
     stop: &CancellationToken,
 ) -> Result<PriceStop, ClusterPricerError> {
-    let cursor = PartitionCursor { reader: partition_reader_name(partition.number()), holder: fresh_cursor_holder()? };
-    let mut from = {
-        let cursor = cursor.clone();
-        on_store(pricing, move |store| cursor.take(store)).await?
-    };
+    let (reader, holder) = (partition_reader_name(partition.number()), fresh_cursor_holder()?);
+    let cursor = PartitionCursor { partition, partitions: claimed.partitions(), reader, holder };
+    let mut from = cursor.take(claimed, pricing).await?;
     let mut reader = claimed.reader(partition, from).await?;
     loop {
         if stop.is_cancelled() {
@@ -164,6 +174,9 @@ async fn on_store<T: Send + 'static>(
 /// A partition's cursor as one run of its pricer holds it.
 #[derive(Clone)]
 struct PartitionCursor {
+    partition: Partition,
+    /// How many partitions the cluster has (its streams').
+    partitions: u16,
     reader: String,
     holder: CursorHolder,
 }
@@ -171,14 +184,44 @@ struct PartitionCursor {
 impl PartitionCursor {
     /// Takes the cursor where it stands: the sequence pricing goes on
     /// from. An old owner that moves it between the read and the hold
-    /// has the read made again.
-    fn take(&self, store: &mut MoneyStore) -> Result<u64, StoreError> {
+    /// has the read made again. A cursor whose last record the claimed
+    /// stream does not hold at its place (the streams were made again,
+    /// their sequences from 1) is started again from the stream's start,
+    /// rather than skip every ride below it.
+    async fn take(&self, claimed: &StreamLog, pricing: &PartitionPricing) -> Result<u64, ClusterPricerError> {
         let mut tries = CURSOR_HOLD_TRIES;
         loop {
-            let at = log_cursor(&mut store.db(), &self.reader)?.unwrap_or(FIRST_SEQUENCE);
-            match store.in_transaction(|tx| hold_log_cursor(tx, &self.reader, &self.holder, at)) {
-                Ok(()) => return Ok(at),
-                Err(StoreError::CursorMovedAtStart(_)) if tries > 1 => tries -= 1,
+            let reader = self.reader.clone();
+            let (at, last) = on_store(pricing, move |store| {
+                let at = log_cursor(&mut store.db(), &reader)?.unwrap_or(FIRST_SEQUENCE);
+                Ok((at, last_record(&mut store.db(), &reader)?))
+            })
+            .await?;
+            let vouched = match last {
+                None => true,
+                Some(last) => claimed
+                    .record_at(self.partition, last.lsn)
+                    .await?
+                    .is_some_and(|found| LastRecord::of(found.sequence, &found.payload) == last),
+            };
+            let me = self.clone();
+            let taken = on_store(pricing, move |store| match vouched {
+                true => store.in_transaction(|tx| hold_log_cursor(tx, &me.reader, &me.holder, at)).map(|()| at),
+                false => {
+                    tracing::warn!(
+                        partition = %me.partition, cursor = at,
+                        "the partition's pricing cursor is past a record this claimed stream does not hold (the \
+                         streams were made again): pricing the stream again from its start, no ride charged twice"
+                    );
+                    let restart = |tx: &mut dyn farestream_money::db::Db| {
+                        restart_log_cursor(tx, (&me.reader, &me.holder), at, FIRST_SEQUENCE)
+                    };
+                    store.in_transaction(restart).map(|()| FIRST_SEQUENCE)
+                }
+            });
+            match taken.await {
+                Ok(from) => return Ok(from),
+                Err(ClusterPricerError::Store(StoreError::CursorMovedAtStart(_))) if tries > 1 => tries -= 1,
                 Err(error) => return Err(error),
             }
         }
@@ -186,7 +229,8 @@ impl PartitionCursor {
 
     /// Prices `stretch`'s rows and moves the cursor from `from` past its
     /// last record in one transaction; past a cut, records the cut's
-    /// arrivals as priced.
+    /// arrivals as priced and closes the partition's windows closed by
+    /// then.
     fn price(
         &self,
         store: &mut MoneyStore,
@@ -199,10 +243,11 @@ impl PartitionCursor {
         store.in_transaction(|tx| {
             let priced = price_rows(tx, fares, &stretch.rows, now)?;
             set_log_cursor(tx, &self.reader, &self.holder, (from, through), last)?;
-            if let Some(at) = stretch.arrivals_before_ms {
-                set_priced_received_before(tx, (&self.reader, &self.holder), through, at)?;
-            }
-            Ok(priced)
+            let Some(at) = stretch.arrivals_before_ms else { return Ok(priced) };
+            set_priced_received_before(tx, (&self.reader, &self.holder), through, at)?;
+            let (partition, partitions) = (self.partition, self.partitions);
+            let mine = |card| partition_of_card(card, partitions) == partition;
+            Ok(priced + price_closed_entries_of(tx, fares, at, mine)?)
         })
     }
 }

@@ -251,6 +251,9 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<
             fares,
             thread_nice: p.pricer_thread_nice,
             store_cache_mib: p.pricer_store_cache_mib,
+            // In a cluster each partition's pricer closes its own cards'
+            // windows, once it has priced what arrived before them.
+            closes_exit_windows: !config.cluster.enabled,
         },
         store,
         deposit_cents: Cents::from_unsigned(p.deposit_cents),
