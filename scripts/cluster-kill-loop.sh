@@ -227,14 +227,14 @@ done
 # The shared archive as analysts read it (docs/archive.md), with DuckDB
 # and pyarrow when installed: the same scans and charges `query` counts.
 if python3 -c "import duckdb, pyarrow" 2>/dev/null; then
-  outside=$(python3 "$(dirname "$0")/read-archives.py" "$work/shared")
   counted() {
     "$bin" --data-dir "$work/a" --config "$work/a.toml" query --format csv "SELECT count(*) AS n FROM $1" | tail -1
   }
-  read -r duckdb_scans pyarrow_charges < <(python3 -c '
+  # The reader's JSON holds a figure a rider: through a pipe, not argv.
+  read -r duckdb_scans pyarrow_charges < <(python3 "$(dirname "$0")/read-archives.py" "$work/shared" | python3 -c '
 import json, sys
-found = json.loads(sys.argv[1])
-print(found["duckdb_scans"], found["pyarrow_read_table_charges"])' "$outside")
+found = json.load(sys.stdin)
+print(found["duckdb_scans"], found["pyarrow_read_table_charges"])')
   echo "outside readers: scans=$duckdb_scans charges=$pyarrow_charges"
   if [ "$duckdb_scans" != "$(counted scans)" ] || [ "$pyarrow_charges" != "$(counted charges)" ]; then
     echo "DuckDB and pyarrow read other counts than query: scans $(counted scans), charges $(counted charges)"; exit 1

@@ -221,8 +221,10 @@ async fn an_exit_acked_inside_its_window_is_not_max_fared_by_another_nodes_windo
     let waiting_on_b = open_entry_cards(&m.h).await;
     assert!(!waiting_on_b.is_empty() && waiting_on_b.len() < 12, "b owns some riders' partitions: {waiting_on_b:?}");
 
-    // The entries' windows (3 h) close on the clock; a's own pricer
-    // closes them. Then b prices on.
+    // The entries' windows (3 h) close on the clock. A node's own pricer
+    // once closed them all here; now each partition closes its own at its
+    // next cut, b's only past the exits it has not priced yet. Then b
+    // prices on.
     m.h.clock.set(T0_MS + 10 * MINUTE + 3 * 60 * MINUTE + 5 * MINUTE);
     tokio::time::sleep(Duration::from_secs(3)).await;
     b.faults.set_pricing_stalled(false);
