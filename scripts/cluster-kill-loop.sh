@@ -30,13 +30,7 @@ fi
 resolve_farestream_bin
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -z "${pg_dir:-}" ] || pg_kill_immediate; [ -n "${CLUSTER_KEEP:-}" ] || rm -rf "$work"' EXIT
-pg_status=0
-start_test_postgres "$work/pg" || pg_status=$?
-if [ "$pg_status" -eq 2 ]; then
-  [ "${FARESTREAM_POSTGRES:-}" = required ] && { echo "PostgreSQL is required and not installed"; exit 1; }
-  echo "skipped: PostgreSQL is not installed"; exit 0
-fi
-[ "$pg_status" -eq 0 ] || exit 1
+start_test_postgres_or_skip "$work/pg"
 start_nats_cluster "$work/nats"
 urls=$(IFS=,; echo "${nats_urls[*]}")
 pick_rig_ports
@@ -128,13 +122,7 @@ duration=$(( kills * 2 + 10 ))
   --gateways 4 --validators-per-gateway 4 --duration-secs "$duration" --acked-file "$work/acked.txt" \
   > "$work/simulate.log" 2>&1 &
 simulate_pid=$!
-# The kills start once every rider has an account and keys: the load, not
-# the sign-up through node a's API, is what they interrupt.
-for _ in $(seq 1 600); do
-  grep -q "signed up" "$work/simulate.log" && break
-  kill -0 "$simulate_pid" 2>/dev/null || { echo "simulate failed:"; cat "$work/simulate.log"; exit 1; }
-  sleep 0.1
-done
+wait_signed_up "$work/simulate.log" "$simulate_pid"
 
 node_kills=0 nats_kills=0
 for _ in $(seq 1 "$kills"); do

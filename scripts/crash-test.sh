@@ -30,13 +30,7 @@ trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -z "${pg_dir:-}" ] || pg_kill_im
 pick_rig_ports
 money_store=sqlite
 if [ "${CRASH_MONEY_STORE:-sqlite}" = postgres ]; then
-  pg_status=0
-  start_test_postgres "$work/pg" || pg_status=$?
-  if [ "$pg_status" -eq 2 ]; then
-    if [ "${FARESTREAM_POSTGRES:-}" = required ]; then echo "PostgreSQL is required and not installed"; exit 1; fi
-    echo "skipped: PostgreSQL is not installed"; exit 0
-  fi
-  [ "$pg_status" -eq 0 ] || exit 1
+  start_test_postgres_or_skip "$work/pg"
   money_store=$pg_url
 fi
 
@@ -91,13 +85,7 @@ duration=$(( kills + 3 ))
   --validators-per-gateway 4 --duration-secs "$duration" --acked-file "$work/acked.txt" \
   > "$work/simulate.log" 2>&1 &
 simulate_pid=$!
-# The kills start once every rider has an account and keys: the load, not
-# the sign-up, is what they interrupt.
-for _ in $(seq 1 600); do
-  grep -q "signed up" "$work/simulate.log" && break
-  kill -0 "$simulate_pid" 2>/dev/null || { echo "simulate failed:"; cat "$work/simulate.log"; exit 1; }
-  sleep 0.1
-done
+wait_signed_up "$work/simulate.log" "$simulate_pid"
 
 # PostgreSQL's crashes are spread among the server's kills, each while the
 # server runs: its connections end under it and must be made again.

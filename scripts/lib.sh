@@ -233,6 +233,29 @@ start_test_postgres() {
   pg_url="postgresql://farestream@/farestream?host=$pg_dir"
 }
 
+# start_test_postgres, or says why not and exits: 0 ("skipped: …")
+# where PostgreSQL is not installed, unless FARESTREAM_POSTGRES=required.
+start_test_postgres_or_skip() {
+  local status=0
+  start_test_postgres "$1" || status=$?
+  if [ "$status" -eq 2 ]; then
+    [ "${FARESTREAM_POSTGRES:-}" = required ] && { echo "PostgreSQL is required and not installed"; exit 1; }
+    echo "skipped: PostgreSQL is not installed"; exit 0
+  fi
+  [ "$status" -eq 0 ] || exit 1
+}
+
+# Waits until `simulate --accounts` (pid $2, output in $1) has signed
+# every rider up through the account API, so kills interrupt the load,
+# not the sign-up.
+wait_signed_up() {
+  for _ in $(seq 1 600); do
+    grep -q "signed up" "$1" && return 0
+    kill -0 "$2" 2>/dev/null || { echo "simulate failed:"; cat "$1"; exit 1; }
+    sleep 0.1
+  done
+}
+
 pg_start() {
   "${pg_as[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
     -o "-k $pg_dir -c listen_addresses=''" start > /dev/null

@@ -40,6 +40,16 @@ pub(crate) async fn cluster_config(nats: &NatsCluster) -> Option<Config> {
     Some(config)
 }
 
+/// Node `name`'s `config` in a two-node cluster whose dead node's
+/// partitions move within seconds (a lease lives 3 s).
+pub(crate) fn quick_leases(mut config: Config, name: &str) -> Config {
+    config.cluster.node_name = name.into();
+    config.cluster.lease_ttl_ms = 3_000;
+    config.cluster.lease_renew_interval_ms = 1_000;
+    config.cluster.lease_safety_margin_ms = 500;
+    config
+}
+
 /// The archive every node of the test's cluster shares.
 fn shared_archive(nats: &NatsCluster) -> std::path::PathBuf {
     nats.dir().join("archive")
@@ -184,15 +194,8 @@ fn replays(rows: &[ArchivedScan]) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_claim_each_acked_scan_once_and_a_dead_nodes_partitions_move_to_the_other() {
     let Some(nats) = NatsCluster::start().await else { return };
-    let Some(mut config) = cluster_config(&nats).await else { return };
-    config.cluster.lease_ttl_ms = 3_000;
-    config.cluster.lease_renew_interval_ms = 1_000;
-    config.cluster.lease_safety_margin_ms = 500;
-    let named = |name: &str| {
-        let mut config = config.clone();
-        config.cluster.node_name = name.into();
-        config
-    };
+    let Some(config) = cluster_config(&nats).await else { return };
+    let named = |name: &str| quick_leases(config.clone(), name);
     let a = Harness::start_with(named("node-a")).await;
     let b = a.start_a_copy_with(named("node-b")).await;
 

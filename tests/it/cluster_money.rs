@@ -6,25 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use farestream::charges::ChargeRecord;
-use farestream::config::Config;
 use farestream::money::db::Db;
 use farestream::money::outbox::{charges, undecided};
 use farestream::scan::TapKind;
 use farestream_cluster::test_nats::NatsCluster;
 
-use crate::cluster::{cluster_config, looked_at_until};
-use crate::money::{MINUTE, Money, assert_charged_once, tap};
+use crate::cluster::{cluster_config, looked_at_until, quick_leases};
+use crate::money::{MINUTE, Money, assert_charged_once, own_validator_tap, tap};
 use crate::support::{Harness, T0_MS, batch};
-
-/// A two-node cluster's config whose dead node's partitions move within
-/// seconds (a lease lives 3 s).
-fn quick_leases(mut config: Config, name: &str) -> Config {
-    config.cluster.node_name = name.into();
-    config.cluster.lease_ttl_ms = 3_000;
-    config.cluster.lease_renew_interval_ms = 1_000;
-    config.cluster.lease_safety_margin_ms = 500;
-    config
-}
 
 /// The store's charges once `taps` taps are priced and every charge is
 /// decided (or after a minute: the caller's assertions say what is
@@ -60,11 +49,7 @@ async fn the_partition_owners_charge_every_ride_once_across_a_node_death() {
 
     let (mut on_a, mut on_b, mut after) = (Vec::new(), Vec::new(), Vec::new());
     for (n, rider) in riders.iter().enumerate() {
-        let tap = |seq, minutes, kind, place| {
-            let mut scan = tap(rider, seq, T0_MS + minutes * MINUTE, kind, place);
-            scan.validator_id = format!("validator-{n}");
-            scan
-        };
+        let tap = |seq, minutes, kind, place| own_validator_tap((n, rider), seq, minutes, kind, place);
         let bus = tap(1, 1, TapKind::Single, "bus-99");
         on_a.push(bus.clone());
         on_a.push(tap(2, 10, TapKind::Entry, "station-01"));
@@ -197,15 +182,7 @@ async fn an_exit_acked_inside_its_window_is_not_max_fared_by_another_nodes_windo
     m.h.clock.set(T0_MS + 55 * MINUTE);
     let riders: Vec<_> = futures_util::future::join_all((0..12u64).map(|n| m.rider(900 + n, 10_000))).await;
     let taps = |seq, minutes, kind, place| -> Vec<_> {
-        riders
-            .iter()
-            .enumerate()
-            .map(|(n, rider)| {
-                let mut scan = tap(rider, seq, T0_MS + minutes * MINUTE, kind, place);
-                scan.validator_id = format!("validator-{n}");
-                scan
-            })
-            .collect()
+        riders.iter().enumerate().map(|rider| own_validator_tap(rider, seq, minutes, kind, place)).collect()
     };
     let entries = m.h.client().push(&batch("depot-1", 1, taps(2, 10, TapKind::Entry, "station-01"))).await;
     assert_eq!(entries.expect("a acks").accepted, 12);
@@ -275,11 +252,7 @@ async fn a_node_restarted_on_new_streams_prices_every_ride_acked_there() {
         riders
             .iter()
             .enumerate()
-            .map(|(n, rider)| {
-                let mut scan = tap(rider, seq, T0_MS + minutes * MINUTE, TapKind::Single, "bus-99");
-                scan.validator_id = format!("validator-{n}");
-                scan
-            })
+            .map(|rider| own_validator_tap(rider, seq, minutes, TapKind::Single, "bus-99"))
             .collect()
     };
     // Ten batches: each partition's claimed records and cursor move on.

@@ -130,6 +130,21 @@ pub(crate) fn tap(rider: &TestRider, seq: u64, at_ms: i64, kind: TapKind, place:
     scan
 }
 
+/// Rider number `n`'s tap at a validator of their own (`validator-N`),
+/// `minutes` after T0: many riders' taps in one batch, each validator's
+/// numbered from 1.
+pub(crate) fn own_validator_tap(
+    (n, rider): (usize, &TestRider),
+    seq: u64,
+    minutes: i64,
+    kind: TapKind,
+    place: &str,
+) -> ScanRecord {
+    let mut scan = tap(rider, seq, T0_MS + minutes * MINUTE, kind, place);
+    scan.validator_id = format!("validator-{n}");
+    scan
+}
+
 /// Polls `seen` for up to a second.
 async fn within_a_second(seen: impl Fn() -> bool) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);

@@ -12,7 +12,7 @@ use farestream::money::outbox::{self, undecided};
 use farestream::scan::TapKind;
 use farestream::wire::ScanRecord;
 
-use crate::money::{MINUTE, Money, assert_charged_once, tap};
+use crate::money::{MINUTE, Money, assert_charged_once, own_validator_tap, tap};
 use crate::support::{Harness, T0_MS, TestRider, batch};
 
 /// A bus ride of each rider, `seq` minutes after T0, numbered `seq`.
@@ -65,12 +65,7 @@ async fn two_servers_sharing_one_postgresql_store_charge_every_ride_once() {
 
     let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
     for (n, rider) in riders.iter().enumerate() {
-        // Each rider's taps at a validator of their own, numbered from 1.
-        let tap = |seq, minutes, kind, place| {
-            let mut scan = tap(rider, seq, T0_MS + minutes * MINUTE, kind, place);
-            scan.validator_id = format!("validator-{n}");
-            scan
-        };
+        let tap = |seq, minutes, kind, place| own_validator_tap((n, rider), seq, minutes, kind, place);
         let bus = tap(1, 1, TapKind::Single, "bus-99");
         on_a.push(bus.clone());
         on_a.push(tap(2, 10, TapKind::Entry, "station-01"));

@@ -86,7 +86,7 @@ impl StoreLocation {
                 Some(_) => Err(LocationError::PasswordWithoutServer),
             };
         }
-        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        if !StoreLocation::names_postgres(text) {
             return Err(LocationError::Unknown(text.to_string()));
         }
         refuse_limits_in_url(text)?;
@@ -99,6 +99,12 @@ impl StoreLocation {
             config.password(password);
         }
         Ok(StoreLocation::Postgres(Box::new(config)))
+    }
+
+    /// Whether `payments.money_store` names a PostgreSQL database (a
+    /// `postgres://` or `postgresql://` URL; `parse` checks the rest).
+    pub fn names_postgres(text: &str) -> bool {
+        text.starts_with("postgres://") || text.starts_with("postgresql://")
     }
 
     /// The store as a person reads it, never the password.

@@ -206,6 +206,11 @@ pub fn log_cursor(db: &mut dyn Db, reader: &str) -> Result<Option<u64>, StoreErr
     lsn.map(|lsn| u64::try_from(lsn).map_err(|_| StoreError::Corrupt(format!("log cursor {lsn}")))).transpose()
 }
 
+/// Reads of a cursor a starting reader makes while another holder (a
+/// commit of the last run that landed late, an old owner still pricing)
+/// keeps moving it.
+pub const CURSOR_HOLD_TRIES: u32 = 3;
+
 /// Random bits a reader takes its cursor with when its server starts
 /// ([`hold_log_cursor`]): only the holder moves it.
 pub type CursorHolder = [u8; 16];

@@ -54,7 +54,7 @@ impl ClusterSettings {
         if !config.enabled {
             return Ok(None);
         }
-        if !is_postgres_url(&whole.payments.money_store) {
+        if !farestream_money::StoreLocation::names_postgres(&whole.payments.money_store) {
             return Err(ConfigError::Invalid(
                 "cluster.enabled needs payments.money_store on PostgreSQL (a postgres:// URL): every node prices \
                  the partitions it owns into one store, and a partition moves between nodes"
@@ -106,12 +106,6 @@ impl ClusterSettings {
             identity_bucket: config.identity_bucket.clone(),
         }))
     }
-}
-
-/// Whether `payments.money_store` names a PostgreSQL database (its
-/// parser, `StoreLocation::parse`, says whether the URL is good).
-fn is_postgres_url(store: &str) -> bool {
-    store.starts_with("postgres://") || store.starts_with("postgresql://")
 }
 
 /// Refuses a node whose TLS certificate or fleet CA is not the cluster's
@@ -271,6 +265,29 @@ mod tests {
         config.nats_user = user.into();
         config.nats_password_file = file.into();
         config
+    }
+
+    /// Cluster mode keeps money in PostgreSQL: the embedded store, an
+    /// empty one and another scheme are refused by name; both URL schemes
+    /// pass. Off, any store goes.
+    #[test]
+    fn a_cluster_node_needs_its_money_store_on_postgresql() {
+        let on = |store: &str| {
+            let mut whole = farestream_ingest::config::Config::defaults();
+            whole.cluster.enabled = true;
+            whole.cluster.archive_dir = "/shared/archive".into();
+            whole.payments.money_store = store.into();
+            ClusterSettings::from_config(&whole)
+        };
+        for refused in ["sqlite", "", "mysql://db/farestream", "POSTGRES://db/farestream", " postgres://db"] {
+            let error = on(refused).expect_err(refused).to_string();
+            assert!(error.contains("needs payments.money_store on PostgreSQL"), "{refused:?}: {error}");
+        }
+        for accepted in ["postgres://farestream@db/farestream", "postgresql://farestream@/farestream?host=/run"] {
+            assert!(on(accepted).expect(accepted).is_some(), "{accepted}");
+        }
+        let off = farestream_ingest::config::Config::defaults();
+        assert!(ClusterSettings::from_config(&off).expect("off").is_none(), "off, the embedded store goes");
     }
 
     #[test]

@@ -135,7 +135,8 @@ async fn partition_pricing(
     });
     let connections =
         opening.await.map_err(|e| crate::ServerError::Recovery(format!("opening pricing panicked: {e}")))??;
-    let (fares, gather) = (shared.settings.money.pricer.fares.clone(), shared.settings.money.pricer.poll_interval);
+    let pricer = &shared.settings.money.pricer;
+    let (fares, gather) = (Arc::new(pricer.fares.clone()), pricer.poll_interval);
     let faults = Arc::clone(&shared.handles.faults);
     Ok(PartitionPricing { connections: Arc::new(connections), fares, read_wait, gather, charges_written, faults })
 }

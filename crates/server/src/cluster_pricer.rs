@@ -41,8 +41,8 @@ use farestream_money::money_metrics;
 use farestream_money::pricer::{PRICING_ROWS_TOGETHER_MAX, partition_of_reader, partition_reader_name};
 use farestream_money::pricing::{Priced, price_closed_entries_of, price_rows};
 use farestream_money::store::{
-    CursorHolder, LastRecord, StoreError, fresh_cursor_holder, hold_log_cursor, last_record, log_cursor,
-    log_cursor_readers, make_log_cursor, restart_log_cursor, retire_log_cursor, set_log_cursor,
+    CURSOR_HOLD_TRIES, CursorHolder, LastRecord, StoreError, fresh_cursor_holder, hold_log_cursor, last_record,
+    log_cursor, log_cursor_readers, make_log_cursor, restart_log_cursor, retire_log_cursor, set_log_cursor,
     set_priced_received_before,
 };
 use farestream_money::store_connections::StoreConnections;
@@ -51,15 +51,11 @@ use farestream_money::store_connections::StoreConnections;
 /// starts.
 const FIRST_SEQUENCE: u64 = 1;
 
-/// Reads of a partition's cursor a starting pricer makes while an old
-/// owner keeps moving it.
-const CURSOR_HOLD_TRIES: u32 = 3;
-
 /// What every partition pricer of a node shares.
 pub(crate) struct PartitionPricing {
     /// The node's connections for pricing, shared by its partitions.
     pub(crate) connections: Arc<StoreConnections>,
-    pub(crate) fares: FareTable,
+    pub(crate) fares: Arc<FareTable>,
     /// How long one read waits before the pricer looks at its term and
     /// its stop again.
     pub(crate) read_wait: Duration,
@@ -143,7 +139,7 @@ pub(crate) async fn price_partition(
         }
         pricing.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;
         let through = stretch.through();
-        let (fares, at) = (pricing.fares.clone(), now());
+        let (fares, at) = (Arc::clone(&pricing.fares), now());
         let cursor = cursor.clone();
         let priced = on_store(pricing, move |store| cursor.price(store, &fares, (from, stretch), at)).await;
         let priced = match priced {

@@ -17,7 +17,7 @@ use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
 use farestream_money::charges_archive::{ChargesArchive, charges_root, charges_root_in};
 use farestream_money::pricer::{OpenedStore, cluster_node_reader_name, log_vouches_for, pricer_start, reader_name};
-use farestream_money::store::{StoreError, fresh_cursor_holder, hold_log_cursor, last_record};
+use farestream_money::store::{CURSOR_HOLD_TRIES, StoreError, fresh_cursor_holder, hold_log_cursor, last_record};
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
 
 /// The money side of a running server.
@@ -30,9 +30,6 @@ pub(super) struct Money {
     /// Woken when a pricer writes charges: the dispatcher waits on it.
     pub charges_written: Arc<Notify>,
 }
-
-/// Reads of the pricer's cursor a start makes while it keeps moving.
-const CURSOR_HOLD_TRIES: u32 = 3;
 
 /// Opens the store where this server's pricer left off and takes its
 /// cursor, refusing a pricer position the recovered log does not hold or
