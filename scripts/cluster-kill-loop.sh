@@ -75,6 +75,7 @@ lease_ttl_ms = 3000
 lease_renew_interval_ms = 1000
 lease_safety_margin_ms = 500
 segment_age_max_ms = 1000
+claim_checkpoint_interval_ms = 5000
 TOML
 }
 node_config node-a "$port_a" "127.0.0.1:$api_port" > "$work/a.toml"
@@ -104,7 +105,10 @@ start_node() {
     node_restarts=$(( node_restarts + 1 ))
     sleep 1
   done
-  echo "node $node did not start in 10 tries:"; tail -5 "$work/$node.log"; exit 1
+  # The last lines that say why, not a backtrace's frames.
+  echo "node $node did not start in 10 tries:"
+  grep -v -E '^ +([0-9]+: |at )' "$work/$node.log" | tail -8
+  exit 1
 }
 node_restarts=0
 

@@ -108,9 +108,6 @@ simulate_until_signed_up() {
   done
 }
 
-# Sets $port (QUIC), $api_port and $paygw_port: three loopback ports in a
-# row, below Linux's ephemeral range (32768 and up), so no socket the kernel
-# numbers itself (a test's client, an HTTP connection) can hold one.
 # Waits until the money store (farestream "$@" charges) holds no
 # undecided charge: as long as the undecided count keeps falling, not a
 # fixed time (a loaded machine drains slower), and gives up once it has
@@ -131,8 +128,17 @@ wait_charges_decided() {
   done
 }
 
+# Sets $port (QUIC), $api_port and $paygw_port: three loopback ports in a
+# row, below Linux's ephemeral range (32768 and up), so no socket the kernel
+# numbers itself (a test's client, an HTTP connection) can hold one; and
+# none of the six from $port on bound by anything (the suite's other
+# servers and NATS clusters pick theirs from the same range: a kill loop
+# whose node could not bind failed ten starts in a row).
 pick_rig_ports() {
-  port=$((20000 + RANDOM % 12000))
+  while :; do
+    port=$((20000 + RANDOM % 12000))
+    ss -Htuln | awk '{print $5}' | grep -qE ":($port|$((port + 1))|$((port + 2))|$((port + 3))|$((port + 4))|$((port + 5)))\$" || break
+  done
   api_port=$((port + 1))
   paygw_port=$((port + 2))
 }

@@ -230,6 +230,50 @@ async fn two_nodes_claim_each_acked_scan_once_and_a_dead_nodes_partitions_move_t
     assert_eq!(archived, rows, "the claimed rows, verdicts and all, each once");
 }
 
+/// Retention (docs/scale-out.md): once every partition's archive, pricing
+/// and two checkpoints have passed the first batch, the streams give it
+/// up. A dead node's partitions are then rebuilt from their checkpoints
+/// alone, and still drop a tap of that batch re-delivered and catch its
+/// code replayed; the shared archive holds each scan once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_streams_gave_up_what_every_reader_passed_a_failover_still_catches_resends_and_replays() {
+    use farestream::clock_source::Clock;
+    let Some(nats) = NatsCluster::start().await else { return };
+    let Some(mut config) = cluster_config(&nats).await else { return };
+    config.cluster.claim_checkpoint_interval_ms = 1_000;
+    let named = |name: &str| quick_leases(config.clone(), name);
+    let a = Harness::start_with(named("node-a")).await;
+    let b = a.start_a_copy_with(named("node-b")).await;
+    let first = scans(&a, 1, 1, 20);
+    a.client_as("station-01").push(&first).await.expect("ack");
+    assert_eq!(archived_once_it_holds(&nats, &a, 20).await.len(), 20);
+    let held = async || {
+        a.clock.set(a.clock.now_ms() + 2_000);
+        (stream_rows(&nats, &config).await.len(), claimed_rows(&nats, &config).await.0.len())
+    };
+    let held = looked_at_until(held, |held| *held == (0, 0)).await;
+    assert_eq!(held, (0, 0), "both streams gave up the first batch's rows (scans, claimed)");
+
+    a.server.abandon().await;
+    let mut later = scans(&b, 2, 21, 10).scans;
+    later.push(first.scans[5].clone()); // card 6's tap, re-delivered in another batch
+    later.push(record("gate-8", 5, T0_MS + 6_000, TapKind::Entry, b.rider(5).code_at(T0_MS, 1)));
+    b.client_as("station-01").push(&batch("station-01", 2, later)).await.expect("ack");
+    let archived = archived_once_it_holds(&nats, &b, 31).await;
+    // Every partition cuts a few more times: a re-delivery taken for a
+    // new scan would show up as a 32nd row.
+    for _ in 0..3 {
+        b.clock.set(b.clock.now_ms() + 2_000);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    let archived_later = shared_archive_rows(&nats);
+    assert_eq!(archived_later, archived);
+    let mut ids: Vec<[u8; 16]> = archived.iter().map(|r| r.scan_id).collect();
+    ids.dedup();
+    assert_eq!((archived.len(), ids.len()), (31, 31), "card 6's re-delivery dropped, each scan once");
+    assert_eq!(replays(&archived), vec![("gate-8".to_string(), 5)], "card 5's code caught at gate-8");
+}
+
 /// Every row of the shared archive, sorted by scan id, each file checked
 /// to be a segment file of the partition its rows are in.
 fn shared_archive_rows(nats: &NatsCluster) -> Vec<ArchivedScan> {
@@ -370,7 +414,7 @@ fn shared_archive_files(nats: &NatsCluster) -> Vec<(std::path::PathBuf, Vec<u8>)
 /// whichever of them wrote last, with no fence between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_owner_still_archiving_writes_the_same_files_and_no_row_twice() {
-    use farestream::server::cluster_archive::{SegmentArchive, archive_partition, local_store};
+    use farestream::server::cluster_archive::{SegmentArchive, archive_partition};
     use farestream_cluster::ArchiveProgress;
     let Some(nats) = NatsCluster::start().await else { return };
     let Some(config) = cluster_config(&nats).await else { return };
@@ -386,9 +430,8 @@ async fn an_old_owner_still_archiving_writes_the_same_files_and_no_row_twice() {
     let claimed = StreamLog::open(nats.client().await, settings.claimed).await.expect("the claimed stream");
     let behind = ArchiveProgress::open(nats.client().await, "old_owner_progress", 3).await.expect("bucket");
     let archive = SegmentArchive {
-        store: local_store(&shared_archive(&nats)).expect("the shared archive"),
+        shared: farestream_cluster::SharedStore::local(&shared_archive(&nats)).expect("the shared archive"),
         row_group_rows_max: config.archive.row_group_rows_max,
-        local_root: Some(shared_archive(&nats)),
         segment_rows_limit: 1_000_000,
         read_wait: Duration::from_millis(100),
     };

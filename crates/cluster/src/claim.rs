@@ -28,6 +28,13 @@
 //! before that moment, less the arrival allowance, is claimed, and which
 //! service days that closes. Cuts go through the same fence, so only the
 //! owner decides where the archive's files end and when its days close.
+//!
+//! At a cut every `checkpoint_interval` the owner writes a checkpoint
+//! (`crate::checkpoints`): where its claiming stands and its dedup
+//! indexes. A new owner loads the newest that its claimed log still
+//! vouches for and reads the log on from its cut, so a failover reads one
+//! interval of records, not the stream's life, and the streams can be
+//! given up below the oldest checkpoint kept (`crate::retention`).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -35,6 +42,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::NaiveDate;
 use farestream_core::clock::UnixMillis;
+use farestream_core::cluster::checkpoint::ClaimCheckpoint;
 use farestream_core::cluster::segments::closed_through;
 use farestream_core::cluster::{ClaimedEntry, ClaimedRecord, CutRecord, Partition};
 use farestream_core::ingest::{ClaimedRows, Pipeline};
@@ -44,14 +52,16 @@ use farestream_core::service_day::ServiceDayPolicy;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoints::{ClaimCheckpoints, KeptCheckpoint};
 use crate::stream_log::{StreamLog, StreamLogError};
 
 /// The two logs of the cluster: what ingest nodes append, and what
-/// partition owners claimed from it.
+/// partition owners claimed from it; and the owners' checkpoints.
 #[derive(Clone, Copy)]
 pub struct ClaimLogs<'a> {
     pub scans: &'a StreamLog,
     pub claimed: &'a StreamLog,
+    pub checkpoints: &'a ClaimCheckpoints,
 }
 
 /// Why an owner stopped claiming a partition. Whatever the reason, its
@@ -75,6 +85,12 @@ pub enum ClaimError {
     /// skip an acknowledged scan.
     #[error("partition {partition}: the {log} record at sequence {sequence} is damaged: {why}")]
     Damaged { partition: Partition, log: &'static str, sequence: u64, why: String },
+    /// Checkpoints of this claimed log are kept but none can be read:
+    /// the streams may have been given up below them, so reading the
+    /// claimed log from its start could forget claims. The partition
+    /// stops rather than accept a re-delivery twice.
+    #[error("partition {partition}: no checkpoint of its claimed log can be read ({why}); claiming waits for one")]
+    NoCheckpoint { partition: Partition, why: String },
 }
 
 /// How an owner reads and cuts.
@@ -95,6 +111,9 @@ pub struct ClaimSettings {
     /// day stays open: which days a cut closes.
     pub service_day: ServiceDayPolicy,
     pub accepted_lateness_ms: i64,
+    /// A checkpoint is written at the first cut this long after the last
+    /// (and at the first cut after the owner starts).
+    pub checkpoint_interval: Duration,
 }
 
 /// The clock an owner reads, in Unix milliseconds: when a cut is taken,
@@ -178,11 +197,12 @@ pub async fn claim_partition(
     holds: impl Fn() -> bool,
     stop: &CancellationToken,
 ) -> Result<ClaimStop, ClaimError> {
-    let Some(mut resume) = rebuild(logs.claimed, partition, &pipeline, settings, stop).await? else {
+    let Some(mut resume) = rebuild(logs, partition, &pipeline, settings, stop).await? else {
         return Ok(ClaimStop::Stopped);
     };
     resume.segment.opened_ms = now();
     let mut last_sweep_ms = resume.stream_ms;
+    let mut last_checkpoint_ms: Option<UnixMillis> = None;
     let mut reader = logs.scans.reader(partition, resume.scans_from).await?;
     loop {
         if stop.is_cancelled() {
@@ -191,8 +211,19 @@ pub async fn claim_partition(
         if !holds() {
             return Ok(ClaimStop::NotHeld);
         }
-        if let Some(stopped) = cut_when_due(logs, partition, settings, now(), &mut resume).await? {
-            return Ok(stopped);
+        let at_ms = now();
+        match cut_when_due(logs, partition, settings, at_ms, &mut resume).await? {
+            CutDue::NotDue => {}
+            CutDue::Fenced => return Ok(ClaimStop::Fenced),
+            CutDue::Appended => {
+                let interval_ms = i64::try_from(settings.checkpoint_interval.as_millis()).unwrap_or(i64::MAX);
+                if last_checkpoint_ms.is_none_or(|last| at_ms.saturating_sub(last) >= interval_ms)
+                    && resume.claimed_part.is_empty()
+                {
+                    write_checkpoint(logs.checkpoints, partition, &pipeline, &resume).await;
+                    last_checkpoint_ms = Some(at_ms);
+                }
+            }
         }
         let Some(record) = reader.next(settings.read_wait).await? else { continue };
         let mut rows = journal::decode(&record.payload).map_err(|e| ClaimError::Damaged {
@@ -239,19 +270,25 @@ pub async fn claim_partition(
     }
 }
 
+/// Whether a cut went into the claimed log.
+enum CutDue {
+    NotDue,
+    Appended,
+    Fenced,
+}
+
 /// Cuts a full segment at once, its arrivals where the last cut left
 /// them (a backlog is cut as it is claimed, so no segment outgrows the
 /// limit by more than a record). Decides a cut that moves the arrivals
 /// on when the segment is old, and appends it once everything the
-/// partition held at that moment is claimed. `Some` when the owner was
-/// fenced out.
+/// partition held at that moment is claimed.
 async fn cut_when_due(
     logs: ClaimLogs<'_>,
     partition: Partition,
     settings: ClaimSettings,
     now: UnixMillis,
     resume: &mut Resume,
-) -> Result<Option<ClaimStop>, ClaimError> {
+) -> Result<CutDue, ClaimError> {
     let segment = &mut resume.segment;
     let age_max_ms = i64::try_from(settings.segment_age_max.as_millis()).unwrap_or(i64::MAX);
     if segment.due.is_none() && now.saturating_sub(segment.opened_ms) >= age_max_ms {
@@ -262,7 +299,7 @@ async fn cut_when_due(
     let arrivals_before_ms = match caught_up {
         Some((_, at_ms)) => at_ms.saturating_sub(settings.arrival_allowance_ms).max(segment.arrivals_before_ms),
         None if segment.rows >= settings.segment_rows_max => segment.arrivals_before_ms,
-        None => return Ok(None),
+        None => return Ok(CutDue::NotDue),
     };
     let closes = closed_through(&settings.service_day, settings.accepted_lateness_ms, arrivals_before_ms);
     let cut = CutRecord { arrivals_before_ms, closed_through: closes.max(segment.closed_through) };
@@ -273,27 +310,69 @@ async fn cut_when_due(
             let due = if caught_up.is_some() { None } else { resume.segment.due };
             let closed_through = cut.closed_through;
             resume.segment = Segment { rows: 0, opened_ms: now, arrivals_before_ms, closed_through, due };
-            Ok(None)
+            Ok(CutDue::Appended)
         }
-        Err(StreamLogError::Fenced { .. }) => Ok(Some(ClaimStop::Fenced)),
+        Err(StreamLogError::Fenced { .. }) => Ok(CutDue::Fenced),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Reads the partition's claimed log to its end into `pipeline`'s dedup
-/// indexes; where claiming resumes, or `None` when stopped first.
+/// Writes where claiming stands at the cut just appended, and the dedup
+/// indexes then. A failure only costs the next owner a longer read (the
+/// streams are given up below the checkpoints kept, never below one that
+/// was not written), so it is logged and claiming goes on.
+async fn write_checkpoint(checkpoints: &ClaimCheckpoints, partition: Partition, pipeline: &Pipeline, resume: &Resume) {
+    let checkpoint = ClaimCheckpoint {
+        partition,
+        cut_sequence: resume.claimed_through,
+        cut: CutRecord {
+            arrivals_before_ms: resume.segment.arrivals_before_ms,
+            closed_through: resume.segment.closed_through,
+        },
+        scans_from: resume.scans_from,
+        stream_ms: resume.stream_ms,
+    };
+    debug_assert!(resume.claimed_part.is_empty(), "a checkpoint only between whole scans records");
+    if checkpoint.scans_from == 0 {
+        return;
+    }
+    let mut bytes = checkpoint.encode_header();
+    let replay_from = checkpoint.cut_sequence.saturating_add(1);
+    if let Err(error) = pipeline.write_dedup_snapshot(replay_from, resume.forget_before(), &mut bytes) {
+        tracing::warn!(%partition, %error, "a partition's checkpoint could not be encoded");
+        return;
+    }
+    let size = bytes.len();
+    match checkpoints.write(partition, &checkpoint.path(), bytes).await {
+        Ok(()) => {
+            tracing::debug!(%partition, cut = checkpoint.cut_sequence, bytes = size, "partition checkpoint written")
+        }
+        Err(error) => tracing::warn!(%partition, %error, "a partition's checkpoint was not written; claiming goes on"),
+    }
+}
+
+/// Loads the partition's newest usable checkpoint into `pipeline`'s dedup
+/// indexes and reads the claimed log on from its cut to the end (from
+/// the start with none); where claiming resumes, or `None` when stopped
+/// first.
 async fn rebuild(
-    claimed: &StreamLog,
+    logs: ClaimLogs<'_>,
     partition: Partition,
     pipeline: &Pipeline,
     settings: ClaimSettings,
     stop: &CancellationToken,
 ) -> Result<Option<Resume>, ClaimError> {
+    let claimed = logs.claimed;
     let Some(last) = claimed.last_in(partition).await? else {
         return Ok(Some(Resume { scans_from: 1, ..Resume::default() }));
     };
-    let mut resume = Resume { scans_from: 1, ..Resume::default() };
-    let mut reader = claimed.reader(partition, 1).await?;
+    let mut resume = match from_checkpoint(logs, partition, pipeline, last.sequence).await? {
+        Some(resume) => resume,
+        None => Resume { scans_from: 1, ..Resume::default() },
+    };
+    let read_from = resume.claimed_through.saturating_add(1);
+    tracing::info!(%partition, read_from, through = last.sequence, "rebuilding a partition's claims");
+    let mut reader = claimed.reader(partition, read_from).await?;
     while resume.claimed_through < last.sequence {
         if stop.is_cancelled() {
             return Ok(None);
@@ -330,6 +409,102 @@ async fn rebuild(
         }
     }
     Ok(Some(resume))
+}
+
+/// Where the newest checkpoint the claimed log vouches for leaves
+/// claiming, its dedup indexes loaded into `pipeline`; `None` when the
+/// partition has none that is this log's (none written, or all of a
+/// stream made again), so the log is read from its start. A checkpoint
+/// that is this log's but does not load is passed over for an older one;
+/// when none loads, [`ClaimError::NoCheckpoint`].
+async fn from_checkpoint(
+    logs: ClaimLogs<'_>,
+    partition: Partition,
+    pipeline: &Pipeline,
+    last: u64,
+) -> Result<Option<Resume>, ClaimError> {
+    let no_checkpoint = |why: String| ClaimError::NoCheckpoint { partition, why };
+    let kept = logs.checkpoints.kept(partition).await.map_err(|e| no_checkpoint(e.to_string()))?;
+    let mut unusable = Vec::new();
+    for candidate in kept.iter().filter(|k| k.cut_sequence <= last) {
+        match load_checkpoint(logs, partition, pipeline, candidate).await? {
+            Loaded::Resume(resume) => return Ok(Some(resume)),
+            Loaded::NotThisLogs => {}
+            Loaded::Unusable(why) => {
+                tracing::warn!(%partition, cut = candidate.cut_sequence, why, "a partition checkpoint passed over");
+                unusable.push(format!("cut {}: {why}", candidate.cut_sequence));
+            }
+        }
+    }
+    match unusable.is_empty() {
+        true => Ok(None),
+        false => Err(no_checkpoint(unusable.join("; "))),
+    }
+}
+
+enum Loaded {
+    Resume(Resume),
+    /// The claimed log holds another record at its cut's place.
+    NotThisLogs,
+    Unusable(String),
+}
+
+async fn load_checkpoint(
+    logs: ClaimLogs<'_>,
+    partition: Partition,
+    pipeline: &Pipeline,
+    kept: &KeptCheckpoint,
+) -> Result<Loaded, ClaimError> {
+    let bytes = match logs.checkpoints.read(kept).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Ok(Loaded::Unusable(e.to_string())),
+    };
+    let (checkpoint, snapshot) = match ClaimCheckpoint::decode_header(&bytes) {
+        Ok(decoded) => decoded,
+        Err(e) => return Ok(Loaded::Unusable(e.to_string())),
+    };
+    let named = (checkpoint.partition, checkpoint.cut_sequence, checkpoint.scans_from);
+    if named != (partition, kept.cut_sequence, kept.scans_from) {
+        return Ok(Loaded::Unusable(format!(
+            "its header says partition {}, cut {}, scans {}",
+            named.0, named.1, named.2
+        )));
+    }
+    if !vouches_for(logs.claimed, &checkpoint).await? {
+        return Ok(Loaded::NotThisLogs);
+    }
+    let forget_before = checkpoint.stream_ms.saturating_sub(STREAM_TIME_MARGIN_MS);
+    let replay_from = checkpoint.cut_sequence.saturating_add(1);
+    let accept = |header: &farestream_core::ingest::dedup::snapshot::SnapshotHeader| match header.replay_from_lsn
+        == replay_from
+    {
+        true => Ok(()),
+        false => Err(format!("its snapshot replays from {}, not {replay_from}", header.replay_from_lsn)),
+    };
+    if let Err(e) = pipeline.load_dedup_snapshot(forget_before, snapshot, accept) {
+        return Ok(Loaded::Unusable(e.to_string()));
+    }
+    let cut = checkpoint.cut;
+    let segment = Segment {
+        arrivals_before_ms: cut.arrivals_before_ms,
+        closed_through: cut.closed_through,
+        ..Segment::default()
+    };
+    Ok(Loaded::Resume(Resume {
+        claimed_through: checkpoint.cut_sequence,
+        scans_from: checkpoint.scans_from,
+        claimed_part: HashSet::new(),
+        stream_ms: checkpoint.stream_ms,
+        segment,
+    }))
+}
+
+/// Whether the claimed log holds the checkpoint's cut at its place: the
+/// checkpoint is this log's, not one of a stream made again.
+pub(crate) async fn vouches_for(claimed: &StreamLog, checkpoint: &ClaimCheckpoint) -> Result<bool, ClaimError> {
+    let held = claimed.record_at(checkpoint.partition, checkpoint.cut_sequence).await?;
+    let held = held.map(|record| ClaimedEntry::decode(&record.payload));
+    Ok(matches!(held, Some(Ok(ClaimedEntry::Cut(cut))) if cut == checkpoint.cut))
 }
 
 /// `whole` as claimed records of at most `bytes_max` bytes each, in

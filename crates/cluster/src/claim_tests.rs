@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::claim::{ClaimLogs, ClaimSettings, ClaimStop, WallClock, claim_partition, parts};
 use crate::test_nats::NatsCluster;
-use crate::{StreamLog, StreamLogError, StreamLogSettings, append_batch};
+use crate::{ClaimCheckpoints, SharedStore, StreamLog, StreamLogError, StreamLogSettings, append_batch};
 
-const PARTITIONS: u16 = 4;
-const AT_MS: i64 = 1_763_604_000_000;
+pub(crate) const PARTITIONS: u16 = 4;
+pub(crate) const AT_MS: i64 = 1_763_604_000_000;
 /// Segments too large and too long to be cut in a test, but in the ones
 /// about cuts; the shipped service day and lateness.
-fn settings() -> (ClaimSettings, WallClock<'static>) {
+pub(crate) fn settings() -> (ClaimSettings, WallClock<'static>) {
     let shipped = farestream_ingest::config::Config::defaults();
     let claim = ClaimSettings {
         read_wait: Duration::from_millis(200),
@@ -30,11 +30,18 @@ fn settings() -> (ClaimSettings, WallClock<'static>) {
         arrival_allowance_ms: 60_000,
         service_day: shipped.service_day_policy().expect("the shipped service day"),
         accepted_lateness_ms: i64::from(shipped.ingest.accepted_lateness_secs) * 1_000,
+        checkpoint_interval: Duration::from_secs(86_400),
     };
     (claim, &wall_clock_ms)
 }
 
-fn wall_clock_ms() -> i64 {
+/// A shared store of the test's own, in memory.
+pub(crate) fn memory_checkpoints() -> ClaimCheckpoints {
+    let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+    ClaimCheckpoints::new(SharedStore { store, local_root: None })
+}
+
+pub(crate) fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -51,23 +58,23 @@ fn log_settings(stream: &str, record_bytes_max: usize) -> StreamLogSettings {
     }
 }
 
-async fn open_logs(cluster: &NatsCluster, name: &str, claimed_bytes_max: usize) -> (StreamLog, StreamLog) {
+pub(crate) async fn open_logs(cluster: &NatsCluster, name: &str, claimed_bytes_max: usize) -> (StreamLog, StreamLog) {
     let scans = StreamLog::open(cluster.client().await, log_settings(&format!("{name}_SCANS"), 1 << 20));
     let claimed = StreamLog::open(cluster.client().await, log_settings(&format!("{name}_CLAIMED"), claimed_bytes_max));
     (scans.await.expect("scans"), claimed.await.expect("claimed"))
 }
 
 /// Pipelines as every node makes them: the shipped config, one issuer.
-struct Fleet {
+pub(crate) struct Fleet {
     issuer: IssuerSigningKey,
 }
 
 impl Fleet {
-    fn new() -> Fleet {
+    pub(crate) fn new() -> Fleet {
         Fleet { issuer: IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer") }
     }
 
-    fn pipeline(&self) -> Pipeline {
+    pub(crate) fn pipeline(&self) -> Pipeline {
         let mut keys = IssuerPublicKeys::new();
         keys.insert(1, self.issuer.public_key());
         let config = farestream_ingest::config::Config::defaults().pipeline_config().expect("the shipped config");
@@ -75,7 +82,7 @@ impl Fleet {
     }
 
     /// Card `card`'s code number `counter`.
-    fn code(&self, card: u64, counter: u32) -> Vec<u8> {
+    pub(crate) fn code(&self, card: u64, counter: u32) -> Vec<u8> {
         let user = UserKey::from_seed(&[card as u8; 32]).expect("user");
         let at = (AT_MS / 1000) as u32;
         let credential = self.issuer.issue(card, user.public_key(), at - 3_600, at + 90_000);
@@ -93,7 +100,7 @@ fn numbered_row(n: u32, card: u64) -> ArchivedScan {
     }
 }
 
-fn scan(validator: &str, seq: u64, code: Vec<u8>) -> ScanRecord {
+pub(crate) fn scan(validator: &str, seq: u64, code: Vec<u8>) -> ScanRecord {
     ScanRecord {
         validator_id: validator.into(),
         validator_seq: seq,
@@ -121,7 +128,7 @@ async fn claim_every_partition(fleet: &Fleet, logs: ClaimLogs<'_>, for_how_long:
 }
 
 /// Every entry of partition `p`'s claimed log, in order.
-async fn claimed_entries(claimed: &StreamLog, p: Partition) -> Vec<ClaimedEntry> {
+pub(crate) async fn claimed_entries(claimed: &StreamLog, p: Partition) -> Vec<ClaimedEntry> {
     let mut reader = claimed.reader(p, 1).await.expect("reader");
     let mut entries = Vec::new();
     while let Some(stored) = reader.next(Duration::from_millis(300)).await.expect("read") {
@@ -157,7 +164,8 @@ async fn claimed_rows(claimed: &StreamLog) -> (Vec<ArchivedScan>, u32) {
 async fn owners_claim_what_one_node_would_and_the_next_owner_resumes_exactly() {
     let Some(cluster) = NatsCluster::start().await else { return };
     let (scans, claimed) = open_logs(&cluster, "RESUME", 1 << 20).await;
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let checkpoints = memory_checkpoints();
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
     let fleet = Fleet::new();
     let batch = |gateway: &str, seq: u64, records: Vec<ScanRecord>| ScanBatch {
         gateway_id: gateway.into(),
@@ -211,7 +219,8 @@ async fn owners_claim_what_one_node_would_and_the_next_owner_resumes_exactly() {
 async fn an_owner_that_lost_the_race_is_fenced_out_of_the_claimed_log() {
     let Some(cluster) = NatsCluster::start().await else { return };
     let (scans, claimed) = open_logs(&cluster, "FENCE", 1 << 20).await;
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let checkpoints = memory_checkpoints();
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
     let fleet = Fleet::new();
     let partition = partition_of_card(5, PARTITIONS);
     let stop = CancellationToken::new();
@@ -250,7 +259,8 @@ async fn an_owner_that_lost_the_race_is_fenced_out_of_the_claimed_log() {
 async fn an_owner_that_died_between_the_parts_of_a_record_is_resumed_without_its_rows_twice() {
     let Some(cluster) = NatsCluster::start().await else { return };
     let (scans, claimed) = open_logs(&cluster, "PARTS", 4_096).await;
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let checkpoints = memory_checkpoints();
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
     let fleet = Fleet::new();
     let rows: Vec<ArchivedScan> = (0..120u32)
         .map(|n| ArchivedScan {
@@ -302,7 +312,7 @@ async fn supervised_owner(
     errors
 }
 
-async fn run_for<F: std::future::Future>(stop: &CancellationToken, how_long: Duration, f: F) -> F::Output {
+pub(crate) async fn run_for<F: std::future::Future>(stop: &CancellationToken, how_long: Duration, f: F) -> F::Output {
     let stopping = async {
         tokio::time::sleep(how_long).await;
         stop.cancel();
@@ -322,7 +332,8 @@ async fn a_redelivery_claimed_by_an_owner_that_started_late_is_dropped_as_one_no
     const DAY_MS: i64 = 86_400_000;
     let Some(cluster) = NatsCluster::start().await else { return };
     let (scans, claimed) = open_logs(&cluster, "LAG", 1 << 20).await;
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let checkpoints = memory_checkpoints();
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
     let fleet = Fleet::new();
     let p = partition_of_card(1, PARTITIONS);
     let other = (2..100u64).find(|c| partition_of_card(*c, PARTITIONS) == p).expect("a card beside card 1");
@@ -363,7 +374,8 @@ async fn a_redelivery_claimed_by_an_owner_that_started_late_is_dropped_as_one_no
 async fn resuming_between_the_parts_of_a_record_counts_its_redeliveries_once() {
     let Some(cluster) = NatsCluster::start().await else { return };
     let (scans, claimed) = open_logs(&cluster, "PARTSRD", 4_096).await;
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let checkpoints = memory_checkpoints();
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
     let fleet = Fleet::new();
     let mut rows: Vec<ArchivedScan> = (0..120u32)
         .map(|n| ArchivedScan {
@@ -431,7 +443,8 @@ async fn the_loser_of_two_appends_racing_on_one_end_is_told_it_is_fenced() {
 async fn an_owner_cuts_segments_by_size_and_by_age_and_the_next_counts_on_from_its_last_cut() {
     let Some(cluster) = NatsCluster::start().await else { return };
     let (scans, claimed) = open_logs(&cluster, "CUTS", 1 << 20).await;
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let checkpoints = memory_checkpoints();
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
     let fleet = Fleet::new();
     let partition = partition_of_card(11, PARTITIONS);
     let row = |n: u32| ArchivedScan { received_at: AT_MS, ..numbered_row(n, 11) };
@@ -486,7 +499,8 @@ async fn an_owner_cuts_segments_by_size_and_by_age_and_the_next_counts_on_from_i
 async fn a_quiet_partitions_next_owner_cuts_by_age_as_the_first_did() {
     let Some(cluster) = NatsCluster::start().await else { return };
     let (scans, claimed) = open_logs(&cluster, "QUIET", 1 << 20).await;
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed };
+    let checkpoints = memory_checkpoints();
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
     let fleet = Fleet::new();
     let partition = partition_of_card(11, PARTITIONS);
     let cuts = ClaimSettings { segment_age_max: Duration::from_millis(300), ..settings().0 };

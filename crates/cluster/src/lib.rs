@@ -11,24 +11,32 @@
 
 pub mod archive_progress;
 pub mod bucket;
+pub mod checkpoints;
 pub mod claim;
 pub mod leases;
 pub mod ownership;
 pub mod publish;
+pub mod retention;
 pub mod shared_identity;
+pub mod shared_store;
 pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
 
 pub use archive_progress::{ArchiveProgress, ArchivedThrough};
+pub use checkpoints::{CHECKPOINTS_KEPT, ClaimCheckpoints, KeptCheckpoint};
 pub use claim::{ClaimError, ClaimLogs, ClaimSettings, ClaimStop, WallClock, claim_partition};
 pub use leases::{LeaseError, LeaseSettings, PartitionLeases, lease_clock_ms};
 pub use ownership::{Owned, Ownership};
 pub use publish::append_batch;
+pub use retention::{Purged, purge_consumed};
 pub use shared_identity::{SharedIdentityError, check_shared_identity};
+pub use shared_store::{SharedStore, SharedStoreError};
 pub use stream_log::{
     Appended, PartitionReader, StoredRecord, StreamLog, StreamLogError, StreamLogSettings, StreamRecord,
 };
+#[cfg(test)]
+mod checkpoint_tests;
 #[cfg(test)]
 mod claim_tests;
 #[cfg(test)]

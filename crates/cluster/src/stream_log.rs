@@ -289,6 +289,18 @@ impl StreamLog {
         }
     }
 
+    /// Gives up partition `p`'s records before stream sequence `below`
+    /// (JetStream's purge of a subject up to a sequence): the caller
+    /// knows every reader and every checkpoint kept has passed them. The
+    /// records removed.
+    pub async fn purge_below(&self, partition: Partition, below: u64) -> Result<u64, StreamLogError> {
+        if partition.number() >= self.settings.partitions {
+            return Err(self.out_of_range(partition));
+        }
+        let purged = self.stream.purge().filter(self.subject(partition)).sequence(below).await;
+        purged.map(|response| response.purged).map_err(|e| StreamLogError::Read { partition, why: e.to_string() })
+    }
+
     fn out_of_range(&self, partition: Partition) -> StreamLogError {
         StreamLogError::PartitionOutOfRange { partition, partitions: self.settings.partitions }
     }

@@ -103,6 +103,12 @@ pub fn partition_claim_failed() {
     counter!("farestream_partition_claim_failures_total").increment(1);
 }
 
+/// In cluster mode, records of the scans and claimed streams given up
+/// once every reader had passed them (`farestream_cluster::retention`).
+pub fn stream_records_given_up(records: u64) {
+    counter!("farestream_stream_records_given_up_total").increment(records);
+}
+
 pub fn connection_opened() {
     counter!("farestream_connections_total").increment(1);
 }

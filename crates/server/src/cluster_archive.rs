@@ -18,17 +18,15 @@
 //! in a segment after such a cut, so in a `late-` file.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use farestream_cluster::{ArchiveProgress, ArchivedThrough, StreamLog, StreamLogError};
+use farestream_cluster::{ArchiveProgress, ArchivedThrough, SharedStore, SharedStoreError, StreamLog, StreamLogError};
 use farestream_core::cluster::segments::segment_file_name;
 use farestream_core::cluster::{ClaimedEntry, Partition};
 use farestream_core::scan::ArchivedScan;
@@ -41,11 +39,7 @@ use farestream_ingest::archive::parquet_writer::{
 #[derive(Clone)]
 pub struct SegmentArchive {
     /// The shared archive, laid out as a node's `DATA_DIR/archive`.
-    pub store: Arc<dyn ObjectStore>,
-    /// The store's root when it is a local directory: each file and its
-    /// folder are fsynced there before the position moves past it
-    /// (`object_store`'s local store renames, but syncs nothing).
-    pub local_root: Option<PathBuf>,
+    pub shared: SharedStore,
     pub row_group_rows_max: usize,
     /// The most rows a segment may hold before the archiver refuses it
     /// rather than hold more in memory: the largest `segment_rows_max`
@@ -55,13 +49,6 @@ pub struct SegmentArchive {
     /// How long one read waits before the archiver looks at its term and
     /// its stop again.
     pub read_wait: Duration,
-}
-
-/// The shared archive at a local path (a mount every node shares), made
-/// if missing.
-pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-    std::fs::create_dir_all(dir).map_err(generic)?;
-    Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?))
 }
 
 /// Why an archiver stopped.
@@ -87,6 +74,8 @@ pub enum ClusterArchiveError {
     Encode(#[from] ArchiveError),
     #[error("writing {path} into the shared archive: {source}")]
     Store { path: String, source: object_store::Error },
+    #[error(transparent)]
+    Put(#[from] SharedStoreError),
 }
 
 /// Archives `partition`'s claimed stream from where the archive stands
@@ -100,6 +89,15 @@ pub async fn archive_partition(
     stop: &CancellationToken,
 ) -> Result<ArchiveStop, ClusterArchiveError> {
     let mut through = progress.get(partition).await?;
+    // A position whose cut the stream no longer holds was set back by an
+    // old owner after the stream gave up records below a later one: every
+    // segment up to the first cut still held is archived (the streams
+    // give up nothing the archive has not passed). Rows before that cut
+    // are passed over, and the first segment written starts at it.
+    let mut passing_over = through.cut > 0 && claimed.record_at(partition, through.cut).await?.is_none();
+    if passing_over {
+        tracing::warn!(%partition, cut = through.cut, "the archive's position is below what the claimed stream holds; going on from its first cut");
+    }
     let mut reader = claimed.reader(partition, through.cut.saturating_add(1)).await?;
     let mut segment = Segment::default();
     loop {
@@ -116,6 +114,11 @@ pub async fn archive_partition(
             why: e.to_string(),
         })?;
         match entry {
+            ClaimedEntry::Rows(_) if passing_over => {}
+            ClaimedEntry::Cut(cut) if passing_over => {
+                passing_over = false;
+                through = ArchivedThrough { cut: stored.sequence, closed_through: cut.closed_through };
+            }
             ClaimedEntry::Rows(record) => {
                 segment.add(record.rows);
                 if segment.rows > archive.segment_rows_limit {
@@ -170,27 +173,10 @@ async fn write_segment(
         let bytes = tokio::task::spawn_blocking(move || encode_scans_file(&rows, row_group_rows_max, &encode_name))
             .await
             .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))?;
-        let store_error = |source| ClusterArchiveError::Store { path: path.clone(), source };
-        let location = StorePath::parse(&path).map_err(|e| store_error(e.into()))?;
-        archive.store.put(&location, bytes.into()).await.map_err(store_error)?;
-        if let Some(root) = &archive.local_root {
-            sync_local(&root.join(&path)).map_err(|e| store_error(generic(e)))?;
-        }
+        archive.shared.put_durable(&path, bytes.into()).await?;
         files += 1;
     }
     Ok(files)
-}
-
-/// Fsyncs a file the local store put and its folder, so the position
-/// moved after it never names a file a power cut took back.
-fn sync_local(file: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(file)?.sync_all()?;
-    std::fs::File::open(file.parent().unwrap_or(std::path::Path::new(".")))?.sync_all()
-}
-
-/// A local file system error as `object_store` reports its own.
-fn generic(source: std::io::Error) -> object_store::Error {
-    object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) }
 }
 
 /// Marks `_SUCCESS` in each service date's folder of the shared archive
@@ -213,7 +199,7 @@ pub async fn close_days(
         move |source| ClusterArchiveError::Store { path, source }
     };
     let scans = StorePath::from("scans");
-    let folders = match archive.store.list_with_delimiter(Some(&scans)).await {
+    let folders = match archive.shared.store.list_with_delimiter(Some(&scans)).await {
         Ok(listed) => listed.common_prefixes,
         Err(object_store::Error::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(store_error("scans/")(e)),
@@ -227,13 +213,13 @@ pub async fn close_days(
             continue;
         }
         let marker = folder.clone().join(SUCCESS_MARKER);
-        match archive.store.head(&marker).await {
+        match archive.shared.store.head(&marker).await {
             Ok(_) => continue,
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_error(marker.as_ref())(e)),
         }
         let text = format!("closed_through = {closed_by}\n");
-        archive.store.put(&marker, text.into_bytes().into()).await.map_err(store_error(marker.as_ref()))?;
+        archive.shared.store.put(&marker, text.into_bytes().into()).await.map_err(store_error(marker.as_ref()))?;
         tracing::info!(%date, "service day closed in the shared archive: every partition's cuts passed it");
         marked.push(date);
     }
@@ -256,8 +242,7 @@ mod tests {
     #[tokio::test]
     async fn a_segments_day_closed_by_the_cut_before_it_goes_in_a_late_file() {
         let archive = SegmentArchive {
-            store: Arc::new(InMemory::new()),
-            local_root: None,
+            shared: SharedStore { store: std::sync::Arc::new(InMemory::new()), local_root: None },
             row_group_rows_max: 100,
             segment_rows_limit: 10,
             read_wait: Duration::from_millis(10),
@@ -270,8 +255,14 @@ mod tests {
         let from = ArchivedThrough { cut: 5, closed_through: Some(closed) };
         let partition = Partition::new(3, 8).expect("partition");
         assert_eq!(write_segment(&archive, partition, from, 9, segment).await.expect("written"), 2);
-        let mut names: Vec<String> =
-            archive.store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.expect("listed");
+        let mut names: Vec<String> = archive
+            .shared
+            .store
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .expect("listed");
         names.sort();
         assert_eq!(
             names,

@@ -94,6 +94,7 @@ impl ClusterSettings {
                     .saturating_add(CLOCK_SKEW_ALLOWANCE_MS),
                 service_day: whole.service_day_policy()?,
                 accepted_lateness_ms: i64::from(whole.ingest.accepted_lateness_secs).saturating_mul(1_000),
+                checkpoint_interval: ms(config.claim_checkpoint_interval_ms),
             },
             archive_dir: PathBuf::from(&config.archive_dir),
             progress_bucket: config.progress_bucket.clone(),

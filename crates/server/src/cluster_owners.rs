@@ -9,7 +9,9 @@
 //! archive (`crate::cluster_archive`). The pricing task prices the
 //! claimed stream into the PostgreSQL money store (`crate::cluster_pricer`).
 //! Each is started again on its own after it ends while the partition is
-//! still held.
+//! still held. Once a checkpoint interval, the node gives up the records
+//! of the partitions it holds that no reader needs again
+//! (`farestream_cluster::retention`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,9 +23,10 @@ use tokio::task::JoinHandle;
 use crate::Shared;
 use crate::cluster_archive::{ArchiveStop, SegmentArchive, archive_partition, close_days};
 use crate::cluster_ingest::ClusterSettings;
-use crate::cluster_pricer::{PartitionPricing, PriceStop, make_partition_cursors, price_partition};
+use crate::cluster_pricer::{PartitionPricing, PriceStop, make_partition_cursors, price_partition, pricing_position};
 use farestream_cluster::{
-    ArchiveProgress, ClaimLogs, ClaimStop, Owned, Ownership, StreamLog, claim_partition, lease_clock_ms,
+    ArchiveProgress, ClaimCheckpoints, ClaimLogs, ClaimStop, Owned, Ownership, StreamLog, claim_partition,
+    lease_clock_ms, purge_consumed,
 };
 use farestream_core::cluster::Partition;
 use farestream_core::ingest::Pipeline;
@@ -47,7 +50,14 @@ struct Owners {
     claim: farestream_cluster::ClaimSettings,
     progress: ArchiveProgress,
     archive: SegmentArchive,
+    checkpoints: ClaimCheckpoints,
     pricing: PartitionPricing,
+}
+
+impl Owners {
+    fn claim_logs(&self) -> ClaimLogs<'_> {
+        ClaimLogs { scans: &self.logs.scans, claimed: &self.logs.claimed, checkpoints: &self.checkpoints }
+    }
 }
 
 /// The tasks of a held partition.
@@ -78,14 +88,50 @@ pub(crate) async fn start_owners(
         .await
         .map_err(|e| cluster_error(&e))?;
     let archive = segment_archive(shared, settings).map_err(|e| cluster_error(&e))?;
+    let checkpoints = ClaimCheckpoints::new(archive.shared.clone());
     let pricing = partition_pricing(shared, (partitions, settings.claim.read_wait), charges_written).await?;
     let leases = crate::spawn_supervised(shared, "the partition leases", ownership.run(shared.shutdown.clone()));
-    let owners =
-        Arc::new(Owners { shared: Arc::clone(shared), logs, claim: settings.claim, progress, archive, pricing });
+    let claim = settings.claim;
+    let owners = Arc::new(Owners { shared: Arc::clone(shared), logs, claim, progress, archive, checkpoints, pricing });
+    let (retaining, every) = ((Arc::clone(&owners), watching.clone()), claim.checkpoint_interval);
     crate::spawn_supervised(shared, "the partition owners", keep_partition_tasks(Arc::clone(&owners), watching));
-    let every = settings.claim.segment_age_max;
+    crate::spawn_supervised(shared, "the streams' retention", purge_consumed_every(retaining, every));
+    let every = claim.segment_age_max;
     crate::spawn_supervised(shared, "the shared archive's day closer", close_days_every(owners, partitions, every));
     Ok(leases)
+}
+
+/// Gives up, once `every`, the records of each partition the node holds
+/// that neither its archive, its pricing nor a new owner can need again.
+async fn purge_consumed_every((owners, watching): (Arc<Owners>, watch::Receiver<Owned>), every: Duration) {
+    loop {
+        tokio::select! {
+            _ = owners.shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let held: Vec<Partition> = watching.borrow().keys().copied().collect();
+        for partition in held.into_iter().filter(|p| holds(&watching, *p)) {
+            if let Err(error) = purge_partition(&owners, partition).await {
+                tracing::warn!(%partition, %error, "giving up a partition's consumed records failed; trying again later");
+            }
+        }
+    }
+}
+
+/// One partition's retention: below the lowest of its archive position,
+/// its pricing cursor and its oldest checkpoint kept.
+async fn purge_partition(owners: &Owners, partition: Partition) -> Result<(), String> {
+    let archived = owners.progress.get(partition).await.map_err(|e| e.to_string())?.cut;
+    let priced = pricing_position(&owners.pricing, partition).await.map_err(|e| e.to_string())?;
+    let purged = purge_consumed(owners.claim_logs(), partition, archived.min(priced));
+    if let Some(purged) = purged.await.map_err(|e| e.to_string())? {
+        let records = purged.claimed_records.saturating_add(purged.scans_records);
+        farestream_ingest::telemetry::stream_records_given_up(records);
+        if records > 0 {
+            tracing::info!(%partition, ?purged, "a partition's consumed records given up");
+        }
+    }
+    Ok(())
 }
 
 /// Closes the shared archive's service days that every partition has
@@ -106,11 +152,10 @@ async fn close_days_every(owners: Arc<Owners>, partitions: u16, every: Duration)
 /// The shared archive as `cluster.archive_dir` names it, written as the
 /// node's own archive is encoded.
 fn segment_archive(shared: &Shared, settings: &ClusterSettings) -> Result<SegmentArchive, object_store::Error> {
-    let store = crate::cluster_archive::local_store(&settings.archive_dir)?;
+    let store = farestream_cluster::SharedStore::local(&settings.archive_dir)?;
     let record_rows_max = settings.claimed.record_bytes_max as u64 / ROW_BYTES_MIN;
     Ok(SegmentArchive {
-        store,
-        local_root: Some(settings.archive_dir.clone()),
+        shared: store,
         row_group_rows_max: shared.settings.archive.row_group_rows_max,
         // Another owner may cut at a larger limit than this node's (a
         // rolling change): the largest any may have, so no segment an
@@ -231,7 +276,7 @@ async fn claim_while_held(owners: Arc<Owners>, partition: Partition, watching: w
             return;
         }
     };
-    let logs = ClaimLogs { scans: &owners.logs.scans, claimed: &owners.logs.claimed };
+    let logs = owners.claim_logs();
     let clock = Arc::clone(&shared.handles.clock);
     let now = move || clock.now_ms();
     let claiming = (owners.claim, &now as farestream_cluster::WallClock<'_>);

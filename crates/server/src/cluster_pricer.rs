@@ -154,6 +154,22 @@ pub(crate) async fn price_partition(
     }
 }
 
+/// The lowest claimed-stream sequence partition `p`'s pricing may read
+/// again (0: it has priced nothing): its last priced record, which a
+/// start checks the stream still holds ([`PartitionCursor::take`]), and
+/// everything after.
+pub(crate) async fn pricing_position(
+    pricing: &PartitionPricing,
+    partition: Partition,
+) -> Result<u64, ClusterPricerError> {
+    let reader = partition_reader_name(partition.number());
+    on_store(pricing, move |store| {
+        let at = log_cursor(&mut store.db(), &reader)?.unwrap_or(0);
+        Ok(last_record(&mut store.db(), &reader)?.map_or(0, |last| last.lsn.min(at)))
+    })
+    .await
+}
+
 /// Runs `work` on one of the node's pricing connections, on a blocking
 /// thread.
 async fn on_store<T: Send + 'static>(

@@ -39,6 +39,7 @@ pub struct ClusterConfig {
     pub claim_read_wait_ms: u64,
     pub segment_rows_max: u64,
     pub segment_age_max_ms: u64,
+    pub claim_checkpoint_interval_ms: u64,
     pub archive_dir: String,
     pub progress_bucket: String,
     pub partitions: u16,

@@ -135,6 +135,7 @@ pub const RANGES: &[KeyRange] = &[
     range("cluster.claim_read_wait_ms", 10, 60_000, "ms"),
     range("cluster.segment_rows_max", 1_000, super::cluster::SEGMENT_ROWS_MAX_LIMIT as i64, "rows"),
     range("cluster.segment_age_max_ms", 1_000, 3_600_000, "ms"),
+    range("cluster.claim_checkpoint_interval_ms", 1_000, 86_400_000, "ms"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
