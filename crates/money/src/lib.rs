@@ -27,6 +27,7 @@ pub mod payments;
 pub mod pg_store;
 pub mod pricer;
 pub mod pricing;
+pub mod pricing_round;
 pub mod service;
 pub mod snapshot;
 pub mod store;

@@ -12,6 +12,14 @@ pub fn rides_priced(taps: u64, charges: u64) {
     counter!("farestream_charges_written_total").increment(charges);
 }
 
+/// In cluster mode, one pricing transaction for `parts` partitions'
+/// stretches: the rounds and the parts, whose ratio says how many
+/// partitions a commit serves.
+pub fn pricing_round_parts(parts: usize) {
+    counter!("farestream_pricing_rounds_total").increment(1);
+    counter!("farestream_pricing_round_parts_total").increment(parts as u64);
+}
+
 pub fn pricing_retried() {
     counter!("farestream_pricing_retries_total").increment(1);
 }

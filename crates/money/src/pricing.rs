@@ -397,16 +397,16 @@ fn charges_of(tx: &mut dyn Db, days: &BTreeSet<RiderDay>) -> Result<HashMap<Ride
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_cluster::on_both_stores;
     use farestream_core::scan::{ScanStatus, TapKind};
 
     /// 2025-12-01T00:00Z.
-    const DAY_START_MS: i64 = 1_764_547_200_000;
-    const MINUTE_MS: i64 = 60_000;
+    pub(crate) const DAY_START_MS: i64 = 1_764_547_200_000;
+    pub(crate) const MINUTE_MS: i64 = 60_000;
 
-    fn fares() -> FareTable {
+    pub(crate) fn fares() -> FareTable {
         farestream_ingest::config::fare_table::load_fares(None).expect("the embedded fare table")
     }
 
@@ -447,9 +447,9 @@ mod tests {
         ]
     }
 
-    type ChargeRow = (Vec<u8>, i64, i64, String, i64, String, Vec<u8>, Option<i64>);
+    pub(crate) type ChargeRow = (Vec<u8>, i64, i64, String, i64, String, Vec<u8>, Option<i64>);
 
-    fn charges(db: &mut dyn Db) -> Vec<ChargeRow> {
+    pub(crate) fn charges(db: &mut dyn Db) -> Vec<ChargeRow> {
         db.query(
             "SELECT charge_id, card_id, service_date, kind, amount_cents, outcome, scan_ids, decided_at
              FROM charges ORDER BY charge_id",
@@ -497,7 +497,7 @@ mod tests {
     /// morning, most days a metro trip, every fifth rider a trip from
     /// late one night into the next day, every fourth an entry late on
     /// the third day (still open at the pricing's `now`).
-    fn a_city(fares: &FareTable, first_card: u64) -> Vec<ArchivedScan> {
+    pub(crate) fn a_city(fares: &FareTable, first_card: u64) -> Vec<ArchivedScan> {
         let mut scans = Vec::new();
         let mut id = first_card << 32;
         let mut tap = |card, kind, at| {
@@ -527,7 +527,7 @@ mod tests {
     /// Each rider-day's net charge (card from 0, date, cents, 0) and its
     /// open entry (card, date, -1, closing time),
     /// of the cards from `first_card` (numbered from 0).
-    fn outcome(db: &mut dyn Db, first_card: u64) -> Vec<(i64, i64, i64, i64)> {
+    pub(crate) fn outcome(db: &mut dyn Db, first_card: u64) -> Vec<(i64, i64, i64, i64)> {
         let rows = db
             .query(
                 "SELECT card_id, service_date, CAST(sum(amount_cents) AS BIGINT) FROM charges

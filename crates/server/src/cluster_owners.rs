@@ -24,6 +24,7 @@ use crate::Shared;
 use crate::cluster_archive::{ArchiveStop, SegmentArchive, archive_partition, close_days};
 use crate::cluster_ingest::ClusterSettings;
 use crate::cluster_pricer::{PartitionPricing, PriceStop, make_partition_cursors, price_partition, pricing_position};
+use crate::pricing_rounds::PricingRounds;
 use farestream_cluster::{
     ArchiveProgress, ClaimCheckpoints, ClaimLogs, ClaimStop, Owned, Ownership, StreamLog, claim_partition,
     lease_clock_ms, purge_consumed,
@@ -168,7 +169,7 @@ fn segment_archive(shared: &Shared, settings: &ClusterSettings) -> Result<Segmen
 /// The node's pricing connections to the money store, with every
 /// partition's cursor made (blocking work, off the async threads).
 async fn partition_pricing(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     (partitions, read_wait): (u16, Duration),
     charges_written: Arc<tokio::sync::Notify>,
 ) -> Result<PartitionPricing, crate::ServerError> {
@@ -182,8 +183,12 @@ async fn partition_pricing(
         opening.await.map_err(|e| crate::ServerError::Recovery(format!("opening pricing panicked: {e}")))??;
     let pricer = &shared.settings.money.pricer;
     let (fares, gather) = (Arc::new(pricer.fares.clone()), pricer.poll_interval);
+    let connections = Arc::new(connections);
+    let stop = shared.shutdown.clone();
+    let (rounds, pricing_rounds) = PricingRounds::start(Arc::clone(&connections), fares, charges_written, stop);
+    crate::spawn_supervised(shared, "the pricing rounds", pricing_rounds);
     let faults = Arc::clone(&shared.handles.faults);
-    Ok(PartitionPricing { connections: Arc::new(connections), fares, read_wait, gather, charges_written, faults })
+    Ok(PartitionPricing { connections, read_wait, gather, rounds, faults })
 }
 
 /// Fewer bytes than any claimed row takes in a record (its scan id alone

@@ -1,8 +1,10 @@
 //! Cluster mode's pricing (docs/scale-out.md, "Pricing"): a partition's
 //! owner reads its claimed stream from the partition's cursor in the
 //! PostgreSQL money store (`pricer@partition-N`) and prices each stretch
-//! it reads in one store transaction that also moves the cursor, as the
-//! node pricer does over its own log.
+//! it reads in the store transaction that also moves the cursor, as the
+//! node pricer does over its own log: the node's pricing round
+//! (`crate::pricing_rounds`), one transaction for the stretches every
+//! partition of the node gathered meanwhile.
 //!
 //! The cursor is the fence. A pricer takes it with fresh holder bits when
 //! it starts (`store::hold_log_cursor`, only at the place it read), and
@@ -27,25 +29,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use farestream_cluster::{StreamLog, StreamLogError};
 use farestream_core::clock::UnixMillis;
-use farestream_core::cluster::{ClaimedEntry, Partition, partition_of_card};
-use farestream_core::fares::FareTable;
+use farestream_core::cluster::{ClaimedEntry, Partition};
 use farestream_core::scan::ArchivedScan;
 use farestream_ingest::faults::Faults;
 use farestream_money::MoneyStore;
-use farestream_money::money_metrics;
 use farestream_money::pricer::{PRICING_ROWS_TOGETHER_MAX, partition_of_reader, partition_reader_name};
-use farestream_money::pricing::{Priced, price_closed_entries_of, price_rows};
+use farestream_money::pricing_round::{PartCut, RoundPart};
 use farestream_money::store::{
     CURSOR_HOLD_TRIES, CursorHolder, LastRecord, StoreError, fresh_cursor_holder, hold_log_cursor, last_record,
-    log_cursor, log_cursor_readers, make_log_cursor, restart_log_cursor, retire_log_cursor, set_log_cursor,
-    set_priced_received_before,
+    log_cursor, log_cursor_readers, make_log_cursor, restart_log_cursor, retire_log_cursor,
 };
 use farestream_money::store_connections::StoreConnections;
+
+use crate::pricing_rounds::PricingRounds;
 
 /// The claimed stream's first sequence: where a partition's cursor
 /// starts.
@@ -55,7 +55,6 @@ const FIRST_SEQUENCE: u64 = 1;
 pub(crate) struct PartitionPricing {
     /// The node's connections for pricing, shared by its partitions.
     pub(crate) connections: Arc<StoreConnections>,
-    pub(crate) fares: Arc<FareTable>,
     /// How long one read waits before the pricer looks at its term and
     /// its stop again.
     pub(crate) read_wait: Duration,
@@ -65,8 +64,9 @@ pub(crate) struct PartitionPricing {
     /// few dozen rows each, and a transaction a record would cost the
     /// store a commit for each.
     pub(crate) gather: Duration,
-    /// Woken when new charges are written (the dispatcher's).
-    pub(crate) charges_written: Arc<Notify>,
+    /// The node's rounds: one transaction for what every partition
+    /// pricer gathered meanwhile.
+    pub(crate) rounds: PricingRounds,
     pub(crate) faults: Arc<Faults>,
 }
 
@@ -89,6 +89,8 @@ pub(crate) enum ClusterPricerError {
     Damaged { partition: Partition, sequence: u64, why: String },
     #[error("a pricing task panicked: {0}")]
     Panicked(String),
+    #[error("the pricing round failed: {0}")]
+    Round(String),
 }
 
 /// Makes every partition's cursor that is missing, held by nobody, so
@@ -139,16 +141,10 @@ pub(crate) async fn price_partition(
         }
         pricing.faults.before_pricing().map_err(|e| StoreError::Task(e.to_string()))?;
         let through = stretch.through();
-        let (fares, at) = (Arc::clone(&pricing.fares), now());
-        let cursor = cursor.clone();
-        let priced = on_store(pricing, move |store| cursor.price(store, &fares, (from, stretch), at)).await;
-        let priced = match priced {
-            Err(ClusterPricerError::Store(StoreError::CursorTaken(_))) => return Ok(PriceStop::CursorTaken),
-            priced => priced?,
-        };
-        money_metrics::rides_priced(priced.taps, priced.charges);
-        if priced.charges > 0 {
-            pricing.charges_written.notify_one();
+        match pricing.rounds.price(cursor.part(from, stretch), now()).await.map_err(ClusterPricerError::Round)? {
+            None => {}
+            Some(StoreError::CursorTaken(_)) => return Ok(PriceStop::CursorTaken),
+            Some(refused) => return Err(refused.into()),
         }
         from = through;
     }
@@ -239,28 +235,19 @@ impl PartitionCursor {
         }
     }
 
-    /// Prices `stretch`'s rows and moves the cursor from `from` past its
-    /// last record in one transaction; past a cut, records the cut's
-    /// arrivals as priced and closes the partition's windows closed by
-    /// then.
-    fn price(
-        &self,
-        store: &mut MoneyStore,
-        fares: &FareTable,
-        (from, stretch): (u64, Stretch),
-        now: UnixMillis,
-    ) -> Result<Priced, StoreError> {
+    /// `stretch` as its share of a pricing round: its rows, the cursor
+    /// moved from `from` past its last record; past a cut, the cut's
+    /// arrivals as the partition's promise and the closing of its cards'
+    /// windows closed by then.
+    fn part(&self, from: u64, stretch: Stretch) -> RoundPart {
         let through = stretch.through();
         let last = LastRecord::of(stretch.last_sequence, &stretch.last_payload);
-        store.in_transaction(|tx| {
-            let priced = price_rows(tx, fares, &stretch.rows, now)?;
-            set_log_cursor(tx, &self.reader, &self.holder, (from, through), last)?;
-            let Some(at) = stretch.arrivals_before_ms else { return Ok(priced) };
-            set_priced_received_before(tx, (&self.reader, &self.holder), through, at)?;
-            let (partition, partitions) = (self.partition, self.partitions);
-            let mine = |card| partition_of_card(card, partitions) == partition;
-            Ok(priced + price_closed_entries_of(tx, fares, at, mine)?)
-        })
+        let cut = stretch.arrivals_before_ms.map(|arrivals_before_ms| PartCut {
+            arrivals_before_ms,
+            partition: self.partition.number(),
+            partitions: self.partitions,
+        });
+        RoundPart { reader: self.reader.clone(), holder: self.holder, from, through, last, rows: stretch.rows, cut }
     }
 }
 

@@ -49,6 +49,7 @@ mod housekeeping;
 mod issuer_reload;
 mod money_jobs;
 mod peer_limits;
+mod pricing_rounds;
 mod server_push;
 mod settings;
 mod startup;
