@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use farestream::charges::ChargeRecord;
+use farestream::clock_source::Clock;
 use farestream::money::db::Db;
 use farestream::money::outbox::{charges, undecided};
 use farestream::scan::TapKind;
 use farestream_cluster::test_nats::NatsCluster;
+use farestream_core::cluster::partition_of_card;
 
 use crate::cluster::{cluster_config, looked_at_until, quick_leases};
 use crate::money::{MINUTE, Money, assert_charged_once, own_validator_tap, tap};
@@ -293,4 +295,49 @@ async fn a_node_restarted_on_new_streams_prices_every_ride_acked_there() {
     assert_eq!(readers, (0..4).map(|n| format!("pricer@partition-{n}")).collect::<Vec<_>>(), "4 to 7 retired");
     h.server.shutdown().await.expect("stops");
     paygw.stop().await;
+}
+
+/// Riders in every partition; pricing stalled (a PostgreSQL that cannot
+/// take the pricer's transactions) before any partition priced
+/// anything, so each partition's pricing position is 0. The archive and
+/// the checkpoints pass the rides; the retention, once a second, must
+/// keep what the pricing has not read, so every ride is charged once
+/// pricing comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rides_acked_while_pricing_is_stalled_are_charged_once_it_returns() {
+    let Some(nats) = NatsCluster::start().await else { return };
+    let Some(mut config) = cluster_config(&nats).await else { return };
+    config.cluster.claim_checkpoint_interval_ms = 1_000;
+    let m = Money::start_with(config).await;
+    m.h.faults.set_pricing_stalled(true);
+    let partitions = m.h.config.cluster.partitions;
+    let mut cards = Vec::new();
+    for p in 0..partitions {
+        let card = (900..2_000u64).find(|c| partition_of_card(*c, partitions).number() == p).expect("a card");
+        cards.push(card);
+    }
+    let mut taps = Vec::new();
+    for (n, card) in cards.iter().enumerate() {
+        let rider = m.rider(*card, 10_000).await;
+        taps.push(tap(&rider, 1, T0_MS + MINUTE + n as i64, TapKind::Single, "bus-99"));
+    }
+    let pushed = m.h.client().push(&batch("depot-1", 1, taps)).await.expect("acked");
+    assert_eq!(pushed.accepted as usize, cards.len());
+    // Cuts, checkpoints and the archive pass the rides; the retention
+    // runs once a second.
+    for _ in 0..5 {
+        m.h.clock.set(m.h.clock.now_ms() + 2_000);
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+    }
+    m.h.faults.set_pricing_stalled(false);
+    let read = async || {
+        let read = m.h.server.with_money_store(|store| charges(&mut store.db(), None));
+        read.await.expect("the money store")
+    };
+    let charged = looked_at_until(read, |c| c.len() >= cards.len()).await;
+    cards.sort_unstable();
+    let mut charged_cards: Vec<u64> = charged.iter().map(|c| c.card_id).collect();
+    charged_cards.sort_unstable();
+    assert_eq!(charged_cards, cards, "every acked ride charged once pricing is back");
+    m.stop().await;
 }

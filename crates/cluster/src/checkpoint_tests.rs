@@ -152,3 +152,44 @@ async fn another_streams_checkpoints_are_passed_over_and_damaged_ones_stop_the_p
     let stopped = owner_for(&fleet, old, p, settings().0, Duration::from_millis(1_000)).await;
     assert!(matches!(stopped, Err(ClaimError::NoCheckpoint { .. })), "{stopped:?}");
 }
+
+/// A partition checkpointed before it had any scans (`scans_from` 1)
+/// then gets a tap acknowledged while no owner runs; the retention that
+/// follows must leave it on the scans stream for the next owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partitions_checkpoint_leaves_scans_acked_after_it_to_the_next_owner() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "QUIETSCANS", 1 << 20).await;
+    let checkpoints = ClaimCheckpoints::new(shared_memory());
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
+    let fleet = Fleet::new();
+    let p = partition_of_card(1, PARTITIONS);
+    owner_for(&fleet, logs, p, checkpointing(), Duration::from_millis(1_200)).await.expect("cut, nothing to claim");
+    let kept = checkpoints.kept(p).await.expect("listed");
+    assert!(!kept.is_empty() && kept.iter().all(|k| k.scans_from == 1), "{kept:?}");
+
+    ingest(&fleet, &scans, &batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]), AT_MS + 10_000).await;
+    let purged = purge_consumed(logs, p, u64::MAX).await.expect("purged");
+    owner_for(&fleet, logs, p, settings().0, Duration::from_millis(1_500)).await.expect("claimed");
+    let cards: Vec<Option<u64>> = held_rows(&claimed, p).await.0.iter().map(|r| r.card_id).collect();
+    assert_eq!(cards, vec![Some(1)], "the acknowledged tap claimed after {purged:?}");
+}
+
+/// A reader at 0 (the archive or the pricing has read nothing of the
+/// partition yet) keeps the whole claimed log: JetStream would take a
+/// purge "below 0" for the whole subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_claimed_records_no_reader_has_passed() {
+    let Some(cluster) = NatsCluster::start().await else { return };
+    let (scans, claimed) = open_logs(&cluster, "NOREADER", 1 << 20).await;
+    let checkpoints = ClaimCheckpoints::new(shared_memory());
+    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
+    let fleet = Fleet::new();
+    let p = partition_of_card(1, PARTITIONS);
+    ingest(&fleet, &scans, &batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]), AT_MS + 10_000).await;
+    owner_for(&fleet, logs, p, checkpointing(), Duration::from_millis(1_200)).await.expect("claimed");
+    assert_eq!(held_rows(&claimed, p).await.0.len(), 1, "card 1's tap claimed");
+
+    let purged = purge_consumed(logs, p, 0).await.expect("purged");
+    assert_eq!(held_rows(&claimed, p).await.0.len(), 1, "no reader passed card 1's claimed record: {purged:?}");
+}

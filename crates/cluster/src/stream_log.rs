@@ -293,9 +293,17 @@ impl StreamLog {
     /// (JetStream's purge of a subject up to a sequence): the caller
     /// knows every reader and every checkpoint kept has passed them. The
     /// records removed.
+    ///
+    /// Nothing lies below sequence 1, and JetStream reads a purge
+    /// sequence of 0 as "none given": the whole subject. A reader at 0
+    /// (one that has read nothing yet) must keep everything, so 0 and 1
+    /// never reach the server.
     pub async fn purge_below(&self, partition: Partition, below: u64) -> Result<u64, StreamLogError> {
         if partition.number() >= self.settings.partitions {
             return Err(self.out_of_range(partition));
+        }
+        if below <= 1 {
+            return Ok(0);
         }
         let purged = self.stream.purge().filter(self.subject(partition)).sequence(below).await;
         purged.map(|response| response.purged).map_err(|e| StreamLogError::Read { partition, why: e.to_string() })
