@@ -83,8 +83,8 @@ cluster_keys() {
   local name=$1
   local urls
   urls=$(IFS=,; echo "${nats_urls[*]}")
-  printf '\n[cluster]\nenabled = true\nnode_name = "%s"\nnats_urls = [%s]\npartitions = 16\narchive_dir = "%s"\n' \
-    "$name" "$urls" "$base/shared-archive"
+  printf '\n[cluster]\nenabled = true\nnode_name = "%s"\nnats_urls = [%s]\npartitions = 16\narchive_dir = "%s"\nkeys_dir = "%s"\n' \
+    "$name" "$urls" "$base/shared-archive" "$base/shared-keys"
 }
 
 field() { grep -oE "$1=[0-9.]+" "$2" | head -1 | cut -d= -f2; }
@@ -93,16 +93,17 @@ per_scan_us() { awk -v c="$1" -v s="$2" 'BEGIN { printf "%.1f", c / s * 1e6 }'; 
 start_nats_cluster "$base/nats"
 echo "farestream cluster figures ($(nproc) cores shared by everything; $riders riders a city, $rate scans/s open loop)"
 
-# The single node; its data dir's keys sign both cities, and every node
-# starts from a copy of them (the cluster's nodes must share keys, TLS
-# identity and fleet CA: docs/scale-out.md).
+# The single node; its data dir's keys sign both cities, and the
+# cluster's shared key store starts as a copy of them (the cluster's
+# nodes share keys, TLS identity and fleet CA: docs/scale-out.md).
 work=$base/single; mkdir -p "$work"
 start_loopback_server "$(money_keys single)" metrics
 "$bin" "${args[@]}" loadgen prepare --out "$base/city1.bin" --riders "$riders" --seed 1 | sed 's/^/  /'
 "$bin" "${args[@]}" loadgen prepare --out "$base/city2.bin" --riders "$riders" --seed 2 | sed 's/^/  /'
+cp -r "$work/data/keys" "$base/shared-keys"
 for node in a b; do
   mkdir -p "$base/$node/data"
-  cp -r "$work/data/keys" "$work/data/tls" "$work/data/fleet" "$base/$node/data/"
+  cp -r "$work/data/tls" "$work/data/fleet" "$base/$node/data/"
 done
 # Each node's and PostgreSQL's CPU from the run's start until everything
 # acked is priced.

@@ -70,6 +70,7 @@ node_name = "$1"
 nats_urls = [$urls]
 partitions = 8
 archive_dir = "$work/shared/archive"
+keys_dir = "$work/shared/keys"
 append_ack_timeout_ms = 2000
 lease_ttl_ms = 3000
 lease_renew_interval_ms = 1000
@@ -115,9 +116,10 @@ node_restarts=0
 export_payments_secret
 start_paygw "$work/paygw" "$paygw_port" "$work/paygw.log" "$bin" --config "$work/a.toml"
 start_node a
-# Every node shares the first one's keys, TLS identity and fleet CA.
+# Every node shares the first one's TLS identity and fleet CA (copied)
+# and its key store (cluster.keys_dir, the one every node opens).
 mkdir -p "$work/b"
-cp -r "$work/a/keys" "$work/a/tls" "$work/a/fleet" "$work/b/"
+cp -r "$work/a/tls" "$work/a/fleet" "$work/b/"
 start_node b
 
 duration=$(( kills * 2 + 10 ))

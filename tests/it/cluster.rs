@@ -37,6 +37,7 @@ pub(crate) async fn cluster_config(nats: &NatsCluster) -> Option<Config> {
     config.cluster.append_ack_timeout_ms = 1_000;
     config.cluster.segment_age_max_ms = 1_000;
     config.cluster.archive_dir = shared_archive(nats).display().to_string();
+    config.cluster.keys_dir = nats.dir().join("keys").display().to_string();
     Some(config)
 }
 
@@ -391,7 +392,8 @@ async fn a_day_closes_in_the_shared_archive_once_every_partition_passed_it_and_n
 
     // `query` with the cluster's config reads the shared archive.
     let config_file = h.dir.path().join("cluster.toml");
-    let toml = format!("[cluster]\nenabled = true\narchive_dir = {:?}\n", shared_archive(&nats).display().to_string());
+    let (archive, keys) = (shared_archive(&nats), nats.dir().join("keys"));
+    let toml = format!("[cluster]\nenabled = true\narchive_dir = {archive:?}\nkeys_dir = {keys:?}\n");
     std::fs::write(&config_file, toml).expect("config");
     let sql = "SELECT count(*) AS scans, count(DISTINCT scan_id) AS once FROM scans";
     let queried = std::process::Command::new(env!("CARGO_BIN_EXE_farestream"))
@@ -553,4 +555,50 @@ async fn a_node_that_does_not_share_the_clusters_identity_refuses_to_start() {
     let refused = crate::support::try_start_server(&config, other_ca.path(), &a.identity, &a.clock, injected).await;
     let refused = refused.err().expect("another fleet CA").to_string();
     assert!(refused.contains("fleet_ca") && refused.contains("not the cluster's"), "{refused}");
+}
+
+/// Every node follows the one key store in `cluster.keys_dir`. An
+/// emergency terminal-key rotation there reaches node a at once (it
+/// rereads every 20 ms) and node b only at its next reread, a minute
+/// away; a gateway's code sealed under the new key reaches b first. B
+/// reads the store again before it decides, so the code opens there as
+/// at a: the scan goes to its card's partition, and its resend to a is
+/// the same record. (Deciding on b's stale keys sent it to its scan id's
+/// partition and the resend to its card's: two owners, archived twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_key_one_node_has_not_reread_yet_opens_there_and_its_scan_lands_once() {
+    use crate::key_rotation::{copy_following_the_key_store, following_the_key_store, key_store, scan_under};
+    use crate::support::{GATEWAY, secs};
+    use farestream::clock_source::Clock;
+
+    let Some(nats) = NatsCluster::start().await else { return };
+    let Some(mut config) = cluster_config(&nats).await else { return };
+    config.ride_code.version_1_refused_from_date = Some("2099-01-01".into());
+    let a = following_the_key_store(quick_leases(config.clone(), "node-a")).await;
+    let mut slow = quick_leases(config.clone(), "node-b");
+    slow.keys.reload_interval_ms = 60_000;
+    let b = copy_following_the_key_store(&a, slow).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // b's first read, at its start, is over
+
+    let now_ms = a.clock.now_ms();
+    let policy = a.config.service_day_policy().expect("policy");
+    let rotated = key_store(&a.config, a.dir.path()).rotate_terminal(&policy, now_ms, now_ms / 1000 + 600);
+    let rotated = rotated.expect("rotated in the shared store");
+    let a_holds = async || a.server.issuer_keys().now().terminal.iter().any(|k| k.key_id == rotated);
+    assert!(looked_at_until(a_holds, |held| *held).await, "node a reread the shared store");
+    assert!(!b.server.issuer_keys().now().terminal.iter().any(|k| k.key_id == rotated), "b has not yet");
+
+    let key = a.server.issuer_keys().now().terminal.iter().find(|k| k.key_id == rotated).expect("held").key();
+    let read_ms = now_ms - 1_000;
+    let window = (secs(read_ms) - 3_600, secs(read_ms) + 3_600);
+    let code = farestream::ridecode::RideCode::decode(&scan_under(&a.issuer, 77, window, read_ms)).expect("code");
+    let sealed = farestream::ridecode::seal(&code, &key).to_vec();
+    let pushed = batch(GATEWAY, 1, vec![record("gate-1", 1, read_ms, TapKind::Single, sealed)]);
+    let at_b = b.client().push(&pushed).await.expect("acked at b");
+    assert_eq!((at_b.accepted, at_b.rejected), (1, 0), "b opened the code after reading the store");
+    a.client().push(&pushed).await.expect("the resend acked at a");
+
+    let rows = stream_rows(&nats, &config).await;
+    let cards: Vec<(Option<u64>, ScanStatus)> = rows.iter().map(|r| (r.card_id, r.status)).collect();
+    assert_eq!(cards, vec![(Some(77), ScanStatus::Accepted)], "one row, in card 77's partition");
 }

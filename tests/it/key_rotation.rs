@@ -42,13 +42,32 @@ pub(crate) async fn following_the_key_store(mut config: Config) -> Harness {
     Harness { dir, server, identity, clock, issuer, config, faults, inbox }
 }
 
-fn key_store(config: &Config, dir: &std::path::Path) -> Keystore {
+/// A second node following the key store, as `first` does, on a copy of
+/// its data dir (its TLS identity and fleet CA, which every node of a
+/// cluster shares) and on its clock, started with `config`.
+pub(crate) async fn copy_following_the_key_store(first: &Harness, config: Config) -> Harness {
+    first.server.flush_archive().await.expect("flush");
+    let dir = crate::support::copy_of(first.dir.path());
+    let (identity, clock) = (first.identity.clone(), Arc::clone(&first.clock));
+    let (faults, inbox) = (Arc::new(Faults::default()), Arc::new(InboxNotifier::default()));
+    let server = assembly_following_the_key_store(&config, dir.path(), &identity, &clock)
+        .expect("assembly")
+        .with_faults(Arc::clone(&faults))
+        .with_notifier(Arc::clone(&inbox) as Arc<dyn farestream::money::notify::Notifier>)
+        .start()
+        .await
+        .expect("server");
+    let issuer = key_store(&config, dir.path()).signer(1).expect("key 1");
+    Harness { dir, server, identity, clock, issuer, config, faults, inbox }
+}
+
+pub(crate) fn key_store(config: &Config, dir: &std::path::Path) -> Keystore {
     Keystore::open(dir, KeystoreOptions::from_config(config)).expect("key store")
 }
 
 /// One scan read at `read_ms`, its code made a second before, under a
 /// credential from `issuer` valid over `[valid_from, valid_until)`.
-fn scan_under(
+pub(crate) fn scan_under(
     issuer: &IssuerSigningKey,
     card: u64,
     (valid_from, valid_until): (u32, u32),

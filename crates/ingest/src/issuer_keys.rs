@@ -276,6 +276,7 @@ mod tests {
             lock_wait: std::time::Duration::from_secs(5),
             trust_tail_secs: 1_000,
             terminal_lead_secs: 600,
+            shared_dir: None,
             faults: Arc::new(crate::faults::Faults::default()),
         };
         let mut store = Keystore::open_or_create(dir.path(), options).expect("store");

@@ -203,6 +203,12 @@ pub fn issuer_keys_changed() {
     counter!("farestream_issuer_keys_changes_total").increment(1);
 }
 
+/// A cluster node read the shared key store again before deciding a
+/// batch that named a terminal key it did not hold.
+pub fn key_store_read_for_unknown_terminal_key() {
+    counter!("farestream_key_store_reads_for_unknown_terminal_keys_total").increment(1);
+}
+
 /// The key store could not be reread; the server keeps the keys it holds.
 pub fn issuer_keys_reload_failed() {
     counter!("farestream_issuer_keys_reload_failures_total").increment(1);

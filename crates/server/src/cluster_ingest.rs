@@ -277,6 +277,7 @@ mod tests {
             let mut whole = farestream_ingest::config::Config::defaults();
             whole.cluster.enabled = true;
             whole.cluster.archive_dir = "/shared/archive".into();
+            whole.cluster.keys_dir = "/shared/keys".into();
             whole.payments.money_store = store.into();
             ClusterSettings::from_config(&whole)
         };

@@ -6,14 +6,29 @@
 //! stay in force, but each still runs out at its `trusted_until`
 //! ([`IssuerKeysNow::as_time_passes`]), so a broken key store never makes
 //! an old key trusted longer.
+//!
+//! In a cluster the store is shared (`cluster.keys_dir`), and another
+//! node may make or hand out a terminal key between two of this node's
+//! reads. A batch naming a terminal key this node does not hold is
+//! therefore decided only after a read begun since it was verified
+//! ([`read_keys_begun_after`]): whether a code opens decides its row's
+//! partition, and a scan resent to another node must land in the same one.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::Shared;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_ingest::issuer_keys::IssuerKeysNow;
 use farestream_ingest::keystore::Keystore;
 use farestream_ingest::telemetry;
+
+/// When this node last began reading its key store. Held through each
+/// read, so one who gets it knows every read begun before has finished.
+#[derive(Debug, Default)]
+pub(crate) struct KeyStoreReads {
+    last_started: tokio::sync::Mutex<Option<Instant>>,
+}
 
 pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(shared.settings.issuer_keys_reload_interval);
@@ -23,37 +38,72 @@ pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let (dir, options) = (shared.settings.data_dir.clone(), shared.settings.keystore.clone());
-        let policy = shared.pipeline.config().service_day;
-        let now_ms = shared.handles.clock.now_ms();
-        let now_secs = now_ms.div_euclid(1000);
-        let terminal_before = shared.issuer_keys.now().terminal.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let mut store = Keystore::open(&dir, options)?;
+        let Some(reads) = &shared.key_store_reads else { return };
+        let mut last_started = reads.last_started.lock().await;
+        *last_started = Some(Instant::now());
+        read_key_store(&shared, MakeDayKeys::Yes).await;
+    }
+}
+
+/// For a batch verified from `verified_from` that met a terminal key this
+/// node does not hold: returns once a read of the key store begun after
+/// `verified_from` has put its keys in place (one already begun, or this
+/// one). Batches waiting at once share a read. `false` when the node does
+/// not follow a key store (a test's fixed keys): nothing to read.
+pub(crate) async fn read_keys_begun_after(shared: &Arc<Shared>, verified_from: Instant) -> bool {
+    let Some(reads) = &shared.key_store_reads else { return false };
+    let mut last_started = reads.last_started.lock().await;
+    if last_started.is_some_and(|started| started > verified_from) {
+        return true;
+    }
+    *last_started = Some(Instant::now());
+    telemetry::key_store_read_for_unknown_terminal_key();
+    read_key_store(shared, MakeDayKeys::No).await;
+    true
+}
+
+/// Whether a read makes the coming service days' keys when missing: the
+/// periodic one does; one on a batch's path only reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MakeDayKeys {
+    Yes,
+    No,
+}
+
+/// Reads the key store once and puts the keys in force now in place.
+async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) {
+    let (dir, options) = (shared.settings.data_dir.clone(), shared.settings.keystore.clone());
+    let policy = shared.pipeline.config().service_day;
+    let now_ms = shared.handles.clock.now_ms();
+    let now_secs = now_ms.div_euclid(1000);
+    let terminal_before = shared.issuer_keys.now().terminal.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut store = Keystore::open(&dir, options)?;
+        if make == MakeDayKeys::Yes {
             make_day_terminal_keys(&mut store, &policy, now_ms);
-            IssuerKeysNow::at(&store, now_secs, &terminal_before)
-        });
-        let read = read.await.map_err(|e| e.to_string()).and_then(|keys| keys.map_err(|e| e.to_string()));
-        let next = match read {
-            Ok(next) => next,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the issuer key store; keys still run out on time");
-                telemetry::issuer_keys_reload_failed();
-                shared.issuer_keys.now().as_time_passes(now_secs)
-            }
-        };
-        let trust = |keys: &IssuerKeysNow| {
-            shared.pipeline.set_issuer_keys(keys.trusted.clone());
-            shared.pipeline.set_terminal_keys(keys.terminal_trusted());
-        };
-        if shared.issuer_keys.advance(next, trust) {
-            let now = shared.issuer_keys.now();
-            let trusted: Vec<u32> = now.trusted.key_ids().collect();
-            let terminal: Vec<u16> = now.terminal.iter().map(|k| k.key_id).collect();
-            let signer = now.signer.as_ref().map(|s| s.key_id());
-            tracing::info!(?trusted, ?signer, ?terminal, "ride-code keys changed");
-            telemetry::issuer_keys_changed();
         }
+        IssuerKeysNow::at(&store, now_secs, &terminal_before)
+    });
+    let read = read.await.map_err(|e| e.to_string()).and_then(|keys| keys.map_err(|e| e.to_string()));
+    let next = match read {
+        Ok(next) => next,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the issuer key store; keys still run out on time");
+            telemetry::issuer_keys_reload_failed();
+            shared.issuer_keys.now().as_time_passes(now_secs)
+        }
+    };
+    let trust = |keys: &IssuerKeysNow| {
+        shared.pipeline.set_issuer_keys(keys.trusted.clone());
+        shared.pipeline.set_terminal_keys(keys.terminal_trusted());
+    };
+    if shared.issuer_keys.advance(next, trust) {
+        let now = shared.issuer_keys.now();
+        let trusted: Vec<u32> = now.trusted.key_ids().collect();
+        let terminal: Vec<u16> = now.terminal.iter().map(|k| k.key_id).collect();
+        let signer = now.signer.as_ref().map(|s| s.key_id());
+        tracing::info!(?trusted, ?signer, ?terminal, "ride-code keys changed");
+        telemetry::issuer_keys_changed();
     }
 }
 

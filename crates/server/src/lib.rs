@@ -248,6 +248,9 @@ struct Shared {
     deny_list: Arc<farestream_money::DenyListHub>,
     /// The issuer keys in force, pushed to every connected gateway.
     issuer_keys: LiveIssuerKeys,
+    /// When the key store was last read; `None` for a test's fixed keys
+    /// (nothing to read).
+    key_store_reads: Option<issuer_reload::KeyStoreReads>,
     /// Which gateways may connect, and the connections to close when one
     /// is revoked.
     fleet: Arc<FleetAccess>,
@@ -392,6 +395,7 @@ impl Server {
             all_peers: Mutex::new(ChunkSizer::new(pipeline_chunk_max, 0.0)),
             deny_list: Arc::clone(&money.deny_list),
             issuer_keys: issuer_keys.live.clone(),
+            key_store_reads: issuer_keys.follow_key_store.then(issuer_reload::KeyStoreReads::default),
             fleet: FleetAccess::new(fleet),
             log_readers,
             snapshot_writer: tokio::sync::Mutex::new(()),
@@ -416,7 +420,7 @@ impl Server {
         spawn_supervised(&shared, "the accept loop", accept_loop(endpoint.clone(), Arc::clone(&shared)));
         let reload = reload_revocations(Arc::clone(&shared), endpoint.clone(), (identity.clone(), quic));
         spawn_supervised(&shared, "the revocation reload", reload);
-        if issuer_keys.follow_key_store {
+        if shared.key_store_reads.is_some() {
             spawn_supervised(&shared, "the issuer key reload", issuer_reload::reload_issuer_keys(Arc::clone(&shared)));
         }
         let watched = (Arc::clone(&archiver), Arc::clone(&money.pricer));

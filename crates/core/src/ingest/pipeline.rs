@@ -149,6 +149,14 @@ impl VerifiedBatch {
         self.signatures_failed += next.signatures_failed;
     }
 
+    /// Whether a record's code named a terminal key the pipeline does not
+    /// hold. A cluster node reads the shared key store again before it
+    /// decides such a batch: whether the code opens decides its row's
+    /// partition, so it must not depend on how lately a node read.
+    pub fn met_unknown_terminal_key(&self) -> bool {
+        self.prepared.iter().any(|p| matches!(&p.early, Err(v) if v.status == ScanStatus::UnknownTerminalKey))
+    }
+
     /// Signatures verified, and how many of them were bad: what a
     /// [`super::ChunkSizer`] learns from.
     pub fn signature_counts(&self) -> (usize, usize) {
@@ -892,6 +900,10 @@ mod tests {
             .unzip();
         let verified = f.pipeline.verify(&batch(records.clone())).expect("shape");
         assert_eq!(verified.signature_counts(), (0, 0), "no hostile code reached a signature check");
+        assert!(verified.met_unknown_terminal_key(), "a cluster node reads its key store again for these");
+        let known_keys_only: Vec<_> = [1usize, 5].iter().map(|&i| records[i].clone()).collect();
+        let verified_known = f.pipeline.verify(&batch(known_keys_only)).expect("shape");
+        assert!(!verified_known.met_unknown_terminal_key(), "undecryptable and expired name keys it knows");
         let outcome = f.pipeline.commit(&batch(records), verified, AT_MS);
         assert_eq!(statuses(&outcome), expected);
         for (row, (_, _, reason)) in outcome.rows.iter().zip(&hostile) {

@@ -19,7 +19,8 @@ pub const NODE_NAME_BYTES_MAX: usize = 64;
 /// The largest `cluster.segment_rows_max`: the bound an archiver holds
 /// any owner's segments to, whatever its own setting.
 pub const SEGMENT_ROWS_MAX_LIMIT: u64 = 10_000_000;
-/// The longest shared archive path, in bytes (Linux's `PATH_MAX`).
+/// The longest shared path (the archive's, the key store's), in bytes
+/// (Linux's `PATH_MAX`).
 pub const ARCHIVE_DIR_BYTES_MAX: usize = 4_096;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +42,7 @@ pub struct ClusterConfig {
     pub segment_age_max_ms: u64,
     pub claim_checkpoint_interval_ms: u64,
     pub archive_dir: String,
+    pub keys_dir: String,
     pub progress_bucket: String,
     pub partitions: u16,
     pub replicas: usize,
@@ -73,6 +75,31 @@ impl ClusterConfig {
     /// `NODE_ID` when it is empty.
     pub fn node_name_or<'a>(&'a self, node_id: &'a str) -> &'a str {
         if self.node_name.is_empty() { node_id } else { &self.node_name }
+    }
+
+    /// The shared key store: named when the cluster is on (each node's
+    /// own would seal a day's codes under different secrets), and never
+    /// inside the archive, which every analyst reads.
+    fn check_keys_dir(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.keys_dir.is_empty() {
+            return Err(invalid(
+                "cluster.keys_dir is empty: a cluster's nodes sign and seal ride codes with one shared key store; name it"
+                    .into(),
+            ));
+        }
+        let (keys, archive) = (std::path::Path::new(&self.keys_dir), std::path::Path::new(&self.archive_dir));
+        if !self.keys_dir.is_empty() && !self.archive_dir.is_empty() && keys.starts_with(archive) {
+            return Err(invalid(format!(
+                "cluster.keys_dir = {:?} is inside cluster.archive_dir, which every reader of the archive sees",
+                self.keys_dir
+            )));
+        }
+        Ok(())
+    }
+
+    /// The key store's directory when the cluster shares one.
+    pub fn shared_keys_dir(&self) -> Option<std::path::PathBuf> {
+        (self.enabled && !self.keys_dir.is_empty()).then(|| self.keys_dir.clone().into())
     }
 
     /// The rules between this section's keys; each range was checked
@@ -121,12 +148,15 @@ impl ClusterConfig {
                 "cluster.archive_dir is empty: a cluster's nodes archive into one shared directory; name it".into(),
             ));
         }
-        if self.archive_dir.len() > ARCHIVE_DIR_BYTES_MAX || self.archive_dir.contains('\0') {
-            return Err(invalid(format!(
-                "cluster.archive_dir is {} bytes or holds a NUL: a path of at most {ARCHIVE_DIR_BYTES_MAX} bytes",
-                self.archive_dir.len()
-            )));
+        for (key, path) in [("cluster.archive_dir", &self.archive_dir), ("cluster.keys_dir", &self.keys_dir)] {
+            if path.len() > ARCHIVE_DIR_BYTES_MAX || path.contains('\0') {
+                return Err(invalid(format!(
+                    "{key} is {} bytes or holds a NUL: a path of at most {ARCHIVE_DIR_BYTES_MAX} bytes",
+                    path.len()
+                )));
+            }
         }
+        self.check_keys_dir()?;
         if self.stream == self.claimed_stream {
             return Err(invalid(format!("cluster.claimed_stream = {:?} is cluster.stream's name", self.stream)));
         }
@@ -206,8 +236,18 @@ mod tests {
             "nats_urls = [\"tls://nats.example:4222\", \"nats://10.0.0.2:4222\"]".to_string(),
             twenty,
             "subject_prefix = \"a.b-c.d_e\"".to_string(),
-            format!("enabled = true\narchive_dir = \"/{}\"", "d".repeat(super::ARCHIVE_DIR_BYTES_MAX - 1)),
-            "enabled = true\narchive_dir = \"relative/archive\"".to_string(),
+            format!(
+                "enabled = true\nkeys_dir = \"/k\"\narchive_dir = \"/{}\"",
+                "d".repeat(super::ARCHIVE_DIR_BYTES_MAX - 1)
+            ),
+            "enabled = true\narchive_dir = \"relative/archive\"\nkeys_dir = \"relative/keys\"".to_string(),
+            format!(
+                "enabled = true\narchive_dir = \"/a\"\nkeys_dir = \"/{}\"",
+                "k".repeat(super::ARCHIVE_DIR_BYTES_MAX - 1)
+            ),
+            // Beside the archive, a name that only starts alike.
+            "enabled = true\narchive_dir = \"/shared/archive\"\nkeys_dir = \"/shared/archive-keys\"".to_string(),
+            "keys_dir = \"\"".to_string(),
         ] {
             with(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
@@ -242,7 +282,18 @@ mod tests {
             ("replicas = 4".to_string(), "cluster.replicas"),
             ("progress_bucket = \"\"".to_string(), "cluster.progress_bucket"),
             ("progress_bucket = \"a.b\"".to_string(), "cluster.progress_bucket"),
-            ("enabled = true".to_string(), "cluster.archive_dir is empty"),
+            ("enabled = true\nkeys_dir = \"/k\"".to_string(), "cluster.archive_dir is empty"),
+            ("enabled = true\narchive_dir = \"/a\"".to_string(), "cluster.keys_dir is empty"),
+            (format!("keys_dir = \"/{}\"", "k".repeat(super::ARCHIVE_DIR_BYTES_MAX)), "cluster.keys_dir"),
+            ("keys_dir = \"/a\\u0000b\"".to_string(), "cluster.keys_dir"),
+            (
+                "archive_dir = \"/shared/archive\"\nkeys_dir = \"/shared/archive/keys\"".to_string(),
+                "inside cluster.archive_dir",
+            ),
+            (
+                "archive_dir = \"/shared/archive\"\nkeys_dir = \"/shared/archive\"".to_string(),
+                "inside cluster.archive_dir",
+            ),
             (format!("archive_dir = \"/{}\"", "d".repeat(super::ARCHIVE_DIR_BYTES_MAX)), "cluster.archive_dir"),
             ("archive_dir = \"/a\\u0000b\"".to_string(), "cluster.archive_dir"),
         ] {

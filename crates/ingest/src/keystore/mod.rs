@@ -187,6 +187,9 @@ pub struct KeystoreOptions {
     /// begun while another key is handed out) waits before it is handed
     /// out, so gateways hold it first: `keys.terminal_rotation_lead_secs`.
     pub terminal_lead_secs: i64,
+    /// The store's directory when it is not `DATA_DIR/keys`: the one
+    /// every node of a cluster shares (`cluster.keys_dir`).
+    pub shared_dir: Option<PathBuf>,
     pub faults: Arc<Faults>,
 }
 
@@ -196,8 +199,14 @@ impl KeystoreOptions {
             lock_wait: Duration::from_millis(config.keys.lock_wait_ms_max),
             trust_tail_secs: config.issuer_key_trust_tail_secs(),
             terminal_lead_secs: i64::try_from(config.keys.terminal_rotation_lead_secs).unwrap_or(i64::MAX),
+            shared_dir: config.cluster.shared_keys_dir(),
             faults: Arc::new(Faults::default()),
         }
+    }
+
+    /// Where the store of `data_dir` lives.
+    fn dir_of(&self, data_dir: &Path) -> PathBuf {
+        self.shared_dir.clone().unwrap_or_else(|| data_dir.join("keys"))
     }
 }
 
@@ -212,7 +221,7 @@ impl Keystore {
     /// first key signs from the Unix epoch: no key before it hands over to
     /// it, so any clock a server runs on finds it signing.
     pub fn open_or_create(data_dir: &Path, options: KeystoreOptions) -> Result<Keystore, KeystoreError> {
-        let dir = data_dir.join("keys");
+        let dir = options.dir_of(data_dir);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let empty = KeyringFile { keys: Vec::new(), terminal_keys: Vec::new() };
         let mut store = Keystore { dir, ring: empty, options };
@@ -234,7 +243,7 @@ impl Keystore {
     /// `keys retire` on a fresh data dir, a load generator that needs the
     /// server's keys).
     pub fn open(data_dir: &Path, options: KeystoreOptions) -> Result<Keystore, KeystoreError> {
-        let dir = data_dir.join("keys");
+        let dir = options.dir_of(data_dir);
         let empty = KeyringFile { keys: Vec::new(), terminal_keys: Vec::new() };
         let mut store = Keystore { dir, ring: empty, options };
         store.ring = store.read_ring()?.ok_or_else(|| KeystoreError::Empty(store.dir.clone()))?;
@@ -490,6 +499,7 @@ mod tests {
             lock_wait: Duration::from_secs(10),
             trust_tail_secs: TAIL,
             terminal_lead_secs: 600,
+            shared_dir: None,
             faults: Arc::new(Faults::default()),
         }
     }

@@ -220,7 +220,7 @@ impl Keystore {
 #[cfg(test)]
 mod tests {
     use super::super::tests::options;
-    use super::super::{Keystore, STEP_KEY_WRITTEN, STEP_KEYRING_RENAMED, STEP_KEYRING_TEMP_WRITTEN};
+    use super::super::{Keystore, KeystoreOptions, STEP_KEY_WRITTEN, STEP_KEYRING_RENAMED, STEP_KEYRING_TEMP_WRITTEN};
     use super::*;
 
     /// 2026-12-03 10:00 in Shanghai, the service day 2026-12-03.
@@ -255,6 +255,31 @@ mod tests {
         let file = dir.path().join("keys").join("terminal-00001.key");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(&file).expect("key file").permissions().mode() & 0o777, 0o600);
+    }
+
+    /// Two cluster nodes, each with its own data dir, open the one store
+    /// in `cluster.keys_dir`: each day's key is made once whichever node
+    /// comes first, and both read the same secret; nothing is written
+    /// under either data dir.
+    #[test]
+    fn nodes_sharing_a_key_store_make_each_days_key_once_and_read_the_same_secret() {
+        let (node_a, node_b, shared) = (tempfile::tempdir(), tempfile::tempdir(), tempfile::tempdir());
+        let (node_a, node_b, shared) = (node_a.expect("a"), node_b.expect("b"), shared.expect("shared"));
+        let options = KeystoreOptions { shared_dir: Some(shared.path().join("keys")), ..options() };
+        let mut a = Keystore::open_or_create(node_a.path(), options.clone()).expect("a");
+        let mut b = Keystore::open_or_create(node_b.path(), options.clone()).expect("b");
+        assert_eq!(a.make_day_terminal_keys(&policy(), NOW_MS).expect("a makes"), vec![1, 2]);
+        assert_eq!(b.make_day_terminal_keys(&policy(), NOW_MS).expect("b finds them"), Vec::<u16>::new());
+        let read = |store: &Keystore| -> Vec<[u8; 32]> {
+            let schedule = store.terminal_schedule_at(NOW).expect("schedule");
+            schedule.held_at(NOW).iter().map(|k| *k.secret).collect()
+        };
+        let b = Keystore::open(node_b.path(), options).expect("b again");
+        assert_eq!(read(&a), read(&b), "one secret per key for every node");
+        assert_eq!(a.list().len(), 1, "one issuer key, made by the first to open the store");
+        for node in [&node_a, &node_b] {
+            assert!(!node.path().join("keys").exists(), "nothing under the node's own data dir");
+        }
     }
 
     #[test]
