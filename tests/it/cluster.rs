@@ -602,3 +602,117 @@ async fn a_terminal_key_one_node_has_not_reread_yet_opens_there_and_its_scan_lan
     let cards: Vec<(Option<u64>, ScanStatus)> = rows.iter().map(|r| (r.card_id, r.status)).collect();
     assert_eq!(cards, vec![(Some(77), ScanStatus::Accepted)], "one row, in card 77's partition");
 }
+
+/// The test above, with the shared store away (an unmounted share) while
+/// b's batch waits for its read: b cannot decide the code as a would, so
+/// it answers BACKOFF rather than ack it unopened; once the store is back
+/// b opens it, and its resend to a is the same record. (An outside
+/// review saw b ack it unopened and the scan land twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_read_the_shared_key_store_backs_off_rather_than_ack_a_code_unopened() {
+    use crate::key_rotation::{copy_following_the_key_store, following_the_key_store, key_store, scan_under};
+    use crate::support::{GATEWAY, secs};
+    use farestream::clock_source::Clock;
+
+    let Some(nats) = NatsCluster::start().await else { return };
+    let Some(mut config) = cluster_config(&nats).await else { return };
+    config.ride_code.version_1_refused_from_date = Some("2099-01-01".into());
+    let a = following_the_key_store(quick_leases(config.clone(), "node-a")).await;
+    let mut slow = quick_leases(config.clone(), "node-b");
+    slow.keys.reload_interval_ms = 60_000;
+    let b = copy_following_the_key_store(&a, slow).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now_ms = a.clock.now_ms();
+    let policy = a.config.service_day_policy().expect("policy");
+    let rotated = key_store(&a.config, a.dir.path()).rotate_terminal(&policy, now_ms, now_ms / 1000 + 600);
+    let rotated = rotated.expect("rotated in the shared store");
+    let a_holds = async || a.server.issuer_keys().now().terminal.iter().any(|k| k.key_id == rotated);
+    assert!(looked_at_until(a_holds, |held| *held).await, "node a reread the shared store");
+    let key = a.server.issuer_keys().now().terminal.iter().find(|k| k.key_id == rotated).expect("held").key();
+
+    let keys_dir = std::path::PathBuf::from(&config.cluster.keys_dir);
+    let away = keys_dir.with_extension("away");
+    std::fs::rename(&keys_dir, &away).expect("the share away");
+    let read_ms = now_ms - 1_000;
+    let window = (secs(read_ms) - 3_600, secs(read_ms) + 3_600);
+    let code = farestream::ridecode::RideCode::decode(&scan_under(&a.issuer, 77, window, read_ms)).expect("code");
+    let sealed = farestream::ridecode::seal(&code, &key).to_vec();
+    let pushed = batch(GATEWAY, 1, vec![record("gate-1", 1, read_ms, TapKind::Single, sealed)]);
+    let refused = b.client().push(&pushed).await.expect_err("not decidable without the store");
+    assert_eq!(refused.kind(), "backoff", "{refused}");
+    assert!(refused.to_string().contains("terminal key this node does not hold"), "{refused}");
+    assert!(stream_rows(&nats, &config).await.is_empty(), "nothing appended for the refused batch");
+
+    std::fs::rename(&away, &keys_dir).expect("the share back");
+    let at_b = b.client().push(&pushed).await.expect("acked at b once it reads the store");
+    assert_eq!((at_b.accepted, at_b.rejected), (1, 0));
+    a.client().push(&pushed).await.expect("the resend acked at a");
+    let rows = stream_rows(&nats, &config).await;
+    let cards: Vec<(Option<u64>, ScanStatus)> = rows.iter().map(|r| (r.card_id, r.status)).collect();
+    assert_eq!(cards, vec![(Some(77), ScanStatus::Accepted)], "one row, in card 77's partition");
+}
+
+/// The shared store hangs (a hard mount whose server is gone: here its
+/// keyring is a FIFO no one writes) while hostile gateways push codes
+/// naming terminal keys never made, more of them than the node has
+/// pipeline slots. Their batches wait for a read holding no slot, so a
+/// clean gateway's batch is acked at once. (An outside review saw it
+/// wait behind them for as long as the store hung.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_waiting_on_a_hung_key_store_hold_up_no_other_gateway() {
+    use crate::key_rotation::{following_the_key_store, scan_under};
+    use crate::support::secs;
+    use farestream::clock_source::Clock;
+    use farestream::ridecode::{RideCode, TerminalKey, seal};
+
+    let Some(nats) = NatsCluster::start().await else { return };
+    let Some(mut config) = cluster_config(&nats).await else { return };
+    config.ride_code.version_1_refused_from_date = Some("2099-01-01".into());
+    config.server.pipeline_batches_in_flight_max = 2;
+    config.keys.unknown_key_read_wait_ms_max = 30_000;
+    let a = following_the_key_store(config.clone()).await;
+    let read_ms = a.clock.now_ms() - 1_000;
+    let window = (secs(read_ms) - 3_600, secs(read_ms) + 3_600);
+    let clean = a.client_as("station-02");
+    let plain = |seq: u64, card: u64| {
+        let code = scan_under(&a.issuer, card, window, read_ms);
+        batch("station-02", seq, vec![record("gate-9", seq, read_ms, TapKind::Single, code)])
+    };
+    clean.push(&plain(1, 79)).await.expect("a clean batch acked");
+
+    let keys_dir = std::path::PathBuf::from(&config.cluster.keys_dir);
+    let (ring, kept, hang) = (keys_dir.join("keyring.toml"), keys_dir.join("keyring.kept"), keys_dir.join("hang.fifo"));
+    std::fs::rename(&ring, &kept).expect("keyring aside");
+    assert!(std::process::Command::new("mkfifo").arg(&ring).status().expect("mkfifo").success());
+    let never_made = TerminalKey::from_secret(60_000, &[9; 32]);
+    let mut hostile = Vec::new();
+    for (n, gateway) in ["rogue-1", "rogue-2", "rogue-3"].into_iter().enumerate() {
+        let code = RideCode::decode(&scan_under(&a.issuer, 100 + n as u64, window, read_ms)).expect("code");
+        let pushed =
+            batch(gateway, 1, vec![record("gate-x", 1, read_ms, TapKind::Single, seal(&code, &never_made).to_vec())]);
+        let client = a.client_as(gateway);
+        hostile.push(tokio::spawn(async move { client.push(&pushed).await.map(|_| ()) }));
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let clean_ack = tokio::time::timeout(Duration::from_secs(5), clean.push(&plain(2, 80))).await;
+
+    // Unhang every read blocked on the FIFO (non-blocking opens fail once
+    // none waits), then put the keyring back.
+    std::fs::rename(&ring, &hang).expect("fifo aside");
+    std::fs::rename(&kept, &ring).expect("keyring back");
+    let text = std::fs::read(&ring).expect("keyring");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(mut fifo) = std::fs::OpenOptions::new().write(true).custom_flags(0o4000).open(&hang) {
+            let _ = fifo.write_all(&text);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for rogue in hostile {
+        rogue.abort();
+    }
+    let acked = clean_ack.expect("the clean batch acked while the store hung").expect("acked");
+    assert_eq!(acked.accepted, 1);
+}

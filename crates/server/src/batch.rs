@@ -4,7 +4,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{SemaphorePermit, oneshot};
 
 use crate::fair::Party;
 use crate::fleet_access::Registered;
@@ -78,13 +78,21 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
         let retry_after_ms = u32::try_from(wait_ms).unwrap_or(u32::MAX);
         return BatchAck::backoff(&gateway_id, batch_seq, error, retry_after_ms);
     }
-    let Ok(_permit) = shared.batches_in_flight.acquire().await else {
+    let Ok(permit) = shared.batches_in_flight.acquire().await else {
         return backoff("server is shutting down".into());
     };
     let batch = Arc::new(batch);
-    let Some(verified) = verify_with_keys_read_since(shared, peer, &batch).await else {
-        telemetry::batch_refused("verify_panicked");
-        return BatchAck::malformed(&gateway_id, batch_seq, "internal error while verifying the batch".into());
+    let (verified, _permit) = match verify_with_keys_read_since(shared, peer, &batch, permit).await {
+        Verified::Batch(verified, permit) => (verified, permit),
+        Verified::Panicked => {
+            telemetry::batch_refused("verify_panicked");
+            return BatchAck::malformed(&gateway_id, batch_seq, "internal error while verifying the batch".into());
+        }
+        Verified::KeysUnread(error) => {
+            telemetry::batch_refused("key_store_unread");
+            return backoff(format!("a code names a terminal key this node does not hold, and {error}"));
+        }
+        Verified::ShuttingDown => return backoff("server is shutting down".into()),
     };
     // A revocation that arrived while the batch was read or verified
     // stops it here, before anything is claimed.
@@ -118,23 +126,43 @@ pub(super) async fn process(shared: &Arc<Shared>, peer: &Peer, batch: ScanBatch)
     }
 }
 
+/// A batch's verification, and the pipeline slot it holds.
+enum Verified<'a> {
+    Batch(VerifiedBatch, SemaphorePermit<'a>),
+    /// Verification panicked: a bug some input triggers.
+    Panicked,
+    /// A code named a terminal key this node does not hold and the key
+    /// store could not be read again in time: not decidable as every node
+    /// would decide it.
+    KeysUnread(String),
+    ShuttingDown,
+}
+
 /// [`verify_fairly`], and in a cluster once more when a code named a
 /// terminal key this node does not hold, after reading the shared key
 /// store (`issuer_reload::read_keys_begun_after`): every node decides
-/// whether a code opens, and so its row's partition, alike.
-async fn verify_with_keys_read_since(
-    shared: &Arc<Shared>,
+/// whether a code opens, and so its row's partition, alike. The batch
+/// gives its pipeline slot back while it waits for the read, so batches
+/// naming keys never made, with a store that hangs, hold up no one else.
+async fn verify_with_keys_read_since<'a>(
+    shared: &'a Arc<Shared>,
     peer: &Peer,
     batch: &Arc<ScanBatch>,
-) -> Option<VerifiedBatch> {
+    permit: SemaphorePermit<'a>,
+) -> Verified<'a> {
     let verified_from = std::time::Instant::now();
-    let verified = verify_fairly(shared, peer, batch).await?;
+    let Some(verified) = verify_fairly(shared, peer, batch).await else { return Verified::Panicked };
     if shared.stream.is_none() || !verified.met_unknown_terminal_key() {
-        return Some(verified);
+        return Verified::Batch(verified, permit);
     }
-    match crate::issuer_reload::read_keys_begun_after(shared, verified_from).await {
-        true => verify_fairly(shared, peer, batch).await,
-        false => Some(verified),
+    drop(permit);
+    if let Err(error) = crate::issuer_reload::read_keys_begun_after(shared, verified_from).await {
+        return Verified::KeysUnread(error);
+    }
+    let Ok(permit) = shared.batches_in_flight.acquire().await else { return Verified::ShuttingDown };
+    match verify_fairly(shared, peer, batch).await {
+        Some(verified) => Verified::Batch(verified, permit),
+        None => Verified::Panicked,
     }
 }
 

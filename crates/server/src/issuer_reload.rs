@@ -13,6 +13,8 @@
 //! therefore decided only after a read begun since it was verified
 //! ([`read_keys_begun_after`]): whether a code opens decides its row's
 //! partition, and a scan resent to another node must land in the same one.
+//! A read that fails or outlasts `keys.unknown_key_read_wait_ms_max`
+//! leaves the batch undecided: it is answered BACKOFF.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,14 +25,23 @@ use farestream_ingest::issuer_keys::IssuerKeysNow;
 use farestream_ingest::keystore::Keystore;
 use farestream_ingest::telemetry;
 
-/// When this node last began reading its key store. Held through each
-/// read, so one who gets it knows every read begun before has finished.
+/// The last read of this node's key store: when it began and whether it
+/// read. Held through each read (by the task doing it, so a waiter that
+/// gives up never lets a second read start beside a hung one): whoever
+/// gets it knows every read begun before has finished.
 #[derive(Debug, Default)]
 pub(crate) struct KeyStoreReads {
-    last_started: tokio::sync::Mutex<Option<Instant>>,
+    last: Arc<tokio::sync::Mutex<Option<KeyStoreRead>>>,
+}
+
+#[derive(Debug, Clone)]
+struct KeyStoreRead {
+    started: Instant,
+    outcome: Result<(), String>,
 }
 
 pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
+    let Some(reads) = &shared.key_store_reads else { return };
     let mut every = tokio::time::interval(shared.settings.issuer_keys_reload_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -38,28 +49,42 @@ pub(super) async fn reload_issuer_keys(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let Some(reads) = &shared.key_store_reads else { return };
-        let mut last_started = reads.last_started.lock().await;
-        *last_started = Some(Instant::now());
-        read_key_store(&shared, MakeDayKeys::Yes).await;
+        let mut last = reads.last.lock().await;
+        let started = Instant::now();
+        let outcome = read_key_store(&shared, MakeDayKeys::Yes).await;
+        *last = Some(KeyStoreRead { started, outcome });
     }
 }
 
 /// For a batch verified from `verified_from` that met a terminal key this
-/// node does not hold: returns once a read of the key store begun after
-/// `verified_from` has put its keys in place (one already begun, or this
-/// one). Batches waiting at once share a read. `false` when the node does
-/// not follow a key store (a test's fixed keys): nothing to read.
-pub(crate) async fn read_keys_begun_after(shared: &Arc<Shared>, verified_from: Instant) -> bool {
-    let Some(reads) = &shared.key_store_reads else { return false };
-    let mut last_started = reads.last_started.lock().await;
-    if last_started.is_some_and(|started| started > verified_from) {
-        return true;
+/// node does not hold: `Ok` once a read of the key store begun after
+/// `verified_from` has put its keys in place (one already begun, or one
+/// this call starts; batches waiting at once share it). `Err` when that
+/// read failed or did not finish within `keys.unknown_key_read_wait_ms_max`:
+/// the batch cannot be decided as every node would, so it is not acked.
+pub(crate) async fn read_keys_begun_after(shared: &Arc<Shared>, verified_from: Instant) -> Result<(), String> {
+    let Some(reads) = &shared.key_store_reads else { return Ok(()) };
+    let wait = shared.settings.unknown_key_read_wait;
+    let read = tokio::time::timeout(wait, read_after(shared, reads, verified_from)).await;
+    read.unwrap_or_else(|_| {
+        Err(format!("the key store was not read within {wait:?} (keys.unknown_key_read_wait_ms_max)"))
+    })
+}
+
+async fn read_after(shared: &Arc<Shared>, reads: &KeyStoreReads, verified_from: Instant) -> Result<(), String> {
+    let mut last = Arc::clone(&reads.last).lock_owned().await;
+    if let Some(read) = last.as_ref().filter(|read| read.started > verified_from) {
+        return read.outcome.clone();
     }
-    *last_started = Some(Instant::now());
     telemetry::key_store_read_for_unknown_terminal_key();
-    read_key_store(shared, MakeDayKeys::No).await;
-    true
+    let task_shared = Arc::clone(shared);
+    let reading = tokio::spawn(async move {
+        let started = Instant::now();
+        let outcome = read_key_store(&task_shared, MakeDayKeys::No).await;
+        *last = Some(KeyStoreRead { started, outcome: outcome.clone() });
+        outcome
+    });
+    reading.await.unwrap_or_else(|e| Err(format!("the key store read stopped: {e}")))
 }
 
 /// Whether a read makes the coming service days' keys when missing: the
@@ -70,8 +95,10 @@ enum MakeDayKeys {
     No,
 }
 
-/// Reads the key store once and puts the keys in force now in place.
-async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) {
+/// Reads the key store once and puts the keys in force now in place;
+/// why not, when it could not be read (the keys held then stay, each
+/// until it runs out).
+async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) -> Result<(), String> {
     let (dir, options) = (shared.settings.data_dir.clone(), shared.settings.keystore.clone());
     let policy = shared.pipeline.config().service_day;
     let now_ms = shared.handles.clock.now_ms();
@@ -85,12 +112,15 @@ async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) {
         IssuerKeysNow::at(&store, now_secs, &terminal_before)
     });
     let read = read.await.map_err(|e| e.to_string()).and_then(|keys| keys.map_err(|e| e.to_string()));
-    let next = match read {
-        Ok(next) => next,
+    let (next, outcome) = match read {
+        Ok(next) => (next, Ok(())),
         Err(error) => {
             tracing::warn!(%error, "cannot read the issuer key store; keys still run out on time");
             telemetry::issuer_keys_reload_failed();
-            shared.issuer_keys.now().as_time_passes(now_secs)
+            (
+                shared.issuer_keys.now().as_time_passes(now_secs),
+                Err(format!("the key store could not be read: {error}")),
+            )
         }
     };
     let trust = |keys: &IssuerKeysNow| {
@@ -105,6 +135,7 @@ async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) {
         tracing::info!(?trusted, ?signer, ?terminal, "ride-code keys changed");
         telemetry::issuer_keys_changed();
     }
+    outcome
 }
 
 /// The current and next service days' terminal keys, made once each when

@@ -53,6 +53,9 @@ pub struct ServerSettings {
     pub revocation_check_interval: Duration,
     /// How often the issuer key store is read again (`keys.reload_interval_ms`).
     pub issuer_keys_reload_interval: Duration,
+    /// How long a batch waits for a read of the shared key store
+    /// (`keys.unknown_key_read_wait_ms_max`).
+    pub unknown_key_read_wait: Duration,
     /// How the key store is opened when it is read again.
     pub keystore: farestream_ingest::keystore::KeystoreOptions,
     pub data_dir: PathBuf,
@@ -145,6 +148,7 @@ impl ServerSettings {
             dedup_snapshot_interval: Duration::from_secs(config.ingest.dedup_snapshot_interval_secs.max(1)),
             revocation_check_interval: Duration::from_millis(config.fleet.revocation_check_interval_ms),
             issuer_keys_reload_interval: Duration::from_millis(config.keys.reload_interval_ms),
+            unknown_key_read_wait: Duration::from_millis(config.keys.unknown_key_read_wait_ms_max),
             keystore: farestream_ingest::keystore::KeystoreOptions::from_config(config),
             data_dir: data_dir.to_path_buf(),
             archiver: ArchiverSettings {

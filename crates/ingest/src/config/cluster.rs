@@ -79,7 +79,9 @@ impl ClusterConfig {
 
     /// The shared key store: named when the cluster is on (each node's
     /// own would seal a day's codes under different secrets), and never
-    /// inside the archive, which every analyst reads.
+    /// inside the archive, which every analyst reads, however either is
+    /// spelled (`..`, `.`, relative to the working directory). Symbolic
+    /// links are not followed: the paths may not exist yet.
     fn check_keys_dir(&self) -> Result<(), ConfigError> {
         if self.enabled && self.keys_dir.is_empty() {
             return Err(invalid(
@@ -87,8 +89,10 @@ impl ClusterConfig {
                     .into(),
             ));
         }
-        let (keys, archive) = (std::path::Path::new(&self.keys_dir), std::path::Path::new(&self.archive_dir));
-        if !self.keys_dir.is_empty() && !self.archive_dir.is_empty() && keys.starts_with(archive) {
+        if !self.keys_dir.is_empty()
+            && !self.archive_dir.is_empty()
+            && resolved(&self.keys_dir).starts_with(resolved(&self.archive_dir))
+        {
             return Err(invalid(format!(
                 "cluster.keys_dir = {:?} is inside cluster.archive_dir, which every reader of the archive sees",
                 self.keys_dir
@@ -192,6 +196,24 @@ fn check_name(key: &str, name: &str, bytes_max: usize) -> Result<(), ConfigError
     Err(invalid(format!("{key} = {name:?} must be letters, digits, '-' and '_', 1 to {bytes_max} bytes")))
 }
 
+/// `path` made absolute against the working directory, its `.` and `..`
+/// resolved by name (no file is looked at).
+fn resolved(path: &str) -> std::path::PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.into());
+    let mut resolved = std::path::PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::CurDir => {}
+            other => resolved.push(other),
+        }
+    }
+    resolved
+}
+
 /// `nats://host:port` or `tls://host:port` (the forms the client takes),
 /// within [`NATS_URL_BYTES_MAX`].
 fn check_nats_url(url: &str) -> Result<(), ConfigError> {
@@ -292,6 +314,20 @@ mod tests {
             ),
             (
                 "archive_dir = \"/shared/archive\"\nkeys_dir = \"/shared/archive\"".to_string(),
+                "inside cluster.archive_dir",
+            ),
+            // However it is spelled (an outside review's cases first).
+            (
+                "archive_dir = \"/shared/archive\"\nkeys_dir = \"/shared/elsewhere/../archive/keys\"".to_string(),
+                "inside cluster.archive_dir",
+            ),
+            ("archive_dir = \"archive\"\nkeys_dir = \"./archive/keys\"".to_string(), "inside cluster.archive_dir"),
+            (
+                "archive_dir = \"/shared/./archive/\"\nkeys_dir = \"/shared/archive//keys\"".to_string(),
+                "inside cluster.archive_dir",
+            ),
+            (
+                "archive_dir = \"/shared/archive/x/..\"\nkeys_dir = \"/shared/archive/keys\"".to_string(),
                 "inside cluster.archive_dir",
             ),
             (format!("archive_dir = \"/{}\"", "d".repeat(super::ARCHIVE_DIR_BYTES_MAX)), "cluster.archive_dir"),

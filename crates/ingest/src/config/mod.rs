@@ -170,6 +170,7 @@ pub struct KeysConfig {
     pub lock_wait_ms_max: u64,
     pub signing_lead_secs: u64,
     pub reload_interval_ms: u64,
+    pub unknown_key_read_wait_ms_max: u64,
     pub terminal_rotation_lead_secs: u64,
 }
 

@@ -77,6 +77,7 @@ pub const RANGES: &[KeyRange] = &[
     range("keys.lock_wait_ms_max", 0, 600_000, "ms"),
     range("keys.signing_lead_secs", 0, 2_592_000, "s"),
     range("keys.reload_interval_ms", 10, 60_000, "ms"),
+    range("keys.unknown_key_read_wait_ms_max", 10, 60_000, "ms"),
     range("keys.terminal_rotation_lead_secs", 0, 3_600, "s"),
     range("fleet.gateway_cert_valid_days", 1, 3_650, "days"),
     range("fleet.revocation_check_interval_ms", 100, 600_000, "ms"),
