@@ -27,19 +27,9 @@ use crate::support::{GATEWAY, Harness, T0_MS, assembly_following_the_key_store, 
 /// Not for `restart`, which starts a server on the fixed key.
 pub(crate) async fn following_the_key_store(mut config: Config) -> Harness {
     config.keys.reload_interval_ms = 20;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let identity = ServerIdentity::generate().expect("identity");
     let clock = Arc::new(ManualClock::new(T0_MS + 60_000));
-    let (faults, inbox) = (Arc::new(Faults::default()), Arc::new(InboxNotifier::default()));
-    let server = assembly_following_the_key_store(&config, dir.path(), &identity, &clock)
-        .expect("assembly")
-        .with_faults(Arc::clone(&faults))
-        .with_notifier(Arc::clone(&inbox) as Arc<dyn farestream::money::notify::Notifier>)
-        .start()
-        .await
-        .expect("server");
-    let issuer = key_store(&config, dir.path()).signer(1).expect("key 1");
-    Harness { dir, server, identity, clock, issuer, config, faults, inbox }
+    let dir = tempfile::tempdir().expect("tempdir");
+    start_following(config, dir, ServerIdentity::generate().expect("identity"), clock).await
 }
 
 /// A second node following the key store, as `first` does, on a copy of
@@ -48,7 +38,16 @@ pub(crate) async fn following_the_key_store(mut config: Config) -> Harness {
 pub(crate) async fn copy_following_the_key_store(first: &Harness, config: Config) -> Harness {
     first.server.flush_archive().await.expect("flush");
     let dir = crate::support::copy_of(first.dir.path());
-    let (identity, clock) = (first.identity.clone(), Arc::clone(&first.clock));
+    start_following(config, dir, first.identity.clone(), Arc::clone(&first.clock)).await
+}
+
+/// A server following the key store of `dir`; `issuer` is its key 1.
+async fn start_following(
+    config: Config,
+    dir: tempfile::TempDir,
+    identity: ServerIdentity,
+    clock: Arc<ManualClock>,
+) -> Harness {
     let (faults, inbox) = (Arc::new(Faults::default()), Arc::new(InboxNotifier::default()));
     let server = assembly_following_the_key_store(&config, dir.path(), &identity, &clock)
         .expect("assembly")

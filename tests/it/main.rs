@@ -32,6 +32,7 @@ mod account_api;
 mod catalogue;
 mod charge_outcomes;
 mod cluster;
+mod cluster_keys;
 mod cluster_money;
 mod crash;
 mod cut_over;

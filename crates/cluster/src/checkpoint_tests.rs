@@ -33,6 +33,27 @@ fn shared_memory() -> SharedStore {
     SharedStore { store: std::sync::Arc::new(object_store::memory::InMemory::new()), local_root: None }
 }
 
+/// Three NATS servers, the scans and claimed streams named after the
+/// test, checkpoints kept in memory.
+struct Rig {
+    _cluster: NatsCluster,
+    scans: StreamLog,
+    claimed: StreamLog,
+    checkpoints: ClaimCheckpoints,
+}
+
+impl Rig {
+    async fn start(name: &str) -> Option<Rig> {
+        let cluster = NatsCluster::start().await?;
+        let (scans, claimed) = open_logs(&cluster, name, 1 << 20).await;
+        Some(Rig { _cluster: cluster, scans, claimed, checkpoints: ClaimCheckpoints::new(shared_memory()) })
+    }
+
+    fn logs(&self) -> ClaimLogs<'_> {
+        ClaimLogs { scans: &self.scans, claimed: &self.claimed, checkpoints: &self.checkpoints }
+    }
+}
+
 /// Claims `partition` with a fresh pipeline for `how_long`; how it stopped.
 async fn owner_for(
     fleet: &Fleet,
@@ -76,31 +97,29 @@ fn batch(seq: u64, scans: Vec<ScanRecord>) -> ScanBatch {
 /// them from the checkpoint alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_decides_from_a_checkpoint_after_the_streams_gave_up_what_it_passed() {
-    let Some(cluster) = NatsCluster::start().await else { return };
-    let (scans, claimed) = open_logs(&cluster, "CHECKPOINT", 1 << 20).await;
-    let checkpoints = ClaimCheckpoints::new(shared_memory());
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
+    let Some(rig) = Rig::start("CHECKPOINT").await else { return };
+    let (scans, claimed, logs) = (&rig.scans, &rig.claimed, rig.logs());
     let fleet = Fleet::new();
     let p = partition_of_card(1, PARTITIONS);
     let other = (2..100u64).find(|c| partition_of_card(*c, PARTITIONS) == p).expect("a card beside card 1");
     let first = batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]);
-    ingest(&fleet, &scans, &first, AT_MS + 10_000).await;
+    ingest(&fleet, scans, &first, AT_MS + 10_000).await;
     owner_for(&fleet, logs, p, checkpointing(), Duration::from_millis(1_500)).await.expect("claimed");
-    let kept = checkpoints.kept(p).await.expect("listed");
+    let kept = rig.checkpoints.kept(p).await.expect("listed");
     assert_eq!(kept.len(), CHECKPOINTS_KEPT, "the newest two kept of the several written: {kept:?}");
     // An owner that wrote more cuts since (the oldest kept checkpoint is
     // past card 1's record), then the streams give up below it.
     owner_for(&fleet, logs, p, checkpointing(), Duration::from_millis(1_000)).await.expect("claimed");
     let purged = purge_consumed(logs, p, u64::MAX).await.expect("purged").expect("a checkpoint to purge below");
     assert!(purged.claimed_records > 0 && purged.scans_records == 1, "{purged:?}");
-    assert!(held_rows(&claimed, p).await.0.is_empty(), "card 1's claimed record given up");
+    assert!(held_rows(claimed, p).await.0.is_empty(), "card 1's claimed record given up");
 
     let resend = batch(2, vec![scan("bus-1", 1, fleet.code(1, 1)), scan("bus-1", 2, fleet.code(other, 1))]);
-    ingest(&fleet, &scans, &resend, AT_MS + 20_000).await;
-    ingest(&fleet, &scans, &batch(3, vec![scan("bus-2", 1, fleet.code(1, 1))]), AT_MS + 21_000).await;
+    ingest(&fleet, scans, &resend, AT_MS + 20_000).await;
+    ingest(&fleet, scans, &batch(3, vec![scan("bus-2", 1, fleet.code(1, 1))]), AT_MS + 21_000).await;
     owner_for(&fleet, logs, p, settings().0, Duration::from_millis(1_500)).await.expect("claimed");
 
-    let (rows, redelivered) = held_rows(&claimed, p).await;
+    let (rows, redelivered) = held_rows(claimed, p).await;
     let seen: Vec<(String, Option<u64>, ScanStatus)> =
         rows.iter().map(|r| (r.validator_id.clone(), r.card_id, r.status)).collect();
     let wanted = vec![
@@ -158,20 +177,18 @@ async fn another_streams_checkpoints_are_passed_over_and_damaged_ones_stop_the_p
 /// follows must leave it on the scans stream for the next owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partitions_checkpoint_leaves_scans_acked_after_it_to_the_next_owner() {
-    let Some(cluster) = NatsCluster::start().await else { return };
-    let (scans, claimed) = open_logs(&cluster, "QUIETSCANS", 1 << 20).await;
-    let checkpoints = ClaimCheckpoints::new(shared_memory());
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
+    let Some(rig) = Rig::start("QUIETSCANS").await else { return };
+    let (scans, claimed, logs) = (&rig.scans, &rig.claimed, rig.logs());
     let fleet = Fleet::new();
     let p = partition_of_card(1, PARTITIONS);
     owner_for(&fleet, logs, p, checkpointing(), Duration::from_millis(1_200)).await.expect("cut, nothing to claim");
-    let kept = checkpoints.kept(p).await.expect("listed");
+    let kept = rig.checkpoints.kept(p).await.expect("listed");
     assert!(!kept.is_empty() && kept.iter().all(|k| k.scans_from == 1), "{kept:?}");
 
-    ingest(&fleet, &scans, &batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]), AT_MS + 10_000).await;
+    ingest(&fleet, scans, &batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]), AT_MS + 10_000).await;
     let purged = purge_consumed(logs, p, u64::MAX).await.expect("purged");
     owner_for(&fleet, logs, p, settings().0, Duration::from_millis(1_500)).await.expect("claimed");
-    let cards: Vec<Option<u64>> = held_rows(&claimed, p).await.0.iter().map(|r| r.card_id).collect();
+    let cards: Vec<Option<u64>> = held_rows(claimed, p).await.0.iter().map(|r| r.card_id).collect();
     assert_eq!(cards, vec![Some(1)], "the acknowledged tap claimed after {purged:?}");
 }
 
@@ -180,16 +197,14 @@ async fn a_quiet_partitions_checkpoint_leaves_scans_acked_after_it_to_the_next_o
 /// purge "below 0" for the whole subject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_claimed_records_no_reader_has_passed() {
-    let Some(cluster) = NatsCluster::start().await else { return };
-    let (scans, claimed) = open_logs(&cluster, "NOREADER", 1 << 20).await;
-    let checkpoints = ClaimCheckpoints::new(shared_memory());
-    let logs = ClaimLogs { scans: &scans, claimed: &claimed, checkpoints: &checkpoints };
+    let Some(rig) = Rig::start("NOREADER").await else { return };
+    let (scans, claimed, logs) = (&rig.scans, &rig.claimed, rig.logs());
     let fleet = Fleet::new();
     let p = partition_of_card(1, PARTITIONS);
-    ingest(&fleet, &scans, &batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]), AT_MS + 10_000).await;
+    ingest(&fleet, scans, &batch(1, vec![scan("bus-1", 1, fleet.code(1, 1))]), AT_MS + 10_000).await;
     owner_for(&fleet, logs, p, checkpointing(), Duration::from_millis(1_200)).await.expect("claimed");
-    assert_eq!(held_rows(&claimed, p).await.0.len(), 1, "card 1's tap claimed");
+    assert_eq!(held_rows(claimed, p).await.0.len(), 1, "card 1's tap claimed");
 
     let purged = purge_consumed(logs, p, 0).await.expect("purged");
-    assert_eq!(held_rows(&claimed, p).await.0.len(), 1, "no reader passed card 1's claimed record: {purged:?}");
+    assert_eq!(held_rows(claimed, p).await.0.len(), 1, "no reader passed card 1's claimed record: {purged:?}");
 }

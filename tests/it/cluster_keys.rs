@@ -1,0 +1,166 @@
+//! The one key store every node of a cluster opens (`cluster.keys_dir`,
+//! docs/scale-out.md "A row's partition does not depend on how lately a
+//! node read its keys"): a code under a terminal key a node has not read
+//! yet is decided there as at every other node, a node that cannot read
+//! the store backs off, and batches waiting on a hung store hold up no
+//! other gateway.
+
+use std::time::Duration;
+
+use farestream::clock_source::Clock;
+use farestream::config::Config;
+use farestream::ridecode::{RideCode, TerminalKey, seal};
+use farestream::scan::{ScanStatus, TapKind};
+use farestream::wire::ScanBatch;
+use farestream_cluster::test_nats::NatsCluster;
+
+use crate::cluster::{cluster_config, looked_at_until, quick_leases, stream_rows};
+use crate::key_rotation::{copy_following_the_key_store, following_the_key_store, key_store, scan_under};
+use crate::support::{GATEWAY, Harness, batch, record, secs};
+
+/// The card whose code the tests seal.
+const CARD: u64 = 77;
+
+/// Two nodes on one key store, just after an emergency terminal-key
+/// rotation there: node a (rereading every 20 ms) holds the new key,
+/// node b (every minute, the longest allowed) not yet.
+struct Rotated {
+    nats: NatsCluster,
+    config: Config,
+    a: Harness,
+    b: Harness,
+    /// Card [`CARD`]'s tap at gate-1, sealed under the new key.
+    sealed: ScanBatch,
+}
+
+impl Rotated {
+    async fn start() -> Option<Rotated> {
+        let nats = NatsCluster::start().await?;
+        let mut config = cluster_config(&nats).await?;
+        config.ride_code.version_1_refused_from_date = Some("2099-01-01".into());
+        let a = following_the_key_store(quick_leases(config.clone(), "node-a")).await;
+        let mut slow = quick_leases(config.clone(), "node-b");
+        slow.keys.reload_interval_ms = 60_000;
+        let b = copy_following_the_key_store(&a, slow).await;
+        tokio::time::sleep(Duration::from_millis(300)).await; // b's first read, at its start, is over
+
+        let now_ms = a.clock.now_ms();
+        let policy = a.config.service_day_policy().expect("policy");
+        let rotated = key_store(&a.config, a.dir.path()).rotate_terminal(&policy, now_ms, now_ms / 1000 + 600);
+        let rotated = rotated.expect("rotated in the shared store");
+        let a_holds = async || a.server.issuer_keys().now().terminal.iter().any(|k| k.key_id == rotated);
+        assert!(looked_at_until(a_holds, |held| *held).await, "node a reread the shared store");
+        assert!(!b.server.issuer_keys().now().terminal.iter().any(|k| k.key_id == rotated), "b has not yet");
+        let key = a.server.issuer_keys().now().terminal.iter().find(|k| k.key_id == rotated).expect("held").key();
+
+        let read_ms = now_ms - 1_000;
+        let window = (secs(read_ms) - 3_600, secs(read_ms) + 3_600);
+        let code = RideCode::decode(&scan_under(&a.issuer, CARD, window, read_ms)).expect("code");
+        let sealed = batch(GATEWAY, 1, vec![record("gate-1", 1, read_ms, TapKind::Single, seal(&code, &key).to_vec())]);
+        Some(Rotated { nats, config, a, b, sealed })
+    }
+
+    /// The sealed tap resent to a; then the scans stream must hold it
+    /// once, opened, in its card's partition.
+    async fn resent_to_a_it_is_one_row(&self) {
+        self.a.client().push(&self.sealed).await.expect("the resend acked at a");
+        let rows = stream_rows(&self.nats, &self.config).await;
+        let cards: Vec<(Option<u64>, ScanStatus)> = rows.iter().map(|r| (r.card_id, r.status)).collect();
+        assert_eq!(cards, vec![(Some(CARD), ScanStatus::Accepted)], "one row, in card {CARD}'s partition");
+    }
+}
+
+/// A gateway's code sealed under the new key reaches b first. B reads
+/// the store again before it decides, so the code opens there as at a:
+/// the scan goes to its card's partition, and its resend to a is the
+/// same record. (Deciding on b's stale keys sent it to its scan id's
+/// partition and the resend to its card's: two owners, archived twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_key_one_node_has_not_reread_yet_opens_there_and_its_scan_lands_once() {
+    let Some(rig) = Rotated::start().await else { return };
+    let at_b = rig.b.client().push(&rig.sealed).await.expect("acked at b");
+    assert_eq!((at_b.accepted, at_b.rejected), (1, 0), "b opened the code after reading the store");
+    rig.resent_to_a_it_is_one_row().await;
+}
+
+/// The same with the shared store away (an unmounted share) while b's
+/// batch waits for its read: b cannot decide the code as a would, so it
+/// answers BACKOFF rather than ack it unopened; once the store is back b
+/// opens it, and its resend to a is the same record. (An outside review
+/// saw b ack it unopened and the scan land twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_read_the_shared_key_store_backs_off_rather_than_ack_a_code_unopened() {
+    let Some(rig) = Rotated::start().await else { return };
+    let keys_dir = std::path::PathBuf::from(&rig.config.cluster.keys_dir);
+    let away = keys_dir.with_extension("away");
+    std::fs::rename(&keys_dir, &away).expect("the share away");
+    let refused = rig.b.client().push(&rig.sealed).await.expect_err("not decidable without the store");
+    assert_eq!(refused.kind(), "backoff", "{refused}");
+    assert!(refused.to_string().contains("terminal key this node does not hold"), "{refused}");
+    assert!(stream_rows(&rig.nats, &rig.config).await.is_empty(), "nothing appended for the refused batch");
+
+    std::fs::rename(&away, &keys_dir).expect("the share back");
+    let at_b = rig.b.client().push(&rig.sealed).await.expect("acked at b once it reads the store");
+    assert_eq!((at_b.accepted, at_b.rejected), (1, 0));
+    rig.resent_to_a_it_is_one_row().await;
+}
+
+/// The shared store hangs (a hard mount whose server is gone: here its
+/// keyring is a FIFO no one writes) while hostile gateways push codes
+/// naming terminal keys never made, more of them than the node has
+/// pipeline slots. Their batches wait for a read holding no slot, so a
+/// clean gateway's batch is acked at once. (An outside review saw it
+/// wait behind them for as long as the store hung.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_waiting_on_a_hung_key_store_hold_up_no_other_gateway() {
+    let Some(nats) = NatsCluster::start().await else { return };
+    let Some(mut config) = cluster_config(&nats).await else { return };
+    config.ride_code.version_1_refused_from_date = Some("2099-01-01".into());
+    config.server.pipeline_batches_in_flight_max = 2;
+    config.keys.unknown_key_read_wait_ms_max = 30_000;
+    let a = following_the_key_store(config.clone()).await;
+    let read_ms = a.clock.now_ms() - 1_000;
+    let window = (secs(read_ms) - 3_600, secs(read_ms) + 3_600);
+    let clean = a.client_as("station-02");
+    let plain = |seq: u64, card: u64| {
+        let code = scan_under(&a.issuer, card, window, read_ms);
+        batch("station-02", seq, vec![record("gate-9", seq, read_ms, TapKind::Single, code)])
+    };
+    clean.push(&plain(1, 79)).await.expect("a clean batch acked");
+
+    let keys_dir = std::path::PathBuf::from(&config.cluster.keys_dir);
+    let (ring, kept, hang) = (keys_dir.join("keyring.toml"), keys_dir.join("keyring.kept"), keys_dir.join("hang.fifo"));
+    std::fs::rename(&ring, &kept).expect("keyring aside");
+    assert!(std::process::Command::new("mkfifo").arg(&ring).status().expect("mkfifo").success());
+    let never_made = TerminalKey::from_secret(60_000, &[9; 32]);
+    let mut hostile = Vec::new();
+    for (n, gateway) in ["rogue-1", "rogue-2", "rogue-3"].into_iter().enumerate() {
+        let code = RideCode::decode(&scan_under(&a.issuer, 100 + n as u64, window, read_ms)).expect("code");
+        let pushed =
+            batch(gateway, 1, vec![record("gate-x", 1, read_ms, TapKind::Single, seal(&code, &never_made).to_vec())]);
+        let client = a.client_as(gateway);
+        hostile.push(tokio::spawn(async move { client.push(&pushed).await.map(|_| ()) }));
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let clean_ack = tokio::time::timeout(Duration::from_secs(5), clean.push(&plain(2, 80))).await;
+
+    // Unhang every read blocked on the FIFO (non-blocking opens fail once
+    // none waits), then put the keyring back.
+    std::fs::rename(&ring, &hang).expect("fifo aside");
+    std::fs::rename(&kept, &ring).expect("keyring back");
+    let text = std::fs::read(&ring).expect("keyring");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(mut fifo) = std::fs::OpenOptions::new().write(true).custom_flags(0o4000).open(&hang) {
+            let _ = fifo.write_all(&text);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for rogue in hostile {
+        rogue.abort();
+    }
+    let acked = clean_ack.expect("the clean batch acked while the store hung").expect("acked");
+    assert_eq!(acked.accepted, 1);
+}
