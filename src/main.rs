@@ -25,6 +25,8 @@ use farestream::sim::{AccountsRig, CitySpec, Load};
 use farestream::tls_identity::{NewIdentity, cert_path};
 use farestream_analytics::query::{OutputFormat, run_query};
 use farestream_analytics::settle::settle_day;
+use farestream_analytics::tables::ArchiveSource;
+use farestream_core::cluster::archive_location::ArchiveLocation;
 
 #[derive(Parser)]
 #[command(name = "farestream", version, about = "Ingestion back end for pay-later transit ride codes")]
@@ -491,12 +493,24 @@ async fn serve(data_dir: &Path, config: Config, listen: Option<SocketAddr>, new:
 }
 
 /// Where the archives are: the data dir's, or in cluster mode the
-/// directory every node shares, laid out as a node's own
-/// (docs/scale-out.md, "The shared archive").
-fn archive_dir(data_dir: &Path, config: &Config) -> PathBuf {
-    match config.cluster.enabled {
-        true => PathBuf::from(&config.cluster.archive_dir),
-        false => data_dir.join("archive"),
+/// archive every node shares, laid out as a node's own
+/// (docs/scale-out.md, "The shared archive"): a folder or a bucket.
+fn archive_location(data_dir: &Path, config: &Config) -> Result<ArchiveLocation> {
+    Ok(match config.cluster.enabled {
+        true => config.cluster.archive_location()?,
+        false => ArchiveLocation::Local(data_dir.join("archive")),
+    })
+}
+
+/// The archive's folder, for the commands that read one from disk.
+fn archive_dir(data_dir: &Path, config: &Config) -> Result<PathBuf> {
+    match archive_location(data_dir, config)? {
+        ArchiveLocation::Local(dir) => Ok(dir),
+        ArchiveLocation::S3 { .. } => bail!(
+            "cluster.archive_dir is {:?}: this command reads a local or mounted archive; `farestream query` reads \
+             the bucket",
+            config.cluster.archive_dir
+        ),
     }
 }
 
@@ -505,7 +519,7 @@ async fn query(data_dir: &Path, config: &Config, sql: &str, format: &str) -> Res
     if !data_dir.is_dir() {
         bail!("no data dir at {}: give the --data-dir that serve, demo or settle wrote", data_dir.display());
     }
-    let archive = archive_dir(data_dir, config);
+    let archive = ArchiveSource::open(&archive_location(data_dir, config)?, &config.cluster.object_store_settings())?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let budget = farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement);
     let per_core = config.settlement.query_partitions_per_core;
@@ -779,7 +793,7 @@ fn audit(
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
     let acked = farestream::archive::ack_audit::AckedScans::parse(&text)
         .with_context(|| format!("reading {}", acked_file.display()))?;
-    let rows = farestream::archive::read::read_all(&archive_dir(data_dir, config).join("scans"))?;
+    let rows = farestream::archive::read::read_all(&archive_dir(data_dir, config)?.join("scans"))?;
     let report = farestream::archive::ack_audit::audit_rows(&rows, &acked);
     let location = farestream_server::money_store_location(config, data_dir)?;
     let has_money = match &location {

@@ -24,7 +24,10 @@ pub fn settle_settings(config: &Config, data_dir: &Path) -> Result<SettleSetting
         store_busy_wait: Duration::from_millis(config.payments.store_busy_wait_ms),
         charges_batch_max: config.payments.charges_archive_batch_charges_max,
         memory: farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement),
-        shared_archive: config.cluster.enabled.then(|| config.cluster.archive_dir.clone().into()),
+        shared_archive: match config.cluster.enabled {
+            true => Some(config.cluster.archive_location()?),
+            false => None,
+        },
     })
 }
 

@@ -432,7 +432,7 @@ async fn an_old_owner_still_archiving_writes_the_same_files_and_no_row_twice() {
     let claimed = StreamLog::open(nats.client().await, settings.claimed).await.expect("the claimed stream");
     let behind = ArchiveProgress::open(nats.client().await, "old_owner_progress", 3).await.expect("bucket");
     let archive = SegmentArchive {
-        shared: farestream_cluster::SharedStore::local(&shared_archive(&nats)).expect("the shared archive"),
+        shared: farestream::shared_archive::SharedStore::local(&shared_archive(&nats)).expect("the shared archive"),
         row_group_rows_max: config.archive.row_group_rows_max,
         segment_rows_limit: 1_000_000,
         read_wait: Duration::from_millis(100),

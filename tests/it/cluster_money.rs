@@ -20,7 +20,7 @@ use crate::support::{Harness, T0_MS, batch};
 /// The store's charges once `taps` taps are priced and every charge is
 /// decided (or after a minute: the caller's assertions say what is
 /// missing).
-async fn charged_once_it_holds(node: &Harness, taps: usize) -> Vec<ChargeRecord> {
+pub(crate) async fn charged_once_it_holds(node: &Harness, taps: usize) -> Vec<ChargeRecord> {
     let read = async || {
         let read =
             node.server.with_money_store(|store| Ok((undecided(&mut store.db())?, charges(&mut store.db(), None)?)));

@@ -26,7 +26,7 @@ use crate::money::{MINUTE, Money, tap};
 use crate::support::{batch, repo_file};
 
 /// Whether `python3` can import what the script needs.
-fn python_has_readers() -> bool {
+pub(crate) fn python_has_readers() -> bool {
     let found = Command::new("python3").args(["-c", "import duckdb, pyarrow, tomllib"]).output();
     match found {
         Ok(out) if out.status.success() => true,

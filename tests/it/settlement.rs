@@ -18,6 +18,7 @@ use farestream_analytics::query::{OutputFormat, run_query};
 use farestream_analytics::settle::riders_file::{RidersFile, SETTLEMENT_RIDERS_PER_BATCH};
 use farestream_analytics::settle::write::RiderRow;
 use farestream_analytics::settle::{SettleSettings, Settled, settle_day};
+use farestream_analytics::tables::ArchiveSource;
 use farestream_analytics::tables::MemoryBudget;
 use farestream_core::archive::charge_rows::charges_to_record_batch;
 use farestream_core::money::Cents;
@@ -43,9 +44,16 @@ async fn settle(settings: &SettleSettings, now: i64) -> Settled {
 
 async fn sql(data_dir: &Path, query: &str) -> String {
     let mut out = Vec::new();
-    run_query(&data_dir.join("archive"), &budget(data_dir), per_core(), query, OutputFormat::Csv, &mut out)
-        .await
-        .expect("query");
+    run_query(
+        &ArchiveSource::dir(&data_dir.join("archive")),
+        &budget(data_dir),
+        per_core(),
+        query,
+        OutputFormat::Csv,
+        &mut out,
+    )
+    .await
+    .expect("query");
     String::from_utf8(out).expect("utf-8")
 }
 
@@ -124,7 +132,10 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     let again = settle(&settings, m.h.clock.now_ms() + HOUR).await;
     assert!(again.new_run.is_none() && again.breaks.is_empty());
     assert_eq!(std::fs::read_to_string(&again.report_path).expect("report"), report);
-    assert_eq!(archive_files(&settings.archive_dir().join("settlement_runs")).expect("runs").len(), 1);
+    assert_eq!(
+        archive_files(&settings.archive_dir().expect("a local archive").join("settlement_runs")).expect("runs").len(),
+        1
+    );
 
     // A late ride, uploaded hours later inside the rebill window: the next
     // run settles it as a late adjustment.
@@ -466,7 +477,7 @@ async fn the_settlements_ride_condition_picks_exactly_the_pricers_rides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_has_empty_tables() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let archive = dir.path().join("archive");
+    let archive = ArchiveSource::dir(&dir.path().join("archive"));
     for table in ["scans", "charges", "settlements", "settlement_routes", "settlement_runs", "settlement_files"] {
         let mut out = Vec::new();
         let rows = run_query(
@@ -496,7 +507,7 @@ async fn a_bad_query_is_an_error_with_datafusions_message_and_an_empty_archive_h
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_by_answers_the_same_at_every_partitioning() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let archive = dir.path().join("archive");
+    let archive = ArchiveSource::dir(&dir.path().join("archive"));
     let per_key = "SELECT value % 100003 AS k, count(*) AS n, sum(value) AS s FROM generate_series(1, 1000000) \
                    GROUP BY k ORDER BY n DESC, s DESC, k LIMIT 3";
     let mut answers = Vec::new();
@@ -518,7 +529,7 @@ async fn a_group_by_answers_the_same_at_every_partitioning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sort_over_the_memory_budget_spills_and_without_spill_space_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let archive = dir.path().join("archive");
+    let archive = ArchiveSource::dir(&dir.path().join("archive"));
     let small = MemoryBudget { bytes_max: 32 << 20, ..budget(dir.path()) };
     // A running total over the whole series in another order: the window
     // needs every row sorted (128 MB of them) before its first answer.
@@ -546,7 +557,7 @@ async fn a_sort_over_the_memory_budget_spills_and_without_spill_space_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_at_its_extremes_answers_or_refuses_and_never_crashes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let archive = dir.path().join("archive");
+    let archive = ArchiveSource::dir(&dir.path().join("archive"));
     let deep = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
     let error = run_query(&archive, &budget(dir.path()), per_core(), &deep, OutputFormat::Csv, &mut Vec::new())
         .await

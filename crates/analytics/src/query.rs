@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
 use datafusion::error::DataFusionError;
 
-use crate::tables::{MemoryBudget, archive_session};
+use crate::tables::{ArchiveSource, MemoryBudget, archive_session};
 use farestream_ingest::archive::parquet_writer::archive_writer_properties;
 use farestream_ingest::archive::read::archive_files;
 use futures_util::StreamExt;
@@ -71,14 +71,14 @@ impl QueryError {
 /// prints before it can size its columns, so it prints at most
 /// [`TABLE_ROWS_MAX`] (it is for a terminal).
 pub async fn run_query(
-    archive_dir: &Path,
+    archive: &ArchiveSource,
     budget: &MemoryBudget,
     partitions_per_core: usize,
     sql: &str,
     format: OutputFormat,
     out: &mut (dyn Write + Send),
 ) -> Result<u64, QueryError> {
-    let ctx = archive_session(archive_dir, budget, partitions_per_core)?;
+    let ctx = archive_session(archive, budget, partitions_per_core)?;
     let frame = ctx.sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
     if schema.fields().is_empty() {
@@ -87,7 +87,7 @@ pub async fn run_query(
     let mut stream = frame.execute_stream().await?;
     if format == OutputFormat::Table {
         let rows = write_table(&mut stream, schema, out).await?;
-        if rows == 0 && !has_archive_files(archive_dir) {
+        if rows == 0 && archive.local_dir().is_some_and(|dir| !has_archive_files(dir)) {
             writeln!(out, "(no rows: nothing is archived yet; a file appears once the archiver closes it, archive.file_age_secs_max after its first row, or at shutdown)")
                 .map_err(|e| output(&e))?;
         }

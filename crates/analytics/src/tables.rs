@@ -13,12 +13,16 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::object_store::ObjectStore;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::settle::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::archive::charge_rows::charge_schema;
 use farestream_core::archive::schema::scan_schema;
+use farestream_core::cluster::archive_location::{ArchiveLocation, ObjectStoreSettings};
+use farestream_shared_archive::s3_bucket;
 
 /// The partition column every archive table has.
 pub const PARTITION_COLUMN: &str = "service_date";
@@ -41,9 +45,57 @@ pub fn archive_tables() -> Vec<ArchiveTable> {
     tables
 }
 
-/// `DATA_DIR/archive/NAME`.
-pub fn table_root(archive_dir: &Path, name: &str) -> PathBuf {
-    archive_dir.join(name)
+/// The archive a session reads: a folder (a data dir's, a cluster's
+/// mounted one), or an `s3://` archive with the client DataFusion reads
+/// the bucket through.
+#[derive(Clone)]
+pub struct ArchiveSource {
+    location: ArchiveLocation,
+    bucket: Option<Arc<dyn ObjectStore>>,
+}
+
+impl ArchiveSource {
+    /// The archive in the folder `dir`.
+    pub fn dir(dir: &Path) -> ArchiveSource {
+        ArchiveSource { location: ArchiveLocation::Local(dir.to_path_buf()), bucket: None }
+    }
+
+    /// The archive `location` names, its bucket's client made when it is
+    /// object storage (no request is made yet).
+    pub fn open(location: &ArchiveLocation, client: &ObjectStoreSettings) -> Result<ArchiveSource, DataFusionError> {
+        let bucket = match location {
+            ArchiveLocation::Local(_) => None,
+            ArchiveLocation::S3 { bucket, .. } => {
+                Some(s3_bucket(bucket, client).map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?)
+            }
+        };
+        Ok(ArchiveSource { location: location.clone(), bucket })
+    }
+
+    /// The folder, when the archive is one.
+    pub fn local_dir(&self) -> Option<&Path> {
+        match &self.location {
+            ArchiveLocation::Local(dir) => Some(dir),
+            ArchiveLocation::S3 { .. } => None,
+        }
+    }
+
+    /// Makes the bucket's client the one `ctx` reads `s3://BUCKET` with.
+    fn register_bucket(&self, ctx: &SessionContext) -> Result<(), DataFusionError> {
+        if let (ArchiveLocation::S3 { bucket, .. }, Some(client)) = (&self.location, &self.bucket) {
+            let url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
+            ctx.register_object_store(url.as_ref(), Arc::clone(client));
+        }
+        Ok(())
+    }
+
+    /// The table `name`'s root: `DIR/NAME/`, or `s3://BUCKET/PREFIX/NAME/`.
+    fn table_url(&self, name: &str) -> Result<ListingTableUrl, DataFusionError> {
+        match &self.location {
+            ArchiveLocation::Local(dir) => ListingTableUrl::parse(format!("{}/", absolute(&dir.join(name))?.display())),
+            s3 => ListingTableUrl::parse(s3.table_url(name)),
+        }
+    }
 }
 
 /// What a session over the archive may hold in memory: its sorts, joins
@@ -77,7 +129,7 @@ impl MemoryBudget {
 /// back its share of the pool to merge spills, so the settlement, three
 /// sorts at once, keeps one a core.
 pub fn archive_session(
-    archive_dir: &Path,
+    archive: &ArchiveSource,
     budget: &MemoryBudget,
     partitions_per_core: usize,
 ) -> Result<SessionContext, DataFusionError> {
@@ -99,8 +151,9 @@ pub fn archive_session(
     let merge_room = (budget.bytes_max / (4 * partitions)).min(config.options().execution.sort_spill_reservation_bytes);
     let config = config.with_sort_spill_reservation_bytes(merge_room);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    archive.register_bucket(&ctx)?;
     for table in archive_tables() {
-        register_partitioned(&ctx, table.name, &table_root(archive_dir, table.name), table.schema)?;
+        register_partitioned(&ctx, table.name, archive.table_url(table.name)?, table.schema)?;
     }
     Ok(ctx)
 }
@@ -119,14 +172,13 @@ fn partitions_within(bytes_max: usize, cores: usize) -> usize {
 /// columns are about 1 MiB).
 const PARTITION_BYTES_MIN: usize = 8 << 20;
 
-/// Registers `root` as a table partitioned by `service_date` (a `DATE`).
-pub fn register_partitioned(
+/// Registers `url` as a table partitioned by `service_date` (a `DATE`).
+fn register_partitioned(
     ctx: &SessionContext,
     name: &str,
-    root: &Path,
+    url: ListingTableUrl,
     schema: SchemaRef,
 ) -> Result<(), DataFusionError> {
-    let url = ListingTableUrl::parse(format!("{}/", absolute(root)?.display()))?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), DataType::Date32)]);

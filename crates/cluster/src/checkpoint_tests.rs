@@ -18,7 +18,8 @@ use crate::claim_tests::{
     AT_MS, Fleet, PARTITIONS, claimed_entries, open_logs, run_for, scan, settings, wall_clock_ms,
 };
 use crate::test_nats::NatsCluster;
-use crate::{CHECKPOINTS_KEPT, ClaimCheckpoints, SharedStore, StreamLog, append_batch, purge_consumed};
+use crate::{CHECKPOINTS_KEPT, ClaimCheckpoints, StreamLog, append_batch, purge_consumed};
+use farestream_shared_archive::SharedStore;
 
 /// Cuts every 300 ms and a checkpoint at each.
 fn checkpointing() -> ClaimSettings {

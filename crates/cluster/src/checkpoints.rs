@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as StorePath;
 
-use crate::shared_store::{SharedStore, SharedStoreError};
+use farestream_shared_archive::{SharedStore, SharedStoreError};
 
 /// How many of a partition's checkpoints are kept: the newest, and one
 /// before it to fall back on should the newest not read. The streams are

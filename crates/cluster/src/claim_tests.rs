@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::claim::{ClaimLogs, ClaimSettings, ClaimStop, WallClock, claim_partition, parts};
 use crate::test_nats::NatsCluster;
-use crate::{ClaimCheckpoints, SharedStore, StreamLog, StreamLogError, StreamLogSettings, append_batch};
+use crate::{ClaimCheckpoints, StreamLog, StreamLogError, StreamLogSettings, append_batch};
+use farestream_shared_archive::SharedStore;
 
 pub(crate) const PARTITIONS: u16 = 4;
 pub(crate) const AT_MS: i64 = 1_763_604_000_000;

@@ -18,7 +18,6 @@ pub mod ownership;
 pub mod publish;
 pub mod retention;
 pub mod shared_identity;
-pub mod shared_store;
 pub mod stream_log;
 #[cfg(any(test, feature = "test-nats"))]
 pub mod test_nats;
@@ -31,7 +30,6 @@ pub use ownership::{Owned, Ownership};
 pub use publish::append_batch;
 pub use retention::{Purged, purge_consumed};
 pub use shared_identity::{SharedIdentityError, check_shared_identity};
-pub use shared_store::{SharedStore, SharedStoreError};
 pub use stream_log::{
     Appended, PartitionReader, StoredRecord, StreamLog, StreamLogError, StreamLogSettings, StreamRecord,
 };

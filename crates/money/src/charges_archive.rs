@@ -7,10 +7,13 @@
 //! every partition, fsynced, renamed in), then marks them archived. A
 //! crash before the mark rewrites the same batch under the same names, so
 //! a charge is in the archive once. A charge still `failed` waits: the
-//! archive holds outcomes, not attempts.
+//! archive holds outcomes, not attempts. In a cluster the files go into
+//! the shared archive's store instead (`charges/service_date=…/`, each
+//! put whole), each node's batches numbered apart.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::MoneyStore;
@@ -20,9 +23,12 @@ use crate::store::StoreError;
 use farestream_core::archive::charge_rows::{charge_schema, charges_to_record_batch};
 use farestream_core::charges::{ChargeRecord, UNDECIDED_OUTCOMES_SQL};
 use farestream_core::clock::UnixMillis;
-use farestream_ingest::archive::parquet_writer::{ArchiveError, archive_writer_properties, partition_dir, sync_dir};
+use farestream_ingest::archive::parquet_writer::{
+    ArchiveError, archive_writer_properties, partition_dir, partition_dir_name, sync_dir,
+};
 use farestream_ingest::faults::Faults;
 use farestream_ingest::node_id::NodeId;
+use farestream_shared_archive::SharedStore;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Encoding;
 use parquet::file::properties::WriterProperties;
@@ -32,11 +38,24 @@ pub fn charges_root(data_dir: &Path) -> PathBuf {
     charges_root_in(&data_dir.join("archive"))
 }
 
-/// Where the charges archive lives in an archive directory: a data dir's
-/// `archive`, or a cluster's shared archive, which every node's charges
-/// go into (each in batch files named after its node).
+/// Where the charges archive lives in an archive directory.
 pub fn charges_root_in(archive_dir: &Path) -> PathBuf {
-    archive_dir.join("charges")
+    archive_dir.join(CHARGES_TABLE)
+}
+
+/// The charges archive's folder in an archive, its table's name.
+pub const CHARGES_TABLE: &str = "charges";
+
+/// Where a server's charges archive is written.
+#[derive(Clone)]
+pub enum ChargesRoot {
+    /// A node's own, `DATA_DIR/archive/charges`: each file built in
+    /// `.tmp/`, fsynced and renamed in.
+    Dir(PathBuf),
+    /// A cluster's shared archive (a mount or object storage), which
+    /// every node's batches go into, each file put whole. The handle runs
+    /// the puts from the blocking thread the archive works on.
+    Shared(SharedStore, tokio::runtime::Handle),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +69,7 @@ pub enum ChargesArchiveError {
 /// The charges archive of a running server: its own store connection.
 pub struct ChargesArchive {
     pub store: std::sync::Mutex<MoneyStore>,
-    pub root: PathBuf,
+    pub root: ChargesRoot,
     /// This server's data dir: its batches are its own.
     pub node: NodeId,
     pub batch_charges_max: usize,
@@ -69,9 +88,9 @@ impl ChargesArchive {
 
 /// Where a server's charges archive is: the directory its files go to
 /// and the node whose batches they are.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ArchivePlace<'a> {
-    pub root: &'a Path,
+    pub root: &'a ChargesRoot,
     pub node: &'a NodeId,
 }
 
@@ -129,7 +148,6 @@ fn claim_batch(tx: &mut dyn Db, node: &NodeId, batch_charges_max: usize) -> Resu
     Ok((claimed > 0).then_some(next))
 }
 
-/// One file per service date, each durable before it is renamed in.
 /// The charges archive's encoding, chosen with the scans archive's (see
 /// `scan_writer_properties`): ZSTD, no dictionary on the near-unique ids,
 /// amounts and times, bloom filters on `card_id` and `charge_id`.
@@ -140,9 +158,9 @@ pub fn charges_writer_properties() -> WriterProperties {
 }
 
 /// Writes one batch's charges, a file per service date
-/// (`charges-BATCH.parquet`), each built in `.tmp/`, fsynced and renamed in.
+/// (`charges-BATCH.parquet`), each durable before the next.
 pub fn write_charges_batch(
-    root: &Path,
+    root: &ChargesRoot,
     batch: i64,
     rows: &[ChargeRecord],
     faults: &Faults,
@@ -151,31 +169,57 @@ pub fn write_charges_batch(
     for row in rows {
         by_date.entry(row.service_date).or_default().push(row.clone());
     }
-    let tmp_dir = farestream_ingest::archive::parquet_writer::open_files_dir(root);
-    fs::create_dir_all(&tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.clone(), source })?;
+    let name = format!("charges-{batch:012}.parquet");
     for (date, rows) in by_date {
-        let dir = partition_dir(root, date);
-        fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io { path: dir.clone(), source })?;
-        let name = format!("charges-{batch:012}.parquet");
-        let tmp = tmp_dir.join(format!("{name}.tmp"));
-        let parquet = |source| ArchiveError::Parquet { path: tmp.clone(), source };
-        let io = |source| ArchiveError::Io { path: tmp.clone(), source };
-        faults.before_write().map_err(io)?;
-        let mut writer =
-            ArrowWriter::try_new(File::create(&tmp).map_err(io)?, charge_schema(), Some(charges_writer_properties()))
-                .map_err(parquet)?;
-        let records = charges_to_record_batch(&rows)
-            .map_err(|e| ArchiveError::Parquet { path: tmp.clone(), source: e.into() })?;
-        writer.write(&records).map_err(parquet)?;
-        let file = writer.into_inner().map_err(parquet)?;
-        farestream_ingest::files::fsync(&file, faults)
-            .map_err(|source| ArchiveError::Fsync { path: tmp.clone(), source })?;
-        let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };
-        faults.before_rename().map_err(rename)?;
-        fs::rename(&tmp, dir.join(&name)).map_err(rename)?;
-        sync_dir(&dir, faults)?;
+        match root {
+            ChargesRoot::Dir(root) => write_in_dir(root, &partition_dir(root, date), &name, &rows, faults)?,
+            ChargesRoot::Shared(shared, runtime) => {
+                let path = format!("{CHARGES_TABLE}/{}/{name}", partition_dir_name(date));
+                let io = |source| ArchiveError::Io { path: PathBuf::from(&path), source };
+                let bytes = encode_charges(&rows, Path::new(&path))?;
+                faults.before_write().map_err(io)?;
+                runtime.block_on(shared.put_durable(&path, bytes.into())).map_err(|e| io(std::io::Error::other(e)))?;
+            }
+        }
     }
     Ok(())
+}
+
+/// One file of a node's own charges archive, built in `.tmp/`, fsynced
+/// and renamed into `dir`.
+fn write_in_dir(
+    root: &Path,
+    dir: &Path,
+    name: &str,
+    rows: &[ChargeRecord],
+    faults: &Faults,
+) -> Result<(), ArchiveError> {
+    let tmp_dir = farestream_ingest::archive::parquet_writer::open_files_dir(root);
+    fs::create_dir_all(&tmp_dir).map_err(|source| ArchiveError::Io { path: tmp_dir.clone(), source })?;
+    fs::create_dir_all(dir).map_err(|source| ArchiveError::Io { path: dir.to_path_buf(), source })?;
+    let tmp = tmp_dir.join(format!("{name}.tmp"));
+    let io = |source| ArchiveError::Io { path: tmp.clone(), source };
+    let bytes = encode_charges(rows, &tmp)?;
+    faults.before_write().map_err(io)?;
+    let mut file = File::create(&tmp).map_err(io)?;
+    file.write_all(&bytes).map_err(io)?;
+    farestream_ingest::files::fsync(&file, faults)
+        .map_err(|source| ArchiveError::Fsync { path: tmp.clone(), source })?;
+    let rename = |source| ArchiveError::Rename { path: tmp.clone(), source };
+    faults.before_rename().map_err(rename)?;
+    fs::rename(&tmp, dir.join(name)).map_err(rename)?;
+    sync_dir(dir, faults)
+}
+
+/// One Parquet file of `rows`, in memory (a batch is at most
+/// `charges_archive_batch_max` charges).
+fn encode_charges(rows: &[ChargeRecord], path: &Path) -> Result<Vec<u8>, ArchiveError> {
+    let parquet = |source| ArchiveError::Parquet { path: path.to_path_buf(), source };
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), charge_schema(), Some(charges_writer_properties())).map_err(parquet)?;
+    let records = charges_to_record_batch(rows).map_err(|e| parquet(e.into()))?;
+    writer.write(&records).map_err(parquet)?;
+    writer.into_inner().map_err(parquet)
 }
 
 #[cfg(test)]
@@ -212,7 +256,8 @@ mod tests {
             insert(store, 5, 20_001, "pending");
             let root = dir.path().join("charges");
             let node = node(1);
-            let place = ArchivePlace { root: &root, node: &node };
+            let target = ChargesRoot::Dir(root.clone());
+            let place = ArchivePlace { root: &target, node: &node };
             // The crash: the batch was numbered, its files never written.
             let claimed = store.in_transaction(|tx| claim_batch(tx, &node, 2)).expect("claim");
             assert_eq!(claimed, Some(1), "{engine}");
@@ -254,9 +299,10 @@ mod tests {
             let (root_a, root_b) = (dir.path().join("a"), dir.path().join("b"));
             assert_eq!(store.in_transaction(|tx| claim_batch(tx, &a, 2)).expect("a claims"), Some(1), "{engine}");
             let faults = Faults::default();
-            let place_b = ArchivePlace { root: &root_b, node: &b };
+            let (target_a, target_b) = (ChargesRoot::Dir(root_a.clone()), ChargesRoot::Dir(root_b.clone()));
+            let place_b = ArchivePlace { root: &target_b, node: &b };
             assert_eq!(archive_decided_charges(store, place_b, 2, 5, &faults).expect("b"), 2, "{engine}");
-            let place_a = ArchivePlace { root: &root_a, node: &a };
+            let place_a = ArchivePlace { root: &target_a, node: &a };
             assert_eq!(archive_decided_charges(store, place_a, 2, 6, &faults).expect("a"), 2, "{engine}");
             let ids = |root: &Path| -> Vec<u8> {
                 let mut ids: Vec<u8> = read_all_charges(root).expect("read").iter().map(|c| c.charge_id[0]).collect();
@@ -266,6 +312,46 @@ mod tests {
             assert_eq!((ids(&root_a), ids(&root_b)), (vec![1, 2], vec![3, 4]), "{engine}: each charge once");
             let b_file = root_b.join("service_date=2024-10-04/charges-000000000002.parquet");
             assert!(b_file.exists(), "{engine}: b numbered its batch after a's");
+        });
+    }
+
+    /// A cluster's charges go into the shared store, each file put whole
+    /// under the name a node's own archive gives it, and a batch written
+    /// again (a crash before its mark) puts the same names.
+    #[test]
+    fn a_clusters_charges_are_put_into_the_shared_store_under_the_names_a_node_gives_them() {
+        use object_store::{ObjectStore, ObjectStoreExt};
+        on_each_engine(|store, engine| {
+            insert(store, 1, 20_000, "succeeded");
+            insert(store, 2, 20_001, "declined");
+            insert(store, 3, 20_001, "pending");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
+            let shared = SharedStore { store: memory.clone(), local_root: None };
+            let target = ChargesRoot::Shared(shared, runtime.handle().clone());
+            let node = node(1);
+            let place = ArchivePlace { root: &target, node: &node };
+            assert_eq!(
+                archive_decided_charges(store, place, 10, 5, &Faults::default()).expect("archive"),
+                2,
+                "{engine}"
+            );
+            let rows_at = |path: &str| -> usize {
+                let path = object_store::path::Path::from(path);
+                let bytes = runtime.block_on(async { memory.get(&path).await?.bytes().await }).expect("the file");
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .expect("a Parquet file")
+                    .build()
+                    .expect("a reader");
+                reader.map(|batch| batch.expect("a batch").num_rows()).sum()
+            };
+            assert_eq!(rows_at("charges/service_date=2024-10-04/charges-000000000001.parquet"), 1, "{engine}");
+            assert_eq!(rows_at("charges/service_date=2024-10-05/charges-000000000001.parquet"), 1, "{engine}");
+            let listed = runtime.block_on(async {
+                use futures_util::TryStreamExt;
+                memory.list(None).try_collect::<Vec<_>>().await
+            });
+            assert_eq!(listed.expect("a listing").len(), 2, "{engine}: the pending charge waits");
         });
     }
 }

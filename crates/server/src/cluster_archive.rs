@@ -26,7 +26,7 @@ use object_store::path::Path as StorePath;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use farestream_cluster::{ArchiveProgress, ArchivedThrough, SharedStore, SharedStoreError, StreamLog, StreamLogError};
+use farestream_cluster::{ArchiveProgress, ArchivedThrough, StreamLog, StreamLogError};
 use farestream_core::cluster::segments::segment_file_name;
 use farestream_core::cluster::{ClaimedEntry, Partition};
 use farestream_core::scan::ArchivedScan;
@@ -34,6 +34,7 @@ use farestream_ingest::archive::ArchiveError;
 use farestream_ingest::archive::parquet_writer::{
     SUCCESS_MARKER, encode_scans_file, partition_date, partition_dir_name,
 };
+use farestream_shared_archive::{SharedStore, SharedStoreError};
 
 /// Where and how segments are written.
 #[derive(Clone)]

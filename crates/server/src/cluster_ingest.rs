@@ -7,7 +7,6 @@
 //! Re-deliveries and replays are found later, by each partition's owner.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +14,13 @@ use tokio::sync::oneshot;
 
 use crate::{BACKOFF_RETRY_AFTER_MS, ServerError, Shared};
 use farestream_cluster::{ClaimSettings, LeaseSettings, NatsUser, StreamLog, StreamLogSettings, append_batch};
+use farestream_core::cluster::archive_location::{ArchiveLocation, ObjectStoreSettings};
 use farestream_core::ingest::{BatchOutcome, VerifiedBatch};
 use farestream_gateway::wire::{BatchAck, ScanBatch};
 use farestream_ingest::config::cluster::ClusterConfig;
 use farestream_ingest::config::{Config, ConfigError};
 use farestream_ingest::telemetry;
+use farestream_shared_archive::SharedStore;
 
 /// The `[cluster]` section as the server uses it.
 #[derive(Debug, Clone)]
@@ -36,8 +37,10 @@ pub struct ClusterSettings {
     /// The claimed stream: the scans stream's shape under its own names.
     pub claimed: StreamLogSettings,
     pub claim: ClaimSettings,
-    /// The shared archive (`cluster.archive_dir`).
-    pub archive_dir: PathBuf,
+    /// The shared archive (`cluster.archive_dir`) and its object store
+    /// client's settings.
+    pub archive: ArchiveLocation,
+    pub object_store: ObjectStoreSettings,
     /// Where each partition's archive position is kept.
     pub progress_bucket: String,
     pub leases: LeaseSettings,
@@ -47,6 +50,11 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
+    /// The shared archive's store, opened (a client; no request is made).
+    pub fn shared_store(&self) -> Result<SharedStore, object_store::Error> {
+        SharedStore::open(&self.archive, &self.object_store)
+    }
+
     /// `None` when the cluster is off. The `[cluster]` section, and the
     /// service day and accepted lateness an owner's cuts close days by.
     pub fn from_config(whole: &Config) -> Result<Option<ClusterSettings>, ConfigError> {
@@ -96,7 +104,8 @@ impl ClusterSettings {
                 accepted_lateness_ms: i64::from(whole.ingest.accepted_lateness_secs).saturating_mul(1_000),
                 checkpoint_interval: ms(config.claim_checkpoint_interval_ms),
             },
-            archive_dir: PathBuf::from(&config.archive_dir),
+            archive: config.archive_location()?,
+            object_store: config.object_store_settings(),
             progress_bucket: config.progress_bucket.clone(),
             leases: LeaseSettings {
                 bucket: config.lease_bucket.clone(),

@@ -153,7 +153,7 @@ async fn close_days_every(owners: Arc<Owners>, partitions: u16, every: Duration)
 /// The shared archive as `cluster.archive_dir` names it, written as the
 /// node's own archive is encoded.
 fn segment_archive(shared: &Shared, settings: &ClusterSettings) -> Result<SegmentArchive, object_store::Error> {
-    let store = farestream_cluster::SharedStore::local(&settings.archive_dir)?;
+    let store = settings.shared_store()?;
     let record_rows_max = settings.claimed.record_bytes_max as u64 / ROW_BYTES_MIN;
     Ok(SegmentArchive {
         shared: store,

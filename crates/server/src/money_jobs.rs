@@ -15,7 +15,7 @@ use farestream_ingest::archive::Arrivals;
 use farestream_ingest::log_reader::LogReaders;
 use farestream_ingest::node_id::NodeId;
 use farestream_ingest::wal::committer::Progress;
-use farestream_money::charges_archive::{ChargesArchive, charges_root, charges_root_in};
+use farestream_money::charges_archive::{ChargesArchive, ChargesRoot, charges_root};
 use farestream_money::pricer::{OpenedStore, cluster_node_reader_name, log_vouches_for, pricer_start, reader_name};
 use farestream_money::store::{CURSOR_HOLD_TRIES, StoreError, fresh_cursor_holder, hold_log_cursor, last_record};
 use farestream_money::{AccountService, DenyListHub, Dispatcher, Pricer, RefundReport};
@@ -123,8 +123,11 @@ pub(super) fn start_money(
     let charges_archive = Arc::new(ChargesArchive {
         store: Mutex::new(settings.money.open_store()?),
         root: match &settings.cluster {
-            Some(cluster) => charges_root_in(&cluster.archive_dir),
-            None => charges_root(&settings.data_dir),
+            Some(cluster) => ChargesRoot::Shared(
+                cluster.shared_store().map_err(|e| ServerError::Cluster(format!("the shared archive: {e}")))?,
+                tokio::runtime::Handle::current(),
+            ),
+            None => ChargesRoot::Dir(charges_root(&settings.data_dir)),
         },
         node,
         batch_charges_max: settings.money.charges_archive_batch_max,

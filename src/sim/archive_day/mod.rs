@@ -30,7 +30,7 @@ use farestream_ingest::archive::parquet_writer::{ArchiveWriter, ArchiveWriterCon
 use farestream_ingest::archive::scans_root;
 use farestream_ingest::faults::Faults;
 use farestream_money::accounts::{AccountError, activate, add_arrears, register};
-use farestream_money::charges_archive::{charges_root, write_charges_batch};
+use farestream_money::charges_archive::{ChargesRoot, charges_root, write_charges_batch};
 use farestream_money::store::{fresh_cursor_holder, hold_log_cursor, store_path};
 use farestream_money::{MoneyStore, StoreLocation};
 use parquet::file::properties::WriterProperties;
@@ -274,7 +274,8 @@ fn other_encodings(spec: &ArchiveDaySpec) -> Vec<(&'static str, WriterProperties
 /// The charges archive's own batch writer, half a million charges a batch.
 fn write_charges(data_dir: &Path, charges: &[ChargeRecord]) -> Result<(), String> {
     for (batch, chunk) in (0i64..).zip(charges.chunks(500_000)) {
-        write_charges_batch(&charges_root(data_dir), batch, chunk, &Faults::default()).map_err(|e| e.to_string())?;
+        write_charges_batch(&ChargesRoot::Dir(charges_root(data_dir)), batch, chunk, &Faults::default())
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 
-use crate::tables::{archive_session, register_files};
+use crate::tables::{ArchiveSource, archive_session, register_files};
 use farestream_core::archive::schema::scan_schema;
 use farestream_core::charges::ChargeOutcome;
 use farestream_core::clock::UnixMillis;
@@ -41,9 +41,10 @@ use farestream_ingest::archive::scans_root_in;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::node_id::NodeId;
 use farestream_money::MoneyStore;
-use farestream_money::charges_archive::{ArchivePlace, archive_decided_charges, charges_root_in};
+use farestream_money::charges_archive::{ArchivePlace, ChargesRoot, archive_decided_charges, charges_root_in};
 use farestream_money::pricer::reader_name;
 use farestream_money::snapshot::{MoneySnapshot, money_snapshot};
+use farestream_shared_archive::SharedStore;
 
 use edges::{Edges, read_edges};
 use farestream_core::fares::RIDE_SQL;
@@ -63,7 +64,7 @@ pub const SETTLEMENT_PARTITIONS_PER_CORE: usize = 1;
 
 /// Settles `date` as of `now`.
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
-    let archive_dir = settings.archive_dir();
+    let archive_dir = settings.archive_dir()?;
     let _one_at_a_time = settlement_lock(&archive_dir).await?;
     let snapshot = {
         let settings = settings.clone();
@@ -71,7 +72,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
             .await
             .map_err(|e| SettleError::Output(format!("reading the money store stopped: {e}")))??
     };
-    let ctx = archive_session(&archive_dir, &settings.memory, SETTLEMENT_PARTITIONS_PER_CORE)?;
+    let ctx = archive_session(&ArchiveSource::dir(&archive_dir), &settings.memory, SETTLEMENT_PARTITIONS_PER_CORE)?;
     let earlier = earlier_runs(&ctx, date).await?;
     let positions = match settings.shared_archive {
         None => {
@@ -175,7 +176,15 @@ fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Re
     let mut store = MoneyStore::open(&settings.store, settings.store_busy_wait)?;
     let node = NodeId::load_or_create(data_dir, &Faults::default())
         .map_err(|e| SettleError::Output(format!("the data dir's node id: {e}")))?;
-    let place = ArchivePlace { root: &charges_root_in(&settings.archive_dir()), node: &node };
+    let archive_dir = settings.archive_dir()?;
+    let root = match settings.shared_archive {
+        None => ChargesRoot::Dir(charges_root_in(&archive_dir)),
+        Some(_) => ChargesRoot::Shared(
+            SharedStore::local(&archive_dir).map_err(|e| SettleError::Output(format!("the shared archive: {e}")))?,
+            tokio::runtime::Handle::current(),
+        ),
+    };
+    let place = ArchivePlace { root: &root, node: &node };
     archive_decided_charges(&mut store, place, settings.charges_batch_max, now, &Faults::default())?;
     let pricer = reader_name(store.engine(), &node);
     Ok(money_snapshot(&mut store, date, &pricer)?)

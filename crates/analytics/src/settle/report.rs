@@ -14,7 +14,7 @@ use super::settle_types::{SettleError, SettleSettings, Settled};
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
 use super::write::{RunRow, StatusCounts};
 use super::write::{add_to, status_index};
-use crate::tables::archive_session;
+use crate::tables::{ArchiveSource, archive_session};
 use farestream_core::clock::UnixMillis;
 use farestream_core::money::{Cents, group_digits};
 use farestream_core::scan::ScanStatus;
@@ -223,7 +223,8 @@ pub async fn finish(
     breaks: Vec<Break>,
     extras: ScanExtras,
 ) -> Result<Settled, SettleError> {
-    let ctx = archive_session(archive_dir, &settings.memory, super::SETTLEMENT_PARTITIONS_PER_CORE)?;
+    let ctx =
+        archive_session(&ArchiveSource::dir(archive_dir), &settings.memory, super::SETTLEMENT_PARTITIONS_PER_CORE)?;
     let totals = day_totals(&ctx, date).await?;
     let currency = settings.fares.currency.as_str();
     let headline = headline(date, &totals, &breaks, currency);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use farestream_core::cluster::archive_location::ArchiveLocation;
 use farestream_core::fares::FareTable;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::Break;
@@ -47,15 +48,20 @@ pub struct SettleSettings {
     /// In cluster mode, the archive every node shares
     /// (`cluster.archive_dir`), which the settlement reads and writes in
     /// place of the data dir's.
-    pub shared_archive: Option<PathBuf>,
+    pub shared_archive: Option<ArchiveLocation>,
 }
 
 impl SettleSettings {
-    /// The data dir's `archive`, or the cluster's shared archive.
-    pub fn archive_dir(&self) -> PathBuf {
+    /// The data dir's `archive`, or the cluster's shared archive when it
+    /// is a local path (a mount).
+    pub fn archive_dir(&self) -> Result<PathBuf, SettleError> {
         match &self.shared_archive {
-            Some(shared) => shared.clone(),
-            None => self.data_dir.join("archive"),
+            Some(ArchiveLocation::Local(shared)) => Ok(shared.clone()),
+            Some(ArchiveLocation::S3 { bucket, prefix }) => Err(SettleError::Input(format!(
+                "cluster.archive_dir is s3://{bucket}/{prefix}: the settlement reads and writes a local or mounted                  shared archive only, so far (docs/scale-out.md, \"Object storage\"); `query` and outside readers \
+                 read the bucket"
+            ))),
+            None => Ok(self.data_dir.join("archive")),
         }
     }
 

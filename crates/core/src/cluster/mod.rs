@@ -9,6 +9,7 @@
 //! its lease, a key in JetStream's key-value store whose revision is the
 //! owner's fencing token.
 
+pub mod archive_location;
 pub mod checkpoint;
 mod claimed;
 pub mod segments;

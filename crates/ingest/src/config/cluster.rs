@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use super::ConfigError;
+use farestream_core::cluster::archive_location::{ArchiveLocation, ObjectStoreSettings};
 use farestream_core::cluster::{LeaseTiming, is_name_token};
 
 /// The most NATS server addresses one node is given.
@@ -42,6 +43,13 @@ pub struct ClusterConfig {
     pub segment_age_max_ms: u64,
     pub claim_checkpoint_interval_ms: u64,
     pub archive_dir: String,
+    pub archive_s3_region: String,
+    pub archive_s3_endpoint: String,
+    pub archive_s3_allow_http: bool,
+    pub archive_s3_credentials_file: String,
+    pub archive_request_timeout_ms: u64,
+    pub archive_retries_max: usize,
+    pub archive_retry_timeout_ms: u64,
     pub keys_dir: String,
     pub progress_bucket: String,
     pub partitions: u16,
@@ -89,7 +97,9 @@ impl ClusterConfig {
                     .into(),
             ));
         }
-        if !self.keys_dir.is_empty()
+        let local_archive = matches!(self.archive_location()?, ArchiveLocation::Local(_));
+        if local_archive
+            && !self.keys_dir.is_empty()
             && !self.archive_dir.is_empty()
             && resolved(&self.keys_dir).starts_with(resolved(&self.archive_dir))
         {
@@ -99,6 +109,24 @@ impl ClusterConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Where the shared archive is (`archive_dir` was checked).
+    pub fn archive_location(&self) -> Result<ArchiveLocation, ConfigError> {
+        ArchiveLocation::parse(&self.archive_dir).map_err(|e| invalid(e.0))
+    }
+
+    /// The object store client's settings, for an `s3://` archive.
+    pub fn object_store_settings(&self) -> ObjectStoreSettings {
+        ObjectStoreSettings {
+            region: self.archive_s3_region.clone(),
+            endpoint: self.archive_s3_endpoint.clone(),
+            allow_http: self.archive_s3_allow_http,
+            credentials_file: self.archive_s3_credentials_file.clone(),
+            request_timeout: std::time::Duration::from_millis(self.archive_request_timeout_ms),
+            retries_max: self.archive_retries_max,
+            retry_timeout: std::time::Duration::from_millis(self.archive_retry_timeout_ms),
+        }
     }
 
     /// The key store's directory when the cluster shares one.
@@ -160,6 +188,8 @@ impl ClusterConfig {
                 )));
             }
         }
+        self.archive_location()?;
+        self.object_store_settings().check().map_err(|e| invalid(e.0))?;
         self.check_keys_dir()?;
         if self.stream == self.claimed_stream {
             return Err(invalid(format!("cluster.claimed_stream = {:?} is cluster.stream's name", self.stream)));

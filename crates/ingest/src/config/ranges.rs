@@ -137,6 +137,9 @@ pub const RANGES: &[KeyRange] = &[
     range("cluster.segment_rows_max", 1_000, super::cluster::SEGMENT_ROWS_MAX_LIMIT as i64, "rows"),
     range("cluster.segment_age_max_ms", 1_000, 3_600_000, "ms"),
     range("cluster.claim_checkpoint_interval_ms", 1_000, 86_400_000, "ms"),
+    range("cluster.archive_request_timeout_ms", 100, 600_000, "ms"),
+    range("cluster.archive_retries_max", 0, 100, "retries"),
+    range("cluster.archive_retry_timeout_ms", 1_000, 300_000, "ms"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
