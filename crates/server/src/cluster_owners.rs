@@ -273,7 +273,7 @@ async fn price_while_held(owners: Arc<Owners>, partition: Partition, watching: w
 /// while the partition is on the node's watch and its term holds.
 async fn claim_while_held(owners: Arc<Owners>, partition: Partition, watching: watch::Receiver<Owned>) {
     let shared = &owners.shared;
-    let pipeline = match partition_pipeline(shared) {
+    let pipeline = match partition_pipeline(shared, owners.logs.scans.partitions()) {
         Ok(pipeline) => pipeline,
         Err(error) => {
             tracing::error!(%partition, %error, "no randomness for a partition's dedup indexes");
@@ -299,8 +299,14 @@ async fn claim_while_held(owners: Arc<Owners>, partition: Partition, watching: w
 }
 
 /// A pipeline for one partition's claims: the server's time windows and
-/// dedup limits, no keys (claims check none), its own secret mix.
-fn partition_pipeline(shared: &Shared) -> Result<Pipeline, farestream_ingest::keystore::KeystoreError> {
+/// dedup limits (its cold tiers narrowed to one of `partitions` shares of
+/// the cards), no keys (claims check none), its own secret mix.
+fn partition_pipeline(
+    shared: &Shared,
+    partitions: u16,
+) -> Result<Pipeline, farestream_ingest::keystore::KeystoreError> {
     let seed = farestream_ingest::keystore::random_seed()?;
-    Ok(Pipeline::new(shared.pipeline.config().clone(), IssuerPublicKeys::new(), seed))
+    let mut config = shared.pipeline.config().clone();
+    config.dedup = config.dedup.for_share_of(partitions);
+    Ok(Pipeline::new(config, IssuerPublicKeys::new(), seed))
 }

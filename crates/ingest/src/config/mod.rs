@@ -403,6 +403,7 @@ impl Config {
         DedupLimits {
             hot_entries_max: self.ingest.dedup_hot_entries_max,
             cold_sweep_interval_ms: i64::from(self.ingest.dedup_cold_sweep_interval_secs) * 1000,
+            ..DedupLimits::DEFAULT
         }
     }
 

@@ -21,33 +21,36 @@ use crate::sync::{read, write};
 use super::packed::{Key, Remembered};
 use super::snapshot::SnapshotError;
 
-/// How many bits of a key's mix pick its partition.
-const COLD_PARTITION_BITS: u32 = 16;
-/// Partitions in each cold tier: at a megacity's horizon (60 million
-/// entries) each run holds about 900 entries, about 18 KiB.
-const COLD_PARTITIONS: usize = 1 << COLD_PARTITION_BITS;
+/// The most bits of a key's mix that pick its partition: 65 536
+/// partitions, so at a megacity's horizon (60 million entries) each run
+/// holds about 900 entries, about 18 KiB. An empty partition costs its
+/// lock and an empty run, 32 bytes: 2 MiB a tier at the most.
+pub const COLD_PARTITION_BITS_MAX: u32 = 16;
+/// The fewest: 256 partitions, 8 KiB a tier while empty.
+pub const COLD_PARTITION_BITS_MIN: u32 = 8;
 
-/// Which partition a key lives in: its leading bits. So runs in
-/// partition order, each sorted, are all keys sorted.
-fn partition_of(key: &Key) -> usize {
-    (u128::from_be_bytes(*key) >> (u128::BITS - COLD_PARTITION_BITS)) as usize
+/// Which of `1 << bits` partitions a key lives in: its leading bits. So
+/// runs in partition order, each sorted, are all keys sorted, whatever
+/// `bits` is (a snapshot loads into a tier of any width).
+fn partition_of(key: &Key, bits: u32) -> usize {
+    (u128::from_be_bytes(*key) >> (u128::BITS - bits)) as usize
 }
 
 /// Where in a run of `len` entries `key` should be, were the keys in its
 /// partition spread perfectly: the 64 bits after the partition's, scaled.
-fn guessed_place(key: &Key, len: usize) -> usize {
-    let within = (u128::from_be_bytes(*key) << COLD_PARTITION_BITS) >> 64;
+fn guessed_place(key: &Key, len: usize, bits: u32) -> usize {
+    let within = (u128::from_be_bytes(*key) << bits) >> 64;
     ((within * len as u128) >> 64) as usize
 }
 
 /// The place of `key` in the sorted `run`: guessed, then bracketed by
 /// steps that double away from the guess, then searched in halves. As
 /// fast as the guess is good; never worse than twice a binary search.
-fn find<V>(run: &[(Key, V)], key: &Key) -> Option<usize> {
+fn find<V>(run: &[(Key, V)], key: &Key, bits: u32) -> Option<usize> {
     if run.is_empty() {
         return None;
     }
-    let guess = guessed_place(key, run.len()).min(run.len() - 1);
+    let guess = guessed_place(key, run.len(), bits).min(run.len() - 1);
     let (mut low, mut high) = (guess, guess + 1);
     let mut step = 1;
     if run[guess].0 <= *key {
@@ -75,33 +78,37 @@ fn find<V>(run: &[(Key, V)], key: &Key) -> Option<usize> {
 /// One partition's entries, sorted by key.
 type Run<V> = Box<[(Key, V)]>;
 
-/// One sorted run per partition.
+/// One sorted run per partition, `1 << bits` partitions.
 pub(super) struct ColdTier<V> {
+    bits: u32,
     partitions: Box<[RwLock<Run<V>>]>,
     entries: AtomicUsize,
 }
 
 impl<V: Remembered> ColdTier<V> {
-    pub(super) fn new() -> ColdTier<V> {
-        let partitions = (0..COLD_PARTITIONS).map(|_| RwLock::new(Box::default())).collect();
-        ColdTier { partitions, entries: AtomicUsize::new(0) }
+    /// An empty tier of `1 << bits` partitions, `bits` within
+    /// [`COLD_PARTITION_BITS_MIN`]..=[`COLD_PARTITION_BITS_MAX`].
+    pub(super) fn new(bits: u32) -> ColdTier<V> {
+        assert!((COLD_PARTITION_BITS_MIN..=COLD_PARTITION_BITS_MAX).contains(&bits), "{bits} cold partition bits");
+        let partitions = (0..1usize << bits).map(|_| RwLock::new(Box::default())).collect();
+        ColdTier { bits, partitions, entries: AtomicUsize::new(0) }
     }
 
     fn run_of(&self, key: &Key) -> &RwLock<Run<V>> {
-        &self.partitions[partition_of(key)]
+        &self.partitions[partition_of(key, self.bits)]
     }
 
     /// The entry for `key`, if this tier holds one.
     pub(super) fn get(&self, key: &Key) -> Option<V> {
         let run = read(self.run_of(key));
-        find(&run, key).map(|at| run[at].1)
+        find(&run, key, self.bits).map(|at| run[at].1)
     }
 
     /// Applies `change` to the entry for `key` under its partition's
     /// lock; `None` when this tier holds no entry for it.
     pub(super) fn update<R>(&self, key: &Key, change: impl FnOnce(&mut V) -> R) -> Option<R> {
         let mut run = write(self.run_of(key));
-        let at = find(&run, key)?;
+        let at = find(&run, key, self.bits)?;
         Some(change(&mut run[at].1))
     }
 
@@ -155,7 +162,7 @@ impl<V: Remembered> ColdTier<V> {
             }
             previous = Some(key);
             let value = V::decode(&value_bytes).ok_or(SnapshotError::BadEntry)?;
-            let key_partition = partition_of(&key);
+            let key_partition = partition_of(&key, self.bits);
             if key_partition != partition {
                 self.install(partition, std::mem::take(&mut run));
                 partition = key_partition;
@@ -189,7 +196,8 @@ impl<V: Remembered> ColdTier<V> {
         assert!(fresh.windows(2).all(|pair| pair[0].0 < pair[1].0), "entries to freeze must come sorted, once each");
         let mut rest = fresh;
         for (partition, lock) in self.partitions.iter().enumerate() {
-            let (mine, later) = rest.split_at(rest.partition_point(|(key, _)| partition_of(key) == partition));
+            let (mine, later) =
+                rest.split_at(rest.partition_point(|(key, _)| partition_of(key, self.bits) == partition));
             rest = later;
             let mut run = write(lock);
             let before = run.len();
@@ -255,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_tier_finds_what_was_merged_into_any_partition() {
-        let tier = ColdTier::<ExpirySecs>::new();
+        let tier = ColdTier::<ExpirySecs>::new(COLD_PARTITION_BITS_MAX);
         let mut fresh: Vec<(Key, ExpirySecs)> = (0..5_000u64)
             .map(|i| {
                 let mut key = [0u8; 16];
@@ -279,7 +287,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "must come sorted")]
     fn entries_out_of_order_are_refused() {
-        let tier = ColdTier::<ExpirySecs>::new();
+        let tier = ColdTier::<ExpirySecs>::new(COLD_PARTITION_BITS_MAX);
         let fresh = [entry(2, 5_000), entry(1, 5_000)];
         tier.merge(&fresh, 0);
     }
@@ -292,6 +300,7 @@ mod tests {
             mut held in proptest::collection::vec(any::<u128>(), 0..300),
             probes in proptest::collection::vec(any::<u128>(), 1..50),
             squeeze in 0u32..120,
+            bits in COLD_PARTITION_BITS_MIN..=COLD_PARTITION_BITS_MAX,
         ) {
             let to_key = |k: u128| (k >> squeeze).to_be_bytes();
             let mut run: Vec<(Key, ())> = held.drain(..).map(|k| (to_key(k), ())).collect();
@@ -299,7 +308,7 @@ mod tests {
             run.dedup();
             for probe in probes.iter().map(|k| to_key(*k)).chain(run.iter().map(|(key, _)| *key)) {
                 let expected = run.binary_search_by(|(held, _)| held.cmp(&probe)).ok();
-                prop_assert_eq!(find(&run, &probe), expected);
+                prop_assert_eq!(find(&run, &probe, bits), expected);
             }
         }
     }

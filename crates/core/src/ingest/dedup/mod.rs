@@ -27,6 +27,8 @@ use crate::scan::TapKind;
 use packed::{ExpirySecs, KeyMix, Remembered, RideUse, pack_ride_key};
 use tiered::TieredMap;
 
+pub use cold::{COLD_PARTITION_BITS_MAX, COLD_PARTITION_BITS_MIN};
+
 /// A scan's content fingerprint: SHA-256 of its fields, first 16 bytes.
 /// It is also the archive's `scan_id`.
 pub type Fingerprint = [u8; 16];
@@ -54,12 +56,32 @@ pub struct DedupLimits {
     /// The longest a sweep waits between freezes, which are what drop
     /// expired cold entries.
     pub cold_sweep_interval_ms: i64,
+    /// How many bits of a key pick its cold tier's partition: 16 for a
+    /// node's whole traffic; a cluster partition's pipeline, which holds
+    /// its share of the cards, takes fewer ([`DedupLimits::for_share_of`]).
+    pub cold_partition_bits: u32,
 }
 
 impl DedupLimits {
-    /// A million hot entries an index (tens of MiB) and an hourly cold
-    /// sweep: the embedded configuration's values.
-    pub const DEFAULT: DedupLimits = DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 3_600_000 };
+    /// A million hot entries an index (tens of MiB), an hourly cold sweep
+    /// and the widest cold tier: the embedded configuration's values.
+    pub const DEFAULT: DedupLimits = DedupLimits {
+        hot_entries_max: 1 << 20,
+        cold_sweep_interval_ms: 3_600_000,
+        cold_partition_bits: COLD_PARTITION_BITS_MAX,
+    };
+
+    /// The limits for a pipeline that holds one of `partitions` shares of
+    /// the cards (a cluster partition's owner): a cold tier narrower by
+    /// the share's bits, so each run holds about what a node's would,
+    /// and an empty index costs 2 x 32 bytes a cold partition (4 MiB at
+    /// 16 bits, which 4 096 partitions on one node would make 17 GB of
+    /// nothing), never under [`COLD_PARTITION_BITS_MIN`].
+    pub fn for_share_of(self, partitions: u16) -> DedupLimits {
+        let share_bits = u32::from(partitions.max(1)).ilog2();
+        let bits = self.cold_partition_bits.saturating_sub(share_bits).max(COLD_PARTITION_BITS_MIN);
+        DedupLimits { cold_partition_bits: bits, ..self }
+    }
 }
 
 /// The re-delivery index (by fingerprint), the replay index (by ride
@@ -104,8 +126,8 @@ impl DedupIndex {
     /// entropy), so no peer can aim keys at one place.
     pub fn new(limits: DedupLimits, mix_seed: u128) -> DedupIndex {
         DedupIndex {
-            deliveries: TieredMap::new(),
-            rides: TieredMap::new(),
+            deliveries: TieredMap::new(limits.cold_partition_bits),
+            rides: TieredMap::new(limits.cold_partition_bits),
             mix: KeyMix::new(mix_seed),
             credentials: DashMap::new(),
             limits,

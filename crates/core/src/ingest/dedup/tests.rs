@@ -6,7 +6,8 @@ use super::*;
 const RIDE: RideKey = RideKey { card_id: 1, created_at: 100, counter: 2 };
 
 /// Freezes at every sweep.
-const FREEZE_ALWAYS: DedupLimits = DedupLimits { hot_entries_max: 1, cold_sweep_interval_ms: 0 };
+const FREEZE_ALWAYS: DedupLimits =
+    DedupLimits { hot_entries_max: 1, cold_sweep_interval_ms: 0, ..DedupLimits::DEFAULT };
 
 #[test]
 fn a_delivery_is_claimed_once_hot_or_cold() {
@@ -93,7 +94,10 @@ fn sweep_forgets_only_expired_entries_in_either_tier() {
 /// claimed at once (review of 6b1ca3b).
 #[test]
 fn an_entry_expired_by_the_claims_own_time_counts_as_none() {
-    let index = DedupIndex::new(DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 10_000 }, 0x5eed);
+    let index = DedupIndex::new(
+        DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 10_000, ..DedupLimits::DEFAULT },
+        0x5eed,
+    );
     assert!(index.claim_delivery([1; 16], 10_000, 0));
     assert!(!index.claim_delivery([1; 16], 50_000, 9_000), "live at 9 s");
     assert!(index.claim_delivery([1; 16], 50_000, 10_000), "expired at 10 s, never swept: a new delivery");
@@ -112,7 +116,10 @@ fn an_entry_expired_by_the_claims_own_time_counts_as_none() {
 /// other checks, and bounded by the interval.
 #[test]
 fn an_expired_cold_key_stays_until_the_cold_sweep() {
-    let index = DedupIndex::new(DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 10_000 }, 0x5eed);
+    let index = DedupIndex::new(
+        DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 10_000, ..DedupLimits::DEFAULT },
+        0x5eed,
+    );
     index.claim_delivery([1; 16], 500, 0);
     index.sweep(0);
     index.sweep(9_999);
@@ -125,7 +132,7 @@ fn an_expired_cold_key_stays_until_the_cold_sweep() {
 /// empties the hot tiers into the cold ones without losing an entry.
 #[test]
 fn a_sweep_freezes_a_full_hot_tier_or_after_the_cold_interval() {
-    let limits = DedupLimits { hot_entries_max: 3, cold_sweep_interval_ms: 10_000 };
+    let limits = DedupLimits { hot_entries_max: 3, cold_sweep_interval_ms: 10_000, ..DedupLimits::DEFAULT };
     let index = DedupIndex::new(limits, 0x5eed);
     index.sweep(0);
     let hot = |index: &DedupIndex| (index.deliveries.hot_len(), index.rides.hot_len());
@@ -217,4 +224,31 @@ fn deliveries_racing_freezes_are_claimed_once() {
     assert_eq!(first + second, SCANS as usize);
     index.sweep(0);
     assert_eq!(index.sizes().deliveries, SCANS as usize);
+}
+
+/// A cluster partition's indexes hold one of `partitions` shares of the
+/// cards: their cold tiers narrow by the share's bits, never under the
+/// fewest, and a node's (one share) keeps the widest.
+#[test]
+fn a_partitions_cold_tiers_narrow_by_its_share_of_the_cards() {
+    let bits = |partitions| DedupLimits::DEFAULT.for_share_of(partitions).cold_partition_bits;
+    assert_eq!(DedupLimits::DEFAULT.cold_partition_bits, COLD_PARTITION_BITS_MAX);
+    assert_eq!([bits(0), bits(1), bits(2), bits(3), bits(64), bits(100)], [16, 16, 15, 15, 10, 10]);
+    assert_eq!([bits(256), bits(4_096), bits(u16::MAX)], [COLD_PARTITION_BITS_MIN; 3]);
+    let narrowed = DedupLimits::DEFAULT.for_share_of(64);
+    assert_eq!((narrowed.hot_entries_max, narrowed.cold_sweep_interval_ms), (1 << 20, 3_600_000), "only the width");
+    // The narrowest indexes decide as the widest do.
+    let index = DedupIndex::new(FREEZE_ALWAYS.for_share_of(4_096), 3);
+    for i in 0..300u32 {
+        let key = fingerprint_of(i);
+        assert!(index.claim_delivery(key, 10_000_000, 0));
+    }
+    index.sweep(0);
+    assert!((0..300u32).all(|i| !index.claim_delivery(fingerprint_of(i), 10_000_000, 1)), "each held once frozen");
+}
+
+fn fingerprint_of(i: u32) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[12..].copy_from_slice(&i.to_be_bytes());
+    key
 }

@@ -28,8 +28,8 @@ pub(super) struct TieredMap<V> {
 }
 
 impl<V: Remembered> TieredMap<V> {
-    pub(super) fn new() -> TieredMap<V> {
-        TieredMap { hot: HotMap::default(), cold: ColdTier::new() }
+    pub(super) fn new(cold_partition_bits: u32) -> TieredMap<V> {
+        TieredMap { hot: HotMap::default(), cold: ColdTier::new(cold_partition_bits) }
     }
 
     /// Inserts `fresh` for `key` when neither tier holds it (true);

@@ -28,7 +28,10 @@ fn fingerprint(i: u32) -> [u8; 16] {
 /// 1 000 deliveries and rides, half frozen before the snapshot froze the
 /// rest; ride 0 entered and exited, the others entered; key 999 expired.
 fn filled() -> DedupIndex {
-    let index = DedupIndex::new(DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 0 }, 0xfeed);
+    let index = DedupIndex::new(
+        DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 0, ..DedupLimits::DEFAULT },
+        0xfeed,
+    );
     for i in 0..1_000u32 {
         let expires = if i == 999 { 2_000 } else { 10_000_000 };
         assert!(index.claim_delivery(fingerprint(i), expires, 0));
@@ -163,4 +166,35 @@ fn claims_during_a_snapshot_lose_nothing() {
     assert!((0..1_000).all(|i| !loaded.claim_delivery(fingerprint(i), 10_000_000, 0)));
     index.sweep(0);
     assert_eq!(index.sizes().deliveries, 20_000);
+}
+
+/// A snapshot loads into indexes whose cold tiers have another width (a
+/// node's 16 bits into a cluster partition's 8, and back) and decides
+/// every claim as the written ones did: runs in partition order are all
+/// keys in order, whatever the width.
+#[test]
+fn a_snapshot_loads_into_cold_tiers_of_another_width() {
+    let limits = |bits| DedupLimits { hot_entries_max: 1 << 20, cold_sweep_interval_ms: 0, cold_partition_bits: bits };
+    for (written_bits, loaded_bits) in [(16, 8), (8, 16), (10, 10)] {
+        let index = DedupIndex::new(limits(written_bits), 0xfeed);
+        for i in 0..2_000u32 {
+            assert!(index.claim_delivery(fingerprint(i), 10_000_000, 0));
+            assert!(index.claim_ride(ride(i), TapKind::Entry, 10_000_000, 0));
+            if i == 999 {
+                index.sweep(0);
+            }
+        }
+        let bytes = snapshot_of(&index);
+        let loaded = DedupIndex::new(limits(loaded_bits), 0x0dd);
+        let (_, counts) = loaded.load_snapshot(horizons(), 0, bytes.as_slice(), |_| Ok(())).expect("loaded");
+        let widths = format!("{written_bits} bits into {loaded_bits}");
+        assert_eq!(counts, SnapshotCounts { deliveries: 2_000, rides: 2_000 }, "{widths}");
+        for i in 0..2_000u32 {
+            assert!(!loaded.claim_delivery(fingerprint(i), 10_000_000, 1), "{widths}: delivery {i} again");
+            assert!(!loaded.claim_ride(ride(i), TapKind::Entry, 10_000_000, 1), "{widths}: ride {i} replayed");
+        }
+        loaded.sweep(1);
+        assert!(!loaded.claim_delivery(fingerprint(1_500), 10_000_000, 2), "{widths}: after a freeze too");
+        assert!(loaded.claim_delivery(fingerprint(2_000), 10_000_000, 2), "{widths}: a new one is new");
+    }
 }
