@@ -54,6 +54,7 @@ mod paygw;
 mod s3_server;
 mod sealed_vectors;
 mod settlement;
+mod shared_archive_edges;
 mod support;
 mod vectors;
 mod wire_errors;

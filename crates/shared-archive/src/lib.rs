@@ -78,12 +78,27 @@ impl SharedStore {
 }
 
 /// A whole S3 bucket, as DataFusion registers it for `s3://BUCKET`.
-/// Credentials from the settings' file, else, with anything else the
-/// settings leave empty, from the environment (`AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ENDPOINT`) or the
-/// instance's role.
+/// With a credentials file, its key and nothing of the environment (a
+/// session token left there would be sent with the file's key); without
+/// one, the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, and `AWS_ENDPOINT` where the settings name none)
+/// or the instance's role.
 pub fn s3_bucket(bucket: &str, settings: &ObjectStoreSettings) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-    let mut builder = AmazonS3Builder::from_env()
+    let mut builder = match settings.credentials_file.is_empty() {
+        true => AmazonS3Builder::from_env(),
+        false => {
+            let credentials = S3Credentials::read(&settings.credentials_file)
+                .map_err(|e| object_store::Error::Generic { store: "S3", source: e.into() })?;
+            let builder = AmazonS3Builder::new()
+                .with_access_key_id(credentials.access_key_id)
+                .with_secret_access_key(credentials.secret_access_key);
+            match credentials.session_token.is_empty() {
+                true => builder,
+                false => builder.with_token(credentials.session_token),
+            }
+        }
+    };
+    builder = builder
         .with_bucket_name(bucket)
         .with_region(&settings.region)
         .with_retry(RetryConfig {
@@ -96,15 +111,6 @@ pub fn s3_bucket(bucket: &str, settings: &ObjectStoreSettings) -> Result<Arc<dyn
         );
     if !settings.endpoint.is_empty() {
         builder = builder.with_endpoint(&settings.endpoint);
-    }
-    if !settings.credentials_file.is_empty() {
-        let credentials = S3Credentials::read(&settings.credentials_file)
-            .map_err(|e| object_store::Error::Generic { store: "S3", source: e.into() })?;
-        builder =
-            builder.with_access_key_id(credentials.access_key_id).with_secret_access_key(credentials.secret_access_key);
-        if !credentials.session_token.is_empty() {
-            builder = builder.with_token(credentials.session_token);
-        }
     }
     Ok(Arc::new(builder.build()?))
 }

@@ -58,7 +58,8 @@ impl SettleSettings {
         match &self.shared_archive {
             Some(ArchiveLocation::Local(shared)) => Ok(shared.clone()),
             Some(ArchiveLocation::S3 { bucket, prefix }) => Err(SettleError::Input(format!(
-                "cluster.archive_dir is s3://{bucket}/{prefix}: the settlement reads and writes a local or mounted                  shared archive only, so far (docs/scale-out.md, \"Object storage\"); `query` and outside readers \
+                "cluster.archive_dir is s3://{bucket}/{prefix}: the settlement reads and writes a local or mounted \
+                 shared archive only, so far (docs/scale-out.md, \"Object storage\"); `query` and outside readers \
                  read the bucket"
             ))),
             None => Ok(self.data_dir.join("archive")),

@@ -44,8 +44,18 @@ pub enum ArchiveLocation {
 impl ArchiveLocation {
     /// `archive_dir` read: `s3://BUCKET[/PREFIX]`, or a local path. Any
     /// other `scheme://` is refused rather than taken for a folder name.
+    /// A scheme mistyped (`s3:/b`, `s3:b`, `s3//b`) is refused too, never
+    /// taken for a relative folder each node would archive into apart
+    /// (a folder named `s3` is spelled `./s3`).
     pub fn parse(archive_dir: &str) -> Result<ArchiveLocation, ArchiveSettingError> {
         let Some((scheme, rest)) = archive_dir.split_once("://") else {
+            let s3_ish = |s: &str| s.eq_ignore_ascii_case("s3:") || s.eq_ignore_ascii_case("s3/");
+            if archive_dir.get(..3).is_some_and(s3_ish) {
+                return Err(invalid(format!(
+                    "cluster.archive_dir = {archive_dir:?} is neither s3://BUCKET/PREFIX nor a folder's path (a folder \
+                     named s3 is ./s3)"
+                )));
+            }
             return Ok(ArchiveLocation::Local(archive_dir.into()));
         };
         if scheme != "s3" {
@@ -119,12 +129,14 @@ impl ObjectStoreSettings {
             return Ok(());
         }
         let rest = self.endpoint.strip_prefix("https://").or_else(|| self.endpoint.strip_prefix("http://"));
+        // No `user:password@`: the access key is never in the config.
         let endpoint_ok = self.endpoint.len() <= ENDPOINT_BYTES_MAX
-            && rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_graphic()));
+            && rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_graphic() && b != b'@'));
         if !endpoint_ok {
             return Err(invalid(format!(
-                "cluster.archive_s3_endpoint = {:?} must be http(s)://host[:port], at most {ENDPOINT_BYTES_MAX} bytes",
-                self.endpoint
+                "cluster.archive_s3_endpoint ({} bytes) must be http(s)://host[:port] with no user or password \
+                 (the access key goes in archive_s3_credentials_file), at most {ENDPOINT_BYTES_MAX} bytes",
+                self.endpoint.len()
             )));
         }
         if self.endpoint.starts_with("http://") && !self.allow_http {
@@ -156,20 +168,22 @@ fn check_bucket(bucket: &str) -> Result<(), ArchiveSettingError> {
 }
 
 /// A prefix whose every part is a plain name: no empty part (`a//b`), no
-/// `.` or `..`, no control byte, and room for the archive's names.
+/// `.` or `..`, no control byte, none of `%`, `#` and `?` (a reader's
+/// URL would take them for an escape, a fragment or a query, and read
+/// another folder), and room for the archive's names.
 fn check_prefix(prefix: &str) -> Result<(), ArchiveSettingError> {
     if prefix.is_empty() {
         return Ok(());
     }
     let ok = prefix.len() <= ARCHIVE_PREFIX_BYTES_MAX
         && prefix.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
-        && !prefix.chars().any(char::is_control);
+        && !prefix.chars().any(|c| c.is_control() || matches!(c, '%' | '#' | '?'));
     if ok {
         return Ok(());
     }
     Err(invalid(format!(
         "cluster.archive_dir: the prefix {prefix:?} must be '/'-separated names (no empty part, '.' or '..', no \
-         control character), at most {ARCHIVE_PREFIX_BYTES_MAX} bytes"
+         control character, '%', '#' or '?'), at most {ARCHIVE_PREFIX_BYTES_MAX} bytes"
     )))
 }
 
@@ -212,6 +226,16 @@ mod tests {
             "s3://abc/a\nb".to_string(),
             format!("s3://abc/{longest_prefix}p"),
             "gs://abc/x".to_string(),
+            // A reader's URL would read these as an escape, a fragment, a query.
+            "s3://abc/pct%41x".to_string(),
+            "s3://abc/hash#1".to_string(),
+            "s3://abc/what?x=1".to_string(),
+            // Scheme typos, never a relative folder each node fills apart.
+            "s3:/abc/x".to_string(),
+            "s3:abc/x".to_string(),
+            "s3//abc/x".to_string(),
+            "S3:/abc".to_string(),
+            "S3://abc".to_string(),
             "file:///shared/archive".to_string(),
             "https://abc.s3.amazonaws.com/x".to_string(),
         ] {
@@ -264,6 +288,7 @@ mod tests {
             (with("us-east-1", "ftp://h", true), "archive_s3_endpoint"),
             (with("us-east-1", "https://", false), "archive_s3_endpoint"),
             (with("us-east-1", "https://a b", false), "archive_s3_endpoint"),
+            (with("us-east-1", "https://AKID:s3cr3t@minio:9000", false), "archive_s3_endpoint"),
             (with("us-east-1", &format!("{longest_endpoint}h"), false), "archive_s3_endpoint"),
             (
                 ObjectStoreSettings { credentials_file: "/".repeat(CREDENTIALS_PATH_BYTES_MAX + 1), ..base.clone() },
