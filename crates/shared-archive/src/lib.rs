@@ -1,8 +1,8 @@
-//! farestream's shared archive: the store a cluster's nodes share (docs/scale-out.md, "The shared
-//! archive"): a local path that every node mounts, or object storage
-//! behind `object_store` (S3 or a store that speaks its API). The
-//! segments' Parquet files go there, the charges archive's, the day
-//! markers and the partition owners' checkpoints
+//! farestream's shared archive: the store a cluster's nodes share
+//! (docs/scale-out.md, "The shared archive"), a path every node mounts
+//! or object storage behind `object_store` (S3 or a store that speaks
+//! its API). The segments' Parquet files go there, the charges
+//! archive's, the day markers and the partition owners' checkpoints
 //! (`farestream_cluster::checkpoints`).
 
 use std::io::Read;
@@ -115,6 +115,11 @@ pub fn s3_bucket(bucket: &str, settings: &ObjectStoreSettings) -> Result<Arc<dyn
     Ok(Arc::new(builder.build()?))
 }
 
+/// Why a credentials file cannot be used (never quoting the file).
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct CredentialsError(String);
+
 /// An S3 access key, from `cluster.archive_s3_credentials_file`: a TOML
 /// file of `access_key_id`, `secret_access_key` and, for temporary
 /// credentials, `session_token`. Its `Debug` shows the key id only.
@@ -136,8 +141,8 @@ impl std::fmt::Debug for S3Credentials {
 impl S3Credentials {
     /// The credentials in the file at `path`, at most
     /// [`CREDENTIALS_FILE_BYTES_MAX`] bytes.
-    pub fn read(path: &str) -> Result<S3Credentials, String> {
-        let bad = |why: String| format!("cluster.archive_s3_credentials_file {path:?}: {why}");
+    pub fn read(path: &str) -> Result<S3Credentials, CredentialsError> {
+        let bad = |why: String| CredentialsError(format!("cluster.archive_s3_credentials_file {path:?}: {why}"));
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|file| file.take(CREDENTIALS_FILE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes))
