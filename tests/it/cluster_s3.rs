@@ -40,10 +40,15 @@ fn on_s3(mut config: Config, s3: &S3Server) -> Config {
 async fn query(config: &Config, scratch: &std::path::Path, sql: &str) -> String {
     let location = config.cluster.archive_location().expect("an s3 archive");
     let archive = ArchiveSource::open(&location, &config.cluster.object_store_settings()).expect("the bucket");
-    let budget = MemoryBudget::of(scratch, &config.settlement);
+    query_csv(&archive, scratch, sql).await.expect("the query")
+}
+
+/// `sql`'s answer over `archive` as CSV, its spills under `scratch`.
+pub(crate) async fn query_csv(archive: &ArchiveSource, scratch: &std::path::Path, sql: &str) -> Result<String, String> {
+    let budget = MemoryBudget::of(scratch, &Config::defaults().settlement);
     let mut out = Vec::new();
-    run_query(&archive, &budget, 1, sql, OutputFormat::Csv, &mut out).await.expect("the query");
-    String::from_utf8(out).expect("UTF-8")
+    run_query(archive, &budget, 1, sql, OutputFormat::Csv, &mut out).await.map_err(|e| e.to_string())?;
+    Ok(String::from_utf8(out).expect("UTF-8"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

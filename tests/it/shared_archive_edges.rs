@@ -34,6 +34,13 @@ fn settings(endpoint: &str, credentials_file: &str) -> ObjectStoreSettings {
     }
 }
 
+/// The client of the test's moto server, with its access key and room
+/// for a real request (10 s).
+fn on_moto(s3: &S3Server) -> ObjectStoreSettings {
+    let client = settings(&s3.endpoint, &s3.credentials_path().display().to_string());
+    ObjectStoreSettings { request_timeout: Duration::from_secs(10), ..client }
+}
+
 fn credentials_file(dir: &std::path::Path) -> String {
     let path = dir.join("credentials.toml");
     std::fs::write(&path, format!("access_key_id = \"AKIDREVIEW\"\nsecret_access_key = \"{SECRET}\"\n"))
@@ -200,11 +207,7 @@ fn one_scan_file() -> Vec<u8> {
 }
 
 async fn count(source: &ArchiveSource, scratch: &std::path::Path, table: &str) -> Result<String, String> {
-    let budget = MemoryBudget::of(scratch, &Config::defaults().settlement);
-    let mut out = Vec::new();
-    let sql = format!("SELECT count(*) AS n FROM {table}");
-    run_query(source, &budget, 1, &sql, OutputFormat::Csv, &mut out).await.map_err(|e| e.to_string())?;
-    Ok(String::from_utf8(out).expect("UTF-8"))
+    crate::cluster_s3::query_csv(source, scratch, &format!("SELECT count(*) AS n FROM {table}")).await
 }
 
 /// Every prefix `cluster.archive_dir` accepts is where the nodes put
@@ -214,8 +217,7 @@ async fn count(source: &ArchiveSource, scratch: &std::path::Path, table: &str) -
 async fn query_reads_back_under_every_prefix_the_config_accepts() {
     let Some(s3) = S3Server::start(BUCKET).await else { return };
     let scratch = tempfile::tempdir().expect("tempdir");
-    let client = settings(&s3.endpoint, &s3.credentials_path().display().to_string());
-    let client = ObjectStoreSettings { request_timeout: Duration::from_secs(10), ..client };
+    let client = on_moto(&s3);
     let mut wrong = Vec::new();
     for prefix in ["plain/archive", "with space", "ünïcode", "pct%41x", "hash#1", "what?x=1", "star*", "br[1]"] {
         // A prefix the config refuses never reaches a node or a reader.
@@ -238,8 +240,7 @@ async fn query_reads_back_under_every_prefix_the_config_accepts() {
 async fn query_over_an_empty_bucket_counts_nothing() {
     let Some(s3) = S3Server::start(BUCKET).await else { return };
     let scratch = tempfile::tempdir().expect("tempdir");
-    let client = settings(&s3.endpoint, &s3.credentials_path().display().to_string());
-    let client = ObjectStoreSettings { request_timeout: Duration::from_secs(10), ..client };
+    let client = on_moto(&s3);
     for archive_dir in [format!("s3://{BUCKET}"), format!("s3://{BUCKET}/nothing/here/")] {
         let location = ArchiveLocation::parse(&archive_dir).expect("location");
         let source = ArchiveSource::open(&location, &client).expect("source");
@@ -264,8 +265,7 @@ fn cluster_charges_put_from_a_blocking_thread_on_a_current_thread_runtime() {
     runtime.block_on(async {
         let Some(s3) = S3Server::start(BUCKET).await else { return };
         let scratch = tempfile::tempdir().expect("tempdir");
-        let client = settings(&s3.endpoint, &s3.credentials_path().display().to_string());
-        let client = ObjectStoreSettings { request_timeout: Duration::from_secs(10), ..client };
+        let client = on_moto(&s3);
         let location = ArchiveLocation::parse(&format!("s3://{BUCKET}/charges-review")).expect("location");
         let store = SharedStore::open(&location, &client).expect("open");
         let root = ChargesRoot::Shared(store, tokio::runtime::Handle::current());

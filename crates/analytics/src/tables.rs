@@ -47,42 +47,42 @@ pub fn archive_tables() -> Vec<ArchiveTable> {
 
 /// The archive a session reads: a folder (a data dir's, a cluster's
 /// mounted one), or an `s3://` archive with the client DataFusion reads
-/// the bucket through.
+/// its bucket through.
 #[derive(Clone)]
-pub struct ArchiveSource {
-    location: ArchiveLocation,
-    bucket: Option<Arc<dyn ObjectStore>>,
+pub enum ArchiveSource {
+    Dir(PathBuf),
+    Bucket { location: ArchiveLocation, client: Arc<dyn ObjectStore> },
 }
 
 impl ArchiveSource {
     /// The archive in the folder `dir`.
     pub fn dir(dir: &Path) -> ArchiveSource {
-        ArchiveSource { location: ArchiveLocation::Local(dir.to_path_buf()), bucket: None }
+        ArchiveSource::Dir(dir.to_path_buf())
     }
 
     /// The archive `location` names, its bucket's client made when it is
     /// object storage (no request is made yet).
     pub fn open(location: &ArchiveLocation, client: &ObjectStoreSettings) -> Result<ArchiveSource, DataFusionError> {
-        let bucket = match location {
-            ArchiveLocation::Local(_) => None,
-            ArchiveLocation::S3 { bucket, .. } => {
-                Some(s3_bucket(bucket, client).map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?)
-            }
-        };
-        Ok(ArchiveSource { location: location.clone(), bucket })
+        Ok(match location {
+            ArchiveLocation::Local(dir) => ArchiveSource::Dir(dir.clone()),
+            ArchiveLocation::S3 { bucket, .. } => ArchiveSource::Bucket {
+                location: location.clone(),
+                client: s3_bucket(bucket, client).map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?,
+            },
+        })
     }
 
     /// The folder, when the archive is one.
     pub fn local_dir(&self) -> Option<&Path> {
-        match &self.location {
-            ArchiveLocation::Local(dir) => Some(dir),
-            ArchiveLocation::S3 { .. } => None,
+        match self {
+            ArchiveSource::Dir(dir) => Some(dir),
+            ArchiveSource::Bucket { .. } => None,
         }
     }
 
     /// Makes the bucket's client the one `ctx` reads `s3://BUCKET` with.
     fn register_bucket(&self, ctx: &SessionContext) -> Result<(), DataFusionError> {
-        if let (ArchiveLocation::S3 { bucket, .. }, Some(client)) = (&self.location, &self.bucket) {
+        if let ArchiveSource::Bucket { location: ArchiveLocation::S3 { bucket, .. }, client } = self {
             let url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
             ctx.register_object_store(url.as_ref(), Arc::clone(client));
         }
@@ -91,9 +91,9 @@ impl ArchiveSource {
 
     /// The table `name`'s root: `DIR/NAME/`, or `s3://BUCKET/PREFIX/NAME/`.
     fn table_url(&self, name: &str) -> Result<ListingTableUrl, DataFusionError> {
-        match &self.location {
-            ArchiveLocation::Local(dir) => ListingTableUrl::parse(format!("{}/", absolute(&dir.join(name))?.display())),
-            s3 => ListingTableUrl::parse(s3.table_url(name)),
+        match self {
+            ArchiveSource::Dir(dir) => ListingTableUrl::parse(format!("{}/", absolute(&dir.join(name))?.display())),
+            ArchiveSource::Bucket { location, .. } => ListingTableUrl::parse(location.table_url(name)),
         }
     }
 }

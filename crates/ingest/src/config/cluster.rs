@@ -90,15 +90,14 @@ impl ClusterConfig {
     /// inside the archive, which every analyst reads, however either is
     /// spelled (`..`, `.`, relative to the working directory). Symbolic
     /// links are not followed: the paths may not exist yet.
-    fn check_keys_dir(&self) -> Result<(), ConfigError> {
+    fn check_keys_dir(&self, archive: &ArchiveLocation) -> Result<(), ConfigError> {
         if self.enabled && self.keys_dir.is_empty() {
             return Err(invalid(
                 "cluster.keys_dir is empty: a cluster's nodes sign and seal ride codes with one shared key store; name it"
                     .into(),
             ));
         }
-        let local_archive = matches!(self.archive_location()?, ArchiveLocation::Local(_));
-        if local_archive
+        if matches!(archive, ArchiveLocation::Local(_))
             && !self.keys_dir.is_empty()
             && !self.archive_dir.is_empty()
             && resolved(&self.keys_dir).starts_with(resolved(&self.archive_dir))
@@ -188,9 +187,9 @@ impl ClusterConfig {
                 )));
             }
         }
-        self.archive_location()?;
+        let archive = self.archive_location()?;
         self.object_store_settings().check().map_err(|e| invalid(e.0))?;
-        self.check_keys_dir()?;
+        self.check_keys_dir(&archive)?;
         if self.stream == self.claimed_stream {
             return Err(invalid(format!("cluster.claimed_stream = {:?} is cluster.stream's name", self.stream)));
         }
