@@ -393,7 +393,12 @@ fn main() -> Result<()> {
         }
         Command::Loadgen { action } => runtime.block_on(loadgen(&cli.data_dir, config, action)),
         Command::Audit { acked_file, paygw_dir, undecided_max } => {
-            audit(&cli.data_dir, &config, &acked_file, (paygw_dir.as_deref(), undecided_max))
+            let archive = ArchiveSource::open(
+                &archive_location(&cli.data_dir, &config)?,
+                &config.cluster.object_store_settings(),
+            )?;
+            let rows = runtime.block_on(archive.all_scans()).context("reading the archive's scans")?;
+            audit(&cli.data_dir, &config, (&rows, &acked_file), (paygw_dir.as_deref(), undecided_max))
         }
         Command::Charges => charges(&cli.data_dir, &config),
         Command::Money { action } => money_cmd::money(&cli.data_dir, &config, action),
@@ -500,18 +505,6 @@ fn archive_location(data_dir: &Path, config: &Config) -> Result<ArchiveLocation>
         true => config.cluster.archive_location()?,
         false => ArchiveLocation::Local(data_dir.join("archive")),
     })
-}
-
-/// The archive's folder, for the commands that read one from disk.
-fn archive_dir(data_dir: &Path, config: &Config) -> Result<PathBuf> {
-    match archive_location(data_dir, config)? {
-        ArchiveLocation::Local(dir) => Ok(dir),
-        ArchiveLocation::S3 { .. } => bail!(
-            "cluster.archive_dir is {:?}: this command reads a local or mounted archive; `farestream query` reads \
-             the bucket",
-            config.cluster.archive_dir
-        ),
-    }
 }
 
 async fn query(data_dir: &Path, config: &Config, sql: &str, format: &str) -> Result<()> {
@@ -784,17 +777,18 @@ async fn flood(
     Ok(())
 }
 
+/// Audits the archive's scans `rows` against the acknowledged scans in
+/// `acked_file`, and the money store against them and the gateway's ledger.
 fn audit(
     data_dir: &Path,
     config: &Config,
-    acked_file: &Path,
+    (rows, acked_file): (&[farestream::scan::ArchivedScan], &Path),
     (paygw_dir, undecided_max): (Option<&Path>, u64),
 ) -> Result<()> {
     let text = std::fs::read_to_string(acked_file).with_context(|| format!("reading {}", acked_file.display()))?;
     let acked = farestream::archive::ack_audit::AckedScans::parse(&text)
         .with_context(|| format!("reading {}", acked_file.display()))?;
-    let rows = farestream::archive::read::read_all(&archive_dir(data_dir, config)?.join("scans"))?;
-    let report = farestream::archive::ack_audit::audit_rows(&rows, &acked);
+    let report = farestream::archive::ack_audit::audit_rows(rows, &acked);
     let location = farestream_server::money_store_location(config, data_dir)?;
     let has_money = match &location {
         farestream::money::StoreLocation::Sqlite(path) => path.exists(),
@@ -803,7 +797,7 @@ fn audit(
     let money = if has_money {
         let mut store = open_money_store(data_dir, config)?;
         let ledger = paygw_dir.map(paygw_ledger).transpose()?;
-        Some(farestream::money::money_audit::audit_money(&mut store.db(), &rows, ledger.as_deref())?)
+        Some(farestream::money::money_audit::audit_money(&mut store.db(), rows, ledger.as_deref())?)
     } else {
         None
     };

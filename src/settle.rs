@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use farestream_analytics::settle::{SettleSettings, settle_day};
+use farestream_analytics::settle::{SettleSettings, SharedArchive, settle_day};
 use farestream_core::clock::UnixMillis;
 use farestream_ingest::config::fare_table::load_fares;
 use farestream_ingest::config::{Config, ConfigError};
@@ -25,7 +25,10 @@ pub fn settle_settings(config: &Config, data_dir: &Path) -> Result<SettleSetting
         charges_batch_max: config.payments.charges_archive_batch_charges_max,
         memory: farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement),
         shared_archive: match config.cluster.enabled {
-            true => Some(config.cluster.archive_location()?),
+            true => Some(SharedArchive {
+                location: config.cluster.archive_location()?,
+                client: config.cluster.object_store_settings(),
+            }),
             false => None,
         },
     })

@@ -21,7 +21,9 @@ use crate::cluster::{cluster_config, looked_at_until, quick_leases};
 use crate::cluster_money::charged_once_it_holds;
 use crate::money::{Money, own_validator_tap};
 use crate::s3_server::S3Server;
-use crate::support::batch;
+use crate::support::{Harness, batch};
+use farestream::money::money_audit::audit_money;
+use farestream_analytics::settle::settle_day;
 
 const BUCKET: &str = "farestream-it";
 const PREFIX: &str = "city-1/archive";
@@ -100,9 +102,45 @@ async fn two_nodes_archive_into_a_bucket_and_every_reader_finds_each_scan_and_ch
     assert!(!checkpoints.is_empty(), "the partitions' checkpoints are objects in the bucket");
     let leftovers: Vec<_> = store.store.list(None).try_collect().await.expect("a listing");
     assert!(leftovers.iter().all(|o| !o.location.as_ref().contains('#')), "no unfinished write: puts are whole");
+    settles_and_audits_from_the_bucket(&b, scratch.path(), 16).await;
     drop(b);
 
     outside_reader_counts(&s3, (16, charges.len())).await;
+}
+
+/// `settle` and `audit` read the bucket as they read a folder. Two
+/// settlements of the day at once (two nodes' cut-overs) take turns on
+/// the cluster's lock: one writes run 1 into the bucket, the other finds
+/// nothing new. The run settles every ride with no break, `query` reads
+/// it back, and no staged file is left. The audit reads each scan once
+/// from the bucket and finds every ride priced once.
+async fn settles_and_audits_from_the_bucket(node: &Harness, scratch: &std::path::Path, rides: i64) {
+    let config = &node.config;
+    let day = query(config, scratch, "SELECT DISTINCT CAST(service_date AS VARCHAR) AS d FROM scans").await;
+    let day: chrono::NaiveDate = day.lines().nth(1).expect("one service day").parse().expect("a date");
+    let settings = farestream::settle::settle_settings(config, node.dir.path()).expect("settle's settings");
+    let now = node.clock.now_ms();
+    let (one, other) = tokio::join!(settle_day(&settings, day, now), settle_day(&settings, day, now));
+    let (one, other) = (one.expect("a settlement"), other.expect("the other settlement"));
+    let runs: Vec<_> = [&one, &other].iter().filter_map(|s| s.new_run.clone()).collect();
+    assert_eq!(runs.len(), 1, "one run written, the other waited and found nothing new: {runs:?}");
+    assert!(one.breaks.is_empty() && other.breaks.is_empty(), "{:?} {:?}", one.breaks, other.breaks);
+    assert_eq!((runs[0].run, runs[0].totals.rides, runs[0].riders_awaiting_archive), (1, rides, 0));
+    let written = query(config, scratch, "SELECT count(*) AS runs, max(files_settled) AS f FROM settlement_runs").await;
+    assert_eq!(written, format!("runs,f\n1,{}\n", runs[0].files_settled), "the run is in the bucket");
+    let riders = query(config, scratch, "SELECT CAST(sum(rides) AS BIGINT) AS r FROM settlements").await;
+    assert_eq!(riders, format!("r\n{rides}\n"), "the riders' file was put whole");
+    let again = settle_day(&settings, day, node.clock.now_ms()).await.expect("settled again");
+    assert!(again.new_run.is_none() && again.breaks.is_empty(), "nothing new: {:?}", again.breaks);
+    let staged = std::fs::read_dir(settings.scratch_dir().join("settlements")).expect("the staging folder");
+    assert_eq!(staged.count(), 0, "the riders' file moved from staging into the bucket");
+
+    let archive = settings.archive().expect("the bucket");
+    let scans = archive.all_scans().await.expect("the audit reads the bucket");
+    assert_eq!(scans.len(), 16, "each scan once");
+    let audited = node.server.with_money_store(move |store| audit_money(&mut store.db(), &scans, None));
+    let audited = audited.await.expect("the money audit");
+    assert!(audited.is_clean() && audited.undecided == 0, "{audited}");
 }
 
 /// pyarrow's S3 file system reads the bucket as an analyst's notebook

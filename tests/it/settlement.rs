@@ -132,10 +132,7 @@ async fn a_known_day_settles_to_the_cent_then_late_rides_settle_as_adjustments()
     let again = settle(&settings, m.h.clock.now_ms() + HOUR).await;
     assert!(again.new_run.is_none() && again.breaks.is_empty());
     assert_eq!(std::fs::read_to_string(&again.report_path).expect("report"), report);
-    assert_eq!(
-        archive_files(&settings.archive_dir().expect("a local archive").join("settlement_runs")).expect("runs").len(),
-        1
-    );
+    assert_eq!(archive_files(&settings.data_dir.join("archive").join("settlement_runs")).expect("runs").len(), 1);
 
     // A late ride, uploaded hours later inside the rebill window: the next
     // run settles it as a late adjustment.

@@ -4,6 +4,7 @@
 //! `serve` at the cut-over). The settlement's arithmetic is the core's
 //! (`farestream_core::settlement`); this crate reads, joins and writes.
 
+pub mod archive_files;
 pub mod query;
 pub mod settle;
 pub mod tables;

@@ -18,6 +18,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::object_store::ObjectStore;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::archive_files::SCANS_TABLE;
 use crate::settle::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::archive::charge_rows::charge_schema;
 use farestream_core::archive::schema::scan_schema;
@@ -38,7 +39,7 @@ pub struct ArchiveTable {
 /// documents them.
 pub fn archive_tables() -> Vec<ArchiveTable> {
     let mut tables = vec![
-        ArchiveTable { name: "scans", schema: scan_schema() },
+        ArchiveTable { name: SCANS_TABLE, schema: scan_schema() },
         ArchiveTable { name: "charges", schema: charge_schema() },
     ];
     tables.extend(SettlementTable::ALL.iter().map(|t| ArchiveTable { name: t.name(), schema: settlement_schema(*t) }));
@@ -187,23 +188,21 @@ fn register_partitioned(
     Ok(())
 }
 
-/// Registers exactly `files` (one day's, all of one schema) as a table
-/// with no partition column.
+/// Registers exactly the files at `urls` (one day's, all of one schema,
+/// each an absolute path or an `s3://` URL of the session's bucket) as a
+/// table with no partition column.
 pub fn register_files(
     ctx: &SessionContext,
     name: &str,
-    files: &[PathBuf],
+    urls: &[String],
     schema: SchemaRef,
 ) -> Result<(), DataFusionError> {
-    if files.is_empty() {
+    if urls.is_empty() {
         let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])?;
         ctx.register_table(name, Arc::new(empty))?;
         return Ok(());
     }
-    let urls = files
-        .iter()
-        .map(|f| ListingTableUrl::parse(absolute(f)?.display().to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let urls = urls.iter().map(ListingTableUrl::parse).collect::<Result<Vec<_>, _>>()?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
     ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;

@@ -29,6 +29,7 @@ pub mod pricer;
 pub mod pricing;
 pub mod pricing_round;
 pub mod service;
+pub mod session_lock;
 pub mod snapshot;
 pub mod store;
 pub mod store_connections;

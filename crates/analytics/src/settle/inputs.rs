@@ -2,23 +2,24 @@
 //! files it may settle, and what the day's earlier runs recorded.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
-use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::settle_types::SettleError;
 use super::sql::{collect_rows, column_i64, column_str, column_u64};
+use crate::archive_files::{SCANS_TABLE, parquet_rows};
+use crate::tables::ArchiveSource;
 use farestream_core::cluster::segments::segment_file_range;
 use farestream_core::money::Cents;
-use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, file_lsn_range, partition_dir};
+use farestream_ingest::archive::parquet_writer::file_lsn_range;
 
 /// A complete scans file of the day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanFile {
-    pub path: PathBuf,
+    /// What DataFusion reads it by (`archive_files::ArchiveFile::url`).
+    pub url: String,
     pub name: String,
     pub rows: i64,
 }
@@ -70,65 +71,38 @@ impl Positions {
 }
 
 /// The day's scan files a run may settle: every record in them has been
-/// priced and is safe from a crash ([`Positions`]). The rest wait.
-pub fn settleable_scan_files(
-    scans_root: &Path,
+/// priced and is safe from a crash ([`Positions`]). The rest wait. Every
+/// file of the day's folder but its `_SUCCESS` marker is looked at: one
+/// that is not a scans file (notes, a copy with another name) is an
+/// error that names it, never silently left out.
+pub async fn settleable_scan_files(
+    archive: &ArchiveSource,
     date: NaiveDate,
     positions: &Positions,
 ) -> Result<(Vec<ScanFile>, usize), SettleError> {
-    let partition = partition_dir(scans_root, date);
     let mut settleable = Vec::new();
     let mut waiting = 0;
-    for path in partition_entries(&partition)? {
-        if positions.is_unfinished_write(&path) {
+    for file in archive.day_files(SCANS_TABLE, date).await? {
+        let name = Path::new(&file.name);
+        if positions.is_unfinished_write(name) {
             continue;
         }
-        let Some(ready) = positions.settleable(&path) else {
+        let Some(ready) = positions.settleable(name) else {
             return Err(SettleError::Input(format!(
                 "{} is not named as a scans file is ({}), so it is no scans file: move it out of the day's \
                  folder to settle {date}",
-                path.display(),
+                file.url,
                 positions.file_names()
             )));
         };
-        if !ready {
-            waiting += 1;
-            continue;
+        match ready {
+            true => settleable.push(file),
+            false => waiting += 1,
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        settleable.push(ScanFile { rows: parquet_rows(&path)?, name, path });
     }
-    Ok((settleable, waiting))
-}
-
-/// Everything in a day's folder but its `_SUCCESS` marker: a file that is
-/// not a scans file (notes, a copy with another name) is an error for the
-/// caller to name, never silently left out.
-fn partition_entries(partition: &Path) -> Result<Vec<std::path::PathBuf>, SettleError> {
-    let listing = |e: std::io::Error| SettleError::Input(format!("{}: {e}", partition.display()));
-    let entries = match std::fs::read_dir(partition) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(listing(e)),
-    };
-    let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(listing)?.path();
-        if path.file_name().is_some_and(|n| n == SUCCESS_MARKER) {
-            continue;
-        }
-        paths.push(path);
-    }
-    paths.sort();
-    Ok(paths)
-}
-
-/// The row count a Parquet file's footer gives.
-pub fn parquet_rows(path: &Path) -> Result<i64, SettleError> {
-    let bad = |e: &dyn std::fmt::Display| SettleError::Input(format!("{}: {e}", path.display()));
-    let file = File::open(path).map_err(|e| bad(&e))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| bad(&e))?;
-    Ok(reader.metadata().file_metadata().num_rows())
+    let rows = parquet_rows(&settleable).await?;
+    let files = settleable.into_iter().zip(rows).map(|(f, rows)| ScanFile { url: f.url, name: f.name, rows });
+    Ok((files.collect(), waiting))
 }
 
 /// What the day's earlier runs wrote, summed.
@@ -179,6 +153,7 @@ pub async fn earlier_runs(ctx: &SessionContext, date: NaiveDate) -> Result<Earli
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// A cluster's segment file is settled once its partition's pricer
     /// cursor is past the segment's cut (the cursor is the next sequence

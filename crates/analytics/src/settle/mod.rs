@@ -27,6 +27,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 
+use crate::archive_files::SCANS_TABLE;
 use crate::tables::{ArchiveSource, archive_session, register_files};
 use farestream_core::archive::schema::scan_schema;
 use farestream_core::charges::ChargeOutcome;
@@ -36,14 +37,14 @@ use farestream_core::scan::ScanStatus;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::{Break, DayCharge, RiderFigures, settle_rider, trip_edge_may_be_unarchived};
 use farestream_ingest::archive::checkpoint::{checkpoint_path, read_checkpoint};
-use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, partition_dir};
-use farestream_ingest::archive::scans_root_in;
+use farestream_ingest::archive::parquet_writer::SUCCESS_MARKER;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::node_id::NodeId;
-use farestream_money::MoneyStore;
 use farestream_money::charges_archive::{ArchivePlace, ChargesRoot, archive_decided_charges, charges_root_in};
 use farestream_money::pricer::reader_name;
+use farestream_money::session_lock::SessionLock;
 use farestream_money::snapshot::{MoneySnapshot, money_snapshot};
+use farestream_money::{MoneyStore, StoreLocation};
 use farestream_shared_archive::SharedStore;
 
 use edges::{Edges, read_edges};
@@ -51,7 +52,7 @@ use farestream_core::fares::RIDE_SQL;
 use inputs::{EarlierRuns, Positions, earlier_runs, settleable_scan_files};
 use riders::{RiderDay, for_each_rider};
 use riders_file::RidersFile;
-pub use settle_types::{SettleError, SettleSettings, Settled};
+pub use settle_types::{SettleError, SettleSettings, Settled, SharedArchive};
 use settlement_tables::SettlementTable;
 use sql::{collect_rows, column_i64, column_str, column_u64};
 use write::{FileRow, RiderRow, RouteRow, RunRow, RunRows, StatusCounts, add_to, status_index, write_run};
@@ -64,15 +65,15 @@ pub const SETTLEMENT_PARTITIONS_PER_CORE: usize = 1;
 
 /// Settles `date` as of `now`.
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
-    let archive_dir = settings.archive_dir()?;
-    let _one_at_a_time = settlement_lock(&archive_dir).await?;
+    let archive = settings.archive()?;
+    let _one_at_a_time = settlement_lock(settings, &archive).await?;
     let snapshot = {
         let settings = settings.clone();
         tokio::task::spawn_blocking(move || read_money(&settings, date, now))
             .await
             .map_err(|e| SettleError::Output(format!("reading the money store stopped: {e}")))??
     };
-    let ctx = archive_session(&ArchiveSource::dir(&archive_dir), &settings.memory, SETTLEMENT_PARTITIONS_PER_CORE)?;
+    let ctx = archive_session(&archive, &settings.memory, SETTLEMENT_PARTITIONS_PER_CORE)?;
     let earlier = earlier_runs(&ctx, date).await?;
     let positions = match settings.shared_archive {
         None => {
@@ -81,8 +82,7 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         }
         Some(_) => Positions::Partitions(snapshot.partition_cursors.clone()),
     };
-    let scans_root = scans_root_in(&archive_dir);
-    let (files, files_waiting) = settleable_scan_files(&scans_root, date, &positions)?;
+    let (files, files_waiting) = settleable_scan_files(&archive, date, &positions).await?;
     let new_files: Vec<_> = files.iter().filter(|f| !earlier.files.contains(&f.name)).cloned().collect();
     let mut breaks: Vec<Break> = earlier
         .files
@@ -90,9 +90,9 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         .filter(|name| !files.iter().any(|f| &f.name == *name))
         .map(|name| Break::SettledFileMissing { file: name.clone() })
         .collect();
-    let paths = |list: &[inputs::ScanFile]| list.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
-    register_files(&ctx, "day_scans", &paths(&files), scan_schema())?;
-    register_files(&ctx, "new_scans", &paths(&new_files), scan_schema())?;
+    let urls = |list: &[inputs::ScanFile]| list.iter().map(|f| f.url.clone()).collect::<Vec<_>>();
+    register_files(&ctx, "day_scans", &urls(&files), scan_schema())?;
+    register_files(&ctx, "new_scans", &urls(&new_files), scan_schema())?;
     let run = earlier.runs + 1;
     let archive_behind = files_waiting > 0
         || match positions {
@@ -103,14 +103,15 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
             Positions::Partitions(_) => true,
         };
     let day = DayContext::new(settings, date, &snapshot, &ctx, run).await?;
-    let riders = RidersFile::create(&archive_dir.join(SettlementTable::Riders.name()), date, run)?;
+    let staging = archive.staging_dir(SettlementTable::Riders.name(), &settings.scratch_dir());
+    let riders = RidersFile::create(&staging, date, run)?;
     let walked = walk_riders(settings, &ctx, (date, &day, riders), &snapshot, earlier, archive_behind).await?;
     breaks.extend(walked.breaks);
     let routes = route_rows(&ctx, &walked.routes_now, &walked.routes_before).await?;
     let new_scans = status_counts(&ctx, "new_scans").await?;
     let manual_review = new_scans[status_index(ScanStatus::LateUpload)];
     let totals = walked.riders.totals();
-    let final_day = partition_dir(&scans_root, date).join(SUCCESS_MARKER).exists();
+    let final_day = archive.has_file(SCANS_TABLE, date, SUCCESS_MARKER).await?;
     // The cut-over is always recorded, an empty day included; a later run
     // only when something changed.
     let changed = run == 1
@@ -136,25 +137,58 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     // a broken input (a settled file gone would settle the day to zero).
     // The report names the breaks; the run is made once they are mended.
     let new_run = if changed && breaks.is_empty() {
-        let files = new_files.iter().map(|f| FileRow { table: "scans", file: f.name.clone(), rows: f.rows }).collect();
+        let files =
+            new_files.iter().map(|f| FileRow { table: SCANS_TABLE, file: f.name.clone(), rows: f.rows }).collect();
         let riders = walked.riders.finish()?;
-        write_run(&archive_dir, date, RunRows { riders, routes, run: run_row.clone(), files })?;
+        write_run(&archive, date, RunRows { riders, routes, run: run_row.clone(), files }).await?;
         Some(run_row)
     } else {
         drop(walked.riders);
         None
     };
     breaks.sort();
-    write::write_breaks(&archive_dir, date, (run, now), &breaks, &settings.fares.currency)?;
+    write::write_breaks(&archive, date, (run, now), &breaks, &settings.fares.currency).await?;
     let extras = report::scan_extras(&ctx, day.window).await?;
-    report::finish(settings, &archive_dir, date, new_run, breaks, extras).await
+    report::finish(settings, &archive, date, new_run, breaks, extras).await
 }
 
-/// The archive's settlement lock, once it is free: two runs of one day at
-/// once (the cut-over and an operator's `settle`) would both be run N,
-/// and any two share the tables' `.tmp` folders. The kernel's lock
-/// (`flock`) goes with the process, so a crashed run holds nothing.
-async fn settlement_lock(archive_dir: &Path) -> Result<File, SettleError> {
+/// One settlement at a time, held until dropped: two runs of one day at
+/// once (the cut-over and an operator's `settle`, or two nodes' cut-overs)
+/// would both be run N, and any two share the tables' `.tmp` folders.
+enum SettlementLock {
+    /// A node's archive: the kernel's lock on a file in it.
+    File { _held: File },
+    /// A cluster's shared archive, which nodes on other machines settle
+    /// too: an advisory lock in the PostgreSQL money store they share (a
+    /// bucket has no lock, and a mount's `flock` may not reach across
+    /// machines).
+    Postgres { _held: SessionLock },
+}
+
+/// The settlement's lock, once it is free. Either kind goes with the
+/// process, so a crashed run holds nothing.
+async fn settlement_lock(settings: &SettleSettings, archive: &ArchiveSource) -> Result<SettlementLock, SettleError> {
+    match (&settings.shared_archive, &settings.store, archive) {
+        (None, _, ArchiveSource::Dir(dir)) => Ok(SettlementLock::File { _held: archive_lock_file(dir).await? }),
+        (Some(_), StoreLocation::Postgres(config), _) => {
+            let config = (**config).clone();
+            // Waited for on a blocking thread, as the file's lock is.
+            let held = tokio::task::spawn_blocking(move || SessionLock::acquire(&config, SETTLEMENT_LOCK_KEY))
+                .await
+                .map_err(|e| SettleError::Output(format!("waiting for the settlement lock: {e}")))??;
+            Ok(SettlementLock::Postgres { _held: held })
+        }
+        _ => Err(SettleError::Input(
+            "a cluster's settlement needs payments.money_store on PostgreSQL, as cluster.enabled does".into(),
+        )),
+    }
+}
+
+/// The advisory lock a cluster's settlement holds ("settle!!" in ASCII).
+pub const SETTLEMENT_LOCK_KEY: i64 = 0x7365_7474_6c65_2121;
+
+/// The lock on `SETTLEMENT_LOCK_FILE` in a node's archive.
+async fn archive_lock_file(archive_dir: &Path) -> Result<File, SettleError> {
     let path = archive_dir.join(SETTLEMENT_LOCK_FILE);
     let io = |e: &dyn std::fmt::Display| SettleError::Output(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(archive_dir).map_err(|e| io(&e))?;
@@ -176,11 +210,11 @@ fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Re
     let mut store = MoneyStore::open(&settings.store, settings.store_busy_wait)?;
     let node = NodeId::load_or_create(data_dir, &Faults::default())
         .map_err(|e| SettleError::Output(format!("the data dir's node id: {e}")))?;
-    let archive_dir = settings.archive_dir()?;
-    let root = match settings.shared_archive {
-        None => ChargesRoot::Dir(charges_root_in(&archive_dir)),
-        Some(_) => ChargesRoot::Shared(
-            SharedStore::local(&archive_dir).map_err(|e| SettleError::Output(format!("the shared archive: {e}")))?,
+    let root = match &settings.shared_archive {
+        None => ChargesRoot::Dir(charges_root_in(&data_dir.join("archive"))),
+        Some(shared) => ChargesRoot::Shared(
+            SharedStore::open(&shared.location, &shared.client)
+                .map_err(|e| SettleError::Output(format!("the shared archive: {e}")))?,
             tokio::runtime::Handle::current(),
         ),
     };

@@ -217,14 +217,13 @@ async fn read_runs(ctx: &SessionContext, day: &str) -> Result<Vec<RunRow>, Settl
 /// Writes the report and returns what the run did.
 pub async fn finish(
     settings: &SettleSettings,
-    archive_dir: &Path,
+    archive: &ArchiveSource,
     date: NaiveDate,
     new_run: Option<RunRow>,
     breaks: Vec<Break>,
     extras: ScanExtras,
 ) -> Result<Settled, SettleError> {
-    let ctx =
-        archive_session(&ArchiveSource::dir(archive_dir), &settings.memory, super::SETTLEMENT_PARTITIONS_PER_CORE)?;
+    let ctx = archive_session(archive, &settings.memory, super::SETTLEMENT_PARTITIONS_PER_CORE)?;
     let totals = day_totals(&ctx, date).await?;
     let currency = settings.fares.currency.as_str();
     let headline = headline(date, &totals, &breaks, currency);

@@ -1,8 +1,9 @@
 //! A run's `settlements` file, written while the walk finds its rows: a
 //! day has millions of riders, and holding their rows until the run is
 //! decided cost more memory than the rest of `settle` together (1.3 GB of
-//! heap on a 10-million-scan day). The file grows in `ROOT/.tmp` and is
-//! renamed in by [`super::write::write_run`] with the run's other files, or
+//! heap on a 10-million-scan day). The file grows where the archive
+//! stages files (`ROOT/.tmp` in a folder, the data dir for a bucket) and is
+//! moved in by [`super::write::write_run`] with the run's other files, or
 //! removed when the run writes nothing.
 
 use std::fs::File;
@@ -19,7 +20,7 @@ use super::settle_types::SettleError;
 use super::settlement_tables::{FIGURES, SettlementTable, figures_to, settlement_schema};
 use super::write::{RiderRow, ints, runs};
 use farestream_core::settlement::RiderFigures;
-use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir};
+use farestream_ingest::archive::parquet_writer::archive_writer_properties;
 use farestream_ingest::faults::Faults;
 
 /// Rider rows gathered before they are encoded: what the file holds in
@@ -49,12 +50,11 @@ pub struct FinishedRiders {
 }
 
 impl RidersFile {
-    /// Starts `date`'s run `run` file under `root` (the `settlements`
-    /// folder). A file left there by a run a crash cut short is
-    /// overwritten.
-    pub fn create(root: &Path, date: NaiveDate, run: u32) -> Result<RidersFile, SettleError> {
-        let dir = open_files_dir(root);
-        std::fs::create_dir_all(&dir).map_err(|e| SettleError::Output(format!("{}: {e}", dir.display())))?;
+    /// Starts `date`'s run `run` file in `dir` (where the archive stages
+    /// a riders file: `ArchiveSource::staging_dir`). A file left there by
+    /// a run a crash cut short is overwritten.
+    pub fn create(dir: &Path, date: NaiveDate, run: u32) -> Result<RidersFile, SettleError> {
+        std::fs::create_dir_all(dir).map_err(|e| SettleError::Output(format!("{}: {e}", dir.display())))?;
         let tmp = dir.join(format!(".{date}-{}.tmp", run_file_name(run)));
         let file = File::create(&tmp).map_err(|e| SettleError::Output(format!("{}: {e}", tmp.display())))?;
         let properties = archive_writer_properties(&[], &[], Some(SETTLEMENT_RIDERS_PER_ROW_GROUP_MAX));

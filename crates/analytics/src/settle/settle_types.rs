@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use farestream_core::cluster::archive_location::ArchiveLocation;
+use farestream_core::cluster::archive_location::{ArchiveLocation, ObjectStoreSettings};
 use farestream_core::fares::FareTable;
 use farestream_core::service_day::ServiceDayPolicy;
 use farestream_core::settlement::Break;
 
 use super::write::RunRow;
+use crate::archive_files::ArchiveFilesError;
+use crate::tables::ArchiveSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
@@ -26,6 +28,8 @@ pub enum SettleError {
     Archive(#[from] farestream_ingest::archive::ArchiveError),
     #[error("charges archive: {0}")]
     ChargesArchive(#[from] farestream_money::charges_archive::ChargesArchiveError),
+    #[error("archive: {0}")]
+    Files(#[from] ArchiveFilesError),
     #[error("settlement input: {0}")]
     Input(String),
     #[error("settlement output: {0}")]
@@ -45,25 +49,32 @@ pub struct SettleSettings {
     pub charges_batch_max: usize,
     /// What its SQL may hold in memory before spilling to disk.
     pub memory: crate::tables::MemoryBudget,
-    /// In cluster mode, the archive every node shares
-    /// (`cluster.archive_dir`), which the settlement reads and writes in
-    /// place of the data dir's.
-    pub shared_archive: Option<ArchiveLocation>,
+    /// In cluster mode, the archive every node shares, which the
+    /// settlement reads and writes in place of the data dir's.
+    pub shared_archive: Option<SharedArchive>,
+}
+
+/// A cluster's shared archive (`cluster.archive_dir`): a mounted folder,
+/// or a bucket and its client's settings.
+#[derive(Debug, Clone)]
+pub struct SharedArchive {
+    pub location: ArchiveLocation,
+    pub client: ObjectStoreSettings,
 }
 
 impl SettleSettings {
-    /// The data dir's `archive`, or the cluster's shared archive when it
-    /// is a local path (a mount).
-    pub fn archive_dir(&self) -> Result<PathBuf, SettleError> {
+    /// The archive the settlement reads and writes: the data dir's
+    /// `archive`, or the cluster's shared one (no request is made yet).
+    pub fn archive(&self) -> Result<ArchiveSource, SettleError> {
         match &self.shared_archive {
-            Some(ArchiveLocation::Local(shared)) => Ok(shared.clone()),
-            Some(ArchiveLocation::S3 { bucket, prefix }) => Err(SettleError::Input(format!(
-                "cluster.archive_dir is s3://{bucket}/{prefix}: the settlement reads and writes a local or mounted \
-                 shared archive only, so far (docs/scale-out.md, \"Object storage\"); `query` and outside readers \
-                 read the bucket"
-            ))),
-            None => Ok(self.data_dir.join("archive")),
+            Some(shared) => Ok(ArchiveSource::open(&shared.location, &shared.client)?),
+            None => Ok(ArchiveSource::Dir(self.data_dir.join("archive"))),
         }
+    }
+
+    /// Where a file bound for a bucket is built before it is put.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp").join("settlement")
     }
 
     /// `DATA_DIR/reports/settlement-YYYY-MM-DD.html`.

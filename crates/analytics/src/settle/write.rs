@@ -1,10 +1,9 @@
 //! Writes one run's rows: `ROOT/service_date=D/run-NNNN.parquet` in each
-//! of the four settlement tables, each built in `ROOT/.tmp`, fsynced and
-//! renamed in. The runs table is written last: a run exists once its
+//! of the four settlement tables, each put whole (in a folder: built in
+//! `ROOT/.tmp`, fsynced and renamed in). The runs table is written last: a run exists once its
 //! `settlement_runs` row does, and a run cut short by a crash is written
 //! again under the same names.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -18,13 +17,12 @@ use super::riders_file::{FinishedRiders, run_file_name};
 use super::settle_types::SettleError;
 use super::settlement_tables::{ARREARS_OUTSTANDING, FIGURES, figures_to};
 use super::settlement_tables::{SettlementTable, settlement_schema};
+use crate::tables::ArchiveSource;
 use farestream_core::clock::UnixMillis;
 use farestream_core::money::Cents;
 use farestream_core::scan::ScanStatus;
 use farestream_core::settlement::{Break, RiderFigures};
-use farestream_ingest::archive::checkpoint::{rename_durably, replace_durably};
-use farestream_ingest::archive::parquet_writer::{archive_writer_properties, open_files_dir, partition_dir};
-use farestream_ingest::faults::Faults;
+use farestream_ingest::archive::parquet_writer::archive_writer_properties;
 
 pub type StatusCounts = [i64; ScanStatus::ALL.len()];
 
@@ -198,48 +196,39 @@ fn breaks_batch(run: u32, found_at: UnixMillis, breaks: &[Break], currency: &str
     Ok(RecordBatch::try_new(settlement_schema(SettlementTable::Breaks), columns)?)
 }
 
+/// The breaks table's one file a day.
+const BREAKS_FILE: &str = "breaks.parquet";
+
 /// Writes what this `settle` found wrong with the day as
 /// `settlement_breaks/service_date=D/breaks.parquet`, replacing what an
 /// earlier `settle` found; with no breaks, an earlier file is replaced by
 /// an empty one (the day is mended) and none is made otherwise.
-pub fn write_breaks(
-    archive_dir: &Path,
+pub async fn write_breaks(
+    archive: &ArchiveSource,
     date: NaiveDate,
     (run, found_at): (u32, UnixMillis),
     breaks: &[Break],
     currency: &str,
 ) -> Result<(), SettleError> {
-    let root = archive_dir.join(SettlementTable::Breaks.name());
-    let partition = partition_dir(&root, date);
-    let path = partition.join("breaks.parquet");
-    if breaks.is_empty() && !path.exists() {
+    let table = SettlementTable::Breaks.name();
+    if breaks.is_empty() && !archive.has_file(table, date, BREAKS_FILE).await? {
         return Ok(());
     }
-    std::fs::create_dir_all(&partition).map_err(|e| SettleError::Output(format!("{}: {e}", partition.display())))?;
     let bytes = parquet_bytes(&breaks_batch(run, found_at, breaks, currency)?)?;
-    replace_durably(&path, &open_files_dir(&root), &bytes, &Faults::default())?;
-    Ok(())
+    Ok(archive.put(table, date, BREAKS_FILE, bytes).await?)
 }
 
 /// Writes the run: files, riders and routes first, the runs row last.
-pub fn write_run(archive_dir: &Path, date: NaiveDate, rows: RunRows) -> Result<(), SettleError> {
+pub async fn write_run(archive: &ArchiveSource, date: NaiveDate, rows: RunRows) -> Result<(), SettleError> {
     let run = rows.run.run;
-    let run_file = |table: SettlementTable| -> Result<(PathBuf, PathBuf), SettleError> {
-        let root = archive_dir.join(table.name());
-        let partition = partition_dir(&root, date);
-        std::fs::create_dir_all(&partition)
-            .map_err(|e| SettleError::Output(format!("{}: {e}", partition.display())))?;
-        Ok((partition.join(run_file_name(run)), open_files_dir(&root)))
-    };
-    let (path, tmp_dir) = run_file(SettlementTable::Files)?;
-    replace_durably(&path, &tmp_dir, &parquet_bytes(&files_batch(run, &rows.files)?)?, &Faults::default())?;
-    let (path, _) = run_file(SettlementTable::Riders)?;
-    rename_durably(&rows.riders.tmp, &path, &Faults::default())?;
+    let name = run_file_name(run);
+    let files = parquet_bytes(&files_batch(run, &rows.files)?)?;
+    archive.put(SettlementTable::Files.name(), date, &name, files).await?;
+    archive.put_staged(SettlementTable::Riders.name(), date, &name, &rows.riders.tmp).await?;
     for (table, batch) in
         [(SettlementTable::Routes, routes_batch(run, &rows.routes)?), (SettlementTable::Runs, run_batch(&rows.run)?)]
     {
-        let (path, tmp_dir) = run_file(table)?;
-        replace_durably(&path, &tmp_dir, &parquet_bytes(&batch)?, &Faults::default())?;
+        archive.put(table.name(), date, &name, parquet_bytes(&batch)?).await?;
     }
     Ok(())
 }

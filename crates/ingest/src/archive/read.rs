@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use chrono::NaiveDate;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::reader::ChunkReader;
 
 use super::parquet_writer::{ArchiveError, partition_date};
 use farestream_core::archive::charge_rows::charges_from_record_batch;
@@ -65,14 +67,34 @@ pub fn read_all_charges(root: &Path) -> Result<Vec<ChargeRecord>, ArchiveError> 
 /// do not repeat it, as in every Hive layout).
 fn read_rows<T>(
     path: &Path,
-    decode: fn(&arrow_array::RecordBatch, chrono::NaiveDate) -> Result<Vec<T>, arrow_schema::ArrowError>,
+    decode: fn(&arrow_array::RecordBatch, NaiveDate) -> Result<Vec<T>, arrow_schema::ArrowError>,
 ) -> Result<Vec<T>, ArchiveError> {
     let service_date = path.parent().and_then(partition_date).ok_or_else(|| ArchiveError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not in a service_date=YYYY-MM-DD partition"),
     })?;
-    let parquet = |source| ArchiveError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.to_path_buf(), source })?;
+    decode_rows(file, path, service_date, decode)
+}
+
+/// All scans of one file's contents (a bucket's object, read whole by
+/// its caller), `place` naming it in errors, its rows of `service_date`.
+pub fn scans_in(
+    file: impl ChunkReader + 'static,
+    place: &Path,
+    service_date: NaiveDate,
+) -> Result<Vec<ArchivedScan>, ArchiveError> {
+    decode_rows(file, place, service_date, from_record_batch)
+}
+
+/// The rows `decode` makes of a Parquet file's record batches.
+fn decode_rows<T>(
+    file: impl ChunkReader + 'static,
+    place: &Path,
+    service_date: NaiveDate,
+    decode: fn(&arrow_array::RecordBatch, NaiveDate) -> Result<Vec<T>, arrow_schema::ArrowError>,
+) -> Result<Vec<T>, ArchiveError> {
+    let parquet = |source| ArchiveError::Parquet { path: place.to_path_buf(), source };
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?.build().map_err(parquet)?;
     let mut rows = Vec::new();
     for batch in reader {
