@@ -15,6 +15,11 @@
 #
 #   CLUSTER_KILLS=20 scripts/cluster-kill-loop.sh   # the full run (default 20)
 #   CLUSTER_KILLS=2 scripts/cluster-kill-loop.sh    # what the test suite runs
+#   CLUSTER_ARCHIVE=s3 scripts/cluster-kill-loop.sh # the shared archive in a bucket
+#
+# CLUSTER_ARCHIVE=s3 puts the shared archive in a bucket of moto's S3
+# server on loopback (scripts/lib.sh's ensure_s3) in place of a folder:
+# the nodes write there, and the audit and the settlement read it there.
 #
 # Without nats-server 2.10 or later, or PostgreSQL, it says so and
 # passes, unless FARESTREAM_NATS=required (FARESTREAM_POSTGRES=required). FARESTREAM_BIN names the binary; without it
@@ -27,6 +32,10 @@ if ! ensure_nats; then
   [ "${FARESTREAM_NATS:-}" = required ] && { echo "NATS is required and not installed"; exit 1; }
   echo "skipped: nats-server 2.10 or later is not installed"; exit 0
 fi
+if [ "${CLUSTER_ARCHIVE:-}" = s3 ] && ! ensure_s3; then
+  [ "${FARESTREAM_S3:-}" = required ] && { echo "S3 is required and moto's server is not installed"; exit 1; }
+  echo "skipped: moto's S3 server is not installed (pip install 'moto[server]')"; exit 0
+fi
 resolve_farestream_bin
 work=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null || true; [ -z "${pg_dir:-}" ] || pg_kill_immediate; [ -n "${CLUSTER_KEEP:-}" ] || rm -rf "$work"' EXIT
@@ -35,6 +44,13 @@ start_nats_cluster "$work/nats"
 urls=$(IFS=,; echo "${nats_urls[*]}")
 pick_rig_ports
 port_a=$port port_b=$((port + 3))
+archive_toml="archive_dir = \"$work/shared/archive\""
+if [ "${CLUSTER_ARCHIVE:-}" = s3 ]; then
+  start_s3_bucket "$work/s3" farestream-loop
+  archive_toml=$(printf '%s\n' "archive_dir = \"s3://farestream-loop/city-1\"" \
+    "archive_s3_endpoint = \"$s3_endpoint\"" "archive_s3_allow_http = true" \
+    "archive_s3_credentials_file = \"$s3_credentials\"")
+fi
 
 # Short leases, so a dead node's partitions move within seconds; short
 # segments, so the archive keeps up; gateways that retry through every
@@ -69,7 +85,7 @@ enabled = true
 node_name = "$1"
 nats_urls = [$urls]
 partitions = 8
-archive_dir = "$work/shared/archive"
+$archive_toml
 keys_dir = "$work/shared/keys"
 append_ack_timeout_ms = 2000
 lease_ttl_ms = 3000
@@ -109,6 +125,7 @@ start_node() {
   # The last lines that say why, not a backtrace's frames.
   echo "node $node did not start in 10 tries:"
   grep -v -E '^ +([0-9]+: |at )' "$work/$node.log" | tail -8
+  explain_nats_cluster "$work/nats"
   exit 1
 }
 node_restarts=0
@@ -139,7 +156,7 @@ for _ in $(seq 1 "$kills"); do
     kill -9 "${nats_pids[$i]}"
     wait "${nats_pids[$i]}" 2>/dev/null || true
     sleep "0.$(( RANDOM % 9 + 1 ))"
-    start_nats_server "$work/nats" "$i"
+    restart_nats_server "$work/nats" "$i" || { explain_nats_cluster "$work/nats"; exit 1; }
     nats_kills=$(( nats_kills + 1 ))
   else
     node=$([ $(( RANDOM % 2 )) -eq 0 ] && echo a || echo b)
@@ -210,9 +227,9 @@ fi
 [ "$audit_status" -eq 0 ] || exit "$audit_status"
 # Every day the run touched settles from the shared archive without a
 # break (exit 3 names them).
-for day_dir in "$work"/shared/archive/scans/service_date=*; do
-  [ -d "$day_dir" ] || continue
-  day=${day_dir##*=}
+days=$("$bin" --data-dir "$work/a" --config "$work/a.toml" query --format csv \
+  "SELECT DISTINCT CAST(service_date AS VARCHAR) AS day FROM scans ORDER BY day" | tail -n +2)
+for day in $days; do
   if ! settled=$("$bin" --data-dir "$work/a" --config "$work/a.toml" settle --date "$day" 2>&1); then
     echo "settle $day failed:"; echo "$settled" | tail -5; exit 1
   fi
@@ -220,7 +237,8 @@ for day_dir in "$work"/shared/archive/scans/service_date=*; do
 done
 # The shared archive as analysts read it (docs/archive.md), with DuckDB
 # and pyarrow when installed: the same scans and charges `query` counts.
-if python3 -c "import duckdb, pyarrow" 2>/dev/null; then
+# (A bucket's outside readers are tests/it/cluster_s3.rs's.)
+if [ "${CLUSTER_ARCHIVE:-}" != s3 ] && python3 -c "import duckdb, pyarrow" 2>/dev/null; then
   counted() {
     "$bin" --data-dir "$work/a" --config "$work/a.toml" query --format csv "SELECT count(*) AS n FROM $1" | tail -1
   }

