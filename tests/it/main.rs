@@ -53,6 +53,7 @@ mod outside_readers;
 mod paygw;
 mod s3_server;
 mod sealed_vectors;
+mod settle_s3_edges;
 mod settlement;
 mod shared_archive_edges;
 mod support;

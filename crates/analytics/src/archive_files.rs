@@ -90,6 +90,10 @@ pub enum ArchiveFilesError {
     Parquet { place: String, source: parquet::errors::ParquetError },
     #[error("{place}: {source}")]
     Footer { place: String, source: datafusion::error::DataFusionError },
+    #[error("{place}: {source}")]
+    Upload { place: String, source: std::io::Error },
+    #[error("{place} is a folder inside a day's folder, where only the day's files belong: move it out")]
+    NotAFile { place: String },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
@@ -104,9 +108,17 @@ impl ArchiveSource {
                 let folder = day_key(location, table, date, None)?;
                 let listing = client.list_with_delimiter(Some(&folder)).await.map_err(bucket(&folder))?;
                 let bucket_name = bucket_of(location);
+                // A folder in the day's folder is no file: named, as in a
+                // folder's archive, never passed over.
+                if let Some(inner) = listing.common_prefixes.first() {
+                    return Err(ArchiveFilesError::NotAFile { place: format!("s3://{bucket_name}/{inner}/") });
+                }
                 listing
                     .objects
                     .into_iter()
+                    // The day's folder's own marker (`…/service_date=D/`,
+                    // as S3 consoles make a folder) is the folder.
+                    .filter(|o| o.location != folder)
                     .filter_map(|o| {
                         let name = o.location.filename()?.to_string();
                         let url = format!("s3://{bucket_name}/{}", o.location);
@@ -174,15 +186,17 @@ impl ArchiveSource {
                 let key = day_key(location, table, date, Some(name))?;
                 let mut file = tokio::fs::File::open(staged).await.map_err(folder(staged))?;
                 let mut upload = BufWriter::new(Arc::clone(client), key.clone());
-                let copied = tokio::io::copy(&mut file, &mut upload).await;
-                match copied {
-                    Ok(_) => upload.shutdown().await.map_err(|e| io_bucket(&key, e))?,
-                    Err(e) => {
-                        // Nothing is put: an abandoned upload's parts go.
-                        let _ = upload.abort().await;
-                        return Err(io_bucket(&key, e));
-                    }
+                let failed =
+                    |e| ArchiveFilesError::Upload { place: format!("uploading {staged:?} to {key}"), source: e };
+                if let Err(e) = tokio::io::copy(&mut file, &mut upload).await {
+                    // Nothing is put: a multipart upload's parts go with it.
+                    let _ = upload.abort().await;
+                    return Err(failed(e));
                 }
+                // A failed finish cannot be aborted (`BufWriter` panics):
+                // its parts are left to the bucket's rule for incomplete
+                // multipart uploads (docs/scale-out.md).
+                upload.shutdown().await.map_err(failed)?;
                 tokio::fs::remove_file(staged).await.map_err(folder(staged))?;
             }
         }
@@ -209,8 +223,11 @@ impl ArchiveSource {
         let objects: Vec<_> = client.list(Some(&root)).try_collect().await.map_err(bucket(&root))?;
         let mut rows = Vec::new();
         for object in objects {
-            let mut parts: Vec<_> = object.location.parts().collect();
-            let (Some(name), Some(day)) = (parts.pop(), parts.pop()) else { continue };
+            // `scans/service_date=D/NAME` only, as `read_all` reads a
+            // folder: a copy in a deeper folder is no part of the archive.
+            let Some(parts) = object.location.prefix_match(&root) else { continue };
+            let parts: Vec<_> = parts.collect();
+            let [day, name] = &parts[..] else { continue };
             let Some(date) = partition_date(Path::new(day.as_ref())) else { continue };
             if !name.as_ref().ends_with(".parquet") || name.as_ref().starts_with('.') {
                 continue;
@@ -284,10 +301,6 @@ fn folder(path: &Path) -> impl Fn(std::io::Error) -> ArchiveFilesError + '_ {
 
 fn bucket(key: &Key) -> impl Fn(datafusion::object_store::Error) -> ArchiveFilesError + '_ {
     move |source| ArchiveFilesError::Bucket { place: key.to_string(), source }
-}
-
-fn io_bucket(key: &Key, e: std::io::Error) -> ArchiveFilesError {
-    ArchiveFilesError::Folder { place: format!("uploading {key}"), source: e }
 }
 
 fn parquet(place: &str) -> impl Fn(parquet::errors::ParquetError) -> ArchiveFilesError + '_ {

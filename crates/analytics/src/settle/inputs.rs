@@ -84,7 +84,9 @@ pub async fn settleable_scan_files(
     let mut waiting = 0;
     for file in archive.day_files(SCANS_TABLE, date).await? {
         let name = Path::new(&file.name);
-        if positions.is_unfinished_write(name) {
+        // Only a folder's: a bucket's puts are whole, and an object named
+        // so there is a stranger like any other.
+        if archive.local_dir().is_some() && positions.is_unfinished_write(name) {
             continue;
         }
         let Some(ready) = positions.settleable(name) else {

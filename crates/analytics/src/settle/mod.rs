@@ -12,6 +12,7 @@
 
 pub mod edges;
 pub mod inputs;
+pub mod lock;
 pub mod report;
 pub mod riders;
 pub mod riders_file;
@@ -21,14 +22,12 @@ pub mod sql;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::path::Path;
 
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 
 use crate::archive_files::SCANS_TABLE;
-use crate::tables::{ArchiveSource, archive_session, register_files};
+use crate::tables::{archive_session, register_files};
 use farestream_core::archive::schema::scan_schema;
 use farestream_core::charges::ChargeOutcome;
 use farestream_core::clock::UnixMillis;
@@ -40,16 +39,16 @@ use farestream_ingest::archive::checkpoint::{checkpoint_path, read_checkpoint};
 use farestream_ingest::archive::parquet_writer::SUCCESS_MARKER;
 use farestream_ingest::faults::Faults;
 use farestream_ingest::node_id::NodeId;
+use farestream_money::MoneyStore;
 use farestream_money::charges_archive::{ArchivePlace, ChargesRoot, archive_decided_charges, charges_root_in};
 use farestream_money::pricer::reader_name;
-use farestream_money::session_lock::SessionLock;
 use farestream_money::snapshot::{MoneySnapshot, money_snapshot};
-use farestream_money::{MoneyStore, StoreLocation};
 use farestream_shared_archive::SharedStore;
 
 use edges::{Edges, read_edges};
 use farestream_core::fares::RIDE_SQL;
 use inputs::{EarlierRuns, Positions, earlier_runs, settleable_scan_files};
+use lock::settlement_lock;
 use riders::{RiderDay, for_each_rider};
 use riders_file::RidersFile;
 pub use settle_types::{SettleError, SettleSettings, Settled, SharedArchive};
@@ -66,7 +65,7 @@ pub const SETTLEMENT_PARTITIONS_PER_CORE: usize = 1;
 /// Settles `date` as of `now`.
 pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<Settled, SettleError> {
     let archive = settings.archive()?;
-    let _one_at_a_time = settlement_lock(settings, &archive).await?;
+    let lock = settlement_lock(settings, &archive).await?;
     let snapshot = {
         let settings = settings.clone();
         tokio::task::spawn_blocking(move || read_money(&settings, date, now))
@@ -140,67 +139,17 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
         let files =
             new_files.iter().map(|f| FileRow { table: SCANS_TABLE, file: f.name.clone(), rows: f.rows }).collect();
         let riders = walked.riders.finish()?;
-        write_run(&archive, date, RunRows { riders, routes, run: run_row.clone(), files }).await?;
+        write_run((&archive, &lock), date, RunRows { riders, routes, run: run_row.clone(), files }).await?;
         Some(run_row)
     } else {
         drop(walked.riders);
         None
     };
     breaks.sort();
-    write::write_breaks(&archive, date, (run, now), &breaks, &settings.fares.currency).await?;
+    write::write_breaks((&archive, &lock), date, (run, now), &breaks, &settings.fares.currency).await?;
     let extras = report::scan_extras(&ctx, day.window).await?;
     report::finish(settings, &archive, date, new_run, breaks, extras).await
 }
-
-/// One settlement at a time, held until dropped: two runs of one day at
-/// once (the cut-over and an operator's `settle`, or two nodes' cut-overs)
-/// would both be run N, and any two share the tables' `.tmp` folders.
-enum SettlementLock {
-    /// A node's archive: the kernel's lock on a file in it.
-    File { _held: File },
-    /// A cluster's shared archive, which nodes on other machines settle
-    /// too: an advisory lock in the PostgreSQL money store they share (a
-    /// bucket has no lock, and a mount's `flock` may not reach across
-    /// machines).
-    Postgres { _held: SessionLock },
-}
-
-/// The settlement's lock, once it is free. Either kind goes with the
-/// process, so a crashed run holds nothing.
-async fn settlement_lock(settings: &SettleSettings, archive: &ArchiveSource) -> Result<SettlementLock, SettleError> {
-    match (&settings.shared_archive, &settings.store, archive) {
-        (None, _, ArchiveSource::Dir(dir)) => Ok(SettlementLock::File { _held: archive_lock_file(dir).await? }),
-        (Some(_), StoreLocation::Postgres(config), _) => {
-            let config = (**config).clone();
-            // Waited for on a blocking thread, as the file's lock is.
-            let held = tokio::task::spawn_blocking(move || SessionLock::acquire(&config, SETTLEMENT_LOCK_KEY))
-                .await
-                .map_err(|e| SettleError::Output(format!("waiting for the settlement lock: {e}")))??;
-            Ok(SettlementLock::Postgres { _held: held })
-        }
-        _ => Err(SettleError::Input(
-            "a cluster's settlement needs payments.money_store on PostgreSQL, as cluster.enabled does".into(),
-        )),
-    }
-}
-
-/// The advisory lock a cluster's settlement holds ("settle!!" in ASCII).
-pub const SETTLEMENT_LOCK_KEY: i64 = 0x7365_7474_6c65_2121;
-
-/// The lock on `SETTLEMENT_LOCK_FILE` in a node's archive.
-async fn archive_lock_file(archive_dir: &Path) -> Result<File, SettleError> {
-    let path = archive_dir.join(SETTLEMENT_LOCK_FILE);
-    let io = |e: &dyn std::fmt::Display| SettleError::Output(format!("{}: {e}", path.display()));
-    std::fs::create_dir_all(archive_dir).map_err(|e| io(&e))?;
-    let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path).map_err(|e| io(&e))?;
-    // Waited for on a blocking thread: the run that holds it may be a
-    // future polled by this very thread (two settlements in one task).
-    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await.map_err(|e| io(&e))?;
-    locked.map_err(|e| io(&e))
-}
-
-/// The settlement lock's file in `DATA_DIR/archive`.
-pub const SETTLEMENT_LOCK_FILE: &str = ".settlement.lock";
 
 /// Flushes decided charges into the data dir's charges archive, then
 /// reads the store's side in one snapshot (blocking: off the async

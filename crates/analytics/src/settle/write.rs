@@ -13,6 +13,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 
+use super::lock::SettlementLock;
 use super::riders_file::{FinishedRiders, run_file_name};
 use super::settle_types::SettleError;
 use super::settlement_tables::{ARREARS_OUTSTANDING, FIGURES, figures_to};
@@ -204,7 +205,7 @@ const BREAKS_FILE: &str = "breaks.parquet";
 /// earlier `settle` found; with no breaks, an earlier file is replaced by
 /// an empty one (the day is mended) and none is made otherwise.
 pub async fn write_breaks(
-    archive: &ArchiveSource,
+    (archive, lock): (&ArchiveSource, &SettlementLock),
     date: NaiveDate,
     (run, found_at): (u32, UnixMillis),
     breaks: &[Break],
@@ -215,20 +216,30 @@ pub async fn write_breaks(
         return Ok(());
     }
     let bytes = parquet_bytes(&breaks_batch(run, found_at, breaks, currency)?)?;
+    lock.confirm().await?;
     Ok(archive.put(table, date, BREAKS_FILE, bytes).await?)
 }
 
-/// Writes the run: files, riders and routes first, the runs row last.
-pub async fn write_run(archive: &ArchiveSource, date: NaiveDate, rows: RunRows) -> Result<(), SettleError> {
+/// Writes the run: files, riders and routes first, the runs row last,
+/// each only while `lock` is still held.
+pub async fn write_run(
+    (archive, lock): (&ArchiveSource, &SettlementLock),
+    date: NaiveDate,
+    rows: RunRows,
+) -> Result<(), SettleError> {
     let run = rows.run.run;
     let name = run_file_name(run);
     let files = parquet_bytes(&files_batch(run, &rows.files)?)?;
+    lock.confirm().await?;
     archive.put(SettlementTable::Files.name(), date, &name, files).await?;
+    lock.confirm().await?;
     archive.put_staged(SettlementTable::Riders.name(), date, &name, &rows.riders.tmp).await?;
     for (table, batch) in
         [(SettlementTable::Routes, routes_batch(run, &rows.routes)?), (SettlementTable::Runs, run_batch(&rows.run)?)]
     {
-        archive.put(table.name(), date, &name, parquet_bytes(&batch)?).await?;
+        let bytes = parquet_bytes(&batch)?;
+        lock.confirm().await?;
+        archive.put(table.name(), date, &name, bytes).await?;
     }
     Ok(())
 }
