@@ -26,6 +26,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::cluster_s3::query_csv;
 use crate::money::postgres_database_url;
@@ -147,12 +148,37 @@ impl Rig {
         SettleSettings { data_dir: other.to_path_buf(), memory, ..self.settings.clone() }
     }
 
+    /// This node's settlement, started with the bucket's answers held,
+    /// once it holds the cluster's lock: its task, and the lock's pid.
+    async fn first_settlement_held_at_the_bucket(&self) -> (JoinHandle<Outcome>, i64) {
+        self.proxy.as_ref().expect("proxied").pause(true);
+        let first = settle_in_background(self.settings.clone());
+        (first, lock_holder(self, 0).await.expect("the first settlement takes the lock"))
+    }
+
     fn staged(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.settings.scratch_dir().join("settlements")) {
             Ok(entries) => entries.map(|e| e.expect("entry").path()).collect(),
             Err(_) => Vec::new(),
         }
     }
+}
+
+type Outcome = Result<Settled, farestream_analytics::settle::SettleError>;
+
+/// A settlement of the day, on a task of its own.
+fn settle_in_background(settings: SettleSettings) -> JoinHandle<Outcome> {
+    tokio::spawn(async move { settle_day(&settings, day(), T0_MS).await })
+}
+
+/// The run a settlement wrote, if it settled and wrote one.
+fn run_written(outcome: &Outcome) -> Option<u32> {
+    outcome.as_ref().ok().and_then(|s| s.new_run.as_ref().map(|r| r.run))
+}
+
+/// What a settlement's task ended with, within 120 s.
+async fn outcome_of(task: JoinHandle<Outcome>) -> Outcome {
+    tokio::time::timeout(Duration::from_secs(120), task).await.expect("the settlement ends").expect("its task")
 }
 
 /// Each statement's first row's first column (`-1` for a statement with
@@ -382,31 +408,20 @@ async fn lock_holder(rig: &Rig, not: i64) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settlement_whose_lock_connection_died_does_not_write_beside_the_next_holder() {
     let Some(rig) = Rig::start(PREFIX, true, Timeouts(30_000, 1, 60_000)).await else { return };
-    let proxy = rig.proxy.as_ref().expect("proxied");
-    proxy.pause(true);
-    let first = tokio::spawn({
-        let settings = rig.settings.clone();
-        async move { settle_day(&settings, day(), T0_MS).await }
-    });
-    let a = lock_holder(&rig, 0).await.expect("the first settlement takes the lock");
+    let (first, a) = rig.first_settlement_held_at_the_bucket().await;
     tokio::time::sleep(Duration::from_millis(500)).await; // on to the bucket, which holds its answer
     assert!(!first.is_finished(), "the first settlement waits on the bucket");
     let ended = rig.sql(&[&format!("SELECT count(pg_terminate_backend(pid)) {LOCK_ROW}")]).await[0];
     assert_eq!(ended, 1, "the lock's connection ended");
     let node_b = tempfile::tempdir().expect("node b's data dir");
-    let second = tokio::spawn({
-        let settings = rig.other_node(node_b.path());
-        async move { settle_day(&settings, day(), T0_MS).await }
-    });
+    let second = settle_in_background(rig.other_node(node_b.path()));
     let b = lock_holder(&rig, a).await.expect("the second settlement takes the free lock");
     assert!(!first.is_finished(), "the first is still in the middle of its run (lock holder now {b})");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.pause(false);
-    let first = tokio::time::timeout(Duration::from_secs(120), first).await.expect("the first ends").expect("task");
-    let second = tokio::time::timeout(Duration::from_secs(120), second).await.expect("the second ends").expect("task");
-    let second = second.expect("the lock's holder settles");
-    let first_wrote = first.as_ref().ok().and_then(|s| s.new_run.as_ref().map(|r| r.run));
-    let second_wrote = second.new_run.as_ref().map(|r| r.run);
+    rig.proxy.as_ref().expect("proxied").pause(false);
+    let (first, second) = (outcome_of(first).await, outcome_of(second).await);
+    assert!(second.is_ok(), "the lock's holder settles: {second:?}");
+    let (first_wrote, second_wrote) = (run_written(&first), run_written(&second));
     assert!(
         first_wrote.is_none() || second_wrote.is_none(),
         "two settlements wrote the day at once: the one whose lock had gone wrote run {first_wrote:?}, the lock's \
@@ -609,27 +624,15 @@ async fn an_idle_session_timeout_frees_the_lock_of_a_settlement_still_running() 
         "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET idle_session_timeout = ''1s''', current_database()); END $$",
     ])
     .await;
-    let proxy = rig.proxy.as_ref().expect("proxied");
-    proxy.pause(true);
-    let first = tokio::spawn({
-        let settings = rig.settings.clone();
-        async move { settle_day(&settings, day(), T0_MS).await }
-    });
-    let a = lock_holder(&rig, 0).await.expect("the first settlement takes the lock");
+    let (first, a) = rig.first_settlement_held_at_the_bucket().await;
     tokio::time::sleep(Duration::from_millis(2_500)).await; // the run waits on the bucket; its lock sits idle
     assert!(!first.is_finished(), "the first settlement waits on the bucket");
     let node_b = tempfile::tempdir().expect("node b's data dir");
-    let second = tokio::spawn({
-        let settings = rig.other_node(node_b.path());
-        async move { settle_day(&settings, day(), T0_MS).await }
-    });
+    let second = settle_in_background(rig.other_node(node_b.path()));
     let b = lock_holder(&rig, a).await;
-    proxy.pause(false);
-    let first = tokio::time::timeout(Duration::from_secs(120), first).await.expect("the first ends").expect("task");
-    let second = tokio::time::timeout(Duration::from_secs(120), second).await.expect("the second ends").expect("task");
-    type Outcome = Result<Settled, farestream_analytics::settle::SettleError>;
-    let wrote = |s: &Outcome| s.as_ref().ok().and_then(|s| s.new_run.as_ref().map(|r| r.run));
-    let (first_wrote, second_wrote) = (wrote(&first), wrote(&second));
+    rig.proxy.as_ref().expect("proxied").pause(false);
+    let (first, second) = (outcome_of(first).await, outcome_of(second).await);
+    let (first_wrote, second_wrote) = (run_written(&first), run_written(&second));
     assert!(
         b.is_none() && (first_wrote.is_none() || second_wrote.is_none()),
         "the first run's lock went idle and was ended; a second took it (pid {b:?}) while the first still ran; \

@@ -17,13 +17,16 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use tokio::io::AsyncWriteExt;
 
 use crate::tables::ArchiveSource;
-use farestream_core::cluster::archive_location::ArchiveLocation;
+use farestream_core::cluster::archive_location::key_under;
 use farestream_core::scan::ArchivedScan;
 use farestream_ingest::archive::ArchiveError;
 use farestream_ingest::archive::checkpoint::{rename_durably, replace_durably};
-use farestream_ingest::archive::parquet_writer::{SUCCESS_MARKER, open_files_dir, partition_date, partition_dir};
+use farestream_ingest::archive::parquet_writer::{
+    SUCCESS_MARKER, open_files_dir, partition_date, partition_dir, partition_dir_name,
+};
 use farestream_ingest::archive::read::{read_all, scans_in};
 use farestream_ingest::faults::Faults;
+use farestream_shared_archive::SharedStore;
 
 /// The scans table's folder in an archive.
 pub const SCANS_TABLE: &str = "scans";
@@ -104,10 +107,9 @@ impl ArchiveSource {
     pub async fn day_files(&self, table: &str, date: NaiveDate) -> Result<Vec<ArchiveFile>, ArchiveFilesError> {
         let mut files = match self {
             ArchiveSource::Dir(dir) => folder_files(&partition_dir(&dir.join(table), date))?,
-            ArchiveSource::Bucket { location, client } => {
-                let folder = day_key(location, table, date, None)?;
+            ArchiveSource::Bucket { bucket: bucket_name, prefix, client } => {
+                let folder = day_key(prefix, table, date, None)?;
                 let listing = client.list_with_delimiter(Some(&folder)).await.map_err(bucket(&folder))?;
-                let bucket_name = bucket_of(location);
                 // A folder in the day's folder is no file: named, as in a
                 // folder's archive, never passed over.
                 if let Some(inner) = listing.common_prefixes.first() {
@@ -140,8 +142,8 @@ impl ArchiveSource {
                 let path = partition_dir(&dir.join(table), date).join(name);
                 path.try_exists().map_err(folder(&path))
             }
-            ArchiveSource::Bucket { location, client } => {
-                let key = day_key(location, table, date, Some(name))?;
+            ArchiveSource::Bucket { prefix, client, .. } => {
+                let key = day_key(prefix, table, date, Some(name))?;
                 match client.head(&key).await {
                     Ok(_) => Ok(true),
                     Err(datafusion::object_store::Error::NotFound { .. }) => Ok(false),
@@ -159,8 +161,8 @@ impl ArchiveSource {
                 let (path, root) = made_folder(dir, table, date, name)?;
                 replace_durably(&path, &open_files_dir(&root), &bytes, &Faults::default())?;
             }
-            ArchiveSource::Bucket { location, client } => {
-                let key = day_key(location, table, date, Some(name))?;
+            ArchiveSource::Bucket { prefix, client, .. } => {
+                let key = day_key(prefix, table, date, Some(name))?;
                 client.put(&key, bytes.into()).await.map_err(bucket(&key))?;
             }
         }
@@ -182,8 +184,8 @@ impl ArchiveSource {
                 let (path, _) = made_folder(dir, table, date, name)?;
                 rename_durably(staged, &path, &Faults::default())?;
             }
-            ArchiveSource::Bucket { location, client } => {
-                let key = day_key(location, table, date, Some(name))?;
+            ArchiveSource::Bucket { prefix, client, .. } => {
+                let key = day_key(prefix, table, date, Some(name))?;
                 let mut file = tokio::fs::File::open(staged).await.map_err(folder(staged))?;
                 let mut upload = BufWriter::new(Arc::clone(client), key.clone());
                 let failed =
@@ -203,6 +205,15 @@ impl ArchiveSource {
         Ok(())
     }
 
+    /// The archive as the nodes' shared store (what the charges archive
+    /// writes a cluster's charges through), on this source's client.
+    pub fn shared_store(&self) -> Result<SharedStore, datafusion::object_store::Error> {
+        match self {
+            ArchiveSource::Dir(dir) => SharedStore::local(dir),
+            ArchiveSource::Bucket { prefix, client, .. } => SharedStore::in_bucket(Arc::clone(client), prefix),
+        }
+    }
+
     /// Where a file of `table` is built before [`ArchiveSource::put_staged`]
     /// moves it in: the table's own `.tmp` (a rename's, on its file
     /// system) for a folder, `scratch` (the data dir's) for a bucket.
@@ -215,11 +226,11 @@ impl ArchiveSource {
 
     /// Every scan of the archive, read whole (the audit's input).
     pub async fn all_scans(&self) -> Result<Vec<ArchivedScan>, ArchiveFilesError> {
-        let (location, client) = match self {
+        let (prefix, client) = match self {
             ArchiveSource::Dir(dir) => return Ok(read_all(&dir.join(SCANS_TABLE))?),
-            ArchiveSource::Bucket { location, client } => (location, client),
+            ArchiveSource::Bucket { prefix, client, .. } => (prefix, client),
         };
-        let root = Key::parse(table_key(location, SCANS_TABLE)).map_err(|e| bucket(&Key::default())(e.into()))?;
+        let root = parse_key(key_under(prefix, SCANS_TABLE))?;
         let objects: Vec<_> = client.list(Some(&root)).try_collect().await.map_err(bucket(&root))?;
         let mut rows = Vec::new();
         for object in objects {
@@ -240,35 +251,18 @@ impl ArchiveSource {
     }
 }
 
-/// The key of `table`'s folder of `date` in the bucket `location`, or of
-/// the file `name` in it.
-fn day_key(
-    location: &ArchiveLocation,
-    table: &str,
-    date: NaiveDate,
-    name: Option<&str>,
-) -> Result<Key, ArchiveFilesError> {
-    let folder = format!("{}/service_date={date}", table_key(location, table));
-    let key = match name {
+/// The key of `table`'s folder of `date` under `prefix`, or of the file
+/// `name` in it.
+fn day_key(prefix: &str, table: &str, date: NaiveDate, name: Option<&str>) -> Result<Key, ArchiveFilesError> {
+    let folder = key_under(prefix, &format!("{table}/{}", partition_dir_name(date)));
+    parse_key(match name {
         Some(name) => format!("{folder}/{name}"),
         None => folder,
-    };
+    })
+}
+
+fn parse_key(key: String) -> Result<Key, ArchiveFilesError> {
     Key::parse(&key).map_err(|e| ArchiveFilesError::Bucket { place: key, source: e.into() })
-}
-
-/// `PREFIX/TABLE`, or `TABLE` at a bucket's root.
-fn table_key(location: &ArchiveLocation, table: &str) -> String {
-    match location {
-        ArchiveLocation::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{table}"),
-        _ => table.to_string(),
-    }
-}
-
-fn bucket_of(location: &ArchiveLocation) -> &str {
-    match location {
-        ArchiveLocation::S3 { bucket, .. } => bucket,
-        ArchiveLocation::Local(_) => "",
-    }
 }
 
 /// `name` in `table`'s folder of `date` under `dir`, the folder made, and

@@ -22,7 +22,7 @@ use crate::archive_files::SCANS_TABLE;
 use crate::settle::settlement_tables::{SettlementTable, settlement_schema};
 use farestream_core::archive::charge_rows::charge_schema;
 use farestream_core::archive::schema::scan_schema;
-use farestream_core::cluster::archive_location::{ArchiveLocation, ObjectStoreSettings};
+use farestream_core::cluster::archive_location::{ArchiveLocation, ObjectStoreSettings, key_under};
 use farestream_shared_archive::s3_bucket;
 
 /// The partition column every archive table has.
@@ -52,7 +52,7 @@ pub fn archive_tables() -> Vec<ArchiveTable> {
 #[derive(Clone)]
 pub enum ArchiveSource {
     Dir(PathBuf),
-    Bucket { location: ArchiveLocation, client: Arc<dyn ObjectStore> },
+    Bucket { bucket: String, prefix: String, client: Arc<dyn ObjectStore> },
 }
 
 impl ArchiveSource {
@@ -66,8 +66,9 @@ impl ArchiveSource {
     pub fn open(location: &ArchiveLocation, client: &ObjectStoreSettings) -> Result<ArchiveSource, DataFusionError> {
         Ok(match location {
             ArchiveLocation::Local(dir) => ArchiveSource::Dir(dir.clone()),
-            ArchiveLocation::S3 { bucket, .. } => ArchiveSource::Bucket {
-                location: location.clone(),
+            ArchiveLocation::S3 { bucket, prefix } => ArchiveSource::Bucket {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
                 client: s3_bucket(bucket, client).map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?,
             },
         })
@@ -83,7 +84,7 @@ impl ArchiveSource {
 
     /// Makes the bucket's client the one `ctx` reads `s3://BUCKET` with.
     fn register_bucket(&self, ctx: &SessionContext) -> Result<(), DataFusionError> {
-        if let ArchiveSource::Bucket { location: ArchiveLocation::S3 { bucket, .. }, client } = self {
+        if let ArchiveSource::Bucket { bucket, client, .. } = self {
             let url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
             ctx.register_object_store(url.as_ref(), Arc::clone(client));
         }
@@ -94,7 +95,9 @@ impl ArchiveSource {
     fn table_url(&self, name: &str) -> Result<ListingTableUrl, DataFusionError> {
         match self {
             ArchiveSource::Dir(dir) => ListingTableUrl::parse(format!("{}/", absolute(&dir.join(name))?.display())),
-            ArchiveSource::Bucket { location, .. } => ListingTableUrl::parse(location.table_url(name)),
+            ArchiveSource::Bucket { bucket, prefix, .. } => {
+                ListingTableUrl::parse(format!("s3://{bucket}/{}/", key_under(prefix, name)))
+            }
         }
     }
 }

@@ -46,15 +46,17 @@ impl SharedStore {
     ) -> Result<SharedStore, object_store::Error> {
         match location {
             ArchiveLocation::Local(dir) => SharedStore::local(dir),
-            ArchiveLocation::S3 { bucket, prefix } => {
-                let bucket = s3_bucket(bucket, settings)?;
-                let store: Arc<dyn ObjectStore> = match prefix.is_empty() {
-                    true => bucket,
-                    false => Arc::new(PrefixStore::new(bucket, StorePath::parse(prefix)?)),
-                };
-                Ok(SharedStore { store, local_root: None })
-            }
+            ArchiveLocation::S3 { bucket, prefix } => SharedStore::in_bucket(s3_bucket(bucket, settings)?, prefix),
         }
+    }
+
+    /// The keys under `prefix` of the bucket `bucket` is the client of.
+    pub fn in_bucket(bucket: Arc<dyn ObjectStore>, prefix: &str) -> Result<SharedStore, object_store::Error> {
+        let store: Arc<dyn ObjectStore> = match prefix.is_empty() {
+            true => bucket,
+            false => Arc::new(PrefixStore::new(bucket, StorePath::parse(prefix)?)),
+        };
+        Ok(SharedStore { store, local_root: None })
     }
 
     /// The store at a local path (made when missing).

@@ -27,7 +27,7 @@ use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 
 use crate::archive_files::SCANS_TABLE;
-use crate::tables::{archive_session, register_files};
+use crate::tables::{ArchiveSource, archive_session, register_files};
 use farestream_core::archive::schema::scan_schema;
 use farestream_core::charges::ChargeOutcome;
 use farestream_core::clock::UnixMillis;
@@ -43,7 +43,6 @@ use farestream_money::MoneyStore;
 use farestream_money::charges_archive::{ArchivePlace, ChargesRoot, archive_decided_charges, charges_root_in};
 use farestream_money::pricer::reader_name;
 use farestream_money::snapshot::{MoneySnapshot, money_snapshot};
-use farestream_shared_archive::SharedStore;
 
 use edges::{Edges, read_edges};
 use farestream_core::fares::RIDE_SQL;
@@ -67,8 +66,8 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
     let archive = settings.archive()?;
     let lock = settlement_lock(settings, &archive).await?;
     let snapshot = {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || read_money(&settings, date, now))
+        let (settings, archive) = (settings.clone(), archive.clone());
+        tokio::task::spawn_blocking(move || read_money(&settings, &archive, date, now))
             .await
             .map_err(|e| SettleError::Output(format!("reading the money store stopped: {e}")))??
     };
@@ -154,16 +153,20 @@ pub async fn settle_day(settings: &SettleSettings, date: NaiveDate, now: UnixMil
 /// Flushes decided charges into the data dir's charges archive, then
 /// reads the store's side in one snapshot (blocking: off the async
 /// threads, as a PostgreSQL store must be).
-fn read_money(settings: &SettleSettings, date: NaiveDate, now: UnixMillis) -> Result<MoneySnapshot, SettleError> {
+fn read_money(
+    settings: &SettleSettings,
+    archive: &ArchiveSource,
+    date: NaiveDate,
+    now: UnixMillis,
+) -> Result<MoneySnapshot, SettleError> {
     let data_dir = &settings.data_dir;
     let mut store = MoneyStore::open(&settings.store, settings.store_busy_wait)?;
     let node = NodeId::load_or_create(data_dir, &Faults::default())
         .map_err(|e| SettleError::Output(format!("the data dir's node id: {e}")))?;
-    let root = match &settings.shared_archive {
-        None => ChargesRoot::Dir(charges_root_in(&data_dir.join("archive"))),
-        Some(shared) => ChargesRoot::Shared(
-            SharedStore::open(&shared.location, &shared.client)
-                .map_err(|e| SettleError::Output(format!("the shared archive: {e}")))?,
+    let root = match (&settings.shared_archive, archive) {
+        (None, ArchiveSource::Dir(dir)) => ChargesRoot::Dir(charges_root_in(dir)),
+        _ => ChargesRoot::Shared(
+            archive.shared_store().map_err(|e| SettleError::Output(format!("the shared archive: {e}")))?,
             tokio::runtime::Handle::current(),
         ),
     };

@@ -76,9 +76,17 @@ impl ArchiveLocation {
     pub fn table_url(&self, name: &str) -> String {
         match self {
             ArchiveLocation::Local(dir) => format!("{}/", dir.join(name).display()),
-            ArchiveLocation::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}/{name}/"),
-            ArchiveLocation::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}/{name}/"),
+            ArchiveLocation::S3 { bucket, prefix } => format!("s3://{bucket}/{}/", key_under(prefix, name)),
         }
+    }
+}
+
+/// The key of `rest` (a table, a file in it) under an archive's `prefix`:
+/// `PREFIX/REST`, or `REST` at the bucket's root (`prefix` empty).
+pub fn key_under(prefix: &str, rest: &str) -> String {
+    match prefix.is_empty() {
+        true => rest.to_string(),
+        false => format!("{prefix}/{rest}"),
     }
 }
 
