@@ -207,20 +207,52 @@ ensure_nats() {
 # stores and logs under DIR (FARESTREAM_NATS_BIN runs them; ensure_nats
 # first). Sets $nats_pids (by server, 0 to 2) and $nats_urls (quoted, for
 # a TOML array). Server I stops with `kill -9 "${nats_pids[I]}"` and
-# starts again on its store with `start_nats_server DIR I`.
+# starts again on its store with `restart_nats_server DIR I`.
+#
+# The ports are below Linux's ephemeral range (32768 and up): there a
+# port was once taken by some connection's own end, a server exited at
+# start ("address already in use"), and the cluster ran on two of three
+# until a kill took its quorum. A start where any server is not up is
+# made again on other ports, up to 5 times.
 start_nats_cluster() {
-  local dir=$1 i routes=""
-  nats_first_port=$((33000 + RANDOM % 8000))
-  nats_pids=() nats_urls=()
-  for i in 0 1 2; do routes+="nats-route://127.0.0.1:$((nats_first_port + 10 + i)),"; done
-  for i in 0 1 2; do
-    mkdir -p "$dir/n$i"
-    printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s", max_file_store: 8GB }\ncluster { name: farestream, listen: 127.0.0.1:%s, routes: [%s] }\n' \
-      "$i" "$((nats_first_port + i))" "$dir/n$i" "$((nats_first_port + 10 + i))" "${routes%,}" > "$dir/n$i.conf"
-    start_nats_server "$dir" "$i"
-    nats_urls+=("\"nats://127.0.0.1:$((nats_first_port + i))\"")
+  local dir=$1 i try routes
+  for try in 1 2 3 4 5; do
+    nats_first_port=$((20000 + RANDOM % 9000))
+    nats_pids=() nats_urls=() routes=""
+    rm -rf "$dir"
+    for i in 0 1 2; do routes+="nats-route://127.0.0.1:$((nats_first_port + 10 + i)),"; done
+    for i in 0 1 2; do
+      mkdir -p "$dir/n$i"
+      printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s", max_file_store: 8GB }\ncluster { name: farestream, listen: 127.0.0.1:%s, routes: [%s] }\n' \
+        "$i" "$((nats_first_port + i))" "$dir/n$i" "$((nats_first_port + 10 + i))" "${routes%,}" > "$dir/n$i.conf"
+      start_nats_server "$dir" "$i"
+      nats_urls+=("\"nats://127.0.0.1:$((nats_first_port + i))\"")
+    done
+    if nats_server_up 0 && nats_server_up 1 && nats_server_up 2; then
+      sleep 3
+      return 0
+    fi
+    echo "the NATS cluster did not start on ports from $nats_first_port (try $try):"
+    explain_nats_cluster "$dir"
+    for i in 0 1 2; do kill -9 "${nats_pids[$i]}" 2>/dev/null || true; wait "${nats_pids[$i]}" 2>/dev/null || true; done
   done
-  sleep 3
+  exit 1
+}
+
+# Whether NATS server $1 takes connections within 5 s and is still
+# running a moment later (one whose route port is taken exits then).
+nats_server_up() {
+  local i=$1
+  for _ in $(seq 1 50); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$((nats_first_port + i))") 2>/dev/null; then
+      sleep 0.5
+      kill -0 "${nats_pids[$i]}" 2>/dev/null && return 0
+      return 1
+    fi
+    kill -0 "${nats_pids[$i]}" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
 }
 
 start_nats_server() {
@@ -236,11 +268,7 @@ restart_nats_server() {
   local dir=$1 i=$2 try
   for try in 1 2 3 4 5; do
     start_nats_server "$dir" "$i"
-    for _ in $(seq 1 50); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$((nats_first_port + i))") 2>/dev/null && return 0
-      kill -0 "${nats_pids[$i]}" 2>/dev/null || break
-      sleep 0.1
-    done
+    nats_server_up "$i" && return 0
     kill -9 "${nats_pids[$i]}" 2>/dev/null || true
     wait "${nats_pids[$i]}" 2>/dev/null || true
     echo "NATS server n$i did not take connections after a restart (try $try):"
