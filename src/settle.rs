@@ -22,7 +22,7 @@ pub fn settle_settings(config: &Config, data_dir: &Path) -> Result<SettleSetting
         fares: load_fares(fares_file)?,
         service_day: config.service_day_policy()?,
         store_busy_wait: Duration::from_millis(config.payments.store_busy_wait_ms),
-        charges_batch_max: config.payments.charges_archive_batch_charges_max,
+        charges_batches: farestream_server::charges_archive_batches(config),
         memory: farestream_analytics::tables::MemoryBudget::of(data_dir, &config.settlement),
         shared_archive: match config.cluster.enabled {
             true => Some(SharedArchive {

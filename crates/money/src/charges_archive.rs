@@ -9,7 +9,11 @@
 //! a charge is in the archive once. A charge still `failed` waits: the
 //! archive holds outcomes, not attempts. In a cluster the files go into
 //! the shared archive's store instead (`charges/service_date=…/`, each
-//! put whole), each node's batches numbered apart.
+//! put whole), each node's batches numbered apart; there a batch whose
+//! node stopped claiming it (died, never came back) is taken over by
+//! another once its claim is `claim_stale_ms` old: every node
+//! puts a batch's files under the same names, so the charges are still
+//! in the archive once.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -72,7 +76,7 @@ pub struct ChargesArchive {
     pub root: ChargesRoot,
     /// This server's data dir: its batches are its own.
     pub node: NodeId,
-    pub batch_charges_max: usize,
+    pub batches: BatchLimits,
     pub faults: std::sync::Arc<Faults>,
     pub clock: std::sync::Arc<dyn farestream_ingest::clock_source::Clock>,
 }
@@ -82,8 +86,22 @@ impl ChargesArchive {
     pub fn run_once(&self) -> Result<u64, ChargesArchiveError> {
         let mut store = farestream_core::sync::lock(&self.store);
         let place = ArchivePlace { root: &self.root, node: &self.node };
-        archive_decided_charges(&mut store, place, self.batch_charges_max, self.clock.now_ms(), &self.faults)
+        archive_decided_charges(&mut store, place, self.batches, self.clock.now_ms(), &self.faults)
     }
+}
+
+/// How charges are claimed into batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// The most charges one batch holds
+    /// (`payments.charges_archive_batch_charges_max`).
+    pub charges_max: usize,
+    /// How old, in ms by the claiming node's clock, another node's claim
+    /// on an unfinished batch must be for a node writing into a shared
+    /// archive to take it over (`payments.charges_archive_claim_stale_ms`).
+    /// A node renews its claim each round it works on the batch, so only
+    /// a node that stopped (died, or cannot reach the store) loses it.
+    pub claim_stale_ms: i64,
 }
 
 /// Where a server's charges archive is: the directory its files go to
@@ -98,13 +116,20 @@ pub struct ArchivePlace<'a> {
 pub fn archive_decided_charges(
     store: &mut MoneyStore,
     place: ArchivePlace<'_>,
-    batch_charges_max: usize,
+    limits: BatchLimits,
     now: UnixMillis,
     faults: &Faults,
 ) -> Result<u64, ChargesArchiveError> {
+    // Only where every node puts a batch under the same names: in a
+    // node's own archive dir the batch's files may already be in the
+    // other node's dir, and a second copy would count its charges twice.
+    let takeover = match place.root {
+        ChargesRoot::Shared(..) => Takeover::ClaimedBy(now.saturating_sub(limits.claim_stale_ms)),
+        ChargesRoot::Dir(_) => Takeover::Never,
+    };
     let mut archived = 0;
     loop {
-        let claimed = store.in_transaction(|tx| claim_batch(tx, place.node, batch_charges_max))?;
+        let claimed = store.in_transaction(|tx| claim_batch(tx, place.node, limits.charges_max, now, takeover))?;
         let Some(batch) = claimed else { return Ok(archived) };
         let rows = archive_batch(&mut store.db(), batch)?;
         write_charges_batch(place.root, batch, &rows, faults)?;
@@ -115,16 +140,33 @@ pub fn archive_decided_charges(
     }
 }
 
-/// This node's batch left unfinished by a crash, or a new one of decided
-/// charges, the oldest written first: `charges_by_archive_batch` holds the
-/// unarchived ones in write order (migration 14), so the claim reads them
-/// in index order rather than sorting them all. Claims are taken one at a
-/// time ([`Lock::ChargesArchive`]): batch numbers are unique across the
-/// nodes of one store, and a charge is in one node's batch.
-fn claim_batch(tx: &mut dyn Db, node: &NodeId, batch_charges_max: usize) -> Result<Option<i64>, StoreError> {
+/// Which other nodes' unfinished batches a node may take over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    Never,
+    /// Those last claimed at or before this moment (Unix ms), or before
+    /// migration 17 recorded claim times.
+    ClaimedBy(UnixMillis),
+}
+
+/// This node's batch left unfinished by a crash, another node's whose
+/// claim went stale (`takeover`), or a new one of decided charges, the
+/// oldest written first: `charges_by_archive_batch` holds the unarchived
+/// ones in write order (migration 14), so the claim reads them in index
+/// order rather than sorting them all. Claims are taken one at a time
+/// ([`Lock::ChargesArchive`]): batch numbers are unique across the nodes
+/// of one store, and a charge is in one batch. Each claim, a renewal
+/// included, records `now`, so a node working on its batch keeps it.
+fn claim_batch(
+    tx: &mut dyn Db,
+    node: &NodeId,
+    batch_charges_max: usize,
+    now: UnixMillis,
+    takeover: Takeover,
+) -> Result<Option<i64>, StoreError> {
     tx.lock(Lock::ChargesArchive)?;
     let node = Value::Text(node.as_str());
-    let unfinished = tx
+    let own = tx
         .query_one(
             "SELECT min(archive_batch) FROM charges
              WHERE archive_batch IS NOT NULL AND archived_at IS NULL
@@ -132,20 +174,48 @@ fn claim_batch(tx: &mut dyn Db, node: &NodeId, batch_charges_max: usize) -> Resu
             &[node],
         )?
         .opt_int(0)?;
-    if unfinished.is_some() {
-        return Ok(unfinished);
+    let unfinished = match own {
+        Some(batch) => Some(batch),
+        None => stale_batch(tx, takeover)?,
+    };
+    if let Some(batch) = unfinished {
+        tx.execute(
+            "UPDATE charges SET archive_node = ?2, archive_claimed_at = ?3 WHERE archive_batch = ?1",
+            &[batch.into(), node, now.into()],
+        )?;
+        return Ok(Some(batch));
     }
     let next = tx.query_one("SELECT coalesce(max(archive_batch), 0) + 1 FROM charges", &[])?.int(0)?;
     let claimed = tx.execute(
         &format!(
-            "UPDATE charges SET archive_batch = ?1, archive_node = ?2 WHERE charge_seq IN (
+            "UPDATE charges SET archive_batch = ?1, archive_node = ?2, archive_claimed_at = ?4 WHERE charge_seq IN (
                  SELECT charge_seq FROM charges
                  WHERE archive_batch IS NULL AND outcome NOT IN {UNDECIDED_OUTCOMES_SQL}
                  ORDER BY charge_seq LIMIT ?3)"
         ),
-        &[next.into(), node, Value::Int(i64::try_from(batch_charges_max).unwrap_or(i64::MAX))],
+        &[next.into(), node, Value::Int(i64::try_from(batch_charges_max).unwrap_or(i64::MAX)), now.into()],
     )?;
     Ok((claimed > 0).then_some(next))
+}
+
+/// Another node's unfinished batch whose claim is as old as `takeover`
+/// allows, the oldest first; logged and counted when found.
+fn stale_batch(tx: &mut dyn Db, takeover: Takeover) -> Result<Option<i64>, StoreError> {
+    let Takeover::ClaimedBy(by) = takeover else { return Ok(None) };
+    let Some(row) = tx.query_opt(
+        "SELECT archive_batch, archive_node FROM charges
+         WHERE archive_batch IS NOT NULL AND archived_at IS NULL
+           AND (archive_claimed_at IS NULL OR archive_claimed_at <= ?1)
+         ORDER BY archive_batch LIMIT 1",
+        &[by.into()],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (batch, from) = (row.int(0)?, row.opt_text(1)?.unwrap_or_default());
+    tracing::warn!(batch, from_node = %from, "taking over a charges-archive batch whose node stopped claiming it");
+    crate::money_metrics::charges_archive_batch_taken_over();
+    Ok(Some(batch))
 }
 
 /// The charges archive's encoding, chosen with the scans archive's (see
@@ -223,135 +293,5 @@ fn encode_charges(rows: &[ChargeRecord], path: &Path) -> Result<Vec<u8>, Archive
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_cluster::on_each_engine;
-    use farestream_ingest::archive::read::{archive_files, read_all_charges};
-
-    fn insert(store: &mut MoneyStore, n: u8, date_days: i64, outcome: &str) {
-        let id = [n; 16];
-        store
-            .db()
-            .execute(
-                "INSERT INTO charges (charge_id, card_id, service_date, kind, amount_cents, currency, scan_ids,
-                                      created_at, outcome, next_attempt_at)
-                 VALUES (?1, 7, ?2, 'ride', 300, 'CNY', ?3, 1, ?4, 0)",
-                &[Value::Bytes(&id), date_days.into(), Value::Bytes(&id), Value::Text(outcome)],
-            )
-            .expect("insert");
-    }
-
-    fn node(n: u8) -> NodeId {
-        NodeId::parse(&format!("{n:02x}").repeat(16)).expect("a node id")
-    }
-
-    #[test]
-    fn a_batch_cut_short_by_a_crash_is_written_again_under_the_same_names_and_undecided_charges_wait() {
-        on_each_engine(|store, engine| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            insert(store, 1, 20_000, "succeeded");
-            insert(store, 2, 20_001, "declined");
-            insert(store, 3, 20_001, "nothing_due");
-            insert(store, 4, 20_001, "failed");
-            insert(store, 5, 20_001, "pending");
-            let root = dir.path().join("charges");
-            let node = node(1);
-            let target = ChargesRoot::Dir(root.clone());
-            let place = ArchivePlace { root: &target, node: &node };
-            // The crash: the batch was numbered, its files never written.
-            let claimed = store.in_transaction(|tx| claim_batch(tx, &node, 2)).expect("claim");
-            assert_eq!(claimed, Some(1), "{engine}");
-            let faults = Faults::default();
-            assert_eq!(archive_decided_charges(store, place, 2, 99, &faults).expect("archive"), 3, "{engine}");
-            assert_eq!(archive_decided_charges(store, place, 2, 99, &faults).expect("again"), 0, "{engine}");
-            let mut ids: Vec<u8> = read_all_charges(&root).expect("read").iter().map(|c| c.charge_id[0]).collect();
-            ids.sort_unstable();
-            assert_eq!(ids, vec![1, 2, 3], "{engine}: decided charges once each; failed and pending wait");
-            let names: Vec<String> = archive_files(&root)
-                .expect("files")
-                .iter()
-                .map(|p| p.strip_prefix(&root).expect("under root").display().to_string())
-                .collect();
-            assert_eq!(
-                names,
-                [
-                    "service_date=2024-10-04/charges-000000000001.parquet",
-                    "service_date=2024-10-05/charges-000000000001.parquet",
-                    "service_date=2024-10-05/charges-000000000002.parquet",
-                ],
-                "{engine}"
-            );
-            assert_eq!(fs::read_dir(root.join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
-        });
-    }
-
-    /// Two servers on one store: a batch one of them left unfinished is
-    /// its own to finish; the other numbers a new batch after it and
-    /// never archives a charge twice.
-    #[test]
-    fn two_nodes_on_one_store_finish_only_their_own_batches_and_number_them_apart() {
-        on_each_engine(|store, engine| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            for n in 1..=4 {
-                insert(store, n, 20_000, "succeeded");
-            }
-            let (a, b) = (node(0xa), node(0xb));
-            let (root_a, root_b) = (dir.path().join("a"), dir.path().join("b"));
-            assert_eq!(store.in_transaction(|tx| claim_batch(tx, &a, 2)).expect("a claims"), Some(1), "{engine}");
-            let faults = Faults::default();
-            let (target_a, target_b) = (ChargesRoot::Dir(root_a.clone()), ChargesRoot::Dir(root_b.clone()));
-            let place_b = ArchivePlace { root: &target_b, node: &b };
-            assert_eq!(archive_decided_charges(store, place_b, 2, 5, &faults).expect("b"), 2, "{engine}");
-            let place_a = ArchivePlace { root: &target_a, node: &a };
-            assert_eq!(archive_decided_charges(store, place_a, 2, 6, &faults).expect("a"), 2, "{engine}");
-            let ids = |root: &Path| -> Vec<u8> {
-                let mut ids: Vec<u8> = read_all_charges(root).expect("read").iter().map(|c| c.charge_id[0]).collect();
-                ids.sort_unstable();
-                ids
-            };
-            assert_eq!((ids(&root_a), ids(&root_b)), (vec![1, 2], vec![3, 4]), "{engine}: each charge once");
-            let b_file = root_b.join("service_date=2024-10-04/charges-000000000002.parquet");
-            assert!(b_file.exists(), "{engine}: b numbered its batch after a's");
-        });
-    }
-
-    /// A cluster's charges go into the shared store, each file put whole
-    /// under the name a node's own archive gives it, and a batch written
-    /// again (a crash before its mark) puts the same names.
-    #[test]
-    fn a_clusters_charges_are_put_into_the_shared_store_under_the_names_a_node_gives_them() {
-        use object_store::{ObjectStore, ObjectStoreExt};
-        on_each_engine(|store, engine| {
-            insert(store, 1, 20_000, "succeeded");
-            insert(store, 2, 20_001, "declined");
-            insert(store, 3, 20_001, "pending");
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
-            let shared = SharedStore { store: memory.clone(), local_root: None };
-            let target = ChargesRoot::Shared(shared, runtime.handle().clone());
-            let node = node(1);
-            let place = ArchivePlace { root: &target, node: &node };
-            assert_eq!(
-                archive_decided_charges(store, place, 10, 5, &Faults::default()).expect("archive"),
-                2,
-                "{engine}"
-            );
-            let rows_at = |path: &str| -> usize {
-                let path = object_store::path::Path::from(path);
-                let bytes = runtime.block_on(async { memory.get(&path).await?.bytes().await }).expect("the file");
-                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .expect("a Parquet file")
-                    .build()
-                    .expect("a reader");
-                reader.map(|batch| batch.expect("a batch").num_rows()).sum()
-            };
-            assert_eq!(rows_at("charges/service_date=2024-10-04/charges-000000000001.parquet"), 1, "{engine}");
-            assert_eq!(rows_at("charges/service_date=2024-10-05/charges-000000000001.parquet"), 1, "{engine}");
-            let listed = runtime.block_on(async {
-                use futures_util::TryStreamExt;
-                memory.list(None).try_collect::<Vec<_>>().await
-            });
-            assert_eq!(listed.expect("a listing").len(), 2, "{engine}: the pending charge waits");
-        });
-    }
-}
+#[path = "charges_archive_tests.rs"]
+mod tests;

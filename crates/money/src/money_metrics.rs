@@ -20,6 +20,12 @@ pub fn pricing_round_parts(parts: usize) {
     counter!("farestream_pricing_round_parts_total").increment(parts as u64);
 }
 
+/// A charges-archive batch another node claimed and stopped working on,
+/// taken over (cluster mode): each is a node that died or lost its store.
+pub fn charges_archive_batch_taken_over() {
+    counter!("farestream_charges_archive_batches_taken_over_total").increment(1);
+}
+
 pub fn pricing_retried() {
     counter!("farestream_pricing_retries_total").increment(1);
 }

@@ -37,7 +37,7 @@ pub struct MoneySettings {
     /// changes).
     pub deny_list_sync_interval: Duration,
     pub charges_archive_interval: Duration,
-    pub charges_archive_batch_max: usize,
+    pub charges_archive_batches: crate::charges_archive::BatchLimits,
 }
 
 /// The payment gateway charges and payments go to (not a fleet gateway:

@@ -30,6 +30,7 @@ const PG_MIGRATIONS: &[(u32, &str)] = &[
     (14, include_str!("../migrations/postgres/0014_money.sql")),
     (15, include_str!("../migrations/postgres/0015_archive_batch_node.sql")),
     (16, include_str!("../migrations/postgres/0016_cursor_holder.sql")),
+    (17, include_str!("../migrations/postgres/0017_archive_claimed_at.sql")),
 ];
 
 /// How long the store's connections wait, so that a lost server or a

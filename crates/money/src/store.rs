@@ -33,6 +33,7 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     (14, include_str!("../migrations/0014_charges_in_write_order.sql")),
     (15, include_str!("../migrations/0015_archive_batch_node.sql")),
     (16, include_str!("../migrations/0016_cursor_holder.sql")),
+    (17, include_str!("../migrations/0017_archive_claimed_at.sql")),
 ];
 
 /// How long the store's write-ahead log grows, in 4 KiB pages (64 MiB),

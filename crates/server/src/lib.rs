@@ -73,7 +73,7 @@ pub use assembly::Assembly;
 use assembly::IssuerKeys;
 pub use cut_over::DailySettlement;
 pub use settings::{
-    CutOverSettings, PeerLimitSettings, ServerSettings, money_store_at, money_store_location,
+    CutOverSettings, PeerLimitSettings, ServerSettings, charges_archive_batches, money_store_at, money_store_location,
     money_store_session_limits,
 };
 

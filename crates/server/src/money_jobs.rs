@@ -130,7 +130,7 @@ pub(super) fn start_money(
             None => ChargesRoot::Dir(charges_root(&settings.data_dir)),
         },
         node,
-        batch_charges_max: settings.money.charges_archive_batch_max,
+        batches: settings.money.charges_archive_batches,
         faults: Arc::clone(&handles.faults),
         clock: Arc::clone(&handles.clock),
     });

@@ -15,6 +15,7 @@ use farestream_ingest::archive::{ArchiveWriterConfig, ArchiverSettings, scans_ro
 use farestream_ingest::config::fare_table::load_fares;
 use farestream_ingest::config::{Config, ConfigError};
 use farestream_ingest::wal::WalConfig;
+use farestream_money::charges_archive::BatchLimits;
 use farestream_money::money_settings::{MoneySettings, PaymentGatewaySettings};
 use farestream_money::money_store::STORE_PASSWORD_ENV;
 use farestream_money::pg_store::PgSessionLimits;
@@ -182,6 +183,15 @@ impl ServerSettings {
     }
 }
 
+/// How decided charges are claimed into the charges archive's batches:
+/// by `serve`'s archive job and by the settlement's flush alike.
+pub fn charges_archive_batches(config: &Config) -> BatchLimits {
+    BatchLimits {
+        charges_max: config.payments.charges_archive_batch_charges_max,
+        claim_stale_ms: saturating_ms(config.payments.charges_archive_claim_stale_ms),
+    }
+}
+
 /// Where the money store is (`payments.money_store`), its password read
 /// from `payments.money_store_password_file` or the environment, its
 /// connections bounded by [`money_store_session_limits`].
@@ -270,7 +280,7 @@ fn money_settings(config: &Config, data_dir: &Path, fares: FareTable) -> Result<
         refund_check_interval: ms(p.refund_check_interval_ms),
         deny_list_sync_interval: ms(p.deny_list_sync_interval_ms),
         charges_archive_interval: ms(p.charges_archive_interval_ms),
-        charges_archive_batch_max: p.charges_archive_batch_charges_max,
+        charges_archive_batches: charges_archive_batches(config),
     })
 }
 

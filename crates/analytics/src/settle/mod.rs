@@ -171,7 +171,7 @@ fn read_money(
         ),
     };
     let place = ArchivePlace { root: &root, node: &node };
-    archive_decided_charges(&mut store, place, settings.charges_batch_max, now, &Faults::default())?;
+    archive_decided_charges(&mut store, place, settings.charges_batches, now, &Faults::default())?;
     let pricer = reader_name(store.engine(), &node);
     Ok(money_snapshot(&mut store, date, &pricer)?)
 }

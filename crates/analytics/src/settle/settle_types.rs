@@ -45,8 +45,9 @@ pub struct SettleSettings {
     pub fares: FareTable,
     pub service_day: ServiceDayPolicy,
     pub store_busy_wait: Duration,
-    /// The charges archive's batch size, for the flush before reading.
-    pub charges_batch_max: usize,
+    /// The charges archive's batches, for the flush before reading: in a
+    /// cluster it also finishes a batch whose node stopped claiming it.
+    pub charges_batches: farestream_money::charges_archive::BatchLimits,
     /// What its SQL may hold in memory before spilling to disk.
     pub memory: crate::tables::MemoryBudget,
     /// In cluster mode, the archive every node shares, which the

@@ -188,6 +188,9 @@ pub struct PaymentsConfig {
     pub deny_list_sync_interval_ms: u64,
     pub charges_archive_interval_ms: u64,
     pub charges_archive_batch_charges_max: usize,
+    /// In a cluster, how old another node's claim on an unfinished
+    /// charges batch must be before a node takes the batch over.
+    pub charges_archive_claim_stale_ms: u64,
     pub gateway_url: String,
     /// A file holding the payment gateway's shared secret ([`secret`]).
     pub hmac_secret_file: String,
@@ -335,6 +338,13 @@ impl Config {
             "payments.breaker_probe_interval_ms_initial",
             self.payments.breaker_probe_interval_ms_initial,
             "the wait between probes grows from the first to the largest",
+        )?;
+        at_least(
+            "payments.charges_archive_claim_stale_ms",
+            self.payments.charges_archive_claim_stale_ms,
+            "three times payments.charges_archive_interval_ms",
+            self.payments.charges_archive_interval_ms.saturating_mul(3),
+            "a node renews its claim on an unfinished batch once a round; a node that missed two rounds has stopped",
         )?;
         at_least(
             "payments.dispatch_lease_ms",
@@ -655,6 +665,7 @@ mod tests {
             ("[server]\nframes_in_flight_bytes_max = 65536\n", "wire.frame_bytes_max"),
             ("[gateway]\nretry_backoff_ms_initial = 600000\n", "retry_backoff_ms_max"),
             ("[payments]\nbreaker_probe_interval_ms_initial = 60000\n", "breaker_probe_interval_ms_max"),
+            ("[payments]\ncharges_archive_interval_ms = 100001\n", "charges_archive_claim_stale_ms"),
             ("[payments]\ndeposit_fen = 1\ndeposit_cents = 1\n", "payments.deposit_fen is the older name"),
             ("[api]\nclient_address_header = \"x forwarded\"\n", "client_address_header"),
             ("not toml at all", "not valid TOML"),

@@ -92,6 +92,7 @@ pub const RANGES: &[KeyRange] = &[
     range("payments.deny_list_sync_interval_ms", 100, 600_000, "ms"),
     range("payments.charges_archive_interval_ms", 100, 86_400_000, "ms"),
     range("payments.charges_archive_batch_charges_max", 1, 10_000_000, "charges"),
+    range("payments.charges_archive_claim_stale_ms", 300, 604_800_000, "ms"),
     range("payments.dispatch_concurrency_max", 1, 1_024, "requests"),
     range("payments.dispatch_batch_charges_max", 1, 100_000, "charges"),
     range("payments.dispatch_lease_ms", 1_000, 3_600_000, "ms"),
