@@ -48,7 +48,13 @@ impl App {
         trusted.insert(ISSUER_KEY_ID, issuer.public_key());
         let terminal = vec![terminal_key()];
         m.h.server.pipeline().set_terminal_keys(terminal_keys());
-        let keys = IssuerKeysNow { trusted, published, signer: Some(std::sync::Arc::new(issuer)), terminal };
+        let keys = IssuerKeysNow {
+            trusted,
+            published,
+            signer: Some(std::sync::Arc::new(issuer)),
+            terminal,
+            terminal_ran_out: Vec::new(),
+        };
         let state = ApiState { settings, accounts: m.h.server.accounts().clone(), issuer: LiveIssuerKeys::new(keys) };
         let api = farestream::api::start(state).await.expect("api");
         App { m, api, http: reqwest::Client::new() }

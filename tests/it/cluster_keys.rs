@@ -1,9 +1,10 @@
 //! The one key store every node of a cluster opens (`cluster.keys_dir`,
 //! docs/scale-out.md "A row's partition does not depend on how lately a
 //! node read its keys"): a code under a terminal key a node has not read
-//! yet is decided there as at every other node, a node that cannot read
-//! the store backs off, and batches waiting on a hung store hold up no
-//! other gateway.
+//! yet is decided there as at every other node, a code under a key that
+//! ran out by one node's clock goes to its card's partition there too, a
+//! node that cannot read the store backs off, and batches waiting on a
+//! hung store hold up no other gateway.
 
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use farestream::wire::ScanBatch;
 use farestream_cluster::test_nats::NatsCluster;
 
 use crate::cluster::{cluster_config, looked_at_until, quick_leases, stream_rows};
-use crate::key_rotation::{copy_following_the_key_store, following_the_key_store, key_store, scan_under};
+use crate::key_rotation::{
+    copy_following_the_key_store, copy_following_the_key_store_on, following_the_key_store, key_store, scan_under,
+};
 use crate::support::{GATEWAY, Harness, batch, record, secs};
 
 /// The card whose code the tests seal.
@@ -81,6 +84,63 @@ async fn a_terminal_key_one_node_has_not_reread_yet_opens_there_and_its_scan_lan
     let at_b = rig.b.client().push(&rig.sealed).await.expect("acked at b");
     assert_eq!((at_b.accepted, at_b.rejected), (1, 0), "b opened the code after reading the store");
     rig.resent_to_a_it_is_one_row().await;
+}
+
+/// A terminal key runs out by node b's clock and not yet by a's (the
+/// clocks differ by minutes, as two machines' may after a step). A scan
+/// sealed under it is accepted at a; its resend (a's ack was lost) reaches
+/// b, which refuses it as expired, reads its card with the key it keeps
+/// since it ran out, and so sends it to the same partition under the same
+/// record id: the stream holds the scan once. (Before, b sent its row to
+/// the scan id's partition: archived twice, once accepted and once
+/// expired.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_resent_after_its_key_ran_out_by_another_nodes_clock_lands_once() {
+    let Some(nats) = NatsCluster::start().await else { return };
+    let Some(mut config) = cluster_config(&nats).await else { return };
+    // The shortest trust tail the config allows, so the key runs out
+    // minutes after its replacement is handed out.
+    config.ride_code.credential_validity_secs = 60;
+    config.ride_code.code_validity_secs = 60;
+    config.ride_code.clock_skew_secs = 1;
+    config.ingest.accepted_lateness_secs = 60;
+    let a = following_the_key_store(quick_leases(config.clone(), "node-a")).await;
+    let b_clock = std::sync::Arc::new(farestream::clock_source::ManualClock::new(a.clock.now_ms()));
+    let b = copy_following_the_key_store_on(&a, quick_leases(config.clone(), "node-b"), b_clock.clone()).await;
+
+    let now_ms = a.clock.now_ms();
+    let leaked = a.server.issuer_keys().now().terminal_handed_out(now_ms / 1000).expect("today's key");
+    let policy = a.config.service_day_policy().expect("policy");
+    let store = key_store(&a.config, a.dir.path()).rotate_terminal(&policy, now_ms, now_ms / 1000 + 1);
+    let rotated = store.expect("rotated in the shared store");
+    let until_at =
+        async |h: &crate::support::Harness| {
+            let now = h.server.issuer_keys().now();
+            now.terminal.iter().any(|k| k.key_id == rotated).then_some(()).and_then(|()| {
+                now.terminal.iter().find(|k| k.key_id == leaked.key_id).and_then(|k| k.trusted_until_secs)
+            })
+        };
+    let ran_out_at = looked_at_until(async || until_at(&a).await, Option::is_some).await.expect("a reread");
+    assert!(looked_at_until(async || until_at(&b).await, Option::is_some).await.is_some(), "b reread");
+
+    let read_ms = now_ms - 1_000;
+    let window = (secs(read_ms) - 30, secs(read_ms) + 30);
+    let code = RideCode::decode(&scan_under(&a.issuer, CARD, window, read_ms)).expect("code");
+    let sealed =
+        batch(GATEWAY, 1, vec![record("gate-1", 1, read_ms, TapKind::Single, seal(&code, &leaked.key()).to_vec())]);
+    let at_a = a.client().push(&sealed).await.expect("acked at a");
+    assert_eq!((at_a.accepted, at_a.rejected), (1, 0), "the key is trusted by a's clock");
+
+    b_clock.set(ran_out_at * 1000 + 1_000);
+    let kept_at_b = async || b.server.issuer_keys().now().terminal_ran_out.iter().any(|k| k.key_id == leaked.key_id);
+    assert!(looked_at_until(kept_at_b, |kept| *kept).await, "b's clock ran the key out, and b keeps it to read");
+    let at_b = b.client().push(&sealed).await.expect("acked at b");
+    assert_eq!((at_b.accepted, at_b.rejected), (0, 1), "refused at b as expired");
+    assert_eq!(at_b.rejections[0].reason, format!("terminal key {} ran out: no longer trusted", leaked.key_id));
+
+    let rows = stream_rows(&nats, &config).await;
+    let cards: Vec<(Option<u64>, ScanStatus)> = rows.iter().map(|r| (r.card_id, r.status)).collect();
+    assert_eq!(cards, vec![(Some(CARD), ScanStatus::Accepted)], "one row, the first, in card {CARD}'s partition");
 }
 
 /// The same with the shared store away (an unmounted share) while b's

@@ -36,9 +36,18 @@ pub(crate) async fn following_the_key_store(mut config: Config) -> Harness {
 /// its data dir (its TLS identity and fleet CA, which every node of a
 /// cluster shares) and on its clock, started with `config`.
 pub(crate) async fn copy_following_the_key_store(first: &Harness, config: Config) -> Harness {
+    copy_following_the_key_store_on(first, config, Arc::clone(&first.clock)).await
+}
+
+/// The same, on a clock of its own: a node whose clock differs.
+pub(crate) async fn copy_following_the_key_store_on(
+    first: &Harness,
+    config: Config,
+    clock: Arc<ManualClock>,
+) -> Harness {
     first.server.flush_archive().await.expect("flush");
     let dir = crate::support::copy_of(first.dir.path());
-    start_following(config, dir, first.identity.clone(), Arc::clone(&first.clock)).await
+    start_following(config, dir, first.identity.clone(), clock).await
 }
 
 /// A server following the key store of `dir`; `issuer` is its key 1.

@@ -66,7 +66,7 @@ pub enum ScanStatus {
     Undecryptable,
     /// A sealed code names a terminal key the server does not hold.
     UnknownTerminalKey,
-    /// A sealed code names the terminal key of a day long past.
+    /// A sealed code names a terminal key that ran out.
     ExpiredTerminalKey,
     /// A version-1 (unsealed) code read after `ride_code.version_1_refused_from_date`.
     FormatRetired,

@@ -27,6 +27,10 @@ pub struct IssuerKeysNow {
     /// The terminal keys held: what sealed codes open with and gateways
     /// are pushed, the next service day's among them.
     pub terminal: Vec<HeldTerminalKey>,
+    /// Terminal keys that ran out lately, kept only to read the card of a
+    /// code refused as expired ([`TerminalKeys::with_ran_out`]); never
+    /// trusted, never pushed to a gateway.
+    pub terminal_ran_out: Vec<HeldTerminalKey>,
 }
 
 impl IssuerKeysNow {
@@ -34,41 +38,80 @@ impl IssuerKeysNow {
     /// read (a key file deleted or unreadable) leave `terminal_before` in
     /// force as time passes, logged and counted, and never stop the issuer
     /// keys' changes: a review found one bad terminal key file kept a
-    /// retired issuer key trusted.
+    /// retired issuer key trusted. A terminal key is kept for
+    /// `ran_out_kept_secs` after it runs out.
     pub fn at(
         store: &Keystore,
         now_secs: i64,
-        terminal_before: &[HeldTerminalKey],
+        terminal_before: &IssuerKeysNow,
+        ran_out_kept_secs: i64,
     ) -> Result<IssuerKeysNow, KeystoreError> {
         let schedule = store.schedule_at(now_secs)?;
         let signer = match schedule.signer_at(now_secs) {
             Some(id) => Some(Arc::new(store.signer(id)?)),
             None => None,
         };
+        let terminal_now = store.terminal_schedule_at(now_secs).and_then(|schedule| {
+            let known: Vec<HeldTerminalKey> =
+                terminal_before.terminal.iter().chain(&terminal_before.terminal_ran_out).cloned().collect();
+            Ok((schedule.held_at(now_secs), store.terminal_ran_out_at(now_secs, ran_out_kept_secs, &known)?))
+        });
+        let (terminal, terminal_ran_out) = match terminal_now {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the terminal keys; those held stay in force until they run out");
+                crate::telemetry::issuer_keys_reload_failed();
+                terminal_before.terminal_as_time_passes(now_secs, ran_out_kept_secs)
+            }
+        };
         Ok(IssuerKeysNow {
             trusted: schedule.trusted_at(now_secs),
             published: store.export_from(&schedule, now_secs)?,
             signer,
-            terminal: match store.terminal_schedule_at(now_secs) {
-                Ok(schedule) => schedule.held_at(now_secs),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the terminal keys; those held stay in force until they run out");
-                    crate::telemetry::issuer_keys_reload_failed();
-                    still_trusted(terminal_before, now_secs)
-                }
-            },
+            terminal,
+            terminal_ran_out,
         })
+    }
+
+    /// No keys at all: what a server starts from before its first read.
+    pub fn none() -> IssuerKeysNow {
+        IssuerKeysNow::fixed(IssuerPublicKeys::new())
     }
 
     /// Keys trusted and published as given, for the server's life, and
     /// nothing that signs or seals: a test's fixed keys.
     pub fn fixed(trusted: IssuerPublicKeys) -> IssuerKeysNow {
-        IssuerKeysNow { trusted, published: Vec::new(), signer: None, terminal: Vec::new() }
+        IssuerKeysNow {
+            trusted,
+            published: Vec::new(),
+            signer: None,
+            terminal: Vec::new(),
+            terminal_ran_out: Vec::new(),
+        }
     }
 
-    /// The terminal keys sealed codes open with.
+    /// The terminal keys sealed codes open with, and those kept since
+    /// they ran out to read a refused code's card.
     pub fn terminal_trusted(&self) -> TerminalKeys {
-        self.terminal.iter().map(HeldTerminalKey::key).collect()
+        let trusted: TerminalKeys = self.terminal.iter().map(HeldTerminalKey::key).collect();
+        trusted.with_ran_out(self.terminal_ran_out.iter().map(HeldTerminalKey::key))
+    }
+
+    /// The terminal keys as they stand at `now_secs` without a read of the
+    /// store: those trusted still, and those that ran out less than
+    /// `ran_out_kept_secs` ago.
+    fn terminal_as_time_passes(
+        &self,
+        now_secs: i64,
+        ran_out_kept_secs: i64,
+    ) -> (Vec<HeldTerminalKey>, Vec<HeldTerminalKey>) {
+        let held = self.terminal.iter().chain(&self.terminal_ran_out);
+        let (trusted, ran_out): (Vec<HeldTerminalKey>, Vec<HeldTerminalKey>) =
+            held.cloned().partition(|k| k.trusted_at(now_secs));
+        let kept_until =
+            |k: &HeldTerminalKey| k.trusted_until_secs.map(|until| until.saturating_add(ran_out_kept_secs.max(0)));
+        let ran_out = ran_out.into_iter().filter(|k| kept_until(k).is_some_and(|end| now_secs < end)).collect();
+        (trusted, ran_out)
     }
 
     /// The terminal key the account API hands out at `now_secs`: of those
@@ -83,7 +126,7 @@ impl IssuerKeysNow {
     /// signer stops signing (the account API answers 503) once a newer
     /// key's `signs_from` has come, since that key's private half is not
     /// at hand. Trust only ever shrinks here.
-    pub fn as_time_passes(&self, now_secs: i64) -> IssuerKeysNow {
+    pub fn as_time_passes(&self, now_secs: i64, ran_out_kept_secs: i64) -> IssuerKeysNow {
         let published_as = |id: u32| self.published.iter().map(|p| &p.key).find(|k| k.key_id == id);
         let mut trusted = IssuerPublicKeys::new();
         for (id, public_key) in self.trusted.key_ids().filter_map(|id| Some((id, *self.trusted.get(id)?))) {
@@ -100,8 +143,8 @@ impl IssuerKeysNow {
                 published.iter().any(|p| p.key.signs_from_secs > from && p.key.signs_from_secs <= now_secs);
             trusted.get(s.key_id()).is_some() && !superseded
         });
-        let terminal = still_trusted(&self.terminal, now_secs);
-        IssuerKeysNow { trusted, published, signer, terminal }
+        let (terminal, terminal_ran_out) = self.terminal_as_time_passes(now_secs, ran_out_kept_secs);
+        IssuerKeysNow { trusted, published, signer, terminal, terminal_ran_out }
     }
 
     fn signer_id(&self) -> Option<u32> {
@@ -136,16 +179,28 @@ impl LiveIssuerKeys {
     /// trusted set (the pipeline checks codes with it), then subscribers
     /// see it while the old signer still signs (if it is still trusted).
     /// Only then the new signer, so no credential is ever signed with a
-    /// key a subscriber has not been handed. Returns whether anything
-    /// changed.
+    /// key a subscriber has not been handed. Keys kept since they ran out
+    /// are the pipeline's alone: a change to them alone wakes no
+    /// subscriber (no gateway is pushed the same keys again). Returns
+    /// whether anything changed.
     pub fn advance(&self, next: IssuerKeysNow, trust: impl FnOnce(&IssuerKeysNow)) -> bool {
         let current = self.now();
-        let keys_changed =
+        let pushed_changed =
             next.trusted != current.trusted || next.published != current.published || next.terminal != current.terminal;
+        let keys_changed = pushed_changed || next.terminal_ran_out != current.terminal_ran_out;
         if keys_changed {
             trust(&next);
             let kept = current.signer.clone().filter(|s| next.trusted.get(s.key_id()).is_some());
-            self.publish(IssuerKeysNow { signer: kept, ..next.clone() });
+            let keys = IssuerKeysNow { signer: kept, ..next.clone() };
+            match pushed_changed {
+                true => self.publish(keys),
+                false => {
+                    self.now.send_if_modified(|now| {
+                        *now = Arc::new(keys);
+                        false
+                    });
+                }
+            }
         }
         let signer_changed = next.signer_id() != self.now().signer_id();
         if signer_changed {
@@ -169,11 +224,6 @@ fn assert_signer_is_trusted(keys: &IssuerKeysNow) {
     }
 }
 
-/// The keys of `held` still trusted at `now_secs`.
-fn still_trusted(held: &[HeldTerminalKey], now_secs: i64) -> Vec<HeldTerminalKey> {
-    held.iter().filter(|k| k.trusted_at(now_secs)).cloned().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,7 +239,7 @@ mod tests {
         for id in trusted {
             set.insert(*id, key(*id).public_key());
         }
-        IssuerKeysNow { trusted: set, published: Vec::new(), signer: signer.map(key), terminal: Vec::new() }
+        IssuerKeysNow { signer: signer.map(key), ..IssuerKeysNow::fixed(set) }
     }
 
     /// The order a subscriber sees a rotation in: the new key published
@@ -234,6 +284,31 @@ mod tests {
         assert_eq!(history.last(), Some(&(vec![1, 2], Some(2))));
     }
 
+    /// A key kept since it ran out, and then let go: the pipeline is
+    /// handed each change, no subscriber (a gateway's push) wakes.
+    #[test]
+    fn a_change_to_the_keys_kept_since_they_ran_out_alone_reaches_the_pipeline_and_wakes_no_gateway() {
+        use farestream_core::ridecode::HeldTerminalKey;
+        let held = |id: u16| HeldTerminalKey {
+            key_id: id,
+            secret: [id as u8; 32].into(),
+            service_date: chrono::NaiveDate::default(),
+            handed_out_from_secs: 0,
+            trusted_until_secs: Some(100),
+        };
+        let live = LiveIssuerKeys::new(keys(&[1], Some(1)));
+        let mut gateway = live.subscribe();
+        gateway.borrow_and_update();
+        let mut handed = Vec::new();
+        let kept = IssuerKeysNow { terminal_ran_out: vec![held(3)], ..keys(&[1], Some(1)) };
+        assert!(live.advance(kept, |t| handed.push(t.terminal_trusted().ran_out(3).is_some())));
+        assert!(live.advance(keys(&[1], Some(1)), |t| handed.push(t.terminal_trusted().ran_out(3).is_some())));
+        assert_eq!(handed, vec![true, false], "the pipeline kept key 3, then let it go");
+        assert!(!gateway.has_changed().expect("open"), "no gateway was pushed the same keys again");
+        assert!(live.now().terminal_ran_out.is_empty());
+        assert!(!live.advance(keys(&[1], Some(1)), |_| panic!("nothing changed")));
+    }
+
     #[test]
     fn a_key_that_runs_out_stops_being_trusted_and_the_signer_stays() {
         let live = LiveIssuerKeys::new(keys(&[1, 2], Some(2)));
@@ -256,18 +331,19 @@ mod tests {
     fn keys_held_while_the_store_cannot_be_read_still_run_out() {
         let mut held = keys(&[1, 2], Some(1));
         held.published = vec![exported(1, 0, Some(500)), exported(2, 100, None)];
-        let at_50 = held.as_time_passes(50);
+        let at_50 = held.as_time_passes(50, 0);
         assert_eq!((at_50.trusted.key_ids().collect::<Vec<_>>(), at_50.signer_id()), (vec![1, 2], Some(1)));
-        let at_100 = held.as_time_passes(100);
+        let at_100 = held.as_time_passes(100, 0);
         assert_eq!((at_100.trusted.key_ids().collect::<Vec<_>>(), at_100.signer_id()), (vec![1, 2], None));
-        let at_500 = held.as_time_passes(500);
+        let at_500 = held.as_time_passes(500, 0);
         assert_eq!(at_500.trusted.key_ids().collect::<Vec<_>>(), vec![2]);
         assert_eq!(at_500.published.iter().map(|k| k.key.key_id).collect::<Vec<_>>(), vec![2]);
     }
 
     /// Review: one unreadable terminal key file failed the whole reread,
     /// so a retired (leaked) issuer key stayed trusted. The issuer keys move
-    /// on; the terminal keys held before stay until they run out.
+    /// on; the terminal keys held before stay until they run out, and are
+    /// then kept to read for `KEPT` seconds, as from a store read whole.
     #[test]
     fn an_unreadable_terminal_key_file_stops_no_issuer_change() {
         use crate::keystore::{Keystore, KeystoreOptions};
@@ -284,16 +360,33 @@ mod tests {
         let now = 1_796_263_200;
         store.make_day_terminal_keys(&policy, now * 1000).expect("day keys");
         store.rotate(now, now).expect("issuer key 2");
-        let before = IssuerKeysNow::at(&store, now, &[]).expect("keys");
+        const KEPT: i64 = 100;
+        let before = IssuerKeysNow::at(&store, now, &IssuerKeysNow::none(), KEPT).expect("keys");
         assert_eq!(before.terminal.len(), 2);
+        let later = before.terminal[0].trusted_until_secs.expect("tomorrow's key follows today's");
+        let ids = |keys: &[HeldTerminalKey]| keys.iter().map(|k| k.key_id).collect::<Vec<_>>();
+        let read_later = IssuerKeysNow::at(&store, later, &IssuerKeysNow::none(), KEPT).expect("keys");
+        assert_eq!((ids(&read_later.terminal), ids(&read_later.terminal_ran_out)), (vec![2], vec![1]), "read whole");
+        assert_eq!(read_later.terminal_ran_out[0].secret, before.terminal[0].secret, "with its secret");
         std::fs::write(dir.path().join("keys").join("terminal-00001.key"), [1; 5]).expect("damage");
         store.retire(1, now).expect("retire the leaked issuer key");
-        let after = IssuerKeysNow::at(&store, now, &before.terminal).expect("the reread still succeeds");
+        let after = IssuerKeysNow::at(&store, now, &before, KEPT).expect("the reread still succeeds");
         assert_eq!(after.trusted.key_ids().collect::<Vec<_>>(), vec![2], "the retirement took effect");
         assert_eq!(after.terminal, before.terminal, "the terminal keys held stay in force");
-        let later = before.terminal[0].trusted_until_secs.expect("tomorrow's key follows today's");
-        let held_later = IssuerKeysNow::at(&store, later, &before.terminal).expect("keys").terminal;
-        assert_eq!(held_later.iter().map(|k| k.key_id).collect::<Vec<_>>(), vec![2], "today's still runs out on time");
+        let held_later = IssuerKeysNow::at(&store, later, &before, KEPT).expect("keys");
+        assert_eq!(ids(&held_later.terminal), vec![2], "today's still runs out on time");
+        assert_eq!(ids(&held_later.terminal_ran_out), vec![1], "and is kept to read");
+        let opened = held_later.terminal_trusted();
+        assert!(opened.get(1).is_none() && opened.ran_out(1).is_some() && opened.is_past(1));
+        assert_eq!(held_later.terminal_ran_out[0].secret, before.terminal[0].secret, "the copy held before");
+        let unheard = IssuerKeysNow::at(&store, later, &IssuerKeysNow::none(), KEPT).expect("keys");
+        assert_eq!(
+            ids(&unheard.terminal_ran_out),
+            Vec::<u16>::new(),
+            "a damaged file and no copy: nothing to read with"
+        );
+        let gone = IssuerKeysNow::at(&store, later + KEPT, &held_later, KEPT).expect("keys");
+        assert_eq!((ids(&gone.terminal), ids(&gone.terminal_ran_out)), (vec![2], vec![]), "no longer than KEPT");
     }
 
     #[test]

@@ -144,7 +144,8 @@ impl Assembly {
                 // A failure (a full disk) is retried at each reread; the
                 // server starts with the keys it holds.
                 crate::issuer_reload::make_day_terminal_keys(&mut self.keystore, &self.pipeline.service_day, now_ms);
-                (IssuerKeysNow::at(&self.keystore, now_secs, &[])?, true)
+                let kept_secs = self.pipeline.horizons().delivery_remembered_secs_max();
+                (IssuerKeysNow::at(&self.keystore, now_secs, &IssuerKeysNow::none(), kept_secs)?, true)
             }
         };
         let Assembly { data_dir_lock, identity, fleet, settings, pipeline, handles, settlement, .. } = self;

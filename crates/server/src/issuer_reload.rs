@@ -103,13 +103,14 @@ async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) -> Result<(), S
     let policy = shared.pipeline.config().service_day;
     let now_ms = shared.handles.clock.now_ms();
     let now_secs = now_ms.div_euclid(1000);
-    let terminal_before = shared.issuer_keys.now().terminal.clone();
+    let before = shared.issuer_keys.now();
+    let kept_secs = shared.pipeline.config().horizons().delivery_remembered_secs_max();
     let read = tokio::task::spawn_blocking(move || {
         let mut store = Keystore::open(&dir, options)?;
         if make == MakeDayKeys::Yes {
             make_day_terminal_keys(&mut store, &policy, now_ms);
         }
-        IssuerKeysNow::at(&store, now_secs, &terminal_before)
+        IssuerKeysNow::at(&store, now_secs, &before, kept_secs)
     });
     let read = read.await.map_err(|e| e.to_string()).and_then(|keys| keys.map_err(|e| e.to_string()));
     let (next, outcome) = match read {
@@ -118,7 +119,7 @@ async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) -> Result<(), S
             tracing::warn!(%error, "cannot read the issuer key store; keys still run out on time");
             telemetry::issuer_keys_reload_failed();
             (
-                shared.issuer_keys.now().as_time_passes(now_secs),
+                shared.issuer_keys.now().as_time_passes(now_secs, kept_secs),
                 Err(format!("the key store could not be read: {error}")),
             )
         }
@@ -131,8 +132,9 @@ async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) -> Result<(), S
         let now = shared.issuer_keys.now();
         let trusted: Vec<u32> = now.trusted.key_ids().collect();
         let terminal: Vec<u16> = now.terminal.iter().map(|k| k.key_id).collect();
+        let ran_out: Vec<u16> = now.terminal_ran_out.iter().map(|k| k.key_id).collect();
         let signer = now.signer.as_ref().map(|s| s.key_id());
-        tracing::info!(?trusted, ?signer, ?terminal, "ride-code keys changed");
+        tracing::info!(?trusted, ?signer, ?terminal, terminal_ran_out = ?ran_out, "ride-code keys changed");
         telemetry::issuer_keys_changed();
     }
     outcome

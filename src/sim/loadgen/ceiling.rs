@@ -42,8 +42,10 @@ pub fn measure_ceiling(
 ) -> Result<Ceiling, SimulateError> {
     let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
     let now = SystemClock.now_ms();
-    let keys = IssuerKeysNow::at(&keystore, now.div_euclid(1000), &[])?;
-    let pipeline = Pipeline::new(config.pipeline_config()?, keys.trusted.clone(), [7; 32]);
+    let pipeline_config = config.pipeline_config()?;
+    let kept_secs = pipeline_config.horizons().delivery_remembered_secs_max();
+    let keys = IssuerKeysNow::at(&keystore, now.div_euclid(1000), &IssuerKeysNow::none(), kept_secs)?;
+    let pipeline = Pipeline::new(pipeline_config, keys.trusted.clone(), [7; 32]);
     pipeline.set_terminal_keys(keys.terminal_trusted());
     progress.set_length(batches.iter().map(|b| b.scans.len() as u64).sum());
     let (mut scans, mut signatures) = (0u64, 0u64);

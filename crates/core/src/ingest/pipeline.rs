@@ -31,7 +31,7 @@ use crate::ridecode::check::{
 use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
 use crate::ridecode::{
     FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault, TerminalKeys,
-    check_format_in_force, open_code,
+    check_format_in_force, open_code, sealed::read_ran_out,
 };
 use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
@@ -422,7 +422,14 @@ impl Pipeline {
             }
         };
         let seen_before = self.dedup.delivery_seen(&fingerprint);
-        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code: code.ok(), early }
+        // Refused all the same, but its row names its card: in a cluster
+        // the row goes to the card's partition, where a copy another node
+        // accepted before the key ran out by its clock already is.
+        let code = match code {
+            Err(Rejection::ExpiredTerminalKey { .. }) => read_ran_out(&record.ride_code, terminal_keys),
+            code => code.ok(),
+        };
+        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code, early }
     }
 
     /// The record's own fields, before its ride code: ids present and
@@ -890,7 +897,7 @@ mod tests {
             (flipped(100), ScanStatus::Undecryptable, "altered"),
             (flipped(206), ScanStatus::Undecryptable, "altered"),
             (sealed(21, 2, &TerminalKey::from_secret(12, &[12; 32])), ScanStatus::UnknownTerminalKey, "not held"),
-            (sealed(21, 3, &TerminalKey::from_secret(3, &[3; 32])), ScanStatus::ExpiredTerminalKey, "long past"),
+            (sealed(21, 3, &TerminalKey::from_secret(3, &[3; 32])), ScanStatus::ExpiredTerminalKey, "ran out"),
             (sealed(21, 4, today)[..150].to_vec(), ScanStatus::Malformed, "150 bytes"),
         ];
         let (records, expected): (Vec<_>, Vec<_>) = hostile
@@ -1024,6 +1031,43 @@ mod tests {
         assert_eq!(cluster_rows, single_rows, "row for row, verdicts and reasons included");
         assert_eq!(cluster_redelivered, single_redelivered);
         assert!(owner.pipeline.claim_rows(Vec::new()).rows.is_empty());
+    }
+
+    /// Issue 23: a terminal key has run out by one node's clock and not
+    /// yet by another's. A scan accepted at the second and resent to the
+    /// first is refused there as expired, with no signature checked, and
+    /// its row still names the card: both copies go to the card's
+    /// partition, whose owner keeps the copy it claims first and drops
+    /// the other as a re-delivery, in either order.
+    #[test]
+    fn a_scan_accepted_before_its_key_ran_out_and_resent_after_lands_once_in_its_cards_partition() {
+        use crate::cluster::partition_of_row;
+        use crate::ridecode::{TerminalKey, TerminalKeys, seal};
+        let key = |id: u16| TerminalKey::from_secret(id, &[id as u8; 32]);
+        let (not_yet, ran_out, forgot) = (fixture(), fixture(), fixture());
+        not_yet.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(9), key(10)]));
+        ran_out.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(10)]).with_ran_out([key(9)]));
+        forgot.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(10)]));
+        let decoded = RideCode::decode(&code(&not_yet, 40, 1)).expect("code");
+        let resent = batch(vec![scan(1, AT_MS, seal(&decoded, &key(9)).to_vec())]);
+        let row_at = |f: &Fixture| {
+            let verified = f.pipeline.verify(&resent).expect("batch");
+            let checked = verified.signature_counts().0;
+            (f.pipeline.commit_unclaimed(&resent, verified, AT_MS).rows.remove(0), checked)
+        };
+        let ((accepted, _), (expired, checked), (unread, _)) = (row_at(&not_yet), row_at(&ran_out), row_at(&forgot));
+        assert_eq!((accepted.status, accepted.card_id), (ScanStatus::Accepted, Some(40)));
+        assert_eq!((expired.status, expired.card_id, checked), (ScanStatus::ExpiredTerminalKey, Some(40), 0));
+        assert_eq!(expired.scan_id, accepted.scan_id);
+        assert_eq!(partition_of_row(&expired, 64), partition_of_row(&accepted, 64), "one partition, one owner");
+        assert_eq!(unread.card_id, None, "a key no longer kept reads nothing: the row goes by its scan id");
+        for (first, second) in [(&accepted, &expired), (&expired, &accepted)] {
+            let owner = fixture();
+            let kept = owner.pipeline.claim_rows(vec![first.clone()]);
+            let dropped = owner.pipeline.claim_rows(vec![second.clone()]);
+            assert_eq!((kept.rows, kept.redelivered), (vec![first.clone()], 0));
+            assert_eq!((dropped.rows.len(), dropped.redelivered), (0, 1), "the second copy is a re-delivery");
+        }
     }
 
     #[test]

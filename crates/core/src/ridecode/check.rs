@@ -77,14 +77,15 @@ pub enum Rejection {
         /// The terminal key id its header names.
         key_id: u16,
     },
-    /// A sealed code names a terminal key that is not held, and not one of a day long past.
+    /// A sealed code names a terminal key that is not held, and not one that ran out.
     #[error("terminal key {key_id} is not held here: never issued, or not received yet")]
     UnknownTerminalKey {
         /// The terminal key id its header names.
         key_id: u16,
     },
-    /// A sealed code names a terminal key older than every key held: a day long past.
-    #[error("terminal key {key_id} is of a day long past: no longer trusted")]
+    /// A sealed code names a terminal key that ran out: made before a key
+    /// held, or kept since it ran out to read the code's card.
+    #[error("terminal key {key_id} ran out: no longer trusted")]
     ExpiredTerminalKey {
         /// The terminal key id its header names.
         key_id: u16,

@@ -109,21 +109,22 @@ impl IssuerKeySchedule {
     /// Every key published at `now_secs`, with the moment it stops being
     /// trusted: what gateways pass on to their validators.
     pub fn published_at(&self, now_secs: i64) -> Vec<PublishedKey> {
-        let published: Vec<PublishedKey> = self
-            .keys
-            .iter()
-            .map(|key| PublishedKey {
-                key_id: key.key_id,
-                public_key: key.public_key,
-                signs_from_secs: key.signs_from_secs,
-                trusted_until_secs: self.signing_end(key).map(|end| end.saturating_add(self.trust_tail_secs)),
-            })
-            .filter(|key| key.trusted_at(now_secs))
-            .collect();
+        let published: Vec<PublishedKey> = self.timed().filter(|key| key.trusted_at(now_secs)).collect();
         if let Some(signer) = self.signer_at(now_secs) {
             assert!(published.iter().any(|k| k.key_id == signer), "the signing key {signer} is always trusted");
         }
         published
+    }
+
+    /// Every key not retired, in signing order, with the moment it stops
+    /// being trusted, whether that has come or not.
+    pub fn timed(&self) -> impl Iterator<Item = PublishedKey> + '_ {
+        self.keys.iter().map(|key| PublishedKey {
+            key_id: key.key_id,
+            public_key: key.public_key,
+            signs_from_secs: key.signs_from_secs,
+            trusted_until_secs: self.signing_end(key).map(|end| end.saturating_add(self.trust_tail_secs)),
+        })
     }
 
     /// When `key` stopped signing: the first key after it in signing order

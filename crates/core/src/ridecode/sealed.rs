@@ -152,6 +152,26 @@ pub fn open(input: &[u8], keys: &TerminalKeys) -> Result<RideCode, Rejection> {
         true => Rejection::ExpiredTerminalKey { key_id },
         false => Rejection::UnknownTerminalKey { key_id },
     })?;
+    open_with(bytes, key)
+}
+
+/// The code inside a sealed code refused because its key ran out, read
+/// with the key kept since ([`TerminalKeys::with_ran_out`]): never to
+/// accept it, only to know whose it is. `None` when no such key is kept,
+/// or the code does not open with it.
+pub fn read_ran_out(input: &[u8], keys: &TerminalKeys) -> Option<RideCode> {
+    let bytes: &[u8; SEALED_CODE_LEN] = input.try_into().ok()?;
+    if bytes[0] != SEALED_FORMAT_VERSION {
+        return None;
+    }
+    let key = keys.ran_out(u16::from_be_bytes([bytes[1], bytes[2]]))?;
+    open_with(bytes, key).ok()
+}
+
+/// Opens a sealed code of the right length with `key`, the one its
+/// header names.
+fn open_with(bytes: &[u8; SEALED_CODE_LEN], key: &TerminalKey) -> Result<RideCode, Rejection> {
+    let key_id = key.key_id();
     let mask = mask(key, &bytes[CIPHERTEXT_END..]);
     let mut nonce = [0u8; NONCE_LEN];
     for (i, byte) in nonce.iter_mut().enumerate() {
@@ -241,6 +261,29 @@ mod tests {
                 other => panic!("bit {bit}: {other:?}"),
             }
         }
+    }
+
+    /// A key kept since it ran out opens nothing, and reads the card of a
+    /// code sealed under it; nothing else is read with it.
+    #[test]
+    fn a_code_under_a_key_that_ran_out_is_refused_as_expired_and_read_for_its_card_alone() {
+        let under = |id: u16| TerminalKey::from_secret(id, &[id as u8; 32]);
+        let keys = keys(&[7]).with_ran_out([under(9), under(7)]);
+        let original = code(0x0A0B_0C0D_0E0F_1011, 5);
+        let sealed = seal(&original, &under(9));
+        assert_eq!(open(&sealed, &keys), Err(Rejection::ExpiredTerminalKey { key_id: 9 }), "above the held key 7");
+        assert_eq!(read_ran_out(&sealed, &keys), Some(original));
+        let trusted = seal(&original, keys.get(7).expect("key 7"));
+        assert_eq!(open(&trusted, &keys), Ok(original), "a key held as trusted stays trusted");
+        assert_eq!(read_ran_out(&trusted, &keys), None, "7 is not kept as ran out");
+        let mut other_version = sealed;
+        other_version[0] = 0x03;
+        let mut forged = sealed;
+        forged[SEALED_CODE_LEN - 1] ^= 1;
+        for refused in [&other_version[..], &forged[..], &sealed[..SEALED_CODE_LEN - 1], &[][..]] {
+            assert_eq!(read_ran_out(refused, &keys), None, "{} bytes", refused.len());
+        }
+        assert_eq!(read_ran_out(&seal(&original, &under(8)), &keys), None, "8 is not kept");
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub fn derive_subkey(secret: &[u8; TERMINAL_KEY_SECRET_LEN], info: &[u8]) -> zer
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TerminalKeys {
     keys: BTreeMap<u16, Arc<TerminalKey>>,
+    /// Keys that ran out lately, which a server keeps to read a refused
+    /// code's card ([`super::sealed::read_ran_out`]); a gate holds none.
+    ran_out: BTreeMap<u16, Arc<TerminalKey>>,
 }
 
 impl TerminalKeys {
@@ -115,6 +118,21 @@ impl TerminalKeys {
     /// Holds every key of `keys`.
     pub fn extend(&mut self, keys: impl IntoIterator<Item = TerminalKey>) {
         keys.into_iter().for_each(|key| self.insert(key));
+    }
+
+    /// Also keeps `keys`, which ran out lately: no code opens with them,
+    /// but the card of a code sealed under one can be read. A cluster
+    /// routes such a row by its card, so an expired resend of a scan
+    /// another node accepted just before the key ran out reaches the
+    /// owner that holds the first copy, and is dropped as a re-delivery
+    /// (docs/scale-out.md). A key also held as trusted stays trusted.
+    pub fn with_ran_out(mut self, keys: impl IntoIterator<Item = TerminalKey>) -> TerminalKeys {
+        for key in keys {
+            if !self.keys.contains_key(&key.key_id) {
+                self.ran_out.insert(key.key_id, Arc::new(key));
+            }
+        }
+        self
     }
 }
 
@@ -137,17 +155,24 @@ impl TerminalKeys {
         self.keys.keys().copied()
     }
 
+    /// The key kept under `key_id` since it ran out, if any.
+    pub fn ran_out(&self, key_id: u16) -> Option<&TerminalKey> {
+        self.ran_out.get(&key_id).map(|k| &**k)
+    }
+
     /// Whether a key id that is not held belongs to a key no longer
     /// trusted. The key store gives ids one after another as it makes
     /// keys, none skipped, so an id below the highest held was made before
     /// that key: not held, it has run out. Not "below the lowest held": an
     /// emergency rotation's key (made after tomorrow's, so a higher id)
     /// runs out before tomorrow's does. An id above every key held was
-    /// never made, or not yet received; 0 is never made.
+    /// never made, or not yet received; 0 is never made. A key kept
+    /// since it ran out is past whatever its id.
     pub fn is_past(&self, key_id: u16) -> bool {
         key_id != 0
             && !self.keys.contains_key(&key_id)
-            && self.keys.keys().next_back().is_some_and(|highest| key_id < *highest)
+            && (self.ran_out.contains_key(&key_id)
+                || self.keys.keys().next_back().is_some_and(|highest| key_id < *highest))
     }
 }
 

@@ -138,6 +138,29 @@ impl TerminalKeySchedule {
         self.held_at(now_secs).iter().map(HeldTerminalKey::key).collect()
     }
 
+    /// The keys that ran out less than `kept_secs` before `now_secs`, with
+    /// the moment each did, the latest last: what a server keeps to read
+    /// the card of a code it refuses as expired
+    /// ([`TerminalKeys::with_ran_out`]). At most
+    /// [`TERMINAL_KEYS_HELD_MAX`]: a clock set forward by months would
+    /// otherwise keep every key since.
+    pub fn ran_out_within(&self, now_secs: i64, kept_secs: i64) -> Vec<HeldTerminalKey> {
+        let mut ran_out: Vec<HeldTerminalKey> = self
+            .timing
+            .timed()
+            .filter_map(|timed| {
+                let until = timed.trusted_until_secs?;
+                let key = self.keys.iter().find(|k| u32::from(k.key_id) == timed.key_id)?;
+                let kept = until <= now_secs && now_secs < until.saturating_add(kept_secs.max(0));
+                kept.then(|| HeldTerminalKey { trusted_until_secs: Some(until), ..key.clone() })
+            })
+            .collect();
+        ran_out.sort_by_key(|k| (k.trusted_until_secs, k.key_id));
+        let over = ran_out.len().saturating_sub(TERMINAL_KEYS_HELD_MAX);
+        ran_out.drain(..over);
+        ran_out
+    }
+
     /// The service days around `now` that have no key yet: the current one
     /// and the next, so a validator holds the next day's key before its
     /// first code. Each is handed out from its day's start, or, made late
@@ -202,6 +225,30 @@ mod tests {
         assert_eq!(ids(&schedule.held_at(500 + TAIL)), vec![2]);
         assert_eq!(schedule.trusted_at(500 + TAIL).key_ids().collect::<Vec<_>>(), vec![2]);
         assert_eq!(schedule.handed_out_at(-1), None);
+    }
+
+    /// A key is kept for reading from the moment it stops being trusted
+    /// for `kept_secs`, never while trusted, never after; an emergency
+    /// rotation's leaked key runs out first. A clock far ahead keeps at
+    /// most the limit, the latest to run out.
+    #[test]
+    fn a_key_that_ran_out_is_kept_for_reading_for_the_time_given_and_no_longer() {
+        let keys = [key(1, "2026-12-03", 0), key(2, "2026-12-04", 1_000), key(3, "2026-12-03", 300)];
+        let schedule = TerminalKeySchedule::new(keys, TAIL);
+        let kept = |now: i64| -> Vec<(u16, Option<i64>)> {
+            schedule.ran_out_within(now, 50).iter().map(|k| (k.key_id, k.trusted_until_secs)).collect()
+        };
+        assert_eq!(kept(300 + TAIL - 1), vec![], "key 1 still trusted");
+        assert_eq!(kept(300 + TAIL), vec![(1, Some(300 + TAIL))]);
+        assert_eq!(kept(300 + TAIL + 49), vec![(1, Some(300 + TAIL))]);
+        assert_eq!(kept(300 + TAIL + 50), vec![]);
+        assert_eq!(kept(1_000 + TAIL), vec![(3, Some(1_000 + TAIL))], "2 has no end yet");
+        assert_eq!(schedule.ran_out_within(1_000 + TAIL, 0), vec![], "kept for no time: none");
+        assert!(schedule.trusted_at(300 + TAIL).get(1).is_none(), "kept is not trusted");
+        let many: Vec<HeldTerminalKey> = (1..=70).map(|id| key(id, "2026-12-03", i64::from(id) * 100)).collect();
+        let far_ahead = TerminalKeySchedule::new(many, 10).ran_out_within(i64::MAX / 2, i64::MAX);
+        assert_eq!(far_ahead.len(), TERMINAL_KEYS_HELD_MAX);
+        assert_eq!(far_ahead.last().map(|k| k.key_id), Some(69), "70 has no end; 69 ran out last");
     }
 
     /// An emergency rotation mid-day: the new key is handed out from the

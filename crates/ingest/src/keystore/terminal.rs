@@ -80,6 +80,37 @@ impl Keystore {
         Ok(TerminalKeySchedule::new(keys, tail))
     }
 
+    /// The terminal keys that ran out less than `kept_secs` before
+    /// `now_secs`, each with its secret: what a server keeps to read the
+    /// card of a code it refuses as expired. A key whose file cannot be
+    /// read (deleted once it ran out) keeps the secret of its copy in
+    /// `known` (what the server held before), or is left out, logged and
+    /// counted: a row under it then goes by its scan id.
+    pub fn terminal_ran_out_at(
+        &self,
+        now_secs: i64,
+        kept_secs: i64,
+        known: &[HeldTerminalKey],
+    ) -> Result<Vec<HeldTerminalKey>, KeystoreError> {
+        let mut ran_out = self.outline_schedule()?.ran_out_within(now_secs, kept_secs);
+        ran_out.retain_mut(|key| {
+            let secret = self.terminal_secret(key.key_id).map_err(|error| {
+                let copy = known.iter().find(|k| k.key_id == key.key_id).map(|k| k.secret.clone());
+                if copy.is_none() {
+                    tracing::warn!(%error, key_id = key.key_id, "a terminal key that ran out cannot be kept to read");
+                    crate::telemetry::issuer_keys_reload_failed();
+                }
+                copy
+            });
+            match secret {
+                Ok(secret) | Err(Some(secret)) => key.secret = secret,
+                Err(None) => return false,
+            }
+            true
+        });
+        Ok(ran_out)
+    }
+
     /// Makes the keys of the service day `now` falls in and of the next
     /// one, where missing; returns the ids made (none, nearly always). Two
     /// servers or commands at once make each day's key once: the check is
