@@ -27,9 +27,10 @@ pub struct IssuerKeysNow {
     /// The terminal keys held: what sealed codes open with and gateways
     /// are pushed, the next service day's among them.
     pub terminal: Vec<HeldTerminalKey>,
-    /// Terminal keys that ran out lately, kept only to read the card of a
-    /// code refused as expired ([`TerminalKeys::with_ran_out`]); never
-    /// trusted, never pushed to a gateway.
+    /// Terminal keys whose trust ended lately, kept to open codes read
+    /// before the end and to read the card of those read after
+    /// ([`TerminalKeys::with_ran_out`]); never pushed to a gateway, never
+    /// handed out.
     pub terminal_ran_out: Vec<HeldTerminalKey>,
 }
 
@@ -90,11 +91,15 @@ impl IssuerKeysNow {
         }
     }
 
-    /// The terminal keys sealed codes open with, and those kept since
-    /// they ran out to read a refused code's card.
+    /// The terminal keys sealed codes open with: those held and those
+    /// kept since their trust ended, each with its end, so a code is
+    /// judged by when it was read.
     pub fn terminal_trusted(&self) -> TerminalKeys {
-        let trusted: TerminalKeys = self.terminal.iter().map(HeldTerminalKey::key).collect();
-        trusted.with_ran_out(self.terminal_ran_out.iter().map(HeldTerminalKey::key))
+        let mut held = TerminalKeys::new();
+        for key in &self.terminal {
+            held.insert_ending(key.key(), key.trusted_until_secs);
+        }
+        held.with_ran_out(self.terminal_ran_out.iter().filter_map(|k| Some((k.key(), k.trusted_until_secs?))))
     }
 
     /// The terminal keys as they stand at `now_secs` without a read of the

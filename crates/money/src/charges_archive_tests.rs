@@ -2,7 +2,7 @@
 //! numbered apart on one store, and taken over in a shared archive.
 
 use super::*;
-use crate::test_cluster::on_each_engine;
+use crate::test_cluster::{TestCluster, on_each_engine, open_store};
 use farestream_ingest::archive::read::{archive_files, read_all_charges};
 
 fn insert(store: &mut MoneyStore, n: u8, date_days: i64, outcome: &str) {
@@ -248,5 +248,82 @@ fn a_slow_node_finishing_a_batch_taken_over_from_it_puts_the_same_file() {
         write_charges_batch(&target, batch, &rows_seen_by_a, &Faults::default()).expect("a's late write");
         assert_eq!(shared_contents(&runtime, &memory), after_b, "{engine}");
         assert_eq!(after_b.0, vec![1, 2], "{engine}");
+    });
+}
+
+/// Each engine's store, as a location more than one connection can open.
+fn each_location(mut work: impl FnMut(&crate::StoreLocation, &str)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = crate::StoreLocation::Sqlite(crate::store::store_path(dir.path()));
+    drop(open_store(&sqlite)); // made and migrated
+    work(&sqlite, "sqlite");
+    if let Some(cluster) = TestCluster::shared() {
+        let postgres = cluster.new_location();
+        drop(open_store(&postgres));
+        work(&postgres, "postgres");
+    }
+}
+
+/// From an outside review: two live nodes (b and c), each on its own connection, run
+/// their archive rounds at the same moment, both past dead node a's stale
+/// claim. The claim lock lets one take the batch over; its renewal makes
+/// the claim fresh for the other, which numbers a batch of its own. Every
+/// charge is archived once, the counts add up, nothing is left.
+#[test]
+fn two_nodes_taking_over_one_stale_batch_at_once_archive_each_charge_once() {
+    each_location(|location, engine| {
+        let mut setup = open_store(location);
+        for n in 1..=6 {
+            insert(&mut setup, n, 20_000, "succeeded");
+        }
+        let a = node(0xa);
+        let claimed = setup.in_transaction(|tx| claim_batch(tx, &a, 2, 0, Takeover::Never)).expect("a claims, dies");
+        assert_eq!(claimed, Some(1), "{engine}");
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
+        let target =
+            ChargesRoot::Shared(SharedStore { store: memory.clone(), local_root: None }, runtime.handle().clone());
+        let barrier = std::sync::Barrier::new(2);
+        let counts: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = [node(0xb), node(0xc)]
+                .into_iter()
+                .map(|me| {
+                    let (target, barrier) = (&target, &barrier);
+                    s.spawn(move || {
+                        let mut store = open_store(location);
+                        barrier.wait();
+                        let place = ArchivePlace { root: target, node: &me };
+                        archive_decided_charges(&mut store, place, limits(2), 10 * STALE_MS, &Faults::default())
+                            .expect("a round")
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("no panic")).collect()
+        });
+        assert_eq!(counts.iter().sum::<u64>(), 6, "{engine}: {counts:?}");
+        let (ids, files) = shared_contents(&runtime, &memory);
+        assert_eq!(ids, vec![1, 2, 3, 4, 5, 6], "{engine}: each charge once");
+        assert_eq!(files.len(), 3, "{engine}: {files:?}");
+        let left = setup.db().query_one("SELECT count(*) FROM charges WHERE archived_at IS NULL", &[]);
+        assert_eq!(left.expect("count").int(0).expect("int"), 0, "{engine}");
+    });
+}
+
+/// From an outside review: a batch claimed before migration 17 (archive_claimed_at NULL)
+/// by another node is never taken over into a node's own archive dir,
+/// however late: only a shared archive takes it.
+#[test]
+fn a_claim_from_before_claim_times_is_never_taken_over_into_a_nodes_own_dir() {
+    each_location(|location, engine| {
+        let mut store = open_store(location);
+        insert(&mut store, 1, 20_000, "declined");
+        let a = node(0xa);
+        assert_eq!(store.in_transaction(|tx| claim_batch(tx, &a, 2, 0, Takeover::Never)).expect("a"), Some(1));
+        store.db().execute("UPDATE charges SET archive_claimed_at = NULL", &[]).expect("as before 17");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = ChargesRoot::Dir(dir.path().join("b"));
+        let place = ArchivePlace { root: &target, node: &node(0xb) };
+        let archived = archive_decided_charges(&mut store, place, limits(2), i64::MAX / 2, &Faults::default());
+        assert_eq!(archived.expect("b's round"), 0, "{engine}: a's batch is a's");
     });
 }

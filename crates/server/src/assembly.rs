@@ -144,7 +144,7 @@ impl Assembly {
                 // A failure (a full disk) is retried at each reread; the
                 // server starts with the keys it holds.
                 crate::issuer_reload::make_day_terminal_keys(&mut self.keystore, &self.pipeline.service_day, now_ms);
-                let kept_secs = self.pipeline.horizons().delivery_remembered_secs_max();
+                let kept_secs = self.pipeline.horizons().terminal_key_kept_secs();
                 (IssuerKeysNow::at(&self.keystore, now_secs, &IssuerKeysNow::none(), kept_secs)?, true)
             }
         };

@@ -104,7 +104,7 @@ async fn read_key_store(shared: &Arc<Shared>, make: MakeDayKeys) -> Result<(), S
     let now_ms = shared.handles.clock.now_ms();
     let now_secs = now_ms.div_euclid(1000);
     let before = shared.issuer_keys.now();
-    let kept_secs = shared.pipeline.config().horizons().delivery_remembered_secs_max();
+    let kept_secs = shared.pipeline.config().horizons().terminal_key_kept_secs();
     let read = tokio::task::spawn_blocking(move || {
         let mut store = Keystore::open(&dir, options)?;
         if make == MakeDayKeys::Yes {

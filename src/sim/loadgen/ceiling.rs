@@ -43,7 +43,7 @@ pub fn measure_ceiling(
     let keystore = Keystore::open(data_dir, KeystoreOptions::from_config(config))?;
     let now = SystemClock.now_ms();
     let pipeline_config = config.pipeline_config()?;
-    let kept_secs = pipeline_config.horizons().delivery_remembered_secs_max();
+    let kept_secs = pipeline_config.horizons().terminal_key_kept_secs();
     let keys = IssuerKeysNow::at(&keystore, now.div_euclid(1000), &IssuerKeysNow::none(), kept_secs)?;
     let pipeline = Pipeline::new(pipeline_config, keys.trusted.clone(), [7; 32]);
     pipeline.set_terminal_keys(keys.terminal_trusted());

@@ -19,8 +19,10 @@
 //!   of arrival (a clock further ahead was refused). Resends come after the
 //!   first arrival, so this follows the server's clock, and no scan time
 //!   can keep an entry alive for longer than `L + 2S` after arrival.
-//!   A terminal key is kept `L + 2S` after it runs out to read the card
-//!   of a code refused under it (docs/scale-out.md).
+//! - **Terminal keys kept.** A sealed code is judged by when it was read
+//!   against its key's end, so a server keeps a key `2L + 2S` after its
+//!   trust ended: every copy of a scan read before the end still opens
+//!   for as long as its re-deliveries are caught.
 //! - **Ride expiry.** A code made at second `C` passes the freshness check
 //!   up to scan time `(C + V + S) s + 999 ms` and then arrives up to `L`
 //!   later: its replay key lives until `(C + V + S + 1) s + L`, strictly
@@ -78,12 +80,13 @@ impl Horizons {
         if self.on_time(scanned_at, received_at) { scanned_at } else { received_at }
     }
 
-    /// The longest a re-delivery entry lives after its scan's arrival,
-    /// `L + 2S`, in whole seconds (both are). A terminal key is kept this
-    /// long after it runs out, so a copy refused as expired still finds
-    /// the entry of one accepted just before (docs/scale-out.md).
-    pub fn delivery_remembered_secs_max(&self) -> i64 {
-        self.lateness_ms.saturating_add(self.skew_ms.saturating_mul(2)).div_euclid(1000)
+    /// How long a server keeps a terminal key after its trust ended,
+    /// `2L + 2S`, in whole seconds (both are): a code read just before the
+    /// end may arrive `L` later, and its re-deliveries are caught for
+    /// `L + 2S` after that; until then every node must still open it, so
+    /// that every copy gets the same verdict and partition.
+    pub fn terminal_key_kept_secs(&self) -> i64 {
+        self.lateness_ms.saturating_add(self.skew_ms).saturating_mul(2).div_euclid(1000)
     }
 
     /// When the re-delivery entry of a scan can be forgotten.

@@ -31,7 +31,7 @@ use crate::ridecode::check::{
 use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
 use crate::ridecode::{
     FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault, TerminalKeys,
-    check_format_in_force, open_code, sealed::read_ran_out,
+    check_format_in_force, open_code, sealed::check_key_in_force,
 };
 use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
@@ -390,6 +390,11 @@ impl Pipeline {
         let tap_kind = record.wire_tap_kind();
         let read_at = unix_secs_u32(record.validator_time_ms);
         let code = open_code(&record.ride_code, terminal_keys);
+        // By the scan's time, not this node's clock: every node that opens
+        // the code (the key held, or kept since it ran out) gives it the
+        // same verdict, and its row names its card, so in a cluster every
+        // copy goes to one partition (docs/scale-out.md).
+        let key_in_force = check_key_in_force(&record.ride_code, terminal_keys, i64::from(read_at));
         // What the gate did decides the version-1 cut-off, as it decides
         // the deny list: a gate that opened let a ride happen.
         let format = match record.gate_opened() {
@@ -413,7 +418,8 @@ impl Pipeline {
             }
             (_, Err(rejection), _) => Err((*rejection).into()),
             (Ok(()), Ok(code), Some(_)) => {
-                format.and_then(|()| issuer_key_for(code, keys)).map_err(Verdict::from).map(|issuer_key| {
+                let in_force = key_in_force.and(format);
+                in_force.and_then(|()| issuer_key_for(code, keys)).map_err(Verdict::from).map(|issuer_key| {
                     SignatureWork {
                         issuer_key: *issuer_key,
                         credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
@@ -422,14 +428,7 @@ impl Pipeline {
             }
         };
         let seen_before = self.dedup.delivery_seen(&fingerprint);
-        // Refused all the same, but its row names its card: in a cluster
-        // the row goes to the card's partition, where a copy another node
-        // accepted before the key ran out by its clock already is.
-        let code = match code {
-            Err(Rejection::ExpiredTerminalKey { .. }) => read_ran_out(&record.ride_code, terminal_keys),
-            code => code.ok(),
-        };
-        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code, early }
+        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code: code.ok(), early }
     }
 
     /// The record's own fields, before its ride code: ids present and
@@ -791,6 +790,10 @@ fn fingerprint_with(record: &ScanRecord, gateway_id: Option<&str>) -> Fingerprin
 }
 
 #[cfg(test)]
+#[path = "pipeline_key_end_tests.rs"]
+mod key_end_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ridecode::{IssuerSigningKey, UserKey};
@@ -1033,40 +1036,43 @@ mod tests {
         assert!(owner.pipeline.claim_rows(Vec::new()).rows.is_empty());
     }
 
-    /// Issue 23: a terminal key has run out by one node's clock and not
-    /// yet by another's. A scan accepted at the second and resent to the
-    /// first is refused there as expired, with no signature checked, and
-    /// its row still names the card: both copies go to the card's
-    /// partition, whose owner keeps the copy it claims first and drops
-    /// the other as a re-delivery, in either order.
+    /// Issue 23: a terminal key's trust has ended by one node's clock
+    /// (it keeps the key since) and not by another's (it holds it, its end
+    /// known). A code read before the end is accepted at both, one read
+    /// after is refused at both with its card read: every copy of a scan
+    /// gets one verdict and one partition, whichever node it reaches and
+    /// in whichever order, and the owner keeps one. A node that no longer
+    /// keeps the key reads nothing (its row goes by its scan id).
     #[test]
-    fn a_scan_accepted_before_its_key_ran_out_and_resent_after_lands_once_in_its_cards_partition() {
+    fn a_code_under_a_key_whose_trust_ended_gets_one_verdict_and_one_partition_at_every_node() {
         use crate::cluster::partition_of_row;
         use crate::ridecode::{TerminalKey, TerminalKeys, seal};
         let key = |id: u16| TerminalKey::from_secret(id, &[id as u8; 32]);
-        let (not_yet, ran_out, forgot) = (fixture(), fixture(), fixture());
-        not_yet.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(9), key(10)]));
-        ran_out.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(10)]).with_ran_out([key(9)]));
-        forgot.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(10)]));
-        let decoded = RideCode::decode(&code(&not_yet, 40, 1)).expect("code");
-        let resent = batch(vec![scan(1, AT_MS, seal(&decoded, &key(9)).to_vec())]);
-        let row_at = |f: &Fixture| {
-            let verified = f.pipeline.verify(&resent).expect("batch");
-            let checked = verified.signature_counts().0;
-            (f.pipeline.commit_unclaimed(&resent, verified, AT_MS).rows.remove(0), checked)
-        };
-        let ((accepted, _), (expired, checked), (unread, _)) = (row_at(&not_yet), row_at(&ran_out), row_at(&forgot));
-        assert_eq!((accepted.status, accepted.card_id), (ScanStatus::Accepted, Some(40)));
-        assert_eq!((expired.status, expired.card_id, checked), (ScanStatus::ExpiredTerminalKey, Some(40), 0));
-        assert_eq!(expired.scan_id, accepted.scan_id);
-        assert_eq!(partition_of_row(&expired, 64), partition_of_row(&accepted, 64), "one partition, one owner");
-        assert_eq!(unread.card_id, None, "a key no longer kept reads nothing: the row goes by its scan id");
-        for (first, second) in [(&accepted, &expired), (&expired, &accepted)] {
+        let read_at = AT_MS / 1000;
+        for (end, verdict) in [(read_at + 1, ScanStatus::Accepted), (read_at, ScanStatus::ExpiredTerminalKey)] {
+            let (not_yet, ran_out, forgot) = (fixture(), fixture(), fixture());
+            let mut held = TerminalKeys::from_iter([key(10)]);
+            held.insert_ending(key(9), Some(end));
+            not_yet.pipeline.set_terminal_keys(held);
+            ran_out.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(10)]).with_ran_out([(key(9), end)]));
+            forgot.pipeline.set_terminal_keys(TerminalKeys::from_iter([key(10)]));
+            let decoded = RideCode::decode(&code(&not_yet, 40, 1)).expect("code");
+            let sent = batch(vec![scan(1, AT_MS, seal(&decoded, &key(9)).to_vec())]);
+            let row_at = |f: &Fixture| {
+                let verified = f.pipeline.verify(&sent).expect("batch");
+                f.pipeline.commit_unclaimed(&sent, verified, AT_MS + 5_000).rows.remove(0)
+            };
+            let (first, second, unread) = (row_at(&not_yet), row_at(&ran_out), row_at(&forgot));
+            assert_eq!((first.status, first.card_id), (verdict, Some(40)), "end {end}");
+            assert_eq!(second, first, "end {end}: the same row at either node");
+            assert_eq!(partition_of_row(&second, 64), partition_of_row(&first, 64));
+            assert_eq!((unread.status, unread.card_id), (ScanStatus::ExpiredTerminalKey, None), "not kept");
             let owner = fixture();
-            let kept = owner.pipeline.claim_rows(vec![first.clone()]);
-            let dropped = owner.pipeline.claim_rows(vec![second.clone()]);
-            assert_eq!((kept.rows, kept.redelivered), (vec![first.clone()], 0));
-            assert_eq!((dropped.rows.len(), dropped.redelivered), (0, 1), "the second copy is a re-delivery");
+            let kept = owner.pipeline.claim_rows(vec![second.clone()]);
+            let dropped = owner.pipeline.claim_rows(vec![first.clone()]);
+            assert_eq!((kept.rows.len(), kept.redelivered, dropped.rows.len(), dropped.redelivered), (1, 0, 0, 1));
+            let priced = crate::fares::is_ride(&kept.rows[0]);
+            assert_eq!(priced, verdict == ScanStatus::Accepted, "end {end}: a ride exactly when accepted");
         }
     }
 

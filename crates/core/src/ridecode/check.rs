@@ -198,8 +198,9 @@ pub fn check_offline(
 }
 
 /// Reads a code of either version read at `at` (Unix seconds): a sealed one
-/// is opened with the terminal key it names; a version-1 one is decoded, and
-/// refused once `unsealed_refused_from_secs` has come. Shape and seal only:
+/// is opened with the terminal key it names, refused where that key's
+/// trust had ended at `at`; a version-1 one is decoded, and refused once
+/// `unsealed_refused_from_secs` has come. Shape and seal only:
 /// no signature is checked here, so a code refused here costs none.
 pub fn read_code(
     input: &[u8],
@@ -208,6 +209,7 @@ pub fn read_code(
     at: u32,
 ) -> Result<RideCode, Rejection> {
     let code = open_code(input, terminal_keys)?;
+    super::sealed::check_key_in_force(input, terminal_keys, i64::from(at))?;
     check_format_in_force(input, policy, at)?;
     Ok(code)
 }

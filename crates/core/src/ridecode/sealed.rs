@@ -138,9 +138,11 @@ pub fn mask(key: &TerminalKey, tag: &[u8]) -> [u8; NONCE_LEN] {
     mask
 }
 
-/// Opens a sealed code with the key its header names, and gives back the
-/// version-1 code inside (its signatures are still to check). Costs no
-/// signature check: a code that fails here never reaches one.
+/// Opens a sealed code with the key its header names, held or kept since
+/// it ran out, and gives back the version-1 code inside (its signatures
+/// are still to check; whether the key was in force when the code was
+/// read is [`check_key_in_force`]'s to say). Costs no signature check: a
+/// code that fails here never reaches one.
 pub fn open(input: &[u8], keys: &TerminalKeys) -> Result<RideCode, Rejection> {
     let bytes: &[u8; SEALED_CODE_LEN] =
         input.try_into().map_err(|_| DecodeError::SealedWrongLength { actual: input.len() })?;
@@ -148,24 +150,30 @@ pub fn open(input: &[u8], keys: &TerminalKeys) -> Result<RideCode, Rejection> {
         return Err(DecodeError::UnsupportedVersion(bytes[0]).into());
     }
     let key_id = u16::from_be_bytes([bytes[1], bytes[2]]);
-    let key = keys.get(key_id).ok_or_else(|| match keys.is_past(key_id) {
+    let key = keys.held_or_kept(key_id).ok_or_else(|| match keys.is_past(key_id) {
         true => Rejection::ExpiredTerminalKey { key_id },
         false => Rejection::UnknownTerminalKey { key_id },
     })?;
     open_with(bytes, key)
 }
 
-/// The code inside a sealed code refused because its key ran out, read
-/// with the key kept since ([`TerminalKeys::with_ran_out`]): never to
-/// accept it, only to know whose it is. `None` when no such key is kept,
-/// or the code does not open with it.
-pub fn read_ran_out(input: &[u8], keys: &TerminalKeys) -> Option<RideCode> {
-    let bytes: &[u8; SEALED_CODE_LEN] = input.try_into().ok()?;
-    if bytes[0] != SEALED_FORMAT_VERSION {
-        return None;
+/// Refuses a sealed code read at `read_at_secs` (the validator's time)
+/// under a key whose trust had ended by then. The end is the key
+/// schedule's, the same at every node, and the time is the scan's, the
+/// same in every copy: so every node that opens a code gives it one
+/// verdict, whatever its own clock. A version-1 code, or a key with no
+/// end known (a gate's), passes.
+pub fn check_key_in_force(input: &[u8], keys: &TerminalKeys, read_at_secs: i64) -> Result<(), Rejection> {
+    match input {
+        [SEALED_FORMAT_VERSION, high, low, ..] => {
+            let key_id = u16::from_be_bytes([*high, *low]);
+            match keys.trusted_until(key_id) {
+                Some(end) if read_at_secs >= end => Err(Rejection::ExpiredTerminalKey { key_id }),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
     }
-    let key = keys.ran_out(u16::from_be_bytes([bytes[1], bytes[2]]))?;
-    open_with(bytes, key).ok()
 }
 
 /// Opens a sealed code of the right length with `key`, the one its
@@ -263,27 +271,34 @@ mod tests {
         }
     }
 
-    /// A key kept since it ran out opens nothing, and reads the card of a
-    /// code sealed under it; nothing else is read with it.
+    /// A key opens codes whether held or kept since it ran out; whether
+    /// it was in force is decided by the code's time against the key's
+    /// end alone. A key with no end known (a gate's) never refuses.
     #[test]
-    fn a_code_under_a_key_that_ran_out_is_refused_as_expired_and_read_for_its_card_alone() {
+    fn a_key_is_in_force_for_codes_read_before_its_end_whether_held_or_kept() {
         let under = |id: u16| TerminalKey::from_secret(id, &[id as u8; 32]);
-        let keys = keys(&[7]).with_ran_out([under(9), under(7)]);
+        let mut held = keys(&[7]);
+        held.insert_ending(under(8), Some(1_000));
+        let keys = held.with_ran_out([(under(9), 500), (under(7), 1)]);
         let original = code(0x0A0B_0C0D_0E0F_1011, 5);
-        let sealed = seal(&original, &under(9));
-        assert_eq!(open(&sealed, &keys), Err(Rejection::ExpiredTerminalKey { key_id: 9 }), "above the held key 7");
-        assert_eq!(read_ran_out(&sealed, &keys), Some(original));
-        let trusted = seal(&original, keys.get(7).expect("key 7"));
-        assert_eq!(open(&trusted, &keys), Ok(original), "a key held as trusted stays trusted");
-        assert_eq!(read_ran_out(&trusted, &keys), None, "7 is not kept as ran out");
-        let mut other_version = sealed;
-        other_version[0] = 0x03;
-        let mut forged = sealed;
-        forged[SEALED_CODE_LEN - 1] ^= 1;
-        for refused in [&other_version[..], &forged[..], &sealed[..SEALED_CODE_LEN - 1], &[][..]] {
-            assert_eq!(read_ran_out(refused, &keys), None, "{} bytes", refused.len());
+        for id in [8u16, 9] {
+            let sealed = seal(&original, &under(id));
+            assert_eq!(open(&sealed, &keys), Ok(original), "key {id} opens, held or kept");
+            let end = keys.trusted_until(id).expect("an end");
+            assert_eq!(check_key_in_force(&sealed, &keys, end - 1), Ok(()), "read before the end");
+            let expired = Err(Rejection::ExpiredTerminalKey { key_id: id });
+            assert_eq!(check_key_in_force(&sealed, &keys, end), expired, "read at the end");
+            assert_eq!(check_key_in_force(&sealed, &keys, i64::MAX), expired);
         }
-        assert_eq!(read_ran_out(&seal(&original, &under(8)), &keys), None, "8 is not kept");
+        let gates = seal(&original, keys.get(7).expect("key 7"));
+        assert_eq!((keys.trusted_until(7), keys.ran_out(7).is_some()), (None, false), "held stays held");
+        assert_eq!(check_key_in_force(&gates, &keys, i64::MAX), Ok(()), "no end known");
+        assert!(keys.is_past(9) && !keys.is_past(8) && !keys.is_past(7));
+        for not_sealed in [&original.bytes[..], &[][..], &[SEALED_FORMAT_VERSION][..], &[SEALED_FORMAT_VERSION, 0][..]]
+        {
+            assert_eq!(check_key_in_force(not_sealed, &keys, i64::MAX), Ok(()), "{} bytes", not_sealed.len());
+        }
+        assert_eq!(open(&seal(&original, &under(10)), &keys), Err(Rejection::UnknownTerminalKey { key_id: 10 }));
     }
 
     #[test]

@@ -99,9 +99,13 @@ pub fn derive_subkey(secret: &[u8; TERMINAL_KEY_SECRET_LEN], info: &[u8]) -> zer
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TerminalKeys {
     keys: BTreeMap<u16, Arc<TerminalKey>>,
-    /// Keys that ran out lately, which a server keeps to read a refused
-    /// code's card ([`super::sealed::read_ran_out`]); a gate holds none.
+    /// Keys whose trust has ended by the holder's clock, which a server
+    /// keeps to open codes read before the end and to read the card of
+    /// those read after ([`TerminalKeys::with_ran_out`]); a gate holds none.
     ran_out: BTreeMap<u16, Arc<TerminalKey>>,
+    /// Unix seconds from which each key, held or kept, opens no code read
+    /// then or later, where known ([`super::sealed::check_key_in_force`]).
+    ends: BTreeMap<u16, i64>,
 }
 
 impl TerminalKeys {
@@ -110,9 +114,23 @@ impl TerminalKeys {
         TerminalKeys::default()
     }
 
-    /// Holds `key`, replacing any key held under its id.
+    /// Holds `key`, replacing any key held under its id, with no end
+    /// known: what a gate holds, deciding trust by its own clock.
     pub fn insert(&mut self, key: TerminalKey) {
-        self.keys.insert(key.key_id, Arc::new(key));
+        self.insert_ending(key, None);
+    }
+
+    /// Holds `key`, trusted for codes read before `trusted_until_secs`
+    /// (or for ever while `None`): what a server holds, so that every
+    /// node decides a code by when it was read, not by its own clock.
+    pub fn insert_ending(&mut self, key: TerminalKey, trusted_until_secs: Option<i64>) {
+        let key_id = key.key_id;
+        self.ran_out.remove(&key_id);
+        self.keys.insert(key_id, Arc::new(key));
+        match trusted_until_secs {
+            Some(end) => self.ends.insert(key_id, end),
+            None => self.ends.remove(&key_id),
+        };
     }
 
     /// Holds every key of `keys`.
@@ -120,15 +138,16 @@ impl TerminalKeys {
         keys.into_iter().for_each(|key| self.insert(key));
     }
 
-    /// Also keeps `keys`, which ran out lately: no code opens with them,
-    /// but the card of a code sealed under one can be read. A cluster
-    /// routes such a row by its card, so an expired resend of a scan
-    /// another node accepted just before the key ran out reaches the
-    /// owner that holds the first copy, and is dropped as a re-delivery
-    /// (docs/scale-out.md). A key also held as trusted stays trusted.
-    pub fn with_ran_out(mut self, keys: impl IntoIterator<Item = TerminalKey>) -> TerminalKeys {
-        for key in keys {
+    /// Also keeps `keys`, each with the moment its trust ended: a code
+    /// read before then still opens (it was uploaded late, or reached
+    /// this node after another node, whose clock is behind, took it), and
+    /// one read after is refused with its card read. Every node thus
+    /// gives every copy of a scan one verdict and one partition
+    /// (docs/scale-out.md). A key also held as trusted stays so.
+    pub fn with_ran_out(mut self, keys: impl IntoIterator<Item = (TerminalKey, i64)>) -> TerminalKeys {
+        for (key, ended_secs) in keys {
             if !self.keys.contains_key(&key.key_id) {
+                self.ends.insert(key.key_id, ended_secs);
                 self.ran_out.insert(key.key_id, Arc::new(key));
             }
         }
@@ -158,6 +177,18 @@ impl TerminalKeys {
     /// The key kept under `key_id` since it ran out, if any.
     pub fn ran_out(&self, key_id: u16) -> Option<&TerminalKey> {
         self.ran_out.get(&key_id).map(|k| &**k)
+    }
+
+    /// The key a sealed code naming `key_id` opens with: held, or kept
+    /// since it ran out.
+    pub fn held_or_kept(&self, key_id: u16) -> Option<&TerminalKey> {
+        self.get(key_id).or_else(|| self.ran_out(key_id))
+    }
+
+    /// Unix seconds from which the key under `key_id` opens no code read
+    /// then or later, where known.
+    pub fn trusted_until(&self, key_id: u16) -> Option<i64> {
+        self.ends.get(&key_id).copied()
     }
 
     /// Whether a key id that is not held belongs to a key no longer

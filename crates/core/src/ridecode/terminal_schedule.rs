@@ -139,9 +139,9 @@ impl TerminalKeySchedule {
     }
 
     /// The keys that ran out less than `kept_secs` before `now_secs`, with
-    /// the moment each did, the latest last: what a server keeps to read
-    /// the card of a code it refuses as expired
-    /// ([`TerminalKeys::with_ran_out`]). At most
+    /// the moment each did, the latest last: what a server keeps to open
+    /// codes read before a key's end and read the card of those read
+    /// after ([`TerminalKeys::with_ran_out`]). At most
     /// [`TERMINAL_KEYS_HELD_MAX`]: a clock set forward by months would
     /// otherwise keep every key since.
     pub fn ran_out_within(&self, now_secs: i64, kept_secs: i64) -> Vec<HeldTerminalKey> {

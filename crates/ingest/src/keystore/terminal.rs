@@ -81,8 +81,9 @@ impl Keystore {
     }
 
     /// The terminal keys that ran out less than `kept_secs` before
-    /// `now_secs`, each with its secret: what a server keeps to read the
-    /// card of a code it refuses as expired. A key whose file cannot be
+    /// `now_secs`, each with its secret: what a server keeps to open codes
+    /// read before a key's end, and read the card of those read after. A
+    /// key whose file cannot be
     /// read (deleted once it ran out) keeps the secret of its copy in
     /// `known` (what the server held before), or is left out, logged and
     /// counted: a row under it then goes by its scan id.
@@ -97,7 +98,7 @@ impl Keystore {
             let secret = self.terminal_secret(key.key_id).map_err(|error| {
                 let copy = known.iter().find(|k| k.key_id == key.key_id).map(|k| k.secret.clone());
                 if copy.is_none() {
-                    tracing::warn!(%error, key_id = key.key_id, "a terminal key that ran out cannot be kept to read");
+                    tracing::warn!(%error, key_id = key.key_id, "a terminal key whose trust ended cannot be kept");
                     crate::telemetry::issuer_keys_reload_failed();
                 }
                 copy
