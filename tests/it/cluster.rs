@@ -555,4 +555,18 @@ async fn a_node_that_does_not_share_the_clusters_identity_refuses_to_start() {
     let refused = crate::support::try_start_server(&config, other_ca.path(), &a.identity, &a.clock, injected).await;
     let refused = refused.err().expect("another fleet CA").to_string();
     assert!(refused.contains("fleet_ca") && refused.contains("not the cluster's"), "{refused}");
+
+    // The settings that put a key's end and judge a scan's arrival: two
+    // nodes apart on them would give one scan two verdicts.
+    let mut later = config.clone();
+    later.ingest.accepted_lateness_secs += 1;
+    let copy = crate::support::copy_of(a.dir.path());
+    let refused = crate::support::try_start_server(&later, copy.path(), &a.identity, &a.clock, injected).await;
+    let refused = refused.err().expect("another accepted lateness").to_string();
+    assert!(refused.contains("verdict_timing") && refused.contains("not the cluster's"), "{refused}");
+    let mut rereads_apart = config.clone();
+    rereads_apart.keys.reload_interval_ms = 60_000;
+    let copy = crate::support::copy_of(a.dir.path());
+    let started = crate::support::try_start_server(&rereads_apart, copy.path(), &a.identity, &a.clock, injected).await;
+    assert!(started.is_ok(), "a reread interval of its own puts no key's end elsewhere");
 }

@@ -32,6 +32,7 @@ mod account_api;
 mod catalogue;
 mod charge_outcomes;
 mod cluster;
+mod cluster_key_ends;
 mod cluster_keys;
 mod cluster_money;
 mod cluster_s3;

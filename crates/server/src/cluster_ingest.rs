@@ -47,6 +47,9 @@ pub struct ClusterSettings {
     pub members_bucket: String,
     /// Where the fingerprints every node must share are kept.
     pub identity_bucket: String,
+    /// The settings that decide a key's end and a scan's verdict
+    /// ([`Config::verdict_timing`]), which every node must share.
+    pub verdict_timing: String,
 }
 
 impl ClusterSettings {
@@ -114,20 +117,27 @@ impl ClusterSettings {
             },
             members_bucket: config.members_bucket.clone(),
             identity_bucket: config.identity_bucket.clone(),
+            verdict_timing: whole.verdict_timing(),
         }))
     }
 }
 
-/// Refuses a node whose TLS certificate or fleet CA is not the cluster's
-/// (the first node's, kept in `cluster.identity_bucket`).
+/// Refuses a node whose TLS certificate, fleet CA or verdict timing (the
+/// settings that put a key's end and judge a scan's arrival) is not the
+/// cluster's (the first node's, kept in `cluster.identity_bucket`): two
+/// nodes that judged one scan apart would archive a copy of a ride as
+/// refused while the other was acked accepted.
 pub(crate) async fn check_shared_identity(
     settings: &ClusterSettings,
     client: async_nats::Client,
     identity: &farestream_ingest::tls_identity::ServerIdentity,
     fleet: &farestream_ingest::fleet_ca::RevocationList,
 ) -> Result<(), ServerError> {
-    let facts: [(&str, &[u8]); 2] =
-        [("tls_certificate", identity.cert.as_ref()), ("fleet_ca", fleet.ca_cert().as_ref())];
+    let facts: [(&str, &[u8]); 3] = [
+        ("tls_certificate", identity.cert.as_ref()),
+        ("fleet_ca", fleet.ca_cert().as_ref()),
+        ("verdict_timing", settings.verdict_timing.as_bytes()),
+    ];
     farestream_cluster::check_shared_identity(client, &settings.identity_bucket, settings.leases.replicas, &facts)
         .await
         .map_err(|e| ServerError::Cluster(e.to_string()))

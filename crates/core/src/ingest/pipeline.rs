@@ -395,6 +395,12 @@ impl Pipeline {
         // same verdict, and its row names its card, so in a cluster every
         // copy goes to one partition (docs/scale-out.md).
         let key_in_force = check_key_in_force(&record.ride_code, terminal_keys, i64::from(read_at));
+        // A code read after its key's end names no card: refused at every
+        // node, it goes by its scan id at every node, whether the node
+        // still keeps the key or not. (Routed by its card where the key was
+        // kept, its copies parted at the end of the keeping: an outside
+        // review.)
+        let key_ended = key_in_force.is_err();
         // What the gate did decides the version-1 cut-off, as it decides
         // the deny list: a gate that opened let a ride happen.
         let format = match record.gate_opened() {
@@ -428,7 +434,8 @@ impl Pipeline {
             }
         };
         let seen_before = self.dedup.delivery_seen(&fingerprint);
-        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code: code.ok(), early }
+        let code = code.ok().filter(|_| !key_ended);
+        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code, early }
     }
 
     /// The record's own fields, before its ride code: ids present and
@@ -794,6 +801,10 @@ fn fingerprint_with(record: &ScanRecord, gateway_id: Option<&str>) -> Fingerprin
 mod key_end_tests;
 
 #[cfg(test)]
+#[path = "pipeline_review_tests.rs"]
+mod review_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ridecode::{IssuerSigningKey, UserKey};
@@ -1038,11 +1049,11 @@ mod tests {
 
     /// Issue 23: a terminal key's trust has ended by one node's clock
     /// (it keeps the key since) and not by another's (it holds it, its end
-    /// known). A code read before the end is accepted at both, one read
-    /// after is refused at both with its card read: every copy of a scan
-    /// gets one verdict and one partition, whichever node it reaches and
-    /// in whichever order, and the owner keeps one. A node that no longer
-    /// keeps the key reads nothing (its row goes by its scan id).
+    /// known). A code read before the end is accepted at both, its card
+    /// read; one read after is refused at both, and at a node that no
+    /// longer keeps the key, with no card read: every copy of a scan gets
+    /// one verdict and one partition, whichever node it reaches and in
+    /// whichever order, and the owner keeps one.
     #[test]
     fn a_code_under_a_key_whose_trust_ended_gets_one_verdict_and_one_partition_at_every_node() {
         use crate::cluster::partition_of_row;
@@ -1063,10 +1074,14 @@ mod tests {
                 f.pipeline.commit_unclaimed(&sent, verified, AT_MS + 5_000).rows.remove(0)
             };
             let (first, second, unread) = (row_at(&not_yet), row_at(&ran_out), row_at(&forgot));
-            assert_eq!((first.status, first.card_id), (verdict, Some(40)), "end {end}");
+            let accepted = verdict == ScanStatus::Accepted;
+            assert_eq!((first.status, first.card_id), (verdict, accepted.then_some(40)), "end {end}");
             assert_eq!(second, first, "end {end}: the same row at either node");
             assert_eq!(partition_of_row(&second, 64), partition_of_row(&first, 64));
-            assert_eq!((unread.status, unread.card_id), (ScanStatus::ExpiredTerminalKey, None), "not kept");
+            match accepted {
+                true => assert_eq!((unread.status, unread.card_id), (ScanStatus::ExpiredTerminalKey, None)),
+                false => assert_eq!(unread, first, "a node that no longer keeps the key: the same row"),
+            }
             let owner = fixture();
             let kept = owner.pipeline.claim_rows(vec![second.clone()]);
             let dropped = owner.pipeline.claim_rows(vec![first.clone()]);

@@ -21,6 +21,12 @@ use crate::service_day::ServiceDayPolicy;
 /// days and their emergency rotations is far below it.
 pub const TERMINAL_KEYS_HELD_MAX: usize = 64;
 
+/// The most terminal keys a server keeps past their end at once. Keys are
+/// kept `2L + 2S`: with the largest accepted lateness (30 days) that is
+/// 61 days' keys, which leaves room for three emergency rotations a day.
+/// Past it the keys that ended first are let go. A few kilobytes each.
+pub const TERMINAL_KEYS_KEPT_MAX: usize = 256;
+
 /// One terminal key with its times. Not `Copy`: each copy of a secret is
 /// one more to wipe, and each is wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
@@ -142,8 +148,7 @@ impl TerminalKeySchedule {
     /// the moment each did, the latest last: what a server keeps to open
     /// codes read before a key's end and read the card of those read
     /// after ([`TerminalKeys::with_ran_out`]). At most
-    /// [`TERMINAL_KEYS_HELD_MAX`]: a clock set forward by months would
-    /// otherwise keep every key since.
+    /// [`TERMINAL_KEYS_KEPT_MAX`], those that ended last.
     pub fn ran_out_within(&self, now_secs: i64, kept_secs: i64) -> Vec<HeldTerminalKey> {
         let mut ran_out: Vec<HeldTerminalKey> = self
             .timing
@@ -156,7 +161,7 @@ impl TerminalKeySchedule {
             })
             .collect();
         ran_out.sort_by_key(|k| (k.trusted_until_secs, k.key_id));
-        let over = ran_out.len().saturating_sub(TERMINAL_KEYS_HELD_MAX);
+        let over = ran_out.len().saturating_sub(TERMINAL_KEYS_KEPT_MAX);
         ran_out.drain(..over);
         ran_out
     }
@@ -229,8 +234,8 @@ mod tests {
 
     /// A key is kept for reading from the moment it stops being trusted
     /// for `kept_secs`, never while trusted, never after; an emergency
-    /// rotation's leaked key runs out first. A clock far ahead keeps at
-    /// most the limit, the latest to run out.
+    /// rotation's leaked key runs out first. However many ended in the
+    /// time, at most the limit are kept, those that ended last.
     #[test]
     fn a_key_that_ran_out_is_kept_for_reading_for_the_time_given_and_no_longer() {
         let keys = [key(1, "2026-12-03", 0), key(2, "2026-12-04", 1_000), key(3, "2026-12-03", 300)];
@@ -245,10 +250,16 @@ mod tests {
         assert_eq!(kept(1_000 + TAIL), vec![(3, Some(1_000 + TAIL))], "2 has no end yet");
         assert_eq!(schedule.ran_out_within(1_000 + TAIL, 0), vec![], "kept for no time: none");
         assert!(schedule.trusted_at(300 + TAIL).get(1).is_none(), "kept is not trusted");
-        let many: Vec<HeldTerminalKey> = (1..=70).map(|id| key(id, "2026-12-03", i64::from(id) * 100)).collect();
+        let count = TERMINAL_KEYS_KEPT_MAX as u16 + 6;
+        let many: Vec<HeldTerminalKey> = (1..=count).map(|id| key(id, "2026-12-03", i64::from(id) * 100)).collect();
         let far_ahead = TerminalKeySchedule::new(many, 10).ran_out_within(i64::MAX / 2, i64::MAX);
-        assert_eq!(far_ahead.len(), TERMINAL_KEYS_HELD_MAX);
-        assert_eq!(far_ahead.last().map(|k| k.key_id), Some(69), "70 has no end; 69 ran out last");
+        assert_eq!(far_ahead.len(), TERMINAL_KEYS_KEPT_MAX);
+        assert_eq!(far_ahead.first().map(|k| k.key_id), Some(6), "the five that ended first are let go");
+        assert_eq!(
+            far_ahead.last().map(|k| k.key_id),
+            Some(count - 1),
+            "the last has no end; the one before ended last"
+        );
     }
 
     /// An emergency rotation mid-day: the new key is handed out from the

@@ -41,6 +41,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The longest `keys.reload_interval_ms` allowed: what a key's trust tail
+/// counts for a reread, whatever a node's own interval.
+pub const KEYS_RELOAD_INTERVAL_MS_MAX: u64 = 60_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -376,13 +380,15 @@ impl Config {
 
     /// How long a superseded issuer key stays trusted after it stopped
     /// signing: a running server may sign with it until its next reread
-    /// of the key store (`keys.reload_interval_ms`, rounded up), then its
-    /// last credential's window, the last code made under it (fresh for
+    /// of the key store (the longest `keys.reload_interval_ms` allowed,
+    /// not this node's: every node of a cluster must put a key's end at
+    /// one moment, whatever its reread interval), then its last
+    /// credential's window, the last code made under it (fresh for
     /// `code_validity_secs`, read within the clock skew on either side),
     /// uploaded as late as accepted.
     pub fn issuer_key_trust_tail_secs(&self) -> i64 {
         let ride_code = &self.ride_code;
-        let reload_secs = i64::try_from(self.keys.reload_interval_ms.div_ceil(1000)).unwrap_or(i64::MAX);
+        let reload_secs = i64::try_from(KEYS_RELOAD_INTERVAL_MS_MAX.div_ceil(1000)).unwrap_or(i64::MAX);
         [
             ride_code.credential_validity_secs,
             ride_code.code_validity_secs,
@@ -393,6 +399,19 @@ impl Config {
         .into_iter()
         .map(i64::from)
         .fold(reload_secs, i64::saturating_add)
+    }
+
+    /// The settings that decide a key's end and a scan's verdict, which
+    /// every node of a cluster must share (checked at its start).
+    pub fn verdict_timing(&self) -> String {
+        let (ride_code, lateness) = (&self.ride_code, self.ingest.accepted_lateness_secs);
+        format!(
+            "trust_tail_secs={} credential_validity_secs={} code_validity_secs={} clock_skew_secs={} accepted_lateness_secs={lateness}",
+            self.issuer_key_trust_tail_secs(),
+            ride_code.credential_validity_secs,
+            ride_code.code_validity_secs,
+            ride_code.clock_skew_secs,
+        )
     }
 
     /// The pipeline's tunables.

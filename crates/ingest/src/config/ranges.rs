@@ -76,7 +76,7 @@ pub const RANGES: &[KeyRange] = &[
     range("settlement.spill_bytes_max", 0, 16 * 1024 * GIB, "bytes"),
     range("keys.lock_wait_ms_max", 0, 600_000, "ms"),
     range("keys.signing_lead_secs", 0, 2_592_000, "s"),
-    range("keys.reload_interval_ms", 10, 60_000, "ms"),
+    range("keys.reload_interval_ms", 10, super::KEYS_RELOAD_INTERVAL_MS_MAX as i64, "ms"),
     range("keys.unknown_key_read_wait_ms_max", 10, 60_000, "ms"),
     range("keys.terminal_rotation_lead_secs", 0, 3_600, "s"),
     range("fleet.gateway_cert_valid_days", 1, 3_650, "days"),
