@@ -22,7 +22,7 @@ use crate::key_rotation::{
 use crate::support::{GATEWAY, Harness, batch, record, secs};
 
 /// The card whose code the tests seal.
-const CARD: u64 = 77;
+pub(crate) const CARD: u64 = 77;
 
 /// Two nodes on one key store, just after an emergency terminal-key
 /// rotation there: node a (rereading every 20 ms) holds the new key,
@@ -89,19 +89,24 @@ async fn a_terminal_key_one_node_has_not_reread_yet_opens_there_and_its_scan_lan
 /// Two nodes, the config's shortest trust tail, and the day's key `leaked`
 /// replaced by an emergency rotation a second from now: both nodes have
 /// read the rotation, so both know when `leaked`'s trust ends.
-struct KeyEnding {
-    nats: NatsCluster,
-    config: Config,
-    a: Harness,
-    b: Harness,
-    b_clock: std::sync::Arc<farestream::clock_source::ManualClock>,
-    leaked: farestream::ridecode::HeldTerminalKey,
-    /// Unix seconds from which `leaked` opens no code read then or later.
-    end_secs: i64,
+pub(crate) struct KeyEnding {
+    pub nats: NatsCluster,
+    pub config: Config,
+    pub a: Harness,
+    pub b: Harness,
+    pub b_clock: std::sync::Arc<farestream::clock_source::ManualClock>,
+    pub leaked: farestream::ridecode::HeldTerminalKey,
+    /// The key the rotation made.
+    rotated: u16,
+    /// Unix seconds from which `leaked` opens no code read then or later,
+    /// as node a holds it.
+    pub end_secs: i64,
 }
 
 impl KeyEnding {
-    async fn start(b_reload_interval_ms: Option<u64>) -> Option<KeyEnding> {
+    /// `b` rereads the key store every `b_reload_interval_ms` (a every
+    /// 20 ms).
+    pub(crate) async fn start(b_reload_interval_ms: Option<u64>) -> Option<KeyEnding> {
         let nats = NatsCluster::start().await?;
         let mut config = cluster_config(&nats).await?;
         config.ride_code.credential_validity_secs = 60;
@@ -120,18 +125,26 @@ impl KeyEnding {
         let policy = a.config.service_day_policy().expect("policy");
         let rotated = key_store(&a.config, a.dir.path()).rotate_terminal(&policy, now_ms, now_ms / 1000 + 1);
         let rotated = rotated.expect("rotated in the shared store");
-        let end_at = async |h: &Harness| {
+        let mut rig = KeyEnding { nats, config, a, b, b_clock, leaked, rotated, end_secs: 0 };
+        rig.end_secs = rig.end_at(&rig.a).await.expect("a read it");
+        Some(rig)
+    }
+
+    /// `leaked`'s end as `h` holds it (held or kept), once `h` has read
+    /// the rotation.
+    pub(crate) async fn end_at(&self, h: &Harness) -> Option<i64> {
+        let look = async || {
             let now = h.server.issuer_keys().now();
-            let read = now.terminal.iter().any(|k| k.key_id == rotated);
-            now.terminal.iter().find(|k| k.key_id == leaked.key_id && read).and_then(|k| k.trusted_until_secs)
+            let read = now.terminal.iter().any(|k| k.key_id == self.rotated);
+            let all = || now.terminal.iter().chain(&now.terminal_ran_out);
+            all().find(|k| k.key_id == self.leaked.key_id && read).and_then(|k| k.trusted_until_secs)
         };
-        let end_secs = looked_at_until(async || end_at(&a).await, Option::is_some).await.expect("a read it");
-        Some(KeyEnding { nats, config, a, b, b_clock, leaked, end_secs })
+        looked_at_until(look, Option::is_some).await
     }
 
     /// Card [`CARD`]'s tap number `seq` read at `read_ms`, sealed under
     /// the key whose trust ends.
-    fn tap(&self, seq: u64, read_ms: i64) -> ScanBatch {
+    pub(crate) fn tap(&self, seq: u64, read_ms: i64) -> ScanBatch {
         let window = (secs(read_ms) - 30, secs(read_ms) + 30);
         let code = RideCode::decode(&scan_under(&self.a.issuer, CARD, window, read_ms)).expect("code");
         let sealed = seal(&code, &self.leaked.key()).to_vec();
@@ -139,7 +152,7 @@ impl KeyEnding {
     }
 
     /// The stream's rows of card [`CARD`]: its partition's.
-    async fn rows(&self) -> Vec<(Option<u64>, u64, ScanStatus)> {
+    pub(crate) async fn rows(&self) -> Vec<(Option<u64>, u64, ScanStatus)> {
         let rows = stream_rows(&self.nats, &self.config).await;
         rows.iter().map(|r| (r.card_id, r.validator_seq, r.status)).collect()
     }

@@ -53,8 +53,7 @@ impl IssuerKeysNow {
             None => None,
         };
         let terminal_now = store.terminal_schedule_at(now_secs).and_then(|schedule| {
-            let known: Vec<HeldTerminalKey> =
-                terminal_before.terminal.iter().chain(&terminal_before.terminal_ran_out).cloned().collect();
+            let known: Vec<HeldTerminalKey> = terminal_before.terminal_held_or_kept().cloned().collect();
             Ok((schedule.held_at(now_secs), store.terminal_ran_out_at(now_secs, ran_out_kept_secs, &known)?))
         });
         let (terminal, terminal_ran_out) = match terminal_now {
@@ -102,6 +101,11 @@ impl IssuerKeysNow {
         held.with_ran_out(self.terminal_ran_out.iter().filter_map(|k| Some((k.key(), k.trusted_until_secs?))))
     }
 
+    /// Every terminal key this holds, trusted or kept since its end.
+    fn terminal_held_or_kept(&self) -> impl Iterator<Item = &HeldTerminalKey> {
+        self.terminal.iter().chain(&self.terminal_ran_out)
+    }
+
     /// The terminal keys as they stand at `now_secs` without a read of the
     /// store: those trusted still, and those that ran out less than
     /// `ran_out_kept_secs` ago.
@@ -110,9 +114,8 @@ impl IssuerKeysNow {
         now_secs: i64,
         ran_out_kept_secs: i64,
     ) -> (Vec<HeldTerminalKey>, Vec<HeldTerminalKey>) {
-        let held = self.terminal.iter().chain(&self.terminal_ran_out);
         let (trusted, ran_out): (Vec<HeldTerminalKey>, Vec<HeldTerminalKey>) =
-            held.cloned().partition(|k| k.trusted_at(now_secs));
+            self.terminal_held_or_kept().cloned().partition(|k| k.trusted_at(now_secs));
         let kept_until =
             |k: &HeldTerminalKey| k.trusted_until_secs.map(|until| until.saturating_add(ran_out_kept_secs.max(0)));
         let ran_out = ran_out.into_iter().filter(|k| kept_until(k).is_some_and(|end| now_secs < end)).collect();

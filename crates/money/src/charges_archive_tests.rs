@@ -115,10 +115,7 @@ fn a_clusters_charges_are_put_into_the_shared_store_under_the_names_a_node_gives
         insert(store, 1, 20_000, "succeeded");
         insert(store, 2, 20_001, "declined");
         insert(store, 3, 20_001, "pending");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
-        let shared = SharedStore { store: memory.clone(), local_root: None };
-        let target = ChargesRoot::Shared(shared, runtime.handle().clone());
+        let (runtime, memory, target) = shared_in_memory();
         let node = node(1);
         let place = ArchivePlace { root: &target, node: &node };
         assert_eq!(
@@ -143,6 +140,15 @@ fn a_clusters_charges_are_put_into_the_shared_store_under_the_names_a_node_gives
         });
         assert_eq!(listed.expect("a listing").len(), 2, "{engine}: the pending charge waits");
     });
+}
+
+/// A cluster's shared archive held in memory, as the charges archive
+/// writes to it: the runtime its puts run on, the store, and the root.
+fn shared_in_memory() -> (tokio::runtime::Runtime, std::sync::Arc<object_store::memory::InMemory>, ChargesRoot) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
+    let target = ChargesRoot::Shared(SharedStore { store: memory.clone(), local_root: None }, runtime.handle().clone());
+    (runtime, memory, target)
 }
 
 /// The charge ids in every file of a shared archive held in memory, and
@@ -187,10 +193,7 @@ fn in_a_shared_archive_a_batch_whose_node_stopped_claiming_it_is_taken_over_once
         for n in 1..=6 {
             insert(store, n, 20_000, "succeeded");
         }
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
-        let target =
-            ChargesRoot::Shared(SharedStore { store: memory.clone(), local_root: None }, runtime.handle().clone());
+        let (runtime, memory, target) = shared_in_memory();
         let (a, b, c) = (node(0xa), node(0xb), node(0xc));
         let faults = Faults::default();
         let run = |store: &mut MoneyStore, node: &NodeId, now: UnixMillis| {
@@ -235,10 +238,7 @@ fn a_slow_node_finishing_a_batch_taken_over_from_it_puts_the_same_file() {
         for n in 1..=2 {
             insert(store, n, 20_000, "declined");
         }
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
-        let target =
-            ChargesRoot::Shared(SharedStore { store: memory.clone(), local_root: None }, runtime.handle().clone());
+        let (runtime, memory, target) = shared_in_memory();
         let (a, b) = (node(0xa), node(0xb));
         let batch = claim_and_die(store, &a, 10, 0).expect("a claims");
         let rows_seen_by_a = archive_batch(&mut store.db(), batch).expect("a reads its batch");
@@ -279,10 +279,7 @@ fn two_nodes_taking_over_one_stale_batch_at_once_archive_each_charge_once() {
         let a = node(0xa);
         let claimed = setup.in_transaction(|tx| claim_batch(tx, &a, 2, 0, Takeover::Never)).expect("a claims, dies");
         assert_eq!(claimed, Some(1), "{engine}");
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
-        let target =
-            ChargesRoot::Shared(SharedStore { store: memory.clone(), local_root: None }, runtime.handle().clone());
+        let (runtime, memory, target) = shared_in_memory();
         let barrier = std::sync::Barrier::new(2);
         let counts: Vec<u64> = std::thread::scope(|s| {
             let handles: Vec<_> = [node(0xb), node(0xc)]

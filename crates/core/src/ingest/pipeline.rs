@@ -31,7 +31,7 @@ use crate::ridecode::check::{
 use crate::ridecode::verify::{BatchEntropy, SignatureCheck, verify_batch, verify_single};
 use crate::ridecode::{
     FreshnessPolicy, IssuerPublicKeys, NobodyDenied, Rejection, RideCode, SignatureFault, TerminalKeys,
-    check_format_in_force, open_code, sealed::check_key_in_force,
+    check_format_in_force, open_code,
 };
 use crate::scan::{ArchivedScan, ID_MAX, ScanStatus, TapKind};
 use crate::service_day::ServiceDayPolicy;
@@ -389,18 +389,7 @@ impl Pipeline {
     ) -> Prepared {
         let tap_kind = record.wire_tap_kind();
         let read_at = unix_secs_u32(record.validator_time_ms);
-        let code = open_code(&record.ride_code, terminal_keys);
-        // By the scan's time, not this node's clock: every node that opens
-        // the code (the key held, or kept since it ran out) gives it the
-        // same verdict, and its row names its card, so in a cluster every
-        // copy goes to one partition (docs/scale-out.md).
-        let key_in_force = check_key_in_force(&record.ride_code, terminal_keys, i64::from(read_at));
-        // A code read after its key's end names no card: refused at every
-        // node, it goes by its scan id at every node, whether the node
-        // still keeps the key or not. (Routed by its card where the key was
-        // kept, its copies parted at the end of the keeping: an outside
-        // review.)
-        let key_ended = key_in_force.is_err();
+        let code = open_code(&record.ride_code, terminal_keys, i64::from(read_at));
         // What the gate did decides the version-1 cut-off, as it decides
         // the deny list: a gate that opened let a ride happen.
         let format = match record.gate_opened() {
@@ -424,8 +413,7 @@ impl Pipeline {
             }
             (_, Err(rejection), _) => Err((*rejection).into()),
             (Ok(()), Ok(code), Some(_)) => {
-                let in_force = key_in_force.and(format);
-                in_force.and_then(|()| issuer_key_for(code, keys)).map_err(Verdict::from).map(|issuer_key| {
+                format.and_then(|()| issuer_key_for(code, keys)).map_err(Verdict::from).map(|issuer_key| {
                     SignatureWork {
                         issuer_key: *issuer_key,
                         credential_cached: self.dedup.credential_is_verified(&code.credential_bytes()),
@@ -434,8 +422,7 @@ impl Pipeline {
             }
         };
         let seen_before = self.dedup.delivery_seen(&fingerprint);
-        let code = code.ok().filter(|_| !key_ended);
-        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code, early }
+        Prepared { fingerprint, gate_opened: record.gate_opened(), seen_before, tap_kind, code: code.ok(), early }
     }
 
     /// The record's own fields, before its ride code: ids present and
@@ -801,25 +788,23 @@ fn fingerprint_with(record: &ScanRecord, gateway_id: Option<&str>) -> Fingerprin
 mod key_end_tests;
 
 #[cfg(test)]
-#[path = "pipeline_review_tests.rs"]
-mod review_tests;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ridecode::{IssuerSigningKey, UserKey};
     use crate::wire::{GateDecision, WireTapKind};
 
-    const AT_MS: UnixMillis = 1_763_604_000_000;
+    pub(super) const AT_MS: UnixMillis = 1_763_604_000_000;
 
-    struct Fixture {
-        pipeline: Pipeline,
-        issuer: IssuerSigningKey,
+    /// A pipeline and the issuer key it trusts (key 1); the terminal-key
+    /// tests (`pipeline_key_end_tests.rs`) share it.
+    pub(super) struct Fixture {
+        pub(super) pipeline: Pipeline,
+        pub(super) issuer: IssuerSigningKey,
     }
 
     /// The shipped defaults of config/farestream.toml, in the service day's
     /// `time_zone`.
-    fn config_in(time_zone: chrono_tz::Tz) -> PipelineConfig {
+    pub(super) fn config_in(time_zone: chrono_tz::Tz) -> PipelineConfig {
         PipelineConfig {
             freshness: FreshnessPolicy {
                 code_validity_secs: 60,
@@ -836,18 +821,18 @@ mod tests {
         }
     }
 
-    fn fixture() -> Fixture {
+    pub(super) fn fixture() -> Fixture {
         fixture_in(chrono_tz::Asia::Shanghai)
     }
 
-    fn code(f: &Fixture, card: u64, counter: u32) -> Vec<u8> {
+    pub(super) fn code(f: &Fixture, card: u64, counter: u32) -> Vec<u8> {
         let user = UserKey::from_seed(&[card as u8; 32]).expect("user");
         let at = unix_secs_u32(AT_MS);
         let credential = f.issuer.issue(card, user.public_key(), at - 3_600, at + 90_000);
         user.make_code(&credential, at - 5, counter).bytes.to_vec()
     }
 
-    fn scan(seq: u64, at_ms: UnixMillis, code: Vec<u8>) -> ScanRecord {
+    pub(super) fn scan(seq: u64, at_ms: UnixMillis, code: Vec<u8>) -> ScanRecord {
         ScanRecord {
             validator_id: "gate-1".into(),
             validator_seq: seq,
@@ -864,7 +849,7 @@ mod tests {
         outcome.rows.iter().map(|r| r.status).collect()
     }
 
-    fn batch(scans: Vec<ScanRecord>) -> ScanBatch {
+    pub(super) fn batch(scans: Vec<ScanRecord>) -> ScanBatch {
         ScanBatch { gateway_id: "g".into(), batch_seq: 1, scans }
     }
 
@@ -1116,10 +1101,14 @@ mod tests {
     }
 
     fn fixture_in(time_zone: chrono_tz::Tz) -> Fixture {
+        fixture_with(config_in(time_zone))
+    }
+
+    pub(super) fn fixture_with(config: PipelineConfig) -> Fixture {
         let issuer = IssuerSigningKey::from_seed(1, &[3; 32]).expect("issuer");
         let mut keys = IssuerPublicKeys::new();
         keys.insert(1, issuer.public_key());
-        Fixture { pipeline: Pipeline::new(config_in(time_zone), keys, [5; 32]), issuer }
+        Fixture { pipeline: Pipeline::new(config, keys, [5; 32]), issuer }
     }
 
     /// Issue 10: what is charged is what the gate let through. A gate that

@@ -208,17 +208,23 @@ pub fn read_code(
     policy: &FreshnessPolicy,
     at: u32,
 ) -> Result<RideCode, Rejection> {
-    let code = open_code(input, terminal_keys)?;
-    super::sealed::check_key_in_force(input, terminal_keys, i64::from(at))?;
+    let code = open_code(input, terminal_keys, i64::from(at))?;
     check_format_in_force(input, policy, at)?;
     Ok(code)
 }
 
-/// Opens a sealed code, or decodes a version-1 one, whatever the date: the
-/// server reads a retired code's card for its archive row.
-pub fn open_code(input: &[u8], terminal_keys: &TerminalKeys) -> Result<RideCode, Rejection> {
+/// Opens a sealed code read at `read_at_secs` (the validator's time),
+/// refused where its key's trust had ended by then; or decodes a
+/// version-1 one, whatever the date: the server reads a retired code's
+/// card for its archive row. By the scan's time, not the server's clock:
+/// every node that holds or keeps the key gives every copy of a scan one
+/// verdict, and a refused code names no card at any node, so in a cluster
+/// every copy goes to one partition (docs/scale-out.md).
+pub fn open_code(input: &[u8], terminal_keys: &TerminalKeys, read_at_secs: i64) -> Result<RideCode, Rejection> {
     if input.first() == Some(&SEALED_FORMAT_VERSION) {
-        return open(input, terminal_keys);
+        let code = open(input, terminal_keys)?;
+        super::sealed::check_key_in_force(input, terminal_keys, read_at_secs)?;
+        return Ok(code);
     }
     Ok(RideCode::decode(input)?)
 }
